@@ -1,0 +1,67 @@
+"""durable_core: durable execution for Python workflows on NATS JetStream.
+
+Write a workflow as ``async def wf(ctx: Context, input) -> output``; every step it takes
+through ``ctx`` (``ctx.call`` for gRPC, ``ctx.run`` for local side effects) is journaled in
+JetStream, so the workflow survives crashes and resumes without redoing finished steps.
+"""
+
+from durable_core._grpc import MethodRef, ServiceRef, grpc_service
+from durable_core.client import Client, InvocationResult, Status, StepRecord
+from durable_core.config import EngineConfig, NatsConfig, WorkerConfig
+from durable_core.context import Context
+from durable_core.errors import (
+    ConfigError,
+    DurableError,
+    InvalidInputError,
+    InvocationTimeoutError,
+    NatsUnavailableError,
+    NonDeterminismError,
+    NotFoundError,
+    RetryableError,
+    StepFailedError,
+    SuspendExecution,
+    TerminalError,
+    WorkflowFailedError,
+)
+from durable_core.interceptors import Interceptor, StepInput, WorkflowInput
+from durable_core.plugins import PLUGIN_GROUP, PluginSet, WorkflowRegistry, hookimpl, hookspec, load_plugins
+from durable_core.retry import RetryPolicy
+from durable_core.worker import Worker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PLUGIN_GROUP",
+    "Client",
+    "ConfigError",
+    "Context",
+    "DurableError",
+    "EngineConfig",
+    "Interceptor",
+    "InvalidInputError",
+    "InvocationResult",
+    "InvocationTimeoutError",
+    "MethodRef",
+    "NatsConfig",
+    "NatsUnavailableError",
+    "NonDeterminismError",
+    "NotFoundError",
+    "PluginSet",
+    "RetryPolicy",
+    "RetryableError",
+    "ServiceRef",
+    "Status",
+    "StepFailedError",
+    "StepInput",
+    "SuspendExecution",
+    "TerminalError",
+    "Worker",
+    "WorkerConfig",
+    "WorkflowFailedError",
+    "WorkflowInput",
+    "WorkflowRegistry",
+    "grpc_service",
+    "hookimpl",
+    "hookspec",
+    "load_plugins",
+]

@@ -1,0 +1,96 @@
+"""Subjects, stream and bucket names, and validation of ids and keys (pure)."""
+
+from __future__ import annotations
+
+import base64
+import re
+from dataclasses import dataclass
+
+from durable_core.errors import InvalidInputError
+
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+_WORKFLOW = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
+MAX_PARTITION_KEY_BYTES = 1024
+
+
+def check_invocation_id(invocation_id: str) -> str:
+    """Return the id if it is usable as a subject token and KV key, else InvalidInputError."""
+    if not isinstance(invocation_id, str) or not _ID.match(invocation_id):
+        raise InvalidInputError(
+            f"invalid invocation id {invocation_id!r}: use 1-128 characters from "
+            "A-Z a-z 0-9 _ -"
+        )
+    return invocation_id
+
+
+def check_workflow_name(name: str) -> str:
+    """Return the name if it is a valid workflow name, else InvalidInputError."""
+    if not isinstance(name, str) or not _WORKFLOW.match(name):
+        raise InvalidInputError(
+            f"invalid workflow name {name!r}: start with a letter or _, then letters, digits, "
+            "_ . - (at most 128)"
+        )
+    return name
+
+
+def encode_partition_key(key: str) -> str:
+    """Encode any string as one subject token (URL-safe base64, no padding; '_' if empty)."""
+    if not isinstance(key, str):
+        raise InvalidInputError(f"partition key must be a string, not {type(key).__name__}")
+    raw = key.encode("utf-8", errors="strict")
+    if len(raw) > MAX_PARTITION_KEY_BYTES:
+        raise InvalidInputError(
+            f"partition key is {len(raw)} bytes; the limit is {MAX_PARTITION_KEY_BYTES}"
+        )
+    if not raw:
+        return "_"
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def decode_partition_key(token: str) -> str:
+    """Inverse of encode_partition_key."""
+    if token == "_":
+        return ""
+    padded = token + "=" * (-len(token) % 4)
+    return base64.urlsafe_b64decode(padded.encode("ascii")).decode("utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class Names:
+    """Every JetStream name the engine uses, derived from one prefix."""
+
+    prefix: str
+
+    @property
+    def command_stream(self) -> str:
+        return f"{self.prefix.upper()}_COMMANDS"
+
+    @property
+    def journal_stream(self) -> str:
+        return f"{self.prefix.upper()}_JOURNAL"
+
+    @property
+    def state_bucket(self) -> str:
+        return f"{self.prefix}_state"
+
+    @property
+    def command_subjects(self) -> str:
+        return f"{self.prefix}.cmd.>"
+
+    @property
+    def journal_subjects(self) -> str:
+        return f"{self.prefix}.journal.>"
+
+    def command_subject(self, partition_key: str) -> str:
+        return f"{self.prefix}.cmd.{encode_partition_key(partition_key)}"
+
+    def journal_subject(self, invocation_id: str) -> str:
+        return f"{self.prefix}.journal.{invocation_id}"
+
+    def state_event_subject(self, invocation_id: str) -> str:
+        """Core-NATS subject where the server republishes each state change."""
+        return f"{self.prefix}.state.{invocation_id}"
+
+    @property
+    def state_event_subjects(self) -> str:
+        return f"{self.prefix}.state.>"

@@ -1,0 +1,167 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Encoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ENCODING_UNSPECIFIED: _ClassVar[Encoding]
+    ENCODING_JSON: _ClassVar[Encoding]
+    ENCODING_PROTOBUF: _ClassVar[Encoding]
+    ENCODING_BYTES: _ClassVar[Encoding]
+
+class CommandKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    COMMAND_KIND_UNSPECIFIED: _ClassVar[CommandKind]
+    COMMAND_KIND_START: _ClassVar[CommandKind]
+    COMMAND_KIND_WAKE: _ClassVar[CommandKind]
+
+class EntryKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ENTRY_KIND_UNSPECIFIED: _ClassVar[EntryKind]
+    ENTRY_KIND_CLAIM: _ClassVar[EntryKind]
+    ENTRY_KIND_CALL: _ClassVar[EntryKind]
+    ENTRY_KIND_RUN: _ClassVar[EntryKind]
+    ENTRY_KIND_COMPLETED: _ClassVar[EntryKind]
+    ENTRY_KIND_FAILED: _ClassVar[EntryKind]
+
+class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    STATUS_UNSPECIFIED: _ClassVar[Status]
+    STATUS_PENDING: _ClassVar[Status]
+    STATUS_RUNNING: _ClassVar[Status]
+    STATUS_PAUSED: _ClassVar[Status]
+    STATUS_COMPLETED: _ClassVar[Status]
+    STATUS_FAILED: _ClassVar[Status]
+    STATUS_CANCELLED: _ClassVar[Status]
+ENCODING_UNSPECIFIED: Encoding
+ENCODING_JSON: Encoding
+ENCODING_PROTOBUF: Encoding
+ENCODING_BYTES: Encoding
+COMMAND_KIND_UNSPECIFIED: CommandKind
+COMMAND_KIND_START: CommandKind
+COMMAND_KIND_WAKE: CommandKind
+ENTRY_KIND_UNSPECIFIED: EntryKind
+ENTRY_KIND_CLAIM: EntryKind
+ENTRY_KIND_CALL: EntryKind
+ENTRY_KIND_RUN: EntryKind
+ENTRY_KIND_COMPLETED: EntryKind
+ENTRY_KIND_FAILED: EntryKind
+STATUS_UNSPECIFIED: Status
+STATUS_PENDING: Status
+STATUS_RUNNING: Status
+STATUS_PAUSED: Status
+STATUS_COMPLETED: Status
+STATUS_FAILED: Status
+STATUS_CANCELLED: Status
+
+class Payload(_message.Message):
+    __slots__ = ("encoding", "type_name", "data")
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    TYPE_NAME_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    encoding: Encoding
+    type_name: str
+    data: bytes
+    def __init__(self, encoding: _Optional[_Union[Encoding, str]] = ..., type_name: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class Command(_message.Message):
+    __slots__ = ("invocation_id", "workflow", "args", "partition_key", "kind", "created_at_ms", "parent_id", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    INVOCATION_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_FIELD_NUMBER: _ClassVar[int]
+    ARGS_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_KEY_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    PARENT_ID_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    invocation_id: str
+    workflow: str
+    args: Payload
+    partition_key: str
+    kind: CommandKind
+    created_at_ms: int
+    parent_id: str
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, invocation_id: _Optional[str] = ..., workflow: _Optional[str] = ..., args: _Optional[_Union[Payload, _Mapping]] = ..., partition_key: _Optional[str] = ..., kind: _Optional[_Union[CommandKind, str]] = ..., created_at_ms: _Optional[int] = ..., parent_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class Failure(_message.Message):
+    __slots__ = ("type", "message", "code", "step")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    message: str
+    code: str
+    step: int
+    def __init__(self, type: _Optional[str] = ..., message: _Optional[str] = ..., code: _Optional[str] = ..., step: _Optional[int] = ...) -> None: ...
+
+class JournalEntry(_message.Message):
+    __slots__ = ("index", "kind", "step", "name", "input_hash", "output", "failure", "timestamp_ms", "writer", "attempts", "duration_us")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    INPUT_HASH_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
+    WRITER_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    DURATION_US_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    kind: EntryKind
+    step: int
+    name: str
+    input_hash: bytes
+    output: Payload
+    failure: Failure
+    timestamp_ms: int
+    writer: str
+    attempts: int
+    duration_us: int
+    def __init__(self, index: _Optional[int] = ..., kind: _Optional[_Union[EntryKind, str]] = ..., step: _Optional[int] = ..., name: _Optional[str] = ..., input_hash: _Optional[bytes] = ..., output: _Optional[_Union[Payload, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., timestamp_ms: _Optional[int] = ..., writer: _Optional[str] = ..., attempts: _Optional[int] = ..., duration_us: _Optional[int] = ...) -> None: ...
+
+class ExecutionState(_message.Message):
+    __slots__ = ("invocation_id", "workflow", "status", "args", "output", "failure", "partition_key", "created_at_ms", "updated_at_ms", "journal_length", "trace_id", "parent_id", "child_ids", "processor")
+    INVOCATION_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    ARGS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_KEY_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    JOURNAL_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    PARENT_ID_FIELD_NUMBER: _ClassVar[int]
+    CHILD_IDS_FIELD_NUMBER: _ClassVar[int]
+    PROCESSOR_FIELD_NUMBER: _ClassVar[int]
+    invocation_id: str
+    workflow: str
+    status: Status
+    args: Payload
+    output: Payload
+    failure: Failure
+    partition_key: str
+    created_at_ms: int
+    updated_at_ms: int
+    journal_length: int
+    trace_id: str
+    parent_id: str
+    child_ids: _containers.RepeatedScalarFieldContainer[str]
+    processor: str
+    def __init__(self, invocation_id: _Optional[str] = ..., workflow: _Optional[str] = ..., status: _Optional[_Union[Status, str]] = ..., args: _Optional[_Union[Payload, _Mapping]] = ..., output: _Optional[_Union[Payload, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., partition_key: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., journal_length: _Optional[int] = ..., trace_id: _Optional[str] = ..., parent_id: _Optional[str] = ..., child_ids: _Optional[_Iterable[str]] = ..., processor: _Optional[str] = ...) -> None: ...

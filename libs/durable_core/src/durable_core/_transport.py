@@ -1,0 +1,651 @@
+"""JetStream transport: the only module that imports ``nats``.
+
+It owns stream, bucket and consumer setup, and turns NATS errors into durable_core's own.
+Every write the engine makes goes through here and is conditional:
+- journal appends carry ``Nats-Expected-Last-Subject-Sequence`` (fencing) and a
+  ``Nats-Msg-Id`` (a retried append is recognised, not stored twice);
+- state writes are KV creates or revision-checked updates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    KeyValueConfig,
+    RePublish,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.client import JetStreamContext
+from nats.js.kv import KeyValue
+
+from durable_core._naming import Names
+from durable_core._pb.durable.v1 import durable_pb2 as pb
+from durable_core.config import EngineConfig, NatsConfig, WorkerConfig
+from durable_core.errors import ConfigError, DurableError, InvalidInputError, NatsUnavailableError
+
+log = logging.getLogger("durable_core.transport")
+
+T = TypeVar("T")
+
+# Errors that mean "the cluster is busy electing a leader or we are reconnecting": retry.
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.StaleConnectionError,
+    nats.js.errors.ServiceUnavailableError,
+    nats.js.errors.NoStreamResponseError,
+    asyncio.TimeoutError,
+)
+_WRONG_LAST_SEQUENCE = 10071
+_CLUSTER_BUSY_CODES = {10008, 10074, 10075}  # JS not ready / no quorum / insufficient resources
+
+
+class JournalConflict(DurableError):
+    """An append found the journal moved on: another writer appended first."""
+
+    def __init__(self, invocation_id: str, expected_seq: int) -> None:
+        super().__init__(
+            f"journal of {invocation_id} moved past sequence {expected_seq}: another writer won"
+        )
+        self.invocation_id = invocation_id
+        self.expected_seq = expected_seq
+
+
+class StateConflict(DurableError):
+    """A state update found a newer revision than the one it was based on."""
+
+
+@dataclass(frozen=True, slots=True)
+class StateRecord:
+    """An execution state and the KV revision it was read or written at."""
+
+    state: pb.ExecutionState
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class JournalRecord:
+    """A journal entry and its stream sequence."""
+
+    entry: pb.JournalEntry
+    seq: int
+    msg_id: str
+
+
+def _is_transient(e: BaseException) -> bool:
+    if isinstance(e, _TRANSIENT):
+        return True
+    if isinstance(e, nats.js.errors.APIError):
+        return e.code == 503 or e.err_code in _CLUSTER_BUSY_CODES
+    return False
+
+
+async def _retrying(
+    what: str, fn: Callable[[], Awaitable[T]], deadline: float, servers: tuple[str, ...]
+) -> T:
+    """Run fn until it succeeds, retrying transient NATS errors until the deadline."""
+    delay = 0.05
+    while True:
+        try:
+            return await fn()
+        except Exception as e:
+            if not _is_transient(e):
+                raise
+            if time.monotonic() + delay > deadline:
+                raise NatsUnavailableError(servers, f"{what}: {type(e).__name__} {e}") from e
+            log.debug("%s: transient %s, retrying in %.2fs", what, type(e).__name__, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+
+def _ssl_context(cfg: NatsConfig) -> ssl.SSLContext | None:
+    if not (cfg.tls_ca or cfg.tls_cert):
+        return None
+    ctx = ssl.create_default_context(cafile=cfg.tls_ca) if cfg.tls_ca else ssl.create_default_context()
+    if cfg.tls_cert:
+        ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+    return ctx
+
+
+async def connect_nats(cfg: NatsConfig) -> NatsClient:
+    """Open a NATS connection that reconnects forever, or raise NatsUnavailableError."""
+
+    async def on_error(e: Exception) -> None:
+        log.debug("nats: %s: %s", type(e).__name__, e)
+
+    async def on_disconnect() -> None:
+        log.info("disconnected from NATS; reconnecting")
+
+    async def on_reconnect() -> None:
+        log.info("reconnected to NATS")
+
+    opts: dict[str, Any] = {
+        "servers": list(cfg.servers),
+        "name": cfg.name,
+        "connect_timeout": cfg.connect_timeout,
+        "allow_reconnect": True,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.25,
+        "error_cb": on_error,
+        "disconnected_cb": on_disconnect,
+        "reconnected_cb": on_reconnect,
+        "pending_size": 64 * 1024 * 1024,
+    }
+    if cfg.user:
+        opts["user"] = cfg.user
+        opts["password"] = cfg.password or ""
+    if cfg.token:
+        opts["token"] = cfg.token
+    if cfg.creds_file:
+        opts["user_credentials"] = cfg.creds_file
+    if cfg.nkey_seed_file:
+        opts["nkeys_seed"] = cfg.nkey_seed_file
+    tls = _ssl_context(cfg)
+    if tls is not None:
+        opts["tls"] = tls
+    try:
+        return await nats.connect(**opts)
+    except nats.errors.AuthorizationError as e:
+        raise NatsUnavailableError(cfg.servers, "authorization failed: check user, password, "
+                                   "token or credentials") from e
+    except (OSError, nats.errors.Error, asyncio.TimeoutError) as e:
+        reason = str(e) or type(e).__name__
+        if "authorization" in reason.lower():
+            reason = "authorization failed: check user, password, token or credentials"
+        raise NatsUnavailableError(cfg.servers, reason) from e
+
+
+class Transport:
+    """The engine's view of JetStream: commands, journals and execution state."""
+
+    def __init__(self, nc: NatsClient, nats_cfg: NatsConfig, engine: EngineConfig) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream(timeout=5.0)
+        self.nats_cfg = nats_cfg
+        self.engine = engine
+        self.names = Names(engine.prefix)
+        self._kv: KeyValue | None = None
+
+    @classmethod
+    async def connect(
+        cls,
+        nats_cfg: NatsConfig,
+        engine: EngineConfig | None = None,
+        *,
+        setup: bool = True,
+        strict: bool = True,
+    ) -> Transport:
+        """Connect and (by default) create or verify the streams and the state bucket.
+
+        Args:
+            setup: create what is missing.
+            strict: also verify that what exists matches the configuration (processors do;
+                clients only create what is missing and use what is there).
+        """
+        nc = await connect_nats(nats_cfg)
+        t = cls(nc, nats_cfg, engine or EngineConfig())
+        try:
+            if setup:
+                await t.ensure_infrastructure(strict=strict)
+            else:
+                await t._bind_kv()
+        except BaseException:
+            await nc.close()
+            raise
+        return t
+
+    async def close(self) -> None:
+        """Flush and close the connection."""
+        if not self.nc.is_closed:
+            try:
+                await self.nc.drain()
+            except Exception:  # noqa: BLE001 - closing anyway
+                await self.nc.close()
+
+    def _deadline(self) -> float:
+        return time.monotonic() + self.engine.append_deadline.total_seconds()
+
+    # -- setup -----------------------------------------------------------------------------
+
+    async def ensure_infrastructure(self, *, strict: bool = True) -> None:
+        """Create the command and journal streams and the state bucket, or verify them."""
+        n, e = self.names, self.engine
+        max_msg = e.max_payload + 64 * 1024
+        await self._ensure_stream(
+            strict,
+            StreamConfig(
+                name=n.command_stream,
+                description="durable: start and wake-up commands (work queue)",
+                subjects=[n.command_subjects],
+                retention=RetentionPolicy.WORK_QUEUE,
+                storage=StorageType.FILE,
+                num_replicas=e.replicas,
+                duplicate_window=e.duplicate_window.total_seconds(),
+                max_msg_size=max_msg,
+                discard=DiscardPolicy.OLD,
+            )
+        )
+        await self._ensure_stream(
+            strict,
+            StreamConfig(
+                name=n.journal_stream,
+                description="durable: one subject per invocation, one message per journal entry",
+                subjects=[n.journal_subjects],
+                retention=RetentionPolicy.LIMITS,
+                storage=StorageType.FILE,
+                num_replicas=e.replicas,
+                duplicate_window=e.duplicate_window.total_seconds(),
+                max_msg_size=max_msg,
+                allow_direct=True,
+                discard=DiscardPolicy.OLD,
+            )
+        )
+        await self._ensure_kv(strict)
+
+    async def _ensure_stream(self, strict: bool, want: StreamConfig) -> None:
+        assert want.name is not None
+
+        async def create() -> None:
+            try:
+                info = await self.js.stream_info(want.name)  # type: ignore[arg-type]
+            except nats.js.errors.NotFoundError:
+                try:
+                    await self.js.add_stream(want)
+                    log.info("created stream %s (replicas=%d)", want.name, want.num_replicas)
+                    return
+                except nats.js.errors.BadRequestError as e:
+                    if e.err_code != 10058:  # created concurrently by someone else
+                        raise ConfigError(f"cannot create stream {want.name}: {e}") from e
+                info = await self.js.stream_info(want.name)  # type: ignore[arg-type]
+            if not strict:
+                return
+            _check_same(
+                f"stream {want.name}",
+                {
+                    "subjects": sorted(info.config.subjects or []),
+                    "retention": info.config.retention,
+                    "replicas": info.config.num_replicas,
+                    "storage": info.config.storage,
+                },
+                {
+                    "subjects": sorted(want.subjects or []),
+                    "retention": want.retention,
+                    "replicas": want.num_replicas,
+                    "storage": want.storage,
+                },
+            )
+
+        await _retrying(f"set up stream {want.name}", create, self._deadline(), self.nats_cfg.servers)
+
+    async def _ensure_kv(self, strict: bool) -> None:
+        n, e = self.names, self.engine
+        want = KeyValueConfig(
+            bucket=n.state_bucket,
+            description="durable: execution state by invocation id",
+            history=1,
+            replicas=e.replicas,
+            storage=StorageType.FILE,
+            max_value_size=e.max_payload * 2 + 64 * 1024,
+            republish=RePublish(
+                src=f"$KV.{n.state_bucket}.>", dest=f"{n.prefix}.state.>", headers_only=False
+            ),
+            direct=True,
+        )
+
+        async def create() -> None:
+            try:
+                info = await self.js.stream_info(f"KV_{n.state_bucket}")
+            except nats.js.errors.NotFoundError:
+                self._kv = await self.js.create_key_value(want)
+                log.info("created KV bucket %s (replicas=%d)", n.state_bucket, e.replicas)
+                return
+            if strict:
+                _check_same(
+                    f"KV bucket {n.state_bucket}",
+                    {"replicas": info.config.num_replicas,
+                     "history": info.config.max_msgs_per_subject},
+                    {"replicas": want.replicas, "history": want.history},
+                )
+            self._kv = await self.js.key_value(n.state_bucket)
+
+        await _retrying("set up state bucket", create, self._deadline(), self.nats_cfg.servers)
+
+    async def _bind_kv(self) -> None:
+        try:
+            self._kv = await self.js.key_value(self.names.state_bucket)
+        except nats.js.errors.BucketNotFoundError as e:
+            raise ConfigError(
+                f"state bucket {self.names.state_bucket} does not exist: start a processor first"
+            ) from e
+
+    @property
+    def kv(self) -> KeyValue:
+        assert self._kv is not None, "transport not set up"
+        return self._kv
+
+    # -- commands --------------------------------------------------------------------------
+
+    async def publish_command(self, cmd: pb.Command, *, msg_id: str) -> bool:
+        """Publish a command (deduplicated by msg_id). Returns False if it was a duplicate."""
+        data = cmd.SerializeToString()
+        if len(data) > self.engine.max_payload:
+            raise InvalidInputError(
+                f"command for {cmd.invocation_id} is {len(data)} bytes; the limit is "
+                f"{self.engine.max_payload} bytes (EngineConfig.max_payload)"
+            )
+        subject = self.names.command_subject(cmd.partition_key or cmd.invocation_id)
+
+        async def pub() -> bool:
+            ack = await self.js.publish(subject, data, headers={"Nats-Msg-Id": msg_id})
+            return not ack.duplicate
+
+        return await _retrying("publish command", pub, self._deadline(), self.nats_cfg.servers)
+
+    async def command_consumer(self, cfg: WorkerConfig) -> CommandConsumer:
+        """Create or bind the shared durable pull consumer for commands."""
+        n = self.names
+        want = ConsumerConfig(
+            durable_name=cfg.consumer,
+            description="durable processors",
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=cfg.ack_wait.total_seconds(),
+            max_deliver=-1,
+            max_ack_pending=cfg.max_concurrent,
+            filter_subject=n.command_subjects,
+            max_waiting=512,
+        )
+
+        async def setup() -> Any:
+            try:
+                info = await self.js.consumer_info(n.command_stream, cfg.consumer)
+            except nats.js.errors.NotFoundError:
+                return await self.js.add_consumer(n.command_stream, want)
+            c = info.config
+            _check_same(
+                f"consumer {cfg.consumer}",
+                {"filter": c.filter_subject, "ack_policy": c.ack_policy},
+                {"filter": want.filter_subject, "ack_policy": want.ack_policy},
+            )
+            # Tunables may change between deployments; never shrink another processor's room.
+            want.max_ack_pending = max(c.max_ack_pending or 0, cfg.max_concurrent)
+            if (c.ack_wait, c.max_ack_pending) != (want.ack_wait, want.max_ack_pending):
+                log.warning(
+                    "updating consumer %s: ack_wait %s -> %s, max_ack_pending %s -> %s",
+                    cfg.consumer, c.ack_wait, want.ack_wait, c.max_ack_pending,
+                    want.max_ack_pending,
+                )
+                return await self.js.add_consumer(n.command_stream, want)
+            return info
+
+        await _retrying("set up consumer", setup, self._deadline(), self.nats_cfg.servers)
+        psub = await self.js.pull_subscribe_bind(
+            cfg.consumer, stream=n.command_stream, inbox_prefix=self.nc.new_inbox().encode()
+        )
+        return CommandConsumer(psub)
+
+    # -- journal ---------------------------------------------------------------------------
+
+    async def read_journal(self, invocation_id: str) -> list[JournalRecord]:
+        """Read every entry of an invocation's journal in one batched direct get."""
+        subject = self.names.journal_subject(invocation_id)
+        stream = self.names.journal_stream
+        return await _retrying(
+            f"read journal of {invocation_id}",
+            lambda: self._direct_get_subject(stream, subject),
+            self._deadline(),
+            self.nats_cfg.servers,
+        )
+
+    async def _direct_get_subject(self, stream: str, subject: str) -> list[JournalRecord]:
+        records: list[JournalRecord] = []
+        seq = 1
+        while True:
+            batch, more = await self._direct_get_batch(stream, subject, seq, 256)
+            records.extend(batch)
+            if not more or not batch:
+                return records
+            seq = batch[-1].seq + 1
+
+    async def _direct_get_batch(
+        self, stream: str, subject: str, start: int, batch: int
+    ) -> tuple[list[JournalRecord], bool]:
+        inbox = self.nc.new_inbox()
+        sub = await self.nc.subscribe(inbox)
+        out: list[JournalRecord] = []
+        try:
+            req = json.dumps({"seq": start, "next_by_subj": subject, "batch": batch}).encode()
+            await self.nc.publish(f"$JS.API.DIRECT.GET.{stream}", req, reply=inbox)
+            while True:
+                msg = await sub.next_msg(timeout=5.0)
+                hdrs = msg.headers or {}
+                status = hdrs.get("Status")
+                if status == "404":
+                    return out, False
+                if status == "204":  # end of batch
+                    return out, len(out) == batch
+                if status == "503":
+                    raise nats.errors.NoRespondersError
+                if status:
+                    raise DurableError(f"direct get on {stream} failed: {status} {hdrs}")
+                entry = pb.JournalEntry()
+                entry.ParseFromString(msg.data)
+                out.append(
+                    JournalRecord(entry, int(hdrs["Nats-Sequence"]), hdrs.get("Nats-Msg-Id", ""))
+                )
+        finally:
+            await sub.unsubscribe()
+
+    async def append(
+        self, invocation_id: str, entry: pb.JournalEntry, expected_seq: int, msg_id: str
+    ) -> int:
+        """Append an entry if the journal's last sequence is still ``expected_seq``.
+
+        Returns the new entry's sequence. Raises JournalConflict when another writer
+        appended first, NatsUnavailableError when NATS stays unreachable past the deadline.
+        """
+        subject = self.names.journal_subject(invocation_id)
+        data = entry.SerializeToString()
+        headers = {
+            "Nats-Msg-Id": msg_id,
+            "Nats-Expected-Last-Subject-Sequence": str(expected_seq),
+        }
+
+        async def pub() -> int:
+            try:
+                ack = await self.js.publish(subject, data, headers=headers)
+                return ack.seq
+            except nats.js.errors.APIError as e:
+                if e.err_code != _WRONG_LAST_SEQUENCE:
+                    raise
+            # Either someone else appended, or an earlier try of ours landed: look at the last.
+            last = await self.js.get_last_msg(self.names.journal_stream, subject)
+            if (last.headers or {}).get("Nats-Msg-Id") == msg_id:
+                return int(last.seq or 0)
+            raise JournalConflict(invocation_id, expected_seq)
+
+        return await _retrying(
+            f"append to journal of {invocation_id}", pub, self._deadline(), self.nats_cfg.servers
+        )
+
+    # -- state -----------------------------------------------------------------------------
+
+    async def get_state(self, invocation_id: str) -> StateRecord | None:
+        """The current state of an invocation, or None if there is none."""
+
+        async def get() -> StateRecord | None:
+            try:
+                e = await self.kv.get(invocation_id)
+            except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+                return None
+            st = pb.ExecutionState()
+            st.ParseFromString(e.value or b"")
+            return StateRecord(st, e.revision or 0)
+
+        return await _retrying(
+            f"read state of {invocation_id}", get, self._deadline(), self.nats_cfg.servers
+        )
+
+    async def create_state(self, state: pb.ExecutionState) -> StateRecord | None:
+        """Create the state if none exists; return None if it already existed."""
+        data = state.SerializeToString()
+
+        async def create() -> StateRecord | None:
+            try:
+                rev = await self.kv.create(state.invocation_id, data)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                return None
+            except nats.js.errors.APIError as e:
+                if e.err_code == _WRONG_LAST_SEQUENCE:
+                    return None
+                raise
+            return StateRecord(state, rev)
+
+        return await _retrying(
+            f"create state of {state.invocation_id}", create, self._deadline(),
+            self.nats_cfg.servers,
+        )
+
+    async def update_state(self, state: pb.ExecutionState, revision: int) -> StateRecord:
+        """Write the state if its revision is still ``revision``; else StateConflict.
+
+        A retried write whose first try landed is recognised by reading the state back.
+        """
+        data = state.SerializeToString()
+        attempts = 0
+
+        async def update() -> StateRecord:
+            nonlocal attempts
+            attempts += 1
+            try:
+                rev = await self.kv.update(state.invocation_id, data, last=revision)
+                return StateRecord(state, rev)
+            except nats.js.errors.KeyWrongLastSequenceError as e:
+                if attempts > 1:
+                    cur = await self.get_state(state.invocation_id)
+                    if cur is not None and cur.state.SerializeToString() == data:
+                        return cur
+                raise StateConflict(
+                    f"state of {state.invocation_id} changed since revision {revision}"
+                ) from e
+
+        return await _retrying(
+            f"update state of {state.invocation_id}", update, self._deadline(),
+            self.nats_cfg.servers,
+        )
+
+    async def state_events(self, invocation_id: str) -> StateEvents:
+        """Subscribe to the server's republished state changes of one invocation."""
+        sub = await self.nc.subscribe(self.names.state_event_subject(invocation_id))
+        return StateEvents(sub)
+
+    async def list_states(self) -> list[pb.ExecutionState]:
+        """Every execution state (for small tools; the inspector keeps its own index)."""
+        try:
+            keys = await self.kv.keys()
+        except nats.js.errors.NoKeysError:
+            return []
+        out = []
+        for key in keys:
+            rec = await self.get_state(key)
+            if rec is not None:
+                out.append(rec.state)
+        return out
+
+
+def _check_same(what: str, have: dict[str, Any], want: dict[str, Any]) -> None:
+    diffs = [f"{k}={have[k]!r} (configured: {want[k]!r})" for k in want if have[k] != want[k]]
+    if diffs:
+        raise ConfigError(
+            f"existing {what} does not match the configuration: {'; '.join(diffs)}. "
+            "Change the settings to match, or delete it (its data goes with it) to recreate it."
+        )
+
+
+class StateEvents:
+    """State changes of one invocation, pushed by the server (KV republish)."""
+
+    def __init__(self, sub: Any) -> None:
+        self._sub = sub
+
+    async def next(self, timeout: float) -> pb.ExecutionState:
+        """The next state change; asyncio.TimeoutError if none comes in time."""
+        try:
+            msg = await self._sub.next_msg(timeout=timeout)
+        except nats.errors.TimeoutError as e:
+            raise asyncio.TimeoutError from e
+        st = pb.ExecutionState()
+        st.ParseFromString(msg.data)
+        return st
+
+    async def close(self) -> None:
+        try:
+            await self._sub.unsubscribe()
+        except nats.errors.Error:
+            pass
+
+
+class Delivery:
+    """One delivery of a command message, with its ack operations."""
+
+    __slots__ = ("_msg", "data", "num_delivered", "stream_seq")
+
+    def __init__(self, msg: Msg) -> None:
+        self._msg = msg
+        self.data: bytes = msg.data
+        md = msg.metadata
+        self.num_delivered: int = md.num_delivered or 1
+        self.stream_seq: int = md.sequence.stream if md.sequence else 0
+
+    async def ack(self) -> None:
+        await self._msg.ack()
+
+    async def nak(self, delay: float | None = None) -> None:
+        await self._msg.nak(delay=delay)
+
+    async def in_progress(self) -> None:
+        await self._msg.in_progress()
+
+    async def term(self) -> None:
+        await self._msg.term()
+
+
+class CommandConsumer:
+    """Pulls command deliveries from the shared durable consumer."""
+
+    def __init__(self, psub: Any) -> None:
+        self._psub = psub
+
+    async def fetch(self, batch: int, timeout: float) -> list[Delivery]:
+        """Up to ``batch`` deliveries; an empty list if none arrived within ``timeout``."""
+        try:
+            msgs = await self._psub.fetch(batch=batch, timeout=timeout)
+        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            return []
+        return [Delivery(m) for m in msgs]
+
+    async def close(self) -> None:
+        try:
+            await self._psub.unsubscribe()
+        except nats.errors.Error:
+            pass

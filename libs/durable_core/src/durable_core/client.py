@@ -1,0 +1,398 @@
+"""The client: submit invocations and read their results."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from google.protobuf.message import DecodeError, Message
+
+from durable_core import _codec
+from durable_core._naming import check_invocation_id, check_workflow_name, encode_partition_key
+from durable_core._pb.durable.v1 import durable_pb2 as pb
+from durable_core._transport import Transport
+from durable_core.config import EngineConfig, NatsConfig
+from durable_core.errors import (
+    InvalidInputError,
+    InvocationTimeoutError,
+    NotFoundError,
+    WorkflowFailedError,
+)
+
+__all__ = ["Client", "InvocationResult", "Status", "StepRecord"]
+
+M = TypeVar("M", bound=Message)
+
+
+class Status(enum.StrEnum):
+    """Where an invocation stands."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    UNKNOWN = "unknown"
+
+    @property
+    def is_terminal(self) -> bool:
+        """True for completed, failed and cancelled."""
+        return self in (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
+
+    @classmethod
+    def from_pb(cls, value: int) -> Status:
+        name = pb.Status.Name(value).removeprefix("STATUS_").lower() if value else "unknown"
+        try:
+            return cls(name)
+        except ValueError:
+            return cls.UNKNOWN
+
+
+_TERMINAL_PB = frozenset({pb.STATUS_COMPLETED, pb.STATUS_FAILED, pb.STATUS_CANCELLED})
+_KINDS = {pb.ENTRY_KIND_CALL: "call", pb.ENTRY_KIND_RUN: "run"}
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why an invocation or a step failed."""
+
+    type: str
+    message: str
+    step: int = 0
+    code: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    """One journaled step."""
+
+    step: int
+    kind: str
+    name: str
+    output: pb.Payload
+    failure: Failure | None
+    attempts: int
+    duration_ms: float
+    at: datetime
+
+    def value(self) -> Any:
+        """The step's result, decoded (protobuf messages of imported modules, JSON, bytes)."""
+        return _codec.decode(self.output)
+
+
+@dataclass(frozen=True, slots=True)
+class InvocationResult:
+    """What is known about an invocation: status, output or failure, and its steps."""
+
+    invocation_id: str
+    workflow: str
+    status: Status
+    output: Any
+    failure: Failure | None
+    steps: tuple[StepRecord, ...]
+    partition_key: str
+    created_at: datetime | None
+    updated_at: datetime | None
+
+    def first_response(self, message_type: type[M]) -> M:
+        """The first gRPC call's response, parsed as ``message_type``.
+
+        Raises:
+            NotFoundError: the invocation made no successful gRPC call.
+        """
+        for step in self.steps:
+            if step.kind == "call" and step.failure is None:
+                msg = message_type()
+                try:
+                    msg.ParseFromString(step.output.data)
+                except DecodeError as e:
+                    raise InvalidInputError(
+                        f"step {step.step} response is not a {message_type.__name__}: {e}"
+                    ) from e
+                return msg
+        raise NotFoundError(f"invocation {self.invocation_id} has no successful gRPC call step")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view (used by ``durable status --json``)."""
+        return {
+            "invocation_id": self.invocation_id,
+            "workflow": self.workflow,
+            "status": self.status.value,
+            "output": _jsonable(self.output),
+            "failure": None if self.failure is None else vars_of(self.failure),
+            "partition_key": self.partition_key,
+            "created_at": self.created_at.isoformat() if self.created_at else None,
+            "updated_at": self.updated_at.isoformat() if self.updated_at else None,
+            "steps": [
+                {
+                    "step": s.step,
+                    "kind": s.kind,
+                    "name": s.name,
+                    "output": _codec.to_json_compatible(s.output),
+                    "failure": None if s.failure is None else vars_of(s.failure),
+                    "attempts": s.attempts,
+                    "duration_ms": s.duration_ms,
+                    "at": s.at.isoformat(),
+                }
+                for s in self.steps
+            ],
+        }
+
+
+def vars_of(f: Failure) -> dict[str, Any]:
+    return {"type": f.type, "message": f.message, "step": f.step, "code": f.code}
+
+
+def _jsonable(value: Any) -> Any:
+    from google.protobuf import json_format
+
+    if isinstance(value, Message):
+        return json_format.MessageToDict(value, preserving_proto_field_name=True)
+    if isinstance(value, bytes):
+        return {"$bytes": value.hex()}
+    return value
+
+
+def _ms_to_dt(ms: int) -> datetime | None:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC) if ms else None
+
+
+def _failure(f: pb.Failure | None) -> Failure | None:
+    if f is None or not (f.type or f.message):
+        return None
+    return Failure(f.type, f.message, f.step, f.code)
+
+
+class Client:
+    """Submits invocations and reads their results.
+
+    Example:
+        >>> async with await Client.connect("nats://127.0.0.1:4222") as client:
+        ...     result = await client.invoke("hello_workflow", {"name": "Ada"})
+        ...     print(result.output["message"])
+    """
+
+    def __init__(self, transport: Transport) -> None:
+        self._t = transport
+
+    @classmethod
+    async def connect(
+        cls,
+        servers: str | Sequence[str] | NatsConfig = "nats://127.0.0.1:4222",
+        *,
+        engine: EngineConfig | None = None,
+    ) -> Client:
+        """Connect to NATS (creating the engine's streams if none exist yet).
+
+        Raises:
+            NatsUnavailableError: NATS cannot be reached (the message names the URLs tried).
+        """
+        if isinstance(servers, NatsConfig):
+            cfg = servers
+        elif isinstance(servers, str):
+            cfg = NatsConfig.from_url(servers, name="durable-client")
+        else:
+            cfg = NatsConfig(servers=tuple(servers), name="durable-client")
+        transport = await Transport.connect(cfg, engine, setup=True, strict=False)
+        return cls(transport)
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the connection."""
+        await self._t.close()
+
+    # -- submitting ------------------------------------------------------------------------
+
+    async def invoke_async(
+        self,
+        workflow: str,
+        args: Any = None,
+        *,
+        id: str | None = None,  # noqa: A002 - the natural name
+        partition_key: str | None = None,
+    ) -> str:
+        """Submit an invocation and return its id without waiting.
+
+        Submitting the same id twice runs the workflow once: the second submission is
+        recognised and its id returned.
+
+        Raises:
+            InvalidInputError: bad workflow name, id, partition key, or arguments that are not
+                JSON/protobuf/bytes or exceed the payload limit.
+        """
+        invocation_id, _ = await self._submit(workflow, args, id, partition_key)
+        return invocation_id
+
+    async def invoke(
+        self,
+        workflow: str,
+        args: Any = None,
+        *,
+        id: str | None = None,  # noqa: A002
+        partition_key: str | None = None,
+        timeout: timedelta | float = timedelta(seconds=60),
+    ) -> InvocationResult:
+        """Submit an invocation and wait for its result.
+
+        Raises:
+            WorkflowFailedError: the invocation failed (step and message attached).
+            InvocationTimeoutError: no result within ``timeout`` (it keeps running).
+        """
+        invocation_id, events = await self._submit(workflow, args, id, partition_key, watch=True)
+        assert events is not None
+        try:
+            result = await self._wait(invocation_id, events, timeout)
+        finally:
+            await events.close()
+        if result.status == Status.FAILED:
+            f = result.failure or Failure("Error", "unknown failure")
+            raise WorkflowFailedError(invocation_id, step=f.step, error_type=f.type, reason=f.message)
+        return result
+
+    async def _submit(
+        self,
+        workflow: str,
+        args: Any,
+        invocation_id: str | None,
+        partition_key: str | None,
+        *,
+        watch: bool = False,
+    ) -> tuple[str, Any]:
+        check_workflow_name(workflow)
+        invocation_id = check_invocation_id(invocation_id or uuid.uuid4().hex)
+        key = invocation_id if partition_key is None else partition_key
+        encode_partition_key(key)
+        payload = _codec.encode(args)
+        limit = self._t.engine.max_payload
+        if len(payload.data) > limit:
+            raise InvalidInputError(
+                f"arguments of {workflow} are {len(payload.data)} bytes; the limit is {limit} "
+                "bytes (EngineConfig.max_payload)"
+            )
+        now = int(time.time() * 1000)
+        state = pb.ExecutionState(
+            invocation_id=invocation_id,
+            workflow=workflow,
+            status=pb.STATUS_PENDING,
+            args=payload,
+            partition_key=key,
+            created_at_ms=now,
+            updated_at_ms=now,
+        )
+        events = await self._t.state_events(invocation_id) if watch else None
+        try:
+            created = await self._t.create_state(state)
+            if created is None:
+                existing = await self._t.get_state(invocation_id)
+                if existing is not None and existing.state.workflow != workflow:
+                    raise InvalidInputError(
+                        f"invocation id {invocation_id} is already used by workflow "
+                        f"{existing.state.workflow!r}"
+                    )
+                if existing is not None and existing.state.status != pb.STATUS_PENDING:
+                    return invocation_id, events  # already accepted and under way
+            cmd = pb.Command(
+                invocation_id=invocation_id,
+                workflow=workflow,
+                args=payload,
+                partition_key=key,
+                kind=pb.COMMAND_KIND_START,
+                created_at_ms=now,
+            )
+            await self._t.publish_command(cmd, msg_id=f"start:{invocation_id}")
+        except BaseException:
+            if events is not None:
+                await events.close()
+            raise
+        return invocation_id, events
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def get_result(self, invocation_id: str) -> InvocationResult:
+        """Status, output or failure, and the journaled steps of an invocation.
+
+        Raises:
+            NotFoundError: no invocation has this id.
+        """
+        check_invocation_id(invocation_id)
+        rec = await self._t.get_state(invocation_id)
+        if rec is None:
+            raise NotFoundError(f"no invocation with id {invocation_id}")
+        return await self._result(rec.state)
+
+    async def wait(
+        self, invocation_id: str, timeout: timedelta | float = timedelta(seconds=60)
+    ) -> InvocationResult:
+        """Wait until the invocation finishes (completed, failed or cancelled)."""
+        check_invocation_id(invocation_id)
+        events = await self._t.state_events(invocation_id)
+        try:
+            return await self._wait(invocation_id, events, timeout)
+        finally:
+            await events.close()
+
+    async def _wait(
+        self, invocation_id: str, events: Any, timeout: timedelta | float
+    ) -> InvocationResult:
+        seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
+        deadline = time.monotonic() + seconds
+        # The subscription is open, so any later change reaches us; read once for the present.
+        rec = await self._t.get_state(invocation_id)
+        if rec is None:
+            raise NotFoundError(f"no invocation with id {invocation_id}")
+        state = rec.state
+        while state.status not in _TERMINAL_PB:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise InvocationTimeoutError(
+                    f"invocation {invocation_id} is still {Status.from_pb(state.status)} after "
+                    f"{seconds:.1f}s; it keeps running: `durable status {invocation_id}`"
+                )
+            try:
+                state = await events.next(timeout=min(left, 5.0))
+            except asyncio.TimeoutError:
+                # Belt and braces: a republished event can be missed across a reconnect.
+                rec = await self._t.get_state(invocation_id)
+                if rec is not None:
+                    state = rec.state
+        return await self._result(state)
+
+    async def _result(self, state: pb.ExecutionState) -> InvocationResult:
+        records = await self._t.read_journal(state.invocation_id)
+        steps = tuple(
+            StepRecord(
+                step=r.entry.step,
+                kind=_KINDS[r.entry.kind],
+                name=r.entry.name,
+                output=r.entry.output,
+                failure=_failure(r.entry.failure) if r.entry.HasField("failure") else None,
+                attempts=r.entry.attempts,
+                duration_ms=r.entry.duration_us / 1000,
+                at=datetime.fromtimestamp(r.entry.timestamp_ms / 1000, tz=UTC),
+            )
+            for r in records
+            if r.entry.kind in _KINDS
+        )
+        return InvocationResult(
+            invocation_id=state.invocation_id,
+            workflow=state.workflow,
+            status=Status.from_pb(state.status),
+            output=_codec.decode(state.output) if state.HasField("output") else None,
+            failure=_failure(state.failure) if state.HasField("failure") else None,
+            steps=tuple(sorted(steps, key=lambda s: s.step)),
+            partition_key=state.partition_key,
+            created_at=_ms_to_dt(state.created_at_ms),
+            updated_at=_ms_to_dt(state.updated_at_ms),
+        )

@@ -1,0 +1,125 @@
+"""Typed, frozen configuration handed to the library by services and the CLI.
+
+The library never reads the environment: services read settings (dynaconf), validate them,
+and build these objects.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from durable_core.errors import ConfigError
+
+__all__ = ["EngineConfig", "NatsConfig", "WorkerConfig"]
+
+_PREFIX = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+
+
+@dataclass(frozen=True, slots=True)
+class NatsConfig:
+    """How to reach NATS, and under which names the engine keeps its data.
+
+    Attributes:
+        servers: NATS URLs, e.g. ``("nats://127.0.0.1:4222",)``.
+        user, password, token: plain-text credentials, if the server wants them.
+        creds_file: a ``.creds`` file (JWT + nkey seed).
+        nkey_seed_file: a file holding an nkey seed.
+        tls_ca, tls_cert, tls_key: TLS files (CA alone for server verification; cert and key
+            for client certificates).
+        name: the client connection name shown by the server.
+        connect_timeout: seconds to wait for the first connection.
+    """
+
+    servers: tuple[str, ...] = ("nats://127.0.0.1:4222",)
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    creds_file: str | None = None
+    nkey_seed_file: str | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    name: str = "durable"
+    connect_timeout: float = 5.0
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: object) -> NatsConfig:
+        """Build from a comma-separated URL list (the form of NATS_URL)."""
+        servers = tuple(u.strip() for u in url.split(",") if u.strip())
+        if not servers:
+            raise ConfigError("NATS URL is empty")
+        return cls(servers=servers, **kwargs)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Names, sizes and replication of the engine's streams and buckets.
+
+    Attributes:
+        prefix: lower-case prefix of every subject, stream and bucket (``durable``).
+        replicas: JetStream replicas for every stream and bucket (1 embedded, 3 on a cluster).
+        max_payload: largest accepted argument or step result in bytes.
+        duplicate_window: how long the command stream remembers message ids.
+        retention: how long finished executions are kept (state and journal).
+        append_deadline: how long a journal or state write keeps retrying while NATS elects a
+            new leader or reconnects, before it gives up.
+    """
+
+    prefix: str = "durable"
+    replicas: int = 1
+    max_payload: int = 1024 * 1024
+    duplicate_window: timedelta = timedelta(minutes=10)
+    retention: timedelta = timedelta(days=7)
+    append_deadline: timedelta = timedelta(seconds=30)
+
+    def __post_init__(self) -> None:
+        if not _PREFIX.match(self.prefix):
+            raise ConfigError(
+                f"prefix {self.prefix!r} must be lower-case letters, digits or _ "
+                "(at most 32, starting with a letter)"
+            )
+        if self.replicas not in (1, 3, 5):
+            raise ConfigError(f"replicas must be 1, 3 or 5, not {self.replicas}")
+        if not 1024 <= self.max_payload <= 64 * 1024 * 1024:
+            raise ConfigError(f"max_payload must be between 1 KiB and 64 MiB, not {self.max_payload}")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """How a processor consumes commands.
+
+    Attributes:
+        max_concurrent: executions that really run at once in this processor.
+        ack_wait: how long JetStream waits for progress before redelivering a command.
+        heartbeat: how often a running execution tells JetStream it is alive (in-progress
+            acks); ``None`` means ack_wait / 3. ``timedelta(0)`` disables heartbeats (tests of
+            redelivery only).
+        consumer: the durable consumer's name, shared by all processors.
+        services: gRPC service name (full or short, ``*`` for any) -> ``host:port``.
+        processor_id: this processor's name in the journal and logs.
+        shutdown_grace: how long SIGTERM waits for in-flight executions before releasing them.
+    """
+
+    max_concurrent: int = 100
+    ack_wait: timedelta = timedelta(minutes=5)
+    heartbeat: timedelta | None = None
+    consumer: str = "processor"
+    services: Mapping[str, str] = field(default_factory=dict)
+    processor_id: str = ""
+    shutdown_grace: timedelta = timedelta(seconds=10)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_concurrent <= 100_000:
+            raise ConfigError(f"max_concurrent must be 1..100000, not {self.max_concurrent}")
+        if self.ack_wait < timedelta(seconds=1):
+            raise ConfigError(f"ack_wait must be at least 1 s, not {self.ack_wait}")
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """Seconds between in-progress acks (0 = none)."""
+        if self.heartbeat is None:
+            return self.ack_wait.total_seconds() / 3
+        return self.heartbeat.total_seconds()

@@ -1,0 +1,159 @@
+"""The errors of durable_core, one tree.
+
+```
+DurableError                      every error this library raises
+├── TerminalError                 a failure that must not be retried (raise it from a step or workflow)
+│   └── StepFailedError           a step failed after its retries; carries step, name, code
+├── RetryableError                a failure worth retrying (raise it from a step to ask for a retry)
+├── ConfigError                   bad or mismatching configuration (settings, streams, consumers)
+├── InvalidInputError             bad input: malformed args, oversized payload, bad id or key
+├── NonDeterminismError           the workflow code no longer matches its journal
+├── NotFoundError                 no such invocation (or workflow)
+├── WorkflowFailedError           the awaited invocation ended failed; carries step and message
+├── InvocationTimeoutError        waiting for an invocation's result took too long
+└── NatsUnavailableError          NATS could not be reached (with the URLs tried)
+
+Control flow (not errors; they derive from BaseException so `except Exception` can't swallow them):
+SuspendExecution                  the processor must stop running this invocation now
+```
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "ConfigError",
+    "DurableError",
+    "InvalidInputError",
+    "InvocationTimeoutError",
+    "NatsUnavailableError",
+    "NonDeterminismError",
+    "NotFoundError",
+    "RetryableError",
+    "StepFailedError",
+    "SuspendExecution",
+    "TerminalError",
+    "WorkflowFailedError",
+]
+
+
+class DurableError(Exception):
+    """Base of every error raised by durable_core."""
+
+
+class TerminalError(DurableError):
+    """A failure that must not be retried.
+
+    Raise it from a step (``ctx.run``) or from the workflow body to fail at once.
+    """
+
+
+class StepFailedError(TerminalError):
+    """A step failed for good (after its retries). The workflow may catch it.
+
+    Attributes:
+        step: The step number (1-based).
+        name: The step name (``/pkg.Service/Method`` for gRPC calls).
+        code: The gRPC status code name, if the step was a call.
+        error_type: The class name of the original error.
+    """
+
+    def __init__(
+        self, message: str, *, step: int, name: str, code: str = "", error_type: str = ""
+    ) -> None:
+        super().__init__(message)
+        self.step = step
+        self.name = name
+        self.code = code
+        self.error_type = error_type
+
+
+class RetryableError(DurableError):
+    """A failure worth retrying; raise it from a step to ask for another attempt."""
+
+
+class ConfigError(DurableError):
+    """Configuration is invalid, or an existing stream/bucket/consumer does not match it."""
+
+
+class InvalidInputError(DurableError, ValueError):
+    """Input was rejected: malformed arguments, a payload over the limit, a bad id or key."""
+
+
+class NonDeterminismError(DurableError):
+    """The workflow code took a different path than the one recorded in its journal.
+
+    Attributes:
+        invocation_id: The invocation whose journal disagrees.
+        step: The step number where the paths diverge.
+        recorded: What the journal holds at that step.
+        new: What the code asked for this time.
+    """
+
+    def __init__(self, invocation_id: str, step: int, recorded: str, new: str) -> None:
+        super().__init__(
+            f"non-determinism in invocation {invocation_id} at step {step}: "
+            f"the journal recorded {recorded} but the workflow now asks for {new}. "
+            "Workflow code must take the same steps in the same order on replay; "
+            "deploy changes as a new workflow name or start a new invocation."
+        )
+        self.invocation_id = invocation_id
+        self.step = step
+        self.recorded = recorded
+        self.new = new
+
+
+class NotFoundError(DurableError, LookupError):
+    """No such invocation, or no such workflow."""
+
+
+class WorkflowFailedError(DurableError):
+    """The invocation finished in the failed state.
+
+    Attributes:
+        invocation_id: The failed invocation.
+        step: The step that failed (0 when the workflow body itself raised).
+        error_type: The class name of the error.
+        reason: The error message.
+    """
+
+    def __init__(self, invocation_id: str, *, step: int, error_type: str, reason: str) -> None:
+        where = f"at step {step}" if step else "in the workflow body"
+        super().__init__(f"invocation {invocation_id} failed {where}: {error_type}: {reason}")
+        self.invocation_id = invocation_id
+        self.step = step
+        self.error_type = error_type
+        self.reason = reason
+
+
+class InvocationTimeoutError(DurableError, TimeoutError):
+    """Waiting for an invocation's result took longer than allowed. It keeps running."""
+
+
+class NatsUnavailableError(DurableError, ConnectionError):
+    """NATS could not be reached.
+
+    Attributes:
+        servers: The URLs that were tried.
+    """
+
+    def __init__(self, servers: Sequence[str], reason: str = "") -> None:
+        tried = ", ".join(servers)
+        detail = f": {reason}" if reason else ""
+        super().__init__(
+            f"cannot reach NATS at {tried}{detail}. Is nats-server running "
+            "(try `durable dev`), and is NATS_URL right?"
+        )
+        self.servers = tuple(servers)
+
+
+class SuspendExecution(BaseException):  # noqa: N818 - control flow, not an error
+    """Stops the current run of an invocation (lost claim, shutdown).
+
+    Derives from BaseException so that a workflow's ``except Exception`` cannot swallow it.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

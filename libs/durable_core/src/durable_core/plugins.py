@@ -1,0 +1,177 @@
+"""Plugins: workflow packages discovered through pluggy entry points.
+
+A workflow package declares, in its ``pyproject.toml``::
+
+    [project.entry-points."durable.plugins"]
+    my_workflows = "my_package"
+
+and implements hooks in that module::
+
+    from durable_core import hookimpl
+
+    @hookimpl
+    def durable_register_workflows(registry):
+        registry.register(my_workflow)
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+
+from durable_core._naming import check_workflow_name
+from durable_core.errors import ConfigError, NotFoundError
+from durable_core.interceptors import Interceptor
+
+__all__ = [
+    "PLUGIN_GROUP",
+    "PluginSet",
+    "WorkflowRegistry",
+    "hookimpl",
+    "hookspec",
+    "load_plugins",
+]
+
+PLUGIN_GROUP = "durable.plugins"
+"""The entry-point group in which workflow packages register their plugin module."""
+
+hookspec = pluggy.HookspecMarker("durable")
+hookimpl = pluggy.HookimplMarker("durable")
+
+WorkflowFn = Callable[..., Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Workflow:
+    """A registered workflow: its name, function, and whether it takes an input."""
+
+    name: str
+    fn: WorkflowFn
+    takes_input: bool
+    plugin: str = ""
+
+
+class WorkflowRegistry:
+    """Workflows by name."""
+
+    def __init__(self) -> None:
+        self._workflows: dict[str, Workflow] = {}
+
+    def register(self, fn: WorkflowFn, *, name: str | None = None, plugin: str = "") -> WorkflowFn:
+        """Register ``async def fn(ctx[, input])`` under ``name`` (default: its __name__)."""
+        wf_name = check_workflow_name(name or fn.__name__)
+        if not inspect.iscoroutinefunction(fn):
+            raise ConfigError(f"workflow {wf_name} must be an async def function")
+        params = [
+            p
+            for p in inspect.signature(fn).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+        if len(params) not in (1, 2):
+            raise ConfigError(
+                f"workflow {wf_name} must take (ctx) or (ctx, input), not {len(params)} arguments"
+            )
+        existing = self._workflows.get(wf_name)
+        if existing is not None and existing.fn is not fn:
+            raise ConfigError(
+                f"workflow {wf_name} is registered twice (by {existing.plugin or '?'} and "
+                f"{plugin or '?'})"
+            )
+        self._workflows[wf_name] = Workflow(wf_name, fn, len(params) == 2, plugin)
+        return fn
+
+    def get(self, name: str) -> Workflow:
+        """The workflow named ``name``, or NotFoundError listing the known ones."""
+        try:
+            return self._workflows[name]
+        except KeyError:
+            raise NotFoundError(self.unknown_message(name)) from None
+
+    def unknown_message(self, name: str) -> str:
+        known = ", ".join(sorted(self._workflows)) or "none"
+        return (
+            f"unknown workflow {name!r}; known workflows: {known}. "
+            "Install the plugin package that provides it."
+        )
+
+    def names(self) -> list[str]:
+        return sorted(self._workflows)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._workflows
+
+    def __iter__(self) -> Iterator[Workflow]:
+        return iter(self._workflows.values())
+
+    def __len__(self) -> int:
+        return len(self._workflows)
+
+
+class DurableHookSpecs:
+    """The hooks a plugin may implement (all optional)."""
+
+    @hookspec
+    def durable_register_workflows(self, registry: WorkflowRegistry) -> None:
+        """Register the plugin's workflows with ``registry.register(fn)``."""
+
+    @hookspec
+    def durable_service_addresses(self) -> Mapping[str, str]:  # type: ignore[empty-body]
+        """Default gRPC addresses (service name -> host:port); configuration overrides them."""
+
+    @hookspec
+    def durable_interceptors(self) -> Iterable[Interceptor]:  # type: ignore[empty-body]
+        """Interceptors to wrap workflow runs and steps with."""
+
+
+@dataclass(slots=True)
+class PluginSet:
+    """What the loaded plugins contributed."""
+
+    registry: WorkflowRegistry
+    service_addresses: dict[str, str] = field(default_factory=dict)
+    interceptors: list[Interceptor] = field(default_factory=list)
+    plugins: list[str] = field(default_factory=list)
+
+
+def load_plugins(*, entry_points: bool = True, extra: Iterable[object] = ()) -> PluginSet:
+    """Discover plugins and collect their workflows, addresses and interceptors.
+
+    Args:
+        entry_points: load the installed packages registered under PLUGIN_GROUP.
+        extra: more plugin objects or modules (tests, embedding).
+    """
+    pm = pluggy.PluginManager("durable")
+    pm.add_hookspecs(DurableHookSpecs)
+    if entry_points:
+        pm.load_setuptools_entrypoints(PLUGIN_GROUP)
+    for plugin in extra:
+        pm.register(plugin)
+    registry = WorkflowRegistry()
+    out = PluginSet(registry)
+    for plugin in pm.get_plugins():
+        name = pm.get_name(plugin) or repr(plugin)
+        out.plugins.append(name)
+        impl = getattr(plugin, "durable_register_workflows", None)
+        if impl is not None:
+            impl(registry=_Tagged(registry, name))
+    for addresses in pm.hook.durable_service_addresses():
+        out.service_addresses.update(addresses or {})
+    for icps in pm.hook.durable_interceptors():
+        out.interceptors.extend(icps or ())
+    out.plugins.sort()
+    return out
+
+
+class _Tagged(WorkflowRegistry):
+    """A view of a registry that records which plugin registered each workflow."""
+
+    def __init__(self, inner: WorkflowRegistry, plugin: str) -> None:  # noqa: D107
+        self._inner = inner
+        self._plugin = plugin
+
+    def register(self, fn: WorkflowFn, *, name: str | None = None, plugin: str = "") -> WorkflowFn:
+        return self._inner.register(fn, name=name, plugin=plugin or self._plugin)

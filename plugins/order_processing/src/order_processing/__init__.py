@@ -1,0 +1,44 @@
+"""Example 3-step workflow: validate, charge, ship.
+
+Each step is a durable gRPC call to the example OrderService, which counts calls per
+idempotency key; the crash tests use those counts to prove each step ran once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from durable_examples.order.v1.order_pb2 import ChargeRequest, ShipRequest, ValidateRequest
+from durable_examples.order.v1.order_pb2_grpc import OrderServiceStub
+
+from durable_core import Context, TerminalError, WorkflowRegistry, grpc_service, hookimpl
+
+orders = grpc_service(OrderServiceStub)
+
+
+async def order_processing(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    """Validate, charge and ship ``{"order_id": str, "amount_cents": int}``."""
+    order_id = str(args.get("order_id", ""))
+    amount = int(args.get("amount_cents", 0))
+    valid = await ctx.call(
+        orders.Validate, ValidateRequest(order_id=order_id, amount_cents=amount)
+    )
+    if not valid.valid:
+        raise TerminalError(f"order {order_id} is invalid: {valid.reason}")
+    charge = await ctx.call(orders.Charge, ChargeRequest(order_id=order_id, amount_cents=amount))
+    shipment = await ctx.call(orders.Ship, ShipRequest(order_id=order_id))
+    return {
+        "order_id": order_id,
+        "charge_id": charge.charge_id,
+        "tracking_number": shipment.tracking_number,
+    }
+
+
+@hookimpl
+def durable_register_workflows(registry: WorkflowRegistry) -> None:
+    registry.register(order_processing)
+
+
+@hookimpl
+def durable_service_addresses() -> dict[str, str]:
+    return {orders.name: "127.0.0.1:9090"}

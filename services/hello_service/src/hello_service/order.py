@@ -1,0 +1,177 @@
+"""OrderService: an idempotent three-step order API that counts its calls.
+
+Durable workflows call Validate, Charge and Ship as steps. Each call carries an
+idempotency key in the gRPC metadata; the service answers the same key with
+the same result and counts calls per (method, key), so tests can prove how
+often a step really reached the service across retries and crashes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import grpc
+from durable_examples.order.v1 import order_pb2, order_pb2_grpc
+
+IDEMPOTENCY_KEY_METADATA = "idempotency-key"
+"""gRPC metadata key carrying the caller's idempotency key."""
+
+RECORD_FILE_ENV = "ORDER_SERVICE_RECORD_FILE"
+"""Environment variable naming the JSON-lines file calls are appended to."""
+
+COUNTED_METHODS = ("Validate", "Charge", "Ship")
+"""Methods that are counted, recorded and can be delayed."""
+
+
+def charge_id_for(key: str) -> str:
+    """Returns the charge id Charge answers for an idempotency key."""
+    return "ch_" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def tracking_number_for(key: str) -> str:
+    """Returns the tracking number Ship answers for an idempotency key."""
+    return "trk_" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def idempotency_key(context: grpc.aio.ServicerContext) -> str:
+    """Returns the call's idempotency key, or "" when it carries none."""
+    for key, value in context.invocation_metadata() or ():
+        if key == IDEMPOTENCY_KEY_METADATA:
+            return value.decode() if isinstance(value, bytes) else value
+    return ""
+
+
+@dataclasses.dataclass
+class _Tally:
+    count: int = 0
+    cancelled: int = 0
+
+
+class OrderServicer(order_pb2_grpc.OrderServiceServicer):
+    """Implements ``durable_examples.order.v1.OrderService``.
+
+    State (counts and delays) lives in memory for the life of the servicer;
+    the optional record file outlives the process.
+
+    Args:
+        record_file: JSON-lines file to append one line per counted call to
+            (``{"method", "idempotency_key", "order_id", "ts"}``), or None.
+    """
+
+    def __init__(self, record_file: str | os.PathLike[str] | None = None) -> None:
+        self._record_file = Path(record_file) if record_file else None
+        self._tallies: dict[tuple[str, str], _Tally] = {}
+        self._delays: dict[str, float] = {}
+
+    @classmethod
+    def from_env(cls) -> OrderServicer:
+        """Builds a servicer recording to ``$ORDER_SERVICE_RECORD_FILE`` if set."""
+        return cls(record_file=os.environ.get(RECORD_FILE_ENV) or None)
+
+    async def _enter(self, method: str, order_id: str, context: grpc.aio.ServicerContext) -> str:
+        """Counts and records a call, then applies the method's delay.
+
+        Returns:
+            The call's idempotency key.
+        """
+        key = idempotency_key(context)
+        tally = self._tallies.setdefault((method, key), _Tally())
+        tally.count += 1
+        self._record(method, key, order_id)
+
+        delay = self._delays.get(method, 0.0)
+        if delay > 0:
+            try:
+                # asyncio.sleep so a cancelled RPC stops waiting right away.
+                await asyncio.sleep(delay)
+            except asyncio.CancelledError:
+                # grpc.aio cancels the handler task when the client cancels or
+                # its connection dies. (context.cancelled() in a done callback
+                # does not report this, so count it here.)
+                tally.cancelled += 1
+                raise
+        return key
+
+    def _record(self, method: str, key: str, order_id: str) -> None:
+        if self._record_file is None:
+            return
+        line = json.dumps(
+            {"method": method, "idempotency_key": key, "order_id": order_id, "ts": time.time()},
+            sort_keys=True,
+        )
+        # Append mode with one write per line keeps lines whole even when
+        # several processes share the file; the kernel keeps the data if we
+        # are killed right after.
+        with self._record_file.open("a", encoding="utf-8") as f:
+            f.write(line + "\n")
+
+    async def Validate(  # noqa: N802 - name fixed by the proto
+        self, request: order_pb2.ValidateRequest, context: grpc.aio.ServicerContext
+    ) -> order_pb2.ValidateResponse:
+        """Accepts orders with a positive amount."""
+        await self._enter("Validate", request.order_id, context)
+        if request.amount_cents <= 0:
+            return order_pb2.ValidateResponse(
+                valid=False, reason=f"amount_cents must be positive, got {request.amount_cents}"
+            )
+        return order_pb2.ValidateResponse(valid=True)
+
+    async def Charge(  # noqa: N802
+        self, request: order_pb2.ChargeRequest, context: grpc.aio.ServicerContext
+    ) -> order_pb2.ChargeResponse:
+        """Charges the order; the same idempotency key gives the same charge id."""
+        key = await self._enter("Charge", request.order_id, context)
+        # Without a key the order id is the best stand-in for one.
+        return order_pb2.ChargeResponse(charge_id=charge_id_for(key or request.order_id))
+
+    async def Ship(  # noqa: N802
+        self, request: order_pb2.ShipRequest, context: grpc.aio.ServicerContext
+    ) -> order_pb2.ShipResponse:
+        """Ships the order; the same idempotency key gives the same tracking number."""
+        key = await self._enter("Ship", request.order_id, context)
+        return order_pb2.ShipResponse(tracking_number=tracking_number_for(key or request.order_id))
+
+    async def GetCallCounts(  # noqa: N802
+        self, request: order_pb2.GetCallCountsRequest, context: grpc.aio.ServicerContext
+    ) -> order_pb2.GetCallCountsResponse:
+        """Returns the counts per (method, idempotency key), sorted."""
+        return order_pb2.GetCallCountsResponse(
+            counts=[
+                order_pb2.CallCount(
+                    method=method, idempotency_key=key, count=t.count, cancelled=t.cancelled
+                )
+                for (method, key), t in sorted(self._tallies.items())
+            ]
+        )
+
+    async def ResetCallCounts(  # noqa: N802
+        self, request: order_pb2.ResetCallCountsRequest, context: grpc.aio.ServicerContext
+    ) -> order_pb2.ResetCallCountsResponse:
+        """Forgets all counts (delays are kept; SetDelay 0 clears one)."""
+        self._tallies.clear()
+        return order_pb2.ResetCallCountsResponse()
+
+    async def SetDelay(  # noqa: N802
+        self, request: order_pb2.SetDelayRequest, context: grpc.aio.ServicerContext
+    ) -> order_pb2.SetDelayResponse:
+        """Makes later calls of ``request.method`` sleep ``delay_ms`` first."""
+        # Accept "/pkg.Service/Charge" too: that is how the engine names call steps.
+        method = request.method.rsplit("/", 1)[-1]
+        if method not in COUNTED_METHODS:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"unknown method {request.method!r}; expected one of {', '.join(COUNTED_METHODS)}",
+            )
+        if request.delay_ms < 0:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "delay_ms must be >= 0")
+        if request.delay_ms == 0:
+            self._delays.pop(method, None)
+        else:
+            self._delays[method] = request.delay_ms / 1000
+        return order_pb2.SetDelayResponse()

@@ -1,0 +1,166 @@
+"""gRPC server wiring, command line and signal handling for hello_service."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import os
+import signal
+from collections.abc import Sequence
+
+import grpc
+from durable_examples.hello.v1 import hello_pb2, hello_pb2_grpc
+from durable_examples.order.v1 import order_pb2, order_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from hello_service.hello import HelloServicer
+from hello_service.order import OrderServicer
+
+logger = logging.getLogger("hello_service")
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 9090
+SHUTDOWN_GRACE_S = 5.0
+
+HEALTH_SERVICES = (
+    "",
+    hello_pb2.DESCRIPTOR.services_by_name["HelloService"].full_name,
+    order_pb2.DESCRIPTOR.services_by_name["OrderService"].full_name,
+)
+"""Names the health service reports on: overall, then each served API."""
+
+
+@dataclasses.dataclass
+class HelloServer:
+    """A built (not yet started) server and the servicers behind it.
+
+    Attributes:
+        server: The ``grpc.aio`` server.
+        port: The port actually bound (useful when 0 was requested).
+        health: Health servicer; SERVING for every name in ``HEALTH_SERVICES``.
+        orders: The OrderService servicer, for in-process inspection.
+    """
+
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    orders: OrderServicer
+
+    async def start(self) -> None:
+        """Starts serving."""
+        await self.server.start()
+
+    async def stop(self, grace: float | None = SHUTDOWN_GRACE_S) -> None:
+        """Reports NOT_SERVING, then stops, letting in-flight calls finish for ``grace`` s."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+async def create_server(
+    host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, orders: OrderServicer | None = None
+) -> HelloServer:
+    """Builds the server with all services registered and the port bound.
+
+    Args:
+        host: Interface to bind, e.g. ``127.0.0.1`` or ``0.0.0.0``.
+        port: Port to bind; 0 picks a free one.
+        orders: OrderService servicer to use; defaults to
+            :meth:`OrderServicer.from_env`.
+
+    Returns:
+        The server handle; call :meth:`HelloServer.start` to serve.
+
+    Raises:
+        RuntimeError: If the address cannot be bound.
+    """
+    server = grpc.aio.server()
+    hello_pb2_grpc.add_HelloServiceServicer_to_server(HelloServicer(), server)
+    orders = orders if orders is not None else OrderServicer.from_env()
+    order_pb2_grpc.add_OrderServiceServicer_to_server(orders, server)
+    health_servicer = health.aio.HealthServicer()
+    for name in HEALTH_SERVICES:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    bound_port = server.add_insecure_port(f"{_host_for_address(host)}:{port}")
+    if bound_port == 0:
+        raise RuntimeError(f"could not bind {host}:{port}")
+    return HelloServer(server=server, port=bound_port, health=health_servicer, orders=orders)
+
+
+async def build_server(
+    host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
+) -> tuple[grpc.aio.Server, int]:
+    """Builds the server with all services registered and the port bound.
+
+    The server is not started; ``await server.start()`` to serve and
+    ``await server.stop(grace)`` to stop. Use :func:`create_server` to also get
+    the health and OrderService servicers.
+
+    Args:
+        host: Interface to bind.
+        port: Port to bind; 0 picks a free one.
+
+    Returns:
+        ``(server, bound_port)``.
+    """
+    built = await create_server(host, port)
+    return built.server, built.port
+
+
+def _host_for_address(host: str) -> str:
+    # IPv6 literals need brackets in a "host:port" target.
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+async def serve(host: str, port: int) -> None:
+    """Runs the server until SIGTERM or SIGINT, then shuts down gracefully.
+
+    Logs ``hello_service listening on HOST:PORT`` once serving.
+    """
+    built = await create_server(host, port)
+    await built.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    logger.info("hello_service listening on %s:%d", host, built.port)
+    await stop.wait()
+    logger.info("hello_service shutting down")
+    await built.stop(SHUTDOWN_GRACE_S)
+    logger.info("hello_service stopped")
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="hello-service",
+        description="Serve the example HelloService and OrderService over gRPC.",
+    )
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("GRPC_HOST", DEFAULT_HOST),
+        help=f"interface to bind (env GRPC_HOST, default {DEFAULT_HOST}; 0.0.0.0 in containers)",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("GRPC_PORT", DEFAULT_PORT)),
+        help=f"port to bind, 0 for any free one (env GRPC_PORT, default {DEFAULT_PORT})",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point (``hello-service`` / ``python -m hello_service``).
+
+    Args:
+        argv: Arguments without the program name; defaults to ``sys.argv[1:]``.
+
+    Returns:
+        Process exit code (0 after a graceful shutdown).
+    """
+    args = _parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    asyncio.run(serve(args.host, args.port))
+    return 0
