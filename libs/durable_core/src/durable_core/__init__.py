@@ -24,7 +24,14 @@ from durable_core.errors import (
     WorkflowFailedError,
 )
 from durable_core.interceptors import Interceptor, StepInput, WorkflowInput
-from durable_core.plugins import PLUGIN_GROUP, PluginSet, WorkflowRegistry, hookimpl, hookspec, load_plugins
+from durable_core.plugins import (
+    PLUGIN_GROUP,
+    PluginSet,
+    WorkflowRegistry,
+    hookimpl,
+    hookspec,
+    load_plugins,
+)
 from durable_core.retry import RetryPolicy
 from durable_core.worker import Worker
 
@@ -52,6 +59,7 @@ __all__ = [
     "ServiceRef",
     "Status",
     "StepFailedError",
+    "StepRecord",
     "StepInput",
     "SuspendExecution",
     "TerminalError",

@@ -67,7 +67,7 @@ def decode(payload: pb.Payload, as_type: type[Message] | None = None) -> Any:
 
 def _message_class(type_name: str) -> type[Message] | None:
     try:
-        return _SYMBOLS.GetSymbol(type_name)  # type: ignore[no-any-return]
+        return _SYMBOLS.GetSymbol(type_name)
     except KeyError:
         return None
 

@@ -110,27 +110,37 @@ class ChannelPool:
 
     Addresses come from configuration: a mapping from full service name (e.g.
     ``durable_examples.hello.v1.HelloService``) or its short name (``HelloService``) to
-    ``host:port``; the key ``"*"`` is the fallback.
+    ``host:port``; the key ``"*"`` is the fallback. ``defaults`` (contributed by plugins) are
+    used only for services the configuration does not cover, fallback included.
     """
 
-    def __init__(self, addresses: Mapping[str, str]) -> None:
+    def __init__(
+        self, addresses: Mapping[str, str], defaults: Mapping[str, str] | None = None
+    ) -> None:
         self._addresses = dict(addresses)
+        self._defaults = dict(defaults or {})
         self._channels: dict[str, grpc.aio.Channel] = {}
-        self._callables: dict[tuple[str, str], grpc.aio.UnaryUnaryMultiCallable] = {}
+        self._callables: dict[tuple[str, str], grpc.aio.UnaryUnaryMultiCallable[Any, Any]] = {}
 
     def address_of(self, service: str) -> str:
         """The configured address of a service, or ConfigError naming what is configured."""
         short = service.rsplit(".", 1)[-1]
-        for key in (service, short, "*"):
-            if key in self._addresses:
-                return self._addresses[key]
-        known = ", ".join(sorted(self._addresses)) or "none"
+        for table, keys in (
+            (self._addresses, (service, short, "*")),
+            (self._defaults, (service, short)),
+        ):
+            for key in keys:
+                if key in table:
+                    return table[key]
+        known = ", ".join(sorted({**self._defaults, **self._addresses})) or "none"
         raise ConfigError(
             f"no address configured for gRPC service {service} (configured: {known}); "
             f"set services.{short} in settings or DURABLE_SERVICES__{short}=host:port"
         )
 
-    def callable_for(self, method: MethodRef[Any, Any]) -> grpc.aio.UnaryUnaryMultiCallable:
+    def callable_for(
+        self, method: MethodRef[Any, Any]
+    ) -> grpc.aio.UnaryUnaryMultiCallable[Any, Any]:
         """The unary callable for a method on its service's shared channel."""
         address = self.address_of(method.service)
         key = (address, method.path)

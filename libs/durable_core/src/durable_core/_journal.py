@@ -16,7 +16,7 @@ from durable_core.errors import NonDeterminismError
 STEP_KINDS = frozenset({pb.ENTRY_KIND_CALL, pb.ENTRY_KIND_RUN})
 FINAL_KINDS = frozenset({pb.ENTRY_KIND_COMPLETED, pb.ENTRY_KIND_FAILED})
 
-_KIND_NAMES = {pb.ENTRY_KIND_CALL: "call", pb.ENTRY_KIND_RUN: "run"}
+_KIND_NAMES: dict[int, str] = {pb.ENTRY_KIND_CALL: "call", pb.ENTRY_KIND_RUN: "run"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +87,7 @@ class ReplayMachine:
         elif entry.kind in FINAL_KINDS:
             self._final = entry
 
-    def next_step(self, kind: int, name: str, input_hash: bytes) -> Decision:
+    def next_step(self, kind: pb.EntryKind, name: str, input_hash: bytes) -> Decision:
         """Decide what to do with the next step the workflow asks for.
 
         Raises:

@@ -8,24 +8,23 @@ from dataclasses import dataclass
 
 from durable_core.errors import InvalidInputError
 
-_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-_WORKFLOW = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
+_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_WORKFLOW = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,127}")
 MAX_PARTITION_KEY_BYTES = 1024
 
 
 def check_invocation_id(invocation_id: str) -> str:
     """Return the id if it is usable as a subject token and KV key, else InvalidInputError."""
-    if not isinstance(invocation_id, str) or not _ID.match(invocation_id):
+    if not isinstance(invocation_id, str) or not _ID.fullmatch(invocation_id):
         raise InvalidInputError(
-            f"invalid invocation id {invocation_id!r}: use 1-128 characters from "
-            "A-Z a-z 0-9 _ -"
+            f"invalid invocation id {invocation_id!r}: use 1-128 characters from A-Z a-z 0-9 _ -"
         )
     return invocation_id
 
 
 def check_workflow_name(name: str) -> str:
     """Return the name if it is a valid workflow name, else InvalidInputError."""
-    if not isinstance(name, str) or not _WORKFLOW.match(name):
+    if not isinstance(name, str) or not _WORKFLOW.fullmatch(name):
         raise InvalidInputError(
             f"invalid workflow name {name!r}: start with a letter or _, then letters, digits, "
             "_ . - (at most 128)"

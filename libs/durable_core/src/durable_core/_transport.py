@@ -10,6 +10,7 @@ Every write the engine makes goes through here and is conditional:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import ssl
@@ -57,7 +58,7 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
     asyncio.TimeoutError,
 )
 _WRONG_LAST_SEQUENCE = 10071
-_CLUSTER_BUSY_CODES = {10008, 10074, 10075}  # JS not ready / no quorum / insufficient resources
+_CLUSTER_BUSY_CODES = {10005, 10008, 10074, 10075}  # no peers / JS not ready / no quorum / resources
 
 
 class JournalConflict(DurableError):
@@ -121,20 +122,37 @@ async def _retrying(
 def _ssl_context(cfg: NatsConfig) -> ssl.SSLContext | None:
     if not (cfg.tls_ca or cfg.tls_cert):
         return None
-    ctx = ssl.create_default_context(cafile=cfg.tls_ca) if cfg.tls_ca else ssl.create_default_context()
+    ctx = (
+        ssl.create_default_context(cafile=cfg.tls_ca)
+        if cfg.tls_ca
+        else ssl.create_default_context()
+    )
     if cfg.tls_cert:
         ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
     return ctx
 
 
 async def connect_nats(cfg: NatsConfig) -> NatsClient:
-    """Open a NATS connection that reconnects forever, or raise NatsUnavailableError."""
+    """Open a NATS connection that reconnects forever once established.
+
+    The first connection is bounded by ``cfg.connect_timeout``; an authorization failure
+    ends it at once.
+
+    Raises:
+        NatsUnavailableError: no server answered in time, or the credentials were refused.
+    """
+    last_error: BaseException | None = None
+    refused = asyncio.Event()
 
     async def on_error(e: Exception) -> None:
+        nonlocal last_error
+        last_error = e
+        if isinstance(e, nats.errors.AuthorizationError) or "authorization" in str(e).lower():
+            refused.set()
         log.debug("nats: %s: %s", type(e).__name__, e)
 
     async def on_disconnect() -> None:
-        log.info("disconnected from NATS; reconnecting")
+        log.debug("disconnected from NATS")
 
     async def on_reconnect() -> None:
         log.info("reconnected to NATS")
@@ -142,7 +160,7 @@ async def connect_nats(cfg: NatsConfig) -> NatsClient:
     opts: dict[str, Any] = {
         "servers": list(cfg.servers),
         "name": cfg.name,
-        "connect_timeout": cfg.connect_timeout,
+        "connect_timeout": min(cfg.connect_timeout, 2.0),
         "allow_reconnect": True,
         "max_reconnect_attempts": -1,
         "reconnect_time_wait": 0.25,
@@ -163,16 +181,34 @@ async def connect_nats(cfg: NatsConfig) -> NatsClient:
     tls = _ssl_context(cfg)
     if tls is not None:
         opts["tls"] = tls
+    nc = NatsClient()
+    connecting = asyncio.create_task(nc.connect(**opts))
+    refusal = asyncio.create_task(refused.wait())
     try:
-        return await nats.connect(**opts)
-    except nats.errors.AuthorizationError as e:
-        raise NatsUnavailableError(cfg.servers, "authorization failed: check user, password, "
-                                   "token or credentials") from e
-    except (OSError, nats.errors.Error, asyncio.TimeoutError) as e:
-        reason = str(e) or type(e).__name__
-        if "authorization" in reason.lower():
-            reason = "authorization failed: check user, password, token or credentials"
-        raise NatsUnavailableError(cfg.servers, reason) from e
+        await asyncio.wait(
+            {connecting, refusal},
+            timeout=cfg.connect_timeout,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+    finally:
+        refusal.cancel()
+    if connecting.done() and not connecting.cancelled() and connecting.exception() is None:
+        return nc
+    if not connecting.done():
+        connecting.cancel()
+        with contextlib.suppress(BaseException):
+            await connecting
+    elif connecting.exception() is not None:
+        last_error = connecting.exception()
+    with contextlib.suppress(Exception):
+        await nc.close()
+    if refused.is_set():
+        reason = "authorization failed: check user, password, token or credentials"
+    elif last_error is not None:
+        reason = f"{type(last_error).__name__}: {last_error}".rstrip(": ")
+    else:
+        reason = f"no answer within {cfg.connect_timeout:.0f}s"
+    raise NatsUnavailableError(cfg.servers, reason)
 
 
 class Transport:
@@ -243,7 +279,7 @@ class Transport:
                 duplicate_window=e.duplicate_window.total_seconds(),
                 max_msg_size=max_msg,
                 discard=DiscardPolicy.OLD,
-            )
+            ),
         )
         await self._ensure_stream(
             strict,
@@ -258,7 +294,7 @@ class Transport:
                 max_msg_size=max_msg,
                 allow_direct=True,
                 discard=DiscardPolicy.OLD,
-            )
+            ),
         )
         await self._ensure_kv(strict)
 
@@ -295,7 +331,9 @@ class Transport:
                 },
             )
 
-        await _retrying(f"set up stream {want.name}", create, self._deadline(), self.nats_cfg.servers)
+        await _retrying(
+            f"set up stream {want.name}", create, self._deadline(), self.nats_cfg.servers
+        )
 
     async def _ensure_kv(self, strict: bool) -> None:
         n, e = self.names, self.engine
@@ -322,8 +360,10 @@ class Transport:
             if strict:
                 _check_same(
                     f"KV bucket {n.state_bucket}",
-                    {"replicas": info.config.num_replicas,
-                     "history": info.config.max_msgs_per_subject},
+                    {
+                        "replicas": info.config.num_replicas,
+                        "history": info.config.max_msgs_per_subject,
+                    },
                     {"replicas": want.replicas, "history": want.history},
                 )
             self._kv = await self.js.key_value(n.state_bucket)
@@ -392,7 +432,10 @@ class Transport:
             if (c.ack_wait, c.max_ack_pending) != (want.ack_wait, want.max_ack_pending):
                 log.warning(
                     "updating consumer %s: ack_wait %s -> %s, max_ack_pending %s -> %s",
-                    cfg.consumer, c.ack_wait, want.ack_wait, c.max_ack_pending,
+                    cfg.consumer,
+                    c.ack_wait,
+                    want.ack_wait,
+                    c.max_ack_pending,
                     want.max_ack_pending,
                 )
                 return await self.js.add_consumer(n.command_stream, want)
@@ -522,7 +565,9 @@ class Transport:
             return StateRecord(state, rev)
 
         return await _retrying(
-            f"create state of {state.invocation_id}", create, self._deadline(),
+            f"create state of {state.invocation_id}",
+            create,
+            self._deadline(),
             self.nats_cfg.servers,
         )
 
@@ -550,7 +595,9 @@ class Transport:
                 ) from e
 
         return await _retrying(
-            f"update state of {state.invocation_id}", update, self._deadline(),
+            f"update state of {state.invocation_id}",
+            update,
+            self._deadline(),
             self.nats_cfg.servers,
         )
 
@@ -593,16 +640,14 @@ class StateEvents:
         try:
             msg = await self._sub.next_msg(timeout=timeout)
         except nats.errors.TimeoutError as e:
-            raise asyncio.TimeoutError from e
+            raise TimeoutError from e
         st = pb.ExecutionState()
         st.ParseFromString(msg.data)
         return st
 
     async def close(self) -> None:
-        try:
+        with contextlib.suppress(nats.errors.Error):
             await self._sub.unsubscribe()
-        except nats.errors.Error:
-            pass
 
 
 class Delivery:
@@ -640,12 +685,10 @@ class CommandConsumer:
         """Up to ``batch`` deliveries; an empty list if none arrived within ``timeout``."""
         try:
             msgs = await self._psub.fetch(batch=batch, timeout=timeout)
-        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+        except (TimeoutError, nats.errors.TimeoutError):
             return []
         return [Delivery(m) for m in msgs]
 
     async def close(self) -> None:
-        try:
+        with contextlib.suppress(nats.errors.Error):
             await self._psub.unsubscribe()
-        except nats.errors.Error:
-            pass

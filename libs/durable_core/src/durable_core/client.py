@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import time
 import uuid
@@ -258,7 +257,9 @@ class Client:
             await events.close()
         if result.status == Status.FAILED:
             f = result.failure or Failure("Error", "unknown failure")
-            raise WorkflowFailedError(invocation_id, step=f.step, error_type=f.type, reason=f.message)
+            raise WorkflowFailedError(
+                invocation_id, step=f.step, error_type=f.type, reason=f.message
+            )
         return result
 
     async def _submit(
@@ -362,7 +363,7 @@ class Client:
                 )
             try:
                 state = await events.next(timeout=min(left, 5.0))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 # Belt and braces: a republished event can be missed across a reconnect.
                 rec = await self._t.get_state(invocation_id)
                 if rec is not None:

@@ -84,7 +84,9 @@ class EngineConfig:
         if self.replicas not in (1, 3, 5):
             raise ConfigError(f"replicas must be 1, 3 or 5, not {self.replicas}")
         if not 1024 <= self.max_payload <= 64 * 1024 * 1024:
-            raise ConfigError(f"max_payload must be between 1 KiB and 64 MiB, not {self.max_payload}")
+            raise ConfigError(
+                f"max_payload must be between 1 KiB and 64 MiB, not {self.max_payload}"
+            )
 
 
 @dataclass(frozen=True, slots=True)

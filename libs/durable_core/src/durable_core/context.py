@@ -10,7 +10,7 @@ import time
 import uuid as _uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 import grpc
 import grpc.aio
@@ -20,6 +20,7 @@ from durable_core._grpc import ChannelPool, MethodRef
 from durable_core._journal import Execute, ReplayMachine
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core.errors import (
+    InvalidInputError,
     NonDeterminismError,
     StepFailedError,
     TerminalError,
@@ -114,7 +115,9 @@ class Context:
     def uuid(self) -> _uuid.UUID:
         """A UUID (version 4 layout) that is the same on every replay."""
         self._uuid_counter += 1
-        digest = hashlib.sha256(f"{self._invocation_id}:uuid:{self._uuid_counter}".encode()).digest()
+        digest = hashlib.sha256(
+            f"{self._invocation_id}:uuid:{self._uuid_counter}".encode()
+        ).digest()
         return _uuid.UUID(bytes=digest[:16], version=4)
 
     def random(self) -> float:
@@ -153,7 +156,9 @@ class Context:
         req_bytes = method.request_serializer(request)
         decision = self._decide(pb.ENTRY_KIND_CALL, method.path, _codec.input_hash(req_bytes))
         if not isinstance(decision, Execute):
-            return self._replayed(decision.entry, lambda p: method.response_deserializer(p.data))
+            return cast(
+                Resp, self._replayed(decision.entry, lambda p: method.response_deserializer(p.data))
+            )
         if self._channels is None:
             raise TerminalError("this context has no gRPC channels (testing without services)")
         fn = self._channels.callable_for(method)
@@ -165,7 +170,12 @@ class Context:
             return await fn(request, timeout=seconds, metadata=metadata)
 
         return await self._execute(  # type: ignore[no-any-return]
-            pb.ENTRY_KIND_CALL, "call", decision.step, method.path, req_bytes, attempt,
+            pb.ENTRY_KIND_CALL,
+            "call",
+            decision.step,
+            method.path,
+            req_bytes,
+            attempt,
             retry or DEFAULT_RETRY,
         )
 
@@ -202,13 +212,18 @@ class Context:
             return result
 
         return await self._execute(  # type: ignore[no-any-return]
-            pb.ENTRY_KIND_RUN, "run", decision.step, name, arg_bytes, attempt,
+            pb.ENTRY_KIND_RUN,
+            "run",
+            decision.step,
+            name,
+            arg_bytes,
+            attempt,
             retry or DEFAULT_RETRY,
         )
 
     # -- internals -------------------------------------------------------------------------
 
-    def _decide(self, kind: int, name: str, digest: bytes) -> Any:
+    def _decide(self, kind: pb.EntryKind, name: str, digest: bytes) -> Any:
         try:
             return self._machine.next_step(kind, name, digest)
         except NonDeterminismError as e:
@@ -226,7 +241,7 @@ class Context:
 
     async def _execute(
         self,
-        kind: int,
+        kind: pb.EntryKind,
         kind_name: str,
         step: int,
         name: str,
@@ -237,12 +252,13 @@ class Context:
         chained = chain_steps(self._interceptors, attempt_fn)
         started = time.monotonic()
         attempt = 0
+        result: Any = None
+        failure: pb.Failure | None = None
         while True:
             attempt += 1
             inp = StepInput(self._invocation_id, self._workflow, step, kind_name, name, attempt)
             try:
                 result = await chained(inp)
-                output = _codec.encode(result)
                 failure = None
                 break
             except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
@@ -252,9 +268,16 @@ class Context:
                 if retryable and policy.allows_another(attempt):
                     await asyncio.sleep(policy.delay(attempt, self._retry_rng))
                     continue
-                output = None
-                failure = pb.Failure(type=type(e).__name__, message=str(e), code=code, step=step)
+                failure = pb.Failure(
+                    type=type(e).__name__, message=_message(e), code=code, step=step
+                )
                 break
+        output = None
+        if failure is None:
+            try:
+                output = _codec.encode(result)
+            except InvalidInputError as e:  # a result we cannot store: running again won't help
+                failure = pb.Failure(type=type(e).__name__, message=str(e), step=step)
         entry = pb.JournalEntry(
             kind=kind,
             step=step,
@@ -275,6 +298,13 @@ class Context:
                 failure.message, step=step, name=name, code=failure.code, error_type=failure.type
             )
         return result
+
+
+def _message(e: Exception) -> str:
+    """A readable message: gRPC errors as 'CODE: details'."""
+    if isinstance(e, grpc.aio.AioRpcError):
+        return f"{e.code().name}: {e.details()}"
+    return str(e) or type(e).__name__
 
 
 def _classify(e: Exception, policy: RetryPolicy) -> tuple[str, bool]:

@@ -2,9 +2,9 @@
 
 ```
 DurableError                      every error this library raises
-├── TerminalError                 a failure that must not be retried (raise it from a step or workflow)
+├── TerminalError                 a failure never retried (raise it in a step or workflow)
 │   └── StepFailedError           a step failed after its retries; carries step, name, code
-├── RetryableError                a failure worth retrying (raise it from a step to ask for a retry)
+├── RetryableError                a failure worth retrying (raise it in a step to retry)
 ├── ConfigError                   bad or mismatching configuration (settings, streams, consumers)
 ├── InvalidInputError             bad input: malformed args, oversized payload, bad id or key
 ├── NonDeterminismError           the workflow code no longer matches its journal

@@ -158,6 +158,7 @@ def load_plugins(*, entry_points: bool = True, extra: Iterable[object] = ()) -> 
         impl = getattr(plugin, "durable_register_workflows", None)
         if impl is not None:
             impl(registry=_Tagged(registry, name))
+    pm.check_pending()  # a misspelled hook name is an error, not silently ignored
     for addresses in pm.hook.durable_service_addresses():
         out.service_addresses.update(addresses or {})
     for icps in pm.hook.durable_interceptors():
@@ -170,6 +171,8 @@ class _Tagged(WorkflowRegistry):
     """A view of a registry that records which plugin registered each workflow."""
 
     def __init__(self, inner: WorkflowRegistry, plugin: str) -> None:  # noqa: D107
+        super().__init__()
+        self._workflows = inner._workflows  # one table: lookups through the view see it all
         self._inner = inner
         self._plugin = plugin
 

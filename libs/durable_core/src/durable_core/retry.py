@@ -36,7 +36,7 @@ class RetryPolicy:
     initial_interval: timedelta = timedelta(milliseconds=200)
     backoff_coefficient: float = 2.0
     maximum_interval: timedelta = timedelta(seconds=10)
-    maximum_attempts: int = 5
+    maximum_attempts: int = 10
     jitter: float = 0.1
     non_retryable_errors: tuple[str, ...] = ()
 

@@ -18,7 +18,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from google.protobuf.message import DecodeError
@@ -69,12 +69,13 @@ class Worker:
         *,
         interceptors: Sequence[Interceptor] = (),
         channels: ChannelPool | None = None,
+        service_defaults: Mapping[str, str] | None = None,
     ) -> None:
         self.transport = transport
         self.registry = registry
         self.config = config
         self.interceptors = tuple(interceptors)
-        self.channels = channels or ChannelPool(config.services)
+        self.channels = channels or ChannelPool(config.services, service_defaults)
         self.processor_id = config.processor_id or f"{socket.gethostname()}-{os.getpid()}"
         self._tasks: set[asyncio.Task[None]] = set()
         self._slot_freed = asyncio.Event()
@@ -97,8 +98,10 @@ class Worker:
         consumer = await self.transport.command_consumer(self.config)
         log.info(
             "processor %s consuming (max_concurrent=%d, ack_wait=%ss, workflows: %s)",
-            self.processor_id, self.config.max_concurrent,
-            self.config.ack_wait.total_seconds(), ", ".join(self.registry.names()) or "none",
+            self.processor_id,
+            self.config.max_concurrent,
+            self.config.ack_wait.total_seconds(),
+            ", ".join(self.registry.names()) or "none",
         )
         try:
             while not self._stopping.is_set():
@@ -193,7 +196,9 @@ class _Execution:
             except JournalConflict as e:
                 log.warning(
                     "invocation %s: journal moved on under %s (%s); abandoning this run",
-                    self.id, self.token, e,
+                    self.id,
+                    self.token,
+                    e,
                 )
                 raise SuspendExecution("lost claim") from e
             self.length += 1
@@ -256,8 +261,11 @@ class _Execution:
     async def run(self) -> None:
         self.state = await self.t.get_state(self.id)
         if self.state is not None and self.state.state.status in TERMINAL:
-            log.info("invocation %s already %s; acking duplicate delivery", self.id,
-                     pb.Status.Name(self.state.state.status))
+            log.info(
+                "invocation %s already %s; acking duplicate delivery",
+                self.id,
+                pb.Status.Name(self.state.state.status),
+            )
             await self.delivery.ack()
             return
         fresh = self.delivery.num_delivered == 1 and (
@@ -284,9 +292,7 @@ class _Execution:
         if not fresh:
             await self.load_journal()
             if self.machine.final is None and self.length > 0:
-                await self.append(
-                    pb.JournalEntry(kind=pb.ENTRY_KIND_CLAIM, timestamp_ms=_now_ms())
-                )
+                await self.append(pb.JournalEntry(kind=pb.ENTRY_KIND_CLAIM, timestamp_ms=_now_ms()))
         if self.machine.final is None:
             await self.write_state(status=pb.STATUS_RUNNING)
 
@@ -307,7 +313,9 @@ class _Execution:
         if name not in w.registry:
             await self._finish(
                 pb.STATUS_FAILED,
-                failure=pb.Failure(type="UnknownWorkflow", message=w.registry.unknown_message(name)),
+                failure=pb.Failure(
+                    type="UnknownWorkflow", message=w.registry.unknown_message(name)
+                ),
             )
             return
         wf = w.registry.get(name)
@@ -332,8 +340,13 @@ class _Execution:
             w.interceptors,
             body,
         )
-        inp = WorkflowInput(self.id, name, self.cmd.partition_key, self.delivery.num_delivered,
-                            dict(self.cmd.metadata))
+        inp = WorkflowInput(
+            self.id,
+            name,
+            self.cmd.partition_key,
+            self.delivery.num_delivered,
+            dict(self.cmd.metadata),
+        )
         try:
             result = await run(inp)
         except SuspendExecution:
@@ -345,23 +358,30 @@ class _Execution:
             if isinstance(e, StepFailedError):
                 failure.step, failure.code = e.step, e.code
             if ctx.nondeterminism is not None:
-                failure = pb.Failure(type="NonDeterminismError", message=str(ctx.nondeterminism),
-                                     step=ctx.nondeterminism.step)
+                failure = pb.Failure(
+                    type="NonDeterminismError",
+                    message=str(ctx.nondeterminism),
+                    step=ctx.nondeterminism.step,
+                )
             log.info("invocation %s failed: %s", self.id, failure.message)
             await self._finish(pb.STATUS_FAILED, failure=failure)
             return
         if ctx.nondeterminism is not None:
             await self._finish(
                 pb.STATUS_FAILED,
-                failure=pb.Failure(type="NonDeterminismError", message=str(ctx.nondeterminism),
-                                   step=ctx.nondeterminism.step),
+                failure=pb.Failure(
+                    type="NonDeterminismError",
+                    message=str(ctx.nondeterminism),
+                    step=ctx.nondeterminism.step,
+                ),
             )
             return
         try:
             output = _codec.encode(result)
         except InvalidInputError as e:
-            await self._finish(pb.STATUS_FAILED,
-                               failure=pb.Failure(type="InvalidOutput", message=str(e)))
+            await self._finish(
+                pb.STATUS_FAILED, failure=pb.Failure(type="InvalidOutput", message=str(e))
+            )
             return
         await self._finish(pb.STATUS_COMPLETED, output=output)
 
@@ -396,8 +416,12 @@ class _Execution:
             self.w.completed += 1
         else:
             self.w.failed += 1
-        log.info("invocation %s %s (%d journal entries)", self.id,
-                 "completed" if completed else "failed", self.length)
+        log.info(
+            "invocation %s %s (%d journal entries)",
+            self.id,
+            "completed" if completed else "failed",
+            self.length,
+        )
 
 
 assert FINAL_KINDS  # the journal module defines what "final" means

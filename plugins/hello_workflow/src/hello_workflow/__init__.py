@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from durable_core import Context, WorkflowRegistry, grpc_service, hookimpl
 from durable_examples.hello.v1.hello_pb2 import HelloRequest
 from durable_examples.hello.v1.hello_pb2_grpc import HelloServiceStub
-
-from durable_core import Context, WorkflowRegistry, grpc_service, hookimpl
 
 hello = grpc_service(HelloServiceStub)
 

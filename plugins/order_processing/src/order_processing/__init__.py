@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from durable_core import Context, TerminalError, WorkflowRegistry, grpc_service, hookimpl
 from durable_examples.order.v1.order_pb2 import ChargeRequest, ShipRequest, ValidateRequest
 from durable_examples.order.v1.order_pb2_grpc import OrderServiceStub
-
-from durable_core import Context, TerminalError, WorkflowRegistry, grpc_service, hookimpl
 
 orders = grpc_service(OrderServiceStub)
 
@@ -20,9 +19,7 @@ async def order_processing(ctx: Context, args: dict[str, Any]) -> dict[str, Any]
     """Validate, charge and ship ``{"order_id": str, "amount_cents": int}``."""
     order_id = str(args.get("order_id", ""))
     amount = int(args.get("amount_cents", 0))
-    valid = await ctx.call(
-        orders.Validate, ValidateRequest(order_id=order_id, amount_cents=amount)
-    )
+    valid = await ctx.call(orders.Validate, ValidateRequest(order_id=order_id, amount_cents=amount))
     if not valid.valid:
         raise TerminalError(f"order {order_id} is invalid: {valid.reason}")
     charge = await ctx.call(orders.Charge, ChargeRequest(order_id=order_id, amount_cents=amount))

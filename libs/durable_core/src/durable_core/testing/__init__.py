@@ -1,0 +1,35 @@
+"""Helpers for tests, ``durable dev`` and benchmarks.
+
+Real NATS servers and clusters, and a journal replayer for unit tests of workflows with no
+NATS at all (``replay_workflow`` with ``call_entry``, ``run_entry`` and ``failed_entry``).
+"""
+
+from durable_core.testing._cluster import NatsCluster
+from durable_core.testing._replay import (
+    RecordedCall,
+    WorkflowRun,
+    call_entry,
+    failed_entry,
+    replay_workflow,
+    run_entry,
+)
+from durable_core.testing._servers import (
+    NatsServer,
+    docker_available,
+    find_nats_server_binary,
+    free_port,
+)
+
+__all__ = [
+    "NatsCluster",
+    "NatsServer",
+    "RecordedCall",
+    "WorkflowRun",
+    "call_entry",
+    "docker_available",
+    "failed_entry",
+    "find_nats_server_binary",
+    "free_port",
+    "replay_workflow",
+    "run_entry",
+]

@@ -1,0 +1,219 @@
+"""Payload encoding, and the names, ids and keys that become NATS subjects."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import pytest
+
+from durable_core import InvalidInputError, _codec
+from durable_core._naming import (
+    MAX_PARTITION_KEY_BYTES,
+    Names,
+    check_invocation_id,
+    check_workflow_name,
+    decode_partition_key,
+    encode_partition_key,
+)
+from durable_core._pb.durable.v1 import durable_pb2 as pb
+from durable_examples.hello.v1.hello_pb2 import HelloRequest, HelloResponse
+
+TOKEN = re.compile(r"[A-Za-z0-9_-]+")
+
+
+# -- codec -------------------------------------------------------------------------------------
+
+
+def test_none_round_trips_as_an_empty_payload() -> None:
+    payload = _codec.encode(None)
+    assert payload.encoding == pb.ENCODING_UNSPECIFIED
+    assert payload.data == b""
+    assert _codec.decode(payload) is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"name": "Ada", "tags": ["a", "b"], "n": 3, "x": 1.5, "ok": True, "none": None},
+        [1, [2, [3]]],
+        "héllo wörld ✓",
+        "",
+        0,
+        -(2**70),
+        False,
+        {},
+    ],
+)
+def test_json_values_round_trip(value: Any) -> None:
+    payload = _codec.encode(value)
+    assert payload.encoding == pb.ENCODING_JSON
+    assert _codec.decode(payload) == value
+
+
+def test_json_is_compact_and_keeps_unicode() -> None:
+    assert _codec.encode({"a": "é", "b": [1, 2]}).data == '{"a":"é","b":[1,2]}'.encode()
+
+
+@pytest.mark.parametrize("value", [b"\x00\xffraw", bytearray(b"abc"), memoryview(b"xyz"), b""])
+def test_bytes_round_trip(value: bytes | bytearray | memoryview) -> None:
+    payload = _codec.encode(value)
+    assert payload.encoding == pb.ENCODING_BYTES
+    decoded = _codec.decode(payload)
+    assert type(decoded) is bytes
+    assert decoded == bytes(value)
+
+
+def test_protobuf_round_trips_by_type_name() -> None:
+    message = HelloResponse(message="Hello, Ada!")
+    payload = _codec.encode(message)
+    assert payload.encoding == pb.ENCODING_PROTOBUF
+    assert payload.type_name == "durable_examples.hello.v1.HelloResponse"
+    decoded = _codec.decode(payload)
+    assert isinstance(decoded, HelloResponse)
+    assert decoded == message
+
+
+def test_protobuf_decodes_into_an_explicit_type() -> None:
+    payload = _codec.encode(HelloRequest(name="Ada"))
+    assert _codec.decode(payload, HelloRequest) == HelloRequest(name="Ada")
+
+
+def test_protobuf_of_an_unknown_type_decodes_to_its_bytes() -> None:
+    payload = pb.Payload(
+        encoding=pb.ENCODING_PROTOBUF, type_name="nowhere.Unknown", data=b"\x0a\x01x"
+    )
+    assert _codec.decode(payload) == b"\x0a\x01x"
+
+
+def test_corrupt_protobuf_is_invalid_input() -> None:
+    payload = pb.Payload(
+        encoding=pb.ENCODING_PROTOBUF, type_name=HelloResponse.DESCRIPTOR.full_name, data=b"\xff"
+    )
+    with pytest.raises(InvalidInputError, match="does not parse"):
+        _codec.decode(payload)
+
+
+@pytest.mark.parametrize("value", [object(), {1, 2}, math.nan, {"k": math.inf}, [1, object()]])
+def test_unsupported_values_are_invalid_input(value: Any) -> None:
+    with pytest.raises(InvalidInputError, match="cannot store a value") as info:
+        _codec.encode(value)
+    assert isinstance(info.value, ValueError)  # callers may catch it as a ValueError too
+
+
+def test_unknown_encoding_is_invalid_input() -> None:
+    with pytest.raises(InvalidInputError, match="unknown payload encoding"):
+        _codec.decode(pb.Payload(encoding=99, data=b"?"))  # type: ignore[arg-type]
+
+
+def test_input_hash_is_short_stable_and_sensitive() -> None:
+    assert len(_codec.input_hash(b"abc")) == 8
+    assert _codec.input_hash(b"abc") == _codec.input_hash(b"abc")
+    assert _codec.input_hash(b"abc") != _codec.input_hash(b"abd")
+
+
+def test_to_json_compatible_renders_protobuf_and_bytes() -> None:
+    assert _codec.to_json_compatible(_codec.encode(HelloRequest(name="Ada"))) == {"name": "Ada"}
+    assert _codec.to_json_compatible(_codec.encode(b"\x01\x02")) == {"$bytes": "0102"}
+    assert _codec.to_json_compatible(_codec.encode([1])) == [1]
+
+
+def test_parse_json_args_names_the_problem() -> None:
+    assert _codec.parse_json_args('{"name": "Ada"}') == {"name": "Ada"}
+    with pytest.raises(InvalidInputError, match="not valid JSON"):
+        _codec.parse_json_args("{name: Ada}")
+
+
+# -- partition keys ------------------------------------------------------------------------------
+
+KEYS = [
+    "customer-42",
+    "",
+    "a.b.c",
+    "...",
+    "with spaces  ",
+    ">",
+    "*",
+    "orders.>",
+    "a*b>c",
+    "ünïcödé ✓ 漢字",
+    "emoji 🚀",
+    "_",
+    "-",
+    "\x00\n\t",
+    "x" * MAX_PARTITION_KEY_BYTES,
+]
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_partition_key_round_trips_through_one_safe_token(key: str) -> None:
+    token = encode_partition_key(key)
+    assert TOKEN.fullmatch(token), token
+    assert decode_partition_key(token) == key
+
+
+def test_empty_partition_key_has_its_own_token() -> None:
+    assert encode_partition_key("") == "_"
+
+
+def test_distinct_partition_keys_get_distinct_tokens() -> None:
+    tokens = [encode_partition_key(k) for k in KEYS]
+    assert len(set(tokens)) == len(KEYS)
+
+
+def test_oversized_partition_key_is_invalid_input() -> None:
+    with pytest.raises(InvalidInputError, match=str(MAX_PARTITION_KEY_BYTES)):
+        encode_partition_key("é" * MAX_PARTITION_KEY_BYTES)  # 2 bytes a character
+
+
+def test_non_string_partition_key_is_invalid_input() -> None:
+    with pytest.raises(InvalidInputError, match="must be a string"):
+        encode_partition_key(42)  # type: ignore[arg-type]
+
+
+def test_command_subject_uses_the_encoded_key() -> None:
+    names = Names("durable")
+    subject = names.command_subject("orders.>")
+    assert subject == f"durable.cmd.{encode_partition_key('orders.>')}"
+    assert subject.count(".") == 2  # the key is one token, whatever it holds
+    assert names.command_stream == "DURABLE_COMMANDS"
+    assert names.journal_subject("inv-1") == "durable.journal.inv-1"
+    assert names.state_bucket == "durable_state"
+
+
+# -- ids and names -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["a", "inv-1", "A_b-9", "x" * 128, "01HZX3"])
+def test_valid_invocation_ids(value: str) -> None:
+    assert check_invocation_id(value) == value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        *["", "a.b", "a b", "a>b", "*", "é", "x" * 129, "a/b", "a\nb", 42, None],
+        "inv\n",
+    ],
+)
+def test_invalid_invocation_ids(value: Any) -> None:
+    with pytest.raises(InvalidInputError, match="invalid invocation id"):
+        check_invocation_id(value)
+
+
+@pytest.mark.parametrize("value", ["hello_workflow", "_private", "a.b-c", "W" + "x" * 127])
+def test_valid_workflow_names(value: str) -> None:
+    assert check_workflow_name(value) == value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        *["", "1abc", "-x", ".x", "a b", "a>b", "a*", "W" * 129, 3],
+        "hello_workflow\n",
+    ],
+)
+def test_invalid_workflow_names(value: Any) -> None:
+    with pytest.raises(InvalidInputError, match="invalid workflow name"):
+        check_workflow_name(value)

@@ -1,0 +1,404 @@
+"""Context over an in-memory journal: journaling order, replay, determinism, retries."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+
+from durable_core import (
+    Context,
+    NonDeterminismError,
+    RetryableError,
+    RetryPolicy,
+    StepFailedError,
+    TerminalError,
+    _codec,
+    grpc_service,
+)
+from durable_core._grpc import MethodRef
+from durable_core._journal import ReplayMachine
+from durable_core._pb.durable.v1 import durable_pb2 as pb
+from durable_examples.hello.v1.hello_pb2 import HelloRequest, HelloResponse
+from durable_examples.hello.v1.hello_pb2_grpc import HelloServiceStub
+
+hello = grpc_service(HelloServiceStub)
+FAST = RetryPolicy(initial_interval=timedelta(milliseconds=1), maximum_attempts=3, jitter=0)
+START_MS = 1_700_000_000_000
+
+
+class FakeJournal:
+    """Records appended entries; ``events`` interleaves them with what the workflow logs."""
+
+    def __init__(self, events: list[str] | None = None) -> None:
+        self.entries: list[pb.JournalEntry] = []
+        self.events = events if events is not None else []
+
+    async def append_step(self, entry: pb.JournalEntry) -> None:
+        await asyncio.sleep(0.01)  # a durable write takes time; the context must wait for it
+        self.entries.append(entry)
+        self.events.append(f"journaled step {entry.step}")
+
+
+class FakeChannels:
+    """ChannelPool stand-in: one async callable per method, recording metadata."""
+
+    def __init__(self, answer: Callable[[Any], Any]) -> None:
+        self.answer = answer
+        self.sent: list[tuple[str, Any, dict[str, str], float | None]] = []
+
+    def callable_for(self, method: MethodRef[Any, Any]) -> Callable[..., Awaitable[Any]]:
+        async def invoke(request: Any, timeout: float | None = None, metadata: Any = None) -> Any:
+            self.sent.append((method.path, request, dict(metadata or ()), timeout))
+            return self.answer(request)
+
+        return invoke
+
+
+def make_ctx(
+    *,
+    invocation_id: str = "inv-1",
+    entries: list[pb.JournalEntry] | None = None,
+    journal: FakeJournal | None = None,
+    channels: FakeChannels | None = None,
+) -> tuple[Context, FakeJournal]:
+    journal = journal or FakeJournal()
+    ctx = Context(
+        invocation_id=invocation_id,
+        workflow="wf",
+        partition_key="pk",
+        machine=ReplayMachine(invocation_id, entries or []),
+        journal=journal,
+        channels=channels,  # type: ignore[arg-type]
+        start_time_ms=START_MS,
+    )
+    return ctx, journal
+
+
+def greet(request: HelloRequest) -> HelloResponse:
+    return HelloResponse(message=f"Hello, {request.name}!")
+
+
+# -- ctx.run -------------------------------------------------------------------------------------
+
+
+async def test_run_journals_before_the_workflow_moves_on() -> None:
+    events: list[str] = []
+    ctx, journal = make_ctx(journal=FakeJournal(events))
+
+    def side_effect() -> int:
+        events.append("ran")
+        return 41
+
+    result = await ctx.run("answer", side_effect)
+    events.append("next line of the workflow")
+
+    assert result == 41
+    assert events == ["ran", "journaled step 1", "next line of the workflow"]
+    (entry,) = journal.entries
+    assert entry.kind == pb.ENTRY_KIND_RUN
+    assert entry.name == "answer"
+    assert _codec.decode(entry.output) == 41
+    assert entry.attempts == 1
+
+
+async def test_replay_returns_the_recorded_result_without_running_again() -> None:
+    calls = 0
+
+    def side_effect(x: int) -> dict[str, int]:
+        nonlocal calls
+        calls += 1
+        return {"doubled": x * 2}
+
+    first, journal = make_ctx()
+    assert await first.run("double", side_effect, 21) == {"doubled": 42}
+    assert calls == 1
+
+    second, second_journal = make_ctx(entries=journal.entries)
+    assert second.is_replaying
+    assert await second.run("double", side_effect, 21) == {"doubled": 42}
+    assert not second.is_replaying
+    assert calls == 1  # replayed, not re-run
+    assert second_journal.entries == []
+
+
+async def test_replay_with_other_arguments_is_nondeterminism() -> None:
+    first, journal = make_ctx()
+    await first.run("double", lambda x: x * 2, 21)
+    second, _ = make_ctx(entries=journal.entries)
+    with pytest.raises(NonDeterminismError):
+        await second.run("double", lambda x: x * 2, 22)
+
+
+async def test_sync_step_runs_off_the_event_loop_and_async_step_is_awaited() -> None:
+    ctx, _ = make_ctx()
+    loop_thread = threading.get_ident()
+
+    async def async_effect() -> str:
+        await asyncio.sleep(0)
+        return "async"
+
+    assert await ctx.run("thread", threading.get_ident) != loop_thread
+    assert await ctx.run("async", async_effect) == "async"
+
+
+# -- deterministic helpers ---------------------------------------------------------------------
+
+
+async def test_now_is_start_time_then_the_recorded_step_time_on_replay() -> None:
+    recorded_ms = START_MS + 5_000
+    step = pb.JournalEntry(kind=pb.ENTRY_KIND_RUN, step=1, name="a", timestamp_ms=recorded_ms)
+    step.output.CopyFrom(_codec.encode(1))
+    ctx, _ = make_ctx(entries=[step])
+
+    assert ctx.now() == datetime.fromtimestamp(START_MS / 1000, tz=UTC)
+    await ctx.run("a", lambda: 1)
+    assert ctx.now() == datetime.fromtimestamp(recorded_ms / 1000, tz=UTC)
+    assert ctx.now().tzinfo is UTC
+
+
+async def test_now_after_an_executed_step_is_that_steps_journal_time() -> None:
+    ctx, journal = make_ctx()
+    await ctx.run("a", lambda: 1)
+    after_first_run = ctx.now()
+    assert after_first_run == datetime.fromtimestamp(journal.entries[0].timestamp_ms / 1000, tz=UTC)
+
+    replay, _ = make_ctx(entries=journal.entries)
+    await replay.run("a", lambda: 1)
+    assert replay.now() == after_first_run
+
+
+def test_uuid_and_random_are_seeded_by_the_invocation_id() -> None:
+    a, _ = make_ctx(invocation_id="inv-1")
+    b, _ = make_ctx(invocation_id="inv-1")
+    other, _ = make_ctx(invocation_id="inv-2")
+
+    a_values = [a.uuid(), a.uuid(), a.random(), a.random()]
+    assert [b.uuid(), b.uuid(), b.random(), b.random()] == a_values
+    assert [other.uuid(), other.uuid(), other.random(), other.random()] != a_values
+    assert a_values[0] != a_values[1]  # successive calls differ
+    assert a_values[0].version == 4
+    assert all(0 <= x < 1 for x in a_values[2:])
+
+
+# -- ctx.call ----------------------------------------------------------------------------------
+
+
+async def test_call_sends_the_idempotency_key_of_its_step() -> None:
+    channels = FakeChannels(greet)
+    ctx, journal = make_ctx(invocation_id="inv-9", channels=channels)
+
+    await ctx.run("first", lambda: None)
+    response = await ctx.call(
+        hello.SayHello, HelloRequest(name="Ada"), timeout=timedelta(seconds=2)
+    )
+
+    assert response == HelloResponse(message="Hello, Ada!")
+    ((path, request, metadata, timeout),) = channels.sent
+    assert path == "/durable_examples.hello.v1.HelloService/SayHello"
+    assert request == HelloRequest(name="Ada")
+    assert metadata["idempotency-key"] == "inv-9:2"
+    assert timeout == 2.0
+    entry = journal.entries[-1]
+    assert (entry.kind, entry.step, entry.name) == (pb.ENTRY_KIND_CALL, 2, path)
+    assert entry.input_hash == _codec.input_hash(HelloRequest(name="Ada").SerializeToString())
+
+
+async def test_call_retries_transient_grpc_errors_with_the_same_key() -> None:
+    attempts = 0
+
+    def flaky(request: HelloRequest) -> HelloResponse:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "down"
+            )
+        return greet(request)
+
+    channels = FakeChannels(flaky)
+    ctx, journal = make_ctx(channels=channels)
+    await ctx.call(hello.SayHello, HelloRequest(name="Ada"), retry=FAST)
+
+    assert attempts == 2
+    assert {md["idempotency-key"] for _, _, md, _ in channels.sent} == {"inv-1:1"}
+    assert journal.entries[0].attempts == 2
+
+
+async def test_call_fails_at_once_on_a_permanent_grpc_error() -> None:
+    def invalid(request: HelloRequest) -> HelloResponse:
+        raise grpc.aio.AioRpcError(
+            grpc.StatusCode.INVALID_ARGUMENT, grpc.aio.Metadata(), grpc.aio.Metadata(), "bad"
+        )
+
+    channels = FakeChannels(invalid)
+    ctx, journal = make_ctx(channels=channels)
+    with pytest.raises(StepFailedError) as info:
+        await ctx.call(hello.SayHello, HelloRequest(name="Ada"), retry=FAST)
+
+    assert info.value.code == "INVALID_ARGUMENT"
+    assert len(channels.sent) == 1
+    assert journal.entries[0].failure.code == "INVALID_ARGUMENT"
+
+
+async def test_replayed_call_is_not_sent() -> None:
+    channels = FakeChannels(greet)
+    first, journal = make_ctx(channels=channels)
+    await first.call(hello.SayHello, HelloRequest(name="Ada"))
+
+    replay, _ = make_ctx(entries=journal.entries, channels=channels)
+    response = await replay.call(hello.SayHello, HelloRequest(name="Ada"))
+    assert response == HelloResponse(message="Hello, Ada!")
+    assert isinstance(response, HelloResponse)
+    assert len(channels.sent) == 1
+
+
+async def test_call_rejects_something_that_is_not_a_method() -> None:
+    ctx, _ = make_ctx(channels=FakeChannels(greet))
+    with pytest.raises(TypeError, match="grpc_service"):
+        await ctx.call("SayHello", HelloRequest())  # type: ignore[arg-type]
+
+
+async def test_call_without_channels_is_terminal() -> None:
+    ctx, _ = make_ctx(channels=None)
+    with pytest.raises(TerminalError, match="no gRPC channels"):
+        await ctx.call(hello.SayHello, HelloRequest())
+
+
+# -- failures and retries ------------------------------------------------------------------------
+
+
+async def test_failing_run_retries_per_policy_then_fails_and_journals_the_failure() -> None:
+    attempts = 0
+
+    def broken() -> None:
+        nonlocal attempts
+        attempts += 1
+        raise ValueError(f"broken #{attempts}")
+
+    ctx, journal = make_ctx()
+    started = time.monotonic()
+    with pytest.raises(StepFailedError) as info:
+        await ctx.run("broken", broken, retry=FAST)
+
+    assert attempts == 3
+    assert time.monotonic() - started < 1.0  # tiny intervals, not the default backoff
+    err = info.value
+    assert (err.step, err.name, err.error_type) == (1, "broken", "ValueError")
+    assert "broken #3" in str(err)
+    (entry,) = journal.entries
+    assert entry.HasField("failure") and not entry.HasField("output")
+    assert (entry.failure.type, entry.failure.step, entry.attempts) == ("ValueError", 1, 3)
+
+
+async def test_run_that_recovers_within_its_retries_succeeds() -> None:
+    attempts = 0
+
+    def flaky() -> str:
+        nonlocal attempts
+        attempts += 1
+        if attempts < 3:
+            raise RetryableError("not yet")
+        return "done"
+
+    ctx, journal = make_ctx()
+    assert await ctx.run("flaky", flaky, retry=FAST) == "done"
+    assert journal.entries[0].attempts == 3
+    assert not journal.entries[0].HasField("failure")
+
+
+async def test_terminal_error_is_not_retried() -> None:
+    attempts = 0
+
+    def refuse() -> None:
+        nonlocal attempts
+        attempts += 1
+        raise TerminalError("card declined")
+
+    ctx, journal = make_ctx()
+    with pytest.raises(StepFailedError) as info:
+        await ctx.run("charge", refuse, retry=FAST)
+    assert attempts == 1
+    assert info.value.error_type == "TerminalError"
+    assert journal.entries[0].failure.message == "card declined"
+
+
+async def test_non_retryable_errors_by_class_name_are_not_retried() -> None:
+    attempts = 0
+
+    def lookup() -> None:
+        nonlocal attempts
+        attempts += 1
+        raise KeyError("missing")
+
+    policy = RetryPolicy(
+        initial_interval=timedelta(milliseconds=1), non_retryable_errors=("KeyError",)
+    )
+    ctx, _ = make_ctx()
+    with pytest.raises(StepFailedError):
+        await ctx.run("lookup", lookup, retry=policy)
+    assert attempts == 1
+
+
+async def test_replayed_failure_raises_again_without_running() -> None:
+    ctx, journal = make_ctx()
+    with pytest.raises(StepFailedError):
+        await ctx.run("charge", _raise_terminal)
+
+    replay, _ = make_ctx(entries=journal.entries)
+    ran = False
+
+    def must_not_run() -> None:
+        nonlocal ran
+        ran = True
+
+    with pytest.raises(StepFailedError) as info:
+        await replay.run("charge", must_not_run)
+    assert not ran
+    assert (info.value.step, info.value.error_type) == (1, "TerminalError")
+
+
+def _raise_terminal() -> None:
+    raise TerminalError("no")
+
+
+async def test_caught_nondeterminism_is_still_recorded_on_the_context() -> None:
+    recorded = pb.JournalEntry(kind=pb.ENTRY_KIND_RUN, step=1, name="charge")
+    ctx, _ = make_ctx(entries=[recorded])
+    assert ctx.nondeterminism is None
+
+    # A workflow swallowing the error must not hide it from the engine.
+    with contextlib.suppress(NonDeterminismError):
+        await ctx.run("refund", lambda: None)
+
+    assert ctx.nondeterminism is not None
+    assert ctx.nondeterminism.step == 1
+    assert ctx.nondeterminism.invocation_id == "inv-1"
+
+
+def test_identity_properties() -> None:
+    ctx, _ = make_ctx(invocation_id="inv-3")
+    assert (ctx.invocation_id, ctx.workflow, ctx.partition_key) == ("inv-3", "wf", "pk")
+    assert not ctx.is_replaying
+
+
+async def test_a_result_the_engine_cannot_store_does_not_rerun_the_side_effect() -> None:
+    runs = 0
+
+    def effect() -> datetime:
+        nonlocal runs
+        runs += 1
+        return datetime.now(UTC)  # not JSON: the step cannot be journaled
+
+    ctx, _ = make_ctx()
+    with pytest.raises(StepFailedError, match="cannot store"):
+        await ctx.run("effect", effect, retry=FAST)
+    assert runs == 1

@@ -1,0 +1,3 @@
+from durable_processor.main import main
+
+raise SystemExit(main())

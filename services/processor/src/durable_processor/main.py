@@ -1,0 +1,100 @@
+"""Entry point: ``durable-processor`` / ``python -m durable_processor``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from durable_core import Client, DurableError, Worker, load_plugins
+from durable_core._transport import Transport
+from durable_processor.settings import ProcessorSettings, load_settings
+
+log = logging.getLogger("durable_processor")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="durable-processor",
+        description="Run durable workflow invocations from NATS JetStream.",
+    )
+    p.add_argument("--nats-url", help="NATS URL(s), comma-separated (env NATS_URL)")
+    p.add_argument("--max-concurrent", type=int, help="executions running at once (default 100)")
+    p.add_argument("--ack-wait", type=float, help="seconds before redelivery (default 300)")
+    p.add_argument(
+        "--heartbeat",
+        type=float,
+        help="seconds between in-progress acks; 0 = ack-wait/3, -1 = none",
+    )
+    p.add_argument("--replicas", type=int, help="JetStream replicas (1, 3 or 5)")
+    p.add_argument("--processor-id", help="name of this processor in journals and logs")
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+    return p.parse_args(argv)
+
+
+async def submit_test_command(settings: ProcessorSettings) -> None:
+    """Submit one hello_workflow, as the seed's SUBMIT_TEST_COMMAND=true did."""
+    async with await Client.connect(settings.nats, engine=settings.engine) as client:
+        invocation_id = await client.invoke_async("hello_workflow", {"name": ""})
+        log.info("submitted test command: invocation_id=%s handler=hello_workflow", invocation_id)
+
+
+async def serve(settings: ProcessorSettings) -> int:
+    plugins = load_plugins()
+    log.info(
+        "plugins: %s; workflows: %s",
+        ", ".join(plugins.plugins) or "none",
+        ", ".join(plugins.registry.names()) or "none",
+    )
+    transport = await Transport.connect(settings.nats, settings.engine)
+    worker = Worker(
+        transport,
+        plugins.registry,
+        settings.worker,
+        interceptors=plugins.interceptors,
+        service_defaults=plugins.service_addresses,
+    )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.stop)
+    if settings.submit_test_command:
+        await submit_test_command(settings)
+    try:
+        await worker.run()
+    finally:
+        await transport.close()
+    log.info("processor stopped (completed %d, failed %d)", worker.completed, worker.failed)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    heartbeat = args.heartbeat
+    overrides = {
+        "nats_url": args.nats_url,
+        "max_concurrent": args.max_concurrent,
+        "ack_wait": args.ack_wait,
+        "heartbeat": None if heartbeat is None else (heartbeat if heartbeat >= 0 else -1),
+        "replicas": args.replicas,
+        "processor_id": args.processor_id,
+        "log_level": args.log_level,
+    }
+    try:
+        settings = load_settings(overrides)
+    except DurableError as e:
+        print(f"durable-processor: configuration error: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("nats").setLevel(logging.WARNING)
+    try:
+        return asyncio.run(serve(settings))
+    except DurableError as e:
+        log.error("%s", e)
+        return 1

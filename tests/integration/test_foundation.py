@@ -1,0 +1,251 @@
+"""The foundation's guarantees on a real 3-node JetStream cluster (R3 streams and KV)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from durable_core import Client, WorkflowFailedError
+from durable_core._pb.durable.v1 import durable_pb2 as pb
+from durable_core._transport import Transport
+from durable_core.testing import NatsCluster
+from durable_examples.hello.v1.hello_pb2 import HelloResponse
+
+from ._stack import Stack
+
+pytestmark = pytest.mark.integration
+
+GREETING = "Hello, {}! Welcome to Durable Execution on NATS JetStream."
+ORDER = "/durable_examples.order.v1.OrderService/"
+
+
+async def eventually(
+    predicate: Callable[[], Awaitable[Any]], timeout: float, what: str, interval: float = 0.1
+) -> Any:
+    """Await ``predicate`` until it returns something truthy (bounded)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+async def kinds(transport: Transport, invocation_id: str) -> list[str]:
+    records = await transport.read_journal(invocation_id)
+    return [pb.EntryKind.Name(r.entry.kind).removeprefix("ENTRY_KIND_") for r in records]
+
+
+async def consumer_idle(transport: Transport) -> bool:
+    info = await transport.js.consumer_info(transport.names.command_stream, "processor")
+    return info.num_ack_pending == 0 and info.num_pending == 0
+
+
+# -- a. hello_workflow end to end -----------------------------------------------------------
+
+
+async def test_hello_workflow_through_the_client_and_the_cli(stack: Stack, client: Client) -> None:
+    stack.start_service()
+    stack.start_processor("p1")
+
+    result = await client.invoke("hello_workflow", {"name": "Ada"}, timeout=30)
+    assert result.status == "completed"
+    assert result.output == {"message": GREETING.format("Ada")}
+    assert result.first_response(HelloResponse).message == GREETING.format("Ada")
+    assert [s.name for s in result.steps] == ["/durable_examples.hello.v1.HelloService/SayHello"]
+
+    world = await client.invoke("hello_workflow", {}, timeout=30)
+    assert world.output == {"message": GREETING.format("World")}
+
+    cp = await asyncio.to_thread(
+        stack.cli, "invoke", "hello_workflow", "--args", '{"name": "Bob"}', "--json"
+    )
+    assert cp.returncode == 0, cp.stderr
+    out = json.loads(cp.stdout)
+    assert out["status"] == "completed"
+    assert out["output"] == {"message": GREETING.format("Bob")}
+
+    cp = await asyncio.to_thread(stack.cli, "status", out["invocation_id"])
+    assert cp.returncode == 0, cp.stderr
+    assert "completed" in cp.stdout and GREETING.format("Bob") in cp.stdout
+
+
+# -- b. the same invocation id twice ----------------------------------------------------------
+
+
+async def test_same_invocation_id_twice_runs_once(
+    stack: Stack, client: Client, transport: Transport
+) -> None:
+    service = stack.start_service()
+    stack.start_processor("p1")
+    inv = "order-dup-1"
+    args = {"order_id": "o-dup", "amount_cents": 500}
+
+    assert await client.invoke_async("order_processing", args, id=inv) == inv
+    assert await client.invoke_async("order_processing", args, id=inv) == inv
+    first = await client.wait(inv, timeout=30)
+    again = await client.invoke("order_processing", args, id=inv, timeout=30)
+    assert first.status == again.status == "completed"
+    assert first.output == again.output
+
+    # A start command that slipped past the duplicate window (new message id) is recognised
+    # by the finished state and acked without running anything.
+    await transport.publish_command(
+        pb.Command(
+            invocation_id=inv,
+            workflow="order_processing",
+            partition_key=inv,
+            kind=pb.COMMAND_KIND_START,
+        ),
+        msg_id=f"start:{inv}:late",
+    )
+    await eventually(lambda: consumer_idle(transport), 20, "the late duplicate to be acked")
+
+    for method in ("Validate", "Charge", "Ship"):
+        assert service.method_counts(method) == {
+            f"{inv}:{['Validate', 'Charge', 'Ship'].index(method) + 1}": 1
+        }
+    assert (await kinds(transport, inv)).count("COMPLETED") == 1
+
+
+# -- c. processor SIGKILLed during step 2 -------------------------------------------------------
+
+
+async def test_processor_killed_during_step_two_completes_elsewhere(
+    stack: Stack, client: Client, transport: Transport
+) -> None:
+    service = stack.start_service()
+    service.set_delay("Charge", 2000)
+    first = stack.start_processor("p-doomed", "--ack-wait", "3")
+    inv = "order-crash-1"
+    await client.invoke_async(
+        "order_processing", {"order_id": "o-crash", "amount_cents": 700}, id=inv
+    )
+
+    await eventually(
+        lambda: asyncio.to_thread(service.method_counts, "Charge"),
+        20,
+        "step 2 (Charge) to be in flight",
+    )
+    first.kill()
+    stack.start_processor("p-rescuer", "--ack-wait", "3")
+
+    result = await client.wait(inv, timeout=60)
+    assert result.status == "completed"
+    assert [s.step for s in result.steps] == [1, 2, 3]
+    assert service.method_counts("Validate") == {f"{inv}:1": 1}
+    charges = service.method_counts("Charge")
+    assert list(charges) == [f"{inv}:2"], charges  # always the same idempotency key
+    assert 1 <= charges[f"{inv}:2"] <= 2
+    assert service.method_counts("Ship") == {f"{inv}:3": 1}
+    journal = await kinds(transport, inv)
+    assert journal.count("COMPLETED") == 1 and "CLAIM" in journal
+
+
+# -- d. a stale processor is fenced out -----------------------------------------------------
+
+
+async def test_stale_processor_write_is_rejected(
+    stack: Stack, client: Client, transport: Transport
+) -> None:
+    service = stack.start_service()
+    service.set_delay("Charge", 3500)
+    # No heartbeats and one slot: its command is redelivered (to the other processor) while
+    # its slow step 2 still runs, and it cannot take the redelivery itself.
+    stale = stack.start_processor(
+        "p-stale", "--ack-wait", "2", "--heartbeat", "-1", "--max-concurrent", "1"
+    )
+    inv = "order-fence-1"
+    await client.invoke_async(
+        "order_processing", {"order_id": "o-fence", "amount_cents": 900}, id=inv
+    )
+    await eventually(
+        lambda: asyncio.to_thread(service.method_counts, "Charge"),
+        20,
+        "the stale processor to start step 2",
+    )
+    stack.start_processor("p-live", "--ack-wait", "2")
+
+    result = await client.wait(inv, timeout=60)
+    assert result.status == "completed"
+    await asyncio.to_thread(
+        stale.wait_log, "abandoning this run", 20
+    )  # its append after the slow step failed on the expected sequence
+    journal = await kinds(transport, inv)
+    assert journal.count("COMPLETED") == 1
+    assert journal.count("CALL") == 3, journal  # the stale step-2 result was never appended
+    assert "CLAIM" in journal
+    assert list(service.method_counts("Charge")) == [f"{inv}:2"]
+
+
+# -- e. the stream leader dies under load -------------------------------------------------------
+
+
+async def test_stream_leader_killed_while_fifty_workflows_run(
+    stack: Stack, client: Client, transport: Transport, cluster: NatsCluster
+) -> None:
+    service = stack.start_service()
+    service.set_delay("Charge", 300)
+    stack.start_processor("p1")
+    ids = [f"order-ha-{i}" for i in range(50)]
+    for i, inv in enumerate(ids):
+        await client.invoke_async(
+            "order_processing", {"order_id": f"o{i}", "amount_cents": 100}, id=inv
+        )
+    leader = cluster.stream_leader(transport.names.journal_stream)
+    assert leader is not None
+    cluster.kill_node(leader)
+    try:
+        results = await asyncio.gather(*(client.wait(inv, timeout=120) for inv in ids))
+    finally:
+        await asyncio.to_thread(cluster.restart_node, leader)
+    assert [r.status for r in results] == ["completed"] * 50
+    for inv in ids:
+        assert (await kinds(transport, inv)).count("COMPLETED") == 1
+    validates = service.method_counts("Validate")
+    assert set(validates) == {f"{inv}:1" for inv in ids}
+
+
+# -- f. bad input -------------------------------------------------------------------------------
+
+
+async def test_unknown_workflow_fails_clearly_and_is_not_redelivered(
+    stack: Stack, client: Client, transport: Transport
+) -> None:
+    stack.start_service()
+    stack.start_processor("p1")
+    with pytest.raises(WorkflowFailedError) as err:
+        await client.invoke("no_such_workflow", {"x": 1}, id="unknown-1", timeout=30)
+    assert "unknown workflow 'no_such_workflow'" in str(err.value)
+    assert "hello_workflow" in str(err.value)  # the known ones are listed
+    await eventually(lambda: consumer_idle(transport), 20, "the command to be acked")
+    info = await transport.js.consumer_info(transport.names.command_stream, "processor")
+    assert info.num_redelivered == 0
+    assert await kinds(transport, "unknown-1") == ["FAILED"]
+
+    cp = await asyncio.to_thread(stack.cli, "invoke", "no_such_workflow")
+    assert cp.returncode == 1
+    assert "unknown workflow" in cp.stderr and "order_processing" in cp.stderr
+
+
+async def test_malformed_command_is_terminated_and_processor_keeps_serving(
+    stack: Stack, client: Client, transport: Transport
+) -> None:
+    stack.start_service()
+    processor = stack.start_processor("p1")
+    subject = transport.names.command_subject("garbage")
+    await transport.js.publish(subject, b"\xff\x00 this is not a command")
+    await transport.js.publish(subject, pb.Command(invocation_id="bad id!").SerializeToString())
+    result = await client.invoke("hello_workflow", {"name": "Still"}, timeout=30)
+    assert result.output == {"message": GREETING.format("Still")}
+    await eventually(lambda: consumer_idle(transport), 20, "the bad commands to be terminated")
+    info = await transport.js.consumer_info(transport.names.command_stream, "processor")
+    assert info.num_redelivered == 0
+    assert processor.log().count("terminating malformed command") == 2

@@ -1,0 +1,143 @@
+"""Processor behaviour: concurrency, clean shutdown, the seed's test command, `durable demo`."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from datetime import timedelta
+
+import pytest
+
+from durable_core import Client, Context, EngineConfig, NatsConfig, Worker, WorkerConfig
+from durable_core._transport import Transport
+from durable_core.plugins import WorkflowRegistry
+from durable_core.testing import NatsCluster
+
+from ._stack import Stack
+
+pytestmark = pytest.mark.integration
+
+GREETING = "Hello, {}! Welcome to Durable Execution on NATS JetStream."
+
+
+async def test_max_concurrent_executions_really_run_at_once(
+    cluster: NatsCluster, engine: EngineConfig, client: Client
+) -> None:
+    running = 0
+    peak = 0
+
+    async def busy(ctx: Context) -> int:
+        async def hold() -> int:
+            nonlocal running, peak
+            running += 1
+            peak = max(peak, running)
+            await asyncio.sleep(0.4)
+            running -= 1
+            return peak
+
+        return await ctx.run("hold", hold)
+
+    registry = WorkflowRegistry()
+    registry.register(busy)
+    transport = await Transport.connect(NatsConfig.from_url(cluster.url), engine)
+    worker = Worker(transport, registry, WorkerConfig(max_concurrent=4))
+    task = asyncio.create_task(worker.run())
+    try:
+        ids = [await client.invoke_async("busy") for _ in range(12)]
+        results = await asyncio.gather(*(client.wait(i, timeout=60) for i in ids))
+        assert all(r.status == "completed" for r in results)
+        assert peak == 4  # never more than max_concurrent, and really that many at once
+    finally:
+        worker.stop()
+        await task
+        await transport.close()
+
+
+async def test_sigterm_lets_in_flight_work_finish(stack: Stack, client: Client) -> None:
+    service = stack.start_service()
+    service.set_delay("Charge", 1500)
+    processor = stack.start_processor("p-term")
+    inv = "order-term-1"
+    await client.invoke_async("order_processing", {"order_id": "o-term", "amount_cents": 1}, id=inv)
+    for _ in range(200):
+        if service.method_counts("Charge"):
+            break
+        await asyncio.sleep(0.05)
+    assert await asyncio.to_thread(processor.stop) == 0  # SIGTERM: exits cleanly...
+    result = await client.get_result(inv)
+    assert result.status == "completed"  # ...after finishing the in-flight invocation
+    assert "processor stopped (completed 1" in processor.log()
+
+
+async def test_sigterm_past_the_grace_releases_work_to_another_processor(
+    stack: Stack, client: Client
+) -> None:
+    service = stack.start_service()
+    service.set_delay("Charge", 4000)
+    processor = stack.start_processor("p-short", DURABLE_SHUTDOWN_GRACE="0.5")
+    inv = "order-release-1"
+    await client.invoke_async("order_processing", {"order_id": "o-rel", "amount_cents": 1}, id=inv)
+    for _ in range(200):
+        if service.method_counts("Charge"):
+            break
+        await asyncio.sleep(0.05)
+    assert await asyncio.to_thread(processor.stop) == 0
+    assert "released 1 executions" in processor.log()
+    stack.start_processor("p-next")
+    result = await client.wait(inv, timeout=60)
+    assert result.status == "completed"
+    assert [s.step for s in result.steps] == [1, 2, 3]
+    assert service.method_counts("Validate") == {f"{inv}:1": 1}  # replayed, not re-run
+
+
+async def test_submit_test_command_runs_hello_workflow(stack: Stack) -> None:
+    stack.start_service()
+    processor = stack.start_processor("p-seed", SUBMIT_TEST_COMMAND="true")
+    await asyncio.to_thread(processor.wait_log, "submitted test command", 20)
+    await asyncio.to_thread(processor.wait_log, "completed (", 30)
+    line = next(x for x in processor.log().splitlines() if "submitted test command" in x)
+    invocation_id = line.split("invocation_id=")[1].split()[0]
+    async with await Client.connect(
+        stack.nats_url, engine=EngineConfig(prefix=stack.prefix, replicas=3)
+    ) as client:
+        result = await client.wait(invocation_id, timeout=timedelta(seconds=30))
+    assert result.output == {"message": GREETING.format("World")}
+
+
+def test_durable_demo_prints_the_greeting() -> None:
+    cp = subprocess.run(
+        [sys.executable, "-m", "durable_core.cli", "demo"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert cp.stdout.strip().splitlines()[-1] == GREETING.format("World")
+
+
+def test_cli_reports_unreachable_nats_and_bad_args() -> None:
+    cp = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "durable_core.cli",
+            "--nats-url",
+            "nats://127.0.0.1:1",
+            "status",
+            "x",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert cp.returncode == 3
+    assert "cannot reach NATS at nats://127.0.0.1:1" in cp.stderr
+    cp = subprocess.run(
+        [sys.executable, "-m", "durable_core.cli", "invoke", "hello_workflow", "--args", "{x"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert cp.returncode == 2
+    assert "--args is not valid JSON" in cp.stderr
