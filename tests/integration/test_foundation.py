@@ -249,3 +249,25 @@ async def test_malformed_command_is_terminated_and_processor_keeps_serving(
     info = await transport.js.consumer_info(transport.names.command_stream, "processor")
     assert info.num_redelivered == 0
     assert processor.log().count("terminating malformed command") == 2
+
+
+async def test_watch_executions_gives_a_snapshot_then_changes(stack: Stack, client: Client) -> None:
+    stack.start_service()
+    stack.start_processor("p1")
+    first = await client.invoke("hello_workflow", {"name": "A"}, timeout=30)
+    seen: list[Any] = []
+
+    async def watch() -> None:
+        async for item in client.watch_executions():
+            seen.append(item)
+            if item is not None and item.invocation_id == "watched-2" and item.status.is_terminal:
+                return
+
+    task = asyncio.create_task(watch())
+    await eventually(lambda: asyncio.sleep(0, None in seen), 20, "the snapshot to end")
+    await client.invoke("hello_workflow", {"name": "B"}, id="watched-2", timeout=30)
+    await asyncio.wait_for(task, 30)
+    assert seen[0].invocation_id == first.invocation_id and seen[0].status == "completed"
+    assert seen[1] is None
+    statuses = [s.status for s in seen[2:] if s.invocation_id == "watched-2"]
+    assert statuses[0] == "pending" and statuses[-1] == "completed"

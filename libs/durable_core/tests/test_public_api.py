@@ -18,6 +18,8 @@ PUBLIC_API = [
     "Context",
     "DurableError",
     "EngineConfig",
+    "ExecutionSummary",
+    "Failure",
     "Interceptor",
     "InvalidInputError",
     "InvocationResult",

@@ -6,7 +6,14 @@ JetStream, so the workflow survives crashes and resumes without redoing finished
 """
 
 from durable_core._grpc import MethodRef, ServiceRef, grpc_service
-from durable_core.client import Client, InvocationResult, Status, StepRecord
+from durable_core.client import (
+    Client,
+    ExecutionSummary,
+    Failure,
+    InvocationResult,
+    Status,
+    StepRecord,
+)
 from durable_core.config import EngineConfig, NatsConfig, WorkerConfig
 from durable_core.context import Context
 from durable_core.errors import (
@@ -44,6 +51,8 @@ __all__ = [
     "Context",
     "DurableError",
     "EngineConfig",
+    "ExecutionSummary",
+    "Failure",
     "Interceptor",
     "InvalidInputError",
     "InvocationResult",

@@ -15,13 +15,14 @@ import json
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import nats
 import nats.errors
 import nats.js.errors
+from google.protobuf.message import DecodeError
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js.api import (
@@ -58,7 +59,12 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
     asyncio.TimeoutError,
 )
 _WRONG_LAST_SEQUENCE = 10071
-_CLUSTER_BUSY_CODES = {10005, 10008, 10074, 10075}  # no peers / JS not ready / no quorum / resources
+_CLUSTER_BUSY_CODES = {
+    10005,
+    10008,
+    10074,
+    10075,
+}  # no peers / JS not ready / no quorum / resources
 
 
 class JournalConflict(DurableError):
@@ -605,6 +611,36 @@ class Transport:
         """Subscribe to the server's republished state changes of one invocation."""
         sub = await self.nc.subscribe(self.names.state_event_subject(invocation_id))
         return StateEvents(sub)
+
+    async def watch_states(self) -> AsyncIterator[tuple[str, StateRecord | None] | None]:
+        """Every execution state now, then ``None`` once caught up, then every change.
+
+        Yields ``(invocation_id, record)``, with ``record`` None when the state was deleted or
+        expired. Backed by a KV watch (an ordered consumer), never by a scan of keys.
+        """
+        watcher = await self.kv.watchall()
+        try:
+            while True:
+                try:
+                    entry = await watcher.updates(timeout=30.0)  # type: ignore[no-untyped-call]
+                except nats.errors.TimeoutError:
+                    continue
+                if entry is None:
+                    yield None
+                    continue
+                if entry.operation in ("DEL", "PURGE") or not entry.value:
+                    yield entry.key, None
+                    continue
+                st = pb.ExecutionState()
+                try:
+                    st.ParseFromString(entry.value)
+                except DecodeError:
+                    log.warning("skipping undecodable state %s", entry.key)
+                    continue
+                yield entry.key, StateRecord(st, entry.revision or 0)
+        finally:
+            with contextlib.suppress(Exception):
+                await watcher.stop()  # type: ignore[no-untyped-call]
 
     async def list_states(self) -> list[pb.ExecutionState]:
         """Every execution state (for small tools; the inspector keeps its own index)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -24,7 +24,7 @@ from durable_core.errors import (
     WorkflowFailedError,
 )
 
-__all__ = ["Client", "InvocationResult", "Status", "StepRecord"]
+__all__ = ["Client", "ExecutionSummary", "Failure", "InvocationResult", "Status", "StepRecord"]
 
 M = TypeVar("M", bound=Message)
 
@@ -167,6 +167,40 @@ def _failure(f: pb.Failure | None) -> Failure | None:
     if f is None or not (f.type or f.message):
         return None
     return Failure(f.type, f.message, f.step, f.code)
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionSummary:
+    """An execution's state without its journal (what listings and watches carry)."""
+
+    invocation_id: str
+    workflow: str
+    status: Status
+    partition_key: str
+    created_at: datetime | None
+    updated_at: datetime | None
+    failure: Failure | None
+    journal_length: int
+    parent_id: str
+    trace_id: str
+    revision: int
+    deleted: bool = False
+
+    @classmethod
+    def from_pb(cls, st: pb.ExecutionState, revision: int) -> ExecutionSummary:
+        return cls(
+            invocation_id=st.invocation_id,
+            workflow=st.workflow,
+            status=Status.from_pb(st.status),
+            partition_key=st.partition_key,
+            created_at=_ms_to_dt(st.created_at_ms),
+            updated_at=_ms_to_dt(st.updated_at_ms),
+            failure=_failure(st.failure) if st.HasField("failure") else None,
+            journal_length=st.journal_length,
+            parent_id=st.parent_id,
+            trace_id=st.trace_id,
+            revision=revision,
+        )
 
 
 class Client:
@@ -320,6 +354,24 @@ class Client:
         return invocation_id, events
 
     # -- reading ---------------------------------------------------------------------------
+
+    async def watch_executions(self) -> AsyncIterator[ExecutionSummary | None]:
+        """Every execution now, then ``None`` once caught up, then each change as it happens.
+
+        A deleted or expired execution arrives with ``deleted=True``. This is a KV watch, not a
+        scan: use it to keep an index (the inspector does).
+        """
+        async for item in self._t.watch_states():
+            if item is None:
+                yield None
+                continue
+            key, rec = item
+            if rec is None:
+                yield ExecutionSummary(
+                    key, "", Status.UNKNOWN, "", None, None, None, 0, "", "", 0, deleted=True
+                )
+            else:
+                yield ExecutionSummary.from_pb(rec.state, rec.revision)
 
     async def get_result(self, invocation_id: str) -> InvocationResult:
         """Status, output or failure, and the journaled steps of an invocation.
