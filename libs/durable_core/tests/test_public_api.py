@@ -13,8 +13,13 @@ import durable_core.testing
 from durable_core import errors
 
 PUBLIC_API = [
+    "AlreadyResolvedError",
+    "Awakeable",
+    "AwakeableRejectedError",
+    "ChildWorkflowError",
     "Client",
     "ConfigError",
+    "ConflictError",
     "Context",
     "DurableError",
     "EngineConfig",
@@ -22,6 +27,7 @@ PUBLIC_API = [
     "Failure",
     "Interceptor",
     "InvalidInputError",
+    "InvocationFinishedError",
     "InvocationResult",
     "InvocationTimeoutError",
     "MethodRef",

@@ -16,10 +16,10 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
-from durable_examples.hello.v1 import hello_pb2, hello_pb2_grpc
-from durable_examples.order.v1 import order_pb2, order_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from durable_examples.hello.v1 import hello_pb2, hello_pb2_grpc
+from durable_examples.order.v1 import order_pb2, order_pb2_grpc
 from hello_service.order import RECORD_FILE_ENV, OrderServicer, charge_id_for
 from hello_service.server import HEALTH_SERVICES, HelloServer, build_server, create_server
 
@@ -56,9 +56,7 @@ async def test_say_hello_with_and_without_name(channel: grpc.aio.Channel) -> Non
 
 
 @pytest.mark.asyncio
-async def test_charge_is_idempotent_and_counted(
-    channel: grpc.aio.Channel, tmp_path: Path
-) -> None:
+async def test_charge_is_idempotent_and_counted(channel: grpc.aio.Channel, tmp_path: Path) -> None:
     stub = order_pb2_grpc.OrderServiceStub(channel)
     request = order_pb2.ChargeRequest(order_id="o-1", amount_cents=1999)
     first = await stub.Charge(request, metadata=_key("inv-1/step-2"))
@@ -108,7 +106,9 @@ async def test_delay_is_cancellable_and_cancellation_is_counted(
 ) -> None:
     stub = order_pb2_grpc.OrderServiceStub(channel)
     await stub.SetDelay(order_pb2.SetDelayRequest(method="Charge", delay_ms=10_000))
-    call = stub.Charge(order_pb2.ChargeRequest(order_id="o-1", amount_cents=1), metadata=_key("slow"))
+    call = stub.Charge(
+        order_pb2.ChargeRequest(order_id="o-1", amount_cents=1), metadata=_key("slow")
+    )
     await asyncio.sleep(0.3)  # let the call reach the server and start sleeping
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -119,13 +119,15 @@ async def test_delay_is_cancellable_and_cancellation_is_counted(
         return sum(c.cancelled for c in counts.counts if c.idempotency_key == "slow")
 
     deadline = time.monotonic() + 5
-    while await cancelled_count() != 1 and time.monotonic() < deadline:
+    while await cancelled_count() != 1 and time.monotonic() < deadline:  # noqa: ASYNC110 - bounded poll of a remote counter
         await asyncio.sleep(0.05)
     assert await cancelled_count() == 1
 
     await stub.SetDelay(order_pb2.SetDelayRequest(method="Charge", delay_ms=0))
     started = time.monotonic()
-    await stub.Charge(order_pb2.ChargeRequest(order_id="o-1", amount_cents=1), metadata=_key("fast"))
+    await stub.Charge(
+        order_pb2.ChargeRequest(order_id="o-1", amount_cents=1), metadata=_key("fast")
+    )
     assert time.monotonic() - started < 5
 
     with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -178,7 +180,9 @@ def test_process_serves_and_exits_zero_on_sigterm(tmp_path: Path) -> None:
     )
     try:
         assert proc.stdout is not None
-        line = proc.stdout.readline()  # blocks until the service logs; killed by the finally on hang
+        line = (
+            proc.stdout.readline()
+        )  # blocks until the service logs; killed by the finally on hang
         assert line.strip() == f"hello_service listening on 127.0.0.1:{port}"
 
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:

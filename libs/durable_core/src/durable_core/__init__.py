@@ -15,11 +15,16 @@ from durable_core.client import (
     StepRecord,
 )
 from durable_core.config import EngineConfig, NatsConfig, WorkerConfig
-from durable_core.context import Context
+from durable_core.context import Awakeable, Context
 from durable_core.errors import (
+    AlreadyResolvedError,
+    AwakeableRejectedError,
+    ChildWorkflowError,
     ConfigError,
+    ConflictError,
     DurableError,
     InvalidInputError,
+    InvocationFinishedError,
     InvocationTimeoutError,
     NatsUnavailableError,
     NonDeterminismError,
@@ -46,8 +51,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "PLUGIN_GROUP",
+    "AlreadyResolvedError",
+    "Awakeable",
+    "AwakeableRejectedError",
+    "ChildWorkflowError",
     "Client",
     "ConfigError",
+    "ConflictError",
     "Context",
     "DurableError",
     "EngineConfig",
@@ -55,6 +65,7 @@ __all__ = [
     "Failure",
     "Interceptor",
     "InvalidInputError",
+    "InvocationFinishedError",
     "InvocationResult",
     "InvocationTimeoutError",
     "MethodRef",
@@ -68,8 +79,8 @@ __all__ = [
     "ServiceRef",
     "Status",
     "StepFailedError",
-    "StepRecord",
     "StepInput",
+    "StepRecord",
     "SuspendExecution",
     "TerminalError",
     "Worker",

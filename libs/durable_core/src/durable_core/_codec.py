@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import types
+import typing
 from typing import Any
 
 from google.protobuf import symbol_database
@@ -27,6 +30,7 @@ def encode(value: Any) -> pb.Payload:
         )
     if isinstance(value, bytes | bytearray | memoryview):
         return pb.Payload(encoding=pb.ENCODING_BYTES, data=bytes(value))
+    value = to_jsonable(value)
     try:
         data = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as e:
@@ -63,6 +67,85 @@ def decode(payload: pb.Payload, as_type: type[Message] | None = None) -> Any:
             raise InvalidInputError(f"stored {payload.type_name} does not parse: {e}") from e
         return msg
     raise InvalidInputError(f"unknown payload encoding {enc}")
+
+
+def to_jsonable(value: Any) -> Any:
+    """Dataclasses and pydantic models as plain JSON values; anything else unchanged."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    dump = getattr(value, "model_dump", None)
+    if callable(dump) and not isinstance(value, type):
+        return dump(mode="json")
+    return value
+
+
+def decode_as(payload: pb.Payload, as_type: Any) -> Any:
+    """Decode a payload and convert it to ``as_type`` (None or Any: as stored).
+
+    ``as_type`` may be a protobuf message class, a dataclass, a pydantic model, or a plain
+    JSON type (dict, list, str, int, float, bool); a mismatch is an InvalidInputError.
+    """
+    if isinstance(as_type, type) and issubclass(as_type, Message):
+        value = decode(payload, as_type)
+        if not isinstance(value, as_type):
+            raise InvalidInputError(f"expected a {as_type.__name__}, got {_describe(payload)}")
+        return value
+    return convert(decode(payload), as_type)
+
+
+def convert(value: Any, as_type: Any) -> Any:
+    """Convert a decoded JSON value to ``as_type`` (see decode_as)."""
+    if as_type is None or as_type is Any or isinstance(as_type, str):
+        return value
+    origin = typing.get_origin(as_type)
+    if origin is typing.Union or origin is types.UnionType:
+        errors = []
+        for option in typing.get_args(as_type):
+            if option is type(None) and value is None:
+                return None
+            try:
+                return convert(value, option)
+            except InvalidInputError as e:
+                errors.append(str(e))
+        raise InvalidInputError("; ".join(errors))
+    base = origin or as_type
+    if dataclasses.is_dataclass(base) and isinstance(base, type):
+        if not isinstance(value, dict):
+            raise InvalidInputError(f"expected an object for {base.__name__}, got {value!r:.80}")
+        hints = typing.get_type_hints(base)
+        names = {f.name for f in dataclasses.fields(base)}
+        unknown = set(value) - names
+        if unknown:
+            raise InvalidInputError(f"{base.__name__} has no field(s) {', '.join(sorted(unknown))}")
+        try:
+            return base(**{k: convert(v, hints.get(k)) for k, v in value.items()})
+        except TypeError as e:
+            raise InvalidInputError(f"cannot build {base.__name__}: {e}") from e
+    validate = getattr(base, "model_validate", None)
+    if callable(validate):
+        try:
+            return validate(value)
+        except Exception as e:  # pydantic.ValidationError, without importing pydantic
+            raise InvalidInputError(f"invalid {base.__name__}: {e}") from e
+    if base in (dict, list, str, bool):
+        if not isinstance(value, base):
+            raise InvalidInputError(f"expected {base.__name__}, got {type(value).__name__}")
+        return value
+    if base is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidInputError(f"expected int, got {type(value).__name__}")
+        return value
+    if base is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InvalidInputError(f"expected float, got {type(value).__name__}")
+        return float(value)
+    return value
+
+
+def _describe(payload: pb.Payload) -> str:
+    if payload.encoding == pb.ENCODING_PROTOBUF:
+        return payload.type_name
+    return pb.Encoding.Name(payload.encoding).removeprefix("ENCODING_").lower()
 
 
 def _message_class(type_name: str) -> type[Message] | None:

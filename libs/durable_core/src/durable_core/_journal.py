@@ -13,10 +13,42 @@ from dataclasses import dataclass
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core.errors import NonDeterminismError
 
-STEP_KINDS = frozenset({pb.ENTRY_KIND_CALL, pb.ENTRY_KIND_RUN})
+STEP_KINDS = frozenset(
+    {
+        pb.ENTRY_KIND_CALL,
+        pb.ENTRY_KIND_RUN,
+        pb.ENTRY_KIND_SLEEP,
+        pb.ENTRY_KIND_AWAKEABLE,
+        pb.ENTRY_KIND_SIGNAL_WAIT,
+        pb.ENTRY_KIND_STATE_SET,
+        pb.ENTRY_KIND_STATE_CLEAR,
+        pb.ENTRY_KIND_CHILD,
+        pb.ENTRY_KIND_SEND,
+    }
+)
 FINAL_KINDS = frozenset({pb.ENTRY_KIND_COMPLETED, pb.ENTRY_KIND_FAILED})
+# Written by the processor that holds the invocation; everything else comes from outside.
+PROCESSOR_KINDS = STEP_KINDS | FINAL_KINDS | {pb.ENTRY_KIND_CLAIM, pb.ENTRY_KIND_SUSPENDED}
+EXTERNAL_KINDS = frozenset(
+    {pb.ENTRY_KIND_AWAKEABLE_RESULT, pb.ENTRY_KIND_SIGNAL, pb.ENTRY_KIND_CHILD_RESULT}
+)
 
-_KIND_NAMES: dict[int, str] = {pb.ENTRY_KIND_CALL: "call", pb.ENTRY_KIND_RUN: "run"}
+_KIND_NAMES: dict[int, str] = {
+    pb.ENTRY_KIND_CALL: "call",
+    pb.ENTRY_KIND_RUN: "run",
+    pb.ENTRY_KIND_SLEEP: "sleep",
+    pb.ENTRY_KIND_AWAKEABLE: "awakeable",
+    pb.ENTRY_KIND_SIGNAL_WAIT: "signal",
+    pb.ENTRY_KIND_STATE_SET: "set",
+    pb.ENTRY_KIND_STATE_CLEAR: "clear",
+    pb.ENTRY_KIND_CHILD: "child",
+    pb.ENTRY_KIND_SEND: "send",
+}
+
+
+def kind_name(kind: int) -> str:
+    """Short name of an entry kind (``call``, ``sleep``, ...)."""
+    return _KIND_NAMES.get(kind) or pb.EntryKind.Name(kind).removeprefix("ENTRY_KIND_").lower()
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +71,7 @@ Decision = Replay | Execute
 
 def describe(kind: int, name: str) -> str:
     """A human label for a step, e.g. ``call /hello.HelloService/SayHello``."""
-    return f"{_KIND_NAMES.get(kind, 'step')} {name!r}"
+    return f"{kind_name(kind)} {name!r}"
 
 
 class ReplayMachine:
@@ -50,13 +82,26 @@ class ReplayMachine:
     matched by step number.
     """
 
-    __slots__ = ("_invocation_id", "_recorded", "_next_step", "_final")
+    __slots__ = (
+        "_invocation_id",
+        "_recorded",
+        "_next_step",
+        "_final",
+        "_last_processor_kind",
+        "_awakeables",
+        "_signals",
+        "_children",
+    )
 
     def __init__(self, invocation_id: str, entries: Iterable[pb.JournalEntry] = ()) -> None:
         self._invocation_id = invocation_id
         self._recorded: dict[int, pb.JournalEntry] = {}
         self._next_step = 1
         self._final: pb.JournalEntry | None = None
+        self._last_processor_kind = 0
+        self._awakeables: dict[str, pb.JournalEntry] = {}
+        self._signals: dict[str, list[pb.JournalEntry]] = {}
+        self._children: dict[str, pb.JournalEntry] = {}
         for entry in entries:
             self.record(entry)
 
@@ -80,12 +125,39 @@ class ReplayMachine:
         """True while recorded steps remain that the workflow has not yet reached."""
         return any(step >= self._next_step for step in self._recorded)
 
+    @property
+    def idle(self) -> bool:
+        """True when the last run stopped to wait (nobody is running the invocation)."""
+        return self._last_processor_kind == pb.ENTRY_KIND_SUSPENDED
+
     def record(self, entry: pb.JournalEntry) -> None:
         """Add an entry read from (or just written to) the journal."""
-        if entry.kind in STEP_KINDS:
+        kind = entry.kind
+        if kind in PROCESSOR_KINDS:
+            self._last_processor_kind = kind
+        if kind in STEP_KINDS:
             self._recorded[entry.step] = entry
-        elif entry.kind in FINAL_KINDS:
+        elif kind in FINAL_KINDS:
             self._final = entry
+        elif kind == pb.ENTRY_KIND_AWAKEABLE_RESULT:
+            self._awakeables.setdefault(entry.name, entry)  # the first resolution wins
+        elif kind == pb.ENTRY_KIND_SIGNAL:
+            self._signals.setdefault(entry.name, []).append(entry)
+        elif kind == pb.ENTRY_KIND_CHILD_RESULT:
+            self._children.setdefault(entry.name, entry)
+
+    def awakeable_result(self, awakeable_id: str) -> pb.JournalEntry | None:
+        """The resolution (or rejection) of an awakeable, if it arrived."""
+        return self._awakeables.get(awakeable_id)
+
+    def signal(self, name: str, index: int) -> pb.JournalEntry | None:
+        """The ``index``-th (0-based) signal called ``name``, in journal order, if it arrived."""
+        arrived = self._signals.get(name, ())
+        return arrived[index] if index < len(arrived) else None
+
+    def child_result(self, child_id: str) -> pb.JournalEntry | None:
+        """The outcome of a child invocation, if it finished."""
+        return self._children.get(child_id)
 
     def next_step(self, kind: pb.EntryKind, name: str, input_hash: bytes) -> Decision:
         """Decide what to do with the next step the workflow asks for.

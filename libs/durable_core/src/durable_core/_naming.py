@@ -73,6 +73,11 @@ class Names:
         return f"{self.prefix}_state"
 
     @property
+    def keys_bucket(self) -> str:
+        """Who holds each partition key (per-key ordering)."""
+        return f"{self.prefix}_keys"
+
+    @property
     def command_subjects(self) -> str:
         return f"{self.prefix}.cmd.>"
 
@@ -82,6 +87,14 @@ class Names:
 
     def command_subject(self, partition_key: str) -> str:
         return f"{self.prefix}.cmd.{encode_partition_key(partition_key)}"
+
+    @property
+    def schedule_subjects(self) -> str:
+        return f"{self.prefix}.sched.>"
+
+    def schedule_subject(self, key: str) -> str:
+        """Subject holding one server-side schedule (a timer or a delayed start)."""
+        return f"{self.prefix}.sched.{key}"
 
     def journal_subject(self, invocation_id: str) -> str:
         return f"{self.prefix}.journal.{invocation_id}"

@@ -13,10 +13,12 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import nats
@@ -39,7 +41,7 @@ from nats.js.api import (
 from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
-from durable_core._naming import Names
+from durable_core._naming import Names, encode_partition_key
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core.config import EngineConfig, NatsConfig, WorkerConfig
 from durable_core.errors import ConfigError, DurableError, InvalidInputError, NatsUnavailableError
@@ -227,6 +229,7 @@ class Transport:
         self.engine = engine
         self.names = Names(engine.prefix)
         self._kv: KeyValue | None = None
+        self._keys: KeyValue | None = None
 
     @classmethod
     async def connect(
@@ -278,8 +281,10 @@ class Transport:
             StreamConfig(
                 name=n.command_stream,
                 description="durable: start and wake-up commands (work queue)",
-                subjects=[n.command_subjects],
+                subjects=[n.command_subjects, n.schedule_subjects],
                 retention=RetentionPolicy.WORK_QUEUE,
+                allow_msg_schedules=True,
+                allow_direct=True,
                 storage=StorageType.FILE,
                 num_replicas=e.replicas,
                 duplicate_window=e.duplicate_window.total_seconds(),
@@ -303,6 +308,16 @@ class Transport:
             ),
         )
         await self._ensure_kv(strict)
+        self._keys = await self._ensure_bucket(
+            KeyValueConfig(
+                bucket=n.keys_bucket,
+                description="durable: holder and waiting list of each partition key",
+                history=1,
+                replicas=e.replicas,
+                storage=StorageType.FILE,
+                direct=False,
+            )
+        )
 
     async def _ensure_stream(self, strict: bool, want: StreamConfig) -> None:
         assert want.name is not None
@@ -319,23 +334,33 @@ class Transport:
                     if e.err_code != 10058:  # created concurrently by someone else
                         raise ConfigError(f"cannot create stream {want.name}: {e}") from e
                 info = await self.js.stream_info(want.name)  # type: ignore[arg-type]
-            if not strict:
-                return
-            _check_same(
-                f"stream {want.name}",
-                {
-                    "subjects": sorted(info.config.subjects or []),
-                    "retention": info.config.retention,
-                    "replicas": info.config.num_replicas,
-                    "storage": info.config.storage,
-                },
-                {
-                    "subjects": sorted(want.subjects or []),
-                    "retention": want.retention,
-                    "replicas": want.num_replicas,
-                    "storage": want.storage,
-                },
-            )
+            have = info.config
+            if strict:
+                _check_same(
+                    f"stream {want.name}",
+                    {
+                        "retention": have.retention,
+                        "replicas": have.num_replicas,
+                        "storage": have.storage,
+                    },
+                    {
+                        "retention": want.retention,
+                        "replicas": want.num_replicas,
+                        "storage": want.storage,
+                    },
+                )
+            missing = sorted(set(want.subjects or []) - set(have.subjects or []))
+            if (
+                missing
+                or (want.allow_msg_schedules and not have.allow_msg_schedules)
+                or (want.allow_direct and not have.allow_direct)
+            ):
+                # Additive changes from a newer version: subjects, schedules, direct gets.
+                have.subjects = sorted(set(have.subjects or []) | set(want.subjects or []))
+                have.allow_msg_schedules = have.allow_msg_schedules or want.allow_msg_schedules
+                have.allow_direct = have.allow_direct or want.allow_direct
+                await self.js.update_stream(have)
+                log.info("updated stream %s: subjects %s, schedules on", want.name, missing)
 
         await _retrying(
             f"set up stream {want.name}", create, self._deadline(), self.nats_cfg.servers
@@ -353,7 +378,9 @@ class Transport:
             republish=RePublish(
                 src=f"$KV.{n.state_bucket}.>", dest=f"{n.prefix}.state.>", headers_only=False
             ),
-            direct=True,
+            # Reads go to the stream leader: a follower answering a direct get may not have
+            # the latest write yet, and a stale state would mislead a processor or a client.
+            direct=False,
         )
 
         async def create() -> None:
@@ -372,9 +399,25 @@ class Transport:
                     },
                     {"replicas": want.replicas, "history": want.history},
                 )
+            if info.config.allow_direct:
+                info.config.allow_direct = False
+                info.config.mirror_direct = False
+                await self.js.update_stream(info.config)
+                log.info("updated KV bucket %s: reads from the leader", n.state_bucket)
             self._kv = await self.js.key_value(n.state_bucket)
 
         await _retrying("set up state bucket", create, self._deadline(), self.nats_cfg.servers)
+
+    async def _ensure_bucket(self, want: KeyValueConfig) -> KeyValue:
+        async def create() -> KeyValue:
+            try:
+                return await self.js.key_value(want.bucket)
+            except nats.js.errors.BucketNotFoundError:
+                return await self.js.create_key_value(want)
+
+        return await _retrying(
+            f"set up bucket {want.bucket}", create, self._deadline(), self.nats_cfg.servers
+        )
 
     async def _bind_kv(self) -> None:
         try:
@@ -406,6 +449,87 @@ class Transport:
             return not ack.duplicate
 
         return await _retrying("publish command", pub, self._deadline(), self.nats_cfg.servers)
+
+    async def schedule_command(self, cmd: pb.Command, *, at_ms: int, key: str, msg_id: str) -> None:
+        """Have the server publish ``cmd`` at ``at_ms`` (JetStream message scheduling).
+
+        The schedule's resolution is a whole second: the time is rounded down, and a sleep
+        woken up to a second early waits out the rest in-process (see Context.sleep), so it
+        wakes on time. ``key`` names the schedule (one subject per schedule).
+        """
+        when = datetime.fromtimestamp(math.floor(at_ms / 1000), tz=UTC)
+        headers = {
+            "Nats-Schedule": f"@at {when.strftime('%Y-%m-%dT%H:%M:%SZ')}",
+            "Nats-Schedule-Target": self.names.command_subject(
+                cmd.partition_key or cmd.invocation_id
+            ),
+            "Nats-Msg-Id": msg_id,
+        }
+        data = cmd.SerializeToString()
+        subject = self.names.schedule_subject(key)
+
+        async def pub() -> None:
+            await self.js.publish(subject, data, headers=headers)
+
+        await _retrying("schedule command", pub, self._deadline(), self.nats_cfg.servers)
+
+    async def submit(self, state: pb.ExecutionState, cmd: pb.Command) -> StateRecord | None:
+        """Accept an invocation: create its state, then publish (or schedule) its start.
+
+        Idempotent by invocation id: returns None when the state already existed; the start
+        is then published again only if the invocation is still pending (dedup makes that
+        safe). Raises InvalidInputError when the id is taken by another workflow.
+        """
+        created = await self.create_state(state)
+        if created is None:
+            existing = await self.get_state(state.invocation_id)
+            if existing is not None and existing.state.workflow != state.workflow:
+                raise InvalidInputError(
+                    f"invocation id {state.invocation_id} is already used by workflow "
+                    f"{existing.state.workflow!r}"
+                )
+            if existing is not None and existing.state.status != pb.STATUS_PENDING:
+                return None
+        if state.start_at_ms > int(time.time() * 1000) + 1000:
+            await self.schedule_command(
+                cmd,
+                at_ms=state.start_at_ms,
+                key=f"{state.invocation_id}.start",
+                msg_id=f"start:{state.invocation_id}",
+            )
+        else:
+            await self.publish_command(cmd, msg_id=f"start:{state.invocation_id}")
+        return created
+
+    async def append_external(
+        self,
+        invocation_id: str,
+        entry: pb.JournalEntry,
+        msg_id: str,
+        check: Callable[[list[JournalRecord]], None] | None = None,
+    ) -> int:
+        """Append an entry from outside the running processor (a resolution, a signal).
+
+        Reads the journal, lets ``check`` refuse (by raising), and appends fenced by the last
+        sequence it saw; when something else was appended meanwhile it reads and decides
+        again. Returns the entry's sequence.
+        """
+        seen = 0
+        for _ in range(50):
+            records = await self.read_journal(invocation_id, min_seq=seen)
+            seen = max(seen, records[-1].seq + 1 if records else 1)  # after a conflict: newer
+            if check is not None:
+                check(records)
+            if any(r.msg_id == msg_id for r in records):
+                return next(r.seq for r in records if r.msg_id == msg_id)
+            entry.index = len(records) + 1
+            try:
+                return await self.append(
+                    invocation_id, entry, records[-1].seq if records else 0, msg_id
+                )
+            except JournalConflict:
+                continue
+        raise DurableError(f"journal of {invocation_id} kept changing; try again")
 
     async def command_consumer(self, cfg: WorkerConfig) -> CommandConsumer:
         """Create or bind the shared durable pull consumer for commands."""
@@ -453,18 +577,54 @@ class Transport:
         )
         return CommandConsumer(psub)
 
+    async def consumer_stats(self, consumer: str) -> tuple[int, int, int]:
+        """``(num_pending, num_ack_pending, num_redelivered)`` of a command consumer.
+
+        Pending: commands not yet delivered; ack pending: delivered, not yet acked (running
+        now, or held by a processor that died until ack-wait expires); redelivered: of those,
+        the ones delivered more than once.
+
+        Raises:
+            NatsUnavailableError: NATS did not answer in time.
+        """
+
+        async def info() -> tuple[int, int, int]:
+            ci = await self.js.consumer_info(self.names.command_stream, consumer)
+            return ci.num_pending or 0, ci.num_ack_pending or 0, ci.num_redelivered or 0
+
+        return await _retrying("consumer info", info, self._deadline(), self.nats_cfg.servers)
+
     # -- journal ---------------------------------------------------------------------------
 
-    async def read_journal(self, invocation_id: str) -> list[JournalRecord]:
-        """Read every entry of an invocation's journal in one batched direct get."""
+    async def read_journal(
+        self, invocation_id: str, *, min_seq: int = 0, min_entries: int = 0
+    ) -> list[JournalRecord]:
+        """Read every entry of an invocation's journal in one batched direct get.
+
+        Direct gets may be answered by a follower that lags by a few milliseconds. When the
+        caller knows the journal holds at least ``min_seq`` (a wake-up, a failed append) or
+        ``min_entries`` (the state's journal length), a shorter read is stale and is retried.
+        """
         subject = self.names.journal_subject(invocation_id)
         stream = self.names.journal_stream
-        return await _retrying(
-            f"read journal of {invocation_id}",
-            lambda: self._direct_get_subject(stream, subject),
-            self._deadline(),
-            self.nats_cfg.servers,
-        )
+        deadline = self._deadline()
+        while True:
+            records = await _retrying(
+                f"read journal of {invocation_id}",
+                lambda: self._direct_get_subject(stream, subject),
+                deadline,
+                self.nats_cfg.servers,
+            )
+            last = records[-1].seq if records else 0
+            if last >= min_seq and len(records) >= min_entries:
+                return records
+            if time.monotonic() > deadline:
+                raise NatsUnavailableError(
+                    self.nats_cfg.servers,
+                    f"journal of {invocation_id} stayed behind sequence "
+                    f"{min_seq} / {min_entries} entries",
+                )
+            await asyncio.sleep(0.01)
 
     async def _direct_get_subject(self, stream: str, subject: str) -> list[JournalRecord]:
         records: list[JournalRecord] = []
@@ -477,11 +637,11 @@ class Transport:
             seq = batch[-1].seq + 1
 
     async def _direct_get_batch(
-        self, stream: str, subject: str, start: int, batch: int
-    ) -> tuple[list[JournalRecord], bool]:
+        self, stream: str, subject: str, start: int, batch: int, *, raw: bool = False
+    ) -> tuple[list[Any], bool]:
         inbox = self.nc.new_inbox()
         sub = await self.nc.subscribe(inbox)
-        out: list[JournalRecord] = []
+        out: list[Any] = []
         try:
             req = json.dumps({"seq": start, "next_by_subj": subject, "batch": batch}).encode()
             await self.nc.publish(f"$JS.API.DIRECT.GET.{stream}", req, reply=inbox)
@@ -497,6 +657,9 @@ class Transport:
                     raise nats.errors.NoRespondersError
                 if status:
                     raise DurableError(f"direct get on {stream} failed: {status} {hdrs}")
+                if raw:
+                    out.append((int(hdrs["Nats-Sequence"]), msg.data))
+                    continue
                 entry = pb.JournalEntry()
                 entry.ParseFromString(msg.data)
                 out.append(
@@ -536,6 +699,61 @@ class Transport:
         return await _retrying(
             f"append to journal of {invocation_id}", pub, self._deadline(), self.nats_cfg.servers
         )
+
+    # -- partition keys --------------------------------------------------------------------
+
+    async def key_record(self, partition_key: str) -> tuple[bytes | None, int]:
+        """The raw record of a partition key and its revision (0 if none)."""
+        assert self._keys is not None, "transport not set up"
+        kv = self._keys
+        name = encode_partition_key(partition_key)
+
+        async def get() -> tuple[bytes | None, int]:
+            try:
+                e = await kv.get(name)
+            except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+                return None, 0
+            return e.value, e.revision or 0
+
+        return await _retrying("read key record", get, self._deadline(), self.nats_cfg.servers)
+
+    async def put_key_record(self, partition_key: str, data: bytes, revision: int) -> int:
+        """Write a key record if it is still at ``revision`` (0: create); else StateConflict."""
+        assert self._keys is not None, "transport not set up"
+        kv = self._keys
+        name = encode_partition_key(partition_key)
+
+        async def put() -> int:
+            try:
+                if revision == 0:
+                    return await kv.create(name, data)
+                return await kv.update(name, data, last=revision)
+            except nats.js.errors.KeyWrongLastSequenceError as e:
+                raise StateConflict(f"key record {partition_key!r} changed") from e
+            except nats.js.errors.APIError as e:
+                if e.err_code == _WRONG_LAST_SEQUENCE:
+                    raise StateConflict(f"key record {partition_key!r} changed") from e
+                raise
+
+        return await _retrying("write key record", put, self._deadline(), self.nats_cfg.servers)
+
+    async def queued_commands(self, partition_key: str, before_seq: int) -> list[pb.Command]:
+        """Commands of a partition key still in the command stream below ``before_seq``."""
+        stream, subject = self.names.command_stream, self.names.command_subject(partition_key)
+
+        async def get() -> list[pb.Command]:
+            batch, _ = await self._direct_get_batch(stream, subject, 1, 64, raw=True)
+            out = []
+            for seq, data in batch:
+                if seq >= before_seq:
+                    break
+                cmd = pb.Command()
+                with contextlib.suppress(DecodeError):
+                    cmd.ParseFromString(data)
+                    out.append(cmd)
+            return out
+
+        return await _retrying("read queued commands", get, self._deadline(), self.nats_cfg.servers)
 
     # -- state -----------------------------------------------------------------------------
 
@@ -700,6 +918,10 @@ class Delivery:
 
     async def ack(self) -> None:
         await self._msg.ack()
+
+    async def ack_sync(self) -> None:
+        """Ack and wait until the server has it (the message is gone when this returns)."""
+        await self._msg.ack_sync(timeout=5.0)
 
     async def nak(self, delay: float | None = None) -> None:
         await self._msg.nak(delay=delay)

@@ -2,27 +2,35 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from google.protobuf.message import DecodeError, Message
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, format_trace_id
 
 from durable_core import _codec
+from durable_core._journal import STEP_KINDS, kind_name
 from durable_core._naming import check_invocation_id, check_workflow_name, encode_partition_key
 from durable_core._pb.durable.v1 import durable_pb2 as pb
-from durable_core._transport import Transport
+from durable_core._transport import JournalRecord, Transport
 from durable_core.config import EngineConfig, NatsConfig
+from durable_core.context import MAX_SLEEP
 from durable_core.errors import (
+    AlreadyResolvedError,
     InvalidInputError,
+    InvocationFinishedError,
     InvocationTimeoutError,
     NotFoundError,
     WorkflowFailedError,
 )
+from durable_core.plugins import workflow_signature
 
 __all__ = ["Client", "ExecutionSummary", "Failure", "InvocationResult", "Status", "StepRecord"]
 
@@ -38,6 +46,7 @@ class Status(enum.StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    SUSPENDED = "suspended"
     UNKNOWN = "unknown"
 
     @property
@@ -55,7 +64,7 @@ class Status(enum.StrEnum):
 
 
 _TERMINAL_PB = frozenset({pb.STATUS_COMPLETED, pb.STATUS_FAILED, pb.STATUS_CANCELLED})
-_KINDS = {pb.ENTRY_KIND_CALL: "call", pb.ENTRY_KIND_RUN: "run"}
+_KINDS = {k: kind_name(k) for k in STEP_KINDS}
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +212,44 @@ class ExecutionSummary:
         )
 
 
+WorkflowRef = str | Callable[..., Any]
+
+
+# A proxy until an SDK provider is set (the API's no-op before that): set-up order is free.
+_TRACER = trace.get_tracer("durable_core.client")
+
+
+def _start_at(delay: timedelta | None, start_at: datetime | None) -> int:
+    if delay is not None and start_at is not None:
+        raise InvalidInputError("give delay or start_at, not both")
+    if delay is not None:
+        if not isinstance(delay, timedelta) or delay < timedelta(0) or delay > MAX_SLEEP:
+            raise InvalidInputError(f"delay must be a timedelta from 0 to {MAX_SLEEP.days} days")
+        return int((time.time() + delay.total_seconds()) * 1000)
+    if start_at is not None:
+        if not isinstance(start_at, datetime) or start_at.tzinfo is None:
+            raise InvalidInputError("start_at must be a timezone-aware datetime")
+        return int(start_at.timestamp() * 1000)
+    return 0
+
+
+def _awakeable_owner(awakeable_id: str) -> str:
+    parts = awakeable_id.split(".") if isinstance(awakeable_id, str) else []
+    if len(parts) != 3 or parts[0] != "awk" or not parts[2].isdigit():
+        raise NotFoundError(
+            f"{awakeable_id!r} is not an awakeable id (they look like awk.<invocation>.<n>)"
+        )
+    try:
+        return check_invocation_id(parts[1])
+    except InvalidInputError as e:
+        raise NotFoundError(f"{awakeable_id!r} is not an awakeable id: {e}") from e
+
+
+def _check_open(invocation_id: str, records: list[JournalRecord]) -> None:
+    if any(r.entry.kind in (pb.ENTRY_KIND_COMPLETED, pb.ENTRY_KIND_FAILED) for r in records):
+        raise InvocationFinishedError(f"invocation {invocation_id} has already finished")
+
+
 class Client:
     """Submits invocations and reads their results.
 
@@ -250,27 +297,36 @@ class Client:
 
     async def invoke_async(
         self,
-        workflow: str,
+        workflow: WorkflowRef,
         args: Any = None,
         *,
         id: str | None = None,  # noqa: A002 - the natural name
         partition_key: str | None = None,
+        delay: timedelta | None = None,
+        start_at: datetime | None = None,
     ) -> str:
         """Submit an invocation and return its id without waiting.
 
         Submitting the same id twice runs the workflow once: the second submission is
-        recognised and its id returned.
+        recognised and its id returned. ``delay`` or ``start_at`` make the server start it
+        later (JetStream message scheduling; no processor holds it meanwhile).
+
+        Args:
+            workflow: a workflow name, or the workflow function itself (its input is then
+                checked against the function's type hints before anything is sent).
 
         Raises:
-            InvalidInputError: bad workflow name, id, partition key, or arguments that are not
-                JSON/protobuf/bytes or exceed the payload limit.
+            InvalidInputError: bad workflow name, id, partition key, delay, or arguments that
+                do not match the declared type or exceed the payload limit.
         """
-        invocation_id, _ = await self._submit(workflow, args, id, partition_key)
+        invocation_id, _ = await self._submit(
+            workflow, args, id, partition_key, start_at=_start_at(delay, start_at)
+        )
         return invocation_id
 
     async def invoke(
         self,
-        workflow: str,
+        workflow: WorkflowRef,
         args: Any = None,
         *,
         id: str | None = None,  # noqa: A002
@@ -278,6 +334,9 @@ class Client:
         timeout: timedelta | float = timedelta(seconds=60),
     ) -> InvocationResult:
         """Submit an invocation and wait for its result.
+
+        With a workflow function instead of a name, the input is checked against its type
+        hints at intake and ``result.output`` is converted to its return type.
 
         Raises:
             WorkflowFailedError: the invocation failed (step and message attached).
@@ -294,18 +353,38 @@ class Client:
             raise WorkflowFailedError(
                 invocation_id, step=f.step, error_type=f.type, reason=f.message
             )
+        if callable(workflow) and result.output is not None:
+            _, _, output_type = workflow_signature(workflow)
+            if output_type is not None:
+                rec = await self._t.get_state(invocation_id)
+                if rec is not None:
+                    typed = _codec.decode_as(rec.state.output, output_type)
+                    result = dataclasses.replace(result, output=typed)
         return result
 
     async def _submit(
         self,
-        workflow: str,
+        workflow: WorkflowRef,
         args: Any,
         invocation_id: str | None,
         partition_key: str | None,
         *,
         watch: bool = False,
+        start_at: int = 0,
     ) -> tuple[str, Any]:
-        check_workflow_name(workflow)
+        if callable(workflow):
+            name = getattr(workflow, "__durable_workflow__", None) or workflow.__name__
+            takes_input, input_type, _ = workflow_signature(workflow)
+            if input_type is not None:
+                try:
+                    args = _codec.convert(_codec.to_jsonable(args), input_type)
+                except InvalidInputError as e:
+                    raise InvalidInputError(
+                        f"input of {name} does not match its declared type: {e}"
+                    ) from e
+        else:
+            name = workflow
+        check_workflow_name(name)
         invocation_id = check_invocation_id(invocation_id or uuid.uuid4().hex)
         key = invocation_id if partition_key is None else partition_key
         encode_partition_key(key)
@@ -313,45 +392,144 @@ class Client:
         limit = self._t.engine.max_payload
         if len(payload.data) > limit:
             raise InvalidInputError(
-                f"arguments of {workflow} are {len(payload.data)} bytes; the limit is {limit} "
+                f"arguments of {name} are {len(payload.data)} bytes; the limit is {limit} "
                 "bytes (EngineConfig.max_payload)"
             )
-        now = int(time.time() * 1000)
-        state = pb.ExecutionState(
-            invocation_id=invocation_id,
-            workflow=workflow,
-            status=pb.STATUS_PENDING,
-            args=payload,
-            partition_key=key,
-            created_at_ms=now,
-            updated_at_ms=now,
-        )
-        events = await self._t.state_events(invocation_id) if watch else None
-        try:
-            created = await self._t.create_state(state)
-            if created is None:
-                existing = await self._t.get_state(invocation_id)
-                if existing is not None and existing.state.workflow != workflow:
-                    raise InvalidInputError(
-                        f"invocation id {invocation_id} is already used by workflow "
-                        f"{existing.state.workflow!r}"
-                    )
-                if existing is not None and existing.state.status != pb.STATUS_PENDING:
-                    return invocation_id, events  # already accepted and under way
+        # The invocation's trace starts here (or joins the caller's current one); its context
+        # travels with the command and is stored with the invocation for later runs.
+        with _TRACER.start_as_current_span(
+            f"durable.invoke {name}",
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "durable.invocation_id": invocation_id,
+                "durable.workflow": name,
+                "durable.partition_key": key,
+            },
+        ) as span:
+            trace_context: dict[str, str] = {}
+            propagate.inject(trace_context)
+            span_context = span.get_span_context()
+            now = int(time.time() * 1000)
+            state = pb.ExecutionState(
+                invocation_id=invocation_id,
+                workflow=name,
+                status=pb.STATUS_PENDING,
+                args=payload,
+                partition_key=key,
+                created_at_ms=now,
+                updated_at_ms=now,
+                start_at_ms=start_at,
+                trace_context=trace_context,
+                trace_id=format_trace_id(span_context.trace_id) if span_context.is_valid else "",
+            )
             cmd = pb.Command(
                 invocation_id=invocation_id,
-                workflow=workflow,
+                workflow=name,
                 args=payload,
                 partition_key=key,
                 kind=pb.COMMAND_KIND_START,
                 created_at_ms=now,
+                metadata=trace_context,
             )
-            await self._t.publish_command(cmd, msg_id=f"start:{invocation_id}")
-        except BaseException:
-            if events is not None:
-                await events.close()
-            raise
+            events = await self._t.state_events(invocation_id) if watch else None
+            try:
+                await self._t.submit(state, cmd)
+            except BaseException:
+                if events is not None:
+                    await events.close()
+                raise
         return invocation_id, events
+
+    # -- awakeables and signals ------------------------------------------------------------
+
+    async def resolve_awakeable(self, awakeable_id: str, payload: Any = None) -> None:
+        """Complete an awakeable with a payload; the waiting workflow resumes with it.
+
+        Raises:
+            NotFoundError: the id is malformed or its invocation does not exist.
+            AlreadyResolvedError: it was resolved or rejected before.
+            InvocationFinishedError: its invocation has finished.
+        """
+        await self._complete_awakeable(awakeable_id, _codec.encode(payload), None)
+
+    async def reject_awakeable(self, awakeable_id: str, reason: str) -> None:
+        """Fail an awakeable; the waiting workflow gets AwakeableRejectedError(reason)."""
+        await self._complete_awakeable(
+            awakeable_id, None, pb.Failure(type="AwakeableRejectedError", message=str(reason))
+        )
+
+    async def _complete_awakeable(
+        self, awakeable_id: str, payload: pb.Payload | None, failure: pb.Failure | None
+    ) -> None:
+        invocation_id = _awakeable_owner(awakeable_id)
+        entry = pb.JournalEntry(
+            kind=pb.ENTRY_KIND_AWAKEABLE_RESULT,
+            name=awakeable_id,
+            timestamp_ms=int(time.time() * 1000),
+            writer="client",
+        )
+        if payload is not None:
+            entry.output.CopyFrom(payload)
+        if failure is not None:
+            entry.failure.CopyFrom(failure)
+
+        def check(records: list[JournalRecord]) -> None:
+            _check_open(invocation_id, records)
+            for r in records:
+                if r.entry.kind == pb.ENTRY_KIND_AWAKEABLE_RESULT and r.entry.name == awakeable_id:
+                    raise AlreadyResolvedError(
+                        f"awakeable {awakeable_id} was already "
+                        f"{'rejected' if r.entry.HasField('failure') else 'resolved'}"
+                    )
+
+        await self._deliver(invocation_id, entry, f"awk:{awakeable_id}", check)
+
+    async def signal(self, invocation_id: str, name: str, payload: Any = None) -> None:
+        """Send the signal ``name`` to an invocation; kept until the workflow waits for it.
+
+        Raises:
+            NotFoundError: no such invocation.
+            InvocationFinishedError: it has finished.
+        """
+        check_invocation_id(invocation_id)
+        if not isinstance(name, str) or not name or len(name) > 256:
+            raise InvalidInputError("a signal name is a non-empty string of at most 256 chars")
+        entry = pb.JournalEntry(
+            kind=pb.ENTRY_KIND_SIGNAL,
+            name=name,
+            output=_codec.encode(payload),
+            timestamp_ms=int(time.time() * 1000),
+            writer="client",
+        )
+        msg_id = f"sig:{invocation_id}:{uuid.uuid4().hex}"
+        await self._deliver(invocation_id, entry, msg_id, lambda r: _check_open(invocation_id, r))
+
+    async def _deliver(
+        self,
+        invocation_id: str,
+        entry: pb.JournalEntry,
+        msg_id: str,
+        check: Callable[[list[JournalRecord]], None],
+    ) -> None:
+        rec = await self._t.get_state(invocation_id)
+        if rec is None:
+            raise NotFoundError(f"no invocation with id {invocation_id}")
+        if rec.state.status in _TERMINAL_PB:
+            raise InvocationFinishedError(
+                f"invocation {invocation_id} is already {Status.from_pb(rec.state.status)}"
+            )
+        seq = await self._t.append_external(invocation_id, entry, msg_id, check)
+        st = rec.state
+        await self._t.publish_command(
+            pb.Command(
+                invocation_id=invocation_id,
+                workflow=st.workflow,
+                partition_key=st.partition_key or invocation_id,
+                kind=pb.COMMAND_KIND_WAKE,
+                min_journal_seq=seq,
+            ),
+            msg_id=f"wake:{invocation_id}:{seq}",
+        )
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -423,7 +601,7 @@ class Client:
         return await self._result(state)
 
     async def _result(self, state: pb.ExecutionState) -> InvocationResult:
-        records = await self._t.read_journal(state.invocation_id)
+        records = await self._t.read_journal(state.invocation_id, min_entries=state.journal_length)
         steps = tuple(
             StepRecord(
                 step=r.entry.step,

@@ -8,7 +8,8 @@ import inspect
 import random as _random
 import time
 import uuid as _uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar, cast
 
@@ -18,8 +19,11 @@ import grpc.aio
 from durable_core import _codec
 from durable_core._grpc import ChannelPool, MethodRef
 from durable_core._journal import Execute, ReplayMachine
+from durable_core._naming import check_workflow_name
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core.errors import (
+    AwakeableRejectedError,
+    ChildWorkflowError,
     InvalidInputError,
     NonDeterminismError,
     StepFailedError,
@@ -28,7 +32,7 @@ from durable_core.errors import (
 from durable_core.interceptors import Interceptor, StepInput, chain_steps
 from durable_core.retry import DEFAULT_RETRY, RETRYABLE_GRPC_CODES, RetryPolicy
 
-__all__ = ["Context"]
+__all__ = ["Awakeable", "Context", "Submission", "Wait"]
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -37,11 +41,44 @@ T = TypeVar("T")
 IDEMPOTENCY_KEY_HEADER = "idempotency-key"
 
 
+LOCAL_TIMER = timedelta(seconds=2)  # sleeps due sooner than this wait in-process
+MAX_SLEEP = timedelta(days=3650)
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """An invocation a workflow starts (child, or ``ctx.send``)."""
+
+    invocation_id: str
+    workflow: str
+    args: pb.Payload
+    partition_key: str
+    parent_id: str
+    notify_parent: bool
+    start_at_ms: int = 0
+    headers: Mapping[str, str] = field(default_factory=dict)  # trace context for the new one
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """Something a parked workflow waits for; ``wake_at_ms`` for timers."""
+
+    what: str
+    step: int
+    wake_at_ms: int = 0
+
+
 class Journal(Protocol):
     """Where a context records step outcomes: durably (the engine) or in memory (tests)."""
 
     async def append_step(self, entry: pb.JournalEntry) -> None:
         """Durably record a step's outcome before the workflow moves past it."""
+
+    async def submit(self, submission: Submission) -> None:
+        """Durably submit another invocation (idempotent by its id)."""
+
+    def request_suspend(self, waits: Sequence[Wait]) -> None:
+        """Every step is parked on something that has not happened: stop this run."""
 
 
 class Context:
@@ -79,6 +116,12 @@ class Context:
         self._uuid_counter = 0
         self._retry_rng = _random.Random()
         self.nondeterminism: NonDeterminismError | None = None
+        self._executing = 0
+        self._parked: list[Wait] = []
+        self._awakeables = 0
+        self._signal_waits: dict[str, int] = {}
+        self._state: dict[str, pb.Payload] = {}
+        self.children: list[str] = []
 
     # -- identity --------------------------------------------------------------------------
 
@@ -249,6 +292,25 @@ class Context:
         attempt_fn: Callable[[StepInput], Awaitable[Any]],
         policy: RetryPolicy,
     ) -> Any:
+        self._executing += 1
+        try:
+            return await self._execute_counted(
+                kind, kind_name, step, name, input_bytes, attempt_fn, policy
+            )
+        finally:
+            self._executing -= 1
+            self._maybe_suspend()
+
+    async def _execute_counted(
+        self,
+        kind: pb.EntryKind,
+        kind_name: str,
+        step: int,
+        name: str,
+        input_bytes: bytes,
+        attempt_fn: Callable[[StepInput], Awaitable[Any]],
+        policy: RetryPolicy,
+    ) -> Any:
         chained = chain_steps(self._interceptors, attempt_fn)
         started = time.monotonic()
         attempt = 0
@@ -299,6 +361,332 @@ class Context:
             )
         return result
 
+    async def _intercepted(
+        self, kind_name: str, step: int, name: str, record: Callable[[StepInput], Awaitable[T]]
+    ) -> T:
+        """Journal an executed step that is not retried (a wait, a submission, a state change)
+        through the interceptors, once; replayed steps never come here."""
+        inp = StepInput(self._invocation_id, self._workflow, step, kind_name, name, 1)
+        return await chain_steps(self._interceptors, record)(inp)  # type: ignore[no-any-return]
+
+    # -- waiting -----------------------------------------------------------------------------
+
+    def _maybe_suspend(self) -> None:
+        if self._parked and self._executing == 0:
+            self._journal.request_suspend(tuple(self._parked))
+
+    async def _park(self, wait: Wait) -> Any:
+        """Wait for something that has not happened; the engine suspends once all steps park.
+
+        Never returns in this run: the engine cancels the run and a later run (after the
+        wake-up) replays up to here and finds what it waited for.
+        """
+        self._parked.append(wait)
+        self._maybe_suspend()
+        await asyncio.Future()  # cancelled by the engine when it suspends or reruns
+
+    async def _journal_wait(
+        self, kind: pb.EntryKind, kind_name: str, name: str, digest: bytes = b""
+    ) -> int:
+        """Record (or replay) the step that waits; returns its step number."""
+        decision = self._decide(kind, name, digest)
+        if isinstance(decision, Execute):
+            entry = pb.JournalEntry(
+                kind=kind, step=decision.step, name=name, input_hash=digest, timestamp_ms=_wall_ms()
+            )
+            self._executing += 1
+            try:
+                await self._intercepted(
+                    kind_name, decision.step, name, lambda _: self._journal.append_step(entry)
+                )
+            finally:
+                self._executing -= 1
+        return int(decision.step)
+
+    def _saw(self, entry: pb.JournalEntry) -> None:
+        self._now_ms = max(self._now_ms, entry.timestamp_ms)
+
+    # -- timers --------------------------------------------------------------------------------
+
+    async def sleep(self, duration: timedelta) -> None:
+        """Sleep durably, from a second to years.
+
+        While asleep the workflow holds no processor slot and no unacknowledged message; the
+        server (JetStream message scheduling) wakes it on time, even if every processor
+        restarted meanwhile. ``now()`` afterwards is at least the recorded wake time.
+
+        Raises:
+            InvalidInputError: a negative duration, or one over ten years.
+        """
+        if not isinstance(duration, timedelta):
+            raise InvalidInputError(f"ctx.sleep takes a timedelta, not {type(duration).__name__}")
+        if duration < timedelta(0) or duration > MAX_SLEEP:
+            raise InvalidInputError(
+                f"sleep of {duration} is out of range: use 0 to {MAX_SLEEP.days} days"
+            )
+        millis = int(duration.total_seconds() * 1000)
+        digest = millis.to_bytes(8, "big")
+        decision = self._decide(pb.ENTRY_KIND_SLEEP, "sleep", _codec.input_hash(digest))
+        if isinstance(decision, Execute):
+            now = _wall_ms()
+            entry = pb.JournalEntry(
+                kind=pb.ENTRY_KIND_SLEEP,
+                step=decision.step,
+                name="sleep",
+                input_hash=_codec.input_hash(digest),
+                timestamp_ms=now,
+                wake_at_ms=now + millis,
+            )
+            self._executing += 1
+            try:
+                await self._intercepted(
+                    "sleep", decision.step, "sleep", lambda _: self._journal.append_step(entry)
+                )
+            finally:
+                self._executing -= 1
+        else:
+            entry = decision.entry
+        while True:
+            left = entry.wake_at_ms - _wall_ms()
+            if left <= 0:
+                self._now_ms = max(self._now_ms, entry.wake_at_ms)
+                return
+            if left <= LOCAL_TIMER.total_seconds() * 1000:
+                await asyncio.sleep(left / 1000)
+                continue
+            await self._park(
+                Wait(f"timer until {_iso(entry.wake_at_ms)}", entry.step, entry.wake_at_ms)
+            )
+
+    # -- awakeables and signals ----------------------------------------------------------------
+
+    def awakeable(self) -> Awakeable:
+        """A handle something outside can complete, with an id that is the same on replay.
+
+        Hand ``aw.id`` to the outside world (for instance from a ``ctx.run`` step), then
+        ``await aw.result()``; ``client.resolve_awakeable(id, payload)`` or
+        ``reject_awakeable(id, reason)`` completes it, before or after the wait.
+        """
+        self._awakeables += 1
+        return Awakeable(self, f"awk.{self._invocation_id}.{self._awakeables}")
+
+    async def wait_for_signal(self, name: str, as_type: Any = None) -> Any:
+        """Wait for the next signal called ``name`` (``client.signal(id, name, payload)``).
+
+        Signals sent before the wait are kept and delivered in the order they arrived.
+        """
+        if not isinstance(name, str) or not name or len(name) > 256:
+            raise InvalidInputError("a signal name is a non-empty string of at most 256 chars")
+        step = await self._journal_wait(pb.ENTRY_KIND_SIGNAL_WAIT, "signal", name)
+        index = self._signal_waits.get(name, 0)
+        self._signal_waits[name] = index + 1
+        while True:
+            entry = self._machine.signal(name, index)
+            if entry is not None:
+                self._saw(entry)
+                return _codec.decode_as(entry.output, as_type)
+            await self._park(Wait(f"signal {name!r}", step))
+
+    async def _awakeable_result(self, awakeable_id: str, as_type: Any) -> Any:
+        step = await self._journal_wait(pb.ENTRY_KIND_AWAKEABLE, "awakeable", awakeable_id)
+        while True:
+            entry = self._machine.awakeable_result(awakeable_id)
+            if entry is not None:
+                self._saw(entry)
+                if entry.HasField("failure"):
+                    raise AwakeableRejectedError(awakeable_id, entry.failure.message)
+                return _codec.decode_as(entry.output, as_type)
+            await self._park(Wait(f"awakeable {awakeable_id}", step))
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value last set for ``key`` in this invocation (journaled, so replay agrees)."""
+        payload = self._state.get(key)
+        return default if payload is None else _codec.decode(payload)
+
+    async def set(self, key: str, value: Any) -> None:
+        """Set ``key`` to a JSON value, bytes or protobuf message, durably."""
+        payload = _codec.encode(value)
+        await self._state_step(pb.ENTRY_KIND_STATE_SET, key, payload)
+        self._state[key] = payload
+
+    async def clear(self, key: str) -> None:
+        """Remove ``key``, durably."""
+        await self._state_step(pb.ENTRY_KIND_STATE_CLEAR, key, pb.Payload())
+        self._state.pop(key, None)
+
+    async def _state_step(self, kind: pb.EntryKind, key: str, payload: pb.Payload) -> None:
+        if not isinstance(key, str) or not key:
+            raise InvalidInputError("a state key is a non-empty string")
+        digest = _codec.input_hash(payload.SerializeToString(deterministic=True))
+        decision = self._decide(kind, key, digest)
+        if isinstance(decision, Execute):
+            entry = pb.JournalEntry(
+                kind=kind,
+                step=decision.step,
+                name=key,
+                input_hash=digest,
+                output=payload,
+                timestamp_ms=_wall_ms(),
+            )
+            self._executing += 1
+            try:
+                await self._intercepted(
+                    "state", decision.step, key, lambda _: self._journal.append_step(entry)
+                )
+            finally:
+                self._executing -= 1
+                self._maybe_suspend()
+
+    # -- other invocations ---------------------------------------------------------------------
+
+    async def invoke(
+        self,
+        workflow: str,
+        args: Any = None,
+        *,
+        partition_key: str | None = None,
+        as_type: Any = None,
+    ) -> Any:
+        """Run a child workflow and wait for its result (suspending meanwhile).
+
+        Raises:
+            ChildWorkflowError: the child failed; the message carries its error.
+        """
+        child_id = await self._submit(
+            pb.ENTRY_KIND_CHILD, workflow, args, partition_key, notify=True
+        )
+        step = self._machine.steps_taken
+        while True:
+            entry = self._machine.child_result(child_id)
+            if entry is not None:
+                self._saw(entry)
+                if entry.HasField("failure"):
+                    raise ChildWorkflowError(child_id, entry.failure.type, entry.failure.message)
+                return _codec.decode_as(entry.output, as_type)
+            await self._park(Wait(f"child {child_id}", step))
+
+    async def start(
+        self, workflow: str, args: Any = None, *, partition_key: str | None = None
+    ) -> str:
+        """Start a child workflow without waiting; returns its invocation id."""
+        return await self._submit(pb.ENTRY_KIND_CHILD, workflow, args, partition_key, notify=False)
+
+    async def send(
+        self,
+        workflow: str,
+        args: Any = None,
+        *,
+        delay: timedelta | None = None,
+        partition_key: str | None = None,
+    ) -> str:
+        """Submit another invocation, optionally delayed; a replay never sends it twice."""
+        if delay is not None and (
+            not isinstance(delay, timedelta) or delay < timedelta(0) or delay > MAX_SLEEP
+        ):
+            raise InvalidInputError(f"delay must be a timedelta from 0 to {MAX_SLEEP.days} days")
+        return await self._submit(
+            pb.ENTRY_KIND_SEND, workflow, args, partition_key, notify=False, delay=delay
+        )
+
+    async def _submit(
+        self,
+        kind: pb.EntryKind,
+        workflow: str,
+        args: Any,
+        partition_key: str | None,
+        *,
+        notify: bool,
+        delay: timedelta | None = None,
+    ) -> str:
+        check_workflow_name(workflow)
+        payload = _codec.encode(args)
+        digest = _codec.input_hash(
+            workflow.encode() + payload.SerializeToString(deterministic=True)
+        )
+        decision = self._decide(kind, workflow, digest)
+        if not isinstance(decision, Execute):
+            self._saw(decision.entry)
+            child_id = str(_codec.decode(decision.entry.output))
+            if kind == pb.ENTRY_KIND_CHILD:
+                self.children.append(child_id)
+            return child_id
+        child_id = _derived_id(self._invocation_id, decision.step)
+        now = _wall_ms()
+        start_at = now + int(delay.total_seconds() * 1000) if delay else 0
+
+        async def record(inp: StepInput) -> None:
+            await self._journal.submit(
+                Submission(
+                    invocation_id=child_id,
+                    workflow=workflow,
+                    args=payload,
+                    partition_key=child_id if partition_key is None else partition_key,
+                    parent_id=self._invocation_id,
+                    notify_parent=notify,
+                    start_at_ms=start_at,
+                    headers=dict(inp.headers),
+                )
+            )
+            await self._journal.append_step(
+                pb.JournalEntry(
+                    kind=kind,
+                    step=decision.step,
+                    name=workflow,
+                    input_hash=digest,
+                    output=_codec.encode(child_id),
+                    timestamp_ms=now,
+                    detached=not notify,
+                )
+            )
+
+        kind_name = "child" if kind == pb.ENTRY_KIND_CHILD else "send"
+        self._executing += 1
+        try:
+            await self._intercepted(kind_name, decision.step, workflow, record)
+        finally:
+            self._executing -= 1
+            self._maybe_suspend()
+        if kind == pb.ENTRY_KIND_CHILD:
+            self.children.append(child_id)
+        return child_id
+
+
+class Awakeable:
+    """A promise that something outside the workflow completes (see ``Context.awakeable``)."""
+
+    def __init__(self, ctx: Context, awakeable_id: str) -> None:
+        self._ctx = ctx
+        self.id = awakeable_id
+
+    async def result(self, as_type: Any = None) -> Any:
+        """Wait for the resolution's payload (suspending meanwhile).
+
+        Raises:
+            AwakeableRejectedError: it was rejected; the message carries the reason.
+        """
+        return await self._ctx._awakeable_result(self.id, as_type)
+
+    def __repr__(self) -> str:
+        return f"Awakeable({self.id})"
+
+
+def _wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="seconds")
+
+
+def _derived_id(parent: str, step: int) -> str:
+    """A child's id, the same on every replay: ``<parent>-<step>`` (hashed if too long)."""
+    candidate = f"{parent}-{step}"
+    if len(candidate) <= 128:
+        return candidate
+    return f"{hashlib.sha256(parent.encode()).hexdigest()[:40]}-{step}"
+
 
 def _message(e: Exception) -> str:
     """A readable message: gRPC errors as 'CODE: details'."""
@@ -317,13 +705,3 @@ def _classify(e: Exception, policy: RetryPolicy) -> tuple[str, bool]:
     if isinstance(e, TerminalError) or type(e).__name__ in policy.non_retryable_errors:
         return "", False
     return "", True  # RetryableError and any other exception: worth another attempt
-
-
-def workflow_arity(fn: Callable[..., Any]) -> int:
-    """How many positional parameters a workflow takes (1 = ctx only, 2 = ctx and input)."""
-    params = [
-        p
-        for p in inspect.signature(fn).parameters.values()
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-    ]
-    return len(params)

@@ -3,12 +3,17 @@
 ```
 DurableError                      every error this library raises
 ├── TerminalError                 a failure never retried (raise it in a step or workflow)
-│   └── StepFailedError           a step failed after its retries; carries step, name, code
+│   ├── StepFailedError           a step failed after its retries; carries step, name, code
+│   ├── ChildWorkflowError        a child invocation awaited with ctx.invoke failed
+│   └── AwakeableRejectedError    an awaited awakeable was rejected
 ├── RetryableError                a failure worth retrying (raise it in a step to retry)
 ├── ConfigError                   bad or mismatching configuration (settings, streams, consumers)
 ├── InvalidInputError             bad input: malformed args, oversized payload, bad id or key
 ├── NonDeterminismError           the workflow code no longer matches its journal
-├── NotFoundError                 no such invocation (or workflow)
+├── NotFoundError                 no such invocation, workflow or awakeable
+├── ConflictError                 the request contradicts the invocation's state
+│   ├── AlreadyResolvedError      the awakeable was resolved or rejected before
+│   └── InvocationFinishedError   the invocation has already finished
 ├── WorkflowFailedError           the awaited invocation ended failed; carries step and message
 ├── InvocationTimeoutError        waiting for an invocation's result took too long
 └── NatsUnavailableError          NATS could not be reached (with the URLs tried)
@@ -23,7 +28,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 __all__ = [
+    "AlreadyResolvedError",
+    "AwakeableRejectedError",
+    "ChildWorkflowError",
     "ConfigError",
+    "ConflictError",
+    "InvocationFinishedError",
     "DurableError",
     "InvalidInputError",
     "InvocationTimeoutError",
@@ -69,6 +79,30 @@ class StepFailedError(TerminalError):
         self.error_type = error_type
 
 
+class ChildWorkflowError(TerminalError):
+    """A child invocation awaited with ``ctx.invoke`` failed.
+
+    Attributes:
+        child_id: The child's invocation id.
+        error_type: The class name of the child's error.
+    """
+
+    def __init__(self, child_id: str, error_type: str, message: str) -> None:
+        super().__init__(f"child invocation {child_id} failed: {error_type}: {message}")
+        self.child_id = child_id
+        self.error_type = error_type
+        self.reason = message
+
+
+class AwakeableRejectedError(TerminalError):
+    """An awaited awakeable was rejected (``client.reject_awakeable``)."""
+
+    def __init__(self, awakeable_id: str, reason: str) -> None:
+        super().__init__(f"awakeable {awakeable_id} was rejected: {reason}")
+        self.awakeable_id = awakeable_id
+        self.reason = reason
+
+
 class RetryableError(DurableError):
     """A failure worth retrying; raise it from a step to ask for another attempt."""
 
@@ -108,6 +142,18 @@ class NotFoundError(DurableError, LookupError):
     """No such invocation, or no such workflow."""
 
 
+class ConflictError(DurableError):
+    """The request contradicts the invocation's current state."""
+
+
+class AlreadyResolvedError(ConflictError):
+    """The awakeable was already resolved or rejected; the first answer stands."""
+
+
+class InvocationFinishedError(ConflictError):
+    """The invocation has already finished; it takes no more signals or resolutions."""
+
+
 class WorkflowFailedError(DurableError):
     """The invocation finished in the failed state.
 
@@ -141,10 +187,14 @@ class NatsUnavailableError(DurableError, ConnectionError):
     def __init__(self, servers: Sequence[str], reason: str = "") -> None:
         tried = ", ".join(servers)
         detail = f": {reason}" if reason else ""
-        super().__init__(
-            f"cannot reach NATS at {tried}{detail}. Is nats-server running "
-            "(try `durable dev`), and is NATS_URL right?"
-        )
+        lowered = reason.lower()
+        if "authorization" in lowered:
+            hint = "Check the user, password, token or credentials file."
+        elif "certificate" in lowered or "ssl" in lowered or "tls" in lowered:
+            hint = "Check the TLS settings (CA, certificate, key)."
+        else:
+            hint = "Is nats-server running (try `durable dev`), and is NATS_URL right?"
+        super().__init__(f"cannot reach NATS at {tried}{detail}. {hint}")
         self.servers = tuple(servers)
 
 

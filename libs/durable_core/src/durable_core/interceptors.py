@@ -2,27 +2,49 @@
 
 Tracing, metrics and logging plug in here instead of being sprinkled through the engine.
 Inputs are dataclasses so that new fields never break existing interceptors. Steps read back
-from the journal during replay are not intercepted: they did not run.
+from the journal during replay are not intercepted: they did not run. ``outcome_of`` tells an
+interceptor how a workflow run ended from what ``nxt`` raised.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-__all__ = ["Interceptor", "StepInput", "WorkflowInput", "chain_steps", "chain_workflows"]
+from durable_core.errors import DurableError, SuspendExecution
+
+__all__ = [
+    "Interceptor",
+    "RunOutcome",
+    "StepInput",
+    "WorkflowInput",
+    "chain_steps",
+    "chain_workflows",
+    "outcome_of",
+]
 
 
 @dataclass(slots=True)
 class WorkflowInput:
-    """One run of a workflow in a processor (a first run or a continuation after replay)."""
+    """One run of a workflow in a processor (a first run or a continuation after replay).
+
+    Attributes:
+        attempt: the delivery count of the command that started this run.
+        headers: the invocation's propagation headers (W3C ``traceparent``, ``tracestate``):
+            those of the command, else those stored with the invocation (wake-ups carry none).
+        resumed: the journal already held entries when this run began (a wake-up, a
+            redelivery after a crash): the run replays them before going on. False for the
+            first run of an invocation.
+    """
 
     invocation_id: str
     workflow: str
     partition_key: str
     attempt: int
     headers: dict[str, str] = field(default_factory=dict)
+    resumed: bool = False
 
 
 @dataclass(slots=True)
@@ -30,10 +52,16 @@ class StepInput:
     """One attempt of one executed step.
 
     Attributes:
-        kind: ``"call"`` or ``"run"``.
-        name: method path for calls, the user's name for runs.
-        headers: outgoing metadata; for calls they are sent as gRPC metadata, so an
-            interceptor can add e.g. ``traceparent``.
+        kind: ``"call"`` or ``"run"``; or, for the journaling of a step that waits or
+            submits, ``"sleep"``, ``"awakeable"``, ``"signal"``, ``"child"`` (``ctx.invoke``,
+            ``ctx.start``), ``"send"`` or ``"state"`` (``ctx.set``, ``ctx.clear``). Those
+            are intercepted once, when first executed; the wait itself is not inside.
+        name: method path for calls, the user's name for runs, the awakeable id, signal
+            name, child's workflow or state key; ``"sleep"`` for sleeps.
+        attempt: 1, 2, ... for retried calls and runs; always 1 for the other kinds.
+        headers: outgoing propagation headers. For calls they are sent as gRPC metadata;
+            for children and sends they travel with the new invocation (its command's
+            metadata and its stored trace context). An interceptor adds e.g. ``traceparent``.
     """
 
     invocation_id: str
@@ -47,6 +75,30 @@ class StepInput:
 
 StepNext = Callable[[StepInput], Awaitable[Any]]
 WorkflowNext = Callable[[WorkflowInput], Awaitable[Any]]
+
+RunOutcome = Literal["completed", "failed", "suspended", "abandoned"]
+
+
+def outcome_of(exc: BaseException | None) -> RunOutcome:
+    """How a workflow run ended, from what ``nxt`` raised in ``intercept_workflow``.
+
+    - ``"completed"``: it returned (``exc`` is None);
+    - ``"suspended"``: the engine stopped the run because every step is parked (it cancels
+      the run; a wake-up continues it later), or the processor is shutting down;
+    - ``"abandoned"``: the engine's own control flow stopped it: another processor took the
+      invocation over, it finished elsewhere, or new journal entries make it run again;
+    - ``"failed"``: anything else; the engine journals the invocation as failed.
+    """
+    if exc is None:
+        return "completed"
+    if isinstance(exc, asyncio.CancelledError | SuspendExecution):
+        return "suspended"
+    if type(exc).__module__ == _ENGINE_MODULE and not isinstance(exc, DurableError):
+        return "abandoned"  # the worker's private _LostClaim, _Finished, _Rerun
+    return "failed"
+
+
+_ENGINE_MODULE = "durable_core.worker"
 
 
 class Interceptor:

@@ -17,6 +17,7 @@ and implements hooks in that module::
 from __future__ import annotations
 
 import inspect
+import typing
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,12 +48,30 @@ WorkflowFn = Callable[..., Awaitable[Any]]
 
 @dataclass(frozen=True, slots=True)
 class Workflow:
-    """A registered workflow: its name, function, and whether it takes an input."""
+    """A registered workflow: its name, function, and its declared input and output types."""
 
     name: str
     fn: WorkflowFn
     takes_input: bool
     plugin: str = ""
+    input_type: Any = None
+    output_type: Any = None
+
+
+def workflow_signature(fn: Callable[..., Any]) -> tuple[bool, Any, Any]:
+    """Whether ``fn(ctx[, input])`` takes an input, and its input and output type hints."""
+    params = [
+        p
+        for p in inspect.signature(fn).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # noqa: BLE001 - unresolvable annotations: treat as untyped
+        hints = {}
+    takes_input = len(params) == 2
+    input_type = hints.get(params[1].name) if takes_input else None
+    return takes_input, input_type, hints.get("return")
 
 
 class WorkflowRegistry:
@@ -75,13 +94,18 @@ class WorkflowRegistry:
             raise ConfigError(
                 f"workflow {wf_name} must take (ctx) or (ctx, input), not {len(params)} arguments"
             )
+        takes_input, input_type, output_type = workflow_signature(fn)
         existing = self._workflows.get(wf_name)
         if existing is not None and existing.fn is not fn:
             raise ConfigError(
                 f"workflow {wf_name} is registered twice (by {existing.plugin or '?'} and "
                 f"{plugin or '?'})"
             )
-        self._workflows[wf_name] = Workflow(wf_name, fn, len(params) == 2, plugin)
+        self._workflows[wf_name] = Workflow(
+            wf_name, fn, takes_input, plugin, input_type, output_type
+        )
+        if wf_name != fn.__name__:
+            fn.__durable_workflow__ = wf_name  # type: ignore[attr-defined] # client.invoke(fn)
         return fn
 
     def get(self, name: str) -> Workflow:

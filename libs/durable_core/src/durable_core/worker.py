@@ -2,11 +2,18 @@
 
 For each delivered command:
 1. read the state; a finished invocation is acked and left alone (intake dedup);
-2. read the journal, unless this is a first delivery of a new invocation, and on a
-   redelivery append a CLAIM entry, which fences out any earlier holder of the command;
-3. run the workflow; each executed step appends its outcome with the expected last
-   subject sequence, so a writer that lost its claim fails its next write and stops;
-4. append COMPLETED or FAILED, write the final state, ack.
+2. decide how to take the invocation:
+   - a first delivery of a new start runs optimistically (its first append expects an
+     empty journal);
+   - a redelivery (the previous holder died or stalled) appends a CLAIM entry, which fences
+     out any earlier holder: its next append fails on the expected sequence;
+   - a wake-up (timer, resolution, signal, child result) or a duplicate start claims only
+     an idle invocation (its journal ends in SUSPENDED); otherwise someone is running it and
+     will see the news at its next append;
+3. run the workflow; each executed step appends its outcome with the expected last subject
+   sequence. When every step is parked (sleep, awakeable, signal, child), append SUSPENDED,
+   schedule the timers on the server, ack: a suspended invocation holds no slot;
+4. append COMPLETED or FAILED, write the final state, report to a waiting parent, ack.
 """
 
 from __future__ import annotations
@@ -18,28 +25,31 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from google.protobuf.message import DecodeError
 
 from durable_core import _codec
 from durable_core._grpc import ChannelPool
-from durable_core._journal import FINAL_KINDS, ReplayMachine
+from durable_core._journal import FINAL_KINDS, PROCESSOR_KINDS, ReplayMachine
+from durable_core._keys import KeyRecord
 from durable_core._naming import check_invocation_id
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import (
     Delivery,
     JournalConflict,
+    JournalRecord,
     StateConflict,
     StateRecord,
     Transport,
 )
 from durable_core.config import WorkerConfig
-from durable_core.context import Context
+from durable_core.context import Context, Submission, Wait
 from durable_core.errors import (
     DurableError,
     InvalidInputError,
+    InvocationFinishedError,
     NatsUnavailableError,
     StepFailedError,
     SuspendExecution,
@@ -167,6 +177,10 @@ class Worker:
                 await delivery.nak(delay=2.0)
 
 
+class _Rerun(Exception):  # noqa: N818 - internal control flow
+    """New external entries may satisfy a parked wait: run the workflow again from replay."""
+
+
 class _Execution:
     """One delivery of one invocation, from state check to ack."""
 
@@ -177,47 +191,116 @@ class _Execution:
         self.id = cmd.invocation_id
         self.delivery = delivery
         self.token = f"{worker.processor_id}/{secrets.token_hex(4)}"
+        self.entries: list[pb.JournalEntry] = []
         self.machine = ReplayMachine(self.id)
         self.last_seq = 0
-        self.length = 0  # entries in the journal
         self.lock = asyncio.Lock()
         self.state: StateRecord | None = None
+        self.ctx: Context | None = None
+        self.waits: tuple[Wait, ...] = ()
+        self.interrupt = asyncio.Event()  # suspend or rerun requested
+        self.rerun = False
+        self.children: list[str] = []
 
     # -- journal ---------------------------------------------------------------------------
 
-    async def append(self, entry: pb.JournalEntry) -> None:
-        """Append fenced by the last sequence we know; a conflict means we lost the claim."""
+    def _record(self, entry: pb.JournalEntry, seq: int) -> None:
+        self.entries.append(entry)
+        self.machine.record(entry)
+        self.last_seq = seq
+
+    async def append(self, entry: pb.JournalEntry, *, claim: bool = False) -> None:
+        """Append fenced by the last sequence we know.
+
+        On a conflict the journal is re-read: entries from outside (resolutions, signals)
+        are taken in and the append retried; an entry from another processor means we lost
+        the invocation (unless this append is itself a claim, which takes it over).
+        """
         async with self.lock:
-            entry.index = self.length + 1
-            entry.writer = self.token
-            msg_id = f"{self.id}:{entry.index}:{self.token}"
-            try:
-                self.last_seq = await self.t.append(self.id, entry, self.last_seq, msg_id)
-            except JournalConflict as e:
-                log.warning(
-                    "invocation %s: journal moved on under %s (%s); abandoning this run",
-                    self.id,
-                    self.token,
-                    e,
-                )
-                raise SuspendExecution("lost claim") from e
-            self.length += 1
-            self.machine.record(entry)
+            while True:
+                entry.index = len(self.entries) + 1
+                entry.writer = self.token
+                msg_id = f"{self.id}:{entry.index}:{self.token}"
+                try:
+                    seq = await self.t.append(self.id, entry, self.last_seq, msg_id)
+                except JournalConflict:
+                    await self._catch_up(claim=claim)
+                    if entry.kind == pb.ENTRY_KIND_SUSPENDED:
+                        raise _Rerun from None  # decide again with what arrived
+                    continue
+                self._record(entry, seq)
+                return
+
+    async def _catch_up(self, *, claim: bool) -> None:
+        fresh = await self.t.read_journal(self.id, min_seq=self.last_seq + 1)
+        records = [r for r in fresh if r.seq > self.last_seq]
+        foreign = [r for r in records if r.entry.kind in PROCESSOR_KINDS]
+        if foreign and not claim:
+            raise _LostClaim(foreign)
+        for r in records:
+            self._record(r.entry, r.seq)
+        if self.machine.final is not None:
+            raise _Finished
+        if records and self.waits_parked():
+            self.rerun = True
+            self.interrupt.set()
+
+    def waits_parked(self) -> bool:
+        return self.ctx is not None and bool(self.ctx._parked)
 
     async def append_step(self, entry: pb.JournalEntry) -> None:
         await self.append(entry)
 
-    async def load_journal(self) -> None:
-        records = await self.t.read_journal(self.id)
-        for rec in records:
-            self.machine.record(rec.entry)
-        self.length = len(records)
-        self.last_seq = records[-1].seq if records else 0
+    async def submit(self, submission: Submission) -> None:
+        now = _now_ms()
+        state = pb.ExecutionState(
+            invocation_id=submission.invocation_id,
+            workflow=submission.workflow,
+            status=pb.STATUS_PENDING,
+            args=submission.args,
+            partition_key=submission.partition_key,
+            created_at_ms=now,
+            updated_at_ms=now,
+            parent_id=submission.parent_id,
+            parent_workflow=self.cmd.workflow,
+            parent_partition_key=self.cmd.partition_key,
+            notify_parent=submission.notify_parent,
+            start_at_ms=submission.start_at_ms,
+            trace_context=submission.headers,  # the child's runs join this trace
+            trace_id=_trace_id(submission.headers),
+        )
+        cmd = pb.Command(
+            invocation_id=submission.invocation_id,
+            workflow=submission.workflow,
+            args=submission.args,
+            partition_key=submission.partition_key,
+            kind=pb.COMMAND_KIND_START,
+            created_at_ms=now,
+            parent_id=submission.parent_id,
+            metadata=submission.headers,
+        )
+        await self.t.submit(state, cmd)
+
+    def request_suspend(self, waits: Sequence[Wait]) -> None:
+        self.waits = tuple(waits)
+        self.interrupt.set()
+
+    async def load_journal(self, min_seq: int = 0) -> None:
+        self.entries = []
+        self.machine = ReplayMachine(self.id)
+        self.last_seq = 0
+        for rec in await self.t.read_journal(self.id, min_seq=min_seq):
+            self._record(rec.entry, rec.seq)
 
     # -- state -----------------------------------------------------------------------------
 
-    async def write_state(self, **changes: Any) -> None:
-        """Update the state summary with a revision check, re-reading on conflict."""
+    async def write_state(
+        self, *, final: bool = False, only_if: tuple[int, ...] = (), **changes: Any
+    ) -> None:
+        """Update the state summary with a revision check, re-reading on conflict.
+
+        ``only_if`` lists the statuses the update may replace (any, when empty).
+        """
         for _ in range(5):
             rec = self.state or await self.t.get_state(self.id)
             st = pb.ExecutionState()
@@ -230,17 +313,22 @@ class _Execution:
                 st.partition_key = self.cmd.partition_key
                 st.created_at_ms = self.cmd.created_at_ms or _now_ms()
                 st.parent_id = self.cmd.parent_id
-            if rec is not None and rec.state.status in TERMINAL and "final" not in changes:
+            if rec is not None and (
+                (rec.state.status in TERMINAL and not final)
+                or (only_if and rec.state.status not in only_if)
+            ):
                 self.state = rec
                 return
-            changes.pop("final", None)
             for key, value in changes.items():
                 if isinstance(value, pb.Payload | pb.Failure):
                     getattr(st, key).CopyFrom(value)
                 else:
                     setattr(st, key, value)
+            for child in self.children:
+                if child not in st.child_ids:
+                    st.child_ids.append(child)
             st.updated_at_ms = _now_ms()
-            st.journal_length = self.length
+            st.journal_length = len(self.entries)
             st.processor = self.w.processor_id
             try:
                 if rec is None:
@@ -260,41 +348,185 @@ class _Execution:
 
     async def run(self) -> None:
         self.state = await self.t.get_state(self.id)
-        if self.state is not None and self.state.state.status in TERMINAL:
-            log.info(
-                "invocation %s already %s; acking duplicate delivery",
-                self.id,
-                pb.Status.Name(self.state.state.status),
-            )
-            await self.delivery.ack()
+        st = self.state.state if self.state is not None else None
+        if st is not None and st.status in TERMINAL:
+            log.info("invocation %s already %s; acking", self.id, pb.Status.Name(st.status))
+            if self._keyed:
+                await self.delivery.ack_sync()
+                await self._release_key()  # in case it finished without handing over
+            else:
+                await self.delivery.ack()
             return
-        fresh = self.delivery.num_delivered == 1 and (
-            self.state is None or self.state.state.status == pb.STATUS_PENDING
+        held_before = False
+        if self._keyed and self.cmd.kind == pb.COMMAND_KIND_START:
+            taken = await self._take_key()
+            if taken is None:
+                return  # queued behind the key's holder
+            held_before = taken == "held"
+        redelivered = self.delivery.num_delivered > 1
+        wake = self.cmd.kind == pb.COMMAND_KIND_WAKE or (
+            not redelivered and (held_before or (st is not None and st.status != pb.STATUS_PENDING))
         )
         heartbeat = asyncio.create_task(self._heartbeat())
         try:
-            try:
-                await self._claim(fresh)
-            except SuspendExecution:
-                # An optimistic first write collided: the journal was not empty after all.
+            if wake and not redelivered:
+                await self.load_journal(min_seq=self.cmd.min_journal_seq)
+                if self.machine.final is None and not self.machine.idle:
+                    log.info("invocation %s is in progress elsewhere; wake-up not needed", self.id)
+                    await self.delivery.ack()
+                    return
+                if self.machine.final is None:
+                    await self._claim(takeover=False)
+            elif redelivered:
                 await self.load_journal()
-                await self._claim(False)
+                if self.machine.final is None and self.entries:
+                    await self._claim(takeover=True)
             if self.machine.final is not None:
                 await self._finish_from_journal(self.machine.final)
                 return
-            await self._run_workflow()
-        except SuspendExecution as e:
-            log.info("invocation %s: run stopped (%s)", self.id, e.reason)
+            await self.write_state(status=pb.STATUS_RUNNING, waiting_for="")
+            await self._run_until_done()
+        except _Finished:
+            assert self.machine.final is not None
+            await self._finish_from_journal(self.machine.final)
+        except _LostClaim as lost:
+            self._log_lost(lost)
+            if not lost.holds(self.delivery.stream_seq):
+                await self.delivery.ack()  # another delivery owns the invocation now
+        except _NotIdle:
+            log.info("invocation %s was taken by another wake-up; acking ours", self.id)
+            await self.delivery.ack()
         finally:
             heartbeat.cancel()
 
-    async def _claim(self, fresh: bool) -> None:
-        if not fresh:
-            await self.load_journal()
-            if self.machine.final is None and self.length > 0:
-                await self.append(pb.JournalEntry(kind=pb.ENTRY_KIND_CLAIM, timestamp_ms=_now_ms()))
-        if self.machine.final is None:
-            await self.write_state(status=pb.STATUS_RUNNING)
+    # -- per-key ordering ------------------------------------------------------------------
+
+    @property
+    def _keyed(self) -> bool:
+        """Invocations submitted with their own partition key run one at a time per key."""
+        key = self.cmd.partition_key
+        return bool(key) and key != self.id
+
+    async def _finished(self, invocation_id: str) -> bool:
+        rec = await self.t.get_state(invocation_id)
+        return rec is None or rec.state.status in TERMINAL
+
+    async def _take_key(self) -> str | None:
+        """Take the partition key ("took"), find it ours already ("held"), or queue behind
+        its holder, ack the start and return None."""
+        key = self.cmd.partition_key
+        for attempt in range(50):
+            if attempt and await self._finished(self.id):
+                await self.delivery.ack()  # a turn ran it meanwhile; don't queue it again
+                return None
+            data, revision = await self.t.key_record(key)
+            rec = KeyRecord.parse(data)
+            if rec.active == self.id:
+                return "held"
+            holder_done = bool(rec.active) and await self._finished(rec.active)
+            ticket = rec.ticket_of(self.id) or self.delivery.stream_seq
+            earlier = ""
+            if rec.may_take(ticket, holder_done):
+                for cmd in await self.t.queued_commands(key, ticket):
+                    other = cmd.invocation_id
+                    if (
+                        cmd.kind == pb.COMMAND_KIND_START
+                        and other not in (self.id, rec.active)
+                        and rec.ticket_of(other) is None
+                        and not await self._finished(other)
+                    ):
+                        earlier = other  # submitted before us, not yet taken in: it goes first
+                        break
+                if not earlier:
+                    rec.take(self.id, ticket)
+                    try:
+                        await self.t.put_key_record(key, rec.dump(), revision)
+                    except StateConflict:
+                        continue
+                    return "took"
+            rec.enqueue(self.id, ticket, self.cmd.workflow)
+            turn = rec.lowest_waiting() if (not rec.active or holder_done) and not earlier else None
+            try:
+                await self.t.put_key_record(key, rec.dump(), revision)
+            except StateConflict:
+                continue
+            behind = earlier or rec.active or (turn[1] if turn else "")
+            await self.write_state(
+                status=pb.STATUS_PENDING,
+                waiting_for=f"partition key {key!r} (behind {behind})",
+                only_if=(pb.STATUS_PENDING,),  # never over a run that a turn started meanwhile
+            )
+            if turn is not None and turn[1] != self.id:
+                await self._give_turn(turn)  # the holder finished without handing over
+            await self.delivery.ack()
+            log.info("invocation %s queued on partition key %r behind %s", self.id, key, behind)
+            return None
+        raise DurableError(f"partition key {key!r} keeps changing; retrying later")
+
+    async def _release_key(self) -> None:
+        """Free the key (if we hold it) and give the turn to the lowest unfinished ticket."""
+        key = self.cmd.partition_key or (self.state.state.partition_key if self.state else "")
+        turn: tuple[int, str, str] | None = None
+        for _ in range(50):
+            data, revision = await self.t.key_record(key)
+            rec = KeyRecord.parse(data)
+            if rec.active and rec.active != self.id:
+                return  # someone else holds it: they hand over when done
+            rec.release(self.id)
+            stale = [w for w in rec.waiting if await self._finished(w[1])]
+            rec.waiting = [w for w in rec.waiting if w not in stale]
+            turn = rec.lowest_waiting()
+            if (
+                not stale
+                and rec.active == ""
+                and data is not None
+                and revision
+                and (KeyRecord.parse(data).active != self.id)
+            ):
+                break  # nothing to write: the key was free already
+            try:
+                await self.t.put_key_record(key, rec.dump(), revision)
+                break
+            except StateConflict:
+                continue
+        if turn is not None:
+            await self._give_turn(turn)
+
+    async def _give_turn(self, turn: tuple[int, str, str]) -> None:
+        _, invocation_id, workflow = turn
+        await self.t.publish_command(
+            pb.Command(
+                invocation_id=invocation_id,
+                workflow=workflow,
+                partition_key=self.cmd.partition_key,
+                kind=pb.COMMAND_KIND_START,
+            ),
+            # One turn per hand-over: a turn that finds an earlier start still on its way
+            # queues again and needs a new turn later, which must not be deduplicated away.
+            msg_id=f"turn:{invocation_id}:{self.id}",
+        )
+
+    def _log_lost(self, lost: _LostClaim) -> None:
+        writers = sorted({r.entry.writer for r in lost.records})
+        log.warning(
+            "invocation %s: journal moved on under %s (appended by %s); abandoning this run",
+            self.id,
+            self.token,
+            ", ".join(writers),
+        )
+
+    async def _claim(self, *, takeover: bool) -> None:
+        claim = pb.JournalEntry(
+            kind=pb.ENTRY_KIND_CLAIM, timestamp_ms=_now_ms(), command_seq=self.delivery.stream_seq
+        )
+        if takeover:
+            await self.append(claim, claim=True)
+            return
+        try:
+            await self.append(claim)
+        except _LostClaim as lost:
+            # Someone appended as a processor since we saw the journal idle: they run it.
+            raise _NotIdle from lost
 
     async def _heartbeat(self) -> None:
         interval = self.w.config.heartbeat_interval
@@ -307,9 +539,18 @@ class _Execution:
             except Exception as e:  # noqa: BLE001 - a missed heartbeat is not fatal
                 log.debug("heartbeat for %s failed: %s", self.id, e)
 
-    async def _run_workflow(self) -> None:
+    async def _run_until_done(self) -> None:
+        while True:
+            try:
+                await self._run_once()
+                return
+            except _Rerun:
+                log.debug("invocation %s: rerunning with new journal entries", self.id)
+                self.machine = ReplayMachine(self.id, self.entries)
+
+    async def _run_once(self) -> None:
         w = self.w
-        name = self.cmd.workflow
+        name = self.cmd.workflow or (self.state.state.workflow if self.state else "")
         if name not in w.registry:
             await self._finish(
                 pb.STATUS_FAILED,
@@ -319,6 +560,10 @@ class _Execution:
             )
             return
         wf = w.registry.get(name)
+        args = self.state.state.args if self.state is not None else self.cmd.args
+        created = self.state.state.created_at_ms if self.state is not None else 0
+        self.waits, self.rerun = (), False
+        self.interrupt.clear()
         ctx = Context(
             invocation_id=self.id,
             workflow=name,
@@ -326,55 +571,58 @@ class _Execution:
             machine=self.machine,
             journal=self,
             channels=w.channels,
-            start_time_ms=self.cmd.created_at_ms or _now_ms(),
+            start_time_ms=created or self.cmd.created_at_ms or _now_ms(),
             interceptors=w.interceptors,
             attempt=self.delivery.num_delivered,
         )
+        self.ctx = ctx
 
         async def body(_: WorkflowInput) -> Any:
-            if wf.takes_input:
-                return await wf.fn(ctx, _codec.decode(self.cmd.args))
-            return await wf.fn(ctx)
+            if not wf.takes_input:
+                return await wf.fn(ctx)
+            try:
+                value = _codec.decode_as(args, wf.input_type)
+            except InvalidInputError as e:
+                raise _BadInput(f"input of {name} does not match its declared type: {e}") from e
+            return await wf.fn(ctx, value)
 
-        run = chain_workflows(
-            w.interceptors,
-            body,
-        )
+        run = chain_workflows(w.interceptors, body)
+        # Wake-ups, hand-overs and timers carry no metadata: the invocation keeps its trace.
+        headers = dict(self.state.state.trace_context) if self.state is not None else {}
+        headers.update(self.cmd.metadata)
         inp = WorkflowInput(
             self.id,
             name,
             self.cmd.partition_key,
             self.delivery.num_delivered,
-            dict(self.cmd.metadata),
+            headers,
+            resumed=bool(self.entries),
         )
+        task: asyncio.Future[Any] = asyncio.ensure_future(run(inp))
+        interrupted = asyncio.create_task(self.interrupt.wait())
         try:
-            result = await run(inp)
-        except SuspendExecution:
-            raise
-        except asyncio.CancelledError:
+            await asyncio.wait({task, interrupted}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            interrupted.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+            self.children = list(ctx.children)
+            if self.rerun:
+                raise _Rerun
+            await self._suspend()
+            return
+        self.children = list(ctx.children)
+        try:
+            result = task.result()
+        except (_LostClaim, _Finished, _Rerun, SuspendExecution, asyncio.CancelledError):
             raise
         except Exception as e:  # noqa: BLE001 - the workflow failed; journal why
-            failure = pb.Failure(type=type(e).__name__, message=str(e))
-            if isinstance(e, StepFailedError):
-                failure.step, failure.code = e.step, e.code
-            if ctx.nondeterminism is not None:
-                failure = pb.Failure(
-                    type="NonDeterminismError",
-                    message=str(ctx.nondeterminism),
-                    step=ctx.nondeterminism.step,
-                )
-            log.info("invocation %s failed: %s", self.id, failure.message)
-            await self._finish(pb.STATUS_FAILED, failure=failure)
+            await self._finish(pb.STATUS_FAILED, failure=self._failure(e, ctx))
             return
         if ctx.nondeterminism is not None:
-            await self._finish(
-                pb.STATUS_FAILED,
-                failure=pb.Failure(
-                    type="NonDeterminismError",
-                    message=str(ctx.nondeterminism),
-                    step=ctx.nondeterminism.step,
-                ),
-            )
+            await self._finish(pb.STATUS_FAILED, failure=self._failure(ctx.nondeterminism, ctx))
             return
         try:
             output = _codec.encode(result)
@@ -384,6 +632,41 @@ class _Execution:
             )
             return
         await self._finish(pb.STATUS_COMPLETED, output=output)
+
+    @staticmethod
+    def _failure(e: BaseException, ctx: Context) -> pb.Failure:
+        if ctx.nondeterminism is not None:
+            nd = ctx.nondeterminism
+            return pb.Failure(type="NonDeterminismError", message=str(nd), step=nd.step)
+        if isinstance(e, _BadInput):
+            return pb.Failure(type="InvalidInputError", message=str(e))
+        failure = pb.Failure(type=type(e).__name__, message=str(e) or type(e).__name__)
+        if isinstance(e, StepFailedError):
+            failure.step, failure.code = e.step, e.code
+        return failure
+
+    async def _suspend(self) -> None:
+        """Every step is parked: journal the suspension, arm the timers, free the slot."""
+        await self.append(pb.JournalEntry(kind=pb.ENTRY_KIND_SUSPENDED, timestamp_ms=_now_ms()))
+        wake = pb.Command(
+            invocation_id=self.id,
+            workflow=self.cmd.workflow,
+            partition_key=self.cmd.partition_key,
+            kind=pb.COMMAND_KIND_WAKE,
+            min_journal_seq=self.last_seq,
+        )
+        for wait in self.waits:
+            if wait.wake_at_ms:
+                await self.t.schedule_command(
+                    wake,
+                    at_ms=wait.wake_at_ms,
+                    key=f"{self.id}.t{wait.step}",
+                    msg_id=f"timer:{self.id}:{wait.step}",
+                )
+        waiting = "; ".join(w.what for w in self.waits)
+        await self.write_state(status=pb.STATUS_SUSPENDED, waiting_for=waiting)
+        await self.delivery.ack()
+        log.info("invocation %s suspended: waiting for %s", self.id, waiting)
 
     async def _finish(
         self, status: int, *, output: pb.Payload | None = None, failure: pb.Failure | None = None
@@ -400,18 +683,24 @@ class _Execution:
         await self._finish_from_journal(entry)
 
     async def _finish_from_journal(self, entry: pb.JournalEntry) -> None:
-        """Make the state agree with the journal's final entry, then ack."""
+        """Make the state agree with the journal's final entry, tell the parent, ack."""
         completed = entry.kind == pb.ENTRY_KIND_COMPLETED
         changes: dict[str, Any] = {
             "status": pb.STATUS_COMPLETED if completed else pb.STATUS_FAILED,
-            "final": True,
+            "waiting_for": "",
         }
         if entry.HasField("output"):
             changes["output"] = entry.output
         if entry.HasField("failure"):
             changes["failure"] = entry.failure
-        await self.write_state(**changes)
-        await self.delivery.ack()
+        await self.write_state(final=True, **changes)
+        if self.state is not None and self.state.state.notify_parent:
+            await self._report_to_parent(self.state.state, entry)
+        if self._keyed:
+            await self.delivery.ack_sync()  # gone from the queue before the next one starts
+            await self._release_key()
+        else:
+            await self.delivery.ack()
         if completed:
             self.w.completed += 1
         else:
@@ -420,8 +709,75 @@ class _Execution:
             "invocation %s %s (%d journal entries)",
             self.id,
             "completed" if completed else "failed",
-            self.length,
+            len(self.entries),
+        )
+
+    async def _report_to_parent(self, st: pb.ExecutionState, final: pb.JournalEntry) -> None:
+        parent = st.parent_id
+        result = pb.JournalEntry(
+            kind=pb.ENTRY_KIND_CHILD_RESULT,
+            name=self.id,
+            timestamp_ms=_now_ms(),
+            writer=f"child:{self.id}",
+        )
+        if final.HasField("output"):
+            result.output.CopyFrom(final.output)
+        if final.HasField("failure"):
+            result.failure.CopyFrom(final.failure)
+        try:
+            seq = await self.t.append_external(
+                parent, result, f"child-result:{self.id}", check=_unfinished(parent)
+            )
+        except InvocationFinishedError:
+            return
+        await self.t.publish_command(
+            pb.Command(
+                invocation_id=parent,
+                workflow=st.parent_workflow,
+                partition_key=st.parent_partition_key or parent,
+                kind=pb.COMMAND_KIND_WAKE,
+                min_journal_seq=seq,
+            ),
+            msg_id=f"wake:{parent}:{seq}",
         )
 
 
-assert FINAL_KINDS  # the journal module defines what "final" means
+def _trace_id(headers: Mapping[str, str]) -> str:
+    """The trace id (32 hex digits) of a W3C ``traceparent`` header, or ""."""
+    parts = headers.get("traceparent", "").split("-")
+    return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else ""
+
+
+def _unfinished(invocation_id: str) -> Callable[[list[JournalRecord]], None]:
+    def check(records: list[JournalRecord]) -> None:
+        if any(r.entry.kind in FINAL_KINDS for r in records):
+            raise InvocationFinishedError(f"invocation {invocation_id} has already finished")
+
+    return check
+
+
+class _LostClaim(Exception):  # noqa: N818 - internal control flow
+    """Another processor appended to the journal: this run must stop."""
+
+    def __init__(self, records: list[JournalRecord]) -> None:
+        super().__init__("lost claim")
+        self.records = records
+
+    def holds(self, stream_seq: int) -> bool:
+        """Whether the new holder took over this very command (so we must not ack it)."""
+        return any(
+            r.entry.kind == pb.ENTRY_KIND_CLAIM and r.entry.command_seq == stream_seq
+            for r in self.records
+        )
+
+
+class _Finished(Exception):  # noqa: N818 - internal control flow
+    """The journal shows the invocation finished (another processor completed it)."""
+
+
+class _NotIdle(Exception):  # noqa: N818 - internal control flow
+    """A wake-up found the invocation taken by someone else."""
+
+
+class _BadInput(InvalidInputError):
+    """The stored input does not match the workflow's declared input type."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+
 from durable_examples.hello.v1 import hello_pb2, hello_pb2_grpc
 
 

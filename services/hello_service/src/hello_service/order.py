@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import grpc
+
 from durable_examples.order.v1 import order_pb2, order_pb2_grpc
 
 IDEMPOTENCY_KEY_METADATA = "idempotency-key"

@@ -11,10 +11,10 @@ import signal
 from collections.abc import Sequence
 
 import grpc
-from durable_examples.hello.v1 import hello_pb2, hello_pb2_grpc
-from durable_examples.order.v1 import order_pb2, order_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from durable_examples.hello.v1 import hello_pb2, hello_pb2_grpc
+from durable_examples.order.v1 import order_pb2, order_pb2_grpc
 from hello_service.hello import HelloServicer
 from hello_service.order import OrderServicer
 

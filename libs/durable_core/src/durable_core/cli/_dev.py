@@ -52,13 +52,19 @@ class LocalStack:
     """NATS, hello service and processor as child processes, stopped in reverse order."""
 
     def __init__(
-        self, data_dir: Path, nats_port: int, grpc_port: int, log: IO[bytes] | None = None
+        self,
+        data_dir: Path,
+        nats_port: int,
+        grpc_port: int,
+        log: IO[bytes] | None = None,
+        inspector_port: int | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.nats = NatsServer(
             store_dir=data_dir / "nats", port=nats_port, name="durable-dev", work_dir=data_dir
         )
         self.grpc_port = grpc_port
+        self.inspector_port = inspector_port
         self.log = log
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
 
@@ -94,6 +100,19 @@ class LocalStack:
                 "DURABLE_DEFAULT_SERVICE_ADDRESS": f"127.0.0.1:{self.grpc_port}",
             },
         )
+        if self.inspector_port is not None and importlib.util.find_spec("durable_inspector"):
+            inspector = self._spawn(
+                "inspector",
+                ["-m", "durable_inspector", "--port", str(self.inspector_port)],
+                {"NATS_URL": self.nats.url, "DURABLE_NATS_URL": self.nats.url},
+            )
+            _wait_port(self.inspector_port, inspector, "inspector")
+
+    @property
+    def inspector_url(self) -> str | None:
+        if self.inspector_port is None or not any(w == "inspector" for w, _ in self.procs):
+            return None
+        return f"http://127.0.0.1:{self.inspector_port}"
 
     def stop(self) -> None:
         for _, proc in reversed(self.procs):
@@ -123,7 +142,12 @@ class LocalStack:
 
 def dev(args: argparse.Namespace) -> int:
     """Run the stack in the foreground until Ctrl-C."""
-    stack = LocalStack(Path(args.data_dir).resolve(), args.nats_port, args.grpc_port)
+    stack = LocalStack(
+        Path(args.data_dir).resolve(),
+        args.nats_port,
+        args.grpc_port,
+        inspector_port=args.inspector_port,
+    )
     stop = False
 
     def on_signal(*_: object) -> None:
@@ -136,6 +160,8 @@ def dev(args: argparse.Namespace) -> int:
         print(f"NATS JetStream  {stack.nats_url}  (data in {stack.nats.store_dir})", flush=True)
         print(f"hello service   127.0.0.1:{stack.grpc_port}", flush=True)
         print("processor       running (plugins from installed packages)", flush=True)
+        if stack.inspector_url:
+            print(f"inspector       {stack.inspector_url}", flush=True)
         print(
             f"try: NATS_URL={stack.nats_url} durable invoke hello_workflow "
             '--args \'{"name": "Ada"}\'',

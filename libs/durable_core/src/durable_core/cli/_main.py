@@ -1,7 +1,7 @@
 """``durable``: run the stack locally, invoke workflows, inspect them.
 
 Exit codes: 0 success, 1 the workflow failed, 2 bad input or usage, 3 NATS unreachable,
-4 not found, 5 timed out waiting.
+4 not found, 5 timed out waiting, 6 conflict (already resolved, already finished).
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from durable_core import _codec
 from durable_core.client import Client, InvocationResult
 from durable_core.config import EngineConfig, NatsConfig
 from durable_core.errors import (
+    ConfigError,
+    ConflictError,
     DurableError,
     InvalidInputError,
     InvocationTimeoutError,
@@ -27,7 +29,7 @@ from durable_core.errors import (
     WorkflowFailedError,
 )
 
-EXIT_FAILED, EXIT_USAGE, EXIT_NATS, EXIT_NOT_FOUND, EXIT_TIMEOUT = 1, 2, 3, 4, 5
+EXIT_FAILED, EXIT_USAGE, EXIT_NATS, EXIT_NOT_FOUND, EXIT_TIMEOUT, EXIT_CONFLICT = 1, 2, 3, 4, 5, 6
 DEFAULT_URL = "nats://127.0.0.1:4222"
 
 
@@ -91,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--data-dir", default=".durable", help="where NATS keeps its data")
     d.add_argument("--nats-port", type=int, default=4222)
     d.add_argument("--grpc-port", type=int, default=9090)
+    d.add_argument("--inspector-port", type=int, default=8080)
 
     demo = sub.add_parser("demo", help="start a throwaway stack, run hello_workflow, stop")
     demo.add_argument("--name", default="", help="whom to greet (empty: World)")
@@ -103,6 +106,26 @@ def build_parser() -> argparse.ArgumentParser:
     inv.add_argument("--no-wait", action="store_true", help="print the id and return")
     inv.add_argument("--json", action="store_true", help="print the result as JSON")
     inv.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (default 60)")
+    inv.add_argument(
+        "--delay",
+        type=float,
+        default=None,
+        help="start after this many seconds (implies --no-wait)",
+    )
+
+    aw = sub.add_parser("awakeable", help="resolve or reject an awakeable")
+    aw_sub = aw.add_subparsers(dest="action", required=True, metavar="ACTION")
+    res = aw_sub.add_parser("resolve", help="complete it with a JSON payload")
+    res.add_argument("awakeable_id", metavar="ID")
+    res.add_argument("--payload", default=None, help="JSON payload (default: null)")
+    rej = aw_sub.add_parser("reject", help="fail it with a reason")
+    rej.add_argument("awakeable_id", metavar="ID")
+    rej.add_argument("--reason", default="rejected", help="why (default: rejected)")
+
+    sig = sub.add_parser("signal", help="send a named signal to an invocation")
+    sig.add_argument("invocation_id", metavar="ID")
+    sig.add_argument("name", metavar="NAME")
+    sig.add_argument("--payload", default=None, help="JSON payload (default: null)")
 
     st = sub.add_parser("status", help="show an invocation's status, output and steps")
     st.add_argument("invocation_id", metavar="ID")
@@ -142,9 +165,14 @@ def print_result(result: InvocationResult, as_json: bool) -> None:
 async def cmd_invoke(args: argparse.Namespace) -> int:
     payload: Any = _codec.parse_json_args(args.args) if args.args is not None else None
     async with await connect(args) as client:
-        if args.no_wait:
+        if args.no_wait or args.delay is not None:
+            delay = timedelta(seconds=args.delay) if args.delay is not None else None
             invocation_id = await client.invoke_async(
-                args.workflow, payload, id=args.id, partition_key=args.partition_key
+                args.workflow,
+                payload,
+                id=args.id,
+                partition_key=args.partition_key,
+                delay=delay,
             )
             print(json.dumps({"invocation_id": invocation_id}) if args.json else invocation_id)
             return 0
@@ -163,6 +191,26 @@ async def cmd_invoke(args: argparse.Namespace) -> int:
             return EXIT_FAILED
         print_result(result, args.json)
         return 0
+
+
+async def cmd_awakeable(args: argparse.Namespace) -> int:
+    async with await connect(args) as client:
+        if args.action == "resolve":
+            payload = _codec.parse_json_args(args.payload) if args.payload is not None else None
+            await client.resolve_awakeable(args.awakeable_id, payload)
+            print(f"resolved {args.awakeable_id}")
+        else:
+            await client.reject_awakeable(args.awakeable_id, args.reason)
+            print(f"rejected {args.awakeable_id}")
+    return 0
+
+
+async def cmd_signal(args: argparse.Namespace) -> int:
+    payload = _codec.parse_json_args(args.payload) if args.payload is not None else None
+    async with await connect(args) as client:
+        await client.signal(args.invocation_id, args.name, payload)
+    print(f"signal {args.name} sent to {args.invocation_id}")
+    return 0
 
 
 async def cmd_status(args: argparse.Namespace) -> int:
@@ -208,11 +256,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             from durable_core.cli import _dev
 
             return _dev.dev(args) if args.command == "dev" else _dev.demo(args)
-        handler = {"invoke": cmd_invoke, "status": cmd_status}[args.command]
+        handler = {
+            "invoke": cmd_invoke,
+            "status": cmd_status,
+            "awakeable": cmd_awakeable,
+            "signal": cmd_signal,
+        }[args.command]
         return asyncio.run(handler(args))
-    except InvalidInputError as e:
+    except (InvalidInputError, ConfigError) as e:
         print(f"durable: invalid input: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except ConflictError as e:
+        print(f"durable: {e}", file=sys.stderr)
+        return EXIT_CONFLICT
     except NatsUnavailableError as e:
         print(f"durable: {e}", file=sys.stderr)
         return EXIT_NATS

@@ -520,8 +520,11 @@ class NatsCluster:
                 json.dumps(config).encode(),
             )
         except OSError as exc:
-            if "authorization" in str(exc).lower():
-                return True  # a secured cluster cannot be probed: the monitoring checks must do
+            # The bare probe speaks neither TLS nor credentials: a secured cluster cannot be
+            # probed, so the monitoring checks must do.
+            secured = (get_json(f"{node.monitor_url}/varz") or {}).get("tls_required")
+            if secured or "authorization" in str(exc).lower():
+                return True
             self._placement_refusal = f"placement probe failed: {exc}"
             return None
         if reply is None:

@@ -20,6 +20,8 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -33,7 +35,7 @@ from durable_core import _codec
 from durable_core._grpc import ChannelPool, MethodRef
 from durable_core._journal import STEP_KINDS, Decision, Replay, ReplayMachine
 from durable_core._pb.durable.v1 import durable_pb2 as pb
-from durable_core.context import Context, workflow_arity
+from durable_core.context import Context, Submission, Wait
 from durable_core.errors import ConfigError, InvalidInputError, TerminalError
 
 __all__ = [
@@ -84,6 +86,9 @@ class WorkflowRun:
         replayed_steps: steps answered from the given journal.
         executed_steps: steps run for real (each appended one entry, success or failure).
         calls: every gRPC call attempt made for real, in order.
+        waiting_for: when the run suspended (every step parked on a timer, awakeable, signal
+            or child that the journal does not yet hold), what it waits for; else empty.
+        submissions: invocations the run started (children, ``ctx.send``).
     """
 
     output: Any
@@ -92,6 +97,13 @@ class WorkflowRun:
     replayed_steps: int
     executed_steps: int
     calls: tuple[RecordedCall, ...]
+    waiting_for: tuple[str, ...] = ()
+    submissions: tuple[Submission, ...] = ()
+
+    @property
+    def suspended(self) -> bool:
+        """True when the run stopped to wait rather than finishing."""
+        return bool(self.waiting_for)
 
 
 # -- journal entries, as the engine writes them ----------------------------------------------
@@ -248,7 +260,13 @@ async def replay_workflow(
     """
     if not inspect.iscoroutinefunction(fn):
         raise TypeError(f"{fn!r} is not an async def workflow function")
-    arity = workflow_arity(fn)
+    arity = len(
+        [
+            p
+            for p in inspect.signature(fn).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+    )
     if arity not in (1, 2):
         raise TypeError(f"a workflow takes (ctx) or (ctx, input), {fn.__name__} takes {arity}")
     if arity == 1 and input is not _NO_INPUT:
@@ -270,15 +288,27 @@ async def replay_workflow(
 
     output: Any = None
     error: BaseException | None = None
-    try:
+
+    async def body() -> Any:
         if arity == 2:
             arg = None if input is _NO_INPUT else _codec.decode(_codec.encode(input))
-            output = await fn(ctx, arg)
-        else:
-            output = await fn(ctx)
-        _check_storable(output, ctx.workflow)
-    except Exception as e:  # noqa: BLE001 - the workflow's failure is the result
-        error = e
+            return await fn(ctx, arg)
+        return await fn(ctx)
+
+    task = asyncio.ensure_future(body())
+    parked = asyncio.ensure_future(memory.suspended.wait())
+    await asyncio.wait({task, parked}, return_when=asyncio.FIRST_COMPLETED)
+    parked.cancel()
+    if not task.done():  # every step parked: the engine would suspend here
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+    else:
+        try:
+            output = task.result()
+            _check_storable(output, ctx.workflow)
+        except Exception as e:  # noqa: BLE001 - the workflow's failure is the result
+            error = e
     if ctx.nondeterminism is not None:
         error = ctx.nondeterminism  # the engine fails the invocation even if it was caught
     if error is not None:
@@ -291,6 +321,8 @@ async def replay_workflow(
         replayed_steps=machine.replayed,
         executed_steps=len(memory.entries),
         calls=tuple(recorded),
+        waiting_for=tuple(w.what for w in memory.waits),
+        submissions=tuple(memory.submissions),
     )
     if error is not None and raise_on_error:
         raise error
@@ -323,6 +355,16 @@ class _MemoryJournal:
         self.entries: list[pb.JournalEntry] = []
         self._machine = machine
         self._next_index = next_index
+        self.submissions: list[Submission] = []
+        self.waits: tuple[Wait, ...] = ()
+        self.suspended = asyncio.Event()
+
+    async def submit(self, submission: Submission) -> None:
+        self.submissions.append(submission)
+
+    def request_suspend(self, waits: Sequence[Wait]) -> None:
+        self.waits = tuple(waits)
+        self.suspended.set()
 
     async def append_step(self, entry: pb.JournalEntry) -> None:
         stored = pb.JournalEntry()

@@ -28,6 +28,17 @@ class EntryKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ENTRY_KIND_RUN: _ClassVar[EntryKind]
     ENTRY_KIND_COMPLETED: _ClassVar[EntryKind]
     ENTRY_KIND_FAILED: _ClassVar[EntryKind]
+    ENTRY_KIND_SLEEP: _ClassVar[EntryKind]
+    ENTRY_KIND_AWAKEABLE: _ClassVar[EntryKind]
+    ENTRY_KIND_SIGNAL_WAIT: _ClassVar[EntryKind]
+    ENTRY_KIND_STATE_SET: _ClassVar[EntryKind]
+    ENTRY_KIND_STATE_CLEAR: _ClassVar[EntryKind]
+    ENTRY_KIND_CHILD: _ClassVar[EntryKind]
+    ENTRY_KIND_SEND: _ClassVar[EntryKind]
+    ENTRY_KIND_SUSPENDED: _ClassVar[EntryKind]
+    ENTRY_KIND_AWAKEABLE_RESULT: _ClassVar[EntryKind]
+    ENTRY_KIND_SIGNAL: _ClassVar[EntryKind]
+    ENTRY_KIND_CHILD_RESULT: _ClassVar[EntryKind]
 
 class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -38,6 +49,7 @@ class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STATUS_COMPLETED: _ClassVar[Status]
     STATUS_FAILED: _ClassVar[Status]
     STATUS_CANCELLED: _ClassVar[Status]
+    STATUS_SUSPENDED: _ClassVar[Status]
 ENCODING_UNSPECIFIED: Encoding
 ENCODING_JSON: Encoding
 ENCODING_PROTOBUF: Encoding
@@ -51,6 +63,17 @@ ENTRY_KIND_CALL: EntryKind
 ENTRY_KIND_RUN: EntryKind
 ENTRY_KIND_COMPLETED: EntryKind
 ENTRY_KIND_FAILED: EntryKind
+ENTRY_KIND_SLEEP: EntryKind
+ENTRY_KIND_AWAKEABLE: EntryKind
+ENTRY_KIND_SIGNAL_WAIT: EntryKind
+ENTRY_KIND_STATE_SET: EntryKind
+ENTRY_KIND_STATE_CLEAR: EntryKind
+ENTRY_KIND_CHILD: EntryKind
+ENTRY_KIND_SEND: EntryKind
+ENTRY_KIND_SUSPENDED: EntryKind
+ENTRY_KIND_AWAKEABLE_RESULT: EntryKind
+ENTRY_KIND_SIGNAL: EntryKind
+ENTRY_KIND_CHILD_RESULT: EntryKind
 STATUS_UNSPECIFIED: Status
 STATUS_PENDING: Status
 STATUS_RUNNING: Status
@@ -58,6 +81,7 @@ STATUS_PAUSED: Status
 STATUS_COMPLETED: Status
 STATUS_FAILED: Status
 STATUS_CANCELLED: Status
+STATUS_SUSPENDED: Status
 
 class Payload(_message.Message):
     __slots__ = ("encoding", "type_name", "data")
@@ -70,7 +94,7 @@ class Payload(_message.Message):
     def __init__(self, encoding: _Optional[_Union[Encoding, str]] = ..., type_name: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Command(_message.Message):
-    __slots__ = ("invocation_id", "workflow", "args", "partition_key", "kind", "created_at_ms", "parent_id", "metadata")
+    __slots__ = ("invocation_id", "workflow", "args", "partition_key", "kind", "created_at_ms", "parent_id", "metadata", "min_journal_seq")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -86,6 +110,7 @@ class Command(_message.Message):
     CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     PARENT_ID_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    MIN_JOURNAL_SEQ_FIELD_NUMBER: _ClassVar[int]
     invocation_id: str
     workflow: str
     args: Payload
@@ -94,7 +119,8 @@ class Command(_message.Message):
     created_at_ms: int
     parent_id: str
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, invocation_id: _Optional[str] = ..., workflow: _Optional[str] = ..., args: _Optional[_Union[Payload, _Mapping]] = ..., partition_key: _Optional[str] = ..., kind: _Optional[_Union[CommandKind, str]] = ..., created_at_ms: _Optional[int] = ..., parent_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    min_journal_seq: int
+    def __init__(self, invocation_id: _Optional[str] = ..., workflow: _Optional[str] = ..., args: _Optional[_Union[Payload, _Mapping]] = ..., partition_key: _Optional[str] = ..., kind: _Optional[_Union[CommandKind, str]] = ..., created_at_ms: _Optional[int] = ..., parent_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., min_journal_seq: _Optional[int] = ...) -> None: ...
 
 class Failure(_message.Message):
     __slots__ = ("type", "message", "code", "step")
@@ -109,7 +135,7 @@ class Failure(_message.Message):
     def __init__(self, type: _Optional[str] = ..., message: _Optional[str] = ..., code: _Optional[str] = ..., step: _Optional[int] = ...) -> None: ...
 
 class JournalEntry(_message.Message):
-    __slots__ = ("index", "kind", "step", "name", "input_hash", "output", "failure", "timestamp_ms", "writer", "attempts", "duration_us")
+    __slots__ = ("index", "kind", "step", "name", "input_hash", "output", "failure", "timestamp_ms", "writer", "attempts", "duration_us", "wake_at_ms", "detached", "command_seq")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
@@ -121,6 +147,9 @@ class JournalEntry(_message.Message):
     WRITER_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     DURATION_US_FIELD_NUMBER: _ClassVar[int]
+    WAKE_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    DETACHED_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_SEQ_FIELD_NUMBER: _ClassVar[int]
     index: int
     kind: EntryKind
     step: int
@@ -132,10 +161,20 @@ class JournalEntry(_message.Message):
     writer: str
     attempts: int
     duration_us: int
-    def __init__(self, index: _Optional[int] = ..., kind: _Optional[_Union[EntryKind, str]] = ..., step: _Optional[int] = ..., name: _Optional[str] = ..., input_hash: _Optional[bytes] = ..., output: _Optional[_Union[Payload, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., timestamp_ms: _Optional[int] = ..., writer: _Optional[str] = ..., attempts: _Optional[int] = ..., duration_us: _Optional[int] = ...) -> None: ...
+    wake_at_ms: int
+    detached: bool
+    command_seq: int
+    def __init__(self, index: _Optional[int] = ..., kind: _Optional[_Union[EntryKind, str]] = ..., step: _Optional[int] = ..., name: _Optional[str] = ..., input_hash: _Optional[bytes] = ..., output: _Optional[_Union[Payload, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., timestamp_ms: _Optional[int] = ..., writer: _Optional[str] = ..., attempts: _Optional[int] = ..., duration_us: _Optional[int] = ..., wake_at_ms: _Optional[int] = ..., detached: _Optional[bool] = ..., command_seq: _Optional[int] = ...) -> None: ...
 
 class ExecutionState(_message.Message):
-    __slots__ = ("invocation_id", "workflow", "status", "args", "output", "failure", "partition_key", "created_at_ms", "updated_at_ms", "journal_length", "trace_id", "parent_id", "child_ids", "processor")
+    __slots__ = ("invocation_id", "workflow", "status", "args", "output", "failure", "partition_key", "created_at_ms", "updated_at_ms", "journal_length", "trace_id", "parent_id", "child_ids", "processor", "start_at_ms", "waiting_for", "parent_partition_key", "notify_parent", "parent_workflow", "trace_context")
+    class TraceContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     INVOCATION_ID_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -150,6 +189,12 @@ class ExecutionState(_message.Message):
     PARENT_ID_FIELD_NUMBER: _ClassVar[int]
     CHILD_IDS_FIELD_NUMBER: _ClassVar[int]
     PROCESSOR_FIELD_NUMBER: _ClassVar[int]
+    START_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FOR_FIELD_NUMBER: _ClassVar[int]
+    PARENT_PARTITION_KEY_FIELD_NUMBER: _ClassVar[int]
+    NOTIFY_PARENT_FIELD_NUMBER: _ClassVar[int]
+    PARENT_WORKFLOW_FIELD_NUMBER: _ClassVar[int]
+    TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     invocation_id: str
     workflow: str
     status: Status
@@ -164,4 +209,10 @@ class ExecutionState(_message.Message):
     parent_id: str
     child_ids: _containers.RepeatedScalarFieldContainer[str]
     processor: str
-    def __init__(self, invocation_id: _Optional[str] = ..., workflow: _Optional[str] = ..., status: _Optional[_Union[Status, str]] = ..., args: _Optional[_Union[Payload, _Mapping]] = ..., output: _Optional[_Union[Payload, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., partition_key: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., journal_length: _Optional[int] = ..., trace_id: _Optional[str] = ..., parent_id: _Optional[str] = ..., child_ids: _Optional[_Iterable[str]] = ..., processor: _Optional[str] = ...) -> None: ...
+    start_at_ms: int
+    waiting_for: str
+    parent_partition_key: str
+    notify_parent: bool
+    parent_workflow: str
+    trace_context: _containers.ScalarMap[str, str]
+    def __init__(self, invocation_id: _Optional[str] = ..., workflow: _Optional[str] = ..., status: _Optional[_Union[Status, str]] = ..., args: _Optional[_Union[Payload, _Mapping]] = ..., output: _Optional[_Union[Payload, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., partition_key: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., journal_length: _Optional[int] = ..., trace_id: _Optional[str] = ..., parent_id: _Optional[str] = ..., child_ids: _Optional[_Iterable[str]] = ..., processor: _Optional[str] = ..., start_at_ms: _Optional[int] = ..., waiting_for: _Optional[str] = ..., parent_partition_key: _Optional[str] = ..., notify_parent: _Optional[bool] = ..., parent_workflow: _Optional[str] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...

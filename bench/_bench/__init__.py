@@ -1,0 +1,1 @@
+"""The parts of ``bench/run.py``: options, child processes, measurements, profiling, report."""

@@ -1,0 +1,476 @@
+"""The measurements: (a) the NATS floor, (b)-(c) latency and throughput of two workflows,
+(d) the many-step workflow, (e) processor memory.
+
+Each NATS setup gets a :class:`Setup`; each workflow scenario runs its own processors on a fresh
+engine prefix (:meth:`Setup.scenario`). A part that fails is recorded and the others go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import statistics
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nats
+from nats.js.api import StorageType, StreamConfig
+
+import durable_core
+from durable_core import Client, EngineConfig
+
+from .options import Options
+from .procs import Child, CpuMeter, progress, rss_mb
+from .profile import Profiler
+
+MESSAGE = b"x" * 128
+_HEX_ID = re.compile(r"\b[0-9a-f]{32}\b")
+SLEEP_FIGURES = ("rss_sleeping_mb", "rss_sleeping_inflight_mb")
+SLEEP_SKIPPED = "skipped: ctx.sleep not available yet"
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100), nearest rank."""
+    if not values:
+        raise ValueError("no values")
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
+    return ordered[rank]
+
+
+@dataclass
+class Figure:
+    """Every run's value of one figure; the median is what is reported."""
+
+    runs: list[float] = field(default_factory=list)
+    note: str = ""
+
+    @property
+    def median(self) -> float | None:
+        return statistics.median(self.runs) if self.runs else None
+
+
+@dataclass
+class Setup:
+    """One NATS setup under test, the processes serving it, and what was measured on it."""
+
+    name: str
+    urls: list[str]
+    replicas: int
+    nats_pids: dict[str, int]
+    log_dir: Path
+    opts: Options
+    service: Child | None = None
+    service_address: str = ""
+    figures: dict[str, Figure] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    invoke_errors: Counter[str] = field(default_factory=Counter)
+
+    def fig(self, key: str) -> Figure:
+        return self.figures.setdefault(key, Figure())
+
+    def detail(self, key: str, value: Any) -> None:
+        self.details.setdefault(key, []).append(value)
+
+    @contextlib.asynccontextmanager
+    async def scenario(self, name: str) -> AsyncIterator[Scenario]:
+        """Processors on a fresh engine prefix and a client of it, all stopped on exit."""
+        prefix = "b" + uuid.uuid4().hex[:12]
+        env = {
+            "NATS_URL": ",".join(self.urls),
+            "DURABLE_NATS_URL": ",".join(self.urls),
+            "DURABLE_PREFIX": prefix,
+            "DURABLE_REPLICAS": str(self.replicas),
+            "DURABLE_DEFAULT_SERVICE_ADDRESS": self.service_address,
+            "DURABLE_SHUTDOWN_GRACE": "3",
+        }
+        procs: list[Child] = []
+        client: Client | None = None
+        try:
+            for i in range(self.opts.processors):
+                proc_name = f"{self.name}-{name}-p{i + 1}"
+                args = ["-m", "durable_processor", "--processor-id", proc_name]
+                procs.append(Child(proc_name, args, env, self.log_dir))
+                if i == 0:  # the first creates the streams, so the others only bind them
+                    await procs[0].wait_log("consuming")
+            for proc in procs[1:]:
+                await proc.wait_log("consuming")
+            engine = EngineConfig(prefix=prefix, replicas=self.replicas)
+            client = await Client.connect(self.urls, engine=engine)
+            yield Scenario(self, name, prefix, client, procs)
+        finally:
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.close()
+            for proc in procs:
+                await asyncio.to_thread(proc.stop)
+
+
+@dataclass
+class Scenario:
+    """Processors serving one engine prefix, and the client that drives them."""
+
+    setup: Setup
+    name: str
+    prefix: str
+    client: Client
+    processors: list[Child]
+
+    def cpu_meter(self) -> CpuMeter:
+        pids = {"client": os.getpid(), **self.setup.nats_pids}
+        if self.setup.service is not None:
+            pids["service"] = self.setup.service.pid
+        for proc in self.processors:
+            pids[proc.name.rpartition("-")[2]] = proc.pid  # p1, p2, ...
+        return CpuMeter(pids)
+
+    async def invoke(self, workflow: str, args: Any, timeout: float = 60.0) -> Any:
+        """Invoke and wait; the output, or an exception if it did not complete."""
+        result = await self.client.invoke(workflow, args, timeout=timeout)
+        if result.status.value != "completed":
+            raise RuntimeError(f"{workflow} ended {result.status.value}: {result.failure}")
+        return result.output
+
+    async def try_invoke(self, workflow: str, args: Any) -> bool:
+        """Invoke and wait; count an error instead of raising it."""
+        try:
+            await self.invoke(workflow, args)
+            return True
+        except Exception as e:  # noqa: BLE001 - counted and reported with the figures
+            message = _HEX_ID.sub("<id>", str(e))[:100]
+            self.setup.invoke_errors[f"{workflow}: {type(e).__name__}: {message}"] += 1
+            return False
+
+
+# -- (a) the floor ------------------------------------------------------------------------------
+
+
+async def measure_floor(setup: Setup) -> None:
+    """Publish+ack latency and pipelined publish rate on a scratch stream, R times each."""
+    opts = setup.opts
+    nc = await nats.connect(servers=setup.urls, name="durable-bench-floor")
+    try:
+        js = nc.jetstream(timeout=10.0, publish_async_max_pending=1000)
+        tag = uuid.uuid4().hex[:10]
+        stream, subject = f"BENCH_FLOOR_{tag}", f"benchfloor.{tag}"
+        config = StreamConfig(
+            name=stream, subjects=[subject], num_replicas=setup.replicas, storage=StorageType.FILE
+        )
+        await retry_placement(lambda: js.add_stream(config))
+        for _ in range(50):  # warm the routes, the stream leader and this client
+            await js.publish(subject, MESSAGE)
+        for _ in range(opts.repeat):
+            meter = CpuMeter(setup.nats_pids)
+            latencies = []
+            deadline = time.perf_counter() + opts.floor_seconds
+            while (t0 := time.perf_counter()) < deadline:
+                await js.publish(subject, MESSAGE)
+                latencies.append((time.perf_counter() - t0) * 1000)
+            setup.fig("floor_publish_p50_ms").runs.append(percentile(latencies, 50))
+            setup.fig("floor_publish_p99_ms").runs.append(percentile(latencies, 99))
+            sync_cpu = sum(meter.used().values())
+            meter = CpuMeter(setup.nats_pids)
+            t0 = time.perf_counter()
+            futures = [await js.publish_async(subject, MESSAGE) for _ in range(opts.floor_messages)]
+            await asyncio.gather(*futures)
+            rate = opts.floor_messages / (time.perf_counter() - t0)
+            setup.fig("floor_pipelined_per_s").runs.append(rate)
+            setup.detail(
+                "floor_runs",
+                {
+                    "sync_publishes": len(latencies),
+                    "sync_nats_cpu_ms_per_publish": round(1000 * sync_cpu / len(latencies), 3),
+                    "pipelined_per_s": round(rate),
+                    "pipelined_nats_cpu_ms_per_publish": round(
+                        1000 * sum(meter.used().values()) / opts.floor_messages, 3
+                    ),
+                },
+            )
+        await js.delete_stream(stream)
+    finally:
+        await nc.close()
+
+
+async def retry_placement(fn: Callable[[], Awaitable[Any]], timeout: float = 20.0) -> Any:
+    """A fresh cluster may refuse to place a stream for a moment: retry that, bounded."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await fn()
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
+# -- (b), (c) latency and throughput ------------------------------------------------------------
+
+
+def hello_args(i: int) -> dict[str, str]:
+    return {"name": f"bench-{i}"}
+
+
+def order_args(i: int) -> dict[str, Any]:
+    return {"order_id": f"o-{uuid.uuid4().hex[:8]}-{i}", "amount_cents": 1250}
+
+
+async def sequential(
+    sc: Scenario, workflow: str, make_args: Callable[[int], Any], seconds: float
+) -> list[float]:
+    """Invoke and wait, one at a time, for ``seconds``; each success's latency in ms."""
+    latencies: list[float] = []
+    deadline = time.perf_counter() + seconds
+    i = 0
+    while (t0 := time.perf_counter()) < deadline:
+        if await sc.try_invoke(workflow, make_args(i)):
+            latencies.append((time.perf_counter() - t0) * 1000)
+        i += 1
+    if not latencies:
+        raise RuntimeError(f"no {workflow} invocation completed: {dict(sc.setup.invoke_errors)}")
+    return latencies
+
+
+async def throughput(
+    sc: Scenario, workflow: str, make_args: Callable[[int], Any], seconds: float, inflight: int
+) -> tuple[float, list[float]]:
+    """Keep ``inflight`` invocations going for ``seconds``: completions/s and their latencies.
+
+    Only invocations that complete inside the window count; those still running at its end
+    are awaited (bounded) but not counted.
+    """
+    latencies: list[float] = []
+    counter = iter(range(10**9))
+    deadline = time.perf_counter() + seconds
+
+    async def loop() -> None:
+        while (t0 := time.perf_counter()) < deadline:
+            ok = await sc.try_invoke(workflow, make_args(next(counter)))
+            if ok and (t1 := time.perf_counter()) <= deadline:
+                latencies.append((t1 - t0) * 1000)
+
+    await asyncio.wait_for(asyncio.gather(*(loop() for _ in range(inflight))), seconds + 90)
+    if not latencies:
+        raise RuntimeError(f"no {workflow} invocation completed: {dict(sc.setup.invoke_errors)}")
+    return len(latencies) / seconds, latencies
+
+
+async def latency_and_throughput(
+    sc: Scenario, workflow: str, make_args: Callable[[int], Any], key: str, profile: bool = False
+) -> None:
+    """Sequential p50/p99 R times, then completions/s with K in flight R times."""
+    setup, opts = sc.setup, sc.setup.opts
+    for i in range(10):  # warm up: channels, streams' leaders, caches
+        await sc.invoke(workflow, make_args(i))
+    await asyncio.gather(*(sc.invoke(workflow, make_args(i)) for i in range(opts.inflight)))
+    for r in range(opts.repeat):
+        lat = await sequential(sc, workflow, make_args, opts.seconds)
+        setup.fig(f"{key}_seq_p50_ms").runs.append(percentile(lat, 50))
+        setup.fig(f"{key}_seq_p99_ms").runs.append(percentile(lat, 99))
+        progress(f"{setup.name} {workflow} sequential #{r + 1}: p50 {percentile(lat, 50):.2f} ms")
+    for r in range(opts.repeat):
+        meter = sc.cpu_meter()
+        profiler = (
+            Profiler.start(sc.setup.name, sc.name, sc.processors[0].pid, opts)
+            if (profile and r == 0)
+            else None
+        )
+        try:
+            rate, lat = await throughput(sc, workflow, make_args, opts.seconds, opts.inflight)
+        finally:
+            if profiler is not None:
+                setup.details.setdefault("profile", {})[workflow] = profiler.finish()
+        cpu = meter.used()
+        done = max(1, len(lat))
+        setup.fig(f"{key}_per_s").runs.append(rate)
+        setup.detail(
+            f"{key}_throughput_runs",
+            {
+                "per_s": round(rate, 1),
+                "completed": len(lat),
+                "p50_ms": round(percentile(lat, 50), 2),
+                "p99_ms": round(percentile(lat, 99), 2),
+                "cpu_cores": meter.shares(),
+                "cpu_ms_per_invocation": {k: round(1000 * v / done, 2) for k, v in cpu.items()},
+                "profiled": profiler is not None,
+            },
+        )
+        progress(
+            f"{setup.name} {workflow} x{opts.inflight} #{r + 1}: {rate:.0f}/s; "
+            f"cpu cores {meter.shares()}"
+        )
+
+
+# -- (d) many steps -----------------------------------------------------------------------------
+
+
+async def many_steps(sc: Scenario) -> None:
+    """Wall time of the many-step workflow, per step, R times."""
+    setup, opts = sc.setup, sc.setup.opts
+    await sc.invoke("many_steps", {"steps": 10})
+    for r in range(opts.repeat):
+        meter = sc.cpu_meter()
+        t0 = time.perf_counter()
+        out = await sc.invoke("many_steps", {"steps": opts.steps}, timeout=600)
+        wall = time.perf_counter() - t0
+        if out != {"steps": opts.steps, "sum": opts.steps}:
+            raise RuntimeError(f"many_steps returned {out!r}")
+        setup.fig("many_steps_per_step_ms").runs.append(wall * 1000 / opts.steps)
+        cpu = meter.used()
+        setup.detail(
+            "many_steps_runs",
+            {
+                "steps": opts.steps,
+                "wall_s": round(wall, 3),
+                "cpu_cores": meter.shares(),
+                "cpu_ms_per_step": {k: round(1000 * v / opts.steps, 3) for k, v in cpu.items()},
+            },
+        )
+        progress(f"{setup.name} many_steps #{r + 1}: {opts.steps} steps in {wall:.2f}s")
+
+
+# -- (e) memory ---------------------------------------------------------------------------------
+
+
+async def sample_rss(procs: list[Child], seconds: float, interval: float = 0.25) -> float:
+    """Peak RSS of the largest processor over ``seconds``, in MB."""
+    peak = 0.0
+    deadline = time.monotonic() + seconds
+    while True:
+        peak = max(peak, *(rss_mb(p.pid) for p in procs))
+        if time.monotonic() >= deadline:
+            return peak
+        await asyncio.sleep(interval)
+
+
+async def rss_under_load(sc: Scenario, inflight: int, seconds: float) -> float:
+    """Peak processor RSS while ``inflight`` hello invocations keep going for ``seconds``."""
+    load = asyncio.create_task(throughput(sc, "hello_workflow", hello_args, seconds, inflight))
+    peak = 0.0
+    while not load.done():
+        peak = max(peak, await sample_rss(sc.processors, 0.0))
+        await asyncio.sleep(0.25)
+    await load
+    return peak
+
+
+async def memory(sc: Scenario) -> None:
+    """Processor RSS idle, with 100 in flight, and with many sleepers (if ctx.sleep exists)."""
+    setup, opts = sc.setup, sc.setup.opts
+    window = max(2.0, opts.seconds / 2)
+    for i in range(10):
+        await sc.invoke("hello_workflow", hello_args(i))
+    await asyncio.sleep(1.0)
+    for _ in range(opts.repeat):
+        setup.fig("rss_idle_mb").runs.append(await sample_rss(sc.processors, 1.0))
+        peak = await rss_under_load(sc, opts.memory_inflight, window)
+        setup.fig("rss_inflight_mb").runs.append(peak)
+    progress(
+        f"{setup.name} memory: idle {setup.fig('rss_idle_mb').median:.0f} MB, "
+        f"{opts.memory_inflight} in flight {setup.fig('rss_inflight_mb').median:.0f} MB"
+    )
+    if not hasattr(durable_core.Context, "sleep"):
+        for key in SLEEP_FIGURES:
+            setup.fig(key).note = SLEEP_SKIPPED
+        return
+
+    t0 = time.perf_counter()
+    gate = asyncio.Semaphore(256)
+
+    async def submit(i: int) -> str:
+        async with gate:
+            return await sc.client.invoke_async("sleeper", {"seconds": 3600}, id=f"sleeper-{i}")
+
+    ids = await asyncio.gather(*(submit(i) for i in range(opts.sleepers)))
+    submitted = time.perf_counter() - t0
+    settled, pending = await wait_consumer_idle(setup, sc.prefix, opts.settle_timeout)
+    sample = ids[:: max(1, len(ids) // 20)]
+    statuses = Counter([(await sc.client.get_result(i)).status.value for i in sample])
+    setup.details["sleepers"] = {
+        "count": opts.sleepers,
+        "submit_s": round(submitted, 2),
+        "settle_s": round(time.perf_counter() - t0 - submitted, 2),
+        "settled": settled,
+        "consumer": pending,
+        "sampled_statuses": dict(statuses),
+    }
+    if not settled or set(statuses) & {"failed", "completed"}:
+        raise RuntimeError(f"the sleepers are not all asleep: {setup.details['sleepers']}")
+    for _ in range(opts.repeat):
+        setup.fig("rss_sleeping_mb").runs.append(await sample_rss(sc.processors, 1.0))
+        peak = await rss_under_load(sc, opts.memory_inflight, window)
+        setup.fig("rss_sleeping_inflight_mb").runs.append(peak)
+    progress(f"{setup.name} memory with {opts.sleepers} sleepers: {peak:.0f} MB")
+
+
+async def wait_consumer_idle(
+    setup: Setup, prefix: str, timeout: float
+) -> tuple[bool, dict[str, int]]:
+    """Wait (bounded) until the processors hold no command: every sleeper has suspended."""
+    nc = await nats.connect(servers=setup.urls, name="durable-bench-probe")
+    try:
+        js = nc.jetstream()
+        deadline = time.monotonic() + timeout
+        while True:
+            info = await js.consumer_info(f"{prefix.upper()}_COMMANDS", "processor")
+            pending = {
+                "num_pending": info.num_pending or 0,
+                "num_ack_pending": info.num_ack_pending or 0,
+            }
+            if not any(pending.values()):
+                return True, pending
+            if time.monotonic() > deadline:
+                return False, pending
+            await asyncio.sleep(0.5)
+    finally:
+        await nc.close()
+
+
+# -- everything on one setup --------------------------------------------------------------------
+
+
+async def run_setup(setup: Setup) -> None:
+    """(a) to (e) on one NATS setup; a part that fails is recorded and the rest go on."""
+    opts = setup.opts
+
+    async def part(name: str, fn: Callable[[], Awaitable[None]]) -> None:
+        progress(f"{setup.name}: {name}")
+        try:
+            await fn()
+        except Exception as e:  # noqa: BLE001 - report it, measure the rest
+            setup.errors.append(f"{name}: {type(e).__name__}: {e}")
+            progress(f"{setup.name}: {name} FAILED: {type(e).__name__}: {e}")
+
+    def scenario(name: str, fn: Callable[[Scenario], Awaitable[None]]) -> Any:
+        async def go() -> None:
+            async with setup.scenario(name) as sc:
+                await fn(sc)
+
+        return go
+
+    await part("floor", lambda: measure_floor(setup))
+    await part(
+        "hello",
+        scenario(
+            "hello",
+            lambda sc: latency_and_throughput(
+                sc, "hello_workflow", hello_args, "hello", opts.profile
+            ),
+        ),
+    )
+    await part(
+        "order",
+        scenario(
+            "order", lambda sc: latency_and_throughput(sc, "order_processing", order_args, "order")
+        ),
+    )
+    await part("many_steps", scenario("steps", many_steps))
+    await part("memory", scenario("memory", memory))
+    setup.fig("order_per_step_ms").runs.extend(v / 3 for v in setup.fig("order_seq_p50_ms").runs)

@@ -1,0 +1,104 @@
+"""Benchmarks of the engine against the floor NATS sets, measured in the same run.
+
+``make bench`` (= ``.venv/bin/python bench/run.py $(BENCH_ARGS)``) starts an embedded single
+node and a 3-node R3 cluster, and on each measures:
+
+(a) the floor: JetStream publish+ack latency (one at a time) and pipelined publishes/s
+    (``publish_async``, at most 1,000 in flight), 128-byte messages, from this process, on a
+    scratch stream with the engine's replicas;
+(b) ``hello_workflow`` (one gRPC step): sequential invoke-and-wait p50/p99, then completions/s
+    with ``--inflight`` invocations in flight;
+(c) ``order_processing`` (three gRPC steps), the same two ways;
+(d) ``many_steps`` (1,000 cheap ``ctx.run`` steps): cost per step against the 3-step
+    workflow's (its sequential p50 / 3);
+(e) processor memory (VmRSS) idle, with 100 in flight, and with 10,000 sleeping workflows
+    (needs ``ctx.sleep``; recorded as skipped without it).
+
+Workflows run in real processor subprocesses (``python -m durable_processor``, a fresh engine
+prefix per scenario) calling the real hello_service subprocess; this process is the client.
+Each figure is measured ``--repeat`` times and the median reported beside its ratio to the
+floor. The table goes to stdout, progress to stderr, everything (with per-component CPU per
+invocation) to ``bench/results/<UTC timestamp>.json``. Only processes started here are signalled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from _bench.measure import Setup, run_setup
+from _bench.options import Options
+from _bench.procs import Child, progress, stop_all_children
+from _bench.report import table, write_json
+
+from durable_core.testing import NatsCluster, NatsServer, free_port
+
+
+async def bench(opts: Options, log_dir: Path, setups: list[Setup]) -> None:
+    """Measure each NATS setup in turn, appending it to ``setups`` as it starts."""
+    for name in ("single", "cluster"):
+        if opts.only not in (None, name):
+            continue
+        progress(f"starting {name} NATS")
+        server: Any
+        if name == "single":
+            server = await asyncio.to_thread(NatsServer(name="bench").start)
+            urls, replicas, pids = [server.url], 1, {"nats": server.pid}
+        else:
+            server = await asyncio.to_thread(NatsCluster(backend="process").start)
+            urls, replicas = server.urls, 3
+            pids = {f"nats-{n.name}": n.pid for n in server.nodes}
+        setup = Setup(name, urls, replicas, pids, log_dir, opts)
+        setups.append(setup)
+        try:
+            port = free_port()
+            args = ["-m", "hello_service", "--port", str(port)]
+            setup.service = Child(f"{name}-service", args, {}, log_dir)
+            setup.service_address = f"127.0.0.1:{port}"
+            await setup.service.wait_log("listening on")
+            await run_setup(setup)
+        finally:
+            if setup.service is not None:
+                await asyncio.to_thread(setup.service.stop)
+            await asyncio.to_thread(server.stop)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    opts = Options.parse(argv, description=__doc__.split("\n\n")[0])
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so finally blocks and atexit run
+    started, t0 = datetime.now(UTC), time.monotonic()
+    load_at_start = os.getloadavg()
+    log_dir = Path(tempfile.mkdtemp(prefix="durable-bench-"))
+    progress(f"logs in {log_dir}; options {opts.to_json()}")
+    setups: list[Setup] = []
+    failed = True
+    try:
+        asyncio.run(asyncio.wait_for(bench(opts, log_dir, setups), opts.max_minutes * 60))
+        failed = any(s.errors for s in setups)
+    except TimeoutError:
+        progress(f"aborted: the run took longer than {opts.max_minutes:.0f} minutes")
+    finally:
+        stop_all_children()
+    elapsed = time.monotonic() - t0
+    for setup in setups:
+        print("\n".join(table(setup)) + "\n")
+    print(f"elapsed: {elapsed:.0f} s")
+    print(f"results: {write_json(opts, setups, started, elapsed, load_at_start)}")
+    if failed:
+        print(f"logs kept in {log_dir}")
+    else:
+        shutil.rmtree(log_dir, ignore_errors=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Human in the loop: an expense waits for an approval, durably.
+
+``expense_approval`` hands out an awakeable (its id is the same on every replay) and waits;
+``durable awakeable resolve <id> --payload '{"approver": "ann"}'`` (or reject) completes it.
+``expense_by_signal`` waits for the signal ``approved`` instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from durable_core import AwakeableRejectedError, Context, WorkflowRegistry, hookimpl
+
+log = logging.getLogger("expense_approval")
+
+
+@dataclass
+class Expense:
+    """An expense claim (typed input: a payload of another shape is refused at intake)."""
+
+    expense_id: str
+    amount_cents: int
+    submitter: str = ""
+
+
+@dataclass
+class Decision:
+    """The workflow's typed result."""
+
+    expense_id: str
+    approved: bool
+    by: str = ""
+    reason: str = ""
+
+
+def _ask_for_approval(expense_id: str, awakeable_id: str) -> str:
+    # A real system would send an e-mail or a chat message carrying the awakeable id.
+    log.info("approval needed for %s: resolve awakeable %s", expense_id, awakeable_id)
+    return awakeable_id
+
+
+async def expense_approval(ctx: Context, expense: Expense) -> Decision:
+    """Ask for approval through an awakeable and wait (suspended) for the answer."""
+    if expense.amount_cents <= 0:
+        return Decision(expense.expense_id, False, reason="amount must be positive")
+    approval = ctx.awakeable()
+    await ctx.run("ask for approval", _ask_for_approval, expense.expense_id, approval.id)
+    await ctx.set("awakeable", approval.id)
+    try:
+        answer: dict[str, Any] = await approval.result() or {}
+    except AwakeableRejectedError as e:
+        return Decision(expense.expense_id, False, reason=e.reason)
+    return Decision(expense.expense_id, True, by=str(answer.get("approver", "")))
+
+
+async def expense_by_signal(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    """Optionally sleep, then wait for the signal ``approved`` (kept if it came earlier)."""
+    if args.get("sleep_seconds"):
+        await ctx.sleep(timedelta(seconds=float(args["sleep_seconds"])))
+    payload = await ctx.wait_for_signal("approved")
+    return {"approved": True, "payload": payload}
+
+
+@hookimpl
+def durable_register_workflows(registry: WorkflowRegistry) -> None:
+    registry.register(expense_approval)
+    registry.register(expense_by_signal)

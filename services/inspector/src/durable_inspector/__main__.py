@@ -1,0 +1,3 @@
+from durable_inspector.main import main
+
+raise SystemExit(main())

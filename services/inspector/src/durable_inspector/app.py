@@ -1,0 +1,121 @@
+"""The ASGI app: ``create_app(settings)``.
+
+Starlette, not FastAPI: the API is a dozen routes whose errors must be exactly
+``{"error", "detail"}`` with 400 (FastAPI answers bad input with its own 422 shape), the event
+stream and the HTML pages need nothing beyond Starlette, and a hand-written OpenAPI document
+(``openapi.py``, checked against the routes by a test) costs less than pydantic as a dependency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount
+from starlette.staticfiles import StaticFiles
+
+from durable_core import Client, DurableError, load_plugins
+from durable_inspector import api, ui
+from durable_inspector.auth import AuthMiddleware, wants_json
+from durable_inspector.errors import ApiError, from_exception
+from durable_inspector.feed import Feed
+from durable_inspector.index import ExecutionIndex
+from durable_inspector.runtime import Runtime
+from durable_inspector.settings import InspectorSettings
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("durable_inspector")
+STATIC = Path(__file__).with_name("static")
+
+
+def _respond(request: Request, err: ApiError) -> Response:
+    if wants_json(request.url.path):
+        return JSONResponse(err.body(), status_code=err.status)
+    return ui.error_page(request, err.status, err.error, err.detail)
+
+
+async def _on_error(request: Request, exc: Exception) -> Response:
+    return _respond(request, from_exception(exc))
+
+
+async def _on_http(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        err = ApiError(404, "not_found", f"no such page or route: {request.url.path}")
+    elif exc.status_code == 405:
+        err = ApiError(405, "method_not_allowed", f"{request.method} is not allowed here")
+    else:
+        err = ApiError(exc.status_code, "error", str(exc.detail))
+    return _respond(request, err)
+
+
+def create_app(settings: InspectorSettings, *, client: Any = None) -> Starlette:
+    """The inspector as an ASGI app.
+
+    Args:
+        settings: validated settings (:func:`durable_inspector.settings.load_settings`).
+        client: a connected durable_core ``Client`` (or a test double with the same methods).
+            None: the app connects on start-up with ``settings.nats`` and closes it on shutdown.
+
+    On start-up the app begins watching the state bucket; ``/healthz`` answers 200 once the
+    index holds the snapshot. Serve it with uvicorn and ``timeout_graceful_shutdown`` of a few
+    seconds: event streams stay open until the server cuts them.
+    """
+    rt = Runtime(settings=settings, index=ExecutionIndex(), client=client)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        own = rt.client is None
+        if settings.load_plugins:
+            _import_plugins()
+        if own:
+            rt.client = await Client.connect(settings.nats, engine=settings.engine)
+        rt.feed = Feed(rt.client, rt.index)
+        task = asyncio.create_task(rt.feed.run(), name="inspector-watch")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            if own:
+                await rt.client.close()
+
+    app = Starlette(
+        routes=[
+            *api.routes,
+            *ui.routes,
+            Mount("/static", StaticFiles(directory=STATIC), name="static"),
+        ],
+        middleware=[Middleware(AuthMiddleware, token=settings.token)],
+        exception_handlers={
+            ApiError: _on_error,
+            DurableError: _on_error,
+            HTTPException: _on_http,
+            Exception: _on_error,
+        },
+        lifespan=lifespan,
+    )
+    app.state.inspector = rt
+    return app
+
+
+def _import_plugins() -> None:
+    """Import the installed workflow plugins: their modules import the protobuf messages of the
+    services they call, so step results of those types decode to JSON instead of hex."""
+    try:
+        found = load_plugins()
+    except Exception as e:  # noqa: BLE001 - a broken plugin must not keep the inspector down
+        log.warning("could not load workflow plugins (payloads may show as hex): %s", e)
+        return
+    log.info("plugins loaded for payload types: %s", ", ".join(found.plugins) or "none")

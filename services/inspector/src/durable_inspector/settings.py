@@ -1,0 +1,132 @@
+"""Inspector settings: dynaconf (settings file + DURABLE_ environment), validated once.
+
+The same pattern and NATS setting names as the processor's settings (services never import each
+other, so this is a copy, not a shared module).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from dynaconf import Dynaconf  # type: ignore[import-untyped]
+
+from durable_core import ConfigError, EngineConfig, NatsConfig
+
+DEFAULTS = Path(__file__).with_name("settings.toml")
+
+
+@dataclass(frozen=True, slots=True)
+class InspectorSettings:
+    """Everything the inspector needs, typed and validated.
+
+    Attributes:
+        nats: how to reach NATS.
+        engine: the engine's prefix (and limits) whose executions are shown.
+        host, port: where the HTTP server listens (loopback by default).
+        token: when not None, every page and API call must present it.
+        jaeger_url: base URL of the Jaeger UI, for trace links (no trailing slash).
+        load_plugins: import the installed workflow plugins, so that protobuf payloads of their
+            services decode to JSON instead of hex.
+        log_level: DEBUG, INFO, WARNING or ERROR.
+    """
+
+    nats: NatsConfig
+    engine: EngineConfig
+    host: str = "127.0.0.1"
+    port: int = 8080
+    token: str | None = None
+    jaeger_url: str = "http://127.0.0.1:16686"
+    load_plugins: bool = True
+    log_level: str = "INFO"
+
+
+def _truthy(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in {"1", "true", "yes", "on"}
+    return bool(value)
+
+
+def load_settings(overrides: Mapping[str, Any] | None = None) -> InspectorSettings:
+    """Read defaults, the optional DURABLE_SETTINGS_FILE, DURABLE_* variables, then overrides.
+
+    Raises:
+        ConfigError: a value is missing or invalid (the message names the setting).
+    """
+    env = os.environ
+    files = [str(DEFAULTS)]
+    if env.get("DURABLE_SETTINGS_FILE"):
+        files.append(env["DURABLE_SETTINGS_FILE"])
+    raw = Dynaconf(
+        envvar_prefix="DURABLE",
+        settings_files=files,
+        environments=False,
+        merge_enabled=True,
+        load_dotenv=False,
+    )
+    s: dict[str, Any] = {k.lower(): v for k, v in raw.as_dict().items()}
+    if "NATS_URL" in env and "DURABLE_NATS_URL" not in env:
+        s["nats_url"] = env["NATS_URL"]
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            s[key] = value
+    return build(s)
+
+
+def build(s: Mapping[str, Any]) -> InspectorSettings:
+    """Validate a flat settings mapping into typed configuration."""
+
+    def num(key: str) -> int:
+        try:
+            return int(s[key])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ConfigError(f"setting {key!r} must be a whole number, got {s.get(key)!r}") from e
+
+    def text(key: str) -> str | None:
+        value = s.get(key)
+        return str(value) if value not in (None, "") else None
+
+    nats = NatsConfig.from_url(
+        str(s.get("nats_url") or ""),
+        user=text("nats_user"),
+        password=text("nats_password"),
+        token=text("nats_token"),
+        creds_file=text("nats_creds_file"),
+        nkey_seed_file=text("nats_nkey_seed_file"),
+        tls_ca=text("nats_tls_ca"),
+        tls_cert=text("nats_tls_cert"),
+        tls_key=text("nats_tls_key"),
+        name="durable-inspector",
+    )
+    engine = EngineConfig(
+        prefix=str(s.get("prefix", "durable")),
+        replicas=num("replicas"),
+        max_payload=num("max_payload"),
+    )
+    port = num("inspector_port")
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"inspector_port must be 0..65535 (0 = any free port), not {port}")
+    host = text("inspector_host")
+    if host is None:
+        raise ConfigError("inspector_host is empty (use 127.0.0.1, or 0.0.0.0 for every interface)")
+    jaeger = (text("jaeger_url") or "").rstrip("/")
+    parts = urlsplit(jaeger)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"jaeger_url must be an http(s) URL, not {s.get('jaeger_url')!r}")
+    level = str(s.get("log_level") or "INFO").upper()
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ConfigError(f"log_level must be DEBUG, INFO, WARNING or ERROR, not {level!r}")
+    return InspectorSettings(
+        nats=nats,
+        engine=engine,
+        host=host,
+        port=port,
+        token=text("inspector_token"),
+        jaeger_url=jaeger,
+        load_plugins=_truthy(s.get("inspector_load_plugins", True)),
+        log_level=level,
+    )
