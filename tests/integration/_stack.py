@@ -132,6 +132,7 @@ class Stack:
             "DURABLE_NATS_URL": self.nats_url,
             "DURABLE_PREFIX": self.prefix,
             "DURABLE_REPLICAS": str(self.replicas),
+            "DURABLE_METRICS_PORT": "0",  # many processors per test: no shared metrics port
         }
 
     def start_service(self, **env: str) -> ServiceProc:

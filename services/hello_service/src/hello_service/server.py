@@ -17,6 +17,7 @@ from durable_examples.hello.v1 import hello_pb2, hello_pb2_grpc
 from durable_examples.order.v1 import order_pb2, order_pb2_grpc
 from hello_service.hello import HelloServicer
 from hello_service.order import OrderServicer
+from hello_service.tracing import TracingServerInterceptor, configure_tracing
 
 logger = logging.getLogger("hello_service")
 
@@ -75,7 +76,8 @@ async def create_server(
     Raises:
         RuntimeError: If the address cannot be bound.
     """
-    server = grpc.aio.server()
+    # Continues the caller's trace (traceparent in the metadata); a no-op without an SDK.
+    server = grpc.aio.server(interceptors=[TracingServerInterceptor()])
     hello_pb2_grpc.add_HelloServiceServicer_to_server(HelloServicer(), server)
     orders = orders if orders is not None else OrderServicer.from_env()
     order_pb2_grpc.add_OrderServiceServicer_to_server(orders, server)
@@ -162,5 +164,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = _parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    asyncio.run(serve(args.host, args.port))
+    provider = configure_tracing()
+    try:
+        asyncio.run(serve(args.host, args.port))
+    finally:
+        if provider is not None:
+            provider.shutdown()  # flushes the spans still batched
     return 0

@@ -25,6 +25,8 @@ class ProcessorSettings:
     worker: WorkerConfig
     submit_test_command: bool
     log_level: str
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9464  # 0: no metrics endpoint
 
 
 def _heartbeat(seconds: float) -> timedelta | None:
@@ -115,4 +117,15 @@ def build(s: Mapping[str, Any]) -> ProcessorSettings:
     level = str(s.get("log_level") or "INFO").upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError(f"log_level must be DEBUG, INFO, WARNING or ERROR, not {level!r}")
-    return ProcessorSettings(nats, engine, worker, _truthy(s.get("submit_test_command")), level)
+    metrics_port = num("metrics_port")
+    if not 0 <= metrics_port <= 65535:
+        raise ConfigError(f"setting 'metrics_port' must be 0 (off) to 65535, got {metrics_port}")
+    return ProcessorSettings(
+        nats,
+        engine,
+        worker,
+        _truthy(s.get("submit_test_command")),
+        level,
+        metrics_host=str(s.get("metrics_host") or "127.0.0.1"),
+        metrics_port=metrics_port,
+    )

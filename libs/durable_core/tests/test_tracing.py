@@ -1,0 +1,442 @@
+"""TracingInterceptor with the SDK's in-memory exporter: spans, parents, attributes, replay."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode, format_span_id, format_trace_id
+
+from durable_core import (
+    Client,
+    Context,
+    EngineConfig,
+    RetryPolicy,
+    StepFailedError,
+    WorkflowInput,
+    grpc_service,
+)
+from durable_core._grpc import MethodRef
+from durable_core._journal import ReplayMachine
+from durable_core._pb.durable.v1 import durable_pb2 as pb
+from durable_core.context import Submission, Wait
+from durable_core.interceptors import chain_workflows, outcome_of
+from durable_core.tracing import TracingInterceptor
+from durable_core.worker import _BadInput, _Finished, _LostClaim, _Rerun, _trace_id
+from durable_examples.hello.v1.hello_pb2 import HelloRequest, HelloResponse
+from durable_examples.hello.v1.hello_pb2_grpc import HelloServiceStub
+
+hello = grpc_service(HelloServiceStub)
+FAST = RetryPolicy(initial_interval=timedelta(milliseconds=1), maximum_attempts=3, jitter=0)
+SAY_HELLO = "/durable_examples.hello.v1.HelloService/SayHello"
+
+
+@pytest.fixture
+def spans() -> Iterator[tuple[TracerProvider, InMemorySpanExporter]]:
+    provider = TracerProvider()
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield provider, exporter
+    provider.shutdown()
+
+
+class Journal:
+    """In-memory journal that feeds the machine, keeps submissions and reports suspension."""
+
+    def __init__(self, machine: ReplayMachine) -> None:
+        self.machine = machine
+        self.entries: list[pb.JournalEntry] = []
+        self.submissions: list[Submission] = []
+        self.suspended = asyncio.Event()
+
+    async def append_step(self, entry: pb.JournalEntry) -> None:
+        stored = pb.JournalEntry()
+        stored.CopyFrom(entry)
+        self.entries.append(stored)
+        self.machine.record(stored)
+
+    async def submit(self, submission: Submission) -> None:
+        self.submissions.append(submission)
+
+    def request_suspend(self, waits: Sequence[Wait]) -> None:
+        self.suspended.set()
+
+
+class Channels:
+    """ChannelPool stand-in recording the metadata of each call."""
+
+    def __init__(self, answer: Callable[[Any], Any]) -> None:
+        self.answer = answer
+        self.metadata: list[dict[str, str]] = []
+
+    def callable_for(self, method: MethodRef[Any, Any]) -> Callable[..., Awaitable[Any]]:
+        async def invoke(request: Any, timeout: float | None = None, metadata: Any = None) -> Any:
+            self.metadata.append(dict(metadata or ()))
+            return self.answer(request)
+
+        return invoke
+
+
+def make_ctx(
+    icp: TracingInterceptor,
+    entries: Sequence[pb.JournalEntry] = (),
+    channels: Channels | None = None,
+) -> tuple[Context, Journal]:
+    machine = ReplayMachine("inv-1", list(entries))
+    journal = Journal(machine)
+    ctx = Context(
+        invocation_id="inv-1",
+        workflow="wf",
+        partition_key="pk",
+        machine=machine,
+        journal=journal,
+        channels=channels,  # type: ignore[arg-type]
+        start_time_ms=1_700_000_000_000,
+        interceptors=[icp],
+    )
+    return ctx, journal
+
+
+async def run_workflow(
+    icp: TracingInterceptor,
+    body: Callable[[], Awaitable[Any]],
+    headers: dict[str, str] | None = None,
+    *,
+    resumed: bool = False,
+) -> Any:
+    async def last(_: WorkflowInput) -> Any:
+        return await body()
+
+    run = chain_workflows([icp], last)
+    return await run(WorkflowInput("inv-1", "wf", "pk", 1, headers or {}, resumed=resumed))
+
+
+def by_name(exporter: InMemorySpanExporter) -> dict[str, list[ReadableSpan]]:
+    out: dict[str, list[ReadableSpan]] = {}
+    for span in exporter.get_finished_spans():
+        out.setdefault(span.name, []).append(span)
+    return out
+
+
+def parent_of(span: ReadableSpan) -> int | None:
+    return span.parent.span_id if span.parent is not None else None
+
+
+def traceparent_of(span: ReadableSpan) -> str:
+    """The W3C traceparent of a span, up to its flags."""
+    return f"00-{format_trace_id(span.context.trace_id)}-{format_span_id(span.context.span_id)}-"
+
+
+def greet(request: HelloRequest) -> HelloResponse:
+    return HelloResponse(message=f"Hello, {request.name}!")
+
+
+# -- runs and calls ---------------------------------------------------------------------------
+
+
+async def test_run_joins_the_incoming_trace_and_the_call_carries_its_own_span(
+    spans: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    provider, exporter = spans
+    icp = TracingInterceptor(provider)
+    client_span = provider.get_tracer("test").start_span("client")
+    headers: dict[str, str] = {}
+    propagate.inject(headers, context=trace.set_span_in_context(client_span))
+    client_span.end()
+    channels = Channels(greet)
+    ctx, _ = make_ctx(icp, channels=channels)
+
+    async def body() -> str:
+        resp = await ctx.call(hello.SayHello, HelloRequest(name="Ada"))
+        return resp.message
+
+    assert await run_workflow(icp, body, headers) == "Hello, Ada!"
+
+    named = by_name(exporter)
+    (run,) = named["durable.workflow wf"]
+    (call,) = named["durable.call durable_examples.hello.v1.HelloService/SayHello"]
+    trace_id = client_span.get_span_context().trace_id
+    assert run.context.trace_id == call.context.trace_id == trace_id
+    assert parent_of(run) == client_span.get_span_context().span_id
+    assert parent_of(call) == run.context.span_id
+    assert run.kind == SpanKind.CONSUMER and call.kind == SpanKind.CLIENT
+    assert dict(run.attributes or {}) == {
+        "durable.invocation_id": "inv-1",
+        "durable.workflow": "wf",
+        "durable.partition_key": "pk",
+        "durable.attempt": 1,
+        "durable.resumed": False,
+        "durable.outcome": "completed",
+    }
+    attrs = dict(call.attributes or {})
+    assert attrs["durable.invocation_id"] == "inv-1"
+    assert attrs["durable.step"] == 1
+    assert attrs["durable.step.kind"] == "call"
+    assert attrs["durable.step.name"] == SAY_HELLO
+    assert attrs["durable.attempt"] == 1
+    assert attrs["durable.replayed"] is False
+    assert attrs["rpc.system"] == "grpc"
+    assert attrs["rpc.service"] == "durable_examples.hello.v1.HelloService"
+    assert attrs["rpc.method"] == "SayHello"
+    # The service sees the call's span as its parent, next to the idempotency key.
+    (sent,) = channels.metadata
+    assert sent["idempotency-key"] == "inv-1:1"
+    assert sent["traceparent"].startswith(traceparent_of(call))
+
+
+async def test_replayed_steps_make_no_spans(
+    spans: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    provider, exporter = spans
+    icp = TracingInterceptor(provider)
+    ran: list[str] = []
+
+    def work(name: str) -> str:
+        ran.append(name)
+        return name
+
+    first, journal = make_ctx(icp)
+
+    async def body_first() -> None:
+        await first.run("one", work, "one")
+
+    await run_workflow(icp, body_first)
+    assert [s.name for s in exporter.get_finished_spans()] == [
+        "durable.run one",
+        "durable.workflow wf",
+    ]
+    exporter.clear()
+
+    second, _ = make_ctx(icp, entries=journal.entries)
+
+    async def body_second() -> None:
+        await second.run("one", work, "one")  # read back from the journal
+        await second.run("two", work, "two")  # executed
+
+    await run_workflow(icp, body_second, resumed=True)
+    assert ran == ["one", "two"]
+    named = by_name(exporter)
+    assert "durable.run one" not in named
+    (two,) = named["durable.run two"]
+    assert dict(two.attributes or {})["durable.step"] == 2
+    (run,) = named["durable.workflow wf"]
+    assert dict(run.attributes or {})["durable.resumed"] is True
+
+
+async def test_each_attempt_is_a_span_and_failed_attempts_are_errors(
+    spans: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    provider, exporter = spans
+    icp = TracingInterceptor(provider)
+    ctx, _ = make_ctx(icp)
+    tries = 0
+
+    def flaky() -> str:
+        nonlocal tries
+        tries += 1
+        if tries == 1:
+            raise RuntimeError("first try fails")
+        return "ok"
+
+    async def body() -> str:
+        return await ctx.run("flaky", flaky, retry=FAST)
+
+    assert await run_workflow(icp, body) == "ok"
+    attempts = sorted(by_name(exporter)["durable.run flaky"], key=lambda s: s.start_time or 0)
+    assert [dict(s.attributes or {})["durable.attempt"] for s in attempts] == [1, 2]
+    assert attempts[0].status.status_code == StatusCode.ERROR
+    assert attempts[0].events[0].name == "exception"
+    assert attempts[1].status.status_code == StatusCode.UNSET
+
+
+async def test_a_failed_workflow_is_an_error_and_a_suspended_one_is_not(
+    spans: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    provider, exporter = spans
+    icp = TracingInterceptor(provider)
+    ctx, _ = make_ctx(icp)
+
+    async def failing() -> None:
+        await ctx.run("boom", _raise_terminal)
+
+    with pytest.raises(StepFailedError):
+        await run_workflow(icp, failing)
+    (failed,) = by_name(exporter)["durable.workflow wf"]
+    assert failed.status.status_code == StatusCode.ERROR
+    assert dict(failed.attributes or {})["durable.outcome"] == "failed"
+    exporter.clear()
+
+    async def parked() -> None:
+        await asyncio.Future()
+
+    task = asyncio.ensure_future(run_workflow(icp, parked))
+    await asyncio.sleep(0.01)
+    task.cancel()  # what the engine does when every step is parked
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    (suspended,) = by_name(exporter)["durable.workflow wf"]
+    assert suspended.status.status_code == StatusCode.UNSET
+    assert dict(suspended.attributes or {})["durable.outcome"] == "suspended"
+
+
+def _raise_terminal() -> None:
+    from durable_core import TerminalError
+
+    raise TerminalError("no")
+
+
+# -- waits, children, sends, state ------------------------------------------------------------
+
+
+async def test_waits_children_and_sends_are_spans_once_and_children_join_the_trace(
+    spans: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    provider, exporter = spans
+    icp = TracingInterceptor(provider)
+    ctx, journal = make_ctx(icp)
+
+    async def body() -> None:
+        await ctx.start("child_wf", {"n": 1})
+        await ctx.send("other_wf", {"n": 2})
+        await ctx.set("cart", [1])
+        aw = ctx.awakeable()
+        await asyncio.gather(ctx.sleep(timedelta(hours=1)), aw.result(), ctx.wait_for_signal("go"))
+
+    task = asyncio.ensure_future(run_workflow(icp, body))
+    await asyncio.wait_for(journal.suspended.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    named = by_name(exporter)
+    kinds = {
+        dict(s.attributes or {})["durable.step.kind"]: s
+        for s in exporter.get_finished_spans()
+        if s.name != "durable.workflow wf"
+    }
+    assert set(kinds) == {"child", "send", "state", "sleep", "awakeable", "signal"}
+    assert set(named) == {
+        "durable.workflow wf",
+        "durable.child child_wf",
+        "durable.send other_wf",
+        "durable.state cart",
+        "durable.sleep",
+        "durable.awakeable awk.inv-1.1",
+        "durable.signal go",
+    }
+    assert kinds["child"].kind == SpanKind.PRODUCER and kinds["sleep"].kind == SpanKind.INTERNAL
+    assert [dict(s.attributes or {})["durable.step"] for s in kinds.values()] == [1, 2, 3, 4, 5, 6]
+    (run,) = named["durable.workflow wf"]
+    assert all(parent_of(s) == run.context.span_id for s in kinds.values())
+    # The child's and the sent invocation's runs will continue the trace from these spans.
+    child, sent = journal.submissions
+    for submission, span in ((child, kinds["child"]), (sent, kinds["send"])):
+        assert submission.headers["traceparent"].startswith(traceparent_of(span))
+    assert _trace_id(child.headers) == format_trace_id(run.context.trace_id)
+
+    # A later run (the wake-up) reads all six back: no new step spans.
+    exporter.clear()
+    again, _ = make_ctx(icp, entries=journal.entries)
+
+    async def replay() -> None:
+        await again.start("child_wf", {"n": 1})
+        await again.send("other_wf", {"n": 2})
+        await again.set("cart", [1])
+
+    await run_workflow(icp, replay, resumed=True)
+    assert [s.name for s in exporter.get_finished_spans()] == ["durable.workflow wf"]
+
+
+# -- engine control flow -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("exc", "outcome"),
+    [
+        (None, "completed"),
+        (asyncio.CancelledError(), "suspended"),
+        (_LostClaim([]), "abandoned"),
+        (_Finished(), "abandoned"),
+        (_Rerun(), "abandoned"),
+        (_BadInput("bad input"), "failed"),
+        (StepFailedError("x", step=1, name="n"), "failed"),
+        (RuntimeError("user code"), "failed"),
+    ],
+)
+def test_outcome_of_knows_the_engines_control_flow(exc: BaseException | None, outcome: str) -> None:
+    assert outcome_of(exc) == outcome
+
+
+def test_trace_id_of_a_traceparent() -> None:
+    tid = "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert _trace_id({"traceparent": f"00-{tid}-00f067aa0ba902b7-01"}) == tid
+    assert _trace_id({}) == "" and _trace_id({"traceparent": "garbage"}) == ""
+
+
+# -- the client starts the trace ---------------------------------------------------------------
+
+
+class SubmitRecorder:
+    """Transport stand-in for Client._submit: keeps the state and command it is given."""
+
+    def __init__(self) -> None:
+        self.engine = EngineConfig()
+        self.submitted: list[tuple[pb.ExecutionState, pb.Command]] = []
+
+    async def submit(self, state: pb.ExecutionState, cmd: pb.Command) -> None:
+        self.submitted.append((state, cmd))
+
+
+@pytest.fixture(scope="module")
+def global_spans() -> InMemorySpanExporter:
+    """The client uses the global provider: install an SDK one (once per process) and listen."""
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        trace.set_tracer_provider(TracerProvider())
+        provider = trace.get_tracer_provider()
+    assert isinstance(provider, TracerProvider)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return exporter
+
+
+async def test_client_starts_a_producer_span_and_sends_its_context(
+    global_spans: InMemorySpanExporter,
+) -> None:
+    transport = SubmitRecorder()
+    client = Client(transport)  # type: ignore[arg-type]
+    await client.invoke_async("hello_workflow", {"name": "Ada"}, id="inv-client-1")
+
+    (state, cmd) = transport.submitted[0]
+    (span,) = [
+        s for s in global_spans.get_finished_spans() if s.name == "durable.invoke hello_workflow"
+    ]
+    assert span.kind == SpanKind.PRODUCER and span.parent is None
+    assert dict(span.attributes or {})["durable.invocation_id"] == "inv-client-1"
+    assert dict(cmd.metadata) == dict(state.trace_context)
+    assert state.trace_context["traceparent"].startswith(traceparent_of(span))
+    assert state.trace_id == format_trace_id(span.context.trace_id)
+
+
+async def test_client_joins_the_callers_trace(global_spans: InMemorySpanExporter) -> None:
+    transport = SubmitRecorder()
+    client = Client(transport)  # type: ignore[arg-type]
+    with trace.get_tracer("app").start_as_current_span("handle request") as caller:
+        await client.invoke_async("hello_workflow", None, id="inv-client-2")
+
+    (state, _) = transport.submitted[0]
+    (span,) = [
+        s
+        for s in global_spans.get_finished_spans()
+        if s.name == "durable.invoke hello_workflow"
+        and dict(s.attributes or {})["durable.invocation_id"] == "inv-client-2"
+    ]
+    assert span.parent is not None and span.parent.span_id == caller.get_span_context().span_id
+    assert state.trace_id == format_trace_id(caller.get_span_context().trace_id)

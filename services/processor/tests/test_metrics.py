@@ -1,0 +1,270 @@
+"""The processor's metrics interceptor, consumer poller, HTTP endpoint, log context, settings."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import urllib.error
+import urllib.request
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+
+from durable_core import StepInput, WorkflowInput
+from durable_core.interceptors import chain_steps, chain_workflows
+from durable_core.worker import _LostClaim
+from durable_processor.metrics import MetricsInterceptor, ProcessorMetrics, poll_consumer
+from durable_processor.metrics_server import MetricsServer
+from durable_processor.settings import load_settings
+from durable_processor.telemetry import (
+    LogContextFilter,
+    LogContextInterceptor,
+    configure_tracing,
+    tracing_exporters,
+)
+
+
+def value(m: ProcessorMetrics, name: str, **labels: str) -> float:
+    got = m.registry.get_sample_value(name, labels)
+    return 0.0 if got is None else got
+
+
+def run_input(workflow: str = "wf", *, resumed: bool = False) -> WorkflowInput:
+    return WorkflowInput("inv-1", workflow, "pk", 1, {}, resumed=resumed)
+
+
+async def run(icp: MetricsInterceptor, inp: WorkflowInput, body: Any) -> Any:
+    return await chain_workflows([icp], body)(inp)
+
+
+# -- the interceptor -----------------------------------------------------------------------------
+
+
+async def test_runs_are_counted_by_outcome_and_workflow() -> None:
+    m = ProcessorMetrics(runtime_collectors=False)
+    icp = MetricsInterceptor(m)
+    seen_in_flight: list[float] = []
+
+    async def ok(_: WorkflowInput) -> str:
+        seen_in_flight.append(value(m, "durable_executions_in_flight"))
+        return "done"
+
+    async def boom(_: WorkflowInput) -> None:
+        raise RuntimeError("workflow failed")
+
+    async def parked(_: WorkflowInput) -> None:
+        raise asyncio.CancelledError  # the engine cancels a run whose steps all wait
+
+    async def lost(_: WorkflowInput) -> None:
+        raise _LostClaim([])  # another processor took it over: not a failure
+
+    assert await run(icp, run_input("hello"), ok) == "done"
+    assert seen_in_flight == [1.0]
+    with pytest.raises(RuntimeError):
+        await run(icp, run_input("hello"), boom)
+    with pytest.raises(asyncio.CancelledError):
+        await run(icp, run_input("sleepy"), parked)
+    await run(icp, run_input("sleepy", resumed=True), ok)  # the wake-up: not a new start
+    with pytest.raises(_LostClaim):
+        await run(icp, run_input("hello", resumed=True), lost)
+
+    assert value(m, "durable_invocations_started_total", workflow="hello") == 2
+    assert value(m, "durable_invocations_started_total", workflow="sleepy") == 1
+    assert value(m, "durable_invocations_completed_total", workflow="hello") == 1
+    assert value(m, "durable_invocations_completed_total", workflow="sleepy") == 1
+    assert value(m, "durable_invocations_failed_total", workflow="hello") == 1
+    assert value(m, "durable_invocations_suspended_total", workflow="sleepy") == 1
+    assert value(m, "durable_invocations_failed_total", workflow="sleepy") == 0
+    assert value(m, "durable_invocations_cancelled_total", workflow="hello") == 0
+    assert value(m, "durable_executions_in_flight") == 0
+
+
+async def test_step_latency_is_observed_per_kind_and_workflow() -> None:
+    m = ProcessorMetrics(runtime_collectors=False)
+    icp = MetricsInterceptor(m)
+
+    async def slow(_: StepInput) -> str:
+        await asyncio.sleep(0.02)
+        return "ok"
+
+    async def failing(_: StepInput) -> None:
+        raise RuntimeError("attempt failed")
+
+    step = chain_steps([icp], slow)
+    await step(StepInput("inv-1", "wf", 1, "call", "/pkg.Svc/M", 1))
+    await step(StepInput("inv-1", "wf", 2, "call", "/pkg.Svc/M", 1))
+    with pytest.raises(RuntimeError):
+        await chain_steps([icp], failing)(StepInput("inv-1", "wf", 3, "run", "x", 1))
+
+    labels = {"kind": "call", "workflow": "wf"}
+    assert value(m, "durable_step_duration_seconds_count", **labels) == 2
+    assert value(m, "durable_step_duration_seconds_sum", **labels) >= 0.04
+    assert value(m, "durable_step_duration_seconds_bucket", le="0.01", **labels) == 0
+    assert value(m, "durable_step_duration_seconds_count", kind="run", workflow="wf") == 1
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def consumer_stats(self, consumer: str) -> tuple[int, int, int]:
+        self.calls += 1
+        if self.calls == 1:
+            raise ConnectionError("NATS is away")
+        return 7, 3, 1
+
+
+async def test_consumer_poller_copies_the_counts_and_survives_errors() -> None:
+    m = ProcessorMetrics(runtime_collectors=False)
+    transport = FakeTransport()
+    task = asyncio.create_task(poll_consumer(transport, "processor", m, interval=0.01))
+    try:
+        for _ in range(200):
+            if value(m, "durable_consumer_pending_messages") == 7:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+    assert transport.calls >= 2
+    assert value(m, "durable_consumer_pending_messages") == 7
+    assert value(m, "durable_consumer_ack_pending_messages") == 3
+    assert value(m, "durable_consumer_redelivered_messages") == 1
+
+
+# -- the HTTP endpoint ---------------------------------------------------------------------------
+
+
+def fetch(url: str) -> tuple[int, str, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.headers["Content-Type"], resp.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers["Content-Type"], e.read().decode()
+
+
+async def test_metrics_and_healthz_over_http() -> None:
+    m = ProcessorMetrics()
+    m.completed.labels("hello_workflow").inc()
+    connected = True
+    async with MetricsServer(m.registry, lambda: connected, port=0) as server:
+        base = f"http://127.0.0.1:{server.port}"
+        status, ctype, body = await asyncio.to_thread(fetch, f"{base}/metrics")
+        assert status == 200 and ctype.startswith("text/plain")
+        assert 'durable_invocations_completed_total{workflow="hello_workflow"} 1.0' in body
+        assert "process_cpu_seconds_total" in body or "python_info" in body
+        assert await asyncio.to_thread(fetch, f"{base}/healthz") == (
+            200,
+            "text/plain; charset=utf-8",
+            "ok\n",
+        )
+        connected = False
+        status, _, _ = await asyncio.to_thread(fetch, f"{base}/healthz")
+        assert status == 503
+        status, _, _ = await asyncio.to_thread(fetch, f"{base}/nothing")
+        assert status == 404
+
+
+def test_a_health_check_that_raises_is_unhealthy() -> None:
+    def broken() -> bool:
+        raise RuntimeError("no transport")
+
+    server = MetricsServer(ProcessorMetrics(runtime_collectors=False).registry, broken)
+    assert server.respond("GET", "/healthz")[0] == 503
+    assert server.respond("POST", "/metrics")[0] == 405
+
+
+# -- settings ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith(("DURABLE_", "OTEL_")) or name == "NATS_URL":
+            monkeypatch.delenv(name)
+
+
+@pytest.mark.usefixtures("clean_environment")
+def test_metrics_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = load_settings()
+    assert (s.metrics_host, s.metrics_port) == ("127.0.0.1", 9464)
+    monkeypatch.setenv("DURABLE_METRICS_HOST", "0.0.0.0")
+    monkeypatch.setenv("DURABLE_METRICS_PORT", "0")
+    s = load_settings()
+    assert (s.metrics_host, s.metrics_port) == ("0.0.0.0", 0)
+    monkeypatch.setenv("DURABLE_METRICS_PORT", "70000")
+    with pytest.raises(Exception, match="metrics_port"):
+        load_settings()
+
+
+# -- tracing switch and log context -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "exporters"),
+    [
+        ({}, []),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://jaeger:4317"}, ["otlp"]),
+        ({"OTEL_TRACES_EXPORTER": "otlp"}, ["otlp"]),
+        ({"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4317"}, []),
+        ({"OTEL_SDK_DISABLED": "true", "OTEL_TRACES_EXPORTER": "otlp"}, []),
+        ({"OTEL_TRACES_EXPORTER": "console,zipkin"}, ["console"]),
+    ],
+)
+def test_tracing_is_on_only_when_the_otel_variables_say_so(
+    env: dict[str, str], exporters: list[str]
+) -> None:
+    assert tracing_exporters(env) == exporters
+
+
+def test_no_tracer_provider_without_otel_variables() -> None:
+    assert configure_tracing(env={}) is None
+
+
+def test_tracer_provider_names_the_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("opentelemetry.trace.set_tracer_provider", lambda provider: None)
+    provider = configure_tracing(env={"OTEL_TRACES_EXPORTER": "console"})
+    assert isinstance(provider, TracerProvider)
+    assert provider.resource.attributes["service.name"] == "durable-processor"
+    provider.shutdown()
+    named = configure_tracing(env={"OTEL_TRACES_EXPORTER": "console", "OTEL_SERVICE_NAME": "p2"})
+    assert isinstance(named, TracerProvider)
+    assert named.resource.attributes["service.name"] == "p2"
+    named.shutdown()
+
+
+async def test_log_records_carry_the_invocation_step_and_trace() -> None:
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger = logging.getLogger("test.durable.logs")
+    handler = Keep()
+    handler.addFilter(LogContextFilter())
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    provider = TracerProvider()
+    tracer = provider.get_tracer("test")
+    icp = LogContextInterceptor()
+
+    async def step(_: StepInput) -> None:
+        logger.info("inside the step")
+
+    async def body(inp: WorkflowInput) -> None:
+        with tracer.start_as_current_span("run") as span:
+            await chain_steps([icp], step)(StepInput(inp.invocation_id, "wf", 2, "run", "x", 1))
+            records.append(logging.makeLogRecord({"trace": span.get_span_context().trace_id}))
+
+    try:
+        await chain_workflows([icp], body)(run_input())
+        logger.info("outside")
+    finally:
+        logger.removeHandler(handler)
+    inside, marker, outside = records
+    assert inside.invocation_id == "inv-1" and inside.step == 2  # type: ignore[attr-defined]
+    assert inside.trace_id == f"{marker.trace:032x}"  # type: ignore[attr-defined]
+    assert inside.durable_context.startswith(" [invocation_id=inv-1 step=2 trace_id=")  # type: ignore[attr-defined]
+    assert outside.durable_context == ""  # type: ignore[attr-defined]

@@ -1,0 +1,113 @@
+"""The processor's Prometheus endpoint moves as workflows run; /healthz follows NATS."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from durable_core import Client
+from durable_core.testing import free_port
+
+from ._stack import Stack
+
+pytestmark = pytest.mark.integration
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+async def scrape(base: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    status, text = await asyncio.to_thread(get, f"{base}/metrics")
+    assert status == 200
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def sample(
+    metrics: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
+) -> float:
+    return metrics.get((name, frozenset(labels.items())), 0.0)
+
+
+async def test_counters_and_step_latency_move_and_healthz_is_ok(
+    stack: Stack, client: Client
+) -> None:
+    port = free_port()
+    stack.start_service()
+    stack.start_processor("p-metrics", DURABLE_METRICS_PORT=str(port))
+    base = f"http://127.0.0.1:{port}"
+
+    assert await asyncio.to_thread(get, f"{base}/healthz") == (200, "ok\n")
+    before = await scrape(base)
+    for name in ("Ada", "Bo"):
+        result = await client.invoke("hello_workflow", {"name": name}, timeout=30)
+        assert result.status == "completed"
+
+    # The counters move when the run returns, a moment before the state says completed.
+    deadline = time.monotonic() + 10
+    while True:
+        after = await scrape(base)
+        completed = sample(after, "durable_invocations_completed_total", workflow="hello_workflow")
+        if (
+            completed
+            - sample(before, "durable_invocations_completed_total", workflow="hello_workflow")
+            >= 2
+            or time.monotonic() > deadline
+        ):
+            break
+        await asyncio.sleep(0.1)
+
+    def delta(name: str, **labels: str) -> float:
+        return sample(after, name, **labels) - sample(before, name, **labels)
+
+    assert delta("durable_invocations_completed_total", workflow="hello_workflow") == 2
+    assert delta("durable_invocations_started_total", workflow="hello_workflow") == 2
+    assert delta("durable_invocations_failed_total", workflow="hello_workflow") == 0
+    call = {"kind": "call", "workflow": "hello_workflow"}
+    assert delta("durable_step_duration_seconds_count", **call) == 2
+    assert delta("durable_step_duration_seconds_sum", **call) > 0
+    assert sample(after, "durable_executions_in_flight") == 0
+
+
+async def test_consumer_gauges_show_pending_and_unacknowledged_commands(
+    stack: Stack, client: Client
+) -> None:
+    port = free_port()
+    service = stack.start_service()
+    service.set_delay("Charge", 6000)  # longer than the 5 s poll interval
+    stack.start_processor(
+        "p-busy",
+        "--max-concurrent",
+        "1",
+        DURABLE_METRICS_PORT=str(port),
+        DURABLE_SHUTDOWN_GRACE="1",
+    )
+    base = f"http://127.0.0.1:{port}"
+    for n in (1, 2):  # one runs (unacknowledged), the other waits for the only slot
+        await client.invoke_async("order_processing", {"order_id": f"o-{n}", "amount_cents": 1})
+
+    deadline = time.monotonic() + 15
+    while True:
+        now = await scrape(base)
+        seen = (
+            sample(now, "durable_consumer_ack_pending_messages"),
+            sample(now, "durable_consumer_pending_messages"),
+            sample(now, "durable_executions_in_flight"),
+        )
+        if seen == (1, 1, 1) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    assert seen == (1, 1, 1)
