@@ -344,23 +344,17 @@ async def test_ui_in_chromium(stack: Stack, client: Client) -> None:
             assert await steps.count() < 3  # Charge takes 5 s: the journal is still growing
             await expect(page.locator("#status-badge .badge")).to_have_text("running")
 
-            if not hasattr(Client, "pause"):
-                # Pause is not in durable_core yet: the button shows the API's 501 answer.
-                await page.click("#action-pause")
-                await expect(page.locator("#action-message")).to_contain_text("not implemented")
-                await expect(page.locator("#action-message")).to_contain_text("(501)")
-            else:
-                # PAUSE-RESUME: once Client.pause/resume exist, this is the flow to keep.
-                await page.click("#action-pause")
-                await expect(page.locator("#action-message")).to_contain_text("pause accepted")
-                await expect(page.locator("#status-badge .badge")).to_have_text("paused")
-                await page.click("#action-resume")
-                await expect(page.locator("#action-message")).to_contain_text("resume accepted")
+            # Pause it at the next step boundary, see the status change live, resume it.
+            await page.click("#action-pause")
+            await expect(page.locator("#action-message")).to_contain_text("pause accepted")
+            await expect(page.locator("#status-badge .badge")).to_have_text("paused")
+            await page.click("#action-resume")
+            await expect(page.locator("#action-message")).to_contain_text("resume accepted")
 
             await expect(steps).to_have_count(3)
             await expect(page.locator("#status-badge .badge")).to_have_text("completed")
             await expect(page.locator("#history .badge")).to_have_text(
-                ["pending", "running", "completed"]  # every transition the watch saw
+                ["pending", "running", "paused", "running", "completed"]  # all the watch saw
             )
             await expect(page.locator("#output")).to_contain_text("tracking_number")
             assert await page.evaluate("window.__samePage") == "detail"  # never reloaded

@@ -25,8 +25,10 @@ PUBLIC_API = [
     "EngineConfig",
     "ExecutionSummary",
     "Failure",
+    "IllegalTransitionError",
     "Interceptor",
     "InvalidInputError",
+    "InvocationCancelledError",
     "InvocationFinishedError",
     "InvocationResult",
     "InvocationTimeoutError",
@@ -94,7 +96,7 @@ def test_errors_form_one_tree() -> None:
     for name in errors.__all__:
         cls = getattr(errors, name)
         assert getattr(durable_core, name) is cls
-        if name == "SuspendExecution":
+        if name in ("SuspendExecution", "InvocationCancelledError"):
             # control flow: a workflow's `except Exception` must not swallow it
             assert not issubclass(cls, Exception)
             assert issubclass(cls, BaseException)

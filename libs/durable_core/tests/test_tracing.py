@@ -68,6 +68,9 @@ class Journal:
     def request_suspend(self, waits: Sequence[Wait]) -> None:
         self.suspended.set()
 
+    def cancelling(self) -> bool:
+        return False
+
 
 class Channels:
     """ChannelPool stand-in recording the metadata of each call."""

@@ -23,7 +23,9 @@ from durable_core.errors import (
     ConfigError,
     ConflictError,
     DurableError,
+    IllegalTransitionError,
     InvalidInputError,
+    InvocationCancelledError,
     InvocationFinishedError,
     InvocationTimeoutError,
     NatsUnavailableError,
@@ -50,7 +52,6 @@ from durable_core.worker import Worker
 __version__ = "0.1.0"
 
 __all__ = [
-    "PLUGIN_GROUP",
     "AlreadyResolvedError",
     "Awakeable",
     "AwakeableRejectedError",
@@ -63,8 +64,10 @@ __all__ = [
     "EngineConfig",
     "ExecutionSummary",
     "Failure",
+    "IllegalTransitionError",
     "Interceptor",
     "InvalidInputError",
+    "InvocationCancelledError",
     "InvocationFinishedError",
     "InvocationResult",
     "InvocationTimeoutError",
@@ -73,6 +76,7 @@ __all__ = [
     "NatsUnavailableError",
     "NonDeterminismError",
     "NotFoundError",
+    "PLUGIN_GROUP",
     "PluginSet",
     "RetryPolicy",
     "RetryableError",

@@ -26,11 +26,23 @@ STEP_KINDS = frozenset(
         pb.ENTRY_KIND_SEND,
     }
 )
-FINAL_KINDS = frozenset({pb.ENTRY_KIND_COMPLETED, pb.ENTRY_KIND_FAILED})
+FINAL_KINDS = frozenset({pb.ENTRY_KIND_COMPLETED, pb.ENTRY_KIND_FAILED, pb.ENTRY_KIND_CANCELLED})
 # Written by the processor that holds the invocation; everything else comes from outside.
-PROCESSOR_KINDS = STEP_KINDS | FINAL_KINDS | {pb.ENTRY_KIND_CLAIM, pb.ENTRY_KIND_SUSPENDED}
-EXTERNAL_KINDS = frozenset(
-    {pb.ENTRY_KIND_AWAKEABLE_RESULT, pb.ENTRY_KIND_SIGNAL, pb.ENTRY_KIND_CHILD_RESULT}
+PROCESSOR_KINDS = (
+    STEP_KINDS
+    | FINAL_KINDS
+    | {
+        pb.ENTRY_KIND_CLAIM,
+        pb.ENTRY_KIND_SUSPENDED,
+        pb.ENTRY_KIND_CANCEL_DELIVERED,
+    }
+)
+LIFECYCLE_KINDS = frozenset(
+    {pb.ENTRY_KIND_PAUSE_REQUEST, pb.ENTRY_KIND_RESUME_REQUEST, pb.ENTRY_KIND_CANCEL_REQUEST}
+)
+EXTERNAL_KINDS = (
+    frozenset({pb.ENTRY_KIND_AWAKEABLE_RESULT, pb.ENTRY_KIND_SIGNAL, pb.ENTRY_KIND_CHILD_RESULT})
+    | LIFECYCLE_KINDS
 )
 
 _KIND_NAMES: dict[int, str] = {
@@ -91,6 +103,9 @@ class ReplayMachine:
         "_awakeables",
         "_signals",
         "_children",
+        "_paused",
+        "_cancel_requested",
+        "_cancel_delivered",
     )
 
     def __init__(self, invocation_id: str, entries: Iterable[pb.JournalEntry] = ()) -> None:
@@ -102,6 +117,9 @@ class ReplayMachine:
         self._awakeables: dict[str, pb.JournalEntry] = {}
         self._signals: dict[str, list[pb.JournalEntry]] = {}
         self._children: dict[str, pb.JournalEntry] = {}
+        self._paused = False
+        self._cancel_requested = False
+        self._cancel_delivered: set[int] = set()
         for entry in entries:
             self.record(entry)
 
@@ -127,8 +145,22 @@ class ReplayMachine:
 
     @property
     def idle(self) -> bool:
-        """True when the last run stopped to wait (nobody is running the invocation)."""
-        return self._last_processor_kind == pb.ENTRY_KIND_SUSPENDED
+        """True when nobody runs the invocation: it never started, or its last run suspended."""
+        return self._last_processor_kind in (0, pb.ENTRY_KIND_SUSPENDED)
+
+    @property
+    def paused(self) -> bool:
+        """A pause was requested and not yet followed by a resume."""
+        return self._paused
+
+    @property
+    def cancel_requested(self) -> bool:
+        """Someone asked to cancel the invocation."""
+        return self._cancel_requested
+
+    def cancel_delivered_at(self, step: int) -> bool:
+        """Whether an earlier run raised the cancellation at this (waiting) step."""
+        return step in self._cancel_delivered
 
     def record(self, entry: pb.JournalEntry) -> None:
         """Add an entry read from (or just written to) the journal."""
@@ -145,6 +177,14 @@ class ReplayMachine:
             self._signals.setdefault(entry.name, []).append(entry)
         elif kind == pb.ENTRY_KIND_CHILD_RESULT:
             self._children.setdefault(entry.name, entry)
+        elif kind == pb.ENTRY_KIND_PAUSE_REQUEST:
+            self._paused = True
+        elif kind == pb.ENTRY_KIND_RESUME_REQUEST:
+            self._paused = False
+        elif kind == pb.ENTRY_KIND_CANCEL_REQUEST:
+            self._cancel_requested = True
+        elif kind == pb.ENTRY_KIND_CANCEL_DELIVERED:
+            self._cancel_delivered.add(entry.step)
 
     def awakeable_result(self, awakeable_id: str) -> pb.JournalEntry | None:
         """The resolution (or rejection) of an awakeable, if it arrived."""

@@ -99,6 +99,14 @@ class Names:
     def journal_subject(self, invocation_id: str) -> str:
         return f"{self.prefix}.journal.{invocation_id}"
 
+    def control_subject(self, invocation_id: str) -> str:
+        """Core-NATS subject for immediate lifecycle requests (cancel) to a running invocation."""
+        return f"{self.prefix}.ctl.{invocation_id}"
+
+    @property
+    def control_subjects(self) -> str:
+        return f"{self.prefix}.ctl.>"
+
     def state_event_subject(self, invocation_id: str) -> str:
         """Core-NATS subject where the server republishes each state change."""
         return f"{self.prefix}.state.{invocation_id}"
@@ -106,3 +114,26 @@ class Names:
     @property
     def state_event_subjects(self) -> str:
         return f"{self.prefix}.state.>"
+
+    # -- schedules -------------------------------------------------------------------------
+
+    @property
+    def schedules_bucket(self) -> str:
+        """Schedule definitions by name (durable_core.schedules)."""
+        return f"{self.prefix}_schedules"
+
+    def cron_subject(self, name: str) -> str:
+        """Subject of the server-side schedule that fires schedule ``name``.
+
+        Four tokens, unlike the timers' ``<prefix>.sched.<id>.<suffix>``, so no invocation id
+        can ever name the same subject.
+        """
+        return f"{self.prefix}.sched.cron.{name}.spec"
+
+    @property
+    def tick_subjects(self) -> str:
+        return f"{self.prefix}.tick.>"
+
+    def tick_subject(self, name: str) -> str:
+        """Where the server publishes each firing of schedule ``name`` (the scheduler's input)."""
+        return f"{self.prefix}.tick.{name}"

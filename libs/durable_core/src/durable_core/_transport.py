@@ -44,7 +44,13 @@ from nats.js.kv import KeyValue
 from durable_core._naming import Names, encode_partition_key
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core.config import EngineConfig, NatsConfig, WorkerConfig
-from durable_core.errors import ConfigError, DurableError, InvalidInputError, NatsUnavailableError
+from durable_core.errors import (
+    ConfigError,
+    DurableError,
+    InvalidInputError,
+    NatsUnavailableError,
+    NotFoundError,
+)
 
 log = logging.getLogger("durable_core.transport")
 
@@ -61,6 +67,7 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
     asyncio.TimeoutError,
 )
 _WRONG_LAST_SEQUENCE = 10071
+_INVALID_SCHEDULE = 10189  # message schedules pattern is invalid
 _CLUSTER_BUSY_CODES = {
     10005,
     10008,
@@ -222,6 +229,9 @@ async def connect_nats(cfg: NatsConfig) -> NatsClient:
 class Transport:
     """The engine's view of JetStream: commands, journals and execution state."""
 
+    # Bound on first use by the schedule methods (processors never need it).
+    _schedules: KeyValue | None = None
+
     def __init__(self, nc: NatsClient, nats_cfg: NatsConfig, engine: EngineConfig) -> None:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream(timeout=5.0)
@@ -281,7 +291,7 @@ class Transport:
             StreamConfig(
                 name=n.command_stream,
                 description="durable: start and wake-up commands (work queue)",
-                subjects=[n.command_subjects, n.schedule_subjects],
+                subjects=[n.command_subjects, n.schedule_subjects, n.tick_subjects],
                 retention=RetentionPolicy.WORK_QUEUE,
                 allow_msg_schedules=True,
                 allow_direct=True,
@@ -585,11 +595,17 @@ class Transport:
         the ones delivered more than once.
 
         Raises:
+            NotFoundError: no such consumer (yet: the first processor creates it).
             NatsUnavailableError: NATS did not answer in time.
         """
 
         async def info() -> tuple[int, int, int]:
-            ci = await self.js.consumer_info(self.names.command_stream, consumer)
+            try:
+                ci = await self.js.consumer_info(self.names.command_stream, consumer)
+            except nats.js.errors.NotFoundError as e:
+                raise NotFoundError(
+                    f"no consumer {consumer!r} on {self.names.command_stream}"
+                ) from e
             return ci.num_pending or 0, ci.num_ack_pending or 0, ci.num_redelivered or 0
 
         return await _retrying("consumer info", info, self._deadline(), self.nats_cfg.servers)
@@ -825,6 +841,20 @@ class Transport:
             self.nats_cfg.servers,
         )
 
+    async def subscribe_control(self, on_request: Callable[[str, str], None]) -> Any:
+        """Listen for lifecycle requests addressed to running invocations (core NATS)."""
+
+        async def handle(msg: Msg) -> None:
+            invocation_id = msg.subject.rsplit(".", 1)[-1]
+            on_request(invocation_id, msg.data.decode(errors="replace"))
+
+        return await self.nc.subscribe(self.names.control_subjects, cb=handle)
+
+    async def send_control(self, invocation_id: str, action: str) -> None:
+        """Tell whichever processor runs the invocation to act now (best effort)."""
+        await self.nc.publish(self.names.control_subject(invocation_id), action.encode())
+        await self.nc.flush(timeout=2)
+
     async def state_events(self, invocation_id: str) -> StateEvents:
         """Subscribe to the server's republished state changes of one invocation."""
         sub = await self.nc.subscribe(self.names.state_event_subject(invocation_id))
@@ -872,6 +902,200 @@ class Transport:
             if rec is not None:
                 out.append(rec.state)
         return out
+
+    # -- schedules -------------------------------------------------------------------------
+
+    async def schedules_kv(self) -> KeyValue:
+        """The schedule definitions bucket, created on first use."""
+        if self._schedules is None:
+            n, e = self.names, self.engine
+            self._schedules = await self._ensure_bucket(
+                KeyValueConfig(
+                    bucket=n.schedules_bucket,
+                    description="durable: schedule definitions by name",
+                    history=1,
+                    replicas=e.replicas,
+                    storage=StorageType.FILE,
+                    direct=False,  # read from the leader: a stale record would misfire
+                )
+            )
+        return self._schedules
+
+    async def schedule_record(self, name: str) -> tuple[bytes | None, int]:
+        """The raw record of a schedule and its revision (``(None, 0)`` if none)."""
+        kv = await self.schedules_kv()
+
+        async def get() -> tuple[bytes | None, int]:
+            try:
+                e = await kv.get(name)
+            except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+                return None, 0
+            return e.value, e.revision or 0
+
+        return await _retrying(
+            f"read schedule {name}", get, self._deadline(), self.nats_cfg.servers
+        )
+
+    async def put_schedule_record(self, name: str, data: bytes, revision: int) -> int:
+        """Write a schedule record if it is still at ``revision`` (0: create); else StateConflict.
+
+        A retried write whose first try landed is recognised by reading the record back.
+        """
+        kv = await self.schedules_kv()
+        attempts = 0
+
+        async def put() -> int:
+            nonlocal attempts
+            attempts += 1
+            try:
+                if revision == 0:
+                    return await kv.create(name, data)
+                return await kv.update(name, data, last=revision)
+            except nats.js.errors.APIError as e:
+                # KeyWrongLastSequenceError is one; the code is not always set on it.
+                if not _wrong_last(e):
+                    raise
+                if attempts > 1:
+                    current, rev = await self.schedule_record(name)
+                    if current == data:
+                        return rev
+                raise StateConflict(f"schedule {name} changed since revision {revision}") from e
+
+        return await _retrying(
+            f"write schedule {name}", put, self._deadline(), self.nats_cfg.servers
+        )
+
+    async def delete_schedule_record(self, name: str, revision: int) -> None:
+        """Delete a schedule record if it is still at ``revision``; else StateConflict."""
+        kv = await self.schedules_kv()
+
+        async def delete() -> None:
+            try:
+                await kv.delete(name, last=revision)
+            except nats.js.errors.APIError as e:
+                if not _wrong_last(e):
+                    raise
+                current, _ = await self.schedule_record(name)
+                if current is not None:  # else an earlier try of ours landed
+                    raise StateConflict(f"schedule {name} changed since revision {revision}") from e
+
+        await _retrying(f"delete schedule {name}", delete, self._deadline(), self.nats_cfg.servers)
+
+    async def schedule_names(self) -> list[str]:
+        """The names of every schedule record."""
+        kv = await self.schedules_kv()
+
+        async def keys() -> list[str]:
+            try:
+                return list(await kv.keys())
+            except nats.js.errors.NoKeysError:
+                return []
+
+        return await _retrying("list schedules", keys, self._deadline(), self.nats_cfg.servers)
+
+    async def arm_schedule(
+        self, name: str, pattern: str, *, timezone: str | None = None, body: bytes = b""
+    ) -> None:
+        """Have the server fire schedule ``name`` on ``pattern`` (cron or ``@every``).
+
+        Each firing is a message on the tick subject of ``name``. Arming again replaces the
+        previous pattern (one schedule per subject; older messages on it are purged).
+
+        Raises:
+            InvalidInputError: the server refused the pattern or the time zone.
+        """
+        n = self.names
+        headers = {"Nats-Schedule": pattern, "Nats-Schedule-Target": n.tick_subject(name)}
+        if timezone:
+            headers["Nats-Schedule-Time-Zone"] = timezone
+        subject = n.cron_subject(name)
+
+        async def arm() -> None:
+            try:
+                # No Nats-Msg-Id: re-arming after a pause must not be taken for a duplicate.
+                await self.js.publish(subject, body, headers=headers)
+            except nats.js.errors.BadRequestError as e:
+                if e.err_code == _INVALID_SCHEDULE:
+                    where = f" in time zone {timezone!r}" if timezone else ""
+                    raise InvalidInputError(
+                        f"the NATS server refused the schedule {pattern!r}{where}: {e.description}"
+                    ) from e
+                raise
+            await self.js.purge_stream(n.command_stream, subject=subject, keep=1)
+
+        await _retrying(f"arm schedule {name}", arm, self._deadline(), self.nats_cfg.servers)
+
+    async def disarm_schedule(self, name: str) -> None:
+        """Stop the server firing schedule ``name`` and drop its ticks not yet handled."""
+        n = self.names
+
+        async def purge() -> None:
+            await self.js.purge_stream(n.command_stream, subject=n.cron_subject(name))
+            await self.js.purge_stream(n.command_stream, subject=n.tick_subject(name))
+
+        await _retrying(f"disarm schedule {name}", purge, self._deadline(), self.nats_cfg.servers)
+
+    async def schedule_armed(self, name: str) -> bool:
+        """Whether the server holds a schedule for ``name``."""
+        n = self.names
+
+        async def get() -> bool:
+            try:
+                await self.js.get_last_msg(n.command_stream, n.cron_subject(name))
+            except nats.js.errors.NotFoundError:
+                return False
+            return True
+
+        return await _retrying(
+            f"look up schedule {name}", get, self._deadline(), self.nats_cfg.servers
+        )
+
+    async def tick_consumer(
+        self, *, consumer: str, ack_wait: float, max_ack_pending: int
+    ) -> TickConsumer:
+        """Create or bind the shared durable pull consumer of schedule ticks."""
+        n = self.names
+        want = ConsumerConfig(
+            durable_name=consumer,
+            description="durable schedulers",
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=ack_wait,
+            max_deliver=-1,
+            max_ack_pending=max_ack_pending,
+            filter_subject=n.tick_subjects,
+            max_waiting=512,
+        )
+
+        async def setup() -> Any:
+            try:
+                info = await self.js.consumer_info(n.command_stream, consumer)
+            except nats.js.errors.NotFoundError:
+                return await self.js.add_consumer(n.command_stream, want)
+            c = info.config
+            _check_same(
+                f"consumer {consumer}",
+                {"filter": c.filter_subject, "ack_policy": c.ack_policy},
+                {"filter": want.filter_subject, "ack_policy": want.ack_policy},
+            )
+            want.max_ack_pending = max(c.max_ack_pending or 0, max_ack_pending)
+            if (c.ack_wait, c.max_ack_pending) != (want.ack_wait, want.max_ack_pending):
+                return await self.js.add_consumer(n.command_stream, want)
+            return info
+
+        await _retrying("set up tick consumer", setup, self._deadline(), self.nats_cfg.servers)
+        psub = await self.js.pull_subscribe_bind(
+            consumer, stream=n.command_stream, inbox_prefix=self.nc.new_inbox().encode()
+        )
+        return TickConsumer(psub)
+
+
+def _wrong_last(e: nats.js.errors.APIError) -> bool:
+    """A conditional KV write or delete found another revision."""
+    return (
+        isinstance(e, nats.js.errors.KeyWrongLastSequenceError)
+        or e.err_code == _WRONG_LAST_SEQUENCE
+    )
 
 
 def _check_same(what: str, have: dict[str, Any], want: dict[str, Any]) -> None:
@@ -946,6 +1170,49 @@ class CommandConsumer:
         except (TimeoutError, nats.errors.TimeoutError):
             return []
         return [Delivery(m) for m in msgs]
+
+    async def close(self) -> None:
+        with contextlib.suppress(nats.errors.Error):
+            await self._psub.unsubscribe()
+
+
+class TickDelivery:
+    """One delivery of a schedule tick: the message the server published when it fired."""
+
+    __slots__ = ("_msg", "headers", "num_delivered", "stored_at", "subject")
+
+    def __init__(self, msg: Msg) -> None:
+        self._msg = msg
+        self.subject: str = msg.subject
+        self.headers: dict[str, str] = dict(msg.headers or {})
+        md = msg.metadata
+        self.num_delivered: int = md.num_delivered or 1
+        # When the server stored the tick (it fired then); the same on every redelivery.
+        self.stored_at: datetime = md.timestamp
+
+    async def ack(self) -> None:
+        await self._msg.ack_sync(timeout=5.0)
+
+    async def nak(self, delay: float | None = None) -> None:
+        await self._msg.nak(delay=delay)
+
+    async def in_progress(self) -> None:
+        await self._msg.in_progress()
+
+
+class TickConsumer:
+    """Pulls tick deliveries from the shared durable consumer of the schedulers."""
+
+    def __init__(self, psub: Any) -> None:
+        self._psub = psub
+
+    async def fetch(self, batch: int, timeout: float) -> list[TickDelivery]:
+        """Up to ``batch`` ticks; an empty list if none arrived within ``timeout``."""
+        try:
+            msgs = await self._psub.fetch(batch=batch, timeout=timeout)
+        except (TimeoutError, nats.errors.TimeoutError):
+            return []
+        return [TickDelivery(m) for m in msgs]
 
     async def close(self) -> None:
         with contextlib.suppress(nats.errors.Error):

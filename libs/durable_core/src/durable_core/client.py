@@ -16,14 +16,15 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, format_trace_id
 
 from durable_core import _codec
-from durable_core._journal import STEP_KINDS, kind_name
+from durable_core._journal import STEP_KINDS, ReplayMachine, kind_name
 from durable_core._naming import check_invocation_id, check_workflow_name, encode_partition_key
 from durable_core._pb.durable.v1 import durable_pb2 as pb
-from durable_core._transport import JournalRecord, Transport
+from durable_core._transport import JournalRecord, StateConflict, Transport
 from durable_core.config import EngineConfig, NatsConfig
 from durable_core.context import MAX_SLEEP
 from durable_core.errors import (
     AlreadyResolvedError,
+    IllegalTransitionError,
     InvalidInputError,
     InvocationFinishedError,
     InvocationTimeoutError,
@@ -245,6 +246,10 @@ def _awakeable_owner(awakeable_id: str) -> str:
         raise NotFoundError(f"{awakeable_id!r} is not an awakeable id: {e}") from e
 
 
+class _AlreadyThere(Exception):  # noqa: N818 - internal control flow
+    """The requested lifecycle change is already in the journal."""
+
+
 def _check_open(invocation_id: str, records: list[JournalRecord]) -> None:
     if any(r.entry.kind in (pb.ENTRY_KIND_COMPLETED, pb.ENTRY_KIND_FAILED) for r in records):
         raise InvocationFinishedError(f"invocation {invocation_id} has already finished")
@@ -439,6 +444,119 @@ class Client:
                     await events.close()
                 raise
         return invocation_id, events
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def pause(self, invocation_id: str) -> Status:
+        """Pause at the next step boundary (the step in flight finishes and is journaled).
+
+        Returns the status after the request (``paused``; or ``running`` until the run
+        reaches its next step boundary).
+
+        Raises:
+            NotFoundError: no such invocation.
+            IllegalTransitionError: it has finished (``.status`` tells how).
+        """
+        return await self._lifecycle(invocation_id, pb.ENTRY_KIND_PAUSE_REQUEST)
+
+    async def resume(self, invocation_id: str) -> Status:
+        """Continue a paused invocation from its journal, at once.
+
+        Raises:
+            IllegalTransitionError: it is not paused (running, suspended or finished).
+        """
+        return await self._lifecycle(invocation_id, pb.ENTRY_KIND_RESUME_REQUEST)
+
+    async def cancel(self, invocation_id: str) -> Status:
+        """Cancel now: the step in flight is interrupted (a gRPC call is cancelled), the
+        workflow sees InvocationCancelledError (it may compensate), and it ends ``cancelled``.
+
+        Raises:
+            IllegalTransitionError: it has already finished.
+        """
+        return await self._lifecycle(invocation_id, pb.ENTRY_KIND_CANCEL_REQUEST)
+
+    async def _lifecycle(self, invocation_id: str, kind: pb.EntryKind) -> Status:
+        check_invocation_id(invocation_id)
+        verb = {
+            pb.ENTRY_KIND_PAUSE_REQUEST: "pause",
+            pb.ENTRY_KIND_RESUME_REQUEST: "resume",
+            pb.ENTRY_KIND_CANCEL_REQUEST: "cancel",
+        }[kind]
+        rec = await self._t.get_state(invocation_id)
+        if rec is None:
+            raise NotFoundError(f"no invocation with id {invocation_id}")
+        status = Status.from_pb(rec.state.status)
+
+        def check(records: list[JournalRecord]) -> None:
+            machine = ReplayMachine(invocation_id, (r.entry for r in records))
+            if machine.final is not None:
+                real = {
+                    pb.ENTRY_KIND_COMPLETED: "completed",
+                    pb.ENTRY_KIND_FAILED: "failed",
+                    pb.ENTRY_KIND_CANCELLED: "cancelled",
+                }[machine.final.kind]
+                raise IllegalTransitionError(
+                    f"cannot {verb} invocation {invocation_id}: it is already {real}", real
+                )
+            if kind == pb.ENTRY_KIND_RESUME_REQUEST and not machine.paused:
+                raise IllegalTransitionError(
+                    f"cannot resume invocation {invocation_id}: it is {status.value}, not paused",
+                    status.value,
+                )
+            if kind == pb.ENTRY_KIND_PAUSE_REQUEST and machine.paused:
+                raise _AlreadyThere
+            if kind == pb.ENTRY_KIND_CANCEL_REQUEST and machine.cancel_requested:
+                raise _AlreadyThere
+
+        if status.is_terminal:
+            raise IllegalTransitionError(
+                f"cannot {verb} invocation {invocation_id}: it is already {status.value}",
+                status.value,
+            )
+        entry = pb.JournalEntry(kind=kind, timestamp_ms=int(time.time() * 1000), writer="client")
+        try:
+            seq = await self._t.append_external(
+                invocation_id, entry, f"{verb}:{invocation_id}:{uuid.uuid4().hex}", check
+            )
+        except _AlreadyThere:
+            return Status.from_pb((await self._t.get_state(invocation_id) or rec).state.status)
+        st = rec.state
+        if kind == pb.ENTRY_KIND_CANCEL_REQUEST:
+            await self._t.send_control(invocation_id, "cancel")  # interrupt a run in flight
+        if kind != pb.ENTRY_KIND_PAUSE_REQUEST:
+            await self._t.publish_command(
+                pb.Command(
+                    invocation_id=invocation_id,
+                    workflow=st.workflow,
+                    partition_key=st.partition_key or invocation_id,
+                    kind=pb.COMMAND_KIND_WAKE,
+                    min_journal_seq=seq,
+                ),
+                msg_id=f"wake:{invocation_id}:{seq}",
+            )
+        return await self._show_transition(invocation_id, kind)
+
+    async def _show_transition(self, invocation_id: str, kind: pb.EntryKind) -> Status:
+        """Record a pause of an idle invocation in its state; return the real status."""
+        for _ in range(5):
+            rec = await self._t.get_state(invocation_id)
+            if rec is None:
+                raise NotFoundError(f"no invocation with id {invocation_id}")
+            st = rec.state
+            idle = st.status in (pb.STATUS_PENDING, pb.STATUS_SUSPENDED)
+            if kind != pb.ENTRY_KIND_PAUSE_REQUEST or not idle:
+                return Status.from_pb(st.status)
+            paused = pb.ExecutionState()
+            paused.CopyFrom(st)
+            paused.status = pb.STATUS_PAUSED
+            paused.updated_at_ms = int(time.time() * 1000)
+            try:
+                await self._t.update_state(paused, rec.revision)
+                return Status.PAUSED
+            except StateConflict:
+                continue  # it moved on (started, finished): look again
+        return Status.from_pb(st.status)
 
     # -- awakeables and signals ------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from durable_core.errors import (
     AwakeableRejectedError,
     ChildWorkflowError,
     InvalidInputError,
+    InvocationCancelledError,
     NonDeterminismError,
     StepFailedError,
     TerminalError,
@@ -80,6 +81,9 @@ class Journal(Protocol):
     def request_suspend(self, waits: Sequence[Wait]) -> None:
         """Every step is parked on something that has not happened: stop this run."""
 
+    def cancelling(self) -> bool:
+        """True when the engine interrupted the run because the invocation was cancelled."""
+
 
 class Context:
     """What a workflow uses to act durably.
@@ -116,6 +120,7 @@ class Context:
         self._uuid_counter = 0
         self._retry_rng = _random.Random()
         self.nondeterminism: NonDeterminismError | None = None
+        self.cancel_delivered = False
         self._executing = 0
         self._parked: list[Wait] = []
         self._awakeables = 0
@@ -197,7 +202,7 @@ class Context:
                 f"grpc_service(HelloServiceStub).SayHello; got {method!r}"
             )
         req_bytes = method.request_serializer(request)
-        decision = self._decide(pb.ENTRY_KIND_CALL, method.path, _codec.input_hash(req_bytes))
+        decision = await self._decide(pb.ENTRY_KIND_CALL, method.path, _codec.input_hash(req_bytes))
         if not isinstance(decision, Execute):
             return cast(
                 Resp, self._replayed(decision.entry, lambda p: method.response_deserializer(p.data))
@@ -242,7 +247,7 @@ class Context:
             arg_bytes = _codec.encode([list(args), kwargs]).data if (args or kwargs) else b""
         except Exception:  # noqa: BLE001 - non-JSON args are allowed, just not hashed
             arg_bytes = b""
-        decision = self._decide(pb.ENTRY_KIND_RUN, name, _codec.input_hash(arg_bytes))
+        decision = await self._decide(pb.ENTRY_KIND_RUN, name, _codec.input_hash(arg_bytes))
         if not isinstance(decision, Execute):
             return self._replayed(decision.entry, _codec.decode)  # type: ignore[no-any-return]
 
@@ -266,12 +271,48 @@ class Context:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _decide(self, kind: pb.EntryKind, name: str, digest: bytes) -> Any:
+    async def _decide(self, kind: pb.EntryKind, name: str, digest: bytes) -> Any:
+        """Replay or execute the next step; the step boundary where pause and cancel act."""
         try:
-            return self._machine.next_step(kind, name, digest)
+            decision = self._machine.next_step(kind, name, digest)
         except NonDeterminismError as e:
             self.nondeterminism = e  # the engine fails the invocation even if this is caught
             raise
+        if not isinstance(decision, Execute):
+            if decision.entry.failure.type == _CANCELLED:
+                self.cancel_delivered = True  # an earlier run was cancelled here: so is this one
+                raise InvocationCancelledError(self._invocation_id)
+            return decision
+        if self._machine.cancel_requested and not self.cancel_delivered:
+            self.cancel_delivered = True
+            await self._journal.append_step(
+                pb.JournalEntry(
+                    kind=kind,
+                    step=decision.step,
+                    name=name,
+                    input_hash=digest,
+                    timestamp_ms=_wall_ms(),
+                    failure=pb.Failure(type=_CANCELLED, message="cancelled", step=decision.step),
+                )
+            )
+            raise InvocationCancelledError(self._invocation_id)
+        if self._machine.paused:
+            await self._park(Wait("paused (resume to continue)", decision.step))
+        return decision
+
+    def _raise_if_cancelled_at(self, step: int) -> None:
+        """A wait that an earlier run was cancelled at is cancelled again on replay."""
+        if self._machine.cancel_delivered_at(step):
+            self.cancel_delivered = True
+            raise InvocationCancelledError(self._invocation_id)
+
+    async def _cancellation(self, step: int) -> InvocationCancelledError:
+        """Record that the cancellation was raised at a waiting step, for replays."""
+        self.cancel_delivered = True
+        await self._journal.append_step(
+            pb.JournalEntry(kind=pb.ENTRY_KIND_CANCEL_DELIVERED, step=step, timestamp_ms=_wall_ms())
+        )
+        return InvocationCancelledError(self._invocation_id)
 
     def _replayed(self, entry: pb.JournalEntry, parse: Callable[[pb.Payload], Any]) -> Any:
         self._now_ms = max(self._now_ms, entry.timestamp_ms)
@@ -323,7 +364,14 @@ class Context:
                 result = await chained(inp)
                 failure = None
                 break
-            except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+            except asyncio.CancelledError:
+                if not self._journal.cancelling() or self.cancel_delivered:
+                    raise
+                _uncancel()  # the invocation was cancelled: the step ends, the workflow goes on
+                self.cancel_delivered = True
+                failure = pb.Failure(type=_CANCELLED, message="cancelled", step=step)
+                break
+            except (KeyboardInterrupt, SystemExit):
                 raise
             except Exception as e:  # noqa: BLE001 - every step failure is journaled
                 code, retryable = _classify(e, policy)
@@ -355,6 +403,8 @@ class Context:
             entry.failure.CopyFrom(failure)
         await self._journal.append_step(entry)
         self._now_ms = max(self._now_ms, entry.timestamp_ms)
+        if failure is not None and failure.type == _CANCELLED:
+            raise InvocationCancelledError(self._invocation_id)
         if failure is not None:
             raise StepFailedError(
                 failure.message, step=step, name=name, code=failure.code, error_type=failure.type
@@ -381,15 +431,27 @@ class Context:
         Never returns in this run: the engine cancels the run and a later run (after the
         wake-up) replays up to here and finds what it waited for.
         """
+        if self._machine.cancel_delivered_at(wait.step):
+            self.cancel_delivered = True
+            raise InvocationCancelledError(self._invocation_id)
+        if self._machine.cancel_requested and not self.cancel_delivered:
+            raise await self._cancellation(wait.step)
         self._parked.append(wait)
         self._maybe_suspend()
-        await asyncio.Future()  # cancelled by the engine when it suspends or reruns
+        try:
+            await asyncio.Future()  # cancelled by the engine when it suspends or reruns
+        except asyncio.CancelledError:
+            if not self._journal.cancelling() or self.cancel_delivered:
+                raise
+            _uncancel()
+            self._parked.remove(wait)
+            raise await self._cancellation(wait.step) from None
 
     async def _journal_wait(
         self, kind: pb.EntryKind, kind_name: str, name: str, digest: bytes = b""
     ) -> int:
         """Record (or replay) the step that waits; returns its step number."""
-        decision = self._decide(kind, name, digest)
+        decision = await self._decide(kind, name, digest)
         if isinstance(decision, Execute):
             entry = pb.JournalEntry(
                 kind=kind, step=decision.step, name=name, input_hash=digest, timestamp_ms=_wall_ms()
@@ -426,7 +488,7 @@ class Context:
             )
         millis = int(duration.total_seconds() * 1000)
         digest = millis.to_bytes(8, "big")
-        decision = self._decide(pb.ENTRY_KIND_SLEEP, "sleep", _codec.input_hash(digest))
+        decision = await self._decide(pb.ENTRY_KIND_SLEEP, "sleep", _codec.input_hash(digest))
         if isinstance(decision, Execute):
             now = _wall_ms()
             entry = pb.JournalEntry(
@@ -447,6 +509,7 @@ class Context:
         else:
             entry = decision.entry
         while True:
+            self._raise_if_cancelled_at(entry.step)
             left = entry.wake_at_ms - _wall_ms()
             if left <= 0:
                 self._now_ms = max(self._now_ms, entry.wake_at_ms)
@@ -481,6 +544,7 @@ class Context:
         index = self._signal_waits.get(name, 0)
         self._signal_waits[name] = index + 1
         while True:
+            self._raise_if_cancelled_at(step)
             entry = self._machine.signal(name, index)
             if entry is not None:
                 self._saw(entry)
@@ -490,6 +554,7 @@ class Context:
     async def _awakeable_result(self, awakeable_id: str, as_type: Any) -> Any:
         step = await self._journal_wait(pb.ENTRY_KIND_AWAKEABLE, "awakeable", awakeable_id)
         while True:
+            self._raise_if_cancelled_at(step)
             entry = self._machine.awakeable_result(awakeable_id)
             if entry is not None:
                 self._saw(entry)
@@ -520,7 +585,7 @@ class Context:
         if not isinstance(key, str) or not key:
             raise InvalidInputError("a state key is a non-empty string")
         digest = _codec.input_hash(payload.SerializeToString(deterministic=True))
-        decision = self._decide(kind, key, digest)
+        decision = await self._decide(kind, key, digest)
         if isinstance(decision, Execute):
             entry = pb.JournalEntry(
                 kind=kind,
@@ -559,6 +624,7 @@ class Context:
         )
         step = self._machine.steps_taken
         while True:
+            self._raise_if_cancelled_at(step)
             entry = self._machine.child_result(child_id)
             if entry is not None:
                 self._saw(entry)
@@ -605,7 +671,7 @@ class Context:
         digest = _codec.input_hash(
             workflow.encode() + payload.SerializeToString(deterministic=True)
         )
-        decision = self._decide(kind, workflow, digest)
+        decision = await self._decide(kind, workflow, digest)
         if not isinstance(decision, Execute):
             self._saw(decision.entry)
             child_id = str(_codec.decode(decision.entry.output))
@@ -670,6 +736,15 @@ class Awakeable:
 
     def __repr__(self) -> str:
         return f"Awakeable({self.id})"
+
+
+_CANCELLED = "InvocationCancelledError"
+
+
+def _uncancel() -> None:
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
 
 
 def _wall_ms() -> int:

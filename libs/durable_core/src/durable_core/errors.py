@@ -13,13 +13,15 @@ DurableError                      every error this library raises
 ├── NotFoundError                 no such invocation, workflow or awakeable
 ├── ConflictError                 the request contradicts the invocation's state
 │   ├── AlreadyResolvedError      the awakeable was resolved or rejected before
-│   └── InvocationFinishedError   the invocation has already finished
+│   ├── InvocationFinishedError   the invocation has already finished
+│   └── IllegalTransitionError    e.g. resume a running invocation, pause a cancelled one
 ├── WorkflowFailedError           the awaited invocation ended failed; carries step and message
 ├── InvocationTimeoutError        waiting for an invocation's result took too long
 └── NatsUnavailableError          NATS could not be reached (with the URLs tried)
 
 Control flow (not errors; they derive from BaseException so `except Exception` can't swallow them):
 SuspendExecution                  the processor must stop running this invocation now
+InvocationCancelledError          raised inside a cancelled workflow; catch it to compensate
 ```
 """
 
@@ -33,6 +35,8 @@ __all__ = [
     "ChildWorkflowError",
     "ConfigError",
     "ConflictError",
+    "IllegalTransitionError",
+    "InvocationCancelledError",
     "InvocationFinishedError",
     "DurableError",
     "InvalidInputError",
@@ -152,6 +156,27 @@ class AlreadyResolvedError(ConflictError):
 
 class InvocationFinishedError(ConflictError):
     """The invocation has already finished; it takes no more signals or resolutions."""
+
+
+class IllegalTransitionError(ConflictError):
+    """The lifecycle change is not allowed from the invocation's current status.
+
+    Attributes:
+        status: the invocation's real status.
+    """
+
+    def __init__(self, message: str, status: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class InvocationCancelledError(BaseException):  # noqa: N818 - mirrors asyncio.CancelledError
+    """Raised inside a workflow whose invocation was cancelled (``client.cancel``).
+
+    It interrupts the step in flight (a gRPC call is cancelled, the service sees it) or the
+    wait the workflow is parked on. A workflow may catch it to compensate; its further steps
+    still run durably, and the invocation ends ``cancelled`` whatever it returns.
+    """
 
 
 class WorkflowFailedError(DurableError):

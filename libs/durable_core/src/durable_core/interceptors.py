@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from durable_core.errors import DurableError, SuspendExecution
+from durable_core.errors import DurableError, InvocationCancelledError, SuspendExecution
 
 __all__ = [
     "Interceptor",
@@ -76,7 +76,7 @@ class StepInput:
 StepNext = Callable[[StepInput], Awaitable[Any]]
 WorkflowNext = Callable[[WorkflowInput], Awaitable[Any]]
 
-RunOutcome = Literal["completed", "failed", "suspended", "abandoned"]
+RunOutcome = Literal["completed", "failed", "cancelled", "suspended", "abandoned"]
 
 
 def outcome_of(exc: BaseException | None) -> RunOutcome:
@@ -87,10 +87,13 @@ def outcome_of(exc: BaseException | None) -> RunOutcome:
       the run; a wake-up continues it later), or the processor is shutting down;
     - ``"abandoned"``: the engine's own control flow stopped it: another processor took the
       invocation over, it finished elsewhere, or new journal entries make it run again;
+    - ``"cancelled"``: the invocation was cancelled and the workflow let the cancellation out;
     - ``"failed"``: anything else; the engine journals the invocation as failed.
     """
     if exc is None:
         return "completed"
+    if isinstance(exc, InvocationCancelledError):
+        return "cancelled"
     if isinstance(exc, asyncio.CancelledError | SuspendExecution):
         return "suspended"
     if type(exc).__module__ == _ENGINE_MODULE and not isinstance(exc, DurableError):

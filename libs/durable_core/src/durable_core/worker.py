@@ -49,6 +49,7 @@ from durable_core.context import Context, Submission, Wait
 from durable_core.errors import (
     DurableError,
     InvalidInputError,
+    InvocationCancelledError,
     InvocationFinishedError,
     NatsUnavailableError,
     StepFailedError,
@@ -88,6 +89,7 @@ class Worker:
         self.channels = channels or ChannelPool(config.services, service_defaults)
         self.processor_id = config.processor_id or f"{socket.gethostname()}-{os.getpid()}"
         self._tasks: set[asyncio.Task[None]] = set()
+        self._running: dict[str, _Execution] = {}  # by invocation id, for cancellation
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
         self.completed = 0
@@ -106,6 +108,7 @@ class Worker:
     async def run(self) -> None:
         """Consume until ``stop()``; then let in-flight work finish or release it."""
         consumer = await self.transport.command_consumer(self.config)
+        control = await self.transport.subscribe_control(self._on_control)
         log.info(
             "processor %s consuming (max_concurrent=%d, ack_wait=%ss, workflows: %s)",
             self.processor_id,
@@ -132,8 +135,15 @@ class Worker:
                     task.add_done_callback(self._done)
         finally:
             await self._drain()
+            await control.unsubscribe()
             await consumer.close()
             await self.channels.close()
+
+    def _on_control(self, invocation_id: str, action: str) -> None:
+        """A lifecycle request arrived over core NATS: act on a run in this processor now."""
+        execution = self._running.get(invocation_id)
+        if execution is not None and action == "cancel":
+            execution.cancel_now()
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -164,6 +174,7 @@ class Worker:
             await delivery.term()
             return
         execution = _Execution(self, cmd, delivery)
+        self._running[cmd.invocation_id] = execution
         try:
             await execution.run()
         except asyncio.CancelledError:
@@ -173,8 +184,18 @@ class Worker:
             raise
         except NatsUnavailableError as e:
             log.warning("invocation %s: NATS unavailable (%s); releasing it", cmd.invocation_id, e)
+        finally:
+            if self._running.get(cmd.invocation_id) is execution:
+                del self._running[cmd.invocation_id]
             with contextlib.suppress(Exception):
                 await delivery.nak(delay=2.0)
+
+
+_FINAL_KIND: dict[int, pb.EntryKind] = {
+    pb.STATUS_COMPLETED: pb.ENTRY_KIND_COMPLETED,
+    pb.STATUS_FAILED: pb.ENTRY_KIND_FAILED,
+    pb.STATUS_CANCELLED: pb.ENTRY_KIND_CANCELLED,
+}
 
 
 class _Rerun(Exception):  # noqa: N818 - internal control flow
@@ -201,6 +222,8 @@ class _Execution:
         self.interrupt = asyncio.Event()  # suspend or rerun requested
         self.rerun = False
         self.children: list[str] = []
+        self.task: asyncio.Future[Any] | None = None
+        self._cancelling = False
 
     # -- journal ---------------------------------------------------------------------------
 
@@ -284,6 +307,15 @@ class _Execution:
     def request_suspend(self, waits: Sequence[Wait]) -> None:
         self.waits = tuple(waits)
         self.interrupt.set()
+
+    def cancelling(self) -> bool:
+        return self._cancelling
+
+    def cancel_now(self) -> None:
+        """Interrupt the step in flight (or the parked wait): the workflow sees a cancellation."""
+        if self.task is not None and not self.task.done() and not self._cancelling:
+            self._cancelling = True
+            self.task.cancel()
 
     async def load_journal(self, min_seq: int = 0) -> None:
         self.entries = []
@@ -599,6 +631,7 @@ class _Execution:
             resumed=bool(self.entries),
         )
         task: asyncio.Future[Any] = asyncio.ensure_future(run(inp))
+        self.task, self._cancelling = task, False
         interrupted = asyncio.create_task(self.interrupt.wait())
         try:
             await asyncio.wait({task, interrupted}, return_when=asyncio.FIRST_COMPLETED)
@@ -616,7 +649,17 @@ class _Execution:
         self.children = list(ctx.children)
         try:
             result = task.result()
-        except (_LostClaim, _Finished, _Rerun, SuspendExecution, asyncio.CancelledError):
+        except InvocationCancelledError:
+            await self._finish(
+                pb.STATUS_CANCELLED,
+                failure=pb.Failure(type="InvocationCancelledError", message="cancelled by request"),
+            )
+            return
+        except asyncio.CancelledError:
+            if self._cancelling:
+                raise _Rerun from None  # interrupted off a step boundary: deliver it on replay
+            raise
+        except (_LostClaim, _Finished, _Rerun, SuspendExecution):
             raise
         except Exception as e:  # noqa: BLE001 - the workflow failed; journal why
             await self._finish(pb.STATUS_FAILED, failure=self._failure(e, ctx))
@@ -630,6 +673,9 @@ class _Execution:
             await self._finish(
                 pb.STATUS_FAILED, failure=pb.Failure(type="InvalidOutput", message=str(e))
             )
+            return
+        if ctx.cancel_delivered:  # it handled the cancellation and returned: still cancelled
+            await self._finish(pb.STATUS_CANCELLED, output=output)
             return
         await self._finish(pb.STATUS_COMPLETED, output=output)
 
@@ -664,17 +710,15 @@ class _Execution:
                     msg_id=f"timer:{self.id}:{wait.step}",
                 )
         waiting = "; ".join(w.what for w in self.waits)
-        await self.write_state(status=pb.STATUS_SUSPENDED, waiting_for=waiting)
+        status = pb.STATUS_PAUSED if self.machine.paused else pb.STATUS_SUSPENDED
+        await self.write_state(status=status, waiting_for=waiting)
         await self.delivery.ack()
         log.info("invocation %s suspended: waiting for %s", self.id, waiting)
 
     async def _finish(
         self, status: int, *, output: pb.Payload | None = None, failure: pb.Failure | None = None
     ) -> None:
-        entry = pb.JournalEntry(
-            kind=pb.ENTRY_KIND_COMPLETED if status == pb.STATUS_COMPLETED else pb.ENTRY_KIND_FAILED,
-            timestamp_ms=_now_ms(),
-        )
+        entry = pb.JournalEntry(kind=_FINAL_KIND[status], timestamp_ms=_now_ms())
         if output is not None:
             entry.output.CopyFrom(output)
         if failure is not None:
@@ -685,10 +729,8 @@ class _Execution:
     async def _finish_from_journal(self, entry: pb.JournalEntry) -> None:
         """Make the state agree with the journal's final entry, tell the parent, ack."""
         completed = entry.kind == pb.ENTRY_KIND_COMPLETED
-        changes: dict[str, Any] = {
-            "status": pb.STATUS_COMPLETED if completed else pb.STATUS_FAILED,
-            "waiting_for": "",
-        }
+        status = next(s for s, k in _FINAL_KIND.items() if k == entry.kind)
+        changes: dict[str, Any] = {"status": status, "waiting_for": ""}
         if entry.HasField("output"):
             changes["output"] = entry.output
         if entry.HasField("failure"):
@@ -708,7 +750,7 @@ class _Execution:
         log.info(
             "invocation %s %s (%d journal entries)",
             self.id,
-            "completed" if completed else "failed",
+            pb.Status.Name(status).removeprefix("STATUS_").lower(),
             len(self.entries),
         )
 

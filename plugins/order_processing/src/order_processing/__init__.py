@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from durable_core import Context, TerminalError, WorkflowRegistry, grpc_service, hookimpl
+from durable_core import (
+    Context,
+    InvocationCancelledError,
+    TerminalError,
+    WorkflowRegistry,
+    grpc_service,
+    hookimpl,
+)
 from durable_examples.order.v1.order_pb2 import ChargeRequest, ShipRequest, ValidateRequest
 from durable_examples.order.v1.order_pb2_grpc import OrderServiceStub
 
@@ -31,9 +38,28 @@ async def order_processing(ctx: Context, args: dict[str, Any]) -> dict[str, Any]
     }
 
 
+def _refund(charge_id: str) -> dict[str, str]:
+    # A real system would call the payment provider; the journal records that it happened.
+    return {"refunded": charge_id}
+
+
+async def cancellable_order(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    """Like order_processing, but a cancellation after the charge refunds it (compensation)."""
+    order_id = str(args.get("order_id", ""))
+    amount = int(args.get("amount_cents", 0))
+    charge = await ctx.call(orders.Charge, ChargeRequest(order_id=order_id, amount_cents=amount))
+    try:
+        shipment = await ctx.call(orders.Ship, ShipRequest(order_id=order_id))
+    except InvocationCancelledError:
+        await ctx.run("refund", _refund, charge.charge_id)
+        raise
+    return {"charge_id": charge.charge_id, "tracking_number": shipment.tracking_number}
+
+
 @hookimpl
 def durable_register_workflows(registry: WorkflowRegistry) -> None:
     registry.register(order_processing)
+    registry.register(cancellable_order)
 
 
 @hookimpl

@@ -263,10 +263,10 @@ async def lifecycle(request: Request) -> Response:
     method = _method(rt, LIFECYCLE_ACTIONS[action], f"{action} of an execution")
     result = await method(invocation_id, **kwargs)
     out: dict[str, Any] = {"invocation_id": invocation_id, "action": action}
-    if isinstance(result, str) and result != invocation_id:
+    if action in ("rerun", "fork") and isinstance(result, str) and result != invocation_id:
         out["new_invocation_id"] = result  # rerun and fork start a new execution
     elif result is not None:
-        out["result"] = jsonable(result)
+        out["status"] = str(result)  # pause, resume, cancel: the status after the request
     return _json(out, 202)
 
 

@@ -122,6 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     rej.add_argument("awakeable_id", metavar="ID")
     rej.add_argument("--reason", default="rejected", help="why (default: rejected)")
 
+    for verb, text in (
+        ("pause", "pause an invocation at its next step boundary"),
+        ("resume", "resume a paused invocation"),
+        ("cancel", "cancel an invocation now (it may compensate)"),
+    ):
+        lc = sub.add_parser(verb, help=text)
+        lc.add_argument("invocation_id", metavar="ID")
+
     sig = sub.add_parser("signal", help="send a named signal to an invocation")
     sig.add_argument("invocation_id", metavar="ID")
     sig.add_argument("name", metavar="NAME")
@@ -213,6 +221,13 @@ async def cmd_signal(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_lifecycle(args: argparse.Namespace) -> int:
+    async with await connect(args) as client:
+        status = await getattr(client, args.command)(args.invocation_id)
+    print(f"{args.invocation_id}: {status.value}")
+    return 0
+
+
 async def cmd_status(args: argparse.Namespace) -> int:
     async with await connect(args) as client:
         print_result(await client.get_result(args.invocation_id), args.json)
@@ -261,6 +276,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "status": cmd_status,
             "awakeable": cmd_awakeable,
             "signal": cmd_signal,
+            "pause": cmd_lifecycle,
+            "resume": cmd_lifecycle,
+            "cancel": cmd_lifecycle,
         }[args.command]
         return asyncio.run(handler(args))
     except (InvalidInputError, ConfigError) as e:

@@ -366,6 +366,9 @@ class _MemoryJournal:
         self.waits = tuple(waits)
         self.suspended.set()
 
+    def cancelling(self) -> bool:
+        return False
+
     async def append_step(self, entry: pb.JournalEntry) -> None:
         stored = pb.JournalEntry()
         stored.CopyFrom(entry)

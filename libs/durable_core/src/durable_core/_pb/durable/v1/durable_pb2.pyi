@@ -36,9 +36,14 @@ class EntryKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ENTRY_KIND_CHILD: _ClassVar[EntryKind]
     ENTRY_KIND_SEND: _ClassVar[EntryKind]
     ENTRY_KIND_SUSPENDED: _ClassVar[EntryKind]
+    ENTRY_KIND_CANCELLED: _ClassVar[EntryKind]
+    ENTRY_KIND_CANCEL_DELIVERED: _ClassVar[EntryKind]
     ENTRY_KIND_AWAKEABLE_RESULT: _ClassVar[EntryKind]
     ENTRY_KIND_SIGNAL: _ClassVar[EntryKind]
     ENTRY_KIND_CHILD_RESULT: _ClassVar[EntryKind]
+    ENTRY_KIND_PAUSE_REQUEST: _ClassVar[EntryKind]
+    ENTRY_KIND_RESUME_REQUEST: _ClassVar[EntryKind]
+    ENTRY_KIND_CANCEL_REQUEST: _ClassVar[EntryKind]
 
 class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -71,9 +76,14 @@ ENTRY_KIND_STATE_CLEAR: EntryKind
 ENTRY_KIND_CHILD: EntryKind
 ENTRY_KIND_SEND: EntryKind
 ENTRY_KIND_SUSPENDED: EntryKind
+ENTRY_KIND_CANCELLED: EntryKind
+ENTRY_KIND_CANCEL_DELIVERED: EntryKind
 ENTRY_KIND_AWAKEABLE_RESULT: EntryKind
 ENTRY_KIND_SIGNAL: EntryKind
 ENTRY_KIND_CHILD_RESULT: EntryKind
+ENTRY_KIND_PAUSE_REQUEST: EntryKind
+ENTRY_KIND_RESUME_REQUEST: EntryKind
+ENTRY_KIND_CANCEL_REQUEST: EntryKind
 STATUS_UNSPECIFIED: Status
 STATUS_PENDING: Status
 STATUS_RUNNING: Status

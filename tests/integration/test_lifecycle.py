@@ -1,0 +1,150 @@
+"""Pause, resume and cancel on a real 3-node cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from durable_core import Client, IllegalTransitionError
+from durable_core._transport import Transport
+
+from ._stack import Stack
+from .test_context import status_of, wait_status
+from .test_foundation import GREETING, eventually, kinds
+
+pytestmark = pytest.mark.integration
+
+ORDER = {"order_id": "o-life", "amount_cents": 100}
+
+
+async def test_pause_during_step_two_then_resume_runs_each_step_once(
+    stack: Stack, client: Client
+) -> None:
+    service = stack.start_service()
+    service.set_delay("Charge", 2000)
+    stack.start_processor("p-pause")
+    inv = "pause-1"
+    await client.invoke_async("order_processing", ORDER, id=inv)
+    await eventually(lambda: asyncio.to_thread(service.method_counts, "Charge"), 20, "step 2")
+    assert await client.pause(inv) == "running"  # the step in flight finishes first
+    await wait_status(client, inv, "paused")
+    assert service.method_counts("Charge") == {f"{inv}:2": 1}  # step 2 finished, journaled
+    await asyncio.sleep(2)
+    assert service.method_counts("Ship") == {}  # nothing past the boundary while paused
+    assert await status_of(client, inv) == "paused"
+    await client.resume(inv)
+    result = await client.wait(inv, timeout=30)
+    assert result.status == "completed"
+    for method, step in (("Validate", 1), ("Charge", 2), ("Ship", 3)):
+        assert service.method_counts(method) == {f"{inv}:{step}": 1}
+
+
+async def test_pause_and_resume_through_the_cli_and_illegal_transitions(
+    stack: Stack, client: Client
+) -> None:
+    stack.start_service()
+    stack.start_processor("p-cli")
+    inv = "nap-life"
+    await client.invoke_async("delayed_greeting", {"name": "Nap", "delay_seconds": 3}, id=inv)
+    await wait_status(client, inv, "suspended")
+    with pytest.raises(IllegalTransitionError) as err:
+        await client.resume(inv)  # suspended on a timer, not paused
+    assert err.value.status == "suspended"
+    cp = await asyncio.to_thread(stack.cli, "pause", inv)
+    assert cp.returncode == 0 and "paused" in cp.stdout
+    await asyncio.sleep(4)  # the timer fires while paused: it stays paused
+    assert await status_of(client, inv) == "paused"
+    cp = await asyncio.to_thread(stack.cli, "resume", inv)
+    assert cp.returncode == 0, cp.stderr
+    result = await client.wait(inv, timeout=30)
+    assert result.output["message"] == GREETING.format("Nap")
+    cp = await asyncio.to_thread(stack.cli, "pause", inv)
+    assert cp.returncode == 6 and "already completed" in cp.stderr
+
+
+async def test_pause_racing_completion_leaves_it_completed(
+    stack: Stack, client: Client, transport: Transport
+) -> None:
+    stack.start_service()
+    stack.start_processor("p-race")
+    outcomes = []
+    for i in range(10):
+        inv = f"race-{i}"
+        await client.invoke_async("hello_workflow", {"name": "R"}, id=inv)
+        await asyncio.sleep(0.005 * i)
+        try:
+            outcomes.append(await client.pause(inv))
+        except IllegalTransitionError as e:
+            assert e.status == "completed"
+            outcomes.append("completed")
+        status = await status_of(client, inv)
+        if status in ("paused", "running", "pending"):
+            try:
+                await eventually(
+                    lambda inv=inv: _settled(client, inv),
+                    20,
+                    "the pause to take effect or the run to finish",
+                )
+            except AssertionError:
+                print("STUCK", inv, await status_of(client, inv), await kinds(transport, inv))
+                raise
+            if await status_of(client, inv) == "paused":
+                await client.resume(inv)
+        result = await client.wait(inv, timeout=30)
+        assert result.status == "completed"
+        with pytest.raises(IllegalTransitionError):
+            await client.pause(inv)
+        assert await status_of(client, inv) == "completed"  # never flipped back
+
+
+async def _settled(client: Client, inv: str) -> bool:
+    return await status_of(client, inv) in ("paused", "completed")
+
+
+async def test_cancel_interrupts_a_slow_call_within_a_second(
+    stack: Stack, client: Client, transport: Transport
+) -> None:
+    service = stack.start_service()
+    service.set_delay("Ship", 20_000)
+    stack.start_processor("p-cancel")
+    inv = "cancel-1"
+    await client.invoke_async("cancellable_order", ORDER, id=inv)
+    await eventually(lambda: asyncio.to_thread(service.method_counts, "Ship"), 20, "Ship in flight")
+    started = time.monotonic()
+    await client.cancel(inv)
+    result = await client.wait(inv, timeout=10)
+    elapsed = time.monotonic() - started
+    assert result.status == "cancelled"
+    assert elapsed < 1.0, elapsed
+    cancelled = {
+        c.method.rsplit("/", 1)[-1]: c.cancelled
+        for c in (await asyncio.to_thread(_counts, service)).counts
+    }
+    assert cancelled.get("Ship") == 1  # the service saw the call cancelled
+    assert [s.name for s in result.steps][-1] == "refund"  # the workflow compensated
+    assert (await kinds(transport, inv))[-1] == "CANCELLED"
+    with pytest.raises(IllegalTransitionError) as err:
+        await client.cancel(inv)
+    assert err.value.status == "cancelled"
+    with pytest.raises(IllegalTransitionError):
+        await client.pause(inv)
+
+
+def _counts(service):  # type: ignore[no-untyped-def]
+    from durable_examples.order.v1 import order_pb2
+
+    return service.orders.GetCallCounts(order_pb2.GetCallCountsRequest(), timeout=5)
+
+
+async def test_cancel_a_sleeping_workflow(stack: Stack, client: Client) -> None:
+    stack.start_service()
+    stack.start_processor("p-cancel-sleep")
+    inv = "cancel-sleep"
+    await client.invoke_async("delayed_greeting", {"delay_seconds": 600}, id=inv)
+    await wait_status(client, inv, "suspended")
+    assert await client.cancel(inv) in ("suspended", "cancelled", "running")
+    result = await client.wait(inv, timeout=20)
+    assert result.status == "cancelled"
+    assert [s.kind for s in result.steps] == ["sleep"]
