@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
 
-from durable_core import Client, IllegalTransitionError
+from durable_core import Client, IllegalTransitionError, InvalidInputError, WorkflowFailedError
 from durable_core._transport import Transport
 
 from ._stack import Stack
@@ -148,3 +149,46 @@ async def test_cancel_a_sleeping_workflow(stack: Stack, client: Client) -> None:
     result = await client.wait(inv, timeout=20)
     assert result.status == "cancelled"
     assert [s.kind for s in result.steps] == ["sleep"]
+
+
+async def test_retry_runs_only_the_failed_step_and_after(stack: Stack, client: Client) -> None:
+    service = stack.start_service()
+    stack.start_processor("p-retry")
+    inv = "retry-1"
+    with pytest.raises(WorkflowFailedError) as err:
+        await client.invoke("flaky_order", {"failures": 3, "attempts": 2}, id=inv, timeout=30)
+    assert err.value.step == 2
+    cp = await asyncio.to_thread(stack.cli, "list", "--status", "failed", "--json")
+    assert cp.returncode == 0 and inv in [e["invocation_id"] for e in json.loads(cp.stdout)]
+    with pytest.raises(IllegalTransitionError):
+        await client.resume(inv)
+    cp = await asyncio.to_thread(stack.cli, "retry", inv)
+    assert cp.returncode == 0, cp.stderr
+    result = await client.wait(inv, timeout=30)
+    assert result.status == "completed"
+    assert result.output["succeeded_on_attempt"] == 4  # attempts 1-2 failed, then 3 and 4
+    assert service.method_counts("Validate") == {f"{inv}:1": 1}  # replayed, not re-run
+    assert service.method_counts("Ship") == {f"{inv}:3": 1}
+    with pytest.raises(IllegalTransitionError):
+        await client.retry(inv)  # completed now
+
+
+async def test_fork_from_step_two_and_rerun(stack: Stack, client: Client) -> None:
+    service = stack.start_service()
+    stack.start_processor("p-fork")
+    source = await client.invoke("order_processing", ORDER, id="fork-src", timeout=30)
+    cp = await asyncio.to_thread(stack.cli, "fork", "fork-src", "--from-step", "2")
+    assert cp.returncode == 0, cp.stderr
+    forked = cp.stdout.strip()
+    result = await client.wait(forked, timeout=30)
+    assert result.status == "completed"
+    assert [s.step for s in result.steps] == [1, 2, 3]
+    assert service.method_counts("Validate") == {"fork-src:1": 1}  # step 1 replayed from source
+    assert f"{forked}:2" in service.method_counts("Charge")
+    assert f"{forked}:3" in service.method_counts("Ship")
+    rerun = await client.rerun("fork-src")
+    again = await client.wait(rerun, timeout=30)
+    assert again.output["order_id"] == source.output["order_id"]
+    assert f"{rerun}:1" in service.method_counts("Validate")  # a fresh run: every step
+    with pytest.raises(InvalidInputError):
+        await client.fork("fork-src", from_step=9)

@@ -17,7 +17,7 @@ from durable_core.retry import DEFAULT_RETRY, NO_RETRY
 
 def test_engine_defaults_are_valid() -> None:
     config = EngineConfig()
-    assert (config.prefix, config.replicas, config.max_payload) == ("durable", 1, 1024 * 1024)
+    assert (config.prefix, config.replicas, config.max_payload) == ("durable", 1, 500_000)
 
 
 @pytest.mark.parametrize("replicas", [1, 3, 5])

@@ -391,6 +391,7 @@ class SubmitRecorder:
 
     def __init__(self) -> None:
         self.engine = EngineConfig()
+        self.payload_limit = self.engine.max_payload
         self.submitted: list[tuple[pb.ExecutionState, pb.Command]] = []
 
     async def submit(self, state: pb.ExecutionState, cmd: pb.Command) -> None:

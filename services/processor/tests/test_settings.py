@@ -25,7 +25,7 @@ def test_defaults() -> None:
     assert s.nats.servers == ("nats://127.0.0.1:4222",)
     assert s.nats.user is None and s.nats.creds_file is None
     assert s.nats.name == "durable-processor"
-    assert (s.engine.prefix, s.engine.replicas, s.engine.max_payload) == ("durable", 1, 1048576)
+    assert (s.engine.prefix, s.engine.replicas, s.engine.max_payload) == ("durable", 1, 500_000)
     assert s.worker.max_concurrent == 100
     assert s.worker.ack_wait == timedelta(seconds=300)
     assert s.worker.heartbeat is None  # 0 in the file: ack_wait / 3

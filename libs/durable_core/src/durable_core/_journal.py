@@ -38,7 +38,12 @@ PROCESSOR_KINDS = (
     }
 )
 LIFECYCLE_KINDS = frozenset(
-    {pb.ENTRY_KIND_PAUSE_REQUEST, pb.ENTRY_KIND_RESUME_REQUEST, pb.ENTRY_KIND_CANCEL_REQUEST}
+    {
+        pb.ENTRY_KIND_PAUSE_REQUEST,
+        pb.ENTRY_KIND_RESUME_REQUEST,
+        pb.ENTRY_KIND_CANCEL_REQUEST,
+        pb.ENTRY_KIND_RETRY_REQUEST,
+    }
 )
 EXTERNAL_KINDS = (
     frozenset({pb.ENTRY_KIND_AWAKEABLE_RESULT, pb.ENTRY_KIND_SIGNAL, pb.ENTRY_KIND_CHILD_RESULT})
@@ -185,6 +190,14 @@ class ReplayMachine:
             self._cancel_requested = True
         elif kind == pb.ENTRY_KIND_CANCEL_DELIVERED:
             self._cancel_delivered.add(entry.step)
+        elif kind == pb.ENTRY_KIND_RETRY_REQUEST and self._final is not None:
+            # Forget the failure: the failed steps run again (same numbers, same idempotency
+            # keys) and everything recorded before them replays.
+            self._final = None
+            self._recorded = {
+                step: e for step, e in self._recorded.items() if not e.HasField("failure")
+            }
+            self._last_processor_kind = pb.ENTRY_KIND_SUSPENDED  # idle: a wake-up takes it
 
     def awakeable_result(self, awakeable_id: str) -> pb.JournalEntry | None:
         """The resolution (or rejection) of an awakeable, if it arrived."""

@@ -87,6 +87,10 @@ class JournalConflict(DurableError):
         self.expected_seq = expected_seq
 
 
+class CorruptJournalError(DurableError):
+    """A journal holds a message that is not a journal entry."""
+
+
 class StateConflict(DurableError):
     """A state update found a newer revision than the one it was based on."""
 
@@ -125,6 +129,11 @@ async def _retrying(
         try:
             return await fn()
         except Exception as e:
+            if isinstance(e, nats.errors.MaxPayloadError):
+                raise InvalidInputError(
+                    f"{what}: the message is larger than the NATS server's max_payload "
+                    f"({getattr(e, 'args', ())})"
+                ) from e
             if not _is_transient(e):
                 raise
             if time.monotonic() + delay > deadline:
@@ -444,13 +453,35 @@ class Transport:
 
     # -- commands --------------------------------------------------------------------------
 
+    @property
+    def server_payload_limit(self) -> int:
+        """What the server's max_payload leaves for one value: a state holds the arguments
+        and the output, plus an envelope."""
+        server = self.nc.max_payload or 2 * self.engine.max_payload + 16 * 1024
+        return (server - 8 * 1024) // 2
+
+    @property
+    def payload_limit(self) -> int:
+        """Largest accepted argument or result: the configured limit, within the server's."""
+        return min(self.engine.max_payload, self.server_payload_limit)
+
+    def payload_limit_text(self) -> str:
+        """The limit and where it comes from, for error messages."""
+        limit = self.payload_limit
+        if limit < self.engine.max_payload:
+            return (
+                f"the limit is {limit} bytes (the NATS server's max_payload of "
+                f"{self.nc.max_payload} bytes holds a state with arguments and output)"
+            )
+        return f"the limit is {limit} bytes (EngineConfig.max_payload)"
+
     async def publish_command(self, cmd: pb.Command, *, msg_id: str) -> bool:
         """Publish a command (deduplicated by msg_id). Returns False if it was a duplicate."""
         data = cmd.SerializeToString()
-        if len(data) > self.engine.max_payload:
+        if len(data) > self.payload_limit + 8 * 1024:
             raise InvalidInputError(
                 f"command for {cmd.invocation_id} is {len(data)} bytes; the limit is "
-                f"{self.engine.max_payload} bytes (EngineConfig.max_payload)"
+                f"{self.payload_limit} bytes (EngineConfig.max_payload / server max_payload)"
             )
         subject = self.names.command_subject(cmd.partition_key or cmd.invocation_id)
 
@@ -677,7 +708,13 @@ class Transport:
                     out.append((int(hdrs["Nats-Sequence"]), msg.data))
                     continue
                 entry = pb.JournalEntry()
-                entry.ParseFromString(msg.data)
+                try:
+                    entry.ParseFromString(msg.data)
+                except DecodeError as e:
+                    raise CorruptJournalError(
+                        f"journal entry at sequence {hdrs.get('Nats-Sequence')} on {subject} "
+                        f"is not a JournalEntry ({e}); the invocation cannot be replayed"
+                    ) from e
                 out.append(
                     JournalRecord(entry, int(hdrs["Nats-Sequence"]), hdrs.get("Nats-Msg-Id", ""))
                 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import time
@@ -170,7 +171,12 @@ def _jsonable(value: Any) -> Any:
 
 
 def _ms_to_dt(ms: int) -> datetime | None:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC) if ms else None
+    if not ms:
+        return None
+    try:
+        return datetime.fromtimestamp(ms / 1000, tz=UTC)
+    except (OverflowError, ValueError, OSError):
+        return None  # an absurd stored time: unknown rather than an error for every reader
 
 
 def _failure(f: pb.Failure | None) -> Failure | None:
@@ -389,16 +395,32 @@ class Client:
                     ) from e
         else:
             name = workflow
+        return await self._submit_payload(
+            name, _codec.encode(args), invocation_id, partition_key, watch=watch, start_at=start_at
+        )
+
+    async def _submit_payload(
+        self,
+        name: str,
+        payload: pb.Payload,
+        invocation_id: str | None,
+        partition_key: str | None,
+        *,
+        watch: bool = False,
+        start_at: int = 0,
+        journal_length: int = 0,
+        forked_from: str = "",
+    ) -> tuple[str, Any]:
         check_workflow_name(name)
-        invocation_id = check_invocation_id(invocation_id or uuid.uuid4().hex)
+        invocation_id = check_invocation_id(
+            uuid.uuid4().hex if invocation_id is None else invocation_id
+        )
         key = invocation_id if partition_key is None else partition_key
         encode_partition_key(key)
-        payload = _codec.encode(args)
-        limit = self._t.engine.max_payload
-        if len(payload.data) > limit:
+        if len(payload.data) > self._t.payload_limit:
             raise InvalidInputError(
-                f"arguments of {name} are {len(payload.data)} bytes; the limit is {limit} "
-                "bytes (EngineConfig.max_payload)"
+                f"arguments of {name} are {len(payload.data)} bytes; "
+                f"{self._t.payload_limit_text()}"
             )
         # The invocation's trace starts here (or joins the caller's current one); its context
         # travels with the command and is stored with the invocation for later runs.
@@ -424,6 +446,8 @@ class Client:
                 created_at_ms=now,
                 updated_at_ms=now,
                 start_at_ms=start_at,
+                journal_length=journal_length,
+                forked_from=forked_from,
                 trace_context=trace_context,
                 trace_id=format_trace_id(span_context.trace_id) if span_context.is_valid else "",
             )
@@ -536,6 +560,119 @@ class Client:
                 msg_id=f"wake:{invocation_id}:{seq}",
             )
         return await self._show_transition(invocation_id, kind)
+
+    async def retry(self, invocation_id: str) -> Status:
+        """Run a failed invocation again from its failed step (same id, same journal).
+
+        Steps before the failed one replay; the failed step runs again with the same
+        idempotency key.
+
+        Raises:
+            IllegalTransitionError: it is not failed.
+        """
+        check_invocation_id(invocation_id)
+        rec = await self._t.get_state(invocation_id)
+        if rec is None:
+            raise NotFoundError(f"no invocation with id {invocation_id}")
+        if rec.state.status != pb.STATUS_FAILED:
+            status = Status.from_pb(rec.state.status).value
+            raise IllegalTransitionError(
+                f"cannot retry invocation {invocation_id}: it is {status}, not failed", status
+            )
+
+        def check(records: list[JournalRecord]) -> None:
+            machine = ReplayMachine(invocation_id, (r.entry for r in records))
+            if machine.final is None or machine.final.kind != pb.ENTRY_KIND_FAILED:
+                raise _AlreadyThere  # retried already
+
+        entry = pb.JournalEntry(
+            kind=pb.ENTRY_KIND_RETRY_REQUEST, timestamp_ms=int(time.time() * 1000), writer="client"
+        )
+        try:
+            seq = await self._t.append_external(
+                invocation_id, entry, f"retry:{invocation_id}:{rec.revision}", check
+            )
+        except _AlreadyThere:
+            return Status.from_pb((await self._t.get_state(invocation_id) or rec).state.status)
+        st = pb.ExecutionState()
+        st.CopyFrom(rec.state)
+        st.status = pb.STATUS_PENDING
+        st.ClearField("failure")
+        st.updated_at_ms = int(time.time() * 1000)
+        # If someone else moved it on meanwhile, the wake-up below is harmless either way.
+        with contextlib.suppress(StateConflict):
+            await self._t.update_state(st, rec.revision)
+        await self._t.publish_command(
+            pb.Command(
+                invocation_id=invocation_id,
+                workflow=st.workflow,
+                partition_key=st.partition_key or invocation_id,
+                kind=pb.COMMAND_KIND_WAKE,
+                min_journal_seq=seq,
+            ),
+            msg_id=f"wake:{invocation_id}:{seq}",
+        )
+        return Status.PENDING
+
+    async def rerun(self, invocation_id: str) -> str:
+        """Start a new invocation of the same workflow with the same arguments; its id."""
+        rec = await self._t.get_state(check_invocation_id(invocation_id))
+        if rec is None:
+            raise NotFoundError(f"no invocation with id {invocation_id}")
+        st = rec.state
+        key = st.partition_key if st.partition_key != invocation_id else None
+        new_id, _ = await self._submit_payload(st.workflow, st.args, None, key)
+        return new_id
+
+    async def fork(self, invocation_id: str, *, from_step: int) -> str:
+        """A new invocation that replays steps before ``from_step`` from this one's journal
+        and runs ``from_step`` and after for real; returns its id.
+
+        Raises:
+            InvalidInputError: ``from_step`` is below 1 or past the recorded steps + 1.
+        """
+        rec = await self._t.get_state(check_invocation_id(invocation_id))
+        if rec is None:
+            raise NotFoundError(f"no invocation with id {invocation_id}")
+        records = await self._t.read_journal(invocation_id, min_entries=rec.state.journal_length)
+        steps = [
+            r.entry for r in records if r.entry.kind in STEP_KINDS and r.entry.step < from_step
+        ]
+        recorded = {r.entry.step for r in records if r.entry.kind in STEP_KINDS}
+        if not isinstance(from_step, int) or from_step < 1 or from_step > len(recorded) + 1:
+            raise InvalidInputError(
+                f"from_step must be between 1 and {len(recorded) + 1} for {invocation_id}"
+            )
+        st = rec.state
+        new_id = uuid.uuid4().hex
+        last = 0
+        for index, entry in enumerate(sorted(steps, key=lambda e: e.step), start=1):
+            copy = pb.JournalEntry()
+            copy.CopyFrom(entry)
+            copy.index, copy.writer = index, f"fork:{invocation_id}"
+            last = await self._t.append(new_id, copy, last, f"fork:{new_id}:{index}")
+        key = st.partition_key if st.partition_key != invocation_id else None
+        await self._submit_payload(
+            st.workflow, st.args, new_id, key, journal_length=len(steps), forked_from=invocation_id
+        )
+        return new_id
+
+    async def list_executions(
+        self, *, status: str | None = None, workflow: str | None = None
+    ) -> list[ExecutionSummary]:
+        """Executions now, optionally by status and workflow (one pass over a KV watch)."""
+        out = []
+        async for item in self.watch_executions():
+            if item is None:
+                break
+            if item.deleted:
+                continue
+            if status is not None and item.status.value != status:
+                continue
+            if workflow is not None and item.workflow != workflow:
+                continue
+            out.append(item)
+        return sorted(out, key=lambda e: e.created_at or datetime.min.replace(tzinfo=UTC))
 
     async def _show_transition(self, invocation_id: str, kind: pb.EntryKind) -> Status:
         """Record a pause of an idle invocation in its state; return the real status."""

@@ -15,7 +15,7 @@ from durable_core.errors import ConfigError
 
 __all__ = ["EngineConfig", "NatsConfig", "WorkerConfig"]
 
-_PREFIX = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+_PREFIX = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +61,9 @@ class EngineConfig:
     Attributes:
         prefix: lower-case prefix of every subject, stream and bucket (``durable``).
         replicas: JetStream replicas for every stream and bucket (1 embedded, 3 on a cluster).
-        max_payload: largest accepted argument or step result in bytes.
+        max_payload: largest accepted argument or step result in bytes. The state holds the
+            arguments and the output, so with NATS' default 1 MiB max_payload the effective
+            limit is also at most half of the server's, less room for the envelope.
         duplicate_window: how long the command stream remembers message ids.
         retention: how long finished executions are kept (state and journal).
         append_deadline: how long a journal or state write keeps retrying while NATS elects a
@@ -70,13 +72,13 @@ class EngineConfig:
 
     prefix: str = "durable"
     replicas: int = 1
-    max_payload: int = 1024 * 1024
+    max_payload: int = 500_000
     duplicate_window: timedelta = timedelta(minutes=10)
     retention: timedelta = timedelta(days=7)
     append_deadline: timedelta = timedelta(seconds=30)
 
     def __post_init__(self) -> None:
-        if not _PREFIX.match(self.prefix):
+        if not isinstance(self.prefix, str) or not _PREFIX.fullmatch(self.prefix):
             raise ConfigError(
                 f"prefix {self.prefix!r} must be lower-case letters, digits or _ "
                 "(at most 32, starting with a letter)"

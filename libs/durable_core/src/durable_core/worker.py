@@ -34,9 +34,14 @@ from durable_core import _codec
 from durable_core._grpc import ChannelPool
 from durable_core._journal import FINAL_KINDS, PROCESSOR_KINDS, ReplayMachine
 from durable_core._keys import KeyRecord
-from durable_core._naming import check_invocation_id
+from durable_core._naming import (
+    check_invocation_id,
+    check_workflow_name,
+    encode_partition_key,
+)
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import (
+    CorruptJournalError,
     Delivery,
     JournalConflict,
     JournalRecord,
@@ -169,6 +174,15 @@ class Worker:
             cmd = pb.Command()
             cmd.ParseFromString(delivery.data)
             check_invocation_id(cmd.invocation_id)
+            if cmd.kind not in (pb.COMMAND_KIND_START, pb.COMMAND_KIND_WAKE):
+                raise InvalidInputError(f"unknown command kind {cmd.kind}")
+            if cmd.workflow:
+                check_workflow_name(cmd.workflow)
+            if cmd.partition_key:
+                encode_partition_key(cmd.partition_key)
+            now = _now_ms()
+            if not 0 <= cmd.created_at_ms <= now + 86_400_000:
+                cmd.created_at_ms = now  # an absurd client clock: take ours
         except (DecodeError, InvalidInputError, ValueError) as e:
             log.error("terminating malformed command (stream seq %d): %s", delivery.stream_seq, e)
             await delivery.term()
@@ -184,11 +198,26 @@ class Worker:
             raise
         except NatsUnavailableError as e:
             log.warning("invocation %s: NATS unavailable (%s); releasing it", cmd.invocation_id, e)
+            with contextlib.suppress(Exception):
+                await delivery.nak(delay=2.0)
+        except (CorruptJournalError, InvalidInputError) as e:
+            # Not transient (a corrupt journal, a broken record): fail it clearly, settle.
+            log.error("invocation %s cannot run: %s", cmd.invocation_id, e)
+            with contextlib.suppress(Exception):
+                await execution.write_state(
+                    final=True,
+                    status=pb.STATUS_FAILED,
+                    failure=pb.Failure(type=type(e).__name__, message=str(e)),
+                )
+            with contextlib.suppress(Exception):
+                await delivery.term()
+        except DurableError as e:
+            log.warning("invocation %s: %s; releasing it", cmd.invocation_id, e)
+            with contextlib.suppress(Exception):
+                await delivery.nak(delay=2.0)
         finally:
             if self._running.get(cmd.invocation_id) is execution:
                 del self._running[cmd.invocation_id]
-            with contextlib.suppress(Exception):
-                await delivery.nak(delay=2.0)
 
 
 _FINAL_KIND: dict[int, pb.EntryKind] = {
@@ -317,11 +346,12 @@ class _Execution:
             self._cancelling = True
             self.task.cancel()
 
-    async def load_journal(self, min_seq: int = 0) -> None:
+    async def load_journal(self, min_seq: int = 0, min_entries: int = 0) -> None:
         self.entries = []
         self.machine = ReplayMachine(self.id)
         self.last_seq = 0
-        for rec in await self.t.read_journal(self.id, min_seq=min_seq):
+        records = await self.t.read_journal(self.id, min_seq=min_seq, min_entries=min_entries)
+        for rec in records:
             self._record(rec.entry, rec.seq)
 
     # -- state -----------------------------------------------------------------------------
@@ -381,6 +411,10 @@ class _Execution:
     async def run(self) -> None:
         self.state = await self.t.get_state(self.id)
         st = self.state.state if self.state is not None else None
+        if st is None and self.cmd.kind == pb.COMMAND_KIND_WAKE:
+            log.warning("wake-up for unknown invocation %s; dropping it", self.id)
+            await self.delivery.ack()
+            return
         if st is not None and st.status in TERMINAL:
             log.info("invocation %s already %s; acking", self.id, pb.Status.Name(st.status))
             if self._keyed:
@@ -413,6 +447,8 @@ class _Execution:
                 await self.load_journal()
                 if self.machine.final is None and self.entries:
                     await self._claim(takeover=True)
+            elif st is not None and st.journal_length:
+                await self.load_journal(min_entries=st.journal_length)  # a fork's copied steps
             if self.machine.final is not None:
                 await self._finish_from_journal(self.machine.final)
                 return

@@ -5,9 +5,12 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from durable_core import Context, RetryPolicy, WorkflowRegistry, hookimpl
+from durable_core import Context, RetryPolicy, WorkflowRegistry, grpc_service, hookimpl
+from durable_examples.order.v1.order_pb2 import ShipRequest, ValidateRequest
+from durable_examples.order.v1.order_pb2_grpc import OrderServiceStub
 
 _attempts: dict[str, int] = {}
+orders = grpc_service(OrderServiceStub)
 
 
 async def flaky(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
@@ -29,6 +32,21 @@ async def flaky(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     return {"succeeded_on_attempt": attempt}
 
 
+async def flaky_order(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    """Validate an order, run a flaky step, ship: for retrying a failed invocation."""
+    order_id = str(args.get("order_id", ctx.invocation_id))
+    await ctx.call(orders.Validate, ValidateRequest(order_id=order_id, amount_cents=1))
+    result = await flaky(ctx, args)
+    shipment = await ctx.call(orders.Ship, ShipRequest(order_id=order_id))
+    return {**result, "tracking_number": shipment.tracking_number}
+
+
 @hookimpl
 def durable_register_workflows(registry: WorkflowRegistry) -> None:
     registry.register(flaky)
+    registry.register(flaky_order)
+
+
+@hookimpl
+def durable_service_addresses() -> dict[str, str]:
+    return {orders.name: "127.0.0.1:9090"}

@@ -16,7 +16,7 @@ from datetime import timedelta
 from typing import Any
 
 from durable_core import _codec
-from durable_core.client import Client, InvocationResult
+from durable_core.client import Client, InvocationResult, Status, vars_of
 from durable_core.config import EngineConfig, NatsConfig
 from durable_core.errors import (
     ConfigError,
@@ -126,9 +126,20 @@ def build_parser() -> argparse.ArgumentParser:
         ("pause", "pause an invocation at its next step boundary"),
         ("resume", "resume a paused invocation"),
         ("cancel", "cancel an invocation now (it may compensate)"),
+        ("retry", "run a failed invocation again from its failed step"),
+        ("rerun", "start a new invocation with the same arguments"),
     ):
         lc = sub.add_parser(verb, help=text)
         lc.add_argument("invocation_id", metavar="ID")
+
+    fork = sub.add_parser("fork", help="new invocation replaying steps before N, running N on")
+    fork.add_argument("invocation_id", metavar="ID")
+    fork.add_argument("--from-step", type=int, required=True, metavar="N")
+
+    ls = sub.add_parser("list", help="list executions")
+    ls.add_argument("--status", choices=[s.value for s in Status if s != Status.UNKNOWN])
+    ls.add_argument("--workflow", metavar="NAME")
+    ls.add_argument("--json", action="store_true")
 
     sig = sub.add_parser("signal", help="send a named signal to an invocation")
     sig.add_argument("invocation_id", metavar="ID")
@@ -223,8 +234,40 @@ async def cmd_signal(args: argparse.Namespace) -> int:
 
 async def cmd_lifecycle(args: argparse.Namespace) -> int:
     async with await connect(args) as client:
-        status = await getattr(client, args.command)(args.invocation_id)
-    print(f"{args.invocation_id}: {status.value}")
+        if args.command == "fork":
+            result = await client.fork(args.invocation_id, from_step=args.from_step)
+        else:
+            result = await getattr(client, args.command)(args.invocation_id)
+    if args.command in ("rerun", "fork"):
+        print(result)  # the new invocation's id
+    else:
+        print(f"{args.invocation_id}: {Status(result).value}")
+    return 0
+
+
+async def cmd_list(args: argparse.Namespace) -> int:
+    async with await connect(args) as client:
+        found = await client.list_executions(status=args.status, workflow=args.workflow)
+    if args.json:
+        rows = [
+            {
+                "invocation_id": e.invocation_id,
+                "workflow": e.workflow,
+                "status": e.status.value,
+                "created_at": e.created_at.isoformat() if e.created_at else None,
+                "updated_at": e.updated_at.isoformat() if e.updated_at else None,
+                "failure": None if e.failure is None else vars_of(e.failure),
+            }
+            for e in found
+        ]
+        print(json.dumps(rows, indent=2))
+        return 0
+    for e in found:
+        failure = f"  {e.failure.type}: {e.failure.message}" if e.failure else ""
+        created = e.created_at.isoformat(timespec="seconds") if e.created_at else "-"
+        print(f"{e.invocation_id:<36} {e.workflow:<24} {e.status.value:<10} {created}{failure}")
+    if not found:
+        print("no executions match", file=sys.stderr)
     return 0
 
 
@@ -279,6 +322,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "pause": cmd_lifecycle,
             "resume": cmd_lifecycle,
             "cancel": cmd_lifecycle,
+            "retry": cmd_lifecycle,
+            "rerun": cmd_lifecycle,
+            "fork": cmd_lifecycle,
+            "list": cmd_list,
         }[args.command]
         return asyncio.run(handler(args))
     except (InvalidInputError, ConfigError) as e:
