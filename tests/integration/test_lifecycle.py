@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from datetime import timedelta
 
 import pytest
 
@@ -192,3 +193,23 @@ async def test_fork_from_step_two_and_rerun(stack: Stack, client: Client) -> Non
     assert f"{rerun}:1" in service.method_counts("Validate")  # a fresh run: every step
     with pytest.raises(InvalidInputError):
         await client.fork("fork-src", from_step=9)
+
+
+async def test_execution_timeout_fails_a_sleeping_and_a_busy_invocation(
+    stack: Stack, client: Client
+) -> None:
+    service = stack.start_service()
+    service.set_delay("Charge", 10_000)
+    stack.start_processor("p-timeout")
+    started = time.monotonic()
+    sleeper = await client.invoke_async(
+        "delayed_greeting", {"delay_seconds": 600}, execution_timeout=timedelta(seconds=3)
+    )
+    busy = await client.invoke_async(
+        "order_processing", ORDER, execution_timeout=timedelta(seconds=2)
+    )
+    for inv in (sleeper, busy):
+        result = await client.wait(inv, timeout=30)
+        assert result.status == "failed"
+        assert result.failure is not None and result.failure.type == "ExecutionTimeoutError"
+    assert time.monotonic() - started < 8  # failed at the deadline, not at the sleep's end

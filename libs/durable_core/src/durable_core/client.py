@@ -315,6 +315,7 @@ class Client:
         partition_key: str | None = None,
         delay: timedelta | None = None,
         start_at: datetime | None = None,
+        execution_timeout: timedelta | None = None,
     ) -> str:
         """Submit an invocation and return its id without waiting.
 
@@ -331,7 +332,12 @@ class Client:
                 do not match the declared type or exceed the payload limit.
         """
         invocation_id, _ = await self._submit(
-            workflow, args, id, partition_key, start_at=_start_at(delay, start_at)
+            workflow,
+            args,
+            id,
+            partition_key,
+            start_at=_start_at(delay, start_at),
+            execution_timeout=execution_timeout,
         )
         return invocation_id
 
@@ -343,6 +349,7 @@ class Client:
         id: str | None = None,  # noqa: A002
         partition_key: str | None = None,
         timeout: timedelta | float = timedelta(seconds=60),
+        execution_timeout: timedelta | None = None,
     ) -> InvocationResult:
         """Submit an invocation and wait for its result.
 
@@ -353,7 +360,9 @@ class Client:
             WorkflowFailedError: the invocation failed (step and message attached).
             InvocationTimeoutError: no result within ``timeout`` (it keeps running).
         """
-        invocation_id, events = await self._submit(workflow, args, id, partition_key, watch=True)
+        invocation_id, events = await self._submit(
+            workflow, args, id, partition_key, watch=True, execution_timeout=execution_timeout
+        )
         assert events is not None
         try:
             result = await self._wait(invocation_id, events, timeout)
@@ -382,7 +391,18 @@ class Client:
         *,
         watch: bool = False,
         start_at: int = 0,
+        execution_timeout: timedelta | None = None,
     ) -> tuple[str, Any]:
+        deadline = 0
+        if execution_timeout is not None:
+            if not isinstance(execution_timeout, timedelta) or not (
+                timedelta(0) < execution_timeout <= MAX_SLEEP
+            ):
+                raise InvalidInputError(
+                    f"execution_timeout must be a timedelta from 0 to {MAX_SLEEP.days} days"
+                )
+            begins = start_at or int(time.time() * 1000)
+            deadline = begins + int(execution_timeout.total_seconds() * 1000)
         if callable(workflow):
             name = getattr(workflow, "__durable_workflow__", None) or workflow.__name__
             takes_input, input_type, _ = workflow_signature(workflow)
@@ -396,7 +416,13 @@ class Client:
         else:
             name = workflow
         return await self._submit_payload(
-            name, _codec.encode(args), invocation_id, partition_key, watch=watch, start_at=start_at
+            name,
+            _codec.encode(args),
+            invocation_id,
+            partition_key,
+            watch=watch,
+            start_at=start_at,
+            deadline_ms=deadline,
         )
 
     async def _submit_payload(
@@ -410,6 +436,7 @@ class Client:
         start_at: int = 0,
         journal_length: int = 0,
         forked_from: str = "",
+        deadline_ms: int = 0,
     ) -> tuple[str, Any]:
         check_workflow_name(name)
         invocation_id = check_invocation_id(
@@ -419,8 +446,7 @@ class Client:
         encode_partition_key(key)
         if len(payload.data) > self._t.payload_limit:
             raise InvalidInputError(
-                f"arguments of {name} are {len(payload.data)} bytes; "
-                f"{self._t.payload_limit_text()}"
+                f"arguments of {name} are {len(payload.data)} bytes; {self._t.payload_limit_text()}"
             )
         # The invocation's trace starts here (or joins the caller's current one); its context
         # travels with the command and is stored with the invocation for later runs.
@@ -448,6 +474,7 @@ class Client:
                 start_at_ms=start_at,
                 journal_length=journal_length,
                 forked_from=forked_from,
+                deadline_ms=deadline_ms,
                 trace_context=trace_context,
                 trace_id=format_trace_id(span_context.trace_id) if span_context.is_valid else "",
             )

@@ -28,6 +28,7 @@ from durable_core.errors import (
     InvocationCancelledError,
     NonDeterminismError,
     StepFailedError,
+    StepTimeoutError,
     TerminalError,
 )
 from durable_core.interceptors import Interceptor, StepInput, chain_steps
@@ -233,12 +234,15 @@ class Context:
         fn: Callable[..., T] | Callable[..., Awaitable[T]],
         *args: Any,
         retry: RetryPolicy | None = None,
+        timeout: timedelta | None = None,
         **kwargs: Any,
     ) -> T:
         """Run a local side effect durably and journal its result.
 
         ``fn`` may be sync (it runs in a thread) or async. Its result must be JSON-compatible,
         bytes, a protobuf message or None. Raise TerminalError to fail without retrying.
+        ``timeout`` bounds each attempt: an attempt over it raises StepTimeoutError, which the
+        retry policy sees like any other failure.
 
         Raises:
             StepFailedError: the function failed for good.
@@ -251,13 +255,23 @@ class Context:
         if not isinstance(decision, Execute):
             return self._replayed(decision.entry, _codec.decode)  # type: ignore[no-any-return]
 
-        async def attempt(inp: StepInput) -> Any:
+        async def call_fn() -> Any:
             if inspect.iscoroutinefunction(fn):
                 return await fn(*args, **kwargs)
             result = await asyncio.to_thread(fn, *args, **kwargs)
             if inspect.isawaitable(result):
                 return await result
             return result
+
+        async def attempt(inp: StepInput) -> Any:
+            if timeout is None:
+                return await call_fn()
+            try:
+                return await asyncio.wait_for(call_fn(), timeout.total_seconds())
+            except TimeoutError:
+                raise StepTimeoutError(
+                    f"step {inp.step} ({name}) took longer than {timeout.total_seconds():g}s"
+                ) from None
 
         return await self._execute(  # type: ignore[no-any-return]
             pb.ENTRY_KIND_RUN,

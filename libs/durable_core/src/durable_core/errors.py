@@ -5,8 +5,10 @@ DurableError                      every error this library raises
 ├── TerminalError                 a failure never retried (raise it in a step or workflow)
 │   ├── StepFailedError           a step failed after its retries; carries step, name, code
 │   ├── ChildWorkflowError        a child invocation awaited with ctx.invoke failed
-│   └── AwakeableRejectedError    an awaited awakeable was rejected
+│   ├── AwakeableRejectedError    an awaited awakeable was rejected
+│   └── ExecutionTimeoutError     the invocation ran past its execution_timeout
 ├── RetryableError                a failure worth retrying (raise it in a step to retry)
+│   └── StepTimeoutError          a step attempt took longer than its timeout
 ├── ConfigError                   bad or mismatching configuration (settings, streams, consumers)
 ├── InvalidInputError             bad input: malformed args, oversized payload, bad id or key
 ├── NonDeterminismError           the workflow code no longer matches its journal
@@ -35,6 +37,7 @@ __all__ = [
     "ChildWorkflowError",
     "ConfigError",
     "ConflictError",
+    "ExecutionTimeoutError",
     "IllegalTransitionError",
     "InvocationCancelledError",
     "InvocationFinishedError",
@@ -46,6 +49,7 @@ __all__ = [
     "NotFoundError",
     "RetryableError",
     "StepFailedError",
+    "StepTimeoutError",
     "SuspendExecution",
     "TerminalError",
     "WorkflowFailedError",
@@ -109,6 +113,14 @@ class AwakeableRejectedError(TerminalError):
 
 class RetryableError(DurableError):
     """A failure worth retrying; raise it from a step to ask for another attempt."""
+
+
+class StepTimeoutError(RetryableError, TimeoutError):
+    """A step attempt took longer than its ``timeout``; retried per the step's policy."""
+
+
+class ExecutionTimeoutError(TerminalError):
+    """The invocation ran past its ``execution_timeout``; it fails with this error."""
 
 
 class ConfigError(DurableError):

@@ -628,6 +628,10 @@ class _Execution:
             )
             return
         wf = w.registry.get(name)
+        deadline = self.state.state.deadline_ms if self.state is not None else 0
+        if deadline and _now_ms() >= deadline:
+            await self._finish(pb.STATUS_FAILED, failure=_timed_out(deadline))
+            return
         args = self.state.state.args if self.state is not None else self.cmd.args
         created = self.state.state.created_at_ms if self.state is not None else 0
         self.waits, self.rerun = (), False
@@ -669,10 +673,23 @@ class _Execution:
         task: asyncio.Future[Any] = asyncio.ensure_future(run(inp))
         self.task, self._cancelling = task, False
         interrupted = asyncio.create_task(self.interrupt.wait())
+        waiting: set[asyncio.Future[Any]] = {task, interrupted}
+        expiry = None
+        if deadline:
+            expiry = asyncio.create_task(asyncio.sleep((deadline - _now_ms()) / 1000))
+            waiting.add(expiry)
         try:
-            await asyncio.wait({task, interrupted}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         finally:
             interrupted.cancel()
+            if expiry is not None:
+                expiry.cancel()
+        if expiry is not None and expiry.done() and not expiry.cancelled() and not task.done():
+            task.cancel()  # past the execution timeout: stop where it is and fail
+            with contextlib.suppress(BaseException):
+                await task
+            await self._finish(pb.STATUS_FAILED, failure=_timed_out(deadline))
+            return
         if not task.done():
             task.cancel()
             with contextlib.suppress(BaseException):
@@ -680,6 +697,11 @@ class _Execution:
             self.children = list(ctx.children)
             if self.rerun:
                 raise _Rerun
+            if deadline and deadline - _now_ms() < 2000:
+                # The execution timeout comes before any wake-up could: fail at it.
+                await asyncio.sleep(max(deadline - _now_ms(), 0) / 1000)
+                await self._finish(pb.STATUS_FAILED, failure=_timed_out(deadline))
+                return
             await self._suspend()
             return
         self.children = list(ctx.children)
@@ -737,6 +759,11 @@ class _Execution:
             kind=pb.COMMAND_KIND_WAKE,
             min_journal_seq=self.last_seq,
         )
+        deadline = self.state.state.deadline_ms if self.state is not None else 0
+        if deadline:  # wake up at the execution timeout to fail on time
+            await self.t.schedule_command(
+                wake, at_ms=deadline, key=f"{self.id}.deadline", msg_id=f"deadline:{self.id}"
+            )
         for wait in self.waits:
             if wait.wake_at_ms:
                 await self.t.schedule_command(
@@ -824,6 +851,13 @@ def _trace_id(headers: Mapping[str, str]) -> str:
     """The trace id (32 hex digits) of a W3C ``traceparent`` header, or ""."""
     parts = headers.get("traceparent", "").split("-")
     return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else ""
+
+
+def _timed_out(deadline_ms: int) -> pb.Failure:
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(deadline_ms / 1000))
+    return pb.Failure(
+        type="ExecutionTimeoutError", message=f"execution timeout: not finished by {when}"
+    )
 
 
 def _unfinished(invocation_id: str) -> Callable[[list[JournalRecord]], None]:
