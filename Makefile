@@ -19,6 +19,7 @@ MEMBERS := \
 	proto \
 	services/hello_service \
 	services/processor \
+	services/scheduler \
 	services/inspector \
 	plugins/hello_workflow \
 	plugins/order_processing \

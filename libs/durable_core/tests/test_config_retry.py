@@ -5,11 +5,13 @@ from __future__ import annotations
 import dataclasses
 import random
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from durable_core import ConfigError, EngineConfig, NatsConfig, RetryPolicy, WorkerConfig
+from durable_core._transport import _ssl_context
 from durable_core.retry import DEFAULT_RETRY, NO_RETRY
 
 # -- EngineConfig --------------------------------------------------------------------------------
@@ -93,6 +95,33 @@ def test_nats_url_list_is_split_and_trimmed() -> None:
 def test_empty_nats_url_is_a_config_error(url: str) -> None:
     with pytest.raises(ConfigError, match="NATS URL is empty"):
         NatsConfig.from_url(url)
+
+
+@pytest.mark.parametrize("setting", ["creds_file", "nkey_seed_file", "tls_ca", "tls_cert"])
+def test_missing_nats_files_are_config_errors_naming_setting_and_path(
+    tmp_path: Path, setting: str
+) -> None:
+    missing = str(tmp_path / "nope")
+    config = NatsConfig(**{setting: missing})  # built without looking: settings tests need that
+    with pytest.raises(ConfigError, match=f"{setting} '{missing}' does not exist"):
+        config.check_files()
+    with pytest.raises(ConfigError, match=missing):
+        _ssl_context(config)  # what connect_nats runs before connecting
+
+
+def test_a_file_that_is_not_pem_is_a_config_error(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate")
+    with pytest.raises(ConfigError, match="tls_ca .* is not a usable CA file"):
+        _ssl_context(NatsConfig(tls_ca=str(junk)))
+    with pytest.raises(ConfigError, match="not a usable certificate and key"):
+        _ssl_context(NatsConfig(tls_cert=str(junk), tls_key=str(junk)))
+
+
+def test_prefix_must_match_whole() -> None:
+    for prefix in ("durable\n", "durable\n\n", "\ndurable"):
+        with pytest.raises(ConfigError, match="prefix"):
+            EngineConfig(prefix=prefix)
 
 
 # -- RetryPolicy ---------------------------------------------------------------------------------

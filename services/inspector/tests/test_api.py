@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
 import pytest
 
 from durable_core import DurableError, Failure, NotFoundError, Status
+from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_examples.order.v1.order_pb2 import ChargeResponse
 from durable_inspector.api import routes as api_routes
 from durable_inspector.openapi import document
+from durable_inspector.views import step_view
 
 from ._fakes import FakeClient, result, step, summary
 
@@ -381,3 +384,11 @@ def test_openapi_describes_exactly_the_api_routes(make_client: Any) -> None:
     for path, ops in doc["paths"].items():
         for op in ops.values():
             assert op["summary"] and op["responses"], path
+
+
+def test_step_view_survives_absurd_stored_values() -> None:
+    """A foreign journal entry: a duration reaching before year 1, an output that is not JSON."""
+    bad = pb.Payload(encoding=pb.ENCODING_JSON, data=b"{\xff")
+    view = step_view(dataclasses.replace(step(1, "a", 1), duration_ms=9.2e15, output=bad))
+    assert view["started_at"] is None and view["at"]
+    assert "does not parse" in view["output"]["$error"]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import random
 from datetime import timedelta
 
 import pytest
 
 from durable_core import Failure, InvalidInputError, Status
-from durable_inspector.index import ExecutionIndex, Query
+from durable_inspector.index import ExecutionIndex, Query, decode_cursor
 
 from ._fakes import T0, deleted, summary
 
@@ -238,3 +239,11 @@ def test_random_queries_match_a_brute_force_answer() -> None:
         )
         assert all_pages(idx, **q) == [e.id for e in expected], q
         assert idx.query(Query(**q)).total == len(expected), q  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("cursor_text", ["[" * 5000, "1" * 5000])
+def test_hostile_cursors_are_invalid_input(cursor_text: str) -> None:
+    cursor = base64.urlsafe_b64encode(cursor_text.encode()).decode().rstrip("=")
+    with pytest.raises(InvalidInputError, match="malformed") as info:
+        decode_cursor(cursor, "created_at")
+    assert len(str(info.value)) < 300  # the cursor is not echoed whole

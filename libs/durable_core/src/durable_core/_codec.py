@@ -33,12 +33,21 @@ def encode(value: Any) -> pb.Payload:
     value = to_jsonable(value)
     try:
         data = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except RecursionError as e:
+        raise InvalidInputError("cannot store a value nested this deeply") from e
     except (TypeError, ValueError) as e:
         raise InvalidInputError(
-            f"cannot store a value of type {type(value).__name__}: use JSON values "
-            "(dict, list, str, int, float, bool, None), bytes or a protobuf message"
+            f"cannot store a value of type {type(value).__name__} ({_excerpt(str(e))}): use "
+            "JSON values (dict, list, str, int, float, bool, None), bytes or a protobuf message"
         ) from e
-    return pb.Payload(encoding=pb.ENCODING_JSON, data=data.encode())
+    try:
+        raw = data.encode()
+    except UnicodeEncodeError as e:
+        raise InvalidInputError(
+            "cannot store a value holding text that is not valid Unicode "
+            f"(lone surrogate {data[e.start]!r})"
+        ) from e
+    return pb.Payload(encoding=pb.ENCODING_JSON, data=raw)
 
 
 def decode(payload: pb.Payload, as_type: type[Message] | None = None) -> Any:
@@ -53,7 +62,7 @@ def decode(payload: pb.Payload, as_type: type[Message] | None = None) -> Any:
     if enc == pb.ENCODING_UNSPECIFIED:
         return None
     if enc == pb.ENCODING_JSON:
-        return json.loads(payload.data)
+        return _loads_stored(payload.data)
     if enc == pb.ENCODING_BYTES:
         return payload.data
     if enc == pb.ENCODING_PROTOBUF:
@@ -67,6 +76,22 @@ def decode(payload: pb.Payload, as_type: type[Message] | None = None) -> Any:
             raise InvalidInputError(f"stored {payload.type_name} does not parse: {e}") from e
         return msg
     raise InvalidInputError(f"unknown payload encoding {enc}")
+
+
+def _loads_stored(data: bytes) -> Any:
+    """A stored JSON payload, or InvalidInputError if it is not valid JSON (this engine never
+    writes such a payload, but a raw command or a foreign journal entry may carry one)."""
+    try:
+        return json.loads(data)
+    except RecursionError as e:
+        raise InvalidInputError("stored JSON payload is nested too deeply to decode") from e
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, too many integer digits
+        raise InvalidInputError(f"stored JSON payload does not parse: {_excerpt(str(e))}") from e
+
+
+def _excerpt(text: str, limit: int = 200) -> str:
+    """At most ``limit`` characters of ``text`` (for error messages)."""
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
 def to_jsonable(value: Any) -> Any:
@@ -138,7 +163,10 @@ def convert(value: Any, as_type: Any) -> Any:
     if base is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise InvalidInputError(f"expected float, got {type(value).__name__}")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError as e:  # an int beyond float range (JSON allows 10**400)
+            raise InvalidInputError("expected float, got an integer beyond float range") from e
     return value
 
 
@@ -161,7 +189,13 @@ def to_json_compatible(payload: pb.Payload) -> Any:
 
     value = decode(payload)
     if isinstance(value, Message):
-        return json_format.MessageToDict(value, preserving_proto_field_name=True)
+        try:
+            return json_format.MessageToDict(value, preserving_proto_field_name=True)
+        except (json_format.Error, TypeError, ValueError, RecursionError) as e:
+            # e.g. a google.protobuf.Any holding a type this process does not know
+            raise InvalidInputError(
+                f"stored {payload.type_name} cannot be shown as JSON: {_excerpt(str(e))}"
+            ) from e
     if isinstance(value, bytes):
         return {"$bytes": value.hex()} if payload.encoding == pb.ENCODING_BYTES else value.hex()
     return value
@@ -172,11 +206,26 @@ def input_hash(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()[:8]
 
 
-def parse_json_args(text: str) -> Any:
-    """Parse JSON arguments given on a command line, with a clear error."""
+def parse_json_args(text: str, flag: str = "--args") -> Any:
+    """Parse JSON given on a command line (``flag`` names it in the error), with a clear error.
+
+    Raises:
+        InvalidInputError: the text is not valid JSON, nests too deeply, or holds an integer
+            with more digits than Python converts; the message quotes at most ~200 characters.
+    """
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise InvalidInputError(
-            f"--args is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}): {text!r}"
-        ) from e
+        where = f"{e.msg} at line {e.lineno} column {e.colno}"
+        raise InvalidInputError(f"{flag} is not valid JSON ({where}): {_quote(text)}") from e
+    except RecursionError as e:
+        raise InvalidInputError(f"{flag} is not valid JSON (nested too deeply)") from e
+    except ValueError as e:  # an integer of more than sys.get_int_max_str_digits() digits
+        raise InvalidInputError(f"{flag} is not valid JSON ({_excerpt(str(e))})") from e
+
+
+def _quote(text: str, limit: int = 200) -> str:
+    """``repr(text)``, cut to about ``limit`` characters."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"

@@ -154,6 +154,11 @@ class ReplayMachine:
         return self._last_processor_kind in (0, pb.ENTRY_KIND_SUSPENDED)
 
     @property
+    def suspended(self) -> bool:
+        """True when the last run stopped to wait (it started, then suspended)."""
+        return self._last_processor_kind == pb.ENTRY_KIND_SUSPENDED
+
+    @property
     def paused(self) -> bool:
         """A pause was requested and not yet followed by a resume."""
         return self._paused

@@ -36,7 +36,13 @@ def encode_partition_key(key: str) -> str:
     """Encode any string as one subject token (URL-safe base64, no padding; '_' if empty)."""
     if not isinstance(key, str):
         raise InvalidInputError(f"partition key must be a string, not {type(key).__name__}")
-    raw = key.encode("utf-8", errors="strict")
+    try:
+        raw = key.encode("utf-8", errors="strict")
+    except UnicodeEncodeError as e:
+        raise InvalidInputError(
+            f"partition key is not valid Unicode (lone surrogate {key[e.start]!r} at "
+            f"position {e.start})"
+        ) from e
     if len(raw) > MAX_PARTITION_KEY_BYTES:
         raise InvalidInputError(
             f"partition key is {len(raw)} bytes; the limit is {MAX_PARTITION_KEY_BYTES}"

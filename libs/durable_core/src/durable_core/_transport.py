@@ -66,7 +66,9 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
     nats.js.errors.NoStreamResponseError,
     asyncio.TimeoutError,
 )
+# 10071: wrong last (subject) sequence; 10164: the same, as nats-server 2.12+ also words it.
 _WRONG_LAST_SEQUENCE = 10071
+_WRONG_LAST_CODES = frozenset({10071, 10164})
 _INVALID_SCHEDULE = 10189  # message schedules pattern is invalid
 _CLUSTER_BUSY_CODES = {
     10005,
@@ -144,15 +146,36 @@ async def _retrying(
 
 
 def _ssl_context(cfg: NatsConfig) -> ssl.SSLContext | None:
+    """The TLS context for ``cfg``, or None without TLS.
+
+    Runs before connecting, so it also checks the other file settings (creds, nkey seed): a
+    missing or unusable file is a ConfigError naming the setting and the path, not an OSError
+    out of connect (or a connection attempt that never says why it fails).
+    """
+    cfg.check_files()
     if not (cfg.tls_ca or cfg.tls_cert):
         return None
-    ctx = (
-        ssl.create_default_context(cafile=cfg.tls_ca)
-        if cfg.tls_ca
-        else ssl.create_default_context()
-    )
+    try:
+        ctx = (
+            ssl.create_default_context(cafile=cfg.tls_ca)
+            if cfg.tls_ca
+            else ssl.create_default_context()
+        )
+    except OSError as e:  # ssl.SSLError too: not PEM, no certificate in it
+        raise ConfigError(f"NATS tls_ca {cfg.tls_ca!r} is not a usable CA file: {e}") from e
     if cfg.tls_cert:
-        ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+
+        def no_password() -> str:
+            # Without a callback OpenSSL would prompt on the terminal (a service would hang).
+            raise ConfigError(f"NATS tls_key {cfg.tls_key or cfg.tls_cert!r} is encrypted")
+
+        try:
+            ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key, password=no_password)
+        except OSError as e:  # ssl.SSLError too: not PEM, key does not match the certificate
+            raise ConfigError(
+                f"NATS tls_cert {cfg.tls_cert!r} / tls_key {cfg.tls_key!r}: not a usable "
+                f"certificate and key: {e}"
+            ) from e
     return ctx
 
 
@@ -741,7 +764,7 @@ class Transport:
                 ack = await self.js.publish(subject, data, headers=headers)
                 return ack.seq
             except nats.js.errors.APIError as e:
-                if e.err_code != _WRONG_LAST_SEQUENCE:
+                if e.err_code not in _WRONG_LAST_CODES:
                     raise
             # Either someone else appended, or an earlier try of ours landed: look at the last.
             last = await self.js.get_last_msg(self.names.journal_stream, subject)
@@ -784,7 +807,7 @@ class Transport:
             except nats.js.errors.KeyWrongLastSequenceError as e:
                 raise StateConflict(f"key record {partition_key!r} changed") from e
             except nats.js.errors.APIError as e:
-                if e.err_code == _WRONG_LAST_SEQUENCE:
+                if e.err_code in _WRONG_LAST_CODES:
                     raise StateConflict(f"key record {partition_key!r} changed") from e
                 raise
 
@@ -836,7 +859,7 @@ class Transport:
             except nats.js.errors.KeyWrongLastSequenceError:
                 return None
             except nats.js.errors.APIError as e:
-                if e.err_code == _WRONG_LAST_SEQUENCE:
+                if e.err_code in _WRONG_LAST_CODES:
                     return None
                 raise
             return StateRecord(state, rev)
@@ -1131,7 +1154,7 @@ def _wrong_last(e: nats.js.errors.APIError) -> bool:
     """A conditional KV write or delete found another revision."""
     return (
         isinstance(e, nats.js.errors.KeyWrongLastSequenceError)
-        or e.err_code == _WRONG_LAST_SEQUENCE
+        or e.err_code in _WRONG_LAST_CODES
     )
 
 

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from google.protobuf.message import DecodeError, Message
 from opentelemetry import propagate, trace
@@ -33,6 +33,9 @@ from durable_core.errors import (
     WorkflowFailedError,
 )
 from durable_core.plugins import workflow_signature
+
+if TYPE_CHECKING:
+    from durable_core.schedules import Schedule
 
 __all__ = ["Client", "ExecutionSummary", "Failure", "InvocationResult", "Status", "StepRecord"]
 
@@ -90,7 +93,7 @@ class StepRecord:
     failure: Failure | None
     attempts: int
     duration_ms: float
-    at: datetime
+    at: datetime | None
 
     def value(self) -> Any:
         """The step's result, decoded (protobuf messages of imported modules, JSON, bytes)."""
@@ -149,7 +152,7 @@ class InvocationResult:
                     "failure": None if s.failure is None else vars_of(s.failure),
                     "attempts": s.attempts,
                     "duration_ms": s.duration_ms,
-                    "at": s.at.isoformat(),
+                    "at": s.at.isoformat() if s.at else None,
                 }
                 for s in self.steps
             ],
@@ -168,6 +171,14 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, bytes):
         return {"$bytes": value.hex()}
     return value
+
+
+def _decoded_or_raw(payload: pb.Payload) -> Any:
+    """The decoded value, or the raw Payload when it does not decode (shown, not fatal)."""
+    try:
+        return _codec.decode(payload)
+    except InvalidInputError:
+        return payload
 
 
 def _ms_to_dt(ms: int) -> datetime | None:
@@ -722,6 +733,75 @@ class Client:
                 continue  # it moved on (started, finished): look again
         return Status.from_pb(st.status)
 
+    # -- schedules (durable_core.schedules; the scheduler service fires them) --------------
+
+    async def create_schedule(
+        self,
+        name: str,
+        workflow: WorkflowRef,
+        args: Any = None,
+        *,
+        cron: str | None = None,
+        every: timedelta | None = None,
+        timezone: str | None = None,
+        overlap: Literal["skip", "allow"] = "skip",
+        catch_up: int = 1,
+        partition_key: str | None = None,
+        paused: bool = False,
+    ) -> Schedule:
+        """Create a cron (``cron="*/5 * * * *"``, seconds field optional) or interval
+        (``every=timedelta(seconds=2)``) schedule that starts ``workflow`` on each tick.
+
+        ``overlap="skip"`` skips a tick while the previous run is unfinished; after downtime
+        at most ``catch_up`` missed ticks run. Raises InvalidInputError (bad cron, interval,
+        zone, name) or ConflictError (the name exists).
+        """
+        from durable_core import schedules
+
+        return await schedules.create_schedule(
+            self._t,
+            name,
+            workflow,
+            args,
+            cron=cron,
+            every=every,
+            timezone=timezone,
+            overlap=overlap,
+            catch_up=catch_up,
+            partition_key=partition_key,
+            paused=paused,
+        )
+
+    async def list_schedules(self) -> list[Schedule]:
+        """Every schedule."""
+        from durable_core import schedules
+
+        return await schedules.list_schedules(self._t)
+
+    async def get_schedule(self, name: str) -> Schedule:
+        """One schedule (NotFoundError if there is none)."""
+        from durable_core import schedules
+
+        return await schedules.get_schedule(self._t, name)
+
+    async def pause_schedule(self, name: str) -> Schedule:
+        """Stop firing (the definition stays)."""
+        from durable_core import schedules
+
+        return await schedules.pause_schedule(self._t, name)
+
+    async def resume_schedule(self, name: str) -> Schedule:
+        """Fire again from the next tick."""
+        from durable_core import schedules
+
+        return await schedules.resume_schedule(self._t, name)
+
+    async def delete_schedule(self, name: str) -> None:
+        """Remove the schedule."""
+        from durable_core import schedules
+
+        await schedules.delete_schedule(self._t, name)
+
     # -- awakeables and signals ------------------------------------------------------------
 
     async def resolve_awakeable(self, awakeable_id: str, payload: Any = None) -> None:
@@ -893,7 +973,7 @@ class Client:
                 failure=_failure(r.entry.failure) if r.entry.HasField("failure") else None,
                 attempts=r.entry.attempts,
                 duration_ms=r.entry.duration_us / 1000,
-                at=datetime.fromtimestamp(r.entry.timestamp_ms / 1000, tz=UTC),
+                at=_ms_to_dt(r.entry.timestamp_ms),
             )
             for r in records
             if r.entry.kind in _KINDS
@@ -902,7 +982,7 @@ class Client:
             invocation_id=state.invocation_id,
             workflow=state.workflow,
             status=Status.from_pb(state.status),
-            output=_codec.decode(state.output) if state.HasField("output") else None,
+            output=_decoded_or_raw(state.output) if state.HasField("output") else None,
             failure=_failure(state.failure) if state.HasField("failure") else None,
             steps=tuple(sorted(steps, key=lambda s: s.step)),
             partition_key=state.partition_key,

@@ -6,6 +6,7 @@ and build these objects.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,7 +16,8 @@ from durable_core.errors import ConfigError
 
 __all__ = ["EngineConfig", "NatsConfig", "WorkerConfig"]
 
-_PREFIX = re.compile(r"[a-z][a-z0-9_]{0,31}")
+_PREFIX = re.compile(r"[a-z][a-z0-9_]{0,31}")  # always fullmatch: `$` lets a "\n" through
+_FILE_SETTINGS = ("creds_file", "nkey_seed_file", "tls_ca", "tls_cert", "tls_key")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +54,24 @@ class NatsConfig:
         if not servers:
             raise ConfigError("NATS URL is empty")
         return cls(servers=servers, **kwargs)  # type: ignore[arg-type]
+
+    def check_files(self) -> None:
+        """Refuse a credentials or TLS file that is not there, before connecting.
+
+        Not done at construction: settings are built (and tested) where the files are not.
+
+        Raises:
+            ConfigError: a file setting names no readable file (the message names the setting
+                and the path).
+        """
+        for setting in _FILE_SETTINGS:
+            path = getattr(self, setting)
+            if not path:
+                continue
+            if not os.path.isfile(path):
+                raise ConfigError(f"NATS {setting} {path!r} does not exist or is not a file")
+            if not os.access(path, os.R_OK):
+                raise ConfigError(f"NATS {setting} {path!r} is not readable")
 
 
 @dataclass(frozen=True, slots=True)

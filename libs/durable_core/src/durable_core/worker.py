@@ -196,7 +196,7 @@ class Worker:
             with contextlib.suppress(Exception):
                 await delivery.nak()
             raise
-        except NatsUnavailableError as e:
+        except (NatsUnavailableError, _EngineFailure) as e:
             log.warning("invocation %s: NATS unavailable (%s); releasing it", cmd.invocation_id, e)
             with contextlib.suppress(Exception):
                 await delivery.nak(delay=2.0)
@@ -275,6 +275,10 @@ class _Execution:
                 msg_id = f"{self.id}:{entry.index}:{self.token}"
                 try:
                     seq = await self.t.append(self.id, entry, self.last_seq, msg_id)
+                except NatsUnavailableError as e:
+                    # The engine's own write failed: not the workflow's failure. Stop the run
+                    # (no `except Exception` in the workflow can catch this) and release it.
+                    raise _EngineFailure(e) from e
                 except JournalConflict:
                     await self._catch_up(claim=claim)
                     if entry.kind == pb.ENTRY_KIND_SUSPENDED:
@@ -437,7 +441,10 @@ class _Execution:
         try:
             if wake and not redelivered:
                 await self.load_journal(min_seq=self.cmd.min_journal_seq)
-                if self.machine.final is None and not self.machine.idle:
+                # A second turn for a key we already hold only continues a suspended run: an
+                # empty journal there means the first turn is starting it right now.
+                idle = self.machine.suspended if held_before else self.machine.idle
+                if self.machine.final is None and not idle:
                     log.info("invocation %s is in progress elsewhere; wake-up not needed", self.id)
                     await self.delivery.ack()
                     return
@@ -717,7 +724,7 @@ class _Execution:
             if self._cancelling:
                 raise _Rerun from None  # interrupted off a step boundary: deliver it on replay
             raise
-        except (_LostClaim, _Finished, _Rerun, SuspendExecution):
+        except (_LostClaim, _Finished, _Rerun, SuspendExecution, _EngineFailure):
             raise
         except Exception as e:  # noqa: BLE001 - the workflow failed; journal why
             await self._finish(pb.STATUS_FAILED, failure=self._failure(e, ctx))
@@ -881,6 +888,10 @@ class _LostClaim(Exception):  # noqa: N818 - internal control flow
             r.entry.kind == pb.ENTRY_KIND_CLAIM and r.entry.command_seq == stream_seq
             for r in self.records
         )
+
+
+class _EngineFailure(BaseException):  # noqa: N818 - internal control flow
+    """A journal write of the engine failed for a reason that is not the workflow's."""
 
 
 class _Finished(Exception):  # noqa: N818 - internal control flow

@@ -136,8 +136,11 @@ async def json_body(request: Request, *, required: bool = True) -> dict[str, Any
         return {}
     try:
         value = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ApiError(400, "invalid_input", f"the request body is not valid JSON: {e}") from e
+    except RecursionError as e:
+        raise ApiError(400, "invalid_input", "the request body is nested too deeply") from e
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, integers of too many digits
+        detail = str(e) if len(str(e)) <= 200 else str(e)[:200] + "..."
+        raise ApiError(400, "invalid_input", f"the request body is not valid JSON: {detail}") from e
     if not isinstance(value, dict):
         raise ApiError(
             400,

@@ -41,6 +41,8 @@ SortKey = Literal["created_at", "updated_at"]
 SORT_KEYS: tuple[SortKey, ...] = ("created_at", "updated_at")
 MAX_HISTORY = 100  # status transitions kept per execution
 MAX_LIMIT = 500
+# A cursor is base64 of [sort, ms, id] (an id is at most 128 characters): far below this.
+MAX_CURSOR = 1024
 
 
 def _ms(value: datetime | None) -> int:
@@ -121,12 +123,19 @@ def decode_cursor(cursor: str, sort: SortKey) -> tuple[int, str]:
         InvalidInputError: the cursor is malformed or belongs to another sort order.
     """
     try:
+        if len(cursor) > MAX_CURSOR:
+            raise ValueError("cursor too long")
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         cur_sort, ms, ident = json.loads(raw)
         if not isinstance(ms, int) or not isinstance(ident, str):
             raise ValueError("bad cursor fields")
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError) as e:
-        raise InvalidInputError(f"cursor {cursor!r} is malformed; pass next_cursor as given") from e
+    # RecursionError: deep nesting ('[[[[...'); ValueError covers UnicodeDecodeError and
+    # integers of too many digits.
+    except (ValueError, TypeError, binascii.Error, RecursionError) as e:
+        raise InvalidInputError(
+            f"cursor {cursor[:100]!r}{'...' if len(cursor) > 100 else ''} is malformed; "
+            "pass next_cursor as given"
+        ) from e
     if cur_sort != sort:
         raise InvalidInputError(
             f"cursor was made for sort={cur_sort}, not sort={sort}; start again without cursor"

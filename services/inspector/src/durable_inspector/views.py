@@ -109,8 +109,10 @@ def summary_json(entry: Entry, jaeger: str) -> bytes:
 def _payload(payload: Any) -> Any:
     try:
         return to_json_compatible(payload)
-    except DurableError as e:  # a stored payload that no longer parses: show why, not a 500
-        return {"$error": str(e)}
+    # A stored payload that does not parse (InvalidInputError from the codec; the others only
+    # from a codec older than this inspector): show why, not a 500.
+    except (DurableError, ValueError, OverflowError, RecursionError) as e:
+        return {"$error": str(e)[:500]}
 
 
 def step_view(step: StepRecord) -> dict[str, Any]:
@@ -120,7 +122,10 @@ def step_view(step: StepRecord) -> dict[str, Any]:
     of the invocation replayed it. ``replayed`` is filled in when the client's StepRecord says so
     (it does not yet: the journal's claim entries are not exposed), else it is None (unknown).
     """
-    started = step.at - timedelta(milliseconds=step.duration_ms)
+    try:
+        started: datetime | None = step.at - timedelta(milliseconds=step.duration_ms)
+    except (OverflowError, TypeError):  # an absurd stored duration or time: unknown
+        started = None
     return {
         "step": step.step,
         "kind": step.kind,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -16,8 +17,10 @@ from datetime import timedelta
 from typing import Any
 
 from durable_core import _codec
+from durable_core.cli import _schedule
 from durable_core.client import Client, InvocationResult, Status, vars_of
 from durable_core.config import EngineConfig, NatsConfig
+from durable_core.context import MAX_SLEEP
 from durable_core.errors import (
     ConfigError,
     ConflictError,
@@ -63,7 +66,10 @@ def nats_config(args: argparse.Namespace) -> NatsConfig:
 def engine_config(args: argparse.Namespace) -> EngineConfig:
     """Engine names and replicas from flags or the DURABLE_ environment."""
     prefix = args.prefix or os.environ.get("DURABLE_PREFIX") or "durable"
-    replicas = args.replicas or os.environ.get("DURABLE_REPLICAS") or 1
+    # `is not None`: --replicas 0 must reach EngineConfig (and be refused), not mean "unset".
+    replicas = (
+        args.replicas if args.replicas is not None else os.environ.get("DURABLE_REPLICAS") or 1
+    )
     try:
         return EngineConfig(prefix=prefix, replicas=int(replicas))
     except ValueError as e:
@@ -152,7 +158,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     pl = sub.add_parser("plugins", help="list installed workflow plugins")
     pl.add_argument("--json", action="store_true")
+    _schedule.add_parser(sub)
     return p
+
+
+def _shown(payload: Any) -> str:
+    try:
+        return json.dumps(_codec.to_json_compatible(payload), ensure_ascii=False)
+    except InvalidInputError as e:
+        return f"<undecodable: {e}>"
 
 
 def print_result(result: InvocationResult, as_json: bool) -> None:
@@ -167,11 +181,7 @@ def print_result(result: InvocationResult, as_json: bool) -> None:
         where = f" at step {f.step}" if f.step else ""
         print(f"  failure   {f.type}{where}: {f.message}")
     for s in result.steps:
-        outcome = (
-            f"failed: {s.failure.message}"
-            if s.failure
-            else json.dumps(_codec.to_json_compatible(s.output), ensure_ascii=False)
-        )
+        outcome = f"failed: {s.failure.message}" if s.failure else _shown(s.output)
         print(
             f"  step {s.step:<3} {s.kind:<4} {s.name}  ({s.duration_ms:.1f} ms, "
             f"{s.attempts} attempt{'s' if s.attempts != 1 else ''}) -> {outcome}"
@@ -181,11 +191,28 @@ def print_result(result: InvocationResult, as_json: bool) -> None:
         print(f"  output    {json.dumps(out, ensure_ascii=False)}")
 
 
+def seconds(flag: str, value: float, *, allow_zero: bool, at_most: float) -> timedelta:
+    """A --timeout/--delay value as a timedelta; InvalidInputError unless it is a finite number
+    of seconds from 0 (excluded unless ``allow_zero``) to ``at_most``."""
+    in_range = 0 <= value <= at_most if allow_zero else 0 < value <= at_most
+    if not (math.isfinite(value) and in_range):  # nan compares False: refused too
+        span = f"from 0 to {at_most:.0f}" if allow_zero else f"above 0 and at most {at_most:.0f}"
+        raise InvalidInputError(f"{flag} must be a number of seconds {span}, not {value}")
+    return timedelta(seconds=value)
+
+
 async def cmd_invoke(args: argparse.Namespace) -> int:
     payload: Any = _codec.parse_json_args(args.args) if args.args is not None else None
+    # Checked before connecting: nan, inf or 1e300 would otherwise fail in timedelta().
+    limit = MAX_SLEEP.total_seconds()
+    timeout = seconds("--timeout", args.timeout, allow_zero=False, at_most=limit)
+    delay = (
+        seconds("--delay", args.delay, allow_zero=True, at_most=limit)
+        if args.delay is not None
+        else None
+    )
     async with await connect(args) as client:
-        if args.no_wait or args.delay is not None:
-            delay = timedelta(seconds=args.delay) if args.delay is not None else None
+        if args.no_wait or delay is not None:
             invocation_id = await client.invoke_async(
                 args.workflow,
                 payload,
@@ -201,7 +228,7 @@ async def cmd_invoke(args: argparse.Namespace) -> int:
                 payload,
                 id=args.id,
                 partition_key=args.partition_key,
-                timeout=timedelta(seconds=args.timeout),
+                timeout=timeout,
             )
         except WorkflowFailedError as e:
             if args.json:
@@ -213,9 +240,11 @@ async def cmd_invoke(args: argparse.Namespace) -> int:
 
 
 async def cmd_awakeable(args: argparse.Namespace) -> int:
+    payload: Any = None
+    if args.action == "resolve" and args.payload is not None:
+        payload = _codec.parse_json_args(args.payload, flag="--payload")
     async with await connect(args) as client:
         if args.action == "resolve":
-            payload = _codec.parse_json_args(args.payload) if args.payload is not None else None
             await client.resolve_awakeable(args.awakeable_id, payload)
             print(f"resolved {args.awakeable_id}")
         else:
@@ -225,7 +254,9 @@ async def cmd_awakeable(args: argparse.Namespace) -> int:
 
 
 async def cmd_signal(args: argparse.Namespace) -> int:
-    payload = _codec.parse_json_args(args.payload) if args.payload is not None else None
+    payload = (
+        _codec.parse_json_args(args.payload, flag="--payload") if args.payload is not None else None
+    )
     async with await connect(args) as client:
         await client.signal(args.invocation_id, args.name, payload)
     print(f"signal {args.name} sent to {args.invocation_id}")
@@ -243,6 +274,10 @@ async def cmd_lifecycle(args: argparse.Namespace) -> int:
     else:
         print(f"{args.invocation_id}: {Status(result).value}")
     return 0
+
+
+async def cmd_schedule(args: argparse.Namespace) -> int:
+    return await _schedule.run(args, connect)
 
 
 async def cmd_list(args: argparse.Namespace) -> int:
@@ -326,6 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "rerun": cmd_lifecycle,
             "fork": cmd_lifecycle,
             "list": cmd_list,
+            "schedule": cmd_schedule,
         }[args.command]
         return asyncio.run(handler(args))
     except (InvalidInputError, ConfigError) as e:

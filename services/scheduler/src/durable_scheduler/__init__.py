@@ -1,0 +1,1 @@
+"""The durable scheduler service: starts invocations when schedules fire."""

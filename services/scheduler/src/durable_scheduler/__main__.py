@@ -1,0 +1,3 @@
+from durable_scheduler.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,106 @@
+"""Entry point: ``durable-scheduler`` / ``python -m durable_scheduler``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from durable_core import DurableError
+from durable_core._transport import Transport
+from durable_scheduler.metrics import SchedulerMetrics
+from durable_scheduler.metrics_server import MetricsServer
+from durable_scheduler.runner import Scheduler
+from durable_scheduler.settings import SchedulerSettings, load_settings
+from durable_scheduler.telemetry import configure_logging, configure_tracing
+
+log = logging.getLogger("durable_scheduler")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="durable-scheduler",
+        description="Start workflow invocations when their schedules fire (any number of "
+        "replicas: each tick goes to one).",
+    )
+    p.add_argument("--nats-url", help="NATS URL(s), comma-separated (env NATS_URL)")
+    p.add_argument("--replicas", type=int, help="JetStream replicas (1, 3 or 5)")
+    p.add_argument("--ack-wait", type=float, help="seconds before a held tick moves on (10)")
+    p.add_argument("--max-concurrent", type=int, help="ticks handled at once (default 16)")
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+    return p.parse_args(argv)
+
+
+async def start_metrics_server(
+    settings: SchedulerSettings, metrics: SchedulerMetrics, transport: Transport
+) -> MetricsServer | None:
+    """Serve /metrics and /healthz (200 while connected to NATS), unless the port is 0.
+
+    A port that cannot be bound (another scheduler on this host has it) is logged, not fatal.
+    """
+    if not settings.metrics_port:
+        return None
+    server = MetricsServer(
+        metrics.registry,
+        lambda: transport.nc.is_connected,
+        host=settings.metrics_host,
+        port=settings.metrics_port,
+    )
+    try:
+        await server.start()
+    except OSError as e:
+        log.warning(
+            "metrics endpoint off: cannot listen on %s:%d (%s); set DURABLE_METRICS_PORT",
+            settings.metrics_host,
+            settings.metrics_port,
+            e.strerror or e,
+        )
+        return None
+    log.info("metrics on http://%s:%d/metrics", settings.metrics_host, server.port)
+    return server
+
+
+async def serve(settings: SchedulerSettings) -> int:
+    transport = await Transport.connect(settings.nats, settings.engine)
+    metrics = SchedulerMetrics()
+    scheduler = Scheduler(transport, settings, metrics)
+    server = await start_metrics_server(settings, metrics, transport)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, scheduler.stop)
+    try:
+        await scheduler.run()
+    finally:
+        if server is not None:
+            await server.stop()
+        await transport.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    overrides = {
+        "nats_url": args.nats_url,
+        "replicas": args.replicas,
+        "ack_wait": args.ack_wait,
+        "max_concurrent": args.max_concurrent,
+        "log_level": args.log_level,
+    }
+    try:
+        settings = load_settings(overrides)
+    except DurableError as e:
+        print(f"durable-scheduler: configuration error: {e}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    provider = configure_tracing()
+    try:
+        return asyncio.run(serve(settings))
+    except DurableError as e:
+        log.error("%s", e)
+        return 1
+    finally:
+        if provider is not None:
+            provider.shutdown()

@@ -1,0 +1,66 @@
+"""Prometheus metrics of the scheduler.
+
+| metric | type | labels | counts |
+|---|---|---|---|
+| ``durable_scheduler_ticks_total`` | counter | schedule | ticks received |
+| ``durable_scheduler_invocations_started_total`` | counter | schedule | invocations started |
+| ``durable_scheduler_overlap_skipped_total`` | counter | schedule | ticks skipped: run not over |
+| ``durable_scheduler_catch_up_skipped_total`` | counter | schedule | late ticks past ``catch_up`` |
+| ``durable_scheduler_ticks_dropped_total`` | counter | schedule, reason | paused or deleted |
+
+Counts are per replica; sum them over replicas.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+)
+
+__all__ = ["SchedulerMetrics"]
+
+
+class SchedulerMetrics:
+    """The scheduler's metrics in their own registry (plus process and runtime metrics)."""
+
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, runtime_collectors: bool = True
+    ) -> None:
+        registry = self.registry = registry or CollectorRegistry()
+        if runtime_collectors:
+            for collector in (PROCESS_COLLECTOR, GC_COLLECTOR, PLATFORM_COLLECTOR):
+                registry.register(collector)
+        self.ticks = Counter(
+            "durable_scheduler_ticks",
+            "Schedule ticks received.",
+            ["schedule"],
+            registry=registry,
+        )
+        self.started = Counter(
+            "durable_scheduler_invocations_started",
+            "Invocations started by schedules.",
+            ["schedule"],
+            registry=registry,
+        )
+        self.overlap_skipped = Counter(
+            "durable_scheduler_overlap_skipped",
+            "Ticks skipped because the schedule's previous run had not finished (overlap=skip).",
+            ["schedule"],
+            registry=registry,
+        )
+        self.catch_up_skipped = Counter(
+            "durable_scheduler_catch_up_skipped",
+            "Late ticks dropped because the schedule's catch-up runs were used up.",
+            ["schedule"],
+            registry=registry,
+        )
+        self.dropped = Counter(
+            "durable_scheduler_ticks_dropped",
+            "Ticks dropped because their schedule is paused or deleted.",
+            ["schedule", "reason"],
+            registry=registry,
+        )

@@ -1,0 +1,219 @@
+"""The scheduler loop: pull ticks from the shared consumer, decide, start invocations, ack.
+
+Every replica pulls from the same durable work-queue consumer, so each tick goes to one
+replica; a replica that dies holding ticks loses them to another after ``ack_wait``. The
+decisions are in :mod:`durable_scheduler.firing`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+from durable_core import Client, ConflictError, InvalidInputError
+from durable_core._transport import TickDelivery, Transport
+from durable_core.client import Status
+from durable_core.schedules import Schedule, find_schedule, save_schedule
+from durable_scheduler.firing import (
+    Tick,
+    Verdict,
+    claim,
+    first_look,
+    parse_tick,
+    still_running,
+)
+from durable_scheduler.metrics import SchedulerMetrics
+from durable_scheduler.settings import SchedulerSettings
+
+__all__ = ["Scheduler", "TickMessage"]
+
+log = logging.getLogger("durable_scheduler")
+
+_ROUNDS = 20  # read-decide-claim rounds before a busy record sends the tick back
+_RETRY_DELAY = 1.0  # seconds before a tick that failed is delivered again
+
+
+class TickMessage(Protocol):
+    """What the scheduler needs of a tick delivery (``TickDelivery`` is one)."""
+
+    subject: str
+    headers: dict[str, str]
+    stored_at: datetime
+    num_delivered: int
+
+    async def ack(self) -> None: ...
+
+    async def nak(self, delay: float | None = None) -> None: ...
+
+
+class Scheduler:
+    """Handles the ticks of every schedule of one engine prefix.
+
+    Args:
+        clock: the current time (aware); tests pass their own.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        settings: SchedulerSettings,
+        metrics: SchedulerMetrics | None = None,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.t = transport
+        self.settings = settings
+        self.metrics = metrics or SchedulerMetrics(runtime_collectors=False)
+        self.clock = clock
+        self.client = Client(transport)
+        # A claim whose invocation has no state after this long was lost (see still_running).
+        self.stale_after = max(timedelta(minutes=1), settings.ack_wait * 3)
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        """Stop fetching ticks; ``run`` returns once the ticks in hand are handled."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Consume ticks until :meth:`stop`."""
+        s = self.settings
+        consumer = await self.t.tick_consumer(
+            consumer=s.consumer,
+            ack_wait=s.ack_wait.total_seconds(),
+            max_ack_pending=max(1000, s.max_concurrent * 4),
+        )
+        log.info(
+            "consuming ticks of %s (consumer %s, prefix %s)",
+            self.t.names.tick_subjects,
+            s.consumer,
+            self.t.names.prefix,
+        )
+        try:
+            while not self._stopping.is_set():
+                deliveries = await consumer.fetch(s.max_concurrent, timeout=1.0)
+                if deliveries:
+                    await self._finish(asyncio.create_task(self._handle_batch(deliveries)))
+        finally:
+            await consumer.close()
+        log.info("scheduler stopped")
+
+    async def _finish(self, work: asyncio.Task[None]) -> None:
+        stopping = asyncio.create_task(self._stopping.wait())
+        try:
+            await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if not work.done():  # stopping while ticks are in hand: give them the grace period
+            await asyncio.wait({work}, timeout=self.settings.shutdown_grace.total_seconds())
+        if not work.done():
+            log.warning("shutting down: ticks still in hand go to another replica after ack_wait")
+            work.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await work
+
+    async def _handle_batch(self, deliveries: list[TickDelivery]) -> None:
+        # Ticks of one schedule in order, different schedules at once.
+        by_schedule: dict[str, list[TickDelivery]] = {}
+        for d in deliveries:
+            by_schedule.setdefault(d.subject, []).append(d)
+
+        async def in_order(ticks: list[TickDelivery]) -> None:
+            for d in ticks:
+                await self.handle(d)
+
+        await asyncio.gather(*(in_order(ticks) for ticks in by_schedule.values()))
+
+    async def handle(self, d: TickMessage) -> None:
+        """Handle one tick; never raises (a failure sends the tick back for another try)."""
+        try:
+            tick = parse_tick(d.subject, d.headers, d.stored_at, d.num_delivered)
+        except ValueError as e:
+            log.warning("dropping a malformed tick: %s", e)
+            await d.ack()
+            return
+        self.metrics.ticks.labels(tick.schedule).inc()
+        try:
+            await self._decide_and_start(tick.schedule, d, tick)
+        except InvalidInputError as e:
+            # Cannot succeed on another try either (e.g. the id belongs to another workflow).
+            log.error("schedule %s: cannot start its invocation: %s", tick.schedule, e)
+            await d.ack()
+        except Exception as e:  # noqa: BLE001 - any failure: let the tick come back
+            log.warning(
+                "schedule %s: tick failed (%s: %s); retrying", tick.schedule, type(e).__name__, e
+            )
+            with contextlib.suppress(Exception):
+                await d.nak(delay=_RETRY_DELAY)
+
+    async def _decide_and_start(self, name: str, d: TickMessage, tick: Tick) -> None:
+        m = self.metrics
+        for _ in range(_ROUNDS):
+            schedule = await find_schedule(self.t, name)
+            now = self.clock()
+            verdict, invocation_id, late = first_look(schedule, tick, now)
+            if verdict in (Verdict.DELETED, Verdict.PAUSED):
+                log.debug("schedule %s is %s: tick dropped", name, verdict.value)
+                m.dropped.labels(name, verdict.value).inc()
+                await d.ack()
+                return
+            assert schedule is not None
+            if verdict is Verdict.CATCH_UP_SKIP:
+                log.info(
+                    "schedule %s: late tick %s dropped (catch_up=%d used up)",
+                    name,
+                    invocation_id,
+                    schedule.catch_up,
+                )
+                m.catch_up_skipped.labels(name).inc()
+                await d.ack()
+                return
+            if verdict is Verdict.RESTART:
+                await self._start(schedule, invocation_id)
+                await d.ack()
+                return
+            if await self._overlaps(schedule, now):
+                log.info(
+                    "schedule %s: %s still running, tick %s skipped",
+                    name,
+                    schedule.last_invocation_id,
+                    invocation_id,
+                )
+                m.overlap_skipped.labels(name).inc()
+                await d.ack()
+                return
+            try:
+                schedule = await save_schedule(self.t, claim(schedule, invocation_id, now, late))
+            except ConflictError:
+                continue  # another replica or a pause changed the record: decide again
+            await self._start(schedule, invocation_id)
+            m.started.labels(name).inc()
+            log.info(
+                "schedule %s: started %s (%s)%s",
+                name,
+                invocation_id,
+                schedule.workflow,
+                " (catching up)" if late else "",
+            )
+            await d.ack()
+            return
+        raise ConflictError(f"schedule {name} kept changing")
+
+    async def _overlaps(self, schedule: Schedule, now: datetime) -> bool:
+        if schedule.overlap != "skip" or not schedule.last_invocation_id:
+            return False
+        rec = await self.t.get_state(schedule.last_invocation_id)
+        status = None if rec is None else Status.from_pb(rec.state.status)
+        return still_running(status, schedule, now, self.stale_after)
+
+    async def _start(self, schedule: Schedule, invocation_id: str) -> None:
+        # Idempotent by id: a tick handled twice starts the invocation once.
+        await self.client.invoke_async(
+            schedule.workflow,
+            schedule.args,
+            id=invocation_id,
+            partition_key=schedule.partition_key,
+        )

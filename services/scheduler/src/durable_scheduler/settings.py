@@ -1,0 +1,124 @@
+"""Scheduler settings: dynaconf (settings file + DURABLE_ environment), validated once."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from dynaconf import Dynaconf
+
+from durable_core import ConfigError, EngineConfig, NatsConfig
+
+DEFAULTS = Path(__file__).with_name("settings.toml")
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerSettings:
+    """Everything the scheduler needs, typed and validated.
+
+    Attributes:
+        consumer: the durable tick consumer, shared by every replica.
+        ack_wait: how long a tick may stay unacknowledged before it goes to another replica
+            (a replica that died holding it).
+        max_concurrent: ticks handled at once by this replica.
+        shutdown_grace: how long SIGTERM waits for the ticks being handled.
+    """
+
+    nats: NatsConfig
+    engine: EngineConfig
+    consumer: str = "scheduler"
+    ack_wait: timedelta = timedelta(seconds=10)
+    max_concurrent: int = 16
+    shutdown_grace: timedelta = timedelta(seconds=10)
+    log_level: str = "INFO"
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9465  # 0: no metrics endpoint
+
+
+def load_settings(overrides: Mapping[str, Any] | None = None) -> SchedulerSettings:
+    """Read defaults, the optional DURABLE_SETTINGS_FILE, DURABLE_* variables, then overrides.
+
+    Raises:
+        ConfigError: a value is missing or invalid (the message names the setting).
+    """
+    env = os.environ
+    files = [str(DEFAULTS)]
+    if env.get("DURABLE_SETTINGS_FILE"):
+        files.append(env["DURABLE_SETTINGS_FILE"])
+    raw = Dynaconf(
+        envvar_prefix="DURABLE",
+        settings_files=files,
+        environments=False,
+        merge_enabled=True,
+        load_dotenv=False,
+    )
+    s: dict[str, Any] = {k.lower(): v for k, v in raw.as_dict().items()}
+    # The plain variable name the other services honour too.
+    if "NATS_URL" in env and "DURABLE_NATS_URL" not in env:
+        s["nats_url"] = env["NATS_URL"]
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            s[key] = value
+    return build(s)
+
+
+def build(s: Mapping[str, Any]) -> SchedulerSettings:
+    """Validate a flat settings mapping into typed configuration."""
+
+    def num(key: str, kind: type = int) -> Any:
+        try:
+            return kind(s[key])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ConfigError(f"setting {key!r} must be a number, got {s.get(key)!r}") from e
+
+    def text(key: str) -> str | None:
+        value = s.get(key)
+        return str(value) if value not in (None, "") else None
+
+    nats = NatsConfig.from_url(
+        str(s.get("nats_url") or ""),
+        user=text("nats_user"),
+        password=text("nats_password"),
+        token=text("nats_token"),
+        creds_file=text("nats_creds_file"),
+        nkey_seed_file=text("nats_nkey_seed_file"),
+        tls_ca=text("nats_tls_ca"),
+        tls_cert=text("nats_tls_cert"),
+        tls_key=text("nats_tls_key"),
+        name="durable-scheduler",
+    )
+    engine = EngineConfig(
+        prefix=str(s.get("prefix", "durable")),
+        replicas=num("replicas"),
+        max_payload=num("max_payload"),
+    )
+    ack_wait = num("ack_wait", float)
+    if ack_wait < 1:
+        raise ConfigError(f"setting 'ack_wait' must be at least 1 second, got {ack_wait}")
+    max_concurrent = num("max_concurrent")
+    if not 1 <= max_concurrent <= 10_000:
+        raise ConfigError(f"setting 'max_concurrent' must be 1..10000, got {max_concurrent}")
+    grace = num("shutdown_grace", float)
+    if grace < 0:
+        raise ConfigError(f"setting 'shutdown_grace' must be 0 or more seconds, got {grace}")
+    level = str(s.get("log_level") or "INFO").upper()
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ConfigError(f"log_level must be DEBUG, INFO, WARNING or ERROR, not {level!r}")
+    metrics_port = num("metrics_port")
+    if not 0 <= metrics_port <= 65535:
+        raise ConfigError(f"setting 'metrics_port' must be 0 (off) to 65535, got {metrics_port}")
+    return SchedulerSettings(
+        nats=nats,
+        engine=engine,
+        consumer=str(s.get("consumer") or "scheduler"),
+        ack_wait=timedelta(seconds=ack_wait),
+        max_concurrent=max_concurrent,
+        shutdown_grace=timedelta(seconds=grace),
+        log_level=level,
+        metrics_host=str(s.get("metrics_host") or "127.0.0.1"),
+        metrics_port=metrics_port,
+    )

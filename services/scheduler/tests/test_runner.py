@@ -1,0 +1,324 @@
+"""The scheduler against a real NATS server: ticks in, invocations (their states) out.
+
+No processor runs here, so a started invocation stays pending until a test finishes it by
+writing its state. The server refuses tick headers from clients (``Nats-Schedule-Next``), so
+most tests hand the scheduler ticks shaped as the server shapes them, one by one, with a clock
+they control; records, states and submissions are real. One test runs the real loop on a
+schedule the server fires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import pytest_asyncio
+
+from durable_core import EngineConfig
+from durable_core._pb.durable.v1 import durable_pb2 as pb
+from durable_core._transport import Transport
+from durable_core.config import NatsConfig
+from durable_core.schedules import create_schedule, get_schedule, pause_schedule, save_schedule
+from durable_core.testing import NatsServer, free_port
+from durable_scheduler.main import start_metrics_server
+from durable_scheduler.metrics import SchedulerMetrics
+from durable_scheduler.runner import Scheduler
+from durable_scheduler.settings import SchedulerSettings
+
+EVERY = timedelta(seconds=2)
+# Ticks in the tests stand for times an hour ago: the clock, not the wall, decides lateness.
+BASE = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+
+
+def fire(k: int) -> datetime:
+    """The fire time of the k-th tick of an every-2s schedule."""
+    return BASE + k * EVERY
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = BASE
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[NatsServer]:
+    with NatsServer() as s:
+        yield s
+
+
+@pytest.fixture
+def settings(server: NatsServer) -> SchedulerSettings:
+    engine = EngineConfig(prefix="sc" + uuid.uuid4().hex[:8])
+    return SchedulerSettings(nats=NatsConfig.from_url(server.url), engine=engine, metrics_port=0)
+
+
+@pytest_asyncio.fixture
+async def transport(settings: SchedulerSettings) -> AsyncIterator[Transport]:
+    t = await Transport.connect(settings.nats, settings.engine)
+    try:
+        yield t
+    finally:
+        await t.close()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def scheduler(transport: Transport, settings: SchedulerSettings, clock: Clock) -> Scheduler:
+    return Scheduler(transport, settings, clock=clock)
+
+
+@dataclass
+class FakeTick:
+    """A tick delivery as the server makes it: ``Nats-Schedule-Next`` names the next fire."""
+
+    subject: str
+    headers: dict[str, str]
+    stored_at: datetime
+    num_delivered: int = 1
+    acked: bool = False
+    naked: bool = False
+
+    async def ack(self) -> None:
+        self.acked = True
+
+    async def nak(self, delay: float | None = None) -> None:
+        self.naked = True
+
+
+def tick(t: Transport, name: str, k: int, num_delivered: int = 1) -> FakeTick:
+    """The k-th tick of schedule ``name``, stored a moment after it fired."""
+    return FakeTick(
+        t.names.tick_subject(name),
+        {
+            "Nats-Scheduler": t.names.cron_subject(name),
+            "Nats-Schedule-Next": fire(k + 1).isoformat().replace("+00:00", "Z"),
+        },
+        fire(k) + timedelta(milliseconds=3),
+        num_delivered,
+    )
+
+
+async def manual_schedule(t: Transport, name: str, **options: object) -> None:
+    """A schedule whose ticks only the test makes (its server-side schedule removed)."""
+    await create_schedule(t, name, "hello_workflow", {"name": name}, every=EVERY, **options)  # type: ignore[arg-type]
+    await t.disarm_schedule(name)
+
+
+async def handle(s: Scheduler, clock: Clock, d: FakeTick, at: datetime) -> FakeTick:
+    clock.now = at
+    await s.handle(d)
+    assert d.acked and not d.naked
+    return d
+
+
+async def started(t: Transport, name: str) -> list[str]:
+    return sorted(
+        st.invocation_id for st in await t.list_states() if st.invocation_id.startswith(f"{name}-")
+    )
+
+
+def iid(name: str, k: int) -> str:
+    return f"{name}-{fire(k).strftime('%Y%m%dT%H%M%S')}"
+
+
+async def finish(t: Transport, invocation_id: str) -> None:
+    rec = await t.get_state(invocation_id)
+    assert rec is not None
+    st = pb.ExecutionState()
+    st.CopyFrom(rec.state)
+    st.status = pb.STATUS_COMPLETED
+    await t.update_state(st, rec.revision)
+
+
+def count(metric: object, *labels: str) -> float:
+    return metric.labels(*labels)._value.get()  # type: ignore[attr-defined, no-any-return]
+
+
+async def test_a_tick_starts_one_invocation_however_often_it_is_handled(
+    transport: Transport, scheduler: Scheduler, clock: Clock
+) -> None:
+    t = transport
+    await manual_schedule(t, "greet")
+    await handle(scheduler, clock, tick(t, "greet", 0), fire(0) + timedelta(seconds=0.3))
+    # The same message again, as after a lost ack: much later, and redelivered.
+    again = tick(t, "greet", 0, num_delivered=2)
+    await handle(scheduler, clock, again, fire(0) + timedelta(minutes=5))
+    assert await started(t, "greet") == [iid("greet", 0)]
+    rec = await t.get_state(iid("greet", 0))
+    assert rec is not None and rec.state.workflow == "hello_workflow"
+    assert rec.state.status == pb.STATUS_PENDING
+    s = await get_schedule(t, "greet")
+    assert s.last_invocation_id == iid("greet", 0) and s.catch_up_runs == 0
+    assert count(scheduler.metrics.started, "greet") == 1
+    assert count(scheduler.metrics.ticks, "greet") == 2
+
+
+async def test_a_claimed_tick_is_started_by_whoever_gets_it_next(
+    transport: Transport, scheduler: Scheduler, clock: Clock
+) -> None:
+    """A replica that claimed a tick and died before starting it: the redelivery starts it."""
+    t = transport
+    await manual_schedule(t, "crash")
+    s = await get_schedule(t, "crash")
+    await save_schedule(t, replace(s, last_invocation_id=iid("crash", 0), last_fired_at=fire(0)))
+    later = fire(0) + timedelta(seconds=12)
+    await handle(scheduler, clock, tick(t, "crash", 0, num_delivered=2), later)
+    assert await started(t, "crash") == [iid("crash", 0)]
+
+
+async def test_overlap_skip_waits_for_the_previous_run(
+    transport: Transport, scheduler: Scheduler, clock: Clock
+) -> None:
+    t = transport
+    await manual_schedule(t, "slow")
+    await handle(scheduler, clock, tick(t, "slow", 0), fire(0) + timedelta(seconds=0.2))
+    await handle(scheduler, clock, tick(t, "slow", 1), fire(1) + timedelta(seconds=0.2))
+    assert await started(t, "slow") == [iid("slow", 0)]  # the first one is still pending
+    assert count(scheduler.metrics.overlap_skipped, "slow") == 1
+    await finish(t, iid("slow", 0))
+    await handle(scheduler, clock, tick(t, "slow", 2), fire(2) + timedelta(seconds=0.2))
+    assert await started(t, "slow") == [iid("slow", 0), iid("slow", 2)]
+
+
+async def test_overlap_allow_starts_every_tick(
+    transport: Transport, scheduler: Scheduler, clock: Clock
+) -> None:
+    t = transport
+    await manual_schedule(t, "many", overlap="allow")
+    for k in range(3):
+        await handle(scheduler, clock, tick(t, "many", k), fire(k) + timedelta(seconds=0.2))
+    assert await started(t, "many") == [iid("many", k) for k in range(3)]
+
+
+async def test_after_downtime_only_catch_up_late_ticks_run(
+    transport: Transport, scheduler: Scheduler, clock: Clock
+) -> None:
+    t = transport
+    await manual_schedule(t, "backlog", overlap="allow", catch_up=2)
+    back_up = fire(5) + timedelta(seconds=1.5)  # ticks 0-4 queued while no scheduler ran
+    for k in range(6):
+        await handle(scheduler, clock, tick(t, "backlog", k), back_up)
+    assert await started(t, "backlog") == [iid("backlog", 0), iid("backlog", 1), iid("backlog", 5)]
+    assert count(scheduler.metrics.catch_up_skipped, "backlog") == 3
+    assert (await get_schedule(t, "backlog")).catch_up_runs == 0  # reset by the on-time tick
+
+
+async def test_ticks_of_paused_and_deleted_schedules_are_dropped(
+    transport: Transport, scheduler: Scheduler, clock: Clock
+) -> None:
+    t = transport
+    await manual_schedule(t, "held")
+    await pause_schedule(t, "held")
+    await handle(scheduler, clock, tick(t, "held", 0), fire(0))
+    await handle(scheduler, clock, tick(t, "gone", 0), fire(0))
+    assert await started(t, "held") == [] and await started(t, "gone") == []
+    assert count(scheduler.metrics.dropped, "held", "paused") == 1
+    assert count(scheduler.metrics.dropped, "gone", "deleted") == 1
+
+
+async def test_a_failing_tick_goes_back_for_another_try(
+    transport: Transport, scheduler: Scheduler, clock: Clock
+) -> None:
+    t = transport
+    await manual_schedule(t, "flaky")
+    d = tick(t, "flaky", 0)
+    d.subject = t.names.tick_subject("flaky")
+    broken = Scheduler(t, scheduler.settings, clock=clock)
+
+    async def fail(*_: object, **__: object) -> str:
+        raise ConnectionError("NATS went away")
+
+    broken.client.invoke_async = fail  # type: ignore[method-assign]
+    clock.now = fire(0)
+    await broken.handle(d)
+    assert d.naked and not d.acked
+    assert await started(t, "flaky") == []
+    # The claim stands; the next delivery of the same tick starts it.
+    await handle(scheduler, clock, tick(t, "flaky", 0, num_delivered=2), fire(0) + EVERY)
+    assert await started(t, "flaky") == [iid("flaky", 0)]
+
+
+async def test_two_replicas_racing_never_start_two_runs_of_a_skip_schedule(
+    transport: Transport, settings: SchedulerSettings
+) -> None:
+    t = transport
+    other = await Transport.connect(settings.nats, settings.engine)
+    try:
+        clock = Clock()
+        a = Scheduler(t, settings, clock=clock)
+        b = Scheduler(other, settings, clock=clock)
+        clock.now = fire(1) + timedelta(seconds=0.2)
+        for round_ in range(8):
+            name = f"race{round_}"
+            await manual_schedule(t, name)
+            first, second = tick(t, name, 0), tick(t, name, 1)
+            await asyncio.gather(a.handle(first), b.handle(second))
+            assert first.acked and second.acked
+            assert len(await started(t, name)) == 1, name
+    finally:
+        await other.close()
+
+
+async def test_the_loop_handles_server_ticks_and_stops_on_request(
+    transport: Transport, settings: SchedulerSettings
+) -> None:
+    t = transport
+    await create_schedule(t, "live", "hello_workflow", every=timedelta(seconds=1), overlap="allow")
+    s = Scheduler(t, replace(settings, ack_wait=timedelta(seconds=2)))
+    loop = asyncio.create_task(s.run())
+    try:
+        deadline = asyncio.get_running_loop().time() + 10
+        while len(await started(t, "live")) < 2:
+            assert asyncio.get_running_loop().time() < deadline, "fewer than 2 runs in 10 s"
+            await asyncio.sleep(0.2)
+    finally:
+        s.stop()
+        await asyncio.wait_for(loop, 5)
+    ids = await started(t, "live")
+    assert len(set(ids)) == len(ids)
+
+
+async def test_metrics_and_health_endpoints(
+    transport: Transport, settings: SchedulerSettings
+) -> None:
+    metrics = SchedulerMetrics(runtime_collectors=False)
+    metrics.ticks.labels("greet").inc()
+    server = await start_metrics_server(replace(settings, metrics_port=0), metrics, transport)
+    assert server is None  # port 0 turns the endpoint off
+    server = await start_metrics_server(
+        replace(settings, metrics_port=free_port()), metrics, transport
+    )
+    assert server is not None
+    try:
+
+        def get(path: str) -> tuple[int, str]:
+            url = f"http://127.0.0.1:{server.port}{path}"
+            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+            with opener.open(url, timeout=5) as r:
+                return r.status, r.read().decode()
+
+        status, body = await asyncio.to_thread(get, "/metrics")
+        assert status == 200
+        assert 'durable_scheduler_ticks_total{schedule="greet"} 1.0' in body
+        for name in (
+            "durable_scheduler_invocations_started_total",
+            "durable_scheduler_overlap_skipped_total",
+            "durable_scheduler_catch_up_skipped_total",
+            "durable_scheduler_ticks_dropped_total",
+        ):
+            assert f"# TYPE {name} counter" in body
+        assert await asyncio.to_thread(get, "/healthz") == (200, "ok\n")
+    finally:
+        await server.stop()
