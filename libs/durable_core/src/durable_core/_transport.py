@@ -1153,8 +1153,7 @@ class Transport:
 def _wrong_last(e: nats.js.errors.APIError) -> bool:
     """A conditional KV write or delete found another revision."""
     return (
-        isinstance(e, nats.js.errors.KeyWrongLastSequenceError)
-        or e.err_code in _WRONG_LAST_CODES
+        isinstance(e, nats.js.errors.KeyWrongLastSequenceError) or e.err_code in _WRONG_LAST_CODES
     )
 
 
