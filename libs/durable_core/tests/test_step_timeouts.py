@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import timedelta
 
 import pytest
@@ -35,3 +36,34 @@ async def test_a_run_within_its_timeout_succeeds() -> None:
         return await ctx.run("quick", lambda: 7, timeout=timedelta(seconds=5))
 
     assert (await replay_workflow(wf)).output == 7
+
+
+async def test_a_workflow_default_retry_policy_applies_unless_a_step_has_its_own() -> None:
+    calls = {"default": 0, "own": 0}
+
+    def fails(which: str) -> None:
+        calls[which] += 1
+        raise ConnectionError(which)
+
+    async def wf(ctx: Context) -> None:
+        with contextlib.suppress(StepFailedError):
+            await ctx.run("default", fails, "default")
+        own = RetryPolicy(initial_interval=timedelta(milliseconds=1), maximum_attempts=3)
+        await ctx.run("own", fails, "own", retry=own)
+
+    policy = RetryPolicy(initial_interval=timedelta(milliseconds=1), maximum_attempts=2)
+    with pytest.raises(StepFailedError):
+        await replay_workflow(wf, retry=policy)
+    assert calls == {"default": 2, "own": 3}
+
+
+def test_registration_takes_a_default_retry_policy() -> None:
+    from durable_core import WorkflowRegistry
+
+    async def wf(ctx: Context) -> None:
+        return None
+
+    policy = RetryPolicy(maximum_attempts=2)
+    registry = WorkflowRegistry()
+    registry.register(wf, retry=policy)
+    assert registry.get("wf").retry is policy

@@ -106,6 +106,7 @@ class Context:
         start_time_ms: int,
         interceptors: Sequence[Interceptor] = (),
         attempt: int = 1,
+        default_retry: RetryPolicy | None = None,
     ) -> None:
         self._invocation_id = invocation_id
         self._workflow = workflow
@@ -116,6 +117,7 @@ class Context:
         self._interceptors = tuple(interceptors)
         self._now_ms = start_time_ms
         self._attempt = attempt
+        self._default_retry = default_retry or DEFAULT_RETRY
         seed = hashlib.sha256(invocation_id.encode()).digest()
         self._rng = _random.Random(int.from_bytes(seed[:8], "big"))
         self._uuid_counter = 0
@@ -225,7 +227,7 @@ class Context:
             method.path,
             req_bytes,
             attempt,
-            retry or DEFAULT_RETRY,
+            retry or self._default_retry,
         )
 
     async def run(
@@ -280,7 +282,7 @@ class Context:
             name,
             arg_bytes,
             attempt,
-            retry or DEFAULT_RETRY,
+            retry or self._default_retry,
         )
 
     # -- internals -------------------------------------------------------------------------

@@ -27,6 +27,7 @@ import pluggy
 from durable_core._naming import check_workflow_name
 from durable_core.errors import ConfigError, NotFoundError
 from durable_core.interceptors import Interceptor
+from durable_core.retry import RetryPolicy
 
 __all__ = [
     "PLUGIN_GROUP",
@@ -56,6 +57,7 @@ class Workflow:
     plugin: str = ""
     input_type: Any = None
     output_type: Any = None
+    retry: RetryPolicy | None = None
 
 
 def workflow_signature(fn: Callable[..., Any]) -> tuple[bool, Any, Any]:
@@ -80,8 +82,19 @@ class WorkflowRegistry:
     def __init__(self) -> None:
         self._workflows: dict[str, Workflow] = {}
 
-    def register(self, fn: WorkflowFn, *, name: str | None = None, plugin: str = "") -> WorkflowFn:
-        """Register ``async def fn(ctx[, input])`` under ``name`` (default: its __name__)."""
+    def register(
+        self,
+        fn: WorkflowFn,
+        *,
+        name: str | None = None,
+        plugin: str = "",
+        retry: RetryPolicy | None = None,
+    ) -> WorkflowFn:
+        """Register ``async def fn(ctx[, input])`` under ``name`` (default: its __name__).
+
+        ``retry`` is the workflow's default RetryPolicy for its steps (a step's own ``retry=``
+        wins; without either, RetryPolicy() applies).
+        """
         wf_name = check_workflow_name(name or fn.__name__)
         if not inspect.iscoroutinefunction(fn):
             raise ConfigError(f"workflow {wf_name} must be an async def function")
@@ -102,7 +115,7 @@ class WorkflowRegistry:
                 f"{plugin or '?'})"
             )
         self._workflows[wf_name] = Workflow(
-            wf_name, fn, takes_input, plugin, input_type, output_type
+            wf_name, fn, takes_input, plugin, input_type, output_type, retry
         )
         if wf_name != fn.__name__:
             fn.__durable_workflow__ = wf_name  # type: ignore[attr-defined] # client.invoke(fn)
@@ -200,5 +213,12 @@ class _Tagged(WorkflowRegistry):
         self._inner = inner
         self._plugin = plugin
 
-    def register(self, fn: WorkflowFn, *, name: str | None = None, plugin: str = "") -> WorkflowFn:
-        return self._inner.register(fn, name=name, plugin=plugin or self._plugin)
+    def register(
+        self,
+        fn: WorkflowFn,
+        *,
+        name: str | None = None,
+        plugin: str = "",
+        retry: RetryPolicy | None = None,
+    ) -> WorkflowFn:
+        return self._inner.register(fn, name=name, plugin=plugin or self._plugin, retry=retry)

@@ -653,6 +653,7 @@ class _Execution:
             start_time_ms=created or self.cmd.created_at_ms or _now_ms(),
             interceptors=w.interceptors,
             attempt=self.delivery.num_delivered,
+            default_retry=wf.retry,
         )
         self.ctx = ctx
 

@@ -37,6 +37,7 @@ from durable_core._journal import STEP_KINDS, Decision, Replay, ReplayMachine
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core.context import Context, Submission, Wait
 from durable_core.errors import ConfigError, InvalidInputError, TerminalError
+from durable_core.retry import RetryPolicy
 
 __all__ = [
     "RecordedCall",
@@ -226,6 +227,7 @@ async def replay_workflow(
     partition_key: str = "",
     start_time: datetime | None = None,
     raise_on_error: bool = True,
+    retry: RetryPolicy | None = None,
 ) -> WorkflowRun:
     """Run a workflow against a recorded journal, with fakes for its gRPC calls.
 
@@ -284,6 +286,7 @@ async def replay_workflow(
         journal=memory,
         channels=cast(ChannelPool, _FakeChannels(calls or {}, recorded)),
         start_time_ms=_ms(start_time) if start_time is not None else int(time.time() * 1000),
+        default_retry=retry,
     )
 
     output: Any = None
