@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from durable_core.errors import ConfigError
 
@@ -46,6 +47,29 @@ class NatsConfig:
     tls_key: str | None = None
     name: str = "durable"
     connect_timeout: float = 5.0
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any], *, name: str) -> NatsConfig:
+        """Build from a service's flat settings (``nats_url``, ``nats_user``, ``nats_password``,
+        ``nats_token``, ``nats_creds_file``, ``nats_nkey_seed_file``, ``nats_tls_ca``,
+        ``nats_tls_cert``, ``nats_tls_key``); empty values mean "not set"."""
+
+        def text(key: str) -> str | None:
+            value = settings.get(key)
+            return str(value) if value not in (None, "") else None
+
+        return cls.from_url(
+            str(settings.get("nats_url") or ""),
+            user=text("nats_user"),
+            password=text("nats_password"),
+            token=text("nats_token"),
+            creds_file=text("nats_creds_file"),
+            nkey_seed_file=text("nats_nkey_seed_file"),
+            tls_ca=text("nats_tls_ca"),
+            tls_cert=text("nats_tls_cert"),
+            tls_key=text("nats_tls_key"),
+            name=name,
+        )
 
     @classmethod
     def from_url(cls, url: str, **kwargs: object) -> NatsConfig:

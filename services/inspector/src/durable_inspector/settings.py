@@ -90,18 +90,7 @@ def build(s: Mapping[str, Any]) -> InspectorSettings:
         value = s.get(key)
         return str(value) if value not in (None, "") else None
 
-    nats = NatsConfig.from_url(
-        str(s.get("nats_url") or ""),
-        user=text("nats_user"),
-        password=text("nats_password"),
-        token=text("nats_token"),
-        creds_file=text("nats_creds_file"),
-        nkey_seed_file=text("nats_nkey_seed_file"),
-        tls_ca=text("nats_tls_ca"),
-        tls_cert=text("nats_tls_cert"),
-        tls_key=text("nats_tls_key"),
-        name="durable-inspector",
-    )
+    nats = NatsConfig.from_settings(s, name="durable-inspector")
     engine = EngineConfig(
         prefix=str(s.get("prefix", "durable")),
         replicas=num("replicas"),

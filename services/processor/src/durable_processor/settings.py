@@ -88,18 +88,7 @@ def build(s: Mapping[str, Any]) -> ProcessorSettings:
     if text("default_service_address"):
         services["*"] = str(s["default_service_address"])
     heartbeat = num("heartbeat", float)
-    nats = NatsConfig.from_url(
-        str(s.get("nats_url") or ""),
-        user=text("nats_user"),
-        password=text("nats_password"),
-        token=text("nats_token"),
-        creds_file=text("nats_creds_file"),
-        nkey_seed_file=text("nats_nkey_seed_file"),
-        tls_ca=text("nats_tls_ca"),
-        tls_cert=text("nats_tls_cert"),
-        tls_key=text("nats_tls_key"),
-        name="durable-processor",
-    )
+    nats = NatsConfig.from_settings(s, name="durable-processor")
     engine = EngineConfig(
         prefix=str(s.get("prefix", "durable")),
         replicas=num("replicas"),
