@@ -118,10 +118,8 @@ class Context:
         self._now_ms = start_time_ms
         self._attempt = attempt
         self._default_retry = default_retry or DEFAULT_RETRY
-        seed = hashlib.sha256(invocation_id.encode()).digest()
-        self._rng = _random.Random(int.from_bytes(seed[:8], "big"))
+        self._rng: _random.Random | None = None  # made on first use: most runs never need it
         self._uuid_counter = 0
-        self._retry_rng = _random.Random()
         self.nondeterminism: NonDeterminismError | None = None
         self.cancel_delivered = False
         self._executing = 0
@@ -173,6 +171,9 @@ class Context:
 
     def random(self) -> float:
         """A float in [0, 1) from a generator seeded by the invocation id."""
+        if self._rng is None:
+            seed = hashlib.sha256(self._invocation_id.encode()).digest()
+            self._rng = _random.Random(int.from_bytes(seed[:8], "big"))
         return self._rng.random()
 
     # -- steps -----------------------------------------------------------------------------
@@ -392,7 +393,7 @@ class Context:
             except Exception as e:  # noqa: BLE001 - every step failure is journaled
                 code, retryable = _classify(e, policy)
                 if retryable and policy.allows_another(attempt):
-                    await asyncio.sleep(policy.delay(attempt, self._retry_rng))
+                    await asyncio.sleep(policy.delay(attempt))
                     continue
                 failure = pb.Failure(
                     type=type(e).__name__, message=_message(e), code=code, step=step
