@@ -213,3 +213,32 @@ async def test_execution_timeout_fails_a_sleeping_and_a_busy_invocation(
         assert result.status == "failed"
         assert result.failure is not None and result.failure.type == "ExecutionTimeoutError"
     assert time.monotonic() - started < 8  # failed at the deadline, not at the sleep's end
+
+
+async def test_a_processor_killed_mid_step_is_redriven_by_the_scheduler_not_ack_wait(
+    stack: Stack, client: Client
+) -> None:
+    from .test_schedules import metric_total, start_scheduler
+
+    service = stack.start_service()
+    service.set_delay("Charge", 3000)
+    slow = {"durable_ack_wait": "300", "durable_lease_ttl": "3"}  # ack_wait alone: 5 min
+    doomed = stack.start_processor("p-doomed", **slow)
+    inv = "redrive-1"
+    await client.invoke_async("order_processing", ORDER, id=inv)
+    await eventually(lambda: asyncio.to_thread(service.method_counts, "Charge"), 20, "step 2")
+    await asyncio.sleep(1)  # well inside the 3 s call
+    doomed.kill()  # SIGKILL mid-step: its lease stops being renewed
+    stack.start_processor("p-heir", **slow)
+    await asyncio.sleep(6)  # twice the lease TTL: nothing but the scheduler can move it now
+    assert await status_of(client, inv) == "running"
+
+    killed_at = time.monotonic()
+    _, port = start_scheduler(stack, "scheduler-redrive")
+    result = await client.wait(inv, timeout=30)
+    took = time.monotonic() - killed_at
+    assert result.status == "completed"
+    assert took < 20, f"re-driven after {took:.1f}s"  # lease TTL + a sweep + the rest of the run
+    assert service.method_counts("Validate") == {f"{inv}:1": 1}  # journaled: not run again
+    assert set(service.method_counts("Charge")) == {f"{inv}:2"}  # same key on the retry
+    assert metric_total(port, "durable_scheduler_commands_redriven_total") >= 1

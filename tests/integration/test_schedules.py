@@ -79,11 +79,20 @@ async def all_finished(t: Transport, name: str, timeout: float) -> list[pb.Execu
     return result
 
 
-def metric(port: int, name: str, schedule: str) -> float:
+def _metrics_text(port: int) -> str:
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     with opener.open(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        body = r.read().decode()
-    m = re.search(rf'^{name}{{schedule="{schedule}"}} (\S+)$', body, re.M)
+        return str(r.read().decode())
+
+
+def metric(port: int, name: str, schedule: str) -> float:
+    m = re.search(rf'^{name}{{schedule="{schedule}"}} (\S+)$', _metrics_text(port), re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def metric_total(port: int, name: str) -> float:
+    """A metric without labels."""
+    m = re.search(rf"^{name} (\S+)$", _metrics_text(port), re.M)
     return float(m.group(1)) if m else 0.0
 
 

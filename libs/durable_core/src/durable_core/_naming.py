@@ -84,6 +84,11 @@ class Names:
         return f"{self.prefix}_keys"
 
     @property
+    def processors_bucket(self) -> str:
+        """Processor leases: who is alive and which commands each holds (the re-drive)."""
+        return f"{self.prefix}_processors"
+
+    @property
     def command_subjects(self) -> str:
         return f"{self.prefix}.cmd.>"
 

@@ -263,6 +263,7 @@ class Transport:
 
     # Bound on first use by the schedule methods (processors never need it).
     _schedules: KeyValue | None = None
+    _leases: KeyValue | None = None
 
     def __init__(self, nc: NatsClient, nats_cfg: NatsConfig, engine: EngineConfig) -> None:
         self.nc = nc
@@ -926,29 +927,21 @@ class Transport:
         Yields ``(invocation_id, record)``, with ``record`` None when the state was deleted or
         expired. Backed by a KV watch (an ordered consumer), never by a scan of keys.
         """
-        watcher = await self.kv.watchall()
-        try:
-            while True:
-                try:
-                    entry = await watcher.updates(timeout=30.0)  # type: ignore[no-untyped-call]
-                except nats.errors.TimeoutError:
-                    continue
-                if entry is None:
-                    yield None
-                    continue
-                if entry.operation in ("DEL", "PURGE") or not entry.value:
-                    yield entry.key, None
-                    continue
-                st = pb.ExecutionState()
-                try:
-                    st.ParseFromString(entry.value)
-                except DecodeError:
-                    log.warning("skipping undecodable state %s", entry.key)
-                    continue
-                yield entry.key, StateRecord(st, entry.revision or 0)
-        finally:
-            with contextlib.suppress(Exception):
-                await watcher.stop()  # type: ignore[no-untyped-call]
+        async for item in _watch(self.kv):
+            if item is None:
+                yield None
+                continue
+            key, value, revision = item
+            if value is None:
+                yield key, None
+                continue
+            st = pb.ExecutionState()
+            try:
+                st.ParseFromString(value)
+            except DecodeError:
+                log.warning("skipping undecodable state %s", key)
+                continue
+            yield key, StateRecord(st, revision)
 
     async def list_states(self) -> list[pb.ExecutionState]:
         """Every execution state (for small tools; the inspector keeps its own index)."""
@@ -1149,6 +1142,77 @@ class Transport:
         )
         return TickConsumer(psub)
 
+    # -- processor leases ------------------------------------------------------------------
+
+    async def leases_kv(self) -> KeyValue:
+        """The processor lease bucket, created on first use."""
+        if self._leases is None:
+            self._leases = await self._ensure_bucket(
+                KeyValueConfig(
+                    bucket=self.names.processors_bucket,
+                    description="durable: processor leases and the commands each holds",
+                    history=1,
+                    replicas=self.engine.replicas,
+                    storage=StorageType.FILE,
+                    direct=False,  # the re-drive decides on it: read from the leader
+                )
+            )
+        return self._leases
+
+    async def put_lease(self, name: str, data: bytes) -> int:
+        """Renew (or create) processor lease ``name``; one try (the next renewal retries)."""
+        kv = await self.leases_kv()
+        return await kv.put(name, data)
+
+    async def delete_lease(self, name: str, revision: int = 0) -> None:
+        """Delete a lease, if it is still at ``revision`` when one is given; else StateConflict."""
+        kv = await self.leases_kv()
+        try:
+            await kv.delete(name, last=revision or None)
+        except nats.js.errors.APIError as e:
+            if not _wrong_last(e):
+                raise
+            raise StateConflict(f"lease {name} was renewed since revision {revision}") from e
+
+    async def watch_leases(self) -> AsyncIterator[tuple[str, bytes | None, int] | None]:
+        """Every lease now, then ``None`` once caught up, then every change.
+
+        Yields ``(name, data, revision)``, with ``data`` None when the lease was deleted.
+        """
+        async for item in _watch(await self.leases_kv()):
+            yield item
+
+    async def nak_delivery(self, reply: str) -> None:
+        """Hand a command held by another (dead) connection back for immediate redelivery.
+
+        ``reply`` is the delivery's ack subject (``$JS.ACK.…``); JetStream takes a NAK on it
+        from any connection.
+        """
+        if not reply.startswith(f"$JS.ACK.{self.names.command_stream}."):
+            raise InvalidInputError(f"not a command delivery of this engine: {reply!r}")
+        await self.nc.publish(reply, b"-NAK")
+
+
+async def _watch(kv: KeyValue) -> AsyncIterator[tuple[str, bytes | None, int] | None]:
+    """Every key of a bucket now, then ``None`` once caught up, then every change, as
+    ``(key, value, revision)`` with ``value`` None for a deleted key."""
+    watcher = await kv.watchall()
+    try:
+        while True:
+            try:
+                entry = await watcher.updates(timeout=30.0)  # type: ignore[no-untyped-call]
+            except nats.errors.TimeoutError:
+                continue
+            if entry is None:
+                yield None
+            elif entry.operation in ("DEL", "PURGE") or not entry.value:
+                yield entry.key, None, entry.revision or 0
+            else:
+                yield entry.key, entry.value, entry.revision or 0
+    finally:
+        with contextlib.suppress(Exception):
+            await watcher.stop()  # type: ignore[no-untyped-call]
+
 
 def _wrong_last(e: nats.js.errors.APIError) -> bool:
     """A conditional KV write or delete found another revision."""
@@ -1214,6 +1278,11 @@ class Delivery:
 
     async def term(self) -> None:
         await self._msg.term()
+
+    @property
+    def reply(self) -> str:
+        """The ack subject of this delivery (a processor lease lists the ones it holds)."""
+        return self._msg.reply
 
 
 class CommandConsumer:

@@ -149,6 +149,10 @@ class WorkerConfig:
         services: gRPC service name (full or short, ``*`` for any) -> ``host:port``.
         processor_id: this processor's name in the journal and logs.
         shutdown_grace: how long SIGTERM waits for in-flight executions before releasing them.
+        lease_ttl: how long this processor's lease outlives its last renewal. The processor
+            renews it every ``lease_ttl / 3`` (and when it takes or finishes a command) with the
+            commands it holds; when a lease lapses the scheduler hands those commands back at
+            once instead of waiting out ``ack_wait``. ``timedelta(0)`` turns leases off.
     """
 
     max_concurrent: int = 100
@@ -158,12 +162,15 @@ class WorkerConfig:
     services: Mapping[str, str] = field(default_factory=dict)
     processor_id: str = ""
     shutdown_grace: timedelta = timedelta(seconds=10)
+    lease_ttl: timedelta = timedelta(seconds=15)
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_concurrent <= 100_000:
             raise ConfigError(f"max_concurrent must be 1..100000, not {self.max_concurrent}")
         if self.ack_wait < timedelta(seconds=1):
             raise ConfigError(f"ack_wait must be at least 1 s, not {self.ack_wait}")
+        if self.lease_ttl and not timedelta(seconds=1) <= self.lease_ttl <= timedelta(hours=1):
+            raise ConfigError(f"lease_ttl must be 0 (off) or 1 s to 1 h, not {self.lease_ttl}")
 
     @property
     def heartbeat_interval(self) -> float:

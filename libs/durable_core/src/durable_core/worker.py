@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import math
 import os
+import re
 import secrets
 import socket
 import time
@@ -68,6 +71,7 @@ __all__ = ["Worker"]
 log = logging.getLogger("durable_core.worker")
 
 TERMINAL = frozenset({pb.STATUS_COMPLETED, pb.STATUS_FAILED, pb.STATUS_CANCELLED})
+_LEASE_LIST_BYTES = 400_000  # a lease lists at most this much of held ack subjects
 
 
 def _now_ms() -> int:
@@ -93,6 +97,13 @@ class Worker:
         self.interceptors = tuple(interceptors)
         self.channels = channels or ChannelPool(config.services, service_defaults)
         self.processor_id = config.processor_id or f"{socket.gethostname()}-{os.getpid()}"
+        # One lease per process start: a restarted processor with the same id is not mistaken
+        # for the one that died (whose commands must still be re-driven).
+        self.lease_name = (
+            f"{re.sub(r'[^A-Za-z0-9_=-]', '_', self.processor_id)[:200]}.{secrets.token_hex(4)}"
+        )
+        self._held: set[Delivery] = set()  # commands taken and not yet settled
+        self._lease_changed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._running: dict[str, _Execution] = {}  # by invocation id, for cancellation
         self._slot_freed = asyncio.Event()
@@ -114,6 +125,10 @@ class Worker:
         """Consume until ``stop()``; then let in-flight work finish or release it."""
         consumer = await self.transport.command_consumer(self.config)
         control = await self.transport.subscribe_control(self._on_control)
+        lease = None
+        if self.config.lease_ttl:
+            await self.transport.leases_kv()  # the bucket, before the first command is taken
+            lease = asyncio.create_task(self._keep_lease())
         log.info(
             "processor %s consuming (max_concurrent=%d, ack_wait=%ss, workflows: %s)",
             self.processor_id,
@@ -134,15 +149,67 @@ class Worker:
                     log.warning("fetch failed: %s: %s", type(e).__name__, e)
                     await asyncio.sleep(0.5)
                     continue
+                if deliveries:
+                    self._held.update(deliveries)
+                    self._lease_changed.set()
                 for d in deliveries:
                     task = asyncio.create_task(self._handle(d))
                     self._tasks.add(task)
                     task.add_done_callback(self._done)
         finally:
             await self._drain()
+            if lease is not None:
+                lease.cancel()
+                with contextlib.suppress(BaseException):
+                    await lease
+                with contextlib.suppress(Exception):
+                    await self.transport.delete_lease(self.lease_name)  # a clean exit
             await control.unsubscribe()
             await consumer.close()
             await self.channels.close()
+
+    async def _keep_lease(self) -> None:
+        """Renew this processor's lease, listing the commands it holds.
+
+        Renewed every ``lease_ttl / 3`` and soon (at most 5 times a second) after a command is
+        taken or settled. If the process dies, the lease lapses and the scheduler NAKs the
+        listed deliveries, so another processor takes them over at once. A command taken in
+        the last moments before a crash may be missing from the lease: JetStream redelivers
+        it after ``ack_wait`` as before.
+        """
+        ttl = self.config.lease_ttl.total_seconds()
+        renew_every, min_gap = ttl / 3, 0.2
+        last = -math.inf
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._lease_changed.wait(), max(renew_every - (time.monotonic() - last), 0)
+                )
+            gap = min_gap - (time.monotonic() - last)
+            if gap > 0:
+                await asyncio.sleep(gap)  # coalesce a burst of changes into one write
+            self._lease_changed.clear()
+            held, size = [], 0
+            for d in list(self._held):
+                size += len(d.reply) + 3
+                if size > _LEASE_LIST_BYTES:
+                    break  # the rest waits for ack_wait, like before leases
+                held.append(d.reply)
+            record = {
+                "processor": self.processor_id,
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "ttl_ms": int(ttl * 1000),
+                "renewed_at_ms": _now_ms(),
+                "held": held,
+            }
+            last = time.monotonic()
+            try:
+                await self.transport.put_lease(self.lease_name, json.dumps(record).encode())
+            except Exception as e:  # noqa: BLE001 - the next renewal tries again
+                log.warning(
+                    "could not renew lease %s: %s: %s", self.lease_name, type(e).__name__, e
+                )
 
     def _on_control(self, invocation_id: str, action: str) -> None:
         """A lifecycle request arrived over core NATS: act on a run in this processor now."""
@@ -185,6 +252,7 @@ class Worker:
                 cmd.created_at_ms = now  # an absurd client clock: take ours
         except (DecodeError, InvalidInputError, ValueError) as e:
             log.error("terminating malformed command (stream seq %d): %s", delivery.stream_seq, e)
+            self._held.discard(delivery)
             await delivery.term()
             return
         execution = _Execution(self, cmd, delivery)
@@ -218,6 +286,8 @@ class Worker:
         finally:
             if self._running.get(cmd.invocation_id) is execution:
                 del self._running[cmd.invocation_id]
+            self._held.discard(delivery)
+            self._lease_changed.set()
 
 
 _FINAL_KIND: dict[int, pb.EntryKind] = {

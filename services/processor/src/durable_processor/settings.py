@@ -102,6 +102,7 @@ def build(s: Mapping[str, Any]) -> ProcessorSettings:
         services=services,
         processor_id=str(s.get("processor_id") or ""),
         shutdown_grace=timedelta(seconds=num("shutdown_grace", float)),
+        lease_ttl=timedelta(seconds=num("lease_ttl", float)),
     )
     level = str(s.get("log_level") or "INFO").upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:

@@ -13,6 +13,7 @@ from durable_core import DurableError
 from durable_core._transport import Transport
 from durable_scheduler.metrics import SchedulerMetrics
 from durable_scheduler.metrics_server import MetricsServer
+from durable_scheduler.redrive import Redriver
 from durable_scheduler.runner import Scheduler
 from durable_scheduler.settings import SchedulerSettings, load_settings
 from durable_scheduler.telemetry import configure_logging, configure_tracing
@@ -67,12 +68,22 @@ async def serve(settings: SchedulerSettings) -> int:
     transport = await Transport.connect(settings.nats, settings.engine)
     metrics = SchedulerMetrics()
     scheduler = Scheduler(transport, settings, metrics)
+    redriver = Redriver(transport, metrics)
     server = await start_metrics_server(settings, metrics, transport)
     loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        scheduler.stop()
+        redriver.stop()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, scheduler.stop)
+        loop.add_signal_handler(sig, stop)
+    tasks = [asyncio.create_task(scheduler.run()), asyncio.create_task(redriver.run())]
     try:
-        await scheduler.run()
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        stop()  # one failed (or both stopped): stop the other too
+        for task in tasks:
+            await task  # raises what failed
     finally:
         if server is not None:
             await server.stop()

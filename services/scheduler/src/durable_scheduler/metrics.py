@@ -7,6 +7,8 @@
 | ``durable_scheduler_overlap_skipped_total`` | counter | schedule | ticks skipped: run not over |
 | ``durable_scheduler_catch_up_skipped_total`` | counter | schedule | late ticks past ``catch_up`` |
 | ``durable_scheduler_ticks_dropped_total`` | counter | schedule, reason | paused or deleted |
+| ``durable_scheduler_leases_expired_total`` | counter | | processor leases found lapsed |
+| ``durable_scheduler_commands_redriven_total`` | counter | | commands handed back from them |
 
 Counts are per replica; sum them over replicas.
 """
@@ -62,5 +64,15 @@ class SchedulerMetrics:
             "durable_scheduler_ticks_dropped",
             "Ticks dropped because their schedule is paused or deleted.",
             ["schedule", "reason"],
+            registry=registry,
+        )
+        self.leases_expired = Counter(
+            "durable_scheduler_leases_expired",
+            "Processor leases that lapsed and were claimed by this replica.",
+            registry=registry,
+        )
+        self.redriven = Counter(
+            "durable_scheduler_commands_redriven",
+            "Commands of dead processors handed back for immediate redelivery.",
             registry=registry,
         )
