@@ -10,6 +10,7 @@ from datetime import timedelta
 import pytest
 
 from durable_core import Client, IllegalTransitionError, InvalidInputError, WorkflowFailedError
+from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import Transport
 
 from ._stack import Stack
@@ -242,3 +243,40 @@ async def test_a_processor_killed_mid_step_is_redriven_by_the_scheduler_not_ack_
     assert service.method_counts("Validate") == {f"{inv}:1": 1}  # journaled: not run again
     assert set(service.method_counts("Charge")) == {f"{inv}:2"}  # same key on the retry
     assert metric_total(port, "durable_scheduler_commands_redriven_total") >= 1
+
+
+async def test_backoff_intervals_are_kept_across_a_suspension_and_non_retryable_fails_at_once(
+    stack: Stack, client: Client
+) -> None:
+    stack.start_service()
+    stack.start_processor("p-retry")
+    # Two failures, then waits of 2.5 s and 2.5 * 1.6 = 4 s (each ± 10 %), both over the 2 s
+    # that a step waits in-process: the invocation suspends on a server-side timer each time.
+    # The third attempt succeeds.
+    args = {"failures": 2, "attempts": 3, "interval_ms": 2500, "backoff": 1.6, "jitter": 0.1}
+    result = await client.invoke("flaky", args, id="backoff-1", timeout=60)
+    assert result.status == "completed" and result.output == {"succeeded_on_attempt": 3}
+    (step,) = result.steps
+    assert step.attempts == 3
+    assert [f.message for f in step.attempt_errors] == [
+        "transient failure 1 of 2",
+        "transient failure 2 of 2",
+    ]
+    records = await client._t.read_journal("backoff-1")
+    failed = [r.entry for r in records if r.entry.kind == pb.ENTRY_KIND_ATTEMPT_FAILED]
+    done = next(r.entry for r in records if r.entry.kind == pb.ENTRY_KIND_RUN)
+    ends = [e.timestamp_ms for e in failed] + [done.timestamp_ms]
+    observed = [(b - a) / 1000 for a, b in zip(ends, ends[1:], strict=False)]
+    for got, planned, e in zip(observed, (2.5, 4.0), failed, strict=True):
+        assert planned * 0.9 - 0.05 <= (e.wake_at_ms - e.timestamp_ms) / 1000 <= planned * 1.1
+        assert planned * 0.9 - 0.05 <= got <= planned * 1.1 + 1.0, observed  # ± jitter, + wake
+    # Both waits were long enough to suspend: the invocation held no slot meanwhile.
+    assert sum(r.entry.kind == pb.ENTRY_KIND_SUSPENDED for r in records) == 2
+
+    started = time.monotonic()
+    with pytest.raises(WorkflowFailedError) as err:
+        await client.invoke("flaky", {"fatal": True, "interval_ms": 5000}, id="fatal-1", timeout=30)
+    assert time.monotonic() - started < 3  # no 5 s backoff: PermissionError is non-retryable
+    assert "refused on attempt 1" in str(err.value)
+    failed_result = await client.get_result("fatal-1")
+    assert [s.attempts for s in failed_result.steps] == [1]

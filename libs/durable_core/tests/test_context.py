@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,6 +27,7 @@ from durable_core import (
 from durable_core._grpc import MethodRef
 from durable_core._journal import ReplayMachine
 from durable_core._pb.durable.v1 import durable_pb2 as pb
+from durable_core.context import Wait
 from durable_examples.hello.v1.hello_pb2 import HelloRequest, HelloResponse
 from durable_examples.hello.v1.hello_pb2_grpc import HelloServiceStub
 
@@ -230,7 +231,13 @@ async def test_call_retries_transient_grpc_errors_with_the_same_key() -> None:
 
     assert attempts == 2
     assert {md["idempotency-key"] for _, _, md, _ in channels.sent} == {"inv-1:1"}
-    assert journal.entries[0].attempts == 2
+    failed, done = journal.entries
+    # The failed attempt is journaled (history, and the count survives a crash) ...
+    assert (failed.kind, failed.step, failed.attempts) == (pb.ENTRY_KIND_ATTEMPT_FAILED, 1, 1)
+    assert failed.failure.code == "UNAVAILABLE" and "down" in failed.failure.message
+    assert failed.wake_at_ms >= failed.timestamp_ms
+    # ... then the result of the attempt that worked.
+    assert (done.kind, done.attempts) == (pb.ENTRY_KIND_CALL, 2)
 
 
 async def test_call_fails_at_once_on_a_permanent_grpc_error() -> None:
@@ -294,9 +301,14 @@ async def test_failing_run_retries_per_policy_then_fails_and_journals_the_failur
     err = info.value
     assert (err.step, err.name, err.error_type) == (1, "broken", "ValueError")
     assert "broken #3" in str(err)
-    (entry,) = journal.entries
+    *failed, entry = journal.entries
     assert entry.HasField("failure") and not entry.HasField("output")
     assert (entry.failure.type, entry.failure.step, entry.attempts) == ("ValueError", 1, 3)
+    # Every attempt's error is in the journal: the two retried ones and the last.
+    assert [(e.kind, e.attempts, e.failure.message) for e in failed] == [
+        (pb.ENTRY_KIND_ATTEMPT_FAILED, 1, "broken #1"),
+        (pb.ENTRY_KIND_ATTEMPT_FAILED, 2, "broken #2"),
+    ]
 
 
 async def test_run_that_recovers_within_its_retries_succeeds() -> None:
@@ -311,8 +323,9 @@ async def test_run_that_recovers_within_its_retries_succeeds() -> None:
 
     ctx, journal = make_ctx()
     assert await ctx.run("flaky", flaky, retry=FAST) == "done"
-    assert journal.entries[0].attempts == 3
-    assert not journal.entries[0].HasField("failure")
+    assert journal.entries[-1].attempts == 3
+    assert not journal.entries[-1].HasField("failure")
+    assert [e.attempts for e in journal.entries[:-1]] == [1, 2]  # the two that failed
 
 
 async def test_terminal_error_is_not_retried() -> None:
@@ -402,3 +415,85 @@ async def test_a_result_the_engine_cannot_store_does_not_rerun_the_side_effect()
     with pytest.raises(StepFailedError, match="cannot store"):
         await ctx.run("effect", effect, retry=FAST)
     assert runs == 1
+
+
+# -- retries across runs -----------------------------------------------------------------------
+
+
+class SuspendingJournal(FakeJournal):
+    """Also records what the context asked to be woken up for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: list[Wait] = []
+
+    def request_suspend(self, waits: Sequence[Wait]) -> None:
+        self.waits = list(waits)
+
+    def cancelling(self) -> bool:
+        return False
+
+
+def _failed_attempt(step: int, name: str, attempt: int, due_ms: int) -> pb.JournalEntry:
+    return pb.JournalEntry(
+        kind=pb.ENTRY_KIND_ATTEMPT_FAILED,
+        step=step,
+        name=name,
+        attempts=attempt,
+        wake_at_ms=due_ms,
+        failure=pb.Failure(type="ValueError", message=f"broken #{attempt}", step=step),
+    )
+
+
+async def test_attempts_journaled_by_an_earlier_run_count_towards_the_policy() -> None:
+    calls = 0
+
+    def broken() -> None:
+        nonlocal calls
+        calls += 1
+        raise ValueError("still broken")
+
+    # Two attempts failed before a crash; the policy allows three: one more, then it fails.
+    earlier = [_failed_attempt(1, "broken", n, 0) for n in (1, 2)]
+    ctx, journal = make_ctx(entries=earlier)
+    with pytest.raises(StepFailedError):
+        await ctx.run("broken", broken, retry=FAST)
+    assert calls == 1
+    (entry,) = journal.entries
+    assert (entry.kind, entry.attempts) == (pb.ENTRY_KIND_RUN, 3)
+
+
+async def test_a_long_backoff_parks_the_step_on_a_server_side_timer() -> None:
+    journal = SuspendingJournal()
+    ctx, _ = make_ctx(journal=journal)
+    slow = RetryPolicy(
+        initial_interval=timedelta(seconds=30),
+        maximum_interval=timedelta(minutes=1),
+        maximum_attempts=3,
+        jitter=0,
+    )
+
+    def broken() -> None:
+        raise ValueError("down")
+
+    run = asyncio.ensure_future(ctx.run("broken", broken, retry=slow))
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if journal.waits:
+            break
+    (wait,) = journal.waits  # parked: the engine suspends and arms a timer
+    (failed,) = journal.entries
+    assert failed.kind == pb.ENTRY_KIND_ATTEMPT_FAILED and failed.attempts == 1
+    assert (wait.step, wait.wake_at_ms, wait.tag) == (1, failed.wake_at_ms, "a2")
+    assert 29_000 < failed.wake_at_ms - failed.timestamp_ms <= 30_000
+    assert not run.done()
+    run.cancel()
+
+
+async def test_a_retry_due_already_runs_at_once_on_replay() -> None:
+    ok = []
+    earlier = [_failed_attempt(1, "flaky", 1, due_ms=1)]  # due long ago (the timer fired)
+    ctx, journal = make_ctx(entries=earlier)
+    assert await ctx.run("flaky", lambda: ok.append(1) or "fine", retry=FAST) == "fine"
+    assert ok == [1]
+    assert journal.entries[-1].attempts == 2

@@ -168,7 +168,7 @@ async def test_failed_entry_matches_what_a_failed_run_journals() -> None:
         await ctx.run("refuse", refuse, 1, retry=FAST)
 
     run = await replay_workflow(wf, raise_on_error=False)
-    written = run.new_entries[0]
+    written = run.new_entries[-1]
     built = failed_entry("refuse", "nope", error_type="ValueError", args=[1], step=1)
     assert (built.kind, built.name, built.input_hash, built.failure) == (
         written.kind,
@@ -269,7 +269,7 @@ async def test_a_failing_fake_is_retried_like_a_real_call() -> None:
     assert run.output == "Hello, Ada!"
     assert len(run.calls) == 2
     assert {c.metadata["idempotency-key"] for c in run.calls} == {"test-invocation:1"}
-    assert run.new_entries[0].attempts == 2
+    assert run.new_entries[-1].attempts == 2
 
 
 async def test_a_recorded_failure_raises_on_replay() -> None:

@@ -35,6 +35,7 @@ PROCESSOR_KINDS = (
         pb.ENTRY_KIND_CLAIM,
         pb.ENTRY_KIND_SUSPENDED,
         pb.ENTRY_KIND_CANCEL_DELIVERED,
+        pb.ENTRY_KIND_ATTEMPT_FAILED,
     }
 )
 LIFECYCLE_KINDS = frozenset(
@@ -111,6 +112,7 @@ class ReplayMachine:
         "_paused",
         "_cancel_requested",
         "_cancel_delivered",
+        "_failed_attempts",
     )
 
     def __init__(self, invocation_id: str, entries: Iterable[pb.JournalEntry] = ()) -> None:
@@ -125,6 +127,7 @@ class ReplayMachine:
         self._paused = False
         self._cancel_requested = False
         self._cancel_delivered: set[int] = set()
+        self._failed_attempts: dict[int, list[pb.JournalEntry]] = {}
         for entry in entries:
             self.record(entry)
 
@@ -195,12 +198,18 @@ class ReplayMachine:
             self._cancel_requested = True
         elif kind == pb.ENTRY_KIND_CANCEL_DELIVERED:
             self._cancel_delivered.add(entry.step)
+        elif kind == pb.ENTRY_KIND_ATTEMPT_FAILED:
+            self._failed_attempts.setdefault(entry.step, []).append(entry)
         elif kind == pb.ENTRY_KIND_RETRY_REQUEST and self._final is not None:
             # Forget the failure: the failed steps run again (same numbers, same idempotency
             # keys) and everything recorded before them replays.
             self._final = None
             self._recorded = {
                 step: e for step, e in self._recorded.items() if not e.HasField("failure")
+            }
+            # The steps that run again start with a fresh attempt count.
+            self._failed_attempts = {
+                step: a for step, a in self._failed_attempts.items() if step in self._recorded
             }
             self._last_processor_kind = pb.ENTRY_KIND_SUSPENDED  # idle: a wake-up takes it
 
@@ -212,6 +221,10 @@ class ReplayMachine:
         """The ``index``-th (0-based) signal called ``name``, in journal order, if it arrived."""
         arrived = self._signals.get(name, ())
         return arrived[index] if index < len(arrived) else None
+
+    def failed_attempts(self, step: int) -> list[pb.JournalEntry]:
+        """The journaled failed attempts of a step not yet finished, oldest first."""
+        return list(self._failed_attempts.get(step, ()))
 
     def child_result(self, child_id: str) -> pb.JournalEntry | None:
         """The outcome of a child invocation, if it finished."""

@@ -94,6 +94,7 @@ class StepRecord:
     attempts: int
     duration_ms: float
     at: datetime | None
+    attempt_errors: tuple[Failure, ...] = ()  # why each earlier attempt failed, oldest first
 
     def value(self) -> Any:
         """The step's result, decoded (protobuf messages of imported modules, JSON, bytes)."""
@@ -151,6 +152,7 @@ class InvocationResult:
                     "output": _codec.to_json_compatible(s.output),
                     "failure": None if s.failure is None else vars_of(s.failure),
                     "attempts": s.attempts,
+                    "attempt_errors": [vars_of(f) for f in s.attempt_errors],
                     "duration_ms": s.duration_ms,
                     "at": s.at.isoformat() if s.at else None,
                 }
@@ -964,6 +966,13 @@ class Client:
 
     async def _result(self, state: pb.ExecutionState) -> InvocationResult:
         records = await self._t.read_journal(state.invocation_id, min_entries=state.journal_length)
+        errors: dict[int, list[Failure]] = {}
+        for r in records:
+            failed = _failure(r.entry.failure) if r.entry.HasField("failure") else None
+            if r.entry.kind == pb.ENTRY_KIND_ATTEMPT_FAILED and failed is not None:
+                errors.setdefault(r.entry.step, []).append(failed)
+            elif r.entry.kind == pb.ENTRY_KIND_RETRY_REQUEST:
+                errors.clear()  # client.retry: the failed steps start counting again
         steps = tuple(
             StepRecord(
                 step=r.entry.step,
@@ -974,6 +983,9 @@ class Client:
                 attempts=r.entry.attempts,
                 duration_ms=r.entry.duration_us / 1000,
                 at=_ms_to_dt(r.entry.timestamp_ms),
+                attempt_errors=tuple(errors.get(r.entry.step, ()))
+                if r.entry.kind in (pb.ENTRY_KIND_CALL, pb.ENTRY_KIND_RUN)
+                else (),
             )
             for r in records
             if r.entry.kind in _KINDS

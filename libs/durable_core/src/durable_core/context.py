@@ -68,6 +68,7 @@ class Wait:
     what: str
     step: int
     wake_at_ms: int = 0
+    tag: str = ""  # tells apart the timers of one step (its retry attempts)
 
 
 class Journal(Protocol):
@@ -371,7 +372,13 @@ class Context:
     ) -> Any:
         chained = chain_steps(self._interceptors, attempt_fn)
         started = time.monotonic()
-        attempt = 0
+        # Attempts that failed in earlier runs count: a crash or a suspension between two
+        # attempts neither resets the count nor skips the backoff.
+        earlier = [e for e in self._machine.failed_attempts(step) if e.name == name]
+        attempt = len(earlier)
+        if earlier:
+            self._raise_if_cancelled_at(step)  # cancelled while it waited for its next attempt
+            await self._wait_for_attempt(step, name, earlier[-1].wake_at_ms, attempt + 1)
         result: Any = None
         failure: pb.Failure | None = None
         while True:
@@ -393,7 +400,23 @@ class Context:
             except Exception as e:  # noqa: BLE001 - every step failure is journaled
                 code, retryable = _classify(e, policy)
                 if retryable and policy.allows_another(attempt):
-                    await asyncio.sleep(policy.delay(attempt))
+                    now = _wall_ms()
+                    wake_at = now + int(policy.delay(attempt) * 1000)
+                    await self._journal.append_step(
+                        pb.JournalEntry(
+                            kind=pb.ENTRY_KIND_ATTEMPT_FAILED,
+                            step=step,
+                            name=name,
+                            input_hash=_codec.input_hash(input_bytes),
+                            failure=pb.Failure(
+                                type=type(e).__name__, message=_message(e), code=code, step=step
+                            ),
+                            timestamp_ms=now,
+                            attempts=attempt,
+                            wake_at_ms=wake_at,
+                        )
+                    )
+                    await self._wait_for_attempt(step, name, wake_at, attempt + 1)
                     continue
                 failure = pb.Failure(
                     type=type(e).__name__, message=_message(e), code=code, step=step
@@ -427,6 +450,23 @@ class Context:
                 failure.message, step=step, name=name, code=failure.code, error_type=failure.type
             )
         return result
+
+    async def _wait_for_attempt(self, step: int, name: str, due_ms: int, attempt: int) -> None:
+        """Wait until a step's next attempt is due: in-process when it is soon, otherwise
+        suspended on a server-side timer, holding no processor slot (never returns then:
+        the run after the wake-up replays to here and finds it due)."""
+        left = due_ms - _wall_ms()
+        if left <= 0:
+            return
+        if left <= LOCAL_TIMER.total_seconds() * 1000:
+            await asyncio.sleep(left / 1000)
+            return
+        what = f"attempt {attempt} of step {step} ({name}) at {_iso(due_ms)}"
+        self._executing -= 1  # parked, not executing: the invocation may suspend
+        try:
+            await self._park(Wait(what, step, due_ms, tag=f"a{attempt}"))
+        finally:
+            self._executing += 1
 
     async def _intercepted(
         self, kind_name: str, step: int, name: str, record: Callable[[StepInput], Awaitable[T]]

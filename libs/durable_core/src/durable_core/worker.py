@@ -847,8 +847,8 @@ class _Execution:
                 await self.t.schedule_command(
                     wake,
                     at_ms=wait.wake_at_ms,
-                    key=f"{self.id}.t{wait.step}",
-                    msg_id=f"timer:{self.id}:{wait.step}",
+                    key=f"{self.id}.t{wait.step}{wait.tag}",
+                    msg_id=f"timer:{self.id}:{wait.step}{wait.tag}",
                 )
         waiting = "; ".join(w.what for w in self.waits)
         status = pb.STATUS_PAUSED if self.machine.paused else pb.STATUS_SUSPENDED

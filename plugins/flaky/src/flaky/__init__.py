@@ -14,19 +14,32 @@ orders = grpc_service(OrderServiceStub)
 
 
 async def flaky(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
-    """Run a step that raises on its first ``failures`` attempts."""
+    """Run a step that raises on its first ``failures`` attempts.
+
+    Args (all optional): ``failures`` (2), ``attempts`` (5), ``interval_ms`` (100, the first
+    backoff), ``backoff`` (2.0), ``jitter`` (0.1), and ``fatal``: raise PermissionError, which
+    the policy names as non-retryable. The attempt count lives in the processor's memory:
+    run one processor when a test counts attempts.
+    """
     failures = int(args.get("failures", 2))
+    fatal = bool(args.get("fatal", False))
     key = ctx.invocation_id
 
     def unreliable() -> int:
         _attempts[key] = _attempts.get(key, 0) + 1
+        if fatal:
+            raise PermissionError(f"refused on attempt {_attempts[key]}")
         if _attempts[key] <= failures:
             raise ConnectionError(f"transient failure {_attempts[key]} of {failures}")
         return _attempts[key]
 
     policy = RetryPolicy(
-        initial_interval=timedelta(milliseconds=100),
+        initial_interval=timedelta(milliseconds=int(args.get("interval_ms", 100))),
+        backoff_coefficient=float(args.get("backoff", 2.0)),
+        maximum_interval=timedelta(minutes=1),
         maximum_attempts=int(args.get("attempts", 5)),
+        jitter=float(args.get("jitter", 0.1)),
+        non_retryable_errors=("PermissionError",),
     )
     attempt = await ctx.run("unreliable", unreliable, retry=policy)
     return {"succeeded_on_attempt": attempt}

@@ -38,6 +38,7 @@ class EntryKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ENTRY_KIND_SUSPENDED: _ClassVar[EntryKind]
     ENTRY_KIND_CANCELLED: _ClassVar[EntryKind]
     ENTRY_KIND_CANCEL_DELIVERED: _ClassVar[EntryKind]
+    ENTRY_KIND_ATTEMPT_FAILED: _ClassVar[EntryKind]
     ENTRY_KIND_AWAKEABLE_RESULT: _ClassVar[EntryKind]
     ENTRY_KIND_SIGNAL: _ClassVar[EntryKind]
     ENTRY_KIND_CHILD_RESULT: _ClassVar[EntryKind]
@@ -79,6 +80,7 @@ ENTRY_KIND_SEND: EntryKind
 ENTRY_KIND_SUSPENDED: EntryKind
 ENTRY_KIND_CANCELLED: EntryKind
 ENTRY_KIND_CANCEL_DELIVERED: EntryKind
+ENTRY_KIND_ATTEMPT_FAILED: EntryKind
 ENTRY_KIND_AWAKEABLE_RESULT: EntryKind
 ENTRY_KIND_SIGNAL: EntryKind
 ENTRY_KIND_CHILD_RESULT: EntryKind
