@@ -9,7 +9,14 @@ from datetime import timedelta
 
 import pytest
 
-from durable_core import Client, IllegalTransitionError, InvalidInputError, WorkflowFailedError
+from durable_core import (
+    Client,
+    ExpiredError,
+    IllegalTransitionError,
+    InvalidInputError,
+    NotFoundError,
+    WorkflowFailedError,
+)
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import Transport
 
@@ -280,3 +287,40 @@ async def test_backoff_intervals_are_kept_across_a_suspension_and_non_retryable_
     assert "refused on attempt 1" in str(err.value)
     failed_result = await client.get_result("fatal-1")
     assert [s.attempts for s in failed_result.steps] == [1]
+
+
+async def test_finished_executions_expire_after_the_retention_period(
+    stack: Stack, client: Client, transport: Transport
+) -> None:
+    from .test_schedules import metric_total, start_scheduler
+
+    stack.start_service()
+    stack.start_processor("p-retention")
+    await client.invoke_async("delayed_greeting", {"name": "Old", "delay_seconds": 60}, id="nap")
+    result = await client.invoke("hello_workflow", {"name": "Ada"}, id="exp-1", timeout=30)
+    assert result.output == {"message": GREETING.format("Ada")}
+    await wait_status(client, "nap", "suspended")
+    _, port = start_scheduler(
+        stack, "scheduler-retention", durable_retention="3", durable_retention_sweep="0.5"
+    )
+
+    async def expired() -> bool:
+        try:
+            await client.get_result("exp-1")
+        except ExpiredError:
+            return True
+        return False
+
+    await eventually(expired, 20, "exp-1 to expire")
+    with pytest.raises(ExpiredError) as err:
+        await client.get_result("exp-1")
+    assert err.value.status == "completed" and "has expired" in str(err.value)
+    assert await transport.read_journal("exp-1") == []  # the journal is gone too
+    cp = await asyncio.to_thread(stack.cli, "status", "exp-1")
+    assert cp.returncode == 4 and "has expired" in cp.stderr, (cp.returncode, cp.stderr)
+    with pytest.raises(NotFoundError) as never:
+        await client.get_result("never-was")
+    assert not isinstance(never.value, ExpiredError)
+    # A suspended invocation is not finished: however old, it stays.
+    assert await status_of(client, "nap") == "suspended"
+    assert metric_total(port, "durable_scheduler_executions_expired_total") >= 1

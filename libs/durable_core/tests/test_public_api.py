@@ -25,6 +25,7 @@ PUBLIC_API = [
     "EngineConfig",
     "ExecutionSummary",
     "ExecutionTimeoutError",
+    "ExpiredError",
     "Failure",
     "IllegalTransitionError",
     "Interceptor",

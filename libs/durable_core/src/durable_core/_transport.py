@@ -1142,6 +1142,80 @@ class Transport:
         )
         return TickConsumer(psub)
 
+    # -- retention -------------------------------------------------------------------------
+
+    async def expire_execution(self, rec: StateRecord, now_ms: int) -> bool:
+        """Remove a finished execution: its state (if still at ``rec``'s revision), then its
+        journal. Returns False if the state changed meanwhile (nothing is removed then).
+
+        The state is replaced by a KV delete marker that keeps a note of how and when it ended
+        (headers), so ``durable status`` can say "expired" rather than "never existed", and a
+        new invocation may take the id again (a KV create succeeds over a delete marker).
+        """
+        st = rec.state
+        note = {
+            "status": pb.Status.Name(st.status).removeprefix("STATUS_").lower(),
+            "finished_at_ms": st.updated_at_ms,
+            "expired_at_ms": now_ms,
+            "workflow": st.workflow,
+        }
+        subject = f"$KV.{self.names.state_bucket}.{st.invocation_id}"
+        headers = {
+            "KV-Operation": "DEL",
+            "Nats-Expected-Last-Subject-Sequence": str(rec.revision),
+            _EXPIRED_HEADER: json.dumps(note),
+        }
+
+        async def mark() -> bool:
+            try:
+                await self.js.publish(subject, b"", headers=headers)
+            except nats.js.errors.APIError as e:
+                if not _wrong_last(e):
+                    raise
+                return False
+            return True
+
+        marked = await _retrying(
+            f"expire {st.invocation_id}", mark, self._deadline(), self.nats_cfg.servers
+        )
+        if not marked:
+            # The state moved on, or a retry of ours found its own first try had landed.
+            note_now = await self.expiry_note(st.invocation_id)
+            if note_now is None or note_now.get("expired_at_ms") != now_ms:
+                return False
+
+        async def purge() -> None:
+            await self.js.purge_stream(
+                self.names.journal_stream, subject=self.names.journal_subject(st.invocation_id)
+            )
+
+        await _retrying(
+            f"purge journal of {st.invocation_id}", purge, self._deadline(), self.nats_cfg.servers
+        )
+        return True
+
+    async def expiry_note(self, invocation_id: str) -> dict[str, Any] | None:
+        """What :meth:`expire_execution` noted about an expired invocation, if it expired."""
+        subject = f"$KV.{self.names.state_bucket}.{invocation_id}"
+
+        async def get() -> dict[str, Any] | None:
+            try:
+                msg = await self.js.get_last_msg(f"KV_{self.names.state_bucket}", subject)
+            except nats.js.errors.NotFoundError:
+                return None
+            raw = (msg.headers or {}).get(_EXPIRED_HEADER)
+            if not raw:
+                return None
+            try:
+                note = json.loads(raw)
+            except ValueError:
+                return None
+            return note if isinstance(note, dict) else None
+
+        return await _retrying(
+            f"read expiry of {invocation_id}", get, self._deadline(), self.nats_cfg.servers
+        )
+
     # -- processor leases ------------------------------------------------------------------
 
     async def leases_kv(self) -> KeyValue:
@@ -1212,6 +1286,9 @@ async def _watch(kv: KeyValue) -> AsyncIterator[tuple[str, bytes | None, int] | 
     finally:
         with contextlib.suppress(Exception):
             await watcher.stop()  # type: ignore[no-untyped-call]
+
+
+_EXPIRED_HEADER = "Durable-Expired"  # on the KV delete marker of an expired execution
 
 
 def _wrong_last(e: nats.js.errors.APIError) -> bool:

@@ -25,6 +25,7 @@ from durable_core.config import EngineConfig, NatsConfig
 from durable_core.context import MAX_SLEEP
 from durable_core.errors import (
     AlreadyResolvedError,
+    ExpiredError,
     IllegalTransitionError,
     InvalidInputError,
     InvocationFinishedError,
@@ -549,7 +550,7 @@ class Client:
         }[kind]
         rec = await self._t.get_state(invocation_id)
         if rec is None:
-            raise NotFoundError(f"no invocation with id {invocation_id}")
+            raise await self._missing(invocation_id)
         status = Status.from_pb(rec.state.status)
 
         def check(records: list[JournalRecord]) -> None:
@@ -613,7 +614,7 @@ class Client:
         check_invocation_id(invocation_id)
         rec = await self._t.get_state(invocation_id)
         if rec is None:
-            raise NotFoundError(f"no invocation with id {invocation_id}")
+            raise await self._missing(invocation_id)
         if rec.state.status != pb.STATUS_FAILED:
             status = Status.from_pb(rec.state.status).value
             raise IllegalTransitionError(
@@ -658,7 +659,7 @@ class Client:
         """Start a new invocation of the same workflow with the same arguments; its id."""
         rec = await self._t.get_state(check_invocation_id(invocation_id))
         if rec is None:
-            raise NotFoundError(f"no invocation with id {invocation_id}")
+            raise await self._missing(invocation_id)
         st = rec.state
         key = st.partition_key if st.partition_key != invocation_id else None
         new_id, _ = await self._submit_payload(st.workflow, st.args, None, key)
@@ -673,7 +674,7 @@ class Client:
         """
         rec = await self._t.get_state(check_invocation_id(invocation_id))
         if rec is None:
-            raise NotFoundError(f"no invocation with id {invocation_id}")
+            raise await self._missing(invocation_id)
         records = await self._t.read_journal(invocation_id, min_entries=rec.state.journal_length)
         steps = [
             r.entry for r in records if r.entry.kind in STEP_KINDS and r.entry.step < from_step
@@ -719,7 +720,7 @@ class Client:
         for _ in range(5):
             rec = await self._t.get_state(invocation_id)
             if rec is None:
-                raise NotFoundError(f"no invocation with id {invocation_id}")
+                raise await self._missing(invocation_id)
             st = rec.state
             idle = st.status in (pb.STATUS_PENDING, pb.STATUS_SUSPENDED)
             if kind != pb.ENTRY_KIND_PAUSE_REQUEST or not idle:
@@ -877,7 +878,7 @@ class Client:
     ) -> None:
         rec = await self._t.get_state(invocation_id)
         if rec is None:
-            raise NotFoundError(f"no invocation with id {invocation_id}")
+            raise await self._missing(invocation_id)
         if rec.state.status in _TERMINAL_PB:
             raise InvocationFinishedError(
                 f"invocation {invocation_id} is already {Status.from_pb(rec.state.status)}"
@@ -915,6 +916,18 @@ class Client:
             else:
                 yield ExecutionSummary.from_pb(rec.state, rec.revision)
 
+    async def _missing(self, invocation_id: str) -> NotFoundError:
+        """The error for an id without a state: ExpiredError if it finished and expired."""
+        note = await self._t.expiry_note(invocation_id)
+        if note is None:
+            return NotFoundError(f"no invocation with id {invocation_id}")
+        return ExpiredError(
+            invocation_id,
+            str(note.get("status", "finished")),
+            int(note.get("finished_at_ms", 0) or 0),
+            int(note.get("expired_at_ms", 0) or 0),
+        )
+
     async def get_result(self, invocation_id: str) -> InvocationResult:
         """Status, output or failure, and the journaled steps of an invocation.
 
@@ -924,7 +937,7 @@ class Client:
         check_invocation_id(invocation_id)
         rec = await self._t.get_state(invocation_id)
         if rec is None:
-            raise NotFoundError(f"no invocation with id {invocation_id}")
+            raise await self._missing(invocation_id)
         return await self._result(rec.state)
 
     async def wait(
@@ -946,7 +959,7 @@ class Client:
         # The subscription is open, so any later change reaches us; read once for the present.
         rec = await self._t.get_state(invocation_id)
         if rec is None:
-            raise NotFoundError(f"no invocation with id {invocation_id}")
+            raise await self._missing(invocation_id)
         state = rec.state
         while state.status not in _TERMINAL_PB:
             left = deadline - time.monotonic()

@@ -13,6 +13,7 @@ DurableError                      every error this library raises
 ├── InvalidInputError             bad input: malformed args, oversized payload, bad id or key
 ├── NonDeterminismError           the workflow code no longer matches its journal
 ├── NotFoundError                 no such invocation, workflow or awakeable
+│   └── ExpiredError              it finished longer ago than the retention period
 ├── ConflictError                 the request contradicts the invocation's state
 │   ├── AlreadyResolvedError      the awakeable was resolved or rejected before
 │   ├── InvocationFinishedError   the invocation has already finished
@@ -29,6 +30,7 @@ InvocationCancelledError          raised inside a cancelled workflow; catch it t
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "ConfigError",
     "ConflictError",
     "ExecutionTimeoutError",
+    "ExpiredError",
     "IllegalTransitionError",
     "InvocationCancelledError",
     "InvocationFinishedError",
@@ -156,6 +159,36 @@ class NonDeterminismError(DurableError):
 
 class NotFoundError(DurableError, LookupError):
     """No such invocation, or no such workflow."""
+
+
+class ExpiredError(NotFoundError):
+    """The invocation finished longer ago than the retention period: its state and journal
+    were removed. The id may be used again for a new invocation (once the command stream's
+    duplicate window, 10 minutes, has passed since the first start: always, with the default
+    retention of 7 days).
+
+    Attributes:
+        invocation_id: the expired invocation.
+        status: how it had ended (``completed``, ``failed`` or ``cancelled``).
+        finished_at_ms: when it finished (wall clock, ms), 0 if unknown.
+        expired_at_ms: when it was removed.
+    """
+
+    def __init__(
+        self, invocation_id: str, status: str, finished_at_ms: int, expired_at_ms: int
+    ) -> None:
+        def iso(ms: int) -> str:
+            return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000)) if ms else "?"
+
+        super().__init__(
+            f"invocation {invocation_id} has expired: it {status} at {iso(finished_at_ms)} "
+            f"and its state and journal were removed at {iso(expired_at_ms)} (finished "
+            "executions are kept for the retention period, 7 days by default)"
+        )
+        self.invocation_id = invocation_id
+        self.status = status
+        self.finished_at_ms = finished_at_ms
+        self.expired_at_ms = expired_at_ms
 
 
 class ConflictError(DurableError):

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from durable_core import DurableError
 from durable_core._transport import Transport
+from durable_scheduler.janitor import Janitor
 from durable_scheduler.metrics import SchedulerMetrics
 from durable_scheduler.metrics_server import MetricsServer
 from durable_scheduler.redrive import Redriver
@@ -69,16 +70,18 @@ async def serve(settings: SchedulerSettings) -> int:
     metrics = SchedulerMetrics()
     scheduler = Scheduler(transport, settings, metrics)
     redriver = Redriver(transport, metrics)
+    janitor = Janitor(transport, settings.engine.retention, settings.retention_sweep, metrics)
     server = await start_metrics_server(settings, metrics, transport)
     loop = asyncio.get_running_loop()
 
     def stop() -> None:
         scheduler.stop()
         redriver.stop()
+        janitor.stop()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
-    tasks = [asyncio.create_task(scheduler.run()), asyncio.create_task(redriver.run())]
+    tasks = [asyncio.create_task(w.run()) for w in (scheduler, redriver, janitor)]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         stop()  # one failed (or both stopped): stop the other too

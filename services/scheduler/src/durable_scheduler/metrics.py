@@ -9,6 +9,7 @@
 | ``durable_scheduler_ticks_dropped_total`` | counter | schedule, reason | paused or deleted |
 | ``durable_scheduler_leases_expired_total`` | counter | | processor leases found lapsed |
 | ``durable_scheduler_commands_redriven_total`` | counter | | commands handed back from them |
+| ``durable_scheduler_executions_expired_total`` | counter | | finished executions removed |
 
 Counts are per replica; sum them over replicas.
 """
@@ -74,5 +75,10 @@ class SchedulerMetrics:
         self.redriven = Counter(
             "durable_scheduler_commands_redriven",
             "Commands of dead processors handed back for immediate redelivery.",
+            registry=registry,
+        )
+        self.expired = Counter(
+            "durable_scheduler_executions_expired",
+            "Finished executions removed after the retention period (state and journal).",
             registry=registry,
         )

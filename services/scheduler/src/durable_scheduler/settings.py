@@ -26,6 +26,8 @@ class SchedulerSettings:
             (a replica that died holding it).
         max_concurrent: ticks handled at once by this replica.
         shutdown_grace: how long SIGTERM waits for the ticks being handled.
+        retention_sweep: how often the retention sweep runs (the period itself is
+            ``engine.retention``, setting ``retention`` in seconds).
     """
 
     nats: NatsConfig
@@ -34,6 +36,7 @@ class SchedulerSettings:
     ack_wait: timedelta = timedelta(seconds=10)
     max_concurrent: int = 16
     shutdown_grace: timedelta = timedelta(seconds=10)
+    retention_sweep: timedelta = timedelta(hours=1)
     log_level: str = "INFO"
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9465  # 0: no metrics endpoint
@@ -76,10 +79,14 @@ def build(s: Mapping[str, Any]) -> SchedulerSettings:
             raise ConfigError(f"setting {key!r} must be a number, got {s.get(key)!r}") from e
 
     nats = NatsConfig.from_settings(s, name="durable-scheduler")
+    retention = num("retention", float)
+    if retention < 1:
+        raise ConfigError(f"setting 'retention' must be at least 1 second, got {retention}")
     engine = EngineConfig(
         prefix=str(s.get("prefix", "durable")),
         replicas=num("replicas"),
         max_payload=num("max_payload"),
+        retention=timedelta(seconds=retention),
     )
     ack_wait = num("ack_wait", float)
     if ack_wait < 1:
@@ -90,6 +97,9 @@ def build(s: Mapping[str, Any]) -> SchedulerSettings:
     grace = num("shutdown_grace", float)
     if grace < 0:
         raise ConfigError(f"setting 'shutdown_grace' must be 0 or more seconds, got {grace}")
+    sweep = num("retention_sweep", float)
+    if sweep < 0.1:
+        raise ConfigError(f"setting 'retention_sweep' must be at least 0.1 s, got {sweep}")
     level = str(s.get("log_level") or "INFO").upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError(f"log_level must be DEBUG, INFO, WARNING or ERROR, not {level!r}")
@@ -103,6 +113,7 @@ def build(s: Mapping[str, Any]) -> SchedulerSettings:
         ack_wait=timedelta(seconds=ack_wait),
         max_concurrent=max_concurrent,
         shutdown_grace=timedelta(seconds=grace),
+        retention_sweep=timedelta(seconds=sweep),
         log_level=level,
         metrics_host=str(s.get("metrics_host") or "127.0.0.1"),
         metrics_port=metrics_port,

@@ -25,6 +25,7 @@ from durable_core.errors import (
     ConfigError,
     ConflictError,
     DurableError,
+    ExpiredError,
     InvalidInputError,
     InvocationTimeoutError,
     NatsUnavailableError,
@@ -373,6 +374,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NatsUnavailableError as e:
         print(f"durable: {e}", file=sys.stderr)
         return EXIT_NATS
+    except ExpiredError as e:
+        print(f"durable: {e}", file=sys.stderr)  # "invocation X has expired: ..."
+        return EXIT_NOT_FOUND
     except NotFoundError as e:
         print(f"durable: not found: {e}", file=sys.stderr)
         return EXIT_NOT_FOUND
