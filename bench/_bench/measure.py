@@ -441,6 +441,8 @@ async def run_setup(setup: Setup) -> None:
     opts = setup.opts
 
     async def part(name: str, fn: Callable[[], Awaitable[None]]) -> None:
+        if name not in opts.parts and not (name == "many_steps" and "steps" in opts.parts):
+            return
         progress(f"{setup.name}: {name}")
         try:
             await fn()

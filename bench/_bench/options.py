@@ -10,6 +10,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS_DIR = ROOT / "bench" / "results"
+PARTS = ("floor", "hello", "order", "steps", "memory")
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class Options:
     processors: int
     results_dir: Path
     profile: bool
+    parts: tuple[str, ...] = PARTS
     steps: int = 1000  # (d) steps of the many-step workflow
     sleepers: int = 10_000  # (e) sleeping workflows
     memory_inflight: int = 100  # (e) invocations in flight while RSS is sampled
@@ -52,7 +54,15 @@ class Options:
             action="store_true",
             help="py-spy the processor and this client during the first hello throughput run",
         )
+        p.add_argument(
+            "--parts",
+            default=",".join(PARTS),
+            help=f"comma-separated parts to measure ({','.join(PARTS)}; default all)",
+        )
         a = p.parse_args(argv)
+        parts = tuple(x.strip() for x in a.parts.split(",") if x.strip())
+        if not parts or set(parts) - set(PARTS):
+            p.error(f"--parts takes a comma-separated subset of {','.join(PARTS)}")
         if a.repeat < 1 or a.processors < 1:
             p.error("--repeat and --processors must be at least 1")
         extra: dict[str, Any] = {}
@@ -78,6 +88,7 @@ class Options:
             processors=a.processors,
             results_dir=a.results_dir,
             profile=a.profile,
+            parts=parts,
             **extra,
         )
 

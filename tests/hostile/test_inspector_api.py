@@ -115,6 +115,9 @@ class MemoryTransport:
         st_ = self.states.get(invocation_id)
         return None if st_ is None else StateRecord(st_, 1)
 
+    async def expiry_note(self, invocation_id: str) -> dict[str, Any] | None:
+        return None  # nothing expires in memory
+
     async def read_journal(
         self, invocation_id: str, *, min_seq: int = 0, min_entries: int = 0
     ) -> list[JournalRecord]:

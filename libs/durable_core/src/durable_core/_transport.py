@@ -10,13 +10,16 @@ Every write the engine makes goes through here and is conditional:
 from __future__ import annotations
 
 import asyncio
+import base64
+import collections
 import contextlib
+import itertools
 import json
 import logging
 import math
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -273,6 +276,7 @@ class Transport:
         self.names = Names(engine.prefix)
         self._kv: KeyValue | None = None
         self._keys: KeyValue | None = None
+        self._replies: _Replies | None = None  # the inbox of batched direct gets
 
     @classmethod
     async def connect(
@@ -510,10 +514,27 @@ class Transport:
         subject = self.names.command_subject(cmd.partition_key or cmd.invocation_id)
 
         async def pub() -> bool:
-            ack = await self.js.publish(subject, data, headers={"Nats-Msg-Id": msg_id})
-            return not ack.duplicate
+            _, duplicate = await self._js_publish(subject, data, {"Nats-Msg-Id": msg_id})
+            return not duplicate
 
         return await _retrying("publish command", pub, self._deadline(), self.nats_cfg.servers)
+
+    async def _js_publish(
+        self, subject: str, data: bytes, headers: dict[str, str]
+    ) -> tuple[int, bool]:
+        """What ``js.publish`` does, without building a PubAck: ``(sequence, duplicate)``.
+
+        Raises nats.js.errors.APIError (and its subclasses) as js.publish does.
+        """
+        try:
+            msg = await self.nc.request(subject, data, timeout=5.0, headers=headers)
+        except nats.errors.NoRespondersError:
+            raise nats.js.errors.NoStreamResponseError from None
+        resp = json.loads(msg.data)
+        error = resp.get("error")
+        if error is not None:
+            raise nats.js.errors.APIError.from_error(error)
+        return int(resp["seq"]), bool(resp.get("duplicate", False))
 
     async def schedule_command(self, cmd: pb.Command, *, at_ms: int, key: str, msg_id: str) -> None:
         """Have the server publish ``cmd`` at ``at_ms`` (JetStream message scheduling).
@@ -539,23 +560,38 @@ class Transport:
         await _retrying("schedule command", pub, self._deadline(), self.nats_cfg.servers)
 
     async def submit(self, state: pb.ExecutionState, cmd: pb.Command) -> StateRecord | None:
-        """Accept an invocation: create its state, then publish (or schedule) its start.
+        """Accept an invocation: create its state, then publish (or schedule) its start; both
+        at once when a processor can rebuild the state from the command (``_rebuildable``).
 
         Idempotent by invocation id: returns None when the state already existed; the start
         is then published again only if the invocation is still pending (dedup makes that
         safe). Raises InvalidInputError when the id is taken by another workflow.
         """
+        delayed = state.start_at_ms > int(time.time() * 1000) + 1000
+        if not delayed and _rebuildable(state, cmd):
+            # The state holds nothing the processor cannot rebuild from the command: create
+            # it and publish the start at once (one round trip, not two). A processor that
+            # reads no state yet runs from the command; one that finds another workflow's
+            # state drops the start (see below: that id is refused here).
+            results = await asyncio.gather(
+                self.create_state(state),
+                self.publish_command(cmd, msg_id=f"start:{state.invocation_id}"),
+                return_exceptions=True,
+            )
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+            created = results[0]
+            assert not isinstance(created, BaseException)
+            if created is None:
+                await self._existing_of_same_workflow(state)
+            return created
         created = await self.create_state(state)
         if created is None:
-            existing = await self.get_state(state.invocation_id)
-            if existing is not None and existing.state.workflow != state.workflow:
-                raise InvalidInputError(
-                    f"invocation id {state.invocation_id} is already used by workflow "
-                    f"{existing.state.workflow!r}"
-                )
+            existing = await self._existing_of_same_workflow(state)
             if existing is not None and existing.state.status != pb.STATUS_PENDING:
                 return None
-        if state.start_at_ms > int(time.time() * 1000) + 1000:
+        if delayed:
             await self.schedule_command(
                 cmd,
                 at_ms=state.start_at_ms,
@@ -565,6 +601,16 @@ class Transport:
         else:
             await self.publish_command(cmd, msg_id=f"start:{state.invocation_id}")
         return created
+
+    async def _existing_of_same_workflow(self, state: pb.ExecutionState) -> StateRecord | None:
+        """The state already under this id; InvalidInputError if another workflow has it."""
+        existing = await self.get_state(state.invocation_id)
+        if existing is not None and existing.state.workflow != state.workflow:
+            raise InvalidInputError(
+                f"invocation id {state.invocation_id} is already used by workflow "
+                f"{existing.state.workflow!r}"
+            )
+        return existing
 
     async def append_external(
         self,
@@ -637,10 +683,11 @@ class Transport:
             return info
 
         await _retrying("set up consumer", setup, self._deadline(), self.nats_cfg.servers)
-        psub = await self.js.pull_subscribe_bind(
-            cfg.consumer, stream=n.command_stream, inbox_prefix=self.nc.new_inbox().encode()
+        consumer = CommandConsumer(
+            self.nc, f"$JS.API.CONSUMER.MSG.NEXT.{n.command_stream}.{cfg.consumer}"
         )
-        return CommandConsumer(psub)
+        await consumer.start()
+        return consumer
 
     async def consumer_stats(self, consumer: str) -> tuple[int, int, int]:
         """``(num_pending, num_ack_pending, num_redelivered)`` of a command consumer.
@@ -710,14 +757,14 @@ class Transport:
     async def _direct_get_batch(
         self, stream: str, subject: str, start: int, batch: int, *, raw: bool = False
     ) -> tuple[list[Any], bool]:
-        inbox = self.nc.new_inbox()
-        sub = await self.nc.subscribe(inbox)
+        if self._replies is None:
+            self._replies = _Replies(self.nc)
         out: list[Any] = []
-        try:
+        async with self._replies.open() as (inbox, replies):
             req = json.dumps({"seq": start, "next_by_subj": subject, "batch": batch}).encode()
             await self.nc.publish(f"$JS.API.DIRECT.GET.{stream}", req, reply=inbox)
             while True:
-                msg = await sub.next_msg(timeout=5.0)
+                msg = await replies.get(timeout=5.0)
                 hdrs = msg.headers or {}
                 status = hdrs.get("Status")
                 if status == "404":
@@ -742,8 +789,6 @@ class Transport:
                 out.append(
                     JournalRecord(entry, int(hdrs["Nats-Sequence"]), hdrs.get("Nats-Msg-Id", ""))
                 )
-        finally:
-            await sub.unsubscribe()
 
     async def append(
         self, invocation_id: str, entry: pb.JournalEntry, expected_seq: int, msg_id: str
@@ -762,8 +807,7 @@ class Transport:
 
         async def pub() -> int:
             try:
-                ack = await self.js.publish(subject, data, headers=headers)
-                return ack.seq
+                return (await self._js_publish(subject, data, headers))[0]
             except nats.js.errors.APIError as e:
                 if e.err_code not in _WRONG_LAST_CODES:
                     raise
@@ -838,17 +882,51 @@ class Transport:
         """The current state of an invocation, or None if there is none."""
 
         async def get() -> StateRecord | None:
-            try:
-                e = await self.kv.get(invocation_id)
-            except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            data, revision = await self._state_msg(invocation_id)
+            if data is None:
                 return None
             st = pb.ExecutionState()
-            st.ParseFromString(e.value or b"")
-            return StateRecord(st, e.revision or 0)
+            st.ParseFromString(data)
+            return StateRecord(st, revision)
 
         return await _retrying(
             f"read state of {invocation_id}", get, self._deadline(), self.nats_cfg.servers
         )
+
+    async def _state_msg(self, invocation_id: str) -> tuple[bytes | None, int]:
+        """The state's value and revision, read from the bucket's leader as ``kv.get`` does
+        (but without parsing headers as e-mail): ``(None, 0)`` if there never was one,
+        ``(None, revision)`` if it was deleted (an expired execution)."""
+        bucket = self.names.state_bucket
+        req = json.dumps({"last_by_subj": f"$KV.{bucket}.{invocation_id}"}).encode()
+        msg = await self.nc.request(f"$JS.API.STREAM.MSG.GET.KV_{bucket}", req, timeout=5.0)
+        resp = json.loads(msg.data)
+        error = resp.get("error")
+        if error is not None:
+            if error.get("err_code") == _NO_MESSAGE_FOUND:
+                return None, 0
+            raise nats.js.errors.APIError.from_error(error)
+        found = resp["message"]
+        revision = int(found["seq"])
+        if _kv_deleted(found.get("hdrs")):
+            return None, revision
+        return base64.b64decode(found.get("data") or ""), revision
+
+    async def _write_state_msg(self, invocation_id: str, data: bytes, last: int) -> int:
+        """Write a state if its revision is still ``last`` (0: none yet); the new revision.
+
+        Raises nats.js.errors.KeyWrongLastSequenceError when it is not.
+        """
+        subject = f"$KV.{self.names.state_bucket}.{invocation_id}"
+        try:
+            seq, _ = await self._js_publish(
+                subject, data, {"Nats-Expected-Last-Subject-Sequence": str(last)}
+            )
+        except nats.js.errors.APIError as e:
+            if e.err_code in _WRONG_LAST_CODES:
+                raise nats.js.errors.KeyWrongLastSequenceError(description=e.description) from e
+            raise
+        return seq
 
     async def create_state(self, state: pb.ExecutionState) -> StateRecord | None:
         """Create the state if none exists; return None if it already existed."""
@@ -856,13 +934,16 @@ class Transport:
 
         async def create() -> StateRecord | None:
             try:
-                rev = await self.kv.create(state.invocation_id, data)
+                rev = await self._write_state_msg(state.invocation_id, data, 0)
             except nats.js.errors.KeyWrongLastSequenceError:
-                return None
-            except nats.js.errors.APIError as e:
-                if e.err_code in _WRONG_LAST_CODES:
+                # A delete marker (an expired execution) is written over, as kv.create does.
+                current, last = await self._state_msg(state.invocation_id)
+                if current is not None or not last:
                     return None
-                raise
+                try:
+                    rev = await self._write_state_msg(state.invocation_id, data, last)
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    return None
             return StateRecord(state, rev)
 
         return await _retrying(
@@ -884,7 +965,7 @@ class Transport:
             nonlocal attempts
             attempts += 1
             try:
-                rev = await self.kv.update(state.invocation_id, data, last=revision)
+                rev = await self._write_state_msg(state.invocation_id, data, revision)
                 return StateRecord(state, rev)
             except nats.js.errors.KeyWrongLastSequenceError as e:
                 if attempts > 1:
@@ -918,8 +999,40 @@ class Transport:
 
     async def state_events(self, invocation_id: str) -> StateEvents:
         """Subscribe to the server's republished state changes of one invocation."""
-        sub = await self.nc.subscribe(self.names.state_event_subject(invocation_id))
-        return StateEvents(sub)
+        queue = _MsgQueue()
+        sub = await self.nc.subscribe(self.names.state_event_subject(invocation_id), cb=queue.put)
+        return StateEvents(sub, queue)
+
+    async def publish_result(
+        self, state: pb.ExecutionState, entries: Sequence[pb.JournalEntry]
+    ) -> None:
+        """Tell clients waiting on an invocation that it finished (core NATS, best effort).
+
+        Sent by the processor once the journal holds the final entry and before the state is
+        written, on the subject where the state's changes are republished: a waiting client
+        has its result one write earlier, and without reading the journal. The body is the
+        final state followed by the journal's entries as field ``_RESULT_JOURNAL_FIELD``,
+        unknown to ExecutionState (a reader that does not know it sees a plain state); the
+        header ``Durable-Journal`` gives the offset of the entries. A journal too large for
+        one message is left out (the client reads it).
+        """
+        body = state.SerializeToString()
+        parts = [body]
+        limit = min(_RESULT_MAX_BYTES, (self.nc.max_payload or 1024 * 1024) - 16 * 1024)
+        size = len(body)
+        for entry in entries:
+            data = entry.SerializeToString()
+            size += len(data) + 16
+            if size > limit:
+                parts = [body]
+                break
+            parts.append(_RESULT_JOURNAL_TAG + _varint(len(data)) + data)
+        headers = {_RESULT_HEADER: str(len(body))} if len(parts) > 1 else None
+        await self.nc.publish(
+            self.names.state_event_subject(state.invocation_id),
+            b"".join(parts),
+            headers=headers,
+        )
 
     async def watch_states(self) -> AsyncIterator[tuple[str, StateRecord | None] | None]:
         """Every execution state now, then ``None`` once caught up, then every change.
@@ -1288,7 +1401,81 @@ async def _watch(kv: KeyValue) -> AsyncIterator[tuple[str, bytes | None, int] | 
             await watcher.stop()  # type: ignore[no-untyped-call]
 
 
+def _varint(n: int) -> bytes:
+    """Protobuf's base-128 varint encoding of ``n`` >= 0."""
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_RESULT_HEADER = "Durable-Journal"
+_RESULT_JOURNAL_FIELD = 1000  # never a field of ExecutionState: readers skip it
+_RESULT_JOURNAL_TAG = _varint(_RESULT_JOURNAL_FIELD << 3 | 2)  # length-delimited
+_RESULT_MAX_BYTES = 512 * 1024
+
+
+def _journal_of_result(data: bytes, offset: str) -> list[pb.JournalEntry] | None:
+    """The journal entries a result notice carries after its state; None if malformed."""
+    try:
+        pos = int(offset)
+        entries = []
+        tag = _RESULT_JOURNAL_TAG
+        while pos < len(data):
+            if data[pos : pos + len(tag)] != tag:
+                return None
+            pos += len(tag)
+            size, shift = 0, 0
+            while True:
+                byte = data[pos]
+                pos += 1
+                size |= (byte & 0x7F) << shift
+                shift += 7
+                if byte < 0x80:
+                    break
+            if pos + size > len(data):
+                return None
+            entry = pb.JournalEntry()
+            entry.ParseFromString(data[pos : pos + size])
+            entries.append(entry)
+            pos += size
+    except (ValueError, IndexError, DecodeError):
+        return None
+    return entries or None
+
+
+def _rebuildable(state: pb.ExecutionState, cmd: pb.Command) -> bool:
+    """Whether a processor that reads no state builds this one from the command alone.
+
+    Then the state may be created while the start is published. Keyed invocations are left
+    out: their ordering reads the states of the key's invocations.
+    """
+    return (
+        cmd.kind == pb.COMMAND_KIND_START
+        and state.partition_key == state.invocation_id == cmd.invocation_id
+        and not (state.parent_id or state.notify_parent or state.parent_workflow)
+        and not (state.journal_length or state.forked_from or state.deadline_ms)
+        and not state.child_ids
+    )
+
+
 _EXPIRED_HEADER = "Durable-Expired"  # on the KV delete marker of an expired execution
+
+
+_NO_MESSAGE_FOUND = 10037  # a stream message get found nothing
+
+
+def _kv_deleted(hdrs: str | None) -> bool:
+    """Whether the (base64) headers of a KV message mark a delete or a purge."""
+    if not hdrs:
+        return False
+    for line in base64.b64decode(hdrs).decode(errors="replace").split("\r\n")[1:]:
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "kv-operation" and value.strip() in ("DEL", "PURGE"):
+            return True
+    return False
 
 
 def _wrong_last(e: nats.js.errors.APIError) -> bool:
@@ -1307,21 +1494,106 @@ def _check_same(what: str, have: dict[str, Any], want: dict[str, Any]) -> None:
         )
 
 
-class StateEvents:
-    """State changes of one invocation, pushed by the server (KV republish)."""
+class _MsgQueue:
+    """The messages of one subscription (its callback is ``put``), taken without a task and
+    a timer per message as ``Subscription.next_msg`` makes."""
 
-    def __init__(self, sub: Any) -> None:
+    __slots__ = ("_msgs", "_waiter")
+
+    def __init__(self) -> None:
+        self._msgs: collections.deque[Msg] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    async def put(self, msg: Msg) -> None:
+        self._msgs.append(msg)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def take(self) -> Msg | None:
+        """The next message if one is there."""
+        return self._msgs.popleft() if self._msgs else None
+
+    async def get(self, timeout: float) -> Msg:
+        """The next message; TimeoutError if none comes within ``timeout`` seconds (one
+        reader at a time)."""
+        if not self._msgs:
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_later(max(timeout, 0), _wake, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+            if not self._msgs:
+                raise TimeoutError
+        return self._msgs.popleft()
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+class _Replies:
+    """One long-lived wildcard inbox for requests answered by several messages (batched
+    direct gets): no subscription made and dropped per request."""
+
+    def __init__(self, nc: NatsClient) -> None:
+        self._nc = nc
+        self._prefix = nc.new_inbox()
+        self._sub: Any = None
+        self._subscribing = asyncio.Lock()
+        self._queues: dict[str, _MsgQueue] = {}
+        self._tokens = itertools.count(1)
+
+    async def _route(self, msg: Msg) -> None:
+        queue = self._queues.get(msg.subject[len(self._prefix) + 1 :])
+        if queue is not None:  # else: a late answer to a request given up on
+            await queue.put(msg)
+
+    @contextlib.asynccontextmanager
+    async def open(self) -> AsyncIterator[tuple[str, _MsgQueue]]:
+        """A reply subject and the queue its answers arrive in, until the block ends."""
+        if self._sub is None:
+            async with self._subscribing:  # once, however many requests start together
+                if self._sub is None:
+                    self._sub = await self._nc.subscribe(f"{self._prefix}.*", cb=self._route)
+        token = str(next(self._tokens))
+        queue = self._queues[token] = _MsgQueue()
+        try:
+            yield f"{self._prefix}.{token}", queue
+        finally:
+            del self._queues[token]
+
+
+class StateEvents:
+    """State changes of one invocation, pushed by the server (KV republish), and the
+    processor's result notice (see Transport.publish_result)."""
+
+    def __init__(self, sub: Any, queue: _MsgQueue) -> None:
         self._sub = sub
+        self._queue = queue
+        # The state as this client created it, if it did: the present, without a read.
+        self.created: pb.ExecutionState | None = None
 
     async def next(self, timeout: float) -> pb.ExecutionState:
         """The next state change; asyncio.TimeoutError if none comes in time."""
-        try:
-            msg = await self._sub.next_msg(timeout=timeout)
-        except nats.errors.TimeoutError as e:
-            raise TimeoutError from e
+        return (await self.next_with_journal(timeout))[0]
+
+    async def next_with_journal(
+        self, timeout: float
+    ) -> tuple[pb.ExecutionState, list[pb.JournalEntry] | None]:
+        """The next state change, with the whole journal when a result notice carries it."""
+        msg = await self._queue.get(timeout)
         st = pb.ExecutionState()
-        st.ParseFromString(msg.data)
-        return st
+        offset = (msg.headers or {}).get(_RESULT_HEADER)
+        if offset is None or not offset.isdigit():
+            st.ParseFromString(msg.data)
+            return st, None
+        st.ParseFromString(msg.data[: int(offset)])
+        return st, _journal_of_result(msg.data, offset)
 
     async def close(self) -> None:
         with contextlib.suppress(nats.errors.Error):
@@ -1363,22 +1635,75 @@ class Delivery:
 
 
 class CommandConsumer:
-    """Pulls command deliveries from the shared durable consumer."""
+    """Pulls command deliveries from the shared durable consumer.
 
-    def __init__(self, psub: Any) -> None:
-        self._psub = psub
+    One subscription on a private inbox and one pull request open at a time: a command is
+    handed over as soon as it arrives (a fetch never waits for a batch to fill up), and the
+    next request goes out when the open one is used up or expires.
+    """
+
+    def __init__(self, nc: NatsClient, next_subject: str) -> None:
+        self._nc = nc
+        self._next_subject = next_subject
+        self._inbox = nc.new_inbox()
+        self._queue = _MsgQueue()
+        self._sub: Any = None
+        self._credit = 0  # messages the open request may still bring
+        self._until = 0.0  # when it expires (monotonic)
+
+    async def start(self) -> None:
+        self._sub = await self._nc.subscribe(self._inbox, cb=self._queue.put)
 
     async def fetch(self, batch: int, timeout: float) -> list[Delivery]:
         """Up to ``batch`` deliveries; an empty list if none arrived within ``timeout``."""
-        try:
-            msgs = await self._psub.fetch(batch=batch, timeout=timeout)
-        except (TimeoutError, nats.errors.TimeoutError):
-            return []
-        return [Delivery(m) for m in msgs]
+        out = self._take(batch)
+        deadline = time.monotonic() + timeout
+        while not out:
+            now = time.monotonic()
+            if now >= deadline:
+                break
+            if self._credit <= 0 or now >= self._until:
+                await self._request(batch, max(timeout, 0.5))
+            try:
+                msg = await self._queue.get(min(deadline, self._until) - now)
+            except TimeoutError:
+                continue
+            status = msg.headers.get("Status") if msg.headers else None
+            if status:
+                # 408: the request expired; 409: the server ended it (leadership change,
+                # too many waiting requests, ...). Either way it is over.
+                self._credit = 0
+                if status != "408":
+                    log.debug("pull request ended: %s %s", status, msg.headers)
+                    await asyncio.sleep(min(0.1, max(deadline - time.monotonic(), 0)))
+                continue
+            self._credit -= 1
+            out = [Delivery(msg), *self._take(batch - 1)]
+        return out
+
+    def _take(self, batch: int) -> list[Delivery]:
+        out: list[Delivery] = []
+        while len(out) < batch and (msg := self._queue.take()) is not None:
+            if msg.headers and msg.headers.get("Status"):
+                self._credit = 0
+                continue
+            self._credit -= 1
+            out.append(Delivery(msg))
+        return out
+
+    async def _request(self, batch: int, expires: float) -> None:
+        req = json.dumps({"batch": batch, "expires": int(expires * 1e9)}).encode()
+        self._credit, self._until = batch, time.monotonic() + expires - 0.01
+        await self._nc.publish(self._next_subject, req, reply=self._inbox)
 
     async def close(self) -> None:
+        """Stop taking commands; those delivered but never fetched go back at once."""
         with contextlib.suppress(nats.errors.Error):
-            await self._psub.unsubscribe()
+            await self._sub.unsubscribe()
+        while (msg := self._queue.take()) is not None:
+            if not (msg.headers and msg.headers.get("Status")):
+                with contextlib.suppress(Exception):
+                    await msg.nak()
 
 
 class TickDelivery:

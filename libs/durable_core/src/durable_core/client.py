@@ -270,6 +270,41 @@ class _AlreadyThere(Exception):  # noqa: N818 - internal control flow
     """The requested lifecycle change is already in the journal."""
 
 
+_IDLE_PB = frozenset({pb.STATUS_PENDING, pb.STATUS_SUSPENDED})
+_FINAL_STATUS = {
+    pb.ENTRY_KIND_COMPLETED: pb.STATUS_COMPLETED,
+    pb.ENTRY_KIND_FAILED: pb.STATUS_FAILED,
+    pb.ENTRY_KIND_CANCELLED: pb.STATUS_CANCELLED,
+}
+
+
+def _as_journaled(state: pb.ExecutionState, records: list[JournalRecord]) -> pb.ExecutionState:
+    """The state as the journal (the truth) has it, where the state (a summary written after
+    the journal) lags: a journal that has ended while the state does not say so yet (the
+    processor writes it right after the final entry), or a run in progress while the state
+    still says pending or suspended (a run says RUNNING only once it has lasted a moment)."""
+    if state.status in _TERMINAL_PB or not records:
+        return state
+    machine = ReplayMachine(state.invocation_id, (r.entry for r in records))
+    final = machine.final
+    running = state.status in _IDLE_PB and not machine.idle
+    if final is None and not running:
+        return state
+    st = pb.ExecutionState()
+    st.CopyFrom(state)
+    if final is None:
+        st.status = pb.STATUS_RUNNING
+        return st
+    st.status = _FINAL_STATUS[final.kind]
+    st.ClearField("output")
+    st.ClearField("failure")
+    if final.HasField("output"):
+        st.output.CopyFrom(final.output)
+    if final.HasField("failure"):
+        st.failure.CopyFrom(final.failure)
+    return st
+
+
 def _check_open(invocation_id: str, records: list[JournalRecord]) -> None:
     if any(r.entry.kind in (pb.ENTRY_KIND_COMPLETED, pb.ENTRY_KIND_FAILED) for r in records):
         raise InvocationFinishedError(f"invocation {invocation_id} has already finished")
@@ -379,9 +414,10 @@ class Client:
         )
         assert events is not None
         try:
-            result = await self._wait(invocation_id, events, timeout)
+            state, entries = await self._wait_final(invocation_id, events, timeout)
         finally:
             await events.close()
+        result = await self._result(state, entries)
         if result.status == Status.FAILED:
             f = result.failure or Failure("Error", "unknown failure")
             raise WorkflowFailedError(
@@ -390,10 +426,8 @@ class Client:
         if callable(workflow) and result.output is not None:
             _, _, output_type = workflow_signature(workflow)
             if output_type is not None:
-                rec = await self._t.get_state(invocation_id)
-                if rec is not None:
-                    typed = _codec.decode_as(rec.state.output, output_type)
-                    result = dataclasses.replace(result, output=typed)
+                typed = _codec.decode_as(state.output, output_type)
+                result = dataclasses.replace(result, output=typed)
         return result
 
     async def _submit(
@@ -503,11 +537,13 @@ class Client:
             )
             events = await self._t.state_events(invocation_id) if watch else None
             try:
-                await self._t.submit(state, cmd)
+                created = await self._t.submit(state, cmd)
             except BaseException:
                 if events is not None:
                     await events.close()
                 raise
+            if events is not None and created is not None:
+                events.created = created.state  # subscribed before it existed: the present
         return invocation_id, events
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -552,9 +588,12 @@ class Client:
         if rec is None:
             raise await self._missing(invocation_id)
         status = Status.from_pb(rec.state.status)
+        running = False  # a processor runs it now (the journal says so before the state)
 
         def check(records: list[JournalRecord]) -> None:
+            nonlocal running
             machine = ReplayMachine(invocation_id, (r.entry for r in records))
+            running = not machine.idle
             if machine.final is not None:
                 real = {
                     pb.ENTRY_KIND_COMPLETED: "completed",
@@ -600,7 +639,7 @@ class Client:
                 ),
                 msg_id=f"wake:{invocation_id}:{seq}",
             )
-        return await self._show_transition(invocation_id, kind)
+        return await self._show_transition(invocation_id, kind, running=running)
 
     async def retry(self, invocation_id: str) -> Status:
         """Run a failed invocation again from its failed step (same id, same journal).
@@ -715,15 +754,22 @@ class Client:
             out.append(item)
         return sorted(out, key=lambda e: e.created_at or datetime.min.replace(tzinfo=UTC))
 
-    async def _show_transition(self, invocation_id: str, kind: pb.EntryKind) -> Status:
-        """Record a pause of an idle invocation in its state; return the real status."""
+    async def _show_transition(
+        self, invocation_id: str, kind: pb.EntryKind, *, running: bool = False
+    ) -> Status:
+        """Record a pause of an idle invocation in its state; return the real status.
+
+        ``running``: the journal shows a run in progress (its state may not say so yet).
+        """
         for _ in range(5):
             rec = await self._t.get_state(invocation_id)
             if rec is None:
                 raise await self._missing(invocation_id)
             st = rec.state
-            idle = st.status in (pb.STATUS_PENDING, pb.STATUS_SUSPENDED)
+            idle = st.status in _IDLE_PB and not running
             if kind != pb.ENTRY_KIND_PAUSE_REQUEST or not idle:
+                if running and st.status in _IDLE_PB:
+                    return Status.RUNNING
                 return Status.from_pb(st.status)
             paused = pb.ExecutionState()
             paused.CopyFrom(st)
@@ -954,13 +1000,24 @@ class Client:
     async def _wait(
         self, invocation_id: str, events: Any, timeout: timedelta | float
     ) -> InvocationResult:
+        return await self._result(*await self._wait_final(invocation_id, events, timeout))
+
+    async def _wait_final(
+        self, invocation_id: str, events: Any, timeout: timedelta | float
+    ) -> tuple[pb.ExecutionState, list[pb.JournalEntry] | None]:
+        """The final state, and the journal when the processor's result notice carried it."""
         seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
         deadline = time.monotonic() + seconds
-        # The subscription is open, so any later change reaches us; read once for the present.
-        rec = await self._t.get_state(invocation_id)
-        if rec is None:
-            raise await self._missing(invocation_id)
-        state = rec.state
+        entries: list[pb.JournalEntry] | None = None
+        # The subscription is open, so any later change reaches us; the present is the state
+        # this client has just created, or else read once.
+        if events.created is not None:
+            state = events.created
+        else:
+            rec = await self._t.get_state(invocation_id)
+            if rec is None:
+                raise await self._missing(invocation_id)
+            state = rec.state
         while state.status not in _TERMINAL_PB:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -969,16 +1026,25 @@ class Client:
                     f"{seconds:.1f}s; it keeps running: `durable status {invocation_id}`"
                 )
             try:
-                state = await events.next(timeout=min(left, 5.0))
+                state, entries = await events.next_with_journal(timeout=min(left, 5.0))
             except TimeoutError:
                 # Belt and braces: a republished event can be missed across a reconnect.
                 rec = await self._t.get_state(invocation_id)
                 if rec is not None:
-                    state = rec.state
-        return await self._result(state)
+                    state, entries = rec.state, None
+        return state, entries
 
-    async def _result(self, state: pb.ExecutionState) -> InvocationResult:
-        records = await self._t.read_journal(state.invocation_id, min_entries=state.journal_length)
+    async def _result(
+        self, state: pb.ExecutionState, entries: list[pb.JournalEntry] | None = None
+    ) -> InvocationResult:
+        """The result from a state and its journal (read here unless given)."""
+        if entries is None:
+            records = await self._t.read_journal(
+                state.invocation_id, min_entries=state.journal_length
+            )
+        else:
+            records = [JournalRecord(e, 0, "") for e in entries]
+        state = _as_journaled(state, records)
         errors: dict[int, list[Failure]] = {}
         for r in records:
             failed = _failure(r.entry.failure) if r.entry.HasField("failure") else None

@@ -71,6 +71,7 @@ __all__ = ["Worker"]
 log = logging.getLogger("durable_core.worker")
 
 TERMINAL = frozenset({pb.STATUS_COMPLETED, pb.STATUS_FAILED, pb.STATUS_CANCELLED})
+_RUNNING_AFTER = 0.25  # seconds a run lasts before its state says RUNNING (see _mark_running)
 _LEASE_LIST_BYTES = 400_000  # a lease lists at most this much of held ack subjects
 
 
@@ -159,9 +160,9 @@ class Worker:
         finally:
             await self._drain()
             if lease is not None:
-                lease.cancel()
-                with contextlib.suppress(BaseException):
-                    await lease
+                while not lease.done():
+                    lease.cancel()
+                    await asyncio.wait({lease}, timeout=0.5)
                 with contextlib.suppress(Exception):
                     await self.transport.delete_lease(self.lease_name)  # a clean exit
             await control.unsubscribe()
@@ -181,10 +182,14 @@ class Worker:
         renew_every, min_gap = ttl / 3, 0.2
         last = -math.inf
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._lease_changed.wait(), max(renew_every - (time.monotonic() - last), 0)
+            # asyncio.wait, not wait_for: on 3.11 wait_for can swallow our cancellation.
+            changed = asyncio.ensure_future(self._lease_changed.wait())
+            try:
+                await asyncio.wait(
+                    {changed}, timeout=max(renew_every - (time.monotonic() - last), 0)
                 )
+            finally:
+                changed.cancel()
             gap = min_gap - (time.monotonic() - last)
             if gap > 0:
                 await asyncio.sleep(gap)  # coalesce a burst of changes into one write
@@ -272,8 +277,7 @@ class Worker:
             # Not transient (a corrupt journal, a broken record): fail it clearly, settle.
             log.error("invocation %s cannot run: %s", cmd.invocation_id, e)
             with contextlib.suppress(Exception):
-                await execution.write_state(
-                    final=True,
+                await execution.write_state(  # never over a finished state
                     status=pb.STATUS_FAILED,
                     failure=pb.Failure(type=type(e).__name__, message=str(e)),
                 )
@@ -323,6 +327,8 @@ class _Execution:
         self.children: list[str] = []
         self.task: asyncio.Future[Any] | None = None
         self._cancelling = False
+        self._running_mark: asyncio.Task[None] | None = None  # the deferred RUNNING write
+        self._running_mark_started = False
 
     # -- journal ---------------------------------------------------------------------------
 
@@ -343,6 +349,7 @@ class _Execution:
                 entry.index = len(self.entries) + 1
                 entry.writer = self.token
                 msg_id = f"{self.id}:{entry.index}:{self.token}"
+                started = time.monotonic()
                 try:
                     seq = await self.t.append(self.id, entry, self.last_seq, msg_id)
                 except NatsUnavailableError as e:
@@ -350,12 +357,37 @@ class _Execution:
                     # (no `except Exception` in the workflow can catch this) and release it.
                     raise _EngineFailure(e) from e
                 except JournalConflict:
-                    await self._catch_up(claim=claim)
+                    try:
+                        await self._catch_up(claim=claim)
+                    except NatsUnavailableError as e:
+                        raise _EngineFailure(e) from e  # the engine's read: not the workflow's
                     if entry.kind == pb.ENTRY_KIND_SUSPENDED:
                         raise _Rerun from None  # decide again with what arrived
                     continue
                 self._record(entry, seq)
+                if not claim and time.monotonic() - started > self._slow_write:
+                    # The write stalled long enough for our command to be redelivered and the
+                    # invocation claimed by another processor meanwhile: look before the next
+                    # step runs.
+                    try:
+                        fresh = await self.t.read_journal(self.id, min_seq=seq)
+                    except NatsUnavailableError as e:
+                        raise _EngineFailure(e) from e
+                    foreign = [r for r in fresh if r.seq > seq and r.entry.kind in PROCESSOR_KINDS]
+                    if foreign:
+                        raise _LostClaim(foreign)
                 return
+
+    @property
+    def _slow_write(self) -> float:
+        return self.w.config.ack_wait.total_seconds() / 3
+
+    def _claimed_by_this_command(self) -> bool:
+        """Whether a holder's CLAIM names this very command (acking it would drop its run)."""
+        return any(
+            e.kind == pb.ENTRY_KIND_CLAIM and e.command_seq == self.delivery.stream_seq
+            for e in self.entries
+        )
 
     async def _catch_up(self, *, claim: bool) -> None:
         fresh = await self.t.read_journal(self.id, min_seq=self.last_seq + 1)
@@ -437,35 +469,48 @@ class _Execution:
 
         ``only_if`` lists the statuses the update may replace (any, when empty).
         """
+        await self._settle_running_mark()
+        await self._write_state(final=final, only_if=only_if, **changes)
+
+    def _next_state(self, rec: StateRecord | None, changes: Mapping[str, Any]) -> pb.ExecutionState:
+        """``rec``'s state (a new one from the command if there is none) with ``changes``."""
+        st = pb.ExecutionState()
+        if rec is not None:
+            st.CopyFrom(rec.state)
+        else:
+            st.invocation_id = self.id
+            st.workflow = self.cmd.workflow
+            st.args.CopyFrom(self.cmd.args)
+            st.partition_key = self.cmd.partition_key
+            st.created_at_ms = self.cmd.created_at_ms or _now_ms()
+            st.parent_id = self.cmd.parent_id
+            st.trace_context.update(self.cmd.metadata)  # as the client would have stored it
+            st.trace_id = _trace_id(self.cmd.metadata)
+        for key, value in changes.items():
+            if isinstance(value, pb.Payload | pb.Failure):
+                getattr(st, key).CopyFrom(value)
+            else:
+                setattr(st, key, value)
+        for child in self.children:
+            if child not in st.child_ids:
+                st.child_ids.append(child)
+        st.updated_at_ms = _now_ms()
+        st.journal_length = len(self.entries)
+        st.processor = self.w.processor_id
+        return st
+
+    async def _write_state(
+        self, *, final: bool = False, only_if: tuple[int, ...] = (), **changes: Any
+    ) -> None:
         for _ in range(5):
             rec = self.state or await self.t.get_state(self.id)
-            st = pb.ExecutionState()
-            if rec is not None:
-                st.CopyFrom(rec.state)
-            else:
-                st.invocation_id = self.id
-                st.workflow = self.cmd.workflow
-                st.args.CopyFrom(self.cmd.args)
-                st.partition_key = self.cmd.partition_key
-                st.created_at_ms = self.cmd.created_at_ms or _now_ms()
-                st.parent_id = self.cmd.parent_id
             if rec is not None and (
                 (rec.state.status in TERMINAL and not final)
                 or (only_if and rec.state.status not in only_if)
             ):
                 self.state = rec
                 return
-            for key, value in changes.items():
-                if isinstance(value, pb.Payload | pb.Failure):
-                    getattr(st, key).CopyFrom(value)
-                else:
-                    setattr(st, key, value)
-            for child in self.children:
-                if child not in st.child_ids:
-                    st.child_ids.append(child)
-            st.updated_at_ms = _now_ms()
-            st.journal_length = len(self.entries)
-            st.processor = self.w.processor_id
+            st = self._next_state(rec, changes)
             try:
                 if rec is None:
                     created = await self.t.create_state(st)
@@ -480,6 +525,30 @@ class _Execution:
                 self.state = None  # someone else wrote (a client, a lifecycle change): re-read
         raise DurableError(f"state of {self.id} keeps changing under us; giving up this run")
 
+    async def _mark_running(self) -> None:
+        """Write RUNNING into the state once the run has lasted ``_RUNNING_AFTER``.
+
+        The state is a summary: the journal fences the run, not the state, and readers take a
+        run in progress from the journal (Client.get_result, pause, cancel). Most runs end,
+        or suspend, sooner; their next state write is then the only one.
+        """
+        await asyncio.sleep(_RUNNING_AFTER)
+        self._running_mark_started = True
+        await self._write_state(status=pb.STATUS_RUNNING, waiting_for="")
+
+    async def _settle_running_mark(self) -> None:
+        """Drop the RUNNING write if it has not started, else let it finish: state writes
+        happen in order."""
+        task, self._running_mark = self._running_mark, None
+        if task is None:
+            return
+        if not self._running_mark_started:
+            task.cancel()
+        await asyncio.wait({task})  # never raises: our own cancellation still propagates
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("invocation %s: RUNNING state not written: %s", self.id, task.exception())
+            self.state = None  # unknown revision now: the next write reads it
+
     # -- the run ---------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -487,6 +556,23 @@ class _Execution:
         st = self.state.state if self.state is not None else None
         if st is None and self.cmd.kind == pb.COMMAND_KIND_WAKE:
             log.warning("wake-up for unknown invocation %s; dropping it", self.id)
+            await self.delivery.ack()
+            return
+        if (
+            st is not None
+            and self.cmd.kind == pb.COMMAND_KIND_START
+            and self.cmd.workflow
+            and st.workflow
+            and st.workflow != self.cmd.workflow
+        ):
+            # Only a start submitted with an id already used by another workflow (the client
+            # refuses it, but may have published it already): never run it on that journal.
+            log.warning(
+                "start of %s for workflow %s, but the invocation is %s; dropping it",
+                self.id,
+                self.cmd.workflow,
+                st.workflow,
+            )
             await self.delivery.ack()
             return
         if st is not None and st.status in TERMINAL:
@@ -516,20 +602,23 @@ class _Execution:
                 idle = self.machine.suspended if held_before else self.machine.idle
                 if self.machine.final is None and not idle:
                     log.info("invocation %s is in progress elsewhere; wake-up not needed", self.id)
-                    await self.delivery.ack()
+                    if not self._claimed_by_this_command():
+                        await self.delivery.ack()  # else the holder runs on it: leave it be
                     return
                 if self.machine.final is None:
                     await self._claim(takeover=False)
             elif redelivered:
                 await self.load_journal()
-                if self.machine.final is None and self.entries:
+                if self.machine.final is None:
+                    # Even over an empty journal: the first holder may be inside its first
+                    # step (its first append expects an empty journal, so our CLAIM fences it).
                     await self._claim(takeover=True)
             elif st is not None and st.journal_length:
                 await self.load_journal(min_entries=st.journal_length)  # a fork's copied steps
             if self.machine.final is not None:
                 await self._finish_from_journal(self.machine.final)
                 return
-            await self.write_state(status=pb.STATUS_RUNNING, waiting_for="")
+            self._running_mark = asyncio.create_task(self._mark_running())
             await self._run_until_done()
         except _Finished:
             assert self.machine.final is not None
@@ -543,6 +632,8 @@ class _Execution:
             await self.delivery.ack()
         finally:
             heartbeat.cancel()
+            if self._running_mark is not None:
+                self._running_mark.cancel()
 
     # -- per-key ordering ------------------------------------------------------------------
 
@@ -876,6 +967,9 @@ class _Execution:
             changes["output"] = entry.output
         if entry.HasField("failure"):
             changes["failure"] = entry.failure
+        # The journal has the outcome: tell a waiting client now, write the state after.
+        with contextlib.suppress(Exception):
+            await self.t.publish_result(self._next_state(self.state, changes), self.entries)
         await self.write_state(final=True, **changes)
         if self.state is not None and self.state.state.notify_parent:
             await self._report_to_parent(self.state.state, entry)

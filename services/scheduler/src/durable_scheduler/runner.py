@@ -94,7 +94,14 @@ class Scheduler:
         )
         try:
             while not self._stopping.is_set():
-                deliveries = await consumer.fetch(s.max_concurrent, timeout=1.0)
+                try:
+                    deliveries = await consumer.fetch(s.max_concurrent, timeout=1.0)
+                except Exception as e:  # noqa: BLE001 - keep serving through NATS trouble
+                    # A 503 while the consumer's leader is being elected (a node died), a
+                    # reconnect: not a reason to exit. The processor's loop does the same.
+                    log.warning("fetch failed: %s: %s", type(e).__name__, e)
+                    await asyncio.sleep(0.5)
+                    continue
                 if deliveries:
                     await self._finish(asyncio.create_task(self._handle_batch(deliveries)))
         finally:

@@ -1,0 +1,278 @@
+"""The nemesis: one fault at a time, in an order and with parameters drawn from a seeded RNG.
+
+Each round runs every kind of fault once, shuffled:
+
+* ``kill_processor``: SIGKILL a processor, restart it (same processor id) after a pause;
+* ``kill_leader``: SIGKILL the node leading the command stream, the journal stream or the state
+  bucket, restart it on the same store and wait until every replica has caught up;
+* ``pause_node``: SIGSTOP a leader node for longer than the election timeout, then SIGCONT;
+* ``kill_scheduler``: SIGKILL a scheduler replica, restart it after a pause;
+* ``restart_service``: SIGKILL the OrderService while a call is in flight, restart it on the
+  same port;
+* ``partition``: cut a leader node off the network (its namespace's link down), heal it later.
+  Skipped, with the reason, where network namespaces are not permitted.
+
+The RNG's draws do not depend on timing, so a seed gives the same schedule of faults (which
+node leads at the time is the cluster's business).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+import nats
+
+from durable_core.testing import NatsCluster
+
+from ._netns import Netns
+from .system import PROCESSORS, SCHEDULERS, System
+
+KINDS = (
+    "kill_processor",
+    "kill_leader",
+    "pause_node",
+    "kill_scheduler",
+    "restart_service",
+    "partition",
+)
+
+# nats-server's Raft: election timeouts are drawn from 4-9 s; a node silent for longer is
+# replaced as leader.
+ELECTION_TIMEOUT = 9.0
+
+
+@dataclass
+class Fault:
+    kind: str
+    target: str
+    started: float  # monotonic
+    healed: float = 0.0  # monotonic: when the fault ended (restart, SIGCONT, link up)
+    recovered: float = 0.0  # monotonic: when the system was whole again
+    detail: str = ""
+
+    def describe(self, t0: float) -> str:
+        return (
+            f"[{self.started - t0:6.1f}s .. {self.healed - t0:6.1f}s] {self.kind} {self.target}"
+            + (f" ({self.detail})" if self.detail else "")
+        )
+
+
+class Nemesis:
+    """Injects faults until told the workload is done (and at least ``min_rounds`` rounds).
+
+    Args:
+        rng: the seeded random source; the only one the nemesis uses.
+        cluster: the NATS cluster.
+        system: the processes.
+        leader_streams: the streams whose leaders are targets (commands, journal, state KV).
+        net: network namespaces of the nodes, or None when partitions are not possible.
+        no_partition_reason: why not, printed once.
+        log: where to say what is happening.
+    """
+
+    def __init__(
+        self,
+        rng: random.Random,
+        cluster: NatsCluster,
+        system: System,
+        leader_streams: list[str],
+        *,
+        net: Netns | None,
+        no_partition_reason: str = "",
+        log: Callable[[str], None] = print,
+    ) -> None:
+        self.rng = rng
+        self.cluster = cluster
+        self.system = system
+        self.leader_streams = leader_streams
+        self.net = net
+        self.no_partition_reason = no_partition_reason
+        self.log = log
+        self.faults: list[Fault] = []
+        self.skipped: Counter[str] = Counter()
+        self.recovery_problems: list[str] = []
+        self.t0 = time.monotonic()
+
+    # -- the loop --------------------------------------------------------------------------
+
+    async def run(self, offered: asyncio.Event, *, min_rounds: int = 1) -> None:
+        """Fault after fault until ``min_rounds`` full rounds are done and the workload has
+        offered everything (the round in progress then stops early)."""
+        rounds = 0
+        stop = False
+        while not stop:
+            kinds = list(KINDS)
+            self.rng.shuffle(kinds)
+            for kind in kinds:
+                if rounds >= min_rounds and offered.is_set():
+                    stop = True
+                    break
+                gap = self.rng.uniform(1.5, 3.0)
+                if kind == "partition" and self.net is None:
+                    if not self.skipped[kind]:
+                        self.log(f"nemesis: skipping partitions: {self.no_partition_reason}")
+                    self.skipped[kind] += 1
+                    continue
+                await asyncio.sleep(gap)
+                await getattr(self, kind)()
+            else:
+                rounds += 1
+        self.log(f"nemesis: done after {rounds} full round(s), {len(self.faults)} faults")
+
+    @property
+    def last_healed(self) -> float:
+        return max((f.healed for f in self.faults), default=self.t0)
+
+    def counts(self) -> dict[str, int]:
+        return dict(Counter(f.kind for f in self.faults))
+
+    def _begin(self, kind: str, target: str, detail: str = "") -> Fault:
+        fault = Fault(kind, target, time.monotonic(), detail=detail)
+        self.faults.append(fault)
+        self.log(f"nemesis [{fault.started - self.t0:6.1f}s]: {kind} {target} {detail}".rstrip())
+        return fault
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    async def _leader(self, stream: str, timeout: float = 30.0) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            leader = await asyncio.to_thread(self.cluster.stream_leader, stream)
+            if leader is not None:
+                return leader
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no leader for {stream} within {timeout:.0f}s")
+            await asyncio.sleep(0.5)
+
+    async def _streams(self) -> list[str]:
+        """Every stream of the account (the engine's, its buckets, the schedules)."""
+        nc = await nats.connect(self.cluster.urls, connect_timeout=2, max_reconnect_attempts=3)
+        try:
+            resp = await nc.request("$JS.API.STREAM.NAMES", b"{}", timeout=10)
+            return sorted(json.loads(resp.data).get("streams") or [])
+        finally:
+            await nc.close()
+
+    async def wait_whole(self, what: str, timeout: float = 90.0) -> None:
+        """Wait until every stream has a leader and all replicas caught up (bounded)."""
+        started = time.monotonic()
+        try:
+            streams = await self._streams()
+            for stream in streams:
+                left = max(1.0, timeout - (time.monotonic() - started))
+                await asyncio.to_thread(
+                    self.cluster.wait_stream_current, stream, timeout=timedelta(seconds=left)
+                )
+        except (TimeoutError, AssertionError, nats.errors.Error) as e:
+            problem = f"{what}: not recovered: {e}"
+            self.recovery_problems.append(problem)
+            self.log(f"nemesis: {problem}")
+
+    # -- the faults ------------------------------------------------------------------------
+
+    async def kill_processor(self) -> None:
+        name = self.rng.choice(PROCESSORS)
+        pause = self.rng.uniform(1.0, 3.0)
+        fault = self._begin("kill_processor", name, f"restart after {pause:.1f}s")
+        await asyncio.to_thread(self.system.kill, name)
+        await asyncio.sleep(pause)
+        await asyncio.to_thread(self.system.restart, name)
+        fault.healed = fault.recovered = time.monotonic()
+
+    async def kill_scheduler(self) -> None:
+        name = self.rng.choice(SCHEDULERS)
+        pause = self.rng.uniform(1.0, 3.0)
+        fault = self._begin("kill_scheduler", name, f"restart after {pause:.1f}s")
+        await asyncio.to_thread(self.system.kill, name)
+        await asyncio.sleep(pause)
+        await asyncio.to_thread(self.system.restart, name)
+        fault.healed = fault.recovered = time.monotonic()
+
+    async def kill_leader(self) -> None:
+        stream = self.rng.choice(self.leader_streams)
+        down = self.rng.uniform(1.0, 3.0)
+        node = await self._leader(stream)
+        fault = self._begin("kill_leader", node, f"leader of {stream}, down {down:.1f}s")
+        await asyncio.to_thread(self.cluster.kill_node, node)
+        await asyncio.sleep(down)
+        await asyncio.to_thread(self.cluster.restart_node, node, timeout=timedelta(seconds=60))
+        fault.healed = time.monotonic()
+        await self.wait_whole(f"{fault.kind} {fault.target}")
+        fault.recovered = time.monotonic()
+
+    async def pause_node(self) -> None:
+        stream = self.rng.choice(self.leader_streams)
+        hold = ELECTION_TIMEOUT + self.rng.uniform(1.0, 3.0)
+        node = await self._leader(stream)
+        fault = self._begin("pause_node", node, f"leader of {stream}, SIGSTOP {hold:.1f}s")
+        await asyncio.to_thread(self.cluster.pause_node, node)
+        try:
+            await asyncio.sleep(hold)
+        finally:
+            await asyncio.to_thread(self.cluster.resume_node, node)
+        fault.healed = time.monotonic()
+        await self.wait_whole(f"{fault.kind} {fault.target}")
+        fault.recovered = time.monotonic()
+
+    async def partition(self) -> None:
+        assert self.net is not None
+        stream = self.rng.choice(self.leader_streams)
+        hold = ELECTION_TIMEOUT + self.rng.uniform(1.0, 3.0)
+        node = await self._leader(stream)
+        fault = self._begin("partition", node, f"leader of {stream}, isolated {hold:.1f}s")
+        await asyncio.to_thread(self.net.cut, node)
+        try:
+            await asyncio.sleep(hold)
+        finally:
+            await asyncio.to_thread(self.net.heal, node)
+        fault.healed = time.monotonic()
+        await self.wait_whole(f"{fault.kind} {fault.target}")
+        fault.recovered = time.monotonic()
+
+    async def restart_service(self) -> None:
+        down = self.rng.uniform(0.5, 2.0)
+        in_flight = await self._call_in_flight(timeout=10.0)
+        fault = self._begin(
+            "restart_service",
+            "service",
+            f"{'a call in flight' if in_flight else 'no call seen in flight'}, down {down:.1f}s",
+        )
+        await asyncio.to_thread(self.system.kill, "service")
+        await asyncio.sleep(down)
+        await asyncio.to_thread(self.system.restart, "service")
+        fault.healed = fault.recovered = time.monotonic()
+
+    async def _call_in_flight(self, timeout: float) -> bool:
+        """Wait until the service's latest recorded call is younger than its delay."""
+        delay = self.system.service_delay_ms / 1000
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            last = await asyncio.to_thread(_last_call_ts, self.system.record_file)
+            if last is not None and time.time() - last < delay * 0.7:
+                return True
+            await asyncio.sleep(0.02)
+        return False
+
+
+def _last_call_ts(path: object) -> float | None:
+    try:
+        with open(path, "rb") as f:  # type: ignore[call-overload]
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - 4096))
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            return float(json.loads(line)["ts"])
+        except (ValueError, KeyError):
+            continue
+    return None

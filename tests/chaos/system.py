@@ -1,0 +1,185 @@
+"""The system under test: the example service, 3 processors and 2 scheduler replicas.
+
+Every one is a real child process (``Proc`` from the integration tests) with its own log file
+per incarnation; the nemesis kills and restarts them by name. Only PIDs started here are ever
+signalled.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import threading
+from pathlib import Path
+from types import ModuleType
+
+import grpc
+
+from durable_core.testing import NatsCluster, free_port
+from durable_examples.order.v1 import order_pb2, order_pb2_grpc
+
+
+def _integration_stack() -> ModuleType:
+    """tests/integration/_stack.py (a sibling test package, not importable by a relative name)."""
+    name = "chaos._integration_stack"
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parents[1] / "integration" / "_stack.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+Proc = _integration_stack().Proc
+wait_for = _integration_stack().wait_for
+
+PROCESSORS = ("p1", "p2", "p3")
+SCHEDULERS = ("s1", "s2")
+ORDER_METHODS = ("Validate", "Charge", "Ship")
+
+
+class System:
+    """Processes of one chaos run, on one engine prefix of ``cluster``.
+
+    Args:
+        cluster: the NATS cluster.
+        prefix: the engine prefix.
+        log_dir: where each process logs (``<name>.<incarnation>.log``).
+        record_file: the OrderService's record of every call (survives its restarts).
+        service_delay_ms: how long each OrderService method sleeps, so calls are in flight.
+        ack_wait: the processors' ack wait in seconds (redeliveries come this fast).
+    """
+
+    def __init__(
+        self,
+        cluster: NatsCluster,
+        prefix: str,
+        log_dir: Path,
+        record_file: Path,
+        *,
+        service_delay_ms: int = 200,
+        ack_wait: int = 5,
+    ) -> None:
+        self.cluster = cluster
+        self.prefix = prefix
+        self.log_dir = log_dir
+        self.record_file = record_file
+        self.service_delay_ms = service_delay_ms
+        self.ack_wait = ack_wait
+        self.service_port = free_port()
+        self.procs: dict[str, Proc] = {}
+        self._incarnation: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def service_address(self) -> str:
+        return f"127.0.0.1:{self.service_port}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        url = self.cluster.url
+        return {
+            "NATS_URL": url,
+            "DURABLE_NATS_URL": url,
+            "DURABLE_PREFIX": self.prefix,
+            "DURABLE_REPLICAS": "3",
+            "DURABLE_METRICS_PORT": "0",
+            "DURABLE_LOG_LEVEL": "INFO",
+        }
+
+    # -- starting -------------------------------------------------------------------------
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> Proc:
+        with self._lock:
+            n = self._incarnation.get(name, 0) + 1
+            self._incarnation[name] = n
+        proc = Proc(f"{name}.{n}", args, env, self.log_dir)
+        self.procs[name] = proc
+        return proc
+
+    def spawn_service(self) -> Proc:
+        return self._spawn(
+            "service",
+            ["-m", "hello_service", "--port", str(self.service_port)],
+            {"ORDER_SERVICE_RECORD_FILE": str(self.record_file)},
+        )
+
+    def ready_service(self, proc: Proc, timeout: float = 30) -> None:
+        proc.wait_log(f"listening on 127.0.0.1:{self.service_port}", timeout)
+        with grpc.insecure_channel(self.service_address) as channel:
+            stub = order_pb2_grpc.OrderServiceStub(channel)
+            for method in ORDER_METHODS:
+                stub.SetDelay(
+                    order_pb2.SetDelayRequest(method=method, delay_ms=self.service_delay_ms),
+                    timeout=10,
+                )
+
+    def spawn_processor(self, name: str) -> Proc:
+        return self._spawn(
+            name,
+            ["-m", "durable_processor", "--processor-id", name],
+            {
+                **self.env,
+                "DURABLE_ACK_WAIT": str(self.ack_wait),
+                "DURABLE_DEFAULT_SERVICE_ADDRESS": self.service_address,
+            },
+        )
+
+    def spawn_scheduler(self, name: str) -> Proc:
+        # A tick held by a replica that died goes to the other one after 3 s.
+        return self._spawn(name, ["-m", "durable_scheduler"], {**self.env, "DURABLE_ACK_WAIT": "3"})
+
+    @staticmethod
+    def ready_processor(proc: Proc, timeout: float = 60) -> None:
+        proc.wait_log("consuming", timeout)
+
+    @staticmethod
+    def ready_scheduler(proc: Proc, timeout: float = 60) -> None:
+        proc.wait_log("consuming ticks", timeout)
+
+    def start(self) -> None:
+        """Start everything, in parallel (each Python process takes a second or two)."""
+        service = self.spawn_service()
+        processors = [self.spawn_processor(n) for n in PROCESSORS]
+        schedulers = [self.spawn_scheduler(n) for n in SCHEDULERS]
+        self.ready_service(service)
+        for proc in processors:
+            self.ready_processor(proc)
+        for proc in schedulers:
+            self.ready_scheduler(proc)
+
+    # -- faults ---------------------------------------------------------------------------
+
+    def kill(self, name: str) -> None:
+        """SIGKILL the current incarnation of ``name`` (and close its log)."""
+        proc = self.procs[name]
+        proc.kill()
+        proc.stop()
+
+    def restart(self, name: str) -> Proc:
+        if name == "service":
+            proc = self.spawn_service()
+            self.ready_service(proc)
+        elif name in PROCESSORS:
+            proc = self.spawn_processor(name)
+            self.ready_processor(proc)
+        elif name in SCHEDULERS:
+            proc = self.spawn_scheduler(name)
+            self.ready_scheduler(proc)
+        else:
+            raise KeyError(name)
+        return proc
+
+    def stop(self) -> None:
+        for proc in reversed(list(self.procs.values())):
+            proc.stop(timeout=15)
+
+    def exited(self) -> list[str]:
+        """Processes that died without being killed by the nemesis."""
+        return [
+            f"{name} (exit {proc.proc.returncode}, log {proc.log_path})"
+            for name, proc in self.procs.items()
+            if proc.proc.poll() is not None
+        ]

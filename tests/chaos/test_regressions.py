@@ -1,0 +1,134 @@
+"""Regression tests for bugs the chaos suite found, each small and on real parts.
+
+1. A scheduler replica exited (exit code 1) when its tick fetch got a 503 from JetStream, as it
+   does while the tick consumer has no leader after a node died: in the first chaos run both
+   replicas died on the same leader kill and no schedule fired again. Here the consumer is
+   deleted under a running scheduler, which makes every pull request a 503 (no responders),
+   deterministically; then it is created again and a tick must still be handled.
+
+2. A redelivered command whose journal reads empty runs without appending a CLAIM first
+   (``worker.py``, ``_Execution.run``: ``if self.machine.final is None and self.entries:``), so
+   the earlier holder is not fenced. Under chaos the read was a stale direct get (a follower
+   just back from SIGSTOP) and the redelivered run executed Validate seconds after it had been
+   committed; its own append then failed, it abandoned the run and ACKED the command. Here, on
+   real processes and no stale read: processor A (no heartbeats) is still inside step 1 when
+   its command is redelivered to B; B runs step 1 too, loses the append race, abandons and acks;
+   A is then killed in step 2, and nothing is left to finish the invocation. Fixed when B
+   claims first (A's step-1 append then fails, B finishes the run): fixed, B now claims.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from durable_core import Client, EngineConfig, InvocationTimeoutError
+from durable_core._transport import Transport
+from durable_core.config import NatsConfig
+from durable_core.schedules import create_schedule
+from durable_core.testing import NatsServer
+from durable_scheduler.runner import Scheduler
+from durable_scheduler.settings import SchedulerSettings
+
+from .system import _integration_stack
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[NatsServer]:
+    with NatsServer() as s:
+        yield s
+
+
+async def test_scheduler_keeps_serving_when_its_tick_fetch_gets_a_503(server: NatsServer) -> None:
+    engine = EngineConfig(prefix="rg" + uuid.uuid4().hex[:8])
+    settings = SchedulerSettings(
+        nats=NatsConfig.from_url(server.url), engine=engine, metrics_port=0
+    )
+    t = await Transport.connect(settings.nats, settings.engine)
+    scheduler = Scheduler(t, settings)
+    run = asyncio.create_task(scheduler.run())
+    try:
+        stream = t.names.command_stream
+        for _ in range(100):  # the loop is up once its consumer exists
+            try:
+                await t.js.consumer_info(stream, settings.consumer)
+                break
+            except Exception:  # noqa: BLE001 - not yet
+                await asyncio.sleep(0.1)
+        await t.js.delete_consumer(stream, settings.consumer)
+        await asyncio.sleep(3.0)  # several fetches, each answered 503
+        assert not run.done(), f"the scheduler loop ended: {run.exception()!r}"
+
+        # The consumer comes back (as a new leader would): ticks are handled again.
+        await t.tick_consumer(consumer=settings.consumer, ack_wait=10, max_ack_pending=1000)
+        await create_schedule(
+            t, "again", "hello_workflow", {}, every=timedelta(seconds=1), overlap="allow"
+        )
+
+        async def started() -> bool:
+            return any(s.invocation_id.startswith("again-") for s in await t.list_states())
+
+        for _ in range(100):
+            if await started():
+                break
+            await asyncio.sleep(0.1)
+        assert await started(), "no tick was handled after the consumer came back"
+    finally:
+        scheduler.stop()
+        await asyncio.wait_for(run, 15)
+        await t.close()
+
+
+@pytest.mark.slow
+async def test_a_redelivery_fences_the_first_holder_even_before_its_first_entry(
+    server: NatsServer, tmp_path: Path
+) -> None:
+    stack_module = _integration_stack()
+    prefix = "rg" + uuid.uuid4().hex[:8]
+    stack = stack_module.Stack(server.url, prefix, tmp_path, replicas=1)
+    try:
+        service = stack.start_service()
+        service.set_delay("Validate", 3000)
+        service.set_delay("Charge", 3000)
+        first = stack.start_processor(
+            "p-first", "--ack-wait", "1.5", "--heartbeat", "-1", "--max-concurrent", "1"
+        )
+        client = await Client.connect(server.url, engine=EngineConfig(prefix=prefix))
+        try:
+            inv = "order-unfenced-1"
+            await client.invoke_async(
+                "order_processing", {"order_id": "o-1", "amount_cents": 100}, id=inv
+            )
+            await asyncio.to_thread(
+                stack_module.wait_for, lambda: service.method_counts("Validate"), 20, "step 1"
+            )
+            # The command is redelivered to `second` while `first` is still in step 1.
+            stack.start_processor("p-second", "--ack-wait", "1.5")
+            await asyncio.to_thread(
+                stack_module.wait_for,
+                lambda: service.method_counts("Charge"),
+                30,
+                "step 2 to start",
+            )
+            first.kill()  # in step 2, which the first holder was allowed to start
+            stack.start_processor("p-third", "--ack-wait", "1.5")
+            try:
+                result = await client.wait(inv, timeout=30)
+            except InvocationTimeoutError:
+                pytest.fail(
+                    f"{inv} never finished: its command was acked by the run that lost the "
+                    f"race, and the holder died\n"
+                    + "\n".join(p.log()[-3000:] for p in stack.procs[1:])
+                )
+            assert result.status == "completed"
+        finally:
+            await client.close()
+    finally:
+        stack.stop()
