@@ -71,7 +71,6 @@ __all__ = ["Worker"]
 log = logging.getLogger("durable_core.worker")
 
 TERMINAL = frozenset({pb.STATUS_COMPLETED, pb.STATUS_FAILED, pb.STATUS_CANCELLED})
-_RUNNING_AFTER = 0.25  # seconds a run lasts before its state says RUNNING (see _mark_running)
 _LEASE_LIST_BYTES = 400_000  # a lease lists at most this much of held ack subjects
 
 
@@ -327,8 +326,6 @@ class _Execution:
         self.children: list[str] = []
         self.task: asyncio.Future[Any] | None = None
         self._cancelling = False
-        self._running_mark: asyncio.Task[None] | None = None  # the deferred RUNNING write
-        self._running_mark_started = False
 
     # -- journal ---------------------------------------------------------------------------
 
@@ -469,7 +466,6 @@ class _Execution:
 
         ``only_if`` lists the statuses the update may replace (any, when empty).
         """
-        await self._settle_running_mark()
         await self._write_state(final=final, only_if=only_if, **changes)
 
     def _next_state(self, rec: StateRecord | None, changes: Mapping[str, Any]) -> pb.ExecutionState:
@@ -524,30 +520,6 @@ class _Execution:
             except StateConflict:
                 self.state = None  # someone else wrote (a client, a lifecycle change): re-read
         raise DurableError(f"state of {self.id} keeps changing under us; giving up this run")
-
-    async def _mark_running(self) -> None:
-        """Write RUNNING into the state once the run has lasted ``_RUNNING_AFTER``.
-
-        The state is a summary: the journal fences the run, not the state, and readers take a
-        run in progress from the journal (Client.get_result, pause, cancel). Most runs end,
-        or suspend, sooner; their next state write is then the only one.
-        """
-        await asyncio.sleep(_RUNNING_AFTER)
-        self._running_mark_started = True
-        await self._write_state(status=pb.STATUS_RUNNING, waiting_for="")
-
-    async def _settle_running_mark(self) -> None:
-        """Drop the RUNNING write if it has not started, else let it finish: state writes
-        happen in order."""
-        task, self._running_mark = self._running_mark, None
-        if task is None:
-            return
-        if not self._running_mark_started:
-            task.cancel()
-        await asyncio.wait({task})  # never raises: our own cancellation still propagates
-        if not task.cancelled() and task.exception() is not None:
-            log.debug("invocation %s: RUNNING state not written: %s", self.id, task.exception())
-            self.state = None  # unknown revision now: the next write reads it
 
     # -- the run ---------------------------------------------------------------------------
 
@@ -618,7 +590,9 @@ class _Execution:
             if self.machine.final is not None:
                 await self._finish_from_journal(self.machine.final)
                 return
-            self._running_mark = asyncio.create_task(self._mark_running())
+            # RUNNING before the first step: a client pausing now must see it running (a
+            # deferred write let `pause` mark a run in flight "paused"; it was reverted).
+            await self.write_state(status=pb.STATUS_RUNNING, waiting_for="")
             await self._run_until_done()
         except _Finished:
             assert self.machine.final is not None
@@ -632,8 +606,6 @@ class _Execution:
             await self.delivery.ack()
         finally:
             heartbeat.cancel()
-            if self._running_mark is not None:
-                self._running_mark.cancel()
 
     # -- per-key ordering ------------------------------------------------------------------
 
