@@ -14,9 +14,9 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from durable_core import StepInput, WorkflowInput
 from durable_core.interceptors import chain_steps, chain_workflows
+from durable_core.service.metrics_server import MetricsServer
 from durable_core.worker import _LostClaim
 from durable_processor.metrics import MetricsInterceptor, ProcessorMetrics, poll_consumer
-from durable_processor.metrics_server import MetricsServer
 from durable_processor.settings import load_settings
 from durable_processor.telemetry import (
     LogContextFilter,

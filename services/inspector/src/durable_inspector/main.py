@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import uvicorn
 
 from durable_core import Client, DurableError, NatsUnavailableError
+from durable_core.service.logs import configure_logging
 from durable_inspector.app import create_app
 from durable_inspector.settings import InspectorSettings, load_settings
 
@@ -81,12 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DurableError as e:
         print(f"durable-inspector: configuration error: {e}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("nats").setLevel(logging.WARNING)
+    configure_logging(settings.log_level)
     try:
         return asyncio.run(serve(settings))
     except NatsUnavailableError as e:

@@ -6,16 +6,14 @@ other, so this is a copy, not a shared module).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from dynaconf import Dynaconf  # type: ignore[import-untyped]
-
 from durable_core import ConfigError, EngineConfig, NatsConfig
+from durable_core.service.settings import check_log_level, read_settings, truthy
 
 DEFAULTS = Path(__file__).with_name("settings.toml")
 
@@ -45,36 +43,13 @@ class InspectorSettings:
     log_level: str = "INFO"
 
 
-def _truthy(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in {"1", "true", "yes", "on"}
-    return bool(value)
-
-
 def load_settings(overrides: Mapping[str, Any] | None = None) -> InspectorSettings:
     """Read defaults, the optional DURABLE_SETTINGS_FILE, DURABLE_* variables, then overrides.
 
     Raises:
         ConfigError: a value is missing or invalid (the message names the setting).
     """
-    env = os.environ
-    files = [str(DEFAULTS)]
-    if env.get("DURABLE_SETTINGS_FILE"):
-        files.append(env["DURABLE_SETTINGS_FILE"])
-    raw = Dynaconf(
-        envvar_prefix="DURABLE",
-        settings_files=files,
-        environments=False,
-        merge_enabled=True,
-        load_dotenv=False,
-    )
-    s: dict[str, Any] = {k.lower(): v for k, v in raw.as_dict().items()}
-    if "NATS_URL" in env and "DURABLE_NATS_URL" not in env:
-        s["nats_url"] = env["NATS_URL"]
-    for key, value in (overrides or {}).items():
-        if value is not None:
-            s[key] = value
-    return build(s)
+    return build(read_settings(DEFAULTS, overrides))
 
 
 def build(s: Mapping[str, Any]) -> InspectorSettings:
@@ -106,9 +81,7 @@ def build(s: Mapping[str, Any]) -> InspectorSettings:
     parts = urlsplit(jaeger)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"jaeger_url must be an http(s) URL, not {s.get('jaeger_url')!r}")
-    level = str(s.get("log_level") or "INFO").upper()
-    if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
-        raise ConfigError(f"log_level must be DEBUG, INFO, WARNING or ERROR, not {level!r}")
+    level = check_log_level(s)
     return InspectorSettings(
         nats=nats,
         engine=engine,
@@ -116,6 +89,6 @@ def build(s: Mapping[str, Any]) -> InspectorSettings:
         port=port,
         token=text("inspector_token"),
         jaeger_url=jaeger,
-        load_plugins=_truthy(s.get("inspector_load_plugins", True)),
+        load_plugins=truthy(s.get("inspector_load_plugins", True)),
         log_level=level,
     )

@@ -13,9 +13,10 @@ from collections.abc import Sequence
 
 from durable_core import Client, DurableError, Worker, load_plugins
 from durable_core._transport import Transport
+from durable_core.service.metrics_server import MetricsServer
+from durable_core.service.metrics_server import start_metrics_server as serve_metrics
 from durable_core.tracing import TracingInterceptor
 from durable_processor.metrics import MetricsInterceptor, ProcessorMetrics, poll_consumer
-from durable_processor.metrics_server import MetricsServer
 from durable_processor.settings import ProcessorSettings, load_settings
 from durable_processor.telemetry import (
     LogContextInterceptor,
@@ -112,30 +113,13 @@ def tune_gc() -> None:
 async def start_metrics_server(
     settings: ProcessorSettings, metrics: ProcessorMetrics, transport: Transport
 ) -> MetricsServer | None:
-    """Serve /metrics and /healthz (200 while connected to NATS), unless the port is 0.
-
-    A port that cannot be bound (another processor on this host has it) is logged, not fatal.
-    """
-    if not settings.metrics_port:
-        return None
-    server = MetricsServer(
+    """Serve /metrics and /healthz (200 while connected to NATS), unless the port is 0."""
+    return await serve_metrics(
         metrics.registry,
         lambda: transport.nc.is_connected,
-        host=settings.metrics_host,
-        port=settings.metrics_port,
+        settings.metrics_host,
+        settings.metrics_port,
     )
-    try:
-        await server.start()
-    except OSError as e:
-        log.warning(
-            "metrics endpoint off: cannot listen on %s:%d (%s); set DURABLE_METRICS_PORT",
-            settings.metrics_host,
-            settings.metrics_port,
-            e.strerror or e,
-        )
-        return None
-    log.info("metrics on http://%s:%d/metrics", settings.metrics_host, server.port)
-    return server
 
 
 def main(argv: Sequence[str] | None = None) -> int:

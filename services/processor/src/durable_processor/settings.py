@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from dynaconf import Dynaconf
-
 from durable_core import ConfigError, EngineConfig, NatsConfig, WorkerConfig
+from durable_core.service.settings import check_log_level, check_metrics_port, read_settings, truthy
 
 DEFAULTS = Path(__file__).with_name("settings.toml")
 
@@ -36,39 +34,14 @@ def _heartbeat(seconds: float) -> timedelta | None:
     return timedelta(seconds=max(seconds, 0))
 
 
-def _truthy(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in {"1", "true", "yes", "on"}
-    return bool(value)
-
-
 def load_settings(overrides: Mapping[str, Any] | None = None) -> ProcessorSettings:
     """Read defaults, the optional DURABLE_SETTINGS_FILE, DURABLE_* variables, then overrides.
 
     Raises:
         ConfigError: a value is missing or invalid (the message names the setting).
     """
-    env = os.environ
-    files = [str(DEFAULTS)]
-    if env.get("DURABLE_SETTINGS_FILE"):
-        files.append(env["DURABLE_SETTINGS_FILE"])
-    raw = Dynaconf(
-        envvar_prefix="DURABLE",
-        settings_files=files,
-        environments=False,
-        merge_enabled=True,
-        load_dotenv=False,
-    )
-    s: dict[str, Any] = {k.lower(): v for k, v in raw.as_dict().items()}
-    # The seed's plain variable names keep working.
-    if "NATS_URL" in env and "DURABLE_NATS_URL" not in env:
-        s["nats_url"] = env["NATS_URL"]
-    if "SUBMIT_TEST_COMMAND" in env and "DURABLE_SUBMIT_TEST_COMMAND" not in env:
-        s["submit_test_command"] = env["SUBMIT_TEST_COMMAND"]
-    for key, value in (overrides or {}).items():
-        if value is not None:
-            s[key] = value
-    return build(s)
+    # SUBMIT_TEST_COMMAND: the seed's plain variable name keeps working.
+    return build(read_settings(DEFAULTS, overrides, plain=("nats_url", "submit_test_command")))
 
 
 def build(s: Mapping[str, Any]) -> ProcessorSettings:
@@ -104,17 +77,13 @@ def build(s: Mapping[str, Any]) -> ProcessorSettings:
         shutdown_grace=timedelta(seconds=num("shutdown_grace", float)),
         lease_ttl=timedelta(seconds=num("lease_ttl", float)),
     )
-    level = str(s.get("log_level") or "INFO").upper()
-    if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
-        raise ConfigError(f"log_level must be DEBUG, INFO, WARNING or ERROR, not {level!r}")
-    metrics_port = num("metrics_port")
-    if not 0 <= metrics_port <= 65535:
-        raise ConfigError(f"setting 'metrics_port' must be 0 (off) to 65535, got {metrics_port}")
+    level = check_log_level(s)
+    metrics_port = check_metrics_port(num("metrics_port"))
     return ProcessorSettings(
         nats,
         engine,
         worker,
-        _truthy(s.get("submit_test_command")),
+        truthy(s.get("submit_test_command")),
         level,
         metrics_host=str(s.get("metrics_host") or "127.0.0.1"),
         metrics_port=metrics_port,

@@ -11,13 +11,15 @@ from collections.abc import Sequence
 
 from durable_core import DurableError
 from durable_core._transport import Transport
+from durable_core.service.logs import configure_logging
+from durable_core.service.metrics_server import MetricsServer
+from durable_core.service.metrics_server import start_metrics_server as serve_metrics
+from durable_core.service.telemetry import configure_tracing
 from durable_scheduler.janitor import Janitor
 from durable_scheduler.metrics import SchedulerMetrics
-from durable_scheduler.metrics_server import MetricsServer
 from durable_scheduler.redrive import Redriver
 from durable_scheduler.runner import Scheduler
 from durable_scheduler.settings import SchedulerSettings, load_settings
-from durable_scheduler.telemetry import configure_logging, configure_tracing
 
 log = logging.getLogger("durable_scheduler")
 
@@ -39,30 +41,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 async def start_metrics_server(
     settings: SchedulerSettings, metrics: SchedulerMetrics, transport: Transport
 ) -> MetricsServer | None:
-    """Serve /metrics and /healthz (200 while connected to NATS), unless the port is 0.
-
-    A port that cannot be bound (another scheduler on this host has it) is logged, not fatal.
-    """
-    if not settings.metrics_port:
-        return None
-    server = MetricsServer(
+    """Serve /metrics and /healthz (200 while connected to NATS), unless the port is 0."""
+    return await serve_metrics(
         metrics.registry,
         lambda: transport.nc.is_connected,
-        host=settings.metrics_host,
-        port=settings.metrics_port,
+        settings.metrics_host,
+        settings.metrics_port,
     )
-    try:
-        await server.start()
-    except OSError as e:
-        log.warning(
-            "metrics endpoint off: cannot listen on %s:%d (%s); set DURABLE_METRICS_PORT",
-            settings.metrics_host,
-            settings.metrics_port,
-            e.strerror or e,
-        )
-        return None
-    log.info("metrics on http://%s:%d/metrics", settings.metrics_host, server.port)
-    return server
 
 
 async def serve(settings: SchedulerSettings) -> int:
@@ -109,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"durable-scheduler: configuration error: {e}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
-    provider = configure_tracing()
+    provider = configure_tracing("durable-scheduler")
     try:
         return asyncio.run(serve(settings))
     except DurableError as e:

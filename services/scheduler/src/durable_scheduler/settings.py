@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from dynaconf import Dynaconf
-
 from durable_core import ConfigError, EngineConfig, NatsConfig
+from durable_core.service.settings import check_log_level, check_metrics_port, read_settings
 
 DEFAULTS = Path(__file__).with_name("settings.toml")
 
@@ -48,25 +46,7 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> SchedulerSettin
     Raises:
         ConfigError: a value is missing or invalid (the message names the setting).
     """
-    env = os.environ
-    files = [str(DEFAULTS)]
-    if env.get("DURABLE_SETTINGS_FILE"):
-        files.append(env["DURABLE_SETTINGS_FILE"])
-    raw = Dynaconf(
-        envvar_prefix="DURABLE",
-        settings_files=files,
-        environments=False,
-        merge_enabled=True,
-        load_dotenv=False,
-    )
-    s: dict[str, Any] = {k.lower(): v for k, v in raw.as_dict().items()}
-    # The plain variable name the other services honour too.
-    if "NATS_URL" in env and "DURABLE_NATS_URL" not in env:
-        s["nats_url"] = env["NATS_URL"]
-    for key, value in (overrides or {}).items():
-        if value is not None:
-            s[key] = value
-    return build(s)
+    return build(read_settings(DEFAULTS, overrides))
 
 
 def build(s: Mapping[str, Any]) -> SchedulerSettings:
@@ -100,12 +80,8 @@ def build(s: Mapping[str, Any]) -> SchedulerSettings:
     sweep = num("retention_sweep", float)
     if sweep < 0.1:
         raise ConfigError(f"setting 'retention_sweep' must be at least 0.1 s, got {sweep}")
-    level = str(s.get("log_level") or "INFO").upper()
-    if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
-        raise ConfigError(f"log_level must be DEBUG, INFO, WARNING or ERROR, not {level!r}")
-    metrics_port = num("metrics_port")
-    if not 0 <= metrics_port <= 65535:
-        raise ConfigError(f"setting 'metrics_port' must be 0 (off) to 65535, got {metrics_port}")
+    level = check_log_level(s)
+    metrics_port = check_metrics_port(num("metrics_port"))
     return SchedulerSettings(
         nats=nats,
         engine=engine,

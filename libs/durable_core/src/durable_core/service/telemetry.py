@@ -1,11 +1,10 @@
-"""Logging and tracing set-up.
+"""Tracing set-up for the services (OpenTelemetry SDK, OTLP/gRPC exporter).
 
-Tracing follows the standard ``OTEL_*`` variables, as in the processor: it is on when
+Tracing is configured by the standard ``OTEL_*`` variables: it is on when
 ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) is set or
-``OTEL_TRACES_EXPORTER`` names ``otlp`` or ``console``; ``OTEL_TRACES_EXPORTER=none`` or
-``OTEL_SDK_DISABLED=true`` turn it off. Each invocation a schedule starts is then a trace that
-begins in the scheduler (the client's ``durable.invoke`` span). ``OTEL_SERVICE_NAME`` defaults
-to ``durable-scheduler``.
+``OTEL_TRACES_EXPORTER`` names ``otlp`` (or ``console``); ``OTEL_TRACES_EXPORTER=none`` or
+``OTEL_SDK_DISABLED=true`` turn it off. The exporter reads the rest (endpoint, headers,
+``OTEL_BSP_*`` batching); ``OTEL_SERVICE_NAME`` defaults to the service's own name.
 """
 
 from __future__ import annotations
@@ -19,11 +18,9 @@ from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 
-__all__ = ["configure_logging", "configure_tracing", "tracing_exporters"]
+__all__ = ["configure_tracing", "tracing_exporters"]
 
 log = logging.getLogger(__name__)
-
-DEFAULT_SERVICE_NAME = "durable-scheduler"
 
 
 def tracing_exporters(env: Mapping[str, str] | None = None) -> list[str]:
@@ -45,17 +42,24 @@ def tracing_exporters(env: Mapping[str, str] | None = None) -> list[str]:
     return [n for n in names if n in ("otlp", "console")]
 
 
-def configure_tracing(env: Mapping[str, str] | None = None) -> TracerProvider | None:
+def configure_tracing(
+    default_service_name: str, env: Mapping[str, str] | None = None
+) -> TracerProvider | None:
     """Install an SDK tracer provider exporting as the ``OTEL_*`` variables say.
 
     Returns the provider (``shutdown()`` it on exit: that flushes the last spans), or None
-    when tracing is off.
+    when tracing is off; the OpenTelemetry API then stays a no-op.
     """
     env = os.environ if env is None else env
     exporters = tracing_exporters(env)
     if not exporters:
         return None
-    service_name = env.get("OTEL_SERVICE_NAME") or DEFAULT_SERVICE_NAME
+    protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get(
+        "OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"
+    )
+    if "otlp" in exporters and protocol != "grpc":
+        log.warning("OTLP protocol %r is not supported here; exporting over gRPC", protocol)
+    service_name = env.get("OTEL_SERVICE_NAME") or default_service_name
     provider = TracerProvider(resource=Resource.create({SERVICE_NAME: service_name}))
     for name in exporters:
         provider.add_span_processor(BatchSpanProcessor(_exporter(name)))
@@ -70,9 +74,3 @@ def _exporter(name: str) -> SpanExporter:
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
     return OTLPSpanExporter()  # endpoint, headers, TLS and timeout from OTEL_EXPORTER_OTLP_*
-
-
-def configure_logging(level: str) -> None:
-    """Log to stderr."""
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("nats").setLevel(logging.WARNING)

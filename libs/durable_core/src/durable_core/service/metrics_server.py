@@ -1,7 +1,6 @@
 """A tiny asyncio HTTP server for ``/metrics`` (Prometheus) and ``/healthz``.
 
-Self-contained on purpose (only ``prometheus_client`` and the standard library): other services
-(the scheduler) copy this module as it is. No threads, no framework: it answers ``GET`` and
+Shared by the processor and the scheduler. No threads, no framework: it answers ``GET`` and
 ``HEAD`` of the two paths and closes each connection.
 """
 
@@ -14,7 +13,7 @@ from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-__all__ = ["MetricsServer"]
+__all__ = ["MetricsServer", "start_metrics_server"]
 
 log = logging.getLogger(__name__)
 
@@ -114,3 +113,27 @@ class MetricsServer:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+
+async def start_metrics_server(
+    registry: CollectorRegistry, healthy: Callable[[], bool], host: str, port: int
+) -> MetricsServer | None:
+    """Serve /metrics and /healthz (200 while ``healthy()``), unless ``port`` is 0.
+
+    A port that cannot be bound (another service on this host has it) is logged, not fatal.
+    """
+    if not port:
+        return None
+    server = MetricsServer(registry, healthy, host=host, port=port)
+    try:
+        await server.start()
+    except OSError as e:
+        log.warning(
+            "metrics endpoint off: cannot listen on %s:%d (%s); set DURABLE_METRICS_PORT",
+            host,
+            port,
+            e.strerror or e,
+        )
+        return None
+    log.info("metrics on http://%s:%d/metrics", host, server.port)
+    return server
