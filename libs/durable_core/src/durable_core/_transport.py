@@ -519,6 +519,22 @@ class Transport:
 
         return await _retrying("publish command", pub, self._deadline(), self.nats_cfg.servers)
 
+    async def publish_wake(
+        self, invocation_id: str, workflow: str, partition_key: str, journal_seq: int
+    ) -> bool:
+        """Wake an invocation up after appending to its journal at ``journal_seq``: one wake-up
+        per entry (deduplicated by it); the processor reads the journal up to that entry."""
+        return await self.publish_command(
+            pb.Command(
+                invocation_id=invocation_id,
+                workflow=workflow,
+                partition_key=partition_key or invocation_id,
+                kind=pb.COMMAND_KIND_WAKE,
+                min_journal_seq=journal_seq,
+            ),
+            msg_id=f"wake:{invocation_id}:{journal_seq}",
+        )
+
     async def _js_publish(
         self, subject: str, data: bytes, headers: dict[str, str]
     ) -> tuple[int, bool]:

@@ -629,16 +629,7 @@ class Client:
         if kind == pb.ENTRY_KIND_CANCEL_REQUEST:
             await self._t.send_control(invocation_id, "cancel")  # interrupt a run in flight
         if kind != pb.ENTRY_KIND_PAUSE_REQUEST:
-            await self._t.publish_command(
-                pb.Command(
-                    invocation_id=invocation_id,
-                    workflow=st.workflow,
-                    partition_key=st.partition_key or invocation_id,
-                    kind=pb.COMMAND_KIND_WAKE,
-                    min_journal_seq=seq,
-                ),
-                msg_id=f"wake:{invocation_id}:{seq}",
-            )
+            await self._t.publish_wake(invocation_id, st.workflow, st.partition_key, seq)
         return await self._show_transition(invocation_id, kind, running=running)
 
     async def retry(self, invocation_id: str) -> Status:
@@ -682,16 +673,7 @@ class Client:
         # If someone else moved it on meanwhile, the wake-up below is harmless either way.
         with contextlib.suppress(StateConflict):
             await self._t.update_state(st, rec.revision)
-        await self._t.publish_command(
-            pb.Command(
-                invocation_id=invocation_id,
-                workflow=st.workflow,
-                partition_key=st.partition_key or invocation_id,
-                kind=pb.COMMAND_KIND_WAKE,
-                min_journal_seq=seq,
-            ),
-            msg_id=f"wake:{invocation_id}:{seq}",
-        )
+        await self._t.publish_wake(invocation_id, st.workflow, st.partition_key, seq)
         return Status.PENDING
 
     async def rerun(self, invocation_id: str) -> str:
@@ -931,16 +913,7 @@ class Client:
             )
         seq = await self._t.append_external(invocation_id, entry, msg_id, check)
         st = rec.state
-        await self._t.publish_command(
-            pb.Command(
-                invocation_id=invocation_id,
-                workflow=st.workflow,
-                partition_key=st.partition_key or invocation_id,
-                kind=pb.COMMAND_KIND_WAKE,
-                min_journal_seq=seq,
-            ),
-            msg_id=f"wake:{invocation_id}:{seq}",
-        )
+        await self._t.publish_wake(invocation_id, st.workflow, st.partition_key, seq)
 
     # -- reading ---------------------------------------------------------------------------
 

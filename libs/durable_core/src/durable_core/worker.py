@@ -314,6 +314,8 @@ class _Execution:
         self.id = cmd.invocation_id
         self.delivery = delivery
         self.token = f"{worker.processor_id}/{secrets.token_hex(4)}"
+        # A journal write slower than this may have been overtaken by a redelivery (see append).
+        self._slow_write_s = worker.config.ack_wait.total_seconds() / 3
         self.entries: list[pb.JournalEntry] = []
         self.machine = ReplayMachine(self.id)
         self.last_seq = 0
@@ -354,30 +356,17 @@ class _Execution:
                     # (no `except Exception` in the workflow can catch this) and release it.
                     raise _EngineFailure(e) from e
                 except JournalConflict:
-                    try:
-                        await self._catch_up(claim=claim)
-                    except NatsUnavailableError as e:
-                        raise _EngineFailure(e) from e  # the engine's read: not the workflow's
+                    await self._catch_up(claim=claim)
                     if entry.kind == pb.ENTRY_KIND_SUSPENDED:
                         raise _Rerun from None  # decide again with what arrived
                     continue
                 self._record(entry, seq)
-                if not claim and time.monotonic() - started > self._slow_write:
+                if not claim and time.monotonic() - started > self._slow_write_s:
                     # The write stalled long enough for our command to be redelivered and the
                     # invocation claimed by another processor meanwhile: look before the next
-                    # step runs.
-                    try:
-                        fresh = await self.t.read_journal(self.id, min_seq=seq)
-                    except NatsUnavailableError as e:
-                        raise _EngineFailure(e) from e
-                    foreign = [r for r in fresh if r.seq > seq and r.entry.kind in PROCESSOR_KINDS]
-                    if foreign:
-                        raise _LostClaim(foreign)
+                    # step runs (nothing newer need be there).
+                    await self._catch_up(claim=False, newer_known=False)
                 return
-
-    @property
-    def _slow_write(self) -> float:
-        return self.w.config.ack_wait.total_seconds() / 3
 
     def _claimed_by_this_command(self) -> bool:
         """Whether a holder's CLAIM names this very command (acking it would drop its run)."""
@@ -386,8 +375,16 @@ class _Execution:
             for e in self.entries
         )
 
-    async def _catch_up(self, *, claim: bool) -> None:
-        fresh = await self.t.read_journal(self.id, min_seq=self.last_seq + 1)
+    async def _catch_up(self, *, claim: bool, newer_known: bool = True) -> None:
+        """Take in what others appended since our last entry (``newer_known``: something is
+        there, a failed append says so). Raises _LostClaim for another processor's entries
+        (unless we are claiming), _Finished for a final one."""
+        try:
+            fresh = await self.t.read_journal(
+                self.id, min_seq=self.last_seq + 1 if newer_known else self.last_seq
+            )
+        except NatsUnavailableError as e:
+            raise _EngineFailure(e) from e  # the engine's read: not the workflow's failure
         records = [r for r in fresh if r.seq > self.last_seq]
         foreign = [r for r in records if r.entry.kind in PROCESSOR_KINDS]
         if foreign and not claim:
@@ -979,16 +976,7 @@ class _Execution:
             )
         except InvocationFinishedError:
             return
-        await self.t.publish_command(
-            pb.Command(
-                invocation_id=parent,
-                workflow=st.parent_workflow,
-                partition_key=st.parent_partition_key or parent,
-                kind=pb.COMMAND_KIND_WAKE,
-                min_journal_seq=seq,
-            ),
-            msg_id=f"wake:{parent}:{seq}",
-        )
+        await self.t.publish_wake(parent, st.parent_workflow, st.parent_partition_key, seq)
 
 
 def _trace_id(headers: Mapping[str, str]) -> str:

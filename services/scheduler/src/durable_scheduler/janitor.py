@@ -20,16 +20,13 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 
-from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import StateRecord, Transport
+from durable_core.client import Status
 from durable_scheduler.metrics import SchedulerMetrics
 
 __all__ = ["Janitor"]
 
 log = logging.getLogger("durable_scheduler.janitor")
-
-FINISHED = frozenset({pb.STATUS_COMPLETED, pb.STATUS_FAILED, pb.STATUS_CANCELLED})
-
 
 class Janitor:
     """Removes finished executions older than ``retention``, every ``interval``.
@@ -71,7 +68,8 @@ class Janitor:
 
     def due(self, rec: StateRecord, now_ms: int) -> bool:
         st = rec.state
-        return st.status in FINISHED and st.updated_at_ms + self.retention_ms <= now_ms
+        finished = Status.from_pb(st.status).is_terminal
+        return finished and st.updated_at_ms + self.retention_ms <= now_ms
 
     async def sweep(self) -> int:
         """One pass over every state; returns how many executions were removed."""
