@@ -1713,7 +1713,14 @@ class CommandConsumer:
         await self._nc.publish(self._next_subject, req, reply=self._inbox)
 
     async def close(self) -> None:
-        """Stop taking commands; those delivered but never fetched go back at once."""
+        """Stop taking commands; those delivered but never fetched go back at once.
+
+        The open pull request is left to run out first (at most its ``expires``): a command
+        handed back while it is open would come straight back to it, and so to nobody.
+        """
+        left = self._until - time.monotonic()
+        if self._credit > 0 and left > 0:
+            await asyncio.sleep(left)
         with contextlib.suppress(nats.errors.Error):
             await self._sub.unsubscribe()
         while (msg := self._queue.take()) is not None:

@@ -157,6 +157,8 @@ class Worker:
                     self._tasks.add(task)
                     task.add_done_callback(self._done)
         finally:
+            # Stop pulling first, so that what _drain hands back goes to other processors.
+            await consumer.close()
             await self._drain()
             if lease is not None:
                 while not lease.done():
@@ -165,7 +167,6 @@ class Worker:
                 with contextlib.suppress(Exception):
                     await self.transport.delete_lease(self.lease_name)  # a clean exit
             await control.unsubscribe()
-            await consumer.close()
             await self.channels.close()
 
     async def _keep_lease(self) -> None:
