@@ -1073,11 +1073,20 @@ class Transport:
             yield key, StateRecord(st, revision)
 
     async def list_states(self) -> list[pb.ExecutionState]:
-        """Every execution state (for small tools; the inspector keeps its own index)."""
-        try:
-            keys = await self.kv.keys()
-        except nats.js.errors.NoKeysError:
-            return []
+        """Every execution state (for small tools; the inspector keeps its own index).
+
+        The keys come from the stream leader's subject list, not from nats-py's ``keys()``,
+        whose watcher can report "no keys" early while a new ordered consumer catches up.
+        """
+        bucket = self.names.state_bucket
+        prefix = f"$KV.{bucket}."
+
+        async def subjects() -> dict[str, int]:
+            info = await self.js.stream_info(f"KV_{bucket}", subjects_filter=f"{prefix}>")
+            return info.state.subjects or {}
+
+        found = await _retrying("list states", subjects, self._deadline(), self.nats_cfg.servers)
+        keys = [subject.removeprefix(prefix) for subject in found]
         out = []
         for key in keys:
             rec = await self.get_state(key)
