@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
+import nats.js.errors
 import pytest
 from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, Phase, example, given, settings
@@ -89,8 +90,19 @@ async def settled_or_crashed(transport: Transport, proc: Proc, timeout: float) -
     return False
 
 
-async def publish_raw(transport: Transport, key: str, data: bytes) -> None:
-    await transport.js.publish(transport.names.command_subject(key), data)
+async def publish_raw(transport: Transport, key: str, data: bytes) -> bool:
+    """Publish straight to the command stream; False if the server refused the message itself
+    (over the stream's max_msg_size, err 10054): it never reaches a processor."""
+    try:
+        await transport.js.publish(transport.names.command_subject(key), data)
+    except nats.js.errors.BadRequestError as e:
+        if e.err_code != _MESSAGE_TOO_BIG:
+            raise
+        return False
+    return True
+
+
+_MESSAGE_TOO_BIG = 10054  # JetStream: message size exceeds the stream's max_msg_size
 
 
 async def raw_journal(transport: Transport, invocation_id: str) -> list[tuple[int, bytes]]:
@@ -269,6 +281,7 @@ FINISHED_ID = "finished-" + uuid.uuid4().hex[:8]  # fixed per session: strategie
     ),
 )
 @example(batch=[("hostile", b"\xff\xff\xff"), ("", b"")], names=["Ada"])
+@example(batch=[("hostile", b"\x00" * 600_000)], names=["Big"])  # over max_msg_size
 async def test_garbage_commands_never_block_or_corrupt(
     stack: Stack,
     client: Client,
@@ -289,8 +302,10 @@ async def test_garbage_commands_never_block_or_corrupt(
     refused_before = processor.log().count(REFUSED)
 
     real: list[tuple[str, str]] = []
+    stored: list[bytes] = []  # what the stream took (it refuses messages over its size limit)
     for i, (key, data) in enumerate(batch):
-        await publish_raw(transport, key, data)
+        if await publish_raw(transport, key, data):
+            stored.append(data)
         if i % 4 == 0 and len(real) < len(names):
             name = names[len(real)]
             real.append((await client.invoke_async("hello_workflow", {"name": name}), name))
@@ -305,7 +320,7 @@ async def test_garbage_commands_never_block_or_corrupt(
     log = processor.log()
     assert processor.proc.poll() is None and CRASHED not in log
     # Every command without a usable id was refused, each with its own log line.
-    malformed = sum(not _valid_id_command(data) for _, data in batch)
+    malformed = sum(not _valid_id_command(data) for data in stored)
     assert log.count(REFUSED) - refused_before == malformed
 
 
