@@ -15,6 +15,13 @@
    its command is redelivered to B; B runs step 1 too, loses the append race, abandons and acks;
    A is then killed in step 2, and nothing is left to finish the invocation. Fixed when B
    claims first (A's step-1 append then fails, B finishes the run): fixed, B now claims.
+
+3. An append the server stored but answered with "wrong last sequence" (seen under chaos for
+   four invocations at once, around a journal leader change after a partition healed): the
+   worker re-read the journal, took its own new entry for another processor's, abandoned the
+   run and acked the command. The invocations stayed RUNNING forever. Here a transport stores
+   step 1's entry and then reports that conflict; the run must recognise its own entry (by its
+   message id) and finish, running each step once.
 """
 
 from __future__ import annotations
@@ -27,9 +34,11 @@ from pathlib import Path
 
 import pytest
 
-from durable_core import Client, EngineConfig, InvocationTimeoutError
-from durable_core._transport import Transport
+from durable_core import Client, Context, EngineConfig, InvocationTimeoutError, Worker, WorkerConfig
+from durable_core._pb.durable.v1 import durable_pb2 as pb
+from durable_core._transport import JournalConflict, Transport
 from durable_core.config import NatsConfig
+from durable_core.plugins import WorkflowRegistry
 from durable_core.schedules import create_schedule
 from durable_core.testing import NatsServer
 from durable_scheduler.runner import Scheduler
@@ -132,3 +141,56 @@ async def test_a_redelivery_fences_the_first_holder_even_before_its_first_entry(
             await client.close()
     finally:
         stack.stop()
+
+
+class _StoredButConflicting(Transport):
+    """Stores the first RUN entry, then answers as the server did: "wrong last sequence"."""
+
+    lied = False
+
+    async def append(
+        self, invocation_id: str, entry: pb.JournalEntry, expected_seq: int, msg_id: str
+    ) -> int:
+        seq = await super().append(invocation_id, entry, expected_seq, msg_id)
+        if entry.kind == pb.ENTRY_KIND_RUN and not self.lied:
+            type(self).lied = True
+            raise JournalConflict(invocation_id, expected_seq)
+        return seq
+
+
+async def test_an_append_stored_but_answered_as_a_conflict_is_taken_as_ours(
+    server: NatsServer,
+) -> None:
+    engine = EngineConfig(prefix="rg" + uuid.uuid4().hex[:8])
+    runs: list[str] = []
+
+    async def two_steps(ctx: Context) -> str:
+        async def step(name: str) -> str:
+            runs.append(name)
+            return name
+
+        a = await ctx.run("a", step, "a")
+        b = await ctx.run("b", step, "b")
+        return a + b
+
+    registry = WorkflowRegistry()
+    registry.register(two_steps)
+    transport = await _StoredButConflicting.connect(NatsConfig.from_url(server.url), engine)
+    worker = Worker(transport, registry, WorkerConfig())
+    task = asyncio.create_task(worker.run())
+    client = await Client.connect(server.url, engine=engine)
+    try:
+        inv = await client.invoke_async("two_steps")
+        try:
+            result = await client.wait(inv, timeout=10)
+        except InvocationTimeoutError:
+            pytest.fail(f"{inv} was abandoned after its own append: steps run {runs}")
+        assert _StoredButConflicting.lied
+        assert result.status == "completed"
+        assert result.output == "ab"
+        assert runs == ["a", "b"]  # step a was not run again
+    finally:
+        await client.close()
+        worker.stop()
+        await task
+        await transport.close()

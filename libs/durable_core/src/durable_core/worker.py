@@ -357,7 +357,12 @@ class _Execution:
                     # (no `except Exception` in the workflow can catch this) and release it.
                     raise _EngineFailure(e) from e
                 except JournalConflict:
-                    await self._catch_up(claim=claim)
+                    taken = await self._catch_up(claim=claim)
+                    if any(r.msg_id == msg_id for r in taken):
+                        # Ours had landed after all: the server answered "wrong last
+                        # sequence" to a write it stored (seen under chaos, around a leader
+                        # change). Taking it for another's entry abandoned (and acked) the run.
+                        return
                     if entry.kind == pb.ENTRY_KIND_SUSPENDED:
                         raise _Rerun from None  # decide again with what arrived
                     continue
@@ -376,10 +381,11 @@ class _Execution:
             for e in self.entries
         )
 
-    async def _catch_up(self, *, claim: bool, newer_known: bool = True) -> None:
-        """Take in what others appended since our last entry (``newer_known``: something is
-        there, a failed append says so). Raises _LostClaim for another processor's entries
-        (unless we are claiming), _Finished for a final one."""
+    async def _catch_up(self, *, claim: bool, newer_known: bool = True) -> list[JournalRecord]:
+        """Take in what was appended since our last entry (``newer_known``: something is
+        there, a failed append says so) and return it. Raises _LostClaim for another
+        processor's entries (unless we are claiming), _Finished for a final one. Entries of
+        this very run (our token) are ours: an append whose answer was lost, or wrong."""
         try:
             fresh = await self.t.read_journal(
                 self.id, min_seq=self.last_seq + 1 if newer_known else self.last_seq
@@ -387,16 +393,19 @@ class _Execution:
         except NatsUnavailableError as e:
             raise _EngineFailure(e) from e  # the engine's read: not the workflow's failure
         records = [r for r in fresh if r.seq > self.last_seq]
-        foreign = [r for r in records if r.entry.kind in PROCESSOR_KINDS]
+        foreign = [
+            r for r in records if r.entry.kind in PROCESSOR_KINDS and r.entry.writer != self.token
+        ]
         if foreign and not claim:
             raise _LostClaim(foreign)
         for r in records:
             self._record(r.entry, r.seq)
         if self.machine.final is not None:
             raise _Finished
-        if records and self.waits_parked():
+        if self.waits_parked() and any(r.entry.writer != self.token for r in records):
             self.rerun = True
             self.interrupt.set()
+        return records
 
     def waits_parked(self) -> bool:
         return self.ctx is not None and bool(self.ctx._parked)
