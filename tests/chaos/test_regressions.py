@@ -22,16 +22,25 @@
    run and acked the command. The invocations stayed RUNNING forever. Here a transport stores
    step 1's entry and then reports that conflict; the run must recognise its own entry (by its
    message id) and finish, running each step once.
+
+4. A journal append answered 409 / 10158 "duplicate message id is in process" (a clustered
+   leader still proposing the first try of the same message id) failed the invocation: the raw
+   APIError went up through the workflow and was journaled as its FAILED entry. It is now a
+   transient answer (retried until the first try's outcome shows), and any other NATS error
+   that reaches the workflow releases the run instead of failing it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
+import nats.js.errors
 import pytest
 
 from durable_core import Client, Context, EngineConfig, InvocationTimeoutError, Worker, WorkerConfig
@@ -143,6 +152,27 @@ async def test_a_redelivery_fences_the_first_holder_even_before_its_first_entry(
         stack.stop()
 
 
+@contextlib.asynccontextmanager
+async def _worker_and_client(
+    server: NatsServer, transport_cls: type[Transport], workflow: Callable[..., Any]
+) -> AsyncIterator[Client]:
+    """An in-process worker for ``workflow`` on ``transport_cls``, and a client."""
+    engine = EngineConfig(prefix="rg" + uuid.uuid4().hex[:8])
+    registry = WorkflowRegistry()
+    registry.register(workflow)
+    transport = await transport_cls.connect(NatsConfig.from_url(server.url), engine)
+    worker = Worker(transport, registry, WorkerConfig())
+    task = asyncio.create_task(worker.run())
+    client = await Client.connect(server.url, engine=engine)
+    try:
+        yield client
+    finally:
+        await client.close()
+        worker.stop()
+        await task
+        await transport.close()
+
+
 class _StoredButConflicting(Transport):
     """Stores the first RUN entry, then answers as the server did: "wrong last sequence"."""
 
@@ -161,7 +191,6 @@ class _StoredButConflicting(Transport):
 async def test_an_append_stored_but_answered_as_a_conflict_is_taken_as_ours(
     server: NatsServer,
 ) -> None:
-    engine = EngineConfig(prefix="rg" + uuid.uuid4().hex[:8])
     runs: list[str] = []
 
     async def two_steps(ctx: Context) -> str:
@@ -173,24 +202,56 @@ async def test_an_append_stored_but_answered_as_a_conflict_is_taken_as_ours(
         b = await ctx.run("b", step, "b")
         return a + b
 
-    registry = WorkflowRegistry()
-    registry.register(two_steps)
-    transport = await _StoredButConflicting.connect(NatsConfig.from_url(server.url), engine)
-    worker = Worker(transport, registry, WorkerConfig())
-    task = asyncio.create_task(worker.run())
-    client = await Client.connect(server.url, engine=engine)
-    try:
+    async with _worker_and_client(server, _StoredButConflicting, two_steps) as client:
         inv = await client.invoke_async("two_steps")
         try:
             result = await client.wait(inv, timeout=10)
         except InvocationTimeoutError:
             pytest.fail(f"{inv} was abandoned after its own append: steps run {runs}")
-        assert _StoredButConflicting.lied
-        assert result.status == "completed"
-        assert result.output == "ab"
-        assert runs == ["a", "b"]  # step a was not run again
-    finally:
-        await client.close()
-        worker.stop()
-        await task
-        await transport.close()
+    assert _StoredButConflicting.lied
+    assert result.status == "completed"
+    assert result.output == "ab"
+    assert runs == ["a", "b"]  # step a was not run again
+
+
+class _RefusesOneJournalPublish(Transport):
+    """Answers the first journal write of a RUN entry with ``error`` instead of storing it."""
+
+    error: dict[str, object] = {}
+    refused = 0
+
+    async def _js_publish(
+        self, subject: str, data: bytes, headers: dict[str, str]
+    ) -> tuple[int, bool]:
+        if subject.startswith(self.names.journal_subjects[:-1]):
+            entry = pb.JournalEntry.FromString(data)
+            if entry.kind == pb.ENTRY_KIND_RUN and not type(self).refused:
+                type(self).refused += 1
+                raise nats.js.errors.APIError.from_error(dict(self.error))
+        return await super()._js_publish(subject, data, headers)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        {"code": 409, "err_code": 10158, "description": "duplicate message id is in process"},
+        {"code": 500, "err_code": 10077, "description": "store is closed"},
+    ],
+    ids=["in-process", "other-refusal"],
+)
+async def test_a_refused_journal_write_never_fails_the_workflow(
+    server: NatsServer, error: dict[str, object]
+) -> None:
+
+    async def one_step(ctx: Context) -> str:
+        async def step() -> str:
+            return "done"
+
+        return await ctx.run("a", step)
+
+    transport_cls = type("Refusing", (_RefusesOneJournalPublish,), {"error": error, "refused": 0})
+    async with _worker_and_client(server, transport_cls, one_step) as client:
+        result = await client.wait(await client.invoke_async("one_step"), timeout=15)
+    assert transport_cls.refused == 1
+    assert result.status == "completed", result.failure
+    assert result.output == "done"

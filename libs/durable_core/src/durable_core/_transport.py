@@ -78,7 +78,11 @@ _CLUSTER_BUSY_CODES = {
     10008,
     10074,
     10075,
-}  # no peers / JS not ready / no quorum / resources
+    10158,
+    10167,
+}  # no peers / JS not ready / no quorum / resources / this message id still being proposed
+# (a clustered leader answers 10158 to a retry while the first try is in flight: the retry
+# then gets the duplicate ack, or "wrong last sequence" over our own entry) / too many requests
 
 
 class JournalConflict(DurableError):
@@ -115,6 +119,11 @@ class JournalRecord:
     entry: pb.JournalEntry
     seq: int
     msg_id: str
+
+
+def is_engine_error(e: BaseException) -> bool:
+    """Whether ``e`` is NATS failing the engine (not anything a workflow did)."""
+    return isinstance(e, NatsUnavailableError | nats.errors.Error)
 
 
 def _is_transient(e: BaseException) -> bool:
@@ -833,9 +842,15 @@ class Transport:
                 return int(last.seq or 0)
             raise JournalConflict(invocation_id, expected_seq)
 
-        return await _retrying(
-            f"append to journal of {invocation_id}", pub, self._deadline(), self.nats_cfg.servers
-        )
+        what = f"append to journal of {invocation_id}"
+        try:
+            return await _retrying(what, pub, self._deadline(), self.nats_cfg.servers)
+        except nats.errors.Error as e:
+            # Any other refusal is the engine's trouble, never the workflow's: the caller
+            # releases the run and it is tried again from the journal.
+            raise NatsUnavailableError(
+                self.nats_cfg.servers, f"{what}: {type(e).__name__} {e}"
+            ) from e
 
     # -- partition keys --------------------------------------------------------------------
 

@@ -51,6 +51,7 @@ from durable_core._transport import (
     StateConflict,
     StateRecord,
     Transport,
+    is_engine_error,
 )
 from durable_core.config import WorkerConfig
 from durable_core.context import Context, Submission, Wait
@@ -868,6 +869,10 @@ class _Execution:
         except (_LostClaim, _Finished, _Rerun, SuspendExecution, _EngineFailure):
             raise
         except Exception as e:  # noqa: BLE001 - the workflow failed; journal why
+            if is_engine_error(e):
+                # A NATS error the workflow let through (a write of the engine's own that
+                # NATS refused): release the run, never journal it as the workflow's failure.
+                raise _EngineFailure(e) from e
             await self._finish(pb.STATUS_FAILED, failure=self._failure(e, ctx))
             return
         if ctx.nondeterminism is not None:
