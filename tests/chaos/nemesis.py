@@ -23,7 +23,7 @@ import json
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -178,18 +178,15 @@ class Nemesis:
     # -- the faults ------------------------------------------------------------------------
 
     async def kill_processor(self) -> None:
-        name = self.rng.choice(PROCESSORS)
-        pause = self.rng.uniform(1.0, 3.0)
-        fault = self._begin("kill_processor", name, f"restart after {pause:.1f}s")
-        await asyncio.to_thread(self.system.kill, name)
-        await asyncio.sleep(pause)
-        await asyncio.to_thread(self.system.restart, name)
-        fault.healed = fault.recovered = time.monotonic()
+        await self._kill_and_restart("kill_processor", PROCESSORS)
 
     async def kill_scheduler(self) -> None:
-        name = self.rng.choice(SCHEDULERS)
+        await self._kill_and_restart("kill_scheduler", SCHEDULERS)
+
+    async def _kill_and_restart(self, kind: str, names: Sequence[str]) -> None:
+        name = self.rng.choice(names)
         pause = self.rng.uniform(1.0, 3.0)
-        fault = self._begin("kill_scheduler", name, f"restart after {pause:.1f}s")
+        fault = self._begin(kind, name, f"restart after {pause:.1f}s")
         await asyncio.to_thread(self.system.kill, name)
         await asyncio.sleep(pause)
         await asyncio.to_thread(self.system.restart, name)
@@ -203,35 +200,34 @@ class Nemesis:
         await asyncio.to_thread(self.cluster.kill_node, node)
         await asyncio.sleep(down)
         await asyncio.to_thread(self.cluster.restart_node, node, timeout=timedelta(seconds=60))
-        fault.healed = time.monotonic()
-        await self.wait_whole(f"{fault.kind} {fault.target}")
-        fault.recovered = time.monotonic()
+        await self._healed(fault)
 
     async def pause_node(self) -> None:
-        stream = self.rng.choice(self.leader_streams)
-        hold = ELECTION_TIMEOUT + self.rng.uniform(1.0, 3.0)
-        node = await self._leader(stream)
-        fault = self._begin("pause_node", node, f"leader of {stream}, SIGSTOP {hold:.1f}s")
-        await asyncio.to_thread(self.cluster.pause_node, node)
-        try:
-            await asyncio.sleep(hold)
-        finally:
-            await asyncio.to_thread(self.cluster.resume_node, node)
-        fault.healed = time.monotonic()
-        await self.wait_whole(f"{fault.kind} {fault.target}")
-        fault.recovered = time.monotonic()
+        await self._hold_leader(
+            "pause_node", "SIGSTOP", self.cluster.pause_node, self.cluster.resume_node
+        )
 
     async def partition(self) -> None:
         assert self.net is not None
+        await self._hold_leader("partition", "isolated", self.net.cut, self.net.heal)
+
+    async def _hold_leader(
+        self, kind: str, what: str, cut: Callable[[str], object], heal: Callable[[str], object]
+    ) -> None:
+        """Cut a stream leader's node off past the election timeout, then let it back."""
         stream = self.rng.choice(self.leader_streams)
         hold = ELECTION_TIMEOUT + self.rng.uniform(1.0, 3.0)
         node = await self._leader(stream)
-        fault = self._begin("partition", node, f"leader of {stream}, isolated {hold:.1f}s")
-        await asyncio.to_thread(self.net.cut, node)
+        fault = self._begin(kind, node, f"leader of {stream}, {what} {hold:.1f}s")
+        await asyncio.to_thread(cut, node)
         try:
             await asyncio.sleep(hold)
         finally:
-            await asyncio.to_thread(self.net.heal, node)
+            await asyncio.to_thread(heal, node)
+        await self._healed(fault)
+
+    async def _healed(self, fault: Fault) -> None:
+        """The fault is over: wait until the cluster has recovered from it."""
         fault.healed = time.monotonic()
         await self.wait_whole(f"{fault.kind} {fault.target}")
         fault.recovered = time.monotonic()

@@ -282,7 +282,8 @@ def _as_journaled(state: pb.ExecutionState, records: list[JournalRecord]) -> pb.
     """The state as the journal (the truth) has it, where the state (a summary written after
     the journal) lags: a journal that has ended while the state does not say so yet (the
     processor writes it right after the final entry), or a run in progress while the state
-    still says pending or suspended (a run says RUNNING only once it has lasted a moment)."""
+    still says pending or suspended (a woken run claims in the journal before it writes
+    RUNNING)."""
     if state.status in _TERMINAL_PB or not records:
         return state
     machine = ReplayMachine(state.invocation_id, (r.entry for r in records))

@@ -394,16 +394,15 @@ class _Execution:
         except NatsUnavailableError as e:
             raise _EngineFailure(e) from e  # the engine's read: not the workflow's failure
         records = [r for r in fresh if r.seq > self.last_seq]
-        foreign = [
-            r for r in records if r.entry.kind in PROCESSOR_KINDS and r.entry.writer != self.token
-        ]
+        others = [r for r in records if r.entry.writer != self.token]
+        foreign = [r for r in others if r.entry.kind in PROCESSOR_KINDS]
         if foreign and not claim:
             raise _LostClaim(foreign)
         for r in records:
             self._record(r.entry, r.seq)
         if self.machine.final is not None:
             raise _Finished
-        if self.waits_parked() and any(r.entry.writer != self.token for r in records):
+        if others and self.waits_parked():
             self.rerun = True
             self.interrupt.set()
         return records
@@ -474,7 +473,28 @@ class _Execution:
 
         ``only_if`` lists the statuses the update may replace (any, when empty).
         """
-        await self._write_state(final=final, only_if=only_if, **changes)
+        for _ in range(5):
+            rec = self.state or await self.t.get_state(self.id)
+            if rec is not None and (
+                (rec.state.status in TERMINAL and not final)
+                or (only_if and rec.state.status not in only_if)
+            ):
+                self.state = rec
+                return
+            st = self._next_state(rec, changes)
+            try:
+                if rec is None:
+                    created = await self.t.create_state(st)
+                    if created is None:
+                        self.state = None
+                        continue
+                    self.state = created
+                else:
+                    self.state = await self.t.update_state(st, rec.revision)
+                return
+            except StateConflict:
+                self.state = None  # someone else wrote (a client, a lifecycle change): re-read
+        raise DurableError(f"state of {self.id} keeps changing under us; giving up this run")
 
     def _next_state(self, rec: StateRecord | None, changes: Mapping[str, Any]) -> pb.ExecutionState:
         """``rec``'s state (a new one from the command if there is none) with ``changes``."""
@@ -502,32 +522,6 @@ class _Execution:
         st.journal_length = len(self.entries)
         st.processor = self.w.processor_id
         return st
-
-    async def _write_state(
-        self, *, final: bool = False, only_if: tuple[int, ...] = (), **changes: Any
-    ) -> None:
-        for _ in range(5):
-            rec = self.state or await self.t.get_state(self.id)
-            if rec is not None and (
-                (rec.state.status in TERMINAL and not final)
-                or (only_if and rec.state.status not in only_if)
-            ):
-                self.state = rec
-                return
-            st = self._next_state(rec, changes)
-            try:
-                if rec is None:
-                    created = await self.t.create_state(st)
-                    if created is None:
-                        self.state = None
-                        continue
-                    self.state = created
-                else:
-                    self.state = await self.t.update_state(st, rec.revision)
-                return
-            except StateConflict:
-                self.state = None  # someone else wrote (a client, a lifecycle change): re-read
-        raise DurableError(f"state of {self.id} keeps changing under us; giving up this run")
 
     # -- the run ---------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """Inspector settings: dynaconf (settings file + DURABLE_ environment), validated once.
 
-The same pattern and NATS setting names as the processor's settings (services never import each
-other, so this is a copy, not a shared module).
+The same NATS setting names as the processor's; the reading and the shared checks are
+``durable_core.service.settings``'s.
 """
 
 from __future__ import annotations

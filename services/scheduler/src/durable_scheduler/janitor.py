@@ -28,6 +28,7 @@ __all__ = ["Janitor"]
 
 log = logging.getLogger("durable_scheduler.janitor")
 
+
 class Janitor:
     """Removes finished executions older than ``retention``, every ``interval``.
 
