@@ -8,11 +8,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import nats.js.errors
 import pytest
 
-from durable_core import Client, WorkflowFailedError
+from durable_core import Client, EngineConfig, NatsConfig, WorkflowFailedError
 from durable_core._pb.durable.v1 import durable_pb2 as pb
-from durable_core._transport import Transport
+from durable_core._transport import Transport, connect_nats
 from durable_core.testing import NatsCluster
 from durable_examples.hello.v1.hello_pb2 import HelloResponse
 
@@ -271,3 +272,43 @@ async def test_watch_executions_gives_a_snapshot_then_changes(stack: Stack, clie
     assert seen[1] is None
     statuses = [s.status for s in seen[2:] if s.invocation_id == "watched-2"]
     assert statuses[0] == "pending" and statuses[-1] == "completed"
+
+
+# -- services setting up one prefix at once -------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["command stream", "state bucket"])
+async def test_setup_uses_what_another_service_created_in_between(
+    cluster: NatsCluster, prefix: str, where: str
+) -> None:
+    """A service looks, finds nothing, and another service (with other limits) creates it
+    before this one does: the server refuses the second create as a different configuration
+    (10058), and this service uses what is there. `durable dev` starts the scheduler (1 MiB
+    max_payload then) and the inspector at once; the inspector exited on that refusal."""
+    nats_cfg = NatsConfig.from_url(cluster.url)
+    other = EngineConfig(prefix=prefix, replicas=3, max_payload=1_048_576)
+    t = Transport(await connect_nats(nats_cfg), nats_cfg, EngineConfig(prefix=prefix, replicas=3))
+    target = t.names.command_stream if where == "command stream" else f"KV_{t.names.state_bucket}"
+    looked = t.js.stream_info
+    raced: list[Transport] = []
+
+    async def look_then_lose_the_race(name: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await looked(name, *args, **kwargs)
+        except nats.js.errors.NotFoundError:
+            if name == target and not raced:
+                raced.append(await Transport.connect(nats_cfg, other))
+            raise
+
+    t.js.stream_info = look_then_lose_the_race  # type: ignore[method-assign]
+    try:
+        await t.ensure_infrastructure()
+        assert raced, "the other service never ran in between"
+        info = await looked(target)
+        assert info.config.max_msg_size > EngineConfig().max_payload * 2  # the other's limits
+        await t.kv.put("probe", b"x")
+        assert (await t.kv.get("probe")).value == b"x"
+    finally:
+        for r in raced:
+            await r.close()
+        await t.close()

@@ -6,6 +6,7 @@ import asyncio
 import signal
 import subprocess
 import sys
+import threading
 from datetime import timedelta
 from pathlib import Path
 
@@ -170,24 +171,39 @@ async def test_durable_dev_runs_a_schedule_end_to_end(tmp_path: Path) -> None:
         text=True,
         start_new_session=True,
     )
-    try:
-        lines: list[str] = []
+    lines: list[str] = []
+    started = threading.Event()
+
+    def read_output() -> None:  # until EOF, so the child never blocks on a full pipe
         assert proc.stdout is not None
-        while not any("Ctrl-C stops everything" in line for line in lines):
-            line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 60)
-            assert line, "durable dev exited:\n" + "".join(lines)
+        for line in proc.stdout:
             lines.append(line)
+            if "Ctrl-C stops everything" in line:
+                started.set()
+        started.set()
+
+    reader = threading.Thread(target=read_output, daemon=True)
+    reader.start()
+    try:
+        await asyncio.to_thread(started.wait, 60)
+        assert proc.poll() is None and lines, "durable dev exited:\n" + "".join(lines)
         assert any(line.startswith("scheduler") for line in lines), lines
-        async with await Client.connect(f"nats://127.0.0.1:{nats_port}") as client:
-            await client.create_schedule(
-                "tick", "hello_workflow", {"name": "Dev"}, every=timedelta(seconds=1)
-            )
+        try:
+            async with await Client.connect(f"nats://127.0.0.1:{nats_port}") as client:
+                await client.create_schedule(
+                    "tick", "hello_workflow", {"name": "Dev"}, every=timedelta(seconds=1)
+                )
 
-            async def a_run_completed() -> bool:
-                runs = await client.list_executions(workflow="hello_workflow")
-                return any(r.status.value == "completed" for r in runs)
+                async def a_run_completed() -> bool:
+                    runs = await client.list_executions(workflow="hello_workflow")
+                    return any(r.status.value == "completed" for r in runs)
 
-            await eventually(a_run_completed, 30, "a scheduled run to complete")
+                await eventually(a_run_completed, 30, "a scheduled run to complete")
+        except BaseException as e:
+            nats_log = tmp_path / "dev" / "durable-dev.log"
+            log = nats_log.read_text()[-20000:] if nats_log.exists() else "(no NATS log)"
+            e.add_note("durable dev printed:\n" + "".join(lines) + "\nNATS log:\n" + log)
+            raise
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -195,4 +211,5 @@ async def test_durable_dev_runs_a_schedule_end_to_end(tmp_path: Path) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             raise
+        reader.join(10)
     assert proc.returncode == 0

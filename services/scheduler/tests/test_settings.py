@@ -25,7 +25,7 @@ def test_defaults() -> None:
     assert s.nats.servers == ("nats://127.0.0.1:4222",)
     assert s.nats.user is None and s.nats.tls_ca is None
     assert s.nats.name == "durable-scheduler"
-    assert (s.engine.prefix, s.engine.replicas, s.engine.max_payload) == ("durable", 1, 1048576)
+    assert (s.engine.prefix, s.engine.replicas, s.engine.max_payload) == ("durable", 1, 500_000)
     assert s.consumer == "scheduler"
     assert s.ack_wait == timedelta(seconds=10)
     assert s.max_concurrent == 16

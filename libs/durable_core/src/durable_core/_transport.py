@@ -73,6 +73,7 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
 _WRONG_LAST_SEQUENCE = 10071
 _WRONG_LAST_CODES = frozenset({10071, 10164})
 _INVALID_SCHEDULE = 10189  # message schedules pattern is invalid
+_STREAM_NAME_IN_USE = 10058  # a stream of that name exists with another configuration
 _CLUSTER_BUSY_CODES = {
     10005,
     10008,
@@ -155,6 +156,16 @@ async def _retrying(
             log.debug("%s: transient %s, retrying in %.2fs", what, type(e).__name__, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
+
+
+def _check_created_elsewhere(err: nats.js.errors.BadRequestError, what: str) -> None:
+    """Return if ``err`` says another service created ``what`` a moment ago (its limits may
+    differ, but it is there to use); re-raise a transient refusal; else a ConfigError."""
+    if err.err_code == _STREAM_NAME_IN_USE:
+        return
+    if _is_transient(err):
+        raise err
+    raise ConfigError(f"cannot create {what}: {err}") from err
 
 
 def _ssl_context(cfg: NatsConfig) -> ssl.SSLContext | None:
@@ -387,8 +398,7 @@ class Transport:
                     log.info("created stream %s (replicas=%d)", want.name, want.num_replicas)
                     return
                 except nats.js.errors.BadRequestError as e:
-                    if e.err_code != 10058:  # created concurrently by someone else
-                        raise ConfigError(f"cannot create stream {want.name}: {e}") from e
+                    _check_created_elsewhere(e, f"stream {want.name}")
                 info = await self.js.stream_info(want.name)  # type: ignore[arg-type]
             have = info.config
             if strict:
@@ -443,9 +453,13 @@ class Transport:
             try:
                 info = await self.js.stream_info(f"KV_{n.state_bucket}")
             except nats.js.errors.NotFoundError:
-                self._kv = await self.js.create_key_value(want)
-                log.info("created KV bucket %s (replicas=%d)", n.state_bucket, e.replicas)
-                return
+                try:
+                    self._kv = await self.js.create_key_value(want)
+                    log.info("created KV bucket %s (replicas=%d)", n.state_bucket, e.replicas)
+                    return
+                except nats.js.errors.BadRequestError as err:
+                    _check_created_elsewhere(err, f"KV bucket {want.bucket}")
+                info = await self.js.stream_info(f"KV_{n.state_bucket}")
             if strict:
                 _check_same(
                     f"KV bucket {n.state_bucket}",
@@ -469,7 +483,12 @@ class Transport:
             try:
                 return await self.js.key_value(want.bucket)
             except nats.js.errors.BucketNotFoundError:
+                pass
+            try:
                 return await self.js.create_key_value(want)
+            except nats.js.errors.BadRequestError as err:
+                _check_created_elsewhere(err, f"KV bucket {want.bucket}")
+            return await self.js.key_value(want.bucket)
 
         return await _retrying(
             f"set up bucket {want.bucket}", create, self._deadline(), self.nats_cfg.servers
