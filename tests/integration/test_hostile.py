@@ -298,6 +298,9 @@ async def test_garbage_commands_never_block_or_corrupt(
             "Before",
         )
     processor = stack.procs[-1]
+    # A waiting client has its result from the processor's notice one write before the final
+    # state lands, so the snapshot waits for the command to be acked (after that write).
+    await eventually(lambda: consumer_idle(transport), 30, "the finished invocation to settle")
     before = (await raw_state(transport, FINISHED_ID), await raw_journal(transport, FINISHED_ID))
     refused_before = processor.log().count(REFUSED)
 
