@@ -7,6 +7,7 @@ timeout each, so there are only a few.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -19,9 +20,15 @@ from hypothesis import strategies as st
 
 from durable_core import ConfigError, EngineConfig
 from durable_core.cli import main
+from durable_core.cli._main import build_parser
 from durable_core.testing import free_port
 
-COMMANDS = {"dev", "demo", "invoke", "awakeable", "signal", "status", "plugins"}
+COMMANDS = {  # every subcommand the CLI has (hypothesis once drew "pause" as an unknown one)
+    name
+    for action in build_parser()._actions
+    if isinstance(action, argparse._SubParsersAction)
+    for name in action.choices
+}
 PREFIX = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 hostile_settings = settings(
