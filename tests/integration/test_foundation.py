@@ -312,3 +312,16 @@ async def test_setup_uses_what_another_service_created_in_between(
         for r in raced:
             await r.close()
         await t.close()
+
+
+async def test_a_listing_never_misses_what_is_there(client: Client) -> None:
+    """Every listing sees every execution. A KV watch's "caught up" marker from nats-py came
+    before the first entry in about 1 watch of 100 on R3, so `list_executions` (and `durable
+    list`) returned nothing; a full local run failed on `durable list --status failed` so."""
+    ids = {await client.invoke_async("hello_workflow", {"name": n}) for n in ("A", "B", "C")}
+    short = []
+    for _ in range(300):
+        seen = {e.invocation_id for e in await client.list_executions()}
+        if seen != ids:
+            short.append(len(seen))
+    assert not short, f"{len(short)} of 300 listings missed executions (they saw {short[:10]})"
