@@ -45,8 +45,18 @@ async def kinds(transport: Transport, invocation_id: str) -> list[str]:
 
 
 async def consumer_idle(transport: Transport) -> bool:
-    info = await transport.js.consumer_info(transport.names.command_stream, "processor")
-    return info.num_ack_pending == 0 and info.num_pending == 0
+    """No command waits or is unacked, and the processors' consumer has been handed the newest
+    command: a consumer led by a replica that has not applied the latest publish yet reports
+    nothing pending (a full local run caught an unprocessed command that way)."""
+    n = transport.names
+    info = await transport.js.consumer_info(n.command_stream, "processor")
+    if info.num_ack_pending or info.num_pending:
+        return False
+    try:  # the stream leader's newest command (acked ones are gone: a work queue)
+        newest = await transport.js.get_msg(n.command_stream, subject=n.command_subjects)
+    except nats.js.errors.NotFoundError:
+        return True
+    return info.delivered.stream_seq >= (newest.seq or 0)
 
 
 # -- a. hello_workflow end to end -----------------------------------------------------------

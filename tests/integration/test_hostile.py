@@ -41,6 +41,7 @@ from durable_core.cli import main as cli_main
 from durable_core.testing import NatsCluster
 
 from ._stack import Proc, Stack
+from .test_foundation import consumer_idle, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -57,25 +58,6 @@ nats_examples = settings(
     phases=[Phase.explicit, Phase.reuse, Phase.generate],
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-
-
-async def eventually(
-    predicate: Callable[[], Awaitable[Any]], timeout: float, what: str, interval: float = 0.1
-) -> Any:
-    """Await ``predicate`` until it returns something truthy (bounded)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        await asyncio.sleep(interval)
-
-
-async def consumer_idle(transport: Transport) -> bool:
-    info = await transport.js.consumer_info(transport.names.command_stream, "processor")
-    return info.num_ack_pending == 0 and info.num_pending == 0
 
 
 async def settled_or_crashed(transport: Transport, proc: Proc, timeout: float) -> bool:
