@@ -1461,7 +1461,7 @@ async def _watch(kv: KeyValue) -> AsyncIterator[tuple[str, bytes | None, int] | 
                     yield None
                 continue
             if entry is None:
-                if not caught_up and await _bucket_empty(kv):
+                if not caught_up and (await kv.status()).values == 0:  # asks the leader
                     caught_up = True
                     yield None
                 continue
@@ -1475,12 +1475,6 @@ async def _watch(kv: KeyValue) -> AsyncIterator[tuple[str, bytes | None, int] | 
     finally:
         with contextlib.suppress(Exception):
             await watcher.stop()  # type: ignore[no-untyped-call]
-
-
-async def _bucket_empty(kv: KeyValue) -> bool:
-    """Whether the bucket's stream holds no message at all (asked of the stream leader)."""
-    info = await kv._js.stream_info(kv._stream)
-    return not (info.state.messages if info.state else 0)
 
 
 def _varint(n: int) -> bytes:
