@@ -28,6 +28,15 @@
    APIError went up through the workflow and was journaled as its FAILED entry. It is now a
    transient answer (retried until the first try's outcome shows), and any other NATS error
    that reaches the workflow releases the run instead of failing it.
+
+5. (Found by CI, in the per-key ordering test.) Two deliveries of one keyed start, the
+   original and a turn, or two turns: one processor read the state (PENDING) and was slow to
+   read the key's record; meanwhile the other delivery ran the invocation to the end and
+   freed the key. The slow one then took the key, found its RUNNING write in conflict with
+   COMPLETED, carried on regardless, ran step 1 again from the journal it never read, lost
+   the append race and acked, leaving the finished invocation holding the key: whoever had
+   queued behind it stayed PENDING for good. A fresh start now runs only over the PENDING
+   state it read; a finished one is acked and its key handed on.
 """
 
 from __future__ import annotations
@@ -44,6 +53,7 @@ import nats.js.errors
 import pytest
 
 from durable_core import Client, Context, EngineConfig, InvocationTimeoutError, Worker, WorkerConfig
+from durable_core._keys import KeyRecord
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import JournalConflict, Transport
 from durable_core.config import NatsConfig
@@ -255,3 +265,61 @@ async def test_a_refused_journal_write_never_fails_the_workflow(
     assert transport_cls.refused == 1
     assert result.status == "completed", result.failure
     assert result.output == "done"
+
+
+_KEYED_ID = "keyed-twice-1"
+
+
+class _SlowKeyRead(Transport):
+    """The first read of a key's record waits until the invocation has finished elsewhere."""
+
+    stalled = 0
+
+    async def key_record(self, partition_key: str) -> tuple[bytes | None, int]:
+        if not type(self).stalled:
+            type(self).stalled += 1
+            for _ in range(200):
+                rec = await self.get_state(_KEYED_ID)
+                if rec is not None and rec.state.status == pb.STATUS_COMPLETED:
+                    break
+                await asyncio.sleep(0.05)
+        return await super().key_record(partition_key)
+
+
+async def test_a_second_delivery_of_a_finished_keyed_start_neither_reruns_it_nor_keeps_the_key(
+    server: NatsServer,
+) -> None:
+    runs: list[str] = []
+
+    async def keyed(ctx: Context) -> str:
+        async def step() -> str:
+            runs.append(ctx.invocation_id)
+            return "done"
+
+        return await ctx.run("a", step)
+
+    async with _worker_and_client(server, _SlowKeyRead, keyed) as client:
+        t = client._t
+        inv = await client.invoke_async("keyed", id=_KEYED_ID, partition_key="k")
+        # The same start once more, as a second turn of the key is: this one runs it while
+        # the first delivery waits on its read of the key.
+        await t.publish_command(
+            pb.Command(
+                invocation_id=inv, workflow="keyed", partition_key="k", kind=pb.COMMAND_KIND_START
+            ),
+            msg_id=f"turn:{inv}:test",
+        )
+        result = await client.wait(inv, timeout=15)
+        for _ in range(200):  # until the slow delivery is settled too
+            info = await t.js.consumer_info(t.names.command_stream, "processor")
+            if not (info.num_ack_pending or info.num_pending):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail("the slow delivery was never settled")
+        holder = KeyRecord.parse((await t.key_record("k"))[0]).active
+        after = await client.invoke("keyed", partition_key="k", timeout=15)
+    assert _SlowKeyRead.stalled == 1
+    assert result.status == "completed" and after.status == "completed"
+    assert runs == [inv, after.invocation_id], "step 1 of a finished invocation ran again"
+    assert holder == "", f"the key is still held by {holder}, which has finished"

@@ -468,10 +468,11 @@ class _Execution:
 
     async def write_state(
         self, *, final: bool = False, only_if: tuple[int, ...] = (), **changes: Any
-    ) -> None:
+    ) -> bool:
         """Update the state summary with a revision check, re-reading on conflict.
 
-        ``only_if`` lists the statuses the update may replace (any, when empty).
+        ``only_if`` lists the statuses the update may replace (any, when empty). Returns
+        False, with ``self.state`` the state that is there, when it may not replace it.
         """
         for _ in range(5):
             rec = self.state or await self.t.get_state(self.id)
@@ -480,7 +481,7 @@ class _Execution:
                 or (only_if and rec.state.status not in only_if)
             ):
                 self.state = rec
-                return
+                return False
             st = self._next_state(rec, changes)
             try:
                 if rec is None:
@@ -491,7 +492,7 @@ class _Execution:
                     self.state = created
                 else:
                     self.state = await self.t.update_state(st, rec.revision)
-                return
+                return True
             except StateConflict:
                 self.state = None  # someone else wrote (a client, a lifecycle change): re-read
         raise DurableError(f"state of {self.id} keeps changing under us; giving up this run")
@@ -551,11 +552,7 @@ class _Execution:
             return
         if st is not None and st.status in TERMINAL:
             log.info("invocation %s already %s; acking", self.id, pb.Status.Name(st.status))
-            if self._keyed:
-                await self.delivery.ack_sync()
-                await self._release_key()  # in case it finished without handing over
-            else:
-                await self.delivery.ack()
+            await self._settle_finished()
             return
         held_before = False
         if self._keyed and self.cmd.kind == pb.COMMAND_KIND_START:
@@ -594,7 +591,15 @@ class _Execution:
                 return
             # RUNNING before the first step: a client pausing now must see it running (a
             # deferred write let `pause` mark a run in flight "paused"; it was reverted).
-            await self.write_state(status=pb.STATUS_RUNNING, waiting_for="")
+            # A fresh start has not read the journal: it may only run over the PENDING state
+            # it saw. If that moved on (a second turn of a partition key whose run finished
+            # meanwhile, a client's pause), running would redo step 1 of a journal it never read.
+            only_if = (pb.STATUS_PENDING,) if not wake and not redelivered else ()
+            if not await self.write_state(
+                status=pb.STATUS_RUNNING, waiting_for="", only_if=only_if
+            ):
+                await self._state_moved_on()
+                return
             await self._run_until_done()
         except _Finished:
             assert self.machine.final is not None
@@ -608,6 +613,32 @@ class _Execution:
             await self.delivery.ack()
         finally:
             heartbeat.cancel()
+
+    async def _settle_finished(self) -> None:
+        """Ack the command of an invocation that is finished already, handing its key on."""
+        if self._keyed:
+            await self._release_key()  # in case it finished without handing over
+            await self.delivery.ack_sync()
+        else:
+            await self.delivery.ack()
+
+    async def _state_moved_on(self) -> None:
+        """The state left PENDING between our read and our RUNNING write."""
+        assert self.state is not None
+        status = self.state.state.status
+        if status in TERMINAL:
+            log.info(
+                "invocation %s finished elsewhere (%s) before this start ran; acking",
+                self.id,
+                pb.Status.Name(status),
+            )
+            await self._settle_finished()
+            return
+        # Paused (or taken by another run) meanwhile: go again by the journal, as a redelivery.
+        raise DurableError(
+            f"state of {self.id} became {pb.Status.Name(status)} before its first step; "
+            "it will be taken up again from its journal"
+        )
 
     # -- per-key ordering ------------------------------------------------------------------
 
@@ -952,8 +983,10 @@ class _Execution:
         if self.state is not None and self.state.state.notify_parent:
             await self._report_to_parent(self.state.state, entry)
         if self._keyed:
-            await self.delivery.ack_sync()  # gone from the queue before the next one starts
+            # Hand the key on before the ack: a crash in between redelivers this command,
+            # which hands it on again (a finished holder strands everyone behind it).
             await self._release_key()
+            await self.delivery.ack_sync()
         else:
             await self.delivery.ack()
         if completed:
