@@ -615,9 +615,11 @@ class _Execution:
             heartbeat.cancel()
 
     async def _settle_finished(self) -> None:
-        """Ack the command of an invocation that is finished already, handing its key on."""
+        """Ack the command of a finished invocation, handing its key on first: a crash in
+        between redelivers the command, which hands the key on again (a finished holder would
+        strand everyone queued behind it)."""
         if self._keyed:
-            await self._release_key()  # in case it finished without handing over
+            await self._release_key()
             await self.delivery.ack_sync()
         else:
             await self.delivery.ack()
@@ -982,13 +984,7 @@ class _Execution:
         await self.write_state(final=True, **changes)
         if self.state is not None and self.state.state.notify_parent:
             await self._report_to_parent(self.state.state, entry)
-        if self._keyed:
-            # Hand the key on before the ack: a crash in between redelivers this command,
-            # which hands it on again (a finished holder strands everyone behind it).
-            await self._release_key()
-            await self.delivery.ack_sync()
-        else:
-            await self.delivery.ack()
+        await self._settle_finished()
         if completed:
             self.w.completed += 1
         else:
