@@ -235,6 +235,10 @@ async def connect_nats(cfg: NatsConfig) -> NatsClient:
         "allow_reconnect": True,
         "max_reconnect_attempts": -1,
         "reconnect_time_wait": 0.25,
+        # nats-py's default (120 s, 2 outstanding) left a processor tied to a frozen (SIGSTOPped)
+        # server for about four minutes; this notices one within 2-3 intervals.
+        "ping_interval": cfg.ping_interval,
+        "max_outstanding_pings": 2,
         "error_cb": on_error,
         "disconnected_cb": on_disconnect,
         "reconnected_cb": on_reconnect,

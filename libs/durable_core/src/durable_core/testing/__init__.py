@@ -18,19 +18,24 @@ from durable_core.testing._servers import (
     docker_available,
     find_nats_server_binary,
     free_port,
+    free_ports,
     nats_server_release,
 )
+from durable_core.testing._wait import assert_eventually, assert_eventually_async
 
 __all__ = [
     "NatsCluster",
     "NatsServer",
     "RecordedCall",
     "WorkflowRun",
+    "assert_eventually",
+    "assert_eventually_async",
     "call_entry",
     "docker_available",
     "failed_entry",
     "find_nats_server_binary",
     "free_port",
+    "free_ports",
     "nats_server_release",
     "replay_workflow",
     "run_entry",
