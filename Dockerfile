@@ -105,7 +105,7 @@ ENV DURABLE_METRICS_HOST=0.0.0.0 \
 EXPOSE 9464
 USER 10001:10001
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('DURABLE_METRICS_PORT', '9464'), timeout=4)"]
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('DURABLE_METRICS_PORT', '9464'), timeout=4)"]
 ENTRYPOINT ["python", "-m", "durable_processor"]
 
 # -- scheduler: fires schedules and timers' back-ups, drives retries, re-drives orphaned work -----
@@ -117,7 +117,7 @@ ENV DURABLE_METRICS_HOST=0.0.0.0 \
 EXPOSE 9465
 USER 10001:10001
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('DURABLE_METRICS_PORT', '9465'), timeout=4)"]
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('DURABLE_METRICS_PORT', '9465'), timeout=4)"]
 ENTRYPOINT ["python", "-m", "durable_scheduler"]
 
 # -- inspector: HTTP API and web UI; decodes payloads with the installed plugins' protobufs ------
@@ -131,7 +131,7 @@ ENV DURABLE_INSPECTOR_HOST=0.0.0.0 \
 EXPOSE 8080
 USER 10001:10001
 HEALTHCHECK --interval=15s --timeout=5s --start-period=15s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('DURABLE_INSPECTOR_PORT', '8080'), timeout=4)"]
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('DURABLE_INSPECTOR_PORT', '8080'), timeout=4)"]
 ENTRYPOINT ["python", "-m", "durable_inspector"]
 
 # -- hello-service: the example gRPC service the example workflows call ---------------------------

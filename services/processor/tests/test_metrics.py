@@ -175,6 +175,21 @@ def test_a_health_check_that_raises_is_unhealthy() -> None:
     assert server.respond("POST", "/metrics")[0] == 405
 
 
+def test_liveness_never_asks_the_health_check_and_readiness_does() -> None:
+    """A NATS outage makes the service unready, never dead: liveness restarts nothing."""
+    asked: list[str] = []
+
+    def disconnected() -> bool:
+        asked.append("check")
+        return False
+
+    server = MetricsServer(ProcessorMetrics(runtime_collectors=False).registry, disconnected)
+    assert server.respond("GET", "/livez")[0] == 200
+    assert asked == []
+    assert server.respond("GET", "/readyz")[0] == 503
+    assert asked == ["check"]
+
+
 # -- settings ------------------------------------------------------------------------------------
 
 

@@ -190,6 +190,11 @@ async def healthz(request: Request) -> Response:
     return _json({"status": "starting", "error": "unavailable", "detail": detail}, 503)
 
 
+async def livez(request: Request) -> Response:
+    """Liveness: the process answers. It never asks NATS, so an outage restarts nothing."""
+    return _json({"status": "ok"})
+
+
 async def list_executions(request: Request) -> Response:
     rt = runtime(request)
     q = parse_query(request.query_params)
@@ -474,6 +479,8 @@ async def events(request: Request) -> Response:
 
 routes = [
     Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", healthz, methods=["GET"]),
+    Route("/livez", livez, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),
     Route("/api/executions", list_executions, methods=["GET"]),
     Route("/api/executions", invoke, methods=["POST"]),

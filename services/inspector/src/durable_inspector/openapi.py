@@ -204,6 +204,23 @@ def document() -> dict[str, Any]:
                 },
             }
         },
+        "/readyz": {
+            "get": {
+                "summary": "Readiness probe, as /healthz (no token needed)",
+                "security": [],
+                "responses": {
+                    **_ok(200, "ready", {"type": "object"}),
+                    **_err(503),
+                },
+            }
+        },
+        "/livez": {
+            "get": {
+                "summary": "Liveness probe: the process answers; never asks NATS (no token needed)",
+                "security": [],
+                "responses": _ok(200, "alive", {"type": "object"}),
+            }
+        },
         "/openapi.json": {
             "get": {"summary": "This document", "responses": _ok(200, "the document", {})}
         },
