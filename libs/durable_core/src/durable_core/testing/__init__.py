@@ -5,6 +5,7 @@ NATS at all (``replay_workflow`` with ``call_entry``, ``run_entry`` and ``failed
 """
 
 from durable_core.testing._cluster import NatsCluster
+from durable_core.testing._otlp import OtlpHttpReceiver
 from durable_core.testing._replay import (
     RecordedCall,
     WorkflowRun,
@@ -26,6 +27,7 @@ from durable_core.testing._wait import assert_eventually, assert_eventually_asyn
 __all__ = [
     "NatsCluster",
     "NatsServer",
+    "OtlpHttpReceiver",
     "RecordedCall",
     "WorkflowRun",
     "assert_eventually",
