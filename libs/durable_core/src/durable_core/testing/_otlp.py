@@ -11,6 +11,27 @@ from types import TracebackType
 from typing import Any, Self
 
 
+def span_records(request: Any) -> list[dict[str, str]]:
+    """The spans of an ``ExportTraceServiceRequest``: service, name, trace, span and parent ids."""
+    found = []
+    for rs in request.resource_spans:
+        service = next(
+            (a.value.string_value for a in rs.resource.attributes if a.key == "service.name"), ""
+        )
+        for ss in rs.scope_spans:
+            for s in ss.spans:
+                found.append(
+                    {
+                        "service": service,
+                        "name": s.name,
+                        "trace_id": s.trace_id.hex(),
+                        "span_id": s.span_id.hex(),
+                        "parent_id": s.parent_span_id.hex(),
+                    }
+                )
+    return found
+
+
 class OtlpHttpReceiver:
     """Accepts ``POST /v1/traces`` (protobuf) on 127.0.0.1 and keeps each span's service, name,
     trace id and parent span id.
@@ -52,21 +73,7 @@ class OtlpHttpReceiver:
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
     def _keep(self, request: Any) -> None:
-        for rs in request.resource_spans:
-            service = next(
-                (a.value.string_value for a in rs.resource.attributes if a.key == "service.name"),
-                "",
-            )
-            for ss in rs.scope_spans:
-                for s in ss.spans:
-                    self.spans.append(
-                        {
-                            "service": service,
-                            "name": s.name,
-                            "trace_id": s.trace_id.hex(),
-                            "parent_id": s.parent_span_id.hex(),
-                        }
-                    )
+        self.spans += span_records(request)
 
     def __enter__(self) -> Self:
         self._thread.start()
