@@ -52,7 +52,7 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
 .PHONY: help setup demo test browser images generate check-generated lint typecheck dev lock clean \
-	compose-up compose-down deploy-check bench chaos
+	compose-up compose-down deploy-check bench chaos pants-lock
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -126,6 +126,47 @@ lock: ## Re-resolve all third-party packages and rewrite constraints.txt
 	    | grep -v -i -E '^durable[-_]'; } > "$$tmp/constraints.txt"; \
 	mv "$$tmp/constraints.txt" constraints.txt; \
 	echo "constraints.txt rewritten; review with: git diff constraints.txt"
+
+# Pants mirrors this workspace (pants.toml, the BUILD files); `make` stays the supported build and
+# CI never runs Pants. This regenerates Pants' lockfiles, 3rdparty/python/default.lock (the
+# requirements of 3rdparty/python/requirements.txt, resolved within constraints.txt, so both pick
+# the same versions) and 3rdparty/python/protobuf-codegen.lock, with Pants itself in a throwaway
+# venv. Run it after `make lock` or any change to requirements.txt or constraints.txt:
+# tests/deploy/test_pants.py fails until the lockfile agrees with them again.
+# Needs Python 3.9 (Pants 2.17 runs on no later Python; PANTS_PYTHON=/path/to/python3.9, else
+# pyenv's 3.9 is used) and network access to PyPI; about 4 minutes. Pants downloads its `pex` tool
+# from GitHub, which our machines cannot reach: the same pex release is built from PyPI and Pants
+# pointed at that file (the recipe in pants.toml). pex's pip would read this machine's pip config
+# (a global constraints file there breaks it): it gets none, and the CA file of PIP_CERT or
+# SSL_CERT_FILE, so the lockfile depends on PyPI alone.
+PANTS_PYTHON ?= python3.9
+
+pants-lock: ## Regenerate Pants' lockfiles from requirements.txt within constraints.txt (needs Python 3.9 and PyPI)
+	@py="$(PANTS_PYTHON)"; \
+	if ! "$$py" -c 'import sys; assert sys.version_info[:2] == (3, 9)' 2>/dev/null; then \
+	  py=""; \
+	  for c in $$(pyenv root 2>/dev/null)/versions/3.9*/bin/python3.9; do [ -x "$$c" ] && py="$$c"; done; \
+	fi; \
+	if [ -z "$$py" ]; then \
+	  echo "pants-lock: needs Python 3.9 (Pants 2.17 runs on no later Python): set PANTS_PYTHON=/path/to/python3.9" >&2; \
+	  exit 1; fi; \
+	version="$$(sed -n 's/^pants_version = "\(.*\)"$$/\1/p' pants.toml)"; \
+	tmp="$$(mktemp -d)"; trap 'rm -rf "$$tmp"' EXIT; \
+	echo "pants-lock: Pants $$version on $$("$$py" --version) in $$tmp/venv ..."; \
+	"$$py" -m venv "$$tmp/venv"; \
+	"$$tmp/venv/bin/python" -m pip install --quiet "pantsbuild.pants==$$version"; \
+	pex="$$("$$tmp/venv/bin/python" -c 'from pex.version import __version__; print(__version__)')"; \
+	echo "pants-lock: building pex $$pex from PyPI ..."; \
+	"$$tmp/venv/bin/pex" "pex==$$pex" -c pex -o "$$tmp/pex"; \
+	sha="$$(sha256sum "$$tmp/pex" | cut -d' ' -f1)"; size="$$(stat -c %s "$$tmp/pex")"; \
+	known=""; for plat in linux_x86_64 linux_arm64 macos_x86_64 macos_arm64; do \
+	  known="$$known'v$$pex|$$plat|$$sha|$$size',"; done; \
+	cert="$${PIP_CERT:-$${SSL_CERT_FILE:-}}"; \
+	"$$tmp/venv/bin/pants" --no-pantsd $${cert:+--ca-certs-path="$$cert"} \
+	  --subprocess-environment-env-vars="['PIP_CONFIG_FILE=/dev/null']" generate-lockfiles \
+	  --pex-cli-version="v$$pex" --pex-cli-url-template="file://$$tmp/pex" \
+	  --pex-cli-known-versions="[$$known]"; \
+	echo "pants-lock: lockfiles rewritten; review with: git diff 3rdparty/python"
 
 clean: ## Remove .venv, caches, build output and the .durable/ data folder
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .durable test-artifacts dist build
