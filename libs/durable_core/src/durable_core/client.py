@@ -34,6 +34,8 @@ from durable_core.errors import (
     WorkflowFailedError,
 )
 from durable_core.plugins import workflow_signature
+from durable_core.views import InvocationView, describe
+from durable_core.views import from_ms as _ms_to_dt
 
 if TYPE_CHECKING:
     from durable_core.schedules import Schedule
@@ -115,6 +117,7 @@ class InvocationResult:
     partition_key: str
     created_at: datetime | None
     updated_at: datetime | None
+    args: Any = None  # the arguments it was called with, decoded
 
     def first_response(self, message_type: type[M]) -> M:
         """The first gRPC call's response, parsed as ``message_type``.
@@ -140,6 +143,7 @@ class InvocationResult:
             "invocation_id": self.invocation_id,
             "workflow": self.workflow,
             "status": self.status.value,
+            "args": _jsonable(self.args),
             "output": _jsonable(self.output),
             "failure": None if self.failure is None else vars_of(self.failure),
             "partition_key": self.partition_key,
@@ -182,15 +186,6 @@ def _decoded_or_raw(payload: pb.Payload) -> Any:
         return _codec.decode(payload)
     except InvalidInputError:
         return payload
-
-
-def _ms_to_dt(ms: int) -> datetime | None:
-    if not ms:
-        return None
-    try:
-        return datetime.fromtimestamp(ms / 1000, tz=UTC)
-    except (OverflowError, ValueError, OSError):
-        return None  # an absurd stored time: unknown rather than an error for every reader
 
 
 def _failure(f: pb.Failure | None) -> Failure | None:
@@ -485,6 +480,7 @@ class Client:
         start_at: int = 0,
         journal_length: int = 0,
         forked_from: str = "",
+        rerun_of: str = "",
         deadline_ms: int = 0,
     ) -> tuple[str, Any]:
         check_workflow_name(name)
@@ -523,6 +519,7 @@ class Client:
                 start_at_ms=start_at,
                 journal_length=journal_length,
                 forked_from=forked_from,
+                rerun_of=rerun_of,
                 deadline_ms=deadline_ms,
                 trace_context=trace_context,
                 trace_id=format_trace_id(span_context.trace_id) if span_context.is_valid else "",
@@ -684,7 +681,9 @@ class Client:
             raise await self._missing(invocation_id)
         st = rec.state
         key = st.partition_key if st.partition_key != invocation_id else None
-        new_id, _ = await self._submit_payload(st.workflow, st.args, None, key)
+        new_id, _ = await self._submit_payload(
+            st.workflow, st.args, None, key, rerun_of=invocation_id
+        )
         return new_id
 
     async def fork(self, invocation_id: str, *, from_step: int) -> str:
@@ -960,6 +959,20 @@ class Client:
             raise await self._missing(invocation_id)
         return await self._result(rec.state)
 
+    async def describe(self, invocation_id: str) -> InvocationView:
+        """What an operator sees of an invocation: arguments, each step with its waits and
+        failed attempts, lineage and status history (``durable status``, the inspector).
+
+        Raises:
+            NotFoundError: no invocation has this id (ExpiredError once it expired).
+        """
+        check_invocation_id(invocation_id)
+        rec = await self._t.get_state(invocation_id)
+        if rec is None:
+            raise await self._missing(invocation_id)
+        records = await self._t.read_journal(invocation_id, min_entries=rec.state.journal_length)
+        return describe(rec.state, [r.entry for r in records])
+
     async def wait(
         self, invocation_id: str, timeout: timedelta | float = timedelta(seconds=60)
     ) -> InvocationResult:
@@ -1053,4 +1066,5 @@ class Client:
             partition_key=state.partition_key,
             created_at=_ms_to_dt(state.created_at_ms),
             updated_at=_ms_to_dt(state.updated_at_ms),
+            args=_decoded_or_raw(state.args) if state.HasField("args") else None,
         )
