@@ -26,6 +26,7 @@ from durable_core import (
 from durable_core._grpc import MethodRef
 from durable_core._journal import ReplayMachine
 from durable_core._pb.durable.v1 import durable_pb2 as pb
+from durable_core._transport import StateRecord
 from durable_core.context import Submission, Wait
 from durable_core.interceptors import chain_workflows, outcome_of
 from durable_core.tracing import TracingInterceptor
@@ -394,8 +395,9 @@ class SubmitRecorder:
         self.payload_limit = self.engine.max_payload
         self.submitted: list[tuple[pb.ExecutionState, pb.Command]] = []
 
-    async def submit(self, state: pb.ExecutionState, cmd: pb.Command) -> None:
+    async def submit(self, state: pb.ExecutionState, cmd: pb.Command) -> StateRecord:
         self.submitted.append((state, cmd))
+        return StateRecord(state, 1)  # created (None would mean "the id existed")
 
 
 @pytest.fixture(scope="module")

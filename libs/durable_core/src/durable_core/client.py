@@ -20,11 +20,12 @@ from durable_core import _codec
 from durable_core._journal import STEP_KINDS, ReplayMachine, kind_name
 from durable_core._naming import check_invocation_id, check_workflow_name, encode_partition_key
 from durable_core._pb.durable.v1 import durable_pb2 as pb
-from durable_core._transport import JournalRecord, StateConflict, Transport
+from durable_core._transport import JournalRecord, StateConflict, StateRecord, Transport
 from durable_core.config import EngineConfig, NatsConfig
 from durable_core.context import MAX_SLEEP
 from durable_core.errors import (
     AlreadyResolvedError,
+    ConflictError,
     ExpiredError,
     IllegalTransitionError,
     InvalidInputError,
@@ -301,6 +302,18 @@ def _as_journaled(state: pb.ExecutionState, records: list[JournalRecord]) -> pb.
     return st
 
 
+def _same_payload(a: pb.Payload, b: pb.Payload) -> bool:
+    """Equal values: JSON compared decoded (key order and spacing do not matter)."""
+    if a.encoding != b.encoding or a.type_name != b.type_name:
+        return False
+    if a.encoding == pb.ENCODING_JSON and a.data != b.data:
+        try:
+            return bool(_codec.decode(a) == _codec.decode(b))
+        except InvalidInputError:
+            return False
+    return a.data == b.data
+
+
 def _check_open(invocation_id: str, records: list[JournalRecord]) -> None:
     if any(r.entry.kind in (pb.ENTRY_KIND_COMPLETED, pb.ENTRY_KIND_FAILED) for r in records):
         raise InvocationFinishedError(f"invocation {invocation_id} has already finished")
@@ -365,8 +378,9 @@ class Client:
         """Submit an invocation and return its id without waiting.
 
         Submitting the same id twice runs the workflow once: the second submission is
-        recognised and its id returned. ``delay`` or ``start_at`` make the server start it
-        later (JetStream message scheduling; no processor holds it meanwhile).
+        recognised and its id returned; with other arguments it is a ConflictError. ``delay``
+        or ``start_at`` make the server start it later (JetStream message scheduling; no
+        processor holds it meanwhile).
 
         Args:
             workflow: a workflow name, or the workflow function itself (its input is then
@@ -375,6 +389,7 @@ class Client:
         Raises:
             InvalidInputError: bad workflow name, id, partition key, delay, or arguments that
                 do not match the declared type or exceed the payload limit.
+            ConflictError: the id belongs to an invocation with other arguments.
         """
         invocation_id, _ = await self._submit(
             workflow,
@@ -536,6 +551,8 @@ class Client:
             events = await self._t.state_events(invocation_id) if watch else None
             try:
                 created = await self._t.submit(state, cmd)
+                if created is None:
+                    await self._check_same_arguments(invocation_id, name, payload)
             except BaseException:
                 if events is not None:
                     await events.close()
@@ -543,6 +560,19 @@ class Client:
             if events is not None and created is not None:
                 events.created = created.state  # subscribed before it existed: the present
         return invocation_id, events
+
+    async def _check_same_arguments(
+        self, invocation_id: str, name: str, payload: pb.Payload
+    ) -> None:
+        """A resubmission of an existing id is that invocation only with the same arguments;
+        other arguments are a conflict, not a silent return of the first one's result."""
+        rec = await self._t.get_state(invocation_id)
+        if rec is None or _same_payload(rec.state.args, payload):
+            return
+        raise ConflictError(
+            f"invocation id {invocation_id} is taken by an invocation of {name} with other "
+            "arguments: choose another id, or pass the same arguments to get that invocation"
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -701,9 +731,13 @@ class Client:
             r.entry for r in records if r.entry.kind in STEP_KINDS and r.entry.step < from_step
         ]
         recorded = {r.entry.step for r in records if r.entry.kind in STEP_KINDS}
-        if not isinstance(from_step, int) or from_step < 1 or from_step > len(recorded) + 1:
+        n = len(recorded)
+        if not isinstance(from_step, int) or from_step < 1 or from_step > n + 1:
             raise InvalidInputError(
-                f"from_step must be between 1 and {len(recorded) + 1} for {invocation_id}"
+                f"from_step must be a step of {invocation_id} (1 to {n}), or {n + 1} to copy "
+                f"all {n} steps and run only what its workflow does after them"
+                if n
+                else f"from_step must be 1: {invocation_id} has no steps yet"
             )
         st = rec.state
         new_id = uuid.uuid4().hex
@@ -959,6 +993,23 @@ class Client:
             raise await self._missing(invocation_id)
         return await self._result(rec.state)
 
+    async def _state_of(self, invocation_id: str) -> StateRecord:
+        check_invocation_id(invocation_id)
+        rec = await self._t.get_state(invocation_id)
+        if rec is None:
+            raise await self._missing(invocation_id)
+        return rec
+
+    async def get_summary(self, invocation_id: str) -> ExecutionSummary:
+        """The execution's state without its journal (one read; it may trail the journal by
+        its final write).
+
+        Raises:
+            NotFoundError: no invocation has this id (ExpiredError once it expired).
+        """
+        rec = await self._state_of(invocation_id)
+        return ExecutionSummary.from_pb(rec.state, rec.revision)
+
     async def describe(self, invocation_id: str) -> InvocationView:
         """What an operator sees of an invocation: arguments, each step with its waits and
         failed attempts, lineage and status history (``durable status``, the inspector).
@@ -966,10 +1017,7 @@ class Client:
         Raises:
             NotFoundError: no invocation has this id (ExpiredError once it expired).
         """
-        check_invocation_id(invocation_id)
-        rec = await self._t.get_state(invocation_id)
-        if rec is None:
-            raise await self._missing(invocation_id)
+        rec = await self._state_of(invocation_id)
         records = await self._t.read_journal(invocation_id, min_entries=rec.state.journal_length)
         return describe(rec.state, [r.entry for r in records])
 

@@ -124,28 +124,30 @@ class StepView:
             self.kind == "child" and not self.detail.get("detached", False)
         )
 
-    def summary(self) -> str:
-        """One line for people: what the step is and where it stands."""
-        d, state = self.detail, self.state.value
+    def what(self) -> str:
+        """What the step is, for people: a sleep's length and wake time, an awakeable's id, a
+        signal's name, a child's id; the name of a call or run."""
+        d = self.detail
         if self.kind == "sleep":
             wake = format_time(d.get("wake_at"))
-            text = f"sleep {format_duration(d.get('duration_ms'))}, wakes {wake}"
-            return f"{text} ({state})" if self.state != StepState.COMPLETED else text
-        if self.kind == "awakeable":
-            if "rejection" in d:
-                return f"awakeable {self.name} rejected: {d['rejection']}"
-            return f"awakeable {self.name} ({state})"
-        if self.kind == "signal":
-            return f"signal {self.name!r} ({state})"
+            return f"{format_duration(d.get('duration_ms'))}, wakes {wake}"
         if self.kind == "child":
-            how = "started" if d.get("detached") else state
-            return f"child {self.name} -> {d.get('child_id', '?')} ({how})"
+            how = " (started, not awaited)" if d.get("detached") else ""
+            return f"{self.name} -> {d.get('child_id', '?')}{how}"
         if self.kind == "send":
-            return f"send {self.name} -> {d.get('invocation_id', '?')}"
-        if self.kind in ("set", "clear"):
-            return f"{self.kind} {self.name!r}"
-        tries = f", {self.attempts} attempts" if self.attempts > 1 else ""
-        return f"{self.kind} {self.name} ({format_duration(self.duration_ms)}{tries}, {state})"
+            return f"{self.name} -> {d.get('invocation_id', '?')}"
+        if self.kind == "awakeable" and "rejection" in d:
+            return f"{self.name} rejected: {d['rejection']}"
+        return self.name
+
+    def summary(self) -> str:
+        """One line for people: the kind, what the step is and where it stands."""
+        extra = [self.state.value]
+        if self.kind in ("call", "run", "step"):
+            extra.insert(0, format_duration(self.duration_ms))
+            if self.attempts > 1:
+                extra.insert(1, f"{self.attempts} attempts")
+        return f"{self.kind} {self.what()} ({', '.join(extra)})"
 
     def to_dict(self) -> dict[str, Any]:
         return {
