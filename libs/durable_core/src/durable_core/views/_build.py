@@ -1,24 +1,8 @@
-"""What an operator sees of one invocation, computed once from its state and journal.
-
-The CLI (``durable status``, ``--json``) and the inspector (its API and pages) both render
-:class:`InvocationView`, so they always agree. :func:`describe` is pure (no NATS, no asyncio):
-it reads the journal the way the replay machine does and adds what a person needs:
-
-* the arguments, the output or failure, and the lineage (parent, children, fork, rerun);
-* each step with its kind; a sleep's duration and wake time; an awakeable's id and its payload
-  or rejection; a signal's name and payload; a child's id and result; ``waiting`` while a wait
-  has not completed;
-* every failed attempt of a step (``ATTEMPT_FAILED``: its error and when the next one is due)
-  and every failure of the whole invocation that ``retry`` sent round again;
-* the status history with the journal's own timestamps (not when somebody happened to look);
-* the lifecycle actions that are legal now.
-"""
+"""Building the view from an invocation's state and journal: pure, no NATS, no asyncio."""
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,309 +10,18 @@ from durable_core import _codec
 from durable_core._journal import STEP_KINDS, kind_name
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core.errors import DurableError
+from durable_core.views._format import from_ms, iso
+from durable_core.views._model import (
+    Attempt,
+    BodyRetry,
+    FailureDict,
+    InvocationView,
+    StepState,
+    StepView,
+    Transition,
+)
 
-__all__ = [
-    "ACTIONS",
-    "Attempt",
-    "BodyRetry",
-    "InvocationView",
-    "StepState",
-    "StepView",
-    "Transition",
-    "describe",
-    "format_duration",
-    "format_time",
-    "from_ms",
-    "iso",
-    "legal_actions",
-    "payload_json",
-]
-
-# Lifecycle actions and the statuses each is legal in (what the engine accepts).
-ACTIONS: dict[str, frozenset[str]] = {
-    "pause": frozenset({"pending", "running", "suspended"}),
-    "resume": frozenset({"paused"}),
-    "cancel": frozenset({"pending", "running", "suspended", "paused"}),
-    "retry": frozenset({"failed"}),
-    "rerun": frozenset({"completed", "failed", "cancelled"}),
-    "fork": frozenset({"completed", "failed", "cancelled"}),
-}
-
-
-def legal_actions(status: str) -> tuple[str, ...]:
-    """The lifecycle actions the engine accepts for an invocation in ``status``."""
-    return tuple(a for a, allowed in ACTIONS.items() if status in allowed)
-
-
-class StepState(enum.StrEnum):
-    """Where one step stands."""
-
-    COMPLETED = "completed"  # journaled with a result (a wait: it completed)
-    FAILED = "failed"  # failed for good
-    RETRYING = "retrying"  # an attempt failed; the next one is due at ``next_attempt_at``
-    WAITING = "waiting"  # a sleep, awakeable, signal or child not yet completed
-    CANCELLED = "cancelled"  # the cancellation was delivered while it waited
-    ABANDONED = "abandoned"  # a wait that never completed: the invocation ended first
-
-
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    """A failed attempt of a step."""
-
-    attempt: int
-    error_type: str
-    message: str
-    code: str
-    at: datetime | None
-    next_attempt_at: datetime | None  # None when no further attempt was scheduled
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "attempt": self.attempt,
-            "type": self.error_type,
-            "message": self.message,
-            "code": self.code,
-            "at": iso(self.at),
-            "next_attempt_at": iso(self.next_attempt_at),
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class StepView:
-    """One step of the workflow, as the journal has it.
-
-    ``started_at``/``finished_at`` are the execution of a call or run; for a wait they are when
-    the workflow began waiting and when the wait completed (``finished_at`` is None while it
-    waits), so a timeline draws the wait as a wait. ``detail`` holds what is particular to the
-    kind (``duration_ms`` and ``wake_at`` of a sleep, ``awakeable_id`` and ``rejection``,
-    ``signal``, ``child_id``, ``invocation_id`` of a send).
-    """
-
-    step: int
-    kind: str
-    name: str
-    state: StepState
-    started_at: datetime | None
-    finished_at: datetime | None
-    duration_ms: float | None
-    attempts: int
-    output: Any = None
-    failure: dict[str, Any] | None = None
-    failed_attempts: tuple[Attempt, ...] = ()
-    detail: dict[str, Any] = field(default_factory=dict)
-    copied_from: str = ""  # a fork's step copied from this invocation's journal (not run here)
-
-    @property
-    def is_wait(self) -> bool:
-        return self.kind in ("sleep", "awakeable", "signal") or (
-            self.kind == "child" and not self.detail.get("detached", False)
-        )
-
-    def what(self) -> str:
-        """What the step is, for people: a sleep's length and wake time, an awakeable's id, a
-        signal's name, a child's id; the name of a call or run."""
-        d = self.detail
-        if self.kind == "sleep":
-            wake = format_time(d.get("wake_at"))
-            return f"{format_duration(d.get('duration_ms'))}, wakes {wake}"
-        if self.kind == "child":
-            how = " (started, not awaited)" if d.get("detached") else ""
-            return f"{self.name} -> {d.get('child_id', '?')}{how}"
-        if self.kind == "send":
-            return f"{self.name} -> {d.get('invocation_id', '?')}"
-        if self.kind == "awakeable" and "rejection" in d:
-            return f"{self.name} rejected: {d['rejection']}"
-        return self.name
-
-    def summary(self) -> str:
-        """One line for people: the kind, what the step is and where it stands."""
-        extra = [self.state.value]
-        if self.kind in ("call", "run", "step"):
-            extra.insert(0, format_duration(self.duration_ms))
-            if self.attempts > 1:
-                extra.insert(1, f"{self.attempts} attempts")
-        return f"{self.kind} {self.what()} ({', '.join(extra)})"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "kind": self.kind,
-            "name": self.name,
-            "state": self.state.value,
-            "summary": self.summary(),
-            "started_at": iso(self.started_at),
-            "finished_at": iso(self.finished_at),
-            "duration_ms": self.duration_ms,
-            "attempts": self.attempts,
-            "output": self.output,
-            "failure": self.failure,
-            "failed_attempts": [a.to_dict() for a in self.failed_attempts],
-            "detail": self.detail,
-            "copied_from": self.copied_from or None,
-            "is_wait": self.is_wait,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class BodyRetry:
-    """A failure of the whole invocation that ``retry`` sent round again."""
-
-    error_type: str
-    message: str
-    step: int
-    failed_at: datetime | None
-    retried_at: datetime | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "type": self.error_type,
-            "message": self.message,
-            "step": self.step,
-            "failed_at": iso(self.failed_at),
-            "retried_at": iso(self.retried_at),
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class Transition:
-    """A change of status, or a request that came in (``note``), at the journal's time."""
-
-    status: str
-    at: datetime | None
-    note: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"status": self.status, "at": iso(self.at), "note": self.note or None}
-
-
-@dataclass(frozen=True, slots=True)
-class InvocationView:
-    """Everything an operator sees of one invocation (:func:`describe` builds it)."""
-
-    invocation_id: str
-    workflow: str
-    status: str
-    args: Any
-    output: Any
-    failure: dict[str, Any] | None
-    partition_key: str
-    created_at: datetime | None
-    updated_at: datetime | None
-    start_at: datetime | None
-    deadline: datetime | None
-    waiting_for: str
-    processor: str
-    journal_length: int
-    trace_id: str
-    parent_id: str
-    child_ids: tuple[str, ...]
-    forked_from: str
-    fork_from_step: int
-    rerun_of: str
-    steps: tuple[StepView, ...]
-    retries: tuple[BodyRetry, ...]
-    history: tuple[Transition, ...]
-
-    @property
-    def actions(self) -> tuple[str, ...]:
-        """The lifecycle actions legal now."""
-        return legal_actions(self.status)
-
-    @property
-    def is_terminal(self) -> bool:
-        return self.status in ("completed", "failed", "cancelled")
-
-    @property
-    def duration_ms(self) -> float | None:
-        if not self.is_terminal or self.created_at is None or self.updated_at is None:
-            return None
-        return round((self.updated_at - self.created_at).total_seconds() * 1000, 3)
-
-    @property
-    def waits(self) -> tuple[StepView, ...]:
-        """The steps waiting now."""
-        return tuple(s for s in self.steps if s.state == StepState.WAITING)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: what ``durable status --json`` prints and the inspector's API returns."""
-        return {
-            "invocation_id": self.invocation_id,
-            "workflow": self.workflow,
-            "status": self.status,
-            "args": self.args,
-            "output": self.output,
-            "failure": self.failure,
-            "partition_key": self.partition_key,
-            "created_at": iso(self.created_at),
-            "updated_at": iso(self.updated_at),
-            "duration_ms": self.duration_ms,
-            "start_at": iso(self.start_at),
-            "deadline": iso(self.deadline),
-            "waiting_for": self.waiting_for or None,
-            "processor": self.processor or None,
-            "journal_length": self.journal_length,
-            "trace_id": self.trace_id or None,
-            "parent_id": self.parent_id or None,
-            "child_ids": list(self.child_ids),
-            "forked_from": self.forked_from or None,
-            "fork_from_step": self.fork_from_step or None,
-            "rerun_of": self.rerun_of or None,
-            "actions": list(self.actions),
-            "steps": [s.to_dict() for s in self.steps],
-            "retries": [r.to_dict() for r in self.retries],
-            "history": [t.to_dict() for t in self.history],
-        }
-
-
-# -- formatting (shared by the CLI and the inspector's templates) ----------------------------
-
-
-def format_duration(ms: float | None) -> str:
-    """``850 ms``, ``3.20 s``, ``4 min 5 s``, ``2 h 10 min``, ``3 d 4 h``; ``–`` if unknown."""
-    if ms is None:
-        return "–"
-    if ms < 1000:
-        return f"{ms:.0f} ms" if ms >= 10 else f"{ms:.1f} ms"
-    seconds = ms / 1000
-    if seconds < 60:
-        return f"{seconds:.2f} s" if seconds < 10 else f"{seconds:.1f} s"
-    minutes, sec = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes} min {sec} s"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 48:
-        return f"{hours} h {minutes} min"
-    days, hours = divmod(hours, 24)
-    return f"{days} d {hours} h"
-
-
-def format_time(value: str | datetime | None) -> str:
-    """``2026-11-28 16:03:12.345Z`` from an ISO time or a datetime; ``–`` if unknown."""
-    if isinstance(value, datetime):
-        value = iso(value)
-    if not value:
-        return "–"
-    return value.replace("T", " ")
-
-
-# -- building --------------------------------------------------------------------------------
-
-
-def iso(value: datetime | None) -> str | None:
-    """UTC ISO 8601 with milliseconds and a ``Z``."""
-    if value is None:
-        return None
-    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def from_ms(ms: int) -> datetime | None:
-    """A stored time (ms since the epoch, 0 = unknown) as a UTC datetime."""
-    if not ms:
-        return None
-    try:
-        return datetime.fromtimestamp(ms / 1000, tz=UTC)
-    except (OverflowError, ValueError, OSError):
-        return None  # an absurd stored time: unknown rather than an error
+__all__ = ["describe", "payload_json"]
 
 
 def payload_json(payload: pb.Payload) -> Any:
@@ -339,7 +32,7 @@ def payload_json(payload: pb.Payload) -> Any:
         return {"$error": str(e)[:500]}
 
 
-def _failure(f: pb.Failure) -> dict[str, Any]:
+def _failure(f: pb.Failure) -> FailureDict:
     return {"type": f.type, "message": f.message, "step": f.step, "code": f.code}
 
 
