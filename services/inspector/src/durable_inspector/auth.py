@@ -2,8 +2,8 @@
 
 With ``DURABLE_INSPECTOR_TOKEN`` set, every page and API call must present it, as
 ``Authorization: Bearer <token>`` or as the cookie that ``/login`` (or ``?token=`` once, on any
-page) sets. Only ``/healthz`` (for probes; it tells nothing but a count), ``/login`` and
-``/static/`` are open.
+page) sets. Only ``/healthz`` (for probes; it tells nothing but a count), ``/metrics`` (for
+Prometheus; counts only), ``/login`` and ``/static/`` are open.
 
 With or without a token, a state-changing request (POST, PUT, PATCH, DELETE) that a browser marks
 as cross-site is refused: otherwise any web page could make the browser of someone running the
@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 __all__ = ["COOKIE", "AuthMiddleware", "token_matches"]
 
 COOKIE = "durable_inspector_token"
-_OPEN = ("/healthz", "/login", "/static/")
+_OPEN = ("/healthz", "/metrics", "/login", "/static/")
 _SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
@@ -95,7 +95,7 @@ class AuthMiddleware:
             await _error(send, 403, "forbidden", "cross-site request refused")
             return
         token = self.token
-        if token is None or path == "/healthz" or path.startswith(_OPEN):
+        if token is None or path in ("/healthz", "/metrics") or path.startswith(_OPEN):
             await self.app(scope, receive, send)
             return
         if self._presented(headers, token):
