@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -14,7 +15,13 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from google.protobuf.message import DecodeError, Message
 from opentelemetry import propagate, trace
-from opentelemetry.trace import SpanKind, format_trace_id
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    TraceFlags,
+    format_trace_id,
+)
 
 from durable_core import _codec
 from durable_core._journal import STEP_KINDS, ReplayMachine, kind_name
@@ -234,6 +241,27 @@ WorkflowRef = str | Callable[..., Any]
 
 # A proxy until an SDK provider is set (the API's no-op before that): set-up order is free.
 _TRACER = trace.get_tracer("durable_core.client")
+
+
+def _trace_context(span: trace.Span) -> tuple[dict[str, str], str]:
+    """The W3C context to send and store with a new invocation, and its trace id.
+
+    Without an OpenTelemetry SDK here (the CLI, a script) the client's span is a no-op with no
+    trace id: a fresh, sampled one is made up, so that the processors' spans (and the inspector's
+    Jaeger link) still share one trace per invocation; only this side's span is missing."""
+    context = span.get_span_context()
+    if not context.is_valid:
+        made_up = SpanContext(
+            trace_id=random.getrandbits(128) or 1,
+            span_id=random.getrandbits(64) or 1,
+            is_remote=False,
+            trace_flags=TraceFlags(TraceFlags.SAMPLED),
+        )
+        span = NonRecordingSpan(made_up)
+        context = made_up
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=trace.set_span_in_context(span))
+    return carrier, format_trace_id(context.trace_id)
 
 
 def _start_at(delay: timedelta | None, start_at: datetime | None) -> int:
@@ -519,9 +547,7 @@ class Client:
                 "durable.partition_key": key,
             },
         ) as span:
-            trace_context: dict[str, str] = {}
-            propagate.inject(trace_context)
-            span_context = span.get_span_context()
+            trace_context, trace_id = _trace_context(span)
             now = int(time.time() * 1000)
             state = pb.ExecutionState(
                 invocation_id=invocation_id,
@@ -537,7 +563,7 @@ class Client:
                 rerun_of=rerun_of,
                 deadline_ms=deadline_ms,
                 trace_context=trace_context,
-                trace_id=format_trace_id(span_context.trace_id) if span_context.is_valid else "",
+                trace_id=trace_id,
             )
             cmd = pb.Command(
                 invocation_id=invocation_id,

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core.errors import DurableError, InvocationCancelledError, SuspendExecution
 
 __all__ = [
@@ -37,6 +38,8 @@ class WorkflowInput:
         resumed: the journal already held entries when this run began (a wake-up, a
             redelivery after a crash): the run replays them before going on. False for the
             first run of an invocation.
+        journal: the entries the run begins with (read-only; the tracing interceptor draws
+            the waits that completed since the last run from it).
     """
 
     invocation_id: str
@@ -45,6 +48,7 @@ class WorkflowInput:
     attempt: int
     headers: dict[str, str] = field(default_factory=dict)
     resumed: bool = False
+    journal: Sequence[pb.JournalEntry] = ()
 
 
 @dataclass(slots=True)

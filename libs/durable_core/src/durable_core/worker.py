@@ -845,6 +845,7 @@ class _Execution:
             self.delivery.num_delivered,
             headers,
             resumed=bool(self.entries),
+            journal=tuple(self.entries),
         )
         task: asyncio.Future[Any] = asyncio.ensure_future(run(inp))
         self.task, self._cancelling = task, False

@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     GC_COLLECTOR,
@@ -35,6 +37,8 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["InspectorMetrics", "MetricsMiddleware", "metrics_endpoint"]
+
+_TRACER = trace.get_tracer("durable_inspector")
 
 
 class _IndexCollector(Collector):
@@ -86,7 +90,9 @@ class InspectorMetrics:
 
 
 class MetricsMiddleware:
-    """Counts and times every HTTP request by its route template (pure ASGI: streams pass)."""
+    """Counts and times every HTTP request by its route template (pure ASGI: streams pass),
+    and traces the ones that change something (a SERVER span, the parent of the invocation's
+    own spans when an action starts or steers one)."""
 
     def __init__(self, app: ASGIApp, metrics: InspectorMetrics) -> None:
         self.app = app
@@ -109,18 +115,36 @@ class MetricsMiddleware:
                         streaming = True
             await send(message)
 
+        method = scope["method"]
+        span = None
+        if method not in ("GET", "HEAD", "OPTIONS"):
+            span = _TRACER.start_span(
+                f"{method} {scope['path']}",
+                kind=SpanKind.SERVER,
+                attributes={"http.request.method": method, "url.path": scope["path"]},
+            )
         try:
-            await self.app(scope, receive, sending)
+            if span is None:
+                await self.app(scope, receive, sending)
+            else:
+                with trace.use_span(span, end_on_exit=False):
+                    await self.app(scope, receive, sending)
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or (
                 "/static" if scope["path"].startswith("/static/") else "other"
             )
-            method = scope["method"]
             self.metrics.requests.labels(method, template, str(status)).inc()
             if not streaming:
                 elapsed = time.perf_counter() - started
                 self.metrics.duration.labels(method, template).observe(elapsed)
+            if span is not None:
+                span.update_name(f"{method} {template}")
+                span.set_attribute("http.route", template)
+                span.set_attribute("http.response.status_code", status)
+                if status >= 500:
+                    span.set_status(Status(StatusCode.ERROR))
+                span.end()
 
 
 async def metrics_endpoint(request: Request) -> Response:

@@ -220,5 +220,30 @@ def echo_json(value: Any) -> None:
 
 
 def run(coro: Any) -> Any:
-    """Run a command's coroutine."""
-    return asyncio.run(coro)
+    """Run a command's coroutine in a span named after the command (``durable.cli invoke``):
+    with tracing on, an invocation started here is a child of it."""
+    from opentelemetry import trace
+
+    ctx = click.get_current_context(silent=True)
+    path = ctx.command_path.split()[1:] if ctx is not None else []
+    tracer = trace.get_tracer("durable_core.cli")
+    with tracer.start_as_current_span(" ".join(["durable.cli", *path]), kind=trace.SpanKind.CLIENT):
+        return asyncio.run(coro)
+
+
+def start_tracing() -> Any:
+    """An SDK tracer provider when the OTEL_* variables turn tracing on (as the services read
+    them; service name durable-cli), else None. Needs durable-core[service] installed."""
+    env = os.environ
+    wanted = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    if not any(env.get(n) for n in wanted) and not env.get("OTEL_TRACES_EXPORTER"):
+        return None  # the common case: no SDK import, no start-up cost
+    try:
+        from durable_core.service.telemetry import configure_tracing
+    except ImportError:
+        echo(
+            "durable: tracing needs the OpenTelemetry SDK: pip install 'durable-core[service]'",
+            err=True,
+        )
+        return None
+    return configure_tracing("durable-cli")

@@ -39,6 +39,7 @@ from durable_core.cli._base import (
     json_option,
     read_json,
     run,
+    start_tracing,
 )
 from durable_core.errors import (
     ConfigError,
@@ -330,6 +331,15 @@ _ERRORS: list[tuple[type[BaseException], int, str]] = [
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``durable`` with ``argv`` (default: the command line); returns the exit code."""
+    provider = start_tracing()
+    try:
+        return _main(argv)
+    finally:
+        if provider is not None:
+            provider.shutdown()  # exports the spans still buffered
+
+
+def _main(argv: Sequence[str] | None) -> int:
     try:
         try:
             code = cli.main(
