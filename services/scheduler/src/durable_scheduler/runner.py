@@ -28,6 +28,7 @@ from durable_scheduler.firing import (
     first_look,
     parse_tick,
     still_running,
+    tick_time,
 )
 from durable_scheduler.metrics import SchedulerMetrics
 from durable_scheduler.settings import SchedulerSettings
@@ -202,6 +203,8 @@ class Scheduler:
                 continue  # another replica or a pause changed the record: decide again
             await self._start(schedule, invocation_id)
             m.started.labels(name).inc()
+            lag = (self.clock() - tick_time(schedule, tick)).total_seconds()
+            m.tick_lag.labels(name).observe(max(lag, 0.0))
             log.info(
                 "schedule %s: started %s (%s)%s",
                 name,
