@@ -7,6 +7,7 @@ tests/hostile/test_cli_args.py.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from durable_core.cli import main
 from durable_core.cli._base import read_json
 from durable_core.cli._main import cli
 from durable_core.errors import InvalidInputError
+from durable_core.testing import free_port
 
 LOCAL = {"completion", "dev", "demo"}  # commands that print no result to machine-read
 
@@ -133,3 +135,34 @@ def test_a_closed_pipe_ends_quietly() -> None:
     err = proc.stderr.read().decode()
     proc.stderr.close()
     assert code == 141 and "Traceback" not in err and "Exception ignored" not in err, err
+
+
+@pytest.mark.parametrize(
+    ("flag", "what", "reuse_port"),
+    [
+        ("--nats-port", "NATS", False),
+        # gRPC servers bind with SO_REUSEPORT: a second hello service would have shared the
+        # port silently. The probe binds without it, so it notices.
+        ("--grpc-port", "the hello service", True),
+        ("--inspector-port", "the inspector", False),
+    ],
+)
+def test_dev_names_a_taken_port_in_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, flag: str, what: str, reuse_port: bool
+) -> None:
+    ports = {f: free_port() for f in ("--nats-port", "--grpc-port", "--inspector-port")}
+    with socket.socket() as taken:
+        if reuse_port:
+            taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        taken.bind(("127.0.0.1", ports[flag]))
+        taken.listen()
+        argv = ["dev", "--data-dir", str(tmp_path), "--metrics-port", "0"]
+        for f, port in ports.items():
+            argv += [f, str(port)]
+        code, out, err = run(capsys, argv)
+    assert code == 2, err
+    assert err.strip() == (
+        f"durable: invalid input: port {ports[flag]} ({what}) is already in use: stop what "
+        f"listens there or pick another with {flag} N"
+    )
+    assert out == "" and not (tmp_path / "nats").exists()  # nothing was started

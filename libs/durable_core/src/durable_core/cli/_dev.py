@@ -179,15 +179,15 @@ def dev(
     data_dir: str, nats_port: int, grpc_port: int, inspector_port: int, metrics_port: int
 ) -> int:
     """Run the stack in the foreground until Ctrl-C."""
-    check_ports(
-        {
-            "NATS": (nats_port, "--nats-port"),
-            "the hello service": (grpc_port, "--grpc-port"),
-            "the inspector": (inspector_port, "--inspector-port"),
-            "the processor's metrics": (metrics_port, "--metrics-port"),
-            "the scheduler's metrics": (metrics_port + 1, "--metrics-port"),
-        }
-    )
+    ports = {
+        "NATS": (nats_port, "--nats-port"),
+        "the hello service": (grpc_port, "--grpc-port"),
+        "the inspector": (inspector_port, "--inspector-port"),
+    }
+    if metrics_port:
+        ports["the processor's metrics"] = (metrics_port, "--metrics-port")
+        ports["the scheduler's metrics"] = (metrics_port + 1, "--metrics-port")
+    check_ports(ports)
     stack = LocalStack(
         Path(data_dir).resolve(),
         nats_port,
@@ -219,10 +219,11 @@ def dev(
         say(f"NATS JetStream  {stack.nats_url}  (data in {stack.nats.store_dir})")
         say(f"hello service   127.0.0.1:{stack.grpc_port}")
         say("processor       running (plugins from installed packages)")
-        say(f"                metrics http://127.0.0.1:{metrics_port}/metrics")
+        off = "off (--metrics-port 0)"
+        say(f"                metrics {_metrics_url(metrics_port) or off}")
         if any(w == "scheduler" for w, _ in stack.procs):
             say("scheduler       running (schedules, re-drive, retention)")
-            say(f"                metrics http://127.0.0.1:{metrics_port + 1}/metrics")
+            say(f"                metrics {_metrics_url(metrics_port and metrics_port + 1) or off}")
         if stack.inspector_url:
             say(f"inspector       {stack.inspector_url}  (API docs {stack.inspector_url}/docs)")
             say(f"                metrics {stack.inspector_url}/metrics")
@@ -239,6 +240,10 @@ def dev(
             time.sleep(0.2)
         say("stopping...")
     return 0
+
+
+def _metrics_url(port: int) -> str:
+    return f"http://127.0.0.1:{port}/metrics" if port else ""
 
 
 def demo(name: str) -> int:

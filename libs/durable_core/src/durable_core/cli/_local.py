@@ -72,7 +72,13 @@ def completion(shell: str) -> int:
 @port_option("--nats-port", 4222, "NATS client port")
 @port_option("--grpc-port", 9090, "the hello service's port")
 @port_option("--inspector-port", 8080, "the inspector's port")
-@port_option("--metrics-port", 9464, "the processor's /metrics port (the scheduler's: the next)")
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65534),
+    default=9464,
+    show_default=True,
+    help="the processor's /metrics port (the scheduler's: the next one; 0: none)",
+)
 def dev(
     data_dir: str, nats_port: int, grpc_port: int, inspector_port: int, metrics_port: int
 ) -> int:
