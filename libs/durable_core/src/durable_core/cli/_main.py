@@ -55,6 +55,7 @@ from durable_core.errors import (
 __all__ = ["cli", "main"]
 
 MAX_SECONDS = 10 * 366 * 24 * 3600.0  # ten years, the longest sleep or delay
+_REFUSED_INPUT = ("InvalidInputError", "UnknownWorkflow")
 STATUSES = ("pending", "running", "paused", "suspended", "completed", "failed", "cancelled")
 
 
@@ -205,7 +206,9 @@ async def _invoke(
         if result.status.value != "failed":
             return 0
         f = result.failure
-        if f is not None and f.type == "InvalidInputError" and not f.step:
+        if f is not None and f.type in _REFUSED_INPUT and not f.step:
+            # The processor refused what it was given (the arguments' type, the workflow's
+            # name) before any step: bad input, whoever noticed it.
             echo(f"durable: invalid input: {f.message}", err=True)
             return EXIT_USAGE
         where = f" at step {f.step}" if f and f.step else ""
