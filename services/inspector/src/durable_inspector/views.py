@@ -1,20 +1,14 @@
-"""JSON views of executions, steps and anything a client method returns.
+"""JSON views of executions (listings, one execution with its journal) and schedules.
 
 Shared by the JSON API and the HTML pages, so both always show the same thing.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import enum
 import json
-from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, cast
 from urllib.parse import quote
-
-from google.protobuf import json_format
-from google.protobuf.message import Message
 
 from durable_core import ExecutionSummary
 from durable_core.schedules import Schedule
@@ -27,38 +21,11 @@ from durable_inspector.settings import InspectorSettings
 __all__ = [
     "detail_view",
     "iso",
-    "jsonable",
     "schedule_view",
     "summary_json",
     "summary_view",
     "trace_url",
 ]
-
-
-def jsonable(value: Any) -> Any:
-    """Turn a value returned by a client method into JSON (protobuf, dataclasses, times ...)."""
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    if isinstance(value, enum.Enum):
-        return jsonable(value.value)
-    if isinstance(value, Message):
-        return json_format.MessageToDict(value, preserving_proto_field_name=True)
-    if isinstance(value, bytes | bytearray | memoryview):
-        return {"$bytes": bytes(value).hex()}
-    if isinstance(value, datetime):
-        return iso(value)
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [jsonable(v) for v in value]
-    to_dict = getattr(value, "to_dict", None)
-    if callable(to_dict):
-        return jsonable(to_dict())
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    return str(value)
 
 
 def trace_url(
