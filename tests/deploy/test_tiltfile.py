@@ -9,6 +9,7 @@ the Tiltfile names exists. Tilt itself is in no package registry; a real `tilt u
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -66,6 +67,16 @@ class Tilt:
     def exists(self, path: str) -> bool:
         self.paths.add(path)
         return (REPO / path).exists()
+
+    @staticmethod
+    def relpath(path: str, start: str = ".") -> str:
+        return os.path.relpath(path, start)
+
+    def listdir(self, directory: str, recursive: bool = False) -> list[str]:
+        """Tilt's listdir: the absolute paths of the files in a folder (recursively: below it)."""
+        root = REPO / directory
+        found = root.rglob("*") if recursive else root.iterdir()
+        return sorted(str(p) for p in found if p.is_file() and "__pycache__" not in p.parts)
 
     # -- local resources --
     def local_resource(
@@ -161,25 +172,8 @@ class Tilt:
             "only": list(only),
             "entrypoint": list(entrypoint),
             "target": target,
+            "build_args": dict(build_args or {}),
         }
-
-    def docker_build_with_restart(
-        self,
-        ref: str,
-        context: str,
-        entrypoint: list[str] | str,
-        live_update: list[Any],
-        base_suffix: str = "-tilt_docker_build_with_restart_base",
-        restart_file: str = "/tmp/.restart-proc",
-        trigger: Any = None,
-        exit_policy: str = "restart",
-        **kwargs: Any,
-    ) -> None:
-        self.docker_build(ref, context, entrypoint=entrypoint, live_update=live_update, **kwargs)
-
-    @staticmethod
-    def extension(path: str) -> None:
-        assert path == "ext://restart_process", f"unexpected extension {path}"
 
     @staticmethod
     def sync(local_path: str, remote_path: str) -> Any:
@@ -287,15 +281,14 @@ def merge(into: dict[str, Any], new: dict[str, Any]) -> None:
 
 
 # Stand-ins that are Starlark values themselves (callables cannot come back from Python).
-PRELUDE = """
-config = struct(define_bool = _define_flag, define_string = _define_flag, parse = _parse)
-os = struct(path = struct(exists = _exists))
-
-def load_dynamic(path):
-    _extension(path)
-    return {"docker_build_with_restart": _docker_build_with_restart}
+PRELUDE = f"""
+config = struct(
+    define_bool = _define_flag, define_string = _define_flag, parse = _parse, main_dir = "{REPO}"
+)
+os = struct(path = struct(exists = _exists, relpath = _relpath))
 """
 BUILTINS = [
+    "listdir",
     "local_resource",
     "probe",
     "http_get_action",
@@ -321,8 +314,7 @@ def execute(source: str, **flags: Any) -> Tilt:
     module.add_callable("_define_flag", tilt.define_flag)
     module.add_callable("_parse", tilt.parse)
     module.add_callable("_exists", tilt.exists)
-    module.add_callable("_extension", tilt.extension)
-    module.add_callable("_docker_build_with_restart", tilt.docker_build_with_restart)
+    module.add_callable("_relpath", tilt.relpath)
     module.add_callable("k8s_yaml", tilt.k8s_yaml)
     for name in BUILTINS:
         module.add_callable(name, getattr(tilt, name))
@@ -359,8 +351,8 @@ def local_problems(tilt: Tilt) -> list[str]:
     return found
 
 
-def dockerfile_stages(path: Path) -> tuple[set[str], list[str], str]:
-    """A Dockerfile's stage names, its COPY sources (from the build context), its entrypoint."""
+def dockerfile_stages(path: Path) -> tuple[set[str], list[str]]:
+    """A Dockerfile's stage names and its COPY sources (from the build context)."""
     text = path.read_text()
     stages = set(re.findall(r"^FROM \S+ AS (\S+)", text, flags=re.M))
     sources = [
@@ -368,8 +360,12 @@ def dockerfile_stages(path: Path) -> tuple[set[str], list[str], str]:
         for args in re.findall(r"^COPY (?!--from)(.+)$", text, flags=re.M)
         for s in args.split()[:-1]
     ]
-    (entrypoint,) = re.findall(r"^ENTRYPOINT (.+)$", text, flags=re.M)
-    return stages, sources, entrypoint
+    return stages, sources
+
+
+def entry_modules() -> set[str]:
+    """The modules the services run (``python -m X``): every services/*/src/X/__main__.py."""
+    return {p.parent.name for p in REPO.glob("services/*/src/*/__main__.py")}
 
 
 def cluster_problems(tilt: Tilt) -> list[str]:
@@ -386,16 +382,26 @@ def cluster_problems(tilt: Tilt) -> list[str]:
         if not dockerfile.is_file():
             found.append(f"{ref}: {image['dockerfile']} does not exist")
             continue
-        stages, sources, entrypoint = dockerfile_stages(dockerfile)
+        stages, sources = dockerfile_stages(dockerfile)
         if image["target"] and image["target"] not in stages:
             found.append(f"{ref}: {image['dockerfile']} has no stage {image['target']!r}")
         for source in sources:
+            if source == ".":
+                continue  # the manifests stage reads the whole context: `only` bounds it
             if not any(
                 source == o or source.startswith(o.rstrip("/") + "/") for o in image["only"]
             ):
                 found.append(f"{ref}: COPY {source} is outside the build context (only=)")
-        if image["entrypoint"] and entrypoint != str(image["entrypoint"]).replace("'", '"'):
-            found.append(f"{ref}: entrypoint {image['entrypoint']} differs from {entrypoint}")
+        entrypoint = image["entrypoint"]
+        command = next((a for a in entrypoint if a.startswith("python -m ")), "")
+        if entrypoint[:1] != ["watchfiles"] or not command:
+            found.append(f"{ref}: entrypoint {entrypoint} is not a service under watchfiles")
+        elif command.split()[-1] not in entry_modules():
+            found.append(f"{ref}: {command!r} runs no service module")
+        synced = {step["sync"][1] for step in image["live_update"] if "sync" in step}
+        watched = set(entrypoint[entrypoint.index(command) + 1 :]) if command else set()
+        if watched != synced:
+            found.append(f"{ref}: watches {sorted(watched)} but syncs {sorted(synced)}")
         site = "/opt/durable/lib/python3.11/site-packages/"
         if f"VIRTUAL_ENV={site.split('/lib/')[0]}" not in dockerfile.read_text():
             found.append(f"{ref}: the image's virtual environment moved: fix SITE_PACKAGES")
@@ -416,9 +422,8 @@ def cluster_problems(tilt: Tilt) -> list[str]:
     # Objects of the NATS subchart, when it is not vendored (see test_helm.py): its StatefulSet
     # is <release>-nats by the official chart's naming rule.
     for chart in tilt.helm_charts:
-        if (
-            chart["set"].get("nats", {}).get("enabled", True)
-            and not (REPO / chart["path"] / "charts").exists()
+        if chart["set"].get("nats", {}).get("enabled", True) and not any(
+            (REPO / chart["path"] / "charts").glob("nats*")
         ):
             workloads.add(f"{chart['name']}-nats")
     named = {f"{o['metadata']['name']}:{o['kind'].lower()}" for o in objects}
@@ -477,8 +482,19 @@ def test_cluster_mode_builds_the_images_and_deploys_the_chart() -> None:
     assert forwards[8080] == "inspector" and forwards[16686] == "jaeger"
     labels = {name: r["labels"] for name, r in tilt.k8s_resources.items()}
     assert labels["jaeger"] == ["observability"] and labels["nats"] == ["infra"]
-    if not (REPO / "deploy/helm/durable/charts").exists():
-        assert tilt.local_commands == ["helm dependency update deploy/helm/durable"]
+    assert tilt.local_commands == []  # the NATS chart is vendored: nothing is fetched
+
+
+def test_cluster_mode_live_updates_every_plugin_folder_and_takes_index_plugins() -> None:
+    tilt = execute(TILTFILE.read_text(), plugins="shop-workflows==1.4.2")
+    plugin_packages = {p.parent.name for p in REPO.glob("plugins/*/src/*/__init__.py")}
+    for ref in ("durable/processor", "durable/inspector"):
+        image = tilt.images[ref]
+        synced = {Path(step["sync"][0]).name for step in image["live_update"] if "sync" in step}
+        assert plugin_packages <= synced, ref
+        assert image["build_args"] == {"PLUGINS": "shop-workflows==1.4.2"}, ref
+        assert "plugins" in image["only"], ref
+    assert len(plugin_packages) >= 8
 
 
 # -- each check fails on a seeded error ------------------------------------------------------------
@@ -497,11 +513,23 @@ def test_seeded_errors_are_caught() -> None:
         execute(missing_file, local=True)
     )
 
-    missing_dockerfile = seed(source, '+ "/Dockerfile",', '+ "/Dockerfile.dev",')
+    missing_dockerfile = seed(
+        source, 'dockerfile = "Dockerfile",', 'dockerfile = "Dockerfile.dev",'
+    )
     problems = cluster_problems(execute(missing_dockerfile))
-    assert "durable/processor: services/processor/Dockerfile.dev does not exist" in problems
+    assert "durable/processor: Dockerfile.dev does not exist" in problems
 
-    wrong_sync = seed(source, 'SITE_PACKAGES + "/" + package', 'SITE_PACKAGES + "/app"')
+    unwatched = seed(
+        source, '"python -m " + service["module"]] + watched', '"python -m " + service["module"]]'
+    )
+    problems = cluster_problems(execute(unwatched))
+    assert any("durable/processor: watches [] but syncs" in p for p in problems)
+
+    wrong_sync = seed(
+        source,
+        'sync(PACKAGES[package], SITE_PACKAGES + "/" + package)',
+        'sync(PACKAGES[package], SITE_PACKAGES + "/app")',
+    )
     problems = cluster_problems(execute(wrong_sync))
     assert any("goes to /opt/durable/lib/python3.11/site-packages/app" in p for p in problems)
 

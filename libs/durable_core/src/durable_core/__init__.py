@@ -38,6 +38,7 @@ from durable_core.errors import (
     StepTimeoutError,
     SuspendExecution,
     TerminalError,
+    UnsupportedServerError,
     WorkflowFailedError,
 )
 from durable_core.interceptors import Interceptor, StepInput, WorkflowInput
@@ -93,6 +94,7 @@ __all__ = [
     "StepTimeoutError",
     "SuspendExecution",
     "TerminalError",
+    "UnsupportedServerError",
     "Worker",
     "WorkerConfig",
     "WorkflowFailedError",

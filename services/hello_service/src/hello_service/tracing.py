@@ -58,21 +58,37 @@ def configure_tracing(env: Mapping[str, str] | None = None) -> TracerProvider | 
     exporters = _exporters(env)
     if not exporters:
         return None
+    protocol = (
+        env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or "grpc"
+    ).strip()
+    if "otlp" in exporters and protocol not in ("grpc", "http/protobuf"):
+        raise ValueError(
+            f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r} is not supported: use grpc or http/protobuf"
+        )
     service_name = env.get("OTEL_SERVICE_NAME") or DEFAULT_SERVICE_NAME
     provider = TracerProvider(resource=Resource.create({SERVICE_NAME: service_name}))
     for name in exporters:
-        provider.add_span_processor(BatchSpanProcessor(_exporter(name)))
+        provider.add_span_processor(BatchSpanProcessor(_exporter(name, protocol)))
     trace.set_tracer_provider(provider)
     log.info("tracing: service %s, exporting spans via %s", service_name, ", ".join(exporters))
     return provider
 
 
-def _exporter(name: str) -> SpanExporter:
+def _exporter(name: str, protocol: str) -> SpanExporter:
     if name == "console":
         return ConsoleSpanExporter()
+    # Endpoint, headers, TLS and timeout come from OTEL_EXPORTER_OTLP_* in either exporter.
+    if protocol == "http/protobuf":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+            OTLPSpanExporter as HttpExporter,
+        )
+
+        return HttpExporter()
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-    return OTLPSpanExporter()  # endpoint, headers, TLS and timeout from OTEL_EXPORTER_OTLP_*
+    return OTLPSpanExporter()
 
 
 class TracingServerInterceptor(grpc.aio.ServerInterceptor):

@@ -200,6 +200,27 @@ async def healthz(request: Request) -> Response:
 
 
 @router.get(
+    "/readyz",
+    tag="inspector",
+    summary="Readiness (as /healthz): 200 once the index holds its snapshot (no token needed)",
+    responses={200: schema.Health, 503: schema.Health},
+)
+async def readyz(request: Request) -> Response:
+    return await healthz(request)
+
+
+@router.get(
+    "/livez",
+    tag="inspector",
+    summary="Liveness: the process answers; it never asks NATS (no token needed)",
+    responses={200: schema.Health},
+)
+async def livez(request: Request) -> Response:
+    """Liveness: the process answers. It never asks NATS, so an outage restarts nothing."""
+    return _json({"status": "ok"})
+
+
+@router.get(
     "/api/executions",
     tag="executions",
     summary="List executions from the index (filters, sorting, cursor pages)",

@@ -2,8 +2,8 @@
 
 With ``DURABLE_INSPECTOR_TOKEN`` set, every page and API call must present it, as
 ``Authorization: Bearer <token>`` or as the cookie that ``/login`` (or ``?token=`` once, on any
-page) sets. Only ``/healthz`` (for probes; it tells nothing but a count), ``/metrics`` (for
-Prometheus; counts only), ``/login`` and ``/static/`` are open.
+page) sets. Only the probes ``/healthz``, ``/livez`` and ``/readyz`` (they tell nothing but a
+count), ``/metrics`` (for Prometheus; counts only), ``/login`` and ``/static/`` are open.
 
 With or without a token, a state-changing request (POST, PUT, PATCH, DELETE) that a browser marks
 as cross-site is refused: otherwise any web page could make the browser of someone running the
@@ -24,7 +24,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 __all__ = ["COOKIE", "AuthMiddleware", "token_matches"]
 
 COOKIE = "durable_inspector_token"
-_OPEN = ("/healthz", "/metrics", "/login", "/static/")
+_PROBES = ("/healthz", "/livez", "/readyz", "/metrics")
+_OPEN = (*_PROBES, "/login", "/static/")
 _SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
@@ -56,7 +57,7 @@ def _cross_site(headers: Headers) -> bool:
 
 
 def wants_json(path: str) -> bool:
-    return path.startswith("/api/") or path in ("/openapi.json", "/healthz")
+    return path.startswith("/api/") or path == "/openapi.json" or path in _PROBES
 
 
 async def _send(
@@ -95,7 +96,7 @@ class AuthMiddleware:
             await _error(send, 403, "forbidden", "cross-site request refused")
             return
         token = self.token
-        if token is None or path in ("/healthz", "/metrics") or path.startswith(_OPEN):
+        if token is None or path in _PROBES or path.startswith(_OPEN):
             await self.app(scope, receive, send)
             return
         if self._presented(headers, token):

@@ -140,7 +140,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"durable-processor: configuration error: {e}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
-    provider = configure_tracing()
+    try:
+        provider = configure_tracing()
+    except DurableError as e:
+        print(f"durable-processor: configuration error: {e}", file=sys.stderr)
+        return 2
     try:
         return asyncio.run(serve(settings, tracing=provider is not None))
     except DurableError as e:

@@ -94,7 +94,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"durable-scheduler: configuration error: {e}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
-    provider = configure_tracing("durable-scheduler")
+    try:
+        provider = configure_tracing("durable-scheduler")
+    except DurableError as e:
+        print(f"durable-scheduler: configuration error: {e}", file=sys.stderr)
+        return 2
     try:
         return asyncio.run(serve(settings))
     except DurableError as e:

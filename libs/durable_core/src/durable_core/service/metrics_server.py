@@ -1,4 +1,7 @@
-"""A tiny asyncio HTTP server for ``/metrics`` (Prometheus) and ``/healthz``.
+"""A tiny asyncio HTTP server for ``/metrics`` (Prometheus) and the health probes.
+
+``/livez`` answers 200 while the event loop runs (a liveness probe: it never asks NATS, so a NATS
+outage restarts nothing); ``/readyz`` and ``/healthz`` answer 200 only while ``healthy()`` holds.
 
 Shared by the processor and the scheduler. No threads, no framework: it answers ``GET`` and
 ``HEAD`` of the two paths and closes each connection.
@@ -72,12 +75,14 @@ class MetricsServer:
 
     def respond(self, method: str, path: str) -> tuple[int, str, bytes]:
         """Status, content type and body for a request (no I/O; unit-testable)."""
-        if path not in ("/metrics", "/healthz"):
-            return 404, "text/plain; charset=utf-8", b"not found: try /metrics or /healthz\n"
+        if path not in ("/metrics", "/healthz", "/livez", "/readyz"):
+            return 404, "text/plain; charset=utf-8", b"not found: try /metrics, /livez or /readyz\n"
         if method not in ("GET", "HEAD"):
             return 405, "text/plain; charset=utf-8", b"method not allowed\n"
         if path == "/metrics":
             return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
+        if path == "/livez":  # answered by the event loop itself: it is alive
+            return 200, "text/plain; charset=utf-8", b"ok\n"
         try:
             ok = bool(self.healthy())
         except Exception:  # noqa: BLE001 - a failing check means unhealthy

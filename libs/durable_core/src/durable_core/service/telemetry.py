@@ -1,9 +1,11 @@
-"""Tracing set-up for the services (OpenTelemetry SDK, OTLP/gRPC exporter).
+"""Tracing set-up for the services (OpenTelemetry SDK, OTLP exporter over gRPC or HTTP).
 
 Tracing is configured by the standard ``OTEL_*`` variables: it is on when
 ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) is set or
 ``OTEL_TRACES_EXPORTER`` names ``otlp`` (or ``console``); ``OTEL_TRACES_EXPORTER=none`` or
-``OTEL_SDK_DISABLED=true`` turn it off. The exporter reads the rest (endpoint, headers,
+``OTEL_SDK_DISABLED=true`` turn it off. ``OTEL_EXPORTER_OTLP_PROTOCOL`` (or its ``_TRACES_``
+form) picks ``grpc`` (the default, port 4317) or ``http/protobuf`` (port 4318); any other value is
+refused at start-up rather than exporting nowhere. The exporter reads the rest (endpoint, headers,
 ``OTEL_BSP_*`` batching); ``OTEL_SERVICE_NAME`` defaults to the service's own name.
 """
 
@@ -18,7 +20,12 @@ from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 
-__all__ = ["configure_tracing", "tracing_exporters"]
+from durable_core.errors import ConfigError
+
+__all__ = ["OTLP_PROTOCOLS", "configure_tracing", "otlp_protocol", "tracing_exporters"]
+
+# The OTLP transports the services can export over (OTEL_EXPORTER_OTLP_PROTOCOL).
+OTLP_PROTOCOLS = ("grpc", "http/protobuf")
 
 log = logging.getLogger(__name__)
 
@@ -54,23 +61,45 @@ def configure_tracing(
     exporters = tracing_exporters(env)
     if not exporters:
         return None
-    protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get(
-        "OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"
-    )
-    if "otlp" in exporters and protocol != "grpc":
-        log.warning("OTLP protocol %r is not supported here; exporting over gRPC", protocol)
+    protocol = otlp_protocol(env) if "otlp" in exporters else ""
     service_name = env.get("OTEL_SERVICE_NAME") or default_service_name
     provider = TracerProvider(resource=Resource.create({SERVICE_NAME: service_name}))
     for name in exporters:
-        provider.add_span_processor(BatchSpanProcessor(_exporter(name)))
+        provider.add_span_processor(BatchSpanProcessor(_exporter(name, protocol)))
     trace.set_tracer_provider(provider)
     log.info("tracing: service %s, exporting spans via %s", service_name, ", ".join(exporters))
     return provider
 
 
-def _exporter(name: str) -> SpanExporter:
+def otlp_protocol(env: Mapping[str, str]) -> str:
+    """The OTLP transport the ``OTEL_*`` variables ask for: ``grpc`` or ``http/protobuf``.
+
+    Raises:
+        ConfigError: another value (``http/json``, a typo): refused, not silently replaced.
+    """
+    protocol = (
+        env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or "grpc"
+    ).strip()
+    if protocol not in OTLP_PROTOCOLS:
+        raise ConfigError(
+            f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r} is not supported: use "
+            + " or ".join(OTLP_PROTOCOLS)
+        )
+    return protocol
+
+
+def _exporter(name: str, protocol: str) -> SpanExporter:
     if name == "console":
         return ConsoleSpanExporter()
+    # Endpoint, headers, TLS and timeout come from OTEL_EXPORTER_OTLP_* in either exporter.
+    if protocol == "http/protobuf":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+            OTLPSpanExporter as HttpExporter,
+        )
+
+        return HttpExporter()
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-    return OTLPSpanExporter()  # endpoint, headers, TLS and timeout from OTEL_EXPORTER_OTLP_*
+    return OTLPSpanExporter()

@@ -5,6 +5,7 @@ NATS at all (``replay_workflow`` with ``call_entry``, ``run_entry`` and ``failed
 """
 
 from durable_core.testing._cluster import NatsCluster
+from durable_core.testing._otlp import OtlpHttpReceiver
 from durable_core.testing._replay import (
     RecordedCall,
     WorkflowRun,
@@ -18,18 +19,26 @@ from durable_core.testing._servers import (
     docker_available,
     find_nats_server_binary,
     free_port,
+    free_ports,
+    nats_server_release,
 )
+from durable_core.testing._wait import assert_eventually, assert_eventually_async
 
 __all__ = [
     "NatsCluster",
     "NatsServer",
+    "OtlpHttpReceiver",
     "RecordedCall",
     "WorkflowRun",
+    "assert_eventually",
+    "assert_eventually_async",
     "call_entry",
     "docker_available",
     "failed_entry",
     "find_nats_server_binary",
     "free_port",
+    "free_ports",
+    "nats_server_release",
     "replay_workflow",
     "run_entry",
 ]

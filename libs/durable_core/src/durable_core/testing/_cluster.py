@@ -37,7 +37,7 @@ from durable_core.testing._servers import (
     render_config,
 )
 
-DEFAULT_DOCKER_IMAGE = "nats:2.12"
+DEFAULT_DOCKER_IMAGE = "nats:2.15-alpine"
 
 # A follower answers the leader about once a second, but the leader keeps calling a silent peer
 # "current" for ~10 s (measured with 2.15.1); older news than this is not trusted.
@@ -192,6 +192,19 @@ class _DockerNode:
 
     def resume(self) -> None:
         self._container.get_wrapped_container().unpause()
+
+    def isolate(self) -> None:
+        """Disconnect the container from the cluster's network: no peer or client reaches it."""
+        self._docker_network().disconnect(self._container.get_wrapped_container().id, force=True)
+
+    def rejoin(self) -> None:
+        """Connect an isolated container again, under its name (its published ports return)."""
+        cid = self._container.get_wrapped_container().id
+        self._docker_network().connect(cid, aliases=[self.name])
+
+    def _docker_network(self) -> Any:
+        client = importlib.import_module("docker").from_env()
+        return client.networks.get(self.network.id)
 
     def remove(self) -> None:
         if self._container is not None:
@@ -435,6 +448,24 @@ class NatsCluster:
         for js_enabled_only in (True, False):
             left = timedelta(seconds=max(0.0, deadline - time.monotonic()))
             node.wait_ready(timeout=left, js_enabled_only=js_enabled_only)
+
+    def isolate_node(self, name: str) -> None:
+        """Partition one node away from the others and from every client (Docker backend).
+
+        Raises:
+            NotImplementedError: The process backend shares one loopback: it cannot partition.
+        """
+        node = self.node(name)
+        if not isinstance(node, _DockerNode):
+            raise NotImplementedError("partitions need the Docker backend (or network namespaces)")
+        node.isolate()
+
+    def rejoin_node(self, name: str) -> None:
+        """Heal the partition :meth:`isolate_node` made."""
+        node = self.node(name)
+        if not isinstance(node, _DockerNode):
+            raise NotImplementedError("partitions need the Docker backend (or network namespaces)")
+        node.rejoin()
 
     def pause_node(self, name: str) -> None:
         """Freeze one node (SIGSTOP / ``docker pause``)."""

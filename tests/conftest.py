@@ -1,0 +1,73 @@
+"""Fixtures shared by the cross-service suites: the container images `make images` built.
+
+`make test` runs `scripts/images.py` before pytest; it writes `.durable/images.json`, saying which
+images it built on which engine, or why it built none (no Docker and no root, say). Tests that
+need the images skip with that reason; nothing here builds or pulls anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+STATUS = REPO / ".durable" / "images.json"
+
+# testcontainers would start its "ryuk" reaper from a registry image; every test here removes
+# what it starts itself, and no registry may be reachable.
+os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+
+
+@dataclass(frozen=True)
+class BuiltImages:
+    """What `make images` built: the docker CLI to use and each image's reference."""
+
+    docker: str
+    nats: str
+    nats_version: str
+    base: str
+    images: dict[str, str]
+
+    def __getitem__(self, target: str) -> str:
+        return self.images[target]
+
+
+def built_images() -> BuiltImages | str:
+    """The images `make images` built, or the reason there are none."""
+    try:
+        status = json.loads(STATUS.read_text())
+    except FileNotFoundError:
+        return "no images: run `make images` (`make test` does) to build them"
+    if not status.get("built"):
+        return f"no images: {status.get('reason', 'make images built none')}"
+    if status.get("docker_host", "") != os.environ.get("DOCKER_HOST", ""):
+        return (
+            f"the images were built on DOCKER_HOST={status['docker_host']!r}, "
+            f"not on this one ({os.environ.get('DOCKER_HOST', '')!r})"
+        )
+    return BuiltImages(
+        docker=status["docker"],
+        nats=status["nats_image"],
+        nats_version=status["nats_version"],
+        base=status["base_image"],
+        images=status["images"],
+    )
+
+
+@pytest.fixture(scope="session")
+def images() -> BuiltImages:
+    """The built images; the test skips (with the reason) where there are none."""
+    found = built_images()
+    if isinstance(found, str):
+        pytest.skip(found)
+    return found
+
+
+@pytest.fixture(scope="session")
+def images_or_reason() -> BuiltImages | str:
+    """The built images, or the reason there are none (for tests with a fallback)."""
+    return built_images()
