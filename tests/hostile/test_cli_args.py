@@ -7,6 +7,7 @@ timeout each, so there are only a few.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -155,9 +156,14 @@ def _invalid_json(text: str) -> bool:
     return False
 
 
+def _inline(text: str) -> bool:
+    """Inline JSON: "-" means stdin and "@path" a file (pinned by their own tests below)."""
+    return text != "-" and not text.startswith("@")
+
+
 invalid_json = (
     st.text(max_size=200) | st.sampled_from(["{", "[1,", "{'a': 1}", "None", "True", "\x00", "é"])
-).filter(_invalid_json)
+).filter(lambda t: _invalid_json(t) and _inline(t))
 
 
 @hostile_settings
@@ -190,6 +196,27 @@ def test_bad_json_payload_message_names_the_payload_flag(
 ) -> None:
     code, _, err = run(capsys, ["--nats-url", dead_url, "signal", "inv-1", "go", "--payload", "{"])
     assert_usage_error(code, err, "--payload")
+
+
+@pytest.mark.parametrize("flag", ["--args", "--payload"])
+def test_unreadable_json_files_and_bad_stdin_are_usage_errors(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    dead_url: str,
+    tmp_path: Path,
+    flag: str,
+) -> None:
+    command = ["invoke", "wf"] if flag == "--args" else ["signal", "inv-1", "go"]
+    missing = tmp_path / "nope.json"
+    code, _, err = run(capsys, ["--nats-url", dead_url, *command, f"{flag}=@{missing}"])
+    assert_usage_error(code, err, f"{flag} @{missing}: cannot read it")
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b"\xff\xfe{")
+    code, _, err = run(capsys, ["--nats-url", dead_url, *command, f"{flag}=@{binary}"])
+    assert_usage_error(code, err, "cannot read it")
+    monkeypatch.setattr(sys, "stdin", io.StringIO('{"half": '))
+    code, _, err = run(capsys, ["--nats-url", dead_url, *command, f"{flag}=-"])
+    assert_usage_error(code, err, f"{flag} (stdin) is not valid JSON")
 
 
 def test_huge_bad_json_args_gives_a_short_message(

@@ -27,6 +27,7 @@ from durable_core import _codec
 from durable_core._journal import STEP_KINDS, ReplayMachine, kind_name
 from durable_core._naming import check_invocation_id, check_workflow_name, encode_partition_key
 from durable_core._pb.durable.v1 import durable_pb2 as pb
+from durable_core._time import from_ms as _ms_to_dt
 from durable_core._transport import JournalRecord, StateConflict, StateRecord, Transport
 from durable_core.config import EngineConfig, NatsConfig
 from durable_core.context import MAX_SLEEP
@@ -42,11 +43,10 @@ from durable_core.errors import (
     WorkflowFailedError,
 )
 from durable_core.plugins import workflow_signature
-from durable_core.views import InvocationView, describe
-from durable_core.views import from_ms as _ms_to_dt
 
 if TYPE_CHECKING:
     from durable_core.schedules import Schedule
+    from durable_core.views import InvocationView
 
 __all__ = ["Client", "ExecutionSummary", "Failure", "InvocationResult", "Status", "StepRecord"]
 
@@ -1045,6 +1045,8 @@ class Client:
         """
         rec = await self._state_of(invocation_id)
         records = await self._t.read_journal(invocation_id, min_entries=rec.state.journal_length)
+        from durable_core.views import describe  # the CLI's --help need not import the views
+
         return describe(rec.state, [r.entry for r in records])
 
     async def wait(

@@ -2,26 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
+
+from durable_core._time import from_ms, iso
 
 __all__ = ["format_duration", "format_time", "from_ms", "iso"]
-
-
-def iso(value: datetime | None) -> str | None:
-    """UTC ISO 8601 with milliseconds and a ``Z``."""
-    if value is None:
-        return None
-    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def from_ms(ms: int) -> datetime | None:
-    """A stored time (ms since the epoch, 0 = unknown) as a UTC datetime."""
-    if not ms:
-        return None
-    try:
-        return datetime.fromtimestamp(ms / 1000, tz=UTC)
-    except (OverflowError, ValueError, OSError):
-        return None  # an absurd stored time: unknown rather than an error
 
 
 def format_duration(ms: float | None) -> str:
