@@ -72,7 +72,9 @@ $(STAMP): constraints.txt $(PYPROJECTS) Makefile | $(BIN)/python
 demo: setup ## Start the embedded stack, run hello_workflow, print the greeting, stop
 	$(BIN)/durable demo
 
-test: setup browser images ## Run all tests (unit and integration); extra args via PYTEST_ARGS="..."
+# The images build in the background while the tests that need none run (those that do wait).
+test: setup browser ## Run all tests (unit and integration); extra args via PYTEST_ARGS="..."
+	$(BIN)/python scripts/images.py --detach
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Every container image (the root Dockerfile's targets and a NATS image), built on this machine:

@@ -18,6 +18,8 @@ Usage::
 
     python scripts/images.py            # as above
     python scripts/images.py --require  # exit 1 instead of skipping when there is no engine
+    python scripts/images.py --detach   # the same in the background (`make test`: the image build
+                                        # overlaps the tests that need no image; those that do wait)
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ STATUS = REPO / ".durable" / "images.json"
 WHEELHOUSE = REPO / "deploy" / "docker" / "wheelhouse"
 NATS_DOCKERFILE = REPO / "deploy" / "docker" / "nats.Dockerfile"
 DOCKERD_LOG = REPO / ".durable" / "dockerd.log"
+BUILD_LOG = REPO / ".durable" / "images.log"
 
 TAG = "dev"
 # Dockerfile target -> image name (the Helm chart's and compose's repository names).
@@ -251,18 +254,45 @@ def build(docker: str, args: list[str]) -> None:
     run([docker, "build", *args], env=env, timeout=1800)
 
 
+def detach() -> int:
+    """Start this script in the background, recording its pid where the tests look."""
+    BUILD_LOG.parent.mkdir(parents=True, exist_ok=True)
+    with BUILD_LOG.open("wb") as out:
+        child = subprocess.Popen(
+            [sys.executable, __file__, "--background-child"], stdout=out, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, cwd=REPO, start_new_session=True,
+        )  # fmt: skip
+    STATUS.write_text(json.dumps({"building": True, "pid": child.pid, "log": str(BUILD_LOG)}))
+    log(f"building in the background (pid {child.pid}; log {BUILD_LOG.relative_to(REPO)})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--require", action="store_true", help="fail when no engine can be had")
+    p.add_argument("--detach", action="store_true", help="build in the background")
+    p.add_argument("--background-child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    started = time.monotonic()
     STATUS.parent.mkdir(parents=True, exist_ok=True)
-    STATUS.unlink(missing_ok=True)
+    if args.detach:
+        return detach()
+    if not args.background_child:  # the detached build keeps its "building" record until done
+        STATUS.unlink(missing_ok=True)
+    try:
+        return build_all(require=args.require)
+    except BaseException as e:
+        reason = str(e) if isinstance(e, SystemExit) else f"{type(e).__name__}: {e}"
+        STATUS.write_text(json.dumps({"built": False, "failed": True, "reason": reason[-4000:]}))
+        raise
+
+
+def build_all(*, require: bool) -> int:
+    started = time.monotonic()
     docker, reason = ensure_engine()
     if docker is None:
         STATUS.write_text(json.dumps({"built": False, "reason": reason}, indent=2))
         log(f"skipped: {reason}")
-        return 1 if args.require else 0
+        return 1 if require else 0
     timings: dict[str, float] = {}
 
     def timed(name: str, t0: float) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,12 +37,42 @@ class BuiltImages:
         return self.images[target]
 
 
+# How long a test waits for the background image build of `make test` (scripts/images.py
+# --detach) to finish; the tests before the first one that needs images usually cover it.
+BUILD_WAIT = 900.0
+
+
+class ImageBuildFailed(Exception):
+    """The build ran on an engine and failed: a failure of the tests, not a reason to skip."""
+
+
 def built_images() -> BuiltImages | str:
-    """The images `make images` built, or the reason there are none."""
-    try:
-        status = json.loads(STATUS.read_text())
-    except FileNotFoundError:
-        return "no images: run `make images` (`make test` does) to build them"
+    """The images `make images` built, or the reason there are none.
+
+    Raises:
+        ImageBuildFailed: the build failed, or its background process died.
+    """
+    deadline = time.monotonic() + BUILD_WAIT
+    while True:
+        try:
+            status = json.loads(STATUS.read_text())
+        except FileNotFoundError:
+            return "no images: run `make images` (`make test` does) to build them"
+        except json.JSONDecodeError:  # being written
+            status = {"building": True}
+        if not status.get("building"):
+            break
+        pid = status.get("pid")
+        if pid is not None and not Path(f"/proc/{pid}").exists():
+            status = json.loads(STATUS.read_text())
+            if status.get("building"):
+                raise ImageBuildFailed(f"the image build (pid {pid}) died:\n{_log_tail()}")
+            break
+        if time.monotonic() > deadline:
+            raise ImageBuildFailed(f"the image build is still running after {BUILD_WAIT:.0f} s")
+        time.sleep(2)
+    if status.get("failed"):
+        raise ImageBuildFailed(f"the image build failed: {status.get('reason')}\n{_log_tail()}")
     if not status.get("built"):
         return f"no images: {status.get('reason', 'make images built none')}"
     if status.get("docker_host", "") != os.environ.get("DOCKER_HOST", ""):
@@ -58,10 +89,18 @@ def built_images() -> BuiltImages | str:
     )
 
 
+def _log_tail() -> str:
+    log = STATUS.with_name("images.log")
+    return "\n".join(log.read_text(errors="replace").splitlines()[-40:]) if log.exists() else ""
+
+
 @pytest.fixture(scope="session")
 def images() -> BuiltImages:
     """The built images; the test skips (with the reason) where there are none."""
-    found = built_images()
+    try:
+        found = built_images()
+    except ImageBuildFailed as e:
+        pytest.fail(str(e))
     if isinstance(found, str):
         pytest.skip(found)
     return found
@@ -70,4 +109,7 @@ def images() -> BuiltImages:
 @pytest.fixture(scope="session")
 def images_or_reason() -> BuiltImages | str:
     """The built images, or the reason there are none (for tests with a fallback)."""
-    return built_images()
+    try:
+        return built_images()
+    except ImageBuildFailed as e:
+        pytest.fail(str(e))

@@ -7,7 +7,7 @@ timeout each, so there are only a few.
 
 from __future__ import annotations
 
-import argparse
+import io
 import json
 import os
 import re
@@ -20,15 +20,11 @@ from hypothesis import strategies as st
 
 from durable_core import ConfigError, EngineConfig
 from durable_core.cli import main
-from durable_core.cli._main import build_parser
+from durable_core.cli._main import cli
 from durable_core.testing import free_port
 
-COMMANDS = {  # every subcommand the CLI has (hypothesis once drew "pause" as an unknown one)
-    name
-    for action in build_parser()._actions
-    if isinstance(action, argparse._SubParsersAction)
-    for name in action.choices
-}
+# Every subcommand the CLI has (hypothesis once drew "pause" as an unknown one), from click.
+COMMANDS = set(cli.commands)
 PREFIX = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 hostile_settings = settings(
@@ -61,8 +57,8 @@ def run(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, str, 
     sys.stderr.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     try:
         code = main(argv)
-    except SystemExit as e:  # argparse's own usage errors
-        code = e.code if isinstance(e.code, int) else 2
+    except SystemExit as e:  # main() returns its code; it must never exit by itself
+        pytest.fail(f"main() raised SystemExit({e.code!r})")
     out, err = capsys.readouterr()
     assert "Traceback" not in out + err
     return code, out, err
@@ -75,7 +71,7 @@ def assert_usage_error(code: int, err: str, *needles: str) -> None:
         assert needle in err, err
 
 
-# -- argparse: unknown commands, flags and values ---------------------------------------------
+# -- click: unknown commands, flags and values ---------------------------------------------
 
 
 @hostile_settings
@@ -87,7 +83,7 @@ def test_unknown_command_is_a_usage_error(
     capsys: pytest.CaptureFixture[str], dead_url: str, command: str
 ) -> None:
     code, _, err = run(capsys, ["--nats-url", dead_url, command])
-    assert_usage_error(code, err, "usage: durable", "invalid choice")
+    assert_usage_error(code, err, "Usage: durable", "No such command")
 
 
 @hostile_settings
@@ -102,7 +98,7 @@ def test_unknown_flags_are_a_usage_error(
     capsys: pytest.CaptureFixture[str], dead_url: str, command: list[str], flag: str, value: str
 ) -> None:
     code, _, err = run(capsys, ["--nats-url", dead_url, *command, flag, value])
-    assert_usage_error(code, err, "unrecognized arguments")
+    assert_usage_error(code, err, "No such option")
 
 
 @hostile_settings
@@ -144,7 +140,7 @@ def test_missing_arguments_are_a_usage_error(
     capsys: pytest.CaptureFixture[str], dead_url: str, argv: list[str]
 ) -> None:
     code, _, err = run(capsys, ["--nats-url", dead_url, *argv])
-    assert_usage_error(code, err, "usage:")
+    assert_usage_error(code, err, "Usage: durable")
 
 
 # -- JSON arguments (parsed before connecting) -------------------------------------------------
@@ -160,9 +156,14 @@ def _invalid_json(text: str) -> bool:
     return False
 
 
+def _inline(text: str) -> bool:
+    """Inline JSON: "-" means stdin and "@path" a file (pinned by their own tests below)."""
+    return text != "-" and not text.startswith("@")
+
+
 invalid_json = (
     st.text(max_size=200) | st.sampled_from(["{", "[1,", "{'a': 1}", "None", "True", "\x00", "é"])
-).filter(_invalid_json)
+).filter(lambda t: _invalid_json(t) and _inline(t))
 
 
 @hostile_settings
@@ -195,6 +196,27 @@ def test_bad_json_payload_message_names_the_payload_flag(
 ) -> None:
     code, _, err = run(capsys, ["--nats-url", dead_url, "signal", "inv-1", "go", "--payload", "{"])
     assert_usage_error(code, err, "--payload")
+
+
+@pytest.mark.parametrize("flag", ["--args", "--payload"])
+def test_unreadable_json_files_and_bad_stdin_are_usage_errors(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    dead_url: str,
+    tmp_path: Path,
+    flag: str,
+) -> None:
+    command = ["invoke", "wf"] if flag == "--args" else ["signal", "inv-1", "go"]
+    missing = tmp_path / "nope.json"
+    code, _, err = run(capsys, ["--nats-url", dead_url, *command, f"{flag}=@{missing}"])
+    assert_usage_error(code, err, f"{flag} @{missing}: cannot read it")
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b"\xff\xfe{")
+    code, _, err = run(capsys, ["--nats-url", dead_url, *command, f"{flag}=@{binary}"])
+    assert_usage_error(code, err, "cannot read it")
+    monkeypatch.setattr(sys, "stdin", io.StringIO('{"half": '))
+    code, _, err = run(capsys, ["--nats-url", dead_url, *command, f"{flag}=-"])
+    assert_usage_error(code, err, f"{flag} (stdin) is not valid JSON")
 
 
 def test_huge_bad_json_args_gives_a_short_message(

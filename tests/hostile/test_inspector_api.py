@@ -143,8 +143,8 @@ class HostileClient(fakes.FakeClient):  # type: ignore[misc, name-defined]
     async def invoke_async(self, workflow: Any, args: Any = None, **kw: Any) -> str:
         return await self.real.invoke_async(workflow, args, **kw)
 
-    async def get_result(self, invocation_id: str) -> Any:
-        return await self.real.get_result(invocation_id)
+    async def describe(self, invocation_id: str) -> Any:
+        return await self.real.describe(invocation_id)
 
     async def signal(self, invocation_id: str, name: str, payload: Any = None) -> None:
         await self.real.signal(invocation_id, name, payload)
@@ -295,6 +295,8 @@ def test_detail_answers_for_any_id(api: Any, invocation_id: str) -> None:
     tc, _ = api
     resp = tc.get("/api/executions/" + quote(invocation_id, safe=""))
     body = check(resp, {200})
+    if invocation_id == "ok-1":
+        assert resp.status_code == 200 and body["invocation_id"] == "ok-1"
     if resp.status_code == 200:
         assert body["invocation_id"] == invocation_id == "ok-1"
 
@@ -305,12 +307,17 @@ def test_detail_of_an_execution_with_a_corrupt_payload_is_not_500(
 ) -> None:
     tc, _ = api
     resp = tc.get(f"/api/executions/{invocation_id}")
+    assert resp.status_code == 200, resp.text  # shown with what is wrong, not refused
     check(resp, {200})
+    page = tc.get(f"/executions/{invocation_id}")
+    assert page.status_code == 200 and "does not parse" in page.text
 
 
 def test_detail_of_an_execution_with_an_absurd_timestamp_is_not_500(api: Any) -> None:
     tc, _ = api
-    check(tc.get("/api/executions/far-future"), {200})
+    resp = tc.get("/api/executions/far-future")
+    assert resp.status_code == 200, resp.text
+    assert tc.get("/executions/far-future").status_code == 200
 
 
 # -- acting ------------------------------------------------------------------------------------

@@ -156,10 +156,21 @@ class Stack:
         proc.wait_log("consuming")
         return proc
 
-    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self,
+        *args: str,
+        timeout: float = 60,
+        stdin: str | None = None,
+        unset: Sequence[str] = (),
+    ) -> subprocess.CompletedProcess[str]:
+        """``durable ARGS`` with this stack's environment less the variables in ``unset``."""
+        env = {**os.environ, **self.env}
+        for name in unset:
+            env.pop(name, None)
         return subprocess.run(
             [sys.executable, "-m", "durable_core.cli", *args],
-            env={**os.environ, **self.env},
+            env=env,
+            input=stdin,
             capture_output=True,
             text=True,
             timeout=timeout,

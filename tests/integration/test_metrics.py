@@ -14,6 +14,7 @@ from durable_core import Client
 from durable_core.testing import free_port
 
 from ._stack import Stack
+from .test_foundation import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -111,3 +112,49 @@ async def test_consumer_gauges_show_pending_and_unacknowledged_commands(
             break
         await asyncio.sleep(0.2)
     assert seen == (1, 1, 1)
+
+
+async def test_cancellations_retries_and_latencies_are_counted(
+    stack: Stack, client: Client
+) -> None:
+    """Issue 17: two cancellations left durable_invocations_cancelled_total at 0; nothing
+    counted failed or retried attempts; there was no end-to-end, schedule-to-start or
+    journal-append latency."""
+    port = free_port()
+    stack.start_service()
+    stack.start_processor("p-metrics", DURABLE_METRICS_PORT=str(port))
+    base = f"http://127.0.0.1:{port}"
+    waiting = [
+        await client.invoke_async("expense_approval", {"expense_id": "e", "amount_cents": 5}),
+        await client.invoke_async("delayed_greeting", {"name": "x", "delay_seconds": 600}),
+    ]
+    for inv in waiting:
+
+        async def suspended(inv: str = inv) -> bool:
+            return (await client.get_summary(inv)).status == "suspended"
+
+        await eventually(suspended, 20, f"{inv} to suspend")
+        await client.cancel(inv)
+        await client.wait(inv, timeout=30)
+    flaky = await client.invoke("flaky", {"failures": 1, "attempts": 3, "interval_ms": 10})
+    assert flaky.status == "completed"
+
+    deadline = time.monotonic() + 10
+    while True:
+        m = await scrape(base)
+        done = sample(m, "durable_invocations_cancelled_total", workflow="delayed_greeting")
+        if done >= 1 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    assert sample(m, "durable_invocations_cancelled_total", workflow="expense_approval") == 1
+    assert sample(m, "durable_invocations_cancelled_total", workflow="delayed_greeting") == 1
+    run = {"kind": "run", "workflow": "flaky"}
+    assert sample(m, "durable_step_attempts_failed_total", **run) == 1
+    assert sample(m, "durable_step_attempts_retried_total", **run) == 1
+    assert (
+        sample(m, "durable_invocation_duration_seconds_count", workflow="flaky", status="completed")
+        == 1
+    )
+    assert sample(m, "durable_invocation_schedule_to_start_seconds_count", workflow="flaky") == 1
+    assert sample(m, "durable_journal_append_seconds_count", entry="run") >= 1
+    assert sample(m, "durable_journal_append_seconds_count", entry="suspended") >= 2

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import urllib.request
 from datetime import timedelta
 from pathlib import Path
 
@@ -147,10 +149,24 @@ def test_cli_reports_unreachable_nats_and_bad_args() -> None:
     assert "--args is not valid JSON" in cp.stderr
 
 
+def free_port_pair() -> int:
+    """A free port whose successor is free too (the processor's and the scheduler's metrics)."""
+    for _ in range(50):
+        port = free_port()
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no two consecutive free ports")
+
+
 async def test_durable_dev_runs_a_schedule_end_to_end(tmp_path: Path) -> None:
     """`durable dev` brings up NATS, the hello service, a processor, the scheduler and the
     inspector; a schedule created against it fires and its runs complete; Ctrl-C stops all."""
     nats_port = free_port()
+    metrics_port = free_port_pair()
     proc = subprocess.Popen(  # noqa: ASYNC220 - a long-lived child, read in a thread
         [
             sys.executable,
@@ -164,7 +180,9 @@ async def test_durable_dev_runs_a_schedule_end_to_end(tmp_path: Path) -> None:
             "--grpc-port",
             str(free_port()),
             "--inspector-port",
-            str(free_port()),
+            str(inspector_port := free_port()),
+            "--metrics-port",
+            str(metrics_port),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -188,6 +206,16 @@ async def test_durable_dev_runs_a_schedule_end_to_end(tmp_path: Path) -> None:
         await asyncio.to_thread(started.wait, 60)
         assert proc.poll() is None and lines, "durable dev exited:\n" + "".join(lines)
         assert any(line.startswith("scheduler") for line in lines), lines
+        # The banner lists every metrics endpoint, and each answers.
+        urls = [
+            f"http://127.0.0.1:{metrics_port}/metrics",
+            f"http://127.0.0.1:{metrics_port + 1}/metrics",
+            f"http://127.0.0.1:{inspector_port}/metrics",
+        ]
+        for url in urls:
+            assert any(f"metrics {url}" in line for line in lines), (url, lines)
+            with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: ASYNC210 - brief
+                assert resp.status == 200 and b"durable_" in resp.read()
         try:
             async with await Client.connect(f"nats://127.0.0.1:{nats_port}") as client:
                 await client.create_schedule(

@@ -6,7 +6,6 @@ durable_scheduler``), all on the test's own engine prefix.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import calendar
 import re
@@ -18,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from durable_core import Client, EngineConfig, InvalidInputError
+from durable_core import EngineConfig, InvalidInputError
 from durable_core import schedules as sched
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import Transport
-from durable_core.cli import _schedule
+from durable_core.cli import main as cli_main
 from durable_core.testing import NatsCluster, free_port
 
 from ._stack import Proc, Stack
@@ -160,15 +159,10 @@ async def test_pause_resume_delete_and_invalid_cron(
     with pytest.raises(InvalidInputError, match="invalid cron expression"):
         await sched.create_schedule(t, "bad", "hello_workflow", cron="0 0 31 2 *")
 
-    async def connect(_: argparse.Namespace) -> Client:
-        return await Client.connect(cluster.url, engine=engine)
-
-    p = argparse.ArgumentParser(prog="durable")
-    _schedule.add_parser(p.add_subparsers(dest="command"))
-    bad = p.parse_args(["schedule", "create", "bad", "--workflow", "w", "--cron", "* * * * 8"])
-    assert await _schedule.run(bad, connect) == 2
-    ghost = p.parse_args(["schedule", "pause", "ghost"])
-    assert await _schedule.run(ghost, connect) == 4
+    cli = ["--nats-url", cluster.url, "--prefix", engine.prefix, "--replicas", "3", "schedule"]
+    bad = [*cli, "create", "bad", "--workflow", "w", "--cron", "* * * * 8"]
+    assert await asyncio.to_thread(cli_main, bad) == 2
+    assert await asyncio.to_thread(cli_main, [*cli, "pause", "ghost"]) == 4
 
     assert scheduler.stop() == 0  # SIGTERM: a clean exit
     assert "scheduler stopped" in scheduler.log()

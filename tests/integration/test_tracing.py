@@ -8,13 +8,20 @@ service (subprocesses with the standard OTEL_* variables) export.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import grpc
 import grpc.aio
+import httpx2 as httpx
 import pytest
 import pytest_asyncio
 from opentelemetry import trace
@@ -30,7 +37,7 @@ from durable_core import Client
 from durable_core._transport import Transport
 from durable_core.testing import free_port
 
-from ._stack import Stack
+from ._stack import Proc, Stack
 
 pytestmark = pytest.mark.integration
 
@@ -51,6 +58,8 @@ class Got:
     parent_id: str
     kind: int
     attributes: dict[str, Any]
+    start_ns: int = 0
+    end_ns: int = 0
 
 
 def _value(v: common_pb2.AnyValue) -> Any:
@@ -80,6 +89,8 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
                             parent_id=s.parent_span_id.hex(),
                             kind=s.kind,
                             attributes={a.key: _value(a.value) for a in s.attributes},
+                            start_ns=s.start_time_unix_nano,
+                            end_ns=s.end_time_unix_nano,
                         )
                     )
         return trace_service_pb2.ExportTraceServiceResponse()
@@ -377,3 +388,116 @@ async def test_wake_ups_and_children_continue_the_trace(
         "the child's SayHello span",
     )
     assert rpc[0].trace_id == root.trace_id
+
+
+# -- every entry point starts a trace; a wait is a span from park to wake (issue 17) ----------
+
+
+def _only(spans: list[Got], what: str) -> Got:
+    assert len(spans) == 1, f"{what}: {spans}"
+    return spans[0]
+
+
+async def test_cli_inspector_and_scheduler_start_traces_and_waits_span_park_to_wake(
+    stack: Stack, client: Client, receiver: tuple[Receiver, int]
+) -> None:
+    rec, port = receiver
+    stack.start_service(OTEL_SERVICE_NAME=SERVICE, **otel_env(port))
+    stack.start_processor("p-traced", **otel_env(port))
+    otel = {**os.environ, **stack.env, **otel_env(port)}
+    otel.pop("OTEL_SERVICE_NAME", None)
+
+    # The CLI: `durable.cli invoke` -> `durable.invoke` -> the processor's runs, one trace; the
+    # 3 s sleep is a span from when the workflow parked to when it woke.
+    cp = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "durable_core.cli", "invoke", "delayed_greeting", "--json",
+         "--id", "trace-cli", "--args", '{"name": "Ada", "delay_seconds": 3}'],
+        env=otel, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert cp.returncode == 0, cp.stderr
+    stored = json.loads(cp.stdout)["trace_id"]
+    cli_span = await until(lambda: rec.find("durable-cli", "durable.cli invoke"), 15, "CLI span")
+    invoke = _only(rec.find("durable-cli", "durable.invoke delayed_greeting"), "client span")
+    assert invoke.parent_id == cli_span[0].span_id and invoke.trace_id == stored
+    runs = await until(
+        lambda: (r := rec.find(PROCESSOR, "durable.workflow delayed_greeting")) and len(r) == 2
+        and r, 15, "both runs",
+    )  # fmt: skip
+    assert {r.trace_id for r in runs} == {stored}
+    wait = _only(
+        await until(lambda: rec.find(PROCESSOR, "durable.wait sleep"), 15, "the wait's span"),
+        "wait span",
+    )
+    assert wait.trace_id == stored and wait.parent_id == invoke.span_id
+    assert wait.attributes["durable.invocation_id"] == "trace-cli"
+    assert 2.9e9 <= wait.end_ns - wait.start_ns <= 3.5e9  # park to wake, not the journaling
+    first = min(runs, key=lambda r: r.start_ns)
+    assert wait.start_ns <= first.end_ns  # it parked during the first run
+
+    # Without any OTEL_* setting the CLI still stores a trace id, and the processors use it.
+    plain = {k: v for k, v in {**os.environ, **stack.env}.items() if not k.startswith("OTEL_")}
+    cp = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "durable_core.cli", "invoke", "hello_workflow", "--json"],
+        env=plain, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert cp.returncode == 0, cp.stderr
+    plain_view = json.loads(cp.stdout)
+    assert plain_view["trace_id"]
+    run = await until(
+        lambda: rec.find(
+            PROCESSOR, "durable.workflow hello_workflow",
+            **{"durable.invocation_id": plain_view["invocation_id"]},
+        ),
+        15, "the plain invocation's run",
+    )  # fmt: skip
+    assert run[0].trace_id == plain_view["trace_id"]
+
+    # The inspector: its POST is a server span, the parent of the invocation's client span.
+    inspector = Proc(
+        "inspector-traced",
+        ["-m", "durable_inspector", "--port", "0"],
+        {**otel_env(port), **stack.env, "DURABLE_JAEGER_URL": "http://jaeger.test:16686"},
+        stack.log_dir,
+    )
+    stack.procs.append(inspector)
+    inspector.wait_log("inspector listening on", timeout=30)
+    url = re.search(r"inspector listening on (http://\S+)", inspector.log())
+    assert url
+    async with httpx.AsyncClient(base_url=url.group(1), timeout=20) as http:
+        resp = await http.post("/api/executions", json={"workflow": "hello_workflow"})
+        assert resp.status_code == 202, resp.text
+        started = resp.json()["invocation_id"]
+        await client.wait(started, timeout=30)
+        detail = (await http.get(f"/api/executions/{started}")).json()
+    server = _only(
+        await until(lambda: rec.find("durable-inspector", "POST /api/executions"), 15, "POST"),
+        "inspector span",
+    )
+    assert server.kind == SERVER_KIND
+    invoke = _only(rec.find("durable-inspector", "durable.invoke hello_workflow"), "client span")
+    assert invoke.parent_id == server.span_id and invoke.trace_id == detail["trace_id"]
+    assert detail["trace_url"] == f"http://jaeger.test:16686/trace/{detail['trace_id']}"
+
+    # The scheduler: each tick's invocation begins under `durable.schedule <name>`.
+    scheduler = Proc(
+        "scheduler-traced",
+        ["-m", "durable_scheduler"],
+        {**stack.env, **otel_env(port)},
+        stack.log_dir,
+    )
+    stack.procs.append(scheduler)
+    scheduler.wait_log("consuming ticks")
+    await client.create_schedule("traced", "hello_workflow", every=timedelta(seconds=1))
+    tick = await until(
+        lambda: rec.find("durable-scheduler", "durable.schedule traced"), 20, "a tick's span"
+    )
+    await client.delete_schedule("traced")
+    first_tick = min(tick, key=lambda t: t.start_ns)
+    invoke = await until(
+        lambda: [s for s in rec.find("durable-scheduler", "durable.invoke hello_workflow")
+                 if s.parent_id == first_tick.span_id],
+        15, "the tick's client span",
+    )  # fmt: skip
+    assert invoke[0].trace_id == first_tick.trace_id

@@ -217,3 +217,17 @@ def test_valid_workflow_names(value: str) -> None:
 def test_invalid_workflow_names(value: Any) -> None:
     with pytest.raises(InvalidInputError, match="invalid workflow name"):
         check_workflow_name(value)
+
+
+def test_an_optional_type_takes_the_type_or_null_only() -> None:
+    """`dict | None` took any value: hello_workflow got the string "Ada" and failed in its body
+    with an AttributeError instead of refusing the input (issue 17)."""
+    from typing import Any
+
+    from durable_core import _codec
+
+    assert _codec.convert(None, dict[str, Any] | None) is None
+    assert _codec.convert({"a": 1}, dict[str, Any] | None) == {"a": 1}
+    for bad in ("Ada", 5, [1]):
+        with pytest.raises(InvalidInputError, match="expected null"):
+            _codec.convert(bad, dict[str, Any] | None)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -17,12 +17,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nats.js.api import RetentionPolicy, StreamConfig
 
-from durable_core import Client, ConflictError, EngineConfig, InvalidInputError, NotFoundError
+from durable_core import ConflictError, EngineConfig, InvalidInputError, NotFoundError
 from durable_core import schedules as sched
 from durable_core._cron import CronExpr
 from durable_core._naming import Names
 from durable_core._transport import Transport
-from durable_core.cli import _schedule
+from durable_core.cli import main
 from durable_core.config import NatsConfig
 from durable_core.errors import DurableError
 from durable_core.schedules import Schedule
@@ -440,23 +440,25 @@ async def test_create_checks_args_against_a_typed_workflow(transport: Transport)
 # -- CLI ---------------------------------------------------------------------------------------
 
 
-def _parse(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="durable")
-    _schedule.add_parser(p.add_subparsers(dest="command", required=True))
-    return p.parse_args(argv)
+def _cli(server: NatsServer, transport: Transport) -> Callable[..., Awaitable[int]]:
+    """``durable schedule ARGV`` in-process (in a thread: it runs its own event loop)."""
+    base = ["--nats-url", server.url, "--prefix", transport.engine.prefix, "schedule"]
+
+    async def cli(*argv: str) -> int:
+        return await asyncio.to_thread(main, [*base, *argv])
+
+    return cli
 
 
 async def test_cli_actions(
     transport: Transport, server: NatsServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    async def connect(_: argparse.Namespace) -> Client:
-        return await Client.connect(server.url, engine=transport.engine)
-
-    async def cli(*argv: str) -> int:
-        return await _schedule.run(_parse(["schedule", *argv]), connect)
+    cli = _cli(server, transport)
 
     assert await cli("create", "greet", "--workflow", "hello_workflow", "--every", "2s") == 0
-    assert "schedule greet created (firing): every 2s -> hello_workflow" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "schedule greet created (next fire 20" in out and "every 2s -> hello_workflow" in out
+
     assert (
         await cli(
             "create",
@@ -485,8 +487,11 @@ async def test_cli_actions(
     assert await cli("list", "--json") == 0
     listed = json.loads(capsys.readouterr().out)["schedules"]
     assert [s["name"] for s in listed] == ["cron-job", "greet"]
+    assert all(s["next_fire_at"] for s in listed)
     assert await cli("list") == 0
-    table = capsys.readouterr().out
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.split()[:3] == ["NAME", "WORKFLOW", "WHEN"] and "NEXT FIRE" in header
+    table = "\n".join(rows)
     assert (
         "greet" in table and "every 2s" in table and "cron */5 * * * * (Europe/Amsterdam)" in table
     )
@@ -503,11 +508,7 @@ async def test_cli_actions(
 async def test_cli_exit_codes(
     transport: Transport, server: NatsServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    async def connect(_: argparse.Namespace) -> Client:
-        return await Client.connect(server.url, engine=transport.engine)
-
-    async def cli(*argv: str) -> int:
-        return await _schedule.run(_parse(["schedule", *argv]), connect)
+    cli = _cli(server, transport)
 
     assert await cli("create", "x", "--workflow", "wf", "--cron", "* * * 13 *") == 2
     assert "invalid cron expression '* * * 13 *': month field" in capsys.readouterr().err
@@ -520,6 +521,15 @@ async def test_cli_exit_codes(
     assert await cli("create", "dup", "--workflow", "wf", "--every", "1m") == 0
     assert await cli("create", "dup", "--workflow", "wf", "--every", "1m") == 6
     assert "already exists" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as e:  # argparse: one of --cron/--every is required
-        _parse(["schedule", "create", "x", "--workflow", "wf"])
-    assert e.value.code == 2
+    assert await cli("create", "x", "--workflow", "wf") == 2  # one of --cron/--every
+    assert "give exactly one of --cron and --every" in capsys.readouterr().err
+
+
+def test_next_fire_for_people() -> None:
+    every = Schedule("e", "wf", every=timedelta(seconds=10), created_at=utc(2026, 1, 1, 0, 0, 3))
+    assert every.next_fire(utc(2026, 1, 1, 0, 0, 30)) == utc(2026, 1, 1, 0, 0, 33)
+    ran = replace(every, last_fired_at=utc(2026, 1, 1, 0, 0, 25))
+    assert ran.next_fire(utc(2026, 1, 1, 0, 0, 30)) == utc(2026, 1, 1, 0, 0, 35)
+    cron = Schedule("c", "wf", cron="0 8 * * *")
+    assert cron.next_fire(utc(2026, 1, 1, 9)) == utc(2026, 1, 2, 8)
+    assert replace(cron, paused=True).next_fire(utc(2026, 1, 1, 9)) is None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -26,9 +26,11 @@ from durable_core import (
 from durable_core._grpc import MethodRef
 from durable_core._journal import ReplayMachine
 from durable_core._pb.durable.v1 import durable_pb2 as pb
+from durable_core._transport import StateRecord
+from durable_core.client import _trace_context
 from durable_core.context import Submission, Wait
 from durable_core.interceptors import chain_workflows, outcome_of
-from durable_core.tracing import TracingInterceptor
+from durable_core.tracing import TracingInterceptor, waits_ended
 from durable_core.worker import _BadInput, _Finished, _LostClaim, _Rerun, _trace_id
 from durable_examples.hello.v1.hello_pb2 import HelloRequest, HelloResponse
 from durable_examples.hello.v1.hello_pb2_grpc import HelloServiceStub
@@ -394,8 +396,9 @@ class SubmitRecorder:
         self.payload_limit = self.engine.max_payload
         self.submitted: list[tuple[pb.ExecutionState, pb.Command]] = []
 
-    async def submit(self, state: pb.ExecutionState, cmd: pb.Command) -> None:
+    async def submit(self, state: pb.ExecutionState, cmd: pb.Command) -> StateRecord:
         self.submitted.append((state, cmd))
+        return StateRecord(state, 1)  # created (None would mean "the id existed")
 
 
 @pytest.fixture(scope="module")
@@ -444,3 +447,81 @@ async def test_client_joins_the_callers_trace(global_spans: InMemorySpanExporter
     ]
     assert span.parent is not None and span.parent.span_id == caller.get_span_context().span_id
     assert state.trace_id == format_trace_id(caller.get_span_context().trace_id)
+
+
+# -- waits: a span from park to wake (issue 17) ------------------------------------------------
+
+T0_MS = 1_780_000_000_000
+
+
+def _entry(kind: int, at: int, **kw: Any) -> pb.JournalEntry:
+    return pb.JournalEntry(kind=kind, timestamp_ms=T0_MS + at, **kw)  # type: ignore[arg-type]
+
+
+PARKED = [
+    _entry(pb.ENTRY_KIND_RUN, 10, step=1, name="ask", duration_us=5000),
+    _entry(pb.ENTRY_KIND_SLEEP, 20, step=2, name="sleep", wake_at_ms=T0_MS + 3_020),
+    _entry(pb.ENTRY_KIND_AWAKEABLE, 20, step=3, name="awk.inv.1"),
+    _entry(pb.ENTRY_KIND_SUSPENDED, 21),
+    _entry(
+        pb.ENTRY_KIND_AWAKEABLE_RESULT,
+        1_500,
+        name="awk.inv.1",
+        failure=pb.Failure(type="AwakeableRejectedError", message="no"),
+    ),
+]
+
+
+def test_a_wake_up_ends_the_waits_begun_before_the_suspension() -> None:
+    """A sleep's span covered only its journaling, not the wait: now the wake-up run draws
+    each wait from the moment it began to the moment it completed."""
+    now = datetime.fromtimestamp((T0_MS + 3_100) / 1000, tz=UTC)
+    ended = {w.name: w for w in waits_ended("inv", PARKED, now)}
+    assert set(ended) == {"durable.wait sleep", "durable.wait awakeable awk.inv.1"}
+    sleep = ended["durable.wait sleep"]
+    assert (sleep.start_ns, sleep.end_ns) == ((T0_MS + 20) * 10**6, (T0_MS + 3_020) * 10**6)
+    assert ended["durable.wait awakeable awk.inv.1"].outcome == "failed"
+    early = datetime.fromtimestamp((T0_MS + 1_600) / 1000, tz=UTC)  # sleep due in 1.4 s
+    assert {w.name for w in waits_ended("inv", PARKED, early)} == set(ended)
+    # The wake-up run's own claim is no obstacle; a second one (a run took over) or a step is.
+    claim = _entry(pb.ENTRY_KIND_CLAIM, 3_050)
+    assert len(waits_ended("inv", [*PARKED, claim], now)) == 2
+    assert waits_ended("inv", [*PARKED, claim, claim], now) == []
+    step = _entry(pb.ENTRY_KIND_RUN, 3_060, step=4, name="x")
+    assert waits_ended("inv", [*PARKED, claim, step], now) == []
+    assert waits_ended("inv", PARKED[:3], now) == []  # never suspended
+
+
+async def test_the_interceptor_emits_each_wait_once(
+    spans: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    provider, exporter = spans
+    icp = TracingInterceptor(provider)
+    parent = trace.get_tracer("t", tracer_provider=provider).start_span("durable.invoke wf")
+    headers: dict[str, str] = {}
+    propagate.inject(headers, context=trace.set_span_in_context(parent))
+    inp = WorkflowInput("inv", "wf", "inv", 1, headers, resumed=True, journal=PARKED)
+
+    async def body(_: WorkflowInput) -> str:
+        return "done"
+
+    await icp.intercept_workflow(inp, body)
+    await icp.intercept_workflow(inp, body)  # a rerun of the same wake-up in this process
+    waits = [s for s in exporter.get_finished_spans() if s.name.startswith("durable.wait")]
+    assert sorted(s.name for s in waits) == [
+        "durable.wait awakeable awk.inv.1",
+        "durable.wait sleep",
+    ]
+    sleep = next(s for s in waits if s.name == "durable.wait sleep")
+    assert sleep.start_time == (T0_MS + 20) * 10**6 and sleep.end_time == (T0_MS + 3_020) * 10**6
+    assert sleep.parent is not None and sleep.parent.span_id == parent.get_span_context().span_id
+    assert sleep.attributes is not None and sleep.attributes["durable.step"] == 2
+
+
+def test_an_invocation_gets_a_trace_id_without_an_sdk() -> None:
+    """Runs started from the CLI (no SDK) stored no trace id, and the processors started a new
+    trace for every run: now a sampled context is made up and sent with the invocation."""
+    carrier, trace_id = _trace_context(trace.NonRecordingSpan(trace.INVALID_SPAN_CONTEXT))
+    version, sent_trace, span_id, flags = carrier["traceparent"].split("-")
+    assert sent_trace == trace_id and len(trace_id) == 32 and int(trace_id, 16)
+    assert flags == "01" and int(span_id, 16)  # sampled: the processors record their spans

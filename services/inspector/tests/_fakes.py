@@ -12,13 +12,13 @@ from durable_core import (
     ExecutionSummary,
     Failure,
     InvalidInputError,
-    InvocationResult,
     NatsConfig,
     NotFoundError,
     Status,
-    StepRecord,
 )
 from durable_core._codec import encode
+from durable_core._pb.durable.v1 import durable_pb2 as pb
+from durable_core.views import InvocationView, describe
 from durable_inspector.settings import InspectorSettings
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -59,17 +59,26 @@ def deleted(invocation_id: str) -> ExecutionSummary:
     )
 
 
-def step(n: int, name: str, value: Any, *, ms: float = 12.5, failure: Failure | None = None):
-    return StepRecord(
+def step(
+    n: int, name: str, value: Any, *, ms: float = 12.5, failure: Failure | None = None
+) -> pb.JournalEntry:
+    """A journaled run step that finished ``n`` seconds after T0 and took ``ms``."""
+    entry = pb.JournalEntry(
+        kind=pb.ENTRY_KIND_RUN,
         step=n,
-        kind="run",
         name=name,
         output=encode(value),
-        failure=failure,
         attempts=1,
-        duration_ms=ms,
-        at=T0 + timedelta(seconds=n),
+        duration_us=int(ms * 1000),
+        timestamp_ms=_ms(T0 + timedelta(seconds=n)),
     )
+    if failure is not None:
+        entry.failure.CopyFrom(pb.Failure(type=failure.type, message=failure.message, step=n))
+    return entry
+
+
+def _ms(at: datetime) -> int:
+    return int(at.timestamp() * 1000)
 
 
 def result(
@@ -77,21 +86,30 @@ def result(
     *,
     workflow: str = "wf",
     status: Status = Status.COMPLETED,
-    steps: tuple[StepRecord, ...] = (),
+    steps: tuple[pb.JournalEntry, ...] = (),
     output: Any = None,
     failure: Failure | None = None,
-) -> InvocationResult:
-    return InvocationResult(
-        invocation_id=invocation_id,
-        workflow=workflow,
-        status=status,
-        output=output,
-        failure=failure,
-        steps=steps,
-        partition_key=invocation_id,
-        created_at=T0,
-        updated_at=T0 + timedelta(seconds=len(steps) + 1),
-    )
+    journal: tuple[pb.JournalEntry, ...] = (),
+    **state: Any,
+) -> InvocationView:
+    """The view of an execution with these steps (and other ``journal`` entries after them)."""
+    fields: dict[str, Any] = {
+        "invocation_id": invocation_id,
+        "workflow": workflow,
+        "status": getattr(pb, f"STATUS_{status.value.upper()}"),
+        "args": encode({"n": 1}),
+        "partition_key": invocation_id,
+        "created_at_ms": _ms(T0),
+        "updated_at_ms": _ms(T0 + timedelta(seconds=len(steps) + 1)),
+    }
+    st = pb.ExecutionState(**{**fields, **state})
+    if output is not None:
+        st.output.CopyFrom(encode(output))
+    if failure is not None:
+        st.failure.CopyFrom(
+            pb.Failure(type=failure.type, message=failure.message, step=failure.step)
+        )
+    return describe(st, [*steps, *journal], now=T0 + timedelta(minutes=1))
 
 
 class FakeClient:
@@ -104,7 +122,7 @@ class FakeClient:
 
     def __init__(self, snapshot: Sequence[ExecutionSummary] = (), **methods: Callable[..., Any]):
         self.snapshot = list(snapshot)
-        self.results: dict[str, InvocationResult] = {}
+        self.results: dict[str, InvocationView] = {}
         self.invoked: list[tuple[Any, ...]] = []
         self.hold = asyncio.Event()
         self.hold.set()
@@ -126,7 +144,7 @@ class FakeClient:
         while True:
             yield await self._live.get()
 
-    async def get_result(self, invocation_id: str) -> InvocationResult:
+    async def describe(self, invocation_id: str) -> InvocationView:
         if " " in invocation_id or "." in invocation_id:
             raise InvalidInputError(f"invalid invocation id {invocation_id!r}")
         if invocation_id not in self.results:

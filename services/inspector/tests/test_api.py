@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 
 from durable_core import DurableError, Failure, NotFoundError, Status
 from durable_core._pb.durable.v1 import durable_pb2 as pb
+from durable_core.schedules import Schedule
 from durable_examples.order.v1.order_pb2 import ChargeResponse
 from durable_inspector.api import routes as api_routes
 from durable_inspector.openapi import document
-from durable_inspector.views import step_view
 
-from ._fakes import FakeClient, result, step, summary
+from ._fakes import T0, FakeClient, result, step, summary
 
 ACTIONS = ["pause", "resume", "cancel", "retry", "rerun"]
 
@@ -140,13 +140,18 @@ def test_execution_detail_decodes_payloads(make_client: Any) -> None:
         assert [s["name"] for s in d["steps"]] == ["validate", "charge", "ship"]
         first, second, third = d["steps"]
         assert first["output"] == {"ok": True} and first["duration_ms"] == 3.5
-        assert first["executed"] is True and first["replayed"] is None and first["attempts"] == 1
+        assert first["state"] == "completed" and first["attempts"] == 1
         assert second["output"] == {"charge_id": "ch_1"}  # protobuf rendered as JSON
-        assert third["failure"]["message"] == "no stock"
-        assert d["history"] == [{"status": "running", "at": "2026-11-28T12:00:09.000Z"}]
-        assert d["duration_ms"] == 4000.0
-        assert d["trace_url"].startswith("http://jaeger.test:16686/search?tags=")
-        assert "invocation.id" in d["trace_url"].replace("%22", '"').replace("%2E", ".")
+        assert third["failure"]["message"] == "no stock" and third["state"] == "failed"
+        assert d["args"] == {"n": 1}  # it was always null: the API read a field that was not there
+        # The history is the journal's: created, then the first step's start.
+        assert [h["status"] for h in d["history"]] == ["pending", "running"]
+        assert d["history"][0]["at"] == d["created_at"] == "2026-11-28T12:00:00.000Z"
+        assert d["history"][1]["at"] == "2026-11-28T12:00:00.997Z"
+        assert d["duration_ms"] == 4000.0 and d["actions"] == ["retry", "rerun", "fork"]
+        assert d["trace_url"].startswith("http://jaeger.test:16686/search?service=")
+        # The fallback searches the tag the spans carry (it searched invocation.id: nothing).
+        assert '{"durable.invocation_id":"a"}' in unquote(d["trace_url"])
 
 
 def test_unknown_and_malformed_ids(make_client: Any) -> None:
@@ -271,12 +276,12 @@ def test_awakeable_and_schedule_input_is_checked(make_client: Any) -> None:
 def test_schedules_and_signals_call_the_client_when_it_has_them(make_client: Any) -> None:
     seen: list[tuple[Any, ...]] = []
 
-    async def create_schedule(name: str, workflow: str, args: Any, **options: Any) -> dict:
+    async def create_schedule(name: str, workflow: str, args: Any, **options: Any) -> Schedule:
         seen.append(("create", name, workflow, args, options))
-        return {"name": name, "workflow": workflow}
+        return Schedule(name, workflow, args, **options, created_at=T0)
 
-    async def list_schedules() -> list[dict]:
-        return [{"name": "n", "paused": False}]
+    async def list_schedules() -> list[Schedule]:
+        return [Schedule("n", "w", cron="0 8 * * *")]
 
     async def signal(invocation_id: str, name: str, payload: Any) -> None:
         seen.append(("signal", invocation_id, name, payload))
@@ -293,7 +298,9 @@ def test_schedules_and_signals_call_the_client_when_it_has_them(make_client: Any
     with make_client(fake) as (tc, _):
         resp = tc.post("/api/schedules", json={"name": "n", "workflow": "w", "every": 90})
         assert resp.status_code == 201 and resp.json()["schedule"]["workflow"] == "w"
-        assert tc.get("/api/schedules").json() == {"schedules": [{"name": "n", "paused": False}]}
+        (listed,) = tc.get("/api/schedules").json()["schedules"]
+        assert listed["name"] == "n" and listed["paused"] is False
+        assert listed["next_fire_at"].endswith("T08:00:00.000Z")
         assert tc.post("/api/executions/a/signals/go", json={"payload": 5}).status_code == 202
         assert tc.post("/api/awakeables/aw/resolve", json={"payload": [1]}).status_code == 202
     create = seen[0]
@@ -386,9 +393,34 @@ def test_openapi_describes_exactly_the_api_routes(make_client: Any) -> None:
             assert op["summary"] and op["responses"], path
 
 
-def test_step_view_survives_absurd_stored_values() -> None:
+def test_the_document_describes_what_the_api_answers(make_client: Any) -> None:
+    """The schemas are generated from the types the answers are built as: an answer validates."""
+    jsonschema = pytest.importorskip("jsonschema")
+    fake = FakeClient(snapshot())
+    fake.results["a"] = result("a", steps=(step(1, "one", {"x": 1}),), output=[1])
+    with make_client(fake) as (tc, _):
+        doc = tc.get("/openapi.json").json()
+        answers = {
+            ("/api/executions/{invocation_id}", 200): tc.get("/api/executions/a").json(),
+            ("/api/executions", 200): tc.get("/api/executions").json(),
+            ("/api/stats", 200): tc.get("/api/stats").json(),
+            ("/healthz", 200): tc.get("/healthz").json(),
+        }
+        bad = tc.get("/api/executions/nope")
+        answers[("/api/executions/{invocation_id}", 404)] = bad.json()
+    for (path, status), body in answers.items():
+        content = doc["paths"][path]["get"]["responses"][str(status)]["content"]
+        schema = {**content["application/json"]["schema"], "components": doc["components"]}
+        jsonschema.validate(body, schema)
+    with pytest.raises(jsonschema.ValidationError):  # and it is not a schema that takes anything
+        jsonschema.validate({"invocation_id": 5}, {**schema, "components": doc["components"]})
+
+
+def test_the_view_survives_absurd_stored_values() -> None:
     """A foreign journal entry: a duration reaching before year 1, an output that is not JSON."""
-    bad = pb.Payload(encoding=pb.ENCODING_JSON, data=b"{\xff")
-    view = step_view(dataclasses.replace(step(1, "a", 1), duration_ms=9.2e15, output=bad))
-    assert view["started_at"] is None and view["at"]
+    bad = step(1, "a", 1)
+    bad.duration_us = 9_200_000_000_000_000_000
+    bad.output.CopyFrom(pb.Payload(encoding=pb.ENCODING_JSON, data=b"{\xff"))
+    (view,) = result("x", steps=(bad,)).to_dict()["steps"]
+    assert view["started_at"] is None and view["finished_at"]
     assert "does not parse" in view["output"]["$error"]

@@ -13,7 +13,7 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
 from durable_core import ConfigError, StepInput, WorkflowInput
-from durable_core.interceptors import chain_steps, chain_workflows
+from durable_core.interceptors import EngineEvent, chain_steps, chain_workflows
 from durable_core.service.metrics_server import MetricsServer
 from durable_core.service.telemetry import otlp_protocol
 from durable_core.testing import OtlpHttpReceiver
@@ -74,13 +74,47 @@ async def test_runs_are_counted_by_outcome_and_workflow() -> None:
 
     assert value(m, "durable_invocations_started_total", workflow="hello") == 2
     assert value(m, "durable_invocations_started_total", workflow="sleepy") == 1
-    assert value(m, "durable_invocations_completed_total", workflow="hello") == 1
-    assert value(m, "durable_invocations_completed_total", workflow="sleepy") == 1
-    assert value(m, "durable_invocations_failed_total", workflow="hello") == 1
     assert value(m, "durable_invocations_suspended_total", workflow="sleepy") == 1
-    assert value(m, "durable_invocations_failed_total", workflow="sleepy") == 0
-    assert value(m, "durable_invocations_cancelled_total", workflow="hello") == 0
     assert value(m, "durable_executions_in_flight") == 0
+    # How a run ended is not how the invocation ended (a caught cancellation, a deadline):
+    # those come from the engine's "finished" events.
+    assert value(m, "durable_invocations_completed_total", workflow="hello") == 0
+    assert value(m, "durable_invocations_failed_total", workflow="hello") == 0
+
+
+def test_engine_events_count_final_statuses_latencies_and_redeliveries() -> None:
+    """Cancellations were never counted (no run outcome said so, or the workflow caught its
+    cancellation and returned): the final status the engine journals is counted now."""
+    m = ProcessorMetrics(runtime_collectors=False)
+    icp = MetricsInterceptor(m)
+    for status, seconds in (
+        ("completed", 0.02),
+        ("cancelled", 3.5),
+        ("cancelled", 7),
+        ("failed", 1),
+    ):
+        icp.observe(EngineEvent("finished", "i", "wf", seconds=seconds, status=status))
+    icp.observe(EngineEvent("started", "i", "wf", seconds=0.004))
+    icp.observe(EngineEvent("appended", "i", "wf", seconds=0.0008, entry="call"))
+    icp.observe(EngineEvent("delivered", "i", "wf", attempt=1))
+    icp.observe(EngineEvent("delivered", "i", "wf", attempt=3))
+    assert value(m, "durable_invocations_cancelled_total", workflow="wf") == 2
+    assert value(m, "durable_invocations_completed_total", workflow="wf") == 1
+    assert value(m, "durable_invocations_failed_total", workflow="wf") == 1
+    assert (
+        value(m, "durable_invocation_duration_seconds_count", workflow="wf", status="cancelled")
+        == 2
+    )
+    assert (
+        value(m, "durable_invocation_duration_seconds_sum", workflow="wf", status="cancelled")
+        == 10.5
+    )
+    assert (
+        value(m, "durable_invocation_schedule_to_start_seconds_bucket", workflow="wf", le="0.005")
+        == 1
+    )
+    assert value(m, "durable_journal_append_seconds_bucket", entry="call", le="0.001") == 1
+    assert value(m, "durable_commands_redelivered_total", workflow="wf") == 1
 
 
 async def test_step_latency_is_observed_per_kind_and_workflow() -> None:
@@ -100,9 +134,13 @@ async def test_step_latency_is_observed_per_kind_and_workflow() -> None:
     with pytest.raises(RuntimeError):
         await chain_steps([icp], failing)(StepInput("inv-1", "wf", 3, "run", "x", 1))
 
+    await step(StepInput("inv-1", "wf", 2, "call", "/pkg.Svc/M", 2))  # a retry
     labels = {"kind": "call", "workflow": "wf"}
-    assert value(m, "durable_step_duration_seconds_count", **labels) == 2
-    assert value(m, "durable_step_duration_seconds_sum", **labels) >= 0.04
+    assert value(m, "durable_step_attempts_retried_total", **labels) == 1
+    assert value(m, "durable_step_attempts_failed_total", kind="run", workflow="wf") == 1
+    assert value(m, "durable_step_attempts_failed_total", **labels) == 0
+    assert value(m, "durable_step_duration_seconds_count", **labels) == 3
+    assert value(m, "durable_step_duration_seconds_sum", **labels) >= 0.06
     assert value(m, "durable_step_duration_seconds_bucket", le="0.01", **labels) == 0
     assert value(m, "durable_step_duration_seconds_count", kind="run", workflow="wf") == 1
 

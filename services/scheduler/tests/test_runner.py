@@ -163,6 +163,10 @@ async def test_a_tick_starts_one_invocation_however_often_it_is_handled(
     assert s.last_invocation_id == iid("greet", 0) and s.catch_up_runs == 0
     assert count(scheduler.metrics.started, "greet") == 1
     assert count(scheduler.metrics.ticks, "greet") == 2
+    lag = scheduler.metrics.registry.get_sample_value(
+        "durable_scheduler_tick_lag_seconds_sum", {"schedule": "greet"}
+    )
+    assert lag is not None and 0.29 <= lag <= 0.31  # handled 0.3 s after the fire time
 
 
 async def test_a_claimed_tick_is_started_by_whoever_gets_it_next(

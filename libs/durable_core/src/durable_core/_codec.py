@@ -126,8 +126,11 @@ def convert(value: Any, as_type: Any) -> Any:
     if origin is typing.Union or origin is types.UnionType:
         errors = []
         for option in typing.get_args(as_type):
-            if option is type(None) and value is None:
-                return None
+            if option is type(None):
+                if value is None:
+                    return None
+                errors.append(f"expected null, got {type(value).__name__}")
+                continue  # `X | None` takes an X or null, never anything else
             try:
                 return convert(value, option)
             except InvalidInputError as e:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -14,17 +15,25 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from google.protobuf.message import DecodeError, Message
 from opentelemetry import propagate, trace
-from opentelemetry.trace import SpanKind, format_trace_id
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    TraceFlags,
+    format_trace_id,
+)
 
 from durable_core import _codec
 from durable_core._journal import STEP_KINDS, ReplayMachine, kind_name
 from durable_core._naming import check_invocation_id, check_workflow_name, encode_partition_key
 from durable_core._pb.durable.v1 import durable_pb2 as pb
-from durable_core._transport import JournalRecord, StateConflict, Transport
+from durable_core._time import from_ms as _ms_to_dt
+from durable_core._transport import JournalRecord, StateConflict, StateRecord, Transport
 from durable_core.config import EngineConfig, NatsConfig
 from durable_core.context import MAX_SLEEP
 from durable_core.errors import (
     AlreadyResolvedError,
+    ConflictError,
     ExpiredError,
     IllegalTransitionError,
     InvalidInputError,
@@ -37,6 +46,7 @@ from durable_core.plugins import workflow_signature
 
 if TYPE_CHECKING:
     from durable_core.schedules import Schedule
+    from durable_core.views import InvocationView
 
 __all__ = ["Client", "ExecutionSummary", "Failure", "InvocationResult", "Status", "StepRecord"]
 
@@ -115,6 +125,7 @@ class InvocationResult:
     partition_key: str
     created_at: datetime | None
     updated_at: datetime | None
+    args: Any = None  # the arguments it was called with, decoded
 
     def first_response(self, message_type: type[M]) -> M:
         """The first gRPC call's response, parsed as ``message_type``.
@@ -140,6 +151,7 @@ class InvocationResult:
             "invocation_id": self.invocation_id,
             "workflow": self.workflow,
             "status": self.status.value,
+            "args": _jsonable(self.args),
             "output": _jsonable(self.output),
             "failure": None if self.failure is None else vars_of(self.failure),
             "partition_key": self.partition_key,
@@ -182,15 +194,6 @@ def _decoded_or_raw(payload: pb.Payload) -> Any:
         return _codec.decode(payload)
     except InvalidInputError:
         return payload
-
-
-def _ms_to_dt(ms: int) -> datetime | None:
-    if not ms:
-        return None
-    try:
-        return datetime.fromtimestamp(ms / 1000, tz=UTC)
-    except (OverflowError, ValueError, OSError):
-        return None  # an absurd stored time: unknown rather than an error for every reader
 
 
 def _failure(f: pb.Failure | None) -> Failure | None:
@@ -238,6 +241,27 @@ WorkflowRef = str | Callable[..., Any]
 
 # A proxy until an SDK provider is set (the API's no-op before that): set-up order is free.
 _TRACER = trace.get_tracer("durable_core.client")
+
+
+def _trace_context(span: trace.Span) -> tuple[dict[str, str], str]:
+    """The W3C context to send and store with a new invocation, and its trace id.
+
+    Without an OpenTelemetry SDK here (the CLI, a script) the client's span is a no-op with no
+    trace id: a fresh, sampled one is made up, so that the processors' spans (and the inspector's
+    Jaeger link) still share one trace per invocation; only this side's span is missing."""
+    context = span.get_span_context()
+    if not context.is_valid:
+        made_up = SpanContext(
+            trace_id=random.getrandbits(128) or 1,
+            span_id=random.getrandbits(64) or 1,
+            is_remote=False,
+            trace_flags=TraceFlags(TraceFlags.SAMPLED),
+        )
+        span = NonRecordingSpan(made_up)
+        context = made_up
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=trace.set_span_in_context(span))
+    return carrier, format_trace_id(context.trace_id)
 
 
 def _start_at(delay: timedelta | None, start_at: datetime | None) -> int:
@@ -306,6 +330,18 @@ def _as_journaled(state: pb.ExecutionState, records: list[JournalRecord]) -> pb.
     return st
 
 
+def _same_payload(a: pb.Payload, b: pb.Payload) -> bool:
+    """Equal values: JSON compared decoded (key order and spacing do not matter)."""
+    if a.encoding != b.encoding or a.type_name != b.type_name:
+        return False
+    if a.encoding == pb.ENCODING_JSON and a.data != b.data:
+        try:
+            return bool(_codec.decode(a) == _codec.decode(b))
+        except InvalidInputError:
+            return False
+    return a.data == b.data
+
+
 def _check_open(invocation_id: str, records: list[JournalRecord]) -> None:
     if any(r.entry.kind in (pb.ENTRY_KIND_COMPLETED, pb.ENTRY_KIND_FAILED) for r in records):
         raise InvocationFinishedError(f"invocation {invocation_id} has already finished")
@@ -370,8 +406,9 @@ class Client:
         """Submit an invocation and return its id without waiting.
 
         Submitting the same id twice runs the workflow once: the second submission is
-        recognised and its id returned. ``delay`` or ``start_at`` make the server start it
-        later (JetStream message scheduling; no processor holds it meanwhile).
+        recognised and its id returned; with other arguments it is a ConflictError. ``delay``
+        or ``start_at`` make the server start it later (JetStream message scheduling; no
+        processor holds it meanwhile).
 
         Args:
             workflow: a workflow name, or the workflow function itself (its input is then
@@ -380,6 +417,7 @@ class Client:
         Raises:
             InvalidInputError: bad workflow name, id, partition key, delay, or arguments that
                 do not match the declared type or exceed the payload limit.
+            ConflictError: the id belongs to an invocation with other arguments.
         """
         invocation_id, _ = await self._submit(
             workflow,
@@ -485,6 +523,7 @@ class Client:
         start_at: int = 0,
         journal_length: int = 0,
         forked_from: str = "",
+        rerun_of: str = "",
         deadline_ms: int = 0,
     ) -> tuple[str, Any]:
         check_workflow_name(name)
@@ -508,9 +547,7 @@ class Client:
                 "durable.partition_key": key,
             },
         ) as span:
-            trace_context: dict[str, str] = {}
-            propagate.inject(trace_context)
-            span_context = span.get_span_context()
+            trace_context, trace_id = _trace_context(span)
             now = int(time.time() * 1000)
             state = pb.ExecutionState(
                 invocation_id=invocation_id,
@@ -523,9 +560,10 @@ class Client:
                 start_at_ms=start_at,
                 journal_length=journal_length,
                 forked_from=forked_from,
+                rerun_of=rerun_of,
                 deadline_ms=deadline_ms,
                 trace_context=trace_context,
-                trace_id=format_trace_id(span_context.trace_id) if span_context.is_valid else "",
+                trace_id=trace_id,
             )
             cmd = pb.Command(
                 invocation_id=invocation_id,
@@ -539,6 +577,8 @@ class Client:
             events = await self._t.state_events(invocation_id) if watch else None
             try:
                 created = await self._t.submit(state, cmd)
+                if created is None:
+                    await self._check_same_arguments(invocation_id, name, payload)
             except BaseException:
                 if events is not None:
                     await events.close()
@@ -546,6 +586,19 @@ class Client:
             if events is not None and created is not None:
                 events.created = created.state  # subscribed before it existed: the present
         return invocation_id, events
+
+    async def _check_same_arguments(
+        self, invocation_id: str, name: str, payload: pb.Payload
+    ) -> None:
+        """A resubmission of an existing id is that invocation only with the same arguments;
+        other arguments are a conflict, not a silent return of the first one's result."""
+        rec = await self._t.get_state(invocation_id)
+        if rec is None or _same_payload(rec.state.args, payload):
+            return
+        raise ConflictError(
+            f"invocation id {invocation_id} is taken by an invocation of {name} with other "
+            "arguments: choose another id, or pass the same arguments to get that invocation"
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -684,7 +737,9 @@ class Client:
             raise await self._missing(invocation_id)
         st = rec.state
         key = st.partition_key if st.partition_key != invocation_id else None
-        new_id, _ = await self._submit_payload(st.workflow, st.args, None, key)
+        new_id, _ = await self._submit_payload(
+            st.workflow, st.args, None, key, rerun_of=invocation_id
+        )
         return new_id
 
     async def fork(self, invocation_id: str, *, from_step: int) -> str:
@@ -702,9 +757,13 @@ class Client:
             r.entry for r in records if r.entry.kind in STEP_KINDS and r.entry.step < from_step
         ]
         recorded = {r.entry.step for r in records if r.entry.kind in STEP_KINDS}
-        if not isinstance(from_step, int) or from_step < 1 or from_step > len(recorded) + 1:
+        n = len(recorded)
+        if not isinstance(from_step, int) or from_step < 1 or from_step > n + 1:
             raise InvalidInputError(
-                f"from_step must be between 1 and {len(recorded) + 1} for {invocation_id}"
+                f"from_step must be a step of {invocation_id} (1 to {n}), or {n + 1} to copy "
+                f"all {n} steps and run only what its workflow does after them"
+                if n
+                else f"from_step must be 1: {invocation_id} has no steps yet"
             )
         st = rec.state
         new_id = uuid.uuid4().hex
@@ -960,6 +1019,36 @@ class Client:
             raise await self._missing(invocation_id)
         return await self._result(rec.state)
 
+    async def _state_of(self, invocation_id: str) -> StateRecord:
+        check_invocation_id(invocation_id)
+        rec = await self._t.get_state(invocation_id)
+        if rec is None:
+            raise await self._missing(invocation_id)
+        return rec
+
+    async def get_summary(self, invocation_id: str) -> ExecutionSummary:
+        """The execution's state without its journal (one read; it may trail the journal by
+        its final write).
+
+        Raises:
+            NotFoundError: no invocation has this id (ExpiredError once it expired).
+        """
+        rec = await self._state_of(invocation_id)
+        return ExecutionSummary.from_pb(rec.state, rec.revision)
+
+    async def describe(self, invocation_id: str) -> InvocationView:
+        """What an operator sees of an invocation: arguments, each step with its waits and
+        failed attempts, lineage and status history (``durable status``, the inspector).
+
+        Raises:
+            NotFoundError: no invocation has this id (ExpiredError once it expired).
+        """
+        rec = await self._state_of(invocation_id)
+        records = await self._t.read_journal(invocation_id, min_entries=rec.state.journal_length)
+        from durable_core.views import describe  # the CLI's --help need not import the views
+
+        return describe(rec.state, [r.entry for r in records])
+
     async def wait(
         self, invocation_id: str, timeout: timedelta | float = timedelta(seconds=60)
     ) -> InvocationResult:
@@ -1053,4 +1142,5 @@ class Client:
             partition_key=state.partition_key,
             created_at=_ms_to_dt(state.created_at_ms),
             updated_at=_ms_to_dt(state.updated_at_ms),
+            args=_decoded_or_raw(state.args) if state.HasField("args") else None,
         )

@@ -9,13 +9,16 @@ interceptor how a workflow run ended from what ``nxt`` raised.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core.errors import DurableError, InvocationCancelledError, SuspendExecution
 
 __all__ = [
+    "EngineEvent",
     "Interceptor",
     "RunOutcome",
     "StepInput",
@@ -37,6 +40,8 @@ class WorkflowInput:
         resumed: the journal already held entries when this run began (a wake-up, a
             redelivery after a crash): the run replays them before going on. False for the
             first run of an invocation.
+        journal: the entries the run begins with (read-only; the tracing interceptor draws
+            the waits that completed since the last run from it).
     """
 
     invocation_id: str
@@ -45,6 +50,7 @@ class WorkflowInput:
     attempt: int
     headers: dict[str, str] = field(default_factory=dict)
     resumed: bool = False
+    journal: Sequence[pb.JournalEntry] = ()
 
 
 @dataclass(slots=True)
@@ -71,6 +77,31 @@ class StepInput:
     name: str
     attempt: int
     headers: dict[str, str] = field(default_factory=dict)
+
+
+EventKind = Literal["delivered", "started", "appended", "finished"]
+
+
+@dataclass(slots=True)
+class EngineEvent:
+    """Something the engine did for an invocation, told to ``Interceptor.observe`` (metrics).
+
+    Attributes:
+        kind: ``"delivered"`` (a command reached this processor: ``attempt`` is its delivery
+            count), ``"started"`` (the first run of an invocation began: ``seconds`` since it
+            was due, its creation or its delayed start), ``"appended"`` (a journal append:
+            ``entry`` is the entry's kind, ``seconds`` the append) or ``"finished"`` (the final
+            entry is journaled: ``status`` is completed, failed or cancelled, ``seconds`` the
+            time since it was due).
+    """
+
+    kind: EventKind
+    invocation_id: str
+    workflow: str
+    seconds: float = 0.0
+    status: str = ""
+    entry: str = ""
+    attempt: int = 0
 
 
 StepNext = Callable[[StepInput], Awaitable[Any]]
@@ -102,16 +133,31 @@ def outcome_of(exc: BaseException | None) -> RunOutcome:
 
 
 _ENGINE_MODULE = "durable_core.worker"
+_log = logging.getLogger(__name__)
 
 
 class Interceptor:
-    """Base class: override either method and call ``nxt`` to continue the chain."""
+    """Base class: override either method and call ``nxt`` to continue the chain; override
+    ``observe`` to be told what the engine did (final statuses, appends, redeliveries)."""
 
     async def intercept_workflow(self, inp: WorkflowInput, nxt: WorkflowNext) -> Any:
         return await nxt(inp)
 
     async def intercept_step(self, inp: StepInput, nxt: StepNext) -> Any:
         return await nxt(inp)
+
+    def observe(self, event: EngineEvent) -> None:
+        """Called synchronously on the engine's path: keep it cheap. An exception is logged
+        and ignored (metrics never stop an invocation)."""
+
+
+def observe(interceptors: Sequence[Interceptor], event: EngineEvent) -> None:
+    """Tell every interceptor; one that raises is logged, never in the engine's way."""
+    for icp in interceptors:
+        try:
+            icp.observe(event)
+        except Exception:  # noqa: BLE001 - observation must not break the engine
+            _log.exception("%s.observe(%s) failed", type(icp).__name__, event.kind)
 
 
 def chain_steps(interceptors: Sequence[Interceptor], last: StepNext) -> StepNext:

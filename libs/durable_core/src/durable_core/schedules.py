@@ -24,6 +24,7 @@ The functions here take the engine's transport; ``Client`` exposes them as metho
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -236,6 +237,20 @@ class Schedule:
         if self._cron is None:
             return None
         return self._cron.next_after(moment, self._zone())
+
+    def next_fire(self, now: datetime) -> datetime | None:
+        """When it fires next, for people: None while paused. An ``every`` schedule's phase is
+        the server's (set when it was armed), so its time is reckoned from the last run, or
+        from its creation, and may be off by up to one interval after a resume."""
+        if self.paused:
+            return None
+        if self.every is None:
+            return self.next_fire_after(now)
+        anchor = self.last_fired_at or self.created_at
+        if anchor is None:
+            return None
+        periods = max(0, math.ceil((now - anchor) / self.every))
+        return anchor + periods * self.every
 
     def fire_time_before(self, next_fire: datetime) -> datetime | None:
         """The fire time that comes just before ``next_fire`` (UTC).

@@ -35,7 +35,7 @@ from google.protobuf.message import DecodeError
 
 from durable_core import _codec
 from durable_core._grpc import ChannelPool
-from durable_core._journal import FINAL_KINDS, PROCESSOR_KINDS, ReplayMachine
+from durable_core._journal import FINAL_KINDS, PROCESSOR_KINDS, ReplayMachine, kind_name
 from durable_core._keys import KeyRecord
 from durable_core._naming import (
     check_invocation_id,
@@ -64,7 +64,13 @@ from durable_core.errors import (
     StepFailedError,
     SuspendExecution,
 )
-from durable_core.interceptors import Interceptor, WorkflowInput, chain_workflows
+from durable_core.interceptors import (
+    EngineEvent,
+    Interceptor,
+    WorkflowInput,
+    chain_workflows,
+    observe,
+)
 from durable_core.plugins import WorkflowRegistry
 
 __all__ = ["Worker"]
@@ -261,6 +267,12 @@ class Worker:
             self._held.discard(delivery)
             await delivery.term()
             return
+        observe(
+            self.interceptors,
+            EngineEvent(
+                "delivered", cmd.invocation_id, cmd.workflow, attempt=delivery.num_delivered
+            ),
+        )
         execution = _Execution(self, cmd, delivery)
         self._running[cmd.invocation_id] = execution
         try:
@@ -368,12 +380,28 @@ class _Execution:
                         raise _Rerun from None  # decide again with what arrived
                     continue
                 self._record(entry, seq)
+                self._observe("appended", seconds=time.monotonic() - started, entry=entry.kind)
                 if not claim and time.monotonic() - started > self._slow_write_s:
                     # The write stalled long enough for our command to be redelivered and the
                     # invocation claimed by another processor meanwhile: look before the next
                     # step runs (nothing newer need be there).
                     await self._catch_up(claim=False, newer_known=False)
                 return
+
+    def _observe(
+        self, kind: Any, *, seconds: float = 0.0, status: str = "", entry: int = 0
+    ) -> None:
+        workflow = self.cmd.workflow or (self.state.state.workflow if self.state else "")
+        name = kind_name(entry) if entry else ""
+        event = EngineEvent(kind, self.id, workflow, seconds=seconds, status=status, entry=name)
+        observe(self.w.interceptors, event)
+
+    def _due_ms(self) -> int:
+        """When the invocation was due: its delayed start, else its creation."""
+        st = self.state.state if self.state is not None else None
+        if st is not None and st.start_at_ms:
+            return st.start_at_ms
+        return (st.created_at_ms if st is not None else 0) or self.cmd.created_at_ms
 
     def _claimed_by_this_command(self) -> bool:
         """Whether a holder's CLAIM names this very command (acking it would drop its run)."""
@@ -838,6 +866,8 @@ class _Execution:
         # Wake-ups, hand-overs and timers carry no metadata: the invocation keeps its trace.
         headers = dict(self.state.state.trace_context) if self.state is not None else {}
         headers.update(self.cmd.metadata)
+        if not self.entries:  # the first run: how long it waited for a processor
+            self._observe("started", seconds=max(_now_ms() - self._due_ms(), 0) / 1000)
         inp = WorkflowInput(
             self.id,
             name,
@@ -845,6 +875,7 @@ class _Execution:
             self.delivery.num_delivered,
             headers,
             resumed=bool(self.entries),
+            journal=tuple(self.entries),
         )
         task: asyncio.Future[Any] = asyncio.ensure_future(run(inp))
         self.task, self._cancelling = task, False
@@ -985,6 +1016,11 @@ class _Execution:
         if self.state is not None and self.state.state.notify_parent:
             await self._report_to_parent(self.state.state, entry)
         await self._settle_finished()
+        self._observe(
+            "finished",
+            status=pb.Status.Name(status).removeprefix("STATUS_").lower(),
+            seconds=max(entry.timestamp_ms - self._due_ms(), 0) / 1000,
+        )
         if completed:
             self.w.completed += 1
         else:

@@ -2,11 +2,14 @@
 
 ``expense_approval`` hands out an awakeable (its id is the same on every replay) and waits;
 ``durable awakeable resolve <id> --payload '{"approver": "ann"}'`` (or reject) completes it.
-``expense_by_signal`` waits for the signal ``approved`` instead.
+``expense_by_signal`` waits for the signal ``approved`` instead. An expense with
+``hold_seconds`` is also held that long (a durable sleep running alongside the wait for
+approval: both must complete before the decision).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
@@ -24,6 +27,7 @@ class Expense:
     expense_id: str
     amount_cents: int
     submitter: str = ""
+    hold_seconds: float = 0  # paid out no earlier than this after submission
 
 
 @dataclass
@@ -49,11 +53,24 @@ async def expense_approval(ctx: Context, expense: Expense) -> Decision:
     approval = ctx.awakeable()
     await ctx.run("ask for approval", _ask_for_approval, expense.expense_id, approval.id)
     await ctx.set("awakeable", approval.id)
-    try:
-        answer: dict[str, Any] = await approval.result() or {}
-    except AwakeableRejectedError as e:
-        return Decision(expense.expense_id, False, reason=e.reason)
-    return Decision(expense.expense_id, True, by=str(answer.get("approver", "")))
+    if expense.hold_seconds > 0:
+        # Both wait at once (the invocation suspends with a timer and an awakeable pending);
+        # return_exceptions: a rejection still waits out the hold, so no wait is left behind.
+        _, answer = await asyncio.gather(
+            ctx.sleep(timedelta(seconds=expense.hold_seconds)),
+            approval.result(),
+            return_exceptions=True,
+        )
+    else:
+        try:
+            answer = await approval.result()
+        except AwakeableRejectedError as e:
+            answer = e
+    if isinstance(answer, AwakeableRejectedError):
+        return Decision(expense.expense_id, False, reason=answer.reason)
+    if isinstance(answer, BaseException):
+        raise answer
+    return Decision(expense.expense_id, True, by=str((answer or {}).get("approver", "")))
 
 
 async def expense_by_signal(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """The JSON API: listings from the index, one execution from NATS, and actions through the client.
 
-Lifecycle, awakeable, signal and schedule routes call Client methods that durable_core may not
-have yet; each is looked up when the request comes (``getattr``), so a newer durable-core lights
-them up without a change here, and until then they answer 501 ``not_implemented``.
+Every endpoint is declared on ``router`` with the types it takes and answers (``schema``), from
+which ``/openapi.json`` is generated. Lifecycle, awakeable, signal and schedule routes call
+Client methods looked up when the request comes (``getattr``): a client without one answers 501
+``not_implemented``.
 """
 
 from __future__ import annotations
@@ -18,17 +19,19 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
 
 from durable_core import DurableError, NotFoundError, Status
+from durable_inspector import schema
 from durable_inspector.errors import ApiError, not_implemented
 from durable_inspector.feed import Event, Subscription
 from durable_inspector.index import MAX_LIMIT, SORT_KEYS, Query, SortKey
-from durable_inspector.openapi import document
 from durable_inspector.runtime import Runtime, runtime
-from durable_inspector.views import detail_view, jsonable, step_view, summary_json
+from durable_inspector.typed import Router, unknown_fields
+from durable_inspector.views import detail_view, schedule_view, summary_json
 
-__all__ = ["LIFECYCLE_ACTIONS", "parse_query", "routes"]
+__all__ = ["LIFECYCLE_ACTIONS", "parse_query", "router", "routes"]
+
+router = Router()
 
 log = logging.getLogger("durable_inspector")
 
@@ -180,6 +183,12 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
 # -- reading ---------------------------------------------------------------------------------
 
 
+@router.get(
+    "/healthz",
+    tag="inspector",
+    summary="Ready once the index holds its snapshot (no token needed)",
+    responses={200: schema.Health, 503: schema.Health},
+)
 async def healthz(request: Request) -> Response:
     rt = runtime(request)
     if rt.ready:
@@ -190,36 +199,77 @@ async def healthz(request: Request) -> Response:
     return _json({"status": "starting", "error": "unavailable", "detail": detail}, 503)
 
 
+@router.get(
+    "/readyz",
+    tag="inspector",
+    summary="Readiness (as /healthz): 200 once the index holds its snapshot (no token needed)",
+    responses={200: schema.Health, 503: schema.Health},
+)
+async def readyz(request: Request) -> Response:
+    return await healthz(request)
+
+
+@router.get(
+    "/livez",
+    tag="inspector",
+    summary="Liveness: the process answers; it never asks NATS (no token needed)",
+    responses={200: schema.Health},
+)
 async def livez(request: Request) -> Response:
     """Liveness: the process answers. It never asks NATS, so an outage restarts nothing."""
     return _json({"status": "ok"})
 
 
+@router.get(
+    "/api/executions",
+    tag="executions",
+    summary="List executions from the index (filters, sorting, cursor pages)",
+    query=schema.ListQuery,
+    responses={200: schema.ListPage},
+    errors=(400,),
+)
 async def list_executions(request: Request) -> Response:
     rt = runtime(request)
     q = parse_query(request.query_params)
     page = rt.index.query(q)
-    jaeger = rt.settings.jaeger_url
     # Rows come pre-encoded from the index (summary_json); only the envelope is encoded here.
     tail = json.dumps(
         {"total": page.total, "next_cursor": page.next_cursor, "ready": rt.ready},
         separators=(",", ":"),
     ).encode()
-    body = b'{"items":[' + b",".join(summary_json(e, jaeger) for e in page.items) + b"]," + tail[1:]
+    body = (
+        b'{"items":['
+        + b",".join(summary_json(e, rt.settings) for e in page.items)
+        + b"],"
+        + tail[1:]
+    )
     return Response(body, media_type="application/json")
 
 
+@router.get(
+    "/api/stats",
+    tag="executions",
+    summary="Counts by status and by workflow",
+    responses={200: schema.Stats},
+)
 async def stats(request: Request) -> Response:
     rt = runtime(request)
     return _json({**rt.index.stats(), "ready": rt.ready})
 
 
-async def load_detail(rt: Runtime, invocation_id: str) -> dict[str, Any]:
+async def load_detail(rt: Runtime, invocation_id: str) -> schema.Execution:
     """An execution's state and journal (raises NotFoundError for an unknown id)."""
-    result = await rt.client.get_result(invocation_id)
-    return detail_view(result, rt.index.get(invocation_id), rt.settings.jaeger_url)
+    view = await rt.client.describe(invocation_id)
+    return detail_view(view, rt.settings)
 
 
+@router.get(
+    "/api/executions/{invocation_id}",
+    tag="executions",
+    summary="An execution: arguments, steps with their waits and retries, lineage, history",
+    responses={200: schema.Execution},
+    errors=(400, 404),
+)
 async def get_execution(request: Request) -> Response:
     rt = runtime(request)
     return _json(await load_detail(rt, request.path_params["invocation_id"]))
@@ -228,12 +278,20 @@ async def get_execution(request: Request) -> Response:
 # -- acting ----------------------------------------------------------------------------------
 
 
+@router.post(
+    "/api/executions",
+    tag="executions",
+    summary="Start an execution",
+    body=schema.InvokeBody,
+    responses={202: schema.InvokeAccepted},
+    errors=(400, 409),
+)
 async def invoke(request: Request) -> Response:
     rt = runtime(request)
     body = await json_body(request)
-    unknown = set(body) - {"workflow", "args", "id", "partition_key"}
+    unknown = unknown_fields(body, schema.InvokeBody)
     if unknown:
-        raise ApiError(400, "invalid_input", f"unknown field(s): {', '.join(sorted(unknown))}")
+        raise ApiError(400, "invalid_input", f"unknown field(s): {', '.join(unknown)}")
     workflow = _required_str(body, "workflow")
     invocation_id = await rt.client.invoke_async(
         workflow,
@@ -249,6 +307,16 @@ async def invoke(request: Request) -> Response:
     )
 
 
+@router.post(
+    "/api/executions/{invocation_id}/{action}",
+    tag="executions",
+    summary="Lifecycle action: pause, resume, cancel, retry, rerun or fork",
+    body=schema.ActionBody,
+    body_required=False,
+    responses={202: schema.ActionAccepted},
+    errors=(400, 404, 409, 501),
+    path_help={"action": "pause, resume, cancel, retry, rerun or fork"},
+)
 async def lifecycle(request: Request) -> Response:
     rt = runtime(request)
     invocation_id = request.path_params["invocation_id"]
@@ -278,6 +346,16 @@ async def lifecycle(request: Request) -> Response:
     return _json(out, 202)
 
 
+@router.post(
+    "/api/awakeables/{awakeable_id}/{action}",
+    tag="waits",
+    summary='Resolve ({"payload": ...}) or reject ({"reason": ...}) an awakeable',
+    body=schema.AwakeableBody,
+    body_required=False,
+    responses={202: schema.AwakeableAccepted},
+    errors=(400, 404, 409, 501),
+    path_help={"action": "resolve or reject", "awakeable_id": "awk.<invocation>.<n>"},
+)
 async def awakeable(request: Request) -> Response:
     rt = runtime(request)
     awakeable_id = request.path_params["awakeable_id"]
@@ -295,6 +373,15 @@ async def awakeable(request: Request) -> Response:
     return _json({"awakeable_id": awakeable_id, "action": action}, 202)
 
 
+@router.post(
+    "/api/executions/{invocation_id}/signals/{name}",
+    tag="waits",
+    summary="Send a signal to an execution (kept until it waits for it)",
+    body=schema.PayloadBody,
+    body_required=False,
+    responses={202: schema.SignalAccepted},
+    errors=(400, 404, 409, 501),
+)
 async def signal(request: Request) -> Response:
     rt = runtime(request)
     invocation_id = request.path_params["invocation_id"]
@@ -305,18 +392,33 @@ async def signal(request: Request) -> Response:
     return _json({"invocation_id": invocation_id, "signal": name}, 202)
 
 
+@router.get(
+    "/api/schedules",
+    tag="schedules",
+    summary="List schedules with their next fire time",
+    responses={200: schema.ScheduleList},
+    errors=(501,),
+)
 async def list_schedules(request: Request) -> Response:
     rt = runtime(request)
     method = _method(rt, "list_schedules", "listing schedules")
-    return _json({"schedules": jsonable(list(await method()))})
+    return _json({"schedules": [schedule_view(s) for s in await method()]})
 
 
+@router.post(
+    "/api/schedules",
+    tag="schedules",
+    summary="Create a schedule (exactly one of cron or every)",
+    body=schema.ScheduleBody,
+    responses={201: schema.ScheduleCreated},
+    errors=(400, 409, 501),
+)
 async def create_schedule(request: Request) -> Response:
     rt = runtime(request)
     body = await json_body(request)
-    unknown = set(body) - {"name", "workflow", "args", "cron", "every", "partition_key"}
+    unknown = unknown_fields(body, schema.ScheduleBody)
     if unknown:
-        raise ApiError(400, "invalid_input", f"unknown field(s): {', '.join(sorted(unknown))}")
+        raise ApiError(400, "invalid_input", f"unknown field(s): {', '.join(unknown)}")
     name = _required_str(body, "name")
     workflow = _required_str(body, "workflow")
     options: dict[str, Any] = {}
@@ -334,13 +436,34 @@ async def create_schedule(request: Request) -> Response:
         if not isinstance(every, int | float) or isinstance(every, bool) or every <= 0:
             raise ApiError(400, "invalid_input", "'every' must be a number of seconds > 0")
         options["every"] = timedelta(seconds=every)
-    if (key := _optional_str(body, "partition_key")) is not None:
-        options["partition_key"] = key
+    for key in ("partition_key", "timezone"):
+        if (text := _optional_str(body, key)) is not None:
+            options[key] = text
+    if "overlap" in body:
+        if body["overlap"] not in ("skip", "allow"):
+            raise ApiError(400, "invalid_input", "'overlap' must be skip or allow")
+        options["overlap"] = body["overlap"]
+    if "catch_up" in body:
+        n = body["catch_up"]
+        if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= 1000:
+            raise ApiError(400, "invalid_input", "'catch_up' must be a whole number 0..1000")
+        options["catch_up"] = n
+    if "paused" in body:
+        if not isinstance(body["paused"], bool):
+            raise ApiError(400, "invalid_input", "'paused' must be true or false")
+        options["paused"] = body["paused"]
     method = _method(rt, "create_schedule", "creating a schedule")
     result = await method(name, workflow, body.get("args"), **options)
-    return _json({"name": name, "schedule": jsonable(result)}, 201)
+    return _json({"name": name, "schedule": schedule_view(result)}, 201)
 
 
+@router.delete(
+    "/api/schedules/{name}",
+    tag="schedules",
+    summary="Delete a schedule (its invocations are kept)",
+    responses={200: schema.ScheduleDeleted},
+    errors=(400, 404, 501),
+)
 async def delete_schedule(request: Request) -> Response:
     rt = runtime(request)
     name = request.path_params["name"]
@@ -349,6 +472,14 @@ async def delete_schedule(request: Request) -> Response:
     return _json({"name": name, "deleted": True})
 
 
+@router.post(
+    "/api/schedules/{name}/{action}",
+    tag="schedules",
+    summary="Pause or resume a schedule",
+    responses={202: schema.ScheduleChanged},
+    errors=(400, 404, 501),
+    path_help={"action": "pause or resume"},
+)
 async def schedule_action(request: Request) -> Response:
     rt = runtime(request)
     name = request.path_params["name"]
@@ -356,12 +487,11 @@ async def schedule_action(request: Request) -> Response:
     if action not in ("pause", "resume"):
         raise ApiError(404, "not_found", f"no schedule action {action!r}; use pause or resume")
     method = _method(rt, f"{action}_schedule", f"{action} of a schedule")
-    await method(name)
-    return _json({"name": name, "action": action}, 202)
-
-
-async def openapi(request: Request) -> Response:
-    return _json(document())
+    changed = await method(name)
+    out: dict[str, Any] = {"name": name, "action": action}
+    if changed is not None:
+        out["schedule"] = schedule_view(changed)
+    return _json(out, 202)
 
 
 # -- live updates ----------------------------------------------------------------------------
@@ -374,7 +504,7 @@ def sse(event: str, data: Any) -> str:
 
 def _frame(rt: Runtime, event: Event) -> str:
     if event.kind == "execution" and event.change is not None and event.change.entry is not None:
-        data = summary_json(event.change.entry, rt.settings.jaeger_url).decode()
+        data = summary_json(event.change.entry, rt.settings).decode()
         return f"event: execution\ndata: {data}\n\n"
     if event.kind == "deleted":
         return sse("deleted", {"invocation_id": event.invocation_id})
@@ -389,13 +519,14 @@ def _in_flight(rt: Runtime, invocation_id: str) -> bool:
 
 
 class _StepWatch:
-    """New journal steps of one execution. The state changes only when an execution starts
-    and ends, so while it runs the stream reads its journal (one execution, once a second)."""
+    """Steps of one execution that changed. The state changes only when an execution starts,
+    suspends or ends, so while it runs the stream reads its journal (one execution, once a
+    second); a step is sent again when its state changes (a wait completing, an attempt)."""
 
     def __init__(self, rt: Runtime, invocation_id: str) -> None:
         self.rt = rt
         self.id = invocation_id
-        self.seen: int | None = None
+        self.seen: dict[int, tuple[str, int, int]] | None = None
         self.last = 0.0
 
     def due(self) -> bool:
@@ -404,24 +535,25 @@ class _StepWatch:
     async def poll(self) -> str | None:
         self.last = time.monotonic()
         try:
-            result = await self.rt.client.get_result(self.id)
+            view = await self.rt.client.describe(self.id)
         except NotFoundError:
             return None
         except DurableError as e:
             log.debug("reading the journal of %s for its stream failed: %s", self.id, e)
             return None
-        steps = result.steps
-        if self.seen is None or len(steps) <= self.seen:
-            self.seen = len(steps) if self.seen is None else self.seen
+        marks = {s.step: (s.state.value, s.attempts, len(s.failed_attempts)) for s in view.steps}
+        previous, self.seen = self.seen, marks
+        if previous is None:
+            return None  # the baseline: what the page already shows
+        changed = [s for s in view.steps if previous.get(s.step) != marks[s.step]]
+        if not changed:
             return None
-        new = steps[self.seen :]
-        self.seen = len(steps)
         return sse(
             "steps",
             {
                 "invocation_id": self.id,
-                "count": len(steps),
-                "steps": [step_view(s) for s in new],
+                "count": len(view.steps),
+                "steps": [s.to_dict() for s in changed],
             },
         )
 
@@ -462,6 +594,13 @@ async def _stream(rt: Runtime, sub: Subscription) -> AsyncIterator[str]:
         rt.feed.unsubscribe(sub)
 
 
+@router.get(
+    "/api/events",
+    tag="executions",
+    summary="Server-sent events: execution, deleted, ready, reset; with ?id= also steps",
+    responses={200: str},
+    media_type="text/event-stream",
+)
 async def events(request: Request) -> Response:
     """Server-sent events: ``execution``, ``deleted``, ``ready``, ``reset`` (reload), and with
     ``?id=`` only that execution's events plus ``steps`` (newly journaled steps)."""
@@ -477,21 +616,16 @@ async def events(request: Request) -> Response:
     )
 
 
-routes = [
-    Route("/healthz", healthz, methods=["GET"]),
-    Route("/readyz", healthz, methods=["GET"]),
-    Route("/livez", livez, methods=["GET"]),
-    Route("/openapi.json", openapi, methods=["GET"]),
-    Route("/api/executions", list_executions, methods=["GET"]),
-    Route("/api/executions", invoke, methods=["POST"]),
-    Route("/api/stats", stats, methods=["GET"]),
-    Route("/api/events", events, methods=["GET"]),
-    Route("/api/executions/{invocation_id}", get_execution, methods=["GET"]),
-    Route("/api/executions/{invocation_id}/signals/{name}", signal, methods=["POST"]),
-    Route("/api/executions/{invocation_id}/{action}", lifecycle, methods=["POST"]),
-    Route("/api/awakeables/{awakeable_id}/{action}", awakeable, methods=["POST"]),
-    Route("/api/schedules", list_schedules, methods=["GET"]),
-    Route("/api/schedules", create_schedule, methods=["POST"]),
-    Route("/api/schedules/{name}", delete_schedule, methods=["DELETE"]),
-    Route("/api/schedules/{name}/{action}", schedule_action, methods=["POST"]),
-]
+@router.get(
+    "/openapi.json",
+    tag="inspector",
+    summary="This document (browse it at /docs)",
+    responses={200: dict[str, Any]},
+)
+async def openapi(request: Request) -> Response:
+    from durable_inspector.openapi import document
+
+    return _json(document())
+
+
+routes = router.routes()

@@ -1,9 +1,9 @@
 """The ASGI app: ``create_app(settings)``.
 
 Starlette, not FastAPI: the API is a dozen routes whose errors must be exactly
-``{"error", "detail"}`` with 400 (FastAPI answers bad input with its own 422 shape), the event
-stream and the HTML pages need nothing beyond Starlette, and a hand-written OpenAPI document
-(``openapi.py``, checked against the routes by a test) costs less than pydantic as a dependency.
+``{"error", "detail"}`` with 400 (FastAPI answers bad input with its own 422 shape), and the
+event stream, the pages (Jinja2 templates) and the typed routes from which the OpenAPI document
+is generated (``typed.py``) need nothing beyond Starlette.
 """
 
 from __future__ import annotations
@@ -20,15 +20,16 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount
+from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from durable_core import Client, DurableError, load_plugins
-from durable_inspector import api, ui
+from durable_inspector import api, pages
 from durable_inspector.auth import AuthMiddleware, wants_json
 from durable_inspector.errors import ApiError, from_exception
 from durable_inspector.feed import Feed
 from durable_inspector.index import ExecutionIndex
+from durable_inspector.metrics import InspectorMetrics, MetricsMiddleware, metrics_endpoint
 from durable_inspector.runtime import Runtime
 from durable_inspector.settings import InspectorSettings
 
@@ -41,7 +42,7 @@ STATIC = Path(__file__).with_name("static")
 def _respond(request: Request, err: ApiError) -> Response:
     if wants_json(request.url.path):
         return JSONResponse(err.body(), status_code=err.status)
-    return ui.error_page(request, err.status, err.error, err.detail)
+    return pages.error_page(request, err.status, err.error, err.detail)
 
 
 async def _on_error(request: Request, exc: Exception) -> Response:
@@ -91,13 +92,18 @@ def create_app(settings: InspectorSettings, *, client: Any = None) -> Starlette:
             if own:
                 await rt.client.close()
 
+    metrics = InspectorMetrics(lambda: rt)
     app = Starlette(
         routes=[
             *api.routes,
-            *ui.routes,
+            *pages.routes,
+            Route("/metrics", metrics_endpoint, methods=["GET"]),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ],
-        middleware=[Middleware(AuthMiddleware, token=settings.token)],
+        middleware=[
+            Middleware(MetricsMiddleware, metrics=metrics),
+            Middleware(AuthMiddleware, token=settings.token),
+        ],
         exception_handlers={
             ApiError: _on_error,
             DurableError: _on_error,
@@ -107,6 +113,7 @@ def create_app(settings: InspectorSettings, *, client: Any = None) -> Starlette:
         lifespan=lifespan,
     )
     app.state.inspector = rt
+    app.state.metrics = metrics
     return app
 
 

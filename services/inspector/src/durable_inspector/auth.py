@@ -3,7 +3,7 @@
 With ``DURABLE_INSPECTOR_TOKEN`` set, every page and API call must present it, as
 ``Authorization: Bearer <token>`` or as the cookie that ``/login`` (or ``?token=`` once, on any
 page) sets. Only the probes ``/healthz``, ``/livez`` and ``/readyz`` (they tell nothing but a
-count), ``/login`` and ``/static/`` are open.
+count), ``/metrics`` (for Prometheus; counts only), ``/login`` and ``/static/`` are open.
 
 With or without a token, a state-changing request (POST, PUT, PATCH, DELETE) that a browser marks
 as cross-site is refused: otherwise any web page could make the browser of someone running the
@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 __all__ = ["COOKIE", "AuthMiddleware", "token_matches"]
 
 COOKIE = "durable_inspector_token"
-_PROBES = ("/healthz", "/livez", "/readyz")
+_PROBES = ("/healthz", "/livez", "/readyz", "/metrics")
 _OPEN = (*_PROBES, "/login", "/static/")
 _SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
 

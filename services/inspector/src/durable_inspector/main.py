@@ -12,6 +12,7 @@ import uvicorn
 
 from durable_core import Client, DurableError, NatsUnavailableError
 from durable_core.service.logs import configure_logging
+from durable_core.service.telemetry import configure_tracing
 from durable_inspector.app import create_app
 from durable_inspector.settings import InspectorSettings, load_settings
 
@@ -83,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"durable-inspector: configuration error: {e}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
+    # Executions started or steered from the UI or the API: their traces begin here.
+    provider = configure_tracing("durable-inspector")
     try:
         return asyncio.run(serve(settings))
     except NatsUnavailableError as e:
@@ -93,3 +96,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    finally:
+        if provider is not None:
+            provider.shutdown()

@@ -28,6 +28,8 @@ class InspectorSettings:
         host, port: where the HTTP server listens (loopback by default).
         token: when not None, every page and API call must present it.
         jaeger_url: base URL of the Jaeger UI, for trace links (no trailing slash).
+        jaeger_service: the service a trace search looks in (the processor's OTEL_SERVICE_NAME),
+            when an invocation has no trace id.
         load_plugins: import the installed workflow plugins, so that protobuf payloads of their
             services decode to JSON instead of hex.
         log_level: DEBUG, INFO, WARNING or ERROR.
@@ -39,6 +41,7 @@ class InspectorSettings:
     port: int = 8080
     token: str | None = None
     jaeger_url: str = "http://127.0.0.1:16686"
+    jaeger_service: str = "durable-processor"
     load_plugins: bool = True
     log_level: str = "INFO"
 
@@ -89,6 +92,7 @@ def build(s: Mapping[str, Any]) -> InspectorSettings:
         port=port,
         token=text("inspector_token"),
         jaeger_url=jaeger,
+        jaeger_service=text("jaeger_service") or "durable-processor",
         load_plugins=truthy(s.get("inspector_load_plugins", True)),
         log_level=level,
     )

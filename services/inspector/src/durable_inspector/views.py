@@ -1,67 +1,46 @@
-"""JSON views of executions, steps and anything a client method returns.
+"""JSON views of executions (listings, one execution with its journal) and schedules.
 
 Shared by the JSON API and the HTML pages, so both always show the same thing.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import enum
 import json
-from collections.abc import Mapping
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, cast
 from urllib.parse import quote
 
-from google.protobuf import json_format
-from google.protobuf.message import Message
-
-from durable_core import DurableError, ExecutionSummary, InvocationResult, StepRecord
-from durable_core._codec import to_json_compatible  # the engine's own payload rendering
+from durable_core import ExecutionSummary
+from durable_core.schedules import Schedule
+from durable_core.tracing import INVOCATION_ID
+from durable_core.views import InvocationView, iso
 from durable_inspector.index import Entry
+from durable_inspector.schema import Execution, ScheduleDict
+from durable_inspector.settings import InspectorSettings
 
-__all__ = ["detail_view", "iso", "jsonable", "summary_json", "summary_view", "trace_url"]
-
-
-def iso(value: datetime | None) -> str | None:
-    """UTC ISO 8601 with milliseconds and a ``Z``."""
-    if value is None:
-        return None
-    return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def jsonable(value: Any) -> Any:
-    """Turn a value returned by a client method into JSON (protobuf, dataclasses, times ...)."""
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    if isinstance(value, enum.Enum):
-        return jsonable(value.value)
-    if isinstance(value, Message):
-        return json_format.MessageToDict(value, preserving_proto_field_name=True)
-    if isinstance(value, bytes | bytearray | memoryview):
-        return {"$bytes": bytes(value).hex()}
-    if isinstance(value, datetime):
-        return iso(value)
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [jsonable(v) for v in value]
-    to_dict = getattr(value, "to_dict", None)
-    if callable(to_dict):
-        return jsonable(to_dict())
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    return str(value)
+__all__ = [
+    "detail_view",
+    "iso",
+    "schedule_view",
+    "summary_json",
+    "summary_view",
+    "trace_url",
+]
 
 
-def trace_url(jaeger: str, invocation_id: str, trace_id: str) -> str:
-    """The trace in Jaeger, or a search by the ``invocation.id`` tag when no trace id is known."""
+def trace_url(
+    jaeger: str, invocation_id: str, trace_id: str, service: str = "durable-processor"
+) -> str:
+    """The trace in Jaeger, or a search by the ``durable.invocation_id`` tag every span of an
+    invocation carries (durable_core.tracing) in ``service`` when no trace id is known."""
     if trace_id:
         return f"{jaeger}/trace/{quote(trace_id, safe='')}"
-    tags = json.dumps({"invocation.id": invocation_id}, separators=(",", ":"))
-    return f"{jaeger}/search?tags={quote(tags, safe='')}"
+    tags = json.dumps({INVOCATION_ID: invocation_id}, separators=(",", ":"))
+    return f"{jaeger}/search?service={quote(service, safe='')}&tags={quote(tags, safe='')}"
+
+
+def trace(settings: InspectorSettings, invocation_id: str, trace_id: str) -> str:
+    return trace_url(settings.jaeger_url, invocation_id, trace_id, settings.jaeger_service)
 
 
 def _failure(f: Any) -> dict[str, Any] | None:
@@ -76,7 +55,7 @@ def _duration_ms(start: datetime | None, end: datetime | None) -> float | None:
     return round((end - start).total_seconds() * 1000, 3)
 
 
-def summary_view(entry: Entry, jaeger: str) -> dict[str, Any]:
+def summary_view(entry: Entry, settings: InspectorSettings) -> dict[str, Any]:
     """One execution as listings and events show it (from the index; no NATS read)."""
     s: ExecutionSummary = entry.summary
     return {
@@ -91,83 +70,31 @@ def summary_view(entry: Entry, jaeger: str) -> dict[str, Any]:
         "journal_length": s.journal_length,
         "parent_id": s.parent_id or None,
         "trace_id": s.trace_id or None,
-        "trace_url": trace_url(jaeger, s.invocation_id, s.trace_id),
+        "trace_url": trace(settings, s.invocation_id, s.trace_id),
         "revision": s.revision,
         "history": [{"status": t.status.value, "at": iso(t.at)} for t in entry.history],
     }
 
 
-def summary_json(entry: Entry, jaeger: str) -> bytes:
+def summary_json(entry: Entry, settings: InspectorSettings) -> bytes:
     """:func:`summary_view` as compact JSON, cached on the entry until it changes: a listing
     then costs a join of cached bytes, not a rendering per row."""
     if entry.rendered is None:
-        view = summary_view(entry, jaeger)
+        view = summary_view(entry, settings)
         entry.rendered = json.dumps(view, separators=(",", ":"), ensure_ascii=False).encode()
     return entry.rendered
 
 
-def _payload(payload: Any) -> Any:
-    try:
-        return to_json_compatible(payload)
-    # A stored payload that does not parse (InvalidInputError from the codec; the others only
-    # from a codec older than this inspector): show why, not a 500.
-    except (DurableError, ValueError, OverflowError, RecursionError) as e:
-        return {"$error": str(e)[:500]}
+def detail_view(view: InvocationView, settings: InspectorSettings) -> Execution:
+    """An execution with its journal (durable_core.views) and the link to its trace."""
+    out = cast(Execution, dict(view.to_dict()))
+    out["trace_url"] = trace(settings, view.invocation_id, view.trace_id)
+    return out
 
 
-def step_view(step: StepRecord) -> dict[str, Any]:
-    """One journaled step.
-
-    A step in the journal was executed exactly once (``attempts`` tries) by some run; later runs
-    of the invocation replayed it. ``replayed`` is filled in when the client's StepRecord says so
-    (it does not yet: the journal's claim entries are not exposed), else it is None (unknown).
-    """
-    try:
-        started: datetime | None = step.at - timedelta(milliseconds=step.duration_ms)
-    except (OverflowError, TypeError):  # an absurd stored duration or time: unknown
-        started = None
-    return {
-        "step": step.step,
-        "kind": step.kind,
-        "name": step.name,
-        "output": _payload(step.output),
-        "failure": _failure(step.failure),
-        "attempts": step.attempts,
-        "duration_ms": step.duration_ms,
-        "started_at": iso(started),
-        "at": iso(step.at),
-        "executed": True,
-        "replayed": getattr(step, "replayed", None),
-        "writer": getattr(step, "writer", None) or None,
-    }
-
-
-def detail_view(result: InvocationResult, entry: Entry | None, jaeger: str) -> dict[str, Any]:
-    """An execution with its journal: the state from NATS, the status history from the index."""
-    summary = entry.summary if entry is not None else None
-    trace_id = summary.trace_id if summary is not None else ""
-    trace_id = getattr(result, "trace_id", "") or trace_id
-    terminal = result.status.is_terminal
-    args = getattr(result, "args", None)
-    return {
-        "invocation_id": result.invocation_id,
-        "workflow": result.workflow,
-        "status": result.status.value,
-        "partition_key": result.partition_key,
-        "created_at": iso(result.created_at),
-        "updated_at": iso(result.updated_at),
-        "duration_ms": _duration_ms(result.created_at, result.updated_at) if terminal else None,
-        "args": jsonable(args),
-        "output": jsonable(result.output),
-        "failure": _failure(result.failure),
-        "journal_length": summary.journal_length if summary is not None else None,
-        "parent_id": (summary.parent_id or None) if summary is not None else None,
-        "trace_id": trace_id or None,
-        "trace_url": trace_url(jaeger, result.invocation_id, trace_id),
-        "history": (
-            [{"status": t.status.value, "at": iso(t.at)} for t in entry.history]
-            if entry is not None
-            else [{"status": result.status.value, "at": iso(result.updated_at)}]
-        ),
-        "steps": [step_view(s) for s in result.steps],
-    }
+def schedule_view(schedule: Schedule, now: datetime | None = None) -> ScheduleDict:
+    """A schedule with its next fire time."""
+    out = cast(ScheduleDict, schedule.to_dict())
+    out["when"] = schedule.when
+    out["next_fire_at"] = iso(schedule.next_fire(now or datetime.now(UTC)))
+    return out

@@ -1,22 +1,30 @@
 """Prometheus metrics of the processor: an interceptor, and a poller of the command consumer.
 
-| metric | type | labels |
-|---|---|---|
-| ``durable_invocations_started_total`` | counter | workflow |
-| ``durable_invocations_completed_total`` | counter | workflow |
-| ``durable_invocations_failed_total`` | counter | workflow |
-| ``durable_invocations_cancelled_total`` | counter | workflow |
-| ``durable_invocations_suspended_total`` | counter | workflow |
-| ``durable_step_duration_seconds`` | histogram | kind, workflow |
-| ``durable_executions_in_flight`` | gauge | |
-| ``durable_consumer_pending_messages`` | gauge | |
-| ``durable_consumer_ack_pending_messages`` | gauge | |
-| ``durable_consumer_redelivered_messages`` | gauge | |
+| metric | type | labels | what |
+|---|---|---|---|
+| ``durable_invocations_started_total`` | counter | workflow | first runs begun here |
+| ``durable_invocations_completed_total`` | counter | workflow | final status journaled here |
+| ``durable_invocations_failed_total`` | counter | workflow | final status journaled here |
+| ``durable_invocations_cancelled_total`` | counter | workflow | final status journaled here |
+| ``durable_invocations_suspended_total`` | counter | workflow | runs that stopped to wait |
+| ``durable_invocation_duration_seconds`` | histogram | workflow, status | end to end: due (created, or delayed start) to the final entry |
+| ``durable_invocation_schedule_to_start_seconds`` | histogram | workflow | due to the first run's start (waiting in the stream, for a key or a slot) |
+| ``durable_step_duration_seconds`` | histogram | kind, workflow | each executed step attempt |
+| ``durable_step_attempts_failed_total`` | counter | kind, workflow | step attempts that raised |
+| ``durable_step_attempts_retried_total`` | counter | kind, workflow | attempts after the first (retries begun) |
+| ``durable_journal_append_seconds`` | histogram | entry | each journal append (fenced write, acknowledged) |
+| ``durable_commands_redelivered_total`` | counter | workflow | commands received again (delivery count > 1) |
+| ``durable_executions_in_flight`` | gauge | | runs executing now |
+| ``durable_consumer_pending_messages`` | gauge | | commands waiting (all processors) |
+| ``durable_consumer_ack_pending_messages`` | gauge | | delivered, not acknowledged (all) |
+| ``durable_consumer_redelivered_messages`` | gauge | | unacknowledged and delivered more than once (all) |
 
 Counts are per processor; sum them over processors. "Started" counts first runs only (a
-wake-up or a redelivery continues an invocation); "suspended" counts runs that stopped to wait.
-"Cancelled" stays at zero until the engine can cancel invocations (lifecycle requests).
-"""
+wake-up or a redelivery continues an invocation). Completed, failed and cancelled count the
+final statuses the engine journals (engine events, ``Interceptor.observe``), so a workflow that
+catches its cancellation and returns counts as cancelled, and one failed before it ran (an
+unknown workflow, a deadline) as failed.
+"""  # noqa: E501 - a table
 
 from __future__ import annotations
 
@@ -36,12 +44,34 @@ from prometheus_client import (
 )
 
 from durable_core import Interceptor, StepInput, WorkflowInput
-from durable_core.interceptors import StepNext, WorkflowNext, outcome_of
+from durable_core.interceptors import EngineEvent, StepNext, WorkflowNext, outcome_of
 
 __all__ = ["ConsumerStats", "MetricsInterceptor", "ProcessorMetrics", "poll_consumer"]
 
 log = logging.getLogger(__name__)
 
+# End to end and schedule-to-start: from milliseconds to hours (sleeps and delays included).
+LONG_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    300,
+    1800,
+    3600,
+    21600,
+    86400,
+)
+APPEND_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 30)
 STEP_BUCKETS = (
     0.001,
     0.0025,
@@ -103,6 +133,45 @@ class ProcessorMetrics:
             buckets=STEP_BUCKETS,
             registry=r,
         )
+        self.attempts_failed = Counter(
+            "durable_step_attempts_failed",
+            "Step attempts that raised (each is retried or fails the step).",
+            ("kind", "workflow"),
+            registry=r,
+        )
+        self.attempts_retried = Counter(
+            "durable_step_attempts_retried",
+            "Step attempts after the first: retries begun.",
+            ("kind", "workflow"),
+            registry=r,
+        )
+        self.duration = Histogram(
+            "durable_invocation_duration_seconds",
+            "End to end: from when an invocation was due to its final journal entry.",
+            ("workflow", "status"),
+            buckets=LONG_BUCKETS,
+            registry=r,
+        )
+        self.schedule_to_start = Histogram(
+            "durable_invocation_schedule_to_start_seconds",
+            "From when an invocation was due to the start of its first run.",
+            wf,
+            buckets=LONG_BUCKETS,
+            registry=r,
+        )
+        self.append_seconds = Histogram(
+            "durable_journal_append_seconds",
+            "Journal appends: a fenced write until JetStream acknowledged it.",
+            ("entry",),
+            buckets=APPEND_BUCKETS,
+            registry=r,
+        )
+        self.redelivered = Counter(
+            "durable_commands_redelivered",
+            "Commands received again (delivery count above 1).",
+            wf,
+            registry=r,
+        )
         self.in_flight = Gauge(
             "durable_executions_in_flight", "Workflow runs executing now.", registry=r
         )
@@ -135,27 +204,39 @@ class MetricsInterceptor(Interceptor):
             m.started.labels(inp.workflow).inc()
         m.in_flight.inc()
         try:
-            result = await nxt(inp)
+            return await nxt(inp)
         except BaseException as e:
-            outcome = outcome_of(e)
-            if outcome == "failed":
-                m.failed.labels(inp.workflow).inc()
-            elif outcome == "suspended":
+            if outcome_of(e) == "suspended":
                 m.suspended.labels(inp.workflow).inc()
             raise
         finally:
             m.in_flight.dec()
-        m.completed.labels(inp.workflow).inc()
-        return result
 
     async def intercept_step(self, inp: StepInput, nxt: StepNext) -> Any:
+        m = self.metrics
+        if inp.attempt > 1:
+            m.attempts_retried.labels(inp.kind, inp.workflow).inc()
         started = time.perf_counter()
         try:
             return await nxt(inp)
+        except Exception:
+            m.attempts_failed.labels(inp.kind, inp.workflow).inc()
+            raise
         finally:
-            self.metrics.step_seconds.labels(inp.kind, inp.workflow).observe(
-                time.perf_counter() - started
-            )
+            m.step_seconds.labels(inp.kind, inp.workflow).observe(time.perf_counter() - started)
+
+    def observe(self, event: EngineEvent) -> None:
+        m = self.metrics
+        if event.kind == "finished":
+            counter = {"completed": m.completed, "failed": m.failed, "cancelled": m.cancelled}
+            counter[event.status].labels(event.workflow).inc()
+            m.duration.labels(event.workflow, event.status).observe(event.seconds)
+        elif event.kind == "started":
+            m.schedule_to_start.labels(event.workflow).observe(event.seconds)
+        elif event.kind == "appended":
+            m.append_seconds.labels(event.entry).observe(event.seconds)
+        elif event.kind == "delivered" and event.attempt > 1:
+            m.redelivered.labels(event.workflow).inc()
 
 
 class ConsumerStats(Protocol):

@@ -10,6 +10,7 @@
 | ``durable_scheduler_leases_expired_total`` | counter | | processor leases found lapsed |
 | ``durable_scheduler_commands_redriven_total`` | counter | | commands handed back from them |
 | ``durable_scheduler_executions_expired_total`` | counter | | finished executions removed |
+| ``durable_scheduler_tick_lag_seconds`` | histogram | schedule | fire time to the run's start |
 
 Counts are per replica; sum them over replicas.
 """
@@ -22,6 +23,7 @@ from prometheus_client import (
     PROCESS_COLLECTOR,
     CollectorRegistry,
     Counter,
+    Histogram,
 )
 
 __all__ = ["SchedulerMetrics"]
@@ -75,6 +77,13 @@ class SchedulerMetrics:
         self.redriven = Counter(
             "durable_scheduler_commands_redriven",
             "Commands of dead processors handed back for immediate redelivery.",
+            registry=registry,
+        )
+        self.tick_lag = Histogram(
+            "durable_scheduler_tick_lag_seconds",
+            "From the time a tick stands for to the start of its invocation.",
+            ["schedule"],
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600),
             registry=registry,
         )
         self.expired = Counter(

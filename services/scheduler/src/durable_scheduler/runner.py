@@ -14,6 +14,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+
 from durable_core import Client, ConflictError, InvalidInputError
 from durable_core._transport import TickDelivery, Transport
 from durable_core.client import Status
@@ -25,6 +28,7 @@ from durable_scheduler.firing import (
     first_look,
     parse_tick,
     still_running,
+    tick_time,
 )
 from durable_scheduler.metrics import SchedulerMetrics
 from durable_scheduler.settings import SchedulerSettings
@@ -35,6 +39,7 @@ log = logging.getLogger("durable_scheduler")
 
 _ROUNDS = 20  # read-decide-claim rounds before a busy record sends the tick back
 _RETRY_DELAY = 1.0  # seconds before a tick that failed is delivered again
+_TRACER = trace.get_tracer("durable_scheduler")
 
 
 class TickMessage(Protocol):
@@ -198,6 +203,8 @@ class Scheduler:
                 continue  # another replica or a pause changed the record: decide again
             await self._start(schedule, invocation_id)
             m.started.labels(name).inc()
+            lag = (self.clock() - tick_time(schedule, tick)).total_seconds()
+            m.tick_lag.labels(name).observe(max(lag, 0.0))
             log.info(
                 "schedule %s: started %s (%s)%s",
                 name,
@@ -217,10 +224,21 @@ class Scheduler:
         return still_running(status, schedule, now, self.stale_after)
 
     async def _start(self, schedule: Schedule, invocation_id: str) -> None:
-        # Idempotent by id: a tick handled twice starts the invocation once.
-        await self.client.invoke_async(
-            schedule.workflow,
-            schedule.args,
-            id=invocation_id,
-            partition_key=schedule.partition_key,
-        )
+        # The tick is where a scheduled invocation's trace begins: the client's span (and the
+        # processors' runs) are its children.
+        with _TRACER.start_as_current_span(
+            f"durable.schedule {schedule.name}",
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "durable.schedule": schedule.name,
+                "durable.invocation_id": invocation_id,
+                "durable.workflow": schedule.workflow,
+            },
+        ):
+            # Idempotent by id: a tick handled twice starts the invocation once.
+            await self.client.invoke_async(
+                schedule.workflow,
+                schedule.args,
+                id=invocation_id,
+                partition_key=schedule.partition_key,
+            )

@@ -8,9 +8,9 @@ are started by module name, so this package never imports them.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
+import functools
 import importlib.util
 import os
 import signal
@@ -49,6 +49,23 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: flo
     raise DurableError(f"{what} did not listen on port {port} within {timeout:.0f}s")
 
 
+def check_ports(ports: dict[str, tuple[int, str]]) -> None:
+    """ConfigError naming the first port that something else already listens on.
+
+    A probe bind without SO_REUSEPORT fails on a port any other socket holds, so a taken gRPC
+    port is noticed too (the service itself binds with SO_REUSEPORT and would share it).
+    """
+    for what, (port, flag) in ports.items():
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                raise ConfigError(
+                    f"port {port} ({what}) is already in use: stop what listens there or pick "
+                    f"another with {flag} N"
+                ) from None
+
+
 class LocalStack:
     """NATS, hello service and processor as child processes, stopped in reverse order."""
 
@@ -60,6 +77,7 @@ class LocalStack:
         log: IO[bytes] | None = None,
         inspector_port: int | None = None,
         scheduler: bool = False,
+        metrics_port: int = 0,
     ) -> None:
         self.data_dir = data_dir
         self.nats = NatsServer(
@@ -68,6 +86,7 @@ class LocalStack:
         self.grpc_port = grpc_port
         self.inspector_port = inspector_port
         self.scheduler = scheduler
+        self.metrics_port = metrics_port  # the processor's; the scheduler's is the next (0: off)
         self.log = log
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
 
@@ -101,6 +120,7 @@ class LocalStack:
                 "NATS_URL": self.nats.url,
                 "DURABLE_NATS_URL": self.nats.url,
                 "DURABLE_DEFAULT_SERVICE_ADDRESS": f"127.0.0.1:{self.grpc_port}",
+                "DURABLE_METRICS_PORT": str(self.metrics_port),
             },
         )
         if self.scheduler and importlib.util.find_spec("durable_scheduler"):
@@ -108,7 +128,11 @@ class LocalStack:
             self._spawn(
                 "scheduler",
                 ["-m", "durable_scheduler"],
-                {"NATS_URL": self.nats.url, "DURABLE_NATS_URL": self.nats.url},
+                {
+                    "NATS_URL": self.nats.url,
+                    "DURABLE_NATS_URL": self.nats.url,
+                    "DURABLE_METRICS_PORT": str(self.metrics_port + 1 if self.metrics_port else 0),
+                },
             )
         if self.inspector_port is not None and importlib.util.find_spec("durable_inspector"):
             inspector = self._spawn(
@@ -139,25 +163,38 @@ class LocalStack:
         self.nats.stop()
 
     def __enter__(self) -> LocalStack:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
+        if not self.procs:
+            try:
+                self.start()
+            except BaseException:
+                self.stop()
+                raise
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
-def dev(args: argparse.Namespace) -> int:
+def dev(
+    data_dir: str, nats_port: int, grpc_port: int, inspector_port: int, metrics_port: int
+) -> int:
     """Run the stack in the foreground until Ctrl-C."""
+    ports = {
+        "NATS": (nats_port, "--nats-port"),
+        "the hello service": (grpc_port, "--grpc-port"),
+        "the inspector": (inspector_port, "--inspector-port"),
+    }
+    if metrics_port:
+        ports["the processor's metrics"] = (metrics_port, "--metrics-port")
+        ports["the scheduler's metrics"] = (metrics_port + 1, "--metrics-port")
+    check_ports(ports)
     stack = LocalStack(
-        Path(args.data_dir).resolve(),
-        args.nats_port,
-        args.grpc_port,
-        inspector_port=args.inspector_port,
+        Path(data_dir).resolve(),
+        nats_port,
+        grpc_port,
+        inspector_port=inspector_port,
         scheduler=True,
+        metrics_port=metrics_port,
     )
     stop = False
 
@@ -167,31 +204,49 @@ def dev(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    with stack:
-        print(f"NATS JetStream  {stack.nats_url}  (data in {stack.nats.store_dir})", flush=True)
-        print(f"hello service   127.0.0.1:{stack.grpc_port}", flush=True)
-        print("processor       running (plugins from installed packages)", flush=True)
+    try:
+        stack.start()
+    except (RuntimeError, TimeoutError) as e:  # NATS did not come up: its log says why
+        stack.stop()
+        lines = [x for x in str(e).splitlines() if "[FTL]" in x or "[ERR]" in x]
+        why = lines[-1].split("] ", 2)[-1] if lines else str(e).splitlines()[0]
+        raise DurableError(f"NATS did not start on port {nats_port}: {why}") from None
+    except BaseException:
+        stack.stop()
+        raise
+    with stack:  # stops everything on the way out
+        say = functools.partial(print, flush=True)
+        say(f"NATS JetStream  {stack.nats_url}  (data in {stack.nats.store_dir})")
+        say(f"hello service   127.0.0.1:{stack.grpc_port}")
+        say("processor       running (plugins from installed packages)")
+        off = "off (--metrics-port 0)"
+        say(f"                metrics {_metrics_url(metrics_port) or off}")
         if any(w == "scheduler" for w, _ in stack.procs):
-            print("scheduler       running (schedules, re-drive, retention)", flush=True)
+            say("scheduler       running (schedules, re-drive, retention)")
+            say(f"                metrics {_metrics_url(metrics_port and metrics_port + 1) or off}")
         if stack.inspector_url:
-            print(f"inspector       {stack.inspector_url}", flush=True)
-        print(
+            say(f"inspector       {stack.inspector_url}  (API docs {stack.inspector_url}/docs)")
+            say(f"                metrics {stack.inspector_url}/metrics")
+        say(
             f"try: NATS_URL={stack.nats_url} durable invoke hello_workflow "
-            '--args \'{"name": "Ada"}\'',
-            flush=True,
+            '--args \'{"name": "Ada"}\''
         )
-        print("Ctrl-C stops everything.", flush=True)
+        say("Ctrl-C stops everything.")
         while not stop:
             for what, proc in stack.procs:
                 if proc.poll() is not None:
                     print(f"durable: {what} exited with code {proc.returncode}", file=sys.stderr)
                     return 1
             time.sleep(0.2)
-        print("stopping...", flush=True)
+        say("stopping...")
     return 0
 
 
-def demo(args: argparse.Namespace) -> int:
+def _metrics_url(port: int) -> str:
+    return f"http://127.0.0.1:{port}/metrics" if port else ""
+
+
+def demo(name: str) -> int:
     """Start a throwaway stack, run hello_workflow once, print the greeting, stop."""
     with tempfile.TemporaryDirectory(prefix="durable-demo-") as tmp:
         data = Path(tmp)
@@ -205,7 +260,7 @@ def demo(args: argparse.Namespace) -> int:
                         "service and a processor",
                         flush=True,
                     )
-                    result = asyncio.run(_run_hello(stack.nats_url, args.name))
+                    result = asyncio.run(_run_hello(stack.nats_url, name))
             except DurableError:
                 log.flush()
                 sys.stderr.write(log_path.read_text(errors="replace")[-4000:])

@@ -6,150 +6,179 @@ zone or option), 3 NATS unreachable, 4 no such schedule, 6 the name is taken.
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
-from durable_core import _codec, schedules
-from durable_core.client import Client
-from durable_core.errors import ConflictError, InvalidInputError, NotFoundError
+import click
 
-__all__ = ["add_parser", "run"]
+from durable_core.cli._base import (
+    connect,
+    connection_options,
+    echo,
+    echo_json,
+    globals_of,
+    json_option,
+    read_json,
+    run,
+)
 
-_EXIT_USAGE, _EXIT_NOT_FOUND, _EXIT_CONFLICT = 2, 4, 6
-
-
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``schedule`` and its actions to the ``durable`` command's subparsers."""
-    p: argparse.ArgumentParser = subparsers.add_parser(
-        "schedule", help="run a workflow on a cron expression or at a fixed interval"
-    )
-    actions = p.add_subparsers(dest="schedule_action", required=True, metavar="ACTION")
-
-    c = actions.add_parser("create", help="create a schedule (it starts firing at once)")
-    c.add_argument("name", metavar="NAME", help="1-64 characters from A-Z a-z 0-9 _ -")
-    c.add_argument("--workflow", required=True, help="the workflow to start")
-    when = c.add_mutually_exclusive_group(required=True)
-    when.add_argument(
-        "--cron",
-        help="cron expression: 5 fields ('*/5 * * * *'), 6 with seconds first, or @daily etc.",
-    )
-    when.add_argument("--every", help="fixed interval: 30s, 5m, 1h30m, 2d (at least 1s)")
-    c.add_argument("--args", default=None, help='workflow input as JSON, e.g. \'{"name": "Ada"}\'')
-    c.add_argument("--timezone", default=None, help="IANA zone of the cron fields (default UTC)")
-    c.add_argument(
-        "--overlap",
-        choices=("skip", "allow"),
-        default="skip",
-        help="while the previous run is going: skip the tick (default) or start another",
-    )
-    c.add_argument(
-        "--catch-up",
-        type=int,
-        default=1,
-        metavar="N",
-        help="late ticks (after downtime) that may still run (default 1; 0: none)",
-    )
-    c.add_argument("--partition-key", default=None, help="partition key of the invocations")
-    c.add_argument("--paused", action="store_true", help="create it paused")
-    c.add_argument("--json", action="store_true", help="print the schedule as JSON")
-
-    ls = actions.add_parser("list", help="list the schedules")
-    ls.add_argument("--json", action="store_true")
-
-    for action, text in (
-        ("pause", "stop firing (the schedule is kept)"),
-        ("resume", "fire again from the next fire time"),
-        ("delete", "stop and remove (its invocations are kept)"),
-    ):
-        a = actions.add_parser(action, help=text)
-        a.add_argument("name", metavar="NAME")
-    return p
+__all__ = ["next_fire", "schedule"]
 
 
-async def run(
-    args: argparse.Namespace, connect: Callable[[argparse.Namespace], Awaitable[Client]]
+@click.group()
+def schedule() -> None:
+    """Run a workflow on a cron expression or at a fixed interval."""
+
+
+def next_fire(s: Any) -> datetime | None:
+    """When a schedule fires next (None while paused)."""
+    return s.next_fire(datetime.now(UTC))  # type: ignore[no-any-return]
+
+
+def _doc(s: Any) -> dict[str, Any]:
+    from durable_core.views import iso
+
+    return {**s.to_dict(), "next_fire_at": iso(next_fire(s))}
+
+
+@schedule.command()
+@click.argument("name", metavar="NAME", help="1-64 characters from A-Z a-z 0-9 _ -")
+@click.option("--workflow", required=True, metavar="NAME", help="the workflow to start")
+@click.option(
+    "--cron", help="cron expression: 5 fields ('*/5 * * * *'), 6 with seconds first, or @daily"
+)
+@click.option("--every", metavar="INTERVAL", help="fixed interval: 30s, 5m, 1h30m, 2d (>= 1s)")
+@click.option(
+    "--args", "args_text", metavar="JSON|@FILE|-", help="workflow input as JSON, @file or -"
+)
+@click.option("--timezone", metavar="ZONE", help="IANA zone of the cron fields (default UTC)")
+@click.option(
+    "--overlap",
+    type=click.Choice(["skip", "allow"]),
+    default="skip",
+    show_default=True,
+    help="while the previous run is going: skip the tick or start another",
+)
+@click.option(
+    "--catch-up",
+    type=click.IntRange(0, 1000),
+    default=1,
+    show_default=True,
+    metavar="N",
+    help="late ticks (after downtime) that may still run (0: none)",
+)
+@click.option("--partition-key", metavar="KEY", help="partition key of the invocations")
+@click.option("--paused", is_flag=True, help="create it paused")
+@json_option
+@connection_options
+@click.pass_context
+def create(
+    ctx: click.Context,
+    name: str,
+    workflow: str,
+    cron: str | None,
+    every: str | None,
+    args_text: str | None,
+    timezone: str | None,
+    overlap: str,
+    catch_up: int,
+    partition_key: str | None,
+    paused: bool,
+    as_json: bool,
 ) -> int:
-    """Run ``durable schedule ACTION``; ``connect`` opens the client from the global flags."""
-    try:
-        return await _run(args, connect)
-    except InvalidInputError as e:
-        print(f"durable: invalid input: {e}", file=sys.stderr)
-        return _EXIT_USAGE
-    except NotFoundError as e:
-        print(f"durable: not found: {e}", file=sys.stderr)
-        return _EXIT_NOT_FOUND
-    except ConflictError as e:
-        print(f"durable: {e}", file=sys.stderr)
-        return _EXIT_CONFLICT
+    """Create a schedule (it starts firing at once unless --paused)."""
+    from durable_core import schedules
+
+    if (cron is None) == (every is None):
+        raise click.UsageError("give exactly one of --cron and --every")
+    # Everything that can be checked without NATS is checked before connecting.
+    options: dict[str, Any] = {
+        "cron": cron,
+        "every": schedules.parse_duration(every) if every is not None else None,
+        "timezone": timezone,
+        "overlap": overlap,
+        "catch_up": catch_up,
+        "partition_key": partition_key,
+        "paused": paused,
+    }
+    payload = read_json(args_text, "--args")
+    schedules.Schedule(name=name, workflow=workflow, args=payload, **options)
+
+    async def go() -> int:
+        async with await connect(globals_of(ctx)) as client:
+            s = await client.create_schedule(name, workflow, payload, **options)
+        if as_json:
+            echo_json(_doc(s))
+        else:
+            state = "paused" if s.paused else f"next fire {_when(next_fire(s))}"
+            echo(f"schedule {s.name} created ({state}): {s.when} -> {s.workflow}")
+        return 0
+
+    return int(run(go()))
 
 
-async def _run(
-    args: argparse.Namespace, connect: Callable[[argparse.Namespace], Awaitable[Client]]
-) -> int:
-    action = args.schedule_action
-    create_options: dict[str, Any] = {}
-    if action == "create":
-        # Everything that can be checked without NATS is checked before connecting.
-        create_options = {
-            "cron": args.cron,
-            "every": schedules.parse_duration(args.every) if args.every is not None else None,
-            "timezone": args.timezone,
-            "overlap": args.overlap,
-            "catch_up": args.catch_up,
-            "partition_key": args.partition_key,
-            "paused": args.paused,
-        }
-        payload = _codec.parse_json_args(args.args) if args.args is not None else None
-        schedules.Schedule(name=args.name, workflow=args.workflow, args=payload, **create_options)
-    else:
-        payload = None
-        if action != "list":
-            schedules.check_schedule_name(args.name)
-    async with await connect(args) as client:
-        t = client._t  # until Client has schedule methods of its own
-        if action == "create":
-            s = await schedules.create_schedule(
-                t, args.name, args.workflow, payload, **create_options
-            )
-            if args.json:
-                print(json.dumps(s.to_dict(), indent=2, ensure_ascii=False))
+def _when(at: datetime | None) -> str:
+    from durable_core.views import format_time
+
+    return format_time(at)
+
+
+@schedule.command(name="list")
+@json_option
+@connection_options
+@click.pass_context
+def list_(ctx: click.Context, as_json: bool) -> int:
+    """List the schedules with their next fire time."""
+
+    async def go() -> int:
+        async with await connect(globals_of(ctx)) as client:
+            found = await client.list_schedules()
+        if as_json:
+            echo_json({"schedules": [_doc(s) for s in found]})
+        elif not found:
+            echo("no schedules", err=True)
+        else:
+            from durable_core.cli import _render
+
+            _render.schedules(found, [_when(next_fire(s)) for s in found])
+        return 0
+
+    return int(run(go()))
+
+
+def _action(verb: str, text: str) -> None:
+    @schedule.command(name=verb, help=text)
+    @click.argument("name", metavar="NAME", help="the schedule")
+    @json_option
+    @connection_options
+    @click.pass_context
+    def command(ctx: click.Context, name: str, as_json: bool) -> int:
+        from durable_core import schedules
+
+        schedules.check_schedule_name(name)
+
+        async def go() -> int:
+            async with await connect(globals_of(ctx)) as client:
+                if verb == "delete":
+                    await client.delete_schedule(name)
+                    s = None
+                else:
+                    s = await getattr(client, f"{verb}_schedule")(name)
+            if as_json:
+                echo_json({"name": name, "action": verb, "schedule": s and _doc(s)})
+            elif s is None:
+                echo(f"schedule {name} deleted")
             else:
-                state = "paused" if s.paused else "firing"
-                print(f"schedule {s.name} created ({state}): {s.when} -> {s.workflow}")
-        elif action == "list":
-            found = await schedules.list_schedules(t)
-            if args.json:
-                doc = {"schedules": [s.to_dict() for s in found]}
-                print(json.dumps(doc, indent=2, ensure_ascii=False))
-            else:
-                _print_table(found)
-        elif action == "pause":
-            await schedules.pause_schedule(t, args.name)
-            print(f"schedule {args.name} paused")
-        elif action == "resume":
-            await schedules.resume_schedule(t, args.name)
-            print(f"schedule {args.name} resumed")
-        elif action == "delete":
-            await schedules.delete_schedule(t, args.name)
-            print(f"schedule {args.name} deleted")
-        else:  # pragma: no cover - argparse allows only the actions above
-            raise InvalidInputError(f"unknown schedule action {action!r}")
-    return 0
+                nxt = "" if s.paused else f"; next fire {_when(next_fire(s))}"
+                echo(f"schedule {name} {'paused' if s.paused else 'active'}{nxt}")
+            return 0
+
+        return int(run(go()))
 
 
-def _print_table(found: list[schedules.Schedule]) -> None:
-    if not found:
-        print("no schedules")
-        return
-    rows = [("NAME", "WORKFLOW", "WHEN", "OVERLAP", "STATE", "LAST RUN")]
-    for s in found:
-        last = s.last_invocation_id or "-"
-        rows.append(
-            (s.name, s.workflow, s.when, s.overlap, "paused" if s.paused else "active", last)
-        )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+for _verb, _text in (
+    ("pause", "Stop firing (the schedule is kept)."),
+    ("resume", "Fire again from the next fire time."),
+    ("delete", "Stop and remove (its invocations are kept)."),
+):
+    _action(_verb, _text)

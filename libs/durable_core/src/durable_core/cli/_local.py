@@ -1,0 +1,101 @@
+"""``durable plugins``, ``completion``, ``dev`` and ``demo``: commands that need no NATS of
+their own."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from durable_core.cli._base import echo, echo_json, json_option
+
+__all__ = ["COMMANDS"]
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def port_option(flag: str, default: int, text: str) -> Callable[[F], F]:
+    return click.option(
+        flag, type=click.IntRange(1, 65535), default=default, show_default=True, help=text
+    )
+
+
+# -- local ---------------------------------------------------------------------------------------
+
+
+@click.command()
+@json_option
+def plugins(as_json: bool) -> int:
+    """List the installed workflow plugins, their workflows and default service addresses."""
+    from durable_core.plugins import PLUGIN_GROUP, load_plugins
+
+    found = load_plugins()
+    if as_json:
+        echo_json(
+            {
+                "entry_point_group": PLUGIN_GROUP,
+                "plugins": found.plugins,
+                "workflows": [{"name": w.name, "plugin": w.plugin} for w in found.registry],
+                "service_addresses": found.service_addresses,
+            }
+        )
+        return 0
+    echo(f"entry-point group: {PLUGIN_GROUP}")
+    if not found.plugins:
+        echo("no plugins installed")
+    for w in sorted(found.registry, key=lambda w: w.name):
+        echo(f"  {w.name:<30} from {w.plugin}")
+    for service, address in sorted(found.service_addresses.items()):
+        echo(f"  service {service} -> {address} (default)")
+    return 0
+
+
+@click.command()
+@click.argument(
+    "shell", metavar="SHELL", help="bash, zsh or fish", type=click.Choice(["bash", "zsh", "fish"])
+)
+def completion(shell: str) -> int:
+    """Print the shell completion script: eval "$(durable completion bash)"."""
+    from click.shell_completion import get_completion_class
+
+    cls = get_completion_class(shell)
+    assert cls is not None  # the choice above lists only shells click supports
+    root = click.get_current_context().find_root().command
+    echo(cls(root, {}, "durable", "_DURABLE_COMPLETE").source())
+    return 0
+
+
+@click.command()
+@click.option("--data-dir", default=".durable", show_default=True, help="where NATS keeps data")
+@port_option("--nats-port", 4222, "NATS client port")
+@port_option("--grpc-port", 9090, "the hello service's port")
+@port_option("--inspector-port", 8080, "the inspector's port")
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65534),
+    default=9464,
+    show_default=True,
+    help="the processor's /metrics port (the scheduler's: the next one; 0: none)",
+)
+def dev(
+    data_dir: str, nats_port: int, grpc_port: int, inspector_port: int, metrics_port: int
+) -> int:
+    """Run NATS, the hello service, a processor, the scheduler and the inspector in the
+    foreground; Ctrl-C stops them all."""
+    from durable_core.cli import _dev
+
+    return _dev.dev(data_dir, nats_port, grpc_port, inspector_port, metrics_port)
+
+
+@click.command()
+@click.option("--name", default="", help="whom to greet (empty: World)")
+def demo(name: str) -> int:
+    """Start a throwaway stack, run hello_workflow once, print the greeting, stop."""
+    from durable_core.cli import _dev
+
+    return _dev.demo(name)
+
+
+COMMANDS: list[click.Command] = [plugins, completion, dev, demo]

@@ -1,0 +1,213 @@
+"""``durable pause|resume|cancel|retry|rerun|fork``, ``awakeable`` and ``signal``: steering
+invocations. Lifecycle verbs wait (``--wait``) for the transition and report the state it led
+to, or say that it was requested and how to follow it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import click
+
+from durable_core.cli._base import (
+    Globals,
+    connect,
+    connection_options,
+    echo,
+    echo_json,
+    globals_of,
+    json_option,
+    read_json,
+    run,
+)
+
+__all__ = ["COMMANDS"]
+
+# -- lifecycle -----------------------------------------------------------------------------------
+
+_FINAL = ("completed", "failed", "cancelled")
+# verb -> (what it says once done, the statuses that mean it took effect)
+_SETTLED: dict[str, tuple[str, Callable[[str], bool]]] = {
+    "pause": ("it pauses at its next step boundary", lambda s: s in ("paused", *_FINAL)),
+    "resume": ("a processor picks it up", lambda s: s not in ("paused", "pending")),
+    "cancel": ("the step in flight is interrupted", lambda s: s in _FINAL),
+    "retry": ("a processor picks it up", lambda s: s not in ("failed", "pending")),
+}
+
+
+def _lifecycle_command(verb: str, text: str) -> click.Command:
+    @click.command(name=verb, help=text)
+    @click.argument("invocation_id", metavar="ID", help="the invocation")
+    @click.option(
+        "--wait",
+        "wait_s",
+        type=click.FloatRange(0, 600),
+        default=10.0,
+        show_default=True,
+        help="seconds to wait for the transition (0: only request it)",
+    )
+    @json_option
+    @connection_options
+    @click.pass_context
+    def command(ctx: click.Context, invocation_id: str, wait_s: float, as_json: bool) -> int:
+        return int(run(_transition(globals_of(ctx), verb, invocation_id, wait_s, as_json)))
+
+    return command
+
+
+async def _transition(g: Globals, verb: str, iid: str, wait_s: float, as_json: bool) -> int:
+    how, settled = _SETTLED[verb]
+    async with await connect(g) as client:
+        current = (await getattr(client, verb)(iid)).value
+        deadline = time.monotonic() + wait_s
+        while not settled(current) and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            current = (await client.get_summary(iid)).status.value
+    done = settled(current)
+    if as_json:
+        echo_json({"invocation_id": iid, "action": verb, "status": current, "settled": done})
+    elif done:
+        echo(f"{iid}: {current}")
+    else:
+        echo(
+            f"{verb} requested: {iid} is {current} for now; {how} "
+            f"(follow it with `durable status {iid}`)"
+        )
+    return 0
+
+
+LIFECYCLE = [
+    _lifecycle_command(verb, text)
+    for verb, text in (
+        ("pause", "Pause an invocation at its next step boundary and report when it is paused."),
+        ("resume", "Resume a paused invocation from its journal and report its new status."),
+        ("cancel", "Cancel an invocation now (it may compensate) and report when it has ended."),
+        ("retry", "Run a failed invocation again from its failed step and report its new status."),
+    )
+]
+
+
+@click.command()
+@click.argument(
+    "invocation_id", metavar="ID", help="the invocation whose workflow and arguments to reuse"
+)
+@json_option
+@connection_options
+@click.pass_context
+def rerun(ctx: click.Context, invocation_id: str, as_json: bool) -> int:
+    """Start a new invocation of the same workflow with the same arguments; print its id."""
+
+    async def go() -> int:
+        async with await connect(globals_of(ctx)) as client:
+            new_id = await client.rerun(invocation_id)
+        if as_json:
+            echo_json({"invocation_id": new_id, "rerun_of": invocation_id})
+        else:
+            echo(new_id)
+        return 0
+
+    return int(run(go()))
+
+
+@click.command()
+@click.argument("invocation_id", metavar="ID", help="the invocation to fork")
+@click.option("--from-step", type=int, required=True, metavar="N", help="first step to run anew")
+@json_option
+@connection_options
+@click.pass_context
+def fork(ctx: click.Context, invocation_id: str, from_step: int, as_json: bool) -> int:
+    """Start a new invocation that copies steps before N from this one's journal and runs N
+    on; print its id."""
+
+    async def go() -> int:
+        async with await connect(globals_of(ctx)) as client:
+            new_id = await client.fork(invocation_id, from_step=from_step)
+        if as_json:
+            echo_json(
+                {"invocation_id": new_id, "forked_from": invocation_id, "from_step": from_step}
+            )
+        else:
+            echo(new_id)
+        return 0
+
+    return int(run(go()))
+
+
+# -- completing waits ----------------------------------------------------------------------------
+
+
+@click.group()
+def awakeable() -> None:
+    """Resolve or reject an awakeable (ids look like awk.<invocation>.<n>)."""
+
+
+@awakeable.command()
+@click.argument("awakeable_id", metavar="ID", help="the awakeable's id")
+@click.option("--payload", metavar="JSON|@FILE|-", help="payload as JSON (default: null)")
+@json_option
+@connection_options
+@click.pass_context
+def resolve(ctx: click.Context, awakeable_id: str, payload: str | None, as_json: bool) -> int:
+    """Complete an awakeable with a payload; the waiting workflow goes on with it."""
+    value = read_json(payload, "--payload")
+
+    async def go() -> int:
+        async with await connect(globals_of(ctx)) as client:
+            await client.resolve_awakeable(awakeable_id, value)
+        if as_json:
+            echo_json({"awakeable_id": awakeable_id, "resolved": True})
+        else:
+            echo(f"resolved {awakeable_id}")
+        return 0
+
+    return int(run(go()))
+
+
+@awakeable.command()
+@click.argument("awakeable_id", metavar="ID", help="the awakeable's id")
+@click.option("--reason", default="rejected", show_default=True, help="why")
+@json_option
+@connection_options
+@click.pass_context
+def reject(ctx: click.Context, awakeable_id: str, reason: str, as_json: bool) -> int:
+    """Fail an awakeable; the waiting workflow gets AwakeableRejectedError(reason)."""
+
+    async def go() -> int:
+        async with await connect(globals_of(ctx)) as client:
+            await client.reject_awakeable(awakeable_id, reason)
+        if as_json:
+            echo_json({"awakeable_id": awakeable_id, "rejected": True, "reason": reason})
+        else:
+            echo(f"rejected {awakeable_id}")
+        return 0
+
+    return int(run(go()))
+
+
+@click.command()
+@click.argument("invocation_id", metavar="ID", help="the invocation")
+@click.argument("name", metavar="NAME", help="the signal's name (what the workflow waits for)")
+@click.option("--payload", metavar="JSON|@FILE|-", help="payload as JSON (default: null)")
+@json_option
+@connection_options
+@click.pass_context
+def signal(
+    ctx: click.Context, invocation_id: str, name: str, payload: str | None, as_json: bool
+) -> int:
+    """Send a named signal to an invocation (kept until the workflow waits for it)."""
+    value = read_json(payload, "--payload")
+
+    async def go() -> int:
+        async with await connect(globals_of(ctx)) as client:
+            await client.signal(invocation_id, name, value)
+        if as_json:
+            echo_json({"invocation_id": invocation_id, "signal": name, "sent": True})
+        else:
+            echo(f"signal {name} sent to {invocation_id}")
+        return 0
+
+    return int(run(go()))
+
+
+COMMANDS: list[click.Command] = [*LIFECYCLE, rerun, fork, awakeable, signal]
