@@ -3,15 +3,20 @@ renders it with the default values and with a very different set; kubernetes-val
 every rendered object against the strict OpenAPI schemas of Kubernetes (the oldest release the
 chart supports and the newest the package knows); then the project's own rules.
 
-The official NATS chart is a declared dependency that is not vendored (no package registry we
-can reach serves it): rendering leaves its objects out, and a separate test checks the
-declaration and the values handed to it.
+The official NATS chart is vendored (charts/nats-2.14.2.tgz and Chart.lock, made by
+scripts/vendor_nats_chart.py): rendering includes its objects, offline.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import http.server
+import importlib.util
+import re
 import shutil
+import tarfile
+import threading
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,8 +34,10 @@ CHART = REPO / "deploy" / "helm" / "durable"
 RELEASE, NAMESPACE = "durable", "durable"
 # The chart's kubeVersion floor, and the newest release kubernetes-validate has schemas for.
 KUBE_VERSIONS = ("1.27", kv.latest_version())
-# What Helm may say about this chart: charts/ is not committed (see the module docstring).
-EXPECTED_LINT = {"chart directory is missing these dependencies: nats", "icon is recommended"}
+# What Helm may say about this chart (an informational note).
+EXPECTED_LINT = {"icon is recommended"}
+# The NATS server the engine needs: message schedules with @every and cron.
+MINIMUM_NATS = (2, 14)
 
 # Everything switched the other way: external NATS with creds and TLS, autoscaling, ingress, an
 # external collector, images from a registry, no Jaeger, no hello service.
@@ -230,7 +237,7 @@ def test_default_release(default_docs: list[dict[str, Any]]) -> None:
     assert set(secrets["durable-nats-auth"]["data"]) == {"user", "password"}
     assert f"{RELEASE}-inspector" in by_kind(default_docs, "Service")
     for d in default_docs:
-        assert d["metadata"]["namespace"] == NAMESPACE, d["metadata"]["name"]
+        assert d["metadata"].get("namespace", NAMESPACE) == NAMESPACE, d["metadata"]["name"]
 
 
 def test_custom_release(custom_docs: list[dict[str, Any]]) -> None:
@@ -310,33 +317,93 @@ def test_notes_tell_how_to_reach_the_inspector_and_jaeger() -> None:
     assert "otel-collector.observability:4317" in custom
 
 
-# -- the NATS dependency ---------------------------------------------------------------------------
+# -- the vendored NATS chart (issue 13: the 1.x range brought nats-server 2.11) --------------------
 
 
-def test_nats_dependency_is_declared_for_a_three_node_jetstream_cluster() -> None:
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
+
+
+def test_nats_chart_is_vendored_locked_and_licensed() -> None:
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     (dependency,) = chart["dependencies"]
     assert dependency["name"] == "nats"
     assert dependency["repository"] == "https://nats-io.github.io/k8s/helm/charts/"
     assert dependency["condition"] == "nats.enabled"
-    assert dependency["version"].startswith(">=1.")  # the 1.x chart: values under config.*
+    # Only the 2.x line from 2.14.2 on: its charts ship the server of their own version.
+    assert dependency["version"] == ">=2.14.2 <3.0.0"
+
+    (archive,) = (CHART / "charts").glob("nats-*.tgz")
+    lock = yaml.safe_load((CHART / "Chart.lock").read_text())
+    (locked,) = lock["dependencies"]
+    assert archive.name == f"nats-{locked['version']}.tgz"
+    assert locked["repository"] == dependency["repository"]
+    assert _version(locked["version"]) >= (2, 14, 2)
+    with tarfile.open(archive) as tar:
+        names = set(tar.getnames())
+        meta = yaml.safe_load(tar.extractfile("nats/Chart.yaml").read())  # type: ignore[union-attr]
+        licence = tar.extractfile("nats/LICENSE").read().decode()  # type: ignore[union-attr]
+    assert meta["version"] == locked["version"]
+    assert _version(meta["appVersion"]) >= MINIMUM_NATS
+    assert "Apache License" in licence and "Version 2.0" in licence
+    assert "nats/templates/stateful-set.yaml" in names
 
     (listed,) = helm.dependency_list(str(CHART))
-    assert listed["name"] == "nats" and listed["status"] in ("ok", "missing")
+    assert listed["name"] == "nats" and listed["status"] == "ok"
 
-    values = yaml.safe_load((CHART / "values.yaml").read_text())
-    nats = values["nats"]
-    assert nats["enabled"] is True
-    assert nats["config"]["cluster"] == {"enabled": True, "replicas": 3}
-    jetstream = nats["config"]["jetstream"]
-    assert jetstream["enabled"] and jetstream["fileStore"]["enabled"]
-    assert jetstream["fileStore"]["pvc"]["enabled"]
-    # The NATS servers read the services' password from the same Secret.
-    (user,) = nats["config"]["merge"]["authorization"]["users"]
-    variable = user["password"].strip("<> $")
-    secret = nats["container"]["env"][variable]["valueFrom"]["secretKeyRef"]
-    assert secret == {"name": values["natsAuth"]["secretName"], "key": "password"}
-    assert user["user"] == values["natsAuth"]["user"]
+
+def _vendor_script() -> Any:
+    path = REPO / "scripts" / "vendor_nats_chart.py"
+    spec = importlib.util.spec_from_file_location("vendor", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_chart_lock_is_in_sync_as_helm_computes_it(tmp_path: Path) -> None:
+    """`helm dependency build` refuses a lock whose digest does not match Chart.yaml. The
+    committed digest is the script's; the script's is Helm's own (checked here against a real
+    `helm dependency update` from a repository served on 127.0.0.1)."""
+    vendor = _vendor_script()
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    lock = yaml.safe_load((CHART / "Chart.lock").read_text())
+    assert lock["digest"] == vendor.lock_digest(chart["dependencies"], lock["dependencies"])
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for archive in (CHART / "charts").glob("nats-*.tgz"):
+        shutil.copy(archive, repo)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(repo))
+    handler.log_message = lambda *a: None  # type: ignore[attr-defined]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        helm.repo_index_generate(str(repo), base_url=url)
+        copy_dir = tmp_path / "durable"
+        shutil.copytree(CHART, copy_dir)
+        shutil.rmtree(copy_dir / "charts")
+        (copy_dir / "Chart.lock").unlink()
+        meta = yaml.safe_load((copy_dir / "Chart.yaml").read_text())
+        meta["dependencies"][0]["repository"] = url
+        (copy_dir / "Chart.yaml").write_text(yaml.safe_dump(meta))
+        helm.dependency_update(str(copy_dir))
+        fresh = yaml.safe_load((copy_dir / "Chart.lock").read_text())
+    finally:
+        server.shutdown()
+    assert fresh["dependencies"] == [{**lock["dependencies"][0], "repository": url}]
+    assert fresh["digest"] == vendor.lock_digest(meta["dependencies"], fresh["dependencies"])
+
+
+def test_rendered_nats_is_new_enough_and_clustered(default_docs: list[dict[str, Any]]) -> None:
+    (nats,) = by_kind(default_docs, "StatefulSet").values()
+    assert nats["spec"]["replicas"] == 3
+    image = containers(nats)[0]["image"]
+    assert image.startswith("nats:"), image
+    assert _version(image.split(":", 1)[1]) >= MINIMUM_NATS, image
+    config = by_kind(default_docs, "ConfigMap")[f"{RELEASE}-nats-config"]["data"]["nats.conf"]
+    assert '"store_dir": "/data"' in config and '"cluster"' in config
 
 
 # -- each check fails on a seeded error ------------------------------------------------------------
