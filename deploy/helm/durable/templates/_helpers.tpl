@@ -53,15 +53,16 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- end }}
 {{- end }}
 
-{{/* An image reference: (list $ .Values.processor.repository) */}}
+{{/* An image reference: (list $ .Values.processor.image). The component's tag, else the global
+one, else the appVersion: a processor with your plugins can have a tag of its own. */}}
 {{- define "durable.image" -}}
 {{- $ctx := index . 0 -}}
-{{- $repository := index . 1 -}}
-{{- $tag := default $ctx.Chart.AppVersion $ctx.Values.image.tag -}}
+{{- $image := index . 1 -}}
+{{- $tag := $image.tag | default $ctx.Values.image.tag | default $ctx.Chart.AppVersion -}}
 {{- if $ctx.Values.image.registry }}
-{{- printf "%s/%s:%s" (trimSuffix "/" $ctx.Values.image.registry) $repository $tag }}
+{{- printf "%s/%s:%s" (trimSuffix "/" $ctx.Values.image.registry) $image.repository $tag }}
 {{- else }}
-{{- printf "%s:%s" $repository $tag }}
+{{- printf "%s:%s" $image.repository $tag }}
 {{- end }}
 {{- end }}
 
@@ -76,6 +77,36 @@ release name when it already says "nats" (the official chart's rule). */}}
 {{- printf "nats://%s.%s.svc:4222" $name .Release.Namespace }}
 {{- else }}
 {{- required "nats.enabled is false: set externalNats.url to the NATS you run" .Values.externalNats.url }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret with the NATS login: natsAuth.secretName, else <release>-nats-auth (the name the
+bundled NATS chart reads through its own $tplYaml, see values.yaml). */}}
+{{- define "durable.natsAuthSecret" -}}
+{{- .Values.natsAuth.secretName | default (printf "%s-nats-auth" .Release.Name) }}
+{{- end }}
+
+{{/* Refuse values that would deploy something broken, each with what to do instead. */}}
+{{- define "durable.checkValues" -}}
+{{- $auth := .Values.natsAuth -}}
+{{- if and $auth.create (not $auth.password) }}
+{{- fail "natsAuth.password is empty: set the NATS password (--set natsAuth.password=...), or set natsAuth.create=false and create the Secret yourself (keys user, password). The chart makes no random password: it would change on every render (helm template, Argo CD, Tilt)." }}
+{{- end }}
+{{- if and .Values.inspector.enabled .Values.inspector.auth.enabled (not .Values.inspector.auth.existingSecret) (not .Values.inspector.auth.token) }}
+{{- fail "inspector.auth.token is empty: set the inspector's token (--set inspector.auth.token=...), or inspector.auth.existingSecret to a Secret with the key token. The chart makes no random token: it would change on every render." }}
+{{- end }}
+{{- if .Values.nats.enabled }}
+{{- if $auth.token }}
+{{- fail "natsAuth.token works only with a NATS you run (nats.enabled=false): the bundled NATS authenticates natsAuth.user with its password, and NATS cannot take a token and users at once." }}
+{{- end }}
+{{- $secret := include "durable.natsAuthSecret" . }}
+{{- range $variable := list "DURABLE_NATS_USER" "DURABLE_NATS_PASSWORD" }}
+{{- $ref := dig $variable "valueFrom" "secretKeyRef" "name" "" $.Values.nats.container.env }}
+{{- if kindIs "map" $ref }}{{ $ref = tpl (get $ref "$tplYaml") $ | trim }}{{ end }}
+{{- if ne $ref $secret }}
+{{- fail (printf "the bundled NATS reads %s from the Secret %q (nats.container.env.%s) but the services from %q (natsAuth.secretName): make them the same" $variable $ref $variable $secret) }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- end }}
 
@@ -95,22 +126,25 @@ release name when it already says "nats" (the official chart's rule). */}}
   value: {{ include "durable.natsUrl" $ctx | quote }}
 - name: DURABLE_SETTINGS_FILE
   value: /etc/durable/settings.toml
+{{- /* A Secret the chart makes, or the bundled NATS reads, must be there: a wrong name stops the
+pod (CreateContainerConfigError) instead of starting it without a password. */}}
+{{- $required := or $auth.create $ctx.Values.nats.enabled }}
 - name: DURABLE_NATS_USER
   valueFrom:
     secretKeyRef:
-      name: {{ $auth.secretName }}
+      name: {{ include "durable.natsAuthSecret" $ctx }}
       key: user
-      optional: true
+      optional: {{ not $required }}
 - name: DURABLE_NATS_PASSWORD
   valueFrom:
     secretKeyRef:
-      name: {{ $auth.secretName }}
+      name: {{ include "durable.natsAuthSecret" $ctx }}
       key: password
-      optional: true
+      optional: {{ not $required }}
 - name: DURABLE_NATS_TOKEN
   valueFrom:
     secretKeyRef:
-      name: {{ $auth.secretName }}
+      name: {{ include "durable.natsAuthSecret" $ctx }}
       key: token
       optional: true
 {{- if $auth.credsSecret.name }}
@@ -146,7 +180,7 @@ release name when it already says "nats" (the official chart's rule). */}}
 - name: OTEL_EXPORTER_OTLP_ENDPOINT
   value: {{ $endpoint | quote }}
 - name: OTEL_EXPORTER_OTLP_PROTOCOL
-  value: {{ ternary "grpc" "http/protobuf" (eq $ctx.Values.tracing.protocol "grpc") | quote }}
+  value: {{ $ctx.Values.tracing.protocol | quote }}
 {{- else }}
 - name: OTEL_TRACES_EXPORTER
   value: none
@@ -245,19 +279,40 @@ affinity:
 {{- end }}
 {{- end }}
 
-{{/* Pod metadata: (list $ "processor"); a settings checksum rolls the pods when it changes. */}}
+{{/* Pod metadata: (list $ "processor") or, for a pod Prometheus scrapes, (list $ "processor"
+metricsPort). Checksums of the settings and of the chart's Secrets roll the pods when they change. */}}
 {{- define "durable.podMetadata" -}}
 {{- $ctx := index . 0 -}}
 labels:
-  {{- include "durable.labels" . | nindent 2 }}
+  {{- include "durable.labels" (list $ctx (index . 1)) | nindent 2 }}
   {{- with $ctx.Values.podLabels }}
   {{- toYaml . | nindent 2 }}
   {{- end }}
 annotations:
   checksum/settings: {{ include (print $ctx.Template.BasePath "/configmap.yaml") $ctx | sha256sum }}
+  checksum/secrets: {{ include (print $ctx.Template.BasePath "/secret.yaml") $ctx | sha256sum }}
+  {{- if and (gt (len .) 2) $ctx.Values.metrics.podAnnotations }}
+  prometheus.io/scrape: "true"
+  prometheus.io/port: {{ index . 2 | quote }}
+  prometheus.io/path: /metrics
+  {{- end }}
   {{- with $ctx.Values.podAnnotations }}
   {{- toYaml . | nindent 2 }}
   {{- end }}
+{{- end }}
+
+{{/* Topology spread of one component's pods: (list $ "processor" .Values.processor.topologySpreadConstraints),
+a map of topologyKey to constraint, as the NATS chart takes it. */}}
+{{- define "durable.topologySpread" -}}
+{{- $ctx := index . 0 -}}
+{{- $component := index . 1 -}}
+{{- with index . 2 -}}
+topologySpreadConstraints:
+{{- range $key, $constraint := . }}
+  {{- $selector := dict "matchLabels" (include "durable.selectorLabels" (list $ctx $component) | fromYaml) }}
+  - {{ mergeOverwrite (dict "topologyKey" $key "labelSelector" $selector "matchLabelKeys" (list "pod-template-hash")) $constraint | toYaml | indent 4 | trim }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/* A PodDisruptionBudget: (list $ "processor" .Values.processor) */}}
