@@ -139,11 +139,16 @@ async def test_cancellations_retries_and_latencies_are_counted(
     flaky = await client.invoke("flaky", {"failures": 1, "attempts": 3, "interval_ms": 10})
     assert flaky.status == "completed"
 
+    # The client learns the result before the processor has settled the command (and counted
+    # its final status): scrape until the last counts are in.
     deadline = time.monotonic() + 10
     while True:
         m = await scrape(base)
         done = sample(m, "durable_invocations_cancelled_total", workflow="delayed_greeting")
-        if done >= 1 or time.monotonic() > deadline:
+        finished = sample(
+            m, "durable_invocation_duration_seconds_count", workflow="flaky", status="completed"
+        )
+        if (done >= 1 and finished >= 1) or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.1)
     assert sample(m, "durable_invocations_cancelled_total", workflow="expense_approval") == 1
