@@ -23,7 +23,7 @@ DurableError                      every error this library raises
 └── NatsUnavailableError          NATS could not be reached (with the URLs tried)
 
 Control flow (not errors; they derive from BaseException so `except Exception` can't swallow them):
-SuspendExecution                  the processor must stop running this invocation now
+SuspendExecution                  the engine stops this run of the invocation now; never catch it
 InvocationCancelledError          raised inside a cancelled workflow; catch it to compensate
 ```
 """
@@ -269,11 +269,20 @@ class NatsUnavailableError(DurableError, ConnectionError):
 
 
 class SuspendExecution(BaseException):  # noqa: N818 - control flow, not an error
-    """Stops the current run of an invocation (lost claim, shutdown).
+    """The engine stops this run of the invocation here; a workflow must never catch it.
 
-    Derives from BaseException so that a workflow's ``except Exception`` cannot swallow it.
+    It is the one base of the engine's own control-flow signals that travel through workflow
+    code (a ``ctx`` call raises them): another processor took the invocation over, the
+    invocation finished elsewhere, this processor lost its hold on the command or its lease,
+    or NATS refused a write of the engine's own. The run is abandoned; the invocation goes
+    on from its journal wherever it is taken up next.
+
+    It derives from BaseException so that a workflow's ``except Exception`` cannot swallow it.
+    A workflow that catches ``BaseException`` must re-raise it (as it must re-raise
+    ``asyncio.CancelledError``); even then the engine refuses every further step of that run.
+    Interceptors recognise it with ``interceptors.outcome_of`` (``"abandoned"``).
     """
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str = "") -> None:
         super().__init__(reason)
         self.reason = reason

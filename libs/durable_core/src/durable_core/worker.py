@@ -271,19 +271,15 @@ class Worker:
                 await delivery.nak()
             raise
         except (NatsUnavailableError, _EngineFailure) as e:
+            cause = e.cause if isinstance(e, _EngineFailure) else e
+            if isinstance(cause, CorruptJournalError | InvalidInputError):
+                await self._fail_broken(execution, delivery, cause)
+                return
             log.warning("invocation %s: NATS unavailable (%s); releasing it", cmd.invocation_id, e)
             with contextlib.suppress(Exception):
                 await delivery.nak(delay=2.0)
         except (CorruptJournalError, InvalidInputError) as e:
-            # Not transient (a corrupt journal, a broken record): fail it clearly, settle.
-            log.error("invocation %s cannot run: %s", cmd.invocation_id, e)
-            with contextlib.suppress(Exception):
-                await execution.write_state(  # never over a finished state
-                    status=pb.STATUS_FAILED,
-                    failure=pb.Failure(type=type(e).__name__, message=str(e)),
-                )
-            with contextlib.suppress(Exception):
-                await delivery.term()
+            await self._fail_broken(execution, delivery, e)
         except DurableError as e:
             log.warning("invocation %s: %s; releasing it", cmd.invocation_id, e)
             with contextlib.suppress(Exception):
@@ -294,6 +290,18 @@ class Worker:
             self._held.discard(delivery)
             self._lease_changed.set()
 
+    @staticmethod
+    async def _fail_broken(execution: _Execution, delivery: Delivery, e: DurableError) -> None:
+        """Not transient (a corrupt journal, a broken record): fail it clearly, settle."""
+        log.error("invocation %s cannot run: %s", execution.id, e)
+        with contextlib.suppress(Exception):
+            await execution.write_state(  # never over a finished state
+                status=pb.STATUS_FAILED,
+                failure=pb.Failure(type=type(e).__name__, message=str(e)),
+            )
+        with contextlib.suppress(Exception):
+            await delivery.term()
+
 
 _FINAL_KIND: dict[int, pb.EntryKind] = {
     pb.STATUS_COMPLETED: pb.ENTRY_KIND_COMPLETED,
@@ -302,7 +310,7 @@ _FINAL_KIND: dict[int, pb.EntryKind] = {
 }
 
 
-class _Rerun(Exception):  # noqa: N818 - internal control flow
+class _Rerun(SuspendExecution):
     """New external entries may satisfy a parked wait: run the workflow again from replay."""
 
 
@@ -330,6 +338,7 @@ class _Execution:
         self.children: list[str] = []
         self.task: asyncio.Future[Any] | None = None
         self._cancelling = False
+        self.stopped: SuspendExecution | None = None  # the signal that ended this run
 
     # -- journal ---------------------------------------------------------------------------
 
@@ -344,7 +353,20 @@ class _Execution:
         On a conflict the journal is re-read: entries from outside (resolutions, signals)
         are taken in and the append retried; an entry from another processor means we lost
         the invocation (unless this append is itself a claim, which takes it over).
+
+        Once the run was stopped by an engine signal, every later append raises it again: a
+        workflow that swallowed it (``except BaseException``) cannot journal anything more.
         """
+        if self.stopped is not None:
+            raise self.stopped
+        try:
+            await self._append(entry, claim=claim)
+        except SuspendExecution as stop:
+            if not isinstance(stop, _Rerun):
+                self.stopped = stop
+            raise
+
+    async def _append(self, entry: pb.JournalEntry, *, claim: bool) -> None:
         async with self.lock:
             while True:
                 entry.index = len(self.entries) + 1
@@ -391,8 +413,10 @@ class _Execution:
             fresh = await self.t.read_journal(
                 self.id, min_seq=self.last_seq + 1 if newer_known else self.last_seq
             )
-        except NatsUnavailableError as e:
-            raise _EngineFailure(e) from e  # the engine's read: not the workflow's failure
+        except DurableError as e:
+            # The engine's read (NATS gone, a corrupt entry): never the workflow's failure,
+            # and never something a workflow's `except Exception` may swallow.
+            raise _EngineFailure(e) from e
         records = [r for r in fresh if r.seq > self.last_seq]
         others = [r for r in records if r.entry.writer != self.token]
         foreign = [r for r in others if r.entry.kind in PROCESSOR_KINDS]
@@ -441,7 +465,11 @@ class _Execution:
             parent_id=submission.parent_id,
             metadata=submission.headers,
         )
-        await self.t.submit(state, cmd)
+        try:
+            await self.t.submit(state, cmd)
+        except NatsUnavailableError as e:
+            self.stopped = _EngineFailure(e)  # the engine's write: stop the run, release it
+            raise self.stopped from e
 
     def request_suspend(self, waits: Sequence[Wait]) -> None:
         self.waits = tuple(waits)
@@ -449,6 +477,11 @@ class _Execution:
 
     def cancelling(self) -> bool:
         return self._cancelling
+
+    def check_step(self) -> None:
+        """Refuse every step once the run was stopped by an engine signal."""
+        if self.stopped is not None:
+            raise self.stopped
 
     def cancel_now(self) -> None:
         """Interrupt the step in flight (or the parked wait): the workflow sees a cancellation."""
@@ -893,8 +926,8 @@ class _Execution:
             if self._cancelling:
                 raise _Rerun from None  # interrupted off a step boundary: deliver it on replay
             raise
-        except (_LostClaim, _Finished, _Rerun, SuspendExecution, _EngineFailure):
-            raise
+        except SuspendExecution:
+            raise  # the engine's own control flow (_LostClaim, _Finished, _Rerun, ...)
         except Exception as e:  # noqa: BLE001 - the workflow failed; journal why
             if is_engine_error(e):
                 # A NATS error the workflow let through (a write of the engine's own that
@@ -1038,7 +1071,7 @@ def _unfinished(invocation_id: str) -> Callable[[list[JournalRecord]], None]:
     return check
 
 
-class _LostClaim(Exception):  # noqa: N818 - internal control flow
+class _LostClaim(SuspendExecution):
     """Another processor appended to the journal: this run must stop."""
 
     def __init__(self, records: list[JournalRecord]) -> None:
@@ -1046,22 +1079,23 @@ class _LostClaim(Exception):  # noqa: N818 - internal control flow
         self.records = records
 
     def holds(self, stream_seq: int) -> bool:
-        """Whether the new holder took over this very command (so we must not ack it)."""
-        return any(
-            r.entry.kind == pb.ENTRY_KIND_CLAIM and r.entry.command_seq == stream_seq
-            for r in self.records
-        )
+        """Whether the new holder runs on this very command (so we must not ack it)."""
+        return any(r.entry.command_seq == stream_seq for r in self.records)
 
 
-class _EngineFailure(BaseException):  # noqa: N818 - internal control flow
-    """A journal write of the engine failed for a reason that is not the workflow's."""
+class _EngineFailure(SuspendExecution):
+    """A journal write or read of the engine failed for a reason that is not the workflow's."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.cause = cause
 
 
-class _Finished(Exception):  # noqa: N818 - internal control flow
+class _Finished(SuspendExecution):
     """The journal shows the invocation finished (another processor completed it)."""
 
 
-class _NotIdle(Exception):  # noqa: N818 - internal control flow
+class _NotIdle(SuspendExecution):
     """A wake-up found the invocation taken by someone else."""
 
 
