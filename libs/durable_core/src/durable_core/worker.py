@@ -20,11 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import math
 import os
-import re
 import secrets
 import socket
 import time
@@ -34,7 +31,9 @@ from typing import Any
 from google.protobuf.message import DecodeError
 
 from durable_core import _codec
+from durable_core._delivery import Delivery
 from durable_core._grpc import ChannelPool
+from durable_core._hold import ProcessorLease, lock_run, unlock_run
 from durable_core._journal import FINAL_KINDS, PROCESSOR_KINDS, ReplayMachine
 from durable_core._keys import KeyRecord
 from durable_core._naming import (
@@ -45,7 +44,6 @@ from durable_core._naming import (
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import (
     CorruptJournalError,
-    Delivery,
     JournalConflict,
     JournalRecord,
     StateConflict,
@@ -72,7 +70,6 @@ __all__ = ["Worker"]
 log = logging.getLogger("durable_core.worker")
 
 TERMINAL = frozenset({pb.STATUS_COMPLETED, pb.STATUS_FAILED, pb.STATUS_CANCELLED})
-_LEASE_LIST_BYTES = 400_000  # a lease lists at most this much of held ack subjects
 
 
 def _now_ms() -> int:
@@ -98,19 +95,39 @@ class Worker:
         self.interceptors = tuple(interceptors)
         self.channels = channels or ChannelPool(config.services, service_defaults)
         self.processor_id = config.processor_id or f"{socket.gethostname()}-{os.getpid()}"
-        # One lease per process start: a restarted processor with the same id is not mistaken
-        # for the one that died (whose commands must still be re-driven).
-        self.lease_name = (
-            f"{re.sub(r'[^A-Za-z0-9_=-]', '_', self.processor_id)[:200]}.{secrets.token_hex(4)}"
+        self.lease = ProcessorLease(
+            transport, self.processor_id, config.lease_ttl.total_seconds(), lambda: self._held
         )
         self._held: set[Delivery] = set()  # commands taken and not yet settled
-        self._lease_changed = asyncio.Event()
+        self._beats: dict[Delivery, asyncio.Task[None]] = {}  # their heartbeats
+        self._by_seq: dict[int, tuple[Delivery, asyncio.Task[None]]] = {}  # by stream sequence
         self._tasks: set[asyncio.Task[None]] = set()
         self._running: dict[str, _Execution] = {}  # by invocation id, for cancellation
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
         self.completed = 0
         self.failed = 0
+
+    @property
+    def lease_name(self) -> str:
+        """The name of this processor's current lease."""
+        return self.lease.name
+
+    @property
+    def leases_on(self) -> bool:
+        return bool(self.config.lease_ttl)
+
+    @property
+    def step_margin(self) -> float:
+        """How long before a delivery's bound a run stops starting steps (clock rates, and
+        the time from the check to the step's effect)."""
+        return min(self.config.ack_wait.total_seconds() / 20, 0.5)
+
+    def holds(self, delivery: Delivery, lease_epoch: int) -> bool:
+        """Whether a run on ``delivery`` may start a step now (see ``durable_core._hold``)."""
+        if not delivery.surely_held(self.step_margin):
+            return False
+        return not self.leases_on or self.lease.alive(lease_epoch)
 
     @property
     def in_flight(self) -> int:
@@ -124,12 +141,14 @@ class Worker:
 
     async def run(self) -> None:
         """Consume until ``stop()``; then let in-flight work finish or release it."""
+        lease = None
+        if self.leases_on:
+            # The lease exists before the first command is taken: a run checks it before
+            # every step, and a processor that dies holding commands has them re-driven.
+            await self.lease.create(self._stopping)
+            lease = asyncio.create_task(self.lease.keep())
         consumer = await self.transport.command_consumer(self.config)
         control = await self.transport.subscribe_control(self._on_control)
-        lease = None
-        if self.config.lease_ttl:
-            await self.transport.leases_kv()  # the bucket, before the first command is taken
-            lease = asyncio.create_task(self._keep_lease())
         log.info(
             "processor %s consuming (max_concurrent=%d, ack_wait=%ss, workflows: %s)",
             self.processor_id,
@@ -150,13 +169,10 @@ class Worker:
                     log.warning("fetch failed: %s: %s", type(e).__name__, e)
                     await asyncio.sleep(0.5)
                     continue
-                if deliveries:
-                    self._held.update(deliveries)
-                    self._lease_changed.set()
                 for d in deliveries:
-                    task = asyncio.create_task(self._handle(d))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._done)
+                    self._take(d)
+                if deliveries:
+                    self.lease.changed.set()
         finally:
             # Stop pulling first, so that what _drain hands back goes to other processors.
             await consumer.close()
@@ -166,56 +182,59 @@ class Worker:
                     lease.cancel()
                     await asyncio.wait({lease}, timeout=0.5)
                 with contextlib.suppress(Exception):
-                    await self.transport.delete_lease(self.lease_name)  # a clean exit
+                    await self.lease.delete()  # a clean exit
             await control.unsubscribe()
             await self.channels.close()
 
-    async def _keep_lease(self) -> None:
-        """Renew this processor's lease, listing the commands it holds.
+    def _take(self, d: Delivery) -> None:
+        """Start handling a delivery; a redelivery of a command this process runs is absorbed
+        by that run, or (if the run gave its delivery up) waits until that run has ended."""
+        current = self._by_seq.get(d.stream_seq)
+        if current is not None:
+            held, task = current
+            if not (held.lost or held.settled) and d.num_delivered == held.num_delivered + 1:
+                log.info(
+                    "command %d delivered again (delivery %d) while this processor runs it: "
+                    "the run goes on with the new delivery",
+                    d.stream_seq,
+                    d.num_delivered,
+                )
+                held.adopt(d)
+                self.lease.changed.set()
+                return
+            coro = self._handle_after(task, d)
+        else:
+            coro = self._handle(d)
+        self._held.add(d)
+        self._beats[d] = asyncio.create_task(self._heartbeat(d))
+        task = asyncio.create_task(coro)
+        self._by_seq[d.stream_seq] = (d, task)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
 
-        Renewed every ``lease_ttl / 3`` and soon (at most 5 times a second) after a command is
-        taken or settled. If the process dies, the lease lapses and the scheduler NAKs the
-        listed deliveries, so another processor takes them over at once. A command taken in
-        the last moments before a crash may be missing from the lease: JetStream redelivers
-        it after ``ack_wait`` as before.
-        """
-        ttl = self.config.lease_ttl.total_seconds()
-        renew_every, min_gap = ttl / 3, 0.2
-        last = -math.inf
+    async def _heartbeat(self, d: Delivery) -> None:
+        """In-progress acks from the moment of delivery until it is settled or given up."""
+        interval = self.config.heartbeat_interval
+        if interval <= 0:
+            return
         while True:
-            # asyncio.wait, not wait_for: on 3.11 wait_for can swallow our cancellation.
-            changed = asyncio.ensure_future(self._lease_changed.wait())
-            try:
-                await asyncio.wait(
-                    {changed}, timeout=max(renew_every - (time.monotonic() - last), 0)
-                )
-            finally:
-                changed.cancel()
-            gap = min_gap - (time.monotonic() - last)
-            if gap > 0:
-                await asyncio.sleep(gap)  # coalesce a burst of changes into one write
-            self._lease_changed.clear()
-            held, size = [], 0
-            for d in list(self._held):
-                size += len(d.reply) + 3
-                if size > _LEASE_LIST_BYTES:
-                    break  # the rest waits for ack_wait, like before leases
-                held.append(d.reply)
-            record = {
-                "processor": self.processor_id,
-                "pid": os.getpid(),
-                "host": socket.gethostname(),
-                "ttl_ms": int(ttl * 1000),
-                "renewed_at_ms": _now_ms(),
-                "held": held,
-            }
-            last = time.monotonic()
-            try:
-                await self.transport.put_lease(self.lease_name, json.dumps(record).encode())
-            except Exception as e:  # noqa: BLE001 - the next renewal tries again
-                log.warning(
-                    "could not renew lease %s: %s: %s", self.lease_name, type(e).__name__, e
-                )
+            await asyncio.sleep(interval)
+            await d.heartbeat(timeout=min(interval, 5.0))
+
+    async def _handle_after(self, earlier: asyncio.Task[None], d: Delivery) -> None:
+        await asyncio.wait({earlier})
+        await self._handle(d)
+
+    def _release(self, d: Delivery) -> None:
+        """The delivery is settled or given up: stop its heartbeats, drop it from the lease."""
+        self._held.discard(d)
+        beat = self._beats.pop(d, None)
+        if beat is not None:
+            beat.cancel()
+        current = self._by_seq.get(d.stream_seq)
+        if current is not None and current[0] is d:
+            del self._by_seq[d.stream_seq]
+        self.lease.changed.set()
 
     def _on_control(self, invocation_id: str, action: str) -> None:
         """A lifecycle request arrived over core NATS: act on a run in this processor now."""
@@ -258,7 +277,7 @@ class Worker:
                 cmd.created_at_ms = now  # an absurd client clock: take ours
         except (DecodeError, InvalidInputError, ValueError) as e:
             log.error("terminating malformed command (stream seq %d): %s", delivery.stream_seq, e)
-            self._held.discard(delivery)
+            self._release(delivery)
             await delivery.term()
             return
         execution = _Execution(self, cmd, delivery)
@@ -270,6 +289,10 @@ class Worker:
             with contextlib.suppress(Exception):
                 await delivery.nak()
             raise
+        except _LostHold as e:
+            # Another processor may run it now (or soon): settle nothing, journal nothing.
+            log.warning("invocation %s: %s; stopping this run", cmd.invocation_id, e)
+            delivery.lost = True
         except (NatsUnavailableError, _EngineFailure) as e:
             cause = e.cause if isinstance(e, _EngineFailure) else e
             if isinstance(cause, CorruptJournalError | InvalidInputError):
@@ -287,8 +310,7 @@ class Worker:
         finally:
             if self._running.get(cmd.invocation_id) is execution:
                 del self._running[cmd.invocation_id]
-            self._held.discard(delivery)
-            self._lease_changed.set()
+            self._release(delivery)
 
     @staticmethod
     async def _fail_broken(execution: _Execution, delivery: Delivery, e: DurableError) -> None:
@@ -339,6 +361,8 @@ class _Execution:
         self.task: asyncio.Future[Any] | None = None
         self._cancelling = False
         self.stopped: SuspendExecution | None = None  # the signal that ended this run
+        self.lease_epoch = worker.lease.epoch  # the lease this run started under
+        self._run_lock = 0  # revision of our run lock (commands delivered more than once)
 
     # -- journal ---------------------------------------------------------------------------
 
@@ -371,6 +395,7 @@ class _Execution:
             while True:
                 entry.index = len(self.entries) + 1
                 entry.writer = self.token
+                entry.command_seq = self.delivery.stream_seq  # whose run this is (see run)
                 msg_id = f"{self.id}:{entry.index}:{self.token}"
                 started = time.monotonic()
                 try:
@@ -388,6 +413,9 @@ class _Execution:
                         return
                     if entry.kind == pb.ENTRY_KIND_SUSPENDED:
                         raise _Rerun from None  # decide again with what arrived
+                    if claim and not self._claimable():
+                        # Another run started meanwhile: it goes on, not us.
+                        raise _NotIdle(f"taken under command {self._owner()}") from None
                     continue
                 self._record(entry, seq)
                 if not claim and time.monotonic() - started > self._slow_write_s:
@@ -397,12 +425,23 @@ class _Execution:
                     await self._catch_up(claim=False, newer_known=False)
                 return
 
-    def _claimed_by_this_command(self) -> bool:
-        """Whether a holder's CLAIM names this very command (acking it would drop its run)."""
-        return any(
-            e.kind == pb.ENTRY_KIND_CLAIM and e.command_seq == self.delivery.stream_seq
-            for e in self.entries
-        )
+    def _owner(self) -> int | None:
+        """The command whose run wrote the journal's last run entry (0: written before entries
+        carried it); None if no run has written anything (copies of a fork's steps aside)."""
+        for e in reversed(self.entries):
+            if e.kind in PROCESSOR_KINDS and not e.writer.startswith("fork:"):
+                return int(e.command_seq)
+        return None
+
+    def _claimable(self) -> bool:
+        """Whether this delivery may claim the invocation as the journal stands: its last run
+        suspended, or that run is this command's own (its earlier delivery is over), or no
+        run has started and this start won the state's move to RUNNING (see _take_up)."""
+        if self.machine.suspended:
+            return True
+        owner = self._owner()
+        redelivered = self.delivery.num_delivered > 1
+        return owner in (None, self.delivery.stream_seq) or (owner == 0 and redelivered)
 
     async def _catch_up(self, *, claim: bool, newer_known: bool = True) -> list[JournalRecord]:
         """Take in what was appended since our last entry (``newer_known``: something is
@@ -479,7 +518,14 @@ class _Execution:
         return self._cancelling
 
     def check_step(self) -> None:
-        """Refuse every step once the run was stopped by an engine signal."""
+        """Refuse every step once the run was stopped by an engine signal, or once this
+        processor no longer surely holds the command (see ``durable_core._hold``)."""
+        if self.stopped is None and not self.w.holds(self.delivery, self.lease_epoch):
+            self.stopped = _LostHold(
+                f"command {self.delivery.stream_seq} (delivery {self.delivery.num_delivered}) "
+                "may be redelivered to another processor by now (no in-progress ack answered "
+                "in time, or this processor's lease lapsed)"
+            )
         if self.stopped is not None:
             raise self.stopped
 
@@ -560,6 +606,24 @@ class _Execution:
     # -- the run ---------------------------------------------------------------------------
 
     async def run(self) -> None:
+        if self.delivery.num_delivered > 1 and self.w.leases_on:
+            # Delivered before: a stale NAK may have taken it from a live holder (see _hold).
+            self._run_lock = await lock_run(
+                self.t,
+                self.w.lease,
+                self.delivery,
+                finished=lambda: self._finished(self.id),
+                stopping=self.w._stopping,
+            )
+            if not self._run_lock and not await self._finished(self.id):
+                return  # stopping: the command goes back (or to the next holder) unsettled
+        try:
+            await self._run()
+        finally:
+            if self._run_lock:
+                await unlock_run(self.t, self.delivery.stream_seq, self._run_lock)
+
+    async def _run(self) -> None:
         self.state = await self.t.get_state(self.id)
         st = self.state.state if self.state is not None else None
         if st is None and self.cmd.kind == pb.COMMAND_KIND_WAKE:
@@ -593,46 +657,11 @@ class _Execution:
             if taken is None:
                 return  # queued behind the key's holder
             held_before = taken == "held"
-        redelivered = self.delivery.num_delivered > 1
-        wake = self.cmd.kind == pb.COMMAND_KIND_WAKE or (
-            not redelivered and (held_before or (st is not None and st.status != pb.STATUS_PENDING))
-        )
-        heartbeat = asyncio.create_task(self._heartbeat())
         try:
-            if wake and not redelivered:
-                await self.load_journal(min_seq=self.cmd.min_journal_seq)
-                # A second turn for a key we already hold only continues a suspended run: an
-                # empty journal there means the first turn is starting it right now.
-                idle = self.machine.suspended if held_before else self.machine.idle
-                if self.machine.final is None and not idle:
-                    log.info("invocation %s is in progress elsewhere; wake-up not needed", self.id)
-                    if not self._claimed_by_this_command():
-                        await self.delivery.ack()  # else the holder runs on it: leave it be
-                    return
-                if self.machine.final is None:
-                    await self._claim(takeover=False)
-            elif redelivered:
-                await self.load_journal()
-                if self.machine.final is None:
-                    # Even over an empty journal: the first holder may be inside its first
-                    # step (its first append expects an empty journal, so our CLAIM fences it).
-                    await self._claim(takeover=True)
-            elif st is not None and st.journal_length:
-                await self.load_journal(min_entries=st.journal_length)  # a fork's copied steps
-            if self.machine.final is not None:
-                await self._finish_from_journal(self.machine.final)
-                return
-            # RUNNING before the first step: a client pausing now must see it running (a
-            # deferred write let `pause` mark a run in flight "paused"; it was reverted).
-            # A fresh start has not read the journal: it may only run over the PENDING state
-            # it saw. If that moved on (a second turn of a partition key whose run finished
-            # meanwhile, a client's pause), running would redo step 1 of a journal it never read.
-            only_if = (pb.STATUS_PENDING,) if not wake and not redelivered else ()
-            if not await self.write_state(
-                status=pb.STATUS_RUNNING, waiting_for="", only_if=only_if
-            ):
-                await self._state_moved_on()
-                return
+            # A fresh start runs without reading the journal (its first append expects an
+            # empty one) once it has moved the state from PENDING to RUNNING: one start wins.
+            if not (self._fresh(held_before) and await self._start_fresh()):
+                await self._take_up()
             await self._run_until_done()
         except _Finished:
             assert self.machine.final is not None
@@ -640,12 +669,79 @@ class _Execution:
         except _LostClaim as lost:
             self._log_lost(lost)
             if not lost.holds(self.delivery.stream_seq):
-                await self.delivery.ack()  # another delivery owns the invocation now
-        except _NotIdle:
-            log.info("invocation %s was taken by another wake-up; acking ours", self.id)
+                await self.delivery.ack()  # another command's run owns the invocation now
+        except _NotIdle as e:
+            log.info("invocation %s: %s; acking this command", self.id, e.reason or "not idle")
             await self.delivery.ack()
-        finally:
-            heartbeat.cancel()
+
+    def _fresh(self, held_before: bool) -> bool:
+        st = self.state.state if self.state is not None else None
+        return (
+            self.cmd.kind == pb.COMMAND_KIND_START
+            and self.delivery.num_delivered == 1
+            and not held_before
+            and (st is None or (st.status == pb.STATUS_PENDING and not st.journal_length))
+        )
+
+    async def _start_fresh(self) -> bool:
+        """Move the state from PENDING to RUNNING under this command; False if it moved on
+        meanwhile (another start won, a client paused it, it finished: see _take_up)."""
+        # RUNNING before the first step: a client pausing now must see it running (a
+        # deferred write let `pause` mark a run in flight "paused"; it was reverted).
+        return await self.write_state(
+            status=pb.STATUS_RUNNING,
+            waiting_for="",
+            run_command_seq=self.delivery.stream_seq,
+            only_if=(pb.STATUS_PENDING,),
+        )
+
+    async def _take_up(self) -> None:
+        """Decide by the journal whether this delivery runs the invocation, and claim it.
+
+        Raises _Finished (it has finished: settle), _NotIdle (another command's run has it,
+        or it has not started and this is no start: ack this command).
+        """
+        state = self.state.state if self.state is not None else None
+        await self.load_journal(
+            min_seq=self.cmd.min_journal_seq, min_entries=state.journal_length if state else 0
+        )
+        if self.machine.final is not None:
+            raise _Finished
+        if not self.machine.suspended and self._owner() is None:
+            await self._take_unstarted()
+        elif not self._claimable():
+            raise _NotIdle(f"in progress under command {self._owner()}")
+        # A CLAIM fences whoever wrote before it; on a conflict the journal is read again and
+        # the claim stands only if it is still ours to take (see _append).
+        seq = self.delivery.stream_seq
+        claim = pb.JournalEntry(kind=pb.ENTRY_KIND_CLAIM, timestamp_ms=_now_ms(), command_seq=seq)
+        await self.append(claim, claim=True)
+        if not await self.write_state(
+            status=pb.STATUS_RUNNING, waiting_for="", run_command_seq=seq
+        ):
+            raise _NotIdle("it finished meanwhile")  # the state says so; the journal will
+
+    async def _take_unstarted(self) -> None:
+        """No run has started: only a start takes it, by moving the state to RUNNING under its
+        command (revision-checked against what it read: one start wins)."""
+        if self.cmd.kind != pb.COMMAND_KIND_START:
+            raise _NotIdle("not started yet: its start command runs it")
+        seq = self.delivery.stream_seq
+        for _ in range(10):
+            st = self.state.state if self.state is not None else None
+            if st is not None and st.status in TERMINAL:
+                raise _NotIdle(f"already {pb.Status.Name(st.status)}")
+            if st is not None and st.status == pb.STATUS_RUNNING:
+                owner = st.run_command_seq
+                if owner == seq or (owner == 0 and self.delivery.num_delivered > 1):
+                    return  # our own command's run (its earlier delivery is over)
+                raise _NotIdle(f"started by command {owner or 'of an older processor'}")
+            only_if = (st.status,) if st is not None else ()
+            if await self.write_state(
+                status=pb.STATUS_RUNNING, waiting_for="", run_command_seq=seq, only_if=only_if
+            ):
+                return
+        raise DurableError(f"state of {self.id} keeps changing under us; giving up this run")
 
     async def _settle_finished(self) -> None:
         """Ack the command of a finished invocation, handing its key on first: a crash in
@@ -656,24 +752,6 @@ class _Execution:
             await self.delivery.ack_sync()
         else:
             await self.delivery.ack()
-
-    async def _state_moved_on(self) -> None:
-        """The state left PENDING between our read and our RUNNING write."""
-        assert self.state is not None
-        status = self.state.state.status
-        if status in TERMINAL:
-            log.info(
-                "invocation %s finished elsewhere (%s) before this start ran; acking",
-                self.id,
-                pb.Status.Name(status),
-            )
-            await self._settle_finished()
-            return
-        # Paused (or taken by another run) meanwhile: go again by the journal, as a redelivery.
-        raise DurableError(
-            f"state of {self.id} became {pb.Status.Name(status)} before its first step; "
-            "it will be taken up again from its journal"
-        )
 
     # -- per-key ordering ------------------------------------------------------------------
 
@@ -790,30 +868,6 @@ class _Execution:
             self.token,
             ", ".join(writers),
         )
-
-    async def _claim(self, *, takeover: bool) -> None:
-        claim = pb.JournalEntry(
-            kind=pb.ENTRY_KIND_CLAIM, timestamp_ms=_now_ms(), command_seq=self.delivery.stream_seq
-        )
-        if takeover:
-            await self.append(claim, claim=True)
-            return
-        try:
-            await self.append(claim)
-        except _LostClaim as lost:
-            # Someone appended as a processor since we saw the journal idle: they run it.
-            raise _NotIdle from lost
-
-    async def _heartbeat(self) -> None:
-        interval = self.w.config.heartbeat_interval
-        if interval <= 0:
-            return
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.delivery.in_progress()
-            except Exception as e:  # noqa: BLE001 - a missed heartbeat is not fatal
-                log.debug("heartbeat for %s failed: %s", self.id, e)
 
     async def _run_until_done(self) -> None:
         while True:
@@ -1097,6 +1151,10 @@ class _Finished(SuspendExecution):
 
 class _NotIdle(SuspendExecution):
     """A wake-up found the invocation taken by someone else."""
+
+
+class _LostHold(SuspendExecution):
+    """This processor may no longer hold the command: stop before the next step."""
 
 
 class _BadInput(InvalidInputError):

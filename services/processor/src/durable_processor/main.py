@@ -40,7 +40,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--heartbeat",
         type=float,
-        help="seconds between in-progress acks; 0 = ack-wait/3, -1 = none",
+        help="seconds between in-progress acks; 0 = ack-wait/6, -1 = none",
     )
     p.add_argument("--replicas", type=int, help="JetStream replicas (1, 3 or 5)")
     p.add_argument("--processor-id", help="name of this processor in journals and logs")
