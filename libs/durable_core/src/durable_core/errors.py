@@ -10,6 +10,7 @@ DurableError                      every error this library raises
 ├── RetryableError                a failure worth retrying (raise it in a step to retry)
 │   └── StepTimeoutError          a step attempt took longer than its timeout
 ├── ConfigError                   bad or mismatching configuration (settings, streams, consumers)
+│   └── EngineNotFoundError       the engine's streams do not exist (no processor created them)
 ├── InvalidInputError             bad input: malformed args, oversized payload, bad id or key
 ├── NonDeterminismError           the workflow code no longer matches its journal
 ├── NotFoundError                 no such invocation, workflow or awakeable
@@ -45,6 +46,7 @@ __all__ = [
     "InvocationCancelledError",
     "InvocationFinishedError",
     "DurableError",
+    "EngineNotFoundError",
     "InvalidInputError",
     "InvocationTimeoutError",
     "NatsUnavailableError",
@@ -128,6 +130,28 @@ class ExecutionTimeoutError(TerminalError):
 
 class ConfigError(DurableError):
     """Configuration is invalid, or an existing stream/bucket/consumer does not match it."""
+
+
+class EngineNotFoundError(ConfigError):
+    """The engine's streams do not exist on this NATS under this prefix.
+
+    Only processors create them (with the replicas and limits of their settings); clients,
+    the CLI, the scheduler and the inspector use what exists. Start a processor first, or
+    check the NATS URL and the prefix.
+
+    Attributes:
+        prefix: the engine prefix looked for.
+        missing: the streams that are not there.
+    """
+
+    def __init__(self, servers: Sequence[str], prefix: str, missing: Sequence[str]) -> None:
+        super().__init__(
+            f"no durable engine with prefix {prefix!r} on {', '.join(servers)}: "
+            f"{', '.join(missing)} do not exist. A processor creates them when it starts "
+            "(with its `replicas` setting): start one, or check the NATS URL and the prefix"
+        )
+        self.prefix = prefix
+        self.missing = tuple(missing)
 
 
 class InvalidInputError(DurableError, ValueError):

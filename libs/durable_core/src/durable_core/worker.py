@@ -31,7 +31,7 @@ from typing import Any
 from google.protobuf.message import DecodeError
 
 from durable_core import _codec
-from durable_core._delivery import Delivery
+from durable_core._delivery import CommandConsumer, Delivery
 from durable_core._grpc import ChannelPool
 from durable_core._hold import ProcessorLease, lock_run, unlock_run
 from durable_core._journal import FINAL_KINDS, PROCESSOR_KINDS, ReplayMachine
@@ -105,6 +105,8 @@ class Worker:
         self._running: dict[str, _Execution] = {}  # by invocation id, for cancellation
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._consumer: CommandConsumer | None = None  # set once consuming
+        self._fetch_error = ""
         self.completed = 0
         self.failed = 0
 
@@ -134,6 +136,28 @@ class Worker:
         """Executions running now."""
         return len(self._tasks)
 
+    def not_ready(self) -> str | None:
+        """Why this processor is not consuming commands now (one line), or None if it is: for
+        a readiness probe."""
+        consumer = self._consumer
+        if self._stopping.is_set():
+            return "stopping"
+        if consumer is None:
+            return "starting (setting up its lease and the consumer)"
+        if not self.transport.nc.is_connected:
+            return "not connected to NATS (reconnecting)"
+        if self.leases_on and not self.lease.alive(self.lease.epoch):
+            return f"its lease {self.lease.name} is not renewed (NATS refuses or loses the writes)"
+        if self._fetch_error:
+            return f"pulling commands fails: {self._fetch_error}"
+        silent = time.monotonic() - consumer.answered_at
+        if len(self._tasks) < self.config.max_concurrent and silent > max(
+            5.0, 5 * consumer.expires
+        ):
+            why = consumer.trouble or "no answer"
+            return f"the command consumer has not answered for {silent:.0f}s ({why})"
+        return None
+
     def stop(self) -> None:
         """Ask the worker to stop fetching and finish (see ``run``)."""
         self._stopping.set()
@@ -149,6 +173,7 @@ class Worker:
             lease = asyncio.create_task(self.lease.keep())
         consumer = await self.transport.command_consumer(self.config)
         control = await self.transport.subscribe_control(self._on_control)
+        self._consumer = consumer
         log.info(
             "processor %s consuming (max_concurrent=%d, ack_wait=%ss, workflows: %s)",
             self.processor_id,
@@ -167,8 +192,10 @@ class Worker:
                     deliveries = await consumer.fetch(min(free, 256), timeout=1.0)
                 except Exception as e:  # noqa: BLE001 - keep serving through NATS trouble
                     log.warning("fetch failed: %s: %s", type(e).__name__, e)
+                    self._fetch_error = f"{type(e).__name__}: {e}"
                     await asyncio.sleep(0.5)
                     continue
+                self._fetch_error = ""
                 for d in deliveries:
                     self._take(d)
                 if deliveries:
@@ -219,7 +246,7 @@ class Worker:
             return
         while True:
             await asyncio.sleep(interval)
-            await d.heartbeat(timeout=min(interval, 5.0))
+            await d.heartbeat(timeout=min(max(interval, 1.0), 5.0))
 
     async def _handle_after(self, earlier: asyncio.Task[None], d: Delivery) -> None:
         await asyncio.wait({earlier})
@@ -751,7 +778,7 @@ class _Execution:
             await self._release_key()
             await self.delivery.ack_sync()
         else:
-            await self.delivery.ack()
+            await self.delivery.ack(finished=True)
 
     # -- per-key ordering ------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from durable_core import DurableError, NotFoundError, Status
@@ -167,7 +167,7 @@ def _required_str(body: dict[str, Any], key: str) -> str:
 
 
 def _method(rt: Runtime, name: str, what: str) -> Callable[..., Any]:
-    method = getattr(rt.client, name, None)
+    method = getattr(_client(rt), name, None)
     if method is None or not callable(method):
         raise not_implemented(name, what)
     return method  # type: ignore[no-any-return]
@@ -178,6 +178,26 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
 
 
 # -- reading ---------------------------------------------------------------------------------
+
+
+async def livez(request: Request) -> Response:
+    """The process and its event loop are alive (it never looks at NATS)."""
+    return PlainTextResponse("ok\n")
+
+
+async def readyz(request: Request) -> Response:
+    """Connected to NATS, bound to the engine's streams, the index loaded; else 503 and why."""
+    reason = runtime(request).not_ready()
+    if reason is None:
+        return PlainTextResponse("ready\n")
+    return PlainTextResponse(f"not ready: {reason}\n", status_code=503)
+
+
+def _client(rt: Any) -> Any:
+    """The durable_core client; 503 until the engine's streams are bound."""
+    if rt.client is None:
+        raise ApiError(503, "unavailable", f"the inspector is not ready: {rt.not_ready()}")
+    return rt.client
 
 
 async def healthz(request: Request) -> Response:
@@ -211,7 +231,7 @@ async def stats(request: Request) -> Response:
 
 async def load_detail(rt: Runtime, invocation_id: str) -> dict[str, Any]:
     """An execution's state and journal (raises NotFoundError for an unknown id)."""
-    result = await rt.client.get_result(invocation_id)
+    result = await _client(rt).get_result(invocation_id)
     return detail_view(result, rt.index.get(invocation_id), rt.settings.jaeger_url)
 
 
@@ -230,7 +250,7 @@ async def invoke(request: Request) -> Response:
     if unknown:
         raise ApiError(400, "invalid_input", f"unknown field(s): {', '.join(sorted(unknown))}")
     workflow = _required_str(body, "workflow")
-    invocation_id = await rt.client.invoke_async(
+    invocation_id = await _client(rt).invoke_async(
         workflow,
         body.get("args"),
         id=_optional_str(body, "id"),
@@ -473,6 +493,8 @@ async def events(request: Request) -> Response:
 
 
 routes = [
+    Route("/livez", livez, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),
     Route("/api/executions", list_executions, methods=["GET"]),

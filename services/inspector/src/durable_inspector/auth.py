@@ -24,7 +24,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 __all__ = ["COOKIE", "AuthMiddleware", "token_matches"]
 
 COOKIE = "durable_inspector_token"
-_OPEN = ("/healthz", "/login", "/static/")
+_PROBES = ("/livez", "/readyz", "/healthz")  # no token: they tell nothing but a state
+_OPEN = (*_PROBES, "/login", "/static/")
 _SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
@@ -95,7 +96,7 @@ class AuthMiddleware:
             await _error(send, 403, "forbidden", "cross-site request refused")
             return
         token = self.token
-        if token is None or path == "/healthz" or path.startswith(_OPEN):
+        if token is None or path in _PROBES or path.startswith(_OPEN):
             await self.app(scope, receive, send)
             return
         if self._presented(headers, token):

@@ -194,6 +194,21 @@ def document() -> dict[str, Any]:
         },
     }
     paths: dict[str, Any] = {
+        "/livez": {
+            "get": {
+                "summary": "The process is alive (a liveness probe; never looks at NATS)",
+                "security": [],
+                "responses": _ok(200, "alive (text)", {}),
+            }
+        },
+        "/readyz": {
+            "get": {
+                "summary": "Connected to NATS, bound to the engine's streams, index loaded "
+                "(a readiness probe; 503 with the reason in a line of text otherwise)",
+                "security": [],
+                "responses": {**_ok(200, "ready (text)", {}), **_err(503)},
+            }
+        },
         "/healthz": {
             "get": {
                 "summary": "Ready once the index holds its snapshot (no token needed)",

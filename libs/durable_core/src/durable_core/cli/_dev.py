@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from datetime import timedelta
 from pathlib import Path
 from typing import IO
@@ -47,6 +48,23 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: flo
             return
         time.sleep(0.05)
     raise DurableError(f"{what} did not listen on port {port} within {timeout:.0f}s")
+
+
+def _wait_ready(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 60) -> None:
+    """Until ``what`` answers 200 on ``/readyz`` (the processor: it created the streams and
+    consumes)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise DurableError(f"{what} exited with code {proc.returncode} while starting")
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as answer,
+        ):
+            if answer.status == 200:
+                return
+        time.sleep(0.1)
+    raise DurableError(f"{what} was not ready within {timeout:.0f}s")
 
 
 class LocalStack:
@@ -94,15 +112,19 @@ class LocalStack:
             "hello service", ["-m", "hello_service", "--port", str(self.grpc_port)], {}
         )
         _wait_port(self.grpc_port, hello, "hello service")
-        self._spawn(
+        probes = free_port()
+        processor = self._spawn(
             "processor",
             ["-m", "durable_processor"],
             {
                 "NATS_URL": self.nats.url,
                 "DURABLE_NATS_URL": self.nats.url,
                 "DURABLE_DEFAULT_SERVICE_ADDRESS": f"127.0.0.1:{self.grpc_port}",
+                "DURABLE_METRICS_PORT": str(probes),
             },
         )
+        # The processor creates the engine's streams (nobody else does): ready means usable.
+        _wait_ready(probes, processor, "processor")
         if self.scheduler and importlib.util.find_spec("durable_scheduler"):
             # Fires schedules, re-drives the work of a processor that died, expires old runs.
             self._spawn(

@@ -25,6 +25,7 @@ from durable_core.errors import (
     ConfigError,
     ConflictError,
     DurableError,
+    EngineNotFoundError,
     ExpiredError,
     InvalidInputError,
     InvocationTimeoutError,
@@ -65,16 +66,9 @@ def nats_config(args: argparse.Namespace) -> NatsConfig:
 
 
 def engine_config(args: argparse.Namespace) -> EngineConfig:
-    """Engine names and replicas from flags or the DURABLE_ environment."""
-    prefix = args.prefix or os.environ.get("DURABLE_PREFIX") or "durable"
-    # `is not None`: --replicas 0 must reach EngineConfig (and be refused), not mean "unset".
-    replicas = (
-        args.replicas if args.replicas is not None else os.environ.get("DURABLE_REPLICAS") or 1
-    )
-    try:
-        return EngineConfig(prefix=prefix, replicas=int(replicas))
-    except ValueError as e:
-        raise InvalidInputError(f"--replicas must be a number, not {replicas!r}") from e
+    """The engine's prefix from the flag or the DURABLE_ environment (the CLI never creates
+    the streams: replicas and limits are what the processors created them with)."""
+    return EngineConfig(prefix=args.prefix or os.environ.get("DURABLE_PREFIX") or "durable")
 
 
 async def connect(args: argparse.Namespace) -> Client:
@@ -89,11 +83,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-cert", help="client certificate (env DURABLE_NATS_TLS_CERT)")
     p.add_argument("--tls-key", help="client key (env DURABLE_NATS_TLS_KEY)")
     p.add_argument("--prefix", help="engine prefix of subjects and streams (env DURABLE_PREFIX)")
-    p.add_argument(
-        "--replicas",
-        type=int,
-        help="replicas if this creates the streams (env DURABLE_REPLICAS; default 1)",
-    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     d = sub.add_parser(
@@ -369,6 +358,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "schedule": cmd_schedule,
         }[args.command]
         return asyncio.run(handler(args))
+    except EngineNotFoundError as e:  # NATS answers, but no processor created the streams
+        print(f"durable: {e}", file=sys.stderr)
+        return EXIT_NATS
     except (InvalidInputError, ConfigError) as e:
         print(f"durable: invalid input: {e}", file=sys.stderr)
         return EXIT_USAGE
