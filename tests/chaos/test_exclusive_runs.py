@@ -179,11 +179,18 @@ def _slow(method: str, *, armed: bool = True) -> type[_SlowFirst]:
 
 
 @pytest.mark.parametrize("heartbeat", [None, timedelta(0)], ids=["heartbeats", "no-heartbeats"])
-async def test_a_slow_key_record_read_runs_a_keyed_invocation_once(
-    server: NatsServer, heartbeat: timedelta | None
+@pytest.mark.parametrize(
+    "method",
+    # Every NATS answer a keyed start waits for before and around its first step: the
+    # state, the key's record and queue, taking the key, moving the state to RUNNING, the
+    # first step's append.
+    ["get_state", "key_record", "queued_commands", "put_key_record", "update_state", "append"],
+)
+async def test_a_slow_nats_answer_on_the_way_to_the_first_step_runs_each_step_once(
+    server: NatsServer, heartbeat: timedelta | None, method: str
 ) -> None:
     calls: dict[str, int] = {}
-    transport_cls = _slow("key_record")
+    transport_cls = _slow(method)
     async with _workers_and_client(
         server, transport_cls, _counting_workflow(calls), workers=2, heartbeat=heartbeat
     ) as client:

@@ -50,6 +50,15 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: flo
     raise DurableError(f"{what} did not listen on port {port} within {timeout:.0f}s")
 
 
+def _free_or_any(port: int) -> int:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return free_port()
+    return port
+
+
 def _wait_ready(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 60) -> None:
     """Until ``what`` answers 200 on ``/readyz`` (the processor: it created the streams and
     consumes)."""
@@ -112,7 +121,7 @@ class LocalStack:
             "hello service", ["-m", "hello_service", "--port", str(self.grpc_port)], {}
         )
         _wait_port(self.grpc_port, hello, "hello service")
-        probes = free_port()
+        probes = _free_or_any(9464)  # the processor's usual metrics port, when it is free
         processor = self._spawn(
             "processor",
             ["-m", "durable_processor"],
