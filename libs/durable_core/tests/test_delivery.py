@@ -94,6 +94,8 @@ async def test_nak_and_term_only_while_surely_held_and_ack_of_a_finished_run_alw
     assert msg.sent == [] and not d.settled  # type: ignore[attr-defined]
     await d.ack(finished=True)
     assert msg.sent == ["ack"] and d.settled  # type: ignore[attr-defined]
+    await d.nak(stale_ok=True)  # where run locks make a stale NAK harmless
+    assert msg.sent == ["ack", "nak"]  # type: ignore[attr-defined]
     held = _delivery(_Nc())
     await held.nak()
     assert held._msg.sent == ["nak"]  # type: ignore[attr-defined]

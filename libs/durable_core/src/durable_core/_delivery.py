@@ -170,9 +170,13 @@ class Delivery:
         self.settled = True
         await self._msg.ack_sync(timeout=5.0)
 
-    async def nak(self, delay: float | None = None) -> None:
-        """Hand the command back (while surely held: else it may be someone else's now)."""
-        if self._settling("nak"):
+    async def nak(self, delay: float | None = None, *, stale_ok: bool = False) -> None:
+        """Hand the command back (while surely held: else it may be someone else's now).
+
+        ``stale_ok``: hand it back even if it may have moved on; only where a NAK that takes it
+        from a later holder cannot start a second run (run locks, see ``durable_core._hold``).
+        """
+        if stale_ok or self._settling("nak"):
             self.settled = True
             await self._msg.nak(delay=delay)
 

@@ -33,8 +33,10 @@ an invocation could become runnable, and what closes it:
    waits until the lock is released, or its owner's lease no longer lists the command (that
    run is over: it listed the command before it took the lock, and drops it only when it
    lets the command go), or the lease is gone (deleted, or provably lapsed: unchanged for its
-   TTL, and then re-driven here). A processor NAKs or terminates its own delivery only while
-   surely holding it.
+   TTL, and then re-driven here). So a stale NAK can only take a command from a holder that
+   runs it under its lock, and whoever receives it waits for that lock: a run that stopped
+   because it lost its hold hands its command back at once. Other NAKs and terminations are
+   sent only while the delivery is surely held.
 3. *Another command of the same invocation* (a wake-up racing the run, a second start, a
    turn of a partition key, a wake-up or start redelivered after its holder died). Every
    journal entry a run writes carries its command's stream sequence (``command_seq``); a

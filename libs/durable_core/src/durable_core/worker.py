@@ -317,9 +317,16 @@ class Worker:
                 await delivery.nak()
             raise
         except _LostHold as e:
-            # Another processor may run it now (or soon): settle nothing, journal nothing.
+            # Another processor may run it now (or soon): journal nothing. Hand the command
+            # back at once rather than after ack_wait: if it has moved on meanwhile, the NAK
+            # only takes it from a holder that runs it under a run lock (a later delivery),
+            # and whoever gets it waits for that lock (see _hold). Without leases there are no
+            # run locks: then leave it to ack_wait.
             log.warning("invocation %s: %s; stopping this run", cmd.invocation_id, e)
             delivery.lost = True
+            if self.leases_on:
+                with contextlib.suppress(Exception):
+                    await delivery.nak(delay=1.0, stale_ok=True)
         except (NatsUnavailableError, _EngineFailure) as e:
             cause = e.cause if isinstance(e, _EngineFailure) else e
             if isinstance(cause, CorruptJournalError | InvalidInputError):
