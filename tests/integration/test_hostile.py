@@ -38,6 +38,7 @@ from durable_core._naming import (
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import Transport
 from durable_core.cli import main as cli_main
+from durable_core.config import NatsConfig
 from durable_core.testing import NatsCluster
 
 from ._stack import Proc, Stack
@@ -529,7 +530,12 @@ async def test_args_over_the_nats_server_limit_are_refused_with_the_limit(
     cluster: NatsCluster, prefix: str
 ) -> None:
     engine = EngineConfig(prefix=prefix + "b", replicas=3, max_payload=8 * NATS_MAX_PAYLOAD)
-    async with await Client.connect(cluster.url, engine=engine) as big:
+    # Processors configured for more than the server takes created the streams; the client
+    # reads that limit from them.
+    processor = await Transport.connect(NatsConfig.from_url(cluster.url), engine, create=True)
+    await processor.close()
+    async with await Client.connect(cluster.url, engine=EngineConfig(prefix=engine.prefix)) as big:
+        assert big._t.engine.max_payload == 8 * NATS_MAX_PAYLOAD
         invocation_id = new_id("huge")
         with pytest.raises(InvalidInputError, match=str(NATS_MAX_PAYLOAD)):
             await big.invoke_async("hello_workflow", "x" * (2 * NATS_MAX_PAYLOAD), id=invocation_id)
@@ -542,8 +548,10 @@ async def test_args_over_the_nats_server_limit_are_refused_with_the_limit(
 def run_cli(
     capsys: pytest.CaptureFixture[str], cluster: NatsCluster, prefix: str, *argv: str
 ) -> tuple[int, str]:
+    """The CLI on ``prefix`` (whose streams the caller's ``transport`` fixture created, as a
+    processor does: the CLI never creates them)."""
     capsys.readouterr()
-    code = cli_main(["--nats-url", cluster.url, "--prefix", prefix, "--replicas", "3", *argv])
+    code = cli_main(["--nats-url", cluster.url, "--prefix", prefix, *argv])
     _, err = capsys.readouterr()
     assert "Traceback" not in err
     return code, err
@@ -567,6 +575,7 @@ def test_cli_bad_input_exits_2(
     capsys: pytest.CaptureFixture[str],
     cluster: NatsCluster,
     prefix: str,
+    streams: None,
     argv: list[str],
     mentions: str,
 ) -> None:
@@ -580,7 +589,11 @@ def test_cli_bad_input_exits_2(
     ids=["timeout-nan", "delay-nan", "delay-inf", "delay-huge"],
 )
 def test_cli_non_finite_durations_exit_2(
-    capsys: pytest.CaptureFixture[str], cluster: NatsCluster, prefix: str, argv: list[str]
+    capsys: pytest.CaptureFixture[str],
+    cluster: NatsCluster,
+    prefix: str,
+    streams: None,
+    argv: list[str],
 ) -> None:
     code, _ = run_cli(capsys, cluster, prefix, "invoke", "hello_workflow", *argv)
     assert code == 2
@@ -592,7 +605,11 @@ def test_cli_non_finite_durations_exit_2(
     ids=["args", "partition-key"],
 )
 def test_cli_undecodable_argv_bytes_exit_2(
-    capsys: pytest.CaptureFixture[str], cluster: NatsCluster, prefix: str, argv: list[str]
+    capsys: pytest.CaptureFixture[str],
+    cluster: NatsCluster,
+    prefix: str,
+    streams: None,
+    argv: list[str],
 ) -> None:
     code, _ = run_cli(capsys, cluster, prefix, "invoke", "hello_workflow", "--no-wait", *argv)
     assert code == 2

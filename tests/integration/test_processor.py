@@ -46,7 +46,7 @@ async def test_max_concurrent_executions_really_run_at_once(
 
     registry = WorkflowRegistry()
     registry.register(busy)
-    transport = await Transport.connect(NatsConfig.from_url(cluster.url), engine)
+    transport = await Transport.connect(NatsConfig.from_url(cluster.url), engine, create=True)
     worker = Worker(transport, registry, WorkerConfig(max_concurrent=4))
     task = asyncio.create_task(worker.run())
     try:

@@ -69,7 +69,8 @@ def test_every_verb_has_json(path: tuple[str, ...]) -> None:
 @pytest.mark.parametrize("path", [p for p in ALL if p[-1] not in LOCAL | {"plugins"}], ids=str)
 def test_connection_flags_after_the_subcommand(path: tuple[str, ...]) -> None:
     flags = {opt for p in command_at(path).params for opt in getattr(p, "opts", [])}
-    assert {"--nats-url", "--prefix", "--tls-ca", "--replicas"} <= flags
+    assert {"--nats-url", "--prefix", "--tls-ca"} <= flags
+    assert "--replicas" not in flags  # only processors create the streams (issue 14)
 
 
 def test_bare_durable_shows_help(capsys: pytest.CaptureFixture[str]) -> None:

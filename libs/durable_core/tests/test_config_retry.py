@@ -63,6 +63,7 @@ def test_configs_are_frozen() -> None:
         ({"max_concurrent": 0}, "max_concurrent"),
         ({"max_concurrent": 100_001}, "max_concurrent"),
         ({"ack_wait": timedelta(milliseconds=999)}, "ack_wait"),
+        ({"ack_wait": timedelta(seconds=10), "heartbeat": timedelta(seconds=6)}, "heartbeat"),
     ],
 )
 def test_worker_rejects_invalid_values(kwargs: dict[str, Any], names: str) -> None:
@@ -75,8 +76,8 @@ def test_worker_limits_are_inclusive() -> None:
     assert WorkerConfig(max_concurrent=100_000, ack_wait=timedelta(seconds=1)).max_concurrent
 
 
-def test_heartbeat_defaults_to_a_third_of_ack_wait() -> None:
-    assert WorkerConfig(ack_wait=timedelta(seconds=30)).heartbeat_interval == 10.0
+def test_heartbeat_defaults_to_a_sixth_of_ack_wait() -> None:
+    assert WorkerConfig(ack_wait=timedelta(seconds=30)).heartbeat_interval == 5.0
     config = WorkerConfig(ack_wait=timedelta(seconds=30), heartbeat=timedelta(seconds=2))
     assert config.heartbeat_interval == 2.0
     assert WorkerConfig(heartbeat=timedelta(0)).heartbeat_interval == 0.0

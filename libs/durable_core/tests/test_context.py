@@ -48,6 +48,9 @@ class FakeJournal:
         self.entries.append(entry)
         self.events.append(f"journaled step {entry.step}")
 
+    def check_step(self) -> None:
+        pass
+
 
 class FakeChannels:
     """ChannelPool stand-in: one async callable per method, recording metadata."""

@@ -23,6 +23,7 @@ PUBLIC_API = [
     "Context",
     "DurableError",
     "EngineConfig",
+    "EngineNotFoundError",
     "ExecutionSummary",
     "ExecutionTimeoutError",
     "ExpiredError",

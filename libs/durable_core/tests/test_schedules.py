@@ -342,7 +342,7 @@ def test_names_of_schedule_subjects_never_meet_timer_subjects() -> None:
 @pytest_asyncio.fixture
 async def transport(server: NatsServer) -> AsyncIterator[Transport]:
     engine = EngineConfig(prefix="s" + uuid.uuid4().hex[:8], max_payload=4096)
-    t = await Transport.connect(NatsConfig.from_url(server.url), engine)
+    t = await Transport.connect(NatsConfig.from_url(server.url), engine, create=True)
     try:
         yield t
     finally:

@@ -20,6 +20,7 @@ from durable_core import (
     EngineConfig,
     RetryPolicy,
     StepFailedError,
+    SuspendExecution,
     WorkflowInput,
     grpc_service,
 )
@@ -31,7 +32,15 @@ from durable_core.client import _trace_context
 from durable_core.context import Submission, Wait
 from durable_core.interceptors import chain_workflows, outcome_of
 from durable_core.tracing import TracingInterceptor, waits_ended
-from durable_core.worker import _BadInput, _Finished, _LostClaim, _Rerun, _trace_id
+from durable_core.worker import (
+    _BadInput,
+    _EngineFailure,
+    _Finished,
+    _LostClaim,
+    _NotIdle,
+    _Rerun,
+    _trace_id,
+)
 from durable_examples.hello.v1.hello_pb2 import HelloRequest, HelloResponse
 from durable_examples.hello.v1.hello_pb2_grpc import HelloServiceStub
 
@@ -72,6 +81,9 @@ class Journal:
 
     def cancelling(self) -> bool:
         return False
+
+    def check_step(self) -> None:
+        pass
 
 
 class Channels:
@@ -370,6 +382,9 @@ async def test_waits_children_and_sends_are_spans_once_and_children_join_the_tra
         (_LostClaim([]), "abandoned"),
         (_Finished(), "abandoned"),
         (_Rerun(), "abandoned"),
+        (_NotIdle(), "abandoned"),
+        (_EngineFailure(ConnectionError("gone")), "abandoned"),
+        (SuspendExecution("any engine signal"), "abandoned"),
         (_BadInput("bad input"), "failed"),
         (StepFailedError("x", step=1, name="n"), "failed"),
         (RuntimeError("user code"), "failed"),
@@ -377,6 +392,12 @@ async def test_waits_children_and_sends_are_spans_once_and_children_join_the_tra
 )
 def test_outcome_of_knows_the_engines_control_flow(exc: BaseException | None, outcome: str) -> None:
     assert outcome_of(exc) == outcome
+
+
+def test_every_engine_signal_is_a_suspend_execution_that_except_exception_cannot_catch() -> None:
+    for signal in (_LostClaim, _Finished, _NotIdle, _Rerun, _EngineFailure):
+        assert issubclass(signal, SuspendExecution), signal
+        assert not issubclass(signal, Exception), signal
 
 
 def test_trace_id_of_a_traceparent() -> None:

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from durable_examples.hello.v1 import hello_pb2, hello_pb2_grpc
 from durable_examples.order.v1 import order_pb2, order_pb2_grpc
 from hello_service.order import RECORD_FILE_ENV, OrderServicer, charge_id_for
+from hello_service.probes import ProbeServer
 from hello_service.server import HEALTH_SERVICES, HelloServer, build_server, create_server
 
 
@@ -171,19 +173,25 @@ def test_process_serves_and_exits_zero_on_sigterm(tmp_path: Path) -> None:
     port = _free_port()
     record_file = tmp_path / "calls.jsonl"
     env = {**os.environ, RECORD_FILE_ENV: str(record_file), "PYTHONUNBUFFERED": "1"}
+    health_port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "hello_service", "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env=env,
+        env={**env, "HEALTH_PORT": str(health_port)},
     )
     try:
         assert proc.stdout is not None
-        line = (
-            proc.stdout.readline()
-        )  # blocks until the service logs; killed by the finally on hang
-        assert line.strip() == f"hello_service listening on 127.0.0.1:{port}"
+        # readline blocks until the service logs; killed by the finally on hang
+        lines = [proc.stdout.readline().strip() for _ in range(2)]
+        assert lines == [
+            f"probes on http://127.0.0.1:{health_port} (/livez, /readyz)",
+            f"hello_service listening on 127.0.0.1:{port}",
+        ]
+        for path, answer in (("/livez", "ok"), ("/readyz", "ready")):
+            with urllib.request.urlopen(f"http://127.0.0.1:{health_port}{path}", timeout=5) as r:
+                assert (r.status, r.read().decode().strip()) == (200, answer)
 
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
             reply = hello_pb2_grpc.HelloServiceStub(ch).SayHello(
@@ -210,3 +218,14 @@ def test_process_serves_and_exits_zero_on_sigterm(tmp_path: Path) -> None:
     assert [(r["method"], r["idempotency_key"], r["order_id"]) for r in records] == [
         ("Charge", "proc-key", "o-9")
     ]
+
+
+def test_probes_answer_livez_always_and_readyz_with_the_reason() -> None:
+    state: str | None = "shutting down"
+    probes = ProbeServer(lambda: state, "127.0.0.1", 0)
+    assert probes.respond("GET", "/livez") == (200, b"ok\n")
+    assert probes.respond("GET", "/readyz") == (503, b"not ready: shutting down\n")
+    state = None
+    assert probes.respond("GET", "/readyz") == (200, b"ready\n")
+    assert probes.respond("POST", "/readyz")[0] == 405
+    assert probes.respond("GET", "/metrics")[0] == 404

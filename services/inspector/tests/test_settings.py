@@ -18,7 +18,7 @@ def test_defaults() -> None:
     assert s.nats.servers == ("nats://127.0.0.1:4222",)
     assert s.nats.name == "durable-inspector"
     assert s.nats.user is None and s.nats.tls_ca is None
-    assert (s.engine.prefix, s.engine.replicas) == ("durable", 1)
+    assert s.engine.prefix == "durable"
     assert (s.host, s.port) == ("127.0.0.1", 8080)
     assert s.token is None
     assert s.jaeger_url == "http://127.0.0.1:16686"

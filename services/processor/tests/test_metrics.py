@@ -206,6 +206,34 @@ async def test_metrics_and_healthz_over_http() -> None:
         assert status == 404
 
 
+def test_livez_never_asks_readyz_says_why_not_in_one_line() -> None:
+    registry = ProcessorMetrics(runtime_collectors=False).registry
+    reason: str | None = "not connected to NATS\n(reconnecting)"
+    server = MetricsServer(registry, lambda: False, ready=lambda: reason)
+    assert server.respond("GET", "/livez") == (200, "text/plain; charset=utf-8", b"ok\n")
+    assert server.respond("GET", "/readyz") == (
+        503,
+        "text/plain; charset=utf-8",
+        b"not ready: not connected to NATS (reconnecting)\n",
+    )
+    reason = None
+    assert server.respond("HEAD", "/readyz")[:2] == (200, "text/plain; charset=utf-8")
+    assert server.respond("GET", "/healthz")[0] == 503  # /healthz keeps its own check
+
+    def broken() -> str | None:
+        raise RuntimeError("no worker")
+
+    assert server.respond("GET", "/livez")[0] == 200
+    server.ready = broken
+    assert (
+        server.respond("GET", "/readyz")[2] == b"not ready: readiness check failed: "
+        b"RuntimeError: no worker\n"
+    )
+    # Without a readiness check, /readyz follows /healthz.
+    plain = MetricsServer(registry, lambda: True)
+    assert plain.respond("GET", "/readyz")[0] == 200
+
+
 def test_a_health_check_that_raises_is_unhealthy() -> None:
     def broken() -> bool:
         raise RuntimeError("no transport")

@@ -28,8 +28,8 @@ def test_defaults() -> None:
     assert (s.engine.prefix, s.engine.replicas, s.engine.max_payload) == ("durable", 1, 500_000)
     assert s.worker.max_concurrent == 100
     assert s.worker.ack_wait == timedelta(seconds=300)
-    assert s.worker.heartbeat is None  # 0 in the file: ack_wait / 3
-    assert s.worker.heartbeat_interval == 100.0
+    assert s.worker.heartbeat is None  # 0 in the file: ack_wait / 6
+    assert s.worker.heartbeat_interval == 50.0
     assert s.worker.consumer == "processor"
     assert dict(s.worker.services) == {}
     assert s.worker.shutdown_grace == timedelta(seconds=10)

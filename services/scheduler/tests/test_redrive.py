@@ -13,18 +13,16 @@ class _Transport:
     def __init__(self) -> None:
         self.revisions: dict[str, int] = {}
         self.naked: list[str] = []
-        self.nc = self
 
     async def delete_lease(self, name: str, revision: int = 0) -> None:
         if self.revisions.get(name) != revision:
             raise StateConflict(f"{name} moved on")
         del self.revisions[name]
 
-    async def nak_delivery(self, reply: str) -> None:
-        self.naked.append(reply)
-
-    async def flush(self) -> None:
-        pass
+    async def redrive_lease(self, name: str, revision: int, held: list[str]) -> int:
+        await self.delete_lease(name, revision)
+        self.naked.extend(held)
+        return len(held)
 
 
 def _lease(held: list[str], ttl_ms: int = 3000) -> bytes:

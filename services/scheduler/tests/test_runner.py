@@ -62,7 +62,8 @@ def settings(server: NatsServer) -> SchedulerSettings:
 
 @pytest_asyncio.fixture
 async def transport(settings: SchedulerSettings) -> AsyncIterator[Transport]:
-    t = await Transport.connect(settings.nats, settings.engine)
+    # Created as a processor does (schedulers only bind to the streams).
+    t = await Transport.connect(settings.nats, settings.engine, create=True)
     try:
         yield t
     finally:

@@ -25,7 +25,7 @@ def test_defaults() -> None:
     assert s.nats.servers == ("nats://127.0.0.1:4222",)
     assert s.nats.user is None and s.nats.tls_ca is None
     assert s.nats.name == "durable-scheduler"
-    assert (s.engine.prefix, s.engine.replicas, s.engine.max_payload) == ("durable", 1, 500_000)
+    assert s.engine.prefix == "durable"
     assert s.consumer == "scheduler"
     assert s.ack_wait == timedelta(seconds=10)
     assert s.max_concurrent == 16
@@ -37,7 +37,7 @@ def test_defaults() -> None:
 def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NATS_URL", "nats://plain:4222")
     monkeypatch.setenv("DURABLE_PREFIX", "shop")
-    monkeypatch.setenv("DURABLE_REPLICAS", "3")
+    monkeypatch.setenv("DURABLE_REPLICAS", "2")  # a processor setting: not the scheduler's
     monkeypatch.setenv("DURABLE_ACK_WAIT", "2.5")
     monkeypatch.setenv("DURABLE_METRICS_HOST", "0.0.0.0")
     monkeypatch.setenv("DURABLE_METRICS_PORT", "0")
@@ -46,7 +46,7 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DURABLE_NATS_TLS_CA", "/etc/ca.pem")
     s = load_settings()
     assert s.nats.servers == ("nats://plain:4222",)
-    assert (s.engine.prefix, s.engine.replicas) == ("shop", 3)
+    assert s.engine.prefix == "shop"
     assert s.ack_wait == timedelta(seconds=2.5)
     assert (s.metrics_host, s.metrics_port) == ("0.0.0.0", 0)
     assert (s.nats.user, s.nats.password, s.nats.tls_ca) == ("sched", "secret", "/etc/ca.pem")
@@ -77,7 +77,6 @@ def test_settings_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         ("DURABLE_METRICS_PORT", "70000", "metrics_port"),
         ("DURABLE_SHUTDOWN_GRACE", "-1", "shutdown_grace"),
         ("DURABLE_LOG_LEVEL", "LOUD", "log_level"),
-        ("DURABLE_REPLICAS", "2", "replicas"),
         ("DURABLE_PREFIX", "Bad-Prefix", "prefix"),
     ],
 )

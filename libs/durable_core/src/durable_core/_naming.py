@@ -89,6 +89,11 @@ class Names:
         return f"{self.prefix}_processors"
 
     @property
+    def runs_bucket(self) -> str:
+        """Which processor runs a command that was delivered more than once (see worker)."""
+        return f"{self.prefix}_runs"
+
+    @property
     def command_subjects(self) -> str:
         return f"{self.prefix}.cmd.>"
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import collections
 import contextlib
+import dataclasses
 import itertools
 import json
 import logging
@@ -44,12 +44,14 @@ from nats.js.api import (
 from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
+from durable_core._delivery import CommandConsumer, MsgQueue
 from durable_core._naming import Names, encode_partition_key
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core.config import EngineConfig, NatsConfig, WorkerConfig
 from durable_core.errors import (
     ConfigError,
     DurableError,
+    EngineNotFoundError,
     InvalidInputError,
     NatsUnavailableError,
     NotFoundError,
@@ -318,6 +320,7 @@ class Transport:
     # Bound on first use by the schedule methods (processors never need it).
     _schedules: KeyValue | None = None
     _leases: KeyValue | None = None
+    _runs: KeyValue | None = None
 
     def __init__(self, nc: NatsClient, nats_cfg: NatsConfig, engine: EngineConfig) -> None:
         self.nc = nc
@@ -335,27 +338,100 @@ class Transport:
         nats_cfg: NatsConfig,
         engine: EngineConfig | None = None,
         *,
-        setup: bool = True,
-        strict: bool = True,
+        create: bool = False,
+        bind: bool = True,
+        wait_for_engine: float = 0.0,
     ) -> Transport:
-        """Connect and (by default) create or verify the streams and the state bucket.
+        """Connect to NATS and to the engine's streams.
+
+        The stored configuration of the streams is the one truth about the engine: only a
+        processor creates them (``create``: with its configured replicas and limits, or checks
+        that what exists matches them). Everyone else binds to what exists and takes the
+        replicas (for any bucket it creates later) and the payload limit from the stored
+        command stream; what ``engine`` says of them is not used.
 
         Args:
-            setup: create what is missing.
-            strict: also verify that what exists matches the configuration (processors do;
-                clients only create what is missing and use what is there).
+            create: create the streams and buckets, or verify them (processors).
+            bind: bind to the existing streams (False: the caller calls :meth:`bind` later).
+            wait_for_engine: seconds to wait for a processor to create the streams.
+
+        Raises:
+            NatsUnavailableError: NATS cannot be reached.
+            EngineNotFoundError: the streams do not exist (after ``wait_for_engine``).
+            ConfigError: ``create``, and what exists does not match the configuration.
         """
         nc = await connect_nats(nats_cfg)
         t = cls(nc, nats_cfg, engine or EngineConfig())
         try:
-            if setup:
-                await t.ensure_infrastructure(strict=strict)
-            else:
-                await t._bind_kv()
+            if create:
+                await t.ensure_infrastructure()
+            elif bind:
+                await t.bind(wait=wait_for_engine)
         except BaseException:
             await nc.close()
             raise
         return t
+
+    async def bind(self, *, wait: float = 0.0) -> None:
+        """Bind to the engine's existing streams and state bucket, waiting up to ``wait``
+        seconds for a processor to create them; take replicas and the payload limit from
+        the stored command stream.
+
+        Raises:
+            EngineNotFoundError: they do not exist.
+        """
+        n = self.names
+        deadline = time.monotonic() + wait
+        announced = False
+        while True:
+            missing, info = await self._engine_streams()
+            if not missing:
+                break
+            if time.monotonic() >= deadline:
+                raise EngineNotFoundError(self.nats_cfg.servers, n.prefix, missing)
+            if not announced:
+                announced = True
+                log.info(
+                    "waiting for the engine's streams (prefix %s: no %s yet); a processor "
+                    "creates them",
+                    n.prefix,
+                    ", ".join(missing),
+                )
+            await asyncio.sleep(min(1.0, max(deadline - time.monotonic(), 0.0)))
+        assert info is not None
+        stored = info.config
+        changes: dict[str, Any] = {"replicas": stored.num_replicas or self.engine.replicas}
+        if stored.max_msg_size and stored.max_msg_size > 64 * 1024:
+            changes["max_payload"] = max(stored.max_msg_size - 64 * 1024, 1024)
+        self.engine = dataclasses.replace(self.engine, **changes)
+        self._kv = await _retrying(
+            "bind state bucket",
+            lambda: self.js.key_value(n.state_bucket),
+            self._deadline(),
+            self.nats_cfg.servers,
+        )
+
+    async def _engine_streams(self) -> tuple[list[str], Any]:
+        """The names of the engine's streams that do not exist, and the command stream's info."""
+        n = self.names
+        missing: list[str] = []
+        info = None
+        for name in (n.command_stream, n.journal_stream, f"KV_{n.state_bucket}"):
+
+            async def look(name: str = name) -> Any:
+                try:
+                    return await self.js.stream_info(name)
+                except nats.js.errors.NotFoundError:
+                    return None
+
+            found = await _retrying(
+                f"look up stream {name}", look, self._deadline(), self.nats_cfg.servers
+            )
+            if found is None:
+                missing.append(name)
+            elif name == n.command_stream:
+                info = found
+        return missing, info
 
     async def close(self) -> None:
         """Flush and close the connection."""
@@ -524,14 +600,6 @@ class Transport:
         return await _retrying(
             f"set up bucket {want.bucket}", create, self._deadline(), self.nats_cfg.servers
         )
-
-    async def _bind_kv(self) -> None:
-        try:
-            self._kv = await self.js.key_value(self.names.state_bucket)
-        except nats.js.errors.BucketNotFoundError as e:
-            raise ConfigError(
-                f"state bucket {self.names.state_bucket} does not exist: start a processor first"
-            ) from e
 
     @property
     def kv(self) -> KeyValue:
@@ -759,7 +827,9 @@ class Transport:
 
         await _retrying("set up consumer", setup, self._deadline(), self.nats_cfg.servers)
         consumer = CommandConsumer(
-            self.nc, f"$JS.API.CONSUMER.MSG.NEXT.{n.command_stream}.{cfg.consumer}"
+            self.nc,
+            f"$JS.API.CONSUMER.MSG.NEXT.{n.command_stream}.{cfg.consumer}",
+            cfg.ack_wait.total_seconds(),
         )
         await consumer.start()
         return consumer
@@ -904,40 +974,54 @@ class Transport:
 
     # -- partition keys --------------------------------------------------------------------
 
+    async def _keys_kv(self) -> KeyValue:
+        if self._keys is None:  # bound on first use where a processor created it
+            self._keys = await _retrying(
+                "bind key bucket",
+                lambda: self.js.key_value(self.names.keys_bucket),
+                self._deadline(),
+                self.nats_cfg.servers,
+            )
+        return self._keys
+
     async def key_record(self, partition_key: str) -> tuple[bytes | None, int]:
         """The raw record of a partition key and its revision (0 if none)."""
-        assert self._keys is not None, "transport not set up"
-        kv = self._keys
+        kv = await self._keys_kv()
+        return await self._kv_record(kv, encode_partition_key(partition_key), "key record")
+
+    async def put_key_record(self, partition_key: str, data: bytes, revision: int) -> int:
+        """Write a key record if it is still at ``revision`` (0: create); else StateConflict."""
+        kv = await self._keys_kv()
         name = encode_partition_key(partition_key)
+        return await self._kv_write(kv, name, data, revision, f"key record {partition_key!r}")
+
+    async def _kv_record(self, kv: KeyValue, key: str, what: str) -> tuple[bytes | None, int]:
+        """A KV entry's value and revision, ``(None, 0)`` if there is none."""
 
         async def get() -> tuple[bytes | None, int]:
             try:
-                e = await kv.get(name)
+                e = await kv.get(key)
             except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
                 return None, 0
             return e.value, e.revision or 0
 
-        return await _retrying("read key record", get, self._deadline(), self.nats_cfg.servers)
+        return await _retrying(f"read {what}", get, self._deadline(), self.nats_cfg.servers)
 
-    async def put_key_record(self, partition_key: str, data: bytes, revision: int) -> int:
-        """Write a key record if it is still at ``revision`` (0: create); else StateConflict."""
-        assert self._keys is not None, "transport not set up"
-        kv = self._keys
-        name = encode_partition_key(partition_key)
+    async def _kv_write(self, kv: KeyValue, key: str, data: bytes, revision: int, what: str) -> int:
+        """Write a KV entry if it is still at ``revision`` (0: create); else StateConflict."""
 
         async def put() -> int:
             try:
                 if revision == 0:
-                    return await kv.create(name, data)
-                return await kv.update(name, data, last=revision)
-            except nats.js.errors.KeyWrongLastSequenceError as e:
-                raise StateConflict(f"key record {partition_key!r} changed") from e
+                    return await kv.create(key, data)
+                return await kv.update(key, data, last=revision)
             except nats.js.errors.APIError as e:
-                if e.err_code in _WRONG_LAST_CODES:
-                    raise StateConflict(f"key record {partition_key!r} changed") from e
-                raise
+                # KeyWrongLastSequenceError is one; the code is not always set on it.
+                if not _wrong_last(e):
+                    raise
+                raise StateConflict(f"{what} changed since revision {revision}") from e
 
-        return await _retrying("write key record", put, self._deadline(), self.nats_cfg.servers)
+        return await _retrying(f"write {what}", put, self._deadline(), self.nats_cfg.servers)
 
     async def queued_commands(self, partition_key: str, before_seq: int) -> list[pb.Command]:
         """Commands of a partition key still in the command stream below ``before_seq``."""
@@ -1080,7 +1164,7 @@ class Transport:
 
     async def state_events(self, invocation_id: str) -> StateEvents:
         """Subscribe to the server's republished state changes of one invocation."""
-        queue = _MsgQueue()
+        queue = MsgQueue()
         sub = await self.nc.subscribe(self.names.state_event_subject(invocation_id), cb=queue.put)
         return StateEvents(sub, queue)
 
@@ -1179,18 +1263,7 @@ class Transport:
 
     async def schedule_record(self, name: str) -> tuple[bytes | None, int]:
         """The raw record of a schedule and its revision (``(None, 0)`` if none)."""
-        kv = await self.schedules_kv()
-
-        async def get() -> tuple[bytes | None, int]:
-            try:
-                e = await kv.get(name)
-            except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
-                return None, 0
-            return e.value, e.revision or 0
-
-        return await _retrying(
-            f"read schedule {name}", get, self._deadline(), self.nats_cfg.servers
-        )
+        return await self._kv_record(await self.schedules_kv(), name, f"schedule {name}")
 
     async def put_schedule_record(self, name: str, data: bytes, revision: int) -> int:
         """Write a schedule record if it is still at ``revision`` (0: create); else StateConflict.
@@ -1436,10 +1509,27 @@ class Transport:
             )
         return self._leases
 
-    async def put_lease(self, name: str, data: bytes) -> int:
-        """Renew (or create) processor lease ``name``; one try (the next renewal retries)."""
+    async def create_lease(self, name: str, data: bytes) -> int:
+        """Create processor lease ``name``; its revision."""
+        return await self._kv_write(await self.leases_kv(), name, data, 0, f"lease {name}")
+
+    async def renew_lease(self, name: str, data: bytes, revision: int) -> int:
+        """Renew lease ``name`` if it is still at ``revision``; one try (the next renewal
+        retries). StateConflict if it changed: deleted by a scheduler that found it lapsed."""
         kv = await self.leases_kv()
-        return await kv.put(name, data)
+        try:
+            return await kv.update(name, data, last=revision)
+        except nats.js.errors.KeyWrongLastSequenceError as e:
+            raise StateConflict(f"lease {name} changed since revision {revision}") from e
+        except nats.js.errors.APIError as e:
+            if not _wrong_last(e):
+                raise
+            raise StateConflict(f"lease {name} changed since revision {revision}") from e
+
+    async def lease_record(self, name: str) -> tuple[bytes | None, int]:
+        """A lease's record and revision, read from the bucket's leader; ``(None, 0)`` if
+        there is none (deleted, or never written)."""
+        return await self._kv_record(await self.leases_kv(), name, f"lease {name}")
 
     async def delete_lease(self, name: str, revision: int = 0) -> None:
         """Delete a lease, if it is still at ``revision`` when one is given; else StateConflict."""
@@ -1468,6 +1558,58 @@ class Transport:
         if not reply.startswith(f"$JS.ACK.{self.names.command_stream}."):
             raise InvalidInputError(f"not a command delivery of this engine: {reply!r}")
         await self.nc.publish(reply, b"-NAK")
+
+    async def redrive_lease(self, name: str, revision: int, held: Sequence[str]) -> int:
+        """Re-drive a lapsed lease: delete it if it is still at ``revision`` (StateConflict if
+        it was renewed or deleted meanwhile), then NAK every delivery it lists, so JetStream
+        redelivers each at once. Returns how many were handed back."""
+        await self.delete_lease(name, revision)
+        handed_back = 0
+        for reply in held:
+            try:
+                await self.nak_delivery(reply)
+                handed_back += 1
+            except Exception as e:  # noqa: BLE001 - ack_wait still redelivers it
+                log.warning("cannot hand back %s: %s", reply, e)
+        if handed_back:
+            with contextlib.suppress(Exception):
+                await self.nc.flush()
+        return handed_back
+
+    # -- run locks of redelivered commands -------------------------------------------------
+
+    async def _runs_kv(self) -> KeyValue:
+        if self._runs is None:
+            self._runs = await self._ensure_bucket(
+                KeyValueConfig(
+                    bucket=self.names.runs_bucket,
+                    description="durable: the processor running each command delivered twice",
+                    history=1,
+                    replicas=self.engine.replicas,
+                    storage=StorageType.FILE,
+                    ttl=86_400.0,  # left behind only by a crash after the ack: forget them
+                    direct=False,  # decided on: read from the leader
+                )
+            )
+        return self._runs
+
+    async def run_lock(self, stream_seq: int) -> tuple[bytes | None, int]:
+        """The run lock of command ``stream_seq`` and its revision; ``(None, 0)`` if free."""
+        return await self._kv_record(await self._runs_kv(), str(stream_seq), "run lock")
+
+    async def put_run_lock(self, stream_seq: int, data: bytes, revision: int) -> int:
+        """Take a run lock if it is still at ``revision`` (0: free); else StateConflict."""
+        kv = await self._runs_kv()
+        return await self._kv_write(kv, str(stream_seq), data, revision, f"run lock {stream_seq}")
+
+    async def delete_run_lock(self, stream_seq: int, revision: int) -> None:
+        """Free a run lock if it is still at ``revision`` (someone who took it over keeps it)."""
+        kv = await self._runs_kv()
+        try:
+            await kv.delete(str(stream_seq), last=revision)
+        except nats.js.errors.APIError as e:
+            if not _wrong_last(e):
+                raise
 
 
 async def _watch(kv: KeyValue) -> AsyncIterator[tuple[str, bytes | None, int] | None]:
@@ -1601,48 +1743,6 @@ def _check_same(what: str, have: dict[str, Any], want: dict[str, Any]) -> None:
         )
 
 
-class _MsgQueue:
-    """The messages of one subscription (its callback is ``put``), taken without a task and
-    a timer per message as ``Subscription.next_msg`` makes."""
-
-    __slots__ = ("_msgs", "_waiter")
-
-    def __init__(self) -> None:
-        self._msgs: collections.deque[Msg] = collections.deque()
-        self._waiter: asyncio.Future[None] | None = None
-
-    async def put(self, msg: Msg) -> None:
-        self._msgs.append(msg)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def take(self) -> Msg | None:
-        """The next message if one is there."""
-        return self._msgs.popleft() if self._msgs else None
-
-    async def get(self, timeout: float) -> Msg:
-        """The next message; TimeoutError if none comes within ``timeout`` seconds (one
-        reader at a time)."""
-        if not self._msgs:
-            loop = asyncio.get_running_loop()
-            waiter = self._waiter = loop.create_future()
-            timer = loop.call_later(max(timeout, 0), _wake, waiter)
-            try:
-                await waiter
-            finally:
-                timer.cancel()
-                self._waiter = None
-            if not self._msgs:
-                raise TimeoutError
-        return self._msgs.popleft()
-
-
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
-
-
 class _Replies:
     """One long-lived wildcard inbox for requests answered by several messages (batched
     direct gets): no subscription made and dropped per request."""
@@ -1652,7 +1752,7 @@ class _Replies:
         self._prefix = nc.new_inbox()
         self._sub: Any = None
         self._subscribing = asyncio.Lock()
-        self._queues: dict[str, _MsgQueue] = {}
+        self._queues: dict[str, MsgQueue] = {}
         self._tokens = itertools.count(1)
 
     async def _route(self, msg: Msg) -> None:
@@ -1661,14 +1761,14 @@ class _Replies:
             await queue.put(msg)
 
     @contextlib.asynccontextmanager
-    async def open(self) -> AsyncIterator[tuple[str, _MsgQueue]]:
+    async def open(self) -> AsyncIterator[tuple[str, MsgQueue]]:
         """A reply subject and the queue its answers arrive in, until the block ends."""
         if self._sub is None:
             async with self._subscribing:  # once, however many requests start together
                 if self._sub is None:
                     self._sub = await self._nc.subscribe(f"{self._prefix}.*", cb=self._route)
         token = str(next(self._tokens))
-        queue = self._queues[token] = _MsgQueue()
+        queue = self._queues[token] = MsgQueue()
         try:
             yield f"{self._prefix}.{token}", queue
         finally:
@@ -1679,7 +1779,7 @@ class StateEvents:
     """State changes of one invocation, pushed by the server (KV republish), and the
     processor's result notice (see Transport.publish_result)."""
 
-    def __init__(self, sub: Any, queue: _MsgQueue) -> None:
+    def __init__(self, sub: Any, queue: MsgQueue) -> None:
         self._sub = sub
         self._queue = queue
         # The state as this client created it, if it did: the present, without a read.
@@ -1705,119 +1805,6 @@ class StateEvents:
     async def close(self) -> None:
         with contextlib.suppress(nats.errors.Error):
             await self._sub.unsubscribe()
-
-
-class Delivery:
-    """One delivery of a command message, with its ack operations."""
-
-    __slots__ = ("_msg", "data", "num_delivered", "stream_seq")
-
-    def __init__(self, msg: Msg) -> None:
-        self._msg = msg
-        self.data: bytes = msg.data
-        md = msg.metadata
-        self.num_delivered: int = md.num_delivered or 1
-        self.stream_seq: int = md.sequence.stream if md.sequence else 0
-
-    async def ack(self) -> None:
-        await self._msg.ack()
-
-    async def ack_sync(self) -> None:
-        """Ack and wait until the server has it (the message is gone when this returns)."""
-        await self._msg.ack_sync(timeout=5.0)
-
-    async def nak(self, delay: float | None = None) -> None:
-        await self._msg.nak(delay=delay)
-
-    async def in_progress(self) -> None:
-        await self._msg.in_progress()
-
-    async def term(self) -> None:
-        await self._msg.term()
-
-    @property
-    def reply(self) -> str:
-        """The ack subject of this delivery (a processor lease lists the ones it holds)."""
-        return self._msg.reply
-
-
-class CommandConsumer:
-    """Pulls command deliveries from the shared durable consumer.
-
-    One subscription on a private inbox and one pull request open at a time: a command is
-    handed over as soon as it arrives (a fetch never waits for a batch to fill up), and the
-    next request goes out when the open one is used up or expires.
-    """
-
-    def __init__(self, nc: NatsClient, next_subject: str) -> None:
-        self._nc = nc
-        self._next_subject = next_subject
-        self._inbox = nc.new_inbox()
-        self._queue = _MsgQueue()
-        self._sub: Any = None
-        self._credit = 0  # messages the open request may still bring
-        self._until = 0.0  # when it expires (monotonic)
-
-    async def start(self) -> None:
-        self._sub = await self._nc.subscribe(self._inbox, cb=self._queue.put)
-
-    async def fetch(self, batch: int, timeout: float) -> list[Delivery]:
-        """Up to ``batch`` deliveries; an empty list if none arrived within ``timeout``."""
-        out = self._take(batch)
-        deadline = time.monotonic() + timeout
-        while not out:
-            now = time.monotonic()
-            if now >= deadline:
-                break
-            if self._credit <= 0 or now >= self._until:
-                await self._request(batch, max(timeout, 0.5))
-            try:
-                msg = await self._queue.get(min(deadline, self._until) - now)
-            except TimeoutError:
-                continue
-            status = msg.headers.get("Status") if msg.headers else None
-            if status:
-                # 408: the request expired; 409: the server ended it (leadership change,
-                # too many waiting requests, ...). Either way it is over.
-                self._credit = 0
-                if status != "408":
-                    log.debug("pull request ended: %s %s", status, msg.headers)
-                    await asyncio.sleep(min(0.1, max(deadline - time.monotonic(), 0)))
-                continue
-            self._credit -= 1
-            out = [Delivery(msg), *self._take(batch - 1)]
-        return out
-
-    def _take(self, batch: int) -> list[Delivery]:
-        out: list[Delivery] = []
-        while len(out) < batch and (msg := self._queue.take()) is not None:
-            if msg.headers and msg.headers.get("Status"):
-                self._credit = 0
-                continue
-            self._credit -= 1
-            out.append(Delivery(msg))
-        return out
-
-    async def _request(self, batch: int, expires: float) -> None:
-        req = json.dumps({"batch": batch, "expires": int(expires * 1e9)}).encode()
-        self._credit, self._until = batch, time.monotonic() + expires - 0.01
-        await self._nc.publish(self._next_subject, req, reply=self._inbox)
-
-    async def close(self) -> None:
-        """Stop taking commands; those delivered but never fetched go back at once.
-
-        The open pull request is left to run out first (at most its ``expires``): a command
-        handed back while it is open would come straight back to it, and so to nobody.
-        """
-        left = self._until - time.monotonic()
-        if self._credit > 0 and left > 0:
-            await asyncio.sleep(left)
-        with contextlib.suppress(nats.errors.Error):
-            await self._sub.unsubscribe()
-        while (msg := self._queue.take()) is not None:
-            if not (msg.headers and msg.headers.get("Status")):
-                with contextlib.suppress(Exception):
-                    await msg.nak()
 
 
 class TickDelivery:

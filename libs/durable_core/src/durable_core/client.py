@@ -365,11 +365,22 @@ class Client:
         servers: str | Sequence[str] | NatsConfig = "nats://127.0.0.1:4222",
         *,
         engine: EngineConfig | None = None,
+        wait_for_engine: timedelta = timedelta(0),
     ) -> Client:
-        """Connect to NATS (creating the engine's streams if none exist yet).
+        """Connect to NATS and to the engine's streams, which a processor creates.
+
+        A client never creates the streams: their stored configuration (replicas, payload
+        limit) is what it uses, whatever ``engine`` says of them; ``engine.prefix`` names the
+        engine.
+
+        Args:
+            wait_for_engine: how long to wait for a processor to create the streams (for an
+                application that starts alongside the processors); none by default.
 
         Raises:
             NatsUnavailableError: NATS cannot be reached (the message names the URLs tried).
+            EngineNotFoundError: the engine's streams do not exist (no processor has started
+                on this prefix yet, or the prefix or URL is wrong).
         """
         if isinstance(servers, NatsConfig):
             cfg = servers
@@ -377,7 +388,9 @@ class Client:
             cfg = NatsConfig.from_url(servers, name="durable-client")
         else:
             cfg = NatsConfig(servers=tuple(servers), name="durable-client")
-        transport = await Transport.connect(cfg, engine, setup=True, strict=False)
+        transport = await Transport.connect(
+            cfg, engine, wait_for_engine=wait_for_engine.total_seconds()
+        )
         return cls(transport)
 
     async def __aenter__(self) -> Client:

@@ -146,9 +146,11 @@ class WorkerConfig:
     Attributes:
         max_concurrent: executions that really run at once in this processor.
         ack_wait: how long JetStream waits for progress before redelivering a command.
-        heartbeat: how often a running execution tells JetStream it is alive (in-progress
-            acks); ``None`` means ack_wait / 3. ``timedelta(0)`` disables heartbeats (tests of
-            redelivery only).
+        heartbeat: how often a held command is reported in progress to JetStream, from the
+            moment it is delivered; ``None`` means ack_wait / 6. A run starts a step only while
+            an answered report shows the command cannot have been redelivered yet, so a few
+            reports may go unanswered in a row. ``timedelta(0)`` disables them (tests of
+            redelivery only: a run then stops starting steps ``ack_wait`` after delivery).
         consumer: the durable consumer's name, shared by all processors.
         services: gRPC service name (full or short, ``*`` for any) -> ``host:port``.
         processor_id: this processor's name in the journal and logs.
@@ -175,10 +177,16 @@ class WorkerConfig:
             raise ConfigError(f"ack_wait must be at least 1 s, not {self.ack_wait}")
         if self.lease_ttl and not timedelta(seconds=1) <= self.lease_ttl <= timedelta(hours=1):
             raise ConfigError(f"lease_ttl must be 0 (off) or 1 s to 1 h, not {self.lease_ttl}")
+        if self.heartbeat is not None and self.heartbeat > self.ack_wait / 2:
+            raise ConfigError(
+                f"heartbeat ({self.heartbeat}) must be at most half of ack_wait "
+                f"({self.ack_wait}): a run stops starting steps when its command may have been "
+                "redelivered"
+            )
 
     @property
     def heartbeat_interval(self) -> float:
         """Seconds between in-progress acks (0 = none)."""
         if self.heartbeat is None:
-            return self.ack_wait.total_seconds() / 3
+            return self.ack_wait.total_seconds() / 6
         return self.heartbeat.total_seconds()

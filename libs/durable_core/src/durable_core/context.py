@@ -86,6 +86,10 @@ class Journal(Protocol):
     def cancelling(self) -> bool:
         """True when the engine interrupted the run because the invocation was cancelled."""
 
+    def check_step(self) -> None:
+        """Raise (a ``SuspendExecution``) if this run may not execute another step: it lost the
+        invocation or its hold on the command. Called before every step and attempt runs."""
+
 
 class Context:
     """What a workflow uses to act durably.
@@ -301,6 +305,7 @@ class Context:
                 self.cancel_delivered = True  # an earlier run was cancelled here: so is this one
                 raise InvocationCancelledError(self._invocation_id)
             return decision
+        self._journal.check_step()
         if self._machine.cancel_requested and not self.cancel_delivered:
             self.cancel_delivered = True
             await self._journal.append_step(
@@ -383,6 +388,7 @@ class Context:
         failure: pb.Failure | None = None
         while True:
             attempt += 1
+            self._journal.check_step()  # time passed since the step was decided (backoff)
             inp = StepInput(self._invocation_id, self._workflow, step, kind_name, name, attempt)
             try:
                 result = await chained(inp)

@@ -10,7 +10,8 @@ DurableError                      every error this library raises
 ├── RetryableError                a failure worth retrying (raise it in a step to retry)
 │   └── StepTimeoutError          a step attempt took longer than its timeout
 ├── ConfigError                   bad or mismatching configuration (settings, streams, consumers)
-│   └── UnsupportedServerError    the NATS server is too old for the engine (timers would not fire)
+│   ├── UnsupportedServerError    the NATS server is too old for the engine (timers would not fire)
+│   └── EngineNotFoundError       the engine's streams do not exist (no processor created them)
 ├── InvalidInputError             bad input: malformed args, oversized payload, bad id or key
 ├── NonDeterminismError           the workflow code no longer matches its journal
 ├── NotFoundError                 no such invocation, workflow or awakeable
@@ -24,7 +25,7 @@ DurableError                      every error this library raises
 └── NatsUnavailableError          NATS could not be reached (with the URLs tried)
 
 Control flow (not errors; they derive from BaseException so `except Exception` can't swallow them):
-SuspendExecution                  the processor must stop running this invocation now
+SuspendExecution                  the engine stops this run of the invocation now; never catch it
 InvocationCancelledError          raised inside a cancelled workflow; catch it to compensate
 ```
 """
@@ -46,6 +47,7 @@ __all__ = [
     "InvocationCancelledError",
     "InvocationFinishedError",
     "DurableError",
+    "EngineNotFoundError",
     "InvalidInputError",
     "InvocationTimeoutError",
     "NatsUnavailableError",
@@ -152,6 +154,28 @@ class UnsupportedServerError(ConfigError):
         )
         self.version = version
         self.minimum = minimum
+
+
+class EngineNotFoundError(ConfigError):
+    """The engine's streams do not exist on this NATS under this prefix.
+
+    Only processors create them (with the replicas and limits of their settings); clients,
+    the CLI, the scheduler and the inspector use what exists. Start a processor first, or
+    check the NATS URL and the prefix.
+
+    Attributes:
+        prefix: the engine prefix looked for.
+        missing: the streams that are not there.
+    """
+
+    def __init__(self, servers: Sequence[str], prefix: str, missing: Sequence[str]) -> None:
+        super().__init__(
+            f"no durable engine with prefix {prefix!r} on {', '.join(servers)}: "
+            f"{', '.join(missing)} do not exist. A processor creates them when it starts "
+            "(with its `replicas` setting): start one, or check the NATS URL and the prefix"
+        )
+        self.prefix = prefix
+        self.missing = tuple(missing)
 
 
 class InvalidInputError(DurableError, ValueError):
@@ -293,11 +317,20 @@ class NatsUnavailableError(DurableError, ConnectionError):
 
 
 class SuspendExecution(BaseException):  # noqa: N818 - control flow, not an error
-    """Stops the current run of an invocation (lost claim, shutdown).
+    """The engine stops this run of the invocation here; a workflow must never catch it.
 
-    Derives from BaseException so that a workflow's ``except Exception`` cannot swallow it.
+    It is the one base of the engine's own control-flow signals that travel through workflow
+    code (a ``ctx`` call raises them): another processor took the invocation over, the
+    invocation finished elsewhere, this processor lost its hold on the command or its lease,
+    or NATS refused a write of the engine's own. The run is abandoned; the invocation goes
+    on from its journal wherever it is taken up next.
+
+    It derives from BaseException so that a workflow's ``except Exception`` cannot swallow it.
+    A workflow that catches ``BaseException`` must re-raise it (as it must re-raise
+    ``asyncio.CancelledError``); even then the engine refuses every further step of that run.
+    Interceptors recognise it with ``interceptors.outcome_of`` (``"abandoned"``).
     """
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str = "") -> None:
         super().__init__(reason)
         self.reason = reason

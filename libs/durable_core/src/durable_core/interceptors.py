@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from durable_core._pb.durable.v1 import durable_pb2 as pb
-from durable_core.errors import DurableError, InvocationCancelledError, SuspendExecution
+from durable_core.errors import InvocationCancelledError, SuspendExecution
 
 __all__ = [
     "EngineEvent",
@@ -116,8 +116,9 @@ def outcome_of(exc: BaseException | None) -> RunOutcome:
     - ``"completed"``: it returned (``exc`` is None);
     - ``"suspended"``: the engine stopped the run because every step is parked (it cancels
       the run; a wake-up continues it later), or the processor is shutting down;
-    - ``"abandoned"``: the engine's own control flow stopped it: another processor took the
-      invocation over, it finished elsewhere, or new journal entries make it run again;
+    - ``"abandoned"``: the engine's own control flow stopped it (a ``SuspendExecution``):
+      another processor took the invocation over, it finished elsewhere, new journal entries
+      make it run again, or this processor lost its hold on the command;
     - ``"cancelled"``: the invocation was cancelled and the workflow let the cancellation out;
     - ``"failed"``: anything else; the engine journals the invocation as failed.
     """
@@ -125,14 +126,13 @@ def outcome_of(exc: BaseException | None) -> RunOutcome:
         return "completed"
     if isinstance(exc, InvocationCancelledError):
         return "cancelled"
-    if isinstance(exc, asyncio.CancelledError | SuspendExecution):
+    if isinstance(exc, SuspendExecution):
+        return "abandoned"  # every engine signal (the worker's _LostClaim, _Finished, ...)
+    if isinstance(exc, asyncio.CancelledError):
         return "suspended"
-    if type(exc).__module__ == _ENGINE_MODULE and not isinstance(exc, DurableError):
-        return "abandoned"  # the worker's private _LostClaim, _Finished, _Rerun
     return "failed"
 
 
-_ENGINE_MODULE = "durable_core.worker"
 _log = logging.getLogger(__name__)
 
 

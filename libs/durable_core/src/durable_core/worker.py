@@ -20,11 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import math
 import os
-import re
 import secrets
 import socket
 import time
@@ -34,7 +31,9 @@ from typing import Any
 from google.protobuf.message import DecodeError
 
 from durable_core import _codec
+from durable_core._delivery import CommandConsumer, Delivery
 from durable_core._grpc import ChannelPool
+from durable_core._hold import ProcessorLease, lock_run, unlock_run
 from durable_core._journal import FINAL_KINDS, PROCESSOR_KINDS, ReplayMachine, kind_name
 from durable_core._keys import KeyRecord
 from durable_core._naming import (
@@ -45,7 +44,6 @@ from durable_core._naming import (
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import (
     CorruptJournalError,
-    Delivery,
     JournalConflict,
     JournalRecord,
     StateConflict,
@@ -78,7 +76,6 @@ __all__ = ["Worker"]
 log = logging.getLogger("durable_core.worker")
 
 TERMINAL = frozenset({pb.STATUS_COMPLETED, pb.STATUS_FAILED, pb.STATUS_CANCELLED})
-_LEASE_LIST_BYTES = 400_000  # a lease lists at most this much of held ack subjects
 
 
 def _now_ms() -> int:
@@ -104,24 +101,68 @@ class Worker:
         self.interceptors = tuple(interceptors)
         self.channels = channels or ChannelPool(config.services, service_defaults)
         self.processor_id = config.processor_id or f"{socket.gethostname()}-{os.getpid()}"
-        # One lease per process start: a restarted processor with the same id is not mistaken
-        # for the one that died (whose commands must still be re-driven).
-        self.lease_name = (
-            f"{re.sub(r'[^A-Za-z0-9_=-]', '_', self.processor_id)[:200]}.{secrets.token_hex(4)}"
+        self.lease = ProcessorLease(
+            transport, self.processor_id, config.lease_ttl.total_seconds(), lambda: self._held
         )
         self._held: set[Delivery] = set()  # commands taken and not yet settled
-        self._lease_changed = asyncio.Event()
+        self._beats: dict[Delivery, asyncio.Task[None]] = {}  # their heartbeats
+        self._by_seq: dict[int, tuple[Delivery, asyncio.Task[None]]] = {}  # by stream sequence
         self._tasks: set[asyncio.Task[None]] = set()
         self._running: dict[str, _Execution] = {}  # by invocation id, for cancellation
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._consumer: CommandConsumer | None = None  # set once consuming
+        self._fetch_error = ""
         self.completed = 0
         self.failed = 0
+
+    @property
+    def lease_name(self) -> str:
+        """The name of this processor's current lease."""
+        return self.lease.name
+
+    @property
+    def leases_on(self) -> bool:
+        return bool(self.config.lease_ttl)
+
+    @property
+    def step_margin(self) -> float:
+        """How long before a delivery's bound a run stops starting steps (clock rates, and
+        the time from the check to the step's effect)."""
+        return min(self.config.ack_wait.total_seconds() / 20, 0.5)
+
+    def holds(self, delivery: Delivery, lease_epoch: int) -> bool:
+        """Whether a run on ``delivery`` may start a step now (see ``durable_core._hold``)."""
+        if not delivery.surely_held(self.step_margin):
+            return False
+        return not self.leases_on or self.lease.alive(lease_epoch)
 
     @property
     def in_flight(self) -> int:
         """Executions running now."""
         return len(self._tasks)
+
+    def not_ready(self) -> str | None:
+        """Why this processor is not consuming commands now (one line), or None if it is: for
+        a readiness probe."""
+        consumer = self._consumer
+        if self._stopping.is_set():
+            return "stopping"
+        if consumer is None:
+            return "starting (setting up its lease and the consumer)"
+        if not self.transport.nc.is_connected:
+            return "not connected to NATS (reconnecting)"
+        if self.leases_on and not self.lease.alive(self.lease.epoch):
+            return f"its lease {self.lease.name} is not renewed (NATS refuses or loses the writes)"
+        if self._fetch_error:
+            return f"pulling commands fails: {self._fetch_error}"
+        silent = time.monotonic() - consumer.answered_at
+        if len(self._tasks) < self.config.max_concurrent and silent > max(
+            5.0, 5 * consumer.expires
+        ):
+            why = consumer.trouble or "no answer"
+            return f"the command consumer has not answered for {silent:.0f}s ({why})"
+        return None
 
     def stop(self) -> None:
         """Ask the worker to stop fetching and finish (see ``run``)."""
@@ -130,12 +171,15 @@ class Worker:
 
     async def run(self) -> None:
         """Consume until ``stop()``; then let in-flight work finish or release it."""
+        lease = None
+        if self.leases_on:
+            # The lease exists before the first command is taken: a run checks it before
+            # every step, and a processor that dies holding commands has them re-driven.
+            await self.lease.create(self._stopping)
+            lease = asyncio.create_task(self.lease.keep())
         consumer = await self.transport.command_consumer(self.config)
         control = await self.transport.subscribe_control(self._on_control)
-        lease = None
-        if self.config.lease_ttl:
-            await self.transport.leases_kv()  # the bucket, before the first command is taken
-            lease = asyncio.create_task(self._keep_lease())
+        self._consumer = consumer
         log.info(
             "processor %s consuming (max_concurrent=%d, ack_wait=%ss, workflows: %s)",
             self.processor_id,
@@ -154,15 +198,14 @@ class Worker:
                     deliveries = await consumer.fetch(min(free, 256), timeout=1.0)
                 except Exception as e:  # noqa: BLE001 - keep serving through NATS trouble
                     log.warning("fetch failed: %s: %s", type(e).__name__, e)
+                    self._fetch_error = f"{type(e).__name__}: {e}"
                     await asyncio.sleep(0.5)
                     continue
-                if deliveries:
-                    self._held.update(deliveries)
-                    self._lease_changed.set()
+                self._fetch_error = ""
                 for d in deliveries:
-                    task = asyncio.create_task(self._handle(d))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._done)
+                    self._take(d)
+                if deliveries:
+                    self.lease.changed.set()
         finally:
             # Stop pulling first, so that what _drain hands back goes to other processors.
             await consumer.close()
@@ -172,56 +215,59 @@ class Worker:
                     lease.cancel()
                     await asyncio.wait({lease}, timeout=0.5)
                 with contextlib.suppress(Exception):
-                    await self.transport.delete_lease(self.lease_name)  # a clean exit
+                    await self.lease.delete()  # a clean exit
             await control.unsubscribe()
             await self.channels.close()
 
-    async def _keep_lease(self) -> None:
-        """Renew this processor's lease, listing the commands it holds.
+    def _take(self, d: Delivery) -> None:
+        """Start handling a delivery; a redelivery of a command this process runs is absorbed
+        by that run, or (if the run gave its delivery up) waits until that run has ended."""
+        current = self._by_seq.get(d.stream_seq)
+        if current is not None:
+            held, task = current
+            if not (held.lost or held.settled) and d.num_delivered == held.num_delivered + 1:
+                log.info(
+                    "command %d delivered again (delivery %d) while this processor runs it: "
+                    "the run goes on with the new delivery",
+                    d.stream_seq,
+                    d.num_delivered,
+                )
+                held.adopt(d)
+                self.lease.changed.set()
+                return
+            coro = self._handle_after(task, d)
+        else:
+            coro = self._handle(d)
+        self._held.add(d)
+        self._beats[d] = asyncio.create_task(self._heartbeat(d))
+        task = asyncio.create_task(coro)
+        self._by_seq[d.stream_seq] = (d, task)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
 
-        Renewed every ``lease_ttl / 3`` and soon (at most 5 times a second) after a command is
-        taken or settled. If the process dies, the lease lapses and the scheduler NAKs the
-        listed deliveries, so another processor takes them over at once. A command taken in
-        the last moments before a crash may be missing from the lease: JetStream redelivers
-        it after ``ack_wait`` as before.
-        """
-        ttl = self.config.lease_ttl.total_seconds()
-        renew_every, min_gap = ttl / 3, 0.2
-        last = -math.inf
+    async def _heartbeat(self, d: Delivery) -> None:
+        """In-progress acks from the moment of delivery until it is settled or given up."""
+        interval = self.config.heartbeat_interval
+        if interval <= 0:
+            return
         while True:
-            # asyncio.wait, not wait_for: on 3.11 wait_for can swallow our cancellation.
-            changed = asyncio.ensure_future(self._lease_changed.wait())
-            try:
-                await asyncio.wait(
-                    {changed}, timeout=max(renew_every - (time.monotonic() - last), 0)
-                )
-            finally:
-                changed.cancel()
-            gap = min_gap - (time.monotonic() - last)
-            if gap > 0:
-                await asyncio.sleep(gap)  # coalesce a burst of changes into one write
-            self._lease_changed.clear()
-            held, size = [], 0
-            for d in list(self._held):
-                size += len(d.reply) + 3
-                if size > _LEASE_LIST_BYTES:
-                    break  # the rest waits for ack_wait, like before leases
-                held.append(d.reply)
-            record = {
-                "processor": self.processor_id,
-                "pid": os.getpid(),
-                "host": socket.gethostname(),
-                "ttl_ms": int(ttl * 1000),
-                "renewed_at_ms": _now_ms(),
-                "held": held,
-            }
-            last = time.monotonic()
-            try:
-                await self.transport.put_lease(self.lease_name, json.dumps(record).encode())
-            except Exception as e:  # noqa: BLE001 - the next renewal tries again
-                log.warning(
-                    "could not renew lease %s: %s: %s", self.lease_name, type(e).__name__, e
-                )
+            await asyncio.sleep(interval)
+            await d.heartbeat(timeout=min(max(interval, 1.0), 5.0))
+
+    async def _handle_after(self, earlier: asyncio.Task[None], d: Delivery) -> None:
+        await asyncio.wait({earlier})
+        await self._handle(d)
+
+    def _release(self, d: Delivery) -> None:
+        """The delivery is settled or given up: stop its heartbeats, drop it from the lease."""
+        self._held.discard(d)
+        beat = self._beats.pop(d, None)
+        if beat is not None:
+            beat.cancel()
+        current = self._by_seq.get(d.stream_seq)
+        if current is not None and current[0] is d:
+            del self._by_seq[d.stream_seq]
+        self.lease.changed.set()
 
     def _on_control(self, invocation_id: str, action: str) -> None:
         """A lifecycle request arrived over core NATS: act on a run in this processor now."""
@@ -264,7 +310,7 @@ class Worker:
                 cmd.created_at_ms = now  # an absurd client clock: take ours
         except (DecodeError, InvalidInputError, ValueError) as e:
             log.error("terminating malformed command (stream seq %d): %s", delivery.stream_seq, e)
-            self._held.discard(delivery)
+            self._release(delivery)
             await delivery.term()
             return
         observe(
@@ -282,20 +328,27 @@ class Worker:
             with contextlib.suppress(Exception):
                 await delivery.nak()
             raise
+        except _LostHold as e:
+            # Another processor may run it now (or soon): journal nothing. Hand the command
+            # back at once rather than after ack_wait: if it has moved on meanwhile, the NAK
+            # only takes it from a holder that runs it under a run lock (a later delivery),
+            # and whoever gets it waits for that lock (see _hold). Without leases there are no
+            # run locks: then leave it to ack_wait.
+            log.warning("invocation %s: %s; stopping this run", cmd.invocation_id, e)
+            delivery.lost = True
+            if self.leases_on:
+                with contextlib.suppress(Exception):
+                    await delivery.nak(delay=1.0, stale_ok=True)
         except (NatsUnavailableError, _EngineFailure) as e:
+            cause = e.cause if isinstance(e, _EngineFailure) else e
+            if isinstance(cause, CorruptJournalError | InvalidInputError):
+                await self._fail_broken(execution, delivery, cause)
+                return
             log.warning("invocation %s: NATS unavailable (%s); releasing it", cmd.invocation_id, e)
             with contextlib.suppress(Exception):
                 await delivery.nak(delay=2.0)
         except (CorruptJournalError, InvalidInputError) as e:
-            # Not transient (a corrupt journal, a broken record): fail it clearly, settle.
-            log.error("invocation %s cannot run: %s", cmd.invocation_id, e)
-            with contextlib.suppress(Exception):
-                await execution.write_state(  # never over a finished state
-                    status=pb.STATUS_FAILED,
-                    failure=pb.Failure(type=type(e).__name__, message=str(e)),
-                )
-            with contextlib.suppress(Exception):
-                await delivery.term()
+            await self._fail_broken(execution, delivery, e)
         except DurableError as e:
             log.warning("invocation %s: %s; releasing it", cmd.invocation_id, e)
             with contextlib.suppress(Exception):
@@ -303,8 +356,19 @@ class Worker:
         finally:
             if self._running.get(cmd.invocation_id) is execution:
                 del self._running[cmd.invocation_id]
-            self._held.discard(delivery)
-            self._lease_changed.set()
+            self._release(delivery)
+
+    @staticmethod
+    async def _fail_broken(execution: _Execution, delivery: Delivery, e: DurableError) -> None:
+        """Not transient (a corrupt journal, a broken record): fail it clearly, settle."""
+        log.error("invocation %s cannot run: %s", execution.id, e)
+        with contextlib.suppress(Exception):
+            await execution.write_state(  # never over a finished state
+                status=pb.STATUS_FAILED,
+                failure=pb.Failure(type=type(e).__name__, message=str(e)),
+            )
+        with contextlib.suppress(Exception):
+            await delivery.term()
 
 
 _FINAL_KIND: dict[int, pb.EntryKind] = {
@@ -314,7 +378,7 @@ _FINAL_KIND: dict[int, pb.EntryKind] = {
 }
 
 
-class _Rerun(Exception):  # noqa: N818 - internal control flow
+class _Rerun(SuspendExecution):
     """New external entries may satisfy a parked wait: run the workflow again from replay."""
 
 
@@ -342,6 +406,9 @@ class _Execution:
         self.children: list[str] = []
         self.task: asyncio.Future[Any] | None = None
         self._cancelling = False
+        self.stopped: SuspendExecution | None = None  # the signal that ended this run
+        self.lease_epoch = worker.lease.epoch  # the lease this run started under
+        self._run_lock = 0  # revision of our run lock (commands delivered more than once)
 
     # -- journal ---------------------------------------------------------------------------
 
@@ -356,11 +423,25 @@ class _Execution:
         On a conflict the journal is re-read: entries from outside (resolutions, signals)
         are taken in and the append retried; an entry from another processor means we lost
         the invocation (unless this append is itself a claim, which takes it over).
+
+        Once the run was stopped by an engine signal, every later append raises it again: a
+        workflow that swallowed it (``except BaseException``) cannot journal anything more.
         """
+        if self.stopped is not None:
+            raise self.stopped
+        try:
+            await self._append(entry, claim=claim)
+        except SuspendExecution as stop:
+            if not isinstance(stop, _Rerun):
+                self.stopped = stop
+            raise
+
+    async def _append(self, entry: pb.JournalEntry, *, claim: bool) -> None:
         async with self.lock:
             while True:
                 entry.index = len(self.entries) + 1
                 entry.writer = self.token
+                entry.command_seq = self.delivery.stream_seq  # whose run this is (see run)
                 msg_id = f"{self.id}:{entry.index}:{self.token}"
                 started = time.monotonic()
                 try:
@@ -378,6 +459,9 @@ class _Execution:
                         return
                     if entry.kind == pb.ENTRY_KIND_SUSPENDED:
                         raise _Rerun from None  # decide again with what arrived
+                    if claim and not self._claimable():
+                        # Another run started meanwhile: it goes on, not us.
+                        raise _NotIdle(f"taken under command {self._owner()}") from None
                     continue
                 self._record(entry, seq)
                 self._observe("appended", seconds=time.monotonic() - started, entry=entry.kind)
@@ -403,12 +487,23 @@ class _Execution:
             return st.start_at_ms
         return (st.created_at_ms if st is not None else 0) or self.cmd.created_at_ms
 
-    def _claimed_by_this_command(self) -> bool:
-        """Whether a holder's CLAIM names this very command (acking it would drop its run)."""
-        return any(
-            e.kind == pb.ENTRY_KIND_CLAIM and e.command_seq == self.delivery.stream_seq
-            for e in self.entries
-        )
+    def _owner(self) -> int | None:
+        """The command whose run wrote the journal's last run entry (0: written before entries
+        carried it); None if no run has written anything (copies of a fork's steps aside)."""
+        for e in reversed(self.entries):
+            if e.kind in PROCESSOR_KINDS and not e.writer.startswith("fork:"):
+                return int(e.command_seq)
+        return None
+
+    def _claimable(self) -> bool:
+        """Whether this delivery may claim the invocation as the journal stands: its last run
+        suspended, or that run is this command's own (its earlier delivery is over), or no
+        run has started and this start won the state's move to RUNNING (see _take_up)."""
+        if self.machine.suspended:
+            return True
+        owner = self._owner()
+        redelivered = self.delivery.num_delivered > 1
+        return owner in (None, self.delivery.stream_seq) or (owner == 0 and redelivered)
 
     async def _catch_up(self, *, claim: bool, newer_known: bool = True) -> list[JournalRecord]:
         """Take in what was appended since our last entry (``newer_known``: something is
@@ -419,8 +514,10 @@ class _Execution:
             fresh = await self.t.read_journal(
                 self.id, min_seq=self.last_seq + 1 if newer_known else self.last_seq
             )
-        except NatsUnavailableError as e:
-            raise _EngineFailure(e) from e  # the engine's read: not the workflow's failure
+        except DurableError as e:
+            # The engine's read (NATS gone, a corrupt entry): never the workflow's failure,
+            # and never something a workflow's `except Exception` may swallow.
+            raise _EngineFailure(e) from e
         records = [r for r in fresh if r.seq > self.last_seq]
         others = [r for r in records if r.entry.writer != self.token]
         foreign = [r for r in others if r.entry.kind in PROCESSOR_KINDS]
@@ -469,7 +566,11 @@ class _Execution:
             parent_id=submission.parent_id,
             metadata=submission.headers,
         )
-        await self.t.submit(state, cmd)
+        try:
+            await self.t.submit(state, cmd)
+        except NatsUnavailableError as e:
+            self.stopped = _EngineFailure(e)  # the engine's write: stop the run, release it
+            raise self.stopped from e
 
     def request_suspend(self, waits: Sequence[Wait]) -> None:
         self.waits = tuple(waits)
@@ -477,6 +578,18 @@ class _Execution:
 
     def cancelling(self) -> bool:
         return self._cancelling
+
+    def check_step(self) -> None:
+        """Refuse every step once the run was stopped by an engine signal, or once this
+        processor no longer surely holds the command (see ``durable_core._hold``)."""
+        if self.stopped is None and not self.w.holds(self.delivery, self.lease_epoch):
+            self.stopped = _LostHold(
+                f"command {self.delivery.stream_seq} (delivery {self.delivery.num_delivered}) "
+                "may be redelivered to another processor by now (no in-progress ack answered "
+                "in time, or this processor's lease lapsed)"
+            )
+        if self.stopped is not None:
+            raise self.stopped
 
     def cancel_now(self) -> None:
         """Interrupt the step in flight (or the parked wait): the workflow sees a cancellation."""
@@ -555,6 +668,24 @@ class _Execution:
     # -- the run ---------------------------------------------------------------------------
 
     async def run(self) -> None:
+        if self.delivery.num_delivered > 1 and self.w.leases_on:
+            # Delivered before: a stale NAK may have taken it from a live holder (see _hold).
+            self._run_lock = await lock_run(
+                self.t,
+                self.w.lease,
+                self.delivery,
+                finished=lambda: self._finished(self.id),
+                stopping=self.w._stopping,
+            )
+            if not self._run_lock and not await self._finished(self.id):
+                return  # stopping: the command goes back (or to the next holder) unsettled
+        try:
+            await self._run()
+        finally:
+            if self._run_lock:
+                await unlock_run(self.t, self.delivery.stream_seq, self._run_lock)
+
+    async def _run(self) -> None:
         self.state = await self.t.get_state(self.id)
         st = self.state.state if self.state is not None else None
         if st is None and self.cmd.kind == pb.COMMAND_KIND_WAKE:
@@ -588,46 +719,11 @@ class _Execution:
             if taken is None:
                 return  # queued behind the key's holder
             held_before = taken == "held"
-        redelivered = self.delivery.num_delivered > 1
-        wake = self.cmd.kind == pb.COMMAND_KIND_WAKE or (
-            not redelivered and (held_before or (st is not None and st.status != pb.STATUS_PENDING))
-        )
-        heartbeat = asyncio.create_task(self._heartbeat())
         try:
-            if wake and not redelivered:
-                await self.load_journal(min_seq=self.cmd.min_journal_seq)
-                # A second turn for a key we already hold only continues a suspended run: an
-                # empty journal there means the first turn is starting it right now.
-                idle = self.machine.suspended if held_before else self.machine.idle
-                if self.machine.final is None and not idle:
-                    log.info("invocation %s is in progress elsewhere; wake-up not needed", self.id)
-                    if not self._claimed_by_this_command():
-                        await self.delivery.ack()  # else the holder runs on it: leave it be
-                    return
-                if self.machine.final is None:
-                    await self._claim(takeover=False)
-            elif redelivered:
-                await self.load_journal()
-                if self.machine.final is None:
-                    # Even over an empty journal: the first holder may be inside its first
-                    # step (its first append expects an empty journal, so our CLAIM fences it).
-                    await self._claim(takeover=True)
-            elif st is not None and st.journal_length:
-                await self.load_journal(min_entries=st.journal_length)  # a fork's copied steps
-            if self.machine.final is not None:
-                await self._finish_from_journal(self.machine.final)
-                return
-            # RUNNING before the first step: a client pausing now must see it running (a
-            # deferred write let `pause` mark a run in flight "paused"; it was reverted).
-            # A fresh start has not read the journal: it may only run over the PENDING state
-            # it saw. If that moved on (a second turn of a partition key whose run finished
-            # meanwhile, a client's pause), running would redo step 1 of a journal it never read.
-            only_if = (pb.STATUS_PENDING,) if not wake and not redelivered else ()
-            if not await self.write_state(
-                status=pb.STATUS_RUNNING, waiting_for="", only_if=only_if
-            ):
-                await self._state_moved_on()
-                return
+            # A fresh start runs without reading the journal (its first append expects an
+            # empty one) once it has moved the state from PENDING to RUNNING: one start wins.
+            if not (self._fresh(held_before) and await self._start_fresh()):
+                await self._take_up()
             await self._run_until_done()
         except _Finished:
             assert self.machine.final is not None
@@ -635,12 +731,79 @@ class _Execution:
         except _LostClaim as lost:
             self._log_lost(lost)
             if not lost.holds(self.delivery.stream_seq):
-                await self.delivery.ack()  # another delivery owns the invocation now
-        except _NotIdle:
-            log.info("invocation %s was taken by another wake-up; acking ours", self.id)
+                await self.delivery.ack()  # another command's run owns the invocation now
+        except _NotIdle as e:
+            log.info("invocation %s: %s; acking this command", self.id, e.reason or "not idle")
             await self.delivery.ack()
-        finally:
-            heartbeat.cancel()
+
+    def _fresh(self, held_before: bool) -> bool:
+        st = self.state.state if self.state is not None else None
+        return (
+            self.cmd.kind == pb.COMMAND_KIND_START
+            and self.delivery.num_delivered == 1
+            and not held_before
+            and (st is None or (st.status == pb.STATUS_PENDING and not st.journal_length))
+        )
+
+    async def _start_fresh(self) -> bool:
+        """Move the state from PENDING to RUNNING under this command; False if it moved on
+        meanwhile (another start won, a client paused it, it finished: see _take_up)."""
+        # RUNNING before the first step: a client pausing now must see it running (a
+        # deferred write let `pause` mark a run in flight "paused"; it was reverted).
+        return await self.write_state(
+            status=pb.STATUS_RUNNING,
+            waiting_for="",
+            run_command_seq=self.delivery.stream_seq,
+            only_if=(pb.STATUS_PENDING,),
+        )
+
+    async def _take_up(self) -> None:
+        """Decide by the journal whether this delivery runs the invocation, and claim it.
+
+        Raises _Finished (it has finished: settle), _NotIdle (another command's run has it,
+        or it has not started and this is no start: ack this command).
+        """
+        state = self.state.state if self.state is not None else None
+        await self.load_journal(
+            min_seq=self.cmd.min_journal_seq, min_entries=state.journal_length if state else 0
+        )
+        if self.machine.final is not None:
+            raise _Finished
+        if not self.machine.suspended and self._owner() is None:
+            await self._take_unstarted()
+        elif not self._claimable():
+            raise _NotIdle(f"in progress under command {self._owner()}")
+        # A CLAIM fences whoever wrote before it; on a conflict the journal is read again and
+        # the claim stands only if it is still ours to take (see _append).
+        seq = self.delivery.stream_seq
+        claim = pb.JournalEntry(kind=pb.ENTRY_KIND_CLAIM, timestamp_ms=_now_ms(), command_seq=seq)
+        await self.append(claim, claim=True)
+        if not await self.write_state(
+            status=pb.STATUS_RUNNING, waiting_for="", run_command_seq=seq
+        ):
+            raise _NotIdle("it finished meanwhile")  # the state says so; the journal will
+
+    async def _take_unstarted(self) -> None:
+        """No run has started: only a start takes it, by moving the state to RUNNING under its
+        command (revision-checked against what it read: one start wins)."""
+        if self.cmd.kind != pb.COMMAND_KIND_START:
+            raise _NotIdle("not started yet: its start command runs it")
+        seq = self.delivery.stream_seq
+        for _ in range(10):
+            st = self.state.state if self.state is not None else None
+            if st is not None and st.status in TERMINAL:
+                raise _NotIdle(f"already {pb.Status.Name(st.status)}")
+            if st is not None and st.status == pb.STATUS_RUNNING:
+                owner = st.run_command_seq
+                if owner == seq or (owner == 0 and self.delivery.num_delivered > 1):
+                    return  # our own command's run (its earlier delivery is over)
+                raise _NotIdle(f"started by command {owner or 'of an older processor'}")
+            only_if = (st.status,) if st is not None else ()
+            if await self.write_state(
+                status=pb.STATUS_RUNNING, waiting_for="", run_command_seq=seq, only_if=only_if
+            ):
+                return
+        raise DurableError(f"state of {self.id} keeps changing under us; giving up this run")
 
     async def _settle_finished(self) -> None:
         """Ack the command of a finished invocation, handing its key on first: a crash in
@@ -650,25 +813,7 @@ class _Execution:
             await self._release_key()
             await self.delivery.ack_sync()
         else:
-            await self.delivery.ack()
-
-    async def _state_moved_on(self) -> None:
-        """The state left PENDING between our read and our RUNNING write."""
-        assert self.state is not None
-        status = self.state.state.status
-        if status in TERMINAL:
-            log.info(
-                "invocation %s finished elsewhere (%s) before this start ran; acking",
-                self.id,
-                pb.Status.Name(status),
-            )
-            await self._settle_finished()
-            return
-        # Paused (or taken by another run) meanwhile: go again by the journal, as a redelivery.
-        raise DurableError(
-            f"state of {self.id} became {pb.Status.Name(status)} before its first step; "
-            "it will be taken up again from its journal"
-        )
+            await self.delivery.ack(finished=True)
 
     # -- per-key ordering ------------------------------------------------------------------
 
@@ -786,30 +931,6 @@ class _Execution:
             ", ".join(writers),
         )
 
-    async def _claim(self, *, takeover: bool) -> None:
-        claim = pb.JournalEntry(
-            kind=pb.ENTRY_KIND_CLAIM, timestamp_ms=_now_ms(), command_seq=self.delivery.stream_seq
-        )
-        if takeover:
-            await self.append(claim, claim=True)
-            return
-        try:
-            await self.append(claim)
-        except _LostClaim as lost:
-            # Someone appended as a processor since we saw the journal idle: they run it.
-            raise _NotIdle from lost
-
-    async def _heartbeat(self) -> None:
-        interval = self.w.config.heartbeat_interval
-        if interval <= 0:
-            return
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.delivery.in_progress()
-            except Exception as e:  # noqa: BLE001 - a missed heartbeat is not fatal
-                log.debug("heartbeat for %s failed: %s", self.id, e)
-
     async def _run_until_done(self) -> None:
         while True:
             try:
@@ -924,8 +1045,8 @@ class _Execution:
             if self._cancelling:
                 raise _Rerun from None  # interrupted off a step boundary: deliver it on replay
             raise
-        except (_LostClaim, _Finished, _Rerun, SuspendExecution, _EngineFailure):
-            raise
+        except SuspendExecution:
+            raise  # the engine's own control flow (_LostClaim, _Finished, _Rerun, ...)
         except Exception as e:  # noqa: BLE001 - the workflow failed; journal why
             if is_engine_error(e):
                 # A NATS error the workflow let through (a write of the engine's own that
@@ -1074,7 +1195,7 @@ def _unfinished(invocation_id: str) -> Callable[[list[JournalRecord]], None]:
     return check
 
 
-class _LostClaim(Exception):  # noqa: N818 - internal control flow
+class _LostClaim(SuspendExecution):
     """Another processor appended to the journal: this run must stop."""
 
     def __init__(self, records: list[JournalRecord]) -> None:
@@ -1082,23 +1203,28 @@ class _LostClaim(Exception):  # noqa: N818 - internal control flow
         self.records = records
 
     def holds(self, stream_seq: int) -> bool:
-        """Whether the new holder took over this very command (so we must not ack it)."""
-        return any(
-            r.entry.kind == pb.ENTRY_KIND_CLAIM and r.entry.command_seq == stream_seq
-            for r in self.records
-        )
+        """Whether the new holder runs on this very command (so we must not ack it)."""
+        return any(r.entry.command_seq == stream_seq for r in self.records)
 
 
-class _EngineFailure(BaseException):  # noqa: N818 - internal control flow
-    """A journal write of the engine failed for a reason that is not the workflow's."""
+class _EngineFailure(SuspendExecution):
+    """A journal write or read of the engine failed for a reason that is not the workflow's."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.cause = cause
 
 
-class _Finished(Exception):  # noqa: N818 - internal control flow
+class _Finished(SuspendExecution):
     """The journal shows the invocation finished (another processor completed it)."""
 
 
-class _NotIdle(Exception):  # noqa: N818 - internal control flow
+class _NotIdle(SuspendExecution):
     """A wake-up found the invocation taken by someone else."""
+
+
+class _LostHold(SuspendExecution):
+    """This processor may no longer hold the command: stop before the next step."""
 
 
 class _BadInput(InvalidInputError):

@@ -18,12 +18,14 @@ from durable_examples.hello.v1 import hello_pb2, hello_pb2_grpc
 from durable_examples.order.v1 import order_pb2, order_pb2_grpc
 from hello_service.hello import HelloServicer
 from hello_service.order import OrderServicer
+from hello_service.probes import start_probes
 from hello_service.tracing import TracingServerInterceptor, configure_tracing
 
 logger = logging.getLogger("hello_service")
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9090
+DEFAULT_HEALTH_PORT = 9091  # HTTP /livez and /readyz
 SHUTDOWN_GRACE_S = 5.0
 
 HEALTH_SERVICES = (
@@ -117,21 +119,28 @@ def _host_for_address(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
-async def serve(host: str, port: int) -> None:
+async def serve(host: str, port: int, health_port: int = DEFAULT_HEALTH_PORT) -> None:
     """Runs the server until SIGTERM or SIGINT, then shuts down gracefully.
 
-    Logs ``hello_service listening on HOST:PORT`` once serving.
+    Logs ``hello_service listening on HOST:PORT`` once serving. HTTP ``/livez`` and
+    ``/readyz`` are served on ``health_port`` (0: not at all).
     """
+    state = "starting"
+    probes = await start_probes(lambda: None if state == "serving" else state, host, health_port)
     built = await create_server(host, port)
     await built.start()
+    state = "serving"
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     logger.info("hello_service listening on %s:%d", host, built.port)
     await stop.wait()
+    state = "shutting down"
     logger.info("hello_service shutting down")
     await built.stop(SHUTDOWN_GRACE_S)
+    if probes is not None:
+        await probes.stop()
     logger.info("hello_service stopped")
 
 
@@ -150,6 +159,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=int,
         default=int(os.environ.get("GRPC_PORT", DEFAULT_PORT)),
         help=f"port to bind, 0 for any free one (env GRPC_PORT, default {DEFAULT_PORT})",
+    )
+    parser.add_argument(
+        "--health-port",
+        type=int,
+        default=int(os.environ.get("HEALTH_PORT", DEFAULT_HEALTH_PORT)),
+        help="HTTP port of /livez and /readyz, on the same interface; 0: none "
+        f"(env HEALTH_PORT, default {DEFAULT_HEALTH_PORT})",
     )
     return parser.parse_args(argv)
 
@@ -171,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hello-service: configuration error: {e}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(serve(args.host, args.port))
+        asyncio.run(serve(args.host, args.port, args.health_port))
     finally:
         if provider is not None:
             provider.shutdown()  # flushes the spans still batched

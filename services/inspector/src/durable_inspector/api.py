@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from durable_core import DurableError, NotFoundError, Status
 from durable_inspector import schema
@@ -170,7 +170,7 @@ def _required_str(body: dict[str, Any], key: str) -> str:
 
 
 def _method(rt: Runtime, name: str, what: str) -> Callable[..., Any]:
-    method = getattr(rt.client, name, None)
+    method = getattr(_client(rt), name, None)
     if method is None or not callable(method):
         raise not_implemented(name, what)
     return method  # type: ignore[no-any-return]
@@ -181,6 +181,13 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
 
 
 # -- reading ---------------------------------------------------------------------------------
+
+
+def _client(rt: Any) -> Any:
+    """The durable_core client; 503 until the engine's streams are bound."""
+    if rt.client is None:
+        raise ApiError(503, "unavailable", f"the inspector is not ready: {rt.not_ready()}")
+    return rt.client
 
 
 @router.get(
@@ -202,22 +209,26 @@ async def healthz(request: Request) -> Response:
 @router.get(
     "/readyz",
     tag="inspector",
-    summary="Readiness (as /healthz): 200 once the index holds its snapshot (no token needed)",
-    responses={200: schema.Health, 503: schema.Health},
+    summary="Readiness: connected to NATS, bound to the engine's streams and the index loaded; "
+    "else 503 and why, in one line (no token needed)",
+    responses={200: str, 503: str},
 )
 async def readyz(request: Request) -> Response:
-    return await healthz(request)
+    reason = runtime(request).not_ready()
+    if reason is None:
+        return PlainTextResponse("ready\n")
+    return PlainTextResponse(f"not ready: {reason}\n", status_code=503)
 
 
 @router.get(
     "/livez",
     tag="inspector",
-    summary="Liveness: the process answers; it never asks NATS (no token needed)",
-    responses={200: schema.Health},
+    summary="Liveness: the process and its event loop answer; never asks NATS (no token needed)",
+    responses={200: str},
 )
 async def livez(request: Request) -> Response:
     """Liveness: the process answers. It never asks NATS, so an outage restarts nothing."""
-    return _json({"status": "ok"})
+    return PlainTextResponse("ok\n")
 
 
 @router.get(
@@ -259,7 +270,7 @@ async def stats(request: Request) -> Response:
 
 async def load_detail(rt: Runtime, invocation_id: str) -> schema.Execution:
     """An execution's state and journal (raises NotFoundError for an unknown id)."""
-    view = await rt.client.describe(invocation_id)
+    view = await _client(rt).describe(invocation_id)
     return detail_view(view, rt.settings)
 
 
@@ -293,7 +304,7 @@ async def invoke(request: Request) -> Response:
     if unknown:
         raise ApiError(400, "invalid_input", f"unknown field(s): {', '.join(unknown)}")
     workflow = _required_str(body, "workflow")
-    invocation_id = await rt.client.invoke_async(
+    invocation_id = await _client(rt).invoke_async(
         workflow,
         body.get("args"),
         id=_optional_str(body, "id"),
@@ -535,7 +546,7 @@ class _StepWatch:
     async def poll(self) -> str | None:
         self.last = time.monotonic()
         try:
-            view = await self.rt.client.describe(self.id)
+            view = await _client(self.rt).describe(self.id)
         except NotFoundError:
             return None
         except DurableError as e:

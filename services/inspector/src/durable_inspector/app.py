@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from durable_core import Client, DurableError, load_plugins
+from durable_core._transport import Transport
 from durable_inspector import api, pages
 from durable_inspector.auth import AuthMiddleware, wants_json
 from durable_inspector.errors import ApiError, from_exception
@@ -60,29 +62,34 @@ async def _on_http(request: Request, exc: Exception) -> Response:
     return _respond(request, err)
 
 
-def create_app(settings: InspectorSettings, *, client: Any = None) -> Starlette:
+def create_app(
+    settings: InspectorSettings, *, client: Any = None, transport: Transport | None = None
+) -> Starlette:
     """The inspector as an ASGI app.
 
     Args:
         settings: validated settings (:func:`durable_inspector.settings.load_settings`).
         client: a connected durable_core ``Client`` (or a test double with the same methods).
-            None: the app connects on start-up with ``settings.nats`` and closes it on shutdown.
+        transport: without ``client``, a NATS connection not yet bound to the engine's
+            streams (``Transport.connect(..., bind=False)``): the app binds it in the
+            background, waiting for a processor to create them. Neither: the app connects on
+            start-up with ``settings.nats``. What the app connected, it closes on shutdown.
 
-    On start-up the app begins watching the state bucket; ``/healthz`` answers 200 once the
-    index holds the snapshot. Serve it with uvicorn and ``timeout_graceful_shutdown`` of a few
-    seconds: event streams stay open until the server cuts them.
+    The app serves at once; ``/readyz`` answers 200 once it is bound and the index holds the
+    snapshot (``/healthz`` once the index does; ``/livez`` always). Serve it with uvicorn and
+    ``timeout_graceful_shutdown`` of a few seconds: event streams stay open until the server
+    cuts them.
     """
-    rt = Runtime(settings=settings, index=ExecutionIndex(), client=client)
+    rt = Runtime(settings=settings, index=ExecutionIndex(), client=client, transport=transport)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        own = rt.client is None
+        own = rt.client is None and rt.transport is None
         if settings.load_plugins:
             _import_plugins()
         if own:
-            rt.client = await Client.connect(settings.nats, engine=settings.engine)
-        rt.feed = Feed(rt.client, rt.index)
-        task = asyncio.create_task(rt.feed.run(), name="inspector-watch")
+            rt.transport = await Transport.connect(settings.nats, settings.engine, bind=False)
+        task = asyncio.create_task(_watch(rt), name="inspector-watch")
         try:
             yield
         finally:
@@ -90,7 +97,7 @@ def create_app(settings: InspectorSettings, *, client: Any = None) -> Starlette:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             if own:
-                await rt.client.close()
+                await rt.transport.close()
 
     metrics = InspectorMetrics(lambda: rt)
     app = Starlette(
@@ -115,6 +122,16 @@ def create_app(settings: InspectorSettings, *, client: Any = None) -> Starlette:
     app.state.inspector = rt
     app.state.metrics = metrics
     return app
+
+
+async def _watch(rt: Runtime) -> None:
+    """Bind to the engine's streams (waiting for a processor to create them), then keep the
+    index up to date."""
+    if rt.client is None:
+        await rt.transport.bind(wait=math.inf)
+        rt.client = Client(rt.transport)
+    rt.feed = Feed(rt.client, rt.index)
+    await rt.feed.run()
 
 
 def _import_plugins() -> None:

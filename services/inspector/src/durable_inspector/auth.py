@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 __all__ = ["COOKIE", "AuthMiddleware", "token_matches"]
 
 COOKIE = "durable_inspector_token"
-_PROBES = ("/healthz", "/livez", "/readyz", "/metrics")
+_PROBES = ("/livez", "/readyz", "/healthz", "/metrics")  # no token: they tell nothing but a state
 _OPEN = (*_PROBES, "/login", "/static/")
 _SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
 

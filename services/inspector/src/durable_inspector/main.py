@@ -10,7 +10,8 @@ from collections.abc import Sequence
 
 import uvicorn
 
-from durable_core import Client, DurableError, NatsUnavailableError
+from durable_core import DurableError, NatsUnavailableError
+from durable_core._transport import Transport
 from durable_core.service.logs import configure_logging
 from durable_core.service.telemetry import configure_tracing
 from durable_inspector.app import create_app
@@ -33,10 +34,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 async def serve(settings: InspectorSettings) -> int:
-    # Connect before listening, so that a wrong URL fails fast with the library's clear message.
-    client = await Client.connect(settings.nats, engine=settings.engine)
+    # Connect to NATS before listening, so that a wrong URL fails fast with the library's clear
+    # message; the engine's streams are bound in the background (/readyz says when).
+    transport = await Transport.connect(settings.nats, settings.engine, bind=False)
     try:
-        app = create_app(settings, client=client)
+        app = create_app(settings, transport=transport)
         config = uvicorn.Config(
             app,
             host=settings.host,
@@ -54,7 +56,7 @@ async def serve(settings: InspectorSettings) -> int:
             announce.cancel()
         return 0 if server.started else 1
     finally:
-        await client.close()
+        await transport.close()
 
 
 async def _announce(server: uvicorn.Server) -> None:

@@ -16,16 +16,35 @@ __all__ = ["Runtime", "runtime"]
 
 @dataclass
 class Runtime:
-    """Set up by the app's lifespan; ``client`` is a durable_core Client (or a test double)."""
+    """Set up by the app's lifespan; ``client`` is a durable_core Client (or a test double),
+    None until the engine's streams are bound (``transport`` is connected before that)."""
 
     settings: InspectorSettings
     index: ExecutionIndex
     client: Any = None
     feed: Feed | None = None
+    transport: Any = None
 
     @property
     def ready(self) -> bool:
         return self.index.ready
+
+    def not_ready(self) -> str | None:
+        """Why the inspector cannot serve executions now (one line), or None: for /readyz."""
+        transport = self.transport or getattr(self.client, "_t", None)
+        if transport is not None and not transport.nc.is_connected:
+            return "not connected to NATS (reconnecting)"
+        if self.client is None:
+            return (
+                f"waiting for the engine's streams (prefix {self.settings.engine.prefix}): "
+                "start a processor"
+            )
+        if not self.index.ready:
+            error = self.feed.error if self.feed is not None else ""
+            return "loading the execution index" + (
+                f" (last watch error: {error})" if error else ""
+            )
+        return None
 
 
 def runtime(request: Request) -> Runtime:

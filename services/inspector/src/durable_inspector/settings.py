@@ -69,11 +69,8 @@ def build(s: Mapping[str, Any]) -> InspectorSettings:
         return str(value) if value not in (None, "") else None
 
     nats = NatsConfig.from_settings(s, name="durable-inspector")
-    engine = EngineConfig(
-        prefix=str(s.get("prefix", "durable")),
-        replicas=num("replicas"),
-        max_payload=num("max_payload"),
-    )
+    # Replicas and the payload limit are read from the streams the processors created.
+    engine = EngineConfig(prefix=str(s.get("prefix", "durable")))
     port = num("inspector_port")
     if not 0 <= port <= 65535:
         raise ConfigError(f"inspector_port must be 0..65535 (0 = any free port), not {port}")

@@ -40,7 +40,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--heartbeat",
         type=float,
-        help="seconds between in-progress acks; 0 = ack-wait/3, -1 = none",
+        help="seconds between in-progress acks; 0 = ack-wait/6, -1 = none",
     )
     p.add_argument("--replicas", type=int, help="JetStream replicas (1, 3 or 5)")
     p.add_argument("--processor-id", help="name of this processor in journals and logs")
@@ -62,7 +62,8 @@ async def serve(settings: ProcessorSettings, *, tracing: bool = False) -> int:
         ", ".join(plugins.plugins) or "none",
         ", ".join(plugins.registry.names()) or "none",
     )
-    transport = await Transport.connect(settings.nats, settings.engine)
+    # The one place the streams are created: with this processor's replicas and limits.
+    transport = await Transport.connect(settings.nats, settings.engine, create=True)
     tune_gc()
     metrics = ProcessorMetrics()
     worker = Worker(
@@ -80,7 +81,7 @@ async def serve(settings: ProcessorSettings, *, tracing: bool = False) -> int:
         ),
         service_defaults=plugins.service_addresses,
     )
-    server = await start_metrics_server(settings, metrics, transport)
+    server = await start_metrics_server(settings, metrics, transport, worker)
     poller = asyncio.create_task(poll_consumer(transport, settings.worker.consumer, metrics))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -111,14 +112,19 @@ def tune_gc() -> None:
 
 
 async def start_metrics_server(
-    settings: ProcessorSettings, metrics: ProcessorMetrics, transport: Transport
+    settings: ProcessorSettings,
+    metrics: ProcessorMetrics,
+    transport: Transport,
+    worker: Worker | None = None,
 ) -> MetricsServer | None:
-    """Serve /metrics and /healthz (200 while connected to NATS), unless the port is 0."""
+    """Serve /metrics, /livez, /readyz (consuming commands) and /healthz (connected to NATS),
+    unless the port is 0."""
     return await serve_metrics(
         metrics.registry,
         lambda: transport.nc.is_connected,
         settings.metrics_host,
         settings.metrics_port,
+        ready=worker.not_ready if worker is not None else None,
     )
 
 

@@ -28,7 +28,7 @@ class ProcessorSettings:
 
 
 def _heartbeat(seconds: float) -> timedelta | None:
-    """0 means the default (ack_wait / 3); a negative value turns heartbeats off."""
+    """0 means the default (ack_wait / 6); a negative value turns heartbeats off."""
     if seconds == 0:
         return None
     return timedelta(seconds=max(seconds, 0))

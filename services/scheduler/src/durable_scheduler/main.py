@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import signal
 import sys
 from collections.abc import Sequence
@@ -12,7 +13,7 @@ from collections.abc import Sequence
 from durable_core import DurableError
 from durable_core._transport import Transport
 from durable_core.service.logs import configure_logging
-from durable_core.service.metrics_server import MetricsServer
+from durable_core.service.metrics_server import MetricsServer, Ready
 from durable_core.service.metrics_server import start_metrics_server as serve_metrics
 from durable_core.service.telemetry import configure_tracing
 from durable_scheduler.janitor import Janitor
@@ -31,7 +32,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "replicas: each tick goes to one).",
     )
     p.add_argument("--nats-url", help="NATS URL(s), comma-separated (env NATS_URL)")
-    p.add_argument("--replicas", type=int, help="JetStream replicas (1, 3 or 5)")
     p.add_argument("--ack-wait", type=float, help="seconds before a held tick moves on (10)")
     p.add_argument("--max-concurrent", type=int, help="ticks handled at once (default 16)")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
@@ -39,24 +39,58 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 async def start_metrics_server(
-    settings: SchedulerSettings, metrics: SchedulerMetrics, transport: Transport
+    settings: SchedulerSettings,
+    metrics: SchedulerMetrics,
+    transport: Transport,
+    ready: Ready | None = None,
 ) -> MetricsServer | None:
-    """Serve /metrics and /healthz (200 while connected to NATS), unless the port is 0."""
+    """Serve /metrics, /livez, /readyz and /healthz (200 while connected to NATS), unless the
+    port is 0."""
     return await serve_metrics(
         metrics.registry,
         lambda: transport.nc.is_connected,
         settings.metrics_host,
         settings.metrics_port,
+        ready=ready,
     )
 
 
 async def serve(settings: SchedulerSettings) -> int:
-    transport = await Transport.connect(settings.nats, settings.engine)
+    # NATS first (a wrong URL fails at once), then the probes, then the engine's streams,
+    # which only processors create: wait for them, not ready meanwhile.
+    transport = await Transport.connect(settings.nats, settings.engine, bind=False)
     metrics = SchedulerMetrics()
-    scheduler = Scheduler(transport, settings, metrics)
+    scheduler: Scheduler | None = None
+
+    def not_ready() -> str | None:
+        if scheduler is not None:
+            return scheduler.not_ready()
+        if not transport.nc.is_connected:
+            return "not connected to NATS (reconnecting)"
+        return (
+            f"waiting for the engine's streams (prefix {settings.engine.prefix}): start a processor"
+        )
+
+    server = await start_metrics_server(settings, metrics, transport, not_ready)
+    try:
+        await transport.bind(wait=math.inf)
+        scheduler = Scheduler(transport, settings, metrics)
+        await _run(transport, settings, metrics, scheduler)
+    finally:
+        if server is not None:
+            await server.stop()
+        await transport.close()
+    return 0
+
+
+async def _run(
+    transport: Transport,
+    settings: SchedulerSettings,
+    metrics: SchedulerMetrics,
+    scheduler: Scheduler,
+) -> None:
     redriver = Redriver(transport, metrics)
     janitor = Janitor(transport, settings.engine.retention, settings.retention_sweep, metrics)
-    server = await start_metrics_server(settings, metrics, transport)
     loop = asyncio.get_running_loop()
 
     def stop() -> None:
@@ -67,23 +101,16 @@ async def serve(settings: SchedulerSettings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
     tasks = [asyncio.create_task(w.run()) for w in (scheduler, redriver, janitor)]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        stop()  # one failed (or both stopped): stop the other too
-        for task in tasks:
-            await task  # raises what failed
-    finally:
-        if server is not None:
-            await server.stop()
-        await transport.close()
-    return 0
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    stop()  # one failed (or both stopped): stop the other too
+    for task in tasks:
+        await task  # raises what failed
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     overrides = {
         "nats_url": args.nats_url,
-        "replicas": args.replicas,
         "ack_wait": args.ack_wait,
         "max_concurrent": args.max_concurrent,
         "log_level": args.log_level,

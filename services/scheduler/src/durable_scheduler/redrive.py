@@ -128,7 +128,7 @@ class Redriver:
         handed_back = 0
         for lease in [le for le in self.leases.values() if le.lapsed(now)]:
             try:
-                await self.t.delete_lease(lease.name, lease.revision)
+                naked = await self.t.redrive_lease(lease.name, lease.revision, lease.held)
             except StateConflict:
                 # Renewed meanwhile, or another replica claimed it: its watch will tell.
                 continue
@@ -136,12 +136,7 @@ class Redriver:
                 log.warning("cannot claim lapsed lease %s: %s: %s", lease.name, type(e).__name__, e)
                 continue
             self.leases.pop(lease.name, None)
-            for reply in lease.held:
-                try:
-                    await self.t.nak_delivery(reply)
-                    handed_back += 1
-                except Exception as e:  # noqa: BLE001 - ack_wait still redelivers it
-                    log.warning("cannot hand back %s: %s", reply, e)
+            handed_back += naked
             self.metrics.leases_expired.inc()
             self.metrics.redriven.inc(len(lease.held))
             log.warning(
@@ -152,7 +147,4 @@ class Redriver:
                 lease.ttl,
                 len(lease.held),
             )
-        if handed_back:
-            with contextlib.suppress(Exception):
-                await self.t.nc.flush()
         return handed_back

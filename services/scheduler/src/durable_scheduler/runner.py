@@ -78,6 +78,20 @@ class Scheduler:
         # A claim whose invocation has no state after this long was lost (see still_running).
         self.stale_after = max(timedelta(minutes=1), settings.ack_wait * 3)
         self._stopping = asyncio.Event()
+        self._consuming = False
+        self._fetch_error = ""
+
+    def not_ready(self) -> str | None:
+        """Why this replica is not consuming ticks now (one line), or None: for /readyz."""
+        if self._stopping.is_set():
+            return "stopping"
+        if not self.t.nc.is_connected:
+            return "not connected to NATS (reconnecting)"
+        if not self._consuming:
+            return "starting (setting up the tick consumer)"
+        if self._fetch_error:
+            return f"pulling ticks fails: {self._fetch_error}"
+        return None
 
     def stop(self) -> None:
         """Stop fetching ticks; ``run`` returns once the ticks in hand are handled."""
@@ -97,6 +111,7 @@ class Scheduler:
             s.consumer,
             self.t.names.prefix,
         )
+        self._consuming = True
         try:
             while not self._stopping.is_set():
                 try:
@@ -105,11 +120,14 @@ class Scheduler:
                     # A 503 while the consumer's leader is being elected (a node died), a
                     # reconnect: not a reason to exit. The processor's loop does the same.
                     log.warning("fetch failed: %s: %s", type(e).__name__, e)
+                    self._fetch_error = f"{type(e).__name__}: {e}"
                     await asyncio.sleep(0.5)
                     continue
+                self._fetch_error = ""
                 if deliveries:
                     await self._finish(asyncio.create_task(self._handle_batch(deliveries)))
         finally:
+            self._consuming = False
             await consumer.close()
         log.info("scheduler stopped")
 

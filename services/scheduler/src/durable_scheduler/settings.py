@@ -62,11 +62,9 @@ def build(s: Mapping[str, Any]) -> SchedulerSettings:
     retention = num("retention", float)
     if retention < 1:
         raise ConfigError(f"setting 'retention' must be at least 1 second, got {retention}")
+    # Replicas and the payload limit are read from the streams the processors created.
     engine = EngineConfig(
-        prefix=str(s.get("prefix", "durable")),
-        replicas=num("replicas"),
-        max_payload=num("max_payload"),
-        retention=timedelta(seconds=retention),
+        prefix=str(s.get("prefix", "durable")), retention=timedelta(seconds=retention)
     )
     ack_wait = num("ack_wait", float)
     if ack_wait < 1:

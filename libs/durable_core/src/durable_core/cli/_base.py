@@ -45,7 +45,6 @@ class Globals:
     tls_cert: str | None = None
     tls_key: str | None = None
     prefix: str | None = None
-    replicas: int | None = None
 
 
 def _store(ctx: click.Context, param: click.Parameter, value: Any) -> None:
@@ -70,14 +69,6 @@ _GLOBAL_OPTIONS: list[tuple[str, dict[str, Any]]] = [
         {
             "metavar": "PREFIX",
             "help": "engine prefix of subjects, streams and buckets (env DURABLE_PREFIX)",
-        },
-    ),
-    (
-        "--replicas",
-        {
-            "type": int,
-            "metavar": "N",
-            "help": "replicas if this creates the streams (env DURABLE_REPLICAS; 1)",
         },
     ),
 ]
@@ -126,17 +117,11 @@ def nats_config(g: Globals) -> NatsConfig:
 
 
 def engine_config(g: Globals) -> EngineConfig:
-    """Engine names and replicas from flags or the DURABLE_ environment."""
+    """The engine's prefix from the flag or the DURABLE_ environment. The CLI never creates the
+    streams: replicas and limits are what the processors created them with."""
     from durable_core.config import EngineConfig
-    from durable_core.errors import InvalidInputError
 
-    prefix = g.prefix or os.environ.get("DURABLE_PREFIX") or "durable"
-    # `is not None`: --replicas 0 must reach EngineConfig (and be refused), not mean "unset".
-    replicas: Any = g.replicas if g.replicas is not None else os.environ.get("DURABLE_REPLICAS")
-    try:
-        return EngineConfig(prefix=prefix, replicas=int(replicas if replicas is not None else 1))
-    except ValueError as e:
-        raise InvalidInputError(f"--replicas must be a number, not {replicas!r}") from e
+    return EngineConfig(prefix=g.prefix or os.environ.get("DURABLE_PREFIX") or "durable")
 
 
 async def _all_refused(servers: tuple[str, ...]) -> bool:

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from datetime import timedelta
 from pathlib import Path
 from typing import IO
@@ -64,6 +65,23 @@ def check_ports(ports: dict[str, tuple[int, str]]) -> None:
                     f"port {port} ({what}) is already in use: stop what listens there or pick "
                     f"another with {flag} N"
                 ) from None
+
+
+def _wait_ready(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 60) -> None:
+    """Until ``what`` answers 200 on ``/readyz`` (the processor: it created the streams and
+    consumes)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise DurableError(f"{what} exited with code {proc.returncode} while starting")
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as answer,
+        ):
+            if answer.status == 200:
+                return
+        time.sleep(0.1)
+    raise DurableError(f"{what} was not ready within {timeout:.0f}s")
 
 
 class LocalStack:
@@ -113,16 +131,20 @@ class LocalStack:
             "hello service", ["-m", "hello_service", "--port", str(self.grpc_port)], {}
         )
         _wait_port(self.grpc_port, hello, "hello service")
-        self._spawn(
+        # The processor's /readyz says when it has created the engine's streams (nobody else
+        # does); with the metrics off (--metrics-port 0) it still listens, on a free port.
+        probes = self.metrics_port or free_port()
+        processor = self._spawn(
             "processor",
             ["-m", "durable_processor"],
             {
                 "NATS_URL": self.nats.url,
                 "DURABLE_NATS_URL": self.nats.url,
                 "DURABLE_DEFAULT_SERVICE_ADDRESS": f"127.0.0.1:{self.grpc_port}",
-                "DURABLE_METRICS_PORT": str(self.metrics_port),
+                "DURABLE_METRICS_PORT": str(probes),
             },
         )
+        _wait_ready(probes, processor, "processor")
         if self.scheduler and importlib.util.find_spec("durable_scheduler"):
             # Fires schedules, re-drives the work of a processor that died, expires old runs.
             self._spawn(

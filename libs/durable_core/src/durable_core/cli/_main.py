@@ -45,11 +45,13 @@ from durable_core.errors import (
     ConfigError,
     ConflictError,
     DurableError,
+    EngineNotFoundError,
     ExpiredError,
     InvalidInputError,
     InvocationTimeoutError,
     NatsUnavailableError,
     NotFoundError,
+    UnsupportedServerError,
 )
 
 __all__ = ["cli", "main"]
@@ -321,6 +323,10 @@ for _command in (*_steer.COMMANDS, *_local.COMMANDS, _schedule.schedule):
 # -- the entry point -----------------------------------------------------------------------------
 
 _ERRORS: list[tuple[type[BaseException], int, str]] = [
+    # NATS answers, but no processor created the streams, or the server is too old: like an
+    # unreachable NATS, not bad input.
+    (EngineNotFoundError, EXIT_NATS, ""),
+    (UnsupportedServerError, EXIT_NATS, ""),
     (InvalidInputError, EXIT_USAGE, "invalid input: "),
     (ConfigError, EXIT_USAGE, "invalid input: "),
     (ConflictError, EXIT_CONFLICT, ""),

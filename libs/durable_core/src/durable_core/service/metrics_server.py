@@ -1,10 +1,13 @@
 """A tiny asyncio HTTP server for ``/metrics`` (Prometheus) and the health probes.
 
-``/livez`` answers 200 while the event loop runs (a liveness probe: it never asks NATS, so a NATS
-outage restarts nothing); ``/readyz`` and ``/healthz`` answer 200 only while ``healthy()`` holds.
-
 Shared by the processor and the scheduler. No threads, no framework: it answers ``GET`` and
-``HEAD`` of the two paths and closes each connection.
+``HEAD`` and closes each connection.
+
+- ``/livez``: 200 while the process and its event loop are alive (the answer comes from that
+  loop). It never depends on NATS: a NATS outage must not get the service restarted.
+- ``/readyz``: 200 when the service does its job (connected to NATS, consuming), else 503
+  with a one-line reason.
+- ``/healthz``: the older probe, kept as it was (200 while connected to NATS).
 """
 
 from __future__ import annotations
@@ -25,14 +28,22 @@ _READ_TIMEOUT = 10.0
 _MAX_HEADER_LINES = 100
 
 
+Ready = Callable[[], str | None]
+"""A readiness check: None when ready, else why not (one line)."""
+
+_PATHS = ("/metrics", "/livez", "/readyz", "/healthz")
+
+
 class MetricsServer:
-    """Serves ``GET /metrics`` from a registry and ``GET /healthz`` from a health check.
+    """Serves ``/metrics`` from a registry, ``/livez``, ``/readyz`` and ``/healthz``.
 
     Args:
         registry: the metrics to expose.
         healthy: called on each ``/healthz``; True answers 200, False (or an exception) 503.
         host: interface to bind (``0.0.0.0`` in containers).
         port: port to bind; 0 picks a free one (see ``port`` after ``start``).
+        ready: called on each ``/readyz``: None answers 200, a reason 503 (an exception is a
+            reason too). Without it ``/readyz`` follows ``healthy``.
     """
 
     def __init__(
@@ -42,9 +53,11 @@ class MetricsServer:
         *,
         host: str = "127.0.0.1",
         port: int = 9464,
+        ready: Ready | None = None,
     ) -> None:
         self.registry = registry
         self.healthy = healthy
+        self.ready = ready
         self.host = host
         self.port = port
         self._server: asyncio.Server | None = None
@@ -75,22 +88,39 @@ class MetricsServer:
 
     def respond(self, method: str, path: str) -> tuple[int, str, bytes]:
         """Status, content type and body for a request (no I/O; unit-testable)."""
-        if path not in ("/metrics", "/healthz", "/livez", "/readyz"):
-            return 404, "text/plain; charset=utf-8", b"not found: try /metrics, /livez or /readyz\n"
+        text = "text/plain; charset=utf-8"
+        if path not in _PATHS:
+            return 404, text, b"not found: try /metrics, /livez, /readyz or /healthz\n"
         if method not in ("GET", "HEAD"):
-            return 405, "text/plain; charset=utf-8", b"method not allowed\n"
+            return 405, text, b"method not allowed\n"
         if path == "/metrics":
             return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
-        if path == "/livez":  # answered by the event loop itself: it is alive
-            return 200, "text/plain; charset=utf-8", b"ok\n"
+        if path == "/livez":
+            return 200, text, b"ok\n"  # answered by the event loop: it is alive
+        if path == "/readyz":
+            reason = self._not_ready()
+            if reason is None:
+                return 200, text, b"ready\n"
+            return 503, text, f"not ready: {reason}\n".encode()
+        if self._healthy():
+            return 200, text, b"ok\n"
+        return 503, text, b"unavailable\n"
+
+    def _healthy(self) -> bool:
         try:
-            ok = bool(self.healthy())
+            return bool(self.healthy())
         except Exception:  # noqa: BLE001 - a failing check means unhealthy
             log.debug("health check raised", exc_info=True)
-            ok = False
-        if ok:
-            return 200, "text/plain; charset=utf-8", b"ok\n"
-        return 503, "text/plain; charset=utf-8", b"unavailable\n"
+            return False
+
+    def _not_ready(self) -> str | None:
+        if self.ready is None:
+            return None if self._healthy() else "not connected to NATS"
+        try:
+            reason = self.ready()
+        except Exception as e:  # noqa: BLE001 - a failing check means not ready
+            return f"readiness check failed: {type(e).__name__}: {e}"
+        return None if reason is None else " ".join(str(reason).split())  # one line
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -121,15 +151,21 @@ class MetricsServer:
 
 
 async def start_metrics_server(
-    registry: CollectorRegistry, healthy: Callable[[], bool], host: str, port: int
+    registry: CollectorRegistry,
+    healthy: Callable[[], bool],
+    host: str,
+    port: int,
+    *,
+    ready: Ready | None = None,
 ) -> MetricsServer | None:
-    """Serve /metrics and /healthz (200 while ``healthy()``), unless ``port`` is 0.
+    """Serve /metrics, /livez, /readyz and /healthz (200 while ``healthy()``), unless
+    ``port`` is 0.
 
     A port that cannot be bound (another service on this host has it) is logged, not fatal.
     """
     if not port:
         return None
-    server = MetricsServer(registry, healthy, host=host, port=port)
+    server = MetricsServer(registry, healthy, host=host, port=port, ready=ready)
     try:
         await server.start()
     except OSError as e:
@@ -140,5 +176,5 @@ async def start_metrics_server(
             e.strerror or e,
         )
         return None
-    log.info("metrics on http://%s:%d/metrics", host, server.port)
+    log.info("metrics and probes on http://%s:%d (/metrics, /livez, /readyz)", host, server.port)
     return server

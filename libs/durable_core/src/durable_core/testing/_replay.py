@@ -372,6 +372,9 @@ class _MemoryJournal:
     def cancelling(self) -> bool:
         return False
 
+    def check_step(self) -> None:
+        pass
+
     async def append_step(self, entry: pb.JournalEntry) -> None:
         stored = pb.JournalEntry()
         stored.CopyFrom(entry)
