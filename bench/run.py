@@ -1,7 +1,8 @@
 """Benchmarks of the engine against the floor NATS sets, measured in the same run.
 
 ``make bench`` (= ``.venv/bin/python bench/run.py $(BENCH_ARGS)``) starts an embedded single
-node and a 3-node R3 cluster, and on each measures:
+node, the same with fsync on every write (``durable dev --fsync``; parts a to c only) and a
+3-node R3 cluster, and on each measures:
 
 (a) the floor: JetStream publish+ack latency (one at a time) and pipelined publishes/s
     (``publish_async``, at most 1,000 in flight), 128-byte messages, from this process, on a
@@ -24,6 +25,7 @@ invocation) to ``bench/results/<UTC timestamp>.json``. Only processes started he
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import shutil
 import signal
@@ -43,21 +45,32 @@ from _bench.report import table, write_json
 from durable_core.testing import NatsCluster, NatsServer, free_port
 
 
+SETUPS = ("single", "single-fsync", "cluster")
+
+
 async def bench(opts: Options, log_dir: Path, setups: list[Setup]) -> None:
     """Measure each NATS setup in turn, appending it to ``setups`` as it starts."""
-    for name in ("single", "cluster"):
+    for name in SETUPS:
         if opts.only not in (None, name):
             continue
         progress(f"starting {name} NATS")
         server: Any
-        if name == "single":
-            server = await asyncio.to_thread(NatsServer(name="bench").start)
+        setup_opts = opts
+        if name.startswith("single"):
+            fsync = name == "single-fsync"
+            server = NatsServer(name=f"bench-{name}", sync_always=fsync)
+            server = await asyncio.to_thread(server.start)
             urls, replicas, pids = [server.url], 1, {"nats": server.pid}
+            if fsync:  # what fsync costs shows in the floor and the short workflows
+                parts = tuple(p for p in opts.parts if p in ("floor", "hello", "order"))
+                if not parts:
+                    continue
+                setup_opts = dataclasses.replace(opts, parts=parts)
         else:
             server = await asyncio.to_thread(NatsCluster(backend="process").start)
             urls, replicas = server.urls, 3
             pids = {f"nats-{n.name}": n.pid for n in server.nodes}
-        setup = Setup(name, urls, replicas, pids, log_dir, opts)
+        setup = Setup(name, urls, replicas, pids, log_dir, setup_opts)
         setups.append(setup)
         try:
             port = free_port()

@@ -43,7 +43,9 @@ class Options:
         p.add_argument("--seconds", type=float, help="window of each figure (10; --quick 1)")
         p.add_argument("--inflight", type=int, help="in flight for throughput (64; --quick 8)")
         p.add_argument("--repeat", type=int, default=3, help="runs per figure, median reported")
-        p.add_argument("--only", choices=("single", "cluster"), help="one NATS setup only")
+        p.add_argument(
+            "--only", choices=("single", "single-fsync", "cluster"), help="one NATS setup only"
+        )
         p.add_argument("--quick", action="store_true", help="tiny windows and counts: a smoke run")
         p.add_argument("--processors", type=int, default=1, help="processor processes (1)")
         p.add_argument(

@@ -461,6 +461,17 @@ def test_rendered_nats_is_new_enough_and_clustered(default_docs: list[dict[str, 
     assert '"store_dir": "/data"' in config and '"cluster"' in config
 
 
+def test_fsync_on_every_write_is_one_documented_value() -> None:
+    """The README's power-cut advice for the chart renders into the servers' config."""
+    values = {**REQUIRED, "nats": {"config": {"jetstream": {"merge": {"sync_interval": "always"}}}}}
+    docs = objects(render(values))
+    config = by_kind(docs, "ConfigMap")[f"{RELEASE}-nats-config"]["data"]["nats.conf"]
+    assert '"sync_interval": "always"' in config, config
+    default = by_kind(objects(render(REQUIRED)), "ConfigMap")[f"{RELEASE}-nats-config"]
+    assert "sync_interval" not in default["data"]["nats.conf"]
+    assert "nats.config.jetstream.merge.sync_interval" in (REPO / "README.md").read_text()
+
+
 def test_nats_reads_the_login_the_services_use(default_docs: list[dict[str, Any]]) -> None:
     (nats,) = by_kind(default_docs, "StatefulSet").values()
     nats_env = env_of(containers(nats)[0])

@@ -96,10 +96,15 @@ class LocalStack:
         inspector_port: int | None = None,
         scheduler: bool = False,
         metrics_port: int = 0,
+        fsync: bool = False,
     ) -> None:
         self.data_dir = data_dir
         self.nats = NatsServer(
-            store_dir=data_dir / "nats", port=nats_port, name="durable-dev", work_dir=data_dir
+            store_dir=data_dir / "nats",
+            port=nats_port,
+            name="durable-dev",
+            work_dir=data_dir,
+            sync_always=fsync,
         )
         self.grpc_port = grpc_port
         self.inspector_port = inspector_port
@@ -200,7 +205,12 @@ class LocalStack:
 
 
 def dev(
-    data_dir: str, nats_port: int, grpc_port: int, inspector_port: int, metrics_port: int
+    data_dir: str,
+    nats_port: int,
+    grpc_port: int,
+    inspector_port: int,
+    metrics_port: int,
+    fsync: bool = False,
 ) -> int:
     """Run the stack in the foreground until Ctrl-C."""
     ports = {
@@ -219,6 +229,7 @@ def dev(
         inspector_port=inspector_port,
         scheduler=True,
         metrics_port=metrics_port,
+        fsync=fsync,
     )
     stop = False
 
@@ -241,6 +252,7 @@ def dev(
     with stack:  # stops everything on the way out
         say = functools.partial(print, flush=True)
         say(f"NATS JetStream  {stack.nats_url}  (data in {stack.nats.store_dir})")
+        say(f"                {_durability(fsync)}")
         say(f"hello service   127.0.0.1:{stack.grpc_port}")
         say("processor       running (plugins from installed packages)")
         off = "off (--metrics-port 0)"
@@ -270,13 +282,19 @@ def _metrics_url(port: int) -> str:
     return f"http://127.0.0.1:{port}/metrics" if port else ""
 
 
-def demo(name: str) -> int:
+def _durability(fsync: bool) -> str:
+    if fsync:
+        return "fsync on every write: an acknowledged step survives a power cut"
+    return "fsync every 2 min (--fsync: on every write); a power cut may lose recent steps"
+
+
+def demo(name: str, fsync: bool = False) -> int:
     """Start a throwaway stack, run hello_workflow once, print the greeting, stop."""
     with tempfile.TemporaryDirectory(prefix="durable-demo-") as tmp:
         data = Path(tmp)
         log_path = data / "services.log"
         with open(log_path, "wb") as log:
-            stack = LocalStack(data, free_port(), free_port(), log=log)
+            stack = LocalStack(data, free_port(), free_port(), log=log, fsync=fsync)
             try:
                 with stack:
                     print(
