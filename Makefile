@@ -28,7 +28,8 @@ MEMBERS := \
 	plugins/ticket_cart \
 	plugins/greet_many \
 	plugins/flaky \
-	plugins/bench_workflows
+	plugins/bench_workflows \
+	plugins/chaos_workflows
 PYPROJECTS := $(addsuffix /pyproject.toml,$(MEMBERS))
 EDITABLES := $(addprefix -e ,$(MEMBERS))
 
