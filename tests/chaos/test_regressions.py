@@ -44,12 +44,20 @@
    went on: the zombie run executed its next step's side effect before that step's append was
    refused. They now derive from ``SuspendExecution`` (a BaseException), and a run that was
    stopped refuses every further step, even when the workflow swallows BaseException.
+
+7. (Issue 14, the widened chaos run.) A processor that had lived through a few reconnects
+   stopped every run it was given at the first step, for good: its consumer's idea of which
+   pull requests were open drifted one request per status the server never sent (requests
+   open during a disconnect end silently), and a delivery's bound counted from the oldest of
+   them. Each pull request now has its own reply subject, so a delivery's bound counts from
+   the request that brought it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import timedelta
@@ -381,3 +389,48 @@ async def test_a_workflow_that_catches_everything_runs_no_step_after_losing_its_
         journal = [r.entry for r in await t.read_journal(inv)]
     assert effects == ["a"], f"steps run after the claim was lost: {effects[1:]}"
     assert [e.kind for e in journal] == [pb.ENTRY_KIND_CLAIM]
+
+
+@pytest.mark.slow
+async def test_a_consumer_whose_pull_requests_died_unanswered_still_holds_new_deliveries(
+    tmp_path: Path,
+) -> None:
+    """7. (Issue 14, found by the widened chaos run.) A processor that had lived through a few
+    reconnects stopped every run it was given, at its first step, for minutes ("may be
+    redelivered to another processor by now"), even delivery 1 of fresh commands, while the
+    cluster was healthy: a delivery's bound counted from the oldest pull request the consumer
+    believed open, but requests open during a disconnect end without a status (the server
+    forgets them), so that belief drifted one request per lost status, for good, until every
+    new delivery was born expired. Here the server is restarted under an open pull request
+    eight times; then a command's delivery must still be surely held for most of ack_wait."""
+    ack_wait = 4.0
+    server = NatsServer(store_dir=tmp_path / "store").start()
+    try:
+        engine = EngineConfig(prefix="rg" + uuid.uuid4().hex[:8])
+        t = await Transport.connect(NatsConfig.from_url(server.url), engine, create=True)
+        try:
+            consumer = await t.command_consumer(
+                WorkerConfig(ack_wait=timedelta(seconds=ack_wait), max_concurrent=10)
+            )
+            for _ in range(8):
+                fetching = asyncio.create_task(consumer.fetch(10, timeout=2.0))
+                await asyncio.sleep(0.3)  # a pull request is open
+                await asyncio.to_thread(server.kill)
+                await asyncio.to_thread(server.start)
+                assert await fetching == []
+                for _ in range(100):
+                    if t.nc.is_connected:
+                        break
+                    await asyncio.sleep(0.1)
+            await t.publish_command(
+                pb.Command(invocation_id="x", workflow="w", kind=pb.COMMAND_KIND_START),
+                msg_id="start:x",
+            )
+            deliveries = await consumer.fetch(1, timeout=10.0)
+            assert len(deliveries) == 1
+            left = deliveries[0].held_until - time.monotonic()
+            assert left > ack_wait / 2, f"a fresh delivery is held for {left:.1f}s more only"
+        finally:
+            await t.close()
+    finally:
+        server.stop()
