@@ -579,26 +579,52 @@ async def replay_all(obs: Observation, report: Report) -> None:
             report.replay_failures.append(f"{iid}: the replay returned {run.output}")
 
 
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """One processor after a service restart: seconds from the moment the service listened
+    again to its last call attempt that failed UNAVAILABLE (None: none failed after it) and
+    to its first journaled successful call (None: none within the horizon)."""
+
+    last_refused: float | None
+    first_success: float | None
+
+    def __str__(self) -> str:
+        def show(v: float | None) -> str:
+            return "-" if v is None else f"{v:.2f}s"
+
+        return f"refused until {show(self.last_refused)}, ok from {show(self.first_success)}"
+
+
 def service_recovery(
     journals: Mapping[str, list[Entry]], back_ms: float, horizon_ms: float = 60_000
-) -> dict[str, float | None]:
-    """After the service came back (wall ms), how long until each processor journaled a
-    successful call step again (seconds; None: none within ``horizon_ms``). The processor is
-    the writer's name before the ``/``."""
-    first: dict[str, float] = {}
+) -> dict[str, Recovery]:
+    """After the service came back (wall ms), per processor (the writer's name before the
+    ``/``): how long its calls still failed UNAVAILABLE (journaled failed attempts), and when
+    it journaled a successful call. A processor cut off from NATS at the time journals
+    neither, so a slow NATS recovery is not taken for a slow gRPC reconnection."""
+    refused: dict[str, float] = {}
+    ok: dict[str, float] = {}
     writers: set[str] = set()
     for journal in journals.values():
         for e in journal:
-            if e.entry.kind != CALL:
+            entry = e.entry
+            if entry.kind not in (CALL, pb.ENTRY_KIND_ATTEMPT_FAILED):
                 continue
-            proc = e.entry.writer.partition("/")[0]
+            proc = entry.writer.partition("/")[0]
             writers.add(proc)
-            t = e.entry.timestamp_ms
-            if e.entry.HasField("failure") or not back_ms <= t <= back_ms + horizon_ms:
+            t = entry.timestamp_ms
+            if not back_ms <= t <= back_ms + horizon_ms:
                 continue
-            if proc not in first or t < first[proc]:
-                first[proc] = t
-    return {p: (first[p] - back_ms) / 1000 if p in first else None for p in sorted(writers)}
+            if entry.kind == pb.ENTRY_KIND_ATTEMPT_FAILED or entry.HasField("failure"):
+                if entry.failure.code == "UNAVAILABLE":
+                    refused[proc] = max(refused.get(proc, t), t)
+            else:
+                ok[proc] = min(ok.get(proc, t), t)
+
+    def after(table: dict[str, float], proc: str) -> float | None:
+        return (table[proc] - back_ms) / 1000 if proc in table else None
+
+    return {p: Recovery(after(refused, p), after(ok, p)) for p in sorted(writers)}
 
 
 # -- reading the real thing ------------------------------------------------------------------

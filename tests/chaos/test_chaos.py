@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import random
 import shutil
@@ -243,7 +244,17 @@ async def _run(
         report.stuck.extend(f"{a}: never resolved ({why})" for a, why in load.unresolved.items())
 
     restarts = [f for f in nemesis.faults if f.kind == "restart_service" and f.back_wall]
-    recovery = [(f, checker.service_recovery(obs.journals, f.back_wall * 1000)) for f in restarts]
+    # Each restart's measurement ends where the next one began (its refusals are its own).
+    ends = [g.back_wall - (g.healed - g.started) for g in restarts[1:]] + [math.inf]
+    recovery = [
+        (
+            f,
+            checker.service_recovery(
+                obs.journals, f.back_wall * 1000, min(60.0, end - f.back_wall) * 1000
+            ),
+        )
+        for f, end in zip(restarts, ends, strict=True)
+    ]
     keyed = sum(len(v) for v in obs.key_order.values())
     summary = "\n".join(
         [
@@ -281,10 +292,11 @@ async def _run(
             f"  recovery problems        {len(nemesis.recovery_problems)}",
             f"  drain after last fault   {drain:.1f}s"
             + (f" ({len(unfinished)} still unfinished)" if unfinished else ""),
-            "  service restarts: seconds until each processor journaled a successful call again",
+            "  service restarts: per processor, after the service listened again, its calls "
+            "still failed UNAVAILABLE until, and succeeded from",
             *(
                 f"    at {f.healed - nemesis.t0:6.1f}s: "
-                + ", ".join(f"{p} {'-' if v is None else f'{v:.2f}'}" for p, v in r.items())
+                + "; ".join(f"{p} {v}" for p, v in r.items())
                 for f, r in recovery
             ),
             "  fault timeline:",

@@ -22,6 +22,7 @@ from .checker import (
     Call,
     Entry,
     Observation,
+    Recovery,
     check,
     parse_nats_time,
     replay_all,
@@ -416,12 +417,23 @@ async def test_a_waits_journal_that_does_not_replay_is_caught() -> None:
 def test_service_recovery_is_measured_per_processor() -> None:
     obs = clean("a", "b")
     back_ms = 1_700_000_000_000
-    # p1 journals a's steps 1.0, 1.2 and 1.4 s after the service is back; p2's first call
-    # step after it failed (refused), its next ones succeeded 2.2 and 2.4 s after.
+    # p1 journals a's steps 1.0, 1.2 and 1.4 s after the service is back. p2's call of b's
+    # step 1 failed UNAVAILABLE at 0.5 s (a failed attempt) and at 2.0 s (failed for good),
+    # its next calls succeeded 2.2 and 2.4 s after.
     for iid, writer, after_ms in (("a", "p1/x", 1_000), ("b", "p2/y", 2_000)):
         for k, e in enumerate(obs.journals[iid][:3]):
             e.entry.writer = writer
             e.entry.timestamp_ms = back_ms + after_ms + 200 * k
-    obs.journals["b"][0].entry.failure.CopyFrom(pb.Failure(type="X", message="refused"))
-    assert service_recovery(obs.journals, back_ms) == {"p1": 1.0, "p2": 2.2}
-    assert service_recovery(obs.journals, back_ms + 5_000) == {"p1": None, "p2": None}
+    refused = pb.Failure(type="AioRpcError", message="UNAVAILABLE: refused", code="UNAVAILABLE")
+    obs.journals["b"][0].entry.failure.CopyFrom(refused)
+    attempt = pb.JournalEntry(kind=pb.ENTRY_KIND_ATTEMPT_FAILED, step=1, writer="p2/y")
+    attempt.failure.CopyFrom(refused)
+    attempt.timestamp_ms = back_ms + 500
+    obs.journals["b"].insert(0, Entry(0, 0, attempt))
+    got = service_recovery(obs.journals, back_ms)
+    assert got == {"p1": Recovery(None, 1.0), "p2": Recovery(2.0, 2.2)}
+    assert str(got["p2"]) == "refused until 2.00s, ok from 2.20s"
+    assert service_recovery(obs.journals, back_ms + 5_000) == {
+        "p1": Recovery(None, None),
+        "p2": Recovery(None, None),
+    }
