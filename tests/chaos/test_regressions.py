@@ -51,6 +51,12 @@
    open during a disconnect end silently), and a delivery's bound counted from the oldest of
    them. Each pull request now has its own reply subject, so a delivery's bound counts from
    the request that brought it.
+
+8. (Issue 14, the widened chaos run.) A ``reckless_order`` (``except BaseException`` around
+   every step) whose step 1 waited for its next attempt called Charge and Ship while its run
+   was being suspended, and journaled them before the suspension: the engine ends a run by
+   cancelling the workflow's task, and the workflow swallowed the cancellation and went on.
+   Ending a run now marks it stopped first, so every step it tries meanwhile is refused.
 """
 
 from __future__ import annotations
@@ -434,3 +440,39 @@ async def test_a_consumer_whose_pull_requests_died_unanswered_still_holds_new_de
             await t.close()
     finally:
         server.stop()
+
+
+async def test_a_workflow_that_swallows_its_suspension_runs_no_step_before_it_wakes(
+    server: NatsServer,
+) -> None:
+    """8. (Issue 14, found by the widened chaos run.) The engine suspends a run whose steps all
+    wait by cancelling the workflow's task; a workflow that catches BaseException around the
+    wait swallowed that and ran its next step at once, before the wait was over."""
+    effects: list[str] = []
+    swallowed = BaseException  # the reckless pattern under test, as users write it
+
+    async def reckless_sleeper(ctx: Context) -> str:
+        async def step(name: str) -> str:
+            effects.append(name)
+            return name
+
+        try:  # noqa: SIM105
+            await ctx.sleep(timedelta(minutes=10))
+        except swallowed:
+            pass
+        return await ctx.run("b", step, "b")
+
+    async with _worker_and_client(server, Transport, reckless_sleeper) as client:
+        t = client._t
+        inv = await client.invoke_async("reckless_sleeper")
+        kinds: list[int] = []
+        for _ in range(200):
+            kinds = [r.entry.kind for r in await t.read_journal(inv)]
+            if pb.ENTRY_KIND_SUSPENDED in kinds:
+                break
+            await asyncio.sleep(0.05)
+        await _wait_until_settled(t)
+        kinds = [r.entry.kind for r in await t.read_journal(inv)]
+    assert effects == [], f"a step ran while the run was being suspended: {effects}"
+    assert pb.ENTRY_KIND_RUN not in kinds, [pb.EntryKind.Name(k) for k in kinds]
+    assert kinds[-1] == pb.ENTRY_KIND_SUSPENDED, [pb.EntryKind.Name(k) for k in kinds]
