@@ -125,6 +125,7 @@ async def _soak(
     sizes: list[tuple[float, dict[str, tuple[int, int]]]] = []
     loads: list[tuple[float, float]] = []
     done: dict[str, soak.Done] = {}
+    expired: dict[str, str] = {}  # finished and expired before the reader saw them: status
     unsuccessful: set[str] = set()
     problems: list[str] = []
 
@@ -157,8 +158,18 @@ async def _soak(
             async with sem:
                 try:
                     rec = await transport.get_state(iid)
+                    # Gone: expired before it was seen finished (its note says how it
+                    # ended), or never stored at all (that stays "never finished").
+                    note = await transport.expiry_note(iid) if rec is None else None
                 except Exception:  # noqa: BLE001 - NATS recovering: next round
                     return
+            if note is not None:
+                expired[iid] = str(note.get("status", ""))
+                if expired[iid] != "completed":
+                    unsuccessful.add(iid)
+                    problems.append(f"{iid}: expired as {expired[iid]}")
+                done[iid] = soak.Done(-1.0, -1.0, str(note.get("workflow", "")))
+                return
             if rec is None or rec.state.status not in TERMINAL:
                 return
             st = rec.state
@@ -196,7 +207,15 @@ async def _soak(
     try:
         await asyncio.wait_for(reaper, 240)
     except TimeoutError:
-        problems.append(f"{sum(1 for i in load.submitted if i not in done)} never finished")
+        left = [i for i in load.submitted if i not in done]
+        problems.append(f"{len(left)} never finished")
+        for iid in left[:50]:  # what each one was doing: lost, stuck, or just slow?
+            try:
+                rec = await transport.get_state(iid)
+            except Exception as e:  # noqa: BLE001 - report what is known
+                problems.append(f"  {iid}: state not read ({type(e).__name__})")
+                continue
+            problems.append(f"  {iid}: " + (_describe(rec.state) if rec else "no state"))
     for task in samplers:
         task.cancel()
     problems += [f"{i}: submission never acknowledged" for i in load.unacknowledged]
@@ -208,7 +227,7 @@ async def _soak(
         length,
         WINDOW,
         rss,
-        done.values(),
+        [d for d in done.values() if d.latency >= 0],
         sizes,
         [(f.started - t0, f"{f.kind} {f.target}") for f in nemesis.faults],
         cpu,
@@ -229,7 +248,8 @@ async def _soak(
         f"soak report: seed {SETTINGS.seed}, {MINUTES:g} min at {RATE:g}/s, one fault every "
         f"{FAULT_EVERY:g}s ({len(nemesis.faults)}: {nemesis.counts()})",
         f"  submitted {len(load.submitted)}, completed {completed}, unacknowledged "
-        f"{len(load.unacknowledged)}, awakeables resolved {len(load.resolved)}",
+        f"{len(load.unacknowledged)}, awakeables resolved {len(load.resolved)}; "
+        f"{len(expired)} expired before the reader saw them finished (no latency)",
         *soak.table(ws),
         "load average (1 min) per window: "
         + ", ".join(f"{sum(v) / len(v):.1f}" if v else "-" for v in load_avg.values()),
@@ -249,6 +269,15 @@ async def _soak(
         json.dumps({"rss": rss, "sizes": sizes, "loads": loads}), encoding="utf-8"
     )
     return report, failed
+
+
+def _describe(st: pb.ExecutionState) -> str:
+    """An unfinished invocation's state, in a line."""
+    return (
+        f"{pb.Status.Name(st.status)} on {st.processor or '-'}, updated "
+        f"{time.time() - st.updated_at_ms / 1000:.0f}s ago, journal {st.journal_length}"
+        + (f", waiting for {st.waiting_for}" if st.waiting_for else "")
+    )
 
 
 async def _pause(stop: asyncio.Event, seconds: float) -> None:
