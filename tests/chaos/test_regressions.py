@@ -57,6 +57,11 @@
    was being suspended, and journaled them before the suspension: the engine ends a run by
    cancelling the workflow's task, and the workflow swallowed the cancellation and went on.
    Ending a run now marks it stopped first, so every step it tries meanwhile is refused.
+
+9. (Issue 14, the same family.) A worker stopping past its shutdown grace released its runs
+   (their commands NAKed, so another processor may start them at once) but left each
+   workflow's own task running: a step in flight finished and the next one started. The
+   released run's workflow task is now halted as well.
 """
 
 from __future__ import annotations
@@ -356,22 +361,30 @@ async def _wait_until_settled(t: Transport, timeout: float = 15) -> None:
     pytest.fail("the command was never settled")
 
 
+class _StepA:
+    """Steps that note their name; step "a" blocks until ``release`` is set."""
+
+    def __init__(self) -> None:
+        self.effects: list[str] = []
+        self.in_step = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def __call__(self, name: str) -> str:
+        self.effects.append(name)
+        if name == "a":
+            self.in_step.set()
+            await self.release.wait()
+        return name
+
+
 @pytest.mark.parametrize("caught", [Exception, BaseException], ids=["Exception", "BaseException"])
 async def test_a_workflow_that_catches_everything_runs_no_step_after_losing_its_claim(
     server: NatsServer, caught: type[BaseException]
 ) -> None:
-    effects: list[str] = []
-    in_step = asyncio.Event()
-    release = asyncio.Event()
+    step = _StepA()
+    effects, in_step, release = step.effects, step.in_step, step.release
 
     async def careless(ctx: Context) -> str:
-        async def step(name: str) -> str:
-            effects.append(name)
-            if name == "a":
-                in_step.set()
-                await release.wait()
-            return name
-
         for name in ("a", "b", "c"):
             try:  # noqa: SIM105 - the careless pattern under test, as users write it
                 await ctx.run(name, step, name)
@@ -476,3 +489,40 @@ async def test_a_workflow_that_swallows_its_suspension_runs_no_step_before_it_wa
     assert effects == [], f"a step ran while the run was being suspended: {effects}"
     assert pb.ENTRY_KIND_RUN not in kinds, [pb.EntryKind.Name(k) for k in kinds]
     assert kinds[-1] == pb.ENTRY_KIND_SUSPENDED, [pb.EntryKind.Name(k) for k in kinds]
+
+
+async def test_a_run_released_at_shutdown_runs_no_further_step(server: NatsServer) -> None:
+    """9. (Issue 14, the same family.) A worker stopping past its shutdown grace cancels its
+    executions and hands their commands back at once, so another processor may run them
+    now; but the workflow's own task was left running and went on to its next step."""
+    step = _StepA()
+    effects, in_step, release = step.effects, step.in_step, step.release
+
+    async def slow(ctx: Context) -> str:
+        return await ctx.run("a", step, "a") + await ctx.run("b", step, "b")
+
+    engine = EngineConfig(prefix="rg" + uuid.uuid4().hex[:8])
+    registry = WorkflowRegistry()
+    registry.register(slow)
+    t = await Transport.connect(NatsConfig.from_url(server.url), engine, create=True)
+    worker = Worker(t, registry, WorkerConfig(shutdown_grace=timedelta(seconds=0.5)))
+    running = asyncio.create_task(worker.run())
+    client = await Client.connect(server.url, engine=engine)
+    try:
+        await client.invoke_async("slow")
+        await asyncio.wait_for(in_step.wait(), 10)
+        worker.stop()
+        await asyncio.wait_for(running, 30)  # the grace ran out: the run was released
+        release.set()  # step a ends now: nothing of the released run may go on
+        for _ in range(20):  # a while for step b to show up, if it would
+            if len(effects) > 1:
+                break
+            await asyncio.sleep(0.05)
+        assert effects == ["a"], f"a released run went on: {effects}"
+    finally:
+        release.set()
+        worker.stop()
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(running, 30)
+        await client.close()
+        await t.close()

@@ -1008,6 +1008,11 @@ class _Execution:
             waiting.add(expiry)
         try:
             await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            # Shutdown released this run (its command goes back at once): the workflow's
+            # own task must not go on behind it.
+            await self._halt(task, "released")
+            raise
         finally:
             interrupted.cancel()
             if expiry is not None:
