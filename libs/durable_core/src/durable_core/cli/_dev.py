@@ -147,7 +147,7 @@ class LocalStack:
         _wait_ready(probes, processor, "processor")
         if self.scheduler and importlib.util.find_spec("durable_scheduler"):
             # Fires schedules, re-drives the work of a processor that died, expires old runs.
-            self._spawn(
+            scheduler = self._spawn(
                 "scheduler",
                 ["-m", "durable_scheduler"],
                 {
@@ -156,6 +156,8 @@ class LocalStack:
                     "DURABLE_METRICS_PORT": str(self.metrics_port + 1 if self.metrics_port else 0),
                 },
             )
+            if self.metrics_port:  # the banner's URLs answer once it is printed
+                _wait_ready(self.metrics_port + 1, scheduler, "scheduler")
         if self.inspector_port is not None and importlib.util.find_spec("durable_inspector"):
             inspector = self._spawn(
                 "inspector",
