@@ -28,7 +28,8 @@ MEMBERS := \
 	plugins/ticket_cart \
 	plugins/greet_many \
 	plugins/flaky \
-	plugins/bench_workflows
+	plugins/bench_workflows \
+	plugins/chaos_workflows
 PYPROJECTS := $(addsuffix /pyproject.toml,$(MEMBERS))
 EDITABLES := $(addprefix -e ,$(MEMBERS))
 
@@ -52,7 +53,7 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
 .PHONY: help setup demo test browser images generate check-generated lint typecheck dev lock clean \
-	compose-up compose-down deploy-check bench chaos pants-lock
+	compose-up compose-down deploy-check bench chaos soak pants-lock
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -203,13 +204,28 @@ bench-ab: setup ## This checkout against BASE=<rev>, interleaved; ROUNDS=3, BENC
 	$(BIN)/python bench/ab.py --base $(BASE) --rounds $(or $(ROUNDS),3) -- $(BENCH_ARGS)
 
 # The chaos suite (tests/chaos): a 3-node cluster, 3 processors, 2 scheduler replicas and the
-# example service; CHAOS_N order workflows offered at a steady rate while a seeded nemesis kills,
-# pauses and partitions; then the checker (nothing lost, nothing done twice, no committed step run
-# again, one effect per idempotency key, journals replay). `make test` runs it with N = 100; this
-# runs N = 1,000 (about 10 minutes, bounded by a per-test timeout). The seed is printed;
-# CHAOS_SEED=... replays a fault schedule. Partitions need `ip netns` (root): skipped elsewhere.
+# example service; CHAOS_N invocations of a mix (orders with and without partition keys, sleeps,
+# awakeables resolved from outside, child workflows, workflows that catch Exception around every
+# step) offered at a steady rate while a seeded nemesis kills, stalls and partitions; then the
+# checker (nothing lost, nothing done twice, no committed step run again, one effect per
+# idempotency key, keys in order, journals replay); then CHAOS_N / 2 orders with no scheduler at
+# all. `make test` runs it with N = 100; this runs N = 1,000 (about 12 minutes, bounded by a
+# per-test timeout). The seed is printed; CHAOS_SEED=... replays a fault schedule and the
+# workload. Partitions need `ip netns` (root): skipped elsewhere.
 CHAOS_N ?= 1000
 
 chaos: setup ## Run the chaos suite with N=1000 (CHAOS_N=..., CHAOS_SEED=... to change)
 	CHAOS_N=$(CHAOS_N) $(if $(CHAOS_SEED),CHAOS_SEED=$(CHAOS_SEED)) \
 		$(BIN)/python -m pytest tests/chaos $(PYTEST_ARGS)
+
+# The soak (tests/chaos/test_soak.py): the chaos system for SOAK_MINUTES at SOAK_RATE invocations
+# a second with a fault every minute; reports RSS of every process, p50/p99 latency per 5-minute
+# window and stream sizes, and fails when memory or latency grow (thresholds in
+# tests/chaos/soak.py) or anything is lost. Not part of `make test`; SOAK_MINUTES=2 checks the
+# machinery in about 5 minutes.
+SOAK_MINUTES ?= 30
+
+soak: setup ## Run the soak: 30 minutes, a fault a minute; memory and latency must stay flat (SOAK_MINUTES=...)
+	SOAK_MINUTES=$(SOAK_MINUTES) $(if $(SOAK_RATE),SOAK_RATE=$(SOAK_RATE)) \
+		$(if $(CHAOS_SEED),CHAOS_SEED=$(CHAOS_SEED)) \
+		$(BIN)/python -m pytest tests/chaos/test_soak.py $(PYTEST_ARGS)

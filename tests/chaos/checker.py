@@ -1,10 +1,12 @@
 """The chaos checker: from the final state, the journals and the service's own records, decide
-whether anything was lost, done twice, or executed again after it was journaled.
+whether anything was lost, done twice, executed again after it was journaled, or run out of
+its key's order.
 
-The pure part (:func:`check`, :func:`replay_all`) takes an :class:`Observation` and returns a
-:class:`Report`; ``test_checker.py`` feeds it synthetic histories to show each rule can fail.
-The collecting part (:func:`read_journals`, :func:`read_calls`, :func:`read_states`) reads the
-real thing from NATS and from the OrderService's record file.
+The pure part (:func:`check`, :func:`replay_all`, :func:`service_recovery`) takes an
+:class:`Observation` and returns a :class:`Report`; ``test_checker.py`` feeds it synthetic
+histories to show each rule can fail. The collecting part (:func:`read_journals`,
+:func:`read_calls`, :func:`read_states`) reads the real thing from NATS and from the
+OrderService's record file.
 
 Ground truth, and why the timestamps compare:
 
@@ -18,6 +20,12 @@ Ground truth, and why the timestamps compare:
   made after the step's result was committed: a re-executed committed step. A legitimate call
   (the one whose result was journaled, or a retry of it in flight during a crash) always arrives
   before the entry is written, because the writer appends only after the call returned.
+* Invocations of one partition key run one at a time in submission order: the first thing a
+  run of the next one does (a service call, a journal entry of a processor) comes after the
+  previous one's final entry was stamped.
+
+Each workflow of the mix has a :class:`Plan`: the steps its journal must hold, which
+OrderService method each call step is, its children, and the output it must return.
 """
 
 from __future__ import annotations
@@ -28,14 +36,15 @@ import json
 import re
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from chaos_workflows import careless_order, chaos_charge, chaos_waits, reckless_order
 from durable_core import _codec
-from durable_core._journal import FINAL_KINDS, STEP_KINDS
+from durable_core._journal import EXTERNAL_KINDS, FINAL_KINDS, PROCESSOR_KINDS, STEP_KINDS
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import Transport
 from durable_core.errors import NonDeterminismError
@@ -44,9 +53,96 @@ from durable_examples.order.v1 import order_pb2
 from hello_service.order import charge_id_for, tracking_number_for
 from order_processing import order_processing
 
+from .workload import awakeable_id
+
 ORDER_SERVICE = "/durable_examples.order.v1.OrderService/"
-STEPS = {1: "Validate", 2: "Charge", 3: "Ship"}
-"""order_processing's steps: step number -> OrderService method."""
+CALL, SLEEP, AWAKEABLE, CHILD = (
+    pb.ENTRY_KIND_CALL,
+    pb.ENTRY_KIND_SLEEP,
+    pb.ENTRY_KIND_AWAKEABLE,
+    pb.ENTRY_KIND_CHILD,
+)
+
+
+# -- what each workflow must do ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What a finished invocation of one workflow must show.
+
+    Attributes:
+        fn: the workflow function (its journal is replayed against it).
+        steps: ``(step, kind, name)`` of every journaled step, in order; ``{id}`` in a name
+            stands for the invocation id.
+        children: step -> the workflow of the child started there (id ``<id>-<step>``).
+        output: ``(invocation id, args, awakeable payloads)`` -> the output it must return.
+    """
+
+    fn: Callable[..., Awaitable[Any]]
+    steps: tuple[tuple[int, int, str], ...]
+    output: Callable[[str, Mapping[str, Any], Mapping[str, Any]], Any]
+    children: Mapping[int, str] = field(default_factory=dict)
+
+    @property
+    def calls(self) -> dict[int, str]:
+        """Step -> the OrderService method each call step calls."""
+        return {
+            step: name.removeprefix(ORDER_SERVICE)
+            for step, kind, name in self.steps
+            if kind == CALL
+        }
+
+
+def _order_steps(*methods: str) -> tuple[tuple[int, int, str], ...]:
+    return tuple((n, CALL, ORDER_SERVICE + m) for n, m in enumerate(methods, start=1))
+
+
+def _order_output(iid: str, args: Mapping[str, Any], _: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "order_id": str(args.get("order_id", "")),
+        "charge_id": charge_id_for(f"{iid}:2"),
+        "tracking_number": tracking_number_for(f"{iid}:3"),
+    }
+
+
+def _careless_output(iid: str, args: Mapping[str, Any], aw: Mapping[str, Any]) -> dict[str, Any]:
+    return {**_order_output(iid, args, aw), "caught": []}
+
+
+def _waits_output(iid: str, args: Mapping[str, Any], aw: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "order_id": str(args.get("order_id", "")),
+        "approval": aw.get(awakeable_id(iid)),
+        "charge_id": charge_id_for(f"{iid}-4:1"),
+        "tracking_number": tracking_number_for(f"{iid}:5"),
+    }
+
+
+def _charge_output(iid: str, _: Mapping[str, Any], __: Mapping[str, Any]) -> dict[str, Any]:
+    return {"charge_id": charge_id_for(f"{iid}:1")}
+
+
+ORDER_STEPS = _order_steps("Validate", "Charge", "Ship")
+PLANS: dict[str, Plan] = {
+    "order_processing": Plan(order_processing, ORDER_STEPS, _order_output),
+    "careless_order": Plan(careless_order, ORDER_STEPS, _careless_output),
+    "reckless_order": Plan(reckless_order, ORDER_STEPS, _careless_output),
+    "chaos_waits": Plan(
+        chaos_waits,
+        (
+            (1, CALL, ORDER_SERVICE + "Validate"),
+            (2, SLEEP, "sleep"),
+            (3, AWAKEABLE, "awk.{id}.1"),
+            (4, CHILD, "chaos_charge"),
+            (5, CALL, ORDER_SERVICE + "Ship"),
+        ),
+        _waits_output,
+        children={4: "chaos_charge"},
+    ),
+    "chaos_charge": Plan(chaos_charge, _order_steps("Charge"), _charge_output),
+}
+DEFAULT_WORKFLOW = "order_processing"
 
 
 # -- what was observed -----------------------------------------------------------------------
@@ -83,6 +179,10 @@ class Observation:
         unacknowledged: ids whose submission never got an answer (may or may not exist).
         scheduled_prefix: ids starting with this were started by the scheduler, not by the
             client: they are checked like submitted ones (args from their state).
+        workflows: id -> workflow of each planned invocation (order_processing if absent).
+        key_order: partition key -> its invocations in submission order (each submitted only
+            after the one before it was acknowledged).
+        awakeables: awakeable id -> the payload the workload resolved it with.
     """
 
     submitted: dict[str, dict[str, Any]]
@@ -91,6 +191,18 @@ class Observation:
     calls: list[Call]
     unacknowledged: set[str] = field(default_factory=set)
     scheduled_prefix: str = ""
+    workflows: dict[str, str] = field(default_factory=dict)
+    key_order: dict[str, list[str]] = field(default_factory=dict)
+    awakeables: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Expected:
+    """An invocation the checker expects, with what it was started with."""
+
+    workflow: str
+    args: Any
+    parent: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +226,9 @@ class Reexecution:
 class Report:
     submitted: int = 0
     scheduled: int = 0
+    children: int = 0
     completed: int = 0
+    by_workflow: Counter[str] = field(default_factory=Counter)
     lost: list[str] = field(default_factory=list)
     stuck: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
@@ -123,11 +237,16 @@ class Report:
     reexecuted: list[Reexecution] = field(default_factory=list)
     unbacked: list[str] = field(default_factory=list)
     effect_violations: list[str] = field(default_factory=list)
+    swallowed: list[str] = field(default_factory=list)
+    early_wakeups: list[str] = field(default_factory=list)
+    out_of_order: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     replay_failures: list[str] = field(default_factory=list)
     calls: int = 0
     retried_keys: int = 0  # keys the service saw more than once (its dedup answered the same)
     replayed: int = 0
+    keys_checked: int = 0  # partition keys whose order was checked
+    key_pairs: int = 0  # consecutive pairs of one key checked
 
     def violations(self) -> dict[str, list[str]]:
         found = {
@@ -139,6 +258,9 @@ class Report:
             "re-executed committed steps": [str(r) for r in self.reexecuted],
             "journaled steps without a service call": self.unbacked,
             "service effects not once per idempotency key": self.effect_violations,
+            "errors that reached a careless workflow": self.swallowed,
+            "sleeps that ended before their time": self.early_wakeups,
+            "runs out of their partition key's order": self.out_of_order,
             "unexpected invocations": self.unexpected,
             "replay failures": self.replay_failures,
         }
@@ -176,15 +298,37 @@ def _split_key(key: str) -> tuple[str, int] | None:
     return invocation_id, int(step)
 
 
-def expected_ids(obs: Observation) -> dict[str, dict[str, Any]]:
-    """Submitted invocations plus those the scheduler started and those whose submission was
-    never acknowledged but happened (args from their state): each is checked the same way."""
-    ids = dict(obs.submitted)
+def _args_of(st: pb.ExecutionState | None) -> Any:
+    return _codec.decode(st.args) if st is not None and st.HasField("args") else {}
+
+
+def expected_ids(obs: Observation) -> dict[str, Expected]:
+    """Submitted invocations, those the scheduler started, those whose submission was never
+    acknowledged but happened (args from their state), and the children their journals
+    started: each is checked the same way."""
+    ids = {
+        iid: Expected(obs.workflows.get(iid, DEFAULT_WORKFLOW), args)
+        for iid, args in obs.submitted.items()
+    }
     for iid in sorted(set(obs.states) | set(obs.journals)):
         scheduled = bool(obs.scheduled_prefix) and iid.startswith(obs.scheduled_prefix)
         if iid not in ids and (scheduled or iid in obs.unacknowledged):
             st = obs.states.get(iid)
-            ids[iid] = _codec.decode(st.args) if st is not None and st.HasField("args") else {}
+            workflow = obs.workflows.get(iid) or (st.workflow if st is not None else "")
+            ids[iid] = Expected(workflow or DEFAULT_WORKFLOW, _args_of(st))
+    for iid, exp in list(ids.items()):
+        plan = PLANS.get(exp.workflow)
+        if plan is None or not plan.children:
+            continue
+        started = {e.entry.step for e in obs.journals.get(iid, []) if e.entry.kind == CHILD}
+        for step, workflow in plan.children.items():
+            if step in started:
+                args = exp.args if isinstance(exp.args, Mapping) else {}
+                child = {
+                    "order_id": args.get("order_id", ""),
+                    "amount_cents": args.get("amount_cents", 0),
+                }
+                ids[f"{iid}-{step}"] = Expected(workflow, child, parent=iid)
     return ids
 
 
@@ -192,7 +336,11 @@ def check(obs: Observation) -> Report:
     """Apply every rule except the replay (see :func:`replay_all`)."""
     expected = expected_ids(obs)
     scheduled = [i for i in expected if obs.scheduled_prefix and i.startswith(obs.scheduled_prefix)]
-    report = Report(submitted=len(obs.submitted), scheduled=len(scheduled))
+    report = Report(
+        submitted=len(obs.submitted),
+        scheduled=len(scheduled),
+        children=sum(1 for e in expected.values() if e.parent),
+    )
 
     # Nothing appears that nobody submitted.
     report.unexpected += sorted((set(obs.states) | set(obs.journals)) - set(expected))
@@ -200,6 +348,7 @@ def check(obs: Observation) -> Report:
     # Commit time of each journaled step: (id, step) -> entry. A step twice is a duplicate.
     committed: dict[tuple[str, int], Entry] = {}
     for iid in sorted(expected):
+        exp = expected[iid]
         journal = obs.journals.get(iid, [])
         state = obs.states.get(iid)
         finals = _finals(journal)
@@ -235,7 +384,8 @@ def check(obs: Observation) -> Report:
             report.result_mismatches.append(f"{iid}: state output differs from the journal's")
             continue
         report.completed += 1
-        _check_effects(iid, expected[iid], steps, final, report)
+        report.by_workflow[exp.workflow] += 1
+        _check_effects(iid, exp, steps, final, report, obs.awakeables)
 
     # Executions: every service call against the journal.
     calls_by_key: dict[str, list[Call]] = defaultdict(list)
@@ -251,8 +401,9 @@ def check(obs: Observation) -> Report:
             )
             continue
         iid, step = parsed
-        want_method = STEPS.get(step)
-        args = expected[iid] if isinstance(expected[iid], Mapping) else {}
+        plan = PLANS.get(expected[iid].workflow)
+        want_method = plan.calls.get(step) if plan is not None else None
+        args = expected[iid].args if isinstance(expected[iid].args, Mapping) else {}
         for call in calls:
             if call.method != want_method:
                 report.effect_violations.append(
@@ -273,43 +424,109 @@ def check(obs: Observation) -> Report:
                 )
     # Every journaled call step was executed by the service before it was committed.
     for (iid, step), entry in sorted(committed.items()):
-        if entry.entry.kind != pb.ENTRY_KIND_CALL or entry.entry.HasField("failure"):
+        if entry.entry.kind != CALL or entry.entry.HasField("failure"):
             continue
         before = [c for c in calls_by_key.get(f"{iid}:{step}", ()) if c.ts_ns <= entry.ts_ns]
         if not before:
             report.unbacked.append(f"{iid} step {step} ({entry.entry.name})")
+    _check_key_order(obs, calls_by_key, report)
     return report
 
 
 def _check_effects(
-    iid: str, args: Any, steps: list[Entry], final: pb.JournalEntry, report: Report
+    iid: str,
+    exp: Expected,
+    steps: list[Entry],
+    final: pb.JournalEntry,
+    report: Report,
+    awakeables: Mapping[str, Any],
 ) -> None:
-    """The completed order used exactly the effects of its own keys, step by step.
+    """The completed invocation took exactly its plan's steps and used the effects of its own
+    keys, step by step.
 
     The OrderService deduplicates by idempotency key: the same key always gets the same charge
     id and tracking number. So the effect applied for a step is the one of the key it was
     called with; one effect per key means the journaled answers and the output are those of
-    ``<id>:2`` and ``<id>:3``, and the journal holds exactly steps 1, 2, 3 in that order.
+    the invocation's own keys (``<id>:<step>``, a child's ``<id>-<step>:1``).
     """
-    names = [(e.entry.step, e.entry.name) for e in steps]
-    want = [(step, ORDER_SERVICE + method) for step, method in STEPS.items()]
-    if names != want:
-        report.effect_violations.append(f"{iid}: journaled steps {names}, expected {want}")
+    plan = PLANS.get(exp.workflow)
+    if plan is None:
+        report.effect_violations.append(f"{iid}: no plan for workflow {exp.workflow!r}")
         return
-    charge = _codec.decode(steps[1].entry.output, order_pb2.ChargeResponse)
-    ship = _codec.decode(steps[2].entry.output, order_pb2.ShipResponse)
+    got = [(e.entry.step, e.entry.kind, e.entry.name) for e in steps]
+    want = [(s, k, name.replace("{id}", iid)) for s, k, name in plan.steps]
+    if got != want:
+        show = [(s, pb.EntryKind.Name(k).removeprefix("ENTRY_KIND_"), n) for s, k, n in got]
+        report.effect_violations.append(f"{iid}: journaled steps {show}, expected {want}")
+        return
+    for e in steps:
+        key = f"{iid}:{e.entry.step}"
+        if e.entry.name == ORDER_SERVICE + "Charge":
+            charge = _codec.decode(e.entry.output, order_pb2.ChargeResponse)
+            if charge.charge_id != charge_id_for(key):
+                report.effect_violations.append(f"{iid}: journaled charge {charge.charge_id}")
+        elif e.entry.name == ORDER_SERVICE + "Ship":
+            ship = _codec.decode(e.entry.output, order_pb2.ShipResponse)
+            if ship.tracking_number != tracking_number_for(key):
+                report.effect_violations.append(f"{iid}: journaled shipment {ship.tracking_number}")
+    for before, after in zip(steps, steps[1:], strict=False):
+        wake = before.entry.wake_at_ms
+        if before.entry.kind == SLEEP and after.ts_ns < wake * 1_000_000:
+            early = (wake * 1_000_000 - after.ts_ns) / 1e6
+            report.early_wakeups.append(
+                f"{iid}: step {after.entry.step} journaled {early:.0f} ms before the sleep of "
+                f"step {before.entry.step} was due"
+            )
     output = _codec.decode(final.output)
-    expected = {
-        "order_id": str(args.get("order_id", "")) if isinstance(args, Mapping) else "",
-        "charge_id": charge_id_for(f"{iid}:2"),
-        "tracking_number": tracking_number_for(f"{iid}:3"),
-    }
-    if charge.charge_id != expected["charge_id"]:
-        report.effect_violations.append(f"{iid}: journaled charge {charge.charge_id}")
-    if ship.tracking_number != expected["tracking_number"]:
-        report.effect_violations.append(f"{iid}: journaled shipment {ship.tracking_number}")
-    if output != expected:
-        report.effect_violations.append(f"{iid}: output {output} != {expected}")
+    args = exp.args if isinstance(exp.args, Mapping) else {}
+    if isinstance(output, dict) and output.get("caught"):
+        report.swallowed.append(f"{iid} ({exp.workflow}) caught {output['caught']}")
+    want_output = plan.output(iid, args, awakeables)
+    if output != want_output and not (isinstance(output, dict) and output.get("caught")):
+        report.effect_violations.append(f"{iid}: output {output} != {want_output}")
+
+
+def _check_key_order(
+    obs: Observation, calls_by_key: Mapping[str, list[Call]], report: Report
+) -> None:
+    """Each key's invocations ran one at a time, in submission order."""
+
+    def started(iid: str) -> int | None:
+        times = [e.ts_ns for e in obs.journals.get(iid, []) if e.entry.kind in PROCESSOR_KINDS]
+        times += [
+            c.ts_ns
+            for key, calls in calls_by_key.items()
+            if key.rpartition(":")[0] == iid
+            for c in calls
+        ]
+        return min(times, default=None)
+
+    def ended(iid: str) -> int | None:
+        finals = _finals(obs.journals.get(iid, []))
+        return finals[0].ts_ns if finals else None
+
+    for key, ids in sorted(obs.key_order.items()):
+        report.keys_checked += 1
+        for iid in ids:
+            st = obs.states.get(iid)
+            if st is not None and st.partition_key != key:
+                report.out_of_order.append(
+                    f"{key}: {iid} has partition key {st.partition_key!r} in its state"
+                )
+        for first, then in zip(ids, ids[1:], strict=False):
+            report.key_pairs += 1
+            began, done = started(then), ended(first)
+            if began is None:
+                continue  # never ran (reported as stuck or lost if it should have)
+            if done is None:
+                report.out_of_order.append(
+                    f"{key}: {then} ran while {first}, submitted before it, never finished"
+                )
+            elif began < done:
+                report.out_of_order.append(
+                    f"{key}: {then} ran {(done - began) / 1e6:.1f} ms before {first}, "
+                    "submitted before it, had finished"
+                )
 
 
 async def replay_all(obs: Observation, report: Report) -> None:
@@ -324,12 +541,14 @@ async def replay_all(obs: Observation, report: Report) -> None:
 
         return call
 
-    calls = {method: fake(method) for method in STEPS.values()}
+    calls = {method: fake(method) for method in ("Validate", "Charge", "Ship")}
+    replayable = STEP_KINDS | EXTERNAL_KINDS
     expected = expected_ids(obs)
     for iid in sorted(expected):
         journal = obs.journals.get(iid, [])
         finals = _finals(journal)
-        if not finals or finals[0].entry.kind != pb.ENTRY_KIND_COMPLETED:
+        plan = PLANS.get(expected[iid].workflow)
+        if plan is None or not finals or finals[0].entry.kind != pb.ENTRY_KIND_COMPLETED:
             continue
         made.clear()
         state = obs.states.get(iid)
@@ -339,11 +558,12 @@ async def replay_all(obs: Observation, report: Report) -> None:
             else None
         )
         run = await replay_workflow(
-            order_processing,
-            expected[iid],
-            journal=[e.entry for e in _step_entries(journal)],
+            plan.fn,
+            expected[iid].args,
+            journal=[e.entry for e in journal if e.entry.kind in replayable],
             calls=calls,
             invocation_id=iid,
+            workflow=expected[iid].workflow,
             start_time=start,
             raise_on_error=False,
         )
@@ -352,11 +572,59 @@ async def replay_all(obs: Observation, report: Report) -> None:
             report.replay_failures.append(f"{iid}: {run.error}")
         elif run.error is not None:
             report.replay_failures.append(f"{iid}: {type(run.error).__name__}: {run.error}")
-        elif run.executed_steps or made:
-            executed = made or run.executed_steps
+        elif run.executed_steps or made or run.suspended:
+            executed = made or run.executed_steps or list(run.waiting_for)
             report.replay_failures.append(f"{iid}: the replay executed {executed}")
         elif _codec.encode(run.output) != finals[0].entry.output:
             report.replay_failures.append(f"{iid}: the replay returned {run.output}")
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """One processor after a service restart: seconds from the moment the service listened
+    again to its last call attempt that failed UNAVAILABLE (None: none failed after it) and
+    to its first journaled successful call (None: none within the horizon)."""
+
+    last_refused: float | None
+    first_success: float | None
+
+    def __str__(self) -> str:
+        def show(v: float | None) -> str:
+            return "-" if v is None else f"{v:.2f}s"
+
+        return f"refused until {show(self.last_refused)}, ok from {show(self.first_success)}"
+
+
+def service_recovery(
+    journals: Mapping[str, list[Entry]], back_ms: float, horizon_ms: float = 60_000
+) -> dict[str, Recovery]:
+    """After the service came back (wall ms), per processor (the writer's name before the
+    ``/``): how long its calls still failed UNAVAILABLE (journaled failed attempts), and when
+    it journaled a successful call. A processor cut off from NATS at the time journals
+    neither, so a slow NATS recovery is not taken for a slow gRPC reconnection."""
+    refused: dict[str, float] = {}
+    ok: dict[str, float] = {}
+    writers: set[str] = set()
+    for journal in journals.values():
+        for e in journal:
+            entry = e.entry
+            if entry.kind not in (CALL, pb.ENTRY_KIND_ATTEMPT_FAILED):
+                continue
+            proc = entry.writer.partition("/")[0]
+            writers.add(proc)
+            t = entry.timestamp_ms
+            if not back_ms <= t <= back_ms + horizon_ms:
+                continue
+            if entry.kind == pb.ENTRY_KIND_ATTEMPT_FAILED or entry.HasField("failure"):
+                if entry.failure.code == "UNAVAILABLE":
+                    refused[proc] = max(refused.get(proc, t), t)
+            else:
+                ok[proc] = min(ok.get(proc, t), t)
+
+    def after(table: dict[str, float], proc: str) -> float | None:
+        return (table[proc] - back_ms) / 1000 if proc in table else None
+
+    return {p: Recovery(after(refused, p), after(ok, p)) for p in sorted(writers)}
 
 
 # -- reading the real thing ------------------------------------------------------------------

@@ -3,12 +3,16 @@
 Each round runs every kind of fault once, shuffled:
 
 * ``kill_processor``: SIGKILL a processor, restart it (same processor id) after a pause;
+* ``pause_processor``: SIGSTOP a processor for longer than its ack wait (6-20 s: sometimes
+  past its lease TTL too, so the scheduler re-drives what it held), then SIGCONT: a live
+  processor that lost touch, whose runs must stop before their next step;
 * ``kill_leader``: SIGKILL the node leading the command stream, the journal stream or the state
   bucket, restart it on the same store and wait until every replica has caught up;
 * ``pause_node``: SIGSTOP a leader node for longer than the election timeout, then SIGCONT;
 * ``kill_scheduler``: SIGKILL a scheduler replica, restart it after a pause;
 * ``restart_service``: SIGKILL the OrderService while a call is in flight, restart it on the
-  same port;
+  same port (when it was listening again is noted: the checker measures how long each
+  processor took to journal a successful call after it);
 * ``partition``: cut a leader node off the network (its namespace's link down), heal it later.
   Skipped, with the reason, where network namespaces are not permitted.
 
@@ -19,6 +23,7 @@ node leads at the time is the cluster's business).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import time
@@ -26,16 +31,22 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import nats
 
+from durable_core._naming import Names
 from durable_core.testing import NatsCluster
 
 from ._netns import Netns
-from .system import PROCESSORS, SCHEDULERS, System
+from .system import PROCESSORS, System
+
+if TYPE_CHECKING:
+    from .conftest import ChaosCluster
 
 KINDS = (
     "kill_processor",
+    "pause_processor",
     "kill_leader",
     "pause_node",
     "kill_scheduler",
@@ -56,6 +67,7 @@ class Fault:
     healed: float = 0.0  # monotonic: when the fault ended (restart, SIGCONT, link up)
     recovered: float = 0.0  # monotonic: when the system was whole again
     detail: str = ""
+    back_wall: float = 0.0  # wall clock: when a restarted service listened again
 
     def describe(self, t0: float) -> str:
         return (
@@ -75,6 +87,7 @@ class Nemesis:
         net: network namespaces of the nodes, or None when partitions are not possible.
         no_partition_reason: why not, printed once.
         log: where to say what is happening.
+        kinds: the kinds of fault to draw from (all of ``KINDS`` by default).
     """
 
     def __init__(
@@ -87,7 +100,11 @@ class Nemesis:
         net: Netns | None,
         no_partition_reason: str = "",
         log: Callable[[str], None] = print,
+        kinds: Sequence[str] = KINDS,
     ) -> None:
+        unknown = set(kinds) - set(KINDS)
+        assert not unknown, f"no such faults: {sorted(unknown)}"
+        self.kinds = tuple(kinds)
         self.rng = rng
         self.cluster = cluster
         self.system = system
@@ -100,6 +117,30 @@ class Nemesis:
         self.recovery_problems: list[str] = []
         self.t0 = time.monotonic()
 
+    @classmethod
+    def seeded(
+        cls,
+        seed: int,
+        cc: ChaosCluster,
+        system: System,
+        names: Names,
+        *,
+        kinds: Sequence[str] = KINDS,
+        log: Callable[[str], None] = print,
+    ) -> Nemesis:
+        """The nemesis of one run: seeded, aimed at the leaders of the engine's command
+        stream, journal stream and state bucket."""
+        return cls(
+            random.Random(seed),
+            cc.cluster,
+            system,
+            [names.command_stream, names.journal_stream, f"KV_{names.state_bucket}"],
+            net=cc.net,
+            no_partition_reason=cc.no_partition_reason,
+            log=log,
+            kinds=kinds,
+        )
+
     # -- the loop --------------------------------------------------------------------------
 
     async def run(self, offered: asyncio.Event, *, min_rounds: int = 1) -> None:
@@ -108,23 +149,40 @@ class Nemesis:
         rounds = 0
         stop = False
         while not stop:
-            kinds = list(KINDS)
-            self.rng.shuffle(kinds)
-            for kind in kinds:
+            for kind in self._round():
                 if rounds >= min_rounds and offered.is_set():
                     stop = True
                     break
-                gap = self.rng.uniform(1.5, 3.0)
-                if kind == "partition" and self.net is None:
-                    if not self.skipped[kind]:
-                        self.log(f"nemesis: skipping partitions: {self.no_partition_reason}")
-                    self.skipped[kind] += 1
-                    continue
-                await asyncio.sleep(gap)
+                await asyncio.sleep(self.rng.uniform(1.5, 3.0))
                 await getattr(self, kind)()
             else:
                 rounds += 1
         self.log(f"nemesis: done after {rounds} full round(s), {len(self.faults)} faults")
+
+    async def run_every(self, interval: float, stop: asyncio.Event) -> None:
+        """One fault every ``interval`` seconds (rounds of every kind, shuffled) until ``stop``."""
+        started = time.monotonic()
+        k = 0
+        while not stop.is_set():
+            for kind in self._round():
+                k += 1
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), started + k * interval - time.monotonic())
+                if stop.is_set():
+                    break
+                await getattr(self, kind)()
+        self.log(f"nemesis: stopped after {len(self.faults)} faults")
+
+    def _round(self) -> list[str]:
+        """Every kind once, shuffled; partitions left out (and said once) without netns."""
+        kinds = list(self.kinds)
+        self.rng.shuffle(kinds)
+        if "partition" in kinds and self.net is None:
+            if not self.skipped["partition"]:
+                self.log(f"nemesis: skipping partitions: {self.no_partition_reason}")
+            self.skipped["partition"] += 1
+            kinds.remove("partition")
+        return kinds
 
     @property
     def last_healed(self) -> float:
@@ -181,7 +239,18 @@ class Nemesis:
         await self._kill_and_restart("kill_processor", PROCESSORS)
 
     async def kill_scheduler(self) -> None:
-        await self._kill_and_restart("kill_scheduler", SCHEDULERS)
+        await self._kill_and_restart("kill_scheduler", self.system.schedulers)
+
+    async def pause_processor(self) -> None:
+        name = self.rng.choice(PROCESSORS)
+        hold = self.rng.uniform(self.system.ack_wait + 1.0, 20.0)
+        fault = self._begin("pause_processor", name, f"SIGSTOP {hold:.1f}s")
+        await asyncio.to_thread(self.system.pause, name)
+        try:
+            await asyncio.sleep(hold)
+        finally:
+            await asyncio.to_thread(self.system.resume, name)
+        fault.healed = fault.recovered = time.monotonic()
 
     async def _kill_and_restart(self, kind: str, names: Sequence[str]) -> None:
         name = self.rng.choice(names)
@@ -243,6 +312,7 @@ class Nemesis:
         await asyncio.to_thread(self.system.kill, "service")
         await asyncio.sleep(down)
         await asyncio.to_thread(self.system.restart, "service")
+        fault.back_wall = time.time()
         fault.healed = fault.recovered = time.monotonic()
 
     async def _call_in_flight(self, timeout: float) -> bool:

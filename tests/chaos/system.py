@@ -1,13 +1,14 @@
-"""The system under test: the example service, 3 processors and 2 scheduler replicas.
+"""The system under test: the example service, 3 processors and 2 scheduler replicas (or none).
 
 Every one is a real child process (``Proc`` from the integration tests) with its own log file
-per incarnation; the nemesis kills and restarts them by name. Only PIDs started here are ever
-signalled.
+per incarnation; the nemesis kills, pauses and restarts them by name. Only PIDs started here
+are ever signalled.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -50,6 +51,9 @@ class System:
         record_file: the OrderService's record of every call (survives its restarts).
         service_delay_ms: how long each OrderService method sleeps, so calls are in flight.
         ack_wait: the processors' ack wait in seconds (redeliveries come this fast).
+        schedulers: the scheduler replicas to run (none: nothing re-drives a dead processor's
+            commands, JetStream's ack_wait alone redelivers them).
+        scheduler_env: more settings for the scheduler replicas (retention, ...).
     """
 
     def __init__(
@@ -61,6 +65,8 @@ class System:
         *,
         service_delay_ms: int = 200,
         ack_wait: int = 5,
+        schedulers: tuple[str, ...] = SCHEDULERS,
+        scheduler_env: dict[str, str] | None = None,
     ) -> None:
         self.cluster = cluster
         self.prefix = prefix
@@ -68,6 +74,8 @@ class System:
         self.record_file = record_file
         self.service_delay_ms = service_delay_ms
         self.ack_wait = ack_wait
+        self.schedulers = schedulers
+        self.scheduler_env = dict(scheduler_env or {})
         self.service_port = free_port()
         self.procs: dict[str, Proc] = {}
         self._incarnation: dict[str, int] = {}
@@ -129,7 +137,11 @@ class System:
 
     def spawn_scheduler(self, name: str) -> Proc:
         # A tick held by a replica that died goes to the other one after 3 s.
-        return self._spawn(name, ["-m", "durable_scheduler"], {**self.env, "DURABLE_ACK_WAIT": "3"})
+        return self._spawn(
+            name,
+            ["-m", "durable_scheduler"],
+            {**self.env, "DURABLE_ACK_WAIT": "3", **self.scheduler_env},
+        )
 
     @staticmethod
     def ready_processor(proc: Proc, timeout: float = 60) -> None:
@@ -143,7 +155,7 @@ class System:
         """Start everything, in parallel (each Python process takes a second or two)."""
         service = self.spawn_service()
         processors = [self.spawn_processor(n) for n in PROCESSORS]
-        schedulers = [self.spawn_scheduler(n) for n in SCHEDULERS]
+        schedulers = [self.spawn_scheduler(n) for n in self.schedulers]
         self.ready_service(service)
         for proc in processors:
             self.ready_processor(proc)
@@ -157,6 +169,19 @@ class System:
         proc = self.procs[name]
         proc.kill()
         proc.stop()
+
+    def pause(self, name: str) -> None:
+        """SIGSTOP the current incarnation of ``name`` (it keeps its sockets, says nothing)."""
+        self.procs[name].proc.send_signal(signal.SIGSTOP)
+
+    def resume(self, name: str) -> None:
+        proc = self.procs[name].proc
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
+
+    def pids(self) -> dict[str, int]:
+        """The PID of each process now running, by name."""
+        return {name: p.pid for name, p in self.procs.items() if p.proc.poll() is None}
 
     def restart(self, name: str) -> Proc:
         if name == "service":
@@ -173,7 +198,8 @@ class System:
         return proc
 
     def stop(self) -> None:
-        for proc in reversed(list(self.procs.values())):
+        for name, proc in reversed(list(self.procs.items())):
+            self.resume(name)  # a paused process cannot handle SIGTERM
             proc.stop(timeout=15)
 
     def exited(self) -> list[str]:

@@ -1,16 +1,28 @@
-"""Issue 8, parts 1 and 2: N order workflows under crashes, pauses, partitions; then the checker.
+"""Issue 8, parts 1 and 2, widened by issue 14: a mixed workload under crashes, pauses and
+partitions; then the checker.
 
-A client offers N ``order_processing`` invocations (Validate, Charge, Ship against the example
-OrderService) at a steady rate, and a schedule starts one every 2 s through the scheduler
-replicas, while the nemesis (``nemesis.py``, seeded) kills processors, leader nodes, scheduler
-replicas and the service, pauses nodes and partitions them. After the last fault the test waits
-(bounded) for everything to finish and hands the final state, the journals and the service's
-own records to the checker (``checker.py``), which must find nothing lost, nothing done twice,
-no committed step executed again, one effect per idempotency key and journals that replay.
+``test_nothing_lost_or_done_twice_under_chaos``: a client offers N invocations of a seeded mix
+(``workload.py``: order_processing with and without partition keys, chaos_waits with a sleep,
+an awakeable the workload resolves from outside and a child workflow, and order workflows
+that wrap every step in ``try/except Exception`` or ``BaseException``) at a steady rate, and
+a schedule starts an order every 2 s through the scheduler replicas, while the nemesis
+(``nemesis.py``, seeded) kills and SIGSTOPs processors (5 s ack wait, stopped 6-20 s), kills
+leader nodes, scheduler replicas and the service, pauses nodes past the election timeout and
+partitions them. After the last fault the test waits (bounded) for everything to finish and
+hands the final state, the journals and the service's own records to the checker
+(``checker.py``): nothing lost, nothing done twice, no committed step executed again, one
+effect per idempotency key, keys in order, sleeps on time, nothing caught by the careless
+workflows, journals that replay. It also reports how long each processor took to journal a
+successful call after each service restart.
 
-``make test`` runs N = 100 (about 1.5 to 2 minutes); ``make chaos`` runs N = 1,000 (7 to 9
-minutes). ``CHAOS_SEED`` replays a fault schedule; see ``conftest.py`` for the other settings.
-Each run writes its process logs, the service's call records and the summary to
+``test_orders_recover_without_a_scheduler``: the README's "A processor that dies" as written:
+with no scheduler at all nothing re-drives a dead or stalled processor's commands, and
+JetStream's ack wait must bring every order through: N/2 order_processing invocations over
+half the time, while the nemesis kills and stalls processors, kills leaders and the service.
+
+``make test`` runs N = 100; ``make chaos`` runs N = 1,000. ``CHAOS_SEED`` replays a fault
+schedule and the workload; see ``conftest.py`` for the other settings. Each run writes its
+process logs, the service's call records and the summary to
 ``test-artifacts/chaos/<time>-seed<seed>-*/``, removed when the run passes (``CHAOS_KEEP=1``
 keeps it) and completed with ``evidence.json`` (state, journal, calls, commands and log lines of
 every invocation a violation names) and ``code.txt`` (the code that ran) when it fails.
@@ -20,13 +32,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import random
 import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -37,11 +51,11 @@ from durable_core import schedules as sched
 from durable_core._transport import Transport
 from durable_core.config import NatsConfig
 
-from . import checker
+from . import checker, workload
 from .conftest import SETTINGS, ChaosCluster
-from .nemesis import Nemesis
-from .system import System
-from .workload import Workload
+from .nemesis import KINDS, Nemesis
+from .runlog import RunLog
+from .system import SCHEDULERS, System
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.chaos]
 
@@ -49,10 +63,37 @@ SCHEDULE = "chaostick"
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _artifacts(seed: int) -> Path:
-    """test-artifacts/chaos/<time>-seed<seed>: the run's logs, kept when it fails."""
+@dataclass(frozen=True)
+class Scenario:
+    """One chaos run: what is offered, what runs, which faults."""
+
+    name: str
+    n: int
+    duration: float
+    mix: Mapping[str, float]
+    schedulers: tuple[str, ...]
+    kinds: tuple[str, ...]
+
+    @property
+    def timeout(self) -> float:
+        return self.duration + SETTINGS.drain_timeout + 240.0
+
+
+WIDE = Scenario("wide", SETTINGS.n, SETTINGS.duration, workload.MIX, SCHEDULERS, KINDS)
+NO_SCHEDULER = Scenario(
+    "no-scheduler",
+    max(20, SETTINGS.n // 2),
+    max(30.0, SETTINGS.duration / 2),
+    workload.ORDERS_ONLY,
+    (),
+    ("kill_processor", "pause_processor", "kill_leader", "restart_service"),
+)
+
+
+def _artifacts(seed: int, name: str) -> Path:
+    """test-artifacts/chaos/<time>-seed<seed>-<scenario>: the run's logs, kept when it fails."""
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    path = REPO / "test-artifacts" / "chaos" / f"{stamp}-seed{seed}-{uuid.uuid4().hex[:4]}"
+    path = REPO / "test-artifacts" / "chaos" / f"{stamp}-seed{seed}-{name}-{uuid.uuid4().hex[:4]}"
     path.mkdir(parents=True)
     return path
 
@@ -65,58 +106,76 @@ def _code_version() -> str:
     return f"HEAD {git('rev-parse', 'HEAD')}\n{git('status', '--short')}\n\n{git('diff', 'HEAD')}"
 
 
-@pytest.mark.timeout(SETTINGS.timeout)
+@pytest.mark.timeout(WIDE.timeout)
 async def test_nothing_lost_or_done_twice_under_chaos(
     chaos_cluster: ChaosCluster, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    await _scenario(WIDE, chaos_cluster, capsys)
+
+
+@pytest.mark.timeout(NO_SCHEDULER.timeout)
+async def test_orders_recover_without_a_scheduler(
+    chaos_cluster: ChaosCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await _scenario(NO_SCHEDULER, chaos_cluster, capsys)
+
+
+async def _scenario(
+    scenario: Scenario, cc: ChaosCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
     s = SETTINGS
-    run_dir = _artifacts(s.seed)
+    run_dir = _artifacts(s.seed, scenario.name)
     (run_dir / "code.txt").write_text(_code_version(), encoding="utf-8")
-    log_file = (run_dir / "chaos.log").open("a", encoding="utf-8")
-    began = time.monotonic()
+    say = RunLog(run_dir / "chaos.log", f"chaos {scenario.name}", capsys)
 
-    def say(message: str) -> None:
-        line = f"[chaos {time.monotonic() - began:6.1f}s] {message}"
-        log_file.write(line + "\n")
-        log_file.flush()
-        with capsys.disabled():
-            print(line, flush=True)
-
-    cluster = chaos_cluster.cluster
+    cluster = cc.cluster
     say(
-        f"seed={s.seed} (CHAOS_SEED={s.seed} replays this schedule) N={s.n} "
-        f"offered over {s.duration:.0f}s; cluster {cluster.url}; logs in {run_dir}"
+        f"seed={s.seed} (CHAOS_SEED={s.seed} replays this schedule) N={scenario.n} "
+        f"offered over {scenario.duration:.0f}s; cluster {cluster.url}; logs in {run_dir}"
     )
     prefix = "chaos" + uuid.uuid4().hex[:8]
     engine = EngineConfig(prefix=prefix, replicas=3)
     record_file = run_dir / "order-service-calls.jsonl"
-    system = System(cluster, prefix, run_dir, record_file, service_delay_ms=200, ack_wait=5)
+    system = System(
+        cluster,
+        prefix,
+        run_dir,
+        record_file,
+        service_delay_ms=200,
+        ack_wait=5,
+        schedulers=scenario.schedulers,
+    )
     # The streams are created as the processors will (R3); clients only use them.
     transport = await Transport.connect(NatsConfig.from_url(cluster.url), engine, create=True)
     client = await Client.connect(cluster.url, engine=engine)
     try:
         await asyncio.to_thread(system.start)
-        say("service, 3 processors and 2 scheduler replicas running")
-        await sched.create_schedule(
-            transport,
-            SCHEDULE,
-            "order_processing",
-            {"order_id": "tick", "amount_cents": 1},
-            every=timedelta(seconds=2),
-            overlap="allow",
+        say(
+            f"service, 3 processors and {len(scenario.schedulers) or 'no'} scheduler replicas "
+            "running"
         )
-        report, summary = await _run(chaos_cluster, system, client, transport, say)
+        if scenario.schedulers:
+            await sched.create_schedule(
+                transport,
+                SCHEDULE,
+                "order_processing",
+                {"order_id": "tick", "amount_cents": 1},
+                every=timedelta(seconds=2),
+                overlap="allow",
+            )
+        report, summary = await _run(scenario, cc, system, client, transport, say)
     finally:
         await asyncio.to_thread(system.stop)
         await client.close()
         await transport.close()
-        log_file.close()
+        say.close()
     if report.ok and not os.environ.get("CHAOS_KEEP"):
         shutil.rmtree(run_dir, ignore_errors=True)
     assert report.ok, f"{report.describe()}\n\n{summary}\n\nlogs and evidence: {run_dir}"
 
 
 async def _run(
+    scenario: Scenario,
     cc: ChaosCluster,
     system: System,
     client: Client,
@@ -124,30 +183,28 @@ async def _run(
     say: Callable[[str], None],
 ) -> tuple[checker.Report, str]:
     settings = SETTINGS
-    names = transport.names
-    nemesis = Nemesis(
-        random.Random(settings.seed),
-        cc.cluster,
-        system,
-        [names.command_stream, names.journal_stream, f"KV_{names.state_bucket}"],
-        net=cc.net,
-        no_partition_reason=cc.no_partition_reason,
-        log=say,
+    nemesis = Nemesis.seeded(
+        settings.seed, cc, system, transport.names, kinds=scenario.kinds, log=say
     )
-    workload = Workload(client, settings.n, settings.n / settings.duration, log=say)
+    planned = workload.plan(scenario.n, random.Random(settings.seed + 1), scenario.mix)
+    load = workload.Workload(client, planned, scenario.n / scenario.duration, log=say)
     tap = checker.CommandTap()
     await tap.start(transport)
-    await asyncio.gather(workload.run(), nemesis.run(workload.offered))
+    await asyncio.gather(load.run(), nemesis.run(load.offered))
     say(
-        f"workload: {len(workload.submitted)} acknowledged, {len(workload.unacknowledged)} "
-        f"not, {workload.retries} needed retries; nemesis: {nemesis.counts()}"
+        f"workload: {len(load.submitted)} acknowledged, {len(load.unacknowledged)} "
+        f"not, {load.retries} needed retries, {len(load.resolved)} awakeables resolved "
+        f"({len(load.unresolved)} not); nemesis: {nemesis.counts()}"
     )
-    await sched.pause_schedule(transport, SCHEDULE)
+    if scenario.schedulers:
+        await sched.pause_schedule(transport, SCHEDULE)
 
     # Drain: every invocation finishes, bounded; measured from the end of the last fault.
     states = await transport.list_states()
-    ids = set(workload.submitted) | {
-        st.invocation_id for st in states if st.invocation_id.startswith(f"{SCHEDULE}-")
+    ids = set(load.submitted) | {
+        st.invocation_id
+        for st in states
+        if st.invocation_id.startswith(f"{SCHEDULE}-") or st.parent_id
     }
     unfinished, _ = await checker.wait_finished(transport, ids, settings.drain_timeout)
     drained_at = time.monotonic()
@@ -157,13 +214,18 @@ async def _run(
     # Read the final state once every replica of every stream is current.
     await nemesis.wait_whole("the final check")
     await asyncio.sleep(1.0)  # calls abandoned by a dying run land in the record file
+    # A key with a submission never acknowledged has no known order: not checked.
+    unordered = {p.key for p in planned if p.key is not None and p.iid in load.unacknowledged}
     obs = checker.Observation(
-        submitted=dict(workload.submitted),
+        submitted=dict(load.submitted),
         states=await checker.read_states(transport, ids),
         journals=await checker.read_journals(transport),
         calls=checker.read_calls(system.record_file),
-        unacknowledged=set(workload.unacknowledged),
-        scheduled_prefix=f"{SCHEDULE}-",
+        unacknowledged=set(load.unacknowledged),
+        scheduled_prefix=f"{SCHEDULE}-" if scenario.schedulers else "",
+        workflows=dict(load.workflows),
+        key_order={k: v for k, v in load.key_order.items() if k not in unordered},
+        awakeables=dict(load.resolved),
     )
     await tap.stop()
     report = checker.check(obs)
@@ -176,23 +238,48 @@ async def _run(
     died = system.exited()
     if died:
         report.effect_violations.extend(f"process died on its own: {d}" for d in died)
-    if workload.unacknowledged:
-        report.lost.extend(f"{i}: submission never acknowledged" for i in workload.unacknowledged)
+    if load.unacknowledged:
+        report.lost.extend(f"{i}: submission never acknowledged" for i in load.unacknowledged)
+    if load.unresolved:
+        report.stuck.extend(f"{a}: never resolved ({why})" for a, why in load.unresolved.items())
 
+    restarts = [f for f in nemesis.faults if f.kind == "restart_service" and f.back_wall]
+    # Each restart's measurement ends where the next one began (its refusals are its own).
+    ends = [g.back_wall - (g.healed - g.started) for g in restarts[1:]] + [math.inf]
+    recovery = [
+        (
+            f,
+            checker.service_recovery(
+                obs.journals, f.back_wall * 1000, min(60.0, end - f.back_wall) * 1000
+            ),
+        )
+        for f, end in zip(restarts, ends, strict=True)
+    ]
+    keyed = sum(len(v) for v in obs.key_order.values())
     summary = "\n".join(
         [
-            "chaos summary",
+            f"chaos summary ({scenario.name})",
             f"  seed                     {settings.seed}",
-            f"  N offered                {settings.n} over {settings.duration:.0f}s",
+            f"  N offered                {scenario.n} over {scenario.duration:.0f}s "
+            f"({', '.join(f'{k} {v:.0%}' for k, v in scenario.mix.items())})",
             f"  submitted (acknowledged) {report.submitted}",
             f"  started by the scheduler {report.scheduled}",
-            f"  completed                {report.completed}",
+            f"  children                 {report.children}",
+            f"  completed                {report.completed} "
+            f"({', '.join(f'{w} {n}' for w, n in sorted(report.by_workflow.items()))})",
             f"  duplicates               {len(report.duplicates)}",
             f"  lost                     {len(report.lost)}",
             f"  stuck                    {len(report.stuck)}",
             f"  failed                   {len(report.failed)}",
             f"  re-executed steps        {len(report.reexecuted)}",
             f"  effect violations        {len(report.effect_violations)}",
+            f"  caught by careless code  {len(report.swallowed)}",
+            f"  sleeps ended early       {len(report.early_wakeups)}",
+            f"  partition keys           {report.keys_checked} keys, {keyed} keyed invocations, "
+            f"{report.key_pairs} consecutive pairs checked, {len(report.out_of_order)} out of "
+            f"order ({len(unordered)} keys not checked: a submission unacknowledged)",
+            f"  awakeables               {len(load.resolved)} resolved from outside, "
+            f"{len(load.unresolved)} not",
             f"  replayed journals        {report.replayed} ({len(report.replay_failures)} failed)",
             f"  service calls            {report.calls} ({report.retried_keys} keys more than "
             "once, answered the same by the service)",
@@ -205,9 +292,20 @@ async def _run(
             f"  recovery problems        {len(nemesis.recovery_problems)}",
             f"  drain after last fault   {drain:.1f}s"
             + (f" ({len(unfinished)} still unfinished)" if unfinished else ""),
+            "  service restarts: per processor, after the service listened again, its calls "
+            "still failed UNAVAILABLE until, and succeeded from",
+            *(
+                f"    at {f.healed - nemesis.t0:6.1f}s: "
+                + "; ".join(f"{p} {v}" for p, v in r.items())
+                for f, r in recovery
+            ),
             "  fault timeline:",
             *(f"    {f.describe(nemesis.t0)}" for f in nemesis.faults),
             *(f"  recovery: {p}" for p in nemesis.recovery_problems),
+            f"  table: | {settings.seed} | {report.submitted} | {report.completed} | "
+            f"{len(report.lost)} | {len(report.stuck)} | {len(report.duplicates)} | "
+            f"{len(report.failed)} | {len(report.reexecuted)} | {len(nemesis.faults)} | "
+            f"{drain:.1f}s |",
             f"  result: {'PASS' if report.ok else 'FAIL'}",
         ]
     )

@@ -18,7 +18,17 @@ from durable_examples.order.v1 import order_pb2
 from hello_service.order import charge_id_for, tracking_number_for
 from order_processing import orders
 
-from .checker import Call, Entry, Observation, check, parse_nats_time, replay_all
+from .checker import (
+    Call,
+    Entry,
+    Observation,
+    Recovery,
+    check,
+    parse_nats_time,
+    replay_all,
+    service_recovery,
+)
+from .workload import approval, awakeable_id
 
 MS = 1_000_000
 
@@ -225,3 +235,205 @@ async def test_a_journal_that_does_not_replay_is_caught() -> None:
 )
 def test_parse_nats_time(stamp: str, ns: int) -> None:
     assert parse_nats_time(stamp) == ns
+
+
+# -- the widened workload: keys, waits, children, careless workflows -------------------------
+
+SEC = 1_000_000_000
+
+
+def waits_history(obs: Observation, iid: str, t0: int) -> None:
+    """A clean chaos_waits run and its child's into ``obs``: Validate, a sleep of 1 s, the
+    awakeable (resolved by the workload), the child's Charge, Ship."""
+    a = args_of(iid)
+    child = f"{iid}-4"
+    aid = awakeable_id(iid)
+    payload = approval(iid)
+    obs.submitted[iid] = {**a, "sleep_ms": 1000}
+    obs.workflows[iid] = "chaos_waits"
+    obs.awakeables[aid] = payload
+    t0_ms = t0 // MS
+
+    def at(ms: int, entry: pb.JournalEntry, seq: int) -> Entry:
+        entry.writer = entry.writer or "p1/abcd"
+        return Entry(seq, t0 + ms * MS, entry)
+
+    validate = call_entry(orders.Validate, order_pb2.ValidateResponse(valid=True), step=1)
+    sleep = pb.JournalEntry(kind=pb.ENTRY_KIND_SLEEP, step=2, name="sleep")
+    sleep.timestamp_ms, sleep.wake_at_ms = t0_ms + 200, t0_ms + 1200
+    wait = pb.JournalEntry(kind=pb.ENTRY_KIND_AWAKEABLE, step=3, name=aid)
+    resolved = pb.JournalEntry(kind=pb.ENTRY_KIND_AWAKEABLE_RESULT, name=aid, writer="client")
+    resolved.output.CopyFrom(_codec.encode(payload))
+    started = pb.JournalEntry(kind=pb.ENTRY_KIND_CHILD, step=4, name="chaos_charge")
+    started.output.CopyFrom(_codec.encode(child))
+    child_out = {"charge_id": charge_id_for(f"{child}:1")}
+    child_done = pb.JournalEntry(kind=pb.ENTRY_KIND_CHILD_RESULT, name=child, writer="p2/beef")
+    child_done.output.CopyFrom(_codec.encode(child_out))
+    tracking = tracking_number_for(f"{iid}:5")
+    ship = call_entry(orders.Ship, order_pb2.ShipResponse(tracking_number=tracking), step=5)
+    out = {
+        "order_id": a["order_id"],
+        "approval": payload,
+        "charge_id": child_out["charge_id"],
+        "tracking_number": tracking,
+    }
+    done = pb.JournalEntry(kind=pb.ENTRY_KIND_COMPLETED)
+    done.output.CopyFrom(_codec.encode(out))
+    obs.journals[iid] = [
+        at(100, validate, 1),
+        at(200, sleep, 2),
+        at(1300, wait, 3),
+        at(1400, resolved, 4),
+        at(1500, started, 5),
+        at(2500, child_done, 8),
+        at(2700, ship, 9),
+        at(2800, done, 10),
+    ]
+    charge = call_entry(
+        orders.Charge, order_pb2.ChargeResponse(charge_id=child_out["charge_id"]), step=1
+    )
+    child_final = pb.JournalEntry(kind=pb.ENTRY_KIND_COMPLETED)
+    child_final.output.CopyFrom(_codec.encode(child_out))
+    obs.journals[child] = [at(2000, charge, 6), at(2100, child_final, 7)]
+    obs.calls += [
+        Call("Validate", f"{iid}:1", a["order_id"], t0 + 50 * MS),
+        Call("Charge", f"{child}:1", a["order_id"], t0 + 1900 * MS),
+        Call("Ship", f"{iid}:5", a["order_id"], t0 + 2600 * MS),
+    ]
+    for name, wf, output in ((iid, "chaos_waits", out), (child, "chaos_charge", child_out)):
+        st = pb.ExecutionState(invocation_id=name, workflow=wf, status=pb.STATUS_COMPLETED)
+        st.args.CopyFrom(_codec.encode(obs.submitted[iid] if name == iid else a))
+        st.output.CopyFrom(_codec.encode(output))
+        obs.states[name] = st
+
+
+def widened() -> Observation:
+    """Two orders in one partition key, a chaos_waits with its child, a careless order."""
+    obs = clean("k1", "k2", "c")
+    obs.workflows["c"] = "careless_order"
+    careless = {**output_of("c"), "caught": []}
+    obs.journals["c"][-1].entry.output.CopyFrom(_codec.encode(careless))
+    obs.states["c"].output.CopyFrom(_codec.encode(careless))
+    obs.states["c"].workflow = "careless_order"
+    for iid in ("k1", "k2"):
+        obs.states[iid].partition_key = "key-000"
+    obs.key_order["key-000"] = ["k1", "k2"]  # k2's history starts 1 s after k1's
+    waits_history(obs, "w", t0=1_700_000_100_000_000_000)
+    return obs
+
+
+async def test_a_clean_widened_history_passes() -> None:
+    obs = widened()
+    report = check(obs)
+    await replay_all(obs, report)
+    assert report.ok, report.describe()
+    assert (report.completed, report.children, report.replayed) == (5, 1, 5)
+    assert report.by_workflow == {
+        "order_processing": 2,
+        "careless_order": 1,
+        "chaos_waits": 1,
+        "chaos_charge": 1,
+    }
+    assert (report.keys_checked, report.key_pairs) == (1, 1)
+
+
+def test_a_run_that_starts_before_its_keys_predecessor_finished_is_out_of_order() -> None:
+    obs = widened()
+    # k2's Validate arrives 1 ms before k1's final entry was stored.
+    k1_done = obs.journals["k1"][-1].ts_ns
+    obs.calls.append(Call("Validate", "k2:1", "order-k2", k1_done - MS))
+    report = check(obs)
+    assert report.out_of_order == [
+        "key-000: k2 ran 1.0 ms before k1, submitted before it, had finished"
+    ]
+
+    # Submitted the other way round: k2's whole run came before k1's.
+    obs = widened()
+    obs.key_order["key-000"] = ["k2", "k1"]
+    assert len(check(obs).out_of_order) == 1
+
+    # k1 never finished, and k2 ran anyway.
+    obs = widened()
+    obs.journals["k1"].pop()
+    obs.states["k1"].status = pb.STATUS_RUNNING
+    report = check(obs)
+    assert report.out_of_order == ["key-000: k2 ran while k1, submitted before it, never finished"]
+    assert report.stuck == ["k1: no final journal entry (state STATUS_RUNNING)"]
+
+    # A state under another key than the one it was submitted with.
+    obs = widened()
+    obs.states["k2"].partition_key = "key-001"
+    assert check(obs).out_of_order == ["key-000: k2 has partition key 'key-001' in its state"]
+
+
+def test_an_error_that_reached_a_careless_workflow_is_caught() -> None:
+    obs = widened()
+    careless = {**output_of("c"), "caught": ["Charge: _LostClaim: moved on"]}
+    obs.journals["c"][-1].entry.output.CopyFrom(_codec.encode(careless))
+    obs.states["c"].output.CopyFrom(_codec.encode(careless))
+    report = check(obs)
+    assert report.swallowed == ["c (careless_order) caught ['Charge: _LostClaim: moved on']"]
+    assert not report.effect_violations
+
+
+def test_a_step_journaled_before_the_sleep_was_due_is_an_early_wakeup() -> None:
+    obs = widened()
+    sleep = next(e for e in obs.journals["w"] if e.entry.kind == pb.ENTRY_KIND_SLEEP)
+    sleep.entry.wake_at_ms += 500  # due 1.7 s after t0; the awakeable step came at 1.3 s
+    report = check(obs)
+    assert report.early_wakeups == ["w: step 3 journaled 400 ms before the sleep of step 2 was due"]
+
+
+def test_waits_with_another_payload_a_lost_child_or_missing_steps_are_caught() -> None:
+    obs = widened()
+    obs.awakeables[awakeable_id("w")] = {"approved_by": "someone else"}
+    report = check(obs)
+    assert len(report.effect_violations) == 1
+    assert report.effect_violations[0].startswith("w: output ")
+
+    obs = widened()
+    del obs.journals["w-4"], obs.states["w-4"]  # the journal says it was started
+    report = check(obs)
+    assert report.lost == ["w-4"]
+
+    obs = widened()
+    obs.journals["w"] = [e for e in obs.journals["w"] if e.entry.kind != pb.ENTRY_KIND_SLEEP]
+    report = check(obs)
+    assert len(report.effect_violations) == 1
+    assert "journaled steps" in report.effect_violations[0]
+
+
+async def test_a_waits_journal_that_does_not_replay_is_caught() -> None:
+    obs = widened()
+    # The awakeable's result is missing: the replay would wait for it.
+    obs.journals["w"] = [
+        e for e in obs.journals["w"] if e.entry.kind != pb.ENTRY_KIND_AWAKEABLE_RESULT
+    ]
+    report = check(obs)
+    await replay_all(obs, report)
+    assert report.replay_failures == ["w: the replay executed ['awakeable awk.w.1']"]
+
+
+def test_service_recovery_is_measured_per_processor() -> None:
+    obs = clean("a", "b")
+    back_ms = 1_700_000_000_000
+    # p1 journals a's steps 1.0, 1.2 and 1.4 s after the service is back. p2's call of b's
+    # step 1 failed UNAVAILABLE at 0.5 s (a failed attempt) and at 2.0 s (failed for good),
+    # its next calls succeeded 2.2 and 2.4 s after.
+    for iid, writer, after_ms in (("a", "p1/x", 1_000), ("b", "p2/y", 2_000)):
+        for k, e in enumerate(obs.journals[iid][:3]):
+            e.entry.writer = writer
+            e.entry.timestamp_ms = back_ms + after_ms + 200 * k
+    refused = pb.Failure(type="AioRpcError", message="UNAVAILABLE: refused", code="UNAVAILABLE")
+    obs.journals["b"][0].entry.failure.CopyFrom(refused)
+    attempt = pb.JournalEntry(kind=pb.ENTRY_KIND_ATTEMPT_FAILED, step=1, writer="p2/y")
+    attempt.failure.CopyFrom(refused)
+    attempt.timestamp_ms = back_ms + 500
+    obs.journals["b"].insert(0, Entry(0, 0, attempt))
+    got = service_recovery(obs.journals, back_ms)
+    assert got == {"p1": Recovery(None, 1.0), "p2": Recovery(2.0, 2.2)}
+    assert str(got["p2"]) == "refused until 2.00s, ok from 2.20s"
+    assert service_recovery(obs.journals, back_ms + 5_000) == {
+        "p1": Recovery(None, None),
+        "p2": Recovery(None, None),
+    }

@@ -44,12 +44,31 @@
    went on: the zombie run executed its next step's side effect before that step's append was
    refused. They now derive from ``SuspendExecution`` (a BaseException), and a run that was
    stopped refuses every further step, even when the workflow swallows BaseException.
+
+7. (Issue 14, the widened chaos run.) A processor that had lived through a few reconnects
+   stopped every run it was given at the first step, for good: its consumer's idea of which
+   pull requests were open drifted one request per status the server never sent (requests
+   open during a disconnect end silently), and a delivery's bound counted from the oldest of
+   them. Each pull request now has its own reply subject, so a delivery's bound counts from
+   the request that brought it.
+
+8. (Issue 14, the widened chaos run.) A ``reckless_order`` (``except BaseException`` around
+   every step) whose step 1 waited for its next attempt called Charge and Ship while its run
+   was being suspended, and journaled them before the suspension: the engine ends a run by
+   cancelling the workflow's task, and the workflow swallowed the cancellation and went on.
+   Ending a run now marks it stopped first, so every step it tries meanwhile is refused.
+
+9. (Issue 14, the same family.) A worker stopping past its shutdown grace released its runs
+   (their commands NAKed, so another processor may start them at once) but left each
+   workflow's own task running: a step in flight finished and the next one started. The
+   released run's workflow task is now halted as well.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import timedelta
@@ -342,22 +361,30 @@ async def _wait_until_settled(t: Transport, timeout: float = 15) -> None:
     pytest.fail("the command was never settled")
 
 
+class _StepA:
+    """Steps that note their name; step "a" blocks until ``release`` is set."""
+
+    def __init__(self) -> None:
+        self.effects: list[str] = []
+        self.in_step = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def __call__(self, name: str) -> str:
+        self.effects.append(name)
+        if name == "a":
+            self.in_step.set()
+            await self.release.wait()
+        return name
+
+
 @pytest.mark.parametrize("caught", [Exception, BaseException], ids=["Exception", "BaseException"])
 async def test_a_workflow_that_catches_everything_runs_no_step_after_losing_its_claim(
     server: NatsServer, caught: type[BaseException]
 ) -> None:
-    effects: list[str] = []
-    in_step = asyncio.Event()
-    release = asyncio.Event()
+    step = _StepA()
+    effects, in_step, release = step.effects, step.in_step, step.release
 
     async def careless(ctx: Context) -> str:
-        async def step(name: str) -> str:
-            effects.append(name)
-            if name == "a":
-                in_step.set()
-                await release.wait()
-            return name
-
         for name in ("a", "b", "c"):
             try:  # noqa: SIM105 - the careless pattern under test, as users write it
                 await ctx.run(name, step, name)
@@ -381,3 +408,121 @@ async def test_a_workflow_that_catches_everything_runs_no_step_after_losing_its_
         journal = [r.entry for r in await t.read_journal(inv)]
     assert effects == ["a"], f"steps run after the claim was lost: {effects[1:]}"
     assert [e.kind for e in journal] == [pb.ENTRY_KIND_CLAIM]
+
+
+@pytest.mark.slow
+async def test_a_consumer_whose_pull_requests_died_unanswered_still_holds_new_deliveries(
+    tmp_path: Path,
+) -> None:
+    """7. (Issue 14, found by the widened chaos run.) A processor that had lived through a few
+    reconnects stopped every run it was given, at its first step, for minutes ("may be
+    redelivered to another processor by now"), even delivery 1 of fresh commands, while the
+    cluster was healthy: a delivery's bound counted from the oldest pull request the consumer
+    believed open, but requests open during a disconnect end without a status (the server
+    forgets them), so that belief drifted one request per lost status, for good, until every
+    new delivery was born expired. Here the server is restarted under an open pull request
+    eight times; then a command's delivery must still be surely held for most of ack_wait."""
+    ack_wait = 4.0
+    server = NatsServer(store_dir=tmp_path / "store").start()
+    try:
+        engine = EngineConfig(prefix="rg" + uuid.uuid4().hex[:8])
+        t = await Transport.connect(NatsConfig.from_url(server.url), engine, create=True)
+        try:
+            consumer = await t.command_consumer(
+                WorkerConfig(ack_wait=timedelta(seconds=ack_wait), max_concurrent=10)
+            )
+            for _ in range(8):
+                fetching = asyncio.create_task(consumer.fetch(10, timeout=2.0))
+                await asyncio.sleep(0.3)  # a pull request is open
+                await asyncio.to_thread(server.kill)
+                await asyncio.to_thread(server.start)
+                assert await fetching == []
+                for _ in range(100):
+                    if t.nc.is_connected:
+                        break
+                    await asyncio.sleep(0.1)
+            await t.publish_command(
+                pb.Command(invocation_id="x", workflow="w", kind=pb.COMMAND_KIND_START),
+                msg_id="start:x",
+            )
+            deliveries = await consumer.fetch(1, timeout=10.0)
+            assert len(deliveries) == 1
+            left = deliveries[0].held_until - time.monotonic()
+            assert left > ack_wait / 2, f"a fresh delivery is held for {left:.1f}s more only"
+        finally:
+            await t.close()
+    finally:
+        server.stop()
+
+
+async def test_a_workflow_that_swallows_its_suspension_runs_no_step_before_it_wakes(
+    server: NatsServer,
+) -> None:
+    """8. (Issue 14, found by the widened chaos run.) The engine suspends a run whose steps all
+    wait by cancelling the workflow's task; a workflow that catches BaseException around the
+    wait swallowed that and ran its next step at once, before the wait was over."""
+    effects: list[str] = []
+    swallowed = BaseException  # the reckless pattern under test, as users write it
+
+    async def reckless_sleeper(ctx: Context) -> str:
+        async def step(name: str) -> str:
+            effects.append(name)
+            return name
+
+        try:  # noqa: SIM105
+            await ctx.sleep(timedelta(minutes=10))
+        except swallowed:
+            pass
+        return await ctx.run("b", step, "b")
+
+    async with _worker_and_client(server, Transport, reckless_sleeper) as client:
+        t = client._t
+        inv = await client.invoke_async("reckless_sleeper")
+        kinds: list[int] = []
+        for _ in range(200):
+            kinds = [r.entry.kind for r in await t.read_journal(inv)]
+            if pb.ENTRY_KIND_SUSPENDED in kinds:
+                break
+            await asyncio.sleep(0.05)
+        await _wait_until_settled(t)
+        kinds = [r.entry.kind for r in await t.read_journal(inv)]
+    assert effects == [], f"a step ran while the run was being suspended: {effects}"
+    assert pb.ENTRY_KIND_RUN not in kinds, [pb.EntryKind.Name(k) for k in kinds]
+    assert kinds[-1] == pb.ENTRY_KIND_SUSPENDED, [pb.EntryKind.Name(k) for k in kinds]
+
+
+async def test_a_run_released_at_shutdown_runs_no_further_step(server: NatsServer) -> None:
+    """9. (Issue 14, the same family.) A worker stopping past its shutdown grace cancels its
+    executions and hands their commands back at once, so another processor may run them
+    now; but the workflow's own task was left running and went on to its next step."""
+    step = _StepA()
+    effects, in_step, release = step.effects, step.in_step, step.release
+
+    async def slow(ctx: Context) -> str:
+        return await ctx.run("a", step, "a") + await ctx.run("b", step, "b")
+
+    engine = EngineConfig(prefix="rg" + uuid.uuid4().hex[:8])
+    registry = WorkflowRegistry()
+    registry.register(slow)
+    t = await Transport.connect(NatsConfig.from_url(server.url), engine, create=True)
+    worker = Worker(t, registry, WorkerConfig(shutdown_grace=timedelta(seconds=0.5)))
+    running = asyncio.create_task(worker.run())
+    client = await Client.connect(server.url, engine=engine)
+    try:
+        await client.invoke_async("slow")
+        await asyncio.wait_for(in_step.wait(), 10)
+        worker.stop()
+        await asyncio.wait_for(running, 30)  # the grace ran out: the run was released
+        release.set()  # step a ends now: nothing of the released run may go on
+        for _ in range(20):  # a while for step b to show up, if it would
+            if len(effects) > 1:
+                break
+            await asyncio.sleep(0.05)
+        assert effects == ["a"], f"a released run went on: {effects}"
+    finally:
+        release.set()
+        worker.stop()
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(running, 30)
+        await client.close()
+        await t.close()

@@ -1,71 +1,172 @@
-"""The workload: N order_processing invocations offered at a steady rate.
+"""The workload: N invocations of a seeded mix, offered at a steady rate.
 
 Submission ``i`` starts at ``t0 + i / rate`` whatever happened to the ones before it (a stalled
 submission does not delay the next), and is retried with the same invocation id until the
-client sees it acknowledged: a retried submission is stored once (state create, message id
-``start:<id>``), so retries can never start an order twice.
+client sees it acknowledged: a retried submission is stored once (message id ``start:<id>``),
+so retries can never start one twice.
+
+The mix (``MIX``; each draw from the seeded RNG, so a seed gives the same workload):
+
+* ``order_processing`` without a partition key;
+* ``order_processing`` and ``chaos_waits`` **with a partition key** (a handful of invocations
+  per key): a keyed submission is sent only once the previous one of its key was
+  acknowledged, so the key's submission order is known and the checker can hold the runs to
+  it (one at a time, in that order);
+* ``chaos_waits``: a sleep, an **awakeable** the workload resolves from outside through the
+  client (a seeded 0-4 s after the submission was acknowledged, so before or after the
+  workflow reaches its wait), and a **child** workflow;
+* ``careless_order`` / ``reckless_order``: every step inside ``try/except Exception`` /
+  ``BaseException``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
 import time
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from durable_core import Client
+from durable_core import AlreadyResolvedError, Client
 
-WORKFLOW = "order_processing"
+ORDER = "order_processing"
+WAITS = "chaos_waits"
+CARELESS = "careless_order"
+RECKLESS = "reckless_order"
+
+MIX: Mapping[str, float] = {
+    "order": 0.45,
+    "keyed": 0.20,
+    "waits": 0.20,
+    "careless": 0.10,
+    "reckless": 0.05,
+}
+"""Share of each kind of invocation in the chaos run."""
+
+ORDERS_ONLY: Mapping[str, float] = {"order": 1.0}
+
+SLEEPS_MS = (500, 1500, 2500, 4000)
+"""chaos_waits sleeps: up to 2 s they wait in the processor, longer ones on a server timer."""
 
 
 def invocation_id(i: int) -> str:
     return f"chaos-{i:05d}"
 
 
-def order_args(i: int) -> dict[str, Any]:
-    return {"order_id": f"order-{i:05d}", "amount_cents": 100 + i}
+def awakeable_id(iid: str) -> str:
+    """The id of chaos_waits' only awakeable (``awk.<invocation>.<n>``, n from 1)."""
+    return f"awk.{iid}.1"
+
+
+def approval(iid: str) -> dict[str, str]:
+    """The payload the workload resolves an invocation's awakeable with."""
+    return {"approved_by": "chaos-workload", "for": iid}
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """One invocation of the workload, decided before the run (from the seed alone)."""
+
+    iid: str
+    workflow: str
+    args: dict[str, Any]
+    key: str | None = None
+    resolve_after: float | None = None  # seconds after acknowledgement (chaos_waits)
+
+
+def plan(n: int, rng: random.Random, mix: Mapping[str, float] = MIX) -> list[Planned]:
+    """``n`` invocations drawn from ``mix``; keyed ones spread over ``max(2, n // 25)`` keys."""
+    kinds, weights = zip(*mix.items(), strict=True)
+    keys = [f"key-{k:03d}" for k in range(max(2, n // 25))]
+    out = []
+    for i in range(n):
+        iid = invocation_id(i)
+        args: dict[str, Any] = {"order_id": f"order-{i:05d}", "amount_cents": 100 + i}
+        kind = rng.choices(kinds, weights)[0]
+        if kind == "keyed":
+            key = rng.choice(keys)
+            if rng.random() < 0.25:
+                args["sleep_ms"] = rng.choice(SLEEPS_MS)
+                out.append(Planned(iid, WAITS, args, key, rng.uniform(0.0, 4.0)))
+            else:
+                out.append(Planned(iid, ORDER, args, key))
+        elif kind == "waits":
+            args["sleep_ms"] = rng.choice(SLEEPS_MS)
+            out.append(Planned(iid, WAITS, args, None, rng.uniform(0.0, 4.0)))
+        elif kind == "careless":
+            out.append(Planned(iid, CARELESS, args))
+        elif kind == "reckless":
+            out.append(Planned(iid, RECKLESS, args))
+        else:
+            out.append(Planned(iid, ORDER, args))
+    return out
 
 
 class Workload:
-    """Submits ``n`` invocations at ``rate`` per second.
+    """Submits the planned invocations at ``rate`` per second and resolves their awakeables.
 
     Attributes:
         submitted: id -> args of each invocation the client saw acknowledged.
+        workflows: id -> workflow of every planned invocation.
         unacknowledged: ids never acknowledged within ``give_up`` seconds of retries.
+        key_order: partition key -> its acknowledged invocations in submission order.
+        resolved: awakeable id -> the payload it was resolved with.
+        unresolved: awakeable ids whose resolution never got through (with why).
         retries: submissions that needed more than one attempt.
+        acked_at: id -> when its submission was acknowledged (wall clock, seconds).
     """
 
     def __init__(
         self,
         client: Client,
-        n: int,
+        planned: list[Planned],
         rate: float,
         *,
         give_up: float = 150.0,
         log: Callable[[str], None] = print,
     ) -> None:
         self.client = client
-        self.n = n
+        self.planned = planned
+        self.n = len(planned)
         self.rate = rate
         self.give_up = give_up
         self.log = log
         self.submitted: dict[str, dict[str, Any]] = {}
+        self.workflows = {p.iid: p.workflow for p in planned}
         self.unacknowledged: set[str] = set()
+        self.key_order: dict[str, list[str]] = defaultdict(list)
+        self.resolved: dict[str, Any] = {}
+        self.unresolved: dict[str, str] = {}
         self.retries = 0
+        self.acked_at: dict[str, float] = {}
         self.started_at = 0.0
         self.offered_until = 0.0  # when the last submission was started
         self.offered = asyncio.Event()  # the last submission has started
         self.done = asyncio.Event()  # ... and every one has been answered (or given up)
+        self._stop = asyncio.Event()
+        self._key_turn: dict[str, asyncio.Future[None]] = {}
+
+    def stop(self) -> None:
+        """Offer no more (the soak's end); what was submitted is still followed up."""
+        self._stop.set()
 
     async def run(self) -> None:
         self.started_at = time.monotonic()
-        tasks = []
+        tasks: list[asyncio.Task[None]] = []
         try:
-            for i in range(self.n):
+            for i, p in enumerate(self.planned):
                 delay = self.started_at + i / self.rate - time.monotonic()
                 if delay > 0:
-                    await asyncio.sleep(delay)
-                tasks.append(asyncio.create_task(self._submit(i)))
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stop.wait(), delay)
+                if self._stop.is_set():
+                    break
+                tasks.append(asyncio.create_task(self._submit(p)))
+                if len(tasks) > 2000:  # a long soak: keep only the unfinished
+                    tasks = [t for t in tasks if not t.done()]
             self.offered_until = time.monotonic()
             self.offered.set()
             await asyncio.gather(*tasks)
@@ -75,25 +176,69 @@ class Workload:
             self.offered.set()
             self.done.set()
 
-    async def _submit(self, i: int) -> None:
-        iid, args = invocation_id(i), order_args(i)
+    async def _submit(self, p: Planned) -> None:
+        turn: asyncio.Future[None] | None = None
+        if p.key is not None:
+            previous = self._key_turn.get(p.key)
+            turn = asyncio.get_running_loop().create_future()
+            self._key_turn[p.key] = turn
+            if previous is not None:
+                await asyncio.shield(previous)  # its submission was answered (or given up)
+        try:
+            if not await self._acknowledged(p):
+                return
+            if p.key is not None:
+                self.key_order[p.key].append(p.iid)
+        finally:
+            if turn is not None:
+                turn.set_result(None)
+        if p.resolve_after is not None:
+            await asyncio.sleep(p.resolve_after)
+            await self._resolve(p.iid)
+
+    async def _acknowledged(self, p: Planned) -> bool:
         deadline = time.monotonic() + self.give_up
         attempt = 0
         while True:
             attempt += 1
             try:
                 got = await asyncio.wait_for(
-                    self.client.invoke_async(WORKFLOW, args, id=iid), timeout=40
+                    self.client.invoke_async(p.workflow, p.args, id=p.iid, partition_key=p.key),
+                    timeout=40,
                 )
             except Exception as e:  # noqa: BLE001 - NATS errors of every kind: retry
                 if time.monotonic() > deadline:
-                    self.log(f"workload: giving up on {iid} after {attempt} attempts: {e!r}")
-                    self.unacknowledged.add(iid)
-                    return
+                    self.log(f"workload: giving up on {p.iid} after {attempt} attempts: {e!r}")
+                    self.unacknowledged.add(p.iid)
+                    return False
                 if attempt == 1:
                     self.retries += 1
                 await asyncio.sleep(min(0.2 * attempt, 2.0))
                 continue
-            assert got == iid, (got, iid)
-            self.submitted[iid] = args
+            assert got == p.iid, (got, p.iid)
+            self.submitted[p.iid] = p.args
+            self.acked_at[p.iid] = time.time()
+            return True
+
+    async def _resolve(self, iid: str) -> None:
+        """Resolve the invocation's awakeable, retrying until it is surely stored once."""
+        aid, payload = awakeable_id(iid), approval(iid)
+        deadline = time.monotonic() + self.give_up
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await asyncio.wait_for(self.client.resolve_awakeable(aid, payload), timeout=40)
+            except AlreadyResolvedError:
+                if attempt == 1:  # nobody else resolves it: only our own earlier try could
+                    self.unresolved[aid] = "already resolved at the first try"
+                    return
+            except Exception as e:  # noqa: BLE001 - NATS errors of every kind: retry
+                if time.monotonic() > deadline:
+                    self.log(f"workload: giving up resolving {aid}: {e!r}")
+                    self.unresolved[aid] = repr(e)
+                    return
+                await asyncio.sleep(min(0.2 * attempt, 2.0))
+                continue
+            self.resolved[aid] = payload
             return

@@ -27,7 +27,7 @@ import contextlib
 import json
 import logging
 import time
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import nats.errors
 from nats.aio.client import Client as NatsClient
@@ -37,28 +37,30 @@ log = logging.getLogger("durable_core.transport")
 
 __all__ = ["CommandConsumer", "Delivery", "MsgQueue"]
 
+T = TypeVar("T")
 
-class MsgQueue:
+
+class _Queue(Generic[T]):
     """The messages of one subscription (its callback is ``put``), taken without a task and
     a timer per message as ``Subscription.next_msg`` makes."""
 
     __slots__ = ("_msgs", "_waiter")
 
     def __init__(self) -> None:
-        self._msgs: collections.deque[Msg] = collections.deque()
+        self._msgs: collections.deque[T] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None
 
-    async def put(self, msg: Msg) -> None:
+    async def put(self, msg: T) -> None:
         self._msgs.append(msg)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def take(self) -> Msg | None:
+    def take(self) -> T | None:
         """The next message if one is there."""
         return self._msgs.popleft() if self._msgs else None
 
-    async def get(self, timeout: float) -> Msg:
+    async def get(self, timeout: float) -> T:
         """The next message; TimeoutError if none comes within ``timeout`` seconds (one
         reader at a time)."""
         if not self._msgs:
@@ -73,6 +75,9 @@ class MsgQueue:
             if not self._msgs:
                 raise TimeoutError
         return self._msgs.popleft()
+
+
+MsgQueue = _Queue[Msg]
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
@@ -201,13 +206,27 @@ class Delivery:
         return self._msg.reply
 
 
+class _Pull:
+    """One pull request: when it was sent, what it may still bring, when it expires, and the
+    subscription on its own reply subject."""
+
+    __slots__ = ("credit", "expires", "sent", "sub")
+
+    def __init__(self, sent: float, credit: int, expires: float, sub: Any) -> None:
+        self.sent, self.credit, self.expires, self.sub = sent, credit, expires, sub
+
+
 class CommandConsumer:
     """Pulls command deliveries from the shared durable consumer.
 
-    One subscription on a private inbox and one pull request open at a time: a command is
-    handed over as soon as it arrives (a fetch never waits for a batch to fill up), and the
-    next request goes out when the open one is used up or expires. Each delivery's ``floor``
-    is when the oldest request that may still bring messages was sent.
+    One pull request open at a time: a command is handed over as soon as it arrives (a fetch
+    never waits for a batch to fill up), and the next request goes out when the open one is
+    used up or expires. Each request has a reply subject (and subscription) of its own, so
+    each delivery's ``floor`` is when the very request that brought it was sent. (Telling
+    requests apart by the order in which they end is not enough: a request open while the
+    connection was down ends without a status, as the server just forgets it, and every
+    later floor would count from a request long gone. Nor can one wildcard subscription tell
+    them apart: a delivered message carries the stream's subject, not the reply subject.)
     """
 
     def __init__(self, nc: NatsClient, next_subject: str, ack_wait: float) -> None:
@@ -215,19 +234,17 @@ class CommandConsumer:
         self._next_subject = next_subject
         self._ack_wait = ack_wait
         self._inbox = nc.new_inbox()
-        self._queue = MsgQueue()
-        self._sub: Any = None
+        self._queue: _Queue[tuple[int, Msg]] = _Queue()
+        self._sent = 0  # pull requests sent; the last one is the open one
         self._credit = 0  # messages the open request may still bring
         self._until = 0.0  # when it expires (monotonic)
-        # [sent at, messages it may still bring, expires at] of requests not yet used up or
-        # ended by the server, oldest first: the server serves them in order.
-        self._open: collections.deque[list[float]] = collections.deque()
-        self._last_sent = 0.0
+        self._open: dict[int, _Pull] = {}  # requests not known to be used up or ended
+        self._done: list[Any] = []  # subscriptions of requests that are over
         self.answered_at = time.monotonic()  # the server's last delivery or request expiry
         self.trouble = ""  # the last status that ended a pull request abnormally
 
     async def start(self) -> None:
-        self._sub = await self._nc.subscribe(self._inbox, cb=self._queue.put)
+        """Nothing to set up before the first fetch (each request subscribes for itself)."""
 
     @property
     def expires(self) -> float:
@@ -246,69 +263,98 @@ class CommandConsumer:
             if self._credit <= 0 or now >= self._until:
                 await self._request(batch, self.expires)
             try:
-                msg = await self._queue.get(min(deadline, self._until) - now)
+                n, msg = await self._queue.get(min(deadline, self._until) - now)
             except TimeoutError:
                 continue
             status = msg.headers.get("Status") if msg.headers else None
             if status:
                 # 408: the request expired; 409: the server ended it (leadership change,
                 # too many waiting requests, ...). Either way it is over.
-                self._ended(msg)
+                self._ended(n, msg)
                 if status != "408":
                     log.debug("pull request ended: %s %s", status, msg.headers)
                     await asyncio.sleep(min(0.1, max(deadline - time.monotonic(), 0)))
                 continue
-            out = [self._delivery(msg), *self._take(batch - 1)]
+            out = [self._delivery(n, msg), *self._take(batch - 1)]
+        await self._unsubscribe_done()
         return out
 
     def _take(self, batch: int) -> list[Delivery]:
         out: list[Delivery] = []
-        while len(out) < batch and (msg := self._queue.take()) is not None:
+        while len(out) < batch and (item := self._queue.take()) is not None:
+            n, msg = item
             if msg.headers and msg.headers.get("Status"):
-                self._ended(msg)
+                self._ended(n, msg)
                 continue
-            out.append(self._delivery(msg))
+            out.append(self._delivery(n, msg))
         return out
 
-    def _delivery(self, msg: Msg) -> Delivery:
+    def _delivery(self, n: int, msg: Msg) -> Delivery:
         self.answered_at, self.trouble = time.monotonic(), ""
-        self._credit -= 1
+        if n == self._sent:
+            self._credit -= 1
         self._prune()
-        floor = self._open[0][0] if self._open else self._last_sent
-        if self._open:
-            self._open[0][1] -= 1
-            if self._open[0][1] <= 0:
-                self._open.popleft()
+        pull = self._open.get(n)
+        if pull is None:
+            # A request forgotten long after it expired: no bound is known, so none is
+            # claimed (the run stops at its first step and the command goes back).
+            floor = time.monotonic() - self._ack_wait
+        else:
+            floor = pull.sent
+            pull.credit -= 1
+            if pull.credit <= 0:
+                self._over(n)
         return Delivery(msg, nc=self._nc, ack_wait=self._ack_wait, floor=floor)
 
-    def _ended(self, msg: Msg) -> None:
-        """A status message: the oldest open request is over."""
-        self._credit = 0
-        if self._open:
-            self._open.popleft()
+    def _ended(self, n: int, msg: Msg) -> None:
+        """A status message: request ``n`` is over."""
+        self._over(n)
+        if n == self._sent:
+            self._credit = 0
         headers = msg.headers or {}
         if headers.get("Status") == "408":
             self.answered_at, self.trouble = time.monotonic(), ""
         else:
             self.trouble = f"{headers.get('Status')} {headers.get('Description', '')}".strip()
 
+    def _over(self, n: int) -> None:
+        pull = self._open.pop(n, None)
+        if pull is not None:
+            self._done.append(pull.sub)
+
     def _prune(self) -> None:
-        # A request whose end the server never reported (a status lost in a reconnect) would
-        # keep every later floor in the past: forget it well after it expired.
+        # A request whose end the server never reported (it was open during a disconnect)
+        # brings nothing any more: forget it well after it expired.
         horizon = time.monotonic() - self._ack_wait - 5.0
-        while len(self._open) > 1 and self._open[0][2] < horizon:
-            self._open.popleft()
+        for n in [n for n, pull in self._open.items() if pull.expires < horizon]:
+            self._over(n)
+
+    async def _unsubscribe_done(self) -> None:
+        done, self._done = self._done, []
+        for sub in done:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
 
     async def _request(self, batch: int, expires: float) -> None:
         req = json.dumps({"batch": batch, "expires": int(expires * 1e9)}).encode()
+        self._prune()
+        await self._unsubscribe_done()
+        self._sent += 1
+        n = self._sent
+        reply = f"{self._inbox}.{n}"
+        queue = self._queue
+
+        async def arrived(msg: Msg) -> None:
+            await queue.put((n, msg))
+
+        sub = await self._nc.subscribe(reply, cb=arrived)
         sent = time.monotonic()
         if not self._open:
             # Nothing was asked meanwhile (every slot was busy): the silence counts from now.
             self.answered_at = max(self.answered_at, sent)
         self._credit, self._until = batch, sent + expires - 0.01
-        self._open.append([sent, float(batch), sent + expires])
-        self._last_sent = sent
-        await self._nc.publish(self._next_subject, req, reply=self._inbox)
+        self._open[n] = _Pull(sent, batch, sent + expires, sub)
+        await self._nc.publish(self._next_subject, req, reply=reply)
 
     async def close(self) -> None:
         """Stop taking commands; those delivered but never fetched go back at once.
@@ -319,9 +365,12 @@ class CommandConsumer:
         left = self._until - time.monotonic()
         if self._credit > 0 and left > 0:
             await asyncio.sleep(left)
-        with contextlib.suppress(nats.errors.Error):
-            await self._sub.unsubscribe()
-        while (msg := self._queue.take()) is not None:
+        self._done += [pull.sub for pull in self._open.values()]
+        await self._unsubscribe_done()
+        while (item := self._queue.take()) is not None:
+            n, msg = item
             if not (msg.headers and msg.headers.get("Status")):
                 with contextlib.suppress(Exception):
-                    await self._delivery(msg).nak()
+                    await self._delivery(n, msg).nak()  # its request's bound still applies
+        self._open.clear()
+        self._done.clear()

@@ -1008,20 +1008,21 @@ class _Execution:
             waiting.add(expiry)
         try:
             await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            # Shutdown released this run (its command goes back at once): the workflow's
+            # own task must not go on behind it.
+            await self._halt(task, "released")
+            raise
         finally:
             interrupted.cancel()
             if expiry is not None:
                 expiry.cancel()
         if expiry is not None and expiry.done() and not expiry.cancelled() and not task.done():
-            task.cancel()  # past the execution timeout: stop where it is and fail
-            with contextlib.suppress(BaseException):
-                await task
+            await self._halt(task, "past its execution timeout")  # stop where it is and fail
             await self._finish(pb.STATUS_FAILED, failure=_timed_out(deadline))
             return
         if not task.done():
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+            await self._halt(task, "suspending" if not self.rerun else "running again")
             self.children = list(ctx.children)
             if self.rerun:
                 raise _Rerun
@@ -1068,6 +1069,19 @@ class _Execution:
             await self._finish(pb.STATUS_CANCELLED, output=output)
             return
         await self._finish(pb.STATUS_COMPLETED, output=output)
+
+    async def _halt(self, task: asyncio.Future[Any], why: str) -> None:
+        """Cancel the workflow's task and wait for it to end, refusing every step it tries
+        meanwhile: a workflow that swallows the cancellation (``except BaseException``) must
+        not run another step. The engine's own entries (suspension, failure) go on after."""
+        halted = _Halted(f"this run is {why}")
+        if self.stopped is None:
+            self.stopped = halted
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        if self.stopped is halted:
+            self.stopped = None
 
     @staticmethod
     def _failure(e: BaseException, ctx: Context) -> pb.Failure:
@@ -1225,6 +1239,11 @@ class _NotIdle(SuspendExecution):
 
 class _LostHold(SuspendExecution):
     """This processor may no longer hold the command: stop before the next step."""
+
+
+class _Halted(SuspendExecution):
+    """The engine is ending this run (to suspend it, run it again or fail it at its timeout):
+    the workflow may not run another step."""
 
 
 class _BadInput(InvalidInputError):

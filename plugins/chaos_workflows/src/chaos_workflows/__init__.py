@@ -1,0 +1,113 @@
+"""Workflows the chaos suite and the soak run (``tests/chaos``), around the example OrderService.
+
+Every side effect is an OrderService call, which records each call with its idempotency key
+(``<invocation>:<step>``), so the chaos checker can hold every step against the journal.
+
+- ``chaos_waits``: Validate, a durable sleep, an awakeable that the workload resolves from
+  outside, a child workflow (``chaos_charge``) that charges, then Ship. Step numbers: 1
+  Validate, 2 sleep, 3 awakeable, 4 child, 5 Ship; the child's Charge is its own step 1.
+- ``chaos_charge``: the child: one Charge.
+- ``careless_order``: order_processing written carelessly: every step inside
+  ``try: ... except Exception:``, the error noted and the next step run regardless. The engine's
+  control-flow signals are BaseExceptions, so a run that loses its claim still stops; what
+  the workflow caught is in its output (``caught``), which the checker wants empty.
+- ``reckless_order``: the same with ``except BaseException``, which swallows even those
+  signals; the engine must still refuse every step of a run it stopped.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from durable_core import Context, WorkflowRegistry, grpc_service, hookimpl
+from durable_examples.order.v1.order_pb2 import ChargeRequest, ShipRequest, ValidateRequest
+from durable_examples.order.v1.order_pb2_grpc import OrderServiceStub
+
+orders = grpc_service(OrderServiceStub)
+
+MAX_SLEEP_MS = 60_000
+
+
+def _order(args: dict[str, Any] | None) -> tuple[str, int]:
+    args = args or {}
+    return str(args.get("order_id", "")), int(args.get("amount_cents", 0))
+
+
+async def chaos_waits(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    """Validate, sleep ``sleep_ms``, wait for the awakeable ``awk.<id>.1``, charge in a child
+    workflow, ship; returns the order, the awakeable's payload, the charge and the shipment."""
+    order_id, amount = _order(args)
+    sleep_ms = int(args.get("sleep_ms", 1000))
+    if not 0 <= sleep_ms <= MAX_SLEEP_MS:
+        raise ValueError(f"sleep_ms must be 0..{MAX_SLEEP_MS}, not {sleep_ms}")
+    await ctx.call(orders.Validate, ValidateRequest(order_id=order_id, amount_cents=amount))
+    await ctx.sleep(timedelta(milliseconds=sleep_ms))
+    approval = await ctx.awakeable().result()
+    child = await ctx.invoke("chaos_charge", {"order_id": order_id, "amount_cents": amount})
+    shipment = await ctx.call(orders.Ship, ShipRequest(order_id=order_id))
+    return {
+        "order_id": order_id,
+        "approval": approval,
+        "charge_id": child["charge_id"],
+        "tracking_number": shipment.tracking_number,
+    }
+
+
+async def chaos_charge(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    """Charge the order (the child of ``chaos_waits``)."""
+    order_id, amount = _order(args)
+    charge = await ctx.call(orders.Charge, ChargeRequest(order_id=order_id, amount_cents=amount))
+    return {"charge_id": charge.charge_id}
+
+
+async def _order_catching(
+    ctx: Context, args: dict[str, Any], catching: type[BaseException]
+) -> dict[str, Any]:
+    """order_processing's three calls, each inside ``try: ... except catching:``."""
+    order_id, amount = _order(args)
+    caught: list[str] = []
+    charge_id = tracking = ""
+    try:
+        await ctx.call(orders.Validate, ValidateRequest(order_id=order_id, amount_cents=amount))
+    except catching as e:
+        caught.append(f"Validate: {type(e).__name__}: {e}")
+    try:
+        charge = await ctx.call(
+            orders.Charge, ChargeRequest(order_id=order_id, amount_cents=amount)
+        )
+        charge_id = charge.charge_id
+    except catching as e:
+        caught.append(f"Charge: {type(e).__name__}: {e}")
+    try:
+        shipment = await ctx.call(orders.Ship, ShipRequest(order_id=order_id))
+        tracking = shipment.tracking_number
+    except catching as e:
+        caught.append(f"Ship: {type(e).__name__}: {e}")
+    return {
+        "order_id": order_id,
+        "charge_id": charge_id,
+        "tracking_number": tracking,
+        "caught": caught,
+    }
+
+
+async def careless_order(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    """order_processing with every step inside ``try/except Exception`` (see the module)."""
+    return await _order_catching(ctx, args, Exception)
+
+
+async def reckless_order(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    """order_processing with every step inside ``try/except BaseException`` (see the module)."""
+    return await _order_catching(ctx, args, BaseException)
+
+
+@hookimpl
+def durable_register_workflows(registry: WorkflowRegistry) -> None:
+    for fn in (chaos_waits, chaos_charge, careless_order, reckless_order):
+        registry.register(fn)
+
+
+@hookimpl
+def durable_service_addresses() -> dict[str, str]:
+    return {orders.name: "127.0.0.1:9090"}

@@ -1,0 +1,90 @@
+"""The chaos workflows, replayed without NATS or OrderService."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import chaos_workflows
+from chaos_workflows import careless_order, chaos_charge, chaos_waits, reckless_order
+from durable_core import TerminalError, load_plugins
+from durable_core.testing import replay_workflow
+from durable_examples.order.v1.order_pb2 import ChargeResponse, ShipResponse, ValidateResponse
+
+ORDER = {"order_id": "o-1", "amount_cents": 700}
+
+
+def fakes(failing: str = "") -> dict[str, Any]:
+    def fail(req: Any) -> Any:
+        raise TerminalError("refused")
+
+    answers: dict[str, Any] = {
+        "Validate": lambda req: ValidateResponse(valid=True),
+        "Charge": lambda req: ChargeResponse(charge_id=f"ch-{req.order_id}"),
+        "Ship": lambda req: ShipResponse(tracking_number=f"tr-{req.order_id}"),
+    }
+    if failing:
+        answers[failing] = fail
+    return answers
+
+
+@pytest.mark.parametrize("workflow", [careless_order, reckless_order])
+async def test_the_careless_orders_run_three_steps_and_catch_nothing_when_all_goes_well(
+    workflow: Any,
+) -> None:
+    run = await replay_workflow(workflow, ORDER, calls=fakes())
+
+    assert run.output == {
+        "order_id": "o-1",
+        "charge_id": "ch-o-1",
+        "tracking_number": "tr-o-1",
+        "caught": [],
+    }
+    assert [c.metadata["idempotency-key"] for c in run.calls] == [
+        "test-invocation:1",
+        "test-invocation:2",
+        "test-invocation:3",
+    ]
+
+
+@pytest.mark.parametrize("workflow", [careless_order, reckless_order])
+async def test_a_failed_step_is_caught_and_the_next_one_runs_anyway(workflow: Any) -> None:
+    run = await replay_workflow(workflow, ORDER, calls=fakes(failing="Charge"))
+
+    assert run.output["charge_id"] == ""
+    assert run.output["tracking_number"] == "tr-o-1"
+    assert len(run.output["caught"]) == 1
+    assert run.output["caught"][0].startswith("Charge: StepFailedError")
+
+
+async def test_chaos_waits_validates_sleeps_and_parks_on_its_awakeable() -> None:
+    run = await replay_workflow(chaos_waits, {**ORDER, "sleep_ms": 0}, calls=fakes())
+
+    assert run.suspended
+    assert run.waiting_for == ("awakeable awk.test-invocation.1",)
+    assert [e.step for e in run.new_entries] == [1, 2, 3]
+    assert [c.path.rsplit("/", 1)[1] for c in run.calls] == ["Validate"]
+
+
+async def test_chaos_waits_refuses_an_absurd_sleep() -> None:
+    run = await replay_workflow(
+        chaos_waits, {**ORDER, "sleep_ms": 10**9}, calls=fakes(), raise_on_error=False
+    )
+    assert isinstance(run.error, ValueError)
+    assert run.calls == ()
+
+
+async def test_chaos_charge_charges_once() -> None:
+    run = await replay_workflow(chaos_charge, ORDER, calls=fakes())
+
+    assert run.output == {"charge_id": "ch-o-1"}
+    assert [c.metadata["idempotency-key"] for c in run.calls] == ["test-invocation:1"]
+
+
+def test_the_plugin_registers_its_workflows() -> None:
+    plugins = load_plugins(entry_points=False, extra=[chaos_workflows])
+
+    for name in ("chaos_waits", "chaos_charge", "careless_order", "reckless_order"):
+        assert plugins.registry.get(name) is not None
+    assert plugins.service_addresses == {"durable_examples.order.v1.OrderService": "127.0.0.1:9090"}

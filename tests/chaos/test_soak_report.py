@@ -1,0 +1,87 @@
+"""The soak's verdict on synthetic samples: flat passes; growing memory, growing latency and a
+lost invocation each fail it."""
+
+from __future__ import annotations
+
+import os
+
+from .soak import MB, Done, cpu_seconds, rss_bytes, table, verdict, windows
+
+LENGTH, WINDOW = 1800.0, 300.0
+
+
+def samples(
+    growth_mb_per_min: float = 0.0, latency_growth: float = 0.0
+) -> tuple[list[tuple[float, dict[str, int]]], list[Done]]:
+    rss = [
+        (t, {"p1": int((80 + growth_mb_per_min * t / 60) * MB), "n1": 60 * MB})
+        for t in range(0, int(LENGTH), 10)
+    ]
+    done = [Done(t / 10, 0.3 + latency_growth * t / 10 / LENGTH) for t in range(int(LENGTH) * 10)]
+    return rss, done
+
+
+def test_flat_memory_and_latency_pass() -> None:
+    rss, done = samples()
+    ws = windows(LENGTH, WINDOW, rss, done, [(299.0, {"S": (1000, 10)})], [(60.0, "kill p1")])
+    assert len(ws) == 6
+    assert verdict(ws, submitted=len(done), completed=len(done)) == []
+    assert ws[0].sizes == {"S": (1000, 10)} and ws[0].faults == ["kill p1"]
+    assert ws[0].p50 == ws[-1].p50 == 0.3
+    lines = table(ws)
+    assert lines[1] == " 0.0-5.0  min |  3000 | 0.300 | 0.300 |    60.0 |    80.0"
+
+
+def test_memory_that_grows_fails() -> None:
+    # 2 MB a minute: the first window's peak is ~90 MB, the last's ~140 MB > 90 x 1.2 + 10.
+    rss, done = samples(growth_mb_per_min=2.0)
+    ws = windows(LENGTH, WINDOW, rss, done, [])
+    assert verdict(ws, submitted=1, completed=1) == [
+        "p1: RSS 139.7 MB in the last window > 117.6 MB (1.2 x 89.7 MB + 10 MB, window "
+        "0.0-5.0  min)"
+    ]
+    # After a warm-up of 270 s the baseline is the second window (peak ~99.7 MB): still caught.
+    assert verdict(ws, submitted=1, completed=1, warmup=270)[0].startswith(
+        "p1: RSS 139.7 MB in the last window > 129.6 MB"
+    )
+
+
+def test_memory_is_not_judged_without_a_window_after_the_warm_up() -> None:
+    rss, done = samples(growth_mb_per_min=2.0)
+    ws = windows(LENGTH, WINDOW, rss, done, [])
+    assert verdict(ws, submitted=1, completed=1, warmup=LENGTH - WINDOW) == []
+    assert verdict(ws, submitted=1, completed=1, ignore=["p1"]) == []
+
+
+def test_latency_that_grows_fails() -> None:
+    # From 0.3 s to 0.8 s: the last window's median is well past 1.5 x the first's.
+    rss, done = samples(latency_growth=0.5)
+    problems = verdict(windows(LENGTH, WINDOW, rss, done, []), submitted=1, completed=1)
+    assert len(problems) == 1
+    assert problems[0].startswith("p50 latency ")
+
+
+def test_an_invocation_that_did_not_complete_fails() -> None:
+    rss, done = samples()
+    ws = windows(LENGTH, WINDOW, rss, done, [])
+    assert verdict(ws, submitted=10, completed=9) == [
+        "1 of 10 submitted invocations did not complete"
+    ]
+    assert verdict(ws, submitted=1, completed=1, problems=["x: FAILED"]) == ["x: FAILED"]
+
+
+def test_rss_and_cpu_of_this_process_are_read() -> None:
+    mine = rss_bytes(os.getpid())
+    assert mine is not None and mine > MB
+    used = cpu_seconds(os.getpid())
+    assert used is not None and used > 0
+    assert rss_bytes(2**22 + 12345) is None and cpu_seconds(2**22 + 12345) is None
+
+
+def test_cpu_is_counted_between_samples_of_one_pid() -> None:
+    # p1 uses 1 s of CPU every 10 s (10%); it restarts (a new PID) at 450 s, which loses one
+    # interval: the one across the restart.
+    cpu = [(t, {"p1": (1 if t < 450 else 2, (t % 450) / 10)}) for t in range(0, 900, 10)]
+    ws = windows(900.0, 300.0, [], [], [], cpu=cpu)
+    assert [round(w.cpu["p1"], 1) for w in ws] == [29.0, 29.0, 30.0]
+    assert "0.0-5.0  min: p1 10; all 10" in [line.strip() for line in table(ws)]
