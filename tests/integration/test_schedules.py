@@ -159,7 +159,7 @@ async def test_pause_resume_delete_and_invalid_cron(
     with pytest.raises(InvalidInputError, match="invalid cron expression"):
         await sched.create_schedule(t, "bad", "hello_workflow", cron="0 0 31 2 *")
 
-    cli = ["--nats-url", cluster.url, "--prefix", engine.prefix, "--replicas", "3", "schedule"]
+    cli = ["--nats-url", cluster.url, "--prefix", engine.prefix, "schedule"]
     bad = [*cli, "create", "bad", "--workflow", "w", "--cron", "* * * * 8"]
     assert await asyncio.to_thread(cli_main, bad) == 2
     assert await asyncio.to_thread(cli_main, [*cli, "pause", "ghost"]) == 4

@@ -1,0 +1,287 @@
+"""Command deliveries from the processors' consumer, and how long each is surely ours.
+
+Part of the transport layer (it speaks NATS). JetStream redelivers a command whose holder sent
+no progress for ``ack_wait``, to whichever processor pulls next: the holder cannot stop that,
+but it can know, by its own clock, until when the server cannot have done it yet. A
+``Delivery`` keeps that bound (``held_until``) and the engine runs a step only before it:
+
+- the server delivered the message after it received the pull request that brought it, so
+  the deadline is at least ``ack_wait`` after that request was sent (``floor``);
+- each in-progress ack is sent as a request; the server answers once it has reset the
+  deadline. The consumer leader answers before it has replicated the reset, so a leader
+  change can lose the latest one: an answer that arrives before the current bound moves it to
+  ``ack_wait`` after the *previous* answered ack was sent. An answer that arrives later
+  proves nothing (the server may have redelivered meanwhile): the delivery is then ``lost``.
+
+Acks, NAKs and terminations act on the message's stream sequence, whichever delivery's reply
+subject carries them (measured on nats-server 2.15: a NAK from an earlier delivery's subject
+takes the message from its current holder and redelivers it). So a delivery is NAKed or
+terminated only while it is surely held; acked otherwise only when the invocation finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import time
+from typing import Any
+
+import nats.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+
+from durable_core._transport.inbox import MsgQueue
+
+log = logging.getLogger("durable_core.transport")
+
+__all__ = ["CommandConsumer", "Delivery"]
+
+
+class Delivery:
+    """One delivery of a command message: its ack operations, and until when it is surely
+    still ours (``held_until``, monotonic seconds).
+
+    Args:
+        msg: the delivered message.
+        nc: the connection, for in-progress acks that wait for the server's answer.
+        ack_wait: the consumer's ack wait, in seconds.
+        floor: when the pull request that brought the message was sent (monotonic).
+    """
+
+    __slots__ = (
+        "_msg",
+        "_nc",
+        "_previous",
+        "ack_wait",
+        "data",
+        "held_until",
+        "lost",
+        "num_delivered",
+        "settled",
+        "stream_seq",
+    )
+
+    def __init__(self, msg: Msg, *, nc: NatsClient | None, ack_wait: float, floor: float) -> None:
+        self._msg = msg
+        self._nc = nc
+        self.data: bytes = msg.data
+        md = msg.metadata
+        self.num_delivered: int = md.num_delivered or 1
+        self.stream_seq: int = md.sequence.stream if md.sequence else 0
+        self.ack_wait = ack_wait
+        self.held_until = floor + ack_wait
+        self._previous = floor  # when the last answered in-progress ack was sent
+        self.lost = False
+        self.settled = False  # acked, NAKed or terminated by this process
+
+    def surely_held(self, margin: float = 0.0) -> bool:
+        """Whether the server cannot have redelivered this command yet, ``margin`` seconds
+        from now."""
+        return not self.lost and time.monotonic() + margin < self.held_until
+
+    async def heartbeat(self, timeout: float) -> bool:
+        """Send an in-progress ack and wait for the server's answer; True if it moved the
+        bound on. A missing or late answer leaves the bound where it was (or loses it)."""
+        if self._nc is None:
+            await self._msg.in_progress()
+            return False
+        sent = time.monotonic()
+        try:
+            await self._nc.request(self._msg.reply, b"+WPI", timeout=timeout)
+        except Exception as e:  # noqa: BLE001 - the next heartbeat tries again
+            log.debug("in-progress ack of command %d: %s: %s", self.stream_seq, type(e).__name__, e)
+            return False
+        if self.lost:
+            return False
+        if time.monotonic() >= self.held_until:
+            # The answer came after the server may have redelivered: it proves nothing.
+            self.lost = True
+            log.warning(
+                "command %d: an in-progress ack was answered after ack_wait; another processor "
+                "may hold it now",
+                self.stream_seq,
+            )
+            return False
+        self.held_until = max(self.held_until, self._previous + self.ack_wait)
+        self._previous = max(self._previous, sent)
+        return True
+
+    def adopt(self, newer: Delivery) -> None:
+        """Act on ``newer``, a redelivery of this same command to this process, from now on
+        (the run in progress goes on with it instead of a second run starting)."""
+        assert newer.stream_seq == self.stream_seq
+        self._msg = newer._msg
+        self.num_delivered = newer.num_delivered
+        self.held_until, self._previous = newer.held_until, newer._previous
+        self.lost = False
+
+    async def ack(self, *, finished: bool = False) -> None:
+        """Ack while surely held; ``finished``: the invocation is over, so ack in any case
+        (whoever holds the command now would only ack it too)."""
+        if finished or self._settling("ack"):
+            self.settled = True
+            await self._msg.ack()
+
+    async def ack_sync(self) -> None:
+        """Ack a finished invocation's command and wait until the server has it."""
+        self.settled = True
+        await self._msg.ack_sync(timeout=5.0)
+
+    async def nak(self, delay: float | None = None, *, stale_ok: bool = False) -> None:
+        """Hand the command back (while surely held: else it may be someone else's now).
+
+        ``stale_ok``: hand it back even if it may have moved on; only where a NAK that takes it
+        from a later holder cannot start a second run (run locks, see ``durable_core._hold``).
+        """
+        if stale_ok or self._settling("nak"):
+            self.settled = True
+            await self._msg.nak(delay=delay)
+
+    async def term(self) -> None:
+        if self._settling("term"):
+            self.settled = True
+            await self._msg.term()
+
+    def _settling(self, what: str) -> bool:
+        if self.surely_held():
+            return True
+        log.info(
+            "command %d: not sending %s: its ack wait may have run out (it is redelivered)",
+            self.stream_seq,
+            what,
+        )
+        return False
+
+    @property
+    def reply(self) -> str:
+        """The ack subject of this delivery (a processor lease lists the ones it holds)."""
+        return self._msg.reply
+
+
+class CommandConsumer:
+    """Pulls command deliveries from the shared durable consumer.
+
+    One subscription on a private inbox and one pull request open at a time: a command is
+    handed over as soon as it arrives (a fetch never waits for a batch to fill up), and the
+    next request goes out when the open one is used up or expires. Each delivery's ``floor``
+    is when the oldest request that may still bring messages was sent.
+    """
+
+    def __init__(self, nc: NatsClient, next_subject: str, ack_wait: float) -> None:
+        self._nc = nc
+        self._next_subject = next_subject
+        self._ack_wait = ack_wait
+        self._inbox = nc.new_inbox()
+        self._queue = MsgQueue()
+        self._sub: Any = None
+        self._credit = 0  # messages the open request may still bring
+        self._until = 0.0  # when it expires (monotonic)
+        # [sent at, messages it may still bring, expires at] of requests not yet used up or
+        # ended by the server, oldest first: the server serves them in order.
+        self._open: collections.deque[list[float]] = collections.deque()
+        self._last_sent = 0.0
+        self.answered_at = time.monotonic()  # the server's last delivery or request expiry
+        self.trouble = ""  # the last status that ended a pull request abnormally
+
+    async def start(self) -> None:
+        self._sub = await self._nc.subscribe(self._inbox, cb=self._queue.put)
+
+    @property
+    def expires(self) -> float:
+        """How long one pull request stays open: short against ack_wait, since a delivery's
+        bound counts from when its request was sent."""
+        return min(1.0, self._ack_wait / 4)
+
+    async def fetch(self, batch: int, timeout: float) -> list[Delivery]:
+        """Up to ``batch`` deliveries; an empty list if none arrived within ``timeout``."""
+        out = self._take(batch)
+        deadline = time.monotonic() + timeout
+        while not out:
+            now = time.monotonic()
+            if now >= deadline:
+                break
+            if self._credit <= 0 or now >= self._until:
+                await self._request(batch, self.expires)
+            try:
+                msg = await self._queue.get(min(deadline, self._until) - now)
+            except TimeoutError:
+                continue
+            status = msg.headers.get("Status") if msg.headers else None
+            if status:
+                # 408: the request expired; 409: the server ended it (leadership change,
+                # too many waiting requests, ...). Either way it is over.
+                self._ended(msg)
+                if status != "408":
+                    log.debug("pull request ended: %s %s", status, msg.headers)
+                    await asyncio.sleep(min(0.1, max(deadline - time.monotonic(), 0)))
+                continue
+            out = [self._delivery(msg), *self._take(batch - 1)]
+        return out
+
+    def _take(self, batch: int) -> list[Delivery]:
+        out: list[Delivery] = []
+        while len(out) < batch and (msg := self._queue.take()) is not None:
+            if msg.headers and msg.headers.get("Status"):
+                self._ended(msg)
+                continue
+            out.append(self._delivery(msg))
+        return out
+
+    def _delivery(self, msg: Msg) -> Delivery:
+        self.answered_at, self.trouble = time.monotonic(), ""
+        self._credit -= 1
+        self._prune()
+        floor = self._open[0][0] if self._open else self._last_sent
+        if self._open:
+            self._open[0][1] -= 1
+            if self._open[0][1] <= 0:
+                self._open.popleft()
+        return Delivery(msg, nc=self._nc, ack_wait=self._ack_wait, floor=floor)
+
+    def _ended(self, msg: Msg) -> None:
+        """A status message: the oldest open request is over."""
+        self._credit = 0
+        if self._open:
+            self._open.popleft()
+        headers = msg.headers or {}
+        if headers.get("Status") == "408":
+            self.answered_at, self.trouble = time.monotonic(), ""
+        else:
+            self.trouble = f"{headers.get('Status')} {headers.get('Description', '')}".strip()
+
+    def _prune(self) -> None:
+        # A request whose end the server never reported (a status lost in a reconnect) would
+        # keep every later floor in the past: forget it well after it expired.
+        horizon = time.monotonic() - self._ack_wait - 5.0
+        while len(self._open) > 1 and self._open[0][2] < horizon:
+            self._open.popleft()
+
+    async def _request(self, batch: int, expires: float) -> None:
+        req = json.dumps({"batch": batch, "expires": int(expires * 1e9)}).encode()
+        sent = time.monotonic()
+        if not self._open:
+            # Nothing was asked meanwhile (every slot was busy): the silence counts from now.
+            self.answered_at = max(self.answered_at, sent)
+        self._credit, self._until = batch, sent + expires - 0.01
+        self._open.append([sent, float(batch), sent + expires])
+        self._last_sent = sent
+        await self._nc.publish(self._next_subject, req, reply=self._inbox)
+
+    async def close(self) -> None:
+        """Stop taking commands; those delivered but never fetched go back at once.
+
+        The open pull request is left to run out first (at most its ``expires``): a command
+        handed back while it is open would come straight back to it, and so to nobody.
+        """
+        left = self._until - time.monotonic()
+        if self._credit > 0 and left > 0:
+            await asyncio.sleep(left)
+        with contextlib.suppress(nats.errors.Error):
+            await self._sub.unsubscribe()
+        while (msg := self._queue.take()) is not None:
+            if not (msg.headers and msg.headers.get("Status")):
+                with contextlib.suppress(Exception):
+                    await self._delivery(msg).nak()
