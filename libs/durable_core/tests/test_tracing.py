@@ -415,11 +415,20 @@ class SubmitRecorder:
     def __init__(self) -> None:
         self.engine = EngineConfig()
         self.payload_limit = self.engine.max_payload
-        self.submitted: list[tuple[pb.ExecutionState, pb.Command]] = []
+        self.states: list[pb.ExecutionState] = []
+        self.commands: list[pb.Command] = []
 
-    async def submit(self, state: pb.ExecutionState, cmd: pb.Command) -> StateRecord:
-        self.submitted.append((state, cmd))
+    @property
+    def submitted(self) -> list[tuple[pb.ExecutionState, pb.Command]]:
+        return list(zip(self.states, self.commands, strict=True))
+
+    async def create_state(self, state: pb.ExecutionState) -> StateRecord:
+        self.states.append(state)
         return StateRecord(state, 1)  # created (None would mean "the id existed")
+
+    async def publish_command(self, cmd: pb.Command, *, msg_id: str) -> bool:
+        self.commands.append(cmd)
+        return True
 
 
 @pytest.fixture(scope="module")

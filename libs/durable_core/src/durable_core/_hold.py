@@ -66,8 +66,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable
 
-from durable_core._delivery import Delivery
-from durable_core._transport import StateConflict, Transport
+from durable_core._transport import Delivery, StateConflict, Transport
 
 __all__ = ["LEASE_LIST_BYTES", "ProcessorLease", "lock_run", "unlock_run"]
 

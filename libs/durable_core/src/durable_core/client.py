@@ -31,6 +31,7 @@ from durable_core._time import from_ms as _ms_to_dt
 from durable_core._transport import JournalRecord, StateConflict, StateRecord, Transport
 from durable_core.config import EngineConfig, NatsConfig
 from durable_core.context import MAX_SLEEP
+from durable_core.engine import intake
 from durable_core.errors import (
     AlreadyResolvedError,
     ConflictError,
@@ -589,7 +590,7 @@ class Client:
             )
             events = await self._t.state_events(invocation_id) if watch else None
             try:
-                created = await self._t.submit(state, cmd)
+                created = await intake.submit(self._t, state, cmd)
                 if created is None:
                     await self._check_same_arguments(invocation_id, name, payload)
             except BaseException:
@@ -687,8 +688,8 @@ class Client:
             )
         entry = pb.JournalEntry(kind=kind, timestamp_ms=int(time.time() * 1000), writer="client")
         try:
-            seq = await self._t.append_external(
-                invocation_id, entry, f"{verb}:{invocation_id}:{uuid.uuid4().hex}", check
+            seq = await intake.append_external(
+                self._t, invocation_id, entry, f"{verb}:{invocation_id}:{uuid.uuid4().hex}", check
             )
         except _AlreadyThere:
             return Status.from_pb((await self._t.get_state(invocation_id) or rec).state.status)
@@ -727,8 +728,8 @@ class Client:
             kind=pb.ENTRY_KIND_RETRY_REQUEST, timestamp_ms=int(time.time() * 1000), writer="client"
         )
         try:
-            seq = await self._t.append_external(
-                invocation_id, entry, f"retry:{invocation_id}:{rec.revision}", check
+            seq = await intake.append_external(
+                self._t, invocation_id, entry, f"retry:{invocation_id}:{rec.revision}", check
             )
         except _AlreadyThere:
             return Status.from_pb((await self._t.get_state(invocation_id) or rec).state.status)
@@ -984,7 +985,7 @@ class Client:
             raise InvocationFinishedError(
                 f"invocation {invocation_id} is already {Status.from_pb(rec.state.status)}"
             )
-        seq = await self._t.append_external(invocation_id, entry, msg_id, check)
+        seq = await intake.append_external(self._t, invocation_id, entry, msg_id, check)
         st = rec.state
         await self._t.publish_wake(invocation_id, st.workflow, st.partition_key, seq)
 

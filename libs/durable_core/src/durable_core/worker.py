@@ -31,7 +31,6 @@ from typing import Any
 from google.protobuf.message import DecodeError
 
 from durable_core import _codec
-from durable_core._delivery import CommandConsumer, Delivery
 from durable_core._grpc import ChannelPool
 from durable_core._hold import ProcessorLease, lock_run, unlock_run
 from durable_core._journal import FINAL_KINDS, PROCESSOR_KINDS, ReplayMachine, kind_name
@@ -43,7 +42,9 @@ from durable_core._naming import (
 )
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import (
+    CommandConsumer,
     CorruptJournalError,
+    Delivery,
     JournalConflict,
     JournalRecord,
     StateConflict,
@@ -53,6 +54,7 @@ from durable_core._transport import (
 )
 from durable_core.config import WorkerConfig
 from durable_core.context import Context, Submission, Wait
+from durable_core.engine import intake
 from durable_core.errors import (
     DurableError,
     InvalidInputError,
@@ -567,7 +569,7 @@ class _Execution:
             metadata=submission.headers,
         )
         try:
-            await self.t.submit(state, cmd)
+            await intake.submit(self.t, state, cmd)
         except NatsUnavailableError as e:
             self.stopped = _EngineFailure(e)  # the engine's write: stop the run, release it
             raise self.stopped from e
@@ -1166,8 +1168,8 @@ class _Execution:
         if final.HasField("failure"):
             result.failure.CopyFrom(final.failure)
         try:
-            seq = await self.t.append_external(
-                parent, result, f"child-result:{self.id}", check=_unfinished(parent)
+            seq = await intake.append_external(
+                self.t, parent, result, f"child-result:{self.id}", check=_unfinished(parent)
             )
         except InvocationFinishedError:
             return
