@@ -60,10 +60,10 @@ import nats.js.errors
 import pytest
 
 from durable_core import Client, Context, EngineConfig, InvocationTimeoutError, Worker, WorkerConfig
-from durable_core._keys import KeyRecord
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import JournalConflict, Transport
 from durable_core.config import NatsConfig
+from durable_core.engine._keys import KeyRecord
 from durable_core.plugins import WorkflowRegistry
 from durable_core.schedules import create_schedule
 from durable_core.testing import NatsServer

@@ -30,17 +30,17 @@ from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import StateRecord
 from durable_core.client import _trace_context
 from durable_core.context import Submission, Wait
+from durable_core.engine._intake import trace_id as _trace_id
+from durable_core.engine._signals import (
+    BadInputError,
+    EngineFailure,
+    Finished,
+    LostClaim,
+    NotIdle,
+    Rerun,
+)
 from durable_core.interceptors import chain_workflows, outcome_of
 from durable_core.tracing import TracingInterceptor, waits_ended
-from durable_core.worker import (
-    _BadInput,
-    _EngineFailure,
-    _Finished,
-    _LostClaim,
-    _NotIdle,
-    _Rerun,
-    _trace_id,
-)
 from durable_examples.hello.v1.hello_pb2 import HelloRequest, HelloResponse
 from durable_examples.hello.v1.hello_pb2_grpc import HelloServiceStub
 
@@ -379,13 +379,13 @@ async def test_waits_children_and_sends_are_spans_once_and_children_join_the_tra
     [
         (None, "completed"),
         (asyncio.CancelledError(), "suspended"),
-        (_LostClaim([]), "abandoned"),
-        (_Finished(), "abandoned"),
-        (_Rerun(), "abandoned"),
-        (_NotIdle(), "abandoned"),
-        (_EngineFailure(ConnectionError("gone")), "abandoned"),
+        (LostClaim([]), "abandoned"),
+        (Finished(), "abandoned"),
+        (Rerun(), "abandoned"),
+        (NotIdle(), "abandoned"),
+        (EngineFailure(ConnectionError("gone")), "abandoned"),
         (SuspendExecution("any engine signal"), "abandoned"),
-        (_BadInput("bad input"), "failed"),
+        (BadInputError("bad input"), "failed"),
         (StepFailedError("x", step=1, name="n"), "failed"),
         (RuntimeError("user code"), "failed"),
     ],
@@ -395,7 +395,7 @@ def test_outcome_of_knows_the_engines_control_flow(exc: BaseException | None, ou
 
 
 def test_every_engine_signal_is_a_suspend_execution_that_except_exception_cannot_catch() -> None:
-    for signal in (_LostClaim, _Finished, _NotIdle, _Rerun, _EngineFailure):
+    for signal in (LostClaim, Finished, NotIdle, Rerun, EngineFailure):
         assert issubclass(signal, SuspendExecution), signal
         assert not issubclass(signal, Exception), signal
 

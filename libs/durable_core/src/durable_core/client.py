@@ -31,7 +31,7 @@ from durable_core._time import from_ms as _ms_to_dt
 from durable_core._transport import JournalRecord, StateConflict, StateRecord, Transport
 from durable_core.config import EngineConfig, NatsConfig
 from durable_core.context import MAX_SLEEP
-from durable_core.engine import intake
+from durable_core.engine import _intake as intake
 from durable_core.errors import (
     AlreadyResolvedError,
     ConflictError,

@@ -134,7 +134,8 @@ class Delivery:
         """Hand the command back (while surely held: else it may be someone else's now).
 
         ``stale_ok``: hand it back even if it may have moved on; only where a NAK that takes it
-        from a later holder cannot start a second run (run locks, see ``durable_core._hold``).
+        from a later holder cannot start a second run (run locks, see
+        ``durable_core.engine._hold``).
         """
         if stale_ok or self._settling("nak"):
             self.settled = True

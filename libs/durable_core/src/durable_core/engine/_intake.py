@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
+from durable_core._journal import FINAL_KINDS
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import JournalConflict, JournalRecord, StateRecord, Transport
-from durable_core.errors import DurableError, InvalidInputError
+from durable_core.context import Submission
+from durable_core.errors import DurableError, InvalidInputError, InvocationFinishedError
 
-__all__ = ["append_external", "submit"]
+__all__ = ["append_external", "report_to_parent", "submit", "submit_child", "trace_id"]
 
 # Rounds of read, check, fenced append before an external entry gives up.
 _APPEND_ROUNDS = 50
@@ -119,3 +121,68 @@ async def append_external(
         except JournalConflict:
             continue
     raise DurableError(f"journal of {invocation_id} kept changing; try again")
+
+
+async def submit_child(t: Transport, submission: Submission, parent: pb.Command) -> None:
+    """Accept an invocation a workflow starts (a child, or ``ctx.send``) from the run of
+    ``parent``'s command."""
+    now = int(time.time() * 1000)
+    state = pb.ExecutionState(
+        invocation_id=submission.invocation_id,
+        workflow=submission.workflow,
+        status=pb.STATUS_PENDING,
+        args=submission.args,
+        partition_key=submission.partition_key,
+        created_at_ms=now,
+        updated_at_ms=now,
+        parent_id=submission.parent_id,
+        parent_workflow=parent.workflow,
+        parent_partition_key=parent.partition_key,
+        notify_parent=submission.notify_parent,
+        start_at_ms=submission.start_at_ms,
+        trace_context=submission.headers,  # the child's runs join this trace
+        trace_id=trace_id(submission.headers),
+    )
+    cmd = pb.Command(
+        invocation_id=submission.invocation_id,
+        workflow=submission.workflow,
+        args=submission.args,
+        partition_key=submission.partition_key,
+        kind=pb.COMMAND_KIND_START,
+        created_at_ms=now,
+        parent_id=submission.parent_id,
+        metadata=submission.headers,
+    )
+    await submit(t, state, cmd)
+
+
+async def report_to_parent(t: Transport, st: pb.ExecutionState, final: pb.JournalEntry) -> None:
+    """Hand a finished child's outcome (its final entry) to the parent that waits for it; a
+    parent that has finished meanwhile is left alone."""
+    parent, child = st.parent_id, st.invocation_id
+    result = pb.JournalEntry(
+        kind=pb.ENTRY_KIND_CHILD_RESULT,
+        name=child,
+        timestamp_ms=int(time.time() * 1000),
+        writer=f"child:{child}",
+    )
+    if final.HasField("output"):
+        result.output.CopyFrom(final.output)
+    if final.HasField("failure"):
+        result.failure.CopyFrom(final.failure)
+
+    def unfinished(records: list[JournalRecord]) -> None:
+        if any(r.entry.kind in FINAL_KINDS for r in records):
+            raise InvocationFinishedError(f"invocation {parent} has already finished")
+
+    try:
+        seq = await append_external(t, parent, result, f"child-result:{child}", unfinished)
+    except InvocationFinishedError:
+        return
+    await t.publish_wake(parent, st.parent_workflow, st.parent_partition_key, seq)
+
+
+def trace_id(headers: Mapping[str, str]) -> str:
+    """The trace id (32 hex digits) of a W3C ``traceparent`` header, or ""."""
+    parts = headers.get("traceparent", "").split("-")
+    return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else ""
