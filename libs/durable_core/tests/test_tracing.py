@@ -16,7 +16,6 @@ from opentelemetry.trace import SpanKind, StatusCode, format_span_id, format_tra
 
 from durable_core import (
     Client,
-    Context,
     EngineConfig,
     RetryPolicy,
     StepFailedError,
@@ -25,11 +24,11 @@ from durable_core import (
     grpc_service,
 )
 from durable_core._grpc import MethodRef
-from durable_core._journal import ReplayMachine
+from durable_core._journal import ReplayMachine, Submission, Wait
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import StateRecord
 from durable_core.client import _trace_context
-from durable_core.context import Submission, Wait
+from durable_core.engine._context import RunContext
 from durable_core.engine._intake import trace_id as _trace_id
 from durable_core.engine._signals import (
     BadInputError,
@@ -105,10 +104,10 @@ def make_ctx(
     icp: TracingInterceptor,
     entries: Sequence[pb.JournalEntry] = (),
     channels: Channels | None = None,
-) -> tuple[Context, Journal]:
+) -> tuple[RunContext, Journal]:
     machine = ReplayMachine("inv-1", list(entries))
     journal = Journal(machine)
-    ctx = Context(
+    ctx = RunContext(
         invocation_id="inv-1",
         workflow="wf",
         partition_key="pk",

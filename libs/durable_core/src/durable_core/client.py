@@ -24,13 +24,12 @@ from opentelemetry.trace import (
 )
 
 from durable_core import _codec
-from durable_core._journal import STEP_KINDS, ReplayMachine, kind_name
+from durable_core._journal import MAX_SLEEP, STEP_KINDS, ReplayMachine, kind_name
 from durable_core._naming import check_invocation_id, check_workflow_name, encode_partition_key
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._time import from_ms as _ms_to_dt
 from durable_core._transport import JournalRecord, StateConflict, StateRecord, Transport
 from durable_core.config import EngineConfig, NatsConfig
-from durable_core.context import MAX_SLEEP
 from durable_core.engine import _intake as intake
 from durable_core.errors import (
     AlreadyResolvedError,

@@ -220,7 +220,7 @@ def waits_ended(
     # This run's own claim may be there; anything more is an earlier run's after the wake-up.
     if last < 0 or since not in ([], [pb.ENTRY_KIND_CLAIM]):
         return []
-    from durable_core.context import LOCAL_TIMER
+    from durable_core._journal import LOCAL_TIMER
     from durable_core.views import describe
 
     parked_ms = journal[last].timestamp_ms

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from durable_core import _codec
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import is_engine_error
-from durable_core.context import Context
+from durable_core.engine._context import RunContext
 from durable_core.engine._env import now_ms
 from durable_core.engine._signals import BadInputError, EngineFailure, Rerun
 from durable_core.errors import (
@@ -69,7 +69,7 @@ async def run_once(ex: Execution) -> Finish | Suspend:
     ex.waits, ex.rerun = (), False
     ex.interrupt.clear()
     entries = ex.journal.entries
-    ctx = Context(
+    ctx = RunContext(
         invocation_id=ex.id,
         workflow=name,
         partition_key=ex.cmd.partition_key,
@@ -131,7 +131,7 @@ async def run_once(ex: Execution) -> Finish | Suspend:
         task.cancel()
         with contextlib.suppress(BaseException):
             await task
-        ex.children = list(ctx.children)
+        ex.children = list(ctx.steps.children)
         if ex.rerun:
             raise Rerun
         if deadline and deadline - now_ms() < 2000:
@@ -139,11 +139,11 @@ async def run_once(ex: Execution) -> Finish | Suspend:
             await asyncio.sleep(max(deadline - now_ms(), 0) / 1000)
             return Finish(pb.STATUS_FAILED, failure=timed_out(deadline))
         return Suspend()
-    ex.children = list(ctx.children)
+    ex.children = list(ctx.steps.children)
     return _outcome(ex, task, ctx)
 
 
-def _outcome(ex: Execution, task: asyncio.Future[Any], ctx: Context) -> Finish:
+def _outcome(ex: Execution, task: asyncio.Future[Any], ctx: RunContext) -> Finish:
     """How a run whose workflow returned (or raised) ends."""
     try:
         result = task.result()
@@ -162,20 +162,20 @@ def _outcome(ex: Execution, task: asyncio.Future[Any], ctx: Context) -> Finish:
             # NATS refused): release the run, never journal it as the workflow's failure.
             raise EngineFailure(e) from e
         return Finish(pb.STATUS_FAILED, failure=_failure(e, ctx))
-    if ctx.nondeterminism is not None:
-        return Finish(pb.STATUS_FAILED, failure=_failure(ctx.nondeterminism, ctx))
+    if ctx.steps.nondeterminism is not None:
+        return Finish(pb.STATUS_FAILED, failure=_failure(ctx.steps.nondeterminism, ctx))
     try:
         output = _codec.encode(result)
     except InvalidInputError as e:
         return Finish(pb.STATUS_FAILED, failure=pb.Failure(type="InvalidOutput", message=str(e)))
-    if ctx.cancel_delivered:  # it handled the cancellation and returned: still cancelled
+    if ctx.steps.cancel_delivered:  # it handled the cancellation and returned: still cancelled
         return Finish(pb.STATUS_CANCELLED, output=output)
     return Finish(pb.STATUS_COMPLETED, output=output)
 
 
-def _failure(e: BaseException, ctx: Context) -> pb.Failure:
-    if ctx.nondeterminism is not None:
-        nd = ctx.nondeterminism
+def _failure(e: BaseException, ctx: RunContext) -> pb.Failure:
+    nd = ctx.steps.nondeterminism
+    if nd is not None:
         return pb.Failure(type="NonDeterminismError", message=str(nd), step=nd.step)
     if isinstance(e, BadInputError):
         return pb.Failure(type="InvalidInputError", message=str(e))

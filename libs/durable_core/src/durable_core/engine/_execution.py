@@ -19,12 +19,12 @@ import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from durable_core._journal import kind_name
+from durable_core._journal import Submission, Wait, kind_name
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import Delivery, StateConflict, StateRecord
-from durable_core.context import Context, Submission, Wait
 from durable_core.engine import _intake
 from durable_core.engine._attempt import Finish, Suspend, run_once
+from durable_core.engine._context import RunContext
 from durable_core.engine._env import TERMINAL, RunEnv, now_ms
 from durable_core.engine._hold import lock_run, unlock_run
 from durable_core.engine._keys import release_key, take_key
@@ -72,7 +72,7 @@ class Execution:
             observe=lambda kind, seconds, entry: self.observe(kind, seconds=seconds, entry=entry),
             news=self._news,
         )
-        self.ctx: Context | None = None
+        self.ctx: RunContext | None = None
         self.waits: tuple[Wait, ...] = ()
         self.interrupt = asyncio.Event()  # suspend or rerun requested
         self.rerun = False
@@ -82,7 +82,7 @@ class Execution:
         self.lease_epoch = env.lease.epoch  # the lease this run started under
         self._run_lock = 0  # revision of our run lock (commands delivered more than once)
 
-    # -- what the context calls (durable_core.context.Journal) -----------------------------
+    # -- what the context calls (durable_core.engine._step_io.Journal) --------------------
 
     async def append_step(self, entry: pb.JournalEntry) -> None:
         """Journal a step's outcome (fenced)."""
@@ -126,7 +126,7 @@ class Execution:
 
     def _news(self) -> None:
         """Entries from outside arrived: if the workflow waits, run it again to see them."""
-        if self.ctx is not None and self.ctx._parked:
+        if self.ctx is not None and self.ctx.steps.parked:
             self.rerun = True
             self.interrupt.set()
 

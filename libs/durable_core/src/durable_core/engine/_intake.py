@@ -12,10 +12,9 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping
 
-from durable_core._journal import FINAL_KINDS
+from durable_core._journal import FINAL_KINDS, Submission
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import JournalConflict, JournalRecord, StateRecord, Transport
-from durable_core.context import Submission
 from durable_core.errors import DurableError, InvalidInputError, InvocationFinishedError
 
 __all__ = ["append_external", "report_to_parent", "submit", "submit_child", "trace_id"]
