@@ -79,3 +79,20 @@ def test_a_lease_record_reads_back_what_was_written() -> None:
 def test_what_is_not_a_lease_is_refused(data: bytes) -> None:
     with pytest.raises(ValueError, match="lease record|ttl"):
         LeaseRecord.parse(data)
+
+
+@pytest.mark.parametrize(
+    "field",
+    ["journal_length", "forked_from", "rerun_of", "deadline_ms", "parent_id", "notify_parent"],
+)
+def test_only_a_state_the_command_rebuilds_is_created_while_the_start_is_sent(field: str) -> None:
+    # A processor that finds no state yet runs from the command: any field the command does
+    # not carry (a rerun's origin, a fork's journal, a deadline, a parent) would be lost.
+    from durable_core.engine._intake import _rebuildable
+
+    cmd = _start("inv-1")
+    plain = pb.ExecutionState(invocation_id="inv-1", partition_key="inv-1")
+    assert _rebuildable(plain, cmd)
+    value = {"journal_length": 2, "deadline_ms": 5, "notify_parent": True}.get(field, "x")
+    st = pb.ExecutionState(invocation_id="inv-1", partition_key="inv-1", **{field: value})
+    assert not _rebuildable(st, cmd)

@@ -88,7 +88,8 @@ def _rebuildable(state: pb.ExecutionState, cmd: pb.Command) -> bool:
         cmd.kind == pb.COMMAND_KIND_START
         and state.partition_key == state.invocation_id == cmd.invocation_id
         and not (state.parent_id or state.notify_parent or state.parent_workflow)
-        and not (state.journal_length or state.forked_from or state.deadline_ms)
+        and not (state.journal_length or state.forked_from or state.rerun_of)
+        and not state.deadline_ms
         and not state.child_ids
     )
 
