@@ -47,6 +47,8 @@ DEV_TOOLS := pytest pytest-asyncio pytest-timeout grpcio-tools mypy-protobuf ruf
 # What ruff and mypy look at. Generated protobuf code is excluded in ruff.toml and below.
 LINT_PATHS := libs services plugins tests
 TYPED_PACKAGE := libs/durable_core/src/durable_core
+# Files of assert_type() calls that fail the type check when an API's result type regresses.
+TYPED_CHECKS := libs/durable_core/tests/typecheck
 
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
@@ -108,8 +110,8 @@ lint: setup ## ruff check and ruff format --check
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/ruff format --check $(LINT_PATHS)
 
-typecheck: setup ## mypy --strict on durable_core
-	$(BIN)/mypy --strict --exclude '/_pb/' $(TYPED_PACKAGE)
+typecheck: setup ## mypy --strict on durable_core (and the typed results its API promises)
+	$(BIN)/mypy --strict --exclude '/_pb/' $(TYPED_PACKAGE) $(TYPED_CHECKS)
 
 dev: setup ## Run the local development stack
 	$(BIN)/durable dev

@@ -27,7 +27,7 @@ from durable_core._grpc import MethodRef
 from durable_core._journal import ReplayMachine, Submission, Wait
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import StateRecord
-from durable_core.client import _trace_context
+from durable_core.client._submit import trace_context_of as _trace_context
 from durable_core.engine._context import RunContext
 from durable_core.engine._intake import trace_id as _trace_id
 from durable_core.engine._signals import (

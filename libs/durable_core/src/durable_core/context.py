@@ -13,7 +13,7 @@ import abc
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from durable_core._grpc import MethodRef
 from durable_core.retry import RetryPolicy
@@ -145,18 +145,31 @@ class Context(abc.ABC):
         ``reject_awakeable(id, reason)`` completes it, before or after the wait.
         """
 
+    @overload
+    async def wait_for_signal(self, name: str, as_type: type[T]) -> T: ...
+    @overload
+    async def wait_for_signal(self, name: str, as_type: Any = None) -> Any: ...
     @abc.abstractmethod
     async def wait_for_signal(self, name: str, as_type: Any = None) -> Any:
         """Wait for the next signal called ``name`` (``client.signal(id, name, payload)``).
 
-        Signals sent before the wait are kept and delivered in the order they arrived.
+        Signals sent before the wait are kept and delivered in the order they arrived. With
+        ``as_type`` (a dataclass, protobuf message, pydantic model or JSON type) the payload
+        is converted to it, and typed so.
         """
 
     # -- state -----------------------------------------------------------------------------
 
+    @overload
+    def get(self, key: str, default: T, *, as_type: type[T]) -> T: ...
+    @overload
+    def get(self, key: str, default: None = None, *, as_type: type[T]) -> T | None: ...
+    @overload
+    def get(self, key: str, default: Any = None, *, as_type: Any = None) -> Any: ...
     @abc.abstractmethod
-    def get(self, key: str, default: Any = None) -> Any:
-        """The value last set for ``key`` in this invocation (journaled, so replay agrees)."""
+    def get(self, key: str, default: Any = None, *, as_type: Any = None) -> Any:
+        """The value last set for ``key`` in this invocation (journaled, so replay agrees),
+        or ``default``; converted to ``as_type`` when given."""
 
     @abc.abstractmethod
     async def set(self, key: str, value: Any) -> None:
@@ -168,6 +181,24 @@ class Context(abc.ABC):
 
     # -- other invocations -----------------------------------------------------------------
 
+    @overload
+    async def invoke(
+        self,
+        workflow: str,
+        args: Any = None,
+        *,
+        partition_key: str | None = None,
+        as_type: type[T],
+    ) -> T: ...
+    @overload
+    async def invoke(
+        self,
+        workflow: str,
+        args: Any = None,
+        *,
+        partition_key: str | None = None,
+        as_type: Any = None,
+    ) -> Any: ...
     @abc.abstractmethod
     async def invoke(
         self,
@@ -177,7 +208,8 @@ class Context(abc.ABC):
         partition_key: str | None = None,
         as_type: Any = None,
     ) -> Any:
-        """Run a child workflow and wait for its result (suspending meanwhile).
+        """Run a child workflow and wait for its result (suspending meanwhile); with
+        ``as_type`` the result is converted to it, and typed so.
 
         Raises:
             ChildWorkflowError: the child failed; the message carries its error.
@@ -213,8 +245,13 @@ class Awakeable:
         self.id = awakeable_id
         self._wait = wait
 
+    @overload
+    async def result(self, as_type: type[T]) -> T: ...
+    @overload
+    async def result(self, as_type: Any = None) -> Any: ...
     async def result(self, as_type: Any = None) -> Any:
-        """Wait for the resolution's payload (suspending meanwhile).
+        """Wait for the resolution's payload (suspending meanwhile); with ``as_type`` it is
+        converted to it, and typed so.
 
         Raises:
             AwakeableRejectedError: it was rejected; the message carries the reason.

@@ -14,22 +14,16 @@ from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport.connection import Link
 from durable_core._transport.inbox import MsgQueue
 
-__all__ = ["StateEvents", "publish_result", "subscribe_state_events"]
-
-
-def _varint(n: int) -> bytes:
-    """Protobuf's base-128 varint encoding of ``n`` >= 0."""
-    out = bytearray()
-    while n > 0x7F:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
+__all__ = [
+    "StateEvents",
+    "journal_of_result",
+    "publish_result",
+    "result_notice",
+    "subscribe_state_events",
+]
 
 
 _RESULT_HEADER = "Durable-Journal"
-_RESULT_JOURNAL_FIELD = 1000  # never a field of ExecutionState: readers skip it
-_RESULT_JOURNAL_TAG = _varint(_RESULT_JOURNAL_FIELD << 3 | 2)  # length-delimited
 _RESULT_MAX_BYTES = 512 * 1024
 
 
@@ -41,57 +35,37 @@ async def publish_result(
     Sent by the processor once the journal holds the final entry and before the state is
     written, on the subject where the state's changes are republished: a waiting client
     has its result one write earlier, and without reading the journal. The body is the
-    final state followed by the journal's entries as field ``_RESULT_JOURNAL_FIELD``,
-    unknown to ExecutionState (a reader that does not know it sees a plain state); the
-    header ``Durable-Journal`` gives the offset of the entries. A journal too large for
+    final state followed by a ``ResultNotice`` holding the journal (its field 1000 is
+    unknown to ExecutionState: a reader that does not know it sees a plain state); the
+    header ``Durable-Journal`` gives the offset of the notice. A journal too large for
     one message is left out (the client reads it).
     """
-    body = state.SerializeToString()
-    parts = [body]
     limit = min(_RESULT_MAX_BYTES, (link.nc.max_payload or 1024 * 1024) - 16 * 1024)
-    size = len(body)
-    for entry in entries:
-        data = entry.SerializeToString()
-        size += len(data) + 16
-        if size > limit:
-            parts = [body]
-            break
-        parts.append(_RESULT_JOURNAL_TAG + _varint(len(data)) + data)
-    headers = {_RESULT_HEADER: str(len(body))} if len(parts) > 1 else None
+    data, headers = result_notice(state, entries, limit)
     await link.nc.publish(
-        link.names.state_event_subject(state.invocation_id),
-        b"".join(parts),
-        headers=headers,
+        link.names.state_event_subject(state.invocation_id), data, headers=headers
     )
 
 
-def _journal_of_result(data: bytes, offset: str) -> list[pb.JournalEntry] | None:
+def result_notice(
+    state: pb.ExecutionState, entries: Sequence[pb.JournalEntry], limit: int
+) -> tuple[bytes, dict[str, str] | None]:
+    """The body and headers of a result notice (see :func:`publish_result`); the journal is
+    left out when the notice would be over ``limit`` bytes."""
+    body = state.SerializeToString()
+    notice = pb.ResultNotice(journal=entries)
+    if not entries or len(body) + notice.ByteSize() > limit:
+        return body, None
+    return body + notice.SerializeToString(), {_RESULT_HEADER: str(len(body))}
+
+
+def journal_of_result(data: bytes, offset: str) -> list[pb.JournalEntry] | None:
     """The journal entries a result notice carries after its state; None if malformed."""
     try:
-        pos = int(offset)
-        entries = []
-        tag = _RESULT_JOURNAL_TAG
-        while pos < len(data):
-            if data[pos : pos + len(tag)] != tag:
-                return None
-            pos += len(tag)
-            size, shift = 0, 0
-            while True:
-                byte = data[pos]
-                pos += 1
-                size |= (byte & 0x7F) << shift
-                shift += 7
-                if byte < 0x80:
-                    break
-            if pos + size > len(data):
-                return None
-            entry = pb.JournalEntry()
-            entry.ParseFromString(data[pos : pos + size])
-            entries.append(entry)
-            pos += size
-    except (ValueError, IndexError, DecodeError):
+        notice = pb.ResultNotice.FromString(data[int(offset) :])
+    except (ValueError, DecodeError):
         return None
-    return entries or None
+    return list(notice.journal) or None
 
 
 async def subscribe_state_events(link: Link, invocation_id: str) -> StateEvents:
@@ -126,7 +100,7 @@ class StateEvents:
             st.ParseFromString(msg.data)
             return st, None
         st.ParseFromString(msg.data[: int(offset)])
-        return st, _journal_of_result(msg.data, offset)
+        return st, journal_of_result(msg.data, offset)
 
     async def close(self) -> None:
         """Stop listening."""

@@ -440,9 +440,9 @@ class RunContext(Context):
 
     # -- state -----------------------------------------------------------------------------
 
-    def get(self, key: str, default: Any = None) -> Any:  # noqa: D102
+    def get(self, key: str, default: Any = None, *, as_type: Any = None) -> Any:  # noqa: D102
         payload = self.steps.get(key)
-        return default if payload is None else _codec.decode(payload)
+        return default if payload is None else _codec.decode_as(payload, as_type)
 
     async def set(self, key: str, value: Any) -> None:  # noqa: D102
         payload = _codec.encode(value)

@@ -9,15 +9,24 @@ come through here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from durable_core._journal import FINAL_KINDS, Submission
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import JournalConflict, JournalRecord, StateRecord, Transport
 from durable_core.errors import DurableError, InvalidInputError, InvocationFinishedError
 
-__all__ = ["append_external", "report_to_parent", "submit", "submit_child", "trace_id"]
+__all__ = [
+    "Addressee",
+    "deliver_external",
+    "report_to_parent",
+    "submit",
+    "submit_child",
+    "trace_id",
+]
 
 # Rounds of read, check, fenced append before an external entry gives up.
 _APPEND_ROUNDS = 50
@@ -94,7 +103,7 @@ def _rebuildable(state: pb.ExecutionState, cmd: pb.Command) -> bool:
     )
 
 
-async def append_external(
+async def _append_external(
     t: Transport,
     invocation_id: str,
     entry: pb.JournalEntry,
@@ -121,6 +130,40 @@ async def append_external(
         except JournalConflict:
             continue
     raise DurableError(f"journal of {invocation_id} kept changing; try again")
+
+
+@dataclass(frozen=True, slots=True)
+class Addressee:
+    """The invocation an entry from outside is for, and where its wake-up goes."""
+
+    invocation_id: str
+    workflow: str
+    partition_key: str
+
+
+async def deliver_external(
+    t: Transport,
+    to: Addressee,
+    entry: pb.JournalEntry,
+    msg_id: str,
+    check: Callable[[list[JournalRecord]], None] | None = None,
+    *,
+    wake: bool = True,
+    interrupt: bool = False,
+) -> int:
+    """Hand an entry from outside to an invocation: every resolution, signal, lifecycle
+    request and child's result comes this way (the client's verbs, a child's report).
+
+    Appends it (``_append_external``: ``check`` may refuse), then interrupts a run in flight
+    (``interrupt``: a cancellation) and wakes the invocation so a suspended one sees it
+    (``wake``). Returns the entry's sequence.
+    """
+    seq = await _append_external(t, to.invocation_id, entry, msg_id, check)
+    if interrupt:
+        await t.send_control(to.invocation_id, "cancel")
+    if wake:
+        await t.publish_wake(to.invocation_id, to.workflow, to.partition_key, seq)
+    return seq
 
 
 async def submit_child(t: Transport, submission: Submission, parent: pb.Command) -> None:
@@ -175,11 +218,9 @@ async def report_to_parent(t: Transport, st: pb.ExecutionState, final: pb.Journa
         if any(r.entry.kind in FINAL_KINDS for r in records):
             raise InvocationFinishedError(f"invocation {parent} has already finished")
 
-    try:
-        seq = await append_external(t, parent, result, f"child-result:{child}", unfinished)
-    except InvocationFinishedError:
-        return
-    await t.publish_wake(parent, st.parent_workflow, st.parent_partition_key, seq)
+    to = Addressee(parent, st.parent_workflow, st.parent_partition_key)
+    with contextlib.suppress(InvocationFinishedError):
+        await deliver_external(t, to, result, f"child-result:{child}", unfinished)
 
 
 def trace_id(headers: Mapping[str, str]) -> str:
