@@ -240,13 +240,13 @@ class MetricsInterceptor(Interceptor):
 
 
 class ConsumerStats(Protocol):
-    """What the poller needs of the transport (``durable_core._transport.Transport``)."""
+    """What the poller needs of the engine (``durable_core.admin.Engine``)."""
 
     async def consumer_stats(self, consumer: str) -> tuple[int, int, int]: ...
 
 
 async def poll_consumer(
-    transport: ConsumerStats, consumer: str, metrics: ProcessorMetrics, interval: float = 5.0
+    engine: ConsumerStats, consumer: str, metrics: ProcessorMetrics, interval: float = 5.0
 ) -> None:
     """Copy the command consumer's pending and redelivery counts into gauges every ``interval``
     seconds, until cancelled. NATS trouble is logged (once per streak) and retried."""
@@ -254,7 +254,7 @@ async def poll_consumer(
     while True:
         await asyncio.sleep(interval)  # first after one interval: the worker creates the consumer
         try:
-            pending, ack_pending, redelivered = await transport.consumer_stats(consumer)
+            pending, ack_pending, redelivered = await engine.consumer_stats(consumer)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - metrics must never stop the processor

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from durable_core._transport import StateConflict, Transport
+from durable_core.admin import Engine, StateConflict
 from durable_core.engine import LeaseRecord
 from durable_scheduler.metrics import SchedulerMetrics
 
@@ -67,13 +67,13 @@ class Redriver:
 
     def __init__(
         self,
-        transport: Transport,
+        engine: Engine,
         metrics: SchedulerMetrics | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
         check_every: float = 1.0,
     ) -> None:
-        self.t = transport
+        self.engine = engine
         self.metrics = metrics or SchedulerMetrics(runtime_collectors=False)
         self.clock = clock
         self.check_every = check_every
@@ -100,7 +100,7 @@ class Redriver:
     async def _watch_forever(self) -> None:
         while True:
             try:
-                async for item in self.t.watch_leases():
+                async for item in self.engine.watch_leases():
                     if item is not None:
                         self.saw(*item)
             except asyncio.CancelledError:
@@ -128,7 +128,9 @@ class Redriver:
         handed_back = 0
         for lease in [le for le in self.leases.values() if le.lapsed(now)]:
             try:
-                naked = await self.t.redrive_lease(lease.name, lease.revision, lease.record.held)
+                naked = await self.engine.redrive_lease(
+                    lease.name, lease.revision, lease.record.held
+                )
             except StateConflict:
                 # Renewed meanwhile, or another replica claimed it: its watch will tell.
                 continue

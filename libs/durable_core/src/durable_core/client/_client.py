@@ -79,6 +79,11 @@ class Client:
         )
         return cls(transport)
 
+    @property
+    def is_connected(self) -> bool:
+        """Whether the connection to NATS is up now (it reconnects by itself)."""
+        return self._t.connected
+
     async def __aenter__(self) -> Client:
         return self
 

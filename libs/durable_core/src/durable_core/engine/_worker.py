@@ -15,6 +15,7 @@ import os
 import socket
 import time
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from google.protobuf.message import DecodeError
 
@@ -22,7 +23,7 @@ from durable_core._grpc import ChannelPool
 from durable_core._naming import check_invocation_id, check_workflow_name, encode_partition_key
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import CommandConsumer, CorruptJournalError, Delivery, Transport
-from durable_core.config import WorkerConfig
+from durable_core.config import EngineConfig, NatsConfig, WorkerConfig
 from durable_core.engine._env import RunEnv, now_ms
 from durable_core.engine._execution import Execution
 from durable_core.engine._lease import ProcessorLease
@@ -30,6 +31,9 @@ from durable_core.engine._signals import EngineFailure, LostHold
 from durable_core.errors import DurableError, InvalidInputError, NatsUnavailableError
 from durable_core.interceptors import EngineEvent, Interceptor, observe
 from durable_core.plugins import WorkflowRegistry
+
+if TYPE_CHECKING:
+    from durable_core.admin import Engine
 
 __all__ = ["Worker"]
 
@@ -82,6 +86,47 @@ class Worker:
             holds=self.holds,
             counted=self._count,
         )
+
+    @classmethod
+    async def connect(
+        cls,
+        nats: NatsConfig,
+        engine: EngineConfig,
+        registry: WorkflowRegistry,
+        config: WorkerConfig,
+        *,
+        interceptors: Sequence[Interceptor] = (),
+        channels: ChannelPool | None = None,
+        service_defaults: Mapping[str, str] | None = None,
+    ) -> Worker:
+        """Connect to NATS, create the engine's streams and buckets (or check that what
+        exists matches ``engine``: processors are the one place they are made), and make a
+        worker on them. ``close`` closes the connection.
+
+        Raises:
+            NatsUnavailableError: NATS cannot be reached.
+            ConfigError: what exists does not match the configuration.
+        """
+        transport = await Transport.connect(nats, engine, create=True)
+        return cls(
+            transport,
+            registry,
+            config,
+            interceptors=interceptors,
+            channels=channels,
+            service_defaults=service_defaults,
+        )
+
+    @property
+    def engine(self) -> Engine:
+        """The worker's connection to its engine (for probes, metrics and a client)."""
+        from durable_core.admin import Engine  # admin imports the client, which imports this
+
+        return Engine(self.transport)
+
+    async def close(self) -> None:
+        """Close the worker's connection (after :meth:`run` returned)."""
+        await self.transport.close()
 
     def _count(self, completed: bool) -> None:
         if completed:
