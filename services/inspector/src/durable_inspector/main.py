@@ -21,6 +21,7 @@ log = logging.getLogger("durable_inspector")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line's options (each overrides its setting)."""
     p = argparse.ArgumentParser(
         prog="durable-inspector",
         description="Serve the durable inspector: a JSON API and a web UI over executions.",
@@ -34,6 +35,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 async def serve(settings: InspectorSettings) -> int:
+    """Serve the inspector until stopped; the process's exit code."""
     # Connect to NATS before listening, so that a wrong URL fails fast with the library's clear
     # message; the engine's streams are bound in the background (/readyz says when).
     engine = await Engine.connect(settings.nats, settings.engine, bind=False)
@@ -72,6 +74,7 @@ async def _announce(server: uvicorn.Server) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``durable-inspector`` command; its exit code."""
     args = parse_args(argv)
     overrides = {
         "nats_url": args.nats_url,

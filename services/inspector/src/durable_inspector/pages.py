@@ -64,6 +64,7 @@ def _render(request: Request, name: str, status_code: int = 200, **context: Any)
 
 
 def error_page(request: Request, status: int, error: str, detail: str) -> HTMLResponse:
+    """An HTML error page (what a browser gets instead of the API's JSON error)."""
     return _render(
         request,
         "error.html",

@@ -28,6 +28,7 @@ class Runtime:
 
     @property
     def ready(self) -> bool:
+        """Whether the execution index holds the snapshot."""
         return self.index.ready
 
     def not_ready(self) -> str | None:
@@ -52,5 +53,6 @@ class Runtime:
 
 
 def runtime(request: Request) -> Runtime:
+    """The app's shared runtime, from a request."""
     rt: Runtime = request.app.state.inspector
     return rt

@@ -30,6 +30,7 @@ GC_THRESHOLD = 20_000  # allocations between young-generation collections (Pytho
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line's options (each overrides its setting)."""
     p = argparse.ArgumentParser(
         prog="durable-processor",
         description="Run durable workflow invocations from NATS JetStream.",
@@ -56,6 +57,7 @@ async def submit_test_command(settings: ProcessorSettings) -> None:
 
 
 async def serve(settings: ProcessorSettings, *, tracing: bool = False) -> int:
+    """Run the processor until SIGTERM or SIGINT; the process's exit code."""
     plugins = load_plugins()
     log.info(
         "plugins: %s; workflows: %s",
@@ -129,6 +131,7 @@ async def start_metrics_server(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``durable-processor`` command; its exit code."""
     args = parse_args(argv)
     heartbeat = args.heartbeat
     overrides = {

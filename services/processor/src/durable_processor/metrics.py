@@ -199,6 +199,7 @@ class MetricsInterceptor(Interceptor):
         self.metrics = metrics
 
     async def intercept_workflow(self, inp: WorkflowInput, nxt: WorkflowNext) -> Any:
+        """Run the workflow, counting and timing it by workflow and outcome."""
         m = self.metrics
         if not inp.resumed:
             m.started.labels(inp.workflow).inc()
@@ -213,6 +214,7 @@ class MetricsInterceptor(Interceptor):
             m.in_flight.dec()
 
     async def intercept_step(self, inp: StepInput, nxt: StepNext) -> Any:
+        """Run one attempt of a step, counting and timing it by kind and outcome."""
         m = self.metrics
         if inp.attempt > 1:
             m.attempts_retried.labels(inp.kind, inp.workflow).inc()
@@ -226,6 +228,7 @@ class MetricsInterceptor(Interceptor):
             m.step_seconds.labels(inp.kind, inp.workflow).observe(time.perf_counter() - started)
 
     def observe(self, event: EngineEvent) -> None:
+        """Count or time an engine event (schedule-to-start, appends, redeliveries)."""
         m = self.metrics
         if event.kind == "finished":
             counter = {"completed": m.completed, "failed": m.failed, "cancelled": m.cancelled}
@@ -242,7 +245,8 @@ class MetricsInterceptor(Interceptor):
 class ConsumerStats(Protocol):
     """What the poller needs of the engine (``durable_core.admin.Engine``)."""
 
-    async def consumer_stats(self, consumer: str) -> tuple[int, int, int]: ...
+    async def consumer_stats(self, consumer: str) -> tuple[int, int, int]:
+        """The command consumer's pending, ack-pending and redelivered counts."""
 
 
 async def poll_consumer(

@@ -53,6 +53,7 @@ class Janitor:
         self._stopping = asyncio.Event()
 
     def stop(self) -> None:
+        """Stop sweeping; ``run`` returns soon after."""
         self._stopping.set()
 
     async def run(self) -> None:
@@ -68,6 +69,7 @@ class Janitor:
                 await asyncio.wait_for(self._stopping.wait(), self.interval)
 
     def due(self, rec: StateRecord, now_ms: int) -> bool:
+        """Whether a finished execution's retention ran out by ``now_ms``."""
         st = rec.state
         finished = Status.from_pb(st.status).is_terminal
         return finished and st.updated_at_ms + self.retention_ms <= now_ms

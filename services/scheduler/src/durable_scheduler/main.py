@@ -26,6 +26,7 @@ log = logging.getLogger("durable_scheduler")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line's options (each overrides its setting)."""
     p = argparse.ArgumentParser(
         prog="durable-scheduler",
         description="Start workflow invocations when their schedules fire (any number of "
@@ -56,6 +57,7 @@ async def start_metrics_server(
 
 
 async def serve(settings: SchedulerSettings) -> int:
+    """Run the scheduler until SIGTERM or SIGINT; the process's exit code."""
     # NATS first (a wrong URL fails at once), then the probes, then the engine's streams,
     # which only processors create: wait for them, not ready meanwhile.
     engine = await Engine.connect(settings.nats, settings.engine, bind=False)
@@ -108,6 +110,7 @@ async def _run(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``durable-scheduler`` command; its exit code."""
     args = parse_args(argv)
     overrides = {
         "nats_url": args.nats_url,

@@ -81,6 +81,7 @@ class Redriver:
         self._stopping = asyncio.Event()
 
     def stop(self) -> None:
+        """Stop watching; ``run`` returns soon after."""
         self._stopping.set()
 
     async def run(self) -> None:

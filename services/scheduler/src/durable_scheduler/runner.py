@@ -50,9 +50,11 @@ class TickMessage(Protocol):
     stored_at: datetime
     num_delivered: int
 
-    async def ack(self) -> None: ...
+    async def ack(self) -> None:
+        """Acknowledge the tick: it was handled."""
 
-    async def nak(self, delay: float | None = None) -> None: ...
+    async def nak(self, delay: float | None = None) -> None:
+        """Hand the tick back, to come again after ``delay`` seconds."""
 
 
 class Scheduler:

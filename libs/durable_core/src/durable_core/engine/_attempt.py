@@ -156,7 +156,7 @@ def _outcome(ex: Execution, task: asyncio.Future[Any], ctx: RunContext) -> Finis
         raise
     except SuspendExecution:
         raise  # the engine's own control flow (LostClaim, Finished, Rerun, ...)
-    except Exception as e:  # noqa: BLE001 - the workflow failed; journal why
+    except Exception as e:  # the workflow failed: journal why
         if is_engine_error(e):
             # A NATS error the workflow let through (a write of the engine's own that
             # NATS refused): release the run, never journal it as the workflow's failure.

@@ -84,33 +84,33 @@ class RunContext(Context):
     # -- identity and deterministic helpers ------------------------------------------------
 
     @property
-    def invocation_id(self) -> str:  # noqa: D102 - documented on Context
+    def invocation_id(self) -> str:
         return self._invocation_id
 
     @property
-    def workflow(self) -> str:  # noqa: D102
+    def workflow(self) -> str:
         return self._workflow
 
     @property
-    def partition_key(self) -> str:  # noqa: D102
+    def partition_key(self) -> str:
         return self._partition_key
 
     @property
-    def is_replaying(self) -> bool:  # noqa: D102
+    def is_replaying(self) -> bool:
         return self.steps.is_replaying
 
-    def now(self) -> datetime:  # noqa: D102
+    def now(self) -> datetime:
         return self.steps.now()
 
-    def uuid(self) -> uuid.UUID:  # noqa: D102
+    def uuid(self) -> uuid.UUID:
         return self.steps.uuid()
 
-    def random(self) -> float:  # noqa: D102
+    def random(self) -> float:
         return self.steps.random()
 
     # -- steps -----------------------------------------------------------------------------
 
-    async def call(  # noqa: D102
+    async def call(
         self,
         method: MethodRef[Req, Resp],
         request: Req,
@@ -149,7 +149,7 @@ class RunContext(Context):
             retry or self._default_retry,
         )
 
-    async def run(  # noqa: D102
+    async def run(
         self,
         name: str,
         fn: Callable[..., T] | Callable[..., Awaitable[T]],
@@ -385,7 +385,7 @@ class RunContext(Context):
 
     # -- timers ----------------------------------------------------------------------------
 
-    async def sleep(self, duration: timedelta) -> None:  # noqa: D102
+    async def sleep(self, duration: timedelta) -> None:
         if not isinstance(duration, timedelta):
             raise InvalidInputError(f"ctx.sleep takes a timedelta, not {type(duration).__name__}")
         if duration < timedelta(0) or duration > MAX_SLEEP:
@@ -419,13 +419,13 @@ class RunContext(Context):
 
     # -- awakeables and signals ------------------------------------------------------------
 
-    def awakeable(self) -> Awakeable:  # noqa: D102
+    def awakeable(self) -> Awakeable:
         awakeable_id = self.steps.awakeable_id()
         return Awakeable(
             awakeable_id, lambda as_type: self._awakeable_result(awakeable_id, as_type)
         )
 
-    async def wait_for_signal(self, name: str, as_type: Any = None) -> Any:  # noqa: D102
+    async def wait_for_signal(self, name: str, as_type: Any = None) -> Any:
         if not isinstance(name, str) or not name or len(name) > 256:
             raise InvalidInputError("a signal name is a non-empty string of at most 256 chars")
         step = await self._journal_wait(pb.ENTRY_KIND_SIGNAL_WAIT, "signal", name)
@@ -440,16 +440,16 @@ class RunContext(Context):
 
     # -- state -----------------------------------------------------------------------------
 
-    def get(self, key: str, default: Any = None, *, as_type: Any = None) -> Any:  # noqa: D102
+    def get(self, key: str, default: Any = None, *, as_type: Any = None) -> Any:
         payload = self.steps.get(key)
         return default if payload is None else _codec.decode_as(payload, as_type)
 
-    async def set(self, key: str, value: Any) -> None:  # noqa: D102
+    async def set(self, key: str, value: Any) -> None:
         payload = _codec.encode(value)
         await self._state_step(pb.ENTRY_KIND_STATE_SET, key, payload)
         self.steps.put(key, payload)
 
-    async def clear(self, key: str) -> None:  # noqa: D102
+    async def clear(self, key: str) -> None:
         await self._state_step(pb.ENTRY_KIND_STATE_CLEAR, key, pb.Payload())
         self.steps.put(key, None)
 
@@ -471,7 +471,7 @@ class RunContext(Context):
 
     # -- other invocations -----------------------------------------------------------------
 
-    async def invoke(  # noqa: D102
+    async def invoke(
         self,
         workflow: str,
         args: Any = None,
@@ -486,12 +486,12 @@ class RunContext(Context):
         payload = await self._until(lambda: self.steps.child(step, child_id))
         return _codec.decode_as(payload, as_type)
 
-    async def start(  # noqa: D102
+    async def start(
         self, workflow: str, args: Any = None, *, partition_key: str | None = None
     ) -> str:
         return await self._submit(pb.ENTRY_KIND_CHILD, workflow, args, partition_key, notify=False)
 
-    async def send(  # noqa: D102
+    async def send(
         self,
         workflow: str,
         args: Any = None,

@@ -218,7 +218,7 @@ def failed_entry(
 
 async def replay_workflow(
     fn: Callable[..., Awaitable[Any]],
-    input: Any = _NO_INPUT,
+    input: Any = _NO_INPUT,  # noqa: A002 - the name the workflow API uses
     *,
     journal: Sequence[pb.JournalEntry] = (),
     calls: Mapping[str, FakeCall] | None = None,
