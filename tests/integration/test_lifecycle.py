@@ -315,7 +315,12 @@ async def test_finished_executions_expire_after_the_retention_period(
     with pytest.raises(ExpiredError) as err:
         await client.get_result("exp-1")
     assert err.value.status == "completed" and "has expired" in str(err.value)
-    assert await transport.read_journal("exp-1") == []  # the journal is gone too
+
+    # The journal goes right after the state (expire_execution: the state, then the journal).
+    async def journal_gone() -> bool:
+        return await transport.read_journal("exp-1") == []
+
+    await eventually(journal_gone, 10, "exp-1's journal to be purged")
     cp = await asyncio.to_thread(stack.cli, "status", "exp-1")
     assert cp.returncode == 4 and "has expired" in cp.stderr, (cp.returncode, cp.stderr)
     with pytest.raises(NotFoundError) as never:

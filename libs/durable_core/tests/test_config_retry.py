@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from durable_core import ConfigError, EngineConfig, NatsConfig, RetryPolicy, WorkerConfig
-from durable_core._transport import _ssl_context
+from durable_core._transport.connection import ssl_context
 from durable_core.retry import DEFAULT_RETRY, NO_RETRY
 
 # -- EngineConfig --------------------------------------------------------------------------------
@@ -107,16 +107,16 @@ def test_missing_nats_files_are_config_errors_naming_setting_and_path(
     with pytest.raises(ConfigError, match=f"{setting} '{missing}' does not exist"):
         config.check_files()
     with pytest.raises(ConfigError, match=missing):
-        _ssl_context(config)  # what connect_nats runs before connecting
+        ssl_context(config)  # what connect_nats runs before connecting
 
 
 def test_a_file_that_is_not_pem_is_a_config_error(tmp_path: Path) -> None:
     junk = tmp_path / "junk.pem"
     junk.write_text("not a certificate")
     with pytest.raises(ConfigError, match="tls_ca .* is not a usable CA file"):
-        _ssl_context(NatsConfig(tls_ca=str(junk)))
+        ssl_context(NatsConfig(tls_ca=str(junk)))
     with pytest.raises(ConfigError, match="not a usable certificate and key"):
-        _ssl_context(NatsConfig(tls_cert=str(junk), tls_key=str(junk)))
+        ssl_context(NatsConfig(tls_cert=str(junk), tls_key=str(junk)))
 
 
 def test_prefix_must_match_whole() -> None:

@@ -15,7 +15,6 @@ import grpc.aio
 import pytest
 
 from durable_core import (
-    Context,
     NonDeterminismError,
     RetryableError,
     RetryPolicy,
@@ -25,9 +24,9 @@ from durable_core import (
     grpc_service,
 )
 from durable_core._grpc import MethodRef
-from durable_core._journal import ReplayMachine
+from durable_core._journal import ReplayMachine, Wait
 from durable_core._pb.durable.v1 import durable_pb2 as pb
-from durable_core.context import Wait
+from durable_core.engine._context import RunContext
 from durable_examples.hello.v1.hello_pb2 import HelloRequest, HelloResponse
 from durable_examples.hello.v1.hello_pb2_grpc import HelloServiceStub
 
@@ -73,9 +72,9 @@ def make_ctx(
     entries: list[pb.JournalEntry] | None = None,
     journal: FakeJournal | None = None,
     channels: FakeChannels | None = None,
-) -> tuple[Context, FakeJournal]:
+) -> tuple[RunContext, FakeJournal]:
     journal = journal or FakeJournal()
-    ctx = Context(
+    ctx = RunContext(
         invocation_id=invocation_id,
         workflow="wf",
         partition_key="pk",
@@ -389,15 +388,15 @@ def _raise_terminal() -> None:
 async def test_caught_nondeterminism_is_still_recorded_on_the_context() -> None:
     recorded = pb.JournalEntry(kind=pb.ENTRY_KIND_RUN, step=1, name="charge")
     ctx, _ = make_ctx(entries=[recorded])
-    assert ctx.nondeterminism is None
+    assert ctx.steps.nondeterminism is None
 
     # A workflow swallowing the error must not hide it from the engine.
     with contextlib.suppress(NonDeterminismError):
         await ctx.run("refund", lambda: None)
 
-    assert ctx.nondeterminism is not None
-    assert ctx.nondeterminism.step == 1
-    assert ctx.nondeterminism.invocation_id == "inv-1"
+    assert ctx.steps.nondeterminism is not None
+    assert ctx.steps.nondeterminism.step == 1
+    assert ctx.steps.nondeterminism.invocation_id == "inv-1"
 
 
 def test_identity_properties() -> None:
@@ -500,3 +499,21 @@ async def test_a_retry_due_already_runs_at_once_on_replay() -> None:
     assert await ctx.run("flaky", lambda: ok.append(1) or "fine", retry=FAST) == "fine"
     assert ok == [1]
     assert journal.entries[-1].attempts == 2
+
+
+def test_the_public_context_is_only_the_workflow_api() -> None:
+    # The user's Context is abstract and shows nothing of the engine: the run's state
+    # (non-determinism, cancellation, children, parked waits) lives on the engine's side.
+    from durable_core import Context
+
+    public = {n for n in dir(Context) if not n.startswith("_")}
+    assert public == {
+        "awakeable", "call", "clear", "get", "invocation_id", "invoke", "is_replaying",
+        "now", "partition_key", "random", "run", "send", "set", "sleep", "start", "uuid",
+        "wait_for_signal", "workflow",
+    }  # fmt: skip
+    with pytest.raises(TypeError):
+        Context()  # type: ignore[abstract]
+    ctx, _ = make_ctx()
+    for leaked in ("nondeterminism", "cancel_delivered", "children", "_parked"):
+        assert not hasattr(ctx, leaked)

@@ -7,7 +7,7 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
-from durable_core._delivery import Delivery
+from durable_core._transport import Delivery
 
 
 class _Msg:

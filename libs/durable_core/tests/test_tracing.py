@@ -16,7 +16,6 @@ from opentelemetry.trace import SpanKind, StatusCode, format_span_id, format_tra
 
 from durable_core import (
     Client,
-    Context,
     EngineConfig,
     RetryPolicy,
     StepFailedError,
@@ -25,22 +24,22 @@ from durable_core import (
     grpc_service,
 )
 from durable_core._grpc import MethodRef
-from durable_core._journal import ReplayMachine
+from durable_core._journal import ReplayMachine, Submission, Wait
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import StateRecord
-from durable_core.client import _trace_context
-from durable_core.context import Submission, Wait
+from durable_core.client._submit import trace_context_of as _trace_context
+from durable_core.engine._context import RunContext
+from durable_core.engine._intake import trace_id as _trace_id
+from durable_core.engine._signals import (
+    BadInputError,
+    EngineFailure,
+    Finished,
+    LostClaim,
+    NotIdle,
+    Rerun,
+)
 from durable_core.interceptors import chain_workflows, outcome_of
 from durable_core.tracing import TracingInterceptor, waits_ended
-from durable_core.worker import (
-    _BadInput,
-    _EngineFailure,
-    _Finished,
-    _LostClaim,
-    _NotIdle,
-    _Rerun,
-    _trace_id,
-)
 from durable_examples.hello.v1.hello_pb2 import HelloRequest, HelloResponse
 from durable_examples.hello.v1.hello_pb2_grpc import HelloServiceStub
 
@@ -105,10 +104,10 @@ def make_ctx(
     icp: TracingInterceptor,
     entries: Sequence[pb.JournalEntry] = (),
     channels: Channels | None = None,
-) -> tuple[Context, Journal]:
+) -> tuple[RunContext, Journal]:
     machine = ReplayMachine("inv-1", list(entries))
     journal = Journal(machine)
-    ctx = Context(
+    ctx = RunContext(
         invocation_id="inv-1",
         workflow="wf",
         partition_key="pk",
@@ -379,13 +378,13 @@ async def test_waits_children_and_sends_are_spans_once_and_children_join_the_tra
     [
         (None, "completed"),
         (asyncio.CancelledError(), "suspended"),
-        (_LostClaim([]), "abandoned"),
-        (_Finished(), "abandoned"),
-        (_Rerun(), "abandoned"),
-        (_NotIdle(), "abandoned"),
-        (_EngineFailure(ConnectionError("gone")), "abandoned"),
+        (LostClaim([]), "abandoned"),
+        (Finished(), "abandoned"),
+        (Rerun(), "abandoned"),
+        (NotIdle(), "abandoned"),
+        (EngineFailure(ConnectionError("gone")), "abandoned"),
         (SuspendExecution("any engine signal"), "abandoned"),
-        (_BadInput("bad input"), "failed"),
+        (BadInputError("bad input"), "failed"),
         (StepFailedError("x", step=1, name="n"), "failed"),
         (RuntimeError("user code"), "failed"),
     ],
@@ -395,7 +394,7 @@ def test_outcome_of_knows_the_engines_control_flow(exc: BaseException | None, ou
 
 
 def test_every_engine_signal_is_a_suspend_execution_that_except_exception_cannot_catch() -> None:
-    for signal in (_LostClaim, _Finished, _NotIdle, _Rerun, _EngineFailure):
+    for signal in (LostClaim, Finished, NotIdle, Rerun, EngineFailure):
         assert issubclass(signal, SuspendExecution), signal
         assert not issubclass(signal, Exception), signal
 
@@ -415,11 +414,20 @@ class SubmitRecorder:
     def __init__(self) -> None:
         self.engine = EngineConfig()
         self.payload_limit = self.engine.max_payload
-        self.submitted: list[tuple[pb.ExecutionState, pb.Command]] = []
+        self.states: list[pb.ExecutionState] = []
+        self.commands: list[pb.Command] = []
 
-    async def submit(self, state: pb.ExecutionState, cmd: pb.Command) -> StateRecord:
-        self.submitted.append((state, cmd))
+    @property
+    def submitted(self) -> list[tuple[pb.ExecutionState, pb.Command]]:
+        return list(zip(self.states, self.commands, strict=True))
+
+    async def create_state(self, state: pb.ExecutionState) -> StateRecord:
+        self.states.append(state)
         return StateRecord(state, 1)  # created (None would mean "the id existed")
+
+    async def publish_command(self, cmd: pb.Command, *, msg_id: str) -> bool:
+        self.commands.append(cmd)
+        return True
 
 
 @pytest.fixture(scope="module")

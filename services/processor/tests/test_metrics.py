@@ -13,11 +13,11 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
 from durable_core import ConfigError, StepInput, WorkflowInput
+from durable_core.engine._signals import LostClaim
 from durable_core.interceptors import EngineEvent, chain_steps, chain_workflows
 from durable_core.service.metrics_server import MetricsServer
 from durable_core.service.telemetry import otlp_protocol
 from durable_core.testing import OtlpHttpReceiver
-from durable_core.worker import _LostClaim
 from durable_processor.metrics import MetricsInterceptor, ProcessorMetrics, poll_consumer
 from durable_processor.settings import load_settings
 from durable_processor.telemetry import (
@@ -60,7 +60,7 @@ async def test_runs_are_counted_by_outcome_and_workflow() -> None:
         raise asyncio.CancelledError  # the engine cancels a run whose steps all wait
 
     async def lost(_: WorkflowInput) -> None:
-        raise _LostClaim([])  # another processor took it over: not a failure
+        raise LostClaim([])  # another processor took it over: not a failure
 
     assert await run(icp, run_input("hello"), ok) == "done"
     assert seen_in_flight == [1.0]
@@ -69,7 +69,7 @@ async def test_runs_are_counted_by_outcome_and_workflow() -> None:
     with pytest.raises(asyncio.CancelledError):
         await run(icp, run_input("sleepy"), parked)
     await run(icp, run_input("sleepy", resumed=True), ok)  # the wake-up: not a new start
-    with pytest.raises(_LostClaim):
+    with pytest.raises(LostClaim):
         await run(icp, run_input("hello", resumed=True), lost)
 
     assert value(m, "durable_invocations_started_total", workflow="hello") == 2

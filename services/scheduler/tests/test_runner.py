@@ -22,6 +22,7 @@ import pytest_asyncio
 from durable_core import EngineConfig
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import Transport
+from durable_core.admin import Engine
 from durable_core.config import NatsConfig
 from durable_core.schedules import create_schedule, get_schedule, pause_schedule, save_schedule
 from durable_core.testing import NatsServer, free_port
@@ -77,7 +78,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 def scheduler(transport: Transport, settings: SchedulerSettings, clock: Clock) -> Scheduler:
-    return Scheduler(transport, settings, clock=clock)
+    return Scheduler(Engine(transport), settings, clock=clock)
 
 
 @dataclass
@@ -240,7 +241,7 @@ async def test_a_failing_tick_goes_back_for_another_try(
     await manual_schedule(t, "flaky")
     d = tick(t, "flaky", 0)
     d.subject = t.names.tick_subject("flaky")
-    broken = Scheduler(t, scheduler.settings, clock=clock)
+    broken = Scheduler(Engine(t), scheduler.settings, clock=clock)
 
     async def fail(*_: object, **__: object) -> str:
         raise ConnectionError("NATS went away")
@@ -262,8 +263,8 @@ async def test_two_replicas_racing_never_start_two_runs_of_a_skip_schedule(
     other = await Transport.connect(settings.nats, settings.engine)
     try:
         clock = Clock()
-        a = Scheduler(t, settings, clock=clock)
-        b = Scheduler(other, settings, clock=clock)
+        a = Scheduler(Engine(t), settings, clock=clock)
+        b = Scheduler(Engine(other), settings, clock=clock)
         clock.now = fire(1) + timedelta(seconds=0.2)
         for round_ in range(8):
             name = f"race{round_}"
@@ -281,7 +282,7 @@ async def test_the_loop_handles_server_ticks_and_stops_on_request(
 ) -> None:
     t = transport
     await create_schedule(t, "live", "hello_workflow", every=timedelta(seconds=1), overlap="allow")
-    s = Scheduler(t, replace(settings, ack_wait=timedelta(seconds=2)))
+    s = Scheduler(Engine(t), replace(settings, ack_wait=timedelta(seconds=2)))
     loop = asyncio.create_task(s.run())
     try:
         deadline = asyncio.get_running_loop().time() + 10
@@ -300,10 +301,12 @@ async def test_metrics_and_health_endpoints(
 ) -> None:
     metrics = SchedulerMetrics(runtime_collectors=False)
     metrics.ticks.labels("greet").inc()
-    server = await start_metrics_server(replace(settings, metrics_port=0), metrics, transport)
+    server = await start_metrics_server(
+        replace(settings, metrics_port=0), metrics, Engine(transport)
+    )
     assert server is None  # port 0 turns the endpoint off
     server = await start_metrics_server(
-        replace(settings, metrics_port=free_port()), metrics, transport
+        replace(settings, metrics_port=free_port()), metrics, Engine(transport)
     )
     assert server is not None
     try:

@@ -16,6 +16,7 @@ from durable_core.client import (
 )
 from durable_core.config import EngineConfig, NatsConfig, WorkerConfig
 from durable_core.context import Awakeable, Context
+from durable_core.engine import Worker
 from durable_core.errors import (
     AlreadyResolvedError,
     AwakeableRejectedError,
@@ -52,7 +53,6 @@ from durable_core.plugins import (
     load_plugins,
 )
 from durable_core.retry import RetryPolicy
-from durable_core.worker import Worker
 
 __version__ = "0.1.0"
 

@@ -263,7 +263,7 @@ class IllegalTransitionError(ConflictError):
         self.status = status
 
 
-class InvocationCancelledError(BaseException):  # noqa: N818 - mirrors asyncio.CancelledError
+class InvocationCancelledError(BaseException):  # named like asyncio.CancelledError
     """Raised inside a workflow whose invocation was cancelled (``client.cancel``).
 
     It interrupts the step in flight (a gRPC call is cancelled, the service sees it) or the
@@ -316,7 +316,7 @@ class NatsUnavailableError(DurableError, ConnectionError):
         self.servers = tuple(servers)
 
 
-class SuspendExecution(BaseException):  # noqa: N818 - control flow, not an error
+class SuspendExecution(BaseException):  # control flow, not an error
     """The engine stops this run of the invocation here; a workflow must never catch it.
 
     It is the one base of the engine's own control-flow signals that travel through workflow

@@ -141,9 +141,11 @@ class Interceptor:
     ``observe`` to be told what the engine did (final statuses, appends, redeliveries)."""
 
     async def intercept_workflow(self, inp: WorkflowInput, nxt: WorkflowNext) -> Any:
+        """Run the workflow: pass ``inp`` on to ``nxt`` unchanged."""
         return await nxt(inp)
 
     async def intercept_step(self, inp: StepInput, nxt: StepNext) -> Any:
+        """Run one attempt of a step: pass ``inp`` on to ``nxt`` unchanged."""
         return await nxt(inp)
 
     def observe(self, event: EngineEvent) -> None:

@@ -129,6 +129,7 @@ class WorkflowRegistry:
             raise NotFoundError(self.unknown_message(name)) from None
 
     def unknown_message(self, name: str) -> str:
+        """The NotFoundError message for an unknown workflow ``name`` (names the known ones)."""
         known = ", ".join(sorted(self._workflows)) or "none"
         return (
             f"unknown workflow {name!r}; known workflows: {known}. "
@@ -136,6 +137,7 @@ class WorkflowRegistry:
         )
 
     def names(self) -> list[str]:
+        """The registered workflow names, sorted."""
         return sorted(self._workflows)
 
     def __contains__(self, name: object) -> bool:
@@ -207,7 +209,7 @@ def load_plugins(*, entry_points: bool = True, extra: Iterable[object] = ()) -> 
 class _Tagged(WorkflowRegistry):
     """A view of a registry that records which plugin registered each workflow."""
 
-    def __init__(self, inner: WorkflowRegistry, plugin: str) -> None:  # noqa: D107
+    def __init__(self, inner: WorkflowRegistry, plugin: str) -> None:
         super().__init__()
         self._workflows = inner._workflows  # one table: lookups through the view see it all
         self._inner = inner

@@ -125,6 +125,7 @@ class TracingInterceptor(Interceptor):
             span.end(end_time=wait.end_ns)
 
     async def intercept_workflow(self, inp: WorkflowInput, nxt: WorkflowNext) -> Any:
+        """Run the workflow inside its ``durable.run`` span (joined to the invocation's trace)."""
         attributes: dict[str, AttributeValue] = {
             INVOCATION_ID: inp.invocation_id,
             WORKFLOW: inp.workflow,
@@ -153,6 +154,7 @@ class TracingInterceptor(Interceptor):
             return result
 
     async def intercept_step(self, inp: StepInput, nxt: StepNext) -> Any:
+        """Run one attempt of a step inside its span; its context travels in the call's metadata."""
         attributes: dict[str, AttributeValue] = {
             INVOCATION_ID: inp.invocation_id,
             WORKFLOW: inp.workflow,
@@ -220,7 +222,7 @@ def waits_ended(
     # This run's own claim may be there; anything more is an earlier run's after the wake-up.
     if last < 0 or since not in ([], [pb.ENTRY_KIND_CLAIM]):
         return []
-    from durable_core.context import LOCAL_TIMER
+    from durable_core._journal import LOCAL_TIMER
     from durable_core.views import describe
 
     parked_ms = journal[last].timestamp_ms

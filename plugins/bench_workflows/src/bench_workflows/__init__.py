@@ -58,5 +58,6 @@ async def sleeper(ctx: Context, args: dict[str, Any] | None = None) -> dict[str,
 
 @hookimpl
 def durable_register_workflows(registry: WorkflowRegistry) -> None:
+    """Register this plugin's workflows."""
     registry.register(many_steps)
     registry.register(sleeper)

@@ -38,10 +38,12 @@ async def greet_later(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
 
 @hookimpl
 def durable_register_workflows(registry: WorkflowRegistry) -> None:
+    """Register this plugin's workflows."""
     registry.register(delayed_greeting)
     registry.register(greet_later)
 
 
 @hookimpl
 def durable_service_addresses() -> dict[str, str]:
+    """The gRPC services this plugin's workflows call, by name, and their default addresses."""
     return {hello.name: "127.0.0.1:9090"}

@@ -83,5 +83,6 @@ async def expense_by_signal(ctx: Context, args: dict[str, Any]) -> dict[str, Any
 
 @hookimpl
 def durable_register_workflows(registry: WorkflowRegistry) -> None:
+    """Register this plugin's workflows."""
     registry.register(expense_approval)
     registry.register(expense_by_signal)

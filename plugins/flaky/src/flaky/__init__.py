@@ -56,10 +56,12 @@ async def flaky_order(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
 
 @hookimpl
 def durable_register_workflows(registry: WorkflowRegistry) -> None:
+    """Register this plugin's workflows."""
     registry.register(flaky)
     registry.register(flaky_order)
 
 
 @hookimpl
 def durable_service_addresses() -> dict[str, str]:
+    """The gRPC services this plugin's workflows call, by name, and their default addresses."""
     return {orders.name: "127.0.0.1:9090"}

@@ -28,5 +28,6 @@ async def fail_child(ctx: Context, args: dict[str, Any]) -> str:
 
 @hookimpl
 def durable_register_workflows(registry: WorkflowRegistry) -> None:
+    """Register this plugin's workflows."""
     registry.register(greet_many)
     registry.register(fail_child)

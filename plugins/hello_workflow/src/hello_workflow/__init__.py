@@ -22,9 +22,11 @@ async def hello_workflow(ctx: Context, args: dict[str, Any] | None = None) -> di
 
 @hookimpl
 def durable_register_workflows(registry: WorkflowRegistry) -> None:
+    """Register this plugin's workflows."""
     registry.register(hello_workflow)
 
 
 @hookimpl
 def durable_service_addresses() -> dict[str, str]:
+    """The gRPC services this plugin's workflows call, by name, and their default addresses."""
     return {hello.name: "127.0.0.1:9090"}

@@ -58,10 +58,12 @@ async def cancellable_order(ctx: Context, args: dict[str, Any]) -> dict[str, Any
 
 @hookimpl
 def durable_register_workflows(registry: WorkflowRegistry) -> None:
+    """Register this plugin's workflows."""
     registry.register(order_processing)
     registry.register(cancellable_order)
 
 
 @hookimpl
 def durable_service_addresses() -> dict[str, str]:
+    """The gRPC services this plugin's workflows call, by name, and their default addresses."""
     return {orders.name: "127.0.0.1:9090"}

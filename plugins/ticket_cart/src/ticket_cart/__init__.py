@@ -47,4 +47,5 @@ async def ticket_cart(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
 
 @hookimpl
 def durable_register_workflows(registry: WorkflowRegistry) -> None:
+    """Register this plugin's workflows."""
     registry.register(ticket_cart)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 
 from durable_examples.hello.v1 import hello_pb2, hello_pb2_grpc
@@ -23,7 +25,7 @@ class HelloServicer(hello_pb2_grpc.HelloServiceServicer):
     """Implements ``durable_examples.hello.v1.HelloService``."""
 
     async def SayHello(  # noqa: N802 - name fixed by the proto
-        self, request: hello_pb2.HelloRequest, context: grpc.aio.ServicerContext
+        self, request: hello_pb2.HelloRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> hello_pb2.HelloResponse:
         """Greets ``request.name``."""
         return hello_pb2.HelloResponse(message=greeting(request.name))

@@ -15,6 +15,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -40,7 +41,7 @@ def tracking_number_for(key: str) -> str:
     return "trk_" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
-def idempotency_key(context: grpc.aio.ServicerContext) -> str:
+def idempotency_key(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     """Returns the call's idempotency key, or "" when it carries none."""
     for key, value in context.invocation_metadata() or ():
         if key == IDEMPOTENCY_KEY_METADATA:
@@ -75,7 +76,9 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
         """Builds a servicer recording to ``$ORDER_SERVICE_RECORD_FILE`` if set."""
         return cls(record_file=os.environ.get(RECORD_FILE_ENV) or None)
 
-    async def _enter(self, method: str, order_id: str, context: grpc.aio.ServicerContext) -> str:
+    async def _enter(
+        self, method: str, order_id: str, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> str:
         """Counts and records a call, then applies the method's delay.
 
         Returns:
@@ -113,7 +116,7 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
             f.write(line + "\n")
 
     async def Validate(  # noqa: N802 - name fixed by the proto
-        self, request: order_pb2.ValidateRequest, context: grpc.aio.ServicerContext
+        self, request: order_pb2.ValidateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> order_pb2.ValidateResponse:
         """Accepts orders with a positive amount."""
         await self._enter("Validate", request.order_id, context)
@@ -124,7 +127,7 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
         return order_pb2.ValidateResponse(valid=True)
 
     async def Charge(  # noqa: N802
-        self, request: order_pb2.ChargeRequest, context: grpc.aio.ServicerContext
+        self, request: order_pb2.ChargeRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> order_pb2.ChargeResponse:
         """Charges the order; the same idempotency key gives the same charge id."""
         key = await self._enter("Charge", request.order_id, context)
@@ -132,14 +135,14 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
         return order_pb2.ChargeResponse(charge_id=charge_id_for(key or request.order_id))
 
     async def Ship(  # noqa: N802
-        self, request: order_pb2.ShipRequest, context: grpc.aio.ServicerContext
+        self, request: order_pb2.ShipRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> order_pb2.ShipResponse:
         """Ships the order; the same idempotency key gives the same tracking number."""
         key = await self._enter("Ship", request.order_id, context)
         return order_pb2.ShipResponse(tracking_number=tracking_number_for(key or request.order_id))
 
     async def GetCallCounts(  # noqa: N802
-        self, request: order_pb2.GetCallCountsRequest, context: grpc.aio.ServicerContext
+        self, request: order_pb2.GetCallCountsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> order_pb2.GetCallCountsResponse:
         """Returns the counts per (method, idempotency key), sorted."""
         return order_pb2.GetCallCountsResponse(
@@ -152,14 +155,14 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
         )
 
     async def ResetCallCounts(  # noqa: N802
-        self, request: order_pb2.ResetCallCountsRequest, context: grpc.aio.ServicerContext
+        self, request: order_pb2.ResetCallCountsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> order_pb2.ResetCallCountsResponse:
         """Forgets all counts (delays are kept; SetDelay 0 clears one)."""
         self._tallies.clear()
         return order_pb2.ResetCallCountsResponse()
 
     async def SetDelay(  # noqa: N802
-        self, request: order_pb2.SetDelayRequest, context: grpc.aio.ServicerContext
+        self, request: order_pb2.SetDelayRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> order_pb2.SetDelayResponse:
         """Makes later calls of ``request.method`` sleep ``delay_ms`` first."""
         # Accept "/pkg.Service/Charge" too: that is how the engine names call steps.

@@ -46,6 +46,7 @@ class ProbeServer:
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
+        """Stop serving the probes."""
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(Exception):

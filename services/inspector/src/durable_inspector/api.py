@@ -11,10 +11,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from starlette.requests import Request
@@ -24,12 +23,12 @@ from durable_core import DurableError, NotFoundError, Status
 from durable_inspector import schema
 from durable_inspector.errors import ApiError, not_implemented
 from durable_inspector.feed import Event, Subscription
-from durable_inspector.index import MAX_LIMIT, SORT_KEYS, Query, SortKey
+from durable_inspector.inputs import json_body, optional_str, parse_query, required_str
 from durable_inspector.runtime import Runtime, runtime
 from durable_inspector.typed import Router, unknown_fields
 from durable_inspector.views import detail_view, schedule_view, summary_json
 
-__all__ = ["LIFECYCLE_ACTIONS", "parse_query", "router", "routes"]
+__all__ = ["LIFECYCLE_ACTIONS", "router", "routes"]
 
 router = Router()
 
@@ -46,127 +45,6 @@ LIFECYCLE_ACTIONS = {
 }
 STEP_POLL_INTERVAL = 1.0  # seconds between journal reads for a running execution's stream
 PING_INTERVAL = 15.0  # seconds of silence before a keep-alive comment on an event stream
-_STATUSES = ", ".join(s.value for s in Status)
-
-
-# -- input -----------------------------------------------------------------------------------
-
-
-_SPACED_OFFSET = re.compile(r"(T[0-9:.]+) ([0-9]{2}:?[0-9]{2})$")
-
-
-def parse_time(name: str, text: str) -> datetime:
-    """An ISO 8601 time (no zone = UTC) or milliseconds since the epoch."""
-    # An unencoded "+01:00" in a URL arrives as " 01:00": read it as the offset it was.
-    text = _SPACED_OFFSET.sub(r"\1+\2", text.strip())
-    try:
-        if text.lstrip("-").isdigit():
-            return datetime.fromtimestamp(int(text) / 1000, tz=UTC)
-        value = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    except (ValueError, OverflowError, OSError) as e:
-        raise ApiError(
-            400,
-            "invalid_input",
-            f"{name}={text!r} is not a time: use ISO 8601 (2026-11-28T16:00:00Z) "
-            "or milliseconds since the epoch",
-        ) from e
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def parse_query(params: Any) -> Query:
-    """A listing query from URL parameters; empty values mean "not given" (as HTML forms send).
-
-    Raises:
-        ApiError: 400 with the offending parameter named.
-    """
-
-    def get(name: str) -> str | None:
-        value = params.get(name)
-        return value.strip() if value is not None and value.strip() else None
-
-    statuses = None
-    if (raw := get("status")) is not None:
-        chosen = set()
-        for part in raw.split(","):
-            try:
-                chosen.add(Status(part.strip().lower()))
-            except ValueError as e:
-                raise ApiError(
-                    400, "invalid_input", f"unknown status {part.strip()!r}; one of {_STATUSES}"
-                ) from e
-        statuses = frozenset(chosen)
-    sort = get("sort") or "created_at"
-    if sort not in SORT_KEYS:
-        raise ApiError(400, "invalid_input", f"sort={sort!r}: sort by {' or '.join(SORT_KEYS)}")
-    order = (get("order") or "desc").lower()
-    if order not in ("asc", "desc"):
-        raise ApiError(400, "invalid_input", f"order={order!r}: use asc or desc")
-    limit_text = get("limit") or "50"
-    try:
-        limit = int(limit_text)
-    except ValueError:
-        limit = 0
-    if not 1 <= limit <= MAX_LIMIT:
-        raise ApiError(
-            400, "invalid_input", f"limit={limit_text!r}: a whole number from 1 to {MAX_LIMIT}"
-        )
-    after = get("created_after")
-    before = get("created_before")
-    created_after = parse_time("created_after", after) if after else None
-    created_before = parse_time("created_before", before) if before else None
-    if created_after and created_before and created_after >= created_before:
-        raise ApiError(400, "invalid_input", "created_after must be earlier than created_before")
-    sort_key: SortKey = "created_at" if sort == "created_at" else "updated_at"
-    return Query(
-        statuses=statuses,
-        workflow=get("workflow"),
-        partition_key=params.get("partition_key") or None,
-        created_after=created_after,
-        created_before=created_before,
-        sort=sort_key,
-        order="asc" if order == "asc" else "desc",
-        limit=limit,
-        cursor=get("cursor"),
-    )
-
-
-async def json_body(request: Request, *, required: bool = True) -> dict[str, Any]:
-    """The request's JSON object; ``{}`` for an empty body when not ``required``."""
-    raw = await request.body()
-    if not raw.strip():
-        if required:
-            raise ApiError(400, "invalid_input", "the request needs a JSON object body")
-        return {}
-    try:
-        value = json.loads(raw)
-    except RecursionError as e:
-        raise ApiError(400, "invalid_input", "the request body is nested too deeply") from e
-    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, integers of too many digits
-        detail = str(e) if len(str(e)) <= 200 else str(e)[:200] + "..."
-        raise ApiError(400, "invalid_input", f"the request body is not valid JSON: {detail}") from e
-    if not isinstance(value, dict):
-        raise ApiError(
-            400,
-            "invalid_input",
-            f"the request body must be a JSON object, not {type(value).__name__}",
-        )
-    return value
-
-
-def _optional_str(body: dict[str, Any], key: str) -> str | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value:
-        raise ApiError(400, "invalid_input", f"{key!r} must be a non-empty string")
-    return value
-
-
-def _required_str(body: dict[str, Any], key: str) -> str:
-    value = _optional_str(body, key)
-    if value is None:
-        raise ApiError(400, "invalid_input", f"{key!r} is required")
-    return value
 
 
 def _method(rt: Runtime, name: str, what: str) -> Callable[..., Any]:
@@ -303,12 +181,12 @@ async def invoke(request: Request) -> Response:
     unknown = unknown_fields(body, schema.InvokeBody)
     if unknown:
         raise ApiError(400, "invalid_input", f"unknown field(s): {', '.join(unknown)}")
-    workflow = _required_str(body, "workflow")
+    workflow = required_str(body, "workflow")
     invocation_id = await _client(rt).invoke_async(
         workflow,
         body.get("args"),
-        id=_optional_str(body, "id"),
-        partition_key=_optional_str(body, "partition_key"),
+        id=optional_str(body, "id"),
+        partition_key=optional_str(body, "partition_key"),
     )
     location = f"/api/executions/{invocation_id}"
     return _json(
@@ -376,7 +254,7 @@ async def awakeable(request: Request) -> Response:
         method = _method(rt, "resolve_awakeable", "resolving an awakeable")
         await method(awakeable_id, body.get("payload"))
     elif action == "reject":
-        reason = _required_str(body, "reason")
+        reason = required_str(body, "reason")
         method = _method(rt, "reject_awakeable", "rejecting an awakeable")
         await method(awakeable_id, reason)
     else:
@@ -430,10 +308,10 @@ async def create_schedule(request: Request) -> Response:
     unknown = unknown_fields(body, schema.ScheduleBody)
     if unknown:
         raise ApiError(400, "invalid_input", f"unknown field(s): {', '.join(unknown)}")
-    name = _required_str(body, "name")
-    workflow = _required_str(body, "workflow")
+    name = required_str(body, "name")
+    workflow = required_str(body, "workflow")
     options: dict[str, Any] = {}
-    cron = _optional_str(body, "cron")
+    cron = optional_str(body, "cron")
     every = body.get("every")
     if (cron is None) == (every is None):
         raise ApiError(
@@ -448,7 +326,7 @@ async def create_schedule(request: Request) -> Response:
             raise ApiError(400, "invalid_input", "'every' must be a number of seconds > 0")
         options["every"] = timedelta(seconds=every)
     for key in ("partition_key", "timezone"):
-        if (text := _optional_str(body, key)) is not None:
+        if (text := optional_str(body, key)) is not None:
             options[key] = text
     if "overlap" in body:
         if body["overlap"] not in ("skip", "allow"):

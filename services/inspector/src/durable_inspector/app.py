@@ -24,8 +24,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from durable_core import Client, DurableError, load_plugins
-from durable_core._transport import Transport
+from durable_core import DurableError, load_plugins
+from durable_core.admin import Engine
 from durable_inspector import api, pages
 from durable_inspector.auth import AuthMiddleware, wants_json
 from durable_inspector.errors import ApiError, from_exception
@@ -63,15 +63,15 @@ async def _on_http(request: Request, exc: Exception) -> Response:
 
 
 def create_app(
-    settings: InspectorSettings, *, client: Any = None, transport: Transport | None = None
+    settings: InspectorSettings, *, client: Any = None, engine: Engine | None = None
 ) -> Starlette:
     """The inspector as an ASGI app.
 
     Args:
         settings: validated settings (:func:`durable_inspector.settings.load_settings`).
         client: a connected durable_core ``Client`` (or a test double with the same methods).
-        transport: without ``client``, a NATS connection not yet bound to the engine's
-            streams (``Transport.connect(..., bind=False)``): the app binds it in the
+        engine: without ``client``, a NATS connection not yet bound to the engine's
+            streams (``Engine.connect(..., bind=False)``): the app binds it in the
             background, waiting for a processor to create them. Neither: the app connects on
             start-up with ``settings.nats``. What the app connected, it closes on shutdown.
 
@@ -80,15 +80,15 @@ def create_app(
     ``timeout_graceful_shutdown`` of a few seconds: event streams stay open until the server
     cuts them.
     """
-    rt = Runtime(settings=settings, index=ExecutionIndex(), client=client, transport=transport)
+    rt = Runtime(settings=settings, index=ExecutionIndex(), client=client, engine=engine)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        own = rt.client is None and rt.transport is None
+        own = None  # the connection the app made, and closes
         if settings.load_plugins:
             _import_plugins()
-        if own:
-            rt.transport = await Transport.connect(settings.nats, settings.engine, bind=False)
+        if rt.client is None and rt.engine is None:
+            rt.engine = own = await Engine.connect(settings.nats, settings.engine, bind=False)
         task = asyncio.create_task(_watch(rt), name="inspector-watch")
         try:
             yield
@@ -96,8 +96,8 @@ def create_app(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            if own:
-                await rt.transport.close()
+            if own is not None:
+                await own.close()
 
     metrics = InspectorMetrics(lambda: rt)
     app = Starlette(
@@ -128,8 +128,9 @@ async def _watch(rt: Runtime) -> None:
     """Bind to the engine's streams (waiting for a processor to create them), then keep the
     index up to date."""
     if rt.client is None:
-        await rt.transport.bind(wait=math.inf)
-        rt.client = Client(rt.transport)
+        assert rt.engine is not None  # create_app: a client, an engine, or one it connects
+        await rt.engine.bind(wait=math.inf)
+        rt.client = rt.engine.client()
     rt.feed = Feed(rt.client, rt.index)
     await rt.feed.run()
 

@@ -30,6 +30,7 @@ _SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def token_matches(given: str | None, token: str) -> bool:
+    """Whether ``given`` is the token (compared in constant time)."""
     return given is not None and hmac.compare_digest(given.encode(), token.encode())
 
 
@@ -86,6 +87,7 @@ class AuthMiddleware:
         self.token = token
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer 401 to a request without the token; pass the others on."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return

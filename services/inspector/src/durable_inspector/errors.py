@@ -43,6 +43,7 @@ class ApiError(Exception):
         self.detail = detail
 
     def body(self) -> dict[str, str]:
+        """The error as the JSON body of its response."""
         return {"error": self.error, "detail": self.detail}
 
 

@@ -27,7 +27,10 @@ QUEUE_SIZE = 1000  # events buffered per stream; a slower reader gets a "reset" 
 
 
 class WatchSource(Protocol):
-    def watch_executions(self) -> AsyncIterator[ExecutionSummary | None]: ...
+    """What the feed watches: a durable_core Client, or a test double."""
+
+    def watch_executions(self) -> AsyncIterator[ExecutionSummary | None]:
+        """Every execution now, then None once caught up, then each change."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +50,7 @@ class Subscription:
     queue: asyncio.Queue[Event] = field(default_factory=lambda: asyncio.Queue(QUEUE_SIZE))
 
     def offer(self, event: Event) -> None:
+        """Queue ``event`` for the subscriber (the oldest goes when the queue is full)."""
         if self.invocation_id and event.invocation_id not in ("", self.invocation_id):
             return
         try:
@@ -70,14 +74,17 @@ class Feed:
         self.error: str | None = None
 
     def subscribe(self, invocation_id: str | None = None) -> Subscription:
+        """Subscribe to the changes of every execution, or of one."""
         sub = Subscription(invocation_id)
         self.subscriptions.add(sub)
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
+        """Stop delivering to ``sub``."""
         self.subscriptions.discard(sub)
 
     def publish(self, event: Event) -> None:
+        """Deliver ``event`` to every subscriber that wants it."""
         for sub in list(self.subscriptions):
             sub.offer(event)
 

@@ -70,9 +70,11 @@ class Entry:
 
     @property
     def id(self) -> str:
+        """The execution's invocation id."""
         return self.summary.invocation_id
 
     def key(self, sort: SortKey) -> tuple[int, str]:
+        """The entry's position in a listing sorted by ``sort`` (time, then id)."""
         s = self.summary
         return (_ms(s.created_at if sort == "created_at" else s.updated_at), s.invocation_id)
 
@@ -164,6 +166,7 @@ class ExecutionIndex:
         return invocation_id in self._by_id
 
     def get(self, invocation_id: str) -> Entry | None:
+        """The entry of ``invocation_id``, or None."""
         return self._by_id.get(invocation_id)
 
     # -- feeding ---------------------------------------------------------------------------
@@ -258,6 +261,7 @@ class ExecutionIndex:
     # -- reading ---------------------------------------------------------------------------
 
     def workflows(self) -> list[str]:
+        """The workflows with at least one execution, sorted."""
         return sorted(w for w, ids in self._by_workflow.items() if ids)
 
     def stats(self) -> dict[str, Any]:

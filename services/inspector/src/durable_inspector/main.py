@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import uvicorn
 
 from durable_core import DurableError, NatsUnavailableError
-from durable_core._transport import Transport
+from durable_core.admin import Engine
 from durable_core.service.logs import configure_logging
 from durable_core.service.telemetry import configure_tracing
 from durable_inspector.app import create_app
@@ -21,6 +21,7 @@ log = logging.getLogger("durable_inspector")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line's options (each overrides its setting)."""
     p = argparse.ArgumentParser(
         prog="durable-inspector",
         description="Serve the durable inspector: a JSON API and a web UI over executions.",
@@ -34,11 +35,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 async def serve(settings: InspectorSettings) -> int:
+    """Serve the inspector until stopped; the process's exit code."""
     # Connect to NATS before listening, so that a wrong URL fails fast with the library's clear
     # message; the engine's streams are bound in the background (/readyz says when).
-    transport = await Transport.connect(settings.nats, settings.engine, bind=False)
+    engine = await Engine.connect(settings.nats, settings.engine, bind=False)
     try:
-        app = create_app(settings, transport=transport)
+        app = create_app(settings, engine=engine)
         config = uvicorn.Config(
             app,
             host=settings.host,
@@ -56,7 +58,7 @@ async def serve(settings: InspectorSettings) -> int:
             announce.cancel()
         return 0 if server.started else 1
     finally:
-        await transport.close()
+        await engine.close()
 
 
 async def _announce(server: uvicorn.Server) -> None:
@@ -72,6 +74,7 @@ async def _announce(server: uvicorn.Server) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``durable-inspector`` command; its exit code."""
     args = parse_args(argv)
     overrides = {
         "nats_url": args.nats_url,

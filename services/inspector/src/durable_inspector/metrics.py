@@ -99,6 +99,7 @@ class MetricsMiddleware:
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Count the request and time it by route."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -148,5 +149,6 @@ class MetricsMiddleware:
 
 
 async def metrics_endpoint(request: Request) -> Response:
+    """``/metrics``: the inspector's metrics in Prometheus's text format."""
     metrics: InspectorMetrics = request.app.state.metrics
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -19,9 +19,10 @@ from starlette.templating import Jinja2Templates
 
 from durable_core import Status
 from durable_core.views import format_duration, format_time, iso
-from durable_inspector.api import load_detail, parse_query
+from durable_inspector.api import load_detail
 from durable_inspector.auth import COOKIE, cookie_header, safe_next, token_matches
 from durable_inspector.errors import not_implemented
+from durable_inspector.inputs import parse_query
 from durable_inspector.runtime import runtime
 from durable_inspector.views import schedule_view, summary_view
 
@@ -63,6 +64,7 @@ def _render(request: Request, name: str, status_code: int = 200, **context: Any)
 
 
 def error_page(request: Request, status: int, error: str, detail: str) -> HTMLResponse:
+    """An HTML error page (what a browser gets instead of the API's JSON error)."""
     return _render(
         request,
         "error.html",
@@ -93,7 +95,7 @@ async def list_page(request: Request) -> Response:
     params = {k: v for k, v in request.query_params.items() if k in _LIST_KEYS}
     page = rt.index.query(parse_query(request.query_params))
     workflows = rt.index.workflows()
-    context = {
+    context: dict[str, Any] = {
         "params": params,
         "qs": lambda **changes: _qs(params, **changes),
         "rows": [summary_view(e, rt.settings) for e in page.items],
@@ -169,7 +171,7 @@ async def detail_page(request: Request) -> Response:
     invocation_id = request.path_params["invocation_id"]
     d = await load_detail(rt, invocation_id)
     axis, bars = timeline(dict(d), datetime.now(UTC))
-    context = {"d": d, "axis": axis, "bars": bars}
+    context: dict[str, Any] = {"d": d, "axis": axis, "bars": bars}
     if request.query_params.get("fragment"):
         return _render(request, "_detail.html", **context)
     fragment_url = f"/executions/{invocation_id}?fragment=1"

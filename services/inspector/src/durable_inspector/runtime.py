@@ -7,6 +7,7 @@ from typing import Any
 
 from starlette.requests import Request
 
+from durable_core.admin import Engine
 from durable_inspector.feed import Feed
 from durable_inspector.index import ExecutionIndex
 from durable_inspector.settings import InspectorSettings
@@ -17,22 +18,26 @@ __all__ = ["Runtime", "runtime"]
 @dataclass
 class Runtime:
     """Set up by the app's lifespan; ``client`` is a durable_core Client (or a test double),
-    None until the engine's streams are bound (``transport`` is connected before that)."""
+    None until the engine's streams are bound (``engine`` is connected before that)."""
 
     settings: InspectorSettings
     index: ExecutionIndex
     client: Any = None
     feed: Feed | None = None
-    transport: Any = None
+    engine: Engine | None = None
 
     @property
     def ready(self) -> bool:
+        """Whether the execution index holds the snapshot."""
         return self.index.ready
 
     def not_ready(self) -> str | None:
         """Why the inspector cannot serve executions now (one line), or None: for /readyz."""
-        transport = self.transport or getattr(self.client, "_t", None)
-        if transport is not None and not transport.nc.is_connected:
+        if self.engine is not None:
+            connected = self.engine.is_connected
+        else:  # a client handed in (a test double may not say)
+            connected = getattr(self.client, "is_connected", True)
+        if not connected:
             return "not connected to NATS (reconnecting)"
         if self.client is None:
             return (
@@ -48,5 +53,6 @@ class Runtime:
 
 
 def runtime(request: Request) -> Runtime:
+    """The app's shared runtime, from a request."""
     rt: Runtime = request.app.state.inspector
     return rt

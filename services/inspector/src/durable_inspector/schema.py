@@ -90,6 +90,8 @@ class ListPage(TypedDict):
 
 
 class WorkflowCounts(TypedDict):
+    """How many executions of one workflow are in each status."""
+
     total: int
     by_status: dict[str, int]
 
@@ -119,6 +121,8 @@ class InvokeBody(TypedDict):
 
 
 class InvokeAccepted(TypedDict):
+    """The answer to an accepted invocation: its id."""
+
     invocation_id: str
     workflow: str
     url: Annotated[str, "where to read it"]
@@ -131,6 +135,8 @@ class ActionBody(TypedDict):
 
 
 class ActionAccepted(TypedDict):
+    """The answer to an accepted lifecycle action."""
+
     invocation_id: str
     action: Literal["pause", "resume", "cancel", "retry", "rerun", "fork"]
     status: NotRequired[Annotated[str, "pause, resume, cancel, retry: the status after it"]]
@@ -144,6 +150,8 @@ class PayloadBody(TypedDict):
 
 
 class SignalAccepted(TypedDict):
+    """The answer to a delivered signal."""
+
     invocation_id: str
     signal: str
 
@@ -156,6 +164,8 @@ class AwakeableBody(TypedDict):
 
 
 class AwakeableAccepted(TypedDict):
+    """The answer to a resolved or rejected awakeable."""
+
     awakeable_id: str
     action: Literal["resolve", "reject"]
 
@@ -182,6 +192,8 @@ class ScheduleDict(TypedDict):
 
 
 class ScheduleList(TypedDict):
+    """Every schedule."""
+
     schedules: list[ScheduleDict]
 
 
@@ -201,16 +213,22 @@ class ScheduleBody(TypedDict):
 
 
 class ScheduleCreated(TypedDict):
+    """The answer to a created schedule."""
+
     name: str
     schedule: ScheduleDict
 
 
 class ScheduleChanged(TypedDict):
+    """The answer to a paused or resumed schedule."""
+
     name: str
     action: Literal["pause", "resume"]
     schedule: NotRequired[ScheduleDict]
 
 
 class ScheduleDeleted(TypedDict):
+    """The answer to a deleted schedule."""
+
     name: str
     deleted: bool

@@ -63,6 +63,8 @@ class Router:
         self.endpoints: list[Endpoint] = []
 
     def add(self, method: str, path: str, **meta: Any) -> Callable[[Handler], Handler]:
+        """Declare a route for ``method`` and ``path``, with its types in ``meta``."""
+
         def register(handler: Handler) -> Handler:
             summary = meta.pop("summary", None) or inspect.getdoc(handler) or handler.__name__
             self.endpoints.append(Endpoint(method, path, handler, summary, **meta))
@@ -71,15 +73,19 @@ class Router:
         return register
 
     def get(self, path: str, **meta: Any) -> Callable[[Handler], Handler]:
+        """Declare a GET route."""
         return self.add("GET", path, **meta)
 
     def post(self, path: str, **meta: Any) -> Callable[[Handler], Handler]:
+        """Declare a POST route."""
         return self.add("POST", path, **meta)
 
     def delete(self, path: str, **meta: Any) -> Callable[[Handler], Handler]:
+        """Declare a DELETE route."""
         return self.add("DELETE", path, **meta)
 
     def routes(self) -> list[Route]:
+        """The declared routes, for Starlette."""
         return [Route(e.path, e.handler, methods=[e.method]) for e in self.endpoints]
 
 

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from durable_core import Client, DurableError, Worker, load_plugins
-from durable_core._transport import Transport
+from durable_core.admin import Engine
 from durable_core.service.metrics_server import MetricsServer
 from durable_core.service.metrics_server import start_metrics_server as serve_metrics
 from durable_core.tracing import TracingInterceptor
@@ -30,6 +30,7 @@ GC_THRESHOLD = 20_000  # allocations between young-generation collections (Pytho
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line's options (each overrides its setting)."""
     p = argparse.ArgumentParser(
         prog="durable-processor",
         description="Run durable workflow invocations from NATS JetStream.",
@@ -56,18 +57,18 @@ async def submit_test_command(settings: ProcessorSettings) -> None:
 
 
 async def serve(settings: ProcessorSettings, *, tracing: bool = False) -> int:
+    """Run the processor until SIGTERM or SIGINT; the process's exit code."""
     plugins = load_plugins()
     log.info(
         "plugins: %s; workflows: %s",
         ", ".join(plugins.plugins) or "none",
         ", ".join(plugins.registry.names()) or "none",
     )
-    # The one place the streams are created: with this processor's replicas and limits.
-    transport = await Transport.connect(settings.nats, settings.engine, create=True)
-    tune_gc()
     metrics = ProcessorMetrics()
-    worker = Worker(
-        transport,
+    # The one place the streams are created: with this processor's replicas and limits.
+    worker = await Worker.connect(
+        settings.nats,
+        settings.engine,
         plugins.registry,
         settings.worker,
         # Outermost first: the run's span is current while the others and the plugins' run.
@@ -81,8 +82,9 @@ async def serve(settings: ProcessorSettings, *, tracing: bool = False) -> int:
         ),
         service_defaults=plugins.service_addresses,
     )
-    server = await start_metrics_server(settings, metrics, transport, worker)
-    poller = asyncio.create_task(poll_consumer(transport, settings.worker.consumer, metrics))
+    tune_gc()
+    server = await start_metrics_server(settings, metrics, worker.engine, worker)
+    poller = asyncio.create_task(poll_consumer(worker.engine, settings.worker.consumer, metrics))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stop)
@@ -96,7 +98,7 @@ async def serve(settings: ProcessorSettings, *, tracing: bool = False) -> int:
             await poller
         if server is not None:
             await server.stop()
-        await transport.close()
+        await worker.close()
     log.info("processor stopped (completed %d, failed %d)", worker.completed, worker.failed)
     return 0
 
@@ -114,14 +116,14 @@ def tune_gc() -> None:
 async def start_metrics_server(
     settings: ProcessorSettings,
     metrics: ProcessorMetrics,
-    transport: Transport,
+    engine: Engine,
     worker: Worker | None = None,
 ) -> MetricsServer | None:
     """Serve /metrics, /livez, /readyz (consuming commands) and /healthz (connected to NATS),
     unless the port is 0."""
     return await serve_metrics(
         metrics.registry,
-        lambda: transport.nc.is_connected,
+        lambda: engine.is_connected,
         settings.metrics_host,
         settings.metrics_port,
         ready=worker.not_ready if worker is not None else None,
@@ -129,6 +131,7 @@ async def start_metrics_server(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``durable-processor`` command; its exit code."""
     args = parse_args(argv)
     heartbeat = args.heartbeat
     overrides = {

@@ -199,6 +199,7 @@ class MetricsInterceptor(Interceptor):
         self.metrics = metrics
 
     async def intercept_workflow(self, inp: WorkflowInput, nxt: WorkflowNext) -> Any:
+        """Run the workflow, counting and timing it by workflow and outcome."""
         m = self.metrics
         if not inp.resumed:
             m.started.labels(inp.workflow).inc()
@@ -213,6 +214,7 @@ class MetricsInterceptor(Interceptor):
             m.in_flight.dec()
 
     async def intercept_step(self, inp: StepInput, nxt: StepNext) -> Any:
+        """Run one attempt of a step, counting and timing it by kind and outcome."""
         m = self.metrics
         if inp.attempt > 1:
             m.attempts_retried.labels(inp.kind, inp.workflow).inc()
@@ -226,6 +228,7 @@ class MetricsInterceptor(Interceptor):
             m.step_seconds.labels(inp.kind, inp.workflow).observe(time.perf_counter() - started)
 
     def observe(self, event: EngineEvent) -> None:
+        """Count or time an engine event (schedule-to-start, appends, redeliveries)."""
         m = self.metrics
         if event.kind == "finished":
             counter = {"completed": m.completed, "failed": m.failed, "cancelled": m.cancelled}
@@ -240,13 +243,14 @@ class MetricsInterceptor(Interceptor):
 
 
 class ConsumerStats(Protocol):
-    """What the poller needs of the transport (``durable_core._transport.Transport``)."""
+    """What the poller needs of the engine (``durable_core.admin.Engine``)."""
 
-    async def consumer_stats(self, consumer: str) -> tuple[int, int, int]: ...
+    async def consumer_stats(self, consumer: str) -> tuple[int, int, int]:
+        """The command consumer's pending, ack-pending and redelivered counts."""
 
 
 async def poll_consumer(
-    transport: ConsumerStats, consumer: str, metrics: ProcessorMetrics, interval: float = 5.0
+    engine: ConsumerStats, consumer: str, metrics: ProcessorMetrics, interval: float = 5.0
 ) -> None:
     """Copy the command consumer's pending and redelivery counts into gauges every ``interval``
     seconds, until cancelled. NATS trouble is logged (once per streak) and retried."""
@@ -254,7 +258,7 @@ async def poll_consumer(
     while True:
         await asyncio.sleep(interval)  # first after one interval: the worker creates the consumer
         try:
-            pending, ack_pending, redelivered = await transport.consumer_stats(consumer)
+            pending, ack_pending, redelivered = await engine.consumer_stats(consumer)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - metrics must never stop the processor

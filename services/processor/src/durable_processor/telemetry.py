@@ -51,6 +51,7 @@ class LogContextInterceptor(Interceptor):
     """Makes the invocation id (and step) known to log records written during a run."""
 
     async def intercept_workflow(self, inp: WorkflowInput, nxt: WorkflowNext) -> Any:
+        """Run the workflow with its invocation in the log context."""
         token = _invocation.set(inp.invocation_id)
         try:
             return await nxt(inp)
@@ -58,6 +59,7 @@ class LogContextInterceptor(Interceptor):
             _invocation.reset(token)
 
     async def intercept_step(self, inp: StepInput, nxt: StepNext) -> Any:
+        """Run one attempt of a step with its step in the log context."""
         token = _step.set(inp.step)
         try:
             return await nxt(inp)
@@ -70,6 +72,7 @@ class LogContextFilter(logging.Filter):
     ``durable_context``: them as `` [invocation_id=... trace_id=...]`` ("" when none is set)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Add the current invocation and trace ids to ``record``; never drops it."""
         invocation_id, step = _invocation.get(), _step.get()
         span_context = trace.get_current_span().get_span_context()
         trace_id = format_trace_id(span_context.trace_id) if span_context.is_valid else ""

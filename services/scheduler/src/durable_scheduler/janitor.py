@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 
-from durable_core._transport import StateRecord, Transport
+from durable_core.admin import Engine, StateRecord
 from durable_core.client import Status
 from durable_scheduler.metrics import SchedulerMetrics
 
@@ -38,14 +38,14 @@ class Janitor:
 
     def __init__(
         self,
-        transport: Transport,
+        engine: Engine,
         retention: timedelta,
         interval: timedelta,
         metrics: SchedulerMetrics | None = None,
         *,
         clock: Callable[[], int] = lambda: int(time.time() * 1000),
     ) -> None:
-        self.t = transport
+        self.engine = engine
         self.retention_ms = int(retention.total_seconds() * 1000)
         self.interval = interval.total_seconds()
         self.metrics = metrics or SchedulerMetrics(runtime_collectors=False)
@@ -53,6 +53,7 @@ class Janitor:
         self._stopping = asyncio.Event()
 
     def stop(self) -> None:
+        """Stop sweeping; ``run`` returns soon after."""
         self._stopping.set()
 
     async def run(self) -> None:
@@ -68,6 +69,7 @@ class Janitor:
                 await asyncio.wait_for(self._stopping.wait(), self.interval)
 
     def due(self, rec: StateRecord, now_ms: int) -> bool:
+        """Whether a finished execution's retention ran out by ``now_ms``."""
         st = rec.state
         finished = Status.from_pb(st.status).is_terminal
         return finished and st.updated_at_ms + self.retention_ms <= now_ms
@@ -76,7 +78,7 @@ class Janitor:
         """One pass over every state; returns how many executions were removed."""
         due: list[StateRecord] = []
         now = self.clock()
-        async for item in self.t.watch_states():
+        async for item in self.engine.watch_states():
             if item is None:
                 break  # caught up: every state seen once
             _, rec = item
@@ -86,7 +88,7 @@ class Janitor:
         for rec in due:
             if self._stopping.is_set():
                 break
-            if await self.t.expire_execution(rec, self.clock()):
+            if await self.engine.expire_execution(rec, self.clock()):
                 removed += 1
                 self.metrics.expired.inc()
         return removed

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from durable_core import DurableError
-from durable_core._transport import Transport
+from durable_core.admin import Engine
 from durable_core.service.logs import configure_logging
 from durable_core.service.metrics_server import MetricsServer, Ready
 from durable_core.service.metrics_server import start_metrics_server as serve_metrics
@@ -26,6 +26,7 @@ log = logging.getLogger("durable_scheduler")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line's options (each overrides its setting)."""
     p = argparse.ArgumentParser(
         prog="durable-scheduler",
         description="Start workflow invocations when their schedules fire (any number of "
@@ -41,14 +42,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 async def start_metrics_server(
     settings: SchedulerSettings,
     metrics: SchedulerMetrics,
-    transport: Transport,
+    engine: Engine,
     ready: Ready | None = None,
 ) -> MetricsServer | None:
     """Serve /metrics, /livez, /readyz and /healthz (200 while connected to NATS), unless the
     port is 0."""
     return await serve_metrics(
         metrics.registry,
-        lambda: transport.nc.is_connected,
+        lambda: engine.is_connected,
         settings.metrics_host,
         settings.metrics_port,
         ready=ready,
@@ -56,41 +57,42 @@ async def start_metrics_server(
 
 
 async def serve(settings: SchedulerSettings) -> int:
+    """Run the scheduler until SIGTERM or SIGINT; the process's exit code."""
     # NATS first (a wrong URL fails at once), then the probes, then the engine's streams,
     # which only processors create: wait for them, not ready meanwhile.
-    transport = await Transport.connect(settings.nats, settings.engine, bind=False)
+    engine = await Engine.connect(settings.nats, settings.engine, bind=False)
     metrics = SchedulerMetrics()
     scheduler: Scheduler | None = None
 
     def not_ready() -> str | None:
         if scheduler is not None:
             return scheduler.not_ready()
-        if not transport.nc.is_connected:
+        if not engine.is_connected:
             return "not connected to NATS (reconnecting)"
         return (
             f"waiting for the engine's streams (prefix {settings.engine.prefix}): start a processor"
         )
 
-    server = await start_metrics_server(settings, metrics, transport, not_ready)
+    server = await start_metrics_server(settings, metrics, engine, not_ready)
     try:
-        await transport.bind(wait=math.inf)
-        scheduler = Scheduler(transport, settings, metrics)
-        await _run(transport, settings, metrics, scheduler)
+        await engine.bind(wait=math.inf)
+        scheduler = Scheduler(engine, settings, metrics)
+        await _run(engine, settings, metrics, scheduler)
     finally:
         if server is not None:
             await server.stop()
-        await transport.close()
+        await engine.close()
     return 0
 
 
 async def _run(
-    transport: Transport,
+    engine: Engine,
     settings: SchedulerSettings,
     metrics: SchedulerMetrics,
     scheduler: Scheduler,
 ) -> None:
-    redriver = Redriver(transport, metrics)
-    janitor = Janitor(transport, settings.engine.retention, settings.retention_sweep, metrics)
+    redriver = Redriver(engine, metrics)
+    janitor = Janitor(engine, settings.engine.retention, settings.retention_sweep, metrics)
     loop = asyncio.get_running_loop()
 
     def stop() -> None:
@@ -108,6 +110,7 @@ async def _run(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``durable-scheduler`` command; its exit code."""
     args = parse_args(argv)
     overrides = {
         "nats_url": args.nats_url,

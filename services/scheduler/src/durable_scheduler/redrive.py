@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from durable_core._transport import StateConflict, Transport
+from durable_core.admin import Engine, StateConflict
+from durable_core.engine import LeaseRecord
 from durable_scheduler.metrics import SchedulerMetrics
 
 __all__ = ["Lease", "Redriver"]
@@ -31,29 +31,29 @@ log = logging.getLogger("durable_scheduler.redrive")
 
 @dataclass(slots=True)
 class Lease:
-    """What a watcher knows of one processor lease."""
+    """What a watcher knows of one processor lease: its record, and when it saw it."""
 
     name: str
     revision: int
     seen_at: float  # the watcher's monotonic clock when this revision arrived
-    ttl: float
-    processor: str = ""
-    held: list[str] = field(default_factory=list)
+    record: LeaseRecord
 
     @classmethod
     def parse(cls, name: str, data: bytes, revision: int, seen_at: float) -> Lease:
         """Raises ValueError for a record that is not a lease."""
         try:
-            rec = json.loads(data)
-            ttl = float(rec["ttl_ms"]) / 1000
-            held = [str(r) for r in rec.get("held", [])]
-        except (ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"lease {name} is not a lease record: {e}") from e
-        if ttl <= 0:
-            raise ValueError(f"lease {name} has ttl {ttl}")
-        return cls(name, revision, seen_at, ttl, str(rec.get("processor", "")), held)
+            record = LeaseRecord.parse(data)
+        except ValueError as e:
+            raise ValueError(f"lease {name} {e}") from e
+        return cls(name, revision, seen_at, record)
+
+    @property
+    def ttl(self) -> float:
+        """Seconds the lease stays alive unrenewed."""
+        return self.record.ttl
 
     def lapsed(self, now: float) -> bool:
+        """Whether it went unrenewed for its TTL by ``now`` (the watcher's clock)."""
         return now - self.seen_at > self.ttl
 
 
@@ -67,13 +67,13 @@ class Redriver:
 
     def __init__(
         self,
-        transport: Transport,
+        engine: Engine,
         metrics: SchedulerMetrics | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
         check_every: float = 1.0,
     ) -> None:
-        self.t = transport
+        self.engine = engine
         self.metrics = metrics or SchedulerMetrics(runtime_collectors=False)
         self.clock = clock
         self.check_every = check_every
@@ -81,6 +81,7 @@ class Redriver:
         self._stopping = asyncio.Event()
 
     def stop(self) -> None:
+        """Stop watching; ``run`` returns soon after."""
         self._stopping.set()
 
     async def run(self) -> None:
@@ -100,7 +101,7 @@ class Redriver:
     async def _watch_forever(self) -> None:
         while True:
             try:
-                async for item in self.t.watch_leases():
+                async for item in self.engine.watch_leases():
                     if item is not None:
                         self.saw(*item)
             except asyncio.CancelledError:
@@ -128,7 +129,9 @@ class Redriver:
         handed_back = 0
         for lease in [le for le in self.leases.values() if le.lapsed(now)]:
             try:
-                naked = await self.t.redrive_lease(lease.name, lease.revision, lease.held)
+                naked = await self.engine.redrive_lease(
+                    lease.name, lease.revision, lease.record.held
+                )
             except StateConflict:
                 # Renewed meanwhile, or another replica claimed it: its watch will tell.
                 continue
@@ -138,13 +141,13 @@ class Redriver:
             self.leases.pop(lease.name, None)
             handed_back += naked
             self.metrics.leases_expired.inc()
-            self.metrics.redriven.inc(len(lease.held))
+            self.metrics.redriven.inc(len(lease.record.held))
             log.warning(
                 "processor %s (lease %s) silent for %.1fs (ttl %.1fs): handed %d commands back",
-                lease.processor or "?",
+                lease.record.processor or "?",
                 lease.name,
                 now - lease.seen_at,
                 lease.ttl,
-                len(lease.held),
+                len(lease.record.held),
             )
         return handed_back

@@ -17,10 +17,10 @@ from typing import Protocol
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
-from durable_core import Client, ConflictError, InvalidInputError
-from durable_core._transport import TickDelivery, Transport
+from durable_core import ConflictError, InvalidInputError
+from durable_core.admin import Engine, TickDelivery
 from durable_core.client import Status
-from durable_core.schedules import Schedule, find_schedule, save_schedule
+from durable_core.schedules import Schedule
 from durable_scheduler.firing import (
     Tick,
     Verdict,
@@ -50,9 +50,11 @@ class TickMessage(Protocol):
     stored_at: datetime
     num_delivered: int
 
-    async def ack(self) -> None: ...
+    async def ack(self) -> None:
+        """Acknowledge the tick: it was handled."""
 
-    async def nak(self, delay: float | None = None) -> None: ...
+    async def nak(self, delay: float | None = None) -> None:
+        """Hand the tick back, to come again after ``delay`` seconds."""
 
 
 class Scheduler:
@@ -64,17 +66,17 @@ class Scheduler:
 
     def __init__(
         self,
-        transport: Transport,
+        engine: Engine,
         settings: SchedulerSettings,
         metrics: SchedulerMetrics | None = None,
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self.t = transport
+        self.engine = engine
         self.settings = settings
         self.metrics = metrics or SchedulerMetrics(runtime_collectors=False)
         self.clock = clock
-        self.client = Client(transport)
+        self.client = engine.client()
         # A claim whose invocation has no state after this long was lost (see still_running).
         self.stale_after = max(timedelta(minutes=1), settings.ack_wait * 3)
         self._stopping = asyncio.Event()
@@ -85,7 +87,7 @@ class Scheduler:
         """Why this replica is not consuming ticks now (one line), or None: for /readyz."""
         if self._stopping.is_set():
             return "stopping"
-        if not self.t.nc.is_connected:
+        if not self.engine.is_connected:
             return "not connected to NATS (reconnecting)"
         if not self._consuming:
             return "starting (setting up the tick consumer)"
@@ -100,16 +102,16 @@ class Scheduler:
     async def run(self) -> None:
         """Consume ticks until :meth:`stop`."""
         s = self.settings
-        consumer = await self.t.tick_consumer(
+        consumer = await self.engine.tick_consumer(
             consumer=s.consumer,
             ack_wait=s.ack_wait.total_seconds(),
             max_ack_pending=max(1000, s.max_concurrent * 4),
         )
         log.info(
             "consuming ticks of %s (consumer %s, prefix %s)",
-            self.t.names.tick_subjects,
+            self.engine.tick_subjects,
             s.consumer,
-            self.t.names.prefix,
+            self.engine.prefix,
         )
         self._consuming = True
         try:
@@ -182,7 +184,7 @@ class Scheduler:
     async def _decide_and_start(self, name: str, d: TickMessage, tick: Tick) -> None:
         m = self.metrics
         for _ in range(_ROUNDS):
-            schedule = await find_schedule(self.t, name)
+            schedule = await self.engine.find_schedule(name)
             now = self.clock()
             verdict, invocation_id, late = first_look(schedule, tick, now)
             if verdict in (Verdict.DELETED, Verdict.PAUSED):
@@ -216,7 +218,9 @@ class Scheduler:
                 await d.ack()
                 return
             try:
-                schedule = await save_schedule(self.t, claim(schedule, invocation_id, now, late))
+                schedule = await self.engine.save_schedule(
+                    claim(schedule, invocation_id, now, late)
+                )
             except ConflictError:
                 continue  # another replica or a pause changed the record: decide again
             await self._start(schedule, invocation_id)
@@ -237,7 +241,7 @@ class Scheduler:
     async def _overlaps(self, schedule: Schedule, now: datetime) -> bool:
         if schedule.overlap != "skip" or not schedule.last_invocation_id:
             return False
-        rec = await self.t.get_state(schedule.last_invocation_id)
+        rec = await self.engine.get_state(schedule.last_invocation_id)
         status = None if rec is None else Status.from_pb(rec.state.status)
         return still_running(status, schedule, now, self.stale_after)
 

@@ -109,7 +109,7 @@ class MetricsServer:
     def _healthy(self) -> bool:
         try:
             return bool(self.healthy())
-        except Exception:  # noqa: BLE001 - a failing check means unhealthy
+        except Exception:  # a failing check means unhealthy
             log.debug("health check raised", exc_info=True)
             return False
 

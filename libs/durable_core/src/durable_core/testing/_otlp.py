@@ -49,7 +49,7 @@ class OtlpHttpReceiver:
         receiver = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:  # http.server's name
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 receiver.paths.append(self.path)
                 request = trace_service_pb2.ExportTraceServiceRequest.FromString(body)

@@ -1,8 +1,8 @@
 """Unit-test workflows without NATS: replay a hand-written journal, fake the gRPC services.
 
-A workflow runs on a real ``Context`` and a real ``ReplayMachine``; only the two things that
-need the outside world are swapped out: the journal is a list in memory, and ``ctx.call`` is
-answered by plain functions instead of gRPC channels.
+A workflow runs on the engine's real ``Context`` and a real ``ReplayMachine``; only the two
+things that need the outside world are swapped out: the journal is a list in memory, and
+``ctx.call`` is answered by plain functions instead of gRPC channels.
 
 Example:
     >>> run = await replay_workflow(
@@ -33,9 +33,9 @@ from google.protobuf.message import Message
 
 from durable_core import _codec
 from durable_core._grpc import ChannelPool, MethodRef
-from durable_core._journal import STEP_KINDS, Decision, Replay, ReplayMachine
+from durable_core._journal import STEP_KINDS, Decision, Replay, ReplayMachine, Submission, Wait
 from durable_core._pb.durable.v1 import durable_pb2 as pb
-from durable_core.context import Context, Submission, Wait
+from durable_core.engine._context import RunContext
 from durable_core.errors import ConfigError, InvalidInputError, TerminalError
 from durable_core.retry import RetryPolicy
 
@@ -218,7 +218,7 @@ def failed_entry(
 
 async def replay_workflow(
     fn: Callable[..., Awaitable[Any]],
-    input: Any = _NO_INPUT,
+    input: Any = _NO_INPUT,  # noqa: A002 - the name the workflow API uses
     *,
     journal: Sequence[pb.JournalEntry] = (),
     calls: Mapping[str, FakeCall] | None = None,
@@ -278,7 +278,7 @@ async def replay_workflow(
     machine = _CountingMachine(invocation_id, entries)
     memory = _MemoryJournal(machine, next_index=len(entries) + 1)
     recorded: list[RecordedCall] = []
-    ctx = Context(
+    ctx = RunContext(
         invocation_id=invocation_id,
         workflow=workflow or fn.__name__,
         partition_key=partition_key,
@@ -312,8 +312,8 @@ async def replay_workflow(
             _check_storable(output, ctx.workflow)
         except Exception as e:  # noqa: BLE001 - the workflow's failure is the result
             error = e
-    if ctx.nondeterminism is not None:
-        error = ctx.nondeterminism  # the engine fails the invocation even if it was caught
+    if ctx.steps.nondeterminism is not None:
+        error = ctx.steps.nondeterminism  # the engine fails the invocation even if it was caught
     if error is not None:
         output = None
 

@@ -238,3 +238,9 @@ class ExecutionState(_message.Message):
     run_command_seq: int
     trace_context: _containers.ScalarMap[str, str]
     def __init__(self, invocation_id: _Optional[str] = ..., workflow: _Optional[str] = ..., status: _Optional[_Union[Status, str]] = ..., args: _Optional[_Union[Payload, _Mapping]] = ..., output: _Optional[_Union[Payload, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., partition_key: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., journal_length: _Optional[int] = ..., trace_id: _Optional[str] = ..., parent_id: _Optional[str] = ..., child_ids: _Optional[_Iterable[str]] = ..., processor: _Optional[str] = ..., start_at_ms: _Optional[int] = ..., waiting_for: _Optional[str] = ..., parent_partition_key: _Optional[str] = ..., notify_parent: _Optional[bool] = ..., parent_workflow: _Optional[str] = ..., forked_from: _Optional[str] = ..., deadline_ms: _Optional[int] = ..., rerun_of: _Optional[str] = ..., run_command_seq: _Optional[int] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class ResultNotice(_message.Message):
+    __slots__ = ("journal",)
+    JOURNAL_FIELD_NUMBER: _ClassVar[int]
+    journal: _containers.RepeatedCompositeFieldContainer[JournalEntry]
+    def __init__(self, journal: _Optional[_Iterable[_Union[JournalEntry, _Mapping]]] = ...) -> None: ...

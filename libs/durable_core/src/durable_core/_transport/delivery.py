@@ -27,62 +27,17 @@ import contextlib
 import json
 import logging
 import time
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
+from durable_core._transport.inbox import Queue
+
 log = logging.getLogger("durable_core.transport")
 
-__all__ = ["CommandConsumer", "Delivery", "MsgQueue"]
-
-T = TypeVar("T")
-
-
-class _Queue(Generic[T]):
-    """The messages of one subscription (its callback is ``put``), taken without a task and
-    a timer per message as ``Subscription.next_msg`` makes."""
-
-    __slots__ = ("_msgs", "_waiter")
-
-    def __init__(self) -> None:
-        self._msgs: collections.deque[T] = collections.deque()
-        self._waiter: asyncio.Future[None] | None = None
-
-    async def put(self, msg: T) -> None:
-        self._msgs.append(msg)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def take(self) -> T | None:
-        """The next message if one is there."""
-        return self._msgs.popleft() if self._msgs else None
-
-    async def get(self, timeout: float) -> T:
-        """The next message; TimeoutError if none comes within ``timeout`` seconds (one
-        reader at a time)."""
-        if not self._msgs:
-            loop = asyncio.get_running_loop()
-            waiter = self._waiter = loop.create_future()
-            timer = loop.call_later(max(timeout, 0), _wake, waiter)
-            try:
-                await waiter
-            finally:
-                timer.cancel()
-                self._waiter = None
-            if not self._msgs:
-                raise TimeoutError
-        return self._msgs.popleft()
-
-
-MsgQueue = _Queue[Msg]
-
-
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
+__all__ = ["CommandConsumer", "Delivery"]
 
 
 class Delivery:
@@ -179,7 +134,8 @@ class Delivery:
         """Hand the command back (while surely held: else it may be someone else's now).
 
         ``stale_ok``: hand it back even if it may have moved on; only where a NAK that takes it
-        from a later holder cannot start a second run (run locks, see ``durable_core._hold``).
+        from a later holder cannot start a second run (run locks, see
+        ``durable_core.engine._hold``).
         """
         if stale_ok or self._settling("nak"):
             self.settled = True
@@ -234,7 +190,7 @@ class CommandConsumer:
         self._next_subject = next_subject
         self._ack_wait = ack_wait
         self._inbox = nc.new_inbox()
-        self._queue: _Queue[tuple[int, Msg]] = _Queue()
+        self._queue: Queue[tuple[int, Msg]] = Queue()
         self._sent = 0  # pull requests sent; the last one is the open one
         self._credit = 0  # messages the open request may still bring
         self._until = 0.0  # when it expires (monotonic)

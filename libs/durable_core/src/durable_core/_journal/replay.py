@@ -1,72 +1,17 @@
-"""The replay state machine: pure, with no asyncio, nats or grpc.
-
-Given the entries recorded so far for an invocation, it answers for each step the workflow
-asks for: replay the recorded result, or execute it now. A step whose name or input hash
-differs from the record raises NonDeterminismError.
-"""
+"""The replay machine: what the journal says, and for each step the workflow asks for whether to
+replay its recorded outcome or execute it. A step whose name or input hash differs from the
+record raises NonDeterminismError."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from durable_core._journal.kinds import FINAL_KINDS, PROCESSOR_KINDS, STEP_KINDS, describe
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core.errors import NonDeterminismError
 
-STEP_KINDS = frozenset(
-    {
-        pb.ENTRY_KIND_CALL,
-        pb.ENTRY_KIND_RUN,
-        pb.ENTRY_KIND_SLEEP,
-        pb.ENTRY_KIND_AWAKEABLE,
-        pb.ENTRY_KIND_SIGNAL_WAIT,
-        pb.ENTRY_KIND_STATE_SET,
-        pb.ENTRY_KIND_STATE_CLEAR,
-        pb.ENTRY_KIND_CHILD,
-        pb.ENTRY_KIND_SEND,
-    }
-)
-FINAL_KINDS = frozenset({pb.ENTRY_KIND_COMPLETED, pb.ENTRY_KIND_FAILED, pb.ENTRY_KIND_CANCELLED})
-# Written by the processor that holds the invocation; everything else comes from outside.
-PROCESSOR_KINDS = (
-    STEP_KINDS
-    | FINAL_KINDS
-    | {
-        pb.ENTRY_KIND_CLAIM,
-        pb.ENTRY_KIND_SUSPENDED,
-        pb.ENTRY_KIND_CANCEL_DELIVERED,
-        pb.ENTRY_KIND_ATTEMPT_FAILED,
-    }
-)
-LIFECYCLE_KINDS = frozenset(
-    {
-        pb.ENTRY_KIND_PAUSE_REQUEST,
-        pb.ENTRY_KIND_RESUME_REQUEST,
-        pb.ENTRY_KIND_CANCEL_REQUEST,
-        pb.ENTRY_KIND_RETRY_REQUEST,
-    }
-)
-EXTERNAL_KINDS = (
-    frozenset({pb.ENTRY_KIND_AWAKEABLE_RESULT, pb.ENTRY_KIND_SIGNAL, pb.ENTRY_KIND_CHILD_RESULT})
-    | LIFECYCLE_KINDS
-)
-
-_KIND_NAMES: dict[int, str] = {
-    pb.ENTRY_KIND_CALL: "call",
-    pb.ENTRY_KIND_RUN: "run",
-    pb.ENTRY_KIND_SLEEP: "sleep",
-    pb.ENTRY_KIND_AWAKEABLE: "awakeable",
-    pb.ENTRY_KIND_SIGNAL_WAIT: "signal",
-    pb.ENTRY_KIND_STATE_SET: "set",
-    pb.ENTRY_KIND_STATE_CLEAR: "clear",
-    pb.ENTRY_KIND_CHILD: "child",
-    pb.ENTRY_KIND_SEND: "send",
-}
-
-
-def kind_name(kind: int) -> str:
-    """Short name of an entry kind (``call``, ``sleep``, ...)."""
-    return _KIND_NAMES.get(kind) or pb.EntryKind.Name(kind).removeprefix("ENTRY_KIND_").lower()
+__all__ = ["Decision", "Execute", "Replay", "ReplayMachine"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,11 +30,6 @@ class Execute:
 
 
 Decision = Replay | Execute
-
-
-def describe(kind: int, name: str) -> str:
-    """A human label for a step, e.g. ``call /hello.HelloService/SayHello``."""
-    return f"{kind_name(kind)} {name!r}"
 
 
 class ReplayMachine:

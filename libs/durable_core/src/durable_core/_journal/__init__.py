@@ -1,0 +1,60 @@
+"""The journal's pure machines: no asyncio, nats or grpc (an import-linter contract says so).
+
+- ``kinds``: which entry kinds a run writes, which come from outside, which end an invocation;
+- ``replay``: ``ReplayMachine``, what the journal holds, and replay-or-execute for each step;
+- ``steps``: ``StepMachine``, every decision a workflow's context makes over the journal
+  (replay, execute, cancel, park, retry at or give up, timers, waits, deterministic values).
+
+The engine drives them over JetStream; the client and the test replayer use them too.
+"""
+
+from durable_core._journal.kinds import (
+    EXTERNAL_KINDS,
+    FINAL_KINDS,
+    LIFECYCLE_KINDS,
+    PROCESSOR_KINDS,
+    STEP_KINDS,
+    describe,
+    kind_name,
+)
+from durable_core._journal.replay import Decision, Execute, Replay, ReplayMachine
+from durable_core._journal.steps import (
+    CANCELLED,
+    LOCAL_TIMER,
+    MAX_SLEEP,
+    DeliverCancel,
+    Due,
+    GiveUp,
+    Park,
+    RetryAt,
+    SleepFor,
+    StepMachine,
+    Submission,
+    Wait,
+)
+
+__all__ = [
+    "CANCELLED",
+    "EXTERNAL_KINDS",
+    "FINAL_KINDS",
+    "LIFECYCLE_KINDS",
+    "LOCAL_TIMER",
+    "MAX_SLEEP",
+    "PROCESSOR_KINDS",
+    "STEP_KINDS",
+    "Decision",
+    "DeliverCancel",
+    "Due",
+    "Execute",
+    "GiveUp",
+    "Park",
+    "Replay",
+    "ReplayMachine",
+    "RetryAt",
+    "SleepFor",
+    "StepMachine",
+    "Submission",
+    "Wait",
+    "describe",
+    "kind_name",
+]

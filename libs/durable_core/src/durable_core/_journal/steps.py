@@ -1,0 +1,475 @@
+"""The step machine of one run: every decision a workflow's context makes, as pure code.
+
+Restate keeps its state machine (``vm.py``) apart from the context that drives it; so does this
+engine. Given the journal (a ``ReplayMachine``) the machine decides, for each thing a workflow
+does: replay the recorded outcome or execute the step; deliver a cancellation here; park on a
+pause; after a failed attempt, retry at a time or give up; whether a timer is due, near (wait in
+process) or far (park on a server-side timer); whether what a wait waits for has arrived; when
+every step is parked (suspend); and the deterministic values (``now``, UUIDs, random numbers,
+awakeable and child ids) that are the same on every replay. The context
+(``durable_core.engine._context``) runs the I/O it asks for: no asyncio, nats or grpc here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random as _random
+import uuid as _uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from durable_core import _codec
+from durable_core._journal.replay import Execute, Replay, ReplayMachine
+from durable_core._pb.durable.v1 import durable_pb2 as pb
+from durable_core.errors import (
+    AwakeableRejectedError,
+    ChildWorkflowError,
+    InvocationCancelledError,
+    NonDeterminismError,
+    StepFailedError,
+)
+from durable_core.retry import RetryPolicy
+
+__all__ = [
+    "CANCELLED",
+    "LOCAL_TIMER",
+    "MAX_SLEEP",
+    "DeliverCancel",
+    "Due",
+    "GiveUp",
+    "Park",
+    "RetryAt",
+    "SleepFor",
+    "StepMachine",
+    "Submission",
+    "Wait",
+]
+
+LOCAL_TIMER = timedelta(seconds=2)  # sleeps due sooner than this wait in-process
+MAX_SLEEP = timedelta(days=3650)
+CANCELLED = "InvocationCancelledError"  # the failure type of a step the cancellation ended
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """An invocation a workflow starts (child, or ``ctx.send``)."""
+
+    invocation_id: str
+    workflow: str
+    args: pb.Payload
+    partition_key: str
+    parent_id: str
+    notify_parent: bool
+    start_at_ms: int = 0
+    headers: Mapping[str, str] = field(default_factory=dict)  # trace context for the new one
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """Something a parked workflow waits for; ``wake_at_ms`` for timers."""
+
+    what: str
+    step: int
+    wake_at_ms: int = 0
+    tag: str = ""  # tells apart the timers of one step (its retry attempts)
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverCancel:
+    """Journal ``entry``, then raise InvocationCancelledError: the cancellation is delivered
+    here (and a replay raises it here again)."""
+
+    entry: pb.JournalEntry
+
+
+@dataclass(frozen=True, slots=True)
+class Park:
+    """Wait for ``wait``: the run stops once every step is parked, a later run replays to here."""
+
+    wait: Wait
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    """The timer is due: go on."""
+
+
+@dataclass(frozen=True, slots=True)
+class SleepFor:
+    """The timer is due soon: wait ``seconds`` in process, then ask again."""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class RetryAt:
+    """Journal the failed attempt (``entry``), then run the step again at ``wake_at_ms``."""
+
+    entry: pb.JournalEntry
+    wake_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class GiveUp:
+    """The step failed for good: journal it with ``failure``."""
+
+    failure: pb.Failure
+
+
+class StepMachine:
+    """The decisions of one run of one invocation over its journal.
+
+    Args:
+        journal: what the journal holds (entries appended during the run are recorded in it).
+        start_time_ms: ``now()`` before the first step (when the invocation was submitted).
+    """
+
+    def __init__(self, invocation_id: str, journal: ReplayMachine, start_time_ms: int) -> None:
+        self.invocation_id = invocation_id
+        self.journal = journal
+        self.now_ms = start_time_ms  # the time as the journal knows it
+        self.nondeterminism: NonDeterminismError | None = None  # even if the workflow caught it
+        self.cancel_delivered = False  # the workflow has seen the cancellation
+        self.children: list[str] = []  # child invocations started (or replayed) so far
+        self.parked: list[Wait] = []
+        self.executing = 0  # steps running (or journaling) now: the run may not suspend
+        self._rng: _random.Random | None = None  # made on first use: most runs never need it
+        self._uuids = 0
+        self._awakeables = 0
+        self._signal_waits: dict[str, int] = {}
+        self._state: dict[str, pb.Payload] = {}
+
+    # -- deterministic values ------------------------------------------------------------------
+
+    def now(self) -> datetime:
+        """The time of the last journaled step passed (or of the submission), UTC."""
+        return datetime.fromtimestamp(self.now_ms / 1000, tz=UTC)
+
+    def saw(self, entry: pb.JournalEntry) -> None:
+        """The workflow moved past ``entry``: the clock is at least its time."""
+        self.now_ms = max(self.now_ms, entry.timestamp_ms)
+
+    def uuid(self) -> _uuid.UUID:
+        """The next UUID (version 4 layout) of this invocation: the same on every replay."""
+        self._uuids += 1
+        digest = hashlib.sha256(f"{self.invocation_id}:uuid:{self._uuids}".encode()).digest()
+        return _uuid.UUID(bytes=digest[:16], version=4)
+
+    def random(self) -> float:
+        """The next float in [0, 1) from a generator seeded by the invocation id."""
+        if self._rng is None:
+            seed = hashlib.sha256(self.invocation_id.encode()).digest()
+            self._rng = _random.Random(int.from_bytes(seed[:8], "big"))
+        return self._rng.random()
+
+    def awakeable_id(self) -> str:
+        """The id of the next awakeable: ``awk.<invocation>.<n>``."""
+        self._awakeables += 1
+        return f"awk.{self.invocation_id}.{self._awakeables}"
+
+    def child_id(self, step: int) -> str:
+        """A child's id, the same on every replay: ``<parent>-<step>`` (hashed if too long)."""
+        candidate = f"{self.invocation_id}-{step}"
+        if len(candidate) <= 128:
+            return candidate
+        return f"{hashlib.sha256(self.invocation_id.encode()).hexdigest()[:40]}-{step}"
+
+    # -- steps ---------------------------------------------------------------------------------
+
+    @property
+    def is_replaying(self) -> bool:
+        """True while recorded steps remain that the workflow has not reached yet."""
+        return self.journal.is_replaying
+
+    def begin(self, kind: pb.EntryKind, name: str, digest: bytes) -> Replay | Execute:
+        """The next step the workflow takes: replay it, or execute it.
+
+        Raises:
+            NonDeterminismError: the journal holds another step here (kept on the machine).
+            InvocationCancelledError: an earlier run delivered the cancellation at this step.
+        """
+        try:
+            decision = self.journal.next_step(kind, name, digest)
+        except NonDeterminismError as e:
+            self.nondeterminism = e  # the engine fails the invocation even if this is caught
+            raise
+        if isinstance(decision, Replay) and decision.entry.failure.type == CANCELLED:
+            self.cancel_delivered = True  # an earlier run was cancelled here: so is this one
+            raise InvocationCancelledError(self.invocation_id)
+        return decision
+
+    def before_executing(
+        self, kind: pb.EntryKind, step: int, name: str, digest: bytes, now_ms: int
+    ) -> DeliverCancel | Park | None:
+        """A step about to run for the first time (the step boundary where pause and cancel
+        act): deliver a requested cancellation, park while paused, or None: run it."""
+        if self.journal.cancel_requested and not self.cancel_delivered:
+            self.cancel_delivered = True
+            failure = pb.Failure(type=CANCELLED, message="cancelled", step=step)
+            entry = pb.JournalEntry(
+                kind=kind,
+                step=step,
+                name=name,
+                input_hash=digest,
+                timestamp_ms=now_ms,
+                failure=failure,
+            )
+            return DeliverCancel(entry)
+        if self.journal.paused:
+            return Park(Wait("paused (resume to continue)", step))
+        return None
+
+    def replayed(self, entry: pb.JournalEntry) -> pb.Payload:
+        """The recorded outcome of a replayed step.
+
+        Raises:
+            StepFailedError: the step failed for good when it ran.
+        """
+        self.saw(entry)
+        if entry.HasField("failure"):
+            f = entry.failure
+            raise StepFailedError(
+                f.message, step=entry.step, name=entry.name, code=f.code, error_type=f.type
+            )
+        return entry.output
+
+    def earlier_attempts(self, step: int, name: str) -> list[pb.JournalEntry]:
+        """Attempts of the step that failed in earlier runs (they count: a crash or a
+        suspension between two attempts neither resets the count nor skips the backoff)."""
+        return [e for e in self.journal.failed_attempts(step) if e.name == name]
+
+    def attempt_failed(
+        self,
+        step: int,
+        name: str,
+        input_hash: bytes,
+        failure: pb.Failure,
+        *,
+        retryable: bool,
+        attempt: int,
+        policy: RetryPolicy,
+        now_ms: int,
+    ) -> RetryAt | GiveUp:
+        """Attempt ``attempt`` of a step failed with ``failure``: retry at a time the policy
+        sets (journaling the failed attempt first), or give up."""
+        if not (retryable and policy.allows_another(attempt)):
+            return GiveUp(failure)
+        wake_at = now_ms + int(policy.delay(attempt) * 1000)
+        entry = pb.JournalEntry(
+            kind=pb.ENTRY_KIND_ATTEMPT_FAILED,
+            step=step,
+            name=name,
+            input_hash=input_hash,
+            failure=failure,
+            timestamp_ms=now_ms,
+            attempts=attempt,
+            wake_at_ms=wake_at,
+        )
+        return RetryAt(entry, wake_at)
+
+    def outcome(
+        self,
+        kind: pb.EntryKind,
+        step: int,
+        name: str,
+        input_hash: bytes,
+        *,
+        attempts: int,
+        output: pb.Payload | None,
+        failure: pb.Failure | None,
+        now_ms: int,
+        duration_us: int,
+    ) -> pb.JournalEntry:
+        """The entry that records how an executed step ended (its output or its failure)."""
+        entry = pb.JournalEntry(
+            kind=kind,
+            step=step,
+            name=name,
+            input_hash=input_hash,
+            timestamp_ms=now_ms,
+            attempts=attempts,
+            duration_us=duration_us,
+        )
+        if failure is not None:
+            entry.failure.CopyFrom(failure)
+        elif output is not None:
+            entry.output.CopyFrom(output)
+        return entry
+
+    def interrupted(self, step: int, cancelling: bool) -> pb.Failure | None:
+        """A running step was interrupted: if by a cancellation not yet delivered, the step
+        ends with this failure (and the workflow goes on); else None (stop the run)."""
+        if not cancelling or self.cancel_delivered:
+            return None
+        self.cancel_delivered = True
+        return pb.Failure(type=CANCELLED, message="cancelled", step=step)
+
+    def executed(self, entry: pb.JournalEntry) -> None:
+        """A step ran and ``entry`` is journaled: move the clock on, raise its failure.
+
+        Raises:
+            InvocationCancelledError: the cancellation ended it.
+            StepFailedError: it failed for good.
+        """
+        self.saw(entry)
+        if not entry.HasField("failure"):
+            return
+        f = entry.failure
+        if f.type == CANCELLED:
+            raise InvocationCancelledError(self.invocation_id)
+        raise StepFailedError(
+            f.message, step=entry.step, name=entry.name, code=f.code, error_type=f.type
+        )
+
+    # -- timers --------------------------------------------------------------------------------
+
+    def timer(self, wait: Wait, now_ms: int) -> Due | SleepFor | Park:
+        """Whether a timer (``wait.wake_at_ms``) is due, due soon (wait in process) or far
+        (park on a server-side timer, holding no processor slot)."""
+        left = wait.wake_at_ms - now_ms
+        if left <= 0:
+            return Due()
+        if left <= LOCAL_TIMER.total_seconds() * 1000:
+            return SleepFor(left / 1000)
+        return Park(wait)
+
+    def attempt_timer(
+        self, step: int, name: str, due_ms: int, attempt: int, now_ms: int
+    ) -> Due | SleepFor | Park:
+        """When the next attempt of a step may run (see :meth:`timer`)."""
+        what = f"attempt {attempt} of step {step} ({name}) at {_iso(due_ms)}"
+        return self.timer(Wait(what, step, due_ms, tag=f"a{attempt}"), now_ms)
+
+    def sleep_timer(self, entry: pb.JournalEntry, now_ms: int) -> Due | SleepFor | Park:
+        """Whether a durable sleep (its journaled step) has ended; once it has, ``now()`` is at
+        least its wake time.
+
+        Raises:
+            InvocationCancelledError: an earlier run delivered the cancellation at this sleep.
+        """
+        self.check_cancelled_at(entry.step)
+        decision = self.timer(
+            Wait(f"timer until {_iso(entry.wake_at_ms)}", entry.step, entry.wake_at_ms), now_ms
+        )
+        if isinstance(decision, Due):
+            self.now_ms = max(self.now_ms, entry.wake_at_ms)
+        return decision
+
+    # -- waiting -------------------------------------------------------------------------------
+
+    def check_cancelled_at(self, step: int) -> None:
+        """A wait that an earlier run was cancelled at is cancelled again on replay.
+
+        Raises:
+            InvocationCancelledError: it was.
+        """
+        if self.journal.cancel_delivered_at(step):
+            self.cancel_delivered = True
+            raise InvocationCancelledError(self.invocation_id)
+
+    def park(self, wait: Wait, now_ms: int) -> DeliverCancel | Park:
+        """The workflow waits for ``wait``: deliver a requested cancellation instead, or park.
+
+        Raises:
+            InvocationCancelledError: an earlier run delivered the cancellation here.
+        """
+        self.check_cancelled_at(wait.step)
+        if self.journal.cancel_requested and not self.cancel_delivered:
+            return self._cancel_at(wait.step, now_ms)
+        self.parked.append(wait)
+        return Park(wait)
+
+    def unpark(self, wait: Wait, cancelling: bool, now_ms: int) -> DeliverCancel | None:
+        """A parked wait was interrupted: by a cancellation not yet delivered (deliver it
+        here), or by the end of the run (None)."""
+        if not cancelling or self.cancel_delivered:
+            return None
+        self.parked.remove(wait)
+        return self._cancel_at(wait.step, now_ms)
+
+    def _cancel_at(self, step: int, now_ms: int) -> DeliverCancel:
+        self.cancel_delivered = True
+        entry = pb.JournalEntry(kind=pb.ENTRY_KIND_CANCEL_DELIVERED, step=step, timestamp_ms=now_ms)
+        return DeliverCancel(entry)
+
+    def suspension(self) -> tuple[Wait, ...] | None:
+        """What the run waits for once every step is parked (None while any runs)."""
+        if self.parked and self.executing == 0:
+            return tuple(self.parked)
+        return None
+
+    def signal_index(self, name: str) -> int:
+        """Which signal called ``name`` this wait takes (they arrive in order)."""
+        index = self._signal_waits.get(name, 0)
+        self._signal_waits[name] = index + 1
+        return index
+
+    def _arrived(
+        self, step: int, entry: pb.JournalEntry | None, what: str
+    ) -> pb.JournalEntry | Wait:
+        """What the wait at ``step`` found: the entry (the clock moves to it), or what to wait
+        for.
+
+        Raises:
+            InvocationCancelledError: an earlier run delivered the cancellation at this wait.
+        """
+        self.check_cancelled_at(step)
+        if entry is None:
+            return Wait(what, step)
+        self.saw(entry)
+        return entry
+
+    def signal(self, step: int, name: str, index: int) -> pb.Payload | Wait:
+        """The payload of the ``index``-th signal ``name``, or what to wait for."""
+        found = self._arrived(step, self.journal.signal(name, index), f"signal {name!r}")
+        return found if isinstance(found, Wait) else found.output
+
+    def awakeable(self, step: int, awakeable_id: str) -> pb.Payload | Wait:
+        """The payload an awakeable was resolved with, or what to wait for.
+
+        Raises:
+            AwakeableRejectedError: it was rejected.
+        """
+        found = self._arrived(
+            step, self.journal.awakeable_result(awakeable_id), f"awakeable {awakeable_id}"
+        )
+        if isinstance(found, Wait) or not found.HasField("failure"):
+            return found if isinstance(found, Wait) else found.output
+        raise AwakeableRejectedError(awakeable_id, found.failure.message)
+
+    def child(self, step: int, child_id: str) -> pb.Payload | Wait:
+        """A child's output, or what to wait for.
+
+        Raises:
+            ChildWorkflowError: the child failed.
+        """
+        found = self._arrived(step, self.journal.child_result(child_id), f"child {child_id}")
+        if isinstance(found, Wait) or not found.HasField("failure"):
+            return found if isinstance(found, Wait) else found.output
+        raise ChildWorkflowError(child_id, found.failure.type, found.failure.message)
+
+    def replayed_child(self, kind: pb.EntryKind, entry: pb.JournalEntry) -> str:
+        """The id a replayed submission gave its invocation (a child is remembered)."""
+        self.saw(entry)
+        child_id = str(_codec.decode(entry.output))
+        if kind == pb.ENTRY_KIND_CHILD:
+            self.children.append(child_id)
+        return child_id
+
+    # -- invocation state ----------------------------------------------------------------------
+
+    def get(self, key: str) -> pb.Payload | None:
+        """The value last set for ``key`` in this run (steps replay in order, so replay agrees)."""
+        return self._state.get(key)
+
+    def put(self, key: str, payload: pb.Payload | None) -> None:
+        """``key`` was set (or cleared: None), durably."""
+        if payload is None:
+            self._state.pop(key, None)
+        else:
+            self._state[key] = payload
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="seconds")

@@ -1,0 +1,435 @@
+"""``Transport``: the engine's one view of JetStream, a facade over the transport's parts.
+
+Each method hands over to the part that owns it (journals, states, commands, ticks, the record
+store); the engine, the client and the services' admin API all call through here, so one object
+carries a connection and a test can stand in for any NATS answer by overriding one method.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+from nats.aio.client import Client as NatsClient
+from nats.js.client import JetStreamContext
+from nats.js.kv import KeyValue
+
+from durable_core._naming import Names, encode_partition_key
+from durable_core._pb.durable.v1 import durable_pb2 as pb
+from durable_core._transport.commands import Commands
+from durable_core._transport.connection import Link, connect_nats, js_publish
+from durable_core._transport.delivery import CommandConsumer
+from durable_core._transport.events import StateEvents, publish_result, subscribe_state_events
+from durable_core._transport.inbox import DirectGets
+from durable_core._transport.journal import JournalRecord, Journals
+from durable_core._transport.provision import Provisioner
+from durable_core._transport.records import RecordStore
+from durable_core._transport.state import StateRecord, States
+from durable_core._transport.ticks import TickConsumer, Ticks
+from durable_core.config import EngineConfig, NatsConfig, WorkerConfig
+
+__all__ = ["Transport"]
+
+log = logging.getLogger("durable_core.transport")
+
+
+class Transport:
+    """The engine's view of JetStream: commands, journals and execution state."""
+
+    def __init__(self, nc: NatsClient, nats_cfg: NatsConfig, engine: EngineConfig) -> None:
+        self.nc = nc
+        self._link = link = Link(nc, nats_cfg, engine, self._js_publish)
+        self._provision = provision = Provisioner(link)
+        gets = DirectGets(nc)
+        self._journals = Journals(link, gets)
+        self._states = States(link)
+        self._commands = Commands(link, gets, provision)
+        self._ticks = Ticks(link, provision)
+        n = link.names
+        self._keys = RecordStore(link, lambda: provision.bind_bucket(n.keys_bucket, "key bucket"))
+        self._schedules = RecordStore(
+            link,
+            lambda: provision.bucket(n.schedules_bucket, "durable: schedule definitions by name"),
+            recognise_retries=True,
+        )
+        self._leases = RecordStore(
+            link,
+            lambda: provision.bucket(
+                n.processors_bucket, "durable: processor leases and the commands each holds"
+            ),
+        )
+        self._runs = RecordStore(
+            link,
+            lambda: provision.bucket(
+                n.runs_bucket,
+                "durable: the processor running each command delivered twice",
+                ttl=86_400.0,  # left behind only by a crash after the ack: forget them
+            ),
+        )
+
+    @classmethod
+    async def connect(
+        cls,
+        nats_cfg: NatsConfig,
+        engine: EngineConfig | None = None,
+        *,
+        create: bool = False,
+        bind: bool = True,
+        wait_for_engine: float = 0.0,
+    ) -> Transport:
+        """Connect to NATS and to the engine's streams.
+
+        The stored configuration of the streams is the one truth about the engine: only a
+        processor creates them (``create``: with its configured replicas and limits, or checks
+        that what exists matches them). Everyone else binds to what exists and takes the
+        replicas (for any bucket it creates later) and the payload limit from the stored
+        command stream; what ``engine`` says of them is not used.
+
+        Args:
+            nats_cfg: where and how to connect.
+            engine: the engine's prefix and limits.
+            create: create the streams and buckets, or verify them (processors).
+            bind: bind to the existing streams (False: the caller calls :meth:`bind` later).
+            wait_for_engine: seconds to wait for a processor to create the streams.
+
+        Raises:
+            NatsUnavailableError: NATS cannot be reached.
+            EngineNotFoundError: the streams do not exist (after ``wait_for_engine``).
+            ConfigError: ``create``, and what exists does not match the configuration.
+        """
+        nc = await connect_nats(nats_cfg)
+        t = cls(nc, nats_cfg, engine or EngineConfig())
+        try:
+            if create:
+                await t.ensure_infrastructure()
+            elif bind:
+                await t.bind(wait=wait_for_engine)
+        except BaseException:
+            await nc.close()
+            raise
+        return t
+
+    # -- the connection --------------------------------------------------------------------
+
+    @property
+    def js(self) -> JetStreamContext:
+        """The JetStream context."""
+        return self._link.js
+
+    @property
+    def nats_cfg(self) -> NatsConfig:
+        """How the connection was made."""
+        return self._link.nats_cfg
+
+    @property
+    def engine(self) -> EngineConfig:
+        """The engine's configuration (replicas and payload limit as stored, once bound)."""
+        return self._link.engine
+
+    @property
+    def names(self) -> Names:
+        """The engine's stream, bucket and subject names."""
+        return self._link.names
+
+    @property
+    def connected(self) -> bool:
+        """Whether the connection is up now (it reconnects by itself)."""
+        return bool(self.nc.is_connected)
+
+    async def close(self) -> None:
+        """Flush and close the connection."""
+        if not self.nc.is_closed:
+            try:
+                await self.nc.drain()
+            except Exception:  # noqa: BLE001 - closing anyway
+                await self.nc.close()
+
+    async def _js_publish(
+        self, subject: str, data: bytes, headers: dict[str, str]
+    ) -> tuple[int, bool]:
+        """Every conditional write the parts make: ``(sequence, duplicate)``."""
+        return await js_publish(self.nc, subject, data, headers)
+
+    # -- provisioning ----------------------------------------------------------------------
+
+    async def bind(self, *, wait: float = 0.0) -> None:
+        """Bind to the engine's existing streams and state bucket, waiting up to ``wait``
+        seconds for a processor to create them; take replicas and the payload limit from
+        the stored command stream.
+
+        Raises:
+            EngineNotFoundError: they do not exist.
+        """
+        self._states.kv = await self._provision.bind(wait=wait)
+
+    async def ensure_infrastructure(self, *, strict: bool = True) -> None:
+        """Create the command and journal streams and the state bucket, or verify them."""
+        self._states.kv, keys = await self._provision.infrastructure(strict=strict)
+        self._keys.opened(keys)
+
+    @property
+    def kv(self) -> KeyValue:
+        """The state bucket."""
+        return self._states.bucket()
+
+    # -- commands --------------------------------------------------------------------------
+
+    @property
+    def server_payload_limit(self) -> int:
+        """What the server's max_payload leaves for one value (see Commands)."""
+        return self._commands.server_payload_limit
+
+    @property
+    def payload_limit(self) -> int:
+        """Largest accepted argument or result: the configured limit, within the server's."""
+        return self._commands.payload_limit
+
+    def payload_limit_text(self) -> str:
+        """The limit and where it comes from, for error messages."""
+        return self._commands.payload_limit_text()
+
+    async def publish_command(self, cmd: pb.Command, *, msg_id: str) -> bool:
+        """Publish a command (deduplicated by msg_id). Returns False if it was a duplicate."""
+        return await self._commands.publish(cmd, msg_id=msg_id)
+
+    async def publish_wake(
+        self, invocation_id: str, workflow: str, partition_key: str, journal_seq: int
+    ) -> bool:
+        """Wake an invocation up after appending to its journal at ``journal_seq``: one wake-up
+        per entry (deduplicated by it); the processor reads the journal up to that entry."""
+        return await self.publish_command(
+            pb.Command(
+                invocation_id=invocation_id,
+                workflow=workflow,
+                partition_key=partition_key or invocation_id,
+                kind=pb.COMMAND_KIND_WAKE,
+                min_journal_seq=journal_seq,
+            ),
+            msg_id=f"wake:{invocation_id}:{journal_seq}",
+        )
+
+    async def schedule_command(self, cmd: pb.Command, *, at_ms: int, key: str, msg_id: str) -> None:
+        """Have the server publish ``cmd`` at ``at_ms`` (see Commands.schedule)."""
+        await self._commands.schedule(cmd, at_ms=at_ms, key=key, msg_id=msg_id)
+
+    async def queued_commands(self, partition_key: str, before_seq: int) -> list[pb.Command]:
+        """Commands of a partition key still in the command stream below ``before_seq``."""
+        return await self._commands.queued(partition_key, before_seq)
+
+    async def command_consumer(self, cfg: WorkerConfig) -> CommandConsumer:
+        """Create or bind the shared durable pull consumer for commands."""
+        return await self._commands.consumer(cfg)
+
+    async def consumer_stats(self, consumer: str) -> tuple[int, int, int]:
+        """``(num_pending, num_ack_pending, num_redelivered)`` of a command consumer."""
+        return await self._commands.consumer_stats(consumer)
+
+    async def nak_delivery(self, reply: str) -> None:
+        """Hand a command held by another (dead) connection back for immediate redelivery."""
+        await self._commands.nak(reply)
+
+    async def subscribe_control(self, on_request: Callable[[str, str], None]) -> Any:
+        """Listen for lifecycle requests addressed to running invocations (core NATS)."""
+        return await self._commands.subscribe_control(on_request)
+
+    async def send_control(self, invocation_id: str, action: str) -> None:
+        """Tell whichever processor runs the invocation to act now (best effort)."""
+        await self._commands.send_control(invocation_id, action)
+
+    # -- journals --------------------------------------------------------------------------
+
+    async def read_journal(
+        self, invocation_id: str, *, min_seq: int = 0, min_entries: int = 0
+    ) -> list[JournalRecord]:
+        """Every entry of an invocation's journal (see Journals.read)."""
+        return await self._journals.read(invocation_id, min_seq=min_seq, min_entries=min_entries)
+
+    async def append(
+        self, invocation_id: str, entry: pb.JournalEntry, expected_seq: int, msg_id: str
+    ) -> int:
+        """Append an entry if the journal's last sequence is still ``expected_seq``.
+
+        Returns the new entry's sequence. Raises JournalConflict when another writer
+        appended first, NatsUnavailableError when NATS stays unreachable past the deadline.
+        """
+        return await self._journals.append(invocation_id, entry, expected_seq, msg_id)
+
+    # -- states ----------------------------------------------------------------------------
+
+    async def get_state(self, invocation_id: str) -> StateRecord | None:
+        """The current state of an invocation, or None if there is none."""
+        return await self._states.get(invocation_id)
+
+    async def create_state(self, state: pb.ExecutionState) -> StateRecord | None:
+        """Create the state if none exists; return None if it already existed."""
+        return await self._states.create(state)
+
+    async def update_state(self, state: pb.ExecutionState, revision: int) -> StateRecord:
+        """Write the state if its revision is still ``revision``; else StateConflict."""
+        return await self._states.update(state, revision)
+
+    async def state_events(self, invocation_id: str) -> StateEvents:
+        """Subscribe to the server's republished state changes of one invocation."""
+        return await subscribe_state_events(self._link, invocation_id)
+
+    async def publish_result(
+        self, state: pb.ExecutionState, entries: Sequence[pb.JournalEntry]
+    ) -> None:
+        """Tell clients waiting on an invocation that it finished (see events.publish_result)."""
+        await publish_result(self._link, state, entries)
+
+    async def watch_states(self) -> AsyncIterator[tuple[str, StateRecord | None] | None]:
+        """Every execution state now, then ``None`` once caught up, then every change."""
+        async for item in self._states.watch():
+            yield item
+
+    async def list_states(self) -> list[pb.ExecutionState]:
+        """Every execution state (for small tools; the inspector keeps its own index)."""
+        out = []
+        for key in await self._states.ids():
+            rec = await self.get_state(key)
+            if rec is not None:
+                out.append(rec.state)
+        return out
+
+    async def expire_execution(self, rec: StateRecord, now_ms: int) -> bool:
+        """Remove a finished execution: its state (if still at ``rec``'s revision), then its
+        journal. Returns False if the state changed meanwhile (nothing is removed then).
+
+        The state is replaced by a KV delete marker that keeps a note of how and when it ended
+        (headers), so ``durable status`` can say "expired" rather than "never existed", and a
+        new invocation may take the id again (a KV create succeeds over a delete marker).
+        """
+        if not await self._states.expire(rec, now_ms):
+            return False
+        await self._journals.purge(rec.state.invocation_id)
+        return True
+
+    async def expiry_note(self, invocation_id: str) -> dict[str, Any] | None:
+        """What :meth:`expire_execution` noted about an expired invocation, if it expired."""
+        return await self._states.expiry_note(invocation_id)
+
+    # -- partition keys --------------------------------------------------------------------
+
+    async def key_record(self, partition_key: str) -> tuple[bytes | None, int]:
+        """The raw record of a partition key and its revision (0 if none)."""
+        return await self._keys.get(encode_partition_key(partition_key), "key record")
+
+    async def put_key_record(self, partition_key: str, data: bytes, revision: int) -> int:
+        """Write a key record if it is still at ``revision`` (0: create); else StateConflict."""
+        name = encode_partition_key(partition_key)
+        return await self._keys.put(name, data, revision, f"key record {partition_key!r}")
+
+    # -- schedules -------------------------------------------------------------------------
+
+    async def schedules_kv(self) -> KeyValue:
+        """The schedule definitions bucket, created on first use."""
+        return await self._schedules.bucket()
+
+    async def schedule_record(self, name: str) -> tuple[bytes | None, int]:
+        """The raw record of a schedule and its revision (``(None, 0)`` if none)."""
+        return await self._schedules.get(name, f"schedule {name}")
+
+    async def put_schedule_record(self, name: str, data: bytes, revision: int) -> int:
+        """Write a schedule record if it is still at ``revision`` (0: create); else
+        StateConflict. A retried write whose first try landed is recognised."""
+        return await self._schedules.put(name, data, revision, f"schedule {name}")
+
+    async def delete_schedule_record(self, name: str, revision: int) -> None:
+        """Delete a schedule record if it is still at ``revision``; else StateConflict."""
+        await self._schedules.delete(
+            name, revision, f"schedule {name}", on_conflict="raise_unless_gone"
+        )
+
+    async def schedule_names(self) -> list[str]:
+        """The names of every schedule record."""
+        return await self._schedules.keys("schedules")
+
+    async def arm_schedule(
+        self, name: str, pattern: str, *, timezone: str | None = None, body: bytes = b""
+    ) -> None:
+        """Have the server fire schedule ``name`` on ``pattern`` (see Ticks.arm)."""
+        await self._ticks.arm(name, pattern, timezone=timezone, body=body)
+
+    async def disarm_schedule(self, name: str) -> None:
+        """Stop the server firing schedule ``name`` and drop its ticks not yet handled."""
+        await self._ticks.disarm(name)
+
+    async def schedule_armed(self, name: str) -> bool:
+        """Whether the server holds a schedule for ``name``."""
+        return await self._ticks.armed(name)
+
+    async def tick_consumer(
+        self, *, consumer: str, ack_wait: float, max_ack_pending: int
+    ) -> TickConsumer:
+        """Create or bind the shared durable pull consumer of schedule ticks."""
+        return await self._ticks.consumer(
+            consumer=consumer, ack_wait=ack_wait, max_ack_pending=max_ack_pending
+        )
+
+    # -- processor leases ------------------------------------------------------------------
+
+    async def leases_kv(self) -> KeyValue:
+        """The processor lease bucket, created on first use."""
+        return await self._leases.bucket()
+
+    async def create_lease(self, name: str, data: bytes) -> int:
+        """Create processor lease ``name``; its revision."""
+        return await self._leases.put(name, data, 0, f"lease {name}")
+
+    async def renew_lease(self, name: str, data: bytes, revision: int) -> int:
+        """Renew lease ``name`` if it is still at ``revision``; one try (the next renewal
+        retries). StateConflict if it changed: deleted by a scheduler that found it lapsed."""
+        return await self._leases.put(name, data, revision, f"lease {name}", once=True)
+
+    async def lease_record(self, name: str) -> tuple[bytes | None, int]:
+        """A lease's record and revision, read from the bucket's leader; ``(None, 0)`` if
+        there is none (deleted, or never written)."""
+        return await self._leases.get(name, f"lease {name}")
+
+    async def delete_lease(self, name: str, revision: int = 0) -> None:
+        """Delete a lease, if it is still at ``revision`` when one is given; else StateConflict."""
+        await self._leases.delete(name, revision, f"lease {name}", once=True)
+
+    async def watch_leases(self) -> AsyncIterator[tuple[str, bytes | None, int] | None]:
+        """Every lease now, then ``None`` once caught up, then every change.
+
+        Yields ``(name, data, revision)``, with ``data`` None when the lease was deleted.
+        """
+        async for item in self._leases.watch():
+            yield item
+
+    async def redrive_lease(self, name: str, revision: int, held: Sequence[str]) -> int:
+        """Re-drive a lapsed lease: delete it if it is still at ``revision`` (StateConflict if
+        it was renewed or deleted meanwhile), then NAK every delivery it lists, so JetStream
+        redelivers each at once. Returns how many were handed back."""
+        await self.delete_lease(name, revision)
+        handed_back = 0
+        for reply in held:
+            try:
+                await self.nak_delivery(reply)
+                handed_back += 1
+            except Exception as e:  # noqa: BLE001 - ack_wait still redelivers it
+                log.warning("cannot hand back %s: %s", reply, e)
+        if handed_back:
+            with contextlib.suppress(Exception):
+                await self.nc.flush()
+        return handed_back
+
+    # -- run locks of redelivered commands -------------------------------------------------
+
+    async def run_lock(self, stream_seq: int) -> tuple[bytes | None, int]:
+        """The run lock of command ``stream_seq`` and its revision; ``(None, 0)`` if free."""
+        return await self._runs.get(str(stream_seq), "run lock")
+
+    async def put_run_lock(self, stream_seq: int, data: bytes, revision: int) -> int:
+        """Take a run lock if it is still at ``revision`` (0: free); else StateConflict."""
+        return await self._runs.put(str(stream_seq), data, revision, f"run lock {stream_seq}")
+
+    async def delete_run_lock(self, stream_seq: int, revision: int) -> None:
+        """Free a run lock if it is still at ``revision`` (someone who took it over keeps it)."""
+        await self._runs.delete(
+            str(stream_seq), revision, f"run lock {stream_seq}", once=True, on_conflict="ignore"
+        )

@@ -1,0 +1,134 @@
+"""Inboxes: the messages of one subscription, taken without a task per message, and one
+long-lived wildcard inbox for requests answered by several messages (batched direct gets)."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+import json
+from collections.abc import AsyncIterator
+from typing import Any, Generic, TypeVar
+
+import nats.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+
+from durable_core.errors import DurableError
+
+__all__ = ["DirectGets", "MsgQueue", "Queue"]
+
+T = TypeVar("T")
+
+
+class Queue(Generic[T]):
+    """The messages of one subscription (its callback is ``put``), taken without a task and
+    a timer per message as ``Subscription.next_msg`` makes."""
+
+    __slots__ = ("_msgs", "_waiter")
+
+    def __init__(self) -> None:
+        self._msgs: collections.deque[T] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    async def put(self, msg: T) -> None:
+        """Take in a message (the subscription's callback)."""
+        self._msgs.append(msg)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def take(self) -> T | None:
+        """The next message if one is there."""
+        return self._msgs.popleft() if self._msgs else None
+
+    async def get(self, timeout: float) -> T:
+        """The next message; TimeoutError if none comes within ``timeout`` seconds (one
+        reader at a time)."""
+        if not self._msgs:
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_later(max(timeout, 0), _wake, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+            if not self._msgs:
+                raise TimeoutError
+        return self._msgs.popleft()
+
+
+MsgQueue = Queue[Msg]
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+class _Replies:
+    """One long-lived wildcard inbox for requests answered by several messages: no
+    subscription made and dropped per request."""
+
+    def __init__(self, nc: NatsClient) -> None:
+        self._nc = nc
+        self._prefix = nc.new_inbox()
+        self._sub: Any = None
+        self._subscribing = asyncio.Lock()
+        self._queues: dict[str, MsgQueue] = {}
+        self._tokens = itertools.count(1)
+
+    async def _route(self, msg: Msg) -> None:
+        queue = self._queues.get(msg.subject[len(self._prefix) + 1 :])
+        if queue is not None:  # else: a late answer to a request given up on
+            await queue.put(msg)
+
+    @contextlib.asynccontextmanager
+    async def open(self) -> AsyncIterator[tuple[str, MsgQueue]]:
+        """A reply subject and the queue its answers arrive in, until the block ends."""
+        if self._sub is None:
+            async with self._subscribing:  # once, however many requests start together
+                if self._sub is None:
+                    self._sub = await self._nc.subscribe(f"{self._prefix}.*", cb=self._route)
+        token = str(next(self._tokens))
+        queue = self._queues[token] = MsgQueue()
+        try:
+            yield f"{self._prefix}.{token}", queue
+        finally:
+            del self._queues[token]
+
+
+class DirectGets:
+    """Batched direct gets: the messages of one subject of a stream, from a sequence on, in
+    one request (answered by any replica; a follower may lag by a few milliseconds)."""
+
+    def __init__(self, nc: NatsClient) -> None:
+        self._nc = nc
+        self._replies: _Replies | None = None  # made on first use
+
+    async def batch(
+        self, stream: str, subject: str, start: int, batch: int
+    ) -> tuple[list[Msg], bool]:
+        """Up to ``batch`` messages of ``subject`` from sequence ``start`` on, and whether
+        more may follow (the batch was full)."""
+        if self._replies is None:
+            self._replies = _Replies(self._nc)
+        out: list[Msg] = []
+        async with self._replies.open() as (inbox, replies):
+            req = json.dumps({"seq": start, "next_by_subj": subject, "batch": batch}).encode()
+            await self._nc.publish(f"$JS.API.DIRECT.GET.{stream}", req, reply=inbox)
+            while True:
+                msg = await replies.get(timeout=5.0)
+                hdrs = msg.headers or {}
+                status = hdrs.get("Status")
+                if status == "404":
+                    return out, False
+                if status == "204":  # end of batch
+                    return out, len(out) == batch
+                if status == "503":
+                    raise nats.errors.NoRespondersError
+                if status:
+                    raise DurableError(f"direct get on {stream} failed: {status} {hdrs}")
+                out.append(msg)

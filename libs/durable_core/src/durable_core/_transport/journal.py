@@ -1,0 +1,164 @@
+"""Journals: one subject per invocation, one message per entry, every append fenced.
+
+An append carries ``Nats-Expected-Last-Subject-Sequence`` (it lands only if nobody appended
+since the writer last looked) and a ``Nats-Msg-Id`` (a retried append is recognised, not
+stored twice). Reads are batched direct gets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import nats.errors
+import nats.js.errors
+from google.protobuf.message import DecodeError
+
+from durable_core._pb.durable.v1 import durable_pb2 as pb
+from durable_core._transport.connection import Link
+from durable_core._transport.errors import (
+    WRONG_LAST_CODES,
+    CorruptJournalError,
+    JournalConflict,
+)
+from durable_core._transport.inbox import DirectGets
+from durable_core.errors import NatsUnavailableError
+
+__all__ = ["JournalRecord", "Journals"]
+
+
+@dataclass(frozen=True, slots=True)
+class JournalRecord:
+    """A journal entry and its stream sequence."""
+
+    entry: pb.JournalEntry
+    seq: int
+    msg_id: str
+
+
+class Journals:
+    """Reads and fenced appends of invocation journals."""
+
+    def __init__(self, link: Link, gets: DirectGets) -> None:
+        self._link = link
+        self._gets = gets
+
+    async def read(
+        self, invocation_id: str, *, min_seq: int = 0, min_entries: int = 0
+    ) -> list[JournalRecord]:
+        """Read every entry of an invocation's journal in one batched direct get.
+
+        Direct gets may be answered by a follower that lags by a few milliseconds. When the
+        caller knows the journal holds at least ``min_seq`` (a wake-up, a failed append) or
+        ``min_entries`` (the state's journal length), a shorter read is stale and is retried.
+        """
+        link = self._link
+        deadline = link.deadline()
+        while True:
+            records = await link.retry(
+                f"read journal of {invocation_id}", lambda: self._read_all(invocation_id), deadline
+            )
+            last = records[-1].seq if records else 0
+            if last >= min_seq and len(records) >= min_entries:
+                return records
+            if time.monotonic() > deadline:
+                raise NatsUnavailableError(
+                    link.nats_cfg.servers,
+                    f"journal of {invocation_id} stayed behind sequence "
+                    f"{min_seq} / {min_entries} entries",
+                )
+            await asyncio.sleep(0.01)
+
+    async def _read_all(self, invocation_id: str) -> list[JournalRecord]:
+        subject = self._link.names.journal_subject(invocation_id)
+        records: list[JournalRecord] = []
+        seq = 1
+        while True:
+            batch, more = await self.read_batch(subject, seq, 256)
+            records.extend(batch)
+            if not more or not batch:
+                return records
+            seq = batch[-1].seq + 1
+
+    async def read_batch(
+        self, subject: str, start: int, batch: int
+    ) -> tuple[list[JournalRecord], bool]:
+        """Up to ``batch`` entries of a journal subject from ``start`` on, and whether more
+        may follow.
+
+        Raises:
+            CorruptJournalError: a message is not a journal entry.
+        """
+        msgs, more = await self._gets.batch(self._link.names.journal_stream, subject, start, batch)
+        out = []
+        for msg in msgs:
+            hdrs = msg.headers or {}
+            entry = pb.JournalEntry()
+            try:
+                entry.ParseFromString(msg.data)
+            except DecodeError as e:
+                raise CorruptJournalError(
+                    f"journal entry at sequence {hdrs.get('Nats-Sequence')} on {subject} "
+                    f"is not a JournalEntry ({e}); the invocation cannot be replayed"
+                ) from e
+            out.append(
+                JournalRecord(entry, int(hdrs["Nats-Sequence"]), hdrs.get("Nats-Msg-Id", ""))
+            )
+        return out, more
+
+    async def read_raw(self, invocation_id: str) -> list[tuple[int, bytes]]:
+        """The first 256 messages of a journal as stored: ``(sequence, bytes)``."""
+        link = self._link
+        subject = link.names.journal_subject(invocation_id)
+        msgs, _ = await self._gets.batch(link.names.journal_stream, subject, 1, 256)
+        return [(int((m.headers or {})["Nats-Sequence"]), m.data) for m in msgs]
+
+    async def append(
+        self, invocation_id: str, entry: pb.JournalEntry, expected_seq: int, msg_id: str
+    ) -> int:
+        """Append an entry if the journal's last sequence is still ``expected_seq``.
+
+        Returns the new entry's sequence. Raises JournalConflict when another writer
+        appended first, NatsUnavailableError when NATS stays unreachable past the deadline.
+        """
+        link = self._link
+        subject = link.names.journal_subject(invocation_id)
+        data = entry.SerializeToString()
+        headers = {
+            "Nats-Msg-Id": msg_id,
+            "Nats-Expected-Last-Subject-Sequence": str(expected_seq),
+        }
+
+        async def pub() -> int:
+            try:
+                return (await link.publish(subject, data, headers))[0]
+            except nats.js.errors.APIError as e:
+                if e.err_code not in WRONG_LAST_CODES:
+                    raise
+            # Either someone else appended, or an earlier try of ours landed: look at the last.
+            last = await link.js.get_last_msg(link.names.journal_stream, subject)
+            if (last.headers or {}).get("Nats-Msg-Id") == msg_id:
+                return int(last.seq or 0)
+            raise JournalConflict(invocation_id, expected_seq)
+
+        what = f"append to journal of {invocation_id}"
+        try:
+            return await link.retry(what, pub)
+        except nats.errors.Error as e:
+            # Any other refusal is the engine's trouble, never the workflow's: the caller
+            # releases the run and it is tried again from the journal.
+            raise NatsUnavailableError(
+                link.nats_cfg.servers, f"{what}: {type(e).__name__} {e}"
+            ) from e
+
+    async def purge(self, invocation_id: str) -> None:
+        """Remove an invocation's journal (retention)."""
+        link = self._link
+
+        async def purge() -> None:
+            await link.js.purge_stream(
+                link.names.journal_stream, subject=link.names.journal_subject(invocation_id)
+            )
+
+        await link.retry(f"purge journal of {invocation_id}", purge)

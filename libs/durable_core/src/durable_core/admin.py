@@ -1,0 +1,164 @@
+"""Running an engine: the connection the services hold, and what they administer through it.
+
+The processor runs a ``Worker`` (``Worker.connect``), the scheduler fires schedules, re-drives
+the commands of dead processors and expires finished executions, and the inspector watches
+the executions; each of them holds one ``Engine``: a connection to NATS and the engine's
+streams, with the few operations they need and nothing of NATS itself. (The transport below
+it, ``durable_core._transport``, is private: an import-linter contract keeps services out.)
+
+Example:
+    >>> engine = await Engine.connect(settings.nats, settings.engine, bind=False)
+    >>> await engine.bind(wait=math.inf)  # until a processor has created the streams
+    >>> client = engine.client()
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+
+from durable_core._transport import (
+    StateConflict,
+    StateRecord,
+    TickConsumer,
+    TickDelivery,
+    Transport,
+)
+from durable_core.client import Client
+from durable_core.config import EngineConfig, NatsConfig
+from durable_core.schedules import Schedule, find_schedule, save_schedule
+
+__all__ = ["Engine", "StateConflict", "StateRecord", "TickConsumer", "TickDelivery"]
+
+
+class Engine:
+    """A connection to one engine (its NATS servers and streams), for the services.
+
+    Args:
+        transport: the connection (``Engine.connect`` makes one).
+    """
+
+    def __init__(self, transport: Transport) -> None:
+        self._t = transport
+
+    @classmethod
+    async def connect(
+        cls,
+        nats: NatsConfig,
+        engine: EngineConfig | None = None,
+        *,
+        create: bool = False,
+        bind: bool = True,
+        wait_for_engine: float = 0.0,
+    ) -> Engine:
+        """Connect to NATS and to the engine's streams.
+
+        Args:
+            nats: where and how to connect.
+            engine: the engine's prefix and limits.
+            create: create the streams and buckets, or verify them (processors only).
+            bind: bind to the existing streams now (False: call :meth:`bind` later).
+            wait_for_engine: seconds to wait for a processor to create the streams.
+
+        Raises:
+            NatsUnavailableError: NATS cannot be reached.
+            EngineNotFoundError: the streams do not exist (after ``wait_for_engine``).
+            ConfigError: ``create``, and what exists does not match the configuration.
+        """
+        return cls(
+            await Transport.connect(
+                nats, engine, create=create, bind=bind, wait_for_engine=wait_for_engine
+            )
+        )
+
+    @property
+    def is_connected(self) -> bool:
+        """Whether the connection to NATS is up now (it reconnects by itself)."""
+        return self._t.connected
+
+    @property
+    def prefix(self) -> str:
+        """The engine's prefix (of its streams, buckets and subjects)."""
+        return self._t.names.prefix
+
+    @property
+    def tick_subjects(self) -> str:
+        """The subjects the server publishes schedule ticks on."""
+        return self._t.names.tick_subjects
+
+    async def bind(self, *, wait: float = 0.0) -> None:
+        """Bind to the engine's streams, waiting up to ``wait`` seconds for a processor to
+        create them.
+
+        Raises:
+            EngineNotFoundError: they do not exist.
+        """
+        await self._t.bind(wait=wait)
+
+    async def close(self) -> None:
+        """Flush and close the connection."""
+        await self._t.close()
+
+    def client(self) -> Client:
+        """A client on this connection (closing it closes the connection)."""
+        return Client(self._t)
+
+    # -- the processors' consumer ------------------------------------------------------------
+
+    async def consumer_stats(self, consumer: str) -> tuple[int, int, int]:
+        """The command consumer's pending, ack-pending and redelivered counts."""
+        return await self._t.consumer_stats(consumer)
+
+    # -- executions --------------------------------------------------------------------------
+
+    async def get_state(self, invocation_id: str) -> StateRecord | None:
+        """An execution's state and revision; None if it has none."""
+        return await self._t.get_state(invocation_id)
+
+    async def watch_states(self) -> AsyncIterator[tuple[str, StateRecord | None] | None]:
+        """Every execution state now, then ``None`` once caught up, then every change
+        (``(id, None)``: deleted)."""
+        async for item in self._t.watch_states():
+            yield item
+
+    async def expire_execution(self, rec: StateRecord, now_ms: int) -> bool:
+        """Remove a finished execution (its state if still at ``rec``'s revision, then its
+        journal), leaving a note that it expired. False if the state changed meanwhile."""
+        return await self._t.expire_execution(rec, now_ms)
+
+    # -- processor leases --------------------------------------------------------------------
+
+    async def watch_leases(self) -> AsyncIterator[tuple[str, bytes | None, int] | None]:
+        """Every processor lease now, then ``None`` once caught up, then every change:
+        ``(name, data, revision)``, ``data`` None when deleted (``LeaseRecord.parse`` reads
+        ``data``)."""
+        async for item in self._t.watch_leases():
+            yield item
+
+    async def redrive_lease(self, name: str, revision: int, held: Sequence[str]) -> int:
+        """Hand back the commands of a lapsed lease: delete it if still at ``revision``
+        (StateConflict if it was renewed or deleted meanwhile), then NAK each delivery it
+        lists so JetStream redelivers it at once. How many were handed back."""
+        return await self._t.redrive_lease(name, revision, held)
+
+    # -- schedule ticks ----------------------------------------------------------------------
+
+    async def tick_consumer(
+        self, *, consumer: str, ack_wait: float, max_ack_pending: int
+    ) -> TickConsumer:
+        """Create or bind the shared durable pull consumer of schedule ticks."""
+        return await self._t.tick_consumer(
+            consumer=consumer, ack_wait=ack_wait, max_ack_pending=max_ack_pending
+        )
+
+    async def find_schedule(self, name: str) -> Schedule | None:
+        """The schedule called ``name``, or None."""
+        return await find_schedule(self._t, name)
+
+    async def save_schedule(self, schedule: Schedule) -> Schedule:
+        """Store a changed schedule if its record is still at ``schedule.revision``; it with
+        its new revision.
+
+        Raises:
+            ConflictError: the record changed since it was read (read it again and retry).
+        """
+        return await save_schedule(self._t, schedule)

@@ -1,0 +1,458 @@
+"""The client: submit invocations, wait for and read their results, steer them."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal
+
+from durable_core import _codec
+from durable_core._naming import check_invocation_id
+from durable_core._pb.durable.v1 import durable_pb2 as pb
+from durable_core._transport import StateEvents, Transport
+from durable_core.client import _lifecycle as lifecycle
+from durable_core.client._results import (
+    TERMINAL_PB,
+    ExecutionSummary,
+    Failure,
+    InvocationResult,
+    Status,
+    result_of,
+)
+from durable_core.client._submit import WorkflowRef, start_at_ms, submit
+from durable_core.config import EngineConfig, NatsConfig
+from durable_core.errors import InvocationTimeoutError, WorkflowFailedError
+from durable_core.plugins import workflow_signature
+
+if TYPE_CHECKING:
+    from durable_core.schedules import Schedule
+    from durable_core.views import InvocationView
+
+__all__ = ["Client"]
+
+
+class Client:
+    """Submits invocations and reads their results.
+
+    Example:
+        >>> async with await Client.connect("nats://127.0.0.1:4222") as client:
+        ...     result = await client.invoke("hello_workflow", {"name": "Ada"})
+        ...     print(result.output["message"])
+    """
+
+    def __init__(self, transport: Transport) -> None:
+        self._t = transport
+
+    @classmethod
+    async def connect(
+        cls,
+        servers: str | Sequence[str] | NatsConfig = "nats://127.0.0.1:4222",
+        *,
+        engine: EngineConfig | None = None,
+        wait_for_engine: timedelta = timedelta(0),
+    ) -> Client:
+        """Connect to NATS and to the engine's streams, which a processor creates.
+
+        A client never creates the streams: their stored configuration (replicas, payload
+        limit) is what it uses, whatever ``engine`` says of them; ``engine.prefix`` names the
+        engine.
+
+        Args:
+            wait_for_engine: how long to wait for a processor to create the streams (for an
+                application that starts alongside the processors); none by default.
+
+        Raises:
+            NatsUnavailableError: NATS cannot be reached (the message names the URLs tried).
+            EngineNotFoundError: the engine's streams do not exist (no processor has started
+                on this prefix yet, or the prefix or URL is wrong).
+        """
+        if isinstance(servers, NatsConfig):
+            cfg = servers
+        elif isinstance(servers, str):
+            cfg = NatsConfig.from_url(servers, name="durable-client")
+        else:
+            cfg = NatsConfig(servers=tuple(servers), name="durable-client")
+        transport = await Transport.connect(
+            cfg, engine, wait_for_engine=wait_for_engine.total_seconds()
+        )
+        return cls(transport)
+
+    @property
+    def is_connected(self) -> bool:
+        """Whether the connection to NATS is up now (it reconnects by itself)."""
+        return self._t.connected
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the connection."""
+        await self._t.close()
+
+    # -- submitting ------------------------------------------------------------------------
+
+    async def invoke_async(
+        self,
+        workflow: WorkflowRef,
+        args: Any = None,
+        *,
+        id: str | None = None,  # noqa: A002 - the natural name
+        partition_key: str | None = None,
+        delay: timedelta | None = None,
+        start_at: datetime | None = None,
+        execution_timeout: timedelta | None = None,
+    ) -> str:
+        """Submit an invocation and return its id without waiting.
+
+        Submitting the same id twice runs the workflow once: the second submission is
+        recognised and its id returned; with other arguments it is a ConflictError. ``delay``
+        or ``start_at`` make the server start it later (JetStream message scheduling; no
+        processor holds it meanwhile).
+
+        Args:
+            workflow: a workflow name, or the workflow function itself (its input is then
+                checked against the function's type hints before anything is sent).
+
+        Raises:
+            InvalidInputError: bad workflow name, id, partition key, delay, or arguments that
+                do not match the declared type or exceed the payload limit.
+            ConflictError: the id belongs to an invocation with other arguments.
+        """
+        invocation_id, _ = await submit(
+            self._t,
+            workflow,
+            args,
+            id,
+            partition_key,
+            start_at=start_at_ms(delay, start_at),
+            execution_timeout=execution_timeout,
+        )
+        return invocation_id
+
+    async def invoke(
+        self,
+        workflow: WorkflowRef,
+        args: Any = None,
+        *,
+        id: str | None = None,  # noqa: A002
+        partition_key: str | None = None,
+        timeout: timedelta | float = timedelta(seconds=60),
+        execution_timeout: timedelta | None = None,
+    ) -> InvocationResult:
+        """Submit an invocation and wait for its result.
+
+        With a workflow function instead of a name, the input is checked against its type
+        hints at intake and ``result.output`` is converted to its return type.
+
+        Raises:
+            WorkflowFailedError: the invocation failed (step and message attached).
+            InvocationTimeoutError: no result within ``timeout`` (it keeps running).
+        """
+        invocation_id, events = await submit(
+            self._t,
+            workflow,
+            args,
+            id,
+            partition_key,
+            watch=True,
+            execution_timeout=execution_timeout,
+        )
+        assert events is not None
+        try:
+            state, entries = await self._wait_final(invocation_id, events, timeout)
+        finally:
+            await events.close()
+        result = await self._result(state, entries)
+        if result.status == Status.FAILED:
+            f = result.failure or Failure("Error", "unknown failure")
+            raise WorkflowFailedError(
+                invocation_id, step=f.step, error_type=f.type, reason=f.message
+            )
+        if callable(workflow) and result.output is not None:
+            _, _, output_type = workflow_signature(workflow)
+            if output_type is not None:
+                typed = _codec.decode_as(state.output, output_type)
+                result = dataclasses.replace(result, output=typed)
+        return result
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def pause(self, invocation_id: str) -> Status:
+        """Pause at the next step boundary (the step in flight finishes and is journaled).
+
+        Returns the status after the request (``paused``; or ``running`` until the run
+        reaches its next step boundary).
+
+        Raises:
+            NotFoundError: no such invocation.
+            IllegalTransitionError: it has finished (``.status`` tells how).
+        """
+        return await lifecycle.change(self._t, invocation_id, pb.ENTRY_KIND_PAUSE_REQUEST)
+
+    async def resume(self, invocation_id: str) -> Status:
+        """Continue a paused invocation from its journal, at once.
+
+        Raises:
+            IllegalTransitionError: it is not paused (running, suspended or finished).
+        """
+        return await lifecycle.change(self._t, invocation_id, pb.ENTRY_KIND_RESUME_REQUEST)
+
+    async def cancel(self, invocation_id: str) -> Status:
+        """Cancel now: the step in flight is interrupted (a gRPC call is cancelled), the
+        workflow sees InvocationCancelledError (it may compensate), and it ends ``cancelled``.
+
+        Raises:
+            IllegalTransitionError: it has already finished.
+        """
+        return await lifecycle.change(self._t, invocation_id, pb.ENTRY_KIND_CANCEL_REQUEST)
+
+    async def retry(self, invocation_id: str) -> Status:
+        """Run a failed invocation again from its failed step (same id, same journal).
+
+        Steps before the failed one replay; the failed step runs again with the same
+        idempotency key.
+
+        Raises:
+            IllegalTransitionError: it is not failed.
+        """
+        return await lifecycle.retry(self._t, invocation_id)
+
+    async def rerun(self, invocation_id: str) -> str:
+        """Start a new invocation of the same workflow with the same arguments; its id."""
+        return await lifecycle.rerun(self._t, invocation_id)
+
+    async def fork(self, invocation_id: str, *, from_step: int) -> str:
+        """A new invocation that replays steps before ``from_step`` from this one's journal
+        and runs ``from_step`` and after for real; returns its id.
+
+        Raises:
+            InvalidInputError: ``from_step`` is below 1 or past the recorded steps + 1.
+        """
+        return await lifecycle.fork(self._t, invocation_id, from_step)
+
+    async def list_executions(
+        self, *, status: str | None = None, workflow: str | None = None
+    ) -> list[ExecutionSummary]:
+        """Executions now, optionally by status and workflow (one pass over a KV watch)."""
+        out = []
+        async for item in self.watch_executions():
+            if item is None:
+                break
+            if item.deleted:
+                continue
+            if status is not None and item.status.value != status:
+                continue
+            if workflow is not None and item.workflow != workflow:
+                continue
+            out.append(item)
+        return sorted(out, key=lambda e: e.created_at or datetime.min.replace(tzinfo=UTC))
+
+    # -- schedules (durable_core.schedules; the scheduler service fires them) --------------
+
+    async def create_schedule(
+        self,
+        name: str,
+        workflow: WorkflowRef,
+        args: Any = None,
+        *,
+        cron: str | None = None,
+        every: timedelta | None = None,
+        timezone: str | None = None,
+        overlap: Literal["skip", "allow"] = "skip",
+        catch_up: int = 1,
+        partition_key: str | None = None,
+        paused: bool = False,
+    ) -> Schedule:
+        """Create a cron (``cron="*/5 * * * *"``, seconds field optional) or interval
+        (``every=timedelta(seconds=2)``) schedule that starts ``workflow`` on each tick.
+
+        ``overlap="skip"`` skips a tick while the previous run is unfinished; after downtime
+        at most ``catch_up`` missed ticks run. Raises InvalidInputError (bad cron, interval,
+        zone, name) or ConflictError (the name exists).
+        """
+        from durable_core import schedules
+
+        return await schedules.create_schedule(
+            self._t,
+            name,
+            workflow,
+            args,
+            cron=cron,
+            every=every,
+            timezone=timezone,
+            overlap=overlap,
+            catch_up=catch_up,
+            partition_key=partition_key,
+            paused=paused,
+        )
+
+    async def list_schedules(self) -> list[Schedule]:
+        """Every schedule."""
+        from durable_core import schedules
+
+        return await schedules.list_schedules(self._t)
+
+    async def get_schedule(self, name: str) -> Schedule:
+        """One schedule (NotFoundError if there is none)."""
+        from durable_core import schedules
+
+        return await schedules.get_schedule(self._t, name)
+
+    async def pause_schedule(self, name: str) -> Schedule:
+        """Stop firing (the definition stays)."""
+        from durable_core import schedules
+
+        return await schedules.pause_schedule(self._t, name)
+
+    async def resume_schedule(self, name: str) -> Schedule:
+        """Fire again from the next tick."""
+        from durable_core import schedules
+
+        return await schedules.resume_schedule(self._t, name)
+
+    async def delete_schedule(self, name: str) -> None:
+        """Remove the schedule."""
+        from durable_core import schedules
+
+        await schedules.delete_schedule(self._t, name)
+
+    # -- awakeables and signals ------------------------------------------------------------
+
+    async def resolve_awakeable(self, awakeable_id: str, payload: Any = None) -> None:
+        """Complete an awakeable with a payload; the waiting workflow resumes with it.
+
+        Raises:
+            NotFoundError: the id is malformed or its invocation does not exist.
+            AlreadyResolvedError: it was resolved or rejected before.
+            InvocationFinishedError: its invocation has finished.
+        """
+        await lifecycle.complete_awakeable(self._t, awakeable_id, _codec.encode(payload), None)
+
+    async def reject_awakeable(self, awakeable_id: str, reason: str) -> None:
+        """Fail an awakeable; the waiting workflow gets AwakeableRejectedError(reason)."""
+        await lifecycle.complete_awakeable(
+            self._t,
+            awakeable_id,
+            None,
+            pb.Failure(type="AwakeableRejectedError", message=str(reason)),
+        )
+
+    async def signal(self, invocation_id: str, name: str, payload: Any = None) -> None:
+        """Send the signal ``name`` to an invocation; kept until the workflow waits for it.
+
+        Raises:
+            NotFoundError: no such invocation.
+            InvocationFinishedError: it has finished.
+        """
+        await lifecycle.signal(self._t, invocation_id, name, _codec.encode(payload))
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def watch_executions(self) -> AsyncIterator[ExecutionSummary | None]:
+        """Every execution now, then ``None`` once caught up, then each change as it happens.
+
+        A deleted or expired execution arrives with ``deleted=True``. This is a KV watch, not a
+        scan: use it to keep an index (the inspector does).
+        """
+        async for item in self._t.watch_states():
+            if item is None:
+                yield None
+                continue
+            key, rec = item
+            if rec is None:
+                yield ExecutionSummary(
+                    key, "", Status.UNKNOWN, "", None, None, None, 0, "", "", 0, deleted=True
+                )
+            else:
+                yield ExecutionSummary.from_pb(rec.state, rec.revision)
+
+    async def get_result(self, invocation_id: str) -> InvocationResult:
+        """Status, output or failure, and the journaled steps of an invocation.
+
+        Raises:
+            NotFoundError: no invocation has this id.
+        """
+        rec = await lifecycle.state_of(self._t, invocation_id)
+        return await self._result(rec.state)
+
+    async def get_summary(self, invocation_id: str) -> ExecutionSummary:
+        """The execution's state without its journal (one read; it may trail the journal by
+        its final write).
+
+        Raises:
+            NotFoundError: no invocation has this id (ExpiredError once it expired).
+        """
+        rec = await lifecycle.state_of(self._t, invocation_id)
+        return ExecutionSummary.from_pb(rec.state, rec.revision)
+
+    async def describe(self, invocation_id: str) -> InvocationView:
+        """What an operator sees of an invocation: arguments, each step with its waits and
+        failed attempts, lineage and status history (``durable status``, the inspector).
+
+        Raises:
+            NotFoundError: no invocation has this id (ExpiredError once it expired).
+        """
+        rec = await lifecycle.state_of(self._t, invocation_id)
+        records = await self._t.read_journal(invocation_id, min_entries=rec.state.journal_length)
+        from durable_core.views import describe  # the CLI's --help need not import the views
+
+        return describe(rec.state, [r.entry for r in records])
+
+    async def wait(
+        self, invocation_id: str, timeout: timedelta | float = timedelta(seconds=60)
+    ) -> InvocationResult:
+        """Wait until the invocation finishes (completed, failed or cancelled)."""
+        check_invocation_id(invocation_id)
+        events = await self._t.state_events(invocation_id)
+        try:
+            return await self._result(*await self._wait_final(invocation_id, events, timeout))
+        finally:
+            await events.close()
+
+    async def _wait_final(
+        self, invocation_id: str, events: StateEvents, timeout: timedelta | float
+    ) -> tuple[pb.ExecutionState, list[pb.JournalEntry] | None]:
+        """The final state, and the journal when the processor's result notice carried it."""
+        seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
+        deadline = time.monotonic() + seconds
+        entries: list[pb.JournalEntry] | None = None
+        # The subscription is open, so any later change reaches us; the present is the state
+        # this client has just created, or else read once.
+        if events.created is not None:
+            state = events.created
+        else:
+            rec = await self._t.get_state(invocation_id)
+            if rec is None:
+                raise await lifecycle.missing(self._t, invocation_id)
+            state = rec.state
+        while state.status not in TERMINAL_PB:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise InvocationTimeoutError(
+                    f"invocation {invocation_id} is still {Status.from_pb(state.status)} after "
+                    f"{seconds:.1f}s; it keeps running: `durable status {invocation_id}`"
+                )
+            try:
+                state, entries = await events.next_with_journal(timeout=min(left, 5.0))
+            except TimeoutError:
+                # Belt and braces: a republished event can be missed across a reconnect.
+                rec = await self._t.get_state(invocation_id)
+                if rec is not None:
+                    state, entries = rec.state, None
+        return state, entries
+
+    async def _result(
+        self, state: pb.ExecutionState, entries: list[pb.JournalEntry] | None = None
+    ) -> InvocationResult:
+        """The result from a state and its journal (read here unless given)."""
+        if entries is None:
+            records = await self._t.read_journal(
+                state.invocation_id, min_entries=state.journal_length
+            )
+            entries = [r.entry for r in records]
+        return result_of(state, entries)

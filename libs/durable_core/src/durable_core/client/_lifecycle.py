@@ -1,0 +1,312 @@
+"""What the client does to an invocation from outside: pause, resume, cancel, retry, rerun,
+fork, signals and awakeables.
+
+Each verb decides from the journal (the truth) whether it may act, then hands its entry to the
+engine's one way in from outside, ``durable_core.engine._intake.deliver_external`` (the same
+one a finished child takes to report to its parent).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Callable
+
+from durable_core._journal import STEP_KINDS, ReplayMachine
+from durable_core._naming import check_invocation_id
+from durable_core._pb.durable.v1 import durable_pb2 as pb
+from durable_core._transport import JournalRecord, StateConflict, StateRecord, Transport
+from durable_core.client._results import IDLE_PB, TERMINAL_PB, Status
+from durable_core.client._submit import submit_payload
+from durable_core.engine._intake import Addressee, deliver_external
+from durable_core.errors import (
+    AlreadyResolvedError,
+    ExpiredError,
+    IllegalTransitionError,
+    InvalidInputError,
+    InvocationFinishedError,
+    NotFoundError,
+)
+
+__all__ = [
+    "change",
+    "complete_awakeable",
+    "fork",
+    "missing",
+    "rerun",
+    "retry",
+    "signal",
+    "state_of",
+]
+
+_VERBS = {
+    pb.ENTRY_KIND_PAUSE_REQUEST: "pause",
+    pb.ENTRY_KIND_RESUME_REQUEST: "resume",
+    pb.ENTRY_KIND_CANCEL_REQUEST: "cancel",
+}
+_FINAL_NAMES = {
+    pb.ENTRY_KIND_COMPLETED: "completed",
+    pb.ENTRY_KIND_FAILED: "failed",
+    pb.ENTRY_KIND_CANCELLED: "cancelled",
+}
+
+
+class _AlreadyThere(Exception):  # noqa: N818 - internal control flow
+    """The requested lifecycle change is already in the journal."""
+
+
+async def missing(t: Transport, invocation_id: str) -> NotFoundError:
+    """The error for an id without a state: ExpiredError if it finished and expired."""
+    note = await t.expiry_note(invocation_id)
+    if note is None:
+        return NotFoundError(f"no invocation with id {invocation_id}")
+    return ExpiredError(
+        invocation_id,
+        str(note.get("status", "finished")),
+        int(note.get("finished_at_ms", 0) or 0),
+        int(note.get("expired_at_ms", 0) or 0),
+    )
+
+
+async def state_of(t: Transport, invocation_id: str) -> StateRecord:
+    """The invocation's state record.
+
+    Raises:
+        NotFoundError: it has none (ExpiredError once it expired).
+    """
+    check_invocation_id(invocation_id)
+    rec = await t.get_state(invocation_id)
+    if rec is None:
+        raise await missing(t, invocation_id)
+    return rec
+
+
+def _addressee(st: pb.ExecutionState) -> Addressee:
+    return Addressee(st.invocation_id, st.workflow, st.partition_key)
+
+
+def _client_entry(
+    kind: pb.EntryKind, name: str = "", output: pb.Payload | None = None
+) -> pb.JournalEntry:
+    entry = pb.JournalEntry(
+        kind=kind, name=name, timestamp_ms=int(time.time() * 1000), writer="client"
+    )
+    if output is not None:
+        entry.output.CopyFrom(output)
+    return entry
+
+
+async def change(t: Transport, invocation_id: str, kind: pb.EntryKind) -> Status:
+    """Request a pause, resume or cancellation (``kind``); the status after the request."""
+    verb = _VERBS[kind]
+    rec = await state_of(t, invocation_id)
+    status = Status.from_pb(rec.state.status)
+    running = False  # a processor runs it now (the journal says so before the state)
+
+    def check(records: list[JournalRecord]) -> None:
+        nonlocal running
+        machine = ReplayMachine(invocation_id, (r.entry for r in records))
+        running = not machine.idle
+        if machine.final is not None:
+            real = _FINAL_NAMES[machine.final.kind]
+            raise IllegalTransitionError(
+                f"cannot {verb} invocation {invocation_id}: it is already {real}", real
+            )
+        if kind == pb.ENTRY_KIND_RESUME_REQUEST and not machine.paused:
+            raise IllegalTransitionError(
+                f"cannot resume invocation {invocation_id}: it is {status.value}, not paused",
+                status.value,
+            )
+        if kind == pb.ENTRY_KIND_PAUSE_REQUEST and machine.paused:
+            raise _AlreadyThere
+        if kind == pb.ENTRY_KIND_CANCEL_REQUEST and machine.cancel_requested:
+            raise _AlreadyThere
+
+    if status.is_terminal:
+        raise IllegalTransitionError(
+            f"cannot {verb} invocation {invocation_id}: it is already {status.value}",
+            status.value,
+        )
+    try:
+        await deliver_external(
+            t,
+            _addressee(rec.state),
+            _client_entry(kind),
+            f"{verb}:{invocation_id}:{uuid.uuid4().hex}",
+            check,
+            wake=kind != pb.ENTRY_KIND_PAUSE_REQUEST,  # a pause acts at the next step boundary
+            interrupt=kind == pb.ENTRY_KIND_CANCEL_REQUEST,  # cancel a run in flight at once
+        )
+    except _AlreadyThere:
+        return Status.from_pb((await t.get_state(invocation_id) or rec).state.status)
+    return await _show_transition(t, invocation_id, kind, running=running)
+
+
+async def _show_transition(
+    t: Transport, invocation_id: str, kind: pb.EntryKind, *, running: bool = False
+) -> Status:
+    """Record a pause of an idle invocation in its state; return the real status.
+
+    ``running``: the journal shows a run in progress (its state may not say so yet).
+    """
+    for _ in range(5):
+        rec = await state_of(t, invocation_id)
+        st = rec.state
+        idle = st.status in IDLE_PB and not running
+        if kind != pb.ENTRY_KIND_PAUSE_REQUEST or not idle:
+            if running and st.status in IDLE_PB:
+                return Status.RUNNING
+            return Status.from_pb(st.status)
+        paused = pb.ExecutionState()
+        paused.CopyFrom(st)
+        paused.status = pb.STATUS_PAUSED
+        paused.updated_at_ms = int(time.time() * 1000)
+        try:
+            await t.update_state(paused, rec.revision)
+            return Status.PAUSED
+        except StateConflict:
+            continue  # it moved on (started, finished): look again
+    return Status.from_pb(st.status)
+
+
+async def retry(t: Transport, invocation_id: str) -> Status:
+    """Run a failed invocation again from its failed step (see ``Client.retry``)."""
+    rec = await state_of(t, invocation_id)
+    if rec.state.status != pb.STATUS_FAILED:
+        status = Status.from_pb(rec.state.status).value
+        raise IllegalTransitionError(
+            f"cannot retry invocation {invocation_id}: it is {status}, not failed", status
+        )
+
+    def check(records: list[JournalRecord]) -> None:
+        machine = ReplayMachine(invocation_id, (r.entry for r in records))
+        if machine.final is None or machine.final.kind != pb.ENTRY_KIND_FAILED:
+            raise _AlreadyThere  # retried already
+
+    try:
+        # The wake-up waits until the state says pending again (below).
+        seq = await deliver_external(
+            t,
+            _addressee(rec.state),
+            _client_entry(pb.ENTRY_KIND_RETRY_REQUEST),
+            f"retry:{invocation_id}:{rec.revision}",
+            check,
+            wake=False,
+        )
+    except _AlreadyThere:
+        return Status.from_pb((await t.get_state(invocation_id) or rec).state.status)
+    st = pb.ExecutionState()
+    st.CopyFrom(rec.state)
+    st.status = pb.STATUS_PENDING
+    st.ClearField("failure")
+    st.updated_at_ms = int(time.time() * 1000)
+    # If someone else moved it on meanwhile, the wake-up below is harmless either way.
+    with contextlib.suppress(StateConflict):
+        await t.update_state(st, rec.revision)
+    await t.publish_wake(invocation_id, st.workflow, st.partition_key, seq)
+    return Status.PENDING
+
+
+async def rerun(t: Transport, invocation_id: str) -> str:
+    """Start a new invocation of the same workflow with the same arguments; its id."""
+    st = (await state_of(t, invocation_id)).state
+    key = st.partition_key if st.partition_key != invocation_id else None
+    new_id, _ = await submit_payload(t, st.workflow, st.args, None, key, rerun_of=invocation_id)
+    return new_id
+
+
+async def fork(t: Transport, invocation_id: str, from_step: int) -> str:
+    """A new invocation replaying this one's steps before ``from_step`` (see ``Client.fork``)."""
+    rec = await state_of(t, invocation_id)
+    records = await t.read_journal(invocation_id, min_entries=rec.state.journal_length)
+    steps = [r.entry for r in records if r.entry.kind in STEP_KINDS and r.entry.step < from_step]
+    recorded = {r.entry.step for r in records if r.entry.kind in STEP_KINDS}
+    n = len(recorded)
+    if not isinstance(from_step, int) or from_step < 1 or from_step > n + 1:
+        raise InvalidInputError(
+            f"from_step must be a step of {invocation_id} (1 to {n}), or {n + 1} to copy "
+            f"all {n} steps and run only what its workflow does after them"
+            if n
+            else f"from_step must be 1: {invocation_id} has no steps yet"
+        )
+    st = rec.state
+    new_id = uuid.uuid4().hex
+    last = 0
+    for index, entry in enumerate(sorted(steps, key=lambda e: e.step), start=1):
+        copy = pb.JournalEntry()
+        copy.CopyFrom(entry)
+        copy.index, copy.writer = index, f"fork:{invocation_id}"
+        last = await t.append(new_id, copy, last, f"fork:{new_id}:{index}")
+    key = st.partition_key if st.partition_key != invocation_id else None
+    await submit_payload(
+        t, st.workflow, st.args, new_id, key, journal_length=len(steps), forked_from=invocation_id
+    )
+    return new_id
+
+
+def _awakeable_owner(awakeable_id: str) -> str:
+    parts = awakeable_id.split(".") if isinstance(awakeable_id, str) else []
+    if len(parts) != 3 or parts[0] != "awk" or not parts[2].isdigit():
+        raise NotFoundError(
+            f"{awakeable_id!r} is not an awakeable id (they look like awk.<invocation>.<n>)"
+        )
+    try:
+        return check_invocation_id(parts[1])
+    except InvalidInputError as e:
+        raise NotFoundError(f"{awakeable_id!r} is not an awakeable id: {e}") from e
+
+
+def _check_open(invocation_id: str, records: list[JournalRecord]) -> None:
+    if any(r.entry.kind in (pb.ENTRY_KIND_COMPLETED, pb.ENTRY_KIND_FAILED) for r in records):
+        raise InvocationFinishedError(f"invocation {invocation_id} has already finished")
+
+
+async def complete_awakeable(
+    t: Transport, awakeable_id: str, payload: pb.Payload | None, failure: pb.Failure | None
+) -> None:
+    """Resolve (``payload``) or reject (``failure``) an awakeable, once."""
+    invocation_id = _awakeable_owner(awakeable_id)
+    entry = _client_entry(pb.ENTRY_KIND_AWAKEABLE_RESULT, name=awakeable_id)
+    if payload is not None:
+        entry.output.CopyFrom(payload)
+    if failure is not None:
+        entry.failure.CopyFrom(failure)
+
+    def check(records: list[JournalRecord]) -> None:
+        _check_open(invocation_id, records)
+        for r in records:
+            if r.entry.kind == pb.ENTRY_KIND_AWAKEABLE_RESULT and r.entry.name == awakeable_id:
+                raise AlreadyResolvedError(
+                    f"awakeable {awakeable_id} was already "
+                    f"{'rejected' if r.entry.HasField('failure') else 'resolved'}"
+                )
+
+    await _deliver(t, invocation_id, entry, f"awk:{awakeable_id}", check)
+
+
+async def signal(t: Transport, invocation_id: str, name: str, payload: pb.Payload) -> None:
+    """Send the signal ``name`` to an invocation (kept until the workflow waits for it)."""
+    check_invocation_id(invocation_id)
+    if not isinstance(name, str) or not name or len(name) > 256:
+        raise InvalidInputError("a signal name is a non-empty string of at most 256 chars")
+    entry = _client_entry(pb.ENTRY_KIND_SIGNAL, name=name, output=payload)
+    msg_id = f"sig:{invocation_id}:{uuid.uuid4().hex}"
+    await _deliver(t, invocation_id, entry, msg_id, lambda r: _check_open(invocation_id, r))
+
+
+async def _deliver(
+    t: Transport,
+    invocation_id: str,
+    entry: pb.JournalEntry,
+    msg_id: str,
+    check: Callable[[list[JournalRecord]], None],
+) -> None:
+    rec = await t.get_state(invocation_id)
+    if rec is None:
+        raise await missing(t, invocation_id)
+    if rec.state.status in TERMINAL_PB:
+        raise InvocationFinishedError(
+            f"invocation {invocation_id} is already {Status.from_pb(rec.state.status)}"
+        )
+    await deliver_external(t, _addressee(rec.state), entry, msg_id, check)

@@ -1,0 +1,227 @@
+"""Submitting invocations: checks at intake, the trace they start, and idempotent ids.
+
+Every invocation the client submits comes through ``submit`` (a workflow name or function
+and its arguments) or ``submit_payload`` (arguments already encoded: rerun, fork); both end
+in the engine's intake rule (``durable_core.engine._intake.submit``).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from opentelemetry import propagate, trace
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    TraceFlags,
+    format_trace_id,
+)
+
+from durable_core import _codec
+from durable_core._journal import MAX_SLEEP
+from durable_core._naming import check_invocation_id, check_workflow_name, encode_partition_key
+from durable_core._pb.durable.v1 import durable_pb2 as pb
+from durable_core._transport import StateEvents, Transport
+from durable_core.engine import _intake as intake
+from durable_core.errors import ConflictError, InvalidInputError
+from durable_core.plugins import workflow_signature
+
+__all__ = ["WorkflowRef", "start_at_ms", "submit", "submit_payload", "trace_context_of"]
+
+WorkflowRef = str | Callable[..., Any]
+
+# A proxy until an SDK provider is set (the API's no-op before that): set-up order is free.
+_TRACER = trace.get_tracer("durable_core.client")
+
+
+def trace_context_of(span: trace.Span) -> tuple[dict[str, str], str]:
+    """The W3C context to send and store with a new invocation, and its trace id.
+
+    Without an OpenTelemetry SDK here (the CLI, a script) the client's span is a no-op with no
+    trace id: a fresh, sampled one is made up, so that the processors' spans (and the inspector's
+    Jaeger link) still share one trace per invocation; only this side's span is missing."""
+    context = span.get_span_context()
+    if not context.is_valid:
+        made_up = SpanContext(
+            trace_id=random.getrandbits(128) or 1,
+            span_id=random.getrandbits(64) or 1,
+            is_remote=False,
+            trace_flags=TraceFlags(TraceFlags.SAMPLED),
+        )
+        span = NonRecordingSpan(made_up)
+        context = made_up
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=trace.set_span_in_context(span))
+    return carrier, format_trace_id(context.trace_id)
+
+
+def start_at_ms(delay: timedelta | None, start_at: datetime | None) -> int:
+    """When a delayed invocation is due (ms), from ``delay`` or ``start_at``; 0: now."""
+    if delay is not None and start_at is not None:
+        raise InvalidInputError("give delay or start_at, not both")
+    if delay is not None:
+        if not isinstance(delay, timedelta) or delay < timedelta(0) or delay > MAX_SLEEP:
+            raise InvalidInputError(f"delay must be a timedelta from 0 to {MAX_SLEEP.days} days")
+        return int((time.time() + delay.total_seconds()) * 1000)
+    if start_at is not None:
+        if not isinstance(start_at, datetime) or start_at.tzinfo is None:
+            raise InvalidInputError("start_at must be a timezone-aware datetime")
+        return int(start_at.timestamp() * 1000)
+    return 0
+
+
+def _same_payload(a: pb.Payload, b: pb.Payload) -> bool:
+    """Equal values: JSON compared decoded (key order and spacing do not matter)."""
+    if a.encoding != b.encoding or a.type_name != b.type_name:
+        return False
+    if a.encoding == pb.ENCODING_JSON and a.data != b.data:
+        try:
+            return bool(_codec.decode(a) == _codec.decode(b))
+        except InvalidInputError:
+            return False
+    return a.data == b.data
+
+
+async def submit(
+    t: Transport,
+    workflow: WorkflowRef,
+    args: Any,
+    invocation_id: str | None,
+    partition_key: str | None,
+    *,
+    watch: bool = False,
+    start_at: int = 0,
+    execution_timeout: timedelta | None = None,
+) -> tuple[str, StateEvents | None]:
+    """Submit ``workflow`` (a name, or the function: its input is checked against its type
+    hints) with ``args``; its id, and its state events when ``watch`` (opened before it
+    existed, so no change is missed)."""
+    deadline = 0
+    if execution_timeout is not None:
+        if not isinstance(execution_timeout, timedelta) or not (
+            timedelta(0) < execution_timeout <= MAX_SLEEP
+        ):
+            raise InvalidInputError(
+                f"execution_timeout must be a timedelta from 0 to {MAX_SLEEP.days} days"
+            )
+        begins = start_at or int(time.time() * 1000)
+        deadline = begins + int(execution_timeout.total_seconds() * 1000)
+    if callable(workflow):
+        name = getattr(workflow, "__durable_workflow__", None) or workflow.__name__
+        takes_input, input_type, _ = workflow_signature(workflow)
+        if input_type is not None:
+            try:
+                args = _codec.convert(_codec.to_jsonable(args), input_type)
+            except InvalidInputError as e:
+                raise InvalidInputError(
+                    f"input of {name} does not match its declared type: {e}"
+                ) from e
+    else:
+        name = workflow
+    return await submit_payload(
+        t,
+        name,
+        _codec.encode(args),
+        invocation_id,
+        partition_key,
+        watch=watch,
+        start_at=start_at,
+        deadline_ms=deadline,
+    )
+
+
+async def submit_payload(
+    t: Transport,
+    name: str,
+    payload: pb.Payload,
+    invocation_id: str | None,
+    partition_key: str | None,
+    *,
+    watch: bool = False,
+    start_at: int = 0,
+    journal_length: int = 0,
+    forked_from: str = "",
+    rerun_of: str = "",
+    deadline_ms: int = 0,
+) -> tuple[str, StateEvents | None]:
+    """Submit an invocation of ``name`` with encoded arguments (see :func:`submit`)."""
+    check_workflow_name(name)
+    invocation_id = check_invocation_id(
+        uuid.uuid4().hex if invocation_id is None else invocation_id
+    )
+    key = invocation_id if partition_key is None else partition_key
+    encode_partition_key(key)
+    if len(payload.data) > t.payload_limit:
+        raise InvalidInputError(
+            f"arguments of {name} are {len(payload.data)} bytes; {t.payload_limit_text()}"
+        )
+    # The invocation's trace starts here (or joins the caller's current one); its context
+    # travels with the command and is stored with the invocation for later runs.
+    with _TRACER.start_as_current_span(
+        f"durable.invoke {name}",
+        kind=SpanKind.PRODUCER,
+        attributes={
+            "durable.invocation_id": invocation_id,
+            "durable.workflow": name,
+            "durable.partition_key": key,
+        },
+    ) as span:
+        trace_context, trace_id = trace_context_of(span)
+        now = int(time.time() * 1000)
+        state = pb.ExecutionState(
+            invocation_id=invocation_id,
+            workflow=name,
+            status=pb.STATUS_PENDING,
+            args=payload,
+            partition_key=key,
+            created_at_ms=now,
+            updated_at_ms=now,
+            start_at_ms=start_at,
+            journal_length=journal_length,
+            forked_from=forked_from,
+            rerun_of=rerun_of,
+            deadline_ms=deadline_ms,
+            trace_context=trace_context,
+            trace_id=trace_id,
+        )
+        cmd = pb.Command(
+            invocation_id=invocation_id,
+            workflow=name,
+            args=payload,
+            partition_key=key,
+            kind=pb.COMMAND_KIND_START,
+            created_at_ms=now,
+            metadata=trace_context,
+        )
+        events = await t.state_events(invocation_id) if watch else None
+        try:
+            created = await intake.submit(t, state, cmd)
+            if created is None:
+                await _check_same_arguments(t, invocation_id, name, payload)
+        except BaseException:
+            if events is not None:
+                await events.close()
+            raise
+        if events is not None and created is not None:
+            events.created = created.state  # subscribed before it existed: the present
+    return invocation_id, events
+
+
+async def _check_same_arguments(
+    t: Transport, invocation_id: str, name: str, payload: pb.Payload
+) -> None:
+    """A resubmission of an existing id is that invocation only with the same arguments;
+    other arguments are a conflict, not a silent return of the first one's result."""
+    rec = await t.get_state(invocation_id)
+    if rec is None or _same_payload(rec.state.args, payload):
+        return
+    raise ConflictError(
+        f"invocation id {invocation_id} is taken by an invocation of {name} with other "
+        "arguments: choose another id, or pass the same arguments to get that invocation"
+    )

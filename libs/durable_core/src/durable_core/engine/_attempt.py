@@ -1,0 +1,208 @@
+"""One attempt at the workflow's code: build its context, run it until it returns, fails,
+parks every step or is interrupted, and say how the run ends (``Finish`` or ``Suspend``).
+
+The engine's signals pass through (``Rerun`` to run again with new entries, ``EngineFailure``
+for NATS trouble the workflow let through); the execution acts on the outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from durable_core import _codec
+from durable_core._pb.durable.v1 import durable_pb2 as pb
+from durable_core._transport import is_engine_error
+from durable_core.engine._context import RunContext
+from durable_core.engine._env import now_ms
+from durable_core.engine._signals import BadInputError, EngineFailure, Halted, Rerun
+from durable_core.errors import (
+    InvalidInputError,
+    InvocationCancelledError,
+    StepFailedError,
+    SuspendExecution,
+)
+from durable_core.interceptors import WorkflowInput, chain_workflows
+
+if TYPE_CHECKING:
+    from durable_core.engine._execution import Execution
+
+__all__ = ["Finish", "Suspend", "run_once", "timed_out"]
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """The invocation ends: journal the final entry with this status."""
+
+    status: int
+    output: pb.Payload | None = None
+    failure: pb.Failure | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Suspend:
+    """Every step is parked (the waits are the execution's): suspend until a wake-up."""
+
+
+async def run_once(ex: Execution) -> Finish | Suspend:
+    """Run the workflow from the start (replaying the journal) until it ends or parks.
+
+    Raises:
+        Rerun: new entries arrived while it waited; run it again to see them.
+        SuspendExecution: an engine signal stopped the run (lost claim, lost hold, ...).
+    """
+    env = ex.env
+    state = ex.state.state if ex.state is not None else None
+    name = ex.cmd.workflow or (state.workflow if state is not None else "")
+    if name not in env.registry:
+        message = env.registry.unknown_message(name)
+        return Finish(pb.STATUS_FAILED, failure=pb.Failure(type="UnknownWorkflow", message=message))
+    wf = env.registry.get(name)
+    deadline = state.deadline_ms if state is not None else 0
+    if deadline and now_ms() >= deadline:
+        return Finish(pb.STATUS_FAILED, failure=timed_out(deadline))
+    args = state.args if state is not None else ex.cmd.args
+    created = state.created_at_ms if state is not None else 0
+    ex.waits, ex.rerun = (), False
+    ex.interrupt.clear()
+    entries = ex.journal.entries
+    ctx = RunContext(
+        invocation_id=ex.id,
+        workflow=name,
+        partition_key=ex.cmd.partition_key,
+        machine=ex.journal.machine,
+        journal=ex,
+        channels=env.channels,
+        start_time_ms=created or ex.cmd.created_at_ms or now_ms(),
+        interceptors=env.interceptors,
+        attempt=ex.delivery.num_delivered,
+        default_retry=wf.retry,
+    )
+    ex.ctx = ctx
+
+    async def body(_: WorkflowInput) -> Any:
+        if not wf.takes_input:
+            return await wf.fn(ctx)
+        try:
+            value = _codec.decode_as(args, wf.input_type)
+        except InvalidInputError as e:
+            raise BadInputError(f"input of {name} does not match its declared type: {e}") from e
+        return await wf.fn(ctx, value)
+
+    run = chain_workflows(env.interceptors, body)
+    # Wake-ups, hand-overs and timers carry no metadata: the invocation keeps its trace.
+    headers = dict(state.trace_context) if state is not None else {}
+    headers.update(ex.cmd.metadata)
+    if not entries:  # the first run: how long it waited for a processor
+        ex.observe("started", seconds=max(now_ms() - ex.due_ms(), 0) / 1000)
+    inp = WorkflowInput(
+        ex.id,
+        name,
+        ex.cmd.partition_key,
+        ex.delivery.num_delivered,
+        headers,
+        resumed=bool(entries),
+        journal=tuple(entries),
+    )
+    task: asyncio.Future[Any] = asyncio.ensure_future(run(inp))
+    ex.task = task
+    ex.cancelling_run = False
+    interrupted = asyncio.create_task(ex.interrupt.wait())
+    waiting: set[asyncio.Future[Any]] = {task, interrupted}
+    expiry = None
+    if deadline:
+        expiry = asyncio.create_task(asyncio.sleep((deadline - now_ms()) / 1000))
+        waiting.add(expiry)
+    try:
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        # Shutdown released this run (its command goes back at once): the workflow's own
+        # task must not go on behind it.
+        await halt(ex, task, "released")
+        raise
+    finally:
+        interrupted.cancel()
+        if expiry is not None:
+            expiry.cancel()
+    if expiry is not None and expiry.done() and not expiry.cancelled() and not task.done():
+        await halt(ex, task, "past its execution timeout")  # stop where it is and fail
+        return Finish(pb.STATUS_FAILED, failure=timed_out(deadline))
+    if not task.done():
+        await halt(ex, task, "running again" if ex.rerun else "suspending")
+        ex.children = list(ctx.steps.children)
+        if ex.rerun:
+            raise Rerun
+        if deadline and deadline - now_ms() < 2000:
+            # The execution timeout comes before any wake-up could: fail at it.
+            await asyncio.sleep(max(deadline - now_ms(), 0) / 1000)
+            return Finish(pb.STATUS_FAILED, failure=timed_out(deadline))
+        return Suspend()
+    ex.children = list(ctx.steps.children)
+    return _outcome(ex, task, ctx)
+
+
+async def halt(ex: Execution, task: asyncio.Future[Any], why: str) -> None:
+    """Cancel the workflow's task and wait for it to end, refusing every step it tries
+    meanwhile: a workflow that swallows the cancellation (``except BaseException``) must not
+    run another step. The engine's own entries (suspension, failure) go on after."""
+    halted = Halted(f"this run is {why}")
+    if ex.journal.stopped is None:
+        ex.journal.stopped = halted
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
+    if ex.journal.stopped is halted:
+        ex.journal.stopped = None
+
+
+def _outcome(ex: Execution, task: asyncio.Future[Any], ctx: RunContext) -> Finish:
+    """How a run whose workflow returned (or raised) ends."""
+    try:
+        result = task.result()
+    except InvocationCancelledError:
+        failure = pb.Failure(type="InvocationCancelledError", message="cancelled by request")
+        return Finish(pb.STATUS_CANCELLED, failure=failure)
+    except asyncio.CancelledError:
+        if ex.cancelling_run:
+            raise Rerun from None  # interrupted off a step boundary: deliver it on replay
+        raise
+    except SuspendExecution:
+        raise  # the engine's own control flow (LostClaim, Finished, Rerun, ...)
+    except Exception as e:  # the workflow failed: journal why
+        if is_engine_error(e):
+            # A NATS error the workflow let through (a write of the engine's own that
+            # NATS refused): release the run, never journal it as the workflow's failure.
+            raise EngineFailure(e) from e
+        return Finish(pb.STATUS_FAILED, failure=_failure(e, ctx))
+    if ctx.steps.nondeterminism is not None:
+        return Finish(pb.STATUS_FAILED, failure=_failure(ctx.steps.nondeterminism, ctx))
+    try:
+        output = _codec.encode(result)
+    except InvalidInputError as e:
+        return Finish(pb.STATUS_FAILED, failure=pb.Failure(type="InvalidOutput", message=str(e)))
+    if ctx.steps.cancel_delivered:  # it handled the cancellation and returned: still cancelled
+        return Finish(pb.STATUS_CANCELLED, output=output)
+    return Finish(pb.STATUS_COMPLETED, output=output)
+
+
+def _failure(e: BaseException, ctx: RunContext) -> pb.Failure:
+    nd = ctx.steps.nondeterminism
+    if nd is not None:
+        return pb.Failure(type="NonDeterminismError", message=str(nd), step=nd.step)
+    if isinstance(e, BadInputError):
+        return pb.Failure(type="InvalidInputError", message=str(e))
+    failure = pb.Failure(type=type(e).__name__, message=str(e) or type(e).__name__)
+    if isinstance(e, StepFailedError):
+        failure.step, failure.code = e.step, e.code
+    return failure
+
+
+def timed_out(deadline_ms: int) -> pb.Failure:
+    """The failure of an invocation past its execution timeout."""
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(deadline_ms / 1000))
+    return pb.Failure(
+        type="ExecutionTimeoutError", message=f"execution timeout: not finished by {when}"
+    )

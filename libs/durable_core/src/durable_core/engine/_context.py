@@ -1,0 +1,572 @@
+"""The engine's implementation of ``Context``: the I/O the step machine asks for.
+
+Each method asks ``durable_core._journal.steps.StepMachine`` what to do (replay or execute,
+deliver a cancellation, park, retry at a time, ...) and does it: runs the attempt through the
+interceptors, journals the outcome (``Journal``, the engine's or the test replayer's), sleeps,
+or parks until the run is suspended. The worker reads the run's state from ``steps``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from datetime import datetime, timedelta
+from typing import Any, TypeVar, cast
+
+from durable_core import _codec
+from durable_core._grpc import ChannelPool, MethodRef
+from durable_core._journal import (
+    MAX_SLEEP,
+    DeliverCancel,
+    Due,
+    Execute,
+    GiveUp,
+    Park,
+    ReplayMachine,
+    SleepFor,
+    StepMachine,
+    Submission,
+    Wait,
+)
+from durable_core._naming import check_workflow_name
+from durable_core._pb.durable.v1 import durable_pb2 as pb
+from durable_core.context import Awakeable, Context
+from durable_core.engine._step_io import Journal, attempt_failure
+from durable_core.errors import (
+    InvalidInputError,
+    InvocationCancelledError,
+    StepTimeoutError,
+    TerminalError,
+)
+from durable_core.interceptors import Interceptor, StepInput, chain_steps
+from durable_core.retry import DEFAULT_RETRY, RetryPolicy
+
+__all__ = ["Journal", "RunContext"]
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+T = TypeVar("T")
+
+IDEMPOTENCY_KEY_HEADER = "idempotency-key"
+
+
+class RunContext(Context):
+    """The context of one run of one invocation (see ``Context`` for the API)."""
+
+    def __init__(
+        self,
+        *,
+        invocation_id: str,
+        workflow: str,
+        partition_key: str,
+        machine: ReplayMachine,
+        journal: Journal,
+        channels: ChannelPool | None,
+        start_time_ms: int,
+        interceptors: Sequence[Interceptor] = (),
+        attempt: int = 1,
+        default_retry: RetryPolicy | None = None,
+    ) -> None:
+        self._invocation_id = invocation_id
+        self._workflow = workflow
+        self._partition_key = partition_key
+        self.steps = StepMachine(invocation_id, machine, start_time_ms)
+        self._journal = journal
+        self._channels = channels
+        self._interceptors = tuple(interceptors)
+        self._attempt = attempt
+        self._default_retry = default_retry or DEFAULT_RETRY
+
+    # -- identity and deterministic helpers ------------------------------------------------
+
+    @property
+    def invocation_id(self) -> str:
+        return self._invocation_id
+
+    @property
+    def workflow(self) -> str:
+        return self._workflow
+
+    @property
+    def partition_key(self) -> str:
+        return self._partition_key
+
+    @property
+    def is_replaying(self) -> bool:
+        return self.steps.is_replaying
+
+    def now(self) -> datetime:
+        return self.steps.now()
+
+    def uuid(self) -> uuid.UUID:
+        return self.steps.uuid()
+
+    def random(self) -> float:
+        return self.steps.random()
+
+    # -- steps -----------------------------------------------------------------------------
+
+    async def call(
+        self,
+        method: MethodRef[Req, Resp],
+        request: Req,
+        *,
+        timeout: timedelta | float | None = timedelta(seconds=30),
+        retry: RetryPolicy | None = None,
+    ) -> Resp:
+        if not isinstance(method, MethodRef):
+            raise TypeError(
+                "ctx.call expects a method of grpc_service(StubClass), e.g. "
+                f"grpc_service(HelloServiceStub).SayHello; got {method!r}"
+            )
+        req_bytes = method.request_serializer(request)
+        decision = await self._decide(pb.ENTRY_KIND_CALL, method.path, _codec.input_hash(req_bytes))
+        if not isinstance(decision, Execute):
+            return cast(
+                Resp, method.response_deserializer(self.steps.replayed(decision.entry).data)
+            )
+        if self._channels is None:
+            raise TerminalError("this context has no gRPC channels (testing without services)")
+        fn = self._channels.callable_for(method)
+        seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+        key = f"{self._invocation_id}:{decision.step}"
+
+        async def attempt(inp: StepInput) -> Any:
+            metadata = ((IDEMPOTENCY_KEY_HEADER, key), *inp.headers.items())
+            return await fn(request, timeout=seconds, metadata=metadata)
+
+        return await self._execute(  # type: ignore[no-any-return]
+            pb.ENTRY_KIND_CALL,
+            "call",
+            decision.step,
+            method.path,
+            req_bytes,
+            attempt,
+            retry or self._default_retry,
+        )
+
+    async def run(
+        self,
+        name: str,
+        fn: Callable[..., T] | Callable[..., Awaitable[T]],
+        *args: Any,
+        retry: RetryPolicy | None = None,
+        timeout: timedelta | None = None,
+        **kwargs: Any,
+    ) -> T:
+        try:
+            arg_bytes = _codec.encode([list(args), kwargs]).data if (args or kwargs) else b""
+        except Exception:  # noqa: BLE001 - non-JSON args are allowed, just not hashed
+            arg_bytes = b""
+        decision = await self._decide(pb.ENTRY_KIND_RUN, name, _codec.input_hash(arg_bytes))
+        if not isinstance(decision, Execute):
+            return _codec.decode(self.steps.replayed(decision.entry))  # type: ignore[no-any-return]
+
+        async def call_fn() -> Any:
+            if inspect.iscoroutinefunction(fn):
+                return await fn(*args, **kwargs)
+            result = await asyncio.to_thread(fn, *args, **kwargs)
+            if inspect.isawaitable(result):
+                return await result
+            return result
+
+        async def attempt(inp: StepInput) -> Any:
+            if timeout is None:
+                return await call_fn()
+            try:
+                return await asyncio.wait_for(call_fn(), timeout.total_seconds())
+            except TimeoutError:
+                raise StepTimeoutError(
+                    f"step {inp.step} ({name}) took longer than {timeout.total_seconds():g}s"
+                ) from None
+
+        return await self._execute(  # type: ignore[no-any-return]
+            pb.ENTRY_KIND_RUN,
+            "run",
+            decision.step,
+            name,
+            arg_bytes,
+            attempt,
+            retry or self._default_retry,
+        )
+
+    # -- internals -------------------------------------------------------------------------
+
+    async def _decide(self, kind: pb.EntryKind, name: str, digest: bytes) -> Any:
+        """Replay or execute the next step; the step boundary where pause and cancel act."""
+        decision = self.steps.begin(kind, name, digest)
+        if not isinstance(decision, Execute):
+            return decision
+        self._journal.check_step()
+        boundary = self.steps.before_executing(kind, decision.step, name, digest, _wall_ms())
+        if isinstance(boundary, DeliverCancel):
+            await self._journal.append_step(boundary.entry)
+            raise InvocationCancelledError(self._invocation_id)
+        if isinstance(boundary, Park):
+            await self._park(boundary.wait)
+        return decision
+
+    async def _execute(
+        self,
+        kind: pb.EntryKind,
+        kind_name: str,
+        step: int,
+        name: str,
+        input_bytes: bytes,
+        attempt_fn: Callable[[StepInput], Awaitable[Any]],
+        policy: RetryPolicy,
+    ) -> Any:
+        """Run a new step's attempts until one succeeds or the policy gives up, and journal
+        its outcome; the step counts as executing meanwhile (the run may not suspend)."""
+        with self._executing():
+            steps = self.steps
+            chained = chain_steps(self._interceptors, attempt_fn)
+            started = time.monotonic()
+            input_hash = _codec.input_hash(input_bytes)
+            earlier = steps.earlier_attempts(step, name)
+            attempt = len(earlier)
+            if earlier:
+                steps.check_cancelled_at(step)  # cancelled while it waited for its next attempt
+                await self._wait_for_attempt(step, name, earlier[-1].wake_at_ms, attempt + 1)
+            result: Any = None
+            failure: pb.Failure | None = None
+            while True:
+                attempt += 1
+                self._journal.check_step()  # time passed since the step was decided (backoff)
+                inp = StepInput(self._invocation_id, self._workflow, step, kind_name, name, attempt)
+                try:
+                    result = await chained(inp)
+                    failure = None
+                    break
+                except asyncio.CancelledError:
+                    failure = steps.interrupted(step, self._journal.cancelling())
+                    if failure is None:
+                        raise
+                    _uncancel()  # the invocation was cancelled: the step ends, the workflow goes on
+                    break
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except Exception as e:  # noqa: BLE001 - every step failure is journaled
+                    failed, retryable = attempt_failure(e, step, policy)
+                    decision = steps.attempt_failed(
+                        step,
+                        name,
+                        input_hash,
+                        failed,
+                        retryable=retryable,
+                        attempt=attempt,
+                        policy=policy,
+                        now_ms=_wall_ms(),
+                    )
+                    if isinstance(decision, GiveUp):
+                        failure = decision.failure
+                        break
+                    await self._journal.append_step(decision.entry)
+                    await self._wait_for_attempt(step, name, decision.wake_at_ms, attempt + 1)
+            output = None
+            if failure is None:
+                try:
+                    output = _codec.encode(result)
+                except InvalidInputError as e:  # a result we cannot store: running again won't help
+                    failure = pb.Failure(type=type(e).__name__, message=str(e), step=step)
+            entry = steps.outcome(
+                kind,
+                step,
+                name,
+                input_hash,
+                attempts=attempt,
+                output=output,
+                failure=failure,
+                now_ms=_wall_ms(),
+                duration_us=int((time.monotonic() - started) * 1e6),
+            )
+            await self._journal.append_step(entry)
+            steps.executed(entry)
+            return result
+
+    async def _wait_for_attempt(self, step: int, name: str, due_ms: int, attempt: int) -> None:
+        """Wait until a step's next attempt is due: in-process when it is soon, otherwise
+        suspended on a server-side timer, holding no processor slot (never returns then:
+        the run after the wake-up replays to here and finds it due)."""
+        decision = self.steps.attempt_timer(step, name, due_ms, attempt, _wall_ms())
+        if isinstance(decision, Due):
+            return
+        if isinstance(decision, SleepFor):
+            await asyncio.sleep(decision.seconds)
+            return
+        self.steps.executing -= 1  # parked, not executing: the invocation may suspend
+        try:
+            await self._park(decision.wait)
+        finally:
+            self.steps.executing += 1
+
+    async def _intercepted(
+        self, kind_name: str, step: int, name: str, record: Callable[[StepInput], Awaitable[T]]
+    ) -> T:
+        """Journal an executed step that is not retried (a wait, a submission, a state change)
+        through the interceptors, once; replayed steps never come here."""
+        inp = StepInput(self._invocation_id, self._workflow, step, kind_name, name, 1)
+        return await chain_steps(self._interceptors, record)(inp)  # type: ignore[no-any-return]
+
+    async def _journal_counted(
+        self, kind_name: str, entry: pb.JournalEntry, *, suspend_after: bool = False
+    ) -> None:
+        """Journal a step that records its outcome at once (counted as executing meanwhile)."""
+        with self._executing(suspend_after=suspend_after):
+            await self._intercepted(
+                kind_name, entry.step, entry.name, lambda _: self._journal.append_step(entry)
+            )
+
+    @contextlib.contextmanager
+    def _executing(self, *, suspend_after: bool = True) -> Iterator[None]:
+        """A step runs or journals meanwhile: the run may not suspend; after it, it may."""
+        self.steps.executing += 1
+        try:
+            yield
+        finally:
+            self.steps.executing -= 1
+            if suspend_after:
+                self._maybe_suspend()
+
+    # -- waiting ---------------------------------------------------------------------------
+
+    def _maybe_suspend(self) -> None:
+        waits = self.steps.suspension()
+        if waits is not None:
+            self._journal.request_suspend(waits)
+
+    async def _park(self, wait: Wait) -> Any:
+        """Wait for something that has not happened; the engine suspends once all steps park.
+
+        Never returns in this run: the engine cancels the run and a later run (after the
+        wake-up) replays up to here and finds what it waited for.
+        """
+        decision = self.steps.park(wait, _wall_ms())
+        if isinstance(decision, DeliverCancel):
+            raise await self._deliver(decision)
+        self._maybe_suspend()
+        try:
+            await asyncio.Future()  # cancelled by the engine when it suspends or reruns
+        except asyncio.CancelledError:
+            cancel = self.steps.unpark(wait, self._journal.cancelling(), _wall_ms())
+            if cancel is None:
+                raise
+            _uncancel()
+            raise await self._deliver(cancel) from None
+
+    async def _deliver(self, cancel: DeliverCancel) -> InvocationCancelledError:
+        """Record that the cancellation was raised at a waiting step, for replays."""
+        await self._journal.append_step(cancel.entry)
+        return InvocationCancelledError(self._invocation_id)
+
+    async def _journal_wait(
+        self, kind: pb.EntryKind, kind_name: str, name: str, digest: bytes = b""
+    ) -> int:
+        """Record (or replay) the step that waits; returns its step number."""
+        decision = await self._decide(kind, name, digest)
+        if isinstance(decision, Execute):
+            entry = pb.JournalEntry(
+                kind=kind, step=decision.step, name=name, input_hash=digest, timestamp_ms=_wall_ms()
+            )
+            await self._journal_counted(kind_name, entry)
+        return int(decision.step)
+
+    async def _until(self, arrived: Callable[[], pb.Payload | Wait]) -> pb.Payload:
+        """Wait until ``arrived`` has its payload (parking meanwhile)."""
+        while True:
+            outcome = arrived()
+            if isinstance(outcome, pb.Payload):
+                return outcome
+            await self._park(outcome)
+
+    # -- timers ----------------------------------------------------------------------------
+
+    async def sleep(self, duration: timedelta) -> None:
+        if not isinstance(duration, timedelta):
+            raise InvalidInputError(f"ctx.sleep takes a timedelta, not {type(duration).__name__}")
+        if duration < timedelta(0) or duration > MAX_SLEEP:
+            raise InvalidInputError(
+                f"sleep of {duration} is out of range: use 0 to {MAX_SLEEP.days} days"
+            )
+        millis = int(duration.total_seconds() * 1000)
+        digest = _codec.input_hash(millis.to_bytes(8, "big"))
+        decision = await self._decide(pb.ENTRY_KIND_SLEEP, "sleep", digest)
+        if isinstance(decision, Execute):
+            now = _wall_ms()
+            entry = pb.JournalEntry(
+                kind=pb.ENTRY_KIND_SLEEP,
+                step=decision.step,
+                name="sleep",
+                input_hash=digest,
+                timestamp_ms=now,
+                wake_at_ms=now + millis,
+            )
+            await self._journal_counted("sleep", entry)
+        else:
+            entry = decision.entry
+        while True:
+            timer = self.steps.sleep_timer(entry, _wall_ms())
+            if isinstance(timer, Due):
+                return
+            if isinstance(timer, SleepFor):
+                await asyncio.sleep(timer.seconds)
+                continue
+            await self._park(timer.wait)
+
+    # -- awakeables and signals ------------------------------------------------------------
+
+    def awakeable(self) -> Awakeable:
+        awakeable_id = self.steps.awakeable_id()
+        return Awakeable(
+            awakeable_id, lambda as_type: self._awakeable_result(awakeable_id, as_type)
+        )
+
+    async def wait_for_signal(self, name: str, as_type: Any = None) -> Any:
+        if not isinstance(name, str) or not name or len(name) > 256:
+            raise InvalidInputError("a signal name is a non-empty string of at most 256 chars")
+        step = await self._journal_wait(pb.ENTRY_KIND_SIGNAL_WAIT, "signal", name)
+        index = self.steps.signal_index(name)
+        payload = await self._until(lambda: self.steps.signal(step, name, index))
+        return _codec.decode_as(payload, as_type)
+
+    async def _awakeable_result(self, awakeable_id: str, as_type: Any) -> Any:
+        step = await self._journal_wait(pb.ENTRY_KIND_AWAKEABLE, "awakeable", awakeable_id)
+        payload = await self._until(lambda: self.steps.awakeable(step, awakeable_id))
+        return _codec.decode_as(payload, as_type)
+
+    # -- state -----------------------------------------------------------------------------
+
+    def get(self, key: str, default: Any = None, *, as_type: Any = None) -> Any:
+        payload = self.steps.get(key)
+        return default if payload is None else _codec.decode_as(payload, as_type)
+
+    async def set(self, key: str, value: Any) -> None:
+        payload = _codec.encode(value)
+        await self._state_step(pb.ENTRY_KIND_STATE_SET, key, payload)
+        self.steps.put(key, payload)
+
+    async def clear(self, key: str) -> None:
+        await self._state_step(pb.ENTRY_KIND_STATE_CLEAR, key, pb.Payload())
+        self.steps.put(key, None)
+
+    async def _state_step(self, kind: pb.EntryKind, key: str, payload: pb.Payload) -> None:
+        if not isinstance(key, str) or not key:
+            raise InvalidInputError("a state key is a non-empty string")
+        digest = _codec.input_hash(payload.SerializeToString(deterministic=True))
+        decision = await self._decide(kind, key, digest)
+        if isinstance(decision, Execute):
+            entry = pb.JournalEntry(
+                kind=kind,
+                step=decision.step,
+                name=key,
+                input_hash=digest,
+                output=payload,
+                timestamp_ms=_wall_ms(),
+            )
+            await self._journal_counted("state", entry, suspend_after=True)
+
+    # -- other invocations -----------------------------------------------------------------
+
+    async def invoke(
+        self,
+        workflow: str,
+        args: Any = None,
+        *,
+        partition_key: str | None = None,
+        as_type: Any = None,
+    ) -> Any:
+        child_id = await self._submit(
+            pb.ENTRY_KIND_CHILD, workflow, args, partition_key, notify=True
+        )
+        step = self.steps.journal.steps_taken
+        payload = await self._until(lambda: self.steps.child(step, child_id))
+        return _codec.decode_as(payload, as_type)
+
+    async def start(
+        self, workflow: str, args: Any = None, *, partition_key: str | None = None
+    ) -> str:
+        return await self._submit(pb.ENTRY_KIND_CHILD, workflow, args, partition_key, notify=False)
+
+    async def send(
+        self,
+        workflow: str,
+        args: Any = None,
+        *,
+        delay: timedelta | None = None,
+        partition_key: str | None = None,
+    ) -> str:
+        if delay is not None and (
+            not isinstance(delay, timedelta) or delay < timedelta(0) or delay > MAX_SLEEP
+        ):
+            raise InvalidInputError(f"delay must be a timedelta from 0 to {MAX_SLEEP.days} days")
+        return await self._submit(
+            pb.ENTRY_KIND_SEND, workflow, args, partition_key, notify=False, delay=delay
+        )
+
+    async def _submit(
+        self,
+        kind: pb.EntryKind,
+        workflow: str,
+        args: Any,
+        partition_key: str | None,
+        *,
+        notify: bool,
+        delay: timedelta | None = None,
+    ) -> str:
+        check_workflow_name(workflow)
+        payload = _codec.encode(args)
+        digest = _codec.input_hash(
+            workflow.encode() + payload.SerializeToString(deterministic=True)
+        )
+        decision = await self._decide(kind, workflow, digest)
+        if not isinstance(decision, Execute):
+            return self.steps.replayed_child(kind, decision.entry)
+        child_id = self.steps.child_id(decision.step)
+        now = _wall_ms()
+        start_at = now + int(delay.total_seconds() * 1000) if delay else 0
+
+        async def record(inp: StepInput) -> None:
+            await self._journal.submit(
+                Submission(
+                    invocation_id=child_id,
+                    workflow=workflow,
+                    args=payload,
+                    partition_key=child_id if partition_key is None else partition_key,
+                    parent_id=self._invocation_id,
+                    notify_parent=notify,
+                    start_at_ms=start_at,
+                    headers=dict(inp.headers),
+                )
+            )
+            await self._journal.append_step(
+                pb.JournalEntry(
+                    kind=kind,
+                    step=decision.step,
+                    name=workflow,
+                    input_hash=digest,
+                    output=_codec.encode(child_id),
+                    timestamp_ms=now,
+                    detached=not notify,
+                )
+            )
+
+        kind_name = "child" if kind == pb.ENTRY_KIND_CHILD else "send"
+        with self._executing():
+            await self._intercepted(kind_name, decision.step, workflow, record)
+        if kind == pb.ENTRY_KIND_CHILD:
+            self.steps.children.append(child_id)
+        return child_id
+
+
+def _uncancel() -> None:
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+
+
+def _wall_ms() -> int:
+    return int(time.time() * 1000)

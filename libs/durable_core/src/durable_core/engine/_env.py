@@ -1,0 +1,55 @@
+"""What a run needs of its processor: a small environment instead of the whole Worker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from durable_core._grpc import ChannelPool
+from durable_core._pb.durable.v1 import durable_pb2 as pb
+from durable_core._transport import Delivery, Transport
+from durable_core.engine._lease import ProcessorLease
+from durable_core.interceptors import Interceptor
+from durable_core.plugins import WorkflowRegistry
+
+__all__ = ["TERMINAL", "RunEnv", "now_ms"]
+
+TERMINAL = frozenset({pb.STATUS_COMPLETED, pb.STATUS_FAILED, pb.STATUS_CANCELLED})
+
+
+@dataclass(frozen=True, slots=True)
+class RunEnv:
+    """What a run needs of its processor (and nothing else of it).
+
+    Attributes:
+        transport: the processor's transport.
+        registry: the workflows it runs.
+        interceptors: wrap each run and step, observe engine events.
+        channels: gRPC channels for ``ctx.call``.
+        processor_id: the processor's id (in journal writer ids and states).
+        ack_wait: the consumer's ack wait, in seconds.
+        lease: the processor's lease (its epoch when a run starts is the run's).
+        leases_on: whether the processor keeps a lease (and run locks with it).
+        stopping: set when the processor shuts down.
+        holds: whether a run on a delivery, started under a lease epoch, may start a step.
+        counted: tells the processor an invocation finished (True: completed).
+    """
+
+    transport: Transport
+    registry: WorkflowRegistry
+    interceptors: tuple[Interceptor, ...]
+    channels: ChannelPool
+    processor_id: str
+    ack_wait: float
+    lease: ProcessorLease
+    leases_on: bool
+    stopping: asyncio.Event
+    holds: Callable[[Delivery, int], bool]
+    counted: Callable[[bool], None]
+
+
+def now_ms() -> int:
+    """The wall clock in milliseconds."""
+    return int(time.time() * 1000)

@@ -1,0 +1,465 @@
+"""One delivery of one invocation, from the state check to the ack.
+
+1. read the state; a finished invocation is acked and left alone (intake dedup);
+2. decide how to take the invocation: a first delivery of a new start runs once it has moved
+   the state from PENDING to RUNNING; anything else reads the journal and appends a CLAIM if the
+   invocation is its to take (see ``durable_core.engine._hold``);
+3. run the workflow (``_run_once``); each executed step appends its outcome, fenced;
+4. when every step is parked, append SUSPENDED, arm the timers and ack; when the workflow
+   returns or fails, append the final entry, write the final state, report to a waiting
+   parent, ack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from durable_core._journal import Submission, Wait, kind_name
+from durable_core._pb.durable.v1 import durable_pb2 as pb
+from durable_core._transport import Delivery, StateConflict, StateRecord
+from durable_core.engine import _intake
+from durable_core.engine._attempt import Finish, Suspend, run_once
+from durable_core.engine._context import RunContext
+from durable_core.engine._env import TERMINAL, RunEnv, now_ms
+from durable_core.engine._hold import lock_run, unlock_run
+from durable_core.engine._keys import release_key, take_key
+from durable_core.engine._signals import (
+    EngineFailure,
+    Finished,
+    LostClaim,
+    LostHold,
+    NotIdle,
+    Rerun,
+)
+from durable_core.engine._writer import JournalWriter
+from durable_core.errors import DurableError, NatsUnavailableError
+from durable_core.interceptors import EngineEvent
+from durable_core.interceptors import observe as notify
+
+__all__ = ["Execution"]
+
+log = logging.getLogger("durable_core.worker")
+
+_FINAL_KIND: dict[int, pb.EntryKind] = {
+    pb.STATUS_COMPLETED: pb.ENTRY_KIND_COMPLETED,
+    pb.STATUS_FAILED: pb.ENTRY_KIND_FAILED,
+    pb.STATUS_CANCELLED: pb.ENTRY_KIND_CANCELLED,
+}
+
+
+class Execution:
+    """One delivery of one invocation, from state check to ack."""
+
+    def __init__(self, env: RunEnv, cmd: pb.Command, delivery: Delivery) -> None:
+        self.env = env
+        self.t = env.transport
+        self.cmd = cmd
+        self.id = cmd.invocation_id
+        self.delivery = delivery
+        self.state: StateRecord | None = None
+        # A journal write slower than this may have been overtaken by a redelivery.
+        self.journal = JournalWriter(
+            self.t,
+            self.id,
+            f"{env.processor_id}/{secrets.token_hex(4)}",
+            delivery,
+            slow_write_s=env.ack_wait / 3,
+            observe=lambda kind, seconds, entry: self.observe(kind, seconds=seconds, entry=entry),
+            news=self._news,
+        )
+        self.ctx: RunContext | None = None
+        self.waits: tuple[Wait, ...] = ()
+        self.interrupt = asyncio.Event()  # suspend or rerun requested
+        self.rerun = False
+        self.children: list[str] = []
+        self.task: asyncio.Future[Any] | None = None
+        self.cancelling_run = False
+        self.lease_epoch = env.lease.epoch  # the lease this run started under
+        self._run_lock = 0  # revision of our run lock (commands delivered more than once)
+
+    # -- what the context calls (durable_core.engine._step_io.Journal) --------------------
+
+    async def append_step(self, entry: pb.JournalEntry) -> None:
+        """Journal a step's outcome (fenced)."""
+        await self.journal.append(entry)
+
+    async def submit(self, submission: Submission) -> None:
+        """Start another invocation (a child, or ``ctx.send``), idempotent by its id."""
+        try:
+            await _intake.submit_child(self.t, submission, self.cmd)
+        except NatsUnavailableError as e:
+            stop = self.journal.stopped = EngineFailure(e)  # stop the run, release it
+            raise stop from e
+
+    def request_suspend(self, waits: Sequence[Wait]) -> None:
+        """Every step is parked: end this run (see ``_run_once``)."""
+        self.waits = tuple(waits)
+        self.interrupt.set()
+
+    def cancelling(self) -> bool:
+        """Whether the run was interrupted because the invocation was cancelled."""
+        return self.cancelling_run
+
+    def check_step(self) -> None:
+        """Refuse every step once the run was stopped by an engine signal, or once this
+        processor no longer surely holds the command (see ``durable_core.engine._hold``)."""
+        journal = self.journal
+        if journal.stopped is None and not self.env.holds(self.delivery, self.lease_epoch):
+            journal.stopped = LostHold(
+                f"command {self.delivery.stream_seq} (delivery {self.delivery.num_delivered}) "
+                "may be redelivered to another processor by now (no in-progress ack answered "
+                "in time, or this processor's lease lapsed)"
+            )
+        if journal.stopped is not None:
+            raise journal.stopped
+
+    def cancel_now(self) -> None:
+        """Interrupt the step in flight (or the parked wait): the workflow sees a cancellation."""
+        if self.task is not None and not self.task.done() and not self.cancelling_run:
+            self.cancelling_run = True
+            self.task.cancel()
+
+    def _news(self) -> None:
+        """Entries from outside arrived: if the workflow waits, run it again to see them."""
+        if self.ctx is not None and self.ctx.steps.parked:
+            self.rerun = True
+            self.interrupt.set()
+
+    def observe(self, kind: Any, *, seconds: float = 0.0, status: str = "", entry: int = 0) -> None:
+        workflow = self.cmd.workflow or (self.state.state.workflow if self.state else "")
+        name = kind_name(entry) if entry else ""
+        event = EngineEvent(kind, self.id, workflow, seconds=seconds, status=status, entry=name)
+        notify(self.env.interceptors, event)
+
+    def due_ms(self) -> int:
+        """When the invocation was due: its delayed start, else its creation."""
+        st = self.state.state if self.state is not None else None
+        if st is not None and st.start_at_ms:
+            return st.start_at_ms
+        return (st.created_at_ms if st is not None else 0) or self.cmd.created_at_ms
+
+    # -- state -----------------------------------------------------------------------------
+
+    async def write_state(
+        self, *, final: bool = False, only_if: tuple[int, ...] = (), **changes: Any
+    ) -> bool:
+        """Update the state summary with a revision check, re-reading on conflict.
+
+        ``only_if`` lists the statuses the update may replace (any, when empty). Returns
+        False, with ``self.state`` the state that is there, when it may not replace it.
+        """
+        for _ in range(5):
+            rec = self.state or await self.t.get_state(self.id)
+            if rec is not None and (
+                (rec.state.status in TERMINAL and not final)
+                or (only_if and rec.state.status not in only_if)
+            ):
+                self.state = rec
+                return False
+            st = self._next_state(rec, changes)
+            try:
+                if rec is None:
+                    created = await self.t.create_state(st)
+                    if created is None:
+                        self.state = None
+                        continue
+                    self.state = created
+                else:
+                    self.state = await self.t.update_state(st, rec.revision)
+                return True
+            except StateConflict:
+                self.state = None  # someone else wrote (a client, a lifecycle change): re-read
+        raise DurableError(f"state of {self.id} keeps changing under us; giving up this run")
+
+    def _next_state(self, rec: StateRecord | None, changes: Mapping[str, Any]) -> pb.ExecutionState:
+        """``rec``'s state (a new one from the command if there is none) with ``changes``."""
+        st = pb.ExecutionState()
+        if rec is not None:
+            st.CopyFrom(rec.state)
+        else:
+            st.invocation_id = self.id
+            st.workflow = self.cmd.workflow
+            st.args.CopyFrom(self.cmd.args)
+            st.partition_key = self.cmd.partition_key
+            st.created_at_ms = self.cmd.created_at_ms or now_ms()
+            st.parent_id = self.cmd.parent_id
+            st.trace_context.update(self.cmd.metadata)  # as the client would have stored it
+            st.trace_id = _intake.trace_id(self.cmd.metadata)
+        for key, value in changes.items():
+            if isinstance(value, pb.Payload | pb.Failure):
+                getattr(st, key).CopyFrom(value)
+            else:
+                setattr(st, key, value)
+        for child in self.children:
+            if child not in st.child_ids:
+                st.child_ids.append(child)
+        st.updated_at_ms = now_ms()
+        st.journal_length = len(self.journal.entries)
+        st.processor = self.env.processor_id
+        return st
+
+    # -- taking the invocation -------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run this delivery (under the command's run lock when it was delivered before)."""
+        env = self.env
+        if self.delivery.num_delivered > 1 and env.leases_on:
+            # Delivered before: a stale NAK may have taken it from a live holder (see _hold).
+            self._run_lock = await lock_run(
+                self.t,
+                env.lease,
+                self.delivery,
+                finished=lambda: self._finished(self.id),
+                stopping=env.stopping,
+            )
+            if not self._run_lock and not await self._finished(self.id):
+                return  # stopping: the command goes back (or to the next holder) unsettled
+        try:
+            await self._run()
+        finally:
+            if self._run_lock:
+                await unlock_run(self.t, self.delivery.stream_seq, self._run_lock)
+
+    async def _run(self) -> None:
+        self.state = await self.t.get_state(self.id)
+        st = self.state.state if self.state is not None else None
+        if st is None and self.cmd.kind == pb.COMMAND_KIND_WAKE:
+            log.warning("wake-up for unknown invocation %s; dropping it", self.id)
+            await self.delivery.ack()
+            return
+        if (
+            st is not None
+            and self.cmd.kind == pb.COMMAND_KIND_START
+            and self.cmd.workflow
+            and st.workflow
+            and st.workflow != self.cmd.workflow
+        ):
+            # Only a start submitted with an id already used by another workflow (the client
+            # refuses it, but may have published it already): never run it on that journal.
+            log.warning(
+                "start of %s for workflow %s, but the invocation is %s; dropping it",
+                self.id,
+                self.cmd.workflow,
+                st.workflow,
+            )
+            await self.delivery.ack()
+            return
+        if st is not None and st.status in TERMINAL:
+            log.info("invocation %s already %s; acking", self.id, pb.Status.Name(st.status))
+            await self._settle_finished()
+            return
+        held_before = False
+        if self._keyed and self.cmd.kind == pb.COMMAND_KIND_START:
+            taken = await take_key(
+                self.t, self.cmd, self.delivery, finished=self._finished, queued=self._queued
+            )
+            if taken is None:
+                return  # queued behind the key's holder
+            held_before = taken == "held"
+        try:
+            # A fresh start runs without reading the journal (its first append expects an
+            # empty one) once it has moved the state from PENDING to RUNNING: one start wins.
+            if not (self._fresh(held_before) and await self._start_fresh()):
+                await self._take_up()
+            await self._run_until_done()
+        except Finished:
+            assert self.journal.machine.final is not None
+            await self._finish_from_journal(self.journal.machine.final)
+        except LostClaim as lost:
+            self._log_lost(lost)
+            if not lost.holds(self.delivery.stream_seq):
+                await self.delivery.ack()  # another command's run owns the invocation now
+        except NotIdle as e:
+            log.info("invocation %s: %s; acking this command", self.id, e.reason or "not idle")
+            await self.delivery.ack()
+
+    def _fresh(self, held_before: bool) -> bool:
+        st = self.state.state if self.state is not None else None
+        return (
+            self.cmd.kind == pb.COMMAND_KIND_START
+            and self.delivery.num_delivered == 1
+            and not held_before
+            and (st is None or (st.status == pb.STATUS_PENDING and not st.journal_length))
+        )
+
+    async def _start_fresh(self) -> bool:
+        """Move the state from PENDING to RUNNING under this command; False if it moved on
+        meanwhile (another start won, a client paused it, it finished: see _take_up)."""
+        # RUNNING before the first step: a client pausing now must see it running (a
+        # deferred write let `pause` mark a run in flight "paused"; it was reverted).
+        return await self.write_state(
+            status=pb.STATUS_RUNNING,
+            waiting_for="",
+            run_command_seq=self.delivery.stream_seq,
+            only_if=(pb.STATUS_PENDING,),
+        )
+
+    async def _take_up(self) -> None:
+        """Decide by the journal whether this delivery runs the invocation, and claim it.
+
+        Raises Finished (it has finished: settle), NotIdle (another command's run has it,
+        or it has not started and this is no start: ack this command).
+        """
+        journal = self.journal
+        state = self.state.state if self.state is not None else None
+        await journal.load(
+            min_seq=self.cmd.min_journal_seq, min_entries=state.journal_length if state else 0
+        )
+        if journal.machine.final is not None:
+            raise Finished
+        if not journal.machine.suspended and journal.owner() is None:
+            await self._take_unstarted()
+        elif not journal.claimable():
+            raise NotIdle(f"in progress under command {journal.owner()}")
+        # A CLAIM fences whoever wrote before it; on a conflict the journal is read again and
+        # the claim stands only if it is still ours to take (see JournalWriter.append).
+        seq = self.delivery.stream_seq
+        claim = pb.JournalEntry(kind=pb.ENTRY_KIND_CLAIM, timestamp_ms=now_ms(), command_seq=seq)
+        await journal.append(claim, claim=True)
+        if not await self.write_state(
+            status=pb.STATUS_RUNNING, waiting_for="", run_command_seq=seq
+        ):
+            raise NotIdle("it finished meanwhile")  # the state says so; the journal will
+
+    async def _take_unstarted(self) -> None:
+        """No run has started: only a start takes it, by moving the state to RUNNING under its
+        command (revision-checked against what it read: one start wins)."""
+        if self.cmd.kind != pb.COMMAND_KIND_START:
+            raise NotIdle("not started yet: its start command runs it")
+        seq = self.delivery.stream_seq
+        for _ in range(10):
+            st = self.state.state if self.state is not None else None
+            if st is not None and st.status in TERMINAL:
+                raise NotIdle(f"already {pb.Status.Name(st.status)}")
+            if st is not None and st.status == pb.STATUS_RUNNING:
+                owner = st.run_command_seq
+                if owner == seq or (owner == 0 and self.delivery.num_delivered > 1):
+                    return  # our own command's run (its earlier delivery is over)
+                raise NotIdle(f"started by command {owner or 'of an older processor'}")
+            only_if = (st.status,) if st is not None else ()
+            if await self.write_state(
+                status=pb.STATUS_RUNNING, waiting_for="", run_command_seq=seq, only_if=only_if
+            ):
+                return
+        raise DurableError(f"state of {self.id} keeps changing under us; giving up this run")
+
+    # -- per-key ordering ------------------------------------------------------------------
+
+    @property
+    def _keyed(self) -> bool:
+        """Invocations submitted with their own partition key run one at a time per key."""
+        key = self.cmd.partition_key
+        return bool(key) and key != self.id
+
+    async def _finished(self, invocation_id: str) -> bool:
+        rec = await self.t.get_state(invocation_id)
+        return rec is None or rec.state.status in TERMINAL
+
+    async def _queued(self, waiting_for: str) -> None:
+        await self.write_state(
+            status=pb.STATUS_PENDING,
+            waiting_for=waiting_for,
+            only_if=(pb.STATUS_PENDING,),  # never over a run that a turn started meanwhile
+        )
+
+    async def _settle_finished(self) -> None:
+        """Ack the command of a finished invocation, handing its key on first: a crash in
+        between redelivers the command, which hands the key on again (a finished holder would
+        strand everyone queued behind it)."""
+        if self._keyed:
+            key = self.cmd.partition_key or (self.state.state.partition_key if self.state else "")
+            await release_key(self.t, key, self.id, finished=self._finished)
+            await self.delivery.ack_sync()
+        else:
+            await self.delivery.ack(finished=True)
+
+    def _log_lost(self, lost: LostClaim) -> None:
+        writers = sorted({r.entry.writer for r in lost.records})
+        log.warning(
+            "invocation %s: journal moved on under %s (appended by %s); abandoning this run",
+            self.id,
+            self.journal.token,
+            ", ".join(writers),
+        )
+
+    # -- running and ending ----------------------------------------------------------------
+
+    async def _run_until_done(self) -> None:
+        while True:
+            try:
+                outcome = await run_once(self)
+            except Rerun:
+                log.debug("invocation %s: rerunning with new journal entries", self.id)
+                self.journal.replay_from_start()
+                continue
+            if isinstance(outcome, Suspend):
+                await self._suspend()
+            else:
+                await self._finish(outcome)
+            return
+
+    async def _suspend(self) -> None:
+        """Every step is parked: journal the suspension, arm the timers, free the slot."""
+        journal = self.journal
+        await journal.append(pb.JournalEntry(kind=pb.ENTRY_KIND_SUSPENDED, timestamp_ms=now_ms()))
+        wake = pb.Command(
+            invocation_id=self.id,
+            workflow=self.cmd.workflow,
+            partition_key=self.cmd.partition_key,
+            kind=pb.COMMAND_KIND_WAKE,
+            min_journal_seq=journal.last_seq,
+        )
+        deadline = self.state.state.deadline_ms if self.state is not None else 0
+        if deadline:  # wake up at the execution timeout to fail on time
+            await self.t.schedule_command(
+                wake, at_ms=deadline, key=f"{self.id}.deadline", msg_id=f"deadline:{self.id}"
+            )
+        for wait in self.waits:
+            if wait.wake_at_ms:
+                await self.t.schedule_command(
+                    wake,
+                    at_ms=wait.wake_at_ms,
+                    key=f"{self.id}.t{wait.step}{wait.tag}",
+                    msg_id=f"timer:{self.id}:{wait.step}{wait.tag}",
+                )
+        waiting = "; ".join(w.what for w in self.waits)
+        status = pb.STATUS_PAUSED if journal.machine.paused else pb.STATUS_SUSPENDED
+        await self.write_state(status=status, waiting_for=waiting)
+        await self.delivery.ack()
+        log.info("invocation %s suspended: waiting for %s", self.id, waiting)
+
+    async def _finish(self, outcome: Finish) -> None:
+        entry = pb.JournalEntry(kind=_FINAL_KIND[outcome.status], timestamp_ms=now_ms())
+        if outcome.output is not None:
+            entry.output.CopyFrom(outcome.output)
+        if outcome.failure is not None:
+            entry.failure.CopyFrom(outcome.failure)
+        await self.journal.append(entry)
+        await self._finish_from_journal(entry)
+
+    async def _finish_from_journal(self, entry: pb.JournalEntry) -> None:
+        """Make the state agree with the journal's final entry, tell the parent, ack."""
+        status = next(s for s, k in _FINAL_KIND.items() if k == entry.kind)
+        changes: dict[str, Any] = {"status": status, "waiting_for": ""}
+        if entry.HasField("output"):
+            changes["output"] = entry.output
+        if entry.HasField("failure"):
+            changes["failure"] = entry.failure
+        # The journal has the outcome: tell a waiting client now, write the state after.
+        with contextlib.suppress(Exception):
+            await self.t.publish_result(self._next_state(self.state, changes), self.journal.entries)
+        await self.write_state(final=True, **changes)
+        if self.state is not None and self.state.state.notify_parent:
+            await _intake.report_to_parent(self.t, self.state.state, entry)
+        await self._settle_finished()
+        how = pb.Status.Name(status).removeprefix("STATUS_").lower()
+        self.observe(
+            "finished", status=how, seconds=max(entry.timestamp_ms - self.due_ms(), 0) / 1000
+        )
+        self.env.counted(entry.kind == pb.ENTRY_KIND_COMPLETED)
+        log.info("invocation %s %s (%d journal entries)", self.id, how, len(self.journal.entries))

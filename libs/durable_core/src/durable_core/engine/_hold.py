@@ -1,0 +1,148 @@
+"""What a processor holds, and until when it surely holds it: its lease and its run locks.
+
+Why two processors never run steps of one invocation at the same time
+----------------------------------------------------------------------
+The journal is fenced (every append names the sequence it expects), so two runs can never
+both journal a step. What this module and the worker add is that a second run never *starts*
+a step while the first could still start one: the service sees a step twice only when it was
+in flight in a processor that crashed, or that lost touch with NATS for longer than its
+``ack_wait`` or ``lease_ttl`` (from the cluster's point of view the same thing).
+
+A run rides on one delivery of one command (a start or a wake-up). Every way a second copy of
+an invocation could become runnable, and what closes it:
+
+1. *The same command delivered again* (JetStream redelivers after ``ack_wait`` without
+   progress; the scheduler's re-drive NAKs the commands of a lapsed lease; a processor NAKs
+   what it gives up). The holder knows, by its own clock, until when the server cannot have
+   redelivered (``Delivery.held_until``: ``ack_wait`` after the pull request, then after each
+   in-progress ack the server answered in time; heartbeats run from the moment of delivery).
+   It runs a step only before that bound, less one heartbeat interval (the consumer leader
+   answers an in-progress ack before replicating it; a leader change can lose the latest).
+   It also runs a step only while its processor lease is surely alive (below), so once the
+   scheduler can find the lease lapsed and NAK its commands, it runs none. A redelivery that
+   comes back to the same process while the run goes on is absorbed: the run carries on
+   with it (``Delivery.adopt``); no second run starts in that process.
+2. *A stale NAK*. Acks and NAKs act on the message, not on one delivery of it (measured: a
+   NAK sent on the reply subject of an earlier delivery takes the message from its current
+   holder and redelivers it). The re-drive NAKs what a lapsed lease lists; if the command
+   had meanwhile been redelivered to a live processor, that NAK takes it from the live one.
+   The first delivery of a command has no earlier delivery whose NAK could do this, so only
+   a command delivered more than once is exposed: its holder lists the command in its lease
+   (a renewal the server confirmed), then takes the command's *run lock* (a KV entry per
+   stream sequence, written with a revision check) before it runs anything. A later holder
+   waits until the lock is released, or its owner's lease no longer lists the command (that
+   run is over: it listed the command before it took the lock, and drops it only when it
+   lets the command go), or the lease is gone (deleted, or provably lapsed: unchanged for its
+   TTL, and then re-driven here). So a stale NAK can only take a command from a holder that
+   runs it under its lock, and whoever receives it waits for that lock: a run that stopped
+   because it lost its hold hands its command back at once. Other NAKs and terminations are
+   sent only while the delivery is surely held.
+3. *Another command of the same invocation* (a wake-up racing the run, a second start, a
+   turn of a partition key, a wake-up or start redelivered after its holder died). Every
+   journal entry a run writes carries its command's stream sequence (``command_seq``); a
+   fresh start records it in the state as it moves it from PENDING to RUNNING (a revision-
+   checked write, so one start wins). A delivery takes a running invocation over only if
+   the run is its own command's (case 1 made sure that run's holder stopped); wake-ups never
+   start an invocation that has not started (its start does); any command may claim an
+   invocation whose last run suspended, with a fenced CLAIM (one claimer wins).
+
+The processor lease (``_lease``): created (and confirmed) before the first command is pulled,
+renewed with a revision check every ``lease_ttl / 3``. The scheduler deletes a lease it saw
+unchanged for its TTL (a revision-checked delete), so a processor whose renewal was stored at
+time t cannot have its commands re-driven before t + TTL; if its lease was deleted, its next
+renewal fails and it runs no more steps under it (it carries on under a new lease).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from durable_core._transport import Delivery, StateConflict, Transport
+from durable_core.engine._lease import LeaseRecord, ProcessorLease
+
+__all__ = ["lock_run", "unlock_run"]
+
+log = logging.getLogger("durable_core.worker")
+
+
+async def lock_run(
+    t: Transport,
+    lease: ProcessorLease,
+    delivery: Delivery,
+    *,
+    finished: Callable[[], Awaitable[bool]],
+    stopping: asyncio.Event,
+) -> int:
+    """Take the run lock of a command delivered more than once; its revision, or 0 when this
+    delivery must not run (``stopping``, or ``finished()`` became true while waiting).
+
+    Waits while the lock is held under a lease that still exists and was renewed within its
+    TTL and still lists the command: that processor runs it (our delivery came from a stale
+    NAK), or is about to let it go.
+    """
+    seq = delivery.stream_seq
+    if not await lease.wait_listed(seq, stopping):
+        return 0
+    mine = json.dumps(
+        {"lease": lease.name, "processor": lease.processor_id, "delivery": delivery.num_delivered}
+    ).encode()
+    seen: tuple[str, int, float] | None = None  # holder's lease, its revision, first seen at
+    waiting_since = time.monotonic()
+    while not stopping.is_set():
+        data, revision = await t.run_lock(seq)
+        holder = _holder(data)
+        gone = data is None or holder in ("", lease.name)
+        if not gone:
+            lease_data, lease_revision = await t.lease_record(holder)
+            theirs = LeaseRecord.read(lease_data)
+            now = time.monotonic()
+            if theirs is None or seq not in theirs.seqs:
+                gone = True  # its processor is gone, or let the command go (its run is over)
+            elif seen is None or seen[:2] != (holder, lease_revision):
+                seen = (holder, lease_revision, now)
+            elif now - seen[2] > theirs.ttl:
+                # Not renewed for its TTL: its processor runs no more steps (it checks its
+                # lease before each). Re-drive it, as a scheduler would, then take the lock.
+                try:
+                    handed_back = await t.redrive_lease(holder, lease_revision, theirs.held)
+                    log.warning(
+                        "lease %s lapsed (run lock of command %d): handed %d commands back",
+                        holder,
+                        seq,
+                        handed_back,
+                    )
+                    gone = True
+                except StateConflict:
+                    seen = None  # renewed or deleted meanwhile: look again
+        if gone:
+            try:
+                return await t.put_run_lock(seq, mine, revision)
+            except StateConflict:
+                continue
+        if await finished():
+            return 0
+        if time.monotonic() - waiting_since > 5:
+            waiting_since = time.monotonic()
+            log.info("command %d: waiting for its run under lease %s to end", seq, holder)
+        await asyncio.sleep(0.25)
+    return 0
+
+
+async def unlock_run(t: Transport, stream_seq: int, revision: int) -> None:
+    """Release a run lock (best effort: a later holder reaps it anyway)."""
+    try:
+        await t.delete_run_lock(stream_seq, revision)
+    except Exception as e:  # noqa: BLE001 - left behind only until a later holder needs it
+        log.debug("could not release run lock %d: %s", stream_seq, e)
+
+
+def _holder(data: bytes | None) -> str:
+    """The lease named by a run lock record ("" if none)."""
+    try:
+        return str(json.loads(data or b"{}").get("lease", ""))
+    except (ValueError, AttributeError):
+        return ""

@@ -1,0 +1,229 @@
+"""How work enters the engine: accepting an invocation, and appending an entry to a running
+one from outside (a resolution, a signal, a lifecycle request, a child's result).
+
+These are the engine's rules, not NATS's: the transport below only writes what it is told, each
+write conditional. Both the client and the processors (child invocations, reports to a parent)
+come through here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from durable_core._journal import FINAL_KINDS, Submission
+from durable_core._pb.durable.v1 import durable_pb2 as pb
+from durable_core._transport import JournalConflict, JournalRecord, StateRecord, Transport
+from durable_core.errors import DurableError, InvalidInputError, InvocationFinishedError
+
+__all__ = [
+    "Addressee",
+    "deliver_external",
+    "report_to_parent",
+    "submit",
+    "submit_child",
+    "trace_id",
+]
+
+# Rounds of read, check, fenced append before an external entry gives up.
+_APPEND_ROUNDS = 50
+
+
+async def submit(t: Transport, state: pb.ExecutionState, cmd: pb.Command) -> StateRecord | None:
+    """Accept an invocation: create its state, then publish (or schedule) its start; both
+    at once when a processor can rebuild the state from the command (``_rebuildable``).
+
+    Idempotent by invocation id: returns None when the state already existed; the start
+    is then published again only if the invocation is still pending (dedup makes that
+    safe). Raises InvalidInputError when the id is taken by another workflow.
+    """
+    delayed = state.start_at_ms > int(time.time() * 1000) + 1000
+    if not delayed and _rebuildable(state, cmd):
+        # The state holds nothing the processor cannot rebuild from the command: create
+        # it and publish the start at once (one round trip, not two). A processor that
+        # reads no state yet runs from the command; one that finds another workflow's
+        # state drops the start (see below: that id is refused here).
+        results = await asyncio.gather(
+            t.create_state(state),
+            t.publish_command(cmd, msg_id=f"start:{state.invocation_id}"),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        created = results[0]
+        assert not isinstance(created, BaseException)
+        if created is None:
+            await _existing_of_same_workflow(t, state)
+        return created
+    created = await t.create_state(state)
+    if created is None:
+        existing = await _existing_of_same_workflow(t, state)
+        if existing is not None and existing.state.status != pb.STATUS_PENDING:
+            return None
+    if delayed:
+        await t.schedule_command(
+            cmd,
+            at_ms=state.start_at_ms,
+            key=f"{state.invocation_id}.start",
+            msg_id=f"start:{state.invocation_id}",
+        )
+    else:
+        await t.publish_command(cmd, msg_id=f"start:{state.invocation_id}")
+    return created
+
+
+async def _existing_of_same_workflow(t: Transport, state: pb.ExecutionState) -> StateRecord | None:
+    """The state already under this id; InvalidInputError if another workflow has it."""
+    existing = await t.get_state(state.invocation_id)
+    if existing is not None and existing.state.workflow != state.workflow:
+        raise InvalidInputError(
+            f"invocation id {state.invocation_id} is already used by workflow "
+            f"{existing.state.workflow!r}"
+        )
+    return existing
+
+
+def _rebuildable(state: pb.ExecutionState, cmd: pb.Command) -> bool:
+    """Whether a processor that reads no state builds this one from the command alone.
+
+    Then the state may be created while the start is published. Keyed invocations are left
+    out: their ordering reads the states of the key's invocations.
+    """
+    return (
+        cmd.kind == pb.COMMAND_KIND_START
+        and state.partition_key == state.invocation_id == cmd.invocation_id
+        and not (state.parent_id or state.notify_parent or state.parent_workflow)
+        and not (state.journal_length or state.forked_from or state.rerun_of)
+        and not state.deadline_ms
+        and not state.child_ids
+    )
+
+
+async def _append_external(
+    t: Transport,
+    invocation_id: str,
+    entry: pb.JournalEntry,
+    msg_id: str,
+    check: Callable[[list[JournalRecord]], None] | None = None,
+) -> int:
+    """Append an entry from outside the running processor (a resolution, a signal).
+
+    Reads the journal, lets ``check`` refuse (by raising), and appends fenced by the last
+    sequence it saw; when something else was appended meanwhile it reads and decides
+    again. Returns the entry's sequence.
+    """
+    seen = 0
+    for _ in range(_APPEND_ROUNDS):
+        records = await t.read_journal(invocation_id, min_seq=seen)
+        seen = max(seen, records[-1].seq + 1 if records else 1)  # after a conflict: newer
+        if check is not None:
+            check(records)
+        if any(r.msg_id == msg_id for r in records):
+            return next(r.seq for r in records if r.msg_id == msg_id)
+        entry.index = len(records) + 1
+        try:
+            return await t.append(invocation_id, entry, records[-1].seq if records else 0, msg_id)
+        except JournalConflict:
+            continue
+    raise DurableError(f"journal of {invocation_id} kept changing; try again")
+
+
+@dataclass(frozen=True, slots=True)
+class Addressee:
+    """The invocation an entry from outside is for, and where its wake-up goes."""
+
+    invocation_id: str
+    workflow: str
+    partition_key: str
+
+
+async def deliver_external(
+    t: Transport,
+    to: Addressee,
+    entry: pb.JournalEntry,
+    msg_id: str,
+    check: Callable[[list[JournalRecord]], None] | None = None,
+    *,
+    wake: bool = True,
+    interrupt: bool = False,
+) -> int:
+    """Hand an entry from outside to an invocation: every resolution, signal, lifecycle
+    request and child's result comes this way (the client's verbs, a child's report).
+
+    Appends it (``_append_external``: ``check`` may refuse), then interrupts a run in flight
+    (``interrupt``: a cancellation) and wakes the invocation so a suspended one sees it
+    (``wake``). Returns the entry's sequence.
+    """
+    seq = await _append_external(t, to.invocation_id, entry, msg_id, check)
+    if interrupt:
+        await t.send_control(to.invocation_id, "cancel")
+    if wake:
+        await t.publish_wake(to.invocation_id, to.workflow, to.partition_key, seq)
+    return seq
+
+
+async def submit_child(t: Transport, submission: Submission, parent: pb.Command) -> None:
+    """Accept an invocation a workflow starts (a child, or ``ctx.send``) from the run of
+    ``parent``'s command."""
+    now = int(time.time() * 1000)
+    state = pb.ExecutionState(
+        invocation_id=submission.invocation_id,
+        workflow=submission.workflow,
+        status=pb.STATUS_PENDING,
+        args=submission.args,
+        partition_key=submission.partition_key,
+        created_at_ms=now,
+        updated_at_ms=now,
+        parent_id=submission.parent_id,
+        parent_workflow=parent.workflow,
+        parent_partition_key=parent.partition_key,
+        notify_parent=submission.notify_parent,
+        start_at_ms=submission.start_at_ms,
+        trace_context=submission.headers,  # the child's runs join this trace
+        trace_id=trace_id(submission.headers),
+    )
+    cmd = pb.Command(
+        invocation_id=submission.invocation_id,
+        workflow=submission.workflow,
+        args=submission.args,
+        partition_key=submission.partition_key,
+        kind=pb.COMMAND_KIND_START,
+        created_at_ms=now,
+        parent_id=submission.parent_id,
+        metadata=submission.headers,
+    )
+    await submit(t, state, cmd)
+
+
+async def report_to_parent(t: Transport, st: pb.ExecutionState, final: pb.JournalEntry) -> None:
+    """Hand a finished child's outcome (its final entry) to the parent that waits for it; a
+    parent that has finished meanwhile is left alone."""
+    parent, child = st.parent_id, st.invocation_id
+    result = pb.JournalEntry(
+        kind=pb.ENTRY_KIND_CHILD_RESULT,
+        name=child,
+        timestamp_ms=int(time.time() * 1000),
+        writer=f"child:{child}",
+    )
+    if final.HasField("output"):
+        result.output.CopyFrom(final.output)
+    if final.HasField("failure"):
+        result.failure.CopyFrom(final.failure)
+
+    def unfinished(records: list[JournalRecord]) -> None:
+        if any(r.entry.kind in FINAL_KINDS for r in records):
+            raise InvocationFinishedError(f"invocation {parent} has already finished")
+
+    to = Addressee(parent, st.parent_workflow, st.parent_partition_key)
+    with contextlib.suppress(InvocationFinishedError):
+        await deliver_external(t, to, result, f"child-result:{child}", unfinished)
+
+
+def trace_id(headers: Mapping[str, str]) -> str:
+    """The trace id (32 hex digits) of a W3C ``traceparent`` header, or ""."""
+    parts = headers.get("traceparent", "").split("-")
+    return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else ""

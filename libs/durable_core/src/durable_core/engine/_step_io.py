@@ -1,0 +1,68 @@
+"""What a run's context needs of the outside: where it journals, and how a failure reads.
+
+``Journal`` is what ``RunContext`` writes to: the engine's execution (fenced appends on
+JetStream) or the test replayer's list in memory. ``attempt_failure`` turns an exception a
+step's attempt raised into the failure that is journaled, and says whether the retry policy
+allows another attempt for it (gRPC status codes are read here, so the step machine needs no
+grpc).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import grpc
+import grpc.aio
+
+from durable_core._journal import Submission, Wait
+from durable_core._pb.durable.v1 import durable_pb2 as pb
+from durable_core.errors import TerminalError
+from durable_core.retry import RETRYABLE_GRPC_CODES, RetryPolicy
+
+__all__ = ["Journal", "attempt_failure"]
+
+
+class Journal(Protocol):
+    """Where a context records step outcomes: durably (the engine) or in memory (tests)."""
+
+    async def append_step(self, entry: pb.JournalEntry) -> None:
+        """Durably record a step's outcome before the workflow moves past it."""
+
+    async def submit(self, submission: Submission) -> None:
+        """Durably submit another invocation (idempotent by its id)."""
+
+    def request_suspend(self, waits: Sequence[Wait]) -> None:
+        """Every step is parked on something that has not happened: stop this run."""
+
+    def cancelling(self) -> bool:
+        """True when the engine interrupted the run because the invocation was cancelled."""
+
+    def check_step(self) -> None:
+        """Raise (a ``SuspendExecution``) if this run may not execute another step: it lost the
+        invocation or its hold on the command. Called before every step and attempt runs."""
+
+
+def attempt_failure(e: Exception, step: int, policy: RetryPolicy) -> tuple[pb.Failure, bool]:
+    """The failure an attempt of ``step`` ended with, and whether it is worth retrying."""
+    code, retryable = _classify(e, policy)
+    return pb.Failure(type=type(e).__name__, message=_message(e), code=code, step=step), retryable
+
+
+def _message(e: Exception) -> str:
+    """A readable message: gRPC errors as 'CODE: details'."""
+    if isinstance(e, grpc.aio.AioRpcError):
+        return f"{e.code().name}: {e.details()}"
+    return str(e) or type(e).__name__
+
+
+def _classify(e: Exception, policy: RetryPolicy) -> tuple[str, bool]:
+    """The gRPC code name of an error (or "") and whether it is worth retrying."""
+    if isinstance(e, grpc.aio.AioRpcError | grpc.RpcError) and hasattr(e, "code"):
+        code = e.code().name
+        if code in policy.non_retryable_errors:
+            return code, False
+        return code, code in RETRYABLE_GRPC_CODES
+    if isinstance(e, TerminalError) or type(e).__name__ in policy.non_retryable_errors:
+        return "", False
+    return "", True  # RetryableError and any other exception: worth another attempt

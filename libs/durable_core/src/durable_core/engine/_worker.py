@@ -1,0 +1,389 @@
+"""The processor's engine: pulls commands and runs invocations through their journals.
+
+A ``Worker`` keeps the fetch loop (as many deliveries in hand as it has free slots), the
+processor lease and each delivery's in-progress acks, hands a redelivery of a command it runs
+to that run, and on shutdown lets in-flight runs finish or hands their commands back. What one
+delivery does is ``durable_core.engine._execution``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from google.protobuf.message import DecodeError
+
+from durable_core._grpc import ChannelPool
+from durable_core._naming import check_invocation_id, check_workflow_name, encode_partition_key
+from durable_core._pb.durable.v1 import durable_pb2 as pb
+from durable_core._transport import CommandConsumer, CorruptJournalError, Delivery, Transport
+from durable_core.config import EngineConfig, NatsConfig, WorkerConfig
+from durable_core.engine._env import RunEnv, now_ms
+from durable_core.engine._execution import Execution
+from durable_core.engine._lease import ProcessorLease
+from durable_core.engine._signals import EngineFailure, LostHold
+from durable_core.errors import DurableError, InvalidInputError, NatsUnavailableError
+from durable_core.interceptors import EngineEvent, Interceptor, observe
+from durable_core.plugins import WorkflowRegistry
+
+if TYPE_CHECKING:
+    from durable_core.admin import Engine
+
+__all__ = ["Worker"]
+
+log = logging.getLogger("durable_core.worker")
+
+
+class Worker:
+    """Runs invocations from the command stream, at most ``max_concurrent`` at once."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        registry: WorkflowRegistry,
+        config: WorkerConfig,
+        *,
+        interceptors: Sequence[Interceptor] = (),
+        channels: ChannelPool | None = None,
+        service_defaults: Mapping[str, str] | None = None,
+    ) -> None:
+        self.transport = transport
+        self.registry = registry
+        self.config = config
+        self.interceptors = tuple(interceptors)
+        self.channels = channels or ChannelPool(config.services, service_defaults)
+        self.processor_id = config.processor_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.lease = ProcessorLease(
+            transport, self.processor_id, config.lease_ttl.total_seconds(), lambda: self._held
+        )
+        self._held: set[Delivery] = set()  # commands taken and not yet settled
+        self._beats: dict[Delivery, asyncio.Task[None]] = {}  # their heartbeats
+        self._by_seq: dict[int, tuple[Delivery, asyncio.Task[None]]] = {}  # by stream sequence
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._running: dict[str, Execution] = {}  # by invocation id, for cancellation
+        self._slot_freed = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._consumer: CommandConsumer | None = None  # set once consuming
+        self._fetch_error = ""
+        self.completed = 0
+        self.failed = 0
+        self._env = RunEnv(
+            transport=transport,
+            registry=registry,
+            interceptors=self.interceptors,
+            channels=self.channels,
+            processor_id=self.processor_id,
+            ack_wait=config.ack_wait.total_seconds(),
+            lease=self.lease,
+            leases_on=self.leases_on,
+            stopping=self._stopping,
+            holds=self.holds,
+            counted=self._count,
+        )
+
+    @classmethod
+    async def connect(
+        cls,
+        nats: NatsConfig,
+        engine: EngineConfig,
+        registry: WorkflowRegistry,
+        config: WorkerConfig,
+        *,
+        interceptors: Sequence[Interceptor] = (),
+        channels: ChannelPool | None = None,
+        service_defaults: Mapping[str, str] | None = None,
+    ) -> Worker:
+        """Connect to NATS, create the engine's streams and buckets (or check that what
+        exists matches ``engine``: processors are the one place they are made), and make a
+        worker on them. ``close`` closes the connection.
+
+        Raises:
+            NatsUnavailableError: NATS cannot be reached.
+            ConfigError: what exists does not match the configuration.
+        """
+        transport = await Transport.connect(nats, engine, create=True)
+        return cls(
+            transport,
+            registry,
+            config,
+            interceptors=interceptors,
+            channels=channels,
+            service_defaults=service_defaults,
+        )
+
+    @property
+    def engine(self) -> Engine:
+        """The worker's connection to its engine (for probes, metrics and a client)."""
+        from durable_core.admin import Engine  # admin imports the client, which imports this
+
+        return Engine(self.transport)
+
+    async def close(self) -> None:
+        """Close the worker's connection (after :meth:`run` returned)."""
+        await self.transport.close()
+
+    def _count(self, completed: bool) -> None:
+        if completed:
+            self.completed += 1
+        else:
+            self.failed += 1
+
+    @property
+    def lease_name(self) -> str:
+        """The name of this processor's current lease."""
+        return self.lease.name
+
+    @property
+    def leases_on(self) -> bool:
+        return bool(self.config.lease_ttl)
+
+    @property
+    def step_margin(self) -> float:
+        """How long before a delivery's bound a run stops starting steps (clock rates, and
+        the time from the check to the step's effect)."""
+        return min(self.config.ack_wait.total_seconds() / 20, 0.5)
+
+    def holds(self, delivery: Delivery, lease_epoch: int) -> bool:
+        """Whether a run on ``delivery`` may start a step now (see ``durable_core._hold``)."""
+        if not delivery.surely_held(self.step_margin):
+            return False
+        return not self.leases_on or self.lease.alive(lease_epoch)
+
+    @property
+    def in_flight(self) -> int:
+        """Executions running now."""
+        return len(self._tasks)
+
+    def not_ready(self) -> str | None:
+        """Why this processor is not consuming commands now (one line), or None if it is: for
+        a readiness probe."""
+        consumer = self._consumer
+        if self._stopping.is_set():
+            return "stopping"
+        if consumer is None:
+            return "starting (setting up its lease and the consumer)"
+        if not self.transport.nc.is_connected:
+            return "not connected to NATS (reconnecting)"
+        if self.leases_on and not self.lease.alive(self.lease.epoch):
+            return f"its lease {self.lease.name} is not renewed (NATS refuses or loses the writes)"
+        if self._fetch_error:
+            return f"pulling commands fails: {self._fetch_error}"
+        silent = time.monotonic() - consumer.answered_at
+        if len(self._tasks) < self.config.max_concurrent and silent > max(
+            5.0, 5 * consumer.expires
+        ):
+            why = consumer.trouble or "no answer"
+            return f"the command consumer has not answered for {silent:.0f}s ({why})"
+        return None
+
+    def stop(self) -> None:
+        """Ask the worker to stop fetching and finish (see ``run``)."""
+        self._stopping.set()
+        self._slot_freed.set()
+
+    async def run(self) -> None:
+        """Consume until ``stop()``; then let in-flight work finish or release it."""
+        lease = None
+        if self.leases_on:
+            # The lease exists before the first command is taken: a run checks it before
+            # every step, and a processor that dies holding commands has them re-driven.
+            await self.lease.create(self._stopping)
+            lease = asyncio.create_task(self.lease.keep())
+        consumer = await self.transport.command_consumer(self.config)
+        control = await self.transport.subscribe_control(self._on_control)
+        self._consumer = consumer
+        log.info(
+            "processor %s consuming (max_concurrent=%d, ack_wait=%ss, workflows: %s)",
+            self.processor_id,
+            self.config.max_concurrent,
+            self.config.ack_wait.total_seconds(),
+            ", ".join(self.registry.names()) or "none",
+        )
+        try:
+            while not self._stopping.is_set():
+                free = self.config.max_concurrent - len(self._tasks)
+                if free <= 0:
+                    self._slot_freed.clear()
+                    await self._slot_freed.wait()
+                    continue
+                try:
+                    deliveries = await consumer.fetch(min(free, 256), timeout=1.0)
+                except Exception as e:  # noqa: BLE001 - keep serving through NATS trouble
+                    log.warning("fetch failed: %s: %s", type(e).__name__, e)
+                    self._fetch_error = f"{type(e).__name__}: {e}"
+                    await asyncio.sleep(0.5)
+                    continue
+                self._fetch_error = ""
+                for d in deliveries:
+                    self._take(d)
+                if deliveries:
+                    self.lease.changed.set()
+        finally:
+            # Stop pulling first, so that what _drain hands back goes to other processors.
+            await consumer.close()
+            await self._drain()
+            if lease is not None:
+                while not lease.done():
+                    lease.cancel()
+                    await asyncio.wait({lease}, timeout=0.5)
+                with contextlib.suppress(Exception):
+                    await self.lease.delete()  # a clean exit
+            await control.unsubscribe()
+            await self.channels.close()
+
+    def _take(self, d: Delivery) -> None:
+        """Start handling a delivery; a redelivery of a command this process runs is absorbed
+        by that run, or (if the run gave its delivery up) waits until that run has ended."""
+        current = self._by_seq.get(d.stream_seq)
+        if current is not None:
+            held, task = current
+            if not (held.lost or held.settled) and d.num_delivered == held.num_delivered + 1:
+                log.info(
+                    "command %d delivered again (delivery %d) while this processor runs it: "
+                    "the run goes on with the new delivery",
+                    d.stream_seq,
+                    d.num_delivered,
+                )
+                held.adopt(d)
+                self.lease.changed.set()
+                return
+            coro = self._handle_after(task, d)
+        else:
+            coro = self._handle(d)
+        self._held.add(d)
+        self._beats[d] = asyncio.create_task(self._heartbeat(d))
+        task = asyncio.create_task(coro)
+        self._by_seq[d.stream_seq] = (d, task)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    async def _heartbeat(self, d: Delivery) -> None:
+        """In-progress acks from the moment of delivery until it is settled or given up."""
+        interval = self.config.heartbeat_interval
+        if interval <= 0:
+            return
+        while True:
+            await asyncio.sleep(interval)
+            await d.heartbeat(timeout=min(max(interval, 1.0), 5.0))
+
+    async def _handle_after(self, earlier: asyncio.Task[None], d: Delivery) -> None:
+        await asyncio.wait({earlier})
+        await self._handle(d)
+
+    def _release(self, d: Delivery) -> None:
+        """The delivery is settled or given up: stop its heartbeats, drop it from the lease."""
+        self._held.discard(d)
+        beat = self._beats.pop(d, None)
+        if beat is not None:
+            beat.cancel()
+        current = self._by_seq.get(d.stream_seq)
+        if current is not None and current[0] is d:
+            del self._by_seq[d.stream_seq]
+        self.lease.changed.set()
+
+    def _on_control(self, invocation_id: str, action: str) -> None:
+        """A lifecycle request arrived over core NATS: act on a run in this processor now."""
+        execution = self._running.get(invocation_id)
+        if execution is not None and action == "cancel":
+            execution.cancel_now()
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slot_freed.set()
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            log.error("execution task crashed: %s", exc, exc_info=exc)
+
+    async def _drain(self) -> None:
+        if not self._tasks:
+            return
+        grace = self.config.shutdown_grace.total_seconds()
+        log.info("waiting up to %.0fs for %d in-flight executions", grace, len(self._tasks))
+        _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=5)
+            log.info("released %d executions to other processors", len(pending))
+
+    async def _handle(self, delivery: Delivery) -> None:
+        try:
+            cmd = pb.Command()
+            cmd.ParseFromString(delivery.data)
+            check_invocation_id(cmd.invocation_id)
+            if cmd.kind not in (pb.COMMAND_KIND_START, pb.COMMAND_KIND_WAKE):
+                raise InvalidInputError(f"unknown command kind {cmd.kind}")
+            if cmd.workflow:
+                check_workflow_name(cmd.workflow)
+            if cmd.partition_key:
+                encode_partition_key(cmd.partition_key)
+            now = now_ms()
+            if not 0 <= cmd.created_at_ms <= now + 86_400_000:
+                cmd.created_at_ms = now  # an absurd client clock: take ours
+        except (DecodeError, InvalidInputError, ValueError) as e:
+            log.error("terminating malformed command (stream seq %d): %s", delivery.stream_seq, e)
+            self._release(delivery)
+            await delivery.term()
+            return
+        observe(
+            self.interceptors,
+            EngineEvent(
+                "delivered", cmd.invocation_id, cmd.workflow, attempt=delivery.num_delivered
+            ),
+        )
+        execution = Execution(self._env, cmd, delivery)
+        self._running[cmd.invocation_id] = execution
+        try:
+            await execution.run()
+        except asyncio.CancelledError:
+            # Shutdown: hand the command back at once; the journal keeps all progress.
+            with contextlib.suppress(Exception):
+                await delivery.nak()
+            raise
+        except LostHold as e:
+            # Another processor may run it now (or soon): journal nothing. Hand the command
+            # back at once rather than after ack_wait: if it has moved on meanwhile, the NAK
+            # only takes it from a holder that runs it under a run lock (a later delivery),
+            # and whoever gets it waits for that lock (see _hold). Without leases there are no
+            # run locks: then leave it to ack_wait.
+            log.warning("invocation %s: %s; stopping this run", cmd.invocation_id, e)
+            delivery.lost = True
+            if self.leases_on:
+                with contextlib.suppress(Exception):
+                    await delivery.nak(delay=1.0, stale_ok=True)
+        except (NatsUnavailableError, EngineFailure) as e:
+            cause = e.cause if isinstance(e, EngineFailure) else e
+            if isinstance(cause, CorruptJournalError | InvalidInputError):
+                await self._fail_broken(execution, delivery, cause)
+                return
+            log.warning("invocation %s: NATS unavailable (%s); releasing it", cmd.invocation_id, e)
+            with contextlib.suppress(Exception):
+                await delivery.nak(delay=2.0)
+        except (CorruptJournalError, InvalidInputError) as e:
+            await self._fail_broken(execution, delivery, e)
+        except DurableError as e:
+            log.warning("invocation %s: %s; releasing it", cmd.invocation_id, e)
+            with contextlib.suppress(Exception):
+                await delivery.nak(delay=2.0)
+        finally:
+            if self._running.get(cmd.invocation_id) is execution:
+                del self._running[cmd.invocation_id]
+            self._release(delivery)
+
+    @staticmethod
+    async def _fail_broken(execution: Execution, delivery: Delivery, e: DurableError) -> None:
+        """Not transient (a corrupt journal, a broken record): fail it clearly, settle."""
+        log.error("invocation %s cannot run: %s", execution.id, e)
+        with contextlib.suppress(Exception):
+            await execution.write_state(  # never over a finished state
+                status=pb.STATUS_FAILED,
+                failure=pb.Failure(type=type(e).__name__, message=str(e)),
+            )
+        with contextlib.suppress(Exception):
+            await delivery.term()
