@@ -1,11 +1,19 @@
 """Helpers for tests, ``durable dev`` and benchmarks.
 
-Real NATS servers and clusters, and a journal replayer for unit tests of workflows with no
-NATS at all (``replay_workflow`` with ``call_entry``, ``run_entry`` and ``failed_entry``).
+Real NATS servers and clusters; the engine's processes as real children (``ProcessStack``:
+the example service, processors, schedulers, the CLI); bounded waits (``assert_eventually``);
+and a journal replayer for unit tests of workflows with no NATS at all (``replay_workflow``
+with ``call_entry``, ``run_entry`` and ``failed_entry``).
 """
 
 from durable_core.testing._cluster import NatsCluster
 from durable_core.testing._otlp import OtlpHttpReceiver
+from durable_core.testing._processes import (
+    ChildProcess,
+    ProcessStack,
+    ServiceProcess,
+    stop_all_children,
+)
 from durable_core.testing._replay import (
     RecordedCall,
     WorkflowRun,
@@ -25,10 +33,13 @@ from durable_core.testing._servers import (
 from durable_core.testing._wait import assert_eventually, assert_eventually_async
 
 __all__ = [
+    "ChildProcess",
     "NatsCluster",
     "NatsServer",
     "OtlpHttpReceiver",
+    "ProcessStack",
     "RecordedCall",
+    "ServiceProcess",
     "WorkflowRun",
     "assert_eventually",
     "assert_eventually_async",
@@ -41,4 +52,5 @@ __all__ = [
     "nats_server_release",
     "replay_workflow",
     "run_entry",
+    "stop_all_children",
 ]
