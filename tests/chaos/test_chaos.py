@@ -9,7 +9,7 @@ own records to the checker (``checker.py``), which must find nothing lost, nothi
 no committed step executed again, one effect per idempotency key and journals that replay.
 
 ``make test`` runs N = 100 (about 1.5 to 2 minutes); ``make chaos`` runs N = 1,000 (7 to 9
-minutes). ``CHAOS_SEED`` replays a fault schedule; see ``conftest.py`` for the other settings.
+minutes). ``CHAOS_SEED`` replays a fault schedule; see ``run_settings.py`` for the other settings.
 Each run writes its process logs, the service's call records and the summary to
 ``test-artifacts/chaos/<time>-seed<seed>-*/``, removed when the run passes (``CHAOS_KEEP=1``
 keeps it) and completed with ``evidence.json`` (state, journal, calls, commands and log lines of
@@ -38,8 +38,8 @@ from durable_core._transport import Transport
 from durable_core.config import NatsConfig
 
 from . import checker
-from .conftest import SETTINGS, ChaosCluster
 from .nemesis import Nemesis
+from .run_settings import SETTINGS, ChaosCluster
 from .system import System
 from .workload import Workload
 
