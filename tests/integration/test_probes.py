@@ -134,4 +134,4 @@ async def test_readyz_follows_nats_and_consuming_while_livez_stays_up(
         logs = {p.name: p.log()[-2000:] for p in procs}
         for proc in reversed(procs):
             proc.stop()
-        print("\n".join(f"--- {name}\n{log}" for name, log in logs.items()))  # noqa: T201
+        print("\n".join(f"--- {name}\n{log}" for name, log in logs.items()))

@@ -27,7 +27,7 @@ from durable_core.testing import NatsCluster, ProcessStack
 pytestmark = pytest.mark.integration
 
 USER = "durable"
-PASSWORD = "s3cret-Pa55"  # noqa: S105 - a throwaway test credential
+PASSWORD = "s3cret-Pa55"  # a throwaway test credential
 GREETING = "Hello, {}! Welcome to Durable Execution on NATS JetStream."
 EXIT_NATS = 3
 

@@ -117,7 +117,7 @@ class _DockerNode:
         wrapped = self._container.get_wrapped_container()
         try:
             wrapped.reload()
-        except Exception:  # a vanished container is not running
+        except Exception:  # noqa: BLE001 - a vanished container is not running
             return "absent"
         return str(wrapped.status)
 
@@ -173,7 +173,7 @@ class _DockerNode:
     def _logs(self) -> str:
         try:
             out, err = self._container.get_logs()
-        except Exception:  # best effort, for an error message
+        except Exception:  # noqa: BLE001 - best effort, for an error message
             return "(no logs)"
         return "\n".join((out + err).decode("utf-8", errors="replace").splitlines()[-40:])
 

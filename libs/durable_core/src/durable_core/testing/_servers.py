@@ -71,7 +71,7 @@ def _binary_from_package() -> str | None:
             if callable(value):
                 try:
                     value = value()
-                except Exception:  # an unknown API shape just means "not here"
+                except Exception:  # noqa: BLE001 - an unknown API shape just means "not here"
                     continue
             if isinstance(value, str | os.PathLike) and _is_executable(Path(value)):
                 return os.fspath(value)
@@ -199,7 +199,7 @@ def docker_available() -> bool:
             return bool(client.ping())
         finally:
             client.close()
-    except Exception:  # every failure means "no engine to use"
+    except Exception:  # noqa: BLE001 - every failure means "no engine to use"
         return False
 
 
