@@ -260,7 +260,7 @@ def test_one_trace_spans_client_processor_and_service(stack: Stack) -> None:
 async def _claimer(stack: Stack, invocation_id: str) -> str:
     """The container (its hostname) whose processor wrote the invocation's journal last."""
     cfg = NatsConfig.from_url(stack.nats_url, user="durable", password=PASSWORD)
-    t = await Transport.connect(cfg, EngineConfig(prefix="durable", replicas=3), setup=False)
+    t = await Transport.connect(cfg, EngineConfig(prefix="durable", replicas=3))
     try:
         writers = [r.entry.writer for r in await t.read_journal(invocation_id) if r.entry.writer]
     finally:
