@@ -64,7 +64,7 @@ def test_find_binary_and_free_port() -> None:
 
 def test_server_modules_do_not_import_the_nats_client() -> None:
     package = Path(durable_core.testing.__file__).parent
-    for module in ("_servers.py", "_cluster.py"):
+    for module in ("_servers.py", "_cluster.py", "_binary.py", "_probe.py", "_nodes.py"):
         tree = ast.parse((package / module).read_text(encoding="utf-8"))
         imported = {
             alias.name for n in ast.walk(tree) if isinstance(n, ast.Import) for alias in n.names

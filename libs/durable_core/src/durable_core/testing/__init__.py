@@ -6,8 +6,10 @@ and a journal replayer for unit tests of workflows with no NATS at all (``replay
 with ``call_entry``, ``run_entry`` and ``failed_entry``).
 """
 
+from durable_core.testing._binary import find_nats_server_binary, nats_server_release
 from durable_core.testing._cluster import NatsCluster
 from durable_core.testing._otlp import OtlpHttpReceiver
+from durable_core.testing._probe import docker_available, free_port, free_ports
 from durable_core.testing._processes import (
     ChildProcess,
     ProcessStack,
@@ -22,14 +24,7 @@ from durable_core.testing._replay import (
     replay_workflow,
     run_entry,
 )
-from durable_core.testing._servers import (
-    NatsServer,
-    docker_available,
-    find_nats_server_binary,
-    free_port,
-    free_ports,
-    nats_server_release,
-)
+from durable_core.testing._servers import NatsServer
 from durable_core.testing._wait import assert_eventually, assert_eventually_async
 
 __all__ = [

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import grpc
 
-from durable_core.testing._servers import free_port
+from durable_core.testing._probe import free_port
 from durable_core.testing._wait import assert_eventually
 
 _CHILDREN: list[ChildProcess] = []
