@@ -61,7 +61,7 @@ class OtlpHttpReceiver:
                 self.end_headers()
                 self.wfile.write(reply)
 
-            def log_message(self, format: str, *args: Any) -> None:  # quiet
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
                 pass
 
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
