@@ -39,10 +39,10 @@ from typing import Any
 
 from _bench.measure import Setup, run_setup
 from _bench.options import Options
-from _bench.procs import Child, progress, stop_all_children
+from _bench.procs import progress
 from _bench.report import table, write_json
 
-from durable_core.testing import NatsCluster, NatsServer, free_port
+from durable_core.testing import NatsCluster, NatsServer, ServiceProcess, stop_all_children
 
 
 SETUPS = ("single", "single-fsync", "cluster")
@@ -73,15 +73,13 @@ async def bench(opts: Options, log_dir: Path, setups: list[Setup]) -> None:
         setup = Setup(name, urls, replicas, pids, log_dir, setup_opts)
         setups.append(setup)
         try:
-            port = free_port()
-            args = ["-m", "hello_service", "--port", str(port)]
-            setup.service = Child(f"{name}-service", args, {}, log_dir)
-            setup.service_address = f"127.0.0.1:{port}"
-            await setup.service.wait_log("listening on")
+            setup.service = ServiceProcess(log_dir, name=f"{name}-service")
+            setup.service_address = setup.service.address
+            await asyncio.to_thread(setup.service.wait_ready, 30)
             await run_setup(setup)
         finally:
             if setup.service is not None:
-                await asyncio.to_thread(setup.service.stop)
+                await asyncio.to_thread(setup.service.stop, 15)
             await asyncio.to_thread(server.stop)
 
 

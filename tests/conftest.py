@@ -42,7 +42,7 @@ class BuiltImages:
 BUILD_WAIT = 900.0
 
 
-class ImageBuildFailed(Exception):
+class ImageBuildError(Exception):
     """The build ran on an engine and failed: a failure of the tests, not a reason to skip."""
 
 
@@ -50,7 +50,7 @@ def built_images() -> BuiltImages | str:
     """The images `make images` built, or the reason there are none.
 
     Raises:
-        ImageBuildFailed: the build failed, or its background process died.
+        ImageBuildError: the build failed, or its background process died.
     """
     deadline = time.monotonic() + BUILD_WAIT
     while True:
@@ -66,13 +66,13 @@ def built_images() -> BuiltImages | str:
         if pid is not None and not Path(f"/proc/{pid}").exists():
             status = json.loads(STATUS.read_text())
             if status.get("building"):
-                raise ImageBuildFailed(f"the image build (pid {pid}) died:\n{_log_tail()}")
+                raise ImageBuildError(f"the image build (pid {pid}) died:\n{_log_tail()}")
             break
         if time.monotonic() > deadline:
-            raise ImageBuildFailed(f"the image build is still running after {BUILD_WAIT:.0f} s")
+            raise ImageBuildError(f"the image build is still running after {BUILD_WAIT:.0f} s")
         time.sleep(2)
     if status.get("failed"):
-        raise ImageBuildFailed(f"the image build failed: {status.get('reason')}\n{_log_tail()}")
+        raise ImageBuildError(f"the image build failed: {status.get('reason')}\n{_log_tail()}")
     if not status.get("built"):
         return f"no images: {status.get('reason', 'make images built none')}"
     if status.get("docker_host", "") != os.environ.get("DOCKER_HOST", ""):
@@ -99,7 +99,7 @@ def images() -> BuiltImages:
     """The built images; the test skips (with the reason) where there are none."""
     try:
         found = built_images()
-    except ImageBuildFailed as e:
+    except ImageBuildError as e:
         pytest.fail(str(e))
     if isinstance(found, str):
         pytest.skip(found)
@@ -111,5 +111,5 @@ def images_or_reason() -> BuiltImages | str:
     """The built images, or the reason there are none (for tests with a fallback)."""
     try:
         return built_images()
-    except ImageBuildFailed as e:
+    except ImageBuildError as e:
         pytest.fail(str(e))

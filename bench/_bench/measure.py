@@ -25,9 +25,10 @@ from nats.js.api import StorageType, StreamConfig
 
 import durable_core
 from durable_core import Client, EngineConfig
+from durable_core.testing import ChildProcess
 
 from .options import Options
-from .procs import Child, CpuMeter, progress, rss_mb
+from .procs import CpuMeter, progress, rss_mb
 from .profile import Profiler
 
 MESSAGE = b"x" * 128
@@ -67,7 +68,7 @@ class Setup:
     nats_pids: dict[str, int]
     log_dir: Path
     opts: Options
-    service: Child | None = None
+    service: ChildProcess | None = None
     service_address: str = ""
     figures: dict[str, Figure] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
@@ -92,17 +93,17 @@ class Setup:
             "DURABLE_DEFAULT_SERVICE_ADDRESS": self.service_address,
             "DURABLE_SHUTDOWN_GRACE": "3",
         }
-        procs: list[Child] = []
+        procs: list[ChildProcess] = []
         client: Client | None = None
         try:
             for i in range(self.opts.processors):
                 proc_name = f"{self.name}-{name}-p{i + 1}"
                 args = ["-m", "durable_processor", "--processor-id", proc_name]
-                procs.append(Child(proc_name, args, env, self.log_dir))
+                procs.append(ChildProcess(proc_name, args, env, self.log_dir))
                 if i == 0:  # the first creates the streams, so the others only bind them
-                    await procs[0].wait_log("consuming")
+                    await asyncio.to_thread(procs[0].wait_log, "consuming", 30)
             for proc in procs[1:]:
-                await proc.wait_log("consuming")
+                await asyncio.to_thread(proc.wait_log, "consuming", 30)
             engine = EngineConfig(prefix=prefix, replicas=self.replicas)
             client = await Client.connect(self.urls, engine=engine)
             yield Scenario(self, name, prefix, client, procs)
@@ -111,7 +112,7 @@ class Setup:
                 with contextlib.suppress(Exception):
                     await client.close()
             for proc in procs:
-                await asyncio.to_thread(proc.stop)
+                await asyncio.to_thread(proc.stop, 15)
 
 
 @dataclass
@@ -122,7 +123,7 @@ class Scenario:
     name: str
     prefix: str
     client: Client
-    processors: list[Child]
+    processors: list[ChildProcess]
 
     def cpu_meter(self) -> CpuMeter:
         pids = {"client": os.getpid(), **self.setup.nats_pids}
@@ -339,7 +340,7 @@ async def many_steps(sc: Scenario) -> None:
 # -- (e) memory ---------------------------------------------------------------------------------
 
 
-async def sample_rss(procs: list[Child], seconds: float, interval: float = 0.25) -> float:
+async def sample_rss(procs: list[ChildProcess], seconds: float, interval: float = 0.25) -> float:
     """Peak RSS of the largest processor over ``seconds``, in MB."""
     peak = 0.0
     deadline = time.monotonic() + seconds

@@ -1,95 +1,23 @@
-"""Child processes the benchmark starts, and what it reads about them from /proc.
+"""What the benchmark reads from /proc about the processes it started, and its progress lines.
 
-Only PIDs started here are ever signalled: each child is stopped by the code that started it,
-and an ``atexit`` hook kills whatever is left if the run dies half-way.
+The processes themselves are ``durable_core.testing.ChildProcess`` (the stack the integration
+tests and the chaos suite use too): only PIDs started there are ever signalled, and an
+``atexit`` hook kills whatever is left if the run dies half-way.
 """
 
 from __future__ import annotations
 
-import asyncio
-import atexit
-import contextlib
 import os
-import signal
-import subprocess
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-_CHILDREN: list[Child] = []
 
 
 def progress(msg: str) -> None:
     """A progress line on stderr (stdout carries the table)."""
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-class Child:
-    """A Python child process with its output in a log file."""
-
-    def __init__(self, name: str, args: Sequence[str], env: dict[str, str], log_dir: Path) -> None:
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
-            self.proc = subprocess.Popen(
-                [sys.executable, *args],
-                env={**os.environ, **env},
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        _CHILDREN.append(self)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log().splitlines()[-lines:])
-
-    async def wait_log(self, text: str, timeout: float = 30.0) -> None:
-        """Wait (bounded) until the child has logged ``text``; fail early if it exits."""
-        deadline = time.monotonic() + timeout
-        while text not in self.log():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited ({self.proc.returncode}):\n{self.tail()}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.name} did not log {text!r} in {timeout:.0f}s")
-            await asyncio.sleep(0.05)
-
-    def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM, then SIGKILL after ``timeout``."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        with contextlib.suppress(ValueError):
-            _CHILDREN.remove(self)
-
-
-def stop_all_children(timeout: float = 5.0) -> None:
-    """Stop every child still running (the end of a run, normal or not)."""
-    for child in list(_CHILDREN):
-        child.stop(timeout)
-
-
-@atexit.register
-def _kill_leftover_children() -> None:
-    for child in list(_CHILDREN):
-        with contextlib.suppress(Exception):
-            if child.proc.poll() is None:
-                child.proc.kill()
-                child.proc.wait(5)
 
 
 def rss_mb(pid: int) -> float:

@@ -42,7 +42,7 @@ from ._netns import Netns
 from .system import PROCESSORS, System
 
 if TYPE_CHECKING:
-    from .conftest import ChaosCluster
+    from .run_settings import ChaosCluster
 
 KINDS = (
     "kill_processor",

@@ -1,40 +1,18 @@
 """The system under test: the example service, 3 processors and 2 scheduler replicas (or none).
 
-Every one is a real child process (``Proc`` from the integration tests) with its own log file
-per incarnation; the nemesis kills, pauses and restarts them by name. Only PIDs started here
-are ever signalled.
+Every one is a real child process (``ChildProcess`` from ``durable_core.testing``) with its own
+log file per incarnation; the nemesis kills, pauses and restarts them by name. Only PIDs started
+here are ever signalled.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import signal
-import sys
 import threading
 from pathlib import Path
-from types import ModuleType
 
-import grpc
-
-from durable_core.testing import NatsCluster, free_port
-from durable_examples.order.v1 import order_pb2, order_pb2_grpc
-
-
-def _integration_stack() -> ModuleType:
-    """tests/integration/_stack.py (a sibling test package, not importable by a relative name)."""
-    name = "chaos._integration_stack"
-    if name not in sys.modules:
-        path = Path(__file__).resolve().parents[1] / "integration" / "_stack.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-Proc = _integration_stack().Proc
-wait_for = _integration_stack().wait_for
+from durable_core.testing import ChildProcess, NatsCluster, ServiceProcess, free_port
+from order_processing.testing import OrderServiceControl
 
 PROCESSORS = ("p1", "p2", "p3")
 SCHEDULERS = ("s1", "s2")
@@ -77,7 +55,7 @@ class System:
         self.schedulers = schedulers
         self.scheduler_env = dict(scheduler_env or {})
         self.service_port = free_port()
-        self.procs: dict[str, Proc] = {}
+        self.procs: dict[str, ChildProcess] = {}
         self._incarnation: dict[str, int] = {}
         self._lock = threading.Lock()
 
@@ -99,32 +77,34 @@ class System:
 
     # -- starting -------------------------------------------------------------------------
 
-    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> Proc:
+    def _incarnation_name(self, name: str) -> str:
         with self._lock:
             n = self._incarnation.get(name, 0) + 1
             self._incarnation[name] = n
-        proc = Proc(f"{name}.{n}", args, env, self.log_dir)
+        return f"{name}.{n}"
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> ChildProcess:
+        proc = ChildProcess(self._incarnation_name(name), args, env, self.log_dir)
         self.procs[name] = proc
         return proc
 
-    def spawn_service(self) -> Proc:
-        return self._spawn(
-            "service",
-            ["-m", "hello_service", "--port", str(self.service_port)],
+    def spawn_service(self) -> ServiceProcess:
+        proc = ServiceProcess(
+            self.log_dir,
             {"ORDER_SERVICE_RECORD_FILE": str(self.record_file)},
+            port=self.service_port,
+            name=self._incarnation_name("service"),
         )
+        self.procs["service"] = proc
+        return proc
 
-    def ready_service(self, proc: Proc, timeout: float = 30) -> None:
-        proc.wait_log(f"listening on 127.0.0.1:{self.service_port}", timeout)
-        with grpc.insecure_channel(self.service_address) as channel:
-            stub = order_pb2_grpc.OrderServiceStub(channel)
-            for method in ORDER_METHODS:
-                stub.SetDelay(
-                    order_pb2.SetDelayRequest(method=method, delay_ms=self.service_delay_ms),
-                    timeout=10,
-                )
+    def ready_service(self, proc: ServiceProcess, timeout: float = 30) -> None:
+        proc.wait_ready(timeout)
+        orders = OrderServiceControl(proc.channel)
+        for method in ORDER_METHODS:
+            orders.set_delay(method, self.service_delay_ms)
 
-    def spawn_processor(self, name: str) -> Proc:
+    def spawn_processor(self, name: str) -> ChildProcess:
         return self._spawn(
             name,
             ["-m", "durable_processor", "--processor-id", name],
@@ -135,7 +115,7 @@ class System:
             },
         )
 
-    def spawn_scheduler(self, name: str) -> Proc:
+    def spawn_scheduler(self, name: str) -> ChildProcess:
         # A tick held by a replica that died goes to the other one after 3 s.
         return self._spawn(
             name,
@@ -144,11 +124,11 @@ class System:
         )
 
     @staticmethod
-    def ready_processor(proc: Proc, timeout: float = 60) -> None:
+    def ready_processor(proc: ChildProcess, timeout: float = 60) -> None:
         proc.wait_log("consuming", timeout)
 
     @staticmethod
-    def ready_scheduler(proc: Proc, timeout: float = 60) -> None:
+    def ready_scheduler(proc: ChildProcess, timeout: float = 60) -> None:
         proc.wait_log("consuming ticks", timeout)
 
     def start(self) -> None:
@@ -183,10 +163,12 @@ class System:
         """The PID of each process now running, by name."""
         return {name: p.pid for name, p in self.procs.items() if p.proc.poll() is None}
 
-    def restart(self, name: str) -> Proc:
+    def restart(self, name: str) -> ChildProcess:
+        proc: ChildProcess
         if name == "service":
-            proc = self.spawn_service()
-            self.ready_service(proc)
+            service = self.spawn_service()
+            self.ready_service(service)
+            proc = service
         elif name in PROCESSORS:
             proc = self.spawn_processor(name)
             self.ready_processor(proc)

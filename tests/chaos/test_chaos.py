@@ -21,7 +21,7 @@ JetStream's ack wait must bring every order through: N/2 order_processing invoca
 half the time, while the nemesis kills and stalls processors, kills leaders and the service.
 
 ``make test`` runs N = 100; ``make chaos`` runs N = 1,000. ``CHAOS_SEED`` replays a fault
-schedule and the workload; see ``conftest.py`` for the other settings. Each run writes its
+schedule and the workload; see ``run_settings.py`` for the other settings. Each run writes its
 process logs, the service's call records and the summary to
 ``test-artifacts/chaos/<time>-seed<seed>-*/``, removed when the run passes (``CHAOS_KEEP=1``
 keeps it) and completed with ``evidence.json`` (state, journal, calls, commands and log lines of
@@ -52,10 +52,11 @@ from durable_core._transport import Transport
 from durable_core.config import NatsConfig
 
 from . import checker, workload
-from .conftest import SETTINGS, ChaosCluster
 from .nemesis import KINDS, Nemesis
+from .run_settings import SETTINGS, ChaosCluster
 from .runlog import RunLog
 from .system import SCHEDULERS, System
+from .workload import Workload
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.chaos]
 

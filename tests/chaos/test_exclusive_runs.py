@@ -41,10 +41,9 @@ from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import StateRecord, Transport
 from durable_core.config import NatsConfig
 from durable_core.plugins import WorkflowRegistry
-from durable_core.testing import NatsServer
+from durable_core.testing import NatsServer, ProcessStack, assert_eventually_async
 from durable_scheduler.redrive import Redriver
-
-from .system import _integration_stack
+from order_processing.testing import OrderServiceControl
 
 pytestmark = pytest.mark.integration
 
@@ -92,13 +91,12 @@ async def _workers_and_client(
 async def _settled(client: Client, timeout: float = 20) -> None:
     """Until the processors' consumer holds nothing (every command acked)."""
     t = client._t
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    async def settled() -> bool:
         info = await t.js.consumer_info(t.names.command_stream, "processor")
-        if not (info.num_ack_pending or info.num_pending):
-            return
-        await asyncio.sleep(0.05)
-    pytest.fail("the command was never settled")
+        return not (info.num_ack_pending or info.num_pending)
+
+    await assert_eventually_async(settled, timeout, "every command settled", interval=0.05)
 
 
 def _counting_workflow(calls: dict[str, int]) -> Callable[..., Any]:
@@ -223,10 +221,9 @@ async def test_a_slow_journal_read_of_a_wake_up_runs_the_rest_once(
         server, transport_cls, waits_for_go, workers=2, heartbeat=heartbeat
     ) as client:
         inv = await client.invoke_async("waits_for_go")
-        deadline = time.monotonic() + 20
-        while (await client.get_result(inv)).status.value != "suspended":
-            assert time.monotonic() < deadline, "never suspended"
-            await asyncio.sleep(0.05)
+        await assert_eventually_async(
+            lambda: _status_is(client, inv, "suspended"), 20, f"{inv} suspended", interval=0.05
+        )
         transport_cls.armed = True  # the wake-up's read of the journal is the slow one
         await client.signal(inv, "go", "-")
         result = await client.wait(inv, timeout=30)
@@ -259,16 +256,21 @@ def _gated_workflow(
     return gated
 
 
-async def _only_one_command_held(client: Client, timeout: float) -> bool:
-    """Poll until the consumer holds just the running start (the other command was handled);
-    False if it did not within ``timeout`` (the caller's assertions then tell what ran)."""
+async def _status_is(client: Client, inv: str, status: str) -> bool:
+    return (await client.get_result(inv)).status.value == status
+
+
+async def _only_one_command_held(client: Client, timeout: float) -> None:
+    """Poll until the consumer holds just the running start (the other command was handled),
+    for at most ``timeout`` seconds: not an assertion, the caller's assertions tell what ran."""
     t = client._t
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    async def one_held() -> bool:
         info = await t.js.consumer_info(t.names.command_stream, "processor")
-        if info.num_ack_pending == 1 and not info.num_pending:
-            return True
-        await asyncio.sleep(0.05)
+        return info.num_ack_pending == 1 and not info.num_pending
+
+    with contextlib.suppress(AssertionError):
+        await assert_eventually_async(one_held, timeout, "one command held", interval=0.05)
     return False
 
 
@@ -346,10 +348,9 @@ async def test_a_redelivered_wake_up_does_not_take_over_a_live_run_of_another_co
         await asyncio.wait_for(in_b.wait(), 10)  # step a is journaled, b in flight
         transport_cls.armed = True
         await t.publish_wake(inv, "gated_b", inv, 1)
-        deadline = time.monotonic() + 10
-        while not transport_cls.failed:
-            assert time.monotonic() < deadline, "the wake-up was never read"
-            await asyncio.sleep(0.05)
+        await assert_eventually_async(
+            lambda: transport_cls.failed, 10, "the wake-up to be read", interval=0.05
+        )
         await _only_one_command_held(client, timeout=10)  # its redelivery was handled
         gate.set()
         result = await client.wait(inv, timeout=20)
@@ -409,16 +410,18 @@ async def test_a_processor_whose_lease_lapsed_runs_no_further_step(server: NatsS
         inv = await client.invoke_async("gated")
         await asyncio.wait_for(in_a.wait(), 10)
         lapsed_lease = a.lease_name
-        deadline = time.monotonic() + 10
-        while not ((await _lease(t_s, lapsed_lease)) or {}).get("held"):
-            assert time.monotonic() < deadline, "the lease never listed the command"
-            await asyncio.sleep(0.05)
+
+        async def listed() -> bool:
+            return bool(((await _lease(t_s, lapsed_lease)) or {}).get("held"))
+
+        await assert_eventually_async(listed, 10, "the lease to list the command", interval=0.05)
         stalling.armed = True
         tasks.append(asyncio.create_task(b.run()))
-        deadline = time.monotonic() + 15
-        while await _lease(t_s, lapsed_lease) is not None:
-            assert time.monotonic() < deadline, "the lease was never re-driven"
-            await asyncio.sleep(0.05)
+
+        async def redriven() -> bool:
+            return await _lease(t_s, lapsed_lease) is None
+
+        await assert_eventually_async(redriven, 15, "the lease to be re-driven", interval=0.05)
         gate.set()  # step a ends now; its processor must not start step b
         result = await client.wait(inv, timeout=30)
         await _settled(client)
@@ -445,12 +448,11 @@ async def test_a_stale_re_drive_does_not_give_a_live_run_to_a_second_processor(
     scheduler NAKed what that lease listed, and the NAK, sent on the earlier delivery's
     subject, took the command from the live holder and gave it to another processor, which
     took the invocation over while the first still ran it."""
-    stack_module = _integration_stack()
-    stack = stack_module.Stack(server.url, "ex" + uuid.uuid4().hex[:8], tmp_path, replicas=1)
+    stack = ProcessStack(server.url, "ex" + uuid.uuid4().hex[:8], tmp_path, replicas=1)
     fast = ("--ack-wait", "2")
     lease = {"durable_lease_ttl": "6"}
     try:
-        service = stack.start_service()
+        service = OrderServiceControl(stack.start_service().channel)
         for method in ("Validate", "Charge", "Ship"):
             service.set_delay(method, 2000)
         service.set_delay("Validate", 20_000)  # still in step 1 when it is killed
@@ -461,19 +463,15 @@ async def test_a_stale_re_drive_does_not_give_a_live_run_to_a_second_processor(
             await client.invoke_async(
                 "order_processing", {"order_id": "o-1", "amount_cents": 100}, id=inv
             )
-            await asyncio.to_thread(
-                stack_module.wait_for, lambda: service.method_counts("Validate"), 20, "step 1"
+            await assert_eventually_async(
+                lambda: asyncio.to_thread(service.method_counts, "Validate"),
+                20,
+                "step 1",
+                interval=0.05,
             )
             for name in ("p-one", "p-two"):
                 stack.start_processor(name, *fast, **lease)
-            scheduler = stack_module.Proc(
-                "scheduler",
-                ["-m", "durable_scheduler"],
-                {**stack.env, "DURABLE_ACK_WAIT": "3"},
-                tmp_path,
-            )
-            stack.procs.append(scheduler)
-            scheduler.wait_log("consuming ticks")
+            stack.start_scheduler(durable_ack_wait="3")
             service.set_delay("Validate", 2000)
             doomed.kill()  # in step 1: its command goes to p-one or p-two after ack-wait
             result = await client.wait(inv, timeout=60)

@@ -86,11 +86,10 @@ from durable_core.config import NatsConfig
 from durable_core.engine._keys import KeyRecord
 from durable_core.plugins import WorkflowRegistry
 from durable_core.schedules import create_schedule
-from durable_core.testing import NatsServer
+from durable_core.testing import NatsServer, ProcessStack, assert_eventually_async
 from durable_scheduler.runner import Scheduler
 from durable_scheduler.settings import SchedulerSettings
-
-from .system import _integration_stack
+from order_processing.testing import OrderServiceControl
 
 pytestmark = pytest.mark.integration
 
@@ -111,12 +110,12 @@ async def test_scheduler_keeps_serving_when_its_tick_fetch_gets_a_503(server: Na
     run = asyncio.create_task(scheduler.run())
     try:
         stream = t.names.command_stream
-        for _ in range(100):  # the loop is up once its consumer exists
-            try:
-                await t.js.consumer_info(stream, settings.consumer)
-                break
-            except Exception:  # noqa: BLE001 - not yet
-                await asyncio.sleep(0.1)
+        await assert_eventually_async(  # the loop is up once its consumer exists
+            lambda: t.js.consumer_info(stream, settings.consumer),
+            10,
+            "the scheduler's tick consumer",
+            retry_on=nats.js.errors.NotFoundError,
+        )
         await t.js.delete_consumer(stream, settings.consumer)
         await asyncio.sleep(3.0)  # several fetches, each answered 503
         assert not run.done(), f"the scheduler loop ended: {run.exception()!r}"
@@ -130,11 +129,7 @@ async def test_scheduler_keeps_serving_when_its_tick_fetch_gets_a_503(server: Na
         async def started() -> bool:
             return any(s.invocation_id.startswith("again-") for s in await t.list_states())
 
-        for _ in range(100):
-            if await started():
-                break
-            await asyncio.sleep(0.1)
-        assert await started(), "no tick was handled after the consumer came back"
+        await assert_eventually_async(started, 10, "a tick handled after the consumer came back")
     finally:
         scheduler.stop()
         await asyncio.wait_for(run, 15)
@@ -145,11 +140,10 @@ async def test_scheduler_keeps_serving_when_its_tick_fetch_gets_a_503(server: Na
 async def test_a_redelivery_fences_the_first_holder_even_before_its_first_entry(
     server: NatsServer, tmp_path: Path
 ) -> None:
-    stack_module = _integration_stack()
     prefix = "rg" + uuid.uuid4().hex[:8]
-    stack = stack_module.Stack(server.url, prefix, tmp_path, replicas=1)
+    stack = ProcessStack(server.url, prefix, tmp_path, replicas=1)
     try:
-        service = stack.start_service()
+        service = OrderServiceControl(stack.start_service().channel)
         service.set_delay("Validate", 3000)
         service.set_delay("Charge", 3000)
         first = stack.start_processor(
@@ -161,16 +155,19 @@ async def test_a_redelivery_fences_the_first_holder_even_before_its_first_entry(
             await client.invoke_async(
                 "order_processing", {"order_id": "o-1", "amount_cents": 100}, id=inv
             )
-            await asyncio.to_thread(
-                stack_module.wait_for, lambda: service.method_counts("Validate"), 20, "step 1"
+            await assert_eventually_async(
+                lambda: asyncio.to_thread(service.method_counts, "Validate"),
+                20,
+                "step 1",
+                interval=0.05,
             )
             # The command is redelivered to `second` while `first` is still in step 1.
             stack.start_processor("p-second", "--ack-wait", "1.5")
-            await asyncio.to_thread(
-                stack_module.wait_for,
-                lambda: service.method_counts("Charge"),
+            await assert_eventually_async(
+                lambda: asyncio.to_thread(service.method_counts, "Charge"),
                 30,
                 "step 2 to start",
+                interval=0.05,
             )
             first.kill()  # in step 2, which the first holder was allowed to start
             stack.start_processor("p-third", "--ack-wait", "1.5")
@@ -337,13 +334,7 @@ async def test_a_second_delivery_of_a_finished_keyed_start_neither_reruns_it_nor
             msg_id=f"turn:{inv}:test",
         )
         result = await client.wait(inv, timeout=15)
-        for _ in range(200):  # until the slow delivery is settled too
-            info = await t.js.consumer_info(t.names.command_stream, "processor")
-            if not (info.num_ack_pending or info.num_pending):
-                break
-            await asyncio.sleep(0.05)
-        else:
-            pytest.fail("the slow delivery was never settled")
+        await _wait_until_settled(t, 10)  # the slow delivery too
         holder = KeyRecord.parse((await t.key_record("k"))[0]).active
         after = await client.invoke("keyed", partition_key="k", timeout=15)
     assert _SlowKeyRead.stalled == 1
@@ -354,12 +345,12 @@ async def test_a_second_delivery_of_a_finished_keyed_start_neither_reruns_it_nor
 
 async def _wait_until_settled(t: Transport, timeout: float = 15) -> None:
     """Until the processors' consumer holds nothing (every command acked or terminated)."""
-    for _ in range(int(timeout / 0.05)):
+
+    async def settled() -> bool:
         info = await t.js.consumer_info(t.names.command_stream, "processor")
-        if not (info.num_ack_pending or info.num_pending):
-            return
-        await asyncio.sleep(0.05)
-    pytest.fail("the command was never settled")
+        return not (info.num_ack_pending or info.num_pending)
+
+    await assert_eventually_async(settled, timeout, "every command settled", interval=0.05)
 
 
 class _StepA:

@@ -41,7 +41,7 @@ from durable_core._transport import Transport
 from durable_core.config import NatsConfig
 
 from . import soak, workload
-from .conftest import SETTINGS, ChaosCluster
+from .run_settings import SETTINGS, ChaosCluster
 from .nemesis import KINDS, Nemesis
 from .runlog import RunLog
 from .system import System

@@ -25,7 +25,7 @@ import yaml
 
 from durable_core.testing import nats_server_release
 
-from ._kubelet import Namespace, Pod, PodFailure
+from ._kubelet import Namespace, Pod, PodFailedError
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "deploy" / "helm" / "durable"
@@ -87,7 +87,7 @@ def tilt_setup() -> TiltSetup:
     function = re.search(r"^def dev_entrypoint\(service\):\n(?:    .*\n|\n)+", source, re.M)
     assert site and function, "the Tiltfile no longer has SITE_PACKAGES or dev_entrypoint()"
     scope: dict[str, Any] = {"SITE_PACKAGES": site.group(1)}
-    exec(function.group(0), scope)  # noqa: S102 - the repository's own Tiltfile
+    exec(function.group(0), scope)  # the repository's own Tiltfile
     return TiltSetup(values, site.group(1), scope["dev_entrypoint"])
 
 
@@ -138,7 +138,7 @@ class ImageMap:
             return str(self.images[service])
         if repository == "nats" and tag.endswith("-alpine"):
             return self.nats_image(tag.removesuffix("-alpine"))
-        raise PodFailure(f"ErrImagePull: no image {ref} here (and no registry)")
+        raise PodFailedError(f"ErrImagePull: no image {ref} here (and no registry)")
 
     def nats_image(self, version: str) -> str:
         """durable-nats:<version> from that release's nats-server binary (built once)."""
@@ -211,7 +211,7 @@ def scrape_targets(
 
 
 def scrape(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=5) as reply:  # noqa: S310 - a pod on our network
+    with urllib.request.urlopen(url, timeout=5) as reply:  # a pod on our network
         return str(reply.read().decode())
 
 

@@ -52,7 +52,7 @@ Obj = dict[str, Any]
 WORKLOAD_KINDS = ("Deployment", "StatefulSet")
 
 
-class PodFailure(AssertionError):
+class PodFailedError(AssertionError):
     """A pod Kubernetes would not run, or would restart (the message says why, with logs)."""
 
 
@@ -78,7 +78,7 @@ class Pod:
         for p in container.get("ports") or []:
             if p.get("name") == port:
                 return int(p["containerPort"])
-        raise PodFailure(f"{self.name}: no port named {port!r}")
+        raise PodFailedError(f"{self.name}: no port named {port!r}")
 
 
 @dataclass
@@ -142,7 +142,7 @@ class Namespace:
             key = (doc["kind"], doc["metadata"]["name"])
             owner = self.owners.get(key)
             if owner is not None and owner != release:
-                raise PodFailure(
+                raise PodFailedError(
                     f'{key[0]} "{key[1]}" exists and belongs to release {owner!r}: '
                     f"installing {release!r} fails"
                 )
@@ -157,7 +157,7 @@ class Namespace:
         if obj is None:
             if optional:
                 return None
-            raise PodFailure(f'CreateContainerConfigError: {kind.lower()} "{name}" not found')
+            raise PodFailedError(f'CreateContainerConfigError: {kind.lower()} "{name}" not found')
         data = {k: str(v) for k, v in (obj.get("data") or {}).items()}
         if kind == "Secret":
             data = {k: base64.b64decode(v).decode() for k, v in data.items()}
@@ -165,7 +165,7 @@ class Namespace:
         if key is not None and key not in data:
             if optional:
                 return None
-            raise PodFailure(f'CreateContainerConfigError: key "{key}" not in {kind} "{name}"')
+            raise PodFailedError(f'CreateContainerConfigError: key "{key}" not in {kind} "{name}"')
         return data
 
     def _env(self, pod: Pod, container: Obj) -> dict[str, str]:
@@ -224,7 +224,7 @@ class Namespace:
         directory.mkdir(parents=True, exist_ok=True)
         for item in items:
             if item["key"] not in data:
-                raise PodFailure(f'{pod.name}: key "{item["key"]}" not in {kind} "{name}"')
+                raise PodFailedError(f'{pod.name}: key "{item["key"]}" not in {kind} "{name}"')
             target = directory / item["path"]
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(data[item["key"]])
@@ -253,7 +253,7 @@ class Namespace:
                 continue
             volume = volumes.get(name)
             if volume is None:
-                raise PodFailure(f"{pod.name}: volumeMount {name} names no volume")
+                raise PodFailedError(f"{pod.name}: volumeMount {name} names no volume")
             if "emptyDir" in volume:
                 if len(pod.spec["containers"]) > 1 and any(
                     m["name"] == name
@@ -302,7 +302,7 @@ class Namespace:
         for container in pod.spec["containers"]:
             try:
                 found.add(pod.port(container, target))
-            except PodFailure:
+            except PodFailedError:
                 continue
         return found
 
@@ -341,10 +341,10 @@ class Namespace:
         claims: frozenset[str] | set[str] = frozenset(),
         headless: str | None = None,
     ) -> Pod:
-        """Admit and start one pod; raise PodFailure where Kubernetes would not run it."""
+        """Admit and start one pod; raise PodFailedError where Kubernetes would not run it."""
         problems = admission_problems(spec, labels)
         if problems:
-            raise PodFailure(f"pod {name} refused:\n  " + "\n  ".join(problems))
+            raise PodFailedError(f"pod {name} refused:\n  " + "\n  ".join(problems))
         pod = Pod(name=name, spec=spec, labels=labels)
         context = spec.get("securityContext") or {}
         first = ""
@@ -369,7 +369,7 @@ class Namespace:
             if user is None:
                 user = self._image_user(container["image"])
                 if not str(user).isdigit() or int(user) == 0:
-                    raise PodFailure(
+                    raise PodFailedError(
                         f"CreateContainerConfigError: {name}/{container['name']} runs as "
                         f"{user!r}: runAsNonRoot needs a numeric non-root user"
                     )
@@ -489,7 +489,7 @@ class Namespace:
 
     def wait_ready(self, pods: list[Pod], cap: float = 90) -> dict[str, float]:
         """Wait until every container of every pod is ready, by kubelet's rules; return the
-        seconds each pod took. PodFailure: a container exited, or a startup or liveness probe
+        seconds each pod took. PodFailedError: a container exited, or a startup or liveness probe
         failed often enough that kubelet would kill it, or `cap` seconds passed."""
         state: dict[tuple[str, str], dict[str, Any]] = {}
         for pod in pods:
@@ -505,7 +505,7 @@ class Namespace:
                 pod = by_name[pod_name]
                 alive, why = self.running(pod)
                 if not alive:
-                    raise PodFailure(why)
+                    raise PodFailedError(why)
                 container = pod.container(c_name)
                 if not s["started"]:
                     s["started"] = self._counted(pod, container, "startupProbe", s)
@@ -525,7 +525,7 @@ class Namespace:
             if time.monotonic() > deadline:
                 waiting = sorted({p for (p, _), s in state.items() if not s["ready"]})
                 logs = "\n".join(f"--- {p}\n{self.logs(by_name[p])}" for p in waiting)
-                raise PodFailure(f"not ready within {cap:.0f}s: {waiting}\n{logs}")
+                raise PodFailedError(f"not ready within {cap:.0f}s: {waiting}\n{logs}")
             time.sleep(0.25)
 
     def _counted(self, pod: Pod, container: Obj, kind: str, s: dict[str, Any]) -> bool:
@@ -544,7 +544,7 @@ class Namespace:
             s[f"{kind}-at"] = now
             s[kind] = s.get(kind, 0) + 1
             if s[kind] >= probe.get("failureThreshold", 3):
-                raise PodFailure(
+                raise PodFailedError(
                     f"{pod.name}/{container['name']}: {kind} failed {s[kind]} times ({seen}): "
                     f"kubelet kills the container\n{self.logs(pod, container['name'])}"
                 )

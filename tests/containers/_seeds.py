@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ._chart import CHART, ImageMap, Obj
-from ._kubelet import Namespace, Pod, PodFailure
+from ._kubelet import Namespace, Pod, PodFailedError
 
 # One NATS server per release (JetStream R1): the variants need a NATS each, not a cluster.
 SINGLE = {"nats": {"config": {"cluster": {"enabled": False}}}, "settings": {"replicas": 1}}
@@ -74,7 +74,7 @@ class Verdicts:
     def expect(self, defect: str, action: Callable[[], Any], contains: str) -> None:
         try:
             action()
-        except PodFailure as e:
+        except PodFailedError as e:
             lines = str(e).splitlines()
             assert contains in str(e), f"{defect}: failed for another reason:\n{e}"
             said = [line for line in lines if contains in line][:1]
@@ -84,9 +84,9 @@ class Verdicts:
 
 
 def require(condition: Any, message: str) -> None:
-    """Fail as the emulation does (PodFailure) unless ``condition`` holds."""
+    """Fail as the emulation does (PodFailedError) unless ``condition`` holds."""
     if not condition:
-        raise PodFailure(message)
+        raise PodFailedError(message)
 
 
 def openssl_pki(directory: Path, server_names: list[str]) -> dict[str, dict[str, str]]:

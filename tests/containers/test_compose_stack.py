@@ -88,7 +88,7 @@ class Stack:
             f"http://127.0.0.1:{self.ports['inspector']}{path}",
             headers={"Authorization": f"Bearer {TOKEN}"},
         )
-        with urllib.request.urlopen(request, timeout=10) as reply:  # noqa: S310 - our own port
+        with urllib.request.urlopen(request, timeout=10) as reply:  # our own port
             return json.loads(reply.read())
 
     def spans(self) -> list[dict[str, Any]]:

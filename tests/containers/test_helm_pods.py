@@ -149,7 +149,7 @@ def test_every_pod_comes_up_within_its_probes_and_stays_live(stack: Stack) -> No
     print(f"\nready after (s): {stack.ready}")
     # The three NATS servers form one JetStream cluster (a meta leader).
     monitor = stack.pod("nats").ip
-    with urllib.request.urlopen(f"http://{monitor}:8222/jsz", timeout=5) as reply:  # noqa: S310
+    with urllib.request.urlopen(f"http://{monitor}:8222/jsz", timeout=5) as reply:
         jsz = json.loads(reply.read())
     assert jsz["meta_cluster"]["cluster_size"] == 3 and jsz["meta_cluster"]["leader"], jsz
 
@@ -208,7 +208,7 @@ def test_the_inspector_answers_with_the_charts_token(stack: Stack) -> None:
         f"http://{inspector.ip}:8080/api/executions?limit=5",
         headers={"Authorization": f"Bearer {token}"},
     )
-    with urllib.request.urlopen(request, timeout=10) as reply:  # noqa: S310
+    with urllib.request.urlopen(request, timeout=10) as reply:
         assert reply.status == 200 and "items" in json.loads(reply.read())
 
 

@@ -187,7 +187,7 @@ def read_build_files(root: Path) -> dict[str, BuildFile]:
         names["resources"] = target("resources")
         names["__dependencies_rules__"] = deps_rules
         names["__dependents_rules__"] = dependents_rules
-        exec(compile(path.read_text(), str(path), "exec"), names)  # noqa: S102 - our own BUILD files
+        exec(compile(path.read_text(), str(path), "exec"), names)  # our own BUILD files
         builds[rel] = build
     return builds
 

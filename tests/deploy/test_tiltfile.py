@@ -207,7 +207,7 @@ class Tilt:
 
     def helm(
         self,
-        pathToChartDir: str,
+        pathToChartDir: str,  # noqa: N803 - the name Tilt gives it
         name: str = "",
         namespace: str = "",
         values: Any = (),

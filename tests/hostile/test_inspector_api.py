@@ -1,7 +1,7 @@
 """Hostile requests to the inspector's JSON API (no NATS).
 
-The app runs in Starlette's TestClient on the inspector's own test double (FakeClient from
-services/inspector/tests/_fakes.py) for the execution watch. The calls that take user input
+The app runs in Starlette's TestClient on a client whose execution watch gives a few awkward
+summaries (as the inspector's own FakeClient does in its unit tests). The calls that take user input
 (invoke, get_result, signal, resolve/reject awakeable) go to a real durable_core ``Client`` on an
 in-memory transport, so the engine's own intake checks (ids, names, keys, payload limit) answer
 them, as they would in production. Every answer must be 2xx or 4xx (501 where the Client has no
@@ -11,15 +11,11 @@ traceback.
 
 from __future__ import annotations
 
+import asyncio
 import base64
-import importlib.util
 import json
-import sys
-import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 from urllib.parse import quote
 
@@ -28,26 +24,14 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from durable_core import Client, EngineConfig, Status
+from durable_core import Client, EngineConfig, ExecutionSummary, NatsConfig
 from durable_core._naming import Names
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import JournalRecord, StateRecord
+from durable_core.testing import assert_eventually
 from durable_inspector.app import create_app
 from durable_inspector.index import MAX_LIMIT
-
-
-def _load_fakes() -> ModuleType:
-    """The inspector's own test doubles, loaded by path (test folders are not packages here)."""
-    path = Path(__file__).resolve().parents[2] / "services" / "inspector" / "tests" / "_fakes.py"
-    spec = importlib.util.spec_from_file_location("_inspector_test_fakes", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-fakes = _load_fakes()
+from durable_inspector.settings import InspectorSettings
 
 API_SETTINGS = settings(max_examples=120, deadline=None)
 ALLOWED_ERRORS = {400, 404, 405, 409, 501}
@@ -129,20 +113,38 @@ class MemoryTransport:
         return [JournalRecord(e, i, f"m{i}") for i, e in enumerate(entries, start=1)]
 
 
-class HostileClient(fakes.FakeClient):  # type: ignore[misc, name-defined]
-    """FakeClient's watch (a snapshot with awkward values); the real Client for user input."""
+def _summary(invocation_id: str, *, created: float = 0, **fields: Any) -> ExecutionSummary:
+    """A completed hello_workflow created ``created`` seconds after 2026-11-28 12:00 UTC,
+    updated then, with ``fields`` set."""
+    at_ms = int(1_795_867_200_000 + created * 1000)
+    st_ = _state(
+        invocation_id, created_at_ms=at_ms, updated_at_ms=at_ms, journal_length=0, **fields
+    )
+    return ExecutionSummary.from_pb(st_, 1)
+
+
+class HostileClient:
+    """A watch of a snapshot with awkward values; the real Client for user input."""
+
+    SNAPSHOT = (
+        _summary("a", workflow="wf ☃", partition_key="k\x00.*>", status=pb.STATUS_RUNNING),
+        _summary("b", workflow="", partition_key="", status=pb.STATUS_FAILED, created=-1e9),
+        _summary("c", partition_key="\u202e", status=pb.STATUS_RUNNING, created=1e9),
+        _summary("ok-1", partition_key="ok-1"),
+    )
 
     def __init__(self) -> None:
-        super().__init__(
-            [
-                fakes.summary("a", workflow="wf ☃", key="k\x00.*>", status=Status.RUNNING),
-                fakes.summary("b", workflow="", key="", status=Status.FAILED, created=-1e9),
-                fakes.summary("c", workflow="hello_workflow", key="\u202e", created=1e9),
-                fakes.summary("ok-1", workflow="hello_workflow", status=Status.COMPLETED),
-            ]
-        )
         self.transport = MemoryTransport()
         self.real = Client(self.transport)  # type: ignore[arg-type]
+
+    async def watch_executions(self) -> AsyncIterator[ExecutionSummary | None]:
+        for summary in self.SNAPSHOT:
+            yield summary
+        yield None  # caught up; no live changes follow
+        await asyncio.Event().wait()
+
+    async def close(self) -> None:
+        return None  # no connection: the transport is in memory
 
     async def invoke_async(self, workflow: Any, args: Any = None, **kw: Any) -> str:
         return await self.real.invoke_async(workflow, args, **kw)
@@ -163,12 +165,20 @@ class HostileClient(fakes.FakeClient):  # type: ignore[misc, name-defined]
 @pytest.fixture(scope="module")
 def api() -> Iterator[tuple[TestClient, HostileClient]]:
     client = HostileClient()
-    app = create_app(fakes.settings(), client=client)
+    inspector_settings = InspectorSettings(
+        nats=NatsConfig(),
+        engine=EngineConfig(),
+        jaeger_url="http://jaeger.test:16686",
+        load_plugins=False,
+    )
+    app = create_app(inspector_settings, client=client)
     with TestClient(app, raise_server_exceptions=False) as tc:
-        deadline = time.monotonic() + 5
-        while tc.get("/healthz").status_code != 200:
-            assert time.monotonic() < deadline, "the index never became ready"
-            time.sleep(0.01)
+        assert_eventually(
+            lambda: tc.get("/healthz").status_code == 200,
+            5,
+            "the index to be ready",
+            interval=0.01,
+        )
         yield tc, client
 
 

@@ -9,19 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
+import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
+import nats.js.errors
 import pytest
 import pytest_asyncio
 
-from durable_core import Client, EngineConfig
+from durable_core import Client, EngineConfig, NotFoundError
+from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import Transport
 from durable_core.config import NatsConfig
-from durable_core.testing import NatsCluster
-
-from ._stack import Stack
+from durable_core.testing import (
+    ChildProcess,
+    NatsCluster,
+    ProcessStack,
+    assert_eventually_async,
+    free_port,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -52,8 +60,8 @@ def engine(prefix: str) -> EngineConfig:
 
 
 @pytest.fixture
-def stack(cluster: NatsCluster, prefix: str, tmp_path: Path) -> Iterator[Stack]:
-    s = Stack(cluster.url, prefix, tmp_path)
+def stack(cluster: NatsCluster, prefix: str, tmp_path: Path) -> Iterator[ProcessStack]:
+    s = ProcessStack(cluster.url, prefix, tmp_path)
     try:
         yield s
     finally:
@@ -92,3 +100,96 @@ async def transport(cluster: NatsCluster, engine: EngineConfig) -> AsyncIterator
         yield t
     finally:
         await t.close()
+
+
+# -- what the tests read about the engine (fixtures, so no test module imports another) -------
+
+
+@pytest.fixture
+def kinds(transport: Transport) -> Callable[[str], Awaitable[list[str]]]:
+    """The kinds of an invocation's journal entries, oldest first (``"STEP"``, ``"COMPLETED"``)."""
+
+    async def kinds(invocation_id: str) -> list[str]:
+        records = await transport.read_journal(invocation_id)
+        return [pb.EntryKind.Name(r.entry.kind).removeprefix("ENTRY_KIND_") for r in records]
+
+    return kinds
+
+
+@pytest.fixture
+def consumer_idle(transport: Transport) -> Callable[[], Awaitable[bool]]:
+    """Whether no command waits or is unacked, and the processors' consumer has been handed the
+    newest command: a consumer led by a replica that has not applied the latest publish yet
+    reports nothing pending (a full local run caught an unprocessed command that way)."""
+
+    async def consumer_idle() -> bool:
+        n = transport.names
+        info = await transport.js.consumer_info(n.command_stream, "processor")
+        if info.num_ack_pending or info.num_pending:
+            return False
+        try:  # the stream leader's newest command (acked ones are gone: a work queue)
+            newest = await transport.js.get_msg(n.command_stream, subject=n.command_subjects)
+        except nats.js.errors.NotFoundError:
+            return True
+        return info.delivered.stream_seq >= (newest.seq or 0)
+
+    return consumer_idle
+
+
+@pytest.fixture
+def status_of(client: Client) -> Callable[[str], Awaitable[str]]:
+    """An invocation's status (``"completed"``, ``"suspended"``, ...), or ``"missing"``."""
+
+    async def status_of(invocation_id: str) -> str:
+        try:
+            return (await client.get_result(invocation_id)).status.value
+        except NotFoundError:
+            return "missing"
+
+    return status_of
+
+
+@pytest.fixture
+def wait_status(
+    status_of: Callable[[str], Awaitable[str]],
+) -> Callable[[str, str], Awaitable[None]]:
+    """Wait (bounded, 30 s) until an invocation has a status."""
+
+    async def wait_status(invocation_id: str, status: str) -> None:
+        async def reached() -> bool:
+            return await status_of(invocation_id) == status
+
+        await assert_eventually_async(reached, 30, f"{invocation_id} to be {status}")
+
+    return wait_status
+
+
+@pytest.fixture
+def start_scheduler(stack: ProcessStack) -> Callable[..., tuple[ChildProcess, int]]:
+    """Start a scheduler replica of the stack with its own metrics port: ``(process, port)``."""
+
+    def start_scheduler(name: str, **env: str) -> tuple[ChildProcess, int]:
+        port = free_port()
+        # A replica that dies holding a tick loses it to the other after 3 s.
+        env = {"durable_metrics_port": str(port), "durable_ack_wait": "3", **env}
+        return stack.start_scheduler(name, **env), port
+
+    return start_scheduler
+
+
+@pytest.fixture
+def metric() -> Callable[..., float]:
+    """A Prometheus sample from the /metrics of a port on 127.0.0.1, 0 if there is none:
+    ``metric(port, name)`` for a metric without labels, ``metric(port, name, schedule="x")``
+    for one with."""
+
+    def metric(port: int, name: str, **labels: str) -> float:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = str(r.read().decode())
+        if labels:
+            name += "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
+        m = re.search(rf"^{name} (\S+)$", text, re.M)
+        return float(m.group(1)) if m else 0.0
+
+    return metric

@@ -19,9 +19,7 @@ from typing import Any
 import pytest
 
 from durable_core import Client
-
-from ._stack import Stack
-from .test_foundation import eventually
+from durable_core.testing import ProcessStack, assert_eventually_async
 
 pytestmark = pytest.mark.integration
 
@@ -32,11 +30,11 @@ def ok(cp: subprocess.CompletedProcess[str]) -> str:
     return cp.stdout
 
 
-async def cli(stack: Stack, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+async def cli(stack: ProcessStack, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
     return await asyncio.to_thread(stack.cli, *args, **kw)
 
 
-async def view(stack: Stack, invocation_id: str) -> dict[str, Any]:
+async def view(stack: ProcessStack, invocation_id: str) -> dict[str, Any]:
     return json.loads(ok(await cli(stack, "status", invocation_id, "--json")))  # type: ignore[no-any-return]
 
 
@@ -46,7 +44,7 @@ def started_id(stderr: str) -> str:
     return match.group(1)
 
 
-async def test_invoke_inputs_listing_and_id_reuse(stack: Stack, tmp_path: Path) -> None:
+async def test_invoke_inputs_listing_and_id_reuse(stack: ProcessStack, tmp_path: Path) -> None:
     stack.start_service()
     stack.start_processor("p-cli")
     doc = tmp_path / "args.json"
@@ -89,7 +87,7 @@ async def test_invoke_inputs_listing_and_id_reuse(stack: Stack, tmp_path: Path) 
     assert created == sorted(created, reverse=True) and len(listed) == 3  # '"Ada"' never got in
 
 
-async def test_waits_lifecycle_and_what_status_shows(stack: Stack, client: Client) -> None:
+async def test_waits_lifecycle_and_what_status_shows(stack: ProcessStack, client: Client) -> None:
     stack.start_service()
     stack.start_processor("p-cli")
     args = {"expense_id": "e-cli", "amount_cents": 4200, "hold_seconds": 3600}
@@ -104,7 +102,9 @@ async def test_waits_lifecycle_and_what_status_shows(stack: Stack, client: Clien
         v = await view(stack, inv)
         return v if v["status"] == "suspended" and len(v["steps"]) == 4 else None
 
-    v = await eventually(suspended, 30, "the expense to wait for its hold and its approval")
+    v = await assert_eventually_async(
+        suspended, 30, "the expense to wait for its hold and its approval"
+    )
     assert v["args"] == args and v["actions"] == ["pause", "cancel"]
     sleep, awakeable = v["steps"][2:]
     assert sleep["kind"] == "sleep" and sleep["state"] == "waiting"
@@ -141,7 +141,7 @@ async def test_waits_lifecycle_and_what_status_shows(stack: Stack, client: Clien
         step = (await view(stack, inv))["steps"][3]
         return step if step["state"] == "completed" else None
 
-    step = await eventually(approved, 30, "the awakeable's payload in status")
+    step = await assert_eventually_async(approved, 30, "the awakeable's payload in status")
     assert step["output"] == {"approver": "ann"} and step["detail"]["completed_at"]
     assert ok(await cli(stack, "cancel", inv)).strip() == f"{inv}: cancelled"
     cp = await cli(stack, "cancel", inv)
@@ -164,7 +164,7 @@ async def test_waits_lifecycle_and_what_status_shows(stack: Stack, client: Clien
     assert step["output"] == {"by": "cy"} and step["state"] == "completed"
 
 
-async def test_retry_rerun_and_fork_show_where_they_came_from(stack: Stack) -> None:
+async def test_retry_rerun_and_fork_show_where_they_came_from(stack: ProcessStack) -> None:
     stack.start_service()
     stack.start_processor("p-cli")
     # The step fails twice with two attempts allowed: the invocation fails (exit 1).
@@ -183,7 +183,7 @@ async def test_retry_rerun_and_fork_show_where_they_came_from(stack: Stack) -> N
         v = await view(stack, inv)
         return v if v["status"] == "completed" else None
 
-    v = await eventually(completed, 30, "the retried invocation to complete")
+    v = await assert_eventually_async(completed, 30, "the retried invocation to complete")
     (retry,) = v["retries"]  # the body's failure is kept, with when it was retried
     assert retry["type"] == "StepFailedError" and retry["failed_at"] < retry["retried_at"]
     assert [h["status"] for h in v["history"]][-3:] == ["failed", "pending", "running"][:2] + [
@@ -219,12 +219,12 @@ async def test_retry_rerun_and_fork_show_where_they_came_from(stack: Stack) -> N
         v = await view(stack, fork["invocation_id"])
         return v if v["status"] == "completed" else None
 
-    v = await eventually(forked, 30, "the fork to complete")
+    v = await assert_eventually_async(forked, 30, "the fork to complete")
     assert v["forked_from"] == order["invocation_id"] and v["fork_from_step"] == 2
     assert [s["copied_from"] for s in v["steps"]] == [order["invocation_id"], None, None]
 
 
-def test_invoke_shows_a_live_status_line_on_a_terminal(stack: Stack) -> None:
+def test_invoke_shows_a_live_status_line_on_a_terminal(stack: ProcessStack) -> None:
     stack.start_service()
     stack.start_processor("p-cli")
     primary, secondary = pty.openpty()

@@ -11,9 +11,8 @@ import pytest
 from durable_core import Client, InvocationTimeoutError
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import Transport
-from durable_core.testing import NatsCluster
-
-from ._stack import Stack
+from durable_core.testing import NatsCluster, ProcessStack
+from order_processing.testing import OrderServiceControl
 
 pytestmark = pytest.mark.integration
 
@@ -53,11 +52,11 @@ async def _diagnosis(transport: Transport, cluster: NatsCluster, cut: str) -> st
 
 @pytest.mark.parametrize("fault", ["partition", "pause"])
 async def test_workflows_complete_while_the_journal_leader_is_cut_off(
-    fault: str, stack: Stack, client: Client, transport: Transport, cluster: NatsCluster
+    fault: str, stack: ProcessStack, client: Client, transport: Transport, cluster: NatsCluster
 ) -> None:
     if cluster.backend != "docker":
         pytest.skip("Docker's network partitions need the Docker backend (make images)")
-    service = stack.start_service()
+    service = OrderServiceControl(stack.start_service().channel)
     # A command the consumer hands out through the node that then freezes is lost in that
     # node's buffers; nothing but ack-wait brings it back (the processor never saw it, so it
     # cannot give it back or list it in its lease). Hence a short ack-wait here: the bound.

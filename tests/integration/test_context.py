@@ -7,6 +7,7 @@ import asyncio
 import json
 import time
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,41 +22,33 @@ from durable_core import (
     WorkflowFailedError,
 )
 from durable_core._transport import Transport
+from durable_core.testing import ProcessStack, assert_eventually_async
 from expense_approval import Decision, expense_approval
-
-from ._stack import Stack
-from .test_foundation import GREETING, consumer_idle, eventually, kinds
+from order_processing.testing import OrderServiceControl
 
 pytestmark = pytest.mark.integration
 
-
-async def status_of(client: Client, invocation_id: str) -> str:
-    try:
-        return (await client.get_result(invocation_id)).status.value
-    except NotFoundError:
-        return "missing"
-
-
-async def wait_status(client: Client, invocation_id: str, status: str, timeout: float = 30) -> None:
-    async def reached() -> bool:
-        return await status_of(client, invocation_id) == status
-
-    await eventually(reached, timeout, f"{invocation_id} to be {status}")
+GREETING = "Hello, {}! Welcome to Durable Execution on NATS JetStream."
 
 
 # -- durable sleep ------------------------------------------------------------------------
 
 
 async def test_sleep_survives_a_processor_restart_and_wakes_on_time(
-    stack: Stack, client: Client, transport: Transport
+    stack: ProcessStack,
+    client: Client,
+    transport: Transport,
+    kinds: Callable[[str], Awaitable[list[str]]],
+    consumer_idle: Callable[[], Awaitable[bool]],
+    wait_status: Callable[[str, str], Awaitable[None]],
 ) -> None:
     stack.start_service()
     first = stack.start_processor("p-sleep-1")
     inv = "sleepy-1"
     await client.invoke_async("delayed_greeting", {"name": "Sleepy", "delay_seconds": 6}, id=inv)
-    await wait_status(client, inv, "suspended")
+    await wait_status(inv, "suspended")
     first.kill()  # nothing runs it now; the timer lives on the server
-    await eventually(lambda: consumer_idle(transport), 10, "no un-acked command while asleep")
+    await assert_eventually_async(consumer_idle, 10, "no un-acked command while asleep")
     await asyncio.to_thread(time.sleep, 2)
     stack.start_processor("p-sleep-2")
     result = await client.wait(inv, timeout=30)
@@ -67,11 +60,15 @@ async def test_sleep_survives_a_processor_restart_and_wakes_on_time(
     assert woke >= deadline  # ctx.now() after waking reflects the recorded wake time
     assert done - deadline.timestamp() < 1.5, done - deadline.timestamp()  # on time
     assert [s.kind for s in result.steps] == ["sleep", "call"]
-    assert "SUSPENDED" in await kinds(transport, inv)
+    assert "SUSPENDED" in await kinds(inv)
 
 
 async def test_a_thousand_sleeping_workflows_hold_no_slots(
-    stack: Stack, client: Client, transport: Transport
+    stack: ProcessStack,
+    client: Client,
+    transport: Transport,
+    consumer_idle: Callable[[], Awaitable[bool]],
+    status_of: Callable[[str], Awaitable[str]],
 ) -> None:
     stack.start_service()
     stack.start_processor("p-many", "--max-concurrent", "20")
@@ -85,29 +82,34 @@ async def test_a_thousand_sleeping_workflows_hold_no_slots(
         )
 
     async def all_asleep() -> bool:
-        sample = await asyncio.gather(*(status_of(client, i) for i in ids[::50]))
-        return all(s == "suspended" for s in sample) and await consumer_idle(transport)
+        sample = await asyncio.gather(*(status_of(i) for i in ids[::50]))
+        return all(s == "suspended" for s in sample) and await consumer_idle()
 
-    await eventually(all_asleep, 180, "1,000 workflows to be suspended")
+    await assert_eventually_async(all_asleep, 180, "1,000 workflows to be suspended")
     started = time.monotonic()
     result = await client.invoke("hello_workflow", {"name": "Awake"}, timeout=30)
     assert result.output == {"message": GREETING.format("Awake")}
     assert time.monotonic() - started < 5  # a further workflow runs at once
-    statuses = await asyncio.gather(*(status_of(client, i) for i in ids))
+    statuses = await asyncio.gather(*(status_of(i) for i in ids))
     assert set(statuses) == {"suspended"}
 
 
 # -- awakeables and signals ----------------------------------------------------------------
 
 
-async def test_awakeable_resolved_while_no_processor_runs(stack: Stack, client: Client) -> None:
+async def test_awakeable_resolved_while_no_processor_runs(
+    stack: ProcessStack,
+    client: Client,
+    status_of: Callable[[str], Awaitable[str]],
+    wait_status: Callable[[str, str], Awaitable[None]],
+) -> None:
     stack.start_service()
     processor = stack.start_processor("p-awk-1")
     inv = "expense-1"
     await client.invoke_async(
         "expense_approval", {"expense_id": "e-1", "amount_cents": 4200}, id=inv
     )
-    await wait_status(client, inv, "suspended")
+    await wait_status(inv, "suspended")
     assert await asyncio.to_thread(processor.stop) == 0
     cp = await asyncio.to_thread(
         stack.cli, "awakeable", "resolve", f"awk.{inv}.1", "--payload", '{"approver": "ann"}'
@@ -116,18 +118,20 @@ async def test_awakeable_resolved_while_no_processor_runs(stack: Stack, client: 
     with pytest.raises(AlreadyResolvedError):
         await client.resolve_awakeable(f"awk.{inv}.1", {"approver": "bob"})
     await asyncio.sleep(1)
-    assert await status_of(client, inv) == "suspended"  # no processor: nothing ran
+    assert await status_of(inv) == "suspended"  # no processor: nothing ran
     stack.start_processor("p-awk-2")
     result = await client.wait(inv, timeout=30)
     assert result.output == {"expense_id": "e-1", "approved": True, "by": "ann", "reason": ""}
 
 
-async def test_rejected_awakeable_and_bad_resolutions(stack: Stack, client: Client) -> None:
+async def test_rejected_awakeable_and_bad_resolutions(
+    stack: ProcessStack, client: Client, wait_status: Callable[[str, str], Awaitable[None]]
+) -> None:
     stack.start_service()
     stack.start_processor("p-awk")
     inv = "expense-2"
     await client.invoke_async("expense_approval", {"expense_id": "e-2", "amount_cents": 1}, id=inv)
-    await wait_status(client, inv, "suspended")
+    await wait_status(inv, "suspended")
     await client.reject_awakeable(f"awk.{inv}.1", "over budget")
     result = await client.wait(inv, timeout=30)
     assert result.output["approved"] is False and result.output["reason"] == "over budget"
@@ -141,12 +145,14 @@ async def test_rejected_awakeable_and_bad_resolutions(stack: Stack, client: Clie
     assert cp.returncode == 6 and "already" in cp.stderr
 
 
-async def test_signal_sent_before_the_wait_is_kept(stack: Stack, client: Client) -> None:
+async def test_signal_sent_before_the_wait_is_kept(
+    stack: ProcessStack, client: Client, wait_status: Callable[[str, str], Awaitable[None]]
+) -> None:
     stack.start_service()
     stack.start_processor("p-sig")
     inv = "signal-1"
     await client.invoke_async("expense_by_signal", {"sleep_seconds": 4}, id=inv)
-    await wait_status(client, inv, "suspended")  # asleep, not yet waiting for the signal
+    await wait_status(inv, "suspended")  # asleep, not yet waiting for the signal
     await client.signal(inv, "approved", {"by": "carol"})
     result = await client.wait(inv, timeout=30)
     assert result.output == {"approved": True, "payload": {"by": "carol"}}
@@ -160,7 +166,10 @@ async def test_signal_sent_before_the_wait_is_kept(stack: Stack, client: Client)
 
 
 async def test_state_children_and_delayed_sends(
-    stack: Stack, client: Client, transport: Transport
+    stack: ProcessStack,
+    client: Client,
+    transport: Transport,
+    kinds: Callable[[str], Awaitable[list[str]]],
 ) -> None:
     stack.start_service()
     stack.start_processor("p-kids")
@@ -197,18 +206,20 @@ async def test_state_children_and_delayed_sends(
     sent_result = await client.wait(sent, timeout=30)
     assert sent_result.output == {"message": GREETING.format("Later")}
     # The sender was replayed after its sleep; the send was read back, never repeated.
-    assert (await kinds(transport, "sender-1")).count("SEND") == 1
-    assert (await kinds(transport, sent)).count("COMPLETED") == 1
-    assert "CLAIM" not in await kinds(transport, sent)  # one delivery of the start: run once
+    assert (await kinds("sender-1")).count("SEND") == 1
+    assert (await kinds(sent)).count("COMPLETED") == 1
+    assert "CLAIM" not in await kinds(sent)  # one delivery of the start: run once
 
 
-async def test_delayed_invocation_from_the_client(stack: Stack, client: Client) -> None:
+async def test_delayed_invocation_from_the_client(
+    stack: ProcessStack, client: Client, status_of: Callable[[str], Awaitable[str]]
+) -> None:
     stack.start_service()
     stack.start_processor("p-delay")
     submitted = time.time()
     inv = await client.invoke_async("hello_workflow", {"name": "Soon"}, delay=timedelta(seconds=3))
     await asyncio.sleep(1)
-    assert await status_of(client, inv) == "pending"
+    assert await status_of(inv) == "pending"
     result = await client.wait(inv, timeout=30)
     assert result.output == {"message": GREETING.format("Soon")}
     assert result.steps[0].at.timestamp() >= submitted + 2.0  # it did not start early
@@ -220,7 +231,7 @@ async def test_delayed_invocation_from_the_client(stack: Stack, client: Client) 
 # -- typed I/O and bad input ---------------------------------------------------------------
 
 
-async def test_typed_input_is_checked_at_intake(stack: Stack, client: Client) -> None:
+async def test_typed_input_is_checked_at_intake(stack: ProcessStack, client: Client) -> None:
     stack.start_service()
     stack.start_processor("p-typed")
     with pytest.raises(InvalidInputError, match="Expense"):
@@ -233,7 +244,7 @@ async def test_typed_input_is_checked_at_intake(stack: Stack, client: Client) ->
     assert (await client.get_result("typed-bad")).steps == ()  # refused before any step
 
 
-async def test_bad_sleep_fails_clearly(stack: Stack, client: Client) -> None:
+async def test_bad_sleep_fails_clearly(stack: ProcessStack, client: Client) -> None:
     stack.start_service()
     stack.start_processor("p-bad")
     with pytest.raises(WorkflowFailedError) as err:
@@ -247,7 +258,7 @@ async def test_bad_sleep_fails_clearly(stack: Stack, client: Client) -> None:
 
 
 async def test_per_key_order_across_four_processors(
-    stack: Stack, client: Client, tmp_path: Path
+    stack: ProcessStack, client: Client, tmp_path: Path
 ) -> None:
     record = tmp_path / "calls.jsonl"
     stack.start_service(ORDER_SERVICE_RECORD_FILE=str(record))
@@ -276,8 +287,10 @@ async def test_per_key_order_across_four_processors(
         assert seen == expected, f"key {key} ran out of order or overlapped: {seen[:12]}"
 
 
-async def test_other_keys_run_while_one_key_is_busy(stack: Stack, client: Client) -> None:
-    service = stack.start_service()
+async def test_other_keys_run_while_one_key_is_busy(
+    stack: ProcessStack, client: Client, status_of: Callable[[str], Awaitable[str]]
+) -> None:
+    service = OrderServiceControl(stack.start_service().channel)
     service.set_delay("Charge", 3000)
     stack.start_processor("p-keys")
     slow = await client.invoke_async(
@@ -289,6 +302,6 @@ async def test_other_keys_run_while_one_key_is_busy(stack: Stack, client: Client
     await asyncio.sleep(0.5)
     free = await client.invoke("hello_workflow", {"name": "Free"}, partition_key="other")
     assert free.status == "completed"
-    assert await status_of(client, queued) == "pending"
+    assert await status_of(queued) == "pending"
     first, second = await client.wait(slow, timeout=30), await client.wait(queued, timeout=30)
     assert first.updated_at is not None and second.steps[0].at >= first.updated_at

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -14,10 +13,9 @@ import pytest
 from durable_core import Client, EngineConfig, NatsConfig, WorkflowFailedError
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import Transport, connect_nats
-from durable_core.testing import NatsCluster
+from durable_core.testing import NatsCluster, ProcessStack, assert_eventually_async
 from durable_examples.hello.v1.hello_pb2 import HelloResponse
-
-from ._stack import Stack
+from order_processing.testing import OrderServiceControl
 
 pytestmark = pytest.mark.integration
 
@@ -25,44 +23,12 @@ GREETING = "Hello, {}! Welcome to Durable Execution on NATS JetStream."
 ORDER = "/durable_examples.order.v1.OrderService/"
 
 
-async def eventually(
-    predicate: Callable[[], Awaitable[Any]], timeout: float, what: str, interval: float = 0.1
-) -> Any:
-    """Await ``predicate`` until it returns something truthy (bounded)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        await asyncio.sleep(interval)
-
-
-async def kinds(transport: Transport, invocation_id: str) -> list[str]:
-    records = await transport.read_journal(invocation_id)
-    return [pb.EntryKind.Name(r.entry.kind).removeprefix("ENTRY_KIND_") for r in records]
-
-
-async def consumer_idle(transport: Transport) -> bool:
-    """No command waits or is unacked, and the processors' consumer has been handed the newest
-    command: a consumer led by a replica that has not applied the latest publish yet reports
-    nothing pending (a full local run caught an unprocessed command that way)."""
-    n = transport.names
-    info = await transport.js.consumer_info(n.command_stream, "processor")
-    if info.num_ack_pending or info.num_pending:
-        return False
-    try:  # the stream leader's newest command (acked ones are gone: a work queue)
-        newest = await transport.js.get_msg(n.command_stream, subject=n.command_subjects)
-    except nats.js.errors.NotFoundError:
-        return True
-    return info.delivered.stream_seq >= (newest.seq or 0)
-
-
 # -- a. hello_workflow end to end -----------------------------------------------------------
 
 
-async def test_hello_workflow_through_the_client_and_the_cli(stack: Stack, client: Client) -> None:
+async def test_hello_workflow_through_the_client_and_the_cli(
+    stack: ProcessStack, client: Client
+) -> None:
     stack.start_service()
     stack.start_processor("p1")
 
@@ -92,9 +58,13 @@ async def test_hello_workflow_through_the_client_and_the_cli(stack: Stack, clien
 
 
 async def test_same_invocation_id_twice_runs_once(
-    stack: Stack, client: Client, transport: Transport
+    stack: ProcessStack,
+    client: Client,
+    transport: Transport,
+    kinds: Callable[[str], Awaitable[list[str]]],
+    consumer_idle: Callable[[], Awaitable[bool]],
 ) -> None:
-    service = stack.start_service()
+    service = OrderServiceControl(stack.start_service().channel)
     stack.start_processor("p1")
     inv = "order-dup-1"
     args = {"order_id": "o-dup", "amount_cents": 500}
@@ -117,22 +87,25 @@ async def test_same_invocation_id_twice_runs_once(
         ),
         msg_id=f"start:{inv}:late",
     )
-    await eventually(lambda: consumer_idle(transport), 20, "the late duplicate to be acked")
+    await assert_eventually_async(consumer_idle, 20, "the late duplicate to be acked")
 
     for method in ("Validate", "Charge", "Ship"):
         assert service.method_counts(method) == {
             f"{inv}:{['Validate', 'Charge', 'Ship'].index(method) + 1}": 1
         }
-    assert (await kinds(transport, inv)).count("COMPLETED") == 1
+    assert (await kinds(inv)).count("COMPLETED") == 1
 
 
 # -- c. processor SIGKILLed during step 2 -------------------------------------------------------
 
 
 async def test_processor_killed_during_step_two_completes_elsewhere(
-    stack: Stack, client: Client, transport: Transport
+    stack: ProcessStack,
+    client: Client,
+    transport: Transport,
+    kinds: Callable[[str], Awaitable[list[str]]],
 ) -> None:
-    service = stack.start_service()
+    service = OrderServiceControl(stack.start_service().channel)
     service.set_delay("Charge", 2000)
     first = stack.start_processor("p-doomed", "--ack-wait", "3")
     inv = "order-crash-1"
@@ -140,7 +113,7 @@ async def test_processor_killed_during_step_two_completes_elsewhere(
         "order_processing", {"order_id": "o-crash", "amount_cents": 700}, id=inv
     )
 
-    await eventually(
+    await assert_eventually_async(
         lambda: asyncio.to_thread(service.method_counts, "Charge"),
         20,
         "step 2 (Charge) to be in flight",
@@ -156,7 +129,7 @@ async def test_processor_killed_during_step_two_completes_elsewhere(
     assert list(charges) == [f"{inv}:2"], charges  # always the same idempotency key
     assert 1 <= charges[f"{inv}:2"] <= 2
     assert service.method_counts("Ship") == {f"{inv}:3": 1}
-    journal = await kinds(transport, inv)
+    journal = await kinds(inv)
     assert journal.count("COMPLETED") == 1 and "CLAIM" in journal
 
 
@@ -164,9 +137,12 @@ async def test_processor_killed_during_step_two_completes_elsewhere(
 
 
 async def test_stale_processor_write_is_rejected(
-    stack: Stack, client: Client, transport: Transport
+    stack: ProcessStack,
+    client: Client,
+    transport: Transport,
+    kinds: Callable[[str], Awaitable[list[str]]],
 ) -> None:
-    service = stack.start_service()
+    service = OrderServiceControl(stack.start_service().channel)
     service.set_delay("Charge", 3500)
     # No heartbeats and one slot: its command is redelivered (to the other processor) while
     # its slow step 2 still runs, and it cannot take the redelivery itself.
@@ -177,7 +153,7 @@ async def test_stale_processor_write_is_rejected(
     await client.invoke_async(
         "order_processing", {"order_id": "o-fence", "amount_cents": 900}, id=inv
     )
-    await eventually(
+    await assert_eventually_async(
         lambda: asyncio.to_thread(service.method_counts, "Charge"),
         20,
         "the stale processor to start step 2",
@@ -193,10 +169,10 @@ async def test_stale_processor_write_is_rejected(
     async def finished() -> list[str]:
         # The result can come before every replica has the final entry (direct gets may be
         # answered by any replica), so read until it shows.
-        journal = await kinds(transport, inv)
+        journal = await kinds(inv)
         return journal if "COMPLETED" in journal else []
 
-    journal = await eventually(finished, 10, "the journal's final entry")
+    journal = await assert_eventually_async(finished, 10, "the journal's final entry")
     assert journal.count("COMPLETED") == 1
     assert journal.count("CALL") == 3, journal  # the stale step-2 result was never appended
     assert "CLAIM" in journal
@@ -207,9 +183,13 @@ async def test_stale_processor_write_is_rejected(
 
 
 async def test_stream_leader_killed_while_fifty_workflows_run(
-    stack: Stack, client: Client, transport: Transport, cluster: NatsCluster
+    stack: ProcessStack,
+    client: Client,
+    transport: Transport,
+    cluster: NatsCluster,
+    kinds: Callable[[str], Awaitable[list[str]]],
 ) -> None:
-    service = stack.start_service()
+    service = OrderServiceControl(stack.start_service().channel)
     service.set_delay("Charge", 300)
     stack.start_processor("p1")
     ids = [f"order-ha-{i}" for i in range(50)]
@@ -226,7 +206,7 @@ async def test_stream_leader_killed_while_fifty_workflows_run(
         await asyncio.to_thread(cluster.restart_node, leader)
     assert [r.status for r in results] == ["completed"] * 50
     for inv in ids:
-        assert (await kinds(transport, inv)).count("COMPLETED") == 1
+        assert (await kinds(inv)).count("COMPLETED") == 1
     validates = service.method_counts("Validate")
     assert set(validates) == {f"{inv}:1" for inv in ids}
 
@@ -235,7 +215,11 @@ async def test_stream_leader_killed_while_fifty_workflows_run(
 
 
 async def test_unknown_workflow_fails_clearly_and_is_not_redelivered(
-    stack: Stack, client: Client, transport: Transport
+    stack: ProcessStack,
+    client: Client,
+    transport: Transport,
+    kinds: Callable[[str], Awaitable[list[str]]],
+    consumer_idle: Callable[[], Awaitable[bool]],
 ) -> None:
     stack.start_service()
     stack.start_processor("p1")
@@ -243,10 +227,10 @@ async def test_unknown_workflow_fails_clearly_and_is_not_redelivered(
         await client.invoke("no_such_workflow", {"x": 1}, id="unknown-1", timeout=30)
     assert "unknown workflow 'no_such_workflow'" in str(err.value)
     assert "hello_workflow" in str(err.value)  # the known ones are listed
-    await eventually(lambda: consumer_idle(transport), 20, "the command to be acked")
+    await assert_eventually_async(consumer_idle, 20, "the command to be acked")
     info = await transport.js.consumer_info(transport.names.command_stream, "processor")
     assert info.num_redelivered == 0
-    assert await kinds(transport, "unknown-1") == ["FAILED"]
+    assert await kinds("unknown-1") == ["FAILED"]
 
     cp = await asyncio.to_thread(stack.cli, "invoke", "no_such_workflow")
     assert cp.returncode == 2  # bad input, though the processor is the one that knows
@@ -254,7 +238,10 @@ async def test_unknown_workflow_fails_clearly_and_is_not_redelivered(
 
 
 async def test_malformed_command_is_terminated_and_processor_keeps_serving(
-    stack: Stack, client: Client, transport: Transport
+    stack: ProcessStack,
+    client: Client,
+    transport: Transport,
+    consumer_idle: Callable[[], Awaitable[bool]],
 ) -> None:
     stack.start_service()
     processor = stack.start_processor("p1")
@@ -263,13 +250,15 @@ async def test_malformed_command_is_terminated_and_processor_keeps_serving(
     await transport.js.publish(subject, pb.Command(invocation_id="bad id!").SerializeToString())
     result = await client.invoke("hello_workflow", {"name": "Still"}, timeout=30)
     assert result.output == {"message": GREETING.format("Still")}
-    await eventually(lambda: consumer_idle(transport), 20, "the bad commands to be terminated")
+    await assert_eventually_async(consumer_idle, 20, "the bad commands to be terminated")
     info = await transport.js.consumer_info(transport.names.command_stream, "processor")
     assert info.num_redelivered == 0
     assert processor.log().count("terminating malformed command") == 2
 
 
-async def test_watch_executions_gives_a_snapshot_then_changes(stack: Stack, client: Client) -> None:
+async def test_watch_executions_gives_a_snapshot_then_changes(
+    stack: ProcessStack, client: Client
+) -> None:
     stack.start_service()
     stack.start_processor("p1")
     first = await client.invoke("hello_workflow", {"name": "A"}, timeout=30)
@@ -282,7 +271,7 @@ async def test_watch_executions_gives_a_snapshot_then_changes(stack: Stack, clie
                 return
 
     task = asyncio.create_task(watch())
-    await eventually(lambda: asyncio.sleep(0, None in seen), 20, "the snapshot to end")
+    await assert_eventually_async(lambda: None in seen, 20, "the snapshot to end")
     await client.invoke("hello_workflow", {"name": "B"}, id="watched-2", timeout=30)
     await asyncio.wait_for(task, 30)
     assert seen[0].invocation_id == first.invocation_id and seen[0].status == "completed"

@@ -13,7 +13,6 @@ Commands that poison the processor today are pinned with strict xfails, each on 
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import time
@@ -39,10 +38,7 @@ from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import Transport
 from durable_core.cli import main as cli_main
 from durable_core.config import NatsConfig
-from durable_core.testing import NatsCluster
-
-from ._stack import Proc, Stack
-from .test_foundation import consumer_idle, eventually
+from durable_core.testing import ChildProcess, NatsCluster, ProcessStack, assert_eventually_async
 
 pytestmark = pytest.mark.integration
 
@@ -61,16 +57,17 @@ nats_examples = settings(
 )
 
 
-async def settled_or_crashed(transport: Transport, proc: Proc, timeout: float) -> bool:
-    """True once the consumer is idle; False as soon as the processor logs a crashed task."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if CRASHED in proc.log():
-            return False
-        if await consumer_idle(transport):
-            return True
-        await asyncio.sleep(0.1)
-    return False
+async def assert_settled(
+    consumer_idle: Callable[[], Awaitable[bool]], proc: ChildProcess, timeout: float
+) -> None:
+    """Until the consumer is idle (bounded); fails at once when the processor logs a crashed
+    task."""
+
+    async def settled() -> bool:
+        assert CRASHED not in proc.log(), proc.log()
+        return await consumer_idle()
+
+    await assert_eventually_async(settled, timeout, "the processors' consumer to be idle")
 
 
 async def publish_raw(transport: Transport, key: str, data: bytes) -> bool:
@@ -259,11 +256,12 @@ FINISHED_ID = "finished-" + uuid.uuid4().hex[:8]  # fixed per session: strategie
 @example(batch=[("hostile", b"\xff\xff\xff"), ("", b"")], names=["Ada"])
 @example(batch=[("hostile", b"\x00" * 600_000)], names=["Big"])  # over max_msg_size
 async def test_garbage_commands_never_block_or_corrupt(
-    stack: Stack,
+    stack: ProcessStack,
     client: Client,
     transport: Transport,
     batch: list[tuple[str, bytes]],
     names: list[str],
+    consumer_idle: Callable[[], Awaitable[bool]],
 ) -> None:
     if not stack.procs:
         stack.start_service()
@@ -276,7 +274,7 @@ async def test_garbage_commands_never_block_or_corrupt(
     processor = stack.procs[-1]
     # A waiting client has its result from the processor's notice one write before the final
     # state lands, so the snapshot waits for the command to be acked (after that write).
-    await eventually(lambda: consumer_idle(transport), 30, "the finished invocation to settle")
+    await assert_eventually_async(consumer_idle, 30, "the finished invocation to settle")
     before = (await raw_state(transport, FINISHED_ID), await raw_journal(transport, FINISHED_ID))
     refused_before = processor.log().count(REFUSED)
 
@@ -293,7 +291,7 @@ async def test_garbage_commands_never_block_or_corrupt(
 
     for invocation_id, name in real:
         await assert_greeted(client, invocation_id, name or "World")
-    await eventually(lambda: consumer_idle(transport), 30, "every garbage command to be settled")
+    await assert_eventually_async(consumer_idle, 30, "every garbage command to be settled")
     after = (await raw_state(transport, FINISHED_ID), await raw_journal(transport, FINISHED_ID))
     assert after == before, "a finished execution changed"
     log = processor.log()
@@ -304,7 +302,7 @@ async def test_garbage_commands_never_block_or_corrupt(
 
 
 async def test_poison_commands_do_not_stop_the_processor(
-    stack: Stack, client: Client, transport: Transport
+    stack: ProcessStack, client: Client, transport: Transport
 ) -> None:
     """The commands pinned below poison their own invocation, not the processor."""
     stack.start_service()
@@ -324,7 +322,7 @@ async def test_poison_commands_do_not_stop_the_processor(
 
 
 async def test_command_with_an_oversized_partition_key_is_settled(
-    stack: Stack, transport: Transport
+    stack: ProcessStack, transport: Transport, consumer_idle: Callable[[], Awaitable[bool]]
 ) -> None:
     stack.start_service()
     processor = stack.start_processor("p1")
@@ -332,18 +330,21 @@ async def test_command_with_an_oversized_partition_key_is_settled(
         invocation_id=new_id("longkey"), workflow="hello_workflow", partition_key="k" * 1100
     )
     await publish_raw(transport, "hostile", cmd.SerializeToString())
-    assert await settled_or_crashed(transport, processor, 10)
+    await assert_settled(consumer_idle, processor, 10)
 
 
 async def test_command_with_an_absurd_timestamp_leaves_readable_state(
-    stack: Stack, client: Client, transport: Transport
+    stack: ProcessStack,
+    client: Client,
+    transport: Transport,
+    consumer_idle: Callable[[], Awaitable[bool]],
 ) -> None:
     stack.start_service()
     stack.start_processor("p1")
     invocation_id = new_id("future")
     cmd = pb.Command(invocation_id=invocation_id, workflow="hello_workflow", created_at_ms=2**62)
     await publish_raw(transport, "hostile", cmd.SerializeToString())
-    await eventually(lambda: consumer_idle(transport), 20, "the command to be settled")
+    await assert_eventually_async(consumer_idle, 20, "the command to be settled")
     if await transport.get_state(invocation_id) is None:
         return  # refused at intake: fine
     await client.get_result(invocation_id)
@@ -352,18 +353,20 @@ async def test_command_with_an_absurd_timestamp_leaves_readable_state(
             break  # the snapshot went through
 
 
-async def test_command_of_an_unknown_kind_is_refused(stack: Stack, transport: Transport) -> None:
+async def test_command_of_an_unknown_kind_is_refused(
+    stack: ProcessStack, transport: Transport, consumer_idle: Callable[[], Awaitable[bool]]
+) -> None:
     stack.start_service()
     stack.start_processor("p1")
     invocation_id = new_id("kind")
     cmd = pb.Command(invocation_id=invocation_id, workflow="hello_workflow", kind=99)
     await publish_raw(transport, invocation_id, cmd.SerializeToString())
-    await eventually(lambda: consumer_idle(transport), 20, "the command to be settled")
+    await assert_eventually_async(consumer_idle, 20, "the command to be settled")
     assert await transport.get_state(invocation_id) is None
 
 
 async def test_wake_for_an_unknown_invocation_is_dropped_at_once(
-    stack: Stack, transport: Transport
+    stack: ProcessStack, transport: Transport, consumer_idle: Callable[[], Awaitable[bool]]
 ) -> None:
     stack.start_service()
     stack.start_processor("p1", durable_shutdown_grace="1")
@@ -375,7 +378,7 @@ async def test_wake_for_an_unknown_invocation_is_dropped_at_once(
         min_journal_seq=5,
     )
     await publish_raw(transport, invocation_id, cmd.SerializeToString())
-    await eventually(lambda: consumer_idle(transport), 5, "the wake-up to be settled")
+    await assert_eventually_async(consumer_idle, 5, "the wake-up to be settled")
     assert await transport.get_state(invocation_id) is None
 
 
@@ -429,7 +432,7 @@ hostile_submissions = st.one_of(
     st.builds(
         Submission,
         id=fresh_ids,
-        start_at=st.sampled_from([datetime(2030, 1, 1), "2030-01-01", 0]),  # noqa: DTZ001
+        start_at=st.sampled_from([datetime(2030, 1, 1), "2030-01-01", 0]),  # naive on purpose
     ),
     st.builds(
         Submission,
@@ -615,7 +618,7 @@ DECODABLE = pb.JournalEntry(kind=77, step=-3, name="\x00", timestamp_ms=-1).Seri
 
 
 async def test_garbage_in_a_journal_does_not_stop_the_processor(
-    stack: Stack, client: Client, transport: Transport
+    stack: ProcessStack, client: Client, transport: Transport
 ) -> None:
     """What happens, for the record: a foreign entry that decodes (unknown kind) is taken in and
     the invocation completes; one that does not decode leaves its invocation stuck (pinned
@@ -637,14 +640,17 @@ async def test_garbage_in_a_journal_does_not_stop_the_processor(
 
 
 async def test_undecodable_journal_entry_fails_its_invocation_clearly(
-    stack: Stack, client: Client, transport: Transport
+    stack: ProcessStack,
+    client: Client,
+    transport: Transport,
+    consumer_idle: Callable[[], Awaitable[bool]],
 ) -> None:
     stack.start_service()
     processor = stack.start_processor("p1")
     invocation_id = new_id("undecodable")
     await transport.js.publish(transport.names.journal_subject(invocation_id), UNDECODABLE)
     await client.invoke_async("hello_workflow", {"name": "Bad"}, id=invocation_id)
-    assert await settled_or_crashed(transport, processor, 10)
+    await assert_settled(consumer_idle, processor, 10)
     rec = await transport.get_state(invocation_id)
     assert rec is not None and rec.state.status == pb.STATUS_FAILED
 

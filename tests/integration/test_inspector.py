@@ -18,9 +18,8 @@ import pytest
 
 from durable_core import Client, EngineConfig, NatsConfig, Status
 from durable_core._transport import Transport
-from durable_core.testing import NatsCluster, free_port
-
-from ._stack import Proc, Stack
+from durable_core.testing import NatsCluster, ProcessStack, assert_eventually_async, free_port
+from order_processing.testing import OrderServiceControl
 
 pytestmark = pytest.mark.integration
 
@@ -33,14 +32,13 @@ LIFECYCLE = ["pause", "resume", "cancel", "retry", "rerun"]
 class Inspector:
     """The inspector process and its base URL."""
 
-    def __init__(self, stack: Stack, token: str | None = None) -> None:
-        env = {**stack.env, "DURABLE_JAEGER_URL": "http://jaeger.invalid:16686"}
+    def __init__(self, stack: ProcessStack, token: str | None = None) -> None:
+        env = {"DURABLE_JAEGER_URL": "http://jaeger.invalid:16686"}
         if token:
             env["DURABLE_INSPECTOR_TOKEN"] = token
         args = ["-m", "durable_inspector", "--port", "0"]
-        self.proc = Proc("inspector", args, env, stack.log_dir)
-        stack.procs.append(self.proc)  # stopped (SIGTERM) with the rest of the stack
-        self.proc.wait_log("inspector listening on", timeout=30)
+        # stopped (SIGTERM) with the rest of the stack
+        self.proc = stack.start("inspector", args, env, ready="inspector listening on", timeout=30)
         match = re.search(r"inspector listening on (http://\S+)", self.proc.log())
         assert match, self.proc.log()
         self.url = match.group(1)
@@ -50,18 +48,6 @@ class Inspector:
         return httpx.AsyncClient(base_url=self.url, headers=self.headers, timeout=20)
 
 
-async def eventually(probe: Any, what: str, timeout: float = 30) -> Any:
-    """Await ``probe()`` until it returns something truthy (bounded)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        value = await probe()
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        await asyncio.sleep(0.1)
-
-
 def error_of(resp: httpx.Response, status: int, error: str) -> str:
     assert resp.status_code == status, f"{resp.status_code} {resp.text}"
     body = resp.json()
@@ -69,7 +55,7 @@ def error_of(resp: httpx.Response, status: int, error: str) -> str:
     return str(body["detail"])
 
 
-async def test_api_on_a_real_cluster(stack: Stack, client: Client) -> None:
+async def test_api_on_a_real_cluster(stack: ProcessStack, client: Client) -> None:
     stack.start_service()
     stack.start_processor("p-inspect")
     inspector = Inspector(stack, token=TOKEN)
@@ -78,7 +64,7 @@ async def test_api_on_a_real_cluster(stack: Stack, client: Client) -> None:
         async def healthy() -> bool:
             return (await http.get("/healthz")).status_code == 200
 
-        await eventually(healthy, "the index snapshot")
+        await assert_eventually_async(healthy, 30, "the index snapshot")
 
         # No token: 401 with a clear body, on the API and the document.
         async with httpx.AsyncClient(base_url=inspector.url) as anon:
@@ -103,8 +89,8 @@ async def test_api_on_a_real_cluster(stack: Stack, client: Client) -> None:
             body = (await http.get("/api/executions?status=completed")).json()
             return sorted(i["invocation_id"] for i in body["items"])
 
-        await eventually(
-            lambda: _eq(listed_completed(), sorted([hello_id, order_id])), "both completed"
+        await assert_eventually_async(
+            lambda: _eq(listed_completed(), sorted([hello_id, order_id])), 30, "both completed"
         )
         body = (await http.get("/api/executions?workflow=order_processing")).json()
         assert [i["invocation_id"] for i in body["items"]] == [order_id]
@@ -201,7 +187,7 @@ async def _events(resp: httpx.Response) -> AsyncIterator[tuple[str, Any]]:
 
 
 async def test_event_stream_delivers_a_change(
-    stack: Stack, client: Client, transport: Transport
+    stack: ProcessStack, client: Client, transport: Transport
 ) -> None:
     inspector = Inspector(stack)
     async with inspector.http() as http:
@@ -209,7 +195,7 @@ async def test_event_stream_delivers_a_change(
         async def ready() -> bool:
             return (await http.get("/healthz")).status_code == 200
 
-        await eventually(ready, "the index snapshot")
+        await assert_eventually_async(ready, 30, "the index snapshot")
         async with http.stream("GET", "/api/events") as resp:
             assert resp.headers["content-type"].startswith("text/event-stream")
             stream = _events(resp)
@@ -270,7 +256,7 @@ async def test_create_app_connects_by_itself(
                 items = resp.json().get("items", []) if resp.status_code == 200 else []
                 return [i["invocation_id"] for i in items] == [invocation_id]
 
-            await eventually(listed, "the execution in the embedded app's index")
+            await assert_eventually_async(listed, 30, "the execution in the embedded app's index")
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 20)
@@ -283,12 +269,12 @@ async def test_create_app_connects_by_itself(
     not CHROMIUM.exists(),
     reason=f"{CHROMIUM} is missing: `make browser` installs Debian's chromium for this UI test",
 )
-async def test_ui_in_chromium(stack: Stack, client: Client) -> None:
+async def test_ui_in_chromium(stack: ProcessStack, client: Client) -> None:
     playwright = pytest.importorskip("playwright.async_api", reason="playwright is not installed")
     expect = playwright.expect
     expect.set_options(timeout=30_000)  # the steps take ~7 s; leader elections can add more
 
-    service = stack.start_service()
+    service = OrderServiceControl(stack.start_service().channel)
     # Slow steps, so that the test sees the execution running and its steps arrive one by one.
     service.set_delay("Validate", 1000)
     service.set_delay("Charge", 5000)
@@ -369,7 +355,7 @@ async def test_ui_in_chromium(stack: Stack, client: Client) -> None:
             await page.screenshot(path=str(ARTIFACTS / "inspector.png"), full_page=True)
         finally:
             await browser.close()
-    assert (ARTIFACTS / "inspector.png").stat().st_size > 10_000  # noqa: ASYNC240 - a stat
+    assert (ARTIFACTS / "inspector.png").stat().st_size > 10_000
 
 
 CHROMIUM_ARGS = [
@@ -385,7 +371,9 @@ CHROMIUM_ARGS = [
     not CHROMIUM.exists(),
     reason=f"{CHROMIUM} is missing: `make browser` installs Debian's chromium for this UI test",
 )
-async def test_ui_waits_signals_and_schedules_in_chromium(stack: Stack, client: Client) -> None:
+async def test_ui_waits_signals_and_schedules_in_chromium(
+    stack: ProcessStack, client: Client
+) -> None:
     """Issue 17: a pending sleep and awakeable shown as waits, resolved from the page; a signal
     sent from the page; a schedule created, paused, resumed and deleted from the page. Saves the
     screenshots docs/ shows (test-artifacts/inspector-*.png)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 import pytest
@@ -19,31 +20,37 @@ from durable_core import (
 )
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import Transport
-
-from ._stack import Stack
-from .test_context import status_of, wait_status
-from .test_foundation import GREETING, eventually, kinds
+from durable_core.testing import ChildProcess, ProcessStack, assert_eventually_async
+from durable_examples.order.v1 import order_pb2
+from order_processing.testing import OrderServiceControl
 
 pytestmark = pytest.mark.integration
+
+GREETING = "Hello, {}! Welcome to Durable Execution on NATS JetStream."
 
 ORDER = {"order_id": "o-life", "amount_cents": 100}
 
 
 async def test_pause_during_step_two_then_resume_runs_each_step_once(
-    stack: Stack, client: Client
+    stack: ProcessStack,
+    client: Client,
+    status_of: Callable[[str], Awaitable[str]],
+    wait_status: Callable[[str, str], Awaitable[None]],
 ) -> None:
-    service = stack.start_service()
+    service = OrderServiceControl(stack.start_service().channel)
     service.set_delay("Charge", 2000)
     stack.start_processor("p-pause")
     inv = "pause-1"
     await client.invoke_async("order_processing", ORDER, id=inv)
-    await eventually(lambda: asyncio.to_thread(service.method_counts, "Charge"), 20, "step 2")
+    await assert_eventually_async(
+        lambda: asyncio.to_thread(service.method_counts, "Charge"), 20, "step 2"
+    )
     assert await client.pause(inv) == "running"  # the step in flight finishes first
-    await wait_status(client, inv, "paused")
+    await wait_status(inv, "paused")
     assert service.method_counts("Charge") == {f"{inv}:2": 1}  # step 2 finished, journaled
     await asyncio.sleep(2)
     assert service.method_counts("Ship") == {}  # nothing past the boundary while paused
-    assert await status_of(client, inv) == "paused"
+    assert await status_of(inv) == "paused"
     await client.resume(inv)
     result = await client.wait(inv, timeout=30)
     assert result.status == "completed"
@@ -52,20 +59,23 @@ async def test_pause_during_step_two_then_resume_runs_each_step_once(
 
 
 async def test_pause_and_resume_through_the_cli_and_illegal_transitions(
-    stack: Stack, client: Client
+    stack: ProcessStack,
+    client: Client,
+    status_of: Callable[[str], Awaitable[str]],
+    wait_status: Callable[[str, str], Awaitable[None]],
 ) -> None:
     stack.start_service()
     stack.start_processor("p-cli")
     inv = "nap-life"
     await client.invoke_async("delayed_greeting", {"name": "Nap", "delay_seconds": 3}, id=inv)
-    await wait_status(client, inv, "suspended")
+    await wait_status(inv, "suspended")
     with pytest.raises(IllegalTransitionError) as err:
         await client.resume(inv)  # suspended on a timer, not paused
     assert err.value.status == "suspended"
     cp = await asyncio.to_thread(stack.cli, "pause", inv)
     assert cp.returncode == 0 and "paused" in cp.stdout
     await asyncio.sleep(4)  # the timer fires while paused: it stays paused
-    assert await status_of(client, inv) == "paused"
+    assert await status_of(inv) == "paused"
     cp = await asyncio.to_thread(stack.cli, "resume", inv)
     assert cp.returncode == 0, cp.stderr
     result = await client.wait(inv, timeout=30)
@@ -75,7 +85,11 @@ async def test_pause_and_resume_through_the_cli_and_illegal_transitions(
 
 
 async def test_pause_racing_completion_leaves_it_completed(
-    stack: Stack, client: Client, transport: Transport
+    stack: ProcessStack,
+    client: Client,
+    transport: Transport,
+    kinds: Callable[[str], Awaitable[list[str]]],
+    status_of: Callable[[str], Awaitable[str]],
 ) -> None:
     stack.start_service()
     stack.start_processor("p-race")
@@ -89,39 +103,44 @@ async def test_pause_racing_completion_leaves_it_completed(
         except IllegalTransitionError as e:
             assert e.status == "completed"
             outcomes.append("completed")
-        status = await status_of(client, inv)
+        status = await status_of(inv)
         if status in ("paused", "running", "pending"):
             try:
-                await eventually(
-                    lambda inv=inv: _settled(client, inv),
+                await assert_eventually_async(
+                    lambda inv=inv: _settled(status_of, inv),
                     20,
                     "the pause to take effect or the run to finish",
                 )
             except AssertionError:
-                print("STUCK", inv, await status_of(client, inv), await kinds(transport, inv))
+                print("STUCK", inv, await status_of(inv), await kinds(inv))
                 raise
-            if await status_of(client, inv) == "paused":
+            if await status_of(inv) == "paused":
                 await client.resume(inv)
         result = await client.wait(inv, timeout=30)
         assert result.status == "completed"
         with pytest.raises(IllegalTransitionError):
             await client.pause(inv)
-        assert await status_of(client, inv) == "completed"  # never flipped back
+        assert await status_of(inv) == "completed"  # never flipped back
 
 
-async def _settled(client: Client, inv: str) -> bool:
-    return await status_of(client, inv) in ("paused", "completed")
+async def _settled(status_of: Callable[[str], Awaitable[str]], inv: str) -> bool:
+    return await status_of(inv) in ("paused", "completed")
 
 
 async def test_cancel_interrupts_a_slow_call_within_a_second(
-    stack: Stack, client: Client, transport: Transport
+    stack: ProcessStack,
+    client: Client,
+    transport: Transport,
+    kinds: Callable[[str], Awaitable[list[str]]],
 ) -> None:
-    service = stack.start_service()
+    service = OrderServiceControl(stack.start_service().channel)
     service.set_delay("Ship", 20_000)
     stack.start_processor("p-cancel")
     inv = "cancel-1"
     await client.invoke_async("cancellable_order", ORDER, id=inv)
-    await eventually(lambda: asyncio.to_thread(service.method_counts, "Ship"), 20, "Ship in flight")
+    await assert_eventually_async(
+        lambda: asyncio.to_thread(service.method_counts, "Ship"), 20, "Ship in flight"
+    )
     started = time.monotonic()
     await client.cancel(inv)
     result = await client.wait(inv, timeout=10)
@@ -134,7 +153,7 @@ async def test_cancel_interrupts_a_slow_call_within_a_second(
     }
     assert cancelled.get("Ship") == 1  # the service saw the call cancelled
     assert [s.name for s in result.steps][-1] == "refund"  # the workflow compensated
-    assert (await kinds(transport, inv))[-1] == "CANCELLED"
+    assert (await kinds(inv))[-1] == "CANCELLED"
     with pytest.raises(IllegalTransitionError) as err:
         await client.cancel(inv)
     assert err.value.status == "cancelled"
@@ -142,26 +161,28 @@ async def test_cancel_interrupts_a_slow_call_within_a_second(
         await client.pause(inv)
 
 
-def _counts(service):  # type: ignore[no-untyped-def]
-    from durable_examples.order.v1 import order_pb2
-
-    return service.orders.GetCallCounts(order_pb2.GetCallCountsRequest(), timeout=5)
+def _counts(service: OrderServiceControl) -> order_pb2.GetCallCountsResponse:
+    return service.stub.GetCallCounts(order_pb2.GetCallCountsRequest(), timeout=5)
 
 
-async def test_cancel_a_sleeping_workflow(stack: Stack, client: Client) -> None:
+async def test_cancel_a_sleeping_workflow(
+    stack: ProcessStack, client: Client, wait_status: Callable[[str, str], Awaitable[None]]
+) -> None:
     stack.start_service()
     stack.start_processor("p-cancel-sleep")
     inv = "cancel-sleep"
     await client.invoke_async("delayed_greeting", {"delay_seconds": 600}, id=inv)
-    await wait_status(client, inv, "suspended")
+    await wait_status(inv, "suspended")
     assert await client.cancel(inv) in ("suspended", "cancelled", "running")
     result = await client.wait(inv, timeout=20)
     assert result.status == "cancelled"
     assert [s.kind for s in result.steps] == ["sleep"]
 
 
-async def test_retry_runs_only_the_failed_step_and_after(stack: Stack, client: Client) -> None:
-    service = stack.start_service()
+async def test_retry_runs_only_the_failed_step_and_after(
+    stack: ProcessStack, client: Client
+) -> None:
+    service = OrderServiceControl(stack.start_service().channel)
     stack.start_processor("p-retry")
     inv = "retry-1"
     with pytest.raises(WorkflowFailedError) as err:
@@ -182,8 +203,8 @@ async def test_retry_runs_only_the_failed_step_and_after(stack: Stack, client: C
         await client.retry(inv)  # completed now
 
 
-async def test_fork_from_step_two_and_rerun(stack: Stack, client: Client) -> None:
-    service = stack.start_service()
+async def test_fork_from_step_two_and_rerun(stack: ProcessStack, client: Client) -> None:
+    service = OrderServiceControl(stack.start_service().channel)
     stack.start_processor("p-fork")
     source = await client.invoke("order_processing", ORDER, id="fork-src", timeout=30)
     cp = await asyncio.to_thread(stack.cli, "fork", "fork-src", "--from-step", "2")
@@ -204,9 +225,9 @@ async def test_fork_from_step_two_and_rerun(stack: Stack, client: Client) -> Non
 
 
 async def test_execution_timeout_fails_a_sleeping_and_a_busy_invocation(
-    stack: Stack, client: Client
+    stack: ProcessStack, client: Client
 ) -> None:
-    service = stack.start_service()
+    service = OrderServiceControl(stack.start_service().channel)
     service.set_delay("Charge", 10_000)
     stack.start_processor("p-timeout")
     started = time.monotonic()
@@ -224,36 +245,40 @@ async def test_execution_timeout_fails_a_sleeping_and_a_busy_invocation(
 
 
 async def test_a_processor_killed_mid_step_is_redriven_by_the_scheduler_not_ack_wait(
-    stack: Stack, client: Client
+    stack: ProcessStack,
+    client: Client,
+    status_of: Callable[[str], Awaitable[str]],
+    start_scheduler: Callable[..., tuple[ChildProcess, int]],
+    metric: Callable[..., float],
 ) -> None:
-    from .test_schedules import metric_total, start_scheduler
-
-    service = stack.start_service()
+    service = OrderServiceControl(stack.start_service().channel)
     service.set_delay("Charge", 3000)
     slow = {"durable_ack_wait": "300", "durable_lease_ttl": "3"}  # ack_wait alone: 5 min
     doomed = stack.start_processor("p-doomed", **slow)
     inv = "redrive-1"
     await client.invoke_async("order_processing", ORDER, id=inv)
-    await eventually(lambda: asyncio.to_thread(service.method_counts, "Charge"), 20, "step 2")
+    await assert_eventually_async(
+        lambda: asyncio.to_thread(service.method_counts, "Charge"), 20, "step 2"
+    )
     await asyncio.sleep(1)  # well inside the 3 s call
     doomed.kill()  # SIGKILL mid-step: its lease stops being renewed
     stack.start_processor("p-heir", **slow)
     await asyncio.sleep(6)  # twice the lease TTL: nothing but the scheduler can move it now
-    assert await status_of(client, inv) == "running"
+    assert await status_of(inv) == "running"
 
     killed_at = time.monotonic()
-    _, port = start_scheduler(stack, "scheduler-redrive")
+    _, port = start_scheduler("scheduler-redrive")
     result = await client.wait(inv, timeout=30)
     took = time.monotonic() - killed_at
     assert result.status == "completed"
     assert took < 20, f"re-driven after {took:.1f}s"  # lease TTL + a sweep + the rest of the run
     assert service.method_counts("Validate") == {f"{inv}:1": 1}  # journaled: not run again
     assert set(service.method_counts("Charge")) == {f"{inv}:2"}  # same key on the retry
-    assert metric_total(port, "durable_scheduler_commands_redriven_total") >= 1
+    assert metric(port, "durable_scheduler_commands_redriven_total") >= 1
 
 
 async def test_backoff_intervals_are_kept_across_a_suspension_and_non_retryable_fails_at_once(
-    stack: Stack, client: Client
+    stack: ProcessStack, client: Client
 ) -> None:
     stack.start_service()
     stack.start_processor("p-retry")
@@ -290,18 +315,22 @@ async def test_backoff_intervals_are_kept_across_a_suspension_and_non_retryable_
 
 
 async def test_finished_executions_expire_after_the_retention_period(
-    stack: Stack, client: Client, transport: Transport
+    stack: ProcessStack,
+    client: Client,
+    transport: Transport,
+    status_of: Callable[[str], Awaitable[str]],
+    wait_status: Callable[[str, str], Awaitable[None]],
+    start_scheduler: Callable[..., tuple[ChildProcess, int]],
+    metric: Callable[..., float],
 ) -> None:
-    from .test_schedules import metric_total, start_scheduler
-
     stack.start_service()
     stack.start_processor("p-retention")
     await client.invoke_async("delayed_greeting", {"name": "Old", "delay_seconds": 60}, id="nap")
     result = await client.invoke("hello_workflow", {"name": "Ada"}, id="exp-1", timeout=30)
     assert result.output == {"message": GREETING.format("Ada")}
-    await wait_status(client, "nap", "suspended")
+    await wait_status("nap", "suspended")
     _, port = start_scheduler(
-        stack, "scheduler-retention", durable_retention="3", durable_retention_sweep="0.5"
+        "scheduler-retention", durable_retention="3", durable_retention_sweep="0.5"
     )
 
     async def expired() -> bool:
@@ -311,7 +340,7 @@ async def test_finished_executions_expire_after_the_retention_period(
             return True
         return False
 
-    await eventually(expired, 20, "exp-1 to expire")
+    await assert_eventually_async(expired, 20, "exp-1 to expire")
     with pytest.raises(ExpiredError) as err:
         await client.get_result("exp-1")
     assert err.value.status == "completed" and "has expired" in str(err.value)
@@ -327,5 +356,5 @@ async def test_finished_executions_expire_after_the_retention_period(
         await client.get_result("never-was")
     assert not isinstance(never.value, ExpiredError)
     # A suspended invocation is not finished: however old, it stays.
-    assert await status_of(client, "nap") == "suspended"
-    assert metric_total(port, "durable_scheduler_executions_expired_total") >= 1
+    assert await status_of("nap") == "suspended"
+    assert metric(port, "durable_scheduler_executions_expired_total") >= 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import urllib.error
 import urllib.request
 
@@ -11,10 +10,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from durable_core import Client
-from durable_core.testing import free_port
-
-from ._stack import Stack
-from .test_foundation import eventually
+from durable_core.testing import ProcessStack, assert_eventually_async, free_port
+from order_processing.testing import OrderServiceControl
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +41,7 @@ def sample(
 
 
 async def test_counters_and_step_latency_move_and_healthz_is_ok(
-    stack: Stack, client: Client
+    stack: ProcessStack, client: Client
 ) -> None:
     port = free_port()
     stack.start_service()
@@ -58,18 +55,15 @@ async def test_counters_and_step_latency_move_and_healthz_is_ok(
         assert result.status == "completed"
 
     # The counters move when the run returns, a moment before the state says completed.
-    deadline = time.monotonic() + 10
-    while True:
-        after = await scrape(base)
-        completed = sample(after, "durable_invocations_completed_total", workflow="hello_workflow")
-        if (
-            completed
-            - sample(before, "durable_invocations_completed_total", workflow="hello_workflow")
-            >= 2
-            or time.monotonic() > deadline
-        ):
-            break
-        await asyncio.sleep(0.1)
+    async def both_counted() -> dict[tuple[str, frozenset[tuple[str, str]]], float] | None:
+        m = await scrape(base)
+        completed = "durable_invocations_completed_total"
+        moved = sample(m, completed, workflow="hello_workflow") - sample(
+            before, completed, workflow="hello_workflow"
+        )
+        return m if moved >= 2 else None
+
+    after = await assert_eventually_async(both_counted, 10, "two completions counted")
 
     def delta(name: str, **labels: str) -> float:
         return sample(after, name, **labels) - sample(before, name, **labels)
@@ -84,10 +78,10 @@ async def test_counters_and_step_latency_move_and_healthz_is_ok(
 
 
 async def test_consumer_gauges_show_pending_and_unacknowledged_commands(
-    stack: Stack, client: Client
+    stack: ProcessStack, client: Client
 ) -> None:
     port = free_port()
-    service = stack.start_service()
+    service = OrderServiceControl(stack.start_service().channel)
     service.set_delay("Charge", 6000)  # longer than the 5 s poll interval
     stack.start_processor(
         "p-busy",
@@ -100,22 +94,28 @@ async def test_consumer_gauges_show_pending_and_unacknowledged_commands(
     for n in (1, 2):  # one runs (unacknowledged), the other waits for the only slot
         await client.invoke_async("order_processing", {"order_id": f"o-{n}", "amount_cents": 1})
 
-    deadline = time.monotonic() + 15
-    while True:
+    seen: tuple[float, ...] = ()
+
+    async def one_running_one_waiting() -> bool:
+        nonlocal seen
         now = await scrape(base)
         seen = (
             sample(now, "durable_consumer_ack_pending_messages"),
             sample(now, "durable_consumer_pending_messages"),
             sample(now, "durable_executions_in_flight"),
         )
-        if seen == (1, 1, 1) or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.2)
-    assert seen == (1, 1, 1)
+        return seen == (1, 1, 1)
+
+    try:
+        await assert_eventually_async(
+            one_running_one_waiting, 15, "one command unacked, one pending", interval=0.2
+        )
+    except AssertionError as e:
+        raise AssertionError(f"{e}: (ack pending, pending, in flight) = {seen}") from None
 
 
 async def test_cancellations_retries_and_latencies_are_counted(
-    stack: Stack, client: Client
+    stack: ProcessStack, client: Client
 ) -> None:
     """Issue 17: two cancellations left durable_invocations_cancelled_total at 0; nothing
     counted failed or retried attempts; there was no end-to-end, schedule-to-start or
@@ -133,7 +133,7 @@ async def test_cancellations_retries_and_latencies_are_counted(
         async def suspended(inv: str = inv) -> bool:
             return (await client.get_summary(inv)).status == "suspended"
 
-        await eventually(suspended, 20, f"{inv} to suspend")
+        await assert_eventually_async(suspended, 20, f"{inv} to suspend")
         await client.cancel(inv)
         await client.wait(inv, timeout=30)
     flaky = await client.invoke("flaky", {"failures": 1, "attempts": 3, "interval_ms": 10})
@@ -141,16 +141,15 @@ async def test_cancellations_retries_and_latencies_are_counted(
 
     # The client learns the result before the processor has settled the command (and counted
     # its final status): scrape until the last counts are in.
-    deadline = time.monotonic() + 10
-    while True:
+    async def last_counts_in() -> dict[tuple[str, frozenset[tuple[str, str]]], float] | None:
         m = await scrape(base)
         done = sample(m, "durable_invocations_cancelled_total", workflow="delayed_greeting")
         finished = sample(
             m, "durable_invocation_duration_seconds_count", workflow="flaky", status="completed"
         )
-        if (done >= 1 and finished >= 1) or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.1)
+        return m if done >= 1 and finished >= 1 else None
+
+    m = await assert_eventually_async(last_counts_in, 10, "the last cancellation and run counted")
     assert sample(m, "durable_invocations_cancelled_total", workflow="expense_approval") == 1
     assert sample(m, "durable_invocations_cancelled_total", workflow="delayed_greeting") == 1
     run = {"kind": "run", "workflow": "flaky"}

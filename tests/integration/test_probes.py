@@ -6,7 +6,6 @@ is killed and started again."""
 from __future__ import annotations
 
 import asyncio
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -15,9 +14,13 @@ from pathlib import Path
 import pytest
 
 from durable_core import Client, EngineConfig
-from durable_core.testing import NatsServer, free_port
-
-from ._stack import Proc, ServiceProc
+from durable_core.testing import (
+    ChildProcess,
+    NatsServer,
+    ServiceProcess,
+    assert_eventually,
+    free_port,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -36,18 +39,22 @@ def _get(url: str) -> tuple[int, str]:
 def _until(what: str, probes: dict[str, str], want: int, timeout: float = 60) -> dict[str, str]:
     """Poll every service's /readyz until each answers ``want`` (bounded); /livez must answer
     200 all along. Returns the last /readyz bodies."""
-    deadline = time.monotonic() + timeout
-    while True:
-        bodies = {}
+    bodies: dict[str, tuple[int, str]] = {}
+
+    def all_answer() -> dict[str, str] | None:
+        bodies.clear()
         for name, base in probes.items():
             live = _get(f"{base}/livez")
             assert live == (200, "ok\n"), f"{name} /livez answered {live} while {what}"
             bodies[name] = _get(f"{base}/readyz")
         if all(code == want for code, _ in bodies.values()):
             return {name: body for name, (_, body) in bodies.items()}
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: /readyz never all {want}: {bodies}")
-        time.sleep(0.1)
+        return None
+
+    try:
+        return assert_eventually(all_answer, timeout, f"{what}: /readyz all {want}", interval=0.1)
+    except AssertionError as e:
+        raise AssertionError(f"{e}: {bodies}") from None
 
 
 @pytest.fixture
@@ -62,8 +69,9 @@ async def test_readyz_follows_nats_and_consuming_while_livez_stays_up(
     prefix = "pr" + free_port().__str__()
     env = {"DURABLE_NATS_URL": server.url, "DURABLE_PREFIX": prefix, "DURABLE_LOG_LEVEL": "INFO"}
     health_port = free_port()
-    service = ServiceProc(tmp_path, {"HEALTH_PORT": str(health_port)})
-    procs: list[Proc] = [service]
+    service = ServiceProcess(tmp_path, {"HEALTH_PORT": str(health_port)})
+    service.wait_ready()
+    procs: list[ChildProcess] = [service]
     ports = {name: free_port() for name in ("processor", "scheduler", "inspector")}
     probes = {
         "hello_service": f"http://127.0.0.1:{health_port}",
@@ -73,7 +81,7 @@ async def test_readyz_follows_nats_and_consuming_while_livez_stays_up(
         # The scheduler and the inspector first: the engine's streams do not exist yet (only
         # a processor creates them), so they wait, alive and not ready.
         procs.append(
-            Proc(
+            ChildProcess(
                 "scheduler",
                 ["-m", "durable_scheduler"],
                 {**env, "DURABLE_METRICS_PORT": str(ports["scheduler"])},
@@ -81,7 +89,7 @@ async def test_readyz_follows_nats_and_consuming_while_livez_stays_up(
             )
         )
         procs.append(
-            Proc(
+            ChildProcess(
                 "inspector",
                 ["-m", "durable_inspector", "--port", str(ports["inspector"])],
                 env,
@@ -95,7 +103,7 @@ async def test_readyz_follows_nats_and_consuming_while_livez_stays_up(
         assert all("waiting for the engine's streams" in b for b in bodies.values()), bodies
 
         procs.append(
-            Proc(
+            ChildProcess(
                 "processor",
                 ["-m", "durable_processor", "--processor-id", "p-probes"],
                 {
@@ -126,4 +134,4 @@ async def test_readyz_follows_nats_and_consuming_while_livez_stays_up(
         logs = {p.name: p.log()[-2000:] for p in procs}
         for proc in reversed(procs):
             proc.stop()
-        print("\n".join(f"--- {name}\n{log}" for name, log in logs.items()))  # noqa: T201
+        print("\n".join(f"--- {name}\n{log}" for name, log in logs.items()))

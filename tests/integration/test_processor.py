@@ -17,10 +17,8 @@ import pytest
 from durable_core import Client, Context, EngineConfig, NatsConfig, Worker, WorkerConfig
 from durable_core._transport import Transport
 from durable_core.plugins import WorkflowRegistry
-from durable_core.testing import NatsCluster, free_port
-
-from ._stack import Stack
-from .test_foundation import eventually
+from durable_core.testing import NatsCluster, ProcessStack, assert_eventually_async, free_port
+from order_processing.testing import OrderServiceControl
 
 pytestmark = pytest.mark.integration
 
@@ -60,16 +58,15 @@ async def test_max_concurrent_executions_really_run_at_once(
         await transport.close()
 
 
-async def test_sigterm_lets_in_flight_work_finish(stack: Stack, client: Client) -> None:
-    service = stack.start_service()
+async def test_sigterm_lets_in_flight_work_finish(stack: ProcessStack, client: Client) -> None:
+    service = OrderServiceControl(stack.start_service().channel)
     service.set_delay("Charge", 1500)
     processor = stack.start_processor("p-term")
     inv = "order-term-1"
     await client.invoke_async("order_processing", {"order_id": "o-term", "amount_cents": 1}, id=inv)
-    for _ in range(200):
-        if service.method_counts("Charge"):
-            break
-        await asyncio.sleep(0.05)
+    await assert_eventually_async(
+        lambda: service.method_counts("Charge"), 10, "step 2 (Charge) in flight", interval=0.05
+    )
     assert await asyncio.to_thread(processor.stop) == 0  # SIGTERM: exits cleanly...
     result = await client.get_result(inv)
     assert result.status == "completed"  # ...after finishing the in-flight invocation
@@ -77,17 +74,16 @@ async def test_sigterm_lets_in_flight_work_finish(stack: Stack, client: Client) 
 
 
 async def test_sigterm_past_the_grace_releases_work_to_another_processor(
-    stack: Stack, client: Client
+    stack: ProcessStack, client: Client
 ) -> None:
-    service = stack.start_service()
+    service = OrderServiceControl(stack.start_service().channel)
     service.set_delay("Charge", 4000)
     processor = stack.start_processor("p-short", DURABLE_SHUTDOWN_GRACE="0.5")
     inv = "order-release-1"
     await client.invoke_async("order_processing", {"order_id": "o-rel", "amount_cents": 1}, id=inv)
-    for _ in range(200):
-        if service.method_counts("Charge"):
-            break
-        await asyncio.sleep(0.05)
+    await assert_eventually_async(
+        lambda: service.method_counts("Charge"), 10, "step 2 (Charge) in flight", interval=0.05
+    )
     assert await asyncio.to_thread(processor.stop) == 0
     assert "released 1 executions" in processor.log()
     stack.start_processor("p-next")
@@ -97,7 +93,7 @@ async def test_sigterm_past_the_grace_releases_work_to_another_processor(
     assert service.method_counts("Validate") == {f"{inv}:1": 1}  # replayed, not re-run
 
 
-async def test_submit_test_command_runs_hello_workflow(stack: Stack) -> None:
+async def test_submit_test_command_runs_hello_workflow(stack: ProcessStack) -> None:
     stack.start_service()
     processor = stack.start_processor("p-seed", SUBMIT_TEST_COMMAND="true")
     await asyncio.to_thread(processor.wait_log, "submitted test command", 20)
@@ -226,7 +222,7 @@ async def test_durable_dev_runs_a_schedule_end_to_end(tmp_path: Path) -> None:
                     runs = await client.list_executions(workflow="hello_workflow")
                     return any(r.status.value == "completed" for r in runs)
 
-                await eventually(a_run_completed, 30, "a scheduled run to complete")
+                await assert_eventually_async(a_run_completed, 30, "a scheduled run to complete")
         except BaseException as e:
             nats_log = tmp_path / "dev" / "durable-dev.log"
             log = nats_log.read_text()[-20000:] if nats_log.exists() else "(no NATS log)"

@@ -10,10 +10,8 @@ import asyncio
 import calendar
 import re
 import time
-import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
 
 import pytest
 
@@ -22,32 +20,17 @@ from durable_core import schedules as sched
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import Transport
 from durable_core.cli import main as cli_main
-from durable_core.testing import NatsCluster, free_port
-
-from ._stack import Proc, Stack
+from durable_core.testing import (
+    ChildProcess,
+    NatsCluster,
+    ProcessStack,
+    assert_eventually_async,
+)
+from order_processing.testing import OrderServiceControl
 
 pytestmark = pytest.mark.integration
 
 _TERMINAL = {pb.STATUS_COMPLETED, pb.STATUS_FAILED, pb.STATUS_CANCELLED}
-
-
-def start_scheduler(stack: Stack, name: str, **env: str) -> tuple[Proc, int]:
-    port = free_port()
-    proc = Proc(
-        name,
-        ["-m", "durable_scheduler"],
-        {
-            **stack.env,
-            "DURABLE_METRICS_PORT": str(port),
-            # A replica that dies holding a tick loses it to the other after 3 s.
-            "DURABLE_ACK_WAIT": "3",
-            **{k.upper(): v for k, v in env.items()},
-        },
-        stack.log_dir,
-    )
-    stack.procs.append(proc)
-    proc.wait_log("consuming ticks")
-    return proc, port
 
 
 async def runs(t: Transport, name: str) -> list[pb.ExecutionState]:
@@ -56,52 +39,26 @@ async def runs(t: Transport, name: str) -> list[pb.ExecutionState]:
     return sorted(states, key=lambda s: s.created_at_ms)
 
 
-async def eventually(
-    probe: Callable[[], Awaitable[Any]], timeout: float, what: str, interval: float = 0.2
-) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        await asyncio.sleep(interval)
-
-
 async def all_finished(t: Transport, name: str, timeout: float) -> list[pb.ExecutionState]:
     async def probe() -> list[pb.ExecutionState] | None:
         states = await runs(t, name)
         return states if all(s.status in _TERMINAL for s in states) else None
 
-    result: list[pb.ExecutionState] = await eventually(probe, timeout, f"the runs of {name}")
+    result: list[pb.ExecutionState] = await assert_eventually_async(
+        probe, timeout, f"the runs of {name}", interval=0.2
+    )
     return result
 
 
-def _metrics_text(port: int) -> str:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        return str(r.read().decode())
-
-
-def metric(port: int, name: str, schedule: str) -> float:
-    m = re.search(rf'^{name}{{schedule="{schedule}"}} (\S+)$', _metrics_text(port), re.M)
-    return float(m.group(1)) if m else 0.0
-
-
-def metric_total(port: int, name: str) -> float:
-    """A metric without labels."""
-    m = re.search(rf"^{name} (\S+)$", _metrics_text(port), re.M)
-    return float(m.group(1)) if m else 0.0
-
-
 async def test_every_2s_fires_five_times_in_10s_with_a_replica_killed_midway(
-    stack: Stack, transport: Transport
+    stack: ProcessStack,
+    transport: Transport,
+    start_scheduler: Callable[..., tuple[ChildProcess, int]],
 ) -> None:
     stack.start_service()
     stack.start_processor("p1")
-    a, _ = start_scheduler(stack, "scheduler-a")
-    start_scheduler(stack, "scheduler-b")
+    a, _ = start_scheduler("scheduler-a")
+    start_scheduler("scheduler-b")
     t = transport
 
     created = time.monotonic()
@@ -127,15 +84,21 @@ async def test_every_2s_fires_five_times_in_10s_with_a_replica_killed_midway(
 
 
 async def test_pause_resume_delete_and_invalid_cron(
-    stack: Stack, transport: Transport, cluster: NatsCluster, engine: EngineConfig
+    stack: ProcessStack,
+    transport: Transport,
+    cluster: NatsCluster,
+    engine: EngineConfig,
+    start_scheduler: Callable[..., tuple[ChildProcess, int]],
 ) -> None:
-    scheduler, _ = start_scheduler(stack, "scheduler")
+    scheduler, _ = start_scheduler("scheduler")
     t = transport
     # No processor: runs stay pending, which `overlap="allow"` does not mind.
     await sched.create_schedule(
         t, "beat", "hello_workflow", every=timedelta(seconds=1), overlap="allow"
     )
-    await eventually(lambda: _count_at_least(t, "beat", 2), 10, "two runs of beat")
+    await assert_eventually_async(
+        lambda: _count_at_least(t, "beat", 2), 10, "two runs of beat", interval=0.2
+    )
 
     await sched.pause_schedule(t, "beat")
     paused_at = len(await runs(t, "beat"))
@@ -146,7 +109,9 @@ async def test_pause_resume_delete_and_invalid_cron(
     assert len(await runs(t, "beat")) == stopped
 
     await sched.resume_schedule(t, "beat")
-    await eventually(lambda: _count_at_least(t, "beat", stopped + 2), 10, "runs after resume")
+    await assert_eventually_async(
+        lambda: _count_at_least(t, "beat", stopped + 2), 10, "runs after resume", interval=0.2
+    )
 
     await sched.delete_schedule(t, "beat")
     assert await sched.find_schedule(t, "beat") is None
@@ -172,11 +137,16 @@ async def _count_at_least(t: Transport, name: str, n: int) -> bool:
     return len(await runs(t, name)) >= n
 
 
-async def test_overlap_skip_never_runs_two_at_once(stack: Stack, transport: Transport) -> None:
-    service = stack.start_service()
+async def test_overlap_skip_never_runs_two_at_once(
+    stack: ProcessStack,
+    transport: Transport,
+    start_scheduler: Callable[..., tuple[ChildProcess, int]],
+    metric: Callable[..., float],
+) -> None:
+    service = OrderServiceControl(stack.start_service().channel)
     service.set_delay("Charge", 3000)
     stack.start_processor("p1")
-    _, port = start_scheduler(stack, "scheduler")
+    _, port = start_scheduler("scheduler")
     t = transport
 
     await sched.create_schedule(
@@ -191,9 +161,9 @@ async def test_overlap_skip_never_runs_two_at_once(stack: Stack, transport: Tran
     states = await all_finished(t, "orders", timeout=20)
 
     assert all(s.status == pb.STATUS_COMPLETED for s in states), states
-    ticks = metric(port, "durable_scheduler_ticks_total", "orders")
-    skipped = metric(port, "durable_scheduler_overlap_skipped_total", "orders")
-    started = metric(port, "durable_scheduler_invocations_started_total", "orders")
+    ticks = metric(port, "durable_scheduler_ticks_total", schedule="orders")
+    skipped = metric(port, "durable_scheduler_overlap_skipped_total", schedule="orders")
+    started = metric(port, "durable_scheduler_invocations_started_total", schedule="orders")
     assert 2 <= len(states) <= 3 and started == len(states)
     assert ticks >= 6 and skipped >= 3 and len(states) < ticks
     for earlier, later in zip(states, states[1:], strict=False):

@@ -22,14 +22,12 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from durable_core import Client, EngineConfig, NatsConfig
 from durable_core.errors import NatsUnavailableError
-from durable_core.testing import NatsCluster
-
-from ._stack import Stack
+from durable_core.testing import NatsCluster, ProcessStack
 
 pytestmark = pytest.mark.integration
 
 USER = "durable"
-PASSWORD = "s3cret-Pa55"  # noqa: S105 - a throwaway test credential
+PASSWORD = "s3cret-Pa55"  # a throwaway test credential
 GREETING = "Hello, {}! Welcome to Durable Execution on NATS JetStream."
 EXIT_NATS = 3
 
@@ -152,8 +150,8 @@ def client_env(pki: Pki, *, password: str = PASSWORD) -> dict[str, str]:
     }
 
 
-class SecuredStack(Stack):
-    """A Stack whose processors and CLI runs carry the TLS and credential settings."""
+class SecuredStack(ProcessStack):
+    """A ProcessStack whose processors and CLI runs carry the TLS and credential settings."""
 
     def __init__(self, *args: object, security: dict[str, str], **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]

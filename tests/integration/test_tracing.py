@@ -13,8 +13,7 @@ import os
 import re
 import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -35,9 +34,8 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from durable_core import Client
 from durable_core._transport import Transport
-from durable_core.testing import free_port
-
-from ._stack import Proc, Stack
+from durable_core.testing import ProcessStack, assert_eventually_async, free_port
+from order_processing.testing import OrderServiceControl
 
 pytestmark = pytest.mark.integration
 
@@ -175,18 +173,6 @@ def otel_env(port: int) -> dict[str, str]:
     }
 
 
-async def until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``predicate`` (bounded) until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        await asyncio.sleep(0.1)
-
-
 async def flush_client(switch: _Switchable) -> None:
     assert await asyncio.to_thread(switch.force_flush, 10_000)
 
@@ -207,7 +193,7 @@ def the_client_span(rec: Receiver, invocation_id: str, workflow: str) -> Got:
 
 
 async def test_one_trace_from_client_through_processor_to_service(
-    stack: Stack,
+    stack: ProcessStack,
     client: Client,
     transport: Transport,
     receiver: tuple[Receiver, int],
@@ -225,8 +211,10 @@ async def test_one_trace_from_client_through_processor_to_service(
     await flush_client(client_tracing)
 
     # hello_workflow: client -> run -> call step -> service RPC, one trace.
-    await until(lambda: rec.find(SERVICE, HELLO), 15, "the service's SayHello span")
-    await until(
+    await assert_eventually_async(
+        lambda: rec.find(SERVICE, HELLO), 15, "the service's SayHello span"
+    )
+    await assert_eventually_async(
         lambda: rec.find(PROCESSOR, "durable.workflow hello_workflow"), 15, "the run's span"
     )
     root = the_client_span(rec, "trace-hello", "hello_workflow")
@@ -257,8 +245,10 @@ async def test_one_trace_from_client_through_processor_to_service(
     assert state.state.trace_context["traceparent"].split("-")[2] == root.span_id
 
     # order_processing: three steps, each with its service span, all under the client's span.
-    await until(lambda: rec.find(SERVICE, ORDER + "Ship"), 15, "the Ship RPC's span")
-    await until(
+    await assert_eventually_async(
+        lambda: rec.find(SERVICE, ORDER + "Ship"), 15, "the Ship RPC's span"
+    )
+    await assert_eventually_async(
         lambda: rec.find(PROCESSOR, "durable.workflow order_processing"), 15, "the order run"
     )
     root = the_client_span(rec, "trace-order", "order_processing")
@@ -278,19 +268,24 @@ async def test_one_trace_from_client_through_processor_to_service(
 
 
 async def test_replay_after_a_crash_adds_no_duplicate_step_spans(
-    stack: Stack, client: Client, receiver: tuple[Receiver, int], client_tracing: _Switchable
+    stack: ProcessStack, client: Client, receiver: tuple[Receiver, int], client_tracing: _Switchable
 ) -> None:
     rec, port = receiver
-    service = stack.start_service(OTEL_SERVICE_NAME=SERVICE, **otel_env(port))
+    service_proc = stack.start_service(OTEL_SERVICE_NAME=SERVICE, **otel_env(port))
+    service = OrderServiceControl(service_proc.channel)
     service.set_delay("Charge", 2000)
     doomed = stack.start_processor("p-doomed", "--ack-wait", "3", **otel_env(port))
     inv = "trace-crash"
     await client.invoke_async(
         "order_processing", {"order_id": "o-crash", "amount_cents": 700}, id=inv
     )
-    await until(lambda: service.method_counts("Charge"), 20, "step 2 (Charge) to be in flight")
+    await assert_eventually_async(
+        lambda: service.method_counts("Charge"), 20, "step 2 (Charge) to be in flight"
+    )
     # Step 1's span ended 2 s before the kill; with a 100 ms batch delay it has been exported.
-    await until(lambda: rec.find(PROCESSOR, f"durable.call {ORDER}Validate"), 10, "step 1's span")
+    await assert_eventually_async(
+        lambda: rec.find(PROCESSOR, f"durable.call {ORDER}Validate"), 10, "step 1's span"
+    )
     doomed.kill()
     rescuer = stack.start_processor("p-rescuer", "--ack-wait", "3", **otel_env(port))
 
@@ -299,7 +294,7 @@ async def test_replay_after_a_crash_adds_no_duplicate_step_spans(
     await flush_client(client_tracing)
     # SIGTERM: the batch processors flush on the way out (to this loop's receiver: don't block).
     await asyncio.to_thread(rescuer.stop)
-    await asyncio.to_thread(service.stop)
+    await asyncio.to_thread(service_proc.stop)
 
     root = the_client_span(rec, inv, "order_processing")
     mine = [s for s in rec.spans if s.trace_id == root.trace_id]
@@ -327,7 +322,7 @@ async def test_replay_after_a_crash_adds_no_duplicate_step_spans(
 
 
 async def test_wake_ups_and_children_continue_the_trace(
-    stack: Stack, client: Client, receiver: tuple[Receiver, int], client_tracing: _Switchable
+    stack: ProcessStack, client: Client, receiver: tuple[Receiver, int], client_tracing: _Switchable
 ) -> None:
     rec, port = receiver
     stack.start_service(OTEL_SERVICE_NAME=SERVICE, **otel_env(port))
@@ -344,7 +339,7 @@ async def test_wake_ups_and_children_continue_the_trace(
     await flush_client(client_tracing)
 
     name = "durable.workflow delayed_greeting"
-    runs = await until(
+    runs = await assert_eventually_async(
         lambda: (r := rec.find(PROCESSOR, name)) and len(r) == 2 and r, 15, "both runs' spans"
     )
     root = the_client_span(rec, "trace-sleep", "delayed_greeting")
@@ -360,7 +355,7 @@ async def test_wake_ups_and_children_continue_the_trace(
     assert [c.parent_id for c in calls] == [second.span_id]
 
     # greet_many -> child hello_workflow: the child's run hangs under the parent's child step.
-    (child_run,) = await until(
+    (child_run,) = await assert_eventually_async(
         lambda: rec.find(
             PROCESSOR,
             "durable.workflow hello_workflow",
@@ -369,7 +364,7 @@ async def test_wake_ups_and_children_continue_the_trace(
         15,
         "the child's run",
     )
-    await until(
+    await assert_eventually_async(
         lambda: len(rec.find(PROCESSOR, "durable.workflow greet_many")) == 2, 15, "parent runs"
     )
     root = the_client_span(rec, "trace-many", "greet_many")
@@ -378,7 +373,7 @@ async def test_wake_ups_and_children_continue_the_trace(
     assert child_step.attributes["durable.invocation_id"] == "trace-many"
     assert child_run.parent_id == child_step.span_id
     assert child_run.trace_id == child_step.trace_id == root.trace_id
-    rpc = await until(
+    rpc = await assert_eventually_async(
         lambda: [
             s
             for s in rec.find(SERVICE, HELLO)
@@ -399,7 +394,7 @@ def _only(spans: list[Got], what: str) -> Got:
 
 
 async def test_cli_inspector_and_scheduler_start_traces_and_waits_span_park_to_wake(
-    stack: Stack, client: Client, receiver: tuple[Receiver, int]
+    stack: ProcessStack, client: Client, receiver: tuple[Receiver, int]
 ) -> None:
     rec, port = receiver
     stack.start_service(OTEL_SERVICE_NAME=SERVICE, **otel_env(port))
@@ -417,16 +412,20 @@ async def test_cli_inspector_and_scheduler_start_traces_and_waits_span_park_to_w
     )  # fmt: skip
     assert cp.returncode == 0, cp.stderr
     stored = json.loads(cp.stdout)["trace_id"]
-    cli_span = await until(lambda: rec.find("durable-cli", "durable.cli invoke"), 15, "CLI span")
+    cli_span = await assert_eventually_async(
+        lambda: rec.find("durable-cli", "durable.cli invoke"), 15, "CLI span"
+    )
     invoke = _only(rec.find("durable-cli", "durable.invoke delayed_greeting"), "client span")
     assert invoke.parent_id == cli_span[0].span_id and invoke.trace_id == stored
-    runs = await until(
+    runs = await assert_eventually_async(
         lambda: (r := rec.find(PROCESSOR, "durable.workflow delayed_greeting")) and len(r) == 2
         and r, 15, "both runs",
     )  # fmt: skip
     assert {r.trace_id for r in runs} == {stored}
     wait = _only(
-        await until(lambda: rec.find(PROCESSOR, "durable.wait sleep"), 15, "the wait's span"),
+        await assert_eventually_async(
+            lambda: rec.find(PROCESSOR, "durable.wait sleep"), 15, "the wait's span"
+        ),
         "wait span",
     )
     assert wait.trace_id == stored and wait.parent_id == invoke.span_id
@@ -445,7 +444,7 @@ async def test_cli_inspector_and_scheduler_start_traces_and_waits_span_park_to_w
     assert cp.returncode == 0, cp.stderr
     plain_view = json.loads(cp.stdout)
     assert plain_view["trace_id"]
-    run = await until(
+    run = await assert_eventually_async(
         lambda: rec.find(
             PROCESSOR, "durable.workflow hello_workflow",
             **{"durable.invocation_id": plain_view["invocation_id"]},
@@ -455,14 +454,13 @@ async def test_cli_inspector_and_scheduler_start_traces_and_waits_span_park_to_w
     assert run[0].trace_id == plain_view["trace_id"]
 
     # The inspector: its POST is a server span, the parent of the invocation's client span.
-    inspector = Proc(
+    inspector = stack.start(
         "inspector-traced",
         ["-m", "durable_inspector", "--port", "0"],
-        {**otel_env(port), **stack.env, "DURABLE_JAEGER_URL": "http://jaeger.test:16686"},
-        stack.log_dir,
+        {**otel_env(port), "DURABLE_JAEGER_URL": "http://jaeger.test:16686"},
+        ready="inspector listening on",
+        timeout=30,
     )
-    stack.procs.append(inspector)
-    inspector.wait_log("inspector listening on", timeout=30)
     url = re.search(r"inspector listening on (http://\S+)", inspector.log())
     assert url
     async with httpx.AsyncClient(base_url=url.group(1), timeout=20) as http:
@@ -472,7 +470,9 @@ async def test_cli_inspector_and_scheduler_start_traces_and_waits_span_park_to_w
         await client.wait(started, timeout=30)
         detail = (await http.get(f"/api/executions/{started}")).json()
     server = _only(
-        await until(lambda: rec.find("durable-inspector", "POST /api/executions"), 15, "POST"),
+        await assert_eventually_async(
+            lambda: rec.find("durable-inspector", "POST /api/executions"), 15, "POST"
+        ),
         "inspector span",
     )
     assert server.kind == SERVER_KIND
@@ -481,21 +481,14 @@ async def test_cli_inspector_and_scheduler_start_traces_and_waits_span_park_to_w
     assert detail["trace_url"] == f"http://jaeger.test:16686/trace/{detail['trace_id']}"
 
     # The scheduler: each tick's invocation begins under `durable.schedule <name>`.
-    scheduler = Proc(
-        "scheduler-traced",
-        ["-m", "durable_scheduler"],
-        {**stack.env, **otel_env(port)},
-        stack.log_dir,
-    )
-    stack.procs.append(scheduler)
-    scheduler.wait_log("consuming ticks")
+    stack.start_scheduler("scheduler-traced", **otel_env(port))
     await client.create_schedule("traced", "hello_workflow", every=timedelta(seconds=1))
-    tick = await until(
+    tick = await assert_eventually_async(
         lambda: rec.find("durable-scheduler", "durable.schedule traced"), 20, "a tick's span"
     )
     await client.delete_schedule("traced")
     first_tick = min(tick, key=lambda t: t.start_ns)
-    invoke = await until(
+    invoke = await assert_eventually_async(
         lambda: [s for s in rec.find("durable-scheduler", "durable.invoke hello_workflow")
                  if s.parent_id == first_tick.span_id],
         15, "the tick's client span",

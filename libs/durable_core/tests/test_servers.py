@@ -21,6 +21,7 @@ import durable_core.testing
 from durable_core.testing import (
     NatsCluster,
     NatsServer,
+    assert_eventually_async,
     docker_available,
     find_nats_server_binary,
     free_port,
@@ -63,7 +64,7 @@ def test_find_binary_and_free_port() -> None:
 
 def test_server_modules_do_not_import_the_nats_client() -> None:
     package = Path(durable_core.testing.__file__).parent
-    for module in ("_servers.py", "_cluster.py"):
+    for module in ("_servers.py", "_cluster.py", "_binary.py", "_probe.py", "_nodes.py"):
         tree = ast.parse((package / module).read_text(encoding="utf-8"))
         imported = {
             alias.name for n in ast.walk(tree) if isinstance(n, ast.Import) for alias in n.names
@@ -130,14 +131,15 @@ async def test_single_node_restart_keeps_ports_and_store(tmp_path: Path) -> None
 async def _eventually(attempt: Callable[[], Awaitable[object]], within: float) -> float:
     """Retry ``attempt`` until it succeeds (bounded); return the seconds it took."""
     began = time.monotonic()
-    while True:
-        try:
-            await attempt()
-            return time.monotonic() - began
-        except Exception:
-            if time.monotonic() - began > within:
-                raise
-            await asyncio.sleep(0.2)
+
+    async def succeeds() -> bool:
+        await attempt()
+        return True
+
+    await assert_eventually_async(
+        succeeds, within, "a write to succeed", interval=0.2, retry_on=Exception
+    )
+    return time.monotonic() - began
 
 
 @pytest.mark.asyncio

@@ -19,6 +19,7 @@ import pytest
 import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from durable_core.testing import assert_eventually_async
 from durable_examples.hello.v1 import hello_pb2, hello_pb2_grpc
 from durable_examples.order.v1 import order_pb2, order_pb2_grpc
 from hello_service.order import RECORD_FILE_ENV, OrderServicer, charge_id_for
@@ -120,10 +121,10 @@ async def test_delay_is_cancellable_and_cancellation_is_counted(
         counts = await stub.GetCallCounts(order_pb2.GetCallCountsRequest())
         return sum(c.cancelled for c in counts.counts if c.idempotency_key == "slow")
 
-    deadline = time.monotonic() + 5
-    while await cancelled_count() != 1 and time.monotonic() < deadline:  # noqa: ASYNC110 - bounded poll of a remote counter
-        await asyncio.sleep(0.05)
-    assert await cancelled_count() == 1
+    async def cancelled_once() -> bool:
+        return await cancelled_count() == 1
+
+    await assert_eventually_async(cancelled_once, 5, "the call counted as cancelled", interval=0.05)
 
     await stub.SetDelay(order_pb2.SetDelayRequest(method="Charge", delay_ms=0))
     started = time.monotonic()

@@ -156,7 +156,7 @@ class FakeClient:
         workflow: str,
         args: Any = None,
         *,
-        id: str | None = None,  # noqa: A002
+        id: str | None = None,
         partition_key: str | None = None,
     ) -> str:
         if " " in workflow:

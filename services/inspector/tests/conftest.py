@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from collections.abc import Callable, Iterator
 
 import pytest
 from starlette.testclient import TestClient
 
+from durable_core.testing import assert_eventually
 from durable_inspector.app import create_app
 
 from ._fakes import FakeClient, settings
@@ -36,12 +36,12 @@ def make_client() -> Callable[..., Iterator[tuple[TestClient, FakeClient]]]:
         with TestClient(app, raise_server_exceptions=False) as tc:
             if ready:
                 headers = {"Authorization": f"Bearer {token}"} if token else {}
-                for _ in range(500):
-                    if tc.get("/healthz", headers=headers).status_code == 200:
-                        break
-                    time.sleep(0.01)
-                else:
-                    raise AssertionError("index never became ready")
+                assert_eventually(
+                    lambda: tc.get("/healthz", headers=headers).status_code == 200,
+                    5,
+                    "the index to be ready",
+                    interval=0.01,
+                )
             yield tc, fake
 
     return make

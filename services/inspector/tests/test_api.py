@@ -11,6 +11,7 @@ import pytest
 from durable_core import DurableError, Failure, NotFoundError, Status
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core.schedules import Schedule
+from durable_core.testing import assert_eventually
 from durable_examples.order.v1.order_pb2 import ChargeResponse
 from durable_inspector.api import routes as api_routes
 from durable_inspector.openapi import document
@@ -45,10 +46,12 @@ def test_healthz_waits_for_the_snapshot(make_client: Any) -> None:
         resp = tc.get("/healthz")
         assert resp.status_code == 503 and resp.json()["status"] == "starting"
         tc.portal.call(fake.hold.set)
-        for _ in range(500):
+
+        def caught_up() -> Any:
             resp = tc.get("/healthz")
-            if resp.status_code == 200:
-                break
+            return resp if resp.status_code == 200 else None
+
+        resp = assert_eventually(caught_up, 5, "the snapshot to be caught up", interval=0.01)
         assert resp.json() == {"status": "ok", "executions": 3}
 
 

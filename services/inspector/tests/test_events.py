@@ -13,7 +13,7 @@ import pytest
 import uvicorn
 
 from durable_core import Status
-from durable_core.testing import free_port
+from durable_core.testing import assert_eventually_async, free_port
 from durable_inspector import api
 from durable_inspector.app import create_app
 from durable_inspector.feed import Event as FeedEvent
@@ -36,13 +36,13 @@ async def serve(fake: FakeClient, token: str | None = None) -> AsyncIterator[str
     task = asyncio.create_task(server.serve())
     base = f"http://127.0.0.1:{port}"
     async with httpx.AsyncClient(base_url=base, timeout=5) as http:
-        for _ in range(500):
-            with contextlib.suppress(httpx.TransportError):
-                if (await http.get("/healthz")).status_code == 200:
-                    break
-            await asyncio.sleep(0.01)
-        else:
-            raise AssertionError("inspector did not start")
+
+        async def healthy() -> bool:
+            return (await http.get("/healthz")).status_code == 200
+
+        await assert_eventually_async(
+            healthy, 5, "the inspector to start", interval=0.01, retry_on=httpx.TransportError
+        )
     try:
         yield base
     finally:

@@ -17,7 +17,7 @@ from durable_core.engine._signals import LostClaim
 from durable_core.interceptors import EngineEvent, chain_steps, chain_workflows
 from durable_core.service.metrics_server import MetricsServer
 from durable_core.service.telemetry import otlp_protocol
-from durable_core.testing import OtlpHttpReceiver
+from durable_core.testing import OtlpHttpReceiver, assert_eventually_async
 from durable_processor.metrics import MetricsInterceptor, ProcessorMetrics, poll_consumer
 from durable_processor.settings import load_settings
 from durable_processor.telemetry import (
@@ -161,10 +161,12 @@ async def test_consumer_poller_copies_the_counts_and_survives_errors() -> None:
     transport = FakeTransport()
     task = asyncio.create_task(poll_consumer(transport, "processor", m, interval=0.01))
     try:
-        for _ in range(200):
-            if value(m, "durable_consumer_pending_messages") == 7:
-                break
-            await asyncio.sleep(0.01)
+        await assert_eventually_async(
+            lambda: value(m, "durable_consumer_pending_messages") == 7,
+            2,
+            "the pending count copied",
+            interval=0.01,
+        )
     finally:
         task.cancel()
     assert transport.calls >= 2
