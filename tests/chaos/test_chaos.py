@@ -56,7 +56,6 @@ from .nemesis import KINDS, Nemesis
 from .run_settings import SETTINGS, ChaosCluster
 from .runlog import RunLog
 from .system import SCHEDULERS, System
-from .workload import Workload
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.chaos]
 

@@ -41,8 +41,8 @@ from durable_core._transport import Transport
 from durable_core.config import NatsConfig
 
 from . import soak, workload
-from .run_settings import SETTINGS, ChaosCluster
 from .nemesis import KINDS, Nemesis
+from .run_settings import SETTINGS, ChaosCluster
 from .runlog import RunLog
 from .system import System
 

@@ -349,7 +349,7 @@ async def test_finished_executions_expire_after_the_retention_period(
     async def journal_gone() -> bool:
         return await transport.read_journal("exp-1") == []
 
-    await eventually(journal_gone, 10, "exp-1's journal to be purged")
+    await assert_eventually_async(journal_gone, 10, "exp-1's journal to be purged")
     cp = await asyncio.to_thread(stack.cli, "status", "exp-1")
     assert cp.returncode == 4 and "has expired" in cp.stderr, (cp.returncode, cp.stderr)
     with pytest.raises(NotFoundError) as never:

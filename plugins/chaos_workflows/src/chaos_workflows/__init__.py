@@ -104,10 +104,12 @@ async def reckless_order(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
 
 @hookimpl
 def durable_register_workflows(registry: WorkflowRegistry) -> None:
+    """Register the chaos suite's workflows."""
     for fn in (chaos_waits, chaos_charge, careless_order, reckless_order):
         registry.register(fn)
 
 
 @hookimpl
 def durable_service_addresses() -> dict[str, str]:
+    """Where the example OrderService listens by default."""
     return {orders.name: "127.0.0.1:9090"}

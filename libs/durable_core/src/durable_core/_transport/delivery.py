@@ -22,7 +22,6 @@ terminated only while it is surely held; acked otherwise only when the invocatio
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import json
 import logging
