@@ -62,6 +62,12 @@
    (their commands NAKed, so another processor may start them at once) but left each
    workflow's own task running: a step in flight finished and the next one started. The
    released run's workflow task is now halted as well.
+
+10. (Issue 14, the widened chaos run, seed 14006.) A resolve_awakeable whose journal write was
+    stored but answered "wrong last sequence" (as around a leader change, see 3) read the
+    journal again, found its own result there and raised AlreadyResolvedError: the caller was
+    told its resolve failed while the workflow went on with it. Its own entry (by message id)
+    now counts as done before any check runs.
 """
 
 from __future__ import annotations
@@ -518,3 +524,35 @@ async def test_a_run_released_at_shutdown_runs_no_further_step(server: NatsServe
             await asyncio.wait_for(running, 30)
         await client.close()
         await t.close()
+
+
+async def test_a_resolve_stored_but_answered_as_a_conflict_succeeds(server: NatsServer) -> None:
+    """10. (Issue 14, found by the widened chaos run.) The resolve's write is stored but
+    answered "wrong last sequence"; the retry must see its own entry, not someone else's."""
+
+    async def approve(ctx: Context) -> Any:
+        return await ctx.awakeable().result()
+
+    async with _worker_and_client(server, Transport, approve) as client:
+        inv = await client.invoke_async("approve")
+        for _ in range(200):  # until the run waits for the awakeable
+            if (await client.get_result(inv)).status.value == "suspended":
+                break
+            await asyncio.sleep(0.05)
+        t = client._t
+        real, lied = t.append, []
+
+        async def stored_but_conflicting(
+            invocation_id: str, entry: pb.JournalEntry, expected_seq: int, msg_id: str
+        ) -> int:
+            seq = await real(invocation_id, entry, expected_seq, msg_id)
+            if entry.kind == pb.ENTRY_KIND_AWAKEABLE_RESULT and not lied:
+                lied.append(seq)
+                raise JournalConflict(invocation_id, expected_seq)
+            return seq
+
+        t.append = stored_but_conflicting  # type: ignore[method-assign]
+        await client.resolve_awakeable(f"awk.{inv}.1", {"ok": True})
+        result = await client.wait(inv, timeout=15)
+    assert lied, "the resolve's write was never answered as a conflict"
+    assert result.output == {"ok": True}

@@ -120,6 +120,11 @@ async def _append_external(
     for _ in range(_APPEND_ROUNDS):
         records = await t.read_journal(invocation_id, min_seq=seen)
         seen = max(seen, records[-1].seq + 1 if records else 1)  # after a conflict: newer
+        ours = [r.seq for r in records if r.msg_id == msg_id and _same(r.entry, entry)]
+        if ours:
+            # This very entry landed (its answer lost, or "wrong last sequence" for a write
+            # the server stored): done, before ``check`` takes it for someone else's.
+            return ours[0]
         if check is not None:
             check(records)
         if any(r.msg_id == msg_id for r in records):
@@ -130,6 +135,15 @@ async def _append_external(
         except JournalConflict:
             continue
     raise DurableError(f"journal of {invocation_id} kept changing; try again")
+
+
+def _same(stored: pb.JournalEntry, entry: pb.JournalEntry) -> bool:
+    """Whether ``stored`` is ``entry`` as appended (its index aside: a retry renumbers it)."""
+    a, b = pb.JournalEntry(), pb.JournalEntry()
+    a.CopyFrom(stored)
+    b.CopyFrom(entry)
+    a.index = b.index = 0
+    return a == b
 
 
 @dataclass(frozen=True, slots=True)
