@@ -330,7 +330,10 @@ async def test_finished_executions_expire_after_the_retention_period(
     assert result.output == {"message": GREETING.format("Ada")}
     await wait_status("nap", "suspended")
     _, port = start_scheduler(
-        "scheduler-retention", durable_retention="3", durable_retention_sweep="0.5"
+        "scheduler-retention",
+        durable_retention="3",
+        durable_retention_sweep="0.5",
+        durable_expired_note_ttl="60",
     )
 
     async def expired() -> bool:
@@ -358,3 +361,36 @@ async def test_finished_executions_expire_after_the_retention_period(
     # A suspended invocation is not finished: however old, it stays.
     assert await status_of("nap") == "suspended"
     assert metric(port, "durable_scheduler_executions_expired_total") >= 1
+
+
+async def test_an_expired_executions_note_goes_after_its_ttl(
+    stack: ProcessStack,
+    client: Client,
+    transport: Transport,
+    start_scheduler: Callable[..., tuple[ChildProcess, int]],
+) -> None:
+    """The state bucket keeps no marker per invocation ever run (the soak's finding): the
+    "expired" note carries a TTL, and after it the id is unknown and its subject empty."""
+    stack.start_service()
+    stack.start_processor("p-note")
+    await client.invoke("hello_workflow", {"name": "Ada"}, id="note-1", timeout=30)
+    start_scheduler(
+        "scheduler-note",
+        durable_retention="2",
+        durable_retention_sweep="0.5",
+        durable_expired_note_ttl="2",
+    )
+
+    async def expired_then_forgotten() -> bool:
+        try:
+            await client.get_result("note-1")
+        except ExpiredError:
+            return False
+        except NotFoundError:
+            return True
+        return False
+
+    await assert_eventually_async(expired_then_forgotten, 30, "note-1's expiry note to go")
+    assert await transport.expiry_note("note-1") is None
+    # Nothing at all is left on the key's subject (a marker would count as one message).
+    assert "note-1" not in await transport.state_ids()

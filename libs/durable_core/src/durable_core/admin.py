@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from datetime import timedelta
 
 from durable_core._transport import (
     StateConflict,
@@ -120,10 +121,14 @@ class Engine:
         async for item in self._t.watch_states():
             yield item
 
-    async def expire_execution(self, rec: StateRecord, now_ms: int) -> bool:
+    async def expire_execution(
+        self, rec: StateRecord, now_ms: int, note_for: timedelta | None = None
+    ) -> bool:
         """Remove a finished execution (its state if still at ``rec``'s revision, then its
-        journal), leaving a note that it expired. False if the state changed meanwhile."""
-        return await self._t.expire_execution(rec, now_ms)
+        journal), leaving a note that it expired, kept for ``note_for`` (None: for good).
+        False if the state changed meanwhile."""
+        ttl = max(int(note_for.total_seconds()), 1) if note_for is not None else 0
+        return await self._t.expire_execution(rec, now_ms, ttl)
 
     # -- processor leases --------------------------------------------------------------------
 

@@ -3,7 +3,9 @@
 Every ``interval`` the janitor reads every execution state once (a KV watch of the last
 values, not a scan of keys) and, for each one that finished longer than ``retention`` ago,
 replaces its state with a delete marker noting how it ended (``durable status`` then says
-"expired") and purges its journal. The state is removed first and only at the revision that
+"expired" for ``note_for``, by default one more retention period, after which the server
+drops the note by its TTL)
+and purges its journal. The state is removed first and only at the revision that
 was read, so an invocation retried or changed meanwhile is left alone. Several replicas may
 sweep at once: each removal happens once, a second purge is a no-op.
 
@@ -43,6 +45,7 @@ class Janitor:
         interval: timedelta,
         metrics: SchedulerMetrics | None = None,
         *,
+        note_for: timedelta | None = None,
         clock: Callable[[], int] = lambda: int(time.time() * 1000),
     ) -> None:
         self.engine = engine
@@ -50,6 +53,7 @@ class Janitor:
         self.interval = interval.total_seconds()
         self.metrics = metrics or SchedulerMetrics(runtime_collectors=False)
         self.clock = clock
+        self.note_for = note_for or retention  # how long the "expired" note stays
         self._stopping = asyncio.Event()
 
     def stop(self) -> None:
@@ -88,7 +92,7 @@ class Janitor:
         for rec in due:
             if self._stopping.is_set():
                 break
-            if await self.engine.expire_execution(rec, self.clock()):
+            if await self.engine.expire_execution(rec, self.clock(), self.note_for):
                 removed += 1
                 self.metrics.expired.inc()
         return removed

@@ -92,7 +92,13 @@ async def _run(
     scheduler: Scheduler,
 ) -> None:
     redriver = Redriver(engine, metrics)
-    janitor = Janitor(engine, settings.engine.retention, settings.retention_sweep, metrics)
+    janitor = Janitor(
+        engine,
+        settings.engine.retention,
+        settings.retention_sweep,
+        metrics,
+        note_for=settings.expired_note_for,
+    )
     loop = asyncio.get_running_loop()
 
     def stop() -> None:

@@ -26,6 +26,9 @@ class SchedulerSettings:
         shutdown_grace: how long SIGTERM waits for the ticks being handled.
         retention_sweep: how often the retention sweep runs (the period itself is
             ``engine.retention``, setting ``retention`` in seconds).
+        expired_note_for: how long an expired execution's note ("expired", how it ended) is
+            kept before the server drops it (setting ``expired_note_ttl`` in seconds; 0: as
+            long as ``retention``).
     """
 
     nats: NatsConfig
@@ -35,6 +38,7 @@ class SchedulerSettings:
     max_concurrent: int = 16
     shutdown_grace: timedelta = timedelta(seconds=10)
     retention_sweep: timedelta = timedelta(hours=1)
+    expired_note_for: timedelta = timedelta(days=7)
     log_level: str = "INFO"
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9465  # 0: no metrics endpoint
@@ -78,6 +82,9 @@ def build(s: Mapping[str, Any]) -> SchedulerSettings:
     sweep = num("retention_sweep", float)
     if sweep < 0.1:
         raise ConfigError(f"setting 'retention_sweep' must be at least 0.1 s, got {sweep}")
+    note_ttl = num("expired_note_ttl", float)
+    if note_ttl != 0 and note_ttl < 1:
+        raise ConfigError(f"setting 'expired_note_ttl' must be 0 or at least 1 s, got {note_ttl}")
     level = check_log_level(s)
     metrics_port = check_metrics_port(num("metrics_port"))
     return SchedulerSettings(
@@ -88,6 +95,7 @@ def build(s: Mapping[str, Any]) -> SchedulerSettings:
         max_concurrent=max_concurrent,
         shutdown_grace=timedelta(seconds=grace),
         retention_sweep=timedelta(seconds=sweep),
+        expired_note_for=timedelta(seconds=note_ttl or retention),
         log_level=level,
         metrics_host=str(s.get("metrics_host") or "127.0.0.1"),
         metrics_port=metrics_port,

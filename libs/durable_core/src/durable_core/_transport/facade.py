@@ -294,18 +294,23 @@ class Transport:
                 out.append(rec.state)
         return out
 
-    async def expire_execution(self, rec: StateRecord, now_ms: int) -> bool:
+    async def expire_execution(self, rec: StateRecord, now_ms: int, note_ttl_s: int = 0) -> bool:
         """Remove a finished execution: its state (if still at ``rec``'s revision), then its
         journal. Returns False if the state changed meanwhile (nothing is removed then).
 
         The state is replaced by a KV delete marker that keeps a note of how and when it ended
         (headers), so ``durable status`` can say "expired" rather than "never existed", and a
-        new invocation may take the id again (a KV create succeeds over a delete marker).
+        new invocation may take the id again (a KV create succeeds over a delete marker). The
+        server removes that note after ``note_ttl_s`` seconds (0: never).
         """
-        if not await self._states.expire(rec, now_ms):
+        if not await self._states.expire(rec, now_ms, note_ttl_s):
             return False
         await self._journals.purge(rec.state.invocation_id)
         return True
+
+    async def state_ids(self) -> list[str]:
+        """The ids with anything in the state bucket: a state, or an expired one's note."""
+        return await self._states.ids()
 
     async def expiry_note(self, invocation_id: str) -> dict[str, Any] | None:
         """What :meth:`expire_execution` noted about an expired invocation, if it expired."""

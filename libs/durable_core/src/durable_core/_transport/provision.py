@@ -214,9 +214,8 @@ class Provisioner:
                 info = await js.stream_info(f"KV_{n.state_bucket}")
             except nats.js.errors.NotFoundError:
                 try:
-                    kv = await js.create_key_value(want)
+                    await js.create_key_value(want)
                     log.info("created KV bucket %s (replicas=%d)", n.state_bucket, e.replicas)
-                    return kv
                 except nats.js.errors.BadRequestError as err:
                     check_created_elsewhere(err, f"KV bucket {want.bucket}")
                 info = await js.stream_info(f"KV_{n.state_bucket}")
@@ -229,11 +228,14 @@ class Provisioner:
                     },
                     {"replicas": want.replicas, "history": want.history},
                 )
-            if info.config.allow_direct:
+            if info.config.allow_direct or not info.config.allow_msg_ttl:
                 info.config.allow_direct = False
                 info.config.mirror_direct = False
+                # An expired execution's note (a delete marker) carries a TTL and goes by
+                # itself: the bucket does not keep one marker per invocation ever run.
+                info.config.allow_msg_ttl = True
                 await js.update_stream(info.config)
-                log.info("updated KV bucket %s: reads from the leader", n.state_bucket)
+                log.info("updated KV bucket %s: reads from the leader, TTLs", n.state_bucket)
             return await js.key_value(n.state_bucket)
 
         return await link.retry("set up state bucket", create)

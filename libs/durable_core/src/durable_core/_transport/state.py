@@ -182,9 +182,10 @@ class States:
         found = await link.retry("list states", subjects)
         return [subject.removeprefix(prefix) for subject in found]
 
-    async def expire(self, rec: StateRecord, now_ms: int) -> bool:
+    async def expire(self, rec: StateRecord, now_ms: int, note_ttl_s: int = 0) -> bool:
         """Replace a finished execution's state by a delete marker noting how it ended, if it
-        is still at ``rec``'s revision; False if it changed meanwhile."""
+        is still at ``rec``'s revision; False if it changed meanwhile. The server removes the
+        marker itself after ``note_ttl_s`` seconds (0: never)."""
         link = self._link
         st = rec.state
         note = {
@@ -199,6 +200,8 @@ class States:
             "Nats-Expected-Last-Subject-Sequence": str(rec.revision),
             EXPIRED_HEADER: json.dumps(note),
         }
+        if note_ttl_s > 0:
+            headers["Nats-TTL"] = f"{note_ttl_s}s"
 
         async def mark() -> bool:
             try:
