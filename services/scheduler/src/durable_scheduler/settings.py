@@ -27,8 +27,8 @@ class SchedulerSettings:
         retention_sweep: how often the retention sweep runs (the period itself is
             ``engine.retention``, setting ``retention`` in seconds).
         expired_note_for: how long an expired execution's note ("expired", how it ended) is
-            kept before the server drops it (setting ``expired_note_ttl`` in seconds; 0: as
-            long as ``retention``).
+            kept before the server drops it (setting ``expired_note_ttl`` in seconds; 0 or
+            None: as long as ``retention``, decided by the janitor).
     """
 
     nats: NatsConfig
@@ -38,7 +38,7 @@ class SchedulerSettings:
     max_concurrent: int = 16
     shutdown_grace: timedelta = timedelta(seconds=10)
     retention_sweep: timedelta = timedelta(hours=1)
-    expired_note_for: timedelta = timedelta(days=7)
+    expired_note_for: timedelta | None = None
     log_level: str = "INFO"
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9465  # 0: no metrics endpoint
@@ -95,7 +95,7 @@ def build(s: Mapping[str, Any]) -> SchedulerSettings:
         max_concurrent=max_concurrent,
         shutdown_grace=timedelta(seconds=grace),
         retention_sweep=timedelta(seconds=sweep),
-        expired_note_for=timedelta(seconds=note_ttl or retention),
+        expired_note_for=timedelta(seconds=note_ttl) if note_ttl else None,
         log_level=level,
         metrics_host=str(s.get("metrics_host") or "127.0.0.1"),
         metrics_port=metrics_port,
