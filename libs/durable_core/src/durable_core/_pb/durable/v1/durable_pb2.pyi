@@ -39,6 +39,7 @@ class EntryKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ENTRY_KIND_CANCELLED: _ClassVar[EntryKind]
     ENTRY_KIND_CANCEL_DELIVERED: _ClassVar[EntryKind]
     ENTRY_KIND_ATTEMPT_FAILED: _ClassVar[EntryKind]
+    ENTRY_KIND_PATCH: _ClassVar[EntryKind]
     ENTRY_KIND_AWAKEABLE_RESULT: _ClassVar[EntryKind]
     ENTRY_KIND_SIGNAL: _ClassVar[EntryKind]
     ENTRY_KIND_CHILD_RESULT: _ClassVar[EntryKind]
@@ -57,6 +58,7 @@ class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STATUS_FAILED: _ClassVar[Status]
     STATUS_CANCELLED: _ClassVar[Status]
     STATUS_SUSPENDED: _ClassVar[Status]
+    STATUS_BLOCKED: _ClassVar[Status]
 ENCODING_UNSPECIFIED: Encoding
 ENCODING_JSON: Encoding
 ENCODING_PROTOBUF: Encoding
@@ -81,6 +83,7 @@ ENTRY_KIND_SUSPENDED: EntryKind
 ENTRY_KIND_CANCELLED: EntryKind
 ENTRY_KIND_CANCEL_DELIVERED: EntryKind
 ENTRY_KIND_ATTEMPT_FAILED: EntryKind
+ENTRY_KIND_PATCH: EntryKind
 ENTRY_KIND_AWAKEABLE_RESULT: EntryKind
 ENTRY_KIND_SIGNAL: EntryKind
 ENTRY_KIND_CHILD_RESULT: EntryKind
@@ -96,6 +99,7 @@ STATUS_COMPLETED: Status
 STATUS_FAILED: Status
 STATUS_CANCELLED: Status
 STATUS_SUSPENDED: Status
+STATUS_BLOCKED: Status
 
 class Payload(_message.Message):
     __slots__ = ("encoding", "type_name", "data")
@@ -108,7 +112,7 @@ class Payload(_message.Message):
     def __init__(self, encoding: _Optional[_Union[Encoding, str]] = ..., type_name: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Command(_message.Message):
-    __slots__ = ("invocation_id", "workflow", "args", "partition_key", "kind", "created_at_ms", "parent_id", "metadata", "min_journal_seq")
+    __slots__ = ("invocation_id", "workflow", "args", "partition_key", "kind", "created_at_ms", "parent_id", "metadata", "min_journal_seq", "route")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -125,6 +129,7 @@ class Command(_message.Message):
     PARENT_ID_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     MIN_JOURNAL_SEQ_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
     invocation_id: str
     workflow: str
     args: Payload
@@ -134,7 +139,8 @@ class Command(_message.Message):
     parent_id: str
     metadata: _containers.ScalarMap[str, str]
     min_journal_seq: int
-    def __init__(self, invocation_id: _Optional[str] = ..., workflow: _Optional[str] = ..., args: _Optional[_Union[Payload, _Mapping]] = ..., partition_key: _Optional[str] = ..., kind: _Optional[_Union[CommandKind, str]] = ..., created_at_ms: _Optional[int] = ..., parent_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., min_journal_seq: _Optional[int] = ...) -> None: ...
+    route: str
+    def __init__(self, invocation_id: _Optional[str] = ..., workflow: _Optional[str] = ..., args: _Optional[_Union[Payload, _Mapping]] = ..., partition_key: _Optional[str] = ..., kind: _Optional[_Union[CommandKind, str]] = ..., created_at_ms: _Optional[int] = ..., parent_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., min_journal_seq: _Optional[int] = ..., route: _Optional[str] = ...) -> None: ...
 
 class Failure(_message.Message):
     __slots__ = ("type", "message", "code", "step")
@@ -149,7 +155,7 @@ class Failure(_message.Message):
     def __init__(self, type: _Optional[str] = ..., message: _Optional[str] = ..., code: _Optional[str] = ..., step: _Optional[int] = ...) -> None: ...
 
 class JournalEntry(_message.Message):
-    __slots__ = ("index", "kind", "step", "name", "input_hash", "output", "failure", "timestamp_ms", "writer", "attempts", "duration_us", "wake_at_ms", "detached", "command_seq")
+    __slots__ = ("index", "kind", "step", "name", "input_hash", "output", "failure", "timestamp_ms", "writer", "attempts", "duration_us", "wake_at_ms", "detached", "command_seq", "plugin", "plugin_version", "code_fingerprint")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
@@ -164,6 +170,9 @@ class JournalEntry(_message.Message):
     WAKE_AT_MS_FIELD_NUMBER: _ClassVar[int]
     DETACHED_FIELD_NUMBER: _ClassVar[int]
     COMMAND_SEQ_FIELD_NUMBER: _ClassVar[int]
+    PLUGIN_FIELD_NUMBER: _ClassVar[int]
+    PLUGIN_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CODE_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     index: int
     kind: EntryKind
     step: int
@@ -178,10 +187,13 @@ class JournalEntry(_message.Message):
     wake_at_ms: int
     detached: bool
     command_seq: int
-    def __init__(self, index: _Optional[int] = ..., kind: _Optional[_Union[EntryKind, str]] = ..., step: _Optional[int] = ..., name: _Optional[str] = ..., input_hash: _Optional[bytes] = ..., output: _Optional[_Union[Payload, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., timestamp_ms: _Optional[int] = ..., writer: _Optional[str] = ..., attempts: _Optional[int] = ..., duration_us: _Optional[int] = ..., wake_at_ms: _Optional[int] = ..., detached: _Optional[bool] = ..., command_seq: _Optional[int] = ...) -> None: ...
+    plugin: str
+    plugin_version: str
+    code_fingerprint: str
+    def __init__(self, index: _Optional[int] = ..., kind: _Optional[_Union[EntryKind, str]] = ..., step: _Optional[int] = ..., name: _Optional[str] = ..., input_hash: _Optional[bytes] = ..., output: _Optional[_Union[Payload, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., timestamp_ms: _Optional[int] = ..., writer: _Optional[str] = ..., attempts: _Optional[int] = ..., duration_us: _Optional[int] = ..., wake_at_ms: _Optional[int] = ..., detached: _Optional[bool] = ..., command_seq: _Optional[int] = ..., plugin: _Optional[str] = ..., plugin_version: _Optional[str] = ..., code_fingerprint: _Optional[str] = ...) -> None: ...
 
 class ExecutionState(_message.Message):
-    __slots__ = ("invocation_id", "workflow", "status", "args", "output", "failure", "partition_key", "created_at_ms", "updated_at_ms", "journal_length", "trace_id", "parent_id", "child_ids", "processor", "start_at_ms", "waiting_for", "parent_partition_key", "notify_parent", "parent_workflow", "forked_from", "deadline_ms", "rerun_of", "run_command_seq", "trace_context")
+    __slots__ = ("invocation_id", "workflow", "status", "args", "output", "failure", "partition_key", "created_at_ms", "updated_at_ms", "journal_length", "trace_id", "parent_id", "child_ids", "processor", "start_at_ms", "waiting_for", "parent_partition_key", "notify_parent", "parent_workflow", "forked_from", "deadline_ms", "rerun_of", "run_command_seq", "pinned_version", "blocked_reason", "trace_context")
     class TraceContextEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -212,6 +224,8 @@ class ExecutionState(_message.Message):
     DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
     RERUN_OF_FIELD_NUMBER: _ClassVar[int]
     RUN_COMMAND_SEQ_FIELD_NUMBER: _ClassVar[int]
+    PINNED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    BLOCKED_REASON_FIELD_NUMBER: _ClassVar[int]
     TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     invocation_id: str
     workflow: str
@@ -236,8 +250,10 @@ class ExecutionState(_message.Message):
     deadline_ms: int
     rerun_of: str
     run_command_seq: int
+    pinned_version: str
+    blocked_reason: str
     trace_context: _containers.ScalarMap[str, str]
-    def __init__(self, invocation_id: _Optional[str] = ..., workflow: _Optional[str] = ..., status: _Optional[_Union[Status, str]] = ..., args: _Optional[_Union[Payload, _Mapping]] = ..., output: _Optional[_Union[Payload, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., partition_key: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., journal_length: _Optional[int] = ..., trace_id: _Optional[str] = ..., parent_id: _Optional[str] = ..., child_ids: _Optional[_Iterable[str]] = ..., processor: _Optional[str] = ..., start_at_ms: _Optional[int] = ..., waiting_for: _Optional[str] = ..., parent_partition_key: _Optional[str] = ..., notify_parent: _Optional[bool] = ..., parent_workflow: _Optional[str] = ..., forked_from: _Optional[str] = ..., deadline_ms: _Optional[int] = ..., rerun_of: _Optional[str] = ..., run_command_seq: _Optional[int] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    def __init__(self, invocation_id: _Optional[str] = ..., workflow: _Optional[str] = ..., status: _Optional[_Union[Status, str]] = ..., args: _Optional[_Union[Payload, _Mapping]] = ..., output: _Optional[_Union[Payload, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., partition_key: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., journal_length: _Optional[int] = ..., trace_id: _Optional[str] = ..., parent_id: _Optional[str] = ..., child_ids: _Optional[_Iterable[str]] = ..., processor: _Optional[str] = ..., start_at_ms: _Optional[int] = ..., waiting_for: _Optional[str] = ..., parent_partition_key: _Optional[str] = ..., notify_parent: _Optional[bool] = ..., parent_workflow: _Optional[str] = ..., forked_from: _Optional[str] = ..., deadline_ms: _Optional[int] = ..., rerun_of: _Optional[str] = ..., run_command_seq: _Optional[int] = ..., pinned_version: _Optional[str] = ..., blocked_reason: _Optional[str] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ResultNotice(_message.Message):
     __slots__ = ("journal",)
