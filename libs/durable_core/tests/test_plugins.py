@@ -204,3 +204,32 @@ def test_a_hook_can_query_the_registry_it_is_given() -> None:
 
     load_plugins(entry_points=False, extra=[Plugin()])
     assert seen == [True]
+
+
+def test_a_workflow_knows_the_package_version_and_source_it_runs_on(tmp_path, monkeypatch):
+    """Issue 16: the registry names each workflow's code: package, version, fingerprint, and
+    the routing token of package==version (the pinned route)."""
+    import importlib
+    import sys
+
+    from durable_core._code import version_token
+
+    def load(source: str, module: str):
+        (tmp_path / f"{module}.py").write_text(source)
+        monkeypatch.syspath_prepend(str(tmp_path))
+        sys.modules.pop(module, None)
+        return importlib.import_module(module)
+
+    body = "__version__ = '{v}'\nasync def wf(ctx):\n    return {r}\n"
+    one = load(body.format(v="1.2.0", r=1), "code_id_one")
+    two = load(body.format(v="1.2.0", r=2), "code_id_two")
+    reg = WorkflowRegistry()
+    reg.register(one.wf, name="one")
+    reg.register(two.wf, name="two")
+    reg.register(two.wf, name="three", version="9")
+    a, b, c = reg.get("one").code, reg.get("two").code, reg.get("three").code
+    assert (a.package, a.version) == ("code_id_one", "1.2.0")
+    assert a.token == version_token("code_id_one", "1.2.0") != b.token
+    assert a.token.startswith("v-") and "." not in a.token
+    assert a.fingerprint != b.fingerprint  # different source, same version
+    assert c.version == "9" and c.token != b.token and c.fingerprint == b.fingerprint

@@ -24,6 +24,7 @@ from typing import Any
 
 import pluggy
 
+from durable_core._code import CodeIdentity, code_identity
 from durable_core._naming import check_workflow_name
 from durable_core.errors import ConfigError, NotFoundError
 from durable_core.interceptors import Interceptor
@@ -58,6 +59,7 @@ class Workflow:
     input_type: Any = None
     output_type: Any = None
     retry: RetryPolicy | None = None
+    code: CodeIdentity = CodeIdentity("", "0", "")
 
 
 def workflow_signature(fn: Callable[..., Any]) -> tuple[bool, Any, Any]:
@@ -89,11 +91,13 @@ class WorkflowRegistry:
         name: str | None = None,
         plugin: str = "",
         retry: RetryPolicy | None = None,
+        version: str = "",
     ) -> WorkflowFn:
         """Register ``async def fn(ctx[, input])`` under ``name`` (default: its __name__).
 
         ``retry`` is the workflow's default RetryPolicy for its steps (a step's own ``retry=``
-        wins; without either, RetryPolicy() applies).
+        wins; without either, RetryPolicy() applies). ``version`` overrides the version of the
+        code (default: the installed package's; see ``durable_core._code``).
         """
         wf_name = check_workflow_name(name or fn.__name__)
         if not inspect.iscoroutinefunction(fn):
@@ -115,7 +119,14 @@ class WorkflowRegistry:
                 f"{plugin or '?'})"
             )
         self._workflows[wf_name] = Workflow(
-            wf_name, fn, takes_input, plugin, input_type, output_type, retry
+            wf_name,
+            fn,
+            takes_input,
+            plugin,
+            input_type,
+            output_type,
+            retry,
+            code_identity(fn, version=version),
         )
         if wf_name != fn.__name__:
             fn.__durable_workflow__ = wf_name  # type: ignore[attr-defined] # client.invoke(fn)
@@ -222,5 +233,8 @@ class _Tagged(WorkflowRegistry):
         name: str | None = None,
         plugin: str = "",
         retry: RetryPolicy | None = None,
+        version: str = "",
     ) -> WorkflowFn:
-        return self._inner.register(fn, name=name, plugin=plugin or self._plugin, retry=retry)
+        return self._inner.register(
+            fn, name=name, plugin=plugin or self._plugin, retry=retry, version=version
+        )
