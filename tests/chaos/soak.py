@@ -6,10 +6,14 @@ Thresholds (the soak passes when all hold):
 
 * **memory flat**: for every process (each processor, scheduler replica, the service, each NATS
   node, by name across restarts), the largest RSS sampled in the last window is at most the
-  largest in the baseline window × ``RSS_FACTOR`` (1.2) + ``RSS_SLACK`` (10 MB). The baseline
+  largest in its baseline window × ``RSS_FACTOR`` (1.2) + ``RSS_SLACK`` (10 MB). The baseline
   is the first window that starts after the warm-up (the retention period plus one sweep:
   until then the streams are still filling, and a NATS node's memory grows with what it
-  stores, which is no leak); a run too short to have one after it does not judge memory;
+  stores, which is no leak) in which the nemesis did not restart that process (a process
+  killed in its baseline window starts again from nothing there and climbs back to its
+  plateau: the first 30-minute soak on the retention fix judged a NATS node's 163 MB
+  plateau against the 125 MB of the window it was killed in); if it was restarted in every
+  one, the first. A run too short to have a window after the baseline does not judge memory;
 * **latency flat**: the median end-to-end latency (submission to final state) of the
   invocations submitted in the last window is at most ``P50_FACTOR`` (1.5) × the first
   window's; p99 is reported, not judged (a fault every minute decides it);
@@ -128,11 +132,27 @@ def windows(
     return out
 
 
-def baseline(ws: list[Window], warmup: float) -> Window | None:
-    """The window memory is compared against: the first one starting after the warm-up, if
-    another one follows it."""
-    steady = [w for w in ws if w.start >= warmup]
-    return steady[0] if len(steady) >= 2 else None
+RESTARTS = ("kill_leader", "kill_processor", "kill_scheduler", "restart_service")
+"""Faults (``"<kind> <process> ..."``) after which the named process starts from nothing."""
+
+
+def baseline(ws: list[Window], warmup: float, name: str = "") -> Window | None:
+    """The window ``name``'s memory is compared against: the first one starting after the
+    warm-up in which that process was not restarted (else the first after the warm-up), if
+    another window follows it."""
+    steady = [w for w in ws[:-1] if w.start >= warmup]
+    if not steady:
+        return None
+    for w in steady:
+        if not any(restarted(fault, name) for fault in w.faults):
+            return w
+    return steady[0]
+
+
+def restarted(fault: str, name: str) -> bool:
+    """Whether the fault described by ``fault`` restarted the process ``name``."""
+    kind, _, rest = fault.partition(" ")
+    return kind in RESTARTS and rest.split(" ", 1)[0] == name
 
 
 def verdict(
@@ -155,9 +175,9 @@ def verdict(
         found.append("fewer than two windows: nothing to compare")
         return found
     first, last = ws[0], ws[-1]
-    base = baseline(ws, warmup)
-    judged = set(base.rss) | set(last.rss) if base is not None else set()
+    judged = set(last.rss) if baseline(ws, warmup) is not None else set()
     for name in sorted(judged - set(ignore)):
+        base = baseline(ws, warmup, name)
         assert base is not None
         before, after = base.rss.get(name), last.rss.get(name)
         if before is None or after is None:

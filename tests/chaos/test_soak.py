@@ -242,7 +242,7 @@ async def _soak(
         warmup=warmup,
         ignore=("client",),
     )
-    base = soak.baseline(ws, warmup)
+    base = soak.baseline(ws, warmup)  # the first after the warm-up (a process may have a later one)
     load_avg = {w.index: [v for t, v in loads if w.start <= t < w.end] for w in ws}
     report = [
         f"soak report: seed {SETTINGS.seed}, {MINUTES:g} min at {RATE:g}/s, one fault every "

@@ -46,6 +46,32 @@ def test_memory_that_grows_fails() -> None:
     )
 
 
+def test_the_baseline_is_a_window_in_which_the_process_was_not_restarted() -> None:
+    # n1 climbs towards its 150 MB plateau, is killed at 330 s (in the first window after the
+    # warm-up) and climbs again from 20 MB, reaching the plateau in the last window. Judged
+    # against the window it was killed in (peak 100 MB), the plateau would look like growth;
+    # against the next one (134 MB) it is flat. p1 grows 2 MB a minute, never restarted:
+    # still caught.
+    def n1(t: float) -> float:
+        return min(150.0, 20 + t / 4 if t < 330 else 20 + (t - 330) / 5)
+
+    rss = [
+        (t, {"n1": int(n1(t) * MB), "p1": int((80 + 2 * t / 60) * MB)})
+        for t in range(0, int(LENGTH), 10)
+    ]
+    kill = [(330.0, "kill_leader n1 leader of S, down 2s")]
+    problems = verdict(
+        windows(LENGTH, WINDOW, rss, [], [], kill), submitted=1, completed=1, warmup=270
+    )
+    assert [p.split(":")[0] for p in problems if not p.startswith("no latencies")] == ["p1"]
+    # A pause is no restart: n1's baseline stays the window of the fault, and it fails.
+    pause = [(330.0, "pause_node n1 SIGSTOP 11s")]
+    problems = verdict(
+        windows(LENGTH, WINDOW, rss, [], [], pause), submitted=1, completed=1, warmup=270
+    )
+    assert any(p.startswith("n1: RSS 150.0 MB in the last window > 130.0 MB") for p in problems)
+
+
 def test_memory_is_not_judged_without_a_window_after_the_warm_up() -> None:
     rss, done = samples(growth_mb_per_min=2.0)
     ws = windows(LENGTH, WINDOW, rss, done, [])
