@@ -32,7 +32,14 @@ from durable_core.engine import _intake as intake
 from durable_core.errors import ConflictError, InvalidInputError
 from durable_core.plugins import workflow_signature
 
-__all__ = ["WorkflowRef", "start_at_ms", "submit", "submit_payload", "trace_context_of"]
+__all__ = [
+    "WorkflowRef",
+    "start_at_ms",
+    "submit",
+    "submit_payload",
+    "trace_context_of",
+    "workflow_name",
+]
 
 WorkflowRef = str | Callable[..., Any]
 
@@ -59,6 +66,13 @@ def trace_context_of(span: trace.Span) -> tuple[dict[str, str], str]:
     carrier: dict[str, str] = {}
     propagate.inject(carrier, context=trace.set_span_in_context(span))
     return carrier, format_trace_id(context.trace_id)
+
+
+def workflow_name(workflow: WorkflowRef) -> str:
+    """The name of a workflow given by name or as its function."""
+    if callable(workflow):
+        return str(getattr(workflow, "__durable_workflow__", None) or workflow.__name__)
+    return workflow
 
 
 def start_at_ms(delay: timedelta | None, start_at: datetime | None) -> int:
@@ -112,8 +126,8 @@ async def submit(
             )
         begins = start_at or int(time.time() * 1000)
         deadline = begins + int(execution_timeout.total_seconds() * 1000)
+    name = workflow_name(workflow)
     if callable(workflow):
-        name = getattr(workflow, "__durable_workflow__", None) or workflow.__name__
         takes_input, input_type, _ = workflow_signature(workflow)
         if input_type is not None:
             try:
@@ -122,8 +136,6 @@ async def submit(
                 raise InvalidInputError(
                     f"input of {name} does not match its declared type: {e}"
                 ) from e
-    else:
-        name = workflow
     return await submit_payload(
         t,
         name,
