@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 from durable_core import _codec
-from durable_core._naming import check_invocation_id, check_workflow_name
+from durable_core._naming import check_invocation_id
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import StateEvents, Transport
 from durable_core._types import TypeResolver
@@ -22,7 +22,7 @@ from durable_core.client._results import (
     Status,
     result_of,
 )
-from durable_core.client._submit import WorkflowRef, start_at_ms, submit, workflow_name
+from durable_core.client._submit import WorkflowRef, start_at_ms, submit
 from durable_core.config import EngineConfig, NatsConfig
 from durable_core.errors import InvocationTimeoutError, WorkflowFailedError
 from durable_core.fleet import FleetCache, FleetView
@@ -132,7 +132,6 @@ class Client:
                 ``queue_unserved``); nothing was stored.
             ConflictError: the id belongs to an invocation with other arguments.
         """
-        await self._check_served(workflow, queue_unserved)
         invocation_id, _ = await submit(
             self._t,
             workflow,
@@ -141,6 +140,7 @@ class Client:
             partition_key,
             start_at=start_at_ms(delay, start_at),
             execution_timeout=execution_timeout,
+            check=None if queue_unserved else self._fleet.check,
         )
         return invocation_id
 
@@ -166,7 +166,6 @@ class Client:
             WorkflowFailedError: the invocation failed (step and message attached).
             InvocationTimeoutError: no result within ``timeout`` (it keeps running).
         """
-        await self._check_served(workflow, queue_unserved)
         invocation_id, events = await submit(
             self._t,
             workflow,
@@ -175,6 +174,7 @@ class Client:
             partition_key,
             watch=True,
             execution_timeout=execution_timeout,
+            check=None if queue_unserved else self._fleet.check,
         )
         assert events is not None
         try:
@@ -193,13 +193,6 @@ class Client:
                 typed = _codec.decode_as(state.output, output_type)
                 result = dataclasses.replace(result, output=typed)
         return result
-
-    async def _check_served(self, workflow: WorkflowRef, queue_unserved: bool) -> None:
-        """Intake's refusal of a workflow nobody serves (a cached registry read: ~0 when warm)."""
-        name = workflow_name(workflow)
-        check_workflow_name(name)
-        if not queue_unserved:
-            await self._fleet.check(name)
 
     async def fleet(self) -> FleetView:
         """The live processors and what each serves, read now (``durable plugins --fleet``)."""
@@ -304,8 +297,6 @@ class Client:
         """
         from durable_core import schedules
 
-        await self._check_served(workflow, queue_unserved)
-
         return await schedules.create_schedule(
             self._t,
             name,
@@ -318,6 +309,7 @@ class Client:
             catch_up=catch_up,
             partition_key=partition_key,
             paused=paused,
+            check=None if queue_unserved else self._fleet.check,
         )
 
     async def list_schedules(self) -> list[Schedule]:

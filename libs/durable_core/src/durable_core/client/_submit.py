@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -42,6 +42,7 @@ __all__ = [
 ]
 
 WorkflowRef = str | Callable[..., Any]
+Check = Callable[[str], Awaitable[None]]
 
 # A proxy until an SDK provider is set (the API's no-op before that): set-up order is free.
 _TRACER = trace.get_tracer("durable_core.client")
@@ -112,10 +113,12 @@ async def submit(
     watch: bool = False,
     start_at: int = 0,
     execution_timeout: timedelta | None = None,
+    check: Check | None = None,
 ) -> tuple[str, StateEvents | None]:
     """Submit ``workflow`` (a name, or the function: its input is checked against its type
     hints) with ``args``; its id, and its state events when ``watch`` (opened before it
-    existed, so no change is missed)."""
+    existed, so no change is missed). ``check`` is awaited with the workflow's name once the
+    submission is valid, before anything is written (intake's registry check)."""
     deadline = 0
     if execution_timeout is not None:
         if not isinstance(execution_timeout, timedelta) or not (
@@ -145,6 +148,7 @@ async def submit(
         watch=watch,
         start_at=start_at,
         deadline_ms=deadline,
+        check=check,
     )
 
 
@@ -161,6 +165,7 @@ async def submit_payload(
     forked_from: str = "",
     rerun_of: str = "",
     deadline_ms: int = 0,
+    check: Check | None = None,
 ) -> tuple[str, StateEvents | None]:
     """Submit an invocation of ``name`` with encoded arguments (see :func:`submit`)."""
     check_workflow_name(name)
@@ -173,6 +178,8 @@ async def submit_payload(
         raise InvalidInputError(
             f"arguments of {name} are {len(payload.data)} bytes; {t.payload_limit_text()}"
         )
+    if check is not None:
+        await check(name)
     # The invocation's trace starts here (or joins the caller's current one); its context
     # travels with the command and is stored with the invocation for later runs.
     with _TRACER.start_as_current_span(
