@@ -78,6 +78,9 @@ class Worker:
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._consumer: CommandConsumer | None = None  # set once consuming
+        # Set once registered in the fleet and consuming: from then on intake accepts this
+        # worker's workflows (await it before invoking them in the same process).
+        self.consuming = asyncio.Event()
         self._fetch_error = ""
         self.completed = 0
         self.failed = 0
@@ -209,6 +212,7 @@ class Worker:
         consumer = await self.transport.command_consumer(self.config)
         control = await self.transport.subscribe_control(self._on_control)
         self._consumer = consumer
+        self.consuming.set()
         log.info(
             "processor %s consuming (max_concurrent=%d, ack_wait=%ss, workflows: %s)",
             self.processor_id,
