@@ -274,7 +274,7 @@ async def test_status_decodes_every_step_where_the_plugin_cannot_be_imported(
     blocked = tmp_path / "blocked"
     blocked.mkdir()
     (blocked / "sitecustomize.py").write_text(BLOCKER)
-    env = {**os.environ, **stack.env, "PYTHONPATH": str(blocked)}
+    env = {**os.environ, **stack.env, "PYTHONPATH": str(blocked), "COLUMNS": "250"}
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

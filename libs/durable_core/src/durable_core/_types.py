@@ -12,8 +12,10 @@ not clash with, or stand in for, code imported later).
 from __future__ import annotations
 
 import logging
+import math
 import sys
-from collections.abc import Callable, Iterable, Mapping
+import time
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, symbol_database
@@ -30,7 +32,7 @@ __all__ = ["TypeResolver", "descriptor_set", "message_types", "publish_types"]
 
 log = logging.getLogger("durable_core.types")
 
-Resolve = Callable[[str], "type[Message] | None"]
+_RETRY_MISSING = 10.0  # seconds before a type found in no record is looked up again
 
 
 def message_types(
@@ -127,6 +129,7 @@ class TypeResolver:
     def __init__(self) -> None:
         self._pool = descriptor_pool.DescriptorPool()
         self._classes: dict[str, type[Message]] = {}
+        self._missing: dict[str, float] = {}  # names not stored, when last looked up
 
     def __call__(self, name: str) -> type[Message] | None:
         local = _local_class(name)
@@ -137,12 +140,15 @@ class TypeResolver:
         for name in sorted(set(names)):
             if self(name) is not None or not name:
                 continue
+            if time.monotonic() - self._missing.get(name, -math.inf) < _RETRY_MISSING:
+                continue  # looked up a moment ago: a page refresh does not ask again
             try:
                 data = await t.type_record(name)
             except Exception as e:  # noqa: BLE001 - the payload is then shown undecoded
                 log.debug("cannot read descriptors of %s: %s", name, e)
                 continue
             if data is None:
+                self._missing[name] = time.monotonic()
                 continue
             try:
                 self._classes[name] = self._build(name, data)

@@ -432,9 +432,9 @@ class Transport:
         write (see FleetRecords)."""
         await self._fleet.register(key, data, ttl)
 
-    async def unregister_processor(self, key: str) -> None:
-        """Remove a fleet record (a clean exit)."""
-        await self._fleet.unregister(key)
+    async def unregister_processor(self, key: str, ttl: float) -> None:
+        """Remove a fleet record (a clean exit; the marker goes after ``ttl`` seconds)."""
+        await self._fleet.unregister(key, ttl)
 
     async def processor_records(self) -> dict[str, bytes]:
         """Every live processor's fleet record, by key."""

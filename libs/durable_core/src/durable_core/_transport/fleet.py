@@ -76,11 +76,16 @@ class FleetRecords:
         subject = f"$KV.{self._link.names.fleet_bucket}.{key}"
         await self._link.publish(subject, data, {"Nats-TTL": f"{max(1, math.ceil(ttl))}s"})
 
-    async def unregister(self, key: str) -> None:
-        """Remove processor record ``key`` (a clean exit)."""
+    async def unregister(self, key: str, ttl: float) -> None:
+        """Remove processor record ``key`` (a clean exit). The purge marker itself goes after
+        ``ttl`` seconds: every process start has its own key, so markers kept for good would
+        pile up one per start."""
         kv = await self._fleet_bucket(create=True)
         assert kv is not None
-        await self._link.retry(f"delete fleet record {key}", lambda: kv.purge(key))
+        marker_ttl = max(1, math.ceil(ttl))
+        await self._link.retry(
+            f"delete fleet record {key}", lambda: kv.purge(key, msg_ttl=marker_ttl)
+        )
 
     async def processors(self) -> dict[str, bytes]:
         """Every live processor's record, by key (empty when no processor ever registered)."""

@@ -108,4 +108,4 @@ class FleetMember:
     async def leave(self) -> None:
         """Remove the record (a clean exit)."""
         if self.registered:
-            await self.t.unregister_processor(self.key)
+            await self.t.unregister_processor(self.key, self.ttl)
