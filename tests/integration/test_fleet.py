@@ -177,7 +177,7 @@ async def test_unknown_workflow_is_refused_at_every_intake_unless_queued(
     stack: ProcessStack, client: Client
 ) -> None:
     stack.start_service()
-    start_processor(stack, "intake-hello", "hello_workflow")
+    hello_processor = start_processor(stack, "intake-hello", "hello_workflow")
     args = {"order_id": "o-1", "amount_cents": 500}
 
     # The client: a typed error naming what is served; nothing is stored.
@@ -224,8 +224,16 @@ async def test_unknown_workflow_is_refused_at_every_intake_unless_queued(
         assert resp.status_code == 404, resp.text
         names = [s.name for s in await client.list_schedules()]
         assert not {"refused-sched", "refused-cli", "refused-api"} & set(names)
+        # A served workflow needs no option.
+        hello = await client.invoke("hello_workflow", {"name": "Ada"}, timeout=30)
+        assert hello.status == Status.COMPLETED
 
-        # Queued on request, by each way in; a served workflow needs no option.
+        # Without routing (issue 16's other half) a processor lacking a workflow would take
+        # its commands: the hello processor leaves (a clean exit removes its record at once).
+        hello_processor.stop()
+        assert (await client.fleet()).processors == ()
+
+        # Queued on request, by each way in.
         queued = [await client.invoke_async("order_processing", args, queue_unserved=True)]
         cp = await asyncio.to_thread(
             stack.cli, "invoke", "order_processing", "--args", json.dumps(args), "--queue",
@@ -246,8 +254,6 @@ async def test_unknown_workflow_is_refused_at_every_intake_unless_queued(
     await client.create_schedule(
         "queued-sched", "order_processing", args, every=_hour(), paused=True, queue_unserved=True
     )
-    hello = await client.invoke("hello_workflow", {"name": "Ada"}, timeout=30)
-    assert hello.status == Status.COMPLETED
     for iid in queued:
         assert (await client.get_summary(iid)).status == Status.PENDING
 
