@@ -121,6 +121,7 @@ async def test_registry_shows_each_processors_workflows_and_drops_a_killed_one(
     assert [w.name for w in by_processor["fleet-orders"].workflows] == [
         "cancellable_order",
         "delayed_greeting",
+        "greet_later",
         "order_processing",
     ]
     assert by_processor["fleet-none"].workflows == ()
