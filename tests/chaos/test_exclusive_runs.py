@@ -76,6 +76,8 @@ async def _workers_and_client(
     ]
     running = [Worker(t, registry, config) for t in transports]
     tasks = [asyncio.create_task(w.run()) for w in running]
+    for w in running:  # registered: intake accepts the workflow
+        await asyncio.wait_for(w.consuming.wait(), 20)
     client = await Client.connect(server.url, engine=engine)
     try:
         yield client
@@ -405,6 +407,7 @@ async def test_a_processor_whose_lease_lapsed_runs_no_further_step(server: NatsS
     b = Worker(t_b, registry, config)
     redriver = Redriver(t_s, check_every=0.2)
     tasks = [asyncio.create_task(a.run()), asyncio.create_task(redriver.run())]
+    await asyncio.wait_for(a.consuming.wait(), 20)
     client = await Client.connect(server.url, engine=engine)
     try:
         inv = await client.invoke_async("gated")

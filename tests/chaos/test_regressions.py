@@ -203,6 +203,7 @@ async def _worker_and_client(
     transport = await transport_cls.connect(NatsConfig.from_url(server.url), engine, create=True)
     worker = Worker(transport, registry, WorkerConfig())
     task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(worker.consuming.wait(), 20)  # registered: intake accepts it
     client = await Client.connect(server.url, engine=engine)
     try:
         yield client
@@ -505,6 +506,7 @@ async def test_a_run_released_at_shutdown_runs_no_further_step(server: NatsServe
     t = await Transport.connect(NatsConfig.from_url(server.url), engine, create=True)
     worker = Worker(t, registry, WorkerConfig(shutdown_grace=timedelta(seconds=0.5)))
     running = asyncio.create_task(worker.run())
+    await asyncio.wait_for(worker.consuming.wait(), 20)
     client = await Client.connect(server.url, engine=engine)
     try:
         await client.invoke_async("slow")

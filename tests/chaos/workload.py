@@ -203,7 +203,11 @@ class Workload:
             attempt += 1
             try:
                 got = await asyncio.wait_for(
-                    self.client.invoke_async(p.workflow, p.args, id=p.iid, partition_key=p.key),
+                    # Queued whatever the registry says: under faults a read of it may find
+                    # no processor for a while; the workload checks durability, not intake.
+                    self.client.invoke_async(
+                        p.workflow, p.args, id=p.iid, partition_key=p.key, queue_unserved=True
+                    ),
                     timeout=40,
                 )
             except Exception as e:  # noqa: BLE001 - NATS errors of every kind: retry

@@ -106,6 +106,12 @@ class MemoryTransport:
     async def expiry_note(self, invocation_id: str) -> dict[str, Any] | None:
         return None  # nothing expires in memory
 
+    async def processor_records(self) -> dict[str, bytes]:
+        return {}  # no processor registered
+
+    async def type_record(self, full_name: str) -> bytes | None:
+        return None  # no descriptors stored
+
     async def read_journal(
         self, invocation_id: str, *, min_seq: int = 0, min_entries: int = 0
     ) -> list[JournalRecord]:
@@ -147,6 +153,9 @@ class HostileClient:
         return None  # no connection: the transport is in memory
 
     async def invoke_async(self, workflow: Any, args: Any = None, **kw: Any) -> str:
+        # No processor serves anything in memory: queued, so the body's handling is what the
+        # property tests see (the refusal of an unserved workflow has its own tests).
+        kw["queue_unserved"] = True
         return await self.real.invoke_async(workflow, args, **kw)
 
     async def describe(self, invocation_id: str) -> Any:

@@ -10,7 +10,13 @@ from typing import Any
 import nats.js.errors
 import pytest
 
-from durable_core import Client, EngineConfig, NatsConfig, WorkflowFailedError
+from durable_core import (
+    Client,
+    EngineConfig,
+    NatsConfig,
+    UnknownWorkflowError,
+    WorkflowFailedError,
+)
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import Transport, connect_nats
 from durable_core.testing import NatsCluster, ProcessStack, assert_eventually_async
@@ -223,8 +229,13 @@ async def test_unknown_workflow_fails_clearly_and_is_not_redelivered(
 ) -> None:
     stack.start_service()
     stack.start_processor("p1")
-    with pytest.raises(WorkflowFailedError) as err:
+    with pytest.raises(UnknownWorkflowError):  # refused at intake since issue 16
         await client.invoke("no_such_workflow", {"x": 1}, id="unknown-1", timeout=30)
+    # Queued anyway, it reaches a processor that lacks it: failed clearly, not redelivered.
+    with pytest.raises(WorkflowFailedError) as err:
+        await client.invoke(
+            "no_such_workflow", {"x": 1}, id="unknown-1", timeout=30, queue_unserved=True
+        )
     assert "unknown workflow 'no_such_workflow'" in str(err.value)
     assert "hello_workflow" in str(err.value)  # the known ones are listed
     await assert_eventually_async(consumer_idle, 20, "the command to be acked")
@@ -233,8 +244,8 @@ async def test_unknown_workflow_fails_clearly_and_is_not_redelivered(
     assert await kinds("unknown-1") == ["FAILED"]
 
     cp = await asyncio.to_thread(stack.cli, "invoke", "no_such_workflow")
-    assert cp.returncode == 2  # bad input, though the processor is the one that knows
-    assert "unknown workflow" in cp.stderr and "order_processing" in cp.stderr
+    assert cp.returncode == 2  # bad input: no live processor serves it
+    assert "no live processor serves workflow" in cp.stderr and "order_processing" in cp.stderr
 
 
 async def test_malformed_command_is_terminated_and_processor_keeps_serving(
@@ -324,7 +335,10 @@ async def test_a_listing_never_misses_what_is_there(client: Client) -> None:
     """Every listing sees every execution. A KV watch's "caught up" marker from nats-py came
     before the first entry in about 1 watch of 100 on R3, so `list_executions` (and `durable
     list`) returned nothing; a full local run failed on `durable list --status failed` so."""
-    ids = {await client.invoke_async("hello_workflow", {"name": n}) for n in ("A", "B", "C")}
+    ids = {  # no processor runs: queued
+        await client.invoke_async("hello_workflow", {"name": n}, queue_unserved=True)
+        for n in ("A", "B", "C")
+    }
     short = []
     for _ in range(300):
         seen = {e.invocation_id for e in await client.list_executions()}

@@ -516,7 +516,7 @@ async def test_args_at_the_configured_limit_fit_or_are_refused_clearly(
     invocation_id = new_id("edge")
     args = "x" * (LIMIT - 2)  # JSON-encoded: exactly LIMIT bytes
     try:
-        await client.invoke_async("hello_workflow", args, id=invocation_id)
+        await client.invoke_async("hello_workflow", args, id=invocation_id, queue_unserved=True)
     except InvalidInputError as e:
         assert str(LIMIT) in str(e)
         assert await transport.get_state(invocation_id) is None
@@ -660,6 +660,7 @@ async def test_reading_a_journal_with_garbage_raises_a_durable_error(
 ) -> None:
     invocation_id = new_id("undecodable")
     await transport.js.publish(transport.names.journal_subject(invocation_id), UNDECODABLE)
-    await client.invoke_async("hello_workflow", None, id=invocation_id)  # no processor: pending
+    # No processor: pending.
+    await client.invoke_async("hello_workflow", None, id=invocation_id, queue_unserved=True)
     with pytest.raises(DurableError):
         await client.get_result(invocation_id)

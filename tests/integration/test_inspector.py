@@ -208,7 +208,9 @@ async def test_event_stream_delivers_a_change(
 
             assert (await asyncio.wait_for(first("hello"), 20))["ready"] is True
             # No processor runs: the new execution stays pending, and its creation is the change.
-            invocation_id = await client.invoke_async("hello_workflow", {"name": "SSE"})
+            invocation_id = await client.invoke_async(
+                "hello_workflow", {"name": "SSE"}, queue_unserved=True
+            )
             data = await asyncio.wait_for(
                 first("execution", lambda d: d["invocation_id"] == invocation_id), 20
             )
@@ -245,7 +247,9 @@ async def test_create_app_connects_by_itself(
     )
     task = asyncio.create_task(server.serve())
     try:
-        invocation_id = await client.invoke_async("hello_workflow", {"name": "embedded"})
+        invocation_id = await client.invoke_async(  # no processor runs: queued
+            "hello_workflow", {"name": "embedded"}, queue_unserved=True
+        )
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
 
             async def listed() -> bool:

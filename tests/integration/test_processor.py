@@ -48,6 +48,7 @@ async def test_max_concurrent_executions_really_run_at_once(
     worker = Worker(transport, registry, WorkerConfig(max_concurrent=4))
     task = asyncio.create_task(worker.run())
     try:
+        await asyncio.wait_for(worker.consuming.wait(), 20)  # registered: intake accepts busy
         ids = [await client.invoke_async("busy") for _ in range(12)]
         results = await asyncio.gather(*(client.wait(i, timeout=60) for i in ids))
         assert all(r.status == "completed" for r in results)

@@ -52,6 +52,7 @@ PUBLIC_API = [
     "StepTimeoutError",
     "SuspendExecution",
     "TerminalError",
+    "UnknownWorkflowError",
     "UnsupportedServerError",
     "Worker",
     "WorkerConfig",

@@ -455,7 +455,11 @@ async def test_cli_actions(
 ) -> None:
     cli = _cli(server, transport)
 
-    assert await cli("create", "greet", "--workflow", "hello_workflow", "--every", "2s") == 0
+    # No processor runs here: the schedules are created for one that will come (--queue).
+    assert (
+        await cli("create", "greet", "--workflow", "hello_workflow", "--every", "2s", "--queue")
+        == 0
+    )
     out = capsys.readouterr().out
     assert "schedule greet created (next fire 20" in out and "every 2s -> hello_workflow" in out
 
@@ -473,6 +477,7 @@ async def test_cli_actions(
             "Europe/Amsterdam",
             "--overlap",
             "allow",
+            "--queue",
             "--catch-up",
             "0",
             "--partition-key",
@@ -518,8 +523,10 @@ async def test_cli_exit_codes(
     for action in ("pause", "resume", "delete"):
         assert await cli(action, "ghost") == 4
         assert "not found: no schedule named 'ghost'" in capsys.readouterr().err
-    assert await cli("create", "dup", "--workflow", "wf", "--every", "1m") == 0
-    assert await cli("create", "dup", "--workflow", "wf", "--every", "1m") == 6
+    assert await cli("create", "dup", "--workflow", "wf", "--every", "1m") == 2  # nobody serves wf
+    assert "no live processor serves workflow 'wf'" in capsys.readouterr().err
+    assert await cli("create", "dup", "--workflow", "wf", "--every", "1m", "--queue") == 0
+    assert await cli("create", "dup", "--workflow", "wf", "--every", "1m", "--queue") == 6
     assert "already exists" in capsys.readouterr().err
     assert await cli("create", "x", "--workflow", "wf") == 2  # one of --cron/--every
     assert "give exactly one of --cron and --every" in capsys.readouterr().err

@@ -448,7 +448,9 @@ async def test_client_starts_a_producer_span_and_sends_its_context(
 ) -> None:
     transport = SubmitRecorder()
     client = Client(transport)  # type: ignore[arg-type]
-    await client.invoke_async("hello_workflow", {"name": "Ada"}, id="inv-client-1")
+    await client.invoke_async(
+        "hello_workflow", {"name": "Ada"}, id="inv-client-1", queue_unserved=True
+    )
 
     (state, cmd) = transport.submitted[0]
     (span,) = [
@@ -465,7 +467,7 @@ async def test_client_joins_the_callers_trace(global_spans: InMemorySpanExporter
     transport = SubmitRecorder()
     client = Client(transport)  # type: ignore[arg-type]
     with trace.get_tracer("app").start_as_current_span("handle request") as caller:
-        await client.invoke_async("hello_workflow", None, id="inv-client-2")
+        await client.invoke_async("hello_workflow", None, id="inv-client-2", queue_unserved=True)
 
     (state, _) = transport.submitted[0]
     (span,) = [

@@ -15,6 +15,7 @@ from durable_core import (
     NatsConfig,
     NotFoundError,
     Status,
+    UnknownWorkflowError,
 )
 from durable_core._codec import encode
 from durable_core._pb.durable.v1 import durable_pb2 as pb
@@ -124,6 +125,7 @@ class FakeClient:
         self.snapshot = list(snapshot)
         self.results: dict[str, InvocationView] = {}
         self.invoked: list[tuple[Any, ...]] = []
+        self.served: set[str] | None = None  # None: every workflow is served
         self.hold = asyncio.Event()
         self.hold.set()
         self._live: asyncio.Queue[ExecutionSummary] | None = None
@@ -158,9 +160,12 @@ class FakeClient:
         *,
         id: str | None = None,
         partition_key: str | None = None,
+        queue_unserved: bool = False,
     ) -> str:
         if " " in workflow:
             raise InvalidInputError(f"invalid workflow name {workflow!r}")
+        if self.served is not None and workflow not in self.served and not queue_unserved:
+            raise UnknownWorkflowError(workflow, sorted(self.served))
         self.invoked.append((workflow, args, id, partition_key))
         return id or f"gen{len(self.invoked)}"
 

@@ -179,6 +179,41 @@ def test_invoke(make_client: Any) -> None:
         assert fake.invoked == [("orders", {"n": 1}, "my-id", "p")]
 
 
+def test_invoke_of_a_workflow_nobody_serves_is_404_unless_queued(make_client: Any) -> None:
+    with make_client() as (tc, fake):
+        fake.served = {"hello", "orders"}
+        resp = tc.post("/api/executions", json={"workflow": "ghost"})
+        detail = error_of(resp, 404, "not_found")
+        assert "'ghost'" in detail and "hello, orders" in detail
+        assert fake.invoked == []
+        resp = tc.post("/api/executions", json={"workflow": "ghost", "queue_unserved": True})
+        assert resp.status_code == 202, resp.text
+        assert fake.invoked == [("ghost", None, None, None)]
+        resp = tc.post("/api/executions", json={"workflow": "ghost", "queue_unserved": 1})
+        assert "'queue_unserved' must be true or false" in error_of(resp, 400, "invalid_input")
+
+
+def test_fleet_api_and_page(make_client: Any) -> None:
+    from durable_core.fleet import FleetView, ProcessorInfo, ServedWorkflow
+
+    wf = ServedWorkflow("orders", "order_plugin", "order-pkg", "1.2", "ab" * 32, "v-0123")
+    view = FleetView.of([ProcessorInfo("p1.x", "p1", "h", 7, "0.1.0", 15.0, workflows=(wf,))])
+
+    async def fleet() -> FleetView:
+        return view
+
+    with make_client(FakeClient(fleet=fleet)) as (tc, _):
+        resp = tc.get("/api/fleet")
+        assert resp.status_code == 200
+        assert resp.json() == view.to_dict()
+        page = tc.get("/fleet")
+        assert page.status_code == 200
+        assert "order-pkg" in page.text and "p1" in page.text and "abababababab" in page.text
+        assert "orders" in tc.get("/fleet?fragment=1").text
+    with make_client() as (tc, _):
+        assert "no fleet() method" in error_of(tc.get("/api/fleet"), 501, "not_implemented")
+
+
 @pytest.mark.parametrize(
     ("body", "mentions"),
     [

@@ -40,6 +40,7 @@ from durable_core.errors import (
     StepTimeoutError,
     SuspendExecution,
     TerminalError,
+    UnknownWorkflowError,
     UnsupportedServerError,
     WorkflowFailedError,
 )
@@ -96,6 +97,7 @@ __all__ = [
     "StepTimeoutError",
     "SuspendExecution",
     "TerminalError",
+    "UnknownWorkflowError",
     "UnsupportedServerError",
     "Worker",
     "WorkerConfig",

@@ -7,6 +7,7 @@ import hashlib
 import json
 import types
 import typing
+from collections.abc import Callable
 from typing import Any
 
 from google.protobuf import symbol_database
@@ -186,11 +187,21 @@ def _message_class(type_name: str) -> type[Message] | None:
         return None
 
 
-def to_json_compatible(payload: pb.Payload) -> Any:
-    """Render a payload for humans (CLI, inspector): JSON as is, protobuf as its JSON form."""
+def to_json_compatible(
+    payload: pb.Payload, resolve: Callable[[str], type[Message] | None] | None = None
+) -> Any:
+    """Render a payload for humans (CLI, inspector): JSON as is, protobuf as its JSON form.
+
+    Args:
+        resolve: finds the message class of a type not imported here (built from the type
+            registry's descriptors); without one such a message shows as hex.
+    """
     from google.protobuf import json_format
 
-    value = decode(payload)
+    as_type = None
+    if payload.encoding == pb.ENCODING_PROTOBUF and resolve is not None:
+        as_type = _message_class(payload.type_name) or resolve(payload.type_name)
+    value = decode(payload, as_type)
     if isinstance(value, Message):
         try:
             return json_format.MessageToDict(value, preserving_proto_field_name=True)

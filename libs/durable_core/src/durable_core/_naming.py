@@ -89,6 +89,16 @@ class Names:
         return f"{self.prefix}_processors"
 
     @property
+    def fleet_bucket(self) -> str:
+        """The fleet registry: what each live processor serves (records expire with it)."""
+        return f"{self.prefix}_fleet"
+
+    @property
+    def types_bucket(self) -> str:
+        """Serialized protobuf descriptors by full message name (payloads readable anywhere)."""
+        return f"{self.prefix}_types"
+
+    @property
     def runs_bucket(self) -> str:
         """Which processor runs a command that was delivered more than once (see worker)."""
         return f"{self.prefix}_runs"

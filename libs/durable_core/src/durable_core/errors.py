@@ -15,7 +15,8 @@ DurableError                      every error this library raises
 ├── InvalidInputError             bad input: malformed args, oversized payload, bad id or key
 ├── NonDeterminismError           the workflow code no longer matches its journal
 ├── NotFoundError                 no such invocation, workflow or awakeable
-│   └── ExpiredError              it finished longer ago than the retention period
+│   ├── ExpiredError              it finished longer ago than the retention period
+│   └── UnknownWorkflowError      no live processor serves the workflow (refused at intake)
 ├── ConflictError                 the request contradicts the invocation's state
 │   ├── AlreadyResolvedError      the awakeable was resolved or rejected before
 │   ├── InvocationFinishedError   the invocation has already finished
@@ -58,6 +59,7 @@ __all__ = [
     "StepTimeoutError",
     "SuspendExecution",
     "TerminalError",
+    "UnknownWorkflowError",
     "UnsupportedServerError",
     "WorkflowFailedError",
 ]
@@ -237,6 +239,30 @@ class ExpiredError(NotFoundError):
         self.status = status
         self.finished_at_ms = finished_at_ms
         self.expired_at_ms = expired_at_ms
+
+
+class UnknownWorkflowError(NotFoundError):
+    """No live processor serves the workflow: the submission was refused, nothing was stored.
+
+    Intake (the client, ``durable invoke``, the inspector's API, schedule creation) reads the
+    fleet registry; a workflow that no processor registered is refused rather than queued for
+    nobody. Pass ``queue_unserved=True`` (``--queue``) to queue it for a processor that will
+    come.
+
+    Attributes:
+        workflow: the refused workflow.
+        served: the workflows the live processors serve, sorted.
+    """
+
+    def __init__(self, workflow: str, served: Sequence[str]) -> None:
+        listed = ", ".join(served) if served else "none (no processor is running)"
+        super().__init__(
+            f"no live processor serves workflow {workflow!r}; served workflows: {listed}. "
+            "Start a processor with the plugin that provides it, or queue it anyway for one "
+            "that will come (queue_unserved=True; --queue on the command line)"
+        )
+        self.workflow = workflow
+        self.served = tuple(served)
 
 
 class ConflictError(DurableError):

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -364,12 +364,15 @@ async def create_schedule(
     catch_up: int = 1,
     partition_key: str | None = None,
     paused: bool = False,
+    check: Callable[[str], Awaitable[None]] | None = None,
 ) -> Schedule:
     """Create a schedule and (unless ``paused``) arm it on the server.
 
     Args:
         workflow: a workflow name, or the workflow function (its input is then checked
             against the function's type hints now, not at the first tick).
+        check: awaited with the workflow's name once the schedule is valid, before anything
+            is written (the client's refusal of a workflow nobody serves).
 
     Raises:
         InvalidInputError: a bad name, workflow, cron expression, interval, time zone,
@@ -407,6 +410,8 @@ async def create_schedule(
             f"args of schedule {name} are {size} bytes; the limit is "
             f"{transport.engine.max_payload} bytes (EngineConfig.max_payload)"
         )
+    if check is not None:
+        await check(workflow_name)
     try:
         revision = await transport.put_schedule_record(name, schedule.to_json(), 0)
     except StateConflict as e:

@@ -164,16 +164,38 @@ async def get_execution(request: Request) -> Response:
     return _json(await load_detail(rt, request.path_params["invocation_id"]))
 
 
+@router.get(
+    "/api/fleet",
+    tag="fleet",
+    summary="The live processors and what each serves: processors with their workflows, "
+    "workflows with the processors and versions serving them",
+    responses={200: schema.Fleet},
+    errors=(501,),
+)
+async def fleet(request: Request) -> Response:
+    rt = runtime(request)
+    view = await _method(rt, "fleet", "reading the fleet registry")()
+    return _json(view.to_dict())
+
+
+def _flag(body: dict[str, Any], key: str) -> bool:
+    value = body.get(key, False)
+    if not isinstance(value, bool):
+        raise ApiError(400, "invalid_input", f"{key!r} must be true or false")
+    return value
+
+
 # -- acting ----------------------------------------------------------------------------------
 
 
 @router.post(
     "/api/executions",
     tag="executions",
-    summary="Start an execution",
+    summary="Start an execution (404 when no live processor serves the workflow, unless "
+    "queue_unserved)",
     body=schema.InvokeBody,
     responses={202: schema.InvokeAccepted},
-    errors=(400, 409),
+    errors=(400, 404, 409),
 )
 async def invoke(request: Request) -> Response:
     rt = runtime(request)
@@ -187,6 +209,7 @@ async def invoke(request: Request) -> Response:
         body.get("args"),
         id=optional_str(body, "id"),
         partition_key=optional_str(body, "partition_key"),
+        queue_unserved=_flag(body, "queue_unserved"),
     )
     location = f"/api/executions/{invocation_id}"
     return _json(
@@ -300,7 +323,7 @@ async def list_schedules(request: Request) -> Response:
     summary="Create a schedule (exactly one of cron or every)",
     body=schema.ScheduleBody,
     responses={201: schema.ScheduleCreated},
-    errors=(400, 409, 501),
+    errors=(400, 404, 409, 501),
 )
 async def create_schedule(request: Request) -> Response:
     rt = runtime(request)
@@ -341,6 +364,8 @@ async def create_schedule(request: Request) -> Response:
         if not isinstance(body["paused"], bool):
             raise ApiError(400, "invalid_input", "'paused' must be true or false")
         options["paused"] = body["paused"]
+    if _flag(body, "queue_unserved"):
+        options["queue_unserved"] = True
     method = _method(rt, "create_schedule", "creating a schedule")
     result = await method(name, workflow, body.get("args"), **options)
     return _json({"name": name, "schedule": schedule_view(result)}, 201)

@@ -209,6 +209,17 @@ async def schedules_page(request: Request) -> Response:
     )
 
 
+async def fleet_page(request: Request) -> Response:
+    rt = runtime(request)
+    method = getattr(rt.client, "fleet", None)
+    if method is None:
+        raise not_implemented("fleet", "reading the fleet registry")
+    fleet = (await method()).to_dict()
+    if request.query_params.get("fragment"):
+        return _render(request, "_fleet.html", fleet=fleet)
+    return _render(request, "fleet.html", title="Fleet", page="fleet", fleet=fleet)
+
+
 async def docs_page(request: Request) -> Response:
     return _render(request, "docs.html", title="API", page="docs")
 
@@ -257,6 +268,7 @@ routes = [
     Route("/", list_page, methods=["GET"]),
     Route("/executions/{invocation_id}", detail_page, methods=["GET"]),
     Route("/schedules", schedules_page, methods=["GET"]),
+    Route("/fleet", fleet_page, methods=["GET"]),
     Route("/docs", docs_page, methods=["GET"]),
     Route("/login", login, methods=["GET", "POST"]),
     Route("/logout", logout, methods=["GET"]),

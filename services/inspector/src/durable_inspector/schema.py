@@ -118,6 +118,9 @@ class InvokeBody(TypedDict):
     args: NotRequired[Annotated[Any, "any JSON value"]]
     id: NotRequired[Annotated[str, "the invocation id (default: random)"]]
     partition_key: NotRequired[str]
+    queue_unserved: NotRequired[
+        Annotated[bool, "accept a workflow no live processor serves (default: 404)"]
+    ]
 
 
 class InvokeAccepted(TypedDict):
@@ -210,6 +213,9 @@ class ScheduleBody(TypedDict):
     catch_up: NotRequired[Annotated[int, "late ticks that may still run (default 1)"]]
     partition_key: NotRequired[str]
     paused: NotRequired[bool]
+    queue_unserved: NotRequired[
+        Annotated[bool, "create it although no live processor serves the workflow"]
+    ]
 
 
 class ScheduleCreated(TypedDict):
@@ -232,3 +238,49 @@ class ScheduleDeleted(TypedDict):
 
     name: str
     deleted: bool
+
+
+class ServedWorkflow(TypedDict):
+    """A workflow as one processor serves it."""
+
+    name: str
+    plugin: str
+    package: str
+    version: str
+    fingerprint: Annotated[str, "SHA-256 of the plugin package's source files"]
+    token: Annotated[str, "the version's routing token"]
+
+
+class FleetProcessor(TypedDict):
+    """One live processor's record in the fleet registry."""
+
+    key: str
+    processor: str
+    host: str
+    pid: int
+    core_version: str
+    ttl_s: float
+    started_at: Time
+    renewed_at: Time
+    workflows: list[ServedWorkflow]
+
+
+class FleetServer(TypedDict):
+    """A processor serving a workflow, and with which code."""
+
+    processor: str
+    key: str
+    host: str
+    pid: int
+    plugin: str
+    package: str
+    version: str
+    fingerprint: str
+    token: str
+
+
+class Fleet(TypedDict):
+    """The fleet registry both ways."""
+
+    processors: list[FleetProcessor]
+    workflows: Annotated[dict[str, list[FleetServer]], "workflow -> its processors"]

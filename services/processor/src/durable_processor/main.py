@@ -52,7 +52,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 async def submit_test_command(settings: ProcessorSettings) -> None:
     """Submit one hello_workflow, as the seed's SUBMIT_TEST_COMMAND=true did."""
     async with await Client.connect(settings.nats, engine=settings.engine) as client:
-        invocation_id = await client.invoke_async("hello_workflow", {"name": ""})
+        # Before this processor registers: queued for it rather than refused.
+        invocation_id = await client.invoke_async(
+            "hello_workflow", {"name": ""}, queue_unserved=True
+        )
         log.info("submitted test command: invocation_id=%s handler=hello_workflow", invocation_id)
 
 

@@ -257,10 +257,13 @@ class Scheduler:
                 "durable.workflow": schedule.workflow,
             },
         ):
-            # Idempotent by id: a tick handled twice starts the invocation once.
+            # Idempotent by id: a tick handled twice starts the invocation once. Queued even
+            # while no processor serves the workflow: the schedule was checked when created,
+            # and a tick during a restart of the fleet must wait for it, not be lost.
             await self.client.invoke_async(
                 schedule.workflow,
                 schedule.args,
                 id=invocation_id,
                 partition_key=schedule.partition_key,
+                queue_unserved=True,
             )

@@ -22,6 +22,7 @@ from durable_core._transport.commands import Commands
 from durable_core._transport.connection import Link, connect_nats, js_publish
 from durable_core._transport.delivery import CommandConsumer
 from durable_core._transport.events import StateEvents, publish_result, subscribe_state_events
+from durable_core._transport.fleet import FleetRecords
 from durable_core._transport.inbox import DirectGets
 from durable_core._transport.journal import JournalRecord, Journals
 from durable_core._transport.provision import Provisioner
@@ -60,6 +61,7 @@ class Transport:
                 n.processors_bucket, "durable: processor leases and the commands each holds"
             ),
         )
+        self._fleet = FleetRecords(link, provision)
         self._runs = RecordStore(
             link,
             lambda: provision.bucket(
@@ -422,6 +424,29 @@ class Transport:
             with contextlib.suppress(Exception):
                 await self.nc.flush()
         return handed_back
+
+    # -- the fleet registry and message types ----------------------------------------------
+
+    async def register_processor(self, key: str, data: bytes, ttl: float) -> None:
+        """Write this processor's fleet record; the server drops it ``ttl`` s after the last
+        write (see FleetRecords)."""
+        await self._fleet.register(key, data, ttl)
+
+    async def unregister_processor(self, key: str, ttl: float) -> None:
+        """Remove a fleet record (a clean exit; the marker goes after ``ttl`` seconds)."""
+        await self._fleet.unregister(key, ttl)
+
+    async def processor_records(self) -> dict[str, bytes]:
+        """Every live processor's fleet record, by key."""
+        return await self._fleet.processors()
+
+    async def type_record(self, full_name: str) -> bytes | None:
+        """The stored FileDescriptorSet of message type ``full_name``, or None."""
+        return await self._fleet.type_record(full_name)
+
+    async def put_type_record(self, full_name: str, data: bytes) -> bool:
+        """Store the FileDescriptorSet of ``full_name`` unless it is stored as is."""
+        return await self._fleet.put_type_record(full_name, data)
 
     # -- run locks of redelivered commands -------------------------------------------------
 

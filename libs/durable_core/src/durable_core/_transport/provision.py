@@ -240,9 +240,12 @@ class Provisioner:
 
         return await link.retry("set up state bucket", create)
 
-    async def bucket(self, name: str, description: str, *, ttl: float | None = None) -> KeyValue:
+    async def bucket(
+        self, name: str, description: str, *, ttl: float | None = None, msg_ttl: bool = False
+    ) -> KeyValue:
         """Bind bucket ``name``, or create it with the engine's replicas (history 1, reads from
-        the leader: its records are decided on)."""
+        the leader: its records are decided on); ``msg_ttl``: its records may carry their own
+        TTL (``Nats-TTL``)."""
         e, js = self._link.engine, self._link.js
         want = KeyValueConfig(
             bucket=name,
@@ -256,14 +259,19 @@ class Provisioner:
 
         async def create() -> KeyValue:
             try:
-                return await js.key_value(name)
+                kv = await js.key_value(name)
             except nats.js.errors.BucketNotFoundError:
-                pass
-            try:
-                return await js.create_key_value(want)
-            except nats.js.errors.BadRequestError as err:
-                check_created_elsewhere(err, f"KV bucket {name}")
-            return await js.key_value(name)
+                try:
+                    kv = await js.create_key_value(want)
+                except nats.js.errors.BadRequestError as err:
+                    check_created_elsewhere(err, f"KV bucket {name}")
+                    kv = await js.key_value(name)
+            if msg_ttl:
+                info = await js.stream_info(f"KV_{name}")
+                if not info.config.allow_msg_ttl:
+                    info.config.allow_msg_ttl = True
+                    await js.update_stream(info.config)
+            return kv
 
         return await self._link.retry(f"set up bucket {name}", create)
 

@@ -1,5 +1,5 @@
 """``durable plugins``, ``completion``, ``dev`` and ``demo``: commands that need no NATS of
-their own."""
+their own (``plugins --fleet`` reads the fleet registry)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,16 @@ from typing import Any, TypeVar
 
 import click
 
-from durable_core.cli._base import echo, echo_json, json_option
+from durable_core.cli._base import (
+    Globals,
+    connect,
+    connection_options,
+    echo,
+    echo_json,
+    globals_of,
+    json_option,
+    run,
+)
 
 __all__ = ["COMMANDS"]
 
@@ -35,9 +44,20 @@ FSYNC = click.option(
 
 
 @click.command()
+@click.option(
+    "--fleet",
+    is_flag=True,
+    help="list what the live processors serve (the fleet registry in NATS), not what is "
+    "installed here",
+)
 @json_option
-def plugins(as_json: bool) -> int:
-    """List the installed workflow plugins, their workflows and default service addresses."""
+@connection_options
+@click.pass_context
+def plugins(ctx: click.Context, fleet: bool, as_json: bool) -> int:
+    """List the installed workflow plugins, their workflows and default service addresses;
+    with --fleet, which live processor serves which workflow, on which version."""
+    if fleet:
+        return int(run(_fleet(globals_of(ctx), as_json)))
     from durable_core.plugins import PLUGIN_GROUP, load_plugins
 
     found = load_plugins()
@@ -58,6 +78,18 @@ def plugins(as_json: bool) -> int:
         echo(f"  {w.name:<30} from {w.plugin}")
     for service, address in sorted(found.service_addresses.items()):
         echo(f"  service {service} -> {address} (default)")
+    return 0
+
+
+async def _fleet(g: Globals, as_json: bool) -> int:
+    async with await connect(g) as client:
+        view = await client.fleet()
+    if as_json:
+        echo_json(view.to_dict())
+    else:
+        from durable_core.cli import _render
+
+        _render.fleet(view)
     return 0
 
 

@@ -51,6 +51,7 @@ from durable_core.errors import (
     InvocationTimeoutError,
     NatsUnavailableError,
     NotFoundError,
+    UnknownWorkflowError,
     UnsupportedServerError,
 )
 
@@ -142,6 +143,13 @@ def _check_input(workflow: str, payload: Any) -> None:
 @click.option("--no-wait", is_flag=True, help="print the id and return at once")
 @click.option("--timeout", type=float, default=60.0, show_default=True, help="seconds to wait")
 @click.option("--delay", type=float, help="start after this many seconds (implies --no-wait)")
+@click.option(
+    "--queue",
+    "queue_unserved",
+    is_flag=True,
+    help="accept a workflow that no live processor serves: it waits for one that will "
+    "(default: refuse it, exit 2)",
+)
 @json_option
 @connection_options
 @click.pass_context
@@ -154,6 +162,7 @@ def invoke(
     no_wait: bool,
     timeout: float,
     delay: float | None,
+    queue_unserved: bool,
     as_json: bool,
 ) -> int:
     """Start a workflow invocation and (by default) wait for its result.
@@ -171,7 +180,20 @@ def invoke(
     _check_input(workflow, payload)
     g = globals_of(ctx)
     return int(
-        run(_invoke(g, workflow, payload, iid, partition_key, no_wait, wait_for, after, as_json))
+        run(
+            _invoke(
+                g,
+                workflow,
+                payload,
+                iid,
+                partition_key,
+                no_wait,
+                wait_for,
+                after,
+                as_json,
+                queue_unserved,
+            )
+        )
     )
 
 
@@ -185,10 +207,16 @@ async def _invoke(
     timeout: timedelta,
     delay: timedelta | None,
     as_json: bool,
+    queue_unserved: bool = False,
 ) -> int:
     async with await connect(g) as client:
         await client.invoke_async(
-            workflow, payload, id=iid, partition_key=partition_key, delay=delay
+            workflow,
+            payload,
+            id=iid,
+            partition_key=partition_key,
+            delay=delay,
+            queue_unserved=queue_unserved,
         )
         if no_wait or delay is not None:
             if as_json:
@@ -327,6 +355,9 @@ _ERRORS: list[tuple[type[BaseException], int, str]] = [
     # unreachable NATS, not bad input.
     (EngineNotFoundError, EXIT_NATS, ""),
     (UnsupportedServerError, EXIT_NATS, ""),
+    # A workflow nobody serves is bad input (exit 2), as the processor's refusal of a
+    # workflow it lacks always was, though NotFoundError's exit would be 4.
+    (UnknownWorkflowError, EXIT_USAGE, ""),
     (InvalidInputError, EXIT_USAGE, "invalid input: "),
     (ConfigError, EXIT_USAGE, "invalid input: "),
     (ConflictError, EXIT_CONFLICT, ""),

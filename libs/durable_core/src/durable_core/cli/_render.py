@@ -18,6 +18,7 @@ from durable_core.views import InvocationView, StepState, format_duration, forma
 
 if TYPE_CHECKING:
     from durable_core.client import ExecutionSummary
+    from durable_core.fleet import FleetView
     from durable_core.schedules import Schedule
 
 STATUS_STYLE = {
@@ -191,3 +192,31 @@ def schedules(found: Sequence[Schedule], next_fires: Sequence[str]) -> None:
             escape(s.last_invocation_id or "-"),
         )
     emit(t)
+
+
+def fleet(view: FleetView) -> None:
+    """``durable plugins --fleet``: workflows with the processors serving them, then the
+    processors with their workflows."""
+    if not view.processors:
+        console().print("no live processor is registered", markup=False)
+        return
+    t = _table("WORKFLOW", "PROCESSOR", "PACKAGE", "VERSION", "FINGERPRINT")
+    for name, served in view.by_workflow().items():
+        for p, w in served:
+            t.add_row(
+                escape(name),
+                escape(p.processor),
+                escape(w.package),
+                escape(w.version),
+                escape(w.fingerprint[:12]),
+            )
+    p_table = _table("PROCESSOR", "HOST", "PID", "DURABLE_CORE", "WORKFLOWS")
+    for p in view.processors:
+        p_table.add_row(
+            escape(p.processor),
+            escape(p.host),
+            str(p.pid),
+            escape(p.core_version),
+            escape(", ".join(w.name for w in p.workflows) or "-"),
+        )
+    emit(t, "", p_table)

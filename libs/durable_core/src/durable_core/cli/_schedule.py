@@ -69,6 +69,12 @@ def _doc(s: Any) -> dict[str, Any]:
 )
 @click.option("--partition-key", metavar="KEY", help="partition key of the invocations")
 @click.option("--paused", is_flag=True, help="create it paused")
+@click.option(
+    "--queue",
+    "queue_unserved",
+    is_flag=True,
+    help="create it although no live processor serves the workflow (default: refuse, exit 2)",
+)
 @json_option
 @connection_options
 @click.pass_context
@@ -84,6 +90,7 @@ def create(
     catch_up: int,
     partition_key: str | None,
     paused: bool,
+    queue_unserved: bool,
     as_json: bool,
 ) -> int:
     """Create a schedule (it starts firing at once unless --paused)."""
@@ -106,7 +113,9 @@ def create(
 
     async def go() -> int:
         async with await connect(globals_of(ctx)) as client:
-            s = await client.create_schedule(name, workflow, payload, **options)
+            s = await client.create_schedule(
+                name, workflow, payload, queue_unserved=queue_unserved, **options
+            )
         if as_json:
             echo_json(_doc(s))
         else:

@@ -12,6 +12,7 @@ from durable_core import _codec
 from durable_core._naming import check_invocation_id
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import StateEvents, Transport
+from durable_core._types import TypeResolver
 from durable_core.client import _lifecycle as lifecycle
 from durable_core.client._results import (
     TERMINAL_PB,
@@ -24,6 +25,7 @@ from durable_core.client._results import (
 from durable_core.client._submit import WorkflowRef, start_at_ms, submit
 from durable_core.config import EngineConfig, NatsConfig
 from durable_core.errors import InvocationTimeoutError, WorkflowFailedError
+from durable_core.fleet import FleetCache, FleetView
 from durable_core.plugins import workflow_signature
 
 if TYPE_CHECKING:
@@ -44,6 +46,8 @@ class Client:
 
     def __init__(self, transport: Transport) -> None:
         self._t = transport
+        self._fleet = FleetCache(transport)
+        self._types = TypeResolver()
 
     @classmethod
     async def connect(
@@ -106,6 +110,7 @@ class Client:
         delay: timedelta | None = None,
         start_at: datetime | None = None,
         execution_timeout: timedelta | None = None,
+        queue_unserved: bool = False,
     ) -> str:
         """Submit an invocation and return its id without waiting.
 
@@ -117,10 +122,14 @@ class Client:
         Args:
             workflow: a workflow name, or the workflow function itself (its input is then
                 checked against the function's type hints before anything is sent).
+            queue_unserved: accept a workflow that no live processor serves (it waits for a
+                processor that will serve it) instead of refusing it.
 
         Raises:
             InvalidInputError: bad workflow name, id, partition key, delay, or arguments that
                 do not match the declared type or exceed the payload limit.
+            UnknownWorkflowError: no live processor serves the workflow (and not
+                ``queue_unserved``); nothing was stored.
             ConflictError: the id belongs to an invocation with other arguments.
         """
         invocation_id, _ = await submit(
@@ -131,6 +140,7 @@ class Client:
             partition_key,
             start_at=start_at_ms(delay, start_at),
             execution_timeout=execution_timeout,
+            check=None if queue_unserved else self._fleet.check,
         )
         return invocation_id
 
@@ -143,6 +153,7 @@ class Client:
         partition_key: str | None = None,
         timeout: timedelta | float = timedelta(seconds=60),
         execution_timeout: timedelta | None = None,
+        queue_unserved: bool = False,
     ) -> InvocationResult:
         """Submit an invocation and wait for its result.
 
@@ -150,6 +161,8 @@ class Client:
         hints at intake and ``result.output`` is converted to its return type.
 
         Raises:
+            UnknownWorkflowError: no live processor serves the workflow (see
+                :meth:`invoke_async`'s ``queue_unserved``).
             WorkflowFailedError: the invocation failed (step and message attached).
             InvocationTimeoutError: no result within ``timeout`` (it keeps running).
         """
@@ -161,6 +174,7 @@ class Client:
             partition_key,
             watch=True,
             execution_timeout=execution_timeout,
+            check=None if queue_unserved else self._fleet.check,
         )
         assert events is not None
         try:
@@ -179,6 +193,10 @@ class Client:
                 typed = _codec.decode_as(state.output, output_type)
                 result = dataclasses.replace(result, output=typed)
         return result
+
+    async def fleet(self) -> FleetView:
+        """The live processors and what each serves, read now (``durable plugins --fleet``)."""
+        return await self._fleet.view(fresh=True)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -267,13 +285,15 @@ class Client:
         catch_up: int = 1,
         partition_key: str | None = None,
         paused: bool = False,
+        queue_unserved: bool = False,
     ) -> Schedule:
         """Create a cron (``cron="*/5 * * * *"``, seconds field optional) or interval
         (``every=timedelta(seconds=2)``) schedule that starts ``workflow`` on each tick.
 
         ``overlap="skip"`` skips a tick while the previous run is unfinished; after downtime
         at most ``catch_up`` missed ticks run. Raises InvalidInputError (bad cron, interval,
-        zone, name) or ConflictError (the name exists).
+        zone, name) or ConflictError (the name exists); UnknownWorkflowError when no live
+        processor serves ``workflow`` (``queue_unserved=True`` creates it anyway).
         """
         from durable_core import schedules
 
@@ -289,6 +309,7 @@ class Client:
             catch_up=catch_up,
             partition_key=partition_key,
             paused=paused,
+            check=None if queue_unserved else self._fleet.check,
         )
 
     async def list_schedules(self) -> list[Schedule]:
@@ -399,9 +420,12 @@ class Client:
         """
         rec = await lifecycle.state_of(self._t, invocation_id)
         records = await self._t.read_journal(invocation_id, min_entries=rec.state.journal_length)
+        entries = [r.entry for r in records]
+        # Protobuf payloads of types not imported here decode with the fleet's descriptors.
+        await self._types.load(self._t, _protobuf_types(rec.state, entries))
         from durable_core.views import describe  # the CLI's --help need not import the views
 
-        return describe(rec.state, [r.entry for r in records])
+        return describe(rec.state, entries, types=self._types)
 
     async def wait(
         self, invocation_id: str, timeout: timedelta | float = timedelta(seconds=60)
@@ -456,3 +480,9 @@ class Client:
             )
             entries = [r.entry for r in records]
         return result_of(state, entries)
+
+
+def _protobuf_types(state: pb.ExecutionState, entries: Sequence[pb.JournalEntry]) -> set[str]:
+    """The message types of the protobuf payloads of an invocation."""
+    payloads = [state.args, state.output, *(e.output for e in entries)]
+    return {p.type_name for p in payloads if p.encoding == pb.ENCODING_PROTOBUF}

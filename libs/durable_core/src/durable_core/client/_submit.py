@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -32,9 +32,17 @@ from durable_core.engine import _intake as intake
 from durable_core.errors import ConflictError, InvalidInputError
 from durable_core.plugins import workflow_signature
 
-__all__ = ["WorkflowRef", "start_at_ms", "submit", "submit_payload", "trace_context_of"]
+__all__ = [
+    "WorkflowRef",
+    "start_at_ms",
+    "submit",
+    "submit_payload",
+    "trace_context_of",
+    "workflow_name",
+]
 
 WorkflowRef = str | Callable[..., Any]
+Check = Callable[[str], Awaitable[None]]
 
 # A proxy until an SDK provider is set (the API's no-op before that): set-up order is free.
 _TRACER = trace.get_tracer("durable_core.client")
@@ -59,6 +67,13 @@ def trace_context_of(span: trace.Span) -> tuple[dict[str, str], str]:
     carrier: dict[str, str] = {}
     propagate.inject(carrier, context=trace.set_span_in_context(span))
     return carrier, format_trace_id(context.trace_id)
+
+
+def workflow_name(workflow: WorkflowRef) -> str:
+    """The name of a workflow given by name or as its function."""
+    if callable(workflow):
+        return str(getattr(workflow, "__durable_workflow__", None) or workflow.__name__)
+    return workflow
 
 
 def start_at_ms(delay: timedelta | None, start_at: datetime | None) -> int:
@@ -98,10 +113,12 @@ async def submit(
     watch: bool = False,
     start_at: int = 0,
     execution_timeout: timedelta | None = None,
+    check: Check | None = None,
 ) -> tuple[str, StateEvents | None]:
     """Submit ``workflow`` (a name, or the function: its input is checked against its type
     hints) with ``args``; its id, and its state events when ``watch`` (opened before it
-    existed, so no change is missed)."""
+    existed, so no change is missed). ``check`` is awaited with the workflow's name once the
+    submission is valid, before anything is written (intake's registry check)."""
     deadline = 0
     if execution_timeout is not None:
         if not isinstance(execution_timeout, timedelta) or not (
@@ -112,8 +129,8 @@ async def submit(
             )
         begins = start_at or int(time.time() * 1000)
         deadline = begins + int(execution_timeout.total_seconds() * 1000)
+    name = workflow_name(workflow)
     if callable(workflow):
-        name = getattr(workflow, "__durable_workflow__", None) or workflow.__name__
         takes_input, input_type, _ = workflow_signature(workflow)
         if input_type is not None:
             try:
@@ -122,8 +139,6 @@ async def submit(
                 raise InvalidInputError(
                     f"input of {name} does not match its declared type: {e}"
                 ) from e
-    else:
-        name = workflow
     return await submit_payload(
         t,
         name,
@@ -133,6 +148,7 @@ async def submit(
         watch=watch,
         start_at=start_at,
         deadline_ms=deadline,
+        check=check,
     )
 
 
@@ -149,6 +165,7 @@ async def submit_payload(
     forked_from: str = "",
     rerun_of: str = "",
     deadline_ms: int = 0,
+    check: Check | None = None,
 ) -> tuple[str, StateEvents | None]:
     """Submit an invocation of ``name`` with encoded arguments (see :func:`submit`)."""
     check_workflow_name(name)
@@ -161,6 +178,8 @@ async def submit_payload(
         raise InvalidInputError(
             f"arguments of {name} are {len(payload.data)} bytes; {t.payload_limit_text()}"
         )
+    if check is not None:
+        await check(name)
     # The invocation's trace starts here (or joins the caller's current one); its context
     # travels with the command and is stored with the invocation for later runs.
     with _TRACER.start_as_current_span(

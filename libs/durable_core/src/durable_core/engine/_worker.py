@@ -26,6 +26,7 @@ from durable_core._transport import CommandConsumer, CorruptJournalError, Delive
 from durable_core.config import EngineConfig, NatsConfig, WorkerConfig
 from durable_core.engine._env import RunEnv, now_ms
 from durable_core.engine._execution import Execution
+from durable_core.engine._fleet import FleetMember
 from durable_core.engine._lease import ProcessorLease
 from durable_core.engine._signals import EngineFailure, LostHold
 from durable_core.errors import DurableError, InvalidInputError, NatsUnavailableError
@@ -62,6 +63,13 @@ class Worker:
         self.lease = ProcessorLease(
             transport, self.processor_id, config.lease_ttl.total_seconds(), lambda: self._held
         )
+        self.fleet = FleetMember(
+            transport,
+            self.processor_id,
+            registry,
+            config.lease_ttl.total_seconds(),
+            services=(service_defaults or {}).keys(),
+        )
         self._held: set[Delivery] = set()  # commands taken and not yet settled
         self._beats: dict[Delivery, asyncio.Task[None]] = {}  # their heartbeats
         self._by_seq: dict[int, tuple[Delivery, asyncio.Task[None]]] = {}  # by stream sequence
@@ -70,6 +78,9 @@ class Worker:
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._consumer: CommandConsumer | None = None  # set once consuming
+        # Set once registered in the fleet and consuming: from then on intake accepts this
+        # worker's workflows (await it before invoking them in the same process).
+        self.consuming = asyncio.Event()
         self._fetch_error = ""
         self.completed = 0
         self.failed = 0
@@ -195,9 +206,13 @@ class Worker:
             # every step, and a processor that dies holding commands has them re-driven.
             await self.lease.create(self._stopping)
             lease = asyncio.create_task(self.lease.keep())
+        # In the fleet registry before the first command is taken: intake accepts this
+        # processor's workflows as soon as it consumes (and readiness implies registered).
+        await self.fleet.join(self._stopping)
         consumer = await self.transport.command_consumer(self.config)
         control = await self.transport.subscribe_control(self._on_control)
         self._consumer = consumer
+        self.consuming.set()
         log.info(
             "processor %s consuming (max_concurrent=%d, ack_wait=%ss, workflows: %s)",
             self.processor_id,
@@ -205,6 +220,7 @@ class Worker:
             self.config.ack_wait.total_seconds(),
             ", ".join(self.registry.names()) or "none",
         )
+        registration = asyncio.create_task(self.fleet.keep())
         try:
             while not self._stopping.is_set():
                 free = self.config.max_concurrent - len(self._tasks)
@@ -234,6 +250,9 @@ class Worker:
                     await asyncio.wait({lease}, timeout=0.5)
                 with contextlib.suppress(Exception):
                     await self.lease.delete()  # a clean exit
+            registration.cancel()
+            with contextlib.suppress(Exception):
+                await self.fleet.leave()
             await control.unsubscribe()
             await self.channels.close()
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,13 +21,18 @@ from durable_core.views._model import (
     Transition,
 )
 
-__all__ = ["describe", "payload_json"]
+__all__ = ["Resolve", "describe", "payload_json"]
+
+Resolve = Callable[[str], Any]  # full message name -> its class, or None
 
 
-def payload_json(payload: pb.Payload) -> Any:
-    """A stored payload as JSON; ``{"$error": ...}`` when it does not decode (shown, not fatal)."""
+def payload_json(payload: pb.Payload, types: Resolve | None = None) -> Any:
+    """A stored payload as JSON; ``{"$error": ...}`` when it does not decode (shown, not fatal).
+
+    ``types`` finds the class of a protobuf message not imported here (``Client.describe``
+    loads them from the type registry); without it such a message shows as hex."""
     try:
-        return _codec.to_json_compatible(payload)
+        return _codec.to_json_compatible(payload, types)
     except (DurableError, ValueError, OverflowError, RecursionError) as e:
         return {"$error": str(e)[:500]}
 
@@ -45,12 +50,17 @@ _IDLE_AFTER = frozenset({0, pb.ENTRY_KIND_SUSPENDED, *_FINAL_STATUS})
 
 
 def describe(
-    state: pb.ExecutionState, entries: Iterable[pb.JournalEntry], *, now: datetime | None = None
+    state: pb.ExecutionState,
+    entries: Iterable[pb.JournalEntry],
+    *,
+    now: datetime | None = None,
+    types: Resolve | None = None,
 ) -> InvocationView:
     """The view of an invocation from its state and its journal (entries in journal order).
 
     ``now`` decides whether a sleep still waits (default: the wall clock). The status is the
     journal's where the state lags behind it (a final entry the state does not show yet).
+    ``types`` finds protobuf classes not imported here (see :func:`payload_json`).
     """
     now_ms = int((now or datetime.now(UTC)).timestamp() * 1000)
     journal = list(entries)
@@ -60,18 +70,18 @@ def describe(
         e.kind == pb.ENTRY_KIND_RETRY_REQUEST for e in journal[journal.index(final) :]
     )
     status = pb.Status.Name(state.status).removeprefix("STATUS_").lower()
-    output: Any = payload_json(state.output) if state.HasField("output") else None
+    output: Any = payload_json(state.output, types) if state.HasField("output") else None
     failure = _failure(state.failure) if state.HasField("failure") else None
     if final is not None and not retried and status not in _FINAL_STATUS.values():
         status = _FINAL_STATUS[final.kind]
-        output = payload_json(final.output) if final.HasField("output") else None
+        output = payload_json(final.output, types) if final.HasField("output") else None
         failure = _failure(final.failure) if final.HasField("failure") else None
     terminal = status in _FINAL_STATUS.values()
     return InvocationView(
         invocation_id=state.invocation_id,
         workflow=state.workflow,
         status="unknown" if status == "unspecified" else status,
-        args=payload_json(state.args) if state.HasField("args") else None,
+        args=payload_json(state.args, types) if state.HasField("args") else None,
         output=output,
         failure=failure,
         partition_key=state.partition_key,
@@ -90,14 +100,14 @@ def describe(
             sum(1 for e in journal if e.writer.startswith("fork:")) + 1 if state.forked_from else 0
         ),
         rerun_of=state.rerun_of,
-        steps=_steps(journal, terminal=terminal, now_ms=now_ms),
+        steps=_steps(journal, terminal=terminal, now_ms=now_ms, types=types),
         retries=_retries(journal),
         history=tuple(history),
     )
 
 
 def _steps(
-    journal: Sequence[pb.JournalEntry], *, terminal: bool, now_ms: int
+    journal: Sequence[pb.JournalEntry], *, terminal: bool, now_ms: int, types: Resolve | None
 ) -> tuple[StepView, ...]:
     awakeables: dict[str, pb.JournalEntry] = {}
     signals: dict[str, list[pb.JournalEntry]] = {}
@@ -174,7 +184,7 @@ def _steps(
             else:
                 child_id = str(payload_json(e.output))
                 got, detail = children.get(child_id), {"child_id": child_id, "detached": False}
-            views[step] = _wait_view(common, e, got, detail, idle)
+            views[step] = _wait_view(common, e, got, detail, idle, types)
         else:
             if e.kind == pb.ENTRY_KIND_CHILD:
                 detail = {"child_id": str(payload_json(e.output)), "detached": True}
@@ -189,7 +199,7 @@ def _steps(
                 started_at=started,
                 finished_at=at,
                 duration_ms=e.duration_us / 1000,
-                output=payload_json(e.output) if e.HasField("output") else None,
+                output=payload_json(e.output, types) if e.HasField("output") else None,
                 failure=_failure(e.failure) if e.HasField("failure") else None,
                 detail=detail,
             )
@@ -218,6 +228,7 @@ def _wait_view(
     got: pb.JournalEntry | None,
     detail: dict[str, Any],
     idle: StepState,
+    types: Resolve | None,
 ) -> StepView:
     started = from_ms(e.timestamp_ms)
     if got is None:
@@ -241,7 +252,7 @@ def _wait_view(
         started_at=started,
         finished_at=done,
         duration_ms=float(max(got.timestamp_ms - e.timestamp_ms, 0)),
-        output=payload_json(got.output) if got.HasField("output") else None,
+        output=payload_json(got.output, types) if got.HasField("output") else None,
         failure=failure,
         detail=detail,
     )
