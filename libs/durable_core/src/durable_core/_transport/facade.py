@@ -195,10 +195,16 @@ class Transport:
         return await self._commands.publish(cmd, msg_id=msg_id)
 
     async def publish_wake(
-        self, invocation_id: str, workflow: str, partition_key: str, journal_seq: int
+        self,
+        invocation_id: str,
+        workflow: str,
+        partition_key: str,
+        journal_seq: int,
+        route: str = "",
     ) -> bool:
         """Wake an invocation up after appending to its journal at ``journal_seq``: one wake-up
-        per entry (deduplicated by it); the processor reads the journal up to that entry."""
+        per entry (deduplicated by it); the processor reads the journal up to that entry.
+        ``route``: the version the invocation is pinned to ("" for none)."""
         return await self.publish_command(
             pb.Command(
                 invocation_id=invocation_id,
@@ -206,6 +212,7 @@ class Transport:
                 partition_key=partition_key or invocation_id,
                 kind=pb.COMMAND_KIND_WAKE,
                 min_journal_seq=journal_seq,
+                route=route,
             ),
             msg_id=f"wake:{invocation_id}:{journal_seq}",
         )

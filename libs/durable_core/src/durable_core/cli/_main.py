@@ -41,6 +41,7 @@ from durable_core.cli._base import (
     run,
     start_tracing,
 )
+from durable_core.client import Status
 from durable_core.errors import (
     ConfigError,
     ConflictError,
@@ -58,7 +59,7 @@ __all__ = ["cli", "main"]
 
 MAX_SECONDS = 10 * 366 * 24 * 3600.0  # ten years, the longest sleep or delay
 _REFUSED_INPUT = ("InvalidInputError", "UnknownWorkflow")
-STATUSES = ("pending", "running", "paused", "suspended", "completed", "failed", "cancelled")
+STATUSES = tuple(s.value for s in Status if s != Status.UNKNOWN)
 
 
 def _version() -> str:

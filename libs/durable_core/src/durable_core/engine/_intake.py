@@ -153,6 +153,7 @@ class Addressee:
     invocation_id: str
     workflow: str
     partition_key: str
+    route: str = ""  # the version it is pinned to (a blocked one): its wake-ups go there
 
 
 async def deliver_external(
@@ -176,7 +177,7 @@ async def deliver_external(
     if interrupt:
         await t.send_control(to.invocation_id, "cancel")
     if wake:
-        await t.publish_wake(to.invocation_id, to.workflow, to.partition_key, seq)
+        await t.publish_wake(to.invocation_id, to.workflow, to.partition_key, seq, to.route)
     return seq
 
 
