@@ -83,7 +83,7 @@ async def state_of(t: Transport, invocation_id: str) -> StateRecord:
 
 
 def _addressee(st: pb.ExecutionState) -> Addressee:
-    return Addressee(st.invocation_id, st.workflow, st.partition_key)
+    return Addressee(st.invocation_id, st.workflow, st.partition_key, st.pinned_version)
 
 
 def _client_entry(
@@ -204,7 +204,7 @@ async def retry(t: Transport, invocation_id: str) -> Status:
     # If someone else moved it on meanwhile, the wake-up below is harmless either way.
     with contextlib.suppress(StateConflict):
         await t.update_state(st, rec.revision)
-    await t.publish_wake(invocation_id, st.workflow, st.partition_key, seq)
+    await t.publish_wake(invocation_id, st.workflow, st.partition_key, seq, route=st.pinned_version)
     return Status.PENDING
 
 
