@@ -285,7 +285,8 @@ class Commands:
             msgs = await link.retry("read scheduled commands", page)
             for msg in msgs:
                 target = (msg.headers or {}).get("Nats-Schedule-Target", "")
-                if target.startswith(f"{n.prefix}.cmd.") and target.count(".") == 2:
+                head = f"{n.prefix}.cmd."
+                if target.startswith(head) and "." not in target[len(head) :]:
                     out.append(msg)
             if len(msgs) < 256:
                 return out
