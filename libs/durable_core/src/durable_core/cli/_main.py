@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from durable_core.cli import _local, _schedule, _steer
+from durable_core.cli import _admin, _local, _schedule, _steer
 from durable_core.cli._base import (
     CONTEXT,
     EXIT_CONFLICT,
@@ -317,7 +317,7 @@ def list_(
     return int(run(go()))
 
 
-for _command in (*_steer.COMMANDS, *_local.COMMANDS, _schedule.schedule):
+for _command in (*_steer.COMMANDS, *_local.COMMANDS, _schedule.schedule, _admin.admin):
     cli.add_command(_command)
 
 

@@ -281,7 +281,7 @@ async def retry(t: Transport, invocation_id: str) -> Status:
     # If someone else moved it on meanwhile, the wake-up below is harmless either way.
     with contextlib.suppress(StateConflict):
         await t.update_state(st, rec.revision)
-    await t.publish_wake(invocation_id, st.workflow, st.partition_key, seq, st.pinned_version)
+    await t.publish_wake(invocation_id, st.workflow, st.partition_key, seq, route=st.pinned_version)
     return Status.PENDING
 
 

@@ -483,7 +483,7 @@ class Execution:
             partition_key=self.cmd.partition_key,
             kind=pb.COMMAND_KIND_WAKE,
             min_journal_seq=journal.last_seq,
-            route=self.state.state.pinned_version if self.state is not None else "",
+            route=self.state.state.pinned_version if self.state is not None else self.cmd.route,
         )
         deadline = self.state.state.deadline_ms if self.state is not None else 0
         if deadline:  # wake up at the execution timeout to fail on time
