@@ -229,7 +229,7 @@ class StepMachine:
         try:
             decision = self.journal.next_step(kind, name, digest)
         except NonDeterminismError as e:
-            self.nondeterminism = e  # the engine fails the invocation even if this is caught
+            self.nondeterminism = e  # the engine blocks the invocation even if this is caught
             raise
         if isinstance(decision, Replay) and decision.entry.failure.type == CANCELLED:
             self.cancel_delivered = True  # an earlier run was cancelled here: so is this one

@@ -82,7 +82,7 @@ class WorkflowRun:
     Attributes:
         output: the workflow's return value (None if it failed).
         error: the exception the workflow ended with, or None. A non-determinism the workflow
-            caught still ends up here, as the engine would fail the invocation for it.
+            caught still ends up here (the engine would block the invocation for it).
         new_entries: the step entries the run appended to the journal (executed steps, in
             order, with the PATCH markers of ``ctx.patched``). Completion entries are not
             included.
@@ -329,7 +329,7 @@ async def replay_workflow(
         except Exception as e:  # noqa: BLE001 - the workflow's failure is the result
             error = e
     if ctx.steps.nondeterminism is not None:
-        error = ctx.steps.nondeterminism  # the engine fails the invocation even if it was caught
+        error = ctx.steps.nondeterminism  # the engine blocks the invocation even if it was caught
     if error is not None:
         output = None
 
