@@ -105,11 +105,22 @@ async def statuses(client: Client, ids: list[str]) -> dict[str, str]:
     return {r.invocation_id: r.status.value for r in results}
 
 
-async def all_are(client: Client, ids: list[str], status: str) -> Callable[[], Awaitable[bool]]:
+def all_are(client: Client, ids: list[str], status: str) -> Callable[[], Awaitable[bool]]:
     async def reached() -> bool:
-        return set((await statuses(client, ids)).values()) == {status}
+        now = await statuses(client, ids)
+        failed = [i for i, s in now.items() if s == "failed"]
+        if failed:  # a diverged replay must never end FAILED: say so at once
+            result = await client.get_result(failed[0])
+            raise AssertionError(f"{len(failed)} FAILED, e.g. {failed[0]}: {result.failure}")
+        return set(now.values()) == {status}
 
     return reached
+
+
+async def wait_all(client: Client, ids: list[str], status: str, timeout: float, what: str) -> None:
+    """Wait (bounded) until every invocation of ``ids`` is ``status``; fail at once if any
+    ended FAILED."""
+    await assert_eventually_async(all_are(client, ids, status), timeout, what, interval=0.5)
 
 
 async def submit(client: Client, workflow: str, n: int, sleep: int) -> list[str]:
@@ -139,9 +150,7 @@ async def test_rolling_upgrade_patched_changes_complete_and_unmarked_ones_block_
     patched = await submit(client, "upgrade_patched", 150, SLEEP_S)
     unpatched = await submit(client, "upgrade_unpatched", 50, SLEEP_S)
     asleep = patched + unpatched
-    await assert_eventually_async(
-        await all_are(client, asleep, "suspended"), 60, "200 invocations asleep on v1"
-    )
+    await wait_all(client, asleep, "suspended", 60, "200 invocations asleep on v1")
 
     for proc in old_fleet:
         assert proc.stop() == 0
@@ -151,9 +160,7 @@ async def test_rolling_upgrade_patched_changes_complete_and_unmarked_ones_block_
     fresh = await submit(client, "upgrade_patched", 50, 1)  # started on v2: the new branch
 
     # Every patched one completes: those recorded on v1 replay their old charge.
-    await assert_eventually_async(
-        await all_are(client, patched + fresh, "completed"), SLEEP_S + 60, "patched completed"
-    )
+    await wait_all(client, patched + fresh, "completed", SLEEP_S + 60, "patched completed")
     outputs = {i: (await client.get_result(i)).output for i in patched + fresh}
     for i in patched:
         assert outputs[i] == {
@@ -173,9 +180,7 @@ async def test_rolling_upgrade_patched_changes_complete_and_unmarked_ones_block_
     assert (marker.kind, marker.name, marker.step) == (pb.ENTRY_KIND_PATCH, "charge-v2", 2)
 
     # The unmarked change: blocked, none failed, pinned to the version they ran on.
-    await assert_eventually_async(
-        await all_are(client, unpatched, "blocked"), 60, "the unmarked change blocked"
-    )
+    await wait_all(client, unpatched, "blocked", 60, "the unmarked change blocked")
     every = await statuses(client, asleep + fresh)
     assert "failed" not in every.values()
     for i in unpatched:
@@ -199,15 +204,13 @@ async def test_rolling_upgrade_patched_changes_complete_and_unmarked_ones_block_
     assert view["started_on"]["plugin"] == PACKAGE and view["started_on"]["version"] == "1.0"
     assert set(view["actions"]) == {"cancel", "fork"}
     assert view["history"][-1]["status"] == "blocked"
-    listed = stack.cli("list", "--status", "blocked", "--json")
+    listed = stack.cli("list", "--status", "blocked", "--limit", "1000", "--json")
     assert listed.returncode == 0, listed.stderr
     assert {row["invocation_id"] for row in json.loads(listed.stdout)} == set(unpatched)
 
     # A v1 processor started later finishes them, with the code they started on.
     start(stack, "p-v1-late", v1)
-    await assert_eventually_async(
-        await all_are(client, unpatched, "completed"), 60, "the blocked ones completed on v1"
-    )
+    await wait_all(client, unpatched, "completed", 60, "the blocked ones completed on v1")
     for i in unpatched:
         result = await client.get_result(i)
         assert result.output == {
@@ -218,7 +221,7 @@ async def test_rolling_upgrade_patched_changes_complete_and_unmarked_ones_block_
     view = json.loads(stack.cli("status", unpatched[0], "--json").stdout)
     assert [c["version"] for c in view["ran_on"]] == ["1.0", "2.0", "1.0"]
     assert view["blocked_reason"] is None
-    assert all(p.poll() is None for p in new_fleet)
+    assert all(p.proc.poll() is None for p in new_fleet)
 
 
 async def test_operators_cancel_or_fork_a_blocked_invocation(
@@ -233,10 +236,10 @@ async def test_operators_cancel_or_fork_a_blocked_invocation(
     stack.start_service()
     first = start(stack, "p-v1", v1)
     ids = await submit(client, "upgrade_unpatched", 2, 10)
-    await assert_eventually_async(await all_are(client, ids, "suspended"), 30, "asleep on v1")
+    await wait_all(client, ids, "suspended", 30, "asleep on v1")
     assert first.stop() == 0
     second = start(stack, "p-v2", v2)
-    await assert_eventually_async(await all_are(client, ids, "blocked"), 40, "blocked on v2")
+    await wait_all(client, ids, "blocked", 40, "blocked on v2")
     to_cancel, to_fork = ids
 
     assert (await client.cancel(to_cancel)).value == "cancelled"
@@ -254,9 +257,7 @@ async def test_operators_cancel_or_fork_a_blocked_invocation(
     assert original.failure is not None and f"replaced by fork {forked}" in (
         original.failure.message
     )
-    await assert_eventually_async(
-        await all_are(client, [forked], "completed"), 40, "the fork completed on v2"
-    )
+    await wait_all(client, [forked], "completed", 40, "the fork completed on v2")
     assert (await client.get_result(forked)).output == {
         "prepared": "prepare@1.0",  # copied from the original
         "charge": "charge_in_cents@2.0",
@@ -266,16 +267,14 @@ async def test_operators_cancel_or_fork_a_blocked_invocation(
     # Changed code under an unchanged version: the pin would route it back to the same code,
     # so it waits for an operator instead.
     stuck = (await submit(client, "upgrade_unpatched", 1, 10))[0]
-    await assert_eventually_async(await all_are(client, [stuck], "suspended"), 30, "asleep")
+    await wait_all(client, [stuck], "suspended", 30, "asleep")
     assert second.stop() == 0
     same_version = tmp_path / "same"
     changed = write_plugin(same_version, "2.0")
     init = changed / "upgrade_probe" / "__init__.py"
     init.write_text(init.read_text().replace('"charge_in_cents"', '"charge_in_euros"'))
     start(stack, "p-v2-changed", changed)
-    await assert_eventually_async(
-        await all_are(client, [stuck], "blocked"), 40, "blocked by a change without a version"
-    )
+    await wait_all(client, [stuck], "blocked", 40, "blocked by a change without a version")
     st = (await transport.get_state(stuck)).state  # type: ignore[union-attr]
     assert st.pinned_version == V2_TOKEN
     assert "This processor runs that very version" in st.blocked_reason
