@@ -31,9 +31,15 @@ from durable_core._transport.routes import CommandConsumers
 from durable_core.config import WorkerConfig
 from durable_core.errors import ConfigError, ConflictError, InvalidInputError, NotFoundError
 
-ROUTING_METADATA = "durable_routing"  # consumer metadata keys: workflow, route
+ROUTING_METADATA = "durable_routing"
+_NO_MESSAGE = 10057  # JetStream: no message found (at that sequence)  # consumer metadata keys: workflow, route
 
 __all__ = ["Commands"]
+
+
+def _subject(msg: Any) -> str:
+    """The stored subject of a message read by a direct get (its own is the reply inbox)."""
+    return str((msg.headers or {}).get("Nats-Subject") or msg.subject)
 
 
 class Commands:
@@ -332,7 +338,7 @@ class Commands:
             )
         for msg in await self._legacy_timers():
             await self._retarget(msg)
-            done.append(f"re-aimed timer {msg.subject}")
+            done.append(f"re-aimed timer {_subject(msg)}")
         if old is not None:
             await link.retry(
                 "delete the shared consumer",
@@ -354,8 +360,12 @@ class Commands:
         await self._link.retry("delete a moved command", lambda: self._delete(stream, seq))
 
     async def _delete(self, stream: str, seq: int) -> None:
-        with contextlib.suppress(nats.js.errors.NotFoundError):
+        try:
             await self._link.js.delete_msg(stream, seq)
+        except nats.js.errors.APIError as e:
+            # Gone already (a new schedule on the subject replaces the old one, a retry).
+            if not isinstance(e, nats.js.errors.NotFoundError) and e.err_code != _NO_MESSAGE:
+                raise
 
     @staticmethod
     def _command_of(msg: Any) -> pb.Command:
@@ -363,9 +373,9 @@ class Commands:
         try:
             cmd.ParseFromString(msg.data)
         except DecodeError as e:
-            raise InvalidInputError(f"message {msg.subject} is not a command: {e}") from e
+            raise InvalidInputError(f"message {_subject(msg)} is not a command: {e}") from e
         if not cmd.workflow:
-            raise InvalidInputError(f"message {msg.subject} holds a command without a workflow")
+            raise InvalidInputError(f"message {_subject(msg)} holds a command without a workflow")
         return cmd
 
     async def _retarget(self, msg: Any) -> None:
@@ -378,10 +388,12 @@ class Commands:
             "Nats-Schedule-Target": self.subject(self._command_of(msg)),
         }
 
-        async def move() -> None:
-            await link.js.publish(msg.subject, msg.data, headers=new)
+        subject = _subject(msg)
 
-        await link.retry(f"re-aim timer {msg.subject}", move)
+        async def move() -> None:
+            await link.js.publish(subject, msg.data, headers=new)
+
+        await link.retry(f"re-aim timer {subject}", move)
         stream = link.names.command_stream
         await link.retry("delete a re-aimed timer", lambda: self._delete(stream, seq))
 
