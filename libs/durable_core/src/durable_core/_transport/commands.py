@@ -10,6 +10,7 @@ command only ever reaches a processor that has its workflow."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 from collections.abc import Callable, Sequence
@@ -21,7 +22,7 @@ from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from durable_core._naming import ANY_ROUTE, check_route
+from durable_core._naming import check_route
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport.connection import Link
 from durable_core._transport.delivery import Arrival, CommandConsumer
@@ -32,7 +33,7 @@ from durable_core.config import WorkerConfig
 from durable_core.errors import ConfigError, ConflictError, InvalidInputError, NotFoundError
 
 ROUTING_METADATA = "durable_routing"
-_NO_MESSAGE = 10057  # JetStream: no message found (at that sequence)  # consumer metadata keys: workflow, route
+_NO_MESSAGE = 10057  # JetStream: no message found (at that sequence)
 
 __all__ = ["Commands"]
 
@@ -167,26 +168,28 @@ class Commands:
         n = self._link.names
         queue: Queue[Arrival] = Queue()
         bound = []
+        wants = []
         for workflow, route in routes:
             name = n.route_consumer(cfg.consumer, workflow, route)
-            want = ConsumerConfig(
-                durable_name=name,
-                description=f"durable processors: {workflow} on route {check_route(route)}",
-                deliver_policy=DeliverPolicy.ALL,
-                ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=cfg.ack_wait.total_seconds(),
-                max_deliver=-1,
-                max_ack_pending=cfg.max_concurrent,
-                filter_subject=n.route_subjects(workflow, route),
-                max_waiting=512,
-                metadata={
-                    ROUTING_METADATA: "1",
-                    "workflow": workflow,
-                    "route": check_route(route),
-                    "group": cfg.consumer,
-                },
+            wants.append(
+                ConsumerConfig(
+                    durable_name=name,
+                    description=f"durable processors: {workflow} on route {check_route(route)}",
+                    deliver_policy=DeliverPolicy.ALL,
+                    ack_policy=AckPolicy.EXPLICIT,
+                    ack_wait=cfg.ack_wait.total_seconds(),
+                    max_deliver=-1,
+                    max_ack_pending=cfg.max_concurrent,
+                    filter_subject=n.route_subjects(workflow, route),
+                    max_waiting=512,
+                    metadata={
+                        ROUTING_METADATA: "1",
+                        "workflow": workflow,
+                        "route": check_route(route),
+                        "group": cfg.consumer,
+                    },
+                )
             )
-            await self._provision.consumer(want, f"consumer of {workflow} ({route or ANY_ROUTE})")
             bound.append(
                 CommandConsumer(
                     self._link.nc,
@@ -196,6 +199,10 @@ class Commands:
                     label=f"{workflow} on {check_route(route)}",
                 )
             )
+        # Set up together: a processor of many workflows binds twice as many consumers.
+        await asyncio.gather(
+            *(self._provision.consumer(w, f"consumer {w.description}") for w in wants)
+        )
         return CommandConsumers(queue, bound)
 
     async def _consumer_infos(self) -> list[Any]:
