@@ -33,7 +33,7 @@ class System:
         schedulers: the scheduler replicas to run (none: nothing re-drives a dead processor's
             commands, JetStream's ack_wait alone redelivers them).
         scheduler_env: more settings for the scheduler replicas (retention, ...).
-        plugins: the plugins each processor loads (``DURABLE_PLUGINS``), by name; a processor
+        plugins: the plugins each processor loads (``DURABLE_LOAD_PLUGINS``), by name; a processor
             not named loads every installed one (a mixed fleet, issue 16).
     """
 
@@ -117,7 +117,7 @@ class System:
                 **self.env,
                 "DURABLE_ACK_WAIT": str(self.ack_wait),
                 "DURABLE_DEFAULT_SERVICE_ADDRESS": self.service_address,
-                **({"DURABLE_PLUGINS": self.plugins[name]} if name in self.plugins else {}),
+                **({"DURABLE_LOAD_PLUGINS": self.plugins[name]} if name in self.plugins else {}),
             },
         )
 

@@ -78,7 +78,7 @@ class Scenario:
     mix: Mapping[str, float]
     schedulers: tuple[str, ...]
     kinds: tuple[str, ...]
-    plugins: Mapping[str, str] = field(default_factory=dict)  # processor -> DURABLE_PLUGINS
+    plugins: Mapping[str, str] = field(default_factory=dict)  # processor -> DURABLE_LOAD_PLUGINS
 
     @property
     def timeout(self) -> float:

@@ -144,8 +144,9 @@ def _valid_id_command(data: bytes) -> bool:
         check_invocation_id(cmd.invocation_id)
         if cmd.kind not in (pb.COMMAND_KIND_START, pb.COMMAND_KIND_WAKE):
             return False
-        if cmd.workflow:
-            check_workflow_name(cmd.workflow)
+        if not cmd.workflow:  # commands route by their workflow (issue 16)
+            return False
+        check_workflow_name(cmd.workflow)
         if cmd.partition_key:
             encode_partition_key(cmd.partition_key)
     except (DecodeError, InvalidInputError, ValueError):

@@ -25,7 +25,7 @@ class ProcessorSettings:
     log_level: str
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464  # 0: no metrics endpoint
-    plugins: tuple[str, ...] | None = None  # installed plugins to load; None: all of them
+    load_plugins: tuple[str, ...] | None = None  # installed plugins to load; None: all
 
 
 def _heartbeat(seconds: float) -> timedelta | None:
@@ -79,7 +79,7 @@ def build(s: Mapping[str, Any]) -> ProcessorSettings:
         lease_ttl=timedelta(seconds=num("lease_ttl", float)),
     )
     level = check_log_level(s)
-    plugins = _plugins(s.get("plugins"))
+    plugins = _plugins(s.get("load_plugins"))
     metrics_port = check_metrics_port(num("metrics_port"))
     return ProcessorSettings(
         nats,
@@ -89,7 +89,7 @@ def build(s: Mapping[str, Any]) -> ProcessorSettings:
         level,
         metrics_host=str(s.get("metrics_host") or "127.0.0.1"),
         metrics_port=metrics_port,
-        plugins=plugins,
+        load_plugins=plugins,
     )
 
 

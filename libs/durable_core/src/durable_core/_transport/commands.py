@@ -10,6 +10,7 @@ command only ever reaches a processor that has its workflow."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 from collections.abc import Callable, Sequence
@@ -21,7 +22,7 @@ from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from durable_core._naming import ANY_ROUTE, check_route
+from durable_core._naming import check_route
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport.connection import Link
 from durable_core._transport.delivery import Arrival, CommandConsumer
@@ -31,9 +32,15 @@ from durable_core._transport.routes import CommandConsumers
 from durable_core.config import WorkerConfig
 from durable_core.errors import ConfigError, ConflictError, InvalidInputError, NotFoundError
 
-ROUTING_METADATA = "durable_routing"  # consumer metadata keys: workflow, route
+ROUTING_METADATA = "durable_routing"
+_NO_MESSAGE = 10057  # JetStream: no message found (at that sequence)
 
 __all__ = ["Commands"]
+
+
+def _subject(msg: Any) -> str:
+    """The stored subject of a message read by a direct get (its own is the reply inbox)."""
+    return str((msg.headers or {}).get("Nats-Subject") or msg.subject)
 
 
 class Commands:
@@ -161,26 +168,28 @@ class Commands:
         n = self._link.names
         queue: Queue[Arrival] = Queue()
         bound = []
+        wants = []
         for workflow, route in routes:
             name = n.route_consumer(cfg.consumer, workflow, route)
-            want = ConsumerConfig(
-                durable_name=name,
-                description=f"durable processors: {workflow} on route {check_route(route)}",
-                deliver_policy=DeliverPolicy.ALL,
-                ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=cfg.ack_wait.total_seconds(),
-                max_deliver=-1,
-                max_ack_pending=cfg.max_concurrent,
-                filter_subject=n.route_subjects(workflow, route),
-                max_waiting=512,
-                metadata={
-                    ROUTING_METADATA: "1",
-                    "workflow": workflow,
-                    "route": check_route(route),
-                    "group": cfg.consumer,
-                },
+            wants.append(
+                ConsumerConfig(
+                    durable_name=name,
+                    description=f"durable processors: {workflow} on route {check_route(route)}",
+                    deliver_policy=DeliverPolicy.ALL,
+                    ack_policy=AckPolicy.EXPLICIT,
+                    ack_wait=cfg.ack_wait.total_seconds(),
+                    max_deliver=-1,
+                    max_ack_pending=cfg.max_concurrent,
+                    filter_subject=n.route_subjects(workflow, route),
+                    max_waiting=512,
+                    metadata={
+                        ROUTING_METADATA: "1",
+                        "workflow": workflow,
+                        "route": check_route(route),
+                        "group": cfg.consumer,
+                    },
+                )
             )
-            await self._provision.consumer(want, f"consumer of {workflow} ({route or ANY_ROUTE})")
             bound.append(
                 CommandConsumer(
                     self._link.nc,
@@ -190,6 +199,10 @@ class Commands:
                     label=f"{workflow} on {check_route(route)}",
                 )
             )
+        # Set up together: a processor of many workflows binds twice as many consumers.
+        await asyncio.gather(
+            *(self._provision.consumer(w, f"consumer {w.description}") for w in wants)
+        )
         return CommandConsumers(queue, bound)
 
     async def _consumer_infos(self) -> list[Any]:
@@ -259,14 +272,14 @@ class Commands:
 
         return await link.retry("look up the shared command consumer", info)
 
-    async def _legacy_commands(self) -> int:
-        """Stream sequence of a command on a subject of the old layout, 0 if there is none."""
+    async def _legacy_commands(self, limit: int = 1) -> list[Any]:
+        """Up to ``limit`` commands on the subjects of the old layout (no consumer takes them)."""
         link = self._link
         n = link.names
 
-        async def first() -> int:
-            msgs, _ = await self._gets.batch(n.command_stream, n.legacy_command_subjects, 1, 1)
-            return int((msgs[0].headers or {}).get("Nats-Sequence", 0) or 1) if msgs else 0
+        async def first() -> list[Any]:
+            msgs, _ = await self._gets.batch(n.command_stream, n.legacy_command_subjects, 1, limit)
+            return msgs
 
         return await link.retry("look for commands of the old layout", first)
 
@@ -294,8 +307,13 @@ class Commands:
 
     async def legacy_layout(self, consumer: str) -> str:
         """What is left of the layout before routing ("" if nothing): the shared consumer
-        (filter ``<prefix>.cmd.>``, which overlaps every routed one), or commands on the
-        old one-token subjects, which no routed consumer takes."""
+        (filter ``<prefix>.cmd.>``, which overlaps every routed one), or commands on the old
+        one-token subjects, which no routed consumer takes.
+
+        Timers aimed at old subjects are not looked for here, as that reads every timer:
+        ``migrate_routing`` re-aims them, and one that fires later is an old-layout command,
+        found here at the next start.
+        """
         n = self._link.names
         if await self._legacy_consumer(consumer) is not None:
             return (
@@ -307,18 +325,14 @@ class Commands:
                 f"this engine ({n.prefix}) holds commands of the layout before routing "
                 f"(subjects {n.legacy_command_subjects})"
             )
-        if await self._legacy_timers():
-            return (
-                f"this engine ({n.prefix}) holds timers of the layout before routing "
-                f"(targets {n.legacy_command_subjects})"
-            )
         return ""
 
     async def migrate_routing(self, consumer: str) -> list[str]:
         """Move an engine made before routing to routed commands; what was done, one line
         each. Refuses (ConflictError) while the shared consumer has commands pending or
-        unacknowledged. Timers aimed at old subjects are re-aimed at routed ones; then the
-        shared consumer is deleted."""
+        unacknowledged. Timers aimed at old subjects are re-aimed at routed ones, commands left
+        on old subjects (with the shared consumer gone) are moved to theirs; then the shared
+        consumer is deleted."""
         link = self._link
         n = link.names
         done: list[str] = []
@@ -329,42 +343,66 @@ class Commands:
                 f"and {old.num_ack_pending or 0} unacknowledged commands: let the old "
                 "processors finish them (or stop them and wait for ack_wait), then try again"
             )
-        if old is None and await self._legacy_commands():
-            raise ConflictError(
-                f"commands wait on old subjects ({n.legacy_command_subjects}) with no "
-                "consumer: start an old processor to drain them first"
-            )
         for msg in await self._legacy_timers():
             await self._retarget(msg)
-            done.append(f"re-aimed timer {msg.subject}")
+            done.append(f"re-aimed timer {_subject(msg)}")
         if old is not None:
             await link.retry(
                 "delete the shared consumer",
                 lambda: link.js.delete_consumer(n.command_stream, consumer),
             )
             done.append(f"deleted the shared consumer {consumer!r}")
+        while msgs := await self._legacy_commands(256):
+            for msg in msgs:
+                await self._reroute(msg)
+                done.append(f"moved command {msg.headers.get('Nats-Sequence')} to its route")
         return done
+
+    async def _reroute(self, msg: Any) -> None:
+        """Publish a command left on an old subject to its routed one, then delete it."""
+        seq = int((msg.headers or {})["Nats-Sequence"])
+        cmd = self._command_of(msg)
+        await self.publish(cmd, msg_id=f"migrate:{seq}")
+        stream = self._link.names.command_stream
+        await self._link.retry("delete a moved command", lambda: self._delete(stream, seq))
+
+    async def _delete(self, stream: str, seq: int) -> None:
+        try:
+            await self._link.js.delete_msg(stream, seq)
+        except nats.js.errors.APIError as e:
+            # Gone already (a new schedule on the subject replaces the old one, a retry).
+            if not isinstance(e, nats.js.errors.NotFoundError) and e.err_code != _NO_MESSAGE:
+                raise
+
+    @staticmethod
+    def _command_of(msg: Any) -> pb.Command:
+        cmd = pb.Command()
+        try:
+            cmd.ParseFromString(msg.data)
+        except DecodeError as e:
+            raise InvalidInputError(f"message {_subject(msg)} is not a command: {e}") from e
+        if not cmd.workflow:
+            raise InvalidInputError(f"message {_subject(msg)} holds a command without a workflow")
+        return cmd
 
     async def _retarget(self, msg: Any) -> None:
         """Publish an old-layout timer again, aimed at its routed subject, then delete it."""
         link = self._link
         headers = dict(msg.headers or {})
         seq = int(headers["Nats-Sequence"])
-        cmd = pb.Command()
-        cmd.ParseFromString(msg.data)
-        if not cmd.workflow:
-            raise InvalidInputError(f"timer {msg.subject} holds a command without a workflow")
         new = {
             "Nats-Schedule": headers["Nats-Schedule"],
-            "Nats-Schedule-Target": self.subject(cmd),
+            "Nats-Schedule-Target": self.subject(self._command_of(msg)),
         }
 
-        async def move() -> None:
-            await link.js.publish(msg.subject, msg.data, headers=new)
-            with contextlib.suppress(nats.js.errors.NotFoundError):
-                await link.js.delete_msg(link.names.command_stream, seq)
+        subject = _subject(msg)
 
-        await link.retry(f"re-aim timer {msg.subject}", move)
+        async def move() -> None:
+            await link.js.publish(subject, msg.data, headers=new)
+
+        await link.retry(f"re-aim timer {subject}", move)
+        stream = link.names.command_stream
+        await link.retry("delete a re-aimed timer", lambda: self._delete(stream, seq))
 
     async def nak(self, reply: str) -> None:
         """Hand a command held by another (dead) connection back for immediate redelivery.
