@@ -97,7 +97,7 @@ def write_plugin(root: Path, version: str) -> Path:
 
 
 def start(stack: ProcessStack, name: str, home: Path) -> ChildProcess:
-    return stack.start_processor(name, DURABLE_PLUGINS="upgrade_probe", PYTHONPATH=str(home))
+    return stack.start_processor(name, DURABLE_LOAD_PLUGINS="upgrade_probe", PYTHONPATH=str(home))
 
 
 async def statuses(client: Client, ids: list[str]) -> dict[str, str]:
