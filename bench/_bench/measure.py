@@ -420,11 +420,12 @@ async def wait_consumer_idle(
         js = nc.jetstream()
         deadline = time.monotonic() + timeout
         while True:
-            info = await js.consumer_info(f"{prefix.upper()}_COMMANDS", "processor")
-            pending = {
-                "num_pending": info.num_pending or 0,
-                "num_ack_pending": info.num_ack_pending or 0,
-            }
+            # One consumer per workflow and route (issue 16): sum them.
+            pending = {"num_pending": 0, "num_ack_pending": 0}
+            for info in await js.consumers_info(f"{prefix.upper()}_COMMANDS"):
+                if (info.config.metadata or {}).get("group") == "processor":
+                    pending["num_pending"] += info.num_pending or 0
+                    pending["num_ack_pending"] += info.num_ack_pending or 0
             if not any(pending.values()):
                 return True, pending
             if time.monotonic() > deadline:

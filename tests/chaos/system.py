@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 
 from durable_core.testing import ChildProcess, NatsCluster, ServiceProcess, free_port
@@ -32,6 +33,8 @@ class System:
         schedulers: the scheduler replicas to run (none: nothing re-drives a dead processor's
             commands, JetStream's ack_wait alone redelivers them).
         scheduler_env: more settings for the scheduler replicas (retention, ...).
+        plugins: the plugins each processor loads (``DURABLE_LOAD_PLUGINS``), by name; a processor
+            not named loads every installed one (a mixed fleet, issue 16).
     """
 
     def __init__(
@@ -45,6 +48,7 @@ class System:
         ack_wait: int = 5,
         schedulers: tuple[str, ...] = SCHEDULERS,
         scheduler_env: dict[str, str] | None = None,
+        plugins: Mapping[str, str] | None = None,
     ) -> None:
         self.cluster = cluster
         self.prefix = prefix
@@ -54,6 +58,7 @@ class System:
         self.ack_wait = ack_wait
         self.schedulers = schedulers
         self.scheduler_env = dict(scheduler_env or {})
+        self.plugins = dict(plugins or {})
         self.service_port = free_port()
         self.procs: dict[str, ChildProcess] = {}
         self._incarnation: dict[str, int] = {}
@@ -112,6 +117,7 @@ class System:
                 **self.env,
                 "DURABLE_ACK_WAIT": str(self.ack_wait),
                 "DURABLE_DEFAULT_SERVICE_ADDRESS": self.service_address,
+                **({"DURABLE_LOAD_PLUGINS": self.plugins[name]} if name in self.plugins else {}),
             },
         )
 

@@ -20,6 +20,10 @@ with no scheduler at all nothing re-drives a dead or stalled processor's command
 JetStream's ack wait must bring every order through: N/2 order_processing invocations over
 half the time, while the nemesis kills and stalls processors, kills leaders and the service.
 
+``test_a_mixed_fleet_loses_nothing_and_runs_each_workflow_where_it_is_served`` (issue 16): the
+wide run on a fleet of two plugin sets (``MIXED_FLEET``: p1 lacks the chaos workflows); on top
+of the checker's verdict, no journal entry may come from a processor without its workflow.
+
 ``make test`` runs N = 100; ``make chaos`` runs N = 1,000. ``CHAOS_SEED`` replays a fault
 schedule and the workload; see ``run_settings.py`` for the other settings. Each run writes its
 process logs, the service's call records and the summary to
@@ -40,13 +44,13 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from durable_core import Client, EngineConfig
+from durable_core import Client, EngineConfig, load_plugins
 from durable_core import schedules as sched
 from durable_core._transport import Transport
 from durable_core.config import NatsConfig
@@ -60,6 +64,7 @@ from .system import SCHEDULERS, System
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.chaos]
 
 SCHEDULE = "chaostick"
+FULL_SET = "order_processing,chaos_workflows"
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -73,6 +78,7 @@ class Scenario:
     mix: Mapping[str, float]
     schedulers: tuple[str, ...]
     kinds: tuple[str, ...]
+    plugins: Mapping[str, str] = field(default_factory=dict)  # processor -> DURABLE_LOAD_PLUGINS
 
     @property
     def timeout(self) -> float:
@@ -87,6 +93,14 @@ NO_SCHEDULER = Scenario(
     workload.ORDERS_ONLY,
     (),
     ("kill_processor", "pause_processor", "kill_leader", "restart_service"),
+)
+
+# Issue 16: two plugin sets. p1 lacks the chaos workflows (chaos_waits, its child chaos_charge,
+# the careless and reckless orders): routing must keep their commands (starts, wake-ups,
+# timers, re-drives, turns of shared keys) away from it, while it takes its share of orders.
+MIXED_FLEET = {"p1": "order_processing", "p2": FULL_SET, "p3": FULL_SET}
+MIXED = Scenario(
+    "mixed-fleet", SETTINGS.n, SETTINGS.duration, workload.MIX, SCHEDULERS, KINDS, MIXED_FLEET
 )
 
 
@@ -120,6 +134,30 @@ async def test_orders_recover_without_a_scheduler(
     await _scenario(NO_SCHEDULER, chaos_cluster, capsys)
 
 
+@pytest.mark.timeout(MIXED.timeout)
+async def test_a_mixed_fleet_loses_nothing_and_runs_each_workflow_where_it_is_served(
+    chaos_cluster: ChaosCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await _scenario(MIXED, chaos_cluster, capsys)
+
+
+def _misrouted(scenario: Scenario, obs: checker.Observation) -> list[str]:
+    """Entries written by a processor that does not serve the invocation's workflow."""
+    served = {
+        proc: set(load_plugins(only=sets.split(",")).registry.names())
+        for proc, sets in scenario.plugins.items()
+    }
+    out = []
+    for iid, entries in obs.journals.items():
+        st = obs.states.get(iid)
+        for e in entries:
+            proc = e.entry.writer.split("/")[0] if "/" in e.entry.writer else ""
+            if st is not None and proc in served and st.workflow not in served[proc]:
+                out.append(f"{iid}: {st.workflow} run by {proc}, which does not serve it")
+                break
+    return out
+
+
 async def _scenario(
     scenario: Scenario, cc: ChaosCluster, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -144,6 +182,7 @@ async def _scenario(
         service_delay_ms=200,
         ack_wait=5,
         schedulers=scenario.schedulers,
+        plugins=scenario.plugins,
     )
     # The streams are created as the processors will (R3); clients only use them.
     transport = await Transport.connect(NatsConfig.from_url(cluster.url), engine, create=True)
@@ -230,6 +269,8 @@ async def _run(
     await tap.stop()
     report = checker.check(obs)
     await checker.replay_all(obs, report)
+    if scenario.plugins:
+        report.effect_violations.extend(_misrouted(scenario, obs))
     if not report.ok:
         evidence = checker.evidence(obs, checker.involved(report), system.log_dir, tap.seen)
         path = system.log_dir / "evidence.json"

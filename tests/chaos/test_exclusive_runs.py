@@ -95,8 +95,8 @@ async def _settled(client: Client, timeout: float = 20) -> None:
     t = client._t
 
     async def settled() -> bool:
-        info = await t.js.consumer_info(t.names.command_stream, "processor")
-        return not (info.num_ack_pending or info.num_pending)
+        pending, ack_pending, _ = await t.consumer_stats("processor")
+        return not (ack_pending or pending)
 
     await assert_eventually_async(settled, timeout, "every command settled", interval=0.05)
 
@@ -268,8 +268,8 @@ async def _only_one_command_held(client: Client, timeout: float) -> None:
     t = client._t
 
     async def one_held() -> bool:
-        info = await t.js.consumer_info(t.names.command_stream, "processor")
-        return info.num_ack_pending == 1 and not info.num_pending
+        pending, ack_pending, _ = await t.consumer_stats("processor")
+        return ack_pending == 1 and not pending
 
     with contextlib.suppress(AssertionError):
         await assert_eventually_async(one_held, timeout, "one command held", interval=0.05)

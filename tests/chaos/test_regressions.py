@@ -354,8 +354,8 @@ async def _wait_until_settled(t: Transport, timeout: float = 15) -> None:
     """Until the processors' consumer holds nothing (every command acked or terminated)."""
 
     async def settled() -> bool:
-        info = await t.js.consumer_info(t.names.command_stream, "processor")
-        return not (info.num_ack_pending or info.num_pending)
+        pending, ack_pending, _ = await t.consumer_stats("processor")
+        return not (ack_pending or pending)
 
     await assert_eventually_async(settled, timeout, "every command settled", interval=0.05)
 
@@ -428,7 +428,8 @@ async def test_a_consumer_whose_pull_requests_died_unanswered_still_holds_new_de
         t = await Transport.connect(NatsConfig.from_url(server.url), engine, create=True)
         try:
             consumer = await t.command_consumer(
-                WorkerConfig(ack_wait=timedelta(seconds=ack_wait), max_concurrent=10)
+                WorkerConfig(ack_wait=timedelta(seconds=ack_wait), max_concurrent=10),
+                [("w", "")],
             )
             for _ in range(8):
                 fetching = asyncio.create_task(consumer.fetch(10, timeout=2.0))

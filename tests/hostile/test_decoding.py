@@ -390,8 +390,8 @@ def test_partition_key_is_one_round_tripping_token_or_invalid_input(key: str) ->
     assert size <= MAX_PARTITION_KEY_BYTES
     assert TOKEN.fullmatch(token), token
     assert decode_partition_key(token) == key
-    subject = Names("durable").command_subject(key)
-    assert subject.split(".") == ["durable", "cmd", token]
+    subject = Names("durable").command_subject("wf", "", key)
+    assert subject.split(".") == ["durable", "cmd", encode_partition_key("wf"), "any", token]
 
 
 @given(a=st.text(max_size=30), b=st.text(max_size=30))

@@ -118,20 +118,25 @@ def kinds(transport: Transport) -> Callable[[str], Awaitable[list[str]]]:
 
 @pytest.fixture
 def consumer_idle(transport: Transport) -> Callable[[], Awaitable[bool]]:
-    """Whether no command waits or is unacked, and the processors' consumer has been handed the
-    newest command: a consumer led by a replica that has not applied the latest publish yet
-    reports nothing pending (a full local run caught an unprocessed command that way)."""
+    """Whether no command waits or is unacked on any of the processors' consumers (one per
+    workflow and route), and each has been handed its newest command: a consumer led by a
+    replica that has not applied the latest publish yet reports nothing pending (a full local
+    run caught an unprocessed command that way)."""
 
     async def consumer_idle() -> bool:
         n = transport.names
-        info = await transport.js.consumer_info(n.command_stream, "processor")
-        if info.num_ack_pending or info.num_pending:
-            return False
-        try:  # the stream leader's newest command (acked ones are gone: a work queue)
-            newest = await transport.js.get_msg(n.command_stream, subject=n.command_subjects)
-        except nats.js.errors.NotFoundError:
-            return True
-        return info.delivered.stream_seq >= (newest.seq or 0)
+        for _, _, _, info in await transport.routed_consumers("processor"):
+            if info.num_ack_pending or info.num_pending:
+                return False
+            try:  # the stream leader's newest command (acked ones are gone: a work queue)
+                newest = await transport.js.get_msg(
+                    n.command_stream, subject=info.config.filter_subject
+                )
+            except nats.js.errors.NotFoundError:
+                continue
+            if info.delivered.stream_seq < (newest.seq or 0):
+                return False
+        return True
 
     return consumer_idle
 

@@ -39,12 +39,13 @@ async def _diagnosis(transport: Transport, cluster: NatsCluster, cut: str) -> st
     for stream in (n.command_stream, n.journal_stream):
         lines.append(f"{stream}: leader {cluster.stream_leader(stream)}")
     try:
-        info = await transport.js.consumer_info(n.command_stream, "processor")
-        lines.append(
-            f"consumer: leader {info.cluster.leader if info.cluster else '?'}, "
-            f"pending {info.num_pending}, ack pending {info.num_ack_pending}, "
-            f"waiting {info.num_waiting}, delivered {info.delivered}"
-        )
+        for _, workflow, route, info in await transport.routed_consumers("processor"):
+            lines.append(
+                f"consumer of {workflow} on {route}: leader "
+                f"{info.cluster.leader if info.cluster else '?'}, "
+                f"pending {info.num_pending}, ack pending {info.num_ack_pending}, "
+                f"waiting {info.num_waiting}, delivered {info.delivered}"
+            )
     except Exception as e:  # noqa: BLE001 - a diagnosis never fails the report
         lines.append(f"consumer info: {type(e).__name__}: {e}")
     return "\n".join(lines)

@@ -10,13 +10,7 @@ from typing import Any
 import nats.js.errors
 import pytest
 
-from durable_core import (
-    Client,
-    EngineConfig,
-    NatsConfig,
-    UnknownWorkflowError,
-    WorkflowFailedError,
-)
+from durable_core import Client, EngineConfig, NatsConfig, UnknownWorkflowError
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import Transport, connect_nats
 from durable_core.testing import NatsCluster, ProcessStack, assert_eventually_async
@@ -220,32 +214,33 @@ async def test_stream_leader_killed_while_fifty_workflows_run(
 # -- f. bad input -------------------------------------------------------------------------------
 
 
-async def test_unknown_workflow_fails_clearly_and_is_not_redelivered(
+async def test_a_workflow_no_processor_serves_waits_and_is_never_failed(
     stack: ProcessStack,
     client: Client,
     transport: Transport,
     kinds: Callable[[str], Awaitable[list[str]]],
     consumer_idle: Callable[[], Awaitable[bool]],
 ) -> None:
+    """Issue 16: a processor without the workflow used to take its command and fail it for
+    good (UnknownWorkflow). Commands are routed by workflow now: nobody takes it, it waits."""
     stack.start_service()
-    stack.start_processor("p1")
-    with pytest.raises(UnknownWorkflowError):  # refused at intake since issue 16
+    processor = stack.start_processor("p1")
+    with pytest.raises(UnknownWorkflowError):  # refused at intake
         await client.invoke("no_such_workflow", {"x": 1}, id="unknown-1", timeout=30)
-    # Queued anyway, it reaches a processor that lacks it: failed clearly, not redelivered.
-    with pytest.raises(WorkflowFailedError) as err:
-        await client.invoke(
-            "no_such_workflow", {"x": 1}, id="unknown-1", timeout=30, queue_unserved=True
-        )
-    assert "unknown workflow 'no_such_workflow'" in str(err.value)
-    assert "hello_workflow" in str(err.value)  # the known ones are listed
-    await assert_eventually_async(consumer_idle, 20, "the command to be acked")
-    info = await transport.js.consumer_info(transport.names.command_stream, "processor")
-    assert info.num_redelivered == 0
-    assert await kinds("unknown-1") == ["FAILED"]
-
     cp = await asyncio.to_thread(stack.cli, "invoke", "no_such_workflow")
     assert cp.returncode == 2  # bad input: no live processor serves it
     assert "no live processor serves workflow" in cp.stderr and "order_processing" in cp.stderr
+    # Queued anyway: no processor takes it (routing), it waits, never failed.
+    inv = await client.invoke_async(
+        "no_such_workflow", {"x": 1}, id="unknown-1", queue_unserved=True
+    )
+    assert (await client.invoke("hello_workflow", {"name": "A"}, timeout=30)).status == "completed"
+    await assert_eventually_async(consumer_idle, 20, "the served commands to be acked")
+    assert (await client.get_result(inv)).status == "pending"
+    assert await kinds(inv) == []
+    _, _, redelivered = await transport.consumer_stats("processor")
+    assert redelivered == 0
+    assert "unknown-1" not in processor.log()
 
 
 async def test_malformed_command_is_terminated_and_processor_keeps_serving(
@@ -256,14 +251,14 @@ async def test_malformed_command_is_terminated_and_processor_keeps_serving(
 ) -> None:
     stack.start_service()
     processor = stack.start_processor("p1")
-    subject = transport.names.command_subject("garbage")
+    subject = transport.names.command_subject("hello_workflow", "", "garbage")
     await transport.js.publish(subject, b"\xff\x00 this is not a command")
     await transport.js.publish(subject, pb.Command(invocation_id="bad id!").SerializeToString())
     result = await client.invoke("hello_workflow", {"name": "Still"}, timeout=30)
     assert result.output == {"message": GREETING.format("Still")}
     await assert_eventually_async(consumer_idle, 20, "the bad commands to be terminated")
-    info = await transport.js.consumer_info(transport.names.command_stream, "processor")
-    assert info.num_redelivered == 0
+    _, _, redelivered = await transport.consumer_stats("processor")
+    assert redelivered == 0
     assert processor.log().count("terminating malformed command") == 2
 
 

@@ -74,7 +74,7 @@ async def publish_raw(transport: Transport, key: str, data: bytes) -> bool:
     """Publish straight to the command stream; False if the server refused the message itself
     (over the stream's max_msg_size, err 10054): it never reaches a processor."""
     try:
-        await transport.js.publish(transport.names.command_subject(key), data)
+        await transport.js.publish(transport.names.command_subject(HOSTILE_ROUTE, "", key), data)
     except nats.js.errors.BadRequestError as e:
         if e.err_code != _MESSAGE_TOO_BIG:
             raise
@@ -82,6 +82,7 @@ async def publish_raw(transport: Transport, key: str, data: bytes) -> bool:
     return True
 
 
+HOSTILE_ROUTE = "hello_workflow"  # garbage lands on a served workflow's consumer
 _MESSAGE_TOO_BIG = 10054  # JetStream: message size exceeds the stream's max_msg_size
 
 
@@ -143,8 +144,9 @@ def _valid_id_command(data: bytes) -> bool:
         check_invocation_id(cmd.invocation_id)
         if cmd.kind not in (pb.COMMAND_KIND_START, pb.COMMAND_KIND_WAKE):
             return False
-        if cmd.workflow:
-            check_workflow_name(cmd.workflow)
+        if not cmd.workflow:  # commands route by their workflow (issue 16)
+            return False
+        check_workflow_name(cmd.workflow)
         if cmd.partition_key:
             encode_partition_key(cmd.partition_key)
     except (DecodeError, InvalidInputError, ValueError):

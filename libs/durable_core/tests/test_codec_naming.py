@@ -174,12 +174,38 @@ def test_non_string_partition_key_is_invalid_input() -> None:
 
 def test_command_subject_uses_the_encoded_key() -> None:
     names = Names("durable")
-    subject = names.command_subject("orders.>")
-    assert subject == f"durable.cmd.{encode_partition_key('orders.>')}"
-    assert subject.count(".") == 2  # the key is one token, whatever it holds
+    subject = names.command_subject("order.v2", "", "orders.>")
+    wf, key = encode_partition_key("order.v2"), encode_partition_key("orders.>")
+    assert subject == f"durable.cmd.{wf}.any.{key}"
+    assert subject.count(".") == 4  # workflow, route and key are one token each
+    assert names.route_of(subject) == ("order.v2", "any")
+    assert names.command_subject("w", "v-0123456789abcdef", "k").split(".")[3] == (
+        "v-0123456789abcdef"
+    )
     assert names.command_stream == "DURABLE_COMMANDS"
     assert names.journal_subject("inv-1") == "durable.journal.inv-1"
     assert names.state_bucket == "durable_state"
+
+
+def test_a_command_routes_by_its_workflow_and_route() -> None:
+    names = Names("durable")
+    assert names.route_subjects("order.v2", "") == (
+        f"durable.cmd.{encode_partition_key('order.v2')}.any.>"
+    )
+    assert names.key_subjects("k") == f"durable.cmd.*.*.{encode_partition_key('k')}"
+    with pytest.raises(InvalidInputError, match="must name its workflow"):
+        names.command_subject("", "", "k")
+    with pytest.raises(InvalidInputError, match="invalid command route"):
+        names.command_subject("w", "a.b", "k")
+    # Consumer names hold no dots, differ per workflow and route, and keep the group's name.
+    a = names.route_consumer("processor", "order.v2", "")
+    b = names.route_consumer("processor", "order.v2", "v-0123456789abcdef")
+    c = names.route_consumer("processor", "order_v2", "")
+    assert len({a, b, c}) == 3 and all(
+        n.startswith("processor-") and "." not in n for n in (a, b, c)
+    )
+    assert names.route_consumer("processor", "order.v2", "any") == a
+    assert names.route_of("durable.cmd.x") is None  # the layout before routing
 
 
 # -- ids and names -------------------------------------------------------------------------------

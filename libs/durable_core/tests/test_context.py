@@ -15,6 +15,7 @@ import grpc.aio
 import pytest
 
 from durable_core import (
+    InvalidInputError,
     NonDeterminismError,
     RetryableError,
     RetryPolicy,
@@ -49,6 +50,9 @@ class FakeJournal:
 
     def check_step(self) -> None:
         pass
+
+    def diverged(self) -> None:
+        self.events.append("diverged")
 
 
 class FakeChannels:
@@ -509,7 +513,8 @@ def test_the_public_context_is_only_the_workflow_api() -> None:
     public = {n for n in dir(Context) if not n.startswith("_")}
     assert public == {
         "awakeable", "call", "clear", "get", "invocation_id", "invoke", "is_replaying",
-        "now", "partition_key", "random", "run", "send", "set", "sleep", "start", "uuid",
+        "now", "partition_key", "patched", "random", "run", "send", "set", "sleep", "start",
+        "uuid",
         "wait_for_signal", "workflow",
     }  # fmt: skip
     with pytest.raises(TypeError):
@@ -517,3 +522,79 @@ def test_the_public_context_is_only_the_workflow_api() -> None:
     ctx, _ = make_ctx()
     for leaked in ("nondeterminism", "cancel_delivered", "children", "_parked"):
         assert not hasattr(ctx, leaked)
+
+
+# -- ctx.patched -----------------------------------------------------------------------------------
+
+
+async def patched_workflow(ctx: RunContext) -> list[str]:
+    first = await ctx.run("first", lambda: "one")
+    if ctx.patched("rename-second"):
+        second = await ctx.run("second_v2", lambda: "two (new)")
+    else:
+        second = await ctx.run("second", lambda: "two (old)")
+    assert ctx.patched("rename-second") is ctx.patched("rename-second")  # one answer per run
+    return [first, second]
+
+
+async def test_patched_fresh_journals_a_marker_before_the_next_step_and_takes_the_new_branch() -> (
+    None
+):
+    ctx, journal = make_ctx()
+    assert await patched_workflow(ctx) == ["one", "two (new)"]
+    kinds = [(e.kind, e.step, e.name) for e in journal.entries]
+    assert kinds == [
+        (pb.ENTRY_KIND_RUN, 1, "first"),
+        (pb.ENTRY_KIND_PATCH, 2, "rename-second"),  # no step: it names the step after it
+        (pb.ENTRY_KIND_RUN, 2, "second_v2"),
+    ]
+
+
+async def test_patched_replays_the_branch_the_journal_recorded() -> None:
+    # Recorded by code from before the change: no marker, step 2 is the old one.
+    old = [
+        pb.JournalEntry(kind=pb.ENTRY_KIND_RUN, step=1, name="first", output=_codec.encode("one")),
+        pb.JournalEntry(
+            kind=pb.ENTRY_KIND_RUN, step=2, name="second", output=_codec.encode("recorded old")
+        ),
+    ]
+    ctx, journal = make_ctx(entries=old)
+    assert await patched_workflow(ctx) == ["one", "recorded old"]
+    assert journal.entries == []  # nothing new: no marker for an old run
+    # Recorded by the new code: the marker is there, step 2 is the new one.
+    new = [old[0], pb.JournalEntry(kind=pb.ENTRY_KIND_PATCH, step=2, name="rename-second")]
+    new.append(
+        pb.JournalEntry(
+            kind=pb.ENTRY_KIND_RUN, step=2, name="second_v2", output=_codec.encode("recorded new")
+        )
+    )
+    ctx, journal = make_ctx(entries=new)
+    assert await patched_workflow(ctx) == ["one", "recorded new"]
+    assert journal.entries == []
+
+
+async def test_patched_past_the_recorded_steps_takes_the_new_branch() -> None:
+    # An old run that stopped (asleep, say) before the changed code is not bound to the old
+    # branch: nothing recorded contradicts the new one.
+    first = pb.JournalEntry(
+        kind=pb.ENTRY_KIND_RUN, step=1, name="first", output=_codec.encode("one")
+    )
+    ctx, journal = make_ctx(entries=[first])
+    assert await patched_workflow(ctx) == ["one", "two (new)"]
+    assert [e.kind for e in journal.entries] == [pb.ENTRY_KIND_PATCH, pb.ENTRY_KIND_RUN]
+
+
+async def test_patched_refuses_a_bad_change_id() -> None:
+    ctx, _ = make_ctx()
+    for bad in ("", "x" * 257, 3):
+        with pytest.raises(InvalidInputError):
+            ctx.patched(bad)  # type: ignore[arg-type]
+
+
+async def test_a_diverged_replay_tells_the_journal_before_the_workflow_sees_it() -> None:
+    recorded = pb.JournalEntry(kind=pb.ENTRY_KIND_RUN, step=1, name="old", output=_codec.encode(1))
+    events: list[str] = []
+    ctx, _ = make_ctx(entries=[recorded], journal=FakeJournal(events))
+    with pytest.raises(NonDeterminismError):
+        await ctx.run("new", lambda: 1)
+    assert events == ["diverged"]

@@ -13,6 +13,7 @@ from durable_core._transport import Delivery
 class _Msg:
     def __init__(self, num_delivered: int = 1, seq: int = 7) -> None:
         self.data = b""
+        self.subject = "t.cmd.dw.any.k"
         self.reply = f"$JS.ACK.S.c.{num_delivered}.{seq}.1.0.0"
         self.metadata = SimpleNamespace(
             num_delivered=num_delivered, sequence=SimpleNamespace(stream=seq)

@@ -233,3 +233,11 @@ def test_a_workflow_knows_the_package_version_and_source_it_runs_on(tmp_path, mo
     assert a.token.startswith("v-") and "." not in a.token
     assert a.fingerprint != b.fingerprint  # different source, same version
     assert c.version == "9" and c.token != b.token and c.fingerprint == b.fingerprint
+
+
+def test_only_the_chosen_installed_plugins_load() -> None:
+    plugins = load_plugins(only=["hello_workflow"])
+    assert plugins.registry.names() == ["hello_workflow"]
+    assert load_plugins(only=[]).registry.names() == []
+    with pytest.raises(ConfigError, match="plugin 'no_such_plugin' is not installed"):
+        load_plugins(only=["no_such_plugin"])

@@ -70,6 +70,7 @@ REPLAY_HELPERS = [
     "WorkflowRun",
     "call_entry",
     "failed_entry",
+    "patch_entry",
     "replay_workflow",
     "run_entry",
 ]

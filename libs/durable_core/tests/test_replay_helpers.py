@@ -27,6 +27,7 @@ from durable_core.testing import (
     WorkflowRun,
     call_entry,
     failed_entry,
+    patch_entry,
     replay_workflow,
     run_entry,
 )
@@ -451,3 +452,27 @@ def test_workflow_run_is_frozen() -> None:
     run = WorkflowRun(None, None, (), 0, 0, ())
     with pytest.raises(dataclasses.FrozenInstanceError):
         run.output = 1  # type: ignore[misc]
+
+
+async def test_a_patched_workflow_is_tested_against_old_and_new_journals() -> None:
+    async def wf(ctx: Context) -> str:
+        await ctx.run("a", lambda: 1)
+        if ctx.patched("greet-v2"):
+            return str(await ctx.run("greet_v2", lambda: "new"))
+        return str(await ctx.run("greet", lambda: "old"))
+
+    old = await replay_workflow(wf, journal=[run_entry("a", 1), run_entry("greet", "old!")])
+    assert old.output == "old!" and old.executed_steps == 0
+    new = await replay_workflow(
+        wf, journal=[run_entry("a", 1), patch_entry("greet-v2"), run_entry("greet_v2", "new!")]
+    )
+    assert new.output == "new!" and new.executed_steps == 0
+    fresh = await replay_workflow(wf, journal=[run_entry("a", 1)])
+    assert fresh.output == "new" and fresh.executed_steps == 1
+    assert [(e.kind, e.step, e.name) for e in fresh.new_entries] == [
+        (pb.ENTRY_KIND_PATCH, 2, "greet-v2"),
+        (pb.ENTRY_KIND_RUN, 2, "greet_v2"),
+    ]
+    # An unmarked change diverges: the engine would block such an invocation, never fail it.
+    with pytest.raises(NonDeterminismError):
+        await replay_workflow(wf, journal=[run_entry("a", 1), run_entry("greet_v1", "x")])

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from durable_core import _codec
+from durable_core._code import CodeIdentity
 from durable_core._journal import (
     CANCELLED,
     DeliverCancel,
@@ -23,6 +24,9 @@ from durable_core._journal import (
     SleepFor,
     StepMachine,
     Wait,
+    pin_for,
+    stamp,
+    started_on,
 )
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core.errors import (
@@ -271,3 +275,74 @@ def test_an_executed_step_records_its_output_or_its_failure() -> None:
     assert bad.failure == failed and not bad.HasField("output")
     with pytest.raises(StepFailedError):
         m.executed(bad)
+
+
+# -- patches and the code that wrote the journal ---------------------------------------------------
+
+
+def patch(before: int, change_id: str) -> pb.JournalEntry:
+    return pb.JournalEntry(kind=pb.ENTRY_KIND_PATCH, step=before, name=change_id)
+
+
+def test_patched_running_fresh_marks_the_step_after_it_and_takes_no_step_number() -> None:
+    m = machine(run_entry(1, "a"))
+    assert isinstance(m.begin(RUN, "a", b""), Replay)
+    answer = m.patched("c1", now_ms=START + 7)
+    assert answer.new_code and answer.marker is not None
+    assert (answer.marker.kind, answer.marker.step, answer.marker.name) == (
+        pb.ENTRY_KIND_PATCH,
+        2,
+        "c1",
+    )
+    assert m.patched("c1", now_ms=START + 8) == type(answer)(True)  # the same, no second marker
+    assert m.begin(RUN, "b", b"") == Execute(2)  # the marker took no number
+
+
+def test_patched_replaying_is_true_only_where_the_journal_holds_the_marker() -> None:
+    recorded_new = machine(patch(1, "c1"), run_entry(1, "new"))
+    assert recorded_new.patched("c1", now_ms=START) == type(recorded_new.patched("x", 0))(True)
+    recorded_old = machine(run_entry(1, "old"))
+    assert not recorded_old.patched("c1", now_ms=START).new_code
+    assert recorded_old.patched("c1", now_ms=START).marker is None
+    # A marker for another change, or at another step, is not this one's.
+    elsewhere = machine(patch(2, "c1"), run_entry(1, "old"), run_entry(2, "x"))
+    assert not elsewhere.patched("c1", now_ms=START).new_code
+    assert not machine(patch(1, "c2"), run_entry(1, "old")).patched("c1", now_ms=START).new_code
+
+
+def test_the_code_an_invocation_started_on_and_the_one_to_pin_a_diverged_replay_to() -> None:
+    v1, v2, v3 = (CodeIdentity("shop", v, f"fp{v}") for v in ("1", "2", "3"))
+
+    def stamped(entry: pb.JournalEntry, code: CodeIdentity, writer: str) -> pb.JournalEntry:
+        stamp(entry, code)
+        entry.writer = writer
+        return entry
+
+    def by(entry: pb.JournalEntry, writer: str) -> pb.JournalEntry:
+        entry.writer = writer
+        return entry
+
+    # Started fresh on v1 (its first entry is stamped), suspended; v2 claimed it and diverged.
+    journal = [
+        stamped(run_entry(1, "a"), v1, "p1/a"),
+        by(pb.JournalEntry(kind=pb.ENTRY_KIND_SLEEP, step=2, name="sleep"), "p1/a"),
+        by(pb.JournalEntry(kind=pb.ENTRY_KIND_SUSPENDED), "p1/a"),
+        stamped(pb.JournalEntry(kind=pb.ENTRY_KIND_CLAIM), v2, "p2/b"),
+    ]
+    assert started_on(journal) == v1
+    assert pin_for(journal, this_run="p2/b") == v1
+    # Carried on by v2 (a step and a marker after its claim), then v3 diverged: v2 replays it.
+    journal[3:] = [
+        stamped(pb.JournalEntry(kind=pb.ENTRY_KIND_CLAIM), v2, "p2/b"),
+        by(patch(3, "c1"), "p2/b"),
+        by(run_entry(3, "b"), "p2/b"),
+        by(pb.JournalEntry(kind=pb.ENTRY_KIND_SUSPENDED), "p2/b"),
+        stamped(pb.JournalEntry(kind=pb.ENTRY_KIND_CLAIM), v3, "p3/c"),
+    ]
+    assert started_on(journal) == v1
+    assert pin_for(journal, this_run="p3/c") == v2
+    # What the diverging run itself wrote never counts; unstamped journals name nothing.
+    journal.append(by(run_entry(4, "gap"), "p3/c"))
+    assert pin_for(journal, this_run="p3/c") == v2
+    assert started_on([run_entry(1, "a")]) is None
+    assert pin_for([run_entry(1, "a")], this_run="x") is None

@@ -207,3 +207,34 @@ def test_legal_actions_and_durations() -> None:
     assert legal_actions("paused") == ("resume", "cancel")
     assert legal_actions("completed") == ("rerun", "fork")
     assert format_duration(3000) == "3.00 s" and format_duration(None) == "–"
+
+
+def test_a_blocked_invocation_shows_why_its_pin_and_the_code_that_ran_it() -> None:
+    diverged = pb.Failure(type="NonDeterminismError", message="replay diverged at step 2", step=2)
+    journal = [
+        entry(pb.ENTRY_KIND_RUN, 10, step=1, name="a", plugin="shop", plugin_version="1.0"),
+        entry(pb.ENTRY_KIND_SLEEP, 20, step=2, name="sleep", wake_at_ms=T0 + 5_000),
+        entry(pb.ENTRY_KIND_SUSPENDED, 30),
+        entry(pb.ENTRY_KIND_CLAIM, 5_000, plugin="shop", plugin_version="2.0"),
+        entry(pb.ENTRY_KIND_SUSPENDED, 5_010, failure=diverged),
+    ]
+    st = state(
+        pb.STATUS_BLOCKED, blocked_reason="replay diverged at step 2 ...", pinned_version="v-1"
+    )
+    view = describe(st, journal, now=NOW).to_dict()
+    assert view["status"] == "blocked"
+    assert view["blocked_reason"] == "replay diverged at step 2 ..."
+    assert view["pinned_version"] == "v-1"
+    assert view["started_on"] == {"plugin": "shop", "version": "1.0", "fingerprint": ""}
+    assert [c["version"] for c in view["ran_on"]] == ["1.0", "2.0"]
+    assert [t["status"] for t in view["history"]] == [
+        "pending",
+        "running",
+        "suspended",
+        "running",
+        "blocked",
+    ]
+    assert set(view["actions"]) == {"cancel", "fork"} == set(legal_actions("blocked"))
+    # Once it moved on, the reason is gone (the pin stays: its commands keep the route).
+    running = describe(state(pb.STATUS_RUNNING, pinned_version="v-1"), journal, now=NOW)
+    assert running.to_dict()["blocked_reason"] is None

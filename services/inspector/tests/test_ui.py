@@ -210,3 +210,28 @@ def test_static_assets_are_served(make_client: Any) -> None:
             assert not re.search(r"https?://|url\(|@import", text)
         for vendored in ("htmx/htmx.min.js", "htmx-ext-sse/sse.min.js", "htmx/LICENSE"):
             assert tc.get(f"/static/vendor/{vendored}").status_code == 200
+
+
+def test_detail_page_of_a_blocked_execution_says_why_and_offers_cancel_and_fork(
+    make_client: Any,
+) -> None:
+    f = fake()
+    f.results["stuck-1"] = result(
+        "stuck-1",
+        status=Status.BLOCKED,
+        steps=(step(1, "charge", "ok"),),
+        journal=(
+            pb.JournalEntry(
+                kind=pb.ENTRY_KIND_CLAIM, timestamp_ms=ms(5), plugin="shop", plugin_version="2.0"
+            ),
+        ),
+        blocked_reason="replay diverged at step 2: <run 'charge'> & more",
+        pinned_version="v-0123456789abcdef",
+    )
+    with make_client(f) as (tc, _):
+        html = tc.get("/executions/stuck-1").text
+        assert set(re.findall(r'data-action="(\w+)"', html)) == {"cancel", "fork"}
+        assert 'class="badge s-blocked"' in html
+        assert "replay diverged at step 2: &lt;run &#39;charge&#39;&gt; &amp; more" in html
+        assert '<dd class="mono" id="pinned-version">v-0123456789abcdef</dd>' in html
+        assert re.search(r'id="started-on"[^>]*>shop 2.0', html)

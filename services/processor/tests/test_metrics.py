@@ -98,6 +98,8 @@ def test_engine_events_count_final_statuses_latencies_and_redeliveries() -> None
     icp.observe(EngineEvent("appended", "i", "wf", seconds=0.0008, entry="call"))
     icp.observe(EngineEvent("delivered", "i", "wf", attempt=1))
     icp.observe(EngineEvent("delivered", "i", "wf", attempt=3))
+    icp.observe(EngineEvent("blocked", "i", "wf"))
+    assert value(m, "durable_invocations_blocked_total", workflow="wf") == 1
     assert value(m, "durable_invocations_cancelled_total", workflow="wf") == 2
     assert value(m, "durable_invocations_completed_total", workflow="wf") == 1
     assert value(m, "durable_invocations_failed_total", workflow="wf") == 1

@@ -134,3 +134,14 @@ def test_invalid_values_name_the_setting(
     monkeypatch.setenv(variable, value)
     with pytest.raises(ConfigError, match=setting):
         load_settings()
+
+
+def test_load_plugins_chooses_the_installed_plugins_a_processor_serves(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert load_settings().load_plugins is None  # every installed plugin
+    monkeypatch.setenv("DURABLE_LOAD_PLUGINS", "order_processing, hello_workflow")
+    assert load_settings().load_plugins == ("hello_workflow", "order_processing")
+    monkeypatch.setenv("DURABLE_LOAD_PLUGINS", "none")
+    assert load_settings().load_plugins == ()
+    assert load_settings({"load_plugins": "*"}).load_plugins is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 from dataclasses import dataclass
 
@@ -10,7 +11,9 @@ from durable_core.errors import InvalidInputError
 
 _ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _WORKFLOW = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,127}")
+_ROUTE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_PARTITION_KEY_BYTES = 1024
+ANY_ROUTE = "any"
 
 
 def check_invocation_id(invocation_id: str) -> str:
@@ -50,6 +53,18 @@ def encode_partition_key(key: str) -> str:
     if not raw:
         return "_"
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def check_route(route: str) -> str:
+    """The route token of a command: ``any`` for ``""``, else the route itself (a version
+    token such as ``v-<16 hex>``) if it is one subject token; else InvalidInputError."""
+    if route == "":
+        return ANY_ROUTE
+    if not isinstance(route, str) or not _ROUTE.fullmatch(route):
+        raise InvalidInputError(
+            f"invalid command route {route!r}: one token of 1-64 characters from A-Z a-z 0-9 _ -"
+        )
+    return route
 
 
 def decode_partition_key(token: str) -> str:
@@ -105,14 +120,52 @@ class Names:
 
     @property
     def command_subjects(self) -> str:
+        """Every command subject (the stream's), of every workflow and route."""
         return f"{self.prefix}.cmd.>"
+
+    def route_subjects(self, workflow: str, route: str) -> str:
+        """The filter of the consumer of one workflow's commands on one route."""
+        return f"{self.prefix}.cmd.{encode_partition_key(workflow)}.{check_route(route)}.>"
+
+    def key_subjects(self, partition_key: str) -> str:
+        """Every command of a partition key, whatever its workflow and route."""
+        return f"{self.prefix}.cmd.*.*.{encode_partition_key(partition_key)}"
+
+    def route_of(self, subject: str) -> tuple[str, str] | None:
+        """``(workflow, route)`` of a routed command subject; None if it is not one."""
+        head = f"{self.prefix}.cmd."
+        if not subject.startswith(head):
+            return None
+        parts = subject[len(head) :].split(".")
+        if len(parts) != 3:
+            return None
+        try:
+            return decode_partition_key(parts[0]), parts[1]
+        except (ValueError, UnicodeDecodeError):
+            return None
+
+    @property
+    def legacy_command_subjects(self) -> str:
+        """Commands of the layout before routing (``<prefix>.cmd.<key>``, one token)."""
+        return f"{self.prefix}.cmd.*"
+
+    def route_consumer(self, base: str, workflow: str, route: str) -> str:
+        """The durable name of the consumer of ``workflow``'s commands on ``route``: consumer
+        names cannot hold dots (workflow names may), so a hash names the pair."""
+        digest = hashlib.sha256(f"{workflow}\0{check_route(route)}".encode()).hexdigest()
+        return f"{base}-{digest[:16]}"
 
     @property
     def journal_subjects(self) -> str:
         return f"{self.prefix}.journal.>"
 
-    def command_subject(self, partition_key: str) -> str:
-        return f"{self.prefix}.cmd.{encode_partition_key(partition_key)}"
+    def command_subject(self, workflow: str, route: str, partition_key: str) -> str:
+        """Where a command goes: ``<prefix>.cmd.<workflow>.<route>.<key>``, so that only a
+        consumer of that workflow (on that route) ever takes it."""
+        if not workflow:
+            raise InvalidInputError("a command must name its workflow (it routes by it)")
+        wf = encode_partition_key(check_workflow_name(workflow))
+        return f"{self.prefix}.cmd.{wf}.{check_route(route)}.{encode_partition_key(partition_key)}"
 
     @property
     def schedule_subjects(self) -> str:

@@ -105,6 +105,35 @@ class Engine:
 
     # -- the processors' consumer ------------------------------------------------------------
 
+    async def command_consumers(self, consumer: str = "processor") -> list[dict[str, object]]:
+        """The processors' command consumers, one per workflow and route: name, workflow,
+        route, pending, ack_pending, redelivered (``consumer``: their configured name)."""
+        return [
+            {
+                "name": name,
+                "workflow": workflow,
+                "route": route,
+                "pending": info.num_pending or 0,
+                "ack_pending": info.num_ack_pending or 0,
+                "redelivered": info.num_redelivered or 0,
+            }
+            for name, workflow, route, info in await self._t.routed_consumers(consumer)
+        ]
+
+    async def legacy_layout(self, consumer: str = "processor") -> str:
+        """What is left of the layout before commands were routed by workflow ("" if
+        nothing): processors refuse to start on it."""
+        return await self._t.legacy_layout(consumer)
+
+    async def migrate_routing(self, consumer: str = "processor") -> list[str]:
+        """Move an engine made before routing to routed commands: re-aim its timers, delete
+        the shared consumer. What was done, one line each.
+
+        Raises:
+            ConflictError: the shared consumer still has commands (drain it first).
+        """
+        return await self._t.migrate_routing(consumer)
+
     async def consumer_stats(self, consumer: str) -> tuple[int, int, int]:
         """The command consumer's pending, ack-pending and redelivered counts."""
         return await self._t.consumer_stats(consumer)

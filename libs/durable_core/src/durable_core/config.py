@@ -151,7 +151,8 @@ class WorkerConfig:
             an answered report shows the command cannot have been redelivered yet, so a few
             reports may go unanswered in a row. ``timedelta(0)`` disables them (tests of
             redelivery only: a run then stops starting steps ``ack_wait`` after delivery).
-        consumer: the durable consumer's name, shared by all processors.
+        consumer: the base name of the processors' command consumers, one per workflow and
+            route (``<consumer>-<hash>``), shared by every processor serving that workflow.
         services: gRPC service name (full or short, ``*`` for any) -> ``host:port``.
         processor_id: this processor's name in the journal and logs.
         shutdown_grace: how long SIGTERM waits for in-flight executions before releasing them.

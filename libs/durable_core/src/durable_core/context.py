@@ -73,6 +73,39 @@ class Context(abc.ABC):
     def random(self) -> float:
         """A float in [0, 1) from a generator seeded by the invocation id."""
 
+    # -- changing code under running invocations -------------------------------------------
+
+    @abc.abstractmethod
+    def patched(self, change_id: str) -> bool:
+        """Whether this invocation takes the new code of a change (Temporal's ``patched``).
+
+        Put a change to a workflow's steps behind it, so invocations that recorded steps with
+        the old code replay them with the old code::
+
+            if ctx.patched("charge-in-cents"):
+                charge = await ctx.run("charge_cents", charge_cents, order)   # new code
+            else:
+                charge = await ctx.run("charge", charge, order)               # old code
+
+        Running fresh at this point, it journals a marker (a PATCH entry named
+        ``change_id``, no step) and returns True. Replaying, it returns True if the journal
+        holds that marker here (an earlier run took the new branch), and False if it does
+        not although steps were recorded past this point (code from before the change
+        recorded them). One change id answers the same throughout a run. Once no invocation
+        that started before the change is left, remove the old branch and keep the call (or
+        the new branch alone: markers nobody asks for are ignored).
+
+        A change not put behind ``patched`` that makes a replay diverge does not fail the
+        invocation: it becomes ``blocked``, pinned to the version it ran on (see the README,
+        "Upgrading workflow code under running invocations").
+
+        Args:
+            change_id: names the change; a non-empty string of at most 256 characters.
+
+        Raises:
+            InvalidInputError: the change id is not such a string.
+        """
+
     # -- steps -----------------------------------------------------------------------------
 
     @abc.abstractmethod

@@ -198,8 +198,8 @@ class NonDeterminismError(DurableError):
         super().__init__(
             f"non-determinism in invocation {invocation_id} at step {step}: "
             f"the journal recorded {recorded} but the workflow now asks for {new}. "
-            "Workflow code must take the same steps in the same order on replay; "
-            "deploy changes as a new workflow name or start a new invocation."
+            "Workflow code must take the same steps in the same order on replay: put a "
+            'change behind ctx.patched("change-id") so recorded runs keep the old branch.'
         )
         self.invocation_id = invocation_id
         self.step = step

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from durable_core._pb.durable.v1 import durable_pb2 as pb
-from durable_core.errors import InvocationCancelledError, SuspendExecution
+from durable_core.errors import InvocationCancelledError, NonDeterminismError, SuspendExecution
 
 __all__ = [
     "EngineEvent",
@@ -79,7 +79,7 @@ class StepInput:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-EventKind = Literal["delivered", "started", "appended", "finished"]
+EventKind = Literal["delivered", "started", "appended", "finished", "blocked"]
 
 
 @dataclass(slots=True)
@@ -92,7 +92,8 @@ class EngineEvent:
             was due, its creation or its delayed start), ``"appended"`` (a journal append:
             ``entry`` is the entry's kind, ``seconds`` the append) or ``"finished"`` (the final
             entry is journaled: ``status`` is completed, failed or cancelled, ``seconds`` the
-            time since it was due).
+            time since it was due) or ``"blocked"`` (the replay diverged from the journal: the
+            invocation waits for the version it is pinned to, or an operator).
     """
 
     kind: EventKind
@@ -107,7 +108,7 @@ class EngineEvent:
 StepNext = Callable[[StepInput], Awaitable[Any]]
 WorkflowNext = Callable[[WorkflowInput], Awaitable[Any]]
 
-RunOutcome = Literal["completed", "failed", "cancelled", "suspended", "abandoned"]
+RunOutcome = Literal["completed", "failed", "cancelled", "suspended", "abandoned", "blocked"]
 
 
 def outcome_of(exc: BaseException | None) -> RunOutcome:
@@ -120,10 +121,14 @@ def outcome_of(exc: BaseException | None) -> RunOutcome:
       another processor took the invocation over, it finished elsewhere, new journal entries
       make it run again, or this processor lost its hold on the command;
     - ``"cancelled"``: the invocation was cancelled and the workflow let the cancellation out;
+    - ``"blocked"``: the replay diverged from the journal (``NonDeterminismError``): the
+      engine blocks the invocation, never fails it;
     - ``"failed"``: anything else; the engine journals the invocation as failed.
     """
     if exc is None:
         return "completed"
+    if isinstance(exc, NonDeterminismError):
+        return "blocked"
     if isinstance(exc, InvocationCancelledError):
         return "cancelled"
     if isinstance(exc, SuspendExecution):

@@ -16,6 +16,7 @@ and implements hooks in that module::
 
 from __future__ import annotations
 
+import importlib.metadata
 import inspect
 import typing
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
@@ -187,17 +188,37 @@ class PluginSet:
     plugins: list[str] = field(default_factory=list)
 
 
-def load_plugins(*, entry_points: bool = True, extra: Iterable[object] = ()) -> PluginSet:
+def load_plugins(
+    *,
+    entry_points: bool = True,
+    extra: Iterable[object] = (),
+    only: Iterable[str] | None = None,
+) -> PluginSet:
     """Discover plugins and collect their workflows, addresses and interceptors.
 
     Args:
         entry_points: load the installed packages registered under PLUGIN_GROUP.
         extra: more plugin objects or modules (tests, embedding).
+        only: load just these installed plugins (entry-point names); None: all of them.
+
+    Raises:
+        ConfigError: ``only`` names a plugin that is not installed.
     """
     pm = pluggy.PluginManager("durable")
     pm.add_hookspecs(DurableHookSpecs)
-    if entry_points:
+    if entry_points and only is None:
         pm.load_setuptools_entrypoints(PLUGIN_GROUP)
+    elif entry_points and only is not None:
+        wanted = sorted(set(only))
+        for name in wanted:
+            if not pm.load_setuptools_entrypoints(PLUGIN_GROUP, name):
+                installed = sorted(
+                    ep.name for ep in importlib.metadata.entry_points(group=PLUGIN_GROUP)
+                )
+                raise ConfigError(
+                    f"plugin {name!r} is not installed; installed plugins: "
+                    f"{', '.join(installed) or 'none'}"
+                )
     for plugin in extra:
         pm.register(plugin)
     registry = WorkflowRegistry()

@@ -9,7 +9,15 @@ from durable_core.views import FailureDict, InvocationDict
 
 Time = Annotated[str | None, "format:date-time"]
 StatusName = Literal[
-    "pending", "running", "paused", "suspended", "completed", "failed", "cancelled", "unknown"
+    "pending",
+    "running",
+    "paused",
+    "suspended",
+    "blocked",
+    "completed",
+    "failed",
+    "cancelled",
+    "unknown",
 ]
 
 

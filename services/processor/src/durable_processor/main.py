@@ -46,6 +46,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--replicas", type=int, help="JetStream replicas (1, 3 or 5)")
     p.add_argument("--processor-id", help="name of this processor in journals and logs")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+    p.add_argument(
+        "--load-plugins",
+        help="installed plugins to load, comma-separated entry-point names ('*' = all, "
+        "'none' = none; env DURABLE_LOAD_PLUGINS)",
+    )
     return p.parse_args(argv)
 
 
@@ -61,7 +66,7 @@ async def submit_test_command(settings: ProcessorSettings) -> None:
 
 async def serve(settings: ProcessorSettings, *, tracing: bool = False) -> int:
     """Run the processor until SIGTERM or SIGINT; the process's exit code."""
-    plugins = load_plugins()
+    plugins = load_plugins(only=settings.load_plugins)
     log.info(
         "plugins: %s; workflows: %s",
         ", ".join(plugins.plugins) or "none",
@@ -145,6 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "replicas": args.replicas,
         "processor_id": args.processor_id,
         "log_level": args.log_level,
+        "load_plugins": args.load_plugins,
     }
     try:
         settings = load_settings(overrides)

@@ -7,6 +7,7 @@
 | ``durable_invocations_failed_total`` | counter | workflow | final status journaled here |
 | ``durable_invocations_cancelled_total`` | counter | workflow | final status journaled here |
 | ``durable_invocations_suspended_total`` | counter | workflow | runs that stopped to wait |
+| ``durable_invocations_blocked_total`` | counter | workflow | runs whose replay diverged from the journal (the invocation waits for its pinned version) |
 | ``durable_invocation_duration_seconds`` | histogram | workflow, status | end to end: due (created, or delayed start) to the final entry |
 | ``durable_invocation_schedule_to_start_seconds`` | histogram | workflow | due to the first run's start (waiting in the stream, for a key or a slot) |
 | ``durable_step_duration_seconds`` | histogram | kind, workflow | each executed step attempt |
@@ -126,6 +127,13 @@ class ProcessorMetrics:
             wf,
             registry=r,
         )
+        self.blocked = Counter(
+            "durable_invocations_blocked",
+            "Runs whose replay diverged from the journal: the invocation is blocked, pinned to "
+            "the version it ran on.",
+            wf,
+            registry=r,
+        )
         self.step_seconds = Histogram(
             "durable_step_duration_seconds",
             "Duration of each executed step attempt (for waits and submissions: journaling them).",
@@ -238,6 +246,8 @@ class MetricsInterceptor(Interceptor):
             m.schedule_to_start.labels(event.workflow).observe(event.seconds)
         elif event.kind == "appended":
             m.append_seconds.labels(event.entry).observe(event.seconds)
+        elif event.kind == "blocked":
+            m.blocked.labels(event.workflow).inc()
         elif event.kind == "delivered" and event.attempt > 1:
             m.redelivered.labels(event.workflow).inc()
 

@@ -25,6 +25,7 @@ class ProcessorSettings:
     log_level: str
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464  # 0: no metrics endpoint
+    load_plugins: tuple[str, ...] | None = None  # installed plugins to load; None: all
 
 
 def _heartbeat(seconds: float) -> timedelta | None:
@@ -78,6 +79,7 @@ def build(s: Mapping[str, Any]) -> ProcessorSettings:
         lease_ttl=timedelta(seconds=num("lease_ttl", float)),
     )
     level = check_log_level(s)
+    plugins = _plugins(s.get("load_plugins"))
     metrics_port = check_metrics_port(num("metrics_port"))
     return ProcessorSettings(
         nats,
@@ -87,4 +89,16 @@ def build(s: Mapping[str, Any]) -> ProcessorSettings:
         level,
         metrics_host=str(s.get("metrics_host") or "127.0.0.1"),
         metrics_port=metrics_port,
+        load_plugins=plugins,
     )
+
+
+def _plugins(value: Any) -> tuple[str, ...] | None:
+    """``"*"``/empty: every installed plugin; ``"none"``: none; else the comma-separated
+    entry-point names to load."""
+    text = ",".join(value) if isinstance(value, list | tuple) else str(value or "").strip()
+    if text in ("", "*"):
+        return None
+    if text.lower() == "none":
+        return ()
+    return tuple(sorted({p.strip() for p in text.split(",") if p.strip()}))

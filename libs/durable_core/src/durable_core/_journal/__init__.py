@@ -2,12 +2,14 @@
 
 - ``kinds``: which entry kinds a run writes, which come from outside, which end an invocation;
 - ``replay``: ``ReplayMachine``, what the journal holds, and replay-or-execute for each step;
+- ``code``: which code (plugin package, version, fingerprint) wrote the journal;
 - ``steps``: ``StepMachine``, every decision a workflow's context makes over the journal
   (replay, execute, cancel, park, retry at or give up, timers, waits, deterministic values).
 
 The engine drives them over JetStream; the client and the test replayer use them too.
 """
 
+from durable_core._journal.code import code_of, pin_for, stamp, started_on
 from durable_core._journal.kinds import (
     EXTERNAL_KINDS,
     FINAL_KINDS,
@@ -26,6 +28,7 @@ from durable_core._journal.steps import (
     Due,
     GiveUp,
     Park,
+    Patch,
     RetryAt,
     SleepFor,
     StepMachine,
@@ -48,6 +51,7 @@ __all__ = [
     "Execute",
     "GiveUp",
     "Park",
+    "Patch",
     "Replay",
     "ReplayMachine",
     "RetryAt",
@@ -55,6 +59,10 @@ __all__ = [
     "StepMachine",
     "Submission",
     "Wait",
+    "code_of",
     "describe",
     "kind_name",
+    "pin_for",
+    "stamp",
+    "started_on",
 ]

@@ -53,6 +53,7 @@ class ReplayMachine:
         "_cancel_requested",
         "_cancel_delivered",
         "_failed_attempts",
+        "_patches",
     )
 
     def __init__(self, invocation_id: str, entries: Iterable[pb.JournalEntry] = ()) -> None:
@@ -68,6 +69,7 @@ class ReplayMachine:
         self._cancel_requested = False
         self._cancel_delivered: set[int] = set()
         self._failed_attempts: dict[int, list[pb.JournalEntry]] = {}
+        self._patches: set[tuple[int, str]] = set()  # (the step it comes before, change id)
         for entry in entries:
             self.record(entry)
 
@@ -140,6 +142,8 @@ class ReplayMachine:
             self._cancel_delivered.add(entry.step)
         elif kind == pb.ENTRY_KIND_ATTEMPT_FAILED:
             self._failed_attempts.setdefault(entry.step, []).append(entry)
+        elif kind == pb.ENTRY_KIND_PATCH:
+            self._patches.add((entry.step, entry.name))
         elif kind == pb.ENTRY_KIND_RETRY_REQUEST and self._final is not None:
             # Forget the failure: the failed steps run again (same numbers, same idempotency
             # keys) and everything recorded before them replays.
@@ -165,6 +169,11 @@ class ReplayMachine:
     def failed_attempts(self, step: int) -> list[pb.JournalEntry]:
         """The journaled failed attempts of a step not yet finished, oldest first."""
         return list(self._failed_attempts.get(step, ()))
+
+    def has_patch(self, before_step: int, change_id: str) -> bool:
+        """Whether an earlier run took the new branch of ``change_id`` just before the step
+        numbered ``before_step`` (a PATCH marker is no step: it names the step after it)."""
+        return (before_step, change_id) in self._patches
 
     def child_result(self, child_id: str) -> pb.JournalEntry | None:
         """The outcome of a child invocation, if it finished."""

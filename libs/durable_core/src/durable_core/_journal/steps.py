@@ -39,6 +39,7 @@ __all__ = [
     "Due",
     "GiveUp",
     "Park",
+    "Patch",
     "RetryAt",
     "SleepFor",
     "StepMachine",
@@ -111,6 +112,14 @@ class RetryAt:
 
 
 @dataclass(frozen=True, slots=True)
+class Patch:
+    """What ``ctx.patched`` answers; ``marker``: journal it before the run's next entry."""
+
+    new_code: bool
+    marker: pb.JournalEntry | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class GiveUp:
     """The step failed for good: journal it with ``failure``."""
 
@@ -139,6 +148,7 @@ class StepMachine:
         self._awakeables = 0
         self._signal_waits: dict[str, int] = {}
         self._state: dict[str, pb.Payload] = {}
+        self._patched: dict[str, bool] = {}  # change id -> the branch this run takes
 
     # -- deterministic values ------------------------------------------------------------------
 
@@ -175,6 +185,33 @@ class StepMachine:
             return candidate
         return f"{hashlib.sha256(self.invocation_id.encode()).hexdigest()[:40]}-{step}"
 
+    # -- patches (changing code under running invocations) -------------------------------------
+
+    def patched(self, change_id: str, now_ms: int) -> Patch:
+        """Whether this run takes the new code of ``change_id`` (Temporal's ``patched``).
+
+        Where an earlier run journaled the marker (just before the step that comes next), yes;
+        where the journal holds steps past this point but no marker, no: they were recorded by
+        code from before the change; otherwise the run executes fresh here, so yes, and the
+        marker is to be journaled (before anything after it). A change id answers the same
+        throughout one run. A marker is no step: it takes no step number.
+        """
+        known = self._patched.get(change_id)
+        if known is not None:
+            return Patch(known)
+        before = self.journal.steps_taken + 1
+        if self.journal.has_patch(before, change_id):
+            answer = Patch(True)
+        elif self.journal.is_replaying:
+            answer = Patch(False)
+        else:
+            marker = pb.JournalEntry(
+                kind=pb.ENTRY_KIND_PATCH, step=before, name=change_id, timestamp_ms=now_ms
+            )
+            answer = Patch(True, marker)
+        self._patched[change_id] = answer.new_code
+        return answer
+
     # -- steps ---------------------------------------------------------------------------------
 
     @property
@@ -192,7 +229,7 @@ class StepMachine:
         try:
             decision = self.journal.next_step(kind, name, digest)
         except NonDeterminismError as e:
-            self.nondeterminism = e  # the engine fails the invocation even if this is caught
+            self.nondeterminism = e  # the engine blocks the invocation even if this is caught
             raise
         if isinstance(decision, Replay) and decision.entry.failure.type == CANCELLED:
             self.cancel_delivered = True  # an earlier run was cancelled here: so is this one

@@ -11,7 +11,8 @@ Every write the engine makes goes through here and is conditional:
 Split the way nats.py splits its JetStream layer: ``connection`` (TLS, connect, the shared
 ``Link``), ``errors`` (transient or not, the retry loop), ``provision`` (streams, buckets,
 consumers), ``journal``, ``state``, ``events`` (state changes and result notices),
-``commands`` and ``delivery`` (the processors' consumer), ``ticks``, ``inbox``, ``records``;
+``commands``, ``delivery`` and ``routes`` (the processors' consumers), ``ticks``, ``inbox``,
+``records``;
 ``facade.Transport`` is what the rest of durable_core calls.
 """
 
@@ -31,12 +32,14 @@ from durable_core._transport.events import StateEvents
 from durable_core._transport.facade import Transport
 from durable_core._transport.inbox import MsgQueue
 from durable_core._transport.journal import JournalRecord
+from durable_core._transport.routes import CommandConsumers
 from durable_core._transport.state import StateRecord
 from durable_core._transport.ticks import TickConsumer, TickDelivery
 
 __all__ = [
     "MIN_SERVER_VERSION",
     "CommandConsumer",
+    "CommandConsumers",
     "CorruptJournalError",
     "Delivery",
     "JournalConflict",

@@ -1,12 +1,19 @@
 """Commands: starts and wake-ups on the work-queue stream, published (deduplicated by message
-id) or scheduled on the server, the processors' consumer, and lifecycle requests sent over
-core NATS to whichever processor runs an invocation."""
+id) or scheduled on the server, the processors' consumers, and lifecycle requests sent over
+core NATS to whichever processor runs an invocation.
+
+Routing: a command's subject is ``<prefix>.cmd.<workflow>.<route>.<key>`` (see
+``Names.command_subject``), computed here and nowhere else, from the command itself (its
+``workflow``, its ``route`` or ``any``, its partition key or invocation id). A processor binds
+one consumer per workflow it serves and route (``any`` and its own version token), so a
+command only ever reaches a processor that has its workflow."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,15 +22,25 @@ from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from durable_core._naming import check_route
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport.connection import Link
-from durable_core._transport.delivery import CommandConsumer
-from durable_core._transport.inbox import DirectGets
+from durable_core._transport.delivery import Arrival, CommandConsumer
+from durable_core._transport.inbox import DirectGets, Queue
 from durable_core._transport.provision import Provisioner
+from durable_core._transport.routes import CommandConsumers
 from durable_core.config import WorkerConfig
-from durable_core.errors import InvalidInputError, NotFoundError
+from durable_core.errors import ConfigError, ConflictError, InvalidInputError, NotFoundError
+
+ROUTING_METADATA = "durable_routing"
+_NO_MESSAGE = 10057  # JetStream: no message found (at that sequence)
 
 __all__ = ["Commands"]
+
+
+def _subject(msg: Any) -> str:
+    """The stored subject of a message read by a direct get (its own is the reply inbox)."""
+    return str((msg.headers or {}).get("Nats-Subject") or msg.subject)
 
 
 class Commands:
@@ -61,6 +78,16 @@ class Commands:
 
     # -- publishing ------------------------------------------------------------------------
 
+    def subject(self, cmd: pb.Command) -> str:
+        """The routed subject of ``cmd``; InvalidInputError if it names no workflow."""
+        if not cmd.workflow:
+            raise InvalidInputError(
+                f"command for {cmd.invocation_id} names no workflow: commands are routed by it"
+            )
+        return self._link.names.command_subject(
+            cmd.workflow, cmd.route, cmd.partition_key or cmd.invocation_id
+        )
+
     async def publish(self, cmd: pb.Command, *, msg_id: str) -> bool:
         """Publish a command (deduplicated by msg_id). Returns False if it was a duplicate."""
         link = self._link
@@ -70,7 +97,7 @@ class Commands:
                 f"command for {cmd.invocation_id} is {len(data)} bytes; the limit is "
                 f"{self.payload_limit} bytes (EngineConfig.max_payload / server max_payload)"
             )
-        subject = link.names.command_subject(cmd.partition_key or cmd.invocation_id)
+        subject = self.subject(cmd)
 
         async def pub() -> bool:
             _, duplicate = await link.publish(subject, data, {"Nats-Msg-Id": msg_id})
@@ -89,9 +116,7 @@ class Commands:
         when = datetime.fromtimestamp(math.floor(at_ms / 1000), tz=UTC)
         headers = {
             "Nats-Schedule": f"@at {when.strftime('%Y-%m-%dT%H:%M:%SZ')}",
-            "Nats-Schedule-Target": link.names.command_subject(
-                cmd.partition_key or cmd.invocation_id
-            ),
+            "Nats-Schedule-Target": self.subject(cmd),
             "Nats-Msg-Id": msg_id,
         }
         data = cmd.SerializeToString()
@@ -103,9 +128,10 @@ class Commands:
         await link.retry("schedule command", pub)
 
     async def queued(self, partition_key: str, before_seq: int) -> list[pb.Command]:
-        """Commands of a partition key still in the command stream below ``before_seq``."""
+        """Commands of a partition key still in the command stream below ``before_seq``, of
+        every workflow and route (a key is shared across workflows)."""
         link = self._link
-        stream, subject = link.names.command_stream, link.names.command_subject(partition_key)
+        stream, subject = link.names.command_stream, link.names.key_subjects(partition_key)
 
         async def get() -> list[pb.Command]:
             msgs, _ = await self._gets.batch(stream, subject, 1, 64)
@@ -123,51 +149,260 @@ class Commands:
 
     # -- consuming -------------------------------------------------------------------------
 
-    async def consumer(self, cfg: WorkerConfig) -> CommandConsumer:
-        """Create or bind the shared durable pull consumer for commands."""
+    async def consumers(
+        self, cfg: WorkerConfig, routes: Sequence[tuple[str, str]]
+    ) -> CommandConsumers:
+        """Create or bind one durable pull consumer per ``(workflow, route)`` (processors
+        only), and fetch from them together.
+
+        Raises:
+            ConfigError: the engine still has the layout before routing (see
+                :meth:`legacy_layout`).
+        """
+        why = await self.legacy_layout(cfg.consumer)
+        if why:
+            raise ConfigError(
+                f"{why}: drain it, then run `durable admin migrate-routing` (it refuses while "
+                "anything is left to do)"
+            )
         n = self._link.names
-        want = ConsumerConfig(
-            durable_name=cfg.consumer,
-            description="durable processors",
-            deliver_policy=DeliverPolicy.ALL,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=cfg.ack_wait.total_seconds(),
-            max_deliver=-1,
-            max_ack_pending=cfg.max_concurrent,
-            filter_subject=n.command_subjects,
-            max_waiting=512,
+        queue: Queue[Arrival] = Queue()
+        bound = []
+        wants = []
+        for workflow, route in routes:
+            name = n.route_consumer(cfg.consumer, workflow, route)
+            wants.append(
+                ConsumerConfig(
+                    durable_name=name,
+                    description=f"durable processors: {workflow} on route {check_route(route)}",
+                    deliver_policy=DeliverPolicy.ALL,
+                    ack_policy=AckPolicy.EXPLICIT,
+                    ack_wait=cfg.ack_wait.total_seconds(),
+                    max_deliver=-1,
+                    max_ack_pending=cfg.max_concurrent,
+                    filter_subject=n.route_subjects(workflow, route),
+                    max_waiting=512,
+                    metadata={
+                        ROUTING_METADATA: "1",
+                        "workflow": workflow,
+                        "route": check_route(route),
+                        "group": cfg.consumer,
+                    },
+                )
+            )
+            bound.append(
+                CommandConsumer(
+                    self._link.nc,
+                    f"$JS.API.CONSUMER.MSG.NEXT.{n.command_stream}.{name}",
+                    cfg.ack_wait.total_seconds(),
+                    queue,
+                    label=f"{workflow} on {check_route(route)}",
+                )
+            )
+        # Set up together: a processor of many workflows binds twice as many consumers.
+        await asyncio.gather(
+            *(self._provision.consumer(w, f"consumer {w.description}") for w in wants)
         )
-        await self._provision.consumer(want, "consumer", announce=True)
-        consumer = CommandConsumer(
-            self._link.nc,
-            f"$JS.API.CONSUMER.MSG.NEXT.{n.command_stream}.{cfg.consumer}",
-            cfg.ack_wait.total_seconds(),
-        )
-        await consumer.start()
-        return consumer
+        return CommandConsumers(queue, bound)
+
+    async def _consumer_infos(self) -> list[Any]:
+        link = self._link
+        stream = link.names.command_stream
+
+        async def infos() -> list[Any]:
+            out: list[Any] = []
+            while True:  # the server lists 256 at a time
+                page = await link.js.consumers_info(stream, offset=len(out))
+                out.extend(page)
+                if len(page) < 256:
+                    return out
+
+        return await link.retry("list consumers", infos)
+
+    async def routed_consumers(self, group: str = "") -> list[tuple[str, str, str, Any]]:
+        """``(consumer name, workflow, route, info)`` of every routed command consumer (of
+        ``group``, the processors' configured consumer name, if given)."""
+        out = []
+        for info in await self._consumer_infos():
+            md = info.config.metadata or {}
+            if md.get(ROUTING_METADATA) != "1" or (group and md.get("group") != group):
+                continue
+            out.append((info.name, md.get("workflow", ""), md.get("route", ""), info))
+        return sorted(out, key=lambda c: (c[1], c[2]))
 
     async def consumer_stats(self, consumer: str) -> tuple[int, int, int]:
-        """``(num_pending, num_ack_pending, num_redelivered)`` of a command consumer.
+        """``(num_pending, num_ack_pending, num_redelivered)`` summed over the processors'
+        command consumers (``consumer`` is their configured name: one consumer per workflow
+        and route derives from it).
 
         Pending: commands not yet delivered; ack pending: delivered, not yet acked (running
         now, or held by a processor that died until ack-wait expires); redelivered: of those,
         the ones delivered more than once.
 
         Raises:
-            NotFoundError: no such consumer (yet: the first processor creates it).
+            NotFoundError: no such consumer (yet: the first processor creates them).
             NatsUnavailableError: NATS did not answer in time.
         """
+        found = await self.routed_consumers(consumer)
+        if not found:
+            raise NotFoundError(
+                f"no command consumers {consumer!r} on {self._link.names.command_stream}"
+            )
+        pending = ack_pending = redelivered = 0
+        for *_, ci in found:
+            pending += ci.num_pending or 0
+            ack_pending += ci.num_ack_pending or 0
+            redelivered += ci.num_redelivered or 0
+        return pending, ack_pending, redelivered
+
+    # -- the layout before routing ---------------------------------------------------------
+
+    async def _legacy_consumer(self, consumer: str) -> Any:
         link = self._link
         stream = link.names.command_stream
 
-        async def info() -> tuple[int, int, int]:
+        async def info() -> Any:
             try:
                 ci = await link.js.consumer_info(stream, consumer)
-            except nats.js.errors.NotFoundError as e:
-                raise NotFoundError(f"no consumer {consumer!r} on {stream}") from e
-            return ci.num_pending or 0, ci.num_ack_pending or 0, ci.num_redelivered or 0
+            except nats.js.errors.NotFoundError:
+                return None
+            if ci.config.filter_subject != link.names.command_subjects:
+                return None
+            return ci
 
-        return await link.retry("consumer info", info)
+        return await link.retry("look up the shared command consumer", info)
+
+    async def _legacy_commands(self, limit: int = 1) -> list[Any]:
+        """Up to ``limit`` commands on the subjects of the old layout (no consumer takes them)."""
+        link = self._link
+        n = link.names
+
+        async def first() -> list[Any]:
+            msgs, _ = await self._gets.batch(n.command_stream, n.legacy_command_subjects, 1, limit)
+            return msgs
+
+        return await link.retry("look for commands of the old layout", first)
+
+    async def _legacy_timers(self) -> list[Any]:
+        """Scheduled commands (timers, delayed starts) whose target is an old subject."""
+        link = self._link
+        n = link.names
+        out = []
+        seq = 1
+        while True:
+
+            async def page(seq: int = seq) -> list[Any]:
+                msgs, _ = await self._gets.batch(n.command_stream, n.schedule_subjects, seq, 256)
+                return msgs
+
+            msgs = await link.retry("read scheduled commands", page)
+            for msg in msgs:
+                target = (msg.headers or {}).get("Nats-Schedule-Target", "")
+                head = f"{n.prefix}.cmd."
+                if target.startswith(head) and "." not in target[len(head) :]:
+                    out.append(msg)
+            if len(msgs) < 256:
+                return out
+            seq = int((msgs[-1].headers or {})["Nats-Sequence"]) + 1
+
+    async def legacy_layout(self, consumer: str) -> str:
+        """What is left of the layout before routing ("" if nothing): the shared consumer
+        (filter ``<prefix>.cmd.>``, which overlaps every routed one), or commands on the old
+        one-token subjects, which no routed consumer takes.
+
+        Timers aimed at old subjects are not looked for here, as that reads every timer:
+        ``migrate_routing`` re-aims them, and one that fires later is an old-layout command,
+        found here at the next start.
+        """
+        n = self._link.names
+        if await self._legacy_consumer(consumer) is not None:
+            return (
+                f"this engine ({n.prefix}) was created before commands were routed by "
+                f"workflow: its shared consumer {consumer!r} takes every command"
+            )
+        if await self._legacy_commands():
+            return (
+                f"this engine ({n.prefix}) holds commands of the layout before routing "
+                f"(subjects {n.legacy_command_subjects})"
+            )
+        return ""
+
+    async def migrate_routing(self, consumer: str) -> list[str]:
+        """Move an engine made before routing to routed commands; what was done, one line
+        each. Refuses (ConflictError) while the shared consumer has commands pending or
+        unacknowledged. Timers aimed at old subjects are re-aimed at routed ones, commands left
+        on old subjects (with the shared consumer gone) are moved to theirs; then the shared
+        consumer is deleted."""
+        link = self._link
+        n = link.names
+        done: list[str] = []
+        old = await self._legacy_consumer(consumer)
+        if old is not None and (old.num_pending or old.num_ack_pending):
+            raise ConflictError(
+                f"the shared consumer {consumer!r} still has {old.num_pending or 0} pending "
+                f"and {old.num_ack_pending or 0} unacknowledged commands: let the old "
+                "processors finish them (or stop them and wait for ack_wait), then try again"
+            )
+        for msg in await self._legacy_timers():
+            await self._retarget(msg)
+            done.append(f"re-aimed timer {_subject(msg)}")
+        if old is not None:
+            await link.retry(
+                "delete the shared consumer",
+                lambda: link.js.delete_consumer(n.command_stream, consumer),
+            )
+            done.append(f"deleted the shared consumer {consumer!r}")
+        while msgs := await self._legacy_commands(256):
+            for msg in msgs:
+                await self._reroute(msg)
+                done.append(f"moved command {msg.headers.get('Nats-Sequence')} to its route")
+        return done
+
+    async def _reroute(self, msg: Any) -> None:
+        """Publish a command left on an old subject to its routed one, then delete it."""
+        seq = int((msg.headers or {})["Nats-Sequence"])
+        cmd = self._command_of(msg)
+        await self.publish(cmd, msg_id=f"migrate:{seq}")
+        stream = self._link.names.command_stream
+        await self._link.retry("delete a moved command", lambda: self._delete(stream, seq))
+
+    async def _delete(self, stream: str, seq: int) -> None:
+        try:
+            await self._link.js.delete_msg(stream, seq)
+        except nats.js.errors.APIError as e:
+            # Gone already (a new schedule on the subject replaces the old one, a retry).
+            if not isinstance(e, nats.js.errors.NotFoundError) and e.err_code != _NO_MESSAGE:
+                raise
+
+    @staticmethod
+    def _command_of(msg: Any) -> pb.Command:
+        cmd = pb.Command()
+        try:
+            cmd.ParseFromString(msg.data)
+        except DecodeError as e:
+            raise InvalidInputError(f"message {_subject(msg)} is not a command: {e}") from e
+        if not cmd.workflow:
+            raise InvalidInputError(f"message {_subject(msg)} holds a command without a workflow")
+        return cmd
+
+    async def _retarget(self, msg: Any) -> None:
+        """Publish an old-layout timer again, aimed at its routed subject, then delete it."""
+        link = self._link
+        headers = dict(msg.headers or {})
+        seq = int(headers["Nats-Sequence"])
+        new = {
+            "Nats-Schedule": headers["Nats-Schedule"],
+            "Nats-Schedule-Target": self.subject(self._command_of(msg)),
+        }
+
+        subject = _subject(msg)
+
+        async def move() -> None:
+            await link.js.publish(subject, msg.data, headers=new)
+
+        await link.retry(f"re-aim timer {subject}", move)
+        stream = link.names.command_stream
+        await link.retry("delete a re-aimed timer", lambda: self._delete(stream, seq))
 
     async def nak(self, reply: str) -> None:
         """Hand a command held by another (dead) connection back for immediate redelivery.

@@ -36,7 +36,7 @@ from durable_core._transport.inbox import Queue
 
 log = logging.getLogger("durable_core.transport")
 
-__all__ = ["CommandConsumer", "Delivery"]
+__all__ = ["Arrival", "CommandConsumer", "Delivery"]
 
 
 class Delivery:
@@ -61,12 +61,14 @@ class Delivery:
         "num_delivered",
         "settled",
         "stream_seq",
+        "subject",
     )
 
     def __init__(self, msg: Msg, *, nc: NatsClient | None, ack_wait: float, floor: float) -> None:
         self._msg = msg
         self._nc = nc
         self.data: bytes = msg.data
+        self.subject: str = msg.subject  # the routed subject it was published to
         md = msg.metadata
         self.num_delivered: int = md.num_delivered or 1
         self.stream_seq: int = md.sequence.stream if md.sequence else 0
@@ -165,14 +167,18 @@ class _Pull:
     """One pull request: when it was sent, what it may still bring, when it expires, and the
     subscription on its own reply subject."""
 
-    __slots__ = ("credit", "expires", "sent", "sub")
+    __slots__ = ("batch", "credit", "expires", "sent", "sub")
 
     def __init__(self, sent: float, credit: int, expires: float, sub: Any) -> None:
         self.sent, self.credit, self.expires, self.sub = sent, credit, expires, sub
+        self.batch = credit
+
+
+Arrival = tuple["CommandConsumer", int, Msg]
 
 
 class CommandConsumer:
-    """Pulls command deliveries from the shared durable consumer.
+    """The pull requests to one durable command consumer (one workflow on one route).
 
     One pull request open at a time: a command is handed over as soon as it arrives (a fetch
     never waits for a batch to fill up), and the next request goes out when the open one is
@@ -182,14 +188,26 @@ class CommandConsumer:
     connection was down ends without a status, as the server just forgets it, and every
     later floor would count from a request long gone. Nor can one wildcard subscription tell
     them apart: a delivered message carries the stream's subject, not the reply subject.)
+
+    What arrives goes to ``queue``, shared by every consumer of a processor
+    (:class:`durable_core._transport.routes.CommandConsumers` fetches from it).
     """
 
-    def __init__(self, nc: NatsClient, next_subject: str, ack_wait: float) -> None:
+    def __init__(
+        self,
+        nc: NatsClient,
+        next_subject: str,
+        ack_wait: float,
+        queue: Queue[Arrival],
+        *,
+        label: str = "",
+    ) -> None:
         self._nc = nc
         self._next_subject = next_subject
         self._ack_wait = ack_wait
+        self.label = label  # "<workflow> on <route>", for logs
         self._inbox = nc.new_inbox()
-        self._queue: Queue[tuple[int, Msg]] = Queue()
+        self._queue = queue
         self._sent = 0  # pull requests sent; the last one is the open one
         self._credit = 0  # messages the open request may still bring
         self._until = 0.0  # when it expires (monotonic)
@@ -197,9 +215,7 @@ class CommandConsumer:
         self._done: list[Any] = []  # subscriptions of requests that are over
         self.answered_at = time.monotonic()  # the server's last delivery or request expiry
         self.trouble = ""  # the last status that ended a pull request abnormally
-
-    async def start(self) -> None:
-        """Nothing to set up before the first fetch (each request subscribes for itself)."""
+        self.idle = False  # its last request expired without bringing anything
 
     @property
     def expires(self) -> float:
@@ -207,45 +223,18 @@ class CommandConsumer:
         bound counts from when its request was sent."""
         return min(1.0, self._ack_wait / 4)
 
-    async def fetch(self, batch: int, timeout: float) -> list[Delivery]:
-        """Up to ``batch`` deliveries; an empty list if none arrived within ``timeout``."""
-        out = self._take(batch)
-        deadline = time.monotonic() + timeout
-        while not out:
-            now = time.monotonic()
-            if now >= deadline:
-                break
-            if self._credit <= 0 or now >= self._until:
-                await self._request(batch, self.expires)
-            try:
-                n, msg = await self._queue.get(min(deadline, self._until) - now)
-            except TimeoutError:
-                continue
-            status = msg.headers.get("Status") if msg.headers else None
-            if status:
-                # 408: the request expired; 409: the server ended it (leadership change,
-                # too many waiting requests, ...). Either way it is over.
-                self._ended(n, msg)
-                if status != "408":
-                    log.debug("pull request ended: %s %s", status, msg.headers)
-                    await asyncio.sleep(min(0.1, max(deadline - time.monotonic(), 0)))
-                continue
-            out = [self._delivery(n, msg), *self._take(batch - 1)]
-        await self._unsubscribe_done()
-        return out
+    @property
+    def until(self) -> float:
+        """When the open request expires (monotonic); in the past if none is open."""
+        return self._until
 
-    def _take(self, batch: int) -> list[Delivery]:
-        out: list[Delivery] = []
-        while len(out) < batch and (item := self._queue.take()) is not None:
-            n, msg = item
-            if msg.headers and msg.headers.get("Status"):
-                self._ended(n, msg)
-                continue
-            out.append(self._delivery(n, msg))
-        return out
+    def outstanding(self, now: float) -> int:
+        """What the open request may still bring (0 if it is used up or expired)."""
+        return self._credit if self._credit > 0 and now < self._until else 0
 
-    def _delivery(self, n: int, msg: Msg) -> Delivery:
-        self.answered_at, self.trouble = time.monotonic(), ""
+    def delivered(self, n: int, msg: Msg) -> Delivery:
+        """A message that arrived for request ``n``: a delivery with its bound."""
+        self.answered_at, self.trouble, self.idle = time.monotonic(), "", False
         if n == self._sent:
             self._credit -= 1
         self._prune()
@@ -261,14 +250,16 @@ class CommandConsumer:
                 self._over(n)
         return Delivery(msg, nc=self._nc, ack_wait=self._ack_wait, floor=floor)
 
-    def _ended(self, n: int, msg: Msg) -> None:
+    def ended(self, n: int, msg: Msg) -> None:
         """A status message: request ``n`` is over."""
+        pull = self._open.get(n)
         self._over(n)
         if n == self._sent:
             self._credit = 0
         headers = msg.headers or {}
         if headers.get("Status") == "408":
             self.answered_at, self.trouble = time.monotonic(), ""
+            self.idle = pull is not None and pull.credit >= pull.batch
         else:
             self.trouble = f"{headers.get('Status')} {headers.get('Description', '')}".strip()
 
@@ -284,23 +275,27 @@ class CommandConsumer:
         for n in [n for n, pull in self._open.items() if pull.expires < horizon]:
             self._over(n)
 
-    async def _unsubscribe_done(self) -> None:
+    async def unsubscribe_done(self) -> None:
+        """Drop the subscriptions of requests that are over."""
         done, self._done = self._done, []
         for sub in done:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
 
-    async def _request(self, batch: int, expires: float) -> None:
+    async def request(self, batch: int, expires: float | None = None) -> None:
+        """Open a pull request for up to ``batch`` commands, open for ``expires`` seconds (at
+        most :attr:`expires`; the open one is used up or expired)."""
+        expires = self.expires if expires is None else min(expires, self.expires)
         req = json.dumps({"batch": batch, "expires": int(expires * 1e9)}).encode()
         self._prune()
-        await self._unsubscribe_done()
+        await self.unsubscribe_done()
         self._sent += 1
         n = self._sent
         reply = f"{self._inbox}.{n}"
         queue = self._queue
 
         async def arrived(msg: Msg) -> None:
-            await queue.put((n, msg))
+            await queue.put((self, n, msg))
 
         sub = await self._nc.subscribe(reply, cb=arrived)
         sent = time.monotonic()
@@ -312,20 +307,12 @@ class CommandConsumer:
         await self._nc.publish(self._next_subject, req, reply=reply)
 
     async def close(self) -> None:
-        """Stop taking commands; those delivered but never fetched go back at once.
-
-        The open pull request is left to run out first (at most its ``expires``): a command
-        handed back while it is open would come straight back to it, and so to nobody.
-        """
+        """Stop asking: the open pull request is left to run out first (at most its
+        ``expires``): a command handed back while it is open would come straight back to it,
+        and so to nobody. What it brought meanwhile stays in the shared queue."""
         left = self._until - time.monotonic()
         if self._credit > 0 and left > 0:
             await asyncio.sleep(left)
         self._done += [pull.sub for pull in self._open.values()]
-        await self._unsubscribe_done()
-        while (item := self._queue.take()) is not None:
-            n, msg = item
-            if not (msg.headers and msg.headers.get("Status")):
-                with contextlib.suppress(Exception):
-                    await self._delivery(n, msg).nak()  # its request's bound still applies
         self._open.clear()
-        self._done.clear()
+        await self.unsubscribe_done()

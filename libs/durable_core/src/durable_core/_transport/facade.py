@@ -20,13 +20,13 @@ from durable_core._naming import Names, encode_partition_key
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport.commands import Commands
 from durable_core._transport.connection import Link, connect_nats, js_publish
-from durable_core._transport.delivery import CommandConsumer
 from durable_core._transport.events import StateEvents, publish_result, subscribe_state_events
 from durable_core._transport.fleet import FleetRecords
 from durable_core._transport.inbox import DirectGets
 from durable_core._transport.journal import JournalRecord, Journals
 from durable_core._transport.provision import Provisioner
 from durable_core._transport.records import RecordStore
+from durable_core._transport.routes import CommandConsumers
 from durable_core._transport.state import StateRecord, States
 from durable_core._transport.ticks import TickConsumer, Ticks
 from durable_core.config import EngineConfig, NatsConfig, WorkerConfig
@@ -197,10 +197,17 @@ class Transport:
         return await self._commands.publish(cmd, msg_id=msg_id)
 
     async def publish_wake(
-        self, invocation_id: str, workflow: str, partition_key: str, journal_seq: int
+        self,
+        invocation_id: str,
+        workflow: str,
+        partition_key: str,
+        journal_seq: int,
+        *,
+        route: str = "",
     ) -> bool:
         """Wake an invocation up after appending to its journal at ``journal_seq``: one wake-up
-        per entry (deduplicated by it); the processor reads the journal up to that entry."""
+        per entry (deduplicated by it); the processor reads the journal up to that entry.
+        ``route``: the invocation's pinned version token, if it has one."""
         return await self.publish_command(
             pb.Command(
                 invocation_id=invocation_id,
@@ -208,6 +215,7 @@ class Transport:
                 partition_key=partition_key or invocation_id,
                 kind=pb.COMMAND_KIND_WAKE,
                 min_journal_seq=journal_seq,
+                route=route,
             ),
             msg_id=f"wake:{invocation_id}:{journal_seq}",
         )
@@ -220,13 +228,29 @@ class Transport:
         """Commands of a partition key still in the command stream below ``before_seq``."""
         return await self._commands.queued(partition_key, before_seq)
 
-    async def command_consumer(self, cfg: WorkerConfig) -> CommandConsumer:
-        """Create or bind the shared durable pull consumer for commands."""
-        return await self._commands.consumer(cfg)
+    async def command_consumer(
+        self, cfg: WorkerConfig, routes: Sequence[tuple[str, str]]
+    ) -> CommandConsumers:
+        """Create or bind one durable pull consumer per ``(workflow, route)``, fetched together
+        (processors only). ConfigError if the engine has the layout before routing."""
+        return await self._commands.consumers(cfg, routes)
 
     async def consumer_stats(self, consumer: str) -> tuple[int, int, int]:
-        """``(num_pending, num_ack_pending, num_redelivered)`` of a command consumer."""
+        """``(num_pending, num_ack_pending, num_redelivered)`` summed over the processors'
+        command consumers (``consumer``: their configured name)."""
         return await self._commands.consumer_stats(consumer)
+
+    async def routed_consumers(self, consumer: str = "") -> list[tuple[str, str, str, Any]]:
+        """``(name, workflow, route, ConsumerInfo)`` of every routed command consumer."""
+        return await self._commands.routed_consumers(consumer)
+
+    async def legacy_layout(self, consumer: str) -> str:
+        """What is left of the layout before routing, "" if nothing (see Commands)."""
+        return await self._commands.legacy_layout(consumer)
+
+    async def migrate_routing(self, consumer: str) -> list[str]:
+        """Move an engine made before routing to routed commands (see Commands)."""
+        return await self._commands.migrate_routing(consumer)
 
     async def nak_delivery(self, reply: str) -> None:
         """Hand a command held by another (dead) connection back for immediate redelivery."""

@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from durable_core.cli import _local, _schedule, _steer
+from durable_core.cli import _admin, _local, _schedule, _steer
 from durable_core.cli._base import (
     CONTEXT,
     EXIT_CONFLICT,
@@ -41,6 +41,7 @@ from durable_core.cli._base import (
     run,
     start_tracing,
 )
+from durable_core.client import Status
 from durable_core.errors import (
     ConfigError,
     ConflictError,
@@ -59,7 +60,7 @@ __all__ = ["cli", "main"]
 
 MAX_SECONDS = 10 * 366 * 24 * 3600.0  # ten years, the longest sleep or delay
 _REFUSED_INPUT = ("InvalidInputError", "UnknownWorkflow")
-STATUSES = ("pending", "running", "paused", "suspended", "completed", "failed", "cancelled")
+STATUSES = tuple(s.value for s in Status if s != Status.UNKNOWN)
 
 
 def _version() -> str:
@@ -344,7 +345,7 @@ def list_(
     return int(run(go()))
 
 
-for _command in (*_steer.COMMANDS, *_local.COMMANDS, _schedule.schedule):
+for _command in (*_steer.COMMANDS, *_local.COMMANDS, _schedule.schedule, _admin.admin):
     cli.add_command(_command)
 
 

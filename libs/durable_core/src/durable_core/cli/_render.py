@@ -26,6 +26,7 @@ STATUS_STYLE = {
     "running": "blue",
     "paused": "yellow",
     "suspended": "cyan",
+    "blocked": "bold yellow",
     "completed": "green",
     "failed": "red",
     "cancelled": "magenta",
@@ -83,6 +84,16 @@ def view(v: InvocationView) -> None:
         rows.append(("partition key", escape(v.partition_key)))
     if v.waiting_for:
         rows.append(("waiting for", escape(v.waiting_for)))
+    if v.blocked_reason:
+        rows.append(("blocked", f"[yellow]{escape(v.blocked_reason)}[/]"))
+    if v.started_on is not None:
+        code = v.started_on
+        rows.append(("started on", escape(f"{code['plugin']} {code['version']}")))
+    if len(v.ran_on) > 1:
+        ran = ", ".join(f"{c['plugin']} {c['version']}" for c in v.ran_on)
+        rows.append(("ran on", escape(ran)))
+    if v.pinned_version:
+        rows.append(("pinned to", escape(v.pinned_version)))
     if v.parent_id:
         rows.append(("parent", escape(v.parent_id)))
     if v.forked_from:

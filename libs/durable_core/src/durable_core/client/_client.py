@@ -224,6 +224,9 @@ class Client:
         """Cancel now: the step in flight is interrupted (a gRPC call is cancelled), the
         workflow sees InvocationCancelledError (it may compensate), and it ends ``cancelled``.
 
+        A ``blocked`` invocation (its replay diverged from its journal) ends ``cancelled``
+        at once, without running: no processor can replay it to deliver the cancellation.
+
         Raises:
             IllegalTransitionError: it has already finished.
         """
@@ -248,8 +251,14 @@ class Client:
         """A new invocation that replays steps before ``from_step`` from this one's journal
         and runs ``from_step`` and after for real; returns its id.
 
+        Forking a ``blocked`` invocation replaces it: it is cancelled first (otherwise a
+        processor of the version it is pinned to could finish it too, and the steps from
+        ``from_step`` on would run twice).
+
         Raises:
             InvalidInputError: ``from_step`` is below 1 or past the recorded steps + 1.
+            IllegalTransitionError: a blocked invocation was taken up by a processor of its
+                pinned version meanwhile (fork it once it ends, or cancel it).
         """
         return await lifecycle.fork(self._t, invocation_id, from_step)
 

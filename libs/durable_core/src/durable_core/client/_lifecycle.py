@@ -19,7 +19,8 @@ from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import JournalRecord, StateConflict, StateRecord, Transport
 from durable_core.client._results import IDLE_PB, TERMINAL_PB, Status
 from durable_core.client._submit import submit_payload
-from durable_core.engine._intake import Addressee, deliver_external
+from durable_core.engine._intake import Addressee, deliver_external, report_to_parent
+from durable_core.engine._keys import release_key
 from durable_core.errors import (
     AlreadyResolvedError,
     ExpiredError,
@@ -30,6 +31,7 @@ from durable_core.errors import (
 )
 
 __all__ = [
+    "cancel_blocked",
     "change",
     "complete_awakeable",
     "fork",
@@ -54,6 +56,10 @@ _FINAL_NAMES = {
 
 class _AlreadyThere(Exception):  # noqa: N818 - internal control flow
     """The requested lifecycle change is already in the journal."""
+
+
+class _NotBlocked(Exception):  # noqa: N818 - internal control flow
+    """A processor took the blocked invocation up meanwhile (the journal shows its run)."""
 
 
 async def missing(t: Transport, invocation_id: str) -> NotFoundError:
@@ -83,7 +89,7 @@ async def state_of(t: Transport, invocation_id: str) -> StateRecord:
 
 
 def _addressee(st: pb.ExecutionState) -> Addressee:
-    return Addressee(st.invocation_id, st.workflow, st.partition_key)
+    return Addressee(st.invocation_id, st.workflow, st.partition_key, st.pinned_version)
 
 
 def _client_entry(
@@ -128,6 +134,17 @@ async def change(t: Transport, invocation_id: str, kind: pb.EntryKind) -> Status
             f"cannot {verb} invocation {invocation_id}: it is already {status.value}",
             status.value,
         )
+    if status == Status.BLOCKED and kind == pb.ENTRY_KIND_PAUSE_REQUEST:
+        raise IllegalTransitionError(
+            f"cannot pause invocation {invocation_id}: it is blocked (its replay diverged from "
+            "its journal) and no processor runs it; cancel or fork it",
+            status.value,
+        )
+    if status == Status.BLOCKED and kind == pb.ENTRY_KIND_CANCEL_REQUEST:
+        ended = await cancel_blocked(t, rec, "cancelled while blocked")
+        if ended is not None:
+            return ended
+        # A processor of its pinned version took it meanwhile: cancel the run as any other.
     try:
         await deliver_external(
             t,
@@ -141,6 +158,66 @@ async def change(t: Transport, invocation_id: str, kind: pb.EntryKind) -> Status
     except _AlreadyThere:
         return Status.from_pb((await t.get_state(invocation_id) or rec).state.status)
     return await _show_transition(t, invocation_id, kind, running=running)
+
+
+async def cancel_blocked(t: Transport, rec: StateRecord, message: str) -> Status | None:
+    """End a blocked invocation CANCELLED without running it (no processor can replay it).
+
+    The final entry is appended to the journal only while no run has started since the block
+    (a conditional append: a processor of the pinned version that claims it first wins, and
+    then None is returned: cancel its run like any other). The state, a waiting parent and
+    the partition key are then settled as a processor settles a finished invocation.
+    """
+    invocation_id, st = rec.state.invocation_id, rec.state
+    entry = _client_entry(pb.ENTRY_KIND_CANCELLED)
+    entry.failure.CopyFrom(pb.Failure(type="InvocationCancelledError", message=message))
+
+    def check(records: list[JournalRecord]) -> None:
+        machine = ReplayMachine(invocation_id, (r.entry for r in records))
+        if machine.final is not None:
+            real = _FINAL_NAMES[machine.final.kind]
+            raise IllegalTransitionError(
+                f"cannot cancel invocation {invocation_id}: it is already {real}", real
+            )
+        if not machine.idle:
+            raise _NotBlocked
+
+    try:
+        await deliver_external(
+            t,
+            _addressee(st),
+            entry,
+            f"cancel-blocked:{invocation_id}:{uuid.uuid4().hex}",
+            check,
+            wake=False,
+        )
+    except _NotBlocked:
+        return None
+    for _ in range(10):
+        now = await t.get_state(invocation_id)
+        if now is None or now.state.status in TERMINAL_PB:
+            break
+        ended = pb.ExecutionState()
+        ended.CopyFrom(now.state)
+        ended.status = pb.STATUS_CANCELLED
+        ended.failure.CopyFrom(entry.failure)
+        ended.blocked_reason = ""
+        ended.updated_at_ms = int(time.time() * 1000)
+        try:
+            await t.update_state(ended, now.revision)
+            break
+        except StateConflict:
+            continue
+    if st.notify_parent:
+        await report_to_parent(t, st, entry)
+    if st.partition_key and st.partition_key != invocation_id:
+
+        async def finished(other: str) -> bool:
+            found = await t.get_state(other)
+            return found is None or found.state.status in TERMINAL_PB
+
+        await release_key(t, st.partition_key, invocation_id, finished=finished)
+    return Status.CANCELLED
 
 
 async def _show_transition(
@@ -204,7 +281,7 @@ async def retry(t: Transport, invocation_id: str) -> Status:
     # If someone else moved it on meanwhile, the wake-up below is harmless either way.
     with contextlib.suppress(StateConflict):
         await t.update_state(st, rec.revision)
-    await t.publish_wake(invocation_id, st.workflow, st.partition_key, seq)
+    await t.publish_wake(invocation_id, st.workflow, st.partition_key, seq, route=st.pinned_version)
     return Status.PENDING
 
 
@@ -232,11 +309,24 @@ async def fork(t: Transport, invocation_id: str, from_step: int) -> str:
         )
     st = rec.state
     new_id = uuid.uuid4().hex
+    if st.status == pb.STATUS_BLOCKED:
+        # The fork replaces it (as Temporal's reset terminates the run it resets): left
+        # blocked, a processor of its pinned version could finish it too, and the steps
+        # from ``from_step`` on would run twice, once in each.
+        why = f"cancelled while blocked: replaced by fork {new_id} (from step {from_step})"
+        if await cancel_blocked(t, rec, why) is None:
+            raise IllegalTransitionError(
+                f"cannot fork blocked invocation {invocation_id} in its place: a processor of "
+                "its pinned version has just taken it up; fork it once it ends, or cancel it",
+                Status.RUNNING.value,
+            )
     last = 0
     for index, entry in enumerate(sorted(steps, key=lambda e: e.step), start=1):
         copy = pb.JournalEntry()
         copy.CopyFrom(entry)
         copy.index, copy.writer = index, f"fork:{invocation_id}"
+        for code_field in ("plugin", "plugin_version", "code_fingerprint"):
+            copy.ClearField(code_field)  # the fork starts on the code that first runs it
         last = await t.append(new_id, copy, last, f"fork:{new_id}:{index}")
     key = st.partition_key if st.partition_key != invocation_id else None
     await submit_payload(

@@ -35,7 +35,8 @@ __all__ = [
 M = TypeVar("M", bound=Message)
 
 TERMINAL_PB = frozenset({pb.STATUS_COMPLETED, pb.STATUS_FAILED, pb.STATUS_CANCELLED})
-IDLE_PB = frozenset({pb.STATUS_PENDING, pb.STATUS_SUSPENDED})
+# No processor runs it (the journal may show a run that has started meanwhile).
+IDLE_PB = frozenset({pb.STATUS_PENDING, pb.STATUS_SUSPENDED, pb.STATUS_BLOCKED})
 _KINDS = {k: kind_name(k) for k in STEP_KINDS}
 _FINAL_STATUS = {
     pb.ENTRY_KIND_COMPLETED: pb.STATUS_COMPLETED,
@@ -54,6 +55,7 @@ class Status(enum.StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     SUSPENDED = "suspended"
+    BLOCKED = "blocked"  # the replay diverged: waits for its pinned version, a fork or a cancel
     UNKNOWN = "unknown"
 
     @property

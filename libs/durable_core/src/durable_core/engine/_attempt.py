@@ -18,10 +18,11 @@ from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import is_engine_error
 from durable_core.engine._context import RunContext
 from durable_core.engine._env import now_ms
-from durable_core.engine._signals import BadInputError, EngineFailure, Halted, Rerun
+from durable_core.engine._signals import BadInputError, Diverged, EngineFailure, Halted, Rerun
 from durable_core.errors import (
     InvalidInputError,
     InvocationCancelledError,
+    NonDeterminismError,
     StepFailedError,
     SuspendExecution,
 )
@@ -30,7 +31,7 @@ from durable_core.interceptors import WorkflowInput, chain_workflows
 if TYPE_CHECKING:
     from durable_core.engine._execution import Execution
 
-__all__ = ["Finish", "Suspend", "run_once", "timed_out"]
+__all__ = ["Block", "Finish", "Suspend", "run_once", "timed_out"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +48,15 @@ class Suspend:
     """Every step is parked (the waits are the execution's): suspend until a wake-up."""
 
 
-async def run_once(ex: Execution) -> Finish | Suspend:
+@dataclass(frozen=True, slots=True)
+class Block:
+    """The replay diverged from the journal (the code changed under the invocation): never a
+    failure; the invocation waits, pinned to the version it ran on (see ``Execution``)."""
+
+    error: NonDeterminismError
+
+
+async def run_once(ex: Execution) -> Finish | Suspend | Block:
     """Run the workflow from the start (replaying the journal) until it ends or parks.
 
     Raises:
@@ -127,6 +136,17 @@ async def run_once(ex: Execution) -> Finish | Suspend:
         interrupted.cancel()
         if expiry is not None:
             expiry.cancel()
+    diverged = ctx.steps.nondeterminism
+    if diverged is not None:  # whatever the workflow did with the error, the run ends here
+        if task.done():
+            with contextlib.suppress(BaseException):
+                task.result()
+        else:
+            await halt(ex, task, "diverged from its journal")
+        if isinstance(ex.journal.stopped, Diverged):
+            ex.journal.stopped = None  # the engine's own entries go on (SUSPENDED)
+        ex.children = list(ctx.steps.children)
+        return Block(diverged)
     if expiry is not None and expiry.done() and not expiry.cancelled() and not task.done():
         await halt(ex, task, "past its execution timeout")  # stop where it is and fail
         return Finish(pb.STATUS_FAILED, failure=timed_out(deadline))
@@ -176,9 +196,7 @@ def _outcome(ex: Execution, task: asyncio.Future[Any], ctx: RunContext) -> Finis
             # A NATS error the workflow let through (a write of the engine's own that
             # NATS refused): release the run, never journal it as the workflow's failure.
             raise EngineFailure(e) from e
-        return Finish(pb.STATUS_FAILED, failure=_failure(e, ctx))
-    if ctx.steps.nondeterminism is not None:
-        return Finish(pb.STATUS_FAILED, failure=_failure(ctx.steps.nondeterminism, ctx))
+        return Finish(pb.STATUS_FAILED, failure=_failure(e))
     try:
         output = _codec.encode(result)
     except InvalidInputError as e:
@@ -188,10 +206,7 @@ def _outcome(ex: Execution, task: asyncio.Future[Any], ctx: RunContext) -> Finis
     return Finish(pb.STATUS_COMPLETED, output=output)
 
 
-def _failure(e: BaseException, ctx: RunContext) -> pb.Failure:
-    nd = ctx.steps.nondeterminism
-    if nd is not None:
-        return pb.Failure(type="NonDeterminismError", message=str(nd), step=nd.step)
+def _failure(e: BaseException) -> pb.Failure:
     if isinstance(e, BadInputError):
         return pb.Failure(type="InvalidInputError", message=str(e))
     failure = pb.Failure(type=type(e).__name__, message=str(e) or type(e).__name__)

@@ -39,6 +39,7 @@ from durable_core.engine._step_io import Journal, attempt_failure
 from durable_core.errors import (
     InvalidInputError,
     InvocationCancelledError,
+    NonDeterminismError,
     StepTimeoutError,
     TerminalError,
 )
@@ -80,6 +81,7 @@ class RunContext(Context):
         self._interceptors = tuple(interceptors)
         self._attempt = attempt
         self._default_retry = default_retry or DEFAULT_RETRY
+        self._markers: list[pb.JournalEntry] = []  # patch markers not yet journaled
 
     # -- identity and deterministic helpers ------------------------------------------------
 
@@ -107,6 +109,14 @@ class RunContext(Context):
 
     def random(self) -> float:
         return self.steps.random()
+
+    def patched(self, change_id: str) -> bool:
+        if not isinstance(change_id, str) or not change_id or len(change_id) > 256:
+            raise InvalidInputError("a change id is a non-empty string of at most 256 chars")
+        patch = self.steps.patched(change_id, _wall_ms())
+        if patch.marker is not None:
+            self._markers.append(patch.marker)
+        return patch.new_code
 
     # -- steps -----------------------------------------------------------------------------
 
@@ -196,15 +206,27 @@ class RunContext(Context):
 
     # -- internals -------------------------------------------------------------------------
 
+    async def _append(self, entry: pb.JournalEntry) -> None:
+        """Journal an entry of this run, after the patch markers taken before it: a step
+        recorded on a new branch must never be journaled without the marker that chose it. A
+        marker popped here reaches the writer's lock before any later append does."""
+        while self._markers:
+            await self._journal.append_step(self._markers.pop(0))
+        await self._journal.append_step(entry)
+
     async def _decide(self, kind: pb.EntryKind, name: str, digest: bytes) -> Any:
         """Replay or execute the next step; the step boundary where pause and cancel act."""
-        decision = self.steps.begin(kind, name, digest)
+        try:
+            decision = self.steps.begin(kind, name, digest)
+        except NonDeterminismError:
+            self._journal.diverged()  # the engine stops the run and blocks the invocation
+            raise
         if not isinstance(decision, Execute):
             return decision
         self._journal.check_step()
         boundary = self.steps.before_executing(kind, decision.step, name, digest, _wall_ms())
         if isinstance(boundary, DeliverCancel):
-            await self._journal.append_step(boundary.entry)
+            await self._append(boundary.entry)
             raise InvocationCancelledError(self._invocation_id)
         if isinstance(boundary, Park):
             await self._park(boundary.wait)
@@ -265,7 +287,7 @@ class RunContext(Context):
                     if isinstance(decision, GiveUp):
                         failure = decision.failure
                         break
-                    await self._journal.append_step(decision.entry)
+                    await self._append(decision.entry)
                     await self._wait_for_attempt(step, name, decision.wake_at_ms, attempt + 1)
             output = None
             if failure is None:
@@ -284,7 +306,7 @@ class RunContext(Context):
                 now_ms=_wall_ms(),
                 duration_us=int((time.monotonic() - started) * 1e6),
             )
-            await self._journal.append_step(entry)
+            await self._append(entry)
             steps.executed(entry)
             return result
 
@@ -318,7 +340,7 @@ class RunContext(Context):
         """Journal a step that records its outcome at once (counted as executing meanwhile)."""
         with self._executing(suspend_after=suspend_after):
             await self._intercepted(
-                kind_name, entry.step, entry.name, lambda _: self._journal.append_step(entry)
+                kind_name, entry.step, entry.name, lambda _: self._append(entry)
             )
 
     @contextlib.contextmanager
@@ -360,7 +382,7 @@ class RunContext(Context):
 
     async def _deliver(self, cancel: DeliverCancel) -> InvocationCancelledError:
         """Record that the cancellation was raised at a waiting step, for replays."""
-        await self._journal.append_step(cancel.entry)
+        await self._append(cancel.entry)
         return InvocationCancelledError(self._invocation_id)
 
     async def _journal_wait(
@@ -542,7 +564,7 @@ class RunContext(Context):
                     headers=dict(inp.headers),
                 )
             )
-            await self._journal.append_step(
+            await self._append(
                 pb.JournalEntry(
                     kind=kind,
                     step=decision.step,

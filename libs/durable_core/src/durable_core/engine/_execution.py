@@ -7,7 +7,12 @@
 3. run the workflow (``_run_once``); each executed step appends its outcome, fenced;
 4. when every step is parked, append SUSPENDED, arm the timers and ack; when the workflow
    returns or fails, append the final entry, write the final state, report to a waiting
-   parent, ack.
+   parent, ack;
+5. when the replay diverges from the journal (the code changed under the invocation), append
+   SUSPENDED (the journal is idle: a processor of the right version claims it), write the
+   state BLOCKED with the reason and the version it is pinned to, hand the command to that
+   version's route and ack (``_block``). A command of a pinned invocation that reaches a
+   processor of another version is handed on the same way, without a replay.
 """
 
 from __future__ import annotations
@@ -19,25 +24,28 @@ import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from durable_core._journal import Submission, Wait, kind_name
+from durable_core._code import CodeIdentity
+from durable_core._journal import Submission, Wait, kind_name, pin_for, started_on
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import Delivery, StateConflict, StateRecord
 from durable_core.engine import _intake
-from durable_core.engine._attempt import Finish, Suspend, run_once
+from durable_core.engine._attempt import Block, Finish, Suspend, run_once
 from durable_core.engine._context import RunContext
 from durable_core.engine._env import TERMINAL, RunEnv, now_ms
 from durable_core.engine._hold import lock_run, unlock_run
 from durable_core.engine._keys import release_key, take_key
 from durable_core.engine._signals import (
+    Diverged,
     EngineFailure,
     Finished,
     LostClaim,
     LostHold,
     NotIdle,
+    PinnedElsewhere,
     Rerun,
 )
 from durable_core.engine._writer import JournalWriter
-from durable_core.errors import DurableError, NatsUnavailableError
+from durable_core.errors import DurableError, NatsUnavailableError, NonDeterminismError
 from durable_core.interceptors import EngineEvent
 from durable_core.interceptors import observe as notify
 
@@ -81,6 +89,7 @@ class Execution:
         self.cancelling_run = False
         self.lease_epoch = env.lease.epoch  # the lease this run started under
         self._run_lock = 0  # revision of our run lock (commands delivered more than once)
+        self.journal.code = self._code_here()
 
     # -- what the context calls (durable_core.engine._step_io.Journal) --------------------
 
@@ -104,6 +113,13 @@ class Execution:
     def cancelling(self) -> bool:
         """Whether the run was interrupted because the invocation was cancelled."""
         return self.cancelling_run
+
+    def diverged(self) -> None:
+        """The replay diverged: stop the run now (``run_once`` blocks the invocation); the
+        workflow may catch the error, but it runs no further step."""
+        if self.journal.stopped is None:
+            self.journal.stopped = Diverged("the replay diverged from the journal")
+        self.interrupt.set()
 
     def check_step(self) -> None:
         """Refuse every step once the run was stopped by an engine signal, or once this
@@ -135,6 +151,12 @@ class Execution:
         name = kind_name(entry) if entry else ""
         event = EngineEvent(kind, self.id, workflow, seconds=seconds, status=status, entry=name)
         notify(self.env.interceptors, event)
+
+    def _code_here(self) -> CodeIdentity | None:
+        """The code this processor runs the invocation's workflow on (None: not known here)."""
+        name = self.cmd.workflow or (self.state.state.workflow if self.state is not None else "")
+        registry = self.env.registry
+        return registry.get(name).code if name in registry else None
 
     def due_ms(self) -> int:
         """When the invocation was due: its delayed start, else its creation."""
@@ -195,6 +217,8 @@ class Execution:
                 getattr(st, key).CopyFrom(value)
             else:
                 setattr(st, key, value)
+        if st.status != pb.STATUS_BLOCKED:
+            st.blocked_reason = ""  # it moved on (the pin stays: later commands carry it)
         for child in self.children:
             if child not in st.child_ids:
                 st.child_ids.append(child)
@@ -227,6 +251,8 @@ class Execution:
 
     async def _run(self) -> None:
         self.state = await self.t.get_state(self.id)
+        if self.journal.code is None:
+            self.journal.code = self._code_here()
         st = self.state.state if self.state is not None else None
         if st is None and self.cmd.kind == pb.COMMAND_KIND_WAKE:
             log.warning("wake-up for unknown invocation %s; dropping it", self.id)
@@ -277,6 +303,8 @@ class Execution:
         except NotIdle as e:
             log.info("invocation %s: %s; acking this command", self.id, e.reason or "not idle")
             await self.delivery.ack()
+        except PinnedElsewhere as pinned:
+            await self._hand_to_pin(pinned.route)
 
     def _fresh(self, held_before: bool) -> bool:
         st = self.state.state if self.state is not None else None
@@ -312,6 +340,9 @@ class Execution:
         )
         if journal.machine.final is not None:
             raise Finished
+        route = self._pinned_elsewhere()
+        if route:
+            raise PinnedElsewhere(route)
         if not journal.machine.suspended and journal.owner() is None:
             await self._take_unstarted()
         elif not journal.claimable():
@@ -325,6 +356,43 @@ class Execution:
             status=pb.STATUS_RUNNING, waiting_for="", run_command_seq=seq
         ):
             raise NotIdle("it finished meanwhile")  # the state says so; the journal will
+
+    def _pinned_elsewhere(self) -> str:
+        """The route of the version the invocation is pinned to, when this processor runs
+        another one ("" otherwise). Past its execution timeout it is not handed on: any
+        processor may fail it then, without a replay."""
+        st = self.state.state if self.state is not None else None
+        here = self.journal.code
+        if st is None or not st.pinned_version or here is None or here.token == st.pinned_version:
+            return ""
+        if st.deadline_ms and now_ms() >= st.deadline_ms:
+            return ""
+        return st.pinned_version
+
+    async def _hand_to_pin(self, route: str) -> None:
+        """Hand this command to the processors of the version the invocation is pinned to
+        (one copy per command: a crash before the ack publishes the same message id)."""
+        if self.cmd.route == route:
+            # Routed there already, yet here: a fleet without routing by version (a command
+            # published before it). Hand it back for a processor of that version.
+            log.info("invocation %s is pinned to %s, not this processor's code", self.id, route)
+            await self.delivery.nak(delay=1.0)
+            return
+        await self._publish_pinned(route)
+        log.info("invocation %s: handed to its pinned version %s", self.id, route)
+        await self.delivery.ack()
+
+    async def _publish_pinned(self, route: str) -> None:
+        wake = pb.Command(
+            invocation_id=self.id,
+            workflow=self.cmd.workflow or (self.state.state.workflow if self.state else ""),
+            partition_key=self.cmd.partition_key
+            or (self.state.state.partition_key if self.state else ""),
+            kind=pb.COMMAND_KIND_WAKE,
+            min_journal_seq=max(self.journal.last_seq, self.cmd.min_journal_seq),
+            route=route,
+        )
+        await self.t.publish_command(wake, msg_id=f"pin:{self.id}:{self.delivery.stream_seq}")
 
     async def _take_unstarted(self) -> None:
         """No run has started: only a start takes it, by moving the state to RUNNING under its
@@ -399,6 +467,8 @@ class Execution:
                 continue
             if isinstance(outcome, Suspend):
                 await self._suspend()
+            elif isinstance(outcome, Block):
+                await self._block(outcome.error)
             else:
                 await self._finish(outcome)
             return
@@ -413,6 +483,7 @@ class Execution:
             partition_key=self.cmd.partition_key,
             kind=pb.COMMAND_KIND_WAKE,
             min_journal_seq=journal.last_seq,
+            route=self.state.state.pinned_version if self.state is not None else self.cmd.route,
         )
         deadline = self.state.state.deadline_ms if self.state is not None else 0
         if deadline:  # wake up at the execution timeout to fail on time
@@ -432,6 +503,35 @@ class Execution:
         await self.write_state(status=status, waiting_for=waiting)
         await self.delivery.ack()
         log.info("invocation %s suspended: waiting for %s", self.id, waiting)
+
+    async def _block(self, diverged: NonDeterminismError) -> None:
+        """The replay diverged: the invocation waits, never FAILED. Pinned to the code that
+        last carried it on, it is handed to that version's route; if this processor runs that
+        very version, handing it on would loop: it waits for an operator (fork or cancel)."""
+        journal = self.journal
+        here = journal.code
+        pin = pin_for(journal.entries, this_run=journal.token)
+        start = started_on(journal.entries)
+        stuck = pin is None or (here is not None and pin.token == here.token)
+        reason = blocked_reason(diverged, start=start, pin=pin, here=here, stuck=stuck)
+        # Idle again (a processor that takes the pinned command claims it, fenced); the
+        # failure says why, so the journal shows the block too.
+        failure = pb.Failure(type="NonDeterminismError", message=reason, step=diverged.step)
+        await journal.append(
+            pb.JournalEntry(kind=pb.ENTRY_KIND_SUSPENDED, timestamp_ms=now_ms(), failure=failure)
+        )
+        await self.write_state(
+            status=pb.STATUS_BLOCKED,
+            blocked_reason=reason,
+            pinned_version=pin.token if pin is not None else "",
+            waiting_for="",
+        )
+        if not stuck:
+            assert pin is not None
+            await self._publish_pinned(pin.token)
+        await self.delivery.ack()
+        self.observe("blocked")
+        log.warning("invocation %s blocked: %s", self.id, reason)
 
     async def _finish(self, outcome: Finish) -> None:
         entry = pb.JournalEntry(kind=_FINAL_KIND[outcome.status], timestamp_ms=now_ms())
@@ -463,3 +563,39 @@ class Execution:
         )
         self.env.counted(entry.kind == pb.ENTRY_KIND_COMPLETED)
         log.info("invocation %s %s (%d journal entries)", self.id, how, len(self.journal.entries))
+
+
+def _named(code: CodeIdentity | None) -> str:
+    return f"{code.package} {code.version}" if code is not None else "code of unknown version"
+
+
+def blocked_reason(
+    diverged: NonDeterminismError,
+    *,
+    start: CodeIdentity | None,
+    pin: CodeIdentity | None,
+    here: CodeIdentity | None,
+    stuck: bool,
+) -> str:
+    """Why an invocation is BLOCKED, for humans (status, inspector, list)."""
+    text = (
+        f"replay diverged at step {diverged.step}: the journal recorded {diverged.recorded}, "
+        f"the code asks for {diverged.new}; started on {_named(start)}, "
+        f"this processor runs {_named(here)}"
+    )
+    if pin is not None and start is not None and pin.token != start.token:
+        text += f" (last carried on by {_named(pin)})"
+    if not stuck:
+        assert pin is not None
+        return f"{text}. Waits for a processor running {_named(pin)} (route {pin.token})."
+    if pin is None:
+        return (
+            f"{text}. The journal does not say which code recorded these steps (started "
+            "before journals recorded code versions, or copied by a fork): fork it from an "
+            "earlier step or cancel it."
+        )
+    return (
+        f"{text}. This processor runs that very version ({pin.token}), so no other processor "
+        "can replay it: the code changed without a new version. Waits for an operator: fork "
+        "it (re-run from a step with today's code) or cancel it."
+    )

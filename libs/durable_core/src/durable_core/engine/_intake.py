@@ -153,6 +153,7 @@ class Addressee:
     invocation_id: str
     workflow: str
     partition_key: str
+    route: str = ""  # its pinned version token, if it has one
 
 
 async def deliver_external(
@@ -176,7 +177,7 @@ async def deliver_external(
     if interrupt:
         await t.send_control(to.invocation_id, "cancel")
     if wake:
-        await t.publish_wake(to.invocation_id, to.workflow, to.partition_key, seq)
+        await t.publish_wake(to.invocation_id, to.workflow, to.partition_key, seq, route=to.route)
     return seq
 
 
@@ -232,7 +233,11 @@ async def report_to_parent(t: Transport, st: pb.ExecutionState, final: pb.Journa
         if any(r.entry.kind in FINAL_KINDS for r in records):
             raise InvocationFinishedError(f"invocation {parent} has already finished")
 
-    to = Addressee(parent, st.parent_workflow, st.parent_partition_key)
+    # The parent's wake-up follows its pin, if it has one (it may have got it after the child
+    # started): the state says.
+    parent_state = await t.get_state(parent)
+    route = parent_state.state.pinned_version if parent_state is not None else ""
+    to = Addressee(parent, st.parent_workflow, st.parent_partition_key, route)
     with contextlib.suppress(InvocationFinishedError):
         await deliver_external(t, to, result, f"child-result:{child}", unfinished)
 

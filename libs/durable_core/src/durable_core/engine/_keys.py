@@ -204,14 +204,17 @@ async def release_key(t: Transport, key: str, invocation_id: str, *, finished: F
 
 
 async def give_turn(t: Transport, key: str, turn: Turn, by: str) -> None:
-    """Start the waiting invocation ``turn`` (its start command again, under the key)."""
+    """Start the waiting invocation ``turn`` (its start command again, under the key, on its
+    pinned route if it has one)."""
     _, invocation_id, workflow = turn
+    rec = await t.get_state(invocation_id)
     await t.publish_command(
         pb.Command(
             invocation_id=invocation_id,
-            workflow=workflow,
+            workflow=workflow or (rec.state.workflow if rec is not None else ""),
             partition_key=key,
             kind=pb.COMMAND_KIND_START,
+            route=rec.state.pinned_version if rec is not None else "",
         ),
         # One turn per hand-over: a turn that finds an earlier start still on its way
         # queues again and needs a new turn later, which must not be deduplicated away.

@@ -8,12 +8,14 @@ from durable_core.errors import InvalidInputError, SuspendExecution
 
 __all__ = [
     "BadInputError",
+    "Diverged",
     "EngineFailure",
     "Finished",
     "Halted",
     "LostClaim",
     "LostHold",
     "NotIdle",
+    "PinnedElsewhere",
     "Rerun",
 ]
 
@@ -57,6 +59,20 @@ class LostHold(SuspendExecution):
 class Halted(SuspendExecution):
     """The engine is ending this run (to suspend it, run it again, fail it at its timeout or
     release it at shutdown): the workflow may not run another step."""
+
+
+class Diverged(SuspendExecution):
+    """The replay no longer matches the journal: the run stops (the engine blocks the
+    invocation), and no step the workflow tries after catching the error may run."""
+
+
+class PinnedElsewhere(SuspendExecution):
+    """The invocation is pinned to another version than this processor's: hand the command
+    on to that version's route instead of running it."""
+
+    def __init__(self, route: str) -> None:
+        super().__init__(f"pinned to {route}")
+        self.route = route
 
 
 class BadInputError(InvalidInputError):

@@ -38,6 +38,10 @@ class Journal(Protocol):
     def cancelling(self) -> bool:
         """True when the engine interrupted the run because the invocation was cancelled."""
 
+    def diverged(self) -> None:
+        """The replay no longer matches the journal (a NonDeterminismError is being raised):
+        the engine stops the run and blocks the invocation, whatever the workflow does."""
+
     def check_step(self) -> None:
         """Raise (a ``SuspendExecution``) if this run may not execute another step: it lost the
         invocation or its hold on the command. Called before every step and attempt runs."""

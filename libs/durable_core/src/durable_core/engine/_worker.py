@@ -20,9 +20,14 @@ from typing import TYPE_CHECKING
 from google.protobuf.message import DecodeError
 
 from durable_core._grpc import ChannelPool
-from durable_core._naming import check_invocation_id, check_workflow_name, encode_partition_key
+from durable_core._naming import (
+    ANY_ROUTE,
+    check_invocation_id,
+    check_workflow_name,
+    encode_partition_key,
+)
 from durable_core._pb.durable.v1 import durable_pb2 as pb
-from durable_core._transport import CommandConsumer, CorruptJournalError, Delivery, Transport
+from durable_core._transport import CommandConsumers, CorruptJournalError, Delivery, Transport
 from durable_core.config import EngineConfig, NatsConfig, WorkerConfig
 from durable_core.engine._env import RunEnv, now_ms
 from durable_core.engine._execution import Execution
@@ -39,6 +44,8 @@ if TYPE_CHECKING:
 __all__ = ["Worker"]
 
 log = logging.getLogger("durable_core.worker")
+
+NOT_SERVED_DELAY = 30.0  # seconds before a command of a workflow not served here comes back
 
 
 class Worker:
@@ -77,7 +84,7 @@ class Worker:
         self._running: dict[str, Execution] = {}  # by invocation id, for cancellation
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._consumer: CommandConsumer | None = None  # set once consuming
+        self._consumer: CommandConsumers | None = None  # set once consuming
         # Set once registered in the fleet and consuming: from then on intake accepts this
         # worker's workflows (await it before invoking them in the same process).
         self.consuming = asyncio.Event()
@@ -193,6 +200,17 @@ class Worker:
             return f"the command consumer has not answered for {silent:.0f}s ({why})"
         return None
 
+    def routes(self) -> list[tuple[str, str]]:
+        """The ``(workflow, route)`` pairs this processor consumes: every workflow it has, on
+        the route any processor of it may take (``any``) and on its own version's (an
+        invocation pinned to the code it started on)."""
+        out: list[tuple[str, str]] = []
+        for wf in self.registry:
+            out.append((wf.name, ANY_ROUTE))
+            if wf.code.token != ANY_ROUTE:
+                out.append((wf.name, wf.code.token))
+        return out
+
     def stop(self) -> None:
         """Ask the worker to stop fetching and finish (see ``run``)."""
         self._stopping.set()
@@ -200,6 +218,9 @@ class Worker:
 
     async def run(self) -> None:
         """Consume until ``stop()``; then let in-flight work finish or release it."""
+        # Binding the consumers takes no command yet; it refuses an engine of the layout
+        # before routing (ConfigError), before this processor leaves any trace.
+        consumer = await self.transport.command_consumer(self.config, self.routes())
         lease = None
         if self.leases_on:
             # The lease exists before the first command is taken: a run checks it before
@@ -209,7 +230,6 @@ class Worker:
         # In the fleet registry before the first command is taken: intake accepts this
         # processor's workflows as soon as it consumes (and readiness implies registered).
         await self.fleet.join(self._stopping)
-        consumer = await self.transport.command_consumer(self.config)
         control = await self.transport.subscribe_control(self._on_control)
         self._consumer = consumer
         self.consuming.set()
@@ -338,8 +358,9 @@ class Worker:
             check_invocation_id(cmd.invocation_id)
             if cmd.kind not in (pb.COMMAND_KIND_START, pb.COMMAND_KIND_WAKE):
                 raise InvalidInputError(f"unknown command kind {cmd.kind}")
-            if cmd.workflow:
-                check_workflow_name(cmd.workflow)
+            if not cmd.workflow:
+                raise InvalidInputError("it names no workflow")
+            check_workflow_name(cmd.workflow)
             if cmd.partition_key:
                 encode_partition_key(cmd.partition_key)
             now = now_ms()
@@ -349,6 +370,13 @@ class Worker:
             log.error("terminating malformed command (stream seq %d): %s", delivery.stream_seq, e)
             self._release(delivery)
             await delivery.term()
+            return
+        routed = self.transport.names.route_of(delivery.subject)
+        if routed is not None and routed != (cmd.workflow, cmd.route or ANY_ROUTE):
+            await self._misrouted(cmd, delivery, routed)
+            return
+        if cmd.workflow not in self.registry:
+            await self._not_served(cmd, delivery)
             return
         observe(
             self.interceptors,
@@ -394,6 +422,50 @@ class Worker:
             if self._running.get(cmd.invocation_id) is execution:
                 del self._running[cmd.invocation_id]
             self._release(delivery)
+
+    async def _misrouted(
+        self, cmd: pb.Command, delivery: Delivery, routed: tuple[str, str]
+    ) -> None:
+        """A command on another workflow's (or route's) subject than its own: published by
+        hand, not through ``Commands.publish``. Forward it to its own route, then ack it: it
+        runs where its workflow is served, and nothing here fails it."""
+        log.error(
+            "command %d of invocation %s (workflow %r, route %r) came on the subject of %r "
+            "route %r: forwarding it to its own route",
+            delivery.stream_seq,
+            cmd.invocation_id,
+            cmd.workflow,
+            cmd.route or ANY_ROUTE,
+            *routed,
+        )
+        self._release(delivery)
+        try:
+            await self.transport.publish_command(cmd, msg_id=f"reroute:{delivery.stream_seq}")
+        except Exception as e:  # noqa: BLE001 - NATS trouble: it comes back
+            log.warning(
+                "cannot forward command %d: %s: %s", delivery.stream_seq, type(e).__name__, e
+            )
+            with contextlib.suppress(Exception):
+                await delivery.nak(delay=2.0)
+            return
+        with contextlib.suppress(Exception):
+            await delivery.ack()
+
+    async def _not_served(self, cmd: pb.Command, delivery: Delivery) -> None:
+        """A command of a workflow this processor lacks: routing makes that impossible, so
+        something is wrong (a consumer bound by hand, a subject published by hand). Never
+        fail the invocation for it: hand the command back, later, for a processor that has it."""
+        log.error(
+            "command %d of invocation %s is for workflow %r, which this processor does not "
+            "serve (it has: %s): handing it back; check the consumers of this engine",
+            delivery.stream_seq,
+            cmd.invocation_id,
+            cmd.workflow,
+            ", ".join(self.registry.names()) or "none",
+        )
+        self._release(delivery)
+        with contextlib.suppress(Exception):
+            await delivery.nak(delay=NOT_SERVED_DELAY)
 
     @staticmethod
     async def _fail_broken(execution: Execution, delivery: Delivery, e: DurableError) -> None:

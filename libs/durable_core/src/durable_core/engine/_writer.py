@@ -7,7 +7,8 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from durable_core._journal import PROCESSOR_KINDS, ReplayMachine
+from durable_core._code import CodeIdentity
+from durable_core._journal import PROCESSOR_KINDS, ReplayMachine, stamp
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import Delivery, JournalConflict, JournalRecord, Transport
 from durable_core.engine._signals import EngineFailure, Finished, LostClaim, NotIdle, Rerun
@@ -52,9 +53,14 @@ class JournalWriter:
         self.last_seq = 0
         self.lock = asyncio.Lock()
         self.stopped: SuspendExecution | None = None  # the signal that ended this run
+        # The code this processor runs the workflow on: stamped on every CLAIM, and on the
+        # first entry of a run that starts the invocation without one (a fresh start).
+        self.code: CodeIdentity | None = None
+        self._stamped = False  # the journal names the code of a run (an entry is stamped)
 
     def record(self, entry: pb.JournalEntry, seq: int) -> None:
         """Take in an entry read from (or just written to) the journal."""
+        self._stamped = self._stamped or bool(entry.plugin)
         self.entries.append(entry)
         self.machine.record(entry)
         self.last_seq = seq
@@ -68,6 +74,7 @@ class JournalWriter:
         self.entries = []
         self.machine = ReplayMachine(self.id)
         self.last_seq = 0
+        self._stamped = False
         records = await self.t.read_journal(self.id, min_seq=min_seq, min_entries=min_entries)
         for rec in records:
             self.record(rec.entry, rec.seq)
@@ -84,6 +91,8 @@ class JournalWriter:
         """
         if self.stopped is not None:
             raise self.stopped
+        if self.code is not None and (claim or not self._stamped) and not entry.plugin:
+            stamp(entry, self.code)
         try:
             await self._append(entry, claim=claim)
         except SuspendExecution as stop:

@@ -3,7 +3,7 @@
 Real NATS servers and clusters; the engine's processes as real children (``ProcessStack``:
 the example service, processors, schedulers, the CLI); bounded waits (``assert_eventually``);
 and a journal replayer for unit tests of workflows with no NATS at all (``replay_workflow``
-with ``call_entry``, ``run_entry`` and ``failed_entry``).
+with ``call_entry``, ``run_entry``, ``failed_entry`` and ``patch_entry``).
 """
 
 from durable_core.testing._binary import find_nats_server_binary, nats_server_release
@@ -21,6 +21,7 @@ from durable_core.testing._replay import (
     WorkflowRun,
     call_entry,
     failed_entry,
+    patch_entry,
     replay_workflow,
     run_entry,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "free_port",
     "free_ports",
     "nats_server_release",
+    "patch_entry",
     "replay_workflow",
     "run_entry",
     "stop_all_children",

@@ -44,6 +44,7 @@ __all__ = [
     "WorkflowRun",
     "call_entry",
     "failed_entry",
+    "patch_entry",
     "replay_workflow",
     "run_entry",
 ]
@@ -81,9 +82,10 @@ class WorkflowRun:
     Attributes:
         output: the workflow's return value (None if it failed).
         error: the exception the workflow ended with, or None. A non-determinism the workflow
-            caught still ends up here, as the engine would fail the invocation for it.
+            caught still ends up here (the engine would block the invocation for it).
         new_entries: the step entries the run appended to the journal (executed steps, in
-            order). Completion entries are not included.
+            order, with the PATCH markers of ``ctx.patched``). Completion entries are not
+            included.
         replayed_steps: steps answered from the given journal.
         executed_steps: steps run for real (each appended one entry, success or failure).
         calls: every gRPC call attempt made for real, in order.
@@ -213,6 +215,20 @@ def failed_entry(
     return entry
 
 
+def patch_entry(change_id: str, *, step: int | None = None) -> pb.JournalEntry:
+    """The marker ``ctx.patched(change_id)`` journals when it takes the new branch.
+
+    Put it in the journal just before the entry of the step that follows the ``patched`` call
+    (``step``: that step's number; by default the number after the step before it). Without
+    it, a journal holding steps past that point replays the old branch.
+    """
+    if not isinstance(change_id, str) or not change_id:
+        raise TypeError(f"a change id is a non-empty string, not {change_id!r}")
+    if step is not None and step < 1:
+        raise ValueError(f"step numbers start at 1, not {step}")
+    return pb.JournalEntry(kind=pb.ENTRY_KIND_PATCH, step=step or 0, name=change_id)
+
+
 # -- running a workflow ------------------------------------------------------------------------
 
 
@@ -313,7 +329,7 @@ async def replay_workflow(
         except Exception as e:  # noqa: BLE001 - the workflow's failure is the result
             error = e
     if ctx.steps.nondeterminism is not None:
-        error = ctx.steps.nondeterminism  # the engine fails the invocation even if it was caught
+        error = ctx.steps.nondeterminism  # the engine blocks the invocation even if it was caught
     if error is not None:
         output = None
 
@@ -322,7 +338,7 @@ async def replay_workflow(
         error=error,
         new_entries=tuple(memory.entries),
         replayed_steps=machine.replayed,
-        executed_steps=len(memory.entries),
+        executed_steps=sum(1 for e in memory.entries if e.kind in STEP_KINDS),
         calls=tuple(recorded),
         waiting_for=tuple(w.what for w in memory.waits),
         submissions=tuple(memory.submissions),
@@ -374,6 +390,9 @@ class _MemoryJournal:
 
     def check_step(self) -> None:
         pass
+
+    def diverged(self) -> None:
+        pass  # reported after the run (WorkflowRun.error), as the engine would block it
 
     async def append_step(self, entry: pb.JournalEntry) -> None:
         stored = pb.JournalEntry()
@@ -437,6 +456,8 @@ def _numbered(journal: Sequence[pb.JournalEntry]) -> list[pb.JournalEntry]:
         entry.CopyFrom(given)
         if not entry.index:
             entry.index = position
+        if entry.kind == pb.ENTRY_KIND_PATCH and entry.step <= 0:
+            entry.step = previous + 1  # a marker names the step after it
         if entry.kind in STEP_KINDS:
             if entry.step <= 0:
                 entry.step = previous + 1

@@ -7,13 +7,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from durable_core import _codec
-from durable_core._journal import STEP_KINDS, kind_name
+from durable_core._journal import STEP_KINDS, code_of, kind_name
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core.errors import DurableError
 from durable_core.views._format import from_ms, iso
 from durable_core.views._model import (
     Attempt,
     BodyRetry,
+    CodeDict,
     FailureDict,
     InvocationView,
     StepState,
@@ -103,7 +104,28 @@ def describe(
         steps=_steps(journal, terminal=terminal, now_ms=now_ms, types=types),
         retries=_retries(journal),
         history=tuple(history),
+        blocked_reason=state.blocked_reason if status == "blocked" else "",
+        pinned_version=state.pinned_version,
+        ran_on=_ran_on(journal),
     )
+
+
+def _ran_on(journal: Sequence[pb.JournalEntry]) -> tuple[CodeDict, ...]:
+    """Each code that ran the invocation (named by CLAIMs and a fresh start's first entry),
+    in order, once per change."""
+    out: list[CodeDict] = []
+    for e in journal:
+        code = code_of(e)
+        if code is None:
+            continue
+        named: CodeDict = {
+            "plugin": code.package,
+            "version": code.version,
+            "fingerprint": code.fingerprint,
+        }
+        if not out or out[-1] != named:
+            out.append(named)
+    return tuple(out)
 
 
 def _steps(
@@ -300,7 +322,8 @@ def _history(state: pb.ExecutionState, journal: Sequence[pb.JournalEntry]) -> li
             add(_FINAL_STATUS[kind], e.timestamp_ms)
             last_processor = kind
         elif kind == pb.ENTRY_KIND_SUSPENDED:
-            add("paused" if paused else "suspended", e.timestamp_ms)
+            blocked = e.failure.type == "NonDeterminismError"  # the run diverged: see _block
+            add("blocked" if blocked else "paused" if paused else "suspended", e.timestamp_ms)
             last_processor = kind
         elif kind == pb.ENTRY_KIND_PAUSE_REQUEST:
             paused = True

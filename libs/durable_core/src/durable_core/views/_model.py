@@ -15,6 +15,7 @@ __all__ = [
     "Attempt",
     "AttemptDict",
     "BodyRetry",
+    "CodeDict",
     "FailureDict",
     "InvocationDict",
     "InvocationView",
@@ -31,10 +32,11 @@ __all__ = [
 ACTIONS: dict[str, frozenset[str]] = {
     "pause": frozenset({"pending", "running", "suspended"}),
     "resume": frozenset({"paused"}),
-    "cancel": frozenset({"pending", "running", "suspended", "paused"}),
+    "cancel": frozenset({"pending", "running", "suspended", "paused", "blocked"}),
     "retry": frozenset({"failed"}),
     "rerun": frozenset({"completed", "failed", "cancelled"}),
-    "fork": frozenset({"completed", "failed", "cancelled"}),
+    # A blocked invocation's fork replaces it (the original is cancelled): see client.fork.
+    "fork": frozenset({"completed", "failed", "cancelled", "blocked"}),
 }
 
 # -- the JSON shape ------------------------------------------------------------------------------
@@ -99,6 +101,14 @@ class RetryDict(TypedDict):
     retried_at: Time
 
 
+class CodeDict(TypedDict):
+    """The workflow code a processor ran the invocation on (from the journal)."""
+
+    plugin: Annotated[str, "the plugin package"]
+    version: Annotated[str, "the package's version"]
+    fingerprint: Annotated[str, "SHA-256 of the workflow's source files"]
+
+
 class TransitionDict(TypedDict):
     """A status change, or a request that came in (note), at the journal's time."""
 
@@ -113,7 +123,9 @@ class InvocationDict(TypedDict):
 
     invocation_id: str
     workflow: str
-    status: Annotated[str, "pending, running, paused, suspended, completed, failed, cancelled"]
+    status: Annotated[
+        str, "pending, running, paused, suspended, blocked, completed, failed, cancelled"
+    ]
     args: Annotated[Any, "the arguments it was called with, as JSON"]
     output: Any
     failure: FailureDict | None
@@ -132,6 +144,14 @@ class InvocationDict(TypedDict):
     forked_from: str | None
     fork_from_step: int | None
     rerun_of: str | None
+    blocked_reason: Annotated[
+        str | None, "blocked: where the replay diverged from the journal, and what it waits for"
+    ]
+    pinned_version: Annotated[
+        str | None, "the version token (v-...) of the code its commands are routed to"
+    ]
+    started_on: Annotated[CodeDict | None, "the code the invocation started on"]
+    ran_on: Annotated[list[CodeDict], "every code that ran it, in order (one per change)"]
     actions: Annotated[list[str], "pause, resume, cancel, retry, rerun, fork: those legal now"]
     steps: list[StepDict]
     retries: list[RetryDict]
@@ -311,6 +331,14 @@ class InvocationView:
     steps: tuple[StepView, ...]
     retries: tuple[BodyRetry, ...]
     history: tuple[Transition, ...]
+    blocked_reason: str = ""
+    pinned_version: str = ""
+    ran_on: tuple[CodeDict, ...] = ()
+
+    @property
+    def started_on(self) -> CodeDict | None:
+        """The code the invocation started on (None: the journal does not say)."""
+        return self.ran_on[0] if self.ran_on else None
 
     @property
     def actions(self) -> tuple[str, ...]:
@@ -356,6 +384,10 @@ class InvocationView:
             "forked_from": self.forked_from or None,
             "fork_from_step": self.fork_from_step or None,
             "rerun_of": self.rerun_of or None,
+            "blocked_reason": self.blocked_reason or None,
+            "pinned_version": self.pinned_version or None,
+            "started_on": self.started_on,
+            "ran_on": list(self.ran_on),
             "actions": list(self.actions),
             "steps": [s.to_dict() for s in self.steps],
             "retries": [r.to_dict() for r in self.retries],

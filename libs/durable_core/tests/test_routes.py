@@ -1,0 +1,80 @@
+"""A processor's consumers, one per workflow and route, fetched together (issue 16)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
+
+import pytest
+import pytest_asyncio
+
+from durable_core import EngineConfig
+from durable_core._pb.durable.v1 import durable_pb2 as pb
+from durable_core._transport import Transport
+from durable_core.config import NatsConfig, WorkerConfig
+from durable_core.testing import NatsServer
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[NatsServer]:
+    with NatsServer() as s:
+        yield s
+
+
+@pytest_asyncio.fixture
+async def transport(server: NatsServer) -> AsyncIterator[Transport]:
+    engine = EngineConfig(prefix="rt" + uuid.uuid4().hex[:8])
+    t = await Transport.connect(NatsConfig.from_url(server.url), engine, create=True)
+    try:
+        yield t
+    finally:
+        await t.close()
+
+
+def start(invocation_id: str, workflow: str, route: str = "") -> pb.Command:
+    return pb.Command(
+        invocation_id=invocation_id, workflow=workflow, kind=pb.COMMAND_KIND_START, route=route
+    )
+
+
+async def test_each_consumer_gets_only_its_workflows_commands(transport: Transport) -> None:
+    cfg = WorkerConfig(max_concurrent=10, ack_wait=timedelta(seconds=30))
+    mine = await transport.command_consumer(cfg, [("a", ""), ("a", "v-0123456789abcdef")])
+    for i, (wf, route) in enumerate([("a", ""), ("b", ""), ("a", "v-0123456789abcdef")]):
+        await transport.publish_command(start(f"i{i}", wf, route), msg_id=f"start:i{i}")
+    got = []
+    for _ in range(5):
+        for d in await mine.fetch(10, timeout=0.5):
+            cmd = pb.Command.FromString(d.data)
+            got.append((cmd.invocation_id, transport.names.route_of(d.subject)))
+            await d.ack()
+    assert sorted(got) == [("i0", ("a", "any")), ("i2", ("a", "v-0123456789abcdef"))]
+    pending, _, _ = await transport.consumer_stats("processor")
+    assert pending == 0  # b's command waits in the stream: no consumer of b exists
+    await mine.close()
+
+
+async def test_a_busy_workflow_does_not_starve_another(transport: Transport) -> None:
+    """With one free slot and 40 commands of ``busy`` queued first, the one command of
+    ``quiet`` is among the first few taken, not the 41st."""
+    cfg = WorkerConfig(max_concurrent=1, ack_wait=timedelta(seconds=30))
+    routes = [("busy", ""), ("quiet", ""), *((f"idle{i}", "") for i in range(6))]
+    consumers = await transport.command_consumer(cfg, routes)
+    for i in range(40):
+        await transport.publish_command(start(f"b{i}", "busy"), msg_id=f"start:b{i}")
+    await transport.publish_command(start("q", "quiet"), msg_id="start:q")
+    order: list[str] = []
+    for _ in range(50):
+        if "q" in order:
+            break
+        for d in await consumers.fetch(1, timeout=1.0):
+            order.append(pb.Command.FromString(d.data).invocation_id)
+            await d.ack()
+    assert "q" in order and order.index("q") < 5, order
+    await consumers.close()
+
+
+async def test_a_command_without_a_workflow_is_refused_at_publish(transport: Transport) -> None:
+    with pytest.raises(Exception, match="names no workflow"):
+        await transport.publish_command(start("x", ""), msg_id="start:x")
