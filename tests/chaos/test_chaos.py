@@ -24,7 +24,8 @@ half the time, while the nemesis kills and stalls processors, kills leaders and 
 wide run on a fleet of two plugin sets (``MIXED_FLEET``: p1 lacks the chaos workflows); on top
 of the checker's verdict, no journal entry may come from a processor without its workflow.
 
-``make test`` runs N = 100; ``make chaos`` runs N = 1,000. ``CHAOS_SEED`` replays a fault
+``make test`` runs N = 100, where the wide scenario runs only on the mixed fleet (``WIDE_FROM_N``);
+``make chaos`` runs N = 1,000 and all three. ``CHAOS_SEED`` replays a fault
 schedule and the workload; see ``run_settings.py`` for the other settings. Each run writes its
 process logs, the service's call records and the summary to
 ``test-artifacts/chaos/<time>-seed<seed>-*/``, removed when the run passes (``CHAOS_KEEP=1``
@@ -95,6 +96,11 @@ NO_SCHEDULER = Scenario(
     ("kill_processor", "pause_processor", "kill_leader", "restart_service"),
 )
 
+# `make test` (N = 100) runs the wide workload once, on the mixed fleet: it checks what the wide
+# run checks and routing too, and the suite's 20-minute budget has no room for both; from this
+# N on (`make chaos`), or with CHAOS_ALL=1, both run.
+WIDE_FROM_N = 500
+
 # Issue 16: two plugin sets. p1 lacks the chaos workflows (chaos_waits, its child chaos_charge,
 # the careless and reckless orders): routing must keep their commands (starts, wake-ups,
 # timers, re-drives, turns of shared keys) away from it, while it takes its share of orders.
@@ -124,6 +130,12 @@ def _code_version() -> str:
 async def test_nothing_lost_or_done_twice_under_chaos(
     chaos_cluster: ChaosCluster, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    if SETTINGS.n < WIDE_FROM_N and not os.environ.get("CHAOS_ALL"):
+        pytest.skip(
+            f"N={SETTINGS.n}: the suite runs this workload on the mixed fleet (below), which "
+            f"checks all this checks and routing too; `make chaos` (N>={WIDE_FROM_N}) or "
+            "CHAOS_ALL=1 runs both"
+        )
     await _scenario(WIDE, chaos_cluster, capsys)
 
 
