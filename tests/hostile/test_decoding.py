@@ -566,8 +566,9 @@ def _acceptable(data: bytes) -> bool:
         check_invocation_id(cmd.invocation_id)
         if cmd.kind not in (pb.COMMAND_KIND_START, pb.COMMAND_KIND_WAKE):
             return False
-        if cmd.workflow:
-            check_workflow_name(cmd.workflow)
+        if not cmd.workflow:
+            return False  # it cannot be routed (issue 16): malformed
+        check_workflow_name(cmd.workflow)
         if cmd.partition_key:
             encode_partition_key(cmd.partition_key)
     except InvalidInputError:
@@ -591,6 +592,11 @@ garbage_commands = st.one_of(
 @example(data=pb.Command(invocation_id="a.b", workflow="hello_workflow").SerializeToString())
 @example(data=pb.Command(invocation_id="x" * 129).SerializeToString())
 @example(data=pb.Command(invocation_id="ok-id", kind=pb.COMMAND_KIND_START).SerializeToString())
+@example(
+    data=pb.Command(
+        invocation_id="ok-id", workflow="hello_workflow", kind=pb.COMMAND_KIND_START
+    ).SerializeToString()
+)
 def test_worker_terminates_malformed_commands_before_touching_nats(data: bytes) -> None:
     settled, accepted = _handle(data)
     if _acceptable(data):

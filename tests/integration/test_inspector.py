@@ -466,6 +466,14 @@ async def test_ui_waits_signals_and_schedules_in_chromium(
             await expect(row).to_have_count(0)
             assert [s.name for s in await client.list_schedules()] == ["nightly"]
 
+            # Issue 16: the fleet page names the live processor and what it serves, both ways.
+            await page.goto(f"{inspector.url}/fleet")
+            hello = page.locator('table.fleet-workflows tr[data-workflow="hello_workflow"]')
+            await expect(hello).to_contain_text("p-ui2")
+            await expect(hello).to_contain_text("durable-hello-workflow")
+            proc = page.locator('table.fleet-processors tr[data-processor="p-ui2"]')
+            await expect(proc).to_contain_text("expense_approval")
+
             # The list, for the record.
             await page.goto(f"{inspector.url}/")
             await expect(page.locator(f'tr[data-id="{held}"] .badge')).to_have_text("suspended")
