@@ -6,8 +6,7 @@ run. ``CommandConsumers`` keeps one pull request open per consumer and shares th
 among them: a consumer whose last request brought nothing asks for one command, the others
 split the rest, and the order in which they ask rotates, so a busy workflow cannot starve
 another. The requests together never ask for more than the free slots; with fewer slots than
-consumers, the requests are short (``_SHORT_POLL``), the busy consumers share three quarters
-of the slots and the rest goes round the idle ones in turn.
+consumers, the requests are short (``_SHORT_POLL``) so the slots go round quickly.
 """
 
 from __future__ import annotations
@@ -36,7 +35,6 @@ class CommandConsumers:
         self._queue = queue
         self.consumers = list(consumers)
         self._turn = 0  # which consumer asks first next time
-        self._scarce = 0  # asks with fewer free slots than consumers needing a request
         self._started = time.monotonic()
 
     @property
@@ -109,27 +107,10 @@ class CommandConsumers:
         if room <= 0 or not needing:
             return
         if room < len(needing):
-            # Scarce slots: the consumers that brought work last time share most of them, so
-            # one busy workflow is not fed one command per turn of every consumer (36
-            # consumers, 20 slots: ~11 commands/s); a quarter of the slots (at least one every
-            # fourth ask) goes round the idle ones in turn, so a command of a quiet workflow
-            # still waits only a few turns of _SHORT_POLL.
-            self._scarce += 1
-            busy = [i for i in needing if not self.consumers[i].idle]
-            idle = [i for i in needing if self.consumers[i].idle]
-            every_fourth = 1 if self._scarce % 4 == 0 else 0
-            rotating = min(len(idle), room if not busy else max(room // 4, every_fourth))
-            chosen = idle[:rotating]
-            # The turn moves on every time, past the idle ones asked, so the busy ones take
-            # turns too.
-            self._turn = ((chosen[-1] + 1) if chosen else (self._turn + 1)) % k
+            chosen = needing[:room]
+            self._turn = (chosen[-1] + 1) % k
             for i in chosen:
                 await self.consumers[i].request(1, _SHORT_POLL)
-            room -= len(chosen)
-            for n, i in enumerate(busy[:room]):
-                share = max(1, min(room // (min(len(busy), room) - n), _MAX_BATCH))
-                room -= share
-                await self.consumers[i].request(share, _SHORT_POLL)
             return
         self._turn = (self._turn + 1) % k
         idle = [i for i in needing if self.consumers[i].idle]
