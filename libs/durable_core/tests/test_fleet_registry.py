@@ -6,18 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 
 import pytest
-import pytest_asyncio
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from durable_core import (
     Context,
-    EngineConfig,
-    NatsConfig,
     NotFoundError,
     UnknownWorkflowError,
     WorkflowRegistry,
@@ -30,7 +25,7 @@ from durable_core._types import TypeResolver, descriptor_set, message_types, pub
 from durable_core.client import Client
 from durable_core.engine._fleet import FleetMember
 from durable_core.fleet import FleetCache, FleetView, ProcessorInfo, ServedWorkflow, read_fleet
-from durable_core.testing import NatsServer, assert_eventually_async
+from durable_core.testing import assert_eventually_async
 from durable_core.views import describe
 from durable_examples.hello.v1.hello_pb2 import HelloRequest, HelloResponse
 from durable_examples.hello.v1.hello_pb2_grpc import HelloServiceStub
@@ -45,22 +40,6 @@ async def greet(ctx: Context, name: str) -> str:
 
 async def typed(ctx: Context, req: HelloRequest) -> HelloResponse:
     return HelloResponse(message=req.name)
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[NatsServer]:
-    with NatsServer() as s:
-        yield s
-
-
-@pytest_asyncio.fixture
-async def transport(server: NatsServer) -> AsyncIterator[Transport]:
-    engine = EngineConfig(prefix="f" + uuid.uuid4().hex[:8])
-    t = await Transport.connect(NatsConfig.from_url(server.url), engine, create=True)
-    try:
-        yield t
-    finally:
-        await t.close()
 
 
 def registry(*fns: object) -> WorkflowRegistry:

@@ -2,34 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 
 import pytest
-import pytest_asyncio
 
-from durable_core import EngineConfig
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import Transport
-from durable_core.config import NatsConfig, WorkerConfig
-from durable_core.testing import NatsServer
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[NatsServer]:
-    with NatsServer() as s:
-        yield s
-
-
-@pytest_asyncio.fixture
-async def transport(server: NatsServer) -> AsyncIterator[Transport]:
-    engine = EngineConfig(prefix="rt" + uuid.uuid4().hex[:8])
-    t = await Transport.connect(NatsConfig.from_url(server.url), engine, create=True)
-    try:
-        yield t
-    finally:
-        await t.close()
+from durable_core.config import WorkerConfig
 
 
 def start(invocation_id: str, workflow: str, route: str = "") -> pb.Command:

@@ -47,8 +47,10 @@ def version_token(package: str, version: str) -> str:
     return f"v-{digest[:16]}"
 
 
+@functools.cache
 def code_identity(fn: Callable[..., Any], *, version: str = "") -> CodeIdentity:
-    """The package, version and source fingerprint of the workflow function ``fn``."""
+    """The package, version and source fingerprint of the workflow function ``fn`` (worked
+    out once per function and version)."""
     module_name = getattr(fn, "__module__", "") or ""
     top = module_name.partition(".")[0] or "__main__"
     dist = _distribution_of(top)

@@ -115,11 +115,13 @@ def descriptor_set(desc: Descriptor) -> bytes:
 
 async def publish_types(t: Transport, types: Mapping[str, Descriptor]) -> int:
     """Store the descriptors of ``types`` (only those absent or changed); how many written."""
-    written = 0
-    for name, desc in sorted(types.items()):
-        if await t.put_type_record(name, descriptor_set(desc)):
-            written += 1
-    return written
+    per_file: dict[str, bytes] = {}  # the messages of one file share its descriptor set
+    records: dict[str, bytes] = {}
+    for name, desc in types.items():
+        if desc.file.name not in per_file:
+            per_file[desc.file.name] = descriptor_set(desc)
+        records[name] = per_file[desc.file.name]
+    return await t.put_type_records(records)
 
 
 class TypeResolver:

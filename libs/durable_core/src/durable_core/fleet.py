@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -60,14 +60,7 @@ class ServedWorkflow:
 
     def to_dict(self) -> dict[str, str]:
         """The record's fields as JSON."""
-        return {
-            "name": self.name,
-            "plugin": self.plugin,
-            "package": self.package,
-            "version": self.version,
-            "fingerprint": self.fingerprint,
-            "token": self.token,
-        }
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,12 +108,7 @@ class ProcessorInfo:
             rec = json.loads(data)
             workflows = tuple(
                 ServedWorkflow(
-                    str(w["name"]),
-                    str(w.get("plugin", "")),
-                    str(w.get("package", "")),
-                    str(w.get("version", "")),
-                    str(w.get("fingerprint", "")),
-                    str(w.get("token", "")),
+                    str(w["name"]), *(str(w.get(f.name, "")) for f in fields(ServedWorkflow)[1:])
                 )
                 for w in rec.get("workflows", [])
             )

@@ -60,7 +60,14 @@ class Workflow:
     input_type: Any = None
     output_type: Any = None
     retry: RetryPolicy | None = None
-    code: CodeIdentity = CodeIdentity("", "0", "")
+    version: str = ""  # the registration's version, if it gave one (see ``code``)
+
+    @property
+    def code(self) -> CodeIdentity:
+        """The code it runs on: package, version, source fingerprint (``durable_core._code``;
+        worked out on first use, not at registration: a CLI or a client that loads plugins
+        never needs it)."""
+        return code_identity(self.fn, version=self.version)
 
 
 def workflow_signature(fn: Callable[..., Any]) -> tuple[bool, Any, Any]:
@@ -127,7 +134,7 @@ class WorkflowRegistry:
             input_type,
             output_type,
             retry,
-            code_identity(fn, version=version),
+            version,
         )
         if wf_name != fn.__name__:
             fn.__durable_workflow__ = wf_name  # type: ignore[attr-defined] # client.invoke(fn)

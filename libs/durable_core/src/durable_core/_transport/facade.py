@@ -470,7 +470,12 @@ class Transport:
 
     async def put_type_record(self, full_name: str, data: bytes) -> bool:
         """Store the FileDescriptorSet of ``full_name`` unless it is stored as is."""
-        return await self._fleet.put_type_record(full_name, data)
+        return await self.put_type_records({full_name: data}) > 0
+
+    async def put_type_records(self, records: dict[str, bytes]) -> int:
+        """Store FileDescriptorSets by full message name, those not stored as they are; how
+        many were written."""
+        return await self._fleet.put_type_records(records)
 
     # -- run locks of redelivered commands -------------------------------------------------
 

@@ -11,7 +11,6 @@ Both are created by processors; readers bind, and a missing bucket reads as empt
 
 from __future__ import annotations
 
-import asyncio
 import math
 
 import nats.js.errors
@@ -19,6 +18,7 @@ from nats.js.kv import KeyValue
 
 from durable_core._transport.connection import Link
 from durable_core._transport.provision import Provisioner
+from durable_core._transport.records import watch_bucket
 
 __all__ = ["FleetRecords"]
 
@@ -93,23 +93,25 @@ class FleetRecords:
         if kv is None:
             self._fleet = None  # look again next time: a processor may create it
             return {}
+        return await self._records(kv, "read the fleet registry")
+
+    async def _records(self, kv: KeyValue, what: str) -> dict[str, bytes]:
+        """Every live key of ``kv`` with its value, from one snapshot watch
+        (:func:`watch_bucket`), not a listing and one get per key."""
 
         async def read() -> dict[str, bytes]:
-            try:
-                keys = list(await kv.keys())
-            except nats.js.errors.NoKeysError:
-                return {}
+            out: dict[str, bytes] = {}
+            async for item in watch_bucket(kv):
+                if item is None:
+                    return out
+                key, value, _ = item
+                if value is None:
+                    out.pop(key, None)
+                else:
+                    out[key] = value
+            return out
 
-            async def one(key: str) -> bytes | None:
-                try:
-                    return (await kv.get(key)).value
-                except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
-                    return None  # expired or removed since the listing
-
-            values = await asyncio.gather(*(one(k) for k in keys))
-            return {k: v for k, v in zip(keys, values, strict=True) if v}
-
-        return await self._link.retry("read the fleet registry", read)
+        return await self._link.retry(what, read)
 
     # -- message types ---------------------------------------------------------------------
 
@@ -128,11 +130,17 @@ class FleetRecords:
 
         return await self._link.retry(f"read descriptors of {name}", get)
 
-    async def put_type_record(self, name: str, data: bytes) -> bool:
-        """Store the descriptors of ``name`` unless the same are stored; True if written."""
+    async def put_type_records(self, records: dict[str, bytes]) -> int:
+        """Store the descriptors of each name in ``records`` unless the same are stored (all
+        stored ones read in one batched get); how many were written."""
         kv = await self._types_bucket(create=True)
         assert kv is not None
-        if await self.type_record(name) == data:
-            return False
-        await self._link.retry(f"write descriptors of {name}", lambda: kv.put(name, data))
-        return True
+        stored = await self._records(kv, "read the type registry")
+        changed = {name: data for name, data in sorted(records.items()) if stored.get(name) != data}
+        for name, data in changed.items():
+
+            async def put(name: str = name, data: bytes = data) -> None:
+                await kv.put(name, data)
+
+            await self._link.retry(f"write descriptors of {name}", put)
+        return len(changed)

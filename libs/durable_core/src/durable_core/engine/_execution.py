@@ -153,10 +153,10 @@ class Execution:
         notify(self.env.interceptors, event)
 
     def _code_here(self) -> CodeIdentity | None:
-        """The code this processor runs the invocation's workflow on (None: not known here)."""
-        name = self.cmd.workflow or (self.state.state.workflow if self.state is not None else "")
+        """The code this processor runs the invocation's workflow on (None: not served here;
+        the worker hands such a command on before it runs)."""
         registry = self.env.registry
-        return registry.get(name).code if name in registry else None
+        return registry.get(self.cmd.workflow).code if self.cmd.workflow in registry else None
 
     def due_ms(self) -> int:
         """When the invocation was due: its delayed start, else its creation."""
@@ -251,8 +251,6 @@ class Execution:
 
     async def _run(self) -> None:
         self.state = await self.t.get_state(self.id)
-        if self.journal.code is None:
-            self.journal.code = self._code_here()
         st = self.state.state if self.state is not None else None
         if st is None and self.cmd.kind == pb.COMMAND_KIND_WAKE:
             log.warning("wake-up for unknown invocation %s; dropping it", self.id)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import importlib.metadata
 import logging
 import os
 import re
@@ -32,13 +31,6 @@ __all__ = ["FleetMember"]
 log = logging.getLogger("durable_core.worker")
 
 DEFAULT_TTL = 15.0  # seconds, when the processor runs without a lease
-
-
-def _core_version() -> str:
-    try:
-        return importlib.metadata.version("durable-core")
-    except importlib.metadata.PackageNotFoundError:
-        return "0"
 
 
 class FleetMember:
@@ -61,6 +53,8 @@ class FleetMember:
         self.registry = registry
         self.ttl = ttl or DEFAULT_TTL
         self.services = tuple(services)
+        from durable_core import __version__  # the package imports this module
+
         base = re.sub(r"[^A-Za-z0-9_=-]", "_", processor_id)[:200]
         self.key = f"{base}.{secrets.token_hex(4)}"  # per process start, like the lease's
         self.registered = False
@@ -69,7 +63,7 @@ class FleetMember:
             processor=processor_id,
             host=socket.gethostname(),
             pid=os.getpid(),
-            core_version=_core_version(),
+            core_version=__version__,
             ttl=self.ttl,
             started_at=datetime.now(UTC),
             workflows=tuple(ServedWorkflow.of(wf) for wf in sorted(registry, key=lambda w: w.name)),

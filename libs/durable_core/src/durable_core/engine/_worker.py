@@ -206,9 +206,7 @@ class Worker:
         invocation pinned to the code it started on)."""
         out: list[tuple[str, str]] = []
         for wf in self.registry:
-            out.append((wf.name, ANY_ROUTE))
-            if wf.code.token != ANY_ROUTE:
-                out.append((wf.name, wf.code.token))
+            out += [(wf.name, ANY_ROUTE), (wf.name, wf.code.token)]
         return out
 
     def stop(self) -> None:
