@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from durable_core import Client, Context, EngineConfig, NatsConfig, Worker, WorkerConfig
+from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import Transport
 from durable_core.plugins import WorkflowRegistry
 from durable_core.testing import NatsCluster, ProcessStack, assert_eventually_async, free_port
@@ -53,6 +54,46 @@ async def test_max_concurrent_executions_really_run_at_once(
         results = await asyncio.gather(*(client.wait(i, timeout=60) for i in ids))
         assert all(r.status == "completed" for r in results)
         assert peak == 4  # never more than max_concurrent, and really that many at once
+    finally:
+        worker.stop()
+        await task
+        await transport.close()
+
+
+async def test_an_entry_landing_as_the_run_suspends_reruns_it(
+    cluster: NatsCluster, engine: EngineConfig, client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A signal journaled between a run's decision to suspend and its SUSPENDED append: the
+    append's conflict reruns the workflow with the signal (it completes on this delivery).
+    Before the fix the rerun signal escaped ``_suspend``, the execution task crashed (seen in
+    the soak) and the command waited for its ack wait to run again."""
+
+    async def waits(ctx: Context) -> str:
+        return str(await ctx.wait_for_signal("go"))
+
+    registry = WorkflowRegistry()
+    registry.register(waits)
+    transport = await Transport.connect(NatsConfig.from_url(cluster.url), engine, create=True)
+    real_append = transport.append
+    signalled: list[str] = []
+
+    async def append_after_a_signal(invocation_id: str, entry, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if entry.kind == pb.ENTRY_KIND_SUSPENDED and not signalled:
+            signalled.append(invocation_id)
+            await client.signal(invocation_id, "go", "now")  # lands first
+        return await real_append(invocation_id, entry, *args, **kwargs)
+
+    transport.append = append_after_a_signal  # type: ignore[method-assign]
+    worker = Worker(transport, registry, WorkerConfig(ack_wait=timedelta(seconds=30)))
+    task = asyncio.create_task(worker.run())
+    try:
+        await asyncio.wait_for(worker.consuming.wait(), 20)
+        inv = await client.invoke_async("waits")
+        result = await client.wait(inv, timeout=20)  # not ack_wait (30 s) later
+        assert signalled == [inv]
+        assert (result.status, result.output) == ("completed", "now")
+        crashed = [r for r in caplog.records if "execution task crashed" in r.getMessage()]
+        assert not crashed, crashed[0].getMessage()
     finally:
         worker.stop()
         await task

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import pytest
 
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import Transport
+from durable_core._transport.delivery import Delivery
 from durable_core.config import WorkerConfig
 
 
@@ -57,3 +59,37 @@ async def test_a_busy_workflow_does_not_starve_another(transport: Transport) -> 
 async def test_a_command_without_a_workflow_is_refused_at_publish(transport: Transport) -> None:
     with pytest.raises(Exception, match="names no workflow"):
         await transport.publish_command(start("x", ""), msg_id="start:x")
+
+
+async def test_an_idle_route_keeps_no_slot_from_busy_work(transport: Transport) -> None:
+    """``max_concurrent=4``, one workflow on two routes, twelve commands on one: runs of
+    0.4 s each (acked when done, as a processor does) really run four at once. An idle
+    consumer's request reserves a slot; a long one (one second) kept a quarter of the slots
+    from the busy route, and at most three ran at once."""
+    cfg = WorkerConfig(max_concurrent=4, ack_wait=timedelta(seconds=30))
+    consumers = await transport.command_consumer(cfg, [("a", ""), ("a", "v-0123456789abcdef")])
+    for i in range(12):
+        await transport.publish_command(start(f"a{i}", "a"), msg_id=f"start:a{i}")
+    running: set[asyncio.Task[None]] = set()
+    peak, done = 0, 0
+
+    async def run(d: Delivery) -> None:
+        await asyncio.sleep(0.4)
+        await d.ack()
+
+    async with asyncio.timeout(20):
+        while done < 12:
+            free = cfg.max_concurrent - len(running)
+            if free <= 0:
+                finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                running -= finished
+                done += len(finished)
+                continue
+            for d in await consumers.fetch(free, timeout=0.1):
+                running.add(asyncio.create_task(run(d)))
+            peak = max(peak, len(running))
+            finished = {t for t in running if t.done()}
+            running -= finished
+            done += len(finished)
+    assert peak == 4
+    await consumers.close()

@@ -167,6 +167,9 @@ async def connect_nats(cfg: NatsConfig) -> NatsClient:
         "disconnected_cb": on_disconnect,
         "reconnected_cb": on_reconnect,
         "pending_size": 64 * 1024 * 1024,
+        # A clean close (drain) that waits longer than this closes anyway: nats-py's 30 s
+        # default could keep a SIGTERMed process alive past its shutdown grace.
+        "drain_timeout": 5,
     }
     if cfg.user:
         opts["user"] = cfg.user

@@ -215,7 +215,7 @@ class CommandConsumer:
         self._done: list[Any] = []  # subscriptions of requests that are over
         self.answered_at = time.monotonic()  # the server's last delivery or request expiry
         self.trouble = ""  # the last status that ended a pull request abnormally
-        self.idle = False  # its last request expired without bringing anything
+        self.idle = True  # nothing brought yet, or its last request expired empty
 
     @property
     def expires(self) -> float:

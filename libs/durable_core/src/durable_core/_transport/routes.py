@@ -2,11 +2,18 @@
 
 Commands are routed by subject (``<prefix>.cmd.<workflow>.<route>.<key>``) and each processor
 binds only the consumers of the workflows it has, so it is never delivered a command it cannot
-run. ``CommandConsumers`` keeps one pull request open per consumer and shares the free slots
-among them: a consumer whose last request brought nothing asks for one command, the others
-split the rest, and the order in which they ask rotates, so a busy workflow cannot starve
-another. The requests together never ask for more than the free slots; with fewer slots than
-consumers, the requests are short (``_SHORT_POLL``) so the slots go round quickly.
+run. ``CommandConsumers`` keeps at most one pull request open per consumer and shares the free slots
+among them, never asking for more than are free (``max_concurrent`` is what really runs):
+
+- A quiet processor (no consumer brought work lately): each consumer holds a long request for
+  one command; with fewer slots than consumers they take turns with short ones.
+- Work flowing: the consumers that bring work share the slots, in batches, with long
+  requests. The idle ones are only *probed*: a short request (``_SHORT_POLL``) for one, at
+  most a quarter of the free slots (with one or two slots, every fourth ask), round them in
+  turn. A probe gives its slot back within ``_SHORT_POLL``, so an idle consumer never keeps a
+  slot from busy work for long (a long request would: ``max_concurrent=4`` with one idle
+  route ran 3 at once), and a quiet workflow's command is still taken within a few turns:
+  a busy workflow cannot starve another.
 """
 
 from __future__ import annotations
@@ -25,7 +32,8 @@ __all__ = ["CommandConsumers"]
 log = logging.getLogger("durable_core.transport")
 
 _MAX_BATCH = 256
-_SHORT_POLL = 0.05  # seconds a request stays open while the slots go round the consumers
+_SHORT_POLL = 0.05  # seconds a probe (or a turn of a scarce slot) stays open
+_PROBE_EVERY = 4  # with fewer than four free slots, every fourth ask probes an idle consumer
 
 
 class CommandConsumers:
@@ -35,6 +43,7 @@ class CommandConsumers:
         self._queue = queue
         self.consumers = list(consumers)
         self._turn = 0  # which consumer asks first next time
+        self._since_probe = _PROBE_EVERY  # asks for busy consumers since an idle one's probe
         self._started = time.monotonic()
 
     @property
@@ -92,12 +101,8 @@ class CommandConsumers:
         return out
 
     async def _ask(self, free: int, now: float) -> None:
-        """Open a request on each consumer that has none, within the free slots.
-
-        Enough slots: those that found nothing last time ask for one, the others share what
-        is left evenly. Fewer slots than consumers without a request: the next ones in turn
-        ask for one each, briefly (``_SHORT_POLL``), and the turn moves on past them.
-        """
+        """Open a request on consumers that have none, within the free slots (see the
+        module's docstring)."""
         k = len(self.consumers)
         if not k:
             return
@@ -106,22 +111,35 @@ class CommandConsumers:
         needing = [i for i in order if not self.consumers[i].outstanding(now)]
         if room <= 0 or not needing:
             return
-        if room < len(needing):
-            chosen = needing[:room]
-            self._turn = (chosen[-1] + 1) % k
-            for i in chosen:
-                await self.consumers[i].request(1, _SHORT_POLL)
+        if all(c.idle for c in self.consumers):
+            if room >= len(needing):
+                for i in needing:
+                    await self.consumers[i].request(1)
+                self._turn = (self._turn + 1) % k
+            else:
+                await self._in_turn(needing[:room], k)
             return
-        self._turn = (self._turn + 1) % k
         idle = [i for i in needing if self.consumers[i].idle]
         busy = [i for i in needing if not self.consumers[i].idle]
-        room -= len(idle)
-        for i in idle:
-            await self.consumers[i].request(1)
-        for n, i in enumerate(busy):
-            share = max(1, min(room // (len(busy) - n), _MAX_BATCH))
+        probes = min(len(idle), room // 4 if busy else room)
+        if busy and not probes and idle:
+            self._since_probe += 1
+            if self._since_probe >= _PROBE_EVERY:
+                probes = 1
+        if probes:
+            self._since_probe = 0
+            await self._in_turn(idle[:probes], k)
+            room -= probes
+        for n, i in enumerate(busy[:room]):
+            share = max(1, min(room // (min(len(busy), room) - n), _MAX_BATCH))
             room -= share
             await self.consumers[i].request(share)
+
+    async def _in_turn(self, chosen: list[int], k: int) -> None:
+        """Short requests for one command each; the turn moves past them."""
+        for i in chosen:
+            await self.consumers[i].request(1, _SHORT_POLL)
+        self._turn = (chosen[-1] + 1) % k
 
     async def close(self) -> None:
         """Stop taking commands; those delivered but never fetched go back at once."""

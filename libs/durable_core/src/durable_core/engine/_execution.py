@@ -459,16 +459,18 @@ class Execution:
         while True:
             try:
                 outcome = await run_once(self)
+                if isinstance(outcome, Suspend):
+                    # Its SUSPENDED append raises Rerun when an entry from outside (a
+                    # resolution, a signal, a child's result) landed first: run again.
+                    await self._suspend()
+                elif isinstance(outcome, Block):
+                    await self._block(outcome.error)
+                else:
+                    await self._finish(outcome)
             except Rerun:
                 log.debug("invocation %s: rerunning with new journal entries", self.id)
                 self.journal.replay_from_start()
                 continue
-            if isinstance(outcome, Suspend):
-                await self._suspend()
-            elif isinstance(outcome, Block):
-                await self._block(outcome.error)
-            else:
-                await self._finish(outcome)
             return
 
     async def _suspend(self) -> None:

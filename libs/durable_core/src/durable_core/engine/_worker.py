@@ -14,8 +14,8 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf.message import DecodeError
 
@@ -34,7 +34,12 @@ from durable_core.engine._execution import Execution
 from durable_core.engine._fleet import FleetMember
 from durable_core.engine._lease import ProcessorLease
 from durable_core.engine._signals import EngineFailure, LostHold
-from durable_core.errors import DurableError, InvalidInputError, NatsUnavailableError
+from durable_core.errors import (
+    DurableError,
+    InvalidInputError,
+    NatsUnavailableError,
+    SuspendExecution,
+)
 from durable_core.interceptors import EngineEvent, Interceptor, observe
 from durable_core.plugins import WorkflowRegistry
 
@@ -211,6 +216,8 @@ class Worker:
 
     def stop(self) -> None:
         """Ask the worker to stop fetching and finish (see ``run``)."""
+        if not self._stopping.is_set():
+            log.info("stopping: no new commands; %d executions in flight", len(self._tasks))
         self._stopping.set()
         self._slot_freed.set()
 
@@ -259,20 +266,35 @@ class Worker:
                 if deliveries:
                     self.lease.changed.set()
         finally:
-            # Stop pulling first, so that what _drain hands back goes to other processors.
-            await consumer.close()
-            await self._drain()
-            if lease is not None:
-                while not lease.done():
-                    lease.cancel()
-                    await asyncio.wait({lease}, timeout=0.5)
-                with contextlib.suppress(Exception):
-                    await self.lease.delete()  # a clean exit
-            registration.cancel()
-            with contextlib.suppress(Exception):
-                await self.fleet.leave()
-            await control.unsubscribe()
-            await self.channels.close()
+            await self._shut_down(consumer, lease, registration, control)
+
+    async def _shut_down(
+        self,
+        consumer: CommandConsumers,
+        lease: asyncio.Task[None] | None,
+        registration: asyncio.Task[None],
+        control: Any,
+    ) -> None:
+        """Stop pulling, let in-flight work finish (``shutdown_grace``) or hand it back, then
+        leave the lease and the fleet. Every step after the drain is bounded: a NATS that does
+        not answer must not keep a SIGTERMed processor alive past its grace (what it left
+        behind lapses by TTL: the lease is re-driven, the fleet record expires)."""
+        # Stop pulling first, so that what _drain hands back goes to other processors.
+        await _bounded("closing the command consumers", consumer.close(), 5.0)
+        await self._drain()
+        if lease is not None:
+            for _ in range(4):  # a cancel can be swallowed by a wait_for it lands in
+                lease.cancel()
+                await asyncio.wait({lease}, timeout=0.5)
+                if lease.done():
+                    break
+            else:
+                log.warning("shutdown: the lease renewal did not stop within 2s")
+            await _bounded("deleting the lease", self.lease.delete(), 3.0)  # a clean exit
+        registration.cancel()
+        await _bounded("leaving the fleet registry", self.fleet.leave(), 3.0)
+        await _bounded("unsubscribing from control requests", control.unsubscribe(), 2.0)
+        await _bounded("closing the gRPC channels", self.channels.close(), 3.0)
 
     def _take(self, d: Delivery) -> None:
         """Start handling a delivery; a redelivery of a command this process runs is absorbed
@@ -416,6 +438,19 @@ class Worker:
             log.warning("invocation %s: %s; releasing it", cmd.invocation_id, e)
             with contextlib.suppress(Exception):
                 await delivery.nak(delay=2.0)
+        except (Exception, SuspendExecution) as e:  # an engine bug: say so
+            # Never leave the command to its ack wait in silence: name the invocation and
+            # hand the command back (the journal keeps all progress).
+            log.error(
+                "invocation %s: the engine failed running command %d: %s: %s; releasing it",
+                cmd.invocation_id,
+                delivery.stream_seq,
+                type(e).__name__,
+                e,
+                exc_info=e,
+            )
+            with contextlib.suppress(Exception):
+                await delivery.nak(delay=2.0)
         finally:
             if self._running.get(cmd.invocation_id) is execution:
                 del self._running[cmd.invocation_id]
@@ -476,3 +511,13 @@ class Worker:
             )
         with contextlib.suppress(Exception):
             await delivery.term()
+
+
+async def _bounded(what: str, step: Awaitable[object], timeout: float) -> None:
+    """One shutdown step: at most ``timeout`` seconds; a failure or a timeout is logged."""
+    try:
+        await asyncio.wait_for(step, timeout)
+    except TimeoutError:
+        log.warning("shutdown: %s took over %.0fs; going on without it", what, timeout)
+    except Exception as e:  # noqa: BLE001 - shutting down anyway
+        log.warning("shutdown: %s failed: %s: %s", what, type(e).__name__, e)

@@ -75,6 +75,9 @@ class MetricsServer:
         """Stop listening and close open connections."""
         if self._server is not None:
             self._server.close()
+            close_clients = getattr(self._server, "close_clients", None)  # Python >= 3.13
+            if close_clients is not None:
+                close_clients()  # else wait_closed waits for a probe's keep-alive connection
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 5)
             self._server = None
