@@ -277,6 +277,48 @@ async def test_a_processor_killed_mid_step_is_redriven_by_the_scheduler_not_ack_
     assert metric(port, "durable_scheduler_commands_redriven_total") >= 1
 
 
+async def test_a_run_whose_command_was_lost_is_rescued_by_the_scheduler(
+    stack: ProcessStack,
+    client: Client,
+    transport: Transport,
+    start_scheduler: Callable[..., tuple[ChildProcess, int]],
+    metric: Callable[..., float],
+) -> None:
+    """Issue 14: an invocation stayed RUNNING under a command that was never delivered again
+    (soak 2, under faults). Reproduced by removing the command from the stream while its
+    processor is dead: no redelivery, no re-drive can move it; every other command of it
+    would stand aside. The scheduler's stranded-run sweep rescues it with a wake-up that
+    supersedes the lost command, and it completes. Before the sweep it stayed RUNNING."""
+    service = OrderServiceControl(stack.start_service().channel)
+    service.set_delay("Charge", 3000)
+    fast = {"durable_lease_ttl": "3"}
+    doomed = stack.start_processor("p-lost", **fast)
+    inv = "lost-1"
+    await client.invoke_async("order_processing", ORDER, id=inv)
+    await assert_eventually_async(
+        lambda: asyncio.to_thread(service.method_counts, "Charge"), 20, "step 2"
+    )
+    doomed.kill()
+    rec = await transport.get_state(inv)
+    assert rec is not None and rec.state.status == pb.STATUS_RUNNING
+    lost = rec.state.run_command_seq
+    await transport.js.delete_msg(transport.names.command_stream, lost)  # the lost command
+    stack.start_processor("p-after", **fast)
+    _, port = start_scheduler(
+        "scheduler-stranded", durable_stranded_sweep="1", durable_stranded_after="2"
+    )
+    result = await client.wait(inv, timeout=60)
+    assert result.status == "completed"
+    assert service.method_counts("Validate") == {f"{inv}:1": 1}  # journaled: not run again
+    assert metric(port, "durable_scheduler_runs_rescued_total") >= 1
+    claims = [
+        r.entry.command_seq
+        for r in await transport.read_journal(inv)
+        if r.entry.kind == pb.ENTRY_KIND_CLAIM
+    ]
+    assert claims and claims[-1] != lost  # the rescue's command took the run over
+
+
 async def test_backoff_intervals_are_kept_across_a_suspension_and_non_retryable_fails_at_once(
     stack: ProcessStack, client: Client
 ) -> None:

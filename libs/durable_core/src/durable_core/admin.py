@@ -26,6 +26,7 @@ from durable_core._transport import (
 )
 from durable_core.client import Client
 from durable_core.config import EngineConfig, NatsConfig
+from durable_core.fleet import read_fleet
 from durable_core.schedules import Schedule, find_schedule, save_schedule
 
 __all__ = ["Engine", "StateConflict", "StateRecord", "TickConsumer", "TickDelivery"]
@@ -173,6 +174,16 @@ class Engine:
         (StateConflict if it was renewed or deleted meanwhile), then NAK each delivery it
         lists so JetStream redelivers it at once. How many were handed back."""
         return await self._t.redrive_lease(name, revision, held)
+
+    async def live_processors(self) -> list[tuple[str, int]]:
+        """``(host, pid)`` of every processor in the fleet registry now."""
+        return [(p.host, p.pid) for p in (await read_fleet(self._t)).processors]
+
+    async def rescue(self, rec: StateRecord) -> None:
+        """Publish a rescue of an invocation RUNNING under a command no processor holds: a
+        wake-up that supersedes that command (see ``durable_core.engine._hold``, case 4).
+        One per state revision and lost command (a second replica's copy is deduplicated)."""
+        await self._t.publish_rescue(rec)
 
     # -- schedule ticks ----------------------------------------------------------------------
 

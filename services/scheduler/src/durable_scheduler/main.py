@@ -21,6 +21,7 @@ from durable_scheduler.metrics import SchedulerMetrics
 from durable_scheduler.redrive import Redriver
 from durable_scheduler.runner import Scheduler
 from durable_scheduler.settings import SchedulerSettings, load_settings
+from durable_scheduler.stranded import StrandedRuns
 
 log = logging.getLogger("durable_scheduler")
 
@@ -99,16 +100,28 @@ async def _run(
         metrics,
         note_for=settings.expired_note_for,
     )
+    workers: list[Scheduler | Redriver | Janitor | StrandedRuns] = [scheduler, redriver, janitor]
+    sweep = settings.stranded_sweep.total_seconds()
+    if sweep:
+        workers.append(
+            StrandedRuns(
+                engine,
+                redriver,
+                metrics,
+                interval=sweep,
+                min_age=settings.stranded_after.total_seconds(),
+                confirm=sweep,
+            )
+        )
     loop = asyncio.get_running_loop()
 
     def stop() -> None:
-        scheduler.stop()
-        redriver.stop()
-        janitor.stop()
+        for w in workers:
+            w.stop()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
-    tasks = [asyncio.create_task(w.run()) for w in (scheduler, redriver, janitor)]
+    tasks = [asyncio.create_task(w.run()) for w in workers]
     await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
     stop()  # one failed (or both stopped): stop the other too
     for task in tasks:

@@ -79,6 +79,11 @@ class SchedulerMetrics:
             "Commands of dead processors handed back for immediate redelivery.",
             registry=registry,
         )
+        self.rescued = Counter(
+            "durable_scheduler_runs_rescued",
+            "Invocations RUNNING under a command no processor held, given a new command.",
+            registry=registry,
+        )
         self.tick_lag = Histogram(
             "durable_scheduler_tick_lag_seconds",
             "From the time a tick stands for to the start of its invocation.",

@@ -78,6 +78,7 @@ class Redriver:
         self.clock = clock
         self.check_every = check_every
         self.leases: dict[str, Lease] = {}
+        self.synced = False  # the watch has caught up once: ``leases`` is every lease
         self._stopping = asyncio.Event()
 
     def stop(self) -> None:
@@ -102,7 +103,9 @@ class Redriver:
         while True:
             try:
                 async for item in self.engine.watch_leases():
-                    if item is not None:
+                    if item is None:
+                        self.synced = True
+                    else:
                         self.saw(*item)
             except asyncio.CancelledError:
                 raise

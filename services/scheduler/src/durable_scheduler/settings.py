@@ -29,6 +29,10 @@ class SchedulerSettings:
         expired_note_for: how long an expired execution's note ("expired", how it ended) is
             kept before the server drops it (setting ``expired_note_ttl`` in seconds; 0 or
             None: as long as ``retention``, decided by the janitor).
+        stranded_sweep: how often to look for invocations RUNNING under a command that no
+            processor holds (``durable_scheduler.stranded``); 0 turns it off.
+        stranded_after: how long such a state must be unchanged before it is suspected (it
+            is rescued when seen so again ``stranded_sweep`` later).
     """
 
     nats: NatsConfig
@@ -39,6 +43,8 @@ class SchedulerSettings:
     shutdown_grace: timedelta = timedelta(seconds=10)
     retention_sweep: timedelta = timedelta(hours=1)
     expired_note_for: timedelta | None = None
+    stranded_sweep: timedelta = timedelta(seconds=30)
+    stranded_after: timedelta = timedelta(seconds=60)
     log_level: str = "INFO"
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9465  # 0: no metrics endpoint
@@ -85,6 +91,14 @@ def build(s: Mapping[str, Any]) -> SchedulerSettings:
     note_ttl = num("expired_note_ttl", float)
     if note_ttl != 0 and note_ttl < 1:
         raise ConfigError(f"setting 'expired_note_ttl' must be 0 or at least 1 s, got {note_ttl}")
+    stranded_sweep = num("stranded_sweep", float)
+    stranded_after = num("stranded_after", float)
+    if stranded_sweep != 0 and stranded_sweep < 0.1:
+        raise ConfigError(
+            f"setting 'stranded_sweep' must be 0 or at least 0.1 s, got {stranded_sweep}"
+        )
+    if stranded_after < 1:
+        raise ConfigError(f"setting 'stranded_after' must be at least 1 s, got {stranded_after}")
     level = check_log_level(s)
     metrics_port = check_metrics_port(num("metrics_port"))
     return SchedulerSettings(
@@ -96,6 +110,8 @@ def build(s: Mapping[str, Any]) -> SchedulerSettings:
         shutdown_grace=timedelta(seconds=grace),
         retention_sweep=timedelta(seconds=sweep),
         expired_note_for=timedelta(seconds=note_ttl) if note_ttl else None,
+        stranded_sweep=timedelta(seconds=stranded_sweep),
+        stranded_after=timedelta(seconds=stranded_after),
         log_level=level,
         metrics_host=str(s.get("metrics_host") or "127.0.0.1"),
         metrics_port=metrics_port,

@@ -220,6 +220,22 @@ class Transport:
             msg_id=f"wake:{invocation_id}:{journal_seq}",
         )
 
+    async def publish_rescue(self, rec: StateRecord) -> bool:
+        """A wake-up that supersedes the lost command an invocation is RUNNING under (see
+        ``durable_core.engine._hold``, case 4): one per state revision and lost command."""
+        st = rec.state
+        return await self.publish_command(
+            pb.Command(
+                invocation_id=st.invocation_id,
+                workflow=st.workflow,
+                partition_key=st.partition_key or st.invocation_id,
+                kind=pb.COMMAND_KIND_WAKE,
+                route=st.pinned_version,
+                supersedes=st.run_command_seq,
+            ),
+            msg_id=f"rescue:{st.invocation_id}:{st.run_command_seq}:{rec.revision}",
+        )
+
     async def schedule_command(self, cmd: pb.Command, *, at_ms: int, key: str, msg_id: str) -> None:
         """Have the server publish ``cmd`` at ``at_ms`` (see Commands.schedule)."""
         await self._commands.schedule(cmd, at_ms=at_ms, key=key, msg_id=msg_id)

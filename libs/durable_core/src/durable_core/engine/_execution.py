@@ -32,7 +32,7 @@ from durable_core.engine import _intake
 from durable_core.engine._attempt import Block, Finish, Suspend, run_once
 from durable_core.engine._context import RunContext
 from durable_core.engine._env import TERMINAL, RunEnv, now_ms
-from durable_core.engine._hold import lock_run, unlock_run
+from durable_core.engine._hold import SUPERSEDED, lock_run, supersede_run, unlock_run
 from durable_core.engine._keys import release_key, take_key
 from durable_core.engine._signals import (
     Diverged,
@@ -241,6 +241,15 @@ class Execution:
                 finished=lambda: self._finished(self.id),
                 stopping=env.stopping,
             )
+            if self._run_lock == SUPERSEDED:
+                self._run_lock = 0
+                log.info(
+                    "invocation %s: command %d was superseded by a rescue; acking it",
+                    self.id,
+                    self.delivery.stream_seq,
+                )
+                await self.delivery.ack()
+                return
             if not self._run_lock and not await self._finished(self.id):
                 return  # stopping: the command goes back (or to the next holder) unsettled
         try:
@@ -344,7 +353,9 @@ class Execution:
         if not journal.machine.suspended and journal.owner() is None:
             await self._take_unstarted()
         elif not journal.claimable():
-            raise NotIdle(f"in progress under command {journal.owner()}")
+            if not (self.cmd.supersedes and journal.owner() == self.cmd.supersedes):
+                raise NotIdle(f"in progress under command {journal.owner()}")
+            await self._supersede(self.cmd.supersedes)
         # A CLAIM fences whoever wrote before it; on a conflict the journal is read again and
         # the claim stands only if it is still ours to take (see JournalWriter.append).
         seq = self.delivery.stream_seq
@@ -354,6 +365,21 @@ class Execution:
             status=pb.STATUS_RUNNING, waiting_for="", run_command_seq=seq
         ):
             raise NotIdle("it finished meanwhile")  # the state says so; the journal will
+
+    async def _supersede(self, lost: int) -> None:
+        """A rescue of a run whose command ``lost`` no processor holds (see _hold, case 4):
+        mark that command superseded, then take in what its run may have appended before."""
+        if not await supersede_run(self.t, lost, self.delivery.stream_seq):
+            raise NotIdle(f"in progress under command {lost} after all")
+        log.warning(
+            "invocation %s: rescued from command %d, which no processor held; command %d "
+            "takes its run over",
+            self.id,
+            lost,
+            self.delivery.stream_seq,
+        )
+        self.journal.superseding = lost
+        await self.journal.catch_up(claim=True, newer_known=False)
 
     def _pinned_elsewhere(self) -> str:
         """The route of the version the invocation is pinned to, when this processor runs
@@ -396,6 +422,12 @@ class Execution:
         """No run has started: only a start takes it, by moving the state to RUNNING under its
         command (revision-checked against what it read: one start wins)."""
         if self.cmd.kind != pb.COMMAND_KIND_START:
+            st = self.state.state if self.state is not None else None
+            lost = self.cmd.supersedes
+            running = st is not None and st.status == pb.STATUS_RUNNING
+            if lost and running and st is not None and st.run_command_seq == lost:
+                await self._supersede(lost)  # a start lost before its first entry
+                return
             raise NotIdle("not started yet: its start command runs it")
         seq = self.delivery.stream_seq
         for _ in range(10):

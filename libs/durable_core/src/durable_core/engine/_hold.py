@@ -46,6 +46,16 @@ an invocation could become runnable, and what closes it:
    start an invocation that has not started (its start does); any command may claim an
    invocation whose last run suspended, with a fenced CLAIM (one claimer wins).
 
+4. *A lost command* (issue 14: once in a soak, a command handed back with a NAK was never
+   delivered again, and its invocation stayed RUNNING under it). The scheduler looks for
+   invocations RUNNING under a command that no processor lease has listed for a while
+   (``durable_scheduler.stranded``) and publishes a rescue: a wake-up that ``supersedes`` it.
+   The rescue first marks the lost command's run lock superseded (revision-checked, and only
+   while no live lease that lists the command holds the lock), then claims the invocation
+   with a fenced CLAIM. Any later delivery of the lost command is delivered more than once,
+   so it meets the mark in ``lock_run`` and is acked without running: the two never run
+   side by side.
+
 The processor lease (``_lease``): created (and confirmed) before the first command is pulled,
 renewed with a revision check every ``lease_ttl / 3``. The scheduler deletes a lease it saw
 unchanged for its TTL (a revision-checked delete), so a processor whose renewal was stored at
@@ -64,9 +74,11 @@ from collections.abc import Awaitable, Callable
 from durable_core._transport import Delivery, StateConflict, Transport
 from durable_core.engine._lease import LeaseRecord, ProcessorLease
 
-__all__ = ["lock_run", "unlock_run"]
+__all__ = ["SUPERSEDED", "lock_run", "supersede_run", "unlock_run"]
 
 log = logging.getLogger("durable_core.worker")
+
+SUPERSEDED = -1  # lock_run: a rescue took this command's run over (ack it, run nothing)
 
 
 async def lock_run(
@@ -82,7 +94,7 @@ async def lock_run(
 
     Waits while the lock is held under a lease that still exists and was renewed within its
     TTL and still lists the command: that processor runs it (our delivery came from a stale
-    NAK), or is about to let it go.
+    NAK), or is about to let it go. ``SUPERSEDED`` when a rescue took the run over.
     """
     seq = delivery.stream_seq
     if not await lease.wait_listed(seq, stopping):
@@ -94,6 +106,8 @@ async def lock_run(
     waiting_since = time.monotonic()
     while not stopping.is_set():
         data, revision = await t.run_lock(seq)
+        if _superseded_by(data):
+            return SUPERSEDED
         holder = _holder(data)
         gone = data is None or holder in ("", lease.name)
         if not gone:
@@ -132,6 +146,26 @@ async def lock_run(
     return 0
 
 
+async def supersede_run(t: Transport, stream_seq: int, by: int) -> bool:
+    """Mark the run lock of the lost command ``stream_seq`` superseded by command ``by`` (a
+    rescue); False when a run of it is alive (its lock is held under a lease that lists it),
+    or the lock changed meanwhile. Once marked, no delivery of it runs (``lock_run``)."""
+    data, revision = await t.run_lock(stream_seq)
+    if _superseded_by(data) == by:
+        return True  # ours, from an earlier delivery of the rescue
+    holder = _holder(data)
+    if data is not None and holder:
+        theirs = LeaseRecord.read((await t.lease_record(holder))[0])
+        if theirs is not None and stream_seq in theirs.seqs:
+            return False  # its run is alive after all
+    mark = json.dumps({"lease": "", "superseded_by": by}).encode()
+    try:
+        await t.put_run_lock(stream_seq, mark, revision)
+    except StateConflict:
+        return False
+    return True
+
+
 async def unlock_run(t: Transport, stream_seq: int, revision: int) -> None:
     """Release a run lock (best effort: a later holder reaps it anyway)."""
     try:
@@ -146,3 +180,11 @@ def _holder(data: bytes | None) -> str:
         return str(json.loads(data or b"{}").get("lease", ""))
     except (ValueError, AttributeError):
         return ""
+
+
+def _superseded_by(data: bytes | None) -> int:
+    """The rescue command that superseded a lock's command (0 if none)."""
+    try:
+        return int(json.loads(data or b"{}").get("superseded_by", 0) or 0)
+    except (ValueError, AttributeError, TypeError):
+        return 0

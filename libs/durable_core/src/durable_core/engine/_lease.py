@@ -43,6 +43,8 @@ class LeaseRecord:
         host: the host it runs on.
         renewed_at_ms: when it was written, by the processor's clock (for people: nobody
             compares clocks across hosts).
+        truncated: it holds more than it lists (``LEASE_LIST_BYTES``): whoever looks for a
+            command's holder cannot conclude that nobody holds it.
     """
 
     processor: str
@@ -52,6 +54,7 @@ class LeaseRecord:
     pid: int = 0
     host: str = ""
     renewed_at_ms: int = 0
+    truncated: bool = False
 
     def to_json(self) -> bytes:
         """The stored record."""
@@ -64,6 +67,8 @@ class LeaseRecord:
             "held": list(self.held),
             "seqs": list(self.seqs),
         }
+        if self.truncated:
+            record["truncated"] = True
         return json.dumps(record).encode()
 
     @classmethod
@@ -81,11 +86,12 @@ class LeaseRecord:
             processor = str(rec.get("processor", ""))
             pid, host = int(rec.get("pid", 0) or 0), str(rec.get("host", ""))
             renewed_at_ms = int(rec.get("renewed_at_ms", 0) or 0)
+            truncated = bool(rec.get("truncated", False))
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"is not a lease record: {e}") from e
         if ttl <= 0:
             raise ValueError(f"has ttl {ttl}")
-        return cls(processor, ttl, held, seqs, pid, host, renewed_at_ms)
+        return cls(processor, ttl, held, seqs, pid, host, renewed_at_ms, truncated)
 
     @classmethod
     def read(cls, data: bytes | None) -> LeaseRecord | None:
@@ -182,10 +188,11 @@ class ProcessorLease:
         return True
 
     def _record(self) -> tuple[bytes, frozenset[int]]:
-        held, seqs, size = [], [], 0
+        held, seqs, size, truncated = [], [], 0, False
         for d in list(self._held()):
             size += len(d.reply) + 12
             if size > LEASE_LIST_BYTES:
+                truncated = True
                 break  # the rest waits for ack_wait, like before leases
             held.append(d.reply)
             seqs.append(d.stream_seq)
@@ -197,6 +204,7 @@ class ProcessorLease:
             pid=os.getpid(),
             host=socket.gethostname(),
             renewed_at_ms=int(time.time() * 1000),
+            truncated=truncated,
         )
         return record.to_json(), frozenset(seqs)
 

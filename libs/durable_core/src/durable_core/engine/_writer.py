@@ -57,6 +57,9 @@ class JournalWriter:
         # first entry of a run that starts the invocation without one (a fresh start).
         self.code: CodeIdentity | None = None
         self._stamped = False  # the journal names the code of a run (an entry is stamped)
+        # A rescue's run: the lost command whose run lock it marked superseded (see _hold),
+        # whose run it may take over.
+        self.superseding = 0
 
     def record(self, entry: pb.JournalEntry, seq: int) -> None:
         """Take in an entry read from (or just written to) the journal."""
@@ -173,9 +176,12 @@ class JournalWriter:
     def claimable(self) -> bool:
         """Whether this delivery may claim the invocation as the journal stands: its last run
         suspended, or that run is this command's own (its earlier delivery is over), or no
-        run has started and this start won the state's move to RUNNING (see take_up)."""
+        run has started and this start won the state's move to RUNNING (see take_up), or
+        that run's command is the lost one this rescue superseded."""
         if self.machine.suspended:
             return True
         owner = self.owner()
         redelivered = self.delivery.num_delivered > 1
+        if self.superseding and owner == self.superseding:
+            return True
         return owner in (None, self.delivery.stream_seq) or (owner == 0 and redelivered)

@@ -112,7 +112,7 @@ class Payload(_message.Message):
     def __init__(self, encoding: _Optional[_Union[Encoding, str]] = ..., type_name: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Command(_message.Message):
-    __slots__ = ("invocation_id", "workflow", "args", "partition_key", "kind", "created_at_ms", "parent_id", "metadata", "min_journal_seq", "route")
+    __slots__ = ("invocation_id", "workflow", "args", "partition_key", "kind", "created_at_ms", "parent_id", "metadata", "min_journal_seq", "route", "supersedes")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -130,6 +130,7 @@ class Command(_message.Message):
     METADATA_FIELD_NUMBER: _ClassVar[int]
     MIN_JOURNAL_SEQ_FIELD_NUMBER: _ClassVar[int]
     ROUTE_FIELD_NUMBER: _ClassVar[int]
+    SUPERSEDES_FIELD_NUMBER: _ClassVar[int]
     invocation_id: str
     workflow: str
     args: Payload
@@ -140,7 +141,8 @@ class Command(_message.Message):
     metadata: _containers.ScalarMap[str, str]
     min_journal_seq: int
     route: str
-    def __init__(self, invocation_id: _Optional[str] = ..., workflow: _Optional[str] = ..., args: _Optional[_Union[Payload, _Mapping]] = ..., partition_key: _Optional[str] = ..., kind: _Optional[_Union[CommandKind, str]] = ..., created_at_ms: _Optional[int] = ..., parent_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., min_journal_seq: _Optional[int] = ..., route: _Optional[str] = ...) -> None: ...
+    supersedes: int
+    def __init__(self, invocation_id: _Optional[str] = ..., workflow: _Optional[str] = ..., args: _Optional[_Union[Payload, _Mapping]] = ..., partition_key: _Optional[str] = ..., kind: _Optional[_Union[CommandKind, str]] = ..., created_at_ms: _Optional[int] = ..., parent_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., min_journal_seq: _Optional[int] = ..., route: _Optional[str] = ..., supersedes: _Optional[int] = ...) -> None: ...
 
 class Failure(_message.Message):
     __slots__ = ("type", "message", "code", "step")
