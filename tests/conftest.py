@@ -16,6 +16,18 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# `make test` runs in pytest-xdist workers (`--dist loadgroup`). The suites that load the whole
+# machine or share its engines (network namespaces, containers, benchmarks) run in one group,
+# one after another on one worker; the rest spreads over the others.
+SYSTEM_SUITES = ("tests/chaos/", "tests/containers/", "tests/bench/")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        path = Path(str(item.path)).resolve().relative_to(REPO).as_posix()
+        if path.startswith(SYSTEM_SUITES):
+            item.add_marker(pytest.mark.xdist_group("system"))
 STATUS = REPO / ".durable" / "images.json"
 
 # testcontainers would start its "ryuk" reaper from a registry image; every test here removes

@@ -464,6 +464,11 @@ async def test_cli_inspector_and_scheduler_start_traces_and_waits_span_park_to_w
     url = re.search(r"inspector listening on (http://\S+)", inspector.log())
     assert url
     async with httpx.AsyncClient(base_url=url.group(1), timeout=20) as http:
+
+        async def ready() -> bool:  # it listens at once and binds to the engine after
+            return (await http.get("/readyz")).status_code == 200
+
+        await assert_eventually_async(ready, 30, "the inspector ready")
         resp = await http.post("/api/executions", json={"workflow": "hello_workflow"})
         assert resp.status_code == 202, resp.text
         started = resp.json()["invocation_id"]
