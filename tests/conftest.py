@@ -28,6 +28,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         path = Path(str(item.path)).resolve().relative_to(REPO).as_posix()
         if path.startswith(SYSTEM_SUITES):
             item.add_marker(pytest.mark.xdist_group("system"))
+
+
 STATUS = REPO / ".durable" / "images.json"
 
 # testcontainers would start its "ryuk" reaper from a registry image; every test here removes
