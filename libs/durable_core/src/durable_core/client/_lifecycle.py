@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable
 
+from durable_core import _payloads
 from durable_core._journal import STEP_KINDS, ReplayMachine
 from durable_core._naming import check_invocation_id
 from durable_core._pb.durable.v1 import durable_pb2 as pb
@@ -289,7 +290,11 @@ async def rerun(t: Transport, invocation_id: str) -> str:
     """Start a new invocation of the same workflow with the same arguments; its id."""
     st = (await state_of(t, invocation_id)).state
     key = st.partition_key if st.partition_key != invocation_id else None
-    new_id, _ = await submit_payload(t, st.workflow, st.args, None, key, rerun_of=invocation_id)
+    new_id = uuid.uuid4().hex
+    # Shares (never copies) the stored arguments: held before anything refers to them.
+    for owner in _payloads.owners([st.args], but=new_id):
+        await t.payloads.hold(owner, new_id)
+    await submit_payload(t, st.workflow, st.args, new_id, key, rerun_of=invocation_id)
     return new_id
 
 
@@ -320,6 +325,11 @@ async def fork(t: Transport, invocation_id: str, from_step: int) -> str:
                 "its pinned version has just taken it up; fork it once it ends, or cancel it",
                 Status.RUNNING.value,
             )
+    # The copied entries and arguments share (never copy) the stored objects they reference:
+    # held before they are copied, so the source's retention leaves them in place.
+    shared = [e.output for e in steps if e.HasField("output")] + [st.args]
+    for owner in _payloads.owners(shared, but=new_id):
+        await t.payloads.hold(owner, new_id)
     last = 0
     for index, entry in enumerate(sorted(steps, key=lambda e: e.step), start=1):
         copy = pb.JournalEntry()
@@ -359,7 +369,7 @@ async def complete_awakeable(
     invocation_id = _awakeable_owner(awakeable_id)
     entry = _client_entry(pb.ENTRY_KIND_AWAKEABLE_RESULT, name=awakeable_id)
     if payload is not None:
-        entry.output.CopyFrom(payload)
+        entry.output.CopyFrom(await _payloads.offload(t.payloads, payload, invocation_id))
     if failure is not None:
         entry.failure.CopyFrom(failure)
 
@@ -380,6 +390,7 @@ async def signal(t: Transport, invocation_id: str, name: str, payload: pb.Payloa
     check_invocation_id(invocation_id)
     if not isinstance(name, str) or not name or len(name) > 256:
         raise InvalidInputError("a signal name is a non-empty string of at most 256 chars")
+    payload = await _payloads.offload(t.payloads, payload, invocation_id)
     entry = _client_entry(pb.ENTRY_KIND_SIGNAL, name=name, output=payload)
     msg_id = f"sig:{invocation_id}:{uuid.uuid4().hex}"
     await _deliver(t, invocation_id, entry, msg_id, lambda r: _check_open(invocation_id, r))

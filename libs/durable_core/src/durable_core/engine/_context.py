@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, cast
 
-from durable_core import _codec
+from durable_core import _codec, _payloads
 from durable_core._grpc import ChannelPool, MethodRef
 from durable_core._journal import (
     MAX_SLEEP,
@@ -40,6 +40,7 @@ from durable_core.errors import (
     InvalidInputError,
     InvocationCancelledError,
     NonDeterminismError,
+    PayloadUnavailableError,
     StepTimeoutError,
     TerminalError,
 )
@@ -71,6 +72,7 @@ class RunContext(Context):
         interceptors: Sequence[Interceptor] = (),
         attempt: int = 1,
         default_retry: RetryPolicy | None = None,
+        payloads: _payloads.PayloadStore | None = None,
     ) -> None:
         self._invocation_id = invocation_id
         self._workflow = workflow
@@ -82,6 +84,10 @@ class RunContext(Context):
         self._attempt = attempt
         self._default_retry = default_retry or DEFAULT_RETRY
         self._markers: list[pb.JournalEntry] = []  # patch markers not yet journaled
+        self._payloads = payloads  # large values (None: all inline, the test replayer)
+        # A stored value that could not be read back (missing, corrupt): the run is released
+        # whatever the workflow did with the error (never a silent wrong value).
+        self.payload_error: PayloadUnavailableError | None = None
 
     # -- identity and deterministic helpers ------------------------------------------------
 
@@ -136,9 +142,8 @@ class RunContext(Context):
         req_bytes = method.request_serializer(request)
         decision = await self._decide(pb.ENTRY_KIND_CALL, method.path, _codec.input_hash(req_bytes))
         if not isinstance(decision, Execute):
-            return cast(
-                Resp, method.response_deserializer(self.steps.replayed(decision.entry).data)
-            )
+            recorded = await self._resolved(self.steps.replayed(decision.entry))
+            return cast(Resp, method.response_deserializer(recorded.data))
         if self._channels is None:
             raise TerminalError("this context has no gRPC channels (testing without services)")
         fn = self._channels.callable_for(method)
@@ -174,7 +179,7 @@ class RunContext(Context):
             arg_bytes = b""
         decision = await self._decide(pb.ENTRY_KIND_RUN, name, _codec.input_hash(arg_bytes))
         if not isinstance(decision, Execute):
-            return _codec.decode(self.steps.replayed(decision.entry))  # type: ignore[no-any-return]
+            return await self._load(self.steps.replayed(decision.entry))  # type: ignore[no-any-return]
 
         async def call_fn() -> Any:
             if inspect.iscoroutinefunction(fn):
@@ -205,6 +210,28 @@ class RunContext(Context):
         )
 
     # -- internals -------------------------------------------------------------------------
+
+    async def _load(self, payload: pb.Payload, as_type: Any = None) -> Any:
+        """The value of a recorded payload as workflow code gets it: a stored one is read
+        from the object store only now, when it is handed to the workflow (a Blob not even
+        then: only when the workflow reads it)."""
+        try:
+            return await _payloads.load_value(self._payloads, payload, as_type)
+        except PayloadUnavailableError as e:
+            self.payload_error = e
+            raise
+
+    async def _resolved(self, payload: pb.Payload) -> pb.Payload:
+        try:
+            return await _payloads.resolved(self._payloads, payload)
+        except PayloadUnavailableError as e:
+            self.payload_error = e
+            raise
+
+    async def _stored(self, value: Any) -> pb.Payload:
+        """A step's result or the workflow's output, encoded; stored by reference when large
+        (streamed in chunks when file-like)."""
+        return await _payloads.store_value(self._payloads, value, self._invocation_id)
 
     async def _append(self, entry: pb.JournalEntry) -> None:
         """Journal an entry of this run, after the patch markers taken before it: a step
@@ -292,9 +319,11 @@ class RunContext(Context):
             output = None
             if failure is None:
                 try:
-                    output = _codec.encode(result)
+                    output = await self._stored(result)
                 except InvalidInputError as e:  # a result we cannot store: running again won't help
                     failure = pb.Failure(type=type(e).__name__, message=str(e), step=step)
+                if output is not None and output.blob:
+                    result = _payloads.Blob(output.ref, self._payloads)  # as replays get it
             entry = steps.outcome(
                 kind,
                 step,
@@ -453,12 +482,12 @@ class RunContext(Context):
         step = await self._journal_wait(pb.ENTRY_KIND_SIGNAL_WAIT, "signal", name)
         index = self.steps.signal_index(name)
         payload = await self._until(lambda: self.steps.signal(step, name, index))
-        return _codec.decode_as(payload, as_type)
+        return await self._load(payload, as_type)
 
     async def _awakeable_result(self, awakeable_id: str, as_type: Any) -> Any:
         step = await self._journal_wait(pb.ENTRY_KIND_AWAKEABLE, "awakeable", awakeable_id)
         payload = await self._until(lambda: self.steps.awakeable(step, awakeable_id))
-        return _codec.decode_as(payload, as_type)
+        return await self._load(payload, as_type)
 
     # -- state -----------------------------------------------------------------------------
 
@@ -506,7 +535,7 @@ class RunContext(Context):
         )
         step = self.steps.journal.steps_taken
         payload = await self._until(lambda: self.steps.child(step, child_id))
-        return _codec.decode_as(payload, as_type)
+        return await self._load(payload, as_type)
 
     async def start(
         self, workflow: str, args: Any = None, *, partition_key: str | None = None
@@ -540,7 +569,11 @@ class RunContext(Context):
         delay: timedelta | None = None,
     ) -> str:
         check_workflow_name(workflow)
-        payload = _codec.encode(args)
+        payload = (
+            pb.Payload(encoding=pb.ENCODING_BYTES, ref=args.ref, blob=True)
+            if isinstance(args, _payloads.Blob)
+            else _codec.encode(args)
+        )
         digest = _codec.input_hash(
             workflow.encode() + payload.SerializeToString(deterministic=True)
         )
@@ -552,11 +585,14 @@ class RunContext(Context):
         start_at = now + int(delay.total_seconds() * 1000) if delay else 0
 
         async def record(inp: StepInput) -> None:
+            # Large arguments go to the object store under the child's id (its retention
+            # removes them); a Blob is shared as it is.
+            args_payload = await _payloads.offload(self._payloads, payload, child_id)
             await self._journal.submit(
                 Submission(
                     invocation_id=child_id,
                     workflow=workflow,
-                    args=payload,
+                    args=args_payload,
                     partition_key=child_id if partition_key is None else partition_key,
                     parent_id=self._invocation_id,
                     notify_parent=notify,
