@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 
+from durable_core import _payloads
+from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import (
     StateConflict,
     StateRecord,
@@ -29,6 +31,8 @@ from durable_core.config import EngineConfig, NatsConfig
 from durable_core.schedules import Schedule, find_schedule, save_schedule
 
 __all__ = ["Engine", "StateConflict", "StateRecord", "TickConsumer", "TickDelivery"]
+
+_FINISHED = frozenset({pb.STATUS_COMPLETED, pb.STATUS_FAILED, pb.STATUS_CANCELLED})
 
 
 class Engine:
@@ -158,6 +162,29 @@ class Engine:
         False if the state changed meanwhile."""
         ttl = max(int(note_for.total_seconds()), 1) if note_for is not None else 0
         return await self._t.expire_execution(rec, now_ms, ttl)
+
+    async def sweep_payloads(self, grace: timedelta) -> list[str]:
+        """Delete the stored large values (``<prefix>_payloads``) that no state or journal
+        references, older than ``grace``: uploads of a run that crashed before its journal
+        append or lost its claim, arguments of a submission that was refused or crashed
+        before intake. Only objects of invocations that are gone or finished are looked at
+        (a running one may still journal a reference to an object it just wrote; its
+        orphans go when it finishes); those a fork or rerun holds are kept. The names
+        deleted."""
+
+        async def referenced(invocation_id: str) -> set[str] | None:
+            rec = await self._t.get_state(invocation_id)
+            if rec is None:
+                return set()
+            if rec.state.status not in _FINISHED:
+                return None
+            records = await self._t.read_journal(
+                invocation_id, min_entries=rec.state.journal_length
+            )
+            return _payloads.referenced(rec.state, [r.entry for r in records])
+
+        grace_ms = int(grace.total_seconds() * 1000)
+        return await self._t.payloads.sweep(referenced, grace_ms)
 
     # -- processor leases --------------------------------------------------------------------
 

@@ -98,6 +98,7 @@ async def _run(
         settings.retention_sweep,
         metrics,
         note_for=settings.expired_note_for,
+        payload_grace=settings.engine.payload_grace,
     )
     loop = asyncio.get_running_loop()
 

@@ -299,13 +299,13 @@ class Payloads:
         return out
 
     async def sweep(
-        self, referenced: Callable[[str], Awaitable[set[str]]], grace_ms: int
+        self, referenced: Callable[[str], Awaitable[set[str] | None]], grace_ms: int
     ) -> list[str]:
-        """Delete the objects older than ``grace_ms`` that no live journal or state
-        references; the names deleted. ``referenced(invocation_id)`` is the set of object
-        names the invocation's state, journal and forks reference (empty when it is gone).
-        Objects are grouped by invocation (their name starts with its id), so each
-        invocation's references are read once."""
+        """Delete the objects older than ``grace_ms`` that nothing references; the names
+        deleted. ``referenced(invocation_id)`` is the set of object names the invocation's
+        state and journal reference, or None to keep all of its objects (it may still run and
+        journal one). Objects are grouped by invocation (their name starts with its id), so
+        each invocation is looked at once; those a fork or rerun holds are kept."""
         by_owner: dict[str, list[str]] = {}
         for name, age in (await self.objects()).items():
             if age >= grace_ms:
@@ -315,11 +315,12 @@ class Payloads:
             if await self.held(owner):
                 continue  # a fork or rerun shares them
             keep = await referenced(owner)
+            if keep is None:
+                continue
             for name in names:
-                if name in keep:
-                    continue
-                await self._purge(f"delete payload {name}", self._chunks_subject(name))
-                deleted.append(name)
+                if name not in keep:
+                    await self._purge(f"delete payload {name}", self._chunks_subject(name))
+                    deleted.append(name)
         return deleted
 
 
