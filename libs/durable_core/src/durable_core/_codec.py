@@ -178,6 +178,11 @@ def convert(value: Any, as_type: Any) -> Any:
     return value
 
 
+def describe(payload: pb.Payload) -> str:
+    """What a payload holds, in a word (for error messages)."""
+    return _describe(payload)
+
+
 def _describe(payload: pb.Payload) -> str:
     if payload.encoding == pb.ENCODING_PROTOBUF:
         return payload.type_name

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 from durable_core import _codec
 from durable_core._codec import describe_ref
 from durable_core._pb.durable.v1 import durable_pb2 as pb
-from durable_core.errors import PayloadUnavailableError
+from durable_core.errors import InvalidInputError, PayloadUnavailableError
 
 __all__ = [
     "Blob",
@@ -183,6 +183,14 @@ async def load_value(store: PayloadStore | None, payload: pb.Payload, as_type: A
     else the decoded value (a reference read from the store first)."""
     if payload.blob:
         return Blob(payload.ref, store if payload.ref.object else _Inline(payload.data))
+    if as_type is Blob:  # bytes sent as such: a Blob over them (read from the store if stored)
+        if payload.encoding != pb.ENCODING_BYTES:
+            raise InvalidInputError(f"expected a Blob (bytes), got {_codec.describe(payload)}")
+        if payload.HasField("ref"):
+            return Blob(payload.ref, store)
+        digest = hashlib.sha256(payload.data).digest()
+        ref = pb.PayloadRef(size=len(payload.data), sha256=digest)
+        return Blob(ref, _Inline(payload.data))
     return _codec.decode_as(await resolved(store, payload), as_type)
 
 

@@ -4,14 +4,18 @@
   (journal append and bookkeeping) when the step itself costs nothing.
 - ``sleeper``: one durable ``ctx.sleep``, to hold thousands of suspended invocations while the
   benchmark measures the processor's memory.
+- ``large_payload``: three steps over large values (issue 18): the argument (a Blob) is read in
+  chunks, the middle step returns a file-like stream four times its size, the last step reads
+  that back; the output gives both digests, to check the bytes went through unchanged.
 """
 
 from __future__ import annotations
 
+import hashlib
 from datetime import timedelta
 from typing import Any
 
-from durable_core import Context, WorkflowRegistry, hookimpl
+from durable_core import Blob, Context, WorkflowRegistry, hookimpl
 
 MAX_STEPS = 100_000
 
@@ -56,8 +60,53 @@ async def sleeper(ctx: Context, args: dict[str, Any] | None = None) -> dict[str,
     return {"slept": seconds}
 
 
+class Generated:
+    """``size`` deterministic bytes, made as they are read (never all in memory): block ``i``
+    (1 MiB) repeats ``sha256(seed:i)``. ``read`` is what the engine streams from."""
+
+    BLOCK = 1024 * 1024
+
+    def __init__(self, size: int, seed: str = "durable") -> None:
+        self.size, self.seed, self.pos = size, seed, 0
+        self._block, self._index = b"", -1
+
+    def _block_at(self, index: int) -> bytes:
+        if index != self._index:
+            digest = hashlib.sha256(f"{self.seed}:{index}".encode()).digest()
+            self._block, self._index = digest * (self.BLOCK // len(digest)), index
+        return self._block
+
+    def read(self, n: int = -1) -> bytes:
+        """The next ``n`` bytes (all that is left if ``n`` < 0)."""
+        end = self.size if n < 0 else min(self.size, self.pos + n)
+        out = bytearray()
+        while self.pos < end:
+            index, offset = divmod(self.pos, self.BLOCK)
+            piece = self._block_at(index)[offset : offset + end - self.pos]
+            out += piece
+            self.pos += len(piece)
+        return bytes(out)
+
+
+async def _digest(blob: Blob) -> dict[str, Any]:
+    h = hashlib.sha256()
+    async for chunk in blob.chunks():
+        h.update(chunk)
+    return {"sha256": h.hexdigest(), "size": blob.size}
+
+
+async def large_payload(ctx: Context, data: Blob) -> dict[str, Any]:
+    """Read the argument in chunks (step 1), return a stream of four times its size (step 2,
+    never in memory: streamed to the object store), read that back in chunks (step 3)."""
+    arg = await ctx.run("digest argument", _digest, data)
+    big = await ctx.run("generate", Generated, 4 * data.size)
+    out = await ctx.run("digest result", _digest, big)
+    return {"argument": arg, "result": out}
+
+
 @hookimpl
 def durable_register_workflows(registry: WorkflowRegistry) -> None:
     """Register this plugin's workflows."""
     registry.register(many_steps)
     registry.register(sleeper)
+    registry.register(large_payload)

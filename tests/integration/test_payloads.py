@@ -1,0 +1,227 @@
+"""Large values through the object store (issue 18), on the 3-node cluster (R3): a 3-step
+workflow with a 50 MB argument and a 200 MB middle step result, with the processor's and the
+client's peak memory measured; a processor SIGKILLed during a large upload; retention and
+forks.
+
+The workflow is ``bench_workflows.large_payload``: step 1 reads the argument (a Blob) in
+chunks, step 2 returns a generated stream four times its size, step 3 reads that back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from bench_workflows import Generated
+from durable_core import Client
+from durable_core._pb.durable.v1 import durable_pb2 as pb
+from durable_core._transport import Transport
+from durable_core.admin import Engine
+from durable_core.testing import ProcessStack, assert_eventually_async
+
+pytestmark = pytest.mark.integration
+
+MB = 1024 * 1024
+
+# The client: `durable invoke large_payload --args @FILE --blob`, and its peak RSS on stderr.
+_CLIENT = """
+import resource, runpy, sys
+sys.argv = ["durable", *sys.argv[1:]]
+try:
+    runpy.run_module("durable_core.cli", run_name="__main__")
+finally:
+    print(f"peak-rss-kb {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}", file=sys.stderr)
+"""
+
+
+def _argument(tmp_path: Path, size: int) -> tuple[Path, str]:
+    path = tmp_path / "argument.bin"
+    h = hashlib.sha256()
+    g = Generated(size, seed="argument")
+    with open(path, "wb") as f:
+        while block := g.read(MB):
+            f.write(block)
+            h.update(block)
+    return path, h.hexdigest()
+
+
+def _expected_result(size: int) -> str:
+    h = hashlib.sha256()
+    g = Generated(size)
+    while block := g.read(MB):
+        h.update(block)
+    return h.hexdigest()
+
+
+def _peak_rss_kb(pid: int) -> int:
+    """The process's peak resident set (VmHWM), in KB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmHWM for {pid}")
+
+
+def _client(stack: ProcessStack, *args: str, timeout: float) -> tuple[str, int]:
+    env = {**os.environ, **stack.env}
+    cp = subprocess.run(
+        [sys.executable, "-c", _CLIENT, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert cp.returncode == 0, (cp.returncode, cp.stdout[-2000:], cp.stderr[-3000:])
+    peak = next(int(x.split()[1]) for x in cp.stderr.splitlines() if x.startswith("peak-rss-kb"))
+    return cp.stdout, peak
+
+
+async def _invoke_file(client: Client, path: Path, invocation_id: str) -> None:
+    """Invoke large_payload with the file's bytes (streamed: the client passes the file)."""
+    f = await asyncio.to_thread(path.open, "rb")
+    try:
+        await client.invoke_async("large_payload", f, id=invocation_id)
+    finally:
+        f.close()
+
+
+async def _refs(transport: Transport, invocation_id: str) -> list[pb.PayloadRef]:
+    records = await transport.read_journal(invocation_id)
+    return [r.entry.output.ref for r in records if r.entry.output.HasField("ref")]
+
+
+async def _objects_of(transport: Transport, invocation_id: str) -> set[str]:
+    return {n for n in await transport.payloads.objects() if n.startswith(invocation_id + ".")}
+
+
+async def test_a_50_mb_argument_and_a_200_mb_step_result_with_bounded_memory(
+    stack: ProcessStack, client: Client, transport: Transport, tmp_path: Path
+) -> None:
+    stack.start_service()
+    processor = stack.start_processor("p-large")
+    path, arg_digest = _argument(tmp_path, 50 * MB)
+    started = time.monotonic()
+    out, client_kb = await asyncio.to_thread(
+        _client,
+        stack,
+        "invoke",
+        "large_payload",
+        "--args",
+        f"@{path}",
+        "--blob",
+        "--id",
+        "large-1",
+        "--timeout",
+        "280",
+        "--json",
+        timeout=290,
+    )
+    took = time.monotonic() - started
+    processor_kb = _peak_rss_kb(processor.pid)
+    result = await client.get_result("large-1")
+    assert result.status.value == "completed", result
+    assert result.output == {
+        "argument": {"sha256": arg_digest, "size": 50 * MB},
+        "result": {"sha256": _expected_result(200 * MB), "size": 200 * MB},
+    }
+    # Arguments and step 2's result are references: the state and journal stay small.
+    state = (await transport.get_state("large-1")).state  # type: ignore[union-attr]
+    assert state.args.blob and state.args.ref.size == 50 * MB and not state.args.data
+    refs = await _refs(transport, "large-1")
+    assert [r.size for r in refs] == [200 * MB]
+    assert refs[0].object.startswith("large-1.")
+    print(
+        f"\n50 MB argument + 200 MB step result on R3: {took:.1f} s; peak RSS: processor "
+        f"{processor_kb / 1024:.0f} MB, client {client_kb / 1024:.0f} MB"
+    )
+    assert processor_kb < 150 * 1024, processor_kb
+    assert client_kb < 150 * 1024, client_kb
+    # `durable status` shows references, never their bytes.
+    cp = await asyncio.to_thread(stack.cli, "status", "large-1")
+    assert cp.returncode == 0, cp.stderr
+    assert "<object 52.4 MB sha256:" in cp.stdout, cp.stdout
+
+
+async def test_a_processor_killed_during_a_large_upload(
+    stack: ProcessStack, client: Client, transport: Transport, tmp_path: Path
+) -> None:
+    """SIGKILL while step 2's result is being uploaded: the next processor runs the step
+    again and completes; the journal references one object for it; the partial upload is an
+    orphan that the sweep deletes, and nothing else."""
+    stack.start_service()
+    first = stack.start_processor("p-doomed", DURABLE_ACK_WAIT="4")
+    path, _ = _argument(tmp_path, 20 * MB)
+    await _invoke_file(client, path, "large-kill")
+
+    async def uploading() -> bool:
+        # The argument plus step 2's object under way (step 2 not journaled yet).
+        return len(await _objects_of(transport, "large-kill")) >= 2
+
+    await assert_eventually_async(uploading, 120, "step 2's upload to start")
+    first.kill()
+    names = [r.entry.name for r in await transport.read_journal("large-kill")]
+    assert "generate" not in names, f"the upload ended before the kill: {names}"
+    partial = await _objects_of(transport, "large-kill")
+    stack.start_processor("p-next", DURABLE_ACK_WAIT="4")
+    result = await client.wait("large-kill", timeout=240)
+    assert result.status.value == "completed", result
+    assert result.output["result"] == {"sha256": _expected_result(80 * MB), "size": 80 * MB}
+    refs = await _refs(transport, "large-kill")
+    assert len(refs) == 1 and refs[0].size == 80 * MB
+    state = (await transport.get_state("large-kill")).state  # type: ignore[union-attr]
+    live = {state.args.ref.object, refs[0].object}
+    orphans = partial - live
+    assert orphans, partial  # the killed run's partial upload
+    assert await _objects_of(transport, "large-kill") >= live | orphans
+    swept = await Engine(transport).sweep_payloads(timedelta(0))
+    assert set(swept) >= orphans
+    assert await _objects_of(transport, "large-kill") == live
+
+
+async def test_retention_removes_objects_and_a_fork_shares_them(
+    stack: ProcessStack, client: Client, transport: Transport, tmp_path: Path
+) -> None:
+    stack.start_service()
+    stack.start_processor("p-fork")
+    path, _ = _argument(tmp_path, 300 * 1024)  # above the threshold: stored by reference
+    await _invoke_file(client, path, "large-src")
+    done = await client.wait("large-src", timeout=60)
+    assert done.status.value == "completed"
+    source = await _objects_of(transport, "large-src")
+    assert len(source) == 2  # the argument and step 2's result
+
+    fork_id = await client.fork("large-src", from_step=3)
+    forked = await client.wait(fork_id, timeout=60)
+    assert forked.output == done.output
+    # The fork shares the source's objects (none copied under its own id).
+    assert {r.object for r in await _refs(transport, fork_id)} <= source
+    assert await _objects_of(transport, fork_id) == set()
+
+    engine = Engine(transport)
+    rec = await transport.get_state("large-src")
+    assert rec is not None
+    assert await transport.expire_execution(rec, int(time.time() * 1000), 60)
+    assert await _objects_of(transport, "large-src") == source  # the fork holds them
+    assert await engine.sweep_payloads(timedelta(0)) == []
+    rec = await transport.get_state(fork_id)
+    assert rec is not None
+    assert await transport.expire_execution(rec, int(time.time() * 1000), 60)
+    await engine.sweep_payloads(timedelta(0))  # nothing holds or references them any more
+    assert await _objects_of(transport, "large-src") == set()
+
+    # Without a fork, retention removes them at once.
+    await _invoke_file(client, path, "large-alone")
+    await client.wait("large-alone", timeout=60)
+    assert len(await _objects_of(transport, "large-alone")) == 2
+    rec = await transport.get_state("large-alone")
+    assert rec is not None
+    assert await transport.expire_execution(rec, int(time.time() * 1000), 60)
+    assert await _objects_of(transport, "large-alone") == set()
