@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from bench_workflows import Generated
 from durable_core import Client
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import Transport
+from durable_core._transport.payloads import CHUNK_SIZE
 from durable_core.admin import Engine
 from durable_core.testing import ProcessStack, assert_eventually_async
 
@@ -88,7 +90,7 @@ async def _invoke_file(client: Client, path: Path, invocation_id: str) -> None:
     """Invoke large_payload with the file's bytes (streamed: the client passes the file)."""
     f = await asyncio.to_thread(path.open, "rb")
     try:
-        await client.invoke_async("large_payload", f, id=invocation_id)
+        await client.invoke_async("large_payload", f, id=invocation_id, queue_unserved=True)
     finally:
         f.close()
 
@@ -184,6 +186,42 @@ async def test_a_processor_killed_during_a_large_upload(
     swept = await Engine(transport).sweep_payloads(timedelta(0))
     assert set(swept) >= orphans
     assert await _objects_of(transport, "large-kill") == live
+
+
+async def _rewrite(transport: Transport, name: str, data: bytes) -> None:
+    """Replace the chunks of object ``name`` with ``data`` (as Payloads.put lays them out)."""
+    store = transport.payloads
+    subject = f"$O.{store.bucket}.C.{name}"
+    await transport.js.purge_stream(store.stream, subject=subject)
+    for index, start in enumerate(range(0, len(data), CHUNK_SIZE)):
+        chunk = data[start : start + CHUNK_SIZE]
+        await transport.js.publish(subject, chunk, headers={"Durable-Chunk": str(index)})
+
+
+async def test_a_corrupt_object_releases_the_run_until_it_is_mended(
+    stack: ProcessStack,
+    client: Client,
+    transport: Transport,
+    tmp_path: Path,
+    kinds: Callable[[str], Awaitable[list[str]]],
+) -> None:
+    """The argument's bytes no longer match its digest: the run is released (an engine
+    error, logged), never failed and never run on the wrong bytes; once the object holds the
+    right bytes again, the next delivery completes it."""
+    path, digest = _argument(tmp_path, 300 * 1024)
+    await _invoke_file(client, path, "large-bad")  # no processor yet: nothing runs
+    (name,) = await _objects_of(transport, "large-bad")
+    data = path.read_bytes()
+    await _rewrite(transport, name, data[:-1] + b"!")  # same size, other bytes
+    stack.start_service()
+    processor = stack.start_processor("p-bad")
+    processor.wait_log("digest mismatch", timeout=30)
+    processor.wait_log("releasing it", timeout=10)
+    assert not {"FAILED", "COMPLETED", "RUN", "ATTEMPT_FAILED"} & set(await kinds("large-bad"))
+    await _rewrite(transport, name, data)
+    result = await client.wait("large-bad", timeout=60)
+    assert result.status.value == "completed", result
+    assert result.output["argument"] == {"sha256": digest, "size": 300 * 1024}
 
 
 async def test_retention_removes_objects_and_a_fork_shares_them(

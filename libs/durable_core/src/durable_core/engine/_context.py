@@ -35,6 +35,7 @@ from durable_core._journal import (
 from durable_core._naming import check_workflow_name
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core.context import Awakeable, Context
+from durable_core.engine._signals import EngineFailure
 from durable_core.engine._step_io import Journal, attempt_failure
 from durable_core.errors import (
     InvalidInputError,
@@ -243,6 +244,9 @@ class RunContext(Context):
 
     async def _decide(self, kind: pb.EntryKind, name: str, digest: bytes) -> Any:
         """Replay or execute the next step; the step boundary where pause and cancel act."""
+        if self.payload_error is not None:
+            # A stored value could not be read back and the workflow went on: no more steps.
+            raise EngineFailure(self.payload_error)
         try:
             decision = self.steps.begin(kind, name, digest)
         except NonDeterminismError:
@@ -299,6 +303,11 @@ class RunContext(Context):
                     break
                 except (KeyboardInterrupt, SystemExit):
                     raise
+                except PayloadUnavailableError as e:
+                    # A stored value the step read (a Blob) is missing or corrupt: not the
+                    # step's failure, and retrying will not mend it. The run is released.
+                    self.payload_error = e
+                    raise EngineFailure(e) from e
                 except Exception as e:  # noqa: BLE001 - every step failure is journaled
                     failed, retryable = attempt_failure(e, step, policy)
                     decision = steps.attempt_failed(

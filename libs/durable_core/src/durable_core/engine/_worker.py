@@ -34,7 +34,12 @@ from durable_core.engine._execution import Execution
 from durable_core.engine._fleet import FleetMember
 from durable_core.engine._lease import ProcessorLease
 from durable_core.engine._signals import EngineFailure, LostHold
-from durable_core.errors import DurableError, InvalidInputError, NatsUnavailableError
+from durable_core.errors import (
+    DurableError,
+    InvalidInputError,
+    NatsUnavailableError,
+    PayloadUnavailableError,
+)
 from durable_core.interceptors import EngineEvent, Interceptor, observe
 from durable_core.plugins import WorkflowRegistry
 
@@ -407,7 +412,12 @@ class Worker:
             if isinstance(cause, CorruptJournalError | InvalidInputError):
                 await self._fail_broken(execution, delivery, cause)
                 return
-            log.warning("invocation %s: NATS unavailable (%s); releasing it", cmd.invocation_id, e)
+            if isinstance(cause, PayloadUnavailableError):
+                log.error("invocation %s: %s; releasing it", cmd.invocation_id, cause)
+            else:
+                log.warning(
+                    "invocation %s: NATS unavailable (%s); releasing it", cmd.invocation_id, e
+                )
             with contextlib.suppress(Exception):
                 await delivery.nak(delay=2.0)
         except (CorruptJournalError, InvalidInputError) as e:
