@@ -63,6 +63,14 @@ def _expected_result(size: int) -> str:
     return h.hexdigest()
 
 
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(MB):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _peak_rss_kb(pid: int) -> int:
     """The process's peak resident set (VmHWM), in KB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -150,6 +158,15 @@ async def test_a_50_mb_argument_and_a_200_mb_step_result_with_bounded_memory(
     cp = await asyncio.to_thread(stack.cli, "status", "large-1")
     assert cp.returncode == 0, cp.stderr
     assert "<object 52.4 MB sha256:" in cp.stdout, cp.stdout
+    # `durable payload get` streams step 2's 200 MB result to a file, in bounded memory.
+    target = tmp_path / "result.bin"
+    _, get_kb = await asyncio.to_thread(
+        _client, stack, "payload", "get", "large-1:2", "-o", str(target), timeout=120
+    )
+    assert target.stat().st_size == 200 * MB
+    assert await asyncio.to_thread(_file_digest, target) == _expected_result(200 * MB)
+    print(f"durable payload get of 200 MB: peak RSS {get_kb / 1024:.0f} MB")
+    assert get_kb < 150 * 1024, get_kb
 
 
 async def test_a_processor_killed_during_a_large_upload(

@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from durable_core.cli import _admin, _local, _schedule, _steer
+from durable_core.cli import _admin, _local, _payload, _schedule, _steer
 from durable_core.cli._base import (
     CONTEXT,
     EXIT_CONFLICT,
@@ -52,6 +52,7 @@ from durable_core.errors import (
     InvocationTimeoutError,
     NatsUnavailableError,
     NotFoundError,
+    PayloadUnavailableError,
     UnknownWorkflowError,
     UnsupportedServerError,
 )
@@ -378,7 +379,13 @@ def list_(
     return int(run(go()))
 
 
-for _command in (*_steer.COMMANDS, *_local.COMMANDS, _schedule.schedule, _admin.admin):
+for _command in (
+    *_steer.COMMANDS,
+    *_local.COMMANDS,
+    _schedule.schedule,
+    _admin.admin,
+    _payload.payload,
+):
     cli.add_command(_command)
 
 
@@ -399,6 +406,7 @@ _ERRORS: list[tuple[type[BaseException], int, str]] = [
     (ExpiredError, EXIT_NOT_FOUND, ""),  # "invocation X has expired: ..."
     (NotFoundError, EXIT_NOT_FOUND, "not found: "),
     (InvocationTimeoutError, EXIT_TIMEOUT, ""),
+    (PayloadUnavailableError, EXIT_FAILED, ""),
     (DurableError, EXIT_FAILED, ""),
 ]
 

@@ -372,6 +372,23 @@ class Client:
             pb.Failure(type="AwakeableRejectedError", message=str(reason)),
         )
 
+    async def payload(self, ref: str) -> _payloads.Blob:
+        """The bytes of a recorded value, to read in chunks (``durable payload get``).
+
+        Args:
+            ref: ``<invocation id>:args``, ``<invocation id>:output``, ``<invocation id>:<step>``
+                (a step's result), or a stored object's name (``<invocation id>.<token>``).
+                A value kept inline is returned too (as its encoded bytes: JSON, protobuf).
+
+        Raises:
+            NotFoundError: no such invocation, step or object (or it holds no value).
+            PayloadUnavailableError: reading it found the object missing or corrupt.
+        """
+        payload = await lifecycle.find_payload(self._t, ref)
+        blob = await _payloads.load_value(self._t.payloads, payload, _payloads.Blob)
+        assert isinstance(blob, _payloads.Blob)
+        return blob
+
     async def signal(self, invocation_id: str, name: str, payload: Any = None) -> None:
         """Send the signal ``name`` to an invocation; kept until the workflow waits for it.
 

@@ -411,3 +411,38 @@ async def _deliver(
             f"invocation {invocation_id} is already {Status.from_pb(rec.state.status)}"
         )
     await deliver_external(t, _addressee(rec.state), entry, msg_id, check)
+
+
+async def find_payload(t: Transport, ref: str) -> pb.Payload:
+    """The recorded payload ``ref`` names (see ``Client.payload``), as bytes: its encoding
+    becomes ENCODING_BYTES (the raw encoded value is what is read)."""
+    owner, sep, which = ref.partition(":") if isinstance(ref, str) else ("", "", "")
+    if not sep:
+        owner = ref.rsplit(".", 1)[0] if isinstance(ref, str) and "." in ref else ""
+    check_invocation_id(owner)
+    rec = await state_of(t, owner)
+    st = rec.state
+    records = await t.read_journal(owner, min_entries=st.journal_length)
+    found: pb.Payload | None = None
+    if which == "args":
+        found = st.args if st.HasField("args") else None
+    elif which == "output":
+        found = st.output if st.HasField("output") else None
+    elif sep:
+        if not which.isdigit():
+            raise InvalidInputError(
+                f"{ref!r}: say <invocation>:args, <invocation>:output or <invocation>:<step>"
+            )
+        steps = [r.entry for r in records if r.entry.kind in STEP_KINDS]
+        hits = [e.output for e in steps if e.step == int(which) and e.HasField("output")]
+        found = hits[-1] if hits else None
+    else:
+        everything = [st.args, st.output, *(r.entry.output for r in records)]
+        hits = [p for p in everything if p.HasField("ref") and p.ref.object == ref]
+        found = hits[0] if hits else None
+    if found is None:
+        raise NotFoundError(f"{ref}: no such value recorded")
+    out = pb.Payload()
+    out.CopyFrom(found)
+    out.encoding, out.type_name = pb.ENCODING_BYTES, ""
+    return out
