@@ -15,7 +15,15 @@ from typing import Any
 
 import click
 
-from durable_core.cli._base import connect, connection_options, echo, globals_of, run
+from durable_core.cli._base import (
+    connect,
+    connection_options,
+    echo,
+    echo_json,
+    globals_of,
+    json_option,
+    run,
+)
 
 __all__ = ["payload"]
 
@@ -26,7 +34,9 @@ def payload() -> None:
 
 
 @payload.command(name="get")
-@click.argument("ref", metavar="REF")
+@click.argument(
+    "ref", metavar="REF", help="INVOCATION:args, INVOCATION:output, INVOCATION:STEP or an object"
+)
 @click.option(
     "-o",
     "--output",
@@ -35,9 +45,10 @@ def payload() -> None:
     required=True,
     help="where to write the bytes (- for stdout); a partial file is removed on error",
 )
+@json_option
 @connection_options
 @click.pass_context
-def get(ctx: click.Context, ref: str, path: str) -> int:
+def get(ctx: click.Context, ref: str, path: str, as_json: bool) -> int:
     """Write a recorded value's bytes to FILE, chunk by chunk (its digest checked at the end).
 
     REF is INVOCATION:args, INVOCATION:output, INVOCATION:STEP (a step's result) or an object
@@ -61,6 +72,9 @@ def get(ctx: click.Context, ref: str, path: str) -> int:
                 raise
             if path != "-":
                 out.close()
+            if as_json:
+                echo_json({"ref": ref, "path": path, "size": blob.size, "sha256": blob.sha256})
+            else:
                 echo(f"{path}: {blob.size} bytes, sha256 {blob.sha256}", err=True)
             return 0
 
