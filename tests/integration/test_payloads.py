@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 
+import httpx2 as httpx
 import pytest
 
 from bench_workflows import Generated
@@ -252,6 +254,24 @@ async def test_retention_removes_objects_and_a_fork_shares_them(
     assert done.status.value == "completed"
     source = await _objects_of(transport, "large-src")
     assert len(source) == 2  # the argument and step 2's result
+
+    # The inspector shows references and offers their bytes as a download, streamed.
+    proc = stack.start(
+        "inspector", ["-m", "durable_inspector", "--port", "0"], ready="inspector listening on"
+    )
+    match = re.search(r"inspector listening on (http://\S+)", proc.log())
+    assert match, proc.log()
+    async with httpx.AsyncClient(base_url=match.group(1), timeout=30) as http:
+        page = await http.get("/executions/large-src")
+        assert page.status_code == 200
+        assert 'href="/api/executions/large-src/payloads/2" download' in page.text
+        assert 'id="download-args"' in page.text
+        got = await http.get("/api/executions/large-src/payloads/2")
+        assert got.status_code == 200, got.text
+        assert hashlib.sha256(got.content).hexdigest() == done.output["result"]["sha256"]
+        assert got.headers["x-content-sha256"] == done.output["result"]["sha256"]
+        missing = await http.get("/api/executions/large-src/payloads/9")
+        assert missing.status_code == 404, missing.text
 
     fork_id = await client.fork("large-src", from_step=3)
     forked = await client.wait(fork_id, timeout=60)
