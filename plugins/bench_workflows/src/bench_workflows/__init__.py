@@ -4,6 +4,7 @@
   (journal append and bookkeeping) when the step itself costs nothing.
 - ``sleeper``: one durable ``ctx.sleep``, to hold thousands of suspended invocations while the
   benchmark measures the processor's memory.
+- ``echo_blob``: returns its Blob argument (the benchmark's large value round trip).
 - ``large_payload``: three steps over large values (issue 18): the argument (a Blob) is read in
   chunks, the middle step returns a file-like stream four times its size, the last step reads
   that back; the output gives both digests, to check the bytes went through unchanged.
@@ -95,6 +96,12 @@ async def _digest(blob: Blob) -> dict[str, Any]:
     return {"sha256": h.hexdigest(), "size": blob.size}
 
 
+async def echo_blob(ctx: Context, data: Blob) -> Blob:
+    """Return the argument: the stored object is shared, never copied (the benchmark's large
+    value round trip: the client's upload and download through the engine)."""
+    return data
+
+
 async def large_payload(ctx: Context, data: Blob) -> dict[str, Any]:
     """Read the argument in chunks (step 1), return a stream of four times its size (step 2,
     never in memory: streamed to the object store), read that back in chunks (step 3)."""
@@ -110,3 +117,4 @@ def durable_register_workflows(registry: WorkflowRegistry) -> None:
     registry.register(many_steps)
     registry.register(sleeper)
     registry.register(large_payload)
+    registry.register(echo_blob)
