@@ -475,7 +475,7 @@ async def test_args_over_the_max_object_size_name_the_limit_and_write_nothing(
             await client.invoke("hello_workflow", {"name": "x" * LIMIT}, id=invocation_id)
     assert await transport.get_state(invocation_id) is None
     assert await command_count(transport) == 0
-    assert await transport.payloads.objects() == {}
+    assert await transport.payloads.objects() == []
     assert await command_count(transport) == 0
 
 

@@ -7,6 +7,7 @@ import hashlib
 import io
 import uuid
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import pytest
 import pytest_asyncio
@@ -22,6 +23,7 @@ from durable_core import (
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import Transport
 from durable_core._transport.payloads import CHUNK_SIZE
+from durable_core.admin import Engine
 from durable_core.config import NatsConfig
 from durable_core.errors import ConfigError
 from durable_core.testing import NatsServer
@@ -113,7 +115,7 @@ async def test_a_value_over_the_max_object_size_is_refused_and_leaves_nothing(
         await _payloads.store_value(store, io.BytesIO(b"z" * (64 * 1024 + 1)), "inv6")
     with pytest.raises(PayloadTooLargeError):
         await _payloads.store_value(store, b"z" * (100 * 1024), "inv6")
-    assert await store.objects() == {}
+    assert await store.objects() == []
     ok = await _payloads.store_value(store, b"z" * (64 * 1024), "inv6")
     assert ok.ref.size == 64 * 1024
 
@@ -159,3 +161,18 @@ async def test_retention_keeps_what_a_fork_holds_and_the_sweep_collects_the_rest
     assert await store.sweep(referenced, grace_ms=3_600_000) == []  # too young
     assert await store.sweep(referenced, grace_ms=0) == [orphan.ref.object]
     assert set(await store.objects()) == {kept.ref.object}
+
+
+async def test_the_sweep_drops_a_hold_whose_holder_never_came_to_exist(
+    small: Transport,
+) -> None:
+    """A fork that failed after writing its hold must not keep its source's objects forever."""
+    store = small.payloads
+    await _payloads.store_value(store, b"g" * 5000, "gone")  # its invocation: no state
+    await store.hold("gone", "never-forked")
+    engine = Engine(small)
+    assert await engine.sweep_payloads(timedelta(hours=1)) == []  # the hold is too young
+    assert await store.held("gone")
+    (name,) = await engine.sweep_payloads(timedelta(0))
+    assert name.startswith("gone.") and not await store.held("gone")
+    assert await store.objects() == []

@@ -184,7 +184,13 @@ class Engine:
             return _payloads.referenced(rec.state, [r.entry for r in records])
 
         grace_ms = int(grace.total_seconds() * 1000)
-        return await self._t.payloads.sweep(referenced, grace_ms)
+        store = self._t.payloads
+        # A hold whose holder never came to exist (a fork or rerun that failed after holding)
+        # would keep its owner's objects for ever.
+        for owner, holder, age in await store.holds():
+            if age >= grace_ms and await self._t.get_state(holder) is None:
+                await store.drop_hold(owner, holder)
+        return await store.sweep(referenced, grace_ms)
 
     # -- processor leases --------------------------------------------------------------------
 

@@ -240,14 +240,36 @@ class Payloads:
             f"hold payloads of {source}", lambda: self._link.js.publish(subject, b"")
         )
 
+    async def _subjects(self, pattern: str) -> list[str]:
+        """The subjects of the bucket's stream matching ``pattern`` (from the stream leader,
+        so a write acknowledged before is always seen)."""
+        js = self._link.js
+
+        async def info() -> Any:
+            return await js.stream_info(self.stream, subjects_filter=pattern)
+
+        found = await self._link.retry("list payload subjects", info)
+        return sorted(found.state.subjects or {})
+
     async def held(self, source: str) -> bool:
-        """Whether a fork or rerun holds objects of ``source``."""
+        """Whether a fork or rerun holds objects of ``source`` (read from the leader: a hold
+        acknowledged before is always seen)."""
         await self.ensure()
-        msgs, _ = await self._link.retry(
-            f"look for holds on {source}",
-            lambda: self._gets.batch(self.stream, f"$O.{self.bucket}.M.hold.{source}.*", 1, 1),
-        )
-        return bool(msgs)
+        return bool(await self._subjects(self._hold_subject(source, "*")))
+
+    async def holds(self) -> list[tuple[str, str, int]]:
+        """Every hold: ``(owner, holder, age in ms)``."""
+        await self.ensure()
+        head = f"$O.{self.bucket}.M.hold."
+        out = []
+        for subject in await self._subjects(head + ">"):
+            owner, _, holder = subject.removeprefix(head).partition(".")
+            out.append((owner, holder, await self._age_ms(subject)))
+        return out
+
+    async def drop_hold(self, source: str, holder: str) -> None:
+        """Remove one hold (the sweep: its holder never came to exist)."""
+        await self._purge("drop a payload hold", self._hold_subject(source, holder))
 
     async def expire(self, invocation_id: str) -> bool:
         """Retention: drop the holds ``invocation_id`` has on others' objects, and remove its
@@ -276,27 +298,24 @@ class Payloads:
 
         await self._link.retry(what, purge)
 
-    async def objects(self) -> dict[str, int]:
-        """Every object's name and its first chunk's age in ms (the sweep's listing)."""
+    async def objects(self) -> list[str]:
+        """Every object's name (one stream info request, answered by the leader)."""
         await self.ensure()
-        js = self._link.js
         prefix = f"$O.{self.bucket}.C."
-        info = await self._link.retry(
-            "list payload objects",
-            lambda: js.stream_info(self.stream, subjects_filter=f"{prefix}>"),
+        return [s.removeprefix(prefix) for s in await self._subjects(prefix + ">")]
+
+    async def _age_ms(self, subject: str) -> int:
+        """How long ago the first message of ``subject`` was stored (0 if it has none)."""
+        msgs, _ = await self._link.retry(
+            "read a payload's first message",
+            lambda: self._gets.batch(self.stream, subject, 1, 1),
         )
-        names = sorted(s.removeprefix(prefix) for s in (info.state.subjects or {}))
-        now = time.time()
-        out: dict[str, int] = {}
-        for name in names:
-            msgs, _ = await self._link.retry(
-                "read a payload's first chunk",
-                lambda n=name: self._gets.batch(self.stream, prefix + n, 1, 1),  # type: ignore[misc]
-            )
-            if msgs:
-                stamp = (msgs[0].headers or {}).get("Nats-Time-Stamp", "")
-                out[name] = int((now - _parse_time(stamp)) * 1000) if stamp else 0
-        return out
+        stamp = (msgs[0].headers or {}).get("Nats-Time-Stamp", "") if msgs else ""
+        return int((time.time() - _parse_time(stamp)) * 1000) if stamp else 0
+
+    async def age_ms(self, name: str) -> int:
+        """How long ago object ``name`` was started."""
+        return await self._age_ms(self._chunks_subject(name))
 
     async def sweep(
         self, referenced: Callable[[str], Awaitable[set[str] | None]], grace_ms: int
@@ -305,11 +324,11 @@ class Payloads:
         deleted. ``referenced(invocation_id)`` is the set of object names the invocation's
         state and journal reference, or None to keep all of its objects (it may still run and
         journal one). Objects are grouped by invocation (their name starts with its id), so
-        each invocation is looked at once; those a fork or rerun holds are kept."""
+        each invocation is looked at once; those a fork or rerun holds are kept; only the
+        unreferenced ones have their age read."""
         by_owner: dict[str, list[str]] = {}
-        for name, age in (await self.objects()).items():
-            if age >= grace_ms:
-                by_owner.setdefault(name.rsplit(".", 1)[0], []).append(name)
+        for name in await self.objects():
+            by_owner.setdefault(name.rsplit(".", 1)[0], []).append(name)
         deleted = []
         for owner, names in by_owner.items():
             if await self.held(owner):
@@ -318,7 +337,7 @@ class Payloads:
             if keep is None:
                 continue
             for name in names:
-                if name not in keep:
+                if name not in keep and await self.age_ms(name) >= grace_ms:
                     await self._purge(f"delete payload {name}", self._chunks_subject(name))
                     deleted.append(name)
         return deleted

@@ -292,8 +292,7 @@ async def rerun(t: Transport, invocation_id: str) -> str:
     key = st.partition_key if st.partition_key != invocation_id else None
     new_id = uuid.uuid4().hex
     # Shares (never copies) the stored arguments: held before anything refers to them.
-    for owner in _payloads.owners([st.args], but=new_id):
-        await t.payloads.hold(owner, new_id)
+    await _hold(t, invocation_id, [st.args], new_id)
     await submit_payload(t, st.workflow, st.args, new_id, key, rerun_of=invocation_id)
     return new_id
 
@@ -328,8 +327,7 @@ async def fork(t: Transport, invocation_id: str, from_step: int) -> str:
     # The copied entries and arguments share (never copy) the stored objects they reference:
     # held before they are copied, so the source's retention leaves them in place.
     shared = [e.output for e in steps if e.HasField("output")] + [st.args]
-    for owner in _payloads.owners(shared, but=new_id):
-        await t.payloads.hold(owner, new_id)
+    await _hold(t, invocation_id, shared, new_id)
     last = 0
     for index, entry in enumerate(sorted(steps, key=lambda e: e.step), start=1):
         copy = pb.JournalEntry()
@@ -343,6 +341,19 @@ async def fork(t: Transport, invocation_id: str, from_step: int) -> str:
         t, st.workflow, st.args, new_id, key, journal_length=len(steps), forked_from=invocation_id
     )
     return new_id
+
+
+async def _hold(t: Transport, source: str, shared: list[pb.Payload], holder: str) -> None:
+    """Hold the owners of the stored objects ``shared`` references for ``holder`` (a fork or
+    rerun of ``source``), then check ``source`` is still there: its retention deletes its
+    state before it looks for holds, so if the state outlived the holds, retention will see
+    them and leave the objects (and ``source``'s own holds on older owners lasted until then);
+    if it is gone, the objects may be too, and the fork or rerun is refused (ExpiredError)."""
+    owners = _payloads.owners(shared, but=holder)
+    for owner in sorted(owners):
+        await t.payloads.hold(owner, holder)
+    if owners:
+        await state_of(t, source)
 
 
 def _awakeable_owner(awakeable_id: str) -> str:
