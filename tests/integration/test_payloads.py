@@ -243,6 +243,38 @@ async def test_a_corrupt_object_releases_the_run_until_it_is_mended(
     assert result.output["argument"] == {"sha256": digest, "size": 300 * 1024}
 
 
+async def test_a_replay_reads_only_the_values_it_hands_to_the_workflow(
+    stack: ProcessStack,
+    client: Client,
+    transport: Transport,
+    kinds: Callable[[str], Awaitable[list[str]]],
+) -> None:
+    """After the wake-up the run replays both large steps: the Blob (never read) is not
+    downloaded, so corrupting it changes nothing; the string is handed to the workflow, so it
+    is read (and checked) again: corrupting it releases the run instead of a wrong value."""
+    stack.start_service()
+    processor = stack.start_processor("p-replay")
+    refs: list[pb.PayloadRef] = []
+    for invocation_id in ("replay-blob", "replay-text"):
+        await client.invoke_async("sleep_over_large", {"seconds": 3}, id=invocation_id)
+
+        async def asleep(invocation_id: str = invocation_id) -> bool:
+            return "SUSPENDED" in await kinds(invocation_id)
+
+        await assert_eventually_async(asleep, 30, f"{invocation_id} to sleep")
+        refs.append(pb.PayloadRef())
+        refs[-1].CopyFrom(
+            (await _refs(transport, invocation_id))[0 if "blob" in invocation_id else 1]
+        )
+    blob_ref, text_ref = refs
+    await _rewrite(transport, blob_ref.object, b"x" * blob_ref.size)
+    await _rewrite(transport, text_ref.object, b"x" * text_ref.size)
+    done = await client.wait("replay-blob", timeout=60)
+    assert done.status.value == "completed" and done.output == {"blob": 300_000, "text": 300_000}
+    processor.wait_log("digest mismatch", timeout=30)  # replay-text: its string was read
+    assert "COMPLETED" not in await kinds("replay-text")
+
+
 async def test_retention_removes_objects_and_a_fork_shares_them(
     stack: ProcessStack, client: Client, transport: Transport, tmp_path: Path
 ) -> None:

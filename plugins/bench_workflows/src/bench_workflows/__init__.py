@@ -4,6 +4,7 @@
   (journal append and bookkeeping) when the step itself costs nothing.
 - ``sleeper``: one durable ``ctx.sleep``, to hold thousands of suspended invocations while the
   benchmark measures the processor's memory.
+- ``sleep_over_large``: large step results, then a durable sleep (what a replay reads).
 - ``echo_blob``: returns its Blob argument (the benchmark's large value round trip).
 - ``large_payload``: three steps over large values (issue 18): the argument (a Blob) is read in
   chunks, the middle step returns a file-like stream four times its size, the last step reads
@@ -13,6 +14,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 from datetime import timedelta
 from typing import Any
 
@@ -102,6 +104,17 @@ async def echo_blob(ctx: Context, data: Blob) -> Blob:
     return data
 
 
+async def sleep_over_large(ctx: Context, args: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Two large step results (a stream, read back as a Blob, and a 300 KB string stored by
+    reference), a durable sleep, then the output from both: the replay after the wake-up
+    returns the string (read again) but never reads the Blob (only its size is used)."""
+    seconds = _int_arg(args, "seconds", 2, 0, 3600)
+    blob = await ctx.run("stream", io.BytesIO, b"b" * 300_000)
+    text = await ctx.run("text", str.__mul__, "t", 300_000)
+    await ctx.sleep(timedelta(seconds=seconds))
+    return {"blob": blob.size, "text": len(text)}
+
+
 async def large_payload(ctx: Context, data: Blob) -> dict[str, Any]:
     """Read the argument in chunks (step 1), return a stream of four times its size (step 2,
     never in memory: streamed to the object store), read that back in chunks (step 3)."""
@@ -118,3 +131,4 @@ def durable_register_workflows(registry: WorkflowRegistry) -> None:
     registry.register(sleeper)
     registry.register(large_payload)
     registry.register(echo_blob)
+    registry.register(sleep_over_large)
