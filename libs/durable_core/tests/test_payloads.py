@@ -81,6 +81,10 @@ async def test_values_above_the_threshold_go_by_reference(transport: Transport) 
     assert big.ref.size == len(encoded)
     assert big.ref.sha256 == hashlib.sha256(encoded).digest()
     assert await _payloads.load_value(store, big) == value
+    raw = bytes(range(256)) * 1200  # bytes go straight to the store, and come back as bytes
+    stored = await _payloads.store_value(store, raw, "inv1")
+    assert stored.encoding == pb.ENCODING_BYTES and stored.ref.size == len(raw)
+    assert await _payloads.load_value(store, stored) == raw
     assert _payloads.same_payload(big, await _payloads.store_value(store, value, "inv2"))
 
 

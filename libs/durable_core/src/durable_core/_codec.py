@@ -83,7 +83,12 @@ def decode(payload: pb.Payload, as_type: type[Message] | None = None) -> Any:
     raise InvalidInputError(f"unknown payload encoding {enc}")
 
 
-def _loads_stored(data: bytes) -> Any:
+def loads_stored(data: bytes | bytearray) -> Any:
+    """A stored JSON value (see ``_loads_stored``)."""
+    return _loads_stored(data)
+
+
+def _loads_stored(data: bytes | bytearray) -> Any:
     """A stored JSON payload, or InvalidInputError if it is not valid JSON (this engine never
     writes such a payload, but a raw command or a foreign journal entry may carry one)."""
     try:

@@ -24,6 +24,8 @@ import os
 from collections.abc import AsyncIterator, Iterable
 from typing import Any, Protocol
 
+from google.protobuf.message import Message
+
 from durable_core import _codec
 from durable_core._codec import describe_ref
 from durable_core._pb.durable.v1 import durable_pb2 as pb
@@ -154,6 +156,9 @@ async def store_value(store: PayloadStore | None, value: Any, owner: str) -> pb.
             return pb.Payload(encoding=pb.ENCODING_BYTES, data=data, blob=True, ref=ref)
         ref = await store.put(owner, value)
         return pb.Payload(encoding=pb.ENCODING_BYTES, ref=ref, blob=True)
+    if store is not None and isinstance(value, bytes | bytearray) and len(value) > store.threshold:
+        # Large bytes go straight from the value, without a copy into a Payload first.
+        return pb.Payload(encoding=pb.ENCODING_BYTES, ref=await store.put(owner, value))
     return await offload(store, _codec.encode(value), owner)
 
 
@@ -172,10 +177,18 @@ async def resolved(store: PayloadStore | None, payload: pb.Payload) -> pb.Payloa
         return payload
     if store is None:
         raise PayloadUnavailableError(payload.ref.object, "no payload store to read it from")
-    data = bytearray()
-    async for chunk in store.chunks(payload.ref):
-        data += chunk
+    data = await _read_all(store, payload.ref)
     return pb.Payload(encoding=payload.encoding, type_name=payload.type_name, data=bytes(data))
+
+
+async def _read_all(store: PayloadStore, ref: pb.PayloadRef) -> bytearray:
+    """A stored object's bytes in one buffer of its recorded size (no growing copies)."""
+    data = bytearray(ref.size)
+    view, at = memoryview(data), 0
+    async for chunk in store.chunks(ref):
+        view[at : at + len(chunk)] = chunk
+        at += len(chunk)
+    return data
 
 
 async def load_value(store: PayloadStore | None, payload: pb.Payload, as_type: Any = None) -> Any:
@@ -191,6 +204,12 @@ async def load_value(store: PayloadStore | None, payload: pb.Payload, as_type: A
         digest = hashlib.sha256(payload.data).digest()
         ref = pb.PayloadRef(size=len(payload.data), sha256=digest)
         return Blob(ref, _Inline(payload.data))
+    if payload.HasField("ref") and not payload.data and store is not None:
+        if payload.encoding == pb.ENCODING_BYTES and as_type in (None, bytes, Any):
+            return bytes(await _read_all(store, payload.ref))
+        typed_message = isinstance(as_type, type) and issubclass(as_type, Message)
+        if payload.encoding == pb.ENCODING_JSON and not typed_message:  # no copy first
+            return _codec.convert(_codec.loads_stored(await _read_all(store, payload.ref)), as_type)
     return _codec.decode_as(await resolved(store, payload), as_type)
 
 
