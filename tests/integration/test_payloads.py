@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import os
 import re
 import subprocess
@@ -24,7 +25,7 @@ import httpx2 as httpx
 import pytest
 
 from bench_workflows import Generated
-from durable_core import Client
+from durable_core import Client, InvalidInputError, UnknownWorkflowError
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import Transport
 from durable_core._transport.payloads import CHUNK_SIZE
@@ -332,3 +333,15 @@ async def test_retention_removes_objects_and_a_fork_shares_them(
     assert rec is not None
     assert await transport.expire_execution(rec, int(time.time() * 1000), 60)
     assert await _objects_of(transport, "large-alone") == set()
+
+
+async def test_a_refused_submission_uploads_nothing(client: Client, transport: Transport) -> None:
+    """An unknown workflow (or a bad partition key) is refused before the arguments are
+    uploaded: no object is left behind for the sweep."""
+    with pytest.raises(UnknownWorkflowError):
+        await client.invoke_async("no_such_workflow", io.BytesIO(b"n" * MB), id="refused-1")
+    with pytest.raises(InvalidInputError):
+        await client.invoke_async(
+            "large_payload", io.BytesIO(b"n" * MB), id="refused-2", partition_key="k" * 2000
+        )
+    assert await transport.payloads.objects() == []

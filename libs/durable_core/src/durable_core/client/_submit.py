@@ -147,6 +147,9 @@ async def submit(
     invocation_id = check_invocation_id(
         uuid.uuid4().hex if invocation_id is None else invocation_id
     )
+    encode_partition_key(invocation_id if partition_key is None else partition_key)
+    if check is not None:
+        await check(name)  # before anything is uploaded: a refusal leaves no object behind
     # A large value goes to the object store, a file-like one in chunks (claim check).
     payload = await _payloads.store_value(t.payloads, args, invocation_id)
     return await submit_payload(
@@ -158,7 +161,6 @@ async def submit(
         watch=watch,
         start_at=start_at,
         deadline_ms=deadline,
-        check=check,
     )
 
 
