@@ -332,7 +332,7 @@ class RunContext(Context):
                 except InvalidInputError as e:  # a result we cannot store: running again won't help
                     failure = pb.Failure(type=type(e).__name__, message=str(e), step=step)
                 if output is not None and output.blob:
-                    result = _payloads.Blob(output.ref, self._payloads)  # as replays get it
+                    result = await self._load(output)  # a Blob, as replays get it
             entry = steps.outcome(
                 kind,
                 step,
