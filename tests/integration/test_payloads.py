@@ -276,6 +276,34 @@ async def test_a_replay_reads_only_the_values_it_hands_to_the_workflow(
     assert "COMPLETED" not in await kinds("replay-text")
 
 
+async def test_a_childs_retention_leaves_the_output_its_parent_still_needs(
+    stack: ProcessStack,
+    client: Client,
+    transport: Transport,
+    kinds: Callable[[str], Awaitable[list[str]]],
+) -> None:
+    stack.start_service()
+    stack.start_processor("p-family")
+    await client.invoke_async("large_parent", {"seconds": 3}, id="parent-1")
+
+    async def asleep() -> bool:
+        return "SLEEP" in await kinds("parent-1")
+
+    await assert_eventually_async(asleep, 30, "the parent to sleep after its child")
+    (child_id,) = (await transport.get_state("parent-1")).state.child_ids  # type: ignore[union-attr]
+    rec = await transport.get_state(child_id)
+    assert rec is not None and rec.state.output.HasField("ref")
+    assert await transport.expire_execution(rec, int(time.time() * 1000), 60)
+    assert await _objects_of(transport, child_id)  # held by the parent
+    done = await client.wait("parent-1", timeout=60)
+    assert done.status.value == "completed" and done.output == 300_000
+    rec = await transport.get_state("parent-1")
+    assert rec is not None
+    assert await transport.expire_execution(rec, int(time.time() * 1000), 60)
+    await Engine(transport).sweep_payloads(timedelta(0))
+    assert await _objects_of(transport, child_id) == set()
+
+
 async def test_retention_removes_objects_and_a_fork_shares_them(
     stack: ProcessStack, client: Client, transport: Transport, tmp_path: Path
 ) -> None:

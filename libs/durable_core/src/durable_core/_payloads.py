@@ -65,6 +65,10 @@ class PayloadStore(Protocol):
         last chunk) when they do not match the reference's size and digest, at once when the
         object is missing."""
 
+    async def hold(self, source: str, holder: str) -> None:
+        """Record that invocation ``holder`` references objects of invocation ``source``
+        (their retention leaves them while it does)."""
+
 
 class Blob:
     """A stream of bytes stored by the engine (a large file-like argument or step result).
@@ -236,6 +240,9 @@ class _Inline:
 
     async def put(self, owner: str, source: Any) -> pb.PayloadRef:
         raise NotImplementedError
+
+    async def hold(self, source: str, holder: str) -> None:
+        pass
 
     async def chunks(self, ref: pb.PayloadRef) -> AsyncIterator[bytes]:
         yield self._data

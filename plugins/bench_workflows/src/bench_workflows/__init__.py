@@ -5,6 +5,7 @@
 - ``sleeper``: one durable ``ctx.sleep``, to hold thousands of suspended invocations while the
   benchmark measures the processor's memory.
 - ``sleep_over_large``: large step results, then a durable sleep (what a replay reads).
+- ``large_parent`` / ``large_child``: a parent using a child's large output after a sleep.
 - ``echo_blob``: returns its Blob argument (the benchmark's large value round trip).
 - ``large_payload``: three steps over large values (issue 18): the argument (a Blob) is read in
   chunks, the middle step returns a file-like stream four times its size, the last step reads
@@ -115,6 +116,19 @@ async def sleep_over_large(ctx: Context, args: dict[str, Any] | None = None) -> 
     return {"blob": blob.size, "text": len(text)}
 
 
+async def large_child(ctx: Context) -> str:
+    """A 300 KB output: stored by reference, under this (child) invocation's id."""
+    return "c" * 300_000
+
+
+async def large_parent(ctx: Context, args: dict[str, Any] | None = None) -> int:
+    """Invoke ``large_child``, sleep, then use its output: the replay after the wake-up reads
+    the child's stored output, which the child's retention must have left in place."""
+    text = await ctx.invoke("large_child")
+    await ctx.sleep(timedelta(seconds=_int_arg(args, "seconds", 2, 0, 3600)))
+    return len(text)
+
+
 async def large_payload(ctx: Context, data: Blob) -> dict[str, Any]:
     """Read the argument in chunks (step 1), return a stream of four times its size (step 2,
     never in memory: streamed to the object store), read that back in chunks (step 3)."""
@@ -132,3 +146,5 @@ def durable_register_workflows(registry: WorkflowRegistry) -> None:
     registry.register(large_payload)
     registry.register(echo_blob)
     registry.register(sleep_over_large)
+    registry.register(large_child)
+    registry.register(large_parent)

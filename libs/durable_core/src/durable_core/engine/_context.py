@@ -597,6 +597,9 @@ class RunContext(Context):
             # Large arguments go to the object store under the child's id (its retention
             # removes them); a Blob is shared as it is.
             args_payload = await _payloads.offload(self._payloads, payload, child_id)
+            if self._payloads is not None:  # a Blob passed on: the child may outlive its owner
+                for owner in sorted(_payloads.owners([args_payload], but=child_id)):
+                    await self._payloads.hold(owner, child_id)
             await self._journal.submit(
                 Submission(
                     invocation_id=child_id,
