@@ -280,16 +280,19 @@ async def test_a_childs_retention_leaves_the_output_its_parent_still_needs(
     stack: ProcessStack,
     client: Client,
     transport: Transport,
+    wait_status: Callable[[str, str], Awaitable[None]],
     kinds: Callable[[str], Awaitable[list[str]]],
 ) -> None:
+    """The parent replays its child's stored output after the child has expired."""
     stack.start_service()
     stack.start_processor("p-family")
     await client.invoke_async("large_parent", {"seconds": 3}, id="parent-1")
 
-    async def asleep() -> bool:
-        return "SLEEP" in await kinds("parent-1")
+    async def has_result() -> bool:
+        return "CHILD_RESULT" in await kinds("parent-1")
 
-    await assert_eventually_async(asleep, 30, "the parent to sleep after its child")
+    await assert_eventually_async(has_result, 30, "the child's result in the parent's journal")
+    await wait_status("parent-1", "suspended")  # asleep
     (child_id,) = (await transport.get_state("parent-1")).state.child_ids  # type: ignore[union-attr]
     rec = await transport.get_state(child_id)
     assert rec is not None and rec.state.output.HasField("ref")
