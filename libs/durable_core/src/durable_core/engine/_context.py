@@ -40,6 +40,7 @@ from durable_core.engine._step_io import Journal, attempt_failure
 from durable_core.errors import (
     InvalidInputError,
     InvocationCancelledError,
+    NatsUnavailableError,
     NonDeterminismError,
     PayloadUnavailableError,
     StepTimeoutError,
@@ -86,9 +87,9 @@ class RunContext(Context):
         self._default_retry = default_retry or DEFAULT_RETRY
         self._markers: list[pb.JournalEntry] = []  # patch markers not yet journaled
         self._payloads = payloads  # large values (None: all inline, the test replayer)
-        # A stored value that could not be read back (missing, corrupt): the run is released
-        # whatever the workflow did with the error (never a silent wrong value).
-        self.payload_error: PayloadUnavailableError | None = None
+        # A stored value that could not be read back (missing, corrupt) or written: the run is
+        # released whatever the workflow did (never a silent wrong value).
+        self.payload_error: PayloadUnavailableError | NatsUnavailableError | None = None
 
     # -- identity and deterministic helpers ------------------------------------------------
 
@@ -216,23 +217,29 @@ class RunContext(Context):
         """The value of a recorded payload as workflow code gets it: a stored one is read
         from the object store only now, when it is handed to the workflow (a Blob not even
         then: only when the workflow reads it)."""
-        try:
+        with self._engine_errors():
             return await _payloads.load_value(self._payloads, payload, as_type)
-        except PayloadUnavailableError as e:
-            self.payload_error = e
-            raise
 
     async def _resolved(self, payload: pb.Payload) -> pb.Payload:
-        try:
+        with self._engine_errors():
             return await _payloads.resolved(self._payloads, payload)
-        except PayloadUnavailableError as e:
-            self.payload_error = e
-            raise
 
     async def _stored(self, value: Any) -> pb.Payload:
         """A step's result or the workflow's output, encoded; stored by reference when large
         (streamed in chunks when file-like)."""
-        return await _payloads.store_value(self._payloads, value, self._invocation_id)
+        with self._engine_errors():
+            return await _payloads.store_value(self._payloads, value, self._invocation_id)
+
+    @contextlib.contextmanager
+    def _engine_errors(self) -> Iterator[None]:
+        """A stored value that cannot be read back (missing, corrupt) or NATS failing the
+        object store: the engine's trouble, not the workflow's. The run stops (EngineFailure,
+        which workflow code cannot catch) and is released; never a silent wrong value."""
+        try:
+            yield
+        except (PayloadUnavailableError, NatsUnavailableError) as e:
+            self.payload_error = e
+            raise EngineFailure(e) from e
 
     async def _append(self, entry: pb.JournalEntry) -> None:
         """Journal an entry of this run, after the patch markers taken before it: a step
