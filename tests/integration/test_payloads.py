@@ -230,15 +230,31 @@ async def test_a_corrupt_object_releases_the_run_until_it_is_mended(
     right bytes again, the next delivery completes it."""
     path, digest = _argument(tmp_path, 300 * 1024)
     await _invoke_file(client, path, "large-bad")  # no processor yet: nothing runs
-    (name,) = await _objects_of(transport, "large-bad")
+    # A step that catches every error while it reads: still no wrong value journaled.
+    f = await asyncio.to_thread(path.open, "rb")
+    try:
+        await client.invoke_async("swallow_blob", f, id="swallow-bad", queue_unserved=True)
+    finally:
+        f.close()
     data = path.read_bytes()
-    await _rewrite(transport, name, data[:-1] + b"!")  # same size, other bytes
+    names = {}
+    for invocation_id in ("large-bad", "swallow-bad"):
+        (names[invocation_id],) = await _objects_of(transport, invocation_id)
+        await _rewrite(transport, names[invocation_id], data[:-1] + b"!")  # same size
     stack.start_service()
     processor = stack.start_processor("p-bad")
     processor.wait_log("digest mismatch", timeout=30)
     processor.wait_log("releasing it", timeout=10)
-    assert not {"FAILED", "COMPLETED", "RUN", "ATTEMPT_FAILED"} & set(await kinds("large-bad"))
-    await _rewrite(transport, name, data)
+
+    async def both_released() -> bool:
+        log = processor.log()
+        return all(f"invocation {i}: stored payload" in log for i in ("large-bad", "swallow-bad"))
+
+    await assert_eventually_async(both_released, 30, "both runs released")
+    for invocation_id in ("large-bad", "swallow-bad"):
+        journaled = set(await kinds(invocation_id))
+        assert not {"FAILED", "COMPLETED", "RUN", "ATTEMPT_FAILED"} & journaled, journaled
+    await _rewrite(transport, names["large-bad"], data)
     result = await client.wait("large-bad", timeout=60)
     assert result.status.value == "completed", result
     assert result.output["argument"] == {"sha256": digest, "size": 300 * 1024}

@@ -6,6 +6,7 @@
   benchmark measures the processor's memory.
 - ``sleep_over_large``: large step results, then a durable sleep (what a replay reads).
 - ``large_parent`` / ``large_child``: a parent using a child's large output after a sleep.
+- ``swallow_blob``: a step that swallows a failed Blob read.
 - ``echo_blob``: returns its Blob argument (the benchmark's large value round trip).
 - ``large_payload``: three steps over large values (issue 18): the argument (a Blob) is read in
   chunks, the middle step returns a file-like stream four times its size, the last step reads
@@ -129,6 +130,19 @@ async def large_parent(ctx: Context, args: dict[str, Any] | None = None) -> int:
     return len(text)
 
 
+async def _careless_digest(blob: Blob) -> Any:
+    try:
+        return await _digest(blob)
+    except Exception:  # noqa: BLE001 - on purpose: a step that swallows a read error
+        return "swallowed"
+
+
+async def swallow_blob(ctx: Context, data: Blob) -> Any:
+    """A step that catches every error while reading its Blob: a corrupt object must still
+    stop the run, never journal what the step made of it."""
+    return await ctx.run("careless", _careless_digest, data)
+
+
 async def large_payload(ctx: Context, data: Blob) -> dict[str, Any]:
     """Read the argument in chunks (step 1), return a stream of four times its size (step 2,
     never in memory: streamed to the object store), read that back in chunks (step 3)."""
@@ -147,4 +161,5 @@ def durable_register_workflows(registry: WorkflowRegistry) -> None:
     registry.register(echo_blob)
     registry.register(sleep_over_large)
     registry.register(large_child)
+    registry.register(swallow_blob)
     registry.register(large_parent)

@@ -13,7 +13,7 @@ import contextlib
 import inspect
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, cast
 
@@ -86,7 +86,8 @@ class RunContext(Context):
         self._attempt = attempt
         self._default_retry = default_retry or DEFAULT_RETRY
         self._markers: list[pb.JournalEntry] = []  # patch markers not yet journaled
-        self._payloads = payloads  # large values (None: all inline, the test replayer)
+        # Large values (None: all inline, the test replayer); Blobs read through the watch.
+        self._payloads = _Watched(payloads, self) if payloads is not None else None
         # A stored value that could not be read back (missing, corrupt) or written: the run is
         # released whatever the workflow did (never a silent wrong value).
         self.payload_error: PayloadUnavailableError | NatsUnavailableError | None = None
@@ -332,6 +333,10 @@ class RunContext(Context):
                         break
                     await self._append(decision.entry)
                     await self._wait_for_attempt(step, name, decision.wake_at_ms, attempt + 1)
+            if self.payload_error is not None:
+                # A Blob the step read was missing or corrupt, and the step went on (it caught
+                # the error): never journal what it made of that.
+                raise EngineFailure(self.payload_error)
             output = None
             if failure is None:
                 try:
@@ -637,6 +642,33 @@ class RunContext(Context):
         if kind == pb.ENTRY_KIND_CHILD:
             self.steps.children.append(child_id)
         return child_id
+
+
+class _Watched:
+    """A run's payload store: a Blob read that finds its object missing or corrupt marks the
+    run (``payload_error``), whoever catches the error (the step's own code may)."""
+
+    def __init__(self, store: _payloads.PayloadStore, ctx: RunContext) -> None:
+        self._store = store
+        self._ctx = ctx
+
+    @property
+    def threshold(self) -> int:
+        return self._store.threshold
+
+    async def put(self, owner: str, source: Any) -> pb.PayloadRef:
+        return await self._store.put(owner, source)
+
+    async def hold(self, source: str, holder: str) -> None:
+        await self._store.hold(source, holder)
+
+    async def chunks(self, ref: pb.PayloadRef) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._store.chunks(ref):
+                yield chunk
+        except PayloadUnavailableError as e:
+            self._ctx.payload_error = e
+            raise
 
 
 def _uncancel() -> None:
