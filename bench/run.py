@@ -13,7 +13,10 @@ node, the same with fsync on every write (``durable dev --fsync``; parts a to c 
 (d) ``many_steps`` (1,000 cheap ``ctx.run`` steps): cost per step against the 3-step
     workflow's (its sequential p50 / 3);
 (e) processor memory (VmRSS) idle, with 100 in flight, and with 10,000 sleeping workflows
-    (needs ``ctx.sleep``; recorded as skipped without it).
+    (needs ``ctx.sleep``; recorded as skipped without it);
+(f) a 100 MB value's round trip through the engine (``echo_blob``: streamed up as the argument,
+    returned, read back in chunks) in MB/s, against nats-py's object store put+get of the same
+    size from this process (issue 18).
 
 Workflows run in real processor subprocesses (``python -m durable_processor``, a fresh engine
 prefix per scenario) calling the real hello_service subprocess; this process is the client.

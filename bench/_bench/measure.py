@@ -1,5 +1,6 @@
 """The measurements: (a) the NATS floor, (b)-(c) latency and throughput of two workflows,
-(d) the many-step workflow, (e) processor memory.
+(d) the many-step workflow, (e) processor memory, (f) a large value's round trip against the
+object store's own put+get.
 
 Each NATS setup gets a :class:`Setup`; each workflow scenario runs its own processors on a fresh
 engine prefix (:meth:`Setup.scenario`). A part that fails is recorded and the others go on.
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
-from nats.js.api import StorageType, StreamConfig
+from nats.js.api import ObjectStoreConfig, StorageType, StreamConfig
 
 import durable_core
 from durable_core import Client, EngineConfig
@@ -435,6 +436,83 @@ async def wait_consumer_idle(
         await nc.close()
 
 
+# -- (f) large values ---------------------------------------------------------------------------
+
+
+class _Zeros:
+    """``size`` bytes read in pieces (a file-like source that holds nothing in memory)."""
+
+    def __init__(self, size: int) -> None:
+        self.left = size
+        self.block = bytes(1024 * 1024)
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.left if n < 0 else min(n, self.left)
+        self.left -= n
+        return self.block[:n] if n <= len(self.block) else bytes(n)
+
+    def readinto(self, buf: Any) -> int:
+        data = self.read(len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
+
+class _Sink:
+    """Where nats-py's ObjectStore.get writes (counts; its own get would gather it all)."""
+
+    def __init__(self) -> None:
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.size += len(data)
+        return len(data)
+
+
+async def object_store_floor(setup: Setup, size: int) -> float:
+    """MB/s of one put and one get of ``size`` bytes with nats-py's object store, R3 like the
+    engine's bucket, from this process (seconds of the put plus the get)."""
+    nc = await nats.connect(servers=setup.urls, name="durable-bench-objects")
+    try:
+        js = nc.jetstream(timeout=30.0)
+        bucket = f"bench_obj_{uuid.uuid4().hex[:10]}"
+        config = ObjectStoreConfig(bucket=bucket, replicas=setup.replicas, storage=StorageType.FILE)
+        obs = await retry_placement(lambda: js.create_object_store(bucket, config=config))
+        t0 = time.perf_counter()
+        await obs.put("value", _Zeros(size))  # type: ignore[arg-type]
+        sink = _Sink()
+        await obs.get("value", writeinto=sink)  # type: ignore[arg-type]
+        took = time.perf_counter() - t0
+        if sink.size != size:
+            raise RuntimeError(f"object store get returned {sink.size} of {size} bytes")
+        await js.delete_object_store(bucket)
+        return size / 1e6 / took
+    finally:
+        await nc.close()
+
+
+async def payload_round_trip(sc: Scenario) -> None:
+    """(f) ``echo_blob``: a ``payload_mb`` argument streamed up by the client, returned by the
+    workflow (shared, not copied), read back by the client in chunks: MB/s against the object
+    store's own put+get of the same size, measured right before each run."""
+    opts = sc.setup.opts
+    size = opts.payload_mb * 1024 * 1024
+    await sc.invoke("echo_blob", _Zeros(1024 * 1024))  # warm the processor and the bucket
+    for _ in range(opts.repeat):
+        floor = await object_store_floor(sc.setup, size)
+        t0 = time.perf_counter()
+        blob = await sc.invoke("echo_blob", _Zeros(size), timeout=600)
+        got = 0
+        async for chunk in blob.chunks():
+            got += len(chunk)
+        took = time.perf_counter() - t0
+        if got != size:
+            raise RuntimeError(f"echo_blob returned {got} of {size} bytes")
+        rate = size / 1e6 / took
+        sc.setup.fig("floor_object_mb_per_s").runs.append(floor)
+        sc.setup.fig("payload_mb_per_s").runs.append(rate)
+        sc.setup.detail("payload_runs", {"mb": opts.payload_mb, "floor": floor, "engine": rate})
+
+
 # -- everything on one setup --------------------------------------------------------------------
 
 
@@ -477,4 +555,5 @@ async def run_setup(setup: Setup) -> None:
     )
     await part("many_steps", scenario("steps", many_steps))
     await part("memory", scenario("memory", memory))
+    await part("payload", scenario("payload", payload_round_trip))
     setup.fig("order_per_step_ms").runs.extend(v / 3 for v in setup.fig("order_seq_p50_ms").runs)

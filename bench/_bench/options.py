@@ -10,7 +10,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS_DIR = ROOT / "bench" / "results"
-PARTS = ("floor", "hello", "order", "steps", "memory")
+PARTS = ("floor", "hello", "order", "steps", "memory", "payload")
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,7 @@ class Options:
     floor_seconds: float = 3.0  # (a) window of the publish+ack latency floor
     floor_messages: int = 20_000  # (a) messages of the pipelined floor
     settle_timeout: float = 180.0  # (e) how long sleepers may take to go to sleep
+    payload_mb: int = 100  # (f) size of the large value of the payload round trip
     max_minutes: float = 20.0  # hard bound of the whole run
 
     @classmethod
@@ -76,6 +77,7 @@ class Options:
                 "floor_seconds": 0.5,
                 "floor_messages": 2000,
                 "settle_timeout": 30.0,
+                "payload_mb": 8,
             }
         seconds = a.seconds if a.seconds is not None else (1.0 if a.quick else 10.0)
         inflight = a.inflight if a.inflight is not None else (8 if a.quick else 64)

@@ -35,6 +35,8 @@ FIGURES: tuple[tuple[str, str, str], ...] = (
     ("rss_inflight_mb", "processor RSS, in flight", "MB"),
     ("rss_sleeping_mb", "processor RSS, sleepers", "MB"),
     ("rss_sleeping_inflight_mb", "RSS sleepers + in flight", "MB"),
+    ("floor_object_mb_per_s", "floor: object store put+get", "MB/s"),
+    ("payload_mb_per_s", "large value round trip", "MB/s"),
 )
 
 
@@ -43,6 +45,9 @@ def ratio(setup: Setup, key: str) -> float | None:
     value = setup.fig(key).median
     if not value or key.startswith(("floor", "rss")):
         return None
+    if key == "payload_mb_per_s":  # a share of the object store's own rate
+        floor = setup.fig("floor_object_mb_per_s").median
+        return value / floor if floor else None
     if key.endswith("_per_s"):
         floor = setup.fig("floor_pipelined_per_s").median
         return floor / value if floor else None
@@ -70,6 +75,8 @@ def targets(setup: Setup) -> list[dict[str, Any]]:
     three = setup.fig("order_per_step_ms").median
     steps = many / three if many is not None and three else None
     add(f"{setup.opts.steps}-step per-step cost <= 1.2x 3-step's", steps, 1.2, True, _x(steps))
+    payload = ratio(setup, "payload_mb_per_s")
+    add("large value round trip >= 0.7x object store put+get", payload, 0.7, False, _x(payload))
     rss = setup.fig("rss_sleeping_inflight_mb")
     shown = "skipped" if rss.note else _n(rss.median, " MB")
     add("processor RSS <= 200 MB (sleepers + in flight)", rss.median, 200, True, shown)
@@ -93,6 +100,8 @@ def _label(key: str, label: str, opts: Options) -> str:
         return f"processor RSS, {opts.memory_inflight} in flight"
     if key == "rss_sleeping_mb":
         return f"processor RSS, {opts.sleepers:,} sleepers"
+    if key.endswith("mb_per_s"):
+        return f"{label}, {opts.payload_mb} MB"
     if key.endswith("_per_s") and not key.startswith("floor"):
         return f"{label}, {opts.inflight} in flight"
     return label

@@ -27,6 +27,8 @@ FIGURES = (
     "rss_inflight_mb",
     "rss_sleeping_mb",
     "rss_sleeping_inflight_mb",
+    "floor_object_mb_per_s",
+    "payload_mb_per_s",
 )
 NEED_SLEEP = ("rss_sleeping_mb", "rss_sleeping_inflight_mb")
 

@@ -75,6 +75,9 @@ class MemoryTransport:
         self.engine = EngineConfig()
         self.names = Names(self.engine.prefix)
         self.payload_limit = self.engine.max_payload  # no server here to lower it
+        # No object store here: every value stays inline, so the inline limit still refuses
+        # what a real engine would store by reference (issue 18).
+        self.payloads = None
         self.submitted: list[pb.Command] = []
         self.states: dict[str, pb.ExecutionState] = {
             "ok-1": _state("ok-1", output=GOOD_JSON),

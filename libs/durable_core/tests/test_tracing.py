@@ -414,6 +414,7 @@ class SubmitRecorder:
     def __init__(self) -> None:
         self.engine = EngineConfig()
         self.payload_limit = self.engine.max_payload
+        self.payloads = None  # no large values here: everything stays inline
         self.states: list[pb.ExecutionState] = []
         self.commands: list[pb.Command] = []
 

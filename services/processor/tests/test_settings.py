@@ -26,6 +26,7 @@ def test_defaults() -> None:
     assert s.nats.user is None and s.nats.creds_file is None
     assert s.nats.name == "durable-processor"
     assert (s.engine.prefix, s.engine.replicas, s.engine.max_payload) == ("durable", 1, 500_000)
+    assert (s.engine.payload_threshold, s.engine.max_object_size) == (262_144, 1024**3)
     assert s.worker.max_concurrent == 100
     assert s.worker.ack_wait == timedelta(seconds=300)
     assert s.worker.heartbeat is None  # 0 in the file: ack_wait / 6
@@ -122,6 +123,9 @@ def test_overrides_win_and_none_is_ignored(monkeypatch: pytest.MonkeyPatch) -> N
         ("DURABLE_ACK_WAIT", "0.5", "ack_wait"),
         ("DURABLE_REPLICAS", "2", "replicas"),
         ("DURABLE_MAX_PAYLOAD", "10", "max_payload"),
+        ("DURABLE_PAYLOAD_THRESHOLD", "10", "payload_threshold"),
+        ("DURABLE_MAX_OBJECT_SIZE", "big", "max_object_size"),
+        ("DURABLE_MAX_OBJECT_SIZE", "2048", "max_object_size"),
         ("DURABLE_PREFIX", "Bad-Prefix", "prefix"),
         ("DURABLE_LOG_LEVEL", "verbose", "log_level"),
         ("DURABLE_SHUTDOWN_GRACE", "[]", "shutdown_grace"),

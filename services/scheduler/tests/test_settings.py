@@ -26,6 +26,7 @@ def test_defaults() -> None:
     assert s.nats.user is None and s.nats.tls_ca is None
     assert s.nats.name == "durable-scheduler"
     assert s.engine.prefix == "durable"
+    assert s.engine.payload_grace == timedelta(hours=1)
     assert s.consumer == "scheduler"
     assert s.ack_wait == timedelta(seconds=10)
     assert s.max_concurrent == 16

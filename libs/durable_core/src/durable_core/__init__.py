@@ -6,6 +6,7 @@ JetStream, so the workflow survives crashes and resumes without redoing finished
 """
 
 from durable_core._grpc import MethodRef, ServiceRef, grpc_service
+from durable_core._payloads import Blob
 from durable_core.client import (
     Client,
     ExecutionSummary,
@@ -35,6 +36,8 @@ from durable_core.errors import (
     NatsUnavailableError,
     NonDeterminismError,
     NotFoundError,
+    PayloadTooLargeError,
+    PayloadUnavailableError,
     RetryableError,
     StepFailedError,
     StepTimeoutError,
@@ -61,6 +64,7 @@ __all__ = [
     "AlreadyResolvedError",
     "Awakeable",
     "AwakeableRejectedError",
+    "Blob",
     "ChildWorkflowError",
     "Client",
     "ConfigError",
@@ -85,6 +89,8 @@ __all__ = [
     "NatsUnavailableError",
     "NonDeterminismError",
     "NotFoundError",
+    "PayloadTooLargeError",
+    "PayloadUnavailableError",
     "PLUGIN_GROUP",
     "PluginSet",
     "RetryPolicy",

@@ -14,7 +14,7 @@ from google.protobuf import symbol_database
 from google.protobuf.message import DecodeError, Message
 
 from durable_core._pb.durable.v1 import durable_pb2 as pb
-from durable_core.errors import InvalidInputError
+from durable_core.errors import InvalidInputError, PayloadUnavailableError
 
 _SYMBOLS = symbol_database.Default()
 
@@ -60,6 +60,10 @@ def decode(payload: pb.Payload, as_type: type[Message] | None = None) -> Any:
             name among the imported protobuf modules, and bytes are returned if it is unknown.
     """
     enc = payload.encoding
+    if payload.HasField("ref") and not payload.data and payload.ref.size:
+        # A reference must be read from the payload store first (durable_core._payloads):
+        # never decode its empty data as a value.
+        raise PayloadUnavailableError(payload.ref.object, "a reference, not read from the store")
     if enc == pb.ENCODING_UNSPECIFIED:
         return None
     if enc == pb.ENCODING_JSON:
@@ -79,7 +83,12 @@ def decode(payload: pb.Payload, as_type: type[Message] | None = None) -> Any:
     raise InvalidInputError(f"unknown payload encoding {enc}")
 
 
-def _loads_stored(data: bytes) -> Any:
+def loads_stored(data: bytes | bytearray) -> Any:
+    """A stored JSON value (see ``_loads_stored``)."""
+    return _loads_stored(data)
+
+
+def _loads_stored(data: bytes | bytearray) -> Any:
     """A stored JSON payload, or InvalidInputError if it is not valid JSON (this engine never
     writes such a payload, but a raw command or a foreign journal entry may carry one)."""
     try:
@@ -174,6 +183,11 @@ def convert(value: Any, as_type: Any) -> Any:
     return value
 
 
+def describe(payload: pb.Payload) -> str:
+    """What a payload holds, in a word (for error messages)."""
+    return _describe(payload)
+
+
 def _describe(payload: pb.Payload) -> str:
     if payload.encoding == pb.ENCODING_PROTOBUF:
         return payload.type_name
@@ -198,6 +212,8 @@ def to_json_compatible(
     """
     from google.protobuf import json_format
 
+    if payload.HasField("ref"):
+        return describe_ref(payload.ref)
     as_type = None
     if payload.encoding == pb.ENCODING_PROTOBUF and resolve is not None:
         as_type = _message_class(payload.type_name) or resolve(payload.type_name)
@@ -213,6 +229,18 @@ def to_json_compatible(
     if isinstance(value, bytes):
         return {"$bytes": value.hex()} if payload.encoding == pb.ENCODING_BYTES else value.hex()
     return value
+
+
+def describe_ref(ref: pb.PayloadRef) -> str:
+    """``<object 48.2 MB sha256:0123abcd…>`` (for humans: CLI, inspector)."""
+    size = float(ref.size)
+    unit = "B"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            break
+        size /= 1000
+    amount = f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}"
+    return f"<object {amount} sha256:{ref.sha256.hex()[:12]}…>"
 
 
 def input_hash(data: bytes) -> bytes:

@@ -114,6 +114,11 @@ class Names:
         return f"{self.prefix}_types"
 
     @property
+    def payloads_bucket(self) -> str:
+        """The object store bucket of large values (claim check, issue 18)."""
+        return f"{self.prefix}_payloads"
+
+    @property
     def runs_bucket(self) -> str:
         """Which processor runs a command that was delivered more than once (see worker)."""
         return f"{self.prefix}_runs"

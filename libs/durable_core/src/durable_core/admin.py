@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 
+from durable_core import _payloads
+from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import (
     StateConflict,
     StateRecord,
@@ -30,6 +32,8 @@ from durable_core.fleet import read_fleet
 from durable_core.schedules import Schedule, find_schedule, save_schedule
 
 __all__ = ["Engine", "StateConflict", "StateRecord", "TickConsumer", "TickDelivery"]
+
+_FINISHED = frozenset({pb.STATUS_COMPLETED, pb.STATUS_FAILED, pb.STATUS_CANCELLED})
 
 
 class Engine:
@@ -159,6 +163,35 @@ class Engine:
         False if the state changed meanwhile."""
         ttl = max(int(note_for.total_seconds()), 1) if note_for is not None else 0
         return await self._t.expire_execution(rec, now_ms, ttl)
+
+    async def sweep_payloads(self, grace: timedelta) -> list[str]:
+        """Delete the stored large values (``<prefix>_payloads``) that no state or journal
+        references, older than ``grace``: uploads of a run that crashed before its journal
+        append or lost its claim, arguments of a submission that was refused or crashed
+        before intake. Only objects of invocations that are gone or finished are looked at
+        (a running one may still journal a reference to an object it just wrote; its
+        orphans go when it finishes); those a fork or rerun holds are kept. The names
+        deleted."""
+
+        async def referenced(invocation_id: str) -> set[str] | None:
+            rec = await self._t.get_state(invocation_id)
+            if rec is None:
+                return set()
+            if rec.state.status not in _FINISHED:
+                return None
+            records = await self._t.read_journal(
+                invocation_id, min_entries=rec.state.journal_length
+            )
+            return _payloads.referenced(rec.state, [r.entry for r in records])
+
+        grace_ms = int(grace.total_seconds() * 1000)
+        store = self._t.payloads
+        # A hold whose holder never came to exist (a fork or rerun that failed after holding)
+        # would keep its owner's objects for ever.
+        for owner, holder, age in await store.holds():
+            if age >= grace_ms and await self._t.get_state(holder) is None:
+                await store.drop_hold(owner, holder)
+        return await store.sweep(referenced, grace_ms)
 
     # -- processor leases --------------------------------------------------------------------
 

@@ -112,6 +112,14 @@ class EngineConfig:
         max_payload: largest accepted argument or step result in bytes. The state holds the
             arguments and the output, so with NATS' default 1 MiB max_payload the effective
             limit is also at most half of the server's, less room for the envelope.
+        payload_threshold: values whose encoding is larger than this (bytes) are stored in the
+            object store bucket ``<prefix>_payloads`` and travel as a reference (claim check).
+            A threshold above the payload limit (``max_payload``, and what the NATS server's
+            max_payload leaves) acts as that limit: nothing inline is ever refused for size.
+        max_object_size: largest value stored by reference (bytes); larger ones are refused
+            with PayloadTooLargeError.
+        payload_grace: how old an object no journal or state references must be before the
+            scheduler's sweep deletes it (an upload in flight is never swept).
         duplicate_window: how long the command stream remembers message ids.
         retention: how long finished executions are kept (state and journal).
         append_deadline: how long a journal or state write keeps retrying while NATS elects a
@@ -121,6 +129,9 @@ class EngineConfig:
     prefix: str = "durable"
     replicas: int = 1
     max_payload: int = 500_000
+    payload_threshold: int = 256 * 1024
+    max_object_size: int = 1024 * 1024 * 1024
+    payload_grace: timedelta = timedelta(hours=1)
     duplicate_window: timedelta = timedelta(minutes=10)
     retention: timedelta = timedelta(days=7)
     append_deadline: timedelta = timedelta(seconds=30)
@@ -136,6 +147,15 @@ class EngineConfig:
         if not 1024 <= self.max_payload <= 64 * 1024 * 1024:
             raise ConfigError(
                 f"max_payload must be between 1 KiB and 64 MiB, not {self.max_payload}"
+            )
+        if not 1024 <= self.payload_threshold <= 64 * 1024 * 1024:
+            raise ConfigError(
+                f"payload_threshold must be between 1 KiB and 64 MiB, not {self.payload_threshold}"
+            )
+        if not self.payload_threshold <= self.max_object_size <= 64 * 1024**3:
+            raise ConfigError(
+                f"max_object_size must be between payload_threshold and 64 GiB, "
+                f"not {self.max_object_size}"
             )
 
 

@@ -13,6 +13,8 @@ DurableError                      every error this library raises
 │   ├── UnsupportedServerError    the NATS server is too old for the engine (timers would not fire)
 │   └── EngineNotFoundError       the engine's streams do not exist (no processor created them)
 ├── InvalidInputError             bad input: malformed args, oversized payload, bad id or key
+│   └── PayloadTooLargeError      a value is larger than the max object size
+├── PayloadUnavailableError       a stored large value is missing or corrupt (engine error)
 ├── NonDeterminismError           the workflow code no longer matches its journal
 ├── NotFoundError                 no such invocation, workflow or awakeable
 │   ├── ExpiredError              it finished longer ago than the retention period
@@ -54,6 +56,8 @@ __all__ = [
     "NatsUnavailableError",
     "NonDeterminismError",
     "NotFoundError",
+    "PayloadTooLargeError",
+    "PayloadUnavailableError",
     "RetryableError",
     "StepFailedError",
     "StepTimeoutError",
@@ -182,6 +186,26 @@ class EngineNotFoundError(ConfigError):
 
 class InvalidInputError(DurableError, ValueError):
     """Input was rejected: malformed arguments, a payload over the limit, a bad id or key."""
+
+
+class PayloadTooLargeError(InvalidInputError):
+    """A value (argument, step result, output, signal) is larger than the max object size
+    (``EngineConfig.max_object_size``, setting ``DURABLE_MAX_OBJECT_SIZE``, default 1 GB)."""
+
+
+class PayloadUnavailableError(DurableError):
+    """A large value stored by reference (claim check) cannot be read back: its object is
+    missing from the ``<prefix>_payloads`` bucket, or its bytes do not match the recorded
+    size and SHA-256 digest. Never a silent wrong value: in a processor this releases the run
+    (it is an engine error, never journaled as the workflow's failure).
+
+    Attributes:
+        object: the object's name (``<invocation id>.<token>``).
+    """
+
+    def __init__(self, object_name: str, why: str) -> None:
+        super().__init__(f"stored payload {object_name}: {why}")
+        self.object = object_name
 
 
 class NonDeterminismError(DurableError):

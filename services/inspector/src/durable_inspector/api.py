@@ -165,6 +165,35 @@ async def get_execution(request: Request) -> Response:
 
 
 @router.get(
+    "/api/executions/{invocation_id}/payloads/{which}",
+    tag="executions",
+    summary="Download a recorded value's bytes (which: args, output or a step number), "
+    "streamed from the object store in chunks (issue 18); JSON and protobuf values come as "
+    "their encoded bytes. A stored object found corrupt part way cuts the download short "
+    "(fewer bytes than Content-Length)",
+    responses={200: bytes},
+    media_type="application/octet-stream",
+    errors=(400, 404, 501),
+)
+async def download_payload(request: Request) -> Response:
+    rt = runtime(request)
+    invocation_id = request.path_params["invocation_id"]
+    which = request.path_params["which"]
+    read = _method(rt, "payload", "reading stored values")
+    blob = await read(f"{invocation_id}:{which}")
+    name = f"{invocation_id}-{which}.bin"
+    return StreamingResponse(
+        blob.chunks(),
+        media_type="application/octet-stream",
+        headers={
+            "Content-Length": str(blob.size),
+            "Content-Disposition": f'attachment; filename="{name}"',
+            "X-Content-SHA256": blob.sha256,
+        },
+    )
+
+
+@router.get(
     "/api/fleet",
     tag="fleet",
     summary="The live processors and what each serves: processors with their workflows, "

@@ -30,6 +30,7 @@ __all__ = ["Endpoint", "Router", "openapi", "schema_of"]
 Handler = Callable[[Request], Awaitable[Response]]
 _PRIMITIVES: dict[Any, dict[str, Any]] = {
     str: {"type": "string"},
+    bytes: {"type": "string", "format": "binary"},
     int: {"type": "integer"},
     float: {"type": "number"},
     bool: {"type": "boolean"},

@@ -67,6 +67,8 @@ def build(s: Mapping[str, Any]) -> ProcessorSettings:
         prefix=str(s.get("prefix", "durable")),
         replicas=num("replicas"),
         max_payload=num("max_payload"),
+        payload_threshold=num("payload_threshold"),
+        max_object_size=num("max_object_size"),
     )
     worker = WorkerConfig(
         max_concurrent=num("max_concurrent"),

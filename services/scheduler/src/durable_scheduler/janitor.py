@@ -11,6 +11,11 @@ sweep at once: each removal happens once, a second purge is a no-op.
 
 Running and suspended executions are never removed, however old: a workflow may sleep for
 years.
+
+After each pass it sweeps the large values (``<prefix>_payloads``, issue 18): objects older
+than ``payload_grace`` that no state or journal references, of invocations that are gone or
+finished (``Engine.sweep_payloads``), e.g. a step result uploaded by a run that crashed
+before its journal append.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ class Janitor:
         metrics: SchedulerMetrics | None = None,
         *,
         note_for: timedelta | None = None,
+        payload_grace: timedelta = timedelta(hours=1),
         clock: Callable[[], int] = lambda: int(time.time() * 1000),
     ) -> None:
         self.engine = engine
@@ -54,6 +60,7 @@ class Janitor:
         self.metrics = metrics or SchedulerMetrics(runtime_collectors=False)
         self.clock = clock
         self.note_for = note_for or retention  # how long the "expired" note stays
+        self.payload_grace = payload_grace
         self._stopping = asyncio.Event()
 
     def stop(self) -> None:
@@ -67,6 +74,10 @@ class Janitor:
                 removed = await self.sweep()
                 if removed:
                     log.info("removed %d executions past retention", removed)
+                if not self._stopping.is_set():
+                    swept = await self.engine.sweep_payloads(self.payload_grace)
+                    if swept:
+                        log.info("deleted %d unreferenced payload objects", len(swept))
             except Exception as e:  # noqa: BLE001 - NATS trouble: the next sweep tries again
                 log.warning("retention sweep failed: %s: %s", type(e).__name__, e)
             with contextlib.suppress(TimeoutError):

@@ -99,6 +99,7 @@ async def _run(
         settings.retention_sweep,
         metrics,
         note_for=settings.expired_note_for,
+        payload_grace=settings.engine.payload_grace,
     )
     workers: list[Scheduler | Redriver | Janitor | StrandedRuns] = [scheduler, redriver, janitor]
     sweep = settings.stranded_sweep.total_seconds()

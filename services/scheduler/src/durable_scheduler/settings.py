@@ -73,8 +73,13 @@ def build(s: Mapping[str, Any]) -> SchedulerSettings:
     if retention < 1:
         raise ConfigError(f"setting 'retention' must be at least 1 second, got {retention}")
     # Replicas and the payload limit are read from the streams the processors created.
+    grace_s = num("payload_grace", float)
+    if grace_s < 0:
+        raise ConfigError(f"setting 'payload_grace' must be at least 0 s, got {grace_s}")
     engine = EngineConfig(
-        prefix=str(s.get("prefix", "durable")), retention=timedelta(seconds=retention)
+        prefix=str(s.get("prefix", "durable")),
+        retention=timedelta(seconds=retention),
+        payload_grace=timedelta(seconds=grace_s),
     )
     ack_wait = num("ack_wait", float)
     if ack_wait < 1:

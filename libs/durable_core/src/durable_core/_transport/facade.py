@@ -24,6 +24,7 @@ from durable_core._transport.events import StateEvents, publish_result, subscrib
 from durable_core._transport.fleet import FleetRecords
 from durable_core._transport.inbox import DirectGets
 from durable_core._transport.journal import JournalRecord, Journals
+from durable_core._transport.payloads import Payloads
 from durable_core._transport.provision import Provisioner
 from durable_core._transport.records import RecordStore
 from durable_core._transport.routes import CommandConsumers
@@ -48,6 +49,7 @@ class Transport:
         self._states = States(link)
         self._commands = Commands(link, gets, provision)
         self._ticks = Ticks(link, provision)
+        self.payloads = Payloads(link, gets)  # large values by reference (issue 18)
         n = link.names
         self._keys = RecordStore(link, lambda: provision.bind_bucket(n.keys_bucket, "key bucket"))
         self._schedules = RecordStore(
@@ -170,6 +172,7 @@ class Transport:
         """Create the command and journal streams and the state bucket, or verify them."""
         self._states.kv, keys = await self._provision.infrastructure(strict=strict)
         self._keys.opened(keys)
+        await self.payloads.ensure()
 
     @property
     def kv(self) -> KeyValue:
@@ -348,6 +351,9 @@ class Transport:
         if not await self._states.expire(rec, now_ms, note_ttl_s):
             return False
         await self._journals.purge(rec.state.invocation_id)
+        # Its large values go with it, unless a fork or rerun holds them (the sweep takes
+        # them later); its own holds on what it was forked or rerun from are dropped.
+        await self.payloads.expire(rec.state.invocation_id)
         return True
 
     async def state_ids(self) -> list[str]:

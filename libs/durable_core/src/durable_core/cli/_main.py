@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from durable_core.cli import _admin, _local, _schedule, _steer
+from durable_core.cli import _admin, _local, _payload, _schedule, _steer
 from durable_core.cli._base import (
     CONTEXT,
     EXIT_CONFLICT,
@@ -52,6 +52,7 @@ from durable_core.errors import (
     InvocationTimeoutError,
     NatsUnavailableError,
     NotFoundError,
+    PayloadUnavailableError,
     UnknownWorkflowError,
     UnsupportedServerError,
 )
@@ -141,6 +142,12 @@ def _check_input(workflow: str, payload: Any) -> None:
     "invocation, with other arguments a conflict (exit 6)",
 )
 @click.option("--partition-key", metavar="KEY", help="run one at a time per key, in order")
+@click.option(
+    "--blob",
+    is_flag=True,
+    help="with --args @FILE: send the file's bytes, streamed in chunks to the object store, "
+    "as a durable_core.Blob (the default for a workflow installed here whose input is a Blob)",
+)
 @click.option("--no-wait", is_flag=True, help="print the id and return at once")
 @click.option("--timeout", type=float, default=60.0, show_default=True, help="seconds to wait")
 @click.option("--delay", type=float, help="start after this many seconds (implies --no-wait)")
@@ -160,6 +167,7 @@ def invoke(
     args_text: str | None,
     invocation_id: str | None,
     partition_key: str | None,
+    blob: bool,
     no_wait: bool,
     timeout: float,
     delay: float | None,
@@ -171,31 +179,57 @@ def invoke(
     The invocation id is printed on stderr as soon as it is submitted, so an interrupted wait
     loses nothing: `durable status ID` picks it up. Exit 1 if the workflow fails.
     """
-    payload = read_json(args_text, "--args")
+    streamed = bool(args_text and args_text.startswith("@")) and (blob or _takes_blob(workflow))
+    if blob and not streamed:
+        raise InvalidInputError("--blob needs --args @FILE (the file whose bytes to send)")
+    if streamed:
+        # The file's bytes, read in chunks as they are uploaded: never whole in memory.
+        path = str(args_text)[1:]
+        try:
+            payload: Any = open(path, "rb")  # noqa: SIM115 - closed once submitted
+        except OSError as e:
+            raise InvalidInputError(f"--args @{path}: cannot read it: {e}") from e
+    else:
+        payload = read_json(args_text, "--args")
     wait_for = seconds("--timeout", timeout, allow_zero=False)
     after = seconds("--delay", delay, allow_zero=True) if delay is not None else None
     from durable_core._naming import check_invocation_id, check_workflow_name
 
     check_workflow_name(workflow)
     iid = check_invocation_id(invocation_id) if invocation_id is not None else uuid.uuid4().hex
-    _check_input(workflow, payload)
+    if not streamed:
+        _check_input(workflow, payload)
     g = globals_of(ctx)
-    return int(
-        run(
-            _invoke(
-                g,
-                workflow,
-                payload,
-                iid,
-                partition_key,
-                no_wait,
-                wait_for,
-                after,
-                as_json,
-                queue_unserved,
+    try:
+        return int(
+            run(
+                _invoke(
+                    g,
+                    workflow,
+                    payload,
+                    iid,
+                    partition_key,
+                    no_wait,
+                    wait_for,
+                    after,
+                    as_json,
+                    queue_unserved,
+                )
             )
         )
-    )
+    finally:
+        if streamed:
+            payload.close()
+
+
+def _takes_blob(workflow: str) -> bool:
+    """Whether the workflow, installed here, takes a Blob (its --args @FILE is streamed)."""
+    from durable_core._payloads import Blob
+
+    registry = _installed_workflows()
+    if registry is None or workflow not in registry:
+        return False
+    return registry.get(workflow).input_type is Blob
 
 
 async def _invoke(
@@ -345,7 +379,13 @@ def list_(
     return int(run(go()))
 
 
-for _command in (*_steer.COMMANDS, *_local.COMMANDS, _schedule.schedule, _admin.admin):
+for _command in (
+    *_steer.COMMANDS,
+    *_local.COMMANDS,
+    _schedule.schedule,
+    _admin.admin,
+    _payload.payload,
+):
     cli.add_command(_command)
 
 
@@ -366,6 +406,7 @@ _ERRORS: list[tuple[type[BaseException], int, str]] = [
     (ExpiredError, EXIT_NOT_FOUND, ""),  # "invocation X has expired: ..."
     (NotFoundError, EXIT_NOT_FOUND, "not found: "),
     (InvocationTimeoutError, EXIT_TIMEOUT, ""),
+    (PayloadUnavailableError, EXIT_FAILED, ""),
     (DurableError, EXIT_FAILED, ""),
 ]
 

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
-from durable_core import _codec
+from durable_core import _codec, _payloads
 from durable_core._naming import check_invocation_id
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import StateEvents, Transport
@@ -190,7 +190,7 @@ class Client:
         if callable(workflow) and result.output is not None:
             _, _, output_type = workflow_signature(workflow)
             if output_type is not None:
-                typed = _codec.decode_as(state.output, output_type)
+                typed = await _payloads.load_value(self._t.payloads, state.output, output_type)
                 result = dataclasses.replace(result, output=typed)
         return result
 
@@ -372,6 +372,23 @@ class Client:
             pb.Failure(type="AwakeableRejectedError", message=str(reason)),
         )
 
+    async def payload(self, ref: str) -> _payloads.Blob:
+        """The bytes of a recorded value, to read in chunks (``durable payload get``).
+
+        Args:
+            ref: ``<invocation id>:args``, ``<invocation id>:output``, ``<invocation id>:<step>``
+                (a step's result), or a stored object's name (``<invocation id>.<token>``).
+                A value kept inline is returned too (as its encoded bytes: JSON, protobuf).
+
+        Raises:
+            NotFoundError: no such invocation, step or object (or it holds no value).
+            PayloadUnavailableError: reading it found the object missing or corrupt.
+        """
+        payload = await lifecycle.find_payload(self._t, ref)
+        blob = await _payloads.load_value(self._t.payloads, payload, _payloads.Blob)
+        assert isinstance(blob, _payloads.Blob)
+        return blob
+
     async def signal(self, invocation_id: str, name: str, payload: Any = None) -> None:
         """Send the signal ``name`` to an invocation; kept until the workflow waits for it.
 
@@ -488,7 +505,13 @@ class Client:
                 state.invocation_id, min_entries=state.journal_length
             )
             entries = [r.entry for r in records]
-        return result_of(state, entries)
+        result = result_of(state, entries)
+        if state.HasField("output") and state.output.HasField("ref"):
+            # The caller asked for the result: a stored output is read now (a Blob: later,
+            # when it is read).
+            output = await _payloads.load_value(self._t.payloads, state.output)
+            result = dataclasses.replace(result, output=output)
+        return result
 
 
 def _protobuf_types(state: pb.ExecutionState, entries: Sequence[pb.JournalEntry]) -> set[str]:

@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable
 
+from durable_core import _payloads
 from durable_core._journal import STEP_KINDS, ReplayMachine
 from durable_core._naming import check_invocation_id
 from durable_core._pb.durable.v1 import durable_pb2 as pb
@@ -289,7 +290,10 @@ async def rerun(t: Transport, invocation_id: str) -> str:
     """Start a new invocation of the same workflow with the same arguments; its id."""
     st = (await state_of(t, invocation_id)).state
     key = st.partition_key if st.partition_key != invocation_id else None
-    new_id, _ = await submit_payload(t, st.workflow, st.args, None, key, rerun_of=invocation_id)
+    new_id = uuid.uuid4().hex
+    # Shares (never copies) the stored arguments: held before anything refers to them.
+    await _hold(t, invocation_id, [st.args], new_id)
+    await submit_payload(t, st.workflow, st.args, new_id, key, rerun_of=invocation_id)
     return new_id
 
 
@@ -320,6 +324,10 @@ async def fork(t: Transport, invocation_id: str, from_step: int) -> str:
                 "its pinned version has just taken it up; fork it once it ends, or cancel it",
                 Status.RUNNING.value,
             )
+    # The copied entries and arguments share (never copy) the stored objects they reference:
+    # held before they are copied, so the source's retention leaves them in place.
+    shared = [e.output for e in steps if e.HasField("output")] + [st.args]
+    await _hold(t, invocation_id, shared, new_id)
     last = 0
     for index, entry in enumerate(sorted(steps, key=lambda e: e.step), start=1):
         copy = pb.JournalEntry()
@@ -333,6 +341,19 @@ async def fork(t: Transport, invocation_id: str, from_step: int) -> str:
         t, st.workflow, st.args, new_id, key, journal_length=len(steps), forked_from=invocation_id
     )
     return new_id
+
+
+async def _hold(t: Transport, source: str, shared: list[pb.Payload], holder: str) -> None:
+    """Hold the owners of the stored objects ``shared`` references for ``holder`` (a fork or
+    rerun of ``source``), then check ``source`` is still there: its retention deletes its
+    state before it looks for holds, so if the state outlived the holds, retention will see
+    them and leave the objects (and ``source``'s own holds on older owners lasted until then);
+    if it is gone, the objects may be too, and the fork or rerun is refused (ExpiredError)."""
+    owners = _payloads.owners(shared, but=holder)
+    for owner in sorted(owners):
+        await t.payloads.hold(owner, holder)
+    if owners:
+        await state_of(t, source)
 
 
 def _awakeable_owner(awakeable_id: str) -> str:
@@ -359,7 +380,7 @@ async def complete_awakeable(
     invocation_id = _awakeable_owner(awakeable_id)
     entry = _client_entry(pb.ENTRY_KIND_AWAKEABLE_RESULT, name=awakeable_id)
     if payload is not None:
-        entry.output.CopyFrom(payload)
+        entry.output.CopyFrom(await _payloads.offload(t.payloads, payload, invocation_id))
     if failure is not None:
         entry.failure.CopyFrom(failure)
 
@@ -380,6 +401,7 @@ async def signal(t: Transport, invocation_id: str, name: str, payload: pb.Payloa
     check_invocation_id(invocation_id)
     if not isinstance(name, str) or not name or len(name) > 256:
         raise InvalidInputError("a signal name is a non-empty string of at most 256 chars")
+    payload = await _payloads.offload(t.payloads, payload, invocation_id)
     entry = _client_entry(pb.ENTRY_KIND_SIGNAL, name=name, output=payload)
     msg_id = f"sig:{invocation_id}:{uuid.uuid4().hex}"
     await _deliver(t, invocation_id, entry, msg_id, lambda r: _check_open(invocation_id, r))
@@ -400,3 +422,38 @@ async def _deliver(
             f"invocation {invocation_id} is already {Status.from_pb(rec.state.status)}"
         )
     await deliver_external(t, _addressee(rec.state), entry, msg_id, check)
+
+
+async def find_payload(t: Transport, ref: str) -> pb.Payload:
+    """The recorded payload ``ref`` names (see ``Client.payload``), as bytes: its encoding
+    becomes ENCODING_BYTES (the raw encoded value is what is read)."""
+    owner, sep, which = ref.partition(":") if isinstance(ref, str) else ("", "", "")
+    if not sep:
+        owner = ref.rsplit(".", 1)[0] if isinstance(ref, str) and "." in ref else ""
+    check_invocation_id(owner)
+    rec = await state_of(t, owner)
+    st = rec.state
+    records = await t.read_journal(owner, min_entries=st.journal_length)
+    found: pb.Payload | None = None
+    if which == "args":
+        found = st.args if st.HasField("args") else None
+    elif which == "output":
+        found = st.output if st.HasField("output") else None
+    elif sep:
+        if not which.isdigit():
+            raise InvalidInputError(
+                f"{ref!r}: say <invocation>:args, <invocation>:output or <invocation>:<step>"
+            )
+        steps = [r.entry for r in records if r.entry.kind in STEP_KINDS]
+        hits = [e.output for e in steps if e.step == int(which) and e.HasField("output")]
+        found = hits[-1] if hits else None
+    else:
+        everything = [st.args, st.output, *(r.entry.output for r in records)]
+        hits = [p for p in everything if p.HasField("ref") and p.ref.object == ref]
+        found = hits[0] if hits else None
+    if found is None:
+        raise NotFoundError(f"{ref}: no such value recorded")
+    out = pb.Payload()
+    out.CopyFrom(found)
+    out.encoding, out.type_name = pb.ENCODING_BYTES, ""
+    return out

@@ -180,7 +180,10 @@ def _jsonable(value: Any) -> Any:
 
 
 def _decoded_or_raw(payload: pb.Payload) -> Any:
-    """The decoded value, or the raw Payload when it does not decode (shown, not fatal)."""
+    """The decoded value, or the raw Payload when it does not decode (shown, not fatal) or
+    is stored by reference (read by ``Client.result`` or ``durable payload get``)."""
+    if payload.HasField("ref"):
+        return payload
     try:
         return _codec.decode(payload)
     except InvalidInputError:

@@ -23,7 +23,7 @@ from opentelemetry.trace import (
     format_trace_id,
 )
 
-from durable_core import _codec
+from durable_core import _codec, _payloads
 from durable_core._journal import MAX_SLEEP
 from durable_core._naming import check_invocation_id, check_workflow_name, encode_partition_key
 from durable_core._pb.durable.v1 import durable_pb2 as pb
@@ -92,7 +92,11 @@ def start_at_ms(delay: timedelta | None, start_at: datetime | None) -> int:
 
 
 def _same_payload(a: pb.Payload, b: pb.Payload) -> bool:
-    """Equal values: JSON compared decoded (key order and spacing do not matter)."""
+    """Equal values: JSON compared decoded (key order and spacing do not matter), stored
+    ones by digest."""
+    by_ref = _payloads.same_payload(a, b)
+    if by_ref is not None or a.HasField("ref") or b.HasField("ref"):
+        return bool(by_ref)
     if a.encoding != b.encoding or a.type_name != b.type_name:
         return False
     if a.encoding == pb.ENCODING_JSON and a.data != b.data:
@@ -130,25 +134,33 @@ async def submit(
         begins = start_at or int(time.time() * 1000)
         deadline = begins + int(execution_timeout.total_seconds() * 1000)
     name = workflow_name(workflow)
-    if callable(workflow):
+    if callable(workflow) and not _payloads.is_file_like(args):
         takes_input, input_type, _ = workflow_signature(workflow)
-        if input_type is not None:
+        if input_type is not None and input_type is not _payloads.Blob:
             try:
                 args = _codec.convert(_codec.to_jsonable(args), input_type)
             except InvalidInputError as e:
                 raise InvalidInputError(
                     f"input of {name} does not match its declared type: {e}"
                 ) from e
+    check_workflow_name(name)
+    invocation_id = check_invocation_id(
+        uuid.uuid4().hex if invocation_id is None else invocation_id
+    )
+    encode_partition_key(invocation_id if partition_key is None else partition_key)
+    if check is not None:
+        await check(name)  # before anything is uploaded: a refusal leaves no object behind
+    # A large value goes to the object store, a file-like one in chunks (claim check).
+    payload = await _payloads.store_value(t.payloads, args, invocation_id)
     return await submit_payload(
         t,
         name,
-        _codec.encode(args),
+        payload,
         invocation_id,
         partition_key,
         watch=watch,
         start_at=start_at,
         deadline_ms=deadline,
-        check=check,
     )
 
 
@@ -174,6 +186,7 @@ async def submit_payload(
     )
     key = invocation_id if partition_key is None else partition_key
     encode_partition_key(key)
+    payload = await _payloads.offload(t.payloads, payload, invocation_id)
     if len(payload.data) > t.payload_limit:
         raise InvalidInputError(
             f"arguments of {name} are {len(payload.data)} bytes; {t.payload_limit_text()}"

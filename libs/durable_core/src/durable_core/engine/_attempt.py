@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from durable_core import _codec
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import is_engine_error
 from durable_core.engine._context import RunContext
@@ -89,6 +88,7 @@ async def run_once(ex: Execution) -> Finish | Suspend | Block:
         interceptors=env.interceptors,
         attempt=ex.delivery.num_delivered,
         default_retry=wf.retry,
+        payloads=ex.t.payloads,
     )
     ex.ctx = ctx
 
@@ -96,7 +96,7 @@ async def run_once(ex: Execution) -> Finish | Suspend | Block:
         if not wf.takes_input:
             return await wf.fn(ctx)
         try:
-            value = _codec.decode_as(args, wf.input_type)
+            value = await ctx._load(args, wf.input_type)
         except InvalidInputError as e:
             raise BadInputError(f"input of {name} does not match its declared type: {e}") from e
         return await wf.fn(ctx, value)
@@ -161,7 +161,7 @@ async def run_once(ex: Execution) -> Finish | Suspend | Block:
             return Finish(pb.STATUS_FAILED, failure=timed_out(deadline))
         return Suspend()
     ex.children = list(ctx.steps.children)
-    return _outcome(ex, task, ctx)
+    return await _outcome(ex, task, ctx)
 
 
 async def halt(ex: Execution, task: asyncio.Future[Any], why: str) -> None:
@@ -178,8 +178,14 @@ async def halt(ex: Execution, task: asyncio.Future[Any], why: str) -> None:
         ex.journal.stopped = None
 
 
-def _outcome(ex: Execution, task: asyncio.Future[Any], ctx: RunContext) -> Finish:
+async def _outcome(ex: Execution, task: asyncio.Future[Any], ctx: RunContext) -> Finish:
     """How a run whose workflow returned (or raised) ends."""
+    if ctx.payload_error is not None:
+        # A stored value could not be read back: release the run, whatever the workflow
+        # made of the error (it may have caught it and returned something else).
+        with contextlib.suppress(BaseException):
+            task.result()
+        raise EngineFailure(ctx.payload_error) from ctx.payload_error
     try:
         result = task.result()
     except InvocationCancelledError:
@@ -198,7 +204,7 @@ def _outcome(ex: Execution, task: asyncio.Future[Any], ctx: RunContext) -> Finis
             raise EngineFailure(e) from e
         return Finish(pb.STATUS_FAILED, failure=_failure(e))
     try:
-        output = _codec.encode(result)
+        output = await ctx._stored(result)
     except InvalidInputError as e:
         return Finish(pb.STATUS_FAILED, failure=pb.Failure(type="InvalidOutput", message=str(e)))
     if ctx.steps.cancel_delivered:  # it handled the cancellation and returned: still cancelled

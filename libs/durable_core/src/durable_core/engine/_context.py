@@ -13,11 +13,11 @@ import contextlib
 import inspect
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, cast
 
-from durable_core import _codec
+from durable_core import _codec, _payloads
 from durable_core._grpc import ChannelPool, MethodRef
 from durable_core._journal import (
     MAX_SLEEP,
@@ -35,11 +35,14 @@ from durable_core._journal import (
 from durable_core._naming import check_workflow_name
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core.context import Awakeable, Context
+from durable_core.engine._signals import EngineFailure
 from durable_core.engine._step_io import Journal, attempt_failure
 from durable_core.errors import (
     InvalidInputError,
     InvocationCancelledError,
+    NatsUnavailableError,
     NonDeterminismError,
+    PayloadUnavailableError,
     StepTimeoutError,
     TerminalError,
 )
@@ -71,6 +74,7 @@ class RunContext(Context):
         interceptors: Sequence[Interceptor] = (),
         attempt: int = 1,
         default_retry: RetryPolicy | None = None,
+        payloads: _payloads.PayloadStore | None = None,
     ) -> None:
         self._invocation_id = invocation_id
         self._workflow = workflow
@@ -82,6 +86,11 @@ class RunContext(Context):
         self._attempt = attempt
         self._default_retry = default_retry or DEFAULT_RETRY
         self._markers: list[pb.JournalEntry] = []  # patch markers not yet journaled
+        # Large values (None: all inline, the test replayer); Blobs read through the watch.
+        self._payloads = _Watched(payloads, self) if payloads is not None else None
+        # A stored value that could not be read back (missing, corrupt) or written: the run is
+        # released whatever the workflow did (never a silent wrong value).
+        self.payload_error: PayloadUnavailableError | NatsUnavailableError | None = None
 
     # -- identity and deterministic helpers ------------------------------------------------
 
@@ -136,9 +145,8 @@ class RunContext(Context):
         req_bytes = method.request_serializer(request)
         decision = await self._decide(pb.ENTRY_KIND_CALL, method.path, _codec.input_hash(req_bytes))
         if not isinstance(decision, Execute):
-            return cast(
-                Resp, method.response_deserializer(self.steps.replayed(decision.entry).data)
-            )
+            recorded = await self._resolved(self.steps.replayed(decision.entry))
+            return cast(Resp, method.response_deserializer(recorded.data))
         if self._channels is None:
             raise TerminalError("this context has no gRPC channels (testing without services)")
         fn = self._channels.callable_for(method)
@@ -174,7 +182,7 @@ class RunContext(Context):
             arg_bytes = b""
         decision = await self._decide(pb.ENTRY_KIND_RUN, name, _codec.input_hash(arg_bytes))
         if not isinstance(decision, Execute):
-            return _codec.decode(self.steps.replayed(decision.entry))  # type: ignore[no-any-return]
+            return await self._load(self.steps.replayed(decision.entry))  # type: ignore[no-any-return]
 
         async def call_fn() -> Any:
             if inspect.iscoroutinefunction(fn):
@@ -206,6 +214,34 @@ class RunContext(Context):
 
     # -- internals -------------------------------------------------------------------------
 
+    async def _load(self, payload: pb.Payload, as_type: Any = None) -> Any:
+        """The value of a recorded payload as workflow code gets it: a stored one is read
+        from the object store only now, when it is handed to the workflow (a Blob not even
+        then: only when the workflow reads it)."""
+        with self._engine_errors():
+            return await _payloads.load_value(self._payloads, payload, as_type)
+
+    async def _resolved(self, payload: pb.Payload) -> pb.Payload:
+        with self._engine_errors():
+            return await _payloads.resolved(self._payloads, payload)
+
+    async def _stored(self, value: Any) -> pb.Payload:
+        """A step's result or the workflow's output, encoded; stored by reference when large
+        (streamed in chunks when file-like)."""
+        with self._engine_errors():
+            return await _payloads.store_value(self._payloads, value, self._invocation_id)
+
+    @contextlib.contextmanager
+    def _engine_errors(self) -> Iterator[None]:
+        """A stored value that cannot be read back (missing, corrupt) or NATS failing the
+        object store: the engine's trouble, not the workflow's. The run stops (EngineFailure,
+        which workflow code cannot catch) and is released; never a silent wrong value."""
+        try:
+            yield
+        except (PayloadUnavailableError, NatsUnavailableError) as e:
+            self.payload_error = e
+            raise EngineFailure(e) from e
+
     async def _append(self, entry: pb.JournalEntry) -> None:
         """Journal an entry of this run, after the patch markers taken before it: a step
         recorded on a new branch must never be journaled without the marker that chose it. A
@@ -216,6 +252,9 @@ class RunContext(Context):
 
     async def _decide(self, kind: pb.EntryKind, name: str, digest: bytes) -> Any:
         """Replay or execute the next step; the step boundary where pause and cancel act."""
+        if self.payload_error is not None:
+            # A stored value could not be read back and the workflow went on: no more steps.
+            raise EngineFailure(self.payload_error)
         try:
             decision = self.steps.begin(kind, name, digest)
         except NonDeterminismError:
@@ -272,6 +311,11 @@ class RunContext(Context):
                     break
                 except (KeyboardInterrupt, SystemExit):
                     raise
+                except PayloadUnavailableError as e:
+                    # A stored value the step read (a Blob) is missing or corrupt: not the
+                    # step's failure, and retrying will not mend it. The run is released.
+                    self.payload_error = e
+                    raise EngineFailure(e) from e
                 except Exception as e:  # noqa: BLE001 - every step failure is journaled
                     failed, retryable = attempt_failure(e, step, policy)
                     decision = steps.attempt_failed(
@@ -289,12 +333,18 @@ class RunContext(Context):
                         break
                     await self._append(decision.entry)
                     await self._wait_for_attempt(step, name, decision.wake_at_ms, attempt + 1)
+            if self.payload_error is not None:
+                # A Blob the step read was missing or corrupt, and the step went on (it caught
+                # the error): never journal what it made of that.
+                raise EngineFailure(self.payload_error)
             output = None
             if failure is None:
                 try:
-                    output = _codec.encode(result)
+                    output = await self._stored(result)
                 except InvalidInputError as e:  # a result we cannot store: running again won't help
                     failure = pb.Failure(type=type(e).__name__, message=str(e), step=step)
+                if output is not None and output.blob:
+                    result = await self._load(output)  # a Blob, as replays get it
             entry = steps.outcome(
                 kind,
                 step,
@@ -453,12 +503,12 @@ class RunContext(Context):
         step = await self._journal_wait(pb.ENTRY_KIND_SIGNAL_WAIT, "signal", name)
         index = self.steps.signal_index(name)
         payload = await self._until(lambda: self.steps.signal(step, name, index))
-        return _codec.decode_as(payload, as_type)
+        return await self._load(payload, as_type)
 
     async def _awakeable_result(self, awakeable_id: str, as_type: Any) -> Any:
         step = await self._journal_wait(pb.ENTRY_KIND_AWAKEABLE, "awakeable", awakeable_id)
         payload = await self._until(lambda: self.steps.awakeable(step, awakeable_id))
-        return _codec.decode_as(payload, as_type)
+        return await self._load(payload, as_type)
 
     # -- state -----------------------------------------------------------------------------
 
@@ -506,7 +556,7 @@ class RunContext(Context):
         )
         step = self.steps.journal.steps_taken
         payload = await self._until(lambda: self.steps.child(step, child_id))
-        return _codec.decode_as(payload, as_type)
+        return await self._load(payload, as_type)
 
     async def start(
         self, workflow: str, args: Any = None, *, partition_key: str | None = None
@@ -540,7 +590,11 @@ class RunContext(Context):
         delay: timedelta | None = None,
     ) -> str:
         check_workflow_name(workflow)
-        payload = _codec.encode(args)
+        payload = (
+            pb.Payload(encoding=pb.ENCODING_BYTES, ref=args.ref, blob=True)
+            if isinstance(args, _payloads.Blob)
+            else _codec.encode(args)
+        )
         digest = _codec.input_hash(
             workflow.encode() + payload.SerializeToString(deterministic=True)
         )
@@ -552,11 +606,17 @@ class RunContext(Context):
         start_at = now + int(delay.total_seconds() * 1000) if delay else 0
 
         async def record(inp: StepInput) -> None:
+            # Large arguments go to the object store under the child's id (its retention
+            # removes them); a Blob is shared as it is.
+            args_payload = await _payloads.offload(self._payloads, payload, child_id)
+            if self._payloads is not None:  # a Blob passed on: the child may outlive its owner
+                for owner in sorted(_payloads.owners([args_payload], but=child_id)):
+                    await self._payloads.hold(owner, child_id)
             await self._journal.submit(
                 Submission(
                     invocation_id=child_id,
                     workflow=workflow,
-                    args=payload,
+                    args=args_payload,
                     partition_key=child_id if partition_key is None else partition_key,
                     parent_id=self._invocation_id,
                     notify_parent=notify,
@@ -582,6 +642,33 @@ class RunContext(Context):
         if kind == pb.ENTRY_KIND_CHILD:
             self.steps.children.append(child_id)
         return child_id
+
+
+class _Watched:
+    """A run's payload store: a Blob read that finds its object missing or corrupt marks the
+    run (``payload_error``), whoever catches the error (the step's own code may)."""
+
+    def __init__(self, store: _payloads.PayloadStore, ctx: RunContext) -> None:
+        self._store = store
+        self._ctx = ctx
+
+    @property
+    def threshold(self) -> int:
+        return self._store.threshold
+
+    async def put(self, owner: str, source: Any) -> pb.PayloadRef:
+        return await self._store.put(owner, source)
+
+    async def hold(self, source: str, holder: str) -> None:
+        await self._store.hold(source, holder)
+
+    async def chunks(self, ref: pb.PayloadRef) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._store.chunks(ref):
+                yield chunk
+        except PayloadUnavailableError as e:
+            self._ctx.payload_error = e
+            raise
 
 
 def _uncancel() -> None:

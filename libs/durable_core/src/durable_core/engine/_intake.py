@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from durable_core import _payloads
 from durable_core._journal import FINAL_KINDS, Submission
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import JournalConflict, JournalRecord, StateRecord, Transport
@@ -226,6 +227,10 @@ async def report_to_parent(t: Transport, st: pb.ExecutionState, final: pb.Journa
     )
     if final.HasField("output"):
         result.output.CopyFrom(final.output)
+        # The parent's journal shares the child's stored output (never a copy): held for the
+        # parent, so the child's retention (it ends first) leaves it while the parent needs it.
+        for owner in sorted(_payloads.owners([final.output], but=parent)):
+            await t.payloads.hold(owner, parent)
     if final.HasField("failure"):
         result.failure.CopyFrom(final.failure)
 

@@ -38,6 +38,7 @@ from durable_core.errors import (
     DurableError,
     InvalidInputError,
     NatsUnavailableError,
+    PayloadUnavailableError,
     SuspendExecution,
 )
 from durable_core.interceptors import EngineEvent, Interceptor, observe
@@ -429,7 +430,12 @@ class Worker:
             if isinstance(cause, CorruptJournalError | InvalidInputError):
                 await self._fail_broken(execution, delivery, cause)
                 return
-            log.warning("invocation %s: NATS unavailable (%s); releasing it", cmd.invocation_id, e)
+            if isinstance(cause, PayloadUnavailableError):
+                log.error("invocation %s: %s; releasing it", cmd.invocation_id, cause)
+            else:
+                log.warning(
+                    "invocation %s: NATS unavailable (%s); releasing it", cmd.invocation_id, e
+                )
             with contextlib.suppress(Exception):
                 await delivery.nak(delay=2.0)
         except (CorruptJournalError, InvalidInputError) as e:

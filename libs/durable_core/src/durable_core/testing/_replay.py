@@ -31,7 +31,7 @@ from typing import Any, NamedTuple, cast
 
 from google.protobuf.message import Message
 
-from durable_core import _codec
+from durable_core import _codec, _payloads
 from durable_core._grpc import ChannelPool, MethodRef
 from durable_core._journal import STEP_KINDS, Decision, Replay, ReplayMachine, Submission, Wait
 from durable_core._pb.durable.v1 import durable_pb2 as pb
@@ -255,7 +255,8 @@ async def replay_workflow(
     Args:
         fn: ``async def fn(ctx)`` or ``async def fn(ctx, input)``.
         input: the workflow's input. It goes through the engine's codec first (so a tuple
-            arrives as a list); omitted, a workflow that takes an input gets None.
+            arrives as a list; a file-like input arrives as a ``Blob``); omitted, a workflow
+            that takes an input gets None.
         journal: entries from ``call_entry``, ``run_entry``, ``failed_entry`` (or read from
             a real journal). Entries without a step number are numbered in list order, each
             one after the step before it.
@@ -310,7 +311,10 @@ async def replay_workflow(
 
     async def body() -> Any:
         if arity == 2:
-            arg = None if input is _NO_INPUT else _codec.decode(_codec.encode(input))
+            if input is _NO_INPUT:
+                arg = None
+            else:  # as the engine hands it over (a file-like input becomes a Blob)
+                arg = await _payloads.load_value(None, await _payloads.store_value(None, input, ""))
             return await fn(ctx, arg)
         return await fn(ctx)
 

@@ -102,14 +102,28 @@ STATUS_SUSPENDED: Status
 STATUS_BLOCKED: Status
 
 class Payload(_message.Message):
-    __slots__ = ("encoding", "type_name", "data")
+    __slots__ = ("encoding", "type_name", "data", "ref", "blob")
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     TYPE_NAME_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    REF_FIELD_NUMBER: _ClassVar[int]
+    BLOB_FIELD_NUMBER: _ClassVar[int]
     encoding: Encoding
     type_name: str
     data: bytes
-    def __init__(self, encoding: _Optional[_Union[Encoding, str]] = ..., type_name: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+    ref: PayloadRef
+    blob: bool
+    def __init__(self, encoding: _Optional[_Union[Encoding, str]] = ..., type_name: _Optional[str] = ..., data: _Optional[bytes] = ..., ref: _Optional[_Union[PayloadRef, _Mapping]] = ..., blob: _Optional[bool] = ...) -> None: ...
+
+class PayloadRef(_message.Message):
+    __slots__ = ("object", "size", "sha256")
+    OBJECT_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    object: str
+    size: int
+    sha256: bytes
+    def __init__(self, object: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[bytes] = ...) -> None: ...
 
 class Command(_message.Message):
     __slots__ = ("invocation_id", "workflow", "args", "partition_key", "kind", "created_at_ms", "parent_id", "metadata", "min_journal_seq", "route", "supersedes")

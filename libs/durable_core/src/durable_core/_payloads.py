@@ -1,0 +1,264 @@
+"""Large values by reference (claim check): the one place where a value becomes a stored
+object and a reference becomes a value again.
+
+A value whose encoding is above ``EngineConfig.payload_threshold`` is written to the object
+store bucket ``<prefix>_payloads`` and the command, state or journal entry carries a
+``Payload`` with ``ref`` set (object name, size, SHA-256) and no ``data``. A file-like value
+(anything with ``read``) or a :class:`Blob` is always stored by reference and streamed in
+chunks, and reaches workflow code as a :class:`Blob`, never as one ``bytes`` in memory.
+
+Readers resolve lazily: a reference is only downloaded when its value is handed to code
+(a step's recorded result returned to the workflow on replay, the workflow's input, a signal,
+``client.result``); the journal, the state, ``durable status`` and the inspector carry and show
+references without reading them. A :class:`Blob` is never downloaded until it is read.
+
+No NATS here: the store is a :class:`PayloadStore` (``durable_core._transport.payloads`` is
+the engine's; tests may bring their own).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import AsyncIterator, Iterable
+from typing import Any, Protocol
+
+from google.protobuf.message import Message
+
+from durable_core import _codec
+from durable_core._codec import describe_ref
+from durable_core._pb.durable.v1 import durable_pb2 as pb
+from durable_core.errors import InvalidInputError, PayloadUnavailableError
+
+__all__ = [
+    "Blob",
+    "PayloadStore",
+    "describe_ref",
+    "is_file_like",
+    "owners",
+    "referenced",
+    "load_value",
+    "resolved",
+    "same_payload",
+    "store_value",
+]
+
+
+class PayloadStore(Protocol):
+    """Where large values live (the engine's: the ``<prefix>_payloads`` object store)."""
+
+    @property
+    def threshold(self) -> int:
+        """Encodings larger than this many bytes are stored by reference."""
+
+    async def put(self, owner: str, source: Any) -> pb.PayloadRef:
+        """Store the bytes read from ``source`` (bytes or anything with ``read``) in chunks
+        as a new object of invocation ``owner``; its reference.
+
+        Raises:
+            PayloadTooLargeError: more than the max object size was read.
+        """
+
+    def chunks(self, ref: pb.PayloadRef) -> AsyncIterator[bytes]:
+        """The object's bytes, chunk by chunk; PayloadUnavailableError (at the end, after the
+        last chunk) when they do not match the reference's size and digest, at once when the
+        object is missing."""
+
+    async def hold(self, source: str, holder: str) -> None:
+        """Record that invocation ``holder`` references objects of invocation ``source``
+        (their retention leaves them while it does)."""
+
+
+class Blob:
+    """A stream of bytes stored by the engine (a large file-like argument or step result).
+
+    A step that returns a file-like object (anything with ``read``: an open file, a
+    ``BytesIO``), or a client that passes one as arguments, has it uploaded in chunks; the
+    workflow gets a ``Blob`` for it (the first time and on every replay), which reads it back
+    in chunks. Pass a ``Blob`` on (as a step's result, a child's argument, the workflow's
+    output): the stored object is shared, never copied.
+
+    Attributes:
+        size: the length in bytes.
+        sha256: the SHA-256 digest, in hex.
+    """
+
+    def __init__(self, ref: pb.PayloadRef, store: PayloadStore | None) -> None:
+        self._ref = ref
+        self._store = store
+
+    @property
+    def ref(self) -> pb.PayloadRef:
+        """The stored object's reference."""
+        return self._ref
+
+    @property
+    def size(self) -> int:
+        return int(self._ref.size)
+
+    @property
+    def sha256(self) -> str:
+        return self._ref.sha256.hex()
+
+    def __repr__(self) -> str:
+        return f"Blob({describe_ref(self._ref)})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Blob) and (other.size, other.sha256) == (self.size, self.sha256)
+
+    def __hash__(self) -> int:
+        return hash(self._ref.sha256)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The bytes, chunk by chunk (a few hundred KB each); the digest is checked at the
+        end (PayloadUnavailableError if the stored bytes are not the recorded ones)."""
+        if self._store is None:
+            raise PayloadUnavailableError(self._ref.object, "no payload store to read it from")
+        async for chunk in self._store.chunks(self._ref):
+            yield chunk
+
+    async def read(self) -> bytes:
+        """All of it in memory (only for what fits)."""
+        out = bytearray()
+        async for chunk in self.chunks():
+            out += chunk
+        return bytes(out)
+
+    async def save(self, path: str | os.PathLike[str]) -> None:
+        """Write it to a file, chunk by chunk."""
+        f = await asyncio.to_thread(open, path, "wb")
+        try:
+            async for chunk in self.chunks():
+                await asyncio.to_thread(f.write, chunk)
+        finally:
+            f.close()
+
+
+def is_file_like(value: Any) -> bool:
+    """A value to stream: anything with ``read`` that is not already bytes or text."""
+    return callable(getattr(value, "read", None)) and not isinstance(
+        value, bytes | bytearray | memoryview | str
+    )
+
+
+async def store_value(store: PayloadStore | None, value: Any, owner: str) -> pb.Payload:
+    """Encode ``value`` for the journal, a state or a command: inline when small, by
+    reference when large, streamed when file-like. Without a store (the test replayer) values
+    stay inline and file-like ones are read whole.
+
+    Raises:
+        InvalidInputError: the value cannot be encoded.
+        PayloadTooLargeError: it is larger than the max object size.
+    """
+    if isinstance(value, Blob):
+        return pb.Payload(encoding=pb.ENCODING_BYTES, ref=value.ref, blob=True)
+    if is_file_like(value):
+        if store is None:
+            data = value.read()
+            ref = pb.PayloadRef(object="", size=len(data), sha256=hashlib.sha256(data).digest())
+            return pb.Payload(encoding=pb.ENCODING_BYTES, data=data, blob=True, ref=ref)
+        ref = await store.put(owner, value)
+        return pb.Payload(encoding=pb.ENCODING_BYTES, ref=ref, blob=True)
+    if store is not None and isinstance(value, bytes | bytearray) and len(value) > store.threshold:
+        # Large bytes go straight from the value, without a copy into a Payload first.
+        return pb.Payload(encoding=pb.ENCODING_BYTES, ref=await store.put(owner, value))
+    return await offload(store, _codec.encode(value), owner)
+
+
+async def offload(store: PayloadStore | None, payload: pb.Payload, owner: str) -> pb.Payload:
+    """``payload``, its data moved to the store when above the threshold."""
+    if store is None or payload.HasField("ref") or len(payload.data) <= store.threshold:
+        return payload
+    ref = await store.put(owner, payload.data)
+    return pb.Payload(encoding=payload.encoding, type_name=payload.type_name, ref=ref)
+
+
+async def resolved(store: PayloadStore | None, payload: pb.Payload) -> pb.Payload:
+    """``payload`` with its data, read from the store if it is a reference (checked against
+    its size and digest). A blob is returned as is (it is read through a Blob)."""
+    if not payload.HasField("ref") or payload.blob or payload.data:
+        return payload
+    if store is None:
+        raise PayloadUnavailableError(payload.ref.object, "no payload store to read it from")
+    data = await _read_all(store, payload.ref)
+    return pb.Payload(encoding=payload.encoding, type_name=payload.type_name, data=bytes(data))
+
+
+async def _read_all(store: PayloadStore, ref: pb.PayloadRef) -> bytearray:
+    """A stored object's bytes in one buffer of its recorded size (no growing copies)."""
+    data = bytearray(ref.size)
+    view, at = memoryview(data), 0
+    async for chunk in store.chunks(ref):
+        view[at : at + len(chunk)] = chunk
+        at += len(chunk)
+    return data
+
+
+async def load_value(store: PayloadStore | None, payload: pb.Payload, as_type: Any = None) -> Any:
+    """The value ``payload`` holds, as workflow or client code gets it: a Blob for a blob,
+    else the decoded value (a reference read from the store first)."""
+    if payload.blob:
+        return Blob(payload.ref, store if payload.ref.object else _Inline(payload.data))
+    if as_type is Blob:  # bytes sent as such: a Blob over them (read from the store if stored)
+        if payload.encoding != pb.ENCODING_BYTES:
+            raise InvalidInputError(f"expected a Blob (bytes), got {_codec.describe(payload)}")
+        if payload.HasField("ref"):
+            return Blob(payload.ref, store)
+        digest = hashlib.sha256(payload.data).digest()
+        ref = pb.PayloadRef(size=len(payload.data), sha256=digest)
+        return Blob(ref, _Inline(payload.data))
+    if payload.HasField("ref") and not payload.data and store is not None:
+        if payload.encoding == pb.ENCODING_BYTES and as_type in (None, bytes, Any):
+            return bytes(await _read_all(store, payload.ref))
+        typed_message = isinstance(as_type, type) and issubclass(as_type, Message)
+        if payload.encoding == pb.ENCODING_JSON and not typed_message:  # no copy first
+            return _codec.convert(_codec.loads_stored(await _read_all(store, payload.ref)), as_type)
+    return _codec.decode_as(await resolved(store, payload), as_type)
+
+
+def same_payload(a: pb.Payload, b: pb.Payload) -> bool | None:
+    """For references: the same value (same encoding and digest); None if either is inline."""
+    if not (a.HasField("ref") and b.HasField("ref")):
+        return None
+    return (a.encoding, a.type_name, a.blob, a.ref.sha256, a.ref.size) == (
+        b.encoding,
+        b.type_name,
+        b.blob,
+        b.ref.sha256,
+        b.ref.size,
+    )
+
+
+class _Inline:
+    """A store of one inline blob (the test replayer keeps blobs in memory)."""
+
+    threshold = 0
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    async def put(self, owner: str, source: Any) -> pb.PayloadRef:
+        raise NotImplementedError
+
+    async def hold(self, source: str, holder: str) -> None:
+        pass
+
+    async def chunks(self, ref: pb.PayloadRef) -> AsyncIterator[bytes]:
+        yield self._data
+
+
+def owners(payloads: Iterable[pb.Payload], but: str = "") -> set[str]:
+    """The invocations whose objects ``payloads`` reference (object names start with the
+    owner's id), except ``but``."""
+    out = {p.ref.object.rsplit(".", 1)[0] for p in payloads if p.HasField("ref") and p.ref.object}
+    out.discard(but)
+    return out
+
+
+def referenced(state: pb.ExecutionState | None, entries: Iterable[pb.JournalEntry]) -> set[str]:
+    """The object names a state and journal reference."""
+    found = [e.output for e in entries if e.HasField("output")]
+    if state is not None:
+        found += [state.args, state.output]
+    return {p.ref.object for p in found if p.HasField("ref") and p.ref.object}

@@ -1,0 +1,359 @@
+"""Large values (claim check, issue 18) in the JetStream object store bucket
+``<prefix>_payloads``.
+
+The bucket is a JetStream object store (stream ``OBJ_<prefix>_payloads``, created with the
+engine's replicas), but objects are written and read here, chunk by chunk, with bounded
+memory (nats-py's ``ObjectStore.get`` gathers a whole object in memory, or pushes chunks
+faster than a slow writer takes them). An object is the chunks on one subject,
+``$O.<bucket>.C.<invocation id>.<token>``, each chunk carrying its index; it has no meta
+message: its reference (name, size, SHA-256) lives in the journal, state or command that
+uses it, and every read checks the bytes against it. Naming objects by invocation id makes an
+invocation's objects one subject wildcard: retention purges them with one request, and the
+sweep finds which invocation each object belongs to from its subject alone.
+
+Holds: a fork or rerun shares the objects of the invocation it came from (its copied journal
+entries and arguments carry the same references). It writes a hold,
+``$O.<bucket>.M.hold.<source id>.<its id>``; retention of the source leaves the source's
+objects alone while a hold on it exists, and retention of the fork removes the fork's holds.
+Objects are then collected by :meth:`Payloads.sweep` once nothing references them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import nats.js.errors
+from nats.js.api import StorageType, StreamConfig
+
+from durable_core._pb.durable.v1 import durable_pb2 as pb
+from durable_core._transport.connection import Link
+from durable_core._transport.errors import check_created_elsewhere
+from durable_core._transport.inbox import DirectGets
+from durable_core.errors import PayloadTooLargeError, PayloadUnavailableError
+
+__all__ = ["CHUNK_SIZE", "Payloads"]
+
+log = logging.getLogger("durable_core.payloads")
+
+CHUNK_SIZE = 256 * 1024
+_READ_BATCH = 8  # chunks per direct get: 2 MB in memory at most
+_LAG_TRIES = 50  # a follower answering a direct get may lag a few ms behind the write
+_CHUNK = "Durable-Chunk"
+
+
+class _Reader:
+    """Reads a source (bytes or anything with ``read``) in chunks, counting and hashing."""
+
+    def __init__(self, source: Any, limit: int) -> None:
+        self._source = source
+        self._view = memoryview(source) if isinstance(source, bytes | bytearray) else None
+        self._limit = limit
+        self.size = 0
+        self.digest = hashlib.sha256()
+
+    def read(self, n: int) -> bytes:
+        if self._view is not None:
+            chunk = bytes(self._view[self.size : self.size + n])
+        else:
+            chunk = self._source.read(n)
+            if isinstance(chunk, str):
+                chunk = chunk.encode()
+        self.size += len(chunk)
+        if self.size > self._limit:
+            raise PayloadTooLargeError(
+                f"the value is larger than the max object size of {self._limit} bytes "
+                "(EngineConfig.max_object_size / DURABLE_MAX_OBJECT_SIZE)"
+            )
+        self.digest.update(chunk)
+        return bytes(chunk)
+
+
+class Payloads:
+    """The ``<prefix>_payloads`` object store: put and read objects in chunks, purge an
+    invocation's objects, sweep unreferenced ones."""
+
+    def __init__(self, link: Link, gets: DirectGets) -> None:
+        self._link = link
+        self._gets = gets
+        self._ready = False
+        self.bucket = link.names.payloads_bucket
+        self.stream = f"OBJ_{self.bucket}"
+
+    @property
+    def threshold(self) -> int:
+        """Encodings above this go to the object store: the configured threshold, within the
+        inline payload limit (``EngineConfig.max_payload`` and what the server's max_payload
+        leaves for a state holding arguments and output; see Commands.payload_limit)."""
+        link = self._link
+        server = link.nc.max_payload or 2 * link.engine.max_payload + 16 * 1024
+        inline = min(link.engine.max_payload, (server - 8 * 1024) // 2)
+        return min(link.engine.payload_threshold, inline)
+
+    @property
+    def max_size(self) -> int:
+        return self._link.engine.max_object_size
+
+    def _chunks_subject(self, name: str) -> str:
+        return f"$O.{self.bucket}.C.{name}"
+
+    def _owner_subjects(self, invocation_id: str) -> str:
+        return f"$O.{self.bucket}.C.{invocation_id}.>"
+
+    def _hold_subject(self, source: str, holder: str) -> str:
+        return f"$O.{self.bucket}.M.hold.{source}.{holder}"
+
+    # -- the bucket ------------------------------------------------------------------------
+
+    async def ensure(self) -> None:
+        """Create the bucket with the engine's replicas, or bind it (once per process)."""
+        if self._ready:
+            return
+        link = self._link
+        js = link.js
+        want = StreamConfig(
+            name=self.stream,
+            description="durable: large values (arguments, step results, outputs) by reference",
+            subjects=[f"$O.{self.bucket}.C.>", f"$O.{self.bucket}.M.>"],
+            storage=StorageType.FILE,
+            num_replicas=link.engine.replicas,
+            allow_rollup_hdrs=True,
+            allow_direct=True,
+            discard=nats.js.api.DiscardPolicy.NEW,
+            max_msgs=-1,
+            max_bytes=-1,
+        )
+
+        async def create() -> None:
+            try:
+                await js.stream_info(self.stream)
+            except nats.js.errors.NotFoundError:
+                try:
+                    await js.add_stream(want)
+                    log.info(
+                        "created object store %s (replicas=%d)", self.bucket, want.num_replicas
+                    )
+                except nats.js.errors.BadRequestError as e:
+                    check_created_elsewhere(e, f"object store {self.bucket}")
+
+        await link.retry(f"set up object store {self.bucket}", create)
+        self._ready = True
+
+    # -- writing ---------------------------------------------------------------------------
+
+    async def put(self, owner: str, source: Any) -> pb.PayloadRef:
+        """Store ``source`` as a new object of invocation ``owner``, chunk by chunk (each
+        chunk's publish retried on its own, deduplicated by its message id); its reference.
+        Memory: one chunk. A failure part way leaves chunks that nothing references: the
+        object is purged here when NATS still answers, else by the sweep."""
+        await self.ensure()
+        link = self._link
+        name = f"{owner}.{secrets.token_hex(8)}"
+        subject = self._chunks_subject(name)
+        reader = _Reader(source, self.max_size)
+        size = min(CHUNK_SIZE, max((link.nc.max_payload or 1024 * 1024) - 8 * 1024, 1024))
+        index = 0
+        try:
+            while True:
+                chunk = await _read(reader, size)
+                if not chunk and index:
+                    break
+                headers = {_CHUNK: str(index), "Nats-Msg-Id": f"{name}:{index}"}
+
+                async def pub(chunk: bytes = chunk, headers: dict[str, str] = headers) -> Any:
+                    return await link.js.publish(subject, chunk, headers=headers)
+
+                await link.retry(f"store a chunk of payload {name}", pub)
+                index += 1
+                if not chunk:
+                    break
+        except BaseException:
+            await self._purge_quietly(subject)
+            raise
+        return pb.PayloadRef(object=name, size=reader.size, sha256=reader.digest.digest())
+
+    async def _purge_quietly(self, subject: str) -> None:
+        try:
+            await asyncio.shield(self._link.js.purge_stream(self.stream, subject=subject))
+        except Exception as e:  # noqa: BLE001 - the sweep collects what is left
+            log.debug("could not purge %s after a failed upload: %s", subject, e)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def chunks(self, ref: pb.PayloadRef) -> AsyncIterator[bytes]:
+        """The object's bytes in order, ``_READ_BATCH`` chunks per request; checked against
+        the reference (PayloadUnavailableError: missing, short, out of order or not the
+        recorded bytes)."""
+        await self.ensure()
+        subject = self._chunks_subject(ref.object)
+        digest = hashlib.sha256()
+        seq, index, size, lagging = 1, 0, 0, 0
+        while True:
+            msgs, _ = await self._link.retry(
+                f"read payload {ref.object}",
+                lambda seq=seq: self._gets.batch(self.stream, subject, seq, _READ_BATCH),  # type: ignore[misc]
+            )
+            if not msgs:
+                if size >= ref.size and index:
+                    break
+                if index == 0 and lagging >= _LAG_TRIES:
+                    raise PayloadUnavailableError(ref.object, "no such object (deleted?)")
+                if lagging >= _LAG_TRIES:
+                    raise PayloadUnavailableError(
+                        ref.object, f"only {size} of {ref.size} bytes are stored"
+                    )
+                lagging += 1  # a follower behind the leader, or a missing object
+                await asyncio.sleep(0.02)
+                continue
+            lagging = 0
+            for msg in msgs:
+                hdrs = msg.headers or {}
+                if hdrs.get(_CHUNK) != str(index):
+                    raise PayloadUnavailableError(
+                        ref.object, f"chunk {hdrs.get(_CHUNK)} where {index} was expected"
+                    )
+                size += len(msg.data)
+                if size > ref.size:
+                    raise PayloadUnavailableError(ref.object, f"more than {ref.size} bytes stored")
+                digest.update(msg.data)
+                index += 1
+                if size == ref.size and digest.digest() != ref.sha256:
+                    raise PayloadUnavailableError(ref.object, "digest mismatch (corrupt object)")
+                if msg.data:
+                    yield msg.data
+                seq = int(hdrs["Nats-Sequence"]) + 1
+            if size == ref.size and digest.digest() == ref.sha256:
+                return
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def hold(self, source: str, holder: str) -> None:
+        """Record that ``holder`` (a fork or rerun) references objects of ``source``."""
+        await self.ensure()
+        subject = self._hold_subject(source, holder)
+        await self._link.retry(
+            f"hold payloads of {source}", lambda: self._link.js.publish(subject, b"")
+        )
+
+    async def _subjects(self, pattern: str) -> list[str]:
+        """The subjects of the bucket's stream matching ``pattern`` (from the stream leader,
+        so a write acknowledged before is always seen)."""
+        js = self._link.js
+
+        async def info() -> Any:
+            return await js.stream_info(self.stream, subjects_filter=pattern)
+
+        found = await self._link.retry("list payload subjects", info)
+        return sorted(found.state.subjects or {})
+
+    async def held(self, source: str) -> bool:
+        """Whether a fork or rerun holds objects of ``source`` (read from the leader: a hold
+        acknowledged before is always seen)."""
+        await self.ensure()
+        return bool(await self._subjects(self._hold_subject(source, "*")))
+
+    async def holds(self) -> list[tuple[str, str, int]]:
+        """Every hold: ``(owner, holder, age in ms)``."""
+        await self.ensure()
+        head = f"$O.{self.bucket}.M.hold."
+        out = []
+        for subject in await self._subjects(head + ">"):
+            owner, _, holder = subject.removeprefix(head).partition(".")
+            out.append((owner, holder, await self._age_ms(subject)))
+        return out
+
+    async def drop_hold(self, source: str, holder: str) -> None:
+        """Remove one hold (the sweep: its holder never came to exist)."""
+        await self._purge("drop a payload hold", self._hold_subject(source, holder))
+
+    async def expire(self, invocation_id: str) -> bool:
+        """Retention: drop the holds ``invocation_id`` has on others' objects, and remove its
+        own objects unless a fork or rerun holds them (then the sweep takes them once none
+        does). Returns whether its objects were removed."""
+        await self.ensure()
+        js = self._link.js
+        holds = self._hold_subject("*", invocation_id)
+        await self._link.retry(
+            "drop payload holds", lambda: js.purge_stream(self.stream, subject=holds)
+        )
+        if await self.held(invocation_id):
+            return False
+        subject = self._owner_subjects(invocation_id)
+        await self._link.retry(
+            f"purge payloads of {invocation_id}",
+            lambda: js.purge_stream(self.stream, subject=subject),
+        )
+        return True
+
+    async def _purge(self, what: str, subject: str) -> None:
+        js = self._link.js
+
+        async def purge() -> None:
+            await js.purge_stream(self.stream, subject=subject)
+
+        await self._link.retry(what, purge)
+
+    async def objects(self) -> list[str]:
+        """Every object's name (one stream info request, answered by the leader)."""
+        await self.ensure()
+        prefix = f"$O.{self.bucket}.C."
+        return [s.removeprefix(prefix) for s in await self._subjects(prefix + ">")]
+
+    async def _age_ms(self, subject: str) -> int:
+        """How long ago the first message of ``subject`` was stored (0 if it has none)."""
+        msgs, _ = await self._link.retry(
+            "read a payload's first message",
+            lambda: self._gets.batch(self.stream, subject, 1, 1),
+        )
+        stamp = (msgs[0].headers or {}).get("Nats-Time-Stamp", "") if msgs else ""
+        return int((time.time() - _parse_time(stamp)) * 1000) if stamp else 0
+
+    async def age_ms(self, name: str) -> int:
+        """How long ago object ``name`` was started."""
+        return await self._age_ms(self._chunks_subject(name))
+
+    async def sweep(
+        self, referenced: Callable[[str], Awaitable[set[str] | None]], grace_ms: int
+    ) -> list[str]:
+        """Delete the objects older than ``grace_ms`` that nothing references; the names
+        deleted. ``referenced(invocation_id)`` is the set of object names the invocation's
+        state and journal reference, or None to keep all of its objects (it may still run and
+        journal one). Objects are grouped by invocation (their name starts with its id), so
+        each invocation is looked at once; those a fork or rerun holds are kept; only the
+        unreferenced ones have their age read."""
+        by_owner: dict[str, list[str]] = {}
+        for name in await self.objects():
+            by_owner.setdefault(name.rsplit(".", 1)[0], []).append(name)
+        deleted = []
+        for owner, names in by_owner.items():
+            if await self.held(owner):
+                continue  # a fork or rerun shares them
+            keep = await referenced(owner)
+            if keep is None:
+                continue
+            for name in names:
+                if name not in keep and await self.age_ms(name) >= grace_ms:
+                    await self._purge(f"delete payload {name}", self._chunks_subject(name))
+                    deleted.append(name)
+        return deleted
+
+
+async def _read(reader: _Reader, n: int) -> bytes:
+    """A chunk of the source: in a thread when it is a file (its reads may block)."""
+    if reader._view is not None:
+        return reader.read(n)
+    return await asyncio.to_thread(reader.read, n)
+
+
+def _parse_time(stamp: str) -> float:
+    """Seconds since the epoch of a ``Nats-Time-Stamp`` header (RFC 3339, nanoseconds)."""
+    from datetime import datetime
+
+    head, _, frac = stamp.rstrip("Z").partition(".")
+    base = datetime.fromisoformat(head + "+00:00").timestamp()
+    return base + (float("0." + frac) if frac else 0.0)
