@@ -137,7 +137,12 @@ class Journals:
                 if e.err_code not in WRONG_LAST_CODES:
                     raise
             # Either someone else appended, or an earlier try of ours landed: look at the last.
-            last = await link.js.get_last_msg(link.names.journal_stream, subject)
+            try:
+                last = await link.js.get_last_msg(link.names.journal_stream, subject)
+            except nats.js.errors.NotFoundError:
+                # Seen under load on the 3-node cluster (a leader change between the two
+                # requests): nothing of ours is there, so it is a conflict: read and retry.
+                raise JournalConflict(invocation_id, expected_seq) from None
             if (last.headers or {}).get("Nats-Msg-Id") == msg_id:
                 return int(last.seq or 0)
             raise JournalConflict(invocation_id, expected_seq)

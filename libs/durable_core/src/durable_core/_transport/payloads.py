@@ -65,13 +65,18 @@ class _Reader:
             if isinstance(chunk, str):
                 chunk = chunk.encode()
         self.size += len(chunk)
-        if self.size > self._limit:
-            raise PayloadTooLargeError(
-                f"the value is larger than the max object size of {self._limit} bytes "
-                "(EngineConfig.max_object_size / DURABLE_MAX_OBJECT_SIZE)"
-            )
+        check_size(self.size, self._limit)
         self.digest.update(chunk)
         return bytes(chunk)
+
+
+def check_size(size: int, limit: int) -> None:
+    """Refuse a value of ``size`` bytes over the max object size ``limit``."""
+    if size > limit:
+        raise PayloadTooLargeError(
+            f"the value is larger than the max object size of {limit} bytes "
+            "(EngineConfig.max_object_size / DURABLE_MAX_OBJECT_SIZE)"
+        )
 
 
 class Payloads:
@@ -98,6 +103,10 @@ class Payloads:
     @property
     def max_size(self) -> int:
         return self._link.engine.max_object_size
+
+    def check_size(self, size: int) -> None:
+        """Refuse a value of ``size`` bytes over the max object size (PayloadTooLargeError)."""
+        check_size(size, self.max_size)
 
     def _chunks_subject(self, name: str) -> str:
         return f"$O.{self.bucket}.C.{name}"

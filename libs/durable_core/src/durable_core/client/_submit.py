@@ -148,10 +148,21 @@ async def submit(
         uuid.uuid4().hex if invocation_id is None else invocation_id
     )
     encode_partition_key(invocation_id if partition_key is None else partition_key)
+    # Encoded (and refused when it cannot be stored) before the registry check, stored after
+    # it: a refusal leaves no object behind. A stream is only read as it is stored.
+    encoded: pb.Payload | None = None
+    if isinstance(args, bytes | bytearray):
+        t.payloads.check_size(len(args))
+    elif not (isinstance(args, _payloads.Blob) or _payloads.is_file_like(args)):
+        encoded = _codec.encode(args)
+        t.payloads.check_size(len(encoded.data))
     if check is not None:
-        await check(name)  # before anything is uploaded: a refusal leaves no object behind
+        await check(name)
     # A large value goes to the object store, a file-like one in chunks (claim check).
-    payload = await _payloads.store_value(t.payloads, args, invocation_id)
+    if encoded is None:
+        payload = await _payloads.store_value(t.payloads, args, invocation_id)
+    else:
+        payload = await _payloads.offload(t.payloads, encoded, invocation_id)
     return await submit_payload(
         t,
         name,
