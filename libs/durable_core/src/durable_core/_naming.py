@@ -67,6 +67,13 @@ def check_route(route: str) -> str:
     return route
 
 
+def payload_owner(object_name: str) -> str:
+    """The invocation a stored large value belongs to: objects are named
+    ``<invocation id>.<token>`` (``_transport.payloads``), so retention and the sweep find an
+    invocation's objects by name."""
+    return object_name.rsplit(".", 1)[0]
+
+
 def decode_partition_key(token: str) -> str:
     """Inverse of encode_partition_key."""
     if token == "_":

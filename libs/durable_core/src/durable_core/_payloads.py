@@ -28,6 +28,7 @@ from google.protobuf.message import Message
 
 from durable_core import _codec
 from durable_core._codec import describe_ref
+from durable_core._naming import payload_owner
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core.errors import InvalidInputError, PayloadUnavailableError
 
@@ -35,6 +36,7 @@ __all__ = [
     "Blob",
     "PayloadStore",
     "describe_ref",
+    "encoded",
     "is_file_like",
     "owners",
     "referenced",
@@ -152,7 +154,7 @@ async def store_value(store: PayloadStore | None, value: Any, owner: str) -> pb.
         PayloadTooLargeError: it is larger than the max object size.
     """
     if isinstance(value, Blob):
-        return pb.Payload(encoding=pb.ENCODING_BYTES, ref=value.ref, blob=True)
+        return encoded(value)
     if is_file_like(value):
         if store is None:
             data = value.read()
@@ -164,6 +166,17 @@ async def store_value(store: PayloadStore | None, value: Any, owner: str) -> pb.
         # Large bytes go straight from the value, without a copy into a Payload first.
         return pb.Payload(encoding=pb.ENCODING_BYTES, ref=await store.put(owner, value))
     return await offload(store, _codec.encode(value), owner)
+
+
+def encoded(value: Any) -> pb.Payload:
+    """A value that is not a stream, encoded (a Blob: its reference, shared, never copied).
+
+    Raises:
+        InvalidInputError: the value cannot be encoded.
+    """
+    if isinstance(value, Blob):
+        return pb.Payload(encoding=pb.ENCODING_BYTES, ref=value.ref, blob=True)
+    return _codec.encode(value)
 
 
 async def offload(store: PayloadStore | None, payload: pb.Payload, owner: str) -> pb.Payload:
@@ -251,7 +264,7 @@ class _Inline:
 def owners(payloads: Iterable[pb.Payload], but: str = "") -> set[str]:
     """The invocations whose objects ``payloads`` reference (object names start with the
     owner's id), except ``but``."""
-    out = {p.ref.object.rsplit(".", 1)[0] for p in payloads if p.HasField("ref") and p.ref.object}
+    out = {payload_owner(p.ref.object) for p in payloads if p.HasField("ref") and p.ref.object}
     out.discard(but)
     return out
 

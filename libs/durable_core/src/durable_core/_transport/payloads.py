@@ -31,6 +31,7 @@ from typing import Any
 import nats.js.errors
 from nats.js.api import StorageType, StreamConfig
 
+from durable_core._naming import payload_owner
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport.connection import Link
 from durable_core._transport.errors import check_created_elsewhere
@@ -285,18 +286,10 @@ class Payloads:
         own objects unless a fork or rerun holds them (then the sweep takes them once none
         does). Returns whether its objects were removed."""
         await self.ensure()
-        js = self._link.js
-        holds = self._hold_subject("*", invocation_id)
-        await self._link.retry(
-            "drop payload holds", lambda: js.purge_stream(self.stream, subject=holds)
-        )
+        await self._purge("drop payload holds", self._hold_subject("*", invocation_id))
         if await self.held(invocation_id):
             return False
-        subject = self._owner_subjects(invocation_id)
-        await self._link.retry(
-            f"purge payloads of {invocation_id}",
-            lambda: js.purge_stream(self.stream, subject=subject),
-        )
+        await self._purge(f"purge payloads of {invocation_id}", self._owner_subjects(invocation_id))
         return True
 
     async def _purge(self, what: str, subject: str) -> None:
@@ -337,7 +330,7 @@ class Payloads:
         unreferenced ones have their age read."""
         by_owner: dict[str, list[str]] = {}
         for name in await self.objects():
-            by_owner.setdefault(name.rsplit(".", 1)[0], []).append(name)
+            by_owner.setdefault(payload_owner(name), []).append(name)
         deleted = []
         for owner, names in by_owner.items():
             if await self.held(owner):

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from durable_core import _payloads
 from durable_core._journal import STEP_KINDS, ReplayMachine
-from durable_core._naming import check_invocation_id
+from durable_core._naming import check_invocation_id, payload_owner
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import JournalRecord, StateConflict, StateRecord, Transport
 from durable_core.client._results import IDLE_PB, TERMINAL_PB, Status
@@ -429,7 +429,7 @@ async def find_payload(t: Transport, ref: str) -> pb.Payload:
     becomes ENCODING_BYTES (the raw encoded value is what is read)."""
     owner, sep, which = ref.partition(":") if isinstance(ref, str) else ("", "", "")
     if not sep:
-        owner = ref.rsplit(".", 1)[0] if isinstance(ref, str) and "." in ref else ""
+        owner = payload_owner(ref) if isinstance(ref, str) and "." in ref else ""
     check_invocation_id(owner)
     rec = await state_of(t, owner)
     st = rec.state

@@ -590,11 +590,7 @@ class RunContext(Context):
         delay: timedelta | None = None,
     ) -> str:
         check_workflow_name(workflow)
-        payload = (
-            pb.Payload(encoding=pb.ENCODING_BYTES, ref=args.ref, blob=True)
-            if isinstance(args, _payloads.Blob)
-            else _codec.encode(args)
-        )
+        payload = _payloads.encoded(args)
         digest = _codec.input_hash(
             workflow.encode() + payload.SerializeToString(deterministic=True)
         )

@@ -424,8 +424,11 @@ class Execution:
         if self.cmd.kind != pb.COMMAND_KIND_START:
             st = self.state.state if self.state is not None else None
             lost = self.cmd.supersedes
-            running = st is not None and st.status == pb.STATUS_RUNNING
-            if lost and running and st is not None and st.run_command_seq == lost:
+            if (
+                lost
+                and st is not None
+                and (st.status, st.run_command_seq) == (pb.STATUS_RUNNING, lost)
+            ):
                 await self._supersede(lost)  # a start lost before its first entry
                 return
             raise NotIdle("not started yet: its start command runs it")
