@@ -34,9 +34,9 @@ class NatsConfig:
             for client certificates).
         name: the client connection name shown by the server.
         connect_timeout: seconds to wait for the first connection.
-        ping_interval: seconds between the client's pings; after two unanswered ones the
-            server is taken for dead and the client moves to another (a frozen server keeps
-            its TCP connection open, so only this notices it).
+        ping_interval: seconds between the connection's round trips through its server;
+            after two unanswered ones the socket is dropped and the client moves to another
+            server (a frozen server keeps its TCP connection open, so only this notices it).
     """
 
     servers: tuple[str, ...] = ("nats://127.0.0.1:4222",)

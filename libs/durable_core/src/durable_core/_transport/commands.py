@@ -428,5 +428,6 @@ class Commands:
     async def send_control(self, invocation_id: str, action: str) -> None:
         """Tell whichever processor runs the invocation to act now (best effort)."""
         nc = self._link.nc
+        # Sent with nats-py's next flush (at once). No nc.flush(timeout): one that times out
+        # leaves a cancelled future whose late PONG stops nats-py's read loop.
         await nc.publish(self._link.names.control_subject(invocation_id), action.encode())
-        await nc.flush(timeout=2)

@@ -150,7 +150,7 @@ async def connect_nats(cfg: NatsConfig) -> NatsClient:
         log.debug("disconnected from NATS")
 
     async def on_reconnect() -> None:
-        log.info("reconnected to NATS")
+        log.info("reconnected to NATS at %s", _where(nc))
 
     opts: dict[str, Any] = {
         "servers": list(cfg.servers),
@@ -200,6 +200,7 @@ async def connect_nats(cfg: NatsConfig) -> NatsClient:
         except UnsupportedServerError:
             await nc.close()
             raise
+        _watch(nc, cfg.ping_interval)
         return nc
     if not connecting.done():
         connecting.cancel()
@@ -216,6 +217,94 @@ async def connect_nats(cfg: NatsConfig) -> NatsClient:
     else:
         reason = f"no answer within {cfg.connect_timeout:.0f}s"
     raise NatsUnavailableError(cfg.servers, reason)
+
+
+_WATCHDOGS: set[asyncio.Task[None]] = set()
+
+
+def _where(nc: NatsClient) -> str:
+    url = nc.connected_url
+    return f"{url.hostname}:{url.port}" if url is not None else "?"
+
+
+def _watch(nc: NatsClient, interval: float) -> None:
+    """Leave a server that stopped answering, which nats-py itself may never do.
+
+    nats-py counts unanswered pings only between writes of its own; a server frozen (SIGSTOP,
+    ``docker pause``) while the client writes backs its flusher up, and its ping loop then
+    waits on the flusher's queue forever: a processor stayed on a frozen node for the whole
+    100 s of a fault, every lease renewal timing out, although the other two nodes served (seen
+    under load in the cluster-fault test). This watchdog sends its own round trip through the
+    server every ``interval`` seconds, bounded by its own clock, and after two unanswered ones
+    in a row drops the socket and has the client reconnect to another server of the pool.
+    """
+    if interval <= 0:
+        return
+    task = asyncio.get_running_loop().create_task(_watchdog(nc, interval))
+    _WATCHDOGS.add(task)
+    task.add_done_callback(_WATCHDOGS.discard)
+
+
+async def _watchdog(nc: NatsClient, interval: float) -> None:
+    subject = nc.new_inbox()
+
+    async def echo(msg: Any) -> None:
+        with contextlib.suppress(Exception):
+            await msg.respond(b"")
+
+    try:
+        await nc.subscribe(subject, cb=echo)
+    except Exception as e:  # noqa: BLE001 - nats-py's own ping check still applies
+        log.debug("no connection watchdog: %s", e)
+        return
+    misses = 0
+    socket: object = None  # the connection that stopped answering
+    while not nc.is_closed:
+        await asyncio.sleep(interval)
+        if nc.is_draining:
+            misses = 0
+            continue
+        now = getattr(nc, "_transport", None)
+        if socket is not None and now is not socket:
+            misses = 0  # a new connection (or an attempt at one): judge that one afresh
+        if nc.is_connected:
+            try:
+                # Bounded here: a request can itself wait on the backed-up flusher.
+                await asyncio.wait_for(nc.request(subject, b"", timeout=interval), interval + 1)
+                misses = 0
+                continue
+            except (TimeoutError, nats.errors.Error):
+                pass
+            except Exception as e:  # noqa: BLE001 - a watchdog never takes the process down
+                log.debug("connection watchdog: %s: %s", type(e).__name__, e)
+                continue
+        # Not answering, or "reconnecting" while nats-py still waits for the old socket to
+        # close (it closes gracefully: it waits until the unsent bytes are sent).
+        misses += 1
+        socket = now
+        if misses < 2:
+            continue
+        misses = 0
+        was = _where(nc) if nc.is_connected else "the server it was connected to"
+        if not _abort(nc):
+            continue
+        log.warning("NATS at %s has not answered for %.0fs; reconnecting", was, 2 * interval)
+        if nc.is_connected:
+            with contextlib.suppress(Exception):
+                await nc.force_reconnect()
+
+
+def _abort(nc: NatsClient) -> bool:
+    """Drop the socket at once (True if there was one to drop). nats-py's own reconnect first
+    closes it gracefully, which waits until the unsent bytes are sent: to a frozen server,
+    never. Reaches into nats-py's TCP transport; elsewhere a no-op."""
+    writer = getattr(getattr(nc, "_transport", None), "_io_writer", None)
+    transport = getattr(writer, "transport", None)
+    if transport is None or (transport.is_closing() and not nc.is_reconnecting):
+        return False
+    with contextlib.suppress(Exception):
+        transport.abort()
+    return True
 
 
 def require_capable_server(nc: NatsClient) -> None:

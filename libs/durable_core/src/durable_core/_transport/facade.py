@@ -7,7 +7,6 @@ carries a connection and a test can stand in for any NATS answer by overriding o
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
@@ -466,9 +465,8 @@ class Transport:
                 handed_back += 1
             except Exception as e:  # noqa: BLE001 - ack_wait still redelivers it
                 log.warning("cannot hand back %s: %s", reply, e)
-        if handed_back:
-            with contextlib.suppress(Exception):
-                await self.nc.flush()
+        # No nc.flush(): the NAKs go out with the next write anyway, and a flush that times out
+        # leaves a cancelled future whose late PONG stops nats-py's read loop.
         return handed_back
 
     # -- the fleet registry and message types ----------------------------------------------

@@ -31,6 +31,11 @@ __all__ = ["FleetMember"]
 log = logging.getLogger("durable_core.worker")
 
 DEFAULT_TTL = 15.0  # seconds, when the processor runs without a lease
+# The record outlives its TTL by this much on the server: a renewal stalls while the bucket's
+# leader fails over (4-8 s measured, more under load), and a record that expired meanwhile made
+# intake refuse a workflow a live processor serves ("no live processor serves ...", seen with a
+# node frozen under load). A processor that died drops out within TTL + grace.
+FAILOVER_GRACE = 20.0
 
 
 class FleetMember:
@@ -72,7 +77,7 @@ class FleetMember:
     async def _write(self) -> bool:
         record = dataclasses.replace(self._record, renewed_at=datetime.now(UTC))
         try:
-            await self.t.register_processor(self.key, record.to_json(), self.ttl)
+            await self.t.register_processor(self.key, record.to_json(), self.ttl + FAILOVER_GRACE)
         except Exception as e:  # noqa: BLE001 - the next renewal tries again
             log.warning("could not renew fleet record %s: %s: %s", self.key, type(e).__name__, e)
             return False
