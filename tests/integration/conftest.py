@@ -12,7 +12,7 @@ import os
 import re
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 
 import nats.js.errors
@@ -139,6 +139,53 @@ def consumer_idle(transport: Transport) -> Callable[[], Awaitable[bool]]:
         return True
 
     return consumer_idle
+
+
+@pytest.fixture
+def diagnose(
+    transport: Transport, stack: ProcessStack
+) -> Callable[[Sequence[str]], Awaitable[str]]:
+    """What a failure message needs when invocations do not finish: each unfinished one's
+    state and journal (kind, writer, command), the processors' consumers that hold or wait
+    with commands, and the tail of every processor's log."""
+
+    async def diagnose(ids: Sequence[str]) -> str:
+        lines = []
+        for inv in ids:
+            rec = await transport.get_state(inv)
+            if rec is not None and rec.state.status == pb.STATUS_COMPLETED:
+                continue
+            status = (
+                f"{pb.Status.Name(rec.state.status)} (run under command "
+                f"{rec.state.run_command_seq}, route {rec.state.pinned_version or 'any'})"
+                if rec
+                else "no state"
+            )
+            entries = [
+                f"{pb.EntryKind.Name(r.entry.kind).removeprefix('ENTRY_KIND_')}"
+                f"@{r.seq}({r.entry.writer}, cmd {r.entry.command_seq})"
+                for r in await transport.read_journal(inv)
+            ]
+            lines.append(f"{inv}: {status}; journal {entries}")
+        try:
+            for _, workflow, route, info in await transport.routed_consumers("processor"):
+                if info.num_pending or info.num_ack_pending or info.delivered.consumer_seq:
+                    lines.append(
+                        f"consumer of {workflow} on {route}: leader "
+                        f"{info.cluster.leader if info.cluster else '?'}, pending "
+                        f"{info.num_pending}, ack pending {info.num_ack_pending}, redelivered "
+                        f"{info.num_redelivered}, waiting {info.num_waiting}, delivered "
+                        f"{info.delivered.consumer_seq} (up to stream seq "
+                        f"{info.delivered.stream_seq}), acked up to {info.ack_floor.stream_seq}"
+                    )
+        except Exception as e:  # noqa: BLE001 - a diagnosis never fails the report
+            lines.append(f"consumer info: {type(e).__name__}: {e}")
+        for proc in stack.procs:
+            if proc is not stack.service:
+                lines.append(f"--- {proc.name} (last 60 lines)\n{proc.tail(60)}")
+        return "\n".join(lines)
+
+    return diagnose
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Awaitable, Callable, Sequence
 
 import pytest
 
@@ -32,42 +33,14 @@ async def _journal_kinds(transport: Transport, invocation_id: str) -> list[str]:
     ]
 
 
-async def _diagnosis(
-    transport: Transport, cluster: NatsCluster, cut: str, stack: ProcessStack, ids: list[str]
-) -> str:
-    """What the unfinished invocations, the streams, the consumers of the workflow and the
-    processor looked like (for a failure message)."""
-    n = transport.names
-    lines = [f"cut node: {cut}"]
-    for inv in ids:
-        rec = await transport.get_state(inv)
-        status = pb.Status.Name(rec.state.status) if rec else "no state"
-        if rec is None or rec.state.status != pb.STATUS_COMPLETED:
-            lines.append(f"{inv}: {status}, journal {await _journal_kinds(transport, inv)}")
-    for stream in (n.command_stream, n.journal_stream):
-        lines.append(f"{stream}: leader {cluster.stream_leader(stream)}")
-    try:
-        for _, workflow, route, info in await transport.routed_consumers("processor"):
-            if workflow != "order_processing":
-                continue
-            lines.append(
-                f"consumer of {workflow} on {route}: leader "
-                f"{info.cluster.leader if info.cluster else '?'}, "
-                f"pending {info.num_pending}, ack pending {info.num_ack_pending}, "
-                f"redelivered {info.num_redelivered}, waiting {info.num_waiting}, "
-                f"delivered {info.delivered}, ack floor {info.ack_floor}"
-            )
-    except Exception as e:  # noqa: BLE001 - a diagnosis never fails the report
-        lines.append(f"consumer info: {type(e).__name__}: {e}")
-    for proc in stack.procs:
-        if proc.name.startswith("p"):
-            lines.append(f"--- {proc.name} (last 80 lines)\n{proc.tail(80)}")
-    return "\n".join(lines)
-
-
 @pytest.mark.parametrize("fault", ["partition", "pause"])
 async def test_workflows_complete_while_the_journal_leader_is_cut_off(
-    fault: str, stack: ProcessStack, client: Client, transport: Transport, cluster: NatsCluster
+    fault: str,
+    stack: ProcessStack,
+    client: Client,
+    transport: Transport,
+    cluster: NatsCluster,
+    diagnose: Callable[[Sequence[str]], Awaitable[str]],
 ) -> None:
     if cluster.backend != "docker":
         pytest.skip("Docker's network partitions need the Docker backend (make images)")
@@ -95,9 +68,10 @@ async def test_workflows_complete_while_the_journal_leader_is_cut_off(
         try:
             results = await asyncio.gather(*(client.wait(inv, timeout=90) for inv in ids))
         except InvocationTimeoutError as e:
-            raise AssertionError(
-                f"{e}\n{await _diagnosis(transport, cluster, leader, stack, ids)}"
-            ) from e
+            n = transport.names
+            leaders = {s: cluster.stream_leader(s) for s in (n.command_stream, n.journal_stream)}
+            why = await diagnose(ids)
+            raise AssertionError(f"{e}\ncut node: {leader}; leaders {leaders}\n{why}") from e
         assert [r.status for r in results] == ["completed"] * len(ids)
         assert cluster.stream_leader(transport.names.journal_stream) != leader
     finally:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 
 import pytest
@@ -15,6 +15,7 @@ from durable_core import (
     ExpiredError,
     IllegalTransitionError,
     InvalidInputError,
+    InvocationTimeoutError,
     NotFoundError,
     WorkflowFailedError,
 )
@@ -90,6 +91,7 @@ async def test_pause_racing_completion_leaves_it_completed(
     transport: Transport,
     kinds: Callable[[str], Awaitable[list[str]]],
     status_of: Callable[[str], Awaitable[str]],
+    diagnose: Callable[[Sequence[str]], Awaitable[str]],
 ) -> None:
     stack.start_service()
     stack.start_processor("p-race")
@@ -111,12 +113,14 @@ async def test_pause_racing_completion_leaves_it_completed(
                     20,
                     "the pause to take effect or the run to finish",
                 )
-            except AssertionError:
-                print("STUCK", inv, await status_of(inv), await kinds(inv))
-                raise
+            except AssertionError as e:
+                raise AssertionError(f"{e}\n{await diagnose([inv])}") from e
             if await status_of(inv) == "paused":
                 await client.resume(inv)
-        result = await client.wait(inv, timeout=30)
+        try:
+            result = await client.wait(inv, timeout=30)
+        except InvocationTimeoutError as e:
+            raise AssertionError(f"{e}\n{await diagnose([inv])}") from e
         assert result.status == "completed"
         with pytest.raises(IllegalTransitionError):
             await client.pause(inv)
