@@ -93,3 +93,35 @@ async def test_an_idle_route_keeps_no_slot_from_busy_work(transport: Transport) 
             done += len(finished)
     assert peak == 4
     await consumers.close()
+
+
+class _Busy:
+    """A consumer that brought work lately and has no request open: what ``_ask`` reads."""
+
+    idle = False
+
+    def __init__(self) -> None:
+        self.asked: list[int] = []
+
+    def outstanding(self, now: float) -> int:
+        return 0
+
+    async def request(self, batch: int, expires: float | None = None) -> None:
+        self.asked.append(batch)
+
+
+@pytest.mark.parametrize(("busy", "free"), [(2, 2), (5, 2), (3, 7), (8, 8), (2, 600)])
+async def test_free_slots_are_shared_among_busy_consumers(busy: int, free: int) -> None:
+    """Two busy consumers and two free slots (the soak's processors hit it): the share's
+    divisor counted the busy consumers from the shrinking room and reached zero; every fetch
+    failed with ZeroDivisionError."""
+    from durable_core._transport.inbox import Queue
+    from durable_core._transport.routes import CommandConsumers
+
+    fakes = [_Busy() for _ in range(busy)]
+    consumers = CommandConsumers(Queue(), fakes)  # type: ignore[arg-type]
+    await consumers._ask(free, 0.0)
+    asked = [sum(f.asked) for f in fakes]
+    takers = min(busy, free)
+    assert sum(asked) <= free or takers * 256 < free, asked
+    assert all(a >= 1 for a in asked[:takers]) and not any(asked[takers:]), asked

@@ -127,9 +127,25 @@ class Delivery:
             await self._msg.ack()
 
     async def ack_sync(self) -> None:
-        """Ack a finished invocation's command and wait until the server has it."""
+        """Ack a finished invocation's command and wait until the server has it; a server
+        that does not confirm (a consumer leader failing over) is asked again, and after three
+        tries the command is left to its redelivery, which only acks it again (a NATS hiccup
+        here was reported as an engine failure)."""
         self.settled = True
-        await self._msg.ack_sync(timeout=5.0)
+        for attempt in range(3):
+            try:
+                await self._msg.ack_sync(timeout=5.0)
+                return
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as e:
+                if attempt == 2:
+                    log.warning(
+                        "command %d: the ack of its finished run was not confirmed (%s); "
+                        "its redelivery is acked again",
+                        self.stream_seq,
+                        type(e).__name__,
+                    )
+                    return
+                await asyncio.sleep(0.5)
 
     async def nak(self, delay: float | None = None, *, stale_ok: bool = False) -> None:
         """Hand the command back (while surely held: else it may be someone else's now).

@@ -130,8 +130,11 @@ class CommandConsumers:
             self._since_probe = 0
             await self._in_turn(idle[:probes], k)
             room -= probes
-        for n, i in enumerate(busy[:room]):
-            share = max(1, min(room // (min(len(busy), room) - n), _MAX_BATCH))
+        # The free slots shared evenly among the busy consumers that get a request (the
+        # divisor counted those from the shrinking room: a ZeroDivisionError under load).
+        takers = busy[:room]
+        for n, i in enumerate(takers):
+            share = max(1, min(room // (len(takers) - n), _MAX_BATCH))
             room -= share
             await self.consumers[i].request(share)
 
