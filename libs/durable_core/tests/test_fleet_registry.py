@@ -107,7 +107,7 @@ def test_unknown_workflow_error_is_a_not_found_error_naming_the_served() -> None
 
 async def test_a_member_registers_renews_expires_and_leaves(transport: Transport) -> None:
     assert (await read_fleet(transport)).processors == ()  # no bucket yet: empty
-    member = FleetMember(transport, "proc/1", registry(greet), ttl=2.0)
+    member = FleetMember(transport, "proc/1", registry(greet), ttl=2.0, grace=3.0)
     stopping = asyncio.Event()
     await member.join(stopping)
     view = await read_fleet(transport)
@@ -125,13 +125,15 @@ async def test_a_member_registers_renews_expires_and_leaves(transport: Transport
     finally:
         keep.cancel()
 
-    # Not renewed: the server removes it after the TTL, by itself.
+    # Not renewed: the server removes it after the TTL and the grace, by itself.
     async def gone() -> bool:
         return (await read_fleet(transport)).processors == ()
 
     started = time.monotonic()
-    await assert_eventually_async(gone, 15, "the record to expire")
-    assert time.monotonic() - started < 10  # the TTL (2 s) and the server's expiry sweep
+    await assert_eventually_async(gone, 20, "the record to expire")
+    # The TTL (2 s) and the grace (3 s) from the last renewal (at most 0.7 s before the
+    # cancel), and the server's expiry sweep.
+    assert 4.0 <= time.monotonic() - started < 12
 
     await member.join(stopping)
     assert (await read_fleet(transport)).served() == ["greet"]

