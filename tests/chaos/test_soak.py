@@ -262,11 +262,24 @@ async def _soak(
         )
         + f" + {soak.RSS_SLACK // soak.MB} MB; p50 last <= {soak.P50_FACTOR} x first; "
         "every acknowledged submission completed ('client', this process, is not judged)",
+        *(
+            [f"memory not judged (restarted within the warm-up of every window): {', '.join(u)}"]
+            if (u := soak.unjudged(ws, warmup, ignore=("client",)))
+            else []
+        ),
         f"result: {'PASS' if not failed else 'FAIL'}",
         *(f"  {p}" for p in failed),
     ]
     (system.log_dir / "soak-samples.json").write_text(
-        json.dumps({"rss": rss, "sizes": sizes, "loads": loads}), encoding="utf-8"
+        json.dumps(
+            {
+                "rss": rss,
+                "sizes": sizes,
+                "loads": loads,
+                "faults": [(f.started - t0, f"{f.kind} {f.target}") for f in nemesis.faults],
+            }
+        ),
+        encoding="utf-8",
     )
     return report, failed
 

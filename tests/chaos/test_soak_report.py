@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from .soak import MB, Done, cpu_seconds, rss_bytes, table, verdict, windows
+from .soak import MB, Done, baseline, cpu_seconds, rss_bytes, table, unjudged, verdict, windows
 
 LENGTH, WINDOW = 1800.0, 300.0
 
@@ -111,3 +111,28 @@ def test_cpu_is_counted_between_samples_of_one_pid() -> None:
     ws = windows(900.0, 300.0, [], [], [], cpu=cpu)
     assert [round(w.cpu["p1"], 1) for w in ws] == [29.0, 29.0, 30.0]
     assert "0.0-5.0  min: p1 10; all 10" in [line.strip() for line in table(ws)]
+
+
+def test_the_warm_up_starts_again_after_a_processs_own_restart() -> None:
+    # p2 is killed at 63 s and climbs from 60 MB to its 120 MB plateau over twenty minutes;
+    # at 5-10 min (a window after the system's warm-up, and without a restart) it is only 237 s
+    # into its own life. Judged there (87 MB) its plateau looked like growth (soak 3: 1.2 x 87
+    # + 10 < 120). Its first window at least the warm-up after its restart is 10-15 min
+    # (102 MB): flat against that.
+    def p2(t: float) -> float:
+        return 60.0 if t < 63 else min(120.0, 60 + (t - 63) / 20)
+
+    rss = [(t, {"p2": int(p2(t) * MB)}) for t in range(0, int(LENGTH), 10)]
+    kill = [(63.0, "kill_processor p2 restart after 2.6s")]
+    ws = windows(LENGTH, WINDOW, rss, [Done(1, 0.3), Done(1700, 0.3)], [], kill)
+    assert verdict(ws, submitted=1, completed=1, warmup=270) == []
+    assert baseline(ws, 270, "p2") is ws[2]
+    # Killed again in every window after that: nothing left to judge it by, and it is said so.
+    kills = kill + [(w * 300.0 + 60, "kill_processor p2 restart after 2s") for w in (2, 3, 4)]
+    ws = windows(LENGTH, WINDOW, rss, [Done(1, 0.3), Done(1700, 0.3)], [], kills)
+    assert baseline(ws, 270, "p2") is None
+    assert unjudged(ws, 270) == ["p2"]
+    # A process that really grows is still caught after an early restart.
+    rss = [(t, {"p2": int((60 + 2 * t / 60) * MB)}) for t in range(0, int(LENGTH), 10)]
+    ws = windows(LENGTH, WINDOW, rss, [Done(1, 0.3), Done(1700, 0.3)], [], kill)
+    assert verdict(ws, submitted=1, completed=1, warmup=270)[0].startswith("p2: RSS 119.7 MB")
