@@ -256,7 +256,9 @@ async def test_an_append_stored_but_answered_as_a_conflict_is_taken_as_ours(
 
 
 class _RefusesOneJournalPublish(Transport):
-    """Answers the first journal write of a RUN entry with ``error`` instead of storing it."""
+    """Answers the first journal write of a RUN entry with ``error`` instead of storing it
+    (a step's entry goes alone, or first in an atomic batch with the final entry: then the
+    batch's commit is refused, and the batch is dropped whole)."""
 
     error: dict[str, object] = {}
     refused = 0
@@ -266,7 +268,8 @@ class _RefusesOneJournalPublish(Transport):
     ) -> tuple[int, bool]:
         if subject.startswith(self.names.journal_subjects[:-1]):
             entry = pb.JournalEntry.FromString(data)
-            if entry.kind == pb.ENTRY_KIND_RUN and not type(self).refused:
+            step = entry.kind == pb.ENTRY_KIND_RUN or "Nats-Batch-Commit" in headers
+            if step and not type(self).refused:
                 type(self).refused += 1
                 raise nats.js.errors.APIError.from_error(dict(self.error))
         return await super()._js_publish(subject, data, headers)

@@ -40,12 +40,31 @@ class FakeJournal:
     """Records appended entries; ``events`` interleaves them with what the workflow logs."""
 
     def __init__(self, events: list[str] | None = None) -> None:
-        self.entries: list[pb.JournalEntry] = []
+        self.journaled: list[pb.JournalEntry] = []
+        self.pending: pb.JournalEntry | None = None  # a deferred outcome, as the engine's
         self.events = events if events is not None else []
 
-    async def append_step(self, entry: pb.JournalEntry) -> None:
+    @property
+    def entries(self) -> list[pb.JournalEntry]:
+        """What is journaled, and the deferred outcome (the engine journals it at the latest
+        with the run's next entry)."""
+        return self.journaled + ([self.pending] if self.pending is not None else [])
+
+    async def append_step(self, entry: pb.JournalEntry, *, defer: bool = False) -> None:
+        await self.settle()
+        if defer:
+            self.pending = entry
+            return
+        await self._write(entry)
+
+    async def settle(self) -> None:
+        if self.pending is not None:
+            entry, self.pending = self.pending, None
+            await self._write(entry)
+
+    async def _write(self, entry: pb.JournalEntry) -> None:
         await asyncio.sleep(0.01)  # a durable write takes time; the context must wait for it
-        self.entries.append(entry)
+        self.journaled.append(entry)
         self.events.append(f"journaled step {entry.step}")
 
     def check_step(self) -> None:
@@ -97,7 +116,7 @@ def greet(request: HelloRequest) -> HelloResponse:
 # -- ctx.run -------------------------------------------------------------------------------------
 
 
-async def test_run_journals_before_the_workflow_moves_on() -> None:
+async def test_a_steps_outcome_is_journaled_before_the_next_step_is_decided() -> None:
     events: list[str] = []
     ctx, journal = make_ctx(journal=FakeJournal(events))
 
@@ -107,10 +126,13 @@ async def test_run_journals_before_the_workflow_moves_on() -> None:
 
     result = await ctx.run("answer", side_effect)
     events.append("next line of the workflow")
+    await ctx.run("second", lambda: events.append("ran second"))
 
     assert result == 41
-    assert events == ["ran", "journaled step 1", "next line of the workflow"]
-    (entry,) = journal.entries
+    # The outcome may wait for the run's next entry (the engine sends a last step and the
+    # final entry in one batch), but never past the decision of the next step.
+    assert events == ["ran", "next line of the workflow", "journaled step 1", "ran second"]
+    entry, _ = journal.entries
     assert entry.kind == pb.ENTRY_KIND_RUN
     assert entry.name == "answer"
     assert _codec.decode(entry.output) == 41

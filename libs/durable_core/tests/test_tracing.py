@@ -66,11 +66,14 @@ class Journal:
         self.submissions: list[Submission] = []
         self.suspended = asyncio.Event()
 
-    async def append_step(self, entry: pb.JournalEntry) -> None:
+    async def append_step(self, entry: pb.JournalEntry, *, defer: bool = False) -> None:
         stored = pb.JournalEntry()
         stored.CopyFrom(entry)
         self.entries.append(stored)
         self.machine.record(stored)
+
+    async def settle(self) -> None:
+        pass  # nothing is deferred here
 
     async def submit(self, submission: Submission) -> None:
         self.submissions.append(submission)

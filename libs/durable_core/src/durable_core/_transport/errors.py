@@ -52,6 +52,8 @@ WRONG_LAST_CODES = frozenset({10071, 10164})
 INVALID_SCHEDULE = 10189  # message schedules pattern is invalid
 STREAM_NAME_IN_USE = 10058  # a stream of that name exists with another configuration
 NO_MESSAGE_FOUND = 10037  # a stream message get found nothing
+ATOMIC_DISABLED = 10174  # an atomic batch sent to a stream without allow_atomic
+BATCH_DUPLICATE = 10201  # an atomic batch holds a message id the stream has seen
 _CLUSTER_BUSY_CODES = {
     10005,
     10008,

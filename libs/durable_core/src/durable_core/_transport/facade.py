@@ -300,6 +300,16 @@ class Transport:
         """
         return await self._journals.append(invocation_id, entry, expected_seq, msg_id)
 
+    async def append_batch(
+        self,
+        invocation_id: str,
+        entries: list[pb.JournalEntry],
+        expected_seq: int,
+        msg_ids: list[str],
+    ) -> list[int] | None:
+        """Append entries as one atomic batch (see Journals.append_batch)."""
+        return await self._journals.append_batch(invocation_id, entries, expected_seq, msg_ids)
+
     # -- states ----------------------------------------------------------------------------
 
     async def get_state(self, invocation_id: str) -> StateRecord | None:

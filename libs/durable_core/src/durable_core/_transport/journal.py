@@ -2,14 +2,19 @@
 
 An append carries ``Nats-Expected-Last-Subject-Sequence`` (it lands only if nobody appended
 since the writer last looked) and a ``Nats-Msg-Id`` (a retried append is recognised, not
-stored twice). Reads are batched direct gets.
+stored twice). Several entries may be appended as one atomic batch (all land or none, one
+round trip: a run's last step and its final entry), fenced by the first. Reads are batched
+direct gets.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import nats.errors
 import nats.js.errors
@@ -18,6 +23,8 @@ from google.protobuf.message import DecodeError
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport.connection import Link
 from durable_core._transport.errors import (
+    ATOMIC_DISABLED,
+    BATCH_DUPLICATE,
     WRONG_LAST_CODES,
     CorruptJournalError,
     JournalConflict,
@@ -26,6 +33,8 @@ from durable_core._transport.inbox import DirectGets
 from durable_core.errors import NatsUnavailableError
 
 __all__ = ["JournalRecord", "Journals"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,16 +146,13 @@ class Journals:
                 if e.err_code not in WRONG_LAST_CODES:
                     raise
             # Either someone else appended, or an earlier try of ours landed: look at the last.
-            try:
-                last = await link.js.get_last_msg(link.names.journal_stream, subject)
-            except nats.js.errors.NotFoundError:
-                # Seen under load on the 3-node cluster (a leader change between the two
-                # requests): nothing of ours is there, so it is a conflict: read and retry.
-                raise JournalConflict(invocation_id, expected_seq) from None
-            if (last.headers or {}).get("Nats-Msg-Id") == msg_id:
-                return int(last.seq or 0)
-            raise JournalConflict(invocation_id, expected_seq)
+            return await self._landed(invocation_id, expected_seq, msg_id)
 
+        return await self._retried(invocation_id, pub)
+
+    async def _retried(self, invocation_id: str, pub: Callable[[], Awaitable[T]]) -> T:
+        """An append, retried through transient errors until the deadline."""
+        link = self._link
         what = f"append to journal of {invocation_id}"
         try:
             return await link.retry(what, pub)
@@ -156,6 +162,67 @@ class Journals:
             raise NatsUnavailableError(
                 link.nats_cfg.servers, f"{what}: {type(e).__name__} {e}"
             ) from e
+
+    async def _landed(self, invocation_id: str, expected_seq: int, msg_id: str) -> int:
+        """After a "wrong last sequence" (or a batch's "duplicate id"): the sequence of our
+        write ``msg_id`` if it is the journal's last message (an earlier try landed), else
+        JournalConflict (someone else appended)."""
+        link = self._link
+        subject = link.names.journal_subject(invocation_id)
+        try:
+            last = await link.js.get_last_msg(link.names.journal_stream, subject)
+        except nats.js.errors.NotFoundError:
+            # Seen under load on the 3-node cluster (a leader change between the two
+            # requests): nothing of ours is there, so it is a conflict: read and retry.
+            raise JournalConflict(invocation_id, expected_seq) from None
+        if (last.headers or {}).get("Nats-Msg-Id") == msg_id:
+            return int(last.seq or 0)
+        raise JournalConflict(invocation_id, expected_seq)
+
+    async def append_batch(
+        self,
+        invocation_id: str,
+        entries: list[pb.JournalEntry],
+        expected_seq: int,
+        msg_ids: list[str],
+    ) -> list[int] | None:
+        """Append ``entries`` as one atomic batch (all land or none) if the journal's last
+        sequence is still ``expected_seq``; their sequences. None when the stream does not
+        take atomic batches (made before they were used): append them one by one then.
+
+        Raises JournalConflict and NatsUnavailableError as ``append`` does.
+        """
+        link = self._link
+        subject = link.names.journal_subject(invocation_id)
+        blobs = [e.SerializeToString() for e in entries]
+        n = len(blobs)
+
+        async def pub() -> list[int] | None:
+            batch = uuid.uuid4().hex  # a new one per try: a partial batch is dropped whole
+            for i, (data, msg_id) in enumerate(zip(blobs, msg_ids, strict=True), 1):
+                headers = {
+                    "Nats-Msg-Id": msg_id,
+                    "Nats-Batch-Id": batch,
+                    "Nats-Batch-Sequence": str(i),
+                }
+                if i == 1:
+                    headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_seq)
+                if i < n:
+                    await link.nc.publish(subject, data, headers=headers)  # acked with the last
+                    continue
+                headers["Nats-Batch-Commit"] = "1"
+                try:  # the commit is answered like a publish: the last sequence, or an error
+                    last, _ = await link.publish(subject, data, headers)
+                except nats.js.errors.APIError as e:
+                    if e.err_code == ATOMIC_DISABLED:
+                        return None
+                    if e.err_code not in WRONG_LAST_CODES and e.err_code != BATCH_DUPLICATE:
+                        raise
+                    # Someone else appended, or an earlier try of this batch landed.
+                    last = await self._landed(invocation_id, expected_seq, msg_ids[-1])
+            return _contiguous(last, n)
+
+        return await self._retried(invocation_id, pub)
 
     async def purge(self, invocation_id: str) -> None:
         """Remove an invocation's journal (retention)."""
@@ -167,3 +234,8 @@ class Journals:
             )
 
         await link.retry(f"purge journal of {invocation_id}", purge)
+
+
+def _contiguous(last: int, n: int) -> list[int]:
+    """The sequences of a batch of ``n`` whose last is ``last`` (a batch is stored whole)."""
+    return list(range(last - n + 1, last + 1))

@@ -137,6 +137,7 @@ class Provisioner:
                 duplicate_window=e.duplicate_window.total_seconds(),
                 max_msg_size=max_msg,
                 allow_direct=True,
+                allow_atomic=True,  # a run's last step and its final entry in one batch
                 discard=DiscardPolicy.OLD,
             ),
         )
@@ -181,11 +182,14 @@ class Provisioner:
                 missing
                 or (want.allow_msg_schedules and not have.allow_msg_schedules)
                 or (want.allow_direct and not have.allow_direct)
+                or (want.allow_atomic and not have.allow_atomic)
             ):
-                # Additive changes from a newer version: subjects, schedules, direct gets.
+                # Additive changes from a newer version: subjects, schedules, direct gets,
+                # atomic batches.
                 have.subjects = sorted(set(have.subjects or []) | set(want.subjects or []))
                 have.allow_msg_schedules = have.allow_msg_schedules or want.allow_msg_schedules
                 have.allow_direct = have.allow_direct or want.allow_direct
+                have.allow_atomic = have.allow_atomic or want.allow_atomic
                 await js.update_stream(have)
                 log.info("updated stream %s: subjects %s, schedules on", want.name, missing)
 

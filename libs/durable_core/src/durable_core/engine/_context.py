@@ -242,16 +242,19 @@ class RunContext(Context):
             self.payload_error = e
             raise EngineFailure(e) from e
 
-    async def _append(self, entry: pb.JournalEntry) -> None:
+    async def _append(self, entry: pb.JournalEntry, *, defer: bool = False) -> None:
         """Journal an entry of this run, after the patch markers taken before it: a step
         recorded on a new branch must never be journaled without the marker that chose it. A
-        marker popped here reaches the writer's lock before any later append does."""
+        marker popped here reaches the writer's lock before any later append does.
+        ``defer``: a step's outcome, journaled with the run's next entry (``settle``)."""
         while self._markers:
             await self._journal.append_step(self._markers.pop(0))
-        await self._journal.append_step(entry)
+        await self._journal.append_step(entry, defer=defer)
 
     async def _decide(self, kind: pb.EntryKind, name: str, digest: bytes) -> Any:
         """Replay or execute the next step; the step boundary where pause and cancel act."""
+        # The outcome of the step before is journaled before this one is even decided.
+        await self._journal.settle()
         if self.payload_error is not None:
             # A stored value could not be read back and the workflow went on: no more steps.
             raise EngineFailure(self.payload_error)
@@ -356,7 +359,7 @@ class RunContext(Context):
                 now_ms=_wall_ms(),
                 duration_us=int((time.monotonic() - started) * 1e6),
             )
-            await self._append(entry)
+            await self._append(entry, defer=True)
             steps.executed(entry)
             return result
 

@@ -93,9 +93,17 @@ class Execution:
 
     # -- what the context calls (durable_core.engine._step_io.Journal) --------------------
 
-    async def append_step(self, entry: pb.JournalEntry) -> None:
-        """Journal a step's outcome (fenced)."""
-        await self.journal.append(entry)
+    async def append_step(self, entry: pb.JournalEntry, *, defer: bool = False) -> None:
+        """Journal a step's outcome (fenced); ``defer``: with the run's next append (see
+        JournalWriter.defer)."""
+        if defer:
+            await self.journal.defer(entry)
+        else:
+            await self.journal.append(entry)
+
+    async def settle(self) -> None:
+        """Journal a deferred step outcome before the workflow's next step is decided."""
+        await self.journal.flush()
 
     async def submit(self, submission: Submission) -> None:
         """Start another invocation (a child, or ``ctx.send``), idempotent by its id."""
@@ -255,6 +263,7 @@ class Execution:
         try:
             await self._run()
         finally:
+            self.journal.close()
             if self._run_lock:
                 await unlock_run(self.t, self.delivery.stream_seq, self._run_lock)
 

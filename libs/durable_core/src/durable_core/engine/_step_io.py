@@ -26,8 +26,12 @@ __all__ = ["Journal", "attempt_failure"]
 class Journal(Protocol):
     """Where a context records step outcomes: durably (the engine) or in memory (tests)."""
 
-    async def append_step(self, entry: pb.JournalEntry) -> None:
-        """Durably record a step's outcome before the workflow moves past it."""
+    async def append_step(self, entry: pb.JournalEntry, *, defer: bool = False) -> None:
+        """Durably record a step's outcome before the workflow moves past it; ``defer``: it
+        may be recorded later, but before the next step is decided (``settle``)."""
+
+    async def settle(self) -> None:
+        """Record a deferred outcome now: the workflow is about to decide its next step."""
 
     async def submit(self, submission: Submission) -> None:
         """Durably submit another invocation (idempotent by its id)."""

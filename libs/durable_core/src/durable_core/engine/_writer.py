@@ -1,14 +1,23 @@
 """The journal writer of one run: the journal as the run knows it, fenced appends, catching up
-with what others appended, and whether this run may claim the invocation."""
+with what others appended, and whether this run may claim the invocation.
+
+A step's outcome may be *deferred* (``defer``): it is journaled with whatever the run appends
+next, before the workflow's next step is decided (``flush``, which the context calls before
+every step), or after ``DEFER_S`` at the latest. When the next append is the run's final entry
+(the workflow returned right after its last step), both go in one atomic batch: one replicated
+write instead of two on the way to the result. No step ever starts before the outcome of the
+step before it is journaled; a crash in between only re-runs a step whose outcome was not
+journaled yet, which is what "a step in flight during a crash" always meant.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from durable_core._code import CodeIdentity
-from durable_core._journal import PROCESSOR_KINDS, ReplayMachine, stamp
+from durable_core._journal import FINAL_KINDS, PROCESSOR_KINDS, ReplayMachine, stamp
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import Delivery, JournalConflict, JournalRecord, Transport
 from durable_core.engine._signals import EngineFailure, Finished, LostClaim, NotIdle, Rerun
@@ -18,6 +27,10 @@ __all__ = ["JournalWriter"]
 
 # observe(kind, seconds, entry kind): an engine event for the interceptors
 Observe = Callable[[str, float, int], None]
+
+# A deferred step outcome is journaled at the latest this long after the step ended (when the
+# workflow neither returned nor took another step by then: it awaits something else).
+DEFER_S = 0.005
 
 
 class JournalWriter:
@@ -60,6 +73,9 @@ class JournalWriter:
         # A rescue's run: the lost command whose run lock it marked superseded (see _hold),
         # whose run it may take over.
         self.superseding = 0
+        self.pending: pb.JournalEntry | None = None  # a deferred step outcome (see defer)
+        self._later: asyncio.Task[None] | None = None
+        self.batches = True  # the journal stream takes atomic batches (until it says no)
 
     def record(self, entry: pb.JournalEntry, seq: int) -> None:
         """Take in an entry read from (or just written to) the journal."""
@@ -94,50 +110,125 @@ class JournalWriter:
         """
         if self.stopped is not None:
             raise self.stopped
+        self._stamp(entry, claim)
+        await self._guarded(self._append(entry, claim=claim))
+
+    def _stamp(self, entry: pb.JournalEntry, claim: bool) -> None:
+        """Name the code of this run on its CLAIM, or on its first entry when it has none."""
         if self.code is not None and (claim or not self._stamped) and not entry.plugin:
             stamp(entry, self.code)
+            self._stamped = True
+
+    async def _guarded(self, append: Awaitable[None]) -> None:
+        """Run an append; an engine signal it raises (other than Rerun) stops the run."""
         try:
-            await self._append(entry, claim=claim)
+            await append
         except SuspendExecution as stop:
             if not isinstance(stop, Rerun):
                 self.stopped = stop
             raise
 
-    async def _append(self, entry: pb.JournalEntry, *, claim: bool) -> None:
+    async def defer(self, entry: pb.JournalEntry) -> None:
+        """Journal a step's outcome with the run's next append (see the module's docstring):
+        before the next step is decided (``flush``), with the final entry in one atomic
+        batch, or after ``DEFER_S`` at the latest."""
+        if self.stopped is not None:
+            raise self.stopped
+        await self.flush()  # one at a time (steps that ran side by side)
+        self._stamp(entry, False)
+        self.pending = entry
+        if self._later is None or self._later.done():
+            self._later = asyncio.get_running_loop().create_task(self._flush_later())
+
+    async def flush(self) -> None:
+        """Journal the deferred step outcome now, if there is one."""
+        if self.stopped is not None:
+            raise self.stopped
+        if self.pending is not None:
+            await self._guarded(self._append(None, claim=False))
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(DEFER_S)
+        # A failure stops the run (self.stopped): its next step or append raises it.
+        try:
+            await self.flush()
+        except SuspendExecution:
+            pass
+        except Exception as e:  # noqa: BLE001 - the engine's own trouble: stop the run
+            self.stopped = EngineFailure(e)
+
+    def close(self) -> None:
+        """The run is over: a deferred outcome not journaled by now never will be."""
+        if self._later is not None:
+            self._later.cancel()
+        self.pending = None
+
+    async def _append(self, entry: pb.JournalEntry | None, *, claim: bool) -> None:
+        """Append ``entry`` after the deferred outcome (both in one atomic batch when ``entry``
+        is the final one; otherwise one after the other); just the latter when ``entry`` is
+        None."""
         async with self.lock:
-            while True:
-                entry.index = len(self.entries) + 1
-                entry.writer = self.token
-                entry.command_seq = self.delivery.stream_seq  # whose run this is (see _hold)
-                msg_id = f"{self.id}:{entry.index}:{self.token}"
-                started = time.monotonic()
-                try:
-                    seq = await self.t.append(self.id, entry, self.last_seq, msg_id)
-                except NatsUnavailableError as e:
-                    # The engine's own write failed: not the workflow's failure. Stop the run
-                    # (no `except Exception` in the workflow can catch this) and release it.
-                    raise EngineFailure(e) from e
-                except JournalConflict:
-                    taken = await self.catch_up(claim=claim)
-                    if any(r.msg_id == msg_id for r in taken):
-                        # Ours had landed after all: the server answered "wrong last
-                        # sequence" to a write it stored (seen under chaos, around a leader
-                        # change). Taking it for another's entry abandoned (and acked) the run.
-                        return
-                    if entry.kind == pb.ENTRY_KIND_SUSPENDED:
-                        raise Rerun from None  # decide again with what arrived
-                    if claim and not self.claimable():
-                        # Another run started meanwhile: it goes on, not us.
-                        raise NotIdle(f"taken under command {self.owner()}") from None
-                    continue
-                self.record(entry, seq)
-                self._observe("appended", time.monotonic() - started, entry.kind)
-                if not claim and time.monotonic() - started > self._slow_write_s:
-                    # The write stalled long enough for our command to be redelivered and the
-                    # invocation claimed by another processor meanwhile: look before the next
-                    # step runs (nothing newer need be there).
-                    await self.catch_up(claim=False, newer_known=False)
-                return
+            pending, self.pending = self.pending, None
+            alone = entry is None or entry.kind not in FINAL_KINDS or not self.batches
+            if pending is not None and alone:
+                await self._append_fenced([pending], claim=False)
+                pending = None
+            if entry is not None:
+                await self._append_fenced([pending, entry] if pending else [entry], claim=claim)
+
+    async def _append_fenced(self, batch: list[pb.JournalEntry], *, claim: bool) -> None:
+        """Append ``batch`` (one entry, or a deferred outcome and the final entry) fenced by
+        the last sequence we know, taking in what others appended on a conflict."""
+        entry = batch[-1]
+        while True:
+            msg_ids = []
+            for n, item in enumerate(batch):
+                item.index = len(self.entries) + 1 + n
+                item.writer = self.token
+                item.command_seq = self.delivery.stream_seq  # whose run this is (see _hold)
+                msg_ids.append(f"{self.id}:{item.index}:{self.token}")
+            started = time.monotonic()
+            try:
+                seqs = await self._write(batch, msg_ids)
+                if seqs is None:
+                    # A journal stream made before batches: one by one from now on.
+                    self.batches = False
+                    for item in batch:
+                        await self._append_fenced([item], claim=claim)
+                    return
+            except NatsUnavailableError as e:
+                # The engine's own write failed: not the workflow's failure. Stop the run
+                # (no `except Exception` in the workflow can catch this) and release it.
+                raise EngineFailure(e) from e
+            except JournalConflict:
+                taken = await self.catch_up(claim=claim)
+                if any(r.msg_id == msg_ids[-1] for r in taken):
+                    # Ours had landed after all: the server answered "wrong last sequence"
+                    # to a write it stored (seen under chaos, around a leader change).
+                    # Taking it for another's entry abandoned (and acked) the run.
+                    return
+                if entry.kind == pb.ENTRY_KIND_SUSPENDED:
+                    raise Rerun from None  # decide again with what arrived
+                if claim and not self.claimable():
+                    # Another run started meanwhile: it goes on, not us.
+                    raise NotIdle(f"taken under command {self.owner()}") from None
+                continue
+            for item, seq in zip(batch, seqs, strict=True):
+                self.record(item, seq)
+                self._observe("appended", time.monotonic() - started, item.kind)
+            if not claim and time.monotonic() - started > self._slow_write_s:
+                # The write stalled long enough for our command to be redelivered and the
+                # invocation claimed by another processor meanwhile: look before the next
+                # step runs (nothing newer need be there).
+                await self.catch_up(claim=False, newer_known=False)
+            return
+
+    async def _write(self, batch: list[pb.JournalEntry], msg_ids: list[str]) -> list[int] | None:
+        """One fenced write of ``batch``: an atomic batch when it holds more than one entry
+        (None: the stream takes no batches)."""
+        if len(batch) == 1:
+            return [await self.t.append(self.id, batch[0], self.last_seq, msg_ids[0])]
+        return await self.t.append_batch(self.id, batch, self.last_seq, msg_ids)
 
     async def catch_up(self, *, claim: bool, newer_known: bool = True) -> list[JournalRecord]:
         """Take in what was appended since our last entry (``newer_known``: something is

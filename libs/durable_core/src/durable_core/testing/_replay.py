@@ -398,7 +398,10 @@ class _MemoryJournal:
     def diverged(self) -> None:
         pass  # reported after the run (WorkflowRun.error), as the engine would block it
 
-    async def append_step(self, entry: pb.JournalEntry) -> None:
+    async def settle(self) -> None:
+        pass  # every outcome is recorded at once here
+
+    async def append_step(self, entry: pb.JournalEntry, *, defer: bool = False) -> None:
         stored = pb.JournalEntry()
         stored.CopyFrom(entry)
         stored.index = self._next_index
