@@ -154,12 +154,9 @@ def baseline(ws: list[Window], warmup: float, name: str = "") -> Window | None:
     restarts = [
         t for w in ws for t, f in zip(w.fault_times, w.faults, strict=True) if restarted(f, name)
     ]
-    for w in steady:
-        if any(w.start <= t < w.end for t in restarts):
-            continue
-        if all(t >= w.start or w.start - t >= warmup for t in restarts):
-            return w
-    return None
+    # Neither restarted in the window nor less than the warm-up before it.
+    eligible = (w for w in steady if not any(w.start - warmup < t < w.end for t in restarts))
+    return next(eligible, None)
 
 
 def unjudged(ws: list[Window], warmup: float, ignore: Iterable[str] = ()) -> list[str]:

@@ -223,14 +223,9 @@ async def _soak(
     problems += [f"process died on its own: {d}" for d in system.exited()]
     problems += [f"recovery: {p}" for p in nemesis.recovery_problems]
 
+    fault_log = [(f.started - t0, f"{f.kind} {f.target}") for f in nemesis.faults]
     ws = soak.windows(
-        length,
-        WINDOW,
-        rss,
-        [d for d in done.values() if d.latency >= 0],
-        sizes,
-        [(f.started - t0, f"{f.kind} {f.target}") for f in nemesis.faults],
-        cpu,
+        length, WINDOW, rss, [d for d in done.values() if d.latency >= 0], sizes, fault_log, cpu
     )
     completed = sum(1 for i in load.submitted if i in done and i not in unsuccessful)
     warmup = RETENTION + SWEEP
@@ -276,7 +271,7 @@ async def _soak(
                 "rss": rss,
                 "sizes": sizes,
                 "loads": loads,
-                "faults": [(f.started - t0, f"{f.kind} {f.target}") for f in nemesis.faults],
+                "faults": fault_log,
             }
         ),
         encoding="utf-8",

@@ -191,7 +191,12 @@ class Provisioner:
                 have.allow_direct = have.allow_direct or want.allow_direct
                 have.allow_atomic = have.allow_atomic or want.allow_atomic
                 await js.update_stream(have)
-                log.info("updated stream %s: subjects %s, schedules on", want.name, missing)
+                log.info(
+                    "updated stream %s: subjects %s, schedules, direct gets and atomic "
+                    "batches on as wanted",
+                    want.name,
+                    missing,
+                )
 
         await self._link.retry(f"set up stream {want.name}", create)
 

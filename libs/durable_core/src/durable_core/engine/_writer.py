@@ -74,7 +74,8 @@ class JournalWriter:
         # whose run it may take over.
         self.superseding = 0
         self.pending: pb.JournalEntry | None = None  # a deferred step outcome (see defer)
-        self._later: asyncio.Task[None] | None = None
+        self._due: asyncio.TimerHandle | None = None  # when the deferred outcome must go
+        self._flushes: set[asyncio.Task[None]] = set()  # flushes that time started
         self.batches = True  # the journal stream takes atomic batches (until it says no)
 
     def record(self, entry: pb.JournalEntry, seq: int) -> None:
@@ -137,8 +138,8 @@ class JournalWriter:
         await self.flush()  # one at a time (steps that ran side by side)
         self._stamp(entry, False)
         self.pending = entry
-        if self._later is None or self._later.done():
-            self._later = asyncio.get_running_loop().create_task(self._flush_later())
+        if self._due is None:
+            self._due = asyncio.get_running_loop().call_later(DEFER_S, self._flush_due)
 
     async def flush(self) -> None:
         """Journal the deferred step outcome now, if there is one."""
@@ -147,8 +148,16 @@ class JournalWriter:
         if self.pending is not None:
             await self._guarded(self._append(None, claim=False))
 
+    def _flush_due(self) -> None:
+        """``DEFER_S`` after a deferral: flush what is still deferred (usually nothing: the
+        run's next append took it, and no task is made)."""
+        self._due = None
+        if self.pending is not None:
+            task = asyncio.get_running_loop().create_task(self._flush_later())
+            self._flushes.add(task)
+            task.add_done_callback(self._flushes.discard)
+
     async def _flush_later(self) -> None:
-        await asyncio.sleep(DEFER_S)
         # A failure stops the run (self.stopped): its next step or append raises it.
         try:
             await self.flush()
@@ -159,8 +168,11 @@ class JournalWriter:
 
     def close(self) -> None:
         """The run is over: a deferred outcome not journaled by now never will be."""
-        if self._later is not None:
-            self._later.cancel()
+        if self._due is not None:
+            self._due.cancel()
+            self._due = None
+        for task in self._flushes:
+            task.cancel()
         self.pending = None
 
     async def _append(self, entry: pb.JournalEntry | None, *, claim: bool) -> None:
