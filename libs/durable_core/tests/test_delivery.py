@@ -16,7 +16,7 @@ class _Msg:
         self.subject = "t.cmd.dw.any.k"
         self.reply = f"$JS.ACK.S.c.{num_delivered}.{seq}.1.0.0"
         self.metadata = SimpleNamespace(
-            num_delivered=num_delivered, sequence=SimpleNamespace(stream=seq)
+            num_delivered=num_delivered, sequence=SimpleNamespace(stream=seq), num_pending=0
         )
         self.sent: list[str] = []
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -92,6 +93,35 @@ async def test_an_idle_route_keeps_no_slot_from_busy_work(transport: Transport) 
             running -= finished
             done += len(finished)
     assert peak == 4
+    await consumers.close()
+
+
+async def test_idle_consumers_are_not_polled_while_work_trickles_in(transport: Transport) -> None:
+    """One command at a time on a busy route, ten idle routes: with no backlog an idle
+    consumer's probe stays open as long as any request (one second), never 50 ms. Short
+    probes asked idle consumers again and again: seven pull requests per invocation, one
+    invocation at a time, with 24 routes (a processor with the test plugins)."""
+    cfg = WorkerConfig(max_concurrent=100, ack_wait=timedelta(seconds=30))
+    routes = [("busy", ""), *((f"idle{i}", "") for i in range(10))]
+    consumers = await transport.command_consumer(cfg, routes)
+    short: list[str] = []
+    for c in consumers.consumers[1:]:
+        ask = c.request
+
+        async def request(batch: int, expires: float | None = None, ask: Any = ask) -> None:
+            if expires is not None and expires < 1.0:
+                short.append(f"{batch} for {expires} s")
+            await ask(batch, expires)
+
+        c.request = request  # type: ignore[method-assign]
+    for i in range(40):  # two seconds and more: past the first, long, requests of all eleven
+        await transport.publish_command(start(f"b{i}", "busy"), msg_id=f"start:b{i}")
+        got = await consumers.fetch(100, timeout=2.0)
+        assert [pb.Command.FromString(d.data).invocation_id for d in got] == [f"b{i}"]
+        await got[0].ack()
+        await asyncio.sleep(0.05)  # the next invocation comes a little later
+    assert not short, short
+    assert max(c._sent for c in consumers.consumers[1:]) <= 4
     await consumers.close()
 
 

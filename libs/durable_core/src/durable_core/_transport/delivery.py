@@ -59,6 +59,7 @@ class Delivery:
         "held_until",
         "lost",
         "num_delivered",
+        "num_pending",
         "settled",
         "stream_seq",
         "subject",
@@ -72,6 +73,7 @@ class Delivery:
         md = msg.metadata
         self.num_delivered: int = md.num_delivered or 1
         self.stream_seq: int = md.sequence.stream if md.sequence else 0
+        self.num_pending: int = md.num_pending or 0  # the consumer's commands still waiting
         self.ack_wait = ack_wait
         self.held_until = floor + ack_wait
         self._previous = floor  # when the last answered in-progress ack was sent
@@ -232,6 +234,9 @@ class CommandConsumer:
         self.answered_at = time.monotonic()  # the server's last delivery or request expiry
         self.trouble = ""  # the last status that ended a pull request abnormally
         self.idle = True  # nothing brought yet, or its last request expired empty
+        # Nothing was left waiting for it at its last delivery (or its last request ran out
+        # unfilled); False while the server says more commands wait (a backlog).
+        self.drained = True
 
     @property
     def expires(self) -> float:
@@ -264,7 +269,9 @@ class CommandConsumer:
             pull.credit -= 1
             if pull.credit <= 0:
                 self._over(n)
-        return Delivery(msg, nc=self._nc, ack_wait=self._ack_wait, floor=floor)
+        delivery = Delivery(msg, nc=self._nc, ack_wait=self._ack_wait, floor=floor)
+        self.drained = delivery.num_pending == 0
+        return delivery
 
     def ended(self, n: int, msg: Msg) -> None:
         """A status message: request ``n`` is over."""
@@ -276,6 +283,7 @@ class CommandConsumer:
         if headers.get("Status") == "408":
             self.answered_at, self.trouble = time.monotonic(), ""
             self.idle = pull is not None and pull.credit >= pull.batch
+            self.drained = True
         else:
             self.trouble = f"{headers.get('Status')} {headers.get('Description', '')}".strip()
 

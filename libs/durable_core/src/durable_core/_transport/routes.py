@@ -8,12 +8,15 @@ among them, never asking for more than are free (``max_concurrent`` is what real
 - A quiet processor (no consumer brought work lately): each consumer holds a long request for
   one command; with fewer slots than consumers they take turns with short ones.
 - Work flowing: the consumers that bring work share the slots, in batches, with long
-  requests. The idle ones are only *probed*: a short request (``_SHORT_POLL``) for one, at
-  most a quarter of the free slots (with one or two slots, every fourth ask), round them in
-  turn. A probe gives its slot back within ``_SHORT_POLL``, so an idle consumer never keeps a
+  requests. The idle ones are only *probed*: a request for one, at most a quarter of the
+  free slots (with one or two slots, every fourth ask), round them in turn. While a backlog
+  waits (the server counts a busy consumer's pending commands at each delivery), a probe is
+  short (``_SHORT_POLL``) and gives its slot back soon, so an idle consumer never keeps a
   slot from busy work for long (a long request would: ``max_concurrent=4`` with one idle
-  route ran 3 at once), and a quiet workflow's command is still taken within a few turns:
-  a busy workflow cannot starve another.
+  route ran 3 at once), and a quiet workflow's command is still taken within a few turns: a
+  busy workflow cannot starve another. Without a backlog nobody wants the probe's slot, and
+  it stays open as long as any request (short probes asked every idle consumer again every
+  50 ms: seven pull requests per invocation, one invocation at a time, with 24 routes).
 """
 
 from __future__ import annotations
@@ -117,7 +120,7 @@ class CommandConsumers:
                     await self.consumers[i].request(1)
                 self._turn = (self._turn + 1) % k
             else:
-                await self._in_turn(needing[:room], k)
+                await self._in_turn(needing[:room], k, _SHORT_POLL)
             return
         idle = [i for i in needing if self.consumers[i].idle]
         busy = [i for i in needing if not self.consumers[i].idle]
@@ -128,7 +131,9 @@ class CommandConsumers:
                 probes = 1
         if probes:
             self._since_probe = 0
-            await self._in_turn(idle[:probes], k)
+            # Short only while a backlog waits for a busy consumer (see the module docstring).
+            backlog = any(not c.idle and not c.drained for c in self.consumers)
+            await self._in_turn(idle[:probes], k, _SHORT_POLL if backlog else None)
             room -= probes
         # The free slots shared evenly among the busy consumers that get a request (the
         # divisor counted those from the shrinking room: a ZeroDivisionError under load).
@@ -138,10 +143,11 @@ class CommandConsumers:
             room -= share
             await self.consumers[i].request(share)
 
-    async def _in_turn(self, chosen: list[int], k: int) -> None:
-        """Short requests for one command each; the turn moves past them."""
+    async def _in_turn(self, chosen: list[int], k: int, expires: float | None) -> None:
+        """Requests for one command each, open ``expires`` (the consumer's own when None);
+        the turn moves past them."""
         for i in chosen:
-            await self.consumers[i].request(1, _SHORT_POLL)
+            await self.consumers[i].request(1, expires)
         self._turn = (chosen[-1] + 1) % k
 
     async def close(self) -> None:
