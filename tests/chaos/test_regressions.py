@@ -283,8 +283,9 @@ class _RefusesOneJournalPublish(Transport):
     ],
     ids=["in-process", "other-refusal"],
 )
+@pytest.mark.parametrize("batches", [True, False], ids=["batch", "one-by-one"])
 async def test_a_refused_journal_write_never_fails_the_workflow(
-    server: NatsServer, error: dict[str, object]
+    server: NatsServer, error: dict[str, object], batches: bool
 ) -> None:
 
     async def one_step(ctx: Context) -> str:
@@ -293,7 +294,13 @@ async def test_a_refused_journal_write_never_fails_the_workflow(
 
         return await ctx.run("a", step)
 
-    transport_cls = type("Refusing", (_RefusesOneJournalPublish,), {"error": error, "refused": 0})
+    # One node writes the last step and the final entry one by one; a replicated journal as
+    # one batch (Transport.atomic_batches): both ways here.
+    transport_cls = type(
+        "Refusing",
+        (_RefusesOneJournalPublish,),
+        {"error": error, "refused": 0, "atomic_batches": batches},
+    )
     async with _worker_and_client(server, transport_cls, one_step) as client:
         result = await client.wait(await client.invoke_async("one_step"), timeout=15)
     assert transport_cls.refused == 1

@@ -71,6 +71,7 @@ class Transport:
                 ttl=86_400.0,  # left behind only by a crash after the ack: forget them
             ),
         )
+        self._atomic_batches: bool | None = None
 
     @classmethod
     async def connect(
@@ -135,6 +136,22 @@ class Transport:
     def names(self) -> Names:
         """The engine's stream, bucket and subject names."""
         return self._link.names
+
+    @property
+    def atomic_batches(self) -> bool:
+        """Whether a run writes its last step and its final entry as one atomic batch: on a
+        replicated journal (as stored, once bound), where a batch of two costs about what one
+        write does (R3 here: p50 0.75 ms vs 0.68, and 8,200/s at 64 in flight). Not on one
+        node: nats-server 2.15 takes ~3.4 ms per batch on a one-replica stream and commits
+        them one at a time (~300/s at 64 in flight, against 0.2 ms and 14,700/s for a single
+        write), so two writes are much cheaper there. Settable (tests)."""
+        if self._atomic_batches is not None:
+            return self._atomic_batches
+        return self._link.engine.replicas > 1
+
+    @atomic_batches.setter
+    def atomic_batches(self, on: bool) -> None:
+        self._atomic_batches = on
 
     @property
     def connected(self) -> bool:

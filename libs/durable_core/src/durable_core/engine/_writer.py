@@ -76,7 +76,9 @@ class JournalWriter:
         self.pending: pb.JournalEntry | None = None  # a deferred step outcome (see defer)
         self._due: asyncio.TimerHandle | None = None  # when the deferred outcome must go
         self._flushes: set[asyncio.Task[None]] = set()  # flushes that time started
-        self.batches = True  # the journal stream takes atomic batches (until it says no)
+        # Atomic batches: on a replicated journal (see Transport.atomic_batches), while the
+        # stream takes them (until it says no).
+        self.batches = t.atomic_batches
 
     def record(self, entry: pb.JournalEntry, seq: int) -> None:
         """Take in an entry read from (or just written to) the journal."""
