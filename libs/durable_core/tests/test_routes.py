@@ -129,6 +129,7 @@ class _Busy:
     """A consumer that brought work lately and has no request open: what ``_ask`` reads."""
 
     idle = False
+    drained = True
 
     def __init__(self) -> None:
         self.asked: list[int] = []
@@ -138,6 +139,45 @@ class _Busy:
 
     async def request(self, batch: int, expires: float | None = None) -> None:
         self.asked.append(batch)
+
+
+class _Fake(_Busy):
+    """A consumer whose requests stay open (``open`` is what they may still bring)."""
+
+    def __init__(self, *, idle: bool, drained: bool = True, open: int = 0) -> None:
+        super().__init__()
+        self.idle, self.drained, self.open = idle, drained, open
+        self.expiries: list[float | None] = []
+
+    def outstanding(self, now: float) -> int:
+        return self.open
+
+    async def request(self, batch: int, expires: float | None = None) -> None:
+        self.asked.append(batch)
+        self.expiries.append(expires)
+        self.open += batch
+
+
+@pytest.mark.parametrize("backlog", [True, False])
+async def test_idle_probes_hold_a_quarter_of_the_free_slots_in_all(backlog: bool) -> None:
+    """One busy consumer with its request open, 40 idle ones, 50 free slots, asked again and
+    again (as every fetch does): the probes, together, never hold more than 12 slots. A
+    quarter of the room at each ask let them pile up (38, then 29, ...): the busy consumer's
+    next request got what was left (1 to 26 with 50 slots free, at 64 in flight)."""
+    from durable_core._transport.inbox import Queue
+    from durable_core._transport.routes import _SHORT_POLL, CommandConsumers
+
+    busy = _Fake(idle=False, drained=not backlog, open=10)
+    idle = [_Fake(idle=True) for _ in range(40)]
+    consumers = CommandConsumers(Queue(), [busy, *idle])  # type: ignore[list-item]
+    for _ in range(10):
+        await consumers._ask(50, 0.0)
+    assert sum(f.open for f in idle) == 50 // 4
+    expiries = {e for f in idle for e in f.expiries}
+    assert expiries == ({_SHORT_POLL} if backlog else {None})  # None: as long as any request
+    busy.open = 0  # its request is used up: it gets the room the probes left
+    await consumers._ask(50, 0.0)
+    assert busy.asked == [50 - 50 // 4]
 
 
 @pytest.mark.parametrize(("busy", "free"), [(2, 2), (5, 2), (3, 7), (8, 8), (2, 600)])

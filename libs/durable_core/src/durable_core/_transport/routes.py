@@ -124,15 +124,21 @@ class CommandConsumers:
             return
         idle = [i for i in needing if self.consumers[i].idle]
         busy = [i for i in needing if not self.consumers[i].idle]
-        probes = min(len(idle), room // 4 if busy else room)
-        if busy and not probes and idle:
+        # The idle ones' probes hold a quarter of the free slots at most, all of them
+        # together: a quarter of the room at each ask let them pile up over successive asks
+        # (the room shrank by a quarter each time): at 64 in flight with 40 routes, the
+        # busy consumer asked for 1 to 26 with 50 slots free and commands waited in the
+        # stream. Short while a backlog waits for a busy consumer (the server's pending
+        # count at its last delivery), long otherwise (see the module's docstring).
+        backlog = any(not c.idle and not c.drained for c in self.consumers)
+        probing = sum(c.outstanding(now) for c in self.consumers if c.idle)
+        probes = min(len(idle), room, max(free // 4 - probing, 0))
+        if not probes and idle and not probing:
             self._since_probe += 1
             if self._since_probe >= _PROBE_EVERY:
                 probes = 1
         if probes:
             self._since_probe = 0
-            # Short only while a backlog waits for a busy consumer (see the module docstring).
-            backlog = any(not c.idle and not c.drained for c in self.consumers)
             await self._in_turn(idle[:probes], k, _SHORT_POLL if backlog else None)
             room -= probes
         # The free slots shared evenly among the busy consumers that get a request (the
