@@ -308,6 +308,42 @@ async def test_a_refused_journal_write_never_fails_the_workflow(
     assert result.output == "done"
 
 
+async def test_a_run_that_lost_its_hold_never_claims(
+    server: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wake-up whose hold lapses before its run claims the invocation claims nothing: the
+    run stops and hands the command back, and its next delivery claims it once. Chaos seed
+    19005: a run whose in-progress acks went unanswered through a partition claimed an
+    invocation that the command's redelivery had meanwhile run, suspended and acked in another
+    processor; it stayed RUNNING under a command nobody had (its timer's wake-up was acked as
+    "in progress under" it) until the stranded-run sweep, 90 s later. The hold was checked
+    before each step only, after the CLAIM: two CLAIMs here."""
+    refused: list[int] = []
+    real = Worker.holds
+
+    def holds(self: Worker, delivery: Any, lease_epoch: int) -> bool:
+        kind = pb.Command.FromString(delivery.data).kind
+        if kind == pb.COMMAND_KIND_WAKE and delivery.num_delivered == 1 and not refused:
+            refused.append(delivery.stream_seq)  # its hold lapsed (just this once)
+            return False
+        return real(self, delivery, lease_epoch)
+
+    monkeypatch.setattr(Worker, "holds", holds)
+
+    async def naps(ctx: Context) -> str:
+        await ctx.sleep(timedelta(seconds=3))  # parked: a server-side timer wakes it
+        return await ctx.run("after", lambda: "done")
+
+    async with _worker_and_client(server, Transport, naps) as client:
+        inv = await client.invoke_async("naps")
+        result = await client.wait(inv, timeout=30)
+        records = await client._t.read_journal(inv)
+    assert result.status == "completed" and result.output == "done"
+    assert refused
+    claims = [r.entry for r in records if r.entry.kind == pb.ENTRY_KIND_CLAIM]
+    assert [c.command_seq for c in claims] == refused, [r.entry.kind for r in records]
+
+
 _KEYED_ID = "keyed-twice-1"
 
 

@@ -79,6 +79,7 @@ class Execution:
             slow_write_s=env.ack_wait / 3,
             observe=lambda kind, seconds, entry: self.observe(kind, seconds=seconds, entry=entry),
             news=self._news,
+            held=self.check_step,
         )
         self.ctx: RunContext | None = None
         self.waits: tuple[Wait, ...] = ()

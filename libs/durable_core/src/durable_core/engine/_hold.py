@@ -54,7 +54,11 @@ an invocation could become runnable, and what closes it:
    while no live lease that lists the command holds the lock), then claims the invocation
    with a fenced CLAIM. Any later delivery of the lost command is delivered more than once,
    so it meets the mark in ``lock_run`` and is acked without running: the two never run
-   side by side.
+   side by side. One way a command got lost (chaos, seed 19005): a run whose hold had
+   lapsed (in-progress acks unanswered through a partition) wrote a CLAIM after the
+   command's redelivery had run the invocation, suspended it and acked the command
+   elsewhere. A CLAIM is now written only while the command is surely held, like a step
+   (``JournalWriter`` asks before each claim).
 
 The processor lease (``_lease``): created (and confirmed) before the first command is pulled,
 renewed with a revision check every ``lease_ttl / 3``. The scheduler deletes a lease it saw

@@ -53,6 +53,7 @@ class JournalWriter:
         slow_write_s: float,
         observe: Observe,
         news: Callable[[], None],
+        held: Callable[[], None] = lambda: None,
     ) -> None:
         self.t = t
         self.id = invocation_id
@@ -61,6 +62,9 @@ class JournalWriter:
         self._slow_write_s = slow_write_s
         self._observe = observe
         self._news = news
+        # Raises (LostHold) unless this processor still surely holds the command: checked
+        # before every CLAIM write (see _append_fenced).
+        self._held = held
         self.entries: list[pb.JournalEntry] = []
         self.machine = ReplayMachine(invocation_id)
         self.last_seq = 0
@@ -195,6 +199,14 @@ class JournalWriter:
         the last sequence we know, taking in what others appended on a conflict."""
         entry = batch[-1]
         while True:
+            if claim:
+                # A claim only while the command is surely held: a run whose hold had lapsed
+                # (its in-progress acks unanswered through a partition) claimed an invocation
+                # that the command's redelivery had meanwhile run, suspended and acked in
+                # another processor; the invocation stayed RUNNING under a command nobody
+                # had, its timer's wake-up was dropped as "in progress under" it, and only
+                # the stranded-run sweep moved it on, 90 s later (chaos, seed 19005).
+                self._held()
             msg_ids = []
             for n, item in enumerate(batch):
                 item.index = len(self.entries) + 1 + n
