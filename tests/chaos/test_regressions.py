@@ -90,6 +90,7 @@ from durable_core._transport import JournalConflict, Transport
 from durable_core.admin import Engine
 from durable_core.config import NatsConfig
 from durable_core.engine._keys import KeyRecord
+from durable_core.errors import NatsUnavailableError
 from durable_core.plugins import WorkflowRegistry
 from durable_core.schedules import create_schedule
 from durable_core.testing import NatsServer, ProcessStack, assert_eventually_async
@@ -194,12 +195,13 @@ async def test_a_redelivery_fences_the_first_holder_even_before_its_first_entry(
 
 @contextlib.asynccontextmanager
 async def _worker_and_client(
-    server: NatsServer, transport_cls: type[Transport], workflow: Callable[..., Any]
+    server: NatsServer, transport_cls: type[Transport], *workflows: Callable[..., Any]
 ) -> AsyncIterator[Client]:
-    """An in-process worker for ``workflow`` on ``transport_cls``, and a client."""
+    """An in-process worker for ``workflows`` on ``transport_cls``, and a client."""
     engine = EngineConfig(prefix="rg" + uuid.uuid4().hex[:8])
     registry = WorkflowRegistry()
-    registry.register(workflow)
+    for workflow in workflows:
+        registry.register(workflow)
     transport = await transport_cls.connect(NatsConfig.from_url(server.url), engine, create=True)
     worker = Worker(transport, registry, WorkerConfig())
     task = asyncio.create_task(worker.run())
@@ -342,6 +344,42 @@ async def test_a_run_that_lost_its_hold_never_claims(
     assert refused
     claims = [r.entry for r in records if r.entry.kind == pb.ENTRY_KIND_CLAIM]
     assert [c.command_seq for c in claims] == refused, [r.entry.kind for r in records]
+
+
+class _FirstParentWakeLost(Transport):
+    """The first wake-up of a parent (a child's report) is never stored: its processor died
+    after the child's final state was written (the stream's leader was away meanwhile)."""
+
+    lost: list[str] = []
+
+    async def publish_wake(self, invocation_id: str, *args: Any, **kwargs: Any) -> None:
+        if invocation_id.startswith("parent-") and not type(self).lost:
+            type(self).lost.append(invocation_id)
+            raise NatsUnavailableError(["nats://test"], "the wake-up's publish timed out")
+        await super().publish_wake(invocation_id, *args, **kwargs)
+
+
+async def test_a_child_whose_report_was_cut_short_reports_again(server: NatsServer) -> None:
+    """Chaos seed 19007: a child's run wrote its final state and its result into the
+    parent's journal, then died before the parent's wake-up was stored; the child's
+    redelivered command found it COMPLETED and was only acked, and the parent stayed
+    SUSPENDED with the result in its journal, waiting for nothing. The redelivery now hands
+    the outcome to the parent again (the result once, the wake-up deduplicated)."""
+
+    async def kid(ctx: Context) -> str:
+        return await ctx.run("k", lambda: "kid done")
+
+    async def parent(ctx: Context) -> str:
+        return "parent got " + str(await ctx.invoke("kid"))
+
+    _FirstParentWakeLost.lost = []
+    async with _worker_and_client(server, _FirstParentWakeLost, kid, parent) as client:
+        inv = await client.invoke_async("parent", id="parent-" + uuid.uuid4().hex[:8])
+        result = await client.wait(inv, timeout=30)
+        records = await client._t.read_journal(inv)
+    assert _FirstParentWakeLost.lost == [inv]
+    assert result.status == "completed" and result.output == "parent got kid done"
+    assert [r.entry.kind for r in records].count(pb.ENTRY_KIND_CHILD_RESULT) == 1
 
 
 _KEYED_ID = "keyed-twice-1"

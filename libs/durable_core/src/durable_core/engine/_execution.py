@@ -294,6 +294,8 @@ class Execution:
             return
         if st is not None and st.status in TERMINAL:
             log.info("invocation %s already %s; acking", self.id, pb.Status.Name(st.status))
+            if st.notify_parent:
+                await self._report_again()
             await self._settle_finished()
             return
         held_before = False
@@ -322,6 +324,18 @@ class Execution:
             await self.delivery.ack()
         except PinnedElsewhere as pinned:
             await self._hand_to_pin(pinned.route)
+
+    async def _report_again(self) -> None:
+        """Hand a finished child's outcome to its parent again before its command is acked:
+        a run that wrote the final state may have ended before the parent's wake-up was
+        stored (chaos, seed 19007: its processor killed while the command stream's leader was
+        away; the parent stayed SUSPENDED with the child's result in its journal and no
+        wake-up). Idempotent: the result is appended once (by its message id) and the
+        wake-up deduplicated."""
+        await self.journal.load()
+        final = self.journal.machine.final
+        if final is not None and self.state is not None:
+            await _intake.report_to_parent(self.t, self.state.state, final)
 
     def _fresh(self, held_before: bool) -> bool:
         st = self.state.state if self.state is not None else None
