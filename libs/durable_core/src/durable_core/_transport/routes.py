@@ -130,7 +130,6 @@ class CommandConsumers:
         # busy consumer asked for 1 to 26 with 50 slots free and commands waited in the
         # stream. Short while a backlog waits for a busy consumer (the server's pending
         # count at its last delivery), long otherwise (see the module's docstring).
-        backlog = any(not c.idle and not c.drained for c in self.consumers)
         probing = sum(c.outstanding(now) for c in self.consumers if c.idle)
         probes = min(len(idle), room, max(free // 4 - probing, 0))
         if not probes and idle and not probing:
@@ -139,6 +138,7 @@ class CommandConsumers:
                 probes = 1
         if probes:
             self._since_probe = 0
+            backlog = any(not c.idle and not c.drained for c in self.consumers)
             await self._in_turn(idle[:probes], k, _SHORT_POLL if backlog else None)
             room -= probes
         # The free slots shared evenly among the busy consumers that get a request (the

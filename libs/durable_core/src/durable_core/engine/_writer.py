@@ -53,7 +53,7 @@ class JournalWriter:
         slow_write_s: float,
         observe: Observe,
         news: Callable[[], None],
-        held: Callable[[], None] = lambda: None,
+        held: Callable[[], None],
     ) -> None:
         self.t = t
         self.id = invocation_id
