@@ -68,6 +68,11 @@
     journal again, found its own result there and raised AlreadyResolvedError: the caller was
     told its resolve failed while the workflow went on with it. Its own entry (by message id)
     now counts as done before any check runs.
+
+11. (Issue 19, chaos seed 19007 and CI.) A finished child tells its parent after its own state
+    says finished (a reader never sees the parent ahead of the child), and a redelivery that
+    finds the child finished tells the parent again, in case the run ended between the two;
+    a parent gone by retention is left alone (no orphan journal under its id).
 """
 
 from __future__ import annotations
@@ -84,11 +89,20 @@ from typing import Any
 import nats.js.errors
 import pytest
 
-from durable_core import Client, Context, EngineConfig, InvocationTimeoutError, Worker, WorkerConfig
+from durable_core import (
+    Client,
+    Context,
+    EngineConfig,
+    InvocationResult,
+    InvocationTimeoutError,
+    Worker,
+    WorkerConfig,
+)
 from durable_core._pb.durable.v1 import durable_pb2 as pb
-from durable_core._transport import JournalConflict, Transport
+from durable_core._transport import JournalConflict, JournalRecord, Transport
 from durable_core.admin import Engine
 from durable_core.config import NatsConfig
+from durable_core.engine import _intake
 from durable_core.engine._keys import KeyRecord
 from durable_core.errors import NatsUnavailableError
 from durable_core.plugins import WorkflowRegistry
@@ -346,6 +360,23 @@ async def test_a_run_that_lost_its_hold_never_claims(
     assert [c.command_seq for c in claims] == refused, [r.entry.kind for r in records]
 
 
+async def _parent_and_kid(
+    server: NatsServer, transport_cls: type[Transport]
+) -> tuple[str, InvocationResult, list[JournalRecord]]:
+    """A parent that starts one child with one step, to its end: id, result, journal."""
+
+    async def kid(ctx: Context) -> str:
+        return await ctx.run("k", lambda: "kid done")
+
+    async def parent(ctx: Context) -> str:
+        return "parent got " + str(await ctx.invoke("kid"))
+
+    async with _worker_and_client(server, transport_cls, kid, parent) as client:
+        inv = await client.invoke_async("parent", id="parent-" + uuid.uuid4().hex[:8])
+        result = await client.wait(inv, timeout=30)
+        return inv, result, await client._t.read_journal(inv)
+
+
 class _FirstParentWakeLost(Transport):
     """The first wake-up of a parent (a child's report) is never stored: its processor died
     after the child's final state was written (the stream's leader was away meanwhile)."""
@@ -366,20 +397,62 @@ async def test_a_child_whose_report_was_cut_short_reports_again(server: NatsServ
     SUSPENDED with the result in its journal, waiting for nothing. The redelivery now hands
     the outcome to the parent again (the result once, the wake-up deduplicated)."""
 
-    async def kid(ctx: Context) -> str:
-        return await ctx.run("k", lambda: "kid done")
-
-    async def parent(ctx: Context) -> str:
-        return "parent got " + str(await ctx.invoke("kid"))
-
     _FirstParentWakeLost.lost = []
-    async with _worker_and_client(server, _FirstParentWakeLost, kid, parent) as client:
-        inv = await client.invoke_async("parent", id="parent-" + uuid.uuid4().hex[:8])
-        result = await client.wait(inv, timeout=30)
-        records = await client._t.read_journal(inv)
+    inv, result, records = await _parent_and_kid(server, _FirstParentWakeLost)
     assert _FirstParentWakeLost.lost == [inv]
     assert result.status == "completed" and result.output == "parent got kid done"
     assert [r.entry.kind for r in records].count(pb.ENTRY_KIND_CHILD_RESULT) == 1
+
+
+class _ChildSeenAtWake(Transport):
+    """Records, as a parent's wake-up is published, what its children's states say."""
+
+    seen: list[int] = []
+
+    async def publish_wake(self, invocation_id: str, *args: Any, **kwargs: Any) -> None:
+        if invocation_id.startswith("parent-"):
+            parent = await self.get_state(invocation_id)
+            for child in parent.state.child_ids if parent is not None else ():
+                rec = await self.get_state(child)
+                type(self).seen.append(rec.state.status if rec is not None else -1)
+        await super().publish_wake(invocation_id, *args, **kwargs)
+
+
+async def test_a_parent_hears_of_its_child_only_after_the_childs_state_says_finished(
+    server: NatsServer,
+) -> None:
+    """CI on a84576f: the parent was told first, and a reader saw the child's result in the
+    parent while the child's own state still said RUNNING (its output not there yet)."""
+
+    _ChildSeenAtWake.seen = []
+    _, result, _ = await _parent_and_kid(server, _ChildSeenAtWake)
+    assert result.status == "completed"
+    assert _ChildSeenAtWake.seen == [pb.STATUS_COMPLETED], [
+        pb.Status.Name(s) if s >= 0 else "gone" for s in _ChildSeenAtWake.seen
+    ]
+
+
+async def test_a_late_report_to_a_parent_that_is_gone_writes_nothing(server: NatsServer) -> None:
+    """A finished child's command redelivered after its parent was purged by retention
+    reports again (see above); it must not start an orphan journal under the parent's id."""
+
+    async def kid(ctx: Context) -> str:
+        return "kid done"
+
+    async with _worker_and_client(server, Transport, kid) as client:
+        t = client._t
+        child = pb.ExecutionState(
+            invocation_id="gone-parent-1-1",
+            workflow="kid",
+            status=pb.STATUS_COMPLETED,
+            parent_id="gone-parent-1",
+            parent_workflow="parent",
+            parent_partition_key="gone-parent-1",
+            notify_parent=True,
+        )
+        final = pb.JournalEntry(kind=pb.ENTRY_KIND_COMPLETED)
+        await _intake.report_to_parent(t, child, final)
+        assert await t.read_journal("gone-parent-1") == []
 
 
 _KEYED_ID = "keyed-twice-1"

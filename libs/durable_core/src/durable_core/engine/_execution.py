@@ -294,6 +294,8 @@ class Execution:
             return
         if st is not None and st.status in TERMINAL:
             log.info("invocation %s already %s; acking", self.id, pb.Status.Name(st.status))
+            if st.notify_parent:
+                await self._report_again()
             await self._settle_finished()
             return
         held_before = False
@@ -322,6 +324,18 @@ class Execution:
             await self.delivery.ack()
         except PinnedElsewhere as pinned:
             await self._hand_to_pin(pinned.route)
+
+    async def _report_again(self) -> None:
+        """Hand a finished child's outcome to its parent again before its command is acked:
+        a run that wrote the final state may have ended before the parent's wake-up was
+        stored (chaos, seed 19007: its processor killed while the command stream's leader was
+        away; the parent stayed SUSPENDED with the child's result in its journal and no
+        wake-up). Idempotent: the result is appended once (by its message id) and the
+        wake-up deduplicated."""
+        await self.journal.load()
+        final = self.journal.machine.final
+        if final is not None and self.state is not None:
+            await _intake.report_to_parent(self.t, self.state.state, final)
 
     def _fresh(self, held_before: bool) -> bool:
         st = self.state.state if self.state is not None else None
@@ -598,15 +612,12 @@ class Execution:
         # The journal has the outcome: tell a waiting client now, write the state after.
         with contextlib.suppress(Exception):
             await self.t.publish_result(self._next_state(self.state, changes), self.journal.entries)
-        # The parent is told before the state says finished: a redelivery that finds the
-        # state finished only acks, so a run that ended between the two (chaos, seed 19007:
-        # the child's result in the parent's journal, its wake-up never stored, the parent
-        # SUSPENDED for good) must leave the state unfinished; its redelivery then finishes
-        # from the journal and tells the parent again (the result appended once, by its
-        # message id; the wake-up deduplicated).
+        # The state says finished before the parent hears (the parent never sees a result its
+        # child's state does not show yet); a run cut short between the two is mended by the
+        # redelivery, which finds the state finished and reports again (_report_again).
+        await self.write_state(final=True, **changes)
         if self.state is not None and self.state.state.notify_parent:
             await _intake.report_to_parent(self.t, self.state.state, entry)
-        await self.write_state(final=True, **changes)
         await self._settle_finished()
         how = pb.Status.Name(status).removeprefix("STATUS_").lower()
         self.observe(

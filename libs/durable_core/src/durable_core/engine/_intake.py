@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from durable_core._journal import FINAL_KINDS, Submission
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import JournalConflict, JournalRecord, StateRecord, Transport
 from durable_core.errors import DurableError, InvalidInputError, InvocationFinishedError
+
+log = logging.getLogger("durable_core.worker")
 
 __all__ = [
     "Addressee",
@@ -241,7 +244,12 @@ async def report_to_parent(t: Transport, st: pb.ExecutionState, final: pb.Journa
     # The parent's wake-up follows its pin, if it has one (it may have got it after the child
     # started): the state says.
     parent_state = await t.get_state(parent)
-    route = parent_state.state.pinned_version if parent_state is not None else ""
+    if parent_state is None:
+        # Gone by retention (a parent exists before its children): a late re-report must not
+        # start an orphan journal under its id.
+        log.info("parent %s of %s is gone; its result is not delivered", parent, child)
+        return
+    route = parent_state.state.pinned_version
     to = Addressee(parent, st.parent_workflow, st.parent_partition_key, route)
     with contextlib.suppress(InvocationFinishedError):
         await deliver_external(t, to, result, f"child-result:{child}", unfinished)
