@@ -93,6 +93,7 @@ class Setup:
             "DURABLE_REPLICAS": str(self.replicas),
             "DURABLE_DEFAULT_SERVICE_ADDRESS": self.service_address,
             "DURABLE_SHUTDOWN_GRACE": "3",
+            "DURABLE_SHARDS": str(self.opts.shards),
         }
         procs: list[ChildProcess] = []
         client: Client | None = None
@@ -105,7 +106,9 @@ class Setup:
                     await asyncio.to_thread(procs[0].wait_log, "consuming", 30)
             for proc in procs[1:]:
                 await asyncio.to_thread(proc.wait_log, "consuming", 30)
-            engine = EngineConfig(prefix=prefix, replicas=self.replicas)
+            engine = EngineConfig(
+                prefix=prefix, replicas=self.replicas, shards=self.opts.shards
+            )
             client = await Client.connect(self.urls, engine=engine)
             yield Scenario(self, name, prefix, client, procs)
         finally:

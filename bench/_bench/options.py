@@ -29,6 +29,7 @@ class Options:
     results_dir: Path
     profile: bool
     parts: tuple[str, ...] = PARTS
+    shards: int = 1  # journal streams and state buckets of each scenario's engine
     steps: int = 1000  # (d) steps of the many-step workflow
     sleepers: int = 10_000  # (e) sleeping workflows
     memory_inflight: int = 100  # (e) invocations in flight while RSS is sampled
@@ -50,6 +51,12 @@ class Options:
         p.add_argument("--quick", action="store_true", help="tiny windows and counts: a smoke run")
         p.add_argument("--processors", type=int, default=1, help="processor processes (1)")
         p.add_argument(
+            "--shards",
+            type=int,
+            default=1,
+            help="journal and state shards of each engine (1; leaders spread on a cluster)",
+        )
+        p.add_argument(
             "--results-dir", type=Path, default=RESULTS_DIR, help="where the JSON is written"
         )
         p.add_argument(
@@ -66,8 +73,8 @@ class Options:
         parts = tuple(x.strip() for x in a.parts.split(",") if x.strip())
         if not parts or set(parts) - set(PARTS):
             p.error(f"--parts takes a comma-separated subset of {','.join(PARTS)}")
-        if a.repeat < 1 or a.processors < 1:
-            p.error("--repeat and --processors must be at least 1")
+        if a.repeat < 1 or a.processors < 1 or a.shards < 1:
+            p.error("--repeat, --processors and --shards must be at least 1")
         extra: dict[str, Any] = {}
         if a.quick:
             extra = {
@@ -93,6 +100,7 @@ class Options:
             results_dir=a.results_dir,
             profile=a.profile,
             parts=parts,
+            shards=a.shards,
             **extra,
         )
 

@@ -113,7 +113,8 @@ def table(setup: Setup) -> Iterator[str]:
     nodes = "1 node, R1" if setup.replicas == 1 else "3 nodes, R3"
     yield (
         f"== {setup.name}: {nodes}; {opts.processors} processor(s); "
-        f"median of {opts.repeat}, {opts.seconds:g} s windows =="
+        + (f"{opts.shards} shards; " if opts.shards > 1 else "")
+        + f"median of {opts.repeat}, {opts.seconds:g} s windows =="
     )
     yield f"{'figure':<32} {'median':>12}   {'runs':<26} {'vs floor':>8}"
     for key, label, unit in FIGURES:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from durable_core import InvalidInputError, _codec
+from durable_core import ConfigError, EngineConfig, InvalidInputError, _codec
 from durable_core._naming import (
     MAX_PARTITION_KEY_BYTES,
     Names,
@@ -16,6 +16,7 @@ from durable_core._naming import (
     check_workflow_name,
     decode_partition_key,
     encode_partition_key,
+    shard_of,
 )
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_examples.hello.v1.hello_pb2 import HelloRequest, HelloResponse
@@ -257,3 +258,36 @@ def test_an_optional_type_takes_the_type_or_null_only() -> None:
     for bad in ("Ada", 5, [1]):
         with pytest.raises(InvalidInputError, match="expected null"):
             _codec.convert(bad, dict[str, Any] | None)
+
+
+def test_an_invocation_s_shard_never_changes_between_versions() -> None:
+    """SHA-256 of the id, first 8 bytes big-endian, modulo the shards: pinned, because a
+    changed hash would look for existing journals and states in the wrong shard."""
+    assert [shard_of(x, 3) for x in ("a", "hello-1", "sharded-0", "x" * 128)] == [1, 2, 2, 1]
+    assert [shard_of(x, 7) for x in ("a", "hello-1")] == [4, 3]
+    assert shard_of("anything", 1) == 0
+    spread = [0, 0, 0]
+    for i in range(3000):
+        spread[shard_of(f"inv-{i}", 3)] += 1
+    assert all(900 < n < 1100 for n in spread), spread
+
+
+def test_one_shard_keeps_the_names_of_an_engine_made_before_shards() -> None:
+    one, three = Names("durable"), Names("durable", 3)
+    assert one.journal_streams == ["DURABLE_JOURNAL"]
+    assert one.journal_stream_of("a") == "DURABLE_JOURNAL"
+    assert one.journal_subject("a") == "durable.journal.a"
+    assert one.journal_shard_subjects(0) == "durable.journal.>"
+    assert three.journal_streams == ["DURABLE_JOURNAL_0", "DURABLE_JOURNAL_1", "DURABLE_JOURNAL_2"]
+    assert three.journal_stream_of("a") == "DURABLE_JOURNAL_1"
+    assert three.journal_subject("a") == "durable.journal.s1.a"
+    assert three.journal_shard_subjects(1) == "durable.journal.s1.*"
+    assert one.state_buckets == ["durable_state"] and one.state_bucket_of("a") == "durable_state"
+    assert three.state_buckets == ["durable_state_0", "durable_state_1", "durable_state_2"]
+    assert three.state_bucket_of("a") == "durable_state_1"  # the journal's shard
+
+
+@pytest.mark.parametrize("shards", [0, -1, 65, 1.5, "3", True])
+def test_a_number_of_shards_out_of_range_is_a_config_error(shards: Any) -> None:
+    with pytest.raises(ConfigError, match="shards"):
+        EngineConfig(shards=shards)

@@ -82,23 +82,66 @@ def decode_partition_key(token: str) -> str:
     return base64.urlsafe_b64decode(padded.encode("ascii")).decode("utf-8")
 
 
+def shard_of(invocation_id: str, shards: int) -> int:
+    """The shard (0 to ``shards`` - 1) of an invocation: its id's SHA-256, first 8 bytes as
+    an unsigned big-endian number, modulo ``shards`` (the same in every process and
+    language; never Python's ``hash``, which differs between processes)."""
+    if shards == 1:
+        return 0
+    digest = hashlib.sha256(invocation_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big") % shards
+
+
 @dataclass(frozen=True, slots=True)
 class Names:
-    """Every JetStream name the engine uses, derived from one prefix."""
+    """Every JetStream name the engine uses, derived from one prefix (and the number of
+    shards of the journal and the state: one keeps the names of an engine made before
+    shards)."""
 
     prefix: str
+    shards: int = 1
 
     @property
     def command_stream(self) -> str:
         return f"{self.prefix.upper()}_COMMANDS"
 
+    def _sharded(self, base: str) -> list[str]:
+        """``base`` with one shard; ``<base>_<k>`` for each shard ``k`` with several."""
+        return [base] if self.shards == 1 else [f"{base}_{k}" for k in range(self.shards)]
+
+    def _shard(self, base: str, invocation_id: str) -> str:
+        """The one of ``_sharded(base)`` that holds ``invocation_id``."""
+        return self._sharded(base)[shard_of(invocation_id, self.shards)]
+
     @property
     def journal_stream(self) -> str:
+        """The journal stream of an engine with one shard (see journal_streams)."""
         return f"{self.prefix.upper()}_JOURNAL"
 
     @property
+    def journal_streams(self) -> list[str]:
+        """Every journal stream: ``<PREFIX>_JOURNAL``, or ``<PREFIX>_JOURNAL_<k>`` for each
+        shard ``k`` when there are several."""
+        return self._sharded(self.journal_stream)
+
+    def journal_stream_of(self, invocation_id: str) -> str:
+        """The journal stream that holds ``invocation_id``'s journal."""
+        return self._shard(self.journal_stream, invocation_id)
+
+    @property
     def state_bucket(self) -> str:
+        """The state bucket of an engine with one shard (see state_buckets)."""
         return f"{self.prefix}_state"
+
+    @property
+    def state_buckets(self) -> list[str]:
+        """Every state bucket: ``<prefix>_state``, or ``<prefix>_state_<k>`` for each shard
+        ``k`` when there are several."""
+        return self._sharded(self.state_bucket)
+
+    def state_bucket_of(self, invocation_id: str) -> str:
+        """The state bucket that holds ``invocation_id``'s state (the journal's shard)."""
+        return self._shard(self.state_bucket, invocation_id)
 
     @property
     def keys_bucket(self) -> str:
@@ -169,7 +212,14 @@ class Names:
 
     @property
     def journal_subjects(self) -> str:
+        """Every journal subject, of every shard."""
         return f"{self.prefix}.journal.>"
+
+    def journal_shard_subjects(self, shard: int) -> str:
+        """The subjects of journal stream ``shard`` (all of them with one shard)."""
+        if self.shards == 1:
+            return self.journal_subjects
+        return f"{self.prefix}.journal.s{shard}.*"
 
     def command_subject(self, workflow: str, route: str, partition_key: str) -> str:
         """Where a command goes: ``<prefix>.cmd.<workflow>.<route>.<key>``, so that only a
@@ -188,7 +238,12 @@ class Names:
         return f"{self.prefix}.sched.{key}"
 
     def journal_subject(self, invocation_id: str) -> str:
-        return f"{self.prefix}.journal.{invocation_id}"
+        """``<prefix>.journal.<id>``, or ``<prefix>.journal.s<shard>.<id>`` with several
+        shards (so each shard's stream takes only its own)."""
+        if self.shards == 1:
+            return f"{self.prefix}.journal.{invocation_id}"
+        shard = shard_of(invocation_id, self.shards)
+        return f"{self.prefix}.journal.s{shard}.{invocation_id}"
 
     def control_subject(self, invocation_id: str) -> str:
         """Core-NATS subject for immediate lifecycle requests (cancel) to a running invocation."""

@@ -17,6 +17,7 @@ from durable_core.errors import ConfigError
 
 __all__ = ["EngineConfig", "NatsConfig", "WorkerConfig"]
 
+MAX_SHARDS = 64  # a stream (a Raft group) per shard: more is cost without a use here
 _PREFIX = re.compile(r"[a-z][a-z0-9_]{0,31}")  # always fullmatch: `$` lets a "\n" through
 _FILE_SETTINGS = ("creds_file", "nkey_seed_file", "tls_ca", "tls_cert", "tls_key")
 
@@ -124,6 +125,12 @@ class EngineConfig:
         retention: how long finished executions are kept (state and journal).
         append_deadline: how long a journal or state write keeps retrying while NATS elects a
             new leader or reconnects, before it gives up.
+        shards: how many journal streams and state buckets the engine has: each invocation's
+            journal and state live in the shard its id hashes to (each shard's stream with its
+            own leader; on a cluster each kind's leaders are spread over the nodes when the
+            engine is made). The command stream is one whatever the number. Fixed when a
+            processor first creates the engine: a processor configured with another number is
+            refused, everyone else takes the stored one.
     """
 
     prefix: str = "durable"
@@ -135,6 +142,7 @@ class EngineConfig:
     duplicate_window: timedelta = timedelta(minutes=10)
     retention: timedelta = timedelta(days=7)
     append_deadline: timedelta = timedelta(seconds=30)
+    shards: int = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.prefix, str) or not _PREFIX.fullmatch(self.prefix):
@@ -144,6 +152,14 @@ class EngineConfig:
             )
         if self.replicas not in (1, 3, 5):
             raise ConfigError(f"replicas must be 1, 3 or 5, not {self.replicas}")
+        if (
+            not isinstance(self.shards, int)
+            or isinstance(self.shards, bool)
+            or not 1 <= self.shards <= MAX_SHARDS
+        ):
+            raise ConfigError(
+                f"shards must be a whole number from 1 to {MAX_SHARDS}, not {self.shards!r}"
+            )
         if not 1024 <= self.max_payload <= 64 * 1024 * 1024:
             raise ConfigError(
                 f"max_payload must be between 1 KiB and 64 MiB, not {self.max_payload}"

@@ -66,6 +66,7 @@ def build(s: Mapping[str, Any]) -> ProcessorSettings:
     engine = EngineConfig(
         prefix=str(s.get("prefix", "durable")),
         replicas=num("replicas"),
+        shards=num("shards"),
         max_payload=num("max_payload"),
         payload_threshold=num("payload_threshold"),
         max_object_size=num("max_object_size"),

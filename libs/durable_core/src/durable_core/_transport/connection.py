@@ -59,9 +59,17 @@ class Link:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream(timeout=5.0)
         self.nats_cfg = nats_cfg
-        self.engine = engine  # replaced by bind(): replicas and limits as stored
-        self.names = Names(engine.prefix)
         self.publish = publish
+        self.engine = engine  # replaced by bind(): replicas, limits and shards as stored
+
+    @property
+    def engine(self) -> EngineConfig:
+        return self._engine
+
+    @engine.setter
+    def engine(self, engine: EngineConfig) -> None:
+        self._engine = engine
+        self.names = Names(engine.prefix, engine.shards)
 
     def deadline(self) -> float:
         """When a call started now gives up retrying (monotonic)."""

@@ -182,11 +182,11 @@ class Transport:
         Raises:
             EngineNotFoundError: they do not exist.
         """
-        self._states.kv = await self._provision.bind(wait=wait)
+        self._states.kvs = await self._provision.bind(wait=wait)
 
     async def ensure_infrastructure(self, *, strict: bool = True) -> None:
         """Create the command and journal streams and the state bucket, or verify them."""
-        self._states.kv, keys = await self._provision.infrastructure(strict=strict)
+        self._states.kvs, keys = await self._provision.infrastructure(strict=strict)
         self._keys.opened(keys)
         await self.payloads.ensure()
 

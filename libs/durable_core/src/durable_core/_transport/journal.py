@@ -80,26 +80,29 @@ class Journals:
             await asyncio.sleep(0.01)
 
     async def _read_all(self, invocation_id: str) -> list[JournalRecord]:
-        subject = self._link.names.journal_subject(invocation_id)
         records: list[JournalRecord] = []
         seq = 1
         while True:
-            batch, more = await self.read_batch(subject, seq, 256)
+            batch, more = await self.read_batch(invocation_id, seq, 256)
             records.extend(batch)
             if not more or not batch:
                 return records
             seq = batch[-1].seq + 1
 
     async def read_batch(
-        self, subject: str, start: int, batch: int
+        self, invocation_id: str, start: int, batch: int
     ) -> tuple[list[JournalRecord], bool]:
-        """Up to ``batch`` entries of a journal subject from ``start`` on, and whether more
-        may follow.
+        """Up to ``batch`` entries of a journal from stream sequence ``start`` on, and
+        whether more may follow.
 
         Raises:
             CorruptJournalError: a message is not a journal entry.
         """
-        msgs, more = await self._gets.batch(self._link.names.journal_stream, subject, start, batch)
+        names = self._link.names
+        subject = names.journal_subject(invocation_id)
+        msgs, more = await self._gets.batch(
+            names.journal_stream_of(invocation_id), subject, start, batch
+        )
         out = []
         for msg in msgs:
             hdrs = msg.headers or {}
@@ -120,7 +123,8 @@ class Journals:
         """The first 256 messages of a journal as stored: ``(sequence, bytes)``."""
         link = self._link
         subject = link.names.journal_subject(invocation_id)
-        msgs, _ = await self._gets.batch(link.names.journal_stream, subject, 1, 256)
+        stream = link.names.journal_stream_of(invocation_id)
+        msgs, _ = await self._gets.batch(stream, subject, 1, 256)
         return [(int((m.headers or {})["Nats-Sequence"]), m.data) for m in msgs]
 
     async def append(
@@ -170,7 +174,7 @@ class Journals:
         link = self._link
         subject = link.names.journal_subject(invocation_id)
         try:
-            last = await link.js.get_last_msg(link.names.journal_stream, subject)
+            last = await link.js.get_last_msg(link.names.journal_stream_of(invocation_id), subject)
         except nats.js.errors.NotFoundError:
             # Seen under load on the 3-node cluster (a leader change between the two
             # requests): nothing of ours is there, so it is a conflict: read and retry.
@@ -230,7 +234,8 @@ class Journals:
 
         async def purge() -> None:
             await link.js.purge_stream(
-                link.names.journal_stream, subject=link.names.journal_subject(invocation_id)
+                link.names.journal_stream_of(invocation_id),
+                subject=link.names.journal_subject(invocation_id),
             )
 
         await link.retry(f"purge journal of {invocation_id}", purge)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import time
 from typing import Any
@@ -25,11 +26,16 @@ from nats.js.api import (
 )
 from nats.js.kv import KeyValue
 
+from durable_core._naming import Names
 from durable_core._transport.connection import Link
 from durable_core._transport.errors import check_created_elsewhere
 from durable_core.errors import ConfigError, EngineNotFoundError
 
-__all__ = ["Provisioner"]
+__all__ = ["Provisioner", "spread_leaders", "stored_shards"]
+
+# The command stream's metadata key holding the number of shards (of the journal streams and
+# the state buckets) the engine was made with (absent on an engine made before shards: one).
+_SHARDS_KEY = "durable.shards"
 
 log = logging.getLogger("durable_core.transport")
 
@@ -42,9 +48,10 @@ class Provisioner:
 
     # -- binding ---------------------------------------------------------------------------
 
-    async def bind(self, *, wait: float = 0.0) -> KeyValue:
-        """Wait up to ``wait`` seconds for the engine's streams and state bucket; take the
-        replicas and the payload limit from the stored command stream; the state bucket.
+    async def bind(self, *, wait: float = 0.0) -> list[KeyValue]:
+        """Wait up to ``wait`` seconds for the engine's streams and state buckets; take the
+        replicas, the payload limit and the shards from the stored command stream; the state
+        buckets (one per shard).
 
         Raises:
             EngineNotFoundError: they do not exist.
@@ -70,32 +77,44 @@ class Provisioner:
             await asyncio.sleep(min(1.0, max(deadline - time.monotonic(), 0.0)))
         assert info is not None
         stored = info.config
-        changes: dict[str, Any] = {"replicas": stored.num_replicas or link.engine.replicas}
+        changes: dict[str, Any] = {
+            "replicas": stored.num_replicas or link.engine.replicas,
+            "shards": stored_shards(stored),
+        }
         if stored.max_msg_size and stored.max_msg_size > 64 * 1024:
             changes["max_payload"] = max(stored.max_msg_size - 64 * 1024, 1024)
         link.engine = dataclasses.replace(link.engine, **changes)
-        return await link.retry("bind state bucket", lambda: link.js.key_value(n.state_bucket))
+        buckets = []
+        for name in link.names.state_buckets:
+
+            async def bind(name: str = name) -> KeyValue:
+                return await link.js.key_value(name)
+
+            buckets.append(await link.retry(f"bind state bucket {name}", bind))
+        return buckets
 
     async def _engine_streams(self) -> tuple[list[str], Any]:
-        """The names of the engine's streams that do not exist, and the command stream's info."""
+        """The names of the engine's streams that do not exist, and the command stream's info
+        (which says how many shards the journal and the state have)."""
+        n = self._link.names
+        info = await self._info(n.command_stream)
+        if info is None:
+            return [n.command_stream], None
+        sharded = Names(n.prefix, stored_shards(info.config))
+        wanted = sharded.journal_streams + [f"KV_{b}" for b in sharded.state_buckets]
+        return [s for s in wanted if await self._info(s) is None], info
+
+    async def _info(self, stream: str) -> Any:
+        """The stream's info; None if there is no such stream."""
         link = self._link
-        n = link.names
-        missing: list[str] = []
-        info = None
-        for name in (n.command_stream, n.journal_stream, f"KV_{n.state_bucket}"):
 
-            async def look(name: str = name) -> Any:
-                try:
-                    return await link.js.stream_info(name)
-                except nats.js.errors.NotFoundError:
-                    return None
+        async def look() -> Any:
+            try:
+                return await link.js.stream_info(stream)
+            except nats.js.errors.NotFoundError:
+                return None
 
-            found = await link.retry(f"look up stream {name}", look)
-            if found is None:
-                missing.append(name)
-            elif name == n.command_stream:
-                info = found
-        return missing, info
+        return await link.retry(f"look up stream {stream}", look)
 
     async def bind_bucket(self, bucket: str, what: str) -> KeyValue:
         """Bind a bucket that a processor creates (never create it here)."""
@@ -104,9 +123,9 @@ class Provisioner:
 
     # -- creating --------------------------------------------------------------------------
 
-    async def infrastructure(self, *, strict: bool = True) -> tuple[KeyValue, KeyValue]:
+    async def infrastructure(self, *, strict: bool = True) -> tuple[list[KeyValue], KeyValue]:
         """Create the command and journal streams, the state and key buckets, or verify
-        them; the state and key buckets."""
+        them; the state buckets (one per shard) and the key bucket."""
         n, e = self._link.names, self._link.engine
         max_msg = e.max_payload + 64 * 1024
         await self._ensure_stream(
@@ -123,29 +142,61 @@ class Provisioner:
                 duplicate_window=e.duplicate_window.total_seconds(),
                 max_msg_size=max_msg,
                 discard=DiscardPolicy.OLD,
+                metadata={_SHARDS_KEY: str(e.shards)},
             ),
         )
-        await self._ensure_stream(
-            strict,
-            StreamConfig(
-                name=n.journal_stream,
-                description="durable: one subject per invocation, one message per journal entry",
-                subjects=[n.journal_subjects],
-                retention=RetentionPolicy.LIMITS,
-                storage=StorageType.FILE,
-                num_replicas=e.replicas,
-                duplicate_window=e.duplicate_window.total_seconds(),
-                max_msg_size=max_msg,
-                allow_direct=True,
-                allow_atomic=True,  # a run's last step and its final entry in one batch
-                discard=DiscardPolicy.OLD,
-            ),
-        )
-        state = await self._ensure_state_bucket(strict)
+        await self._check_shards(strict)
+        n, e = self._link.names, self._link.engine  # the stored number of shards (not strict)
+        for shard, stream in enumerate(n.journal_streams):
+            what = "durable: one subject per invocation, one message per journal entry"
+            if e.shards > 1:
+                what += f" (shard {shard} of {e.shards})"
+            await self._ensure_stream(
+                strict,
+                StreamConfig(
+                    name=stream,
+                    description=what,
+                    subjects=[n.journal_shard_subjects(shard)],
+                    retention=RetentionPolicy.LIMITS,
+                    storage=StorageType.FILE,
+                    num_replicas=e.replicas,
+                    duplicate_window=e.duplicate_window.total_seconds(),
+                    max_msg_size=max_msg,
+                    allow_direct=True,
+                    allow_atomic=True,  # a run's last step and its final entry in one batch
+                    discard=DiscardPolicy.OLD,
+                ),
+            )
+        states = [await self._ensure_state_bucket(strict, b) for b in n.state_buckets]
+        if e.shards > 1 and e.replicas > 1:
+            # Each kind's leaders over the nodes (a journal shard's and a state shard's may
+            # share a node: both are written once or twice per invocation).
+            await spread_leaders(self._link, n.journal_streams)
+            await spread_leaders(self._link, [f"KV_{b}" for b in n.state_buckets])
         keys = await self.bucket(
             n.keys_bucket, "durable: holder and waiting list of each partition key"
         )
-        return state, keys
+        return states, keys
+
+    async def _check_shards(self, strict: bool) -> None:
+        """Refuse (``strict``: a processor) a number of shards other than the one the engine
+        was made with, or take the stored one."""
+        link = self._link
+        info = await link.retry(
+            "look up the command stream",
+            lambda: link.js.stream_info(link.names.command_stream),
+        )
+        stored = stored_shards(info.config)
+        if stored == link.engine.shards:
+            return
+        if strict:
+            raise ConfigError(
+                f"engine {link.names.prefix!r} was made with {stored} shard(s); this processor "
+                f"is configured with {link.engine.shards}. The number cannot change on a live "
+                "engine (each invocation's journal and state stay in the shard its id hashes "
+                "to): configure the stored number, or start a new engine under another prefix"
+            )
+        link.engine = dataclasses.replace(link.engine, shards=stored)
 
     async def _ensure_stream(self, strict: bool, want: StreamConfig) -> None:
         assert want.name is not None
@@ -200,18 +251,18 @@ class Provisioner:
 
         await self._link.retry(f"set up stream {want.name}", create)
 
-    async def _ensure_state_bucket(self, strict: bool) -> KeyValue:
+    async def _ensure_state_bucket(self, strict: bool, bucket: str) -> KeyValue:
         link = self._link
         n, e, js = link.names, link.engine, link.js
         want = KeyValueConfig(
-            bucket=n.state_bucket,
+            bucket=bucket,
             description="durable: execution state by invocation id",
             history=1,
             replicas=e.replicas,
             storage=StorageType.FILE,
             max_value_size=e.max_payload * 2 + 64 * 1024,
             republish=RePublish(
-                src=f"$KV.{n.state_bucket}.>", dest=f"{n.prefix}.state.>", headers_only=False
+                src=f"$KV.{bucket}.>", dest=f"{n.prefix}.state.>", headers_only=False
             ),
             # Reads go to the stream leader: a follower answering a direct get may not have
             # the latest write yet, and a stale state would mislead a processor or a client.
@@ -220,17 +271,17 @@ class Provisioner:
 
         async def create() -> KeyValue:
             try:
-                info = await js.stream_info(f"KV_{n.state_bucket}")
+                info = await js.stream_info(f"KV_{bucket}")
             except nats.js.errors.NotFoundError:
                 try:
                     await js.create_key_value(want)
-                    log.info("created KV bucket %s (replicas=%d)", n.state_bucket, e.replicas)
+                    log.info("created KV bucket %s (replicas=%d)", bucket, e.replicas)
                 except nats.js.errors.BadRequestError as err:
                     check_created_elsewhere(err, f"KV bucket {want.bucket}")
-                info = await js.stream_info(f"KV_{n.state_bucket}")
+                info = await js.stream_info(f"KV_{bucket}")
             if strict:
                 _check_same(
-                    f"KV bucket {n.state_bucket}",
+                    f"KV bucket {bucket}",
                     {
                         "replicas": info.config.num_replicas,
                         "history": info.config.max_msgs_per_subject,
@@ -244,10 +295,10 @@ class Provisioner:
                 # itself: the bucket does not keep one marker per invocation ever run.
                 info.config.allow_msg_ttl = True
                 await js.update_stream(info.config)
-                log.info("updated KV bucket %s: reads from the leader, TTLs", n.state_bucket)
-            return await js.key_value(n.state_bucket)
+                log.info("updated KV bucket %s: reads from the leader, TTLs", bucket)
+            return await js.key_value(bucket)
 
-        return await link.retry("set up state bucket", create)
+        return await link.retry(f"set up state bucket {bucket}", create)
 
     async def bucket(
         self, name: str, description: str, *, ttl: float | None = None, msg_ttl: bool = False
@@ -328,3 +379,61 @@ def _check_same(what: str, have: dict[str, Any], want: dict[str, Any]) -> None:
             f"existing {what} does not match the configuration: {'; '.join(diffs)}. "
             "Change the settings to match, or delete it (its data goes with it) to recreate it."
         )
+
+
+def stored_shards(config: StreamConfig) -> int:
+    """The number of shards a command stream's metadata records (one if none)."""
+    raw = (config.metadata or {}).get(_SHARDS_KEY, "1")
+    try:
+        shards = int(raw)
+    except ValueError:
+        raise ConfigError(
+            f"stream {config.name} says {_SHARDS_KEY}={raw!r}: not a number of shards"
+        ) from None
+    return max(shards, 1)
+
+
+async def spread_leaders(link: Link, streams: list[str]) -> dict[str, str]:
+    """Move stream leaders so that no node leads two of ``streams`` while another leads none
+    (best effort: a leader change asked for with a preferred node, nats-server >= 2.11);
+    the leader of each stream as it ends up."""
+    js = link.js
+
+    async def leaders() -> tuple[dict[str, str], set[str]]:
+        out: dict[str, str] = {}
+        nodes: set[str] = set()
+        for stream in streams:
+            info = await js.stream_info(stream)
+            cluster = info.cluster
+            if cluster is None or not cluster.leader:
+                continue
+            out[stream] = cluster.leader
+            nodes.add(cluster.leader)
+            nodes.update(r.name for r in cluster.replicas or [] if r.name)
+        return out, nodes
+
+    for _ in range(len(streams)):
+        led, nodes = await link.retry("look up stream leaders", leaders)
+        counts = {node: 0 for node in nodes}
+        for node in led.values():
+            counts[node] += 1
+        idle = sorted(node for node, c in counts.items() if c == 0)
+        busy = sorted((s for s in led if counts[led[s]] > 1), key=lambda s: s)
+        if not idle or not busy:
+            return led
+        stream, to = busy[-1], idle[0]
+        req = json.dumps({"placement": {"preferred": to}}).encode()
+        try:
+            await link.nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}", req, timeout=5.0)
+        except Exception as e:  # noqa: BLE001 - spreading is an optimisation, never a failure
+            log.info("could not move the leader of %s to %s: %s", stream, to, e)
+            return led
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            now, _ = await link.retry("look up stream leaders", leaders)
+            if now.get(stream) and now[stream] != led[stream]:
+                break
+        log.info("moved the leader of %s from %s towards %s", stream, led[stream], to)
+    led, _ = await link.retry("look up stream leaders", leaders)
+    return led

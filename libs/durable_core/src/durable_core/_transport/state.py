@@ -3,6 +3,7 @@ read from the bucket's leader, expired to a delete marker that notes how the exe
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -40,16 +41,19 @@ class StateRecord:
 
 
 class States:
-    """The state bucket: one execution state per invocation id."""
+    """The state buckets (one per shard): one execution state per invocation id, in the
+    bucket its id hashes to."""
 
     def __init__(self, link: Link) -> None:
         self._link = link
-        self.kv: KeyValue | None = None  # bound by the facade (created or found)
+        self.kvs: list[KeyValue] = []  # bound by the facade (created or found), one per shard
 
     def bucket(self) -> KeyValue:
-        """The bound state bucket."""
-        assert self.kv is not None, "transport not set up"
-        return self.kv
+        """The bound state bucket of an engine with one shard."""
+        assert self.kvs, "transport not set up"
+        if len(self.kvs) > 1:
+            raise RuntimeError("the state is sharded: no single bucket (see Names.state_bucket_of)")
+        return self.kvs[0]
 
     async def get(self, invocation_id: str) -> StateRecord | None:
         """The current state of an invocation, or None if there is none."""
@@ -69,7 +73,7 @@ class States:
         (but without parsing headers as e-mail): ``(None, 0)`` if there never was one,
         ``(None, revision)`` if it was deleted (an expired execution)."""
         link = self._link
-        bucket = link.names.state_bucket
+        bucket = link.names.state_bucket_of(invocation_id)
         req = json.dumps({"last_by_subj": f"$KV.{bucket}.{invocation_id}"}).encode()
         msg = await link.nc.request(f"$JS.API.STREAM.MSG.GET.KV_{bucket}", req, timeout=5.0)
         resp = json.loads(msg.data)
@@ -89,7 +93,7 @@ class States:
 
         Raises nats.js.errors.KeyWrongLastSequenceError when it is not.
         """
-        subject = f"$KV.{self._link.names.state_bucket}.{invocation_id}"
+        subject = f"$KV.{self._link.names.state_bucket_of(invocation_id)}.{invocation_id}"
         try:
             seq, _ = await self._link.publish(
                 subject, data, {"Nats-Expected-Last-Subject-Sequence": str(last)}
@@ -151,7 +155,8 @@ class States:
         Yields ``(invocation_id, record)``, with ``record`` None when the state was deleted or
         expired. Backed by a KV watch (an ordered consumer), never by a scan of keys.
         """
-        async for item in watch_bucket(self.bucket()):
+        assert self.kvs, "transport not set up"
+        async for item in _merged([watch_bucket(kv) for kv in self.kvs]):
             if item is None:
                 yield None
                 continue
@@ -172,15 +177,17 @@ class States:
         ``keys()``, whose watcher can report "no keys" early while a new ordered consumer
         catches up)."""
         link = self._link
-        bucket = link.names.state_bucket
-        prefix = f"$KV.{bucket}."
+        out: list[str] = []
+        for bucket in link.names.state_buckets:
+            prefix = f"$KV.{bucket}."
 
-        async def subjects() -> dict[str, int]:
-            info = await link.js.stream_info(f"KV_{bucket}", subjects_filter=f"{prefix}>")
-            return info.state.subjects or {}
+            async def subjects(bucket: str = bucket, prefix: str = prefix) -> dict[str, int]:
+                info = await link.js.stream_info(f"KV_{bucket}", subjects_filter=f"{prefix}>")
+                return info.state.subjects or {}
 
-        found = await link.retry("list states", subjects)
-        return [subject.removeprefix(prefix) for subject in found]
+            found = await link.retry("list states", subjects)
+            out += [subject.removeprefix(prefix) for subject in found]
+        return out
 
     async def expire(self, rec: StateRecord, now_ms: int, note_ttl_s: int = 0) -> bool:
         """Replace a finished execution's state by a delete marker noting how it ended, if it
@@ -194,7 +201,7 @@ class States:
             "expired_at_ms": now_ms,
             "workflow": st.workflow,
         }
-        subject = f"$KV.{link.names.state_bucket}.{st.invocation_id}"
+        subject = f"$KV.{link.names.state_bucket_of(st.invocation_id)}.{st.invocation_id}"
         headers = {
             "KV-Operation": "DEL",
             "Nats-Expected-Last-Subject-Sequence": str(rec.revision),
@@ -221,11 +228,12 @@ class States:
     async def expiry_note(self, invocation_id: str) -> dict[str, Any] | None:
         """What :meth:`expire` noted about an expired invocation, if it expired."""
         link = self._link
-        subject = f"$KV.{link.names.state_bucket}.{invocation_id}"
+        bucket = link.names.state_bucket_of(invocation_id)
+        subject = f"$KV.{bucket}.{invocation_id}"
 
         async def get() -> dict[str, Any] | None:
             try:
-                msg = await link.js.get_last_msg(f"KV_{link.names.state_bucket}", subject)
+                msg = await link.js.get_last_msg(f"KV_{bucket}", subject)
             except nats.js.errors.NotFoundError:
                 return None
             raw = (msg.headers or {}).get(EXPIRED_HEADER)
@@ -238,6 +246,43 @@ class States:
             return note if isinstance(note, dict) else None
 
         return await link.retry(f"read expiry of {invocation_id}", get)
+
+
+async def _merged(
+    watches: list[AsyncIterator[tuple[str, bytes | None, int] | None]],
+) -> AsyncIterator[tuple[str, bytes | None, int] | None]:
+    """Several bucket watches as one: every entry of each as it comes, and one ``None`` once
+    all of them have caught up (each says so once)."""
+    if len(watches) == 1:
+        async for item in watches[0]:
+            yield item
+        return
+    queue: asyncio.Queue[tuple[BaseException | None, Any]] = asyncio.Queue()
+
+    async def pump(watch: AsyncIterator[Any]) -> None:
+        try:
+            async for item in watch:
+                queue.put_nowait((None, item))
+        except Exception as e:  # noqa: BLE001 - handed to the reader, which raises it
+            queue.put_nowait((e, None))
+
+    tasks = [asyncio.create_task(pump(w)) for w in watches]
+    behind = len(watches)
+    try:
+        while True:
+            error, item = await queue.get()
+            if error is not None:
+                raise error
+            if item is None:
+                behind -= 1
+                if behind == 0:
+                    yield None
+                continue
+            yield item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _kv_deleted(hdrs: str | None) -> bool:
