@@ -317,6 +317,7 @@ def test_deeply_nested_cursor_is_400(api: Any) -> None:
 @example(invocation_id="ok-1")
 @example(invocation_id="x" * 129)
 @example(invocation_id=" ")
+@example(invocation_id="/")  # decodes to /api/executions//: the list answered, after a 307
 def test_detail_answers_for_any_id(api: Any, invocation_id: str) -> None:
     tc, _ = api
     resp = tc.get("/api/executions/" + quote(invocation_id, safe=""))

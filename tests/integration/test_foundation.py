@@ -263,11 +263,19 @@ async def test_malformed_command_is_terminated_and_processor_keeps_serving(
 
 
 async def test_watch_executions_gives_a_snapshot_then_changes(
-    stack: ProcessStack, client: Client
+    stack: ProcessStack, client: Client, transport: Transport
 ) -> None:
     stack.start_service()
     stack.start_processor("p1")
     first = await client.invoke("hello_workflow", {"name": "A"}, timeout=30)
+
+    async def summary_completed() -> bool:
+        # The result notice comes one write before the final state (the README's
+        # architecture): a snapshot taken between the two showed it RUNNING (CI, once).
+        rec = await transport.get_state(first.invocation_id)
+        return rec is not None and rec.state.status == pb.STATUS_COMPLETED
+
+    await assert_eventually_async(summary_completed, 10, "the final state written")
     seen: list[Any] = []
 
     async def watch() -> None:

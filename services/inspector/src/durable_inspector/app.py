@@ -119,6 +119,10 @@ def create_app(
         },
         lifespan=lifespan,
     )
+    # No redirect to the path without its trailing slash: an id that decodes to "/" (GET
+    # /api/executions/%2F, found by the hostile tests) was answered with the list, after a 307;
+    # a path that names nothing is a 404.
+    app.router.redirect_slashes = False
     app.state.inspector = rt
     app.state.metrics = metrics
     return app

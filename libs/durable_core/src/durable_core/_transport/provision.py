@@ -424,16 +424,22 @@ async def spread_leaders(link: Link, streams: list[str]) -> dict[str, str]:
         stream, to = busy[-1], idle[0]
         req = json.dumps({"placement": {"preferred": to}}).encode()
         try:
-            await link.nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}", req, timeout=5.0)
+            msg = await link.nc.request(
+                f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}", req, timeout=5.0
+            )
+            error = json.loads(msg.data).get("error")
         except Exception as e:  # noqa: BLE001 - spreading is an optimisation, never a failure
-            log.info("could not move the leader of %s to %s: %s", stream, to, e)
+            error = f"{type(e).__name__}: {e}"
+        if error:
+            log.info("could not move the leader of %s to %s: %s", stream, to, error)
             return led
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+        now = led
+        while time.monotonic() < deadline and now.get(stream) in (None, led[stream]):
             await asyncio.sleep(0.2)
             now, _ = await link.retry("look up stream leaders", leaders)
-            if now.get(stream) and now[stream] != led[stream]:
-                break
-        log.info("moved the leader of %s from %s towards %s", stream, led[stream], to)
+        log.info(
+            "leader of %s: %s, now %s (asked for %s)", stream, led[stream], now.get(stream), to
+        )
     led, _ = await link.retry("look up stream leaders", leaders)
     return led

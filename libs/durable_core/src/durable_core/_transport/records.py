@@ -10,7 +10,7 @@ answer would mislead.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Literal
 
 import nats.errors
@@ -143,14 +143,26 @@ class RecordStore:
             await self._link.retry(f"delete {what}", delete)
 
     async def keys(self, what: str) -> list[str]:
-        """The keys of every record."""
+        """The keys of every record, from a snapshot read to its end (see :func:`watch_bucket`;
+        nats-py's ``keys()`` could say "no keys" before the first arrived: a schedule just
+        created was missing from the list, seen in CI)."""
         kv = await self.bucket()
 
         async def keys() -> list[str]:
+            found: dict[str, None] = {}
+            snapshot = watch_bucket(kv)
             try:
-                return list(await kv.keys())
-            except nats.js.errors.NoKeysError:
-                return []
+                async for item in snapshot:
+                    if item is None:
+                        break
+                    key, value, _ = item
+                    if value is None:
+                        found.pop(key, None)
+                    else:
+                        found[key] = None
+            finally:
+                await snapshot.aclose()
+            return list(found)
 
         return await self._link.retry(f"list {what}", keys)
 
@@ -161,7 +173,9 @@ class RecordStore:
             yield item
 
 
-async def watch_bucket(kv: KeyValue) -> AsyncIterator[tuple[str, bytes | None, int] | None]:
+async def watch_bucket(
+    kv: KeyValue,
+) -> AsyncGenerator[tuple[str, bytes | None, int] | None, None]:
     """Every key of a bucket now, then ``None`` once caught up, then every change, as
     ``(key, value, revision)`` with ``value`` None for a deleted key.
 
