@@ -111,7 +111,7 @@ class Names:
 
     def _shard(self, base: str, invocation_id: str) -> str:
         """The one of ``_sharded(base)`` that holds ``invocation_id``."""
-        return self._sharded(base)[shard_of(invocation_id, self.shards)]
+        return base if self.shards == 1 else f"{base}_{shard_of(invocation_id, self.shards)}"
 
     @property
     def journal_stream(self) -> str:

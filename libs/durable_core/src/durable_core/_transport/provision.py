@@ -128,7 +128,7 @@ class Provisioner:
         them; the state buckets (one per shard) and the key bucket."""
         n, e = self._link.names, self._link.engine
         max_msg = e.max_payload + 64 * 1024
-        await self._ensure_stream(
+        commands = await self._ensure_stream(
             strict,
             StreamConfig(
                 name=n.command_stream,
@@ -145,7 +145,7 @@ class Provisioner:
                 metadata={_SHARDS_KEY: str(e.shards)},
             ),
         )
-        await self._check_shards(strict)
+        self._check_shards(strict, stored_shards(commands))
         n, e = self._link.names, self._link.engine  # the stored number of shards (not strict)
         for shard, stream in enumerate(n.journal_streams):
             what = "durable: one subject per invocation, one message per journal entry"
@@ -178,15 +178,10 @@ class Provisioner:
         )
         return states, keys
 
-    async def _check_shards(self, strict: bool) -> None:
-        """Refuse (``strict``: a processor) a number of shards other than the one the engine
-        was made with, or take the stored one."""
+    def _check_shards(self, strict: bool, stored: int) -> None:
+        """Refuse (``strict``: a processor) a number of shards other than ``stored``, the one
+        the engine was made with, or take the stored one."""
         link = self._link
-        info = await link.retry(
-            "look up the command stream",
-            lambda: link.js.stream_info(link.names.command_stream),
-        )
-        stored = stored_shards(info.config)
         if stored == link.engine.shards:
             return
         if strict:
@@ -198,18 +193,19 @@ class Provisioner:
             )
         link.engine = dataclasses.replace(link.engine, shards=stored)
 
-    async def _ensure_stream(self, strict: bool, want: StreamConfig) -> None:
+    async def _ensure_stream(self, strict: bool, want: StreamConfig) -> StreamConfig:
+        """Create the stream, or check and update the one there; its configuration."""
         assert want.name is not None
         js = self._link.js
 
-        async def create() -> None:
+        async def create() -> StreamConfig:
             try:
                 info = await js.stream_info(want.name)  # type: ignore[arg-type]
             except nats.js.errors.NotFoundError:
                 try:
                     await js.add_stream(want)
                     log.info("created stream %s (replicas=%d)", want.name, want.num_replicas)
-                    return
+                    return want
                 except nats.js.errors.BadRequestError as e:
                     check_created_elsewhere(e, f"stream {want.name}")
                 info = await js.stream_info(want.name)  # type: ignore[arg-type]
@@ -248,8 +244,9 @@ class Provisioner:
                     want.name,
                     missing,
                 )
+            return have
 
-        await self._link.retry(f"set up stream {want.name}", create)
+        return await self._link.retry(f"set up stream {want.name}", create)
 
     async def _ensure_state_bucket(self, strict: bool, bucket: str) -> KeyValue:
         link = self._link
