@@ -116,7 +116,7 @@ class MemoryTransport:
         return None  # no descriptors stored
 
     async def read_journal(
-        self, invocation_id: str, *, min_seq: int = 0, min_entries: int = 0
+        self, invocation_id: str, *, min_seq: int = 0, min_entries: int = 0, current: bool = False
     ) -> list[JournalRecord]:
         entries = self.journals.get(invocation_id, [])
         return [JournalRecord(e, i, f"m{i}") for i, e in enumerate(entries, start=1)]

@@ -302,10 +302,12 @@ class Transport:
     # -- journals --------------------------------------------------------------------------
 
     async def read_journal(
-        self, invocation_id: str, *, min_seq: int = 0, min_entries: int = 0
+        self, invocation_id: str, *, min_seq: int = 0, min_entries: int = 0, current: bool = False
     ) -> list[JournalRecord]:
         """Every entry of an invocation's journal (see Journals.read)."""
-        return await self._journals.read(invocation_id, min_seq=min_seq, min_entries=min_entries)
+        return await self._journals.read(
+            invocation_id, min_seq=min_seq, min_entries=min_entries, current=current
+        )
 
     async def append(
         self, invocation_id: str, entry: pb.JournalEntry, expected_seq: int, msg_id: str

@@ -54,16 +54,20 @@ class Journals:
         self._gets = gets
 
     async def read(
-        self, invocation_id: str, *, min_seq: int = 0, min_entries: int = 0
+        self, invocation_id: str, *, min_seq: int = 0, min_entries: int = 0, current: bool = False
     ) -> list[JournalRecord]:
         """Read every entry of an invocation's journal in one batched direct get.
 
         Direct gets may be answered by a follower that lags by a few milliseconds. When the
         caller knows the journal holds at least ``min_seq`` (a wake-up, a failed append) or
         ``min_entries`` (the state's journal length), a shorter read is stale and is retried.
+        ``current``: at least up to the last entry the stream's leader has now (one request
+        more: what an operator is shown must not trail what a waiting client was told).
         """
         link = self._link
         deadline = link.deadline()
+        if current:
+            min_seq = max(min_seq, await self._last_seq(invocation_id))
         while True:
             records = await link.retry(
                 f"read journal of {invocation_id}", lambda: self._read_all(invocation_id), deadline
@@ -166,6 +170,20 @@ class Journals:
             raise NatsUnavailableError(
                 link.nats_cfg.servers, f"{what}: {type(e).__name__} {e}"
             ) from e
+
+    async def _last_seq(self, invocation_id: str) -> int:
+        """The sequence of the journal's last entry as the stream's leader has it (0: none)."""
+        link = self._link
+        stream = link.names.journal_stream_of(invocation_id)
+        subject = link.names.journal_subject(invocation_id)
+
+        async def last() -> int:
+            try:
+                return int((await link.js.get_last_msg(stream, subject)).seq or 0)
+            except nats.js.errors.NotFoundError:
+                return 0
+
+        return await link.retry(f"read journal of {invocation_id}", last)
 
     async def _landed(self, invocation_id: str, expected_seq: int, msg_id: str) -> int:
         """After a "wrong last sequence" (or a batch's "duplicate id"): the sequence of our

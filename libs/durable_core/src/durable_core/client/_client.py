@@ -445,7 +445,11 @@ class Client:
             NotFoundError: no invocation has this id (ExpiredError once it expired).
         """
         rec = await lifecycle.state_of(self._t, invocation_id)
-        records = await self._t.read_journal(invocation_id, min_entries=rec.state.journal_length)
+        # As the leader has it now: `durable invoke` shows this view right after the result
+        # notice, and a lagging follower showed a completed invocation RUNNING (CI, Helm pods).
+        records = await self._t.read_journal(
+            invocation_id, min_entries=rec.state.journal_length, current=True
+        )
         entries = [r.entry for r in records]
         # Protobuf payloads of types not imported here decode with the fleet's descriptors.
         await self._types.load(self._t, _protobuf_types(rec.state, entries))
