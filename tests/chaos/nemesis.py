@@ -129,12 +129,16 @@ class Nemesis:
         log: Callable[[str], None] = print,
     ) -> Nemesis:
         """The nemesis of one run: seeded, aimed at the leaders of the engine's command
-        stream, journal stream and state bucket."""
+        streams, journal streams and state buckets (one of each per shard)."""
         return cls(
             random.Random(seed),
             cc.cluster,
             system,
-            [names.command_stream, names.journal_stream, f"KV_{names.state_bucket}"],
+            [
+                *names.command_streams,
+                *names.journal_streams,
+                *(f"KV_{b}" for b in names.state_buckets),
+            ],
             net=cc.net,
             no_partition_reason=cc.no_partition_reason,
             log=log,

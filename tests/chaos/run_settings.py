@@ -4,7 +4,8 @@ fixture hands a run.
 Settings (environment): ``CHAOS_N`` invocations (100; ``make chaos`` runs 1,000),
 ``CHAOS_SEED`` (random when unset; printed), ``CHAOS_DURATION`` seconds over which the N are
 offered (``max(60, 0.36 * N)``), ``CHAOS_DRAIN_TIMEOUT`` seconds to wait for the last ones after
-the last fault (120), ``CHAOS_KEEP`` (keep the run's logs even when it passes).
+the last fault (120), ``CHAOS_SHARDS`` the engine's shards (1), ``CHAOS_KEEP`` (keep the run's
+logs even when it passes).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class ChaosSettings:
     seed: int
     duration: float
     drain_timeout: float
+    shards: int = 1
 
     @classmethod
     def from_env(cls) -> ChaosSettings:
@@ -32,7 +34,8 @@ class ChaosSettings:
         seed = int(seed_text) if seed_text else secrets.randbelow(2**31)
         duration = float(os.environ.get("CHAOS_DURATION") or max(60.0, 0.36 * n))
         drain = float(os.environ.get("CHAOS_DRAIN_TIMEOUT") or 120.0)
-        return cls(n=n, seed=seed, duration=duration, drain_timeout=drain)
+        shards = int(os.environ.get("CHAOS_SHARDS") or 1)
+        return cls(n=n, seed=seed, duration=duration, drain_timeout=drain, shards=shards)
 
     @property
     def timeout(self) -> float:

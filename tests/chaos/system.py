@@ -49,6 +49,7 @@ class System:
         schedulers: tuple[str, ...] = SCHEDULERS,
         scheduler_env: dict[str, str] | None = None,
         plugins: Mapping[str, str] | None = None,
+        shards: int = 1,
     ) -> None:
         self.cluster = cluster
         self.prefix = prefix
@@ -59,6 +60,7 @@ class System:
         self.schedulers = schedulers
         self.scheduler_env = dict(scheduler_env or {})
         self.plugins = dict(plugins or {})
+        self.shards = shards
         self.service_port = free_port()
         self.procs: dict[str, ChildProcess] = {}
         self._incarnation: dict[str, int] = {}
@@ -76,6 +78,7 @@ class System:
             "DURABLE_NATS_URL": url,
             "DURABLE_PREFIX": self.prefix,
             "DURABLE_REPLICAS": "3",
+            "DURABLE_SHARDS": str(self.shards),
             "DURABLE_METRICS_PORT": "0",
             "DURABLE_LOG_LEVEL": "INFO",
         }

@@ -181,10 +181,11 @@ async def _scenario(
     cluster = cc.cluster
     say(
         f"seed={s.seed} (CHAOS_SEED={s.seed} replays this schedule) N={scenario.n} "
+        f"shards={s.shards} "
         f"offered over {scenario.duration:.0f}s; cluster {cluster.url}; logs in {run_dir}"
     )
     prefix = "chaos" + uuid.uuid4().hex[:8]
-    engine = EngineConfig(prefix=prefix, replicas=3)
+    engine = EngineConfig(prefix=prefix, replicas=3, shards=s.shards)
     record_file = run_dir / "order-service-calls.jsonl"
     system = System(
         cluster,
@@ -195,6 +196,7 @@ async def _scenario(
         ack_wait=5,
         schedulers=scenario.schedulers,
         plugins=scenario.plugins,
+        shards=s.shards,
     )
     # The streams are created as the processors will (R3); clients only use them.
     transport = await Transport.connect(NatsConfig.from_url(cluster.url), engine, create=True)

@@ -124,14 +124,11 @@ def consumer_idle(transport: Transport) -> Callable[[], Awaitable[bool]]:
     run caught an unprocessed command that way)."""
 
     async def consumer_idle() -> bool:
-        n = transport.names
-        for _, _, _, info in await transport.routed_consumers("processor"):
+        for _, _, _, stream, info in await transport.routed_consumers("processor"):
             if info.num_ack_pending or info.num_pending:
                 return False
             try:  # the stream leader's newest command (acked ones are gone: a work queue)
-                newest = await transport.js.get_msg(
-                    n.command_stream, subject=info.config.filter_subject
-                )
+                newest = await transport.js.get_msg(stream, subject=info.config.filter_subject)
             except nats.js.errors.NotFoundError:
                 continue
             if info.delivered.stream_seq < (newest.seq or 0):
@@ -168,7 +165,7 @@ def diagnose(
             ]
             lines.append(f"{inv}: {status}; journal {entries}")
         try:
-            for _, workflow, route, info in await transport.routed_consumers("processor"):
+            for _, workflow, route, _, info in await transport.routed_consumers("processor"):
                 if info.num_pending or info.num_ack_pending or info.delivered.consumer_seq:
                     lines.append(
                         f"consumer of {workflow} on {route}: leader "

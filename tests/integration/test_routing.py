@@ -32,7 +32,7 @@ GREET_WORKFLOWS = ["hello_workflow", "delayed_greeting", "greet_later"]
 ORDER_WORKFLOWS = ["order_processing", "cancellable_order", "flaky", "flaky_order"]
 
 
-async def consumers(t: Transport) -> list[tuple[str, str, str, object]]:
+async def consumers(t: Transport) -> list[tuple[str, str, str, str, object]]:
     return await t.routed_consumers("processor")
 
 
@@ -98,7 +98,7 @@ async def test_each_workflow_runs_only_on_processors_that_serve_it(
     assert "invocation" not in none.log().split("consuming", 1)[1]
     # Consumers exist for the workflows served (route any and each version's), none other.
     bound = {
-        (wf, route if route == "any" else "v") for _, wf, route, _ in await consumers(transport)
+        (wf, route if route == "any" else "v") for _, wf, route, _, _ in await consumers(transport)
     }
     assert {wf for wf, _ in bound} == set(GREET_WORKFLOWS + ORDER_WORKFLOWS)
     assert all((wf, "v") in bound for wf, _ in bound)
@@ -181,7 +181,7 @@ async def test_a_timer_fires_into_its_workflows_consumer_and_waits_for_a_process
     assert greet.stop() == 0
 
     async def wake_waits() -> bool:
-        for _, wf, route, info in await consumers(transport):
+        for _, wf, route, _, info in await consumers(transport):
             if wf == "delayed_greeting" and route == "any":
                 return bool(info.num_pending)  # type: ignore[attr-defined]
         return False
@@ -312,5 +312,5 @@ async def test_an_engine_of_the_layout_before_routing_is_refused_until_migrated(
 
     stack.start_service()
     stack.start_processor("p-new", DURABLE_LOAD_PLUGINS=HELLO)
-    assert any(wf == "hello_workflow" for _, wf, _, _ in await consumers(transport))
+    assert any(wf == "hello_workflow" for _, wf, _, _, _ in await consumers(transport))
     await wait_status("old-3", "completed")

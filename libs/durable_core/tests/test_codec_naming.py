@@ -287,6 +287,46 @@ def test_one_shard_keeps_the_names_of_an_engine_made_before_shards() -> None:
     assert three.state_bucket_of("a") == "durable_state_1"  # the journal's shard
 
 
+def test_commands_are_sharded_by_their_partition_key_or_id() -> None:
+    """With one shard a command's subject, stream, timer and number are what they were before
+    shards; with several, a key's commands (of every workflow and route) and timers are in
+    the one shard its key hashes to, and a command's number holds its shard."""
+    one, three = Names("durable"), Names("durable", 3)
+    assert one.command_streams == ["DURABLE_COMMANDS"]
+    assert one.command_stream_of("a") == "DURABLE_COMMANDS"
+    assert one.command_stream_subjects(None) == [
+        "durable.cmd.>",
+        "durable.sched.>",
+        "durable.tick.>",
+    ]
+    assert one.schedule_subject("a.t1", "a") == "durable.sched.a.t1"
+    assert (one.command_seq(0, 17), one.stream_seq_of(17)) == (17, 17)
+
+    assert three.command_streams == [
+        "DURABLE_COMMANDS_0",
+        "DURABLE_COMMANDS_1",
+        "DURABLE_COMMANDS_2",
+    ]
+    assert three.command_stream_of("a") == "DURABLE_COMMANDS_1"  # shard_of("a", 3)
+    key, wf = encode_partition_key("a"), encode_partition_key("w")
+    assert three.command_subject("w", "", "a") == f"durable.cmd.s1.{wf}.any.{key}"
+    assert three.route_of(three.command_subject("w", "v-1", "a")) == ("w", "v-1")
+    assert three.route_of(f"durable.cmd.{wf}.any.{key}") is None  # not a sharded subject
+    assert three.key_subjects("a") == f"durable.cmd.s1.*.*.{key}"
+    assert three.route_subjects("w", "", 2) == f"durable.cmd.s2.{wf}.any.>"
+    assert three.schedule_subject("a.t1", "a") == "durable.sched.s1.a.t1"
+    # The first stream keeps the schedules' firings; each shard its commands and timers.
+    assert three.command_stream_subjects(None) == ["durable.sched.cron.>", "durable.tick.>"]
+    assert three.command_stream_subjects(1) == ["durable.cmd.s1.>", "durable.sched.s1.>"]
+    assert three.cron_subject("nightly").startswith("durable.sched.cron.")
+    # Numbers: unique across shards, in stream order within one, and back again.
+    numbers = [three.command_seq(k, seq) for seq in (1, 2) for k in range(3)]
+    assert len(set(numbers)) == 6
+    assert three.command_seq(1, 5) < three.command_seq(1, 6)
+    assert three.stream_seq_of(three.command_seq(2, 41)) == 41
+    assert three.command_seq(63, 1) < three.command_seq(0, 2)
+
+
 @pytest.mark.parametrize("shards", [0, -1, 65, 1.5, "3", True])
 def test_a_number_of_shards_out_of_range_is_a_config_error(shards: Any) -> None:
     with pytest.raises(ConfigError, match="shards"):

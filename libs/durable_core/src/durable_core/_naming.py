@@ -14,6 +14,9 @@ _WORKFLOW = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,127}")
 _ROUTE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_PARTITION_KEY_BYTES = 1024
 ANY_ROUTE = "any"
+# A command's number with several shards is its stream sequence times this plus its shard
+# (see Names.command_seq): the most shards an engine may have.
+SHARD_SLOTS = 64
 
 
 def check_invocation_id(invocation_id: str) -> str:
@@ -94,16 +97,63 @@ def shard_of(invocation_id: str, shards: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Names:
-    """Every JetStream name the engine uses, derived from one prefix (and the number of
-    shards of the journal and the state: one keeps the names of an engine made before
-    shards)."""
+    """Every JetStream name the engine uses, derived from one prefix and the number of
+    shards (of the commands, the journal and the state: one keeps the names of an engine made
+    before shards).
+
+    With several shards, an invocation's journal and state are in the shard its id hashes to,
+    and a command in the shard its partition key (its invocation id if it has none) hashes
+    to, so that a key's commands stay in one stream, in order. The command stream
+    ``<PREFIX>_COMMANDS`` then holds only the schedules' firings (``sched.cron``, ``tick``)
+    and the engine's metadata; shard ``k``'s commands and timers are in
+    ``<PREFIX>_COMMANDS_<k>``.
+    """
 
     prefix: str
     shards: int = 1
 
     @property
     def command_stream(self) -> str:
+        """The engine's first stream: with one shard, every command, timer and schedule
+        firing; with several, the schedule firings (and the number of shards, always)."""
         return f"{self.prefix.upper()}_COMMANDS"
+
+    @property
+    def command_streams(self) -> list[str]:
+        """The streams that hold commands: ``<PREFIX>_COMMANDS``, or
+        ``<PREFIX>_COMMANDS_<k>`` for each shard ``k`` when there are several."""
+        return self._sharded(self.command_stream)
+
+    def command_shard(self, routing_key: str) -> int:
+        """The shard of the commands routed by ``routing_key`` (a partition key, or the
+        invocation id of a command without one)."""
+        return shard_of(routing_key, self.shards)
+
+    def command_stream_of(self, routing_key: str) -> str:
+        """The stream that holds the commands routed by ``routing_key``."""
+        return self._shard(self.command_stream, routing_key)
+
+    def command_seq(self, shard: int, stream_seq: int) -> int:
+        """A command's number, unique in the engine: its stream sequence with one shard, else
+        ``stream_seq * SHARD_SLOTS + shard`` (runs, leases and the journal's CLAIM entries
+        name a command by it; a key's commands, in one shard, keep their order)."""
+        return stream_seq if self.shards == 1 else stream_seq * SHARD_SLOTS + shard
+
+    def stream_seq_of(self, command_seq: int) -> int:
+        """The stream sequence of a command numbered ``command_seq`` (in its shard)."""
+        return command_seq if self.shards == 1 else command_seq // SHARD_SLOTS
+
+    def command_stream_subjects(self, shard: int | None) -> list[str]:
+        """The subjects of the command stream (``shard`` None) or of command shard ``shard``."""
+        if self.shards == 1:
+            return [self.command_subjects, self.schedule_subjects, self.tick_subjects]
+        if shard is None:
+            return [f"{self.prefix}.sched.cron.>", self.tick_subjects]
+        return [f"{self.prefix}.cmd.s{shard}.>", f"{self.prefix}.sched.s{shard}.>"]
+
+    def _cmd(self, shard: int) -> str:
+        """The subject head of a shard's commands (``<prefix>.cmd`` with one shard)."""
+        return f"{self.prefix}.cmd" if self.shards == 1 else f"{self.prefix}.cmd.s{shard}"
 
     def _sharded(self, base: str) -> list[str]:
         """``base`` with one shard; ``<base>_<k>`` for each shard ``k`` with several."""
@@ -178,13 +228,16 @@ class Names:
         """Every command subject (the stream's), of every workflow and route."""
         return f"{self.prefix}.cmd.>"
 
-    def route_subjects(self, workflow: str, route: str) -> str:
-        """The filter of the consumer of one workflow's commands on one route."""
-        return f"{self.prefix}.cmd.{encode_partition_key(workflow)}.{check_route(route)}.>"
+    def route_subjects(self, workflow: str, route: str, shard: int = 0) -> str:
+        """The filter of the consumer of one workflow's commands on one route (in shard
+        ``shard``)."""
+        wf = encode_partition_key(workflow)
+        return f"{self._cmd(shard)}.{wf}.{check_route(route)}.>"
 
     def key_subjects(self, partition_key: str) -> str:
         """Every command of a partition key, whatever its workflow and route."""
-        return f"{self.prefix}.cmd.*.*.{encode_partition_key(partition_key)}"
+        shard = self.command_shard(partition_key)
+        return f"{self._cmd(shard)}.*.*.{encode_partition_key(partition_key)}"
 
     def route_of(self, subject: str) -> tuple[str, str] | None:
         """``(workflow, route)`` of a routed command subject; None if it is not one."""
@@ -192,6 +245,10 @@ class Names:
         if not subject.startswith(head):
             return None
         parts = subject[len(head) :].split(".")
+        if self.shards > 1:
+            if len(parts) != 4 or not parts[0].startswith("s"):
+                return None
+            parts = parts[1:]
         if len(parts) != 3:
             return None
         try:
@@ -227,15 +284,20 @@ class Names:
         if not workflow:
             raise InvalidInputError("a command must name its workflow (it routes by it)")
         wf = encode_partition_key(check_workflow_name(workflow))
-        return f"{self.prefix}.cmd.{wf}.{check_route(route)}.{encode_partition_key(partition_key)}"
+        key = encode_partition_key(partition_key)
+        return f"{self._cmd(self.command_shard(partition_key))}.{wf}.{check_route(route)}.{key}"
 
     @property
     def schedule_subjects(self) -> str:
         return f"{self.prefix}.sched.>"
 
-    def schedule_subject(self, key: str) -> str:
-        """Subject holding one server-side schedule (a timer or a delayed start)."""
-        return f"{self.prefix}.sched.{key}"
+    def schedule_subject(self, key: str, routing_key: str = "") -> str:
+        """Subject holding one server-side schedule (a timer or a delayed start) of a
+        command routed by ``routing_key``: with several shards, in that command's shard (a
+        schedule fires into its own stream)."""
+        if self.shards == 1:
+            return f"{self.prefix}.sched.{key}"
+        return f"{self.prefix}.sched.s{self.command_shard(routing_key)}.{key}"
 
     def journal_subject(self, invocation_id: str) -> str:
         """``<prefix>.journal.<id>``, or ``<prefix>.journal.s<shard>.<id>`` with several

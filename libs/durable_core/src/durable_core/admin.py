@@ -111,18 +111,20 @@ class Engine:
     # -- the processors' consumer ------------------------------------------------------------
 
     async def command_consumers(self, consumer: str = "processor") -> list[dict[str, object]]:
-        """The processors' command consumers, one per workflow and route: name, workflow,
-        route, pending, ack_pending, redelivered (``consumer``: their configured name)."""
+        """The processors' command consumers, one per workflow, route and command stream
+        (shard): name, workflow, route, stream, pending, ack_pending, redelivered
+        (``consumer``: their configured name)."""
         return [
             {
                 "name": name,
                 "workflow": workflow,
                 "route": route,
+                "stream": stream,
                 "pending": info.num_pending or 0,
                 "ack_pending": info.num_ack_pending or 0,
                 "redelivered": info.num_redelivered or 0,
             }
-            for name, workflow, route, info in await self._t.routed_consumers(consumer)
+            for name, workflow, route, stream, info in await self._t.routed_consumers(consumer)
         ]
 
     async def legacy_layout(self, consumer: str = "processor") -> str:

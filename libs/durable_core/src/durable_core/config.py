@@ -13,11 +13,14 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from durable_core._naming import SHARD_SLOTS
 from durable_core.errors import ConfigError
 
 __all__ = ["EngineConfig", "NatsConfig", "WorkerConfig"]
 
-MAX_SHARDS = 64  # a stream (a Raft group) per shard: more is cost without a use here
+# A stream (a Raft group) per shard and kind: more is cost without a use here (and a command's
+# number holds its shard in SHARD_SLOTS).
+MAX_SHARDS = SHARD_SLOTS
 _PREFIX = re.compile(r"[a-z][a-z0-9_]{0,31}")  # always fullmatch: `$` lets a "\n" through
 _FILE_SETTINGS = ("creds_file", "nkey_seed_file", "tls_ca", "tls_cert", "tls_key")
 
@@ -125,12 +128,13 @@ class EngineConfig:
         retention: how long finished executions are kept (state and journal).
         append_deadline: how long a journal or state write keeps retrying while NATS elects a
             new leader or reconnects, before it gives up.
-        shards: how many journal streams and state buckets the engine has: each invocation's
-            journal and state live in the shard its id hashes to (each shard's stream with its
-            own leader; on a cluster each kind's leaders are spread over the nodes when the
-            engine is made). The command stream is one whatever the number. Fixed when a
-            processor first creates the engine: a processor configured with another number is
-            refused, everyone else takes the stored one.
+        shards: how many command streams, journal streams and state buckets the engine has:
+            each invocation's journal and state live in the shard its id hashes to, each
+            command in the shard its partition key (or, without one, its invocation id) hashes
+            to (each shard's stream with its own leader; on a cluster each kind's leaders are
+            spread over the nodes when the engine is made). Fixed when a processor first
+            creates the engine: a processor configured with another number is refused,
+            everyone else takes the stored one.
     """
 
     prefix: str = "durable"

@@ -3,15 +3,17 @@ id) or scheduled on the server, the processors' consumers, and lifecycle request
 core NATS to whichever processor runs an invocation.
 
 Routing: a command's subject is ``<prefix>.cmd.<workflow>.<route>.<key>`` (see
-``Names.command_subject``), computed here and nowhere else, from the command itself (its
-``workflow``, its ``route`` or ``any``, its partition key or invocation id). A processor binds
-one consumer per workflow it serves and route (``any`` and its own version token), so a
-command only ever reaches a processor that has its workflow."""
+``Names.command_subject``; ``<prefix>.cmd.s<shard>.…`` with several shards), computed here and
+nowhere else, from the command itself (its ``workflow``, its ``route`` or ``any``, its
+partition key or invocation id). A processor binds one consumer per workflow it serves, route
+(``any`` and its own version token) and shard, so a command only ever reaches a processor that
+has its workflow."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -120,18 +122,21 @@ class Commands:
             "Nats-Msg-Id": msg_id,
         }
         data = cmd.SerializeToString()
-        subject = link.names.schedule_subject(key)
+        subject = link.names.schedule_subject(key, cmd.partition_key or cmd.invocation_id)
 
         async def pub() -> None:
             await link.js.publish(subject, data, headers=headers)
 
         await link.retry("schedule command", pub)
 
-    async def queued(self, partition_key: str, before_seq: int) -> list[pb.Command]:
-        """Commands of a partition key still in the command stream below ``before_seq``, of
-        every workflow and route (a key is shared across workflows)."""
+    async def queued(self, partition_key: str, before: int) -> list[pb.Command]:
+        """Commands of a partition key still in its command stream numbered below ``before``
+        (a command number, see ``Names.command_seq``), of every workflow and route (a key is
+        shared across workflows)."""
         link = self._link
-        stream, subject = link.names.command_stream, link.names.key_subjects(partition_key)
+        n = link.names
+        stream, subject = n.command_stream_of(partition_key), n.key_subjects(partition_key)
+        before_seq = n.stream_seq_of(before)
 
         async def get() -> list[pb.Command]:
             msgs, _ = await self._gets.batch(stream, subject, 1, 64)
@@ -152,8 +157,8 @@ class Commands:
     async def consumers(
         self, cfg: WorkerConfig, routes: Sequence[tuple[str, str]]
     ) -> CommandConsumers:
-        """Create or bind one durable pull consumer per ``(workflow, route)`` (processors
-        only), and fetch from them together.
+        """Create or bind one durable pull consumer per ``(workflow, route)`` in each
+        command stream (processors only), and fetch from them together.
 
         Raises:
             ConfigError: the engine still has the layout before routing (see
@@ -171,43 +176,54 @@ class Commands:
         wants = []
         for workflow, route in routes:
             name = n.route_consumer(cfg.consumer, workflow, route)
-            wants.append(
-                ConsumerConfig(
-                    durable_name=name,
-                    description=f"durable processors: {workflow} on route {check_route(route)}",
-                    deliver_policy=DeliverPolicy.ALL,
-                    ack_policy=AckPolicy.EXPLICIT,
-                    ack_wait=cfg.ack_wait.total_seconds(),
-                    max_deliver=-1,
-                    max_ack_pending=cfg.max_concurrent,
-                    filter_subject=n.route_subjects(workflow, route),
-                    max_waiting=512,
-                    metadata={
-                        ROUTING_METADATA: "1",
-                        "workflow": workflow,
-                        "route": check_route(route),
-                        "group": cfg.consumer,
-                    },
+            for shard, stream in enumerate(n.command_streams):
+                where = f" (shard {shard})" if n.shards > 1 else ""
+                wants.append(
+                    (
+                        stream,
+                        ConsumerConfig(
+                            durable_name=name,
+                            description=(
+                                f"durable processors: {workflow} on route "
+                                f"{check_route(route)}{where}"
+                            ),
+                            deliver_policy=DeliverPolicy.ALL,
+                            ack_policy=AckPolicy.EXPLICIT,
+                            ack_wait=cfg.ack_wait.total_seconds(),
+                            max_deliver=-1,
+                            max_ack_pending=cfg.max_concurrent,
+                            filter_subject=n.route_subjects(workflow, route, shard),
+                            max_waiting=512,
+                            metadata={
+                                ROUTING_METADATA: "1",
+                                "workflow": workflow,
+                                "route": check_route(route),
+                                "group": cfg.consumer,
+                            },
+                        ),
+                    )
                 )
-            )
-            bound.append(
-                CommandConsumer(
-                    self._link.nc,
-                    f"$JS.API.CONSUMER.MSG.NEXT.{n.command_stream}.{name}",
-                    cfg.ack_wait.total_seconds(),
-                    queue,
-                    label=f"{workflow} on {check_route(route)}",
+                bound.append(
+                    CommandConsumer(
+                        self._link.nc,
+                        f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}",
+                        cfg.ack_wait.total_seconds(),
+                        queue,
+                        label=f"{workflow} on {check_route(route)}{where}",
+                        number=functools.partial(n.command_seq, shard),
+                    )
                 )
-            )
         # Set up together: a processor of many workflows binds twice as many consumers.
         await asyncio.gather(
-            *(self._provision.consumer(w, f"consumer {w.description}") for w in wants)
+            *(
+                self._provision.consumer(w, f"consumer {w.description}", stream=stream)
+                for stream, w in wants
+            )
         )
         return CommandConsumers(queue, bound)
 
-    async def _consumer_infos(self) -> list[Any]:
+    async def _consumer_infos(self, stream: str) -> list[Any]:
         link = self._link
-        stream = link.names.command_stream
 
         async def infos() -> list[Any]:
             out: list[Any] = []
@@ -219,16 +235,18 @@ class Commands:
 
         return await link.retry("list consumers", infos)
 
-    async def routed_consumers(self, group: str = "") -> list[tuple[str, str, str, Any]]:
-        """``(consumer name, workflow, route, info)`` of every routed command consumer (of
-        ``group``, the processors' configured consumer name, if given)."""
+    async def routed_consumers(self, group: str = "") -> list[tuple[str, str, str, str, Any]]:
+        """``(consumer name, workflow, route, stream, info)`` of every routed command
+        consumer, in every command stream (of ``group``, the processors' configured consumer
+        name, if given)."""
         out = []
-        for info in await self._consumer_infos():
-            md = info.config.metadata or {}
-            if md.get(ROUTING_METADATA) != "1" or (group and md.get("group") != group):
-                continue
-            out.append((info.name, md.get("workflow", ""), md.get("route", ""), info))
-        return sorted(out, key=lambda c: (c[1], c[2]))
+        for stream in self._link.names.command_streams:
+            for info in await self._consumer_infos(stream):
+                md = info.config.metadata or {}
+                if md.get(ROUTING_METADATA) != "1" or (group and md.get("group") != group):
+                    continue
+                out.append((info.name, md.get("workflow", ""), md.get("route", ""), stream, info))
+        return sorted(out, key=lambda c: (c[1], c[2], c[3]))
 
     async def consumer_stats(self, consumer: str) -> tuple[int, int, int]:
         """``(num_pending, num_ack_pending, num_redelivered)`` summed over the processors'
@@ -246,7 +264,8 @@ class Commands:
         found = await self.routed_consumers(consumer)
         if not found:
             raise NotFoundError(
-                f"no command consumers {consumer!r} on {self._link.names.command_stream}"
+                f"no command consumers {consumer!r} on "
+                f"{', '.join(self._link.names.command_streams)}"
             )
         pending = ack_pending = redelivered = 0
         for *_, ci in found:
@@ -312,9 +331,12 @@ class Commands:
 
         Timers aimed at old subjects are not looked for here, as that reads every timer:
         ``migrate_routing`` re-aims them, and one that fires later is an old-layout command,
-        found here at the next start.
+        found here at the next start. An engine with several shards was made after routing:
+        it has none of it.
         """
         n = self._link.names
+        if n.shards > 1:
+            return ""
         if await self._legacy_consumer(consumer) is not None:
             return (
                 f"this engine ({n.prefix}) was created before commands were routed by "
@@ -336,6 +358,8 @@ class Commands:
         link = self._link
         n = link.names
         done: list[str] = []
+        if n.shards > 1:
+            return done  # made after routing (see legacy_layout)
         old = await self._legacy_consumer(consumer)
         if old is not None and (old.num_pending or old.num_ack_pending):
             raise ConflictError(
@@ -410,7 +434,7 @@ class Commands:
         ``reply`` is the delivery's ack subject (``$JS.ACK.…``); JetStream takes a NAK on it
         from any connection.
         """
-        if not reply.startswith(f"$JS.ACK.{self._link.names.command_stream}."):
+        if not any(reply.startswith(f"$JS.ACK.{s}.") for s in self._link.names.command_streams):
             raise InvalidInputError(f"not a command delivery of this engine: {reply!r}")
         await self._link.nc.publish(reply, b"-NAK")
 

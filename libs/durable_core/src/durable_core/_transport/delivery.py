@@ -26,6 +26,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import nats.errors
@@ -48,6 +49,8 @@ class Delivery:
         nc: the connection, for in-progress acks that wait for the server's answer.
         ack_wait: the consumer's ack wait, in seconds.
         floor: when the pull request that brought the message was sent (monotonic).
+        number: the command's number from its stream sequence (``Names.command_seq`` of the
+            consumer's shard); the stream sequence itself if not given.
     """
 
     __slots__ = (
@@ -55,6 +58,7 @@ class Delivery:
         "_nc",
         "_previous",
         "ack_wait",
+        "command_seq",
         "data",
         "held_until",
         "lost",
@@ -65,7 +69,15 @@ class Delivery:
         "subject",
     )
 
-    def __init__(self, msg: Msg, *, nc: NatsClient | None, ack_wait: float, floor: float) -> None:
+    def __init__(
+        self,
+        msg: Msg,
+        *,
+        nc: NatsClient | None,
+        ack_wait: float,
+        floor: float,
+        number: Callable[[int], int] | None = None,
+    ) -> None:
         self._msg = msg
         self._nc = nc
         self.data: bytes = msg.data
@@ -73,6 +85,9 @@ class Delivery:
         md = msg.metadata
         self.num_delivered: int = md.num_delivered or 1
         self.stream_seq: int = md.sequence.stream if md.sequence else 0
+        # Unique in the engine (stream sequences repeat across shards): runs, leases and
+        # CLAIM entries name the command by it.
+        self.command_seq: int = number(self.stream_seq) if number else self.stream_seq
         self.num_pending: int = md.num_pending or 0  # the consumer's commands still waiting
         self.ack_wait = ack_wait
         self.held_until = floor + ack_wait
@@ -95,7 +110,9 @@ class Delivery:
         try:
             await self._nc.request(self._msg.reply, b"+WPI", timeout=timeout)
         except Exception as e:  # noqa: BLE001 - the next heartbeat tries again
-            log.debug("in-progress ack of command %d: %s: %s", self.stream_seq, type(e).__name__, e)
+            log.debug(
+                "in-progress ack of command %d: %s: %s", self.command_seq, type(e).__name__, e
+            )
             return False
         if self.lost:
             return False
@@ -105,7 +122,7 @@ class Delivery:
             log.warning(
                 "command %d: an in-progress ack was answered after ack_wait; another processor "
                 "may hold it now",
-                self.stream_seq,
+                self.command_seq,
             )
             return False
         self.held_until = max(self.held_until, self._previous + self.ack_wait)
@@ -115,7 +132,7 @@ class Delivery:
     def adopt(self, newer: Delivery) -> None:
         """Act on ``newer``, a redelivery of this same command to this process, from now on
         (the run in progress goes on with it instead of a second run starting)."""
-        assert newer.stream_seq == self.stream_seq
+        assert newer.command_seq == self.command_seq
         self._msg = newer._msg
         self.num_delivered = newer.num_delivered
         self.held_until, self._previous = newer.held_until, newer._previous
@@ -143,7 +160,7 @@ class Delivery:
                     log.warning(
                         "command %d: the ack of its finished run was not confirmed (%s); "
                         "its redelivery is acked again",
-                        self.stream_seq,
+                        self.command_seq,
                         type(e).__name__,
                     )
                     return
@@ -170,7 +187,7 @@ class Delivery:
             return True
         log.info(
             "command %d: not sending %s: its ack wait may have run out (it is redelivered)",
-            self.stream_seq,
+            self.command_seq,
             what,
         )
         return False
@@ -219,8 +236,10 @@ class CommandConsumer:
         queue: Queue[Arrival],
         *,
         label: str = "",
+        number: Callable[[int], int] | None = None,
     ) -> None:
         self._nc = nc
+        self._number = number  # a delivery's command number from its stream sequence
         self._next_subject = next_subject
         self._ack_wait = ack_wait
         self.label = label  # "<workflow> on <route>", for logs
@@ -269,7 +288,9 @@ class CommandConsumer:
             pull.credit -= 1
             if pull.credit <= 0:
                 self._over(n)
-        delivery = Delivery(msg, nc=self._nc, ack_wait=self._ack_wait, floor=floor)
+        delivery = Delivery(
+            msg, nc=self._nc, ack_wait=self._ack_wait, floor=floor, number=self._number
+        )
         self.drained = delivery.num_pending == 0
         return delivery
 

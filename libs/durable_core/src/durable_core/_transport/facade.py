@@ -259,15 +259,17 @@ class Transport:
         """Have the server publish ``cmd`` at ``at_ms`` (see Commands.schedule)."""
         await self._commands.schedule(cmd, at_ms=at_ms, key=key, msg_id=msg_id)
 
-    async def queued_commands(self, partition_key: str, before_seq: int) -> list[pb.Command]:
-        """Commands of a partition key still in the command stream below ``before_seq``."""
-        return await self._commands.queued(partition_key, before_seq)
+    async def queued_commands(self, partition_key: str, before: int) -> list[pb.Command]:
+        """Commands of a partition key still in its command stream numbered below ``before``
+        (a ``command_seq``)."""
+        return await self._commands.queued(partition_key, before)
 
     async def command_consumer(
         self, cfg: WorkerConfig, routes: Sequence[tuple[str, str]]
     ) -> CommandConsumers:
-        """Create or bind one durable pull consumer per ``(workflow, route)``, fetched together
-        (processors only). ConfigError if the engine has the layout before routing."""
+        """Create or bind one durable pull consumer per ``(workflow, route)`` and shard,
+        fetched together (processors only). ConfigError if the engine has the layout before
+        routing."""
         return await self._commands.consumers(cfg, routes)
 
     async def consumer_stats(self, consumer: str) -> tuple[int, int, int]:
@@ -275,8 +277,9 @@ class Transport:
         command consumers (``consumer``: their configured name)."""
         return await self._commands.consumer_stats(consumer)
 
-    async def routed_consumers(self, consumer: str = "") -> list[tuple[str, str, str, Any]]:
-        """``(name, workflow, route, ConsumerInfo)`` of every routed command consumer."""
+    async def routed_consumers(self, consumer: str = "") -> list[tuple[str, str, str, str, Any]]:
+        """``(name, workflow, route, stream, ConsumerInfo)`` of every routed command consumer,
+        in every command stream."""
         return await self._commands.routed_consumers(consumer)
 
     async def legacy_layout(self, consumer: str) -> str:
@@ -528,16 +531,16 @@ class Transport:
 
     # -- run locks of redelivered commands -------------------------------------------------
 
-    async def run_lock(self, stream_seq: int) -> tuple[bytes | None, int]:
-        """The run lock of command ``stream_seq`` and its revision; ``(None, 0)`` if free."""
-        return await self._runs.get(str(stream_seq), "run lock")
+    async def run_lock(self, command_seq: int) -> tuple[bytes | None, int]:
+        """The run lock of command ``command_seq`` and its revision; ``(None, 0)`` if free."""
+        return await self._runs.get(str(command_seq), "run lock")
 
-    async def put_run_lock(self, stream_seq: int, data: bytes, revision: int) -> int:
+    async def put_run_lock(self, command_seq: int, data: bytes, revision: int) -> int:
         """Take a run lock if it is still at ``revision`` (0: free); else StateConflict."""
-        return await self._runs.put(str(stream_seq), data, revision, f"run lock {stream_seq}")
+        return await self._runs.put(str(command_seq), data, revision, f"run lock {command_seq}")
 
-    async def delete_run_lock(self, stream_seq: int, revision: int) -> None:
+    async def delete_run_lock(self, command_seq: int, revision: int) -> None:
         """Free a run lock if it is still at ``revision`` (someone who took it over keeps it)."""
         await self._runs.delete(
-            str(stream_seq), revision, f"run lock {stream_seq}", once=True, on_conflict="ignore"
+            str(command_seq), revision, f"run lock {command_seq}", once=True, on_conflict="ignore"
         )

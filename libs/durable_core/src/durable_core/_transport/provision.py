@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import nats.js.errors
@@ -102,6 +103,8 @@ class Provisioner:
             return [n.command_stream], None
         sharded = Names(n.prefix, stored_shards(info.config))
         wanted = sharded.journal_streams + [f"KV_{b}" for b in sharded.state_buckets]
+        if sharded.shards > 1:
+            wanted = sharded.command_streams + wanted
         return [s for s in wanted if await self._info(s) is None], info
 
     async def _info(self, stream: str) -> Any:
@@ -126,14 +129,27 @@ class Provisioner:
     async def infrastructure(self, *, strict: bool = True) -> tuple[list[KeyValue], KeyValue]:
         """Create the command and journal streams, the state and key buckets, or verify
         them; the state buckets (one per shard) and the key bucket."""
+        n = self._link.names
+        home = await self._info(n.command_stream)
+        if home is not None:
+            # The stored number decides the subjects wanted of every stream (not strict: it
+            # is taken; strict: any other is refused).
+            self._check_shards(strict, home.config)
         n, e = self._link.names, self._link.engine
         max_msg = e.max_payload + 64 * 1024
-        commands = await self._ensure_stream(
-            strict,
-            StreamConfig(
-                name=n.command_stream,
-                description="durable: start and wake-up commands (work queue)",
-                subjects=[n.command_subjects, n.schedule_subjects, n.tick_subjects],
+
+        def commands(name: str, shard: int | None) -> StreamConfig:
+            what = "durable: start and wake-up commands (work queue)"
+            if n.shards > 1:
+                what = (
+                    "durable: schedule firings; the engine's number of shards"
+                    if shard is None
+                    else f"{what}, shard {shard} of {n.shards}"
+                )
+            return StreamConfig(
+                name=name,
+                description=what,
+                subjects=n.command_stream_subjects(shard),
                 retention=RetentionPolicy.WORK_QUEUE,
                 allow_msg_schedules=True,
                 allow_direct=True,
@@ -142,11 +158,20 @@ class Provisioner:
                 duplicate_window=e.duplicate_window.total_seconds(),
                 max_msg_size=max_msg,
                 discard=DiscardPolicy.OLD,
-                metadata={_SHARDS_KEY: str(e.shards)},
-            ),
+                metadata={_SHARDS_KEY: str(e.shards)} if shard is None else {},
+            )
+
+        # Made meanwhile by another processor (maybe with another number): checked before
+        # anything in it is changed.
+        await self._ensure_stream(
+            strict,
+            commands(n.command_stream, None),
+            verify=lambda have: self._check_shards(strict, have),
         )
-        self._check_shards(strict, stored_shards(commands))
-        n, e = self._link.names, self._link.engine  # the stored number of shards (not strict)
+        n, e = self._link.names, self._link.engine  # the stored number (not strict)
+        if n.shards > 1:
+            for shard, stream in enumerate(n.command_streams):
+                await self._ensure_stream(strict, commands(stream, shard))
         for shard, stream in enumerate(n.journal_streams):
             what = "durable: one subject per invocation, one message per journal entry"
             if e.shards > 1:
@@ -169,8 +194,9 @@ class Provisioner:
             )
         states = [await self._ensure_state_bucket(strict, b) for b in n.state_buckets]
         if e.shards > 1 and e.replicas > 1:
-            # Each kind's leaders over the nodes (a journal shard's and a state shard's may
-            # share a node: both are written once or twice per invocation).
+            # Each kind's leaders over the nodes (a command shard's, a journal shard's and a
+            # state shard's may share a node: each is written once or twice per invocation).
+            await spread_leaders(self._link, n.command_streams)
             await spread_leaders(self._link, n.journal_streams)
             await spread_leaders(self._link, [f"KV_{b}" for b in n.state_buckets])
         keys = await self.bucket(
@@ -178,10 +204,18 @@ class Provisioner:
         )
         return states, keys
 
-    def _check_shards(self, strict: bool, stored: int) -> None:
-        """Refuse (``strict``: a processor) a number of shards other than ``stored``, the one
-        the engine was made with, or take the stored one."""
+    def _check_shards(self, strict: bool, have: StreamConfig) -> None:
+        """Refuse (``strict``: a processor) a number of shards other than the one the engine
+        was made with (``have``: its command stream), or take the stored one."""
         link = self._link
+        stored = stored_shards(have)
+        if stored > 1 and link.names.command_subjects in (have.subjects or []):
+            raise ConfigError(
+                f"engine {link.names.prefix!r} was made with {stored} shards by a version that "
+                "kept every command in one stream; this version shards the commands too. "
+                "Drain it (no command pending, no invocation running) and start a new engine "
+                "under another prefix, or run the earlier version"
+            )
         if stored == link.engine.shards:
             return
         if strict:
@@ -193,8 +227,14 @@ class Provisioner:
             )
         link.engine = dataclasses.replace(link.engine, shards=stored)
 
-    async def _ensure_stream(self, strict: bool, want: StreamConfig) -> StreamConfig:
-        """Create the stream, or check and update the one there; its configuration."""
+    async def _ensure_stream(
+        self,
+        strict: bool,
+        want: StreamConfig,
+        verify: Callable[[StreamConfig], None] | None = None,
+    ) -> StreamConfig:
+        """Create the stream, or check and update the one there; its configuration.
+        ``verify`` checks the one there before anything is changed (it raises to refuse)."""
         assert want.name is not None
         js = self._link.js
 
@@ -210,6 +250,8 @@ class Provisioner:
                     check_created_elsewhere(e, f"stream {want.name}")
                 info = await js.stream_info(want.name)  # type: ignore[arg-type]
             have = info.config
+            if verify is not None:
+                verify(have)
             if strict:
                 _check_same(
                     f"stream {want.name}",
@@ -332,11 +374,14 @@ class Provisioner:
 
         return await self._link.retry(f"set up bucket {name}", create)
 
-    async def consumer(self, want: ConsumerConfig, what: str, *, announce: bool = False) -> None:
-        """Create the shared durable consumer ``want``, or check the one that exists: its
-        filter and ack policy must match; its ack wait and room are updated (never shrinking
-        another holder's ``max_ack_pending``)."""
-        js, stream = self._link.js, self._link.names.command_stream
+    async def consumer(
+        self, want: ConsumerConfig, what: str, *, stream: str = "", announce: bool = False
+    ) -> None:
+        """Create the shared durable consumer ``want`` on ``stream`` (the command stream if
+        not given), or check the one that exists: its filter and ack policy must match; its
+        ack wait and room are updated (never shrinking another holder's
+        ``max_ack_pending``)."""
+        js, stream = self._link.js, stream or self._link.names.command_stream
         name = want.durable_name
         assert name is not None
 

@@ -84,7 +84,8 @@ def migrate_routing(ctx: click.Context, consumer: str, as_json: bool) -> int:
 @connection_options
 @click.pass_context
 def consumers(ctx: click.Context, consumer: str, as_json: bool) -> int:
-    """List the processors' command consumers (one per workflow and route) and their counts."""
+    """List the processors' command consumers (one per workflow and route, in each command
+    shard) and their counts."""
 
     async def go() -> int:
         found: list[dict[str, Any]] = await _on_engine(ctx, lambda e: e.command_consumers(consumer))
@@ -93,10 +94,14 @@ def consumers(ctx: click.Context, consumer: str, as_json: bool) -> int:
         elif not found:
             echo("no command consumers (no processor has started)", err=True)
         else:
-            echo(f"{'WORKFLOW':<24} {'ROUTE':<20} {'PENDING':>8} {'ACK PENDING':>12} NAME")
+            # One consumer per workflow and route in each command stream (shard).
+            sharded = len({c["stream"] for c in found}) > 1
+            where = f" {'STREAM':<22}" if sharded else ""
+            echo(f"{'WORKFLOW':<24} {'ROUTE':<20}{where} {'PENDING':>8} {'ACK PENDING':>12} NAME")
             for c in found:
+                where = f" {c['stream']!s:<22}" if sharded else ""
                 echo(
-                    f"{c['workflow']!s:<24} {c['route']!s:<20} {c['pending']!s:>8} "
+                    f"{c['workflow']!s:<24} {c['route']!s:<20}{where} {c['pending']!s:>8} "
                     f"{c['ack_pending']!s:>12} {c['name']}"
                 )
         return 0

@@ -136,7 +136,7 @@ class Execution:
         journal = self.journal
         if journal.stopped is None and not self.env.holds(self.delivery, self.lease_epoch):
             journal.stopped = LostHold(
-                f"command {self.delivery.stream_seq} (delivery {self.delivery.num_delivered}) "
+                f"command {self.delivery.command_seq} (delivery {self.delivery.num_delivered}) "
                 "may be redelivered to another processor by now (no in-progress ack answered "
                 "in time, or this processor's lease lapsed)"
             )
@@ -255,7 +255,7 @@ class Execution:
                 log.info(
                     "invocation %s: command %d was superseded by a rescue; acking it",
                     self.id,
-                    self.delivery.stream_seq,
+                    self.delivery.command_seq,
                 )
                 await self.delivery.ack()
                 return
@@ -266,7 +266,7 @@ class Execution:
         finally:
             self.journal.close()
             if self._run_lock:
-                await unlock_run(self.t, self.delivery.stream_seq, self._run_lock)
+                await unlock_run(self.t, self.delivery.command_seq, self._run_lock)
 
     async def _run(self) -> None:
         self.state = await self.t.get_state(self.id)
@@ -317,7 +317,7 @@ class Execution:
             await self._finish_from_journal(self.journal.machine.final)
         except LostClaim as lost:
             self._log_lost(lost)
-            if not lost.holds(self.delivery.stream_seq):
+            if not lost.holds(self.delivery.command_seq):
                 await self.delivery.ack()  # another command's run owns the invocation now
         except NotIdle as e:
             log.info("invocation %s: %s; acking this command", self.id, e.reason or "not idle")
@@ -354,7 +354,7 @@ class Execution:
         return await self.write_state(
             status=pb.STATUS_RUNNING,
             waiting_for="",
-            run_command_seq=self.delivery.stream_seq,
+            run_command_seq=self.delivery.command_seq,
             only_if=(pb.STATUS_PENDING,),
         )
 
@@ -382,7 +382,7 @@ class Execution:
             await self._supersede(self.cmd.supersedes)
         # A CLAIM fences whoever wrote before it; on a conflict the journal is read again and
         # the claim stands only if it is still ours to take (see JournalWriter.append).
-        seq = self.delivery.stream_seq
+        seq = self.delivery.command_seq
         claim = pb.JournalEntry(kind=pb.ENTRY_KIND_CLAIM, timestamp_ms=now_ms(), command_seq=seq)
         await journal.append(claim, claim=True)
         if not await self.write_state(
@@ -393,14 +393,14 @@ class Execution:
     async def _supersede(self, lost: int) -> None:
         """A rescue of a run whose command ``lost`` no processor holds (see _hold, case 4):
         mark that command superseded, then take in what its run may have appended before."""
-        if not await supersede_run(self.t, lost, self.delivery.stream_seq):
+        if not await supersede_run(self.t, lost, self.delivery.command_seq):
             raise NotIdle(f"in progress under command {lost} after all")
         log.warning(
             "invocation %s: rescued from command %d, which no processor held; command %d "
             "takes its run over",
             self.id,
             lost,
-            self.delivery.stream_seq,
+            self.delivery.command_seq,
         )
         self.journal.superseding = lost
         await self.journal.catch_up(claim=True, newer_known=False)
@@ -440,7 +440,7 @@ class Execution:
             min_journal_seq=max(self.journal.last_seq, self.cmd.min_journal_seq),
             route=route,
         )
-        await self.t.publish_command(wake, msg_id=f"pin:{self.id}:{self.delivery.stream_seq}")
+        await self.t.publish_command(wake, msg_id=f"pin:{self.id}:{self.delivery.command_seq}")
 
     async def _take_unstarted(self) -> None:
         """No run has started: only a start takes it, by moving the state to RUNNING under its
@@ -456,7 +456,7 @@ class Execution:
                 await self._supersede(lost)  # a start lost before its first entry
                 return
             raise NotIdle("not started yet: its start command runs it")
-        seq = self.delivery.stream_seq
+        seq = self.delivery.command_seq
         for _ in range(10):
             st = self.state.state if self.state is not None else None
             if st is not None and st.status in TERMINAL:

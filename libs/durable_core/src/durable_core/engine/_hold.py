@@ -29,7 +29,7 @@ an invocation could become runnable, and what closes it:
    The first delivery of a command has no earlier delivery whose NAK could do this, so only
    a command delivered more than once is exposed: its holder lists the command in its lease
    (a renewal the server confirmed), then takes the command's *run lock* (a KV entry per
-   stream sequence, written with a revision check) before it runs anything. A later holder
+   command number, written with a revision check) before it runs anything. A later holder
    waits until the lock is released, or its owner's lease no longer lists the command (that
    run is over: it listed the command before it took the lock, and drops it only when it
    lets the command go), or the lease is gone (deleted, or provably lapsed: unchanged for its
@@ -39,9 +39,10 @@ an invocation could become runnable, and what closes it:
    sent only while the delivery is surely held.
 3. *Another command of the same invocation* (a wake-up racing the run, a second start, a
    turn of a partition key, a wake-up or start redelivered after its holder died). Every
-   journal entry a run writes carries its command's stream sequence (``command_seq``); a
-   fresh start records it in the state as it moves it from PENDING to RUNNING (a revision-
-   checked write, so one start wins). A delivery takes a running invocation over only if
+   journal entry a run writes carries its command's number (``command_seq``: its stream
+   sequence, made unique across shards, see ``Names.command_seq``); a fresh start records it
+   in the state as it moves it from PENDING to RUNNING (a revision-checked write, so one start
+   wins). A delivery takes a running invocation over only if
    the run is its own command's (case 1 made sure that run's holder stopped); wake-ups never
    start an invocation that has not started (its start does); any command may claim an
    invocation whose last run suspended, with a fenced CLAIM (one claimer wins).
@@ -100,7 +101,7 @@ async def lock_run(
     TTL and still lists the command: that processor runs it (our delivery came from a stale
     NAK), or is about to let it go. ``SUPERSEDED`` when a rescue took the run over.
     """
-    seq = delivery.stream_seq
+    seq = delivery.command_seq
     if not await lease.wait_listed(seq, stopping):
         return 0
     mine = json.dumps(
@@ -150,32 +151,32 @@ async def lock_run(
     return 0
 
 
-async def supersede_run(t: Transport, stream_seq: int, by: int) -> bool:
-    """Mark the run lock of the lost command ``stream_seq`` superseded by command ``by`` (a
+async def supersede_run(t: Transport, command_seq: int, by: int) -> bool:
+    """Mark the run lock of the lost command ``command_seq`` superseded by command ``by`` (a
     rescue); False when a run of it is alive (its lock is held under a lease that lists it),
     or the lock changed meanwhile. Once marked, no delivery of it runs (``lock_run``)."""
-    data, revision = await t.run_lock(stream_seq)
+    data, revision = await t.run_lock(command_seq)
     if _superseded_by(data) == by:
         return True  # ours, from an earlier delivery of the rescue
     holder = _holder(data)
     if data is not None and holder:
         theirs = LeaseRecord.read((await t.lease_record(holder))[0])
-        if theirs is not None and stream_seq in theirs.seqs:
+        if theirs is not None and command_seq in theirs.seqs:
             return False  # its run is alive after all
     mark = json.dumps({"lease": "", "superseded_by": by}).encode()
     try:
-        await t.put_run_lock(stream_seq, mark, revision)
+        await t.put_run_lock(command_seq, mark, revision)
     except StateConflict:
         return False
     return True
 
 
-async def unlock_run(t: Transport, stream_seq: int, revision: int) -> None:
+async def unlock_run(t: Transport, command_seq: int, revision: int) -> None:
     """Release a run lock (best effort: a later holder reaps it anyway)."""
     try:
-        await t.delete_run_lock(stream_seq, revision)
+        await t.delete_run_lock(command_seq, revision)
     except Exception as e:  # noqa: BLE001 - left behind only until a later holder needs it
-        log.debug("could not release run lock %d: %s", stream_seq, e)
+        log.debug("could not release run lock %d: %s", command_seq, e)
 
 
 def _holder(data: bytes | None) -> str:

@@ -153,7 +153,7 @@ async def take_key(
         if rec.active == me:
             return "held"
         holder_done = bool(rec.active) and await finished(rec.active)
-        ticket = rec.ticket_of(me) or delivery.stream_seq
+        ticket = rec.ticket_of(me) or delivery.command_seq
         earlier = ""
         if rec.may_take(ticket, holder_done):
             for other in rec.starts_before(await t.queued_commands(key, ticket), me):

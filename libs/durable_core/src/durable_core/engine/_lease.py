@@ -38,7 +38,7 @@ class LeaseRecord:
         processor: the processor's id.
         ttl: seconds the lease stays alive without a renewal.
         held: the ack subjects of the command deliveries it holds (a re-drive NAKs them).
-        seqs: their stream sequences (run locks name them).
+        seqs: their command numbers (``Delivery.command_seq``; run locks name them).
         pid: the processor's process id.
         host: the host it runs on.
         renewed_at_ms: when it was written, by the processor's clock (for people: nobody
@@ -173,9 +173,9 @@ class ProcessorLease:
             last = time.monotonic()
             await self._write()
 
-    async def wait_listed(self, stream_seq: int, stopping: asyncio.Event) -> bool:
-        """Wait until a stored renewal lists command ``stream_seq``; False if ``stopping``."""
-        while stream_seq not in self.listed:
+    async def wait_listed(self, command_seq: int, stopping: asyncio.Event) -> bool:
+        """Wait until a stored renewal lists command ``command_seq``; False if ``stopping``."""
+        while command_seq not in self.listed:
             if stopping.is_set():
                 return False
             self.changed.set()
@@ -195,7 +195,7 @@ class ProcessorLease:
                 truncated = True
                 break  # the rest waits for ack_wait, like before leases
             held.append(d.reply)
-            seqs.append(d.stream_seq)
+            seqs.append(d.command_seq)
         record = LeaseRecord(
             processor=self.processor_id,
             ttl=self.ttl,

@@ -31,9 +31,9 @@ class LostClaim(SuspendExecution):
         super().__init__("lost claim")
         self.records = records
 
-    def holds(self, stream_seq: int) -> bool:
+    def holds(self, command_seq: int) -> bool:
         """Whether the new holder runs on this very command (so we must not ack it)."""
-        return any(r.entry.command_seq == stream_seq for r in self.records)
+        return any(r.entry.command_seq == command_seq for r in self.records)
 
 
 class EngineFailure(SuspendExecution):

@@ -85,7 +85,7 @@ class Worker:
         )
         self._held: set[Delivery] = set()  # commands taken and not yet settled
         self._beats: dict[Delivery, asyncio.Task[None]] = {}  # their heartbeats
-        self._by_seq: dict[int, tuple[Delivery, asyncio.Task[None]]] = {}  # by stream sequence
+        self._by_seq: dict[int, tuple[Delivery, asyncio.Task[None]]] = {}  # by command number
         self._tasks: set[asyncio.Task[None]] = set()
         self._running: dict[str, Execution] = {}  # by invocation id, for cancellation
         self._slot_freed = asyncio.Event()
@@ -300,14 +300,14 @@ class Worker:
     def _take(self, d: Delivery) -> None:
         """Start handling a delivery; a redelivery of a command this process runs is absorbed
         by that run, or (if the run gave its delivery up) waits until that run has ended."""
-        current = self._by_seq.get(d.stream_seq)
+        current = self._by_seq.get(d.command_seq)
         if current is not None:
             held, task = current
             if not (held.lost or held.settled) and d.num_delivered == held.num_delivered + 1:
                 log.info(
                     "command %d delivered again (delivery %d) while this processor runs it: "
                     "the run goes on with the new delivery",
-                    d.stream_seq,
+                    d.command_seq,
                     d.num_delivered,
                 )
                 held.adopt(d)
@@ -319,7 +319,7 @@ class Worker:
         self._held.add(d)
         self._beats[d] = asyncio.create_task(self._heartbeat(d))
         task = asyncio.create_task(coro)
-        self._by_seq[d.stream_seq] = (d, task)
+        self._by_seq[d.command_seq] = (d, task)
         self._tasks.add(task)
         task.add_done_callback(self._done)
 
@@ -342,9 +342,9 @@ class Worker:
         beat = self._beats.pop(d, None)
         if beat is not None:
             beat.cancel()
-        current = self._by_seq.get(d.stream_seq)
+        current = self._by_seq.get(d.command_seq)
         if current is not None and current[0] is d:
-            del self._by_seq[d.stream_seq]
+            del self._by_seq[d.command_seq]
         self.lease.changed.set()
 
     def _on_control(self, invocation_id: str, action: str) -> None:
@@ -388,7 +388,7 @@ class Worker:
             if not 0 <= cmd.created_at_ms <= now + 86_400_000:
                 cmd.created_at_ms = now  # an absurd client clock: take ours
         except (DecodeError, InvalidInputError, ValueError) as e:
-            log.error("terminating malformed command (stream seq %d): %s", delivery.stream_seq, e)
+            log.error("terminating malformed command %d: %s", delivery.command_seq, e)
             self._release(delivery)
             await delivery.term()
             return
@@ -450,7 +450,7 @@ class Worker:
             log.error(
                 "invocation %s: the engine failed running command %d: %s: %s; releasing it",
                 cmd.invocation_id,
-                delivery.stream_seq,
+                delivery.command_seq,
                 type(e).__name__,
                 e,
                 exc_info=e,
@@ -471,7 +471,7 @@ class Worker:
         log.error(
             "command %d of invocation %s (workflow %r, route %r) came on the subject of %r "
             "route %r: forwarding it to its own route",
-            delivery.stream_seq,
+            delivery.command_seq,
             cmd.invocation_id,
             cmd.workflow,
             cmd.route or ANY_ROUTE,
@@ -479,10 +479,10 @@ class Worker:
         )
         self._release(delivery)
         try:
-            await self.transport.publish_command(cmd, msg_id=f"reroute:{delivery.stream_seq}")
+            await self.transport.publish_command(cmd, msg_id=f"reroute:{delivery.command_seq}")
         except Exception as e:  # noqa: BLE001 - NATS trouble: it comes back
             log.warning(
-                "cannot forward command %d: %s: %s", delivery.stream_seq, type(e).__name__, e
+                "cannot forward command %d: %s: %s", delivery.command_seq, type(e).__name__, e
             )
             with contextlib.suppress(Exception):
                 await delivery.nak(delay=2.0)
@@ -497,7 +497,7 @@ class Worker:
         log.error(
             "command %d of invocation %s is for workflow %r, which this processor does not "
             "serve (it has: %s): handing it back; check the consumers of this engine",
-            delivery.stream_seq,
+            delivery.command_seq,
             cmd.invocation_id,
             cmd.workflow,
             ", ".join(self.registry.names()) or "none",

@@ -211,7 +211,7 @@ class JournalWriter:
             for n, item in enumerate(batch):
                 item.index = len(self.entries) + 1 + n
                 item.writer = self.token
-                item.command_seq = self.delivery.stream_seq  # whose run this is (see _hold)
+                item.command_seq = self.delivery.command_seq  # whose run this is (see _hold)
                 msg_ids.append(f"{self.id}:{item.index}:{self.token}")
             started = time.monotonic()
             try:
@@ -301,4 +301,4 @@ class JournalWriter:
         redelivered = self.delivery.num_delivered > 1
         if self.superseding and owner == self.superseding:
             return True
-        return owner in (None, self.delivery.stream_seq) or (owner == 0 and redelivered)
+        return owner in (None, self.delivery.command_seq) or (owner == 0 and redelivered)
