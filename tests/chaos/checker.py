@@ -641,13 +641,19 @@ def parse_nats_time(stamp: str) -> int:
 
 
 async def read_journals(t: Transport) -> dict[str, list[Entry]]:
-    """Every journal entry of the prefix, with its stream timestamp, in one pass over the stream.
+    """Every journal entry of the prefix, with its stream timestamp, in one pass over each
+    journal stream (one per shard).
 
     Batched direct gets over the wildcard subject; the caller waits until every replica of the
-    journal stream is current first, as any replica may answer.
+    journal streams is current first, as any replica may answer.
     """
-    stream, prefix = t.names.journal_stream, t.names.journal_subject("")
     out: dict[str, list[Entry]] = defaultdict(list)
+    for stream in t.names.journal_streams:
+        await _read_journal_stream(t, stream, out)
+    return dict(out)
+
+
+async def _read_journal_stream(t: Transport, stream: str, out: dict[str, list[Entry]]) -> None:
     seq = 1
     while True:
         inbox = t.nc.new_inbox()
@@ -666,16 +672,17 @@ async def read_journals(t: Transport) -> dict[str, list[Entry]]:
                     raise RuntimeError(f"direct get on {stream}: {status} {headers}")
                 entry = pb.JournalEntry()
                 entry.ParseFromString(msg.data)
-                subject = headers["Nats-Subject"]
                 seq = int(headers["Nats-Sequence"])
-                out[subject.removeprefix(prefix)].append(
+                # The id is the subject's last token (ids hold no dots), whatever the shard.
+                invocation_id = headers["Nats-Subject"].rsplit(".", 1)[-1]
+                out[invocation_id].append(
                     Entry(seq, parse_nats_time(headers["Nats-Time-Stamp"]), entry)
                 )
                 got += 1
         finally:
             await sub.unsubscribe()
         if status == "404" or got == 0:
-            return dict(out)
+            return
         seq += 1
 
 
