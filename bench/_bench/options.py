@@ -54,7 +54,10 @@ class Options:
             "--shards",
             type=int,
             default=1,
-            help="journal and state shards of each engine (1; leaders spread on a cluster)",
+            help=(
+                "command, journal and state shards of each engine (1; leaders spread on a "
+                "cluster)"
+            ),
         )
         p.add_argument(
             "--results-dir", type=Path, default=RESULTS_DIR, help="where the JSON is written"

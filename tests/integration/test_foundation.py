@@ -54,6 +54,81 @@ async def test_hello_workflow_through_the_client_and_the_cli(
     assert "completed" in cp.stdout and GREETING.format("Bob") in cp.stdout
 
 
+async def test_results_come_to_the_clients_own_subject_with_no_subscription_per_invoke(
+    stack: ProcessStack, client: Client, transport: Transport
+) -> None:
+    """``invoke`` names the client's notice subject in the state and the start: the processor
+    sends the result there, and the client subscribes once, not once per invocation. A state
+    naming any other subject gets its notice on the state subject, never there."""
+    stack.start_service()
+    stack.start_processor("p1")
+    n = transport.names
+    await client.invoke("hello_workflow", {"name": "first"}, timeout=30)  # subscribes once
+    nc = client._t.nc
+    subscribed = 0
+    subscribe = nc.subscribe
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal subscribed
+        subscribed += 1
+        return await subscribe(*args, **kwargs)
+
+    nc.subscribe = counted  # type: ignore[method-assign]
+    notices: list[str] = []
+
+    async def noticed(msg: Any) -> None:
+        notices.append(msg.subject)
+
+    sub = await transport.nc.subscribe(f"{n.prefix}.notice.>", cb=noticed)
+    try:
+        results = await asyncio.gather(
+            *(client.invoke("hello_workflow", {"name": f"n{i}"}, timeout=30) for i in range(10))
+        )
+        assert [r.status for r in results] == ["completed"] * 10
+        assert subscribed == 0, f"{subscribed} subscriptions for 10 invokes"
+        await assert_eventually_async(lambda: len(notices) == 10, 5, "ten notices")
+        assert all(n.is_notice_subject(s) for s in notices) and len(set(notices)) == 10
+        states = [await transport.get_state(r.invocation_id) for r in results]
+        assert {st.state.notify for st in states if st is not None} == set(notices)
+    finally:
+        nc.subscribe = subscribe  # type: ignore[method-assign]
+        await sub.unsubscribe()
+
+    # A state that names another subject (written by anyone) never makes a processor
+    # publish there: the notice goes to the invocation's state subject.
+    elsewhere: list[str] = []
+    on_state: list[str] = []
+
+    async def seen_elsewhere(msg: Any) -> None:
+        elsewhere.append(msg.subject)
+
+    async def seen_on_state(msg: Any) -> None:
+        on_state.append(msg.subject)
+
+    subs = [
+        await transport.nc.subscribe("elsewhere.>", cb=seen_elsewhere),
+        await transport.nc.subscribe(n.state_event_subject("forged"), cb=seen_on_state),
+    ]
+    try:
+        forged = pb.ExecutionState(
+            invocation_id="forged", status=pb.STATUS_COMPLETED, notify="elsewhere.x"
+        )
+        await transport.publish_result(forged, [])
+        await assert_eventually_async(lambda: bool(on_state), 5, "the notice on the state")
+        assert elsewhere == []
+    finally:
+        for s in subs:
+            await s.unsubscribe()
+
+    # A notice that never arrives (lost across a reconnect: here, nobody listens any more):
+    # the waiter reads the state itself, within its poll.
+    notices_box = client._t._notices
+    assert notices_box is not None
+    await notices_box._boxes._sub.unsubscribe()
+    late = await client.invoke("hello_workflow", {"name": "Late"}, timeout=30)
+    assert late.status == "completed" and late.output == {"message": GREETING.format("Late")}
+
+
 # -- b. the same invocation id twice ----------------------------------------------------------
 
 

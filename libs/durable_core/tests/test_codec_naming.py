@@ -327,6 +327,23 @@ def test_commands_are_sharded_by_their_partition_key_or_id() -> None:
     assert three.command_seq(63, 1) < three.command_seq(0, 2)
 
 
+def test_a_notice_goes_only_to_a_clients_notice_subject() -> None:
+    names = Names("durable")
+    box = names.notice_prefix("c0ffee")
+    assert box == "durable.notice.c0ffee" and names.is_notice_subject(f"{box}.7")
+    for other in (
+        "",
+        "durable.state.x",
+        "$JS.API.STREAM.DELETE.DURABLE_JOURNAL",
+        "other.notice.c0ffee.7",
+        f"{box}.7.8",
+        f"{box}.*",
+        f"{box}.>",
+        "durable.notice.c0ffee",
+    ):
+        assert not names.is_notice_subject(other), other
+
+
 @pytest.mark.parametrize("shards", [0, -1, 65, 1.5, "3", True])
 def test_a_number_of_shards_out_of_range_is_a_config_error(shards: Any) -> None:
     with pytest.raises(ConfigError, match="shards"):

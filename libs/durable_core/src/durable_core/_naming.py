@@ -323,6 +323,20 @@ class Names:
     def state_event_subjects(self) -> str:
         return f"{self.prefix}.state.>"
 
+    def notice_prefix(self, client: str) -> str:
+        """Where one client's result notices go: ``<prefix>.notice.<client>``, each awaited
+        invocation one more token under it (see ``is_notice_subject``)."""
+        return f"{self.prefix}.notice.{client}"
+
+    def is_notice_subject(self, subject: str) -> bool:
+        """Whether ``subject`` is a client's notice subject (``<prefix>.notice.<client>.<n>``):
+        a processor sends a result notice only there, never where a state says to."""
+        head = f"{self.prefix}.notice."
+        if not subject.startswith(head):
+            return False
+        tokens = subject[len(head) :].split(".")
+        return len(tokens) == 2 and all(_ID.fullmatch(t) for t in tokens)
+
     # -- schedules -------------------------------------------------------------------------
 
     @property

@@ -1,20 +1,22 @@
 """State events: the server republishes every state write on ``<prefix>.state.<id>``, and a
-processor publishes its result notice there when an invocation finishes (core NATS)."""
+processor publishes its result notice when an invocation finishes (core NATS): to the
+submitting client's notice subject if the invocation names one, else on the state subject."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
-from typing import Any
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
 
 import nats.errors
 from google.protobuf.message import DecodeError
 
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport.connection import Link
-from durable_core._transport.inbox import MsgQueue
+from durable_core._transport.inbox import Mailboxes, MsgQueue
 
 __all__ = [
+    "Notices",
     "StateEvents",
     "journal_of_result",
     "publish_result",
@@ -23,6 +25,7 @@ __all__ = [
 ]
 
 
+_NOTICE_POLL = 2.0  # seconds: a waiter on a notice alone reads the state this often
 _RESULT_HEADER = "Durable-Journal"
 _RESULT_MAX_BYTES = 512 * 1024
 
@@ -33,18 +36,24 @@ async def publish_result(
     """Tell clients waiting on an invocation that it finished (core NATS, best effort).
 
     Sent by the processor once the journal holds the final entry and before the state is
-    written, on the subject where the state's changes are republished: a waiting client
-    has its result one write earlier, and without reading the journal. The body is the
-    final state followed by a ``ResultNotice`` holding the journal (its field 1000 is
-    unknown to ExecutionState: a reader that does not know it sees a plain state); the
-    header ``Durable-Journal`` gives the offset of the notice. A journal too large for
-    one message is left out (the client reads it).
+    written: a waiting client has its result one write earlier, and without reading the
+    journal. It goes to the state's ``notify`` subject, the submitting client's (one
+    subscription per client, not one per invocation); to the subject where the state's
+    changes are republished if it names none (or names one that is not a notice subject:
+    a state never makes a processor publish anywhere else). The body is the final state
+    followed by a ``ResultNotice`` holding the journal (its field 1000 is unknown to
+    ExecutionState: a reader that does not know it sees a plain state); the header
+    ``Durable-Journal`` gives the offset of the notice. A journal too large for one message
+    is left out (the client reads it).
     """
     limit = min(_RESULT_MAX_BYTES, (link.nc.max_payload or 1024 * 1024) - 16 * 1024)
     data, headers = result_notice(state, entries, limit)
-    await link.nc.publish(
-        link.names.state_event_subject(state.invocation_id), data, headers=headers
-    )
+    n = link.names
+    if n.is_notice_subject(state.notify):
+        subject = state.notify
+    else:
+        subject = n.state_event_subject(state.invocation_id)
+    await link.nc.publish(subject, data, headers=headers)
 
 
 def result_notice(
@@ -72,16 +81,47 @@ async def subscribe_state_events(link: Link, invocation_id: str) -> StateEvents:
     """Subscribe to the server's republished state changes of one invocation."""
     queue = MsgQueue()
     sub = await link.nc.subscribe(link.names.state_event_subject(invocation_id), cb=queue.put)
-    return StateEvents(sub, queue)
+
+    async def close() -> None:
+        with contextlib.suppress(nats.errors.Error):
+            await sub.unsubscribe()
+
+    return StateEvents(queue, close)
+
+
+class Notices:
+    """A client's result notices: one subscription (made on first use) for every invocation
+    it submits and waits for, each given a subject of its own to name in its state."""
+
+    def __init__(self, link: Link) -> None:
+        self._boxes = Mailboxes(link.nc, link.names.notice_prefix(uuid.uuid4().hex))
+
+    async def watch(self) -> tuple[str, StateEvents]:
+        """A notice subject for one invocation, and its result notice when it comes (only
+        that: not its other state changes, so a caller polls as well, see ``poll``)."""
+        subject, queue, token = await self._boxes.take()
+
+        async def close() -> None:
+            self._boxes.drop(token)
+
+        return subject, StateEvents(queue, close, poll=_NOTICE_POLL)
 
 
 class StateEvents:
     """State changes of one invocation, pushed by the server (KV republish), and the
-    processor's result notice (see :func:`publish_result`)."""
+    processor's result notice (see :func:`publish_result`); or only the notice.
 
-    def __init__(self, sub: Any, queue: MsgQueue) -> None:
-        self._sub = sub
+    ``poll``: how long a waiter goes without an event before it reads the state itself: a
+    notice (or a republished change) may be missed across a reconnect, and notices come
+    only once.
+    """
+
+    def __init__(
+        self, queue: MsgQueue, close: Callable[[], Awaitable[None]], *, poll: float = 5.0
+    ) -> None:
         self._queue = queue
+        self._close = close
+        self.poll = poll
         # The state as this client created it, if it did: the present, without a read.
         self.created: pb.ExecutionState | None = None
 
@@ -104,5 +144,4 @@ class StateEvents:
 
     async def close(self) -> None:
         """Stop listening."""
-        with contextlib.suppress(nats.errors.Error):
-            await self._sub.unsubscribe()
+        await self._close()

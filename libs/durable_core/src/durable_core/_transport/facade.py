@@ -19,7 +19,12 @@ from durable_core._naming import Names, encode_partition_key
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport.commands import Commands
 from durable_core._transport.connection import Link, connect_nats, js_publish
-from durable_core._transport.events import StateEvents, publish_result, subscribe_state_events
+from durable_core._transport.events import (
+    Notices,
+    StateEvents,
+    publish_result,
+    subscribe_state_events,
+)
 from durable_core._transport.fleet import FleetRecords
 from durable_core._transport.inbox import DirectGets
 from durable_core._transport.journal import JournalRecord, Journals
@@ -49,6 +54,7 @@ class Transport:
         self._commands = Commands(link, gets, provision)
         self._ticks = Ticks(link, provision)
         self.payloads = Payloads(link, gets)  # large values by reference (issue 18)
+        self._notices: Notices | None = None  # a client's result notices, made on first use
         n = link.names
         self._keys = RecordStore(link, lambda: provision.bind_bucket(n.keys_bucket, "key bucket"))
         self._schedules = RecordStore(
@@ -349,6 +355,13 @@ class Transport:
     async def state_events(self, invocation_id: str) -> StateEvents:
         """Subscribe to the server's republished state changes of one invocation."""
         return await subscribe_state_events(self._link, invocation_id)
+
+    async def watch_result(self) -> tuple[str, StateEvents]:
+        """A notice subject for an invocation about to be submitted (its state and start name
+        it), and its result notice when it finishes (see events.Notices)."""
+        if self._notices is None:
+            self._notices = Notices(self._link)
+        return await self._notices.watch()
 
     async def publish_result(
         self, state: pb.ExecutionState, entries: Sequence[pb.JournalEntry]

@@ -17,7 +17,7 @@ from nats.aio.msg import Msg
 
 from durable_core.errors import DurableError
 
-__all__ = ["DirectGets", "MsgQueue", "Queue"]
+__all__ = ["DirectGets", "Mailboxes", "MsgQueue", "Queue"]
 
 T = TypeVar("T")
 
@@ -68,13 +68,13 @@ def _wake(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
-class _Replies:
-    """One long-lived wildcard inbox for requests answered by several messages: no
-    subscription made and dropped per request."""
+class Mailboxes:
+    """Subjects ``<prefix>.<n>`` under one long-lived wildcard subscription, each with its own
+    queue: no subscription made and dropped per request (or per awaited result)."""
 
-    def __init__(self, nc: NatsClient) -> None:
+    def __init__(self, nc: NatsClient, prefix: str | None = None) -> None:
         self._nc = nc
-        self._prefix = nc.new_inbox()
+        self._prefix = prefix or nc.new_inbox()
         self._sub: Any = None
         self._subscribing = asyncio.Lock()
         self._queues: dict[str, MsgQueue] = {}
@@ -85,19 +85,29 @@ class _Replies:
         if queue is not None:  # else: a late answer to a request given up on
             await queue.put(msg)
 
-    @contextlib.asynccontextmanager
-    async def open(self) -> AsyncIterator[tuple[str, MsgQueue]]:
-        """A reply subject and the queue its answers arrive in, until the block ends."""
+    async def take(self) -> tuple[str, MsgQueue, str]:
+        """A subject, the queue its messages arrive in, and the token that :meth:`drop`
+        takes when they are no longer wanted."""
         if self._sub is None:
-            async with self._subscribing:  # once, however many requests start together
+            async with self._subscribing:  # once, however many start together
                 if self._sub is None:
                     self._sub = await self._nc.subscribe(f"{self._prefix}.*", cb=self._route)
         token = str(next(self._tokens))
         queue = self._queues[token] = MsgQueue()
+        return f"{self._prefix}.{token}", queue, token
+
+    def drop(self, token: str) -> None:
+        """Stop taking in the messages of ``token``'s subject."""
+        self._queues.pop(token, None)
+
+    @contextlib.asynccontextmanager
+    async def open(self) -> AsyncIterator[tuple[str, MsgQueue]]:
+        """A reply subject and the queue its answers arrive in, until the block ends."""
+        subject, queue, token = await self.take()
         try:
-            yield f"{self._prefix}.{token}", queue
+            yield subject, queue
         finally:
-            del self._queues[token]
+            self.drop(token)
 
 
 class DirectGets:
@@ -106,7 +116,7 @@ class DirectGets:
 
     def __init__(self, nc: NatsClient) -> None:
         self._nc = nc
-        self._replies: _Replies | None = None  # made on first use
+        self._replies: Mailboxes | None = None  # made on first use
 
     async def batch(
         self, stream: str, subject: str, start: int, batch: int
@@ -114,7 +124,7 @@ class DirectGets:
         """Up to ``batch`` messages of ``subject`` from sequence ``start`` on, and whether
         more may follow (the batch was full)."""
         if self._replies is None:
-            self._replies = _Replies(self._nc)
+            self._replies = Mailboxes(self._nc)
         out: list[Msg] = []
         async with self._replies.open() as (inbox, replies):
             req = json.dumps({"seq": start, "next_by_subj": subject, "batch": batch}).encode()

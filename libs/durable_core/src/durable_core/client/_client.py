@@ -425,7 +425,10 @@ class Client:
             NotFoundError: no invocation has this id.
         """
         rec = await lifecycle.state_of(self._t, invocation_id)
-        return await self._result(rec.state)
+        # A state not final yet may trail a journal that has ended (the final state is
+        # written right after the result notice): the journal as its leader has it now then
+        # says how it ended (one request more, only for an unfinished state).
+        return await self._result(rec.state, current=rec.state.status not in TERMINAL_PB)
 
     async def get_summary(self, invocation_id: str) -> ExecutionSummary:
         """The execution's state without its journal (one read; it may trail the journal by
@@ -492,21 +495,27 @@ class Client:
                     f"{seconds:.1f}s; it keeps running: `durable status {invocation_id}`"
                 )
             try:
-                state, entries = await events.next_with_journal(timeout=min(left, 5.0))
+                state, entries = await events.next_with_journal(timeout=min(left, events.poll))
             except TimeoutError:
-                # Belt and braces: a republished event can be missed across a reconnect.
+                # A republished event or a notice can be missed across a reconnect; a notice
+                # alone says nothing until the end.
                 rec = await self._t.get_state(invocation_id)
                 if rec is not None:
                     state, entries = rec.state, None
         return state, entries
 
     async def _result(
-        self, state: pb.ExecutionState, entries: list[pb.JournalEntry] | None = None
+        self,
+        state: pb.ExecutionState,
+        entries: list[pb.JournalEntry] | None = None,
+        *,
+        current: bool = False,
     ) -> InvocationResult:
-        """The result from a state and its journal (read here unless given)."""
+        """The result from a state and its journal (read here unless given; ``current``: at
+        least as far as the journal's leader has it now)."""
         if entries is None:
             records = await self._t.read_journal(
-                state.invocation_id, min_entries=state.journal_length
+                state.invocation_id, min_entries=state.journal_length, current=current
             )
             entries = [r.entry for r in records]
         result = result_of(state, entries)

@@ -245,7 +245,12 @@ async def submit_payload(
             created_at_ms=now,
             metadata=trace_context,
         )
-        events = await t.state_events(invocation_id) if watch else None
+        events = None
+        if watch:
+            # The processor sends the result to this client's own subject, which the state
+            # and the start name: one subscription per client, none per invocation.
+            state.notify, events = await t.watch_result()
+            cmd.notify = state.notify
         try:
             created = await intake.submit(t, state, cmd)
             if created is None:
@@ -254,8 +259,14 @@ async def submit_payload(
             if events is not None:
                 await events.close()
             raise
-        if events is not None and created is not None:
-            events.created = created.state  # subscribed before it existed: the present
+        if events is not None:
+            if created is not None:
+                events.created = created.state  # subscribed before it existed: the present
+            else:
+                # Submitted before (by anyone): its notice goes where that submission said.
+                # Its state changes come here from now on, and the present is read after.
+                await events.close()
+                events = await t.state_events(invocation_id)
     return invocation_id, events
 
 

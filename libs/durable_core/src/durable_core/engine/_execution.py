@@ -221,6 +221,7 @@ class Execution:
             st.parent_id = self.cmd.parent_id
             st.trace_context.update(self.cmd.metadata)  # as the client would have stored it
             st.trace_id = _intake.trace_id(self.cmd.metadata)
+            st.notify = self.cmd.notify
         for key, value in changes.items():
             if isinstance(value, pb.Payload | pb.Failure):
                 getattr(st, key).CopyFrom(value)

@@ -126,7 +126,7 @@ class PayloadRef(_message.Message):
     def __init__(self, object: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[bytes] = ...) -> None: ...
 
 class Command(_message.Message):
-    __slots__ = ("invocation_id", "workflow", "args", "partition_key", "kind", "created_at_ms", "parent_id", "metadata", "min_journal_seq", "route", "supersedes")
+    __slots__ = ("invocation_id", "workflow", "args", "partition_key", "kind", "created_at_ms", "parent_id", "metadata", "min_journal_seq", "route", "supersedes", "notify")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -145,6 +145,7 @@ class Command(_message.Message):
     MIN_JOURNAL_SEQ_FIELD_NUMBER: _ClassVar[int]
     ROUTE_FIELD_NUMBER: _ClassVar[int]
     SUPERSEDES_FIELD_NUMBER: _ClassVar[int]
+    NOTIFY_FIELD_NUMBER: _ClassVar[int]
     invocation_id: str
     workflow: str
     args: Payload
@@ -156,7 +157,8 @@ class Command(_message.Message):
     min_journal_seq: int
     route: str
     supersedes: int
-    def __init__(self, invocation_id: _Optional[str] = ..., workflow: _Optional[str] = ..., args: _Optional[_Union[Payload, _Mapping]] = ..., partition_key: _Optional[str] = ..., kind: _Optional[_Union[CommandKind, str]] = ..., created_at_ms: _Optional[int] = ..., parent_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., min_journal_seq: _Optional[int] = ..., route: _Optional[str] = ..., supersedes: _Optional[int] = ...) -> None: ...
+    notify: str
+    def __init__(self, invocation_id: _Optional[str] = ..., workflow: _Optional[str] = ..., args: _Optional[_Union[Payload, _Mapping]] = ..., partition_key: _Optional[str] = ..., kind: _Optional[_Union[CommandKind, str]] = ..., created_at_ms: _Optional[int] = ..., parent_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., min_journal_seq: _Optional[int] = ..., route: _Optional[str] = ..., supersedes: _Optional[int] = ..., notify: _Optional[str] = ...) -> None: ...
 
 class Failure(_message.Message):
     __slots__ = ("type", "message", "code", "step")
@@ -209,7 +211,7 @@ class JournalEntry(_message.Message):
     def __init__(self, index: _Optional[int] = ..., kind: _Optional[_Union[EntryKind, str]] = ..., step: _Optional[int] = ..., name: _Optional[str] = ..., input_hash: _Optional[bytes] = ..., output: _Optional[_Union[Payload, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., timestamp_ms: _Optional[int] = ..., writer: _Optional[str] = ..., attempts: _Optional[int] = ..., duration_us: _Optional[int] = ..., wake_at_ms: _Optional[int] = ..., detached: _Optional[bool] = ..., command_seq: _Optional[int] = ..., plugin: _Optional[str] = ..., plugin_version: _Optional[str] = ..., code_fingerprint: _Optional[str] = ...) -> None: ...
 
 class ExecutionState(_message.Message):
-    __slots__ = ("invocation_id", "workflow", "status", "args", "output", "failure", "partition_key", "created_at_ms", "updated_at_ms", "journal_length", "trace_id", "parent_id", "child_ids", "processor", "start_at_ms", "waiting_for", "parent_partition_key", "notify_parent", "parent_workflow", "forked_from", "deadline_ms", "rerun_of", "run_command_seq", "pinned_version", "blocked_reason", "trace_context")
+    __slots__ = ("invocation_id", "workflow", "status", "args", "output", "failure", "partition_key", "created_at_ms", "updated_at_ms", "journal_length", "trace_id", "parent_id", "child_ids", "processor", "start_at_ms", "waiting_for", "parent_partition_key", "notify_parent", "parent_workflow", "forked_from", "deadline_ms", "rerun_of", "run_command_seq", "pinned_version", "blocked_reason", "notify", "trace_context")
     class TraceContextEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -242,6 +244,7 @@ class ExecutionState(_message.Message):
     RUN_COMMAND_SEQ_FIELD_NUMBER: _ClassVar[int]
     PINNED_VERSION_FIELD_NUMBER: _ClassVar[int]
     BLOCKED_REASON_FIELD_NUMBER: _ClassVar[int]
+    NOTIFY_FIELD_NUMBER: _ClassVar[int]
     TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     invocation_id: str
     workflow: str
@@ -268,8 +271,9 @@ class ExecutionState(_message.Message):
     run_command_seq: int
     pinned_version: str
     blocked_reason: str
+    notify: str
     trace_context: _containers.ScalarMap[str, str]
-    def __init__(self, invocation_id: _Optional[str] = ..., workflow: _Optional[str] = ..., status: _Optional[_Union[Status, str]] = ..., args: _Optional[_Union[Payload, _Mapping]] = ..., output: _Optional[_Union[Payload, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., partition_key: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., journal_length: _Optional[int] = ..., trace_id: _Optional[str] = ..., parent_id: _Optional[str] = ..., child_ids: _Optional[_Iterable[str]] = ..., processor: _Optional[str] = ..., start_at_ms: _Optional[int] = ..., waiting_for: _Optional[str] = ..., parent_partition_key: _Optional[str] = ..., notify_parent: _Optional[bool] = ..., parent_workflow: _Optional[str] = ..., forked_from: _Optional[str] = ..., deadline_ms: _Optional[int] = ..., rerun_of: _Optional[str] = ..., run_command_seq: _Optional[int] = ..., pinned_version: _Optional[str] = ..., blocked_reason: _Optional[str] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    def __init__(self, invocation_id: _Optional[str] = ..., workflow: _Optional[str] = ..., status: _Optional[_Union[Status, str]] = ..., args: _Optional[_Union[Payload, _Mapping]] = ..., output: _Optional[_Union[Payload, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., partition_key: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., journal_length: _Optional[int] = ..., trace_id: _Optional[str] = ..., parent_id: _Optional[str] = ..., child_ids: _Optional[_Iterable[str]] = ..., processor: _Optional[str] = ..., start_at_ms: _Optional[int] = ..., waiting_for: _Optional[str] = ..., parent_partition_key: _Optional[str] = ..., notify_parent: _Optional[bool] = ..., parent_workflow: _Optional[str] = ..., forked_from: _Optional[str] = ..., deadline_ms: _Optional[int] = ..., rerun_of: _Optional[str] = ..., run_command_seq: _Optional[int] = ..., pinned_version: _Optional[str] = ..., blocked_reason: _Optional[str] = ..., notify: _Optional[str] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ResultNotice(_message.Message):
     __slots__ = ("journal",)
