@@ -340,7 +340,7 @@ async def test_a_run_that_lost_its_hold_never_claims(
     def holds(self: Worker, delivery: Any, lease_epoch: int) -> bool:
         kind = pb.Command.FromString(delivery.data).kind
         if kind == pb.COMMAND_KIND_WAKE and delivery.num_delivered == 1 and not refused:
-            refused.append(delivery.stream_seq)  # its hold lapsed (just this once)
+            refused.append(delivery.command_seq)  # its hold lapsed (just this once)
             return False
         return real(self, delivery, lease_epoch)
 

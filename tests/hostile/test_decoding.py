@@ -528,7 +528,7 @@ class _Delivery:
     def __init__(self, data: bytes) -> None:
         self.data = data
         self.num_delivered = 1
-        self.stream_seq = 42
+        self.stream_seq = self.command_seq = 42
         self.settled: list[str] = []
 
     async def ack(self) -> None:
