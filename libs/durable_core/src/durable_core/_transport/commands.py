@@ -132,25 +132,56 @@ class Commands:
     async def queued(self, partition_key: str, before: int) -> list[pb.Command]:
         """Commands of a partition key still in its command stream numbered below ``before``
         (a command number, see ``Names.command_seq``), of every workflow and route (a key is
-        shared across workflows)."""
+        shared across workflows).
+
+        The caller holds a delivery of this key numbered ``before`` or later (its start or its
+        turn, not acked yet), so an answer that shows no command from ``before`` on came from
+        a replica that has not applied it yet: one that lags (a node catching up after a pause
+        answered a direct get without an earlier start, and a later start of the key ran
+        first). Such an answer is not used: asked again, then read from the stream's leader.
+        """
         link = self._link
         n = link.names
         stream, subject = n.command_stream_of(partition_key), n.key_subjects(partition_key)
         before_seq = n.stream_seq_of(before)
 
-        async def get() -> list[pb.Command]:
-            msgs, _ = await self._gets.batch(stream, subject, 1, 64)
-            out = []
-            for msg in msgs:
-                if int((msg.headers or {})["Nats-Sequence"]) >= before_seq:
+        async def get() -> list[Any] | None:
+            msgs, full = await self._gets.batch(stream, subject, 1, 64)
+            seqs = [int((msg.headers or {})["Nats-Sequence"]) for msg in msgs]
+            if full or any(seq >= before_seq for seq in seqs):
+                return [m for m, seq in zip(msgs, seqs, strict=True) if seq < before_seq]
+            return None  # a replica behind the caller's own delivery
+
+        async def from_leader() -> list[Any]:
+            out: list[Any] = []
+            seq = 1
+            while len(out) < 64:
+                try:
+                    msg = await link.js.get_msg(stream, seq=seq, subject=subject, next=True)
+                except nats.js.errors.NotFoundError:
                     break
-                cmd = pb.Command()
-                with contextlib.suppress(DecodeError):
-                    cmd.ParseFromString(msg.data)
-                    out.append(cmd)
+                if (msg.seq or 0) >= before_seq:
+                    break
+                out.append(msg)
+                seq = (msg.seq or 0) + 1
             return out
 
-        return await link.retry("read queued commands", get)
+        for attempt in range(3):
+            fresh = await link.retry("read queued commands", get)
+            if fresh is not None:
+                return self._parsed(fresh)
+            await asyncio.sleep(0.05 * (attempt + 1))
+        return self._parsed(await link.retry("read queued commands from the leader", from_leader))
+
+    @staticmethod
+    def _parsed(msgs: Sequence[Any]) -> list[pb.Command]:
+        out = []
+        for msg in msgs:
+            cmd = pb.Command()
+            with contextlib.suppress(DecodeError):
+                cmd.ParseFromString(msg.data)
+                out.append(cmd)
+        return out
 
     # -- consuming -------------------------------------------------------------------------
 
