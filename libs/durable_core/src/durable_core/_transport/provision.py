@@ -105,7 +105,8 @@ class Provisioner:
         wanted = sharded.journal_streams + [f"KV_{b}" for b in sharded.state_buckets]
         if sharded.shards > 1:
             wanted = sharded.command_streams + wanted
-        return [s for s in wanted if await self._info(s) is None], info
+        infos = await asyncio.gather(*(self._info(s) for s in wanted))  # one round trip
+        return [s for s, found in zip(wanted, infos, strict=True) if found is None], info
 
     async def _info(self, stream: str) -> Any:
         """The stream's info; None if there is no such stream."""
@@ -129,16 +130,11 @@ class Provisioner:
     async def infrastructure(self, *, strict: bool = True) -> tuple[list[KeyValue], KeyValue]:
         """Create the command and journal streams, the state and key buckets, or verify
         them; the state buckets (one per shard) and the key bucket."""
-        n = self._link.names
-        home = await self._info(n.command_stream)
-        if home is not None:
-            # The stored number decides the subjects wanted of every stream (not strict: it
-            # is taken; strict: any other is refused).
-            self._check_shards(strict, home.config)
-        n, e = self._link.names, self._link.engine
-        max_msg = e.max_payload + 64 * 1024
 
         def commands(name: str, shard: int | None) -> StreamConfig:
+            # The names and settings as they are now: the stored number of shards once the
+            # command stream has been seen (see adopt).
+            n, e = self._link.names, self._link.engine
             what = "durable: start and wake-up commands (work queue)"
             if n.shards > 1:
                 what = (
@@ -156,19 +152,21 @@ class Provisioner:
                 storage=StorageType.FILE,
                 num_replicas=e.replicas,
                 duplicate_window=e.duplicate_window.total_seconds(),
-                max_msg_size=max_msg,
+                max_msg_size=e.max_payload + 64 * 1024,
                 discard=DiscardPolicy.OLD,
                 metadata={_SHARDS_KEY: str(e.shards)} if shard is None else {},
             )
 
-        # Made meanwhile by another processor (maybe with another number): checked before
-        # anything in it is changed.
-        await self._ensure_stream(
-            strict,
-            commands(n.command_stream, None),
-            verify=lambda have: self._check_shards(strict, have),
-        )
+        def adopt(have: StreamConfig) -> StreamConfig:
+            # The stored number decides the subjects wanted of every stream (strict: any
+            # other is refused; else it is taken), checked before anything is changed.
+            self._check_shards(strict, have)
+            return commands(have.name or "", None)
+
+        n = self._link.names
+        await self._ensure_stream(strict, commands(n.command_stream, None), adopt=adopt)
         n, e = self._link.names, self._link.engine  # the stored number (not strict)
+        max_msg = e.max_payload + 64 * 1024
         if n.shards > 1:
             for shard, stream in enumerate(n.command_streams):
                 await self._ensure_stream(strict, commands(stream, shard))
@@ -231,10 +229,11 @@ class Provisioner:
         self,
         strict: bool,
         want: StreamConfig,
-        verify: Callable[[StreamConfig], None] | None = None,
+        adopt: Callable[[StreamConfig], StreamConfig] | None = None,
     ) -> StreamConfig:
         """Create the stream, or check and update the one there; its configuration.
-        ``verify`` checks the one there before anything is changed (it raises to refuse)."""
+        ``adopt`` sees the one there before anything is changed, and says what is wanted of
+        it (it raises to refuse)."""
         assert want.name is not None
         js = self._link.js
 
@@ -250,8 +249,7 @@ class Provisioner:
                     check_created_elsewhere(e, f"stream {want.name}")
                 info = await js.stream_info(want.name)  # type: ignore[arg-type]
             have = info.config
-            if verify is not None:
-                verify(have)
+            wanted = want if adopt is None else adopt(have)
             if strict:
                 _check_same(
                     f"stream {want.name}",
@@ -261,29 +259,29 @@ class Provisioner:
                         "storage": have.storage,
                     },
                     {
-                        "retention": want.retention,
-                        "replicas": want.num_replicas,
-                        "storage": want.storage,
+                        "retention": wanted.retention,
+                        "replicas": wanted.num_replicas,
+                        "storage": wanted.storage,
                     },
                 )
-            missing = sorted(set(want.subjects or []) - set(have.subjects or []))
+            missing = sorted(set(wanted.subjects or []) - set(have.subjects or []))
             if (
                 missing
-                or (want.allow_msg_schedules and not have.allow_msg_schedules)
-                or (want.allow_direct and not have.allow_direct)
-                or (want.allow_atomic and not have.allow_atomic)
+                or (wanted.allow_msg_schedules and not have.allow_msg_schedules)
+                or (wanted.allow_direct and not have.allow_direct)
+                or (wanted.allow_atomic and not have.allow_atomic)
             ):
                 # Additive changes from a newer version: subjects, schedules, direct gets,
                 # atomic batches.
-                have.subjects = sorted(set(have.subjects or []) | set(want.subjects or []))
-                have.allow_msg_schedules = have.allow_msg_schedules or want.allow_msg_schedules
-                have.allow_direct = have.allow_direct or want.allow_direct
-                have.allow_atomic = have.allow_atomic or want.allow_atomic
+                have.subjects = sorted(set(have.subjects or []) | set(wanted.subjects or []))
+                have.allow_msg_schedules = have.allow_msg_schedules or wanted.allow_msg_schedules
+                have.allow_direct = have.allow_direct or wanted.allow_direct
+                have.allow_atomic = have.allow_atomic or wanted.allow_atomic
                 await js.update_stream(have)
                 log.info(
                     "updated stream %s: subjects %s, schedules, direct gets and atomic "
                     "batches on as wanted",
-                    want.name,
+                    wanted.name,
                     missing,
                 )
             return have
