@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,7 +17,13 @@ from durable_core import Client, Context, EngineConfig, NatsConfig, Worker, Work
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import Transport
 from durable_core.plugins import WorkflowRegistry
-from durable_core.testing import NatsCluster, ProcessStack, assert_eventually_async, free_port
+from durable_core.testing import (
+    NatsCluster,
+    ProcessStack,
+    assert_eventually_async,
+    free_port,
+    free_ports,
+)
 from order_processing.testing import OrderServiceControl
 
 pytestmark = pytest.mark.integration
@@ -188,15 +193,12 @@ def test_cli_reports_unreachable_nats_and_bad_args() -> None:
 
 
 def free_port_pair() -> int:
-    """A free port whose successor is free too (the processor's and the scheduler's metrics)."""
+    """A free port whose successor is free too (the processor's and the scheduler's metrics);
+    both handed out, so no later free_port() returns the successor."""
     for _ in range(50):
-        port = free_port()
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
+        first, second = free_ports(2)
+        if second == first + 1:
+            return first
     raise AssertionError("no two consecutive free ports")
 
 

@@ -21,10 +21,12 @@ import durable_core.testing
 from durable_core.testing import (
     NatsCluster,
     NatsServer,
+    _probe,
     assert_eventually_async,
     docker_available,
     find_nats_server_binary,
     free_port,
+    free_ports,
 )
 
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -60,6 +62,23 @@ def test_find_binary_and_free_port() -> None:
     port = free_port()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", port))  # really free
+
+
+def test_free_ports_never_repeat_and_stay_out_of_the_ephemeral_range(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Two picks in a row once returned the same just-closed port (a processor's metrics port
+    # and the gRPC service's): a process never hands a port out twice now.
+    picks = [free_port() for _ in range(200)] + free_ports(50)
+    assert len(set(picks)) == 250
+    assert all(20000 <= p < 32000 for p in picks)
+    # pytest-xdist workers get disjoint slices.
+    slices = []
+    for worker in ("gw0", "gw1", "gw2"):
+        monkeypatch.setenv("PYTEST_XDIST_WORKER", worker)
+        monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "3")
+        slices.append(range(*_probe._port_slice()))
+    assert sum(len(s) for s in slices) == len(set().union(*slices)) >= 3 * 3000
 
 
 def test_server_modules_do_not_import_the_nats_client() -> None:

@@ -22,6 +22,45 @@ _HTTP_TIMEOUT_SECONDS = 1.0
 _HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
+# Ports handed out come from below the kernel's ephemeral range, so a server binding port 0 or
+# an outgoing connection (which take theirs from that range) never lands on one that was handed
+# out and not bound yet. Each pytest-xdist worker has its own slice of the range, and a process
+# never hands the same port out twice: two picks in a row used to return the same just-closed
+# port now and then (a processor's metrics port and a gRPC service's, in one test).
+_PORTS_LOW = 20000
+_PORTS_HIGH = 32000  # exclusive; the default ephemeral range starts at 32768
+_handed_out: set[int] = set()
+_cursor: list[int] = []  # the next candidate, once chosen
+
+
+def _port_slice() -> tuple[int, int]:
+    """This process's slice of the port range: the worker's share of it under pytest-xdist."""
+    low, high = _PORTS_LOW, _PORTS_HIGH
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            ephemeral_low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = high
+    high = min(high, ephemeral_low)
+    worker, workers = os.environ.get("PYTEST_XDIST_WORKER", ""), 1
+    if worker.startswith("gw") and worker[2:].isdigit():
+        workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1))
+        index = int(worker[2:]) % workers
+        size = (high - low) // workers
+        low, high = low + index * size, low + (index + 1) * size
+    return low, high
+
+
+def _bindable(host: str, port: int) -> socket.socket | None:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """Return a TCP port that is free on ``host`` right now.
 
@@ -29,20 +68,41 @@ def free_port(host: str = "127.0.0.1") -> int:
         host: The interface to probe.
 
     Returns:
-        A port the kernel just handed out for an ephemeral bind.
+        A port that binds on ``host`` now, never handed out before by this process.
     """
     return free_ports(1, host)[0]
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """Return ``count`` distinct free ports, all held open until every one is chosen."""
+    """Return ``count`` distinct free ports, all held open until every one is chosen.
+
+    They come from this process's slice of 20000-31999 (below the ephemeral range; see above),
+    each bound once to check it is free; the kernel's ephemeral ports if the slice runs out.
+    """
+    low, high = _port_slice()
+    if not _cursor:
+        _cursor.append(low + (os.getpid() * 7919) % max(1, high - low))
     sockets: list[socket.socket] = []
+    ports: list[int] = []
     try:
-        for _ in range(count):
+        for _ in range(max(0, high - low)):
+            if len(ports) == count:
+                break
+            port = _cursor[0]
+            _cursor[0] = low + (port + 1 - low) % (high - low)
+            if port in _handed_out:
+                continue
+            sock = _bindable(host, port)
+            if sock is not None:
+                sockets.append(sock)
+                ports.append(port)
+        while len(ports) < count:  # the slice is used up: fall back to ephemeral ports
             sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
             sockets.append(sock)
             sock.bind((host, 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
+            ports.append(int(sock.getsockname()[1]))
+        _handed_out.update(ports)
+        return ports
     finally:
         for sock in sockets:
             sock.close()
