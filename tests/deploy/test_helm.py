@@ -349,7 +349,7 @@ def test_settings_file_is_read_by_the_processor(
     settings = settings_module.load_settings()
     assert settings.engine.replicas == 3
     assert settings.worker.max_concurrent == 50
-    assert settings.worker.ack_wait.total_seconds() == 300
+    assert settings.worker.ack_wait.total_seconds() == 30
     assert dict(settings.worker.services)["OrderService"] == "orders.shop:9090"
     try:  # the inspector reads the same file
         from durable_inspector.settings import load_settings as load_inspector_settings

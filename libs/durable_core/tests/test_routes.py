@@ -195,3 +195,40 @@ async def test_free_slots_are_shared_among_busy_consumers(busy: int, free: int) 
     takers = min(busy, free)
     assert sum(asked) <= free or takers * 256 < free, asked
     assert all(a >= 1 for a in asked[:takers]) and not any(asked[takers:]), asked
+
+
+async def test_an_ack_wait_is_never_shortened_under_a_held_command(transport: Transport) -> None:
+    """A processor configured with a shorter ack wait than the consumer's leaves it alone while
+    a command is held (its holder heartbeats by the longer wait: JetStream would redeliver what
+    it still runs); lengthening is always allowed, shortening once nothing is held or pulled."""
+    n = transport.names
+    name = n.route_consumer("processor", "a", "")
+
+    async def ack_wait() -> float:
+        return float((await transport.js.consumer_info(n.command_stream, name)).config.ack_wait)
+
+    first = await transport.command_consumer(
+        WorkerConfig(max_concurrent=10, ack_wait=timedelta(seconds=300)), [("a", "")]
+    )
+    await transport.publish_command(start("held", "a"), msg_id="start:held")
+    held = await first.fetch(1, timeout=2.0)
+    assert len(held) == 1
+    await first.close()  # no pull waits: only the held command keeps the longer wait
+
+    second = await transport.command_consumer(
+        WorkerConfig(max_concurrent=10, ack_wait=timedelta(seconds=30)), [("a", "")]
+    )
+    assert await ack_wait() == 300
+    await second.close()
+    longer = await transport.command_consumer(
+        WorkerConfig(max_concurrent=10, ack_wait=timedelta(seconds=600)), [("a", "")]
+    )
+    assert await ack_wait() == 600
+    await longer.close()
+
+    await held[0].ack()
+    third = await transport.command_consumer(
+        WorkerConfig(max_concurrent=10, ack_wait=timedelta(seconds=30)), [("a", "")]
+    )
+    assert await ack_wait() == 30
+    await third.close()

@@ -28,9 +28,9 @@ def test_defaults() -> None:
     assert (s.engine.prefix, s.engine.replicas, s.engine.max_payload) == ("durable", 1, 500_000)
     assert (s.engine.payload_threshold, s.engine.max_object_size) == (262_144, 1024**3)
     assert s.worker.max_concurrent == 100
-    assert s.worker.ack_wait == timedelta(seconds=300)
+    assert s.worker.ack_wait == timedelta(seconds=30)
     assert s.worker.heartbeat is None  # 0 in the file: ack_wait / 6
-    assert s.worker.heartbeat_interval == 50.0
+    assert s.worker.heartbeat_interval == 5.0
     assert s.worker.consumer == "processor"
     assert dict(s.worker.services) == {}
     assert s.worker.shutdown_grace == timedelta(seconds=10)
@@ -71,7 +71,7 @@ def test_settings_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert s.engine.replicas == 3
     assert s.log_level == "DEBUG"
     assert s.worker.services["OrderService"] == "orders:50051"
-    assert s.worker.ack_wait == timedelta(seconds=300)  # the rest keeps its defaults
+    assert s.worker.ack_wait == timedelta(seconds=30)  # the rest keeps its defaults
 
 
 def test_environment_wins_over_the_settings_file(

@@ -203,7 +203,7 @@ class WorkerConfig:
     """
 
     max_concurrent: int = 100
-    ack_wait: timedelta = timedelta(minutes=5)
+    ack_wait: timedelta = timedelta(seconds=30)
     heartbeat: timedelta | None = None
     consumer: str = "processor"
     services: Mapping[str, str] = field(default_factory=dict)

@@ -37,7 +37,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--nats-url", help="NATS URL(s), comma-separated (env NATS_URL)")
     p.add_argument("--max-concurrent", type=int, help="executions running at once (default 100)")
-    p.add_argument("--ack-wait", type=float, help="seconds before redelivery (default 300)")
+    p.add_argument("--ack-wait", type=float, help="seconds before redelivery (default 30)")
     p.add_argument(
         "--heartbeat",
         type=float,

@@ -8,7 +8,7 @@ stuck processor: one replica claims it by deleting it at the revision it saw (th
 replica's delete fails), then NAKs every listed delivery, and JetStream redelivers each
 command at once. The next holder takes the invocation over with a fenced CLAIM, so a
 processor that was only stuck loses nothing but its claim. Without this, those commands
-would wait for ``ack_wait`` (5 minutes by default).
+would wait for ``ack_wait`` (30 s by default).
 """
 
 from __future__ import annotations

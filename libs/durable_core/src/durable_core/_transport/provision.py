@@ -377,8 +377,9 @@ class Provisioner:
     ) -> None:
         """Create the shared durable consumer ``want`` on ``stream`` (the command stream if
         not given), or check the one that exists: its filter and ack policy must match; its
-        ack wait and room are updated (never shrinking another holder's
-        ``max_ack_pending``)."""
+        ack wait and room are updated, never shrinking another holder's ``max_ack_pending``,
+        and never shortening the ack wait while anyone holds or pulls commands from it (see
+        ``_kept_ack_wait``)."""
         js, stream = self._link.js, stream or self._link.names.command_stream
         name = want.durable_name
         assert name is not None
@@ -396,6 +397,7 @@ class Provisioner:
             )
             # Tunables may change between deployments; never shrink another holder's room.
             want.max_ack_pending = max(c.max_ack_pending or 0, want.max_ack_pending or 0)
+            want.ack_wait = _kept_ack_wait(name, info, want.ack_wait)
             if (c.ack_wait, c.max_ack_pending) != (want.ack_wait, want.max_ack_pending):
                 if announce:
                     log.warning(
@@ -410,6 +412,32 @@ class Provisioner:
             return info
 
         await self._link.retry(f"set up {what}", setup)
+
+
+def _kept_ack_wait(name: str, info: Any, want: float | None) -> float | None:
+    """The ack wait to set on an existing consumer: ``want``, unless that is shorter than the
+    consumer's while commands are held or pulled from it. A holder started with the longer
+    wait believes JetStream keeps its command that long and heartbeats accordingly (every
+    sixth of it); shortening the wait under it would let JetStream redeliver a command it still
+    runs. A processor whose own wait is shorter than the consumer's is only more careful (it
+    stops starting steps sooner and heartbeats more often), so the longer wait stays until a
+    processor starts with nothing held or pulled."""
+    have = info.config.ack_wait
+    if want is None or have is None or want >= have:
+        return want
+    if info.num_ack_pending or info.num_waiting:
+        log.warning(
+            "consumer %s keeps its ack_wait of %gs (configured: %gs) while %d commands are "
+            "held and %d pull requests wait: processors started with the longer wait may be "
+            "running them; it is shortened when a processor starts with none held or pulled",
+            name,
+            have,
+            want,
+            info.num_ack_pending or 0,
+            info.num_waiting or 0,
+        )
+        return float(have)
+    return want
 
 
 def _check_same(what: str, have: dict[str, Any], want: dict[str, Any]) -> None:
