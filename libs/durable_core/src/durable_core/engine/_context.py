@@ -143,7 +143,8 @@ class RunContext(Context):
                 f"grpc_service(HelloServiceStub).SayHello; got {method!r}"
             )
         req_bytes = method.request_serializer(request)
-        decision = await self._decide(pb.ENTRY_KIND_CALL, method.path, _codec.input_hash(req_bytes))
+        digest = _codec.input_hash(req_bytes)
+        decision = await self._decide(pb.ENTRY_KIND_CALL, method.path, digest)
         if not isinstance(decision, Execute):
             recorded = await self._resolved(self.steps.replayed(decision.entry))
             return cast(Resp, method.response_deserializer(recorded.data))
@@ -162,7 +163,7 @@ class RunContext(Context):
             "call",
             decision.step,
             method.path,
-            req_bytes,
+            digest,
             attempt,
             retry or self._default_retry,
         )
@@ -180,7 +181,8 @@ class RunContext(Context):
             arg_bytes = _codec.encode([list(args), kwargs]).data if (args or kwargs) else b""
         except Exception:  # noqa: BLE001 - non-JSON args are allowed, just not hashed
             arg_bytes = b""
-        decision = await self._decide(pb.ENTRY_KIND_RUN, name, _codec.input_hash(arg_bytes))
+        digest = _codec.input_hash(arg_bytes)
+        decision = await self._decide(pb.ENTRY_KIND_RUN, name, digest)
         if not isinstance(decision, Execute):
             return await self._load(self.steps.replayed(decision.entry))  # type: ignore[no-any-return]
 
@@ -207,7 +209,7 @@ class RunContext(Context):
             "run",
             decision.step,
             name,
-            arg_bytes,
+            digest,
             attempt,
             retry or self._default_retry,
         )
@@ -280,7 +282,7 @@ class RunContext(Context):
         kind_name: str,
         step: int,
         name: str,
-        input_bytes: bytes,
+        input_hash: bytes,
         attempt_fn: Callable[[StepInput], Awaitable[Any]],
         policy: RetryPolicy,
     ) -> Any:
@@ -290,7 +292,6 @@ class RunContext(Context):
             steps = self.steps
             chained = chain_steps(self._interceptors, attempt_fn)
             started = time.monotonic()
-            input_hash = _codec.input_hash(input_bytes)
             earlier = steps.earlier_attempts(step, name)
             attempt = len(earlier)
             if earlier:
