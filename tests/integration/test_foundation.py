@@ -10,7 +10,15 @@ from typing import Any
 import nats.js.errors
 import pytest
 
-from durable_core import Client, EngineConfig, NatsConfig, UnknownWorkflowError
+from durable_core import (
+    Client,
+    ConflictError,
+    EngineConfig,
+    InvalidInputError,
+    InvocationTimeoutError,
+    NatsConfig,
+    UnknownWorkflowError,
+)
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import Transport, connect_nats
 from durable_core.testing import NatsCluster, ProcessStack, assert_eventually_async
@@ -52,6 +60,101 @@ async def test_hello_workflow_through_the_client_and_the_cli(
     cp = await asyncio.to_thread(stack.cli, "status", out["invocation_id"])
     assert cp.returncode == 0, cp.stderr
     assert "completed" in cp.stdout and GREETING.format("Bob") in cp.stdout
+
+
+class StateWrites:
+    """Every state write of the engine, as the server republishes it: statuses by id."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+        self.statuses: dict[str, list[int]] = {}
+        self._sub: Any = None
+
+    async def __aenter__(self) -> StateWrites:
+        async def seen(msg: Any) -> None:
+            if msg.data:
+                st = pb.ExecutionState.FromString(msg.data)
+                self.statuses.setdefault(st.invocation_id, []).append(st.status)
+
+        n = self.transport.names
+        self._sub = await self.transport.nc.subscribe(n.state_event_subjects, cb=seen)
+        await self.transport.nc.flush()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._sub.unsubscribe()
+
+    async def until(self, invocation_id: str, status: int) -> list[int]:
+        await assert_eventually_async(
+            lambda: status in self.statuses.get(invocation_id, []), 10, f"{invocation_id} written"
+        )
+        return self.statuses[invocation_id]
+
+
+async def test_invoke_stores_only_the_start_and_the_processor_creates_the_state_running(
+    stack: ProcessStack, client: Client, transport: Transport
+) -> None:
+    """A plain ``invoke`` (waiting for its result) stores its start only; the processor
+    creates the state RUNNING as it starts the run: no PENDING write by the client, no read
+    and no PENDING-to-RUNNING write by the processor (two writes fewer on the path).
+    ``invoke_async`` still stores the state PENDING before it returns."""
+    stack.start_service()
+    stack.start_processor("p1")
+    async with StateWrites(transport) as writes:
+        result = await client.invoke("hello_workflow", {"name": "quick"}, timeout=30)
+        assert result.status == "completed"
+        done = await writes.until(result.invocation_id, pb.STATUS_COMPLETED)
+        assert done == [pb.STATUS_RUNNING, pb.STATUS_COMPLETED]
+        rec = await transport.get_state(result.invocation_id)
+        assert rec is not None
+        st = rec.state
+        assert st.processor and st.run_command_seq and st.notify and st.created_at_ms
+        assert st.workflow == "hello_workflow" and st.partition_key == result.invocation_id
+        assert json.loads(st.args.data) == {"name": "quick"}
+
+        later = await client.invoke_async("hello_workflow", {"name": "later"})
+        assert (await client.wait(later, timeout=30)).status == "completed"
+        done = await writes.until(later, pb.STATUS_COMPLETED)
+        assert done == [pb.STATUS_PENDING, pb.STATUS_RUNNING, pb.STATUS_COMPLETED]
+
+
+async def test_an_invoke_nobody_starts_is_stored_pending_by_its_waiter(
+    stack: ProcessStack, client: Client, transport: Transport
+) -> None:
+    """No processor takes the start: the waiting client creates the state PENDING at its first
+    poll or its timeout, whichever comes first, so ``durable status`` shows the invocation;
+    a processor started later finds that state and runs it the usual way."""
+    async with StateWrites(transport) as writes:
+        with pytest.raises(InvocationTimeoutError, match="still pending"):
+            await client.invoke("hello_workflow", {"name": "a"}, timeout=0.5, queue_unserved=True)
+        with pytest.raises(InvocationTimeoutError, match="still pending"):
+            await client.invoke("hello_workflow", {"name": "b"}, timeout=3, queue_unserved=True)
+        ids = [s.invocation_id for s in await client.list_executions()]
+        assert len(ids) == 2
+        assert all(writes.statuses[i] == [pb.STATUS_PENDING] for i in ids), writes.statuses
+        stack.start_service()
+        stack.start_processor("p1")
+        for invocation_id in ids:
+            assert (await client.wait(invocation_id, timeout=30)).status == "completed"
+            done = await writes.until(invocation_id, pb.STATUS_COMPLETED)
+            assert done == [pb.STATUS_PENDING, pb.STATUS_RUNNING, pb.STATUS_COMPLETED]
+
+
+async def test_invoking_a_taken_id_again_returns_its_result_or_is_refused(
+    stack: ProcessStack, client: Client
+) -> None:
+    """Only the start is stored by ``invoke``, and it is deduplicated by id: a second invoke
+    of the id finds it there and checks the id's state as before (the same arguments: that
+    invocation's result; others: ConflictError; another workflow: InvalidInputError)."""
+    stack.start_service()
+    stack.start_processor("p1")
+    first = await client.invoke("hello_workflow", {"name": "one"}, id="again", timeout=30)
+    second = await client.invoke("hello_workflow", {"name": "one"}, id="again", timeout=30)
+    assert second.status == "completed" and second.output == first.output
+    with pytest.raises(ConflictError, match="other arguments"):
+        await client.invoke("hello_workflow", {"name": "two"}, id="again", timeout=30)
+    with pytest.raises(InvalidInputError, match="already used by workflow"):
+        await client.invoke("order_processing", {"order_id": "o"}, id="again", timeout=30)
 
 
 async def test_results_come_to_the_clients_own_subject_with_no_subscription_per_invoke(
@@ -366,7 +469,8 @@ async def test_watch_executions_gives_a_snapshot_then_changes(
     assert seen[0].invocation_id == first.invocation_id and seen[0].status == "completed"
     assert seen[1] is None
     statuses = [s.status for s in seen[2:] if s.invocation_id == "watched-2"]
-    assert statuses[0] == "pending" and statuses[-1] == "completed"
+    # `invoke` leaves the state to the processor, which creates it running.
+    assert statuses[0] == "running" and statuses[-1] == "completed"
 
 
 # -- services setting up one prefix at once -------------------------------------------------

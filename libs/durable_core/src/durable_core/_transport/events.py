@@ -124,6 +124,10 @@ class StateEvents:
         self.poll = poll
         # The state as this client created it, if it did: the present, without a read.
         self.created: pb.ExecutionState | None = None
+        # The state this client left to the processor that starts the invocation
+        # (``Command.state_at_start``): not stored yet; the waiter creates it PENDING if
+        # nothing has started the invocation within its first poll.
+        self.unstored: pb.ExecutionState | None = None
 
     async def next(self, timeout: float) -> pb.ExecutionState:
         """The next state change; asyncio.TimeoutError if none comes in time."""

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from durable_core import _codec, _payloads
 from durable_core._naming import check_invocation_id
 from durable_core._pb.durable.v1 import durable_pb2 as pb
-from durable_core._transport import StateEvents, Transport
+from durable_core._transport import StateEvents, StateRecord, Transport
 from durable_core._types import TypeResolver
 from durable_core.client import _lifecycle as lifecycle
 from durable_core.client._results import (
@@ -22,7 +22,7 @@ from durable_core.client._results import (
     Status,
     result_of,
 )
-from durable_core.client._submit import WorkflowRef, start_at_ms, submit
+from durable_core.client._submit import WorkflowRef, start_at_ms, store_unstored, submit
 from durable_core.config import EngineConfig, NatsConfig
 from durable_core.errors import InvocationTimeoutError, WorkflowFailedError
 from durable_core.fleet import FleetCache, FleetView
@@ -482,6 +482,8 @@ class Client:
         # this client has just created, or else read once.
         if events.created is not None:
             state = events.created
+        elif events.unstored is not None:
+            state = events.unstored  # left to the processor that starts it: nothing to read
         else:
             rec = await self._t.get_state(invocation_id)
             if rec is None:
@@ -490,6 +492,8 @@ class Client:
         while state.status not in TERMINAL_PB:
             left = deadline - time.monotonic()
             if left <= 0:
+                if events.unstored is not None:  # visible to `durable status` from now on
+                    await self._stored_state(invocation_id, events)
                 raise InvocationTimeoutError(
                     f"invocation {invocation_id} is still {Status.from_pb(state.status)} after "
                     f"{seconds:.1f}s; it keeps running: `durable status {invocation_id}`"
@@ -499,10 +503,19 @@ class Client:
             except TimeoutError:
                 # A republished event or a notice can be missed across a reconnect; a notice
                 # alone says nothing until the end.
-                rec = await self._t.get_state(invocation_id)
+                rec = await self._stored_state(invocation_id, events)
                 if rec is not None:
                     state, entries = rec.state, None
         return state, entries
+
+    async def _stored_state(self, invocation_id: str, events: StateEvents) -> StateRecord | None:
+        """The state as stored now; one this client left to the processor is created PENDING
+        here if nothing has started the invocation yet (see ``store_unstored``)."""
+        rec = await self._t.get_state(invocation_id)
+        if events.unstored is not None:
+            rec = await store_unstored(self._t, events.unstored, rec)
+            events.unstored = None
+        return rec
 
     async def _result(
         self,

@@ -27,7 +27,7 @@ from durable_core import _codec, _payloads
 from durable_core._journal import MAX_SLEEP
 from durable_core._naming import check_invocation_id, check_workflow_name, encode_partition_key
 from durable_core._pb.durable.v1 import durable_pb2 as pb
-from durable_core._transport import StateEvents, Transport
+from durable_core._transport import StateEvents, StateRecord, Transport
 from durable_core.engine import _intake as intake
 from durable_core.errors import ConflictError, InvalidInputError
 from durable_core.plugins import workflow_signature
@@ -252,6 +252,15 @@ async def submit_payload(
             state.notify, events = await t.watch_result()
             cmd.notify = state.notify
         try:
+            if events is not None and intake.may_leave_state_to_start(state, cmd):
+                # Only the start is stored: the processor creates the state RUNNING as it
+                # starts the run (no PENDING write, no read). The waiter creates it PENDING
+                # if nothing has started the invocation within its first poll.
+                cmd.state_at_start = True
+                if await t.publish_command(cmd, msg_id=f"start:{invocation_id}"):
+                    events.unstored = state
+                    return invocation_id, events
+                cmd.state_at_start = False  # the start was there already: as below
             created = await intake.submit(t, state, cmd)
             if created is None:
                 await _check_same_arguments(t, invocation_id, name, payload)
@@ -276,9 +285,31 @@ async def _check_same_arguments(
     """A resubmission of an existing id is that invocation only with the same arguments;
     other arguments are a conflict, not a silent return of the first one's result."""
     rec = await t.get_state(invocation_id)
-    if rec is None or _same_payload(rec.state.args, payload):
+    if rec is not None:
+        _check_same(rec.state, name, payload)
+
+
+def _check_same(existing: pb.ExecutionState, name: str, payload: pb.Payload) -> None:
+    if _same_payload(existing.args, payload):
         return
     raise ConflictError(
-        f"invocation id {invocation_id} is taken by an invocation of {name} with other "
-        "arguments: choose another id, or pass the same arguments to get that invocation"
+        f"invocation id {existing.invocation_id} is taken by an invocation of {name} with "
+        "other arguments: choose another id, or pass the same arguments to get that invocation"
     )
+
+
+async def store_unstored(
+    t: Transport, state: pb.ExecutionState, rec: StateRecord | None
+) -> StateRecord | None:
+    """The state of an invocation whose start was left to create it (``Command.state_at_start``),
+    seen by its waiter for the first time: ``rec``, what the store holds now, or else ``state``
+    created PENDING here (nothing has started it yet; a create, so if the processor's
+    lands first this one fails and the processor's is read). Whatever was there must be this
+    invocation: an id taken by another workflow (InvalidInputError) or by other arguments
+    (ConflictError) is refused as a submission would have refused it."""
+    if rec is None:
+        rec = await t.create_state(state) or await t.get_state(state.invocation_id)
+    if rec is not None:
+        intake.check_same_workflow(rec.state, state)
+        _check_same(rec.state, state.workflow, state.args)
+    return rec

@@ -270,7 +270,9 @@ class Execution:
                 await unlock_run(self.t, self.delivery.command_seq, self._run_lock)
 
     async def _run(self) -> None:
-        self.state = await self.t.get_state(self.id)
+        started = await self._create_running()
+        if not started:
+            self.state = await self.t.get_state(self.id)
         st = self.state.state if self.state is not None else None
         if st is None and self.cmd.kind == pb.COMMAND_KIND_WAKE:
             log.warning("wake-up for unknown invocation %s; dropping it", self.id)
@@ -309,8 +311,9 @@ class Execution:
             held_before = taken == "held"
         try:
             # A fresh start runs without reading the journal (its first append expects an
-            # empty one) once it has moved the state from PENDING to RUNNING: one start wins.
-            if not (self._fresh(held_before) and await self._start_fresh()):
+            # empty one) once it has moved the state from PENDING to RUNNING, or created it
+            # RUNNING: one start wins.
+            if not (started or (self._fresh(held_before) and await self._start_fresh())):
                 await self._take_up()
             await self._run_until_done()
         except Finished:
@@ -347,16 +350,41 @@ class Execution:
             and (st is None or (st.status == pb.STATUS_PENDING and not st.journal_length))
         )
 
+    async def _create_running(self) -> bool:
+        """Create the state RUNNING under this command, when the client left the state to the
+        start (``Command.state_at_start``) and this is its first delivery: no read and no
+        PENDING-to-RUNNING write. False when a state exists (the client's, after it waited a
+        while; or this invocation's from before): the start then goes the usual way.
+
+        Why it is the same as ``_start_fresh``: the create is conditional (it fails if any
+        state exists), so it succeeds only where no client, pause or earlier start has
+        written anything; the state it stores is the one ``_start_fresh`` would have written
+        over a PENDING state built from the same command. Only unkeyed starts of no parent
+        carry the flag (see ``durable_core.client._submit``): nothing to queue behind.
+        """
+        cmd = self.cmd
+        if not (
+            cmd.state_at_start
+            and cmd.kind == pb.COMMAND_KIND_START
+            and self.delivery.num_delivered == 1
+            and cmd.partition_key in ("", self.id)
+            and not cmd.parent_id
+        ):
+            return False
+        st = self._next_state(None, _running(self.delivery.command_seq))
+        created = await self.t.create_state(st)
+        if created is None:
+            return False
+        self.state = created
+        return True
+
     async def _start_fresh(self) -> bool:
         """Move the state from PENDING to RUNNING under this command; False if it moved on
         meanwhile (another start won, a client paused it, it finished: see _take_up)."""
         # RUNNING before the first step: a client pausing now must see it running (a
         # deferred write let `pause` mark a run in flight "paused"; it was reverted).
         return await self.write_state(
-            status=pb.STATUS_RUNNING,
-            waiting_for="",
-            run_command_seq=self.delivery.command_seq,
-            only_if=(pb.STATUS_PENDING,),
+            **_running(self.delivery.command_seq), only_if=(pb.STATUS_PENDING,)
         )
 
     async def _take_up(self) -> None:
@@ -626,6 +654,11 @@ class Execution:
         )
         self.env.counted(entry.kind == pb.ENTRY_KIND_COMPLETED)
         log.info("invocation %s %s (%d journal entries)", self.id, how, len(self.journal.entries))
+
+
+def _running(command_seq: int) -> dict[str, Any]:
+    """What a fresh start writes into the state: running under its command."""
+    return {"status": pb.STATUS_RUNNING, "waiting_for": "", "run_command_seq": command_seq}
 
 
 def _named(code: CodeIdentity | None) -> str:

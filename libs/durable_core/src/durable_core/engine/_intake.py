@@ -25,7 +25,9 @@ log = logging.getLogger("durable_core.worker")
 
 __all__ = [
     "Addressee",
+    "check_same_workflow",
     "deliver_external",
+    "may_leave_state_to_start",
     "report_to_parent",
     "submit",
     "submit_child",
@@ -83,12 +85,25 @@ async def submit(t: Transport, state: pb.ExecutionState, cmd: pb.Command) -> Sta
 async def _existing_of_same_workflow(t: Transport, state: pb.ExecutionState) -> StateRecord | None:
     """The state already under this id; InvalidInputError if another workflow has it."""
     existing = await t.get_state(state.invocation_id)
-    if existing is not None and existing.state.workflow != state.workflow:
-        raise InvalidInputError(
-            f"invocation id {state.invocation_id} is already used by workflow "
-            f"{existing.state.workflow!r}"
-        )
+    if existing is not None:
+        check_same_workflow(existing.state, state)
     return existing
+
+
+def check_same_workflow(existing: pb.ExecutionState, state: pb.ExecutionState) -> None:
+    """InvalidInputError if the id of ``state`` is taken by another workflow's invocation."""
+    if existing.workflow != state.workflow:
+        raise InvalidInputError(
+            f"invocation id {state.invocation_id} is already used by workflow {existing.workflow!r}"
+        )
+
+
+def may_leave_state_to_start(state: pb.ExecutionState, cmd: pb.Command) -> bool:
+    """Whether a client waiting for the result may store only the start and leave the state
+    to the processor that starts it (``Command.state_at_start``): a start due now whose state
+    the processor builds from the command alone (``_rebuildable``: no partition key, parent,
+    deadline or history)."""
+    return state.start_at_ms <= int(time.time() * 1000) + 1000 and _rebuildable(state, cmd)
 
 
 def _rebuildable(state: pb.ExecutionState, cmd: pb.Command) -> bool:

@@ -126,7 +126,7 @@ class PayloadRef(_message.Message):
     def __init__(self, object: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[bytes] = ...) -> None: ...
 
 class Command(_message.Message):
-    __slots__ = ("invocation_id", "workflow", "args", "partition_key", "kind", "created_at_ms", "parent_id", "metadata", "min_journal_seq", "route", "supersedes", "notify")
+    __slots__ = ("invocation_id", "workflow", "args", "partition_key", "kind", "created_at_ms", "parent_id", "metadata", "min_journal_seq", "route", "supersedes", "notify", "state_at_start")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -146,6 +146,7 @@ class Command(_message.Message):
     ROUTE_FIELD_NUMBER: _ClassVar[int]
     SUPERSEDES_FIELD_NUMBER: _ClassVar[int]
     NOTIFY_FIELD_NUMBER: _ClassVar[int]
+    STATE_AT_START_FIELD_NUMBER: _ClassVar[int]
     invocation_id: str
     workflow: str
     args: Payload
@@ -158,7 +159,8 @@ class Command(_message.Message):
     route: str
     supersedes: int
     notify: str
-    def __init__(self, invocation_id: _Optional[str] = ..., workflow: _Optional[str] = ..., args: _Optional[_Union[Payload, _Mapping]] = ..., partition_key: _Optional[str] = ..., kind: _Optional[_Union[CommandKind, str]] = ..., created_at_ms: _Optional[int] = ..., parent_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., min_journal_seq: _Optional[int] = ..., route: _Optional[str] = ..., supersedes: _Optional[int] = ..., notify: _Optional[str] = ...) -> None: ...
+    state_at_start: bool
+    def __init__(self, invocation_id: _Optional[str] = ..., workflow: _Optional[str] = ..., args: _Optional[_Union[Payload, _Mapping]] = ..., partition_key: _Optional[str] = ..., kind: _Optional[_Union[CommandKind, str]] = ..., created_at_ms: _Optional[int] = ..., parent_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., min_journal_seq: _Optional[int] = ..., route: _Optional[str] = ..., supersedes: _Optional[int] = ..., notify: _Optional[str] = ..., state_at_start: _Optional[bool] = ...) -> None: ...
 
 class Failure(_message.Message):
     __slots__ = ("type", "message", "code", "step")
