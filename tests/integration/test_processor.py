@@ -10,6 +10,7 @@ import threading
 import urllib.request
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -281,3 +282,43 @@ async def test_durable_dev_runs_a_schedule_end_to_end(tmp_path: Path) -> None:
             raise
         reader.join(10)
     assert proc.returncode == 0
+
+
+async def test_invokes_whose_state_starts_with_the_run_survive_a_processor_killed_under_them(
+    stack: ProcessStack, client: Client, transport: Transport
+) -> None:
+    """Blocking ``invoke``s (their state created RUNNING by the processor that starts them)
+    while one of two processors is SIGKILLed: every one completes, with each step run at most
+    twice (the one in flight at the kill may run again, nothing else)."""
+    service = OrderServiceControl(stack.start_service().channel)
+    service.set_delay("Charge", 300)
+    quick = {"DURABLE_ACK_WAIT": "5", "DURABLE_LEASE_TTL": "3"}
+    doomed = stack.start_processor("p-doomed", **quick)
+    stack.start_processor("p-other", **quick)
+    stack.start_scheduler()
+
+    async def order(i: int) -> Any:
+        args = {"order_id": f"o{i}", "amount_cents": 100 + i}
+        return await client.invoke("order_processing", args, id=f"crash-{i}", timeout=90)
+
+    tasks = []
+    for i in range(24):
+        tasks.append(asyncio.create_task(order(i)))
+        await asyncio.sleep(0.05)
+        if i == 12:
+            doomed.kill()
+    results = await asyncio.gather(*tasks)
+    assert [r.status for r in results] == ["completed"] * 24
+    assert all(r.output and r.output.get("order_id") == f"o{i}" for i, r in enumerate(results))
+    for method in ("Validate", "Charge", "Ship"):
+        counts = service.method_counts(method)
+        assert len(counts) == 24 and max(counts.values()) <= 2, (method, counts)
+    taken_over = [
+        r.invocation_id
+        for r in results
+        if any(
+            rec.entry.kind == pb.ENTRY_KIND_CLAIM
+            for rec in await transport.read_journal(r.invocation_id)
+        )
+    ]
+    assert taken_over, "the kill left nothing for the other processor to take over"
