@@ -227,6 +227,33 @@ async def test_an_ack_wait_is_never_shortened_under_a_held_command(transport: Tr
     await longer.close()
 
     await held[0].ack()
+    # Nothing held, but a processor is pulling (its requests wait at the server): kept too.
+    puller = await transport.command_consumer(
+        WorkerConfig(max_concurrent=10, ack_wait=timedelta(seconds=600)), [("a", "")]
+    )
+    pulling = asyncio.create_task(puller.fetch(1, timeout=3.0))
+    info = transport.js.consumer_info
+
+    async def waiting() -> bool:
+        return bool((await info(n.command_stream, name)).num_waiting)
+
+    for _ in range(50):
+        if await waiting():
+            break
+        await asyncio.sleep(0.05)
+    assert await waiting()
+    shorter = await transport.command_consumer(
+        WorkerConfig(max_concurrent=10, ack_wait=timedelta(seconds=30)), [("a", "")]
+    )
+    assert await ack_wait() == 600
+    await shorter.close()
+    assert await pulling == []
+    await puller.close()
+    for _ in range(100):  # its last request expires at the server (at most a second)
+        if not await waiting():
+            break
+        await asyncio.sleep(0.05)
+
     third = await transport.command_consumer(
         WorkerConfig(max_concurrent=10, ack_wait=timedelta(seconds=30)), [("a", "")]
     )
