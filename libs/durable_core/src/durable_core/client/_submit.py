@@ -252,15 +252,11 @@ async def submit_payload(
             state.notify, events = await t.watch_result()
             cmd.notify = state.notify
         try:
-            if events is not None and intake.may_leave_state_to_start(state, cmd):
-                # Only the start is stored: the processor creates the state RUNNING as it
-                # starts the run (no PENDING write, no read). The waiter creates it PENDING
-                # if nothing has started the invocation within its first poll.
-                cmd.state_at_start = True
-                if await t.publish_command(cmd, msg_id=f"start:{invocation_id}"):
-                    events.unstored = state
-                    return invocation_id, events
-                cmd.state_at_start = False  # the start was there already: as below
+            if events is not None and await intake.submit_start_only(t, state, cmd):
+                # The processor creates the state RUNNING as it starts the run; the waiter
+                # creates it PENDING if nothing has started the invocation by its first poll.
+                events.unstored = state
+                return invocation_id, events
             created = await intake.submit(t, state, cmd)
             if created is None:
                 await _check_same_arguments(t, invocation_id, name, payload)

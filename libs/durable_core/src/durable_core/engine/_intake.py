@@ -27,10 +27,10 @@ __all__ = [
     "Addressee",
     "check_same_workflow",
     "deliver_external",
-    "may_leave_state_to_start",
     "report_to_parent",
     "submit",
     "submit_child",
+    "submit_start_only",
     "trace_id",
 ]
 
@@ -98,12 +98,20 @@ def check_same_workflow(existing: pb.ExecutionState, state: pb.ExecutionState) -
         )
 
 
-def may_leave_state_to_start(state: pb.ExecutionState, cmd: pb.Command) -> bool:
-    """Whether a client waiting for the result may store only the start and leave the state
-    to the processor that starts it (``Command.state_at_start``): a start due now whose state
-    the processor builds from the command alone (``_rebuildable``: no partition key, parent,
-    deadline or history)."""
-    return state.start_at_ms <= int(time.time() * 1000) + 1000 and _rebuildable(state, cmd)
+async def submit_start_only(t: Transport, state: pb.ExecutionState, cmd: pb.Command) -> bool:
+    """Accept an invocation whose caller waits for its result by storing only its start, and
+    leave the state to the processor that starts it (``Command.state_at_start``); True if so.
+    False, with nothing stored, for a start not due now or whose state the processor could not
+    build from the command alone (``_rebuildable``: a partition key, parent, deadline or
+    history); also False, with ``cmd`` published before, when the start was there already
+    (dedup): :func:`submit` then accepts it as any resubmission."""
+    if state.start_at_ms > int(time.time() * 1000) + 1000 or not _rebuildable(state, cmd):
+        return False
+    cmd.state_at_start = True
+    if await t.publish_command(cmd, msg_id=f"start:{state.invocation_id}"):
+        return True
+    cmd.state_at_start = False
+    return False
 
 
 def _rebuildable(state: pb.ExecutionState, cmd: pb.Command) -> bool:

@@ -3,6 +3,7 @@ endpoint, a NATS request over a raw socket, and a bounded poll. No NATS client l
 
 from __future__ import annotations
 
+import functools
 import http.client
 import importlib
 import importlib.metadata
@@ -33,15 +34,23 @@ _handed_out: set[int] = set()
 _cursor: list[int] = []  # the next candidate, once chosen
 
 
-def _port_slice() -> tuple[int, int]:
-    """This process's slice of the port range: the worker's share of it under pytest-xdist."""
-    low, high = _PORTS_LOW, _PORTS_HIGH
+@functools.cache
+def _ephemeral_low() -> int:
+    """Where the kernel's ephemeral ports start (read once)."""
     try:
         with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            ephemeral_low = int(f.read().split()[0])
+            return int(f.read().split()[0])
     except (OSError, ValueError, IndexError):
-        ephemeral_low = high
-    high = min(high, ephemeral_low)
+        return _PORTS_HIGH
+
+
+def _socket_for(host: str) -> socket.socket:
+    return socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+
+
+def _port_slice() -> tuple[int, int]:
+    """This process's slice of the port range: the worker's share of it under pytest-xdist."""
+    low, high = _PORTS_LOW, min(_PORTS_HIGH, _ephemeral_low())
     worker, workers = os.environ.get("PYTEST_XDIST_WORKER", ""), 1
     if worker.startswith("gw") and worker[2:].isdigit():
         workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1))
@@ -52,7 +61,7 @@ def _port_slice() -> tuple[int, int]:
 
 
 def _bindable(host: str, port: int) -> socket.socket | None:
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock = _socket_for(host)
     try:
         sock.bind((host, port))
     except OSError:
@@ -97,7 +106,7 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
                 sockets.append(sock)
                 ports.append(port)
         while len(ports) < count:  # the slice is used up: fall back to ephemeral ports
-            sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+            sock = _socket_for(host)
             sockets.append(sock)
             sock.bind((host, 0))
             ports.append(int(sock.getsockname()[1]))
