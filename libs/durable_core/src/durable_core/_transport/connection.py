@@ -19,6 +19,7 @@ from nats.js.client import JetStreamContext
 
 from durable_core._naming import Names
 from durable_core._transport.errors import retrying
+from durable_core._transport.inbox import Requests
 from durable_core.config import EngineConfig, NatsConfig
 from durable_core.errors import ConfigError, NatsUnavailableError, UnsupportedServerError
 
@@ -57,6 +58,7 @@ class Link:
         self, nc: NatsClient, nats_cfg: NatsConfig, engine: EngineConfig, publish: Publish
     ) -> None:
         self.nc = nc
+        self.requests = Requests(nc)  # every JetStream publish and read answered by one message
         self.js: JetStreamContext = nc.jetstream(timeout=5.0)
         self.nats_cfg = nats_cfg
         self.publish = publish
@@ -84,14 +86,14 @@ class Link:
 
 
 async def js_publish(
-    nc: NatsClient, subject: str, data: bytes, headers: dict[str, str]
+    requests: Requests, subject: str, data: bytes, headers: dict[str, str]
 ) -> tuple[int, bool]:
     """What ``js.publish`` does, without building a PubAck: ``(sequence, duplicate)``.
 
     Raises nats.js.errors.APIError (and its subclasses) as js.publish does.
     """
     try:
-        msg = await nc.request(subject, data, timeout=5.0, headers=headers)
+        msg = await requests.request(subject, data, headers=headers)
     except nats.errors.NoRespondersError:
         raise nats.js.errors.NoStreamResponseError from None
     resp = json.loads(msg.data)

@@ -176,7 +176,7 @@ class Transport:
         self, subject: str, data: bytes, headers: dict[str, str]
     ) -> tuple[int, bool]:
         """Every conditional write the parts make: ``(sequence, duplicate)``."""
-        return await js_publish(self.nc, subject, data, headers)
+        return await js_publish(self._link.requests, subject, data, headers)
 
     # -- provisioning ----------------------------------------------------------------------
 

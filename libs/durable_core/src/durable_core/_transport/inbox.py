@@ -1,5 +1,6 @@
-"""Inboxes: the messages of one subscription, taken without a task per message, and one
-long-lived wildcard inbox for requests answered by several messages (batched direct gets)."""
+"""Inboxes: the messages of one subscription, taken without a task per message; one
+long-lived wildcard inbox for requests answered by several messages (batched direct gets); and
+one for requests answered by one message (every JetStream publish and read of the engine)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from nats.aio.msg import Msg
 
 from durable_core.errors import DurableError
 
-__all__ = ["DirectGets", "Mailboxes", "MsgQueue", "Queue"]
+__all__ = ["DirectGets", "Mailboxes", "MsgQueue", "Queue", "Requests"]
 
 T = TypeVar("T")
 
@@ -108,6 +109,72 @@ class Mailboxes:
             yield subject, queue
         finally:
             self.drop(token)
+
+
+class Requests:
+    """Requests answered by one message, as ``nc.request`` makes them, for less: the reply
+    subject is ``<inbox>.<counter>`` under one long-lived wildcard subscription (no random
+    token from ``os.urandom`` and no NUID per request) and the answer resolves a future bound
+    by one timer (no ``asyncio.wait_for`` with its waiter, callbacks and timer).
+
+    The subscription is made on first use; nats-py makes it again after a reconnect. A
+    request whose answer was lost in a reconnect times out, as with ``nc.request``.
+    """
+
+    __slots__ = ("_nc", "_prefix", "_sub", "_subscribing", "_waiting", "_tokens")
+
+    def __init__(self, nc: NatsClient) -> None:
+        self._nc = nc
+        self._prefix = ""
+        self._sub: Any = None
+        self._subscribing = asyncio.Lock()
+        self._waiting: dict[str, asyncio.Future[Msg]] = {}
+        self._tokens = itertools.count(1)
+
+    async def _answer(self, msg: Msg) -> None:
+        future = self._waiting.get(msg.subject[len(self._prefix) :])
+        if future is not None and not future.done():  # else: given up on, or answered
+            future.set_result(msg)
+
+    async def request(
+        self,
+        subject: str,
+        data: bytes,
+        *,
+        headers: dict[str, str] | None = None,
+        timeout: float = 5.0,
+    ) -> Msg:
+        """Publish ``data`` to ``subject`` and return the first answer.
+
+        Raises nats.errors.TimeoutError when none comes within ``timeout`` seconds, and
+        nats.errors.NoRespondersError when the server says nobody listens (as
+        ``nc.request`` does).
+        """
+        if self._sub is None:
+            async with self._subscribing:  # once, however many start together
+                if self._sub is None:
+                    prefix = self._nc.new_inbox() + "."
+                    self._sub = await self._nc.subscribe(prefix + "*", cb=self._answer)
+                    self._prefix = prefix
+        token = str(next(self._tokens))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Msg] = loop.create_future()
+        self._waiting[token] = future
+        timer = loop.call_later(timeout, _expire, future)
+        try:
+            await self._nc.publish(subject, data, reply=self._prefix + token, headers=headers)
+            msg = await future
+        finally:
+            timer.cancel()
+            del self._waiting[token]
+        if msg.headers and msg.headers.get("Status") == "503":
+            raise nats.errors.NoRespondersError
+        return msg
+
+
+def _expire(future: asyncio.Future[Msg]) -> None:
+    if not future.done():
+        future.set_exception(nats.errors.TimeoutError())
 
 
 class DirectGets:

@@ -10,6 +10,7 @@ direct gets.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -52,6 +53,10 @@ class Journals:
     def __init__(self, link: Link, gets: DirectGets) -> None:
         self._link = link
         self._gets = gets
+        # Atomic batch ids: unique among the batches in flight on the server (a random prefix
+        # per process, then a counter; no os.urandom per batch).
+        self._batch_prefix = uuid.uuid4().hex[:16]
+        self._batch_numbers = itertools.count(1)
 
     async def read(
         self, invocation_id: str, *, min_seq: int = 0, min_entries: int = 0, current: bool = False
@@ -220,7 +225,8 @@ class Journals:
         n = len(blobs)
 
         async def pub() -> list[int] | None:
-            batch = uuid.uuid4().hex  # a new one per try: a partial batch is dropped whole
+            # A new id per try: a partial batch is dropped whole.
+            batch = f"{self._batch_prefix}{next(self._batch_numbers)}"
             for i, (data, msg_id) in enumerate(zip(blobs, msg_ids, strict=True), 1):
                 headers = {
                     "Nats-Msg-Id": msg_id,

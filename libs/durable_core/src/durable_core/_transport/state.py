@@ -75,7 +75,7 @@ class States:
         link = self._link
         bucket = link.names.state_bucket_of(invocation_id)
         req = json.dumps({"last_by_subj": f"$KV.{bucket}.{invocation_id}"}).encode()
-        msg = await link.nc.request(f"$JS.API.STREAM.MSG.GET.KV_{bucket}", req, timeout=5.0)
+        msg = await link.requests.request(f"$JS.API.STREAM.MSG.GET.KV_{bucket}", req)
         resp = json.loads(msg.data)
         error = resp.get("error")
         if error is not None:
