@@ -20,7 +20,8 @@ from durable_examples.hello.v1 import hello_pb2, hello_pb2_grpc
 from durable_examples.order.v1 import order_pb2, order_pb2_grpc
 from hello_service.hello import HelloServicer
 from hello_service.order import OrderServicer
-from hello_service.tracing import TracingServerInterceptor, configure_tracing
+from hello_service.server import create_server
+from hello_service.tracing import TracingServerInterceptor, configure_tracing, tracing_on
 
 
 @pytest_asyncio.fixture
@@ -98,3 +99,33 @@ def test_otlp_over_http_reaches_an_http_receiver(monkeypatch: pytest.MonkeyPatch
         configure_tracing(
             env={"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}
         )
+
+
+def test_tracing_is_on_only_with_a_tracer_provider_installed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(trace, "get_tracer_provider", trace.ProxyTracerProvider)
+    assert not tracing_on()  # OpenTelemetry's default: spans would go nowhere
+    monkeypatch.setattr(trace, "get_tracer_provider", TracerProvider)
+    assert tracing_on()
+
+
+async def test_the_built_server_traces_into_the_provider_it_is_given(tmp_path: Path) -> None:
+    provider = TracerProvider()
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    built = await create_server(
+        "127.0.0.1",
+        0,
+        orders=OrderServicer(record_file=tmp_path / "calls.jsonl"),
+        tracer_provider=provider,
+    )
+    await built.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{built.port}") as channel:
+            stub = hello_pb2_grpc.HelloServiceStub(channel)
+            await stub.SayHello(hello_pb2.HelloRequest(name="Ada"))
+    finally:
+        await built.stop(None)
+    (span,) = exporter.get_finished_spans()
+    assert span.kind == SpanKind.SERVER and span.name.endswith("HelloService/SayHello")

@@ -13,13 +13,14 @@ from collections.abc import Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from opentelemetry.sdk.trace import TracerProvider
 
 from durable_examples.hello.v1 import hello_pb2, hello_pb2_grpc
 from durable_examples.order.v1 import order_pb2, order_pb2_grpc
 from hello_service.hello import HelloServicer
 from hello_service.order import OrderServicer
 from hello_service.probes import start_probes
-from hello_service.tracing import TracingServerInterceptor, configure_tracing
+from hello_service.tracing import TracingServerInterceptor, configure_tracing, tracing_on
 
 logger = logging.getLogger("hello_service")
 
@@ -63,7 +64,11 @@ class HelloServer:
 
 
 async def create_server(
-    host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, orders: OrderServicer | None = None
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    *,
+    orders: OrderServicer | None = None,
+    tracer_provider: TracerProvider | None = None,
 ) -> HelloServer:
     """Builds the server with all services registered and the port bound.
 
@@ -72,6 +77,8 @@ async def create_server(
         port: Port to bind; 0 picks a free one.
         orders: OrderService servicer to use; defaults to
             :meth:`OrderServicer.from_env`.
+        tracer_provider: where the RPCs' spans go; the global provider by default. Without
+            either (tracing off) the server has no tracing interceptor at all.
 
     Returns:
         The server handle; call :meth:`HelloServer.start` to serve.
@@ -79,8 +86,11 @@ async def create_server(
     Raises:
         RuntimeError: If the address cannot be bound.
     """
-    # Continues the caller's trace (traceparent in the metadata); a no-op without an SDK.
-    server = grpc.aio.server(interceptors=[TracingServerInterceptor()])
+    # Continues the caller's trace (traceparent in the metadata), when spans go anywhere.
+    traced = tracer_provider is not None or tracing_on()
+    server = grpc.aio.server(
+        interceptors=[TracingServerInterceptor(tracer_provider)] if traced else []
+    )
     hello_pb2_grpc.add_HelloServiceServicer_to_server(HelloServicer(), server)
     orders = orders if orders is not None else OrderServicer.from_env()
     order_pb2_grpc.add_OrderServiceServicer_to_server(orders, server)
