@@ -553,7 +553,10 @@ async def run_setup(setup: Setup) -> None:
     await part(
         "order",
         scenario(
-            "order", lambda sc: latency_and_throughput(sc, "order_processing", order_args, "order")
+            "order",
+            lambda sc: latency_and_throughput(
+                sc, "order_processing", order_args, "order", opts.profile
+            ),
         ),
     )
     await part("many_steps", scenario("steps", many_steps))
