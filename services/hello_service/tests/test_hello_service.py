@@ -230,3 +230,24 @@ def test_probes_answer_livez_always_and_readyz_with_the_reason() -> None:
     assert probes.respond("GET", "/readyz") == (200, b"ready\n")
     assert probes.respond("POST", "/readyz")[0] == 405
     assert probes.respond("GET", "/metrics")[0] == 404
+
+
+@pytest.mark.asyncio
+async def test_counts_are_kept_for_the_latest_pairs_only(tmp_path: Path) -> None:
+    built = await create_server("127.0.0.1", 0, orders=OrderServicer(max_tallies=3))
+    await built.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{built.port}") as ch:
+            stub = order_pb2_grpc.OrderServiceStub(ch)
+            request = order_pb2.ShipRequest(order_id="o")
+            for key in ("k1", "k2", "k1", "k3", "k4"):
+                await stub.Ship(request, metadata=_key(key))
+            counts = await stub.GetCallCounts(order_pb2.GetCallCountsRequest())
+    finally:
+        await built.stop(None)
+    # k1 was the first pair called: it made room for k4; k1's second call counted as before.
+    assert [(c.idempotency_key, c.count) for c in counts.counts] == [
+        ("k2", 1),
+        ("k3", 1),
+        ("k4", 1),
+    ]
