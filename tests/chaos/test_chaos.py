@@ -245,9 +245,11 @@ async def _run(
     await tap.start(transport)
     await asyncio.gather(load.run(), nemesis.run(load.offered))
     say(
-        f"workload: {len(load.submitted)} acknowledged, {len(load.unacknowledged)} "
-        f"not, {load.retries} needed retries, {len(load.resolved)} awakeables resolved "
-        f"({len(load.unresolved)} not); nemesis: {nemesis.counts()}"
+        f"workload: {len(load.submitted)} acknowledged "
+        f"({sum(p.waits for p in planned if p.iid in load.submitted)} by a blocking invoke), "
+        f"{len(load.unacknowledged)} not, {load.retries} needed retries, "
+        f"{len(load.resolved)} awakeables resolved ({len(load.unresolved)} not); "
+        f"nemesis: {nemesis.counts()}"
     )
     if scenario.schedulers:
         await sched.pause_schedule(transport, SCHEDULE)

@@ -17,6 +17,12 @@ The mix (``MIX``; each draw from the seeded RNG, so a seed gives the same worklo
   workflow reaches its wait), and a **child** workflow;
 * ``careless_order`` / ``reckless_order``: every step inside ``try/except Exception`` /
   ``BaseException``.
+
+Every third unkeyed invocation without an awakeable (``Planned.waits``; by its number, so the
+seeded draws are the same as without it) is submitted with a blocking ``invoke``, the others
+with ``invoke_async``: ``invoke`` stores only the start and leaves the state to the processor
+that starts the run (or to the waiting client, PENDING, if nobody has by its first poll), a
+path of its own to hold to every rule under the same faults.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from durable_core import AlreadyResolvedError, Client
+from durable_core import AlreadyResolvedError, Client, InvocationTimeoutError, WorkflowFailedError
 
 ORDER = "order_processing"
 WAITS = "chaos_waits"
@@ -75,6 +81,7 @@ class Planned:
     args: dict[str, Any]
     key: str | None = None
     resolve_after: float | None = None  # seconds after acknowledgement (chaos_waits)
+    waits: bool = False  # submitted with a blocking invoke (see the module's docstring)
 
 
 def plan(n: int, rng: random.Random, mix: Mapping[str, float] = MIX) -> list[Planned]:
@@ -97,11 +104,11 @@ def plan(n: int, rng: random.Random, mix: Mapping[str, float] = MIX) -> list[Pla
             args["sleep_ms"] = rng.choice(SLEEPS_MS)
             out.append(Planned(iid, WAITS, args, None, rng.uniform(0.0, 4.0)))
         elif kind == "careless":
-            out.append(Planned(iid, CARELESS, args))
+            out.append(Planned(iid, CARELESS, args, waits=i % 3 == 0))
         elif kind == "reckless":
-            out.append(Planned(iid, RECKLESS, args))
+            out.append(Planned(iid, RECKLESS, args, waits=i % 3 == 0))
         else:
-            out.append(Planned(iid, ORDER, args))
+            out.append(Planned(iid, ORDER, args, waits=i % 3 == 0))
     return out
 
 
@@ -205,7 +212,9 @@ class Workload:
                 got = await asyncio.wait_for(
                     # Queued whatever the registry says: under faults a read of it may find
                     # no processor for a while; the workload checks durability, not intake.
-                    self.client.invoke_async(
+                    self._invoked(p)
+                    if p.waits
+                    else self.client.invoke_async(
                         p.workflow, p.args, id=p.iid, partition_key=p.key, queue_unserved=True
                     ),
                     timeout=40,
@@ -223,6 +232,14 @@ class Workload:
             self.submitted[p.iid] = p.args
             self.acked_at[p.iid] = time.time()
             return True
+
+    async def _invoked(self, p: Planned) -> str:
+        """Submit ``p`` with a blocking ``invoke``: acknowledged once it returns a result, or
+        says the invocation failed or is still running (its start was stored either way). A
+        retry with the same id and arguments is stored once and answers the same."""
+        with contextlib.suppress(WorkflowFailedError, InvocationTimeoutError):
+            await self.client.invoke(p.workflow, p.args, id=p.iid, timeout=30, queue_unserved=True)
+        return p.iid
 
     async def _resolve(self, iid: str) -> None:
         """Resolve the invocation's awakeable, retrying until it is surely stored once."""
