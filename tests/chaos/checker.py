@@ -183,6 +183,8 @@ class Observation:
         key_order: partition key -> its invocations in submission order (each submitted only
             after the one before it was acknowledged).
         awakeables: awakeable id -> the payload the workload resolved it with.
+        answers: id -> the output a blocking ``invoke`` returned for it (the client's result
+            notice): it must be the output the journal and the state hold.
     """
 
     submitted: dict[str, dict[str, Any]]
@@ -194,6 +196,7 @@ class Observation:
     workflows: dict[str, str] = field(default_factory=dict)
     key_order: dict[str, list[str]] = field(default_factory=dict)
     awakeables: dict[str, Any] = field(default_factory=dict)
+    answers: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,6 +385,12 @@ def check(obs: Observation) -> Report:
             continue
         if state.output != final.output:
             report.result_mismatches.append(f"{iid}: state output differs from the journal's")
+            continue
+        if iid in obs.answers and obs.answers[iid] != _codec.decode(final.output):
+            report.result_mismatches.append(
+                f"{iid}: invoke answered {obs.answers[iid]!r}, the journal holds "
+                f"{_codec.decode(final.output)!r}"
+            )
             continue
         report.completed += 1
         report.by_workflow[exp.workflow] += 1

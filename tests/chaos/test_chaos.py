@@ -248,6 +248,7 @@ async def _run(
         f"workload: {len(load.submitted)} acknowledged "
         f"({sum(p.waits for p in planned if p.iid in load.submitted)} by a blocking invoke), "
         f"{len(load.unacknowledged)} not, {load.retries} needed retries, "
+        f"{len(load.answers)} answered by invoke, "
         f"{len(load.resolved)} awakeables resolved ({len(load.unresolved)} not); "
         f"nemesis: {nemesis.counts()}"
     )
@@ -281,6 +282,7 @@ async def _run(
         workflows=dict(load.workflows),
         key_order={k: v for k, v in load.key_order.items() if k not in unordered},
         awakeables=dict(load.resolved),
+        answers=dict(load.answers),
     )
     await tap.stop()
     report = checker.check(obs)

@@ -160,6 +160,17 @@ def test_lost_stuck_and_failed_invocations() -> None:
     assert report.completed == 0
 
 
+def test_an_answer_of_invoke_other_than_the_journals_output_is_a_mismatch() -> None:
+    obs = clean("a", "b")
+    obs.answers["a"] = output_of("a")  # what the journal holds: fine
+    obs.answers["b"] = {**output_of("b"), "charge_id": "ch_other"}
+    report = check(obs)
+    assert report.result_mismatches == [
+        f"b: invoke answered {obs.answers['b']!r}, the journal holds {output_of('b')!r}"
+    ]
+    assert report.completed == 1
+
+
 def test_an_effect_under_another_key_is_caught() -> None:
     obs = clean("a", "b", "c")
     # A re-run that numbered its steps differently would charge again under a new key.

@@ -124,6 +124,7 @@ class Workload:
         unresolved: awakeable ids whose resolution never got through (with why).
         retries: submissions that needed more than one attempt.
         acked_at: id -> when its submission was acknowledged (wall clock, seconds).
+        answers: id -> the output a blocking ``invoke`` returned (``Planned.waits``).
     """
 
     def __init__(
@@ -149,6 +150,7 @@ class Workload:
         self.unresolved: dict[str, str] = {}
         self.retries = 0
         self.acked_at: dict[str, float] = {}
+        self.answers: dict[str, Any] = {}
         self.started_at = 0.0
         self.offered_until = 0.0  # when the last submission was started
         self.offered = asyncio.Event()  # the last submission has started
@@ -238,7 +240,10 @@ class Workload:
         says the invocation failed or is still running (its start was stored either way). A
         retry with the same id and arguments is stored once and answers the same."""
         with contextlib.suppress(WorkflowFailedError, InvocationTimeoutError):
-            await self.client.invoke(p.workflow, p.args, id=p.iid, timeout=30, queue_unserved=True)
+            result = await self.client.invoke(
+                p.workflow, p.args, id=p.iid, timeout=30, queue_unserved=True
+            )
+            self.answers[p.iid] = result.output
         return p.iid
 
     async def _resolve(self, iid: str) -> None:
