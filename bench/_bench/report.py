@@ -57,7 +57,8 @@ def ratio(setup: Setup, key: str) -> float | None:
 
 
 def targets(setup: Setup) -> list[dict[str, Any]]:
-    """The targets of issue 7 on this setup, met or not, from this run's medians."""
+    """The targets on this setup, met or not, from this run's medians: issue 19's latency
+    ratios (it moved hello from issue 7's 6x to 8x), issue 7's R3 rates and the rest."""
     out: list[dict[str, Any]] = []
 
     def add(name: str, value: float | None, limit: float, at_most: bool, shown: str) -> None:
@@ -65,7 +66,7 @@ def targets(setup: Setup) -> list[dict[str, Any]]:
         out.append({"target": name, "value": value, "shown": shown, "met": met})
 
     hello, order = ratio(setup, "hello_seq_p50_ms"), ratio(setup, "order_seq_p50_ms")
-    add("hello sequential p50 <= 6x publish+ack p50", hello, 6, True, _x(hello))
+    add("hello sequential p50 <= 8x publish+ack p50", hello, 8, True, _x(hello))
     add("3-step sequential p50 <= 10x publish+ack p50", order, 10, True, _x(order))
     if setup.replicas == 3:
         h, o = setup.fig("hello_per_s").median, setup.fig("order_per_s").median
