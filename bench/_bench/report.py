@@ -65,9 +65,9 @@ def targets(setup: Setup) -> list[dict[str, Any]]:
         met = None if value is None else (value <= limit if at_most else value >= limit)
         out.append({"target": name, "value": value, "shown": shown, "met": met})
 
-    hello, order = ratio(setup, "hello_seq_p50_ms"), ratio(setup, "order_seq_p50_ms")
-    add("hello sequential p50 <= 8x publish+ack p50", hello, 8, True, _x(hello))
-    add("3-step sequential p50 <= 10x publish+ack p50", order, 10, True, _x(order))
+    for what, key, limit in (("hello", "hello_seq_p50_ms", 8), ("3-step", "order_seq_p50_ms", 10)):
+        r = ratio(setup, key)
+        add(f"{what} sequential p50 <= {limit}x publish+ack p50", r, limit, True, _x(r))
     if setup.replicas == 3:
         h, o = setup.fig("hello_per_s").median, setup.fig("order_per_s").median
         add("R3 hello throughput >= 1,000/s", h, 1000, False, _n(h, "/s"))
