@@ -481,6 +481,31 @@ async def test_watch_executions_gives_a_snapshot_then_changes(
     assert statuses[0] == "running" and statuses[-1] == "completed"
 
 
+async def test_a_finished_watch_leaves_no_consumer_behind(transport: Transport) -> None:
+    """A watch read to its end and closed (what every scheduler sweep does every 30 s) deletes
+    its consumer: nats-py alone leaves it to its five-minute inactive threshold, and the soak
+    counted about 20 idle consumers per node from the sweeps."""
+    stream = f"KV_{transport.names.state_bucket}"
+    js = transport._link.js
+
+    async def consumers() -> int:
+        return (await js.stream_info(stream)).state.consumer_count
+
+    async def sweep() -> None:  # as the schedulers' sweeps read it: to its end, then break
+        async for item in transport.watch_states():
+            if item is None:
+                break  # caught up: every state seen once
+
+    before = await consumers()
+    for _ in range(3):
+        await sweep()
+
+    async def all_deleted() -> bool:
+        return await consumers() == before
+
+    await assert_eventually_async(all_deleted, 5, "the watches' consumers deleted", interval=0.2)
+
+
 # -- services setting up one prefix at once -------------------------------------------------
 
 
