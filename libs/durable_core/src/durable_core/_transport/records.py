@@ -218,7 +218,7 @@ async def watch_bucket(
 async def _drop_watch_consumer(kv: KeyValue, watcher: KeyValue.KeyWatcher) -> None:
     """Delete a stopped watch's consumer. nats-py only unsubscribes and leaves the ephemeral
     consumer to its inactive threshold (five minutes): the schedulers' sweeps, each a watch
-    read to its end every 30 s, kept about 20 idle consumers per node (soak, 2026-12-06).
+    read to its end every 30 s, kept about 20 idle consumers per node at the soak's load.
     Best effort and bounded: if it fails, the threshold still removes it."""
     sub = getattr(watcher, "_sub", None)
     consumer = getattr(sub, "_consumer", None)

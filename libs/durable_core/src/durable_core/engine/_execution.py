@@ -654,8 +654,8 @@ class Execution:
         )
         completed = entry.kind == pb.ENTRY_KIND_COMPLETED
         self.env.counted(completed)
-        # One line per finished invocation is a line per invocation at full speed (4 % of the
-        # processor's CPU for hello): completions are debug, every other ending stays info.
+        # A line per completion is a thousand lines a second at full speed: completions are
+        # debug, every other ending stays info.
         log.log(
             logging.DEBUG if completed else logging.INFO,
             "invocation %s %s (%d journal entries)",
