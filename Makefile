@@ -210,9 +210,10 @@ deploy-check: setup ## Validate Dockerfiles, compose files, the Helm chart and t
 bench: setup ## Benchmarks vs. the NATS floor (single node and R3 cluster); args via BENCH_ARGS="..."
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
-bench-ab: setup ## This checkout against BASE=<rev>, interleaved; ROUNDS=3, BENCH_ARGS as for bench
+bench-ab: setup ## This checkout against BASE=<rev>, interleaved; ROUNDS=3, HARNESS=own|head, BENCH_ARGS as for bench
 	@test -n "$(BASE)" || { echo "make bench-ab needs BASE=<git rev>"; exit 2; }
-	$(BIN)/python bench/ab.py --base $(BASE) --rounds $(or $(ROUNDS),3) -- $(BENCH_ARGS)
+	$(BIN)/python bench/ab.py --base $(BASE) --rounds $(or $(ROUNDS),3) \
+		--harness $(or $(HARNESS),own) -- $(BENCH_ARGS)
 
 # The chaos suite (tests/chaos): a 3-node cluster, 3 processors, 2 scheduler replicas and the
 # example service; CHAOS_N invocations of a mix (orders with and without partition keys, sleeps,

@@ -3,10 +3,12 @@
 ``make bench-ab BASE=<rev> BENCH_ARGS="..."`` (= ``bench/ab.py --base <rev> -- <run.py args>``)
 checks ``<rev>`` out into a temporary git worktree and runs ``bench/run.py`` of each side in turn,
 ``--rounds`` times, alternating which side goes first (A B, B A, A B, ...), each run with
-``--repeat 1``. A side runs its own harness and its own code: its ``PYTHONPATH`` puts its
-``libs/*/src``, ``services/*/src`` and ``plugins/*/src`` before the venv's editable installs, so
-the client (this process's child), the processors and the service all run that side's code.
-Third-party packages come from this checkout's venv for both sides.
+``--repeat 1``. A side runs its own code: its ``PYTHONPATH`` puts its ``libs/*/src``,
+``services/*/src`` and ``plugins/*/src`` before the venv's editable installs, so the client (this
+process's child), the processors and the service all run that side's code. Third-party packages
+come from this checkout's venv for both sides. Each side runs its own harness too, unless
+``--harness head``: then both run this checkout's ``bench/run.py`` (and so measure the same
+figures the same way, e.g. ``--rate``, which older harnesses lack) on their own code.
 
 The table gives, per NATS setup and figure, the median over the rounds of each side, their
 ratio (head / base), and whether that ratio lies outside the run-to-run spread (each side's
@@ -52,11 +54,14 @@ def git(*args: str, cwd: Path = ROOT) -> str:
     ).stdout.strip()
 
 
-def run_side(tree: Path, out_dir: Path, bench_args: Sequence[str], log: Path) -> dict[str, Any]:
-    """One ``run.py --repeat 1`` of one side; its JSON document."""
+def run_side(
+    tree: Path, out_dir: Path, bench_args: Sequence[str], log: Path, harness: Path | None = None
+) -> dict[str, Any]:
+    """One ``run.py --repeat 1`` of one side (the harness of ``harness``, else the side's own)
+    on the side's code; its JSON document."""
     out_dir.mkdir(parents=True)
     env = {**os.environ, "PYTHONPATH": source_path(tree)}
-    cmd = [sys.executable, str(tree / "bench" / "run.py"), "--repeat", "1"]
+    cmd = [sys.executable, str((harness or tree) / "bench" / "run.py"), "--repeat", "1"]
     cmd += ["--results-dir", str(out_dir), *bench_args]
     with log.open("ab") as err:
         done = subprocess.run(cmd, cwd=tree, env=env, stdout=err, stderr=err, check=False)
@@ -65,6 +70,16 @@ def run_side(tree: Path, out_dir: Path, bench_args: Sequence[str], log: Path) ->
         raise SystemExit(f"bench/ab: {tree} wrote no results (exit {done.returncode}); see {log}")
     doc: dict[str, Any] = json.loads(found[-1].read_text())
     return doc
+
+
+def harness_flags(tree: Path) -> set[str]:
+    """The options ``bench/run.py`` of ``tree`` takes (from its ``--help``)."""
+    env = {**os.environ, "PYTHONPATH": source_path(tree)}
+    out = subprocess.run(
+        [sys.executable, str(tree / "bench" / "run.py"), "--help"],
+        env=env, capture_output=True, text=True, check=False,
+    ).stdout  # fmt: skip
+    return {w.strip("[],") for w in out.split() if w.startswith(("--", "[--"))}
 
 
 def compare(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -145,6 +160,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--base", required=True, help="the commit to compare against (any git rev)")
     p.add_argument("--rounds", type=int, default=3, help="runs of each side, interleaved (3)")
     p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    p.add_argument(
+        "--harness",
+        choices=("own", "head"),
+        default="own",
+        help="each side runs its own bench/run.py (own), or both run this checkout's (head)",
+    )
     p.add_argument("bench_args", nargs="*", help="passed to bench/run.py (after --)")
     a = p.parse_args(argv)
     if a.rounds < 1:
@@ -162,6 +183,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="durable-ab-"))
     base_tree = work / "base"
     git("worktree", "add", "--detach", str(base_tree), base_rev)
+    harness = ROOT if a.harness == "head" else None
+    wanted = {x.split("=")[0] for x in a.bench_args if x.startswith("--")}
+    if harness is None and (missing := sorted(wanted - harness_flags(base_tree))):
+        git("worktree", "remove", "--force", str(base_tree))
+        shutil.rmtree(work, ignore_errors=True)
+        p.error(f"{base_rev}'s bench/run.py has no {', '.join(missing)}: add --harness head")
     started, t0 = datetime.now(UTC), time.monotonic()
     runs: dict[str, list[dict[str, Any]]] = {"base": [], "head": []}
     trees = {"base": base_tree, "head": ROOT}
@@ -171,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for side in order:
                 print(f"[ab] round {n + 1}/{a.rounds}: {side}", file=sys.stderr, flush=True)
                 doc = run_side(
-                    trees[side], work / f"{side}-{n}", a.bench_args, work / f"{side}.log"
+                    trees[side], work / f"{side}-{n}", a.bench_args, work / f"{side}.log", harness
                 )
                 runs[side].append(doc)
     finally:
@@ -188,6 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "base": base_rev,
         "head": head_rev,
         "rounds": a.rounds,
+        "harness": a.harness,
         "bench_args": a.bench_args,
         "rows": rows,
         "runs": runs,

@@ -106,9 +106,10 @@ class Setup:
                     await asyncio.to_thread(procs[0].wait_log, "consuming", 30)
             for proc in procs[1:]:
                 await asyncio.to_thread(proc.wait_log, "consuming", 30)
-            engine = EngineConfig(
-                prefix=prefix, replicas=self.replicas, shards=self.opts.shards
-            )
+            # shards only when asked: an A/B's base may predate the setting (bench/ab.py
+            # --harness head runs this harness on the base's code)
+            sharded = {"shards": self.opts.shards} if self.opts.shards > 1 else {}
+            engine = EngineConfig(prefix=prefix, replicas=self.replicas, **sharded)
             client = await Client.connect(self.urls, engine=engine)
             yield Scenario(self, name, prefix, client, procs)
         finally:
@@ -267,6 +268,58 @@ async def throughput(
     return len(latencies) / seconds, latencies
 
 
+def cpu_per_invocation(cpu: dict[str, float], done: int) -> dict[str, float]:
+    """CPU ms per invocation: each process, and the sums for Python (the client and the
+    processors), NATS (every node) and all of them."""
+    per = {k: 1000 * v / max(1, done) for k, v in cpu.items()}
+    python = sum(v for k, v in per.items() if k == "client" or re.fullmatch(r"p\d+", k))
+    nats_ = sum(v for k, v in per.items() if k.startswith("nats"))
+    return {**per, "python": python, "nats": nats_, "all": sum(per.values())}
+
+
+async def at_rate(
+    sc: Scenario, workflow: str, make_args: Callable[[int], Any], rate: float, seconds: float
+) -> tuple[dict[str, float], list[float], int]:
+    """Start invocations at a fixed ``rate`` for ``seconds`` (open loop, whatever the earlier
+    ones are doing, at most 1,024 at once) and wait for them all: CPU per completed invocation
+    (:func:`cpu_per_invocation`), their latencies in ms, and how many started late (the cap
+    was reached: the rate was beyond what the setup holds).
+
+    The CPU window runs to 0.3 s after the last result, so the final state writes and acks
+    that follow a result are counted too. Both sides of an A/B do the same work here at the
+    same pace: "CPU per invocation at the same throughput".
+    """
+    total = max(1, round(rate * seconds))
+    slots = asyncio.Semaphore(1024)
+    latencies: list[float] = []
+    late = 0
+
+    async def one(i: int) -> None:
+        try:
+            t0 = time.perf_counter()
+            if await sc.try_invoke(workflow, make_args(i)):
+                latencies.append((time.perf_counter() - t0) * 1000)
+        finally:
+            slots.release()
+
+    tasks: list[asyncio.Task[None]] = []
+    meter = sc.cpu_meter()
+    start = time.perf_counter()
+    while len(tasks) < total:
+        due = min(total, int((time.perf_counter() - start) * rate) + 1)
+        while len(tasks) < due:
+            if slots.locked():
+                late += 1
+            await slots.acquire()
+            tasks.append(asyncio.create_task(one(10**6 + len(tasks))))
+        await asyncio.sleep(0.005)
+    await asyncio.wait_for(asyncio.gather(*tasks), seconds + 90)
+    await asyncio.sleep(0.3)
+    if not latencies:
+        raise RuntimeError(f"no {workflow} invocation completed: {dict(sc.setup.invoke_errors)}")
+    return cpu_per_invocation(meter.used(), len(latencies)), latencies, late
+
+
 async def latency_and_throughput(
     sc: Scenario, workflow: str, make_args: Callable[[int], Any], key: str, profile: bool = False
 ) -> None:
@@ -295,6 +348,7 @@ async def latency_and_throughput(
         cpu = meter.used()
         done = max(1, len(lat))
         setup.fig(f"{key}_per_s").runs.append(rate)
+        setup.fig(f"{key}_cpu_python_ms").runs.append(cpu_per_invocation(cpu, done)["python"])
         setup.detail(
             f"{key}_throughput_runs",
             {
@@ -310,6 +364,30 @@ async def latency_and_throughput(
         progress(
             f"{setup.name} {workflow} x{opts.inflight} #{r + 1}: {rate:.0f}/s; "
             f"cpu cores {meter.shares()}"
+        )
+    if not opts.rate:
+        return
+    fixed = opts.rate if key == "hello" else opts.rate / 2
+    for r in range(opts.repeat):
+        per, lat, late = await at_rate(sc, workflow, make_args, fixed, opts.seconds)
+        for what in ("python", "nats", "all"):
+            setup.fig(f"{key}_at_rate_cpu_{what}_ms").runs.append(per[what])
+        setup.fig(f"{key}_at_rate_p50_ms").runs.append(percentile(lat, 50))
+        setup.detail(
+            f"{key}_at_rate_runs",
+            {
+                "rate_per_s": fixed,
+                "completed": len(lat),
+                "started_late": late,
+                "p50_ms": round(percentile(lat, 50), 2),
+                "p99_ms": round(percentile(lat, 99), 2),
+                "cpu_ms_per_invocation": {k: round(v, 3) for k, v in per.items()},
+            },
+        )
+        progress(
+            f"{setup.name} {workflow} at {fixed:g}/s #{r + 1}: CPU per invocation "
+            f"python {per['python']:.2f} ms, nats {per['nats']:.2f} ms, all {per['all']:.2f} ms"
+            + (f"; {late} started late (rate beyond capacity)" if late else "")
         )
 
 

@@ -29,6 +29,7 @@ class Options:
     results_dir: Path
     profile: bool
     parts: tuple[str, ...] = PARTS
+    rate: float = 0.0  # (b)-(c) fixed arrival rate of the CPU-at-one-rate window (0: none)
     shards: int = 1  # journal streams and state buckets of each scenario's engine
     steps: int = 1000  # (d) steps of the many-step workflow
     sleepers: int = 10_000  # (e) sleeping workflows
@@ -68,6 +69,15 @@ class Options:
             help="py-spy the processor and this client during the first hello throughput run",
         )
         p.add_argument(
+            "--rate",
+            type=float,
+            default=0.0,
+            help=(
+                "also measure CPU per invocation at a fixed arrival rate: hello at RATE/s, the "
+                "3-step at RATE/2 (0: off); the same rate on both sides of an A/B"
+            ),
+        )
+        p.add_argument(
             "--parts",
             default=",".join(PARTS),
             help=f"comma-separated parts to measure ({','.join(PARTS)}; default all)",
@@ -78,6 +88,8 @@ class Options:
             p.error(f"--parts takes a comma-separated subset of {','.join(PARTS)}")
         if a.repeat < 1 or a.processors < 1 or a.shards < 1:
             p.error("--repeat, --processors and --shards must be at least 1")
+        if a.rate < 0:
+            p.error("--rate must be 0 (off) or a rate per second")
         extra: dict[str, Any] = {}
         if a.quick:
             extra = {
@@ -104,6 +116,7 @@ class Options:
             profile=a.profile,
             parts=parts,
             shards=a.shards,
+            rate=a.rate,
             **extra,
         )
 

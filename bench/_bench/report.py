@@ -37,13 +37,25 @@ FIGURES: tuple[tuple[str, str, str], ...] = (
     ("rss_sleeping_inflight_mb", "RSS sleepers + in flight", "MB"),
     ("floor_object_mb_per_s", "floor: object store put+get", "MB/s"),
     ("payload_mb_per_s", "large value round trip", "MB/s"),
+    # CPU per invocation (ms of CPU, summed over processes): Python = client + processors
+    ("hello_cpu_python_ms", "hello: Python CPU/inv", "ms"),
+    ("order_cpu_python_ms", "3-step: Python CPU/inv", "ms"),
+    # --rate only: the same work at the same pace on both sides of an A/B
+    ("hello_at_rate_p50_ms", "hello p50", "ms"),
+    ("hello_at_rate_cpu_python_ms", "hello: Python CPU/inv", "ms"),
+    ("hello_at_rate_cpu_nats_ms", "hello: NATS CPU/inv", "ms"),
+    ("hello_at_rate_cpu_all_ms", "hello: all CPU/inv", "ms"),
+    ("order_at_rate_p50_ms", "3-step p50", "ms"),
+    ("order_at_rate_cpu_python_ms", "3-step: Python CPU/inv", "ms"),
+    ("order_at_rate_cpu_nats_ms", "3-step: NATS CPU/inv", "ms"),
+    ("order_at_rate_cpu_all_ms", "3-step: all CPU/inv", "ms"),
 )
 
 
 def ratio(setup: Setup, key: str) -> float | None:
     """A latency over publish+ack (p50 over p50, p99 over p99); a rate as floor rate over it."""
     value = setup.fig(key).median
-    if not value or key.startswith(("floor", "rss")):
+    if not value or key.startswith(("floor", "rss")) or "_cpu_" in key:
         return None
     if key == "payload_mb_per_s":  # a share of the object store's own rate
         floor = setup.fig("floor_object_mb_per_s").median
@@ -105,6 +117,10 @@ def _label(key: str, label: str, opts: Options) -> str:
         return f"{label}, {opts.payload_mb} MB"
     if key.endswith("_per_s") and not key.startswith("floor"):
         return f"{label}, {opts.inflight} in flight"
+    if "_at_rate_" in key:
+        return f"{label} @{opts.rate if key.startswith('hello') else opts.rate / 2:g}/s"
+    if "_cpu_" in key:
+        return f"{label} (x{opts.inflight})"
     return label
 
 
@@ -122,7 +138,8 @@ def table(setup: Setup) -> Iterator[str]:
         fig = setup.fig(key)
         name = _label(key, label, opts)
         if fig.median is None:
-            yield f"{name:<32} {fig.note or 'not measured'}"
+            if "_at_rate_" not in key:  # those are only measured with --rate
+                yield f"{name:<32} {fig.note or 'not measured'}"
             continue
         runs = " ".join(_n(v) for v in fig.runs)
         r = ratio(setup, key)

@@ -67,8 +67,8 @@ def test_an_ab_run_against_head_prints_and_records_both_sides(tmp_path: Path) ->
     proc = subprocess.run(
         [
             sys.executable, "bench/ab.py", "--base", "HEAD", "--rounds", "1",
-            "--results-dir", str(tmp_path), "--", "--quick", "--only", "single",
-            "--parts", "floor,hello",
+            "--harness", "head", "--results-dir", str(tmp_path), "--", "--quick",
+            "--only", "single", "--parts", "floor,hello", "--rate", "20",
         ],
         cwd=ROOT, capture_output=True, text=True, timeout=230, check=False,
     )  # fmt: skip
@@ -79,3 +79,24 @@ def test_an_ab_run_against_head_prints_and_records_both_sides(tmp_path: Path) ->
     assert len(recorded["runs"]["base"]) == len(recorded["runs"]["head"]) == 1
     figures = {r["figure"] for r in recorded["rows"]}
     assert {"floor_publish_p50_ms", "hello_seq_p50_ms", "hello_per_s"} <= figures
+    assert {"hello_cpu_python_ms", "hello_at_rate_cpu_python_ms"} <= figures
+    assert recorded["harness"] == "head"
+
+
+def test_a_flag_the_bases_own_harness_lacks_is_refused_before_anything_runs(
+    tmp_path: Path,
+) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable, "bench/ab.py", "--base", "HEAD", "--rounds", "1",
+            "--results-dir", str(tmp_path), "--", "--only", "single", "--no-such-flag",
+        ],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "has no --no-such-flag: add --harness head" in proc.stderr, proc.stderr
+    assert not list(tmp_path.iterdir())
+    worktrees = subprocess.run(
+        ["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    assert "durable-ab-" not in worktrees

@@ -29,6 +29,13 @@ FIGURES = (
     "rss_sleeping_inflight_mb",
     "floor_object_mb_per_s",
     "payload_mb_per_s",
+    "hello_cpu_python_ms",
+    "order_cpu_python_ms",
+    "hello_at_rate_p50_ms",
+    "hello_at_rate_cpu_python_ms",
+    "hello_at_rate_cpu_nats_ms",
+    "hello_at_rate_cpu_all_ms",
+    "order_at_rate_cpu_python_ms",
 )
 NEED_SLEEP = ("rss_sleeping_mb", "rss_sleeping_inflight_mb")
 
@@ -45,6 +52,8 @@ def test_quick_bench_on_a_single_node_reports_every_figure(tmp_path: Path) -> No
             "1",
             "--only",
             "single",
+            "--rate",
+            "40",
             "--results-dir",
             str(tmp_path),
         ],
@@ -72,6 +81,11 @@ def test_quick_bench_on_a_single_node_reports_every_figure(tmp_path: Path) -> No
             continue
         assert fig["median"] is not None and fig["median"] > 0, key
         assert len(fig["runs"]) == 1, key
+    (fixed,) = single["details"]["hello_at_rate_runs"]
+    assert fixed["rate_per_s"] == 40 and fixed["completed"] == 40, fixed  # 1 s at 40/s
+    cpu = fixed["cpu_ms_per_invocation"]
+    assert cpu["all"] > cpu["python"] > 0 and cpu["nats"] > 0, cpu
+    assert "hello p50 @40/s" in proc.stdout and "3-step p50 @20/s" in proc.stdout
     latency = single["figures"]["hello_seq_p50_ms"]
     assert latency["vs_floor"] == pytest.approx(
         latency["median"] / single["figures"]["floor_publish_p50_ms"]["median"]
