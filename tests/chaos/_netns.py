@@ -27,6 +27,10 @@ from durable_core.testing import NatsCluster, NatsServer, find_nats_server_binar
 
 # Inside its own namespace every node can use the standard ports.
 CLIENT_PORT, ROUTE_PORT, HTTP_PORT = 4222, 6222, 8222
+# Go's pprof endpoints (the soak reads each node's heap statistics there). Listening costs
+# nothing until asked; block profiling stays off.
+PROF_PORT = 6060
+PROF_CONFIG = f"prof_port: {PROF_PORT}\nprof_block_rate: 0"
 
 
 def _ip(*args: str, netns: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
@@ -202,6 +206,8 @@ class NetnsCluster(NatsCluster):
                     ],
                     binary=net.wrapper(name, self.base_dir / "bin"),
                     startup_timeout=startup_timeout,
+                    extra_config=PROF_CONFIG,
                 )
             )
         self._nodes = nodes  # the base class built loopback nodes; these replace them
+        self.prof_urls = {n: f"http://{net.address[n]}:{PROF_PORT}" for n in net.names}

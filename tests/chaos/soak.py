@@ -23,6 +23,13 @@ Thresholds (the soak passes when all hold):
   invocations submitted in the last window is at most ``P50_FACTOR`` (1.5) × the first
   window's; p99 is reported, not judged (a fault every minute decides it);
 * **nothing lost**: every acknowledged submission ended COMPLETED.
+
+Where the NATS nodes run in network namespaces, every 30 s the soak also reads each node's Go
+memory statistics from its pprof endpoint (``/debug/pprof/heap?debug=1``, see
+:func:`go_memory`): the heap the server uses, the heap it has freed but the Go runtime still
+holds, and what the runtime has returned to the system. They are reported per window beside the
+RSS (not judged) and say whether a rising RSS is memory in use or memory the runtime keeps; the
+last heap profile of each node in each window is kept in the run's folder.
 """
 
 from __future__ import annotations
@@ -60,6 +67,20 @@ def rss_bytes(pid: int) -> int | None:
     return None
 
 
+GO_FIELDS = ("HeapInuse", "HeapIdle", "HeapReleased", "Sys")
+
+
+def go_memory(profile: str) -> dict[str, int]:
+    """The ``runtime.MemStats`` figures (:data:`GO_FIELDS`, bytes) at the end of a Go heap
+    profile in text form (``/debug/pprof/heap?debug=1``); those missing are left out."""
+    out: dict[str, int] = {}
+    for line in profile.splitlines():
+        key, sep, value = line.removeprefix("# ").partition(" = ")
+        if sep and key in GO_FIELDS and value.strip().isdigit():
+            out[key] = int(value)
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class Done:
     """One finished invocation: when it was submitted (s since the soak began) and how long it
@@ -81,6 +102,7 @@ class Window:
     sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # stream -> bytes, msgs
     faults: list[str] = field(default_factory=list)
     fault_times: list[float] = field(default_factory=list)  # seconds, one per fault
+    go: dict[str, dict[str, int]] = field(default_factory=dict)  # node -> last go_memory()
 
     @property
     def p50(self) -> float | None:
@@ -106,9 +128,11 @@ def windows(
     sizes: Iterable[tuple[float, Mapping[str, tuple[int, int]]]],
     faults: Iterable[tuple[float, str]] = (),
     cpu: Iterable[tuple[float, Mapping[str, tuple[int, float]]]] = (),
+    go: Iterable[tuple[float, Mapping[str, Mapping[str, int]]]] = (),
 ) -> list[Window]:
     """Cut ``length`` seconds into windows of ``window`` seconds and sort the samples in: RSS
-    samples and stream sizes by when they were taken (each window keeps its last sizes),
+    samples and stream sizes by when they were taken (each window keeps its last sizes and
+    each node's last Go memory figures),
     latencies by when the invocation was submitted, CPU time (``name -> (pid, seconds)``) as
     the growth between one sample of a process and its next one with the same PID."""
     count = max(1, round(length / window))
@@ -125,6 +149,8 @@ def windows(
         at(d.submitted).latencies.append(d.latency)
     for t, streams in sorted(sizes, key=lambda s: s[0]):
         at(t).sizes = dict(streams)
+    for t, nodes in sorted(go, key=lambda s: s[0]):
+        at(t).go.update({name: dict(figures) for name, figures in nodes.items()})
     for t, what in faults:
         at(t).faults.append(what)
         at(t).fault_times.append(t)
@@ -242,6 +268,15 @@ def table(ws: list[Window]) -> list[str]:
         cells = [f"{n} {100 * used / seconds:.0f}" for n, used in sorted(w.cpu.items())]
         total = 100 * sum(w.cpu.values()) / seconds
         lines.append(f"  {_label(w)}: {', '.join(cells) or '-'}; all {total:.0f}")
+    nodes = sorted({n for w in ws for n in w.go})
+    if nodes:
+        lines.append(
+            "NATS Go memory at the end of each window (MB): heap in use / freed, still held by "
+            "the runtime / returned to the system"
+        )
+        for w in ws:
+            cells = [f"{n} {_go_cell(w.go[n])}" for n in nodes if n in w.go]
+            lines.append(f"  {_label(w)}: {'; '.join(cells) or '-'}")
     lines.append("stream sizes at the end of each window (MB / messages):")
     for s in streams:
         cells = [
@@ -253,6 +288,13 @@ def table(ws: list[Window]) -> list[str]:
     for w in ws:
         lines.append(f"  {_label(w)}: {', '.join(w.faults) or '-'}")
     return lines
+
+
+def _go_cell(m: Mapping[str, int]) -> str:
+    inuse, idle, released = (m.get(k) for k in ("HeapInuse", "HeapIdle", "HeapReleased"))
+    if inuse is None or idle is None or released is None:
+        return "-"
+    return f"{inuse / MB:.1f} / {(idle - released) / MB:.1f} / {released / MB:.1f}"
 
 
 def _label(w: Window) -> str:

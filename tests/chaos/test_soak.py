@@ -11,7 +11,8 @@ streams and buckets reach a steady size too instead of growing for the 7 days of
 retention.
 
 Every 10 s the RSS of every process is sampled (``/proc/<pid>/status``), every 30 s every
-stream's size; each acknowledged invocation is read until it has finished (before it expires)
+stream's size and (nodes in namespaces only) each NATS node's Go memory statistics from its
+pprof endpoint; each acknowledged invocation is read until it has finished (before it expires)
 and its end-to-end latency noted. The report (printed and written to the run's folder) gives,
 per window of ``SOAK_WINDOW`` seconds (300; a quarter of the run when shorter than 20
 minutes), the p50/p99 latency of the invocations submitted in it, the largest RSS of each
@@ -29,6 +30,7 @@ import json
 import os
 import random
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -123,6 +125,8 @@ async def _soak(
     rss: list[tuple[float, dict[str, int]]] = []
     cpu: list[tuple[float, dict[str, tuple[int, float]]]] = []
     sizes: list[tuple[float, dict[str, tuple[int, int]]]] = []
+    go: list[tuple[float, dict[str, dict[str, int]]]] = []
+    prof_urls: dict[str, str] = getattr(cc.cluster, "prof_urls", {})  # netns clusters only
     loads: list[tuple[float, float]] = []
     done: dict[str, soak.Done] = {}
     expired: dict[str, str] = {}  # finished and expired before the reader saw them: status
@@ -148,6 +152,22 @@ async def _soak(
                 sizes.append((time.monotonic() - t0, await _stream_sizes(transport)))
             except Exception as e:  # noqa: BLE001 - a fault in progress: the next sample
                 say(f"stream sizes not read: {type(e).__name__}: {e}")
+            await _pause(stop, 30)
+
+    async def sample_go() -> None:
+        """Each node's Go memory figures; the last heap profile of each window kept."""
+        while not stop.is_set():
+            now = time.monotonic() - t0
+            figures = {}
+            for name, url in prof_urls.items():
+                try:
+                    text = await asyncio.to_thread(_read, f"{url}/debug/pprof/heap?debug=1")
+                except OSError:
+                    continue  # the node is down, paused or cut off: the next sample
+                figures[name] = soak.go_memory(text)
+                window = int(now // WINDOW)
+                (system.log_dir / f"nats-heap-{name}-window{window + 1}.txt").write_text(text)
+            go.append((now, figures))
             await _pause(stop, 30)
 
     async def reap(until: asyncio.Event) -> None:
@@ -191,7 +211,7 @@ async def _soak(
 
     offered_all = asyncio.Event()
     reaper = asyncio.create_task(reap(offered_all))
-    samplers = [asyncio.create_task(sample_rss()), asyncio.create_task(sample_sizes())]
+    samplers = [asyncio.create_task(f()) for f in (sample_rss, sample_sizes, sample_go)]
     submitting = asyncio.create_task(load.run())
     faults = asyncio.create_task(nemesis.run_every(FAULT_EVERY, stop))
     await _pause(asyncio.Event(), length)
@@ -224,9 +244,8 @@ async def _soak(
     problems += [f"recovery: {p}" for p in nemesis.recovery_problems]
 
     fault_log = [(f.started - t0, f"{f.kind} {f.target}") for f in nemesis.faults]
-    ws = soak.windows(
-        length, WINDOW, rss, [d for d in done.values() if d.latency >= 0], sizes, fault_log, cpu
-    )
+    finished = [d for d in done.values() if d.latency >= 0]
+    ws = soak.windows(length, WINDOW, rss, finished, sizes, fault_log, cpu, go)
     completed = sum(1 for i in load.submitted if i in done and i not in unsuccessful)
     warmup = RETENTION + SWEEP
     failed = soak.verdict(
@@ -269,6 +288,7 @@ async def _soak(
         json.dumps(
             {
                 "rss": rss,
+                "go": go,
                 "sizes": sizes,
                 "loads": loads,
                 "faults": fault_log,
@@ -286,6 +306,11 @@ def _describe(st: pb.ExecutionState) -> str:
         f"{time.time() - st.updated_at_ms / 1000:.0f}s ago, journal {st.journal_length}"
         + (f", waiting for {st.waiting_for}" if st.waiting_for else "")
     )
+
+
+def _read(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return resp.read().decode("utf-8", "replace")
 
 
 async def _pause(stop: asyncio.Event, seconds: float) -> None:

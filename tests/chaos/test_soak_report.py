@@ -5,7 +5,18 @@ from __future__ import annotations
 
 import os
 
-from .soak import MB, Done, baseline, cpu_seconds, rss_bytes, table, unjudged, verdict, windows
+from .soak import (
+    MB,
+    Done,
+    baseline,
+    cpu_seconds,
+    go_memory,
+    rss_bytes,
+    table,
+    unjudged,
+    verdict,
+    windows,
+)
 
 LENGTH, WINDOW = 1800.0, 300.0
 
@@ -136,3 +147,43 @@ def test_the_warm_up_starts_again_after_a_processs_own_restart() -> None:
     rss = [(t, {"p2": int((60 + 2 * t / 60) * MB)}) for t in range(0, int(LENGTH), 10)]
     ws = windows(LENGTH, WINDOW, rss, [Done(1, 0.3), Done(1700, 0.3)], [], kill)
     assert verdict(ws, submitted=1, completed=1, warmup=270)[0].startswith("p2: RSS 119.7 MB")
+
+
+HEAP_PROFILE_TAIL = """1: 480 [1: 480] @ 0x489425 0x420a65
+#\t0x489424\truntime.mallocgc+0x104\t\truntime/malloc.go:1131
+
+
+# runtime.MemStats
+# Alloc = 1005440
+# Sys = 12540168
+# HeapIdle = 5832704
+# HeapInuse = 1867776
+# HeapReleased = 5767168
+# PauseNs = [0 0 0]
+"""
+
+
+def test_go_memory_is_read_from_a_heap_profile_and_reported_per_window() -> None:
+    figures = go_memory(HEAP_PROFILE_TAIL)
+    assert figures == {
+        "Sys": 12540168,
+        "HeapIdle": 5832704,
+        "HeapInuse": 1867776,
+        "HeapReleased": 5767168,
+    }
+    assert go_memory("no statistics here") == {}
+    rss, done = samples()
+    later = {**figures, "HeapInuse": 40 * MB}
+    ws = windows(
+        LENGTH, WINDOW, rss, done, [], go=[(10.0, {"n1": figures}), (1790.0, {"n1": later})]
+    )
+    assert ws[0].go == {"n1": figures} and ws[-1].go == {"n1": later} and ws[2].go == {}
+    lines = table(ws)
+    at = lines.index(next(x for x in lines if x.startswith("NATS Go memory")))
+    assert lines[at + 1] == "   0.0-5.0  min: n1 1.8 / 0.1 / 5.5"
+    assert lines[at + 6] == "  25.0-30.0 min: n1 40.0 / 0.1 / 5.5"
+    assert lines[at + 3] == "  10.0-15.0 min: -"
+    # Without samples (no namespaces, hence no pprof endpoints) the block is left out.
+    assert not any(
+        x.startswith("NATS Go memory") for x in table(windows(LENGTH, WINDOW, rss, done, []))
+    )
