@@ -213,20 +213,37 @@ class Nemesis:
                 raise AssertionError(f"no leader for {stream} within {timeout:.0f}s")
             await asyncio.sleep(0.5)
 
-    async def _streams(self) -> list[str]:
-        """Every stream of the account (the engine's, its buckets, the schedules)."""
+    async def _streams(self, request_timeout: float = 10.0) -> list[str]:
+        """Every stream of the account (the engine's, its buckets, the schedules); an error
+        answer (JetStream unavailable) raises, as no answer does."""
         nc = await nats.connect(self.cluster.urls, connect_timeout=2, max_reconnect_attempts=3)
         try:
-            resp = await nc.request("$JS.API.STREAM.NAMES", b"{}", timeout=10)
-            return sorted(json.loads(resp.data).get("streams") or [])
+            resp = await nc.request("$JS.API.STREAM.NAMES", b"{}", timeout=request_timeout)
+            body = json.loads(resp.data)
+            if body.get("error"):
+                raise nats.errors.Error(f"stream names: {body['error']}")
+            return sorted(body.get("streams") or [])
         finally:
             await nc.close()
+
+    async def _stream_names(self, deadline: float) -> list[str]:
+        """:meth:`_streams`, asked again until ``deadline`` (monotonic): right after a node
+        comes back the meta leader may still be in election, and JetStream's API does not
+        answer meanwhile (the soak of 2026-12-06 saw one such 10 s timeout at its first fault,
+        with every invocation completing)."""
+        while True:
+            try:
+                return await self._streams()
+            except nats.errors.Error:
+                if time.monotonic() + 1 > deadline:
+                    raise
+            await asyncio.sleep(1)
 
     async def wait_whole(self, what: str, timeout: float = 90.0) -> None:
         """Wait until every stream has a leader and all replicas caught up (bounded)."""
         started = time.monotonic()
         try:
-            streams = await self._streams()
+            streams = await self._stream_names(started + timeout)
             for stream in streams:
                 left = max(1.0, timeout - (time.monotonic() - started))
                 await asyncio.to_thread(

@@ -73,6 +73,12 @@
     says finished (a reader never sees the parent ahead of the child), and a redelivery that
     finds the child finished tells the parent again, in case the run ended between the two;
     a parent gone by retention is left alone (no orphan journal under its id).
+
+12. (The harness, soak seed 20907 of 2026-12-06.) The nemesis's recovery check listed the
+    streams once, 1 s after a SIGSTOPped node came back: JetStream's API did not answer within
+    10 s (the meta leader was still being elected) and the run was failed for "not recovered"
+    while all 36,000 invocations completed. The listing is now asked again until the check's
+    own bound.
 """
 
 from __future__ import annotations
@@ -716,3 +722,46 @@ async def test_a_resolve_stored_but_answered_as_a_conflict_succeeds(server: Nats
         result = await client.wait(inv, timeout=15)
     assert lied, "the resolve's write was never answered as a conflict"
     assert result.output == {"ok": True}
+
+
+async def test_the_recovery_check_asks_again_while_jetstream_is_not_answering() -> None:
+    from types import SimpleNamespace
+
+    from durable_core.testing import NatsCluster
+
+    from .nemesis import Nemesis
+
+    with NatsCluster(size=3) as cluster:
+        nc = await nats.connect(cluster.urls)
+        try:
+            await nc.jetstream().add_stream(
+                name="RECOVERY_PROBE", subjects=["recovery.probe"], num_replicas=3
+            )
+        finally:
+            await nc.close()
+        leader = cluster.wait_for_meta_leader()
+        first = next(n for n in cluster.nodes if n.name != leader)
+        others = [n for n in cluster.nodes if n is not first]  # the meta leader among them
+        # Connected to a live node that is not the meta leader, asking JetStream while the
+        # leader and quorum are gone: as right after a SIGSTOPped leader comes back, nobody
+        # answers the API (or the answer is "unavailable") until a leader is elected.
+        stub: Any = SimpleNamespace(cluster=SimpleNamespace(urls=[first.url]))
+        stub._streams = lambda: Nemesis._streams(stub, request_timeout=2)
+        for node in others:
+            cluster.pause_node(node.name)
+        try:
+            listing = asyncio.create_task(Nemesis._stream_names(stub, time.monotonic() + 60))
+            await asyncio.sleep(6)  # two tries at least
+            assert not listing.done(), listing
+        finally:
+            for node in others:
+                cluster.resume_node(node.name)
+        assert await asyncio.wait_for(listing, 60) == ["RECOVERY_PROBE"]
+
+    async def never() -> list[str]:
+        raise nats.errors.TimeoutError
+
+    started = time.monotonic()
+    with pytest.raises(nats.errors.TimeoutError):  # a bound is a bound: past it, the error
+        await Nemesis._stream_names(SimpleNamespace(_streams=never), started + 3)
+    assert 2 <= time.monotonic() - started < 5
