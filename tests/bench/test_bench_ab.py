@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -86,17 +87,20 @@ def test_an_ab_run_against_head_prints_and_records_both_sides(tmp_path: Path) ->
 def test_a_flag_the_bases_own_harness_lacks_is_refused_before_anything_runs(
     tmp_path: Path,
 ) -> None:
+    scratch, results = tmp_path / "tmp", tmp_path / "results"
+    scratch.mkdir()
     proc = subprocess.run(
         [
             sys.executable, "bench/ab.py", "--base", "HEAD", "--rounds", "1",
-            "--results-dir", str(tmp_path), "--", "--only", "single", "--no-such-flag",
+            "--results-dir", str(results), "--", "--only", "single", "--no-such-flag",
         ],
         cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "TMPDIR": str(scratch)},  # where its worktree would be made
     )  # fmt: skip
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "has no --no-such-flag: add --harness head" in proc.stderr, proc.stderr
-    assert not list(tmp_path.iterdir())
+    assert not results.exists() and not list(scratch.iterdir())  # nothing ran, nothing left
     worktrees = subprocess.run(
         ["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout
-    assert "durable-ab-" not in worktrees
+    assert str(scratch) not in worktrees  # (other tests may hold worktrees of their own)

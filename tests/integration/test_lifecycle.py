@@ -69,14 +69,18 @@ async def test_pause_and_resume_through_the_cli_and_illegal_transitions(
     stack.start_service()
     stack.start_processor("p-cli")
     inv = "nap-life"
-    await client.invoke_async("delayed_greeting", {"name": "Nap", "delay_seconds": 3}, id=inv)
+    # Long enough for the CLI (a fresh interpreter) to pause it before the timer is due, even
+    # on a loaded machine (with 3 s, CI once saw the run complete first).
+    delay, t0 = 10, time.monotonic()
+    await client.invoke_async("delayed_greeting", {"name": "Nap", "delay_seconds": delay}, id=inv)
     await wait_status(inv, "suspended")
     with pytest.raises(IllegalTransitionError) as err:
         await client.resume(inv)  # suspended on a timer, not paused
     assert err.value.status == "suspended"
     cp = await asyncio.to_thread(stack.cli, "pause", inv)
-    assert cp.returncode == 0 and "paused" in cp.stdout
-    await asyncio.sleep(4)  # the timer fires while paused: it stays paused
+    assert cp.returncode == 0 and "paused" in cp.stdout, cp.stdout + cp.stderr
+    # The timer fires while paused: it stays paused.
+    await asyncio.sleep(max(1.0, t0 + delay + 1 - time.monotonic()))
     assert await status_of(inv) == "paused"
     cp = await asyncio.to_thread(stack.cli, "resume", inv)
     assert cp.returncode == 0, cp.stderr
