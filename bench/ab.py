@@ -48,6 +48,11 @@ def source_path(tree: Path) -> str:
     return os.pathsep.join(str(p) for p in roots)
 
 
+def side_env(tree: Path) -> dict[str, str]:
+    """This process's environment with ``tree``'s sources first on the import path."""
+    return {**os.environ, "PYTHONPATH": source_path(tree)}
+
+
 def git(*args: str, cwd: Path = ROOT) -> str:
     return subprocess.run(
         ["git", *args], cwd=cwd, check=True, capture_output=True, text=True
@@ -60,11 +65,12 @@ def run_side(
     """One ``run.py --repeat 1`` of one side (the harness of ``harness``, else the side's own)
     on the side's code; its JSON document."""
     out_dir.mkdir(parents=True)
-    env = {**os.environ, "PYTHONPATH": source_path(tree)}
     cmd = [sys.executable, str((harness or tree) / "bench" / "run.py"), "--repeat", "1"]
     cmd += ["--results-dir", str(out_dir), *bench_args]
     with log.open("ab") as err:
-        done = subprocess.run(cmd, cwd=tree, env=env, stdout=err, stderr=err, check=False)
+        done = subprocess.run(
+            cmd, cwd=tree, env=side_env(tree), stdout=err, stderr=err, check=False
+        )
     found = sorted(out_dir.glob("*.json"))
     if not found:
         raise SystemExit(f"bench/ab: {tree} wrote no results (exit {done.returncode}); see {log}")
@@ -74,10 +80,9 @@ def run_side(
 
 def harness_flags(tree: Path) -> set[str]:
     """The options ``bench/run.py`` of ``tree`` takes (from its ``--help``)."""
-    env = {**os.environ, "PYTHONPATH": source_path(tree)}
     out = subprocess.run(
         [sys.executable, str(tree / "bench" / "run.py"), "--help"],
-        env=env, capture_output=True, text=True, check=False,
+        env=side_env(tree), capture_output=True, text=True, check=False,
     ).stdout  # fmt: skip
     return {w.strip("[],") for w in out.split() if w.startswith(("--", "[--"))}
 

@@ -346,9 +346,9 @@ async def latency_and_throughput(
             if profiler is not None:
                 setup.details.setdefault("profile", {})[workflow] = profiler.finish()
         cpu = meter.used()
-        done = max(1, len(lat))
+        per = cpu_per_invocation(cpu, len(lat))
         setup.fig(f"{key}_per_s").runs.append(rate)
-        setup.fig(f"{key}_cpu_python_ms").runs.append(cpu_per_invocation(cpu, done)["python"])
+        setup.fig(f"{key}_cpu_python_ms").runs.append(per["python"])
         setup.detail(
             f"{key}_throughput_runs",
             {
@@ -357,7 +357,7 @@ async def latency_and_throughput(
                 "p50_ms": round(percentile(lat, 50), 2),
                 "p99_ms": round(percentile(lat, 99), 2),
                 "cpu_cores": meter.shares(),
-                "cpu_ms_per_invocation": {k: round(1000 * v / done, 2) for k, v in cpu.items()},
+                "cpu_ms_per_invocation": {k: round(per[k], 2) for k in cpu},
                 "profiled": profiler is not None,
             },
         )

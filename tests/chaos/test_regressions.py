@@ -90,6 +90,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import nats.js.errors
@@ -113,10 +114,12 @@ from durable_core.engine._keys import KeyRecord
 from durable_core.errors import NatsUnavailableError
 from durable_core.plugins import WorkflowRegistry
 from durable_core.schedules import create_schedule
-from durable_core.testing import NatsServer, ProcessStack, assert_eventually_async
+from durable_core.testing import NatsCluster, NatsServer, ProcessStack, assert_eventually_async
 from durable_scheduler.runner import Scheduler
 from durable_scheduler.settings import SchedulerSettings
 from order_processing.testing import OrderServiceControl
+
+from .nemesis import Nemesis
 
 pytestmark = pytest.mark.integration
 
@@ -725,12 +728,6 @@ async def test_a_resolve_stored_but_answered_as_a_conflict_succeeds(server: Nats
 
 
 async def test_the_recovery_check_asks_again_while_jetstream_is_not_answering() -> None:
-    from types import SimpleNamespace
-
-    from durable_core.testing import NatsCluster
-
-    from .nemesis import Nemesis
-
     with NatsCluster(size=3) as cluster:
         nc = await nats.connect(cluster.urls)
         try:

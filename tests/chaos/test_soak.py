@@ -30,7 +30,6 @@ import json
 import os
 import random
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +40,7 @@ from durable_core import Client, EngineConfig
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import Transport
 from durable_core.config import NatsConfig
+from durable_core.testing._probe import http_get
 
 from . import soak, workload
 from .nemesis import KINDS, Nemesis
@@ -160,10 +160,10 @@ async def _soak(
             now = time.monotonic() - t0
             figures = {}
             for name, url in prof_urls.items():
-                try:
-                    text = await asyncio.to_thread(_read, f"{url}/debug/pprof/heap?debug=1")
-                except OSError:
+                got = await asyncio.to_thread(http_get, f"{url}/debug/pprof/heap?debug=1")
+                if got is None or got[0] != 200:
                     continue  # the node is down, paused or cut off: the next sample
+                text = got[1].decode("utf-8", "replace")
                 figures[name] = soak.go_memory(text)
                 window = int(now // WINDOW)
                 (system.log_dir / f"nats-heap-{name}-window{window + 1}.txt").write_text(text)
@@ -306,11 +306,6 @@ def _describe(st: pb.ExecutionState) -> str:
         f"{time.time() - st.updated_at_ms / 1000:.0f}s ago, journal {st.journal_length}"
         + (f", waiting for {st.waiting_for}" if st.waiting_for else "")
     )
-
-
-def _read(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        return resp.read().decode("utf-8", "replace")
 
 
 async def _pause(stop: asyncio.Event, seconds: float) -> None:
