@@ -20,6 +20,9 @@ Ground truth, and why the timestamps compare:
   made after the step's result was committed: a re-executed committed step. A legitimate call
   (the one whose result was journaled, or a retry of it in flight during a crash) always arrives
   before the entry is written, because the writer appends only after the call returned.
+* A call the service *refused* by its fence (``"refused": true``: a lower ``durable-fence`` than
+  one already seen for its key, i.e. from a run another run has taken over) executed nothing:
+  it is counted, not checked as an execution.
 * Invocations of one partition key run one at a time in submission order: the first thing a
   run of the next one does (a service call, a journal entry of a processor) comes after the
   previous one's final entry was stamped.
@@ -165,6 +168,9 @@ class Call:
     key: str
     order_id: str
     ts_ns: int
+    # Refused by the service's fence check (a superseded run's call, e.g. sent late by a
+    # processor that froze between deciding the step and sending it): nothing was executed.
+    refused: bool = False
 
 
 @dataclass
@@ -247,6 +253,7 @@ class Report:
     replay_failures: list[str] = field(default_factory=list)
     calls: int = 0
     retried_keys: int = 0  # keys the service saw more than once (its dedup answered the same)
+    refused: int = 0  # stale calls the service refused by their fence (executed nothing)
     replayed: int = 0
     keys_checked: int = 0  # partition keys whose order was checked
     key_pairs: int = 0  # consecutive pairs of one key checked
@@ -396,11 +403,13 @@ def check(obs: Observation) -> Report:
         report.by_workflow[exp.workflow] += 1
         _check_effects(iid, exp, steps, final, report, obs.awakeables)
 
-    # Executions: every service call against the journal.
+    # Executions: every service call against the journal (a refused one executed nothing).
     calls_by_key: dict[str, list[Call]] = defaultdict(list)
-    for call in obs.calls:
+    executed = [c for c in obs.calls if not c.refused]
+    for call in executed:
         calls_by_key[call.key].append(call)
-    report.calls = len(obs.calls)
+    report.calls = len(executed)
+    report.refused = len(obs.calls) - len(executed)
     report.retried_keys = sum(1 for calls in calls_by_key.values() if len(calls) > 1)
     for key, calls in sorted(calls_by_key.items()):
         parsed = _split_key(key)
@@ -711,6 +720,7 @@ def read_calls(path: Path) -> list[Call]:
                 key=rec["idempotency_key"],
                 order_id=rec.get("order_id", ""),
                 ts_ns=round(float(rec["ts"]) * 1e9),
+                refused=bool(rec.get("refused", False)),
             )
         )
     return calls
@@ -809,7 +819,7 @@ def evidence(
                 for e in obs.journals.get(iid, [])
             ],
             "calls": [
-                {"method": c.method, "key": c.key, "arrived_ns": c.ts_ns}
+                {"method": c.method, "key": c.key, "arrived_ns": c.ts_ns, "refused": c.refused}
                 for c in sorted(obs.calls, key=lambda c: c.ts_ns)
                 if c.key.rpartition(":")[0] == iid
             ],

@@ -359,7 +359,9 @@ def _last_call_ts(path: object) -> float | None:
         return None
     for line in reversed(lines):
         try:
-            return float(json.loads(line)["ts"])
-        except (ValueError, KeyError):
+            rec = json.loads(line)
+            if not rec.get("refused"):  # a refused call is not in flight
+                return float(rec["ts"])
+        except (ValueError, KeyError, AttributeError):
             continue
     return None

@@ -341,7 +341,8 @@ async def _run(
             f"{len(load.unresolved)} not",
             f"  replayed journals        {report.replayed} ({len(report.replay_failures)} failed)",
             f"  service calls            {report.calls} ({report.retried_keys} keys more than "
-            "once, answered the same by the service)",
+            f"once, answered the same by the service; {report.refused} stale calls refused by "
+            "their fence)",
             f"  faults done              {len(nemesis.faults)} {nemesis.counts()}"
             + (
                 f"; partitions skipped: {cc.no_partition_reason}"

@@ -121,6 +121,16 @@ def test_a_call_that_arrives_after_the_step_was_committed_is_a_reexecution() -> 
     assert not report.ok
 
 
+def test_a_late_call_the_service_refused_by_its_fence_executed_nothing() -> None:
+    obs = clean("a")
+    committed = entry_of(obs, "a", 2).ts_ns
+    # A superseded run's call, sent after the step was committed, refused by the service.
+    obs.calls.append(Call("Charge", "a:2", "order-a", committed + 1, refused=True))
+    report = check(obs)
+    assert report.ok, report.describe()
+    assert (report.refused, report.retried_keys) == (1, 0)
+
+
 def test_retries_before_the_commit_are_not_reexecutions() -> None:
     obs = clean("a")
     committed = entry_of(obs, "a", 2).ts_ns

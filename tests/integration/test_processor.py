@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from durable_core.testing import (
     free_port,
     free_ports,
 )
+from durable_examples.order.v1 import order_pb2
 from order_processing.testing import OrderServiceControl
 
 pytestmark = pytest.mark.integration
@@ -330,3 +332,62 @@ async def test_invokes_whose_state_starts_with_the_run_survive_a_processor_kille
         )
     }
     assert {r.invocation_id for r in results[:held]} <= taken_over, taken_over
+
+
+async def test_each_call_carries_its_runs_fence_and_a_superseded_runs_late_call_is_refused(
+    stack: ProcessStack, client: Client, transport: Transport, tmp_path: Path
+) -> None:
+    """Every ``ctx.call`` carries ``durable-fence``: the journal's last sequence as its run
+    knows it. The run that takes an invocation over appends a CLAIM first, so its calls carry
+    a higher fence than every call of the run it superseded; the example OrderService keeps
+    the highest per key and refuses a lower one. So the call a frozen processor sends late
+    (after another run committed the step) does nothing: sent here by hand, as it would be."""
+    record = tmp_path / "calls.jsonl"
+    served = stack.start_service(ORDER_SERVICE_RECORD_FILE=str(record))
+    service = OrderServiceControl(served.channel)
+    service.set_delay("Charge", 60_000)
+    quick = {"DURABLE_ACK_WAIT": "5", "DURABLE_LEASE_TTL": "3"}
+    doomed = stack.start_processor("p-frozen", **quick)
+    inv = await client.invoke_async("order_processing", {"order_id": "f-1", "amount_cents": 5})
+    key = f"{inv}:2"
+    deadline = asyncio.get_running_loop().time() + 30
+    while key not in service.method_counts("Charge"):
+        assert asyncio.get_running_loop().time() < deadline, service.counts()
+        await asyncio.sleep(0.1)
+    stack.start_processor("p-next", **quick)
+    service.set_delay("Charge", 0)
+    doomed.kill()
+    result = await client.wait(inv, timeout=90)
+    assert result.status == "completed"
+
+    records = [json.loads(line) for line in record.read_text().splitlines()]
+    journal = await transport.read_journal(inv)
+    seqs = {(r.entry.kind, r.entry.step): r.seq for r in journal}
+    claim = seqs[(pb.ENTRY_KIND_CLAIM, 0)]
+    fences = {
+        (rec["method"], n): rec["fence"]
+        for n, rec in enumerate(r for r in records if r["idempotency_key"].startswith(inv))
+    }
+    # Validate (step 1) on an empty journal; the first Charge after step 1's entry; the
+    # second Charge, by the run that took over, after its CLAIM; Ship after step 2's entry.
+    assert fences == {
+        ("Validate", 0): 0,
+        ("Charge", 1): seqs[(pb.ENTRY_KIND_CALL, 1)],
+        ("Charge", 2): claim,
+        ("Ship", 3): seqs[(pb.ENTRY_KIND_CALL, 2)],
+    }, (fences, seqs)
+    assert fences[("Charge", 1)] < claim < seqs[(pb.ENTRY_KIND_CALL, 2)]
+
+    # The first run's Charge, arriving now (after the step was committed), is refused.
+    stale = (("idempotency-key", key), ("durable-fence", str(fences[("Charge", 1)])))
+    with pytest.raises(Exception) as refused:
+        await asyncio.to_thread(
+            service.stub.Charge,
+            order_pb2.ChargeRequest(order_id="f-1", amount_cents=5),
+            metadata=stale,
+            timeout=5,
+        )
+    assert "FAILED_PRECONDITION" in str(refused.value) and "stale call" in str(refused.value)
+    assert service.method_counts("Charge")[key] == 2  # the refused call was not counted
+    last = json.loads(record.read_text().splitlines()[-1])
+    assert (last["idempotency_key"], last.get("refused")) == (key, True)

@@ -28,6 +28,8 @@ from durable_core._grpc import MethodRef
 from durable_core._journal import ReplayMachine, Wait
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core.engine._context import RunContext
+from durable_core.engine._signals import LostHold
+from durable_core.interceptors import Interceptor, StepInput, StepNext
 from durable_examples.hello.v1.hello_pb2 import HelloRequest, HelloResponse
 from durable_examples.hello.v1.hello_pb2_grpc import HelloServiceStub
 
@@ -43,6 +45,7 @@ class FakeJournal:
         self.journaled: list[pb.JournalEntry] = []
         self.pending: pb.JournalEntry | None = None  # a deferred outcome, as the engine's
         self.events = events if events is not None else []
+        self.lost: LostHold | None = None  # set: the run no longer surely holds its command
 
     @property
     def entries(self) -> list[pb.JournalEntry]:
@@ -68,7 +71,11 @@ class FakeJournal:
         self.events.append(f"journaled step {entry.step}")
 
     def check_step(self) -> None:
-        pass
+        if self.lost is not None:
+            raise self.lost
+
+    def fence(self) -> int:
+        return len(self.journaled)  # the engine's: the journal's last sequence
 
     def diverged(self) -> None:
         self.events.append("diverged")
@@ -95,6 +102,7 @@ def make_ctx(
     entries: list[pb.JournalEntry] | None = None,
     journal: FakeJournal | None = None,
     channels: FakeChannels | None = None,
+    interceptors: Sequence[Interceptor] = (),
 ) -> tuple[RunContext, FakeJournal]:
     journal = journal or FakeJournal()
     ctx = RunContext(
@@ -105,6 +113,7 @@ def make_ctx(
         journal=journal,
         channels=channels,  # type: ignore[arg-type]
         start_time_ms=START_MS,
+        interceptors=interceptors,
     )
     return ctx, journal
 
@@ -235,10 +244,30 @@ async def test_call_sends_the_idempotency_key_of_its_step() -> None:
     assert path == "/durable_examples.hello.v1.HelloService/SayHello"
     assert request == HelloRequest(name="Ada")
     assert metadata["idempotency-key"] == "inv-9:2"
+    # The fence: the journal as far as this run knows it when the call leaves (step 1 in it).
+    assert metadata["durable-fence"] == "1"
     assert timeout == 2.0
     entry = journal.entries[-1]
     assert (entry.kind, entry.step, entry.name) == (pb.ENTRY_KIND_CALL, 2, path)
     assert entry.input_hash == _codec.input_hash(HelloRequest(name="Ada").SerializeToString())
+
+
+async def test_a_hold_lost_while_an_interceptor_waited_stops_the_call_before_it_is_sent() -> None:
+    """The hold is checked again after the interceptors, right before the call leaves: one
+    that waited (a rate limiter, a slow exporter) while the command's hold lapsed must not
+    let the call out, as another processor may be running the step by then."""
+    channels = FakeChannels(greet)
+    journal = FakeJournal()
+
+    class Waits(Interceptor):
+        async def intercept_step(self, inp: StepInput, nxt: StepNext) -> Any:
+            journal.lost = LostHold("no in-progress ack answered in time")
+            return await nxt(inp)
+
+    ctx, _ = make_ctx(channels=channels, journal=journal, interceptors=[Waits()])
+    with pytest.raises(LostHold):
+        await ctx.call(hello.SayHello, HelloRequest(name="Ada"))
+    assert channels.sent == []
 
 
 async def test_call_retries_transient_grpc_errors_with_the_same_key() -> None:
@@ -259,6 +288,9 @@ async def test_call_retries_transient_grpc_errors_with_the_same_key() -> None:
 
     assert attempts == 2
     assert {md["idempotency-key"] for _, _, md, _ in channels.sent} == {"inv-1:1"}
+    # The second attempt's fence is above the first's: its failure was journaled in between,
+    # so a late copy of the first attempt is refused by a service that keeps the highest.
+    assert [md["durable-fence"] for _, _, md, _ in channels.sent] == ["0", "1"]
     failed, done = journal.entries
     # The failed attempt is journaled (history, and the count survives a crash) ...
     assert (failed.kind, failed.step, failed.attempts) == (pb.ENTRY_KIND_ATTEMPT_FAILED, 1, 1)

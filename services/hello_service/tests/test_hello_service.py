@@ -86,6 +86,41 @@ async def test_charge_is_idempotent_and_counted(channel: grpc.aio.Channel, tmp_p
 
 
 @pytest.mark.asyncio
+async def test_a_call_with_a_lower_fence_than_its_key_has_seen_is_refused(
+    channel: grpc.aio.Channel, tmp_path: Path
+) -> None:
+    """A run that was taken over (its fence below the one a later run called with) does
+    nothing: refused, not counted, recorded as refused; equal or higher fences go through."""
+    stub = order_pb2_grpc.OrderServiceStub(channel)
+    request = order_pb2.ShipRequest(order_id="o-1")
+
+    def fenced(key: str, fence: int) -> tuple[tuple[str, str], ...]:
+        return (*_key(key), ("durable-fence", str(fence)))
+
+    await stub.Ship(request, metadata=fenced("inv-1:3", 1296))
+    await stub.Ship(request, metadata=fenced("inv-1:3", 1508))  # the run that took it over
+    await stub.Ship(request, metadata=fenced("inv-1:3", 1508))  # its retry
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.Ship(request, metadata=fenced("inv-1:3", 1296))  # the first run, late
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "fence 1296" in (refused.value.details() or "")
+    await stub.Ship(request, metadata=fenced("inv-2:3", 5))  # fences are per key
+    await stub.Ship(request, metadata=_key("inv-1:3"))  # no fence: not checked
+
+    counts = await stub.GetCallCounts(order_pb2.GetCallCountsRequest())
+    assert [(c.idempotency_key, c.count) for c in counts.counts] == [("inv-1:3", 4), ("inv-2:3", 1)]
+    records = [json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
+    assert [(r["idempotency_key"], r.get("fence"), r.get("refused", False)) for r in records] == [
+        ("inv-1:3", 1296, False),
+        ("inv-1:3", 1508, False),
+        ("inv-1:3", 1508, False),
+        ("inv-1:3", 1296, True),
+        ("inv-2:3", 5, False),
+        ("inv-1:3", None, False),
+    ]
+
+
+@pytest.mark.asyncio
 async def test_validate_ship_and_missing_key(channel: grpc.aio.Channel) -> None:
     stub = order_pb2_grpc.OrderServiceStub(channel)
     ok = await stub.Validate(order_pb2.ValidateRequest(order_id="o-1", amount_cents=5))

@@ -3,7 +3,9 @@
 Durable workflows call Validate, Charge and Ship as steps. Each call carries an
 idempotency key in the gRPC metadata; the service answers the same key with
 the same result and counts calls per (method, key), so tests can prove how
-often a step really reached the service across retries and crashes.
+often a step really reached the service across retries and crashes. It also
+keeps the highest ``durable-fence`` seen per key and refuses a call with a
+lower one: a call from a run that another run has since taken over.
 """
 
 from __future__ import annotations
@@ -23,6 +25,12 @@ from durable_examples.order.v1 import order_pb2, order_pb2_grpc
 
 IDEMPOTENCY_KEY_METADATA = "idempotency-key"
 """gRPC metadata key carrying the caller's idempotency key."""
+
+FENCE_METADATA = "durable-fence"
+"""gRPC metadata key carrying the calling run's fence: it only grows as runs of an invocation
+follow one another, so a call with a lower fence than one already seen for its key comes from a
+run that has been superseded (e.g. its processor froze between deciding the step and sending
+the call) and is refused without doing anything."""
 
 RECORD_FILE_ENV = "ORDER_SERVICE_RECORD_FILE"
 """Environment variable naming the JSON-lines file calls are appended to."""
@@ -53,6 +61,15 @@ def idempotency_key(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     return ""
 
 
+def fence_of(context: grpc.aio.ServicerContext[Any, Any]) -> int | None:
+    """Returns the call's fence, or None when it carries none (or not a number)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == FENCE_METADATA:
+            text = value.decode() if isinstance(value, bytes) else value
+            return int(text) if text.isdigit() else None
+    return None
+
+
 @dataclasses.dataclass(slots=True)
 class _Tally:
     count: int = 0
@@ -62,13 +79,15 @@ class _Tally:
 class OrderServicer(order_pb2_grpc.OrderServiceServicer):
     """Implements ``durable_examples.order.v1.OrderService``.
 
-    State (counts and delays) lives in memory for the life of the servicer, counts for the
-    last ``max_tallies`` (method, key) pairs first called; the optional record file outlives
-    the process.
+    State (counts, delays and the highest fence per key) lives in memory for the life of the
+    servicer, counts for the last ``max_tallies`` (method, key) pairs first called; the
+    optional record file outlives the process. A call whose fence is below the highest seen
+    for its key is refused (FAILED_PRECONDITION), not counted, and recorded as refused.
 
     Args:
         record_file: JSON-lines file to append one line per counted call to
-            (``{"method", "idempotency_key", "order_id", "ts"}``), or None.
+            (``{"method", "idempotency_key", "order_id", "ts", "fence"}``, and
+            ``"refused": true`` for a refused stale call), or None.
         max_tallies: how many (method, key) pairs are counted before the oldest is dropped.
     """
 
@@ -78,6 +97,7 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
         self._record_file = Path(record_file) if record_file else None
         self._max_tallies = max_tallies
         self._tallies: dict[tuple[str, str], _Tally] = {}
+        self._fences: dict[str, int] = {}  # the highest fence seen per idempotency key
         self._delays: dict[str, float] = {}
 
     @classmethod
@@ -94,13 +114,27 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
             The call's idempotency key.
         """
         key = idempotency_key(context)
+        fence = fence_of(context)
+        if key and fence is not None:
+            highest = self._fences.get(key, -1)
+            if fence < highest:
+                self._record(method, key, order_id, fence=fence, refused=True)
+                await context.abort(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"stale call for {key}: fence {fence}, but a later run of this step "
+                    f"called with {highest}",
+                )
+            if fence > highest:
+                if key not in self._fences and len(self._fences) >= self._max_tallies:
+                    del self._fences[next(iter(self._fences))]  # the key first seen longest ago
+                self._fences[key] = fence
         tally = self._tallies.get((method, key))
         if tally is None:
             if len(self._tallies) >= self._max_tallies:
                 del self._tallies[next(iter(self._tallies))]  # the pair first called longest ago
             tally = self._tallies[(method, key)] = _Tally()
         tally.count += 1
-        self._record(method, key, order_id)
+        self._record(method, key, order_id, fence=fence)
 
         delay = self._delays.get(method, 0.0)
         if delay > 0:
@@ -115,13 +149,22 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
                 raise
         return key
 
-    def _record(self, method: str, key: str, order_id: str) -> None:
+    def _record(
+        self, method: str, key: str, order_id: str, *, fence: int | None, refused: bool = False
+    ) -> None:
         if self._record_file is None:
             return
-        line = json.dumps(
-            {"method": method, "idempotency_key": key, "order_id": order_id, "ts": time.time()},
-            sort_keys=True,
-        )
+        rec: dict[str, Any] = {
+            "method": method,
+            "idempotency_key": key,
+            "order_id": order_id,
+            "ts": time.time(),
+        }
+        if fence is not None:
+            rec["fence"] = fence
+        if refused:
+            rec["refused"] = True  # a stale call: nothing was done
+        line = json.dumps(rec, sort_keys=True)
         # Append mode with one write per line keeps lines whole even when
         # several processes share the file; the kernel keeps the data if we
         # are killed right after.

@@ -56,6 +56,10 @@ Resp = TypeVar("Resp")
 T = TypeVar("T")
 
 IDEMPOTENCY_KEY_HEADER = "idempotency-key"
+# Grows with every run that takes the invocation over (``Journal.fence``): a service that keeps
+# the highest fence seen per idempotency key and refuses a lower one never runs a superseded
+# run's call, even one that left a processor frozen between its last hold check and the send.
+FENCE_HEADER = "durable-fence"
 
 
 class RunContext(Context):
@@ -153,9 +157,17 @@ class RunContext(Context):
         fn = self._channels.callable_for(method)
         seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
         key = f"{self._invocation_id}:{decision.step}"
+        journal = self._journal
 
         async def attempt(inp: StepInput) -> Any:
-            metadata = ((IDEMPOTENCY_KEY_HEADER, key), *inp.headers.items())
+            # Checked again after the interceptors (one may have waited), as close to the
+            # call leaving as this process can: see ``durable_core.engine._hold``.
+            journal.check_step()
+            metadata = (
+                (IDEMPOTENCY_KEY_HEADER, key),
+                (FENCE_HEADER, str(journal.fence())),
+                *inp.headers.items(),
+            )
             return await fn(request, timeout=seconds, metadata=metadata)
 
         return await self._execute(  # type: ignore[no-any-return]

@@ -130,6 +130,10 @@ class Execution:
             self.journal.stopped = Diverged("the replay diverged from the journal")
         self.interrupt.set()
 
+    def fence(self) -> int:
+        """The journal's last sequence as this run knows it (see ``Journal.fence``)."""
+        return self.journal.last_seq
+
     def check_step(self) -> None:
         """Refuse every step once the run was stopped by an engine signal, or once this
         processor no longer surely holds the command (see ``durable_core.engine._hold``)."""

@@ -61,6 +61,22 @@ an invocation could become runnable, and what closes it:
    elsewhere. A CLAIM is now written only while the command is surely held, like a step
    (``JournalWriter`` asks before each claim).
 
+5. *A processor that freezes between its last check and the call leaving* (SIGSTOP, a paused
+   VM, a stop-the-world pause). The hold is checked right before each call is made, after the
+   interceptors (one may wait), but no check in a process can cover the instant after it: a
+   process frozen there for longer than its hold sends the call when it thaws, and by then
+   another processor may have taken the invocation over, run the step and journaled it (seen
+   once under chaos, seed 21206: a Ship arrived 6.4 s after the step was committed by the
+   processor that took over). Only the service can refuse such a call, so every call carries
+   a fence (``durable-fence``): the journal's last sequence as its run knows it. A run that
+   takes an invocation over appends a CLAIM (fenced) before it calls anything, so its fence is
+   above every fence of the runs before it; a later attempt of the same run follows its
+   ATTEMPT_FAILED entry, so it is above its own earlier attempts too. A service that keeps
+   the highest fence seen per idempotency key and refuses a lower one (the example
+   OrderService answers FAILED_PRECONDITION) never executes a superseded run's call.
+   Sequences only grow within a stream, so fences compare within one journal stream: a
+   journal stream deleted and made again starts them over.
+
 The processor lease (``_lease``): created (and confirmed) before the first command is pulled,
 renewed with a revision check every ``lease_ttl / 3``. The scheduler deletes a lease it saw
 unchanged for its TTL (a revision-checked delete), so a processor whose renewal was stored at

@@ -50,6 +50,12 @@ class Journal(Protocol):
         """Raise (a ``SuspendExecution``) if this run may not execute another step: it lost the
         invocation or its hold on the command. Called before every step and attempt runs."""
 
+    def fence(self) -> int:
+        """A number that only grows as runs of this invocation follow one another: the
+        journal's last sequence as this run knows it (a run that takes the invocation over
+        first appends a CLAIM, so its fence is above that of every run before it). Sent with
+        every gRPC call (``durable-fence``) so a service can refuse a superseded run's call."""
+
 
 def attempt_failure(e: Exception, step: int, policy: RetryPolicy) -> tuple[pb.Failure, bool]:
     """The failure an attempt of ``step`` ended with, and whether it is worth retrying."""

@@ -395,6 +395,9 @@ class _MemoryJournal:
     def check_step(self) -> None:
         pass
 
+    def fence(self) -> int:
+        return self._next_index - 1  # the entries so far
+
     def diverged(self) -> None:
         pass  # reported after the run (WorkflowRun.error), as the engine would block it
 
