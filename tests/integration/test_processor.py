@@ -306,10 +306,9 @@ async def test_invokes_whose_state_starts_with_the_run_survive_a_processor_kille
 
     held = 8
     tasks = [asyncio.create_task(order(i)) for i in range(held)]
-    deadline = asyncio.get_running_loop().time() + 30
-    while len(service.method_counts("Charge")) < held:
-        assert asyncio.get_running_loop().time() < deadline, service.counts()
-        await asyncio.sleep(0.1)
+    await assert_eventually_async(
+        lambda: len(service.method_counts("Charge")) >= held, 30, f"{held} runs inside Charge"
+    )
     stack.start_processor("p-other", **quick)
     stack.start_scheduler()
     service.set_delay("Charge", 300)
@@ -350,10 +349,9 @@ async def test_each_call_carries_its_runs_fence_and_a_superseded_runs_late_call_
     doomed = stack.start_processor("p-frozen", **quick)
     inv = await client.invoke_async("order_processing", {"order_id": "f-1", "amount_cents": 5})
     key = f"{inv}:2"
-    deadline = asyncio.get_running_loop().time() + 30
-    while key not in service.method_counts("Charge"):
-        assert asyncio.get_running_loop().time() < deadline, service.counts()
-        await asyncio.sleep(0.1)
+    await assert_eventually_async(
+        lambda: key in service.method_counts("Charge"), 30, "the first run inside Charge"
+    )
     stack.start_processor("p-next", **quick)
     service.set_delay("Charge", 0)
     doomed.kill()

@@ -55,19 +55,27 @@ def tracking_number_for(key: str) -> str:
 
 def idempotency_key(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     """Returns the call's idempotency key, or "" when it carries none."""
-    for key, value in context.invocation_metadata() or ():
-        if key == IDEMPOTENCY_KEY_METADATA:
-            return value.decode() if isinstance(value, bytes) else value
-    return ""
+    return call_identity(context)[0]
 
 
-def fence_of(context: grpc.aio.ServicerContext[Any, Any]) -> int | None:
-    """Returns the call's fence, or None when it carries none (or not a number)."""
-    for key, value in context.invocation_metadata() or ():
-        if key == FENCE_METADATA:
+def call_identity(context: grpc.aio.ServicerContext[Any, Any]) -> tuple[str, int | None]:
+    """Returns the call's idempotency key ("" if none) and its fence (None if none, or not a
+    number), read in one pass over the metadata."""
+    key, fence = "", None
+    for name, value in context.invocation_metadata() or ():
+        if name in (IDEMPOTENCY_KEY_METADATA, FENCE_METADATA):
             text = value.decode() if isinstance(value, bytes) else value
-            return int(text) if text.isdigit() else None
-    return None
+            if name == IDEMPOTENCY_KEY_METADATA:
+                key = text
+            elif text.isdigit():
+                fence = int(text)
+    return key, fence
+
+
+def _make_room(table: dict[Any, Any], key: Any, limit: int) -> None:
+    """Drop the entry first added to ``table`` when adding ``key`` would exceed ``limit``."""
+    if key not in table and len(table) >= limit:
+        del table[next(iter(table))]
 
 
 @dataclasses.dataclass(slots=True)
@@ -113,8 +121,7 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
         Returns:
             The call's idempotency key.
         """
-        key = idempotency_key(context)
-        fence = fence_of(context)
+        key, fence = call_identity(context)
         if key and fence is not None:
             highest = self._fences.get(key, -1)
             if fence < highest:
@@ -125,13 +132,11 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
                     f"called with {highest}",
                 )
             if fence > highest:
-                if key not in self._fences and len(self._fences) >= self._max_tallies:
-                    del self._fences[next(iter(self._fences))]  # the key first seen longest ago
+                _make_room(self._fences, key, self._max_tallies)  # the key first seen goes
                 self._fences[key] = fence
         tally = self._tallies.get((method, key))
         if tally is None:
-            if len(self._tallies) >= self._max_tallies:
-                del self._tallies[next(iter(self._tallies))]  # the pair first called longest ago
+            _make_room(self._tallies, (method, key), self._max_tallies)  # the pair first called
             tally = self._tallies[(method, key)] = _Tally()
         tally.count += 1
         self._record(method, key, order_id, fence=fence)

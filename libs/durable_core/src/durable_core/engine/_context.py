@@ -160,9 +160,6 @@ class RunContext(Context):
         journal = self._journal
 
         async def attempt(inp: StepInput) -> Any:
-            # Checked again after the interceptors (one may have waited), as close to the
-            # call leaving as this process can: see ``durable_core.engine._hold``.
-            journal.check_step()
             metadata = (
                 (IDEMPOTENCY_KEY_HEADER, key),
                 (FENCE_HEADER, str(journal.fence())),
@@ -300,9 +297,17 @@ class RunContext(Context):
     ) -> Any:
         """Run a new step's attempts until one succeeds or the policy gives up, and journal
         its outcome; the step counts as executing meanwhile (the run may not suspend)."""
+        journal = self._journal
+
+        async def checked(inp: StepInput) -> Any:
+            # After the interceptors (one may have waited) and after any backoff, as close to
+            # the step's own code as this process can: see ``durable_core.engine._hold``.
+            journal.check_step()
+            return await attempt_fn(inp)
+
         with self._executing():
             steps = self.steps
-            chained = chain_steps(self._interceptors, attempt_fn)
+            chained = chain_steps(self._interceptors, checked)
             started = time.monotonic()
             earlier = steps.earlier_attempts(step, name)
             attempt = len(earlier)
@@ -313,7 +318,6 @@ class RunContext(Context):
             failure: pb.Failure | None = None
             while True:
                 attempt += 1
-                self._journal.check_step()  # time passed since the step was decided (backoff)
                 inp = StepInput(self._invocation_id, self._workflow, step, kind_name, name, attempt)
                 try:
                     result = await chained(inp)
