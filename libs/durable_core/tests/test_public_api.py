@@ -9,6 +9,7 @@ import types
 import pytest
 
 import durable_core
+import durable_core.idempotency
 import durable_core.testing
 from durable_core import errors
 
@@ -77,6 +78,28 @@ REPLAY_HELPERS = [
     "replay_workflow",
     "run_entry",
 ]
+
+IDEMPOTENCY_API = [
+    "ANSWER_METADATA",
+    "CallRecord",
+    "FENCE_METADATA",
+    "IDEMPOTENCY_KEY_METADATA",
+    "IdempotencyStore",
+    "call_identity",
+]
+
+
+def test_idempotency_api_is_pinned() -> None:
+    assert sorted(durable_core.idempotency.__all__) == IDEMPOTENCY_API
+    for name in IDEMPOTENCY_API:
+        assert getattr(durable_core.idempotency, name) is not None
+
+
+def test_the_metadata_the_engine_sends_is_what_the_store_reads() -> None:
+    from durable_core.engine import _context
+
+    assert _context.IDEMPOTENCY_KEY_HEADER == durable_core.idempotency.IDEMPOTENCY_KEY_METADATA
+    assert _context.FENCE_HEADER == durable_core.idempotency.FENCE_METADATA
 
 
 def test_all_is_pinned() -> None:

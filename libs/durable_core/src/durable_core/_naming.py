@@ -224,6 +224,11 @@ class Names:
         return f"{self.prefix}_runs"
 
     @property
+    def calls_bucket(self) -> str:
+        """GRPC services' answers and fences by idempotency key (durable_core.idempotency)."""
+        return f"{self.prefix}_calls"
+
+    @property
     def command_subjects(self) -> str:
         """Every command subject (the stream's), of every workflow and route."""
         return f"{self.prefix}.cmd.>"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -86,6 +86,17 @@ class NatsConfig:
         if not servers:
             raise ConfigError("NATS URL is empty")
         return cls(servers=servers, **kwargs)  # type: ignore[arg-type]
+
+    @classmethod
+    def of(cls, servers: str | Sequence[str] | NatsConfig, *, name: str) -> NatsConfig:
+        """The configuration a ``connect(servers)`` means: ``servers`` itself, or one built
+        from a URL list (comma-separated) or a sequence of URLs, its connection named
+        ``name``."""
+        if isinstance(servers, NatsConfig):
+            return servers
+        if isinstance(servers, str):
+            return cls.from_url(servers, name=name)
+        return cls(servers=tuple(servers), name=name)
 
     def check_files(self) -> None:
         """Refuse a credentials or TLS file that is not there, before connecting.

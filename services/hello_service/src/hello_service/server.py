@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -18,9 +19,12 @@ from opentelemetry.sdk.trace import TracerProvider
 from durable_examples.hello.v1 import hello_pb2, hello_pb2_grpc
 from durable_examples.order.v1 import order_pb2, order_pb2_grpc
 from hello_service.hello import HelloServicer
-from hello_service.order import OrderServicer
+from hello_service.order import COUNTED_METHODS, OrderServicer
 from hello_service.probes import start_probes
 from hello_service.tracing import TracingServerInterceptor, configure_tracing, tracing_on
+
+if TYPE_CHECKING:
+    from durable_core.idempotency import IdempotencyStore
 
 logger = logging.getLogger("hello_service")
 
@@ -35,6 +39,12 @@ HEALTH_SERVICES = (
     order_pb2.DESCRIPTOR.services_by_name["OrderService"].full_name,
 )
 """Names the health service reports on: overall, then each served API."""
+
+ORDER_METHODS = tuple(
+    f"/{order_pb2.DESCRIPTOR.services_by_name['OrderService'].full_name}/{name}"
+    for name in COUNTED_METHODS
+)
+"""The OrderService methods an idempotency store covers (the counted ones)."""
 
 
 @dataclasses.dataclass
@@ -69,6 +79,7 @@ async def create_server(
     *,
     orders: OrderServicer | None = None,
     tracer_provider: TracerProvider | None = None,
+    idempotency: IdempotencyStore | None = None,
 ) -> HelloServer:
     """Builds the server with all services registered and the port bound.
 
@@ -79,6 +90,9 @@ async def create_server(
             :meth:`OrderServicer.from_env`.
         tracer_provider: where the RPCs' spans go; the global provider by default. Without
             either (tracing off) the server has no tracing interceptor at all.
+        idempotency: when given, OrderService's Validate, Charge and Ship are answered once
+            per idempotency key from this store's records (durable_core.idempotency), across
+            restarts of the service; without it the servicer's own checks (in memory) apply.
 
     Returns:
         The server handle; call :meth:`HelloServer.start` to serve.
@@ -88,9 +102,12 @@ async def create_server(
     """
     # Continues the caller's trace (traceparent in the metadata), when spans go anywhere.
     traced = tracer_provider is not None or tracing_on()
-    server = grpc.aio.server(
-        interceptors=[TracingServerInterceptor(tracer_provider)] if traced else []
-    )
+    interceptors: list[grpc.aio.ServerInterceptor] = []
+    if traced:
+        interceptors.append(TracingServerInterceptor(tracer_provider))
+    if idempotency is not None:
+        interceptors.append(idempotency.interceptor(methods=ORDER_METHODS))
+    server = grpc.aio.server(interceptors=interceptors)
     hello_pb2_grpc.add_HelloServiceServicer_to_server(HelloServicer(), server)
     orders = orders if orders is not None else OrderServicer.from_env()
     order_pb2_grpc.add_OrderServiceServicer_to_server(orders, server)
@@ -129,15 +146,38 @@ def _host_for_address(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
-async def serve(host: str, port: int, health_port: int = DEFAULT_HEALTH_PORT) -> None:
+async def open_idempotency_store(url: str, prefix: str) -> IdempotencyStore:
+    """Connect the OrderService's idempotency store (needs durable-core installed: the
+    ``idempotency`` extra); waits up to 60 s for a processor to create the engine."""
+    from datetime import timedelta
+
+    from durable_core import EngineConfig
+    from durable_core.idempotency import IdempotencyStore
+
+    return await IdempotencyStore.connect(
+        url, engine=EngineConfig(prefix=prefix), wait_for_engine=timedelta(seconds=60)
+    )
+
+
+async def serve(
+    host: str,
+    port: int,
+    health_port: int = DEFAULT_HEALTH_PORT,
+    *,
+    idempotency_url: str = "",
+    prefix: str = "durable",
+) -> None:
     """Runs the server until SIGTERM or SIGINT, then shuts down gracefully.
 
     Logs ``hello_service listening on HOST:PORT`` once serving. HTTP ``/livez`` and
-    ``/readyz`` are served on ``health_port`` (0: not at all).
+    ``/readyz`` are served on ``health_port`` (0: not at all). With ``idempotency_url`` the
+    OrderService's calls are answered once per key from records in that NATS (the engine
+    ``prefix``'s ``<prefix>_calls`` bucket).
     """
     state = "starting"
     probes = await start_probes(lambda: None if state == "serving" else state, host, health_port)
-    built = await create_server(host, port)
+    store = await open_idempotency_store(idempotency_url, prefix) if idempotency_url else None
+    built = await create_server(host, port, idempotency=store)
     await built.start()
     state = "serving"
     stop = asyncio.Event()
@@ -149,6 +189,8 @@ async def serve(host: str, port: int, health_port: int = DEFAULT_HEALTH_PORT) ->
     state = "shutting down"
     logger.info("hello_service shutting down")
     await built.stop(SHUTDOWN_GRACE_S)
+    if store is not None:
+        await store.close()
     if probes is not None:
         await probes.stop()
     logger.info("hello_service stopped")
@@ -177,6 +219,19 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="HTTP port of /livez and /readyz, on the same interface; 0: none "
         f"(env HEALTH_PORT, default {DEFAULT_HEALTH_PORT})",
     )
+    parser.add_argument(
+        "--idempotency-store",
+        default=os.environ.get("IDEMPOTENCY_STORE_URL", ""),
+        metavar="NATS_URL",
+        help="answer OrderService's Validate, Charge and Ship once per idempotency key from "
+        "records in this NATS (durable_core.idempotency; needs durable-core installed), "
+        "across restarts; env IDEMPOTENCY_STORE_URL, default: off (checks in memory)",
+    )
+    parser.add_argument(
+        "--engine-prefix",
+        default=os.environ.get("DURABLE_PREFIX", "durable"),
+        help="the engine's prefix, for --idempotency-store (env DURABLE_PREFIX, default durable)",
+    )
     return parser.parse_args(argv)
 
 
@@ -197,7 +252,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hello-service: configuration error: {e}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(serve(args.host, args.port, args.health_port))
+        asyncio.run(
+            serve(
+                args.host,
+                args.port,
+                args.health_port,
+                idempotency_url=args.idempotency_store,
+                prefix=args.engine_prefix,
+            )
+        )
     finally:
         if provider is not None:
             provider.shutdown()  # flushes the spans still batched

@@ -77,6 +77,7 @@ class Transport:
                 ttl=86_400.0,  # left behind only by a crash after the ack: forget them
             ),
         )
+        self._calls: RecordStore | None = None  # a service's answers, made on first use
         self._atomic_batches: bool | None = None
 
     @classmethod
@@ -465,6 +466,36 @@ class Transport:
         return await self._ticks.consumer(
             consumer=consumer, ack_wait=ack_wait, max_ack_pending=max_ack_pending
         )
+
+    # -- services' call records (durable_core.idempotency) ----------------------------------
+
+    def open_call_records(self, keep: float) -> None:
+        """Use the bucket of services' call records; created on first use with records kept
+        ``keep`` seconds (a bucket that exists keeps its own setting)."""
+        n = self._link.names
+        self._calls = RecordStore(
+            self._link,
+            lambda: self._provision.bucket(
+                n.calls_bucket,
+                "durable: gRPC services' answers and fences by idempotency key",
+                ttl=keep,
+            ),
+            recognise_retries=True,
+        )
+
+    def _call_records(self) -> RecordStore:
+        if self._calls is None:
+            raise RuntimeError("open_call_records() first")
+        return self._calls
+
+    async def call_record(self, key: str) -> tuple[bytes | None, int]:
+        """A service's call record and its revision (``(None, 0)`` if none)."""
+        return await self._call_records().get(key, f"call record {key}")
+
+    async def put_call_record(self, key: str, data: bytes, revision: int) -> int:
+        """Write a call record if it is still at ``revision`` (0: create); else StateConflict.
+        A retried write whose first try landed is recognised."""
+        return await self._call_records().put(key, data, revision, f"call record {key}")
 
     # -- processor leases ------------------------------------------------------------------
 

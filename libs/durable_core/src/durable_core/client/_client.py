@@ -72,12 +72,7 @@ class Client:
             EngineNotFoundError: the engine's streams do not exist (no processor has started
                 on this prefix yet, or the prefix or URL is wrong).
         """
-        if isinstance(servers, NatsConfig):
-            cfg = servers
-        elif isinstance(servers, str):
-            cfg = NatsConfig.from_url(servers, name="durable-client")
-        else:
-            cfg = NatsConfig(servers=tuple(servers), name="durable-client")
+        cfg = NatsConfig.of(servers, name="durable-client")
         transport = await Transport.connect(
             cfg, engine, wait_for_engine=wait_for_engine.total_seconds()
         )

@@ -46,6 +46,7 @@ from durable_core.errors import (
     StepTimeoutError,
     TerminalError,
 )
+from durable_core.idempotency import FENCE_METADATA, IDEMPOTENCY_KEY_METADATA
 from durable_core.interceptors import Interceptor, StepInput, chain_steps
 from durable_core.retry import DEFAULT_RETRY, RetryPolicy
 
@@ -55,11 +56,12 @@ Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 T = TypeVar("T")
 
-IDEMPOTENCY_KEY_HEADER = "idempotency-key"
+IDEMPOTENCY_KEY_HEADER = IDEMPOTENCY_KEY_METADATA
 # Grows with every run that takes the invocation over (``Journal.fence``): a service that keeps
-# the highest fence seen per idempotency key and refuses a lower one never runs a superseded
-# run's call, even one that left a processor frozen between its last hold check and the send.
-FENCE_HEADER = "durable-fence"
+# the highest fence seen per idempotency key and refuses a lower one (durable_core.idempotency
+# does) never runs a superseded run's call, even one that left a processor frozen between its
+# last hold check and the send.
+FENCE_HEADER = FENCE_METADATA
 
 
 class RunContext(Context):

@@ -1,0 +1,448 @@
+"""Exactly-once answers for the gRPC services that durable workflows call.
+
+Every ``ctx.call`` carries ``idempotency-key: <invocation id>:<step>`` (the same on every attempt)
+and ``durable-fence: <n>`` (higher for every run that takes the invocation over). A service that
+installs :meth:`IdempotencyStore.interceptor` keeps, per method and key, a record in the
+JetStream KV bucket ``<prefix>_calls``, so that across retries, processor crashes and restarts
+of the service itself:
+
+- a call whose key has already been answered is answered again from the record; the handler
+  does not run (trailing metadata ``durable-answer: stored``);
+- a call with a lower fence than one already seen for its key is refused with
+  FAILED_PRECONDITION and does not run: it comes from a run that another run has superseded
+  (e.g. a processor frozen between deciding the step and sending the call);
+- a call whose key is being handled right now (another attempt, in this process or in another
+  replica of the service) waits for that attempt's answer and returns it; if the attempt's
+  hold lapses first (its service died), it runs the handler itself; if its own deadline comes
+  first, it ends with ABORTED, which the engine retries;
+- a call that reuses a key with another request is refused with INVALID_ARGUMENT (the same key
+  always carries the same request unless the workflow is not deterministic).
+
+Only answers with status OK are kept. A handler that fails (raises, aborts or sets a status)
+leaves no answer, and the next attempt runs it again. Calls without an idempotency key pass
+through untouched.
+
+What it cannot do: the handler's effect and the record of its answer are two writes. A service
+process that dies after the effect and before the record leaves the key held; once the hold
+lapses (the call's deadline plus 5 s, or ``running_timeout`` for a call without one; also when
+a handler runs past it), the next attempt runs the handler again. Make the effect itself
+idempotent by key where that matters (e.g. pass the key on to the payment provider), as every
+exactly-once system that calls out must.
+
+Example:
+    >>> store = await IdempotencyStore.connect("nats://127.0.0.1:4222")
+    >>> server = grpc.aio.server(interceptors=[store.interceptor()])
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import hashlib
+import inspect
+import json
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from datetime import timedelta
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from durable_core._transport import Transport
+from durable_core._transport.errors import StateConflict
+from durable_core.config import EngineConfig, NatsConfig
+
+__all__ = [
+    "ANSWER_METADATA",
+    "FENCE_METADATA",
+    "IDEMPOTENCY_KEY_METADATA",
+    "CallRecord",
+    "IdempotencyStore",
+    "call_identity",
+]
+
+log = logging.getLogger("durable_core.idempotency")
+
+IDEMPOTENCY_KEY_METADATA = "idempotency-key"
+"""gRPC metadata key of the caller's idempotency key (``<invocation id>:<step>``)."""
+
+FENCE_METADATA = "durable-fence"
+"""gRPC metadata key of the calling run's fence (a decimal number)."""
+
+ANSWER_METADATA = "durable-answer"
+"""Trailing metadata key set to ``stored`` on a call answered from its record."""
+
+RUNNING = "running"
+DONE = "done"
+
+_RECORD_ROOM = 4 * 1024
+"""Room a record's other fields and the message headers take beside the answer."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CallRecord:
+    """What the store knows of one (method, idempotency key).
+
+    Attributes:
+        method: the gRPC method path, e.g. ``/pkg.Service/Method``.
+        key: the idempotency key.
+        fence: the highest fence seen for the key (None: its calls carried none).
+        digest: SHA-256 of the first request's bytes, hex.
+        status: ``running`` (an attempt holds it until ``expires_ms``) or ``done``.
+        owner: the attempt that holds it or answered it.
+        expires_ms: when a running attempt's hold lapses (epoch ms; 0 once released).
+        answer: the serialized response, once done (None if it was too large to keep).
+        answered_ms: when it was answered (epoch ms; 0 while running).
+    """
+
+    method: str
+    key: str
+    fence: int | None
+    digest: str
+    status: str
+    owner: str
+    expires_ms: int
+    answer: bytes | None = None
+    answered_ms: int = 0
+
+    def encode(self) -> bytes:
+        """The record as stored (JSON; the answer in base64)."""
+        d = dataclasses.asdict(self)
+        d["answer"] = None if self.answer is None else base64.b64encode(self.answer).decode()
+        return json.dumps(d, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> CallRecord:
+        """A record as stored."""
+        d = json.loads(data)
+        answer = d.get("answer")
+        d["answer"] = None if answer is None else base64.b64decode(answer)
+        return cls(**d)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Admitted:
+    name: str
+    record: CallRecord
+    revision: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Refused:
+    code: grpc.StatusCode
+    details: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Busy:
+    """Another attempt holds the key until ``expires_ms`` (unless it answers first)."""
+
+    expires_ms: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Answer:
+    """A response already serialized: the interceptor's serializer passes it on as is."""
+
+    data: bytes
+
+
+def record_name(method: str, key: str) -> str:
+    """The KV key of a (method, idempotency key): a hash, since either may hold any character."""
+    return hashlib.sha256(f"{method}\0{key}".encode()).hexdigest()[:48]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def call_identity(metadata: Sequence[tuple[str, str | bytes]] | None) -> tuple[str, int | None]:
+    """The idempotency key ("" if none) and the fence (None if none, or not a number) of a
+    call's metadata."""
+    key, fence = "", None
+    for name, value in metadata or ():
+        if name in (IDEMPOTENCY_KEY_METADATA, FENCE_METADATA):
+            text = value.decode() if isinstance(value, bytes) else value
+            if name == IDEMPOTENCY_KEY_METADATA:
+                key = text
+            elif text.isdigit():
+                fence = int(text)
+    return key, fence
+
+
+class IdempotencyStore:
+    """Call records of gRPC services in JetStream KV; install :meth:`interceptor` on a server.
+
+    Use :meth:`connect`. One store serves any number of servers and methods; several
+    replicas of a service share the records (the writes are compare-and-set).
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        keep: timedelta = timedelta(days=7),
+        running_timeout: timedelta = timedelta(seconds=60),
+        margin: timedelta = timedelta(seconds=5),
+        own_transport: bool = False,
+    ) -> None:
+        transport.open_call_records(keep.total_seconds())
+        self._t = transport
+        self._running_ms = int(running_timeout.total_seconds() * 1000)
+        self._margin_ms = int(margin.total_seconds() * 1000)
+        self._own = own_transport
+        self._answer_limit = max(0, (transport.nc.max_payload or 0) * 3 // 4 - _RECORD_ROOM)
+
+    @classmethod
+    async def connect(
+        cls,
+        servers: str | Sequence[str] | NatsConfig = "nats://127.0.0.1:4222",
+        *,
+        engine: EngineConfig | None = None,
+        keep: timedelta = timedelta(days=7),
+        running_timeout: timedelta = timedelta(seconds=60),
+        wait_for_engine: timedelta = timedelta(seconds=30),
+    ) -> IdempotencyStore:
+        """Connect to NATS and the engine (its replicas are the bucket's).
+
+        Args:
+            engine: the engine's prefix (``durable``); the bucket is ``<prefix>_calls``.
+            keep: how long records are kept, if this creates the bucket (the engine keeps
+                finished invocations 7 days; a late call after its record is gone runs).
+            running_timeout: how long an attempt holds its key when its call has no deadline;
+                with one, the deadline plus a 5 s margin.
+            wait_for_engine: how long to wait for a processor to create the engine.
+
+        Raises:
+            NatsUnavailableError: NATS cannot be reached.
+            EngineNotFoundError: no processor has created the engine (after the wait).
+        """
+        cfg = NatsConfig.of(servers, name="durable-idempotency")
+        t = await Transport.connect(cfg, engine, wait_for_engine=wait_for_engine.total_seconds())
+        return cls(t, keep=keep, running_timeout=running_timeout, own_transport=True)
+
+    async def close(self) -> None:
+        """Close the connection (if :meth:`connect` made it)."""
+        if self._own:
+            await self._t.close()
+
+    async def __aenter__(self) -> IdempotencyStore:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def interceptor(self, methods: Collection[str] | None = None) -> grpc.aio.ServerInterceptor:
+        """A server interceptor that answers each keyed unary call once.
+
+        Args:
+            methods: the method paths (``/pkg.Service/Method``) it covers; every unary-unary
+                method when None. Calls without an ``idempotency-key`` always pass through.
+        """
+        return _Interceptor(self, frozenset(methods) if methods is not None else None)
+
+    async def record(self, method: str, key: str) -> CallRecord | None:
+        """The record of ``method`` and ``key``, or None."""
+        data, _ = await self._t.call_record(record_name(method, key))
+        return CallRecord.decode(data) if data is not None else None
+
+    # -- the protocol ----------------------------------------------------------------------
+
+    async def begin(
+        self, method: str, key: str, fence: int | None, digest: str, deadline_s: float | None
+    ) -> _Admitted | _Answer | _Refused | _Busy:
+        """Decide a call: run it (the key is now held by it), answer it, refuse it, or wait
+        for the attempt that holds its key."""
+        name = record_name(method, key)
+        hold = int(deadline_s * 1000) + self._margin_ms if deadline_s else self._running_ms
+        owner = os.urandom(8).hex()
+        data, revision = None, 0
+        for _ in range(10):
+            now = _now_ms()
+            mine = CallRecord(method, key, fence, digest, RUNNING, owner, now + hold)
+            if data is None:  # no record (as far as we know): take it
+                try:
+                    rev = await self._t.put_call_record(name, mine.encode(), revision)
+                    return _Admitted(name, mine, rev)
+                except StateConflict:
+                    data, revision = await self._t.call_record(name)
+                    continue
+            rec = CallRecord.decode(data)
+            if fence is not None and rec.fence is not None and fence < rec.fence:
+                return _Refused(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"stale call for {key}: fence {fence}, but a later run of this step "
+                    f"called with {rec.fence}",
+                )
+            if rec.digest and digest and rec.digest != digest:
+                return _Refused(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"idempotency key {key} was first used with another request",
+                )
+            higher = (
+                fence if fence is not None and (rec.fence is None or fence > rec.fence) else None
+            )
+            if rec.status == DONE:
+                if rec.answer is None:
+                    return _Refused(
+                        grpc.StatusCode.FAILED_PRECONDITION,
+                        f"{key} ran once; its answer was too large to keep, so it cannot be "
+                        "answered again",
+                    )
+                return _Answer(rec.answer)
+            if rec.expires_ms > now:
+                if higher is None:
+                    return _Busy(rec.expires_ms)
+                # Raise the fence, so the superseded run's later calls are refused.
+                bumped = dataclasses.replace(rec, fence=higher)
+            else:  # its holder died or gave up: this attempt takes the key over
+                bumped = dataclasses.replace(
+                    mine, fence=higher if higher is not None else rec.fence
+                )
+            try:
+                rev = await self._t.put_call_record(name, bumped.encode(), revision)
+            except StateConflict:
+                data, revision = await self._t.call_record(name)
+                continue
+            if bumped.owner == owner:
+                return _Admitted(name, bumped, rev)
+            return _Busy(bumped.expires_ms)
+        return _Busy(_now_ms())
+
+    async def finish(self, held: _Admitted, answer: bytes | None) -> None:
+        """Record the answer of a call that ran (``answer`` None: it failed; release the key
+        so the next attempt runs it, keeping the fence)."""
+        rec, revision = held.record, held.revision
+        if answer is None:
+            done = dataclasses.replace(rec, expires_ms=0)
+        elif len(answer) > self._answer_limit:
+            log.warning(
+                "answer of %s for %s is %d bytes, over the %d a record keeps: a repeat of this "
+                "call will be refused",
+                rec.method,
+                rec.key,
+                len(answer),
+                self._answer_limit,
+            )
+            done = dataclasses.replace(rec, status=DONE, expires_ms=0, answered_ms=_now_ms())
+        else:
+            done = dataclasses.replace(
+                rec, status=DONE, expires_ms=0, answer=answer, answered_ms=_now_ms()
+            )
+        for _ in range(10):
+            try:
+                await self._t.put_call_record(held.name, done.encode(), revision)
+                return
+            except StateConflict:
+                data, revision = await self._t.call_record(held.name)
+                if data is None:
+                    continue  # gone (kept past its time): write it again
+                current = CallRecord.decode(data)
+                if current.status == DONE or (answer is None and current.owner != rec.owner):
+                    return  # answered by another attempt, or taken over: theirs stands
+                done = dataclasses.replace(done, fence=_higher(done.fence, current.fence))
+        log.warning("could not record the answer of %s for %s", rec.method, rec.key)
+
+
+def _raises(fence: int | None, seen: int | None) -> int | None:
+    """``fence`` if it is above the fence ``seen`` so far, else None."""
+    return fence if fence is not None and (seen is None or fence > seen) else None
+
+
+def _higher(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+class _Interceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, store: IdempotencyStore, methods: frozenset[str] | None) -> None:
+        self._store = store
+        self._methods = methods
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        details: grpc.HandlerCallDetails,
+    ) -> Any:
+        """Wrap a keyed unary call's handler so the store decides it first."""
+        handler = await continuation(details)
+        method: str = details.method
+        if handler is None or handler.unary_unary is None:
+            return handler
+        if self._methods is not None and method not in self._methods:
+            return handler
+        key, fence = call_identity(details.invocation_metadata)
+        if not key:
+            return handler
+        return _keyed(self._store, handler, method, key, fence)
+
+
+def _keyed(
+    store: IdempotencyStore,
+    handler: Any,
+    method: str,
+    key: str,
+    fence: int | None,
+) -> Any:
+    """``handler`` for one keyed call: decided by the store before it runs."""
+    digest = ""
+    deserialize = handler.request_deserializer
+    serialize = handler.response_serializer
+
+    def request_deserializer(raw: bytes) -> Any:
+        nonlocal digest
+        digest = hashlib.sha256(raw).hexdigest()
+        return deserialize(raw) if deserialize is not None else raw
+
+    def response_serializer(response: Any) -> bytes:
+        if isinstance(response, _Answer):
+            return response.data
+        return serialize(response) if serialize is not None else bytes(response)
+
+    behavior: Callable[[Any, Any], Any] = handler.unary_unary
+
+    async def behaviour(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        outcome = await store.begin(method, key, fence, digest, context.time_remaining())
+        pause = 0.02
+        while isinstance(outcome, _Busy):
+            # Another attempt runs it: wait for its answer, or for its hold to lapse (its
+            # service died), within this call's own deadline.
+            left = context.time_remaining()
+            wait = min(pause, max(0.0, (outcome.expires_ms - _now_ms()) / 1000) + 0.01)
+            if left is not None and left < wait + 0.05:
+                await context.abort(
+                    grpc.StatusCode.ABORTED, f"a call with key {key} is still in progress"
+                )
+            await asyncio.sleep(wait)
+            pause = min(pause * 2, 1.0)
+            outcome = await store.begin(method, key, fence, digest, context.time_remaining())
+        if isinstance(outcome, _Refused):
+            await context.abort(outcome.code, outcome.details)
+        if isinstance(outcome, _Answer):
+            context.set_trailing_metadata(((ANSWER_METADATA, "stored"),))
+            return outcome
+        assert isinstance(outcome, _Admitted)
+        answer: bytes | None = None
+        try:
+            response = behavior(request, context)
+            if inspect.isawaitable(response):
+                response = await response
+            code = context.code()
+            if code is None or code == grpc.StatusCode.OK:
+                answer = response_serializer(response)
+                return _Answer(answer)
+            return response
+        finally:
+            # Shielded: a call cancelled (its deadline, the client gone) still releases its key.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(store.finish(outcome, answer))
+
+    return grpc.unary_unary_rpc_method_handler(
+        behaviour,
+        request_deserializer=request_deserializer,
+        response_serializer=response_serializer,
+    )

@@ -1,0 +1,267 @@
+"""IdempotencyStore: a keyed call runs once and is answered from its record, on a real NATS
+server and a real grpc.aio server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+import pytest_asyncio
+
+from durable_core._transport import Transport
+from durable_core.config import NatsConfig
+from durable_core.idempotency import (
+    ANSWER_METADATA,
+    IdempotencyStore,
+    call_identity,
+    record_name,
+)
+from durable_core.testing import NatsServer, assert_eventually_async
+
+pytestmark = pytest.mark.slow
+
+METHOD = "/test.Effects/Do"
+OTHER = "/test.Effects/Other"
+
+
+@dataclass
+class Effects:
+    """A service whose every run is counted; ``gate`` holds runs until it is set."""
+
+    runs: list[bytes] = field(default_factory=list)
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
+    fail_next: grpc.StatusCode | None = None
+
+    def __post_init__(self) -> None:
+        self.gate.set()
+
+    async def do(self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        self.runs.append(request)
+        await self.gate.wait()
+        if self.fail_next is not None:
+            code, self.fail_next = self.fail_next, None
+            await context.abort(code, "failed on purpose")
+        return b"done:" + request + b":" + str(len(self.runs)).encode()
+
+
+async def _serve(
+    store: IdempotencyStore, effects: Effects, **kw: Any
+) -> tuple[grpc.aio.Server, str]:
+    server = grpc.aio.server(interceptors=[store.interceptor(**kw)])
+    handlers = {name: grpc.unary_unary_rpc_method_handler(effects.do) for name in ("Do", "Other")}
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("test.Effects", handlers),)
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, f"127.0.0.1:{port}"
+
+
+@dataclass
+class Rig:
+    store: IdempotencyStore
+    effects: Effects
+    server: grpc.aio.Server
+    channel: grpc.aio.Channel
+    transport: Transport
+
+    def method(self, path: str = METHOD) -> Callable[..., Any]:
+        return self.channel.unary_unary(path)
+
+    def call(
+        self,
+        request: bytes = b"order-1",
+        *,
+        key: str | None = "inv-1:1",
+        fence: int | None = 3,
+        timeout: float = 10.0,
+        path: str = METHOD,
+    ) -> grpc.aio.UnaryUnaryCall[Any, Any]:
+        metadata: list[tuple[str, str]] = []
+        if key is not None:
+            metadata.append(("idempotency-key", key))
+        if fence is not None:
+            metadata.append(("durable-fence", str(fence)))
+        return self.method(path)(request, metadata=metadata, timeout=timeout)  # type: ignore[no-any-return]
+
+
+@pytest_asyncio.fixture
+async def rig(transport: Transport) -> AsyncIterator[Rig]:
+    store = IdempotencyStore(transport)
+    effects = Effects()
+    server, address = await _serve(store, effects)
+    channel = grpc.aio.insecure_channel(address)
+    try:
+        yield Rig(store, effects, server, channel, transport)
+    finally:
+        await channel.close()
+        await server.stop(None)
+
+
+async def _code(call: Any) -> grpc.StatusCode:
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await call
+    return e.value.code()
+
+
+async def test_a_repeated_key_is_answered_from_its_record_without_running(rig: Rig) -> None:
+    call = rig.call()
+    first = await call
+    assert first == b"done:order-1:1"
+    assert await call.trailing_metadata() == grpc.aio.Metadata()
+    again = rig.call(fence=3)
+    assert await again == first
+    assert (ANSWER_METADATA, "stored") in list(await again.trailing_metadata())
+    assert await rig.call(fence=9) == first  # a later run of the step gets it too
+    assert rig.effects.runs == [b"order-1"]
+    rec = await rig.store.record(METHOD, "inv-1:1")
+    assert rec is not None
+    assert (rec.status, rec.answer, rec.fence) == ("done", first, 3)
+
+
+async def test_the_record_outlives_the_service_and_its_connection(
+    rig: Rig, server: NatsServer
+) -> None:
+    first = await rig.call()
+    await rig.server.stop(None)
+    # A new process of the service: a new connection, a new store, a new server.
+    store = await IdempotencyStore.connect(
+        NatsConfig.from_url(server.url), engine=rig.transport.engine
+    )
+    effects = Effects()
+    again, address = await _serve(store, effects)
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            md = [("idempotency-key", "inv-1:1"), ("durable-fence", "3")]
+            assert await channel.unary_unary(METHOD)(b"order-1", metadata=md) == first
+            md = [("idempotency-key", "inv-1:1"), ("durable-fence", "2")]
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await channel.unary_unary(METHOD)(b"order-1", metadata=md)
+            assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert effects.runs == []
+    finally:
+        await again.stop(None)
+        await store.close()
+
+
+async def test_a_lower_fence_is_refused_before_and_after_the_answer(rig: Rig) -> None:
+    await rig.call(fence=5)
+    code = await _code(rig.call(fence=4))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    assert rig.effects.runs == [b"order-1"]
+
+
+async def test_a_call_while_another_runs_its_key_waits_for_that_answer(rig: Rig) -> None:
+    rig.effects.gate.clear()
+    first = asyncio.ensure_future(rig.call())
+    await _running(rig)
+    second = asyncio.ensure_future(rig.call(fence=3))
+    await asyncio.sleep(0.3)
+    assert not second.done()
+    rig.effects.gate.set()
+    assert await first == await second == b"done:order-1:1"
+    assert rig.effects.runs == [b"order-1"]
+
+
+async def test_a_higher_fence_while_a_run_holds_the_key_refuses_the_superseded_runs_calls(
+    rig: Rig,
+) -> None:
+    rig.effects.gate.clear()
+    first = asyncio.ensure_future(rig.call(fence=3))
+    await _running(rig)
+    # The run that took over calls while the first is still in the service: it waits, and
+    # raises the fence, so another call of the superseded run is refused at once.
+    taker = asyncio.ensure_future(rig.call(fence=7))
+    await assert_eventually_async(lambda: _fence_is(rig, 7), 10, "the fence raised to 7")
+    assert await _code(rig.call(fence=3)) == grpc.StatusCode.FAILED_PRECONDITION
+    rig.effects.gate.set()
+    assert await first == await taker
+    assert len(rig.effects.runs) == 1
+
+
+async def test_a_waiting_call_ends_aborted_at_its_own_deadline(rig: Rig) -> None:
+    rig.effects.gate.clear()
+    first = asyncio.ensure_future(rig.call(timeout=20))
+    await _running(rig)
+    assert await _code(rig.call(timeout=0.6)) == grpc.StatusCode.ABORTED
+    rig.effects.gate.set()
+    await first
+
+
+async def test_a_failed_call_keeps_no_answer_and_runs_again(rig: Rig) -> None:
+    rig.effects.fail_next = grpc.StatusCode.UNAVAILABLE
+    assert await _code(rig.call(fence=3)) == grpc.StatusCode.UNAVAILABLE
+
+    async def released() -> bool:
+        # (grpc.aio sends an abort's status before the handler's own `finally` has run)
+        rec = await rig.store.record(METHOD, "inv-1:1")
+        return rec is not None and rec.status == "running" and rec.expires_ms == 0
+
+    await assert_eventually_async(released, 10, "the key released, with no answer")
+    assert await rig.call(fence=3) == b"done:order-1:2"
+    assert len(rig.effects.runs) == 2
+
+
+async def test_a_hold_whose_service_died_lapses_and_the_next_attempt_runs(rig: Rig) -> None:
+    # An attempt that took the key and never finished (its service died): held 0.5 s.
+    dying = IdempotencyStore(rig.transport, running_timeout=timedelta(seconds=0.5))
+    held = await dying.begin(METHOD, "inv-1:1", 3, "", None)
+    assert type(held).__name__ == "_Admitted"
+    assert await rig.call(fence=3) == b"done:order-1:1"
+    assert rig.effects.runs == [b"order-1"]
+
+
+async def test_a_key_reused_with_another_request_is_refused(rig: Rig) -> None:
+    await rig.call(b"order-1")
+    assert await _code(rig.call(b"order-2")) == grpc.StatusCode.INVALID_ARGUMENT
+    assert rig.effects.runs == [b"order-1"]
+
+
+async def test_calls_without_a_key_and_methods_not_covered_pass_through(
+    transport: Transport,
+) -> None:
+    store = IdempotencyStore(transport)
+    effects = Effects()
+    server, address = await _serve(store, effects, methods=[METHOD])
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            for _ in range(2):
+                await channel.unary_unary(METHOD)(b"a")  # no key
+                md = [("idempotency-key", "k:1")]
+                await channel.unary_unary(OTHER)(b"b", metadata=md)  # not covered
+            await channel.unary_unary(METHOD)(b"c", metadata=md)
+            await channel.unary_unary(METHOD)(b"c", metadata=md)
+        assert effects.runs == [b"a", b"b", b"a", b"b", b"c"]
+        assert await store.record(OTHER, "k:1") is None
+    finally:
+        await server.stop(None)
+
+
+def test_call_identity_reads_the_key_and_a_numeric_fence() -> None:
+    assert call_identity([("idempotency-key", "a:1"), ("durable-fence", "12")]) == ("a:1", 12)
+    assert call_identity([("idempotency-key", b"a:1"), ("durable-fence", "x")]) == ("a:1", None)
+    assert call_identity(None) == ("", None)
+    assert record_name(METHOD, "a:1") != record_name(OTHER, "a:1")
+    assert len(record_name(METHOD, "x" * 10_000)) == 48
+
+
+async def _running(rig: Rig) -> None:
+    await assert_eventually_async(lambda: len(rig.effects.runs) == 1, 10, "the first call in")
+
+
+async def _fence_is(rig: Rig, fence: int) -> bool:
+    rec = await rig.store.record(METHOD, "inv-1:1")
+    return rec is not None and rec.fence == fence
+
+
+async def test_the_bucket_keeps_records_for_keep(transport: Transport) -> None:
+    IdempotencyStore(transport, keep=timedelta(hours=1))
+    await transport.put_call_record("x", b"{}", 0)
+    info = await transport.js.stream_info(f"KV_{transport.names.calls_bucket}")
+    assert info.config.max_age == 3600

@@ -1,0 +1,82 @@
+"""durable_core.idempotency on the 3-node cluster: the example OrderService with its records in
+JetStream answers a workflow's step once, and refuses a superseded run's late call, even after
+the service process was killed and started again (its memory gone)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from durable_core import Client
+from durable_core.testing import ProcessStack, ServiceProcess
+from durable_examples.order.v1 import order_pb2
+from order_processing.testing import OrderServiceControl
+
+pytestmark = pytest.mark.integration
+
+
+def _charge(service: ServiceProcess, key: str, fence: int) -> Any:
+    stub = OrderServiceControl(service.channel).stub
+    return stub.Charge(
+        order_pb2.ChargeRequest(order_id="s-1", amount_cents=5),
+        metadata=(("idempotency-key", key), ("durable-fence", str(fence))),
+        timeout=10,
+    )
+
+
+async def test_a_services_records_answer_a_step_once_and_refuse_a_stale_call_after_a_restart(
+    stack: ProcessStack, client: Client, tmp_path: Path
+) -> None:
+    record = tmp_path / "calls.jsonl"
+    env = {
+        "ORDER_SERVICE_RECORD_FILE": str(record),
+        "IDEMPOTENCY_STORE_URL": stack.nats_url,
+        "DURABLE_PREFIX": stack.prefix,
+    }
+    served = stack.start_service(**env)
+    stack.start_processor("p1")
+    inv = await client.invoke_async("order_processing", {"order_id": "s-1", "amount_cents": 5})
+    result = await client.wait(inv, timeout=60)
+    assert result.status == "completed", result
+    key = f"{inv}:2"
+    counts = OrderServiceControl(served.channel).counts()
+    assert {k: n for k, n in counts.items() if k[1].startswith(inv)} == {
+        ("Validate", f"{inv}:1"): 1,
+        ("Charge", key): 1,
+        ("Ship", f"{inv}:3"): 1,
+    }
+    fence = next(
+        r["fence"]
+        for r in map(json.loads, record.read_text().splitlines())
+        if r["idempotency_key"] == key
+    )
+    assert fence > 0
+
+    # The service dies (SIGKILL: whatever it kept in memory is gone) and comes back.
+    served.kill()
+    again = ServiceProcess(stack.log_dir, env, port=served.port, name="service-again")
+    stack.procs.append(again)
+    again.wait_ready()
+
+    # A processor that crashed after the call and before journaling it calls again: the
+    # stored answer, and Charge does not run.
+    answer = await asyncio.to_thread(_charge, again, key, fence + 5)
+    assert answer.charge_id == result.output["charge_id"]
+    # The late call of a run that was superseded (a lower fence): refused, though this process
+    # has seen no fence at all.
+    with pytest.raises(grpc.RpcError) as refused:
+        await asyncio.to_thread(_charge, again, key, fence - 1)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert OrderServiceControl(again.channel).method_counts("Charge") == {}
+
+    # Without the records, the same restarted service runs both (what the store prevents).
+    plain = ServiceProcess(stack.log_dir, {"ORDER_SERVICE_RECORD_FILE": str(record)})
+    stack.procs.append(plain)
+    plain.wait_ready()
+    await asyncio.to_thread(_charge, plain, key, fence - 1)
+    assert OrderServiceControl(plain.channel).method_counts("Charge") == {key: 1}
