@@ -35,6 +35,9 @@ class System:
         scheduler_env: more settings for the scheduler replicas (retention, ...).
         plugins: the plugins each processor loads (``DURABLE_LOAD_PLUGINS``), by name; a processor
             not named loads every installed one (a mixed fleet, issue 16).
+        shards: the engine's shards.
+        idempotency_store: the OrderService answers each key once from records in the
+            cluster (``durable_core.idempotency``) rather than its memory.
     """
 
     def __init__(
@@ -50,8 +53,10 @@ class System:
         scheduler_env: dict[str, str] | None = None,
         plugins: Mapping[str, str] | None = None,
         shards: int = 1,
+        idempotency_store: bool = False,
     ) -> None:
         self.cluster = cluster
+        self.idempotency_store = idempotency_store
         self.prefix = prefix
         self.log_dir = log_dir
         self.record_file = record_file
@@ -97,9 +102,12 @@ class System:
         return proc
 
     def spawn_service(self) -> ServiceProcess:
+        env = {"ORDER_SERVICE_RECORD_FILE": str(self.record_file)}
+        if self.idempotency_store:
+            env |= {"IDEMPOTENCY_STORE_URL": self.cluster.url, "DURABLE_PREFIX": self.prefix}
         proc = ServiceProcess(
             self.log_dir,
-            {"ORDER_SERVICE_RECORD_FILE": str(self.record_file)},
+            env,
             port=self.service_port,
             name=self._incarnation_name("service"),
         )

@@ -181,7 +181,7 @@ async def _scenario(
     cluster = cc.cluster
     say(
         f"seed={s.seed} (CHAOS_SEED={s.seed} replays this schedule) N={scenario.n} "
-        f"shards={s.shards} "
+        f"shards={s.shards} {'idempotency store ' if s.idempotency_store else ''}"
         f"offered over {scenario.duration:.0f}s; cluster {cluster.url}; logs in {run_dir}"
     )
     prefix = "chaos" + uuid.uuid4().hex[:8]
@@ -197,6 +197,7 @@ async def _scenario(
         schedulers=scenario.schedulers,
         plugins=scenario.plugins,
         shards=s.shards,
+        idempotency_store=s.idempotency_store,
     )
     # The streams are created as the processors will (R3); clients only use them.
     transport = await Transport.connect(NatsConfig.from_url(cluster.url), engine, create=True)

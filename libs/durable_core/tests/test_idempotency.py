@@ -4,6 +4,7 @@ server and a real grpc.aio server."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -14,6 +15,7 @@ import grpc.aio
 import pytest
 import pytest_asyncio
 
+from durable_core import EngineConfig
 from durable_core._transport import Transport
 from durable_core.config import NatsConfig
 from durable_core.idempotency import (
@@ -241,6 +243,33 @@ async def test_calls_without_a_key_and_methods_not_covered_pass_through(
         assert await store.record(OTHER, "k:1") is None
     finally:
         await server.stop(None)
+
+
+async def test_before_the_engine_exists_a_keyed_call_is_unavailable_then_served(
+    server: NatsServer,
+) -> None:
+    engine = EngineConfig(prefix="t" + uuid.uuid4().hex[:8])
+    store = await IdempotencyStore.connect(server.url, engine=engine, wait_for_engine=timedelta(0))
+    effects = Effects()
+    grpc_server, address = await _serve(store, effects)
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            call = channel.unary_unary(METHOD)
+            md = [("idempotency-key", "k:1"), ("durable-fence", "1")]
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await call(b"a", metadata=md)
+            assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "idempotency store unavailable" in (e.value.details() or "")
+            assert effects.runs == []
+            made = await Transport.connect(NatsConfig.from_url(server.url), engine, create=True)
+            try:
+                assert await call(b"a", metadata=md) == await call(b"a", metadata=md)
+            finally:
+                await made.close()
+        assert effects.runs == [b"a"]
+    finally:
+        await grpc_server.stop(None)
+        await store.close()
 
 
 def test_call_identity_reads_the_key_and_a_numeric_fence() -> None:

@@ -56,6 +56,7 @@ import grpc.aio
 from durable_core._transport import Transport
 from durable_core._transport.errors import StateConflict
 from durable_core.config import EngineConfig, NatsConfig
+from durable_core.errors import DurableError
 
 __all__ = [
     "ANSWER_METADATA",
@@ -152,6 +153,9 @@ class _Answer:
     data: bytes
 
 
+_Outcome = _Admitted | _Answer | _Refused | _Busy
+
+
 def record_name(method: str, key: str) -> str:
     """The KV key of a (method, idempotency key): a hash, since either may hold any character."""
     return hashlib.sha256(f"{method}\0{key}".encode()).hexdigest()[:48]
@@ -189,9 +193,10 @@ class IdempotencyStore:
         keep: timedelta = timedelta(days=7),
         running_timeout: timedelta = timedelta(seconds=60),
         margin: timedelta = timedelta(seconds=5),
+        wait_for_engine: timedelta = timedelta(seconds=30),
         own_transport: bool = False,
     ) -> None:
-        transport.open_call_records(keep.total_seconds())
+        transport.open_call_records(keep.total_seconds(), wait=wait_for_engine.total_seconds())
         self._t = transport
         self._running_ms = int(running_timeout.total_seconds() * 1000)
         self._margin_ms = int(margin.total_seconds() * 1000)
@@ -208,7 +213,10 @@ class IdempotencyStore:
         running_timeout: timedelta = timedelta(seconds=60),
         wait_for_engine: timedelta = timedelta(seconds=30),
     ) -> IdempotencyStore:
-        """Connect to NATS and the engine (its replicas are the bucket's).
+        """Connect to NATS. The bucket is bound (or created, with the engine's replicas) at
+        the first keyed call, so a service may start before any processor has made the
+        engine; until the bucket can be reached keyed calls end UNAVAILABLE, which the engine
+        retries.
 
         Args:
             engine: the engine's prefix (``durable``); the bucket is ``<prefix>_calls``.
@@ -216,15 +224,21 @@ class IdempotencyStore:
                 finished invocations 7 days; a late call after its record is gone runs).
             running_timeout: how long an attempt holds its key when its call has no deadline;
                 with one, the deadline plus a 5 s margin.
-            wait_for_engine: how long to wait for a processor to create the engine.
+            wait_for_engine: how long the first keyed call waits for a processor to have
+                made the engine.
 
         Raises:
             NatsUnavailableError: NATS cannot be reached.
-            EngineNotFoundError: no processor has created the engine (after the wait).
         """
         cfg = NatsConfig.of(servers, name="durable-idempotency")
-        t = await Transport.connect(cfg, engine, wait_for_engine=wait_for_engine.total_seconds())
-        return cls(t, keep=keep, running_timeout=running_timeout, own_transport=True)
+        t = await Transport.connect(cfg, engine, bind=False)
+        return cls(
+            t,
+            keep=keep,
+            running_timeout=running_timeout,
+            wait_for_engine=wait_for_engine,
+            own_transport=True,
+        )
 
     async def close(self) -> None:
         """Close the connection (if :meth:`connect` made it)."""
@@ -255,7 +269,7 @@ class IdempotencyStore:
 
     async def begin(
         self, method: str, key: str, fence: int | None, digest: str, deadline_s: float | None
-    ) -> _Admitted | _Answer | _Refused | _Busy:
+    ) -> _Outcome:
         """Decide a call: run it (the key is now held by it), answer it, refuse it, or wait
         for the attempt that holds its key."""
         name = record_name(method, key)
@@ -405,8 +419,15 @@ def _keyed(
 
     behavior: Callable[[Any, Any], Any] = handler.unary_unary
 
+    async def decide(context: grpc.aio.ServicerContext[Any, Any]) -> _Outcome:
+        try:
+            return await store.begin(method, key, fence, digest, context.time_remaining())
+        except DurableError as e:  # NATS unreachable, no engine yet: the caller retries
+            log.warning("idempotency store unavailable for %s %s: %s", method, key, e)
+            return _Refused(grpc.StatusCode.UNAVAILABLE, f"idempotency store unavailable: {e}")
+
     async def behaviour(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        outcome = await store.begin(method, key, fence, digest, context.time_remaining())
+        outcome = await decide(context)
         pause = 0.02
         while isinstance(outcome, _Busy):
             # Another attempt runs it: wait for its answer, or for its hold to lapse (its
@@ -419,7 +440,7 @@ def _keyed(
                 )
             await asyncio.sleep(wait)
             pause = min(pause * 2, 1.0)
-            outcome = await store.begin(method, key, fence, digest, context.time_remaining())
+            outcome = await decide(context)
         if isinstance(outcome, _Refused):
             await context.abort(outcome.code, outcome.details)
         if isinstance(outcome, _Answer):

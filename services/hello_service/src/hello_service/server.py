@@ -148,15 +148,11 @@ def _host_for_address(host: str) -> str:
 
 async def open_idempotency_store(url: str, prefix: str) -> IdempotencyStore:
     """Connect the OrderService's idempotency store (needs durable-core installed: the
-    ``idempotency`` extra); waits up to 60 s for a processor to create the engine."""
-    from datetime import timedelta
-
+    ``idempotency`` extra); its bucket is bound at the first keyed call."""
     from durable_core import EngineConfig
     from durable_core.idempotency import IdempotencyStore
 
-    return await IdempotencyStore.connect(
-        url, engine=EngineConfig(prefix=prefix), wait_for_engine=timedelta(seconds=60)
-    )
+    return await IdempotencyStore.connect(url, engine=EngineConfig(prefix=prefix))
 
 
 async def serve(
@@ -251,6 +247,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:
         print(f"hello-service: configuration error: {e}", file=sys.stderr)
         return 2
+    if args.idempotency_store:
+        try:
+            import durable_core.idempotency  # noqa: F401 - refused before serving, not after
+        except ImportError:
+            print(
+                "hello-service: configuration error: --idempotency-store needs durable-core "
+                "installed (pip install 'durable-hello-service[idempotency]')",
+                file=sys.stderr,
+            )
+            return 2
     try:
         asyncio.run(
             serve(

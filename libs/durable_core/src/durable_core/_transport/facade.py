@@ -469,19 +469,22 @@ class Transport:
 
     # -- services' call records (durable_core.idempotency) ----------------------------------
 
-    def open_call_records(self, keep: float) -> None:
+    def open_call_records(self, keep: float, *, wait: float = 0.0) -> None:
         """Use the bucket of services' call records; created on first use with records kept
-        ``keep`` seconds (a bucket that exists keeps its own setting)."""
-        n = self._link.names
-        self._calls = RecordStore(
-            self._link,
-            lambda: self._provision.bucket(
-                n.calls_bucket,
+        ``keep`` seconds (a bucket that exists keeps its own setting), with the engine's
+        replicas: a transport not bound yet binds first, waiting up to ``wait`` seconds for a
+        processor to create the engine."""
+
+        async def open_bucket() -> KeyValue:
+            if not self._states.kvs:
+                await self.bind(wait=wait)
+            return await self._provision.bucket(
+                self._link.names.calls_bucket,
                 "durable: gRPC services' answers and fences by idempotency key",
                 ttl=keep,
-            ),
-            recognise_retries=True,
-        )
+            )
+
+        self._calls = RecordStore(self._link, open_bucket, recognise_retries=True)
 
     def _call_records(self) -> RecordStore:
         if self._calls is None:
