@@ -24,10 +24,12 @@ through untouched.
 
 What it cannot do: the handler's effect and the record of its answer are two writes. A service
 process that dies after the effect and before the record leaves the key held; once the hold
-lapses (the call's deadline plus 5 s, or ``running_timeout`` for a call without one; also when
-a handler runs past it), the next attempt runs the handler again. Make the effect itself
-idempotent by key where that matters (e.g. pass the key on to the payment provider), as every
-exactly-once system that calls out must.
+lapses (the call's deadline plus 5 s, or ``running_timeout`` for a call without one), the next
+attempt runs the handler again. The same goes for a handler still running when its hold
+lapses; grpc.aio cancels an async handler at its call's deadline, so that takes a handler that
+blocks the event loop, or a frozen process. Make the effect itself idempotent by key where
+that matters (e.g. pass the key on to the payment provider), as every exactly-once system that
+calls out must.
 
 Example:
     >>> store = await IdempotencyStore.connect("nats://127.0.0.1:4222")
@@ -298,9 +300,7 @@ class IdempotencyStore:
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"idempotency key {key} was first used with another request",
                 )
-            higher = (
-                fence if fence is not None and (rec.fence is None or fence > rec.fence) else None
-            )
+            higher = _raises(fence, rec.fence)
             if rec.status == DONE:
                 if rec.answer is None:
                     return _Refused(
