@@ -80,6 +80,9 @@ FENCE_METADATA = "durable-fence"
 ANSWER_METADATA = "durable-answer"
 """Trailing metadata key set to ``stored`` on a call answered from its record."""
 
+KEEP = timedelta(hours=24)
+"""How long records are kept by default (as long as Stripe keeps its idempotency keys)."""
+
 RUNNING = "running"
 DONE = "done"
 
@@ -192,7 +195,7 @@ class IdempotencyStore:
         self,
         transport: Transport,
         *,
-        keep: timedelta = timedelta(days=7),
+        keep: timedelta = KEEP,
         running_timeout: timedelta = timedelta(seconds=60),
         margin: timedelta = timedelta(seconds=5),
         wait_for_engine: timedelta = timedelta(seconds=30),
@@ -211,7 +214,7 @@ class IdempotencyStore:
         servers: str | Sequence[str] | NatsConfig = "nats://127.0.0.1:4222",
         *,
         engine: EngineConfig | None = None,
-        keep: timedelta = timedelta(days=7),
+        keep: timedelta = KEEP,
         running_timeout: timedelta = timedelta(seconds=60),
         wait_for_engine: timedelta = timedelta(seconds=30),
     ) -> IdempotencyStore:
@@ -222,8 +225,9 @@ class IdempotencyStore:
 
         Args:
             engine: the engine's prefix (``durable``); the bucket is ``<prefix>_calls``.
-            keep: how long records are kept, if this creates the bucket (the engine keeps
-                finished invocations 7 days; a late call after its record is gone runs).
+            keep: how long records are kept, if this creates the bucket (a day: far past any
+                retry of a step; a call after its record is gone runs). The bucket holds
+                about ``calls/s * keep`` records of ~0.5 KB plus the answer, per replica.
             running_timeout: how long an attempt holds its key when its call has no deadline;
                 with one, the deadline plus a 5 s margin.
             wait_for_engine: how long the first keyed call waits for a processor to have
