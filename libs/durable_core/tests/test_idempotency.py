@@ -45,11 +45,12 @@ class Effects:
 
     async def do(self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         self.runs.append(request)
+        run = len(self.runs)  # each run answers differently
         await self.gate.wait()
         if self.fail_next is not None:
             code, self.fail_next = self.fail_next, None
             await context.abort(code, "failed on purpose")
-        return b"done:" + request + b":" + str(len(self.runs)).encode()
+        return b"done:" + request + b":" + str(run).encode()
 
 
 async def _serve(
@@ -82,7 +83,7 @@ class Rig:
         *,
         key: str | None = "inv-1:1",
         fence: int | None = 3,
-        timeout: float = 10.0,
+        timeout: float | None = 10.0,
         path: str = METHOD,
     ) -> grpc.aio.UnaryUnaryCall[Any, Any]:
         metadata: list[tuple[str, str]] = []
@@ -217,6 +218,33 @@ async def test_a_hold_whose_service_died_lapses_and_the_next_attempt_runs(rig: R
     assert type(held).__name__ == "_Admitted"
     assert await rig.call(fence=3) == b"done:order-1:1"
     assert rig.effects.runs == [b"order-1"]
+
+
+async def test_when_a_lapsed_attempt_and_its_successor_both_answer_every_caller_gets_one(
+    rig: Rig,
+) -> None:
+    # Holds of 0.4 s for calls without a deadline: the first attempt is still in its handler
+    # when its hold lapses, so the next one takes the key over and runs too (the case the
+    # store cannot prevent). Both answer; both callers get the answer recorded first.
+    store = IdempotencyStore(rig.transport, running_timeout=timedelta(seconds=0.4))
+    effects = Effects()
+    effects.gate.clear()
+    server, address = await _serve(store, effects)
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            md = [("idempotency-key", "inv-9:1"), ("durable-fence", "3")]
+            first = asyncio.ensure_future(channel.unary_unary(METHOD)(b"o", metadata=md))
+            await assert_eventually_async(lambda: len(effects.runs) == 1, 10, "run 1 in")
+            await asyncio.sleep(0.6)  # run 1's hold lapses
+            second = asyncio.ensure_future(channel.unary_unary(METHOD)(b"o", metadata=md))
+            await assert_eventually_async(lambda: len(effects.runs) == 2, 10, "run 2 in")
+            effects.gate.set()
+            answers = {await first, await second}
+        assert len(answers) == 1, answers  # the handler answered "...:1" and "...:2"
+        rec = await store.record(METHOD, "inv-9:1")
+        assert rec is not None and rec.status == "done" and {rec.answer} == answers
+    finally:
+        await server.stop(None)
 
 
 async def test_a_key_reused_with_another_request_is_refused(rig: Rig) -> None:

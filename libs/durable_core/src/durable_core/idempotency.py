@@ -332,9 +332,11 @@ class IdempotencyStore:
             return _Busy(bumped.expires_ms)
         return _Busy(_now_ms())
 
-    async def finish(self, held: _Admitted, answer: bytes | None) -> None:
+    async def finish(self, held: _Admitted, answer: bytes | None) -> bytes | None:
         """Record the answer of a call that ran (``answer`` None: it failed; release the key
-        so the next attempt runs it, keeping the fence)."""
+        so the next attempt runs it, keeping the fence). Returns the answer that stands:
+        ``answer``, or the one another attempt recorded first (None when there is none to
+        give: a release, or an answer too large to keep)."""
         rec, revision = held.record, held.revision
         if answer is None:
             done = dataclasses.replace(rec, expires_ms=0)
@@ -355,16 +357,19 @@ class IdempotencyStore:
         for _ in range(10):
             try:
                 await self._t.put_call_record(held.name, done.encode(), revision)
-                return
+                return done.answer
             except StateConflict:
                 data, revision = await self._t.call_record(held.name)
                 if data is None:
                     continue  # gone (kept past its time): write it again
                 current = CallRecord.decode(data)
-                if current.status == DONE or (answer is None and current.owner != rec.owner):
-                    return  # answered by another attempt, or taken over: theirs stands
+                if current.status == DONE:
+                    return current.answer  # answered by another attempt: that answer stands
+                if answer is None and current.owner != rec.owner:
+                    return None  # taken over: nothing of ours to release
                 done = dataclasses.replace(done, fence=_higher(done.fence, current.fence))
         log.warning("could not record the answer of %s for %s", rec.method, rec.key)
+        return None
 
 
 def _raises(fence: int | None, seen: int | None) -> int | None:
@@ -397,6 +402,12 @@ class _Interceptor(grpc.aio.ServerInterceptor):
         if not key:
             return handler
         return _keyed(self._store, handler, method, key, fence)
+
+
+async def _release(store: IdempotencyStore, held: _Admitted) -> None:
+    """Release a failed call's key (shielded: a cancelled call releases it too)."""
+    with contextlib.suppress(Exception):
+        await asyncio.shield(store.finish(held, None))
 
 
 def _keyed(
@@ -451,20 +462,27 @@ def _keyed(
             context.set_trailing_metadata(((ANSWER_METADATA, "stored"),))
             return outcome
         assert isinstance(outcome, _Admitted)
-        answer: bytes | None = None
         try:
             response = behavior(request, context)
             if inspect.isawaitable(response):
                 response = await response
-            code = context.code()
-            if code is None or code == grpc.StatusCode.OK:
-                answer = response_serializer(response)
-                return _Answer(answer)
+        except BaseException:
+            await _release(store, outcome)
+            raise
+        code = context.code()
+        if code is not None and code != grpc.StatusCode.OK:
+            await _release(store, outcome)
             return response
-        finally:
-            # Shielded: a call cancelled (its deadline, the client gone) still releases its key.
-            with contextlib.suppress(Exception):
-                await asyncio.shield(store.finish(outcome, answer))
+        answer = response_serializer(response)
+        try:
+            # Shielded: the answer is recorded even if the call is cancelled meanwhile.
+            kept = await asyncio.shield(store.finish(outcome, answer))
+        except Exception:
+            log.warning("could not record the answer of %s for %s", method, key, exc_info=True)
+            kept = None
+        # Another attempt (one that took over after this one's hold lapsed) answered first:
+        # every caller gets the answer that was kept.
+        return _Answer(kept if kept is not None else answer)
 
     return grpc.unary_unary_rpc_method_handler(
         behaviour,
