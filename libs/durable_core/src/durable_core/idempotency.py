@@ -27,9 +27,10 @@ process that dies after the effect and before the record leaves the key held; on
 lapses (the call's deadline plus 5 s, or ``running_timeout`` for a call without one), the next
 attempt runs the handler again. The same goes for a handler still running when its hold
 lapses; grpc.aio cancels an async handler at its call's deadline, so that takes a handler that
-blocks the event loop, or a frozen process. Make the effect itself idempotent by key where
-that matters (e.g. pass the key on to the payment provider), as every exactly-once system that
-calls out must.
+blocks the event loop, or a frozen process. If both attempts answer, each caller gets the
+answer recorded first, so the engine sees one answer. Make the effect itself idempotent by key
+where that matters (e.g. pass the key on to the payment provider), as every exactly-once system
+that calls out must.
 
 Example:
     >>> store = await IdempotencyStore.connect("nats://127.0.0.1:4222")
