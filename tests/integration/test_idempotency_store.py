@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from durable_core import Client
-from durable_core.testing import ProcessStack, ServiceProcess
+from durable_core.testing import ProcessStack, ServiceProcess, assert_eventually_async
 from durable_examples.order.v1 import order_pb2
 from order_processing.testing import OrderServiceControl
 
@@ -80,3 +80,35 @@ async def test_a_services_records_answer_a_step_once_and_refuse_a_stale_call_aft
     plain.wait_ready()
     await asyncio.to_thread(_charge, plain, key, fence - 1)
     assert OrderServiceControl(plain.channel).method_counts("Charge") == {key: 1}
+
+
+async def test_a_call_in_flight_when_the_service_died_runs_at_once_on_its_restarted_process(
+    stack: ProcessStack, client: Client, tmp_path: Path
+) -> None:
+    """The key of a call the service was running when it was killed stays held (a hold lasts
+    the call's deadline, 30 s, plus 5 s), but the process that comes back on the same port is
+    the same instance (``<host>:<port>``): it knows its predecessor is gone and runs the
+    engine's retry at once, instead of making it wait out the hold."""
+    env = {"IDEMPOTENCY_STORE_URL": stack.nats_url, "DURABLE_PREFIX": stack.prefix}
+    served = stack.start_service(**env)
+    stack.start_processor("p1")
+    OrderServiceControl(served.channel).set_delay("Charge", 60_000)
+    inv = await client.invoke_async("order_processing", {"order_id": "s-2", "amount_cents": 5})
+    key = f"{inv}:2"
+    await assert_eventually_async(
+        lambda: key in OrderServiceControl(served.channel).method_counts("Charge"),
+        30,
+        "Charge in flight",
+    )
+    served.kill()
+    again = ServiceProcess(stack.log_dir, env, port=served.port, name="service-again")
+    stack.procs.append(again)
+    again.wait_ready()
+    result = await client.wait(inv, timeout=20)  # not the 35 s the hold would last
+    assert result.status == "completed", result
+    assert OrderServiceControl(again.channel).method_counts("Charge") == {key: 1}
+
+    # Its port is its own: a second process on it does not start.
+    other = ServiceProcess(stack.log_dir, env, port=served.port, name="service-twin")
+    stack.procs.append(other)
+    assert other.proc.wait(20) != 0

@@ -21,6 +21,8 @@ from durable_core.config import NatsConfig
 from durable_core.idempotency import (
     ANSWER_METADATA,
     IdempotencyStore,
+    _Admitted,
+    _Busy,
     call_identity,
     record_name,
 )
@@ -214,8 +216,7 @@ async def test_a_failed_call_keeps_no_answer_and_runs_again(rig: Rig) -> None:
 async def test_a_hold_whose_service_died_lapses_and_the_next_attempt_runs(rig: Rig) -> None:
     # An attempt that took the key and never finished (its service died): held 0.5 s.
     dying = IdempotencyStore(rig.transport, running_timeout=timedelta(seconds=0.5))
-    held = await dying.begin(METHOD, "inv-1:1", 3, "", None)
-    assert type(held).__name__ == "_Admitted"
+    assert isinstance(await dying.begin(METHOD, "inv-1:1", 3, "", None), _Admitted)
     assert await rig.call(fence=3) == b"done:order-1:1"
     assert rig.effects.runs == [b"order-1"]
 
@@ -243,6 +244,28 @@ async def test_when_a_lapsed_attempt_and_its_successor_both_answer_every_caller_
         assert len(answers) == 1, answers  # the handler answered "...:1" and "...:2"
         rec = await store.record(METHOD, "inv-9:1")
         assert rec is not None and rec.status == "done" and {rec.answer} == answers
+    finally:
+        await server.stop(None)
+
+
+async def test_a_key_held_by_a_dead_process_of_the_same_instance_is_taken_over_at_once(
+    rig: Rig,
+) -> None:
+    # A process of instance "svc-a" took the key (held 35 s) and died with the call in flight.
+    dead = IdempotencyStore(rig.transport, instance="svc-a")
+    assert isinstance(await dead.begin(METHOD, "inv-5:1", 3, "", 30.0), _Admitted)
+    # Another instance cannot tell whether the holder lives: it waits.
+    other = IdempotencyStore(rig.transport, instance="svc-b")
+    assert isinstance(await other.begin(METHOD, "inv-5:1", 3, "", 30.0), _Busy)
+    # The instance's next process knows its predecessor is gone: the call runs now.
+    effects = Effects()
+    again = IdempotencyStore(rig.transport, instance="svc-a")
+    server, address = await _serve(again, effects)
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            md = [("idempotency-key", "inv-5:1"), ("durable-fence", "3")]
+            answer = await channel.unary_unary(METHOD)(b"o", metadata=md, timeout=2)
+        assert answer == b"done:o:1" and effects.runs == [b"o"]
     finally:
         await server.stop(None)
 

@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -107,7 +108,10 @@ async def create_server(
         interceptors.append(TracingServerInterceptor(tracer_provider))
     if idempotency is not None:
         interceptors.append(idempotency.interceptor(methods=ORDER_METHODS))
-    server = grpc.aio.server(interceptors=interceptors)
+    # With the store, the port is bound exclusively (no SO_REUSEPORT): no two live processes
+    # share it, so `<host>:<port>` names this process's instance (see IdempotencyStore).
+    options = [("grpc.so_reuseport", 0)] if idempotency is not None else []
+    server = grpc.aio.server(interceptors=interceptors, options=options)
     hello_pb2_grpc.add_HelloServiceServicer_to_server(HelloServicer(), server)
     orders = orders if orders is not None else OrderServicer.from_env()
     order_pb2_grpc.add_OrderServiceServicer_to_server(orders, server)
@@ -146,13 +150,18 @@ def _host_for_address(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
-async def open_idempotency_store(url: str, prefix: str) -> IdempotencyStore:
+async def open_idempotency_store(url: str, prefix: str, port: int = 0) -> IdempotencyStore:
     """Connect the OrderService's idempotency store (needs durable-core installed: the
-    ``idempotency`` extra); its bucket is bound at the first keyed call."""
+    ``idempotency`` extra); its bucket is bound at the first keyed call. With a fixed
+    ``port`` the process is instance ``<hostname>:<port>``: a restart on the same port takes
+    over at once the keys its predecessor held when it died."""
     from durable_core import EngineConfig
     from durable_core.idempotency import IdempotencyStore
 
-    return await IdempotencyStore.connect(url, engine=EngineConfig(prefix=prefix))
+    instance = f"{socket.gethostname()}:{port}" if port else None
+    return await IdempotencyStore.connect(
+        url, engine=EngineConfig(prefix=prefix), instance=instance
+    )
 
 
 async def serve(
@@ -172,7 +181,7 @@ async def serve(
     """
     state = "starting"
     probes = await start_probes(lambda: None if state == "serving" else state, host, health_port)
-    store = await open_idempotency_store(idempotency_url, prefix) if idempotency_url else None
+    store = await open_idempotency_store(idempotency_url, prefix, port) if idempotency_url else None
     built = await create_server(host, port, idempotency=store)
     await built.start()
     state = "serving"
@@ -267,6 +276,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 prefix=args.engine_prefix,
             )
         )
+    except RuntimeError as e:  # the port is taken (grpc's bind)
+        print(f"hello-service: {e}", file=sys.stderr)
+        return 1
     finally:
         if provider is not None:
             provider.shutdown()  # flushes the spans still batched
