@@ -88,6 +88,7 @@ async def test_soak(chaos_cluster: ChaosCluster, capsys: pytest.CaptureFixture[s
             "DURABLE_RETENTION": str(RETENTION),
             "DURABLE_RETENTION_SWEEP": str(SWEEP),
         },
+        idempotency_store=SETTINGS.idempotency_store,
     )
     transport = await Transport.connect(NatsConfig.from_url(cluster.url), engine, create=True)
     client = await Client.connect(cluster.url, engine=engine)
