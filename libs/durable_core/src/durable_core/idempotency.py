@@ -192,8 +192,8 @@ class IdempotencyStore:
     Use :meth:`connect`. One store serves any number of servers and methods; several
     replicas of a service share the records (the writes are compare-and-set).
 
-    ``instance`` names this service process in a way that no two live processes share, and
-    that a restarted process takes over: e.g. ``<host>:<port>`` with the port bound
+    ``instance`` names this service process in a way that no two live processes (nor two
+    stores in one process) share, and that a restarted process takes over: e.g. ``<host>:<port>`` with the port bound
     exclusively (grpc's ``grpc.so_reuseport`` off), or a StatefulSet pod's name. A call that
     finds its key held by an earlier process of the same instance (one that died with the
     call in flight) then runs at once instead of waiting for the hold to lapse. Without it
