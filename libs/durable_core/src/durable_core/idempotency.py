@@ -193,8 +193,9 @@ class IdempotencyStore:
     replicas of a service share the records (the writes are compare-and-set).
 
     ``instance`` names this service process in a way that no two live processes (nor two
-    stores in one process) share, and that a restarted process takes over: e.g. ``<host>:<port>`` with the port bound
-    exclusively (grpc's ``grpc.so_reuseport`` off), or a StatefulSet pod's name. A call that
+    stores in one process) share, and that a restarted process takes over: e.g.
+    ``<host>:<port>`` with the port bound exclusively (grpc's ``grpc.so_reuseport`` off), or a
+    StatefulSet pod's name. A call that
     finds its key held by an earlier process of the same instance (one that died with the
     call in flight) then runs at once instead of waiting for the hold to lapse. Without it
     such a key waits out the hold (the call's deadline plus 5 s).
