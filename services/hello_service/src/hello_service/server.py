@@ -24,6 +24,11 @@ from hello_service.order import COUNTED_METHODS, OrderServicer
 from hello_service.probes import start_probes
 from hello_service.tracing import TracingServerInterceptor, configure_tracing, tracing_on
 
+
+class PortTakenError(RuntimeError):
+    """The server's address cannot be bound (another process has the port)."""
+
+
 if TYPE_CHECKING:
     from durable_core.idempotency import IdempotencyStore
 
@@ -99,7 +104,7 @@ async def create_server(
         The server handle; call :meth:`HelloServer.start` to serve.
 
     Raises:
-        RuntimeError: If the address cannot be bound.
+        PortTakenError: If the address cannot be bound.
     """
     # Continues the caller's trace (traceparent in the metadata), when spans go anywhere.
     traced = tracer_provider is not None or tracing_on()
@@ -119,9 +124,12 @@ async def create_server(
     for name in HEALTH_SERVICES:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    bound_port = server.add_insecure_port(f"{_host_for_address(host)}:{port}")
+    try:
+        bound_port = server.add_insecure_port(f"{_host_for_address(host)}:{port}")
+    except RuntimeError as e:  # grpc's own "Failed to bind"
+        raise PortTakenError(f"could not bind {host}:{port}") from e
     if bound_port == 0:
-        raise RuntimeError(f"could not bind {host}:{port}")
+        raise PortTakenError(f"could not bind {host}:{port}")
     return HelloServer(server=server, port=bound_port, health=health_servicer, orders=orders)
 
 
@@ -276,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 prefix=args.engine_prefix,
             )
         )
-    except RuntimeError as e:  # the port is taken (grpc's bind)
+    except PortTakenError as e:
         print(f"hello-service: {e}", file=sys.stderr)
         return 1
     finally:
