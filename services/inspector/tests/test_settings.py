@@ -45,6 +45,13 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_settings().nats.servers == ("nats://c:3",)  # the prefixed name wins
 
 
+@pytest.mark.parametrize("secret", ["12345", "0x1F", "false", "'quoted'", "@int x", "@get key"])
+def test_token_is_taken_verbatim(monkeypatch: pytest.MonkeyPatch, secret: str) -> None:
+    """An access token that looks like a TOML value (or a dynaconf @-command) is kept as typed."""
+    monkeypatch.setenv("DURABLE_INSPECTOR_TOKEN", secret)
+    assert load_settings().token == secret
+
+
 def test_settings_file_and_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     f = tmp_path / "inspector.toml"
     f.write_text('inspector_port = 7000\ninspector_token = "from-file"\n')

@@ -149,3 +149,34 @@ def test_load_plugins_chooses_the_installed_plugins_a_processor_serves(
     monkeypatch.setenv("DURABLE_LOAD_PLUGINS", "none")
     assert load_settings().load_plugins == ()
     assert load_settings({"load_plugins": "*"}).load_plugins is None
+
+
+# Each of these reads as something else (or fails to read) through dynaconf's TOML parsing of
+# environment values; NATS credentials must reach the server exactly as the operator set them.
+AWKWARD_SECRETS = ["007", "1e3", "true", '"quoted"', "[1]", "{x=1}", "@json x", "@format {", "@del"]
+
+
+@pytest.mark.parametrize("secret", AWKWARD_SECRETS)
+def test_nats_credentials_are_taken_verbatim(monkeypatch: pytest.MonkeyPatch, secret: str) -> None:
+    monkeypatch.setenv("DURABLE_NATS_USER", secret)
+    monkeypatch.setenv("DURABLE_NATS_PASSWORD", secret)
+    monkeypatch.setenv("DURABLE_MAX_CONCURRENT", "7")  # other settings are still TOML values
+    s = load_settings()
+    assert (s.nats.user, s.nats.password) == (secret, secret)
+    assert s.worker.max_concurrent == 7
+
+
+@pytest.mark.parametrize("secret", AWKWARD_SECRETS)
+def test_nats_token_is_taken_verbatim(monkeypatch: pytest.MonkeyPatch, secret: str) -> None:
+    monkeypatch.setenv("DURABLE_NATS_TOKEN", secret)
+    assert load_settings().nats.token == secret
+
+
+def test_settings_file_credentials_are_kept(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    path = tmp_path / "processor.toml"
+    path.write_text('nats_user = "u"\nnats_password = "007"\n')
+    monkeypatch.setenv("DURABLE_SETTINGS_FILE", str(path))
+    s = load_settings()
+    assert (s.nats.user, s.nats.password) == ("u", "007")

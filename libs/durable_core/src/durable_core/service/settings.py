@@ -8,12 +8,23 @@ from pathlib import Path
 from typing import Any
 
 from dynaconf import Dynaconf  # type: ignore[import-untyped]
+from dynaconf.utils.parse_conf import (  # type: ignore[import-untyped]
+    boolean_fix,
+    parse_conf_data,
+)
 
 from durable_core.errors import ConfigError
 
 __all__ = ["check_log_level", "check_metrics_port", "read_settings", "truthy"]
 
 LOG_LEVELS = frozenset({"DEBUG", "INFO", "WARNING", "ERROR"})
+
+# Credentials are taken from their DURABLE_ variable exactly as given. Dynaconf would read
+# ``007`` as 7, ``1e3`` as 1000.0, strip quotes, and evaluate or refuse a leading ``@``
+# (``@format``, ``@json``...), so a valid password could log in as another string, or stop the
+# service with a parse error.
+VERBATIM = frozenset({"nats_user", "nats_password", "nats_token", "inspector_token"})
+PREFIX = "DURABLE_"
 
 
 def read_settings(
@@ -35,8 +46,22 @@ def read_settings(
         environments=False,
         merge_enabled=True,
         load_dotenv=False,
+        loaders=[],  # the files only: the environment is read below
     )
+    verbatim: dict[str, str] = {}
+    parsed: dict[str, Any] = {}
+    for name, value in env.items():
+        if not name.startswith(PREFIX) or len(name) == len(PREFIX):
+            continue
+        key = name[len(PREFIX) :]
+        if key.lower() in VERBATIM:
+            verbatim[key.lower()] = value
+        else:  # as dynaconf's own environment loader reads it (TOML values, KEY__SUB nesting)
+            parsed[key] = parse_conf_data(boolean_fix(value), tomlfy=True, box_settings=raw)
+    if parsed:
+        raw.update(parsed)
     s: dict[str, Any] = {k.lower(): v for k, v in raw.as_dict().items()}
+    s.update(verbatim)
     for key in plain:
         name = key.upper()
         if name in env and f"DURABLE_{name}" not in env:
