@@ -33,7 +33,8 @@ REPO = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = REPO / "deploy" / "compose"
 RECEIVER = Path(__file__).with_name("otlp_receiver.py")
 ENV_FILE = COMPOSE_DIR / ".env.example"
-PASSWORD = "dev-only-change-me"  # .env.example's
+# Not .env.example's: one that nats-server would misread unquoted and dynaconf as TOML.
+PASSWORD = "007 yes #x; @json {a} $b"
 TOKEN = "dev-only-change-me"
 UP_TIMEOUT = 240
 
@@ -139,6 +140,7 @@ def stack(images: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sta
         "DURABLE_SCHEDULER_IMAGE": images["scheduler"],
         "DURABLE_INSPECTOR_IMAGE": images["inspector"],
         "DURABLE_HELLO_SERVICE_IMAGE": images["hello-service"],
+        "DURABLE_NATS_PASSWORD": PASSWORD,
     }
     s = Stack(
         docker=images.docker,

@@ -113,7 +113,9 @@ def stack(
     ns = new_namespace(images, image_map, tmp_path_factory.mktemp("stack"))
     ns.create()
     try:
-        ns.apply(rendered(secret_values(tilt)), RELEASE)
+        # A password nats-server would misread unquoted, and dynaconf as TOML.
+        login = {"natsAuth": {"password": "007 yes #x; @json {a} $(b)"}}
+        ns.apply(rendered(layered(secret_values(tilt), login)), RELEASE)
         s = Stack(ns=ns, tilt=tilt, images=image_map)
         # NATS first (as Tilt's resource_deps order it; Kubernetes would restart the services
         # until NATS answers), then everything else at once.

@@ -99,6 +99,13 @@ bundled NATS chart reads through its own $tplYaml, see values.yaml). */}}
 {{- if $auth.token }}
 {{- fail "natsAuth.token works only with a NATS you run (nats.enabled=false): the bundled NATS authenticates natsAuth.user with its password, and NATS cannot take a token and users at once." }}
 {{- end }}
+{{- if $auth.create }}
+{{- range $key := list "user" "password" }}
+{{- if contains "'" (toString (get $auth $key)) }}
+{{- fail (printf "natsAuth.%s contains a ' (single quote): the bundled NATS reads the login from its configuration, single-quoted, where a ' cannot appear. Choose one without it." $key) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- $secret := include "durable.natsAuthSecret" . }}
 {{- range $variable := list "DURABLE_NATS_USER" "DURABLE_NATS_PASSWORD" }}
 {{- $ref := dig $variable "valueFrom" "secretKeyRef" "name" "" $.Values.nats.container.env }}
