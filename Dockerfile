@@ -137,7 +137,7 @@ ENTRYPOINT ["python", "-m", "durable_inspector"]
 # -- hello-service: the example gRPC service the example workflows call ---------------------------
 FROM runtime AS hello-service
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    /wheels/install durable-hello-service
+    /wheels/install 'durable-hello-service[idempotency]'
 ENV GRPC_HOST=0.0.0.0 \
     GRPC_PORT=9090
 EXPOSE 9090

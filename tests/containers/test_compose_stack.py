@@ -26,6 +26,7 @@ import pytest
 
 from durable_core import EngineConfig, NatsConfig
 from durable_core._transport import Transport
+from durable_core.idempotency import IdempotencyStore
 from durable_core.testing import assert_eventually, free_ports
 from durable_examples.order.v1 import order_pb2, order_pb2_grpc
 
@@ -325,3 +326,49 @@ def test_a_processor_killed_mid_workflow_leaves_it_to_the_other(stack: Stack) ->
     finally:
         orders.SetDelay(order_pb2.SetDelayRequest(method="Charge", delay_ms=0), timeout=5)
         channel.close()
+
+
+async def _call_records(stack: Stack, invocation_id: str) -> dict[str, Any]:
+    """The hello service's records of the invocation's three OrderService calls, by method."""
+    cfg = NatsConfig.from_url(stack.nats_url, user="durable", password=PASSWORD)
+    store = await IdempotencyStore.connect(cfg, engine=EngineConfig(prefix="durable"))
+    service = order_pb2.DESCRIPTOR.services_by_name["OrderService"].full_name
+    try:
+        return {
+            method: await store.record(f"/{service}/{method}", f"{invocation_id}:{step}")
+            for step, method in ((1, "Validate"), (2, "Charge"), (3, "Ship"))
+        }
+    finally:
+        await store.close()
+
+
+def test_the_hello_service_answers_each_step_once_from_its_records_in_jetstream(
+    stack: Stack,
+) -> None:
+    """The compose hello service keeps OrderService's answers in the cluster
+    (durable_core.idempotency, logged in with the stack's password): a processor's repeated
+    call gets the recorded answer, and the service does not charge again."""
+    invocation = f"rec-{secrets.token_hex(3)}"
+    args = '{"order_id": "o-rec", "amount_cents": 7}'
+    cp = stack.cli("invoke", "order_processing", "--id", invocation, "--args", args, "--json")
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    result = json.loads(cp.stdout)
+    assert result["status"] == "completed", result
+    records = asyncio.run(_call_records(stack, invocation))
+    assert {m: r and r.status for m, r in records.items()} == dict.fromkeys(records, "done")
+
+    with grpc.insecure_channel(f"127.0.0.1:{stack.ports['hello-service']}") as channel:
+        orders = order_pb2_grpc.OrderServiceStub(channel)
+        metadata = (
+            ("idempotency-key", f"{invocation}:2"),
+            ("durable-fence", str(records["Charge"].fence + 1)),
+        )
+        request = order_pb2.ChargeRequest(order_id="o-rec", amount_cents=7)
+        again, call = orders.Charge.with_call(request, metadata=metadata, timeout=10)
+        counts = orders.GetCallCounts(order_pb2.GetCallCountsRequest(), timeout=5).counts
+    assert again.charge_id == result["output"]["charge_id"]
+    assert ("durable-answer", "stored") in call.trailing_metadata()
+    charged = [
+        c.count for c in counts if (c.method, c.idempotency_key) == ("Charge", metadata[0][1])
+    ]
+    assert charged == [1]

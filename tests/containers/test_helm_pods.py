@@ -18,6 +18,7 @@ chart and the Tilt setup (`_seeds.py`), and shows the emulation fails on it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 import shutil
@@ -109,13 +110,15 @@ def stack(
     images: Any, image_map: ImageMap, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
     """The chart with its default values (and the secrets a user must set), deployed."""
+    # A password nats-server would misread unquoted, and dynaconf as TOML; the Tilt pod's
+    # upgrade of the release (test_tilt_...) renders it too.
     tilt = tilt_setup()
+    login = {"natsAuth": {"password": "007 yes #x; @json {a} $(b)"}}
+    tilt = dataclasses.replace(tilt, values=layered(tilt.values, login))
     ns = new_namespace(images, image_map, tmp_path_factory.mktemp("stack"))
     ns.create()
     try:
-        # A password nats-server would misread unquoted, and dynaconf as TOML.
-        login = {"natsAuth": {"password": "007 yes #x; @json {a} $(b)"}}
-        ns.apply(rendered(layered(secret_values(tilt), login)), RELEASE)
+        ns.apply(rendered(secret_values(tilt)), RELEASE)
         s = Stack(ns=ns, tilt=tilt, images=image_map)
         # NATS first (as Tilt's resource_deps order it; Kubernetes would restart the services
         # until NATS answers), then everything else at once.
@@ -156,6 +159,30 @@ def test_every_pod_comes_up_within_its_probes_and_stays_live(stack: Stack) -> No
     assert jsz["meta_cluster"]["cluster_size"] == 3 and jsz["meta_cluster"]["leader"], jsz
 
 
+# Run in the dev image with the chart's NATS login: the status of the hello service's record of
+# each OrderService call of the invocation (argv[1]).
+CALL_RECORDS = """
+import asyncio, json, os, sys
+from durable_core import EngineConfig, NatsConfig
+from durable_core.idempotency import IdempotencyStore
+from durable_examples.order.v1 import order_pb2
+
+async def main():
+    cfg = NatsConfig.from_url(os.environ["NATS_URL"], user=os.environ["DURABLE_NATS_USER"],
+                              password=os.environ["DURABLE_NATS_PASSWORD"])
+    store = await IdempotencyStore.connect(cfg, engine=EngineConfig(prefix="durable"))
+    service = order_pb2.DESCRIPTOR.services_by_name["OrderService"].full_name
+    found = {}
+    for step, method in ((1, "Validate"), (2, "Charge"), (3, "Ship")):
+        record = await store.record(f"/{service}/{method}", f"{sys.argv[1]}:{step}")
+        found[method] = record and record.status
+    await store.close()
+    print(json.dumps(found))
+
+asyncio.run(main())
+"""
+
+
 def test_a_workflow_runs_end_to_end_through_the_deployed_processor(stack: Stack) -> None:
     dev = stack.images.images["dev"]
     env = stack.client_env()
@@ -182,6 +209,17 @@ def test_a_workflow_runs_end_to_end_through_the_deployed_processor(stack: Stack)
     assert cp.returncode == 0, cp.stdout + cp.stderr
     assert json.loads(cp.stdout)["status"] == "completed"
     assert 2.0 <= time.monotonic() - started < 20
+    # The hello service keeps OrderService's answers in the chart's NATS (its idempotency
+    # store, logged in with the chart's Secret): one record per step, each answered.
+    invocation = f"rec-{secrets.token_hex(3)}"
+    args = '{"order_id": "o-rec", "amount_cents": 7}'
+    cp = stack.ns.run_once(
+        dev, ["durable", "invoke", "order_processing", "--id", invocation, "--args", args], env
+    )
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    cp = stack.ns.run_once(dev, ["python", "-c", CALL_RECORDS, invocation], env)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert json.loads(cp.stdout) == {"Validate": "done", "Charge": "done", "Ship": "done"}
     # The processor and the hello service send their spans where the chart points them.
     receiver = stack.pod("jaeger")
 

@@ -286,3 +286,69 @@ async def test_counts_are_kept_for_the_latest_pairs_only(tmp_path: Path) -> None
         ("k3", 1),
         ("k4", 1),
     ]
+
+
+# A login the engine services read from DURABLE_NATS_*: the store logs in with the same one.
+STORE_USER, STORE_PASSWORD = "svc", "007 yes #x"
+
+
+async def _make_engine(url: str, prefix: str) -> None:
+    from durable_core import EngineConfig, NatsConfig
+    from durable_core._transport import Transport
+
+    cfg = NatsConfig.from_url(url, user=STORE_USER, password=STORE_PASSWORD)
+    t = await Transport.connect(cfg, EngineConfig(prefix=prefix), create=True)
+    await t.close()
+
+
+def _serve_with_store(url: str, password: str, port: int) -> subprocess.Popen[str]:
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "HEALTH_PORT": "0",
+        "IDEMPOTENCY_STORE_URL": url,
+        "DURABLE_PREFIX": "hs",
+        "DURABLE_NATS_USER": STORE_USER,
+        "DURABLE_NATS_PASSWORD": password,
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "hello_service", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+
+
+def test_the_idempotency_store_logs_in_as_the_engine_services_do(tmp_path: Path) -> None:
+    """With --idempotency-store the service logs in with DURABLE_NATS_USER and _PASSWORD (taken
+    as set), like the processor; a refused login is one line and exit 1, not a traceback."""
+    from durable_core.testing import NatsServer
+
+    user = f'{{ user: "{STORE_USER}", password: "{STORE_PASSWORD}" }}'
+    login = f"authorization {{ users: [ {user} ] }}"
+    with NatsServer(extra_config=login, work_dir=tmp_path) as server:
+        asyncio.run(_make_engine(server.url, "hs"))
+        port = _free_port()
+        proc = _serve_with_store(server.url, STORE_PASSWORD, port)
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == f"hello_service listening on 127.0.0.1:{port}"
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+                charge = order_pb2_grpc.OrderServiceStub(ch).Charge.with_call
+                request = order_pb2.ChargeRequest(order_id="o-1", amount_cents=1)
+                first, _ = charge(request, metadata=_key("store-key"), timeout=10)
+                again, call = charge(request, metadata=_key("store-key"), timeout=10)
+            assert again.charge_id == first.charge_id
+            assert ("durable-answer", "stored") in call.trailing_metadata()
+        finally:
+            proc.terminate()
+            proc.wait(15)
+            assert proc.stdout is not None
+            proc.stdout.close()
+
+        refused = _serve_with_store(server.url, STORE_PASSWORD + "x", _free_port())
+        out, _ = refused.communicate(timeout=30)
+        assert refused.returncode == 1, out
+        assert out.strip().splitlines()[-1].startswith("hello-service: idempotency store: "), out
+        assert "authorization failed" in out and "Traceback" not in out, out

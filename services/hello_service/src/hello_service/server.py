@@ -162,13 +162,24 @@ async def open_idempotency_store(url: str, prefix: str, port: int = 0) -> Idempo
     """Connect the OrderService's idempotency store (needs durable-core installed: the
     ``idempotency`` extra); its bucket is bound at the first keyed call. With a fixed
     ``port`` the process is instance ``<hostname>:<port>``: a restart on the same port takes
-    over at once the keys its predecessor held when it died."""
-    from durable_core import EngineConfig
+    over at once the keys its predecessor held when it died. The login and TLS come from the
+    engine services' variables (``DURABLE_NATS_USER``, ``_PASSWORD``, ``_TOKEN``,
+    ``_CREDS_FILE``, ``_NKEY_SEED_FILE``, ``_TLS_CA``, ``_TLS_CERT``, ``_TLS_KEY``), taken as
+    set."""
+    from durable_core import EngineConfig, NatsConfig
     from durable_core.idempotency import IdempotencyStore
 
+    prefix_len = len("DURABLE_")
+    settings = {
+        name[prefix_len:].lower(): value
+        for name, value in os.environ.items()
+        if name.startswith("DURABLE_NATS_") and name != "DURABLE_NATS_URL"
+    }
+    cfg = NatsConfig.from_settings({**settings, "nats_url": url}, name="hello-service")
+    cfg.check_files()
     instance = f"{socket.gethostname()}:{port}" if port else None
     return await IdempotencyStore.connect(
-        url, engine=EngineConfig(prefix=prefix), instance=instance
+        cfg, engine=EngineConfig(prefix=prefix), instance=instance
     )
 
 
@@ -264,9 +275,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:
         print(f"hello-service: configuration error: {e}", file=sys.stderr)
         return 2
+    store_errors: tuple[type[Exception], ...] = ()
     if args.idempotency_store:
         try:
             import durable_core.idempotency  # noqa: F401 - refused before serving, not after
+            from durable_core.errors import ConfigError, NatsUnavailableError
+
+            store_errors = (ConfigError, NatsUnavailableError)
         except ImportError:
             print(
                 "hello-service: configuration error: --idempotency-store needs durable-core "
@@ -286,6 +301,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except PortTakenError as e:
         print(f"hello-service: {e}", file=sys.stderr)
+        return 1
+    except store_errors as e:
+        # The store's NATS unreachable or refusing the login, or a missing credentials file.
+        print(f"hello-service: idempotency store: {e}", file=sys.stderr)
         return 1
     finally:
         if provider is not None:
