@@ -477,8 +477,12 @@ async def test_watch_executions_gives_a_snapshot_then_changes(
     assert seen[0].invocation_id == first.invocation_id and seen[0].status == "completed"
     assert seen[1] is None
     statuses = [s.status for s in seen[2:] if s.invocation_id == "watched-2"]
-    # `invoke` leaves the state to the processor, which creates it running.
-    assert statuses[0] == "running" and statuses[-1] == "completed"
+    # `invoke` leaves the state to the processor, which creates it running, then completes it.
+    # A watch is of latest values (the bucket keeps one revision per key): when nats-py
+    # recreates the watch's consumer (missed heartbeats under load), a revision already
+    # replaced is not delivered. CI once saw only "completed".
+    assert statuses[-1] == "completed" and set(statuses[:-1]) <= {"pending", "running"}
+    assert statuses.count("completed") == 1
 
 
 async def test_a_finished_watch_leaves_no_consumer_behind(transport: Transport) -> None:

@@ -399,7 +399,11 @@ class Client:
         """Every execution now, then ``None`` once caught up, then each change as it happens.
 
         A deleted or expired execution arrives with ``deleted=True``. This is a KV watch, not a
-        scan: use it to keep an index (the inspector does).
+        scan: use it to keep an index (the inspector does). It delivers each execution's
+        latest state: a change replaced before it was delivered (the bucket keeps one revision
+        per execution) may be skipped when the watch's consumer is recreated, so an execution
+        may go from running to completed, or appear completed, with nothing in between. Read
+        the journal (:meth:`describe`) for every step.
         """
         async for item in self._t.watch_states():
             if item is None:
