@@ -180,3 +180,17 @@ def test_settings_file_credentials_are_kept(
     monkeypatch.setenv("DURABLE_SETTINGS_FILE", str(path))
     s = load_settings()
     assert (s.nats.user, s.nats.password) == ("u", "007")
+
+
+def test_text_settings_are_taken_verbatim(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A setting whose default is text keeps the variable's text: DURABLE_PREFIX=true is the
+    engine "true" (not True, refused as a prefix), a consumer 007 is not 7; numbers are still
+    numbers."""
+    monkeypatch.setenv("DURABLE_PREFIX", "true")
+    monkeypatch.setenv("DURABLE_CONSUMER", "007")
+    monkeypatch.setenv("DURABLE_PROCESSOR_ID", "42")
+    monkeypatch.setenv("DURABLE_MAX_CONCURRENT", "12")
+    s = load_settings()
+    assert (s.engine.prefix, s.worker.consumer) == ("true", "007")
+    assert s.worker.processor_id == "42"
+    assert s.worker.max_concurrent == 12

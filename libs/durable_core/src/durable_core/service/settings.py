@@ -19,10 +19,11 @@ __all__ = ["check_log_level", "check_metrics_port", "read_settings", "truthy"]
 
 LOG_LEVELS = frozenset({"DEBUG", "INFO", "WARNING", "ERROR"})
 
-# Credentials are taken from their DURABLE_ variable exactly as given. Dynaconf would read
-# ``007`` as 7, ``1e3`` as 1000.0, strip quotes, and evaluate or refuse a leading ``@``
-# (``@format``, ``@json``...), so a valid password could log in as another string, or stop the
-# service with a parse error.
+# Text settings are taken from their DURABLE_ variable exactly as given: credentials always,
+# and every setting whose value in the files is text (``prefix``, ``consumer``, URLs...).
+# Dynaconf would read ``007`` as 7, ``1e3`` as 1000.0, strip quotes, and evaluate or refuse a
+# leading ``@`` (``@format``, ``@json``...): a valid password would log in as another string,
+# DURABLE_PREFIX=007 would open the engine "7", or the service would stop on a parse error.
 VERBATIM = frozenset({"nats_user", "nats_password", "nats_token", "inspector_token"})
 PREFIX = "DURABLE_"
 
@@ -48,13 +49,14 @@ def read_settings(
         load_dotenv=False,
         loaders=[],  # the files only: the environment is read below
     )
+    text = VERBATIM | {k.lower() for k, v in raw.as_dict().items() if isinstance(v, str)}
     verbatim: dict[str, str] = {}
     parsed: dict[str, Any] = {}
     for name, value in env.items():
         if not name.startswith(PREFIX) or len(name) == len(PREFIX):
             continue
         key = name[len(PREFIX) :]
-        if key.lower() in VERBATIM:
+        if key.lower() in text:
             verbatim[key.lower()] = value
         else:  # as dynaconf's own environment loader reads it (TOML values, KEY__SUB nesting)
             parsed[key] = parse_conf_data(boolean_fix(value), tomlfy=True, box_settings=raw)
