@@ -18,6 +18,7 @@ import pytest_asyncio
 from durable_core import EngineConfig
 from durable_core._transport import Transport
 from durable_core.config import NatsConfig
+from durable_core.errors import InvalidInputError
 from durable_core.idempotency import (
     ANSWER_METADATA,
     IdempotencyStore,
@@ -325,8 +326,26 @@ async def test_before_the_engine_exists_a_keyed_call_is_unavailable_then_served(
 
 def test_call_identity_reads_the_key_and_a_numeric_fence() -> None:
     assert call_identity([("idempotency-key", "a:1"), ("durable-fence", "12")]) == ("a:1", 12)
-    assert call_identity([("idempotency-key", b"a:1"), ("durable-fence", "x")]) == ("a:1", None)
+    assert call_identity([("idempotency-key", b"a:1")]) == ("a:1", None)
+    assert call_identity([("durable-fence", str(2**64 - 1))]) == ("", 2**64 - 1)
     assert call_identity(None) == ("", None)
+
+
+@pytest.mark.parametrize("fence", ["x", "-1", "+1", " 1", "1.0", "²", str(2**64), "9" * 5000])
+def test_a_malformed_fence_is_refused_not_dropped(fence: str) -> None:
+    with pytest.raises(InvalidInputError, match="durable-fence .* is not a decimal number"):
+        call_identity([("idempotency-key", "a:1"), ("durable-fence", fence)])
+
+
+async def test_a_call_with_a_malformed_fence_never_runs(rig: Rig) -> None:
+    """A fence the caller meant but malformed is refused (INVALID_ARGUMENT), not taken as no
+    fence: a superseded run's call must not slip through on a garbled fence."""
+    call = rig.method(METHOD)(
+        b"order-1", metadata=[("idempotency-key", "k"), ("durable-fence", "1x")]
+    )
+    assert await _code(call) == grpc.StatusCode.INVALID_ARGUMENT
+    assert rig.effects.runs == []
+    assert await rig.store.record(METHOD, "k") is None
     assert record_name(METHOD, "a:1") != record_name(OTHER, "a:1")
     assert len(record_name(METHOD, "x" * 10_000)) == 48
 

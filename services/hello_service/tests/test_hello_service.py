@@ -121,6 +121,23 @@ async def test_a_call_with_a_lower_fence_than_its_key_has_seen_is_refused(
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("fence", ["abc", "-5", str(2**64)])
+async def test_a_malformed_fence_is_refused_not_taken_as_none(
+    channel: grpc.aio.Channel, fence: str
+) -> None:
+    """A fence the caller meant but garbled is refused before anything runs or counts: taken
+    as no fence, a superseded run's call would go through unchecked."""
+    stub = order_pb2_grpc.OrderServiceStub(channel)
+    request = order_pb2.ChargeRequest(order_id="o-1", amount_cents=1)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.Charge(request, metadata=(*_key("inv-9:2"), ("durable-fence", fence)))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "is not a decimal number" in (refused.value.details() or "")
+    counts = await stub.GetCallCounts(order_pb2.GetCallCountsRequest())
+    assert list(counts.counts) == []
+
+
+@pytest.mark.asyncio
 async def test_validate_ship_and_missing_key(channel: grpc.aio.Channel) -> None:
     stub = order_pb2_grpc.OrderServiceStub(channel)
     ok = await stub.Validate(order_pb2.ValidateRequest(order_id="o-1", amount_cents=5))

@@ -59,7 +59,7 @@ import grpc.aio
 from durable_core._transport import Transport
 from durable_core._transport.errors import StateConflict
 from durable_core.config import EngineConfig, NatsConfig
-from durable_core.errors import DurableError
+from durable_core.errors import DurableError, InvalidInputError
 
 __all__ = [
     "ANSWER_METADATA",
@@ -172,17 +172,29 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+MAX_FENCE = 2**64 - 1
+"""The highest fence: the engine's fences are journal sequences (unsigned 64-bit)."""
+
+
 def call_identity(metadata: Sequence[tuple[str, str | bytes]] | None) -> tuple[str, int | None]:
-    """The idempotency key ("" if none) and the fence (None if none, or not a number) of a
-    call's metadata."""
+    """The idempotency key ("" if none) and the fence (None if none) of a call's metadata.
+
+    Raises:
+        InvalidInputError: the fence is not a decimal number from 0 to ``MAX_FENCE``. A call
+            that means a fence and sends a malformed one is refused, not run unfenced.
+    """
     key, fence = "", None
     for name, value in metadata or ():
         if name in (IDEMPOTENCY_KEY_METADATA, FENCE_METADATA):
-            text = value.decode() if isinstance(value, bytes) else value
+            text = value.decode(errors="replace") if isinstance(value, bytes) else value
             if name == IDEMPOTENCY_KEY_METADATA:
                 key = text
-            elif text.isdigit():
+            elif len(text) <= 20 and text.isascii() and text.isdigit() and int(text) <= MAX_FENCE:
                 fence = int(text)
+            else:
+                raise InvalidInputError(
+                    f"{FENCE_METADATA} {text[:40]!r} is not a decimal number from 0 to 2**64-1"
+                )
     return key, fence
 
 
@@ -422,10 +434,26 @@ class _Interceptor(grpc.aio.ServerInterceptor):
             return handler
         if self._methods is not None and method not in self._methods:
             return handler
-        key, fence = call_identity(details.invocation_metadata)
+        try:
+            key, fence = call_identity(details.invocation_metadata)
+        except InvalidInputError as e:
+            return _refusal(handler, grpc.StatusCode.INVALID_ARGUMENT, str(e))
         if not key:
             return handler
         return _keyed(self._store, handler, method, key, fence)
+
+
+def _refusal(handler: Any, code: grpc.StatusCode, details: str) -> Any:
+    """``handler`` replaced by one that ends every call with ``code``; the handler never runs."""
+
+    async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await context.abort(code, details)
+
+    return grpc.unary_unary_rpc_method_handler(
+        refuse,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
 
 
 async def _release(store: IdempotencyStore, held: _Admitted) -> None:

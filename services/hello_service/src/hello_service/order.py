@@ -58,17 +58,24 @@ def idempotency_key(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     return call_identity(context)[0]
 
 
-def call_identity(context: grpc.aio.ServicerContext[Any, Any]) -> tuple[str, int | None]:
-    """Returns the call's idempotency key ("" if none) and its fence (None if none, or not a
-    number), read in one pass over the metadata."""
-    key, fence = "", None
+MAX_FENCE = 2**64 - 1  # the engine's fences are journal sequences (unsigned 64-bit)
+
+
+def call_identity(context: grpc.aio.ServicerContext[Any, Any]) -> tuple[str, int | None | str]:
+    """Returns the call's idempotency key ("" if none) and its fence (None if none; the text
+    itself if it is not a decimal number from 0 to 2**64-1), read in one pass over the
+    metadata."""
+    key: str = ""
+    fence: int | None | str = None
     for name, value in context.invocation_metadata() or ():
         if name in (IDEMPOTENCY_KEY_METADATA, FENCE_METADATA):
-            text = value.decode() if isinstance(value, bytes) else value
+            text = value.decode(errors="replace") if isinstance(value, bytes) else value
             if name == IDEMPOTENCY_KEY_METADATA:
                 key = text
-            elif text.isdigit():
+            elif len(text) <= 20 and text.isascii() and text.isdigit() and int(text) <= MAX_FENCE:
                 fence = int(text)
+            else:
+                fence = text
     return key, fence
 
 
@@ -122,6 +129,11 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
             The call's idempotency key.
         """
         key, fence = call_identity(context)
+        if isinstance(fence, str):  # meant as a fence, but malformed: never run unfenced
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{FENCE_METADATA} {fence[:40]!r} is not a decimal number from 0 to 2**64-1",
+            )
         if key and fence is not None:
             highest = self._fences.get(key, -1)
             if fence < highest:
