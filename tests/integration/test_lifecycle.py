@@ -175,6 +175,35 @@ async def test_cancel_interrupts_a_slow_call_within_a_second(
         await client.pause(inv)
 
 
+async def test_cancel_interrupts_a_slow_call_after_a_signal_woke_the_invocation(
+    stack: ProcessStack, client: Client
+) -> None:
+    """A signal to a run in flight publishes a wake, which the same processor takes while the
+    run goes on. That wake's handling once took the run's place in the processor's table of
+    runs to cancel, then removed itself: a cancel after it found no run and waited for the
+    slow call to end (20 s) instead of interrupting it."""
+    service = OrderServiceControl(stack.start_service().channel)
+    service.set_delay("Ship", 20_000)
+    processor = stack.start_processor("p-cancel-woken")
+    inv = "cancel-woken"
+    await client.invoke_async("cancellable_order", ORDER, id=inv)
+    await assert_eventually_async(
+        lambda: asyncio.to_thread(service.method_counts, "Ship"), 20, "Ship in flight"
+    )
+    await client.signal(inv, "nudge", {"n": 1})
+
+    def wake_handled() -> bool:
+        return "in progress under command" in processor.log()
+
+    await assert_eventually_async(wake_handled, 10, "the signal's wake handled by the processor")
+    started = time.monotonic()
+    await client.cancel(inv)
+    result = await client.wait(inv, timeout=15)
+    assert result.status == "cancelled"
+    assert time.monotonic() - started < 5.0  # not the 20 s of the call it interrupts
+    assert [s.name for s in result.steps][-1] == "refund"
+
+
 def _counts(service: OrderServiceControl) -> order_pb2.GetCallCountsResponse:
     return service.stub.GetCallCounts(order_pb2.GetCallCountsRequest(), timeout=5)
 

@@ -87,7 +87,10 @@ class Worker:
         self._beats: dict[Delivery, asyncio.Task[None]] = {}  # their heartbeats
         self._by_seq: dict[int, tuple[Delivery, asyncio.Task[None]]] = {}  # by command number
         self._tasks: set[asyncio.Task[None]] = set()
-        self._running: dict[str, Execution] = {}  # by invocation id, for cancellation
+        # By invocation id, for cancellation: every execution this processor has of it. Other
+        # commands of a running invocation (a wake, a redelivery) are handled beside its run;
+        # one entry per id let such a command replace the run's, and a cancel then missed it.
+        self._running: dict[str, set[Execution]] = {}
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._consumer: CommandConsumers | None = None  # set once consuming
@@ -349,9 +352,9 @@ class Worker:
 
     def _on_control(self, invocation_id: str, action: str) -> None:
         """A lifecycle request arrived over core NATS: act on a run in this processor now."""
-        execution = self._running.get(invocation_id)
-        if execution is not None and action == "cancel":
-            execution.cancel_now()
+        if action == "cancel":
+            for execution in self._running.get(invocation_id, ()):
+                execution.cancel_now()  # only the one running the workflow has a step to stop
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -406,7 +409,7 @@ class Worker:
             ),
         )
         execution = Execution(self._env, cmd, delivery)
-        self._running[cmd.invocation_id] = execution
+        self._running.setdefault(cmd.invocation_id, set()).add(execution)
         try:
             await execution.run()
         except asyncio.CancelledError:
@@ -458,8 +461,11 @@ class Worker:
             with contextlib.suppress(Exception):
                 await delivery.nak(delay=2.0)
         finally:
-            if self._running.get(cmd.invocation_id) is execution:
-                del self._running[cmd.invocation_id]
+            executions = self._running.get(cmd.invocation_id)
+            if executions is not None:
+                executions.discard(execution)
+                if not executions:
+                    del self._running[cmd.invocation_id]
             self._release(delivery)
 
     async def _misrouted(
