@@ -168,7 +168,9 @@ class Namespace:
             raise PodFailedError(f'CreateContainerConfigError: key "{key}" not in {kind} "{name}"')
         return data
 
-    def _env(self, pod: Pod, container: Obj) -> dict[str, str]:
+    def container_env(self, pod: Pod, container: Obj) -> dict[str, str]:
+        """A container's environment as kubelet builds it: envFrom, then env in order
+        (Secrets, ConfigMaps, fieldRefs, and $(VAR) of the variables before)."""
         env: dict[str, str] = {}
         for source in container.get("envFrom") or []:
             prefix = source.get("prefix", "")
@@ -350,7 +352,7 @@ class Namespace:
         first = ""
         planned = []
         for container in spec["containers"]:  # every container's config first, as kubelet does
-            env = self._env(pod, container)
+            env = self.container_env(pod, container)
             planned.append((container, env, self._mounts(pod, container, claims)))
         self.pods.append(pod)
         for container, env, mounts in planned:

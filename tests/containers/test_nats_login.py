@@ -12,7 +12,6 @@ No Docker is needed.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import subprocess
@@ -29,7 +28,7 @@ from durable_core.testing import find_nats_server_binary, free_ports
 from durable_processor.settings import load_settings
 
 from ._chart import REPO, by_kind, rendered
-from ._podspec import expand
+from ._kubelet import Namespace, Pod
 
 COMPOSE = REPO / "deploy" / "compose"
 
@@ -129,23 +128,12 @@ def test_the_charts_nats_takes_the_password_the_services_send(
     pytest.importorskip("helm_python", reason="pip install helm-python-sdk (make setup does)")
     docs = rendered({"natsAuth": {"password": password}, "inspector": {"auth": {"token": "t"}}})
     config = by_kind(docs, "ConfigMap")["durable-nats-config"]["data"]["nats.conf"]
-    secret = {
-        k: base64.b64decode(v).decode()
-        for k, v in by_kind(docs, "Secret")["durable-nats-auth"]["data"].items()
-    }
-    (container,) = by_kind(docs, "StatefulSet")["durable-nats"]["spec"]["template"]["spec"][
-        "containers"
-    ]
-    env: dict[str, str] = {}
-    for item in container["env"]:  # in order, as Kubernetes builds it
-        source = item.get("valueFrom") or {}
-        if "secretKeyRef" in source:
-            assert source["secretKeyRef"]["name"] == "durable-nats-auth"
-            env[item["name"]] = secret[source["secretKeyRef"]["key"]]
-        elif "fieldRef" in source:
-            env[item["name"]] = "durable-nats-0"
-        else:
-            env[item["name"]] = expand(str(item.get("value", "")), env)
+    # The environment as the kubelet stand-in builds it (Secrets, fieldRefs, $(VAR) in order).
+    ns = Namespace(docker="", network="", name="durable", workdir=tmp_path, image=str)
+    ns.apply(docs, "durable")
+    template = by_kind(docs, "StatefulSet")["durable-nats"]["spec"]["template"]
+    pod = Pod("durable-nats-0", template["spec"], template["metadata"]["labels"])
+    env = ns.container_env(pod, pod.container())
 
     with nats_server(config, env, tmp_path) as url:
         check_logins(url, password, monkeypatch)

@@ -54,17 +54,24 @@ def test_durable_nats_url_wins_over_nats_url(monkeypatch: pytest.MonkeyPatch) ->
     assert load_settings().nats.servers == ("nats://prefixed:4222",)
 
 
-def test_settings_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def _settings_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, text: str) -> None:
+    """A DURABLE_SETTINGS_FILE holding ``text``."""
     path = tmp_path / "processor.toml"
-    path.write_text(
+    path.write_text(text)
+    monkeypatch.setenv("DURABLE_SETTINGS_FILE", str(path))
+
+
+def test_settings_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    _settings_file(
+        monkeypatch,
+        tmp_path,
         'nats_url = "nats://from-file:4222"\n'
         "max_concurrent = 3\n"
         "replicas = 3\n"
         'log_level = "debug"\n'
         "[services]\n"
-        'OrderService = "orders:50051"\n'
+        'OrderService = "orders:50051"\n',
     )
-    monkeypatch.setenv("DURABLE_SETTINGS_FILE", str(path))
     s = load_settings()
     assert s.nats.servers == ("nats://from-file:4222",)
     assert s.worker.max_concurrent == 3
@@ -77,9 +84,7 @@ def test_settings_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def test_environment_wins_over_the_settings_file(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    path = tmp_path / "processor.toml"
-    path.write_text("max_concurrent = 3\n")
-    monkeypatch.setenv("DURABLE_SETTINGS_FILE", str(path))
+    _settings_file(monkeypatch, tmp_path, "max_concurrent = 3\n")
     monkeypatch.setenv("DURABLE_MAX_CONCURRENT", "9")
     assert load_settings().worker.max_concurrent == 9
 
@@ -175,9 +180,7 @@ def test_nats_token_is_taken_verbatim(monkeypatch: pytest.MonkeyPatch, secret: s
 def test_settings_file_credentials_are_kept(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    path = tmp_path / "processor.toml"
-    path.write_text('nats_user = "u"\nnats_password = "007"\n')
-    monkeypatch.setenv("DURABLE_SETTINGS_FILE", str(path))
+    _settings_file(monkeypatch, tmp_path, 'nats_user = "u"\nnats_password = "007"\n')
     s = load_settings()
     assert (s.nats.user, s.nats.password) == ("u", "007")
 
