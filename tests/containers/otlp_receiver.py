@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 from concurrent import futures
 from typing import Any
 
@@ -17,11 +18,18 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 
 from durable_core.testing._otlp import span_records
 
+# Exports arrive on several server threads. print() writes a line and its newline separately,
+# so two threads' lines could run together ("SPAN {...}SPAN {...}": CI once); each batch goes
+# out as one write under this lock.
+_OUT = threading.Lock()
+
 
 class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
     def Export(self, request: Any, context: Any) -> Any:  # noqa: N802 - the gRPC method's name
-        for span in span_records(request):
-            print("SPAN " + json.dumps(span), flush=True)
+        lines = "".join(f"SPAN {json.dumps(span)}\n" for span in span_records(request))
+        with _OUT:
+            sys.stdout.write(lines)
+            sys.stdout.flush()
         return trace_service_pb2.ExportTraceServiceResponse()
 
 
