@@ -8,6 +8,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -141,6 +142,16 @@ async def _settled(status_of: Callable[[str], Awaitable[str]], inv: str) -> bool
     return await status_of(inv) in ("paused", "completed")
 
 
+async def _ship_in_flight(
+    client: Client, service: OrderServiceControl, inv: str, args: dict[str, Any] = ORDER
+) -> None:
+    """Start ``cancellable_order`` and wait until its Ship call (made slow) is in flight."""
+    await client.invoke_async("cancellable_order", args, id=inv)
+    await assert_eventually_async(
+        lambda: asyncio.to_thread(service.method_counts, "Ship"), 20, "Ship in flight"
+    )
+
+
 async def test_cancel_interrupts_a_slow_call_within_a_second(
     stack: ProcessStack,
     client: Client,
@@ -151,10 +162,7 @@ async def test_cancel_interrupts_a_slow_call_within_a_second(
     service.set_delay("Ship", 20_000)
     stack.start_processor("p-cancel")
     inv = "cancel-1"
-    await client.invoke_async("cancellable_order", ORDER, id=inv)
-    await assert_eventually_async(
-        lambda: asyncio.to_thread(service.method_counts, "Ship"), 20, "Ship in flight"
-    )
+    await _ship_in_flight(client, service, inv)
     started = time.monotonic()
     await client.cancel(inv)
     result = await client.wait(inv, timeout=10)
@@ -186,10 +194,7 @@ async def test_cancel_interrupts_a_slow_call_after_a_signal_woke_the_invocation(
     service.set_delay("Ship", 20_000)
     processor = stack.start_processor("p-cancel-woken")
     inv = "cancel-woken"
-    await client.invoke_async("cancellable_order", ORDER, id=inv)
-    await assert_eventually_async(
-        lambda: asyncio.to_thread(service.method_counts, "Ship"), 20, "Ship in flight"
-    )
+    await _ship_in_flight(client, service, inv)
     await client.signal(inv, "nudge", {"n": 1})
 
     def wake_handled() -> bool:
@@ -202,6 +207,141 @@ async def test_cancel_interrupts_a_slow_call_after_a_signal_woke_the_invocation(
     assert result.status == "cancelled"
     assert time.monotonic() - started < 5.0  # not the 20 s of the call it interrupts
     assert [s.name for s in result.steps][-1] == "refund"
+
+
+async def _no_control(invocation_id: str, action: str) -> None:
+    """A control message lost on the way (core NATS: its processor was reconnecting)."""
+
+
+async def test_cancel_interrupts_a_slow_call_when_its_control_message_is_lost(
+    stack: ProcessStack, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cancel's control message is core NATS, lost while the running processor
+    reconnects; its wake-up is stored. The processor that takes the wake-up finds the run in
+    progress and the request in the journal, and asks the run to stop again. Without that the
+    cancel waited for the slow call to end (20 s)."""
+    service = OrderServiceControl(stack.start_service().channel)
+    service.set_delay("Ship", 20_000)
+    processor = stack.start_processor("p-cancel-lost")
+    inv = "cancel-lost"
+    await _ship_in_flight(client, service, inv)
+    monkeypatch.setattr(client._t, "send_control", _no_control)
+    started = time.monotonic()
+    await client.cancel(inv)
+    result = await client.wait(inv, timeout=15)
+    assert result.status == "cancelled", processor.log()
+    assert time.monotonic() - started < 5.0  # not the 20 s of the call it interrupts
+    assert [s.name for s in result.steps][-1] == "refund"  # compensated, once
+    assert [s.name for s in result.steps].count("refund") == 1
+
+
+async def test_a_repeated_cancel_does_not_interrupt_the_compensation(
+    stack: ProcessStack, client: Client, transport: Transport
+) -> None:
+    """A cancellation is delivered to the workflow once. The cancel's control message may
+    come again (a wake-up that finds the run asks it to stop, see above), also to a later
+    run that replays the delivered cancellation and compensates (here: after its processor
+    was killed): that compensation must not be interrupted and run once more."""
+    service = OrderServiceControl(stack.start_service().channel)
+    service.set_delay("Ship", 20_000)
+    service.set_delay("Validate", 4_000)
+    quick = {"DURABLE_ACK_WAIT": "5", "DURABLE_LEASE_TTL": "3"}
+    doomed = stack.start_processor("p-cancel-twice-1", **quick)
+    inv = "cancel-twice"
+    await _ship_in_flight(client, service, inv, {**ORDER, "validate_before_refund": True})
+    await client.cancel(inv)
+    await assert_eventually_async(
+        lambda: asyncio.to_thread(service.method_counts, "Validate"), 10, "compensating"
+    )
+    doomed.kill()  # mid-compensation: the next run replays the cancellation and goes on
+    await asyncio.to_thread(lambda: stack.start_processor("p-cancel-twice-2", **quick))
+
+    def compensating_again() -> bool:
+        return service.method_counts("Validate").get(f"{inv}:3") == 2
+
+    await assert_eventually_async(compensating_again, 40, "the compensation resumed")
+    await transport.send_control(inv, "cancel")  # the same request, once more
+    result = await client.wait(inv, timeout=30)
+    assert result.status == "cancelled"
+    assert [s.name.rsplit("/", 1)[-1] for s in result.steps][-2:] == ["Validate", "refund"]
+    assert service.method_counts("Validate") == {f"{inv}:3": 2}  # not a third time
+
+
+class _Relay:
+    """A TCP relay to one NATS node that can cut every connection through it."""
+
+    def __init__(self, upstream: str) -> None:
+        host, port = upstream.removeprefix("nats://").rsplit(":", 1)
+        self._upstream = (host, int(port))
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._connected, "127.0.0.1", 0)
+        return f"nats://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def _connected(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        ur, uw = await asyncio.open_connection(*self._upstream)
+        self._writers |= {w, uw}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(Exception):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            for writer in (w, uw):
+                writer.close()
+
+        await asyncio.gather(pipe(r, uw), pipe(ur, w))
+
+    def cut(self) -> None:
+        for writer in list(self._writers):
+            writer.close()
+        self._writers.clear()
+
+    async def close(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+
+
+async def test_cancel_reaches_a_slow_call_after_its_processor_reconnects(
+    stack: ProcessStack, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both the control message and the wake-up of a cancel missed the running processor
+    (the wake-up taken by another one while this one was away, say): once its connection to
+    NATS is back, the processor reads the journals of its runs in flight and stops the one
+    with a cancellation request."""
+    service = OrderServiceControl(stack.start_service().channel)
+    service.set_delay("Ship", 20_000)
+    relay = _Relay(stack.nats_url.split(",")[0])
+    url = await relay.start()
+    try:
+        processor = await asyncio.to_thread(  # the relay runs on this loop meanwhile
+            lambda: stack.start_processor("p-cancel-away", DURABLE_NATS_URL=url)
+        )
+        inv = "cancel-away"
+        await _ship_in_flight(client, service, inv)
+        monkeypatch.setattr(client._t, "send_control", _no_control)
+
+        async def no_wake(*args: object, **kwargs: object) -> None:
+            """The wake-up went to a processor that did not find the run."""
+
+        monkeypatch.setattr(client._t, "publish_wake", no_wake)
+        await client.cancel(inv)
+        await asyncio.sleep(1.0)
+        assert not (await client.get_result(inv)).status.is_terminal  # nothing reached the run yet
+        started = time.monotonic()
+        relay.cut()
+        await assert_eventually_async(
+            lambda: "reconnected to NATS" in processor.log(), 10, "the processor reconnected"
+        )
+        result = await client.wait(inv, timeout=15)
+        assert result.status == "cancelled", processor.log()
+        assert time.monotonic() - started < 5.0  # not the 20 s of the call it interrupts
+        assert [s.name for s in result.steps][-1] == "refund"
+    finally:
+        await relay.close()
 
 
 def _counts(service: OrderServiceControl) -> order_pb2.GetCallCountsResponse:

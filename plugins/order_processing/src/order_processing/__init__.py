@@ -51,6 +51,8 @@ async def cancellable_order(ctx: Context, args: dict[str, Any]) -> dict[str, Any
     try:
         shipment = await ctx.call(orders.Ship, ShipRequest(order_id=order_id))
     except InvocationCancelledError:
+        if args.get("validate_before_refund"):  # a compensation with a call in it (tests)
+            await ctx.call(orders.Validate, ValidateRequest(order_id=order_id, amount_cents=amount))
         await ctx.run("refund", _refund, charge.charge_id)
         raise
     return {"charge_id": charge.charge_id, "tracking_number": shipment.tracking_number}

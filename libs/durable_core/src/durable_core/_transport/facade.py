@@ -165,6 +165,12 @@ class Transport:
         """Whether the connection is up now (it reconnects by itself)."""
         return bool(self.nc.is_connected)
 
+    @property
+    def reconnects(self) -> int:
+        """How many times the connection has reconnected (core NATS messages sent to it
+        meanwhile are lost)."""
+        return int(self.nc.stats.get("reconnects", 0))
+
     async def close(self) -> None:
         """Flush and close the connection."""
         if not self.nc.is_closed:

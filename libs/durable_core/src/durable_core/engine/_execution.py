@@ -148,10 +148,26 @@ class Execution:
             raise journal.stopped
 
     def cancel_now(self) -> None:
-        """Interrupt the step in flight (or the parked wait): the workflow sees a cancellation."""
+        """Interrupt the step in flight (or the parked wait): the workflow sees a cancellation.
+
+        Not once the workflow has seen it (it may be compensating): a cancellation is
+        delivered once, and a repeated request (see ``_cancel_missed``) must not interrupt the
+        steps that handle it."""
+        if self.ctx is not None and self.ctx.steps.cancel_delivered:
+            return
         if self.task is not None and not self.task.done() and not self.cancelling_run:
             self.cancelling_run = True
             self.task.cancel()
+
+    async def cancel_if_requested(self) -> None:
+        """Interrupt the run if its journal holds a cancellation request: after this
+        processor reconnected to NATS, the request's control message may have been lost."""
+        if self.task is None or self.task.done() or self.cancelling_run:
+            return
+        records = await self.t.read_journal(self.id, current=True)
+        if any(r.entry.kind == pb.ENTRY_KIND_CANCEL_REQUEST for r in records):
+            log.info("invocation %s: cancel requested while reconnecting; interrupting", self.id)
+            self.cancel_now()
 
     def _news(self) -> None:
         """Entries from outside arrived: if the workflow waits, run it again to see them."""
@@ -329,9 +345,25 @@ class Execution:
                 await self.delivery.ack()  # another command's run owns the invocation now
         except NotIdle as e:
             log.info("invocation %s: %s; acking this command", self.id, e.reason or "not idle")
+            await self._cancel_missed()
             await self.delivery.ack()
         except PinnedElsewhere as pinned:
             await self._hand_to_pin(pinned.route)
+
+    async def _cancel_missed(self) -> None:
+        """A wake-up found the invocation running under another command, and its journal
+        holds a cancellation request: ask the run to stop again. The request's own control
+        message is core NATS, lost if the running processor was reconnecting; its wake-up is
+        not (the cancel publishes one after the request). Repeating it is harmless: a run
+        stops for a cancellation once (see ``cancel_now``)."""
+        machine = self.journal.machine
+        if (
+            self.cmd.kind == pb.COMMAND_KIND_WAKE
+            and machine.cancel_requested
+            and machine.final is None
+        ):
+            with contextlib.suppress(Exception):
+                await self.t.send_control(self.id, "cancel")
 
     async def _report_again(self) -> None:
         """Hand a finished child's outcome to its parent again before its command is acked:

@@ -250,6 +250,7 @@ class Worker:
             ", ".join(self.registry.names()) or "none",
         )
         registration = asyncio.create_task(self.fleet.keep())
+        rechecks = asyncio.create_task(self._recheck_after_reconnects())
         try:
             while not self._stopping.is_set():
                 free = self.config.max_concurrent - len(self._tasks)
@@ -270,6 +271,7 @@ class Worker:
                 if deliveries:
                     self.lease.changed.set()
         finally:
+            rechecks.cancel()
             await self._shut_down(consumer, lease, registration, control)
 
     async def _shut_down(
@@ -355,6 +357,22 @@ class Worker:
         if action == "cancel":
             for execution in self._running.get(invocation_id, ()):
                 execution.cancel_now()  # only the one running the workflow has a step to stop
+
+    async def _recheck_after_reconnects(self) -> None:
+        """After the connection to NATS came back, look in the journal of every run in flight
+        for a cancellation whose control message (core NATS) arrived while it was away."""
+        seen = self.transport.reconnects
+        while not self._stopping.is_set():
+            await asyncio.sleep(0.25)
+            if self.transport.reconnects == seen:
+                continue
+            seen = self.transport.reconnects
+            for executions in list(self._running.values()):
+                for execution in list(executions):
+                    try:
+                        await execution.cancel_if_requested()
+                    except Exception as e:  # noqa: BLE001 - the next step boundary sees it
+                        log.debug("invocation %s: no cancel check: %s", execution.id, e)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
