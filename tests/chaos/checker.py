@@ -54,7 +54,7 @@ from durable_core.errors import NonDeterminismError
 from durable_core.testing import replay_workflow
 from durable_examples.order.v1 import order_pb2
 from hello_service.order import charge_id_for, tracking_number_for
-from order_processing import order_processing
+from order_processing import cancellable_order, order_processing
 
 from .workload import awakeable_id
 
@@ -126,6 +126,13 @@ def _charge_output(iid: str, _: Mapping[str, Any], __: Mapping[str, Any]) -> dic
     return {"charge_id": charge_id_for(f"{iid}:1")}
 
 
+def _cancellable_output(iid: str, _: Mapping[str, Any], __: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "charge_id": charge_id_for(f"{iid}:1"),
+        "tracking_number": tracking_number_for(f"{iid}:2"),
+    }
+
+
 ORDER_STEPS = _order_steps("Validate", "Charge", "Ship")
 PLANS: dict[str, Plan] = {
     "order_processing": Plan(order_processing, ORDER_STEPS, _order_output),
@@ -144,6 +151,10 @@ PLANS: dict[str, Plan] = {
         children={4: "chaos_charge"},
     ),
     "chaos_charge": Plan(chaos_charge, _order_steps("Charge"), _charge_output),
+    # Completed when the cancel came too late (see _check_cancelled for a cancelled one).
+    "cancellable_order": Plan(
+        cancellable_order, _order_steps("Charge", "Ship"), _cancellable_output
+    ),
 }
 DEFAULT_WORKFLOW = "order_processing"
 
@@ -191,6 +202,8 @@ class Observation:
         awakeables: awakeable id -> the payload the workload resolved it with.
         answers: id -> the output a blocking ``invoke`` returned for it (the client's result
             notice): it must be the output the journal and the state hold.
+        lifecycle: id -> what the workload's cancels, pauses and resumes of it got (see
+            ``Workload.lifecycle``): only these may end cancelled.
     """
 
     submitted: dict[str, dict[str, Any]]
@@ -203,6 +216,7 @@ class Observation:
     key_order: dict[str, list[str]] = field(default_factory=dict)
     awakeables: dict[str, Any] = field(default_factory=dict)
     answers: dict[str, Any] = field(default_factory=dict)
+    lifecycle: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +251,8 @@ class Report:
     scheduled: int = 0
     children: int = 0
     completed: int = 0
+    cancelled: int = 0  # by the workload's cancel, as the rules for it say
+    paused: int = 0  # paused by the workload, resumed, and completed
     by_workflow: Counter[str] = field(default_factory=Counter)
     lost: list[str] = field(default_factory=list)
     stuck: list[str] = field(default_factory=list)
@@ -251,6 +267,7 @@ class Report:
     out_of_order: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     replay_failures: list[str] = field(default_factory=list)
+    lifecycle: list[str] = field(default_factory=list)
     calls: int = 0
     retried_keys: int = 0  # keys the service saw more than once (its dedup answered the same)
     refused: int = 0  # stale calls the service refused by their fence (executed nothing)
@@ -273,6 +290,7 @@ class Report:
             "runs out of their partition key's order": self.out_of_order,
             "unexpected invocations": self.unexpected,
             "replay failures": self.replay_failures,
+            "cancels and pauses not honoured": self.lifecycle,
         }
         return {k: v for k, v in found.items() if v}
 
@@ -380,6 +398,13 @@ def check(obs: Observation) -> Report:
             report.stuck.append(f"{iid}: no final journal entry (state {status})")
             continue
         final = finals[0].entry
+        if final.kind == pb.ENTRY_KIND_CANCELLED and iid in obs.lifecycle:
+            problem = _check_cancelled(iid, journal, state)
+            if problem:
+                report.lifecycle.append(problem)
+            else:
+                report.cancelled += 1
+            continue
         if final.kind != pb.ENTRY_KIND_COMPLETED:
             report.failed.append(
                 f"{iid}: {pb.EntryKind.Name(final.kind)} {final.failure.type}: "
@@ -448,7 +473,96 @@ def check(obs: Observation) -> Report:
         if not before:
             report.unbacked.append(f"{iid} step {step} ({entry.entry.name})")
     _check_key_order(obs, calls_by_key, report)
+    _check_pauses(obs, calls_by_key, report)
     return report
+
+
+def _check_cancelled(iid: str, journal: list[Entry], state: pb.ExecutionState | None) -> str:
+    """A cancelled ``cancellable_order`` (what is wrong with it, or ""): its journal holds the
+    request before the end; the call in flight, if any, was journaled as cancelled; it took
+    the charge at most, and refunded it if it did (a charge interrupted in flight is
+    journaled cancelled, so the workflow refunds nothing); no shipment was journaled (the
+    cancellation came before Ship returned, or it would have completed); its state says
+    cancelled."""
+    final_seq = _finals(journal)[0].seq
+    if not any(e.entry.kind == pb.ENTRY_KIND_CANCEL_REQUEST and e.seq < final_seq for e in journal):
+        return f"{iid}: cancelled, but no cancel request came before its end"
+    if state is None or state.status != pb.STATUS_CANCELLED:
+        status = pb.Status.Name(state.status) if state is not None else "no state"
+        return f"{iid}: journal cancelled, state {status}"
+    steps = _step_entries(journal)
+    calls = [e for e in steps if e.entry.kind == CALL]
+    done = [
+        (e.entry.step, e.entry.name.removeprefix(ORDER_SERVICE))
+        for e in calls
+        if not e.entry.HasField("failure")
+    ]
+    interrupted = [e for e in calls if e.entry.HasField("failure")]
+    refunds = [e for e in steps if e.entry.kind == pb.ENTRY_KIND_RUN and e.entry.name == "refund"]
+    if done not in ([], [(1, "Charge")]):
+        return f"{iid}: cancelled after the journaled calls {done} (at most the charge)"
+    if len(interrupted) > 1 or any(
+        e.entry.failure.type != "InvocationCancelledError" for e in interrupted
+    ):
+        failures = [(e.entry.step, e.entry.failure.type) for e in interrupted]
+        return f"{iid}: cancelled with failed calls {failures} (one cancelled at most)"
+    if len(steps) != len(calls) + len(refunds):
+        return f"{iid}: cancelled with other steps {[e.entry.name for e in steps]}"
+    if not done:
+        return f"{iid}: refunded a charge it never journaled" if refunds else ""
+    if len(refunds) != 1:
+        return f"{iid}: charged, cancelled and refunded {len(refunds)} times (once expected)"
+    charge = _codec.decode(calls[0].entry.output, order_pb2.ChargeResponse).charge_id
+    refunded = _codec.decode(refunds[0].entry.output)
+    if charge != charge_id_for(f"{iid}:1") or refunded != {"refunded": charge}:
+        return f"{iid}: charged {charge}, refunded {refunded}"
+    return ""
+
+
+def _check_pauses(obs: Observation, calls_by_key: Mapping[str, list[Call]], report: Report) -> None:
+    """Paused runs stop at a step boundary. A pause stored at P (until the resume stored at R)
+    lets the step after the last one journaled before P finish (it may be in flight, or just
+    decided), and no step after it begins before R: a call for a later step that arrives
+    between P and R ran past the pause."""
+    for iid in sorted(obs.lifecycle):
+        journal = obs.journals.get(iid, [])
+        requests = [
+            e
+            for e in journal
+            if e.entry.kind in (pb.ENTRY_KIND_PAUSE_REQUEST, pb.ENTRY_KIND_RESUME_REQUEST)
+        ]
+        pauses = 0
+        for i, e in enumerate(requests):
+            if e.entry.kind != pb.ENTRY_KIND_PAUSE_REQUEST:
+                continue
+            pauses += 1
+            resumed = next(
+                (
+                    r.ts_ns
+                    for r in requests[i + 1 :]
+                    if r.entry.kind == pb.ENTRY_KIND_RESUME_REQUEST
+                ),
+                None,
+            )
+            until = resumed if resumed is not None else float("inf")
+            passed = max(
+                (s.entry.step for s in _step_entries(journal) if s.ts_ns < e.ts_ns), default=0
+            )
+            for key, calls in calls_by_key.items():
+                parsed = _split_key(key)
+                if parsed is None or parsed[0] != iid or parsed[1] <= passed + 1:
+                    continue
+                late = [c for c in calls if e.ts_ns < c.ts_ns < until]
+                if late:
+                    after = (late[0].ts_ns - e.ts_ns) / 1e6
+                    report.lifecycle.append(
+                        f"{iid}: step {parsed[1]} ({late[0].method}) called {after:.1f} ms after "
+                        f"the pause was stored, before the resume; step {passed} was the last "
+                        "journaled before the pause"
+                    )
+        finals = _finals(journal)
+        if pauses and finals and finals[0].entry.kind == pb.ENTRY_KIND_COMPLETED:
+            report.paused += 1
 
 
 def _check_effects(

@@ -12,7 +12,10 @@ partitions them. After the last fault the test waits (bounded) for everything to
 hands the final state, the journals and the service's own records to the checker
 (``checker.py``): nothing lost, nothing done twice, no committed step executed again, one
 effect per idempotency key, keys in order, sleeps on time, nothing caught by the careless
-workflows, journals that replay. It also reports how long each processor took to journal a
+workflows, journals that replay. A quarter of the other orders get an operator's cancel, or a
+pause and a resume, racing their steps and the faults: a cancelled one ends cancelled with the
+request before its end, its charge refunded once if it was journaled and no shipment; a
+paused one starts no step past the boundary it stopped at before the resume, and completes. It also reports how long each processor took to journal a
 successful call after each service restart.
 
 ``test_orders_recover_without_a_scheduler``: the README's "A processor that dies" as written:
@@ -40,10 +43,12 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import subprocess
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -80,6 +85,7 @@ class Scenario:
     schedulers: tuple[str, ...]
     kinds: tuple[str, ...]
     plugins: Mapping[str, str] = field(default_factory=dict)  # processor -> DURABLE_LOAD_PLUGINS
+    lifecycle: float = workload.LIFECYCLE  # share of the orders cancelled or paused
 
     @property
     def timeout(self) -> float:
@@ -94,6 +100,7 @@ NO_SCHEDULER = Scenario(
     workload.ORDERS_ONLY,
     (),
     ("kill_processor", "pause_processor", "kill_leader", "restart_service"),
+    lifecycle=0.0,  # the README's "A processor that dies", as written
 )
 
 # `make test` (N = 100) runs the wide workload once, on the mixed fleet: it checks what the wide
@@ -108,6 +115,18 @@ MIXED_FLEET = {"p1": "order_processing", "p2": FULL_SET, "p3": FULL_SET}
 MIXED = Scenario(
     "mixed-fleet", SETTINGS.n, SETTINGS.duration, workload.MIX, SCHEDULERS, KINDS, MIXED_FLEET
 )
+
+
+def _lifecycle_tally(got: Mapping[str, list[str]]) -> str:
+    """What the workload's cancels, pauses and resumes got: ``"cancel running 12, ..."``."""
+
+    def outcome(o: str) -> str:
+        verb, _, answer = o.partition(":")
+        answer = re.sub(r" \(attempt \d+\)$", "", answer)
+        return f"{verb} {'gave up' if answer.startswith('gave up') else answer}"
+
+    tally = Counter(outcome(o) for outcomes in got.values() for o in outcomes)
+    return ", ".join(f"{k} {n}" for k, n in sorted(tally.items())) or "none"
 
 
 def _artifacts(seed: int, name: str) -> Path:
@@ -240,7 +259,9 @@ async def _run(
     nemesis = Nemesis.seeded(
         settings.seed, cc, system, transport.names, kinds=scenario.kinds, log=say
     )
-    planned = workload.plan(scenario.n, random.Random(settings.seed + 1), scenario.mix)
+    planned = workload.plan(
+        scenario.n, random.Random(settings.seed + 1), scenario.mix, scenario.lifecycle
+    )
     load = workload.Workload(client, planned, scenario.n / scenario.duration, log=say)
     tap = checker.CommandTap()
     await tap.start(transport)
@@ -284,6 +305,7 @@ async def _run(
         key_order={k: v for k, v in load.key_order.items() if k not in unordered},
         awakeables=dict(load.resolved),
         answers=dict(load.answers),
+        lifecycle=dict(load.lifecycle),
     )
     await tap.stop()
     report = checker.check(obs)
@@ -340,6 +362,9 @@ async def _run(
             f"order ({len(unordered)} keys not checked: a submission unacknowledged)",
             f"  awakeables               {len(load.resolved)} resolved from outside, "
             f"{len(load.unresolved)} not",
+            f"  cancels and pauses       {_lifecycle_tally(load.lifecycle)}; "
+            f"{report.cancelled} ended cancelled as asked, {report.paused} paused, resumed "
+            f"and completed; {len(report.lifecycle)} not honoured",
             f"  replayed journals        {report.replayed} ({len(report.replay_failures)} failed)",
             f"  service calls            {report.calls} ({report.retried_keys} keys more than "
             f"once, answered the same by the service; {report.refused} stale calls refused by "

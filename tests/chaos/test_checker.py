@@ -19,6 +19,7 @@ from hello_service.order import charge_id_for, tracking_number_for
 from order_processing import orders
 
 from .checker import (
+    ORDER_SERVICE,
     Call,
     Entry,
     Observation,
@@ -31,6 +32,7 @@ from .checker import (
 from .workload import approval, awakeable_id
 
 MS = 1_000_000
+T0 = 1_700_000_000_000_000_000
 
 
 def args_of(iid: str) -> dict[str, Any]:
@@ -458,3 +460,141 @@ def test_service_recovery_is_measured_per_processor() -> None:
         "p1": Recovery(None, None),
         "p2": Recovery(None, None),
     }
+
+
+# -- cancels and pauses from outside -------------------------------------------------------
+
+
+def cancelled(iid: str, t0: int, *, charged: bool = True, refunds: int = 1) -> Observation:
+    """A cancellable_order cancelled while Ship was in flight: the charge journaled, the Ship
+    call journaled cancelled, the charge refunded (``refunds`` times), CANCELLED."""
+    a = args_of(iid)
+    charge = charge_id_for(f"{iid}:1")
+    calls = [Call("Charge", f"{iid}:1", a["order_id"], t0 + 100 * MS)]
+    journal: list[Entry] = []
+
+    def add(entry: pb.JournalEntry, ms: int) -> None:
+        entry.writer = entry.writer or "p1/abcd"
+        journal.append(Entry(len(journal) + 1, t0 + ms * MS, entry))
+
+    if charged:
+        add(
+            call_entry(
+                orders.Charge,
+                order_pb2.ChargeResponse(charge_id=charge),
+                request=order_pb2.ChargeRequest(order_id=a["order_id"]),
+                step=1,
+            ),
+            200,
+        )
+        calls.append(Call("Ship", f"{iid}:2", a["order_id"], t0 + 300 * MS))
+    add(pb.JournalEntry(kind=pb.ENTRY_KIND_CANCEL_REQUEST, writer="client"), 350)
+    interrupted = pb.JournalEntry(
+        kind=pb.ENTRY_KIND_CALL,
+        step=2 if charged else 1,
+        name=ORDER_SERVICE + ("Ship" if charged else "Charge"),
+    )
+    interrupted.failure.type = "InvocationCancelledError"
+    add(interrupted, 400)
+    for _ in range(refunds if charged else 0):
+        refund = pb.JournalEntry(kind=pb.ENTRY_KIND_RUN, step=3, name="refund")
+        refund.output.CopyFrom(_codec.encode({"refunded": charge}))
+        add(refund, 450)
+    add(pb.JournalEntry(kind=pb.ENTRY_KIND_CANCELLED), 500)
+    state = pb.ExecutionState(
+        invocation_id=iid, workflow="cancellable_order", status=pb.STATUS_CANCELLED
+    )
+    return Observation(
+        submitted={iid: a},
+        states={iid: state},
+        journals={iid: journal},
+        calls=calls,
+        workflows={iid: "cancellable_order"},
+        lifecycle={iid: ["cancel:running"]},
+    )
+
+
+@pytest.mark.parametrize("charged", [True, False])
+def test_a_cancelled_order_that_refunded_what_it_charged_passes(charged: bool) -> None:
+    report = check(cancelled("c", T0, charged=charged))
+    assert report.ok, report.describe()
+    assert (report.cancelled, report.completed) == (1, 0)
+
+
+def test_a_cancellation_nobody_asked_for_is_a_failure() -> None:
+    obs = cancelled("c", T0)
+    obs.lifecycle.clear()
+    assert "failed" in check(obs).violations()
+    obs = cancelled("c", T0)
+    obs.journals["c"] = [
+        e for e in obs.journals["c"] if e.entry.kind != pb.ENTRY_KIND_CANCEL_REQUEST
+    ]
+    assert "no cancel request" in " ".join(check(obs).lifecycle)
+
+
+@pytest.mark.parametrize("refunds", [0, 2])
+def test_a_charge_not_refunded_once_is_caught(refunds: int) -> None:
+    report = check(cancelled("c", T0, refunds=refunds))
+    assert [f"c: charged, cancelled and refunded {refunds} times (once expected)"] == (
+        report.lifecycle
+    )
+
+
+def test_a_cancellation_after_the_shipment_was_journaled_is_caught() -> None:
+    obs = cancelled("c", T0)
+    ship = obs.journals["c"][2].entry
+    ship.ClearField("failure")
+    ship.output.CopyFrom(
+        _codec.encode(order_pb2.ShipResponse(tracking_number=tracking_number_for("c:2")))
+    )
+    report = check(obs)
+    assert "cancelled after the journaled calls [(1, 'Charge'), (2, 'Ship')]" in report.lifecycle[0]
+
+
+def paused(journaled_before: int) -> Observation:
+    """A clean order_processing paused after ``journaled_before`` of its steps were journaled
+    (the pause stored 1 ms after that step's entry) and resumed 5 s later."""
+    obs = clean("p")
+    journal = obs.journals["p"]
+    at = journal[journaled_before - 1].ts_ns + MS
+    resume_at = at + 5 * 10**9
+    requests = [
+        Entry(0, at, pb.JournalEntry(kind=pb.ENTRY_KIND_PAUSE_REQUEST, writer="client")),
+        Entry(0, resume_at, pb.JournalEntry(kind=pb.ENTRY_KIND_RESUME_REQUEST, writer="client")),
+    ]
+    # The steps after the one in flight ran after the resume: move them (calls and entries).
+    later = 6 * 10**9
+
+    def moved(e: Entry) -> bool:
+        return e.entry.step > journaled_before + 1 or e.entry.kind == pb.ENTRY_KIND_COMPLETED
+
+    journal = [Entry(e.seq, e.ts_ns + later if moved(e) else e.ts_ns, e.entry) for e in journal]
+    obs.calls = [
+        Call(c.method, c.key, c.order_id, c.ts_ns + later)
+        if int(c.key.rsplit(":", 1)[1]) > journaled_before + 1
+        else c
+        for c in obs.calls
+    ]
+    merged = sorted(journal + requests, key=lambda e: e.ts_ns)
+    obs.journals["p"] = [Entry(i, e.ts_ns, e.entry) for i, e in enumerate(merged, start=1)]
+    obs.lifecycle = {"p": ["pause:running", "resume:paused"]}
+    return obs
+
+
+def test_a_run_that_stops_at_the_boundary_after_a_pause_passes() -> None:
+    report = check(paused(1))
+    assert report.ok, report.describe()
+    assert (report.paused, report.completed) == (1, 1)
+
+
+def test_a_step_begun_past_the_pause_is_caught() -> None:
+    obs = paused(1)
+    # Step 3 (Ship) called while paused: step 2 finished after the pause, then went on.
+    ship = next(c for c in obs.calls if c.key == "p:3")
+    obs.calls.remove(ship)
+    pause_at = next(
+        e.ts_ns for e in obs.journals["p"] if e.entry.kind == pb.ENTRY_KIND_PAUSE_REQUEST
+    )
+    obs.calls.append(Call(ship.method, ship.key, ship.order_id, pause_at + 500 * MS))
+    report = check(obs)
+    assert len(report.lifecycle) == 1 and "p: step 3 (Ship) called" in report.lifecycle[0]

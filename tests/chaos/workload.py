@@ -23,6 +23,13 @@ seeded draws are the same as without it) is submitted with a blocking ``invoke``
 with ``invoke_async``: ``invoke`` stores only the start and leaves the state to the processor
 that starts the run (or to the waiting client, PENDING, if nobody has by its first poll), a
 path of its own to hold to every rule under the same faults.
+
+With ``lifecycle`` > 0 (the wide and mixed-fleet runs), that share of the other unkeyed
+orders gets an operator's hand (``Planned.lifecycle``, from an RNG of its own, so the draws
+above stay those of the seed): a **cancel** of a ``cancellable_order`` (which refunds the
+charge if the cancellation comes after it), or a **pause** of an ``order_processing`` and a
+resume a moment later, each a seeded 0-50 ms or 0-1.5 s after the submission was
+acknowledged: in flight or finished, racing the run's steps and the faults alike.
 """
 
 from __future__ import annotations
@@ -32,13 +39,21 @@ import contextlib
 import random
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from durable_core import AlreadyResolvedError, Client, InvocationTimeoutError, WorkflowFailedError
+from durable_core import (
+    AlreadyResolvedError,
+    Client,
+    IllegalTransitionError,
+    InvocationTimeoutError,
+    Status,
+    WorkflowFailedError,
+)
 
 ORDER = "order_processing"
+CANCELLABLE = "cancellable_order"
 WAITS = "chaos_waits"
 CARELESS = "careless_order"
 RECKLESS = "reckless_order"
@@ -53,6 +68,9 @@ MIX: Mapping[str, float] = {
 """Share of each kind of invocation in the chaos run."""
 
 ORDERS_ONLY: Mapping[str, float] = {"order": 1.0}
+
+LIFECYCLE = 0.25
+"""Share of the unkeyed, asynchronously submitted orders that are cancelled or paused."""
 
 SLEEPS_MS = (500, 1500, 2500, 4000)
 """chaos_waits sleeps: up to 2 s they wait in the processor, longer ones on a server timer."""
@@ -82,11 +100,19 @@ class Planned:
     key: str | None = None
     resolve_after: float | None = None  # seconds after acknowledgement (chaos_waits)
     waits: bool = False  # submitted with a blocking invoke (see the module's docstring)
+    lifecycle: str = ""  # "cancel" or "pause" (then resumed), after ``act_after`` seconds
+    act_after: float = 0.0
+    pause_for: float = 0.0
 
 
-def plan(n: int, rng: random.Random, mix: Mapping[str, float] = MIX) -> list[Planned]:
-    """``n`` invocations drawn from ``mix``; keyed ones spread over ``max(2, n // 25)`` keys."""
+def plan(
+    n: int, rng: random.Random, mix: Mapping[str, float] = MIX, lifecycle: float = 0.0
+) -> list[Planned]:
+    """``n`` invocations drawn from ``mix``; keyed ones spread over ``max(2, n // 25)`` keys;
+    ``lifecycle``: the share of unkeyed asynchronous orders cancelled or paused."""
     kinds, weights = zip(*mix.items(), strict=True)
+    # Its own RNG, seeded from the seed's (without drawing from it): the rest stays the same.
+    life = random.Random(repr(rng.getstate()))
     keys = [f"key-{k:03d}" for k in range(max(2, n // 25))]
     out = []
     for i in range(n):
@@ -107,6 +133,22 @@ def plan(n: int, rng: random.Random, mix: Mapping[str, float] = MIX) -> list[Pla
             out.append(Planned(iid, CARELESS, args, waits=i % 3 == 0))
         elif kind == "reckless":
             out.append(Planned(iid, RECKLESS, args, waits=i % 3 == 0))
+        elif i % 3 and life.random() < lifecycle:
+            act_after = life.uniform(0.0, 0.05) if life.random() < 0.5 else life.uniform(0.0, 1.5)
+            if life.random() < 0.5:
+                out.append(Planned(iid, CANCELLABLE, args, lifecycle="cancel", act_after=act_after))
+            else:
+                pause_for = life.uniform(0.2, 3.0)
+                out.append(
+                    Planned(
+                        iid,
+                        ORDER,
+                        args,
+                        lifecycle="pause",
+                        act_after=act_after,
+                        pause_for=pause_for,
+                    )
+                )
         else:
             out.append(Planned(iid, ORDER, args, waits=i % 3 == 0))
     return out
@@ -125,6 +167,8 @@ class Workload:
         retries: submissions that needed more than one attempt.
         acked_at: id -> when its submission was acknowledged (wall clock, seconds).
         answers: id -> the output a blocking ``invoke`` returned (``Planned.waits``).
+        lifecycle: id -> what each cancel, pause and resume got, in order (``"cancel:running"``,
+            ``"pause:refused completed"``, ``"resume:gave up ..."``; see ``_lifecycle``).
     """
 
     def __init__(
@@ -151,6 +195,7 @@ class Workload:
         self.retries = 0
         self.acked_at: dict[str, float] = {}
         self.answers: dict[str, Any] = {}
+        self.lifecycle: dict[str, list[str]] = defaultdict(list)
         self.started_at = 0.0
         self.offered_until = 0.0  # when the last submission was started
         self.offered = asyncio.Event()  # the last submission has started
@@ -204,6 +249,13 @@ class Workload:
         if p.resolve_after is not None:
             await asyncio.sleep(p.resolve_after)
             await self._resolve(p.iid)
+        if p.lifecycle:
+            await asyncio.sleep(p.act_after)
+            if p.lifecycle == "cancel":
+                await self._lifecycle(p.iid, "cancel", self.client.cancel)
+            elif await self._lifecycle(p.iid, "pause", self.client.pause):
+                await asyncio.sleep(p.pause_for)
+                await self._lifecycle(p.iid, "resume", self.client.resume)
 
     async def _acknowledged(self, p: Planned) -> bool:
         deadline = time.monotonic() + self.give_up
@@ -245,6 +297,32 @@ class Workload:
             )
             self.answers[p.iid] = result.output
         return p.iid
+
+    async def _lifecycle(
+        self, iid: str, verb: str, act: Callable[[str], Awaitable[Status]]
+    ) -> bool:
+        """Cancel, pause or resume ``iid``, retrying NATS errors (a repeated request is stored
+        once: the client answers a second pause or cancel with the status, a second resume
+        with "not paused"); True once it was taken. Records what it got."""
+        deadline = time.monotonic() + self.give_up
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                status = await asyncio.wait_for(act(iid), timeout=40)
+            except IllegalTransitionError as e:
+                # Finished (or, for a resume after a retry, already resumed): nothing to do.
+                self.lifecycle[iid].append(f"{verb}:refused {e.status} (attempt {attempt})")
+                return False
+            except Exception as e:  # noqa: BLE001 - NATS errors of every kind: retry
+                if time.monotonic() > deadline:
+                    self.log(f"workload: giving up on {verb} of {iid}: {e!r}")
+                    self.lifecycle[iid].append(f"{verb}:gave up {e!r}")
+                    return False
+                await asyncio.sleep(min(0.2 * attempt, 2.0))
+                continue
+            self.lifecycle[iid].append(f"{verb}:{status.value}")
+            return True
 
     async def _resolve(self, iid: str) -> None:
         """Resolve the invocation's awakeable, retrying until it is surely stored once."""
