@@ -182,6 +182,32 @@ class JournalWriter:
         self.pending = None
 
     async def _append(self, entry: pb.JournalEntry | None, *, claim: bool) -> None:
+        """``_append_now``, never cut short by a cancellation of the task that awaits it.
+
+        The run's task is cancelled to interrupt a step (a cancel) or to end the run (a halt),
+        wherever it is, a journal write included. A write cut short may still land while
+        its answer is lost: the run then knew one entry less than its journal held, and its
+        next write reused that entry's message id for another entry, which JetStream's
+        deduplication dropped in favour of the first (chaos, seed 31002: a cancel interrupted
+        the write of a charge; the rerun wrote the cancellation at that step, got the
+        charge's sequence back, took it for its own, and ended the invocation cancelled
+        without the refund). So the write runs to its end in a task of its own, and the
+        cancellation is raised after it (its own failure, if it failed, instead).
+        """
+        write = asyncio.ensure_future(self._append_now(entry, claim=claim))
+        cancelled = False
+        while not write.done():
+            try:
+                await asyncio.shield(write)
+            except asyncio.CancelledError:
+                if write.cancelled():
+                    raise  # the write itself was cancelled (the event loop is closing)
+                cancelled = True
+        write.result()  # its own failure, if any
+        if cancelled:
+            raise asyncio.CancelledError
+
+    async def _append_now(self, entry: pb.JournalEntry | None, *, claim: bool) -> None:
         """Append ``entry`` after the deferred outcome (both in one atomic batch when ``entry``
         is the final one; otherwise one after the other); just the latter when ``entry`` is
         None."""
