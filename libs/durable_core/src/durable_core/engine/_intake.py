@@ -142,18 +142,29 @@ async def _append_external(
     Reads the journal, lets ``check`` refuse (by raising), and appends fenced by the last
     sequence it saw; when something else was appended meanwhile it reads and decides
     again. Returns the entry's sequence.
+
+    A refusal stands only on the journal as its stream's leader has it now: the first read
+    may be answered by a follower a few entries behind, and a resume was refused "not
+    paused" right after its pause (chaos, seed 31002: the invocation stayed paused).
     """
     seen = 0
+    current = False  # read up to what the leader has (after a refusal)
     for _ in range(_APPEND_ROUNDS):
-        records = await t.read_journal(invocation_id, min_seq=seen)
-        seen = max(seen, records[-1].seq + 1 if records else 1)  # after a conflict: newer
+        records = await t.read_journal(invocation_id, min_seq=seen, current=current)
         ours = [r.seq for r in records if r.msg_id == msg_id and _same(r.entry, entry)]
         if ours:
             # This very entry landed (its answer lost, or "wrong last sequence" for a write
             # the server stored): done, before ``check`` takes it for someone else's.
             return ours[0]
         if check is not None:
-            check(records)
+            try:
+                check(records)
+            except Exception:
+                if current:
+                    raise
+                current = True  # decide again on the leader's journal
+                continue
+        seen = max(seen, records[-1].seq + 1 if records else 1)  # after a conflict: newer
         if any(r.msg_id == msg_id for r in records):
             return next(r.seq for r in records if r.msg_id == msg_id)
         entry.index = len(records) + 1
