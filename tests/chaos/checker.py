@@ -474,7 +474,41 @@ def check(obs: Observation) -> Report:
             report.unbacked.append(f"{iid} step {step} ({entry.entry.name})")
     _check_key_order(obs, calls_by_key, report)
     _check_pauses(obs, calls_by_key, report)
+    _check_pending_cancels(obs, calls_by_key, report)
     return report
+
+
+def _check_pending_cancels(
+    obs: Observation, calls_by_key: Mapping[str, list[Call]], report: Report
+) -> None:
+    """A cancel answered "pending" came before any run started: the invocation ends
+    cancelled, and no call of it arrives after the request was stored."""
+    for iid, outcomes in sorted(obs.lifecycle.items()):
+        if "cancel:pending" not in outcomes:
+            continue
+        journal = obs.journals.get(iid, [])
+        asked = next(
+            (e.ts_ns for e in journal if e.entry.kind == pb.ENTRY_KIND_CANCEL_REQUEST), None
+        )
+        if asked is None:
+            report.lifecycle.append(f"{iid}: cancel answered pending, no request in the journal")
+            continue
+        finals = _finals(journal)
+        if finals and finals[0].entry.kind != pb.ENTRY_KIND_CANCELLED:
+            kind = pb.EntryKind.Name(finals[0].entry.kind)
+            report.lifecycle.append(f"{iid}: cancel answered pending, yet it ended {kind}")
+        late = sorted(
+            c
+            for key, calls in calls_by_key.items()
+            if key.rpartition(":")[0] == iid
+            for c in calls
+            if c.ts_ns > asked
+        )
+        if late:
+            report.lifecycle.append(
+                f"{iid}: cancel answered pending, yet {late[0].method} ({late[0].key}) was "
+                f"called {(late[0].ts_ns - asked) / 1e6:.1f} ms after the request was stored"
+            )
 
 
 def _check_cancelled(iid: str, journal: list[Entry], state: pb.ExecutionState | None) -> str:

@@ -14,9 +14,10 @@ hands the final state, the journals and the service's own records to the checker
 effect per idempotency key, keys in order, sleeps on time, nothing caught by the careless
 workflows, journals that replay. A quarter of the other orders get an operator's cancel, or a
 pause and a resume, racing their steps and the faults: a cancelled one ends cancelled with the
-request before its end, its charge refunded once if it was journaled and no shipment; a
-paused one starts no step past the boundary it stopped at before the resume, and completes. It also reports how long each processor took to journal a
-successful call after each service restart.
+request before its end, its charge refunded once if it was journaled and no shipment (and,
+when the cancel answered "pending", no call at all after the request); a paused one starts no
+step past the boundary it stopped at before the resume, and completes. It also reports how
+long each processor took to journal a successful call after each service restart.
 
 ``test_orders_recover_without_a_scheduler``: the README's "A processor that dies" as written:
 with no scheduler at all nothing re-drives a dead or stalled processor's commands, and

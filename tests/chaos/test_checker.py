@@ -598,3 +598,16 @@ def test_a_step_begun_past_the_pause_is_caught() -> None:
     obs.calls.append(Call(ship.method, ship.key, ship.order_id, pause_at + 500 * MS))
     report = check(obs)
     assert len(report.lifecycle) == 1 and "p: step 3 (Ship) called" in report.lifecycle[0]
+
+
+def test_a_step_called_after_a_cancel_answered_pending_is_caught() -> None:
+    obs = cancelled("c", T0, charged=False)
+    obs.lifecycle["c"] = ["cancel:pending"]
+    assert check(obs).ok
+    asked = obs.journals["c"][0].ts_ns  # the request, before the charge was called
+    obs.calls = [Call("Charge", "c:1", "order-c", asked + 5 * MS)]
+    report = check(obs)
+    assert report.lifecycle == [
+        "c: cancel answered pending, yet Charge (c:1) was called 5.0 ms after the request "
+        "was stored"
+    ]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
@@ -213,6 +215,10 @@ async def _no_control(invocation_id: str, action: str) -> None:
     """A control message lost on the way (core NATS: its processor was reconnecting)."""
 
 
+async def _no_wake(*args: object, **kwargs: object) -> None:
+    """A wake-up that reached no run of the invocation (taken by another processor)."""
+
+
 async def test_cancel_interrupts_a_slow_call_when_its_control_message_is_lost(
     stack: ProcessStack, client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -324,10 +330,7 @@ async def test_cancel_reaches_a_slow_call_after_its_processor_reconnects(
         await _ship_in_flight(client, service, inv)
         monkeypatch.setattr(client._t, "send_control", _no_control)
 
-        async def no_wake(*args: object, **kwargs: object) -> None:
-            """The wake-up went to a processor that did not find the run."""
-
-        monkeypatch.setattr(client._t, "publish_wake", no_wake)
+        monkeypatch.setattr(client._t, "publish_wake", _no_wake)
         await client.cancel(inv)
         await asyncio.sleep(1.0)
         assert not (await client.get_result(inv)).status.is_terminal  # nothing reached the run yet
@@ -346,6 +349,34 @@ async def test_cancel_reaches_a_slow_call_after_its_processor_reconnects(
 
 def _counts(service: OrderServiceControl) -> order_pb2.GetCallCountsResponse:
     return service.stub.GetCallCounts(order_pb2.GetCallCountsRequest(), timeout=5)
+
+
+async def test_a_cancel_answered_pending_runs_no_step(
+    stack: ProcessStack, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled before any processor took it (the answer is "pending"): the start that comes
+    later reads the journal before its first step and delivers the cancellation there. A
+    start used to run fresh without reading the journal: it charged, and only the next step
+    boundary saw the request (the chaos run's operators, seed 31002)."""
+    service = OrderServiceControl(stack.start_service().channel)
+    processor = stack.start_processor("p-cancel-pending")
+    # The interrupt and the wake-up find no run (none has started yet): here they are
+    # dropped outright, since the stopped processor would get them after its run began.
+    monkeypatch.setattr(client._t, "send_control", _no_control)
+    monkeypatch.setattr(client._t, "publish_wake", _no_wake)
+    os.kill(processor.proc.pid, signal.SIGSTOP)  # its start command waits in the socket
+    try:
+        inv = "cancel-pending"
+        await client.invoke_async("cancellable_order", ORDER, id=inv)
+        assert await client.cancel(inv) == "pending"
+    finally:
+        os.kill(processor.proc.pid, signal.SIGCONT)  # takes the start: its first delivery
+    result = await client.wait(inv, timeout=20)
+    assert result.status == "cancelled"
+    assert service.method_counts("Charge") == {}  # nothing ran after the cancel
+    assert [(s.name.rsplit("/", 1)[-1], s.failure and s.failure.type) for s in result.steps] == [
+        ("Charge", "InvocationCancelledError")
+    ]
 
 
 async def test_cancel_a_sleeping_workflow(

@@ -226,12 +226,33 @@ async def _show_transition(
 ) -> Status:
     """Record a pause of an idle invocation in its state; return the real status.
 
+    A cancel of a pending invocation no run has started is recorded too: its state's journal
+    length goes from 0 to 1, so that a start racing the cancel reads the journal (and sees
+    the request) before its first step instead of starting fresh without reading it (see
+    ``Execution._start_fresh``). If the start's write comes first, the answer is "running":
+    its first step may run before the cancellation reaches it, as a pause's answer
+    "running" means the step in flight finishes first.
+
     ``running``: the journal shows a run in progress (its state may not say so yet).
     """
     for _ in range(5):
         rec = await state_of(t, invocation_id)
         st = rec.state
         idle = st.status in IDLE_PB and not running
+        if (
+            kind == pb.ENTRY_KIND_CANCEL_REQUEST
+            and idle
+            and st.status == pb.STATUS_PENDING
+            and not st.journal_length
+        ):
+            marked = pb.ExecutionState()
+            marked.CopyFrom(st)
+            marked.journal_length = 1  # the request: no start may run it without reading it
+            try:
+                await t.update_state(marked, rec.revision)
+                return Status.PENDING
+            except StateConflict:
+                continue  # a start took it meanwhile (or it moved on): look again
         if kind != pb.ENTRY_KIND_PAUSE_REQUEST or not idle:
             if running and st.status in IDLE_PB:
                 return Status.RUNNING

@@ -197,18 +197,25 @@ class Execution:
     # -- state -----------------------------------------------------------------------------
 
     async def write_state(
-        self, *, final: bool = False, only_if: tuple[int, ...] = (), **changes: Any
+        self,
+        *,
+        final: bool = False,
+        only_if: tuple[int, ...] = (),
+        unjournaled: bool = False,
+        **changes: Any,
     ) -> bool:
         """Update the state summary with a revision check, re-reading on conflict.
 
-        ``only_if`` lists the statuses the update may replace (any, when empty). Returns
-        False, with ``self.state`` the state that is there, when it may not replace it.
+        ``only_if`` lists the statuses the update may replace (any, when empty);
+        ``unjournaled``: only a state that counts no journal entry. Returns False, with
+        ``self.state`` the state that is there, when it may not replace it.
         """
         for _ in range(5):
             rec = self.state or await self.t.get_state(self.id)
             if rec is not None and (
                 (rec.state.status in TERMINAL and not final)
                 or (only_if and rec.state.status not in only_if)
+                or (unjournaled and rec.state.journal_length)
             ):
                 self.state = rec
                 return False
@@ -419,8 +426,10 @@ class Execution:
         meanwhile (another start won, a client paused it, it finished: see _take_up)."""
         # RUNNING before the first step: a client pausing now must see it running (a
         # deferred write let `pause` mark a run in flight "paused"; it was reverted).
+        # A cancel of the pending invocation counts its request in the state's journal length
+        # (see client._lifecycle._show_transition): then the journal is read first.
         return await self.write_state(
-            **_running(self.delivery.command_seq), only_if=(pb.STATUS_PENDING,)
+            **_running(self.delivery.command_seq), only_if=(pb.STATUS_PENDING,), unjournaled=True
         )
 
     async def _take_up(self) -> None:
