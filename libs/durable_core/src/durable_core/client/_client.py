@@ -401,7 +401,8 @@ class Client:
         A deleted or expired execution arrives with ``deleted=True``. This is a KV watch, not a
         scan: use it to keep an index (the inspector does). It delivers each execution's
         latest state: a change replaced before it was delivered (the bucket keeps one revision
-        per execution) may be skipped when the watch's consumer is recreated, so an execution
+        per execution) may be skipped when the watch's consumer is recreated (about 4 s after
+        it was lost, e.g. with its node), so an execution
         may go from running to completed, or appear completed, with nothing in between. Read
         the journal (:meth:`describe`) for every step.
         """
