@@ -110,7 +110,7 @@ def kinds(transport: Transport) -> Callable[[str], Awaitable[list[str]]]:
     """The kinds of an invocation's journal entries, oldest first (``"STEP"``, ``"COMPLETED"``)."""
 
     async def kinds(invocation_id: str) -> list[str]:
-        records = await transport.read_journal(invocation_id)
+        records = await transport.read_journal(invocation_id, current=True)
         return [pb.EntryKind.Name(r.entry.kind).removeprefix("ENTRY_KIND_") for r in records]
 
     return kinds
@@ -161,7 +161,7 @@ def diagnose(
             entries = [
                 f"{pb.EntryKind.Name(r.entry.kind).removeprefix('ENTRY_KIND_')}"
                 f"@{r.seq}({r.entry.writer}, cmd {r.entry.command_seq})"
-                for r in await transport.read_journal(inv)
+                for r in await transport.read_journal(inv, current=True)
             ]
             lines.append(f"{inv}: {status}; journal {entries}")
         try:

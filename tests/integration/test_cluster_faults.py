@@ -29,7 +29,7 @@ def test_the_suite_runs_on_containers_wherever_images_were_built(
 async def _journal_kinds(transport: Transport, invocation_id: str) -> list[str]:
     return [
         pb.EntryKind.Name(r.entry.kind).removeprefix("ENTRY_KIND_")
-        for r in await transport.read_journal(invocation_id)
+        for r in await transport.read_journal(invocation_id, current=True)
     ]
 
 

@@ -527,7 +527,7 @@ async def test_a_run_whose_command_was_lost_is_rescued_by_the_scheduler(
     assert metric(port, "durable_scheduler_runs_rescued_total") >= 1
     claims = [
         r.entry.command_seq
-        for r in await transport.read_journal(inv)
+        for r in await transport.read_journal(inv, current=True)
         if r.entry.kind == pb.ENTRY_KIND_CLAIM
     ]
     assert claims and claims[-1] != lost  # the rescue's command took the run over
@@ -550,7 +550,7 @@ async def test_backoff_intervals_are_kept_across_a_suspension_and_non_retryable_
         "transient failure 1 of 2",
         "transient failure 2 of 2",
     ]
-    records = await client._t.read_journal("backoff-1")
+    records = await client._t.read_journal("backoff-1", current=True)
     failed = [r.entry for r in records if r.entry.kind == pb.ENTRY_KIND_ATTEMPT_FAILED]
     done = next(r.entry for r in records if r.entry.kind == pb.ENTRY_KIND_RUN)
     ends = [e.timestamp_ms for e in failed] + [done.timestamp_ms]

@@ -111,7 +111,7 @@ async def _invoke_file(client: Client, path: Path, invocation_id: str) -> None:
 
 
 async def _refs(transport: Transport, invocation_id: str) -> list[pb.PayloadRef]:
-    records = await transport.read_journal(invocation_id)
+    records = await transport.read_journal(invocation_id, current=True)
     return [r.entry.output.ref for r in records if r.entry.output.HasField("ref")]
 
 
@@ -193,7 +193,7 @@ async def test_a_processor_killed_during_a_large_upload(
 
     await assert_eventually_async(uploading, 120, "step 2's upload to start")
     first.kill()
-    names = [r.entry.name for r in await transport.read_journal("large-kill")]
+    names = [r.entry.name for r in await transport.read_journal("large-kill", current=True)]
     assert "generate" not in names, f"the upload ended before the kill: {names}"
     partial = await _objects_of(transport, "large-kill")
     stack.start_processor("p-next", DURABLE_ACK_WAIT="4")

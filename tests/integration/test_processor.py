@@ -327,7 +327,7 @@ async def test_invokes_whose_state_starts_with_the_run_survive_a_processor_kille
         for r in results
         if any(
             rec.entry.kind == pb.ENTRY_KIND_CLAIM
-            for rec in await transport.read_journal(r.invocation_id)
+            for rec in await transport.read_journal(r.invocation_id, current=True)
         )
     }
     assert {r.invocation_id for r in results[:held]} <= taken_over, taken_over
@@ -359,7 +359,7 @@ async def test_each_call_carries_its_runs_fence_and_a_superseded_runs_late_call_
     assert result.status == "completed"
 
     records = [json.loads(line) for line in record.read_text().splitlines()]
-    journal = await transport.read_journal(inv)
+    journal = await transport.read_journal(inv, current=True)
     seqs = {(r.entry.kind, r.entry.step): r.seq for r in journal}
     claim = seqs[(pb.ENTRY_KIND_CLAIM, 0)]
     fences = {

@@ -43,7 +43,7 @@ def order_args(i: int) -> dict[str, object]:
 async def writers(t: Transport, invocation_id: str) -> tuple[set[str], list[str]]:
     """The processors that wrote to an invocation's journal, and its CLAIMs' processors (a
     CLAIM is written when a run takes over from another; a first run starts without one)."""
-    records = await t.read_journal(invocation_id)
+    records = await t.read_journal(invocation_id, current=True)
     procs = {r.entry.writer.split("/")[0] for r in records if "/" in r.entry.writer}
     claims = [r.entry.writer.split("/")[0] for r in records if r.entry.kind == pb.ENTRY_KIND_CLAIM]
     return procs, claims
@@ -225,7 +225,7 @@ async def test_a_key_shared_by_two_workflows_runs_one_invocation_at_a_time_in_or
     assert {r.status for r in results} == {"completed"}
     spans = []
     for inv in ids:
-        records = await transport.read_journal(inv)
+        records = await transport.read_journal(inv, current=True)
         # Stream order (sequence) is the truth across processors: no clocks compared.
         seqs = [r.seq for r in records if "/" in r.entry.writer]
         done = [r.seq for r in records if r.entry.kind == pb.ENTRY_KIND_COMPLETED]

@@ -176,7 +176,7 @@ async def test_rolling_upgrade_patched_changes_complete_and_unmarked_ones_block_
             "charge": "charge_v2@2.0",
             "done": "finish@2.0",
         }, i
-    marker = [r.entry for r in await transport.read_journal(fresh[0])][1]
+    marker = [r.entry for r in await transport.read_journal(fresh[0], current=True)][1]
     assert (marker.kind, marker.name, marker.step) == (pb.ENTRY_KIND_PATCH, "charge-v2", 2)
 
     # The unmarked change: blocked, none failed, pinned to the version they ran on.
@@ -246,7 +246,7 @@ async def test_operators_cancel_or_fork_a_blocked_invocation(
     result = await client.get_result(to_cancel)
     assert result.status.value == "cancelled"
     assert result.failure is not None and "cancelled while blocked" in result.failure.message
-    kinds = [r.entry.kind for r in await transport.read_journal(to_cancel)]
+    kinds = [r.entry.kind for r in await transport.read_journal(to_cancel, current=True)]
     assert kinds[-2:] == [pb.ENTRY_KIND_SUSPENDED, pb.ENTRY_KIND_CANCELLED]
     with pytest.raises(IllegalTransitionError):
         await client.cancel(to_cancel)
@@ -279,5 +279,9 @@ async def test_operators_cancel_or_fork_a_blocked_invocation(
     assert st.pinned_version == V2_TOKEN
     assert "This processor runs that very version" in st.blocked_reason
     assert "Waits for an operator" in st.blocked_reason
-    claims = [r for r in await transport.read_journal(stuck) if r.entry.kind == pb.ENTRY_KIND_CLAIM]
+    claims = [
+        r
+        for r in await transport.read_journal(stuck, current=True)
+        if r.entry.kind == pb.ENTRY_KIND_CLAIM
+    ]
     assert len(claims) == 1  # taken once, not handed round in a loop
