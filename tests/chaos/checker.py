@@ -473,14 +473,28 @@ def check(obs: Observation) -> Report:
         if not before:
             report.unbacked.append(f"{iid} step {step} ({entry.entry.name})")
     _check_key_order(obs, calls_by_key, report)
-    _check_pauses(obs, calls_by_key, report)
-    _check_pending_cancels(obs, calls_by_key, report)
+    by_invocation = _calls_by_invocation(calls_by_key, obs.lifecycle)
+    _check_pauses(obs, by_invocation, report)
+    _check_pending_cancels(obs, by_invocation, report)
     return report
 
 
-def _check_pending_cancels(
-    obs: Observation, calls_by_key: Mapping[str, list[Call]], report: Report
-) -> None:
+# invocation id -> (step, call) of every call made with one of its keys
+CallsOf = Mapping[str, list[tuple[int, Call]]]
+
+
+def _calls_by_invocation(calls_by_key: Mapping[str, list[Call]], ids: Iterable[str]) -> CallsOf:
+    """The calls of the invocations ``ids``, read once from every key."""
+    wanted = set(ids)
+    out: dict[str, list[tuple[int, Call]]] = defaultdict(list)
+    for key, calls in calls_by_key.items():
+        parsed = _split_key(key)
+        if parsed is not None and parsed[0] in wanted:
+            out[parsed[0]] += [(parsed[1], c) for c in calls]
+    return out
+
+
+def _check_pending_cancels(obs: Observation, calls_of: CallsOf, report: Report) -> None:
     """A cancel answered "pending" came before any run started: the invocation ends
     cancelled, and no call of it arrives after the request was stored."""
     for iid, outcomes in sorted(obs.lifecycle.items()):
@@ -497,13 +511,7 @@ def _check_pending_cancels(
         if finals and finals[0].entry.kind != pb.ENTRY_KIND_CANCELLED:
             kind = pb.EntryKind.Name(finals[0].entry.kind)
             report.lifecycle.append(f"{iid}: cancel answered pending, yet it ended {kind}")
-        late = sorted(
-            c
-            for key, calls in calls_by_key.items()
-            if key.rpartition(":")[0] == iid
-            for c in calls
-            if c.ts_ns > asked
-        )
+        late = sorted(c for _, c in calls_of.get(iid, ()) if c.ts_ns > asked)
         if late:
             report.lifecycle.append(
                 f"{iid}: cancel answered pending, yet {late[0].method} ({late[0].key}) was "
@@ -553,7 +561,7 @@ def _check_cancelled(iid: str, journal: list[Entry], state: pb.ExecutionState | 
     return ""
 
 
-def _check_pauses(obs: Observation, calls_by_key: Mapping[str, list[Call]], report: Report) -> None:
+def _check_pauses(obs: Observation, calls_of: CallsOf, report: Report) -> None:
     """Paused runs stop at a step boundary. A pause stored at P (until the resume stored at R)
     lets the step after the last one journaled before P finish (it may be in flight, or just
     decided), and no step after it begins before R: a call for a later step that arrives
@@ -565,11 +573,9 @@ def _check_pauses(obs: Observation, calls_by_key: Mapping[str, list[Call]], repo
             for e in journal
             if e.entry.kind in (pb.ENTRY_KIND_PAUSE_REQUEST, pb.ENTRY_KIND_RESUME_REQUEST)
         ]
-        pauses = 0
         for i, e in enumerate(requests):
             if e.entry.kind != pb.ENTRY_KIND_PAUSE_REQUEST:
                 continue
-            pauses += 1
             resumed = next(
                 (
                     r.ts_ns
@@ -582,20 +588,19 @@ def _check_pauses(obs: Observation, calls_by_key: Mapping[str, list[Call]], repo
             passed = max(
                 (s.entry.step for s in _step_entries(journal) if s.ts_ns < e.ts_ns), default=0
             )
-            for key, calls in calls_by_key.items():
-                parsed = _split_key(key)
-                if parsed is None or parsed[0] != iid or parsed[1] <= passed + 1:
-                    continue
-                late = [c for c in calls if e.ts_ns < c.ts_ns < until]
-                if late:
-                    after = (late[0].ts_ns - e.ts_ns) / 1e6
-                    report.lifecycle.append(
-                        f"{iid}: step {parsed[1]} ({late[0].method}) called {after:.1f} ms after "
-                        f"the pause was stored, before the resume; step {passed} was the last "
-                        "journaled before the pause"
-                    )
+            first: dict[int, Call] = {}  # step -> its first call while paused
+            for step, c in sorted(calls_of.get(iid, ()), key=lambda sc: sc[1].ts_ns):
+                if step > passed + 1 and e.ts_ns < c.ts_ns < until:
+                    first.setdefault(step, c)
+            for step, c in sorted(first.items()):
+                report.lifecycle.append(
+                    f"{iid}: step {step} ({c.method}) called {(c.ts_ns - e.ts_ns) / 1e6:.1f} ms "
+                    f"after the pause was stored, before the resume; step {passed} was the last "
+                    "journaled before the pause"
+                )
         finals = _finals(journal)
-        if pauses and finals and finals[0].entry.kind == pb.ENTRY_KIND_COMPLETED:
+        paused = any(e.entry.kind == pb.ENTRY_KIND_PAUSE_REQUEST for e in requests)
+        if paused and finals and finals[0].entry.kind == pb.ENTRY_KIND_COMPLETED:
             report.paused += 1
 
 
