@@ -180,7 +180,8 @@ async def test_cluster_failover_and_catch_up() -> None:
             servers=cluster.urls, reconnect_time_wait=0.2, max_reconnect_attempts=-1
         )
         try:
-            js = nc.jetstream(timeout=2)
+            # Creating an R3 stream can take over 2 s on a loaded 2-core machine (CI 2026-12-06).
+            js = nc.jetstream(timeout=10)
             await js.add_stream(StreamConfig(name="T", subjects=["t.>"], num_replicas=3))
             kv = await js.create_key_value(bucket="B", replicas=3)
             # Right after a create, the node this client uses may not know the new leader's
