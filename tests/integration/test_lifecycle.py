@@ -379,6 +379,44 @@ async def test_a_cancel_answered_pending_runs_no_step(
     ]
 
 
+async def test_a_waited_invoke_is_found_by_status_and_cancel_before_any_processor_takes_it(
+    stack: ProcessStack, client: Client, transport: Transport
+) -> None:
+    """A plain ``invoke`` stores only its start and leaves the state to the processor that
+    takes it up. Until one did, ``durable status`` and ``cancel`` answered "not found": for 2 s
+    while its caller waited, for good once the caller stopped waiting (a Ctrl-C'd
+    ``durable invoke``) and no processor was up. They now find the queued start and create its
+    state PENDING, as the waiting caller would have."""
+    service = OrderServiceControl(stack.start_service().channel)
+    ids = ("queued-status", "queued-cancel")
+    waiters = [
+        asyncio.create_task(
+            client.invoke("cancellable_order", ORDER, id=inv, timeout=60, queue_unserved=True)
+        )
+        for inv in ids
+    ]
+    for inv in ids:
+
+        async def queued(inv: str = inv) -> bool:
+            return await transport.queued_start(inv) is not None
+
+        await assert_eventually_async(queued, 10, f"the start of {inv} queued")
+    for waiter in waiters:
+        waiter.cancel()  # as a Ctrl-C: nothing waits to create the state after 2 s
+    await asyncio.gather(*waiters, return_exceptions=True)
+    for inv in ids:
+        assert await transport.get_state(inv) is None  # left to a processor: none is up
+
+    cp = await asyncio.to_thread(stack.cli, "status", ids[0])
+    assert cp.returncode == 0 and "pending" in cp.stdout, cp.stdout + cp.stderr
+    assert await client.cancel(ids[1]) == "pending"
+
+    stack.start_processor("p-queued")
+    done, cancelled = [await client.wait(inv, timeout=30) for inv in ids]
+    assert (done.status, cancelled.status) == ("completed", "cancelled")
+    assert service.method_counts("Charge") == {f"{ids[0]}:1": 1}  # none for the cancelled one
+
+
 async def test_cancel_a_sleeping_workflow(
     stack: ProcessStack, client: Client, wait_status: Callable[[str, str], Awaitable[None]]
 ) -> None:

@@ -38,6 +38,7 @@ ROUTING_METADATA = "durable_routing"
 # JetStream's answers to deleting a message that is not there (measured on 2.15, R3): below
 # the stream's first sequence or past its last (10057), between them, deleted already (10043).
 _GONE_ALREADY = frozenset({10057, 10043})
+_QUEUED_START_LOOKS = 4
 
 __all__ = ["Commands"]
 
@@ -174,6 +175,34 @@ class Commands:
                 return self._parsed(fresh)
             await asyncio.sleep(0.05 * (attempt + 1))
         return self._parsed(await link.retry("read queued commands from the leader", from_leader))
+
+    async def queued_start(self, invocation_id: str) -> pb.Command | None:
+        """The start of ``invocation_id`` left to create its state (``state_at_start``) if it is
+        still in its command stream, else None. Read from the stream's leader: the command
+        stream is a work queue, so a start still there has not been acknowledged (its run has
+        not ended); one a follower had not applied yet would be missed."""
+        link = self._link
+        n = link.names
+        stream, subject = n.command_stream_of(invocation_id), n.key_subjects(invocation_id)
+
+        async def find() -> pb.Command | None:
+            seq = 1
+            for _ in range(_QUEUED_START_LOOKS):  # the start, then what woke it, if anything
+                try:
+                    msg = await link.js.get_msg(stream, seq=seq, subject=subject, next=True)
+                except nats.js.errors.NotFoundError:
+                    return None
+                for cmd in self._parsed([msg]):
+                    if (
+                        cmd.kind == pb.COMMAND_KIND_START
+                        and cmd.state_at_start
+                        and cmd.invocation_id == invocation_id
+                    ):
+                        return cmd
+                seq = (msg.seq or 0) + 1
+            return None
+
+        return await link.retry("look for a queued start", find)
 
     @staticmethod
     def _parsed(msgs: Sequence[Any]) -> list[pb.Command]:

@@ -277,6 +277,11 @@ class Transport:
         (a ``command_seq``)."""
         return await self._commands.queued(partition_key, before)
 
+    async def queued_start(self, invocation_id: str) -> pb.Command | None:
+        """The start of an invocation left to create its state, while it is queued (see
+        Commands)."""
+        return await self._commands.queued_start(invocation_id)
+
     async def command_consumer(
         self, cfg: WorkerConfig, routes: Sequence[tuple[str, str]]
     ) -> CommandConsumers:

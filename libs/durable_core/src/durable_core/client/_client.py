@@ -485,10 +485,7 @@ class Client:
         elif events.unstored is not None:
             state = events.unstored  # left to the processor that starts it: nothing to read
         else:
-            rec = await self._t.get_state(invocation_id)
-            if rec is None:
-                raise await lifecycle.missing(self._t, invocation_id)
-            state = rec.state
+            state = (await lifecycle.state_of(self._t, invocation_id)).state
         while state.status not in TERMINAL_PB:
             left = deadline - time.monotonic()
             if left <= 0:

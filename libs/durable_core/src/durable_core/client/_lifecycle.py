@@ -19,8 +19,13 @@ from durable_core._naming import check_invocation_id, payload_owner
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import JournalRecord, StateConflict, StateRecord, Transport
 from durable_core.client._results import IDLE_PB, TERMINAL_PB, Status
-from durable_core.client._submit import submit_payload
-from durable_core.engine._intake import Addressee, deliver_external, report_to_parent
+from durable_core.client._submit import store_unstored, submit_payload
+from durable_core.engine._intake import (
+    Addressee,
+    deliver_external,
+    report_to_parent,
+    state_of_start,
+)
 from durable_core.engine._keys import release_key
 from durable_core.errors import (
     AlreadyResolvedError,
@@ -79,14 +84,32 @@ async def missing(t: Transport, invocation_id: str) -> NotFoundError:
 async def state_of(t: Transport, invocation_id: str) -> StateRecord:
     """The invocation's state record.
 
+    An invocation whose start was left to create its state (a plain ``invoke``, see
+    ``Command.state_at_start``) has none until a processor takes the start up, or its waiting
+    client gives up waiting for that (2 s). Found queued meanwhile, its state is created
+    PENDING here, as that client would (a create: if the processor's lands first, it is read),
+    so that status, pause and cancel see the invocation as soon as it is accepted.
+
     Raises:
         NotFoundError: it has none (ExpiredError once it expired).
     """
     check_invocation_id(invocation_id)
     rec = await t.get_state(invocation_id)
     if rec is None:
+        rec = await _state_of_queued_start(t, invocation_id)
+    if rec is None:
         raise await missing(t, invocation_id)
     return rec
+
+
+async def _state_of_queued_start(t: Transport, invocation_id: str) -> StateRecord | None:
+    cmd = await t.queued_start(invocation_id)
+    if cmd is None:
+        return None
+    state = state_of_start(cmd)
+    state.status = pb.STATUS_PENDING
+    state.updated_at_ms = int(time.time() * 1000)
+    return await store_unstored(t, state, None)
 
 
 def _addressee(st: pb.ExecutionState) -> Addressee:

@@ -236,19 +236,12 @@ class Execution:
 
     def _next_state(self, rec: StateRecord | None, changes: Mapping[str, Any]) -> pb.ExecutionState:
         """``rec``'s state (a new one from the command if there is none) with ``changes``."""
-        st = pb.ExecutionState()
         if rec is not None:
+            st = pb.ExecutionState()
             st.CopyFrom(rec.state)
         else:
+            st = _intake.state_of_start(self.cmd)
             st.invocation_id = self.id
-            st.workflow = self.cmd.workflow
-            st.args.CopyFrom(self.cmd.args)
-            st.partition_key = self.cmd.partition_key
-            st.created_at_ms = self.cmd.created_at_ms or now_ms()
-            st.parent_id = self.cmd.parent_id
-            st.trace_context.update(self.cmd.metadata)  # as the client would have stored it
-            st.trace_id = _intake.trace_id(self.cmd.metadata)
-            st.notify = self.cmd.notify
         for key, value in changes.items():
             if isinstance(value, pb.Payload | pb.Failure):
                 getattr(st, key).CopyFrom(value)

@@ -114,6 +114,25 @@ async def submit_start_only(t: Transport, state: pb.ExecutionState, cmd: pb.Comm
     return False
 
 
+def state_of_start(cmd: pb.Command) -> pb.ExecutionState:
+    """The state a start command builds, status unset: what a processor that finds no state
+    stores (RUNNING), or a client that finds the start queued and no state yet (PENDING,
+    ``durable_core.client._lifecycle.state_of``); over a state built from the same command
+    both would have stored the same."""
+    st = pb.ExecutionState(
+        invocation_id=cmd.invocation_id,
+        workflow=cmd.workflow,
+        args=cmd.args,
+        partition_key=cmd.partition_key,
+        created_at_ms=cmd.created_at_ms or int(time.time() * 1000),
+        parent_id=cmd.parent_id,
+        trace_id=trace_id(cmd.metadata),
+        notify=cmd.notify,
+    )
+    st.trace_context.update(cmd.metadata)  # as the client would have stored it
+    return st
+
+
 def _rebuildable(state: pb.ExecutionState, cmd: pb.Command) -> bool:
     """Whether a processor that reads no state builds this one from the command alone.
 
