@@ -400,6 +400,8 @@ def check(obs: Observation) -> Report:
         final = finals[0].entry
         if final.kind == pb.ENTRY_KIND_CANCELLED and iid in obs.lifecycle:
             problem = _check_cancelled(iid, journal, state)
+            if not problem and obs.answers.get(iid) is not None:
+                problem = f"{iid}: ended cancelled, yet invoke answered {obs.answers[iid]!r}"
             if problem:
                 report.lifecycle.append(problem)
             else:

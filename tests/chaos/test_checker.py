@@ -532,6 +532,14 @@ def test_a_cancellation_nobody_asked_for_is_a_failure() -> None:
     assert "no cancel request" in " ".join(check(obs).lifecycle)
 
 
+def test_a_blocking_invoke_that_answered_an_output_for_a_cancelled_order_is_caught() -> None:
+    obs = cancelled("c", T0)
+    obs.answers["c"] = None  # what a cancelled invocation's invoke returns as output
+    assert check(obs).ok
+    obs.answers["c"] = {"order_id": "o"}
+    assert check(obs).lifecycle == ["c: ended cancelled, yet invoke answered {'order_id': 'o'}"]
+
+
 @pytest.mark.parametrize("refunds", [0, 2])
 def test_a_charge_not_refunded_once_is_caught(refunds: int) -> None:
     report = check(cancelled("c", T0, refunds=refunds))

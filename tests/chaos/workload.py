@@ -24,12 +24,14 @@ with ``invoke_async``: ``invoke`` stores only the start and leaves the state to 
 that starts the run (or to the waiting client, PENDING, if nobody has by its first poll), a
 path of its own to hold to every rule under the same faults.
 
-With ``lifecycle`` > 0 (the wide and mixed-fleet runs), that share of the other unkeyed
-orders gets an operator's hand (``Planned.lifecycle``, from an RNG of its own, so the draws
+With ``lifecycle`` > 0 (the wide and mixed-fleet runs), that share of the unkeyed orders
+gets an operator's hand (``Planned.lifecycle``, from an RNG of its own, so the draws
 above stay those of the seed): a **cancel** of a ``cancellable_order`` (which refunds the
 charge if the cancellation comes after it), or a **pause** of an ``order_processing`` and a
 resume a moment later, each a seeded 0-50 ms or 0-1.5 s after the submission was
-acknowledged: in flight or finished, racing the run's steps and the faults alike.
+acknowledged (for a blocking ``invoke``, which answers only at the end, after the submission
+began: the start may not be stored yet, or stored with no state yet): queued, in flight or
+finished, racing the run's steps and the faults alike.
 """
 
 from __future__ import annotations
@@ -109,7 +111,7 @@ def plan(
     n: int, rng: random.Random, mix: Mapping[str, float] = MIX, lifecycle: float = 0.0
 ) -> list[Planned]:
     """``n`` invocations drawn from ``mix``; keyed ones spread over ``max(2, n // 25)`` keys;
-    ``lifecycle``: the share of unkeyed asynchronous orders cancelled or paused."""
+    ``lifecycle``: the share of unkeyed orders cancelled or paused."""
     kinds, weights = zip(*mix.items(), strict=True)
     # Its own RNG, seeded from the seed's (without drawing from it): the rest stays the same.
     life = random.Random(repr(rng.getstate()))
@@ -133,10 +135,15 @@ def plan(
             out.append(Planned(iid, CARELESS, args, waits=i % 3 == 0))
         elif kind == "reckless":
             out.append(Planned(iid, RECKLESS, args, waits=i % 3 == 0))
-        elif i % 3 and life.random() < lifecycle:
+        elif life.random() < lifecycle:
             act_after = life.uniform(0.0, 0.05) if life.random() < 0.5 else life.uniform(0.0, 1.5)
+            waits = i % 3 == 0
             if life.random() < 0.5:
-                out.append(Planned(iid, CANCELLABLE, args, lifecycle="cancel", act_after=act_after))
+                out.append(
+                    Planned(
+                        iid, CANCELLABLE, args, waits=waits, lifecycle="cancel", act_after=act_after
+                    )
+                )
             else:
                 pause_for = life.uniform(0.2, 3.0)
                 out.append(
@@ -144,6 +151,7 @@ def plan(
                         iid,
                         ORDER,
                         args,
+                        waits=waits,
                         lifecycle="pause",
                         act_after=act_after,
                         pause_for=pause_for,
@@ -238,6 +246,10 @@ class Workload:
             self._key_turn[p.key] = turn
             if previous is not None:
                 await asyncio.shield(previous)  # its submission was answered (or given up)
+        # A blocking invoke answers at the end: its operator acts while it waits, counted from
+        # the submission (its start may not be stored yet: "not found", asked again; or be
+        # stored with no state yet: found queued, see client._lifecycle.state_of).
+        operator = asyncio.create_task(self._operate(p)) if p.lifecycle and p.waits else None
         try:
             if not await self._acknowledged(p):
                 return
@@ -246,16 +258,21 @@ class Workload:
         finally:
             if turn is not None:
                 turn.set_result(None)
+            if operator is not None:
+                await operator
         if p.resolve_after is not None:
             await asyncio.sleep(p.resolve_after)
             await self._resolve(p.iid)
-        if p.lifecycle:
-            await asyncio.sleep(p.act_after)
-            if p.lifecycle == "cancel":
-                await self._lifecycle(p.iid, "cancel", self.client.cancel)
-            elif await self._lifecycle(p.iid, "pause", self.client.pause):
-                await asyncio.sleep(p.pause_for)
-                await self._lifecycle(p.iid, "resume", self.client.resume)
+        if p.lifecycle and not p.waits:
+            await self._operate(p)
+
+    async def _operate(self, p: Planned) -> None:
+        await asyncio.sleep(p.act_after)
+        if p.lifecycle == "cancel":
+            await self._lifecycle(p.iid, "cancel", self.client.cancel)
+        elif await self._lifecycle(p.iid, "pause", self.client.pause):
+            await asyncio.sleep(p.pause_for)
+            await self._lifecycle(p.iid, "resume", self.client.resume)
 
     async def _acknowledged(self, p: Planned) -> bool:
         deadline = time.monotonic() + self.give_up
