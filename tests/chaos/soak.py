@@ -99,7 +99,8 @@ class Window:
     rss: dict[str, int] = field(default_factory=dict)  # process -> largest RSS sampled
     cpu: dict[str, float] = field(default_factory=dict)  # process -> CPU seconds used in it
     latencies: list[float] = field(default_factory=list)
-    sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # stream -> bytes, msgs
+    # stream -> bytes, messages, consumers
+    sizes: dict[str, tuple[int, int, int]] = field(default_factory=dict)
     faults: list[str] = field(default_factory=list)
     fault_times: list[float] = field(default_factory=list)  # seconds, one per fault
     go: dict[str, dict[str, int]] = field(default_factory=dict)  # node -> last go_memory()
@@ -125,7 +126,7 @@ def windows(
     window: float,
     rss: Iterable[tuple[float, Mapping[str, int]]],
     done: Iterable[Done],
-    sizes: Iterable[tuple[float, Mapping[str, tuple[int, int]]]],
+    sizes: Iterable[tuple[float, Mapping[str, tuple[int, int, int]]]],
     faults: Iterable[tuple[float, str]] = (),
     cpu: Iterable[tuple[float, Mapping[str, tuple[int, float]]]] = (),
     go: Iterable[tuple[float, Mapping[str, Mapping[str, int]]]] = (),
@@ -277,13 +278,22 @@ def table(ws: list[Window]) -> list[str]:
         for w in ws:
             cells = [f"{n} {_go_cell(w.go[n])}" for n in nodes if n in w.go]
             lines.append(f"  {_label(w)}: {'; '.join(cells) or '-'}")
-    lines.append("stream sizes at the end of each window (MB / messages):")
+    lines.append("stream sizes at the end of each window (MB / messages / consumers):")
     for s in streams:
         cells = [
-            f"{w.sizes[s][0] / MB:7.2f} / {w.sizes[s][1]:6d}" if s in w.sizes else f"{'-':>16}"
+            f"{w.sizes[s][0] / MB:7.2f} / {w.sizes[s][1]:6d} / {w.sizes[s][2]:3d}"
+            if s in w.sizes
+            else f"{'-':>22}"
             for w in ws
         ]
         lines.append(f"  {s:28} " + " | ".join(cells))
+    # Each KV watch is an ordered consumer that is recreated after two missed heartbeats (1 s
+    # apart), the old one left to its inactivity threshold: a count that keeps rising means
+    # watches recreated faster than the server lets old ones go.
+    lines.append(
+        "consumers at the end of each window (all streams): "
+        + ", ".join(str(sum(v[2] for v in w.sizes.values())) if w.sizes else "-" for w in ws)
+    )
     lines.append("faults per window:")
     for w in ws:
         lines.append(f"  {_label(w)}: {', '.join(w.faults) or '-'}")

@@ -125,7 +125,7 @@ async def _soak(
     stop = asyncio.Event()
     rss: list[tuple[float, dict[str, int]]] = []
     cpu: list[tuple[float, dict[str, tuple[int, float]]]] = []
-    sizes: list[tuple[float, dict[str, tuple[int, int]]]] = []
+    sizes: list[tuple[float, dict[str, tuple[int, int, int]]]] = []
     go: list[tuple[float, dict[str, dict[str, int]]]] = []
     prof_urls: dict[str, str] = getattr(cc.cluster, "prof_urls", {})  # netns clusters only
     loads: list[tuple[float, float]] = []
@@ -314,12 +314,17 @@ async def _pause(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
 
 
-async def _stream_sizes(t: Transport) -> dict[str, tuple[int, int]]:
-    """Bytes and messages of every stream of the account (the engine's streams and buckets)."""
+async def _stream_sizes(t: Transport) -> dict[str, tuple[int, int, int]]:
+    """Bytes, messages and consumers of every stream of the account (the engine's streams
+    and buckets)."""
     resp = await t.nc.request("$JS.API.STREAM.NAMES", b"{}", timeout=5)
     out = {}
     for name in sorted(json.loads(resp.data).get("streams") or []):
         info = json.loads((await t.nc.request(f"$JS.API.STREAM.INFO.{name}", b"", timeout=5)).data)
         state = info.get("state") or {}
-        out[name] = (int(state.get("bytes", 0)), int(state.get("messages", 0)))
+        out[name] = (
+            int(state.get("bytes", 0)),
+            int(state.get("messages", 0)),
+            int(state.get("consumer_count", 0)),
+        )
     return out

@@ -34,13 +34,19 @@ def samples(
 
 def test_flat_memory_and_latency_pass() -> None:
     rss, done = samples()
-    ws = windows(LENGTH, WINDOW, rss, done, [(299.0, {"S": (1000, 10)})], [(60.0, "kill p1")])
+    sizes = [(299.0, {"S": (1000, 10, 3), "KV_T": (0, 0, 2)}), (310.0, {"S": (1000, 10, 4)})]
+    ws = windows(LENGTH, WINDOW, rss, done, sizes, [(60.0, "kill p1")])
     assert len(ws) == 6
     assert verdict(ws, submitted=len(done), completed=len(done)) == []
-    assert ws[0].sizes == {"S": (1000, 10)} and ws[0].faults == ["kill p1"]
+    assert ws[0].sizes == {"S": (1000, 10, 3), "KV_T": (0, 0, 2)} and ws[0].faults == ["kill p1"]
     assert ws[0].p50 == ws[-1].p50 == 0.3
     lines = table(ws)
     assert lines[1] == " 0.0-5.0  min |  3000 | 0.300 | 0.300 |    60.0 |    80.0"
+    assert (
+        "  S                               0.00 /     10 /   3 |    0.00 /     10 /   4"
+        in "\n".join(lines)
+    )
+    assert "consumers at the end of each window (all streams): 5, 4, -, -, -, -" in lines
 
 
 def test_memory_that_grows_fails() -> None:
