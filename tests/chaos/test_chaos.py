@@ -71,6 +71,7 @@ from .system import SCHEDULERS, System
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.chaos]
 
 SCHEDULE = "chaostick"
+SCHEDULER_CONSUMER = "scheduler"  # the scheduler replicas' tick consumer (their default)
 FULL_SET = "order_processing,chaos_workflows"
 REPO = Path(__file__).resolve().parents[2]
 
@@ -116,6 +117,22 @@ MIXED_FLEET = {"p1": "order_processing", "p2": FULL_SET, "p3": FULL_SET}
 MIXED = Scenario(
     "mixed-fleet", SETTINGS.n, SETTINGS.duration, workload.MIX, SCHEDULERS, KINDS, MIXED_FLEET
 )
+
+
+async def _ticks_taken(transport: Transport, deadline: float) -> None:
+    """Wait (until ``deadline``) for the scheduler replicas to have taken every tick fired
+    before the schedule was paused: such a tick starts its run after the pause (CI,
+    2026-12-06: a run started 0.5 s after the drain had listed the states was checked
+    unfinished a second later)."""
+    stream = transport.names.command_stream
+    while time.monotonic() < deadline:
+        try:
+            info = await transport.js.consumer_info(stream, SCHEDULER_CONSUMER)
+            if not info.num_pending and not info.num_ack_pending:
+                return
+        except Exception:  # noqa: BLE001 - NATS still recovering from a fault: ask again
+            pass
+        await asyncio.sleep(0.5)
 
 
 def _lifecycle_tally(got: Mapping[str, list[str]]) -> str:
@@ -275,17 +292,26 @@ async def _run(
         f"{len(load.resolved)} awakeables resolved ({len(load.unresolved)} not); "
         f"nemesis: {nemesis.counts()}"
     )
+    deadline = time.monotonic() + settings.drain_timeout
     if scenario.schedulers:
         await sched.pause_schedule(transport, SCHEDULE)
+        await _ticks_taken(transport, deadline)
 
     # Drain: every invocation finishes, bounded; measured from the end of the last fault.
-    states = await transport.list_states()
-    ids = set(load.submitted) | {
-        st.invocation_id
-        for st in states
-        if st.invocation_id.startswith(f"{SCHEDULE}-") or st.parent_id
-    }
-    unfinished, _ = await checker.wait_finished(transport, ids, settings.drain_timeout)
+    # Listed again until no new one shows up: a child a parent starts while draining.
+    ids: set[str] = set()
+    unfinished: set[str] = set()
+    while not unfinished:
+        found = set(load.submitted) | {
+            st.invocation_id
+            for st in await transport.list_states()
+            if st.invocation_id.startswith(f"{SCHEDULE}-") or st.parent_id
+        }
+        if found == ids:
+            break
+        ids = found
+        left = max(0.0, deadline - time.monotonic())
+        unfinished, _ = await checker.wait_finished(transport, ids, left)
     drained_at = time.monotonic()
     drain = drained_at - nemesis.last_healed
     say(f"drain: {len(unfinished)} unfinished, {drain:.1f}s after the last fault ended")

@@ -106,6 +106,9 @@ class MemoryTransport:
         st_ = self.states.get(invocation_id)
         return None if st_ is None else StateRecord(st_, 1)
 
+    async def queued_start(self, invocation_id: str) -> pb.Command | None:
+        return None  # no start waits for a processor here
+
     async def expiry_note(self, invocation_id: str) -> dict[str, Any] | None:
         return None  # nothing expires in memory
 
