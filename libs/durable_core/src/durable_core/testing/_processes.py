@@ -75,7 +75,11 @@ class ChildProcess:
                 raise AssertionError(f"{self.name} exited ({self.proc.returncode}):\n{self.log()}")
             return text in self.log()
 
-        assert_eventually(seen, timeout, f"{self.name} to log {text!r}", interval=0.05)
+        try:
+            assert_eventually(seen, timeout, f"{self.name} to log {text!r}", interval=0.05)
+        except AssertionError as e:
+            e.add_note(f"{self.name}'s log (its end):\n{self.log()[-4000:]}")
+            raise
 
     def kill(self) -> None:
         """SIGKILL the child (if it still runs) and reap it."""
@@ -197,7 +201,7 @@ class ProcessStack:
         env: dict[str, str] | None = None,
         *,
         ready: str | None = None,
-        timeout: float = 20,
+        timeout: float = 60,
     ) -> ChildProcess:
         """Start ``python ARGS`` with the stack's environment plus ``env``.
 
@@ -207,7 +211,10 @@ class ProcessStack:
             env: Extra environment variables, names upper-cased (``durable_ack_wait`` sets
                 ``DURABLE_ACK_WAIT``).
             ready: Text the process logs once it is ready; waited for (bounded) if given.
-            timeout: Seconds to wait for ``ready``.
+            timeout: Seconds to wait for ``ready``. A processor binds a consumer per workflow
+                and route, registers its types and joins the fleet before it consumes: 4-7 s
+                on this 2-core machine during the suite, 17 s in a CI run at load average 20
+                (2026-12-06), so 20 s was not enough.
         """
         proc = ChildProcess(name, args, {**self.env, **_upper(env or {})}, self.log_dir)
         self.procs.append(proc)
