@@ -156,18 +156,7 @@ class Commands:
             return None  # a replica behind the caller's own delivery
 
         async def from_leader() -> list[Any]:
-            out: list[Any] = []
-            seq = 1
-            while len(out) < 64:
-                try:
-                    msg = await link.js.get_msg(stream, seq=seq, subject=subject, next=True)
-                except nats.js.errors.NotFoundError:
-                    break
-                if (msg.seq or 0) >= before_seq:
-                    break
-                out.append(msg)
-                seq = (msg.seq or 0) + 1
-            return out
+            return await self._leader_msgs(stream, subject, 64, before=before_seq)
 
         for attempt in range(3):
             fresh = await link.retry("read queued commands", get)
@@ -185,24 +174,42 @@ class Commands:
         n = link.names
         stream, subject = n.command_stream_of(invocation_id), n.key_subjects(invocation_id)
 
-        async def find() -> pb.Command | None:
-            seq = 1
-            for _ in range(_QUEUED_START_LOOKS):  # the start, then what woke it, if anything
-                try:
-                    msg = await link.js.get_msg(stream, seq=seq, subject=subject, next=True)
-                except nats.js.errors.NotFoundError:
-                    return None
-                for cmd in self._parsed([msg]):
-                    if (
-                        cmd.kind == pb.COMMAND_KIND_START
-                        and cmd.state_at_start
-                        and cmd.invocation_id == invocation_id
-                    ):
-                        return cmd
-                seq = (msg.seq or 0) + 1
-            return None
+        async def find() -> list[Any]:
+            # The start, then what woke it, if anything.
+            return await self._leader_msgs(stream, subject, _QUEUED_START_LOOKS)
 
-        return await link.retry("look for a queued start", find)
+        msgs = await link.retry("look for a queued start", find)
+        return next(
+            (
+                cmd
+                for cmd in self._parsed(msgs)
+                if cmd.kind == pb.COMMAND_KIND_START
+                and cmd.state_at_start
+                and cmd.invocation_id == invocation_id
+            ),
+            None,
+        )
+
+    async def _leader_msgs(
+        self, stream: str, subject: str, limit: int, *, before: int | None = None
+    ) -> list[Any]:
+        """Up to ``limit`` messages of ``subject`` (a wildcard may do) numbered below
+        ``before``, oldest first, as the stream's leader has them (a message get, not a
+        direct one)."""
+        js = self._link.js
+        out: list[Any] = []
+        seq = 1
+        while len(out) < limit:
+            try:
+                msg = await js.get_msg(stream, seq=seq, subject=subject, next=True)
+            except nats.js.errors.NotFoundError:
+                break
+            seq = msg.seq or 0
+            if before is not None and seq >= before:
+                break
+            out.append(msg)
+            seq += 1
+        return out
 
     @staticmethod
     def _parsed(msgs: Sequence[Any]) -> list[pb.Command]:
