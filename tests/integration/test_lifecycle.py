@@ -417,6 +417,58 @@ async def test_a_waited_invoke_is_found_by_status_and_cancel_before_any_processo
     assert service.method_counts("Charge") == {f"{ids[0]}:1": 1}  # none for the cancelled one
 
 
+async def test_a_signal_reaches_a_waited_invoke_before_any_processor_takes_it(
+    stack: ProcessStack, client: Client, transport: Transport
+) -> None:
+    """A signal sent right after a plain ``invoke`` stored its start (no state yet: it is
+    left to the processor) was refused "not found" until a processor or the waiting caller
+    created the state; with no processor up, for as long as none came."""
+    stack.start_service()
+    inv = "queued-signal"
+    waiter = asyncio.create_task(
+        client.invoke("expense_by_signal", {}, id=inv, timeout=60, queue_unserved=True)
+    )
+
+    async def queued() -> bool:
+        return await transport.queued_start(inv) is not None
+
+    await assert_eventually_async(queued, 10, "the start queued")
+    await client.signal(inv, "approved", {"by": "dana"})
+    stack.start_processor("p-queued-signal")
+    result = await waiter
+    assert result.output == {"approved": True, "payload": {"by": "dana"}}
+
+
+async def test_a_status_read_as_the_run_ends_finds_its_state_not_nothing(
+    stack: ProcessStack, client: Client, transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A status of an invocation whose start was left to create its state read no state, then
+    looked for the start in the command stream. A processor that took the start up between
+    the two reads (created the state, ran it to its end, acked the start) left neither where
+    the reads looked, and the answer was "not found" for an invocation that had completed."""
+    stack.start_service()
+    stack.start_processor("p-status-race")
+    inv = "status-race"
+    await client.invoke("hello_workflow", {"name": "Ada"}, id=inv, timeout=30)
+
+    async def acked() -> bool:
+        return await transport.queued_start(inv) is None
+
+    await assert_eventually_async(acked, 10, "the start acknowledged")
+    real_get_state = client._t.get_state
+    reads: list[str] = []
+
+    async def read_before_the_create(invocation_id: str) -> Any:
+        # The first read was made before the processor created the state.
+        reads.append(invocation_id)
+        return None if len(reads) == 1 else await real_get_state(invocation_id)
+
+    monkeypatch.setattr(client._t, "get_state", read_before_the_create)
+    summary = await client.get_summary(inv)
+    assert summary.status == "completed"
+    assert reads == [inv, inv]
+
+
 async def test_cancel_a_sleeping_workflow(
     stack: ProcessStack, client: Client, wait_status: Callable[[str, str], Awaitable[None]]
 ) -> None:
@@ -453,6 +505,62 @@ async def test_retry_runs_only_the_failed_step_and_after(
     assert service.method_counts("Ship") == {f"{inv}:3": 1}
     with pytest.raises(IllegalTransitionError):
         await client.retry(inv)  # completed now
+
+
+async def test_a_keyed_invocation_cancelled_pending_runs_no_step_once_its_key_is_free(
+    stack: ProcessStack, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancel of a pending invocation counts its request in the state's journal length, so
+    that no start runs it without reading the journal. A keyed start that found its key held
+    wrote the state "queued" with the journal length of a journal it had not read (0): the
+    turn's start then ran its first step without reading it, after the cancel had been
+    answered "pending"."""
+    service = OrderServiceControl(stack.start_service().channel)
+    service.set_delay("Charge", 3000)
+    processor = stack.start_processor("p-keyed-cancel")
+    key = "keyed-cancel"
+    holder = await client.invoke_async(
+        "cancellable_order", ORDER, id="kc-holder", partition_key=key
+    )
+    await assert_eventually_async(
+        lambda: bool(service.method_counts("Charge")), 10, "the holder's charge in flight"
+    )
+    monkeypatch.setattr(client._t, "send_control", _no_control)
+    monkeypatch.setattr(client._t, "publish_wake", _no_wake)
+    os.kill(processor.proc.pid, signal.SIGSTOP)  # the queued start waits in the socket
+    try:
+        inv = "kc-queued"
+        await client.invoke_async("cancellable_order", ORDER, id=inv, partition_key=key)
+        assert await client.cancel(inv) == "pending"
+    finally:
+        os.kill(processor.proc.pid, signal.SIGCONT)  # queues it behind the holder
+    assert (await client.wait(holder, timeout=30)).status == "completed"
+    result = await client.wait(inv, timeout=30)
+    assert result.status == "cancelled"
+    assert f"{inv}:1" not in service.method_counts("Charge")  # nothing ran after the cancel
+
+
+async def test_a_keyed_fork_waiting_for_its_key_replays_the_copied_steps(
+    stack: ProcessStack, client: Client
+) -> None:
+    """A fork stores the source's steps and counts them in its state's journal length. Keyed,
+    and queued behind the key's holder, its start wrote that length over with 0 (a journal it
+    had not read), and its turn ran the copied steps again instead of replaying them."""
+    service = OrderServiceControl(stack.start_service().channel)
+    stack.start_processor("p-keyed-fork")
+    key = "keyed-fork"
+    await client.invoke("order_processing", ORDER, id="kf-src", partition_key=key, timeout=30)
+    service.set_delay("Charge", 3000)
+    holder = await client.invoke_async("order_processing", ORDER, id="kf-holder", partition_key=key)
+    await assert_eventually_async(
+        lambda: "kf-holder:2" in service.method_counts("Charge"), 10, "the holder's charge"
+    )
+    forked = await client.fork("kf-src", from_step=2)
+    assert (await client.wait(holder, timeout=30)).status == "completed"
+    result = await client.wait(forked, timeout=30)
+    assert result.status == "completed"
+    assert f"{forked}:1" not in service.method_counts("Validate")  # step 1 replayed, not re-run
+    assert f"{forked}:2" in service.method_counts("Charge")
 
 
 async def test_fork_from_step_two_and_rerun(stack: ProcessStack, client: Client) -> None:

@@ -98,6 +98,11 @@ async def state_of(t: Transport, invocation_id: str) -> StateRecord:
     if rec is None:
         rec = await _state_of_queued_start(t, invocation_id)
     if rec is None:
+        # The start may have left the queue between the two reads: a processor took it up,
+        # created the state and ran it to its end. It creates the state before it acks the
+        # start, so a start gone from the queue left its state behind: read it again.
+        rec = await t.get_state(invocation_id)
+    if rec is None:
         raise await missing(t, invocation_id)
     return rec
 
@@ -458,9 +463,7 @@ async def _deliver(
     msg_id: str,
     check: Callable[[list[JournalRecord]], None],
 ) -> None:
-    rec = await t.get_state(invocation_id)
-    if rec is None:
-        raise await missing(t, invocation_id)
+    rec = await state_of(t, invocation_id)  # a queued plain invoke's too
     if rec.state.status in TERMINAL_PB:
         raise InvocationFinishedError(
             f"invocation {invocation_id} is already {Status.from_pb(rec.state.status)}"

@@ -253,7 +253,10 @@ class Execution:
             if child not in st.child_ids:
                 st.child_ids.append(child)
         st.updated_at_ms = now_ms()
-        st.journal_length = len(self.journal.entries)
+        # Never fewer than the state counts: a run that has not read the journal (a keyed start
+        # queued behind its key's holder) must not erase a fork's copied steps or a pending
+        # cancel's request, each counted there so that no start runs without reading them.
+        st.journal_length = max(st.journal_length, len(self.journal.entries))
         st.processor = self.env.processor_id
         return st
 
