@@ -20,6 +20,7 @@ from durable_core import (
     IllegalTransitionError,
     InvalidInputError,
     InvocationTimeoutError,
+    NatsUnavailableError,
     NotFoundError,
     WorkflowFailedError,
 )
@@ -91,6 +92,87 @@ async def test_pause_and_resume_through_the_cli_and_illegal_transitions(
     assert result.output["message"] == GREETING.format("Nap")
     cp = await asyncio.to_thread(stack.cli, "pause", inv)
     assert cp.returncode == 6 and "already completed" in cp.stderr
+
+
+class _WakeLost:
+    """The first wake-up fails as NATS out of reach would fail it (after the request was
+    journaled); later ones go through."""
+
+    def __init__(self, real: Callable[..., Awaitable[bool]]) -> None:
+        self.real, self.failed = real, 0
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> bool:
+        if not self.failed:
+            self.failed += 1
+            raise NatsUnavailableError(["nats://127.0.0.1:1"], "gone while waking it")
+        return await self.real(*args, **kwargs)
+
+
+async def test_a_resume_whose_wake_up_failed_is_finished_by_asking_again(
+    stack: ProcessStack,
+    client: Client,
+    monkeypatch: pytest.MonkeyPatch,
+    status_of: Callable[[str], Awaitable[str]],
+) -> None:
+    """A resume journals its request, then wakes the invocation. When the wake-up failed (NATS
+    gone, or the caller killed in between), the invocation stayed paused for good: asking
+    again was refused ("it is paused, not paused"), the journal no longer being paused."""
+    stack.start_service()
+    inv = "resume-lost"
+    await client.invoke_async("hello_workflow", {"name": "Ada"}, id=inv, queue_unserved=True)
+    assert await client.pause(inv) == "paused"  # pending: no processor is up
+    stack.start_processor("p-resume-lost")
+    await asyncio.sleep(1)
+    assert await status_of(inv) == "paused"
+    monkeypatch.setattr(client._t, "publish_wake", _WakeLost(client._t.publish_wake))
+    with pytest.raises(NatsUnavailableError):
+        await client.resume(inv)
+    assert await status_of(inv) == "paused"  # the journal says resumed: nothing woke it
+    await client.resume(inv)
+    result = await client.wait(inv, timeout=30)
+    assert result.status == "completed"
+
+
+async def test_a_cancel_whose_wake_up_failed_is_finished_by_asking_again(
+    stack: ProcessStack,
+    client: Client,
+    monkeypatch: pytest.MonkeyPatch,
+    wait_status: Callable[[str, str], Awaitable[None]],
+) -> None:
+    """The same for a cancel of a sleeping invocation: asking again answered "suspended" and
+    changed nothing, and it slept on until its timer."""
+    stack.start_service()
+    stack.start_processor("p-cancel-wake-lost")
+    inv = "cancel-wake-lost"
+    await client.invoke_async("delayed_greeting", {"delay_seconds": 600}, id=inv)
+    await wait_status(inv, "suspended")
+    monkeypatch.setattr(client._t, "publish_wake", _WakeLost(client._t.publish_wake))
+    with pytest.raises(NatsUnavailableError):
+        await client.cancel(inv)
+    await client.cancel(inv)
+    result = await client.wait(inv, timeout=20)
+    assert result.status == "cancelled"
+
+
+async def test_a_retry_whose_wake_up_failed_is_finished_by_asking_again(
+    stack: ProcessStack, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retry journals its request, moves the state to pending, then wakes the invocation.
+    When the wake-up failed, it stayed pending with nothing to run it, and a retry was
+    refused ("it is pending, not failed")."""
+    stack.start_service()
+    stack.start_processor("p-retry-lost")
+    inv = "retry-lost"
+    with pytest.raises(WorkflowFailedError):
+        await client.invoke("flaky_order", {"failures": 2, "attempts": 2}, id=inv, timeout=30)
+    monkeypatch.setattr(client._t, "publish_wake", _WakeLost(client._t.publish_wake))
+    with pytest.raises(NatsUnavailableError):
+        await client.retry(inv)
+    assert await client.retry(inv) == "pending"
+    result = await client.wait(inv, timeout=30)
+    assert result.status == "completed"
+    with pytest.raises(IllegalTransitionError):
+        await client.retry(inv)  # completed now
 
 
 async def test_pause_racing_completion_leaves_it_completed(

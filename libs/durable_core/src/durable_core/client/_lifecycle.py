@@ -29,6 +29,7 @@ from durable_core.engine._intake import (
 from durable_core.engine._keys import release_key
 from durable_core.errors import (
     AlreadyResolvedError,
+    DurableError,
     ExpiredError,
     IllegalTransitionError,
     InvalidInputError,
@@ -138,17 +139,21 @@ async def change(t: Transport, invocation_id: str, kind: pb.EntryKind) -> Status
     rec = await state_of(t, invocation_id)
     status = Status.from_pb(rec.state.status)
     running = False  # a processor runs it now (the journal says so before the state)
+    seen = 0  # the journal's last sequence, as the check read it
 
     def check(records: list[JournalRecord]) -> None:
-        nonlocal running
+        nonlocal running, seen
         machine = ReplayMachine(invocation_id, (r.entry for r in records))
         running = not machine.idle
+        seen = records[-1].seq if records else 0
         if machine.final is not None:
             real = _FINAL_NAMES[machine.final.kind]
             raise IllegalTransitionError(
                 f"cannot {verb} invocation {invocation_id}: it is already {real}", real
             )
         if kind == pb.ENTRY_KIND_RESUME_REQUEST and not machine.paused:
+            if status == Status.PAUSED:
+                raise _AlreadyThere  # resumed in the journal; the state has not moved on yet
             raise IllegalTransitionError(
                 f"cannot resume invocation {invocation_id}: it is {status.value}, not paused",
                 status.value,
@@ -185,8 +190,23 @@ async def change(t: Transport, invocation_id: str, kind: pb.EntryKind) -> Status
             interrupt=kind == pb.ENTRY_KIND_CANCEL_REQUEST,  # cancel a run in flight at once
         )
     except _AlreadyThere:
-        return Status.from_pb((await t.get_state(invocation_id) or rec).state.status)
+        # Requested before, perhaps by a caller that stopped before the request's follow-ups
+        # (it died, or NATS failed its wake-up): a resumed invocation stayed paused and a
+        # cancelled sleeper slept on, and asking again changed nothing. Each follow-up is
+        # idempotent (a wake-up is deduplicated per entry; the state writes are
+        # revision-checked), so asking again does them again.
+        await _follow_up(t, _addressee(rec.state), kind, seen)
     return await _show_transition(t, invocation_id, kind, running=running)
+
+
+async def _follow_up(t: Transport, to: Addressee, kind: pb.EntryKind, seen: int) -> None:
+    """What ``deliver_external`` does after it appends a lifecycle request (``kind``), for a
+    request already journaled up to ``seen``."""
+    if kind == pb.ENTRY_KIND_CANCEL_REQUEST:
+        with contextlib.suppress(DurableError):  # best effort: the wake-up is what counts
+            await t.send_control(to.invocation_id, "cancel")
+    if kind != pb.ENTRY_KIND_PAUSE_REQUEST:
+        await t.publish_wake(to.invocation_id, to.workflow, to.partition_key, seen, route=to.route)
 
 
 async def cancel_blocked(t: Transport, rec: StateRecord, message: str) -> Status | None:
@@ -300,16 +320,22 @@ async def _show_transition(
 async def retry(t: Transport, invocation_id: str) -> Status:
     """Run a failed invocation again from its failed step (see ``Client.retry``)."""
     rec = await state_of(t, invocation_id)
-    if rec.state.status != pb.STATUS_FAILED:
-        status = Status.from_pb(rec.state.status).value
+    status = rec.state.status
+    if status not in (pb.STATUS_FAILED, pb.STATUS_PENDING):
+        name = Status.from_pb(status).value
         raise IllegalTransitionError(
-            f"cannot retry invocation {invocation_id}: it is {status}, not failed", status
+            f"cannot retry invocation {invocation_id}: it is {name}, not failed", name
         )
+    retried = 0  # the sequence of a retry request that nothing has followed yet
 
     def check(records: list[JournalRecord]) -> None:
+        nonlocal retried
         machine = ReplayMachine(invocation_id, (r.entry for r in records))
-        if machine.final is None or machine.final.kind != pb.ENTRY_KIND_FAILED:
-            raise _AlreadyThere  # retried already
+        if machine.final is not None and machine.final.kind == pb.ENTRY_KIND_FAILED:
+            return
+        if records and records[-1].entry.kind == pb.ENTRY_KIND_RETRY_REQUEST:
+            retried = records[-1].seq
+        raise _AlreadyThere  # retried already (or, pending, never failed)
 
     try:
         # The wake-up waits until the state says pending again (below).
@@ -322,16 +348,29 @@ async def retry(t: Transport, invocation_id: str) -> Status:
             wake=False,
         )
     except _AlreadyThere:
-        return Status.from_pb((await t.get_state(invocation_id) or rec).state.status)
-    st = pb.ExecutionState()
-    st.CopyFrom(rec.state)
-    st.status = pb.STATUS_PENDING
-    st.ClearField("failure")
-    st.updated_at_ms = int(time.time() * 1000)
-    # If someone else moved it on meanwhile, the wake-up below is harmless either way.
-    with contextlib.suppress(StateConflict):
-        await t.update_state(st, rec.revision)
-    await t.publish_wake(invocation_id, st.workflow, st.partition_key, seq, route=st.pinned_version)
+        if not retried:
+            now = (await t.get_state(invocation_id) or rec).state.status
+            if status == now == pb.STATUS_PENDING:
+                raise IllegalTransitionError(
+                    f"cannot retry invocation {invocation_id}: it is pending, not failed",
+                    Status.PENDING.value,
+                ) from None
+            return Status.from_pb(now)
+        # Retried, and nothing has run since: that retry's caller may have stopped before
+        # its state write or its wake-up (it died, or NATS failed it), which left the
+        # invocation failed or pending with no wake-up. Finish that retry.
+        seq = retried
+    if status == pb.STATUS_FAILED:
+        st = pb.ExecutionState()
+        st.CopyFrom(rec.state)
+        st.status = pb.STATUS_PENDING
+        st.ClearField("failure")
+        st.updated_at_ms = int(time.time() * 1000)
+        # If someone else moved it on meanwhile, the wake-up below is harmless either way.
+        with contextlib.suppress(StateConflict):
+            await t.update_state(st, rec.revision)
+    to = _addressee(rec.state)
+    await t.publish_wake(invocation_id, to.workflow, to.partition_key, seq, route=to.route)
     return Status.PENDING
 
 
