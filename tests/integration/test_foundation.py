@@ -165,6 +165,43 @@ async def test_invoking_a_taken_id_again_returns_its_result_or_is_refused(
         await client.invoke("order_processing", {"order_id": "o"}, id="again", timeout=30)
 
 
+async def test_a_taken_id_submitted_while_its_invoke_is_only_queued_runs_once_or_is_refused(
+    stack: ProcessStack, client: Client, transport: Transport
+) -> None:
+    """A plain ``invoke`` stores only its start; until a processor creates its state, a second
+    submission of the id finds no state and creates its own, and its own start is a
+    duplicate of the first. With another workflow, the processor dropped the first start
+    (not this invocation's) and the second was never started: accepted, pending for good.
+    Now the second submission stores a start of its own; the first start runs only a state
+    it would have built; its caller is refused as any later submission of a taken id is."""
+    stack.start_service()
+    ids = ("queued-taken-wf", "queued-taken-args")
+    firsts = [
+        asyncio.create_task(
+            client.invoke("hello_workflow", {"name": "one"}, id=i, timeout=30, queue_unserved=True)
+        )
+        for i in ids
+    ]
+    for i in ids:
+
+        async def queued(i: str = i) -> bool:
+            return await transport.queued_start(i) is not None
+
+        await assert_eventually_async(queued, 10, f"the start of {i} queued")
+    order = {"order_id": "o-taken", "amount_cents": 1}
+    await client.invoke_async("order_processing", order, id=ids[0], queue_unserved=True)
+    await client.invoke_async("hello_workflow", {"name": "two"}, id=ids[1], queue_unserved=True)
+    stack.start_processor("p-taken")
+    other_workflow, other_args = [await client.wait(i, timeout=30) for i in ids]
+    assert other_workflow.status == "completed"
+    assert other_workflow.output["order_id"] == "o-taken"
+    assert other_args.output == {"message": GREETING.format("two")}
+    with pytest.raises(InvalidInputError, match="already used by workflow"):
+        await firsts[0]
+    with pytest.raises(ConflictError, match="other arguments"):
+        await firsts[1]
+
+
 async def test_results_come_to_the_clients_own_subject_with_no_subscription_per_invoke(
     stack: ProcessStack, client: Client, transport: Transport
 ) -> None:

@@ -110,12 +110,13 @@ class Commands:
 
         return await link.retry("publish command", pub)
 
-    async def schedule(self, cmd: pb.Command, *, at_ms: int, key: str, msg_id: str) -> None:
+    async def schedule(self, cmd: pb.Command, *, at_ms: int, key: str, msg_id: str) -> bool:
         """Have the server publish ``cmd`` at ``at_ms`` (JetStream message scheduling).
 
         The schedule's resolution is a whole second: the time is rounded down, and a sleep
         woken up to a second early waits out the rest in-process (see Context.sleep), so it
-        wakes on time. ``key`` names the schedule (one subject per schedule).
+        wakes on time. ``key`` names the schedule (one subject per schedule). Returns False
+        if it was a duplicate (by ``msg_id``).
         """
         link = self._link
         when = datetime.fromtimestamp(math.floor(at_ms / 1000), tz=UTC)
@@ -127,10 +128,11 @@ class Commands:
         data = cmd.SerializeToString()
         subject = link.names.schedule_subject(key, cmd.partition_key or cmd.invocation_id)
 
-        async def pub() -> None:
-            await link.js.publish(subject, data, headers=headers)
+        async def pub() -> bool:
+            ack = await link.js.publish(subject, data, headers=headers)
+            return not ack.duplicate
 
-        await link.retry("schedule command", pub)
+        return await link.retry("schedule command", pub)
 
     async def queued(self, partition_key: str, before: int) -> list[pb.Command]:
         """Commands of a partition key still in its command stream numbered below ``before``

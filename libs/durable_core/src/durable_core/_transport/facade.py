@@ -268,9 +268,10 @@ class Transport:
             msg_id=f"rescue:{st.invocation_id}:{st.run_command_seq}:{rec.revision}",
         )
 
-    async def schedule_command(self, cmd: pb.Command, *, at_ms: int, key: str, msg_id: str) -> None:
-        """Have the server publish ``cmd`` at ``at_ms`` (see Commands.schedule)."""
-        await self._commands.schedule(cmd, at_ms=at_ms, key=key, msg_id=msg_id)
+    async def schedule_command(self, cmd: pb.Command, *, at_ms: int, key: str, msg_id: str) -> bool:
+        """Have the server publish ``cmd`` at ``at_ms`` (see Commands.schedule); False if it
+        was a duplicate."""
+        return await self._commands.schedule(cmd, at_ms=at_ms, key=key, msg_id=msg_id)
 
     async def queued_commands(self, partition_key: str, before: int) -> list[pb.Command]:
         """Commands of a partition key still in its command stream numbered below ``before``

@@ -91,22 +91,6 @@ def start_at_ms(delay: timedelta | None, start_at: datetime | None) -> int:
     return 0
 
 
-def _same_payload(a: pb.Payload, b: pb.Payload) -> bool:
-    """Equal values: JSON compared decoded (key order and spacing do not matter), stored
-    ones by digest."""
-    by_ref = _payloads.same_payload(a, b)
-    if by_ref is not None or a.HasField("ref") or b.HasField("ref"):
-        return bool(by_ref)
-    if a.encoding != b.encoding or a.type_name != b.type_name:
-        return False
-    if a.encoding == pb.ENCODING_JSON and a.data != b.data:
-        try:
-            return bool(_codec.decode(a) == _codec.decode(b))
-        except InvalidInputError:
-            return False
-    return a.data == b.data
-
-
 async def submit(
     t: Transport,
     workflow: WorkflowRef,
@@ -286,7 +270,7 @@ async def _check_same_arguments(
 
 
 def _check_same(existing: pb.ExecutionState, name: str, payload: pb.Payload) -> None:
-    if _same_payload(existing.args, payload):
+    if intake.same_args(existing.args, payload):
         return
     raise ConflictError(
         f"invocation id {existing.invocation_id} is taken by an invocation of {name} with "

@@ -318,6 +318,24 @@ class Execution:
             )
             await self.delivery.ack()
             return
+        if (
+            st is not None
+            and not started
+            and st.status not in TERMINAL
+            and self.cmd.kind == pb.COMMAND_KIND_START
+            and self.cmd.state_at_start
+            and not _intake.started_by(st, self.cmd)
+        ):
+            # A plain invoke's start, queued with no state, and another submission of the id
+            # (other arguments, a key, a delay) won the state's create meanwhile: that one
+            # stored a start of its own, which runs it; never run its state from this one.
+            log.warning(
+                "start of %s is not the submission its state is (other arguments, key or "
+                "delay); dropping it",
+                self.id,
+            )
+            await self.delivery.ack()
+            return
         if st is not None and st.status in TERMINAL:
             log.info("invocation %s already %s; acking", self.id, pb.Status.Name(st.status))
             if st.notify_parent:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from durable_core import _payloads
+from durable_core import _codec, _payloads
 from durable_core._journal import FINAL_KINDS, Submission
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import JournalConflict, JournalRecord, StateRecord, Transport
@@ -60,26 +60,42 @@ async def submit(t: Transport, state: pb.ExecutionState, cmd: pb.Command) -> Sta
         for result in results:
             if isinstance(result, BaseException):
                 raise result
-        created = results[0]
-        assert not isinstance(created, BaseException)
+        created, published = results
+        assert not isinstance(created, BaseException) and not isinstance(published, BaseException)
         if created is None:
             await _existing_of_same_workflow(t, state)
+        elif not published:
+            await _own_start(t, created, cmd, delayed=False)
         return created
     created = await t.create_state(state)
     if created is None:
         existing = await _existing_of_same_workflow(t, state)
         if existing is not None and existing.state.status != pb.STATUS_PENDING:
             return None
-    if delayed:
-        await t.schedule_command(
-            cmd,
-            at_ms=state.start_at_ms,
-            key=f"{state.invocation_id}.start",
-            msg_id=f"start:{state.invocation_id}",
-        )
-    else:
-        await t.publish_command(cmd, msg_id=f"start:{state.invocation_id}")
+    if await _publish_start(t, cmd, state.start_at_ms if delayed else 0, ""):
+        return created
+    if created is not None:
+        await _own_start(t, created, cmd, delayed=delayed)
     return created
+
+
+async def _publish_start(t: Transport, cmd: pb.Command, at_ms: int, suffix: str) -> bool:
+    """Publish (or, ``at_ms``, schedule) a start; False if its message id was stored before."""
+    msg_id = f"start:{cmd.invocation_id}{suffix}"
+    if at_ms:
+        key = f"{cmd.invocation_id}.start"
+        return await t.schedule_command(cmd, at_ms=at_ms, key=key, msg_id=msg_id)
+    return await t.publish_command(cmd, msg_id=msg_id)
+
+
+async def _own_start(t: Transport, created: StateRecord, cmd: pb.Command, *, delayed: bool) -> None:
+    """This submission created the state, but a start of the id was stored already: a plain
+    invoke's, which left the state to its processor and had not had it created yet (or this
+    submission's own first try, whose create failed). That start runs this state only if it
+    is the same submission (``started_by``), so store this one's own start too, under a
+    message id of its own: a second start of one invocation is harmless (``_hold``, case 3)."""
+    st = created.state
+    await _publish_start(t, cmd, st.start_at_ms if delayed else 0, f":{created.revision}")
 
 
 async def _existing_of_same_workflow(t: Transport, state: pb.ExecutionState) -> StateRecord | None:
@@ -131,6 +147,36 @@ def state_of_start(cmd: pb.Command) -> pb.ExecutionState:
     )
     st.trace_context.update(cmd.metadata)  # as the client would have stored it
     return st
+
+
+def same_args(a: pb.Payload, b: pb.Payload) -> bool:
+    """Equal values: JSON compared decoded (key order and spacing do not matter), stored
+    ones by digest."""
+    by_ref = _payloads.same_payload(a, b)
+    if by_ref is not None or a.HasField("ref") or b.HasField("ref"):
+        return bool(by_ref)
+    if a.encoding != b.encoding or a.type_name != b.type_name:
+        return False
+    if a.encoding == pb.ENCODING_JSON and a.data != b.data:
+        try:
+            return bool(_codec.decode(a) == _codec.decode(b))
+        except InvalidInputError:
+            return False
+    return a.data == b.data
+
+
+def started_by(state: pb.ExecutionState, cmd: pb.Command) -> bool:
+    """Whether ``state`` is what the start ``cmd``, one that left the state to its processor
+    (``Command.state_at_start``), builds: this submission's, stored by its waiter, a status
+    or the processor, or an identical one's. Else another submission of the id won its create
+    while that start was queued; that one stored a start of its own, which runs it."""
+    return (
+        state.workflow == cmd.workflow
+        and state.partition_key == cmd.partition_key
+        and not (state.parent_id or state.start_at_ms or state.deadline_ms)
+        and not (state.forked_from or state.rerun_of)
+        and same_args(state.args, cmd.args)
+    )
 
 
 def _rebuildable(state: pb.ExecutionState, cmd: pb.Command) -> bool:
