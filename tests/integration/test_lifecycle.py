@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from durable_core import (
+    AlreadyResolvedError,
     Client,
     ExpiredError,
     IllegalTransitionError,
@@ -173,6 +174,78 @@ async def test_a_retry_whose_wake_up_failed_is_finished_by_asking_again(
     assert result.status == "completed"
     with pytest.raises(IllegalTransitionError):
         await client.retry(inv)  # completed now
+
+
+async def test_a_resolution_or_signal_whose_wake_up_failed_is_finished_by_sending_again(
+    stack: ProcessStack,
+    client: Client,
+    transport: Transport,
+    monkeypatch: pytest.MonkeyPatch,
+    wait_status: Callable[[str, str], Awaitable[None]],
+) -> None:
+    """Resolving an awakeable again with the same value, after the first call's wake-up
+    failed, was refused "already resolved" and the invocation slept on; a signal sent again
+    was a second signal. The same resolution again, or a signal with its id again, now wakes
+    the invocation once more and delivers nothing twice."""
+    stack.start_service()
+    stack.start_processor("p-awk-wake-lost")
+    inv, sig = "awk-wake-lost", "sig-wake-lost"
+    await client.invoke_async("expense_approval", {"expense_id": "e-9", "amount_cents": 9}, id=inv)
+    await client.invoke_async("expense_by_signal", {}, id=sig)
+    await wait_status(inv, "suspended")
+    await wait_status(sig, "suspended")
+    monkeypatch.setattr(client._t, "publish_wake", _WakeLost(client._t.publish_wake))
+    with pytest.raises(NatsUnavailableError):
+        await client.resolve_awakeable(f"awk.{inv}.1", {"approver": "ann"})
+    await client.resolve_awakeable(f"awk.{inv}.1", {"approver": "ann"})
+    with pytest.raises(AlreadyResolvedError):
+        await client.resolve_awakeable(f"awk.{inv}.1", {"approver": "bob"})
+    result = await client.wait(inv, timeout=20)
+    assert result.output["by"] == "ann"
+    monkeypatch.setattr(client._t, "publish_wake", _WakeLost(client._t.publish_wake.real))
+    with pytest.raises(NatsUnavailableError):
+        await client.signal(sig, "approved", {"n": 1}, signal_id="s-1")
+    await client.signal(sig, "approved", {"n": 1}, signal_id="s-1")
+    result = await client.wait(sig, timeout=20)
+    assert result.output == {"approved": True, "payload": {"n": 1}}
+    records = await transport.read_journal(sig)
+    assert [r.entry.kind for r in records].count(pb.ENTRY_KIND_SIGNAL) == 1  # delivered once
+
+
+async def test_a_retried_invocation_takes_signals_and_its_childs_result(
+    stack: ProcessStack,
+    client: Client,
+    transport: Transport,
+    wait_status: Callable[[str, str], Awaitable[None]],
+) -> None:
+    """A retry leaves the FAILED entry in the journal (the replay forgets it). Signals were
+    refused for good after a retry ("already finished"), and a child that ended after its
+    parent failed had its result dropped, so the retried parent waited for it forever."""
+    stack.start_service()
+    stack.start_processor("p-retried-news")  # one: the flaky step counts its attempts here
+    sig, parent = "retried-signal", "retried-parent"
+    with pytest.raises(WorkflowFailedError):
+        args = {"failures": 2, "attempts": 2, "then_signal": True}
+        await client.invoke("flaky", args, id=sig, timeout=30)
+    await client.retry(sig)
+    await wait_status(sig, "suspended")  # the step succeeded; waits for the signal
+    await client.signal(sig, "go", {"ok": 1})
+    result = await client.wait(sig, timeout=20)
+    assert result.output == {"succeeded_on_attempt": 3, "signal": {"ok": 1}}
+
+    with pytest.raises(WorkflowFailedError):
+        args = {"failures": 1, "attempts": 1, "child_delay_seconds": 2}
+        await client.invoke("flaky", args, id=parent, timeout=30)
+
+    async def reported() -> bool:
+        records = await transport.read_journal(parent)
+        return any(r.entry.kind == pb.ENTRY_KIND_CHILD_RESULT for r in records)
+
+    # The child sleeps 2 s, then reports to its failed parent.
+    await assert_eventually_async(reported, 20, "the child's result in the failed parent's journal")
+    await client.retry(parent)
+    result = await client.wait(parent, timeout=20)
+    assert result.output == {"succeeded_on_attempt": 2, "child": GREETING.format("child")}
 
 
 async def test_pause_racing_completion_leaves_it_completed(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Any
 
@@ -20,6 +21,10 @@ async def flaky(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     backoff), ``backoff`` (2.0), ``jitter`` (0.1), and ``fatal``: raise PermissionError, which
     the policy names as non-retryable. The attempt count lives in the processor's memory:
     run one processor when a test counts attempts.
+
+    What a retried invocation meets after the step failed for good: ``child_delay_seconds``
+    starts the child ``delayed_greeting`` beside the step (it ends after the step failed, and
+    the retried run needs its result); ``then_signal`` waits for the signal ``go`` after it.
     """
     failures = int(args.get("failures", 2))
     fatal = bool(args.get("fatal", False))
@@ -41,8 +46,18 @@ async def flaky(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
         jitter=float(args.get("jitter", 0.1)),
         non_retryable_errors=("PermissionError",),
     )
-    attempt = await ctx.run("unreliable", unreliable, retry=policy)
-    return {"succeeded_on_attempt": attempt}
+    out: dict[str, Any] = {}
+    if args.get("child_delay_seconds") is not None:
+        child = {"name": "child", "delay_seconds": float(args["child_delay_seconds"])}
+        greeting, attempt = await asyncio.gather(
+            ctx.invoke("delayed_greeting", child), ctx.run("unreliable", unreliable, retry=policy)
+        )
+        out["child"] = greeting["message"]
+    else:
+        attempt = await ctx.run("unreliable", unreliable, retry=policy)
+    if args.get("then_signal"):
+        out["signal"] = await ctx.wait_for_signal("go")
+    return {"succeeded_on_attempt": attempt, **out}
 
 
 async def flaky_order(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:

@@ -189,18 +189,29 @@ def reject(ctx: click.Context, awakeable_id: str, reason: str, as_json: bool) ->
 @click.argument("invocation_id", metavar="ID", help="the invocation")
 @click.argument("name", metavar="NAME", help="the signal's name (what the workflow waits for)")
 @click.option("--payload", metavar="JSON|@FILE|-", help="payload as JSON (default: null)")
+@click.option(
+    "--id",
+    "signal_id",
+    metavar="SIGNAL_ID",
+    help="the signal's own id: sending again with it never delivers it twice",
+)
 @json_option
 @connection_options
 @click.pass_context
 def signal(
-    ctx: click.Context, invocation_id: str, name: str, payload: str | None, as_json: bool
+    ctx: click.Context,
+    invocation_id: str,
+    name: str,
+    payload: str | None,
+    signal_id: str | None,
+    as_json: bool,
 ) -> int:
     """Send a named signal to an invocation (kept until the workflow waits for it)."""
     value = read_json(payload, "--payload")
 
     async def go() -> int:
         async with await connect(globals_of(ctx)) as client:
-            await client.signal(invocation_id, name, value)
+            await client.signal(invocation_id, name, value, signal_id=signal_id)
         if as_json:
             echo_json({"invocation_id": invocation_id, "signal": name, "sent": True})
         else:

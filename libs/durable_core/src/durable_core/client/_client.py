@@ -384,14 +384,22 @@ class Client:
         assert isinstance(blob, _payloads.Blob)
         return blob
 
-    async def signal(self, invocation_id: str, name: str, payload: Any = None) -> None:
+    async def signal(
+        self, invocation_id: str, name: str, payload: Any = None, *, signal_id: str | None = None
+    ) -> None:
         """Send the signal ``name`` to an invocation; kept until the workflow waits for it.
+
+        ``signal_id`` makes sending it again safe: a signal whose id the invocation has is not
+        delivered twice (its wake-up is sent again). Without one, every call is a new signal,
+        so a call that raised after reaching NATS may have delivered it already.
 
         Raises:
             NotFoundError: no such invocation.
             InvocationFinishedError: it has finished.
         """
-        await lifecycle.signal(self._t, invocation_id, name, _codec.encode(payload))
+        await lifecycle.signal(
+            self._t, invocation_id, name, _codec.encode(payload), signal_id=signal_id
+        )
 
     # -- reading ---------------------------------------------------------------------------
 

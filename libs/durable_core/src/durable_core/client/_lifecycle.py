@@ -8,6 +8,7 @@ one a finished child takes to report to its parent).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 import uuid
@@ -24,6 +25,7 @@ from durable_core.engine._intake import (
     Addressee,
     deliver_external,
     report_to_parent,
+    same_args,
     state_of_start,
 )
 from durable_core.engine._keys import release_key
@@ -320,6 +322,8 @@ async def _show_transition(
 async def retry(t: Transport, invocation_id: str) -> Status:
     """Run a failed invocation again from its failed step (see ``Client.retry``)."""
     rec = await state_of(t, invocation_id)
+    if rec.state.status == pb.STATUS_RUNNING:
+        rec = await _failed_state(t, rec)
     status = rec.state.status
     if status not in (pb.STATUS_FAILED, pb.STATUS_PENDING):
         name = Status.from_pb(status).value
@@ -372,6 +376,23 @@ async def retry(t: Transport, invocation_id: str) -> Status:
     to = _addressee(rec.state)
     await t.publish_wake(invocation_id, to.workflow, to.partition_key, seq, route=to.route)
     return Status.PENDING
+
+
+async def _failed_state(t: Transport, rec: StateRecord, wait_s: float = 5.0) -> StateRecord:
+    """The state of a running invocation whose journal says it failed, once it says so too.
+
+    The final state is written after the final entry (and after ``invoke`` heard of the
+    failure): a retry right after it found the invocation "running" and was refused."""
+    invocation_id = rec.state.invocation_id
+    records = await t.read_journal(invocation_id, current=True)
+    final = ReplayMachine(invocation_id, (r.entry for r in records)).final
+    if final is None or final.kind != pb.ENTRY_KIND_FAILED:
+        return rec
+    deadline = time.monotonic() + wait_s
+    while rec.state.status == pb.STATUS_RUNNING and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        rec = await state_of(t, invocation_id)
+    return rec
 
 
 async def rerun(t: Transport, invocation_id: str) -> str:
@@ -457,8 +478,17 @@ def _awakeable_owner(awakeable_id: str) -> str:
 
 
 def _check_open(invocation_id: str, records: list[JournalRecord]) -> None:
-    if any(r.entry.kind in (pb.ENTRY_KIND_COMPLETED, pb.ENTRY_KIND_FAILED) for r in records):
+    # As the replay has it: a retried failure is not the end (its FAILED entry stays in the
+    # journal), and a cancellation is.
+    if ReplayMachine(invocation_id, (r.entry for r in records)).final is not None:
         raise InvocationFinishedError(f"invocation {invocation_id} has already finished")
+
+
+def _same_outcome(stored: pb.JournalEntry, entry: pb.JournalEntry) -> bool:
+    """Whether two resolutions of an awakeable say the same (their timestamps aside)."""
+    if stored.HasField("output") != entry.HasField("output") or stored.failure != entry.failure:
+        return False
+    return not entry.HasField("output") or same_args(stored.output, entry.output)
 
 
 async def complete_awakeable(
@@ -471,27 +501,39 @@ async def complete_awakeable(
         entry.output.CopyFrom(await _payloads.offload(t.payloads, payload, invocation_id))
     if failure is not None:
         entry.failure.CopyFrom(failure)
+    msg_id = f"awk:{awakeable_id}"
 
     def check(records: list[JournalRecord]) -> None:
         _check_open(invocation_id, records)
         for r in records:
             if r.entry.kind == pb.ENTRY_KIND_AWAKEABLE_RESULT and r.entry.name == awakeable_id:
+                if r.msg_id == msg_id and _same_outcome(r.entry, entry):
+                    # Resolved so before, perhaps by a call whose wake-up failed: taken as
+                    # this call's entry, and the invocation is woken again (deduplicated).
+                    return
                 raise AlreadyResolvedError(
                     f"awakeable {awakeable_id} was already "
                     f"{'rejected' if r.entry.HasField('failure') else 'resolved'}"
                 )
 
-    await _deliver(t, invocation_id, entry, f"awk:{awakeable_id}", check)
+    await _deliver(t, invocation_id, entry, msg_id, check)
 
 
-async def signal(t: Transport, invocation_id: str, name: str, payload: pb.Payload) -> None:
-    """Send the signal ``name`` to an invocation (kept until the workflow waits for it)."""
+async def signal(
+    t: Transport, invocation_id: str, name: str, payload: pb.Payload, signal_id: str | None = None
+) -> None:
+    """Send the signal ``name`` to an invocation (kept until the workflow waits for it).
+    ``signal_id``: the same id again is the same signal (delivered once, woken again)."""
     check_invocation_id(invocation_id)
     if not isinstance(name, str) or not name or len(name) > 256:
         raise InvalidInputError("a signal name is a non-empty string of at most 256 chars")
+    if signal_id is not None and (
+        not isinstance(signal_id, str) or not signal_id or len(signal_id) > 256
+    ):
+        raise InvalidInputError("a signal id is a non-empty string of at most 256 chars")
     payload = await _payloads.offload(t.payloads, payload, invocation_id)
     entry = _client_entry(pb.ENTRY_KIND_SIGNAL, name=name, output=payload)
-    msg_id = f"sig:{invocation_id}:{uuid.uuid4().hex}"
+    msg_id = f"sig:{invocation_id}:{signal_id or uuid.uuid4().hex}"
     await _deliver(t, invocation_id, entry, msg_id, lambda r: _check_open(invocation_id, r))
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from durable_core import _codec, _payloads
-from durable_core._journal import FINAL_KINDS, Submission
+from durable_core._journal import ReplayMachine, Submission
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import JournalConflict, JournalRecord, StateRecord, Transport
 from durable_core.errors import DurableError, InvalidInputError, InvocationFinishedError
@@ -337,7 +337,10 @@ async def report_to_parent(t: Transport, st: pb.ExecutionState, final: pb.Journa
         result.failure.CopyFrom(final.failure)
 
     def unfinished(records: list[JournalRecord]) -> None:
-        if any(r.entry.kind in FINAL_KINDS for r in records):
+        # A failed parent takes it still: a retry replays the step that waits for it (the
+        # child was started before the failure, and reports only once).
+        final = ReplayMachine(parent, (r.entry for r in records)).final
+        if final is not None and final.kind != pb.ENTRY_KIND_FAILED:
             raise InvocationFinishedError(f"invocation {parent} has already finished")
 
     # The parent's wake-up follows its pin, if it has one (it may have got it after the child
