@@ -718,6 +718,26 @@ async def test_a_keyed_fork_waiting_for_its_key_replays_the_copied_steps(
     assert f"{forked}:2" in service.method_counts("Charge")
 
 
+async def test_a_retried_step_backs_off_on_server_timers_again(
+    stack: ProcessStack, client: Client
+) -> None:
+    """A retried invocation counts the failed step's attempts from 1 again, so its backoff
+    arms the same server timers (same step, same attempt) as the first run did. Their
+    schedules carried the timer's name as message id, and within the command stream's
+    duplicate window (10 min) the new ones were dropped: the invocation slept for good."""
+    stack.start_service()
+    stack.start_processor("p-retry-timers")  # one: the flaky step counts its calls here
+    inv = "retry-timers"
+    # 2.5 s between attempts: past the 2 s waited in the processor, so on a server timer.
+    args = {"failures": 4, "attempts": 3, "interval_ms": 2500, "backoff": 1.0, "jitter": 0}
+    with pytest.raises(WorkflowFailedError):
+        await client.invoke("flaky", args, id=inv, timeout=30)  # calls 1-3 fail
+    await client.retry(inv)  # call 4 fails (attempt 1 again), call 5 succeeds
+    result = await client.wait(inv, timeout=30)
+    assert result.status == "completed"
+    assert result.output == {"succeeded_on_attempt": 5}
+
+
 async def test_fork_from_step_two_and_rerun(stack: ProcessStack, client: Client) -> None:
     service = OrderServiceControl(stack.start_service().channel)
     stack.start_processor("p-fork")

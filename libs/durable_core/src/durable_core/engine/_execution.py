@@ -632,10 +632,19 @@ class Execution:
             min_journal_seq=journal.last_seq,
             route=self.state.state.pinned_version if self.state is not None else self.cmd.route,
         )
+        # A schedule's subject names it (the server keeps one per subject: a new one replaces
+        # it); its message id names this suspension. An id of the timer alone was dropped as
+        # a duplicate when a later suspension armed the same timer within the stream's
+        # duplicate window: a retried step's backoff (attempt numbers start again), or a sleep
+        # parked again after its wake-up met a run in flight. Nothing woke the invocation.
+        suspension = journal.last_seq
         deadline = self.state.state.deadline_ms if self.state is not None else 0
         if deadline:  # wake up at the execution timeout to fail on time
             await self.t.schedule_command(
-                wake, at_ms=deadline, key=f"{self.id}.deadline", msg_id=f"deadline:{self.id}"
+                wake,
+                at_ms=deadline,
+                key=f"{self.id}.deadline",
+                msg_id=f"deadline:{self.id}:{suspension}",
             )
         for wait in self.waits:
             if wait.wake_at_ms:
@@ -643,7 +652,7 @@ class Execution:
                     wake,
                     at_ms=wait.wake_at_ms,
                     key=f"{self.id}.t{wait.step}{wait.tag}",
-                    msg_id=f"timer:{self.id}:{wait.step}{wait.tag}",
+                    msg_id=f"timer:{self.id}:{wait.step}{wait.tag}:{suspension}",
                 )
         waiting = "; ".join(w.what for w in self.waits)
         status = pb.STATUS_PAUSED if journal.machine.paused else pb.STATUS_SUSPENDED
