@@ -738,6 +738,30 @@ async def test_a_retried_step_backs_off_on_server_timers_again(
     assert result.output == {"succeeded_on_attempt": 5}
 
 
+async def test_a_retried_keyed_invocation_waits_for_its_keys_holder(
+    stack: ProcessStack, client: Client
+) -> None:
+    """A keyed invocation that failed handed its key on. Its retry woke it with a wake-up,
+    which takes no key: it ran beside the key's new holder."""
+    service = OrderServiceControl(stack.start_service().channel)
+    stack.start_processor("p-retry-key")
+    key, inv = "retry-key", "retry-keyed"
+    with pytest.raises(WorkflowFailedError):
+        args = {"failures": 1, "attempts": 1}
+        await client.invoke("flaky", args, id=inv, partition_key=key, timeout=30)
+    service.set_delay("Charge", 3000)
+    holder = await client.invoke_async(
+        "order_processing", ORDER, id="retry-key-holder", partition_key=key
+    )
+    await assert_eventually_async(
+        lambda: "retry-key-holder:2" in service.method_counts("Charge"), 10, "the holder's charge"
+    )
+    assert await client.retry(inv) == "pending"
+    retried, held = await client.wait(inv, timeout=30), await client.wait(holder, timeout=30)
+    assert (retried.status, held.status) == ("completed", "completed")
+    assert held.updated_at is not None and retried.steps[-1].at >= held.updated_at
+
+
 async def test_fork_from_step_two_and_rerun(stack: ProcessStack, client: Client) -> None:
     service = OrderServiceControl(stack.start_service().channel)
     stack.start_processor("p-fork")

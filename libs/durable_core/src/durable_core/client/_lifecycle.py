@@ -373,9 +373,27 @@ async def retry(t: Transport, invocation_id: str) -> Status:
         # If someone else moved it on meanwhile, the wake-up below is harmless either way.
         with contextlib.suppress(StateConflict):
             await t.update_state(st, rec.revision)
-    to = _addressee(rec.state)
-    await t.publish_wake(invocation_id, to.workflow, to.partition_key, seq, route=to.route)
+    await _wake_retried(t, _addressee(rec.state), seq)
     return Status.PENDING
+
+
+async def _wake_retried(t: Transport, to: Addressee, seq: int) -> None:
+    """Start a retried invocation again. A keyed one by a start, which takes its key as any
+    start does: a wake-up ran it beside the key's holder (its key had been handed on when it
+    failed). One start per retry request (``seq``)."""
+    key = to.partition_key
+    if not key or key == to.invocation_id:
+        await t.publish_wake(to.invocation_id, to.workflow, key, seq, route=to.route)
+        return
+    cmd = pb.Command(
+        invocation_id=to.invocation_id,
+        workflow=to.workflow,
+        partition_key=key,
+        kind=pb.COMMAND_KIND_START,
+        min_journal_seq=seq,
+        route=to.route,
+    )
+    await t.publish_command(cmd, msg_id=f"retry:{to.invocation_id}:{seq}")
 
 
 async def _failed_state(t: Transport, rec: StateRecord, wait_s: float = 5.0) -> StateRecord:
