@@ -12,6 +12,7 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -285,3 +286,25 @@ async def test_operators_cancel_or_fork_a_blocked_invocation(
         if r.entry.kind == pb.ENTRY_KIND_CLAIM
     ]
     assert len(claims) == 1  # taken once, not handed round in a loop
+
+
+async def test_a_blocked_invocation_fails_at_its_execution_timeout(
+    stack: ProcessStack, client: Client, tmp_path: Path
+) -> None:
+    """The execution timeout's wake-up was armed only when an invocation suspended, so one
+    that blocked (its replay diverged, no processor of its version came) stayed blocked past
+    its timeout for good. Its deadline is armed as it blocks now, on every version's route:
+    past it, any processor of the workflow fails it without a replay."""
+    v1, v2 = write_plugin(tmp_path, "1.0"), write_plugin(tmp_path, "2.0")
+    stack.start_service()
+    first = start(stack, "p-v1-deadline", v1)
+    inv = await client.invoke_async(
+        "upgrade_unpatched", {"sleep": 3}, execution_timeout=timedelta(seconds=30)
+    )
+    await wait_all(client, [inv], "suspended", 20, "asleep on v1")
+    assert first.stop() == 0
+    start(stack, "p-v2-deadline", v2)
+    await wait_all(client, [inv], "blocked", 25, "blocked on v2")
+    result = await client.wait(inv, timeout=40)
+    assert result.status.value == "failed"
+    assert result.failure is not None and result.failure.type == "ExecutionTimeoutError"

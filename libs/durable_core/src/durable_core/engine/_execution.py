@@ -459,7 +459,7 @@ class Execution:
         )
         if journal.machine.final is not None:
             raise Finished
-        route = self._pinned_elsewhere()
+        route = await self._pinned_elsewhere()
         if route:
             raise PinnedElsewhere(route)
         if not journal.machine.suspended and journal.owner() is None:
@@ -493,7 +493,7 @@ class Execution:
         self.journal.superseding = lost
         await self.journal.catch_up(claim=True, newer_known=False)
 
-    def _pinned_elsewhere(self) -> str:
+    async def _pinned_elsewhere(self) -> str:
         """The route of the version the invocation is pinned to, when this processor runs
         another one ("" otherwise). Past its execution timeout it is not handed on: any
         processor may fail it then, without a replay."""
@@ -501,7 +501,11 @@ class Execution:
         here = self.journal.code
         if st is None or not st.pinned_version or here is None or here.token == st.pinned_version:
             return ""
-        if st.deadline_ms and now_ms() >= st.deadline_ms:
+        left = st.deadline_ms - now_ms() if st.deadline_ms else None
+        if left is not None and left < 2000:
+            # The deadline's own wake-up comes up to a second early (schedules are whole
+            # seconds, rounded down): wait it out here, then fail it.
+            await asyncio.sleep(max(left, 0) / 1000)
             return ""
         return st.pinned_version
 
@@ -638,14 +642,7 @@ class Execution:
         # duplicate window: a retried step's backoff (attempt numbers start again), or a sleep
         # parked again after its wake-up met a run in flight. Nothing woke the invocation.
         suspension = journal.last_seq
-        deadline = self.state.state.deadline_ms if self.state is not None else 0
-        if deadline:  # wake up at the execution timeout to fail on time
-            await self.t.schedule_command(
-                wake,
-                at_ms=deadline,
-                key=f"{self.id}.deadline",
-                msg_id=f"deadline:{self.id}:{suspension}",
-            )
+        await self._arm_deadline(wake)
         for wait in self.waits:
             if wait.wake_at_ms:
                 await self.t.schedule_command(
@@ -659,6 +656,19 @@ class Execution:
         await self.write_state(status=status, waiting_for=waiting)
         await self.delivery.ack()
         log.info("invocation %s suspended: waiting for %s", self.id, waiting)
+
+    async def _arm_deadline(self, wake: pb.Command) -> None:
+        """Have the server wake the invocation at its execution timeout (if it has one), so it
+        fails on time however it waits: suspended, paused or blocked. One schedule per
+        invocation, named by this suspension (``journal.last_seq``: see ``_suspend``)."""
+        deadline = self.state.state.deadline_ms if self.state is not None else 0
+        if deadline:
+            await self.t.schedule_command(
+                wake,
+                at_ms=deadline,
+                key=f"{self.id}.deadline",
+                msg_id=f"deadline:{self.id}:{self.journal.last_seq}",
+            )
 
     async def _block(self, diverged: NonDeterminismError) -> None:
         """The replay diverged: the invocation waits, never FAILED. Pinned to the code that
@@ -685,6 +695,17 @@ class Execution:
         if not stuck:
             assert pin is not None
             await self._publish_pinned(pin.token)
+        # Past its execution timeout any processor of the workflow fails it without a replay
+        # (``_pinned_elsewhere``): its deadline's wake-up goes to every version's route.
+        await self._arm_deadline(
+            pb.Command(
+                invocation_id=self.id,
+                workflow=self.cmd.workflow,
+                partition_key=self.cmd.partition_key,
+                kind=pb.COMMAND_KIND_WAKE,
+                min_journal_seq=journal.last_seq,
+            )
+        )
         await self.delivery.ack()
         self.observe("blocked")
         log.warning("invocation %s blocked: %s", self.id, reason)
