@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from durable_core import Client, IllegalTransitionError
+from durable_core import Client, IllegalTransitionError, NatsUnavailableError
 from durable_core._code import version_token
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import Transport
@@ -308,3 +308,35 @@ async def test_a_blocked_invocation_fails_at_its_execution_timeout(
     result = await client.wait(inv, timeout=40)
     assert result.status.value == "failed"
     assert result.failure is not None and result.failure.type == "ExecutionTimeoutError"
+
+
+async def test_a_cancel_of_a_blocked_invocation_cut_short_is_finished_by_the_next(
+    stack: ProcessStack, client: Client, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Cancelling a blocked invocation journals its end, then settles what a processor would:
+    the state, a waiting parent, the partition key. Cut short after the journal (NATS gone,
+    the CLI killed), it left the state blocked and the key held, and a second cancel was
+    refused ("already cancelled"): everything behind the key waited for good."""
+    v1, v2 = write_plugin(tmp_path, "1.0"), write_plugin(tmp_path, "2.0")
+    stack.start_service()
+    first = start(stack, "p-v1-cut", v1)
+    key = "cut-short"
+    blocked = await client.invoke_async("upgrade_unpatched", {"sleep": 3}, partition_key=key)
+    await wait_all(client, [blocked], "suspended", 20, "asleep on v1")
+    assert first.stop() == 0
+    start(stack, "p-v2-cut", v2)
+    await wait_all(client, [blocked], "blocked", 25, "blocked on v2")
+    behind = await client.invoke_async("upgrade_unpatched", {"sleep": 0}, partition_key=key)
+    real_update = client._t.update_state
+
+    async def gone(*args: object, **kwargs: object) -> object:
+        raise NatsUnavailableError(["nats://127.0.0.1:1"], "gone while settling")
+
+    monkeypatch.setattr(client._t, "update_state", gone)
+    with pytest.raises(NatsUnavailableError):
+        await client.cancel(blocked)
+    monkeypatch.setattr(client._t, "update_state", real_update)
+    assert (await client.cancel(blocked)).value == "cancelled"
+    assert (await client.get_result(blocked)).status.value == "cancelled"
+    result = await client.wait(behind, timeout=30)
+    assert result.status.value == "completed"

@@ -216,17 +216,25 @@ async def cancel_blocked(t: Transport, rec: StateRecord, message: str) -> Status
 
     The final entry is appended to the journal only while no run has started since the block
     (a conditional append: a processor of the pinned version that claims it first wins, and
-    then None is returned: cancel its run like any other). The state, a waiting parent and
-    the partition key are then settled as a processor settles a finished invocation.
+    then None is returned: cancel its run like any other). A waiting parent and the partition
+    key are then settled as a processor settles a finished invocation, and the state last: a
+    call cut short before its end (its caller killed, NATS gone) leaves the state blocked, and
+    the next cancel finds the journal cancelled and settles what is left (each is idempotent).
     """
     invocation_id, st = rec.state.invocation_id, rec.state
     entry = _client_entry(pb.ENTRY_KIND_CANCELLED)
     entry.failure.CopyFrom(pb.Failure(type="InvocationCancelledError", message=message))
+    earlier: pb.JournalEntry | None = None  # a cancellation journaled by a call cut short
 
     def check(records: list[JournalRecord]) -> None:
+        nonlocal earlier
         machine = ReplayMachine(invocation_id, (r.entry for r in records))
-        if machine.final is not None:
-            real = _FINAL_NAMES[machine.final.kind]
+        final = machine.final
+        if final is not None and final.kind == pb.ENTRY_KIND_CANCELLED:
+            earlier = final
+            raise _AlreadyThere
+        if final is not None:
+            real = _FINAL_NAMES[final.kind]
             raise IllegalTransitionError(
                 f"cannot cancel invocation {invocation_id}: it is already {real}", real
             )
@@ -244,6 +252,20 @@ async def cancel_blocked(t: Transport, rec: StateRecord, message: str) -> Status
         )
     except _NotBlocked:
         return None
+    except _AlreadyThere:
+        assert earlier is not None
+        entry = earlier
+    if st.notify_parent:
+        await report_to_parent(t, st, entry)
+    if st.partition_key and st.partition_key != invocation_id:
+
+        async def finished(other: str) -> bool:
+            if other == invocation_id:
+                return True  # its journal says so; its state is written below
+            found = await t.get_state(other)
+            return found is None or found.state.status in TERMINAL_PB
+
+        await release_key(t, st.partition_key, invocation_id, finished=finished)
     for _ in range(10):
         now = await t.get_state(invocation_id)
         if now is None or now.state.status in TERMINAL_PB:
@@ -259,15 +281,6 @@ async def cancel_blocked(t: Transport, rec: StateRecord, message: str) -> Status
             break
         except StateConflict:
             continue
-    if st.notify_parent:
-        await report_to_parent(t, st, entry)
-    if st.partition_key and st.partition_key != invocation_id:
-
-        async def finished(other: str) -> bool:
-            found = await t.get_state(other)
-            return found is None or found.state.status in TERMINAL_PB
-
-        await release_key(t, st.partition_key, invocation_id, finished=finished)
     return Status.CANCELLED
 
 
