@@ -762,6 +762,30 @@ async def test_a_retried_keyed_invocation_waits_for_its_keys_holder(
     assert held.updated_at is not None and retried.steps[-1].at >= held.updated_at
 
 
+async def test_a_keyed_invocation_that_cannot_run_fails_and_hands_its_key_on(
+    stack: ProcessStack,
+    client: Client,
+    transport: Transport,
+    wait_status: Callable[[str, str], Awaitable[None]],
+) -> None:
+    """An invocation whose journal holds something that is no entry is failed at once (never
+    run on a journal it cannot read). It kept its partition key, so the invocations behind it
+    waited until another start of the key came."""
+    stack.start_service()
+    stack.start_processor("p-corrupt-key")
+    key = "corrupt-key"
+    broken = await client.invoke_async(
+        "delayed_greeting", {"name": "A", "delay_seconds": 3}, partition_key=key
+    )
+    await wait_status(broken, "suspended")
+    behind = await client.invoke_async("hello_workflow", {"name": "B"}, partition_key=key)
+    await transport.js.publish(transport.names.journal_subject(broken), b"\xffnot an entry")
+    # Its timer wakes it up; its journal cannot be read: it fails, and the key goes on.
+    result = await client.wait(behind, timeout=30)
+    assert result.status == "completed"
+    assert (await client.get_summary(broken)).status == "failed"
+
+
 async def test_fork_from_step_two_and_rerun(stack: ProcessStack, client: Client) -> None:
     service = OrderServiceControl(stack.start_service().channel)
     stack.start_processor("p-fork")

@@ -584,6 +584,31 @@ class Execution:
             only_if=(pb.STATUS_PENDING,),  # never over a run that a turn started meanwhile
         )
 
+    async def fail_broken(self, failure: pb.Failure) -> None:
+        """Fail an invocation that cannot run (a corrupt journal, a broken record), never
+        over a finished state, and settle what a finished one settles: a waiting parent gets
+        the failure and the partition key goes to the next in line (left held, everything
+        behind the key waited until another start of the key came). Best effort: this runs
+        where NATS may be failing too."""
+        try:
+            failed = await self.write_state(status=pb.STATUS_FAILED, failure=failure)
+        except Exception as e:  # noqa: BLE001 - best effort (see above)
+            log.warning("invocation %s: cannot record its failure: %s", self.id, e)
+            return
+        st = self.state.state if self.state is not None else None
+        if not failed or st is None:
+            return
+        with contextlib.suppress(Exception):
+            if st.notify_parent:
+                final = pb.JournalEntry(
+                    kind=pb.ENTRY_KIND_FAILED, timestamp_ms=now_ms(), failure=failure
+                )
+                await _intake.report_to_parent(self.t, st, final)
+        with contextlib.suppress(Exception):
+            if self._keyed:
+                key = self.cmd.partition_key
+                await release_key(self.t, key, self.id, finished=self._finished)
+
     async def _settle_finished(self) -> None:
         """Ack the command of a finished invocation, handing its key on first: a crash in
         between redelivers the command, which hands the key on again (a finished holder would

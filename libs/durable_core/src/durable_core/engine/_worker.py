@@ -534,11 +534,7 @@ class Worker:
     async def _fail_broken(execution: Execution, delivery: Delivery, e: DurableError) -> None:
         """Not transient (a corrupt journal, a broken record): fail it clearly, settle."""
         log.error("invocation %s cannot run: %s", execution.id, e)
-        with contextlib.suppress(Exception):
-            await execution.write_state(  # never over a finished state
-                status=pb.STATUS_FAILED,
-                failure=pb.Failure(type=type(e).__name__, message=str(e)),
-            )
+        await execution.fail_broken(pb.Failure(type=type(e).__name__, message=str(e)))
         with contextlib.suppress(Exception):
             await delivery.term()
 
