@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import nats
@@ -429,6 +430,116 @@ async def test_create_checks_args_against_a_typed_workflow(transport: Transport)
         await sched.create_schedule(t := transport, "typed", typed, "x", every=timedelta(hours=1))
     s = await sched.create_schedule(t, "typed", typed, 5, every=timedelta(hours=1))
     assert s.workflow == "typed" and s.args == 5
+
+
+# -- the server agrees with the records ------------------------------------------------------
+
+HOURLY = timedelta(hours=1)
+
+
+async def test_reconcile_arms_active_schedules_left_disarmed_and_disarms_paused_ones(
+    transport: Transport,
+) -> None:
+    t = transport
+    await sched.create_schedule(t, "lost", "hello_workflow", every=HOURLY)
+    await sched.create_schedule(t, "fine", "hello_workflow", cron="0 3 * * *", timezone="UTC")
+    await sched.create_schedule(t, "idle", "hello_workflow", every=HOURLY, paused=True)
+    # As a crash between the record write and the arm leaves it (create or resume) ...
+    await t.disarm_schedule("lost")
+    # ... and a pause whose disarm never happened.
+    await t.arm_schedule("idle", "@every 3600s")
+
+    assert await sched.reconcile_schedules(t) == [("idle", "disarmed"), ("lost", "armed")]
+    assert await t.schedule_armed("lost") and await t.schedule_armed("fine")
+    assert not await t.schedule_armed("idle")
+    assert await sched.reconcile_schedules(t) == []  # in agreement: nothing to do
+
+
+async def test_reconcile_checks_again_after_a_change_between_its_read_and_its_act(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    t = transport
+    for name in ("paused-meanwhile", "deleted-meanwhile"):
+        await sched.create_schedule(t, name, "hello_workflow", every=HOURLY)
+        await t.disarm_schedule(name)
+    arm, raced = t.arm_schedule, set[str]()
+
+    async def arm_late(name: str, pattern: str, **kw: Any) -> None:
+        if name not in raced:  # the record changes after the sweep read it, before it arms
+            raced.add(name)
+            if name == "paused-meanwhile":
+                await sched.pause_schedule(t, name)
+            else:
+                await sched.delete_schedule(t, name)
+        await arm(name, pattern, **kw)
+
+    monkeypatch.setattr(t, "arm_schedule", arm_late)
+    assert await sched.reconcile_schedules(t) == [
+        ("deleted-meanwhile", "armed"),
+        ("deleted-meanwhile", "disarmed"),
+        ("paused-meanwhile", "armed"),
+        ("paused-meanwhile", "disarmed"),
+    ]
+    assert not await t.schedule_armed("paused-meanwhile")
+    assert not await t.schedule_armed("deleted-meanwhile")
+    assert (await sched.get_schedule(t, "paused-meanwhile")).paused
+
+
+async def test_resume_arms_again_when_a_racing_pause_disarms_after_it(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    t = transport
+    await sched.create_schedule(t, "race", "hello_workflow", every=HOURLY, paused=True)
+    arm, disarms = t.arm_schedule, list[str]()
+
+    async def arm_then_late_disarm(name: str, pattern: str, **kw: Any) -> None:
+        await arm(name, pattern, **kw)
+        if not disarms:  # the pause that wrote its record before the resume's lands its disarm
+            disarms.append(name)
+            await t.disarm_schedule(name)
+
+    monkeypatch.setattr(t, "arm_schedule", arm_then_late_disarm)
+    resumed = await sched.resume_schedule(t, "race")
+    assert disarms == ["race"]
+    assert not resumed.paused and not (await sched.get_schedule(t, "race")).paused
+    assert await t.schedule_armed("race")
+
+
+async def test_pause_arms_again_when_a_racing_resume_wrote_after_it(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    t = transport
+    await sched.create_schedule(t, "race", "hello_workflow", every=HOURLY)
+    disarm, resumed = t.disarm_schedule, list[Schedule]()
+
+    async def resume_then_disarm(name: str) -> None:
+        if not resumed:  # after the pause's record write, a resume writes and arms ...
+            resumed.append(await sched.resume_schedule(t, name))
+        await disarm(name)  # ... and only then does the pause's disarm land
+
+    monkeypatch.setattr(t, "disarm_schedule", resume_then_disarm)
+    await sched.pause_schedule(t, "race")
+    assert resumed and not (await sched.get_schedule(t, "race")).paused
+    assert await t.schedule_armed("race")
+
+
+async def test_racing_pauses_resumes_and_sweeps_leave_the_server_in_agreement(
+    transport: Transport,
+) -> None:
+    t = transport
+    await sched.create_schedule(t, "busy", "hello_workflow", every=HOURLY)
+    for round_ in range(8):
+        ops = [
+            sched.pause_schedule(t, "busy"),
+            sched.resume_schedule(t, "busy"),
+            sched.reconcile_schedules(t),
+            sched.pause_schedule(t, "busy"),
+            sched.resume_schedule(t, "busy"),
+        ]
+        order = ops[round_ % 5 :] + ops[: round_ % 5]
+        await asyncio.gather(*order)
+        record = await sched.get_schedule(t, "busy")
+        assert await t.schedule_armed("busy") == (not record.paused), round_
 
 
 # -- CLI ---------------------------------------------------------------------------------------

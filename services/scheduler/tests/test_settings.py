@@ -33,6 +33,14 @@ def test_defaults() -> None:
     assert s.shutdown_grace == timedelta(seconds=10)
     assert (s.metrics_host, s.metrics_port) == ("127.0.0.1", 9465)
     assert s.log_level == "INFO"
+    assert s.schedule_sweep == timedelta(seconds=30)
+
+
+def test_the_schedule_sweep_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DURABLE_SCHEDULE_SWEEP", "0")
+    assert load_settings().schedule_sweep == timedelta(0)
+    monkeypatch.setenv("DURABLE_SCHEDULE_SWEEP", "2.5")
+    assert load_settings().schedule_sweep == timedelta(seconds=2.5)
 
 
 def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -79,6 +87,9 @@ def test_settings_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         ("DURABLE_SHUTDOWN_GRACE", "-1", "shutdown_grace"),
         ("DURABLE_LOG_LEVEL", "LOUD", "log_level"),
         ("DURABLE_PREFIX", "Bad-Prefix", "prefix"),
+        ("DURABLE_SCHEDULE_SWEEP", "0.05", "schedule_sweep"),
+        ("DURABLE_SCHEDULE_SWEEP", "-1", "schedule_sweep"),
+        ("DURABLE_SCHEDULE_SWEEP", "often", "schedule_sweep"),
     ],
 )
 def test_invalid_settings_name_the_setting(

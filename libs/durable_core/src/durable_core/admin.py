@@ -29,7 +29,13 @@ from durable_core._transport import (
 from durable_core.client import Client
 from durable_core.config import EngineConfig, NatsConfig
 from durable_core.fleet import read_fleet
-from durable_core.schedules import Schedule, find_schedule, save_schedule
+from durable_core.schedules import (
+    Repair,
+    Schedule,
+    find_schedule,
+    reconcile_schedules,
+    save_schedule,
+)
 
 __all__ = ["Engine", "StateConflict", "StateRecord", "TickConsumer", "TickDelivery"]
 
@@ -242,3 +248,9 @@ class Engine:
             ConflictError: the record changed since it was read (read it again and retry).
         """
         return await save_schedule(self._t, schedule)
+
+    async def reconcile_schedules(self) -> list[tuple[str, Repair]]:
+        """Arm every active schedule the server does not fire and disarm every paused one it
+        still fires; ``(name, "armed" | "disarmed")`` for each change (see
+        ``durable_core.schedules.reconcile_schedules``)."""
+        return await reconcile_schedules(self._t)

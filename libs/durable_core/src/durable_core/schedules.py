@@ -18,12 +18,19 @@ arms it again; deleting removes both. Each schedule decides what happens when a 
 going when the next tick comes (``overlap``: ``"skip"`` the tick, or ``"allow"`` a second run)
 and how many missed ticks are made up after the schedulers were down (``catch_up``).
 
+The record is written first and the server told after, so a caller that dies (or NATS failing
+it) between the two, or a pause and a resume racing, can leave the server disagreeing with the
+record. Pause and resume read the record again after acting and put right what a racing call
+undid; :func:`reconcile_schedules`, which the scheduler service runs every ``schedule_sweep``,
+arms every active schedule the server does not fire and disarms every paused one it fires.
+
 The functions here take the engine's transport; ``Client`` exposes them as methods.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from collections.abc import Awaitable, Callable
@@ -36,13 +43,20 @@ from durable_core import _codec
 from durable_core._cron import CronExpr
 from durable_core._naming import check_workflow_name, encode_partition_key
 from durable_core._transport import StateConflict, Transport
-from durable_core.errors import ConflictError, DurableError, InvalidInputError, NotFoundError
+from durable_core.errors import (
+    ConflictError,
+    DurableError,
+    InvalidInputError,
+    NatsUnavailableError,
+    NotFoundError,
+)
 from durable_core.plugins import workflow_signature
 
 __all__ = [
     "MAX_CATCH_UP",
     "MIN_EVERY",
     "Overlap",
+    "Repair",
     "Schedule",
     "check_schedule_name",
     "create_schedule",
@@ -52,12 +66,14 @@ __all__ = [
     "list_schedules",
     "parse_duration",
     "pause_schedule",
+    "reconcile_schedules",
     "resume_schedule",
     "save_schedule",
     "schedule_invocation_id",
 ]
 
 Overlap = Literal["skip", "allow"]
+Repair = Literal["armed", "disarmed"]
 
 MIN_EVERY = timedelta(seconds=1)
 MAX_CATCH_UP = 1000
@@ -65,6 +81,8 @@ _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
 _RECORD_VERSION = 1
 _ATTEMPTS = 20  # read-modify-write rounds before a busy record is reported as a conflict
+
+log = logging.getLogger("durable_core.schedules")
 
 
 def check_schedule_name(name: str) -> str:
@@ -477,6 +495,8 @@ async def pause_schedule(transport: Transport, name: str) -> Schedule:
     schedule = await _update(transport, name, lambda s: replace(s, paused=True))
     # Record first: a tick that slips through before the disarm finds it paused and is dropped.
     await transport.disarm_schedule(name)
+    # A resume that wrote its record after ours and armed before our disarm: arm it again.
+    await _settle(transport, name, did=None)
     return schedule
 
 
@@ -489,6 +509,9 @@ async def resume_schedule(transport: Transport, name: str) -> Schedule:
     """
     schedule = await _update(transport, name, lambda s: replace(s, paused=False, catch_up_runs=0))
     await _arm(transport, schedule)
+    # A pause that wrote its record before ours and disarmed after our arm: arm it again (or
+    # one that wrote after ours: make sure it is disarmed).
+    await _settle(transport, name, did=_arming(schedule))
     return schedule
 
 
@@ -507,3 +530,96 @@ async def delete_schedule(transport: Transport, name: str) -> None:
         except StateConflict:
             continue
     raise ConflictError(f"schedule {name} kept changing; try again")
+
+
+# -- the server agrees with the records ----------------------------------------------------
+
+_Arming = tuple[str, str | None]  # what the server is given: pattern, time zone
+
+
+class _Unknown:
+    """The caller has not armed or disarmed anything yet (a sweep)."""
+
+
+_UNKNOWN = _Unknown()
+
+
+def _arming(schedule: Schedule | None) -> _Arming | None:
+    """What the server should hold for a record: its pattern and zone, or None (nothing)."""
+    if schedule is None or schedule.paused:
+        return None
+    return schedule.pattern, schedule.timezone
+
+
+async def _settle(
+    transport: Transport, name: str, *, did: _Arming | None | _Unknown = _UNKNOWN
+) -> list[Repair]:
+    """Make the server hold what the record of ``name`` asks for, as the record is now.
+
+    Each action is taken on a fresh read of the record and followed by another read: a record
+    paused, resumed, deleted or re-created between a read and the action it led to is put
+    right by this call, not left to the next sweep. Every caller that arms or disarms checks
+    again so, whoever acts last, the server ends up agreeing with the last record.
+
+    Args:
+        did: what the caller last did to the server: armed it with this ``_Arming``, disarmed
+            it (None), or nothing yet.
+
+    Returns:
+        What it did, in order (empty if the server already agreed).
+    """
+    done: list[Repair] = []
+    for _ in range(_ATTEMPTS):
+        schedule = await find_schedule(transport, name)
+        want = _arming(schedule)
+        armed = await transport.schedule_armed(name)
+        if want is None:
+            if not armed:
+                return done
+            await transport.disarm_schedule(name)
+            done.append("disarmed")
+        else:
+            # Armed, but perhaps by our own stale arm of an older record of the same name (one
+            # deleted and created again meanwhile): then arm it again with the current one.
+            if armed and (isinstance(did, _Unknown) or did is None or did == want):
+                return done
+            assert schedule is not None
+            await _arm(transport, schedule)
+            done.append("armed")
+        did = want
+    return done  # still changing: the next sweep looks again
+
+
+async def reconcile_schedules(transport: Transport) -> list[tuple[str, Repair]]:
+    """Make the server fire exactly the active schedules: arm each active (not paused)
+    schedule the server does not fire, with its record's pattern and time zone, and disarm each
+    paused one it still fires.
+
+    An active schedule is left unarmed when its create or resume died (or NATS failed it)
+    between the record write and the arm; a paused one stays armed when its pause died before
+    the disarm. Safe to run at any time, from any number of processes at once, alongside
+    create, pause, resume and delete: arming replaces the one schedule of a name, and a record
+    that changes between the read and the act is read again and put right (a schedule deleted
+    meanwhile is disarmed). A server schedule whose record was deleted before the listing is
+    not seen (its ticks are dropped by the scheduler).
+
+    Returns:
+        ``(name, "armed" | "disarmed")`` for each change, by name (both for one that changed
+        while it was being put right).
+
+    Raises:
+        NatsUnavailableError: NATS did not answer (what was done until then stays done).
+    """
+    changes: list[tuple[str, Repair]] = []
+    for name in sorted(await transport.schedule_names()):
+        try:
+            done = await _settle(transport, name)
+        except NatsUnavailableError:
+            raise
+        except DurableError as e:
+            # The server refuses the record's pattern or zone, or the record is unreadable:
+            # another try will not help; the other schedules are still put right.
+            log.warning("schedule %s: cannot make the server agree with it: %s", name, e)
+            continue
+        changes.extend((name, action) for action in done)
+    return changes

@@ -20,6 +20,7 @@ from durable_scheduler.janitor import Janitor
 from durable_scheduler.metrics import SchedulerMetrics
 from durable_scheduler.redrive import Redriver
 from durable_scheduler.runner import Scheduler
+from durable_scheduler.schedule_sweep import ScheduleSweep
 from durable_scheduler.settings import SchedulerSettings, load_settings
 from durable_scheduler.stranded import StrandedRuns
 
@@ -101,7 +102,11 @@ async def _run(
         note_for=settings.expired_note_for,
         payload_grace=settings.engine.payload_grace,
     )
-    workers: list[Scheduler | Redriver | Janitor | StrandedRuns] = [scheduler, redriver, janitor]
+    workers: list[Scheduler | Redriver | Janitor | StrandedRuns | ScheduleSweep] = [
+        scheduler,
+        redriver,
+        janitor,
+    ]
     sweep = settings.stranded_sweep.total_seconds()
     if sweep:
         workers.append(
@@ -114,6 +119,9 @@ async def _run(
                 confirm=sweep,
             )
         )
+    schedule_sweep = settings.schedule_sweep.total_seconds()
+    if schedule_sweep:
+        workers.append(ScheduleSweep(engine, metrics, interval=schedule_sweep))
     loop = asyncio.get_running_loop()
 
     def stop() -> None:

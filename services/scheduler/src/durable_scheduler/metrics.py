@@ -10,6 +10,7 @@
 | ``durable_scheduler_leases_expired_total`` | counter | | processor leases found lapsed |
 | ``durable_scheduler_commands_redriven_total`` | counter | | commands handed back from them |
 | ``durable_scheduler_executions_expired_total`` | counter | | finished executions removed |
+| ``durable_scheduler_schedules_repaired_total`` | counter | schedule, action | armed, disarmed |
 | ``durable_scheduler_tick_lag_seconds`` | histogram | schedule | fire time to the run's start |
 
 Counts are per replica; sum them over replicas.
@@ -82,6 +83,13 @@ class SchedulerMetrics:
         self.rescued = Counter(
             "durable_scheduler_runs_rescued",
             "Invocations RUNNING under a command no processor held, given a new command.",
+            registry=registry,
+        )
+        self.schedules_repaired = Counter(
+            "durable_scheduler_schedules_repaired",
+            "Schedules the sweep armed (active, the server did not fire them) or disarmed "
+            "(paused or deleted, the server still fired them).",
+            ["schedule", "action"],
             registry=registry,
         )
         self.tick_lag = Histogram(

@@ -33,6 +33,9 @@ class SchedulerSettings:
             processor holds (``durable_scheduler.stranded``); 0 turns it off.
         stranded_after: how long such a state must be unchanged before it is suspected (it
             is rescued when seen so again ``stranded_sweep`` later).
+        schedule_sweep: how often to arm active schedules the server does not fire (a create
+            or resume that failed between its record write and its arm) and disarm paused ones
+            it still fires (``durable_scheduler.schedule_sweep``); 0 turns it off.
     """
 
     nats: NatsConfig
@@ -45,6 +48,7 @@ class SchedulerSettings:
     expired_note_for: timedelta | None = None
     stranded_sweep: timedelta = timedelta(seconds=30)
     stranded_after: timedelta = timedelta(seconds=60)
+    schedule_sweep: timedelta = timedelta(seconds=30)
     log_level: str = "INFO"
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9465  # 0: no metrics endpoint
@@ -104,6 +108,11 @@ def build(s: Mapping[str, Any]) -> SchedulerSettings:
         )
     if stranded_after < 1:
         raise ConfigError(f"setting 'stranded_after' must be at least 1 s, got {stranded_after}")
+    schedule_sweep = num("schedule_sweep", float)
+    if schedule_sweep != 0 and schedule_sweep < 0.1:
+        raise ConfigError(
+            f"setting 'schedule_sweep' must be 0 or at least 0.1 s, got {schedule_sweep}"
+        )
     level = check_log_level(s)
     metrics_port = check_metrics_port(num("metrics_port"))
     return SchedulerSettings(
@@ -117,6 +126,7 @@ def build(s: Mapping[str, Any]) -> SchedulerSettings:
         expired_note_for=timedelta(seconds=note_ttl) if note_ttl else None,
         stranded_sweep=timedelta(seconds=stranded_sweep),
         stranded_after=timedelta(seconds=stranded_after),
+        schedule_sweep=timedelta(seconds=schedule_sweep),
         log_level=level,
         metrics_host=str(s.get("metrics_host") or "127.0.0.1"),
         metrics_port=metrics_port,
