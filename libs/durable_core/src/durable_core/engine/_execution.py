@@ -202,13 +202,15 @@ class Execution:
         final: bool = False,
         only_if: tuple[int, ...] = (),
         unjournaled: bool = False,
+        ours: bool = False,
         **changes: Any,
     ) -> bool:
         """Update the state summary with a revision check, re-reading on conflict.
 
         ``only_if`` lists the statuses the update may replace (any, when empty);
-        ``unjournaled``: only a state that counts no journal entry. Returns False, with
-        ``self.state`` the state that is there, when it may not replace it.
+        ``unjournaled``: only a state that counts no journal entry; ``ours``: never over a
+        run another command has taken up since. Returns False, with ``self.state`` the state
+        that is there, when it may not replace it.
         """
         for _ in range(5):
             rec = self.state or await self.t.get_state(self.id)
@@ -216,6 +218,7 @@ class Execution:
                 (rec.state.status in TERMINAL and not final)
                 or (only_if and rec.state.status not in only_if)
                 or (unjournaled and rec.state.journal_length)
+                or (ours and self._taken_over(rec.state))
             ):
                 self.state = rec
                 return False
@@ -233,6 +236,12 @@ class Execution:
             except StateConflict:
                 self.state = None  # someone else wrote (a client, a lifecycle change): re-read
         raise DurableError(f"state of {self.id} keeps changing under us; giving up this run")
+
+    def _taken_over(self, st: pb.ExecutionState) -> bool:
+        """Whether another command's run has the invocation now (the state says RUNNING under
+        it): a wake-up that came after this run suspended, and claimed it."""
+        seq = self.delivery.command_seq
+        return st.status == pb.STATUS_RUNNING and st.run_command_seq not in (0, seq)
 
     def _next_state(self, rec: StateRecord | None, changes: Mapping[str, Any]) -> pb.ExecutionState:
         """``rec``'s state (a new one from the command if there is none) with ``changes``."""
@@ -678,7 +687,9 @@ class Execution:
                 )
         waiting = "; ".join(w.what for w in self.waits)
         status = pb.STATUS_PAUSED if journal.machine.paused else pb.STATUS_SUSPENDED
-        await self.write_state(status=status, waiting_for=waiting)
+        # Not over the run of a wake-up that claimed it since the SUSPENDED entry (it did
+        # once: the state said suspended while that run went on).
+        await self.write_state(status=status, waiting_for=waiting, ours=True)
         await self.delivery.ack()
         log.info("invocation %s suspended: waiting for %s", self.id, waiting)
 
