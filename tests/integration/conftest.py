@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 
+import nats
 import nats.js.errors
 import pytest
 import pytest_asyncio
@@ -49,9 +50,30 @@ def cluster(images_or_reason: object) -> Iterator[NatsCluster]:
 
 
 @pytest.fixture
-def prefix() -> str:
-    """A fresh engine prefix per test: its own streams, bucket and consumer."""
-    return "t" + uuid.uuid4().hex[:10]
+def prefix(cluster: NatsCluster) -> Iterator[str]:
+    """A fresh engine prefix per test: its own streams, buckets and consumers, deleted after
+    the test. Left in place, every test's streams and consumers stayed on the session's
+    cluster, each an R3 Raft group: thousands by the end of the suite, whose heartbeats kept
+    the three nodes busy, and the last tests timed out creating their own (CI 2026-12-06)."""
+    p = "t" + uuid.uuid4().hex[:10]
+    yield p
+    try:
+        asyncio.run(asyncio.wait_for(_delete_prefix(cluster.url, p), 30))
+    except Exception as e:  # noqa: BLE001 - best effort: a test may leave a node down
+        print(f"streams of prefix {p} not deleted: {type(e).__name__}: {e}")
+
+
+async def _delete_prefix(url: str, prefix: str) -> None:
+    """Delete every stream (KV buckets and object stores included) of an engine prefix."""
+    own = re.compile(rf"(^|_){re.escape(prefix)}(_|$)", re.IGNORECASE)
+    nc = await nats.connect(servers=url.split(","), connect_timeout=5, max_reconnect_attempts=2)
+    try:
+        js = nc.jetstream(timeout=10)
+        names = [info.config.name for info in await js.streams_info()]
+        mine = [n for n in names if n and own.search(n)]
+        await asyncio.gather(*(js.delete_stream(n) for n in mine), return_exceptions=True)
+    finally:
+        await nc.close()
 
 
 @pytest.fixture
