@@ -188,6 +188,9 @@ async def test_a_taken_id_submitted_while_its_invoke_is_only_queued_runs_once_or
             return await transport.queued_start(i) is not None
 
         await assert_eventually_async(queued, 10, f"the start of {i} queued")
+    for first in firsts:
+        first.cancel()  # as a Ctrl-C: their waiters would create the state PENDING after 2 s
+    await asyncio.gather(*firsts, return_exceptions=True)
     order = {"order_id": "o-taken", "amount_cents": 1}
     await client.invoke_async("order_processing", order, id=ids[0], queue_unserved=True)
     await client.invoke_async("hello_workflow", {"name": "two"}, id=ids[1], queue_unserved=True)
@@ -195,11 +198,11 @@ async def test_a_taken_id_submitted_while_its_invoke_is_only_queued_runs_once_or
     other_workflow, other_args = [await client.wait(i, timeout=30) for i in ids]
     assert other_workflow.status == "completed"
     assert other_workflow.output["order_id"] == "o-taken"
-    assert other_args.output == {"message": GREETING.format("two")}
+    assert other_args.output == {"message": GREETING.format("two")}  # not the first's "one"
     with pytest.raises(InvalidInputError, match="already used by workflow"):
-        await firsts[0]
+        await client.invoke("hello_workflow", {"name": "one"}, id=ids[0], timeout=30)
     with pytest.raises(ConflictError, match="other arguments"):
-        await firsts[1]
+        await client.invoke("hello_workflow", {"name": "one"}, id=ids[1], timeout=30)
 
 
 async def test_results_come_to_the_clients_own_subject_with_no_subscription_per_invoke(
