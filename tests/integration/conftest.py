@@ -264,3 +264,31 @@ def metric() -> Callable[..., float]:
         return float(m.group(1)) if m else 0.0
 
     return metric
+
+
+@pytest.fixture
+def abandoned_invokes(
+    client: Client, transport: Transport
+) -> Callable[[str, object, Sequence[str]], Awaitable[None]]:
+    """Plain ``invoke``s whose starts are stored and whose callers then stop waiting, as a
+    Ctrl-C'd ``durable invoke`` does: left with no state (a processor creates it), and no
+    waiter to create it PENDING after 2 s."""
+
+    async def abandon(workflow: str, args: object, ids: Sequence[str]) -> None:
+        waiters = [
+            asyncio.create_task(
+                client.invoke(workflow, args, id=i, timeout=60, queue_unserved=True)
+            )
+            for i in ids
+        ]
+        for i in ids:
+
+            async def queued(i: str = i) -> bool:
+                return await transport.queued_start(i) is not None
+
+            await assert_eventually_async(queued, 10, f"the start of {i} queued")
+        for waiter in waiters:
+            waiter.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+
+    return abandon

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import nats.js.errors
@@ -166,7 +166,9 @@ async def test_invoking_a_taken_id_again_returns_its_result_or_is_refused(
 
 
 async def test_a_taken_id_submitted_while_its_invoke_is_only_queued_runs_once_or_is_refused(
-    stack: ProcessStack, client: Client, transport: Transport
+    stack: ProcessStack,
+    client: Client,
+    abandoned_invokes: Callable[[str, object, Sequence[str]], Awaitable[None]],
 ) -> None:
     """A plain ``invoke`` stores only its start; until a processor creates its state, a second
     submission of the id finds no state and creates its own, and its own start is a
@@ -176,21 +178,7 @@ async def test_a_taken_id_submitted_while_its_invoke_is_only_queued_runs_once_or
     it would have built; its caller is refused as any later submission of a taken id is."""
     stack.start_service()
     ids = ("queued-taken-wf", "queued-taken-args")
-    firsts = [
-        asyncio.create_task(
-            client.invoke("hello_workflow", {"name": "one"}, id=i, timeout=30, queue_unserved=True)
-        )
-        for i in ids
-    ]
-    for i in ids:
-
-        async def queued(i: str = i) -> bool:
-            return await transport.queued_start(i) is not None
-
-        await assert_eventually_async(queued, 10, f"the start of {i} queued")
-    for first in firsts:
-        first.cancel()  # as a Ctrl-C: their waiters would create the state PENDING after 2 s
-    await asyncio.gather(*firsts, return_exceptions=True)
+    await abandoned_invokes("hello_workflow", {"name": "one"}, ids)
     order = {"order_id": "o-taken", "amount_cents": 1}
     await client.invoke_async("order_processing", order, id=ids[0], queue_unserved=True)
     await client.invoke_async("hello_workflow", {"name": "two"}, id=ids[1], queue_unserved=True)

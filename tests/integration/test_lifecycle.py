@@ -536,7 +536,10 @@ async def test_a_cancel_answered_pending_runs_no_step(
 
 
 async def test_a_waited_invoke_is_found_by_status_and_cancel_before_any_processor_takes_it(
-    stack: ProcessStack, client: Client, transport: Transport
+    stack: ProcessStack,
+    client: Client,
+    transport: Transport,
+    abandoned_invokes: Callable[[str, object, Sequence[str]], Awaitable[None]],
 ) -> None:
     """A plain ``invoke`` stores only its start and leaves the state to the processor that
     takes it up. Until one did, ``durable status`` and ``cancel`` answered "not found": for 2 s
@@ -545,21 +548,7 @@ async def test_a_waited_invoke_is_found_by_status_and_cancel_before_any_processo
     state PENDING, as the waiting caller would have."""
     service = OrderServiceControl(stack.start_service().channel)
     ids = ("queued-status", "queued-cancel")
-    waiters = [
-        asyncio.create_task(
-            client.invoke("cancellable_order", ORDER, id=inv, timeout=60, queue_unserved=True)
-        )
-        for inv in ids
-    ]
-    for inv in ids:
-
-        async def queued(inv: str = inv) -> bool:
-            return await transport.queued_start(inv) is not None
-
-        await assert_eventually_async(queued, 10, f"the start of {inv} queued")
-    for waiter in waiters:
-        waiter.cancel()  # as a Ctrl-C: nothing waits to create the state after 2 s
-    await asyncio.gather(*waiters, return_exceptions=True)
+    await abandoned_invokes("cancellable_order", ORDER, ids)
     for inv in ids:
         assert await transport.get_state(inv) is None  # left to a processor: none is up
 
