@@ -24,6 +24,7 @@ from durable_core.client._submit import store_unstored, submit_payload
 from durable_core.engine._intake import (
     Addressee,
     deliver_external,
+    follow_delivery,
     report_to_parent,
     same_args,
     state_of_start,
@@ -31,7 +32,6 @@ from durable_core.engine._intake import (
 from durable_core.engine._keys import release_key
 from durable_core.errors import (
     AlreadyResolvedError,
-    DurableError,
     ExpiredError,
     IllegalTransitionError,
     InvalidInputError,
@@ -197,18 +197,14 @@ async def change(t: Transport, invocation_id: str, kind: pb.EntryKind) -> Status
         # cancelled sleeper slept on, and asking again changed nothing. Each follow-up is
         # idempotent (a wake-up is deduplicated per entry; the state writes are
         # revision-checked), so asking again does them again.
-        await _follow_up(t, _addressee(rec.state), kind, seen)
+        await follow_delivery(
+            t,
+            _addressee(rec.state),
+            seen,
+            wake=kind != pb.ENTRY_KIND_PAUSE_REQUEST,
+            interrupt=kind == pb.ENTRY_KIND_CANCEL_REQUEST,
+        )
     return await _show_transition(t, invocation_id, kind, running=running)
-
-
-async def _follow_up(t: Transport, to: Addressee, kind: pb.EntryKind, seen: int) -> None:
-    """What ``deliver_external`` does after it appends a lifecycle request (``kind``), for a
-    request already journaled up to ``seen``."""
-    if kind == pb.ENTRY_KIND_CANCEL_REQUEST:
-        with contextlib.suppress(DurableError):  # best effort: the wake-up is what counts
-            await t.send_control(to.invocation_id, "cancel")
-    if kind != pb.ENTRY_KIND_PAUSE_REQUEST:
-        await t.publish_wake(to.invocation_id, to.workflow, to.partition_key, seen, route=to.route)
 
 
 async def cancel_blocked(t: Transport, rec: StateRecord, message: str) -> Status | None:

@@ -662,13 +662,8 @@ class Execution:
         """Every step is parked: journal the suspension, arm the timers, free the slot."""
         journal = self.journal
         await journal.append(pb.JournalEntry(kind=pb.ENTRY_KIND_SUSPENDED, timestamp_ms=now_ms()))
-        wake = pb.Command(
-            invocation_id=self.id,
-            workflow=self.cmd.workflow,
-            partition_key=self.cmd.partition_key,
-            kind=pb.COMMAND_KIND_WAKE,
-            min_journal_seq=journal.last_seq,
-            route=self.state.state.pinned_version if self.state is not None else self.cmd.route,
+        wake = self._wake_command(
+            self.state.state.pinned_version if self.state is not None else self.cmd.route
         )
         # A schedule's subject names it (the server keeps one per subject: a new one replaces
         # it); its message id names this suspension. An id of the timer alone was dropped as
@@ -692,6 +687,18 @@ class Execution:
         await self.write_state(status=status, waiting_for=waiting, ours=True)
         await self.delivery.ack()
         log.info("invocation %s suspended: waiting for %s", self.id, waiting)
+
+    def _wake_command(self, route: str) -> pb.Command:
+        """A wake-up of this invocation after its journal's last entry, on ``route`` (a version
+        token; "" for every version's)."""
+        return pb.Command(
+            invocation_id=self.id,
+            workflow=self.cmd.workflow,
+            partition_key=self.cmd.partition_key,
+            kind=pb.COMMAND_KIND_WAKE,
+            min_journal_seq=self.journal.last_seq,
+            route=route,
+        )
 
     async def _arm_deadline(self, wake: pb.Command) -> None:
         """Have the server wake the invocation at its execution timeout (if it has one), so it
@@ -733,15 +740,7 @@ class Execution:
             await self._publish_pinned(pin.token)
         # Past its execution timeout any processor of the workflow fails it without a replay
         # (``_pinned_elsewhere``): its deadline's wake-up goes to every version's route.
-        await self._arm_deadline(
-            pb.Command(
-                invocation_id=self.id,
-                workflow=self.cmd.workflow,
-                partition_key=self.cmd.partition_key,
-                kind=pb.COMMAND_KIND_WAKE,
-                min_journal_seq=journal.last_seq,
-            )
-        )
+        await self._arm_deadline(self._wake_command(route=""))
         await self.delivery.ack()
         self.observe("blocked")
         log.warning("invocation %s blocked: %s", self.id, reason)

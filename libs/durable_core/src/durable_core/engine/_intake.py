@@ -277,11 +277,21 @@ async def deliver_external(
     (``wake``). Returns the entry's sequence.
     """
     seq = await _append_external(t, to.invocation_id, entry, msg_id, check)
+    await follow_delivery(t, to, seq, wake=wake, interrupt=interrupt)
+    return seq
+
+
+async def follow_delivery(
+    t: Transport, to: Addressee, seq: int, *, wake: bool, interrupt: bool
+) -> None:
+    """What follows an entry from outside journaled at ``seq``: interrupt a run in flight
+    (best effort: the wake-up is what counts), then wake the invocation. Idempotent (a
+    wake-up is deduplicated per entry), so a caller cut short before it may do it again."""
     if interrupt:
-        await t.send_control(to.invocation_id, "cancel")
+        with contextlib.suppress(DurableError):
+            await t.send_control(to.invocation_id, "cancel")
     if wake:
         await t.publish_wake(to.invocation_id, to.workflow, to.partition_key, seq, route=to.route)
-    return seq
 
 
 async def submit_child(t: Transport, submission: Submission, parent: pb.Command) -> None:
