@@ -340,3 +340,35 @@ async def test_a_cancel_of_a_blocked_invocation_cut_short_is_finished_by_the_nex
     assert (await client.get_result(blocked)).status.value == "cancelled"
     result = await client.wait(behind, timeout=30)
     assert result.status.value == "completed"
+
+
+async def test_a_pinned_invocation_asleep_fails_at_its_execution_timeout_without_its_version(
+    stack: ProcessStack, client: Client, transport: Transport, tmp_path: Path
+) -> None:
+    """An invocation pinned to v1 (blocked on v2, then taken up by v1) that suspends again
+    re-armed its execution timeout's wake-up on v1's route only: once every v1 processor had
+    gone, nothing consumed it, and the invocation slept past its timeout for good. The
+    deadline goes to every version's route now: a v2 processor fails it, without a replay."""
+    v1, v2 = write_plugin(tmp_path, "1.0"), write_plugin(tmp_path, "2.0")
+    stack.start_service()
+    old = start(stack, "p-v1-pinned-a", v1)
+    inv = await client.invoke_async(
+        "upgrade_unpatched", {"sleep": 300}, execution_timeout=timedelta(seconds=35)
+    )
+    began = time.monotonic()
+    await wait_all(client, [inv], "suspended", 20, "asleep on v1")
+    assert old.stop() == 0
+    start(stack, "p-v2-pinned", v2)
+    await client.pause(inv)  # a resume wakes it: v2 replays it, diverges and blocks
+    await client.resume(inv)
+    await wait_all(client, [inv], "blocked", 25, "blocked on v2")
+    again = start(stack, "p-v1-pinned-b", v1)  # takes the pinned wake-up and sleeps on
+    await wait_all(client, [inv], "suspended", 25, "asleep again on v1")
+    st = (await transport.get_state(inv)).state  # type: ignore[union-attr]
+    assert st.pinned_version == V1_TOKEN
+    assert again.stop() == 0
+    if time.monotonic() - began > 30:
+        pytest.fail("setting up took longer than the timeout: the case was not made")
+    result = await client.wait(inv, timeout=60)
+    assert result.status.value == "failed"
+    assert result.failure is not None and result.failure.type == "ExecutionTimeoutError"

@@ -671,7 +671,10 @@ class Execution:
         # duplicate window: a retried step's backoff (attempt numbers start again), or a sleep
         # parked again after its wake-up met a run in flight. Nothing woke the invocation.
         suspension = journal.last_seq
-        await self._arm_deadline(wake)
+        # The deadline goes to every version's route, as a block's does: past it any processor
+        # of the workflow fails the invocation without a replay. On the pinned route it waited
+        # for good once that version's processors had all gone.
+        await self._arm_deadline(self._wake_command(route=""))
         for wait in self.waits:
             if wait.wake_at_ms:
                 await self.t.schedule_command(

@@ -23,6 +23,7 @@ from durable_core._grpc import ChannelPool
 from durable_core._naming import (
     ANY_ROUTE,
     check_invocation_id,
+    check_route,
     check_workflow_name,
     encode_partition_key,
 )
@@ -405,6 +406,7 @@ class Worker:
             check_workflow_name(cmd.workflow)
             if cmd.partition_key:
                 encode_partition_key(cmd.partition_key)
+            check_route(cmd.route)  # a bad one, forwarded, was refused and redelivered for good
             now = now_ms()
             if not 0 <= cmd.created_at_ms <= now + 86_400_000:
                 cmd.created_at_ms = now  # an absurd client clock: take ours
