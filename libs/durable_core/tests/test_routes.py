@@ -57,6 +57,49 @@ async def test_a_busy_workflow_does_not_starve_another(transport: Transport) -> 
     await consumers.close()
 
 
+async def test_busy_workflows_take_turns_for_a_scarce_slot(transport: Transport) -> None:
+    """With one free slot, two workflows with a backlog each (and a route each that has
+    none) take turns: a busy consumer's request never moved the turn, and only the idle
+    ones' probes did, always to the same place: one workflow was given every slot while the
+    other's commands waited, for as long as the first had any."""
+    cfg = WorkerConfig(max_concurrent=1, ack_wait=timedelta(seconds=30))
+    other = "v-0123456789abcdef"
+    routes = [("a", ""), ("b", ""), ("a", other), ("b", other)]
+    consumers = await transport.command_consumer(cfg, routes)
+    for i in range(30):
+        await transport.publish_command(start(f"a{i}", "a"), msg_id=f"start:a{i}")
+        await transport.publish_command(start(f"b{i}", "b"), msg_id=f"start:b{i}")
+    taken: list[str] = []
+    while len(taken) < 24:
+        for d in await consumers.fetch(1, timeout=1.0):
+            taken.append(pb.Command.FromString(d.data).workflow)
+            await d.ack()
+    assert min(taken.count("a"), taken.count("b")) >= 8, taken
+    await consumers.close()
+
+
+async def test_each_processor_runs_its_own_max_concurrent(transport: Transport) -> None:
+    """Two processors with ``max_concurrent=2`` each, sharing a workflow's consumer, hold four
+    commands at once. The consumer's ``max_ack_pending`` was ``max_concurrent``, and the
+    server counts it over every client of the consumer: the whole fleet ran two, however
+    many processors it had."""
+    cfg = WorkerConfig(max_concurrent=2, ack_wait=timedelta(seconds=30))
+    first = await transport.command_consumer(cfg, [("a", "")])
+    second = await transport.command_consumer(cfg, [("a", "")])
+    for i in range(8):
+        await transport.publish_command(start(f"a{i}", "a"), msg_id=f"start:a{i}")
+    held: dict[int, list[Delivery]] = {0: [], 1: []}
+    for _ in range(6):
+        for n, consumers in enumerate((first, second)):
+            if room := 2 - len(held[n]):
+                held[n].extend(await consumers.fetch(room, timeout=0.3))
+    assert [len(held[0]), len(held[1])] == [2, 2], held
+    for d in [*held[0], *held[1]]:
+        await d.ack()
+    await first.close()
+    await second.close()
+
+
 async def test_a_command_without_a_workflow_is_refused_at_publish(transport: Transport) -> None:
     with pytest.raises(Exception, match="names no workflow"):
         await transport.publish_command(start("x", ""), msg_id="start:x")

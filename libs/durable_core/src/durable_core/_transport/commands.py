@@ -48,6 +48,11 @@ def _subject(msg: Any) -> str:
     return str((msg.headers or {}).get("Nats-Subject") or msg.subject)
 
 
+# Unacked commands of one consumer, over the whole fleet: a bound far above any fleet's slots
+# (each processor asks for at most its own ``max_concurrent``), not a limit on concurrency.
+FLEET_ACK_PENDING = 1_000_000
+
+
 class Commands:
     """Publishing, scheduling and consuming commands."""
 
@@ -262,7 +267,10 @@ class Commands:
                             ack_policy=AckPolicy.EXPLICIT,
                             ack_wait=cfg.ack_wait.total_seconds(),
                             max_deliver=-1,
-                            max_ack_pending=cfg.max_concurrent,
+                            # The server counts it over every processor of the consumer:
+                            # ``max_concurrent`` here capped the whole fleet at one
+                            # processor's share. Each processor asks only for its free slots.
+                            max_ack_pending=FLEET_ACK_PENDING,
                             filter_subject=n.route_subjects(workflow, route, shard),
                             max_waiting=512,
                             metadata={

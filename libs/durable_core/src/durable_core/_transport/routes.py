@@ -148,6 +148,11 @@ class CommandConsumers:
             share = max(1, min(room // (len(takers) - n), _MAX_BATCH))
             room -= share
             await self.consumers[i].request(share)
+        if takers and len(takers) < len(busy):
+            # Too few slots for every busy consumer: the next ask starts past the last one
+            # served. Only probes moved the turn, always to the same place, and one busy
+            # workflow (or shard) was given every slot while another's backlog waited.
+            self._turn = (takers[-1] + 1) % k
 
     async def _in_turn(self, chosen: list[int], k: int, expires: float | None) -> None:
         """Requests for one command each, open ``expires`` (the consumer's own when None);
