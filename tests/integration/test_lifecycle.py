@@ -176,6 +176,34 @@ async def test_a_retry_whose_wake_up_failed_is_finished_by_asking_again(
         await client.retry(inv)  # completed now
 
 
+async def test_a_retry_that_retention_overtakes_says_expired(
+    stack: ProcessStack,
+    client: Client,
+    transport: Transport,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Retention removed a failed invocation between a retry's read and its state write (the
+    janitor's delete is revision-checked against the same read, and came first): the retry
+    answered "pending" for an invocation that was gone, with its request purged with its
+    journal. It says expired now."""
+    stack.start_service()
+    stack.start_processor("p-retry-expired")
+    inv = "retry-expired"
+    with pytest.raises(WorkflowFailedError):
+        await client.invoke("flaky_order", {"failures": 2, "attempts": 2}, id=inv, timeout=30)
+    update = client._t.update_state
+
+    async def retention_first(st: pb.ExecutionState, revision: int) -> int:
+        rec = await transport.get_state(inv)
+        assert rec is not None and rec.state.status == pb.STATUS_FAILED
+        assert await transport.expire_execution(rec, int(time.time() * 1000), 60)
+        return await update(st, revision)
+
+    monkeypatch.setattr(client._t, "update_state", retention_first)
+    with pytest.raises(ExpiredError):
+        await client.retry(inv)
+
+
 async def test_a_resolution_or_signal_whose_wake_up_failed_is_finished_by_sending_again(
     stack: ProcessStack,
     client: Client,

@@ -9,7 +9,6 @@ one a finished child takes to report to its parent).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
 from collections.abc import Callable
@@ -379,9 +378,14 @@ async def retry(t: Transport, invocation_id: str) -> Status:
         st.status = pb.STATUS_PENDING
         st.ClearField("failure")
         st.updated_at_ms = int(time.time() * 1000)
-        # If someone else moved it on meanwhile, the wake-up below is harmless either way.
-        with contextlib.suppress(StateConflict):
+        try:
             await t.update_state(st, rec.revision)
+        except StateConflict:
+            # Someone else moved it on meanwhile (the wake-up below is harmless then), or
+            # retention removed it since the read (its journal, this request with it): say
+            # so, not "pending" for an invocation that is gone.
+            if await t.get_state(invocation_id) is None:
+                raise await missing(t, invocation_id) from None
     await _wake_retried(t, _addressee(rec.state), seq)
     return Status.PENDING
 
