@@ -18,7 +18,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nats.js.api import RetentionPolicy, StreamConfig
 
-from durable_core import ConflictError, EngineConfig, InvalidInputError, NotFoundError
+from durable_core import (
+    ConflictError,
+    EngineConfig,
+    InvalidInputError,
+    NatsUnavailableError,
+    NotFoundError,
+)
 from durable_core import schedules as sched
 from durable_core._cron import CronExpr
 from durable_core._naming import Names
@@ -453,6 +459,40 @@ async def test_reconcile_arms_active_schedules_left_disarmed_and_disarms_paused_
     assert await t.schedule_armed("lost") and await t.schedule_armed("fine")
     assert not await t.schedule_armed("idle")
     assert await sched.reconcile_schedules(t) == []  # in agreement: nothing to do
+
+
+async def test_reconcile_disarms_a_schedule_the_server_fires_with_no_record(
+    transport: Transport,
+) -> None:
+    """A sweep's arm between a create's record write and its own failed arm (which then
+    deleted the record), or an arm that timed out after the server took it: the server fired
+    ticks for a name with no record, and the sweep, listing records only, never saw it."""
+    t = transport
+    await sched.create_schedule(t, "kept", "hello_workflow", every=HOURLY)
+    await t.arm_schedule("orphan", "@every 3600s")
+    assert await sched.reconcile_schedules(t) == [("orphan", "disarmed")]
+    assert not await t.schedule_armed("orphan") and await t.schedule_armed("kept")
+    assert await sched.reconcile_schedules(t) == []
+
+
+async def test_a_create_whose_arm_answer_was_lost_leaves_nothing_armed(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server took the arm but its answer never came: the create deleted its record and
+    failed, and the server fired ticks for a name with no record (until a sweep)."""
+    t = transport
+    arm = t.arm_schedule
+
+    async def arm_then_lose_the_answer(name: str, pattern: str, **kw: Any) -> None:
+        await arm(name, pattern, **kw)
+        raise NatsUnavailableError("no answer")
+
+    monkeypatch.setattr(t, "arm_schedule", arm_then_lose_the_answer)
+    with pytest.raises(NatsUnavailableError):
+        await sched.create_schedule(t, "lost-answer", "hello_workflow", every=HOURLY)
+    monkeypatch.undo()
+    assert await sched.find_schedule(t, "lost-answer") is None
+    assert not await t.schedule_armed("lost-answer")
 
 
 async def test_reconcile_checks_again_after_a_change_between_its_read_and_its_act(

@@ -29,6 +29,7 @@ The functions here take the engine's transport; ``Client`` exposes them as metho
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -362,7 +363,8 @@ async def get_schedule(transport: Transport, name: str) -> Schedule:
 async def list_schedules(transport: Transport) -> list[Schedule]:
     """Every schedule, by name."""
     out = []
-    for name in sorted(await transport.schedule_names()):
+    names = {*await transport.schedule_names(), *await transport.armed_schedule_names()}
+    for name in sorted(names):
         schedule = await find_schedule(transport, name)
         if schedule is not None:  # deleted since the listing
             out.append(schedule)
@@ -441,6 +443,11 @@ async def create_schedule(
         except Exception:
             # Not armed: leave no record behind, so the same create can simply be retried.
             await transport.delete_schedule_record(name, revision)
+            # The arm may have reached the server anyway (an answer lost), or a sweep's arm
+            # came between the record write and this one: make the server agree with what
+            # is recorded now (the sweep would, later).
+            with contextlib.suppress(DurableError):
+                await _settle(transport, name)
             raise
     return schedule
 
@@ -600,8 +607,9 @@ async def reconcile_schedules(transport: Transport) -> list[tuple[str, Repair]]:
     the disarm. Safe to run at any time, from any number of processes at once, alongside
     create, pause, resume and delete: arming replaces the one schedule of a name, and a record
     that changes between the read and the act is read again and put right (a schedule deleted
-    meanwhile is disarmed). A server schedule whose record was deleted before the listing is
-    not seen (its ticks are dropped by the scheduler).
+    meanwhile is disarmed). A server schedule with no record is disarmed too: a sweep's arm
+    that came between a create's record write and that create's own failed arm (which then
+    deleted the record) left the server firing ticks for nothing, for good.
 
     Returns:
         ``(name, "armed" | "disarmed")`` for each change, by name (both for one that changed
@@ -611,7 +619,8 @@ async def reconcile_schedules(transport: Transport) -> list[tuple[str, Repair]]:
         NatsUnavailableError: NATS did not answer (what was done until then stays done).
     """
     changes: list[tuple[str, Repair]] = []
-    for name in sorted(await transport.schedule_names()):
+    names = {*await transport.schedule_names(), *await transport.armed_schedule_names()}
+    for name in sorted(names):
         try:
             done = await _settle(transport, name)
         except NatsUnavailableError:

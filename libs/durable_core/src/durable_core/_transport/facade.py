@@ -471,6 +471,10 @@ class Transport:
         """Whether the server holds a schedule for ``name``."""
         return await self._ticks.armed(name)
 
+    async def armed_schedule_names(self) -> list[str]:
+        """The names of every schedule the server holds (with a record or not)."""
+        return await self._ticks.armed_names()
+
     async def tick_consumer(
         self, *, consumer: str, ack_wait: float, max_ack_pending: int
     ) -> TickConsumer:

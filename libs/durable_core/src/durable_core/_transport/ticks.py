@@ -85,6 +85,20 @@ class Ticks:
 
         return await link.retry(f"look up schedule {name}", get)
 
+    async def armed_names(self) -> list[str]:
+        """The names of every schedule the server holds, from the stream leader's subject
+        list (a record may be missing: see ``reconcile_schedules``)."""
+        link = self._link
+        n = link.names
+        head, tail = n.cron_subject("*").split("*")
+
+        async def subjects() -> dict[str, int]:
+            info = await link.js.stream_info(n.command_stream, subjects_filter=f"{head}*{tail}")
+            return info.state.subjects or {}
+
+        found = await link.retry("list armed schedules", subjects)
+        return [s.removeprefix(head).removesuffix(tail) for s in found]
+
     async def consumer(
         self, *, consumer: str, ack_wait: float, max_ack_pending: int
     ) -> TickConsumer:
