@@ -573,10 +573,11 @@ class RunContext(Context):
         partition_key: str | None = None,
         as_type: Any = None,
     ) -> Any:
-        child_id = await self._submit(
+        # The wait is the submission's own step: the count of steps taken, read after the
+        # submission's awaits, names a later one when steps run at once (``gather``).
+        child_id, step = await self._submit_step(
             pb.ENTRY_KIND_CHILD, workflow, args, partition_key, notify=True
         )
-        step = self.steps.journal.steps_taken
         payload = await self._until(lambda: self.steps.child(step, child_id))
         return await self._load(payload, as_type)
 
@@ -611,6 +612,22 @@ class RunContext(Context):
         notify: bool,
         delay: timedelta | None = None,
     ) -> str:
+        child_id, _ = await self._submit_step(
+            kind, workflow, args, partition_key, notify=notify, delay=delay
+        )
+        return child_id
+
+    async def _submit_step(
+        self,
+        kind: pb.EntryKind,
+        workflow: str,
+        args: Any,
+        partition_key: str | None,
+        *,
+        notify: bool,
+        delay: timedelta | None = None,
+    ) -> tuple[str, int]:
+        """Submit (or replay the submission of) another invocation; its id and the step."""
         check_workflow_name(workflow)
         payload = _payloads.encoded(args)
         digest = _codec.input_hash(
@@ -618,7 +635,7 @@ class RunContext(Context):
         )
         decision = await self._decide(kind, workflow, digest)
         if not isinstance(decision, Execute):
-            return self.steps.replayed_child(kind, decision.entry)
+            return self.steps.replayed_child(kind, decision.entry), int(decision.step)
         child_id = self.steps.child_id(decision.step)
         now = _wall_ms()
         start_at = now + int(delay.total_seconds() * 1000) if delay else 0
@@ -659,7 +676,7 @@ class RunContext(Context):
             await self._intercepted(kind_name, decision.step, workflow, record)
         if kind == pb.ENTRY_KIND_CHILD:
             self.steps.children.append(child_id)
-        return child_id
+        return child_id, int(decision.step)
 
 
 class _Watched:
