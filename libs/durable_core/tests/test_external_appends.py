@@ -51,3 +51,38 @@ async def test_a_refusal_on_the_leaders_journal_stands(transport: Transport) -> 
     with pytest.raises(IllegalTransitionError):
         await _append_external(transport, "x-never", resume, "resume:x", _resume_only_if_paused)
     assert await transport.read_journal("x-never") == []
+
+
+async def _blocked(transport: Transport, inv: str, *, claimed: bool) -> None:
+    """A blocked invocation's state and journal (a step, the block's SUSPENDED entry), and a
+    claim by a processor of its pinned version if ``claimed``."""
+    st = pb.ExecutionState(
+        invocation_id=inv, workflow="w", status=pb.STATUS_BLOCKED, blocked_reason="diverged"
+    )
+    assert await transport.create_state(st) is not None
+    entries = [
+        pb.JournalEntry(kind=pb.ENTRY_KIND_CLAIM, writer="p1"),
+        pb.JournalEntry(kind=pb.ENTRY_KIND_SUSPENDED, writer="p1"),
+    ]
+    if claimed:
+        entries.append(pb.JournalEntry(kind=pb.ENTRY_KIND_CLAIM, writer="p2"))
+    last = 0
+    for n, entry in enumerate(entries):
+        last = await transport.append(inv, entry, last, f"{inv}:{n}")
+
+
+async def test_a_blocked_invocation_is_refused_a_pause_until_a_processor_claims_it(
+    transport: Transport,
+) -> None:
+    """A pause of a blocked invocation was refused on its state alone, also after a processor
+    of its pinned version had claimed it (its state says so only a moment later): the same
+    pause asked again a moment later was taken. It is decided on the journal now."""
+    from durable_core.client._lifecycle import change
+
+    await _blocked(transport, "x-blocked", claimed=False)
+    with pytest.raises(IllegalTransitionError, match="blocked"):
+        await change(transport, "x-blocked", pb.ENTRY_KIND_PAUSE_REQUEST)
+    await _blocked(transport, "x-claimed", claimed=True)
+    await change(transport, "x-claimed", pb.ENTRY_KIND_PAUSE_REQUEST)
+    kinds = [r.entry.kind for r in await transport.read_journal("x-claimed")]
+    assert kinds[-1] == pb.ENTRY_KIND_PAUSE_REQUEST

@@ -161,6 +161,12 @@ async def change(t: Transport, invocation_id: str, kind: pb.EntryKind) -> Status
             )
         if kind == pb.ENTRY_KIND_PAUSE_REQUEST and machine.paused:
             raise _AlreadyThere
+        if kind == pb.ENTRY_KIND_PAUSE_REQUEST and status == Status.BLOCKED and not running:
+            raise IllegalTransitionError(
+                f"cannot pause invocation {invocation_id}: it is blocked (its replay diverged "
+                "from its journal) and no processor runs it; cancel or fork it",
+                status.value,
+            )
         if kind == pb.ENTRY_KIND_CANCEL_REQUEST and machine.cancel_requested:
             raise _AlreadyThere
 
@@ -169,12 +175,8 @@ async def change(t: Transport, invocation_id: str, kind: pb.EntryKind) -> Status
             f"cannot {verb} invocation {invocation_id}: it is already {status.value}",
             status.value,
         )
-    if status == Status.BLOCKED and kind == pb.ENTRY_KIND_PAUSE_REQUEST:
-        raise IllegalTransitionError(
-            f"cannot pause invocation {invocation_id}: it is blocked (its replay diverged from "
-            "its journal) and no processor runs it; cancel or fork it",
-            status.value,
-        )
+    # A blocked one is refused a pause by ``check``, on the journal: a processor of its pinned
+    # version may have claimed it since the state was read (then it pauses as any run does).
     if status == Status.BLOCKED and kind == pb.ENTRY_KIND_CANCEL_REQUEST:
         ended = await cancel_blocked(t, rec, "cancelled while blocked")
         if ended is not None:
