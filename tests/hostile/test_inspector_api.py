@@ -185,6 +185,7 @@ def api() -> Iterator[tuple[TestClient, HostileClient]]:
         engine=EngineConfig(),
         jaeger_url="http://jaeger.test:16686",
         load_plugins=False,
+        allowed_hosts=("testserver",),  # TestClient's Host
     )
     app = create_app(inspector_settings, client=client)
     with TestClient(app, raise_server_exceptions=False) as tc:

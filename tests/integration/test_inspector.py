@@ -7,9 +7,12 @@ engine prefix, next to the example service and a processor.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
+import time
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +20,15 @@ import httpx2 as httpx
 import pytest
 
 from durable_core import Client, EngineConfig, NatsConfig, Status
+from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import Transport
-from durable_core.testing import NatsCluster, ProcessStack, assert_eventually_async, free_port
+from durable_core.testing import (
+    NatsCluster,
+    NatsServer,
+    ProcessStack,
+    assert_eventually_async,
+    free_port,
+)
 from order_processing.testing import OrderServiceControl
 
 pytestmark = pytest.mark.integration
@@ -264,6 +274,161 @@ async def test_create_app_connects_by_itself(
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 20)
+
+
+@contextlib.asynccontextmanager
+async def serve(settings: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """``create_app(settings)`` under uvicorn in this process, and a client of it."""
+    import uvicorn
+
+    from durable_inspector.app import create_app
+
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings), port=settings.port, log_level="warning",
+            timeout_graceful_shutdown=1,
+        )
+    )  # fmt: skip
+    task = asyncio.create_task(server.serve())
+    try:
+        url = f"http://127.0.0.1:{settings.port}"
+        async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+            yield http
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 20)
+
+
+async def _readyz(http: httpx.AsyncClient) -> tuple[int, str]:
+    try:
+        resp = await http.get("/readyz")
+    except httpx.TransportError as e:
+        return 0, str(e)
+    return resp.status_code, resp.text
+
+
+async def test_the_inspector_binds_after_an_outage_longer_than_the_append_deadline(
+    tmp_path: Path,
+) -> None:
+    """The inspector waits for the engine's streams with bind(wait=inf); bind's NATS calls
+    gave up after the append deadline, the watch task died silently, and /readyz said
+    "waiting for the engine's streams" for good once NATS came back and a processor made them.
+    """
+    from durable_inspector.settings import InspectorSettings
+
+    deadline = timedelta(seconds=2)
+    engine = EngineConfig(prefix="touter", replicas=1, append_deadline=deadline)
+    server = NatsServer(store_dir=tmp_path / "store", name="outage")
+    await asyncio.to_thread(server.start)
+    try:
+        settings = InspectorSettings(
+            nats=NatsConfig.from_url(server.url), engine=engine, port=free_port(),
+            load_plugins=False,
+        )  # fmt: skip
+        async with serve(settings) as http:
+
+            async def waiting() -> bool:
+                return "waiting for the engine's streams" in (await _readyz(http))[1]
+
+            await assert_eventually_async(waiting, 30, "the inspector waiting for the streams")
+            server.kill()
+            # Longer than a JetStream request's 5 s timeout plus the append deadline: bind
+            # gives up while NATS is away.
+            await asyncio.sleep(5 + 2 * deadline.total_seconds())
+            await asyncio.to_thread(server.start)
+            await assert_eventually_async(waiting, 30, "the inspector reconnected")
+            why = (await _readyz(http))[1]
+            t = await Transport.connect(NatsConfig.from_url(server.url), engine, create=True)
+            await t.close()
+
+            async def ready() -> bool:
+                return (await _readyz(http))[0] == 200
+
+            await assert_eventually_async(ready, 30, "/readyz 200 once the streams exist")
+        assert "last bind error: NatsUnavailableError" in why  # what /readyz said meanwhile
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+async def test_a_state_with_a_status_from_a_newer_version_is_shown_as_unknown(
+    stack: ProcessStack, transport: Transport
+) -> None:
+    """A status value this version does not know (99) raised ValueError in Status.from_pb: the
+    watch ended and restarted at the same record forever, the index never got ready, and the
+    detail page answered 500."""
+    now = int(time.time() * 1000)
+
+    async def put(invocation_id: str, status: int) -> None:
+        state = pb.ExecutionState(
+            invocation_id=invocation_id, workflow="hello_workflow", status=status,
+            partition_key=invocation_id, created_at_ms=now, updated_at_ms=now,
+        )  # fmt: skip
+        assert await transport.create_state(state) is not None
+
+    await put("before-1", pb.STATUS_COMPLETED)
+    await put("newer-1", 99)
+    await put("after-1", pb.STATUS_PENDING)
+    inspector = Inspector(stack)
+    async with inspector.http() as http:
+
+        async def ready() -> bool:
+            return (await http.get("/readyz")).status_code == 200
+
+        await assert_eventually_async(ready, 30, "the index past the unknown status")
+        body = (await http.get("/api/executions")).json()
+        statuses = {i["invocation_id"]: i["status"] for i in body["items"]}
+        assert statuses == {"before-1": "completed", "newer-1": "unknown", "after-1": "pending"}
+
+        await put("later-1", pb.STATUS_PENDING)
+
+        async def listed() -> bool:
+            body = (await http.get("/api/executions")).json()
+            return "later-1" in [i["invocation_id"] for i in body["items"]]
+
+        await assert_eventually_async(listed, 30, "an execution made later listed")
+        detail = await http.get("/api/executions/newer-1")
+        assert detail.status_code == 200, detail.text
+        assert detail.json()["status"] == "unknown"
+        page = await http.get("/executions/newer-1")
+        assert page.status_code == 200, page.text[-500:]
+
+
+async def test_bad_input_to_awakeables_and_payloads_is_a_typed_4xx(
+    stack: ProcessStack, transport: Transport
+) -> None:
+    """A lone surrogate as a rejection reason (protobuf cannot encode it) and a step number in
+    non-ASCII digits (str.isdigit() takes "²", int() does not) answered 500."""
+    now = int(time.time() * 1000)
+    state = pb.ExecutionState(
+        invocation_id="done-1", workflow="hello_workflow", status=pb.STATUS_COMPLETED,
+        partition_key="done-1", created_at_ms=now, updated_at_ms=now,
+    )  # fmt: skip
+    await transport.create_state(state)
+    inspector = Inspector(stack)
+    requests = [
+        # JSON's escape: the server decodes it to a lone surrogate
+        ("POST", "/api/awakeables/awk.done-1.1/reject", b'{"reason": "\\ud800"}'),
+        ("GET", "/api/executions/done-1/payloads/\u00b2", None),  # superscript two
+        ("GET", "/api/executions/done-1/payloads/\u0663", None),  # Arabic-Indic three
+        ("POST", "/api/awakeables/awk.done-1.\u00b2/resolve", b'{"payload": 1}'),
+    ]
+    answers = []
+    async with inspector.http() as http:
+        for method, path, body in requests:
+            try:
+                resp = await http.request(
+                    method, path, content=body, headers={"content-type": "application/json"}
+                )
+            except httpx.TransportError as e:  # the server dropped the connection
+                answers.append((path, 0, type(e).__name__))
+                continue
+            answers.append((path, resp.status_code, resp.json()["error"]))
+    assert answers == [
+        (requests[0][1], 400, "invalid_input"),
+        (requests[1][1], 400, "invalid_input"),
+        (requests[2][1], 400, "invalid_input"),
+        (requests[3][1], 404, "not_found"),
+    ], answers
 
 
 # -- the UI in a real browser ----------------------------------------------------------------

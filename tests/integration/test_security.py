@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx2 as httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -22,7 +24,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from durable_core import Client, EngineConfig, NatsConfig
 from durable_core.errors import NatsUnavailableError
-from durable_core.testing import NatsCluster, ProcessStack
+from durable_core.testing import NatsCluster, ProcessStack, assert_eventually_async
 
 pytestmark = pytest.mark.integration
 
@@ -245,3 +247,40 @@ def test_a_client_without_tls_settings_cannot_connect(
     assert cli.returncode == EXIT_NATS, cli.stderr
     assert secured_cluster.urls[0] in cli.stderr
     assert "certificate verify failed" in cli.stderr.lower()  # the server's CA is not trusted
+
+
+REBIND = "rebind.evil.test:8080"
+
+
+@pytest.mark.usefixtures("streams")
+async def test_without_a_token_the_inspector_refuses_a_rebound_host(stack: ProcessStack) -> None:
+    """DNS rebinding: a page on rebind.evil.test whose name the attacker then points at
+    127.0.0.1 is same-origin with the inspector (its Origin matches the Host), so the
+    cross-site check let it list and cancel executions when no token was set."""
+    inspector = stack.start(
+        "inspector",
+        ["-m", "durable_inspector", "--port", "0"],
+        {"DURABLE_INSPECTOR_ALLOWED_HOSTS": "inspector.internal"},
+        ready="inspector listening on",
+        timeout=30,
+    )
+    match = re.search(r"inspector listening on (http://\S+)", inspector.log())
+    assert match, inspector.log()
+    url = match.group(1)
+    async with httpx.AsyncClient(base_url=url, timeout=20) as http:
+
+        async def ready() -> bool:
+            return (await http.get("/readyz")).status_code == 200
+
+        await assert_eventually_async(ready, 30, "the inspector ready")
+        evil = {"Host": REBIND, "Origin": f"http://{REBIND}"}
+        for method, path in [("GET", "/api/executions"), ("POST", "/api/executions/x/cancel")]:
+            resp = await http.request(method, path, headers=evil)
+            assert resp.status_code == 403, resp.text
+            assert resp.json()["error"] == "forbidden"
+        port = url.rsplit(":", 1)[1]
+        for host in (f"127.0.0.1:{port}", f"inspector.internal:{port}"):
+            same = {"Host": host, "Origin": f"http://{host}"}
+            assert (await http.get("/api/executions", headers=same)).status_code == 200
+            resp = await http.post("/api/executions/x/cancel", headers=same)
+            assert resp.status_code == 404 and resp.json()["error"] == "not_found", resp.text

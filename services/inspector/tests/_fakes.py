@@ -178,6 +178,7 @@ def settings(token: str | None = None) -> InspectorSettings:
         nats=NatsConfig(),
         engine=EngineConfig(),
         token=token,
+        allowed_hosts=("testserver",),  # the host Starlette's TestClient names
         jaeger_url="http://jaeger.test:16686",
         load_plugins=False,
     )

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 from typing import Any
 from urllib.parse import unquote
 
 import pytest
+from starlette.testclient import TestClient
 
 from durable_core import DurableError, Failure, NotFoundError, Status
 from durable_core._pb.durable.v1 import durable_pb2 as pb
@@ -14,9 +17,10 @@ from durable_core.schedules import Schedule
 from durable_core.testing import assert_eventually
 from durable_examples.order.v1.order_pb2 import ChargeResponse
 from durable_inspector.api import routes as api_routes
+from durable_inspector.app import create_app
 from durable_inspector.openapi import document
 
-from ._fakes import T0, FakeClient, result, step, summary
+from ._fakes import T0, FakeClient, result, settings, step, summary
 
 ACTIONS = ["pause", "resume", "cancel", "retry", "rerun"]
 
@@ -311,6 +315,24 @@ def test_awakeable_and_schedule_input_is_checked(make_client: Any) -> None:
             error_of(tc.post("/api/schedules", json=body), 400, "invalid_input")
 
 
+@pytest.mark.parametrize("every", ["Infinity", "NaN", "1e300", str(10 * 365 * 86400 + 1)])
+def test_a_schedule_interval_that_is_not_finite_or_too_long_is_400(
+    make_client: Any, every: str
+) -> None:
+    """Infinity, NaN and 1e300 (which JSON lets through) overflowed timedelta: 500."""
+    created: list[Any] = []
+
+    async def create_schedule(name: str, workflow: str, args: Any, **options: Any) -> Schedule:
+        created.append(options)
+        return Schedule(name, workflow, args, **options, created_at=T0)
+
+    with make_client(FakeClient(create_schedule=create_schedule)) as (tc, _):
+        body = '{"name": "n", "workflow": "w", "every": ' + every + "}"
+        resp = tc.post("/api/schedules", content=body, headers={"content-type": "application/json"})
+        assert "'every'" in error_of(resp, 400, "invalid_input")
+    assert created == []
+
+
 def test_schedules_and_signals_call_the_client_when_it_has_them(make_client: Any) -> None:
     seen: list[tuple[Any, ...]] = []
 
@@ -413,6 +435,65 @@ def test_cross_site_actions_are_refused(make_client: Any) -> None:
             "/api/executions", json={"workflow": "w"}, headers={"Origin": "http://testserver"}
         )
         assert same.status_code == 202
+
+
+class UnboundEngine:
+    """An engine connected to NATS whose streams no processor has created yet."""
+
+    is_connected = True
+
+    async def bind(self, *, wait: float = 0.0) -> None:
+        await asyncio.Event().wait()
+
+
+@pytest.mark.parametrize("path", ["/schedules", "/fleet", "/api/schedules", "/api/fleet"])
+def test_pages_before_the_engine_is_bound_are_503_like_the_api(path: str) -> None:
+    """/schedules and /fleet answered 501 (as if the client lacked the method) before bind."""
+    app = create_app(settings(), engine=UnboundEngine())  # type: ignore[arg-type]
+    with TestClient(app, raise_server_exceptions=False) as tc:
+        resp = tc.get(path)
+        assert resp.status_code == 503, resp.text
+        assert "waiting for the engine" in resp.text
+
+
+REBIND = "rebind.evil.test:8080"
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/api/executions"), ("POST", "/api/executions/a/cancel"), ("GET", "/")],
+)
+def test_without_a_token_only_known_hosts_are_served(
+    make_client: Any, method: str, path: str
+) -> None:
+    """DNS rebinding: a page on rebind.evil.test, re-pointed at 127.0.0.1, is same-origin with
+    the inspector (Origin and Host agree), so the cross-site check let it read and act."""
+
+    async def cancel(invocation_id: str) -> Status:
+        return Status.CANCELLED
+
+    with make_client(FakeClient(snapshot(), cancel=cancel)) as (tc, _):
+        evil = {"Host": REBIND, "Origin": f"http://{REBIND}"}
+        error_of(tc.request(method, path, headers=evil), 403, "forbidden")
+        for host in ("127.0.0.1:8080", "localhost", "[::1]:9", "testserver"):
+            resp = tc.request(method, path, headers={"Host": host, "Origin": f"http://{host}"})
+            assert resp.status_code in (200, 202), (host, resp.text)
+        assert tc.get("/readyz", headers=evil).status_code == 200  # probes are open anyway
+
+
+def test_with_a_token_the_host_is_not_checked(make_client: Any) -> None:
+    with make_client(FakeClient(snapshot()), token="s3cret") as (tc, _):
+        headers = {"Host": REBIND, "Authorization": "Bearer s3cret"}
+        assert tc.get("/api/executions", headers=headers).status_code == 200
+
+
+def test_allowed_hosts_and_the_listening_host_are_served() -> None:
+    s = dataclasses.replace(settings(), host="10.1.2.3", allowed_hosts=("inspector.internal",))
+    app = create_app(s, client=FakeClient(snapshot()))
+    with TestClient(app, raise_server_exceptions=False) as tc:
+        for host in ("inspector.internal:8080", "INSPECTOR.internal", "10.1.2.3:8080"):
+            assert tc.get("/api/stats", headers={"Host": host}).status_code in (200, 503), host
+        error_of(tc.get("/api/stats", headers={"Host": "testserver"}), 403, "forbidden")
 
 
 # -- the document ----------------------------------------------------------------------------

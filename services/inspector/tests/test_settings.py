@@ -45,6 +45,15 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_settings().nats.servers == ("nats://c:3",)  # the prefixed name wins
 
 
+def test_allowed_hosts(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().allowed_hosts == ()
+    monkeypatch.setenv("DURABLE_INSPECTOR_ALLOWED_HOSTS", "inspector, inspector.example.com")
+    assert load_settings().allowed_hosts == ("inspector", "inspector.example.com")
+    monkeypatch.setenv("DURABLE_INSPECTOR_ALLOWED_HOSTS", "http://inspector/")
+    with pytest.raises(ConfigError, match="inspector_allowed_hosts"):
+        load_settings()
+
+
 @pytest.mark.parametrize("secret", ["12345", "0x1F", "false", "'quoted'", "@int x", "@get key"])
 def test_token_is_taken_verbatim(monkeypatch: pytest.MonkeyPatch, secret: str) -> None:
     """An access token that looks like a TOML value (or a dynaconf @-command) is kept as typed."""

@@ -28,7 +28,7 @@ from durable_inspector.runtime import Runtime, runtime
 from durable_inspector.typed import Router, unknown_fields
 from durable_inspector.views import detail_view, schedule_view, summary_json
 
-__all__ = ["LIFECYCLE_ACTIONS", "router", "routes"]
+__all__ = ["LIFECYCLE_ACTIONS", "client_method", "router", "routes"]
 
 router = Router()
 
@@ -43,11 +43,14 @@ LIFECYCLE_ACTIONS = {
     "rerun": "rerun",
     "fork": "fork",
 }
+MAX_EVERY = 10 * 365 * 86400  # seconds: longer intervals are a cron's job (or a mistake)
 STEP_POLL_INTERVAL = 1.0  # seconds between journal reads for a running execution's stream
 PING_INTERVAL = 15.0  # seconds of silence before a keep-alive comment on an event stream
 
 
-def _method(rt: Runtime, name: str, what: str) -> Callable[..., Any]:
+def client_method(rt: Runtime, name: str, what: str) -> Callable[..., Any]:
+    """The client's method ``name``: 503 until the engine's streams are bound, 501 when this
+    version of the client has none (``what`` says what it does)."""
     method = getattr(_client(rt), name, None)
     if method is None or not callable(method):
         raise not_implemented(name, what)
@@ -179,7 +182,7 @@ async def download_payload(request: Request) -> Response:
     rt = runtime(request)
     invocation_id = request.path_params["invocation_id"]
     which = request.path_params["which"]
-    read = _method(rt, "payload", "reading stored values")
+    read = client_method(rt, "payload", "reading stored values")
     blob = await read(f"{invocation_id}:{which}")
     name = f"{invocation_id}-{which}.bin"
     return StreamingResponse(
@@ -203,7 +206,7 @@ async def download_payload(request: Request) -> Response:
 )
 async def fleet(request: Request) -> Response:
     rt = runtime(request)
-    view = await _method(rt, "fleet", "reading the fleet registry")()
+    view = await client_method(rt, "fleet", "reading the fleet registry")()
     return _json(view.to_dict())
 
 
@@ -277,7 +280,7 @@ async def lifecycle(request: Request) -> Response:
         kwargs["from_step"] = step
     elif body:
         raise ApiError(400, "invalid_input", f"{action} takes no body fields")
-    method = _method(rt, LIFECYCLE_ACTIONS[action], f"{action} of an execution")
+    method = client_method(rt, LIFECYCLE_ACTIONS[action], f"{action} of an execution")
     result = await method(invocation_id, **kwargs)
     out: dict[str, Any] = {"invocation_id": invocation_id, "action": action}
     if action in ("rerun", "fork") and isinstance(result, str) and result != invocation_id:
@@ -303,11 +306,11 @@ async def awakeable(request: Request) -> Response:
     action = request.path_params["action"]
     body = await json_body(request, required=False)
     if action == "resolve":
-        method = _method(rt, "resolve_awakeable", "resolving an awakeable")
+        method = client_method(rt, "resolve_awakeable", "resolving an awakeable")
         await method(awakeable_id, body.get("payload"))
     elif action == "reject":
         reason = required_str(body, "reason")
-        method = _method(rt, "reject_awakeable", "rejecting an awakeable")
+        method = client_method(rt, "reject_awakeable", "rejecting an awakeable")
         await method(awakeable_id, reason)
     else:
         raise ApiError(404, "not_found", f"no awakeable action {action!r}; use resolve or reject")
@@ -328,7 +331,7 @@ async def signal(request: Request) -> Response:
     invocation_id = request.path_params["invocation_id"]
     name = request.path_params["name"]
     body = await json_body(request, required=False)
-    method = _method(rt, "signal", "signalling an execution")
+    method = client_method(rt, "signal", "signalling an execution")
     await method(invocation_id, name, body.get("payload"))
     return _json({"invocation_id": invocation_id, "signal": name}, 202)
 
@@ -342,7 +345,7 @@ async def signal(request: Request) -> Response:
 )
 async def list_schedules(request: Request) -> Response:
     rt = runtime(request)
-    method = _method(rt, "list_schedules", "listing schedules")
+    method = client_method(rt, "list_schedules", "listing schedules")
     return _json({"schedules": [schedule_view(s) for s in await method()]})
 
 
@@ -374,8 +377,18 @@ async def create_schedule(request: Request) -> Response:
     if cron is not None:
         options["cron"] = cron
     else:
-        if not isinstance(every, int | float) or isinstance(every, bool) or every <= 0:
-            raise ApiError(400, "invalid_input", "'every' must be a number of seconds > 0")
+        # not (0 < every <= MAX_EVERY) also refuses NaN; Infinity and huge values overflow
+        # timedelta.
+        if (
+            not isinstance(every, int | float)
+            or isinstance(every, bool)
+            or not 0 < every <= MAX_EVERY
+        ):
+            raise ApiError(
+                400,
+                "invalid_input",
+                f"'every' must be a number of seconds > 0 and at most {MAX_EVERY} (10 years)",
+            )
         options["every"] = timedelta(seconds=every)
     for key in ("partition_key", "timezone"):
         if (text := optional_str(body, key)) is not None:
@@ -395,7 +408,7 @@ async def create_schedule(request: Request) -> Response:
         options["paused"] = body["paused"]
     if _flag(body, "queue_unserved"):
         options["queue_unserved"] = True
-    method = _method(rt, "create_schedule", "creating a schedule")
+    method = client_method(rt, "create_schedule", "creating a schedule")
     result = await method(name, workflow, body.get("args"), **options)
     return _json({"name": name, "schedule": schedule_view(result)}, 201)
 
@@ -410,7 +423,7 @@ async def create_schedule(request: Request) -> Response:
 async def delete_schedule(request: Request) -> Response:
     rt = runtime(request)
     name = request.path_params["name"]
-    method = _method(rt, "delete_schedule", "deleting a schedule")
+    method = client_method(rt, "delete_schedule", "deleting a schedule")
     await method(name)
     return _json({"name": name, "deleted": True})
 
@@ -429,7 +442,7 @@ async def schedule_action(request: Request) -> Response:
     action = request.path_params["action"]
     if action not in ("pause", "resume"):
         raise ApiError(404, "not_found", f"no schedule action {action!r}; use pause or resume")
-    method = _method(rt, f"{action}_schedule", f"{action} of a schedule")
+    method = client_method(rt, f"{action}_schedule", f"{action} of a schedule")
     changed = await method(name)
     out: dict[str, Any] = {"name": name, "action": action}
     if changed is not None:

@@ -27,7 +27,7 @@ from starlette.staticfiles import StaticFiles
 from durable_core import DurableError, load_plugins
 from durable_core.admin import Engine
 from durable_inspector import api, pages
-from durable_inspector.auth import AuthMiddleware, wants_json
+from durable_inspector.auth import LOOPBACK_HOSTS, AuthMiddleware, wants_json
 from durable_inspector.errors import ApiError, from_exception
 from durable_inspector.feed import Feed
 from durable_inspector.index import ExecutionIndex
@@ -39,6 +39,7 @@ __all__ = ["create_app"]
 
 log = logging.getLogger("durable_inspector")
 STATIC = Path(__file__).with_name("static")
+BIND_RETRY = 2.0  # seconds between attempts to bind to the engine's streams
 
 
 def _respond(request: Request, err: ApiError) -> Response:
@@ -109,7 +110,11 @@ def create_app(
         ],
         middleware=[
             Middleware(MetricsMiddleware, metrics=metrics),
-            Middleware(AuthMiddleware, token=settings.token),
+            Middleware(
+                AuthMiddleware,
+                token=settings.token,
+                hosts=(*LOOPBACK_HOSTS, settings.host, *settings.allowed_hosts),
+            ),
         ],
         exception_handlers={
             ApiError: _on_error,
@@ -128,12 +133,24 @@ def create_app(
     return app
 
 
-async def _watch(rt: Runtime) -> None:
+async def _watch(rt: Runtime, *, retry_after: float = BIND_RETRY) -> None:
     """Bind to the engine's streams (waiting for a processor to create them), then keep the
     index up to date."""
     if rt.client is None:
         assert rt.engine is not None  # create_app: a client, an engine, or one it connects
-        await rt.engine.bind(wait=math.inf)
+        while True:
+            # bind gives up once NATS has been away for the append deadline; the inspector
+            # must not stay unready for good after an outage, so it binds again.
+            try:
+                await rt.engine.bind(wait=math.inf)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - retried; /readyz shows the last error
+                rt.bind_error = f"{type(e).__name__}: {e}"
+                log.warning("binding to the engine's streams failed (%s); retrying", e)
+            await asyncio.sleep(retry_after)
+        rt.bind_error = None
         rt.client = rt.engine.client()
     rt.feed = Feed(rt.client, rt.index)
     await rt.feed.run()

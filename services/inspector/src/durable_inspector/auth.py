@@ -9,24 +9,32 @@ With or without a token, a state-changing request (POST, PUT, PATCH, DELETE) tha
 as cross-site is refused: otherwise any web page could make the browser of someone running the
 inspector on 127.0.0.1 cancel their executions. Clients that are not browsers send no ``Origin``
 and are not affected.
+
+Without a token, a request must also name the inspector by a host it is known by (``Host``):
+localhost, 127.0.0.1, [::1], the host it listens on, or one of ``DURABLE_INSPECTOR_ALLOWED_HOSTS``
+(any port). Otherwise a page on a name the attacker re-points at 127.0.0.1 (DNS rebinding) would
+be same-origin with the inspector, and the cross-site check would not see it. The probes are
+exempt: they are open anyway, and Kubernetes and Prometheus reach them by the pod's address.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from starlette.datastructures import URL, Headers, QueryParams
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-__all__ = ["COOKIE", "AuthMiddleware", "token_matches"]
+__all__ = ["COOKIE", "LOOPBACK_HOSTS", "AuthMiddleware", "host_name", "token_matches"]
 
 COOKIE = "durable_inspector_token"
 _PROBES = ("/livez", "/readyz", "/healthz", "/metrics")  # no token: they tell nothing but a state
 _OPEN = (*_PROBES, "/login", "/static/")
 _SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 
 
 def token_matches(given: str | None, token: str) -> bool:
@@ -57,6 +65,25 @@ def _cross_site(headers: Headers) -> bool:
     return origin == "null" or urlsplit(origin).netloc != headers.get("host", "")
 
 
+def host_name(value: str) -> str:
+    """The name in a ``Host`` value, without its port, lower-case (``[::1]`` keeps its
+    brackets; a bare IPv6 address gets them). A value it cannot read comes back whole."""
+    value = value.strip().lower()
+    if value.startswith("["):  # [v6] or [v6]:port
+        end = value.find("]")
+        if end > 0 and _port(value[end + 1 :].removeprefix(":")):
+            return value[: end + 1]
+        return value
+    if value.count(":") > 1:  # a bare IPv6 address (as the settings may give it)
+        return f"[{value}]"
+    name, _, port = value.partition(":")
+    return name.rstrip(".") if _port(port) else value
+
+
+def _port(text: str) -> bool:
+    return text == "" or (text.isascii() and text.isdigit())
+
+
 def wants_json(path: str) -> bool:
     return path.startswith("/api/") or path == "/openapi.json" or path in _PROBES
 
@@ -82,9 +109,12 @@ class AuthMiddleware:
     """ASGI middleware: token check and cross-site refusal (a pure ASGI class, so that the event
     streams pass through unbuffered)."""
 
-    def __init__(self, app: ASGIApp, token: str | None) -> None:
+    def __init__(
+        self, app: ASGIApp, token: str | None, hosts: Iterable[str] = LOOPBACK_HOSTS
+    ) -> None:
         self.app = app
         self.token = token
+        self.hosts = frozenset(host_name(h) for h in hosts)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Answer 401 to a request without the token; pass the others on."""
@@ -94,10 +124,20 @@ class AuthMiddleware:
         headers = Headers(scope=scope)
         method = scope["method"]
         path: str = scope["path"]
+        token = self.token
+        if token is None and path not in _PROBES and not self._known_host(headers):
+            await _error(
+                send,
+                403,
+                "forbidden",
+                f"this inspector is not reached as {headers.get('host', '')!r}: without a "
+                "token it answers only to localhost, 127.0.0.1, [::1] and the hosts in "
+                "DURABLE_INSPECTOR_ALLOWED_HOSTS",
+            )
+            return
         if method not in _SAFE and _cross_site(headers):
             await _error(send, 403, "forbidden", "cross-site request refused")
             return
-        token = self.token
         if token is None or path in _PROBES or path.startswith(_OPEN):
             await self.app(scope, receive, send)
             return
@@ -132,6 +172,9 @@ class AuthMiddleware:
         await _send(
             send, 303, b"", "text/plain", [("location", "/login?" + urlencode({"next": nxt}))]
         )
+
+    def _known_host(self, headers: Headers) -> bool:
+        return "*" in self.hosts or host_name(headers.get("host", "")) in self.hosts
 
     @staticmethod
     def _presented(headers: Headers, token: str) -> bool:

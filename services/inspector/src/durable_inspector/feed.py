@@ -116,15 +116,28 @@ class Feed:
                         self.ready.set()
                     self.publish(Event("ready"))
                     continue
-                change = self.index.apply(item)
-                if change is None:
-                    continue
-                if change.kind == "deleted":
-                    self.publish(Event("deleted", change.invocation_id, change))
-                else:
-                    self.publish(Event("execution", change.invocation_id, change))
+                self._apply(item)
         finally:
             aclose: Any = getattr(watch, "aclose", None)
             if aclose is not None:
                 with contextlib.suppress(Exception):
                     await aclose()
+
+    def _apply(self, item: ExecutionSummary) -> None:
+        """Apply one record; one that does not convert (a state written by a newer version,
+        say) is logged and skipped, so that it never stops the watch at the same record."""
+        try:
+            change = self.index.apply(item)
+            if change is None:
+                return
+            if change.kind == "deleted":
+                self.publish(Event("deleted", change.invocation_id, change))
+            else:
+                self.publish(Event("execution", change.invocation_id, change))
+        except Exception as e:  # noqa: BLE001 - skip this record, keep the watch
+            log.warning(
+                "skipping execution %s: cannot show its state (%s: %s)",
+                getattr(item, "invocation_id", "?"),
+                type(e).__name__,
+                e,
+            )

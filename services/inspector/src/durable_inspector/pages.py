@@ -19,9 +19,8 @@ from starlette.templating import Jinja2Templates
 
 from durable_core import Status
 from durable_core.views import format_duration, format_time, iso
-from durable_inspector.api import load_detail
+from durable_inspector.api import client_method, load_detail
 from durable_inspector.auth import COOKIE, cookie_header, safe_next, token_matches
-from durable_inspector.errors import not_implemented
 from durable_inspector.inputs import parse_query
 from durable_inspector.runtime import runtime
 from durable_inspector.views import schedule_view, summary_view
@@ -192,9 +191,7 @@ async def detail_page(request: Request) -> Response:
 
 async def schedules_page(request: Request) -> Response:
     rt = runtime(request)
-    method = getattr(rt.client, "list_schedules", None)
-    if method is None:
-        raise not_implemented("list_schedules", "listing schedules")
+    method = client_method(rt, "list_schedules", "listing schedules")
     now = datetime.now(UTC)
     found = [schedule_view(s, now) for s in await method()]
     if request.query_params.get("fragment"):
@@ -211,9 +208,7 @@ async def schedules_page(request: Request) -> Response:
 
 async def fleet_page(request: Request) -> Response:
     rt = runtime(request)
-    method = getattr(rt.client, "fleet", None)
-    if method is None:
-        raise not_implemented("fleet", "reading the fleet registry")
+    method = client_method(rt, "fleet", "reading the fleet registry")
     fleet = (await method()).to_dict()
     if request.query_params.get("fragment"):
         return _render(request, "_fleet.html", fleet=fleet)

@@ -25,6 +25,7 @@ class Runtime:
     client: Any = None
     feed: Feed | None = None
     engine: Engine | None = None
+    bind_error: str | None = None  # why the last attempt to bind failed (it is retried)
 
     @property
     def ready(self) -> bool:
@@ -43,7 +44,7 @@ class Runtime:
             return (
                 f"waiting for the engine's streams (prefix {self.settings.engine.prefix}): "
                 "start a processor"
-            )
+            ) + (f" (last bind error: {self.bind_error})" if self.bind_error else "")
         if not self.index.ready:
             error = self.feed.error if self.feed is not None else ""
             return "loading the execution index" + (

@@ -27,6 +27,9 @@ class InspectorSettings:
         engine: the engine's prefix (and limits) whose executions are shown.
         host, port: where the HTTP server listens (loopback by default).
         token: when not None, every page and API call must present it.
+        allowed_hosts: without a token, the host names (``Host``, any port) besides localhost,
+            127.0.0.1, [::1] and ``host`` that requests may name the inspector by (the
+            defence against DNS rebinding); ``*`` for any.
         jaeger_url: base URL of the Jaeger UI, for trace links (no trailing slash).
         jaeger_service: the service a trace search looks in (the processor's OTEL_SERVICE_NAME),
             when an invocation has no trace id.
@@ -40,6 +43,7 @@ class InspectorSettings:
     host: str = "127.0.0.1"
     port: int = 8080
     token: str | None = None
+    allowed_hosts: tuple[str, ...] = ()
     jaeger_url: str = "http://127.0.0.1:16686"
     jaeger_service: str = "durable-processor"
     load_plugins: bool = True
@@ -82,12 +86,23 @@ def build(s: Mapping[str, Any]) -> InspectorSettings:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"jaeger_url must be an http(s) URL, not {s.get('jaeger_url')!r}")
     level = check_log_level(s)
+    allowed = s.get("inspector_allowed_hosts") or ()
+    if isinstance(allowed, str):
+        allowed = allowed.replace(",", " ").split()
+    if not isinstance(allowed, list | tuple) or not all(
+        isinstance(h, str) and h and "/" not in h for h in allowed
+    ):
+        raise ConfigError(
+            "inspector_allowed_hosts must be host names, comma-separated "
+            f"(e.g. inspector.example.com,inspector), not {s.get('inspector_allowed_hosts')!r}"
+        )
     return InspectorSettings(
         nats=nats,
         engine=engine,
         host=host,
         port=port,
         token=text("inspector_token"),
+        allowed_hosts=tuple(h.strip() for h in allowed),
         jaeger_url=jaeger,
         jaeger_service=text("jaeger_service") or "durable-processor",
         load_plugins=truthy(s.get("inspector_load_plugins", True)),

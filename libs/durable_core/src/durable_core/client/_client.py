@@ -24,7 +24,7 @@ from durable_core.client._results import (
 )
 from durable_core.client._submit import WorkflowRef, start_at_ms, store_unstored, submit
 from durable_core.config import EngineConfig, NatsConfig
-from durable_core.errors import InvocationTimeoutError, WorkflowFailedError
+from durable_core.errors import InvalidInputError, InvocationTimeoutError, WorkflowFailedError
 from durable_core.fleet import FleetCache, FleetView
 from durable_core.plugins import workflow_signature
 
@@ -359,13 +359,16 @@ class Client:
         await lifecycle.complete_awakeable(self._t, awakeable_id, _codec.encode(payload), None)
 
     async def reject_awakeable(self, awakeable_id: str, reason: str) -> None:
-        """Fail an awakeable; the waiting workflow gets AwakeableRejectedError(reason)."""
-        await lifecycle.complete_awakeable(
-            self._t,
-            awakeable_id,
-            None,
-            pb.Failure(type="AwakeableRejectedError", message=str(reason)),
-        )
+        """Fail an awakeable; the waiting workflow gets AwakeableRejectedError(reason).
+
+        Raises:
+            InvalidInputError: the reason is not valid Unicode text (a lone surrogate).
+        """
+        try:
+            failure = pb.Failure(type="AwakeableRejectedError", message=str(reason))
+        except UnicodeEncodeError as e:
+            raise InvalidInputError(f"the rejection reason is not valid text: {e}") from e
+        await lifecycle.complete_awakeable(self._t, awakeable_id, None, failure)
 
     async def payload(self, ref: str) -> _payloads.Blob:
         """The bytes of a recorded value, to read in chunks (``durable payload get``).

@@ -500,7 +500,7 @@ async def _hold(t: Transport, source: str, shared: list[pb.Payload], holder: str
 
 def _awakeable_owner(awakeable_id: str) -> str:
     parts = awakeable_id.split(".") if isinstance(awakeable_id, str) else []
-    if len(parts) != 3 or parts[0] != "awk" or not parts[2].isdigit():
+    if len(parts) != 3 or parts[0] != "awk" or not (parts[2].isascii() and parts[2].isdigit()):
         raise NotFoundError(
             f"{awakeable_id!r} is not an awakeable id (they look like awk.<invocation>.<n>)"
         )
@@ -601,7 +601,7 @@ async def find_payload(t: Transport, ref: str) -> pb.Payload:
     elif which == "output":
         found = st.output if st.HasField("output") else None
     elif sep:
-        if not which.isdigit():
+        if not (which.isascii() and which.isdigit()):
             raise InvalidInputError(
                 f"{ref!r}: say <invocation>:args, <invocation>:output or <invocation>:<step>"
             )

@@ -65,10 +65,10 @@ class Status(enum.StrEnum):
 
     @classmethod
     def from_pb(cls, value: int) -> Status:
-        """The status a protobuf ``Status`` value stands for (UNKNOWN if none)."""
-        name = pb.Status.Name(value).removeprefix("STATUS_").lower() if value else "unknown"
+        """The status a protobuf ``Status`` value stands for (UNKNOWN if none, or one this
+        version does not know: a state written by a newer one)."""
         try:
-            return cls(name)
+            return cls(pb.Status.Name(value).removeprefix("STATUS_").lower())
         except ValueError:
             return cls.UNKNOWN
 

@@ -70,7 +70,10 @@ def describe(
     retried = final is not None and any(
         e.kind == pb.ENTRY_KIND_RETRY_REQUEST for e in journal[journal.index(final) :]
     )
-    status = pb.Status.Name(state.status).removeprefix("STATUS_").lower()
+    try:
+        status = pb.Status.Name(state.status).removeprefix("STATUS_").lower()
+    except ValueError:  # a value this version does not know (a state written by a newer one)
+        status = "unknown"
     output: Any = payload_json(state.output, types) if state.HasField("output") else None
     failure = _failure(state.failure) if state.HasField("failure") else None
     if final is not None and not retried and status not in _FINAL_STATUS.values():
