@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
     from durable_core.views import InvocationView
 
 __all__ = ["Client"]
+
+log = logging.getLogger("durable_core.client")
 
 
 class Client:
@@ -426,8 +429,13 @@ class Client:
                 yield ExecutionSummary(
                     key, "", Status.UNKNOWN, "", None, None, None, 0, "", "", 0, deleted=True
                 )
-            else:
-                yield ExecutionSummary.from_pb(rec.state, rec.revision)
+                continue
+            try:
+                summary = ExecutionSummary.from_pb(rec.state, rec.revision)
+            except Exception as e:  # noqa: BLE001 - one bad record never ends the watch
+                log.warning("watch: skipping execution %s: %s: %s", key, type(e).__name__, e)
+                continue
+            yield summary
 
     async def get_result(self, invocation_id: str) -> InvocationResult:
         """Status, output or failure, and the journaled steps of an invocation.
