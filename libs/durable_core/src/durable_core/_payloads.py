@@ -30,10 +30,11 @@ from durable_core import _codec
 from durable_core._codec import describe_ref
 from durable_core._naming import payload_owner
 from durable_core._pb.durable.v1 import durable_pb2 as pb
-from durable_core.errors import InvalidInputError, PayloadUnavailableError
+from durable_core.errors import ExpiredError, InvalidInputError, PayloadUnavailableError
 
 __all__ = [
     "Blob",
+    "Invocations",
     "PayloadStore",
     "describe_ref",
     "encoded",
@@ -43,6 +44,7 @@ __all__ = [
     "load_value",
     "resolved",
     "same_payload",
+    "share",
     "store_value",
 ]
 
@@ -72,6 +74,19 @@ class PayloadStore(Protocol):
         (their retention leaves them while it does)."""
 
 
+class Invocations(Protocol):
+    """Where the owner of a shared object is looked up (the engine's transport)."""
+
+    async def get_state(self, invocation_id: str) -> Any:
+        """Its state, or None."""
+
+    async def queued_start(self, invocation_id: str) -> Any:
+        """Its start, while queued with no state made yet; else None."""
+
+    async def expiry_note(self, invocation_id: str) -> dict[str, Any] | None:
+        """How it ended, if it expired."""
+
+
 class Blob:
     """A stream of bytes stored by the engine (a large file-like argument or step result).
 
@@ -79,7 +94,9 @@ class Blob:
     ``BytesIO``), or a client that passes one as arguments, has it uploaded in chunks; the
     workflow gets a ``Blob`` for it (the first time and on every replay), which reads it back
     in chunks. Pass a ``Blob`` on (as a step's result, a child's argument, the workflow's
-    output): the stored object is shared, never copied.
+    output, another invocation's arguments): the stored object is shared, never copied, and
+    held for the invocation it is passed to, so the retention of the one that stored it
+    leaves it in place while that one needs it.
 
     Attributes:
         size: the length in bytes.
@@ -144,17 +161,24 @@ def is_file_like(value: Any) -> bool:
     )
 
 
-async def store_value(store: PayloadStore | None, value: Any, owner: str) -> pb.Payload:
+async def store_value(
+    store: PayloadStore | None, value: Any, owner: str, invocations: Invocations | None = None
+) -> pb.Payload:
     """Encode ``value`` for the journal, a state or a command: inline when small, by
     reference when large, streamed when file-like. Without a store (the test replayer) values
-    stay inline and file-like ones are read whole.
+    stay inline and file-like ones are read whole. Another invocation's Blob is shared, held
+    for ``owner`` (see :func:`share`; ``invocations``: where its owner is confirmed).
 
     Raises:
         InvalidInputError: the value cannot be encoded.
         PayloadTooLargeError: it is larger than the max object size.
+        ExpiredError: it is a Blob of an invocation that has expired (its objects go or went
+            with it).
     """
     if isinstance(value, Blob):
-        return encoded(value)
+        shared = encoded(value)
+        await share(store, [shared], owner, invocations)
+        return shared
     if is_file_like(value):
         if store is None:
             data = value.read()
@@ -166,6 +190,45 @@ async def store_value(store: PayloadStore | None, value: Any, owner: str) -> pb.
         # Large bytes go straight from the value, without a copy into a Payload first.
         return pb.Payload(encoding=pb.ENCODING_BYTES, ref=await store.put(owner, value))
     return await offload(store, _codec.encode(value), owner)
+
+
+async def share(
+    store: PayloadStore | None,
+    payloads: Iterable[pb.Payload],
+    holder: str,
+    invocations: Invocations | None,
+) -> None:
+    """Hold, for invocation ``holder``, the objects of other invocations that ``payloads``
+    reference, then confirm (``invocations``) that each owner is still there: its state, or
+    its start in the queue. An owner's retention removes its state before it looks for holds,
+    so an owner found after the hold keeps its objects while the hold lasts; one not found
+    may have lost them already (ExpiredError)."""
+    shared = owners(payloads, but=holder)
+    if store is None or not shared:
+        return
+    for owner in sorted(shared):
+        await store.hold(owner, holder)
+    if invocations is None:
+        return
+    for owner in sorted(shared):
+        if await invocations.get_state(owner) is not None:
+            continue
+        if await invocations.queued_start(owner) is not None:
+            continue
+        if await invocations.get_state(owner) is not None:
+            continue  # its start left the queue meanwhile: its processor made its state first
+        note = await invocations.expiry_note(owner) or {}
+        error = ExpiredError(
+            owner,
+            str(note.get("status", "finished")),
+            int(note.get("finished_at_ms", 0) or 0),
+            int(note.get("expired_at_ms", 0) or 0),
+        )
+        error.add_note(
+            f"a Blob of {owner} was passed to {holder}: its stored bytes are gone, or go, "
+            "with the invocation that stored them; pass the bytes themselves instead"
+        )
+        raise error
 
 
 def encoded(value: Any) -> pb.Payload:

@@ -172,17 +172,25 @@ class Engine:
         ttl = max(int(note_for.total_seconds()), 1) if note_for is not None else 0
         return await self._t.expire_execution(rec, now_ms, ttl)
 
+    async def finish_expiries(self) -> list[str]:
+        """Finish the expiries that were cut short after the state went (a crash, NATS
+        failing): what is left of their journals is purged. The ids finished."""
+        return await self._t.finish_expiries()
+
     async def sweep_payloads(self, grace: timedelta) -> list[str]:
         """Delete the stored large values (``<prefix>_payloads``) that no state or journal
         references, older than ``grace``: uploads of a run that crashed before its journal
         append or lost its claim, arguments of a submission that was refused or crashed
         before intake. Only objects of invocations that are gone or finished are looked at
         (a running one may still journal a reference to an object it just wrote; its
-        orphans go when it finishes); those a fork or rerun holds are kept. The names
-        deleted."""
+        orphans go when it finishes; a plain invoke whose start is still queued has no
+        state yet but needs its arguments); those another invocation holds (a fork, a
+        rerun, one given a Blob of them) are kept. The names deleted."""
 
         async def referenced(invocation_id: str) -> set[str] | None:
-            rec = await self._t.get_state(invocation_id)
+            rec = await self._state_or_start(invocation_id)
+            if isinstance(rec, pb.Command):
+                return None  # a plain invoke's start, still queued: its arguments are used
             if rec is None:
                 return set()
             if rec.state.status not in _FINISHED:
@@ -197,9 +205,22 @@ class Engine:
         # A hold whose holder never came to exist (a fork or rerun that failed after holding)
         # would keep its owner's objects for ever.
         for owner, holder, age in await store.holds():
-            if age >= grace_ms and await self._t.get_state(holder) is None:
+            if age >= grace_ms and await self._state_or_start(holder) is None:
                 await store.drop_hold(owner, holder)
         return await store.sweep(referenced, grace_ms)
+
+    async def _state_or_start(self, invocation_id: str) -> StateRecord | pb.Command | None:
+        """The invocation's state; else its start, if queued (a plain invoke leaves its state
+        to the processor that takes the start, however long that takes); else None."""
+        rec = await self._t.get_state(invocation_id)
+        if rec is not None:
+            return rec
+        start = await self._t.queued_start(invocation_id)
+        if start is not None:
+            return start
+        # The start may have left the queue between the two reads: the processor that took
+        # it created the state before it acked it.
+        return await self._t.get_state(invocation_id)
 
     # -- processor leases --------------------------------------------------------------------
 

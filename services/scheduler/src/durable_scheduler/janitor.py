@@ -7,7 +7,9 @@ replaces its state with a delete marker noting how it ended (``durable status`` 
 drops the note by its TTL)
 and purges its journal. The state is removed first and only at the revision that
 was read, so an invocation retried or changed meanwhile is left alone. Several replicas may
-sweep at once: each removal happens once, a second purge is a no-op.
+sweep at once: each removal happens once, a second purge is a no-op. An expiry cut short after
+the state went (the scheduler killed, NATS failing) is finished by the next pass
+(``Engine.finish_expiries``).
 
 Running and suspended executions are never removed, however old: a workflow may sleep for
 years.
@@ -106,4 +108,10 @@ class Janitor:
             if await self.engine.expire_execution(rec, self.clock(), self.note_for):
                 removed += 1
                 self.metrics.expired.inc()
+        if not self._stopping.is_set():
+            # Expiries an earlier pass (or replica) began and could not end: their states are
+            # gone, so no watch finds them again; their journals would stay for good.
+            finished = await self.engine.finish_expiries()
+            if finished:
+                log.info("finished %d expiries cut short", len(finished))
         return removed

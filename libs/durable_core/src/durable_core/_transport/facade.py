@@ -404,14 +404,38 @@ class Transport:
         (headers), so ``durable status`` can say "expired" rather than "never existed", and a
         new invocation may take the id again (a KV create succeeds over a delete marker). The
         server removes that note after ``note_ttl_s`` seconds (0: never).
+
+        The state goes first: its revision-checked delete is what keeps a retried or changed
+        invocation from losing its journal, and a hold written while the state was there is
+        seen below. An expiry noted as begun (``Payloads.begin_expiry``) and cut short after
+        that is finished by :meth:`finish_expiries`; a new invocation under the id purges
+        what is left of the journal before it takes the id (``States.create``).
         """
+        invocation_id = rec.state.invocation_id
+        await self.payloads.begin_expiry(invocation_id)
         if not await self._states.expire(rec, now_ms, note_ttl_s):
+            await self.payloads.end_expiry(invocation_id)
             return False
-        await self._journals.purge(rec.state.invocation_id)
+        await self._journals.purge(invocation_id)
         # Its large values go with it, unless a fork or rerun holds them (the sweep takes
         # them later); its own holds on what it was forked or rerun from are dropped.
-        await self.payloads.expire(rec.state.invocation_id)
+        await self.payloads.expire(invocation_id)
+        await self.payloads.end_expiry(invocation_id)
         return True
+
+    async def finish_expiries(self) -> list[str]:
+        """Finish the expiries cut short after their state was removed: purge what is left of
+        their journals (their objects and holds are left to the payload sweep, which keeps
+        those of a new invocation that took the id meanwhile). The ids finished. An expiry
+        whose state is still there is left alone: under way, or stopped before the state went
+        (retention removes it again), or its id was taken again (its journal was purged then)."""
+        finished = []
+        for invocation_id in await self.payloads.expiring():
+            if await self._states.drop_old_journal(invocation_id) is None:
+                continue
+            await self.payloads.end_expiry(invocation_id)
+            finished.append(invocation_id)
+        return finished
 
     async def state_ids(self) -> list[str]:
         """The ids with anything in the state bucket: a state, or an expired one's note."""

@@ -33,7 +33,7 @@ from durable_core._transport.errors import (
 from durable_core._transport.inbox import DirectGets
 from durable_core.errors import NatsUnavailableError
 
-__all__ = ["JournalRecord", "Journals"]
+__all__ = ["JournalRecord", "Journals", "last_journal_seq"]
 
 T = TypeVar("T")
 
@@ -45,6 +45,20 @@ class JournalRecord:
     entry: pb.JournalEntry
     seq: int
     msg_id: str
+
+
+async def last_journal_seq(link: Link, invocation_id: str) -> int:
+    """The sequence of the journal's last entry as the stream's leader has it (0: none)."""
+    stream = link.names.journal_stream_of(invocation_id)
+    subject = link.names.journal_subject(invocation_id)
+
+    async def last() -> int:
+        try:
+            return int((await link.js.get_last_msg(stream, subject)).seq or 0)
+        except nats.js.errors.NotFoundError:
+            return 0
+
+    return await link.retry(f"read journal of {invocation_id}", last)
 
 
 class Journals:
@@ -177,18 +191,7 @@ class Journals:
             ) from e
 
     async def _last_seq(self, invocation_id: str) -> int:
-        """The sequence of the journal's last entry as the stream's leader has it (0: none)."""
-        link = self._link
-        stream = link.names.journal_stream_of(invocation_id)
-        subject = link.names.journal_subject(invocation_id)
-
-        async def last() -> int:
-            try:
-                return int((await link.js.get_last_msg(stream, subject)).seq or 0)
-            except nats.js.errors.NotFoundError:
-                return 0
-
-        return await link.retry(f"read journal of {invocation_id}", last)
+        return await last_journal_seq(self._link, invocation_id)
 
     async def _landed(self, invocation_id: str, expected_seq: int, msg_id: str) -> int:
         """After a "wrong last sequence" (or a batch's "duplicate id"): the sequence of our

@@ -12,10 +12,15 @@ invocation's objects one subject wildcard: retention purges them with one reques
 sweep finds which invocation each object belongs to from its subject alone.
 
 Holds: a fork or rerun shares the objects of the invocation it came from (its copied journal
-entries and arguments carry the same references). It writes a hold,
+entries and arguments carry the same references), and so does an invocation given another's
+``Blob`` (as its arguments, a step's result or its output). It writes a hold,
 ``$O.<bucket>.M.hold.<source id>.<its id>``; retention of the source leaves the source's
 objects alone while a hold on it exists, and retention of the fork removes the fork's holds.
 Objects are then collected by :meth:`Payloads.sweep` once nothing references them.
+
+Expiries under way: retention notes ``$O.<bucket>.M.expiring.<id>`` before it removes an
+invocation's state and drops it once the journal and objects are gone, so that one cut short
+between the two is found and finished by the next pass (``Transport.finish_expiries``).
 """
 
 from __future__ import annotations
@@ -117,6 +122,9 @@ class Payloads:
 
     def _hold_subject(self, source: str, holder: str) -> str:
         return f"$O.{self.bucket}.M.hold.{source}.{holder}"
+
+    def _expiry_subject(self, invocation_id: str) -> str:
+        return f"$O.{self.bucket}.M.expiring.{invocation_id}"
 
     # -- the bucket ------------------------------------------------------------------------
 
@@ -292,6 +300,26 @@ class Payloads:
         await self._purge(f"purge payloads of {invocation_id}", self._owner_subjects(invocation_id))
         return True
 
+    async def begin_expiry(self, invocation_id: str) -> None:
+        """Note that retention of ``invocation_id`` has begun (before its state goes), so that
+        an expiry cut short is found and finished by a later pass (see :meth:`expiring`)."""
+        await self.ensure()
+        subject = self._expiry_subject(invocation_id)
+        await self._link.retry(
+            f"note the expiry of {invocation_id}", lambda: self._link.js.publish(subject, b"")
+        )
+
+    async def end_expiry(self, invocation_id: str) -> None:
+        """Drop the note of :meth:`begin_expiry`: the expiry is done (or did not happen)."""
+        await self.ensure()
+        await self._purge(f"end the expiry of {invocation_id}", self._expiry_subject(invocation_id))
+
+    async def expiring(self) -> list[str]:
+        """The invocations whose expiry has begun and not ended (read from the leader)."""
+        await self.ensure()
+        head = f"$O.{self.bucket}.M.expiring."
+        return [s.removeprefix(head) for s in await self._subjects(head + "*")]
+
     async def _purge(self, what: str, subject: str) -> None:
         js = self._link.js
 
@@ -307,16 +335,24 @@ class Payloads:
         return [s.removeprefix(prefix) for s in await self._subjects(prefix + ">")]
 
     async def _age_ms(self, subject: str) -> int:
-        """How long ago the first message of ``subject`` was stored (0 if it has none)."""
-        msgs, _ = await self._link.retry(
-            "read a payload's first message",
-            lambda: self._gets.batch(self.stream, subject, 1, 1),
-        )
-        stamp = (msgs[0].headers or {}).get("Nats-Time-Stamp", "") if msgs else ""
-        return int((time.time() - _parse_time(stamp)) * 1000) if stamp else 0
+        """How long ago the last message of ``subject`` was stored, as the stream's leader has
+        it (0 if it has none). The last, not the first: an upload that takes longer than the
+        sweep's grace is still young while its chunks keep coming."""
+        js = self._link.js
+
+        async def last() -> Any:
+            try:
+                return await js.get_last_msg(self.stream, subject)
+            except nats.js.errors.NotFoundError:
+                return None
+
+        msg = await self._link.retry("read a payload's last message", last)
+        if msg is None or msg.time is None:
+            return 0
+        return int((time.time() - msg.time.timestamp()) * 1000)
 
     async def age_ms(self, name: str) -> int:
-        """How long ago object ``name`` was started."""
+        """How long ago object ``name``'s last chunk was stored."""
         return await self._age_ms(self._chunks_subject(name))
 
     async def sweep(
@@ -350,12 +386,3 @@ async def _read(reader: _Reader, n: int) -> bytes:
     if reader._view is not None:
         return reader.read(n)
     return await asyncio.to_thread(reader.read, n)
-
-
-def _parse_time(stamp: str) -> float:
-    """Seconds since the epoch of a ``Nats-Time-Stamp`` header (RFC 3339, nanoseconds)."""
-    from datetime import datetime
-
-    head, _, frac = stamp.rstrip("Z").partition(".")
-    base = datetime.fromisoformat(head + "+00:00").timestamp()
-    return base + (float("0." + frac) if frac else 0.0)

@@ -23,6 +23,7 @@ from durable_core._transport.errors import (
     StateConflict,
     wrong_last,
 )
+from durable_core._transport.journal import last_journal_seq
 from durable_core._transport.records import watch_bucket
 
 __all__ = ["EXPIRED_HEADER", "StateRecord", "States"]
@@ -112,9 +113,14 @@ class States:
             try:
                 rev = await self._write(state.invocation_id, data, 0)
             except nats.js.errors.KeyWrongLastSequenceError:
-                # A delete marker (an expired execution) is written over, as kv.create does.
-                current, last = await self._msg(state.invocation_id)
-                if current is not None or not last:
+                # A delete marker (an expired execution) is written over, as kv.create does,
+                # once what its expiry left of that execution's journal is gone (an expiry cut
+                # short leaves it all): a new invocation never replays an earlier one's entries.
+                current, _ = await self._msg(state.invocation_id)
+                if current is not None:
+                    return None
+                last = await self.drop_old_journal(state.invocation_id)
+                if not last:
                     return None
                 try:
                     rev = await self._write(state.invocation_id, data, last)
@@ -123,6 +129,29 @@ class States:
             return StateRecord(state, rev)
 
         return await self._link.retry(f"create state of {state.invocation_id}", create)
+
+    async def drop_old_journal(self, invocation_id: str) -> int | None:
+        """Purge what is left of the journal of an invocation that has no state (it expired),
+        and return the state's revision (0: there never was one); None, with nothing purged,
+        if it has a state. Only the entries stored before the state was seen absent go: a new
+        invocation under the id appends only once its state exists, so none of its entries
+        are among them."""
+        link = self._link
+        stream = link.names.journal_stream_of(invocation_id)
+        subject = link.names.journal_subject(invocation_id)
+
+        async def purge(through: int) -> None:
+            await link.js.purge_stream(stream, subject=subject, seq=through + 1)
+
+        through = await last_journal_seq(link, invocation_id)
+        current, revision = await link.retry(
+            f"read state of {invocation_id}", lambda: self._msg(invocation_id)
+        )
+        if current is not None:
+            return None
+        if through:
+            await link.retry(f"purge old journal of {invocation_id}", lambda: purge(through))
+        return revision
 
     async def update(self, state: pb.ExecutionState, revision: int) -> StateRecord:
         """Write the state if its revision is still ``revision``; else StateConflict.

@@ -147,7 +147,8 @@ async def submit(
         await check(name)
     # A large value goes to the object store, a file-like one in chunks (claim check).
     if encoded is None:
-        payload = await _payloads.store_value(t.payloads, args, invocation_id)
+        # Another invocation's Blob is held for this one (its owner confirmed) before use.
+        payload = await _payloads.store_value(t.payloads, args, invocation_id, t)
     else:
         payload = await _payloads.offload(t.payloads, encoded, invocation_id)
     return await submit_payload(

@@ -38,6 +38,7 @@ from durable_core.context import Awakeable, Context
 from durable_core.engine._signals import EngineFailure
 from durable_core.engine._step_io import Journal, attempt_failure
 from durable_core.errors import (
+    ExpiredError,
     InvalidInputError,
     InvocationCancelledError,
     NatsUnavailableError,
@@ -240,9 +241,18 @@ class RunContext(Context):
 
     async def _stored(self, value: Any) -> pb.Payload:
         """A step's result or the workflow's output, encoded; stored by reference when large
-        (streamed in chunks when file-like)."""
+        (streamed in chunks when file-like). Another invocation's Blob is held for this one;
+        one of an expired invocation cannot be stored (InvalidInputError)."""
+        # The engine's journal (its Execution) holds the transport; the test replayer's has
+        # none, nor a store: nothing to hold there.
+        invocations = getattr(self._journal, "t", None)
         with self._engine_errors():
-            return await _payloads.store_value(self._payloads, value, self._invocation_id)
+            try:
+                return await _payloads.store_value(
+                    self._payloads, value, self._invocation_id, invocations
+                )
+            except ExpiredError as e:
+                raise InvalidInputError(f"a Blob of an expired invocation: {e}") from e
 
     @contextlib.contextmanager
     def _engine_errors(self) -> Iterator[None]:
