@@ -80,6 +80,9 @@ class FakeJournal:
     def diverged(self) -> None:
         self.events.append("diverged")
 
+    def halted(self) -> bool:
+        return False
+
 
 class FakeChannels:
     """ChannelPool stand-in: one async callable per method, recording metadata."""

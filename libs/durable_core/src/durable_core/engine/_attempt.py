@@ -130,7 +130,14 @@ async def run_once(ex: Execution) -> Finish | Suspend | Block:
     except asyncio.CancelledError:
         # Shutdown released this run (its command goes back at once): the workflow's own
         # task must not go on behind it.
-        await halt(ex, task, "released")
+        try:
+            await halt(ex, task, "released")
+        finally:
+            # A step's outcome still deferred (journaled with the run's next entry, or a few
+            # ms later) would be lost with the run, and the step run again by the next
+            # processor: journal it now (fenced, and never cut short: see JournalWriter).
+            with contextlib.suppress(Exception, SuspendExecution):
+                await ex.journal.flush()
         raise
     finally:
         interrupted.cancel()
@@ -172,10 +179,19 @@ async def halt(ex: Execution, task: asyncio.Future[Any], why: str) -> None:
     if ex.journal.stopped is None:
         ex.journal.stopped = halted
     task.cancel()
+    while not task.done():
+        # Released by shutdown meanwhile: the workflow still stops first (a sync step's
+        # thread may hold it: see RunContext._in_thread), then the release goes on below.
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait({task})
     with contextlib.suppress(BaseException):
-        await task
+        task.result()
     if ex.journal.stopped is halted:
         ex.journal.stopped = None
+    if _being_cancelled():
+        # Shutdown released this run while it waited: never swallow that (a rerun after
+        # it ran new steps with the command already handed back).
+        raise asyncio.CancelledError
 
 
 async def _outcome(ex: Execution, task: asyncio.Future[Any], ctx: RunContext) -> Finish:
@@ -191,10 +207,15 @@ async def _outcome(ex: Execution, task: asyncio.Future[Any], ctx: RunContext) ->
     except InvocationCancelledError:
         failure = pb.Failure(type="InvocationCancelledError", message="cancelled by request")
         return Finish(pb.STATUS_CANCELLED, failure=failure)
-    except asyncio.CancelledError:
+    except asyncio.CancelledError as e:
         if ex.cancelling_run:
             raise Rerun from None  # interrupted off a step boundary: deliver it on replay
-        raise
+        if _being_cancelled():
+            raise  # shutdown released this run meanwhile
+        # The workflow's own code raised it (the engine cancels the workflow only to halt
+        # it, never reaching here, or for a cancel): it failed. Taken for a shutdown, its
+        # command went back at once and ran again, forever.
+        return Finish(pb.STATUS_FAILED, failure=_failure(e))
     except SuspendExecution:
         raise  # the engine's own control flow (LostClaim, Finished, Rerun, ...)
     except Exception as e:  # the workflow failed: journal why
@@ -210,6 +231,12 @@ async def _outcome(ex: Execution, task: asyncio.Future[Any], ctx: RunContext) ->
     if ctx.steps.cancel_delivered:  # it handled the cancellation and returned: still cancelled
         return Finish(pb.STATUS_CANCELLED, output=output)
     return Finish(pb.STATUS_COMPLETED, output=output)
+
+
+def _being_cancelled() -> bool:
+    """Whether the run's task was cancelled (shutdown releases the run so)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _failure(e: BaseException) -> pb.Failure:

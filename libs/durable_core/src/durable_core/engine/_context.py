@@ -201,7 +201,7 @@ class RunContext(Context):
         async def call_fn() -> Any:
             if inspect.iscoroutinefunction(fn):
                 return await fn(*args, **kwargs)
-            result = await asyncio.to_thread(fn, *args, **kwargs)
+            result = await self._in_thread(fn, *args, **kwargs)
             if inspect.isawaitable(result):
                 return await result
             return result
@@ -227,6 +227,25 @@ class RunContext(Context):
         )
 
     # -- internals -------------------------------------------------------------------------
+
+    async def _in_thread(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run a sync step's function in a thread, which nothing can stop. Halted meanwhile by
+        the engine (shutdown, a rerun, a lost claim: ``stopped`` is set), the run waits for
+        the thread to end before the halt goes on: its command must not be handed back (to a
+        processor that would run the step again) while the step still runs here. A
+        cancellation of the invocation interrupts at once, as it does any step, and so does
+        the step's own timeout (the attempt fails at its deadline, as documented; its thread
+        may still run beside the retry, as a timed-out activity may under Temporal)."""
+        thread = asyncio.ensure_future(asyncio.to_thread(fn, *args, **kwargs))
+        thread.add_done_callback(_retrieved)  # its outcome may go unread (cancelled meanwhile)
+        try:
+            return await asyncio.shield(thread)
+        except asyncio.CancelledError:
+            if self._journal.halted() and not self._journal.cancelling():
+                while not thread.done():
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.wait({thread})
+            raise
 
     async def _load(self, payload: pb.Payload, as_type: Any = None) -> Any:
         """The value of a recorded payload as workflow code gets it: a stored one is read
@@ -335,12 +354,17 @@ class RunContext(Context):
                     result = await chained(inp)
                     failure = None
                     break
-                except asyncio.CancelledError:
-                    failure = steps.interrupted(step, self._journal.cancelling())
-                    if failure is None:
-                        raise
-                    _uncancel()  # the invocation was cancelled: the step ends, the workflow goes on
-                    break
+                except asyncio.CancelledError as e:
+                    if _being_cancelled() or self._journal.cancelling():
+                        failure = steps.interrupted(step, self._journal.cancelling())
+                        if failure is None:
+                            raise
+                        # The invocation was cancelled: the step ends, the workflow goes on.
+                        _uncancel()
+                        break
+                    # Raised by the step's own code, not by the engine: the attempt failed. Taken
+                    # for a shutdown, it handed the command back at once, forever.
+                    failed, retryable = _cancelled_failure(e, step, policy)
                 except (KeyboardInterrupt, SystemExit):
                     raise
                 except PayloadUnavailableError as e:
@@ -350,21 +374,21 @@ class RunContext(Context):
                     raise EngineFailure(e) from e
                 except Exception as e:  # noqa: BLE001 - every step failure is journaled
                     failed, retryable = attempt_failure(e, step, policy)
-                    decision = steps.attempt_failed(
-                        step,
-                        name,
-                        input_hash,
-                        failed,
-                        retryable=retryable,
-                        attempt=attempt,
-                        policy=policy,
-                        now_ms=_wall_ms(),
-                    )
-                    if isinstance(decision, GiveUp):
-                        failure = decision.failure
-                        break
-                    await self._append(decision.entry)
-                    await self._wait_for_attempt(step, name, decision.wake_at_ms, attempt + 1)
+                decision = steps.attempt_failed(
+                    step,
+                    name,
+                    input_hash,
+                    failed,
+                    retryable=retryable,
+                    attempt=attempt,
+                    policy=policy,
+                    now_ms=_wall_ms(),
+                )
+                if isinstance(decision, GiveUp):
+                    failure = decision.failure
+                    break
+                await self._append(decision.entry)
+                await self._wait_for_attempt(step, name, decision.wake_at_ms, attempt + 1)
             if self.payload_error is not None:
                 # A Blob the step read was missing or corrupt, and the step went on (it caught
                 # the error): never journal what it made of that.
@@ -720,6 +744,28 @@ def _uncancel() -> None:
     task = asyncio.current_task()
     if task is not None:
         task.uncancel()
+
+
+def _being_cancelled() -> bool:
+    """Whether someone cancelled the current task (the engine, or ``wait_for`` for a
+    timeout), as opposed to code in it raising ``CancelledError`` of its own accord."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def _cancelled_failure(
+    e: asyncio.CancelledError, step: int, policy: RetryPolicy
+) -> tuple[pb.Failure, bool]:
+    """An attempt whose own code raised ``CancelledError``: an ordinary failure (see
+    ``attempt_failure``, which takes an ``Exception``)."""
+    name = type(e).__name__
+    failure = pb.Failure(type=name, message=str(e) or name, step=step)
+    return failure, name not in policy.non_retryable_errors
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _wall_ms() -> int:

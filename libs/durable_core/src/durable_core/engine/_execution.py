@@ -123,6 +123,10 @@ class Execution:
         """Whether the run was interrupted because the invocation was cancelled."""
         return self.cancelling_run
 
+    def halted(self) -> bool:
+        """Whether the engine is stopping this run (``halt`` sets the signal first)."""
+        return self.journal.stopped is not None
+
     def diverged(self) -> None:
         """The replay diverged: stop the run now (``run_once`` blocks the invocation); the
         workflow may catch the error, but it runs no further step."""
@@ -293,7 +297,10 @@ class Execution:
                 await self.delivery.ack()
                 return
             if not self._run_lock and not await self._finished(self.id):
-                return  # stopping: the command goes back (or to the next holder) unsettled
+                # Stopping: hand the command back now (only while surely held: see nak), not
+                # after its ack_wait; whoever gets it waits for the run lock as this one did.
+                await self.delivery.nak()
+                return
         try:
             await self._run()
         finally:

@@ -42,6 +42,10 @@ class Journal(Protocol):
     def cancelling(self) -> bool:
         """True when the engine interrupted the run because the invocation was cancelled."""
 
+    def halted(self) -> bool:
+        """True while the engine stops this run (shutdown hands its command back, a rerun, a
+        lost claim): a step still running must end before the run lets go of it."""
+
     def diverged(self) -> None:
         """The replay no longer matches the journal (a NonDeterminismError is being raised):
         the engine stops the run and blocks the invocation, whatever the workflow does."""

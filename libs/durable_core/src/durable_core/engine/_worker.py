@@ -339,7 +339,19 @@ class Worker:
             await d.heartbeat(timeout=min(max(interval, 1.0), 5.0))
 
     async def _handle_after(self, earlier: asyncio.Task[None], d: Delivery) -> None:
-        await asyncio.wait({earlier})
+        try:
+            await asyncio.wait({earlier})
+        except asyncio.CancelledError:
+            # Shutdown: hand ``d`` back rather than hold it (with heartbeats) until the
+            # connection closes, but only once the earlier run has ended (the drain stops it
+            # too; it may be waiting for a step's thread): never beside a step still running.
+            while not earlier.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait({earlier})
+            self._release(d)
+            with contextlib.suppress(Exception):
+                await d.nak()
+            raise
         await self._handle(d)
 
     def _release(self, d: Delivery) -> None:
@@ -391,8 +403,20 @@ class Worker:
         for task in pending:
             task.cancel()
         if pending:
-            await asyncio.wait(pending, timeout=5)
-            log.info("released %d executions to other processors", len(pending))
+            _, stuck = await asyncio.wait(pending, timeout=5)
+            log.info("released %d executions to other processors", len(pending) - len(stuck))
+            if stuck:
+                # A run still waiting for a step's thread (nothing can stop one): its command
+                # goes back only once the thread has ended. Stop its heartbeats, so that if
+                # this process lingers (or the step never returns) the command is redelivered
+                # after its ack_wait rather than held for as long as the process lives.
+                log.warning(
+                    "%d executions still wait for a step running in a thread; their commands "
+                    "are left to their ack_wait",
+                    len(stuck),
+                )
+                for beat in self._beats.values():
+                    beat.cancel()
 
     async def _handle(self, delivery: Delivery) -> None:
         try:
@@ -433,10 +457,22 @@ class Worker:
         try:
             await execution.run()
         except asyncio.CancelledError:
-            # Shutdown: hand the command back at once; the journal keeps all progress.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling() > 0:
+                # Shutdown: hand the command back at once; the journal keeps all progress.
+                with contextlib.suppress(Exception):
+                    await delivery.nak()
+                raise
+            # Not a shutdown (nothing cancelled this task): code raised it of its own accord
+            # and the run let it through. Handed back at once, it ran again at once, forever.
+            log.error(
+                "invocation %s: the run of command %d ended with a CancelledError that no "
+                "shutdown caused; releasing it",
+                cmd.invocation_id,
+                delivery.command_seq,
+            )
             with contextlib.suppress(Exception):
-                await delivery.nak()
-            raise
+                await delivery.nak(delay=2.0)
         except LostHold as e:
             # Another processor may run it now (or soon): journal nothing. Hand the command
             # back at once rather than after ack_wait: if it has moved on meanwhile, the NAK

@@ -392,6 +392,9 @@ class _MemoryJournal:
     def cancelling(self) -> bool:
         return False
 
+    def halted(self) -> bool:
+        return False
+
     def check_step(self) -> None:
         pass
 
