@@ -547,6 +547,7 @@ class Execution:
             kind=pb.COMMAND_KIND_WAKE,
             min_journal_seq=max(self.journal.last_seq, self.cmd.min_journal_seq),
             route=route,
+            supersedes=self.cmd.supersedes,  # a rescue handed on is still a rescue
         )
         await self.t.publish_command(wake, msg_id=f"pin:{self.id}:{self.delivery.command_seq}")
 
