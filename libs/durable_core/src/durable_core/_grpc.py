@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import grpc
 import grpc.aio
@@ -86,7 +86,8 @@ class ServiceRef:
         any_path = next(iter(p for p, _, _ in rec.unary.values()), None)
         self.name = any_path.split("/")[1] if any_path else stub_class.__name__.removesuffix("Stub")
         self._methods: dict[str, MethodRef[Any, Any]] = {
-            name: MethodRef(self.name, name, ser, de) for name, (_, ser, de) in rec.unary.items()
+            name: MethodRef(self.name, name, _deterministic(ser), de)
+            for name, (_, ser, de) in rec.unary.items()
         }
         self._streaming = rec.other
 
@@ -107,6 +108,25 @@ class ServiceRef:
 
     def __repr__(self) -> str:
         return f"ServiceRef({self.name})"
+
+
+def _deterministic(serializer: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
+    """A request serializer that gives the same bytes for the same message in every process.
+
+    The step's input hash and the idempotency store's request hash are taken over these bytes,
+    and the generated ``SerializeToString`` writes a map's entries in an order that changes
+    from process to process: a request with a map (or a ``Struct``) replayed on another
+    processor diverged (the invocation blocked for good), and its retry after a crash was
+    refused by the service as another request. Messages without maps get the same bytes as
+    before, so journals already written still match."""
+
+    def serialize(message: Any) -> bytes:
+        to_bytes = getattr(message, "SerializeToString", None)
+        if to_bytes is None:
+            return serializer(message)
+        return cast(bytes, to_bytes(deterministic=True))
+
+    return serialize
 
 
 def grpc_service(stub_class: type) -> ServiceRef:
