@@ -305,3 +305,21 @@ async def test_other_keys_run_while_one_key_is_busy(
     assert await status_of(queued) == "pending"
     first, second = await client.wait(slow, timeout=30), await client.wait(queued, timeout=30)
     assert first.updated_at is not None and second.steps[0].at >= first.updated_at
+
+
+async def test_news_for_a_waiting_branch_never_sends_a_call_in_flight_again(
+    stack: ProcessStack, client: Client
+) -> None:
+    """A child's result reached the journal while two calls were in flight beside its wait;
+    the shorter call's entry met it, and the run was interrupted at once to see it: the longer
+    call, cancelled in flight, was sent again by the rerun (twice, with no fault). The run
+    goes again only once no step is in flight now."""
+    service = OrderServiceControl(stack.start_service().channel)
+    service.set_delay("Charge", 3000)
+    service.set_delay("Validate", 1000)
+    stack.start_processor("p-news")
+    result = await client.invoke("calls_beside_a_child", {"order_id": "news-1"}, timeout=30)
+    assert result.status == "completed"
+    assert result.output["greeting"].startswith("Hello, news-1!")
+    assert sorted(service.method_counts("Charge").values()) == [1]
+    assert sorted(service.method_counts("Validate").values()) == [1]

@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 from durable_core import Context, RetryPolicy, WorkflowRegistry, grpc_service, hookimpl
-from durable_examples.order.v1.order_pb2 import ShipRequest, ValidateRequest
+from durable_examples.order.v1.order_pb2 import ChargeRequest, ShipRequest, ValidateRequest
 from durable_examples.order.v1.order_pb2_grpc import OrderServiceStub
 
 _attempts: dict[str, int] = {}
@@ -69,11 +69,24 @@ async def flaky_order(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     return {**result, "tracking_number": shipment.tracking_number}
 
 
+async def calls_beside_a_child(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    """A child and two calls at once: the child's result reaches the journal while both calls
+    are in flight, and the shorter call's entry meets it first (for news during a call)."""
+    order_id = str(args.get("order_id", ctx.invocation_id))
+    greeting, charge, _ = await asyncio.gather(
+        ctx.invoke("hello_workflow", {"name": order_id}),
+        ctx.call(orders.Charge, ChargeRequest(order_id=order_id, amount_cents=1)),
+        ctx.call(orders.Validate, ValidateRequest(order_id=order_id, amount_cents=1)),
+    )
+    return {"greeting": greeting["message"], "charge_id": charge.charge_id}
+
+
 @hookimpl
 def durable_register_workflows(registry: WorkflowRegistry) -> None:
     """Register this plugin's workflows."""
     registry.register(flaky)
     registry.register(flaky_order)
+    registry.register(calls_beside_a_child)
 
 
 @hookimpl

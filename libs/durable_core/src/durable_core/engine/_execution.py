@@ -174,10 +174,15 @@ class Execution:
             self.cancel_now()
 
     def _news(self) -> None:
-        """Entries from outside arrived: if the workflow waits, run it again to see them."""
+        """Entries from outside arrived: if the workflow waits, run it again to see them.
+
+        Not while a step is in flight (a call, an async step beside the wait): interrupting
+        cancelled it, and the rerun sent it again, with no fault at all. The run goes again
+        once every step has parked (``request_suspend``: a suspension becomes the rerun)."""
         if self.ctx is not None and self.ctx.steps.parked:
             self.rerun = True
-            self.interrupt.set()
+            if not self.ctx.steps.executing:
+                self.interrupt.set()
 
     def observe(self, kind: Any, *, seconds: float = 0.0, status: str = "", entry: int = 0) -> None:
         workflow = self.cmd.workflow or (self.state.state.workflow if self.state else "")
