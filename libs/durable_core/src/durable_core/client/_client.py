@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -37,6 +38,20 @@ __all__ = ["Client"]
 
 log = logging.getLogger("durable_core.client")
 
+
+
+def _wait_seconds(timeout: timedelta | float) -> float:
+    """How long to wait for a result: a timedelta or a finite number of seconds above 0 (a NaN
+    never ran out, and polled NATS in a tight loop)."""
+    if isinstance(timeout, timedelta):
+        seconds = timeout.total_seconds()
+    elif isinstance(timeout, int | float) and not isinstance(timeout, bool):
+        seconds = float(timeout)
+    else:
+        raise InvalidInputError(f"timeout must be a timedelta or seconds, not {timeout!r}")
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise InvalidInputError(f"timeout must be finite and above 0, not {timeout!r}")
+    return seconds
 
 class Client:
     """Submits invocations and reads their results.
@@ -163,7 +178,9 @@ class Client:
                 :meth:`invoke_async`'s ``queue_unserved``).
             WorkflowFailedError: the invocation failed (step and message attached).
             InvocationTimeoutError: no result within ``timeout`` (it keeps running).
+            InvalidInputError: bad input, ``timeout`` included (checked before submitting).
         """
+        seconds = _wait_seconds(timeout)
         invocation_id, events = await submit(
             self._t,
             workflow,
@@ -176,7 +193,7 @@ class Client:
         )
         assert events is not None
         try:
-            state, entries = await self._wait_final(invocation_id, events, timeout)
+            state, entries = await self._wait_final(invocation_id, events, seconds)
         finally:
             await events.close()
         result = await self._result(state, entries)
@@ -484,17 +501,17 @@ class Client:
     ) -> InvocationResult:
         """Wait until the invocation finishes (completed, failed or cancelled)."""
         check_invocation_id(invocation_id)
+        seconds = _wait_seconds(timeout)
         events = await self._t.state_events(invocation_id)
         try:
-            return await self._result(*await self._wait_final(invocation_id, events, timeout))
+            return await self._result(*await self._wait_final(invocation_id, events, seconds))
         finally:
             await events.close()
 
     async def _wait_final(
-        self, invocation_id: str, events: StateEvents, timeout: timedelta | float
+        self, invocation_id: str, events: StateEvents, seconds: float
     ) -> tuple[pb.ExecutionState, list[pb.JournalEntry] | None]:
         """The final state, and the journal when the processor's result notice carried it."""
-        seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
         deadline = time.monotonic() + seconds
         entries: list[pb.JournalEntry] | None = None
         # The subscription is open, so any later change reaches us; the present is the state

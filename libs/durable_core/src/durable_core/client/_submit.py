@@ -87,7 +87,11 @@ def start_at_ms(delay: timedelta | None, start_at: datetime | None) -> int:
     if start_at is not None:
         if not isinstance(start_at, datetime) or start_at.tzinfo is None:
             raise InvalidInputError("start_at must be a timezone-aware datetime")
-        return int(start_at.timestamp() * 1000)
+        at = start_at.timestamp()
+        if at > time.time() + MAX_SLEEP.total_seconds():
+            raise InvalidInputError(f"start_at must be at most {MAX_SLEEP.days} days from now")
+        # One in the past is due now: its execution timeout counts from now, not from then.
+        return int(max(at, time.time()) * 1000)
     return 0
 
 
