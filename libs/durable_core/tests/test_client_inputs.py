@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 import uuid
@@ -9,9 +10,18 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from durable_core import Client, EngineConfig, InvalidInputError, NatsConfig
+from durable_core import (
+    Client,
+    Context,
+    EngineConfig,
+    InvalidInputError,
+    NatsConfig,
+    WorkerConfig,
+    WorkflowRegistry,
+)
 from durable_core._transport import Transport
 from durable_core.client._submit import start_at_ms
+from durable_core.engine import Worker
 from durable_core.testing import NatsServer
 
 
@@ -44,3 +54,42 @@ def test_start_at_is_bounded_and_one_in_the_past_is_due_now() -> None:
     assert start_at_ms(None, datetime(1960, 1, 1, tzinfo=UTC)) >= now  # not before 1970
     soon = datetime.now(UTC) + timedelta(minutes=5)
     assert start_at_ms(None, soon) == int(soon.timestamp() * 1000)
+
+
+async def test_a_second_submission_after_the_duplicate_window_keeps_the_due_time(
+    server: NatsServer,
+) -> None:
+    """A delayed invocation submitted again with its id once the start's message id was
+    forgotten (the duplicate window, 10 minutes by default): without a delay, the second
+    start ran it at once; with one, it moved the start later. It runs at its due time."""
+    engine = EngineConfig(prefix="t" + uuid.uuid4().hex[:8], duplicate_window=timedelta(seconds=1))
+    registry = WorkflowRegistry()
+
+    async def remind(ctx: Context, args: dict[str, str]) -> str:
+        return args["to"]
+
+    registry.register(remind)
+    transport = await Transport.connect(NatsConfig.from_url(server.url), engine, create=True)
+    worker = Worker(transport, registry, WorkerConfig())
+    task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(worker.consuming.wait(), 20)
+    client = await Client.connect(server.url, engine=engine)
+    try:
+        args = {"to": "ada"}
+        due = await client.invoke_async("remind", args, id="early", delay=timedelta(seconds=8))
+        later = await client.invoke_async("remind", args, id="later", delay=timedelta(seconds=8))
+        began = time.monotonic()
+        await asyncio.sleep(2.5)  # past the duplicate window
+        await client.invoke_async("remind", args, id=due)  # no delay
+        await client.invoke_async("remind", args, id=later, delay=timedelta(seconds=60))
+        await asyncio.sleep(2.0)
+        assert (await client.get_result(due)).status == "pending"
+        for invocation_id in (due, later):
+            result = await client.wait(invocation_id, timeout=20)
+            assert result.status == "completed"
+        assert 7.0 <= time.monotonic() - began <= 14.0
+    finally:
+        await client.close()
+        worker.stop()
+        await task
+        await transport.close()

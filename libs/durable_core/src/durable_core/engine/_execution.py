@@ -60,6 +60,10 @@ _FINAL_KIND: dict[int, pb.EntryKind] = {
 }
 
 
+# How early a start may come for a delayed invocation: server schedules are whole seconds,
+# rounded down, and clocks differ a little.
+_EARLY_START_MS = 1500
+
 class Execution:
     """One delivery of one invocation, from state check to ack."""
 
@@ -355,6 +359,26 @@ class Execution:
                 "delay); dropping it",
                 self.id,
             )
+            await self.delivery.ack()
+            return
+        if (
+            st is not None
+            and not started
+            and st.status == pb.STATUS_PENDING
+            and self.cmd.kind == pb.COMMAND_KIND_START
+            and st.start_at_ms > now_ms() + _EARLY_START_MS
+        ):
+            # A start before the invocation is due: a second submission of its id, after the
+            # start's duplicate window, published one (it ran a delayed invocation at once).
+            # Start it at its due time instead (again: a clock behind the server's must not
+            # drop the scheduled start itself).
+            await self.t.schedule_command(
+                self.cmd,
+                at_ms=st.start_at_ms,
+                key=f"{self.id}.start",
+                msg_id=f"start:{self.id}:due:{self.delivery.command_seq}",
+            )
+            log.info("invocation %s: a start before it is due; started at its due time", self.id)
             await self.delivery.ack()
             return
         if st is not None and st.status in TERMINAL:

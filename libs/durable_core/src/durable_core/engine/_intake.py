@@ -68,11 +68,18 @@ async def submit(t: Transport, state: pb.ExecutionState, cmd: pb.Command) -> Sta
             await _own_start(t, created, cmd, delayed=False)
         return created
     created = await t.create_state(state)
+    due = state.start_at_ms if delayed else 0
     if created is None:
         existing = await _existing_of_same_workflow(t, state)
         if existing is not None and existing.state.status != pb.STATUS_PENDING:
             return None
-    if await _publish_start(t, cmd, state.start_at_ms if delayed else 0, ""):
+        if existing is not None:
+            # The stored invocation's due time, not this submission's: a second submission
+            # after the duplicate window moved a delayed start later (or, undelayed, ran it
+            # at once: the processor starts it at its due time then).
+            at = existing.state.start_at_ms
+            due = at if at > int(time.time() * 1000) + 1000 else 0
+    if await _publish_start(t, cmd, due, ""):
         return created
     if created is not None:
         await _own_start(t, created, cmd, delayed=delayed)
