@@ -16,6 +16,7 @@ from durable_scheduler.firing import (
     first_look,
     is_late,
     parse_tick,
+    start_may_be_lost,
     still_running,
     tick_time,
 )
@@ -98,13 +99,45 @@ def test_first_look_limits_catch_up_runs() -> None:
     assert first_look(replace(EVERY, catch_up=0), late_tick, later)[0] is Verdict.CATCH_UP_SKIP
     # An on-time tick is always a candidate, however many late runs came before.
     assert first_look(used_up, late_tick, T0 + timedelta(seconds=1))[0] is Verdict.CANDIDATE
-    # A redelivered tick came in time the first time: not held to the limit.
+
+
+def test_a_redelivered_late_tick_is_held_to_the_catch_up_limit() -> None:
+    """Ticks come back after any failed handling (a NAK, a lost ack after a catch-up skip), not
+    only from a replica that died holding them: a redelivery of a late tick that was never
+    claimed counted as on time, so after downtime every late tick handled twice ran, even with
+    ``catch_up=0``, and its claim reset the count of late runs."""
     redelivered = tick(T0 + timedelta(seconds=2), T0, redelivered=True)
-    assert first_look(used_up, redelivered, later) == (
+    later = T0 + timedelta(minutes=10)
+    assert first_look(replace(EVERY, catch_up=0), redelivered, later) == (
+        Verdict.CATCH_UP_SKIP,
+        "greet-20261128T171053",
+        True,
+    )
+    assert first_look(EVERY, redelivered, later) == (
         Verdict.CANDIDATE,
         "greet-20261128T171053",
-        False,
+        True,  # its claim counts a late run
     )
+
+
+def test_a_tick_claimed_before_a_pause_is_still_started() -> None:
+    """Its claim came first: a start that failed after it must not be dropped by the pause
+    (the invocation would stay PENDING with no start, and block ``overlap="skip"``)."""
+    t = tick(T0 + timedelta(seconds=2), T0, redelivered=True)
+    claimed = replace(EVERY, last_invocation_id="greet-20261128T171053", paused=True)
+    assert first_look(claimed, t, T0 + timedelta(seconds=3))[0] is Verdict.RESTART
+    assert first_look(replace(claimed, last_invocation_id="greet-x"), t, T0)[0] is Verdict.PAUSED
+
+
+def test_a_start_may_be_lost_only_for_a_pending_run_claimed_long_ago() -> None:
+    claimed = replace(EVERY, last_invocation_id="greet-x", last_fired_at=T0)
+    stale = timedelta(minutes=1)
+    later = T0 + timedelta(minutes=2)
+    assert start_may_be_lost(Status.PENDING, claimed, later, stale)
+    assert not start_may_be_lost(Status.PENDING, claimed, T0 + timedelta(seconds=5), stale)
+    for status in (None, Status.RUNNING, Status.SUSPENDED, Status.COMPLETED):
+        assert not start_may_be_lost(status, claimed, later, stale)
+    assert not start_may_be_lost(Status.PENDING, EVERY, later, stale)  # never fired
 
 
 @pytest.mark.parametrize(

@@ -19,12 +19,18 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import pytest_asyncio
 
-from durable_core import EngineConfig
+from durable_core import EngineConfig, InvalidInputError
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import Transport
-from durable_core.admin import Engine
+from durable_core.admin import Engine, TickDelivery
 from durable_core.config import NatsConfig
-from durable_core.schedules import create_schedule, get_schedule, pause_schedule, save_schedule
+from durable_core.schedules import (
+    create_schedule,
+    get_schedule,
+    pause_schedule,
+    resume_schedule,
+    save_schedule,
+)
 from durable_core.testing import NatsServer, assert_eventually_async, free_port
 from durable_scheduler.main import start_metrics_server
 from durable_scheduler.metrics import SchedulerMetrics
@@ -331,3 +337,166 @@ async def test_metrics_and_health_endpoints(
         assert await asyncio.to_thread(get, "/healthz") == (200, "ok\n")
     finally:
         await server.stop()
+
+
+async def test_after_downtime_a_late_tick_handled_twice_is_still_late(
+    transport: Transport, settings: SchedulerSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A late tick whose first handling failed (here: the ack after its catch-up skip) comes
+    back redelivered, and a redelivery was taken for on time: every late tick of the backlog
+    ran, with ``catch_up=0``."""
+    t = transport
+    name = "downtime"
+    await create_schedule(
+        t, name, "hello_workflow", every=timedelta(seconds=1), overlap="allow", catch_up=0
+    )
+
+    async def backlog() -> bool:  # no scheduler runs meanwhile: the ticks queue up
+        info = await t.js.stream_info(
+            t.names.command_stream, subjects_filter=t.names.tick_subject(name)
+        )
+        return (info.state.subjects or {}).get(t.names.tick_subject(name), 0) >= 7
+
+    await assert_eventually_async(backlog, 30, "a backlog of ticks", interval=0.5)
+    up = datetime.now(UTC)
+    failed: set[datetime] = set()
+    acked: set[datetime] = set()
+    real_ack = TickDelivery.ack
+
+    async def ack_failing_once(self: TickDelivery) -> None:
+        if self.stored_at < up and self.stored_at not in failed:
+            failed.add(self.stored_at)
+            raise TimeoutError("no answer to the ack")
+        await real_ack(self)
+        acked.add(self.stored_at)
+
+    monkeypatch.setattr(TickDelivery, "ack", ack_failing_once)
+    s = Scheduler(Engine(t), settings)
+    loop = asyncio.create_task(s.run())
+    try:
+        await assert_eventually_async(
+            lambda: len(failed) >= 7 and failed <= acked, 30, "every backlog tick handled twice"
+        )
+    finally:
+        s.stop()
+        await asyncio.wait_for(loop, 15)
+
+    def fired(invocation_id: str) -> datetime:
+        stamp = invocation_id.removeprefix(f"{name}-")
+        return datetime.strptime(stamp, "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
+
+    # Late when first handled (after its next tick's grace): catch_up=0 runs none of them.
+    late = [i for i in await started(t, name) if fired(i) < up - timedelta(seconds=3)]
+    assert late == []
+    assert count(s.metrics.catch_up_skipped, name) >= 5
+
+
+async def _lose_the_first_start(t: Transport, scheduler: Scheduler, clock: Clock) -> str:
+    """Handle tick 0 of schedule ``lost`` with its start's publish failing (a leader election):
+    the claim and the PENDING state are written, the start is not, the tick goes back."""
+    await manual_schedule(t, "lost")
+    real = t.publish_command
+
+    async def no_answer(cmd: pb.Command, *, msg_id: str) -> bool:
+        t.publish_command = real  # type: ignore[method-assign]
+        raise ConnectionError("no answer to the publish")
+
+    t.publish_command = no_answer  # type: ignore[method-assign]
+    d = tick(t, "lost", 0)
+    clock.now = fire(0) + timedelta(seconds=0.2)
+    await scheduler.handle(d)
+    assert d.naked and not d.acked
+    x1 = iid("lost", 0)
+    rec = await t.get_state(x1)
+    assert rec is not None and rec.state.status == pb.STATUS_PENDING
+    assert not await t.start_queued(x1, x1)
+    return x1
+
+
+async def test_a_tick_claimed_before_a_pause_still_starts_its_invocation(
+    transport: Transport, scheduler: Scheduler, clock: Clock
+) -> None:
+    """Its redelivery was dropped as paused: the invocation stayed PENDING with no start."""
+    t = transport
+    x1 = await _lose_the_first_start(t, scheduler, clock)
+    await pause_schedule(t, "lost")
+    await handle(scheduler, clock, tick(t, "lost", 0, num_delivered=2), fire(0) + EVERY)
+    assert await t.start_queued(x1, x1)
+
+
+async def test_a_start_lost_before_a_pause_does_not_block_the_schedule_for_good(
+    transport: Transport, scheduler: Scheduler, clock: Clock
+) -> None:
+    """The pause purged the tick's redelivery: the claimed invocation stayed PENDING with no
+    start, and ``overlap="skip"`` skipped every tick after the resume, for good."""
+    t = transport
+    x1 = await _lose_the_first_start(t, scheduler, clock)
+    await pause_schedule(t, "lost")
+    await resume_schedule(t, "lost")
+    await t.disarm_schedule("lost")  # the test makes the ticks
+    # Within stale_after of the claim the start may still be on its way: a plain skip.
+    await handle(scheduler, clock, tick(t, "lost", 5), fire(5) + timedelta(seconds=0.2))
+    assert not await t.start_queued(x1, x1)
+    # Long after: X1 is started again (and blocks this tick, as it has not run yet).
+    await handle(scheduler, clock, tick(t, "lost", 40), fire(40) + timedelta(seconds=0.2))
+    assert await t.start_queued(x1, x1)
+    assert await started(t, "lost") == [x1]
+    await handle(scheduler, clock, tick(t, "lost", 41), fire(41) + timedelta(seconds=0.2))
+    assert await started(t, "lost") == [x1]  # queued now: not started a third time
+    await finish(t, x1)
+    await handle(scheduler, clock, tick(t, "lost", 42), fire(42) + timedelta(seconds=0.2))
+    assert await started(t, "lost") == [x1, iid("lost", 42)]
+
+
+class _FailingAck(FakeTick):
+    async def ack(self) -> None:
+        raise TimeoutError("no answer to the ack")
+
+
+async def test_a_failed_ack_of_a_dropped_tick_does_not_escape(
+    transport: Transport, scheduler: Scheduler, clock: Clock
+) -> None:
+    """``handle`` never raises: an ack that failed in its except branches ended the loop (and
+    the replica's every worker)."""
+    t = transport
+    await scheduler.handle(_FailingAck("no-tick-subject", {}, fire(0)))
+    await manual_schedule(t, "refused")
+
+    async def refuse(*_: object, **__: object) -> str:
+        raise InvalidInputError("id taken by another workflow")
+
+    scheduler.client.invoke_async = refuse  # type: ignore[method-assign]
+    clock.now = fire(0)
+    d = tick(t, "refused", 0)
+    await scheduler.handle(_FailingAck(d.subject, d.headers, d.stored_at))
+
+
+async def test_the_loop_survives_a_failed_ack_of_a_malformed_tick(
+    transport: Transport, settings: SchedulerSettings
+) -> None:
+    fetches = 0
+
+    class OneBadTick:
+        async def fetch(self, batch: int, timeout: float) -> list[FakeTick]:
+            nonlocal fetches
+            fetches += 1
+            if fetches == 1:
+                return [_FailingAck("no-tick-subject", {}, fire(0))]
+            await asyncio.sleep(0.05)
+            return []
+
+        async def close(self) -> None:
+            pass
+
+    class StubEngine(Engine):
+        async def tick_consumer(self, **_: object) -> OneBadTick:  # type: ignore[override]
+            return OneBadTick()
+
+    s = Scheduler(StubEngine(transport), settings)
+    loop = asyncio.create_task(s.run())
+    try:
+        await assert_eventually_async(lambda: fetches >= 3 or loop.done(), 10, "fetching on")
+        assert not loop.done()
+    finally:
+        s.stop()
+        await asyncio.wait_for(loop, 5)

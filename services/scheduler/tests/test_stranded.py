@@ -17,6 +17,7 @@ class _Engine:
         self.states: list[StateRecord] = []
         self.processors: list[tuple[str, int]] = [("h", 1)]
         self.rescued: list[str] = []
+        self.published: set[tuple[str, int, int]] = set()
 
     async def live_processors(self) -> list[tuple[str, int]]:
         return self.processors
@@ -26,8 +27,14 @@ class _Engine:
             yield rec.state.invocation_id, rec
         yield None
 
-    async def rescue(self, rec: StateRecord) -> None:
+    async def rescue(self, rec: StateRecord) -> bool:
+        """As the stream does: a copy of a rescue (same id, command, revision) is dropped."""
         self.rescued.append(rec.state.invocation_id)
+        key = (rec.state.invocation_id, rec.state.run_command_seq, rec.revision)
+        if key in self.published:
+            return False
+        self.published.add(key)
+        return True
 
 
 def _lease(seqs: list[int], **extra: object) -> bytes:
@@ -109,4 +116,42 @@ async def test_it_stands_aside_while_it_cannot_know_what_is_held() -> None:
     now[0] += 5
     assert await stranded.sweep() == 0  # still stuck: again only a confirm later
     now[0] += 6
+    assert await stranded.sweep() == 0  # published again, but a copy: not counted
+    assert engine.rescued == ["lost", "lost"]
+
+
+async def test_a_repeated_rescue_is_not_counted() -> None:
+    """The stream drops a rescue published again for the same state revision (its message
+    id): it was counted and logged as a rescue every ``confirm`` while the run stayed stuck."""
+    now = [1000.0]
+    engine, redriver = _Engine(), Redriver(None)  # type: ignore[arg-type]
+    redriver.synced = True
+    redriver.saw("p1.a", _lease([]), 1)
+    engine.states = [_running("lost", 9, 0)]
+    stranded = _sweep(engine, redriver, now)
+    await stranded.sweep()
+    now[0] += 11
     assert await stranded.sweep() == 1
+    now[0] += 11
+    assert await stranded.sweep() == 0
+    assert engine.rescued == ["lost", "lost"]
+    assert stranded.metrics.rescued._value.get() == 1
+
+
+async def test_a_blind_sweep_keeps_its_suspects() -> None:
+    """While blind (a processor's fleet record without a lease, for ~20 s after it dies) a
+    sweep cleared every suspect, so processors coming and going put rescues off for good."""
+    now = [1000.0]
+    engine, redriver = _Engine(), Redriver(None)  # type: ignore[arg-type]
+    redriver.synced = True
+    redriver.saw("p1.a", _lease([]), 1)
+    engine.states = [_running("lost", 9, 0)]
+    stranded = _sweep(engine, redriver, now)
+    assert await stranded.sweep() == 0  # a suspect
+    engine.processors.append(("h", 2))  # a processor whose lease is not there (yet, or now)
+    now[0] += 5
+    assert await stranded.sweep() == 0  # blind: no rescue
+    engine.processors.remove(("h", 2))
+    now[0] += 6
+    assert await stranded.sweep() == 1  # first seen a confirm ago, still unheld
+    assert engine.rescued == ["lost"]

@@ -222,6 +222,12 @@ class Engine:
         # it created the state before it acked it.
         return await self._t.get_state(invocation_id)
 
+    async def start_queued(self, invocation_id: str, partition_key: str) -> bool:
+        """Whether a start of ``invocation_id`` (routed by ``partition_key``) is still queued,
+        not yet acknowledged by a processor; True also when its key has too many queued
+        commands to look through."""
+        return await self._t.start_queued(invocation_id, partition_key)
+
     # -- processor leases --------------------------------------------------------------------
 
     async def watch_leases(self) -> AsyncIterator[tuple[str, bytes | None, int] | None]:
@@ -241,11 +247,12 @@ class Engine:
         """``(host, pid)`` of every processor in the fleet registry now."""
         return [(p.host, p.pid) for p in (await read_fleet(self._t)).processors]
 
-    async def rescue(self, rec: StateRecord) -> None:
+    async def rescue(self, rec: StateRecord) -> bool:
         """Publish a rescue of an invocation RUNNING under a command no processor holds: a
         wake-up that supersedes that command (see ``durable_core.engine._hold``, case 4).
-        One per state revision and lost command (a second replica's copy is deduplicated)."""
-        await self._t.publish_rescue(rec)
+        One per state revision and lost command (a second replica's copy is deduplicated);
+        False for such a copy."""
+        return await self._t.publish_rescue(rec)
 
     # -- schedule ticks ----------------------------------------------------------------------
 

@@ -7,13 +7,15 @@ message is the same on every redelivery, so the name is too.
 
 The order of the checks:
 
-1. the schedule is gone or paused: drop the tick;
+1. the schedule is gone: drop the tick;
 2. the record already names this tick's invocation (a replica claimed it and then died, or
-   its ack was lost): start it again, which is idempotent, and ack;
-3. the tick is late (the next one was already due when it arrived, as after the schedulers
+   its ack was lost): start it again, which is idempotent, and ack; even if the schedule was
+   paused since, as the claim came before the pause;
+3. the schedule is paused: drop the tick;
+4. the tick is late (the next one was already due when it arrived, as after the schedulers
    were down) and the schedule's catch-up runs are used up: drop it;
-4. ``overlap="skip"`` and the previous invocation has not finished: skip;
-5. claim the tick in the record (revision-checked: of two replicas only one wins, the other
+5. ``overlap="skip"`` and the previous invocation has not finished: skip;
+6. claim the tick in the record (revision-checked: of two replicas only one wins, the other
    reads again and decides again), then start the invocation.
 
 Claiming before starting is what keeps ``overlap="skip"`` true with several replicas: a second
@@ -37,6 +39,7 @@ __all__ = [
     "first_look",
     "is_late",
     "parse_tick",
+    "start_may_be_lost",
     "still_running",
     "tick_time",
 ]
@@ -112,19 +115,19 @@ def is_late(tick: Tick, now: datetime) -> bool:
 
 
 def first_look(schedule: Schedule | None, tick: Tick, now: datetime) -> tuple[Verdict, str, bool]:
-    """Checks 1-3: ``(verdict, invocation id, late)``.
+    """Checks 1-4: ``(verdict, invocation id, late)``.
 
-    A redelivered tick is not held to the catch-up limit: its first delivery came in time, and
-    the replica that took it may have claimed it before it died.
+    A redelivered tick is held to the catch-up limit like any other: ticks come back after
+    any failed handling, and one a replica claimed before it failed is a RESTART (check 2).
     """
     if schedule is None:
         return Verdict.DELETED, "", False
-    if schedule.paused:
-        return Verdict.PAUSED, "", False
     invocation_id = schedule_invocation_id(schedule.name, tick_time(schedule, tick))
     if schedule.last_invocation_id == invocation_id:
         return Verdict.RESTART, invocation_id, False
-    late = is_late(tick, now) and not tick.redelivered
+    if schedule.paused:
+        return Verdict.PAUSED, "", False
+    late = is_late(tick, now)
     if late and schedule.catch_up_runs >= schedule.catch_up:
         return Verdict.CATCH_UP_SKIP, invocation_id, True
     return Verdict.CANDIDATE, invocation_id, late
@@ -143,6 +146,21 @@ def still_running(
         fired = schedule.last_fired_at
         return fired is not None and now - fired < stale_after
     return not status.is_terminal
+
+
+def start_may_be_lost(
+    status: Status | None, schedule: Schedule, now: datetime, stale_after: timedelta
+) -> bool:
+    """Whether the schedule's last invocation may never have had its start stored.
+
+    Claiming, creating the PENDING state and publishing the start are three writes; a
+    replica that fails between the last two sends the tick back to start it again, but a
+    pause drops that tick, and nothing else would. An invocation still PENDING
+    ``stale_after`` after its claim is such a one unless its start is queued (the caller
+    looks), and would block ``overlap="skip"`` for good.
+    """
+    fired = schedule.last_fired_at
+    return status is Status.PENDING and fired is not None and now - fired >= stale_after
 
 
 def claim(schedule: Schedule, invocation_id: str, now: datetime, late: bool) -> Schedule:

@@ -101,6 +101,9 @@ class Redriver:
 
     async def _watch_forever(self) -> None:
         while True:
+            # A new watch replays the bucket: until it has caught up, ``leases`` may lack
+            # leases written meanwhile.
+            self.synced = False
             try:
                 async for item in self.engine.watch_leases():
                     if item is None:

@@ -27,6 +27,7 @@ from durable_scheduler.firing import (
     claim,
     first_look,
     parse_tick,
+    start_may_be_lost,
     still_running,
     tick_time,
 )
@@ -165,7 +166,9 @@ class Scheduler:
             tick = parse_tick(d.subject, d.headers, d.stored_at, d.num_delivered)
         except ValueError as e:
             log.warning("dropping a malformed tick: %s", e)
-            await d.ack()
+            # A failed ack only brings the tick back; it must not end the loop.
+            with contextlib.suppress(Exception):
+                await d.ack()
             return
         self.metrics.ticks.labels(tick.schedule).inc()
         try:
@@ -173,7 +176,8 @@ class Scheduler:
         except InvalidInputError as e:
             # Cannot succeed on another try either (e.g. the id belongs to another workflow).
             log.error("schedule %s: cannot start its invocation: %s", tick.schedule, e)
-            await d.ack()
+            with contextlib.suppress(Exception):
+                await d.ack()
         except Exception as e:  # noqa: BLE001 - any failure: let the tick come back
             log.warning(
                 "schedule %s: tick failed (%s: %s); retrying", tick.schedule, type(e).__name__, e
@@ -241,8 +245,19 @@ class Scheduler:
     async def _overlaps(self, schedule: Schedule, now: datetime) -> bool:
         if schedule.overlap != "skip" or not schedule.last_invocation_id:
             return False
-        rec = await self.engine.get_state(schedule.last_invocation_id)
+        last = schedule.last_invocation_id
+        rec = await self.engine.get_state(last)
         status = None if rec is None else Status.from_pb(rec.state.status)
+        if start_may_be_lost(status, schedule, now, self.stale_after) and not (
+            await self.engine.start_queued(last, schedule.partition_key or last)
+        ):
+            # Starting it again is idempotent: intake publishes the start of a PENDING state.
+            log.warning(
+                "schedule %s: %s is pending and no start of it is queued: starting it again",
+                schedule.name,
+                last,
+            )
+            await self._start(schedule, last)
         return still_running(status, schedule, now, self.stale_after)
 
     async def _start(self, schedule: Schedule, invocation_id: str) -> None:

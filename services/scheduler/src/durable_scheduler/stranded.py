@@ -114,7 +114,9 @@ class StrandedRuns:
             if why != self._why_not:
                 log.info("not looking for stranded runs: %s", why)
             self._why_not = why
-            self.suspects.clear()
+            # The suspects stay: a rescue still needs a sighting while not blind. Cleared here,
+            # processors coming and going (a fleet record without a lease for a while) would
+            # put every rescue off again and again.
             return 0
         self._why_not = ""
         now, now_ms, held = self.clock(), self.wall_ms(), self.held()
@@ -141,10 +143,13 @@ class StrandedRuns:
                 break
             if now - first < confirm or seq in self.held():
                 continue
-            await self.engine.rescue(rec)
+            published = await self.engine.rescue(rec)
             # If it is still stuck a confirm later, again (the rescue's message id names
             # the state revision: a copy within the stream's duplicate window is dropped).
             self.suspects[(invocation_id, rec.revision, seq)] = (now, rec)
+            if not published:
+                log.debug("rescue of %s (command %d) was published before", invocation_id, seq)
+                continue
             rescued += 1
             self.metrics.rescued.inc()
             log.warning(

@@ -7,10 +7,13 @@ carries a connection and a test can stand in for any NATS answer by overriding o
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
+import nats.js.errors
+from google.protobuf.message import DecodeError
 from nats.aio.client import Client as NatsClient
 from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
@@ -19,6 +22,7 @@ from durable_core._naming import Names, encode_partition_key
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport.commands import Commands
 from durable_core._transport.connection import Link, connect_nats, js_publish
+from durable_core._transport.errors import StateConflict
 from durable_core._transport.events import (
     Notices,
     StateEvents,
@@ -282,6 +286,35 @@ class Transport:
         """The start of an invocation left to create its state, while it is queued (see
         Commands)."""
         return await self._commands.queued_start(invocation_id)
+
+    async def start_queued(
+        self, invocation_id: str, partition_key: str, *, looks: int = 64
+    ) -> bool:
+        """Whether a start of ``invocation_id`` (any: published by a submission, or left to
+        create its state) is still in its command stream: the stream is a work queue, so a
+        start there has not been acknowledged. Read from the stream's leader, from the
+        oldest of the key's commands on; True also when the key has more than ``looks`` of
+        them (the start may be further on)."""
+        n = self.names
+        stream, subject = n.command_stream_of(partition_key), n.key_subjects(partition_key)
+        js = self._link.js
+
+        async def find() -> bool:
+            seq = 1
+            for _ in range(looks):
+                try:
+                    msg = await js.get_msg(stream, seq=seq, subject=subject, next=True)
+                except nats.js.errors.NotFoundError:
+                    return False
+                cmd = pb.Command()
+                with contextlib.suppress(DecodeError):
+                    cmd.ParseFromString(msg.data or b"")
+                if cmd.kind == pb.COMMAND_KIND_START and cmd.invocation_id == invocation_id:
+                    return True
+                seq = (msg.seq or 0) + 1
+            return True
+
+        return await self._link.retry("look for a queued start", find)
 
     async def command_consumer(
         self, cfg: WorkerConfig, routes: Sequence[tuple[str, str]]
@@ -576,7 +609,17 @@ class Transport:
         """Re-drive a lapsed lease: delete it if it is still at ``revision`` (StateConflict if
         it was renewed or deleted meanwhile), then NAK every delivery it lists, so JetStream
         redelivers each at once. Returns how many were handed back."""
-        await self.delete_lease(name, revision)
+        try:
+            await self.delete_lease(name, revision)
+        except StateConflict:
+            raise
+        except Exception:  # noqa: BLE001 - any other failure may hide a delete that landed
+            # No answer (a timeout, a reconnect): the delete may have landed, and then the
+            # watches drop the lease and no sweep tries it again. Delete again until there is
+            # an answer, taking a lease found gone for ours (its NAKs are still to be sent).
+            await self._leases.delete(
+                name, revision, f"lease {name}", on_conflict="raise_unless_gone"
+            )
         handed_back = 0
         for reply in held:
             try:
