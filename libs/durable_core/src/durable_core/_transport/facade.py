@@ -18,6 +18,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
+from durable_core import _payloads
 from durable_core._naming import Names, encode_partition_key
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport.commands import Commands
@@ -31,7 +32,7 @@ from durable_core._transport.events import (
 )
 from durable_core._transport.fleet import FleetRecords
 from durable_core._transport.inbox import DirectGets
-from durable_core._transport.journal import JournalRecord, Journals
+from durable_core._transport.journal import JournalRecord, Journals, last_journal_seq
 from durable_core._transport.payloads import Payloads
 from durable_core._transport.provision import Provisioner
 from durable_core._transport.records import RecordStore
@@ -445,14 +446,23 @@ class Transport:
         what is left of the journal before it takes the id (``States.create``).
         """
         invocation_id = rec.state.invocation_id
+        # What is this invocation's is read before its state goes: a new invocation may take
+        # the id as soon as it has (a create over the delete marker), and append to the
+        # journal and upload under the id; a purge of everything under the id afterwards
+        # took its entries and arguments too. Only entries up to the last one now, and only
+        # the objects this state and journal reference, go; the rest of its own (orphans, an
+        # entry appended at the last moment) is the sweep's, or the next create's.
+        through = await last_journal_seq(self._link, invocation_id)
+        records = await self._journals.read(invocation_id, min_entries=rec.state.journal_length)
+        objects = _payloads.referenced(rec.state, [r.entry for r in records])
         await self.payloads.begin_expiry(invocation_id)
         if not await self._states.expire(rec, now_ms, note_ttl_s):
             await self.payloads.end_expiry(invocation_id)
             return False
-        await self._journals.purge(invocation_id)
+        await self._journals.purge(invocation_id, through=through)
         # Its large values go with it, unless a fork or rerun holds them (the sweep takes
         # them later); its own holds on what it was forked or rerun from are dropped.
-        await self.payloads.expire(invocation_id)
+        await self.payloads.expire(invocation_id, objects)
         await self.payloads.end_expiry(invocation_id)
         return True
 

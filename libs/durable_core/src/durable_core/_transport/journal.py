@@ -255,14 +255,16 @@ class Journals:
 
         return await self._retried(invocation_id, pub)
 
-    async def purge(self, invocation_id: str) -> None:
-        """Remove an invocation's journal (retention)."""
+    async def purge(self, invocation_id: str, *, through: int | None = None) -> None:
+        """Remove an invocation's journal (retention): its entries up to sequence ``through``
+        (all of them if None)."""
         link = self._link
 
         async def purge() -> None:
             await link.js.purge_stream(
                 link.names.journal_stream_of(invocation_id),
                 subject=link.names.journal_subject(invocation_id),
+                seq=None if through is None else through + 1,
             )
 
         await link.retry(f"purge journal of {invocation_id}", purge)

@@ -30,7 +30,7 @@ import hashlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import nats.js.errors
@@ -289,15 +289,22 @@ class Payloads:
         """Remove one hold (the sweep: its holder never came to exist)."""
         await self._purge("drop a payload hold", self._hold_subject(source, holder))
 
-    async def expire(self, invocation_id: str) -> bool:
+    async def expire(self, invocation_id: str, names: Iterable[str] | None = None) -> bool:
         """Retention: drop the holds ``invocation_id`` has on others' objects, and remove its
         own objects unless a fork or rerun holds them (then the sweep takes them once none
-        does). Returns whether its objects were removed."""
+        does): those of ``names`` (the others are the sweep's), or every one if None.
+        Returns whether its objects were removed."""
         await self.ensure()
         await self._purge("drop payload holds", self._hold_subject("*", invocation_id))
         if await self.held(invocation_id):
             return False
-        await self._purge(f"purge payloads of {invocation_id}", self._owner_subjects(invocation_id))
+        if names is None:
+            subjects = [self._owner_subjects(invocation_id)]
+        else:
+            prefix = f"{invocation_id}."
+            subjects = [self._chunks_subject(n) for n in sorted(names) if n.startswith(prefix)]
+        for subject in subjects:
+            await self._purge(f"purge payloads of {invocation_id}", subject)
         return True
 
     async def begin_expiry(self, invocation_id: str) -> None:

@@ -1,0 +1,85 @@
+"""Retention of an invocation whose id a new invocation takes while it removes the old one."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from durable_core import (
+    Client,
+    Context,
+    EngineConfig,
+    NatsConfig,
+    Worker,
+    WorkerConfig,
+    WorkflowRegistry,
+)
+from durable_core._transport import Transport
+from durable_core.testing import NatsServer, assert_eventually_async
+
+
+async def test_a_new_invocation_taking_the_id_during_its_expiry_keeps_its_journal_and_args(
+    server: NatsServer,
+) -> None:
+    """Retention removes the state, then purged everything under the id: a new invocation
+    that took the id in between (a create over the delete marker) lost its journaled step
+    and its stored arguments. Only the expired one's entries and objects go now."""
+    engine = EngineConfig(prefix="t" + uuid.uuid4().hex[:8], payload_threshold=1024)
+    runs: list[str] = []
+
+    async def sized(ctx: Context, args: dict[str, Any]) -> int:
+        def one() -> str:
+            runs.append(args["n"])
+            return str(args["n"])
+
+        await ctx.run("one", one)
+        await ctx.sleep(timedelta(seconds=float(args["sleep"])))
+        return len(args["blob"])
+
+    registry = WorkflowRegistry()
+    registry.register(sized)
+    transport = await Transport.connect(NatsConfig.from_url(server.url), engine, create=True)
+    worker = Worker(transport, registry, WorkerConfig())
+    task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(worker.consuming.wait(), 20)
+    client = await Client.connect(server.url, engine=engine)
+    inv = "reused"
+    try:
+        old = {"n": "old", "blob": "x" * 4000, "sleep": 0}
+        assert (await client.invoke("sized", old, id=inv, timeout=20)).output == 4000
+        rec = await transport.get_state(inv)
+        assert rec is not None
+        purge, go_on = transport._journals.purge, asyncio.Event()
+
+        async def purge_later(*args: Any, **kwargs: Any) -> None:
+            await go_on.wait()  # the retention pass stalls after the state went
+            await purge(*args, **kwargs)
+
+        transport._journals.purge = purge_later  # type: ignore[method-assign]
+        expiring = asyncio.create_task(transport.expire_execution(rec, int(time.time() * 1000), 60))
+
+        async def gone() -> bool:
+            return await transport.get_state(inv) is None
+
+        await assert_eventually_async(gone, 10, "the old state removed")
+        new = {"n": "new", "blob": "y" * 5000, "sleep": 4}
+        await client.invoke_async("sized", new, id=inv)
+
+        async def asleep() -> bool:
+            found = await transport.get_state(inv)
+            return found is not None and found.state.status == 7  # SUSPENDED
+
+        await assert_eventually_async(asleep, 10, "the new one asleep after its step")
+        go_on.set()
+        assert await expiring
+        result = await client.wait(inv, timeout=20)
+        assert (result.status, result.output) == ("completed", 5000)
+        assert runs == ["old", "new"]
+    finally:
+        await client.close()
+        worker.stop()
+        await task
+        await transport.close()
