@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +23,7 @@ from durable_core.plugins import WorkflowRegistry
 from durable_core.testing import (
     NatsCluster,
     ProcessStack,
+    assert_eventually,
     assert_eventually_async,
     free_port,
     free_ports,
@@ -283,6 +285,57 @@ async def test_durable_dev_runs_a_schedule_end_to_end(tmp_path: Path) -> None:
             raise
         reader.join(10)
     assert proc.returncode == 0
+
+
+def test_durable_dev_stops_everything_when_its_terminal_closes(tmp_path: Path) -> None:
+    """SIGHUP (the terminal closed, an SSH session dropped) ended `durable dev` at once, and
+    everything it had started (each child in a session of its own) ran on, holding its ports:
+    the next `durable dev` found port 4222 taken."""
+    nats_port, inspector_port = free_port(), free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "durable_core.cli",
+            "dev",
+            "--data-dir",
+            str(tmp_path / "dev"),
+            "--nats-port",
+            str(nats_port),
+            "--grpc-port",
+            str(free_port()),
+            "--inspector-port",
+            str(inspector_port),
+            "--metrics-port",
+            str(free_port_pair()),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    seen = []
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if "Ctrl-C stops everything" in line:
+                break
+        assert proc.poll() is None, "durable dev exited:\n" + "".join(seen)
+        proc.send_signal(signal.SIGHUP)
+        proc.communicate(timeout=40)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+    def taken(port: int) -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    assert_eventually(
+        lambda: not taken(nats_port) and not taken(inspector_port), 10, "its ports free again"
+    )
 
 
 async def test_invokes_whose_state_starts_with_the_run_survive_a_processor_killed_under_them(

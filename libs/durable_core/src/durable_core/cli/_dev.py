@@ -237,8 +237,11 @@ def dev(
         nonlocal stop
         stop = True
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    # A closed terminal (SIGHUP) or SIGQUIT too: their default ended this process at once,
+    # and the children (each in its own session, so no hang-up reached them) ran on, holding
+    # the ports and the data directory.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(signum, on_signal)
     try:
         stack.start()
     except (RuntimeError, TimeoutError) as e:  # NATS did not come up: its log says why
