@@ -89,3 +89,112 @@ async def test_a_restarted_service_is_reached_again_within_about_a_second(
             await asyncio.sleep(0.05)
     finally:
         await server.stop(grace=None)
+
+
+class _Proxy:
+    """A TCP proxy that can turn into a black hole: bytes are dropped both ways and the
+    connections stay open, as on a connection gone half-open."""
+
+    def __init__(self, upstream: int) -> None:
+        self.upstream = upstream
+        self.frozen = False
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._connect, "127.0.0.1", 0)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def _connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream)
+        self._writers += [writer, up_writer]
+
+        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            while data := await r.read(65536):
+                if not self.frozen:
+                    w.write(data)
+                    await w.drain()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    async def close(self) -> None:
+        for w in self._writers:
+            w.close()
+        self._server.close()
+
+
+async def test_a_call_without_deadline_on_a_half_open_connection_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A call without a deadline whose connection went half-open never returned (the channels
+    had no keepalive), and its invocation stayed RUNNING for good. The pool's keepalive, here
+    scaled from minutes down to half a second, ends it UNAVAILABLE (retried)."""
+    from durable_core import _grpc
+
+    options = dict(_grpc.CHANNEL_OPTIONS)
+    # Not more often than a gRPC server accepts by default (5 min) on a long call.
+    assert options.get("grpc.keepalive_time_ms", 0) >= 300_000
+    scaled = {
+        "grpc.keepalive_time_ms": 500,
+        "grpc.keepalive_timeout_ms": 500,
+        "grpc.http2.ping_timeout_ms": 500,
+    }
+    monkeypatch.setattr(
+        _grpc,
+        "CHANNEL_OPTIONS",
+        tuple((k, scaled.get(k, v)) for k, v in _grpc.CHANNEL_OPTIONS),
+    )
+    entered = asyncio.Event()
+
+    async def hang(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        entered.set()
+        await asyncio.Event().wait()
+        return b""
+
+    server = grpc.aio.server()
+    handler = grpc.method_handlers_generic_handler(
+        "test.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(hang)}
+    )
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    proxy = _Proxy(port)
+    channels = ChannelPool({"*": f"127.0.0.1:{await proxy.start()}"})
+    try:
+        call = asyncio.ensure_future(channels.callable_for(ECHO)(b"x", timeout=None))
+        await asyncio.wait_for(entered.wait(), 10)
+        proxy.frozen = True
+        started = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await asyncio.wait_for(call, 10)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE, e.value
+        assert time.monotonic() - started < 5
+    finally:
+        await channels.close()
+        await proxy.close()
+        await server.stop(None)
+
+
+async def test_an_answer_over_4_mb_is_received() -> None:
+    """gRPC's default receive limit (4 MB) ended a larger answer RESOURCE_EXHAUSTED, which
+    is retried: the service ran its effect again for an answer that could never arrive."""
+    runs = 0
+
+    async def big(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        nonlocal runs
+        runs += 1
+        return b"x" * (5 * 1024 * 1024)
+
+    server = grpc.aio.server()
+    handler = grpc.method_handlers_generic_handler(
+        "test.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(big)}
+    )
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channels = ChannelPool({"*": f"127.0.0.1:{port}"})
+    try:
+        answer = await channels.callable_for(ECHO)(b"x", timeout=10)
+        assert len(answer) == 5 * 1024 * 1024 and runs == 1
+    finally:
+        await channels.close()
+        await server.stop(None)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+import sys
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast
 
@@ -18,9 +19,31 @@ log = logging.getLogger("durable_core.grpc")
 # every call at once: a service that was down for 25 s was reached again only 14.5 s after it
 # came back. Capped at 1 s, a restarted service is called again within about a second; a
 # refused connection costs next to nothing, so trying once a second is cheap.
+#
+# Keepalive: a call (one without a deadline above all) on a connection that died half-open (the
+# service's host lost power, a NAT dropped the flow) never returned, and its invocation stayed
+# RUNNING for good. While calls are in flight the channel pings every 5 minutes and gives the
+# connection up after 20 s without an answer (the call ends UNAVAILABLE and is retried). Not
+# more often: a gRPC server by default takes pings closer than 5 minutes on a connection that
+# sends it nothing (a long unary call) as abuse, and closes it (GOAWAY "too_many_pings") at the
+# third, which would fail long calls to services we do not run. ``max_pings_without_data`` 0:
+# the client itself would otherwise stop pinging after two pings without sending data. gRPC
+# (1.85) waits for a ping's answer ``ping_timeout_ms`` (default 60 s), not the keepalive
+# timeout, so both are set.
+#
+# The receive limit is lifted (gRPC's default is 4 MB): a larger answer ended RESOURCE_EXHAUSTED,
+# which is retried, so the service ran its effect again for an answer that could never arrive.
+# The engine limits what it keeps itself: an answer over ``max_object_size`` fails the step
+# (PayloadTooLargeError) once, without a retry.
+KEEPALIVE_TIME_MS = 300_000
 CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.http2.ping_timeout_ms", 20_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_receive_message_length", -1),
 )
 
 Req = TypeVar("Req")
@@ -129,6 +152,10 @@ def _deterministic(serializer: Callable[[Any], bytes]) -> Callable[[Any], bytes]
     return serialize
 
 
+def _short(service: str) -> str:
+    return service.rsplit(".", 1)[-1]
+
+
 def grpc_service(stub_class: type) -> ServiceRef:
     """Make a generated gRPC stub class usable with ``ctx.call`` (see ServiceRef)."""
     return ServiceRef(stub_class)
@@ -151,9 +178,39 @@ class ChannelPool:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._callables: dict[tuple[str, str], grpc.aio.UnaryUnaryMultiCallable[Any, Any]] = {}
 
+    def check_addresses(self, workflows: Iterable[tuple[str, Callable[..., Any]]]) -> None:
+        """Refuse (ConfigError, one line) when a gRPC service that one of ``workflows``
+        (name, function) calls has no address. Its calls would fail with ConfigError, which
+        reaches the workflow and fails the invocation for good, although a processor that
+        has the address could run it; so a processor without one must not start.
+
+        The services are those the ``ServiceRef`` objects at the top level of a workflow's
+        module name (as the fleet registry finds the message types). A ServiceRef made inside
+        a function is not seen: its missing address still shows only at the call."""
+        callers: dict[str, list[str]] = {}
+        for name, fn in workflows:
+            module = sys.modules.get(getattr(fn, "__module__", "") or "")
+            for value in list(vars(module).values()) if module is not None else ():
+                if isinstance(value, ServiceRef) and not self._has_address(value.name):
+                    callers.setdefault(value.name, []).append(name)
+        if callers:
+            missing = "; ".join(
+                f"{service} (called by {', '.join(names)}: set services.{_short(service)} in "
+                f"settings or DURABLE_SERVICES__{_short(service)}=host:port)"
+                for service, names in callers.items()
+            )
+            raise ConfigError(f"no address configured for gRPC service {missing}")
+
+    def _has_address(self, service: str) -> bool:
+        try:
+            self.address_of(service)
+        except ConfigError:
+            return False
+        return True
+
     def address_of(self, service: str) -> str:
         """The configured address of a service, or ConfigError naming what is configured."""
-        short = service.rsplit(".", 1)[-1]
+        short = _short(service)
         for table, keys in (
             (self._addresses, (service, short, "*")),
             (self._defaults, (service, short)),

@@ -25,12 +25,11 @@ through untouched.
 What it cannot do: the handler's effect and the record of its answer are two writes. A service
 process that dies after the effect and before the record leaves the key held; once the hold
 lapses (the call's deadline plus 5 s, or ``running_timeout`` for a call without one), the next
-attempt runs the handler again. The same goes for a handler still running when its hold
-lapses; grpc.aio cancels an async handler at its call's deadline, so that takes a handler that
-blocks the event loop, or a frozen process. If both attempts answer, each caller gets the
-answer recorded first, so the engine sees one answer. Make the effect itself idempotent by key
-where that matters (e.g. pass the key on to the payment provider), as every exactly-once system
-that calls out must.
+attempt runs the handler again. While a handler runs, its hold is renewed (every third of the
+hold), so a handler still running when its hold lapses is one that blocks the event loop, or
+a frozen process. If both attempts answer, each caller gets the answer recorded first, so the
+engine sees one answer. Make the effect itself idempotent by key where that matters (e.g. pass
+the key on to the payment provider), as every exactly-once system that calls out must.
 
 Example:
     >>> store = await IdempotencyStore.connect("nats://127.0.0.1:4222")
@@ -138,6 +137,7 @@ class _Admitted:
     name: str
     record: CallRecord
     revision: int
+    hold_ms: int
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -255,7 +255,8 @@ class IdempotencyStore:
                 retry of a step; a call after its record is gone runs). The bucket holds
                 about ``calls/s * keep`` records of ~0.5 KB plus the answer, per replica.
             running_timeout: how long an attempt holds its key when its call has no deadline;
-                with one, the deadline plus a 5 s margin.
+                with one, the deadline plus a 5 s margin. The hold is renewed every third of
+                that while the handler runs, so it lapses only for a dead or frozen process.
             wait_for_engine: how long the first keyed call waits for a processor to have
                 made the engine.
             instance: this process's name among the service's processes (see the class).
@@ -316,7 +317,7 @@ class IdempotencyStore:
             if data is None:  # no record (as far as we know): take it
                 try:
                     rev = await self._t.put_call_record(name, mine.encode(), revision)
-                    return _Admitted(name, mine, rev)
+                    return _Admitted(name, mine, rev, hold)
                 except StateConflict:
                     data, revision = await self._t.call_record(name)
                     continue
@@ -356,9 +357,28 @@ class IdempotencyStore:
                 data, revision = await self._t.call_record(name)
                 continue
             if bumped.owner == owner:
-                return _Admitted(name, bumped, rev)
+                return _Admitted(name, bumped, rev, hold)
             return _Busy(bumped.expires_ms)
         return _Busy(_now_ms())
+
+    async def renew(self, held: _Admitted) -> _Admitted | None:
+        """Extend a running attempt's hold to its full length from now (compare-and-set,
+        keeping a fence raised meanwhile). Returns the key as now held, or None if the
+        attempt no longer holds it (taken over after a lapse, or gone)."""
+        rec, revision = held.record, held.revision
+        for _ in range(10):
+            mine = dataclasses.replace(rec, expires_ms=_now_ms() + held.hold_ms)
+            try:
+                rev = await self._t.put_call_record(held.name, mine.encode(), revision)
+                return dataclasses.replace(held, record=mine, revision=rev)
+            except StateConflict:
+                data, revision = await self._t.call_record(held.name)
+                if data is None:
+                    return None
+                rec = CallRecord.decode(data)
+                if rec.owner != held.record.owner or rec.status != RUNNING:
+                    return None
+        return None
 
     def _from_a_dead_process(self, owner: str) -> bool:
         """Whether ``owner`` is an earlier process of this store's instance: it died (no two
@@ -462,6 +482,40 @@ async def _release(store: IdempotencyStore, held: _Admitted) -> None:
         await asyncio.shield(store.finish(held, None))
 
 
+class _Holding:
+    """Renews an admitted call's hold while its handler runs: a call may legitimately run
+    longer than its hold (one without a deadline, past ``running_timeout``), and a lapsed hold
+    lets another attempt run the effect at the same time. So a hold lapses only when its
+    holder died or froze (its event loop blocked)."""
+
+    def __init__(self, store: IdempotencyStore, held: _Admitted) -> None:
+        self.held = held
+        self._task = asyncio.ensure_future(self._renew(store))
+
+    async def _renew(self, store: IdempotencyStore) -> None:
+        while True:
+            await asyncio.sleep(self.held.hold_ms / 3000)
+            try:
+                renewed = await store.renew(self.held)
+            except Exception as e:  # noqa: BLE001 - NATS unreachable: try at the next third
+                log.warning("could not renew the hold of %s: %s", self.held.record.key, e)
+                continue
+            if renewed is None:
+                log.warning(
+                    "%s %s: the key was taken over while its handler still runs",
+                    self.held.record.method,
+                    self.held.record.key,
+                )
+                return
+            self.held = renewed
+
+    def stop(self) -> _Admitted:
+        """Stop renewing; the key as last held (``finish`` copes with a renewal in flight:
+        its compare-and-set fails and it reads the record again)."""
+        self._task.cancel()
+        return self.held
+
+
 def _keyed(
     store: IdempotencyStore,
     handler: Any,
@@ -514,21 +568,23 @@ def _keyed(
             context.set_trailing_metadata(((ANSWER_METADATA, "stored"),))
             return outcome
         assert isinstance(outcome, _Admitted)
+        holding = _Holding(store, outcome)
         try:
             response = behavior(request, context)
             if inspect.isawaitable(response):
                 response = await response
         except BaseException:
-            await _release(store, outcome)
+            await _release(store, holding.stop())
             raise
+        held = holding.stop()
         code = context.code()
         if code is not None and code != grpc.StatusCode.OK:
-            await _release(store, outcome)
+            await _release(store, held)
             return response
         answer = response_serializer(response)
         try:
             # Shielded: the answer is recorded even if the call is cancelled meanwhile.
-            kept = await asyncio.shield(store.finish(outcome, answer))
+            kept = await asyncio.shield(store.finish(held, answer))
         except Exception:
             log.warning("could not record the answer of %s for %s", method, key, exc_info=True)
             kept = None

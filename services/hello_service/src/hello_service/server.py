@@ -116,6 +116,9 @@ async def create_server(
     # With the store, the port is bound exclusively (no SO_REUSEPORT): no two live processes
     # share it, so `<host>:<port>` names this process's instance (see IdempotencyStore).
     options = [("grpc.so_reuseport", 0)] if idempotency is not None else []
+    # The engine's channels ping a long call every 5 minutes (keepalive), gRPC's default floor
+    # exactly: accepted down to one a minute, so clock drift never earns a "too_many_pings".
+    options.append(("grpc.http2.min_recv_ping_interval_without_data_ms", 60_000))
     server = grpc.aio.server(interceptors=interceptors, options=options)
     hello_pb2_grpc.add_HelloServiceServicer_to_server(HelloServicer(), server)
     orders = orders if orders is not None else OrderServicer.from_env()

@@ -227,7 +227,13 @@ class Worker:
         self._slot_freed.set()
 
     async def run(self) -> None:
-        """Consume until ``stop()``; then let in-flight work finish or release it."""
+        """Consume until ``stop()``; then let in-flight work finish or release it.
+
+        Raises:
+            ConfigError: a gRPC service that a workflow here calls has no address (see
+                ``ChannelPool.check_addresses``), or the engine's layout is not this one's.
+        """
+        self.channels.check_addresses((wf.name, wf.fn) for wf in self.registry)
         # Binding the consumers takes no command yet; it refuses an engine of the layout
         # before routing (ConfigError), before this processor leaves any trace.
         consumer = await self.transport.command_consumer(self.config, self.routes())
