@@ -6,9 +6,12 @@ import asyncio
 import contextlib
 from datetime import timedelta
 
+import grpc
+import grpc.aio
 import pytest
 
 from durable_core import Context, RetryPolicy, StepFailedError
+from durable_core.engine._step_io import attempt_failure
 from durable_core.testing import replay_workflow
 
 
@@ -67,3 +70,22 @@ def test_registration_takes_a_default_retry_policy() -> None:
     registry = WorkflowRegistry()
     registry.register(wf, retry=policy)
     assert registry.get("wf").retry is policy
+
+
+@pytest.mark.parametrize(
+    ("details", "retryable"),
+    [
+        ("SERVER: Received message larger than max (5242880 vs. 4194304)", False),
+        ("CLIENT: Received message larger than max (5242880 vs. 4194304)", False),
+        ("quota exceeded, try later", True),
+    ],
+)
+def test_a_message_over_a_size_limit_is_not_retried(details: str, retryable: bool) -> None:
+    """RESOURCE_EXHAUSTED for a message over a size limit was retried (the same message is
+    as large every time: the service ran its effect again for an answer that never came);
+    quotas and rate limits still are."""
+    error = grpc.aio.AioRpcError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.aio.Metadata(), grpc.aio.Metadata(), details
+    )
+    failure, again = attempt_failure(error, 3, RetryPolicy())
+    assert (failure.code, again) == ("RESOURCE_EXHAUSTED", retryable)

@@ -80,6 +80,10 @@ def _classify(e: Exception, policy: RetryPolicy) -> tuple[str, bool]:
         code = e.code().name
         if code in policy.non_retryable_errors:
             return code, False
+        if code == "RESOURCE_EXHAUSTED" and "message larger than max" in str(e.details() or ""):
+            # A message over a size limit (a request over the service's, say) is as large on
+            # every try; quotas and rate limits stay worth another attempt.
+            return code, False
         return code, code in RETRYABLE_GRPC_CODES
     if isinstance(e, TerminalError) or type(e).__name__ in policy.non_retryable_errors:
         return "", False
