@@ -16,8 +16,13 @@ workflows, journals that replay. A quarter of the other orders get an operator's
 pause and a resume, racing their steps and the faults: a cancelled one ends cancelled with the
 request before its end, its charge refunded once if it was journaled and no shipment (and,
 when the cancel answered "pending", no call at all after the request); a paused one starts no
-step past the boundary it stopped at before the resume, and completes. It also reports how
-long each processor took to journal a successful call after each service restart.
+step past the boundary it stopped at before the resume, and completes. A share of the rest is
+retried, forked or signalled (``operations.py``): a ``chaos_retry`` fails at its closed gate
+and, once retried, completes without running its earlier steps again; a fork (of a completed
+order, keyed or not, or of a failed one before its retry) completes without executing a
+copied step, and keeps its key's order; a ``chaos_signals`` gets each signal once however
+often it was sent with its id. It also reports how long each processor took to journal a
+successful call after each service restart.
 
 ``test_orders_recover_without_a_scheduler``: the README's "A processor that dies" as written:
 with no scheduler at all nothing re-drives a dead or stalled processor's commands, and
@@ -62,7 +67,7 @@ from durable_core import schedules as sched
 from durable_core._transport import Transport
 from durable_core.config import NatsConfig
 
-from . import checker, workload
+from . import checker, operation_checks, workload
 from .nemesis import KINDS, Nemesis
 from .run_settings import SETTINGS, ChaosCluster
 from .runlog import RunLog
@@ -88,6 +93,7 @@ class Scenario:
     kinds: tuple[str, ...]
     plugins: Mapping[str, str] = field(default_factory=dict)  # processor -> DURABLE_LOAD_PLUGINS
     lifecycle: float = workload.LIFECYCLE  # share of the orders cancelled or paused
+    operations: float = workload.OPERATIONS  # share of the others retried, forked, signalled
 
     @property
     def timeout(self) -> float:
@@ -103,6 +109,7 @@ NO_SCHEDULER = Scenario(
     (),
     ("kill_processor", "pause_processor", "kill_leader", "restart_service"),
     lifecycle=0.0,  # the README's "A processor that dies", as written
+    operations=0.0,
 )
 
 # `make test` (N = 100) runs the wide workload once, on the mixed fleet: it checks what the wide
@@ -141,6 +148,21 @@ def _lifecycle_tally(got: Mapping[str, list[str]]) -> str:
     def outcome(o: str) -> str:
         verb, _, answer = o.partition(":")
         answer = re.sub(r" \(attempt \d+\)$", "", answer)
+        return f"{verb} {'gave up' if answer.startswith('gave up') else answer}"
+
+    tally = Counter(outcome(o) for outcomes in got.values() for o in outcomes)
+    return ", ".join(f"{k} {n}" for k, n in sorted(tally.items())) or "none"
+
+
+def _operations_tally(got: Mapping[str, list[str]]) -> str:
+    """What the workload's retries, forks and signals got: ``"retry pending 12, ..."``."""
+
+    def outcome(o: str) -> str:
+        verb, _, answer = o.partition(":")
+        answer = re.sub(r" \(attempt \d+\)$", "", answer)
+        verb = re.sub(r"^(signal(?: again)?) \d+$", r"\1", verb)
+        if verb == "fork" and not answer.startswith(("gave up", "error")):
+            answer = "made"
         return f"{verb} {'gave up' if answer.startswith('gave up') else answer}"
 
     tally = Counter(outcome(o) for outcomes in got.values() for o in outcomes)
@@ -277,8 +299,15 @@ async def _run(
     nemesis = Nemesis.seeded(
         settings.seed, cc, system, transport.names, kinds=scenario.kinds, log=say
     )
+    gates = system.log_dir / "gates"  # chaos_retry's gates (files) and its gate record
+    gates.mkdir(exist_ok=True)
     planned = workload.plan(
-        scenario.n, random.Random(settings.seed + 1), scenario.mix, scenario.lifecycle
+        scenario.n,
+        random.Random(settings.seed + 1),
+        scenario.mix,
+        scenario.lifecycle,
+        scenario.operations,
+        str(gates),
     )
     load = workload.Workload(client, planned, scenario.n / scenario.duration, log=say)
     tap = checker.CommandTap()
@@ -302,11 +331,15 @@ async def _run(
     ids: set[str] = set()
     unfinished: set[str] = set()
     while not unfinished:
-        found = set(load.submitted) | {
-            st.invocation_id
-            for st in await transport.list_states()
-            if st.invocation_id.startswith(f"{SCHEDULE}-") or st.parent_id
-        }
+        found = (
+            set(load.submitted)
+            | set(load.operator.forks)
+            | {
+                st.invocation_id
+                for st in await transport.list_states()
+                if st.invocation_id.startswith(f"{SCHEDULE}-") or st.parent_id or st.forked_from
+            }
+        )
         if found == ids:
             break
         ids = found
@@ -333,6 +366,10 @@ async def _run(
         awakeables=dict(load.resolved),
         answers=dict(load.answers),
         lifecycle=dict(load.lifecycle),
+        forks=dict(load.operator.forks),
+        fork_from={p.iid: p.fork_from for p in planned if p.fork_from and p.iid in load.submitted},
+        gate_runs=operation_checks.read_gate_runs(gates),
+        operations=dict(load.operator.outcomes),
     )
     await tap.stop()
     report = checker.check(obs)
@@ -392,6 +429,14 @@ async def _run(
             f"  cancels and pauses       {_lifecycle_tally(load.lifecycle)}; "
             f"{report.cancelled} ended cancelled as asked, {report.paused} paused, resumed "
             f"and completed; {len(report.lifecycle)} not honoured",
+            f"  retries, forks, signals  {_operations_tally(load.operator.outcomes)}",
+            f"  operations checked       {report.retried} failed, retried and completed "
+            f"({len(report.retry_violations)} not honoured); {report.forked} forks completed "
+            f"({report.forked_keyed} keyed, {report.orphan_forks} made by a fork call that "
+            f"raised; {len(report.fork_violations)} not honoured; {report.abandoned_forks} "
+            f"abandoned copies, {report.orphan_keys} keys not checked); {report.signalled} "
+            f"signalled invocations got their {report.signals} signals once "
+            f"({len(report.signal_violations)} not)",
             f"  replayed journals        {report.replayed} ({len(report.replay_failures)} failed)",
             f"  service calls            {report.calls} ({report.retried_keys} keys more than "
             f"once, answered the same by the service; {report.refused} stale calls refused by "

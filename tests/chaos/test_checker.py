@@ -13,7 +13,7 @@ import pytest
 
 from durable_core import _codec
 from durable_core._pb.durable.v1 import durable_pb2 as pb
-from durable_core.testing import call_entry
+from durable_core.testing import call_entry, failed_entry, run_entry
 from durable_examples.order.v1 import order_pb2
 from hello_service.order import charge_id_for, tracking_number_for
 from order_processing import orders
@@ -29,6 +29,8 @@ from .checker import (
     replay_all,
     service_recovery,
 )
+from .operation_checks import GateRun
+from .operations import signal_payload
 from .workload import approval, awakeable_id
 
 MS = 1_000_000
@@ -619,3 +621,314 @@ def test_a_step_called_after_a_cancel_answered_pending_is_caught() -> None:
         "c: cancel answered pending, yet Charge (c:1) was called 5.0 ms after the request "
         "was stored"
     ]
+
+
+# -- retries, forks and signals -----------------------------------------------------------------
+
+GATES = "/gates"
+
+
+def at(journal: list[Entry], ms: int, entry: pb.JournalEntry, t0: int = T0) -> None:
+    entry.writer = entry.writer or "p1/abcd"
+    journal.append(Entry(len(journal) + 1, t0 + ms * MS, entry))
+
+
+def retried(iid: str = "r", t0: int = T0) -> Observation:
+    """A chaos_retry that failed at its closed gate (step 3), was retried 1.5 s later (its gate
+    opened) and completed: the gate and Ship ran after the retry request, nothing before."""
+    a = {**args_of(iid), "gate_dir": GATES}
+    order = a["order_id"]
+    charge = charge_id_for(f"{iid}:2")
+    tracking = tracking_number_for(f"{iid}:4")
+    journal: list[Entry] = []
+    at(journal, 200, call_entry(orders.Validate, order_pb2.ValidateResponse(valid=True), step=1))
+    at(journal, 400, call_entry(orders.Charge, order_pb2.ChargeResponse(charge_id=charge), step=2))
+    at(journal, 500, failed_entry("gate", f"the gate of order {order} is closed", step=3))
+    at(journal, 550, pb.JournalEntry(kind=pb.ENTRY_KIND_FAILED, failure=pb.Failure(type="X")))
+    at(journal, 2000, pb.JournalEntry(kind=pb.ENTRY_KIND_RETRY_REQUEST, writer="client"))
+    at(journal, 2200, run_entry("gate", {"passed": order}, step=3))
+    ship = call_entry(orders.Ship, order_pb2.ShipResponse(tracking_number=tracking), step=4)
+    at(journal, 2400, ship)
+    out = {"order_id": order, "charge_id": charge, "tracking_number": tracking}
+    done = pb.JournalEntry(kind=pb.ENTRY_KIND_COMPLETED)
+    done.output.CopyFrom(_codec.encode(out))
+    at(journal, 2500, done)
+    state = pb.ExecutionState(invocation_id=iid, workflow="chaos_retry", status=pb.STATUS_COMPLETED)
+    state.args.CopyFrom(_codec.encode(a))
+    state.output.CopyFrom(done.output)
+    return Observation(
+        submitted={iid: a},
+        states={iid: state},
+        journals={iid: journal},
+        calls=[
+            Call("Validate", f"{iid}:1", order, t0 + 100 * MS),
+            Call("Charge", f"{iid}:2", order, t0 + 300 * MS),
+            Call("Ship", f"{iid}:4", order, t0 + 2300 * MS),
+        ],
+        workflows={iid: "chaos_retry"},
+        gate_runs=[
+            GateRun(iid, order, t0 + 450 * MS, False),
+            GateRun(iid, order, t0 + 2100 * MS, True),
+        ],
+        operations={iid: ["wait:failed", "retry:pending"]},
+    )
+
+
+async def test_a_failed_invocation_retried_once_that_completed_passes() -> None:
+    obs = retried()
+    report = check(obs)
+    await replay_all(obs, report)
+    assert report.ok, report.describe()
+    assert (report.completed, report.retried, report.replayed) == (1, 1, 1)
+    assert not report.duplicates  # the FAILED final and the failed gate were retried, not twice
+
+
+def test_a_step_completed_before_the_failure_that_runs_again_after_the_retry_is_caught() -> None:
+    obs = retried()
+    obs.calls.append(Call("Charge", "r:2", "order-r", T0 + 2050 * MS))  # after the request
+    report = check(obs)
+    assert report.retry_violations == [
+        "r: Charge (r:2), completed before the failure, called 50.0 ms after the retry request "
+        "was stored"
+    ]
+    assert len(report.reexecuted) == 1
+
+    obs = retried()  # Validate journaled again by the retried run
+    validate = copy.deepcopy(obs.journals["r"][0].entry)
+    obs.journals["r"].insert(5, Entry(6, T0 + 2100 * MS, validate))
+    report = check(obs)
+    assert report.retry_violations == [
+        "r: step 1 (/durable_examples.order.v1.OrderService/Validate), completed before the "
+        "failure, journaled again after the retry"
+    ]
+
+
+def test_a_retry_not_in_the_journal_once_after_the_failure_is_caught() -> None:
+    obs = retried()  # the retry never taken: the FAILED final stands
+    obs.journals["r"] = obs.journals["r"][:4]
+    obs.states["r"].status = pb.STATUS_FAILED
+    obs.operations["r"] = ["wait:failed", "retry:refused failed (attempt 1)"]
+    report = check(obs)
+    assert report.retry_violations == [
+        "r: 0 retried failures in the journal, one expected (the workload's retry got "
+        "['wait:failed', 'retry:refused failed (attempt 1)'])"
+    ]
+    assert report.failed and not report.retried
+
+    obs = retried()  # a second retry request, with no failure before it
+    request = copy.deepcopy(obs.journals["r"][4].entry)
+    obs.journals["r"].insert(5, Entry(5, T0 + 2010 * MS, request))
+    report = check(obs)
+    assert report.retry_violations == ["r: 1 retry requests with no failure before"]
+
+
+def test_a_gate_run_between_the_failure_and_the_retry_or_after_its_commit_is_caught() -> None:
+    obs = retried()
+    obs.gate_runs.append(GateRun("r", "order-r", T0 + 1000 * MS, True))
+    assert check(obs).retry_violations == [
+        "r: the gate step ran 450.0 ms after the failure was journaled, before the retry request"
+    ]
+    obs = retried()
+    obs.gate_runs.append(GateRun("r", "order-r", T0 + 2250 * MS, True))
+    assert check(obs).retry_violations == [
+        "r: the gate step ran 50.0 ms after its retried entry was committed"
+    ]
+    obs = retried()  # the first run passed the gate: the failure was not the gate's doing
+    obs.gate_runs[0] = GateRun("r", "order-r", T0 + 450 * MS, True)
+    assert check(obs).retry_violations == [
+        "r: gate runs before the failure [True] (closed expected)"
+    ]
+
+
+def forked(from_step: int, *, key: str = "") -> Observation:
+    """Order ``s`` completed; ``f`` forked from it at ``from_step``: steps before it copied
+    (writer ``fork:s``, stored 1 s after s ended), the rest run by p2 with f's own keys."""
+    obs = clean("s")
+    t0 = T0 + 2 * SEC
+    journal: list[Entry] = []
+    for e in obs.journals["s"]:
+        if e.entry.kind == pb.ENTRY_KIND_CALL and e.entry.step < from_step:
+            entry = copy.deepcopy(e.entry)
+            entry.writer = "fork:s"
+            at(journal, 0, entry, t0)
+    a = args_of("s")
+    responses = {
+        1: ("Validate", orders.Validate, order_pb2.ValidateResponse(valid=True)),
+        2: ("Charge", orders.Charge, order_pb2.ChargeResponse(charge_id=charge_id_for("f:2"))),
+        3: (
+            "Ship",
+            orders.Ship,
+            order_pb2.ShipResponse(tracking_number=tracking_number_for("f:3")),
+        ),
+    }
+    for step in range(from_step, 4):
+        name, method, response = responses[step]
+        obs.calls.append(Call(name, f"f:{step}", a["order_id"], t0 + (200 * step - 100) * MS))
+        at(journal, 200 * step, call_entry(method, response, step=step), t0)
+        journal[-1].entry.writer = "p2/beef"
+    owner = {s: f"{'s' if s < from_step else 'f'}:{s}" for s in (2, 3)}
+    out = {
+        "order_id": a["order_id"],
+        "charge_id": charge_id_for(owner[2]),
+        "tracking_number": tracking_number_for(owner[3]),
+    }
+    done = pb.JournalEntry(kind=pb.ENTRY_KIND_COMPLETED, writer="p2/beef")
+    done.output.CopyFrom(_codec.encode(out))
+    at(journal, 900, done, t0)
+    state = pb.ExecutionState(
+        invocation_id="f", workflow="order_processing", status=pb.STATUS_COMPLETED, forked_from="s"
+    )
+    state.args.CopyFrom(_codec.encode(a))
+    state.output.CopyFrom(done.output)
+    obs.journals["f"], obs.states["f"] = journal, state
+    obs.forks["f"] = ("s", from_step)
+    obs.fork_from["s"] = from_step
+    if key:
+        for iid in ("s", "f"):
+            obs.states[iid].partition_key = key
+        obs.key_order[key] = ["s", "f"]
+    return obs
+
+
+@pytest.mark.parametrize("from_step", [1, 2, 3, 4])
+async def test_a_fork_that_runs_only_its_own_steps_passes(from_step: int) -> None:
+    obs = forked(from_step, key="key-001")
+    report = check(obs)
+    await replay_all(obs, report)
+    assert report.ok, report.describe()
+    assert (report.completed, report.forked, report.forked_keyed, report.replayed) == (2, 1, 1, 2)
+    assert report.key_pairs == 1  # s, then f (its copies and its run after s ended)
+
+
+def test_a_fork_that_executes_or_journals_again_a_copied_step_is_caught() -> None:
+    obs = forked(3)
+    obs.calls.append(Call("Charge", "f:2", "order-s", T0 + 2 * SEC + 50 * MS))
+    report = check(obs)
+    assert report.fork_violations == ["f: copied step 2 executed: Charge called (f:2)"]
+    assert report.forked == 0
+
+    obs = forked(3)
+    again = copy.deepcopy(obs.journals["f"][1].entry)
+    again.writer = "p2/beef"
+    obs.journals["f"].insert(2, Entry(3, T0 + 2 * SEC + 100 * MS, again))
+    report = check(obs)
+    assert report.fork_violations == [
+        "f: copied step 2 (/durable_examples.order.v1.OrderService/Charge) journaled again by "
+        "p2/beef"
+    ]
+
+    obs = forked(3)  # a copy of another charge than its source's
+    obs.journals["f"][1].entry.output.CopyFrom(
+        _codec.encode(order_pb2.ChargeResponse(charge_id="ch_other"))
+    )
+    assert check(obs).fork_violations == [
+        "f: fork of s from step 3 holds the copied steps [1, 2], its source's steps [1, 2]"
+    ]
+
+
+def test_a_keyed_fork_that_runs_before_its_keys_predecessor_finished_is_out_of_order() -> None:
+    obs = forked(2, key="key-001")
+    # f's copies are stored before s ended (they are no run of f); its Charge is not.
+    obs.journals["f"][0] = Entry(1, T0 + 100 * MS, obs.journals["f"][0].entry)
+    assert check(obs).ok
+    obs.calls.append(Call("Charge", "f:2", "order-s", T0 + 600 * MS))  # s ended at 700 ms
+    report = check(obs)
+    assert report.out_of_order == [
+        "key-001: f ran 100.0 ms before s, submitted before it, had finished"
+    ]
+
+
+def test_a_fork_nobody_heard_of_is_checked_and_its_key_left_unchecked() -> None:
+    obs = forked(2, key="key-001")
+    del obs.forks["f"]  # made by a fork call that raised; f2 by the next attempt
+    obs.key_order["key-001"] = ["s"]
+    report = check(obs)
+    assert report.ok, report.describe()
+    assert (report.forked, report.orphan_forks, report.orphan_keys) == (1, 1, 1)
+    assert report.keys_checked == 0
+
+    # A fork call that raised after copying, before submitting: copies with no state.
+    obs.journals["g"] = [Entry(1, T0, copy.deepcopy(obs.journals["f"][0].entry))]
+    report = check(obs)
+    assert (report.unexpected, report.abandoned_forks) == ([], 1)
+    obs.fork_from.clear()  # not a source the workload forked: unexpected
+    assert "g" in check(obs).unexpected
+
+
+def signalled(count: int = 2, iid: str = "g") -> Observation:
+    """A chaos_signals that got its ``count`` signals, each once."""
+    a = {**args_of(iid), "signals": count}
+    journal: list[Entry] = []
+    at(journal, 100, call_entry(orders.Validate, order_pb2.ValidateResponse(valid=True), step=1))
+    for n in range(count):
+        at(
+            journal,
+            200 + 200 * n,
+            pb.JournalEntry(kind=pb.ENTRY_KIND_SIGNAL_WAIT, step=2 + n, name="chaos"),
+        )
+        sig = pb.JournalEntry(kind=pb.ENTRY_KIND_SIGNAL, name="chaos", writer="client")
+        sig.output.CopyFrom(_codec.encode(signal_payload(iid, n)))
+        at(journal, 250 + 200 * n, sig)
+    tracking = tracking_number_for(f"{iid}:{count + 2}")
+    ship = call_entry(orders.Ship, order_pb2.ShipResponse(tracking_number=tracking), step=count + 2)
+    at(journal, 1000, ship)
+    out = {"order_id": a["order_id"], "received": list(range(count)), "tracking_number": tracking}
+    done = pb.JournalEntry(kind=pb.ENTRY_KIND_COMPLETED)
+    done.output.CopyFrom(_codec.encode(out))
+    at(journal, 1100, done)
+    state = pb.ExecutionState(
+        invocation_id=iid, workflow="chaos_signals", status=pb.STATUS_COMPLETED
+    )
+    state.args.CopyFrom(_codec.encode(a))
+    state.output.CopyFrom(done.output)
+    return Observation(
+        submitted={iid: a},
+        states={iid: state},
+        journals={iid: journal},
+        calls=[
+            Call("Validate", f"{iid}:1", a["order_id"], T0 + 50 * MS),
+            Call("Ship", f"{iid}:{count + 2}", a["order_id"], T0 + 900 * MS),
+        ],
+        workflows={iid: "chaos_signals"},
+        operations={iid: ["signal 0:sent", "signal again 0:sent", "signal 1:sent (attempt 2)"]},
+    )
+
+
+async def test_signals_each_delivered_once_pass() -> None:
+    obs = signalled()
+    report = check(obs)
+    await replay_all(obs, report)
+    assert report.ok, report.describe()
+    assert (report.signalled, report.signals, report.replayed) == (1, 2, 1)
+
+
+def test_a_signal_delivered_twice_is_caught() -> None:
+    obs = signalled(1)
+    twice = copy.deepcopy(obs.journals["g"][2])  # the signal, again (the workflow took one)
+    obs.journals["g"].insert(3, Entry(twice.seq, twice.ts_ns + MS, twice.entry))
+    report = check(obs)
+    assert len(report.signal_violations) == 1
+    assert report.signal_violations[0].startswith(
+        "g: the journal holds the signals [0, 0], [0] were sent (each once, in order); [0] "
+        "delivered more than once"
+    )
+
+    obs = signalled(2)  # the duplicate reached the workflow in place of signal 1
+    sig = obs.journals["g"][4].entry
+    sig.output.CopyFrom(_codec.encode(signal_payload("g", 0)))
+    out = {**_codec.decode(obs.journals["g"][-1].entry.output), "received": [0, 0]}
+    obs.journals["g"][-1].entry.output.CopyFrom(_codec.encode(out))
+    obs.states["g"].output.CopyFrom(obs.journals["g"][-1].entry.output)
+    report = check(obs)
+    assert len(report.signal_violations) == 1
+    assert report.effect_violations[0].startswith("g: output ")
+
+
+def test_a_forks_copied_calls_are_no_processors_recovery() -> None:
+    obs = forked(3)
+    back_ms = 1_700_000_000_000
+    for e in obs.journals["f"]:
+        e.entry.timestamp_ms = back_ms + 1_000
+    got = service_recovery(obs.journals, back_ms)
+    assert "fork:s" not in got
+    assert got["p2"] == Recovery(None, 1.0)

@@ -32,6 +32,21 @@ resume a moment later, each a seeded 0-50 ms or 0-1.5 s after the submission was
 acknowledged (for a blocking ``invoke``, which answers only at the end, after the submission
 began: the start may not be stored yet, or stored with no state yet): queued, in flight or
 finished, racing the run's steps and the faults alike.
+
+With ``operations`` > 0 (the same runs), that share of the other unkeyed orders, from an RNG of
+its own again, becomes (``Planned.op``; ``operations.py`` does them):
+
+* a **retry**: a ``chaos_retry``, whose gate step fails for good until the workload opens its
+  gate (a file in ``gate_dir``) once it saw the invocation FAILED, then retries it (some asked
+  twice); some are also **forked** once FAILED, after the gate was opened and before the
+  retry, from a step up to the failed one;
+* **signals**: a ``chaos_signals`` that waits for 1-3 signals, sent one after the other with a
+  ``signal_id`` each, a seeded 0-1.5 s apart (one sometimes sent twice with its id);
+* a **fork** of an ``order_processing`` once it COMPLETED, from a step 1-4 (4: all three
+  copied, nothing left to run).
+
+And half that share of the keyed orders is forked once completed: the fork takes the key's turn
+(made once the key's previous submission was acknowledged) and joins the key's order.
 """
 
 from __future__ import annotations
@@ -41,7 +56,7 @@ import contextlib
 import random
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,11 +69,15 @@ from durable_core import (
     WorkflowFailedError,
 )
 
+from .operations import Operator
+
 ORDER = "order_processing"
 CANCELLABLE = "cancellable_order"
 WAITS = "chaos_waits"
 CARELESS = "careless_order"
 RECKLESS = "reckless_order"
+RETRY = "chaos_retry"
+SIGNALS = "chaos_signals"
 
 MIX: Mapping[str, float] = {
     "order": 0.45,
@@ -73,6 +92,15 @@ ORDERS_ONLY: Mapping[str, float] = {"order": 1.0}
 
 LIFECYCLE = 0.25
 """Share of the unkeyed, asynchronously submitted orders that are cancelled or paused."""
+
+OPERATIONS = 0.4
+"""Share of the other unkeyed orders retried, forked or signalled (half of it: keyed forks)."""
+
+OPS: Mapping[str, float] = {"retry": 0.4, "signals": 0.35, "fork": 0.25}
+"""Which operation, among those orders."""
+
+RETRIED_FORKS = 0.3
+"""Share of the retried invocations also forked (while FAILED)."""
 
 SLEEPS_MS = (500, 1500, 2500, 4000)
 """chaos_waits sleeps: up to 2 s they wait in the processor, longer ones on a server timer."""
@@ -103,18 +131,30 @@ class Planned:
     resolve_after: float | None = None  # seconds after acknowledgement (chaos_waits)
     waits: bool = False  # submitted with a blocking invoke (see the module's docstring)
     lifecycle: str = ""  # "cancel" or "pause" (then resumed), after ``act_after`` seconds
-    act_after: float = 0.0
+    act_after: float = 0.0  # (signals: seconds before each signal)
     pause_for: float = 0.0
+    op: str = ""  # "retry", "signals" or "fork" (see operations.py)
+    fork_from: int = 0  # forked from this step once it failed (retry) or completed (fork)
+    again: int = -1  # the retry (0), or this signal, asked a second time on purpose
 
 
 def plan(
-    n: int, rng: random.Random, mix: Mapping[str, float] = MIX, lifecycle: float = 0.0
+    n: int,
+    rng: random.Random,
+    mix: Mapping[str, float] = MIX,
+    lifecycle: float = 0.0,
+    operations: float = 0.0,
+    gate_dir: str = "",
 ) -> list[Planned]:
     """``n`` invocations drawn from ``mix``; keyed ones spread over ``max(2, n // 25)`` keys;
-    ``lifecycle``: the share of unkeyed orders cancelled or paused."""
+    ``lifecycle``: the share of unkeyed orders cancelled or paused; ``operations``: the share
+    of the other unkeyed orders retried (gates in ``gate_dir``), signalled or forked."""
+    if operations and not gate_dir:
+        raise ValueError("retries need a gate_dir")
     kinds, weights = zip(*mix.items(), strict=True)
-    # Its own RNG, seeded from the seed's (without drawing from it): the rest stays the same.
+    # Their own RNGs, seeded from the seed's (without drawing from it): the rest stays the same.
     life = random.Random(repr(rng.getstate()))
+    ops = random.Random(repr(rng.getstate()) + "/operations")
     keys = [f"key-{k:03d}" for k in range(max(2, n // 25))]
     out = []
     for i in range(n):
@@ -127,7 +167,11 @@ def plan(
                 args["sleep_ms"] = rng.choice(SLEEPS_MS)
                 out.append(Planned(iid, WAITS, args, key, rng.uniform(0.0, 4.0)))
             else:
-                out.append(Planned(iid, ORDER, args, key))
+                fork = operations > 0 and ops.random() < operations / 2
+                fork_from = ops.randint(1, 4) if fork else 0
+                out.append(
+                    Planned(iid, ORDER, args, key, op="fork" if fork else "", fork_from=fork_from)
+                )
         elif kind == "waits":
             args["sleep_ms"] = rng.choice(SLEEPS_MS)
             out.append(Planned(iid, WAITS, args, None, rng.uniform(0.0, 4.0)))
@@ -157,9 +201,29 @@ def plan(
                         pause_for=pause_for,
                     )
                 )
+        elif operations > 0 and ops.random() < operations:
+            out.append(_operated(iid, args, ops, gate_dir, waits=i % 3 == 0))
         else:
             out.append(Planned(iid, ORDER, args, waits=i % 3 == 0))
     return out
+
+
+def _operated(
+    iid: str, args: dict[str, Any], ops: random.Random, gate_dir: str, *, waits: bool
+) -> Planned:
+    op = ops.choices(list(OPS), list(OPS.values()))[0]
+    if op == "retry":
+        fork_from = ops.randint(1, 3) if ops.random() < RETRIED_FORKS else 0
+        again = 0 if ops.random() < 0.3 else -1
+        args = {**args, "gate_dir": gate_dir}
+        return Planned(iid, RETRY, args, op=op, fork_from=fork_from, again=again)
+    if op == "signals":
+        count = ops.randint(1, 3)
+        gap = ops.uniform(0.0, 1.5)
+        again = ops.randrange(count) if ops.random() < 0.4 else -1
+        args = {**args, "signals": count}
+        return Planned(iid, SIGNALS, args, op=op, act_after=gap, again=again)
+    return Planned(iid, ORDER, args, waits=waits, op=op, fork_from=ops.randint(1, 4))
 
 
 class Workload:
@@ -177,6 +241,7 @@ class Workload:
         answers: id -> the output a blocking ``invoke`` returned (``Planned.waits``).
         lifecycle: id -> what each cancel, pause and resume got, in order (``"cancel:running"``,
             ``"pause:refused completed"``, ``"resume:gave up ..."``; see ``_lifecycle``).
+        operator: the retries, forks and signals, and what each got (``operations.py``).
     """
 
     def __init__(
@@ -210,6 +275,21 @@ class Workload:
         self.done = asyncio.Event()  # ... and every one has been answered (or given up)
         self._stop = asyncio.Event()
         self._key_turn: dict[str, asyncio.Future[None]] = {}
+        self.operator = Operator(client, give_up, log, self._turn, self.key_order)
+
+    @contextlib.asynccontextmanager
+    async def _turn(self, key: str) -> AsyncIterator[None]:
+        """The key's next turn: entered once the key's submission before it was answered (or
+        given up); the next one waits until this one is left."""
+        previous = self._key_turn.get(key)
+        turn = asyncio.get_running_loop().create_future()
+        self._key_turn[key] = turn
+        try:
+            if previous is not None:
+                await asyncio.shield(previous)
+            yield
+        finally:
+            turn.set_result(None)
 
     def stop(self) -> None:
         """Offer no more (the soak's end); what was submitted is still followed up."""
@@ -265,6 +345,8 @@ class Workload:
             await self._resolve(p.iid)
         if p.lifecycle and not p.waits:
             await self._operate(p)
+        if p.op:
+            await self.operator.operate(p)
 
     async def _operate(self, p: Planned) -> None:
         await asyncio.sleep(p.act_after)

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import chaos_workflows
-from chaos_workflows import careless_order, chaos_charge, chaos_waits, reckless_order
-from durable_core import TerminalError, load_plugins
+from chaos_workflows import (
+    GATE_RUNS,
+    SIGNAL,
+    careless_order,
+    chaos_charge,
+    chaos_retry,
+    chaos_signals,
+    chaos_waits,
+    reckless_order,
+)
+from durable_core import StepFailedError, TerminalError, _codec, load_plugins
+from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core.testing import replay_workflow
 from durable_examples.order.v1.order_pb2 import ChargeResponse, ShipResponse, ValidateResponse
 
@@ -85,6 +97,54 @@ async def test_chaos_charge_charges_once() -> None:
 def test_the_plugin_registers_its_workflows() -> None:
     plugins = load_plugins(entry_points=False, extra=[chaos_workflows])
 
-    for name in ("chaos_waits", "chaos_charge", "careless_order", "reckless_order"):
+    names = ("chaos_waits", "chaos_charge", "careless_order", "reckless_order")
+    for name in (*names, "chaos_retry", "chaos_signals"):
         assert plugins.registry.get(name) is not None
     assert plugins.service_addresses == {"durable_examples.order.v1.OrderService": "127.0.0.1:9090"}
+
+
+async def test_chaos_retry_fails_at_its_closed_gate_and_passes_it_once_open(
+    tmp_path: Path,
+) -> None:
+    args = {**ORDER, "gate_dir": str(tmp_path)}
+    run = await replay_workflow(chaos_retry, args, calls=fakes(), raise_on_error=False)
+    assert isinstance(run.error, StepFailedError)
+    assert "the gate of order o-1 is closed" in str(run.error)
+    assert [c.path.rsplit("/", 1)[1] for c in run.calls] == ["Validate", "Charge"]
+
+    (tmp_path / "o-1").touch()  # the workload opens the gate
+    run = await replay_workflow(chaos_retry, args, calls=fakes())
+    assert run.output == {"order_id": "o-1", "charge_id": "ch-o-1", "tracking_number": "tr-o-1"}
+    runs = [json.loads(line) for line in (tmp_path / GATE_RUNS).read_text().splitlines()]
+    assert [(r["invocation_id"], r["order_id"], r["open"]) for r in runs] == [
+        ("test-invocation", "o-1", False),
+        ("test-invocation", "o-1", True),
+    ]
+
+
+async def test_chaos_signals_waits_for_each_signal_then_ships() -> None:
+    run = await replay_workflow(chaos_signals, {**ORDER, "signals": 2}, calls=fakes())
+    assert run.suspended
+    assert run.waiting_for == ("signal 'chaos'",)
+    assert [e.step for e in run.new_entries] == [1, 2]
+
+    signals = []
+    for n in (0, 1):
+        sig = pb.JournalEntry(kind=pb.ENTRY_KIND_SIGNAL, name=SIGNAL)
+        sig.output.CopyFrom(_codec.encode({"n": n}))
+        signals.append(sig)
+    run = await replay_workflow(
+        chaos_signals, {**ORDER, "signals": 2}, journal=signals, calls=fakes()
+    )
+    assert run.output == {"order_id": "o-1", "received": [0, 1], "tracking_number": "tr-o-1"}
+    assert [c.metadata["idempotency-key"] for c in run.calls] == [
+        "test-invocation:1",
+        "test-invocation:4",
+    ]
+
+
+async def test_chaos_signals_refuses_a_count_out_of_range() -> None:
+    run = await replay_workflow(
+        chaos_signals, {**ORDER, "signals": 0}, calls=fakes(), raise_on_error=False
+    )
+    assert isinstance(run.error, ValueError)

@@ -13,20 +13,38 @@ Every side effect is an OrderService call, which records each call with its idem
   the workflow caught is in its output (``caught``), which the checker wants empty.
 - ``reckless_order``: the same with ``except BaseException``, which swallows even those
   signals; the engine must still refuse every step of a run it stopped.
+- ``chaos_retry``: Validate, Charge, a local step ``gate`` that fails for good
+  (``TerminalError``) while the order's gate is closed, then Ship (steps 1-4). The gate is a
+  file, ``<gate_dir>/<order_id>``, outside the journal: the workload opens it once it saw the
+  invocation FAILED, then retries it, so the first run fails and the retried one completes.
+  Every execution of the gate step appends a line to ``<gate_dir>/gate-runs.jsonl`` (the
+  invocation, the order, when, open or not) before it decides, as the OrderService records its
+  calls, so the checker can hold the gate's executions against the journal too.
+- ``chaos_signals``: Validate, then ``signals`` waits for the signal ``chaos`` (steps 2 to
+  ``signals + 1``), then Ship; returns the ``n`` of each signal it received, in order, so a
+  signal delivered twice shows in its output.
 """
 
 from __future__ import annotations
 
+import json
+import time
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
-from durable_core import Context, WorkflowRegistry, grpc_service, hookimpl
+from durable_core import Context, TerminalError, WorkflowRegistry, grpc_service, hookimpl
 from durable_examples.order.v1.order_pb2 import ChargeRequest, ShipRequest, ValidateRequest
 from durable_examples.order.v1.order_pb2_grpc import OrderServiceStub
 
 orders = grpc_service(OrderServiceStub)
 
 MAX_SLEEP_MS = 60_000
+MAX_SIGNALS = 10
+SIGNAL = "chaos"
+"""The name of the signal ``chaos_signals`` waits for."""
+GATE_RUNS = "gate-runs.jsonl"
+"""The record of every execution of ``chaos_retry``'s gate step, in its ``gate_dir``."""
 
 
 def _order(args: dict[str, Any] | None) -> tuple[str, int]:
@@ -102,10 +120,73 @@ async def reckless_order(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     return await _order_catching(ctx, args, BaseException)
 
 
+def pass_gate(gate_dir: str, order_id: str, invocation_id: str) -> dict[str, str]:
+    """The gate step of ``chaos_retry``: recorded, then passed if ``<gate_dir>/<order_id>``
+    exists; closed, it fails for good (a retry of the invocation runs it again)."""
+    gate = Path(gate_dir)
+    at = time.time()  # when the execution began, as the OrderService stamps a call's arrival
+    is_open = (gate / order_id).exists()
+    line = json.dumps(
+        {"invocation_id": invocation_id, "order_id": order_id, "ts": at, "open": is_open},
+        sort_keys=True,
+    )
+    # One append per line keeps lines whole when several processors share the file.
+    with (gate / GATE_RUNS).open("a", encoding="utf-8") as f:
+        f.write(line + "\n")
+    if not is_open:
+        raise TerminalError(f"the gate of order {order_id} is closed")
+    return {"passed": order_id}
+
+
+async def chaos_retry(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    """Validate, charge, pass the order's gate (a file in ``gate_dir``; fails while it is
+    closed), ship; returns the order, the charge and the shipment."""
+    order_id, amount = _order(args)
+    gate_dir = str(args.get("gate_dir", ""))
+    if not gate_dir:
+        raise ValueError("chaos_retry needs a gate_dir")
+    await ctx.call(orders.Validate, ValidateRequest(order_id=order_id, amount_cents=amount))
+    charge = await ctx.call(orders.Charge, ChargeRequest(order_id=order_id, amount_cents=amount))
+    await ctx.run("gate", pass_gate, gate_dir, order_id, ctx.invocation_id)
+    shipment = await ctx.call(orders.Ship, ShipRequest(order_id=order_id))
+    return {
+        "order_id": order_id,
+        "charge_id": charge.charge_id,
+        "tracking_number": shipment.tracking_number,
+    }
+
+
+async def chaos_signals(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    """Validate, wait for ``signals`` signals called ``chaos``, ship; returns the order, the
+    ``n`` of each signal received (in order) and the shipment."""
+    order_id, amount = _order(args)
+    count = int(args.get("signals", 1))
+    if not 1 <= count <= MAX_SIGNALS:
+        raise ValueError(f"signals must be 1..{MAX_SIGNALS}, not {count}")
+    await ctx.call(orders.Validate, ValidateRequest(order_id=order_id, amount_cents=amount))
+    received = []
+    for _ in range(count):
+        got = await ctx.wait_for_signal(SIGNAL)
+        received.append(got.get("n") if isinstance(got, dict) else got)
+    shipment = await ctx.call(orders.Ship, ShipRequest(order_id=order_id))
+    return {
+        "order_id": order_id,
+        "received": received,
+        "tracking_number": shipment.tracking_number,
+    }
+
+
 @hookimpl
 def durable_register_workflows(registry: WorkflowRegistry) -> None:
     """Register the chaos suite's workflows."""
-    for fn in (chaos_waits, chaos_charge, careless_order, reckless_order):
+    for fn in (
+        chaos_waits,
+        chaos_charge,
+        careless_order,
+        reckless_order,
+        chaos_retry,
+        chaos_signals,
+    ):
         registry.register(fn)
 
 
