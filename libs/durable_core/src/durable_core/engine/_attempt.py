@@ -155,7 +155,8 @@ async def run_once(ex: Execution) -> Finish | Suspend | Block:
         ex.children = list(ctx.steps.children)
         return Block(diverged)
     if expiry is not None and expiry.done() and not expiry.cancelled() and not task.done():
-        await halt(ex, task, "past its execution timeout")  # stop where it is and fail
+        # Stop where it is and fail, on time: a step's thread is not waited for.
+        await halt(ex, task, "past its execution timeout", hand_over=False)
         return Finish(pb.STATUS_FAILED, failure=timed_out(deadline))
     if not task.done():
         await halt(ex, task, "running again" if ex.rerun else "suspending")
@@ -171,11 +172,14 @@ async def run_once(ex: Execution) -> Finish | Suspend | Block:
     return await _outcome(ex, task, ctx)
 
 
-async def halt(ex: Execution, task: asyncio.Future[Any], why: str) -> None:
+async def halt(
+    ex: Execution, task: asyncio.Future[Any], why: str, *, hand_over: bool = True
+) -> None:
     """Cancel the workflow's task and wait for it to end, refusing every step it tries
     meanwhile: a workflow that swallows the cancellation (``except BaseException``) must not
-    run another step. The engine's own entries (suspension, failure) go on after."""
-    halted = Halted(f"this run is {why}")
+    run another step. The engine's own entries (suspension, failure) go on after.
+    ``hand_over``: see ``Halted``."""
+    halted = Halted(f"this run is {why}", hand_over=hand_over)
     if ex.journal.stopped is None:
         ex.journal.stopped = halted
     task.cancel()

@@ -64,6 +64,7 @@ _FINAL_KIND: dict[int, pb.EntryKind] = {
 # rounded down, and clocks differ a little.
 _EARLY_START_MS = 1500
 
+
 class Execution:
     """One delivery of one invocation, from state check to ack."""
 
@@ -128,8 +129,10 @@ class Execution:
         return self.cancelling_run
 
     def halted(self) -> bool:
-        """Whether the engine is stopping this run (``halt`` sets the signal first)."""
-        return self.journal.stopped is not None
+        """Whether the engine is stopping this run to hand the invocation over (``halt`` sets
+        the signal first; not at its execution timeout, which ends it)."""
+        stop = self.journal.stopped
+        return stop is not None and getattr(stop, "hand_over", True)
 
     def diverged(self) -> None:
         """The replay diverged: stop the run now (``run_once`` blocks the invocation); the

@@ -58,7 +58,15 @@ class LostHold(SuspendExecution):
 
 class Halted(SuspendExecution):
     """The engine is ending this run (to suspend it, run it again, fail it at its timeout or
-    release it at shutdown): the workflow may not run another step."""
+    release it at shutdown): the workflow may not run another step.
+
+    ``hand_over``: the invocation runs on after this (rerun here, or elsewhere): a step still
+    running in a thread is waited for first, so it never runs beside its own rerun. False when
+    the run ends the invocation (its execution timeout): a hung thread must not hold it."""
+
+    def __init__(self, why: str, *, hand_over: bool = True) -> None:
+        super().__init__(why)
+        self.hand_over = hand_over
 
 
 class Diverged(SuspendExecution):
