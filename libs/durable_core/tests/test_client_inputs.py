@@ -7,6 +7,7 @@ import math
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -88,6 +89,47 @@ async def test_a_second_submission_after_the_duplicate_window_keeps_the_due_time
             result = await client.wait(invocation_id, timeout=20)
             assert result.status == "completed"
         assert 7.0 <= time.monotonic() - began <= 14.0
+    finally:
+        await client.close()
+        worker.stop()
+        await task
+        await transport.close()
+
+
+async def test_a_processor_whose_clock_is_behind_starts_a_delayed_invocation_once(
+    server: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A processor 5 s behind the server takes a delayed start the server fires on time for
+    one that comes early: it schedules it for its due time once, and runs the start that comes
+    back (it rescheduled it again and again, at once each time, for the whole skew)."""
+    from durable_core.engine import _execution
+
+    monkeypatch.setattr(_execution, "now_ms", lambda: int(time.time() * 1000) - 5000)
+    engine = EngineConfig(prefix="t" + uuid.uuid4().hex[:8])
+    registry = WorkflowRegistry()
+
+    async def remind(ctx: Context, args: dict[str, str]) -> str:
+        return args["to"]
+
+    registry.register(remind)
+    transport = await Transport.connect(NatsConfig.from_url(server.url), engine, create=True)
+    scheduled: list[int] = []
+    schedule = transport.schedule_command
+
+    async def counted(cmd: object, **kwargs: Any) -> bool:
+        scheduled.append(kwargs["at_ms"])
+        return await schedule(cmd, **kwargs)  # type: ignore[arg-type]
+
+    worker = Worker(transport, registry, WorkerConfig())
+    task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(worker.consuming.wait(), 20)
+    client = await Client.connect(server.url, engine=engine)
+    try:
+        inv = await client.invoke_async("remind", {"to": "ada"}, delay=timedelta(seconds=2))
+        monkeypatch.setattr(transport, "schedule_command", counted)
+        result = await client.wait(inv, timeout=20)
+        assert result.status == "completed"
+        assert len(scheduled) <= 2, len(scheduled)  # once, and once more found done
     finally:
         await client.close()
         worker.stop()

@@ -364,25 +364,7 @@ class Execution:
             )
             await self.delivery.ack()
             return
-        if (
-            st is not None
-            and not started
-            and st.status == pb.STATUS_PENDING
-            and self.cmd.kind == pb.COMMAND_KIND_START
-            and st.start_at_ms > now_ms() + _EARLY_START_MS
-        ):
-            # A start before the invocation is due: a second submission of its id, after the
-            # start's duplicate window, published one (it ran a delayed invocation at once).
-            # Start it at its due time instead (again: a clock behind the server's must not
-            # drop the scheduled start itself).
-            await self.t.schedule_command(
-                self.cmd,
-                at_ms=st.start_at_ms,
-                key=f"{self.id}.start",
-                msg_id=f"start:{self.id}:due:{self.delivery.command_seq}",
-            )
-            log.info("invocation %s: a start before it is due; started at its due time", self.id)
-            await self.delivery.ack()
+        if st is not None and not started and await self._started_when_due(st):
             return
         if st is not None and st.status in TERMINAL:
             log.info("invocation %s already %s; acking", self.id, pb.Status.Name(st.status))
@@ -418,6 +400,29 @@ class Execution:
             await self.delivery.ack()
         except PinnedElsewhere as pinned:
             await self._hand_to_pin(pinned.route)
+
+    async def _started_when_due(self, st: pb.ExecutionState) -> bool:
+        """A start before the invocation is due (a second submission of its id, after the
+        start's duplicate window, published one: it ran a delayed invocation at once) is
+        scheduled for its due time instead, and acked; True then. Once per due time: this
+        processor's clock may be behind the server's, which fires that start at once; it must
+        not be dropped, nor go round again: the start that comes back then runs (False)."""
+        if not (
+            st.status == pb.STATUS_PENDING
+            and self.cmd.kind == pb.COMMAND_KIND_START
+            and st.start_at_ms > now_ms() + _EARLY_START_MS
+        ):
+            return False
+        if not await self.t.schedule_command(
+            self.cmd,
+            at_ms=st.start_at_ms,
+            key=f"{self.id}.start",
+            msg_id=f"start:{self.id}:due:{st.start_at_ms}",
+        ):
+            return False
+        log.info("invocation %s: a start before it is due; started at its due time", self.id)
+        await self.delivery.ack()
+        return True
 
     async def _cancel_missed(self) -> None:
         """A wake-up found the invocation running under another command, and its journal
