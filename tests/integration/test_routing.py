@@ -26,10 +26,16 @@ from order_processing.testing import OrderServiceControl
 pytestmark = pytest.mark.integration
 
 GREET = "hello_workflow,delayed_greeting"  # hello_workflow, delayed_greeting, greet_later
-ORDER = "order_processing,flaky"  # order_processing, cancellable_order, flaky, flaky_order
+ORDER = "order_processing,flaky"  # the plugins of ORDER_WORKFLOWS
 HELLO = "hello_workflow"
 GREET_WORKFLOWS = ["hello_workflow", "delayed_greeting", "greet_later"]
-ORDER_WORKFLOWS = ["order_processing", "cancellable_order", "flaky", "flaky_order"]
+ORDER_WORKFLOWS = [
+    "order_processing",
+    "cancellable_order",
+    "flaky",
+    "flaky_order",
+    "calls_beside_a_child",
+]
 
 
 async def consumers(t: Transport) -> list[tuple[str, str, str, str, object]]:

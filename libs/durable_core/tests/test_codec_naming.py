@@ -348,3 +348,19 @@ def test_a_notice_goes_only_to_a_clients_notice_subject() -> None:
 def test_a_number_of_shards_out_of_range_is_a_config_error(shards: Any) -> None:
     with pytest.raises(ConfigError, match="shards"):
         EngineConfig(shards=shards)
+
+
+def test_a_store_not_created_because_another_service_created_it_is_asked_again() -> None:
+    """Two services creating one stream at once in a cluster: the one that lost got "error
+    creating store for stream" (500) rather than "name in use", and its set-up failed (CI,
+    2026-12-06); looking again finds the stream."""
+    import nats.js.errors
+
+    from durable_core._transport.errors import is_transient
+
+    lost = nats.js.errors.ServerError(
+        code=500, err_code=10049, description="error creating store for stream"
+    )
+    assert is_transient(lost)
+    other = nats.js.errors.ServerError(code=500, err_code=10001, description="other")
+    assert not is_transient(other)

@@ -61,9 +61,12 @@ _CLUSTER_BUSY_CODES = {
     10075,
     10158,
     10167,
+    10049,
 }  # no peers / JS not ready / no quorum / resources / this message id still being proposed
 # (a clustered leader answers 10158 to a retry while the first try is in flight: the retry
 # then gets the duplicate ack, or "wrong last sequence" over our own entry) / too many requests
+# / "error creating store for stream" (two services creating one stream at once in a cluster:
+# the one that loses may get this rather than "name in use"; looking again finds the stream)
 
 
 class JournalConflict(DurableError):  # noqa: N818 - a conflict, caught by type, never shown
