@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 import uuid
 from datetime import timedelta
 from typing import Any
 
 from durable_core import (
+    Blob,
     Client,
     Context,
     EngineConfig,
@@ -78,6 +80,69 @@ async def test_a_new_invocation_taking_the_id_during_its_expiry_keeps_its_journa
         result = await client.wait(inv, timeout=20)
         assert (result.status, result.output) == ("completed", 5000)
         assert runs == ["old", "new"]
+    finally:
+        await client.close()
+        worker.stop()
+        await task
+        await transport.close()
+
+
+async def test_a_new_invocation_taking_the_id_during_its_expiry_keeps_its_hold_on_a_blob(
+    server: NatsServer,
+) -> None:
+    """The new invocation under the id holds another's Blob (its argument), written before
+    its state: the expiry of the old one dropped every hold under the id, that one too, and
+    the Blob's owner's retention then removed the bytes the new one still had to read."""
+    engine = EngineConfig(prefix="t" + uuid.uuid4().hex[:8], payload_threshold=1024)
+    data = b"z" * 50_000
+
+    async def make(ctx: Context) -> Any:
+        return io.BytesIO(data)
+
+    async def small(ctx: Context) -> str:
+        return "old"
+
+    async def read_later(ctx: Context, blob: Blob) -> int:
+        await ctx.sleep(timedelta(seconds=4))
+        return len(await blob.read())
+
+    registry = WorkflowRegistry()
+    for wf in (make, small, read_later):
+        registry.register(wf)
+    transport = await Transport.connect(NatsConfig.from_url(server.url), engine, create=True)
+    worker = Worker(transport, registry, WorkerConfig())
+    task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(worker.consuming.wait(), 20)
+    client = await Client.connect(server.url, engine=engine)
+    inv = "reused-holder"
+    try:
+        owner = await client.invoke("make", id="blob-owner", timeout=20)
+        await client.invoke("small", id=inv, timeout=20)
+        rec = await transport.get_state(inv)
+        assert rec is not None
+        purge, go_on = transport._journals.purge, asyncio.Event()
+
+        async def purge_later(*args: Any, **kwargs: Any) -> None:
+            await go_on.wait()  # the retention pass stalls after the state went
+            await purge(*args, **kwargs)
+
+        transport._journals.purge = purge_later  # type: ignore[method-assign]
+        now = int(time.time() * 1000)
+        expiring = asyncio.create_task(transport.expire_execution(rec, now, 60))
+
+        async def gone() -> bool:
+            return await transport.get_state(inv) is None
+
+        await assert_eventually_async(gone, 10, "the old state removed")
+        await client.invoke_async("read_later", owner.output, id=inv)
+        go_on.set()
+        assert await expiring
+        transport._journals.purge = purge  # type: ignore[method-assign]
+        owner_rec = await transport.get_state("blob-owner")
+        assert owner_rec is not None
+        await transport.expire_execution(owner_rec, int(time.time() * 1000), 60)
+        result = await client.wait(inv, timeout=20)
+        assert (result.status, result.output) == ("completed", len(data))
     finally:
         await client.close()
         worker.stop()

@@ -449,12 +449,14 @@ class Transport:
         # What is this invocation's is read before its state goes: a new invocation may take
         # the id as soon as it has (a create over the delete marker), and append to the
         # journal and upload under the id; a purge of everything under the id afterwards
-        # took its entries and arguments too. Only entries up to the last one now, and only
-        # the objects this state and journal reference, go; the rest of its own (orphans, an
-        # entry appended at the last moment) is the sweep's, or the next create's.
+        # took its entries, arguments and holds too. Only entries up to the last one now, the
+        # objects this state and journal reference and the holds it has now (each its own
+        # subject) go; the rest of its own (orphans, an entry appended at the last moment) is
+        # the sweep's, or the next create's.
         through = await last_journal_seq(self._link, invocation_id)
         records = await self._journals.read(invocation_id, min_entries=rec.state.journal_length)
         objects = _payloads.referenced(rec.state, [r.entry for r in records])
+        holds = await self.payloads.holds_of(invocation_id)
         await self.payloads.begin_expiry(invocation_id)
         if not await self._states.expire(rec, now_ms, note_ttl_s):
             await self.payloads.end_expiry(invocation_id)
@@ -462,7 +464,7 @@ class Transport:
         await self._journals.purge(invocation_id, through=through)
         # Its large values go with it, unless a fork or rerun holds them (the sweep takes
         # them later); its own holds on what it was forked or rerun from are dropped.
-        await self.payloads.expire(invocation_id, objects)
+        await self.payloads.expire(invocation_id, objects, holds)
         await self.payloads.end_expiry(invocation_id)
         return True
 

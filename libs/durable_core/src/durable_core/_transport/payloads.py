@@ -14,8 +14,11 @@ sweep finds which invocation each object belongs to from its subject alone.
 Holds: a fork or rerun shares the objects of the invocation it came from (its copied journal
 entries and arguments carry the same references), and so does an invocation given another's
 ``Blob`` (as its arguments, a step's result or its output). It writes a hold,
-``$O.<bucket>.M.hold.<source id>.<its id>``; retention of the source leaves the source's
-objects alone while a hold on it exists, and retention of the fork removes the fork's holds.
+``$O.<bucket>.M.hold.<source id>.<its id>.<token>`` (one subject per write: a new invocation
+that takes an expired one's id never shares a hold subject with it, so the expiry removes
+only the old one's); retention of the source leaves the source's objects alone while a hold on
+it exists, and retention of the fork removes the fork's holds (those it listed before its
+state went). Holds written before the token (no ``<token>``) are read and removed alike.
 Objects are then collected by :meth:`Payloads.sweep` once nothing references them.
 
 Expiries under way: retention notes ``$O.<bucket>.M.expiring.<id>`` before it removes an
@@ -122,6 +125,12 @@ class Payloads:
 
     def _hold_subject(self, source: str, holder: str) -> str:
         return f"$O.{self.bucket}.M.hold.{source}.{holder}"
+
+    async def _hold_subjects(self, source: str, holder: str) -> list[str]:
+        """The subjects of the holds matching ``source`` and ``holder`` (``*`` for any): one
+        per write, and an older one without its token."""
+        base = self._hold_subject(source, holder)
+        return [*await self._subjects(base + ".*"), *await self._subjects(base)]
 
     def _expiry_subject(self, invocation_id: str) -> str:
         return f"$O.{self.bucket}.M.expiring.{invocation_id}"
@@ -253,7 +262,7 @@ class Payloads:
     async def hold(self, source: str, holder: str) -> None:
         """Record that ``holder`` (a fork or rerun) references objects of ``source``."""
         await self.ensure()
-        subject = self._hold_subject(source, holder)
+        subject = f"{self._hold_subject(source, holder)}.{secrets.token_hex(8)}"
         await self._link.retry(
             f"hold payloads of {source}", lambda: self._link.js.publish(subject, b"")
         )
@@ -273,7 +282,7 @@ class Payloads:
         """Whether a fork or rerun holds objects of ``source`` (read from the leader: a hold
         acknowledged before is always seen)."""
         await self.ensure()
-        return bool(await self._subjects(self._hold_subject(source, "*")))
+        return bool(await self._hold_subjects(source, "*"))
 
     async def holds(self) -> list[tuple[str, str, int]]:
         """Every hold: ``(owner, holder, age in ms)``."""
@@ -281,21 +290,34 @@ class Payloads:
         head = f"$O.{self.bucket}.M.hold."
         out = []
         for subject in await self._subjects(head + ">"):
-            owner, _, holder = subject.removeprefix(head).partition(".")
-            out.append((owner, holder, await self._age_ms(subject)))
+            owner, _, rest = subject.removeprefix(head).partition(".")
+            out.append((owner, rest.split(".")[0], await self._age_ms(subject)))
         return out
 
     async def drop_hold(self, source: str, holder: str) -> None:
         """Remove one hold (the sweep: its holder never came to exist)."""
-        await self._purge("drop a payload hold", self._hold_subject(source, holder))
+        for subject in await self._hold_subjects(source, holder):
+            await self._purge("drop a payload hold", subject)
 
-    async def expire(self, invocation_id: str, names: Iterable[str] | None = None) -> bool:
-        """Retention: drop the holds ``invocation_id`` has on others' objects, and remove its
-        own objects unless a fork or rerun holds them (then the sweep takes them once none
-        does): those of ``names`` (the others are the sweep's), or every one if None.
-        Returns whether its objects were removed."""
+    async def holds_of(self, holder: str) -> list[str]:
+        """The subjects of the holds ``holder`` has on others' objects (see :meth:`expire`)."""
         await self.ensure()
-        await self._purge("drop payload holds", self._hold_subject("*", invocation_id))
+        return await self._hold_subjects("*", holder)
+
+    async def expire(
+        self,
+        invocation_id: str,
+        names: Iterable[str] | None = None,
+        holds: Iterable[str] | None = None,
+    ) -> bool:
+        """Retention: drop the holds ``invocation_id`` has on others' objects (``holds``, as
+        :meth:`holds_of` listed them; all if None), and remove its own objects unless a fork
+        or rerun holds them (then the sweep takes them once none does): those of ``names``
+        (the others are the sweep's), or every one if None. Returns whether its objects were
+        removed."""
+        await self.ensure()
+        for subject in await self.holds_of(invocation_id) if holds is None else holds:
+            await self._purge("drop payload holds", subject)
         if await self.held(invocation_id):
             return False
         if names is None:
