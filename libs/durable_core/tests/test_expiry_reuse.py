@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import time
 import uuid
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -21,6 +23,35 @@ from durable_core import (
 )
 from durable_core._transport import Transport
 from durable_core.testing import NatsServer, assert_eventually_async
+
+
+@contextlib.asynccontextmanager
+async def _expiry_stalled_after_the_state(
+    transport: Transport, invocation_id: str
+) -> AsyncIterator[None]:
+    """Expire a finished invocation, stalled right after its state is removed (a retention
+    pass held up there) for the body of the block; the expiry then goes on to its end."""
+    rec = await transport.get_state(invocation_id)
+    assert rec is not None
+    purge, go_on = transport._journals.purge, asyncio.Event()
+
+    async def purge_later(*args: Any, **kwargs: Any) -> None:
+        await go_on.wait()
+        await purge(*args, **kwargs)
+
+    transport._journals.purge = purge_later  # type: ignore[method-assign]
+    expiring = asyncio.create_task(transport.expire_execution(rec, int(time.time() * 1000), 60))
+
+    async def gone() -> bool:
+        return await transport.get_state(invocation_id) is None
+
+    try:
+        await assert_eventually_async(gone, 10, "the old state removed")
+        yield
+    finally:
+        go_on.set()
+        assert await expiring
+        transport._journals.purge = purge  # type: ignore[method-assign]
 
 
 async def test_a_new_invocation_taking_the_id_during_its_expiry_keeps_its_journal_and_args(
@@ -52,31 +83,15 @@ async def test_a_new_invocation_taking_the_id_during_its_expiry_keeps_its_journa
     try:
         old = {"n": "old", "blob": "x" * 4000, "sleep": 0}
         assert (await client.invoke("sized", old, id=inv, timeout=20)).output == 4000
-        rec = await transport.get_state(inv)
-        assert rec is not None
-        purge, go_on = transport._journals.purge, asyncio.Event()
+        async with _expiry_stalled_after_the_state(transport, inv):
+            new = {"n": "new", "blob": "y" * 5000, "sleep": 4}
+            await client.invoke_async("sized", new, id=inv)
 
-        async def purge_later(*args: Any, **kwargs: Any) -> None:
-            await go_on.wait()  # the retention pass stalls after the state went
-            await purge(*args, **kwargs)
+            async def asleep() -> bool:
+                found = await transport.get_state(inv)
+                return found is not None and found.state.status == 7  # SUSPENDED
 
-        transport._journals.purge = purge_later  # type: ignore[method-assign]
-        expiring = asyncio.create_task(transport.expire_execution(rec, int(time.time() * 1000), 60))
-
-        async def gone() -> bool:
-            return await transport.get_state(inv) is None
-
-        await assert_eventually_async(gone, 10, "the old state removed")
-        new = {"n": "new", "blob": "y" * 5000, "sleep": 4}
-        await client.invoke_async("sized", new, id=inv)
-
-        async def asleep() -> bool:
-            found = await transport.get_state(inv)
-            return found is not None and found.state.status == 7  # SUSPENDED
-
-        await assert_eventually_async(asleep, 10, "the new one asleep after its step")
-        go_on.set()
-        assert await expiring
+            await assert_eventually_async(asleep, 10, "the new one asleep after its step")
         result = await client.wait(inv, timeout=20)
         assert (result.status, result.output) == ("completed", 5000)
         assert runs == ["old", "new"]
@@ -118,26 +133,8 @@ async def test_a_new_invocation_taking_the_id_during_its_expiry_keeps_its_hold_o
     try:
         owner = await client.invoke("make", id="blob-owner", timeout=20)
         await client.invoke("small", id=inv, timeout=20)
-        rec = await transport.get_state(inv)
-        assert rec is not None
-        purge, go_on = transport._journals.purge, asyncio.Event()
-
-        async def purge_later(*args: Any, **kwargs: Any) -> None:
-            await go_on.wait()  # the retention pass stalls after the state went
-            await purge(*args, **kwargs)
-
-        transport._journals.purge = purge_later  # type: ignore[method-assign]
-        now = int(time.time() * 1000)
-        expiring = asyncio.create_task(transport.expire_execution(rec, now, 60))
-
-        async def gone() -> bool:
-            return await transport.get_state(inv) is None
-
-        await assert_eventually_async(gone, 10, "the old state removed")
-        await client.invoke_async("read_later", owner.output, id=inv)
-        go_on.set()
-        assert await expiring
-        transport._journals.purge = purge  # type: ignore[method-assign]
+        async with _expiry_stalled_after_the_state(transport, inv):
+            await client.invoke_async("read_later", owner.output, id=inv)
         owner_rec = await transport.get_state("blob-owner")
         assert owner_rec is not None
         await transport.expire_execution(owner_rec, int(time.time() * 1000), 60)
