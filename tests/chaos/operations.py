@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 from durable_core import Client, IllegalTransitionError, InvocationFinishedError, Status
 
+from .persist import Answer, persist
+
 if TYPE_CHECKING:
     from .workload import Planned
 
@@ -124,50 +126,49 @@ class Operator:
     async def _ask(self, iid: str, what: str, act: Callable[[str], Awaitable[Status]]) -> bool:
         """``act`` on ``iid``, retrying NATS errors; True once it was taken: a status, or
         "not failed" after an attempt that raised (that one was stored) or when asked again."""
-        deadline = time.monotonic() + self.give_up
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                status = await asyncio.wait_for(act(iid), timeout=40)
-            except IllegalTransitionError as e:
-                self.outcomes[iid].append(f"{what}:refused {e.status} (attempt {attempt})")
-                return attempt > 1 or what != "retry"
-            except Exception as e:  # noqa: BLE001 - NATS errors of every kind: retry
-                if time.monotonic() > deadline:
-                    self.log(f"workload: giving up on {what} of {iid}: {e!r}")
-                    self.outcomes[iid].append(f"{what}:gave up {e!r}")
-                    return False
-                await asyncio.sleep(min(0.2 * attempt, 2.0))
-                continue
-            self.outcomes[iid].append(
-                f"{what}:{status.value}" + (f" (attempt {attempt})" if attempt > 1 else "")
-            )
+        answer = await persist(lambda: act(iid), self.give_up, final=(IllegalTransitionError,))
+        if isinstance(answer.refused, IllegalTransitionError):
+            refused = f"refused {answer.refused.status} (attempt {answer.attempts})"
+            self.outcomes[iid].append(f"{what}:{refused}")
+            return answer.attempts > 1 or what != "retry"
+        if not self._answered(answer, iid, what):
+            return False
+        assert answer.value is not None
+        self._record(iid, f"{what}:{answer.value.value}", answer.attempts)
+        return True
+
+    def _answered(self, answer: Answer[Any], iid: str, what: str) -> bool:
+        """False (logged and recorded) if ``persist`` gave up."""
+        if answer.error is None:
             return True
+        self.log(f"workload: giving up on {what} of {iid}: {answer.error!r}")
+        self.outcomes[iid].append(f"{what}:gave up {answer.error!r}")
+        return False
+
+    def _record(self, iid: str, outcome: str, attempts: int) -> None:
+        self.outcomes[iid].append(outcome + (f" (attempt {attempts})" if attempts > 1 else ""))
 
     async def _fork(self, p: Planned) -> None:
         async with self._maybe_turn(p.key):
-            deadline = time.monotonic() + self.give_up
-            attempt = 0
-            while True:
-                attempt += 1
-                try:
-                    fork = await asyncio.wait_for(
-                        self.client.fork(p.iid, from_step=p.fork_from), timeout=40
-                    )
-                except Exception as e:  # noqa: BLE001 - NATS errors of every kind: retry
-                    if time.monotonic() > deadline:
-                        self.log(f"workload: giving up on the fork of {p.iid}: {e!r}")
-                        self.outcomes[p.iid].append(f"fork:gave up {e!r}")
-                        return
-                    self.outcomes[p.iid].append(f"fork:error {type(e).__name__}")
-                    await asyncio.sleep(min(0.2 * attempt, 2.0))
-                    continue
-                self.forks[fork] = (p.iid, p.fork_from)
-                self.outcomes[p.iid].append(f"fork:{fork}")
-                if p.key is not None:
-                    self._key_order[p.key].append(fork)
+
+            def failed(_: int, e: Exception) -> None:
+                self.outcomes[p.iid].append(f"fork:error {type(e).__name__}")
+
+            answer = await persist(
+                lambda: self.client.fork(p.iid, from_step=p.fork_from),
+                self.give_up,
+                on_error=failed,
+            )
+            if answer.error is not None:
+                self.log(f"workload: giving up on the fork of {p.iid}: {answer.error!r}")
+                self.outcomes[p.iid].append(f"fork:gave up {answer.error!r}")
                 return
+            fork = answer.value
+            assert fork is not None
+            self.forks[fork] = (p.iid, p.fork_from)
+            self.outcomes[p.iid].append(f"fork:{fork}")
+            if p.key is not None:
+                self._key_order[p.key].append(fork)
 
     @contextlib.asynccontextmanager
     async def _maybe_turn(self, key: str | None) -> AsyncIterator[None]:
@@ -191,29 +192,18 @@ class Operator:
         """Send signal ``n`` with its id, retrying errors (the same id is delivered once);
         True once acknowledged. "Finished" after an attempt that raised, or sent again, means
         an earlier send of the last signal reached it and it ran to its end."""
-        deadline = time.monotonic() + self.give_up
-        attempt = 0
         label = f"{what} {n}"
-        while True:
-            attempt += 1
-            try:
-                await asyncio.wait_for(
-                    self.client.signal(
-                        iid, SIGNAL, signal_payload(iid, n), signal_id=signal_id(iid, n)
-                    ),
-                    timeout=40,
-                )
-            except InvocationFinishedError:
-                self.outcomes[iid].append(f"{label}:finished (attempt {attempt})")
-                return attempt > 1 or what != "signal"
-            except Exception as e:  # noqa: BLE001 - NATS errors of every kind: retry
-                if time.monotonic() > deadline:
-                    self.log(f"workload: giving up on {label} of {iid}: {e!r}")
-                    self.outcomes[iid].append(f"{label}:gave up {e!r}")
-                    return False
-                await asyncio.sleep(min(0.2 * attempt, 2.0))
-                continue
-            self.outcomes[iid].append(
-                f"{label}:sent" + (f" (attempt {attempt})" if attempt > 1 else "")
-            )
-            return True
+        answer = await persist(
+            lambda: self.client.signal(
+                iid, SIGNAL, signal_payload(iid, n), signal_id=signal_id(iid, n)
+            ),
+            self.give_up,
+            final=(InvocationFinishedError,),
+        )
+        if answer.refused is not None:
+            self.outcomes[iid].append(f"{label}:finished (attempt {answer.attempts})")
+            return answer.attempts > 1 or what != "signal"
+        if not self._answered(answer, iid, label):
+            return False
+        self._record(iid, f"{label}:sent", answer.attempts)
+        return True

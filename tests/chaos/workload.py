@@ -70,6 +70,7 @@ from durable_core import (
 )
 
 from .operations import Operator
+from .persist import persist
 
 ORDER = "order_processing"
 CANCELLABLE = "cancellable_order"
@@ -357,34 +358,30 @@ class Workload:
             await self._lifecycle(p.iid, "resume", self.client.resume)
 
     async def _acknowledged(self, p: Planned) -> bool:
-        deadline = time.monotonic() + self.give_up
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                got = await asyncio.wait_for(
-                    # Queued whatever the registry says: under faults a read of it may find
-                    # no processor for a while; the workload checks durability, not intake.
-                    self._invoked(p)
-                    if p.waits
-                    else self.client.invoke_async(
-                        p.workflow, p.args, id=p.iid, partition_key=p.key, queue_unserved=True
-                    ),
-                    timeout=40,
-                )
-            except Exception as e:  # noqa: BLE001 - NATS errors of every kind: retry
-                if time.monotonic() > deadline:
-                    self.log(f"workload: giving up on {p.iid} after {attempt} attempts: {e!r}")
-                    self.unacknowledged.add(p.iid)
-                    return False
-                if attempt == 1:
-                    self.retries += 1
-                await asyncio.sleep(min(0.2 * attempt, 2.0))
-                continue
-            assert got == p.iid, (got, p.iid)
-            self.submitted[p.iid] = p.args
-            self.acked_at[p.iid] = time.time()
-            return True
+        def submit() -> Awaitable[str]:
+            # Queued whatever the registry says: under faults a read of it may find no
+            # processor for a while; the workload checks durability, not intake.
+            if p.waits:
+                return self._invoked(p)
+            return self.client.invoke_async(
+                p.workflow, p.args, id=p.iid, partition_key=p.key, queue_unserved=True
+            )
+
+        def retried(attempt: int, _: Exception) -> None:
+            if attempt == 1:
+                self.retries += 1
+
+        answer = await persist(submit, self.give_up, on_error=retried)
+        if answer.error is not None:
+            self.log(
+                f"workload: giving up on {p.iid} after {answer.attempts} attempts: {answer.error!r}"
+            )
+            self.unacknowledged.add(p.iid)
+            return False
+        assert answer.value == p.iid, (answer.value, p.iid)
+        self.submitted[p.iid] = p.args
+        self.acked_at[p.iid] = time.time()
+        return True
 
     async def _invoked(self, p: Planned) -> str:
         """Submit ``p`` with a blocking ``invoke``: acknowledged once it returns a result, or
@@ -403,45 +400,33 @@ class Workload:
         """Cancel, pause or resume ``iid``, retrying NATS errors (a repeated request is stored
         once: the client answers a second pause or cancel with the status, a second resume
         with "not paused"); True once it was taken. Records what it got."""
-        deadline = time.monotonic() + self.give_up
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                status = await asyncio.wait_for(act(iid), timeout=40)
-            except IllegalTransitionError as e:
-                # Finished (or, for a resume after a retry, already resumed): nothing to do.
-                self.lifecycle[iid].append(f"{verb}:refused {e.status} (attempt {attempt})")
-                return False
-            except Exception as e:  # noqa: BLE001 - NATS errors of every kind: retry
-                if time.monotonic() > deadline:
-                    self.log(f"workload: giving up on {verb} of {iid}: {e!r}")
-                    self.lifecycle[iid].append(f"{verb}:gave up {e!r}")
-                    return False
-                await asyncio.sleep(min(0.2 * attempt, 2.0))
-                continue
-            self.lifecycle[iid].append(f"{verb}:{status.value}")
-            return True
+        answer = await persist(lambda: act(iid), self.give_up, final=(IllegalTransitionError,))
+        if isinstance(answer.refused, IllegalTransitionError):
+            # Finished (or, for a resume after a retry, already resumed): nothing to do.
+            refused = f"refused {answer.refused.status} (attempt {answer.attempts})"
+            self.lifecycle[iid].append(f"{verb}:{refused}")
+            return False
+        if answer.error is not None:
+            self.log(f"workload: giving up on {verb} of {iid}: {answer.error!r}")
+            self.lifecycle[iid].append(f"{verb}:gave up {answer.error!r}")
+            return False
+        assert answer.value is not None
+        self.lifecycle[iid].append(f"{verb}:{answer.value.value}")
+        return True
 
     async def _resolve(self, iid: str) -> None:
         """Resolve the invocation's awakeable, retrying until it is surely stored once."""
         aid, payload = awakeable_id(iid), approval(iid)
-        deadline = time.monotonic() + self.give_up
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                await asyncio.wait_for(self.client.resolve_awakeable(aid, payload), timeout=40)
-            except AlreadyResolvedError:
-                if attempt == 1:  # nobody else resolves it: only our own earlier try could
-                    self.unresolved[aid] = "already resolved at the first try"
-                    return
-            except Exception as e:  # noqa: BLE001 - NATS errors of every kind: retry
-                if time.monotonic() > deadline:
-                    self.log(f"workload: giving up resolving {aid}: {e!r}")
-                    self.unresolved[aid] = repr(e)
-                    return
-                await asyncio.sleep(min(0.2 * attempt, 2.0))
-                continue
+        answer = await persist(
+            lambda: self.client.resolve_awakeable(aid, payload),
+            self.give_up,
+            final=(AlreadyResolvedError,),
+        )
+        if answer.refused is not None and answer.attempts == 1:
+            # Nobody else resolves it: only our own earlier try could.
+            self.unresolved[aid] = "already resolved at the first try"
+        elif answer.error is not None:
+            self.log(f"workload: giving up resolving {aid}: {answer.error!r}")
+            self.unresolved[aid] = repr(answer.error)
+        else:
             self.resolved[aid] = payload
-            return

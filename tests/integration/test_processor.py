@@ -206,12 +206,12 @@ def free_port_pair() -> int:
     raise AssertionError("no two consecutive free ports")
 
 
-async def test_durable_dev_runs_a_schedule_end_to_end(tmp_path: Path) -> None:
-    """`durable dev` brings up NATS, the hello service, a processor, the scheduler and the
-    inspector; a schedule created against it fires and its runs complete; Ctrl-C stops all."""
-    nats_port = free_port()
-    metrics_port = free_port_pair()
-    proc = subprocess.Popen(  # noqa: ASYNC220 - a long-lived child, read in a thread
+def _durable_dev(
+    tmp_path: Path, nats_port: int, inspector_port: int, metrics_port: int
+) -> subprocess.Popen[str]:
+    """`durable dev` on these ports, its data in ``tmp_path``, its output on a pipe, in a
+    session of its own (as from a terminal)."""
+    return subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -224,7 +224,7 @@ async def test_durable_dev_runs_a_schedule_end_to_end(tmp_path: Path) -> None:
             "--grpc-port",
             str(free_port()),
             "--inspector-port",
-            str(inspector_port := free_port()),
+            str(inspector_port),
             "--metrics-port",
             str(metrics_port),
         ],
@@ -233,6 +233,13 @@ async def test_durable_dev_runs_a_schedule_end_to_end(tmp_path: Path) -> None:
         text=True,
         start_new_session=True,
     )
+
+
+async def test_durable_dev_runs_a_schedule_end_to_end(tmp_path: Path) -> None:
+    """`durable dev` brings up NATS, the hello service, a processor, the scheduler and the
+    inspector; a schedule created against it fires and its runs complete; Ctrl-C stops all."""
+    nats_port, inspector_port, metrics_port = free_port(), free_port(), free_port_pair()
+    proc = _durable_dev(tmp_path, nats_port, inspector_port, metrics_port)
     lines: list[str] = []
     started = threading.Event()
 
@@ -292,28 +299,7 @@ def test_durable_dev_stops_everything_when_its_terminal_closes(tmp_path: Path) -
     everything it had started (each child in a session of its own) ran on, holding its ports:
     the next `durable dev` found port 4222 taken."""
     nats_port, inspector_port = free_port(), free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "durable_core.cli",
-            "dev",
-            "--data-dir",
-            str(tmp_path / "dev"),
-            "--nats-port",
-            str(nats_port),
-            "--grpc-port",
-            str(free_port()),
-            "--inspector-port",
-            str(inspector_port),
-            "--metrics-port",
-            str(free_port_pair()),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    proc = _durable_dev(tmp_path, nats_port, inspector_port, free_port_pair())
     assert proc.stdout is not None
     seen = []
     try:

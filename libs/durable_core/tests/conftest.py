@@ -1,15 +1,19 @@
-"""Fixtures the unit tests that need a real server share: one ``nats-server`` per module and a
-``Transport`` on it with a prefix of its own per test."""
+"""Fixtures the unit tests that need a real server share: one ``nats-server`` per module, a
+``Transport`` on it with a prefix of its own per test, and an engine with a processor running
+in the test's own process (``local_engine``)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import pytest
 import pytest_asyncio
 
-from durable_core import EngineConfig
+from durable_core import Client, EngineConfig, Worker, WorkerConfig, WorkflowRegistry
 from durable_core._transport import Transport
 from durable_core.config import NatsConfig
 from durable_core.testing import NatsServer
@@ -29,3 +33,41 @@ async def transport(server: NatsServer) -> AsyncIterator[Transport]:
         yield t
     finally:
         await t.close()
+
+
+LocalEngine = Callable[..., contextlib.AbstractAsyncContextManager[tuple[Client, Transport]]]
+
+
+@pytest.fixture
+def local_engine(server: NatsServer) -> LocalEngine:
+    """``async with local_engine(*workflows) as (client, transport)``: an engine of its own on
+    the module's server, a processor (``Worker``) running ``workflows`` in this process, and a
+    client. ``engine``/``worker``: other configurations; ``batches``: atomic batches on or off
+    (one node: off by default, see ``Transport.atomic_batches``)."""
+
+    @contextlib.asynccontextmanager
+    async def run(
+        *workflows: Callable[..., Any],
+        engine: EngineConfig | None = None,
+        worker: WorkerConfig | None = None,
+        batches: bool | None = None,
+    ) -> AsyncIterator[tuple[Client, Transport]]:
+        engine = engine or EngineConfig(prefix="t" + uuid.uuid4().hex[:8])
+        registry = WorkflowRegistry()
+        for wf in workflows:
+            registry.register(wf)
+        transport = await Transport.connect(NatsConfig.from_url(server.url), engine, create=True)
+        if batches is not None:
+            transport.atomic_batches = batches
+        processor = Worker(transport, registry, worker or WorkerConfig())
+        task = asyncio.create_task(processor.run())
+        try:
+            await asyncio.wait_for(processor.consuming.wait(), 20)
+            async with await Client.connect(server.url, engine=engine) as client:
+                yield client, transport
+        finally:
+            processor.stop()
+            await asyncio.wait_for(task, 30)
+            await transport.close()
+
+    return run

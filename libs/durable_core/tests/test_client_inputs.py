@@ -6,6 +6,7 @@ import asyncio
 import math
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,12 +18,9 @@ from durable_core import (
     EngineConfig,
     InvalidInputError,
     NatsConfig,
-    WorkerConfig,
-    WorkflowRegistry,
 )
 from durable_core._transport import Transport
 from durable_core.client._submit import start_at_ms
-from durable_core.engine import Worker
 from durable_core.testing import NatsServer
 
 
@@ -57,25 +55,18 @@ def test_start_at_is_bounded_and_one_in_the_past_is_due_now() -> None:
     assert start_at_ms(None, soon) == int(soon.timestamp() * 1000)
 
 
+async def remind(ctx: Context, args: dict[str, str]) -> str:
+    return args["to"]
+
+
 async def test_a_second_submission_after_the_duplicate_window_keeps_the_due_time(
-    server: NatsServer,
+    local_engine: Callable[..., Any],
 ) -> None:
     """A delayed invocation submitted again with its id once the start's message id was
     forgotten (the duplicate window, 10 minutes by default): without a delay, the second
     start ran it at once; with one, it moved the start later. It runs at its due time."""
     engine = EngineConfig(prefix="t" + uuid.uuid4().hex[:8], duplicate_window=timedelta(seconds=1))
-    registry = WorkflowRegistry()
-
-    async def remind(ctx: Context, args: dict[str, str]) -> str:
-        return args["to"]
-
-    registry.register(remind)
-    transport = await Transport.connect(NatsConfig.from_url(server.url), engine, create=True)
-    worker = Worker(transport, registry, WorkerConfig())
-    task = asyncio.create_task(worker.run())
-    await asyncio.wait_for(worker.consuming.wait(), 20)
-    client = await Client.connect(server.url, engine=engine)
-    try:
+    async with local_engine(remind, engine=engine) as (client, _):
         args = {"to": "ada"}
         due = await client.invoke_async("remind", args, id="early", delay=timedelta(seconds=8))
         later = await client.invoke_async("remind", args, id="later", delay=timedelta(seconds=8))
@@ -89,15 +80,10 @@ async def test_a_second_submission_after_the_duplicate_window_keeps_the_due_time
             result = await client.wait(invocation_id, timeout=20)
             assert result.status == "completed"
         assert 7.0 <= time.monotonic() - began <= 14.0
-    finally:
-        await client.close()
-        worker.stop()
-        await task
-        await transport.close()
 
 
 async def test_a_processor_whose_clock_is_behind_starts_a_delayed_invocation_once(
-    server: NatsServer, monkeypatch: pytest.MonkeyPatch
+    local_engine: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A processor 5 s behind the server takes a delayed start the server fires on time for
     one that comes early: it schedules it for its due time once, and runs the start that comes
@@ -105,33 +91,16 @@ async def test_a_processor_whose_clock_is_behind_starts_a_delayed_invocation_onc
     from durable_core.engine import _execution
 
     monkeypatch.setattr(_execution, "now_ms", lambda: int(time.time() * 1000) - 5000)
-    engine = EngineConfig(prefix="t" + uuid.uuid4().hex[:8])
-    registry = WorkflowRegistry()
+    async with local_engine(remind) as (client, transport):
+        scheduled: list[int] = []
+        schedule = transport.schedule_command
 
-    async def remind(ctx: Context, args: dict[str, str]) -> str:
-        return args["to"]
+        async def counted(cmd: object, **kwargs: Any) -> bool:
+            scheduled.append(kwargs["at_ms"])
+            return await schedule(cmd, **kwargs)  # type: ignore[arg-type]
 
-    registry.register(remind)
-    transport = await Transport.connect(NatsConfig.from_url(server.url), engine, create=True)
-    scheduled: list[int] = []
-    schedule = transport.schedule_command
-
-    async def counted(cmd: object, **kwargs: Any) -> bool:
-        scheduled.append(kwargs["at_ms"])
-        return await schedule(cmd, **kwargs)  # type: ignore[arg-type]
-
-    worker = Worker(transport, registry, WorkerConfig())
-    task = asyncio.create_task(worker.run())
-    await asyncio.wait_for(worker.consuming.wait(), 20)
-    client = await Client.connect(server.url, engine=engine)
-    try:
         inv = await client.invoke_async("remind", {"to": "ada"}, delay=timedelta(seconds=2))
         monkeypatch.setattr(transport, "schedule_command", counted)
         result = await client.wait(inv, timeout=20)
         assert result.status == "completed"
         assert len(scheduled) <= 2, len(scheduled)  # once, and once more found done
-    finally:
-        await client.close()
-        worker.stop()
-        await task
-        await transport.close()

@@ -7,22 +7,17 @@ import contextlib
 import io
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from typing import Any
 
 from durable_core import (
     Blob,
-    Client,
     Context,
     EngineConfig,
-    NatsConfig,
-    Worker,
-    WorkerConfig,
-    WorkflowRegistry,
 )
 from durable_core._transport import Transport
-from durable_core.testing import NatsServer, assert_eventually_async
+from durable_core.testing import assert_eventually_async
 
 
 @contextlib.asynccontextmanager
@@ -55,7 +50,7 @@ async def _expiry_stalled_after_the_state(
 
 
 async def test_a_new_invocation_taking_the_id_during_its_expiry_keeps_its_journal_and_args(
-    server: NatsServer,
+    local_engine: Callable[..., Any],
 ) -> None:
     """Retention removes the state, then purged everything under the id: a new invocation
     that took the id in between (a create over the delete marker) lost its journaled step
@@ -72,15 +67,8 @@ async def test_a_new_invocation_taking_the_id_during_its_expiry_keeps_its_journa
         await ctx.sleep(timedelta(seconds=float(args["sleep"])))
         return len(args["blob"])
 
-    registry = WorkflowRegistry()
-    registry.register(sized)
-    transport = await Transport.connect(NatsConfig.from_url(server.url), engine, create=True)
-    worker = Worker(transport, registry, WorkerConfig())
-    task = asyncio.create_task(worker.run())
-    await asyncio.wait_for(worker.consuming.wait(), 20)
-    client = await Client.connect(server.url, engine=engine)
     inv = "reused"
-    try:
+    async with local_engine(sized, engine=engine) as (client, transport):
         old = {"n": "old", "blob": "x" * 4000, "sleep": 0}
         assert (await client.invoke("sized", old, id=inv, timeout=20)).output == 4000
         async with _expiry_stalled_after_the_state(transport, inv):
@@ -95,15 +83,10 @@ async def test_a_new_invocation_taking_the_id_during_its_expiry_keeps_its_journa
         result = await client.wait(inv, timeout=20)
         assert (result.status, result.output) == ("completed", 5000)
         assert runs == ["old", "new"]
-    finally:
-        await client.close()
-        worker.stop()
-        await task
-        await transport.close()
 
 
 async def test_a_new_invocation_taking_the_id_during_its_expiry_keeps_its_hold_on_a_blob(
-    server: NatsServer,
+    local_engine: Callable[..., Any],
 ) -> None:
     """The new invocation under the id holds another's Blob (its argument), written before
     its state: the expiry of the old one dropped every hold under the id, that one too, and
@@ -121,16 +104,8 @@ async def test_a_new_invocation_taking_the_id_during_its_expiry_keeps_its_hold_o
         await ctx.sleep(timedelta(seconds=4))
         return len(await blob.read())
 
-    registry = WorkflowRegistry()
-    for wf in (make, small, read_later):
-        registry.register(wf)
-    transport = await Transport.connect(NatsConfig.from_url(server.url), engine, create=True)
-    worker = Worker(transport, registry, WorkerConfig())
-    task = asyncio.create_task(worker.run())
-    await asyncio.wait_for(worker.consuming.wait(), 20)
-    client = await Client.connect(server.url, engine=engine)
     inv = "reused-holder"
-    try:
+    async with local_engine(make, small, read_later, engine=engine) as (client, transport):
         owner = await client.invoke("make", id="blob-owner", timeout=20)
         await client.invoke("small", id=inv, timeout=20)
         async with _expiry_stalled_after_the_state(transport, inv):
@@ -140,8 +115,3 @@ async def test_a_new_invocation_taking_the_id_during_its_expiry_keeps_its_hold_o
         await transport.expire_execution(owner_rec, int(time.time() * 1000), 60)
         result = await client.wait(inv, timeout=20)
         assert (result.status, result.output) == ("completed", len(data))
-    finally:
-        await client.close()
-        worker.stop()
-        await task
-        await transport.close()

@@ -7,16 +7,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from durable_core import Client, Context, EngineConfig, Worker, WorkerConfig
+from durable_core import Context, EngineConfig
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import JournalConflict, Transport
 from durable_core.config import NatsConfig
-from durable_core.plugins import WorkflowRegistry
 from durable_core.retry import NO_RETRY
 from durable_core.testing import NatsServer, assert_eventually_async
 
@@ -74,30 +73,6 @@ async def test_a_journal_stream_made_before_batches_is_told_apart_and_updated(
         await t.close()
 
 
-@contextlib.asynccontextmanager
-async def _engine(
-    server: NatsServer, *workflows: Callable[..., Any], batches: bool | None = True
-) -> AsyncIterator[tuple[Client, Transport]]:
-    engine = EngineConfig(prefix="t" + uuid.uuid4().hex[:8])
-    registry = WorkflowRegistry()
-    for wf in workflows:
-        registry.register(wf)
-    transport = await Transport.connect(NatsConfig.from_url(server.url), engine, create=True)
-    if batches is not None:  # one node: none by default (see Transport.atomic_batches)
-        transport.atomic_batches = batches
-    worker = Worker(transport, registry, WorkerConfig())
-    task = asyncio.create_task(worker.run())
-    await asyncio.wait_for(worker.consuming.wait(), 20)
-    client = await Client.connect(server.url, engine=engine)
-    try:
-        yield client, transport
-    finally:
-        await client.close()
-        worker.stop()
-        await task
-        await transport.close()
-
-
 async def _batch_ids(t: Transport, inv: str) -> list[str]:
     """The Nats-Batch-Id each journal entry was written with ("" for a single write)."""
     js = t.nc.jetstream()
@@ -108,7 +83,9 @@ async def _batch_ids(t: Transport, inv: str) -> list[str]:
     return out
 
 
-async def test_the_last_step_and_the_final_entry_are_one_batch(server: NatsServer) -> None:
+async def test_the_last_step_and_the_final_entry_are_one_batch(
+    local_engine: Callable[..., Any],
+) -> None:
     effects: list[str] = []
 
     async def three_steps(ctx: Context) -> str:
@@ -122,7 +99,7 @@ async def test_the_last_step_and_the_final_entry_are_one_batch(server: NatsServe
         c = await ctx.run("c", step, "c")
         return a + b + c
 
-    async with _engine(server, three_steps) as (client, t):
+    async with local_engine(three_steps, batches=True) as (client, t):
         inv = await client.invoke_async("three_steps")
         result = await client.wait(inv, timeout=20)
         assert result.status == "completed" and result.output == "abc"
@@ -139,7 +116,7 @@ async def test_the_last_step_and_the_final_entry_are_one_batch(server: NatsServe
 
 
 async def test_one_node_writes_the_last_step_and_the_final_entry_one_by_one(
-    server: NatsServer,
+    local_engine: Callable[..., Any],
 ) -> None:
     """A one-replica journal takes no batches by default: nats-server 2.15 took ~3.4 ms per
     batch of two there and committed them one at a time (~300/s), two writes 0.4 ms."""
@@ -147,21 +124,23 @@ async def test_one_node_writes_the_last_step_and_the_final_entry_one_by_one(
     async def one_step(ctx: Context) -> str:
         return await ctx.run("a", lambda: "a")
 
-    async with _engine(server, one_step, batches=None) as (client, t):
+    async with local_engine(one_step) as (client, t):
         assert t.engine.replicas == 1 and not t.atomic_batches
         inv = await client.invoke_async("one_step")
         assert (await client.wait(inv, timeout=20)).output == "a"
         assert await _batch_ids(t, inv) == ["", ""]
 
 
-async def test_a_failed_last_step_and_the_failure_are_one_batch(server: NatsServer) -> None:
+async def test_a_failed_last_step_and_the_failure_are_one_batch(
+    local_engine: Callable[..., Any],
+) -> None:
     async def fails(ctx: Context) -> None:
         def boom() -> None:
             raise ValueError("no")
 
         await ctx.run("boom", boom, retry=NO_RETRY)
 
-    async with _engine(server, fails) as (client, t):
+    async with local_engine(fails, batches=True) as (client, t):
         inv = await client.invoke_async("fails")
         with contextlib.suppress(Exception):
             await client.wait(inv, timeout=20)
@@ -172,7 +151,7 @@ async def test_a_failed_last_step_and_the_failure_are_one_batch(server: NatsServ
 
 
 async def test_a_deferred_outcome_is_journaled_while_the_workflow_awaits_something_else(
-    server: NatsServer,
+    local_engine: Callable[..., Any],
 ) -> None:
     seen = asyncio.Event()
 
@@ -181,7 +160,7 @@ async def test_a_deferred_outcome_is_journaled_while_the_workflow_awaits_somethi
         await asyncio.wait_for(seen.wait(), 20)  # not a step: nothing else journals meanwhile
         return a
 
-    async with _engine(server, waits_after_a_step) as (client, t):
+    async with local_engine(waits_after_a_step, batches=True) as (client, t):
         inv = await client.invoke_async("waits_after_a_step")
 
         async def step_journaled() -> bool:

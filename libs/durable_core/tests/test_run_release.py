@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -157,7 +158,7 @@ async def test_a_deferred_step_outcome_is_journaled_when_shutdown_releases_the_r
 
 
 async def test_a_sync_step_still_running_does_not_hold_an_invocation_past_its_timeout(
-    server: NatsServer,
+    local_engine: Callable[..., Any],
 ) -> None:
     """A run halted to hand the invocation over waits for a sync step's thread (it must not
     run beside its rerun), but one halted at its execution timeout ends the invocation: a
@@ -166,22 +167,10 @@ async def test_a_sync_step_still_running_does_not_hold_an_invocation_past_its_ti
     async def hangs(ctx: Context) -> None:
         await ctx.run("hung", time.sleep, 6.0)
 
-    engine = EngineConfig(prefix="t" + uuid.uuid4().hex[:8])
-    registry = WorkflowRegistry()
-    registry.register(hangs)
-    transport = await Transport.connect(NatsConfig.from_url(server.url), engine, create=True)
-    worker = Worker(transport, registry, WorkerConfig())
-    task = asyncio.create_task(worker.run())
-    try:
-        await asyncio.wait_for(worker.consuming.wait(), 20)
-        async with await Client.connect(server.url, engine=engine) as client:
-            began = time.monotonic()
-            inv = await client.invoke_async("hangs", execution_timeout=timedelta(seconds=1))
-            result = await client.wait(inv, timeout=20)
-            took = time.monotonic() - began
-        assert result.failure is not None and result.failure.type == "ExecutionTimeoutError"
-        assert took < 4.0, took
-    finally:
-        worker.stop()
-        await asyncio.wait_for(task, 30)
-        await transport.close()
+    async with local_engine(hangs) as (client, _):
+        began = time.monotonic()
+        inv = await client.invoke_async("hangs", execution_timeout=timedelta(seconds=1))
+        result = await client.wait(inv, timeout=20)
+        took = time.monotonic() - began
+    assert result.failure is not None and result.failure.type == "ExecutionTimeoutError"
+    assert took < 4.0, took

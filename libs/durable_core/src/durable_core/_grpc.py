@@ -152,6 +152,13 @@ def _deterministic(serializer: Callable[[Any], bytes]) -> Callable[[Any], bytes]
     return serialize
 
 
+def module_values(fn: Callable[..., Any]) -> list[Any]:
+    """What the module that defines ``fn`` holds at its top level (where a workflow's
+    ``ServiceRef``s and message types are found)."""
+    module = sys.modules.get(getattr(fn, "__module__", "") or "")
+    return list(vars(module).values()) if module is not None else []
+
+
 def _short(service: str) -> str:
     return service.rsplit(".", 1)[-1]
 
@@ -189,8 +196,7 @@ class ChannelPool:
         a function is not seen: its missing address still shows only at the call."""
         callers: dict[str, list[str]] = {}
         for name, fn in workflows:
-            module = sys.modules.get(getattr(fn, "__module__", "") or "")
-            for value in list(vars(module).values()) if module is not None else ():
+            for value in module_values(fn):
                 if isinstance(value, ServiceRef) and not self._has_address(value.name):
                     callers.setdefault(value.name, []).append(name)
         if callers:

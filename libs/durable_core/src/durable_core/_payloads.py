@@ -45,6 +45,7 @@ __all__ = [
     "resolved",
     "same_payload",
     "share",
+    "state_or_start",
     "store_value",
 ]
 
@@ -211,24 +212,28 @@ async def share(
     if invocations is None:
         return
     for owner in sorted(shared):
-        if await invocations.get_state(owner) is not None:
+        if await state_or_start(invocations, owner) is not None:
             continue
-        if await invocations.queued_start(owner) is not None:
-            continue
-        if await invocations.get_state(owner) is not None:
-            continue  # its start left the queue meanwhile: its processor made its state first
-        note = await invocations.expiry_note(owner) or {}
-        error = ExpiredError(
-            owner,
-            str(note.get("status", "finished")),
-            int(note.get("finished_at_ms", 0) or 0),
-            int(note.get("expired_at_ms", 0) or 0),
-        )
+        error = ExpiredError.from_note(owner, await invocations.expiry_note(owner) or {})
         error.add_note(
             f"a Blob of {owner} was passed to {holder}: its stored bytes are gone, or go, "
             "with the invocation that stored them; pass the bytes themselves instead"
         )
         raise error
+
+
+async def state_or_start(invocations: Invocations, invocation_id: str) -> Any:
+    """The invocation's state; else its start, if queued (a plain invoke leaves its state to
+    the processor that takes the start, however long that takes); else None."""
+    found = await invocations.get_state(invocation_id)
+    if found is not None:
+        return found
+    start = await invocations.queued_start(invocation_id)
+    if start is not None:
+        return start
+    # The start may have left the queue between the two reads: the processor that took it
+    # created the state before it acked it.
+    return await invocations.get_state(invocation_id)
 
 
 def encoded(value: Any) -> pb.Payload:

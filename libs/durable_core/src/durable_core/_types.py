@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -22,7 +21,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, sy
 from google.protobuf.descriptor import Descriptor, FileDescriptor
 from google.protobuf.message import DecodeError, Message
 
-from durable_core._grpc import ServiceRef
+from durable_core._grpc import ServiceRef, module_values
 
 if TYPE_CHECKING:
     from durable_core._transport import Transport
@@ -62,8 +61,7 @@ def message_types(
     for wf in registry:
         for hint in (wf.input_type, wf.output_type):
             add(_descriptor_of(hint))
-        module = sys.modules.get(getattr(wf.fn, "__module__", "") or "")
-        for value in list(vars(module).values()) if module is not None else ():
+        for value in module_values(wf.fn):
             if isinstance(value, ServiceRef):
                 add_service(value.name)
             else:

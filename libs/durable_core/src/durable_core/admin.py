@@ -188,7 +188,7 @@ class Engine:
         rerun, one given a Blob of them) are kept. The names deleted."""
 
         async def referenced(invocation_id: str) -> set[str] | None:
-            rec = await self._state_or_start(invocation_id)
+            rec = await _payloads.state_or_start(self._t, invocation_id)
             if isinstance(rec, pb.Command):
                 return None  # a plain invoke's start, still queued: its arguments are used
             if rec is None:
@@ -205,22 +205,9 @@ class Engine:
         # A hold whose holder never came to exist (a fork or rerun that failed after holding)
         # would keep its owner's objects for ever.
         for owner, holder, age in await store.holds():
-            if age >= grace_ms and await self._state_or_start(holder) is None:
+            if age >= grace_ms and await _payloads.state_or_start(self._t, holder) is None:
                 await store.drop_hold(owner, holder)
         return await store.sweep(referenced, grace_ms)
-
-    async def _state_or_start(self, invocation_id: str) -> StateRecord | pb.Command | None:
-        """The invocation's state; else its start, if queued (a plain invoke leaves its state
-        to the processor that takes the start, however long that takes); else None."""
-        rec = await self._t.get_state(invocation_id)
-        if rec is not None:
-            return rec
-        start = await self._t.queued_start(invocation_id)
-        if start is not None:
-            return start
-        # The start may have left the queue between the two reads: the processor that took
-        # it created the state before it acked it.
-        return await self._t.get_state(invocation_id)
 
     async def start_queued(self, invocation_id: str, partition_key: str) -> bool:
         """Whether a start of ``invocation_id`` (routed by ``partition_key``) is still queued,

@@ -36,7 +36,8 @@ InvocationCancelledError          raised inside a cancelled workflow; catch it t
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 __all__ = [
     "AlreadyResolvedError",
@@ -263,6 +264,16 @@ class ExpiredError(NotFoundError):
         self.status = status
         self.finished_at_ms = finished_at_ms
         self.expired_at_ms = expired_at_ms
+
+    @classmethod
+    def from_note(cls, invocation_id: str, note: Mapping[str, Any]) -> ExpiredError:
+        """The error for an invocation whose expiry left ``note`` (how and when it ended)."""
+        return cls(
+            invocation_id,
+            str(note.get("status", "finished")),
+            int(note.get("finished_at_ms", 0) or 0),
+            int(note.get("expired_at_ms", 0) or 0),
+        )
 
 
 class UnknownWorkflowError(NotFoundError):

@@ -363,8 +363,7 @@ async def get_schedule(transport: Transport, name: str) -> Schedule:
 async def list_schedules(transport: Transport) -> list[Schedule]:
     """Every schedule, by name."""
     out = []
-    names = {*await transport.schedule_names(), *await transport.armed_schedule_names()}
-    for name in sorted(names):
+    for name in sorted(await transport.schedule_names()):
         schedule = await find_schedule(transport, name)
         if schedule is not None:  # deleted since the listing
             out.append(schedule)

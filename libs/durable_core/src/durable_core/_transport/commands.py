@@ -197,6 +197,21 @@ class Commands:
             None,
         )
 
+    async def start_queued(self, invocation_id: str, partition_key: str, looks: int) -> bool:
+        """Whether any start of ``invocation_id`` (routed by ``partition_key``) is still in its
+        command stream, unacknowledged (a work queue), as the leader has it; True also when
+        the key has ``looks`` commands or more (the start may be further on)."""
+        link = self._link
+        n = link.names
+        stream, subject = n.command_stream_of(partition_key), n.key_subjects(partition_key)
+        msgs = await link.retry(
+            "look for a queued start", lambda: self._leader_msgs(stream, subject, looks)
+        )
+        return len(msgs) >= looks or any(
+            cmd.kind == pb.COMMAND_KIND_START and cmd.invocation_id == invocation_id
+            for cmd in self._parsed(msgs)
+        )
+
     async def _leader_msgs(
         self, stream: str, subject: str, limit: int, *, before: int | None = None
     ) -> list[Any]:

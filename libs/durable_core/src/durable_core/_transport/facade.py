@@ -7,13 +7,10 @@ carries a connection and a test can stand in for any NATS answer by overriding o
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
-import nats.js.errors
-from google.protobuf.message import DecodeError
 from nats.aio.client import Client as NatsClient
 from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
@@ -292,30 +289,8 @@ class Transport:
         self, invocation_id: str, partition_key: str, *, looks: int = 64
     ) -> bool:
         """Whether a start of ``invocation_id`` (any: published by a submission, or left to
-        create its state) is still in its command stream: the stream is a work queue, so a
-        start there has not been acknowledged. Read from the stream's leader, from the
-        oldest of the key's commands on; True also when the key has more than ``looks`` of
-        them (the start may be further on)."""
-        n = self.names
-        stream, subject = n.command_stream_of(partition_key), n.key_subjects(partition_key)
-        js = self._link.js
-
-        async def find() -> bool:
-            seq = 1
-            for _ in range(looks):
-                try:
-                    msg = await js.get_msg(stream, seq=seq, subject=subject, next=True)
-                except nats.js.errors.NotFoundError:
-                    return False
-                cmd = pb.Command()
-                with contextlib.suppress(DecodeError):
-                    cmd.ParseFromString(msg.data or b"")
-                if cmd.kind == pb.COMMAND_KIND_START and cmd.invocation_id == invocation_id:
-                    return True
-                seq = (msg.seq or 0) + 1
-            return True
-
-        return await self._link.retry("look for a queued start", find)
+        create its state) is still in its command stream (see Commands.start_queued)."""
+        return await self._commands.start_queued(invocation_id, partition_key, looks)
 
     async def command_consumer(
         self, cfg: WorkerConfig, routes: Sequence[tuple[str, str]]

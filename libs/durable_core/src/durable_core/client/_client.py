@@ -39,7 +39,6 @@ __all__ = ["Client"]
 log = logging.getLogger("durable_core.client")
 
 
-
 def _wait_seconds(timeout: timedelta | float) -> float:
     """How long to wait for a result: a timedelta or a finite number of seconds above 0 (a NaN
     never ran out, and polled NATS in a tight loop)."""
@@ -52,6 +51,7 @@ def _wait_seconds(timeout: timedelta | float) -> float:
     if not (math.isfinite(seconds) and seconds > 0):
         raise InvalidInputError(f"timeout must be finite and above 0, not {timeout!r}")
     return seconds
+
 
 class Client:
     """Submits invocations and reads their results.

@@ -75,12 +75,7 @@ async def missing(t: Transport, invocation_id: str) -> NotFoundError:
     note = await t.expiry_note(invocation_id)
     if note is None:
         return NotFoundError(f"no invocation with id {invocation_id}")
-    return ExpiredError(
-        invocation_id,
-        str(note.get("status", "finished")),
-        int(note.get("finished_at_ms", 0) or 0),
-        int(note.get("expired_at_ms", 0) or 0),
-    )
+    return ExpiredError.from_note(invocation_id, note)
 
 
 async def state_of(t: Transport, invocation_id: str) -> StateRecord:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import is_engine_error
 from durable_core.engine._context import RunContext
-from durable_core.engine._env import now_ms
+from durable_core.engine._env import being_cancelled, now_ms, wait_out
 from durable_core.engine._signals import BadInputError, Diverged, EngineFailure, Halted, Rerun
 from durable_core.errors import (
     InvalidInputError,
@@ -183,16 +183,14 @@ async def halt(
     if ex.journal.stopped is None:
         ex.journal.stopped = halted
     task.cancel()
-    while not task.done():
-        # Released by shutdown meanwhile: the workflow still stops first (a sync step's
-        # thread may hold it: see RunContext._in_thread), then the release goes on below.
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait({task})
+    # Released by shutdown meanwhile: the workflow still stops first (a sync step's thread may
+    # hold it: see RunContext._in_thread), then the release goes on below.
+    await wait_out(task)
     with contextlib.suppress(BaseException):
         task.result()
     if ex.journal.stopped is halted:
         ex.journal.stopped = None
-    if _being_cancelled():
+    if being_cancelled():
         # Shutdown released this run while it waited: never swallow that (a rerun after
         # it ran new steps with the command already handed back).
         raise asyncio.CancelledError
@@ -214,7 +212,7 @@ async def _outcome(ex: Execution, task: asyncio.Future[Any], ctx: RunContext) ->
     except asyncio.CancelledError as e:
         if ex.cancelling_run:
             raise Rerun from None  # interrupted off a step boundary: deliver it on replay
-        if _being_cancelled():
+        if being_cancelled():
             raise  # shutdown released this run meanwhile
         # The workflow's own code raised it (the engine cancels the workflow only to halt
         # it, never reaching here, or for a cancel): it failed. Taken for a shutdown, its
@@ -235,12 +233,6 @@ async def _outcome(ex: Execution, task: asyncio.Future[Any], ctx: RunContext) ->
     if ctx.steps.cancel_delivered:  # it handled the cancellation and returned: still cancelled
         return Finish(pb.STATUS_CANCELLED, output=output)
     return Finish(pb.STATUS_COMPLETED, output=output)
-
-
-def _being_cancelled() -> bool:
-    """Whether the run's task was cancelled (shutdown releases the run so)."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
 
 
 def _failure(e: BaseException) -> pb.Failure:

@@ -35,6 +35,7 @@ from durable_core._journal import (
 from durable_core._naming import check_workflow_name
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core.context import Awakeable, Context
+from durable_core.engine._env import being_cancelled, wait_out
 from durable_core.engine._signals import EngineFailure
 from durable_core.engine._step_io import Journal, attempt_failure
 from durable_core.errors import (
@@ -237,14 +238,11 @@ class RunContext(Context):
         the step's own timeout (the attempt fails at its deadline, as documented; its thread
         may still run beside the retry, as a timed-out activity may under Temporal)."""
         thread = asyncio.ensure_future(asyncio.to_thread(fn, *args, **kwargs))
-        thread.add_done_callback(_retrieved)  # its outcome may go unread (cancelled meanwhile)
         try:
             return await asyncio.shield(thread)
         except asyncio.CancelledError:
             if self._journal.halted() and not self._journal.cancelling():
-                while not thread.done():
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await asyncio.wait({thread})
+                await wait_out(thread)
             raise
 
     async def _load(self, payload: pb.Payload, as_type: Any = None) -> Any:
@@ -355,7 +353,7 @@ class RunContext(Context):
                     failure = None
                     break
                 except asyncio.CancelledError as e:
-                    if _being_cancelled() or self._journal.cancelling():
+                    if being_cancelled() or self._journal.cancelling():
                         failure = steps.interrupted(step, self._journal.cancelling())
                         if failure is None:
                             raise
@@ -364,7 +362,7 @@ class RunContext(Context):
                         break
                     # Raised by the step's own code, not by the engine: the attempt failed. Taken
                     # for a shutdown, it handed the command back at once, forever.
-                    failed, retryable = _cancelled_failure(e, step, policy)
+                    failed, retryable = attempt_failure(e, step, policy)
                 except (KeyboardInterrupt, SystemExit):
                     raise
                 except PayloadUnavailableError as e:
@@ -609,7 +607,7 @@ class RunContext(Context):
     ) -> Any:
         # The wait is the submission's own step: the count of steps taken, read after the
         # submission's awaits, names a later one when steps run at once (``gather``).
-        child_id, step = await self._submit_step(
+        child_id, step = await self._submit(
             pb.ENTRY_KIND_CHILD, workflow, args, partition_key, notify=True
         )
         payload = await self._until(lambda: self.steps.child(step, child_id))
@@ -618,7 +616,10 @@ class RunContext(Context):
     async def start(
         self, workflow: str, args: Any = None, *, partition_key: str | None = None
     ) -> str:
-        return await self._submit(pb.ENTRY_KIND_CHILD, workflow, args, partition_key, notify=False)
+        child_id, _ = await self._submit(
+            pb.ENTRY_KIND_CHILD, workflow, args, partition_key, notify=False
+        )
+        return child_id
 
     async def send(
         self,
@@ -632,26 +633,12 @@ class RunContext(Context):
             not isinstance(delay, timedelta) or delay < timedelta(0) or delay > MAX_SLEEP
         ):
             raise InvalidInputError(f"delay must be a timedelta from 0 to {MAX_SLEEP.days} days")
-        return await self._submit(
+        child_id, _ = await self._submit(
             pb.ENTRY_KIND_SEND, workflow, args, partition_key, notify=False, delay=delay
-        )
-
-    async def _submit(
-        self,
-        kind: pb.EntryKind,
-        workflow: str,
-        args: Any,
-        partition_key: str | None,
-        *,
-        notify: bool,
-        delay: timedelta | None = None,
-    ) -> str:
-        child_id, _ = await self._submit_step(
-            kind, workflow, args, partition_key, notify=notify, delay=delay
         )
         return child_id
 
-    async def _submit_step(
+    async def _submit(
         self,
         kind: pb.EntryKind,
         workflow: str,
@@ -744,28 +731,6 @@ def _uncancel() -> None:
     task = asyncio.current_task()
     if task is not None:
         task.uncancel()
-
-
-def _being_cancelled() -> bool:
-    """Whether someone cancelled the current task (the engine, or ``wait_for`` for a
-    timeout), as opposed to code in it raising ``CancelledError`` of its own accord."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
-
-
-def _cancelled_failure(
-    e: asyncio.CancelledError, step: int, policy: RetryPolicy
-) -> tuple[pb.Failure, bool]:
-    """An attempt whose own code raised ``CancelledError``: an ordinary failure (see
-    ``attempt_failure``, which takes an ``Exception``)."""
-    name = type(e).__name__
-    failure = pb.Failure(type=name, message=str(e) or name, step=step)
-    return failure, name not in policy.non_retryable_errors
-
-
-def _retrieved(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()
 
 
 def _wall_ms() -> int:

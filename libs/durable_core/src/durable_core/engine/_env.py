@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from durable_core._grpc import ChannelPool
 from durable_core._pb.durable.v1 import durable_pb2 as pb
@@ -14,7 +16,7 @@ from durable_core.engine._lease import ProcessorLease
 from durable_core.interceptors import Interceptor
 from durable_core.plugins import WorkflowRegistry
 
-__all__ = ["TERMINAL", "RunEnv", "now_ms"]
+__all__ = ["TERMINAL", "RunEnv", "being_cancelled", "now_ms", "wait_out"]
 
 TERMINAL = frozenset({pb.STATUS_COMPLETED, pb.STATUS_FAILED, pb.STATUS_CANCELLED})
 
@@ -53,3 +55,19 @@ class RunEnv:
 def now_ms() -> int:
     """The wall clock in milliseconds."""
     return int(time.time() * 1000)
+
+
+def being_cancelled() -> bool:
+    """Whether someone cancelled the current task (the engine: a shutdown or a halt, or
+    ``wait_for`` for a timeout), as opposed to code in it raising ``CancelledError`` of its
+    own accord."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+async def wait_out(future: asyncio.Future[Any]) -> None:
+    """Wait until ``future`` is done, through cancellations of the waiting task (they stay
+    counted in its ``cancelling()``, for the caller to act on once it is)."""
+    while not future.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait({future})

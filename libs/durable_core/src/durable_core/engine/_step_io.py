@@ -61,20 +61,20 @@ class Journal(Protocol):
         every gRPC call (``durable-fence``) so a service can refuse a superseded run's call."""
 
 
-def attempt_failure(e: Exception, step: int, policy: RetryPolicy) -> tuple[pb.Failure, bool]:
+def attempt_failure(e: BaseException, step: int, policy: RetryPolicy) -> tuple[pb.Failure, bool]:
     """The failure an attempt of ``step`` ended with, and whether it is worth retrying."""
     code, retryable = _classify(e, policy)
     return pb.Failure(type=type(e).__name__, message=_message(e), code=code, step=step), retryable
 
 
-def _message(e: Exception) -> str:
+def _message(e: BaseException) -> str:
     """A readable message: gRPC errors as 'CODE: details'."""
     if isinstance(e, grpc.aio.AioRpcError):
         return f"{e.code().name}: {e.details()}"
     return str(e) or type(e).__name__
 
 
-def _classify(e: Exception, policy: RetryPolicy) -> tuple[str, bool]:
+def _classify(e: BaseException, policy: RetryPolicy) -> tuple[str, bool]:
     """The gRPC code name of an error (or "") and whether it is worth retrying."""
     if isinstance(e, grpc.aio.AioRpcError | grpc.RpcError) and hasattr(e, "code"):
         code = e.code().name

@@ -30,7 +30,7 @@ from durable_core._naming import (
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import CommandConsumers, CorruptJournalError, Delivery, Transport
 from durable_core.config import EngineConfig, NatsConfig, WorkerConfig
-from durable_core.engine._env import RunEnv, now_ms
+from durable_core.engine._env import RunEnv, being_cancelled, now_ms, wait_out
 from durable_core.engine._execution import Execution
 from durable_core.engine._fleet import FleetMember
 from durable_core.engine._lease import ProcessorLease
@@ -351,9 +351,7 @@ class Worker:
             # Shutdown: hand ``d`` back rather than hold it (with heartbeats) until the
             # connection closes, but only once the earlier run has ended (the drain stops it
             # too; it may be waiting for a step's thread): never beside a step still running.
-            while not earlier.done():
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.wait({earlier})
+            await wait_out(earlier)
             self._release(d)
             with contextlib.suppress(Exception):
                 await d.nak()
@@ -463,8 +461,7 @@ class Worker:
         try:
             await execution.run()
         except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling() > 0:
+            if being_cancelled():
                 # Shutdown: hand the command back at once; the journal keeps all progress.
                 with contextlib.suppress(Exception):
                     await delivery.nak()
