@@ -808,15 +808,19 @@ async def test_fork_from_step_two_and_rerun(stack: ProcessStack, client: Client)
     service = OrderServiceControl(stack.start_service().channel)
     stack.start_processor("p-fork")
     source = await client.invoke("order_processing", ORDER, id="fork-src", timeout=30)
-    cp = await asyncio.to_thread(stack.cli, "fork", "fork-src", "--from-step", "2")
+    fork = ("fork", "fork-src", "--from-step", "2", "--id", "fork-new")
+    cp = await asyncio.to_thread(stack.cli, *fork)
     assert cp.returncode == 0, cp.stderr
     forked = cp.stdout.strip()
+    assert forked == "fork-new"
     result = await client.wait(forked, timeout=30)
+    again_cp = await asyncio.to_thread(stack.cli, *fork)  # the same fork, not a second one
+    assert (again_cp.returncode, again_cp.stdout.strip()) == (0, "fork-new"), again_cp.stderr
     assert result.status == "completed"
     assert [s.step for s in result.steps] == [1, 2, 3]
     assert service.method_counts("Validate") == {"fork-src:1": 1}  # step 1 replayed from source
-    assert f"{forked}:2" in service.method_counts("Charge")
-    assert f"{forked}:3" in service.method_counts("Ship")
+    assert service.method_counts("Charge")[f"{forked}:2"] == 1
+    assert service.method_counts("Ship")[f"{forked}:3"] == 1
     rerun = await client.rerun("fork-src")
     again = await client.wait(rerun, timeout=30)
     assert again.output["order_id"] == source.output["order_id"]

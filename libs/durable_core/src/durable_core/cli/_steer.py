@@ -88,23 +88,32 @@ LIFECYCLE = [
 ]
 
 
+_new_id_option = click.option(
+    "--id",
+    "new_id",
+    metavar="NEW_ID",
+    help="the new invocation's id: the same command again returns it and starts nothing",
+)
+
+
 @click.command()
 @click.argument(
     "invocation_id", metavar="ID", help="the invocation whose workflow and arguments to reuse"
 )
+@_new_id_option
 @json_option
 @connection_options
 @click.pass_context
-def rerun(ctx: click.Context, invocation_id: str, as_json: bool) -> int:
+def rerun(ctx: click.Context, invocation_id: str, new_id: str | None, as_json: bool) -> int:
     """Start a new invocation of the same workflow with the same arguments; print its id."""
 
     async def go() -> int:
         async with await connect(globals_of(ctx)) as client:
-            new_id = await client.rerun(invocation_id)
+            made = await client.rerun(invocation_id, id=new_id)
         if as_json:
-            echo_json({"invocation_id": new_id, "rerun_of": invocation_id})
+            echo_json({"invocation_id": made, "rerun_of": invocation_id})
         else:
-            echo(new_id)
+            echo(made)
         return 0
 
     return int(run(go()))
@@ -113,22 +122,23 @@ def rerun(ctx: click.Context, invocation_id: str, as_json: bool) -> int:
 @click.command()
 @click.argument("invocation_id", metavar="ID", help="the invocation to fork")
 @click.option("--from-step", type=int, required=True, metavar="N", help="first step to run anew")
+@_new_id_option
 @json_option
 @connection_options
 @click.pass_context
-def fork(ctx: click.Context, invocation_id: str, from_step: int, as_json: bool) -> int:
+def fork(
+    ctx: click.Context, invocation_id: str, from_step: int, new_id: str | None, as_json: bool
+) -> int:
     """Start a new invocation that copies steps before N from this one's journal and runs N
     on; print its id."""
 
     async def go() -> int:
         async with await connect(globals_of(ctx)) as client:
-            new_id = await client.fork(invocation_id, from_step=from_step)
+            made = await client.fork(invocation_id, from_step=from_step, id=new_id)
         if as_json:
-            echo_json(
-                {"invocation_id": new_id, "forked_from": invocation_id, "from_step": from_step}
-            )
+            echo_json({"invocation_id": made, "forked_from": invocation_id, "from_step": from_step})
         else:
-            echo(new_id)
+            echo(made)
         return 0
 
     return int(run(go()))

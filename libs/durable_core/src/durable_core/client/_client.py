@@ -258,13 +258,32 @@ class Client:
         """
         return await lifecycle.retry(self._t, invocation_id)
 
-    async def rerun(self, invocation_id: str) -> str:
-        """Start a new invocation of the same workflow with the same arguments; its id."""
-        return await lifecycle.rerun(self._t, invocation_id)
+    async def rerun(
+        self,
+        invocation_id: str,
+        *,
+        id: str | None = None,  # noqa: A002 - as in invoke
+    ) -> str:
+        """Start a new invocation of the same workflow with the same arguments; its id.
 
-    async def fork(self, invocation_id: str, *, from_step: int) -> str:
+        With ``id``, the rerun is idempotent: calling again with the same ``id`` (after a
+        lost answer, say) returns it and starts nothing. Raises ConflictError when ``id``
+        is taken by anything but a rerun of ``invocation_id``.
+        """
+        return await lifecycle.rerun(self._t, invocation_id, id)
+
+    async def fork(
+        self,
+        invocation_id: str,
+        *,
+        from_step: int,
+        id: str | None = None,  # noqa: A002 - as in invoke
+    ) -> str:
         """A new invocation that replays steps before ``from_step`` from this one's journal
         and runs ``from_step`` and after for real; returns its id.
+
+        With ``id``, the fork is idempotent: calling again with the same arguments (after a
+        lost answer or a call cut short) finishes or returns that fork, never a second one.
 
         Forking a ``blocked`` invocation replaces it: it is cancelled first (otherwise a
         processor of the version it is pinned to could finish it too, and the steps from
@@ -274,8 +293,9 @@ class Client:
             InvalidInputError: ``from_step`` is below 1 or past the recorded steps + 1.
             IllegalTransitionError: a blocked invocation was taken up by a processor of its
                 pinned version meanwhile (fork it once it ends, or cancel it).
+            ConflictError: ``id`` is taken by anything but this fork.
         """
-        return await lifecycle.fork(self._t, invocation_id, from_step)
+        return await lifecycle.fork(self._t, invocation_id, from_step, id)
 
     async def list_executions(
         self, *, status: str | None = None, workflow: str | None = None

@@ -31,6 +31,7 @@ from durable_core.engine._intake import (
 from durable_core.engine._keys import release_key
 from durable_core.errors import (
     AlreadyResolvedError,
+    ConflictError,
     ExpiredError,
     IllegalTransitionError,
     InvalidInputError,
@@ -423,19 +424,36 @@ async def _failed_state(t: Transport, rec: StateRecord, wait_s: float = 5.0) -> 
     return rec
 
 
-async def rerun(t: Transport, invocation_id: str) -> str:
-    """Start a new invocation of the same workflow with the same arguments; its id."""
+async def rerun(t: Transport, invocation_id: str, new_id: str | None = None) -> str:
+    """Start a new invocation of the same workflow with the same arguments; its id.
+
+    With ``new_id``, a second call (an answer lost, a retry) is that same rerun: its id is
+    returned and nothing new starts."""
+    chosen = new_id is not None
+    if new_id is not None and await _made_from(
+        t, check_invocation_id(new_id), "rerun_of", invocation_id
+    ):
+        return new_id
     st = (await state_of(t, invocation_id)).state
     key = st.partition_key if st.partition_key != invocation_id else None
-    new_id = uuid.uuid4().hex
+    new_id = uuid.uuid4().hex if new_id is None else new_id
     # Shares (never copies) the stored arguments: held before anything refers to them.
     await _hold(t, invocation_id, [st.args], new_id)
     await submit_payload(t, st.workflow, st.args, new_id, key, rerun_of=invocation_id)
+    if chosen and not await _made_from(t, new_id, "rerun_of", invocation_id):
+        raise _taken(new_id, "rerun", invocation_id)  # gone already: retention
     return new_id
 
 
-async def fork(t: Transport, invocation_id: str, from_step: int) -> str:
-    """A new invocation replaying this one's steps before ``from_step`` (see ``Client.fork``)."""
+async def fork(t: Transport, invocation_id: str, from_step: int, new_id: str | None = None) -> str:
+    """A new invocation replaying this one's steps before ``from_step`` (see ``Client.fork``).
+
+    With ``new_id``, a second call is that same fork: the steps a call cut short copied are
+    checked and the rest copied, a fork already submitted is returned as it is, and an id
+    taken by anything else is a ConflictError."""
+    chosen = new_id is not None
+    if new_id is not None:
+        new_id = check_invocation_id(new_id)
     rec = await state_of(t, invocation_id)
     records = await t.read_journal(invocation_id, min_entries=rec.state.journal_length)
     steps = [r.entry for r in records if r.entry.kind in STEP_KINDS and r.entry.step < from_step]
@@ -449,7 +467,14 @@ async def fork(t: Transport, invocation_id: str, from_step: int) -> str:
             else f"from_step must be 1: {invocation_id} has no steps yet"
         )
     st = rec.state
-    new_id = uuid.uuid4().hex
+    ordered = sorted(steps, key=lambda e: e.step)
+    copies = [_fork_copy(invocation_id, i, e) for i, e in enumerate(ordered, start=1)]
+    last, done = 0, 0
+    if new_id is not None:
+        last, done = await _copied(t, new_id, invocation_id, copies)
+    new_id = uuid.uuid4().hex if new_id is None else new_id
+    if done < 0:
+        return new_id  # submitted by an earlier call
     if st.status == pb.STATUS_BLOCKED:
         # The fork replaces it (as Temporal's reset terminates the run it resets): left
         # blocked, a processor of its pinned version could finish it too, and the steps
@@ -465,19 +490,63 @@ async def fork(t: Transport, invocation_id: str, from_step: int) -> str:
     # held before they are copied, so the source's retention leaves them in place.
     shared = [e.output for e in steps if e.HasField("output")] + [st.args]
     await _hold(t, invocation_id, shared, new_id)
-    last = 0
-    for index, entry in enumerate(sorted(steps, key=lambda e: e.step), start=1):
-        copy = pb.JournalEntry()
-        copy.CopyFrom(entry)
-        copy.index, copy.writer = index, f"fork:{invocation_id}"
-        for code_field in ("plugin", "plugin_version", "code_fingerprint"):
-            copy.ClearField(code_field)  # the fork starts on the code that first runs it
+    for index, copy in enumerate(copies[done:], start=done + 1):
         last = await t.append(new_id, copy, last, f"fork:{new_id}:{index}")
     key = st.partition_key if st.partition_key != invocation_id else None
     await submit_payload(
         t, st.workflow, st.args, new_id, key, journal_length=len(steps), forked_from=invocation_id
     )
+    if chosen and not await _made_from(t, new_id, "forked_from", invocation_id):
+        raise _taken(new_id, "fork", invocation_id)  # gone already: retention
     return new_id
+
+
+def _fork_copy(source: str, index: int, entry: pb.JournalEntry) -> pb.JournalEntry:
+    copy = pb.JournalEntry()
+    copy.CopyFrom(entry)
+    copy.index, copy.writer = index, f"fork:{source}"
+    for code_field in ("plugin", "plugin_version", "code_fingerprint"):
+        copy.ClearField(code_field)  # the fork starts on the code that first runs it
+    return copy
+
+
+async def _copied(
+    t: Transport, new_id: str, source: str, copies: list[pb.JournalEntry]
+) -> tuple[int, int]:
+    """What an earlier fork of ``source`` under ``new_id`` left: (the journal's last sequence,
+    how many of ``copies`` it holds), or (_, -1) when that fork was submitted. Anything else
+    under the id (another invocation, other copies) is a ConflictError."""
+    if (rec := await t.get_state(new_id)) is not None and rec.state.forked_from != source:
+        raise _taken(new_id, "fork", source)
+    have = await t.read_journal(new_id, current=True)
+    held = [r for r in have if r.entry.writer == f"fork:{source}"]
+    if have[: len(held)] != held or [r.entry for r in held] != copies[: len(held)]:
+        raise _taken(new_id, "fork", source, "copies other steps")
+    if rec is not None:
+        if len(held) != len(copies):
+            raise _taken(new_id, "fork", source, "copies other steps")
+        return 0, -1
+    if len(have) != len(held):
+        raise _taken(new_id, "fork", source)
+    return (have[-1].seq if have else 0), len(held)
+
+
+async def _made_from(t: Transport, new_id: str, field: str, source: str) -> bool:
+    """Whether ``new_id`` is an invocation made from ``source`` (``field`` names it; False:
+    there is none yet); an id taken otherwise is a ConflictError."""
+    if (rec := await t.get_state(new_id)) is None:
+        return False
+    if getattr(rec.state, field) != source:
+        raise _taken(new_id, "rerun" if field == "rerun_of" else "fork", source)
+    return True
+
+
+def _taken(new_id: str, what: str, source: str, how: str = "") -> ConflictError:
+    return ConflictError(
+        f"invocation id {new_id} is taken by another invocation than a {what} of {source}"
+        + (f" ({how})" if how else "")
+        + ": choose another id, or pass the same request again to get that one"
+    )
 
 
 async def _hold(t: Transport, source: str, shared: list[pb.Payload], holder: str) -> None:
