@@ -269,9 +269,9 @@ def test_lifecycle_actions_call_the_client_when_it_has_them(make_client: Any) ->
     async def resume(invocation_id: str) -> None:
         raise DurableError(f"{invocation_id} is not paused")
 
-    async def fork(invocation_id: str, *, from_step: int) -> str:
-        calls.append(("fork", invocation_id, from_step))
-        return "forked-1"
+    async def fork(invocation_id: str, *, from_step: int, id: str | None = None) -> str:
+        calls.append(("fork", invocation_id, from_step, id))
+        return id or "forked-1"
 
     fake = FakeClient(snapshot(), pause=pause, cancel=cancel, resume=resume, fork=fork)
     with make_client(fake) as (tc, _):
@@ -279,7 +279,15 @@ def test_lifecycle_actions_call_the_client_when_it_has_them(make_client: Any) ->
         assert resp.status_code == 202 and resp.json() == {"invocation_id": "a", "action": "pause"}
         resp = tc.post("/api/executions/a/fork", json={"from_step": 2})
         assert resp.status_code == 202 and resp.json()["new_invocation_id"] == "forked-1"
-        assert calls == [("pause", "a"), ("fork", "a", 2)]
+        body = {"from_step": 2, "new_invocation_id": "mine"}
+        resp = tc.post("/api/executions/a/fork", json=body)
+        assert resp.status_code == 202 and resp.json()["new_invocation_id"] == "mine"
+        assert calls == [("pause", "a"), ("fork", "a", 2, None), ("fork", "a", 2, "mine")]
+        body = {"from_step": 2, "new_invocation_id": 7}
+        error_of(tc.post("/api/executions/a/fork", json=body), 400, "invalid_input")
+        error_of(
+            tc.post("/api/executions/a/fork", json={"from_step": 2, "x": 1}), 400, "invalid_input"
+        )
         error_of(tc.post("/api/executions/zz/cancel"), 404, "not_found")
         assert "not paused" in error_of(tc.post("/api/executions/a/resume"), 409, "conflict")
 

@@ -273,13 +273,19 @@ async def lifecycle(request: Request) -> Response:
         )
     body = await json_body(request, required=False)
     kwargs: dict[str, Any] = {}
+    if action in ("rerun", "fork") and "new_invocation_id" in body:
+        # Its own id makes the request idempotent: sent again, it answers the same execution.
+        new_id = body.pop("new_invocation_id")
+        if not isinstance(new_id, str):
+            raise ApiError(400, "invalid_input", "new_invocation_id must be a string")
+        kwargs["id"] = new_id
     if action == "fork":
-        step = body.get("from_step")
+        step = body.pop("from_step", None)
         if not isinstance(step, int) or isinstance(step, bool) or step < 0:
             raise ApiError(400, "invalid_input", 'fork needs {"from_step": N}: a whole number >= 0')
         kwargs["from_step"] = step
-    elif body:
-        raise ApiError(400, "invalid_input", f"{action} takes no body fields")
+    if body:
+        raise ApiError(400, "invalid_input", f"{action} takes no body fields {sorted(body)}")
     method = client_method(rt, LIFECYCLE_ACTIONS[action], f"{action} of an execution")
     result = await method(invocation_id, **kwargs)
     out: dict[str, Any] = {"invocation_id": invocation_id, "action": action}

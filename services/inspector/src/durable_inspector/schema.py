@@ -140,9 +140,12 @@ class InvokeAccepted(TypedDict):
 
 
 class ActionBody(TypedDict):
-    """Empty, except for fork."""
+    """Empty, except for fork and rerun."""
 
     from_step: NotRequired[Annotated[int, "fork: the first step to run anew"]]
+    new_invocation_id: NotRequired[
+        Annotated[str, "rerun, fork: the new execution's id; the same request again answers it"]
+    ]
 
 
 class ActionAccepted(TypedDict):
