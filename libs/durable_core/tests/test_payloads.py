@@ -3,6 +3,7 @@ object size, chunked reads and writes, and a missing or corrupt object, on a rea
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import uuid
@@ -180,3 +181,22 @@ async def test_the_sweep_drops_a_hold_whose_holder_never_came_to_exist(
     (name,) = await engine.sweep_payloads(timedelta(0))
     assert name.startswith("gone.") and not await store.held("gone")
     assert await store.objects() == []
+
+
+async def test_every_object_is_listed_past_the_servers_page_of_subjects(
+    transport: Transport,
+) -> None:
+    """The server lists at most 100,000 subjects per stream info answer: the sweep saw only
+    the first page, and objects past it were never deleted. Every page is read now."""
+    store = transport.payloads
+    await store.ensure()
+    n = 100_050
+    js = transport._link.js
+    for start in range(0, n, 5_000):
+        acks = [
+            await js.publish_async(f"$O.{store.bucket}.C.own{i:06d}", b"", wait_stall=30)
+            for i in range(start, min(n, start + 5_000))
+        ]
+        await asyncio.gather(*acks)
+    names = await store.objects()
+    assert len(names) == n and names[-1] == f"own{n - 1:06d}"

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import secrets
 import time
@@ -269,14 +270,26 @@ class Payloads:
 
     async def _subjects(self, pattern: str) -> list[str]:
         """The subjects of the bucket's stream matching ``pattern`` (from the stream leader,
-        so a write acknowledged before is always seen)."""
-        js = self._link.js
+        so a write acknowledged before is always seen). The server answers at most 100,000
+        subjects at a time, sorted, from an offset: every page is read."""
+        link, found = self._link, set[str]()
+        subject = f"$JS.API.STREAM.INFO.{self.stream}"
 
-        async def info() -> Any:
-            return await js.stream_info(self.stream, subjects_filter=pattern)
+        async def page() -> dict[str, Any]:
+            req = json.dumps({"subjects_filter": pattern, "offset": len(found)}).encode()
+            resp: dict[str, Any] = json.loads((await link.requests.request(subject, req)).data)
+            if (error := resp.get("error")) is not None:
+                raise nats.js.errors.APIError.from_error(error)
+            return resp
 
-        found = await self._link.retry("list payload subjects", info)
-        return sorted(found.state.subjects or {})
+        while True:
+            resp = await link.retry("list payload subjects", page)
+            subjects = (resp.get("state") or {}).get("subjects") or {}
+            before = len(found)
+            found.update(subjects)
+            # Done, or the list moved under the pages (the next pass sees what this one missed).
+            if len(found) == before or len(found) >= resp.get("total", 0):
+                return sorted(found)
 
     async def held(self, source: str) -> bool:
         """Whether a fork or rerun holds objects of ``source`` (read from the leader: a hold
