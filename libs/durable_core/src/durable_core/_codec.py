@@ -31,9 +31,11 @@ def encode(value: Any) -> pb.Payload:
         )
     if isinstance(value, bytes | bytearray | memoryview):
         return pb.Payload(encoding=pb.ENCODING_BYTES, data=bytes(value))
-    value = to_jsonable(value)
     try:
+        value = to_jsonable(value)
         data = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except InvalidInputError:
+        raise
     except RecursionError as e:
         raise InvalidInputError("cannot store a value nested this deeply") from e
     except (TypeError, ValueError) as e:
@@ -71,6 +73,15 @@ def decode(payload: pb.Payload, as_type: type[Message] | None = None) -> Any:
     if enc == pb.ENCODING_BYTES:
         return payload.data
     if enc == pb.ENCODING_PROTOBUF:
+        if (
+            as_type is not None
+            and payload.type_name
+            and payload.type_name != as_type.DESCRIPTOR.full_name
+        ):
+            # Never the bytes of one message read as another (a Duration as a Timestamp).
+            raise InvalidInputError(
+                f"expected a {as_type.DESCRIPTOR.full_name}, got a {payload.type_name}"
+            )
         cls = as_type or _message_class(payload.type_name)
         if cls is None:
             return payload.data
@@ -107,7 +118,12 @@ def _excerpt(text: str, limit: int = 200) -> str:
 def to_jsonable(value: Any) -> Any:
     """Dataclasses and pydantic models as plain JSON values; anything else unchanged."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
+        try:
+            return dataclasses.asdict(value)
+        except RecursionError as e:  # it holds itself, or nests too deeply
+            raise InvalidInputError(
+                f"cannot store a {type(value).__name__} nested this deeply (does it hold itself?)"
+            ) from e
     dump = getattr(value, "model_dump", None)
     if callable(dump) and not isinstance(value, type):
         return dump(mode="json")
@@ -147,6 +163,13 @@ def convert(value: Any, as_type: Any) -> Any:
                 errors.append(str(e))
         raise InvalidInputError("; ".join(errors))
     base = origin or as_type
+    if isinstance(base, type) and issubclass(base, Message):
+        # A message is stored as itself; anything else (a dict, another message) would be
+        # stored as something the workflow cannot read as this message.
+        if not isinstance(value, base):
+            got = value.DESCRIPTOR.full_name if isinstance(value, Message) else type(value).__name__
+            raise InvalidInputError(f"expected a {base.DESCRIPTOR.full_name}, got {got}")
+        return value
     if dataclasses.is_dataclass(base) and isinstance(base, type):
         if not isinstance(value, dict):
             raise InvalidInputError(f"expected an object for {base.__name__}, got {value!r:.80}")
@@ -157,8 +180,8 @@ def convert(value: Any, as_type: Any) -> Any:
             raise InvalidInputError(f"{base.__name__} has no field(s) {', '.join(sorted(unknown))}")
         try:
             return base(**{k: convert(v, hints.get(k)) for k, v in value.items()})
-        except TypeError as e:
-            raise InvalidInputError(f"cannot build {base.__name__}: {e}") from e
+        except (TypeError, ValueError) as e:  # ValueError: e.g. from its __post_init__
+            raise InvalidInputError(f"cannot build {base.__name__}: {_excerpt(str(e))}") from e
     validate = getattr(base, "model_validate", None)
     if callable(validate):
         try:

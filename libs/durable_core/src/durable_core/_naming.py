@@ -23,7 +23,8 @@ def check_invocation_id(invocation_id: str) -> str:
     """Return the id if it is usable as a subject token and KV key, else InvalidInputError."""
     if not isinstance(invocation_id, str) or not _ID.fullmatch(invocation_id):
         raise InvalidInputError(
-            f"invalid invocation id {invocation_id!r}: use 1-128 characters from A-Z a-z 0-9 _ -"
+            f"invalid invocation id {invocation_id!r:.80}: use 1-128 characters from "
+            "A-Z a-z 0-9 _ -"
         )
     return invocation_id
 
@@ -32,7 +33,7 @@ def check_workflow_name(name: str) -> str:
     """Return the name if it is a valid workflow name, else InvalidInputError."""
     if not isinstance(name, str) or not _WORKFLOW.fullmatch(name):
         raise InvalidInputError(
-            f"invalid workflow name {name!r}: start with a letter or _, then letters, digits, "
+            f"invalid workflow name {name!r:.80}: start with a letter or _, then letters, digits, "
             "_ . - (at most 128)"
         )
     return name
@@ -65,7 +66,8 @@ def check_route(route: str) -> str:
         return ANY_ROUTE
     if not isinstance(route, str) or not _ROUTE.fullmatch(route):
         raise InvalidInputError(
-            f"invalid command route {route!r}: one token of 1-64 characters from A-Z a-z 0-9 _ -"
+            f"invalid command route {route!r:.80}: one token of 1-64 characters from "
+            "A-Z a-z 0-9 _ -"
         )
     return route
 

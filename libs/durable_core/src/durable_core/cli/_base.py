@@ -179,7 +179,16 @@ def read_json(text: str | None, flag: str) -> Any:
         return None
     source = flag
     if text == "-":
-        text, source = sys.stdin.read(), f"{flag} (stdin)"
+        source = f"{flag} (stdin)"
+        # Bytes, decoded here: the locale's text stream raised a bare UnicodeDecodeError.
+        if sys.stdin is None:  # started with no stdin at all
+            raise InvalidInputError(f"{flag} -: there is no stdin to read")
+        stdin = getattr(sys.stdin, "buffer", None)
+        try:
+            raw = stdin.read() if stdin is not None else sys.stdin.read()
+            text = raw.decode("utf-8") if isinstance(raw, bytes | bytearray) else raw
+        except (OSError, UnicodeDecodeError) as e:
+            raise InvalidInputError(f"{flag} -: cannot read stdin as UTF-8: {e}") from e
     elif text.startswith("@"):
         path = text[1:]
         try:

@@ -86,10 +86,16 @@ def seconds(flag: str, value: float, *, allow_zero: bool) -> timedelta:
     """A --timeout/--delay value as a timedelta; InvalidInputError unless it is a finite number
     of seconds from 0 (excluded unless ``allow_zero``) to ten years."""
     in_range = 0 <= value <= MAX_SECONDS if allow_zero else 0 < value <= MAX_SECONDS
+    span = "from 0 to" if allow_zero else "above 0 and at most"
     if not (math.isfinite(value) and in_range):  # nan compares False: refused too
-        span = "from 0 to" if allow_zero else "above 0 and at most"
         raise InvalidInputError(f"{flag} must be a number of seconds {span} {MAX_SECONDS:.0f}")
-    return timedelta(seconds=value)
+    as_delta = timedelta(seconds=value)
+    if not allow_zero and not as_delta:  # below a microsecond: rounds to 0
+        raise InvalidInputError(
+            f"{flag} must be a number of seconds {span} {MAX_SECONDS:.0f}: {value:g} rounds to "
+            "0 (the smallest is 0.000001)"
+        )
+    return as_delta
 
 
 def _installed_workflows() -> Any:
@@ -179,6 +185,9 @@ def invoke(
     The invocation id is printed on stderr as soon as it is submitted, so an interrupted wait
     loses nothing: `durable status ID` picks it up. Exit 1 if the workflow fails.
     """
+    # Checked first: a bad --timeout or --delay is refused before anything is opened or sent.
+    wait_for = seconds("--timeout", timeout, allow_zero=False)
+    after = seconds("--delay", delay, allow_zero=True) if delay is not None else None
     streamed = bool(args_text and args_text.startswith("@")) and (blob or _takes_blob(workflow))
     if blob and not streamed:
         raise InvalidInputError("--blob needs --args @FILE (the file whose bytes to send)")
@@ -191,8 +200,6 @@ def invoke(
             raise InvalidInputError(f"--args @{path}: cannot read it: {e}") from e
     else:
         payload = read_json(args_text, "--args")
-    wait_for = seconds("--timeout", timeout, allow_zero=False)
-    after = seconds("--delay", delay, allow_zero=True) if delay is not None else None
     from durable_core._naming import check_invocation_id, check_workflow_name
 
     check_workflow_name(workflow)

@@ -9,7 +9,9 @@ unreachable, 4 no such invocation, step or object.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import stat
 import sys
 from typing import Any
 
@@ -24,6 +26,7 @@ from durable_core.cli._base import (
     json_option,
     run,
 )
+from durable_core.errors import InvalidInputError
 
 __all__ = ["payload"]
 
@@ -56,22 +59,43 @@ def get(ctx: click.Context, ref: str, path: str, as_json: bool) -> int:
     """
     g = globals_of(ctx)
 
+    def write(out: Any, chunk: bytes | None) -> None:
+        """Write a chunk (None: close the file); the file's own errors (disk full, ...) are
+        bad input, as an -o that cannot be opened. Stdout's (a closed pipe) stay as they are."""
+        try:
+            if chunk is None:
+                out.close()
+            else:
+                out.write(chunk)
+        except OSError as e:
+            if path == "-":
+                raise
+            raise InvalidInputError(f"-o {path}: {e}") from e
+
     async def fetch() -> int:
         async with await connect(g) as client:
             blob = await client.payload(ref)
-            out: Any = (
-                sys.stdout.buffer if path == "-" else await asyncio.to_thread(open, path, "wb")
-            )
+            try:
+                out: Any = (
+                    sys.stdout.buffer if path == "-" else await asyncio.to_thread(open, path, "wb")
+                )
+            except OSError as e:  # no such directory, a directory, no permission
+                raise InvalidInputError(f"-o {path}: {e}") from e
+            # Only a regular file is removed on error (never /dev/stdout or a named pipe).
+            partial = path != "-" and stat.S_ISREG(os.fstat(out.fileno()).st_mode)
             try:
                 async for chunk in blob.chunks():
-                    out.write(chunk)
+                    write(out, chunk)
+                if path != "-":
+                    write(out, None)  # closes it (flushing its last bytes)
             except BaseException:
                 if path != "-":
-                    out.close()
-                    os.unlink(path)
+                    with contextlib.suppress(OSError):
+                        out.close()
+                if partial:
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
                 raise
-            if path != "-":
-                out.close()
             if as_json:
                 echo_json({"ref": ref, "path": path, "size": blob.size, "sha256": blob.sha256})
             else:

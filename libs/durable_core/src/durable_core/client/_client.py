@@ -45,9 +45,14 @@ def _wait_seconds(timeout: timedelta | float) -> float:
     if isinstance(timeout, timedelta):
         seconds = timeout.total_seconds()
     elif isinstance(timeout, int | float) and not isinstance(timeout, bool):
-        seconds = float(timeout)
+        try:
+            seconds = float(timeout)
+        except OverflowError as e:  # an int beyond float range (10**400)
+            raise InvalidInputError(
+                "timeout must be finite and above 0, not an integer beyond float range"
+            ) from e
     else:
-        raise InvalidInputError(f"timeout must be a timedelta or seconds, not {timeout!r}")
+        raise InvalidInputError(f"timeout must be a timedelta or seconds, not {timeout!r:.80}")
     if not (math.isfinite(seconds) and seconds > 0):
         raise InvalidInputError(f"timeout must be finite and above 0, not {timeout!r}")
     return seconds
@@ -90,6 +95,11 @@ class Client:
             EngineNotFoundError: the engine's streams do not exist (no processor has started
                 on this prefix yet, or the prefix or URL is wrong).
         """
+        if not isinstance(wait_for_engine, timedelta) or wait_for_engine < timedelta(0):
+            raise InvalidInputError(
+                "wait_for_engine must be a timedelta of 0 or more (timedelta(seconds=5)), "
+                f"not {wait_for_engine!r:.80}"
+            )
         cfg = NatsConfig.of(servers, name="durable-client")
         transport = await Transport.connect(
             cfg, engine, wait_for_engine=wait_for_engine.total_seconds()

@@ -9,6 +9,7 @@ one a finished child takes to report to its parent).
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -61,6 +62,9 @@ _FINAL_NAMES = {
     pb.ENTRY_KIND_FAILED: "failed",
     pb.ENTRY_KIND_CANCELLED: "cancelled",
 }
+
+
+_SIGNAL_ID = re.compile(r"[A-Za-z0-9_.:-]{1,256}")
 
 
 class _AlreadyThere(Exception):  # noqa: N818 - internal control flow
@@ -454,12 +458,16 @@ async def fork(t: Transport, invocation_id: str, from_step: int, new_id: str | N
     chosen = new_id is not None
     if new_id is not None:
         new_id = check_invocation_id(new_id)
+    if not isinstance(from_step, int) or isinstance(from_step, bool) or from_step < 1:
+        raise InvalidInputError(
+            f"from_step must be a step number (an int, 1 or more), not {from_step!r:.80}"
+        )
     rec = await state_of(t, invocation_id)
     records = await t.read_journal(invocation_id, min_entries=rec.state.journal_length)
     steps = [r.entry for r in records if r.entry.kind in STEP_KINDS and r.entry.step < from_step]
     recorded = {r.entry.step for r in records if r.entry.kind in STEP_KINDS}
     n = len(recorded)
-    if not isinstance(from_step, int) or from_step < 1 or from_step > n + 1:
+    if from_step > n + 1:
         raise InvalidInputError(
             f"from_step must be a step of {invocation_id} (1 to {n}), or {n + 1} to copy "
             f"all {n} steps and run only what its workflow does after them"
@@ -624,10 +632,22 @@ async def signal(
     check_invocation_id(invocation_id)
     if not isinstance(name, str) or not name or len(name) > 256:
         raise InvalidInputError("a signal name is a non-empty string of at most 256 chars")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InvalidInputError(
+            f"a signal name must be valid Unicode: {name!r:.80} holds a lone surrogate at "
+            f"position {e.start}"
+        ) from e
+    # The id goes into the message id header (``sig:<invocation>:<id>``), which NATS strips of
+    # surrounding blanks and line breaks: an id it changed never matched the engine's own
+    # duplicate check, and the signal was delivered twice. A safe set of characters only.
     if signal_id is not None and (
-        not isinstance(signal_id, str) or not signal_id or len(signal_id) > 256
+        not isinstance(signal_id, str) or not _SIGNAL_ID.fullmatch(signal_id)
     ):
-        raise InvalidInputError("a signal id is a non-empty string of at most 256 chars")
+        raise InvalidInputError(
+            f"invalid signal id {signal_id!r:.80}: use 1-256 characters from A-Z a-z 0-9 _ . : -"
+        )
     payload = await _payloads.offload(t.payloads, payload, invocation_id)
     entry = _client_entry(pb.ENTRY_KIND_SIGNAL, name=name, output=payload)
     msg_id = f"sig:{invocation_id}:{signal_id or uuid.uuid4().hex}"
