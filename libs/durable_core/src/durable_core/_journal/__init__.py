@@ -19,11 +19,12 @@ from durable_core._journal.kinds import (
     describe,
     kind_name,
 )
-from durable_core._journal.replay import Decision, Execute, Replay, ReplayMachine
+from durable_core._journal.replay import Decision, Execute, Ident, Replay, ReplayMachine
 from durable_core._journal.steps import (
     CANCELLED,
     LOCAL_TIMER,
     MAX_SLEEP,
+    Branch,
     DeliverCancel,
     Due,
     GiveUp,
@@ -38,6 +39,7 @@ from durable_core._journal.steps import (
 
 __all__ = [
     "CANCELLED",
+    "Branch",
     "EXTERNAL_KINDS",
     "FINAL_KINDS",
     "LIFECYCLE_KINDS",
@@ -50,6 +52,7 @@ __all__ = [
     "Due",
     "Execute",
     "GiveUp",
+    "Ident",
     "Park",
     "Patch",
     "Replay",

@@ -11,7 +11,7 @@ from durable_core._journal.kinds import FINAL_KINDS, PROCESSOR_KINDS, STEP_KINDS
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core.errors import NonDeterminismError
 
-__all__ = ["Decision", "Execute", "Replay", "ReplayMachine"]
+__all__ = ["Decision", "Execute", "Ident", "Replay", "ReplayMachine"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,12 +32,19 @@ class Execute:
 Decision = Replay | Execute
 
 
+Ident = tuple[str, int]  # (branch, step within the branch): see JournalEntry.branch
+
+
 class ReplayMachine:
     """Matches the steps a workflow takes against its journal.
 
-    Steps are numbered from 1 in the order the workflow starts them; entries may sit in
-    the journal in a different order (concurrent steps complete out of order), so they are
-    matched by step number.
+    Steps are numbered from 1 in the order the workflow starts them. Each entry also names
+    the branch (the workflow's own task, or a task it started) that asked for its step and
+    the step's place in that branch; a replay matches by those. Within one branch the code
+    runs in order, so the same code asks for the same steps in the same order; across
+    branches the order depends on which step finished first, which differs between runs
+    (a replayed step takes no time). A journal written before entries named their branch is
+    matched by step number, as it was written.
     """
 
     __slots__ = (
@@ -54,6 +61,12 @@ class ReplayMachine:
         "_cancel_delivered",
         "_failed_attempts",
         "_patches",
+        "_legacy",
+        "_by_ident",
+        "_reserved",
+        "_taken",
+        "_fresh",
+        "_matched",
     )
 
     def __init__(self, invocation_id: str, entries: Iterable[pb.JournalEntry] = ()) -> None:
@@ -70,6 +83,13 @@ class ReplayMachine:
         self._cancel_delivered: set[int] = set()
         self._failed_attempts: dict[int, list[pb.JournalEntry]] = {}
         self._patches: set[tuple[int, str]] = set()  # (the step it comes before, change id)
+        # Matching by branch: off for a journal with a step entry that names no branch.
+        self._legacy = False
+        self._by_ident: dict[Ident, pb.JournalEntry] = {}
+        self._reserved: dict[Ident, int] = {}  # numbers of steps begun, not finished
+        self._taken: set[int] = set()  # numbers given out in this run
+        self._fresh = 1  # no number below this is free
+        self._matched = 0  # recorded steps replayed in this run
         for entry in entries:
             self.record(entry)
 
@@ -91,7 +111,9 @@ class ReplayMachine:
     @property
     def is_replaying(self) -> bool:
         """True while recorded steps remain that the workflow has not yet reached."""
-        return any(step >= self._next_step for step in self._recorded)
+        if self._legacy:
+            return any(step >= self._next_step for step in self._recorded)
+        return self._matched < len(self._by_ident)
 
     @property
     def idle(self) -> bool:
@@ -124,6 +146,10 @@ class ReplayMachine:
             self._last_processor_kind = kind
         if kind in STEP_KINDS:
             self._recorded[entry.step] = entry
+            if entry.branch_step <= 0:
+                self._legacy = True
+            else:
+                self._by_ident[(entry.branch, entry.branch_step)] = entry
         elif kind in FINAL_KINDS:
             self._final = entry
         elif kind == pb.ENTRY_KIND_AWAKEABLE_RESULT:
@@ -142,20 +168,44 @@ class ReplayMachine:
             self._cancel_delivered.add(entry.step)
         elif kind == pb.ENTRY_KIND_ATTEMPT_FAILED:
             self._failed_attempts.setdefault(entry.step, []).append(entry)
+            if entry.branch_step > 0:  # a step between attempts keeps its number
+                self._reserved[(entry.branch, entry.branch_step)] = entry.step
+            else:
+                self._legacy = True
         elif kind == pb.ENTRY_KIND_PATCH:
             self._patches.add((entry.step, entry.name))
         elif kind == pb.ENTRY_KIND_RETRY_REQUEST and self._final is not None:
-            # Forget the failure: the failed steps run again (same numbers, same idempotency
-            # keys) and everything recorded before them replays.
+            # Forget the failure: the failed step runs again (same number, same idempotency
+            # key) and everything recorded before it replays. Only the step that failed the
+            # invocation: a failure the workflow caught and went on from replays as it was
+            # (run again, it could succeed, and the workflow take the other branch).
+            forget = self._failed_for_good(self._final.failure.step)
             self._final = None
-            self._recorded = {
-                step: e for step, e in self._recorded.items() if not e.HasField("failure")
-            }
+            for e in forget:
+                del self._recorded[e.step]
+                if e.branch_step > 0:
+                    del self._by_ident[(e.branch, e.branch_step)]
+                    self._reserved[(e.branch, e.branch_step)] = e.step
             # The steps that run again start with a fresh attempt count.
             self._failed_attempts = {
                 step: a for step, a in self._failed_attempts.items() if step in self._recorded
             }
             self._last_processor_kind = pb.ENTRY_KIND_SUSPENDED  # idle: a wake-up takes it
+
+    def _failed_for_good(self, step: int) -> list[pb.JournalEntry]:
+        """The failed steps that ended the invocation: ``step`` (the one whose failure the
+        workflow let through), or with none named, each failed step that no later step of
+        its branch followed."""
+        failed = [e for e in self._recorded.values() if e.HasField("failure")]
+        if step > 0:
+            return [e for e in failed if e.step == step]
+
+        def followed(e: pb.JournalEntry) -> bool:
+            if e.branch_step <= 0:
+                return any(other > e.step for other in self._recorded)
+            return any(b == e.branch and n > e.branch_step for b, n in self._by_ident)
+
+        return [e for e in failed if not followed(e)]
 
     def awakeable_result(self, awakeable_id: str) -> pb.JournalEntry | None:
         """The resolution (or rejection) of an awakeable, if it arrived."""
@@ -179,15 +229,27 @@ class ReplayMachine:
         """The outcome of a child invocation, if it finished."""
         return self._children.get(child_id)
 
-    def next_step(self, kind: pb.EntryKind, name: str, input_hash: bytes) -> Decision:
-        """Decide what to do with the next step the workflow asks for.
+    def next_step(
+        self, kind: pb.EntryKind, name: str, input_hash: bytes, ident: Ident = ("", 0)
+    ) -> Decision:
+        """Decide what to do with the next step the workflow asks for (``ident``: which
+        branch asks, and its how-manieth step there).
 
         Raises:
             NonDeterminismError: the journal holds a different step at this number.
         """
-        step = self._next_step
         self._next_step += 1
-        entry = self._recorded.get(step)
+        if self._legacy or ident[1] <= 0:
+            step = self._next_step - 1
+            entry = self._recorded.get(step)
+        else:
+            entry = self._by_ident.get(ident)
+            if entry is None:
+                step = self._reserved.get(ident) or self._free()
+            else:
+                step = entry.step
+                self._matched += 1
+            self._taken.add(step)
         if entry is None:
             return Execute(step)
         if entry.kind != kind or entry.name != name:
@@ -202,3 +264,10 @@ class ReplayMachine:
                 f"the same step with input hash {input_hash.hex()}",
             )
         return Replay(step, entry)
+
+    def _free(self) -> int:
+        """The lowest step number that no entry and no step of this run has: a new step's."""
+        used = self._recorded.keys() | self._reserved.values() | self._taken
+        while self._fresh in used:
+            self._fresh += 1
+        return self._fresh

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import random as _random
 import uuid as _uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -33,6 +33,7 @@ from durable_core.retry import RetryPolicy
 
 __all__ = [
     "CANCELLED",
+    "Branch",
     "LOCAL_TIMER",
     "MAX_SLEEP",
     "DeliverCancel",
@@ -126,6 +127,31 @@ class GiveUp:
     failure: pb.Failure
 
 
+@dataclass(slots=True)
+class Branch:
+    """One task of the workflow's code: its own (``path`` "") or one it started, by the order
+    in which the tasks of its parent first asked the context for something ("2.1": the first
+    of those the second one started). Its steps, UUIDs, random numbers, awakeable ids and
+    clock are its own, so they are the same on every replay whichever branch gets ahead."""
+
+    path: str = ""
+    now_ms: int = 0
+    steps: int = 0
+    branches: int = 0
+    uuids: int = 0
+    awakeables: int = 0
+    rng: _random.Random | None = None
+
+    def child(self) -> Branch:
+        self.branches += 1
+        path = f"{self.path}.{self.branches}" if self.path else str(self.branches)
+        return Branch(path, self.now_ms)
+
+    def next_step(self) -> tuple[str, int]:
+        self.steps += 1
+        return self.path, self.steps
+
+
 class StepMachine:
     """The decisions of one run of one invocation over its journal.
 
@@ -134,26 +160,42 @@ class StepMachine:
         start_time_ms: ``now()`` before the first step (when the invocation was submitted).
     """
 
-    def __init__(self, invocation_id: str, journal: ReplayMachine, start_time_ms: int) -> None:
+    def __init__(
+        self,
+        invocation_id: str,
+        journal: ReplayMachine,
+        start_time_ms: int,
+        branch: Callable[[], Branch] | None = None,
+    ) -> None:
         self.invocation_id = invocation_id
         self.journal = journal
-        self.now_ms = start_time_ms  # the time as the journal knows it
+        self.root = Branch("", start_time_ms)
+        # The branch asking (the context knows its tasks); one branch without it.
+        self.branch: Callable[[], Branch] = branch or (lambda: self.root)
+        self.idents: dict[int, tuple[str, int]] = {}  # step number -> (branch, its step)
         self.nondeterminism: NonDeterminismError | None = None  # even if the workflow caught it
         self.cancel_delivered = False  # the workflow has seen the cancellation
         self.children: list[str] = []  # child invocations started (or replayed) so far
         self.parked: list[Wait] = []
         self.executing = 0  # steps running (or journaling) now: the run may not suspend
-        self._rng: _random.Random | None = None  # made on first use: most runs never need it
-        self._uuids = 0
-        self._awakeables = 0
         self._signal_waits: dict[str, int] = {}
         self._state: dict[str, pb.Payload] = {}
         self._patched: dict[str, bool] = {}  # change id -> the branch this run takes
 
     # -- deterministic values ------------------------------------------------------------------
 
+    @property
+    def now_ms(self) -> int:
+        """The time as the journal knows it, in the asking branch."""
+        return self.branch().now_ms
+
+    @now_ms.setter
+    def now_ms(self, value: int) -> None:
+        self.branch().now_ms = value
+
     def now(self) -> datetime:
-        """The time of the last journaled step passed (or of the submission), UTC."""
+        """The time of the last journaled step this branch passed (or of the submission, or
+        of when its parent started it), UTC."""
         return datetime.fromtimestamp(self.now_ms / 1000, tz=UTC)
 
     def saw(self, entry: pb.JournalEntry) -> None:
@@ -161,22 +203,30 @@ class StepMachine:
         self.now_ms = max(self.now_ms, entry.timestamp_ms)
 
     def uuid(self) -> _uuid.UUID:
-        """The next UUID (version 4 layout) of this invocation: the same on every replay."""
-        self._uuids += 1
-        digest = hashlib.sha256(f"{self.invocation_id}:uuid:{self._uuids}".encode()).digest()
+        """The next UUID (version 4 layout) of this branch: the same on every replay."""
+        b = self.branch()
+        b.uuids += 1
+        where = f"{b.path}:" if b.path else ""
+        digest = hashlib.sha256(f"{self.invocation_id}:uuid:{where}{b.uuids}".encode()).digest()
         return _uuid.UUID(bytes=digest[:16], version=4)
 
     def random(self) -> float:
-        """The next float in [0, 1) from a generator seeded by the invocation id."""
-        if self._rng is None:
-            seed = hashlib.sha256(self.invocation_id.encode()).digest()
-            self._rng = _random.Random(int.from_bytes(seed[:8], "big"))
-        return self._rng.random()
+        """The next float in [0, 1) from a generator seeded by the invocation id (and the
+        branch)."""
+        b = self.branch()
+        if b.rng is None:
+            seed_of = f"{self.invocation_id}:{b.path}" if b.path else self.invocation_id
+            seed = hashlib.sha256(seed_of.encode()).digest()
+            b.rng = _random.Random(int.from_bytes(seed[:8], "big"))
+        return b.rng.random()
 
     def awakeable_id(self) -> str:
-        """The id of the next awakeable: ``awk.<invocation>.<n>``."""
-        self._awakeables += 1
-        return f"awk.{self.invocation_id}.{self._awakeables}"
+        """The id of the next awakeable: ``awk.<invocation>.<n>``, in a branch
+        ``awk.<invocation>.<path>_<n>`` (the path's dots as underscores)."""
+        b = self.branch()
+        b.awakeables += 1
+        where = b.path.replace(".", "_") + "_" if b.path else ""
+        return f"awk.{self.invocation_id}.{where}{b.awakeables}"
 
     def child_id(self, step: int) -> str:
         """A child's id, the same on every replay: ``<parent>-<step>`` (hashed if too long)."""
@@ -226,15 +276,24 @@ class StepMachine:
             NonDeterminismError: the journal holds another step here (kept on the machine).
             InvocationCancelledError: an earlier run delivered the cancellation at this step.
         """
+        ident = self.branch().next_step()
         try:
-            decision = self.journal.next_step(kind, name, digest)
+            decision = self.journal.next_step(kind, name, digest, ident)
         except NonDeterminismError as e:
             self.nondeterminism = e  # the engine blocks the invocation even if this is caught
             raise
+        self.idents[decision.step] = ident
         if isinstance(decision, Replay) and decision.entry.failure.type == CANCELLED:
             self.cancel_delivered = True  # an earlier run was cancelled here: so is this one
             raise InvocationCancelledError(self.invocation_id)
         return decision
+
+    def identify(self, entry: pb.JournalEntry) -> pb.JournalEntry:
+        """Name on an entry of a step of this run the branch that took the step."""
+        ident = self.idents.get(entry.step) if entry.kind != pb.ENTRY_KIND_PATCH else None
+        if ident is not None and entry.step > 0:
+            entry.branch, entry.branch_step = ident
+        return entry
 
     def before_executing(
         self, kind: pb.EntryKind, step: int, name: str, digest: bytes, now_ms: int

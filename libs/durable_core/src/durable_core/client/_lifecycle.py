@@ -65,6 +65,7 @@ _FINAL_NAMES = {
 
 
 _SIGNAL_ID = re.compile(r"[A-Za-z0-9_.:-]{1,256}")
+_AWAKEABLE_N = re.compile(r"[0-9]+(_[0-9]+)*", re.ASCII)
 
 
 class _AlreadyThere(Exception):  # noqa: N818 - internal control flow
@@ -572,7 +573,8 @@ async def _hold(t: Transport, source: str, shared: list[pb.Payload], holder: str
 
 def _awakeable_owner(awakeable_id: str) -> str:
     parts = awakeable_id.split(".") if isinstance(awakeable_id, str) else []
-    if len(parts) != 3 or parts[0] != "awk" or not (parts[2].isascii() and parts[2].isdigit()):
+    # <n>, or <path>_<n> for one a branch of the workflow made (its path's dots as _).
+    if len(parts) != 3 or parts[0] != "awk" or not _AWAKEABLE_N.fullmatch(parts[2]):
         raise NotFoundError(
             f"{awakeable_id!r} is not an awakeable id (they look like awk.<invocation>.<n>)"
         )

@@ -93,6 +93,7 @@ async def run_once(ex: Execution) -> Finish | Suspend | Block:
     ex.ctx = ctx
 
     async def body(_: WorkflowInput) -> Any:
+        ctx.enter()  # this task runs the workflow's own code; tasks it starts are branches
         if not wf.takes_input:
             return await wf.fn(ctx)
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import inspect
 import time
 import uuid
@@ -21,6 +22,7 @@ from durable_core import _codec, _payloads
 from durable_core._grpc import ChannelPool, MethodRef
 from durable_core._journal import (
     MAX_SLEEP,
+    Branch,
     DeliverCancel,
     Due,
     Execute,
@@ -66,6 +68,13 @@ IDEMPOTENCY_KEY_HEADER = IDEMPOTENCY_KEY_METADATA
 FENCE_HEADER = FENCE_METADATA
 
 
+# The run and branch of the task that started this one (tasks take a copy of their parent's
+# context variables): a task's first request to the context makes it a branch of that one.
+_BRANCH: contextvars.ContextVar[tuple[RunContext, Branch] | None] = contextvars.ContextVar(
+    "durable_branch", default=None
+)
+
+
 class RunContext(Context):
     """The context of one run of one invocation (see ``Context`` for the API)."""
 
@@ -87,7 +96,8 @@ class RunContext(Context):
         self._invocation_id = invocation_id
         self._workflow = workflow
         self._partition_key = partition_key
-        self.steps = StepMachine(invocation_id, machine, start_time_ms)
+        self.steps = StepMachine(invocation_id, machine, start_time_ms, self._branch)
+        self._branches: dict[asyncio.Future[Any], Branch] = {}  # each task's branch
         self._journal = journal
         self._channels = channels
         self._interceptors = tuple(interceptors)
@@ -99,6 +109,43 @@ class RunContext(Context):
         # A stored value that could not be read back (missing, corrupt) or written: the run is
         # released whatever the workflow did (never a silent wrong value).
         self.payload_error: PayloadUnavailableError | NatsUnavailableError | None = None
+
+    # -- branches --------------------------------------------------------------------------
+
+    def enter(self) -> None:
+        """The calling task runs the workflow's own code (the root branch): called in it
+        before that code starts, so every task it starts is one of its branches."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._branches[task] = self.steps.root
+        _BRANCH.set((self, self.steps.root))
+
+    def _branch(self) -> Branch:
+        """The branch of the calling task; a task asking for the first time becomes the next
+        branch of the one that started it. Tasks run in the order they were started until
+        they first wait, so siblings ask first in the order they were started, on every run:
+        a branch's path is the same on replay, whichever branch's steps finished first."""
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # no event loop: called from plain code (a test)
+            return self.steps.root
+        if task is None:
+            return self.steps.root
+        known = self._branches.get(task)
+        if known is not None:
+            return known
+        carried = _BRANCH.get()
+        if carried is None or carried[0] is not self:
+            if self.steps.root not in self._branches.values():
+                self.enter()  # nobody entered the run (a test driving the context): the root
+                return self.steps.root
+            parent = self.steps.root
+        else:
+            parent = carried[1]
+        branch = parent.child()
+        self._branches[task] = branch
+        _BRANCH.set((self, branch))
+        return branch
 
     # -- identity and deterministic helpers ------------------------------------------------
 
@@ -289,7 +336,7 @@ class RunContext(Context):
         ``defer``: a step's outcome, journaled with the run's next entry (``settle``)."""
         while self._markers:
             await self._journal.append_step(self._markers.pop(0))
-        await self._journal.append_step(entry, defer=defer)
+        await self._journal.append_step(self.steps.identify(entry), defer=defer)
 
     async def _decide(self, kind: pb.EntryKind, name: str, digest: bytes) -> Any:
         """Replay or execute the next step; the step boundary where pause and cancel act."""

@@ -141,7 +141,12 @@ class JournalWriter:
         batch, or after ``DEFER_S`` at the latest."""
         if self.stopped is not None:
             raise self.stopped
-        await self.flush()  # one at a time (steps that ran side by side)
+        # One at a time (steps that ran side by side): until none is pending, since another
+        # step's outcome may be deferred while this flush waits. Set over it, that outcome
+        # was never journaled, and its step ran again in the next run (three branches
+        # ending their steps together dropped one in the new test).
+        while self.pending is not None:
+            await self.flush()
         self._stamp(entry, False)
         self.pending = entry
         if self._due is None:

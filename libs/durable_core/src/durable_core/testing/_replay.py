@@ -33,7 +33,15 @@ from google.protobuf.message import Message
 
 from durable_core import _codec, _payloads
 from durable_core._grpc import ChannelPool, MethodRef
-from durable_core._journal import STEP_KINDS, Decision, Replay, ReplayMachine, Submission, Wait
+from durable_core._journal import (
+    STEP_KINDS,
+    Decision,
+    Ident,
+    Replay,
+    ReplayMachine,
+    Submission,
+    Wait,
+)
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core.engine._context import RunContext
 from durable_core.errors import ConfigError, InvalidInputError, TerminalError
@@ -310,6 +318,7 @@ async def replay_workflow(
     error: BaseException | None = None
 
     async def body() -> Any:
+        ctx.enter()  # as the engine does: tasks the workflow starts are its branches
         if arity == 2:
             if input is _NO_INPUT:
                 arg = None
@@ -364,8 +373,10 @@ class _CountingMachine(ReplayMachine):
         self.replayed = 0
         super().__init__(invocation_id, entries)
 
-    def next_step(self, kind: pb.EntryKind, name: str, input_hash: bytes) -> Decision:
-        decision = super().next_step(kind, name, input_hash)
+    def next_step(
+        self, kind: pb.EntryKind, name: str, input_hash: bytes, ident: Ident = ("", 0)
+    ) -> Decision:
+        decision = super().next_step(kind, name, input_hash, ident)
         if isinstance(decision, Replay):
             self.replayed += 1
         return decision

@@ -1,0 +1,154 @@
+"""Branches (``asyncio.gather``, ``create_task``) that take several steps each: a replay
+matches each step to its entry by the branch that asked for it and its place there, not by
+the order steps were asked for, which differs between runs (a replayed step takes no time,
+so the first branch replayed all its steps before the second asked for its first)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from durable_core import Context, StepFailedError
+from durable_core._pb.durable.v1 import durable_pb2 as pb
+from durable_core.errors import TerminalError
+from durable_core.testing import replay_workflow
+
+RAN: Counter[str] = Counter()
+
+
+async def fanout(ctx: Context, items: list[str]) -> list[Any]:
+    """Each item: validate, then charge; the first item's validation is the slow one, so
+    the other branches take their second step before it takes its first."""
+
+    async def process(item: str, delay: float) -> list[str]:
+        async def validate() -> str:
+            await asyncio.sleep(delay)
+            RAN[f"{ctx.invocation_id} validate {item}"] += 1
+            return f"ok-{item}"
+
+        async def charge(token: str) -> str:
+            RAN[f"{ctx.invocation_id} charge {item}"] += 1
+            return f"charged-{item}"
+
+        token = str(ctx.uuid())  # a branch's own values: the same on replay
+        v = await ctx.run("validate", validate)
+        c = await ctx.run("charge", charge, token)
+        return [v, c, token]
+
+    delays = [0.3] + [0.01] * (len(items) - 1)
+    out = await asyncio.gather(*(process(i, d) for i, d in zip(items, delays, strict=True)))
+    await ctx.sleep(timedelta(seconds=3))  # suspends: the next run replays every step
+    return out
+
+
+async def test_branches_of_several_steps_replay_after_a_suspension(
+    local_engine: Callable[..., Any],
+) -> None:
+    """The next run replayed the first branch's charge against the second branch's
+    validation: blocked ('the journal recorded run validate, the code asks for run
+    charge'), as run on the code before."""
+    async with local_engine(fanout) as (client, _):
+        await client.invoke_async("fanout", ["a", "b", "c"], id="fan1")
+        result = await client.wait("fan1", timeout=30)
+        assert result.status == "completed", result
+        assert [row[:2] for row in result.output] == [
+            ["ok-a", "charged-a"],
+            ["ok-b", "charged-b"],
+            ["ok-c", "charged-c"],
+        ]
+        assert len({row[2] for row in result.output}) == 3
+        ran = {k: n for k, n in RAN.items() if k.startswith("fan1 ")}
+        assert ran == {f"fan1 {what} {i}": 1 for what in ("validate", "charge") for i in "abc"}
+
+
+async def _two_branches(ctx: Context) -> list[Any]:
+    async def branch(item: str, delay: float) -> tuple[str, str, str]:
+        async def fetch() -> str:
+            await asyncio.sleep(delay)
+            RAN[f"fetch {item}"] += 1
+            return f"price-of-{item}"
+
+        async def charge() -> str:
+            RAN[f"charge {item}"] += 1
+            return f"charged-{item}"
+
+        p = await ctx.run("work", fetch)  # same name, no input: only the branch tells them apart
+        c = await ctx.run("work", charge)
+        return item, p, c
+
+    return list(await asyncio.gather(branch("A", 0.05), branch("B", 0.001)))
+
+
+async def test_a_resumed_run_never_runs_a_journaled_step_of_another_branch_again() -> None:
+    """B took both its steps while A's first was in flight; A's second was in flight at a
+    crash. The resumed run ran B's journaled charge again (as step 4, under a new
+    idempotency key), never A's, and swapped the branches' results: as run on the code
+    before."""
+    RAN.clear()
+    first = await replay_workflow(_two_branches)
+    assert first.output == [
+        ("A", "price-of-A", "charged-A"),
+        ("B", "price-of-B", "charged-B"),
+    ]
+    in_flight = [e for e in first.new_entries if (e.branch, e.branch_step) == ("1", 2)]
+    assert len(in_flight) == 1  # A's charge, the last step to end
+    crashed = [e for e in first.new_entries if e not in in_flight]
+    RAN.clear()
+    resumed = await replay_workflow(_two_branches, journal=crashed)
+    assert resumed.output == first.output
+    assert dict(RAN) == {"charge A": 1}
+    assert resumed.replayed_steps == 3
+
+
+async def test_a_retry_runs_again_only_the_step_that_failed_the_invocation(
+    local_engine: Callable[..., Any],
+) -> None:
+    """The workflow caught the charge's failure (and notified), then the shipment failed.
+    A retry forgot every failed step: the charge ran again, succeeded, and the workflow
+    asked for the shipment where the journal had the notice (blocked, the customer
+    charged), as run on the code before."""
+    calls: Counter[str] = Counter()
+
+    async def order(ctx: Context) -> str:
+        def charge() -> str:
+            calls["charge"] += 1
+            if calls["charge"] == 1:
+                raise TerminalError("card declined")  # not retried
+            return "charged"
+
+        def ship() -> str:
+            calls["ship"] += 1
+            if calls["ship"] == 1:
+                raise TerminalError("no courier")
+            return "shipped"
+
+        try:
+            paid = await ctx.run("charge", charge)
+        except StepFailedError:
+            paid = await ctx.run("notify declined", lambda: "declined")
+        return paid + " and " + await ctx.run("ship", ship)
+
+    async with local_engine(order) as (client, _):
+        await client.invoke_async("order", id="ord1")
+        assert (await client.wait("ord1", timeout=30)).status == "failed"
+        await client.retry("ord1")
+        result = await client.wait("ord1", timeout=30)
+        assert (result.status, result.output) == ("completed", "declined and shipped")
+        assert calls == Counter({"charge": 1, "ship": 2})
+
+
+def test_a_journal_from_before_branches_replays_by_step_number() -> None:
+    """Entries without a branch (written before it existed) are matched as they were."""
+    from durable_core._journal import Execute, Replay, ReplayMachine
+
+    old = [
+        pb.JournalEntry(kind=pb.ENTRY_KIND_RUN, step=1, name="a"),
+        pb.JournalEntry(kind=pb.ENTRY_KIND_RUN, step=2, name="b"),
+    ]
+    m = ReplayMachine("inv", old)
+    assert isinstance(m.next_step(pb.ENTRY_KIND_RUN, "a", b"", ("1", 1)), Replay)
+    assert isinstance(m.next_step(pb.ENTRY_KIND_RUN, "b", b"", ("", 1)), Replay)
+    assert m.next_step(pb.ENTRY_KIND_RUN, "c", b"", ("", 2)) == Execute(3)
