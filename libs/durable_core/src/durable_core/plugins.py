@@ -34,6 +34,7 @@ from durable_core.retry import RetryPolicy
 __all__ = [
     "PLUGIN_GROUP",
     "PluginSet",
+    "ServiceDefaults",
     "WorkflowRegistry",
     "hookimpl",
     "hookspec",
@@ -185,14 +186,81 @@ class DurableHookSpecs:
         """Interceptors to wrap workflow runs and steps with."""
 
 
+class ServiceDefaults(dict[str, str]):
+    """The default service addresses the plugins contributed (service name -> host:port).
+
+    ``conflicts`` holds the services for which two plugins gave different addresses (service
+    -> {plugin: address}): none of them may be guessed, so a processor refuses to start unless
+    its configuration gives the address (``check_configured``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.conflicts: dict[str, dict[str, str]] = {}
+
+    def check_configured(self, configured: Mapping[str, str]) -> None:
+        """ConfigError (one line) naming every service whose plugins disagree on its default
+        address and that ``configured`` (the settings' ``services``: full name, short name
+        or the ``"*"`` fallback, as ``ChannelPool`` looks them up) does not cover."""
+        unresolved = []
+        for service, by_plugin in sorted(self.conflicts.items()):
+            short = service.rsplit(".", 1)[-1]
+            if any(key in configured for key in (service, short, "*")):
+                continue
+            given = ", ".join(f"{addr} (plugin {plugin})" for plugin, addr in by_plugin.items())
+            unresolved.append(
+                f"{service}: {given}; set services.{short} in settings or "
+                f"DURABLE_SERVICES__{short}=host:port"
+            )
+        if unresolved:
+            raise ConfigError(
+                "plugins give different default addresses for gRPC service " + "; ".join(unresolved)
+            )
+
+
 @dataclass(slots=True)
 class PluginSet:
     """What the loaded plugins contributed."""
 
     registry: WorkflowRegistry
-    service_addresses: dict[str, str] = field(default_factory=dict)
+    service_addresses: ServiceDefaults = field(default_factory=ServiceDefaults)
     interceptors: list[Interceptor] = field(default_factory=list)
     plugins: list[str] = field(default_factory=list)
+
+
+def _dist_name(ep: importlib.metadata.EntryPoint) -> str:
+    """The name of the distribution (package) that declares ``ep``, or "?"."""
+    dist = getattr(ep, "dist", None)
+    name = getattr(dist, "name", None) if dist is not None else None
+    return str(name) if name else "?"
+
+
+def _installed_plugins() -> dict[str, list[importlib.metadata.EntryPoint]]:
+    """The entry points of PLUGIN_GROUP by name, one per distribution that declares it."""
+    by_name: dict[str, dict[str, importlib.metadata.EntryPoint]] = {}
+    for ep in importlib.metadata.entry_points(group=PLUGIN_GROUP):
+        by_name.setdefault(ep.name, {}).setdefault(_dist_name(ep), ep)
+    return {name: list(dists.values()) for name, dists in by_name.items()}
+
+
+def _one_entry_point(
+    name: str, eps: list[importlib.metadata.EntryPoint]
+) -> importlib.metadata.EntryPoint:
+    """The entry point of plugin ``name``; ConfigError if two packages declare that name
+    (pluggy would load the first one found and silently skip the other's workflows)."""
+    if len(eps) > 1:
+        packages = " and ".join(sorted(_dist_name(ep) for ep in eps))
+        raise ConfigError(
+            f"plugin name {name!r} (entry-point group {PLUGIN_GROUP}) is declared by two "
+            f"packages: {packages}; only one of them would load: rename the entry point in "
+            "one package or uninstall one"
+        )
+    return eps[0]
+
+
+def _failed(name: str, dist: str | None, e: BaseException) -> ConfigError:
+    where = f"plugin {name!r} ({dist})" if dist else f"plugin {name!r}"
+    detail = str(e) if isinstance(e, ConfigError) else f"{type(e).__name__}: {e}"
+    return ConfigError(f"{where} failed to load: {detail}")
 
 
 def load_plugins(
@@ -209,23 +277,32 @@ def load_plugins(
         only: load just these installed plugins (entry-point names); None: all of them.
 
     Raises:
-        ConfigError: ``only`` names a plugin that is not installed.
+        ConfigError: ``only`` names a plugin that is not installed; two packages declare a
+            plugin of one name; a plugin fails to import or one of its hooks fails (the
+            message names the plugin and its package).
     """
     pm = pluggy.PluginManager("durable")
     pm.add_hookspecs(DurableHookSpecs)
-    if entry_points and only is None:
-        pm.load_setuptools_entrypoints(PLUGIN_GROUP)
-    elif entry_points and only is not None:
-        wanted = sorted(set(only))
-        for name in wanted:
-            if not pm.load_setuptools_entrypoints(PLUGIN_GROUP, name):
-                installed = sorted(
-                    ep.name for ep in importlib.metadata.entry_points(group=PLUGIN_GROUP)
-                )
-                raise ConfigError(
-                    f"plugin {name!r} is not installed; installed plugins: "
-                    f"{', '.join(installed) or 'none'}"
-                )
+    dists: dict[str, str] = {}  # plugin name -> the package that declares it
+    if entry_points:
+        installed = _installed_plugins()
+        if only is None:
+            wanted = sorted(installed)
+        else:
+            wanted = sorted(set(only))
+            for name in wanted:
+                if name not in installed:
+                    raise ConfigError(
+                        f"plugin {name!r} is not installed; installed plugins: "
+                        f"{', '.join(sorted(installed)) or 'none'}"
+                    )
+        chosen = [(name, _one_entry_point(name, installed[name])) for name in wanted]
+        for name, ep in chosen:
+            dists[name] = _dist_name(ep)
+            try:
+                pm.register(ep.load(), name=name)
+            except Exception as e:
+                raise _failed(name, dists[name], e) from e
     for plugin in extra:
         pm.register(plugin)
     registry = WorkflowRegistry()
@@ -235,12 +312,36 @@ def load_plugins(
         out.plugins.append(name)
         impl = getattr(plugin, "durable_register_workflows", None)
         if impl is not None:
-            impl(registry=_Tagged(registry, name))
-    pm.check_pending()  # a misspelled hook name is an error, not silently ignored
-    for addresses in pm.hook.durable_service_addresses():
-        out.service_addresses.update(addresses or {})
-    for icps in pm.hook.durable_interceptors():
-        out.interceptors.extend(icps or ())
+            try:
+                impl(registry=_Tagged(registry, name))
+            except Exception as e:
+                raise _failed(name, dists.get(name), e) from e
+    try:
+        pm.check_pending()  # a misspelled hook name is an error, not silently ignored
+    except pluggy.PluginValidationError as e:
+        name = pm.get_name(e.plugin) or repr(e.plugin)
+        raise _failed(name, dists.get(name), e) from e
+    # In the order pluggy calls them (last registered first); the first registered wins.
+    given: dict[str, dict[str, str]] = {}
+    for impl in reversed(pm.hook.durable_service_addresses.get_hookimpls()):
+        try:
+            given_here = typing.cast(Mapping[str, str] | None, impl.function())
+            addresses = {str(k): str(v) for k, v in dict(given_here or {}).items()}
+        except Exception as e:
+            raise _failed(impl.plugin_name, dists.get(impl.plugin_name), e) from e
+        out.service_addresses.update(addresses)
+        for service, address in addresses.items():
+            given.setdefault(service, {})[impl.plugin_name] = address
+    for service, by_plugin in given.items():
+        if len(set(by_plugin.values())) > 1:
+            out.service_addresses.conflicts[service] = dict(sorted(by_plugin.items()))
+    for impl in reversed(pm.hook.durable_interceptors.get_hookimpls()):
+        try:
+            out.interceptors.extend(
+                typing.cast(Iterable[Interceptor] | None, impl.function()) or ()
+            )
+        except Exception as e:
+            raise _failed(impl.plugin_name, dists.get(impl.plugin_name), e) from e
     out.plugins.sort()
     return out
 

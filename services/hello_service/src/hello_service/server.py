@@ -223,6 +223,21 @@ async def serve(
     logger.info("hello_service stopped")
 
 
+def _env_port(name: str, default: int) -> int:
+    """Port variable ``name`` (``default`` when unset); ValueError naming it if it is not a
+    port number (``main`` reports it as a configuration error, exit code 2)."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        port = int(raw)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{name} must be a port number (0 to 65535), got {raw!r}")
+    return port
+
+
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="hello-service",
@@ -236,13 +251,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--port",
         type=int,
-        default=int(os.environ.get("GRPC_PORT", DEFAULT_PORT)),
+        default=_env_port("GRPC_PORT", DEFAULT_PORT),
         help=f"port to bind, 0 for any free one (env GRPC_PORT, default {DEFAULT_PORT})",
     )
     parser.add_argument(
         "--health-port",
         type=int,
-        default=int(os.environ.get("HEALTH_PORT", DEFAULT_HEALTH_PORT)),
+        default=_env_port("HEALTH_PORT", DEFAULT_HEALTH_PORT),
         help="HTTP port of /livez and /readyz, on the same interface; 0: none "
         f"(env HEALTH_PORT, default {DEFAULT_HEALTH_PORT})",
     )
@@ -271,7 +286,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         Process exit code (0 after a graceful shutdown).
     """
-    args = _parse_args(argv)
+    try:
+        args = _parse_args(argv)
+    except ValueError as e:  # a variable argparse does not check (GRPC_PORT=abc)
+        print(f"hello-service: configuration error: {e}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         provider = configure_tracing()

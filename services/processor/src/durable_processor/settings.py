@@ -9,7 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from durable_core import ConfigError, EngineConfig, NatsConfig, WorkerConfig
-from durable_core.service.settings import check_log_level, check_metrics_port, read_settings, truthy
+from durable_core.service.settings import (
+    check_log_level,
+    check_metrics_port,
+    duration,
+    number,
+    read_settings,
+    truthy,
+)
 
 DEFAULTS = Path(__file__).with_name("settings.toml")
 
@@ -32,7 +39,22 @@ def _heartbeat(seconds: float) -> timedelta | None:
     """0 means the default (ack_wait / 6); a negative value turns heartbeats off."""
     if seconds == 0:
         return None
-    return timedelta(seconds=max(seconds, 0))
+    try:
+        return timedelta(seconds=max(seconds, 0))
+    except OverflowError as e:
+        raise ConfigError(f"setting 'heartbeat' is out of range, got {seconds!r}") from e
+
+
+def _services(value: Any) -> dict[str, str]:
+    """The ``services`` table (service name -> host:port); ConfigError if it is not one."""
+    if value in (None, ""):
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            "setting 'services' must be a table of service name -> host:port (in the settings "
+            f"file, or DURABLE_SERVICES__<name>=host:port), got {value!r}"
+        )
+    return {str(k): str(v) for k, v in value.items()}
 
 
 def load_settings(overrides: Mapping[str, Any] | None = None) -> ProcessorSettings:
@@ -49,19 +71,24 @@ def build(s: Mapping[str, Any]) -> ProcessorSettings:
     """Validate a flat settings mapping into typed configuration."""
 
     def num(key: str, kind: type = int) -> Any:
-        try:
-            return kind(s[key])
-        except (KeyError, TypeError, ValueError) as e:
-            raise ConfigError(f"setting {key!r} must be a number, got {s.get(key)!r}") from e
+        return number(s, key, kind)
+
+    def seconds(key: str) -> timedelta:
+        return duration(s, key)
 
     def text(key: str) -> str | None:
         value = s.get(key)
         return str(value) if value not in (None, "") else None
 
-    services = {str(k): str(v) for k, v in dict(s.get("services") or {}).items()}
+    services = _services(s.get("services"))
     if text("default_service_address"):
         services["*"] = str(s["default_service_address"])
-    heartbeat = num("heartbeat", float)
+    heartbeat = _heartbeat(num("heartbeat", float))
+    grace = seconds("shutdown_grace")
+    if grace < timedelta(0):
+        raise ConfigError(
+            f"setting 'shutdown_grace' must be 0 or more seconds, got {s['shutdown_grace']!r}"
+        )
     nats = NatsConfig.from_settings(s, name="durable-processor")
     engine = EngineConfig(
         prefix=str(s.get("prefix", "durable")),
@@ -73,13 +100,13 @@ def build(s: Mapping[str, Any]) -> ProcessorSettings:
     )
     worker = WorkerConfig(
         max_concurrent=num("max_concurrent"),
-        ack_wait=timedelta(seconds=num("ack_wait", float)),
-        heartbeat=_heartbeat(heartbeat),
+        ack_wait=seconds("ack_wait"),
+        heartbeat=heartbeat,
         consumer=str(s.get("consumer") or "processor"),
         services=services,
         processor_id=str(s.get("processor_id") or ""),
-        shutdown_grace=timedelta(seconds=num("shutdown_grace", float)),
-        lease_ttl=timedelta(seconds=num("lease_ttl", float)),
+        shutdown_grace=grace,
+        lease_ttl=seconds("lease_ttl"),
     )
     level = check_log_level(s)
     plugins = _plugins(s.get("load_plugins"))

@@ -9,7 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from durable_core import ConfigError, EngineConfig, NatsConfig
-from durable_core.service.settings import check_log_level, check_metrics_port, read_settings
+from durable_core.service.settings import (
+    check_log_level,
+    check_metrics_port,
+    duration,
+    number,
+    read_settings,
+)
 
 DEFAULTS = Path(__file__).with_name("settings.toml")
 
@@ -67,17 +73,19 @@ def build(s: Mapping[str, Any]) -> SchedulerSettings:
     """Validate a flat settings mapping into typed configuration."""
 
     def num(key: str, kind: type = int) -> Any:
-        try:
-            return kind(s[key])
-        except (KeyError, TypeError, ValueError) as e:
-            raise ConfigError(f"setting {key!r} must be a number, got {s.get(key)!r}") from e
+        return number(s, key, kind)
+
+    def seconds(key: str) -> float:
+        """A duration setting in seconds: a finite number a timedelta holds, or ConfigError."""
+        duration(s, key)
+        return float(number(s, key, float))
 
     nats = NatsConfig.from_settings(s, name="durable-scheduler")
-    retention = num("retention", float)
+    retention = seconds("retention")
     if retention < 1:
         raise ConfigError(f"setting 'retention' must be at least 1 second, got {retention}")
     # Replicas and the payload limit are read from the streams the processors created.
-    grace_s = num("payload_grace", float)
+    grace_s = seconds("payload_grace")
     if grace_s < 0:
         raise ConfigError(f"setting 'payload_grace' must be at least 0 s, got {grace_s}")
     engine = EngineConfig(
@@ -85,30 +93,30 @@ def build(s: Mapping[str, Any]) -> SchedulerSettings:
         retention=timedelta(seconds=retention),
         payload_grace=timedelta(seconds=grace_s),
     )
-    ack_wait = num("ack_wait", float)
+    ack_wait = seconds("ack_wait")
     if ack_wait < 1:
         raise ConfigError(f"setting 'ack_wait' must be at least 1 second, got {ack_wait}")
     max_concurrent = num("max_concurrent")
     if not 1 <= max_concurrent <= 10_000:
         raise ConfigError(f"setting 'max_concurrent' must be 1..10000, got {max_concurrent}")
-    grace = num("shutdown_grace", float)
+    grace = seconds("shutdown_grace")
     if grace < 0:
         raise ConfigError(f"setting 'shutdown_grace' must be 0 or more seconds, got {grace}")
-    sweep = num("retention_sweep", float)
+    sweep = seconds("retention_sweep")
     if sweep < 0.1:
         raise ConfigError(f"setting 'retention_sweep' must be at least 0.1 s, got {sweep}")
-    note_ttl = num("expired_note_ttl", float)
+    note_ttl = seconds("expired_note_ttl")
     if note_ttl != 0 and note_ttl < 1:
         raise ConfigError(f"setting 'expired_note_ttl' must be 0 or at least 1 s, got {note_ttl}")
-    stranded_sweep = num("stranded_sweep", float)
-    stranded_after = num("stranded_after", float)
+    stranded_sweep = seconds("stranded_sweep")
+    stranded_after = seconds("stranded_after")
     if stranded_sweep != 0 and stranded_sweep < 0.1:
         raise ConfigError(
             f"setting 'stranded_sweep' must be 0 or at least 0.1 s, got {stranded_sweep}"
         )
     if stranded_after < 1:
         raise ConfigError(f"setting 'stranded_after' must be at least 1 s, got {stranded_after}")
-    schedule_sweep = num("schedule_sweep", float)
+    schedule_sweep = seconds("schedule_sweep")
     if schedule_sweep != 0 and schedule_sweep < 0.1:
         raise ConfigError(
             f"setting 'schedule_sweep' must be 0 or at least 0.1 s, got {schedule_sweep}"

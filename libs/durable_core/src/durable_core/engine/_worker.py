@@ -43,7 +43,7 @@ from durable_core.errors import (
     SuspendExecution,
 )
 from durable_core.interceptors import EngineEvent, Interceptor, observe
-from durable_core.plugins import WorkflowRegistry
+from durable_core.plugins import ServiceDefaults, WorkflowRegistry
 
 if TYPE_CHECKING:
     from durable_core.admin import Engine
@@ -73,6 +73,7 @@ class Worker:
         self.config = config
         self.interceptors = tuple(interceptors)
         self.channels = channels or ChannelPool(config.services, service_defaults)
+        self._service_defaults = service_defaults
         self.processor_id = config.processor_id or f"{socket.gethostname()}-{os.getpid()}"
         self.lease = ProcessorLease(
             transport, self.processor_id, config.lease_ttl.total_seconds(), lambda: self._held
@@ -194,6 +195,10 @@ class Worker:
         consumer = self._consumer
         if self._stopping.is_set():
             return "stopping"
+        if not len(self.registry):
+            # It consumes nothing: ready, a deployment of it would look healthy while
+            # every invocation it was meant to run waits (or is refused as unserved).
+            return "serves no workflows (no plugin loaded)"
         if consumer is None:
             return "starting (setting up its lease and the consumer)"
         if not self.transport.nc.is_connected:
@@ -231,8 +236,12 @@ class Worker:
 
         Raises:
             ConfigError: a gRPC service that a workflow here calls has no address (see
-                ``ChannelPool.check_addresses``), or the engine's layout is not this one's.
+                ``ChannelPool.check_addresses``), two plugins give different default
+                addresses for a service the configuration does not set (see
+                ``ServiceDefaults.check_configured``), or the engine's layout is not this one's.
         """
+        if isinstance(self._service_defaults, ServiceDefaults):
+            self._service_defaults.check_configured(self.config.services)
         self.channels.check_addresses((wf.name, wf.fn) for wf in self.registry)
         # Binding the consumers takes no command yet; it refuses an engine of the layout
         # before routing (ConfigError), before this processor leaves any trace.

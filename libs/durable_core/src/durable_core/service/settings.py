@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,15 @@ from dynaconf.utils.parse_conf import (  # type: ignore[import-untyped]
 
 from durable_core.errors import ConfigError
 
-__all__ = ["check_log_level", "check_metrics_port", "read_settings", "truthy"]
+__all__ = [
+    "check_log_level",
+    "check_metrics_port",
+    "check_settings_file",
+    "duration",
+    "number",
+    "read_settings",
+    "truthy",
+]
 
 LOG_LEVELS = frozenset({"DEBUG", "INFO", "WARNING", "ERROR"})
 
@@ -26,6 +36,8 @@ LOG_LEVELS = frozenset({"DEBUG", "INFO", "WARNING", "ERROR"})
 # DURABLE_PREFIX=007 would open the engine "7", or the service would stop on a parse error.
 VERBATIM = frozenset({"nats_user", "nats_password", "nats_token", "inspector_token"})
 PREFIX = "DURABLE_"
+# The formats dynaconf reads without extras (it skips any other file silently).
+SETTINGS_SUFFIXES = frozenset({".json", ".py", ".tml", ".toml", ".yaml", ".yml"})
 
 
 def read_settings(
@@ -40,16 +52,13 @@ def read_settings(
     env = os.environ
     files = [str(defaults)]
     if env.get("DURABLE_SETTINGS_FILE"):
-        files.append(env["DURABLE_SETTINGS_FILE"])
-    raw = Dynaconf(
-        envvar_prefix="DURABLE",
-        settings_files=files,
-        environments=False,
-        merge_enabled=True,
-        load_dotenv=False,
-        loaders=[],  # the files only: the environment is read below
-    )
-    text = VERBATIM | {k.lower() for k, v in raw.as_dict().items() if isinstance(v, str)}
+        files.append(check_settings_file(env["DURABLE_SETTINGS_FILE"]))
+    raw = _files(files)
+    try:
+        loaded = raw.as_dict()
+    except Exception as e:
+        raise ConfigError(f"cannot read the settings files {', '.join(files)}: {e}") from e
+    text = VERBATIM | {k.lower() for k, v in loaded.items() if isinstance(v, str)}
     verbatim: dict[str, str] = {}
     parsed: dict[str, Any] = {}
     for name, value in env.items():
@@ -72,6 +81,68 @@ def read_settings(
         if value is not None:
             s[key] = value
     return s
+
+
+def _files(files: list[str]) -> Any:
+    return Dynaconf(
+        envvar_prefix="DURABLE",
+        settings_files=files,
+        environments=False,
+        merge_enabled=True,
+        load_dotenv=False,
+        loaders=[],  # the files only: the environment is read by read_settings
+    )
+
+
+def check_settings_file(path: str) -> str:
+    """``path`` (DURABLE_SETTINGS_FILE), once it is known to be a readable settings file that
+    parses; else ConfigError naming it. Dynaconf skips a missing file, and a file of a format
+    it does not read, without a word: a wrong path in a deployment left its settings (the
+    replicas of the streams, say) at their defaults."""
+    where = f"DURABLE_SETTINGS_FILE={path}"
+    file = Path(path)
+    if not file.is_file():
+        what = "is a directory" if file.is_dir() else "does not exist"
+        raise ConfigError(f"{where}: the settings file {what}")
+    if not os.access(file, os.R_OK):
+        raise ConfigError(f"{where}: the settings file is not readable")
+    if file.suffix.lower() not in SETTINGS_SUFFIXES:
+        raise ConfigError(
+            f"{where}: a settings file must be {', '.join(sorted(SETTINGS_SUFFIXES))}, "
+            f"not {file.suffix or 'without an extension'}"
+        )
+    if file.suffix.lower() == ".py":
+        return path  # not run twice: read_settings names the files if it fails
+    try:
+        _files([path]).as_dict()
+    except Exception as e:
+        raise ConfigError(f"{where}: cannot parse the settings file: {e}") from e
+    return path
+
+
+def number(s: Mapping[str, Any], key: str, kind: type = int) -> Any:
+    """Setting ``key`` as an ``int`` or a ``float``: ConfigError naming it if missing, not a
+    number (a boolean is not one: ``true`` would be 1), or not finite (nan, inf)."""
+    value = s.get(key)
+    try:
+        if isinstance(value, bool):
+            raise TypeError("a boolean")
+        out = kind(value)
+        if not math.isfinite(out):
+            raise ValueError("not finite")
+    except (TypeError, ValueError, OverflowError) as e:
+        raise ConfigError(f"setting {key!r} must be a number, got {value!r}") from e
+    return out
+
+
+def duration(s: Mapping[str, Any], key: str) -> timedelta:
+    """Setting ``key``, in seconds, as a timedelta: ConfigError naming it if it is not a
+    finite number or is beyond what a timedelta holds (1e20 s)."""
+    value = number(s, key, float)
+    try:
+        return timedelta(seconds=value)
+    except OverflowError as e:
+        raise ConfigError(f"setting {key!r} is out of range, got {s.get(key)!r}") from e
 
 
 def truthy(value: Any) -> bool:
