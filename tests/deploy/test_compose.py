@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,19 @@ from ._tools import REPO, tool
 COMPOSE_DIR = REPO / "deploy" / "compose"
 NATS_NODES = ("nats-1", "nats-2", "nats-3")
 DURABLE_SERVICES = ("hello-service", "processor", "scheduler", "inspector")
-NATS_CLIENTS = ("processor", "scheduler", "inspector")
+
+
+def nats_clients(services: dict[str, Any]) -> list[str]:
+    """Every service that connects to NATS: its environment names a NATS URL (the engine's
+    NATS_URL, or the hello service's IDEMPOTENCY_STORE_URL). A fixed list once missed the hello
+    service, which then crash-looped under compose.tls.yaml."""
+    found = [
+        name
+        for name, spec in services.items()
+        if {"NATS_URL", "IDEMPOTENCY_STORE_URL"} & set(spec.get("environment") or {})
+    ]
+    assert found, "no service connects to NATS?"
+    return sorted(found)
 
 
 def compose_binary() -> str:
@@ -109,7 +123,8 @@ def test_the_stack_is_complete(tmp_path: Path) -> None:
         for arg in ("BASE_IMAGE", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL"):
             assert arg in spec["build"]["args"], (name, arg)
         assert spec["read_only"] is True and spec["cap_drop"] == ["ALL"], name
-    for name in NATS_CLIENTS:
+    assert set(nats_clients(services)) == set(DURABLE_SERVICES)
+    for name in nats_clients(services):
         env = services[name]["environment"]
         assert env["NATS_URL"] == ",".join(f"nats://{n}:4222" for n in NATS_NODES)
         assert env["DURABLE_REPLICAS"] == "3"
@@ -131,13 +146,52 @@ def test_tls_variant_hands_every_client_its_certificates(tmp_path: Path) -> None
         assert services[node]["command"] == ["--config", "/etc/nats/nats-tls.conf"]
         targets = {v["target"] for v in services[node]["volumes"]}
         assert {"/etc/nats", "/etc/nats-tls", "/data"} <= targets
-    for name in NATS_CLIENTS:
+    clients = nats_clients(resolved(tmp_path, "compose.yaml")["services"])
+    assert "hello-service" in clients  # its idempotency store is a NATS client
+    for name in clients:
         env = services[name]["environment"]
+        assert "secrets" in services[name], f"{name} connects to NATS but gets no certificates"
         mounted = {s["target"] for s in services[name]["secrets"]}
         for variable in ("DURABLE_NATS_TLS_CA", "DURABLE_NATS_TLS_CERT", "DURABLE_NATS_TLS_KEY"):
             assert env[variable] in mounted, (name, variable)
         assert env["DURABLE_NATS_PASSWORD"], name  # TLS adds to the password, not instead
     assert set(config["secrets"]) == {"nats-ca", "nats-client-cert", "nats-client-key"}
+
+
+def test_the_inspector_is_published_on_loopback_by_default(tmp_path: Path) -> None:
+    """The inspector's token may be empty: its port was published on every interface."""
+    for env_file in (None, tmp_path / "bare.env"):
+        if env_file is not None:  # an env file of before: no DURABLE_INSPECTOR_BIND in it
+            env_file.write_text("DURABLE_NATS_PASSWORD=p\n")
+        out = compose(tmp_path, "compose.yaml", env_file=env_file, args=("--format", "json"))
+        assert out.returncode == 0, out.stderr
+        (port,) = json.loads(out.stdout)["services"]["inspector"]["ports"]
+        assert (port["host_ip"], port["target"]) == ("127.0.0.1", 8080), port
+    assert "DURABLE_INSPECTOR_BIND=127.0.0.1" in (COMPOSE_DIR / ".env.example").read_text()
+    assert "DURABLE_INSPECTOR_BIND" in (REPO / "deploy" / "README.md").read_text()
+
+
+def _seconds(duration: str) -> float:
+    """A compose duration as `config --format json` gives it (20s, 1m30s)."""
+    parts = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?", duration)
+    assert parts and duration, duration
+    hours, minutes, seconds = (float(p or 0) for p in parts.groups())
+    return hours * 3600 + minutes * 60 + seconds
+
+
+def test_processors_get_the_time_their_drain_takes(tmp_path: Path) -> None:
+    """stop_grace_period was 20 s for a drain of shutdown_grace + ~11 s (up to +25 s with its
+    clean-ups): Docker killed the processors mid-drain. Longer than shutdown_grace + ack_wait -
+    ack_wait/6 would let a step stuck in a thread run on after its command went elsewhere."""
+    processor = resolved(tmp_path, "compose.yaml")["services"]["processor"]
+    defaults = tomllib.loads(
+        (REPO / "services/processor/src/durable_processor/settings.toml").read_text()
+    )
+    env = processor["environment"]
+    grace = float(env.get("DURABLE_SHUTDOWN_GRACE", defaults["shutdown_grace"]))
+    ack_wait = float(env.get("DURABLE_ACK_WAIT", defaults["ack_wait"]))
+    stop = _seconds(processor["stop_grace_period"])
+    assert grace + 25 <= stop < grace + ack_wait - ack_wait / 6, (stop, grace, ack_wait)
 
 
 def test_a_missing_password_stops_compose_with_a_clear_message(tmp_path: Path) -> None:

@@ -337,9 +337,11 @@ def test_settings_file_is_read_by_the_processor(
     custom_docs: list[dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings_module = pytest.importorskip("durable_processor.settings")
-    text = by_kind(custom_docs, "ConfigMap")[f"{RELEASE}-settings"]["data"]["settings.toml"]
+    data = by_kind(custom_docs, "ConfigMap")[f"{RELEASE}-settings"]["data"]
+    text = data["processor.toml"]  # the processor's: the shared settings and its own
     parsed = tomllib.loads(text)
     assert parsed["max_concurrent"] == 50 and parsed["replicas"] == 3
+    assert "max_concurrent" not in tomllib.loads(data["settings.toml"])  # the others'
     path = tmp_path / "settings.toml"
     path.write_text(text)
     for name in [n for n in list(__import__("os").environ) if n.startswith("DURABLE_")]:
@@ -349,7 +351,7 @@ def test_settings_file_is_read_by_the_processor(
     settings = settings_module.load_settings()
     assert settings.engine.replicas == 3
     assert settings.worker.max_concurrent == 50
-    assert settings.worker.ack_wait.total_seconds() == 30
+    assert settings.worker.ack_wait.total_seconds() == 60  # the chart's (values.yaml says why)
     assert dict(settings.worker.services)["OrderService"] == "orders.shop:9090"
     try:  # the inspector reads the same file
         from durable_inspector.settings import load_settings as load_inspector_settings
@@ -651,7 +653,147 @@ def test_replicas_spread_over_nodes_and_zones(default_docs: list[dict[str, Any]]
             assert (
                 c["labelSelector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
             )
-            assert c["whenUnsatisfiable"] == "ScheduleAnyway" and c["maxSkew"] == 1
+            assert c["maxSkew"] == 1
+            # Three NATS servers on one node lose the quorum with that node: never two on one
+            # node while another has none. Zones stay a preference (nodes may carry no zone
+            # label, which DoNotSchedule would make unschedulable), as do stateless replicas.
+            hard = name == f"{RELEASE}-nats" and c["topologyKey"] == "kubernetes.io/hostname"
+            expected = "DoNotSchedule" if hard else "ScheduleAnyway"
+            assert c["whenUnsatisfiable"] == expected, (name, c["topologyKey"])
+
+
+def test_jetstream_file_store_leaves_room_on_its_volume(default_docs: list[dict[str, Any]]) -> None:
+    """max_file_store defaulted to the PVC's size: JetStream filled the disk to the last byte
+    (its own metadata, snapshots and the filesystem's overhead need room too)."""
+    file_store = yaml.safe_load((CHART / "values.yaml").read_text())["nats"]["config"]["jetstream"][
+        "fileStore"
+    ]
+    units = {"Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+    def size(text: str) -> int:
+        number, unit = re.fullmatch(r"(\d+)(Mi|Gi|Ti)", str(text)).groups()  # type: ignore[union-attr]
+        return int(number) * units[unit]
+
+    ratio = size(file_store["maxSize"]) / size(file_store["pvc"]["size"])
+    assert 0.85 <= ratio <= 0.92, ratio
+    config = by_kind(default_docs, "ConfigMap")[f"{RELEASE}-nats-config"]["data"]["nats.conf"]
+    assert f'"max_file_store": {file_store["maxSize"]},' in config, config
+    assert "fileStore.maxSize" in (REPO / "deploy" / "README.md").read_text()
+
+
+def test_the_processors_grace_period_covers_its_drain_and_no_more() -> None:
+    """terminationGracePeriodSeconds was 30 s, unrelated to shutdown_grace and ack_wait: a
+    drain (shutdown_grace + up to 25 s) was cut by SIGKILL; a longer period than shutdown_grace
+    + ack_wait - heartbeat lets a step stuck in a thread run on after its command went to
+    another processor. The chart refuses both, and its defaults fit."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    grace, ack_wait = values["settings"]["shutdown_grace"], values["settings"]["ack_wait"]
+    period = values["processor"]["terminationGracePeriodSeconds"]
+    assert grace + 25 <= period < grace + ack_wait - ack_wait / 6
+    deployment = by_kind(objects(render(REQUIRED)), "Deployment")[f"{RELEASE}-processor"]
+    assert pod_spec(deployment)["terminationGracePeriodSeconds"] == period
+
+    def processor(period: int, **settings: Any) -> dict[str, Any]:
+        return {
+            **REQUIRED,
+            "settings": settings,
+            "processor": {"terminationGracePeriodSeconds": period},
+        }
+
+    with pytest.raises(helm.HelmError, match=r"at least settings.shutdown_grace \+ 25 \(35\)"):
+        render(processor(30))
+    with pytest.raises(helm.HelmError, match=r"below settings.shutdown_grace \+ ack_wait"):
+        render(processor(90))
+    with pytest.raises(helm.HelmError, match="at least settings.shutdown_grace"):
+        render(processor(60, shutdown_grace=40))
+    render(processor(70, shutdown_grace=40))
+    # The processor's own environment wins over the settings file: the check reads it too.
+    with pytest.raises(helm.HelmError, match="below"):
+        render({**REQUIRED, "processor": {"env": {"DURABLE_ACK_WAIT": "30"}}})
+    render({**REQUIRED, "processor": {"env": {"DURABLE_ACK_WAIT": 120}}})
+    # A processor that is not deployed is not checked.
+    render({**REQUIRED, "processor": {"enabled": False, "terminationGracePeriodSeconds": 1}})
+
+
+def _effective(
+    docs: list[dict[str, Any]],
+    component: str,
+    load: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Any:
+    """A component's settings as its container reads them: the settings file its pod mounts at
+    DURABLE_SETTINGS_FILE, and the DURABLE_* values of its environment."""
+    deployment = by_kind(docs, "Deployment")[f"{RELEASE}-{component}"]
+    (container,) = containers(deployment)
+    env = env_of(container)
+    mount = next(
+        m for m in container["volumeMounts"] if m["mountPath"] == env["DURABLE_SETTINGS_FILE"]
+    )
+    volume = next(v for v in pod_spec(deployment)["volumes"] if v["name"] == mount["name"])
+    data = by_kind(docs, "ConfigMap")[volume["configMap"]["name"]]["data"]
+    path = tmp_path / f"{component}.toml"
+    path.write_text(data[mount["subPath"]])
+    for name in [n for n in list(__import__("os").environ) if n.startswith("DURABLE_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.delenv("NATS_URL", raising=False)
+    for name, value in env.items():
+        if name.startswith("DURABLE_") and isinstance(value, str):
+            monkeypatch.setenv(name, value)
+    monkeypatch.setenv("DURABLE_SETTINGS_FILE", str(path))
+    return load()
+
+
+def test_processor_knobs_reach_the_processor_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every component read one settings.toml with every value of `settings`: the processor's
+    ack_wait (30) and max_concurrent (100) replaced the scheduler's own (10, 16), and a
+    max_concurrent above 10000 stopped the scheduler (it refuses one)."""
+    processor_settings = pytest.importorskip("durable_processor.settings")
+    scheduler_settings = pytest.importorskip("durable_scheduler.settings")
+    # The scheduler's own defaults, as it reads them without any settings file.
+    scheduler_defaults = scheduler_settings.build(
+        tomllib.loads(scheduler_settings.DEFAULTS.read_text())
+    )
+    values = {
+        **REQUIRED,
+        "settings": {
+            "max_concurrent": 20000,
+            "ack_wait": 90,
+            "shutdown_grace": 15,
+            "prefix": "shop",
+        },
+        "processor": {"terminationGracePeriodSeconds": 60},
+    }
+    docs = objects(render(values))
+    processor = _effective(
+        docs, "processor", processor_settings.load_settings, tmp_path, monkeypatch
+    )
+    assert processor.worker.max_concurrent == 20000
+    assert processor.worker.ack_wait.total_seconds() == 90
+    assert processor.worker.shutdown_grace.total_seconds() == 15
+    assert processor.engine.prefix == "shop" and processor.engine.replicas == 3
+    scheduler = _effective(
+        docs, "scheduler", scheduler_settings.load_settings, tmp_path, monkeypatch
+    )
+    assert scheduler.ack_wait == scheduler_defaults.ack_wait
+    assert scheduler.max_concurrent == scheduler_defaults.max_concurrent
+    assert scheduler.shutdown_grace == scheduler_defaults.shutdown_grace
+    assert scheduler.engine.prefix == "shop"  # the shared settings stay shared
+    for component in ("scheduler", "inspector", "hello-service"):
+        env = env_of(containers(by_kind(docs, "Deployment")[f"{RELEASE}-{component}"])[0])
+        for variable in ("DURABLE_ACK_WAIT", "DURABLE_MAX_CONCURRENT", "DURABLE_SHUTDOWN_GRACE"):
+            assert variable not in env, (component, variable)
+
+
+def test_the_inspector_searches_the_processors_traces(default_docs: list[dict[str, Any]]) -> None:
+    """The processor's spans went to Jaeger as `processor`; the inspector searched
+    `durable-processor` (its default, the processor's name without OTEL_SERVICE_NAME)."""
+    deployments = by_kind(default_docs, "Deployment")
+    processor = env_of(containers(deployments[f"{RELEASE}-processor"])[0])
+    inspector = env_of(containers(deployments[f"{RELEASE}-inspector"])[0])
+    assert inspector["DURABLE_JAEGER_SERVICE"] == processor["OTEL_SERVICE_NAME"]
 
 
 def test_the_documented_mtls_values_verify_client_certificates() -> None:

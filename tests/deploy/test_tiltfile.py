@@ -497,6 +497,46 @@ def test_cluster_mode_live_updates_every_plugin_folder_and_takes_index_plugins()
     assert len(plugin_packages) >= 8
 
 
+def test_watchfiles_lets_the_processor_drain() -> None:
+    """watchfiles SIGKILLed the processor 5 s after its SIGINT (--sigint-timeout's default), in
+    the middle of a drain of shutdown_grace + up to 25 s; it must also end (after one more
+    second of --sigkill-timeout) before the pod's terminationGracePeriodSeconds."""
+    tilt = execute(TILTFILE.read_text())
+    workloads = {o["metadata"]["name"]: o for o in tilt.k8s_objects if o["kind"] == "Deployment"}
+    settings = yaml.safe_load((REPO / "deploy/helm/durable/values.yaml").read_text())["settings"]
+    for component in ("processor", "scheduler"):
+        if f"durable/{component}" not in tilt.images:
+            continue
+        entrypoint = tilt.images[f"durable/{component}"]["entrypoint"]
+        assert "--sigint-timeout" in entrypoint, (component, entrypoint)
+        stop = int(entrypoint[entrypoint.index("--sigint-timeout") + 1])
+        pod = workloads[f"durable-{component}"]["spec"]["template"]["spec"]
+        assert stop + 1 < pod["terminationGracePeriodSeconds"], component
+        if component == "processor":
+            assert stop >= settings["shutdown_grace"] + 25
+        else:
+            assert stop > 10  # the scheduler's own shutdown_grace
+
+
+def test_nats_fits_a_development_cluster() -> None:
+    """The chart requires the NATS servers on different nodes; Tilt's clusters (kind, k3d)
+    may have one usable node beside a tainted control plane."""
+    tilt = execute(TILTFILE.read_text())
+    (nats,) = (o for o in tilt.k8s_objects if o["kind"] == "StatefulSet")
+    spread = nats["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert {c["whenUnsatisfiable"] for c in spread} == {"ScheduleAnyway"}
+
+
+def test_the_inspector_searches_the_processors_traces() -> None:
+    """The processor's spans were `processor`; the inspector searched `durable-processor`."""
+    tilt = execute(TILTFILE.read_text(), local=True, otlp="http://localhost:4317")
+    if "inspector" not in tilt.local_resources:
+        pytest.skip("no inspector yet")
+    inspector = tilt.local_resources["inspector"]["serve_env"]
+    processor = tilt.local_resources["processor"]["serve_env"]
+    assert inspector["DURABLE_JAEGER_SERVICE"] == processor["OTEL_SERVICE_NAME"]
+
+
 # -- each check fails on a seeded error ------------------------------------------------------------
 
 

@@ -115,6 +115,63 @@ bundled NATS chart reads through its own $tplYaml, see values.yaml). */}}
 {{- end }}
 {{- end }}
 {{- end }}
+{{- /* The processor's termination grace period against its drain: after SIGTERM it waits
+shutdown_grace for in-flight executions, then hands the rest back and leaves (up to 25 s more),
+and a step stuck in a thread holds its command until the heartbeats it stopped run out (ack_wait
+after the last one). Each value as the processor reads it: its env, else settings, else its
+built-in default. */}}
+{{- $p := .Values.processor }}
+{{- if $p.enabled }}
+{{- $read := dict "shutdown_grace" 10 "ack_wait" 30 "heartbeat" 0 }}
+{{- range $key := keys $read }}
+{{- if hasKey $.Values.settings $key }}{{ $_ := set $read $key (get $.Values.settings $key) }}{{ end }}
+{{- $variable := printf "DURABLE_%s" (upper $key) }}
+{{- if and $p.env (hasKey $p.env $variable) }}{{ $_ := set $read $key (get $p.env $variable) }}{{ end }}
+{{- end }}
+{{- $grace := float64 $read.shutdown_grace }}
+{{- $ack := float64 $read.ack_wait }}
+{{- $beat := float64 $read.heartbeat }}
+{{- if le $beat 0.0 }}{{ $beat = divf $ack 6 }}{{ end }}
+{{- $period := float64 $p.terminationGracePeriodSeconds }}
+{{- $low := addf $grace 25 }}
+{{- $high := subf (addf $grace $ack) $beat }}
+{{- if lt $period $low }}
+{{- fail (printf "processor.terminationGracePeriodSeconds (%v) must be at least settings.shutdown_grace + 25 (%v): after SIGTERM the processor waits shutdown_grace (%v s) for in-flight executions, then takes up to 25 s more to hand the rest back and leave, and Kubernetes kills it when the period ends. Raise the period (and below settings.shutdown_grace + ack_wait - heartbeat, %v), or lower settings.shutdown_grace." $period $low $grace $high) }}
+{{- end }}
+{{- if ge $period $high }}
+{{- fail (printf "processor.terminationGracePeriodSeconds (%v) must be below settings.shutdown_grace + ack_wait - heartbeat (%v + %v - %v = %v): a step stuck in a thread keeps running until the pod is killed, while its command is redelivered to another processor ack_wait after the last heartbeat. Lower the period (at least shutdown_grace + 25 = %v), or raise settings.ack_wait." $period $grace $ack $beat $high $low) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Settings only the processor reads: processor.toml has them, the shared settings.toml not
+(the scheduler reads ack_wait, max_concurrent, shutdown_grace and consumer with meanings,
+defaults and limits of its own: its knobs are scheduler.env, DURABLE_ACK_WAIT and so on). */}}
+{{- define "durable.processorSettings" -}}
+{{- list "max_concurrent" "ack_wait" "heartbeat" "shutdown_grace" "lease_ttl" "consumer" "processor_id" "services" "load_plugins" "default_service_address" "submit_test_command" | toJson }}
+{{- end }}
+
+{{/* A settings file from a map: scalar settings first, then one table per map. */}}
+{{- define "durable.settingsToml" -}}
+{{- range $key, $value := . }}
+{{- if not (kindIs "map" $value) }}
+{{ $key }} = {{ toJson $value }}
+{{- end }}
+{{- end }}
+{{- range $key, $value := . }}
+{{- if kindIs "map" $value }}
+
+[{{ $key }}]
+{{- range $name, $item := $value }}
+{{ $name | quote }} = {{ toJson $item }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The processor's OTEL_SERVICE_NAME, which the inspector's trace search looks in. */}}
+{{- define "durable.processorServiceName" -}}
+processor
 {{- end }}
 
 {{- define "durable.otlpEndpoint" -}}
@@ -237,11 +294,16 @@ pod (CreateContainerConfigError) instead of starting it without a password. */}}
 {{- end }}
 {{- end }}
 
+{{/* Mounts of every NATS client: `.`, or (list $ "processor.toml") for another settings file
+of the ConfigMap than settings.toml. */}}
 {{- define "durable.natsVolumeMounts" -}}
-{{- $auth := .Values.natsAuth -}}
+{{- $ctx := . -}}
+{{- $file := "settings.toml" -}}
+{{- if kindIs "slice" . }}{{ $ctx = index . 0 }}{{ $file = index . 1 }}{{ end -}}
+{{- $auth := $ctx.Values.natsAuth -}}
 - name: settings
   mountPath: /etc/durable/settings.toml
-  subPath: settings.toml
+  subPath: {{ $file }}
   readOnly: true
 - name: tmp
   mountPath: /tmp
