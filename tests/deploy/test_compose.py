@@ -277,3 +277,11 @@ def test_seeded_errors_are_caught(tmp_path: Path) -> None:
     missing_variable = {k: v for k, v in NODE_ENV.items() if k != "NATS_PASSWORD"}
     out = nats_test(COMPOSE_DIR / "nats" / "nats.conf", **missing_variable)
     assert out.returncode != 0 and "NATS_PASSWORD" in out.stdout + out.stderr
+
+
+def test_the_inspector_searches_the_processors_traces(tmp_path: Path) -> None:
+    """The inspector's "open trace" searches Jaeger by service; its default
+    (durable-processor) is not what the processor here calls itself."""
+    services = resolved(tmp_path, "compose.yaml")["services"]
+    processor = services["processor"]["environment"]["OTEL_SERVICE_NAME"]
+    assert services["inspector"]["environment"]["DURABLE_JAEGER_SERVICE"] == processor
