@@ -8,7 +8,8 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Callable
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from durable_core import Context, StepFailedError
@@ -152,3 +153,39 @@ def test_a_journal_from_before_branches_replays_by_step_number() -> None:
     assert isinstance(m.next_step(pb.ENTRY_KIND_RUN, "a", b"", ("1", 1)), Replay)
     assert isinstance(m.next_step(pb.ENTRY_KIND_RUN, "b", b"", ("", 1)), Replay)
     assert m.next_step(pb.ENTRY_KIND_RUN, "c", b"", ("", 2)) == Execute(3)
+
+
+@dataclass
+class _User:
+    name: str
+
+
+async def _loads_a_user(ctx: Context) -> list[Any]:
+    u = await ctx.run("load", lambda: _User("ada"))
+    pair = await ctx.run("pair", lambda: (1, 2))
+    return [type(u).__name__, u, pair]
+
+
+async def test_a_run_step_returns_what_a_replay_returns() -> None:
+    """The first run got the function's own dataclass and tuple, a replay their JSON (a
+    dict, a list): code using u.name failed only after a resume, as run on the code before."""
+    first = await replay_workflow(_loads_a_user)
+    again = await replay_workflow(_loads_a_user, journal=first.new_entries)
+    assert first.output == again.output == ["dict", {"name": "ada"}, [1, 2]]
+
+
+async def _clock_after_a_send(ctx: Context) -> str:
+    await ctx.send("other_wf", {"n": 1})
+    seen = ctx.now().isoformat()
+    await ctx.run("use the time", lambda t: t, seen)
+    return seen
+
+
+async def test_the_clock_after_a_submission_is_the_same_on_replay() -> None:
+    """A replayed send moved ctx.now() to its entry's time, the first run did not: the step
+    that took the time as input diverged (blocked), as run on the code before."""
+    first = await replay_workflow(_clock_after_a_send, start_time=datetime(2020, 1, 1, tzinfo=UTC))
+    again = await replay_workflow(
+        _clock_after_a_send, journal=first.new_entries, start_time=datetime(2020, 1, 1, tzinfo=UTC)
+    )
+    assert again.error is None and again.output == first.output

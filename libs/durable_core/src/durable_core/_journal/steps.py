@@ -284,6 +284,7 @@ class StepMachine:
             raise
         self.idents[decision.step] = ident
         if isinstance(decision, Replay) and decision.entry.failure.type == CANCELLED:
+            self.saw(decision.entry)  # as the run that was cancelled here did (``executed``)
             self.cancel_delivered = True  # an earlier run was cancelled here: so is this one
             raise InvocationCancelledError(self.invocation_id)
         return decision

@@ -444,8 +444,11 @@ class RunContext(Context):
                     output = await self._stored(result)
                 except InvalidInputError as e:  # a result we cannot store: running again won't help
                     failure = pb.Failure(type=type(e).__name__, message=str(e), step=step)
-                if output is not None and output.blob:
-                    result = await self._load(output)  # a Blob, as replays get it
+                if output is not None and (output.blob or kind == pb.ENTRY_KIND_RUN):
+                    # What was stored, as a replay gets it: a Blob, or the JSON value (a
+                    # dataclass as a dict, a tuple as a list), never the function's own
+                    # object, which only this first run would have seen.
+                    result = await self._load(output)
             entry = steps.outcome(
                 kind,
                 step,
@@ -727,17 +730,17 @@ class RunContext(Context):
                     headers=dict(inp.headers),
                 )
             )
-            await self._append(
-                pb.JournalEntry(
-                    kind=kind,
-                    step=decision.step,
-                    name=workflow,
-                    input_hash=digest,
-                    output=_codec.encode(child_id),
-                    timestamp_ms=now,
-                    detached=not notify,
-                )
+            entry = pb.JournalEntry(
+                kind=kind,
+                step=decision.step,
+                name=workflow,
+                input_hash=digest,
+                output=_codec.encode(child_id),
+                timestamp_ms=now,
+                detached=not notify,
             )
+            await self._append(entry)
+            self.steps.saw(entry)  # as a replay of it does (``replayed_child``)
 
         kind_name = "child" if kind == pb.ENTRY_KIND_CHILD else "send"
         with self._executing():
