@@ -189,3 +189,24 @@ async def test_the_clock_after_a_submission_is_the_same_on_replay() -> None:
         _clock_after_a_send, journal=first.new_entries, start_time=datetime(2020, 1, 1, tzinfo=UTC)
     )
     assert again.error is None and again.output == first.output
+
+
+async def _child_of_tracing(ctx: Context, n: int) -> int:
+    return n + 1
+
+
+async def _parent_of_tracing(ctx: Context, n: int) -> int:
+    return int(await ctx.invoke("_child_of_tracing", n))
+
+
+async def test_a_child_joins_its_parents_trace_with_tracing_off(
+    local_engine: Callable[..., Any],
+) -> None:
+    """Only the tracing interceptor filled a step's outgoing headers: with tracing off a
+    child got none, no trace id, and on a processor with tracing began a trace of its own
+    (as run on the code before)."""
+    async with local_engine(_parent_of_tracing, _child_of_tracing) as (client, _):
+        assert (await client.invoke("_parent_of_tracing", 1, id="tp1", timeout=30)).output == 2
+        parent = await client.describe("tp1")
+        (child_id,) = parent.child_ids
+        assert parent.trace_id and (await client.describe(child_id)).trace_id == parent.trace_id

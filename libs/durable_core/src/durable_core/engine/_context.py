@@ -98,6 +98,10 @@ class RunContext(Context):
         self._partition_key = partition_key
         self.steps = StepMachine(invocation_id, machine, start_time_ms, self._branch)
         self._branches: dict[asyncio.Future[Any], Branch] = {}  # each task's branch
+        # The run's own trace context: what a step passes on (to a service, a child) unless
+        # an interceptor (tracing) puts its own span's there; with tracing off, children and
+        # services still join the invocation's trace.
+        self.headers: dict[str, str] = {}
         self._journal = journal
         self._channels = channels
         self._interceptors = tuple(interceptors)
@@ -394,7 +398,15 @@ class RunContext(Context):
             failure: pb.Failure | None = None
             while True:
                 attempt += 1
-                inp = StepInput(self._invocation_id, self._workflow, step, kind_name, name, attempt)
+                inp = StepInput(
+                    self._invocation_id,
+                    self._workflow,
+                    step,
+                    kind_name,
+                    name,
+                    attempt,
+                    dict(self.headers),
+                )
                 try:
                     result = await chained(inp)
                     failure = None
@@ -485,7 +497,9 @@ class RunContext(Context):
     ) -> T:
         """Journal an executed step that is not retried (a wait, a submission, a state change)
         through the interceptors, once; replayed steps never come here."""
-        inp = StepInput(self._invocation_id, self._workflow, step, kind_name, name, 1)
+        inp = StepInput(
+            self._invocation_id, self._workflow, step, kind_name, name, 1, dict(self.headers)
+        )
         return await chain_steps(self._interceptors, record)(inp)  # type: ignore[no-any-return]
 
     async def _journal_counted(
