@@ -210,3 +210,36 @@ async def test_a_child_joins_its_parents_trace_with_tracing_off(
         parent = await client.describe("tp1")
         (child_id,) = parent.child_ids
         assert parent.trace_id and (await client.describe(child_id)).trace_id == parent.trace_id
+
+
+async def _patched_in_branches(ctx: Context) -> list[Any]:
+    async def branch(item: str, delay: float) -> list[Any]:
+        async def slow() -> str:
+            await asyncio.sleep(delay)
+            return item
+
+        first = await ctx.run("first", slow)
+        new = ctx.patched("new-pricing")
+        second = await ctx.run("priced" if new else "old", lambda: item)
+        return [first, new, second]
+
+    return list(await asyncio.gather(branch("A", 0.05), branch("B", 0.001)))
+
+
+async def test_patched_in_a_branch_answers_the_same_on_replay() -> None:
+    """The marker named the next step by the count of steps the whole workflow had taken,
+    which differs on replay when branches take steps at once: the replay found no marker
+    there, took the old code against a journal of the new (blocked), as run on the code
+    before."""
+    first = await replay_workflow(_patched_in_branches)
+    assert first.output == [["A", True, "A"], ["B", True, "B"]]
+    again = await replay_workflow(_patched_in_branches, journal=first.new_entries)
+    assert again.error is None and again.output == first.output
+    assert again.executed_steps == 0
+    # Journaled by code from before the change (no marker): the old branch, in each branch.
+    old = [e for e in first.new_entries if e.kind != pb.ENTRY_KIND_PATCH]
+    for e in old:
+        if e.name == "priced":
+            e.name = "old"
+    before = await replay_workflow(_patched_in_branches, journal=old)
+    assert before.error is None and before.output == [["A", False, "A"], ["B", False, "B"]]

@@ -61,6 +61,7 @@ class ReplayMachine:
         "_cancel_delivered",
         "_failed_attempts",
         "_patches",
+        "_patch_idents",
         "_legacy",
         "_by_ident",
         "_reserved",
@@ -83,6 +84,7 @@ class ReplayMachine:
         self._cancel_delivered: set[int] = set()
         self._failed_attempts: dict[int, list[pb.JournalEntry]] = {}
         self._patches: set[tuple[int, str]] = set()  # (the step it comes before, change id)
+        self._patch_idents: set[tuple[str, int, str]] = set()  # the same, by branch
         # Matching by branch: off for a journal with a step entry that names no branch.
         self._legacy = False
         self._by_ident: dict[Ident, pb.JournalEntry] = {}
@@ -174,6 +176,8 @@ class ReplayMachine:
                 self._legacy = True
         elif kind == pb.ENTRY_KIND_PATCH:
             self._patches.add((entry.step, entry.name))
+            if entry.branch_step > 0:
+                self._patch_idents.add((entry.branch, entry.branch_step, entry.name))
         elif kind == pb.ENTRY_KIND_RETRY_REQUEST and self._final is not None:
             # Forget the failure: the failed step runs again (same number, same idempotency
             # key) and everything recorded before it replays. Only the step that failed the
@@ -220,10 +224,20 @@ class ReplayMachine:
         """The journaled failed attempts of a step not yet finished, oldest first."""
         return list(self._failed_attempts.get(step, ()))
 
-    def has_patch(self, before_step: int, change_id: str) -> bool:
+    def has_patch(self, before_step: int, change_id: str, ident: Ident | None = None) -> bool:
         """Whether an earlier run took the new branch of ``change_id`` just before the step
-        numbered ``before_step`` (a PATCH marker is no step: it names the step after it)."""
+        numbered ``before_step`` (a PATCH marker is no step: it names the step after it), or
+        by branch: before that branch's step ``ident``."""
+        if ident is not None and not self._legacy:
+            return (ident[0], ident[1], change_id) in self._patch_idents
         return (before_step, change_id) in self._patches
+
+    def replaying_in(self, branch: str, taken: int) -> bool:
+        """Whether the journal holds steps of ``branch`` past its ``taken`` first ones (the
+        whole journal's, for one written before entries named their branch)."""
+        if self._legacy:
+            return self.is_replaying
+        return any(b == branch and n > taken for b, n in self._by_ident)
 
     def child_result(self, child_id: str) -> pb.JournalEntry | None:
         """The outcome of a child invocation, if it finished."""

@@ -180,7 +180,8 @@ class StepMachine:
         self.executing = 0  # steps running (or journaling) now: the run may not suspend
         self._signal_waits: dict[str, int] = {}
         self._state: dict[str, pb.Payload] = {}
-        self._patched: dict[str, bool] = {}  # change id -> the branch this run takes
+        # (branch, change id) -> the code it takes: each branch decides where it stands
+        self._patched: dict[tuple[str, str], bool] = {}
 
     # -- deterministic values ------------------------------------------------------------------
 
@@ -244,22 +245,29 @@ class StepMachine:
         where the journal holds steps past this point but no marker, no: they were recorded by
         code from before the change; otherwise the run executes fresh here, so yes, and the
         marker is to be journaled (before anything after it). A change id answers the same
-        throughout one run. A marker is no step: it takes no step number.
+        throughout one run of one branch (branches decide each where they stand, and journal
+        a marker each). A marker is no step: it takes no step number.
         """
-        known = self._patched.get(change_id)
+        b = self.branch()  # in a branch, the marker names the branch's next step
+        known = self._patched.get((b.path, change_id))
         if known is not None:
             return Patch(known)
         before = self.journal.steps_taken + 1
-        if self.journal.has_patch(before, change_id):
+        if self.journal.has_patch(before, change_id, (b.path, b.steps + 1)):
             answer = Patch(True)
-        elif self.journal.is_replaying:
+        elif self.journal.replaying_in(b.path, b.steps):
             answer = Patch(False)
         else:
             marker = pb.JournalEntry(
-                kind=pb.ENTRY_KIND_PATCH, step=before, name=change_id, timestamp_ms=now_ms
+                kind=pb.ENTRY_KIND_PATCH,
+                step=before,
+                name=change_id,
+                timestamp_ms=now_ms,
+                branch=b.path,
+                branch_step=b.steps + 1,
             )
             answer = Patch(True, marker)
-        self._patched[change_id] = answer.new_code
+        self._patched[(b.path, change_id)] = answer.new_code
         return answer
 
     # -- steps ---------------------------------------------------------------------------------
