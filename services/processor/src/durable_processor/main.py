@@ -15,6 +15,7 @@ from durable_core import Client, DurableError, Worker, load_plugins
 from durable_core.admin import Engine
 from durable_core.service.metrics_server import MetricsServer
 from durable_core.service.metrics_server import start_metrics_server as serve_metrics
+from durable_core.service.signals import cancel_on_signals
 from durable_core.tracing import TracingInterceptor
 from durable_processor.metrics import MetricsInterceptor, ProcessorMetrics, poll_consumer
 from durable_processor.settings import ProcessorSettings, load_settings
@@ -66,6 +67,17 @@ async def submit_test_command(settings: ProcessorSettings) -> None:
 
 async def serve(settings: ProcessorSettings, *, tracing: bool = False) -> int:
     """Run the processor until SIGTERM or SIGINT; the process's exit code."""
+    with cancel_on_signals() as came:  # while it connects and sets the streams up
+        try:
+            return await _serve(settings, tracing=tracing)
+        except asyncio.CancelledError:
+            if not came.is_set():
+                raise
+            log.info("processor stopped while starting")
+            return 0
+
+
+async def _serve(settings: ProcessorSettings, *, tracing: bool) -> int:
     plugins = load_plugins(only=settings.load_plugins)
     log.info(
         "plugins: %s; workflows: %s",

@@ -15,6 +15,7 @@ from durable_core.admin import Engine
 from durable_core.service.logs import configure_logging
 from durable_core.service.metrics_server import MetricsServer, Ready
 from durable_core.service.metrics_server import start_metrics_server as serve_metrics
+from durable_core.service.signals import cancel_on_signals
 from durable_core.service.telemetry import configure_tracing
 from durable_scheduler.janitor import Janitor
 from durable_scheduler.metrics import SchedulerMetrics
@@ -60,6 +61,17 @@ async def start_metrics_server(
 
 async def serve(settings: SchedulerSettings) -> int:
     """Run the scheduler until SIGTERM or SIGINT; the process's exit code."""
+    with cancel_on_signals() as came:  # while it waits for NATS and the streams
+        try:
+            return await _serve(settings)
+        except asyncio.CancelledError:
+            if not came.is_set():
+                raise
+            log.info("scheduler stopped while starting")
+            return 0
+
+
+async def _serve(settings: SchedulerSettings) -> int:
     # NATS first (a wrong URL fails at once), then the probes, then the engine's streams,
     # which only processors create: wait for them, not ready meanwhile.
     engine = await Engine.connect(settings.nats, settings.engine, bind=False)
