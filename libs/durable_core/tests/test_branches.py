@@ -243,3 +243,122 @@ async def test_patched_in_a_branch_answers_the_same_on_replay() -> None:
             e.name = "old"
     before = await replay_workflow(_patched_in_branches, journal=old)
     assert before.error is None and before.output == [["A", False, "A"], ["B", False, "B"]]
+
+
+CHARGES: list[int] = []
+
+
+async def _fanout_after_a_timed_step(ctx: Context) -> list[int]:
+    async def stamp() -> str:
+        return ctx.now().isoformat()  # step code that asks the context, in wait_for's task
+
+    await ctx.run("stamp", stamp, timeout=timedelta(seconds=5))
+
+    async def item(i: int) -> int:
+        def charge() -> int:
+            CHARGES.append(i)
+            return i
+
+        return int(await ctx.run("charge", charge))
+
+    return list(await asyncio.gather(item(1), item(2)))
+
+
+async def test_tasks_a_step_starts_take_no_branch() -> None:
+    """A step with a timeout runs in a task of its own (Python 3.11's wait_for), which only
+    the executing run starts: counted as a branch, it shifted the later siblings on replay,
+    and the first item's charge ran again while the second got the first's result, as run
+    on the code before."""
+    CHARGES.clear()
+    first = await replay_workflow(_fanout_after_a_timed_step)
+    again = await replay_workflow(_fanout_after_a_timed_step, journal=first.new_entries)
+    assert first.output == again.output == [1, 2]
+    assert CHARGES == [1, 2] and again.executed_steps == 0
+
+
+async def _sync_first_request(ctx: Context) -> list[Any]:
+    await ctx.run("first", lambda: 0)  # its outcome is deferred: the next step's settle waits
+
+    async def pay() -> str:
+        return str(await ctx.run("pay", lambda: "paid"))
+
+    async def approval() -> str:
+        aw = ctx.awakeable()  # a first request that does not wait
+        await ctx.run("notify", lambda: aw.id)
+        return aw.id
+
+    return list(await asyncio.gather(pay(), approval()))
+
+
+async def test_a_branch_is_named_before_its_first_step_waits(
+    local_engine: Callable[..., Any],
+) -> None:
+    """The branch was named after the step's settle, which waits for a write only in a run
+    that executes: a sibling whose first request did not wait took its place there, and
+    the replay asked for pay where the journal had notify (blocked), as run on the code
+    before."""
+
+    async def wf(ctx: Context) -> list[Any]:
+        out = await _sync_first_request(ctx)
+        await ctx.sleep(timedelta(seconds=3))  # the next run replays it all
+        return out
+
+    async with local_engine(wf, batches=True) as (client, _):
+        await client.invoke_async("wf", id="sync1")
+        result = await client.wait("sync1", timeout=30)
+        assert result.status == "completed", result
+        assert result.output == ["paid", "awk.sync1.2_1"]
+
+
+async def _charges_side_by_side(ctx: Context) -> list[int]:
+    async def charge(i: int) -> int:
+        def f() -> int:
+            if not OUTAGE_OVER:
+                raise TerminalError(f"outage {i}")
+            return i
+
+        return int(await ctx.run(f"charge-{i}", f))
+
+    res = await asyncio.gather(*(charge(i) for i in range(3)), return_exceptions=True)
+    errors = [r for r in res if isinstance(r, BaseException)]
+    if errors:
+        raise errors[0]
+    return [int(r) for r in res if isinstance(r, int)]
+
+
+OUTAGE_OVER = False
+
+
+async def test_a_retry_runs_again_every_branch_that_failed() -> None:
+    """Three charges failed side by side (gather, return_exceptions) and the workflow raised
+    the first: a retry forgot only that one and failed again at once (one retry per failed
+    branch), as run on the first version of this change."""
+    global OUTAGE_OVER
+    OUTAGE_OVER = False
+    first = await replay_workflow(_charges_side_by_side, raise_on_error=False)
+    assert isinstance(first.error, StepFailedError)
+    failed = pb.JournalEntry(
+        kind=pb.ENTRY_KIND_FAILED,
+        failure=pb.Failure(type="StepFailedError", message="outage", step=first.error.step),
+    )
+    journal = [*first.new_entries, failed, pb.JournalEntry(kind=pb.ENTRY_KIND_RETRY_REQUEST)]
+    OUTAGE_OVER = True
+    again = await replay_workflow(_charges_side_by_side, journal=journal)
+    assert again.output == [0, 1, 2] and again.executed_steps == 3
+
+
+async def test_is_replaying_ends_where_the_journal_does() -> None:
+    """It stayed True for the rest of a run after its first new step (the run's own entries
+    counted as not yet replayed), as run on the first version of this change."""
+
+    async def wf(ctx: Context) -> list[bool]:
+        seen = [ctx.is_replaying]
+        await ctx.run("a", lambda: 1)
+        seen.append(ctx.is_replaying)
+        await ctx.run("b", lambda: 2)
+        return seen
+
+    first = await replay_workflow(wf)
+    assert first.output == [False, False]
+    again = await replay_workflow(wf, journal=first.new_entries[:1])
+    assert again.output == [True, False]

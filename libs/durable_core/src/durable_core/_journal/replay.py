@@ -67,7 +67,10 @@ class ReplayMachine:
         "_reserved",
         "_taken",
         "_fresh",
-        "_matched",
+        "_used",
+        "_asked",
+        "_unasked",
+        "_last_of",
     )
 
     def __init__(self, invocation_id: str, entries: Iterable[pb.JournalEntry] = ()) -> None:
@@ -91,7 +94,10 @@ class ReplayMachine:
         self._reserved: dict[Ident, int] = {}  # numbers of steps begun, not finished
         self._taken: set[int] = set()  # numbers given out in this run
         self._fresh = 1  # no number below this is free
-        self._matched = 0  # recorded steps replayed in this run
+        self._used: set[int] = set()  # numbers of entries, reservations and this run's steps
+        self._asked: set[Ident] = set()  # steps this run asked for
+        self._unasked: set[Ident] = set()  # recorded steps this run has not asked for yet
+        self._last_of: dict[str, int] = {}  # branch -> its last recorded step
         for entry in entries:
             self.record(entry)
 
@@ -115,7 +121,7 @@ class ReplayMachine:
         """True while recorded steps remain that the workflow has not yet reached."""
         if self._legacy:
             return any(step >= self._next_step for step in self._recorded)
-        return self._matched < len(self._by_ident)
+        return bool(self._unasked)
 
     @property
     def idle(self) -> bool:
@@ -148,10 +154,16 @@ class ReplayMachine:
             self._last_processor_kind = kind
         if kind in STEP_KINDS:
             self._recorded[entry.step] = entry
+            self._used.add(entry.step)
             if entry.branch_step <= 0:
                 self._legacy = True
             else:
-                self._by_ident[(entry.branch, entry.branch_step)] = entry
+                ident = (entry.branch, entry.branch_step)
+                self._by_ident[ident] = entry
+                if ident not in self._asked:  # not one this run took itself
+                    self._unasked.add(ident)
+                last = self._last_of.get(entry.branch, 0)
+                self._last_of[entry.branch] = max(last, entry.branch_step)
         elif kind in FINAL_KINDS:
             self._final = entry
         elif kind == pb.ENTRY_KIND_AWAKEABLE_RESULT:
@@ -172,6 +184,7 @@ class ReplayMachine:
             self._failed_attempts.setdefault(entry.step, []).append(entry)
             if entry.branch_step > 0:  # a step between attempts keeps its number
                 self._reserved[(entry.branch, entry.branch_step)] = entry.step
+                self._used.add(entry.step)
             else:
                 self._legacy = True
         elif kind == pb.ENTRY_KIND_PATCH:
@@ -189,6 +202,7 @@ class ReplayMachine:
                 del self._recorded[e.step]
                 if e.branch_step > 0:
                     del self._by_ident[(e.branch, e.branch_step)]
+                    self._unasked.discard((e.branch, e.branch_step))
                     self._reserved[(e.branch, e.branch_step)] = e.step
             # The steps that run again start with a fresh attempt count.
             self._failed_attempts = {
@@ -198,18 +212,18 @@ class ReplayMachine:
 
     def _failed_for_good(self, step: int) -> list[pb.JournalEntry]:
         """The failed steps that ended the invocation: ``step`` (the one whose failure the
-        workflow let through), or with none named, each failed step that no later step of
-        its branch followed."""
+        workflow let through) and each failed step that no later step of its branch
+        followed (branches that failed side by side); a failure the workflow caught and went
+        on from stays."""
         failed = [e for e in self._recorded.values() if e.HasField("failure")]
-        if step > 0:
-            return [e for e in failed if e.step == step]
+        last = max(self._recorded, default=0)
 
         def followed(e: pb.JournalEntry) -> bool:
             if e.branch_step <= 0:
-                return any(other > e.step for other in self._recorded)
-            return any(b == e.branch and n > e.branch_step for b, n in self._by_ident)
+                return last > e.step
+            return self._last_of.get(e.branch, 0) > e.branch_step
 
-        return [e for e in failed if not followed(e)]
+        return [e for e in failed if e.step == step or not followed(e)]
 
     def awakeable_result(self, awakeable_id: str) -> pb.JournalEntry | None:
         """The resolution (or rejection) of an awakeable, if it arrived."""
@@ -237,7 +251,7 @@ class ReplayMachine:
         whole journal's, for one written before entries named their branch)."""
         if self._legacy:
             return self.is_replaying
-        return any(b == branch and n > taken for b, n in self._by_ident)
+        return self._last_of.get(branch, 0) > taken
 
     def child_result(self, child_id: str) -> pb.JournalEntry | None:
         """The outcome of a child invocation, if it finished."""
@@ -257,13 +271,12 @@ class ReplayMachine:
             step = self._next_step - 1
             entry = self._recorded.get(step)
         else:
+            self._asked.add(ident)
+            self._unasked.discard(ident)
             entry = self._by_ident.get(ident)
-            if entry is None:
-                step = self._reserved.get(ident) or self._free()
-            else:
-                step = entry.step
-                self._matched += 1
+            step = (self._reserved.get(ident) or self._free()) if entry is None else entry.step
             self._taken.add(step)
+            self._used.add(step)
         if entry is None:
             return Execute(step)
         if entry.kind != kind or entry.name != name:
@@ -281,7 +294,6 @@ class ReplayMachine:
 
     def _free(self) -> int:
         """The lowest step number that no entry and no step of this run has: a new step's."""
-        used = self._recorded.keys() | self._reserved.values() | self._taken
-        while self._fresh in used:
+        while self._fresh in self._used:
             self._fresh += 1
         return self._fresh

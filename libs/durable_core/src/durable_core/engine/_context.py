@@ -70,7 +70,10 @@ FENCE_HEADER = FENCE_METADATA
 
 # The run and branch of the task that started this one (tasks take a copy of their parent's
 # context variables): a task's first request to the context makes it a branch of that one.
-_BRANCH: contextvars.ContextVar[tuple[RunContext, Branch] | None] = contextvars.ContextVar(
+# ``True`` third: carried into tasks a step's own code (or an interceptor) started, which run
+# only when the step executes, never on replay: they belong to the step's branch, and start
+# none of their own (they would shift the count of every later sibling on replay).
+_BRANCH: contextvars.ContextVar[tuple[RunContext, Branch, bool] | None] = contextvars.ContextVar(
     "durable_branch", default=None
 )
 
@@ -122,7 +125,7 @@ class RunContext(Context):
         task = asyncio.current_task()
         if task is not None:
             self._branches[task] = self.steps.root
-        _BRANCH.set((self, self.steps.root))
+        _BRANCH.set((self, self.steps.root, False))
 
     def _branch(self) -> Branch:
         """The branch of the calling task; a task asking for the first time becomes the next
@@ -144,12 +147,24 @@ class RunContext(Context):
                 self.enter()  # nobody entered the run (a test driving the context): the root
                 return self.steps.root
             parent = self.steps.root
+        elif carried[2]:
+            return carried[1]  # started by a step's own code: the step's branch
         else:
             parent = carried[1]
         branch = parent.child()
         self._branches[task] = branch
-        _BRANCH.set((self, branch))
+        _BRANCH.set((self, branch, False))
         return branch
+
+    @contextlib.contextmanager
+    def _step_code(self) -> Iterator[None]:
+        """Around what only an executing step runs (its attempts, the interceptors): tasks
+        started in there take no branch of their own."""
+        token = _BRANCH.set((self, self._branch(), True))
+        try:
+            yield
+        finally:
+            _BRANCH.reset(token)
 
     # -- identity and deterministic helpers ------------------------------------------------
 
@@ -344,6 +359,9 @@ class RunContext(Context):
 
     async def _decide(self, kind: pb.EntryKind, name: str, digest: bytes) -> Any:
         """Replay or execute the next step; the step boundary where pause and cancel act."""
+        # The branch first, before anything awaits: the settle below waits for a write only
+        # in a run that executes, and a sibling asking meanwhile would take this one's place.
+        self._branch()
         # The outcome of the step before is journaled before this one is even decided.
         await self._journal.settle()
         if self.payload_error is not None:
@@ -385,7 +403,7 @@ class RunContext(Context):
             journal.check_step()
             return await attempt_fn(inp)
 
-        with self._executing():
+        with self._executing(), self._step_code():
             steps = self.steps
             chained = chain_steps(self._interceptors, checked)
             started = time.monotonic()
@@ -500,7 +518,8 @@ class RunContext(Context):
         inp = StepInput(
             self._invocation_id, self._workflow, step, kind_name, name, 1, dict(self.headers)
         )
-        return await chain_steps(self._interceptors, record)(inp)  # type: ignore[no-any-return]
+        with self._step_code():
+            return await chain_steps(self._interceptors, record)(inp)  # type: ignore[no-any-return]
 
     async def _journal_counted(
         self, kind_name: str, entry: pb.JournalEntry, *, suspend_after: bool = False
@@ -754,11 +773,14 @@ class RunContext(Context):
                 detached=not notify,
             )
             await self._append(entry)
-            self.steps.saw(entry)  # as a replay of it does (``replayed_child``)
+            recorded.append(entry)
 
+        recorded: list[pb.JournalEntry] = []
         kind_name = "child" if kind == pb.ENTRY_KIND_CHILD else "send"
         with self._executing():
             await self._intercepted(kind_name, decision.step, workflow, record)
+        for entry in recorded:  # in this branch's task (the interceptors may run record in another)
+            self.steps.saw(entry)  # as a replay of it does (``replayed_child``)
         if kind == pb.ENTRY_KIND_CHILD:
             self.steps.children.append(child_id)
         return child_id, int(decision.step)
