@@ -33,6 +33,7 @@ Decision = Replay | Execute
 
 
 Ident = tuple[str, int]  # (branch, step within the branch): see JournalEntry.branch
+_FORK = "fork:"  # the writer of a fork's copies of its source's steps: fork:<source>
 
 
 class ReplayMachine:
@@ -279,11 +280,15 @@ class ReplayMachine:
             self._used.add(step)
         if entry is None:
             return Execute(step)
-        if entry.kind != kind or entry.name != name:
+        copied = entry.writer.startswith(_FORK)  # a fork's copy of its source's step
+        if entry.kind != kind or self._asked_as(entry, copied) != name:
             raise NonDeterminismError(
                 self._invocation_id, step, describe(entry.kind, entry.name), describe(kind, name)
             )
-        if entry.input_hash and input_hash and entry.input_hash != input_hash:
+        # A fork takes its copied steps as given, with today's code: their inputs may hold
+        # what the source's id seeded (ctx.uuid(), ctx.random(), an awakeable id), another
+        # value in the fork.
+        if not copied and entry.input_hash and input_hash and entry.input_hash != input_hash:
             raise NonDeterminismError(
                 self._invocation_id,
                 step,
@@ -291,6 +296,17 @@ class ReplayMachine:
                 f"the same step with input hash {input_hash.hex()}",
             )
         return Replay(step, entry)
+
+    def _asked_as(self, entry: pb.JournalEntry, copied: bool) -> str:
+        """The name this invocation asks for at the step ``entry`` recorded: its own, but for
+        an awakeable a fork copied (its id names the source: ``awk.<source>.<n>``, the fork
+        asks for ``awk.<fork>.<n>``)."""
+        if not copied or entry.kind != pb.ENTRY_KIND_AWAKEABLE:
+            return entry.name
+        prefix = f"awk.{entry.writer.removeprefix(_FORK)}."
+        if not entry.name.startswith(prefix):
+            return entry.name
+        return f"awk.{self._invocation_id}.{entry.name.removeprefix(prefix)}"
 
     def _free(self) -> int:
         """The lowest step number that no entry and no step of this run has: a new step's."""

@@ -12,9 +12,10 @@ import asyncio
 import re
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 
-from durable_core import _payloads
+from durable_core import _codec, _payloads
 from durable_core._journal import STEP_KINDS, ReplayMachine
 from durable_core._naming import check_invocation_id, payload_owner
 from durable_core._pb.durable.v1 import durable_pb2 as pb
@@ -476,12 +477,16 @@ async def fork(t: Transport, invocation_id: str, from_step: int, new_id: str | N
             else f"from_step must be 1: {invocation_id} has no steps yet"
         )
     st = rec.state
+    new_id = uuid.uuid4().hex if new_id is None else new_id  # its awakeable ids name it
     ordered = sorted(steps, key=lambda e: e.step)
+    # The steps, then what their waits took (a wait finds it by name, wherever it stands).
+    taken = _outcomes(invocation_id, ordered, [r.entry for r in records])
     copies = [_fork_copy(invocation_id, i, e) for i, e in enumerate(ordered, start=1)]
+    for index, entry in enumerate(taken, start=len(copies) + 1):
+        copies.append(_outcome_copy(invocation_id, new_id, index, entry))
     last, done = 0, 0
-    if new_id is not None:
+    if chosen:
         last, done = await _copied(t, new_id, invocation_id, copies)
-    new_id = uuid.uuid4().hex if new_id is None else new_id
     if done < 0:
         return new_id  # submitted by an earlier call
     if st.status == pb.STATUS_BLOCKED:
@@ -497,13 +502,13 @@ async def fork(t: Transport, invocation_id: str, from_step: int, new_id: str | N
             )
     # The copied entries and arguments share (never copy) the stored objects they reference:
     # held before they are copied, so the source's retention leaves them in place.
-    shared = [e.output for e in steps if e.HasField("output")] + [st.args]
+    shared = [e.output for e in steps + taken if e.HasField("output")] + [st.args]
     await _hold(t, invocation_id, shared, new_id)
     for index, copy in enumerate(copies[done:], start=done + 1):
         last = await t.append(new_id, copy, last, f"fork:{new_id}:{index}")
     key = st.partition_key if st.partition_key != invocation_id else None
     await submit_payload(
-        t, st.workflow, st.args, new_id, key, journal_length=len(steps), forked_from=invocation_id
+        t, st.workflow, st.args, new_id, key, journal_length=len(copies), forked_from=invocation_id
     )
     if chosen and not await _made_from(t, new_id, "forked_from", invocation_id):
         raise _taken(new_id, "fork", invocation_id)  # gone already: retention
@@ -514,9 +519,73 @@ def _fork_copy(source: str, index: int, entry: pb.JournalEntry) -> pb.JournalEnt
     copy = pb.JournalEntry()
     copy.CopyFrom(entry)
     copy.index, copy.writer = index, f"fork:{source}"
+    # An awakeable step copied from a fork's copy names that fork's source: named as
+    # ``source`` asked for it, it is what the replay matches (``ReplayMachine.next_step``
+    # takes ``awk.<source>.`` for ``awk.<fork>.``).
+    copy.name = _awakeable_asked(source, entry)
     for code_field in ("plugin", "plugin_version", "code_fingerprint"):
         copy.ClearField(code_field)  # the fork starts on the code that first runs it
     return copy
+
+
+def _outcome_copy(source: str, fork: str, index: int, entry: pb.JournalEntry) -> pb.JournalEntry:
+    """A copy in ``fork`` of what a copied wait of ``source`` took; an awakeable's resolution
+    under the fork's id for it (``awk.<fork>.<n>``: what the fork's workflow waits for).
+
+    Its writer is no ``fork:``: ``durable status`` counts those as the copied steps (the
+    fork's ``fork_from_step``)."""
+    copy = pb.JournalEntry()
+    copy.CopyFrom(entry)
+    copy.index, copy.writer = index, f"{_OUTCOME_WRITER}{source}"
+    prefix = f"awk.{source}."
+    if entry.kind == pb.ENTRY_KIND_AWAKEABLE_RESULT and entry.name.startswith(prefix):
+        copy.name = f"awk.{fork}.{entry.name.removeprefix(prefix)}"
+    return copy
+
+
+_OUTCOME_WRITER = "fork-outcome:"  # what a fork's copied waits took: fork-outcome:<source>
+
+
+def _awakeable_asked(owner: str, entry: pb.JournalEntry) -> str:
+    """The name ``owner``'s workflow asks for at ``entry``, a step of its journal: the name
+    recorded, but for an awakeable step that a fork copied from its source (``awk.<source>.``
+    as ``awk.<owner>.``)."""
+    if entry.kind != pb.ENTRY_KIND_AWAKEABLE or not entry.writer.startswith("fork:"):
+        return entry.name
+    prefix = f"awk.{entry.writer.removeprefix('fork:')}."
+    if not entry.name.startswith(prefix):
+        return entry.name
+    return f"awk.{owner}.{entry.name.removeprefix(prefix)}"
+
+
+def _outcomes(
+    source: str, steps: list[pb.JournalEntry], journal: list[pb.JournalEntry]
+) -> list[pb.JournalEntry]:
+    """What the copied ``steps`` of ``source`` waited for and took, in ``journal`` order: the
+    first resolution of each awakeable, each child's result, and the first k signals of each
+    name that k copied steps waited for. Without them a fork waited forever at a step its
+    source had passed. The same from the same journal (a fork with an id checks the copies
+    an earlier call made)."""
+    latest = {e.step: e for e in steps}.values()  # a retried step: its last entry replays
+    awakeables = {_awakeable_asked(source, e) for e in latest if e.kind == pb.ENTRY_KIND_AWAKEABLE}
+    children = {
+        str(_codec.decode(e.output))  # the child's id (``RunContext._submit``)
+        for e in latest
+        if e.kind == pb.ENTRY_KIND_CHILD and e.HasField("output")
+    }
+    signals = Counter(e.name for e in latest if e.kind == pb.ENTRY_KIND_SIGNAL_WAIT)
+    out: list[pb.JournalEntry] = []
+    for e in journal:
+        if e.kind == pb.ENTRY_KIND_AWAKEABLE_RESULT and e.name in awakeables:
+            awakeables.discard(e.name)  # the first resolution wins (ReplayMachine.record)
+            out.append(e)
+        elif e.kind == pb.ENTRY_KIND_CHILD_RESULT and e.name in children:
+            children.discard(e.name)
+            out.append(e)
+        elif e.kind == pb.ENTRY_KIND_SIGNAL and signals[e.name] > 0:
+            signals[e.name] -= 1
+            out.append(e)
+    return out
 
 
 async def _copied(
@@ -528,7 +597,8 @@ async def _copied(
     if (rec := await t.get_state(new_id)) is not None and rec.state.forked_from != source:
         raise _taken(new_id, "fork", source)
     have = await t.read_journal(new_id, current=True)
-    held = [r for r in have if r.entry.writer == f"fork:{source}"]
+    mine = (f"fork:{source}", f"{_OUTCOME_WRITER}{source}")  # copied steps and outcomes
+    held = [r for r in have if r.entry.writer in mine]
     if have[: len(held)] != held or [r.entry for r in held] != copies[: len(held)]:
         raise _taken(new_id, "fork", source, "copies other steps")
     if rec is not None:

@@ -142,6 +142,12 @@ def _steps(
     for e in journal:
         if e.kind == pb.ENTRY_KIND_AWAKEABLE_RESULT:
             awakeables.setdefault(e.name, e)  # the first resolution wins
+            if e.writer.startswith("fork-outcome:"):
+                # A fork's copy of its source's resolution, renamed for the fork; its copied
+                # step still names the source's awakeable (awk.<source>.<n>).
+                source = e.writer.removeprefix("fork-outcome:")
+                _, fork_id, rest = e.name.split(".", 2)
+                awakeables.setdefault(f"awk.{source}.{rest}", e)
         elif e.kind == pb.ENTRY_KIND_SIGNAL:
             signals.setdefault(e.name, []).append(e)
         elif e.kind == pb.ENTRY_KIND_CHILD_RESULT:
