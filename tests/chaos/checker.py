@@ -30,6 +30,15 @@ Ground truth, and why the timestamps compare:
 Each workflow of the mix has a :class:`Plan`: the steps its journal must hold, which
 OrderService method each call step is, its children, and the output it must return.
 
+A workflow whose branches take steps side by side (``chaos_fanout``) has no fixed step numbers:
+they are given in the order steps are first asked for, which depends on which branch's step
+finished first. Its plan names each branch's steps instead (``Plan.branches``), and the checker
+matches journal entries by (branch, step in the branch): the journal must hold exactly those,
+each once (one (branch, step) under two numbers is a step executed twice); every call with the
+key ``<id>:<n>`` must be the method, and carry the order id, of the step journaled as ``n``
+(a call that another step's number took is an effect under another step's key); the journaled
+answers and the output must be those of the keys the steps were journaled under.
+
 A retried invocation's journal is read as the replay reads it (``operation_checks.standing``):
 its FAILED final and failed steps, forgotten by the retry request after them, are neither
 duplicates nor its end. A fork's copied steps carry its source's outputs (the effects of the
@@ -55,9 +64,11 @@ from chaos_workflows import (
     SIGNAL,
     careless_order,
     chaos_charge,
+    chaos_fanout,
     chaos_retry,
     chaos_signals,
     chaos_waits,
+    item_order_id,
     reckless_order,
 )
 from durable_core import _codec
@@ -85,6 +96,10 @@ CALL, SLEEP, AWAKEABLE, CHILD, RUN, SIGNAL_WAIT = (
 
 Steps = tuple[tuple[int, int, str], ...]
 Key = Callable[[int], str]  # step -> the idempotency key its effect was applied under
+# branch ("" the workflow's own task, "1" the first it started, ...) -> (kind, name) of its
+# steps, in its order (the first is its step 1)
+Shape = Mapping[str, tuple[tuple[int, str], ...]]
+BranchKey = Callable[[str, int], str]  # (branch, its step) -> the key its effect was applied under
 
 
 # -- what each workflow must do ----------------------------------------------------------------
@@ -102,24 +117,58 @@ class Plan:
         children: step -> the workflow of the child started there (id ``<id>-<step>``).
         output: ``(invocation id, args, awakeable payloads, key)`` -> the output it must
             return; ``key(step)`` is the idempotency key the step's effect was applied under
-            (``<id>:<step>``, a fork's copied steps' that of its source).
+            (``<id>:<step>``, a fork's copied steps' that of its source); for a plan with
+            ``branches``, ``key(branch, step in the branch)``.
+        branches: for a workflow whose branches take steps side by side (``steps`` unused):
+            args -> each branch's steps (see ``Shape``); their numbers are whatever the
+            journal gave them.
+        order_of: (args, branch) -> the order id that branch's calls carry (None: unknown;
+            without it, every call carries ``args["order_id"]``).
     """
 
     fn: Callable[..., Awaitable[Any]]
     steps: Steps | Callable[[Mapping[str, Any]], Steps]
-    output: Callable[[str, Mapping[str, Any], Mapping[str, Any], Key], Any]
+    output: Callable[[str, Mapping[str, Any], Mapping[str, Any], Any], Any]
     children: Mapping[int, str] = field(default_factory=dict)
+    branches: Callable[[Mapping[str, Any]], Shape] | None = None
+    order_of: Callable[[Mapping[str, Any], str], str | None] | None = None
 
     def steps_of(self, args: Mapping[str, Any]) -> Steps:
         return self.steps(args) if callable(self.steps) else self.steps
 
     def calls_of(self, args: Mapping[str, Any]) -> dict[int, str]:
-        """Step -> the OrderService method each call step calls."""
+        """Step -> the OrderService method each call step calls (a plan without branches)."""
         return {
             step: name.removeprefix(ORDER_SERVICE)
             for step, kind, name in self.steps_of(args)
             if kind == CALL
         }
+
+    def call_steps(
+        self, args: Mapping[str, Any], journaled: Iterable[Entry]
+    ) -> dict[int, tuple[str, str | None, str]]:
+        """Step -> (the OrderService method, the order id, where in the plan: "" or
+        ``branch 2's step 1``) of each call step: by the plan's numbers, or, for a plan with
+        branches, by the numbers the ``journaled`` step entries took."""
+        if self.branches is None:
+            order = str(args["order_id"]) if "order_id" in args else None
+            return {step: (method, order, "") for step, method in self.calls_of(args).items()}
+        out: dict[int, tuple[str, str | None, str]] = {}
+        for e in journaled:
+            if e.entry.kind == CALL:
+                branch, n = e.entry.branch, e.entry.branch_step
+                order = self.order_of(args, branch) if self.order_of is not None else None
+                out[e.entry.step] = (
+                    e.entry.name.removeprefix(ORDER_SERVICE),
+                    order,
+                    where(branch, n),
+                )
+        return out
+
+
+def where(branch: str, n: int) -> str:
+    """A step by its branch and its place there, for messages."""
+    return f"branch {branch}'s step {n}" if branch else f"the root's step {n}"
 
 
 def _order_steps(*methods: str) -> Steps:
@@ -195,6 +244,34 @@ def _signals_output(
     }
 
 
+def _fanout_items(args: Mapping[str, Any]) -> int:
+    return int(args.get("items", 2))
+
+
+def _fanout_branches(args: Mapping[str, Any]) -> Shape:
+    item = ((CALL, ORDER_SERVICE + "Validate"), (RUN, "hold"), (CALL, ORDER_SERVICE + "Charge"))
+    branches = {str(n): item for n in range(1, _fanout_items(args) + 1)}
+    return {"": ((CALL, ORDER_SERVICE + "Ship"),), **branches}
+
+
+def _fanout_order(args: Mapping[str, Any], branch: str) -> str | None:
+    """Item n's calls (branch "n") carry its own order id, the root's Ship the order's."""
+    order_id = str(args.get("order_id", ""))
+    if not branch:
+        return order_id
+    return item_order_id(order_id, int(branch)) if branch.isdigit() else None
+
+
+def _fanout_output(
+    _: str, args: Mapping[str, Any], __: Mapping[str, Any], key: BranchKey
+) -> dict[str, Any]:
+    return {
+        "order_id": str(args.get("order_id", "")),
+        "charge_ids": [charge_id_for(key(str(n), 3)) for n in range(1, _fanout_items(args) + 1)],
+        "tracking_number": tracking_number_for(key("", 1)),
+    }
+
+
 ORDER_STEPS = _order_steps("Validate", "Charge", "Ship")
 PLANS: dict[str, Plan] = {
     "order_processing": Plan(order_processing, ORDER_STEPS, _order_output),
@@ -223,6 +300,9 @@ PLANS: dict[str, Plan] = {
         _retry_output,
     ),
     "chaos_signals": Plan(chaos_signals, _signals_steps, _signals_output),
+    "chaos_fanout": Plan(
+        chaos_fanout, (), _fanout_output, branches=_fanout_branches, order_of=_fanout_order
+    ),
 }
 DEFAULT_WORKFLOW = "order_processing"
 
@@ -366,6 +446,10 @@ class Report:
     orphan_keys: int = 0  # keys not checked: a fork the workload never heard of joined them
     signalled: int = 0  # signal workflows that got each signal once and completed
     signals: int = 0  # their signals
+    fanouts: int = 0  # workflows with branches that completed with every step as planned
+    fanout_branches: int = 0  # their branches (the root not counted)
+    fanout_interleaved: int = 0  # of those, whose branches' last steps were numbered out of
+    # branch order (a later branch's step asked for first: the numbers depended on timing)
     calls: int = 0
     retried_keys: int = 0  # keys the service saw more than once (its dedup answered the same)
     refused: int = 0  # stale calls the service refused by their fence (executed nothing)
@@ -419,6 +503,22 @@ def _step_entries(journal: Iterable[Entry]) -> list[Entry]:
 def _finals(journal: Iterable[Entry]) -> list[Entry]:
     """The final entries that stand (a retried FAILED one does not)."""
     return standing(journal).finals
+
+
+def _again_in_branch(steps: Iterable[Entry]) -> str:
+    """The steps of a branch that stand under more than one number ("" if none): a step
+    that was executed again (another number, another key) after it was journaled. Entries
+    written before steps named their branch (``branch_step`` 0) have no such identity."""
+    numbers: dict[tuple[str, int], list[int]] = defaultdict(list)
+    for e in steps:
+        if e.entry.branch_step > 0:
+            numbers[(e.entry.branch, e.entry.branch_step)].append(e.entry.step)
+    again = [
+        f"{where(branch, n)} journaled as steps {sorted(nums)}"
+        for (branch, n), nums in sorted(numbers.items())
+        if len(nums) > 1
+    ]
+    return "; ".join(again)
 
 
 def _split_key(key: str) -> tuple[str, int] | None:
@@ -508,6 +608,8 @@ def check(obs: Observation) -> Report:
 
     # Commit time of each journaled step: (id, step) -> entry. A step twice is a duplicate.
     committed: dict[tuple[str, int], Entry] = {}
+    standing_steps: dict[str, list[Entry]] = {}  # id -> its step entries that stand
+    finished: set[str] = set()  # ids whose journal completed
     for iid in sorted(expected):
         exp = expected[iid]
         journal = obs.journals.get(iid, [])
@@ -522,6 +624,10 @@ def check(obs: Observation) -> Report:
             report.duplicates.append(f"{iid}: {len(finals)} final entries {kinds}")
         if twice:
             report.duplicates.append(f"{iid}: steps {twice} journaled more than once")
+        again = _again_in_branch(steps)
+        if again:
+            report.duplicates.append(f"{iid}: {again} (executed again under another number)")
+        standing_steps[iid] = steps
         for e in steps:
             committed.setdefault((iid, e.entry.step), e)
         if not finals:
@@ -529,6 +635,8 @@ def check(obs: Observation) -> Report:
             report.stuck.append(f"{iid}: no final journal entry (state {status})")
             continue
         final = finals[0].entry
+        if final.kind == pb.ENTRY_KIND_COMPLETED:
+            finished.add(iid)
         if final.kind == pb.ENTRY_KIND_CANCELLED and iid in obs.lifecycle:
             problem = _check_cancelled(iid, journal, state)
             if not problem and obs.answers.get(iid) is not None:
@@ -579,16 +687,23 @@ def check(obs: Observation) -> Report:
         iid, step = parsed
         plan = PLANS.get(expected[iid].workflow)
         args = expected[iid].args if isinstance(expected[iid].args, Mapping) else {}
-        want_method = plan.calls_of(args).get(step) if plan is not None else None
-        for call in calls:
+        layout = plan.call_steps(args, standing_steps.get(iid, ())) if plan is not None else {}
+        want_method, want_order, at = layout.get(step, (None, None, ""))
+        # With branches, the number of a step not journaled (an unfinished invocation's)
+        # does not tell which step it is: nothing to hold its calls to.
+        unknown = step not in layout and bool(plan and plan.branches) and iid not in finished
+        for call in () if unknown else calls:
             if call.method != want_method:
                 report.effect_violations.append(
-                    f"{iid}: {call.method} called with the key of step {step} ({want_method})"
+                    f"{iid}: {call.method} called with the key of step {step} "
+                    f"({want_method}{', ' + at if at else ''})"
                 )
-            if "order_id" in args and call.order_id != str(args["order_id"]):
+            if want_order is not None and call.order_id != want_order:
                 report.effect_violations.append(
-                    f"{iid}: {call.method} for order {call.order_id!r}, "
-                    f"submitted {args['order_id']!r}"
+                    f"{iid}: {call.method} for order {call.order_id!r}, submitted {want_order!r}"
+                    if not at
+                    else f"{iid}: {call.method} for order {call.order_id!r} with the key of "
+                    f"step {step}, {at} for order {want_order!r}"
                 )
         entry = committed.get((iid, step))
         if entry is None:
@@ -769,12 +884,42 @@ def _check_effects(
         return
     args = exp.args if isinstance(exp.args, Mapping) else {}
     key_of = exp.key_of(iid)
-    got = [(e.entry.step, e.entry.kind, e.entry.name) for e in steps]
-    want = [(s, k, name.replace("{id}", iid)) for s, k, name in plan.steps_of(args)]
-    if got != want:
-        show = [(s, pb.EntryKind.Name(k).removeprefix("ENTRY_KIND_"), n) for s, k, n in got]
-        report.effect_violations.append(f"{iid}: journaled steps {show}, expected {want}")
-        return
+    output_key: Key | BranchKey = key_of
+    number: dict[tuple[str, int], int] = {}  # (branch, its step) -> the step's number
+    found = len(report.effect_violations)
+    if plan.branches is not None:
+        # No fixed numbers: each branch's steps, matched by their place in the branch.
+        shape = plan.branches(args)
+        want_b = sorted(
+            (b, n, k, name) for b, seq in shape.items() for n, (k, name) in enumerate(seq, 1)
+        )
+        got_b = sorted(
+            (e.entry.branch, e.entry.branch_step, e.entry.kind, e.entry.name) for e in steps
+        )
+        if got_b != want_b:
+            show_b = [
+                (
+                    b,
+                    n,
+                    pb.EntryKind.Name(k).removeprefix("ENTRY_KIND_"),
+                    name.removeprefix(ORDER_SERVICE),
+                )
+                for b, n, k, name in got_b
+            ]
+            report.effect_violations.append(
+                f"{iid}: journaled (branch, step, kind, name) {show_b}, expected "
+                f"{[(b, n, name.removeprefix(ORDER_SERVICE)) for b, n, _, name in want_b]}"
+            )
+            return
+        number = {(e.entry.branch, e.entry.branch_step): e.entry.step for e in steps}
+        output_key = _by_branch(key_of, number)
+    else:
+        got = [(e.entry.step, e.entry.kind, e.entry.name) for e in steps]
+        want = [(s, k, name.replace("{id}", iid)) for s, k, name in plan.steps_of(args)]
+        if got != want:
+            show = [(s, pb.EntryKind.Name(k).removeprefix("ENTRY_KIND_"), n) for s, k, n in got]
+            report.effect_violations.append(f"{iid}: journaled steps {show}, expected {want}")
+            return
     for e in steps:
         key = key_of(e.entry.step)
         if e.entry.name == ORDER_SERVICE + "Charge":
@@ -796,9 +941,20 @@ def _check_effects(
     output = _codec.decode(final.output)
     if isinstance(output, dict) and output.get("caught"):
         report.swallowed.append(f"{iid} ({exp.workflow}) caught {output['caught']}")
-    want_output = plan.output(iid, args, awakeables, key_of)
+    want_output = plan.output(iid, args, awakeables, output_key)
     if output != want_output and not (isinstance(output, dict) and output.get("caught")):
         report.effect_violations.append(f"{iid}: output {output} != {want_output}")
+    if plan.branches is not None and len(report.effect_violations) == found:
+        report.fanouts += 1
+        report.fanout_branches += len(plan.branches(args)) - 1
+        # The branches' last steps numbered out of branch order: timing decided the numbers.
+        last = [number[(b, len(seq))] for b, seq in sorted(plan.branches(args).items()) if b]
+        report.fanout_interleaved += last != sorted(last)
+
+
+def _by_branch(key_of: Key, number: Mapping[tuple[str, int], int]) -> BranchKey:
+    """(branch, its step) -> the key of the number the journal gave that step."""
+    return lambda branch, n: key_of(number[(branch, n)])
 
 
 def _check_key_order(
@@ -1122,6 +1278,8 @@ def evidence(
                     "stored_ns": e.ts_ns,
                     "kind": pb.EntryKind.Name(e.entry.kind),
                     "step": e.entry.step,
+                    "branch": e.entry.branch,
+                    "branch_step": e.entry.branch_step,
                     "name": e.entry.name,
                     "writer": e.entry.writer,
                     "written_ms": e.entry.timestamp_ms,

@@ -21,8 +21,10 @@ retried, forked or signalled (``operations.py``): a ``chaos_retry`` fails at its
 and, once retried, completes without running its earlier steps again; a fork (of a completed
 order, keyed or not, or of a failed one before its retry) completes without executing a
 copied step, and keeps its key's order; a ``chaos_signals`` gets each signal once however
-often it was sent with its id. It also reports how long each processor took to journal a
-successful call after each service restart.
+often it was sent with its id. Some of the plain orders left are ``chaos_fanout``s, whose
+items are validated and charged side by side (one branch each): each branch's steps journaled
+once, each call under the key of its own step, whatever numbers timing gave them. It also
+reports how long each processor took to journal a successful call after each service restart.
 
 ``test_orders_recover_without_a_scheduler``: the README's "A processor that dies" as written:
 with no scheduler at all nothing re-drives a dead or stalled processor's commands, and
@@ -94,6 +96,7 @@ class Scenario:
     plugins: Mapping[str, str] = field(default_factory=dict)  # processor -> DURABLE_LOAD_PLUGINS
     lifecycle: float = workload.LIFECYCLE  # share of the orders cancelled or paused
     operations: float = workload.OPERATIONS  # share of the others retried, forked, signalled
+    fanout: float = workload.FANOUTS  # share of the orders still plain made chaos_fanout
 
     @property
     def timeout(self) -> float:
@@ -110,6 +113,7 @@ NO_SCHEDULER = Scenario(
     ("kill_processor", "pause_processor", "kill_leader", "restart_service"),
     lifecycle=0.0,  # the README's "A processor that dies", as written
     operations=0.0,
+    fanout=0.0,
 )
 
 # `make test` (N = 100) runs the wide workload once, on the mixed fleet: it checks what the wide
@@ -308,6 +312,7 @@ async def _run(
         scenario.lifecycle,
         scenario.operations,
         str(gates),
+        scenario.fanout,
     )
     load = workload.Workload(client, planned, scenario.n / scenario.duration, log=say)
     tap = checker.CommandTap()
@@ -437,6 +442,9 @@ async def _run(
             f"abandoned copies, {report.orphan_keys} keys not checked); {report.signalled} "
             f"signalled invocations got their {report.signals} signals once "
             f"({len(report.signal_violations)} not)",
+            f"  branches side by side    {report.fanouts} chaos_fanout completed with each "
+            f"branch's steps once, under their own keys ({report.fanout_branches} branches; "
+            f"{report.fanout_interleaved} numbered out of branch order)",
             f"  replayed journals        {report.replayed} ({len(report.replay_failures)} failed)",
             f"  service calls            {report.calls} ({report.retried_keys} keys more than "
             f"once, answered the same by the service; {report.refused} stale calls refused by "

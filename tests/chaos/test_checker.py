@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from chaos_workflows import item_order_id
 from durable_core import _codec
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core.testing import call_entry, failed_entry, run_entry
@@ -932,3 +933,200 @@ def test_a_forks_copied_calls_are_no_processors_recovery() -> None:
     got = service_recovery(obs.journals, back_ms)
     assert "fork:s" not in got
     assert got["p2"] == Recovery(None, 1.0)
+
+
+# -- branches side by side (chaos_fanout) ------------------------------------------------------
+
+
+def fanout(iid: str = "x", items: int = 2) -> Observation:
+    """A chaos_fanout of ``items`` items whose first item's Validate was slow: steps 1..items
+    are the Validates (asked for at once, in branch order), then the other items' holds and
+    charges, item 1's hold and charge, and the root's Ship (2 items: Validates 1 and 2, item
+    2's hold 3 and charge 4, item 1's hold 5 and charge 6, Ship 7); each entry stored 50 ms
+    after the one numbered before it (item 1's Validate just before its hold), each call
+    arriving 40 ms before its entry (the Validates' all at once at the start)."""
+    a = {**args_of(iid), "items": items, "hold_ms": [0] * items}
+    order = a["order_id"]
+
+    def item(n: int) -> tuple[str, int]:
+        return item_order_id(order, n), a["amount_cents"] + n
+
+    # (branch, step in it, entry), in the order the numbers were given
+    plan: list[tuple[str, int, pb.JournalEntry]] = []
+    requests: dict[int, tuple[str, str]] = {}  # step -> (method, order id) of its call
+    for n in range(1, items + 1):
+        oid, cents = item(n)
+        req = order_pb2.ValidateRequest(order_id=oid, amount_cents=cents)
+        resp = order_pb2.ValidateResponse(valid=True)
+        requests[len(plan) + 1] = ("Validate", oid)
+        plan.append((str(n), 1, call_entry(orders.Validate, resp, request=req)))
+    for n in [*range(2, items + 1), 1]:
+        oid, cents = item(n)
+        plan.append((str(n), 2, run_entry("hold", 0, args=(0,))))
+        req = order_pb2.ChargeRequest(order_id=oid, amount_cents=cents)
+        resp = order_pb2.ChargeResponse(charge_id=charge_id_for(f"{iid}:{len(plan) + 1}"))
+        requests[len(plan) + 1] = ("Charge", oid)
+        plan.append((str(n), 3, call_entry(orders.Charge, resp, request=req)))
+    tracking = tracking_number_for(f"{iid}:{len(plan) + 1}")
+    resp = order_pb2.ShipResponse(tracking_number=tracking)
+    requests[len(plan) + 1] = ("Ship", order)
+    plan.append(
+        ("", 1, call_entry(orders.Ship, resp, request=order_pb2.ShipRequest(order_id=order)))
+    )
+    stored = {step: 100 + 50 * step for step in range(1, len(plan) + 1)}
+    hold1 = next(k for k, (b, n, _) in enumerate(plan, start=1) if (b, n) == ("1", 2))
+    stored[1] = stored[hold1] - 25
+    journal: list[Entry] = []
+    for step, (branch, n, entry) in sorted(enumerate(plan, start=1), key=lambda p: stored[p[0]]):
+        entry.step, entry.branch, entry.branch_step = step, branch, n
+        at(journal, stored[step], entry)
+    calls = [
+        Call(
+            method,
+            f"{iid}:{step}",
+            oid,
+            T0 + (10 * step if method == "Validate" else stored[step] - 40) * MS,
+        )
+        for step, (method, oid) in requests.items()
+    ]
+    charges = {
+        b: _codec.decode(e.output, order_pb2.ChargeResponse).charge_id for b, n, e in plan if n == 3
+    }
+    out = {
+        "order_id": order,
+        "charge_ids": [charges[str(n)] for n in range(1, items + 1)],
+        "tracking_number": tracking,
+    }
+    done = pb.JournalEntry(kind=pb.ENTRY_KIND_COMPLETED)
+    done.output.CopyFrom(_codec.encode(out))
+    at(journal, max(stored.values()) + 100, done)
+    state = pb.ExecutionState(
+        invocation_id=iid, workflow="chaos_fanout", status=pb.STATUS_COMPLETED
+    )
+    state.args.CopyFrom(_codec.encode(a))
+    state.output.CopyFrom(done.output)
+    return Observation(
+        submitted={iid: a},
+        states={iid: state},
+        journals={iid: journal},
+        calls=calls,
+        workflows={iid: "chaos_fanout"},
+    )
+
+
+def fanout_entry(obs: Observation, step: int, iid: str = "x") -> Entry:
+    return next(e for e in obs.journals[iid] if e.entry.step == step)
+
+
+@pytest.mark.parametrize("items", [2, 3])
+async def test_a_clean_fanout_history_passes(items: int) -> None:
+    obs = fanout(items=items)
+    # The numbers are not in branch order: item 1's charge took the last number but Ship's.
+    charge1 = next(
+        e.entry.step for e in obs.journals["x"] if (e.entry.branch, e.entry.branch_step) == ("1", 3)
+    )
+    assert charge1 == 3 * items
+    report = check(obs)
+    await replay_all(obs, report)
+    assert report.ok, report.describe()
+    assert report.by_workflow == {"chaos_fanout": 1}
+    assert (report.fanouts, report.fanout_branches, report.fanout_interleaved) == (1, items, 1)
+    assert (report.replayed, report.calls) == (1, 2 * items + 1)
+
+
+def test_a_fanout_step_called_under_another_steps_key_is_caught() -> None:
+    # After a crash with both charges in flight, the resumed run gave item 1's charge the
+    # number item 2's had (step 4): the service saw the key x:4 for both items' orders.
+    obs = fanout()
+    obs.calls.append(Call("Charge", "x:4", "order-x-1", fanout_entry(obs, 4).ts_ns - MS))
+    report = check(obs)
+    assert report.effect_violations == [
+        "x: Charge for order 'order-x-1' with the key of step 4, branch 2's step 3 for order "
+        "'order-x-2'"
+    ]
+
+    obs = fanout()  # a Validate sent with a Charge step's key
+    obs.calls.append(Call("Validate", "x:4", "order-x-2", T0))
+    assert check(obs).effect_violations == [
+        "x: Validate called with the key of step 4 (Charge, branch 2's step 3)"
+    ]
+
+    obs = fanout()  # a key whose number no step of the finished invocation took
+    obs.calls.append(Call("Charge", "x:8", "order-x-1", T0))
+    assert check(obs).effect_violations == ["x: Charge called with the key of step 8 (None)"]
+
+
+def test_a_fanout_step_executed_twice_is_caught() -> None:
+    # Item 1's journaled charge (step 6) ran again in a later run, as a new step 8 (a new
+    # key: a second charge), and was journaled again.
+    obs = fanout()
+    again = copy.deepcopy(fanout_entry(obs, 6).entry)
+    again.step = 8
+    again.output.CopyFrom(_codec.encode(order_pb2.ChargeResponse(charge_id=charge_id_for("x:8"))))
+    final = obs.journals["x"].pop()
+    at(obs.journals["x"], 500, again)
+    obs.journals["x"].append(Entry(len(obs.journals["x"]) + 1, final.ts_ns, final.entry))
+    obs.calls.append(Call("Charge", "x:8", "order-x-1", T0 + 490 * MS))
+    report = check(obs)
+    assert report.duplicates == [
+        "x: branch 1's step 3 journaled as steps [6, 8] (executed again under another number)"
+    ]
+    assert len(report.effect_violations) == 1
+    assert report.effect_violations[0].startswith("x: journaled (branch, step, kind, name) ")
+    assert not report.fanouts
+
+    obs = fanout()  # the same key called again after its entry was committed
+    obs.calls.append(Call("Charge", "x:6", "order-x-1", fanout_entry(obs, 6).ts_ns + MS))
+    report = check(obs)
+    assert [(r.invocation_id, r.step, r.method) for r in report.reexecuted] == [("x", 6, "Charge")]
+
+
+def test_a_fanout_with_a_wrong_output_or_answer_is_caught() -> None:
+    obs = fanout()
+    # The charge ids in step order (as if item 1 had charged first): not the keys its steps took.
+    out = {**_codec.decode(obs.journals["x"][-1].entry.output)}
+    assert out["charge_ids"] == [charge_id_for("x:6"), charge_id_for("x:4")]
+    out["charge_ids"] = [charge_id_for("x:4"), charge_id_for("x:6")]
+    obs.journals["x"][-1].entry.output.CopyFrom(_codec.encode(out))
+    obs.states["x"].output.CopyFrom(obs.journals["x"][-1].entry.output)
+    report = check(obs)
+    assert len(report.effect_violations) == 1
+    assert report.effect_violations[0].startswith("x: output ")
+    assert not report.fanouts
+
+    obs = fanout()  # item 1's journaled charge is the one of another key
+    other = order_pb2.ChargeResponse(charge_id=charge_id_for("x:4"))
+    fanout_entry(obs, 6).entry.output.CopyFrom(_codec.encode(other))
+    assert check(obs).effect_violations == ["x: journaled charge " + charge_id_for("x:4")]
+
+
+async def test_a_fanout_missing_a_step_or_not_replaying_is_caught() -> None:
+    obs = fanout()
+    obs.journals["x"] = [e for e in obs.journals["x"] if e.entry.step != 2]
+    obs.calls = [c for c in obs.calls if c.key != "x:2"]
+    report = check(obs)
+    assert len(report.effect_violations) == 1
+    assert report.effect_violations[0].startswith("x: journaled (branch, step, kind, name) ")
+    await replay_all(obs, report)
+    assert report.replay_failures == ["x: the replay executed ['Validate']"]
+
+    obs = fanout()  # the two Validates under each other's branch
+    first, second = fanout_entry(obs, 1).entry, fanout_entry(obs, 2).entry
+    first.branch, second.branch = "2", "1"
+    report = check(obs)
+    await replay_all(obs, report)
+    assert len(report.replay_failures) == 1
+    assert "input hash" in report.replay_failures[0]
+    assert "x: Validate for order 'order-x-1' with the key of step 1, branch 2's step 1" in (
+        " ".join(report.effect_violations)
+    )
+
+
+def test_an_unfinished_fanouts_calls_of_steps_not_journaled_are_not_judged() -> None:
+    obs = fanout()
+    obs.journals["x"] = [e for e in obs.journals["x"] if 0 < e.entry.step <= 3]
+    obs.states["x"].status = pb.STATUS_RUNNING
+    obs.calls.append(Call("Charge", "x:4", "order-x-2", T0 + 260 * MS))  # in flight
+    report = check(obs)
+    assert report.stuck == ["x: no final journal entry (state STATUS_RUNNING)"]
+    assert not report.effect_violations

@@ -47,6 +47,13 @@ its own again, becomes (``Planned.op``; ``operations.py`` does them):
 
 And half that share of the keyed orders is forked once completed: the fork takes the key's turn
 (made once the key's previous submission was acknowledged) and joins the key's order.
+
+With ``fanout`` > 0 (the same runs), that share of the orders still plain after all that, from an
+RNG of its own again (so a seed keeps every other draw, and only some of its plain orders
+change), becomes a ``chaos_fanout``: 2 or 3 items validated, held a seeded 0-400 ms each (a
+local step, so the items reach their charge in a seeded order, not always their own) and
+charged side by side, one branch each (``asyncio.gather``), then shipped; submitted as the
+plain order would have been (every third by a blocking ``invoke``). No operator touches it.
 """
 
 from __future__ import annotations
@@ -79,6 +86,7 @@ CARELESS = "careless_order"
 RECKLESS = "reckless_order"
 RETRY = "chaos_retry"
 SIGNALS = "chaos_signals"
+FANOUT = "chaos_fanout"
 
 MIX: Mapping[str, float] = {
     "order": 0.45,
@@ -102,6 +110,15 @@ OPS: Mapping[str, float] = {"retry": 0.4, "signals": 0.35, "fork": 0.25}
 
 RETRIED_FORKS = 0.3
 """Share of the retried invocations also forked (while FAILED)."""
+
+FANOUTS = 0.3
+"""Share of the orders left plain (no key, no operator) that become a ``chaos_fanout``."""
+
+FANOUT_ITEMS = (2, 3)
+"""How many items (branches) a ``chaos_fanout`` takes: drawn from these."""
+
+FANOUT_HOLD_MS = 400
+"""A ``chaos_fanout`` item's hold between its Validate and its Charge: 0 to this, by 50."""
 
 SLEEPS_MS = (500, 1500, 2500, 4000)
 """chaos_waits sleeps: up to 2 s they wait in the processor, longer ones on a server timer."""
@@ -146,16 +163,19 @@ def plan(
     lifecycle: float = 0.0,
     operations: float = 0.0,
     gate_dir: str = "",
+    fanout: float = 0.0,
 ) -> list[Planned]:
     """``n`` invocations drawn from ``mix``; keyed ones spread over ``max(2, n // 25)`` keys;
     ``lifecycle``: the share of unkeyed orders cancelled or paused; ``operations``: the share
-    of the other unkeyed orders retried (gates in ``gate_dir``), signalled or forked."""
+    of the other unkeyed orders retried (gates in ``gate_dir``), signalled or forked;
+    ``fanout``: the share of the orders still plain that become a ``chaos_fanout``."""
     if operations and not gate_dir:
         raise ValueError("retries need a gate_dir")
     kinds, weights = zip(*mix.items(), strict=True)
     # Their own RNGs, seeded from the seed's (without drawing from it): the rest stays the same.
     life = random.Random(repr(rng.getstate()))
     ops = random.Random(repr(rng.getstate()) + "/operations")
+    fan = random.Random(repr(rng.getstate()) + "/fanout")
     keys = [f"key-{k:03d}" for k in range(max(2, n // 25))]
     out = []
     for i in range(n):
@@ -204,6 +224,11 @@ def plan(
                 )
         elif operations > 0 and ops.random() < operations:
             out.append(_operated(iid, args, ops, gate_dir, waits=i % 3 == 0))
+        elif fanout > 0 and fan.random() < fanout:
+            items = fan.choice(FANOUT_ITEMS)
+            holds = [fan.randrange(0, FANOUT_HOLD_MS + 1, 50) for _ in range(items)]
+            args = {**args, "items": items, "hold_ms": holds}
+            out.append(Planned(iid, FANOUT, args, waits=i % 3 == 0))
         else:
             out.append(Planned(iid, ORDER, args, waits=i % 3 == 0))
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from chaos_workflows import (
     SIGNAL,
     careless_order,
     chaos_charge,
+    chaos_fanout,
     chaos_retry,
     chaos_signals,
     chaos_waits,
@@ -98,7 +100,7 @@ def test_the_plugin_registers_its_workflows() -> None:
     plugins = load_plugins(entry_points=False, extra=[chaos_workflows])
 
     names = ("chaos_waits", "chaos_charge", "careless_order", "reckless_order")
-    for name in (*names, "chaos_retry", "chaos_signals"):
+    for name in (*names, "chaos_retry", "chaos_signals", "chaos_fanout"):
         assert plugins.registry.get(name) is not None
     assert plugins.service_addresses == {"durable_examples.order.v1.OrderService": "127.0.0.1:9090"}
 
@@ -148,3 +150,67 @@ async def test_chaos_signals_refuses_a_count_out_of_range() -> None:
         chaos_signals, {**ORDER, "signals": 0}, calls=fakes(), raise_on_error=False
     )
     assert isinstance(run.error, ValueError)
+
+
+def slow_first_item() -> dict[str, Any]:
+    """The fakes, with item 1's Validate slow: the other items take both their steps first."""
+
+    async def validate(req: Any) -> Any:
+        await asyncio.sleep(0.05 if req.order_id.endswith("-1") else 0.001)
+        return ValidateResponse(valid=True)
+
+    return {**fakes(), "Validate": validate}
+
+
+async def test_chaos_fanout_charges_each_item_in_its_branch_then_ships() -> None:
+    run = await replay_workflow(chaos_fanout, {**ORDER, "items": 3}, calls=slow_first_item())
+
+    assert run.output == {
+        "order_id": "o-1",
+        "charge_ids": ["ch-o-1-1", "ch-o-1-2", "ch-o-1-3"],
+        "tracking_number": "tr-o-1",
+    }
+    where = {
+        (e.branch, e.branch_step): (e.step, e.name.rsplit("/", 1)[-1]) for e in run.new_entries
+    }
+    names = {ident: name for ident, (_, name) in where.items()}
+    assert names == {
+        **{(str(n), 1): "Validate" for n in (1, 2, 3)},
+        **{(str(n), 2): "hold" for n in (1, 2, 3)},
+        **{(str(n), 3): "Charge" for n in (1, 2, 3)},
+        ("", 1): "Ship",
+    }
+    # Numbered in the order asked for: the three Validates at once; item 1's slow Validate
+    # let the other items hold and charge first; Ship last.
+    assert sorted(step for step, _ in where.values()) == list(range(1, 11))
+    assert [where[(str(n), 1)][0] for n in (1, 2, 3)] == [1, 2, 3]
+    assert (where[("1", 2)][0], where[("1", 3)][0], where[("", 1)][0]) == (8, 9, 10)
+    keys = {
+        (c.path.rsplit("/", 1)[1], c.request.order_id): c.metadata["idempotency-key"]
+        for c in run.calls
+    }
+    assert keys[("Charge", "o-1-1")] == "test-invocation:9"
+    assert keys[("Ship", "o-1")] == "test-invocation:10"
+
+    # A replay of the whole journal, whichever branch asks first now, executes nothing.
+    again = await replay_workflow(
+        chaos_fanout, {**ORDER, "items": 3}, journal=run.new_entries, calls=fakes()
+    )
+    assert (again.output, again.calls, again.replayed_steps) == (run.output, (), 10)
+
+
+async def test_chaos_fanout_holds_reorder_the_charges() -> None:
+    args = {**ORDER, "items": 3, "hold_ms": [120, 60, 0]}
+    run = await replay_workflow(chaos_fanout, args, calls=fakes())
+    charges = [c.request.order_id for c in run.calls if c.path.endswith("/Charge")]
+    assert charges == ["o-1-3", "o-1-2", "o-1-1"]
+    assert run.output["charge_ids"] == ["ch-o-1-1", "ch-o-1-2", "ch-o-1-3"]
+
+
+async def test_chaos_fanout_refuses_an_item_count_out_of_range() -> None:
+    for bad in ({"items": 0}, {"items": 2, "hold_ms": [0]}, {"items": 1, "hold_ms": [-1]}):
+        run = await replay_workflow(
+            chaos_fanout, {**ORDER, **bad}, calls=fakes(), raise_on_error=False
+        )
+        assert isinstance(run.error, ValueError), bad
+        assert run.calls == ()

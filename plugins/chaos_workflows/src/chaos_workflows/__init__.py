@@ -23,10 +23,20 @@ Every side effect is an OrderService call, which records each call with its idem
 - ``chaos_signals``: Validate, then ``signals`` waits for the signal ``chaos`` (steps 2 to
   ``signals + 1``), then Ship; returns the ``n`` of each signal it received, in order, so a
   signal delivered twice shows in its output.
+- ``chaos_fanout``: ``items`` branches side by side (``asyncio.gather``), each a Validate of
+  its own item (order id ``<order_id>-<n>``, n from 1, see ``item_order_id``), a local step
+  ``hold`` that sleeps the item's ``hold_ms`` (so the items reach their Charge in an order of
+  the arguments' choosing, not always in item order) and a Charge of the item; then Ship of the
+  whole order; returns the charge ids (in item order) and the tracking number. Branch ``"n"``
+  is item n (the n-th task the workflow started); which global step number each step gets
+  depends on which branch's step finished first, so the checker holds its journal by (branch,
+  step in the branch) rather than by number: root ``""`` step 1 is Ship, branch ``"n"`` steps
+  1 to 3 are item n's Validate, hold and Charge.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from datetime import timedelta
@@ -41,6 +51,8 @@ orders = grpc_service(OrderServiceStub)
 
 MAX_SLEEP_MS = 60_000
 MAX_SIGNALS = 10
+MAX_ITEMS = 5
+MAX_HOLD_MS = 5_000
 SIGNAL = "chaos"
 """The name of the signal ``chaos_signals`` waits for."""
 GATE_RUNS = "gate-runs.jsonl"
@@ -176,6 +188,50 @@ async def chaos_signals(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def item_order_id(order_id: str, n: int) -> str:
+    """The order id item ``n`` (from 1) of a ``chaos_fanout`` validates and charges."""
+    return f"{order_id}-{n}"
+
+
+def item_amount(amount: int, n: int) -> int:
+    """The amount item ``n`` (from 1) of a ``chaos_fanout`` is validated and charged for."""
+    return amount + n
+
+
+def hold(ms: int) -> int:
+    """The local step between an item's Validate and its Charge: sleeps ``ms``."""
+    time.sleep(ms / 1000)
+    return ms
+
+
+async def chaos_fanout(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    """Validate, hold (``hold_ms[n - 1]``, 0 by default) and charge ``items`` items side by
+    side (one branch each), then ship; returns the order, each item's charge id in item order
+    and the shipment."""
+    order_id, amount = _order(args)
+    count = int(args.get("items", 2))
+    if not 1 <= count <= MAX_ITEMS:
+        raise ValueError(f"items must be 1..{MAX_ITEMS}, not {count}")
+    holds = [int(ms) for ms in args.get("hold_ms") or [0] * count]
+    if len(holds) != count or not all(0 <= ms <= MAX_HOLD_MS for ms in holds):
+        raise ValueError(f"hold_ms must be {count} times 0..{MAX_HOLD_MS}, not {holds}")
+
+    async def item(n: int) -> str:
+        item_id, cents = item_order_id(order_id, n), item_amount(amount, n)
+        await ctx.call(orders.Validate, ValidateRequest(order_id=item_id, amount_cents=cents))
+        await ctx.run("hold", hold, holds[n - 1])
+        charge = await ctx.call(orders.Charge, ChargeRequest(order_id=item_id, amount_cents=cents))
+        return charge.charge_id
+
+    charges = await asyncio.gather(*(item(n) for n in range(1, count + 1)))
+    shipment = await ctx.call(orders.Ship, ShipRequest(order_id=order_id))
+    return {
+        "order_id": order_id,
+        "charge_ids": list(charges),
+        "tracking_number": shipment.tracking_number,
+    }
+
+
 @hookimpl
 def durable_register_workflows(registry: WorkflowRegistry) -> None:
     """Register the chaos suite's workflows."""
@@ -186,6 +242,7 @@ def durable_register_workflows(registry: WorkflowRegistry) -> None:
         reckless_order,
         chaos_retry,
         chaos_signals,
+        chaos_fanout,
     ):
         registry.register(fn)
 
