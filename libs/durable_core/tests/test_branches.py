@@ -6,6 +6,7 @@ so the first branch replayed all its steps before the second asked for its first
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -362,3 +363,55 @@ async def test_is_replaying_ends_where_the_journal_does() -> None:
     assert first.output == [False, False]
     again = await replay_workflow(wf, journal=first.new_entries[:1])
     assert again.output == [True, False]
+
+
+COUNT = iter(range(1, 10**6))
+
+
+async def _nested_groups(ctx: Context) -> list[Any]:
+    async def leaf(tag: str) -> tuple[str, int]:
+        return tag, int(await ctx.run("charge", lambda: next(COUNT)))
+
+    async def group() -> list[tuple[str, int]]:
+        return list(await asyncio.gather(leaf("g1"), leaf("g2")))  # starts tasks, asks nothing
+
+    g = asyncio.create_task(group())
+    await ctx.run("a", lambda: 0)
+    other = asyncio.create_task(leaf("o"))
+    return list(await asyncio.gather(g, other))
+
+
+async def test_a_branch_is_named_when_it_is_created() -> None:
+    """Named at its first request, a task started by one that had asked nothing yet was
+    counted under that one's parent, among its siblings in the order they first asked:
+    which, on replay, the root's replayed step no longer held back; the charges went to
+    the wrong branches, as run on the code before."""
+    global COUNT
+    COUNT = iter(range(1, 10**6))
+    first = await replay_workflow(_nested_groups)
+    again = await replay_workflow(_nested_groups, journal=first.new_entries)
+    assert again.output == first.output and again.executed_steps == 0
+    assert first.output == [[("g1", 1), ("g2", 2)], ("o", 3)]
+
+
+async def _audit_beside(ctx: Context) -> str:
+    def slow(x: Any) -> Any:
+        time.sleep(0.05)
+        return x
+
+    async def audit() -> str:
+        return str(await ctx.run("audit", slow, ctx.now().isoformat()))
+
+    t = asyncio.create_task(audit())
+    await ctx.run("a", slow, 1)
+    return await t
+
+
+async def test_a_branch_starts_with_its_parents_clock_when_created() -> None:
+    """A branch took its parent's clock when it first asked: in the first run while the
+    parent's step ran, on replay after it had replayed (later): its step's input differed
+    (blocked), as run on the code before."""
+    start = datetime(2020, 1, 1, tzinfo=UTC)
+    first = await replay_workflow(_audit_beside, start_time=start)
+    again = await replay_workflow(_audit_beside, journal=first.new_entries, start_time=start)
+    assert again.error is None and again.output == first.output == start.isoformat()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import inspect
 import time
 import uuid
@@ -37,6 +36,8 @@ from durable_core._journal import (
 from durable_core._naming import check_workflow_name
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core.context import Awakeable, Context
+from durable_core.engine import _branches
+from durable_core.engine._branches import BRANCH
 from durable_core.engine._env import being_cancelled, wait_out
 from durable_core.engine._signals import EngineFailure
 from durable_core.engine._step_io import Journal, attempt_failure
@@ -66,16 +67,6 @@ IDEMPOTENCY_KEY_HEADER = IDEMPOTENCY_KEY_METADATA
 # does) never runs a superseded run's call, even one that left a processor frozen between its
 # last hold check and the send.
 FENCE_HEADER = FENCE_METADATA
-
-
-# The run and branch of the task that started this one (tasks take a copy of their parent's
-# context variables): a task's first request to the context makes it a branch of that one.
-# ``True`` third: carried into tasks a step's own code (or an interceptor) started, which run
-# only when the step executes, never on replay: they belong to the step's branch, and start
-# none of their own (they would shift the count of every later sibling on replay).
-_BRANCH: contextvars.ContextVar[tuple[RunContext, Branch, bool] | None] = contextvars.ContextVar(
-    "durable_branch", default=None
-)
 
 
 class RunContext(Context):
@@ -125,13 +116,17 @@ class RunContext(Context):
         task = asyncio.current_task()
         if task is not None:
             self._branches[task] = self.steps.root
-        _BRANCH.set((self, self.steps.root, False))
+            _branches.install(task.get_loop())
+        BRANCH.set((self, self.steps.root, False))
+
+    def name_task(self, task: asyncio.Future[Any], branch: Branch) -> None:
+        """``task`` was created as ``branch`` (see ``durable_core.engine._branches``)."""
+        self._branches[task] = branch
 
     def _branch(self) -> Branch:
-        """The branch of the calling task; a task asking for the first time becomes the next
-        branch of the one that started it. Tasks run in the order they were started until
-        they first wait, so siblings ask first in the order they were started, on every run:
-        a branch's path is the same on replay, whichever branch's steps finished first."""
+        """The branch of the calling task, named when it was created (``_branches``); one
+        created where no factory named it becomes the next branch of its creator's when it
+        first asks."""
         try:
             task = asyncio.current_task()
         except RuntimeError:  # no event loop: called from plain code (a test)
@@ -141,7 +136,7 @@ class RunContext(Context):
         known = self._branches.get(task)
         if known is not None:
             return known
-        carried = _BRANCH.get()
+        carried = BRANCH.get()
         if carried is None or carried[0] is not self:
             if self.steps.root not in self._branches.values():
                 self.enter()  # nobody entered the run (a test driving the context): the root
@@ -153,18 +148,18 @@ class RunContext(Context):
             parent = carried[1]
         branch = parent.child()
         self._branches[task] = branch
-        _BRANCH.set((self, branch, False))
+        BRANCH.set((self, branch, False))
         return branch
 
     @contextlib.contextmanager
     def _step_code(self) -> Iterator[None]:
         """Around what only an executing step runs (its attempts, the interceptors): tasks
         started in there take no branch of their own."""
-        token = _BRANCH.set((self, self._branch(), True))
+        token = BRANCH.set((self, self._branch(), True))
         try:
             yield
         finally:
-            _BRANCH.reset(token)
+            BRANCH.reset(token)
 
     # -- identity and deterministic helpers ------------------------------------------------
 

@@ -20,6 +20,7 @@ from durable_core._code import CodeIdentity
 from durable_core._journal import FINAL_KINDS, PROCESSOR_KINDS, ReplayMachine, stamp
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import Delivery, JournalConflict, JournalRecord, Transport
+from durable_core.engine._branches import engine_task
 from durable_core.engine._signals import EngineFailure, Finished, LostClaim, NotIdle, Rerun
 from durable_core.errors import DurableError, NatsUnavailableError, SuspendExecution
 
@@ -164,7 +165,7 @@ class JournalWriter:
         run's next append took it, and no task is made)."""
         self._due = None
         if self.pending is not None:
-            task = asyncio.get_running_loop().create_task(self._flush_later())
+            task = engine_task(self._flush_later())
             self._flushes.add(task)
             task.add_done_callback(self._flushes.discard)
 
@@ -199,7 +200,7 @@ class JournalWriter:
         without the refund). So the write runs to its end in a task of its own, and the
         cancellation is raised after it (its own failure, if it failed, instead).
         """
-        write = asyncio.ensure_future(self._append_now(entry, claim=claim))
+        write = engine_task(self._append_now(entry, claim=claim))
         cancelled = False
         while not write.done():
             try:
