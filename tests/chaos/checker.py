@@ -16,7 +16,12 @@ Ground truth, and why the timestamps compare:
 * A **journal entry** is committed when the stream stores it; its stream timestamp
   (``Nats-Time-Stamp``) is stamped by the stream leader when it accepts the message, which is no
   later than the commit. Every process runs on this machine, so both clocks are the same clock.
-* A call for key ``<id>:<step>`` that *arrives* after the entry of that step was stamped was
+* A step's idempotency key is derived from its journal entry, as the engine derives it:
+  ``<id>:<n>`` for the n-th step of the workflow's own task (``branch`` "", n its
+  ``branch_step``; in a workflow without branches, its step number), ``<id>:<branch>/<n>``
+  for a branch's n-th step; ``<id>:<step>`` in a journal with a step written before entries
+  named their branch (``by_number``). A call is held to the journaled step that took its key.
+* A call with a step's key that *arrives* after the entry of that step was stamped was
   made after the step's result was committed: a re-executed committed step. A legitimate call
   (the one whose result was journaled, or a retry of it in flight during a crash) always arrives
   before the entry is written, because the writer appends only after the call returned.
@@ -34,10 +39,11 @@ A workflow whose branches take steps side by side (``chaos_fanout``) has no fixe
 they are given in the order steps are first asked for, which depends on which branch's step
 finished first. Its plan names each branch's steps instead (``Plan.branches``), and the checker
 matches journal entries by (branch, step in the branch): the journal must hold exactly those,
-each once (one (branch, step) under two numbers is a step executed twice); every call with the
-key ``<id>:<n>`` must be the method, and carry the order id, of the step journaled as ``n``
-(a call that another step's number took is an effect under another step's key); the journaled
-answers and the output must be those of the keys the steps were journaled under.
+each once (one (branch, step) under two numbers is a step executed twice); every call must be
+the method, and carry the order id, of the step that took its key (``<id>:2/3``: branch 2's
+third step, whatever its number; a key no step of a completed invocation took, such as one by
+number, is an effect under no step's key; an unfinished one's call is held to the step its
+key names); the journaled answers and the output must be those of the steps' keys.
 
 A retried invocation's journal is read as the replay reads it (``operation_checks.standing``):
 its FAILED final and failed steps, forgotten by the retry request after them, are neither
@@ -50,6 +56,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import re
 import time
@@ -95,7 +102,9 @@ CALL, SLEEP, AWAKEABLE, CHILD, RUN, SIGNAL_WAIT = (
 )
 
 Steps = tuple[tuple[int, int, str], ...]
-Key = Callable[[int], str]  # step -> the idempotency key its effect was applied under
+# step -> the idempotency key its effect was applied under (a ``Keys``: from the step's
+# journal entry)
+Key = Callable[[int], str]
 # branch ("" the workflow's own task, "1" the first it started, ...) -> (kind, name) of its
 # steps, in its order (the first is its step 1)
 Shape = Mapping[str, tuple[tuple[int, str], ...]]
@@ -114,11 +123,14 @@ class Plan:
         steps: ``(step, kind, name)`` of every journaled step, in order; ``{id}`` in a name
             stands for the invocation id; or, when they depend on the arguments, a function
             of them that returns those.
-        children: step -> the workflow of the child started there (id ``<id>-<step>``).
+        children: step -> the workflow of the child started there (its id by the step's
+            entry, ``<id>-<n>``: see ``child_id``).
         output: ``(invocation id, args, awakeable payloads, key)`` -> the output it must
-            return; ``key(step)`` is the idempotency key the step's effect was applied under
-            (``<id>:<step>``, a fork's copied steps' that of its source); for a plan with
-            ``branches``, ``key(branch, step in the branch)``.
+            return; ``key(step)`` is the idempotency key the step's effect was applied under,
+            by its journal entry (``<id>:<n>`` for the root's n-th step, ``<id>:<branch>/<n>``
+            for a branch's, ``<id>:<step>`` in a journal keyed by number; a fork's copied
+            steps' that of its source), ``key.child(step)`` the id of the child started there;
+            for a plan with ``branches``, ``key(branch, step in the branch)``.
         branches: for a workflow whose branches take steps side by side (``steps`` unused):
             args -> each branch's steps (see ``Shape``); their numbers are whatever the
             journal gave them.
@@ -165,6 +177,19 @@ class Plan:
                 )
         return out
 
+    def place_call(
+        self, args: Mapping[str, Any], branch: str, n: int
+    ) -> tuple[str | None, str | None, str]:
+        """(the OrderService method, the order id, where) of the call step the plan puts at
+        ``branch``'s step ``n`` (a plan with branches), (None, None, where) if no call step
+        is there."""
+        at = where(branch, n)
+        place = self.branches(args).get(branch, ()) if self.branches is not None else ()
+        if not 0 < n <= len(place) or place[n - 1][0] != CALL:
+            return None, None, at
+        order = self.order_of(args, branch) if self.order_of is not None else None
+        return place[n - 1][1].removeprefix(ORDER_SERVICE), order, at
+
 
 def where(branch: str, n: int) -> str:
     """A step by its branch and its place there, for messages."""
@@ -192,12 +217,13 @@ def _careless_output(
 
 
 def _waits_output(
-    iid: str, args: Mapping[str, Any], aw: Mapping[str, Any], key: Key
+    iid: str, args: Mapping[str, Any], aw: Mapping[str, Any], key: Keys
 ) -> dict[str, Any]:
     return {
         "order_id": str(args.get("order_id", "")),
         "approval": aw.get(awakeable_id(iid)),
-        "charge_id": charge_id_for(f"{iid}-4:1"),
+        # the child's Charge, its first step
+        "charge_id": charge_id_for(f"{key.child(4)}:1"),
         "tracking_number": tracking_number_for(key(5)),
     }
 
@@ -389,10 +415,16 @@ class Expected:
     from_step: int = 0
     orphan: bool = False
 
-    def key_of(self, iid: str) -> Key:
-        """Step -> the idempotency key its effect was applied under."""
-        source, before = self.forked_from, self.from_step
-        return lambda step: f"{source if step < before else iid}:{step}"
+    def key_of(self, iid: str, journal: Iterable[Entry]) -> Keys:
+        """Step -> the idempotency key its effect was applied under, by its entry in
+        ``journal`` (a fork's copied steps keep their source's keys: the copies keep the
+        source's branch fields)."""
+        journal = list(journal)
+        entries: dict[int, pb.JournalEntry] = {}
+        for e in _keyed_entries(journal):
+            if e.entry.kind in STEP_KINDS:
+                entries.setdefault(e.entry.step, e.entry)
+        return Keys(iid, entries, by_number(journal), self.forked_from, self.from_step)
 
 
 @dataclass(frozen=True, slots=True)
@@ -521,11 +553,142 @@ def _again_in_branch(steps: Iterable[Entry]) -> str:
     return "; ".join(again)
 
 
-def _split_key(key: str) -> tuple[str, int] | None:
-    invocation_id, sep, step = key.rpartition(":")
-    if not sep or not step.isdigit():
+# -- idempotency keys and child ids, from the journal ------------------------------------------
+
+_PLACE = re.compile(r"^(?:(\d+(?:\.\d+)*)/)?(\d+)$")
+
+
+@dataclass(frozen=True, slots=True)
+class KeyName:
+    """An idempotency key taken apart: ``<invocation>:<n>`` (``branch`` ""), or
+    ``<invocation>:<branch>/<n>``."""
+
+    invocation_id: str
+    branch: str
+    n: int
+
+
+def _split_key(key: str) -> KeyName | None:
+    invocation_id, sep, place = key.rpartition(":")
+    m = _PLACE.match(place) if sep else None
+    if m is None:
         return None
-    return invocation_id, int(step)
+    return KeyName(invocation_id, m.group(1) or "", int(m.group(2)))
+
+
+def by_number(journal: Iterable[Entry]) -> bool:
+    """Whether the journal's steps are keyed by their number (as the engine's
+    ``ReplayMachine.by_number``): it holds a step, or a failed attempt of one, written before
+    entries named their branch (``branch_step`` 0)."""
+    return any(
+        (e.entry.kind in STEP_KINDS or e.entry.kind == pb.ENTRY_KIND_ATTEMPT_FAILED)
+        and e.entry.branch_step <= 0
+        for e in journal
+    )
+
+
+def step_key(owner: str, entry: pb.JournalEntry, numbered: bool) -> str:
+    """The idempotency key of the step of ``entry`` in a journal of ``owner`` (as the engine's
+    ``StepMachine.step_key``): ``<owner>:<n>`` for the n-th step of the workflow's own task,
+    ``<owner>:<branch>/<n>`` for a branch's n-th step; ``<owner>:<step>`` in a journal keyed
+    by number."""
+    if numbered or entry.branch_step <= 0:
+        return f"{owner}:{entry.step}"
+    if entry.branch:
+        return f"{owner}:{entry.branch}/{entry.branch_step}"
+    return f"{owner}:{entry.branch_step}"
+
+
+def child_id(parent: str, entry: pb.JournalEntry, numbered: bool) -> str:
+    """The id of the child started by the step of ``entry`` (as the engine's
+    ``StepMachine.child_id``): ``<parent>-<n>``, ``<parent>-<branch, dots as _>_<n>`` in a
+    branch, ``<parent>-<step>`` in a journal keyed by number; hashed if too long."""
+    if numbered or entry.branch_step <= 0:
+        suffix = str(entry.step)
+    elif entry.branch:
+        suffix = f"{entry.branch.replace('.', '_')}_{entry.branch_step}"
+    else:
+        suffix = str(entry.branch_step)
+    candidate = f"{parent}-{suffix}"
+    if len(candidate) <= 128:
+        return candidate
+    return f"{hashlib.sha256(parent.encode()).hexdigest()[:40]}-{suffix}"
+
+
+def _keyed_entries(journal: Iterable[Entry]) -> list[Entry]:
+    """The entries that name a step's key: its step entries (also those a retry forgot, run
+    again under the same key) and its failed attempts (a step between attempts)."""
+    return [
+        e
+        for e in journal
+        if e.entry.step > 0
+        and (e.entry.kind in STEP_KINDS or e.entry.kind == pb.ENTRY_KIND_ATTEMPT_FAILED)
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Step -> the idempotency key its effect was applied under, from its journal entry (a
+    fork's copied steps, numbered below ``before``, keep their source's keys; a step not
+    journaled: ``<id>:<step>``); ``child(step)``: the id of the child started there."""
+
+    iid: str
+    entries: Mapping[int, pb.JournalEntry]
+    numbered: bool
+    source: str = ""
+    before: int = 0
+
+    def _owner(self, step: int) -> str:
+        return self.source if step < self.before else self.iid
+
+    def __call__(self, step: int) -> str:
+        entry = self.entries.get(step)
+        if entry is None:
+            return f"{self._owner(step)}:{step}"
+        return step_key(self._owner(step), entry, self.numbered)
+
+    def child(self, step: int) -> str:
+        entry = self.entries.get(step)
+        if entry is None:
+            return f"{self._owner(step)}-{step}"
+        return child_id(self._owner(step), entry, self.numbered)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyIndex:
+    """An invocation's own keys (under its own id, also for a fork's copied steps: a call
+    with one executed a copied step) -> the numbers of the journaled steps that took them
+    (more than one: a step journaled again under another number)."""
+
+    iid: str
+    numbered: bool
+    branched: bool  # its plan has branches: a key's number is no step number
+    steps_of: Mapping[str, list[int]]
+
+    @classmethod
+    def of(cls, iid: str, journal: Iterable[Entry], plan: Plan | None) -> KeyIndex:
+        journal = list(journal)
+        numbered = by_number(journal)
+        steps_of: dict[str, set[int]] = defaultdict(set)
+        for e in _keyed_entries(journal):
+            steps_of[step_key(iid, e.entry, numbered)].add(e.entry.step)
+        branched = plan is not None and plan.branches is not None
+        return cls(iid, numbered, branched, {k: sorted(v) for k, v in steps_of.items()})
+
+    def steps(self, key: str) -> list[int]:
+        return list(self.steps_of.get(key, ()))
+
+    def step_of(self, key: str) -> int | None:
+        """The step a call with ``key`` was made for: the first journaled step that took the
+        key; for a key none took, ``<id>:<n>`` is step n in a journal keyed by number or of a
+        workflow without branches (its n-th step is step n); else unknown (None)."""
+        taken = self.steps_of.get(key)
+        if taken:
+            return taken[0]
+        name = _split_key(key)
+        if name is None or name.branch or (self.branched and not self.numbered):
+            return None
+        return name.n
 
 
 def _args_of(st: pb.ExecutionState | None) -> Any:
@@ -550,7 +713,12 @@ def expected_ids(obs: Observation) -> dict[str, Expected]:
         plan = PLANS.get(exp.workflow)
         if plan is None or not plan.children:
             continue
-        started = {e.entry.step for e in obs.journals.get(iid, []) if e.entry.kind == CHILD}
+        journal = obs.journals.get(iid, [])
+        numbered = by_number(journal)
+        # The child's id by its step's entry (its place in its branch), as the engine names it.
+        started = {
+            e.entry.step: child_id(iid, e.entry, numbered) for e in journal if e.entry.kind == CHILD
+        }
         for step, workflow in plan.children.items():
             if step in started:
                 args = exp.args if isinstance(exp.args, Mapping) else {}
@@ -558,7 +726,7 @@ def expected_ids(obs: Observation) -> dict[str, Expected]:
                     "order_id": args.get("order_id", ""),
                     "amount_cents": args.get("amount_cents", 0),
                 }
-                ids[f"{iid}-{step}"] = Expected(workflow, child, parent=iid)
+                ids[started[step]] = Expected(workflow, child, parent=iid)
     for fork, (source, from_step) in obs.forks.items():
         src = ids.get(source) or Expected(obs.workflows.get(source, DEFAULT_WORKFLOW), {})
         ids[fork] = Expected(src.workflow, src.args, forked_from=source, from_step=from_step)
@@ -667,7 +835,7 @@ def check(obs: Observation) -> Report:
             continue
         report.completed += 1
         report.by_workflow[exp.workflow] += 1
-        _check_effects(iid, exp, steps, final, report, obs.awakeables)
+        _check_effects(iid, exp, journal, steps, final, report, obs.awakeables)
 
     # Executions: every service call against the journal (a refused one executed nothing).
     calls_by_key: dict[str, list[Call]] = defaultdict(list)
@@ -677,25 +845,57 @@ def check(obs: Observation) -> Report:
     report.calls = len(executed)
     report.refused = len(obs.calls) - len(executed)
     report.retried_keys = sum(1 for calls in calls_by_key.values() if len(calls) > 1)
+    # Each invocation's keys, from its journal: a call is held to the step that took its key.
+    indexes = {
+        iid: KeyIndex.of(iid, obs.journals.get(iid, []), PLANS.get(exp.workflow))
+        for iid, exp in expected.items()
+    }
     for key, calls in sorted(calls_by_key.items()):
         parsed = _split_key(key)
-        if parsed is None or parsed[0] not in expected:
+        if parsed is None or parsed.invocation_id not in expected:
             report.effect_violations.append(
                 f"key {key!r} ({calls[0].method}) belongs to no submitted invocation"
             )
             continue
-        iid, step = parsed
+        iid = parsed.invocation_id
+        index = indexes[iid]
         plan = PLANS.get(expected[iid].workflow)
         args = expected[iid].args if isinstance(expected[iid].args, Mapping) else {}
         layout = plan.call_steps(args, standing_steps.get(iid, ())) if plan is not None else {}
-        want_method, want_order, at = layout.get(step, (None, None, ""))
-        # With branches, the number of a step not journaled (an unfinished invocation's)
-        # does not tell which step it is: nothing to hold its calls to.
-        unknown = step not in layout and bool(plan and plan.branches) and iid not in finished
-        for call in () if unknown else calls:
+        taken = index.steps(key)  # the journaled steps that took the key
+        step = index.step_of(key)
+        what = f"step {step}" if step is not None else repr(key)
+        if taken:
+            want_method, want_order, at = layout.get(taken[0], (None, None, ""))
+            judged = True
+        elif iid in finished:
+            # Every step of a completed invocation is journaled: a key none of them took is
+            # an effect under a key of no step (a step run again under another key, or the
+            # key of another numbering).
+            report.effect_violations += [
+                f"{iid}: {c.method} called with the key {key!r}, which no step of it took"
+                for c in calls
+            ]
+            continue
+        elif plan is not None and plan.branches is not None:
+            # Not journaled yet: the key names its step's place (not in a journal keyed by
+            # number, where it names a number no step took yet).
+            want_method, want_order, at = (
+                plan.place_call(args, parsed.branch, parsed.n)
+                if not index.numbered
+                else (None, None, "")
+            )
+            judged = not index.numbered
+        else:
+            # A workflow without branches: its n-th step is step n (a branch key is none).
+            want_method, want_order, at = (
+                layout.get(step, (None, None, "")) if step is not None else (None, None, "")
+            )
+            judged = True
+        for call in calls if judged else ():
             if call.method != want_method:
                 report.effect_violations.append(
-                    f"{iid}: {call.method} called with the key of step {step} "
+                    f"{iid}: {call.method} called with the key of {what} "
                     f"({want_method}{', ' + at if at else ''})"
                 )
             if want_order is not None and call.order_id != want_order:
@@ -703,21 +903,32 @@ def check(obs: Observation) -> Report:
                     f"{iid}: {call.method} for order {call.order_id!r}, submitted {want_order!r}"
                     if not at
                     else f"{iid}: {call.method} for order {call.order_id!r} with the key of "
-                    f"step {step}, {at} for order {want_order!r}"
+                    f"{what}, {at} for order {want_order!r}"
                 )
-        entry = committed.get((iid, step))
-        if entry is None:
+        # The first commit of a step that took the key: a call after it executed it again.
+        entries = [committed[(iid, n)] for n in taken if (iid, n) in committed]
+        if not entries:
             continue  # never journaled (a failed or unfinished invocation is reported above)
+        entry = min(entries, key=lambda e: e.ts_ns)
         for call in calls:
             if call.ts_ns > entry.ts_ns:
                 report.reexecuted.append(
-                    Reexecution(iid, step, call.method, call.ts_ns, entry.ts_ns, entry.entry.writer)
+                    Reexecution(
+                        iid,
+                        entry.entry.step,
+                        call.method,
+                        call.ts_ns,
+                        entry.ts_ns,
+                        entry.entry.writer,
+                    )
                 )
-    # Every journaled call step was executed by the service before it was committed.
+    # Every journaled call step was executed by the service before it was committed (under
+    # the key of its entry).
     for (iid, step), entry in sorted(committed.items()):
         if entry.entry.kind != CALL or entry.entry.HasField("failure") or is_copy(entry):
             continue  # a fork's copy was executed (and checked) as its source's step
-        before = [c for c in calls_by_key.get(f"{iid}:{step}", ()) if c.ts_ns <= entry.ts_ns]
+        key = step_key(iid, entry.entry, indexes[iid].numbered)
+        before = [c for c in calls_by_key.get(key, ()) if c.ts_ns <= entry.ts_ns]
         if not before:
             report.unbacked.append(f"{iid} step {step} ({entry.entry.name})")
     # A fork the workload never heard of took a place in its key's queue: no known order.
@@ -728,25 +939,30 @@ def check(obs: Observation) -> Report:
     }
     report.orphan_keys = len(orphan_keys & set(obs.key_order))
     _check_key_order(obs, calls_by_key, report, skip=orphan_keys)
-    by_invocation = _calls_by_invocation(calls_by_key, expected)
+    by_invocation = _calls_by_invocation(calls_by_key, indexes)
     _check_pauses(obs, by_invocation, report)
     _check_pending_cancels(obs, by_invocation, report)
     check_operations(obs, expected, by_invocation, report)
     return report
 
 
-# invocation id -> (step, call) of every call made with one of its keys
-CallsOf = Mapping[str, list[tuple[int, Call]]]
+# invocation id -> (step, call) of every call made with one of its keys: the step that took
+# the key in its journal (None: unknown, see ``KeyIndex.step_of``)
+CallsOf = Mapping[str, list[tuple[int | None, Call]]]
 
 
-def _calls_by_invocation(calls_by_key: Mapping[str, list[Call]], ids: Iterable[str]) -> CallsOf:
-    """The calls of the invocations ``ids``, read once from every key."""
-    wanted = set(ids)
-    out: dict[str, list[tuple[int, Call]]] = defaultdict(list)
+def _calls_by_invocation(
+    calls_by_key: Mapping[str, list[Call]], indexes: Mapping[str, KeyIndex]
+) -> CallsOf:
+    """The calls of the invocations ``indexes`` holds, read once from every key, each with
+    the step its key names in the invocation's journal."""
+    out: dict[str, list[tuple[int | None, Call]]] = defaultdict(list)
     for key, calls in calls_by_key.items():
         parsed = _split_key(key)
-        if parsed is not None and parsed[0] in wanted:
-            out[parsed[0]] += [(parsed[1], c) for c in calls]
+        index = indexes.get(parsed.invocation_id) if parsed is not None else None
+        if index is not None:
+            step = index.step_of(key)
+            out[index.iid] += [(step, c) for c in calls]
     return out
 
 
@@ -814,7 +1030,8 @@ def _check_cancelled(iid: str, journal: list[Entry], state: pb.ExecutionState | 
         return f"{iid}: charged, cancelled and refunded {len(refunds)} times (once expected)"
     charge = _codec.decode(calls[0].entry.output, order_pb2.ChargeResponse).charge_id
     refunded = _codec.decode(refunds[0].entry.output)
-    if charge != charge_id_for(f"{iid}:1") or refunded != {"refunded": charge}:
+    key = step_key(iid, calls[0].entry, by_number(journal))
+    if charge != charge_id_for(key) or refunded != {"refunded": charge}:
         return f"{iid}: charged {charge}, refunded {refunded}"
     return ""
 
@@ -848,7 +1065,8 @@ def _check_pauses(obs: Observation, calls_of: CallsOf, report: Report) -> None:
             )
             first: dict[int, Call] = {}  # step -> its first call while paused
             for step, c in sorted(calls_of.get(iid, ()), key=lambda sc: sc[1].ts_ns):
-                if step > passed + 1 and e.ts_ns < c.ts_ns < until:
+                # (a step not known by number: a key no step of it took, in a branch)
+                if step is not None and step > passed + 1 and e.ts_ns < c.ts_ns < until:
                     first.setdefault(step, c)
             for step, c in sorted(first.items()):
                 report.lifecycle.append(
@@ -865,6 +1083,7 @@ def _check_pauses(obs: Observation, calls_of: CallsOf, report: Report) -> None:
 def _check_effects(
     iid: str,
     exp: Expected,
+    journal: list[Entry],
     steps: list[Entry],
     final: pb.JournalEntry,
     report: Report,
@@ -876,14 +1095,15 @@ def _check_effects(
     The OrderService deduplicates by idempotency key: the same key always gets the same charge
     id and tracking number. So the effect applied for a step is the one of the key it was
     called with; one effect per key means the journaled answers and the output are those of
-    the invocation's own keys (``<id>:<step>``, a child's ``<id>-<step>:1``).
+    the invocation's own keys (each step's by its entry: ``<id>:<n>`` for the root's n-th
+    step, ``<id>:<branch>/<n>`` for a branch's; a child's ``<child id>:1``).
     """
     plan = PLANS.get(exp.workflow)
     if plan is None:
         report.effect_violations.append(f"{iid}: no plan for workflow {exp.workflow!r}")
         return
     args = exp.args if isinstance(exp.args, Mapping) else {}
-    key_of = exp.key_of(iid)
+    key_of = exp.key_of(iid, journal)
     output_key: Key | BranchKey = key_of
     number: dict[tuple[str, int], int] = {}  # (branch, its step) -> the step's number
     found = len(report.effect_violations)
@@ -953,7 +1173,8 @@ def _check_effects(
 
 
 def _by_branch(key_of: Key, number: Mapping[tuple[str, int], int]) -> BranchKey:
-    """(branch, its step) -> the key of the number the journal gave that step."""
+    """(branch, its step) -> the key of that step's entry (found by the number the journal
+    gave it: ``<id>:<branch>/<n>``, a fork's copied step its source's)."""
     return lambda branch, n: key_of(number[(branch, n)])
 
 

@@ -127,10 +127,11 @@ def is_copy(e: Entry, source: str = "") -> bool:
 def check_operations(
     obs: Observation,
     expected: Mapping[str, Expected],
-    calls_of: Mapping[str, list[tuple[int, Call]]],
+    calls_of: Mapping[str, list[tuple[int | None, Call]]],
     report: Report,
 ) -> None:
-    """Every rule of this module (see its docstring)."""
+    """Every rule of this module (see its docstring). ``calls_of``: id -> (the step that took
+    the call's key in its journal, None if unknown; the call)."""
     runs: dict[str, list[GateRun]] = {}
     for run in obs.gate_runs:
         runs.setdefault(run.invocation_id, []).append(run)
@@ -159,7 +160,7 @@ def _check_retry(
     iid: str,
     journal: list[Entry],
     obs: Observation,
-    calls: list[tuple[int, Call]],
+    calls: list[tuple[int | None, Call]],
     runs: list[GateRun],
     report: Report,
 ) -> None:
@@ -187,7 +188,11 @@ def _check_retry(
                 "journaled again after the retry"
             )
     late = sorted(
-        (c for step, c in calls if step < GATE_STEP and c.ts_ns > request.ts_ns),
+        (
+            c
+            for step, c in calls
+            if step is not None and step < GATE_STEP and c.ts_ns > request.ts_ns
+        ),
         key=lambda c: c.ts_ns,
     )
     for c in late[:1]:
@@ -229,7 +234,7 @@ def _check_fork(
     iid: str,
     exp: Expected,
     obs: Observation,
-    calls_of: Mapping[str, list[tuple[int, Call]]],
+    calls_of: Mapping[str, list[tuple[int | None, Call]]],
     report: Report,
 ) -> None:
     source, from_step = exp.forked_from, exp.from_step
@@ -259,8 +264,9 @@ def _check_fork(
                 f"{iid}: copied step {e.entry.step} ({e.entry.name}) journaled again by "
                 f"{e.entry.writer}"
             )
+    # A call with the key a copied step has under the fork's id (it keeps its source's).
     for step, c in sorted(calls_of.get(iid, []), key=lambda sc: sc[1].ts_ns):
-        if step < from_step:
+        if step is not None and step < from_step:
             problems.append(f"{iid}: copied step {step} executed: {c.method} called ({c.key})")
     if problems:
         report.fork_violations += problems

@@ -7,6 +7,7 @@ times), the journal entries with the times the stream stored them, and the final
 from __future__ import annotations
 
 import copy
+import hashlib
 from typing import Any
 
 import pytest
@@ -26,9 +27,11 @@ from .checker import (
     Observation,
     Recovery,
     check,
+    child_id,
     parse_nats_time,
     replay_all,
     service_recovery,
+    step_key,
 )
 from .operation_checks import GateRun
 from .operations import signal_payload
@@ -944,7 +947,9 @@ def fanout(iid: str = "x", items: int = 2) -> Observation:
     charges, item 1's hold and charge, and the root's Ship (2 items: Validates 1 and 2, item
     2's hold 3 and charge 4, item 1's hold 5 and charge 6, Ship 7); each entry stored 50 ms
     after the one numbered before it (item 1's Validate just before its hold), each call
-    arriving 40 ms before its entry (the Validates' all at once at the start)."""
+    arriving 40 ms before its entry (the Validates' all at once at the start). Each call's key
+    is its step's place, whatever its number: item n's ``x:n/1`` and ``x:n/3``, Ship ``x:1``
+    (the root's first step)."""
     a = {**args_of(iid), "items": items, "hold_ms": [0] * items}
     order = a["order_id"]
 
@@ -953,23 +958,24 @@ def fanout(iid: str = "x", items: int = 2) -> Observation:
 
     # (branch, step in it, entry), in the order the numbers were given
     plan: list[tuple[str, int, pb.JournalEntry]] = []
-    requests: dict[int, tuple[str, str]] = {}  # step -> (method, order id) of its call
+    # step -> (method, order id, idempotency key) of its call
+    requests: dict[int, tuple[str, str, str]] = {}
     for n in range(1, items + 1):
         oid, cents = item(n)
         req = order_pb2.ValidateRequest(order_id=oid, amount_cents=cents)
         resp = order_pb2.ValidateResponse(valid=True)
-        requests[len(plan) + 1] = ("Validate", oid)
+        requests[len(plan) + 1] = ("Validate", oid, f"{iid}:{n}/1")
         plan.append((str(n), 1, call_entry(orders.Validate, resp, request=req)))
     for n in [*range(2, items + 1), 1]:
         oid, cents = item(n)
         plan.append((str(n), 2, run_entry("hold", 0, args=(0,))))
         req = order_pb2.ChargeRequest(order_id=oid, amount_cents=cents)
-        resp = order_pb2.ChargeResponse(charge_id=charge_id_for(f"{iid}:{len(plan) + 1}"))
-        requests[len(plan) + 1] = ("Charge", oid)
+        resp = order_pb2.ChargeResponse(charge_id=charge_id_for(f"{iid}:{n}/3"))
+        requests[len(plan) + 1] = ("Charge", oid, f"{iid}:{n}/3")
         plan.append((str(n), 3, call_entry(orders.Charge, resp, request=req)))
-    tracking = tracking_number_for(f"{iid}:{len(plan) + 1}")
+    tracking = tracking_number_for(f"{iid}:1")
     resp = order_pb2.ShipResponse(tracking_number=tracking)
-    requests[len(plan) + 1] = ("Ship", order)
+    requests[len(plan) + 1] = ("Ship", order, f"{iid}:1")
     plan.append(
         ("", 1, call_entry(orders.Ship, resp, request=order_pb2.ShipRequest(order_id=order)))
     )
@@ -981,13 +987,8 @@ def fanout(iid: str = "x", items: int = 2) -> Observation:
         entry.step, entry.branch, entry.branch_step = step, branch, n
         at(journal, stored[step], entry)
     calls = [
-        Call(
-            method,
-            f"{iid}:{step}",
-            oid,
-            T0 + (10 * step if method == "Validate" else stored[step] - 40) * MS,
-        )
-        for step, (method, oid) in requests.items()
+        Call(method, key, oid, T0 + (10 * step if method == "Validate" else stored[step] - 40) * MS)
+        for step, (method, oid, key) in requests.items()
     ]
     charges = {
         b: _codec.decode(e.output, order_pb2.ChargeResponse).charge_id for b, n, e in plan if n == 3
@@ -1035,10 +1036,10 @@ async def test_a_clean_fanout_history_passes(items: int) -> None:
 
 
 def test_a_fanout_step_called_under_another_steps_key_is_caught() -> None:
-    # After a crash with both charges in flight, the resumed run gave item 1's charge the
-    # number item 2's had (step 4): the service saw the key x:4 for both items' orders.
+    # Item 1's charge sent with item 2's charge's key (branch 2's step 3, step 4): the branches
+    # named wrongly; the service saw the key x:2/3 for both items' orders.
     obs = fanout()
-    obs.calls.append(Call("Charge", "x:4", "order-x-1", fanout_entry(obs, 4).ts_ns - MS))
+    obs.calls.append(Call("Charge", "x:2/3", "order-x-1", fanout_entry(obs, 4).ts_ns - MS))
     report = check(obs)
     assert report.effect_violations == [
         "x: Charge for order 'order-x-1' with the key of step 4, branch 2's step 3 for order "
@@ -1046,27 +1047,81 @@ def test_a_fanout_step_called_under_another_steps_key_is_caught() -> None:
     ]
 
     obs = fanout()  # a Validate sent with a Charge step's key
-    obs.calls.append(Call("Validate", "x:4", "order-x-2", T0))
+    obs.calls.append(Call("Validate", "x:2/3", "order-x-2", T0))
     assert check(obs).effect_violations == [
         "x: Validate called with the key of step 4 (Charge, branch 2's step 3)"
     ]
 
-    obs = fanout()  # a key whose number no step of the finished invocation took
-    obs.calls.append(Call("Charge", "x:8", "order-x-1", T0))
-    assert check(obs).effect_violations == ["x: Charge called with the key of step 8 (None)"]
+    obs = fanout()  # a key no step of the finished invocation took
+    obs.calls.append(Call("Charge", "x:1/4", "order-x-1", T0))
+    assert check(obs).effect_violations == [
+        "x: Charge called with the key 'x:1/4', which no step of it took"
+    ]
+
+
+def test_a_fanout_call_in_flight_at_a_crash_resent_under_its_key_passes() -> None:
+    # Both charges in flight when the processor died, item 1's asked for first (as step 4);
+    # the next run asked for item 2's first and journaled it as step 4, item 1's as step 6:
+    # each was resent under its step's place, so the service saw each charge's key twice.
+    obs = fanout()
+    obs.calls += [
+        Call("Charge", "x:1/3", "order-x-1", T0 + 150 * MS),
+        Call("Charge", "x:2/3", "order-x-2", T0 + 150 * MS),
+    ]
+    report = check(obs)
+    assert report.ok, report.describe()
+    assert report.retried_keys == 2
+
+
+def test_a_fanout_branch_step_called_with_its_number_as_key_is_caught() -> None:
+    # Item 1's charge (branch 1's step 3, step 6) called with the key of its number, as
+    # before steps were keyed by their place: in a journal whose entries name their branch,
+    # x:6 is the root's sixth step, which the fan-out never took.
+    obs = fanout()
+    charge = fanout_entry(obs, 6)
+    assert (charge.entry.branch, charge.entry.branch_step) == ("1", 3)
+    obs.calls.append(Call("Charge", "x:6", "order-x-1", charge.ts_ns - MS))
+    report = check(obs)
+    assert report.effect_violations == [
+        "x: Charge called with the key 'x:6', which no step of it took"
+    ]
+    assert not report.reexecuted
+
+    # The same by number instead of the step's key: step 6 is unbacked.
+    obs = fanout()
+    obs.calls = [
+        Call(c.method, "x:6", c.order_id, c.ts_ns) if c.key == "x:1/3" else c for c in obs.calls
+    ]
+    report = check(obs)
+    assert report.unbacked == ["x step 6 (/durable_examples.order.v1.OrderService/Charge)"]
+    assert report.effect_violations == [
+        "x: Charge called with the key 'x:6', which no step of it took"
+    ]
+
+    # Ship, the root's first step but step 7, called with its number: the same.
+    obs = fanout()
+    ship = next(c for c in obs.calls if c.method == "Ship")
+    assert ship.key == "x:1"
+    obs.calls = [c for c in obs.calls if c is not ship] + [
+        Call("Ship", "x:7", ship.order_id, ship.ts_ns)
+    ]
+    report = check(obs)
+    assert report.unbacked == ["x step 7 (/durable_examples.order.v1.OrderService/Ship)"]
+    assert report.effect_violations == [
+        "x: Ship called with the key 'x:7', which no step of it took"
+    ]
 
 
 def test_a_fanout_step_executed_twice_is_caught() -> None:
-    # Item 1's journaled charge (step 6) ran again in a later run, as a new step 8 (a new
-    # key: a second charge), and was journaled again.
+    # Item 1's journaled charge (step 6) ran again in a later run, as a new step 8 (under the
+    # same key, x:1/3: the service answered with the same charge), and was journaled again.
     obs = fanout()
     again = copy.deepcopy(fanout_entry(obs, 6).entry)
     again.step = 8
-    again.output.CopyFrom(_codec.encode(order_pb2.ChargeResponse(charge_id=charge_id_for("x:8"))))
     final = obs.journals["x"].pop()
     at(obs.journals["x"], 500, again)
     obs.journals["x"].append(Entry(len(obs.journals["x"]) + 1, final.ts_ns, final.entry))
-    obs.calls.append(Call("Charge", "x:8", "order-x-1", T0 + 490 * MS))
+    obs.calls.append(Call("Charge", "x:1/3", "order-x-1", T0 + 490 * MS))
     report = check(obs)
     assert report.duplicates == [
         "x: branch 1's step 3 journaled as steps [6, 8] (executed again under another number)"
@@ -1074,19 +1129,22 @@ def test_a_fanout_step_executed_twice_is_caught() -> None:
     assert len(report.effect_violations) == 1
     assert report.effect_violations[0].startswith("x: journaled (branch, step, kind, name) ")
     assert not report.fanouts
+    # The call of the second run came after the first commit of the step of its key.
+    assert [(r.invocation_id, r.step, r.method) for r in report.reexecuted] == [("x", 6, "Charge")]
 
     obs = fanout()  # the same key called again after its entry was committed
-    obs.calls.append(Call("Charge", "x:6", "order-x-1", fanout_entry(obs, 6).ts_ns + MS))
+    obs.calls.append(Call("Charge", "x:1/3", "order-x-1", fanout_entry(obs, 6).ts_ns + MS))
     report = check(obs)
     assert [(r.invocation_id, r.step, r.method) for r in report.reexecuted] == [("x", 6, "Charge")]
 
 
 def test_a_fanout_with_a_wrong_output_or_answer_is_caught() -> None:
     obs = fanout()
-    # The charge ids in step order (as if item 1 had charged first): not the keys its steps took.
+    # The charge ids of each other's keys: not those of the items' steps.
     out = {**_codec.decode(obs.journals["x"][-1].entry.output)}
-    assert out["charge_ids"] == [charge_id_for("x:6"), charge_id_for("x:4")]
-    out["charge_ids"] = [charge_id_for("x:4"), charge_id_for("x:6")]
+    assert out["charge_ids"] == [charge_id_for("x:1/3"), charge_id_for("x:2/3")]
+    assert out["tracking_number"] == tracking_number_for("x:1")
+    out["charge_ids"] = [charge_id_for("x:2/3"), charge_id_for("x:1/3")]
     obs.journals["x"][-1].entry.output.CopyFrom(_codec.encode(out))
     obs.states["x"].output.CopyFrom(obs.journals["x"][-1].entry.output)
     report = check(obs)
@@ -1094,39 +1152,151 @@ def test_a_fanout_with_a_wrong_output_or_answer_is_caught() -> None:
     assert report.effect_violations[0].startswith("x: output ")
     assert not report.fanouts
 
+    obs = fanout()  # the shipment of Ship's number's key, not of the root's first step's
+    out = {**_codec.decode(obs.journals["x"][-1].entry.output)}
+    out["tracking_number"] = tracking_number_for("x:7")
+    obs.journals["x"][-1].entry.output.CopyFrom(_codec.encode(out))
+    obs.states["x"].output.CopyFrom(obs.journals["x"][-1].entry.output)
+    report = check(obs)
+    assert len(report.effect_violations) == 1
+    assert report.effect_violations[0].startswith("x: output ")
+
     obs = fanout()  # item 1's journaled charge is the one of another key
-    other = order_pb2.ChargeResponse(charge_id=charge_id_for("x:4"))
+    other = order_pb2.ChargeResponse(charge_id=charge_id_for("x:2/3"))
     fanout_entry(obs, 6).entry.output.CopyFrom(_codec.encode(other))
-    assert check(obs).effect_violations == ["x: journaled charge " + charge_id_for("x:4")]
+    assert check(obs).effect_violations == ["x: journaled charge " + charge_id_for("x:2/3")]
+
+    obs = fanout()  # ... or of its number's key
+    other = order_pb2.ChargeResponse(charge_id=charge_id_for("x:6"))
+    fanout_entry(obs, 6).entry.output.CopyFrom(_codec.encode(other))
+    assert check(obs).effect_violations == ["x: journaled charge " + charge_id_for("x:6")]
 
 
 async def test_a_fanout_missing_a_step_or_not_replaying_is_caught() -> None:
     obs = fanout()
     obs.journals["x"] = [e for e in obs.journals["x"] if e.entry.step != 2]
-    obs.calls = [c for c in obs.calls if c.key != "x:2"]
     report = check(obs)
-    assert len(report.effect_violations) == 1
+    assert len(report.effect_violations) == 2
     assert report.effect_violations[0].startswith("x: journaled (branch, step, kind, name) ")
+    # The call of the missing step: its key no journaled step took.
+    assert report.effect_violations[1] == (
+        "x: Validate called with the key 'x:2/1', which no step of it took"
+    )
     await replay_all(obs, report)
     assert report.replay_failures == ["x: the replay executed ['Validate']"]
 
-    obs = fanout()  # the two Validates under each other's branch
+    obs = fanout()  # the two Validates journaled under each other's branch
     first, second = fanout_entry(obs, 1).entry, fanout_entry(obs, 2).entry
     first.branch, second.branch = "2", "1"
     report = check(obs)
     await replay_all(obs, report)
     assert len(report.replay_failures) == 1
     assert "input hash" in report.replay_failures[0]
-    assert "x: Validate for order 'order-x-1' with the key of step 1, branch 2's step 1" in (
-        " ".join(report.effect_violations)
-    )
 
 
-def test_an_unfinished_fanouts_calls_of_steps_not_journaled_are_not_judged() -> None:
-    obs = fanout()
-    obs.journals["x"] = [e for e in obs.journals["x"] if 0 < e.entry.step <= 3]
-    obs.states["x"].status = pb.STATUS_RUNNING
-    obs.calls.append(Call("Charge", "x:4", "order-x-2", T0 + 260 * MS))  # in flight
+def test_an_unfinished_fanouts_calls_of_steps_not_journaled_are_held_to_their_keys() -> None:
+    def unfinished() -> Observation:
+        obs = fanout()
+        obs.journals["x"] = [e for e in obs.journals["x"] if 0 < e.entry.step <= 3]
+        obs.calls = [c for c in obs.calls if c.method == "Validate"]
+        obs.states["x"].status = pb.STATUS_RUNNING
+        return obs
+
+    obs = unfinished()
+    obs.calls.append(Call("Charge", "x:2/3", "order-x-2", T0 + 260 * MS))  # in flight
     report = check(obs)
     assert report.stuck == ["x: no final journal entry (state STATUS_RUNNING)"]
     assert not report.effect_violations
+
+    # Not journaled, yet its key names its place: item 2's charge, for item 2's order.
+    obs = unfinished()
+    obs.calls.append(Call("Charge", "x:2/3", "order-x-1", T0 + 260 * MS))
+    obs.calls.append(Call("Validate", "x:1", "order-x", T0 + 260 * MS))
+    assert check(obs).effect_violations == [
+        "x: Validate called with the key of 'x:1' (Ship, the root's step 1)",
+        "x: Charge for order 'order-x-1' with the key of 'x:2/3', branch 2's step 3 for order "
+        "'order-x-2'",
+    ]
+
+    # Item 2's charge in flight with its number (4) as key: the root has no fourth step.
+    obs = unfinished()
+    obs.calls.append(Call("Charge", "x:4", "order-x-2", T0 + 260 * MS))
+    assert check(obs).effect_violations == [
+        "x: Charge called with the key of 'x:4' (None, the root's step 4)"
+    ]
+
+
+def test_a_sequential_journal_whose_entries_name_their_branch_keeps_its_keys() -> None:
+    # Every journal the engine writes now names each step's branch: in a workflow without
+    # branches, the root's n-th step is step n, and its key <id>:n as before.
+    obs = clean("a")
+    for e in obs.journals["a"]:
+        if e.entry.step:
+            e.entry.branch, e.entry.branch_step = "", e.entry.step
+    report = check(obs)
+    assert report.ok, report.describe()
+    obs.calls.append(Call("Charge", "a:1/2", "order-a", T0))  # a branch key: no step of it
+    assert check(obs).effect_violations == [
+        "a: Charge called with the key 'a:1/2', which no step of it took"
+    ]
+
+
+def test_keys_and_child_ids_by_the_steps_entry() -> None:
+    e = pb.JournalEntry(kind=pb.ENTRY_KIND_CALL, step=9, branch="2.1", branch_step=3)
+    assert (step_key("x", e, False), child_id("x", e, False)) == ("x:2.1/3", "x-2_1_3")
+    assert (step_key("x", e, True), child_id("x", e, True)) == ("x:9", "x-9")
+    root = pb.JournalEntry(kind=pb.ENTRY_KIND_CHILD, step=10, branch="", branch_step=1)
+    assert (step_key("x", root, False), child_id("x", root, False)) == ("x:1", "x-1")
+    legacy = pb.JournalEntry(kind=pb.ENTRY_KIND_CALL, step=4)
+    assert (step_key("x", legacy, False), child_id("x", legacy, False)) == ("x:4", "x-4")
+    assert child_id("p" * 130, root, False) == f"{hashlib.sha256(b'p' * 130).hexdigest()[:40]}-1"
+
+
+def name_branches(obs: Observation) -> Observation:
+    """``obs`` as the engine now writes it: every step entry (and failed attempt) names its
+    place in the workflow's own task (the workflows here have no branches: n = its number)."""
+    for journal in obs.journals.values():
+        for e in journal:
+            if e.entry.step > 0 and e.entry.kind != pb.ENTRY_KIND_PATCH:
+                e.entry.branch, e.entry.branch_step = "", e.entry.step
+    return obs
+
+
+@pytest.mark.parametrize(
+    "history",
+    [
+        lambda: clean("a", "b"),
+        widened,
+        retried,
+        lambda: forked(2, key="key-001"),
+        lambda: forked(4),
+        signalled,
+        lambda: cancelled("c", T0),
+        lambda: paused(1),
+    ],
+)
+async def test_sequential_histories_whose_entries_name_their_branch_pass(history: Any) -> None:
+    obs = name_branches(history())
+    report = check(obs)
+    await replay_all(obs, report)
+    assert report.ok, report.describe()
+
+
+def test_a_forks_copied_step_keeps_its_sources_key_and_is_not_run_again() -> None:
+    obs = name_branches(forked(3))
+    assert check(obs).ok
+    # The fork's journaled charge (a copy) holds the source's charge, by the source's key.
+    copied = next(e for e in obs.journals["f"] if e.entry.step == 2)
+    assert _codec.decode(copied.entry.output, order_pb2.ChargeResponse).charge_id == (
+        charge_id_for("s:2")
+    )
+    obs.calls.append(Call("Charge", "f:2", "order-s", T0 + 2 * SEC + 50 * MS))
+    assert check(obs).fork_violations == ["f: copied step 2 executed: Charge called (f:2)"]
+
+    obs = name_branches(forked(3))  # its output with the fork's own key for the copied charge
+    out = {**_codec.decode(obs.journals["f"][-1].entry.output), "charge_id": charge_id_for("f:2")}
+    obs.journals["f"][-1].entry.output.CopyFrom(_codec.encode(out))
+    obs.states["f"].output.CopyFrom(obs.journals["f"][-1].entry.output)
+    report = check(obs)
+    assert len(report.effect_violations) == 1
+    assert report.effect_violations[0].startswith("f: output ")

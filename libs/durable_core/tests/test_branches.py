@@ -415,3 +415,47 @@ async def test_a_branch_starts_with_its_parents_clock_when_created() -> None:
     first = await replay_workflow(_audit_beside, start_time=start)
     again = await replay_workflow(_audit_beside, journal=first.new_entries, start_time=start)
     assert again.error is None and again.output == first.output == start.isoformat()
+
+
+async def _charges_in_branches(ctx: Context) -> list[str]:
+    from durable_examples.order.v1.order_pb2 import ChargeRequest, ValidateRequest
+    from order_processing import orders
+
+    async def item(i: int, delay: float) -> str:
+        await ctx.run("hold", asyncio.sleep, delay)
+        await ctx.call(orders.Validate, ValidateRequest(order_id=f"o-{i}"))
+        charged = await ctx.call(orders.Charge, ChargeRequest(order_id=f"o-{i}"))
+        return str(charged.charge_id)
+
+    return list(await asyncio.gather(item(1, 0.05), item(2, 0.0)))
+
+
+def _fake_order_calls() -> dict[str, Any]:
+    from durable_examples.order.v1.order_pb2 import ChargeResponse, ValidateResponse
+
+    return {
+        "Validate": lambda req: ValidateResponse(),
+        "Charge": lambda req: ChargeResponse(charge_id=f"ch-{req.order_id}"),
+    }
+
+
+async def test_a_call_in_flight_at_a_crash_keeps_its_idempotency_key() -> None:
+    """A branch's call in flight when its processor died was sent again under another step
+    number, so another key (<id>:<step>): the service ran the charge twice, as run on the
+    code before. Keys now name the branch and the step's place there."""
+    first = await replay_workflow(_charges_in_branches, calls=_fake_order_calls())
+    keys = {
+        c.request.order_id + " " + c.path.rsplit("/", 1)[1]: c.metadata["idempotency-key"]
+        for c in first.calls
+    }
+    assert (
+        keys["o-1 Charge"] == "test-invocation:1/3" and keys["o-2 Charge"] == "test-invocation:2/3"
+    )
+    # Both charges in flight at a crash (item 2's asked for first: item 1 held longer).
+    charges = [e for e in first.new_entries if e.name.endswith("/Charge")]
+    assert [e.branch for e in sorted(charges, key=lambda e: e.step)] == ["2", "1"]
+    crashed = [e for e in first.new_entries if e not in charges]
+    again = await replay_workflow(_charges_in_branches, journal=crashed, calls=_fake_order_calls())
+    resent = {c.request.order_id: c.metadata["idempotency-key"] for c in again.calls}
+    assert resent == {"o-1": keys["o-1 Charge"], "o-2": keys["o-2 Charge"]}
+    assert again.output == first.output == ["ch-o-1", "ch-o-2"]

@@ -185,12 +185,17 @@ async def test_chaos_fanout_charges_each_item_in_its_branch_then_ships() -> None
     assert sorted(step for step, _ in where.values()) == list(range(1, 11))
     assert [where[(str(n), 1)][0] for n in (1, 2, 3)] == [1, 2, 3]
     assert (where[("1", 2)][0], where[("1", 3)][0], where[("", 1)][0]) == (8, 9, 10)
+    # Each call's key is its step's place, not its number: item n's Validate and Charge are
+    # branch n's steps 1 and 3, Ship the root's first step (step 10).
     keys = {
         (c.path.rsplit("/", 1)[1], c.request.order_id): c.metadata["idempotency-key"]
         for c in run.calls
     }
-    assert keys[("Charge", "o-1-1")] == "test-invocation:9"
-    assert keys[("Ship", "o-1")] == "test-invocation:10"
+    assert keys == {
+        **{("Validate", f"o-1-{n}"): f"test-invocation:{n}/1" for n in (1, 2, 3)},
+        **{("Charge", f"o-1-{n}"): f"test-invocation:{n}/3" for n in (1, 2, 3)},
+        ("Ship", "o-1"): "test-invocation:1",
+    }
 
     # A replay of the whole journal, whichever branch asks first now, executes nothing.
     again = await replay_workflow(

@@ -108,6 +108,12 @@ class ReplayMachine:
         return self._final
 
     @property
+    def by_number(self) -> bool:
+        """Whether steps are matched by their number: the journal holds a step written
+        before entries named their branch."""
+        return self._legacy
+
+    @property
     def steps_taken(self) -> int:
         """How many steps the workflow has asked for in this run."""
         return self._next_step - 1

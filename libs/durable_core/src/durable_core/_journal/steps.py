@@ -229,12 +229,40 @@ class StepMachine:
         where = b.path.replace(".", "_") + "_" if b.path else ""
         return f"awk.{self.invocation_id}.{where}{b.awakeables}"
 
+    def _place(self, step: int) -> tuple[str, int] | None:
+        """Where step ``step`` of this run stands by its branch, (path, its step there), or
+        None in a journal matched by number (written before steps named their branch)."""
+        ident = self.idents.get(step)
+        if ident is None or self.journal.by_number:
+            return None
+        return ident
+
+    def step_key(self, step: int) -> str:
+        """The idempotency key of step ``step``: ``<invocation>:<n>``, the step's place in
+        the workflow's own task (its number, in a workflow without branches), or
+        ``<invocation>:<branch>/<n>`` for a branch's n-th step. The same on every run, also
+        for a step in flight when its processor died, whose number the next run may give
+        otherwise when branches take steps at once."""
+        place = self._place(step)
+        if place is None:
+            return f"{self.invocation_id}:{step}"
+        path, n = place
+        return f"{self.invocation_id}:{path}/{n}" if path else f"{self.invocation_id}:{n}"
+
     def child_id(self, step: int) -> str:
-        """A child's id, the same on every replay: ``<parent>-<step>`` (hashed if too long)."""
-        candidate = f"{self.invocation_id}-{step}"
+        """A child's id, the same on every run: ``<parent>-<n>`` (its step's place in the
+        workflow's own task), ``<parent>-<branch>_<n>`` in a branch (the path's dots as
+        underscores); hashed if too long."""
+        place = self._place(step)
+        if place is None:
+            suffix = str(step)
+        else:
+            path, n = place
+            suffix = f"{path.replace('.', '_')}_{n}" if path else str(n)
+        candidate = f"{self.invocation_id}-{suffix}"
         if len(candidate) <= 128:
             return candidate
-        return f"{hashlib.sha256(self.invocation_id.encode()).hexdigest()[:40]}-{step}"
+        return f"{hashlib.sha256(self.invocation_id.encode()).hexdigest()[:40]}-{suffix}"
 
     # -- patches (changing code under running invocations) -------------------------------------
 

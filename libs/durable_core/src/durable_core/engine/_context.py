@@ -221,7 +221,7 @@ class RunContext(Context):
             raise TerminalError("this context has no gRPC channels (testing without services)")
         fn = self._channels.callable_for(method)
         seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
-        key = f"{self._invocation_id}:{decision.step}"
+        key = self.steps.step_key(decision.step)
         journal = self._journal
 
         async def attempt(inp: StepInput) -> Any:
