@@ -655,3 +655,21 @@ async def test_a_diverged_replay_tells_the_journal_before_the_workflow_sees_it()
     with pytest.raises(NonDeterminismError):
         await ctx.run("new", lambda: 1)
     assert events == ["diverged"]
+
+
+async def test_only_trace_keys_grpc_takes_are_passed_on() -> None:
+    """The invocation's trace context goes out with each call; a key gRPC metadata refuses
+    (upper case, as AWS X-Ray's propagator writes it) failed every call of the invocation."""
+    channels = FakeChannels(greet)
+    ctx, _ = make_ctx(channels=channels)
+    ctx.pass_on(
+        {
+            "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "X-Amzn-Trace-Id": "Root=1-5759e988-bd862e3fe1be46a994272793",
+            "idempotency-key": "forged",
+        }
+    )
+    await ctx.call(hello.SayHello, HelloRequest(name="Ada"))
+    ((_, _, metadata, _),) = channels.sent
+    assert metadata["traceparent"].startswith("00-0af7")
+    assert "X-Amzn-Trace-Id" not in metadata and metadata["idempotency-key"] != "forged"

@@ -106,7 +106,7 @@ async def run_once(ex: Execution) -> Finish | Suspend | Block:
     # Wake-ups, hand-overs and timers carry no metadata: the invocation keeps its trace.
     headers = dict(state.trace_context) if state is not None else {}
     headers.update(ex.cmd.metadata)
-    ctx.headers = headers
+    ctx.pass_on(headers)
     if not entries:  # the first run: how long it waited for a processor
         ex.observe("started", seconds=max(now_ms() - ex.due_ms(), 0) / 1000)
     inp = WorkflowInput(

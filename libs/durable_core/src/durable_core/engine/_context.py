@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, cast
 
@@ -67,6 +68,7 @@ IDEMPOTENCY_KEY_HEADER = IDEMPOTENCY_KEY_METADATA
 # does) never runs a superseded run's call, even one that left a processor frozen between its
 # last hold check and the send.
 FENCE_HEADER = FENCE_METADATA
+_PASSABLE = re.compile(rf"(?!.*-bin$)(?!{IDEMPOTENCY_KEY_HEADER}$)(?!{FENCE_HEADER}$)[a-z0-9._-]+")
 
 
 class RunContext(Context):
@@ -118,6 +120,12 @@ class RunContext(Context):
             self._branches[task] = self.steps.root
             _branches.install(task.get_loop())
         BRANCH.set((self, self.steps.root, False))
+
+    def pass_on(self, headers: Mapping[str, str]) -> None:
+        """The run's trace context (``headers``), kept to pass on: only keys gRPC metadata
+        takes (lower case, not binary ``-bin``, not the engine's own); a client's propagator
+        may use others (``X-Amzn-Trace-Id``), which failed every call of the invocation."""
+        self.headers = {k: v for k, v in headers.items() if _PASSABLE.fullmatch(k)}
 
     def name_task(self, task: asyncio.Future[Any], branch: Branch) -> None:
         """``task`` was created as ``branch`` (see ``durable_core.engine._branches``)."""
