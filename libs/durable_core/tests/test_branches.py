@@ -459,3 +459,44 @@ async def test_a_call_in_flight_at_a_crash_keeps_its_idempotency_key() -> None:
     resent = {c.request.order_id: c.metadata["idempotency-key"] for c in again.calls}
     assert resent == {"o-1": keys["o-1 Charge"], "o-2": keys["o-2 Charge"]}
     assert again.output == first.output == ["ch-o-1", "ch-o-2"]
+
+
+async def test_a_retry_replays_a_failure_a_branch_caught(
+    local_engine: Callable[..., Any],
+) -> None:
+    """Each branch caught its charge's failure and went on (returned None); then the
+    shipment failed. A caught failure that is its branch's last step looked like one let
+    through, and the retry charged the declined card again (as run on the code before);
+    the final entry now names the failures the workflow let through."""
+    calls: Counter[str] = Counter()
+
+    async def orders_of(ctx: Context) -> str:
+        async def try_charge(i: int) -> str | None:
+            def charge() -> str:
+                calls[f"charge {i}"] += 1
+                if i == 2 and calls["charge 2"] == 1:
+                    raise TerminalError("declined")
+                return f"ch-{i}"
+
+            try:
+                return str(await ctx.run(f"charge {i}", charge))
+            except StepFailedError:
+                return None
+
+        charged = await asyncio.gather(try_charge(1), try_charge(2))
+
+        def ship() -> str:
+            calls["ship"] += 1
+            if calls["ship"] == 1:
+                raise TerminalError("no courier")
+            return "shipped"
+
+        return f"{await ctx.run('ship', ship)} {charged}"
+
+    async with local_engine(orders_of) as (client, _):
+        await client.invoke_async("orders_of", id="caught1")
+        assert (await client.wait("caught1", timeout=30)).status == "failed"
+        await client.retry("caught1")
+        result = await client.wait("caught1", timeout=30)
+        assert (result.status, result.output) == ("completed", "shipped ['ch-1', None]")
+        assert calls == Counter({"charge 1": 1, "charge 2": 1, "ship": 2})

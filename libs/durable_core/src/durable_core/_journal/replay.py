@@ -203,7 +203,7 @@ class ReplayMachine:
             # key) and everything recorded before it replays. Only the step that failed the
             # invocation: a failure the workflow caught and went on from replays as it was
             # (run again, it could succeed, and the workflow take the other branch).
-            forget = self._failed_for_good(self._final.failure.step)
+            forget = self._failed_for_good(self._final)
             self._final = None
             for e in forget:
                 del self._recorded[e.step]
@@ -217,12 +217,16 @@ class ReplayMachine:
             }
             self._last_processor_kind = pb.ENTRY_KIND_SUSPENDED  # idle: a wake-up takes it
 
-    def _failed_for_good(self, step: int) -> list[pb.JournalEntry]:
-        """The failed steps that ended the invocation: ``step`` (the one whose failure the
-        workflow let through) and each failed step that no later step of its branch
-        followed (branches that failed side by side); a failure the workflow caught and went
-        on from stays."""
+    def _failed_for_good(self, final: pb.JournalEntry) -> list[pb.JournalEntry]:
+        """The failed steps that ended the invocation: those the final entry names (the
+        failures the workflow let through); a failure the workflow caught and went on from
+        stays. A final entry written before it named them: its failure's step and each
+        failed step that no later step of its branch followed."""
         failed = [e for e in self._recorded.values() if e.HasField("failure")]
+        step = final.failure.step
+        if final.failed_steps:
+            named = {step, *final.failed_steps}
+            return [e for e in failed if e.step in named]
         last = max(self._recorded, default=0)
 
         def followed(e: pb.JournalEntry) -> bool:

@@ -40,6 +40,7 @@ class Finish:
     status: int
     output: pb.Payload | None = None
     failure: pb.Failure | None = None
+    failed_steps: tuple[int, ...] = ()  # FAILED: the step failures the workflow let through
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,7 +228,7 @@ async def _outcome(ex: Execution, task: asyncio.Future[Any], ctx: RunContext) ->
             # A NATS error the workflow let through (a write of the engine's own that
             # NATS refused): release the run, never journal it as the workflow's failure.
             raise EngineFailure(e) from e
-        return Finish(pb.STATUS_FAILED, failure=_failure(e))
+        return Finish(pb.STATUS_FAILED, failure=_failure(e), failed_steps=ctx.escaped(e))
     try:
         output = await ctx._stored(result)
     except InvalidInputError as e:

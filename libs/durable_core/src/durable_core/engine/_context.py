@@ -49,6 +49,7 @@ from durable_core.errors import (
     NatsUnavailableError,
     NonDeterminismError,
     PayloadUnavailableError,
+    StepFailedError,
     StepTimeoutError,
     TerminalError,
 )
@@ -94,6 +95,7 @@ class RunContext(Context):
         self._partition_key = partition_key
         self.steps = StepMachine(invocation_id, machine, start_time_ms, self._branch)
         self._branches: dict[asyncio.Future[Any], Branch] = {}  # each task's branch
+        self._escaped: set[int] = set()  # steps whose failure ended a branch
         # The run's own trace context: what a step passes on (to a service, a child) unless
         # an interceptor (tracing) puts its own span's there; with tracing off, children and
         # services still join the invocation's trace.
@@ -130,6 +132,18 @@ class RunContext(Context):
     def name_task(self, task: asyncio.Future[Any], branch: Branch) -> None:
         """``task`` was created as ``branch`` (see ``durable_core.engine._branches``)."""
         self._branches[task] = branch
+        task.add_done_callback(self._branch_ended)
+
+    def _branch_ended(self, task: asyncio.Future[Any]) -> None:
+        """A branch that ended with a step's failure let it through (``escaped``)."""
+        if not task.cancelled() and (e := task.exception()) is not None:
+            self._escaped.update(_failed_steps(e))
+
+    def escaped(self, e: BaseException) -> tuple[int, ...]:
+        """The steps whose failure the workflow let through, ending with ``e``: out of its
+        own task (``e`` or its causes) or out of a branch. A retry runs these again; a step
+        failure the workflow caught and went on from replays as it was."""
+        return tuple(sorted(self._escaped | set(_failed_steps(e))))
 
     def _branch(self) -> Branch:
         """The branch of the calling task, named when it was created (``_branches``); one
@@ -814,6 +828,18 @@ class _Watched:
         except PayloadUnavailableError as e:
             self._ctx.payload_error = e
             raise
+
+
+def _failed_steps(e: BaseException) -> list[int]:
+    """The steps whose StepFailedError ``e`` is or was caused by."""
+    out, seen = [], set()
+    cause: BaseException | None = e
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, StepFailedError) and cause.step > 0:
+            out.append(cause.step)
+        cause = cause.__cause__ or cause.__context__
+    return out
 
 
 def _uncancel() -> None:

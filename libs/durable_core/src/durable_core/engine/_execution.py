@@ -799,6 +799,7 @@ class Execution:
             entry.output.CopyFrom(outcome.output)
         if outcome.failure is not None:
             entry.failure.CopyFrom(outcome.failure)
+        entry.failed_steps.extend(outcome.failed_steps)
         await self.journal.append(entry)
         await self._finish_from_journal(entry)
 
