@@ -6,6 +6,7 @@ so the first branch replayed all its steps before the second asked for its first
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -500,3 +501,91 @@ async def test_a_retry_replays_a_failure_a_branch_caught(
         result = await client.wait("caught1", timeout=30)
         assert (result.status, result.output) == ("completed", "shipped ['ch-1', None]")
         assert calls == Counter({"charge 1": 1, "charge 2": 1, "ship": 2})
+
+
+async def _retry_once_fails(
+    local_engine: Callable[..., Any], wf: Callable[..., Any], calls: Counter[str]
+) -> Any:
+    async with local_engine(wf) as (client, _):
+        iid = f"r-{wf.__name__}"
+        await client.invoke_async(wf.__name__, id=iid)
+        assert (await client.wait(iid, timeout=30)).status == "failed"
+        await client.retry(iid)
+        return await client.wait(iid, timeout=30)
+
+
+def _card(calls: Counter[str], name: str, fail_first: bool = False) -> Callable[[], str]:
+    def charge() -> str:
+        calls[name] += 1
+        if fail_first and calls[name] == 1:
+            raise TerminalError(f"{name} failed")
+        return name
+
+    return charge
+
+
+async def test_a_retry_replays_failures_caught_in_any_way(
+    local_engine: Callable[..., Any],
+) -> None:
+    """Caught failures stay as they were on a retry, however they were caught: by the one
+    that awaited the failed branch's task; in an except block in which a later step then
+    failed (the caught one is only its __context__); or before the workflow raised an error
+    of its own, with no step's failure in it. Each was run again on the first version of
+    the named failures (a card charged twice, the invocation blocked), as run."""
+    calls: Counter[str] = Counter()
+
+    async def awaited(ctx: Context) -> str:
+        t = asyncio.create_task(ctx.run("charge", _card(calls, "awaited card1", True)))
+        try:
+            await t
+        except StepFailedError:
+            await ctx.run("charge2", _card(calls, "awaited card2"))
+        return str(await ctx.run("ship", _card(calls, "awaited ship", True)))
+
+    async def in_handler(ctx: Context) -> str:
+        try:
+            await ctx.run("charge", _card(calls, "handler card1", True))
+        except StepFailedError:
+            await ctx.run("charge2", _card(calls, "handler card2"))
+            return str(await ctx.run("ship", _card(calls, "handler ship", True)))
+        return "paid"
+
+    async def own_error(ctx: Context) -> str:
+        async def try_charge() -> None:
+            with contextlib.suppress(StepFailedError):
+                await ctx.run("charge", _card(calls, "own card", True))
+
+        await asyncio.gather(try_charge())
+        calls["audit"] += 1
+        if calls["audit"] == 1:
+            raise TerminalError("audit service down")
+        return "audited"
+
+    for wf, card in ((awaited, "awaited card1"), (in_handler, "handler card1")):
+        result = await _retry_once_fails(local_engine, wf, calls)
+        assert result.status == "completed", (wf.__name__, result)
+        assert calls[card] == 1, wf.__name__
+    result = await _retry_once_fails(local_engine, own_error, calls)
+    assert (result.status, result.output) == ("completed", "audited")
+    assert calls["own card"] == 1
+
+
+async def test_a_task_factory_set_over_the_engines_names_each_branch_once() -> None:
+    """A library that sets a task factory chaining the one already there (the engine's)
+    made the engine's run twice per task: every task a branch started was named a level
+    too deep, its journaled steps not found, and run again under new keys (as run on the
+    first version of the factory)."""
+    first = await replay_workflow(_nested_groups)
+    loop = asyncio.get_running_loop()
+    engines = loop.get_task_factory()
+    assert engines is not None
+
+    def chaining(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
+        return engines(loop, coro, **kwargs)
+
+    loop.set_task_factory(chaining)
+    try:
+        again = await replay_workflow(_nested_groups, journal=first.new_entries)
+    finally:
+        loop.set_task_factory(None)
+    assert again.executed_steps == 0 and again.output == first.output

@@ -658,8 +658,9 @@ async def test_a_diverged_replay_tells_the_journal_before_the_workflow_sees_it()
 
 
 async def test_only_trace_keys_grpc_takes_are_passed_on() -> None:
-    """The invocation's trace context goes out with each call; a key gRPC metadata refuses
-    (upper case, as AWS X-Ray's propagator writes it) failed every call of the invocation."""
+    """The invocation's trace context goes out with each call, keys lower case (as HTTP/2
+    has them): one in upper case, as AWS X-Ray's propagator writes it, failed every call of
+    the invocation."""
     channels = FakeChannels(greet)
     ctx, _ = make_ctx(channels=channels)
     ctx.pass_on(
@@ -672,4 +673,5 @@ async def test_only_trace_keys_grpc_takes_are_passed_on() -> None:
     await ctx.call(hello.SayHello, HelloRequest(name="Ada"))
     ((_, _, metadata, _),) = channels.sent
     assert metadata["traceparent"].startswith("00-0af7")
-    assert "X-Amzn-Trace-Id" not in metadata and metadata["idempotency-key"] != "forged"
+    assert "X-Amzn-Trace-Id" not in metadata and metadata["x-amzn-trace-id"].startswith("Root=")
+    assert metadata["idempotency-key"] != "forged"

@@ -224,7 +224,7 @@ class ReplayMachine:
         failed step that no later step of its branch followed."""
         failed = [e for e in self._recorded.values() if e.HasField("failure")]
         step = final.failure.step
-        if final.failed_steps:
+        if final.failures_named:
             named = {step, *final.failed_steps}
             return [e for e in failed if e.step in named]
         last = max(self._recorded, default=0)

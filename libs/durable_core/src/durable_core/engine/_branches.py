@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import threading
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -55,16 +56,21 @@ def install(loop: asyncio.AbstractEventLoop) -> None:
         loop: asyncio.AbstractEventLoop,
         coro: Any,
         context: contextvars.Context | None = None,
+        **kwargs: Any,
     ) -> asyncio.Future[Any]:
         carried = BRANCH.get() if context is None else context.get(BRANCH)  # the creator's
-        if carried is None or carried[2]:
-            return _make(before, loop, coro, context)
+        if carried is None or carried[2] or _NAMING.on:
+            return _make(before, loop, coro, context, kwargs)
         run, parent, _ = carried
         branch = parent.child()
-        if context is None:
-            context = contextvars.copy_context()
+        # The task's own context (a caller's may serve several tasks: never changed).
+        context = contextvars.copy_context() if context is None else context.copy()
         context.run(BRANCH.set, (run, branch, False))
-        task = _make(before, loop, coro, context)
+        _NAMING.on = True  # a factory set over this one that calls it again: named once
+        try:
+            task = _make(before, loop, coro, context, kwargs)
+        finally:
+            _NAMING.on = False
         run.name_task(task, branch)
         return task
 
@@ -72,11 +78,22 @@ def install(loop: asyncio.AbstractEventLoop) -> None:
     loop.set_task_factory(factory)
 
 
+class _Naming(threading.local):
+    on = False
+
+
+_NAMING = _Naming()
+
+
 def _make(
-    before: Any, loop: asyncio.AbstractEventLoop, coro: Any, context: contextvars.Context | None
+    before: Any,
+    loop: asyncio.AbstractEventLoop,
+    coro: Any,
+    context: contextvars.Context | None,
+    kwargs: dict[str, Any],
 ) -> asyncio.Future[Any]:
     if before is not None:
         if context is None:
-            return before(loop, coro)  # type: ignore[no-any-return]
-        return before(loop, coro, context=context)  # type: ignore[no-any-return]
-    return asyncio.Task(coro, loop=loop, context=context)
+            return before(loop, coro, **kwargs)  # type: ignore[no-any-return]
+        return before(loop, coro, context=context, **kwargs)  # type: ignore[no-any-return]
+    return asyncio.Task(coro, loop=loop, context=context, **kwargs)

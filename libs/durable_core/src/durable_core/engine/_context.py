@@ -95,7 +95,6 @@ class RunContext(Context):
         self._partition_key = partition_key
         self.steps = StepMachine(invocation_id, machine, start_time_ms, self._branch)
         self._branches: dict[asyncio.Future[Any], Branch] = {}  # each task's branch
-        self._escaped: set[int] = set()  # steps whose failure ended a branch
         # The run's own trace context: what a step passes on (to a service, a child) unless
         # an interceptor (tracing) puts its own span's there; with tracing off, children and
         # services still join the invocation's trace.
@@ -124,26 +123,24 @@ class RunContext(Context):
         BRANCH.set((self, self.steps.root, False))
 
     def pass_on(self, headers: Mapping[str, str]) -> None:
-        """The run's trace context (``headers``), kept to pass on: only keys gRPC metadata
-        takes (lower case, not binary ``-bin``, not the engine's own); a client's propagator
-        may use others (``X-Amzn-Trace-Id``), which failed every call of the invocation."""
-        self.headers = {k: v for k, v in headers.items() if _PASSABLE.fullmatch(k)}
+        """The run's trace context (``headers``), kept to pass on as gRPC metadata takes
+        it (``passable``): a client's propagator may write ``X-Amzn-Trace-Id``, which as
+        it is failed every call of the invocation."""
+        self.headers = passable(headers)
 
     def name_task(self, task: asyncio.Future[Any], branch: Branch) -> None:
         """``task`` was created as ``branch`` (see ``durable_core.engine._branches``)."""
         self._branches[task] = branch
-        task.add_done_callback(self._branch_ended)
-
-    def _branch_ended(self, task: asyncio.Future[Any]) -> None:
-        """A branch that ended with a step's failure let it through (``escaped``)."""
-        if not task.cancelled() and (e := task.exception()) is not None:
-            self._escaped.update(_failed_steps(e))
+        task.add_done_callback(self._branches.pop)  # it asks for nothing more
 
     def escaped(self, e: BaseException) -> tuple[int, ...]:
-        """The steps whose failure the workflow let through, ending with ``e``: out of its
-        own task (``e`` or its causes) or out of a branch. A retry runs these again; a step
-        failure the workflow caught and went on from replays as it was."""
-        return tuple(sorted(self._escaped | set(_failed_steps(e))))
+        """The steps whose failure the workflow let through, ending with ``e``: ``e``'s own
+        step and those it was raised from (``raise ... from``), never a failure merely
+        caught before (``__context__``: the workflow went on from it). A retry runs these
+        again; every other step failure replays as it was. A failure of a branch the
+        workflow held but did not raise (``gather(..., return_exceptions=True)``) takes a
+        retry of its own, once it is the one raised."""
+        return tuple(sorted(set(_failed_steps(e))))
 
     def _branch(self) -> Branch:
         """The branch of the calling task, named when it was created (``_branches``); one
@@ -250,7 +247,7 @@ class RunContext(Context):
             metadata = (
                 (IDEMPOTENCY_KEY_HEADER, key),
                 (FENCE_HEADER, str(journal.fence())),
-                *inp.headers.items(),
+                *passable(inp.headers).items(),  # an interceptor's propagator may add any
             )
             return await fn(request, timeout=seconds, metadata=metadata)
 
@@ -830,15 +827,26 @@ class _Watched:
             raise
 
 
+def passable(headers: Mapping[str, str]) -> dict[str, str]:
+    """``headers`` as gRPC metadata takes them: keys lower case (HTTP/2 has no other), not
+    binary (``-bin``), not the engine's own."""
+    out = {}
+    for key, value in headers.items():
+        low = key.lower()
+        if _PASSABLE.fullmatch(low):
+            out[low] = value
+    return out
+
+
 def _failed_steps(e: BaseException) -> list[int]:
-    """The steps whose StepFailedError ``e`` is or was caused by."""
+    """The steps whose StepFailedError ``e`` is or was raised from (``__cause__``)."""
     out, seen = [], set()
     cause: BaseException | None = e
     while cause is not None and id(cause) not in seen:
         seen.add(id(cause))
         if isinstance(cause, StepFailedError) and cause.step > 0:
             out.append(cause.step)
-        cause = cause.__cause__ or cause.__context__
+        cause = cause.__cause__
     return out
 
 

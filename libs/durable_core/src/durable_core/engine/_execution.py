@@ -799,7 +799,9 @@ class Execution:
             entry.output.CopyFrom(outcome.output)
         if outcome.failure is not None:
             entry.failure.CopyFrom(outcome.failure)
-        entry.failed_steps.extend(outcome.failed_steps)
+        if outcome.status == pb.STATUS_FAILED:
+            entry.failed_steps.extend(outcome.failed_steps)
+            entry.failures_named = True
         await self.journal.append(entry)
         await self._finish_from_journal(entry)
 

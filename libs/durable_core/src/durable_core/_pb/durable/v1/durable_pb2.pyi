@@ -175,7 +175,7 @@ class Failure(_message.Message):
     def __init__(self, type: _Optional[str] = ..., message: _Optional[str] = ..., code: _Optional[str] = ..., step: _Optional[int] = ...) -> None: ...
 
 class JournalEntry(_message.Message):
-    __slots__ = ("index", "kind", "step", "name", "input_hash", "output", "failure", "timestamp_ms", "writer", "attempts", "duration_us", "wake_at_ms", "detached", "command_seq", "plugin", "plugin_version", "code_fingerprint", "branch", "branch_step", "failed_steps")
+    __slots__ = ("index", "kind", "step", "name", "input_hash", "output", "failure", "timestamp_ms", "writer", "attempts", "duration_us", "wake_at_ms", "detached", "command_seq", "plugin", "plugin_version", "code_fingerprint", "branch", "branch_step", "failed_steps", "failures_named")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
@@ -196,6 +196,7 @@ class JournalEntry(_message.Message):
     BRANCH_FIELD_NUMBER: _ClassVar[int]
     BRANCH_STEP_FIELD_NUMBER: _ClassVar[int]
     FAILED_STEPS_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_NAMED_FIELD_NUMBER: _ClassVar[int]
     index: int
     kind: EntryKind
     step: int
@@ -216,7 +217,8 @@ class JournalEntry(_message.Message):
     branch: str
     branch_step: int
     failed_steps: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, index: _Optional[int] = ..., kind: _Optional[_Union[EntryKind, str]] = ..., step: _Optional[int] = ..., name: _Optional[str] = ..., input_hash: _Optional[bytes] = ..., output: _Optional[_Union[Payload, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., timestamp_ms: _Optional[int] = ..., writer: _Optional[str] = ..., attempts: _Optional[int] = ..., duration_us: _Optional[int] = ..., wake_at_ms: _Optional[int] = ..., detached: _Optional[bool] = ..., command_seq: _Optional[int] = ..., plugin: _Optional[str] = ..., plugin_version: _Optional[str] = ..., code_fingerprint: _Optional[str] = ..., branch: _Optional[str] = ..., branch_step: _Optional[int] = ..., failed_steps: _Optional[_Iterable[int]] = ...) -> None: ...
+    failures_named: bool
+    def __init__(self, index: _Optional[int] = ..., kind: _Optional[_Union[EntryKind, str]] = ..., step: _Optional[int] = ..., name: _Optional[str] = ..., input_hash: _Optional[bytes] = ..., output: _Optional[_Union[Payload, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., timestamp_ms: _Optional[int] = ..., writer: _Optional[str] = ..., attempts: _Optional[int] = ..., duration_us: _Optional[int] = ..., wake_at_ms: _Optional[int] = ..., detached: _Optional[bool] = ..., command_seq: _Optional[int] = ..., plugin: _Optional[str] = ..., plugin_version: _Optional[str] = ..., code_fingerprint: _Optional[str] = ..., branch: _Optional[str] = ..., branch_step: _Optional[int] = ..., failed_steps: _Optional[_Iterable[int]] = ..., failures_named: _Optional[bool] = ...) -> None: ...
 
 class ExecutionState(_message.Message):
     __slots__ = ("invocation_id", "workflow", "status", "args", "output", "failure", "partition_key", "created_at_ms", "updated_at_ms", "journal_length", "trace_id", "parent_id", "child_ids", "processor", "start_at_ms", "waiting_for", "parent_partition_key", "notify_parent", "parent_workflow", "forked_from", "deadline_ms", "rerun_of", "run_command_seq", "pinned_version", "blocked_reason", "notify", "trace_context")
