@@ -258,3 +258,33 @@ def test_only_a_forks_copies_skip_the_input_hash_and_take_the_forks_awakeable_id
             ReplayMachine("inv", [renamed]).next_step(pb.ENTRY_KIND_AWAKEABLE, name, b"", ("", 1))
     with pytest.raises(NonDeterminismError):
         copied.next_step(pb.ENTRY_KIND_RUN, "b", b"\x01", ("", 1))
+
+
+async def patched_then_fails(ctx: Context) -> str:
+    if ctx.patched("fee"):
+        await ctx.run("fee", lambda: RUNS.update([f"{ctx.invocation_id}:fee"]) or "fee")
+    else:
+        await ctx.run("old", lambda: "old")
+
+    def last() -> str:
+        RUNS[f"{ctx.invocation_id}:last"] += 1
+        if ctx.invocation_id == "p-src":
+            raise TerminalError("down")
+        return "done"
+
+    return str(await ctx.run("last", last))
+
+
+async def test_a_fork_replays_the_code_its_source_took_at_a_patch(
+    local_engine: Callable[..., Any],
+) -> None:
+    """The source took the new code at patched("fee"); the fork copied its steps but not the
+    marker, so its replay took the old code where the journal had the new: blocked at
+    once, as run on the code before."""
+    async with local_engine(patched_then_fails) as (client, _):
+        await client.invoke_async("patched_then_fails", id="p-src")
+        assert (await _view(client, "p-src", _finished)).status == "failed"
+        await client.fork("p-src", from_step=2, id="p-fork")
+        view = await _view(client, "p-fork", _finished)
+        assert (view.status, view.output) == ("completed", "done"), view.failure
+        assert RUNS["p-fork:fee"] == 0 and RUNS["p-fork:last"] == 1

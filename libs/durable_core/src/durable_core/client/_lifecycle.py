@@ -562,10 +562,10 @@ def _outcomes(
     source: str, steps: list[pb.JournalEntry], journal: list[pb.JournalEntry]
 ) -> list[pb.JournalEntry]:
     """What the copied ``steps`` of ``source`` waited for and took, in ``journal`` order: the
-    first resolution of each awakeable, each child's result, and the first k signals of each
-    name that k copied steps waited for. Without them a fork waited forever at a step its
-    source had passed. The same from the same journal (a fork with an id checks the copies
-    an earlier call made)."""
+    first resolution of each awakeable, each child's result, the first k signals of each
+    name that k copied steps waited for, and the ``patched()`` markers before copied steps.
+    Without them a fork waited forever at a step its source had passed. The same from the
+    same journal (a fork with an id checks the copies an earlier call made)."""
     latest = {e.step: e for e in steps}.values()  # a retried step: its last entry replays
     awakeables = {_awakeable_asked(source, e) for e in latest if e.kind == pb.ENTRY_KIND_AWAKEABLE}
     children = {
@@ -574,9 +574,16 @@ def _outcomes(
         if e.kind == pb.ENTRY_KIND_CHILD and e.HasField("output")
     }
     signals = Counter(e.name for e in latest if e.kind == pb.ENTRY_KIND_SIGNAL_WAIT)
+    # The patched() markers before copied steps: without them the fork's replay took the
+    # old code where its source had taken the new, and was blocked at once.
+    placed = {(e.branch, e.branch_step) for e in latest if e.branch_step > 0}
+    numbered = {e.step for e in latest}
     out: list[pb.JournalEntry] = []
     for e in journal:
-        if e.kind == pb.ENTRY_KIND_AWAKEABLE_RESULT and e.name in awakeables:
+        if e.kind == pb.ENTRY_KIND_PATCH:
+            if (e.branch, e.branch_step) in placed if e.branch_step > 0 else e.step in numbered:
+                out.append(e)
+        elif e.kind == pb.ENTRY_KIND_AWAKEABLE_RESULT and e.name in awakeables:
             awakeables.discard(e.name)  # the first resolution wins (ReplayMachine.record)
             out.append(e)
         elif e.kind == pb.ENTRY_KIND_CHILD_RESULT and e.name in children:

@@ -318,7 +318,9 @@ class JournalWriter:
         """The command whose run wrote the journal's last run entry (0: written before entries
         carried it); None if no run has written anything (copies of a fork's steps aside)."""
         for e in reversed(self.entries):
-            if e.kind in PROCESSOR_KINDS and not e.writer.startswith("fork:"):
+            # A fork's copies (its source's steps, and the patch markers before them) are
+            # no run of its own: fork:<source>, fork-outcome:<source>.
+            if e.kind in PROCESSOR_KINDS and not e.writer.startswith(("fork:", "fork-outcome:")):
                 return int(e.command_seq)
         return None
 
