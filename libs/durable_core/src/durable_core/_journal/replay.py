@@ -66,7 +66,6 @@ class ReplayMachine:
         "_legacy",
         "_by_ident",
         "_reserved",
-        "_taken",
         "_fresh",
         "_used",
         "_asked",
@@ -93,7 +92,6 @@ class ReplayMachine:
         self._legacy = False
         self._by_ident: dict[Ident, pb.JournalEntry] = {}
         self._reserved: dict[Ident, int] = {}  # numbers of steps begun, not finished
-        self._taken: set[int] = set()  # numbers given out in this run
         self._fresh = 1  # no number below this is free
         self._used: set[int] = set()  # numbers of entries, reservations and this run's steps
         self._asked: set[Ident] = set()  # steps this run asked for
@@ -286,7 +284,6 @@ class ReplayMachine:
             self._unasked.discard(ident)
             entry = self._by_ident.get(ident)
             step = (self._reserved.get(ident) or self._free()) if entry is None else entry.step
-            self._taken.add(step)
             self._used.add(step)
         if entry is None:
             return Execute(step)
