@@ -16,6 +16,7 @@ import pytest_asyncio
 from durable_core import Client, EngineConfig, Worker, WorkerConfig, WorkflowRegistry
 from durable_core._transport import Transport
 from durable_core.config import NatsConfig
+from durable_core.errors import NatsUnavailableError
 from durable_core.testing import NatsServer
 
 
@@ -71,3 +72,31 @@ def local_engine(server: NatsServer) -> LocalEngine:
             await transport.close()
 
     return run
+
+
+CutAppends = Callable[[Client, int], contextlib.AbstractContextManager[None]]
+
+
+@pytest.fixture
+def appends_cut_after() -> CutAppends:
+    """``with appends_cut_after(client, n):`` the client's journal appends after the first
+    ``n`` fail as if NATS were gone (a call cut short part way), until the block ends."""
+    return _appends_cut_after
+
+
+@contextlib.contextmanager
+def _appends_cut_after(client: Client, n: int) -> Iterator[None]:
+    append, calls = client._t.append, 0
+
+    async def cut(*args: Any, **kwargs: Any) -> int:
+        nonlocal calls
+        calls += 1
+        if calls > n:
+            raise NatsUnavailableError("cut short")
+        return int(await append(*args, **kwargs))
+
+    client._t.append = cut  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        client._t.append = append  # type: ignore[method-assign]

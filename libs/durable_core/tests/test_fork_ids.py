@@ -47,26 +47,15 @@ async def test_a_fork_with_an_id_is_made_once(local_engine: Callable[..., Any]) 
 
 
 async def test_a_fork_cut_short_after_its_first_copy_is_finished_by_the_next_call(
-    local_engine: Callable[..., Any],
+    local_engine: Callable[..., Any], appends_cut_after: Callable[..., Any]
 ) -> None:
     """The first call copies step one, then NATS is gone for it: the second call checks that
     copy, copies step two and submits; one fork, with its two copies, runs step three once.
     Before the id, the only retry was another fork."""
     async with local_engine(three_steps) as (client, _):
         await client.invoke("three_steps", 5, id="src2", timeout=30)
-        append, calls = client._t.append, 0
-
-        async def append_once(*args: Any, **kwargs: Any) -> int:
-            nonlocal calls
-            calls += 1
-            if calls > 1:
-                raise NatsUnavailableError("cut short")
-            return await append(*args, **kwargs)
-
-        client._t.append = append_once  # type: ignore[method-assign]
-        with pytest.raises(NatsUnavailableError):
+        with appends_cut_after(client, 1), pytest.raises(NatsUnavailableError):
             await client.fork("src2", from_step=3, id="f2")
-        client._t.append = append  # type: ignore[method-assign]
         assert await client._t.get_state("f2") is None
         assert len(await client._t.read_journal("f2")) == 1
         assert await client.fork("src2", from_step=3, id="f2") == "f2"

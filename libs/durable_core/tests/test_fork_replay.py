@@ -16,7 +16,13 @@ import pytest
 from durable_core import Context
 from durable_core._journal import ReplayMachine
 from durable_core._pb.durable.v1 import durable_pb2 as pb
-from durable_core.errors import NatsUnavailableError, NonDeterminismError, TerminalError
+from durable_core.errors import (
+    ConflictError,
+    NatsUnavailableError,
+    NonDeterminismError,
+    NotFoundError,
+    TerminalError,
+)
 from durable_core.views import InvocationView
 
 RUNS: Counter[str] = Counter()
@@ -203,25 +209,14 @@ async def test_a_fork_of_a_fork_replays_the_copies_it_copied(
 
 
 async def test_a_fork_cut_short_among_the_copied_outcomes_is_finished_by_the_next_call(
-    local_engine: Callable[..., Any],
+    local_engine: Callable[..., Any], appends_cut_after: Callable[..., Any]
 ) -> None:
     """The first call copies the five steps and one outcome, then NATS is gone for it; the
     same call again checks those, copies the rest and submits: the fork completes."""
     async with local_engine(every_wait, doubled) as (client, t):
         await _run_every_wait(client, "cs-src", "cut-short")
-        append, calls = client._t.append, 0
-
-        async def append_six(*args: Any, **kwargs: Any) -> int:
-            nonlocal calls
-            calls += 1
-            if calls > 6:
-                raise NatsUnavailableError("cut short")
-            return int(await append(*args, **kwargs))
-
-        client._t.append = append_six
-        with pytest.raises(NatsUnavailableError):
+        with appends_cut_after(client, 6), pytest.raises(NatsUnavailableError):
             await client.fork("cs-src", from_step=6, id="cs-fork")
-        client._t.append = append
         assert len(await t.read_journal("cs-fork")) == 6
         assert await client.fork("cs-src", from_step=6, id="cs-fork") == "cs-fork"
         await _view(client, "cs-fork", _waits_at(7))
@@ -288,3 +283,68 @@ async def test_a_fork_replays_the_code_its_source_took_at_a_patch(
         view = await _view(client, "p-fork", _finished)
         assert (view.status, view.output) == ("completed", "done"), view.failure
         assert RUNS["p-fork:fee"] == 0 and RUNS["p-fork:last"] == 1
+
+
+async def held_child(ctx: Context, n: int) -> int:
+    """A child that finishes once it is sent the signal "release"."""
+    await ctx.wait_for_signal("release")
+    return await ctx.run("double", _double, ctx.invocation_id, n)
+
+
+async def waits_for_a_child(ctx: Context, n: int) -> list[Any]:
+    token = await ctx.run("tagged", _tagged, ctx.invocation_id, "t")  # 1
+    child = await ctx.invoke("held_child", n)  # 2
+    return [token, child, await ctx.run("last", _last, ctx.invocation_id, "child")]  # 3
+
+
+async def test_a_fork_copying_a_wait_for_an_unfinished_child_is_refused_until_it_finishes(
+    local_engine: Callable[..., Any],
+) -> None:
+    """The child reports to its parent alone: a fork that copied the wait for it waited for
+    good. Refused (ConflictError) while the child runs; from the child's step it starts a
+    child of its own; once the child has finished, a fork copies its result."""
+    async with local_engine(waits_for_a_child, held_child) as (client, _):
+        await client.invoke_async("waits_for_a_child", 3, id="cw-src")
+        await _view(client, "cw-src", _waits_at(2))
+        with pytest.raises(ConflictError, match="cw-src-2, which has not finished"):
+            await client.fork("cw-src", from_step=3, id="cw-early")
+        with pytest.raises(NotFoundError):
+            await client.describe("cw-early")  # nothing was made
+        # From the child's own step: the fork's child is its own.
+        await client.fork("cw-src", from_step=2, id="cw-own")
+        await _view(client, "cw-own", _waits_at(2))
+        await client.signal("cw-own-2", "release")
+        own = await _view(client, "cw-own", _finished)
+        assert (own.status, own.output) == ("completed", ["t", 6, "done"]), own.failure
+        await client.signal("cw-src-2", "release")
+        assert (await _view(client, "cw-src", _finished)).status == "completed"
+        await client.fork("cw-src", from_step=3, id="cw-late")
+        late = await _view(client, "cw-late", _finished)
+        assert (late.status, late.output) == ("completed", ["t", 6, "done"]), late.failure
+        assert RUNS["cw-src-2:double"] == RUNS["cw-own-2:double"] == 1
+        assert RUNS["cw-late:tagged"] == 0 and RUNS["cw-late:last"] == 1
+        assert "cw-late-2" not in (await client.describe("cw-late")).child_ids
+
+
+async def test_a_forks_status_names_its_own_id_for_a_copied_unresolved_awakeable(
+    local_engine: Callable[..., Any],
+) -> None:
+    """The copied step names the source's awakeable; the fork waits for its own, and status
+    showed the source's id, which resolved the source, never the fork."""
+    async with local_engine(every_wait, doubled) as (client, _):
+        await client.invoke_async("every_wait", {"key": "awk-status", "n": 1}, id="as-src")
+        await _view(client, "as-src", _waits_at(3))
+        await client.fork("as-src", from_step=4, id="as-fork")
+        view = await _view(client, "as-fork", _waits_at(3))
+        waiting = view.steps[2]
+        assert waiting.detail["awakeable_id"] == "awk.as-fork.1", waiting.detail
+        assert waiting.copied_from == "as-src"
+        await client.resolve_awakeable(waiting.detail["awakeable_id"], "fork's")
+        view = await _view(client, "as-fork", _waits_at(4))
+        assert str(view.steps[2].state) == "completed" and view.steps[2].output == "fork's"
+        # The source still waits for its own.
+        source = await client.describe("as-src")
+        assert source.steps[2].detail["awakeable_id"] == HANDED["as-src"]
+        assert str(source.steps[2].state) == "waiting"
+        await client.cancel("as-src")
+        await client.cancel("as-fork")

@@ -2,6 +2,7 @@
 
 - ``kinds``: which entry kinds a run writes, which come from outside, which end an invocation;
 - ``replay``: ``ReplayMachine``, what the journal holds, and replay-or-execute for each step;
+- ``forks``: which entries a fork copied from its source, and what a copied awakeable asks;
 - ``code``: which code (plugin package, version, fingerprint) wrote the journal;
 - ``steps``: ``StepMachine``, every decision a workflow's context makes over the journal
   (replay, execute, cancel, park, retry at or give up, timers, waits, deterministic values).
@@ -10,6 +11,13 @@ The engine drives them over JetStream; the client and the test replayer use them
 """
 
 from durable_core._journal.code import code_of, pin_for, stamp, started_on
+from durable_core._journal.forks import (
+    awakeable_asked,
+    copied_by_fork,
+    copied_step_of,
+    outcome_writer,
+    step_writer,
+)
 from durable_core._journal.kinds import (
     EXTERNAL_KINDS,
     FINAL_KINDS,
@@ -62,10 +70,15 @@ __all__ = [
     "StepMachine",
     "Submission",
     "Wait",
+    "awakeable_asked",
     "code_of",
+    "copied_by_fork",
+    "copied_step_of",
     "describe",
     "kind_name",
+    "outcome_writer",
     "pin_for",
     "stamp",
     "started_on",
+    "step_writer",
 ]

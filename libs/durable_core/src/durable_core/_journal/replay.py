@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from durable_core._journal.forks import awakeable_asked, copied_step_of
 from durable_core._journal.kinds import FINAL_KINDS, PROCESSOR_KINDS, STEP_KINDS, describe
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core.errors import NonDeterminismError
@@ -33,7 +34,6 @@ Decision = Replay | Execute
 
 
 Ident = tuple[str, int]  # (branch, step within the branch): see JournalEntry.branch
-_FORK = "fork:"  # the writer of a fork's copies of its source's steps: fork:<source>
 
 
 class ReplayMachine:
@@ -287,8 +287,8 @@ class ReplayMachine:
             self._used.add(step)
         if entry is None:
             return Execute(step)
-        copied = entry.writer.startswith(_FORK)  # a fork's copy of its source's step
-        if entry.kind != kind or self._asked_as(entry, copied) != name:
+        copied = bool(copied_step_of(entry))  # a fork's copy of its source's step
+        if entry.kind != kind or awakeable_asked(self._invocation_id, entry) != name:
             raise NonDeterminismError(
                 self._invocation_id, step, describe(entry.kind, entry.name), describe(kind, name)
             )
@@ -303,17 +303,6 @@ class ReplayMachine:
                 f"the same step with input hash {input_hash.hex()}",
             )
         return Replay(step, entry)
-
-    def _asked_as(self, entry: pb.JournalEntry, copied: bool) -> str:
-        """The name this invocation asks for at the step ``entry`` recorded: its own, but for
-        an awakeable a fork copied (its id names the source: ``awk.<source>.<n>``, the fork
-        asks for ``awk.<fork>.<n>``)."""
-        if not copied or entry.kind != pb.ENTRY_KIND_AWAKEABLE:
-            return entry.name
-        prefix = f"awk.{entry.writer.removeprefix(_FORK)}."
-        if not entry.name.startswith(prefix):
-            return entry.name
-        return f"awk.{self._invocation_id}.{entry.name.removeprefix(prefix)}"
 
     def _free(self) -> int:
         """The lowest step number that no entry and no step of this run has: a new step's."""

@@ -16,7 +16,13 @@ from collections import Counter
 from collections.abc import Callable
 
 from durable_core import _codec, _payloads
-from durable_core._journal import STEP_KINDS, ReplayMachine
+from durable_core._journal import (
+    STEP_KINDS,
+    ReplayMachine,
+    awakeable_asked,
+    outcome_writer,
+    step_writer,
+)
 from durable_core._naming import check_invocation_id, payload_owner
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import JournalRecord, StateConflict, StateRecord, Transport
@@ -481,6 +487,7 @@ async def fork(t: Transport, invocation_id: str, from_step: int, new_id: str | N
     ordered = sorted(steps, key=lambda e: e.step)
     # The steps, then what their waits took (a wait finds it by name, wherever it stands).
     taken = _outcomes(invocation_id, ordered, [r.entry for r in records])
+    await _check_children(t, invocation_id, ordered, taken)
     copies = [_fork_copy(invocation_id, i, e) for i, e in enumerate(ordered, start=1)]
     for index, entry in enumerate(taken, start=len(copies) + 1):
         copies.append(_outcome_copy(invocation_id, new_id, index, entry))
@@ -518,11 +525,11 @@ async def fork(t: Transport, invocation_id: str, from_step: int, new_id: str | N
 def _fork_copy(source: str, index: int, entry: pb.JournalEntry) -> pb.JournalEntry:
     copy = pb.JournalEntry()
     copy.CopyFrom(entry)
-    copy.index, copy.writer = index, f"fork:{source}"
+    copy.index, copy.writer = index, step_writer(source)
     # An awakeable step copied from a fork's copy names that fork's source: named as
     # ``source`` asked for it, it is what the replay matches (``ReplayMachine.next_step``
     # takes ``awk.<source>.`` for ``awk.<fork>.``).
-    copy.name = _awakeable_asked(source, entry)
+    copy.name = awakeable_asked(source, entry)
     for code_field in ("plugin", "plugin_version", "code_fingerprint"):
         copy.ClearField(code_field)  # the fork starts on the code that first runs it
     return copy
@@ -532,30 +539,15 @@ def _outcome_copy(source: str, fork: str, index: int, entry: pb.JournalEntry) ->
     """A copy in ``fork`` of what a copied wait of ``source`` took; an awakeable's resolution
     under the fork's id for it (``awk.<fork>.<n>``: what the fork's workflow waits for).
 
-    Its writer is no ``fork:``: ``durable status`` counts those as the copied steps (the
+    Its writer is no step copy's: ``durable status`` counts those as the copied steps (the
     fork's ``fork_from_step``)."""
     copy = pb.JournalEntry()
     copy.CopyFrom(entry)
-    copy.index, copy.writer = index, f"{_OUTCOME_WRITER}{source}"
+    copy.index, copy.writer = index, outcome_writer(source)
     prefix = f"awk.{source}."
     if entry.kind == pb.ENTRY_KIND_AWAKEABLE_RESULT and entry.name.startswith(prefix):
         copy.name = f"awk.{fork}.{entry.name.removeprefix(prefix)}"
     return copy
-
-
-_OUTCOME_WRITER = "fork-outcome:"  # what a fork's copied waits took: fork-outcome:<source>
-
-
-def _awakeable_asked(owner: str, entry: pb.JournalEntry) -> str:
-    """The name ``owner``'s workflow asks for at ``entry``, a step of its journal: the name
-    recorded, but for an awakeable step that a fork copied from its source (``awk.<source>.``
-    as ``awk.<owner>.``)."""
-    if entry.kind != pb.ENTRY_KIND_AWAKEABLE or not entry.writer.startswith("fork:"):
-        return entry.name
-    prefix = f"awk.{entry.writer.removeprefix('fork:')}."
-    if not entry.name.startswith(prefix):
-        return entry.name
-    return f"awk.{owner}.{entry.name.removeprefix(prefix)}"
 
 
 def _outcomes(
@@ -567,7 +559,7 @@ def _outcomes(
     Without them a fork waited forever at a step its source had passed. The same from the
     same journal (a fork with an id checks the copies an earlier call made)."""
     latest = {e.step: e for e in steps}.values()  # a retried step: its last entry replays
-    awakeables = {_awakeable_asked(source, e) for e in latest if e.kind == pb.ENTRY_KIND_AWAKEABLE}
+    awakeables = {awakeable_asked(source, e) for e in latest if e.kind == pb.ENTRY_KIND_AWAKEABLE}
     children = {
         str(_codec.decode(e.output))  # the child's id (``RunContext._submit``)
         for e in latest
@@ -595,6 +587,33 @@ def _outcomes(
     return out
 
 
+async def _check_children(
+    t: Transport, source: str, steps: list[pb.JournalEntry], taken: list[pb.JournalEntry]
+) -> None:
+    """A ConflictError when a copied step of ``source`` waits for a child (``ctx.invoke``)
+    whose result ``taken`` lacks: the child reports to ``source`` alone, and the fork would
+    wait for it for good."""
+    reported = {e.name for e in taken if e.kind == pb.ENTRY_KIND_CHILD_RESULT}
+    latest = {e.step: e for e in steps}.values()  # a retried step: its last entry replays
+    for e in sorted(latest, key=lambda e: e.step):
+        if e.kind != pb.ENTRY_KIND_CHILD or e.detached or not e.HasField("output"):
+            continue
+        child = str(_codec.decode(e.output))  # the child's id (``RunContext._submit``)
+        if child in reported:
+            continue
+        rec = await t.get_state(child)
+        if rec is not None and rec.state.status in TERMINAL_PB:
+            raise ConflictError(
+                f"step {e.step} of {source} waits for child {child}, which has finished, but "
+                f"its result has not reached {source} yet: try again in a moment"
+            )
+        raise ConflictError(
+            f"step {e.step} of {source} waits for child {child}, which has not finished: fork "
+            f"from step {e.step} or earlier (the fork then starts a child of its own), or once "
+            "the child has finished"
+        )
+
+
 async def _copied(
     t: Transport, new_id: str, source: str, copies: list[pb.JournalEntry]
 ) -> tuple[int, int]:
@@ -604,7 +623,7 @@ async def _copied(
     if (rec := await t.get_state(new_id)) is not None and rec.state.forked_from != source:
         raise _taken(new_id, "fork", source)
     have = await t.read_journal(new_id, current=True)
-    mine = (f"fork:{source}", f"{_OUTCOME_WRITER}{source}")  # copied steps and outcomes
+    mine = (step_writer(source), outcome_writer(source))  # copied steps and outcomes
     held = [r for r in have if r.entry.writer in mine]
     if have[: len(held)] != held or [r.entry for r in held] != copies[: len(held)]:
         raise _taken(new_id, "fork", source, "copies other steps")

@@ -17,7 +17,13 @@ import time
 from collections.abc import Awaitable, Callable
 
 from durable_core._code import CodeIdentity
-from durable_core._journal import FINAL_KINDS, PROCESSOR_KINDS, ReplayMachine, stamp
+from durable_core._journal import (
+    FINAL_KINDS,
+    PROCESSOR_KINDS,
+    ReplayMachine,
+    copied_by_fork,
+    stamp,
+)
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import Delivery, JournalConflict, JournalRecord, Transport
 from durable_core.engine._branches import engine_task
@@ -319,8 +325,8 @@ class JournalWriter:
         carried it); None if no run has written anything (copies of a fork's steps aside)."""
         for e in reversed(self.entries):
             # A fork's copies (its source's steps, and the patch markers before them) are
-            # no run of its own: fork:<source>, fork-outcome:<source>.
-            if e.kind in PROCESSOR_KINDS and not e.writer.startswith(("fork:", "fork-outcome:")):
+            # no run of its own.
+            if e.kind in PROCESSOR_KINDS and not copied_by_fork(e):
                 return int(e.command_seq)
         return None
 

@@ -7,7 +7,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from durable_core import _codec
-from durable_core._journal import STEP_KINDS, code_of, kind_name
+from durable_core._journal import (
+    STEP_KINDS,
+    awakeable_asked,
+    code_of,
+    copied_by_fork,
+    copied_step_of,
+    kind_name,
+)
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core.errors import DurableError
 from durable_core.views._format import from_ms, iso
@@ -101,10 +108,10 @@ def describe(
         child_ids=tuple(state.child_ids),
         forked_from=state.forked_from,
         fork_from_step=(
-            sum(1 for e in journal if e.writer.startswith("fork:")) + 1 if state.forked_from else 0
+            sum(1 for e in journal if copied_step_of(e)) + 1 if state.forked_from else 0
         ),
         rerun_of=state.rerun_of,
-        steps=_steps(journal, terminal=terminal, now_ms=now_ms, types=types),
+        steps=_steps(state.invocation_id, journal, terminal=terminal, now_ms=now_ms, types=types),
         retries=_retries(journal),
         history=tuple(history),
         blocked_reason=state.blocked_reason if status == "blocked" else "",
@@ -132,7 +139,12 @@ def _ran_on(journal: Sequence[pb.JournalEntry]) -> tuple[CodeDict, ...]:
 
 
 def _steps(
-    journal: Sequence[pb.JournalEntry], *, terminal: bool, now_ms: int, types: Resolve | None
+    invocation_id: str,
+    journal: Sequence[pb.JournalEntry],
+    *,
+    terminal: bool,
+    now_ms: int,
+    types: Resolve | None,
 ) -> tuple[StepView, ...]:
     awakeables: dict[str, pb.JournalEntry] = {}
     signals: dict[str, list[pb.JournalEntry]] = {}
@@ -142,12 +154,6 @@ def _steps(
     for e in journal:
         if e.kind == pb.ENTRY_KIND_AWAKEABLE_RESULT:
             awakeables.setdefault(e.name, e)  # the first resolution wins
-            if e.writer.startswith("fork-outcome:"):
-                # A fork's copy of its source's resolution, renamed for the fork; its copied
-                # step still names the source's awakeable (awk.<source>.<n>).
-                source = e.writer.removeprefix("fork-outcome:")
-                _, fork_id, rest = e.name.split(".", 2)
-                awakeables.setdefault(f"awk.{source}.{rest}", e)
         elif e.kind == pb.ENTRY_KIND_SIGNAL:
             signals.setdefault(e.name, []).append(e)
         elif e.kind == pb.ENTRY_KIND_CHILD_RESULT:
@@ -186,7 +192,7 @@ def _steps(
             "name": e.name,
             "attempts": e.attempts,
             "failed_attempts": failed,
-            "copied_from": e.writer.removeprefix("fork:") if e.writer.startswith("fork:") else "",
+            "copied_from": copied_step_of(e),
         }
         at = from_ms(e.timestamp_ms)
         if e.kind == pb.ENTRY_KIND_SLEEP:
@@ -205,7 +211,9 @@ def _steps(
         ):
             detail: dict[str, Any] = {}
             if e.kind == pb.ENTRY_KIND_AWAKEABLE:
-                got, detail = awakeables.get(e.name), {"awakeable_id": e.name}
+                # A copied awakeable's id names the fork's source; the fork waits for its own.
+                asked = awakeable_asked(invocation_id, e)
+                got, detail = awakeables.get(asked), {"awakeable_id": asked}
             elif e.kind == pb.ENTRY_KIND_SIGNAL_WAIT:
                 index = signal_index.get(e.name, 0)
                 signal_index[e.name] = index + 1
@@ -357,7 +365,7 @@ def _history(state: pb.ExecutionState, journal: Sequence[pb.JournalEntry]) -> li
                 pb.ENTRY_KIND_CANCEL_DELIVERED,
             )
         ):
-            if e.writer.startswith("fork:"):
+            if copied_by_fork(e):
                 continue  # copied from the original: no run of this invocation
             if last_processor in _IDLE_AFTER:
                 began = e.timestamp_ms - e.duration_us // 1000 if e.duration_us else e.timestamp_ms
