@@ -264,6 +264,10 @@ class Engine:
         """
         return await save_schedule(self._t, schedule)
 
+    async def schedule_names(self) -> set[str]:
+        """The names of every schedule stored (active or paused)."""
+        return set(await self._t.schedule_names())
+
     async def reconcile_schedules(self) -> list[tuple[str, Repair]]:
         """Arm every active schedule the server does not fire and disarm every paused one it
         still fires; ``(name, "armed" | "disarmed")`` for each change (see

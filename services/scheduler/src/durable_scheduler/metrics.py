@@ -13,10 +13,14 @@
 | ``durable_scheduler_schedules_repaired_total`` | counter | schedule, action | armed, disarmed |
 | ``durable_scheduler_tick_lag_seconds`` | histogram | schedule | fire time to the run's start |
 
-Counts are per replica; sum them over replicas.
+Counts are per replica; sum them over replicas. The series of a deleted schedule are
+dropped by the schedule sweep (``forget_schedules``): names come and go, and each kept its own
+series for good.
 """
 
 from __future__ import annotations
+
+from collections.abc import Collection
 
 from prometheus_client import (
     GC_COLLECTOR,
@@ -104,3 +108,32 @@ class SchedulerMetrics:
             "Finished executions removed after the retention period (state and journal).",
             registry=registry,
         )
+        # The metrics with a series per schedule, and their labels in order.
+        self._by_schedule: list[tuple[Counter | Histogram, tuple[str, ...]]] = [
+            (self.ticks, ("schedule",)),
+            (self.started, ("schedule",)),
+            (self.overlap_skipped, ("schedule",)),
+            (self.catch_up_skipped, ("schedule",)),
+            (self.dropped, ("schedule", "reason")),
+            (self.schedules_repaired, ("schedule", "action")),
+            (self.tick_lag, ("schedule",)),
+        ]
+
+    def schedules_seen(self) -> set[str]:
+        """The schedule names that have series."""
+        return {values[0] for _, values in self._series()}
+
+    def forget_schedules(self, names: Collection[str]) -> int:
+        """Drop every series of the schedules ``names``; how many were dropped."""
+        gone = [(metric, values) for metric, values in self._series() if values[0] in names]
+        for metric, values in gone:
+            metric.remove(*values)
+        return len(gone)
+
+    def _series(self) -> set[tuple[Counter | Histogram, tuple[str, ...]]]:
+        out = set()
+        for metric, labels in self._by_schedule:
+            for family in metric.collect():
+                for sample in family.samples:
+                    out.add((metric, tuple(sample.labels.get(label, "") for label in labels)))
+        return out

@@ -9,6 +9,10 @@ record's pattern and time zone, a paused one that is still armed is disarmed. Ev
 sweeps; each action is idempotent (arming replaces the one server schedule of a name), so
 replicas sweeping at once, or a sweep racing a pause or a resume, leave the server agreeing
 with the record.
+
+The sweep also drops the metric series of deleted schedules: a name that was in none of two
+sweeps' listings in a row (one is not enough: a schedule created after a listing may tick
+before the series are dropped).
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ class ScheduleSweep:
         self.interval = interval
         self._why_not = ""
         self._stopping = asyncio.Event()
+        self._missing: set[str] = set()  # names with series that the last listing lacked
 
     def stop(self) -> None:
         """Stop sweeping; ``run`` returns soon after."""
@@ -79,4 +84,12 @@ class ScheduleSweep:
         for name, action in changes:
             self.metrics.schedules_repaired.labels(name, action).inc()
             log.warning("schedule %s %s", name, _WHY[action])
+        await self._forget_deleted()
         return len(changes)
+
+    async def _forget_deleted(self) -> None:
+        """Drop the series of schedules missing from this listing and the last one."""
+        seen = self.metrics.schedules_seen()  # before the listing: a name it lacks is gone
+        missing = seen - await self.engine.schedule_names()
+        self.metrics.forget_schedules(missing & self._missing)
+        self._missing = missing
