@@ -13,7 +13,7 @@ import uvicorn
 from durable_core import DurableError, NatsUnavailableError
 from durable_core.admin import Engine
 from durable_core.service.logs import configure_logging
-from durable_core.service.telemetry import configure_tracing
+from durable_core.service.telemetry import configure_tracing, shutdown_tracing
 from durable_inspector.app import create_app
 from durable_inspector.settings import InspectorSettings, load_settings
 
@@ -102,5 +102,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     finally:
-        if provider is not None:
-            provider.shutdown()
+        shutdown_tracing(provider)

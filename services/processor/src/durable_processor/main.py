@@ -16,6 +16,7 @@ from durable_core.admin import Engine
 from durable_core.service.metrics_server import MetricsServer
 from durable_core.service.metrics_server import start_metrics_server as serve_metrics
 from durable_core.service.signals import cancel_on_signals
+from durable_core.service.telemetry import shutdown_tracing
 from durable_core.tracing import TracingInterceptor
 from durable_processor.metrics import MetricsInterceptor, ProcessorMetrics, poll_consumer
 from durable_processor.settings import ProcessorSettings, load_settings
@@ -181,5 +182,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s", e)
         return 1
     finally:
-        if provider is not None:
-            provider.shutdown()  # flushes the spans still batched
+        shutdown_tracing(provider)  # flushes the spans still batched

@@ -16,7 +16,7 @@ from durable_core.service.logs import configure_logging
 from durable_core.service.metrics_server import MetricsServer, Ready
 from durable_core.service.metrics_server import start_metrics_server as serve_metrics
 from durable_core.service.signals import cancel_on_signals
-from durable_core.service.telemetry import configure_tracing
+from durable_core.service.telemetry import configure_tracing, shutdown_tracing
 from durable_scheduler.janitor import Janitor
 from durable_scheduler.metrics import SchedulerMetrics
 from durable_scheduler.redrive import Redriver
@@ -175,5 +175,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s", e)
         return 1
     finally:
-        if provider is not None:
-            provider.shutdown()
+        shutdown_tracing(provider)

@@ -425,7 +425,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _main(argv)
     finally:
         if provider is not None:
-            provider.shutdown()  # exports the spans still buffered
+            from durable_core.service.telemetry import shutdown_tracing
+
+            shutdown_tracing(provider)  # exports the spans still buffered
 
 
 def _main(argv: Sequence[str] | None) -> int:

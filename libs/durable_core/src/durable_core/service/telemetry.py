@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Mapping
 
 from opentelemetry import trace
@@ -22,7 +23,16 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 
 from durable_core.errors import ConfigError
 
-__all__ = ["OTLP_PROTOCOLS", "configure_tracing", "otlp_protocol", "tracing_exporters"]
+__all__ = [
+    "OTLP_PROTOCOLS",
+    "configure_tracing",
+    "otlp_protocol",
+    "shutdown_tracing",
+    "tracing_exporters",
+]
+
+# How long a service waits at exit for its last spans to be exported (see shutdown_tracing).
+SHUTDOWN_S = 5.0
 
 # The OTLP transports the services can export over (OTEL_EXPORTER_OTLP_PROTOCOL).
 OTLP_PROTOCOLS = ("grpc", "http/protobuf")
@@ -54,7 +64,7 @@ def configure_tracing(
 ) -> TracerProvider | None:
     """Install an SDK tracer provider exporting as the ``OTEL_*`` variables say.
 
-    Returns the provider (``shutdown()`` it on exit: that flushes the last spans), or None
+    Returns the provider (``shutdown_tracing`` it on exit: that flushes the last spans), or None
     when tracing is off; the OpenTelemetry API then stays a no-op.
     """
     env = os.environ if env is None else env
@@ -69,6 +79,25 @@ def configure_tracing(
     trace.set_tracer_provider(provider)
     log.info("tracing: service %s, exporting spans via %s", service_name, ", ".join(exporters))
     return provider
+
+
+def shutdown_tracing(provider: TracerProvider | None, timeout: float = SHUTDOWN_S) -> bool:
+    """Export the spans still batched and stop, giving up after ``timeout`` seconds; False
+    then (the spans left are lost). The SDK's own shutdown waits up to 30 s for a collector
+    that does not answer, and retries one that refuses for 6 s: a service stopping (SIGTERM,
+    within its grace period) or a CLI command ending must not wait on telemetry."""
+    if provider is None:
+        return True
+    done = threading.Thread(target=provider.shutdown, name="otel-shutdown", daemon=True)
+    done.start()
+    done.join(timeout)
+    if done.is_alive():
+        log.warning(
+            "tracing: the collector did not take the last spans within %.0f s; they are lost",
+            timeout,
+        )
+        return False
+    return True
 
 
 def otlp_protocol(env: Mapping[str, str]) -> str:
