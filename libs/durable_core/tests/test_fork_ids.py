@@ -11,6 +11,7 @@ import pytest
 
 from durable_core import Context
 from durable_core.errors import ConflictError, NatsUnavailableError
+from durable_core.testing import assert_eventually_async
 
 RUNS: Counter[str] = Counter()
 
@@ -40,7 +41,7 @@ async def test_a_fork_with_an_id_is_made_once(local_engine: Callable[..., Any]) 
             "fork:src",
         ]
         # The id taken by something else: a fork of other steps, another invocation.
-        with pytest.raises(ConflictError, match="copies other steps"):
+        with pytest.raises(ConflictError, match="a fork from step 3"):
             await client.fork("src", from_step=2, id="f1")
         with pytest.raises(ConflictError, match="taken by another invocation"):
             await client.fork("f1", from_step=1, id="src")
@@ -76,3 +77,76 @@ async def test_a_rerun_with_an_id_is_made_once(local_engine: Callable[..., Any])
         # Same workflow and arguments, but not a rerun of src3: refused, not returned.
         with pytest.raises(ConflictError, match="rerun of src3"):
             await client.rerun("src3", id="other")
+
+
+async def test_the_same_id_for_a_fork_from_a_later_step_is_refused(
+    local_engine: Callable[..., Any],
+) -> None:
+    """The stored copies of a fork from step 2 are a prefix of those a fork from step 3
+    would make: the second call was answered with the first fork, whose step 2 runs anew."""
+    async with local_engine(three_steps) as (client, _):
+        await client.invoke("three_steps", 4, id="src4", timeout=30)
+        assert await client.fork("src4", from_step=2, id="f4") == "f4"
+        await client.wait("f4", timeout=30)
+        with pytest.raises(ConflictError, match=r"fork of src4 \(a fork from step 2\)"):
+            await client.fork("src4", from_step=3, id="f4")
+        assert await client.fork("src4", from_step=2, id="f4") == "f4"  # the same, as asked
+        assert (await client.describe("f4")).fork_from_step == 2
+
+
+async def test_two_forks_of_other_sources_under_one_id_never_mix_their_copies(
+    local_engine: Callable[..., Any],
+    appends_cut_after: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two calls at once, each reading the fork's journal empty: the second's first copy had
+    the first's message id (fork:<id>:1), so JetStream dropped it as a duplicate and handed
+    back the first's sequence; its second copy then landed after the first's first."""
+    async with local_engine(three_steps) as (client, t):
+        await client.invoke("three_steps", 1, id="src-a", timeout=30)
+        await client.invoke("three_steps", 2, id="src-b", timeout=30)
+        with appends_cut_after(client, 1), pytest.raises(NatsUnavailableError):
+            await client.fork("src-a", from_step=3, id="mixed")
+        from durable_core.client import _lifecycle
+
+        async def read_before_the_first(*args: Any) -> tuple[int, int]:
+            return 0, 0  # as the second call saw the journal: empty
+
+        monkeypatch.setattr(_lifecycle, "_copied", read_before_the_first)
+        with pytest.raises(ConflictError, match="same time"):
+            await client.fork("src-b", from_step=3, id="mixed")
+        writers = [r.entry.writer for r in await t.read_journal("mixed")]
+        assert writers == ["fork:src-a"]
+        assert await t.get_state("mixed") is None
+
+
+async def held(ctx: Context, n: int) -> int:
+    """Holds its partition key until it is sent "go"."""
+    await ctx.wait_for_signal("go")
+    return n
+
+
+async def test_a_fork_waiting_for_its_turn_is_pending_and_pauses(
+    local_engine: Callable[..., Any],
+) -> None:
+    """Its copies counted as a run of its own: status said running, and pause answered
+    "running" without pausing it."""
+    async with local_engine(three_steps, held) as (client, _):
+        await client.invoke("three_steps", 6, id="src6", partition_key="k6", timeout=30)
+        await client.invoke_async("held", 0, id="holder6", partition_key="k6")
+        await assert_eventually_async(
+            lambda: _status_is(client, "holder6", "suspended"), 20, "the holder waits"
+        )
+        await client.fork("src6", from_step=3, id="f6")  # keyed: behind the holder
+        assert (await client.get_result("f6")).status.value == "pending"
+        assert (await client.pause("f6")).value == "paused"
+        await client.signal("holder6", "go")
+        await client.wait("holder6", timeout=30)
+        assert (await client.get_result("f6")).status.value == "paused"
+        await client.resume("f6")
+        assert (await client.wait("f6", timeout=30)).output == [6, 6, 6]
+        assert RUNS["f6:three"] == 1 and RUNS["f6:one"] == 0
+
+
+async def _status_is(client: Any, invocation_id: str, status: str) -> bool:
+    return bool((await client.get_result(invocation_id)).status.value == status)

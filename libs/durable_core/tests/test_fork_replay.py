@@ -348,3 +348,21 @@ async def test_a_forks_status_names_its_own_id_for_a_copied_unresolved_awakeable
         assert str(source.steps[2].state) == "waiting"
         await client.cancel("as-src")
         await client.cancel("as-fork")
+
+
+def test_a_fork_copies_a_branchs_step_only_with_the_branchs_earlier_steps() -> None:
+    """After a crash a branch's in-flight step took a higher number (3) than its branch's
+    next step (1): a fork from step 2 copied the later step and ran the earlier one anew."""
+    from durable_core.client._lifecycle import _whole_branches
+
+    def at(step: int, branch: str, branch_step: int) -> pb.JournalEntry:
+        return pb.JournalEntry(
+            kind=pb.ENTRY_KIND_RUN, step=step, branch=branch, branch_step=branch_step
+        )
+
+    later, root, first_of_b = at(1, "a", 2), at(2, "", 1), at(4, "b", 1)
+    assert _whole_branches([later, root, first_of_b]) == [root, first_of_b]
+    earlier = at(3, "a", 1)
+    assert _whole_branches([later, root, earlier]) == [later, root, earlier]
+    legacy = pb.JournalEntry(kind=pb.ENTRY_KIND_RUN, step=1)  # before branches were named
+    assert _whole_branches([legacy]) == [legacy]

@@ -281,8 +281,8 @@ async def lifecycle(request: Request) -> Response:
         kwargs["id"] = new_id
     if action == "fork":
         step = body.pop("from_step", None)
-        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
-            raise ApiError(400, "invalid_input", 'fork needs {"from_step": N}: a whole number >= 0')
+        if not isinstance(step, int) or isinstance(step, bool) or step < 1:
+            raise ApiError(400, "invalid_input", 'fork needs {"from_step": N}: a whole number >= 1')
         kwargs["from_step"] = step
     if body:
         raise ApiError(400, "invalid_input", f"{action} takes no body fields {sorted(body)}")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from durable_core._journal.forks import awakeable_asked, copied_step_of
+from durable_core._journal.forks import awakeable_asked, copied_by_fork, copied_step_of
 from durable_core._journal.kinds import FINAL_KINDS, PROCESSOR_KINDS, STEP_KINDS, describe
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core.errors import NonDeterminismError
@@ -155,7 +155,8 @@ class ReplayMachine:
     def record(self, entry: pb.JournalEntry) -> None:
         """Add an entry read from (or just written to) the journal."""
         kind = entry.kind
-        if kind in PROCESSOR_KINDS:
+        if kind in PROCESSOR_KINDS and not copied_by_fork(entry):
+            # A fork's copies are no run of its own: a fork not started yet is idle.
             self._last_processor_kind = kind
         if kind in STEP_KINDS:
             self._recorded[entry.step] = entry

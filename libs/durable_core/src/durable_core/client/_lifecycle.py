@@ -9,6 +9,7 @@ one a finished child takes to report to its parent).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 import time
 import uuid
@@ -25,7 +26,13 @@ from durable_core._journal import (
 )
 from durable_core._naming import check_invocation_id, payload_owner
 from durable_core._pb.durable.v1 import durable_pb2 as pb
-from durable_core._transport import JournalRecord, StateConflict, StateRecord, Transport
+from durable_core._transport import (
+    JournalConflict,
+    JournalRecord,
+    StateConflict,
+    StateRecord,
+    Transport,
+)
 from durable_core.client._results import IDLE_PB, TERMINAL_PB, Status
 from durable_core.client._submit import store_unstored, submit_payload
 from durable_core.engine._intake import (
@@ -472,9 +479,10 @@ async def fork(t: Transport, invocation_id: str, from_step: int, new_id: str | N
         )
     rec = await state_of(t, invocation_id)
     records = await t.read_journal(invocation_id, min_entries=rec.state.journal_length)
-    steps = [r.entry for r in records if r.entry.kind in STEP_KINDS and r.entry.step < from_step]
-    recorded = {r.entry.step for r in records if r.entry.kind in STEP_KINDS}
-    n = len(recorded)
+    below = [r.entry for r in records if r.entry.kind in STEP_KINDS and r.entry.step < from_step]
+    steps = _whole_branches(below)
+    # The highest step number (numbers may have gaps: a crash's in-flight branch steps).
+    n = max((r.entry.step for r in records if r.entry.kind in STEP_KINDS), default=0)
     if from_step > n + 1:
         raise InvalidInputError(
             f"from_step must be a step of {invocation_id} (1 to {n}), or {n + 1} to copy "
@@ -493,9 +501,14 @@ async def fork(t: Transport, invocation_id: str, from_step: int, new_id: str | N
         copies.append(_outcome_copy(invocation_id, new_id, index, entry))
     last, done = 0, 0
     if chosen:
-        last, done = await _copied(t, new_id, invocation_id, copies)
+        last, done = await _copied(t, new_id, invocation_id, from_step, copies)
     if done < 0:
         return new_id  # submitted by an earlier call
+    # The copied entries and arguments share (never copy) the stored objects they reference:
+    # held before they are copied, so the source's retention leaves them in place. Before a
+    # blocked source is cancelled: a source gone meanwhile is refused with nothing changed.
+    shared = [e.output for e in steps + taken if e.HasField("output")] + [st.args]
+    await _hold(t, invocation_id, shared, new_id)
     if st.status == pb.STATUS_BLOCKED:
         # The fork replaces it (as Temporal's reset terminates the run it resets): left
         # blocked, a processor of its pinned version could finish it too, and the steps
@@ -507,19 +520,45 @@ async def fork(t: Transport, invocation_id: str, from_step: int, new_id: str | N
                 "its pinned version has just taken it up; fork it once it ends, or cancel it",
                 Status.RUNNING.value,
             )
-    # The copied entries and arguments share (never copy) the stored objects they reference:
-    # held before they are copied, so the source's retention leaves them in place.
-    shared = [e.output for e in steps + taken if e.HasField("output")] + [st.args]
-    await _hold(t, invocation_id, shared, new_id)
     for index, copy in enumerate(copies[done:], start=done + 1):
-        last = await t.append(new_id, copy, last, f"fork:{new_id}:{index}")
+        # The message id names the copy's content: another call's other copy at this index
+        # (a fork of another source under the same id, at the same moment) is never dropped
+        # as a duplicate of it; it meets the sequence check and is refused.
+        digest = hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()[:16]
+        try:
+            last = await t.append(new_id, copy, last, f"fork:{new_id}:{index}:{digest}")
+        except JournalConflict:
+            raise ConflictError(
+                f"another call is making fork {new_id} at the same time; call again to get "
+                "that one (or a ConflictError if it copies other steps)"
+            ) from None
     key = st.partition_key if st.partition_key != invocation_id else None
     await submit_payload(
-        t, st.workflow, st.args, new_id, key, journal_length=len(copies), forked_from=invocation_id
+        t,
+        st.workflow,
+        st.args,
+        new_id,
+        key,
+        journal_length=len(copies),
+        forked_from=invocation_id,
+        fork_from_step=from_step,
     )
-    if chosen and not await _made_from(t, new_id, "forked_from", invocation_id):
+    if chosen and not await _made_from(t, new_id, "forked_from", invocation_id, from_step):
         raise _taken(new_id, "fork", invocation_id)  # gone already: retention
     return new_id
+
+
+def _whole_branches(steps: list[pb.JournalEntry]) -> list[pb.JournalEntry]:
+    """``steps`` but those whose branch has an earlier step not among them. After a crash,
+    a branch's in-flight step may take a higher number in the next run than its branch's
+    later step did (``ReplayMachine``): a fork copying the later step and not the earlier
+    one ran the earlier again and replayed the later, which no run could have done."""
+    placed = {(e.branch, e.branch_step) for e in steps if e.branch_step > 0}
+    return [
+        e
+        for e in steps
+        if e.branch_step <= 0 or all((e.branch, k) in placed for k in range(1, e.branch_step))
+    ]
 
 
 def _fork_copy(source: str, index: int, entry: pb.JournalEntry) -> pb.JournalEntry:
@@ -615,13 +654,17 @@ async def _check_children(
 
 
 async def _copied(
-    t: Transport, new_id: str, source: str, copies: list[pb.JournalEntry]
+    t: Transport, new_id: str, source: str, from_step: int, copies: list[pb.JournalEntry]
 ) -> tuple[int, int]:
-    """What an earlier fork of ``source`` under ``new_id`` left: (the journal's last sequence,
-    how many of ``copies`` it holds), or (_, -1) when that fork was submitted. Anything else
-    under the id (another invocation, other copies) is a ConflictError."""
-    if (rec := await t.get_state(new_id)) is not None and rec.state.forked_from != source:
-        raise _taken(new_id, "fork", source)
+    """What an earlier fork of ``source`` from ``from_step`` under ``new_id`` left: (the
+    journal's last sequence, how many of ``copies`` it holds), or (_, -1) when that fork was
+    submitted. Anything else under the id (another invocation, a fork from another step,
+    other copies) is a ConflictError."""
+    if (rec := await t.get_state(new_id)) is not None and not _made_as(
+        rec.state, "forked_from", source, from_step
+    ):
+        made = rec.state.fork_from_step if rec.state.forked_from == source else 0
+        raise _taken(new_id, "fork", source, f"a fork from step {made}" if made else "")
     have = await t.read_journal(new_id, current=True)
     mine = (step_writer(source), outcome_writer(source))  # copied steps and outcomes
     held = [r for r in have if r.entry.writer in mine]
@@ -636,14 +679,24 @@ async def _copied(
     return (have[-1].seq if have else 0), len(held)
 
 
-async def _made_from(t: Transport, new_id: str, field: str, source: str) -> bool:
-    """Whether ``new_id`` is an invocation made from ``source`` (``field`` names it; False:
-    there is none yet); an id taken otherwise is a ConflictError."""
+async def _made_from(
+    t: Transport, new_id: str, field: str, source: str, from_step: int = 0
+) -> bool:
+    """Whether ``new_id`` is an invocation made from ``source`` (``field`` names it; a fork
+    from ``from_step``; False: there is none yet); an id taken otherwise is a ConflictError."""
     if (rec := await t.get_state(new_id)) is None:
         return False
-    if getattr(rec.state, field) != source:
+    if not _made_as(rec.state, field, source, from_step):
         raise _taken(new_id, "rerun" if field == "rerun_of" else "fork", source)
     return True
+
+
+def _made_as(st: pb.ExecutionState, field: str, source: str, from_step: int) -> bool:
+    """Whether ``st`` is of an invocation made from ``source`` as asked (a fork: from
+    ``from_step``, unless it was made before forks recorded theirs)."""
+    if getattr(st, field) != source:
+        return False
+    return not (from_step and st.fork_from_step and st.fork_from_step != from_step)
 
 
 def _taken(new_id: str, what: str, source: str, how: str = "") -> ConflictError:

@@ -107,9 +107,7 @@ def describe(
         parent_id=state.parent_id,
         child_ids=tuple(state.child_ids),
         forked_from=state.forked_from,
-        fork_from_step=(
-            sum(1 for e in journal if copied_step_of(e)) + 1 if state.forked_from else 0
-        ),
+        fork_from_step=_fork_from_step(state, journal),
         rerun_of=state.rerun_of,
         steps=_steps(state.invocation_id, journal, terminal=terminal, now_ms=now_ms, types=types),
         retries=_retries(journal),
@@ -136,6 +134,16 @@ def _ran_on(journal: Sequence[pb.JournalEntry]) -> tuple[CodeDict, ...]:
         if not out or out[-1] != named:
             out.append(named)
     return tuple(out)
+
+
+def _fork_from_step(state: pb.ExecutionState, journal: Sequence[pb.JournalEntry]) -> int:
+    """A fork's ``from_step`` (0: no fork): as recorded, or after its highest copied step
+    (forks made before they recorded it)."""
+    if not state.forked_from:
+        return 0
+    if state.fork_from_step:
+        return int(state.fork_from_step)
+    return max((e.step for e in journal if copied_step_of(e)), default=0) + 1
 
 
 def _steps(

@@ -221,7 +221,7 @@ class JournalEntry(_message.Message):
     def __init__(self, index: _Optional[int] = ..., kind: _Optional[_Union[EntryKind, str]] = ..., step: _Optional[int] = ..., name: _Optional[str] = ..., input_hash: _Optional[bytes] = ..., output: _Optional[_Union[Payload, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., timestamp_ms: _Optional[int] = ..., writer: _Optional[str] = ..., attempts: _Optional[int] = ..., duration_us: _Optional[int] = ..., wake_at_ms: _Optional[int] = ..., detached: _Optional[bool] = ..., command_seq: _Optional[int] = ..., plugin: _Optional[str] = ..., plugin_version: _Optional[str] = ..., code_fingerprint: _Optional[str] = ..., branch: _Optional[str] = ..., branch_step: _Optional[int] = ..., failed_steps: _Optional[_Iterable[int]] = ..., failures_named: _Optional[bool] = ...) -> None: ...
 
 class ExecutionState(_message.Message):
-    __slots__ = ("invocation_id", "workflow", "status", "args", "output", "failure", "partition_key", "created_at_ms", "updated_at_ms", "journal_length", "trace_id", "parent_id", "child_ids", "processor", "start_at_ms", "waiting_for", "parent_partition_key", "notify_parent", "parent_workflow", "forked_from", "deadline_ms", "rerun_of", "run_command_seq", "pinned_version", "blocked_reason", "notify", "trace_context")
+    __slots__ = ("invocation_id", "workflow", "status", "args", "output", "failure", "partition_key", "created_at_ms", "updated_at_ms", "journal_length", "trace_id", "parent_id", "child_ids", "processor", "start_at_ms", "waiting_for", "parent_partition_key", "notify_parent", "parent_workflow", "forked_from", "deadline_ms", "rerun_of", "run_command_seq", "pinned_version", "blocked_reason", "notify", "fork_from_step", "trace_context")
     class TraceContextEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -255,6 +255,7 @@ class ExecutionState(_message.Message):
     PINNED_VERSION_FIELD_NUMBER: _ClassVar[int]
     BLOCKED_REASON_FIELD_NUMBER: _ClassVar[int]
     NOTIFY_FIELD_NUMBER: _ClassVar[int]
+    FORK_FROM_STEP_FIELD_NUMBER: _ClassVar[int]
     TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     invocation_id: str
     workflow: str
@@ -282,8 +283,9 @@ class ExecutionState(_message.Message):
     pinned_version: str
     blocked_reason: str
     notify: str
+    fork_from_step: int
     trace_context: _containers.ScalarMap[str, str]
-    def __init__(self, invocation_id: _Optional[str] = ..., workflow: _Optional[str] = ..., status: _Optional[_Union[Status, str]] = ..., args: _Optional[_Union[Payload, _Mapping]] = ..., output: _Optional[_Union[Payload, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., partition_key: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., journal_length: _Optional[int] = ..., trace_id: _Optional[str] = ..., parent_id: _Optional[str] = ..., child_ids: _Optional[_Iterable[str]] = ..., processor: _Optional[str] = ..., start_at_ms: _Optional[int] = ..., waiting_for: _Optional[str] = ..., parent_partition_key: _Optional[str] = ..., notify_parent: _Optional[bool] = ..., parent_workflow: _Optional[str] = ..., forked_from: _Optional[str] = ..., deadline_ms: _Optional[int] = ..., rerun_of: _Optional[str] = ..., run_command_seq: _Optional[int] = ..., pinned_version: _Optional[str] = ..., blocked_reason: _Optional[str] = ..., notify: _Optional[str] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    def __init__(self, invocation_id: _Optional[str] = ..., workflow: _Optional[str] = ..., status: _Optional[_Union[Status, str]] = ..., args: _Optional[_Union[Payload, _Mapping]] = ..., output: _Optional[_Union[Payload, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., partition_key: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., journal_length: _Optional[int] = ..., trace_id: _Optional[str] = ..., parent_id: _Optional[str] = ..., child_ids: _Optional[_Iterable[str]] = ..., processor: _Optional[str] = ..., start_at_ms: _Optional[int] = ..., waiting_for: _Optional[str] = ..., parent_partition_key: _Optional[str] = ..., notify_parent: _Optional[bool] = ..., parent_workflow: _Optional[str] = ..., forked_from: _Optional[str] = ..., deadline_ms: _Optional[int] = ..., rerun_of: _Optional[str] = ..., run_command_seq: _Optional[int] = ..., pinned_version: _Optional[str] = ..., blocked_reason: _Optional[str] = ..., notify: _Optional[str] = ..., fork_from_step: _Optional[int] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ResultNotice(_message.Message):
     __slots__ = ("journal",)
