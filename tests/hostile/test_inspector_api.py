@@ -119,10 +119,17 @@ class MemoryTransport:
         return None  # no descriptors stored
 
     async def read_journal(
-        self, invocation_id: str, *, min_seq: int = 0, min_entries: int = 0, current: bool = False
+        self,
+        invocation_id: str,
+        *,
+        min_seq: int = 0,
+        min_entries: int = 0,
+        current: bool = False,
+        start: int = 1,
     ) -> list[JournalRecord]:
         entries = self.journals.get(invocation_id, [])
-        return [JournalRecord(e, i, f"m{i}") for i, e in enumerate(entries, start=1)]
+        records = [JournalRecord(e, i, f"m{i}") for i, e in enumerate(entries, start=1)]
+        return [r for r in records if r.seq >= start]
 
 
 def _summary(invocation_id: str, *, created: float = 0, **fields: Any) -> ExecutionSummary:

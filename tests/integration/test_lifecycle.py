@@ -1041,3 +1041,42 @@ async def test_an_expired_executions_note_goes_after_its_ttl(
     assert await transport.expiry_note("note-1") is None
     # Nothing at all is left on the key's subject (a marker would count as one message).
     assert "note-1" not in await transport.state_ids()
+
+
+async def test_pause_and_cancel_reach_a_run_that_journals_without_a_break(
+    stack: ProcessStack, client: Client, transport: Transport
+) -> None:
+    """A request from outside is appended fenced by the journal's last sequence, and read
+    again on a conflict. Read whole each time, with its machine rebuilt, against a run that
+    journals steps back to back (``many_steps``), it never got in: the pause or cancel
+    blocked until the run had finished, then said "already completed" (an operator could
+    not stop a runaway loop). Each round now reads only what is newer."""
+    stack.start_service()
+    stack.start_processor("p-busy")
+    for inv, verb in (("busy-pause", client.pause), ("busy-cancel", client.cancel)):
+        await client.invoke_async("many_steps", {"steps": 30_000}, id=inv)
+        await assert_eventually_async(
+            lambda inv=inv: _journaled(transport, inv, 500), 30, f"{inv} under way"
+        )
+        started = time.monotonic()
+        await asyncio.wait_for(verb(inv), 20)
+        took = time.monotonic() - started
+        assert took < 5, f"{verb.__name__} of {inv} took {took:.1f} s"
+        view = await client.describe(inv)
+        assert view.status in ("running", "paused", "cancelled"), view.status
+        done = len(view.steps)
+        assert done < 30_000
+        want = "paused" if verb == client.pause else "cancelled"
+        await assert_eventually_async(
+            lambda inv=inv, want=want: _status_is(client, inv, want), 20, f"{inv} {want}"
+        )
+        assert len((await client.describe(inv)).steps) <= done + 2  # stopped at a boundary
+    await client.cancel("busy-pause")
+
+
+async def _journaled(t: Transport, inv: str, at_least: int) -> bool:
+    return len(await t.read_journal(inv)) >= at_least
+
+
+async def _status_is(client: Client, inv: str, status: str) -> bool:
+    return bool((await client.describe(inv)).status == status)

@@ -14,7 +14,7 @@ from durable_core.engine._intake import _append_external
 from durable_core.errors import IllegalTransitionError
 
 
-def _resume_only_if_paused(records: list[JournalRecord]) -> None:
+def _resume_only_if_paused(records: list[JournalRecord], _: object) -> None:
     kinds = [r.entry.kind for r in records]
     if pb.ENTRY_KIND_PAUSE_REQUEST not in kinds:
         raise IllegalTransitionError("cannot resume: not paused", "running")

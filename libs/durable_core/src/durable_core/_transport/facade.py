@@ -333,11 +333,18 @@ class Transport:
     # -- journals --------------------------------------------------------------------------
 
     async def read_journal(
-        self, invocation_id: str, *, min_seq: int = 0, min_entries: int = 0, current: bool = False
+        self,
+        invocation_id: str,
+        *,
+        min_seq: int = 0,
+        min_entries: int = 0,
+        current: bool = False,
+        start: int = 1,
     ) -> list[JournalRecord]:
-        """Every entry of an invocation's journal (see Journals.read)."""
+        """Every entry of an invocation's journal, from stream sequence ``start`` on (see
+        Journals.read)."""
         return await self._journals.read(
-            invocation_id, min_seq=min_seq, min_entries=min_entries, current=current
+            invocation_id, min_seq=min_seq, min_entries=min_entries, current=current, start=start
         )
 
     async def append(

@@ -73,15 +73,23 @@ class Journals:
         self._batch_numbers = itertools.count(1)
 
     async def read(
-        self, invocation_id: str, *, min_seq: int = 0, min_entries: int = 0, current: bool = False
+        self,
+        invocation_id: str,
+        *,
+        min_seq: int = 0,
+        min_entries: int = 0,
+        current: bool = False,
+        start: int = 1,
     ) -> list[JournalRecord]:
-        """Read every entry of an invocation's journal in one batched direct get.
+        """Read every entry of an invocation's journal in one batched direct get (those from
+        stream sequence ``start`` on: what a reader that has the rest needs).
 
         Direct gets may be answered by a follower that lags by a few milliseconds. When the
         caller knows the journal holds at least ``min_seq`` (a wake-up, a failed append) or
-        ``min_entries`` (the state's journal length), a shorter read is stale and is retried.
-        ``current``: at least up to the last entry the stream's leader has now (one request
-        more: what an operator is shown must not trail what a waiting client was told).
+        ``min_entries`` (the state's journal length, counted from ``start``), a shorter read
+        is stale and is retried. ``current``: at least up to the last entry the stream's
+        leader has now (one request more: what an operator is shown must not trail what a
+        waiting client was told).
         """
         link = self._link
         deadline = link.deadline()
@@ -89,9 +97,11 @@ class Journals:
             min_seq = max(min_seq, await self._last_seq(invocation_id))
         while True:
             records = await link.retry(
-                f"read journal of {invocation_id}", lambda: self._read_all(invocation_id), deadline
+                f"read journal of {invocation_id}",
+                lambda: self._read_all(invocation_id, start),
+                deadline,
             )
-            last = records[-1].seq if records else 0
+            last = records[-1].seq if records else start - 1
             if last >= min_seq and len(records) >= min_entries:
                 return records
             if time.monotonic() > deadline:
@@ -102,9 +112,9 @@ class Journals:
                 )
             await asyncio.sleep(0.01)
 
-    async def _read_all(self, invocation_id: str) -> list[JournalRecord]:
+    async def _read_all(self, invocation_id: str, start: int = 1) -> list[JournalRecord]:
         records: list[JournalRecord] = []
-        seq = 1
+        seq = max(start, 1)
         while True:
             batch, more = await self.read_batch(invocation_id, seq, 256)
             records.extend(batch)

@@ -14,7 +14,6 @@ import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
 
 from durable_core import _codec, _payloads
 from durable_core._journal import (
@@ -37,6 +36,7 @@ from durable_core.client._results import IDLE_PB, TERMINAL_PB, Status
 from durable_core.client._submit import store_unstored, submit_payload
 from durable_core.engine._intake import (
     Addressee,
+    Check,
     deliver_external,
     follow_delivery,
     report_to_parent,
@@ -157,9 +157,8 @@ async def change(t: Transport, invocation_id: str, kind: pb.EntryKind) -> Status
     running = False  # a processor runs it now (the journal says so before the state)
     seen = 0  # the journal's last sequence, as the check read it
 
-    def check(records: list[JournalRecord]) -> None:
+    def check(records: list[JournalRecord], machine: ReplayMachine) -> None:
         nonlocal running, seen
-        machine = ReplayMachine(invocation_id, (r.entry for r in records))
         running = not machine.idle
         seen = records[-1].seq if records else 0
         if machine.final is not None:
@@ -238,9 +237,8 @@ async def cancel_blocked(t: Transport, rec: StateRecord, message: str) -> Status
     entry.failure.CopyFrom(pb.Failure(type="InvocationCancelledError", message=message))
     earlier: pb.JournalEntry | None = None  # a cancellation journaled by a call cut short
 
-    def check(records: list[JournalRecord]) -> None:
+    def check(records: list[JournalRecord], machine: ReplayMachine) -> None:
         nonlocal earlier
-        machine = ReplayMachine(invocation_id, (r.entry for r in records))
         final = machine.final
         if final is not None and final.kind == pb.ENTRY_KIND_CANCELLED:
             earlier = final
@@ -357,9 +355,8 @@ async def retry(t: Transport, invocation_id: str) -> Status:
         )
     retried = 0  # the sequence of a retry request that nothing has followed yet
 
-    def check(records: list[JournalRecord]) -> None:
+    def check(records: list[JournalRecord], machine: ReplayMachine) -> None:
         nonlocal retried
-        machine = ReplayMachine(invocation_id, (r.entry for r in records))
         if machine.final is not None and machine.final.kind == pb.ENTRY_KIND_FAILED:
             return
         if records and records[-1].entry.kind == pb.ENTRY_KIND_RETRY_REQUEST:
@@ -733,10 +730,10 @@ def _awakeable_owner(awakeable_id: str) -> str:
         raise NotFoundError(f"{awakeable_id!r} is not an awakeable id: {e}") from e
 
 
-def _check_open(invocation_id: str, records: list[JournalRecord]) -> None:
+def _check_open(invocation_id: str, machine: ReplayMachine) -> None:
     # As the replay has it: a retried failure is not the end (its FAILED entry stays in the
     # journal), and a cancellation is.
-    if ReplayMachine(invocation_id, (r.entry for r in records)).final is not None:
+    if machine.final is not None:
         raise InvocationFinishedError(f"invocation {invocation_id} has already finished")
 
 
@@ -759,8 +756,8 @@ async def complete_awakeable(
         entry.failure.CopyFrom(failure)
     msg_id = f"awk:{awakeable_id}"
 
-    def check(records: list[JournalRecord]) -> None:
-        _check_open(invocation_id, records)
+    def check(records: list[JournalRecord], machine: ReplayMachine) -> None:
+        _check_open(invocation_id, machine)
         for r in records:
             if r.entry.kind == pb.ENTRY_KIND_AWAKEABLE_RESULT and r.entry.name == awakeable_id:
                 if r.msg_id == msg_id and _same_outcome(r.entry, entry):
@@ -802,7 +799,7 @@ async def signal(
     payload = await _payloads.offload(t.payloads, payload, invocation_id)
     entry = _client_entry(pb.ENTRY_KIND_SIGNAL, name=name, output=payload)
     msg_id = f"sig:{invocation_id}:{signal_id or uuid.uuid4().hex}"
-    await _deliver(t, invocation_id, entry, msg_id, lambda r: _check_open(invocation_id, r))
+    await _deliver(t, invocation_id, entry, msg_id, lambda _, m: _check_open(invocation_id, m))
 
 
 async def _deliver(
@@ -810,7 +807,7 @@ async def _deliver(
     invocation_id: str,
     entry: pb.JournalEntry,
     msg_id: str,
-    check: Callable[[list[JournalRecord]], None],
+    check: Check,
 ) -> None:
     rec = await state_of(t, invocation_id)  # a queued plain invoke's too
     if rec.state.status in TERMINAL_PB:

@@ -301,7 +301,9 @@ class JournalWriter:
         this very run (our token) are ours: an append whose answer was lost, or wrong."""
         try:
             fresh = await self.t.read_journal(
-                self.id, min_seq=self.last_seq + 1 if newer_known else self.last_seq
+                self.id,
+                min_seq=self.last_seq + 1 if newer_known else self.last_seq,
+                start=self.last_seq + 1,  # only what is newer: a long journal read whole was slow
             )
         except DurableError as e:
             # The engine's read (NATS gone, a corrupt entry): never the workflow's failure,
