@@ -14,7 +14,6 @@ from durable_core import (
     Client,
     ConflictError,
     EngineConfig,
-    InvalidInputError,
     InvocationTimeoutError,
     NatsConfig,
     UnknownWorkflowError,
@@ -161,7 +160,7 @@ async def test_invoking_a_taken_id_again_returns_its_result_or_is_refused(
     assert second.status == "completed" and second.output == first.output
     with pytest.raises(ConflictError, match="other arguments"):
         await client.invoke("hello_workflow", {"name": "two"}, id="again", timeout=30)
-    with pytest.raises(InvalidInputError, match="already used by workflow"):
+    with pytest.raises(ConflictError, match="already used by workflow"):
         await client.invoke("order_processing", {"order_id": "o"}, id="again", timeout=30)
 
 
@@ -187,7 +186,7 @@ async def test_a_taken_id_submitted_while_its_invoke_is_only_queued_runs_once_or
     assert other_workflow.status == "completed"
     assert other_workflow.output["order_id"] == "o-taken"
     assert other_args.output == {"message": GREETING.format("two")}  # not the first's "one"
-    with pytest.raises(InvalidInputError, match="already used by workflow"):
+    with pytest.raises(ConflictError, match="already used by workflow"):
         await client.invoke("hello_workflow", {"name": "one"}, id=ids[0], timeout=30)
     with pytest.raises(ConflictError, match="other arguments"):
         await client.invoke("hello_workflow", {"name": "one"}, id=ids[1], timeout=30)

@@ -10,7 +10,7 @@ from durable_core import _codec
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import Transport
 from durable_core.client._submit import store_unstored
-from durable_core.errors import ConflictError, InvalidInputError
+from durable_core.errors import ConflictError
 
 
 def pending(invocation_id: str, workflow: str = "wf", args: object = None) -> pb.ExecutionState:
@@ -47,7 +47,7 @@ async def test_an_id_taken_by_another_workflow_or_other_arguments_is_refused(
     transport: Transport,
 ) -> None:
     await transport.create_state(pending("taken", "other"))
-    with pytest.raises(InvalidInputError, match="already used by workflow 'other'"):
+    with pytest.raises(ConflictError, match="already used by workflow 'other'"):
         await store_unstored(transport, pending("taken"), await transport.get_state("taken"))
     await transport.create_state(pending("args", "wf", {"x": 1}))
     with pytest.raises(ConflictError, match="other arguments"):

@@ -19,7 +19,12 @@ from durable_core import _codec, _payloads
 from durable_core._journal import ReplayMachine, Submission
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import JournalConflict, JournalRecord, StateRecord, Transport
-from durable_core.errors import DurableError, InvalidInputError, InvocationFinishedError
+from durable_core.errors import (
+    ConflictError,
+    DurableError,
+    InvalidInputError,
+    InvocationFinishedError,
+)
 
 log = logging.getLogger("durable_core.worker")
 
@@ -110,7 +115,7 @@ async def _own_start(t: Transport, created: StateRecord, cmd: pb.Command, *, del
 
 
 async def _existing_of_same_workflow(t: Transport, state: pb.ExecutionState) -> StateRecord | None:
-    """The state already under this id; InvalidInputError if another workflow has it."""
+    """The state already under this id; ConflictError if another workflow has it."""
     existing = await t.get_state(state.invocation_id)
     if existing is not None:
         check_same_workflow(existing.state, state)
@@ -118,9 +123,10 @@ async def _existing_of_same_workflow(t: Transport, state: pb.ExecutionState) -> 
 
 
 def check_same_workflow(existing: pb.ExecutionState, state: pb.ExecutionState) -> None:
-    """InvalidInputError if the id of ``state`` is taken by another workflow's invocation."""
+    """ConflictError if the id of ``state`` is taken by another workflow's invocation (an id
+    reused, as with other arguments: not malformed input)."""
     if existing.workflow != state.workflow:
-        raise InvalidInputError(
+        raise ConflictError(
             f"invocation id {state.invocation_id} is already used by workflow {existing.workflow!r}"
         )
 
