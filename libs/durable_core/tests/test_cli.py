@@ -121,6 +121,10 @@ def test_bad_input_exits_2_before_connecting(capsys: pytest.CaptureFixture[str])
     assert code == 2 and "does not match its declared type" in err, err
     code, _, err = run(capsys, ["list", "--limit", "0", *url])
     assert code == 2 and "--limit" in err, err
+    # A schedule of such arguments was stored, and each of its ticks failed.
+    create = ["schedule", "create", "s", "--workflow", "hello_workflow", "--every", "1m"]
+    code, _, err = run(capsys, [*create, "--args", '"Ada"', *url])
+    assert code == 2 and "does not match its declared type" in err, err
 
 
 def test_a_closed_pipe_ends_quietly() -> None:

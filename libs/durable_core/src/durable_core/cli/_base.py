@@ -241,3 +241,33 @@ def start_tracing() -> Any:
         )
         return None
     return configure_tracing("durable-cli")
+
+
+def installed_workflows() -> Any:
+    """The workflows of the plugins installed here (None if they do not load). Loading them
+    also imports the protobuf messages of their services, so such payloads print as JSON."""
+    from durable_core.plugins import load_plugins
+
+    try:
+        return load_plugins().registry
+    except Exception:  # noqa: BLE001 - a broken plugin here must not stop the command
+        return None
+
+
+def check_input(workflow: str, payload: Any) -> None:
+    """Refuse arguments that do not match the workflow's declared input type when the workflow
+    is installed here (the processor would refuse them too, after a round trip)."""
+    from durable_core import _codec
+    from durable_core.errors import InvalidInputError
+
+    registry = installed_workflows()
+    if registry is None or workflow not in registry:
+        return
+    wf = registry.get(workflow)
+    if wf.takes_input and wf.input_type is not None:
+        try:
+            _codec.convert(_codec.to_jsonable(payload), wf.input_type)
+        except InvalidInputError as e:
+            raise InvalidInputError(
+                f"input of {workflow} does not match its declared type: {e}"
+            ) from e

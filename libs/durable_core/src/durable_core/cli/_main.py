@@ -31,11 +31,13 @@ from durable_core.cli._base import (
     EXIT_TIMEOUT,
     EXIT_USAGE,
     Globals,
+    check_input,
     connect,
     connection_options,
     echo,
     echo_json,
     globals_of,
+    installed_workflows,
     json_option,
     read_json,
     run,
@@ -96,35 +98,6 @@ def seconds(flag: str, value: float, *, allow_zero: bool) -> timedelta:
             "0 (the smallest is 0.000001)"
         )
     return as_delta
-
-
-def _installed_workflows() -> Any:
-    """The workflows of the plugins installed here (None if they do not load). Loading them
-    also imports the protobuf messages of their services, so such payloads print as JSON."""
-    from durable_core.plugins import load_plugins
-
-    try:
-        return load_plugins().registry
-    except Exception:  # noqa: BLE001 - a broken plugin here must not stop the command
-        return None
-
-
-def _check_input(workflow: str, payload: Any) -> None:
-    """Refuse arguments that do not match the workflow's declared input type when the workflow
-    is installed here (the processor would refuse them too, after a round trip)."""
-    from durable_core import _codec
-
-    registry = _installed_workflows()
-    if registry is None or workflow not in registry:
-        return
-    wf = registry.get(workflow)
-    if wf.takes_input and wf.input_type is not None:
-        try:
-            _codec.convert(_codec.to_jsonable(payload), wf.input_type)
-        except InvalidInputError as e:
-            raise InvalidInputError(
-                f"input of {workflow} does not match its declared type: {e}"
-            ) from e
 
 
 # -- invoke and status ---------------------------------------------------------------------------
@@ -205,7 +178,7 @@ def invoke(
     check_workflow_name(workflow)
     iid = check_invocation_id(invocation_id) if invocation_id is not None else uuid.uuid4().hex
     if not streamed:
-        _check_input(workflow, payload)
+        check_input(workflow, payload)
     g = globals_of(ctx)
     try:
         return int(
@@ -233,7 +206,7 @@ def _takes_blob(workflow: str) -> bool:
     """Whether the workflow, installed here, takes a Blob (its --args @FILE is streamed)."""
     from durable_core._payloads import Blob
 
-    registry = _installed_workflows()
+    registry = installed_workflows()
     if registry is None or workflow not in registry:
         return False
     return registry.get(workflow).input_type is Blob
@@ -322,7 +295,7 @@ def status(ctx: click.Context, invocation_id: str, as_json: bool) -> int:
     """Show an invocation: arguments, status, each step with its waits and retries, lineage and
     the status history from its journal."""
 
-    _installed_workflows()
+    installed_workflows()
 
     async def go() -> int:
         async with await connect(globals_of(ctx)) as client:

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from durable_core.cli._base import (
+    check_input,
     connect,
     connection_options,
     echo,
@@ -110,6 +111,7 @@ def create(
     }
     payload = read_json(args_text, "--args")
     schedules.Schedule(name=name, workflow=workflow, args=payload, **options)
+    check_input(workflow, payload)  # each tick would fail on them
 
     async def go() -> int:
         async with await connect(globals_of(ctx)) as client:
