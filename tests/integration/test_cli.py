@@ -265,3 +265,13 @@ def test_invoke_shows_a_live_status_line_on_a_terminal(stack: ProcessStack) -> N
     assert proc.returncode == 5, text
     assert "started (expense_approval)" in text
     assert re.search(r"suspended · \d+\.\d s", text), text  # the live line, updated
+
+
+async def test_cancelling_a_queued_invocation_says_no_step_runs(stack: ProcessStack) -> None:
+    """A cancel of an invocation no processor serves yet said "the step in flight is
+    interrupted": there is none."""
+    stack.start_service()
+    stack.start_processor("p-cli-queued")
+    ok(await cli(stack, "invoke", "served_by_nobody", "--queue", "--no-wait", "--id", "q-1"))
+    out = ok(await cli(stack, "cancel", "q-1", "--wait", "0"))
+    assert "no other step runs" in out and "in flight" not in out, out

@@ -65,6 +65,9 @@ async def _transition(g: Globals, verb: str, iid: str, wait_s: float, as_json: b
             await asyncio.sleep(0.2)
             current = (await client.get_summary(iid)).status.value
     done = settled(current)
+    if verb == "cancel" and current != "running":
+        # Pending (queued for a processor), paused or suspended: no step is in flight.
+        how = "no other step runs: a processor ends it cancelled when it takes it up"
     if as_json:
         echo_json({"invocation_id": iid, "action": verb, "status": current, "settled": done})
     elif done:
