@@ -95,6 +95,8 @@ class RunContext(Context):
         self._partition_key = partition_key
         self.steps = StepMachine(invocation_id, machine, start_time_ms, self._branch)
         self._branches: dict[asyncio.Future[Any], Branch] = {}  # each task's branch
+        # Grows whenever a branch starts, ends, asks for a step or parks (see ``moves``).
+        self._moves = 0
         # The run's own trace context: what a step passes on (to a service, a child) unless
         # an interceptor (tracing) puts its own span's there; with tracing off, children and
         # services still join the invocation's trace.
@@ -131,7 +133,19 @@ class RunContext(Context):
     def name_task(self, task: asyncio.Future[Any], branch: Branch) -> None:
         """``task`` was created as ``branch`` (see ``durable_core.engine._branches``)."""
         self._branches[task] = branch
-        task.add_done_callback(self._branches.pop)  # it asks for nothing more
+        self._moves += 1
+        task.add_done_callback(self._branch_done)
+
+    def _branch_done(self, task: asyncio.Future[Any]) -> None:
+        self._branches.pop(task, None)  # it asks for nothing more
+        self._moves += 1
+
+    @property
+    def moves(self) -> int:
+        """A count that grows whenever a branch starts, ends, asks for a step or parks: the
+        engine suspends a run whose steps all parked only once it stops growing (a branch
+        may still be about to replay a step that needs no wait)."""
+        return self._moves
 
     def escaped(self, e: BaseException) -> tuple[int, ...]:
         """The steps whose failure the workflow let through, ending with ``e``: ``e``'s own
@@ -376,6 +390,7 @@ class RunContext(Context):
         # The branch first, before anything awaits: the settle below waits for a write only
         # in a run that executes, and a sibling asking meanwhile would take this one's place.
         self._branch()
+        self._moves += 1
         # The outcome of the step before is journaled before this one is even decided.
         await self._journal.settle()
         if self.payload_error is not None:
@@ -571,6 +586,7 @@ class RunContext(Context):
         decision = self.steps.park(wait, _wall_ms())
         if isinstance(decision, DeliverCancel):
             raise await self._deliver(decision)
+        self._moves += 1
         self._maybe_suspend()
         try:
             await asyncio.Future()  # cancelled by the engine when it suspends or reruns
@@ -636,7 +652,10 @@ class RunContext(Context):
             if isinstance(timer, Due):
                 return
             if isinstance(timer, SleepFor):
-                await asyncio.sleep(timer.seconds)
+                # Counted as executing: a sibling branch that parks meanwhile must not suspend
+                # the run (this timer has no server-side wake-up; it would never go off).
+                with self._executing(suspend_after=False):
+                    await asyncio.sleep(timer.seconds)
                 continue
             await self._park(timer.wait)
 
