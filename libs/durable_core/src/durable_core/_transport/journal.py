@@ -31,11 +31,13 @@ from durable_core._transport.errors import (
     JournalConflict,
 )
 from durable_core._transport.inbox import DirectGets
-from durable_core.errors import NatsUnavailableError
+from durable_core.errors import NatsUnavailableError, PayloadTooLargeError
 
 __all__ = ["JournalRecord", "Journals", "last_journal_seq"]
 
 T = TypeVar("T")
+
+_MESSAGE_TOO_LARGE = 10054  # JetStream: "message size exceeds maximum allowed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +195,16 @@ class Journals:
         what = f"append to journal of {invocation_id}"
         try:
             return await link.retry(what, pub)
+        except nats.js.errors.APIError as e:
+            if e.err_code == _MESSAGE_TOO_LARGE:
+                # As large on every try: handed back as NATS trouble, the run was started
+                # again without end. The caller (a workflow's step, a client) gets it typed.
+                raise PayloadTooLargeError(
+                    f"{what}: the entry is larger than the journal takes ({e.description})"
+                ) from e
+            raise NatsUnavailableError(
+                link.nats_cfg.servers, f"{what}: {type(e).__name__} {e}"
+            ) from e
         except nats.errors.Error as e:
             # Any other refusal is the engine's trouble, never the workflow's: the caller
             # releases the run and it is tried again from the journal.

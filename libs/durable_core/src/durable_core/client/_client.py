@@ -26,7 +26,12 @@ from durable_core.client._results import (
 )
 from durable_core.client._submit import WorkflowRef, start_at_ms, store_unstored, submit
 from durable_core.config import EngineConfig, NatsConfig
-from durable_core.errors import InvalidInputError, InvocationTimeoutError, WorkflowFailedError
+from durable_core.errors import (
+    InvalidInputError,
+    InvocationTimeoutError,
+    PayloadTooLargeError,
+    WorkflowFailedError,
+)
 from durable_core.fleet import FleetCache, FleetView
 from durable_core.plugins import workflow_signature
 
@@ -413,11 +418,17 @@ class Client:
 
         Raises:
             InvalidInputError: the reason is not valid Unicode text (a lone surrogate).
+            PayloadTooLargeError: the reason is larger than the payload limit.
         """
         try:
             failure = pb.Failure(type="AwakeableRejectedError", message=str(reason))
         except UnicodeEncodeError as e:
             raise InvalidInputError(f"the rejection reason is not valid text: {e}") from e
+        size = failure.ByteSize()
+        if size > self._t.payload_limit:
+            raise PayloadTooLargeError(
+                f"the rejection reason is {size} bytes; {self._t.payload_limit_text()}"
+            )
         await lifecycle.complete_awakeable(self._t, awakeable_id, None, failure)
 
     async def payload(self, ref: str) -> _payloads.Blob:

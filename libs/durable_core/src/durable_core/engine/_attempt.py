@@ -90,6 +90,7 @@ async def run_once(ex: Execution) -> Finish | Suspend | Block:
         attempt=ex.delivery.num_delivered,
         default_retry=wf.retry,
         payloads=ex.t.payloads,
+        payload_limit=ex.t.payload_limit,
     )
     ex.ctx = ctx
 

@@ -48,6 +48,7 @@ from durable_core.errors import (
     InvocationCancelledError,
     NatsUnavailableError,
     NonDeterminismError,
+    PayloadTooLargeError,
     PayloadUnavailableError,
     StepFailedError,
     StepTimeoutError,
@@ -89,8 +90,10 @@ class RunContext(Context):
         attempt: int = 1,
         default_retry: RetryPolicy | None = None,
         payloads: _payloads.PayloadStore | None = None,
+        payload_limit: int = 0,
     ) -> None:
         self._invocation_id = invocation_id
+        self._payload_limit = payload_limit  # of an inline value (a ctx.set): 0 for none
         self._workflow = workflow
         self._partition_key = partition_key
         self.steps = StepMachine(invocation_id, machine, start_time_ms, self._branch)
@@ -688,6 +691,15 @@ class RunContext(Context):
 
     async def set(self, key: str, value: Any) -> None:
         payload = _codec.encode(value)
+        size = payload.ByteSize()
+        if self._payload_limit and size > self._payload_limit:
+            # Journaled inline: larger, its entry failed to append, and the run was handed
+            # back and started again without end.
+            raise PayloadTooLargeError(
+                f"state {key!r} is {size} bytes; the limit of an inline value is "
+                f"{self._payload_limit} (store a large value with a step: its result goes to "
+                "the object store)"
+            )
         await self._state_step(pb.ENTRY_KIND_STATE_SET, key, payload)
         self.steps.put(key, payload)
 

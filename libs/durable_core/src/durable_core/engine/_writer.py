@@ -247,6 +247,7 @@ class JournalWriter:
                 self._held()
             msg_ids = []
             for n, item in enumerate(batch):
+                cut_failure(item)
                 item.index = len(self.entries) + 1 + n
                 item.writer = self.token
                 item.command_seq = self.delivery.command_seq  # whose run this is (see _hold)
@@ -344,3 +345,21 @@ class JournalWriter:
         if self.superseding and owner == self.superseding:
             return True
         return owner in (None, self.delivery.command_seq) or (owner == 0 and redelivered)
+
+
+# The most of an error's message an entry keeps (characters): an exception carrying a whole
+# HTTP body made an entry over the journal's limit, whose append failed on every run.
+FAILURE_MESSAGE_MAX = 8_000
+
+
+def cut_failure(entry: pb.JournalEntry) -> None:
+    """Shorten ``entry``'s failure message to ``FAILURE_MESSAGE_MAX`` characters (its head
+    and its tail, and how much was cut between them)."""
+    if not entry.HasField("failure"):
+        return
+    message = entry.failure.message
+    if len(message) <= FAILURE_MESSAGE_MAX:
+        return
+    keep = FAILURE_MESSAGE_MAX // 2
+    cut = len(message) - 2 * keep
+    entry.failure.message = f"{message[:keep]} … ({cut} characters cut) … {message[-keep:]}"
