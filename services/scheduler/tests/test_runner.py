@@ -463,7 +463,7 @@ async def test_a_failed_ack_of_a_dropped_tick_does_not_escape(
     await manual_schedule(t, "refused")
 
     async def refuse(*_: object, **__: object) -> str:
-        raise InvalidInputError("id taken by another workflow")
+        raise InvalidInputError("arguments the workflow does not take")
 
     scheduler.client.invoke_async = refuse  # type: ignore[method-assign]
     clock.now = fire(0)
@@ -500,3 +500,17 @@ async def test_the_loop_survives_a_failed_ack_of_a_malformed_tick(
     finally:
         s.stop()
         await asyncio.wait_for(loop, 5)
+
+
+async def test_a_tick_whose_id_another_workflow_has_is_dropped_not_retried(
+    transport: Transport, scheduler: Scheduler, clock: Clock
+) -> None:
+    """The invocation id a tick names is another workflow's: a ConflictError, as taken on
+    every try. The tick was handed back every second, for good."""
+    t = transport
+    await manual_schedule(t, "taken")
+    taken = iid("taken", 0)
+    await scheduler.client.invoke_async("some_other_workflow", id=taken, queue_unserved=True)
+    await handle(scheduler, clock, tick(t, "taken", 0), fire(0))
+    rec = await t.get_state(taken)
+    assert rec is not None and rec.state.workflow == "some_other_workflow"

@@ -173,7 +173,7 @@ class Scheduler:
         self.metrics.ticks.labels(tick.schedule).inc()
         try:
             await self._decide_and_start(tick.schedule, d, tick)
-        except InvalidInputError as e:
+        except (InvalidInputError, _Unstartable) as e:
             # Cannot succeed on another try either (e.g. the id belongs to another workflow).
             log.error("schedule %s: cannot start its invocation: %s", tick.schedule, e)
             with contextlib.suppress(Exception):
@@ -275,10 +275,20 @@ class Scheduler:
             # Idempotent by id: a tick handled twice starts the invocation once. Queued even
             # while no processor serves the workflow: the schedule was checked when created,
             # and a tick during a restart of the fleet must wait for it, not be lost.
-            await self.client.invoke_async(
-                schedule.workflow,
-                schedule.args,
-                id=invocation_id,
-                partition_key=schedule.partition_key,
-                queue_unserved=True,
-            )
+            try:
+                await self.client.invoke_async(
+                    schedule.workflow,
+                    schedule.args,
+                    id=invocation_id,
+                    partition_key=schedule.partition_key,
+                    queue_unserved=True,
+                )
+            except ConflictError as e:
+                # The id is another invocation's (another workflow's, or other arguments: the
+                # schedule changed since this tick started it): as taken on every try. Not
+                # the schedule record's conflicts (_decide_and_start), which are retried.
+                raise _Unstartable(str(e)) from e
+
+
+class _Unstartable(Exception):  # noqa: N818 - a verdict, caught by type
+    """A tick's invocation cannot be started, on this try or any other."""
