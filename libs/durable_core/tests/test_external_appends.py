@@ -4,14 +4,20 @@ follower's answer that lags behind it."""
 
 from __future__ import annotations
 
+import asyncio
+import uuid
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
+from durable_core import EngineConfig
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import JournalRecord, Transport
+from durable_core.config import NatsConfig
 from durable_core.engine._intake import _append_external
 from durable_core.errors import IllegalTransitionError
+from durable_core.testing import NatsServer
 
 
 def _resume_only_if_paused(records: list[JournalRecord], _: object) -> None:
@@ -86,3 +92,43 @@ async def test_a_blocked_invocation_is_refused_a_pause_until_a_processor_claims_
     await change(transport, "x-claimed", pb.ENTRY_KIND_PAUSE_REQUEST)
     kinds = [r.entry.kind for r in await transport.read_journal("x-claimed")]
     assert kinds[-1] == pb.ENTRY_KIND_PAUSE_REQUEST
+
+
+async def test_an_entry_already_there_is_found_in_a_round_that_refused(
+    server: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A signal sent again under its id (after the duplicate window): the first read, a
+    follower behind, shows the invocation failed and refuses; the leader's read shows only
+    the retry after it. The signal already there was in the refused round's entries only,
+    and was appended a second time."""
+    engine = EngineConfig(prefix="x" + uuid.uuid4().hex[:8], duplicate_window=timedelta(seconds=1))
+    transport = await Transport.connect(NatsConfig.from_url(server.url), engine, create=True)
+    try:
+        await _sent_again(transport, monkeypatch)
+    finally:
+        await transport.close()
+
+
+async def _sent_again(transport: Transport, monkeypatch: pytest.MonkeyPatch) -> None:
+    inv = "x-again"
+    signal = pb.JournalEntry(kind=pb.ENTRY_KIND_SIGNAL, name="go", writer="client")
+    await transport.append(inv, signal, 0, "sig:x-again:s1")
+    await asyncio.sleep(1.5)  # past the duplicate window: JetStream no longer drops it
+    failed = pb.JournalEntry(kind=pb.ENTRY_KIND_FAILED, index=2, writer="p")
+    await transport.append(inv, failed, 1, "f")
+    retry = pb.JournalEntry(kind=pb.ENTRY_KIND_RETRY_REQUEST, index=3, writer="client")
+    await transport.append(inv, retry, 2, "r")
+    real_read = transport.read_journal
+
+    async def read_journal(invocation_id: str, **kwargs: Any) -> list[JournalRecord]:
+        records = await real_read(invocation_id, **kwargs)
+        return records if kwargs.get("current") else records[:-1]  # a follower behind
+
+    def open_only(records: list[JournalRecord], machine: Any) -> None:
+        if machine.final is not None:
+            raise IllegalTransitionError("finished", "failed")
+
+    monkeypatch.setattr(transport, "read_journal", read_journal)
+    again = pb.JournalEntry(kind=pb.ENTRY_KIND_SIGNAL, name="go", writer="client", timestamp_ms=9)
+    assert await _append_external(transport, inv, again, "sig:x-again:s1", open_only) == 1
+    assert len(await real_read(inv)) == 3

@@ -238,12 +238,14 @@ async def _append_external(
     current = False  # read up to what the leader has (after a refusal)
     records: list[JournalRecord] = []
     machine = ReplayMachine(invocation_id)
+    by_msg_id: dict[str, int] = {}  # every entry read so far (a round that refused included)
     for _ in range(_APPEND_ROUNDS):
         after = records[-1].seq if records else 0
         fresh = await t.read_journal(invocation_id, min_seq=seen, current=current, start=after + 1)
         records.extend(fresh)
         for r in fresh:
             machine.record(r.entry)
+            by_msg_id.setdefault(r.msg_id, r.seq)
         ours = [r.seq for r in fresh if r.msg_id == msg_id and _same(r.entry, entry)]
         if ours:
             # This very entry landed (its answer lost, or "wrong last sequence" for a write
@@ -258,8 +260,8 @@ async def _append_external(
                 current = True  # decide again on the leader's journal
                 continue
         seen = max(seen, records[-1].seq + 1 if records else 1)  # after a conflict: newer
-        if any(r.msg_id == msg_id for r in fresh):
-            return next(r.seq for r in fresh if r.msg_id == msg_id)
+        if msg_id in by_msg_id:
+            return by_msg_id[msg_id]
         entry.index = len(records) + 1
         try:
             return await t.append(invocation_id, entry, records[-1].seq if records else 0, msg_id)
