@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import hashlib
 import json
@@ -182,6 +183,8 @@ def convert(value: Any, as_type: Any) -> Any:
             return base(**{k: convert(v, hints.get(k)) for k, v in value.items()})
         except (TypeError, ValueError) as e:  # ValueError: e.g. from its __post_init__
             raise InvalidInputError(f"cannot build {base.__name__}: {_excerpt(str(e))}") from e
+    if origin in (list, tuple, set, frozenset, dict) or _ABC.get(origin) is not None:
+        return _convert_items(value, as_type, _ABC.get(origin, origin))
     validate = getattr(base, "model_validate", None)
     if callable(validate):
         try:
@@ -204,6 +207,55 @@ def convert(value: Any, as_type: Any) -> Any:
         except OverflowError as e:  # an int beyond float range (JSON allows 10**400)
             raise InvalidInputError("expected float, got an integer beyond float range") from e
     return value
+
+
+# Abstract containers a hint may name, as the concrete type a value is built as.
+_ABC: dict[Any, type] = {
+    collections.abc.Sequence: list,
+    collections.abc.MutableSequence: list,
+    collections.abc.Set: frozenset,
+    collections.abc.MutableSet: set,
+    collections.abc.Mapping: dict,
+    collections.abc.MutableMapping: dict,
+}
+
+
+def _convert_items(value: Any, as_type: Any, kind: Any) -> Any:
+    """A JSON array or object converted item by item to a parametrised container type
+    (``list[Order]``, ``dict[str, Item]``, ``tuple[int, str]``): each item as its hint says,
+    which a one-level check handed over as plain dicts, or let through unchecked."""
+    args = typing.get_args(as_type)
+    if kind is dict:
+        if not isinstance(value, dict):
+            raise InvalidInputError(f"expected an object, got {type(value).__name__}")
+        # The keys as they are (JSON's are strings); each value as the hint says.
+        item_type = args[1] if len(args) == 2 else None
+        return {k: _item(v, item_type, repr(k)) for k, v in value.items()}
+    if not isinstance(value, list | tuple):
+        raise InvalidInputError(f"expected an array, got {type(value).__name__}")
+    if kind is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_item(v, args[0], str(i)) for i, v in enumerate(value))
+        if not args:
+            return tuple(value)
+        if len(args) != len(value):
+            raise InvalidInputError(f"expected {len(args)} items, got {len(value)}")
+        return tuple(_item(v, h, str(i)) for i, (v, h) in enumerate(zip(value, args, strict=True)))
+    item_type = args[0] if args else None
+    items = [_item(v, item_type, str(i)) for i, v in enumerate(value)]
+    if kind is list:
+        return items
+    try:
+        return kind(items)
+    except TypeError as e:  # an item that is not hashable (a dict in a set)
+        raise InvalidInputError(f"cannot build a {kind.__name__}: {e}") from e
+
+
+def _item(value: Any, as_type: Any, where: str) -> Any:
+    try:
+        return convert(value, as_type)
+    except InvalidInputError as e:
+        raise InvalidInputError(f"item {where}: {e}") from e
 
 
 def describe(payload: pb.Payload) -> str:

@@ -132,7 +132,7 @@ async def run_once(ex: Execution) -> Finish | Suspend | Block:
     try:
         while True:
             await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-            if not _suspending(ex, task, interrupted) or await _still_parked(ctx, task):
+            if not _suspending(ex, task, interrupted) or await ctx.still_parked(task):
                 break
             # Not a suspension after all: a branch went on (a step, or the workflow's end).
             # It parks again, or the run ends, in its own time.
@@ -186,11 +186,6 @@ async def run_once(ex: Execution) -> Finish | Suspend | Block:
     return await _outcome(ex, task, ctx)
 
 
-# Event loop turns in a row with no branch moving before a run whose steps all parked is
-# suspended (a branch's task ending and the code awaiting it going on take a turn each).
-_SETTLE_TURNS = 8
-
-
 def _suspending(ex: Execution, task: asyncio.Future[Any], interrupted: asyncio.Future[Any]) -> bool:
     """Whether the run was interrupted only because every step it has asked for parked."""
     return (
@@ -201,24 +196,6 @@ def _suspending(ex: Execution, task: asyncio.Future[Any], interrupted: asyncio.F
         and not ex.cancelling_run
         and ex.journal.stopped is None
     )
-
-
-async def _still_parked(ctx: RunContext, task: asyncio.Future[Any]) -> bool:
-    """Whether every step still waits once the tasks that were ready have run: the branch
-    that parked first is not the last to move. A wake-up's run replays a branch waiting for
-    a signal, which parks, while the branch whose timer woke it has yet to replay its sleep,
-    now due; suspended then, the run's wake-up was spent and the workflow waited for the
-    signal alone (a timer racing an approval never went off)."""
-    quiet, seen = 0, ctx.moves
-    while quiet < _SETTLE_TURNS:
-        await asyncio.sleep(0)
-        if task.done() or ctx.steps.suspension() is None:
-            return False
-        if ctx.moves != seen:
-            quiet, seen = 0, ctx.moves
-        else:
-            quiet += 1
-    return True
 
 
 async def halt(

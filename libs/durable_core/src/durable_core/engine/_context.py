@@ -60,6 +60,10 @@ from durable_core.retry import DEFAULT_RETRY, RetryPolicy
 
 __all__ = ["Journal", "RunContext"]
 
+# Event loop turns in a row with no branch moving before a run whose steps all parked is
+# suspended (a branch's task ending and the code awaiting it going on take a turn each).
+_SETTLE_TURNS = 8
+
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 T = TypeVar("T")
@@ -98,7 +102,7 @@ class RunContext(Context):
         self._partition_key = partition_key
         self.steps = StepMachine(invocation_id, machine, start_time_ms, self._branch)
         self._branches: dict[asyncio.Future[Any], Branch] = {}  # each task's branch
-        # Grows whenever a branch starts, ends, asks for a step or parks (see ``moves``).
+        # Grows whenever a branch starts, ends, asks for a step or parks (``still_parked``).
         self._moves = 0
         # The run's own trace context: what a step passes on (to a service, a child) unless
         # an interceptor (tracing) puts its own span's there; with tracing off, children and
@@ -143,12 +147,23 @@ class RunContext(Context):
         self._branches.pop(task, None)  # it asks for nothing more
         self._moves += 1
 
-    @property
-    def moves(self) -> int:
-        """A count that grows whenever a branch starts, ends, asks for a step or parks: the
-        engine suspends a run whose steps all parked only once it stops growing (a branch
-        may still be about to replay a step that needs no wait)."""
-        return self._moves
+    async def still_parked(self, task: asyncio.Future[Any]) -> bool:
+        """Whether every step still waits once the tasks that were ready have run (``task``
+        runs the workflow): the branch that parked first is not the last to move. A
+        wake-up's run replays a branch waiting for a signal, which parks, while the branch
+        whose timer woke it has yet to replay its sleep, now due; suspended then, the run's
+        wake-up was spent and the workflow waited for the signal alone (a timer racing an
+        approval never went off)."""
+        quiet, seen = 0, self._moves
+        while quiet < _SETTLE_TURNS:
+            await asyncio.sleep(0)
+            if task.done() or self.steps.suspension() is None:
+                return False
+            if self._moves != seen:
+                quiet, seen = 0, self._moves
+            else:
+                quiet += 1
+        return True
 
     def escaped(self, e: BaseException) -> tuple[int, ...]:
         """The steps whose failure the workflow let through, ending with ``e``: ``e``'s own

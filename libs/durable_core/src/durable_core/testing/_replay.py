@@ -45,6 +45,7 @@ from durable_core._journal import (
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core.engine._context import RunContext
 from durable_core.errors import ConfigError, InvalidInputError, TerminalError
+from durable_core.plugins import workflow_signature
 from durable_core.retry import RetryPolicy
 
 __all__ = [
@@ -299,6 +300,7 @@ async def replay_workflow(
     if arity == 1 and input is not _NO_INPUT:
         raise TypeError(f"{fn.__name__} takes no input, but replay_workflow was given one")
 
+    _, input_type, _ = workflow_signature(fn)
     entries = _numbered(journal)
     machine = _CountingMachine(invocation_id, entries)
     memory = _MemoryJournal(machine, next_index=len(entries) + 1)
@@ -322,15 +324,26 @@ async def replay_workflow(
         if arity == 2:
             if input is _NO_INPUT:
                 arg = None
-            else:  # as the engine hands it over (a file-like input becomes a Blob)
-                arg = await _payloads.load_value(None, await _payloads.store_value(None, input, ""))
+            else:  # as the engine hands it over: a file-like input becomes a Blob, and a
+                # value is converted to the declared type (a dict to its dataclass)
+                stored = await _payloads.store_value(None, input, "")
+                try:
+                    arg = await ctx._load(stored, input_type)
+                except InvalidInputError as e:
+                    raise TypeError(f"the input does not fit {fn.__name__}: {e}") from e
             return await fn(ctx, arg)
         return await fn(ctx)
 
     task = asyncio.ensure_future(body())
-    parked = asyncio.ensure_future(memory.suspended.wait())
-    await asyncio.wait({task, parked}, return_when=asyncio.FIRST_COMPLETED)
-    parked.cancel()
+    while True:
+        parked = asyncio.ensure_future(memory.suspended.wait())
+        await asyncio.wait({task, parked}, return_when=asyncio.FIRST_COMPLETED)
+        parked.cancel()
+        # As the engine: suspended only once no branch moves on (one may be about to replay
+        # a sleep that is due, beside one that parked first).
+        if task.done() or await ctx.still_parked(task):
+            break
+        memory.suspended.clear()
     if not task.done():  # every step parked: the engine would suspend here
         task.cancel()
         with contextlib.suppress(BaseException):

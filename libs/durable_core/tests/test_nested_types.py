@@ -1,0 +1,98 @@
+"""Typed inputs are converted and checked all the way down: ``list[Item]`` inside a dataclass
+was handed over as plain dicts (``order.items[0].sku`` failed in the workflow), and a
+``list[int]`` of strings was accepted at intake and failed the workflow later. The pure
+replayer hands a typed workflow the same value the engine does."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from durable_core import Context
+from durable_core._codec import convert
+from durable_core.errors import InvalidInputError
+from durable_core.testing import replay_workflow
+
+
+@dataclass
+class Item:
+    sku: str
+    qty: int
+
+
+@dataclass
+class Order:
+    id: str
+    items: list[Item]
+    tags: dict[str, int] | None = None
+
+
+async def total(ctx: Context, order: Order) -> int:
+    assert all(isinstance(i, Item) for i in order.items), order.items
+    return sum(i.qty for i in order.items)
+
+
+async def summed(ctx: Context, xs: list[int]) -> int:
+    return sum(xs)
+
+
+def test_nested_containers_are_converted_and_checked() -> None:
+    order = convert({"id": "o", "items": [{"sku": "a", "qty": 2}], "tags": {"x": 1}}, Order)
+    assert order == Order("o", [Item("a", 2)], {"x": 1})
+    assert convert([[1, "a"]], list[tuple[int, str]]) == [(1, "a")]
+    assert convert(["a", "b"], set[str]) == {"a", "b"}
+    for bad, hint, where in [
+        ({"id": "o", "items": [{"bogus": 1}]}, Order, "item 0: Item has no field"),
+        (["a"], list[int], "item 0: expected int"),
+        ({"x": "y"}, dict[str, int], "item 'x': expected int"),
+        ([1], tuple[int, int], "expected 2 items"),
+        ({"id": "o", "items": {"sku": "a"}}, Order, "expected an array"),
+    ]:
+        with pytest.raises(InvalidInputError, match=where):
+            convert(bad, hint)
+
+
+async def test_a_nested_typed_input_reaches_the_workflow_as_its_types(
+    local_engine: Callable[..., Any],
+) -> None:
+    async with local_engine(total, summed) as (client, _):
+        raw = {"id": "o1", "items": [{"sku": "a", "qty": 2}, {"sku": "b", "qty": 3}]}
+        assert (await client.invoke(total, raw, timeout=20)).output == 5
+        built = Order("o2", [Item("x", 1)])
+        assert (await client.invoke(total, built, timeout=20)).output == 1
+        with pytest.raises(InvalidInputError, match="item 1: expected int"):
+            await client.invoke(summed, [1, "b"], timeout=20)  # refused before it is sent
+        with pytest.raises(InvalidInputError, match="Item has no field"):
+            await client.invoke(total, {"id": "o", "items": [{"bogus": 1}]}, timeout=20)
+
+
+async def test_the_replayer_hands_a_typed_workflow_its_types() -> None:
+    run = await replay_workflow(total, {"id": "o", "items": [{"sku": "a", "qty": 4}]})
+    assert run.output == 4
+    with pytest.raises(TypeError, match="does not fit total"):
+        await replay_workflow(total, {"id": "o", "nope": 1})
+
+
+async def approval(ctx: Context, secs: float) -> str:
+    sig = asyncio.create_task(ctx.wait_for_signal("approve"))
+    timer = asyncio.create_task(ctx.sleep(timedelta(seconds=secs)))
+    done, _ = await asyncio.wait({sig, timer}, return_when=asyncio.FIRST_COMPLETED)
+    return "approved" if sig in done else "timed out"
+
+
+async def test_the_replayer_runs_a_branch_whose_timer_is_due_beside_one_that_parked() -> None:
+    """As the engine: the run was declared suspended when the signal's branch parked, before
+    the timer's branch had replayed its sleep, due by then."""
+    from durable_core._pb.durable.v1 import durable_pb2 as pb
+
+    wait = pb.JournalEntry(kind=pb.ENTRY_KIND_SIGNAL_WAIT, step=1, name="approve")
+    wait.branch, wait.branch_step = "1", 1
+    sleep = pb.JournalEntry(kind=pb.ENTRY_KIND_SLEEP, step=2, name="sleep", wake_at_ms=1)
+    sleep.branch, sleep.branch_step = "2", 1
+    run = await replay_workflow(approval, 60.0, journal=[wait, sleep])
+    assert run.output == "timed out", run
