@@ -65,3 +65,18 @@ async def test_a_branch_that_sleeps_goes_on_while_another_waits(
             await asyncio.sleep(0.1)
         await client.signal(inv, "go", 1)
         assert (await client.wait(inv, timeout=15)).output == ["x", 1]
+
+
+async def test_a_wait_that_times_out_names_the_invocation(
+    local_engine: Callable[..., Any],
+) -> None:
+    """Without an id of the caller's own, the id was only in the error's text."""
+    from durable_core.errors import InvocationTimeoutError
+
+    async with local_engine(approval) as (client, _):
+        with pytest.raises(InvocationTimeoutError) as caught:
+            await client.invoke("approval", 60.0, timeout=1)
+        inv = caught.value.invocation_id
+        assert inv and (await client.describe(inv)).status == "suspended"
+        await client.signal(inv, "approve", 1)
+        assert (await client.wait(inv, timeout=15)).output == "approved"

@@ -353,7 +353,16 @@ class WorkflowFailedError(DurableError):
 
 
 class InvocationTimeoutError(DurableError, TimeoutError):
-    """Waiting for an invocation's result took longer than allowed. It keeps running."""
+    """Waiting for an invocation's result took longer than allowed. It keeps running.
+
+    Attributes:
+        invocation_id: The invocation waited for ("" when not known): ``client.wait`` it
+            again, or follow it with ``durable status``.
+    """
+
+    def __init__(self, message: str, invocation_id: str = "") -> None:
+        super().__init__(message)
+        self.invocation_id = invocation_id
 
 
 class NatsUnavailableError(DurableError, ConnectionError):

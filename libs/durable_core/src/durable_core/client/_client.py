@@ -570,7 +570,8 @@ class Client:
                     await self._stored_state(invocation_id, events)
                 raise InvocationTimeoutError(
                     f"invocation {invocation_id} is still {Status.from_pb(state.status)} after "
-                    f"{seconds:.1f}s; it keeps running: `durable status {invocation_id}`"
+                    f"{seconds:.1f}s; it keeps running: `durable status {invocation_id}`",
+                    invocation_id,
                 )
             try:
                 state, entries = await events.next_with_journal(timeout=min(left, events.poll))
