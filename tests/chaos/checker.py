@@ -79,7 +79,13 @@ from chaos_workflows import (
     reckless_order,
 )
 from durable_core import _codec
-from durable_core._journal import EXTERNAL_KINDS, PROCESSOR_KINDS, STEP_KINDS
+from durable_core._journal import (
+    EXTERNAL_KINDS,
+    PROCESSOR_KINDS,
+    STEP_KINDS,
+    copied_by_fork,
+    copy_source,
+)
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import Transport
 from durable_core.errors import NonDeterminismError
@@ -745,17 +751,16 @@ def expected_ids(obs: Observation) -> dict[str, Expected]:
 
 
 def _abandoned_forks(obs: Observation, expected: Mapping[str, Expected]) -> set[str]:
-    """Journals of nothing but steps copied from a forked source, with no state: a fork call
-    that raised before it submitted its fork (nothing runs them; the caller got an error)."""
+    """Journals of nothing but a fork's copies (its FORKED entry, steps copied from a forked
+    source), with no state: a fork call that raised before it submitted its fork (nothing
+    runs them; the caller got an error)."""
     return {
         iid
         for iid, journal in obs.journals.items()
         if iid not in expected
         and iid not in obs.states
         and journal
-        and all(
-            is_copy(e) and e.entry.writer.removeprefix("fork:") in obs.fork_from for e in journal
-        )
+        and all(copied_by_fork(e.entry) and copy_source(e.entry) in obs.fork_from for e in journal)
     }
 
 

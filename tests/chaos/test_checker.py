@@ -852,7 +852,11 @@ def test_a_fork_nobody_heard_of_is_checked_and_its_key_left_unchecked() -> None:
     assert report.keys_checked == 0
 
     # A fork call that raised after copying, before submitting: copies with no state.
-    obs.journals["g"] = [Entry(1, T0, copy.deepcopy(obs.journals["f"][0].entry))]
+    forked_entry = pb.JournalEntry(kind=pb.ENTRY_KIND_FORKED, name="s", writer="fork-outcome:s")
+    obs.journals["g"] = [
+        Entry(1, T0, forked_entry),
+        Entry(2, T0, copy.deepcopy(obs.journals["f"][0].entry)),
+    ]
     report = check(obs)
     assert (report.unexpected, report.abandoned_forks) == ([], 1)
     obs.fork_from.clear()  # not a source the workload forked: unexpected

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from durable_core import Context
+from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core.errors import ConflictError, NatsUnavailableError
 from durable_core.testing import assert_eventually_async
 
@@ -36,7 +37,8 @@ async def test_a_fork_with_an_id_is_made_once(local_engine: Callable[..., Any]) 
         # The same call again: the same fork, nothing run again.
         assert await client.fork("src", from_step=3, id="f1") == "f1"
         assert RUNS["f1:three"] == 1 and RUNS["f1:one"] == 0 and RUNS["f1:two"] == 0
-        assert [r.entry.writer for r in await client._t.read_journal("f1")][:2] == [
+        assert [r.entry.writer for r in await client._t.read_journal("f1")][:3] == [
+            "fork-outcome:src",  # the FORKED entry: source and from_step
             "fork:src",
             "fork:src",
         ]
@@ -115,8 +117,8 @@ async def test_two_forks_of_other_sources_under_one_id_never_mix_their_copies(
         monkeypatch.setattr(_lifecycle, "_copied", read_before_the_first)
         with pytest.raises(ConflictError, match="same time"):
             await client.fork("src-b", from_step=3, id="mixed")
-        writers = [r.entry.writer for r in await t.read_journal("mixed")]
-        assert writers == ["fork:src-a"]
+        entries = [r.entry for r in await t.read_journal("mixed")]
+        assert [(e.kind, e.name) for e in entries] == [(pb.ENTRY_KIND_FORKED, "src-a")]
         assert await t.get_state("mixed") is None
 
 
@@ -150,3 +152,21 @@ async def test_a_fork_waiting_for_its_turn_is_pending_and_pauses(
 
 async def _status_is(client: Any, invocation_id: str, status: str) -> bool:
     return bool((await client.get_result(invocation_id)).status.value == status)
+
+
+async def test_a_fork_from_a_later_step_never_goes_on_from_an_earlier_ones_copies(
+    local_engine: Callable[..., Any], appends_cut_after: Callable[..., Any]
+) -> None:
+    """A call from step 3 had copied step 1 and not submitted yet: a call from step 4 under
+    the same id found those copies a prefix of its own, added steps 2 and 3 after them, and
+    whichever submitted first got a fork that replayed steps the other had asked to run."""
+    async with local_engine(three_steps) as (client, t):
+        await client.invoke("three_steps", 9, id="src9", timeout=30)
+        with appends_cut_after(client, 2), pytest.raises(NatsUnavailableError):
+            await client.fork("src9", from_step=3, id="f9")  # FORKED and step 1, not step 2
+        with pytest.raises(ConflictError, match="copies other steps"):
+            await client.fork("src9", from_step=4, id="f9")
+        assert len(await t.read_journal("f9")) == 2
+        assert await client.fork("src9", from_step=3, id="f9") == "f9"  # the first, finished
+        assert (await client.wait("f9", timeout=30)).output == [9, 9, 9]
+        assert RUNS["f9:three"] == 1 and RUNS["f9:one"] == RUNS["f9:two"] == 0

@@ -177,9 +177,14 @@ async def test_a_fork_replays_an_awakeable_a_signal_and_a_child_and_runs_only_th
         assert [s.copied_from for s in view.steps] == ["w-src"] * 5 + ["", ""]
         # durable status shows the copied waits done (the awakeable's under the fork's id).
         assert [str(s.state) for s in view.steps] == ["completed"] * 7, view.steps
-        # The copies: the five steps, then what their waits took, in the source's order.
-        copies = [r.entry for r in await t.read_journal("w-fork")][:8]
-        assert [(e.kind, e.name) for e in copies[5:]] == [
+        # The FORKED entry, the five steps, then what their waits took, in the source's order.
+        copies = [r.entry for r in await t.read_journal("w-fork")][:9]
+        assert (copies[0].kind, copies[0].name, copies[0].step) == (
+            pb.ENTRY_KIND_FORKED,
+            "w-src",
+            6,
+        )
+        assert [(e.kind, e.name) for e in copies[6:]] == [
             (pb.ENTRY_KIND_AWAKEABLE_RESULT, "awk.w-fork.1"),
             (pb.ENTRY_KIND_SIGNAL, "go"),
             (pb.ENTRY_KIND_CHILD_RESULT, "w-src-5"),

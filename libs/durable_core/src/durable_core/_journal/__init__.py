@@ -15,6 +15,7 @@ from durable_core._journal.forks import (
     awakeable_asked,
     copied_by_fork,
     copied_step_of,
+    copy_source,
     outcome_writer,
     step_writer,
 )
@@ -74,6 +75,7 @@ __all__ = [
     "code_of",
     "copied_by_fork",
     "copied_step_of",
+    "copy_source",
     "describe",
     "kind_name",
     "outcome_writer",

@@ -1,8 +1,9 @@
 """Which entries of a journal a fork copied from its source, and what they ask for.
 
-A fork's journal starts with copies: its source's steps before ``from_step`` (writer
-``fork:<source>``), then what their waits took and the ``patched()`` markers before them
-(writer ``fork-outcome:<source>``). Neither is a run of the fork's own. This module is the
+A fork's journal starts with a FORKED entry naming its source and ``from_step``, then
+copies: its source's steps before ``from_step`` (writer ``fork:<source>``), then what their
+waits took and the ``patched()`` markers before them (writer ``fork-outcome:<source>``, as
+the FORKED entry's). Neither is a run of the fork's own. This module is the
 only place that knows how a copy is marked.
 """
 
@@ -12,6 +13,7 @@ from durable_core._pb.durable.v1 import durable_pb2 as pb
 
 __all__ = [
     "awakeable_asked",
+    "copy_source",
     "copied_by_fork",
     "copied_step_of",
     "outcome_writer",
@@ -35,6 +37,14 @@ def outcome_writer(source: str) -> str:
 def copied_step_of(entry: pb.JournalEntry) -> str:
     """The invocation whose step ``entry`` is a fork's copy of ("" if it is none)."""
     return entry.writer.removeprefix(_STEP) if entry.writer.startswith(_STEP) else ""
+
+
+def copy_source(entry: pb.JournalEntry) -> str:
+    """The invocation a fork copied ``entry`` from, whatever it is ("" if none)."""
+    for prefix in (_STEP, _OUTCOME):
+        if entry.writer.startswith(prefix):
+            return entry.writer.removeprefix(prefix)
+    return ""
 
 
 def copied_by_fork(entry: pb.JournalEntry) -> bool:

@@ -493,7 +493,18 @@ async def fork(t: Transport, invocation_id: str, from_step: int, new_id: str | N
     # The steps, then what their waits took (a wait finds it by name, wherever it stands).
     taken = _outcomes(invocation_id, ordered, [r.entry for r in records])
     await _check_children(t, invocation_id, ordered, taken)
-    copies = [_fork_copy(invocation_id, i, e) for i, e in enumerate(ordered, start=1)]
+    # First the FORKED entry: two calls under one id that would copy other steps (another
+    # source, another from_step) meet on it whatever their copies, even when one call's are
+    # a prefix of the other's, or it has none. Written as a copy of the source's.
+    forked = pb.JournalEntry(
+        kind=pb.ENTRY_KIND_FORKED,
+        index=1,
+        name=invocation_id,
+        step=from_step,
+        writer=outcome_writer(invocation_id),
+    )
+    copies = [forked]
+    copies += [_fork_copy(invocation_id, i, e) for i, e in enumerate(ordered, start=2)]
     for index, entry in enumerate(taken, start=len(copies) + 1):
         copies.append(_outcome_copy(invocation_id, new_id, index, entry))
     last, done = 0, 0

@@ -47,6 +47,7 @@ class EntryKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ENTRY_KIND_RESUME_REQUEST: _ClassVar[EntryKind]
     ENTRY_KIND_CANCEL_REQUEST: _ClassVar[EntryKind]
     ENTRY_KIND_RETRY_REQUEST: _ClassVar[EntryKind]
+    ENTRY_KIND_FORKED: _ClassVar[EntryKind]
 
 class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -91,6 +92,7 @@ ENTRY_KIND_PAUSE_REQUEST: EntryKind
 ENTRY_KIND_RESUME_REQUEST: EntryKind
 ENTRY_KIND_CANCEL_REQUEST: EntryKind
 ENTRY_KIND_RETRY_REQUEST: EntryKind
+ENTRY_KIND_FORKED: EntryKind
 STATUS_UNSPECIFIED: Status
 STATUS_PENDING: Status
 STATUS_RUNNING: Status
