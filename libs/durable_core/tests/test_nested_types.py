@@ -96,3 +96,27 @@ async def test_the_replayer_runs_a_branch_whose_timer_is_due_beside_one_that_par
     sleep.branch, sleep.branch_step = "2", 1
     run = await replay_workflow(approval, 60.0, journal=[wait, sleep])
     assert run.output == "timed out", run
+
+
+async def items_back(ctx: Context, xs: list[Item]) -> list[Item]:
+    assert all(isinstance(x, Item) for x in xs)
+    return xs
+
+
+async def tags_back(ctx: Context, tags: set[str]) -> set[str]:
+    assert isinstance(tags, set)
+    return tags
+
+
+async def test_a_container_of_typed_items_goes_in_and_comes_back(
+    local_engine: Callable[..., Any],
+) -> None:
+    """Converted item by item, the input held Items the client could not encode, and the
+    workflow could not return."""
+    async with local_engine(items_back, tags_back) as (client, _):
+        out = await client.invoke(items_back, [{"sku": "a", "qty": 1}], timeout=20)
+        assert out.output == [Item("a", 1)]
+        assert (await client.invoke(items_back, [Item("b", 2)], timeout=20)).output == [
+            Item("b", 2)
+        ]
+        assert (await client.invoke(tags_back, ["y", "x"], timeout=20)).output == {"x", "y"}

@@ -80,3 +80,57 @@ async def test_a_wait_that_times_out_names_the_invocation(
         assert inv and (await client.describe(inv)).status == "suspended"
         await client.signal(inv, "approve", 1)
         assert (await client.wait(inv, timeout=15)).output == "approved"
+
+
+async def short_and_long_sleeps(ctx: Context, long_s: float) -> str:
+    await asyncio.gather(ctx.sleep(timedelta(seconds=0.3)), ctx.sleep(timedelta(seconds=long_s)))
+    return "woke"
+
+
+async def signal_beside_a_short_sleep(ctx: Context) -> Any:
+    got, _ = await asyncio.gather(ctx.wait_for_signal("go"), ctx.sleep(timedelta(seconds=1)))
+    return got
+
+
+async def steps_beside_a_waiter(ctx: Context) -> Any:
+    approval = asyncio.create_task(ctx.wait_for_signal("approve"))
+    await ctx.run("prepare", lambda: "p")
+    await ctx.run("send_email", lambda: RAN.append(f"{ctx.invocation_id}:email") or "sent")
+    return await approval
+
+
+async def test_a_timer_parked_beside_an_in_process_one_is_armed(
+    local_engine: Callable[..., Any],
+) -> None:
+    """The in-process timer counted as executing, so the long one's park asked for no
+    suspension, and when the short one ended nothing asked either: the run stayed in memory
+    and the long timer was never armed."""
+    async with local_engine(short_and_long_sleeps) as (client, _):
+        result = await client.invoke("short_and_long_sleeps", 3.0, timeout=15)
+        assert result.output == "woke"
+
+
+async def test_a_signal_sent_during_an_in_process_timer_is_seen(
+    local_engine: Callable[..., Any],
+) -> None:
+    async with local_engine(signal_beside_a_short_sleep) as (client, _):
+        inv = await client.invoke_async("signal_beside_a_short_sleep")
+        await asyncio.sleep(0.3)
+        await client.signal(inv, "go", "now")
+        assert (await client.wait(inv, timeout=15)).output == "now"
+
+
+async def test_a_branch_flushing_its_last_outcome_is_not_suspended_before_its_next_step(
+    local_engine: Callable[..., Any],
+) -> None:
+    """The signal's branch parked; the root then wrote "prepare"'s deferred outcome before
+    asking for "send_email", counted as nothing, and the run was suspended meanwhile:
+    "send_email" never ran, though the approval may be what it asks for."""
+    async with local_engine(steps_beside_a_waiter) as (client, _):
+        inv = await client.invoke_async("steps_beside_a_waiter")
+        deadline = time.monotonic() + 10
+        while f"{inv}:email" not in RAN:
+            assert time.monotonic() < deadline, (await client.describe(inv)).steps
+            await asyncio.sleep(0.1)
+        await client.signal(inv, "approve", "yes")
+        assert (await client.wait(inv, timeout=15)).output == "yes"

@@ -33,8 +33,9 @@ def encode(value: Any) -> pb.Payload:
     if isinstance(value, bytes | bytearray | memoryview):
         return pb.Payload(encoding=pb.ENCODING_BYTES, data=bytes(value))
     try:
-        value = to_jsonable(value)
-        data = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        data = json.dumps(
+            value, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_jsonable
+        )
     except InvalidInputError:
         raise
     except RecursionError as e:
@@ -117,7 +118,22 @@ def _excerpt(text: str, limit: int = 200) -> str:
 
 
 def to_jsonable(value: Any) -> Any:
-    """Dataclasses and pydantic models as plain JSON values; anything else unchanged."""
+    """``value`` as plain JSON values, at any depth: dataclasses and pydantic models as
+    objects, tuples and sets as arrays (a set's items in order, when they have one);
+    anything else unchanged (and refused when it is stored)."""
+    if isinstance(value, dict):
+        return {k: to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    converted = _jsonable(value, strict=False)
+    return value if converted is value else to_jsonable(converted)
+
+
+def _jsonable(value: Any, *, strict: bool = True) -> Any:
+    """What JSON stores for a value it does not take as it is (``json.dumps``'s ``default``,
+    called for such values at any depth): a dataclass's fields, a pydantic model's dump, a
+    set's items (sorted when they can be: a step's input hash must not depend on the
+    order a set iterates in). Anything else: TypeError when ``strict``, else itself."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         try:
             return dataclasses.asdict(value)
@@ -128,6 +144,13 @@ def to_jsonable(value: Any) -> Any:
     dump = getattr(value, "model_dump", None)
     if callable(dump) and not isinstance(value, type):
         return dump(mode="json")
+    if isinstance(value, set | frozenset):
+        try:
+            return sorted(value)
+        except TypeError:
+            return list(value)
+    if strict:
+        raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
     return value
 
 
@@ -172,6 +195,8 @@ def convert(value: Any, as_type: Any) -> Any:
             raise InvalidInputError(f"expected a {base.DESCRIPTOR.full_name}, got {got}")
         return value
     if dataclasses.is_dataclass(base) and isinstance(base, type):
+        if isinstance(value, base):
+            return value  # built already (an item of a container handed over as it is)
         if not isinstance(value, dict):
             raise InvalidInputError(f"expected an object for {base.__name__}, got {value!r:.80}")
         hints = typing.get_type_hints(base)

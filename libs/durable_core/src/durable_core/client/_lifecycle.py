@@ -673,15 +673,16 @@ async def _copied(
     ):
         made = rec.state.fork_from_step if rec.state.forked_from == source else 0
         raise _taken(new_id, "fork", source, f"a fork from step {made}" if made else "")
+    if rec is not None:
+        # Submitted, as asked (its state names its source and from_step; its FORKED entry
+        # kept any other call's copies out): that fork. A fork made before forks recorded
+        # their from_step is taken as it is too (its copies have no FORKED entry to match).
+        return 0, -1
     have = await t.read_journal(new_id, current=True)
     mine = (step_writer(source), outcome_writer(source))  # copied steps and outcomes
     held = [r for r in have if r.entry.writer in mine]
     if have[: len(held)] != held or [r.entry for r in held] != copies[: len(held)]:
         raise _taken(new_id, "fork", source, "copies other steps")
-    if rec is not None:
-        # Submitted: what it copied is a prefix of what a fork would copy now (the source
-        # may have taken a signal or a resolution since, which lands at the list's end).
-        return 0, -1
     if len(have) != len(held):
         raise _taken(new_id, "fork", source)
     return (have[-1].seq if have else 0), len(held)

@@ -361,11 +361,11 @@ class RunContext(Context):
         """The value of a recorded payload as workflow code gets it: a stored one is read
         from the object store only now, when it is handed to the workflow (a Blob not even
         then: only when the workflow reads it)."""
-        with self._engine_errors():
+        with self._engine_errors(), self._executing():
             return await _payloads.load_value(self._payloads, payload, as_type)
 
     async def _resolved(self, payload: pb.Payload) -> pb.Payload:
-        with self._engine_errors():
+        with self._engine_errors(), self._executing():
             return await _payloads.resolved(self._payloads, payload)
 
     async def _stored(self, value: Any) -> pb.Payload:
@@ -409,8 +409,11 @@ class RunContext(Context):
         # in a run that executes, and a sibling asking meanwhile would take this one's place.
         self._branch()
         self._moves += 1
-        # The outcome of the step before is journaled before this one is even decided.
-        await self._journal.settle()
+        # The outcome of the step before is journaled before this one is even decided (a
+        # write: the branch counts as executing meanwhile, or a sibling that parked would
+        # have the run suspended before this step was asked for).
+        with self._executing():
+            await self._journal.settle()
         if self.payload_error is not None:
             # A stored value could not be read back and the workflow went on: no more steps.
             raise EngineFailure(self.payload_error)
@@ -424,7 +427,8 @@ class RunContext(Context):
         self._journal.check_step()
         boundary = self.steps.before_executing(kind, decision.step, name, digest, _wall_ms())
         if isinstance(boundary, DeliverCancel):
-            await self._append(boundary.entry)
+            with self._executing():
+                await self._append(boundary.entry)
             raise InvocationCancelledError(self._invocation_id)
         if isinstance(boundary, Park):
             await self._park(boundary.wait)
@@ -568,25 +572,27 @@ class RunContext(Context):
         with self._step_code():
             return await chain_steps(self._interceptors, record)(inp)  # type: ignore[no-any-return]
 
-    async def _journal_counted(
-        self, kind_name: str, entry: pb.JournalEntry, *, suspend_after: bool = False
-    ) -> None:
+    async def _journal_counted(self, kind_name: str, entry: pb.JournalEntry) -> None:
         """Journal a step that records its outcome at once (counted as executing meanwhile)."""
-        with self._executing(suspend_after=suspend_after):
+        with self._executing():
             await self._intercepted(
                 kind_name, entry.step, entry.name, lambda _: self._append(entry)
             )
 
     @contextlib.contextmanager
-    def _executing(self, *, suspend_after: bool = True) -> Iterator[None]:
-        """A step runs or journals meanwhile: the run may not suspend; after it, it may."""
+    def _executing(self) -> Iterator[None]:
+        """A step runs or journals, or the engine reads or writes for the branch (a deferred
+        outcome's flush, a stored value's read), or an in-process timer runs: the run may
+        not suspend meanwhile; after it, it may (asked every time: a request too early is
+        harmless, since the engine suspends only once no branch moves, see
+        ``still_parked``; one never made left a sibling's parked wait with no timer armed,
+        or a signal that arrived meanwhile unseen)."""
         self.steps.executing += 1
         try:
             yield
         finally:
             self.steps.executing -= 1
-            if suspend_after:
-                self._maybe_suspend()
+            self._maybe_suspend()
 
     # -- waiting ---------------------------------------------------------------------------
 
@@ -617,7 +623,8 @@ class RunContext(Context):
 
     async def _deliver(self, cancel: DeliverCancel) -> InvocationCancelledError:
         """Record that the cancellation was raised at a waiting step, for replays."""
-        await self._append(cancel.entry)
+        with self._executing():
+            await self._append(cancel.entry)
         return InvocationCancelledError(self._invocation_id)
 
     async def _journal_wait(
@@ -672,7 +679,7 @@ class RunContext(Context):
             if isinstance(timer, SleepFor):
                 # Counted as executing: a sibling branch that parks meanwhile must not suspend
                 # the run (this timer has no server-side wake-up; it would never go off).
-                with self._executing(suspend_after=False):
+                with self._executing():
                     await asyncio.sleep(timer.seconds)
                 continue
             await self._park(timer.wait)
@@ -706,15 +713,6 @@ class RunContext(Context):
 
     async def set(self, key: str, value: Any) -> None:
         payload = _codec.encode(value)
-        size = payload.ByteSize()
-        if self._payload_limit and size > self._payload_limit:
-            # Journaled inline: larger, its entry failed to append, and the run was handed
-            # back and started again without end.
-            raise PayloadTooLargeError(
-                f"state {key!r} is {size} bytes; the limit of an inline value is "
-                f"{self._payload_limit} (store a large value with a step: its result goes to "
-                "the object store)"
-            )
         await self._state_step(pb.ENTRY_KIND_STATE_SET, key, payload)
         self.steps.put(key, payload)
 
@@ -728,6 +726,16 @@ class RunContext(Context):
         digest = _codec.input_hash(payload.SerializeToString(deterministic=True))
         decision = await self._decide(kind, key, digest)
         if isinstance(decision, Execute):
+            size = payload.ByteSize()
+            if self._payload_limit and size > self._payload_limit:
+                # Journaled inline: larger, its entry failed to append, and the run was
+                # handed back and started again without end. (A replay never checks: a value
+                # journaled under another limit stays as it was.)
+                raise PayloadTooLargeError(
+                    f"state {key!r} is {size} bytes; the limit of an inline value is "
+                    f"{self._payload_limit} (store a large value with a step: its result goes "
+                    "to the object store)"
+                )
             entry = pb.JournalEntry(
                 kind=kind,
                 step=decision.step,
@@ -736,7 +744,7 @@ class RunContext(Context):
                 output=payload,
                 timestamp_ms=_wall_ms(),
             )
-            await self._journal_counted("state", entry, suspend_after=True)
+            await self._journal_counted("state", entry)
 
     # -- other invocations -----------------------------------------------------------------
 
