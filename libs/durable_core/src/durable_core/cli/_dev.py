@@ -24,6 +24,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import IO
 
+from durable_core._children import die_with_parent
 from durable_core.client import Client
 from durable_core.errors import ConfigError, DurableError
 from durable_core.testing import NatsServer, free_port
@@ -53,11 +54,15 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: flo
 def check_ports(ports: dict[str, tuple[int, str]]) -> None:
     """ConfigError naming the first port that something else already listens on.
 
-    A probe bind without SO_REUSEPORT fails on a port any other socket holds, so a taken gRPC
-    port is noticed too (the service itself binds with SO_REUSEPORT and would share it).
+    A probe bind without SO_REUSEPORT fails on a port any other socket listens on, so a taken
+    gRPC port is noticed too (the service itself binds with SO_REUSEPORT and would share it).
+    It binds with SO_REUSEADDR, as the servers do: a port whose last connections are in
+    TIME_WAIT (for a minute after the stack stopped, or was killed) is free to them, and a
+    plain bind refused the restart all that minute.
     """
     for what, (port, flag) in ports.items():
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind(("127.0.0.1", port))
             except OSError:
@@ -105,6 +110,7 @@ class LocalStack:
             name="durable-dev",
             work_dir=data_dir,
             sync_always=fsync,
+            die_with_parent=True,
         )
         self.grpc_port = grpc_port
         self.inspector_port = inspector_port
@@ -124,6 +130,7 @@ class LocalStack:
             stdout=self.log,
             stderr=subprocess.STDOUT if self.log else None,
             start_new_session=True,  # Ctrl-C reaches us; we stop the children in order
+            preexec_fn=die_with_parent(),  # and a `kill -9` of us stops them too
         )
         self.procs.append((what, proc))
         return proc
@@ -178,10 +185,12 @@ class LocalStack:
         return f"http://127.0.0.1:{self.inspector_port}"
 
     def stop(self) -> None:
-        for _, proc in reversed(self.procs):
+        """Stop the children one after the other, the last started first: the processor
+        drains its runs while the service they call is still up (stopped together, its
+        in-flight calls failed attempts against a service already gone), NATS last."""
+        for what, proc in reversed(self.procs):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        for what, proc in reversed(self.procs):
             try:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:

@@ -23,6 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from durable_core._children import die_with_parent
 from durable_core.testing._binary import find_nats_server_binary
 from durable_core.testing._probe import free_ports, healthy, poll
 
@@ -165,6 +166,8 @@ class NatsServer:
         startup_timeout: How long :meth:`start` waits for the server to become healthy.
         sync_always: fsync every JetStream write before acknowledging it (what a single node
             needs to keep acknowledged data through a power cut; much slower).
+        die_with_parent: the server gets SIGTERM when the process that started it dies,
+            however it dies (Linux; ``durable dev``).
     """
 
     def __init__(
@@ -187,7 +190,9 @@ class NatsServer:
         binary: str | None = None,
         startup_timeout: timedelta = timedelta(seconds=15),
         sync_always: bool = False,
+        die_with_parent: bool = False,
     ) -> None:
+        self._die_with_parent = die_with_parent
         wanted = [port, http_port] + ([cluster_port] if cluster_name else [])
         spare = iter(free_ports(sum(p is None for p in wanted), host))
         self._name = name
@@ -326,6 +331,7 @@ class NatsServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=die_with_parent() if self._die_with_parent else None,
             )
         self._paused = False
         with _LIVE_LOCK:
