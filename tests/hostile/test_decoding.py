@@ -324,7 +324,7 @@ def test_encode_json_values_round_trip_or_invalid_input(value: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    "value", [object(), {1, 2}, {"k": object()}, float("nan"), [float("inf")], {(1, 2): 3}]
+    "value", [object(), 1j, {"k": object()}, float("nan"), [float("inf")], {(1, 2): 3}]
 )
 def test_encode_non_json_values_is_invalid_input(value: Any) -> None:
     with pytest.raises(InvalidInputError, match="cannot store a value"):

@@ -204,7 +204,7 @@ async def test_unknown_workflow_is_refused_at_every_intake_unless_queued(
     assert "hello_workflow" in cp.stderr
     cp = await asyncio.to_thread(
         stack.cli, "schedule", "create", "refused-cli", "--workflow", "order_processing",
-        "--every", "1h",
+        "--every", "1h", "--args", json.dumps(args),
     )  # fmt: skip
     assert cp.returncode == 2, (cp.returncode, cp.stdout, cp.stderr)
     assert "no live processor serves" in cp.stderr
