@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -169,3 +170,38 @@ async def test_a_deferred_outcome_is_journaled_while_the_workflow_awaits_somethi
         await assert_eventually_async(step_journaled, 10, "step a's outcome in the journal")
         seen.set()
         assert (await client.wait(inv, timeout=20)).output == "a"
+
+
+async def test_a_rerun_never_runs_again_the_step_whose_outcome_was_still_deferred(
+    local_engine: Callable[..., Any],
+) -> None:
+    """A signal reached the journal while two steps ran beside its wait; the run went again
+    once the longer step ended, its outcome still deferred. The rerun's first branch took that
+    outcome to write it, and the longer step's branch, a few turns later, found nothing
+    deferred, decided its step on a journal without the outcome and ran it again (CI: a call
+    sent twice, with no fault)."""
+    runs: Counter[str] = Counter()
+
+    async def step(name: str, secs: float) -> str:
+        runs[name] += 1
+        await asyncio.sleep(secs)
+        return name
+
+    async def news_beside_two_steps(ctx: Context) -> list[Any]:
+        async def later() -> str:
+            for _ in range(3):  # its step is decided a few turns after the others'
+                await asyncio.sleep(0)
+            return str(await ctx.run("long", step, "long", 1.5))
+
+        return list(
+            await asyncio.gather(
+                ctx.wait_for_signal("go"), later(), ctx.run("short", step, "short", 0.3)
+            )
+        )
+
+    async with local_engine(news_beside_two_steps) as (client, _):
+        inv = await client.invoke_async("news_beside_two_steps")
+        await asyncio.sleep(0.1)
+        await client.signal(inv, "go", 7)
+        assert (await client.wait(inv, timeout=20)).output == [7, "long", "short"]
+        assert runs == {"long": 1, "short": 1}

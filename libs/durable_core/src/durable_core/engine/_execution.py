@@ -699,6 +699,8 @@ class Execution:
                     await self._finish(outcome)
             except Rerun:
                 log.debug("invocation %s: rerunning with new journal entries", self.id)
+                # The last step's deferred outcome first: the replay is built on the journal.
+                await self.journal.flush()
                 self.journal.replay_from_start()
                 continue
             return

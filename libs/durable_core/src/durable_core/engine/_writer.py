@@ -85,6 +85,7 @@ class JournalWriter:
         # whose run it may take over.
         self.superseding = 0
         self.pending: pb.JournalEntry | None = None  # a deferred step outcome (see defer)
+        self._carrying = 0  # writes in flight that took a deferred outcome (see flush)
         self._due: asyncio.TimerHandle | None = None  # when the deferred outcome must go
         self._flushes: set[asyncio.Task[None]] = set()  # flushes that time started
         # Atomic batches: on a replicated journal (see Transport.atomic_batches), while the
@@ -160,10 +161,15 @@ class JournalWriter:
             self._due = asyncio.get_running_loop().call_later(DEFER_S, self._flush_due)
 
     async def flush(self) -> None:
-        """Journal the deferred step outcome now, if there is one."""
+        """Journal the deferred step outcome now, if there is one; return once every outcome
+        deferred before is journaled. One a write already took counts too: a branch whose
+        sibling's flush had taken it went on at once and decided its step on a journal
+        without it. In a rerun that step was the one deferred, and it ran again (a call
+        sent twice, with no fault)."""
         if self.stopped is not None:
             raise self.stopped
-        if self.pending is not None:
+        if self.pending is not None or self._carrying:
+            # Behind the lock: the write that carries the outcome holds it to its end.
             await self._guarded(self._append(None, claim=False))
 
     def _flush_due(self) -> None:
@@ -225,12 +231,18 @@ class JournalWriter:
         None."""
         async with self.lock:
             pending, self.pending = self.pending, None
-            alone = entry is None or entry.kind not in FINAL_KINDS or not self.batches
-            if pending is not None and alone:
-                await self._append_fenced([pending], claim=False)
-                pending = None
-            if entry is not None:
-                await self._append_fenced([pending, entry] if pending else [entry], claim=claim)
+            carrying = int(pending is not None)
+            self._carrying += carrying
+            try:
+                alone = entry is None or entry.kind not in FINAL_KINDS or not self.batches
+                if pending is not None and alone:
+                    await self._append_fenced([pending], claim=False)
+                    pending = None
+                if entry is not None:
+                    batch = [pending, entry] if pending else [entry]
+                    await self._append_fenced(batch, claim=claim)
+            finally:
+                self._carrying -= carrying
 
     async def _append_fenced(self, batch: list[pb.JournalEntry], *, claim: bool) -> None:
         """Append ``batch`` (one entry, or a deferred outcome and the final entry) fenced by
