@@ -71,13 +71,22 @@ class Workflow:
         return code_identity(self.fn, version=self.version)
 
 
-def workflow_signature(fn: Callable[..., Any]) -> tuple[bool, Any, Any]:
-    """Whether ``fn(ctx[, input])`` takes an input, and its input and output type hints."""
-    params = [
+def _positional(fn: Callable[..., Any]) -> list[inspect.Parameter]:
+    return [
         p
         for p in inspect.signature(fn).parameters.values()
         if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
     ]
+
+
+def workflow_arity(fn: Callable[..., Any]) -> int:
+    """How many positional arguments ``fn`` takes (a workflow: 1 or 2, ``(ctx[, input])``)."""
+    return len(_positional(fn))
+
+
+def workflow_signature(fn: Callable[..., Any]) -> tuple[bool, Any, Any]:
+    """Whether ``fn(ctx[, input])`` takes an input, and its input and output type hints."""
+    params = _positional(fn)
     try:
         hints = typing.get_type_hints(fn)
     except Exception:  # noqa: BLE001 - unresolvable annotations: treat as untyped
@@ -111,14 +120,10 @@ class WorkflowRegistry:
         wf_name = check_workflow_name(name or fn.__name__)
         if not inspect.iscoroutinefunction(fn):
             raise ConfigError(f"workflow {wf_name} must be an async def function")
-        params = [
-            p
-            for p in inspect.signature(fn).parameters.values()
-            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-        ]
-        if len(params) not in (1, 2):
+        arity = workflow_arity(fn)
+        if arity not in (1, 2):
             raise ConfigError(
-                f"workflow {wf_name} must take (ctx) or (ctx, input), not {len(params)} arguments"
+                f"workflow {wf_name} must take (ctx) or (ctx, input), not {arity} arguments"
             )
         takes_input, input_type, output_type = workflow_signature(fn)
         existing = self._workflows.get(wf_name)

@@ -490,9 +490,10 @@ async def fork(t: Transport, invocation_id: str, from_step: int, new_id: str | N
     st = rec.state
     new_id = uuid.uuid4().hex if new_id is None else new_id  # its awakeable ids name it
     ordered = sorted(steps, key=lambda e: e.step)
+    latest = list({e.step: e for e in ordered}.values())  # a retried step: its last entry replays
     # The steps, then what their waits took (a wait finds it by name, wherever it stands).
-    taken = _outcomes(invocation_id, ordered, [r.entry for r in records])
-    await _check_children(t, invocation_id, ordered, taken)
+    taken = _outcomes(invocation_id, latest, [r.entry for r in records])
+    await _check_children(t, invocation_id, latest, taken)
     # First the FORKED entry: two calls under one id that would copy other steps (another
     # source, another from_step) meet on it whatever their copies, even when one call's are
     # a prefix of the other's, or it has none. Written as a copy of the source's.
@@ -598,14 +599,14 @@ def _outcome_copy(source: str, fork: str, index: int, entry: pb.JournalEntry) ->
 
 
 def _outcomes(
-    source: str, steps: list[pb.JournalEntry], journal: list[pb.JournalEntry]
+    source: str, latest: list[pb.JournalEntry], journal: list[pb.JournalEntry]
 ) -> list[pb.JournalEntry]:
-    """What the copied ``steps`` of ``source`` waited for and took, in ``journal`` order: the
+    """What the copied steps of ``source`` (``latest``: each step's last entry) waited for
+    and took, in ``journal`` order: the
     first resolution of each awakeable, each child's result, the first k signals of each
     name that k copied steps waited for, and the ``patched()`` markers before copied steps.
     Without them a fork waited forever at a step its source had passed. The same from the
     same journal (a fork with an id checks the copies an earlier call made)."""
-    latest = {e.step: e for e in steps}.values()  # a retried step: its last entry replays
     awakeables = {awakeable_asked(source, e) for e in latest if e.kind == pb.ENTRY_KIND_AWAKEABLE}
     children = {
         str(_codec.decode(e.output))  # the child's id (``RunContext._submit``)
@@ -635,14 +636,13 @@ def _outcomes(
 
 
 async def _check_children(
-    t: Transport, source: str, steps: list[pb.JournalEntry], taken: list[pb.JournalEntry]
+    t: Transport, source: str, latest: list[pb.JournalEntry], taken: list[pb.JournalEntry]
 ) -> None:
-    """A ConflictError when a copied step of ``source`` waits for a child (``ctx.invoke``)
-    whose result ``taken`` lacks: the child reports to ``source`` alone, and the fork would
-    wait for it for good."""
+    """A ConflictError when a copied step of ``source`` (``latest``: each step's last entry,
+    by step) waits for a child (``ctx.invoke``) whose result ``taken`` lacks: the child
+    reports to ``source`` alone, and the fork would wait for it for good."""
     reported = {e.name for e in taken if e.kind == pb.ENTRY_KIND_CHILD_RESULT}
-    latest = {e.step: e for e in steps}.values()  # a retried step: its last entry replays
-    for e in sorted(latest, key=lambda e: e.step):
+    for e in latest:
         if e.kind != pb.ENTRY_KIND_CHILD or e.detached or not e.HasField("output"):
             continue
         child = str(_codec.decode(e.output))  # the child's id (``RunContext._submit``)

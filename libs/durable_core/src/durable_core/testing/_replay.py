@@ -45,7 +45,7 @@ from durable_core._journal import (
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core.engine._context import RunContext
 from durable_core.errors import ConfigError, InvalidInputError, TerminalError
-from durable_core.plugins import workflow_signature
+from durable_core.plugins import workflow_arity, workflow_signature
 from durable_core.retry import RetryPolicy
 
 __all__ = [
@@ -288,13 +288,7 @@ async def replay_workflow(
     """
     if not inspect.iscoroutinefunction(fn):
         raise TypeError(f"{fn!r} is not an async def workflow function")
-    arity = len(
-        [
-            p
-            for p in inspect.signature(fn).parameters.values()
-            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-        ]
-    )
+    arity = workflow_arity(fn)
     if arity not in (1, 2):
         raise TypeError(f"a workflow takes (ctx) or (ctx, input), {fn.__name__} takes {arity}")
     if arity == 1 and input is not _NO_INPUT:
