@@ -7,6 +7,7 @@ signal alone, and answered "approved" once it came, long after the timer had gon
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -134,3 +135,23 @@ async def test_a_branch_flushing_its_last_outcome_is_not_suspended_before_its_ne
             await asyncio.sleep(0.1)
         await client.signal(inv, "approve", "yes")
         assert (await client.wait(inv, timeout=15)).output == "yes"
+
+
+async def test_waits_left_behind_end_with_the_run(
+    local_engine: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The engine ended a run by cancelling the workflow's own task alone: the tasks raced
+    with ``asyncio.wait`` stayed parked, at every suspension and after the workflow returned,
+    until the garbage collector destroyed them pending (an error in the log each time)."""
+    async with local_engine(approval) as (client, _):
+        inv = await client.invoke_async("approval", 30.0, id="appr-left")
+        deadline = time.monotonic() + 10
+        while (await client.describe(inv)).status != "suspended":
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        await client.signal(inv, "approve", 1)
+        assert (await client.wait(inv, timeout=10)).output == "approved"
+        await asyncio.sleep(0.2)
+        gc.collect()
+    destroyed = [r for r in caplog.records if "destroyed but it is pending" in r.getMessage()]
+    assert not destroyed

@@ -87,7 +87,7 @@ async def test_a_shutdown_while_a_run_is_halted_is_raised_after_the_workflow_sto
     """Shutdown cancels the run while it halts the workflow to run it again: the halt waits
     for the workflow to stop, then lets the cancellation through (it swallowed it, and the
     rerun executed new steps after the command had been handed back)."""
-    ex: Any = SimpleNamespace(journal=SimpleNamespace(stopped=None))
+    ex: Any = SimpleNamespace(journal=SimpleNamespace(stopped=None), ctx=None)
     stopping, stopped = asyncio.Event(), asyncio.Event()
 
     async def workflow() -> None:

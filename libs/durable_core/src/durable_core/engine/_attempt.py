@@ -143,20 +143,15 @@ async def run_once(ex: Execution) -> Finish | Suspend | Block:
             waiting.add(interrupted)
     except asyncio.CancelledError:
         # Shutdown released this run (its command goes back at once): the workflow's own
-        # task must not go on behind it.
-        try:
-            await halt(ex, task, "released")
-        finally:
-            # A step's outcome still deferred (journaled with the run's next entry, or a few
-            # ms later) would be lost with the run, and the step run again by the next
-            # processor: journal it now (fenced, and never cut short: see JournalWriter).
-            with contextlib.suppress(Exception, SuspendExecution):
-                await ex.journal.flush()
+        # task must not go on behind it (its deferred outcome: Execution._run_until_done).
+        await halt(ex, task, "released")
         raise
     finally:
         interrupted.cancel()
         if expiry is not None:
             expiry.cancel()
+    if task.done() and ctx.parked_branches(task):
+        await halt(ex, task, "ending")  # the waits the workflow left behind
     diverged = ctx.steps.nondeterminism
     if diverged is not None:  # whatever the workflow did with the error, the run ends here
         if task.done():
@@ -187,12 +182,14 @@ async def run_once(ex: Execution) -> Finish | Suspend | Block:
 
 
 def _suspending(ex: Execution, task: asyncio.Future[Any], interrupted: asyncio.Future[Any]) -> bool:
-    """Whether the run was interrupted only because every step it has asked for parked."""
+    """Whether the run was interrupted only because every step it has asked for parked, or
+    to run again for news: either way it ends once no branch moves (``still_parked``). A
+    rerun at once cut short the step a branch had just started after its last outcome's
+    write took the news in, and the rerun ran it again."""
     return (
         interrupted.done()
         and not task.done()
-        and bool(ex.waits)
-        and not ex.rerun
+        and (bool(ex.waits) or ex.rerun)
         and not ex.cancelling_run
         and ex.journal.stopped is None
     )
@@ -208,12 +205,18 @@ async def halt(
     halted = Halted(f"this run is {why}", hand_over=hand_over)
     if ex.journal.stopped is None:
         ex.journal.stopped = halted
-    task.cancel()
+    # Its parked branches too: a task the workflow started and did not await to its end
+    # (raced with asyncio.wait, or left behind when it returned) stayed parked after the run,
+    # and was destroyed pending ("Task was destroyed but it is pending!" at every suspension).
+    tasks = [task] + (ex.ctx.parked_branches(task) if ex.ctx is not None else [])
+    for each in tasks:
+        each.cancel()
     # Released by shutdown meanwhile: the workflow still stops first (a sync step's thread may
     # hold it: see RunContext._in_thread), then the release goes on below.
-    await wait_out(task)
-    with contextlib.suppress(BaseException):
-        task.result()
+    for each in tasks:
+        await wait_out(each)
+        with contextlib.suppress(BaseException):
+            each.result()
     if ex.journal.stopped is halted:
         ex.journal.stopped = None
     if being_cancelled():

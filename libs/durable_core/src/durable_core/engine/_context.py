@@ -39,7 +39,7 @@ from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core.context import Awakeable, Context
 from durable_core.engine import _branches
 from durable_core.engine._branches import BRANCH
-from durable_core.engine._env import being_cancelled, wait_out
+from durable_core.engine._env import being_cancelled, to_the_end, wait_out
 from durable_core.engine._signals import EngineFailure
 from durable_core.engine._step_io import Journal, attempt_failure
 from durable_core.errors import (
@@ -104,6 +104,7 @@ class RunContext(Context):
         self._branches: dict[asyncio.Future[Any], Branch] = {}  # each task's branch
         # Grows whenever a branch starts, ends, asks for a step or parks (``still_parked``).
         self._moves = 0
+        self._parked_tasks: set[asyncio.Future[Any]] = set()  # tasks parked at a wait (``_park``)
         # The run's own trace context: what a step passes on (to a service, a child) unless
         # an interceptor (tracing) puts its own span's there; with tracing off, children and
         # services still join the invocation's trace.
@@ -142,6 +143,12 @@ class RunContext(Context):
         self._branches[task] = branch
         self._moves += 1
         task.add_done_callback(self._branch_done)
+
+    def parked_branches(self, root: asyncio.Future[Any]) -> list[asyncio.Future[Any]]:
+        """The run's tasks but ``root`` (the workflow's own) parked at a wait: the engine
+        ends them with the run. One in a step goes on to its end, as it always has (cut
+        short, a child's submission was left half made)."""
+        return [t for t in self._parked_tasks if t is not root and not t.done()]
 
     def _branch_done(self, task: asyncio.Future[Any]) -> None:
         self._branches.pop(task, None)  # it asks for nothing more
@@ -519,31 +526,52 @@ class RunContext(Context):
                 # A Blob the step read was missing or corrupt, and the step went on (it caught
                 # the error): never journal what it made of that.
                 raise EngineFailure(self.payload_error)
-            output = None
-            if failure is None:
-                try:
-                    output = await self._stored(result)
-                except InvalidInputError as e:  # a result we cannot store: running again won't help
-                    failure = pb.Failure(type=type(e).__name__, message=str(e), step=step)
-                if output is not None and (output.blob or kind == pb.ENTRY_KIND_RUN):
-                    # What was stored, as a replay gets it: a Blob, or the JSON value (a
-                    # dataclass as a dict, a tuple as a list), never the function's own
-                    # object, which only this first run would have seen.
-                    result = await self._load(output)
-            entry = steps.outcome(
-                kind,
-                step,
-                name,
-                input_hash,
-                attempts=attempt,
-                output=output,
-                failure=failure,
-                now_ms=_wall_ms(),
-                duration_us=int((time.monotonic() - started) * 1e6),
+            # To its end through a cancellation (the invocation's, between the step's end and
+            # its outcome's write): cut short, the outcome of a step that ran was dropped, and
+            # the step ran again, or replayed as cancelled though it had run.
+            outcome = self._journal_outcome(
+                kind, step, name, input_hash, attempt, result, failure, started
             )
-            await self._append(entry, defer=True)
-            steps.executed(entry)
-            return result
+            return await to_the_end(asyncio.ensure_future(outcome))
+
+    async def _journal_outcome(
+        self,
+        kind: pb.EntryKind,
+        step: int,
+        name: str,
+        input_hash: bytes,
+        attempts: int,
+        result: Any,
+        failure: pb.Failure | None,
+        started: float,
+    ) -> Any:
+        """Store a finished step's result, journal its outcome (deferred) and return what
+        the workflow gets: what a replay would."""
+        output = None
+        if failure is None:
+            try:
+                output = await self._stored(result)
+            except InvalidInputError as e:  # a result we cannot store: running again won't help
+                failure = pb.Failure(type=type(e).__name__, message=str(e), step=step)
+            if output is not None and (output.blob or kind == pb.ENTRY_KIND_RUN):
+                # What was stored, as a replay gets it: a Blob, or the JSON value (a
+                # dataclass as a dict, a tuple as a list), never the function's own
+                # object, which only this first run would have seen.
+                result = await self._load(output)
+        entry = self.steps.outcome(
+            kind,
+            step,
+            name,
+            input_hash,
+            attempts=attempts,
+            output=output,
+            failure=failure,
+            now_ms=_wall_ms(),
+            duration_us=int((time.monotonic() - started) * 1e6),
+        )
+        await self._append(entry, defer=True)
+        self.steps.executed(entry)
+        return result
 
     async def _wait_for_attempt(self, step: int, name: str, due_ms: int, attempt: int) -> None:
         """Wait until a step's next attempt is due: in-process when it is soon, otherwise
@@ -612,6 +640,9 @@ class RunContext(Context):
             raise await self._deliver(decision)
         self._moves += 1
         self._maybe_suspend()
+        task = asyncio.current_task()
+        if task is not None:
+            self._parked_tasks.add(task)
         try:
             await asyncio.Future()  # cancelled by the engine when it suspends or reruns
         except asyncio.CancelledError:
@@ -620,6 +651,8 @@ class RunContext(Context):
                 raise
             _uncancel()
             raise await self._deliver(cancel) from None
+        finally:
+            self._parked_tasks.discard(task)
 
     async def _deliver(self, cancel: DeliverCancel) -> InvocationCancelledError:
         """Record that the cancellation was raised at a waiting step, for replays."""

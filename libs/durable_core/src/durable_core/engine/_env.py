@@ -7,7 +7,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from durable_core._grpc import ChannelPool
 from durable_core._pb.durable.v1 import durable_pb2 as pb
@@ -16,7 +16,9 @@ from durable_core.engine._lease import ProcessorLease
 from durable_core.interceptors import Interceptor
 from durable_core.plugins import WorkflowRegistry
 
-__all__ = ["TERMINAL", "RunEnv", "being_cancelled", "now_ms", "wait_out"]
+__all__ = ["TERMINAL", "RunEnv", "being_cancelled", "now_ms", "to_the_end", "wait_out"]
+
+T = TypeVar("T")
 
 TERMINAL = frozenset({pb.STATUS_COMPLETED, pb.STATUS_FAILED, pb.STATUS_CANCELLED})
 
@@ -71,3 +73,21 @@ async def wait_out(future: asyncio.Future[Any]) -> None:
     while not future.done():
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait({future})
+
+
+async def to_the_end(task: asyncio.Task[T]) -> T:
+    """``task``'s result, through cancellations of the waiting task: the work (a journal
+    write, a finished step's outcome) runs to its end, and a cancellation that came
+    meanwhile is raised after it (``task``'s own failure instead, if it failed)."""
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.cancelled():
+                raise  # the work itself was cancelled (the event loop is closing)
+            cancelled = True
+    result = task.result()
+    if cancelled:
+        raise asyncio.CancelledError
+    return result

@@ -45,7 +45,12 @@ from durable_core.engine._signals import (
     Rerun,
 )
 from durable_core.engine._writer import JournalWriter
-from durable_core.errors import DurableError, NatsUnavailableError, NonDeterminismError
+from durable_core.errors import (
+    DurableError,
+    NatsUnavailableError,
+    NonDeterminismError,
+    SuspendExecution,
+)
 from durable_core.interceptors import EngineEvent
 from durable_core.interceptors import observe as notify
 
@@ -699,15 +704,35 @@ class Execution:
                     await self._finish(outcome)
             except Rerun:
                 log.debug("invocation %s: rerunning with new journal entries", self.id)
-                # The last step's deferred outcome first: the replay is built on the journal.
+                # The replay is built on the journal as it stands: the last step's deferred
+                # outcome first, then whatever came from outside that no write took in yet. A
+                # cancellation that interrupted the workflow's own code between steps goes
+                # on to the replay as its request: without it, the next step ran (a charge
+                # after the cancel) and the invocation completed.
                 await self.journal.flush()
+                await self.journal.catch_up(claim=False, newer_known=False)
                 self.journal.replay_from_start()
                 continue
+            except asyncio.CancelledError:
+                # Shutdown released this run, wherever it was (waiting, halting, storing
+                # the result): a step's outcome still deferred (journaled with the run's
+                # next entry, or a few ms later) would be lost with it, and the step run
+                # again by the next processor. Journal it now (fenced, never cut short).
+                with contextlib.suppress(Exception, SuspendExecution):
+                    await self.journal.flush()
+                raise
             return
 
     async def _suspend(self) -> None:
         """Every step is parked: journal the suspension, arm the timers, free the slot."""
         journal = self.journal
+        # The last step's deferred outcome first: its write may take in what came from
+        # outside while the step ran (a signal, a child's result), and a parked step may wait
+        # for just that. Suspended after it, the invocation waited for good: the wake-up the
+        # news published had met this run in flight.
+        await journal.flush()
+        if self.rerun:
+            raise Rerun
         await journal.append(pb.JournalEntry(kind=pb.ENTRY_KIND_SUSPENDED, timestamp_ms=now_ms()))
         wake = self._wake_command(
             self.state.state.pinned_version if self.state is not None else self.cmd.route

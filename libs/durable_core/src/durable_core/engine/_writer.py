@@ -27,6 +27,7 @@ from durable_core._journal import (
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import Delivery, JournalConflict, JournalRecord, Transport
 from durable_core.engine._branches import engine_task
+from durable_core.engine._env import to_the_end
 from durable_core.engine._signals import EngineFailure, Finished, LostClaim, NotIdle, Rerun
 from durable_core.errors import DurableError, NatsUnavailableError, SuspendExecution
 
@@ -212,18 +213,7 @@ class JournalWriter:
         without the refund). So the write runs to its end in a task of its own, and the
         cancellation is raised after it (its own failure, if it failed, instead).
         """
-        write = engine_task(self._append_now(entry, claim=claim))
-        cancelled = False
-        while not write.done():
-            try:
-                await asyncio.shield(write)
-            except asyncio.CancelledError:
-                if write.cancelled():
-                    raise  # the write itself was cancelled (the event loop is closing)
-                cancelled = True
-        write.result()  # its own failure, if any
-        if cancelled:
-            raise asyncio.CancelledError
+        await to_the_end(engine_task(self._append_now(entry, claim=claim)))
 
     async def _append_now(self, entry: pb.JournalEntry | None, *, claim: bool) -> None:
         """Append ``entry`` after the deferred outcome (both in one atomic batch when ``entry``
