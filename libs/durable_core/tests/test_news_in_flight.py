@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 from durable_core import Context
+from durable_core._pb.durable.v1 import durable_pb2 as pb
 
 RUNS: Counter[str] = Counter()
 
@@ -79,3 +81,86 @@ async def test_a_cancel_between_steps_is_delivered_at_the_next_step(
         assert (await client.wait(inv, timeout=15)).status == "cancelled"
         assert RUNS["between-a"] == 1
         assert RUNS["between-charge"] == 0
+
+
+async def branches_in_a_task_group(ctx: Context, tag: str) -> list[Any]:
+    async with asyncio.TaskGroup() as tg:
+        signal = tg.create_task(ctx.wait_for_signal("go"))
+        ran = tg.create_task(ctx.run(tag, step, tag, 0.05))
+    return [signal.result(), ran.result()]
+
+
+async def branches_raced_with_wait(ctx: Context, tag: str) -> list[Any]:
+    async def wait_all(*coros: Any) -> list[Any]:
+        tasks = [asyncio.create_task(c) for c in coros]
+        pending = set(tasks)
+        while pending:  # asyncio.wait does not cancel its tasks when its caller is cancelled
+            _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        return [t.result() for t in tasks]
+
+    async def nap() -> str:
+        await ctx.sleep(timedelta(milliseconds=2500))
+        return "nap"
+
+    async def branch() -> list[Any]:
+        await ctx.sleep(timedelta(milliseconds=2700))  # parks on a server-side timer
+        return await wait_all(nap(), ctx.run(tag, step, tag, 0.3))
+
+    return await wait_all(branch())
+
+
+async def steps_beside_a_wait(ctx: Context, tag: str) -> list[Any]:
+    async def worker() -> list[str]:
+        out = []
+        for i in range(6):
+            out.append(await ctx.run(f"{tag}-{i}", step, f"{tag}-{i}", 0.1))
+            await ctx.sleep(timedelta(milliseconds=300))
+        return out
+
+    return list(await asyncio.gather(ctx.wait_for_signal("go"), worker()))
+
+
+async def test_a_cancel_raised_through_a_task_group_ends_the_invocation_cancelled(
+    local_engine: Callable[..., Any],
+) -> None:
+    """A TaskGroup wraps the branch's InvocationCancelledError in a BaseExceptionGroup,
+    which the engine took for a crash of the run: never acked, redelivered every ack wait
+    and cancelled again, for good."""
+    async with local_engine(branches_in_a_task_group) as (client, _):
+        inv = await client.invoke_async("branches_in_a_task_group", "tg", id="news-tg")
+        await asyncio.sleep(0.5)
+        await client.cancel(inv)
+        assert (await client.wait(inv, timeout=15)).status == "cancelled"
+
+
+async def test_a_cancel_ends_branches_raced_with_asyncio_wait(
+    local_engine: Callable[..., Any],
+) -> None:
+    """The engine cancelled only the workflow's own task: a branch awaited through
+    ``asyncio.wait`` went on beside the run that replayed it, and both took its next steps
+    (each journaled twice, the step run twice)."""
+    async with local_engine(branches_raced_with_wait) as (client, t):
+        inv = await client.invoke_async("branches_raced_with_wait", "raced", id="news-raced")
+        await asyncio.sleep(1.5)
+        await client.cancel(inv)
+        assert (await client.wait(inv, timeout=20)).status == "cancelled"
+        await asyncio.sleep(1.0)  # anything still going would journal by now
+        records = await t.read_journal(inv)
+        steps = [(r.entry.kind, r.entry.step) for r in records if r.entry.step]
+        assert len(steps) == len(set(steps)), steps
+        assert RUNS["raced"] <= 1
+
+
+async def test_no_step_is_journaled_after_a_cancelled_invocation_ended(
+    local_engine: Callable[..., Any],
+) -> None:
+    """The cancellation was delivered at the wait; gather raised it without cancelling the
+    branch of steps beside it, which ran on and journaled after the final entry."""
+    async with local_engine(steps_beside_a_wait) as (client, t):
+        inv = await client.invoke_async("steps_beside_a_wait", "beside", id="news-beside")
+        await asyncio.sleep(0.5)
+        await client.cancel(inv)
+        assert (await client.wait(inv, timeout=20)).status == "cancelled"
+        await asyncio.sleep(2.5)  # the branch's remaining steps would be journaled by now
+        kinds = [r.entry.kind for r in await t.read_journal(inv)]
+        assert kinds[-1] == pb.ENTRY_KIND_CANCELLED, kinds

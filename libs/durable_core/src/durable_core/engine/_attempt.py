@@ -150,8 +150,8 @@ async def run_once(ex: Execution) -> Finish | Suspend | Block:
         interrupted.cancel()
         if expiry is not None:
             expiry.cancel()
-    if task.done() and ctx.parked_branches(task):
-        await halt(ex, task, "ending")  # the waits the workflow left behind
+    if task.done() and ctx.open_branches(task):
+        await halt(ex, task, "ending")  # the branches the workflow left behind
     diverged = ctx.steps.nondeterminism
     if diverged is not None:  # whatever the workflow did with the error, the run ends here
         if task.done():
@@ -205,10 +205,11 @@ async def halt(
     halted = Halted(f"this run is {why}", hand_over=hand_over)
     if ex.journal.stopped is None:
         ex.journal.stopped = halted
-    # Its parked branches too: a task the workflow started and did not await to its end
-    # (raced with asyncio.wait, or left behind when it returned) stayed parked after the run,
-    # and was destroyed pending ("Task was destroyed but it is pending!" at every suspension).
-    tasks = [task] + (ex.ctx.parked_branches(task) if ex.ctx is not None else [])
+    # Its branches too: a task the workflow started and did not await to its end (raced with
+    # asyncio.wait, or left behind when it returned) went on after the run: parked, it was
+    # destroyed pending at every suspension; in a step, it ran beside the next run and both
+    # executed its next step, or it journaled steps after the invocation's final entry.
+    tasks = [task] + (ex.ctx.open_branches(task) if ex.ctx is not None else [])
     for each in tasks:
         each.cancel()
     # Released by shutdown meanwhile: the workflow still stops first (a sync step's thread may
@@ -236,8 +237,7 @@ async def _outcome(ex: Execution, task: asyncio.Future[Any], ctx: RunContext) ->
     try:
         result = task.result()
     except InvocationCancelledError:
-        failure = pb.Failure(type="InvocationCancelledError", message="cancelled by request")
-        return Finish(pb.STATUS_CANCELLED, failure=failure)
+        return _cancelled()
     except asyncio.CancelledError as e:
         if ex.cancelling_run:
             raise Rerun from None  # interrupted off a step boundary: deliver it on replay
@@ -249,6 +249,18 @@ async def _outcome(ex: Execution, task: asyncio.Future[Any], ctx: RunContext) ->
         return Finish(pb.STATUS_FAILED, failure=_failure(e))
     except SuspendExecution:
         raise  # the engine's own control flow (LostClaim, Finished, Rerun, ...)
+    except BaseExceptionGroup as group:
+        # A TaskGroup's (its branches' errors): the engine's signal or the cancellation in it
+        # is acted on as it would be alone. A cancellation wrapped so was taken for a crash
+        # of the run: never acked, the invocation was redelivered and cancelled again for good.
+        signal = _first(group, SuspendExecution)
+        if signal is not None:
+            raise signal from None
+        if _first(group, InvocationCancelledError) is not None:
+            return _cancelled()
+        if ex.cancelling_run and _first(group, asyncio.CancelledError) is not None:
+            raise Rerun from None
+        return Finish(pb.STATUS_FAILED, failure=_failure(group), failed_steps=ctx.escaped(group))
     except Exception as e:  # the workflow failed: journal why
         if is_engine_error(e):
             # A NATS error the workflow let through (a write of the engine's own that
@@ -262,6 +274,20 @@ async def _outcome(ex: Execution, task: asyncio.Future[Any], ctx: RunContext) ->
     if ctx.steps.cancel_delivered:  # it handled the cancellation and returned: still cancelled
         return Finish(pb.STATUS_CANCELLED, output=output)
     return Finish(pb.STATUS_COMPLETED, output=output)
+
+
+def _cancelled() -> Finish:
+    failure = pb.Failure(type="InvocationCancelledError", message="cancelled by request")
+    return Finish(pb.STATUS_CANCELLED, failure=failure)
+
+
+def _first(group: BaseExceptionGroup[Any], kind: type[BaseException]) -> BaseException | None:
+    """The first ``kind`` among ``group``'s leaves, at any depth."""
+    for e in group.exceptions:
+        found = _first(e, kind) if isinstance(e, BaseExceptionGroup) else e
+        if isinstance(found, kind):
+            return found
+    return None
 
 
 def _failure(e: BaseException) -> pb.Failure:

@@ -104,7 +104,6 @@ class RunContext(Context):
         self._branches: dict[asyncio.Future[Any], Branch] = {}  # each task's branch
         # Grows whenever a branch starts, ends, asks for a step or parks (``still_parked``).
         self._moves = 0
-        self._parked_tasks: set[asyncio.Future[Any]] = set()  # tasks parked at a wait (``_park``)
         # The run's own trace context: what a step passes on (to a service, a child) unless
         # an interceptor (tracing) puts its own span's there; with tracing off, children and
         # services still join the invocation's trace.
@@ -144,11 +143,11 @@ class RunContext(Context):
         self._moves += 1
         task.add_done_callback(self._branch_done)
 
-    def parked_branches(self, root: asyncio.Future[Any]) -> list[asyncio.Future[Any]]:
-        """The run's tasks but ``root`` (the workflow's own) parked at a wait: the engine
-        ends them with the run. One in a step goes on to its end, as it always has (cut
-        short, a child's submission was left half made)."""
-        return [t for t in self._parked_tasks if t is not root and not t.done()]
+    def open_branches(self, root: asyncio.Future[Any]) -> list[asyncio.Future[Any]]:
+        """The run's tasks still going but ``root`` (the workflow's own): the engine ends
+        them with the run, and a cancellation reaches each (``asyncio.wait`` and a task the
+        workflow left behind do not pass the root's on)."""
+        return [t for t in self._branches if t is not root and not t.done()]
 
     def _branch_done(self, task: asyncio.Future[Any]) -> None:
         self._branches.pop(task, None)  # it asks for nothing more
@@ -640,9 +639,6 @@ class RunContext(Context):
             raise await self._deliver(decision)
         self._moves += 1
         self._maybe_suspend()
-        task = asyncio.current_task()
-        if task is not None:
-            self._parked_tasks.add(task)
         try:
             await asyncio.Future()  # cancelled by the engine when it suspends or reruns
         except asyncio.CancelledError:
@@ -651,8 +647,6 @@ class RunContext(Context):
                 raise
             _uncancel()
             raise await self._deliver(cancel) from None
-        finally:
-            self._parked_tasks.discard(task)
 
     async def _deliver(self, cancel: DeliverCancel) -> InvocationCancelledError:
         """Record that the cancellation was raised at a waiting step, for replays."""

@@ -30,8 +30,9 @@ from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import Delivery, StateConflict, StateRecord
 from durable_core.engine import _intake
 from durable_core.engine._attempt import Block, Finish, Suspend, run_once
+from durable_core.engine._branches import engine_task
 from durable_core.engine._context import RunContext
-from durable_core.engine._env import TERMINAL, RunEnv, now_ms
+from durable_core.engine._env import TERMINAL, RunEnv, now_ms, to_the_end
 from durable_core.engine._hold import SUPERSEDED, lock_run, supersede_run, unlock_run
 from durable_core.engine._keys import release_key, take_key
 from durable_core.engine._signals import (
@@ -119,7 +120,9 @@ class Execution:
     async def submit(self, submission: Submission) -> None:
         """Start another invocation (a child, or ``ctx.send``), idempotent by its id."""
         try:
-            await _intake.submit_child(self.t, submission, self.cmd)
+            # To its end through a cancellation (the run's end cancels its branches): cut
+            # short, a child's state could be left made with no start to run it.
+            await to_the_end(engine_task(_intake.submit_child(self.t, submission, self.cmd)))
         except NatsUnavailableError as e:
             stop = self.journal.stopped = EngineFailure(e)  # stop the run, release it
             raise stop from e
@@ -174,6 +177,10 @@ class Execution:
         if self.task is not None and not self.task.done() and not self.cancelling_run:
             self.cancelling_run = True
             self.task.cancel()
+            # Every branch: one raced with asyncio.wait (or left behind) is not cancelled
+            # with the workflow's own task; it went on running steps after the cancel.
+            for branch in self.ctx.open_branches(self.task) if self.ctx is not None else ():
+                branch.cancel()
 
     async def cancel_if_requested(self) -> None:
         """Interrupt the run if its journal holds a cancellation request: after this
