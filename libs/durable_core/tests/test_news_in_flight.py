@@ -9,7 +9,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from durable_core import Context
+from durable_core import Context, InvocationCancelledError
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 
 RUNS: Counter[str] = Counter()
@@ -164,3 +164,104 @@ async def test_no_step_is_journaled_after_a_cancelled_invocation_ended(
         await asyncio.sleep(2.5)  # the branch's remaining steps would be journaled by now
         kinds = [r.entry.kind for r in await t.read_journal(inv)]
         assert kinds[-1] == pb.ENTRY_KIND_CANCELLED, kinds
+
+
+async def two_steps_then_compensate(ctx: Context, tag: str) -> str:
+    try:
+        await asyncio.gather(
+            ctx.run(f"{tag}-a", step, f"{tag}-a", 1.0), ctx.run(f"{tag}-b", step, f"{tag}-b", 1.0)
+        )
+    except InvocationCancelledError:
+        await ctx.run(f"{tag}-undo", step, f"{tag}-undo", 0.05)
+        raise
+    return "done"
+
+
+async def test_every_step_a_cancel_interrupts_ends_cancelled_and_never_runs_again(
+    local_engine: Callable[..., Any],
+) -> None:
+    """Two steps in flight when the invocation was cancelled: the first interrupted took the
+    cancellation, the other was interrupted with nothing journaled, and the replay that
+    delivered the cancellation ran it again, after the cancel, beside the compensation."""
+    async with local_engine(two_steps_then_compensate) as (client, _):
+        inv = await client.invoke_async("two_steps_then_compensate", "both", id="news-both")
+        await asyncio.sleep(0.4)
+        await client.cancel(inv)
+        assert (await client.wait(inv, timeout=15)).status == "cancelled"
+        assert (RUNS["both-a"], RUNS["both-b"], RUNS["both-undo"]) == (1, 1, 1)
+
+
+async def a_short_sleep(ctx: Context, secs: float) -> str:
+    await ctx.sleep(timedelta(seconds=secs))
+    return "slept"
+
+
+async def a_sleep_beside_a_wait_nested(ctx: Context, _: str) -> list[Any]:
+    async def sleeper() -> str:
+        await ctx.sleep(timedelta(milliseconds=1500))
+        return "slept"
+
+    async def branch() -> list[Any]:
+        return list(await asyncio.gather(sleeper(), ctx.wait_for_signal("x")))
+
+    return list(await asyncio.gather(branch()))
+
+
+async def two_waits_raced(ctx: Context, _: str) -> list[Any]:
+    tasks = [
+        asyncio.create_task(ctx.wait_for_signal("a")),
+        asyncio.create_task(ctx.wait_for_signal("b")),
+    ]
+    pending = set(tasks)
+    while pending:
+        _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+    # Every task's exception retrieved: one left unretrieved is logged from its finalizer,
+    # which on Python 3.11.7 may run inside the AST parser and make it raise SystemError.
+    for error in [t.exception() for t in tasks]:
+        if error is not None:
+            raise error
+    return [t.result() for t in tasks]
+
+
+async def test_a_cancel_during_a_sleep_waited_in_process_ends_the_invocation_cancelled(
+    local_engine: Callable[..., Any],
+) -> None:
+    """A sleep with less than the in-process bound left took no cancellation: the run that
+    replayed it after the cancel slept it out, and the invocation completed."""
+    async with local_engine(a_short_sleep) as (client, _):
+        running = await client.invoke_async("a_short_sleep", 1.5, id="news-nap")
+        suspended = await client.invoke_async("a_short_sleep", 3.0, id="news-nap-long")
+        await asyncio.sleep(0.5)
+        await client.cancel(running)
+        await asyncio.sleep(1.1)  # the other has 1.4 s left: its wake-up's run waits in process
+        await client.cancel(suspended)
+        for inv in (running, suspended):
+            assert (await client.wait(inv, timeout=15)).status == "cancelled"
+
+
+async def test_a_cancel_never_leaves_the_run_suspended_on_a_wait_it_had_yet_to_reach(
+    local_engine: Callable[..., Any],
+) -> None:
+    """The cancelled in-process sleep asked for a suspension while the signal wait beside it,
+    one gather further down, still counted as parked: the run suspended on that wait, and
+    nothing was to wake it."""
+    async with local_engine(a_sleep_beside_a_wait_nested) as (client, _):
+        inv = await client.invoke_async("a_sleep_beside_a_wait_nested", "n", id="news-nested")
+        await asyncio.sleep(0.5)
+        await client.cancel(inv)
+        assert (await client.wait(inv, timeout=15)).status == "cancelled"
+
+
+async def test_a_cancel_reaches_every_wait_of_a_suspended_invocation(
+    local_engine: Callable[..., Any],
+) -> None:
+    """Delivered at the first wait the replay met, the cancellation left the other branch's
+    wait parked, and the workflow (awaiting both) suspended on it for good."""
+    async with local_engine(two_waits_raced) as (client, _):
+        inv = await client.invoke_async("two_waits_raced", "w", id="news-two-waits")
+        deadline = asyncio.get_running_loop().time() + 10
+        while (await client.describe(inv)).status != "suspended":
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.1)
+        await client.cancel(inv)
+        assert (await client.wait(inv, timeout=15)).status == "cancelled"

@@ -59,6 +59,7 @@ class ReplayMachine:
         "_children",
         "_paused",
         "_cancel_requested",
+        "_before_cancel",
         "_cancel_delivered",
         "_failed_attempts",
         "_patches",
@@ -84,6 +85,7 @@ class ReplayMachine:
         self._children: dict[str, pb.JournalEntry] = {}
         self._paused = False
         self._cancel_requested = False
+        self._before_cancel: frozenset[int] = frozenset()  # steps asked for before it came
         self._cancel_delivered: set[int] = set()
         self._failed_attempts: dict[int, list[pb.JournalEntry]] = {}
         self._patches: set[tuple[int, str]] = set()  # (the step it comes before, change id)
@@ -148,6 +150,12 @@ class ReplayMachine:
         """Someone asked to cancel the invocation."""
         return self._cancel_requested
 
+    @property
+    def asked_before_cancel(self) -> frozenset[int]:
+        """The steps asked for (journaled, or begun by this run) before the cancellation was
+        requested: in flight when it came, whichever branch they are in."""
+        return self._before_cancel
+
     def cancel_delivered_at(self, step: int) -> bool:
         """Whether an earlier run raised the cancellation at this (waiting) step."""
         return step in self._cancel_delivered
@@ -183,6 +191,8 @@ class ReplayMachine:
         elif kind == pb.ENTRY_KIND_RESUME_REQUEST:
             self._paused = False
         elif kind == pb.ENTRY_KIND_CANCEL_REQUEST:
+            if not self._cancel_requested:
+                self._before_cancel = frozenset(self._used)
             self._cancel_requested = True
         elif kind == pb.ENTRY_KIND_CANCEL_DELIVERED:
             self._cancel_delivered.add(entry.step)

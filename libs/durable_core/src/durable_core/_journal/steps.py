@@ -175,6 +175,9 @@ class StepMachine:
         self.idents: dict[int, tuple[str, int]] = {}  # step number -> (branch, its step)
         self.nondeterminism: NonDeterminismError | None = None  # even if the workflow caught it
         self.cancel_delivered = False  # the workflow has seen the cancellation
+        # The steps asked for when this run delivered the cancellation: in flight then, each
+        # one it interrupts ends cancelled too (see ``_reaches``).
+        self._asked_at_cancel: frozenset[int] = frozenset()
         self.children: list[str] = []  # child invocations started (or replayed) so far
         self.parked: list[Wait] = []
         self.executing = 0  # steps running (or journaling) now: the run may not suspend
@@ -337,8 +340,8 @@ class StepMachine:
     ) -> DeliverCancel | Park | None:
         """A step about to run for the first time (the step boundary where pause and cancel
         act): deliver a requested cancellation, park while paused, or None: run it."""
-        if self.journal.cancel_requested and not self.cancel_delivered:
-            self.cancel_delivered = True
+        if self.journal.cancel_requested and self._reaches(step):
+            self._delivering()
             failure = pb.Failure(type=CANCELLED, message="cancelled", step=step)
             entry = pb.JournalEntry(
                 kind=kind,
@@ -431,12 +434,31 @@ class StepMachine:
         return entry
 
     def interrupted(self, step: int, cancelling: bool) -> pb.Failure | None:
-        """A running step was interrupted: if by a cancellation not yet delivered, the step
-        ends with this failure (and the workflow goes on); else None (stop the run)."""
-        if not cancelling or self.cancel_delivered:
+        """A running step was interrupted: if by a cancellation not yet delivered, or by the
+        one just delivered to a step beside it, the step ends with this failure (and the
+        workflow goes on); else None (stop the run)."""
+        if not cancelling or not self._reaches(step):
             return None
-        self.cancel_delivered = True
+        self._delivering()
         return pb.Failure(type=CANCELLED, message="cancelled", step=step)
+
+    def _reaches(self, step: int) -> bool:
+        """Whether the cancellation is delivered at ``step`` (a step or a wait): one not
+        delivered yet, or one delivered while ``step`` was in flight, in another branch
+        (asked for before it was requested, or before this run delivered it). Such a step
+        was interrupted with nothing journaled, or a wait left parked, and the replay that
+        delivered the cancellation ran the step again, or suspended on the wait for good. A
+        step asked for after the delivery (compensation) is never cancelled by it."""
+        return (
+            not self.cancel_delivered
+            or step in self._asked_at_cancel
+            or step in self.journal.asked_before_cancel
+        )
+
+    def _delivering(self) -> None:
+        if not self.cancel_delivered:
+            self.cancel_delivered = True
+            self._asked_at_cancel = frozenset(self.idents)
 
     def executed(self, entry: pb.JournalEntry) -> None:
         """A step ran and ``entry`` is journaled: move the clock on, raise its failure.
@@ -457,24 +479,31 @@ class StepMachine:
 
     # -- timers --------------------------------------------------------------------------------
 
-    def timer(self, wait: Wait, now_ms: int) -> Due | SleepFor | Park:
+    def timer(self, wait: Wait, now_ms: int) -> Due | SleepFor | Park | DeliverCancel:
         """Whether a timer (``wait.wake_at_ms``) is due, due soon (wait in process) or far
-        (park on a server-side timer, holding no processor slot)."""
+        (park on a server-side timer, holding no processor slot); a requested cancellation
+        not yet delivered is delivered at a timer still to wait for, as at any wait. An
+        in-process wait took none: the run that replayed a sleep after a cancel slept it
+        out and completed."""
         left = wait.wake_at_ms - now_ms
         if left <= 0:
             return Due()
         if left <= LOCAL_TIMER.total_seconds() * 1000:
+            if self.journal.cancel_requested and self._reaches(wait.step):
+                return self._cancel_at(wait.step, now_ms)
             return SleepFor(left / 1000)
         return Park(wait)
 
     def attempt_timer(
         self, step: int, name: str, due_ms: int, attempt: int, now_ms: int
-    ) -> Due | SleepFor | Park:
+    ) -> Due | SleepFor | Park | DeliverCancel:
         """When the next attempt of a step may run (see :meth:`timer`)."""
         what = f"attempt {attempt} of step {step} ({name}) at {_iso(due_ms)}"
         return self.timer(Wait(what, step, due_ms, tag=f"a{attempt}"), now_ms)
 
-    def sleep_timer(self, entry: pb.JournalEntry, now_ms: int) -> Due | SleepFor | Park:
+    def sleep_timer(
+        self, entry: pb.JournalEntry, now_ms: int
+    ) -> Due | SleepFor | Park | DeliverCancel:
         """Whether a durable sleep (its journaled step) has ended; once it has, ``now()`` is at
         least its wake time.
 
@@ -508,21 +537,22 @@ class StepMachine:
             InvocationCancelledError: an earlier run delivered the cancellation here.
         """
         self.check_cancelled_at(wait.step)
-        if self.journal.cancel_requested and not self.cancel_delivered:
+        if self.journal.cancel_requested and self._reaches(wait.step):
             return self._cancel_at(wait.step, now_ms)
         self.parked.append(wait)
         return Park(wait)
 
     def unpark(self, wait: Wait, cancelling: bool, now_ms: int) -> DeliverCancel | None:
-        """A parked wait was interrupted: by a cancellation not yet delivered (deliver it
-        here), or by the end of the run (None)."""
-        if not cancelling or self.cancel_delivered:
+        """A parked wait was interrupted: by a cancellation not yet delivered, or by the one
+        just delivered beside it (deliver it here too, see ``_reaches``), or by the end of
+        the run (None)."""
+        if not cancelling or not self._reaches(wait.step):
             return None
         self.parked.remove(wait)
         return self._cancel_at(wait.step, now_ms)
 
     def _cancel_at(self, step: int, now_ms: int) -> DeliverCancel:
-        self.cancel_delivered = True
+        self._delivering()
         entry = pb.JournalEntry(kind=pb.ENTRY_KIND_CANCEL_DELIVERED, step=step, timestamp_ms=now_ms)
         return DeliverCancel(entry)
 

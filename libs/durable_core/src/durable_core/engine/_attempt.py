@@ -185,12 +185,13 @@ def _suspending(ex: Execution, task: asyncio.Future[Any], interrupted: asyncio.F
     """Whether the run was interrupted only because every step it has asked for parked, or
     to run again for news: either way it ends once no branch moves (``still_parked``). A
     rerun at once cut short the step a branch had just started after its last outcome's
-    write took the news in, and the rerun ran it again."""
+    write took the news in, and the rerun ran it again. So does a run being cancelled: a
+    wait the cancellation had yet to reach still counted as parked, and the run suspended on
+    it, with no wake-up to come."""
     return (
         interrupted.done()
         and not task.done()
         and (bool(ex.waits) or ex.rerun)
-        and not ex.cancelling_run
         and ex.journal.stopped is None
     )
 

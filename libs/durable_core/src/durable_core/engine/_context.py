@@ -579,6 +579,8 @@ class RunContext(Context):
         decision = self.steps.attempt_timer(step, name, due_ms, attempt, _wall_ms())
         if isinstance(decision, Due):
             return
+        if isinstance(decision, DeliverCancel):
+            raise await self._deliver(decision)
         if isinstance(decision, SleepFor):
             await asyncio.sleep(decision.seconds)
             return
@@ -703,6 +705,8 @@ class RunContext(Context):
             timer = self.steps.sleep_timer(entry, _wall_ms())
             if isinstance(timer, Due):
                 return
+            if isinstance(timer, DeliverCancel):
+                raise await self._deliver(timer)
             if isinstance(timer, SleepFor):
                 # Counted as executing: a sibling branch that parks meanwhile must not suspend
                 # the run (this timer has no server-side wake-up; it would never go off).
