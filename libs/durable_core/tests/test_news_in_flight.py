@@ -21,6 +21,14 @@ async def step(name: str, secs: float) -> str:
     return name
 
 
+async def _ends_after_a_cancel(client: Any, workflow: str, arg: Any, inv: str, secs: float) -> str:
+    """Invoke ``workflow``, cancel it ``secs`` later; the status it ends with."""
+    await client.invoke_async(workflow, arg, id=inv)
+    await asyncio.sleep(secs)
+    await client.cancel(inv)
+    return str((await client.wait(inv, timeout=15)).status)
+
+
 async def a_step_beside_a_wait(ctx: Context, tag: str) -> list[Any]:
     return list(await asyncio.gather(ctx.wait_for_signal("go"), ctx.run(tag, step, tag, 1.0)))
 
@@ -75,10 +83,10 @@ async def test_a_cancel_between_steps_is_delivered_at_the_next_step(
     cancellation on replay, on a journal without the request it had not read: the next step
     (a charge) ran and the invocation completed."""
     async with local_engine(code_between_steps) as (client, _):
-        inv = await client.invoke_async("code_between_steps", "between", id="news-between")
-        await asyncio.sleep(0.5)
-        await client.cancel(inv)
-        assert (await client.wait(inv, timeout=15)).status == "cancelled"
+        status = await _ends_after_a_cancel(
+            client, "code_between_steps", "between", "news-between", 0.5
+        )
+        assert status == "cancelled"
         assert RUNS["between-a"] == 1
         assert RUNS["between-charge"] == 0
 
@@ -127,10 +135,10 @@ async def test_a_cancel_raised_through_a_task_group_ends_the_invocation_cancelle
     which the engine took for a crash of the run: never acked, redelivered every ack wait
     and cancelled again, for good."""
     async with local_engine(branches_in_a_task_group) as (client, _):
-        inv = await client.invoke_async("branches_in_a_task_group", "tg", id="news-tg")
-        await asyncio.sleep(0.5)
-        await client.cancel(inv)
-        assert (await client.wait(inv, timeout=15)).status == "cancelled"
+        status = await _ends_after_a_cancel(
+            client, "branches_in_a_task_group", "tg", "news-tg", 0.5
+        )
+        assert status == "cancelled"
 
 
 async def test_a_cancel_ends_branches_raced_with_asyncio_wait(
@@ -184,10 +192,10 @@ async def test_every_step_a_cancel_interrupts_ends_cancelled_and_never_runs_agai
     cancellation, the other was interrupted with nothing journaled, and the replay that
     delivered the cancellation ran it again, after the cancel, beside the compensation."""
     async with local_engine(two_steps_then_compensate) as (client, _):
-        inv = await client.invoke_async("two_steps_then_compensate", "both", id="news-both")
-        await asyncio.sleep(0.4)
-        await client.cancel(inv)
-        assert (await client.wait(inv, timeout=15)).status == "cancelled"
+        status = await _ends_after_a_cancel(
+            client, "two_steps_then_compensate", "both", "news-both", 0.4
+        )
+        assert status == "cancelled"
         assert (RUNS["both-a"], RUNS["both-b"], RUNS["both-undo"]) == (1, 1, 1)
 
 
@@ -246,10 +254,10 @@ async def test_a_cancel_never_leaves_the_run_suspended_on_a_wait_it_had_yet_to_r
     one gather further down, still counted as parked: the run suspended on that wait, and
     nothing was to wake it."""
     async with local_engine(a_sleep_beside_a_wait_nested) as (client, _):
-        inv = await client.invoke_async("a_sleep_beside_a_wait_nested", "n", id="news-nested")
-        await asyncio.sleep(0.5)
-        await client.cancel(inv)
-        assert (await client.wait(inv, timeout=15)).status == "cancelled"
+        status = await _ends_after_a_cancel(
+            client, "a_sleep_beside_a_wait_nested", "n", "news-nested", 0.5
+        )
+        assert status == "cancelled"
 
 
 async def test_a_cancel_reaches_every_wait_of_a_suspended_invocation(
