@@ -39,7 +39,7 @@ from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core.context import Awakeable, Context
 from durable_core.engine import _branches
 from durable_core.engine._branches import BRANCH
-from durable_core.engine._env import being_cancelled, to_the_end, wait_out
+from durable_core.engine._env import being_cancelled, wait_out
 from durable_core.engine._signals import EngineFailure
 from durable_core.engine._step_io import Journal, attempt_failure
 from durable_core.errors import (
@@ -525,13 +525,9 @@ class RunContext(Context):
                 # A Blob the step read was missing or corrupt, and the step went on (it caught
                 # the error): never journal what it made of that.
                 raise EngineFailure(self.payload_error)
-            # To its end through a cancellation (the invocation's, between the step's end and
-            # its outcome's write): cut short, the outcome of a step that ran was dropped, and
-            # the step ran again, or replayed as cancelled though it had run.
-            outcome = self._journal_outcome(
+            return await self._journal_outcome(
                 kind, step, name, input_hash, attempt, result, failure, started
             )
-            return await to_the_end(asyncio.ensure_future(outcome))
 
     async def _journal_outcome(
         self,
@@ -545,7 +541,11 @@ class RunContext(Context):
         started: float,
     ) -> Any:
         """Store a finished step's result, journal its outcome (deferred) and return what
-        the workflow gets: what a replay would."""
+        the workflow gets: what a replay would. A cancellation meanwhile (the invocation's)
+        is raised only once the outcome is deferred (see ``JournalWriter.defer``); cut short
+        there, the outcome of a step that ran was dropped, and the step ran again, or
+        replayed as cancelled though it had run. Only a large result's store, whose write
+        is its own, can be cut short."""
         output = None
         if failure is None:
             try:

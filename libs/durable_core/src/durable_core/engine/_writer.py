@@ -154,12 +154,22 @@ class JournalWriter:
         # step's outcome may be deferred while this flush waits. Set over it, that outcome
         # was never journaled, and its step ran again in the next run (three branches
         # ending their steps together dropped one in the new test).
-        while self.pending is not None:
-            await self.flush()
+        cancelled = False
+        while (before := self.pending) is not None:
+            try:
+                await self.flush()  # its write runs to its end (see _append)
+            except asyncio.CancelledError:
+                if self.pending is before:
+                    raise  # the write itself was cancelled (the event loop is closing)
+                # This step ran: its outcome is deferred all the same, and the cancellation
+                # raised after (dropped, the step ran again, or replayed as cancelled).
+                cancelled = True
         self._stamp(entry, False)
         self.pending = entry
         if self._due is None:
             self._due = asyncio.get_running_loop().call_later(DEFER_S, self._flush_due)
+        if cancelled:
+            raise asyncio.CancelledError
 
     async def flush(self) -> None:
         """Journal the deferred step outcome now, if there is one; return once every outcome
