@@ -9,6 +9,8 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+import pytest
+
 from durable_core import Context, InvocationCancelledError
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 
@@ -98,23 +100,31 @@ async def branches_in_a_task_group(ctx: Context, tag: str) -> list[Any]:
     return [signal.result(), ran.result()]
 
 
-async def branches_raced_with_wait(ctx: Context, tag: str) -> list[Any]:
-    async def wait_all(*coros: Any) -> list[Any]:
-        tasks = [asyncio.create_task(c) for c in coros]
-        pending = set(tasks)
-        while pending:  # asyncio.wait does not cancel its tasks when its caller is cancelled
-            _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-        return [t.result() for t in tasks]
+async def _wait_all(*coros: Any) -> list[Any]:
+    """Each in a task of its own, raced with ``asyncio.wait`` until all are done (which does
+    not cancel them when its caller is cancelled); every task's exception is retrieved: one
+    left unretrieved is logged from its finalizer, which on Python 3.11.7 may run inside the
+    AST parser and make it raise SystemError."""
+    tasks = [asyncio.create_task(c) for c in coros]
+    pending = set(tasks)
+    while pending:
+        _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+    for error in [t.exception() for t in tasks]:
+        if error is not None:
+            raise error
+    return [t.result() for t in tasks]
 
+
+async def branches_raced_with_wait(ctx: Context, tag: str) -> list[Any]:
     async def nap() -> str:
         await ctx.sleep(timedelta(milliseconds=2500))
         return "nap"
 
     async def branch() -> list[Any]:
         await ctx.sleep(timedelta(milliseconds=2700))  # parks on a server-side timer
-        return await wait_all(nap(), ctx.run(tag, step, tag, 0.3))
+        return await _wait_all(nap(), ctx.run(tag, step, tag, 0.3))
 
-    return await wait_all(branch())
+    return await _wait_all(branch())
 
 
 async def steps_beside_a_wait(ctx: Context, tag: str) -> list[Any]:
@@ -126,19 +136,6 @@ async def steps_beside_a_wait(ctx: Context, tag: str) -> list[Any]:
         return out
 
     return list(await asyncio.gather(ctx.wait_for_signal("go"), worker()))
-
-
-async def test_a_cancel_raised_through_a_task_group_ends_the_invocation_cancelled(
-    local_engine: Callable[..., Any],
-) -> None:
-    """A TaskGroup wraps the branch's InvocationCancelledError in a BaseExceptionGroup,
-    which the engine took for a crash of the run: never acked, redelivered every ack wait
-    and cancelled again, for good."""
-    async with local_engine(branches_in_a_task_group) as (client, _):
-        status = await _ends_after_a_cancel(
-            client, "branches_in_a_task_group", "tg", "news-tg", 0.5
-        )
-        assert status == "cancelled"
 
 
 async def test_a_cancel_ends_branches_raced_with_asyncio_wait(
@@ -216,19 +213,7 @@ async def a_sleep_beside_a_wait_nested(ctx: Context, _: str) -> list[Any]:
 
 
 async def two_waits_raced(ctx: Context, _: str) -> list[Any]:
-    tasks = [
-        asyncio.create_task(ctx.wait_for_signal("a")),
-        asyncio.create_task(ctx.wait_for_signal("b")),
-    ]
-    pending = set(tasks)
-    while pending:
-        _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-    # Every task's exception retrieved: one left unretrieved is logged from its finalizer,
-    # which on Python 3.11.7 may run inside the AST parser and make it raise SystemError.
-    for error in [t.exception() for t in tasks]:
-        if error is not None:
-            raise error
-    return [t.result() for t in tasks]
+    return await _wait_all(ctx.wait_for_signal("a"), ctx.wait_for_signal("b"))
 
 
 async def test_a_cancel_during_a_sleep_waited_in_process_ends_the_invocation_cancelled(
@@ -247,16 +232,26 @@ async def test_a_cancel_during_a_sleep_waited_in_process_ends_the_invocation_can
             assert (await client.wait(inv, timeout=15)).status == "cancelled"
 
 
-async def test_a_cancel_never_leaves_the_run_suspended_on_a_wait_it_had_yet_to_reach(
-    local_engine: Callable[..., Any],
+@pytest.mark.parametrize(
+    "workflow",
+    [
+        # A TaskGroup wraps the branch's InvocationCancelledError in a BaseExceptionGroup,
+        # which the engine took for a crash of the run: never acked, redelivered every ack
+        # wait and cancelled again, for good.
+        branches_in_a_task_group,
+        # The cancelled in-process sleep asked for a suspension while the signal wait beside
+        # it, one gather further down, still counted as parked: the run suspended on that
+        # wait, and nothing was to wake it.
+        a_sleep_beside_a_wait_nested,
+    ],
+    ids=lambda wf: wf.__name__,
+)
+async def test_a_cancel_while_running_ends_the_invocation_cancelled(
+    local_engine: Callable[..., Any], workflow: Callable[..., Any]
 ) -> None:
-    """The cancelled in-process sleep asked for a suspension while the signal wait beside it,
-    one gather further down, still counted as parked: the run suspended on that wait, and
-    nothing was to wake it."""
-    async with local_engine(a_sleep_beside_a_wait_nested) as (client, _):
-        status = await _ends_after_a_cancel(
-            client, "a_sleep_beside_a_wait_nested", "n", "news-nested", 0.5
-        )
+    name = workflow.__name__
+    async with local_engine(workflow) as (client, _):
+        status = await _ends_after_a_cancel(client, name, "x", f"news-{name}", 0.5)
         assert status == "cancelled"
 
 
