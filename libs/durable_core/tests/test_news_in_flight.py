@@ -268,3 +268,39 @@ async def test_a_cancel_reaches_every_wait_of_a_suspended_invocation(
             await asyncio.sleep(0.1)
         await client.cancel(inv)
         assert (await client.wait(inv, timeout=15)).status == "cancelled"
+
+
+async def big_step(tag: str) -> str:
+    RUNS[tag] += 1
+    return "x" * (400 * 1024)  # above the 256 KiB threshold: stored in the object store
+
+
+async def a_large_result_then_a_charge(ctx: Context, tag: str) -> int:
+    big = await ctx.run(f"{tag}-big", big_step, f"{tag}-big")
+    return len(big) + len(await ctx.run(f"{tag}-charge", step, f"{tag}-charge", 0.05))
+
+
+async def test_a_cancel_during_a_large_results_store_keeps_the_steps_outcome(
+    local_engine: Callable[..., Any],
+) -> None:
+    """The step had run; the cancellation came while its result was written to the object
+    store, and cut the store short with it: the outcome was dropped, and the replay took the
+    step for one in flight at the cancel (cancelled, though it had run)."""
+    async with local_engine(a_large_result_then_a_charge) as (client, t):
+        put, storing = t.payloads.put, asyncio.Event()
+
+        async def slow_put(owner: str, source: Any) -> Any:
+            storing.set()
+            await asyncio.sleep(0.6)  # the object store written slowly: the cancel lands
+            return await put(owner, source)
+
+        t.payloads.put = slow_put  # type: ignore[method-assign]
+        inv = await client.invoke_async("a_large_result_then_a_charge", "big", id="news-big")
+        await asyncio.wait_for(storing.wait(), 10)
+        await client.cancel(inv)
+        assert (await client.wait(inv, timeout=15)).status == "cancelled"
+        entries = [r.entry for r in await t.read_journal(inv)]
+        big = [e for e in entries if e.name == "big-big" and e.kind == pb.ENTRY_KIND_RUN]
+        assert big and not big[-1].HasField("failure"), entries
+        assert big[-1].output.HasField("ref")  # the stored result, not a cancellation
+        assert (RUNS["big-big"], RUNS["big-charge"]) == (1, 0)

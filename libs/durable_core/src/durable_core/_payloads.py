@@ -193,6 +193,22 @@ async def store_value(
     return await offload(store, _codec.encode(value), owner)
 
 
+def unstored(store: PayloadStore | None, value: Any) -> pb.Payload | None:
+    """``value`` encoded, when :func:`store_value` would keep it inline and write nothing;
+    None when storing it writes (a Blob to share, a file-like value to stream, an encoding
+    above the threshold) or there is no store.
+
+    Raises:
+        InvalidInputError: the value cannot be encoded.
+    """
+    if store is None or isinstance(value, Blob) or is_file_like(value):
+        return None
+    if isinstance(value, bytes | bytearray) and len(value) > store.threshold:
+        return None
+    payload = _codec.encode(value)
+    return payload if len(payload.data) <= store.threshold else None
+
+
 async def share(
     store: PayloadStore | None,
     payloads: Iterable[pb.Payload],

@@ -39,7 +39,7 @@ from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core.context import Awakeable, Context
 from durable_core.engine import _branches
 from durable_core.engine._branches import BRANCH
-from durable_core.engine._env import being_cancelled, wait_out
+from durable_core.engine._env import being_cancelled, to_the_end, wait_out
 from durable_core.engine._signals import EngineFailure
 from durable_core.engine._step_io import Journal, attempt_failure
 from durable_core.errors import (
@@ -544,19 +544,15 @@ class RunContext(Context):
         the workflow gets: what a replay would. A cancellation meanwhile (the invocation's)
         is raised only once the outcome is deferred (see ``JournalWriter.defer``); cut short
         there, the outcome of a step that ran was dropped, and the step ran again, or
-        replayed as cancelled though it had run. Only a large result's store, whose write
-        is its own, can be cut short."""
+        replayed as cancelled though it had run. A large result's store runs to its end for
+        the same reason (``_stored_to_the_end``)."""
         output = None
+        cancelled = False
         if failure is None:
             try:
-                output = await self._stored(result)
+                output, cancelled = await self._stored_to_the_end(result)
             except InvalidInputError as e:  # a result we cannot store: running again won't help
                 failure = pb.Failure(type=type(e).__name__, message=str(e), step=step)
-            if output is not None and (output.blob or kind == pb.ENTRY_KIND_RUN):
-                # What was stored, as a replay gets it: a Blob, or the JSON value (a
-                # dataclass as a dict, a tuple as a list), never the function's own
-                # object, which only this first run would have seen.
-                result = await self._load(output)
         entry = self.steps.outcome(
             kind,
             step,
@@ -570,7 +566,32 @@ class RunContext(Context):
         )
         await self._append(entry, defer=True)
         self.steps.executed(entry)
+        if cancelled:
+            raise asyncio.CancelledError
+        if output is not None and (output.blob or kind == pb.ENTRY_KIND_RUN):
+            # What was stored, as a replay gets it: a Blob, or the JSON value (a dataclass
+            # as a dict, a tuple as a list), never the function's own object, which only
+            # this first run would have seen. After the deferral: a stored value is read
+            # back, a read a cancellation may cut short.
+            result = await self._load(output)
         return result
+
+    async def _stored_to_the_end(self, value: Any) -> tuple[pb.Payload, bool]:
+        """``_stored``, and whether a cancellation came meanwhile. A value that writes to the
+        object store (a large one, a stream, a Blob to share) is stored in a task of its
+        own, which a cancellation of this one does not cut short: a cancel during a large
+        result's store dropped the outcome of a step that had run. A small value writes
+        nothing, and gets no task (one per step cost a fifth of the throughput)."""
+        inline = _payloads.unstored(self._payloads, value)
+        if inline is not None:
+            return inline, False
+        task = _branches.engine_task(self._stored(value))
+        try:
+            return await to_the_end(task), False
+        except asyncio.CancelledError:
+            if task.cancelled():
+                raise  # the store itself was cancelled (the event loop is closing)
+            return task.result(), True
 
     async def _wait_for_attempt(self, step: int, name: str, due_ms: int, attempt: int) -> None:
         """Wait until a step's next attempt is due: in-process when it is soon, otherwise
