@@ -304,3 +304,31 @@ async def test_a_cancel_during_a_large_results_store_keeps_the_steps_outcome(
         assert big and not big[-1].HasField("failure"), entries
         assert big[-1].output.HasField("ref")  # the stored result, not a cancellation
         assert (RUNS["big-big"], RUNS["big-charge"]) == (1, 0)
+
+
+async def own_code_beside_a_wait(ctx: Context, tag: str) -> list[Any]:
+    async def later() -> str:
+        await asyncio.sleep(1.0)  # the workflow's own code, not a step
+        return await ctx.run(f"{tag}-charge", step, f"{tag}-charge", 0.05)
+
+    try:
+        return await _wait_all(ctx.wait_for_signal("go"), later())
+    except InvocationCancelledError:
+        await ctx.run(f"{tag}-undo", step, f"{tag}-undo", 0.05)
+        raise
+
+
+async def test_a_branch_the_cancel_never_reached_takes_no_new_step_after_it(
+    local_engine: Callable[..., Any],
+) -> None:
+    """The cancellation was delivered at the wait, and the branch beside it was in its own
+    code. The run went again; the branch asked for its next step after the delivery (which
+    the rerun replayed at the wait), and a step asked after the delivery was taken for
+    compensation: the charge ran after the cancel."""
+    async with local_engine(own_code_beside_a_wait) as (client, _):
+        status = await _ends_after_a_cancel(
+            client, "own_code_beside_a_wait", "own", "news-own", 0.5
+        )
+        await asyncio.sleep(1.0)  # the branch's step would have run by now
+        assert status == "cancelled"
+        assert (RUNS["own-charge"], RUNS["own-undo"]) == (0, 1)

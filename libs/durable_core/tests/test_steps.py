@@ -13,6 +13,7 @@ from durable_core import _codec
 from durable_core._code import CodeIdentity
 from durable_core._journal import (
     CANCELLED,
+    Branch,
     DeliverCancel,
     Due,
     Execute,
@@ -103,6 +104,44 @@ def test_a_step_cancelled_in_an_earlier_run_is_cancelled_again_on_replay() -> No
     with pytest.raises(InvocationCancelledError):
         m.begin(RUN, "a", b"")
     assert m.cancel_delivered
+
+
+def test_a_branch_that_never_saw_the_cancellation_takes_no_new_step_whenever_it_asks() -> None:
+    """An earlier run delivered the cancellation at branch 1's step, then crashed with branch
+    2's step in flight and unjournaled: whichever replays first, branch 2's step ends
+    cancelled; the root, which catches it, and a branch it starts after, compensate."""
+    cancelled = run_entry(1, "a")
+    cancelled.branch, cancelled.branch_step = "1", 1
+    cancelled.failure.CopyFrom(pb.Failure(type=CANCELLED, message="cancelled"))
+    for branch_2_first in (False, True):
+        asking: list[Branch] = []
+        m = StepMachine(
+            "inv-1",
+            ReplayMachine("inv-1", [pb.JournalEntry(kind=pb.ENTRY_KIND_CANCEL_REQUEST), cancelled]),
+            START,
+            branch=lambda asking=asking: asking[-1],
+        )
+        one, two = m.root.child(), m.root.child()
+        order = [two, one] if branch_2_first else [one, two]
+        for branch in order:
+            asking.append(branch)
+            if branch is one:
+                with pytest.raises(InvocationCancelledError):
+                    m.begin(RUN, "a", b"")
+                continue
+            step = m.begin(RUN, "charge", b"")
+            assert isinstance(step, Execute)
+            assert isinstance(
+                m.before_executing(RUN, step.step, "charge", b"", START), DeliverCancel
+            )
+        asking.append(m.root)
+        undo = m.begin(RUN, "undo", b"")
+        assert isinstance(undo, Execute)
+        assert m.before_executing(RUN, undo.step, "undo", b"", START) is None
+        asking.append(m.root.child())
+        later = m.begin(RUN, "undo-more", b"")
+        assert isinstance(later, Execute)
+        assert m.before_executing(RUN, later.step, "undo-more", b"", START) is None
 
 
 def test_a_paused_invocation_parks_at_the_next_new_step() -> None:

@@ -132,7 +132,11 @@ class Branch:
     """One task of the workflow's code: its own (``path`` "") or one it started, by the order
     in which the tasks of its parent first asked the context for something ("2.1": the first
     of those the second one started). Its steps, UUIDs, random numbers, awakeable ids and
-    clock are its own, so they are the same on every replay whichever branch gets ahead."""
+    clock are its own, so they are the same on every replay whichever branch gets ahead.
+
+    ``seen``: the cancellation was raised in it or in a branch it started (where it
+    catches it), or it was started after that: its new steps are compensation, which the
+    cancellation never ends (see ``StepMachine._reaches``)."""
 
     path: str = ""
     now_ms: int = 0
@@ -141,11 +145,21 @@ class Branch:
     uuids: int = 0
     awakeables: int = 0
     rng: _random.Random | None = None
+    parent: Branch | None = field(default=None, repr=False, compare=False)
+    seen: bool = False
 
     def child(self) -> Branch:
         self.branches += 1
         path = f"{self.path}.{self.branches}" if self.path else str(self.branches)
-        return Branch(path, self.now_ms)
+        return Branch(path, self.now_ms, parent=self, seen=self.seen)
+
+    def see_cancel(self) -> None:
+        """The cancellation was raised here: this branch and those that started it have
+        seen it."""
+        branch: Branch | None = self
+        while branch is not None and not branch.seen:
+            branch.seen = True
+            branch = branch.parent
 
     def next_step(self) -> tuple[str, int]:
         self.steps += 1
@@ -173,6 +187,7 @@ class StepMachine:
         # The branch asking (the context knows its tasks); one branch without it.
         self.branch: Callable[[], Branch] = branch or (lambda: self.root)
         self.idents: dict[int, tuple[str, int]] = {}  # step number -> (branch, its step)
+        self._branch_of: dict[int, Branch] = {}  # step number -> the branch that asked
         self.nondeterminism: NonDeterminismError | None = None  # even if the workflow caught it
         self.cancel_delivered = False  # the workflow has seen the cancellation
         # The steps asked for when this run delivered the cancellation: in flight then, each
@@ -315,16 +330,18 @@ class StepMachine:
             NonDeterminismError: the journal holds another step here (kept on the machine).
             InvocationCancelledError: an earlier run delivered the cancellation at this step.
         """
-        ident = self.branch().next_step()
+        branch = self.branch()
+        ident = branch.next_step()
         try:
             decision = self.journal.next_step(kind, name, digest, ident)
         except NonDeterminismError as e:
             self.nondeterminism = e  # the engine blocks the invocation even if this is caught
             raise
         self.idents[decision.step] = ident
+        self._branch_of[decision.step] = branch
         if isinstance(decision, Replay) and decision.entry.failure.type == CANCELLED:
             self.saw(decision.entry)  # as the run that was cancelled here did (``executed``)
-            self.cancel_delivered = True  # an earlier run was cancelled here: so is this one
+            self._seen_at(decision.step)  # an earlier run was cancelled here: so is this one
             raise InvocationCancelledError(self.invocation_id)
         return decision
 
@@ -341,7 +358,7 @@ class StepMachine:
         """A step about to run for the first time (the step boundary where pause and cancel
         act): deliver a requested cancellation, park while paused, or None: run it."""
         if self.journal.cancel_requested and self._reaches(step):
-            self._delivering()
+            self._delivering(step)
             failure = pb.Failure(type=CANCELLED, message="cancelled", step=step)
             entry = pb.JournalEntry(
                 kind=kind,
@@ -439,26 +456,40 @@ class StepMachine:
         workflow goes on); else None (stop the run)."""
         if not cancelling or not self._reaches(step):
             return None
-        self._delivering()
+        self._delivering(step)
         return pb.Failure(type=CANCELLED, message="cancelled", step=step)
 
     def _reaches(self, step: int) -> bool:
-        """Whether the cancellation is delivered at ``step`` (a step or a wait): one not
-        delivered yet, or one delivered while ``step`` was in flight, in another branch
-        (asked for before it was requested, or before this run delivered it). Such a step
-        was interrupted with nothing journaled, or a wait left parked, and the replay that
-        delivered the cancellation ran the step again, or suspended on the wait for good. A
-        step asked for after the delivery (compensation) is never cancelled by it."""
-        return (
-            not self.cancel_delivered
-            or step in self._asked_at_cancel
-            or step in self.journal.asked_before_cancel
-        )
+        """Whether the cancellation is delivered at ``step`` (a step or a wait).
 
-    def _delivering(self) -> None:
+        - One in flight when it came: asked for before it was requested, or before this run
+          delivered it, in any branch. Such a step was interrupted with nothing journaled,
+          or a wait left parked, and the replay that delivered the cancellation ran the
+          step again, or suspended on the wait for good.
+        - One asked for by a branch that has not seen it (``Branch.seen``): it has yet to
+          be raised there, whenever the step is asked. A branch in its own code when the
+          cancellation was delivered beside it asked for its next step after that, and
+          the step ran (after the cancel, or only on the run after a crash). Only the
+          branches that saw it, and those started since, take new steps: compensation,
+          which the cancellation never ends. Decided by the workflow's own structure, so
+          every replay decides it alike.
+        """
+        if step in self._asked_at_cancel or step in self.journal.asked_before_cancel:
+            return True
+        branch = self._branch_of.get(step)
+        return not (branch.seen if branch is not None else self.cancel_delivered)
+
+    def _delivering(self, step: int) -> None:
         if not self.cancel_delivered:
-            self.cancel_delivered = True
             self._asked_at_cancel = frozenset(self.idents)
+        self._seen_at(step)
+
+    def _seen_at(self, step: int) -> None:
+        """The cancellation is raised at ``step``: its branch has seen it."""
+        self.cancel_delivered = True
+        branch = self._branch_of.get(step)
+        if branch is not None:
+            branch.see_cancel()
 
     def executed(self, entry: pb.JournalEntry) -> None:
         """A step ran and ``entry`` is journaled: move the clock on, raise its failure.
@@ -527,7 +558,7 @@ class StepMachine:
             InvocationCancelledError: it was.
         """
         if self.journal.cancel_delivered_at(step):
-            self.cancel_delivered = True
+            self._seen_at(step)
             raise InvocationCancelledError(self.invocation_id)
 
     def park(self, wait: Wait, now_ms: int) -> DeliverCancel | Park:
@@ -552,7 +583,7 @@ class StepMachine:
         return self._cancel_at(wait.step, now_ms)
 
     def _cancel_at(self, step: int, now_ms: int) -> DeliverCancel:
-        self._delivering()
+        self._delivering(step)
         entry = pb.JournalEntry(kind=pb.ENTRY_KIND_CANCEL_DELIVERED, step=step, timestamp_ms=now_ms)
         return DeliverCancel(entry)
 
