@@ -5,10 +5,8 @@ replayer hands a typed workflow the same value the engine does."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -76,26 +74,6 @@ async def test_the_replayer_hands_a_typed_workflow_its_types() -> None:
     assert run.output == 4
     with pytest.raises(TypeError, match="does not fit total"):
         await replay_workflow(total, {"id": "o", "nope": 1})
-
-
-async def approval(ctx: Context, secs: float) -> str:
-    sig = asyncio.create_task(ctx.wait_for_signal("approve"))
-    timer = asyncio.create_task(ctx.sleep(timedelta(seconds=secs)))
-    done, _ = await asyncio.wait({sig, timer}, return_when=asyncio.FIRST_COMPLETED)
-    return "approved" if sig in done else "timed out"
-
-
-async def test_the_replayer_runs_a_branch_whose_timer_is_due_beside_one_that_parked() -> None:
-    """As the engine: the run was declared suspended when the signal's branch parked, before
-    the timer's branch had replayed its sleep, due by then."""
-    from durable_core._pb.durable.v1 import durable_pb2 as pb
-
-    wait = pb.JournalEntry(kind=pb.ENTRY_KIND_SIGNAL_WAIT, step=1, name="approve")
-    wait.branch, wait.branch_step = "1", 1
-    sleep = pb.JournalEntry(kind=pb.ENTRY_KIND_SLEEP, step=2, name="sleep", wake_at_ms=1)
-    sleep.branch, sleep.branch_step = "2", 1
-    run = await replay_workflow(approval, 60.0, journal=[wait, sleep])
-    assert run.output == "timed out", run
 
 
 async def items_back(ctx: Context, xs: list[Item]) -> list[Item]:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from durable_core import Context
+from durable_core.testing import replay_workflow
 
 RAN: list[str] = []
 
@@ -155,3 +156,16 @@ async def test_waits_left_behind_end_with_the_run(
         gc.collect()
     destroyed = [r for r in caplog.records if "destroyed but it is pending" in r.getMessage()]
     assert not destroyed
+
+
+async def test_the_replayer_runs_a_branch_whose_timer_is_due_beside_one_that_parked() -> None:
+    """As the engine: the run was declared suspended when the signal's branch parked, before
+    the timer's branch had replayed its sleep, due by then."""
+    from durable_core._pb.durable.v1 import durable_pb2 as pb
+
+    wait = pb.JournalEntry(kind=pb.ENTRY_KIND_SIGNAL_WAIT, step=1, name="approve")
+    wait.branch, wait.branch_step = "1", 1
+    sleep = pb.JournalEntry(kind=pb.ENTRY_KIND_SLEEP, step=2, name="sleep", wake_at_ms=1)
+    sleep.branch, sleep.branch_step = "2", 1
+    run = await replay_workflow(approval, 60.0, journal=[wait, sleep])
+    assert run.output == "timed out", run

@@ -139,8 +139,12 @@ class LocalStack:
         _require_services()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.nats.start()
+        # No HTTP probes: `durable dev` waits on the gRPC port, and 9091 may be another's
+        # (Prometheus' Pushgateway listens there by default).
         hello = self._spawn(
-            "hello service", ["-m", "hello_service", "--port", str(self.grpc_port)], {}
+            "hello service",
+            ["-m", "hello_service", "--port", str(self.grpc_port), "--health-port", "0"],
+            {},
         )
         _wait_port(self.grpc_port, hello, "hello service")
         # The processor's /readyz says when it has created the engine's streams (nobody else
