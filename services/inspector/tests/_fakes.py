@@ -153,6 +153,16 @@ class FakeClient:
             raise NotFoundError(f"no invocation with id {invocation_id}")
         return self.results[invocation_id]
 
+    def follow(self, invocation_id: str) -> Any:
+        """What ``Client.follow`` gives: ``describe`` of one invocation, again and again."""
+        client = self
+
+        class _Follower:
+            async def describe(self) -> InvocationView:
+                return await client.describe(invocation_id)
+
+        return _Follower()
+
     async def invoke_async(
         self,
         workflow: str,

@@ -483,13 +483,15 @@ def _in_flight(rt: Runtime, invocation_id: str) -> bool:
 class _StepWatch:
     """Steps of one execution that changed. The state changes only when an execution starts,
     suspends or ends, so while it runs the stream reads its journal (one execution, once a
-    second); a step is sent again when its state changes (a wait completing, an attempt)."""
+    second: only the entries appended since, see ``Client.follow``); a step is sent again
+    when its state changes (a wait completing, an attempt)."""
 
     def __init__(self, rt: Runtime, invocation_id: str) -> None:
         self.rt = rt
         self.id = invocation_id
         self.seen: dict[int, tuple[str, int, int]] | None = None
         self.last = 0.0
+        self.follower: Any = None
 
     def due(self) -> bool:
         return time.monotonic() - self.last >= STEP_POLL_INTERVAL
@@ -497,7 +499,9 @@ class _StepWatch:
     async def poll(self) -> str | None:
         self.last = time.monotonic()
         try:
-            view = await _client(self.rt).describe(self.id)
+            if self.follower is None:
+                self.follower = _client(self.rt).follow(self.id)
+            view = await self.follower.describe()
         except NotFoundError:
             return None
         except DurableError as e:

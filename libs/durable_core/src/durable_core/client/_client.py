@@ -524,18 +524,17 @@ class Client:
         Raises:
             NotFoundError: no invocation has this id (ExpiredError once it expired).
         """
-        rec = await lifecycle.state_of(self._t, invocation_id)
-        # As the leader has it now: `durable invoke` shows this view right after the result
-        # notice, and a lagging follower showed a completed invocation RUNNING (CI, Helm pods).
-        records = await self._t.read_journal(
-            invocation_id, min_entries=rec.state.journal_length, current=True
-        )
-        entries = [r.entry for r in records]
-        # Protobuf payloads of types not imported here decode with the fleet's descriptors.
-        await self._types.load(self._t, _protobuf_types(rec.state, entries))
-        from durable_core.views import describe  # the CLI's --help need not import the views
+        return await self.follow(invocation_id).describe()
 
-        return describe(rec.state, entries, types=self._types)
+    def follow(self, invocation_id: str) -> Follower:
+        """``describe`` of one invocation again and again (a page that shows it while it
+        runs): each call reads only the journal entries appended since the one before.
+
+        Raises:
+            InvalidInputError: a malformed id.
+        """
+        check_invocation_id(invocation_id)
+        return Follower(self, invocation_id)
 
     async def wait(
         self, invocation_id: str, timeout: timedelta | float = timedelta(seconds=60)
@@ -613,6 +612,48 @@ class Client:
             output = await _payloads.load_value(self._t.payloads, state.output)
             result = dataclasses.replace(result, output=output)
         return result
+
+
+class Follower:
+    """What ``Client.follow`` returns: the invocation's view, its journal read on from where
+    the last call stopped (a journal is only appended to; read whole again only when the
+    invocation was made anew under its id, after it expired)."""
+
+    def __init__(self, client: Client, invocation_id: str) -> None:
+        self._client = client
+        self.invocation_id = invocation_id
+        self._entries: list[pb.JournalEntry] = []
+        self._last_seq = 0
+        self._created_ms: int | None = None
+
+    async def describe(self) -> InvocationView:
+        """The invocation's view now (see ``Client.describe``).
+
+        Raises:
+            NotFoundError: no invocation has this id (ExpiredError once it expired).
+        """
+        t, types = self._client._t, self._client._types
+        rec = await lifecycle.state_of(t, self.invocation_id)
+        if rec.state.created_at_ms != self._created_ms:
+            self._entries, self._last_seq = [], 0
+            self._created_ms = rec.state.created_at_ms
+        # As the leader has it now: `durable invoke` shows this view right after the result
+        # notice, and a lagging follower showed a completed invocation RUNNING (CI, Helm pods).
+        records = await t.read_journal(
+            self.invocation_id,
+            min_entries=rec.state.journal_length - len(self._entries),
+            current=True,
+            start=self._last_seq + 1,
+        )
+        fresh = [r.entry for r in records if r.seq > self._last_seq]
+        if records:
+            self._last_seq = max(self._last_seq, records[-1].seq)
+        self._entries.extend(fresh)
+        # Protobuf payloads of types not imported here decode with the fleet's descriptors.
+        await types.load(t, _protobuf_types(rec.state, self._entries))
+        from durable_core.views import describe  # the CLI's --help need not import the views
+
+        return describe(rec.state, self._entries, types=types)
 
 
 def _protobuf_types(state: pb.ExecutionState, entries: Sequence[pb.JournalEntry]) -> set[str]:
