@@ -83,6 +83,9 @@ class FakeJournal:
     def halted(self) -> bool:
         return False
 
+    def stopping(self) -> bool:
+        return False
+
 
 class FakeChannels:
     """ChannelPool stand-in: one async callable per method, recording metadata."""

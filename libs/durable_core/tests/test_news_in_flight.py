@@ -4,6 +4,8 @@ real server: the run sees it once nothing runs, and never sends a step again for
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import timedelta
@@ -332,3 +334,80 @@ async def test_a_branch_the_cancel_never_reached_takes_no_new_step_after_it(
         await asyncio.sleep(1.0)  # the branch's step would have run by now
         assert status == "cancelled"
         assert (RUNS["own-charge"], RUNS["own-undo"]) == (0, 1)
+
+
+async def notify_then_charge(ctx: Context, tag: str) -> str:
+    notify = asyncio.create_task(ctx.run(f"{tag}-notify", step, f"{tag}-notify", 1.0))
+    try:
+        await asyncio.sleep(1.0)  # the workflow's own code, not a step
+        return await ctx.run(f"{tag}-charge", step, f"{tag}-charge", 0.05)
+    finally:
+        with contextlib.suppress(BaseException):  # retrieved: see _wait_all
+            await notify
+
+
+async def sibling_compensates(ctx: Context, tag: str) -> str:
+    fetch = asyncio.create_task(ctx.run(f"{tag}-fetch", step, f"{tag}-fetch", 1.0))
+
+    async def process() -> str:
+        try:
+            await fetch
+            return await ctx.run(f"{tag}-process", step, f"{tag}-process", 0.05)
+        except InvocationCancelledError:
+            await ctx.run(f"{tag}-cleanup", step, f"{tag}-cleanup", 0.05)
+            raise
+
+    return await asyncio.create_task(process())
+
+
+async def test_a_cancel_a_started_task_took_never_lets_its_parent_take_new_steps(
+    local_engine: Callable[..., Any],
+) -> None:
+    """The step a started task ran took the cancellation while the workflow was in its own
+    code; the cancellation raised there made the workflow count as having seen it, and its
+    next step (the charge) ran after the cancel."""
+    async with local_engine(notify_then_charge) as (client, _):
+        status = await _ends_after_a_cancel(client, "notify_then_charge", "nc", "news-nc", 0.5)
+        await asyncio.sleep(1.0)
+        assert status == "cancelled"
+        assert (RUNS["nc-notify"], RUNS["nc-charge"]) == (1, 0)
+
+
+async def test_a_task_that_catches_the_cancel_another_raised_compensates(
+    local_engine: Callable[..., Any],
+) -> None:
+    """The cancellation was raised in the task that ran the fetch; the task awaiting it
+    caught it and cleaned up, and its clean-up step was cancelled as if it had never seen
+    the cancellation."""
+    async with local_engine(sibling_compensates) as (client, _):
+        status = await _ends_after_a_cancel(client, "sibling_compensates", "sc", "news-sc", 0.5)
+        assert status == "cancelled"
+        assert (RUNS["sc-fetch"], RUNS["sc-process"], RUNS["sc-cleanup"]) == (1, 0, 1)
+
+
+async def test_a_halt_during_a_large_results_store_stops_the_run_on_time(
+    local_engine: Callable[..., Any],
+) -> None:
+    """A large result's store runs to its end through the invocation's cancellation, but
+    not through a halt of the run: one past its execution timeout must stop where it is
+    and fail on time, not wait for the object store."""
+    async with local_engine(a_large_result_then_a_charge) as (client, t):
+        put, storing = t.payloads.put, asyncio.Event()
+
+        async def slow_put(owner: str, source: Any) -> Any:
+            storing.set()
+            await asyncio.sleep(6)
+            return await put(owner, source)
+
+        t.payloads.put = slow_put  # type: ignore[method-assign]
+        started = time.monotonic()
+        inv = await client.invoke_async(
+            "a_large_result_then_a_charge",
+            "late",
+            id="news-late",
+            execution_timeout=timedelta(seconds=1),
+        )
+        result = await client.wait(inv, timeout=15)
+        assert result.status == "failed", result
+        assert time.monotonic() - started < 4.5  # the store was left, not waited for
+        assert storing.is_set() and RUNS["late-charge"] == 0

@@ -135,13 +135,39 @@ def test_a_branch_that_never_saw_the_cancellation_takes_no_new_step_whenever_it_
                 m.before_executing(RUN, step.step, "charge", b"", START), DeliverCancel
             )
         asking.append(m.root)
-        undo = m.begin(RUN, "undo", b"")
-        assert isinstance(undo, Execute)
-        assert m.before_executing(RUN, undo.step, "undo", b"", START) is None
-        asking.append(m.root.child())
-        later = m.begin(RUN, "undo-more", b"")
+        try:
+            raise InvocationCancelledError("inv-1")  # as the root's gather would
+        except InvocationCancelledError:
+            undo = m.begin(RUN, "undo", b"")
+            assert isinstance(undo, Execute)
+            assert m.before_executing(RUN, undo.step, "undo", b"", START) is None
+            asking.append(m.root.child())
+        later = m.begin(RUN, "undo-more", b"")  # a task the handler started
         assert isinstance(later, Execute)
         assert m.before_executing(RUN, later.step, "undo-more", b"", START) is None
+
+
+def test_a_cancellation_raised_in_a_started_task_is_not_seen_by_the_task_that_started_it() -> None:
+    """Only a branch the cancellation was raised in, or one handling it, compensates: the
+    workflow's own task, in its own code while the task it started took the cancellation,
+    asks for its next step (the charge) outside any handler."""
+    cancelled = run_entry(1, "notify")
+    cancelled.branch, cancelled.branch_step = "1", 1
+    cancelled.failure.CopyFrom(pb.Failure(type=CANCELLED, message="cancelled"))
+    asking: list[Branch] = []
+    m = StepMachine(
+        "inv-1",
+        ReplayMachine("inv-1", [pb.JournalEntry(kind=pb.ENTRY_KIND_CANCEL_REQUEST), cancelled]),
+        START,
+        branch=lambda: asking[-1],
+    )
+    asking.append(m.root.child())
+    with pytest.raises(InvocationCancelledError):
+        m.begin(RUN, "notify", b"")
+    asking.append(m.root)
+    charge = m.begin(RUN, "charge", b"")
+    assert isinstance(charge, Execute)
+    assert isinstance(m.before_executing(RUN, charge.step, "charge", b"", START), DeliverCancel)
 
 
 def test_a_paused_invocation_parks_at_the_next_new_step() -> None:

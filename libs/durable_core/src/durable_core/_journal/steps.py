@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import random as _random
+import sys
 import uuid as _uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -134,9 +135,10 @@ class Branch:
     of those the second one started). Its steps, UUIDs, random numbers, awakeable ids and
     clock are its own, so they are the same on every replay whichever branch gets ahead.
 
-    ``seen``: the cancellation was raised in it or in a branch it started (where it
-    catches it), or it was started after that: its new steps are compensation, which the
-    cancellation never ends (see ``StepMachine._reaches``)."""
+    ``seen``: the cancellation was raised in it, or it asked for a step while handling the
+    cancellation (in an ``except`` or ``finally`` clause it passes through), or it was
+    started by a branch that had seen it or while handling it: its new steps are
+    compensation, which the cancellation never ends (see ``StepMachine._reaches``)."""
 
     path: str = ""
     now_ms: int = 0
@@ -145,25 +147,42 @@ class Branch:
     uuids: int = 0
     awakeables: int = 0
     rng: _random.Random | None = None
-    parent: Branch | None = field(default=None, repr=False, compare=False)
     seen: bool = False
 
     def child(self) -> Branch:
+        """The branch of a task this one starts (now: ``seen`` is decided here)."""
         self.branches += 1
         path = f"{self.path}.{self.branches}" if self.path else str(self.branches)
-        return Branch(path, self.now_ms, parent=self, seen=self.seen)
-
-    def see_cancel(self) -> None:
-        """The cancellation was raised here: this branch and those that started it have
-        seen it."""
-        branch: Branch | None = self
-        while branch is not None and not branch.seen:
-            branch.seen = True
-            branch = branch.parent
+        return Branch(path, self.now_ms, seen=self.seen or handling_cancel())
 
     def next_step(self) -> tuple[str, int]:
         self.steps += 1
         return self.path, self.steps
+
+
+def handling_cancel() -> bool:
+    """Whether the calling code handles a cancellation of the invocation: it runs in an
+    ``except`` (or ``except*``) clause for one, in a ``finally`` clause one passes through,
+    or in the handler of an error raised while handling one."""
+    error, seen = sys.exception(), set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, InvocationCancelledError):
+            return True
+        if isinstance(error, BaseExceptionGroup) and any(
+            isinstance(e, InvocationCancelledError) for e in _leaves(error)
+        ):
+            return True
+        error = error.__context__
+    return False
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    for e in group.exceptions:
+        if isinstance(e, BaseExceptionGroup):
+            yield from _leaves(e)
+        else:
+            yield e
 
 
 class StepMachine:
@@ -331,6 +350,8 @@ class StepMachine:
             InvocationCancelledError: an earlier run delivered the cancellation at this step.
         """
         branch = self.branch()
+        if handling_cancel():
+            branch.seen = True  # compensation: asked for while handling the cancellation
         ident = branch.next_step()
         try:
             decision = self.journal.next_step(kind, name, digest, ident)
@@ -469,10 +490,13 @@ class StepMachine:
         - One asked for by a branch that has not seen it (``Branch.seen``): it has yet to
           be raised there, whenever the step is asked. A branch in its own code when the
           cancellation was delivered beside it asked for its next step after that, and
-          the step ran (after the cancel, or only on the run after a crash). Only the
-          branches that saw it, and those started since, take new steps: compensation,
+          the step ran (after the cancel, or only on the run after a crash). Only a branch
+          the cancellation was raised in, one that handles it (in an ``except`` or
+          ``finally`` clause), and the tasks they start take new steps: compensation,
           which the cancellation never ends. Decided by the workflow's own structure, so
-          every replay decides it alike.
+          every replay decides it alike (a step the run's own tasks finished first must
+          not decide it: counting the cancellation raised in a started task as seen by
+          the task that started it let that one's next step, a charge, run).
         """
         if step in self._asked_at_cancel or step in self.journal.asked_before_cancel:
             return True
@@ -489,7 +513,7 @@ class StepMachine:
         self.cancel_delivered = True
         branch = self._branch_of.get(step)
         if branch is not None:
-            branch.see_cancel()
+            branch.seen = True
 
     def executed(self, entry: pb.JournalEntry) -> None:
         """A step ran and ``entry`` is journaled: move the clock on, raise its failure.

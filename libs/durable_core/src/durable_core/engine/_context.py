@@ -39,7 +39,7 @@ from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core.context import Awakeable, Context
 from durable_core.engine import _branches
 from durable_core.engine._branches import BRANCH
-from durable_core.engine._env import being_cancelled, to_the_end, wait_out
+from durable_core.engine._env import being_cancelled, through_cancels, wait_out
 from durable_core.engine._signals import EngineFailure
 from durable_core.engine._step_io import Journal, attempt_failure
 from durable_core.errors import (
@@ -550,7 +550,7 @@ class RunContext(Context):
         cancelled = False
         if failure is None:
             try:
-                output, cancelled = await self._stored_to_the_end(result)
+                output, result, cancelled = await self._stored_to_the_end(result, kind)
             except InvalidInputError as e:  # a result we cannot store: running again won't help
                 failure = pb.Failure(type=type(e).__name__, message=str(e), step=step)
         entry = self.steps.outcome(
@@ -568,30 +568,48 @@ class RunContext(Context):
         self.steps.executed(entry)
         if cancelled:
             raise asyncio.CancelledError
-        if output is not None and (output.blob or kind == pb.ENTRY_KIND_RUN):
-            # What was stored, as a replay gets it: a Blob, or the JSON value (a dataclass
-            # as a dict, a tuple as a list), never the function's own object, which only
-            # this first run would have seen. After the deferral: a stored value is read
-            # back, a read a cancellation may cut short.
-            result = await self._load(output)
         return result
 
-    async def _stored_to_the_end(self, value: Any) -> tuple[pb.Payload, bool]:
-        """``_stored``, and whether a cancellation came meanwhile. A value that writes to the
-        object store (a large one, a stream, a Blob to share) is stored in a task of its
-        own, which a cancellation of this one does not cut short: a cancel during a large
-        result's store dropped the outcome of a step that had run. A small value writes
-        nothing, and gets no task (one per step cost a fifth of the throughput)."""
+    async def _stored_to_the_end(
+        self, value: Any, kind: pb.EntryKind
+    ) -> tuple[pb.Payload, Any, bool]:
+        """A step's result stored (``_stored``), what the workflow gets of it (``_as_replayed``),
+        and whether a cancellation came meanwhile.
+
+        A value that writes to the object store (a large one, a stream, a Blob to share) is
+        stored, and read back, in a task of its own, which a cancellation (the invocation's,
+        or the workflow's own of the step's task) does not cut short: it dropped the outcome
+        of a step that had run, which then replayed as cancelled, or ran again. The engine
+        stopping the run (a shutdown, its execution timeout: ``Journal.stopping``) does cut
+        it short: the run stops where it is, and the step runs again. A small value writes nothing,
+        and gets no task (one per step cost a fifth of the throughput).
+        """
+
+        async def store() -> tuple[pb.Payload, Any]:
+            output = await self._stored(value)
+            return output, await self._as_replayed(output, value, kind)
+
         inline = _payloads.unstored(self._payloads, value)
         if inline is not None:
-            return inline, False
-        task = _branches.engine_task(self._stored(value))
-        try:
-            return await to_the_end(task), False
-        except asyncio.CancelledError:
-            if task.cancelled():
-                raise  # the store itself was cancelled (the event loop is closing)
-            return task.result(), True
+            return inline, await self._as_replayed(inline, value, kind), False
+        if self._payloads is None:  # no store (the test replayer): nothing is written
+            return *await store(), False
+        task = _branches.engine_task(store())
+        cancelled = await through_cancels(task, abandon=self._journal.stopping)
+        if cancelled and task.exception() is not None:
+            # The store failed (a value too large, an expired Blob): the cancellation wins,
+            # never swallowed (the run that meets it reads the request and delivers it).
+            raise asyncio.CancelledError
+        output, result = task.result()
+        return output, result, cancelled
+
+    async def _as_replayed(self, output: pb.Payload, value: Any, kind: pb.EntryKind) -> Any:
+        """What the workflow gets of a step's result, as a replay would: a Blob, or the JSON
+        value (a dataclass as a dict, a tuple as a list), never the function's own object,
+        which only this first run would have seen."""
+        if output.blob or kind == pb.ENTRY_KIND_RUN:
+            return await self._load(output)
+        return value
 
     async def _wait_for_attempt(self, step: int, name: str, due_ms: int, attempt: int) -> None:
         """Wait until a step's next attempt is due: in-process when it is soon, otherwise

@@ -79,6 +79,19 @@ async def to_the_end(task: asyncio.Task[T]) -> T:
     """``task``'s result, through cancellations of the waiting task: the work (a journal
     write, a finished step's outcome) runs to its end, and a cancellation that came
     meanwhile is raised after it (``task``'s own failure instead, if it failed)."""
+    cancelled = await through_cancels(task)
+    result = task.result()
+    if cancelled:
+        raise asyncio.CancelledError
+    return result
+
+
+async def through_cancels(
+    task: asyncio.Task[Any], abandon: Callable[[], bool] | None = None
+) -> bool:
+    """Wait until ``task`` is done, through cancellations of the waiting task; whether one
+    came (the caller raises it once it has what the task made). ``abandon``: asked at each
+    cancellation; True cancels the work and raises the cancellation at once."""
     cancelled = False
     while not task.done():
         try:
@@ -86,8 +99,8 @@ async def to_the_end(task: asyncio.Task[T]) -> T:
         except asyncio.CancelledError:
             if task.cancelled():
                 raise  # the work itself was cancelled (the event loop is closing)
+            if abandon is not None and abandon():
+                task.cancel()
+                raise
             cancelled = True
-    result = task.result()
-    if cancelled:
-        raise asyncio.CancelledError
-    return result
+    return cancelled

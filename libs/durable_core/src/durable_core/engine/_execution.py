@@ -142,6 +142,9 @@ class Execution:
         stop = self.journal.stopped
         return stop is not None and getattr(stop, "hand_over", True)
 
+    def stopping(self) -> bool:
+        return self.journal.stopped is not None
+
     def diverged(self) -> None:
         """The replay diverged: stop the run now (``run_once`` blocks the invocation); the
         workflow may catch the error, but it runs no further step."""

@@ -46,6 +46,11 @@ class Journal(Protocol):
         """True while the engine stops this run (shutdown hands its command back, a rerun, a
         lost claim): a step still running must end before the run lets go of it."""
 
+    def stopping(self) -> bool:
+        """True while the engine stops this run for any reason of its own (``halted``, or
+        past its execution timeout): not the invocation's cancellation, nor the workflow's
+        own cancelling of a task of its."""
+
     def diverged(self) -> None:
         """The replay no longer matches the journal (a NonDeterminismError is being raised):
         the engine stops the run and blocks the invocation, whatever the workflow does."""

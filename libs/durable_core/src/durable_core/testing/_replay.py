@@ -413,6 +413,9 @@ class _MemoryJournal:
     def halted(self) -> bool:
         return False
 
+    def stopping(self) -> bool:
+        return False
+
     def check_step(self) -> None:
         pass
 
