@@ -169,12 +169,13 @@ async def take_key(
                 return "took"
         turn, behind = rec.queue(me, ticket, cmd.workflow, holder_done=holder_done, earlier=earlier)
         try:
-            await t.put_key_record(key, rec.dump(), revision)
+            written = await t.put_key_record(key, rec.dump(), revision)
         except StateConflict:
             continue
         await queued(f"partition key {key!r} (behind {behind})")
         if turn is not None and turn[1] != me:
-            await give_turn(t, key, turn, me)  # the holder finished without handing over
+            # the holder finished without handing over
+            await give_turn(t, key, turn, me, written)
         await delivery.ack()
         log.info("invocation %s queued on partition key %r behind %s", me, key, behind)
         return None
@@ -185,6 +186,7 @@ async def release_key(t: Transport, key: str, invocation_id: str, *, finished: F
     """Free the key (if ``invocation_id`` holds it) and give the turn to the lowest unfinished
     ticket."""
     turn: Turn | None = None
+    revision = 0
     for _ in range(_ROUNDS):
         data, revision = await t.key_record(key)
         rec = KeyRecord.parse(data)
@@ -195,17 +197,17 @@ async def release_key(t: Transport, key: str, invocation_id: str, *, finished: F
         if not changed and data is not None and revision:
             break  # nothing to write: the key was free already
         try:
-            await t.put_key_record(key, rec.dump(), revision)
+            revision = await t.put_key_record(key, rec.dump(), revision)
             break
         except StateConflict:
             continue
     if turn is not None:
-        await give_turn(t, key, turn, invocation_id)
+        await give_turn(t, key, turn, invocation_id, revision)
 
 
-async def give_turn(t: Transport, key: str, turn: Turn, by: str) -> None:
+async def give_turn(t: Transport, key: str, turn: Turn, by: str, revision: int) -> None:
     """Start the waiting invocation ``turn`` (its start command again, under the key, on its
-    pinned route if it has one)."""
+    pinned route if it has one), for the key record's write ``revision`` that gave it."""
     _, invocation_id, workflow = turn
     rec = await t.get_state(invocation_id)
     await t.publish_command(
@@ -216,7 +218,10 @@ async def give_turn(t: Transport, key: str, turn: Turn, by: str) -> None:
             kind=pb.COMMAND_KIND_START,
             route=rec.state.pinned_version if rec is not None else "",
         ),
-        # One turn per hand-over: a turn that finds an earlier start still on its way
-        # queues again and needs a new turn later, which must not be deduplicated away.
-        msg_id=f"turn:{invocation_id}:{by}",
+        # One turn per hand-over (the record's write that gave it): a turn that finds an
+        # earlier start still on its way queues again and needs a new turn later, and a
+        # retried invocation is handed the key again by the same holder (two keyed
+        # invocations that failed, both retried): neither may be deduplicated away, or
+        # the key stays free with the invocation waiting for good.
+        msg_id=f"turn:{invocation_id}:{by}:{revision}",
     )
