@@ -15,6 +15,7 @@ import pytest
 
 from durable_core import Context, InvocationCancelledError
 from durable_core._pb.durable.v1 import durable_pb2 as pb
+from durable_core.testing import assert_eventually_async
 
 RUNS: Counter[str] = Counter()
 
@@ -411,3 +412,50 @@ async def test_a_halt_during_a_large_results_store_stops_the_run_on_time(
         assert result.status == "failed", result
         assert time.monotonic() - started < 4.5  # the store was left, not waited for
         assert storing.is_set() and RUNS["late-charge"] == 0
+
+
+STARTED: dict[str, float] = {}
+
+
+async def stamped(name: str) -> str:
+    STARTED[name] = time.monotonic()
+    return name
+
+
+async def a_sleep_in_process_between_steps(ctx: Context, tag: str) -> list[str]:
+    first = await ctx.run(f"{tag}-a", stamped, f"{tag}-a")
+    await ctx.sleep(timedelta(seconds=1))  # under 2 s: waited in process
+    return [first, await ctx.run(f"{tag}-b", stamped, f"{tag}-b")]
+
+
+async def own_code_between_steps(ctx: Context, tag: str) -> list[str]:
+    first = await ctx.run(f"{tag}-a", stamped, f"{tag}-a")
+    await asyncio.sleep(1)  # the workflow's own code
+    return [first, await ctx.run(f"{tag}-b", stamped, f"{tag}-b")]
+
+
+@pytest.mark.parametrize(
+    "workflow", [a_sleep_in_process_between_steps, own_code_between_steps], ids=lambda w: w.__name__
+)
+async def test_a_pause_while_no_step_runs_holds_the_next_step(
+    local_engine: Callable[..., Any], workflow: Callable[..., Any]
+) -> None:
+    """The pause is journaled without waking anything, and the run learnt of it only when
+    one of its writes met it: with no write between the two steps, the second started
+    after pause() had answered, and the invocation completed while paused."""
+    name, tag = workflow.__name__, workflow.__name__[:8]
+    async with local_engine(workflow) as (client, _):
+        inv = await client.invoke_async(name, tag, id=f"news-{name}")
+
+        async def first_ran() -> bool:
+            return f"{tag}-a" in STARTED
+
+        await assert_eventually_async(first_ran, 10, "the first step")
+        await asyncio.sleep(0.2)
+        await client.pause(inv)
+        paused = time.monotonic()
+        await asyncio.sleep(1.5)  # past the sleep: the second step would have started
+        assert f"{tag}-b" not in STARTED
+        await client.resume(inv)
+        assert (await client.wait(inv, timeout=15)).output == [f"{tag}-a", f"{tag}-b"]
+        assert STARTED[f"{tag}-b"] > paused + 1.5

@@ -540,18 +540,33 @@ class Commands:
 
     # -- lifecycle requests ----------------------------------------------------------------
 
-    async def subscribe_control(self, on_request: Callable[[str, str], None]) -> Any:
-        """Listen for lifecycle requests addressed to running invocations (core NATS)."""
+    async def subscribe_control(self, on_request: Callable[[str, str], bool]) -> Any:
+        """Listen for lifecycle requests addressed to running invocations (core NATS); a
+        request that waits for an answer gets one from the processor that acted on it
+        (``on_request`` returned True) only."""
 
         async def handle(msg: Msg) -> None:
             invocation_id = msg.subject.rsplit(".", 1)[-1]
-            on_request(invocation_id, msg.data.decode(errors="replace"))
+            acted = on_request(invocation_id, msg.data.decode(errors="replace"))
+            if acted and msg.reply:
+                with contextlib.suppress(nats.errors.Error):
+                    await msg.respond(b"")
 
         return await self._link.nc.subscribe(self._link.names.control_subjects, cb=handle)
 
-    async def send_control(self, invocation_id: str, action: str) -> None:
-        """Tell whichever processor runs the invocation to act now (best effort)."""
+    async def send_control(self, invocation_id: str, action: str, *, wait: float = 0.0) -> bool:
+        """Tell whichever processor runs the invocation to act now (best effort). ``wait``:
+        up to this long for that processor's answer; whether one came (False at once
+        without ``wait``)."""
         nc = self._link.nc
+        subject = self._link.names.control_subject(invocation_id)
+        if wait > 0:
+            try:
+                await nc.request(subject, action.encode(), timeout=wait)
+                return True
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+                return False  # no run answered: none in flight, or its processor is away
         # Sent with nats-py's next flush (at once). No nc.flush(timeout): one that times out
         # leaves a cancelled future whose late PONG stops nats-py's read loop.
-        await nc.publish(self._link.names.control_subject(invocation_id), action.encode())
+        await nc.publish(subject, action.encode())
+        return False

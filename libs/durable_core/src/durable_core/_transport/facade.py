@@ -322,13 +322,14 @@ class Transport:
         """Hand a command held by another (dead) connection back for immediate redelivery."""
         await self._commands.nak(reply)
 
-    async def subscribe_control(self, on_request: Callable[[str, str], None]) -> Any:
+    async def subscribe_control(self, on_request: Callable[[str, str], bool]) -> Any:
         """Listen for lifecycle requests addressed to running invocations (core NATS)."""
         return await self._commands.subscribe_control(on_request)
 
-    async def send_control(self, invocation_id: str, action: str) -> None:
-        """Tell whichever processor runs the invocation to act now (best effort)."""
-        await self._commands.send_control(invocation_id, action)
+    async def send_control(self, invocation_id: str, action: str, *, wait: float = 0.0) -> bool:
+        """Tell whichever processor runs the invocation to act now (best effort); ``wait``:
+        for its answer, up to this long (whether one came)."""
+        return await self._commands.send_control(invocation_id, action, wait=wait)
 
     # -- journals --------------------------------------------------------------------------
 

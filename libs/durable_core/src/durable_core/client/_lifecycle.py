@@ -9,6 +9,7 @@ one a finished child takes to report to its parent).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import re
 import time
@@ -47,6 +48,7 @@ from durable_core.engine._keys import release_key
 from durable_core.errors import (
     AlreadyResolvedError,
     ConflictError,
+    DurableError,
     ExpiredError,
     IllegalTransitionError,
     InvalidInputError,
@@ -138,6 +140,12 @@ def _addressee(st: pb.ExecutionState) -> Addressee:
     return Addressee(st.invocation_id, st.workflow, st.partition_key, st.pinned_version)
 
 
+# How long a pause of a run in flight waits for the processor running it to answer (none
+# does when the run has just ended, or its processor is away: the pause then acts when a
+# write of the run meets it).
+PAUSE_ANSWER_S = 0.5
+
+
 def _client_entry(
     kind: pb.EntryKind, name: str = "", output: pb.Payload | None = None
 ) -> pb.JournalEntry:
@@ -219,6 +227,15 @@ async def change(t: Transport, invocation_id: str, kind: pb.EntryKind) -> Status
             wake=kind != pb.ENTRY_KIND_PAUSE_REQUEST,
             interrupt=kind == pb.ENTRY_KIND_CANCEL_REQUEST,
         )
+    if kind == pb.ENTRY_KIND_PAUSE_REQUEST and running:
+        # The pause wakes nothing, and a run learnt of it only when one of its writes met
+        # it: with no write between two steps (the second after a sleep waited in process,
+        # or after the workflow's own code), that step started after the pause had
+        # answered, and the invocation completed while paused. So the run in flight is told
+        # to read it before its next step, and its processor's answer awaited: from then
+        # on no step of it starts before the pause is seen (one begun goes on).
+        with contextlib.suppress(DurableError):
+            await t.send_control(invocation_id, "pause", wait=PAUSE_ANSWER_S)
     return await _show_transition(t, invocation_id, kind, running=running)
 
 

@@ -99,6 +99,9 @@ class Execution:
         self.children: list[str] = []
         self.task: asyncio.Future[Any] | None = None
         self.cancelling_run = False
+        # Entries from outside may be in the journal that no write of this run has met (a
+        # pause): read them before the next step is decided (see ``look_again``).
+        self.unread = False
         self.lease_epoch = env.lease.epoch  # the lease this run started under
         self._run_lock = 0  # revision of our run lock (commands delivered more than once)
         self.journal.code = self._code_here()
@@ -114,8 +117,24 @@ class Execution:
             await self.journal.append(entry)
 
     async def settle(self) -> None:
-        """Journal a deferred step outcome before the workflow's next step is decided."""
+        """Journal a deferred step outcome before the workflow's next step is decided, and
+        read what came from outside meanwhile if a request said so (``look_again``)."""
         await self.journal.flush()
+        if self.unread:
+            self.unread = False
+            try:
+                await self.journal.catch_up(claim=False, newer_known=False)
+            except EngineFailure:
+                self.unread = True  # NATS away: the next boundary reads again
+                raise
+
+    def look_again(self) -> None:
+        """A pause (or something else from outside that needs no wake-up) was journaled
+        while this run is in flight: read the journal before the next step. A run learnt of
+        it only when one of its writes met it; with no write between two steps (the second
+        after a sleep waited in process, or after the workflow's own code), that step ran
+        after the pause, and the invocation completed while paused."""
+        self.unread = True
 
     async def submit(self, submission: Submission) -> None:
         """Start another invocation (a child, or ``ctx.send``), idempotent by its id."""

@@ -378,11 +378,16 @@ class Worker:
             del self._by_seq[d.command_seq]
         self.lease.changed.set()
 
-    def _on_control(self, invocation_id: str, action: str) -> None:
-        """A lifecycle request arrived over core NATS: act on a run in this processor now."""
-        if action == "cancel":
-            for execution in self._running.get(invocation_id, ()):
+    def _on_control(self, invocation_id: str, action: str) -> bool:
+        """A lifecycle request arrived over core NATS: act on a run in this processor now;
+        whether one runs here (the sender of a pause waits for that answer)."""
+        runs = self._running.get(invocation_id, ())
+        for execution in runs:
+            if action == "cancel":
                 execution.cancel_now()  # only the one running the workflow has a step to stop
+            elif action == "pause":
+                execution.look_again()
+        return bool(runs)
 
     async def _recheck_after_reconnects(self) -> None:
         """After the connection to NATS came back, look in the journal of every run in flight
@@ -395,6 +400,7 @@ class Worker:
             seen = self.transport.reconnects
             for executions in list(self._running.values()):
                 for execution in list(executions):
+                    execution.look_again()  # a pause's control message may be lost too
                     try:
                         await execution.cancel_if_requested()
                     except Exception as e:  # noqa: BLE001 - the next step boundary sees it
