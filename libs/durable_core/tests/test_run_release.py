@@ -174,3 +174,49 @@ async def test_a_sync_step_still_running_does_not_hold_an_invocation_past_its_ti
         took = time.monotonic() - began
     assert result.failure is not None and result.failure.type == "ExecutionTimeoutError"
     assert took < 4.0, took
+
+
+async def test_commands_a_stopping_worker_fetched_but_never_ran_go_back_at_once(
+    server: NatsServer,
+) -> None:
+    """A graceful stop waits for its open pull request to run out, and what it brought
+    meanwhile is handed back: the requests were forgotten first, so no delivery's bound was
+    known, none counted as surely held, and the NAK was left out; each command then waited
+    out its ack wait (30 s) before the next worker ran it."""
+    first_step: dict[str, float] = {}
+
+    async def quick(ctx: Context) -> None:
+        await ctx.run("s", lambda: first_step.setdefault(ctx.invocation_id, time.monotonic()))
+
+    engine = EngineConfig(prefix="t" + uuid.uuid4().hex[:8])
+    registry = WorkflowRegistry()
+    registry.register(quick)
+    transport = await Transport.connect(NatsConfig.from_url(server.url), engine, create=True)
+    workers = [Worker(transport, registry, WorkerConfig()) for _ in range(2)]
+    task = asyncio.create_task(workers[0].run())
+    submitted: dict[str, float] = {}
+    try:
+        await asyncio.wait_for(workers[0].consuming.wait(), 20)
+        async with await Client.connect(server.url, engine=engine) as client:
+
+            async def feed() -> None:
+                for i in range(40):
+                    submitted[f"q{i}"] = time.monotonic()
+                    await client.invoke_async(quick, id=f"q{i}", queue_unserved=True)
+                    await asyncio.sleep(0.01)
+
+            feeding = asyncio.create_task(feed())
+            await asyncio.sleep(0.15)
+            workers[0].stop()  # while commands keep coming
+            await asyncio.wait_for(task, 30)
+            task = asyncio.create_task(workers[1].run())
+            await feeding
+            for inv in submitted:
+                await client.wait(inv, timeout=25)
+        slowest = max(first_step[i] - submitted[i] for i in submitted)
+        assert slowest < 10, f"a command waited {slowest:.1f}s: left to its ack wait"
+    finally:
+        for worker in workers:
+            worker.stop()
+        await asyncio.wait_for(task, 30)
+        await transport.close()

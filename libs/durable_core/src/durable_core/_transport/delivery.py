@@ -354,10 +354,14 @@ class CommandConsumer:
     async def close(self) -> None:
         """Stop asking: the open pull request is left to run out first (at most its
         ``expires``): a command handed back while it is open would come straight back to it,
-        and so to nobody. What it brought meanwhile stays in the shared queue."""
+        and so to nobody. What it brought meanwhile stays in the shared queue, its requests
+        known (so each delivery's bound is), until ``forget``."""
         left = self._until - time.monotonic()
         if self._credit > 0 and left > 0:
             await asyncio.sleep(left)
+
+    async def forget(self) -> None:
+        """Drop every request (after ``close``, once what they brought was handed back)."""
         self._done += [pull.sub for pull in self._open.values()]
         self._open.clear()
         await self.unsubscribe_done()

@@ -162,10 +162,14 @@ class CommandConsumers:
         self._turn = (chosen[-1] + 1) % k
 
     async def close(self) -> None:
-        """Stop taking commands; those delivered but never fetched go back at once."""
+        """Stop taking commands; those delivered but never fetched go back at once (with
+        their requests still known: forgotten first, no bound was known, none was held for
+        sure, and the NAK was left out: a graceful restart left each of them to its ack
+        wait, 30 s)."""
         await asyncio.gather(*(c.close() for c in self.consumers), return_exceptions=True)
         while (item := self._queue.take()) is not None:
             consumer, n, msg = item
             if not (msg.headers and msg.headers.get("Status")):
                 with contextlib.suppress(Exception):
-                    await consumer.delivered(n, msg).nak()  # its request's bound still applies
+                    await consumer.delivered(n, msg).nak()  # its request's bound applies
+        await asyncio.gather(*(c.forget() for c in self.consumers), return_exceptions=True)
