@@ -4,11 +4,16 @@ key again, in order, however often the same holder hands it over."""
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from durable_core import Context, TerminalError
+from durable_core.engine import _execution
 
 FAILS_LEFT: Counter[str] = Counter()
 RAN: list[str] = []
@@ -46,3 +51,46 @@ async def test_two_keyed_invocations_that_failed_both_complete_when_retried(
             assert (await client.wait(inv, timeout=20)).output == ["a", "f", "b"]
         # one at a time, in submission order, on the retries too
         assert [r for r in RAN if r.endswith((":a", ":b"))][-2:] == ["kr-1:b", "kr-2:b"]
+
+
+SPANS: dict[str, list[tuple[float, float]]] = {}
+
+
+async def timed(inv: str, fail: bool) -> str:
+    began = time.monotonic()
+    await asyncio.sleep(0.6)
+    SPANS.setdefault(inv, []).append((began, time.monotonic()))
+    if fail and FAILS_LEFT[inv] > 0:
+        FAILS_LEFT[inv] -= 1
+        raise TerminalError("planned")
+    return inv
+
+
+async def one_timed_step(ctx: Context, fail: bool) -> str:
+    return await ctx.run("t", timed, ctx.invocation_id, fail)
+
+
+async def test_a_keyed_invocation_retried_before_its_run_let_go_of_the_key_runs_alone(
+    local_engine: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run writes its failure into the state, then hands the key on. A retry in between
+    found the key still held under the invocation's id and ran; the failed run's release
+    then freed the key under it, and the next in line ran beside the retried one."""
+    release = _execution.release_key
+
+    async def slow_release(*args: Any, **kwargs: Any) -> None:
+        await asyncio.sleep(0.25)  # the hand-over comes after the retry has started
+        await release(*args, **kwargs)
+
+    monkeypatch.setattr(_execution, "release_key", slow_release)
+    async with local_engine(one_timed_step) as (client, _):
+        FAILS_LEFT["kx-1"] = 1
+        await client.invoke_async("one_timed_step", True, id="kx-1", partition_key="KX")
+        await client.invoke_async("one_timed_step", False, id="kx-2", partition_key="KX")
+        assert (await client.wait("kx-1", timeout=10)).status == "failed"
+        await client.retry("kx-1")
+        for inv in ("kx-1", "kx-2"):
+            assert (await client.wait(inv, timeout=20)).output == inv
+    spans = sorted(s for inv in ("kx-1", "kx-2") for s in SPANS[inv])
+    for (_, end), (begin, _) in itertools.pairwise(spans):
+        assert end <= begin, f"two invocations of one key ran at once: {spans}"

@@ -150,10 +150,21 @@ async def take_key(
             return None
         data, revision = await t.key_record(key)
         rec = KeyRecord.parse(data)
+        ticket = rec.ticket_of(me) or delivery.command_seq
         if rec.active == me:
+            if rec.active_ticket != ticket:
+                # Another start of ours (a retry) while our earlier run's hold is still
+                # recorded (it releases the key after the failure it wrote): the record is
+                # written anew, so that release meets a changed record, reads again and
+                # finds us running (see release_key); else it freed the key under the
+                # retried run, and the next in line ran beside it.
+                rec.take(me, ticket)
+                try:
+                    await t.put_key_record(key, rec.dump(), revision)
+                except StateConflict:
+                    continue
             return "held"
         holder_done = bool(rec.active) and await finished(rec.active)
-        ticket = rec.ticket_of(me) or delivery.command_seq
         earlier = ""
         if rec.may_take(ticket, holder_done):
             for other in rec.starts_before(await t.queued_commands(key, ticket), me):
@@ -192,6 +203,8 @@ async def release_key(t: Transport, key: str, invocation_id: str, *, finished: F
         rec = KeyRecord.parse(data)
         if rec.active and rec.active != invocation_id:
             return  # someone else holds it: they hand over when done
+        if rec.active and not await finished(invocation_id):
+            return  # retried since it finished: the retry's run holds the key now
         done = {w[1] for w in rec.waiting if await finished(w[1])}
         changed, turn = rec.hand_over(invocation_id, done)
         if not changed and data is not None and revision:
