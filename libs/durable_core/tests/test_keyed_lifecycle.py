@@ -94,3 +94,42 @@ async def test_a_keyed_invocation_retried_before_its_run_let_go_of_the_key_runs_
     spans = sorted(s for inv in ("kx-1", "kx-2") for s in SPANS[inv])
     for (_, end), (begin, _) in itertools.pairwise(spans):
         assert end <= begin, f"two invocations of one key ran at once: {spans}"
+
+
+async def fails_first_then_waits(ctx: Context, _: Any) -> str:
+    first = await ctx.run("f", timed, ctx.invocation_id, True)
+    await ctx.wait_for_signal("poke")
+    return first
+
+
+async def holds_long(ctx: Context, _: Any) -> str:
+    return await ctx.run("long", timed_long, ctx.invocation_id)
+
+
+async def timed_long(inv: str) -> str:
+    began = time.monotonic()
+    await asyncio.sleep(2.0)
+    SPANS.setdefault(inv, []).append((began, time.monotonic()))
+    return inv
+
+
+async def test_a_retried_keyed_invocation_woken_while_it_waits_for_its_key_waits_on(
+    local_engine: Callable[..., Any],
+) -> None:
+    """Retried while another held its key (pending: no run may start), then signalled: the
+    signal's wake-up ran it at once beside the key's holder (its journal was not empty, so
+    nothing took it for one that had not started)."""
+    async with local_engine(fails_first_then_waits, holds_long) as (client, _):
+        FAILS_LEFT["kw-a"] = 1
+        await client.invoke_async("fails_first_then_waits", None, id="kw-a", partition_key="KW")
+        assert (await client.wait("kw-a", timeout=10)).status == "failed"
+        await client.invoke_async("holds_long", None, id="kw-b", partition_key="KW")
+        await asyncio.sleep(0.5)  # kw-b holds the key, in its step
+        assert str(await client.retry("kw-a")) == "pending"
+        await asyncio.sleep(0.2)
+        await client.signal("kw-a", "poke", 1)
+        for inv in ("kw-a", "kw-b"):
+            assert (await client.wait(inv, timeout=20)).output == inv
+    spans = sorted(s for inv in ("kw-a", "kw-b") for s in SPANS[inv])
+    for (_, end), (begin, _) in itertools.pairwise(spans):
+        assert end <= begin, f"two invocations of one key ran at once: {spans}"

@@ -225,6 +225,9 @@ class ReplayMachine:
                 step: a for step, a in self._failed_attempts.items() if step in self._recorded
             }
             self._last_processor_kind = pb.ENTRY_KIND_SUSPENDED  # idle: a wake-up takes it
+            # A pause asked for before the failure ended with it: a failed invocation cannot
+            # be resumed, and its retry parked paused for good.
+            self._paused = False
 
     def _failed_for_good(self, final: pb.JournalEntry) -> list[pb.JournalEntry]:
         """The failed steps that ended the invocation: those the final entry names (the

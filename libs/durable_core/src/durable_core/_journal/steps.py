@@ -390,7 +390,13 @@ class StepMachine:
                 failure=failure,
             )
             return DeliverCancel(entry)
-        if self.journal.paused:
+        return self.held_by_pause(step)
+
+    def held_by_pause(self, step: int) -> Park | None:
+        """Park at ``step`` (a new step, or a step's next attempt) while a pause holds the
+        invocation; never a cancelled one's compensation (the cancel ends it paused or not:
+        its compensation parked, and the invocation stayed paused until resumed)."""
+        if self.journal.paused and not self.cancel_delivered:
             return Park(Wait("paused (resume to continue)", step))
         return None
 
@@ -480,6 +486,15 @@ class StepMachine:
         self._delivering(step)
         return pb.Failure(type=CANCELLED, message="cancelled", step=step)
 
+    def timer_interrupted(self, step: int, cancelling: bool, now_ms: int) -> DeliverCancel | None:
+        """A timer waited in process (a sleep, a retry's backoff) was interrupted: by a
+        cancellation that reaches it, deliver it here, as at a parked wait; else None (the
+        run ends). Left undelivered, the branch met a bare CancelledError, ran its
+        ``finally`` with it, and its compensation was taken for a step in flight."""
+        if not cancelling or not self._reaches(step):
+            return None
+        return self._cancel_at(step, now_ms)
+
     def _reaches(self, step: int) -> bool:
         """Whether the cancellation is delivered at ``step`` (a step or a wait).
 
@@ -498,9 +513,12 @@ class StepMachine:
           not decide it: counting the cancellation raised in a started task as seen by
           the task that started it let that one's next step, a charge, run).
         """
-        if step in self._asked_at_cancel or step in self.journal.asked_before_cancel:
-            return True
         branch = self._branch_of.get(step)
+        before = step in self.journal.asked_before_cancel
+        if branch is not None and branch.seen and not before:
+            return False  # compensation, even if asked before this run counted a delivery
+        if before or step in self._asked_at_cancel:
+            return True
         return not (branch.seen if branch is not None else self.cancel_delivered)
 
     def _delivering(self, step: int) -> None:

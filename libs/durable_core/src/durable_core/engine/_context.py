@@ -621,8 +621,14 @@ class RunContext(Context):
         if isinstance(decision, DeliverCancel):
             raise await self._deliver(decision)
         if isinstance(decision, SleepFor):
-            await asyncio.sleep(decision.seconds)
-            return
+            await self._sleep_in_process(step, decision.seconds)
+            # The next attempt is a step boundary too: a pause that came during the backoff
+            # holds it (read first if the pause said so: see Execution.look_again).
+            await self._journal.settle()
+            paused = self.steps.held_by_pause(step)
+            if paused is None:
+                return
+            decision = paused
         self.steps.executing -= 1  # parked, not executing: the invocation may suspend
         try:
             await self._park(decision.wait)
@@ -689,6 +695,21 @@ class RunContext(Context):
             _uncancel()
             raise await self._deliver(cancel) from None
 
+    async def _sleep_in_process(self, step: int, seconds: float) -> None:
+        """Wait out a timer of ``step`` in process (see ``StepMachine.timer``). Counted as
+        executing: a sibling branch that parks meanwhile must not suspend the run (this
+        timer has no server-side wake-up; it would never go off). The invocation's
+        cancellation interrupting it is delivered here (``timer_interrupted``)."""
+        with self._executing():
+            try:
+                await asyncio.sleep(seconds)
+            except asyncio.CancelledError:
+                cancel = self.steps.timer_interrupted(step, self._journal.cancelling(), _wall_ms())
+                if cancel is None:
+                    raise
+                _uncancel()
+                raise await self._deliver(cancel) from None
+
     async def _deliver(self, cancel: DeliverCancel) -> InvocationCancelledError:
         """Record that the cancellation was raised at a waiting step, for replays."""
         with self._executing():
@@ -747,10 +768,7 @@ class RunContext(Context):
             if isinstance(timer, DeliverCancel):
                 raise await self._deliver(timer)
             if isinstance(timer, SleepFor):
-                # Counted as executing: a sibling branch that parks meanwhile must not suspend
-                # the run (this timer has no server-side wake-up; it would never go off).
-                with self._executing():
-                    await asyncio.sleep(timer.seconds)
+                await self._sleep_in_process(entry.step, timer.seconds)
                 continue
             await self._park(timer.wait)
 

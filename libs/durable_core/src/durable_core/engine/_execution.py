@@ -34,7 +34,7 @@ from durable_core.engine._branches import engine_task
 from durable_core.engine._context import RunContext
 from durable_core.engine._env import TERMINAL, RunEnv, now_ms, to_the_end
 from durable_core.engine._hold import SUPERSEDED, lock_run, supersede_run, unlock_run
-from durable_core.engine._keys import release_key, take_key
+from durable_core.engine._keys import KeyRecord, release_key, take_key
 from durable_core.engine._signals import (
     Diverged,
     EngineFailure,
@@ -400,6 +400,8 @@ class Execution:
             return
         if st is not None and not started and await self._started_when_due(st):
             return
+        if st is not None and not started and await self._waits_for_its_key(st):
+            return
         if st is not None and st.status in TERMINAL:
             log.info("invocation %s already %s; acking", self.id, pb.Status.Name(st.status))
             if st.notify_parent:
@@ -455,6 +457,23 @@ class Execution:
         ):
             return False
         log.info("invocation %s: a start before it is due; started at its due time", self.id)
+        await self.delivery.ack()
+        return True
+
+    async def _waits_for_its_key(self, st: pb.ExecutionState) -> bool:
+        """A wake-up (a signal, a cancel, a resolution) of a keyed invocation that waits for
+        its key (pending: retried, or queued) and does not hold it: acked, and left to the
+        hand-over, whose start reads what the wake-up was for. Run, it went beside the key's
+        holder (a retried invocation's journal is not empty, so nothing stopped it);
+        "pending" means no run has started, and none runs a step."""
+        if not (
+            self._keyed and self.cmd.kind == pb.COMMAND_KIND_WAKE and st.status == pb.STATUS_PENDING
+        ):
+            return False
+        data, _ = await self.t.key_record(self.cmd.partition_key)
+        if KeyRecord.parse(data).active == self.id:
+            return False
+        log.info("invocation %s waits for its partition key; its wake-up is acked", self.id)
         await self.delivery.ack()
         return True
 

@@ -1,0 +1,101 @@
+"""A pause and a cancel meeting retries, compensation and each other, on a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from durable_core import Context, InvocationCancelledError, RetryPolicy, TerminalError
+from durable_core.testing import assert_eventually_async
+
+STARTS: list[float] = []
+RAN: list[str] = []
+FAILS: list[int] = [0]
+
+
+def flaky_first(_: int) -> str:
+    STARTS.append(time.monotonic())
+    time.sleep(0.3)
+    if len(STARTS) == 1:
+        raise ValueError("the first attempt fails")
+    return "ok"
+
+
+async def retried_step(ctx: Context, x: int) -> list[str]:
+    backoff = RetryPolicy(initial_interval=timedelta(milliseconds=300))
+    return [await ctx.run("flaky", flaky_first, x, retry=backoff), await ctx.run("b", lambda: "b")]
+
+
+async def test_a_pause_holds_a_steps_next_attempt(local_engine: Callable[..., Any]) -> None:
+    """Paused while a step's first attempt ran, which then failed: the next attempt, after
+    a backoff waited in process, started while paused."""
+    async with local_engine(retried_step) as (client, _):
+        await client.invoke_async("retried_step", 1, id="pz-attempt")
+
+        async def began() -> bool:
+            return bool(STARTS)
+
+        await assert_eventually_async(began, 10, "the first attempt")
+        await asyncio.sleep(0.05)
+        await client.pause("pz-attempt")
+        paused = time.monotonic()
+        await asyncio.sleep(1.5)
+        assert len(STARTS) == 1, "an attempt started while paused"
+        await client.resume("pz-attempt")
+        assert (await client.wait("pz-attempt", timeout=15)).output == ["ok", "b"]
+        assert STARTS[1] > paused + 1.5
+
+
+async def charge_then_sleep(ctx: Context, _: int) -> str:
+    try:
+        await ctx.run("charge", lambda: "c")
+        await ctx.sleep(timedelta(seconds=30))
+        return "done"
+    except InvocationCancelledError:
+        await ctx.run("refund", lambda: RAN.append("refund") or "r")
+        raise
+
+
+async def test_a_cancel_of_a_paused_invocation_ends_it_and_compensates(
+    local_engine: Callable[..., Any],
+) -> None:
+    """The compensation step met the pause and parked: the invocation stayed paused, with
+    its cancel accepted, until someone resumed it."""
+    async with local_engine(charge_then_sleep) as (client, _):
+        await client.invoke_async("charge_then_sleep", 1, id="pz-cancel")
+        await asyncio.sleep(0.8)
+        await client.pause("pz-cancel")
+        await asyncio.sleep(0.3)
+        await client.cancel("pz-cancel")
+        assert (await client.wait("pz-cancel", timeout=10)).status == "cancelled"
+        assert RAN == ["refund"]
+
+
+async def fail_once() -> str:
+    await asyncio.sleep(0.3)
+    if FAILS[0]:
+        FAILS[0] -= 1
+        raise TerminalError("planned")
+    return "ok"
+
+
+async def failing_then_more(ctx: Context, _: int) -> list[str]:
+    return [await ctx.run("f", fail_once), await ctx.run("after", lambda: "b")]
+
+
+async def test_a_pause_the_failure_ended_does_not_hold_the_retry(
+    local_engine: Callable[..., Any],
+) -> None:
+    """Paused while its step ran, which failed for good: a failed invocation cannot be
+    resumed, and its retry parked paused by the pause from before, for good."""
+    FAILS[0] = 1
+    async with local_engine(failing_then_more) as (client, _):
+        await client.invoke_async("failing_then_more", 1, id="pz-retry")
+        await asyncio.sleep(0.1)
+        await client.pause("pz-retry")
+        assert (await client.wait("pz-retry", timeout=10)).status == "failed"
+        await client.retry("pz-retry")
+        assert (await client.wait("pz-retry", timeout=10)).output == ["ok", "b"]
