@@ -690,10 +690,15 @@ class RunContext(Context):
             await asyncio.Future()  # cancelled by the engine when it suspends or reruns
         except asyncio.CancelledError:
             cancel = self.steps.unpark(wait, self._journal.cancelling(), _wall_ms())
-            if cancel is None:
-                raise
-            _uncancel()
-            raise await self._deliver(cancel) from None
+            raise await self._deliver_instead(cancel) from None
+
+    async def _deliver_instead(self, cancel: DeliverCancel | None) -> InvocationCancelledError:
+        """In the ``except CancelledError`` of an interrupted wait: the cancellation the
+        interruption delivers (``cancel``), or, if none, the interruption raised again."""
+        if cancel is None:
+            raise  # called from the except clause: its CancelledError
+        _uncancel()
+        return await self._deliver(cancel)
 
     async def _sleep_in_process(self, step: int, seconds: float) -> None:
         """Wait out a timer of ``step`` in process (see ``StepMachine.timer``). Counted as
@@ -705,10 +710,7 @@ class RunContext(Context):
                 await asyncio.sleep(seconds)
             except asyncio.CancelledError:
                 cancel = self.steps.timer_interrupted(step, self._journal.cancelling(), _wall_ms())
-                if cancel is None:
-                    raise
-                _uncancel()
-                raise await self._deliver(cancel) from None
+                raise await self._deliver_instead(cancel) from None
 
     async def _deliver(self, cancel: DeliverCancel) -> InvocationCancelledError:
         """Record that the cancellation was raised at a waiting step, for replays."""
