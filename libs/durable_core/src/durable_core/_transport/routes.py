@@ -38,6 +38,9 @@ _MAX_BATCH = 256
 _SHORT_POLL = 0.05  # seconds a probe (or a turn of a scarce slot) stays open
 _PROBE_EVERY = 4  # with fewer than four free slots, every fourth ask probes an idle consumer
 
+# How long a closing consumer waits for commands still arriving once its requests ran out.
+_LATE_S = 0.3
+
 
 class CommandConsumers:
     """Fetches command deliveries from every consumer of one processor."""
@@ -167,9 +170,17 @@ class CommandConsumers:
         sure, and the NAK was left out: a graceful restart left each of them to its ack
         wait, 30 s)."""
         await asyncio.gather(*(c.close() for c in self.consumers), return_exceptions=True)
+        await self._hand_back()
+        # What the server sent as the requests ran out may still be on its way, or waiting
+        # for its subscription's callback (a loaded machine: CI saw one wait its ack wait).
+        await asyncio.sleep(_LATE_S)
+        await self._hand_back()
+        await asyncio.gather(*(c.forget() for c in self.consumers), return_exceptions=True)
+
+    async def _hand_back(self) -> None:
+        """NAK every command in the shared queue (none of them was started)."""
         while (item := self._queue.take()) is not None:
             consumer, n, msg = item
             if not (msg.headers and msg.headers.get("Status")):
                 with contextlib.suppress(Exception):
                     await consumer.delivered(n, msg).nak()  # its request's bound applies
-        await asyncio.gather(*(c.forget() for c in self.consumers), return_exceptions=True)
