@@ -56,9 +56,9 @@ async def test_two_keyed_invocations_that_failed_both_complete_when_retried(
 SPANS: dict[str, list[tuple[float, float]]] = {}
 
 
-async def timed(inv: str, fail: bool) -> str:
+async def timed(inv: str, fail: bool, secs: float = 0.6) -> str:
     began = time.monotonic()
-    await asyncio.sleep(0.6)
+    await asyncio.sleep(secs)
     SPANS.setdefault(inv, []).append((began, time.monotonic()))
     if fail and FAILS_LEFT[inv] > 0:
         FAILS_LEFT[inv] -= 1
@@ -103,14 +103,7 @@ async def fails_first_then_waits(ctx: Context, _: Any) -> str:
 
 
 async def holds_long(ctx: Context, _: Any) -> str:
-    return await ctx.run("long", timed_long, ctx.invocation_id)
-
-
-async def timed_long(inv: str) -> str:
-    began = time.monotonic()
-    await asyncio.sleep(2.0)
-    SPANS.setdefault(inv, []).append((began, time.monotonic()))
-    return inv
+    return await ctx.run("long", timed, ctx.invocation_id, False, 2.0)
 
 
 async def test_a_retried_keyed_invocation_woken_while_it_waits_for_its_key_waits_on(

@@ -278,6 +278,19 @@ async def big_step(tag: str) -> str:
     return "x" * (400 * 1024)  # above the 256 KiB threshold: stored in the object store
 
 
+def _slow_puts(t: Any, secs: float) -> asyncio.Event:
+    """Make ``t``'s object store writes start ``secs`` late; the event is set at the first."""
+    put, storing = t.payloads.put, asyncio.Event()
+
+    async def slow_put(owner: str, source: Any) -> Any:
+        storing.set()
+        await asyncio.sleep(secs)
+        return await put(owner, source)
+
+    t.payloads.put = slow_put
+    return storing
+
+
 async def a_large_result_then_a_charge(ctx: Context, tag: str) -> int:
     big = await ctx.run(f"{tag}-big", big_step, f"{tag}-big")
     return len(big) + len(await ctx.run(f"{tag}-charge", step, f"{tag}-charge", 0.05))
@@ -290,14 +303,7 @@ async def test_a_cancel_during_a_large_results_store_keeps_the_steps_outcome(
     store, and cut the store short with it: the outcome was dropped, and the replay took the
     step for one in flight at the cancel (cancelled, though it had run)."""
     async with local_engine(a_large_result_then_a_charge) as (client, t):
-        put, storing = t.payloads.put, asyncio.Event()
-
-        async def slow_put(owner: str, source: Any) -> Any:
-            storing.set()
-            await asyncio.sleep(0.6)  # the object store written slowly: the cancel lands
-            return await put(owner, source)
-
-        t.payloads.put = slow_put  # type: ignore[method-assign]
+        storing = _slow_puts(t, 0.6)  # the object store written slowly: the cancel lands
         inv = await client.invoke_async("a_large_result_then_a_charge", "big", id="news-big")
         await asyncio.wait_for(storing.wait(), 10)
         await client.cancel(inv)
@@ -393,14 +399,7 @@ async def test_a_halt_during_a_large_results_store_stops_the_run_on_time(
     not through a halt of the run: one past its execution timeout must stop where it is
     and fail on time, not wait for the object store."""
     async with local_engine(a_large_result_then_a_charge) as (client, t):
-        put, storing = t.payloads.put, asyncio.Event()
-
-        async def slow_put(owner: str, source: Any) -> Any:
-            storing.set()
-            await asyncio.sleep(6)
-            return await put(owner, source)
-
-        t.payloads.put = slow_put  # type: ignore[method-assign]
+        storing = _slow_puts(t, 6)
         started = time.monotonic()
         inv = await client.invoke_async(
             "a_large_result_then_a_charge",

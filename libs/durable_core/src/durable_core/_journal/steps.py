@@ -16,7 +16,7 @@ import hashlib
 import random as _random
 import sys
 import uuid as _uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -169,20 +169,12 @@ def handling_cancel() -> bool:
         seen.add(id(error))
         if isinstance(error, InvocationCancelledError):
             return True
-        if isinstance(error, BaseExceptionGroup) and any(
-            isinstance(e, InvocationCancelledError) for e in _leaves(error)
-        ):
-            return True
+        if isinstance(error, BaseExceptionGroup):
+            cancels, _ = error.split(InvocationCancelledError)
+            if cancels is not None:
+                return True
         error = error.__context__
     return False
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
-    for e in group.exceptions:
-        if isinstance(e, BaseExceptionGroup):
-            yield from _leaves(e)
-        else:
-            yield e
 
 
 class StepMachine:
@@ -209,9 +201,6 @@ class StepMachine:
         self._branch_of: dict[int, Branch] = {}  # step number -> the branch that asked
         self.nondeterminism: NonDeterminismError | None = None  # even if the workflow caught it
         self.cancel_delivered = False  # the workflow has seen the cancellation
-        # The steps asked for when this run delivered the cancellation: in flight then, each
-        # one it interrupts ends cancelled too (see ``_reaches``).
-        self._asked_at_cancel: frozenset[int] = frozenset()
         self.children: list[str] = []  # child invocations started (or replayed) so far
         self.parked: list[Wait] = []
         self.executing = 0  # steps running (or journaling) now: the run may not suspend
@@ -379,7 +368,7 @@ class StepMachine:
         """A step about to run for the first time (the step boundary where pause and cancel
         act): deliver a requested cancellation, park while paused, or None: run it."""
         if self.journal.cancel_requested and self._reaches(step):
-            self._delivering(step)
+            self._seen_at(step)
             failure = pb.Failure(type=CANCELLED, message="cancelled", step=step)
             entry = pb.JournalEntry(
                 kind=kind,
@@ -483,7 +472,7 @@ class StepMachine:
         workflow goes on); else None (stop the run)."""
         if not cancelling or not self._reaches(step):
             return None
-        self._delivering(step)
+        self._seen_at(step)
         return pb.Failure(type=CANCELLED, message="cancelled", step=step)
 
     def timer_interrupted(self, step: int, cancelling: bool, now_ms: int) -> DeliverCancel | None:
@@ -496,35 +485,25 @@ class StepMachine:
         return self._cancel_at(step, now_ms)
 
     def _reaches(self, step: int) -> bool:
-        """Whether the cancellation is delivered at ``step`` (a step or a wait).
+        """Whether the cancellation is delivered at ``step`` (a step or a wait): one asked
+        for before it was requested (in flight when it came, whichever branch), or one
+        asked for by a branch that has not seen it (``Branch.seen``), whenever asked.
 
-        - One in flight when it came: asked for before it was requested, or before this run
-          delivered it, in any branch. Such a step was interrupted with nothing journaled,
-          or a wait left parked, and the replay that delivered the cancellation ran the
-          step again, or suspended on the wait for good.
-        - One asked for by a branch that has not seen it (``Branch.seen``): it has yet to
-          be raised there, whenever the step is asked. A branch in its own code when the
-          cancellation was delivered beside it asked for its next step after that, and
-          the step ran (after the cancel, or only on the run after a crash). Only a branch
-          the cancellation was raised in, one that handles it (in an ``except`` or
-          ``finally`` clause), and the tasks they start take new steps: compensation,
-          which the cancellation never ends. Decided by the workflow's own structure, so
-          every replay decides it alike (a step the run's own tasks finished first must
-          not decide it: counting the cancellation raised in a started task as seen by
-          the task that started it let that one's next step, a charge, run).
+        A branch in its own code when the cancellation was delivered beside it asked for its
+        next step after that, and the step ran (after the cancel, or only on the run after a
+        crash). Only a branch the cancellation was raised in, one that handles it (in an
+        ``except`` or ``finally`` clause), and the tasks they start take new steps:
+        compensation, which the cancellation never ends. Decided by the workflow's own
+        structure, so every replay decides it alike (counting the cancellation raised in a
+        started task as seen by the task that started it let that one's next step, a
+        charge, run). Every step that comes here was begun in this run, so its branch is
+        known; without one (a step machine driven by hand) the run's first delivery
+        decides.
         """
-        branch = self._branch_of.get(step)
-        before = step in self.journal.asked_before_cancel
-        if branch is not None and branch.seen and not before:
-            return False  # compensation, even if asked before this run counted a delivery
-        if before or step in self._asked_at_cancel:
+        if step in self.journal.asked_before_cancel:
             return True
+        branch = self._branch_of.get(step)
         return not (branch.seen if branch is not None else self.cancel_delivered)
-
-    def _delivering(self, step: int) -> None:
-        if not self.cancel_delivered:
-            self._asked_at_cancel = frozenset(self.idents)
-        self._seen_at(step)
 
     def _seen_at(self, step: int) -> None:
         """The cancellation is raised at ``step``: its branch has seen it."""
@@ -625,7 +604,7 @@ class StepMachine:
         return self._cancel_at(wait.step, now_ms)
 
     def _cancel_at(self, step: int, now_ms: int) -> DeliverCancel:
-        self._delivering(step)
+        self._seen_at(step)
         entry = pb.JournalEntry(kind=pb.ENTRY_KIND_CANCEL_DELIVERED, step=step, timestamp_ms=now_ms)
         return DeliverCancel(entry)
 

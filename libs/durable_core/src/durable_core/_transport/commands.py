@@ -562,7 +562,7 @@ class Commands:
         subject = self._link.names.control_subject(invocation_id)
         if wait > 0:
             try:
-                await nc.request(subject, action.encode(), timeout=wait)
+                await self._link.requests.request(subject, action.encode(), timeout=wait)
                 return True
             except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
                 return False  # no run answered: none in flight, or its processor is away

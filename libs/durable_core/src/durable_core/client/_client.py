@@ -645,10 +645,9 @@ class Follower:
             current=True,
             start=self._last_seq + 1,
         )
-        fresh = [r.entry for r in records if r.seq > self._last_seq]
-        if records:
-            self._last_seq = max(self._last_seq, records[-1].seq)
-        self._entries.extend(fresh)
+        if records:  # all of them past the last read (it starts there)
+            self._last_seq = records[-1].seq
+        self._entries.extend(r.entry for r in records)
         # Protobuf payloads of types not imported here decode with the fleet's descriptors.
         await types.load(t, _protobuf_types(rec.state, self._entries))
         from durable_core.views import describe  # the CLI's --help need not import the views
