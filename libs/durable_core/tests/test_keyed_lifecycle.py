@@ -106,23 +106,29 @@ async def holds_long(ctx: Context, _: Any) -> str:
     return await ctx.run("long", timed, ctx.invocation_id, False, 2.0)
 
 
+@pytest.mark.parametrize("paused", [False, True], ids=["signalled", "paused-resumed"])
 async def test_a_retried_keyed_invocation_woken_while_it_waits_for_its_key_waits_on(
-    local_engine: Callable[..., Any],
+    local_engine: Callable[..., Any], paused: bool
 ) -> None:
     """Retried while another held its key (pending: no run may start), then signalled: the
     signal's wake-up ran it at once beside the key's holder (its journal was not empty, so
-    nothing took it for one that had not started)."""
+    nothing took it for one that had not started). Paused and resumed before the signal:
+    the resume's wake-up found it paused, not pending, and ran it beside the holder too."""
+    a, b = f"kw-a-{paused}", f"kw-b-{paused}"
     async with local_engine(fails_first_then_waits, holds_long) as (client, _):
-        FAILS_LEFT["kw-a"] = 1
-        await client.invoke_async("fails_first_then_waits", None, id="kw-a", partition_key="KW")
-        assert (await client.wait("kw-a", timeout=10)).status == "failed"
-        await client.invoke_async("holds_long", None, id="kw-b", partition_key="KW")
-        await asyncio.sleep(0.5)  # kw-b holds the key, in its step
-        assert str(await client.retry("kw-a")) == "pending"
+        FAILS_LEFT[a] = 1
+        await client.invoke_async("fails_first_then_waits", None, id=a, partition_key="KW")
+        assert (await client.wait(a, timeout=10)).status == "failed"
+        await client.invoke_async("holds_long", None, id=b, partition_key="KW")
+        await asyncio.sleep(0.5)  # b holds the key, in its step
+        assert str(await client.retry(a)) == "pending"
+        if paused:
+            assert str(await client.pause(a)) == "paused"
+            await client.resume(a)
         await asyncio.sleep(0.2)
-        await client.signal("kw-a", "poke", 1)
-        for inv in ("kw-a", "kw-b"):
+        await client.signal(a, "poke", 1)
+        for inv in (a, b):
             assert (await client.wait(inv, timeout=20)).output == inv
-    spans = sorted(s for inv in ("kw-a", "kw-b") for s in SPANS[inv])
+    spans = sorted(s for inv in (a, b) for s in SPANS[inv])
     for (_, end), (begin, _) in itertools.pairwise(spans):
         assert end <= begin, f"two invocations of one key ran at once: {spans}"

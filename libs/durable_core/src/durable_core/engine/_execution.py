@@ -196,6 +196,10 @@ class Execution:
         steps that handle it."""
         if self.ctx is not None and self.ctx.steps.cancel_delivered:
             return
+        # Read the request before the next step, too: a run whose workflow task is not made
+        # yet (its RUNNING write landed, its answer still on the way) has nothing to cancel,
+        # and its first step ran after the cancel had answered "running".
+        self.look_again()
         if self.task is not None and not self.task.done() and not self.cancelling_run:
             self.cancelling_run = True
             self.task.cancel()
@@ -461,13 +465,17 @@ class Execution:
         return True
 
     async def _waits_for_its_key(self, st: pb.ExecutionState) -> bool:
-        """A wake-up (a signal, a cancel, a resolution) of a keyed invocation that waits for
-        its key (pending: retried, or queued) and does not hold it: acked, and left to the
-        hand-over, whose start reads what the wake-up was for. Run, it went beside the key's
-        holder (a retried invocation's journal is not empty, so nothing stopped it);
-        "pending" means no run has started, and none runs a step."""
+        """A wake-up (a signal, a cancel, a resume, a resolution) of a keyed invocation that
+        waits for its key (pending or paused: retried, or queued) and does not hold it: acked,
+        and left to the hand-over, whose start reads what the wake-up was for. Run, it went
+        beside the key's holder (a retried invocation's journal is not empty, so nothing
+        stopped it); "pending" means no run has started, and none runs a step. A paused one
+        counts too: a resume's wake-up found it paused, not pending (its run, had it one,
+        would hold the key: a key is let go only by a finished invocation)."""
         if not (
-            self._keyed and self.cmd.kind == pb.COMMAND_KIND_WAKE and st.status == pb.STATUS_PENDING
+            self._keyed
+            and self.cmd.kind == pb.COMMAND_KIND_WAKE
+            and st.status in (pb.STATUS_PENDING, pb.STATUS_PAUSED)
         ):
             return False
         data, _ = await self.t.key_record(self.cmd.partition_key)
