@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 from durable_core import Context, InvocationCancelledError, RetryPolicy, TerminalError
+from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core.testing import assert_eventually_async
 
 STARTS: list[float] = []
@@ -99,3 +100,36 @@ async def test_a_pause_the_failure_ended_does_not_hold_the_retry(
         assert (await client.wait("pz-retry", timeout=10)).status == "failed"
         await client.retry("pz-retry")
         assert (await client.wait("pz-retry", timeout=10)).output == ["ok", "b"]
+
+
+async def charge_first(ctx: Context, _: int) -> str:
+    try:
+        return await ctx.run("charge", lambda: RAN.append("charge") or "c")
+    except InvocationCancelledError:
+        await ctx.run("refund", lambda: RAN.append("refund") or "r")
+        raise
+
+
+async def test_a_cancel_while_the_run_sets_out_runs_no_step(
+    local_engine: Callable[..., Any],
+) -> None:
+    """Cancelled once the run's RUNNING write had landed but before the processor heard so
+    (its workflow task not made yet): the interrupt found no task to cancel, and the first
+    step ran after ``cancel()`` had answered."""
+    RAN.clear()
+    async with local_engine(charge_first) as (client, t):
+        update, landed = t.update_state, asyncio.Event()
+
+        async def late_answer(st: Any, revision: int) -> Any:
+            rec = await update(st, revision)
+            if st.status == pb.STATUS_RUNNING and not landed.is_set():
+                landed.set()
+                await asyncio.sleep(0.5)  # landed; the processor has not heard yet
+            return rec
+
+        t.update_state = late_answer  # the processor's own connection; not the client's
+        await client.invoke_async("charge_first", 1, id="pz-setout")
+        await asyncio.wait_for(landed.wait(), 10)
+        assert await client.cancel("pz-setout") == "running"
+        assert (await client.wait("pz-setout", timeout=10)).status == "cancelled"
+        assert RAN == ["refund"], "a step ran after the cancel had answered"

@@ -48,7 +48,6 @@ from durable_core.engine._keys import release_key
 from durable_core.errors import (
     AlreadyResolvedError,
     ConflictError,
-    DurableError,
     ExpiredError,
     IllegalTransitionError,
     InvalidInputError,
@@ -140,10 +139,10 @@ def _addressee(st: pb.ExecutionState) -> Addressee:
     return Addressee(st.invocation_id, st.workflow, st.partition_key, st.pinned_version)
 
 
-# How long a pause of a run in flight waits for the processor running it to answer (none
-# does when the run has just ended, or its processor is away: the pause then acts when a
-# write of the run meets it).
-PAUSE_ANSWER_S = 0.5
+# How long a pause or cancel of a run in flight waits for the processor running it to answer
+# (none does when the run has just ended, or its processor is away: the request then acts
+# when a write of the run meets it, or its wake-up).
+ANSWER_S = 0.5
 
 
 def _client_entry(
@@ -204,38 +203,39 @@ async def change(t: Transport, invocation_id: str, kind: pb.EntryKind) -> Status
         if ended is not None:
             return ended
         # A processor of its pinned version took it meanwhile: cancel the run as any other.
-    try:
-        await deliver_external(
+    # Requested before (``_AlreadyThere``), perhaps by a caller that stopped before the
+    # request's follow-ups (it died, or NATS failed its wake-up): a resumed invocation stayed
+    # paused and a cancelled sleeper slept on, and asking again changed nothing. Each
+    # follow-up is idempotent (a wake-up is deduplicated per entry; the state writes are
+    # revision-checked), so asking again does them again.
+    with contextlib.suppress(_AlreadyThere):
+        seen = await deliver_external(
             t,
             _addressee(rec.state),
             _client_entry(kind),
             f"{verb}:{invocation_id}:{uuid.uuid4().hex}",
             check,
-            wake=kind != pb.ENTRY_KIND_PAUSE_REQUEST,  # a pause acts at the next step boundary
-            interrupt=kind == pb.ENTRY_KIND_CANCEL_REQUEST,  # cancel a run in flight at once
+            wake=False,  # the follow-ups below, once it is known whether a run is in flight
         )
-    except _AlreadyThere:
-        # Requested before, perhaps by a caller that stopped before the request's follow-ups
-        # (it died, or NATS failed its wake-up): a resumed invocation stayed paused and a
-        # cancelled sleeper slept on, and asking again changed nothing. Each follow-up is
-        # idempotent (a wake-up is deduplicated per entry; the state writes are
-        # revision-checked), so asking again does them again.
-        await follow_delivery(
-            t,
-            _addressee(rec.state),
-            seen,
-            wake=kind != pb.ENTRY_KIND_PAUSE_REQUEST,
-            interrupt=kind == pb.ENTRY_KIND_CANCEL_REQUEST,
-        )
+    # A run in flight is told at once (core NATS), and its processor's answer awaited (up to
+    # ANSWER_S): from then on no step of it starts before it has read the request (one begun
+    # goes on, or a cancel interrupts it). A pause wakes nothing, and a run learnt of it only
+    # when one of its writes met it: with no write between two steps (the second after a
+    # sleep waited in process, or after the workflow's own code), that step started after
+    # the pause had answered. A cancel's interrupt that came before the run's workflow task
+    # was made let its first step start after the cancel had answered "running".
+    # A cancel is sent whatever the journal said (a run may have claimed it since).
+    tell = "cancel" if kind == pb.ENTRY_KIND_CANCEL_REQUEST else ""
     if kind == pb.ENTRY_KIND_PAUSE_REQUEST and running:
-        # The pause wakes nothing, and a run learnt of it only when one of its writes met
-        # it: with no write between two steps (the second after a sleep waited in process,
-        # or after the workflow's own code), that step started after the pause had
-        # answered, and the invocation completed while paused. So the run in flight is told
-        # to read it before its next step, and its processor's answer awaited: from then
-        # on no step of it starts before the pause is seen (one begun goes on).
-        with contextlib.suppress(DurableError):
-            await t.send_control(invocation_id, "pause", wait=PAUSE_ANSWER_S)
+        tell = "pause"
+    await follow_delivery(
+        t,
+        _addressee(rec.state),
+        seen,
+        wake=kind != pb.ENTRY_KIND_PAUSE_REQUEST,  # a pause acts at the next step boundary
+        tell=tell,
+        answer_s=ANSWER_S if running else 0.0,
+    )
     return await _show_transition(t, invocation_id, kind, running=running)
 
 

@@ -297,29 +297,30 @@ async def deliver_external(
     check: Check | None = None,
     *,
     wake: bool = True,
-    interrupt: bool = False,
 ) -> int:
     """Hand an entry from outside to an invocation: every resolution, signal, lifecycle
     request and child's result comes this way (the client's verbs, a child's report).
 
-    Appends it (``_append_external``: ``check`` may refuse), then interrupts a run in flight
-    (``interrupt``: a cancellation) and wakes the invocation so a suspended one sees it
-    (``wake``). Returns the entry's sequence.
+    Appends it (``_append_external``: ``check`` may refuse), then wakes the invocation so a
+    suspended one sees it (``wake``). Returns the entry's sequence. A pause or a cancel also
+    tells a run in flight: see ``follow_delivery``.
     """
     seq = await _append_external(t, to.invocation_id, entry, msg_id, check)
-    await follow_delivery(t, to, seq, wake=wake, interrupt=interrupt)
+    await follow_delivery(t, to, seq, wake=wake)
     return seq
 
 
 async def follow_delivery(
-    t: Transport, to: Addressee, seq: int, *, wake: bool, interrupt: bool
+    t: Transport, to: Addressee, seq: int, *, wake: bool, tell: str = "", answer_s: float = 0.0
 ) -> None:
-    """What follows an entry from outside journaled at ``seq``: interrupt a run in flight
-    (best effort: the wake-up is what counts), then wake the invocation. Idempotent (a
-    wake-up is deduplicated per entry), so a caller cut short before it may do it again."""
-    if interrupt:
+    """What follows an entry from outside journaled at ``seq``: tell a run in flight at
+    once (``tell``: "cancel" interrupts it, "pause" has it read the journal before its next
+    step; ``answer_s``: wait up to this long for its processor's answer; best effort, the
+    wake-up and the run's next write are what count), then wake the invocation. Idempotent
+    (a wake-up is deduplicated per entry), so a caller cut short before it may do it again."""
+    if tell:
         with contextlib.suppress(DurableError):
-            await t.send_control(to.invocation_id, "cancel")
+            await t.send_control(to.invocation_id, tell, wait=answer_s)
     if wake:
         await t.publish_wake(to.invocation_id, to.workflow, to.partition_key, seq, route=to.route)
 
