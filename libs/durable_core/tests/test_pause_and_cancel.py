@@ -6,9 +6,9 @@ import asyncio
 import time
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
-from durable_core import Context, InvocationCancelledError, RetryPolicy, TerminalError
+from durable_core import Context, InvocationCancelledError, RetryPolicy, TerminalError, WorkerConfig
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core.testing import assert_eventually_async
 
@@ -133,3 +133,47 @@ async def test_a_cancel_while_the_run_sets_out_runs_no_step(
         assert await client.cancel("pz-setout") == "running"
         assert (await client.wait("pz-setout", timeout=10)).status == "cancelled"
         assert RAN == ["refund"], "a step ran after the cancel had answered"
+
+
+BLOCKED: list[float] = []
+
+
+def blocking(i: int) -> int:
+    BLOCKED.append(time.monotonic())
+    time.sleep(0.8)
+    return i
+
+
+async def many_sync_steps(ctx: Context, n: int) -> list[int]:
+    outs = await asyncio.gather(
+        *(ctx.run(f"s{i}", blocking, i) for i in range(n)), return_exceptions=True
+    )
+    for out in outs:
+        if isinstance(out, BaseException):
+            raise out
+    return cast(list[int], outs)
+
+
+async def test_a_sync_step_waiting_for_a_thread_never_runs_once_cancelled(
+    local_engine: Callable[..., Any],
+) -> None:
+    """Forty sync steps at once: the loop's default pool (min(32, cores + 4) threads) queued
+    the rest, and those started after the cancel had answered, long after the invocation
+    ended cancelled. Now each execution slot has a thread, and a queued one never starts."""
+    BLOCKED.clear()
+    async with local_engine(many_sync_steps, worker=WorkerConfig(max_concurrent=8)) as (
+        client,
+        _,
+    ):
+        await client.invoke_async("many_sync_steps", 40, id="pz-threads")
+
+        async def began() -> bool:
+            return bool(BLOCKED)
+
+        await assert_eventually_async(began, 10, "the first sync step")
+        await asyncio.sleep(0.2)
+        running = len(BLOCKED)
+        assert await client.cancel("pz-threads") == "running"
+        assert (await client.wait("pz-threads", timeout=10)).status == "cancelled"
+        await asyncio.sleep(1.2)  # the threads that ran have ended
+        assert len(BLOCKED) == running, "a sync step started after the cancel"

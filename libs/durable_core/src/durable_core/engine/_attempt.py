@@ -91,6 +91,7 @@ async def run_once(ex: Execution) -> Finish | Suspend | Block:
         default_retry=wf.retry,
         payloads=ex.t.payloads,
         payload_limit=ex.t.payload_limit,
+        threads=env.threads,
     )
     ex.ctx = ctx
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import functools
 import inspect
 import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, cast
 
@@ -95,8 +98,10 @@ class RunContext(Context):
         default_retry: RetryPolicy | None = None,
         payloads: _payloads.PayloadStore | None = None,
         payload_limit: int = 0,
+        threads: Executor | None = None,
     ) -> None:
         self._invocation_id = invocation_id
+        self._threads = threads or _spare_threads()  # where sync steps run
         self._payload_limit = payload_limit  # of an inline value (a ctx.set): 0 for none
         self._workflow = workflow
         self._partition_key = partition_key
@@ -348,17 +353,21 @@ class RunContext(Context):
     # -- internals -------------------------------------------------------------------------
 
     async def _in_thread(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run a sync step's function in a thread, which nothing can stop. Halted meanwhile by
-        the engine (shutdown, a rerun, a lost claim: ``stopped`` is set), the run waits for
-        the thread to end before the halt goes on: its command must not be handed back (to a
-        processor that would run the step again) while the step still runs here. A
-        cancellation of the invocation interrupts at once, as it does any step, and so does
+        """Run a sync step's function in a thread, which nothing can stop once it runs. Halted
+        meanwhile by the engine (shutdown, a rerun, a lost claim: ``stopped`` is set), the run
+        waits for the thread to end before the halt goes on: its command must not be handed
+        back (to a processor that would run the step again) while the step still runs here.
+        A cancellation of the invocation interrupts at once, as it does any step, and so does
         the step's own timeout (the attempt fails at its deadline, as documented; its thread
-        may still run beside the retry, as a timed-out activity may under Temporal)."""
-        thread = asyncio.ensure_future(asyncio.to_thread(fn, *args, **kwargs))
+        may still run beside the retry, as a timed-out activity may under Temporal). A step
+        still waiting for a thread when interrupted never runs."""
+        job = self._threads.submit(contextvars.copy_context().run, fn, *args, **kwargs)
+        thread = asyncio.wrap_future(job)
         try:
             return await asyncio.shield(thread)
         except asyncio.CancelledError:
+            if job.cancel():
+                raise  # it had not started: it never will
             if self._journal.halted() and not self._journal.cancelling():
                 await wait_out(thread)
             raise
@@ -1002,3 +1011,9 @@ def _uncancel() -> None:
 
 def _wall_ms() -> int:
     return int(time.time() * 1000)
+
+
+@functools.cache
+def _spare_threads() -> ThreadPoolExecutor:
+    """Sync steps' threads for a context no processor made (a test's replay)."""
+    return ThreadPoolExecutor(thread_name_prefix="step")

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -39,6 +40,7 @@ class RunEnv:
         stopping: set when the processor shuts down.
         holds: whether a run on a delivery, started under a lease epoch, may start a step.
         counted: tells the processor an invocation finished (True: completed).
+        threads: where sync steps run, one thread per execution slot (``max_concurrent``).
     """
 
     transport: Transport
@@ -52,6 +54,7 @@ class RunEnv:
     stopping: asyncio.Event
     holds: Callable[[Delivery, int], bool]
     counted: Callable[[bool], None]
+    threads: Executor
 
 
 def now_ms() -> int:

@@ -15,6 +15,7 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from google.protobuf.message import DecodeError
@@ -102,6 +103,10 @@ class Worker:
         self._fetch_error = ""
         self.completed = 0
         self.failed = 0
+        # Sync steps' threads: the loop's default pool has min(32, cores + 4), and a step that
+        # waited there for a thread started long after its run had moved on (paused,
+        # cancelled). One per execution slot; made as they are needed.
+        self._threads = ThreadPoolExecutor(config.max_concurrent, thread_name_prefix="step")
         self._env = RunEnv(
             transport=transport,
             registry=registry,
@@ -114,6 +119,7 @@ class Worker:
             stopping=self._stopping,
             holds=self.holds,
             counted=self._count,
+            threads=self._threads,
         )
 
     @classmethod
@@ -289,6 +295,7 @@ class Worker:
         finally:
             rechecks.cancel()
             await self._shut_down(consumer, lease, registration, control)
+            self._threads.shutdown(wait=False)  # the drain waited for the steps' threads
 
     async def _shut_down(
         self,
