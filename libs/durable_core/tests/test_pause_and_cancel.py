@@ -8,6 +8,8 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, cast
 
+import pytest
+
 from durable_core import Context, InvocationCancelledError, RetryPolicy, TerminalError, WorkerConfig
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core.testing import assert_eventually_async
@@ -177,3 +179,51 @@ async def test_a_sync_step_waiting_for_a_thread_never_runs_once_cancelled(
         assert (await client.wait("pz-threads", timeout=10)).status == "cancelled"
         await asyncio.sleep(1.2)  # the threads that ran have ended
         assert len(BLOCKED) == running, "a sync step started after the cancel"
+
+
+MARKS: list[tuple[float, str]] = []
+
+
+def mark(name: str) -> str:
+    MARKS.append((time.monotonic(), name))
+    return name
+
+
+async def own_code_first(ctx: Context, _: int) -> str:
+    await asyncio.sleep(0.3)  # the workflow's own code, before its first step
+    try:
+        await ctx.run("charge", mark, "charge")
+        await ctx.run("ship", mark, "ship")
+    except InvocationCancelledError:
+        await ctx.run("refund", mark, "refund")
+        raise
+    return "done"
+
+
+@pytest.mark.parametrize("verb", ["pause", "cancel"])
+async def test_a_run_that_set_out_and_journaled_nothing_is_told_and_waited_for(
+    local_engine: Callable[..., Any], verb: str
+) -> None:
+    """Running (its state said so) but with an empty journal: the request took it for no run
+    in flight, answered "running" without telling the run (a pause) or waiting for its
+    processor (a cancel), and the first step started after the answer."""
+    MARKS.clear()
+    inv = f"pz-own-{verb}"
+    async with local_engine(own_code_first) as (client, _):
+        await client.invoke_async("own_code_first", 1, id=inv)
+
+        async def running() -> bool:
+            return str((await client.get_summary(inv)).status) == "running"
+
+        await assert_eventually_async(running, 10, "the run set out")
+        assert str(await getattr(client, verb)(inv)) == "running"
+        answered = time.monotonic()
+        await asyncio.sleep(1.0)
+        late = [name for at, name in MARKS if at > answered and name != "refund"]
+        assert not late, f"steps started after {verb}() answered: {late}"
+        if verb == "pause":
+            await client.resume(inv)
+            assert (await client.wait(inv, timeout=10)).output == "done"
+        else:
+            assert (await client.wait(inv, timeout=10)).status == "cancelled"
+            assert [name for _, name in MARKS] == ["refund"]

@@ -48,6 +48,7 @@ from durable_core.engine._keys import release_key
 from durable_core.errors import (
     AlreadyResolvedError,
     ConflictError,
+    DurableError,
     ExpiredError,
     IllegalTransitionError,
     InvalidInputError,
@@ -225,9 +226,7 @@ async def change(t: Transport, invocation_id: str, kind: pb.EntryKind) -> Status
     # the pause had answered. A cancel's interrupt that came before the run's workflow task
     # was made let its first step start after the cancel had answered "running".
     # A cancel is sent whatever the journal said (a run may have claimed it since).
-    tell = "cancel" if kind == pb.ENTRY_KIND_CANCEL_REQUEST else ""
-    if kind == pb.ENTRY_KIND_PAUSE_REQUEST and running:
-        tell = "pause"
+    tell = _TOLD.get(kind, "") if running or kind == pb.ENTRY_KIND_CANCEL_REQUEST else ""
     await follow_delivery(
         t,
         _addressee(rec.state),
@@ -236,7 +235,19 @@ async def change(t: Transport, invocation_id: str, kind: pb.EntryKind) -> Status
         tell=tell,
         answer_s=ANSWER_S if running else 0.0,
     )
-    return await _show_transition(t, invocation_id, kind, running=running)
+    shown = await _show_transition(t, invocation_id, kind, running=running)
+    if shown == Status.RUNNING and not running and kind in _TOLD:
+        # The journal showed no run, but one had set out (its RUNNING state write landed
+        # before it journaled anything, or a start won the race with this request's state
+        # write): it may reach its first step without another write meeting the request.
+        # Told now, and waited for, as a run in flight is above.
+        with contextlib.suppress(DurableError):
+            await t.send_control(invocation_id, _TOLD[kind], wait=ANSWER_S)
+    return shown
+
+
+# What a run in flight is told of a request, at once (see ``Worker._on_control``).
+_TOLD = {pb.ENTRY_KIND_PAUSE_REQUEST: "pause", pb.ENTRY_KIND_CANCEL_REQUEST: "cancel"}
 
 
 async def cancel_blocked(t: Transport, rec: StateRecord, message: str) -> Status | None:
@@ -319,9 +330,8 @@ async def _show_transition(
     A cancel of a pending invocation no run has started is recorded too: its state's journal
     length goes from 0 to 1, so that a start racing the cancel reads the journal (and sees
     the request) before its first step instead of starting fresh without reading it (see
-    ``Execution._start_fresh``). If the start's write comes first, the answer is "running":
-    its first step may run before the cancellation reaches it, as a pause's answer
-    "running" means the step in flight finishes first.
+    ``Execution._start_fresh``). If the start's write comes first, the answer is "running",
+    and ``change`` tells the run and waits for its processor's answer before it returns.
 
     ``running``: the journal shows a run in progress (its state may not say so yet).
     """
