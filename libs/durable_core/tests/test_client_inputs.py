@@ -104,3 +104,24 @@ async def test_a_processor_whose_clock_is_behind_starts_a_delayed_invocation_onc
         result = await client.wait(inv, timeout=20)
         assert result.status == "completed"
         assert len(scheduled) <= 2, len(scheduled)  # once, and once more found done
+
+
+BEGAN: dict[str, float] = {}
+
+
+async def stamped(ctx: Context, _: int) -> float:
+    return await ctx.run("began", lambda: BEGAN.setdefault(ctx.invocation_id, time.time()))
+
+
+@pytest.mark.parametrize("delay_s", [0.7, 1.6, 2.3])
+async def test_a_delayed_invocation_never_starts_before_it_is_due(
+    local_engine: Callable[..., Any], delay_s: float
+) -> None:
+    """Server schedules are whole seconds, rounded down, and a delay of a second or less is
+    published at once: the first step ran up to a second before the due time."""
+    inv = f"due-{int(delay_s * 10)}"
+    async with local_engine(stamped) as (client, _):
+        due = time.time() + delay_s
+        await client.invoke_async("stamped", 1, id=inv, delay=timedelta(seconds=delay_s))
+        assert (await client.wait(inv, timeout=20)).status == "completed"
+    assert BEGAN[inv] >= due - 0.02, f"started {due - BEGAN[inv]:.3f} s before it was due"

@@ -446,23 +446,29 @@ class Execution:
         start's duplicate window, published one: it ran a delayed invocation at once) is
         scheduled for its due time instead, and acked; True then. Once per due time: this
         processor's clock may be behind the server's, which fires that start at once; it must
-        not be dropped, nor go round again: the start that comes back then runs (False)."""
+        not be dropped, nor go round again: the start that comes back then runs (False).
+
+        A start a little early (server schedules are whole seconds, rounded down; a delay
+        of a second or less is published at once) waits out the rest here, up to
+        ``_EARLY_START_MS``: it started up to a second before its due time."""
+        early_ms = st.start_at_ms - now_ms()
         if not (
-            st.status == pb.STATUS_PENDING
+            st.status in (pb.STATUS_PENDING, pb.STATUS_PAUSED)  # paused, perhaps resumed since
             and self.cmd.kind == pb.COMMAND_KIND_START
-            and st.start_at_ms > now_ms() + _EARLY_START_MS
+            and early_ms > 0
         ):
             return False
-        if not await self.t.schedule_command(
+        if early_ms > _EARLY_START_MS and await self.t.schedule_command(
             self.cmd,
             at_ms=st.start_at_ms,
             key=f"{self.id}.start",
             msg_id=f"start:{self.id}:due:{st.start_at_ms}",
         ):
-            return False
-        log.info("invocation %s: a start before it is due; started at its due time", self.id)
-        await self.delivery.ack()
-        return True
+            log.info("invocation %s: a start before it is due; started at its due time", self.id)
+            await self.delivery.ack()
+            return True
+        await asyncio.sleep(min(early_ms, _EARLY_START_MS) / 1000)
+        return False
 
     async def _waits_for_its_key(self, st: pb.ExecutionState) -> bool:
         """A wake-up (a signal, a cancel, a resume, a resolution) of a keyed invocation that
