@@ -395,8 +395,10 @@ async def test_cancel_interrupts_a_slow_call_after_a_signal_woke_the_invocation(
     assert [s.name for s in result.steps][-1] == "refund"
 
 
-async def _no_control(invocation_id: str, action: str) -> None:
-    """A control message lost on the way (core NATS: its processor was reconnecting)."""
+async def _no_control(invocation_id: str, action: str, *, wait: float = 0.0) -> bool:
+    """A control message lost on the way (core NATS: its processor was reconnecting): no
+    answer comes."""
+    return False
 
 
 async def _no_wake(*args: object, **kwargs: object) -> None:
