@@ -13,7 +13,7 @@ import pytest
 
 from durable_core import EngineConfig
 from durable_core._pb.durable.v1 import durable_pb2 as pb
-from durable_core._transport import JournalRecord, Transport
+from durable_core._transport import JournalConflict, JournalRecord, Transport
 from durable_core.config import NatsConfig
 from durable_core.engine._intake import _append_external
 from durable_core.errors import IllegalTransitionError
@@ -132,3 +132,23 @@ async def _sent_again(transport: Transport, monkeypatch: pytest.MonkeyPatch) -> 
     again = pb.JournalEntry(kind=pb.ENTRY_KIND_SIGNAL, name="go", writer="client", timestamp_ms=9)
     assert await _append_external(transport, inv, again, "sig:x-again:s1", open_only) == 1
     assert len(await real_read(inv)) == 3
+
+
+@pytest.mark.parametrize("expected", [0, 1], ids=["stale-fence", "current-fence"])
+async def test_another_writers_entry_under_the_same_message_id_is_not_taken_for_ours(
+    transport: Transport, expected: int
+) -> None:
+    """Writers racing for one entry share its message id (every resolution of an awakeable
+    is ``awk:<id>``): a loser whose append met the winner's entry, by the stale fence's
+    "wrong last sequence" or by the server's duplicate check, took it for its own earlier
+    try, and its caller was told its value was taken while the workflow got the winner's."""
+    inv = f"x-same-id-{expected}"
+    mine = pb.JournalEntry(kind=pb.ENTRY_KIND_AWAKEABLE, name="a", index=1, writer="client")
+    mine.output.data = b'"yes"'
+    theirs = pb.JournalEntry()
+    theirs.CopyFrom(mine)
+    theirs.output.data = b'"no"'
+    seq = await transport.append(inv, theirs, 0, "awk:a")
+    with pytest.raises(JournalConflict):
+        await transport.append(inv, mine, expected, "awk:a")
+    assert await transport.append(inv, theirs, 0, "awk:a") == seq  # its own retry: landed

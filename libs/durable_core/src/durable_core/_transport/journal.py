@@ -180,12 +180,18 @@ class Journals:
 
         async def pub() -> int:
             try:
-                return (await link.publish(subject, data, headers))[0]
+                seq, duplicate = await link.publish(subject, data, headers)
             except nats.js.errors.APIError as e:
                 if e.err_code not in WRONG_LAST_CODES:
                     raise
-            # Either someone else appended, or an earlier try of ours landed: look at the last.
-            return await self._landed(invocation_id, expected_seq, msg_id)
+                # Either someone else appended, or an earlier try of ours landed: look at
+                # the last.
+                return await self._landed(invocation_id, expected_seq, msg_id, data)
+            if duplicate:  # stored before under this id: by an earlier try, or another writer
+                stored = await link.js.get_msg(link.names.journal_stream_of(invocation_id), seq)
+                if stored.data != data:
+                    raise JournalConflict(invocation_id, expected_seq)
+            return seq
 
         return await self._retried(invocation_id, pub)
 
@@ -215,10 +221,12 @@ class Journals:
     async def _last_seq(self, invocation_id: str) -> int:
         return await last_journal_seq(self._link, invocation_id)
 
-    async def _landed(self, invocation_id: str, expected_seq: int, msg_id: str) -> int:
+    async def _landed(self, invocation_id: str, expected_seq: int, msg_id: str, data: bytes) -> int:
         """After a "wrong last sequence" (or a batch's "duplicate id"): the sequence of our
-        write ``msg_id`` if it is the journal's last message (an earlier try landed), else
-        JournalConflict (someone else appended)."""
+        write (``msg_id`` with ``data``) if it is the journal's last message (an earlier try
+        landed), else JournalConflict (someone else appended). The message id alone is not
+        ours: writers racing for one entry share it (every resolution of an awakeable is
+        ``awk:<id>``), and each loser took the winner's entry, another value, for its own."""
         link = self._link
         subject = link.names.journal_subject(invocation_id)
         try:
@@ -227,7 +235,7 @@ class Journals:
             # Seen under load on the 3-node cluster (a leader change between the two
             # requests): nothing of ours is there, so it is a conflict: read and retry.
             raise JournalConflict(invocation_id, expected_seq) from None
-        if (last.headers or {}).get("Nats-Msg-Id") == msg_id:
+        if (last.headers or {}).get("Nats-Msg-Id") == msg_id and last.data == data:
             return int(last.seq or 0)
         raise JournalConflict(invocation_id, expected_seq)
 
@@ -272,7 +280,7 @@ class Journals:
                     if e.err_code not in WRONG_LAST_CODES and e.err_code != BATCH_DUPLICATE:
                         raise
                     # Someone else appended, or an earlier try of this batch landed.
-                    last = await self._landed(invocation_id, expected_seq, msg_ids[-1])
+                    last = await self._landed(invocation_id, expected_seq, msg_ids[-1], data)
             return _contiguous(last, n)
 
         return await self._retried(invocation_id, pub)
