@@ -118,6 +118,27 @@ def test_a_dataclass_that_holds_itself_is_invalid_input() -> None:
     }
 
 
+def _deep(levels: int) -> Any:
+    value: Any = 1
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def test_a_value_that_holds_itself_or_nests_too_deeply_is_invalid_input_when_made_plain() -> None:
+    """A typed workflow's input (and every schedule's arguments) is made plain JSON first,
+    recursively: a bare RecursionError came out of ``invoke`` and ``create_schedule``, and
+    the CLI printed a trace with exit 1. As deep as ``encode`` stores is taken alike."""
+    loop: dict[str, Any] = {}
+    loop["self"] = loop
+    for value in (loop, _deep(5000)):
+        with pytest.raises(InvalidInputError, match="holds itself or nests this deeply"):
+            _codec.to_jsonable(value)
+    deep = _deep(600)
+    assert _codec.to_jsonable(deep) == deep
+    assert _codec.decode(_codec.encode(deep)) == deep
+
+
 # -- 3. a --timeout that rounds to 0 ----------------------------------------------------------
 
 

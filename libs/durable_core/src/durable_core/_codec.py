@@ -120,13 +120,32 @@ def _excerpt(text: str, limit: int = 200) -> str:
 def to_jsonable(value: Any) -> Any:
     """``value`` as plain JSON values, at any depth: dataclasses and pydantic models as
     objects, tuples and sets as arrays (a set's items in order, when they have one);
-    anything else unchanged (and refused when it is stored)."""
+    anything else unchanged (and refused when it is stored). InvalidInputError for a value
+    that holds itself or nests deeper than Python's recursion allows (``encode`` refuses
+    those alike): a bare RecursionError reached the caller, and the CLI printed a trace."""
+    try:
+        return _plain(value)
+    except RecursionError as e:
+        raise InvalidInputError(
+            "cannot store a value that holds itself or nests this deeply"
+        ) from e
+
+
+def _plain(value: Any) -> Any:
+    # Loops, not comprehensions: a comprehension is a frame of its own, which halved the
+    # depth taken here against what ``encode`` (json.dumps) stores.
     if isinstance(value, dict):
-        return {k: to_jsonable(v) for k, v in value.items()}
+        obj = {}
+        for k, v in value.items():
+            obj[k] = _plain(v)
+        return obj
     if isinstance(value, list | tuple):
-        return [to_jsonable(v) for v in value]
+        items = []
+        for v in value:
+            items.append(_plain(v))
+        return items
     converted = _jsonable(value, strict=False)
-    return value if converted is value else to_jsonable(converted)
+    return value if converted is value else _plain(converted)
 
 
 def _jsonable(value: Any, *, strict: bool = True) -> Any:
