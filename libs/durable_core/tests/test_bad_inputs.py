@@ -227,6 +227,19 @@ def test_the_cli_refuses_stdin_that_is_not_utf8_with_exit_2() -> None:
     assert proc.returncode == 2 and "Traceback" not in err and "UTF-8" in err, err
 
 
+@pytest.mark.parametrize("verb", ["pause", "resume", "cancel", "retry"])
+def test_a_lifecycle_wait_of_nan_is_refused_with_exit_2(verb: str) -> None:
+    """NaN passed click's FloatRange(0, 600) (it compares False both ways): the command went
+    on as if ``--wait 0`` had been given."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "durable_core.cli", verb, "some-id", "--wait", "nan", *NOWHERE],
+        capture_output=True,
+        timeout=60,
+    )
+    err = proc.stderr.decode()
+    assert proc.returncode == 2 and "nan is not a number of seconds" in err, err
+
+
 # -- 6. payload get -o somewhere it cannot write ----------------------------------------------
 
 

@@ -5,6 +5,7 @@ to, or say that it was requested and how to follow it."""
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable
 
@@ -36,6 +37,13 @@ _SETTLED: dict[str, tuple[str, Callable[[str], bool]]] = {
 }
 
 
+def _a_number(_: click.Context, __: click.Parameter, value: float) -> float:
+    """NaN passes click's FloatRange (it compares False both ways) and ended the wait at once."""
+    if math.isnan(value):
+        raise click.BadParameter("nan is not a number of seconds from 0 to 600")
+    return value
+
+
 def _lifecycle_command(verb: str, text: str) -> click.Command:
     @click.command(name=verb, help=text)
     @click.argument("invocation_id", metavar="ID", help="the invocation")
@@ -43,6 +51,7 @@ def _lifecycle_command(verb: str, text: str) -> click.Command:
         "--wait",
         "wait_s",
         type=click.FloatRange(0, 600),
+        callback=_a_number,
         default=10.0,
         show_default=True,
         help="seconds to wait for the transition (0: only request it)",
