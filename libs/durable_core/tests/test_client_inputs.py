@@ -113,15 +113,22 @@ async def stamped(ctx: Context, _: int) -> float:
     return await ctx.run("began", lambda: BEGAN.setdefault(ctx.invocation_id, time.time()))
 
 
-@pytest.mark.parametrize("delay_s", [0.7, 1.6, 2.3])
+@pytest.mark.parametrize(
+    ("delay_s", "paused"), [(0.7, False), (1.6, False), (2.3, False), (2.6, True)]
+)
 async def test_a_delayed_invocation_never_starts_before_it_is_due(
-    local_engine: Callable[..., Any], delay_s: float
+    local_engine: Callable[..., Any], delay_s: float, paused: bool
 ) -> None:
     """Server schedules are whole seconds, rounded down, and a delay of a second or less is
-    published at once: the first step ran up to a second before the due time."""
+    published at once: the first step ran up to a second before the due time. Paused and
+    resumed before it was due, its state said paused, not pending, and it ran early too."""
     inv = f"due-{int(delay_s * 10)}"
     async with local_engine(stamped) as (client, _):
         due = time.time() + delay_s
         await client.invoke_async("stamped", 1, id=inv, delay=timedelta(seconds=delay_s))
+        if paused:
+            await client.pause(inv)
+            await asyncio.sleep(0.5)
+            await client.resume(inv)
         assert (await client.wait(inv, timeout=20)).status == "completed"
     assert BEGAN[inv] >= due - 0.02, f"started {due - BEGAN[inv]:.3f} s before it was due"

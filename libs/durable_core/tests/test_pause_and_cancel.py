@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -227,3 +228,30 @@ async def test_a_run_that_set_out_and_journaled_nothing_is_told_and_waited_for(
         else:
             assert (await client.wait(inv, timeout=10)).status == "cancelled"
             assert [name for _, name in MARKS] == ["refund"]
+
+
+def sleeps_past_its_timeout() -> str:
+    time.sleep(1.5)
+    return "late"
+
+
+async def timed_out_then_fallback(ctx: Context, _: int) -> str:
+    no_retry = RetryPolicy(maximum_attempts=1)
+    with contextlib.suppress(TerminalError):  # the step's failure after its one attempt
+        await ctx.run(
+            "slow", sleeps_past_its_timeout, timeout=timedelta(seconds=0.5), retry=no_retry
+        )
+    return await ctx.run("fallback", lambda: "fallback", timeout=timedelta(seconds=1))
+
+
+async def test_a_timed_out_sync_step_leaves_threads_for_the_next(
+    local_engine: Callable[..., Any],
+) -> None:
+    """A timed-out sync step keeps its thread: with one thread per execution slot and one
+    slot, the next sync step waited for it, timed out and never ran."""
+    async with local_engine(timed_out_then_fallback, worker=WorkerConfig(max_concurrent=1)) as (
+        client,
+        _,
+    ):
+        await client.invoke_async("timed_out_then_fallback", 1, id="pz-starve")
+        assert (await client.wait("pz-starve", timeout=20)).output == "fallback"

@@ -188,7 +188,11 @@ class Journals:
                 # the last.
                 return await self._landed(invocation_id, expected_seq, msg_id, data)
             if duplicate:  # stored before under this id: by an earlier try, or another writer
-                stored = await link.js.get_msg(link.names.journal_stream_of(invocation_id), seq)
+                try:
+                    stored = await link.js.get_msg(link.names.journal_stream_of(invocation_id), seq)
+                except nats.js.errors.NotFoundError:
+                    # As in _landed (a leader change between the two requests): read, retry.
+                    raise JournalConflict(invocation_id, expected_seq) from None
                 if stored.data != data:
                     raise JournalConflict(invocation_id, expected_seq)
             return seq

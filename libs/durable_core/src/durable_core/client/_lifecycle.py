@@ -225,24 +225,27 @@ async def change(t: Transport, invocation_id: str, kind: pb.EntryKind) -> Status
     # sleep waited in process, or after the workflow's own code), that step started after
     # the pause had answered. A cancel's interrupt that came before the run's workflow task
     # was made let its first step start after the cancel had answered "running".
-    # A cancel is sent whatever the journal said (a run may have claimed it since).
-    tell = _TOLD.get(kind, "") if running or kind == pb.ENTRY_KIND_CANCEL_REQUEST else ""
     await follow_delivery(
         t,
         _addressee(rec.state),
         seen,
         wake=kind != pb.ENTRY_KIND_PAUSE_REQUEST,  # a pause acts at the next step boundary
-        tell=tell,
-        answer_s=ANSWER_S if running else 0.0,
+        tell=_TOLD.get(kind, "") if running else "",
+        answer_s=ANSWER_S,
     )
     shown = await _show_transition(t, invocation_id, kind, running=running)
-    if shown == Status.RUNNING and not running and kind in _TOLD:
-        # The journal showed no run, but one had set out (its RUNNING state write landed
+    if not running and kind in _TOLD:
+        # The journal showed no run, but one may have set out (its RUNNING state write landed
         # before it journaled anything, or a start won the race with this request's state
         # write): it may reach its first step without another write meeting the request.
-        # Told now, and waited for, as a run in flight is above.
-        with contextlib.suppress(DurableError):
-            await t.send_control(invocation_id, _TOLD[kind], wait=ANSWER_S)
+        # Told now, once, and waited for as a run in flight is above; a cancel is sent
+        # whatever the state says (a run may have claimed it since), unwaited for.
+        running_now = shown == Status.RUNNING
+        if running_now or kind == pb.ENTRY_KIND_CANCEL_REQUEST:
+            with contextlib.suppress(DurableError):
+                await t.send_control(
+                    invocation_id, _TOLD[kind], wait=ANSWER_S if running_now else 0.0
+                )
     return shown
 
 

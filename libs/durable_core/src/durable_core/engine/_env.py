@@ -40,7 +40,7 @@ class RunEnv:
         stopping: set when the processor shuts down.
         holds: whether a run on a delivery, started under a lease epoch, may start a step.
         counted: tells the processor an invocation finished (True: completed).
-        threads: where sync steps run, one thread per execution slot (``max_concurrent``).
+        threads: where sync steps run (the processor's pool, made by ``Worker.run``).
     """
 
     transport: Transport
@@ -54,7 +54,7 @@ class RunEnv:
     stopping: asyncio.Event
     holds: Callable[[Delivery, int], bool]
     counted: Callable[[bool], None]
-    threads: Executor
+    threads: Executor | None = None
 
 
 def now_ms() -> int:

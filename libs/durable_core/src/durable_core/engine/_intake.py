@@ -302,8 +302,9 @@ async def deliver_external(
     request and child's result comes this way (the client's verbs, a child's report).
 
     Appends it (``_append_external``: ``check`` may refuse), then wakes the invocation so a
-    suspended one sees it (``wake``). Returns the entry's sequence. A pause or a cancel also
-    tells a run in flight: see ``follow_delivery``.
+    suspended one sees it (``wake``). Returns the entry's sequence. The client's pause and
+    cancel tell a run in flight themselves (``client._lifecycle.change``, through
+    ``follow_delivery``).
     """
     seq = await _append_external(t, to.invocation_id, entry, msg_id, check)
     await follow_delivery(t, to, seq, wake=wake)

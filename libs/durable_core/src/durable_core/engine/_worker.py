@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -54,6 +55,10 @@ __all__ = ["Worker"]
 log = logging.getLogger("durable_core.worker")
 
 NOT_SERVED_DELAY = 30.0  # seconds before a command of a workflow not served here comes back
+
+
+# The most threads a processor gives sync steps (``max_concurrent`` may be 100,000).
+_MAX_STEP_THREADS = 1024
 
 
 class Worker:
@@ -103,10 +108,6 @@ class Worker:
         self._fetch_error = ""
         self.completed = 0
         self.failed = 0
-        # Sync steps' threads: the loop's default pool has min(32, cores + 4), and a step that
-        # waited there for a thread started long after its run had moved on (paused,
-        # cancelled). One per execution slot; made as they are needed.
-        self._threads = ThreadPoolExecutor(config.max_concurrent, thread_name_prefix="step")
         self._env = RunEnv(
             transport=transport,
             registry=registry,
@@ -119,7 +120,6 @@ class Worker:
             stopping=self._stopping,
             holds=self.holds,
             counted=self._count,
-            threads=self._threads,
         )
 
     @classmethod
@@ -248,6 +248,15 @@ class Worker:
         """
         if isinstance(self._service_defaults, ServiceDefaults):
             self._service_defaults.check_configured(self.config.services)
+        # Sync steps' threads, this run's own (made as they are needed): the loop's default
+        # pool has min(32, cores + 4), and a step that waited there for a thread started
+        # long after its run had moved on (paused, cancelled). One per execution slot, and at
+        # least the default pool's 32: a step's timeout counts its wait for a thread, and a
+        # timed-out sync step keeps its thread.
+        threads = ThreadPoolExecutor(
+            min(max(self.config.max_concurrent, 32), _MAX_STEP_THREADS), thread_name_prefix="step"
+        )
+        self._env = dataclasses.replace(self._env, threads=threads)
         self.channels.check_addresses((wf.name, wf.fn) for wf in self.registry)
         # Binding the consumers takes no command yet; it refuses an engine of the layout
         # before routing (ConfigError), before this processor leaves any trace.
@@ -295,7 +304,7 @@ class Worker:
         finally:
             rechecks.cancel()
             await self._shut_down(consumer, lease, registration, control)
-            self._threads.shutdown(wait=False)  # the drain waited for the steps' threads
+            threads.shutdown(wait=False)  # the drain waited for the steps' threads
 
     async def _shut_down(
         self,
@@ -387,7 +396,7 @@ class Worker:
 
     def _on_control(self, invocation_id: str, action: str) -> bool:
         """A lifecycle request arrived over core NATS: act on a run in this processor now;
-        whether one runs here (the sender of a pause waits for that answer)."""
+        whether one runs here (the sender of a pause or cancel waits for that answer)."""
         runs = self._running.get(invocation_id, ())
         for execution in runs:
             if action == "cancel":
