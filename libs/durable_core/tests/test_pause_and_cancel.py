@@ -11,8 +11,17 @@ from typing import Any, cast
 
 import pytest
 
-from durable_core import Context, InvocationCancelledError, RetryPolicy, TerminalError, WorkerConfig
+from durable_core import (
+    Context,
+    InvocationCancelledError,
+    RetryPolicy,
+    TerminalError,
+    Worker,
+    WorkerConfig,
+    WorkflowRegistry,
+)
 from durable_core._pb.durable.v1 import durable_pb2 as pb
+from durable_core._transport import Transport
 from durable_core.testing import assert_eventually_async
 
 STARTS: list[float] = []
@@ -255,3 +264,32 @@ async def test_a_timed_out_sync_step_leaves_threads_for_the_next(
     ):
         await client.invoke_async("timed_out_then_fallback", 1, id="pz-starve")
         assert (await client.wait("pz-starve", timeout=20)).output == "fallback"
+
+
+class _Execution:
+    """What ``Worker._on_control`` sees of an execution."""
+
+    def __init__(self, running_workflow: bool) -> None:
+        self.ctx = object() if running_workflow else None
+        self.told: list[str] = []
+
+    def cancel_now(self) -> None:
+        self.told.append("cancel")
+
+    def look_again(self) -> None:
+        self.told.append("pause")
+
+
+async def test_only_a_processor_running_the_workflow_answers_a_pause_or_cancel(
+    transport: Transport,
+) -> None:
+    """Every processor with an execution of the invocation answered, one that only handled a
+    wake-up (about to end "not idle") too: with several processors, the sender took that
+    answer while the processor running the workflow had not had the request yet."""
+    worker = Worker(transport, WorkflowRegistry(), WorkerConfig())
+    waking, running = _Execution(False), _Execution(True)
+    worker._running["inv"] = {waking}  # type: ignore[assignment]
+    assert worker._on_control("inv", "pause") is False
+    worker._running["inv"] = {waking, running}  # type: ignore[assignment]
+    assert worker._on_control("inv", "cancel") is True
+    assert waking.told == ["pause", "cancel"] and running.told == ["cancel"]

@@ -395,15 +395,20 @@ class Worker:
         self.lease.changed.set()
 
     def _on_control(self, invocation_id: str, action: str) -> bool:
-        """A lifecycle request arrived over core NATS: act on a run in this processor now;
-        whether one runs here (the sender of a pause or cancel waits for that answer)."""
+        """A lifecycle request arrived over core NATS: act on every execution of the
+        invocation in this processor now; whether one of them runs its workflow (the sender
+        of a pause or cancel waits for that answer, and takes the first). Not one that only
+        handles a wake-up or checks a start (it may end "not idle"): its answer could come
+        before the processor running the workflow had the request. One that has claimed the
+        run and not yet made its workflow's task does not answer either (the sender waits
+        its 0.5 s); it reads the journal before its first step all the same."""
         runs = self._running.get(invocation_id, ())
         for execution in runs:
             if action == "cancel":
                 execution.cancel_now()  # only the one running the workflow has a step to stop
             elif action == "pause":
                 execution.look_again()
-        return bool(runs)
+        return any(execution.ctx is not None for execution in runs)
 
     async def _recheck_after_reconnects(self) -> None:
         """After the connection to NATS came back, look in the journal of every run in flight
