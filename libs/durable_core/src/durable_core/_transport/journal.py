@@ -188,13 +188,7 @@ class Journals:
                 # the last.
                 return await self._landed(invocation_id, expected_seq, msg_id, data)
             if duplicate:  # stored before under this id: by an earlier try, or another writer
-                try:
-                    stored = await link.js.get_msg(link.names.journal_stream_of(invocation_id), seq)
-                except nats.js.errors.NotFoundError:
-                    # As in _landed (a leader change between the two requests): read, retry.
-                    raise JournalConflict(invocation_id, expected_seq) from None
-                if stored.data != data:
-                    raise JournalConflict(invocation_id, expected_seq)
+                return await self._landed(invocation_id, expected_seq, msg_id, data, at=seq)
             return seq
 
         return await self._retried(invocation_id, pub)
@@ -225,22 +219,29 @@ class Journals:
     async def _last_seq(self, invocation_id: str) -> int:
         return await last_journal_seq(self._link, invocation_id)
 
-    async def _landed(self, invocation_id: str, expected_seq: int, msg_id: str, data: bytes) -> int:
+    async def _landed(
+        self, invocation_id: str, expected_seq: int, msg_id: str, data: bytes, at: int = 0
+    ) -> int:
         """After a "wrong last sequence" (or a batch's "duplicate id"): the sequence of our
         write (``msg_id`` with ``data``) if it is the journal's last message (an earlier try
-        landed), else JournalConflict (someone else appended). The message id alone is not
-        ours: writers racing for one entry share it (every resolution of an awakeable is
-        ``awk:<id>``), and each loser took the winner's entry, another value, for its own."""
+        landed), else JournalConflict (someone else appended). After a duplicate ack: the
+        same of the message stored at ``at``. The message id alone is not ours: writers
+        racing for one entry share it (every resolution of an awakeable is ``awk:<id>``),
+        and each loser took the winner's entry, another value, for its own."""
         link = self._link
-        subject = link.names.journal_subject(invocation_id)
+        stream = link.names.journal_stream_of(invocation_id)
         try:
-            last = await link.js.get_last_msg(link.names.journal_stream_of(invocation_id), subject)
+            if at:
+                stored = await link.js.get_msg(stream, at)
+            else:
+                subject = link.names.journal_subject(invocation_id)
+                stored = await link.js.get_last_msg(stream, subject)
         except nats.js.errors.NotFoundError:
             # Seen under load on the 3-node cluster (a leader change between the two
             # requests): nothing of ours is there, so it is a conflict: read and retry.
             raise JournalConflict(invocation_id, expected_seq) from None
-        if (last.headers or {}).get("Nats-Msg-Id") == msg_id and last.data == data:
-            return int(last.seq or 0)
+        if (stored.headers or {}).get("Nats-Msg-Id") == msg_id and stored.data == data:
+            return int(stored.seq or 0)
         raise JournalConflict(invocation_id, expected_seq)
 
     async def append_batch(

@@ -204,48 +204,36 @@ async def change(t: Transport, invocation_id: str, kind: pb.EntryKind) -> Status
         if ended is not None:
             return ended
         # A processor of its pinned version took it meanwhile: cancel the run as any other.
-    # Requested before (``_AlreadyThere``), perhaps by a caller that stopped before the
-    # request's follow-ups (it died, or NATS failed its wake-up): a resumed invocation stayed
-    # paused and a cancelled sleeper slept on, and asking again changed nothing. Each
-    # follow-up is idempotent (a wake-up is deduplicated per entry; the state writes are
-    # revision-checked), so asking again does them again.
-    with contextlib.suppress(_AlreadyThere):
-        seen = await deliver_external(
+    wake = kind != pb.ENTRY_KIND_PAUSE_REQUEST  # a pause acts at the next step boundary
+    try:
+        await deliver_external(
             t,
             _addressee(rec.state),
             _client_entry(kind),
             f"{verb}:{invocation_id}:{uuid.uuid4().hex}",
             check,
-            wake=False,  # the follow-ups below, once it is known whether a run is in flight
+            wake=wake,
         )
-    # A run in flight is told at once (core NATS), and its processor's answer awaited (up to
-    # ANSWER_S): from then on no step of it starts before it has read the request (one begun
-    # goes on, or a cancel interrupts it). A pause wakes nothing, and a run learnt of it only
-    # when one of its writes met it: with no write between two steps (the second after a
-    # sleep waited in process, or after the workflow's own code), that step started after
-    # the pause had answered. A cancel's interrupt that came before the run's workflow task
-    # was made let its first step start after the cancel had answered "running".
-    await follow_delivery(
-        t,
-        _addressee(rec.state),
-        seen,
-        wake=kind != pb.ENTRY_KIND_PAUSE_REQUEST,  # a pause acts at the next step boundary
-        tell=_TOLD.get(kind, "") if running else "",
-        answer_s=ANSWER_S,
-    )
+    except _AlreadyThere:
+        # Requested before, perhaps by a caller that stopped before the request's follow-ups
+        # (it died, or NATS failed its wake-up): a resumed invocation stayed paused and a
+        # cancelled sleeper slept on, and asking again changed nothing. Each follow-up is
+        # idempotent (a wake-up is deduplicated per entry; the state writes are
+        # revision-checked), so asking again does them again.
+        await follow_delivery(t, _addressee(rec.state), seen, wake=wake)
     shown = await _show_transition(t, invocation_id, kind, running=running)
-    if not running and kind in _TOLD:
-        # The journal showed no run, but one may have set out (its RUNNING state write landed
-        # before it journaled anything, or a start won the race with this request's state
-        # write): it may reach its first step without another write meeting the request.
-        # Told now, once, and waited for as a run in flight is above; a cancel is sent
-        # whatever the state says (a run may have claimed it since), unwaited for.
-        running_now = shown == Status.RUNNING
-        if running_now or kind == pb.ENTRY_KIND_CANCEL_REQUEST:
-            with contextlib.suppress(DurableError):
-                await t.send_control(
-                    invocation_id, _TOLD[kind], wait=ANSWER_S if running_now else 0.0
-                )
+    # A run in flight (the journal shows one, or the state: its RUNNING write landed before
+    # it journaled anything, or a start won the race with this request's state write) is
+    # told at once (core NATS), and its processor's answer awaited (up to ANSWER_S): from
+    # then on no step of it starts before it has read the request (one begun goes on, or a
+    # cancel interrupts it). A pause wakes nothing, and a run learnt of it only when one of
+    # its writes met it: with no write between two steps, that step started after the pause
+    # had answered. A cancel is sent whatever the state says (a run may have claimed it
+    # since), unwaited for when none is in flight.
+    in_flight = running or shown == Status.RUNNING
+    if kind in _TOLD and (in_flight or kind == pb.ENTRY_KIND_CANCEL_REQUEST):
+        with contextlib.suppress(DurableError):
+            await t.send_control(invocation_id, _TOLD[kind], wait=ANSWER_S if in_flight else 0.0)
     return shown
 
 

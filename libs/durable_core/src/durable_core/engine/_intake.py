@@ -303,25 +303,17 @@ async def deliver_external(
 
     Appends it (``_append_external``: ``check`` may refuse), then wakes the invocation so a
     suspended one sees it (``wake``). Returns the entry's sequence. The client's pause and
-    cancel tell a run in flight themselves (``client._lifecycle.change``, through
-    ``follow_delivery``).
+    cancel also tell a run in flight (``client._lifecycle.change``).
     """
     seq = await _append_external(t, to.invocation_id, entry, msg_id, check)
     await follow_delivery(t, to, seq, wake=wake)
     return seq
 
 
-async def follow_delivery(
-    t: Transport, to: Addressee, seq: int, *, wake: bool, tell: str = "", answer_s: float = 0.0
-) -> None:
-    """What follows an entry from outside journaled at ``seq``: tell a run in flight at
-    once (``tell``: "cancel" interrupts it, "pause" has it read the journal before its next
-    step; ``answer_s``: wait up to this long for its processor's answer; best effort, the
-    wake-up and the run's next write are what count), then wake the invocation. Idempotent
-    (a wake-up is deduplicated per entry), so a caller cut short before it may do it again."""
-    if tell:
-        with contextlib.suppress(DurableError):
-            await t.send_control(to.invocation_id, tell, wait=answer_s)
+async def follow_delivery(t: Transport, to: Addressee, seq: int, *, wake: bool) -> None:
+    """What follows an entry from outside journaled at ``seq``: wake the invocation.
+    Idempotent (a wake-up is deduplicated per entry), so a caller cut short before it may
+    do it again."""
     if wake:
         await t.publish_wake(to.invocation_id, to.workflow, to.partition_key, seq, route=to.route)
 
