@@ -17,6 +17,7 @@ from durable_core import (
     EngineConfig,
 )
 from durable_core._transport import Transport
+from durable_core.errors import ExpiredError
 from durable_core.testing import assert_eventually_async
 
 
@@ -115,3 +116,54 @@ async def test_a_new_invocation_taking_the_id_during_its_expiry_keeps_its_hold_o
         await transport.expire_execution(owner_rec, int(time.time() * 1000), 60)
         result = await client.wait(inv, timeout=20)
         assert (result.status, result.output) == ("completed", len(data))
+
+
+async def test_a_result_read_as_the_invocation_expires_is_expired_not_a_timeout(
+    local_engine: Callable[..., Any],
+) -> None:
+    """The state is removed, then the journal purged: a ``get_result`` that read the state
+    just before (COMPLETED, 2 entries) and the journal just after waited out its whole
+    deadline for entries that were gone, and raised NatsUnavailableError (a CI flake of
+    ``test_an_expired_executions_note_goes_after_its_ttl``). It is ExpiredError now, at
+    once; ``wait``, ``describe`` and ``fork`` read the same way."""
+    engine = EngineConfig(prefix="t" + uuid.uuid4().hex[:8])
+
+    async def done(ctx: Context) -> str:
+        return await ctx.run("one", lambda: "ok")
+
+    inv = "expiring-read"
+    async with local_engine(done, engine=engine) as (client, transport):
+        assert (await client.invoke("done", id=inv, timeout=20)).output == "ok"
+        stale = await transport.get_state(inv)
+        assert stale is not None and stale.state.journal_length >= 2
+        assert await transport.expire_execution(stale, int(time.time() * 1000), 60)
+        t = client._t  # the client's own connection
+        get_state = t.get_state
+        reads = 0
+
+        async def read_before_the_expiry(invocation_id: str) -> Any:
+            nonlocal reads
+            reads += 1
+            return stale if reads == 1 else await get_state(invocation_id)
+
+        for n, read in enumerate(
+            (
+                lambda: client.get_result(inv),
+                lambda: client.wait(inv, timeout=30),
+                lambda: client.describe(inv),
+                lambda: client.fork(inv, from_step=1),
+            )
+        ):
+            reads = 0
+            t.get_state = read_before_the_expiry  # type: ignore[method-assign]
+            started = time.monotonic()
+            try:
+                await read()
+            except ExpiredError as e:
+                assert (e.invocation_id, e.status) == (inv, "completed")
+            else:
+                raise AssertionError("read a purged journal without an error")
+            finally:
+                t.get_state = get_state  # type: ignore[method-assign]
+            assert time.monotonic() - started < 3
+            assert reads >= 1, n  # the stale state was what it read

@@ -28,6 +28,7 @@ from durable_core._transport import (
 )
 from durable_core.client import Client
 from durable_core.config import EngineConfig, NatsConfig
+from durable_core.errors import NotFoundError
 from durable_core.fleet import read_fleet
 from durable_core.schedules import (
     Repair,
@@ -195,9 +196,12 @@ class Engine:
                 return set()
             if rec.state.status not in _FINISHED:
                 return None
-            records = await self._t.read_journal(
-                invocation_id, min_entries=rec.state.journal_length
-            )
+            try:
+                records = await self._t.read_journal(
+                    invocation_id, min_entries=rec.state.journal_length, of=rec.state
+                )
+            except NotFoundError:
+                return None  # it expired meanwhile, or its id was taken: the next sweep's
             return _payloads.referenced(rec.state, [r.entry for r in records])
 
         grace_ms = int(grace.total_seconds() * 1000)

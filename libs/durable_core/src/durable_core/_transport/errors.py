@@ -26,6 +26,7 @@ from durable_core.errors import (
 __all__ = [
     "CorruptJournalError",
     "JournalConflict",
+    "JournalGone",
     "StateConflict",
     "is_engine_error",
     "is_transient",
@@ -78,6 +79,15 @@ class JournalConflict(DurableError):  # noqa: N818 - a conflict, caught by type,
         )
         self.invocation_id = invocation_id
         self.expected_seq = expected_seq
+
+
+class JournalGone(DurableError):  # noqa: N818 - caught by type (the facade), never shown
+    """A journal read for a state found that state removed (the execution expired) or
+    replaced (a new invocation took its id) while the journal was short of it."""
+
+    def __init__(self, invocation_id: str) -> None:
+        super().__init__(f"the state of {invocation_id} went while its journal was read")
+        self.invocation_id = invocation_id
 
 
 class CorruptJournalError(DurableError):

@@ -20,7 +20,7 @@ from durable_core._naming import Names, encode_partition_key
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport.commands import Commands
 from durable_core._transport.connection import Link, connect_nats, js_publish
-from durable_core._transport.errors import StateConflict
+from durable_core._transport.errors import JournalGone, StateConflict
 from durable_core._transport.events import (
     Notices,
     StateEvents,
@@ -37,6 +37,7 @@ from durable_core._transport.routes import CommandConsumers
 from durable_core._transport.state import StateRecord, States
 from durable_core._transport.ticks import TickConsumer, Ticks
 from durable_core.config import EngineConfig, NatsConfig, WorkerConfig
+from durable_core.errors import ExpiredError, NotFoundError
 
 __all__ = ["Transport"]
 
@@ -341,12 +342,45 @@ class Transport:
         min_entries: int = 0,
         current: bool = False,
         start: int = 1,
+        of: pb.ExecutionState | None = None,
     ) -> list[JournalRecord]:
         """Every entry of an invocation's journal, from stream sequence ``start`` on (see
-        Journals.read)."""
-        return await self._journals.read(
-            invocation_id, min_seq=min_seq, min_entries=min_entries, current=current, start=start
-        )
+        Journals.read).
+
+        ``of``: the state ``min_entries`` was counted from. A read that stays short of it
+        asks whether that state is still stored: one removed or replaced meanwhile (expired,
+        its id taken again) took its journal with it.
+
+        Raises:
+            NotFoundError: ``of`` went while the journal was read (ExpiredError when its
+                expiry's note says how it ended).
+        """
+        still_there = None
+        if of is not None:
+            created = of.created_at_ms
+
+            async def still_there() -> bool:
+                rec = await self._states.get(invocation_id)
+                return rec is not None and rec.state.created_at_ms == created
+
+        try:
+            return await self._journals.read(
+                invocation_id,
+                min_seq=min_seq,
+                min_entries=min_entries,
+                current=current,
+                start=start,
+                still_there=still_there,
+            )
+        except JournalGone:
+            raise await self.missing(invocation_id) from None
+
+    async def missing(self, invocation_id: str) -> NotFoundError:
+        """The error for an id without a state: ExpiredError if it finished and expired."""
+        note = await self.expiry_note(invocation_id)
+        if note is None:
+            return NotFoundError(f"no invocation with id {invocation_id}")
+        return ExpiredError.from_note(invocation_id, note)
 
     async def append(
         self, invocation_id: str, entry: pb.JournalEntry, expected_seq: int, msg_id: str

@@ -29,6 +29,7 @@ from durable_core._transport.errors import (
     WRONG_LAST_CODES,
     CorruptJournalError,
     JournalConflict,
+    JournalGone,
 )
 from durable_core._transport.inbox import DirectGets
 from durable_core.errors import NatsUnavailableError, PayloadTooLargeError
@@ -38,6 +39,9 @@ __all__ = ["JournalRecord", "Journals", "last_journal_seq"]
 T = TypeVar("T")
 
 _MESSAGE_TOO_LARGE = 10054  # JetStream: "message size exceeds maximum allowed"
+# How long a follower's lag may keep a journal read short before the reader asks whether
+# the state it counted from is still there (then every five times this).
+_LAG_S = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +86,7 @@ class Journals:
         min_entries: int = 0,
         current: bool = False,
         start: int = 1,
+        still_there: Callable[[], Awaitable[bool]] | None = None,
     ) -> list[JournalRecord]:
         """Read every entry of an invocation's journal in one batched direct get (those from
         stream sequence ``start`` on: what a reader that has the rest needs).
@@ -92,11 +97,21 @@ class Journals:
         is stale and is retried. ``current``: at least up to the last entry the stream's
         leader has now (one request more: what an operator is shown must not trail what a
         waiting client was told).
+
+        ``still_there``: whether the state the caller counted ``min_entries`` from is still
+        stored. A journal that stays short past a follower's lag is asked about: the
+        execution may have expired since its state was read (its state goes, then its
+        journal), and a short read would then wait for entries that are gone.
+
+        Raises:
+            JournalGone: ``still_there`` said no while the read was short.
+            NatsUnavailableError: the journal stayed short until the deadline.
         """
         link = self._link
         deadline = link.deadline()
         if current:
             min_seq = max(min_seq, await self._last_seq(invocation_id))
+        ask_at = time.monotonic() + _LAG_S
         while True:
             records = await link.retry(
                 f"read journal of {invocation_id}",
@@ -112,6 +127,10 @@ class Journals:
                     f"journal of {invocation_id} stayed behind sequence "
                     f"{min_seq} / {min_entries} entries",
                 )
+            if still_there is not None and time.monotonic() >= ask_at:
+                if not await still_there():
+                    raise JournalGone(invocation_id)
+                ask_at = time.monotonic() + 5 * _LAG_S
             await asyncio.sleep(0.01)
 
     async def _read_all(self, invocation_id: str, start: int = 1) -> list[JournalRecord]:

@@ -499,7 +499,7 @@ class Client:
         """Status, output or failure, and the journaled steps of an invocation.
 
         Raises:
-            NotFoundError: no invocation has this id.
+            NotFoundError: no invocation has this id (ExpiredError once it expired).
         """
         rec = await lifecycle.state_of(self._t, invocation_id)
         # A state not final yet may trail a journal that has ended (the final state is
@@ -602,7 +602,7 @@ class Client:
         least as far as the journal's leader has it now)."""
         if entries is None:
             records = await self._t.read_journal(
-                state.invocation_id, min_entries=state.journal_length, current=current
+                state.invocation_id, min_entries=state.journal_length, current=current, of=state
             )
             entries = [r.entry for r in records]
         result = result_of(state, entries)
@@ -644,6 +644,7 @@ class Follower:
             min_entries=rec.state.journal_length - len(self._entries),
             current=True,
             start=self._last_seq + 1,
+            of=rec.state,
         )
         if records:  # all of them past the last read (it starts there)
             self._last_seq = records[-1].seq

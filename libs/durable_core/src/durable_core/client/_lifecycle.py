@@ -49,7 +49,6 @@ from durable_core.errors import (
     AlreadyResolvedError,
     ConflictError,
     DurableError,
-    ExpiredError,
     IllegalTransitionError,
     InvalidInputError,
     InvocationFinishedError,
@@ -61,7 +60,6 @@ __all__ = [
     "change",
     "complete_awakeable",
     "fork",
-    "missing",
     "rerun",
     "retry",
     "signal",
@@ -92,14 +90,6 @@ class _NotBlocked(Exception):  # noqa: N818 - internal control flow
     """A processor took the blocked invocation up meanwhile (the journal shows its run)."""
 
 
-async def missing(t: Transport, invocation_id: str) -> NotFoundError:
-    """The error for an id without a state: ExpiredError if it finished and expired."""
-    note = await t.expiry_note(invocation_id)
-    if note is None:
-        return NotFoundError(f"no invocation with id {invocation_id}")
-    return ExpiredError.from_note(invocation_id, note)
-
-
 async def state_of(t: Transport, invocation_id: str) -> StateRecord:
     """The invocation's state record.
 
@@ -122,7 +112,7 @@ async def state_of(t: Transport, invocation_id: str) -> StateRecord:
         # start, so a start gone from the queue left its state behind: read it again.
         rec = await t.get_state(invocation_id)
     if rec is None:
-        raise await missing(t, invocation_id)
+        raise await t.missing(invocation_id)
     return rec
 
 
@@ -417,7 +407,7 @@ async def retry(t: Transport, invocation_id: str) -> Status:
             # retention removed it since the read (its journal, this request with it): say
             # so, not "pending" for an invocation that is gone.
             if await t.get_state(invocation_id) is None:
-                raise await missing(t, invocation_id) from None
+                raise await t.missing(invocation_id) from None
     await _wake_retried(t, _addressee(rec.state), seq)
     return Status.PENDING
 
@@ -493,7 +483,9 @@ async def fork(t: Transport, invocation_id: str, from_step: int, new_id: str | N
             f"from_step must be a step number (an int, 1 or more), not {from_step!r:.80}"
         )
     rec = await state_of(t, invocation_id)
-    records = await t.read_journal(invocation_id, min_entries=rec.state.journal_length)
+    records = await t.read_journal(
+        invocation_id, min_entries=rec.state.journal_length, of=rec.state
+    )
     below = [r.entry for r in records if r.entry.kind in STEP_KINDS and r.entry.step < from_step]
     steps = _whole_branches(below)
     # The highest step number (numbers may have gaps: a crash's in-flight branch steps).
@@ -856,7 +848,7 @@ async def find_payload(t: Transport, ref: str) -> pb.Payload:
     check_invocation_id(owner)
     rec = await state_of(t, owner)
     st = rec.state
-    records = await t.read_journal(owner, min_entries=st.journal_length)
+    records = await t.read_journal(owner, min_entries=st.journal_length, of=st)
     found: pb.Payload | None = None
     if which == "args":
         found = st.args if st.HasField("args") else None
