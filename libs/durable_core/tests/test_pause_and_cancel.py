@@ -293,3 +293,22 @@ async def test_only_a_processor_running_the_workflow_answers_a_pause_or_cancel(
     worker._running["inv"] = {waking, running}  # type: ignore[assignment]
     assert worker._on_control("inv", "cancel") is True
     assert waking.told == ["pause", "cancel"] and running.told == ["cancel"]
+
+
+async def test_a_resume_of_an_invocation_paused_before_it_ran_answers_pending(
+    local_engine: Callable[..., Any],
+) -> None:
+    """Paused before it ran (here: before it was due), then resumed: the answer was
+    ``paused``, and ``durable status`` said paused until a processor took it up (for good
+    with none running its workflow). The journal says resumed: it is pending, then runs."""
+
+    async def later(ctx: Context) -> str:
+        return "ran"
+
+    async with local_engine(later) as (client, _):
+        inv = await client.invoke_async("later", delay=timedelta(seconds=3))
+        assert (await client.pause(inv)).value == "paused"
+        assert (await client.describe(inv)).status == "paused"
+        assert (await client.resume(inv)).value == "pending"
+        assert (await client.describe(inv)).status == "pending"
+        assert (await client.wait(inv, timeout=20)).output == "ran"

@@ -190,6 +190,20 @@ def test_a_final_entry_wins_over_a_lagging_state() -> None:
     assert v.status == "completed" and v.output == {"x": 1}
 
 
+def test_a_resumed_invocation_no_processor_has_taken_up_is_pending() -> None:
+    """Resumed in the journal, its state still says paused until a processor takes the
+    wake-up: with none running its workflow, `durable status` said paused for good."""
+    pause, resume = pb.ENTRY_KIND_PAUSE_REQUEST, pb.ENTRY_KIND_RESUME_REQUEST
+    paused = state(pb.STATUS_PAUSED)
+    assert describe(paused, [entry(pause, 10)], now=NOW).status == "paused"
+    assert describe(paused, [entry(pause, 10), entry(resume, 20)], now=NOW).status == "pending"
+    again = [entry(pause, 10), entry(resume, 20), entry(pause, 30)]
+    assert describe(paused, again, now=NOW).status == "paused"
+    # Only a paused state: a run that has taken it up writes its own status.
+    running = state(pb.STATUS_RUNNING)
+    assert describe(running, [entry(pause, 10), entry(resume, 20)], now=NOW).status == "running"
+
+
 def test_cancelled_while_waiting() -> None:
     journal = [
         entry(pb.ENTRY_KIND_AWAKEABLE, 10, step=1, name="awk.inv-1.1"),

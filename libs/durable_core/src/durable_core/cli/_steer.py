@@ -72,7 +72,8 @@ async def _transition(g: Globals, verb: str, iid: str, wait_s: float, as_json: b
         deadline = time.monotonic() + wait_s
         while not settled(current) and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
-            current = (await client.get_summary(iid)).status.value
+            # As `durable status` shows it: the journal's where the state trails it.
+            current = (await client.describe(iid)).status
     done = settled(current)
     if verb == "cancel" and current != "running":
         # Pending (queued for a processor), paused or suspended: no step is in flight.

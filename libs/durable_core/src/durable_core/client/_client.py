@@ -245,6 +245,10 @@ class Client:
     async def resume(self, invocation_id: str) -> Status:
         """Continue a paused invocation from its journal, at once.
 
+        Returns the status it led to: ``pending`` until a processor has taken the
+        invocation up (it was paused before it ran, or paused at a step boundary), then
+        ``running``, ``suspended`` or how it ended.
+
         Raises:
             IllegalTransitionError: it is not paused (running, suspended or finished).
         """

@@ -220,6 +220,10 @@ async def change(t: Transport, invocation_id: str, kind: pb.EntryKind) -> Status
     # its writes met it: with no write between two steps, that step started after the pause
     # had answered. A cancel is sent whatever the state says (a run may have claimed it
     # since), unwaited for when none is in flight.
+    if kind == pb.ENTRY_KIND_RESUME_REQUEST and shown == Status.PAUSED:
+        # Resumed in the journal; the state says paused until a processor takes the wake-up
+        # (then running, suspended or done), or for good while none runs its workflow.
+        shown = Status.PENDING
     in_flight = running or shown == Status.RUNNING
     if kind in _TOLD and (in_flight or kind == pb.ENTRY_KIND_CANCEL_REQUEST):
         with contextlib.suppress(DurableError):

@@ -57,6 +57,13 @@ _FINAL_STATUS = {
 _IDLE_AFTER = frozenset({0, pb.ENTRY_KIND_SUSPENDED, *_FINAL_STATUS})
 
 
+def _resumed(journal: Sequence[pb.JournalEntry]) -> bool:
+    """Whether the journal's last pause or resume request is a resume."""
+    asked = (pb.ENTRY_KIND_PAUSE_REQUEST, pb.ENTRY_KIND_RESUME_REQUEST)
+    last = next((e.kind for e in reversed(journal) if e.kind in asked), None)
+    return last == pb.ENTRY_KIND_RESUME_REQUEST
+
+
 def describe(
     state: pb.ExecutionState,
     entries: Iterable[pb.JournalEntry],
@@ -67,7 +74,8 @@ def describe(
     """The view of an invocation from its state and its journal (entries in journal order).
 
     ``now`` decides whether a sleep still waits (default: the wall clock). The status is the
-    journal's where the state lags behind it (a final entry the state does not show yet).
+    journal's where the state lags behind it: a final entry the state does not show yet, or
+    a resume of a paused invocation no processor has taken up yet (``pending``).
     ``types`` finds protobuf classes not imported here (see :func:`payload_json`).
     """
     now_ms = int((now or datetime.now(UTC)).timestamp() * 1000)
@@ -87,6 +95,8 @@ def describe(
         status = _FINAL_STATUS[final.kind]
         output = payload_json(final.output, types) if final.HasField("output") else None
         failure = _failure(final.failure) if final.HasField("failure") else None
+    if status == "paused" and _resumed(journal):
+        status = "pending"  # resumed: waits for a processor to take it up (it writes the state)
     terminal = status in _FINAL_STATUS.values()
     return InvocationView(
         invocation_id=state.invocation_id,
