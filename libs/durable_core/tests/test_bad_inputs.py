@@ -11,6 +11,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -329,3 +330,38 @@ def test_a_huge_id_or_workflow_name_gives_a_short_message() -> None:
         with pytest.raises(InvalidInputError) as caught:
             check(huge)
         assert len(str(caught.value)) < 300
+
+
+# -- 9. partition keys --------------------------------------------------------------------------
+
+
+async def child_keyed(ctx: Context, key: str) -> Any:
+    try:
+        return await ctx.invoke("echo_back", "x", partition_key=key)
+    except InvalidInputError as e:
+        return f"refused: {e}"
+
+
+async def test_an_empty_or_oversized_partition_key_is_refused_everywhere(
+    local_engine: Callable[..., Any], capsys: pytest.CaptureFixture[str], server: NatsServer
+) -> None:
+    """An empty key was taken, then run as no key (a command's empty key means none):
+    invocations submitted "one at a time per key" ran side by side; a child's too. A key
+    too long was refused already; a child's still is, as the workflow's own error."""
+    engine = EngineConfig(prefix="t" + uuid.uuid4().hex[:8])
+    async with local_engine(child_keyed, echo_back, engine=engine) as (client, _):
+        with pytest.raises(InvalidInputError, match="partition key is empty"):
+            await client.invoke_async("echo_back", 1, partition_key="")
+        with pytest.raises(InvalidInputError, match="partition key is empty"):
+            await client.create_schedule(
+                "s", "echo_back", every=timedelta(seconds=60), partition_key=""
+            )
+        url = ["--nats-url", server.url, "--prefix", engine.prefix]
+        code, _, err = await run_cli_async(
+            capsys, ["invoke", "echo_back", "--args", "1", "--partition-key", "", "--no-wait", *url]
+        )
+        assert code == 2 and "partition key is empty" in err, err
+        for key, refused in (("", "partition key is empty"), ("k" * 1025, "the limit is 1024")):
+            out = await client.invoke("child_keyed", key, timeout=30)
+            assert out.status == "completed" and refused in out.output, out.output
+        assert (await client.invoke("child_keyed", "k" * 1024, timeout=30)).output == "x"

@@ -59,6 +59,20 @@ def encode_partition_key(key: str) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
+def check_partition_key(key: str) -> str:
+    """A partition key a caller gave: a non-empty string of up to MAX_PARTITION_KEY_BYTES.
+
+    An empty one was taken and then run as no key at all (a command's empty key means none):
+    invocations submitted with it ran side by side, not one at a time."""
+    if key == "":
+        raise InvalidInputError(
+            "partition key is empty: give one to run invocations one at a time per key, or "
+            "none (None, or no --partition-key) to run this one on its own"
+        )
+    encode_partition_key(key)
+    return key
+
+
 def check_route(route: str) -> str:
     """The route token of a command: ``any`` for ``""``, else the route itself (a version
     token such as ``v-<16 hex>``) if it is one subject token; else InvalidInputError."""

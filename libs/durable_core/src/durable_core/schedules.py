@@ -42,7 +42,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from durable_core import _codec
 from durable_core._cron import CronExpr
-from durable_core._naming import check_workflow_name, encode_partition_key
+from durable_core._naming import check_partition_key, check_workflow_name
 from durable_core._transport import StateConflict, Transport
 from durable_core.errors import (
     ConflictError,
@@ -220,7 +220,7 @@ class Schedule:
                 f"{MAX_CATCH_UP}, not {self.catch_up!r}"
             )
         if self.partition_key is not None:
-            encode_partition_key(self.partition_key)
+            check_partition_key(self.partition_key)
         try:
             json.dumps(self.args, allow_nan=False)
         except (TypeError, ValueError) as e:

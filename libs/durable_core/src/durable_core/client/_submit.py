@@ -25,7 +25,7 @@ from opentelemetry.trace import (
 
 from durable_core import _codec, _payloads
 from durable_core._journal import MAX_SLEEP
-from durable_core._naming import check_invocation_id, check_workflow_name, encode_partition_key
+from durable_core._naming import check_invocation_id, check_partition_key, check_workflow_name
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import StateEvents, StateRecord, Transport
 from durable_core.engine import _intake as intake
@@ -135,7 +135,8 @@ async def submit(
     invocation_id = check_invocation_id(
         uuid.uuid4().hex if invocation_id is None else invocation_id
     )
-    encode_partition_key(invocation_id if partition_key is None else partition_key)
+    if partition_key is not None:
+        check_partition_key(partition_key)
     # Encoded (and refused when it cannot be stored) before the registry check, stored after
     # it: a refusal leaves no object behind. A stream is only read as it is stored.
     encoded: pb.Payload | None = None
@@ -188,8 +189,7 @@ async def submit_payload(
     invocation_id = check_invocation_id(
         uuid.uuid4().hex if invocation_id is None else invocation_id
     )
-    key = invocation_id if partition_key is None else partition_key
-    encode_partition_key(key)
+    key = invocation_id if partition_key is None else check_partition_key(partition_key)
     payload = await _payloads.offload(t.payloads, payload, invocation_id)
     if len(payload.data) > t.payload_limit:
         raise InvalidInputError(

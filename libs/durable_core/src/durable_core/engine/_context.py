@@ -37,7 +37,7 @@ from durable_core._journal import (
     Submission,
     Wait,
 )
-from durable_core._naming import check_workflow_name
+from durable_core._naming import check_partition_key, check_workflow_name
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core.context import Awakeable, Context
 from durable_core.engine import _branches
@@ -900,6 +900,9 @@ class RunContext(Context):
     ) -> tuple[str, int]:
         """Submit (or replay the submission of) another invocation; its id and the step."""
         check_workflow_name(workflow)
+        if partition_key is not None:
+            # Before the step, as the workflow's own error (an empty key ran as none).
+            check_partition_key(partition_key)
         payload = _payloads.encoded(args)
         digest = _codec.input_hash(
             workflow.encode() + payload.SerializeToString(deterministic=True)
