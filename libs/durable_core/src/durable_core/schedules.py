@@ -326,7 +326,7 @@ class Schedule:
                 timezone=d.get("timezone"),
                 overlap=d.get("overlap", "skip"),
                 catch_up=d.get("catch_up", 1),
-                partition_key=d.get("partition_key"),
+                partition_key=d.get("partition_key") or None,  # "" (stored before): none
                 paused=bool(d.get("paused", False)),
                 last_invocation_id=d.get("last_invocation_id") or "",
                 last_fired_at=_parse_time(d.get("last_fired_at")),
