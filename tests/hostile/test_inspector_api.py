@@ -28,6 +28,7 @@ from durable_core import Client, EngineConfig, ExecutionSummary, NatsConfig
 from durable_core._naming import Names
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import JournalRecord, StateRecord
+from durable_core.errors import NotFoundError
 from durable_core.testing import assert_eventually
 from durable_inspector.app import create_app
 from durable_inspector.index import MAX_LIMIT
@@ -112,6 +113,9 @@ class MemoryTransport:
     async def expiry_note(self, invocation_id: str) -> dict[str, Any] | None:
         return None  # nothing expires in memory
 
+    async def missing(self, invocation_id: str) -> NotFoundError:
+        return NotFoundError(f"no invocation with id {invocation_id}")
+
     async def processor_records(self) -> dict[str, bytes]:
         return {}  # no processor registered
 
@@ -126,6 +130,7 @@ class MemoryTransport:
         min_entries: int = 0,
         current: bool = False,
         start: int = 1,
+        of: pb.ExecutionState | None = None,
     ) -> list[JournalRecord]:
         entries = self.journals.get(invocation_id, [])
         records = [JournalRecord(e, i, f"m{i}") for i, e in enumerate(entries, start=1)]
