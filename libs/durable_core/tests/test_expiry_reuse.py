@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from typing import Any
 
+import pytest
+
 from durable_core import (
     Blob,
     Context,
@@ -118,25 +120,32 @@ async def test_a_new_invocation_taking_the_id_during_its_expiry_keeps_its_hold_o
         assert (result.status, result.output) == ("completed", len(data))
 
 
+@pytest.mark.parametrize("taken_again", [False, True])
 async def test_a_result_read_as_the_invocation_expires_is_expired_not_a_timeout(
-    local_engine: Callable[..., Any],
+    local_engine: Callable[..., Any], taken_again: bool
 ) -> None:
     """The state is removed, then the journal purged: a ``get_result`` that read the state
     just before (COMPLETED, 2 entries) and the journal just after waited out its whole
     deadline for entries that were gone, and raised NatsUnavailableError (a CI flake of
     ``test_an_expired_executions_note_goes_after_its_ttl``). It is ExpiredError now, at
-    once; ``wait``, ``describe`` and ``fork`` read the same way."""
+    once; ``wait``, ``describe`` and ``fork`` read the same way. With the id taken again
+    by a new invocation with more steps, the read was not short, and the old state came
+    back with the new journal's steps (a helper's fuzz: 11 in ~100 reuses)."""
     engine = EngineConfig(prefix="t" + uuid.uuid4().hex[:8])
 
-    async def done(ctx: Context) -> str:
-        return await ctx.run("one", lambda: "ok")
+    async def steps(ctx: Context, n: int) -> int:
+        for i in range(n):
+            await ctx.run(f"step-{i}", lambda i=i: i)
+        return n
 
     inv = "expiring-read"
-    async with local_engine(done, engine=engine) as (client, transport):
-        assert (await client.invoke("done", id=inv, timeout=20)).output == "ok"
+    async with local_engine(steps, engine=engine) as (client, transport):
+        assert (await client.invoke("steps", 1, id=inv, timeout=20)).output == 1
         stale = await transport.get_state(inv)
         assert stale is not None and stale.state.journal_length >= 2
         assert await transport.expire_execution(stale, int(time.time() * 1000), 60)
+        if taken_again:
+            assert (await client.invoke("steps", 4, id=inv, timeout=20)).output == 4
         t = client._t  # the client's own connection
         get_state = t.get_state
         reads = 0
@@ -158,12 +167,15 @@ async def test_a_result_read_as_the_invocation_expires_is_expired_not_a_timeout(
             t.get_state = read_before_the_expiry  # type: ignore[method-assign]
             started = time.monotonic()
             try:
-                await read()
+                got = await read()
             except ExpiredError as e:
                 assert (e.invocation_id, e.status) == (inv, "completed")
             else:
-                raise AssertionError("read a purged journal without an error")
+                raise AssertionError(f"read {n}: no error, {got!r:.300}")
             finally:
                 t.get_state = get_state  # type: ignore[method-assign]
             assert time.monotonic() - started < 3
             assert reads >= 1, n  # the stale state was what it read
+        if taken_again:  # read again: the new one, whole
+            result = await client.get_result(inv)
+            assert (result.output, len(result.steps)) == (4, 4)

@@ -41,6 +41,12 @@ from durable_core.errors import ExpiredError, NotFoundError
 
 __all__ = ["Transport"]
 
+_ENDED = {
+    pb.STATUS_COMPLETED: "completed",
+    pb.STATUS_FAILED: "failed",
+    pb.STATUS_CANCELLED: "cancelled",
+}
+
 log = logging.getLogger("durable_core.transport")
 
 
@@ -347,24 +353,33 @@ class Transport:
         """Every entry of an invocation's journal, from stream sequence ``start`` on (see
         Journals.read).
 
-        ``of``: the state ``min_entries`` was counted from. A read that stays short of it
-        asks whether that state is still stored: one removed or replaced meanwhile (expired,
-        its id taken again) took its journal with it.
+        ``of``: the state ``min_entries`` was counted from. The journal read is one of that
+        state's: a read that stays short of it asks whether the state is still stored (one
+        removed or replaced meanwhile, expired or its id taken again, took its journal with
+        it), and so does one that is not, once more after the read (a new invocation under
+        the id may have journaled as many entries as the old one had: its entries with the
+        old state were a result that never was).
 
         Raises:
-            NotFoundError: ``of`` went while the journal was read (ExpiredError when its
-                expiry's note says how it ended).
+            NotFoundError: ``of`` went while the journal was read (ExpiredError when it had
+                finished).
         """
-        still_there = None
-        if of is not None:
-            created = of.created_at_ms
+        if of is None:
+            return await self._journals.read(
+                invocation_id,
+                min_seq=min_seq,
+                min_entries=min_entries,
+                current=current,
+                start=start,
+            )
+        created = of.created_at_ms
 
-            async def still_there() -> bool:
-                rec = await self._states.get(invocation_id)
-                return rec is not None and rec.state.created_at_ms == created
+        async def still_there() -> bool:
+            rec = await self._states.get(invocation_id)
+            return rec is not None and rec.state.created_at_ms == created
 
         try:
-            return await self._journals.read(
+            records = await self._journals.read(
                 invocation_id,
                 min_seq=min_seq,
                 min_entries=min_entries,
@@ -372,8 +387,20 @@ class Transport:
                 start=start,
                 still_there=still_there,
             )
+            if await still_there():
+                return records
         except JournalGone:
-            raise await self.missing(invocation_id) from None
+            pass
+        raise await self._gone(of)
+
+    async def _gone(self, of: pb.ExecutionState) -> NotFoundError:
+        """The error for a state that went while its journal was read: as its expiry's note
+        says, or, when a new invocation has taken the id since (the note went with it), as
+        the state read says it had ended."""
+        error = await self.missing(of.invocation_id)
+        if isinstance(error, ExpiredError) or of.status not in _ENDED:
+            return error
+        return ExpiredError(of.invocation_id, _ENDED[of.status], of.updated_at_ms, 0)
 
     async def missing(self, invocation_id: str) -> NotFoundError:
         """The error for an id without a state: ExpiredError if it finished and expired."""
