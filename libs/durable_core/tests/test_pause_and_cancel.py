@@ -312,3 +312,33 @@ async def test_a_resume_of_an_invocation_paused_before_it_ran_answers_pending(
         assert (await client.resume(inv)).value == "pending"
         assert (await client.describe(inv)).status == "pending"
         assert (await client.wait(inv, timeout=20)).output == "ran"
+
+
+async def test_a_timer_that_fires_while_paused_runs_nothing(
+    local_engine: Callable[..., Any],
+) -> None:
+    """Paused while suspended on a sleep, a workflow that returned right after it completed
+    when the timer fired, with no resume (the timer's wake-up ran it, and no step came to
+    hold it). The wake-up now leaves it paused; the resume runs it."""
+    ran: list[str] = []
+
+    async def nap(ctx: Context) -> str:
+        await ctx.sleep(timedelta(seconds=3))
+        ran.append("after the sleep")
+        return "woke"
+
+    async with local_engine(nap) as (client, t):
+        inv = await client.invoke_async("nap")
+
+        async def suspended() -> bool:
+            return (await client.get_summary(inv)).status.value == "suspended"
+
+        await assert_eventually_async(suspended, 10, "asleep")
+        assert (await client.pause(inv)).value == "paused"
+        await asyncio.sleep(4.5)  # the timer fired 1.5 s ago (2 s: schedules are whole s)
+        assert ran == [] and (await client.describe(inv)).status == "paused"
+        kinds = [r.entry.kind for r in await t.read_journal(inv)]
+        assert pb.ENTRY_KIND_CLAIM not in kinds[kinds.index(pb.ENTRY_KIND_PAUSE_REQUEST) :]
+        assert (await client.resume(inv)).value in ("pending", "running", "completed")
+        assert (await client.wait(inv, timeout=20)).output == "woke"
+        assert ran == ["after the sleep"]

@@ -579,6 +579,12 @@ class Execution:
         )
         if journal.machine.final is not None:
             raise Finished
+        if self._held_by_pause():
+            # A wake-up (its timer, a signal, a resolution, a child's result) of a suspended
+            # invocation paused since: taken in by the journal, run after the resume. Run
+            # now, a workflow that returned right after its sleep completed while paused.
+            await self.write_state(status=pb.STATUS_PAUSED, only_if=(pb.STATUS_SUSPENDED,))
+            raise NotIdle("paused: it runs again once resumed")
         route = await self._pinned_elsewhere()
         if route:
             raise PinnedElsewhere(route)
@@ -654,6 +660,19 @@ class Execution:
             supersedes=self.cmd.supersedes,  # a rescue handed on is still a rescue
         )
         await self.t.publish_command(wake, msg_id=f"pin:{self.id}:{self.delivery.command_seq}")
+
+    def _held_by_pause(self) -> bool:
+        """Its last run suspended, and a pause (no cancel) came after: nothing of the workflow
+        runs until a resume, unless its execution timeout has passed (it fails then)."""
+        machine = self.journal.machine
+        st = self.state.state if self.state is not None else None
+        past_deadline = st is not None and 0 < st.deadline_ms <= now_ms()
+        return (
+            machine.suspended
+            and machine.paused
+            and not machine.cancel_requested
+            and not past_deadline
+        )
 
     async def _take_unstarted(self) -> None:
         """No run has started: only a start takes it, by moving the state to RUNNING under its
