@@ -583,7 +583,13 @@ class Execution:
             # A wake-up (its timer, a signal, a resolution, a child's result) of a suspended
             # invocation paused since: taken in by the journal, run after the resume. Run
             # now, a workflow that returned right after its sleep completed while paused.
-            await self.write_state(status=pb.STATUS_PAUSED, only_if=(pb.STATUS_SUSPENDED,))
+            # Over a RUNNING left by this command's own earlier delivery (it suspended, then
+            # stopped before its state write), never over another command's run.
+            await self.write_state(
+                status=pb.STATUS_PAUSED,
+                only_if=(pb.STATUS_SUSPENDED, pb.STATUS_RUNNING),
+                ours=True,
+            )
             raise NotIdle("paused: it runs again once resumed")
         route = await self._pinned_elsewhere()
         if route:
