@@ -34,18 +34,14 @@ from durable_core._transport.payloads import Payloads
 from durable_core._transport.provision import Provisioner
 from durable_core._transport.records import RecordStore
 from durable_core._transport.routes import CommandConsumers
-from durable_core._transport.state import StateRecord, States
+from durable_core._transport.state import StateRecord, States, expiry_note_of
 from durable_core._transport.ticks import TickConsumer, Ticks
 from durable_core.config import EngineConfig, NatsConfig, WorkerConfig
 from durable_core.errors import ExpiredError, NotFoundError
 
 __all__ = ["Transport"]
 
-_ENDED = {
-    pb.STATUS_COMPLETED: "completed",
-    pb.STATUS_FAILED: "failed",
-    pb.STATUS_CANCELLED: "cancelled",
-}
+_FINISHED = frozenset({pb.STATUS_COMPLETED, pb.STATUS_FAILED, pb.STATUS_CANCELLED})
 
 log = logging.getLogger("durable_core.transport")
 
@@ -398,9 +394,9 @@ class Transport:
         says, or, when a new invocation has taken the id since (the note went with it), as
         the state read says it had ended."""
         error = await self.missing(of.invocation_id)
-        if isinstance(error, ExpiredError) or of.status not in _ENDED:
+        if isinstance(error, ExpiredError) or of.status not in _FINISHED:
             return error
-        return ExpiredError(of.invocation_id, _ENDED[of.status], of.updated_at_ms, 0)
+        return ExpiredError.from_note(of.invocation_id, expiry_note_of(of, 0))
 
     async def missing(self, invocation_id: str) -> NotFoundError:
         """The error for an id without a state: ExpiredError if it finished and expired."""

@@ -224,12 +224,7 @@ class States:
         marker itself after ``note_ttl_s`` seconds (0: never)."""
         link = self._link
         st = rec.state
-        note = {
-            "status": pb.Status.Name(st.status).removeprefix("STATUS_").lower(),
-            "finished_at_ms": st.updated_at_ms,
-            "expired_at_ms": now_ms,
-            "workflow": st.workflow,
-        }
+        note = expiry_note_of(st, now_ms)
         subject = f"$KV.{link.names.state_bucket_of(st.invocation_id)}.{st.invocation_id}"
         headers = {
             "KV-Operation": "DEL",
@@ -275,6 +270,17 @@ class States:
             return note if isinstance(note, dict) else None
 
         return await link.retry(f"read expiry of {invocation_id}", get)
+
+
+def expiry_note_of(st: pb.ExecutionState, expired_at_ms: int) -> dict[str, Any]:
+    """What an expiry notes of a finished execution: how and when it ended, and when it went
+    (0: not known)."""
+    return {
+        "status": pb.Status.Name(st.status).removeprefix("STATUS_").lower(),
+        "finished_at_ms": st.updated_at_ms,
+        "expired_at_ms": expired_at_ms,
+        "workflow": st.workflow,
+    }
 
 
 async def _merged(

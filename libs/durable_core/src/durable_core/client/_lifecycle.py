@@ -220,10 +220,6 @@ async def change(t: Transport, invocation_id: str, kind: pb.EntryKind) -> Status
     # its writes met it: with no write between two steps, that step started after the pause
     # had answered. A cancel is sent whatever the state says (a run may have claimed it
     # since), unwaited for when none is in flight.
-    if kind == pb.ENTRY_KIND_RESUME_REQUEST and shown == Status.PAUSED:
-        # Resumed in the journal; the state says paused until a processor takes the wake-up
-        # (then running, suspended or done), or for good while none runs its workflow.
-        shown = Status.PENDING
     in_flight = running or shown == Status.RUNNING
     if kind in _TOLD and (in_flight or kind == pb.ENTRY_KIND_CANCEL_REQUEST):
         with contextlib.suppress(DurableError):
@@ -310,7 +306,8 @@ async def cancel_blocked(t: Transport, rec: StateRecord, message: str) -> Status
 async def _show_transition(
     t: Transport, invocation_id: str, kind: pb.EntryKind, *, running: bool = False
 ) -> Status:
-    """Record a pause of an idle invocation in its state; return the real status.
+    """Record a pause of an idle invocation in its state; return the real status (a resumed
+    one the state still shows paused is pending: no processor has taken it up yet).
 
     A cancel of a pending invocation no run has started is recorded too: its state's journal
     length goes from 0 to 1, so that a start racing the cancel reads the journal (and sees
@@ -341,6 +338,10 @@ async def _show_transition(
         if kind != pb.ENTRY_KIND_PAUSE_REQUEST or not idle:
             if running and st.status in IDLE_PB:
                 return Status.RUNNING
+            if kind == pb.ENTRY_KIND_RESUME_REQUEST and st.status == pb.STATUS_PAUSED:
+                # Resumed in the journal; the state says paused until a processor takes the
+                # wake-up (then running, suspended or done), for good while none runs it.
+                return Status.PENDING
             return Status.from_pb(st.status)
         paused = pb.ExecutionState()
         paused.CopyFrom(st)
