@@ -65,7 +65,7 @@ async def bench(opts: Options, log_dir: Path, setups: list[Setup]) -> None:
             server = await asyncio.to_thread(server.start)
             urls, replicas, pids = [server.url], 1, {"nats": server.pid}
             if fsync:  # what fsync costs shows in the floor and the short workflows
-                parts = tuple(p for p in opts.parts if p in ("floor", "hello", "order"))
+                parts = tuple(p for p in opts.parts if p in ("floor", "bare", "hello", "order"))
                 if not parts:
                     continue
                 setup_opts = dataclasses.replace(opts, parts=parts)

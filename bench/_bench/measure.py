@@ -1,6 +1,7 @@
 """The measurements: (a) the NATS floor, (b)-(c) latency and throughput of two workflows,
 (d) the many-step workflow, (e) processor memory, (f) a large value's round trip against the
-object store's own put+get.
+object store's own put+get, and the bare path (the messages of (b) and (c) with no engine:
+``bare.py``).
 
 Each NATS setup gets a :class:`Setup`; each workflow scenario runs its own processors on a fresh
 engine prefix (:meth:`Setup.scenario`). A part that fails is recorded and the others go on.
@@ -22,12 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import nats
-from nats.js.api import ObjectStoreConfig, StorageType, StreamConfig
+from nats.js.api import ObjectStoreConfig, RetentionPolicy, StorageType, StreamConfig
 
 import durable_core
 from durable_core import Client, EngineConfig
 from durable_core.testing import ChildProcess
 
+from . import bare
 from .options import Options
 from .procs import CpuMeter, progress, rss_mb
 from .profile import Profiler
@@ -202,6 +204,100 @@ async def measure_floor(setup: Setup) -> None:
             )
         await js.delete_stream(stream)
     finally:
+        await nc.close()
+
+
+async def bare_path(setup: Setup) -> None:
+    """The hello's and the 3-step's messages with no engine (``bare.py``): sequential p50,
+    then completions/s and Python CPU per invocation (this process and the bare processor)
+    with ``--inflight`` in flight, R times each: the design's own floor on this machine."""
+    opts = setup.opts
+    tag = uuid.uuid4().hex[:10]
+    n = bare.names(tag)
+    nc = await nats.connect(servers=setup.urls, name="durable-bench-bare")
+    proc: ChildProcess | None = None
+    try:
+        js = nc.jetstream(timeout=10.0)
+        file, r = StorageType.FILE, setup.replicas
+        commands = StreamConfig(
+            name=n["commands"],
+            subjects=[n["command_subject"]],
+            retention=RetentionPolicy.WORK_QUEUE,
+            num_replicas=r,
+            storage=file,
+        )
+        journal = StreamConfig(
+            name=n["journal"],
+            subjects=[n["journal_subjects"]],
+            num_replicas=r,
+            storage=file,
+            allow_direct=True,
+            allow_atomic=r > 1,
+        )
+        await retry_placement(lambda: js.add_stream(commands))
+        await retry_placement(lambda: js.add_stream(journal))
+        await retry_placement(lambda: js.create_key_value(bare.state_bucket(tag, r)))
+        script = bare.__file__
+        urls = ",".join(setup.urls)
+        args = [script, urls, setup.service_address, tag, str(r), str(opts.inflight)]
+        proc = ChildProcess(f"{setup.name}-bare", args, {}, setup.log_dir)
+        await asyncio.to_thread(proc.wait_log, "consuming", 30)
+        waiting: dict[str, asyncio.Future[None]] = {}
+
+        async def heard(msg: nats.aio.msg.Msg) -> None:
+            future = waiting.pop(msg.data.decode(), None)
+            if future is not None and not future.done():
+                future.set_result(None)
+
+        reply = nc.new_inbox()
+        await nc.subscribe(reply, cb=heard)
+        count = iter(range(10**9))
+
+        async def invoke(kind: str) -> None:
+            iid = f"{kind}-{next(count)}"
+            waiting[iid] = done = asyncio.get_running_loop().create_future()
+            headers = {"Nats-Msg-Id": iid, "Bare-Id": iid, "Bare-Kind": kind, "Bare-Reply": reply}
+            await js.publish(n["command_subject"], b"{}", headers=headers)
+            await asyncio.wait_for(done, 30)
+
+        for kind in ("hello", "order") * 10:  # warm up
+            await invoke(kind)
+        for _ in range(opts.repeat):
+            for kind in ("hello", "order"):
+                latencies = []
+                deadline = time.perf_counter() + opts.seconds
+                while (t0 := time.perf_counter()) < deadline:
+                    await invoke(kind)
+                    latencies.append((time.perf_counter() - t0) * 1000)
+                setup.fig(f"bare_{kind}_p50_ms").runs.append(percentile(latencies, 50))
+                completed = 0
+                deadline = time.perf_counter() + opts.seconds
+                pids = {"client": os.getpid(), "p1": proc.pid, **setup.nats_pids}
+                meter = CpuMeter(pids)
+
+                async def loop(kind: str = kind, deadline: float = deadline) -> None:
+                    nonlocal completed
+                    while time.perf_counter() < deadline:
+                        await invoke(kind)
+                        completed += 1
+
+                await asyncio.wait_for(
+                    asyncio.gather(*(loop() for _ in range(opts.inflight))), opts.seconds + 60
+                )
+                per = cpu_per_invocation(meter.used(), completed)
+                setup.fig(f"bare_{kind}_per_s").runs.append(completed / opts.seconds)
+                setup.fig(f"bare_{kind}_cpu_python_ms").runs.append(per["python"])
+                progress(
+                    f"{setup.name} bare {kind}: p50 {percentile(latencies, 50):.2f} ms, "
+                    f"{completed / opts.seconds:.0f}/s, Python CPU {per['python']:.2f} ms"
+                )
+        await js.publish(n["command_subject"], b"", headers={"Bare-Id": "-", "Bare-Kind": "stop"})
+        await asyncio.to_thread(proc.proc.wait, 15)
+        for stream in (n["commands"], n["journal"], f"KV_{n['bucket']}"):
+            await js.delete_stream(stream)
+    finally:
+        if proc is not None:
+            await asyncio.to_thread(proc.stop, 5)
         await nc.close()
 
 
@@ -619,6 +715,7 @@ async def run_setup(setup: Setup) -> None:
         return go
 
     await part("floor", lambda: measure_floor(setup))
+    await part("bare", lambda: bare_path(setup))
     await part(
         "hello",
         scenario(

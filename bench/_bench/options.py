@@ -10,7 +10,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS_DIR = ROOT / "bench" / "results"
-PARTS = ("floor", "hello", "order", "steps", "memory", "payload")
+PARTS = ("floor", "bare", "hello", "order", "steps", "memory", "payload")
 
 
 @dataclass(frozen=True)

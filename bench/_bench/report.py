@@ -23,6 +23,13 @@ FIGURES: tuple[tuple[str, str, str], ...] = (
     ("floor_publish_p50_ms", "floor: publish+ack p50", "ms"),
     ("floor_publish_p99_ms", "floor: publish+ack p99", "ms"),
     ("floor_pipelined_per_s", "floor: pipelined publishes", "/s"),
+    # the hello's and the 3-step's messages with no engine (bench/_bench/bare.py)
+    ("bare_hello_p50_ms", "bare path: hello p50", "ms"),
+    ("bare_order_p50_ms", "bare path: 3-step p50", "ms"),
+    ("bare_hello_per_s", "bare path: hello", "/s"),
+    ("bare_order_per_s", "bare path: 3-step", "/s"),
+    ("bare_hello_cpu_python_ms", "bare path: hello Python CPU/inv", "ms"),
+    ("bare_order_cpu_python_ms", "bare path: 3-step Python CPU/inv", "ms"),
     ("hello_seq_p50_ms", "hello sequential p50", "ms"),
     ("hello_seq_p99_ms", "hello sequential p99", "ms"),
     ("hello_per_s", "hello throughput", "/s"),
@@ -148,6 +155,17 @@ def table(setup: Setup) -> Iterator[str]:
     for t in targets(setup):
         mark = {True: "met", False: "NOT MET", None: "-"}[t["met"]]
         yield f"  {t['target']:<50} {t['shown']:>10}  {mark}"
+    for what, key in (("hello", "hello"), ("3-step", "order")):
+        pairs = (("p50", "seq_p50_ms", "p50_ms"), ("rate", "per_s", "per_s"))
+        pairs += (("Python CPU", "cpu_python_ms", "cpu_python_ms"),)
+        ratios = [
+            f"{label} {engine / bare:.2f}x"
+            for label, ours, theirs in pairs
+            if (engine := setup.fig(f"{key}_{ours}").median)
+            and (bare := setup.fig(f"bare_{key}_{theirs}").median)
+        ]
+        if ratios:
+            yield f"  {what}, engine over its bare path: {', '.join(ratios)}"
     for err in setup.errors:
         yield f"ERROR {err}"
     for what, n in setup.invoke_errors.most_common():

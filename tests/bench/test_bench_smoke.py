@@ -15,6 +15,12 @@ FIGURES = (
     "floor_publish_p50_ms",
     "floor_publish_p99_ms",
     "floor_pipelined_per_s",
+    "bare_hello_p50_ms",
+    "bare_order_p50_ms",
+    "bare_hello_per_s",
+    "bare_order_per_s",
+    "bare_hello_cpu_python_ms",
+    "bare_order_cpu_python_ms",
     "hello_seq_p50_ms",
     "hello_seq_p99_ms",
     "hello_per_s",
@@ -66,6 +72,7 @@ def test_quick_bench_on_a_single_node_reports_every_figure(tmp_path: Path) -> No
     assert "== single: 1 node, R1" in proc.stdout
     assert "hello sequential p50" in proc.stdout and "targets:" in proc.stdout
     assert "elapsed:" in proc.stdout
+    assert "hello, engine over its bare path: p50 " in proc.stdout
 
     (path,) = tmp_path.glob("*.json")
     doc = json.loads(path.read_text())
