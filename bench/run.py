@@ -16,7 +16,10 @@ node, the same with fsync on every write (``durable dev --fsync``; parts a to c 
     (needs ``ctx.sleep``; recorded as skipped without it);
 (f) a 100 MB value's round trip through the engine (``echo_blob``: streamed up as the argument,
     returned, read back in chunks) in MB/s, against nats-py's object store put+get of the same
-    size from this process (issue 18).
+    size from this process (issue 18);
+and the bare path (``_bench/bare.py``): the messages and calls of (b) and (c) with no engine,
+sequential p50, completions/s and Python CPU per invocation; the table ends with the engine
+over it.
 
 Workflows run in real processor subprocesses (``python -m durable_processor``, a fresh engine
 prefix per scenario) calling the real hello_service subprocess; this process is the client.
