@@ -154,8 +154,9 @@ def table(rows: list[dict[str, Any]], base_rev: str, head_rev: str, rounds: int)
             f"{shown(r['head_median'], r['unit']):>13}{ratio:>10}  {r['verdict']}"
         )
     out.append(
-        "floor_* figures measure NATS, not the code: their ratio is the machine's drift between "
-        "the sides. A verdict needs every run of one side beyond every run of the other."
+        "floor_* and bare_* figures measure NATS and the libraries, not the engine's code: their "
+        "ratio is the machine's drift between the sides. A verdict needs every run of one side "
+        "beyond every run of the other."
     )
     return out
 
