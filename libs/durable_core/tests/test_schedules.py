@@ -278,6 +278,7 @@ def test_record_round_trip() -> None:
         last_fired_at=utc(2026, 1, 1, 1, 30, 1),
         created_at=utc(2025, 12, 24),
         catch_up_runs=2,
+        last_tick_at=utc(2026, 1, 1, 1, 30),
     )
     back = Schedule.from_json(s.to_json(), revision=7)
     assert back == s and back.revision == 7
@@ -285,6 +286,7 @@ def test_record_round_trip() -> None:
     assert back.when == "cron 30 2 * * * (Europe/Amsterdam)"
     d = s.to_dict()
     assert d["every_seconds"] is None and d["last_fired_at"] == "2026-01-01T01:30:01+00:00"
+    assert d["last_tick_at"] == "2026-01-01T01:30:00+00:00"
     json.dumps(d)  # JSON-ready
     every = Schedule("tick", "wf", every=timedelta(hours=1, minutes=30))
     assert Schedule.from_json(every.to_json()) == every

@@ -14,8 +14,10 @@ from durable_scheduler.firing import (
     Verdict,
     claim,
     first_look,
+    first_missed,
     is_late,
     parse_tick,
+    passed,
     start_may_be_lost,
     still_running,
     tick_time,
@@ -166,7 +168,43 @@ def test_a_claim_without_state_blocks_until_it_is_stale() -> None:
 
 def test_claim_counts_late_runs_and_an_on_time_run_resets_them() -> None:
     now = T0 + timedelta(microseconds=1234)
-    late = claim(EVERY, "greet-a", now, late=True)
+    late = claim(EVERY, "greet-a", now, late=True, fired=T0)
     assert (late.last_invocation_id, late.last_fired_at, late.catch_up_runs) == ("greet-a", T0, 1)
-    assert claim(late, "greet-b", now, late=True).catch_up_runs == 2
-    assert claim(late, "greet-c", now, late=False).catch_up_runs == 0
+    assert late.last_tick_at == T0
+    assert claim(late, "greet-b", now, late=True, fired=T0).catch_up_runs == 2
+    assert claim(late, "greet-c", now, late=False, fired=T0).catch_up_runs == 0
+    # An older tick handled late never moves the last tick back.
+    assert claim(late, "greet-d", now, late=True, fired=T0 - EVERY_S).last_tick_at == T0
+
+
+EVERY_S = timedelta(seconds=2)
+
+
+def test_a_fire_time_the_server_skipped_is_found_from_the_next_tick() -> None:
+    handled = replace(EVERY, last_tick_at=T0)
+    assert first_missed(handled, T0 + EVERY_S) is None  # the next tick, on time
+    assert first_missed(handled, T0) is None and first_missed(handled, T0 - EVERY_S) is None
+    assert first_missed(EVERY, T0 + 10 * EVERY_S) is None  # no last tick known: none
+    # A leader change: the new leader fired 7 s after the last tick, on its own grid: the
+    # times 2 s and 4 s after it were never fired (6 s is the new tick's, 1 s late); the
+    # first is found, then the next, then none.
+    assert first_missed(handled, T0 + timedelta(seconds=7)) == T0 + EVERY_S
+    two = replace(EVERY, last_tick_at=T0 + EVERY_S)
+    assert first_missed(two, T0 + timedelta(seconds=7)) == T0 + 2 * EVERY_S
+    three = replace(EVERY, last_tick_at=T0 + 2 * EVERY_S)
+    assert first_missed(three, T0 + timedelta(seconds=7)) is None
+    # A grid shifted by up to half an interval stands for the planned time: nothing missed.
+    assert first_missed(handled, T0 + timedelta(seconds=3)) is None
+    minute = replace(Schedule("m", "wf", every=timedelta(minutes=1)), last_tick_at=T0)
+    assert first_missed(minute, T0 + timedelta(seconds=90)) is None
+    assert first_missed(minute, T0 + timedelta(seconds=91)) == T0 + timedelta(minutes=1)
+    # Cron times are the same on every leader: any time strictly in between was missed.
+    cron = Schedule("c", "wf", cron="*/3 * * * * *")
+    at = datetime(2026, 11, 28, 17, 10, 54, tzinfo=UTC)
+    assert first_missed(replace(cron, last_tick_at=at), at + timedelta(seconds=3)) is None
+    assert first_missed(replace(cron, last_tick_at=at), at + timedelta(seconds=9)) == (
+        at + timedelta(seconds=3)
+    )
+    assert passed(handled, T0 + EVERY_S).last_tick_at == T0 + EVERY_S
+    assert passed(handled, T0 - EVERY_S).last_tick_at == T0
+    assert passed(EVERY, T0).last_tick_at == T0

@@ -331,6 +331,7 @@ async def test_metrics_and_health_endpoints(
             "durable_scheduler_invocations_started_total",
             "durable_scheduler_overlap_skipped_total",
             "durable_scheduler_catch_up_skipped_total",
+            "durable_scheduler_missed_fire_times_total",
             "durable_scheduler_ticks_dropped_total",
         ):
             assert f"# TYPE {name} counter" in body
@@ -514,3 +515,75 @@ async def test_a_tick_whose_id_another_workflow_has_is_dropped_not_retried(
     await handle(scheduler, clock, tick(t, "taken", 0), fire(0))
     rec = await t.get_state(taken)
     assert rec is not None and rec.state.workflow == "some_other_workflow"
+
+
+async def test_fire_times_the_server_skipped_run_as_late_ticks_within_catch_up(
+    transport: Transport, scheduler: Scheduler, clock: Clock
+) -> None:
+    """A leader change of the command stream: the new leader fires on, and the times that
+    fell in between never come (2-3 ticks of an every-2s schedule per leader kill). The next
+    tick finds them from the last tick handled and runs up to ``catch_up`` of them, oldest
+    first, as late ticks; the tick itself runs as usual."""
+    t = transport
+    await manual_schedule(t, "gap", overlap="allow", catch_up=2)
+    await handle(scheduler, clock, tick(t, "gap", 0), fire(0) + timedelta(seconds=0.2))
+    await handle(scheduler, clock, tick(t, "gap", 4), fire(4) + timedelta(seconds=0.2))
+    assert await started(t, "gap") == [iid("gap", k) for k in (0, 1, 2, 4)]
+    assert count(scheduler.metrics.missed, "gap") == 3  # 1 and 2 made up, 3 past catch_up
+    assert count(scheduler.metrics.catch_up_skipped, "gap") == 1
+    s = await get_schedule(t, "gap")
+    assert (s.last_invocation_id, s.last_tick_at, s.catch_up_runs) == (iid("gap", 4), fire(4), 0)
+    await handle(scheduler, clock, tick(t, "gap", 5), fire(5) + timedelta(seconds=0.2))
+    assert await started(t, "gap") == [iid("gap", k) for k in (0, 1, 2, 4, 5)]
+
+
+async def test_skipped_fire_times_are_not_made_up_while_the_last_run_runs(
+    transport: Transport, scheduler: Scheduler, clock: Clock
+) -> None:
+    t = transport
+    await manual_schedule(t, "gapskip", catch_up=3)  # overlap="skip"
+    await handle(scheduler, clock, tick(t, "gapskip", 0), fire(0) + timedelta(seconds=0.2))
+    await handle(scheduler, clock, tick(t, "gapskip", 3), fire(3) + timedelta(seconds=0.2))
+    assert await started(t, "gapskip") == [iid("gapskip", 0)]  # 0 still runs: 1-3 skipped
+    assert count(scheduler.metrics.overlap_skipped, "gapskip") == 2  # 1 (and 2 with it), 3
+    assert (await get_schedule(t, "gapskip")).last_tick_at == fire(3)
+    await finish(t, iid("gapskip", 0))
+    # Skipped is handled: the times before the skip are not made up afterwards.
+    await handle(scheduler, clock, tick(t, "gapskip", 4), fire(4) + timedelta(seconds=0.2))
+    assert await started(t, "gapskip") == [iid("gapskip", 0), iid("gapskip", 4)]
+
+
+async def test_a_resumed_schedule_makes_up_none_of_its_paused_time(
+    transport: Transport, scheduler: Scheduler, clock: Clock
+) -> None:
+    t = transport
+    await manual_schedule(t, "rest", overlap="allow", catch_up=5)
+    await handle(scheduler, clock, tick(t, "rest", 0), fire(0) + timedelta(seconds=0.2))
+    await pause_schedule(t, "rest")
+    await resume_schedule(t, "rest")
+    await t.disarm_schedule("rest")  # the test makes the ticks
+    await handle(scheduler, clock, tick(t, "rest", 5), fire(5) + timedelta(seconds=0.2))
+    assert await started(t, "rest") == [iid("rest", 0), iid("rest", 5)]
+    assert count(scheduler.metrics.missed, "rest") == 0
+
+
+async def test_a_skipped_fire_time_claimed_but_not_started_is_started_by_the_redelivery(
+    transport: Transport, scheduler: Scheduler, clock: Clock
+) -> None:
+    t = transport
+    await manual_schedule(t, "cut", overlap="allow")
+    await handle(scheduler, clock, tick(t, "cut", 0), fire(0) + timedelta(seconds=0.2))
+    broken = Scheduler(Engine(t), scheduler.settings, clock=clock)
+
+    async def fail(*_: object, **__: object) -> str:
+        raise ConnectionError("NATS went away")
+
+    broken.client.invoke_async = fail  # type: ignore[method-assign]
+    clock.now = fire(2) + timedelta(seconds=0.2)
+    first = tick(t, "cut", 2)
+    await broken.handle(first)  # claims the skipped time 1, then cannot start it
+    assert first.naked and await started(t, "cut") == [iid("cut", 0)]
+    assert (await get_schedule(t, "cut")).last_invocation_id == iid("cut", 1)
+    again = tick(t, "cut", 2, num_delivered=2)
+    await handle(scheduler, clock, again, fire(2) + timedelta(seconds=1.2))
+    assert await started(t, "cut") == [iid("cut", k) for k in (0, 1, 2)]

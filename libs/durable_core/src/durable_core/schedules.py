@@ -156,6 +156,10 @@ class Schedule:
         last_fired_at: when the scheduler started it.
         created_at: when the schedule was created.
         catch_up_runs: late ticks run since the last on-time one (the scheduler's count).
+        last_tick_at: the fire time of the last tick the scheduler handled (started, skipped
+            or dropped); None before the first and after a resume. A tick that comes after
+            a fire time the server never fired (while the command stream's leader moved) is
+            preceded by that missed time, run as a late tick.
         revision: the record's revision when read (0 for one not stored yet).
     """
 
@@ -173,6 +177,7 @@ class Schedule:
     last_fired_at: datetime | None = None
     created_at: datetime | None = None
     catch_up_runs: int = 0
+    last_tick_at: datetime | None = None
     revision: int = field(default=0, compare=False)
     _cron: CronExpr | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -271,6 +276,13 @@ class Schedule:
         periods = max(0, math.ceil((now - anchor) / self.every))
         return anchor + periods * self.every
 
+    def fire_time_after(self, fired: datetime) -> datetime | None:
+        """The fire time that comes just after a tick that stands for ``fired`` (UTC): the
+        interval later, or the cron expression's next time."""
+        if self.every is not None:
+            return fired.astimezone(UTC) + self.every
+        return self.next_fire_after(fired)
+
     def fire_time_before(self, next_fire: datetime) -> datetime | None:
         """The fire time that comes just before ``next_fire`` (UTC).
 
@@ -301,6 +313,7 @@ class Schedule:
             "last_fired_at": _time(self.last_fired_at),
             "created_at": _time(self.created_at),
             "catch_up_runs": self.catch_up_runs,
+            "last_tick_at": _time(self.last_tick_at),
         }
 
     def to_json(self) -> bytes:
@@ -332,6 +345,7 @@ class Schedule:
                 last_fired_at=_parse_time(d.get("last_fired_at")),
                 created_at=_parse_time(d.get("created_at")),
                 catch_up_runs=int(d.get("catch_up_runs", 0)),
+                last_tick_at=_parse_time(d.get("last_tick_at")),
                 revision=revision,
             )
         except (ValueError, KeyError, TypeError, AttributeError) as e:
@@ -507,13 +521,15 @@ async def pause_schedule(transport: Transport, name: str) -> Schedule:
 
 
 async def resume_schedule(transport: Transport, name: str) -> Schedule:
-    """Fire a paused schedule again (from the next fire time on; missed ticks are not made
-    up). Resuming a running schedule arms it again, which is harmless.
+    """Fire a paused schedule again (from the next fire time on; the ticks of the paused time
+    are not made up). Resuming a running schedule arms it again, which is harmless.
 
     Raises:
         NotFoundError: no such schedule.
     """
-    schedule = await _update(transport, name, lambda s: replace(s, paused=False, catch_up_runs=0))
+    schedule = await _update(
+        transport, name, lambda s: replace(s, paused=False, catch_up_runs=0, last_tick_at=None)
+    )
     await _arm(transport, schedule)
     # A pause that wrote its record before ours and disarmed after our arm: arm it again (or
     # one that wrote after ours: make sure it is disarmed).

@@ -20,6 +20,14 @@ The order of the checks:
 
 Claiming before starting is what keeps ``overlap="skip"`` true with several replicas: a second
 tick handled at the same moment elsewhere sees the claim and skips, instead of both starting.
+
+Ticks the server never fired: the server keeps a schedule on the command stream's leader, and
+a new leader fires on from its own clock, skipping the fire times that fell in the failover
+(2-3 ticks of an every-2s schedule per leader kill, measured). The record keeps the fire time
+of the last tick handled (``last_tick_at``); a tick that comes after a fire time in between
+(:func:`first_missed`) is preceded by that time, as a late tick: the same catch-up limit and
+overlap check, its own invocation named by its time. A resume forgets the last tick (the paused
+time is not made up).
 """
 
 from __future__ import annotations
@@ -37,8 +45,10 @@ __all__ = [
     "Verdict",
     "claim",
     "first_look",
+    "first_missed",
     "is_late",
     "parse_tick",
+    "passed",
     "start_may_be_lost",
     "still_running",
     "tick_time",
@@ -133,6 +143,32 @@ def first_look(schedule: Schedule | None, tick: Tick, now: datetime) -> tuple[Ve
     return Verdict.CANDIDATE, invocation_id, late
 
 
+def first_missed(schedule: Schedule, fired: datetime) -> datetime | None:
+    """The first fire time between the last tick handled and this one (which stands for
+    ``fired``) that no tick came for: the server skipped it. None if there is none, or no last
+    tick is known (the first tick, or the first after a resume).
+
+    An ``every`` schedule's new leader fires on a grid of its own, up to an interval off the
+    old one: a time counts as missed only if it is more than half an interval before this
+    tick (the tick stands for the planned time nearest to it, so each planned time gets one
+    run); cron times are the same on every leader.
+    """
+    last = schedule.last_tick_at
+    if last is None or fired <= last:
+        return None
+    after = schedule.fire_time_after(last)
+    if after is None:
+        return None
+    slack = schedule.every / 2 if schedule.every is not None else timedelta(0)
+    return after if after + slack < fired else None
+
+
+def passed(schedule: Schedule, fired: datetime) -> Schedule:
+    """The record after a tick (standing for ``fired``) was skipped or dropped: handled."""
+    last = schedule.last_tick_at
+    return replace(schedule, last_tick_at=fired if last is None or fired > last else last)
+
+
 def still_running(
     status: Status | None, schedule: Schedule, now: datetime, stale_after: timedelta
 ) -> bool:
@@ -163,10 +199,12 @@ def start_may_be_lost(
     return status is Status.PENDING and fired is not None and now - fired >= stale_after
 
 
-def claim(schedule: Schedule, invocation_id: str, now: datetime, late: bool) -> Schedule:
-    """The record naming this tick's invocation as the last run."""
+def claim(
+    schedule: Schedule, invocation_id: str, now: datetime, late: bool, fired: datetime
+) -> Schedule:
+    """The record naming this tick's invocation (it stands for ``fired``) as the last run."""
     return replace(
-        schedule,
+        passed(schedule, fired),
         last_invocation_id=invocation_id,
         last_fired_at=now.replace(microsecond=0),
         catch_up_runs=schedule.catch_up_runs + 1 if late else 0,

@@ -6,6 +6,7 @@
 | ``durable_scheduler_invocations_started_total`` | counter | schedule | invocations started |
 | ``durable_scheduler_overlap_skipped_total`` | counter | schedule | ticks skipped: run not over |
 | ``durable_scheduler_catch_up_skipped_total`` | counter | schedule | late ticks past ``catch_up`` |
+| ``durable_scheduler_missed_fire_times_total`` | counter | schedule | fire times never fired |
 | ``durable_scheduler_ticks_dropped_total`` | counter | schedule, reason | paused or deleted |
 | ``durable_scheduler_leases_expired_total`` | counter | | processor leases found lapsed |
 | ``durable_scheduler_commands_redriven_total`` | counter | | commands handed back from them |
@@ -68,6 +69,13 @@ class SchedulerMetrics:
             ["schedule"],
             registry=registry,
         )
+        self.missed = Counter(
+            "durable_scheduler_missed_fire_times",
+            "Fire times the server skipped (its command stream leader changed), found from the "
+            "next tick and run as late ticks within catch_up.",
+            ["schedule"],
+            registry=registry,
+        )
         self.dropped = Counter(
             "durable_scheduler_ticks_dropped",
             "Ticks dropped because their schedule is paused or deleted.",
@@ -114,6 +122,7 @@ class SchedulerMetrics:
             (self.started, ("schedule",)),
             (self.overlap_skipped, ("schedule",)),
             (self.catch_up_skipped, ("schedule",)),
+            (self.missed, ("schedule",)),
             (self.dropped, ("schedule", "reason")),
             (self.schedules_repaired, ("schedule", "action")),
             (self.tick_lag, ("schedule",)),

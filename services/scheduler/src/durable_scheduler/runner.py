@@ -20,13 +20,15 @@ from opentelemetry.trace import SpanKind
 from durable_core import ConflictError, InvalidInputError
 from durable_core.admin import Engine, TickDelivery
 from durable_core.client import Status
-from durable_core.schedules import Schedule
+from durable_core.schedules import Schedule, schedule_invocation_id
 from durable_scheduler.firing import (
     Tick,
     Verdict,
     claim,
     first_look,
+    first_missed,
     parse_tick,
+    passed,
     start_may_be_lost,
     still_running,
     tick_time,
@@ -187,7 +189,9 @@ class Scheduler:
 
     async def _decide_and_start(self, name: str, d: TickMessage, tick: Tick) -> None:
         m = self.metrics
-        for _ in range(_ROUNDS):
+        conflicts = 0
+        make_up = True  # the fire times the server skipped before this tick (first_missed)
+        while conflicts < _ROUNDS:
             schedule = await self.engine.find_schedule(name)
             now = self.clock()
             verdict, invocation_id, late = first_look(schedule, tick, now)
@@ -197,7 +201,24 @@ class Scheduler:
                 await d.ack()
                 return
             assert schedule is not None
+            fired = tick_time(schedule, tick)
+            if verdict is Verdict.RESTART:
+                await self._start(schedule, invocation_id)
+                await d.ack()
+                return
+            if tick.redelivered:
+                await self._restart_made_up(schedule, now)
+            missed = first_missed(schedule, fired) if make_up else None
+            if missed is not None:
+                made_up = await self._make_up(schedule, missed, now)
+                if made_up is None:
+                    conflicts += 1
+                make_up = made_up is not False
+                continue  # decide again on the record as it is now
             if verdict is Verdict.CATCH_UP_SKIP:
+                if not await self._note_passed(schedule, fired):
+                    conflicts += 1
+                    continue
                 log.info(
                     "schedule %s: late tick %s dropped (catch_up=%d used up)",
                     name,
@@ -207,11 +228,10 @@ class Scheduler:
                 m.catch_up_skipped.labels(name).inc()
                 await d.ack()
                 return
-            if verdict is Verdict.RESTART:
-                await self._start(schedule, invocation_id)
-                await d.ack()
-                return
             if await self._overlaps(schedule, now):
+                if not await self._note_passed(schedule, fired):
+                    conflicts += 1
+                    continue
                 log.info(
                     "schedule %s: %s still running, tick %s skipped",
                     name,
@@ -223,13 +243,14 @@ class Scheduler:
                 return
             try:
                 schedule = await self.engine.save_schedule(
-                    claim(schedule, invocation_id, now, late)
+                    claim(schedule, invocation_id, now, late, fired)
                 )
             except ConflictError:
+                conflicts += 1
                 continue  # another replica or a pause changed the record: decide again
             await self._start(schedule, invocation_id)
             m.started.labels(name).inc()
-            lag = (self.clock() - tick_time(schedule, tick)).total_seconds()
+            lag = (self.clock() - fired).total_seconds()
             m.tick_lag.labels(name).observe(max(lag, 0.0))
             log.info(
                 "schedule %s: started %s (%s)%s",
@@ -241,6 +262,75 @@ class Scheduler:
             await d.ack()
             return
         raise ConflictError(f"schedule {name} kept changing")
+
+    async def _make_up(self, schedule: Schedule, missed: datetime, now: datetime) -> bool | None:
+        """Run a fire time the server skipped as a late tick: True when it was claimed and
+        started, False when the catch-up runs are used up or the last run still runs
+        (``overlap="skip"``): then no skipped time before this tick runs, and the tick itself
+        is decided as usual. None: the record changed meanwhile (decide again)."""
+        name, m = schedule.name, self.metrics
+        invocation_id = schedule_invocation_id(name, missed)
+        if schedule.catch_up_runs >= schedule.catch_up:
+            m.missed.labels(name).inc()
+            log.warning(
+                "schedule %s: the server skipped %s (a leader change); not made up "
+                "(catch_up=%d used up)",
+                name,
+                invocation_id,
+                schedule.catch_up,
+            )
+            m.catch_up_skipped.labels(name).inc()
+            return False
+        if await self._overlaps(schedule, now):
+            log.warning(
+                "schedule %s: the server skipped %s (a leader change); not made up: %s still "
+                "running",
+                name,
+                invocation_id,
+                schedule.last_invocation_id,
+            )
+            m.missed.labels(name).inc()
+            m.overlap_skipped.labels(name).inc()
+            return False
+        try:
+            schedule = await self.engine.save_schedule(
+                claim(schedule, invocation_id, now, True, missed)
+            )
+        except ConflictError:
+            return None
+        await self._start(schedule, invocation_id)
+        m.missed.labels(name).inc()
+        m.started.labels(name).inc()
+        log.warning(
+            "schedule %s: started %s (%s), a fire time the server skipped (a leader change); "
+            "catching up",
+            name,
+            invocation_id,
+            schedule.workflow,
+        )
+        return True
+
+    async def _restart_made_up(self, schedule: Schedule, now: datetime) -> None:
+        """A redelivered tick whose last handling claimed a skipped fire time, then failed
+        before it started it: start it (idempotent by id). Only a claim younger than
+        ``stale_after`` with no state: an older one's state may be gone by retention."""
+        last, fired = schedule.last_invocation_id, schedule.last_fired_at
+        if not last or fired is None or now - fired >= self.stale_after:
+            return
+        if await self.engine.get_state(last) is None:
+            log.warning("schedule %s: %s claimed, not started: starting it", schedule.name, last)
+            await self._start(schedule, last)
+
+    async def _note_passed(self, schedule: Schedule, fired: datetime) -> bool:
+        """Record a skipped or dropped tick as handled (so its time is never made up later);
+        False if the record changed meanwhile."""
+        if schedule.last_tick_at is not None and schedule.last_tick_at >= fired:
+            return True
+        try:
+            await self.engine.save_schedule(passed(schedule, fired))
+        except ConflictError:
+            return False
+        return True
 
     async def _overlaps(self, schedule: Schedule, now: datetime) -> bool:
         if schedule.overlap != "skip" or not schedule.last_invocation_id:
