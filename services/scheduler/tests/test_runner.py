@@ -154,6 +154,17 @@ def count(metric: object, *labels: str) -> float:
     return metric.labels(*labels)._value.get()  # type: ignore[attr-defined, no-any-return]
 
 
+def failing_starts(t: Transport, scheduler: Scheduler, clock: Clock) -> Scheduler:
+    """A replica like ``scheduler`` whose starts fail (NATS went away after the claim)."""
+    broken = Scheduler(Engine(t), scheduler.settings, clock=clock)
+
+    async def fail(*_: object, **__: object) -> str:
+        raise ConnectionError("NATS went away")
+
+    broken.client.invoke_async = fail  # type: ignore[method-assign]
+    return broken
+
+
 async def test_a_tick_starts_one_invocation_however_often_it_is_handled(
     transport: Transport, scheduler: Scheduler, clock: Clock
 ) -> None:
@@ -247,12 +258,7 @@ async def test_a_failing_tick_goes_back_for_another_try(
     await manual_schedule(t, "flaky")
     d = tick(t, "flaky", 0)
     d.subject = t.names.tick_subject("flaky")
-    broken = Scheduler(Engine(t), scheduler.settings, clock=clock)
-
-    async def fail(*_: object, **__: object) -> str:
-        raise ConnectionError("NATS went away")
-
-    broken.client.invoke_async = fail  # type: ignore[method-assign]
+    broken = failing_starts(t, scheduler, clock)
     clock.now = fire(0)
     await broken.handle(d)
     assert d.naked and not d.acked
@@ -573,12 +579,7 @@ async def test_a_skipped_fire_time_claimed_but_not_started_is_started_by_the_red
     t = transport
     await manual_schedule(t, "cut", overlap="allow")
     await handle(scheduler, clock, tick(t, "cut", 0), fire(0) + timedelta(seconds=0.2))
-    broken = Scheduler(Engine(t), scheduler.settings, clock=clock)
-
-    async def fail(*_: object, **__: object) -> str:
-        raise ConnectionError("NATS went away")
-
-    broken.client.invoke_async = fail  # type: ignore[method-assign]
+    broken = failing_starts(t, scheduler, clock)
     clock.now = fire(2) + timedelta(seconds=0.2)
     first = tick(t, "cut", 2)
     await broken.handle(first)  # claims the skipped time 1, then cannot start it
@@ -587,3 +588,49 @@ async def test_a_skipped_fire_time_claimed_but_not_started_is_started_by_the_red
     again = tick(t, "cut", 2, num_delivered=2)
     await handle(scheduler, clock, again, fire(2) + timedelta(seconds=1.2))
     assert await started(t, "cut") == [iid("cut", k) for k in (0, 1, 2)]
+
+
+async def test_a_claimed_skipped_fire_time_that_ran_and_expired_is_not_run_again(
+    transport: Transport, scheduler: Scheduler, clock: Clock
+) -> None:
+    """The redelivery's restart of a claimed skipped time is for one never started: one that
+    ran and was removed by retention since (no state, an expiry note) stays gone."""
+    t = transport
+    await manual_schedule(t, "short", overlap="allow")
+    await handle(scheduler, clock, tick(t, "short", 0), fire(0) + timedelta(seconds=0.2))
+    broken = failing_starts(t, scheduler, clock)
+    clock.now = fire(2) + timedelta(seconds=0.2)
+    await broken.handle(tick(t, "short", 2))
+    missed = iid("short", 1)
+    assert (await get_schedule(t, "short")).last_invocation_id == missed
+    # It ran after all (another replica's start landed) and expired at once.
+    await scheduler.client.invoke_async(
+        "hello_workflow", {"name": "short"}, id=missed, queue_unserved=True
+    )
+    await finish(t, missed)
+    rec = await t.get_state(missed)
+    assert rec is not None and await Engine(t).expire_execution(rec, 2**62)
+    await handle(scheduler, clock, tick(t, "short", 2, num_delivered=2), clock.now)
+    assert await started(t, "short") == [iid("short", 0), iid("short", 2)]
+
+
+async def test_a_tick_that_comes_after_its_time_was_made_up_is_not_claimed_again(
+    transport: Transport, scheduler: Scheduler, clock: Clock
+) -> None:
+    """The old leader stored a tick but it was delivered only after the new leader's first,
+    which made its time up: acked, no second claim (it would count against catch_up and
+    move the record back)."""
+    t = transport
+    await manual_schedule(t, "slowtick", overlap="allow", catch_up=2)
+    await handle(scheduler, clock, tick(t, "slowtick", 0), fire(0) + timedelta(seconds=0.2))
+    await handle(scheduler, clock, tick(t, "slowtick", 2), fire(2) + timedelta(seconds=0.2))
+    assert await started(t, "slowtick") == [iid("slowtick", k) for k in (0, 1, 2)]
+    before = await get_schedule(t, "slowtick")
+    await handle(scheduler, clock, tick(t, "slowtick", 1), fire(2) + timedelta(seconds=3))
+    after = await get_schedule(t, "slowtick")
+    assert (after.last_invocation_id, after.catch_up_runs, after.revision) == (
+        before.last_invocation_id,
+        before.catch_up_runs,
+        before.revision,
+    )
+    assert count(scheduler.metrics.started, "slowtick") == 3

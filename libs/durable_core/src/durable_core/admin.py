@@ -158,6 +158,10 @@ class Engine:
         """An execution's state and revision; None if it has none."""
         return await self._t.get_state(invocation_id)
 
+    async def expired(self, invocation_id: str) -> bool:
+        """Whether an execution with this id finished and was removed (its note is kept)."""
+        return await self._t.expiry_note(invocation_id) is not None
+
     async def watch_states(self) -> AsyncIterator[tuple[str, StateRecord | None] | None]:
         """Every execution state now, then ``None`` once caught up, then every change
         (``(id, None)``: deleted)."""

@@ -206,6 +206,10 @@ class Scheduler:
                 await self._start(schedule, invocation_id)
                 await d.ack()
                 return
+            if await self._ran_already(schedule, invocation_id, fired):
+                log.info("schedule %s: tick %s ran already (made up)", name, invocation_id)
+                await d.ack()
+                return
             if tick.redelivered:
                 await self._restart_made_up(schedule, now)
             missed = first_missed(schedule, fired) if make_up else None
@@ -313,13 +317,25 @@ class Scheduler:
     async def _restart_made_up(self, schedule: Schedule, now: datetime) -> None:
         """A redelivered tick whose last handling claimed a skipped fire time, then failed
         before it started it: start it (idempotent by id). Only a claim younger than
-        ``stale_after`` with no state: an older one's state may be gone by retention."""
+        ``stale_after`` with no state that never had one: one that finished and expired
+        (a short retention) must not run again."""
         last, fired = schedule.last_invocation_id, schedule.last_fired_at
         if not last or fired is None or now - fired >= self.stale_after:
             return
-        if await self.engine.get_state(last) is None:
+        if await self.engine.get_state(last) is None and not await self.engine.expired(last):
             log.warning("schedule %s: %s claimed, not started: starting it", schedule.name, last)
             await self._start(schedule, last)
+
+    async def _ran_already(self, schedule: Schedule, invocation_id: str, fired: datetime) -> bool:
+        """A tick that comes after its time was made up (the server stored it, but delivered
+        it only after the next tick, which ran the time as skipped): its invocation exists
+        or ran and expired. Not claimed again: a late tick would count against catch_up."""
+        last = schedule.last_tick_at
+        if last is None or fired > last:
+            return False
+        if await self.engine.get_state(invocation_id) is not None:
+            return True
+        return await self.engine.expired(invocation_id)
 
     async def _note_passed(self, schedule: Schedule, fired: datetime) -> bool:
         """Record a skipped or dropped tick as handled (so its time is never made up later);
