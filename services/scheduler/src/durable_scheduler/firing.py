@@ -26,8 +26,8 @@ a new leader fires on from its own clock, skipping the fire times that fell in t
 (2-3 ticks of an every-2s schedule per leader kill, measured). The record keeps the fire time
 of the last tick handled (``last_tick_at``); a tick that comes after a fire time in between
 (:func:`first_missed`) is preceded by that time, as a late tick: the same catch-up limit and
-overlap check, its own invocation named by its time. A resume forgets the last tick (the paused
-time is not made up).
+overlap check, its own invocation named by its time. A create or a resume sets the last tick
+to a second after it: the paused time is not made up, a time skipped before the first tick is.
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ def first_look(schedule: Schedule | None, tick: Tick, now: datetime) -> tuple[Ve
 def first_missed(schedule: Schedule, fired: datetime) -> datetime | None:
     """The first fire time between the last tick handled and this one (which stands for
     ``fired``) that no tick came for: the server skipped it. None if there is none, or no last
-    tick is known (the first tick, or the first after a resume).
+    tick is known (a record from before the last tick was kept).
 
     An ``every`` schedule's new leader fires on a grid of its own, up to an interval off the
     old one: a time counts as missed only if it is more than half an interval before this
