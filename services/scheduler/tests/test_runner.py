@@ -566,7 +566,9 @@ async def test_skipped_fire_times_are_not_made_up_while_the_last_run_runs(
 def resume_at(clock: Clock, monkeypatch: pytest.MonkeyPatch) -> Clock:
     """A create or resume reads the tests' clock for where fire times start to count."""
     monkeypatch.setattr(
-        schedules, "_armed_from", lambda: clock.now.replace(microsecond=0) + timedelta(seconds=1)
+        schedules,
+        "_armed_from",
+        lambda s: clock.now.replace(microsecond=0) + timedelta(seconds=1 if s.every else 0),
     )
     return clock
 

@@ -157,10 +157,10 @@ class Schedule:
         created_at: when the schedule was created.
         catch_up_runs: late ticks run since the last on-time one (the scheduler's count).
         last_tick_at: the fire time of the last tick the scheduler handled (started, skipped
-            or dropped); at a create or resume, a second after it (the paused time is not
-            made up); None in records from before it was kept. A tick that comes after a
-            fire time the server never fired (while the command stream's leader moved) is
-            preceded by that missed time, run as a late tick.
+            or dropped); at a create or resume, its time (a second later for ``every``: the
+            paused time is not made up); None in records from before it was kept. A tick
+            that comes after a fire time the server never fired (while the command stream's
+            leader moved) is preceded by that missed time, run as a late tick.
         revision: the record's revision when read (0 for one not stored yet).
     """
 
@@ -437,8 +437,8 @@ async def create_schedule(
         partition_key=partition_key,
         paused=paused,
         created_at=datetime.now(UTC).replace(microsecond=0),
-        last_tick_at=_armed_from(),
     )
+    schedule = replace(schedule, last_tick_at=_armed_from(schedule))
     size = len(_codec.encode(schedule.args).data)
     if size > transport.engine.max_payload:
         raise InvalidInputError(
@@ -522,13 +522,15 @@ async def pause_schedule(transport: Transport, name: str) -> Schedule:
     return schedule
 
 
-def _armed_from() -> datetime:
+def _armed_from(schedule: Schedule) -> datetime:
     """Where a created or resumed schedule's fire times start to count (``last_tick_at``):
-    a second from now, since the server is armed just after the record is written and fires
-    on whole seconds. A time the server skips after it (a leader change before the first
-    tick) is made up; none before it (the paused time) is. The caller's clock is taken: one
-    more than a second behind the server's could have a paused time made up."""
-    return datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
+    now, and a second later for an ``every`` schedule (the server is armed just after the
+    record is written, and its grid starts there, on whole seconds; cron times are fixed). A
+    time the server skips after it (a leader change before the first tick) is made up; none
+    before it (the paused time) is. The caller's clock is taken: one more than a second
+    behind the server's could have a paused time made up."""
+    margin = timedelta(seconds=1) if schedule.every is not None else timedelta(0)
+    return datetime.now(UTC).replace(microsecond=0) + margin
 
 
 async def resume_schedule(transport: Transport, name: str) -> Schedule:
@@ -541,7 +543,7 @@ async def resume_schedule(transport: Transport, name: str) -> Schedule:
     schedule = await _update(
         transport,
         name,
-        lambda s: replace(s, paused=False, catch_up_runs=0, last_tick_at=_armed_from()),
+        lambda s: replace(s, paused=False, catch_up_runs=0, last_tick_at=_armed_from(s)),
     )
     await _arm(transport, schedule)
     # A pause that wrote its record before ours and disarmed after our arm: arm it again (or

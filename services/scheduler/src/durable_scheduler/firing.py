@@ -27,7 +27,8 @@ a new leader fires on from its own clock, skipping the fire times that fell in t
 of the last tick handled (``last_tick_at``); a tick that comes after a fire time in between
 (:func:`first_missed`) is preceded by that time, as a late tick: the same catch-up limit and
 overlap check, its own invocation named by its time. A create or a resume sets the last tick
-to a second after it: the paused time is not made up, a time skipped before the first tick is.
+to its own time (a second later for ``every``, whose grid the server starts when armed): the
+paused time is not made up, a time skipped before the first tick is.
 """
 
 from __future__ import annotations
