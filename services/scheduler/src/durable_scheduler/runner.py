@@ -322,7 +322,7 @@ class Scheduler:
         last, fired = schedule.last_invocation_id, schedule.last_fired_at
         if not last or fired is None or now - fired >= self.stale_after:
             return
-        if await self.engine.get_state(last) is None and not await self.engine.expired(last):
+        if not await self._ever_started(last):
             log.warning("schedule %s: %s claimed, not started: starting it", schedule.name, last)
             await self._start(schedule, last)
 
@@ -333,6 +333,10 @@ class Scheduler:
         last = schedule.last_tick_at
         if last is None or fired > last:
             return False
+        return await self._ever_started(invocation_id)
+
+    async def _ever_started(self, invocation_id: str) -> bool:
+        """Whether the invocation has a state, or had one and expired (its note is kept)."""
         if await self.engine.get_state(invocation_id) is not None:
             return True
         return await self.engine.expired(invocation_id)
@@ -340,10 +344,11 @@ class Scheduler:
     async def _note_passed(self, schedule: Schedule, fired: datetime) -> bool:
         """Record a skipped or dropped tick as handled (so its time is never made up later);
         False if the record changed meanwhile."""
-        if schedule.last_tick_at is not None and schedule.last_tick_at >= fired:
-            return True
+        handled = passed(schedule, fired)
+        if handled.last_tick_at == schedule.last_tick_at:
+            return True  # a later tick was handled already: nothing to write
         try:
-            await self.engine.save_schedule(passed(schedule, fired))
+            await self.engine.save_schedule(handled)
         except ConflictError:
             return False
         return True
