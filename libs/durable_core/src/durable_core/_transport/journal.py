@@ -4,12 +4,14 @@ An append carries ``Nats-Expected-Last-Subject-Sequence`` (it lands only if nobo
 since the writer last looked) and a ``Nats-Msg-Id`` (a retried append is recognised, not
 stored twice). Several entries may be appended as one atomic batch (all land or none, one
 round trip: a run's last step and its final entry), fenced by the first. Reads are batched
-direct gets.
+direct gets, which any replica may answer; what a replica that stays behind lacks is read
+from the stream's leader.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import time
 import uuid
@@ -39,8 +41,9 @@ __all__ = ["JournalRecord", "Journals", "last_journal_seq"]
 T = TypeVar("T")
 
 _MESSAGE_TOO_LARGE = 10054  # JetStream: "message size exceeds maximum allowed"
-# How long a follower's lag may keep a journal read short before the reader asks whether
-# the state it counted from is still there (then every five times this).
+# How long a follower's lag may keep a journal read short before the reader reads the rest
+# from the stream's leader and asks whether the state it counted from is still there (then
+# every five times this).
 _LAG_S = 0.1
 
 
@@ -65,6 +68,23 @@ async def last_journal_seq(link: Link, invocation_id: str) -> int:
             return 0
 
     return await link.retry(f"read journal of {invocation_id}", last)
+
+
+def _record(data: bytes, seq: int, headers: dict[str, str], subject: str) -> JournalRecord:
+    """A stored journal message as a record.
+
+    Raises:
+        CorruptJournalError: the message is not a journal entry.
+    """
+    entry = pb.JournalEntry()
+    try:
+        entry.ParseFromString(data)
+    except DecodeError as e:
+        raise CorruptJournalError(
+            f"journal entry at sequence {seq} on {subject} is not a JournalEntry ({e}); the "
+            "invocation cannot be replayed"
+        ) from e
+    return JournalRecord(entry, seq, headers.get("Nats-Msg-Id", ""))
 
 
 class Journals:
@@ -94,9 +114,11 @@ class Journals:
         Direct gets may be answered by a follower that lags by a few milliseconds. When the
         caller knows the journal holds at least ``min_seq`` (a wake-up, a failed append) or
         ``min_entries`` (the state's journal length, counted from ``start``), a shorter read
-        is stale and is retried. ``current``: at least up to the last entry the stream's
-        leader has now (one request more: what an operator is shown must not trail what a
-        waiting client was told).
+        is stale and is retried; one still short past a follower's usual lag reads the rest
+        from the stream's leader (one request per entry), so a replica that stays behind
+        (catching up, or slow under load) holds no reader for longer. ``current``: at least
+        up to the last entry the stream's leader has now (one request more: what an operator
+        is shown must not trail what a waiting client was told).
 
         ``still_there``: whether the state the caller counted ``min_entries`` from is still
         stored. A journal that stays short past a follower's lag is asked about: the
@@ -111,7 +133,7 @@ class Journals:
         deadline = link.deadline()
         if current:
             min_seq = max(min_seq, await self._last_seq(invocation_id))
-        ask_at = time.monotonic() + _LAG_S
+        lag_until = ask_at = time.monotonic() + _LAG_S
         while True:
             records = await link.retry(
                 f"read journal of {invocation_id}",
@@ -119,6 +141,14 @@ class Journals:
                 deadline,
             )
             last = records[-1].seq if records else start - 1
+            if (last < min_seq or len(records) < min_entries) and time.monotonic() >= lag_until:
+                records += await link.retry(
+                    f"read journal of {invocation_id} from its leader",
+                    functools.partial(self._read_leader, invocation_id, last + 1),
+                    deadline,
+                )
+                last = records[-1].seq if records else start - 1
+                lag_until = time.monotonic() + _LAG_S
             if last >= min_seq and len(records) >= min_entries:
                 return records
             if time.monotonic() > deadline:
@@ -143,6 +173,23 @@ class Journals:
                 return records
             seq = batch[-1].seq + 1
 
+    async def _read_leader(self, invocation_id: str, start: int) -> list[JournalRecord]:
+        """The entries from stream sequence ``start`` on as the stream's leader has them, one
+        request each: the tail a lagging replica's direct gets did not have yet."""
+        names = self._link.names
+        subject = names.journal_subject(invocation_id)
+        stream = names.journal_stream_of(invocation_id)
+        out: list[JournalRecord] = []
+        seq = max(start, 1)
+        while True:
+            try:
+                msg = await self._link.js.get_msg(stream, seq=seq, subject=subject, next=True)
+            except nats.js.errors.NotFoundError:
+                return out
+            seq = int(msg.seq or seq)
+            out.append(_record(msg.data or b"", seq, msg.headers or {}, subject))
+            seq += 1
+
     async def read_batch(
         self, invocation_id: str, start: int, batch: int
     ) -> tuple[list[JournalRecord], bool]:
@@ -160,17 +207,7 @@ class Journals:
         out = []
         for msg in msgs:
             hdrs = msg.headers or {}
-            entry = pb.JournalEntry()
-            try:
-                entry.ParseFromString(msg.data)
-            except DecodeError as e:
-                raise CorruptJournalError(
-                    f"journal entry at sequence {hdrs.get('Nats-Sequence')} on {subject} "
-                    f"is not a JournalEntry ({e}); the invocation cannot be replayed"
-                ) from e
-            out.append(
-                JournalRecord(entry, int(hdrs["Nats-Sequence"]), hdrs.get("Nats-Msg-Id", ""))
-            )
+            out.append(_record(msg.data, int(hdrs["Nats-Sequence"]), hdrs, subject))
         return out, more
 
     async def read_raw(self, invocation_id: str) -> list[tuple[int, bytes]]:

@@ -1,0 +1,76 @@
+"""Journal reads against a real NATS server, with a replica that stays behind.
+
+Direct gets may be answered by any replica of the journal stream; a follower catching up,
+or slow under load, answers with what it has applied so far. Here the direct gets are cut
+short by hand, as such a replica would answer them, and the server itself is real.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+from durable_core import _codec
+from durable_core._pb.durable.v1 import durable_pb2 as pb
+from durable_core._transport import Transport
+
+
+def _entry(step: int) -> pb.JournalEntry:
+    e = pb.JournalEntry(kind=pb.ENTRY_KIND_RUN, step=step, name=f"s{step}")
+    e.output.CopyFrom(_codec.encode(step))
+    return e
+
+
+async def _journal(transport: Transport, n: int) -> tuple[str, list[int]]:
+    invocation_id = "lag-" + uuid.uuid4().hex[:8]
+    seqs: list[int] = []
+    for step in range(1, n + 1):
+        seqs.append(
+            await transport.append(invocation_id, _entry(step), seqs[-1] if seqs else 0, f"m{step}")
+        )
+    return invocation_id, seqs
+
+
+def _behind(transport: Transport, monkeypatch: pytest.MonkeyPatch, missing: int) -> None:
+    """Every direct get answers as a replica that has not applied the last ``missing``
+    entries of any journal (and never catches up)."""
+    gets = transport._journals._gets  # a replica that stays behind
+    batch = gets.batch
+
+    async def lagging(stream: str, subject: str, start: int, size: int) -> Any:
+        msgs, _more = await batch(stream, subject, 1, 10_000)
+        kept = [m for m in msgs[: len(msgs) - missing] if int(m.headers["Nats-Sequence"]) >= start]
+        return kept[:size], False
+
+    monkeypatch.setattr(gets, "batch", lagging)
+
+
+@pytest.mark.parametrize("by", ["entries", "sequence"])
+async def test_a_read_a_replica_keeps_short_gets_the_rest_from_the_leader(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch, by: str
+) -> None:
+    invocation_id, seqs = await _journal(transport, 5)
+    _behind(transport, monkeypatch, missing=2)
+    want = {"min_entries": 5} if by == "entries" else {"min_seq": seqs[-1]}
+    t0 = time.monotonic()
+    records = await transport.read_journal(invocation_id, **want)  # type: ignore[arg-type]
+    took = time.monotonic() - t0
+    assert [r.seq for r in records] == seqs
+    assert [r.entry.step for r in records] == [1, 2, 3, 4, 5]
+    assert [r.msg_id for r in records] == [f"m{i}" for i in range(1, 6)]
+    # Past the lag window (0.1 s), not the deadline (30 s) a replica that stays behind
+    # held a reader to before.
+    assert took < 2.0
+
+
+async def test_a_read_from_a_later_sequence_takes_only_the_tail_from_the_leader(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    invocation_id, seqs = await _journal(transport, 4)
+    _behind(transport, monkeypatch, missing=1)
+    records = await transport.read_journal(invocation_id, min_seq=seqs[-1], start=seqs[1] + 1)
+    assert [r.seq for r in records] == seqs[2:]
+    assert [r.entry.step for r in records] == [3, 4]
