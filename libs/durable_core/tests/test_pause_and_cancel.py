@@ -87,6 +87,43 @@ async def test_a_cancel_of_a_paused_invocation_ends_it_and_compensates(
         assert RAN == ["refund"]
 
 
+async def sleeps_long(ctx: Context, _: int) -> str:
+    await ctx.sleep(timedelta(seconds=600))
+    return "woke"
+
+
+async def test_a_paused_sleeping_invocation_fails_at_its_execution_timeout(
+    local_engine: Callable[..., Any],
+) -> None:
+    """The deadline's wake-up comes up to a second early (server schedules are whole
+    seconds): it found the invocation paused and not yet past its deadline, was acked, and
+    nothing woke it again until the sleep's end (outside-in: 44 of 60 paused sleepers failed
+    late, 20 s late and more). Three deadlines at different fractions of a second."""
+    async with local_engine(sleeps_long) as (client, _):
+        ids = [f"pz-deadline-{i}" for i in range(3)]
+        started = time.monotonic()
+        for i, inv in enumerate(ids):
+            await client.invoke_async(
+                "sleeps_long", i, id=inv, execution_timeout=timedelta(seconds=3)
+            )
+            await asyncio.sleep(0.3)
+        for inv in ids:
+            await assert_eventually_async(
+                lambda inv=inv: _status(client, inv, "suspended"), 5, f"{inv} asleep"
+            )
+            assert await client.pause(inv) == "paused"
+        for inv in ids:
+            result = await client.wait(inv, timeout=15)
+            assert result.status == "failed", result
+            assert result.failure is not None
+            assert result.failure.type == "ExecutionTimeoutError"
+        assert time.monotonic() - started < 3.6 + 2.5  # the last deadline, and a margin
+
+
+async def _status(client: Any, inv: str, want: str) -> bool:
+    return bool((await client.get_summary(inv)).status == want)
+
+
 async def fail_once() -> str:
     await asyncio.sleep(0.3)
     if FAILS[0]:

@@ -66,9 +66,10 @@ _FINAL_KIND: dict[int, pb.EntryKind] = {
 }
 
 
-# How early a start may come for a delayed invocation: server schedules are whole seconds,
-# rounded down, and clocks differ a little.
-_EARLY_START_MS = 1500
+# How early a timer of the server's may come (a delayed invocation's start, an execution
+# timeout's wake-up): server schedules are whole seconds, rounded down, and clocks differ a
+# little.
+_EARLY_WAKE_MS = 1500
 
 
 class Execution:
@@ -450,7 +451,7 @@ class Execution:
 
         A start a little early (server schedules are whole seconds, rounded down; a delay
         of a second or less is published at once) waits out the rest here, up to
-        ``_EARLY_START_MS``: it started up to a second before its due time."""
+        ``_EARLY_WAKE_MS``: it started up to a second before its due time."""
         early_ms = st.start_at_ms - now_ms()
         if not (
             st.status in (pb.STATUS_PENDING, pb.STATUS_PAUSED)  # paused, perhaps resumed since
@@ -458,7 +459,7 @@ class Execution:
             and early_ms > 0
         ):
             return False
-        if early_ms > _EARLY_START_MS and await self.t.schedule_command(
+        if early_ms > _EARLY_WAKE_MS and await self.t.schedule_command(
             self.cmd,
             at_ms=st.start_at_ms,
             key=f"{self.id}.start",
@@ -467,7 +468,7 @@ class Execution:
             log.info("invocation %s: a start before it is due; started at its due time", self.id)
             await self.delivery.ack()
             return True
-        await asyncio.sleep(min(early_ms, _EARLY_START_MS) / 1000)
+        await asyncio.sleep(min(early_ms, _EARLY_WAKE_MS) / 1000)
         return False
 
     async def _waits_for_its_key(self, st: pb.ExecutionState) -> bool:
@@ -579,7 +580,7 @@ class Execution:
         )
         if journal.machine.final is not None:
             raise Finished
-        if self._held_by_pause():
+        if await self._held_by_pause():
             # A wake-up (its timer, a signal, a resolution, a child's result) of a suspended
             # invocation paused since: taken in by the journal, run after the resume. Run
             # now, a workflow that returned right after its sleep completed while paused.
@@ -633,13 +634,22 @@ class Execution:
         here = self.journal.code
         if st is None or not st.pinned_version or here is None or here.token == st.pinned_version:
             return ""
-        left = st.deadline_ms - now_ms() if st.deadline_ms else None
-        if left is not None and left < 2000:
-            # The deadline's own wake-up comes up to a second early (schedules are whole
-            # seconds, rounded down): wait it out here, then fail it.
-            await asyncio.sleep(max(left, 0) / 1000)
+        if await self._past_deadline():
             return ""
         return st.pinned_version
+
+    async def _past_deadline(self) -> bool:
+        """Whether the invocation's execution timeout has passed (then any processor fails
+        it). The deadline's own wake-up comes up to a second early (schedules are whole
+        seconds, rounded down): a deadline that close is waited out here."""
+        st = self.state.state if self.state is not None else None
+        if st is None or not st.deadline_ms:
+            return False
+        left = st.deadline_ms - now_ms()
+        if left >= _EARLY_WAKE_MS:
+            return False
+        await asyncio.sleep(max(left, 0) / 1000)
+        return True
 
     async def _hand_to_pin(self, route: str) -> None:
         """Hand this command to the processors of the version the invocation is pinned to
@@ -667,18 +677,14 @@ class Execution:
         )
         await self.t.publish_command(wake, msg_id=f"pin:{self.id}:{self.delivery.command_seq}")
 
-    def _held_by_pause(self) -> bool:
+    async def _held_by_pause(self) -> bool:
         """Its last run suspended, and a pause (no cancel) came after: nothing of the workflow
-        runs until a resume, unless its execution timeout has passed (it fails then)."""
+        runs until a resume, unless its execution timeout has passed (it fails then; the
+        deadline's wake-up, early, waits for it: acked as held, nothing woke it again)."""
         machine = self.journal.machine
-        st = self.state.state if self.state is not None else None
-        past_deadline = st is not None and 0 < st.deadline_ms <= now_ms()
-        return (
-            machine.suspended
-            and machine.paused
-            and not machine.cancel_requested
-            and not past_deadline
-        )
+        if not (machine.suspended and machine.paused and not machine.cancel_requested):
+            return False
+        return not await self._past_deadline()
 
     async def _take_unstarted(self) -> None:
         """No run has started: only a start takes it, by moving the state to RUNNING under its
