@@ -36,6 +36,9 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         ("DURABLE_MAX_CONCURRENT", "inf"),
         ("DURABLE_REPLICAS", "false"),
         ("DURABLE_SHUTDOWN_GRACE", "-5"),
+        ("DURABLE_SHARDS", "2.5"),  # was 2 shards, for good
+        ("DURABLE_SHARDS", "1.9"),
+        ("DURABLE_MAX_CONCURRENT", "0.5"),
     ],
 )
 def test_a_bad_processor_number_is_one_config_error_naming_it(
@@ -46,6 +49,11 @@ def test_a_bad_processor_number_is_one_config_error_naming_it(
     with pytest.raises(ConfigError, match=f"setting '{setting}'") as info:
         load_settings()
     assert "\n" not in str(info.value)
+
+
+def test_a_whole_number_written_as_a_float_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DURABLE_SHARDS", "3.0")
+    assert load_settings().engine.shards == 3
 
 
 def test_a_zero_shutdown_grace_is_fine(monkeypatch: pytest.MonkeyPatch) -> None:

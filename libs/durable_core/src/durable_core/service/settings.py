@@ -122,16 +122,20 @@ def check_settings_file(path: str) -> str:
 
 def number(s: Mapping[str, Any], key: str, kind: type = int) -> Any:
     """Setting ``key`` as an ``int`` or a ``float``: ConfigError naming it if missing, not a
-    number (a boolean is not one: ``true`` would be 1), or not finite (nan, inf)."""
+    number (a boolean is not one: ``true`` would be 1), not finite (nan, inf), or, for an
+    ``int``, not whole (``2.5`` shards would have been 2, for good)."""
     value = s.get(key)
     try:
         if isinstance(value, bool):
             raise TypeError("a boolean")
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError("not a whole number")
         out = kind(value)
         if not math.isfinite(out):
             raise ValueError("not finite")
     except (TypeError, ValueError, OverflowError) as e:
-        raise ConfigError(f"setting {key!r} must be a number, got {value!r}") from e
+        what = "a whole number" if kind is int else "a number"
+        raise ConfigError(f"setting {key!r} must be {what}, got {value!r}") from e
     return out
 
 
