@@ -7,6 +7,7 @@ carries a connection and a test can stand in for any NATS answer by overriding o
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
@@ -182,7 +183,13 @@ class Transport:
             try:
                 await self.nc.drain()
             except Exception:  # noqa: BLE001 - closing anyway
-                await self.nc.close()
+                if not self.nc.is_connected:
+                    # What is pending cannot reach a connection that is gone. nats-py's close
+                    # writes it out first, unguarded: ConnectionResetError out of close (a
+                    # client closed during an outage), its subscriptions left running.
+                    self.nc._pending, self.nc._pending_data_size = [], 0
+                with contextlib.suppress(OSError):
+                    await self.nc.close()
 
     async def _js_publish(
         self, subject: str, data: bytes, headers: dict[str, str]

@@ -101,7 +101,7 @@ class FleetRecords:
 
         async def read() -> dict[str, bytes]:
             out: dict[str, bytes] = {}
-            async for item in watch_bucket(kv):
+            async for item in watch_bucket(kv, self._link):
                 if item is None:
                     return out
                 key, value, _ = item

@@ -156,7 +156,7 @@ class RecordStore:
 
         async def keys() -> list[str]:
             found: dict[str, None] = {}
-            snapshot = watch_bucket(kv)
+            snapshot = watch_bucket(kv, self._link)
             try:
                 async for item in snapshot:
                     if item is None:
@@ -175,15 +175,19 @@ class RecordStore:
     async def watch(self) -> AsyncIterator[tuple[str, bytes | None, int] | None]:
         """Every record now, then ``None`` once caught up, then every change (see
         :func:`watch_bucket`)."""
-        async for item in watch_bucket(await self.bucket()):
+        async for item in watch_bucket(await self.bucket(), self._link):
             yield item
 
 
 async def watch_bucket(
-    kv: KeyValue,
+    kv: KeyValue, link: Link
 ) -> AsyncGenerator[tuple[str, bytes | None, int] | None, None]:
     """Every key of a bucket now, then ``None`` once caught up, then every change, as
     ``(key, value, revision)`` with ``value`` None for a deleted key.
+
+    Its requests to the server (the watch's consumer, the bucket's status) are retried as
+    every call is (``link``): a node gone or a leader being elected is waited out, and NATS
+    unreachable past the deadline is NatsUnavailableError, never nats-py's own error.
 
     "Caught up" is the first entry with nothing pending after it (``delta`` 0). nats-py's own
     marker is trusted only for an empty bucket: it also sends it before the first entry when
@@ -191,7 +195,8 @@ async def watch_bucket(
     delivered while they are still on their way (seen on R3 in about 1 watch of 100), and a
     snapshot read up to that marker was empty.
     """
-    watcher = await _with_heartbeat(kv).watchall()
+    name = f"bucket {kv._name}"
+    watcher = await link.retry(f"watch {name}", _with_heartbeat(kv).watchall)
     caught_up = False
     try:
         while True:
@@ -203,7 +208,8 @@ async def watch_bucket(
                     yield None
                 continue
             if entry is None:
-                if not caught_up and (await kv.status()).values == 0:  # asks the leader
+                # The bucket's status asks its leader.
+                if not caught_up and (await link.retry(f"read {name}", kv.status)).values == 0:
                     caught_up = True
                     yield None
                 continue

@@ -185,7 +185,7 @@ class States:
         expired. Backed by a KV watch (an ordered consumer), never by a scan of keys.
         """
         assert self.kvs, "transport not set up"
-        async for item in _merged([watch_bucket(kv) for kv in self.kvs]):
+        async for item in _merged([watch_bucket(kv, self._link) for kv in self.kvs]):
             if item is None:
                 yield None
                 continue
