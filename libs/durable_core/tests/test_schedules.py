@@ -329,6 +329,13 @@ def test_parse_duration_refuses_other_forms(text: str) -> None:
         sched.parse_duration(text)
 
 
+@pytest.mark.parametrize("text", ["99999999999d", "999999999999999999999999d", "9" * 30])
+def test_parse_duration_refuses_what_no_timedelta_holds(text: str) -> None:
+    """It raised OverflowError: a traceback from `durable schedule create --every`."""
+    with pytest.raises(InvalidInputError, match="out of range"):
+        sched.parse_duration(text)
+
+
 def test_names_of_schedule_subjects_never_meet_timer_subjects() -> None:
     n = Names("durable")
     assert n.schedules_bucket == "durable_schedules"
@@ -420,6 +427,35 @@ async def test_refused_schedules_leave_nothing_behind(transport: Transport) -> N
         )
     assert await sched.list_schedules(t) == []
     assert not await t.schedule_armed("bad")
+
+
+@pytest.mark.parametrize("paused", [False, True])
+async def test_an_interval_over_ten_years_is_refused(transport: Transport, paused: bool) -> None:
+    """A paused one was recorded, and its resume refused by the server (past 106,751 days)."""
+    t = transport
+    longest = sched.MAX_EVERY
+    with pytest.raises(InvalidInputError, match="at most 3650 days"):
+        await sched.create_schedule(
+            t, "long", "hello_workflow", every=longest + timedelta(seconds=1), paused=paused
+        )
+    assert await sched.list_schedules(t) == []
+    made = await sched.create_schedule(t, "long", "hello_workflow", every=longest, paused=paused)
+    assert made.every == longest
+
+
+async def test_a_resume_the_server_refuses_leaves_the_schedule_paused(
+    transport: Transport,
+) -> None:
+    """A paused record of an interval the server refuses (as a version before the limit
+    recorded): the resume raised, and left the record active with nothing armed, which the
+    scheduler's sweeps then failed to arm, warning for good."""
+    t = transport
+    made = await sched.create_schedule(t, "huge", "hello_workflow", every=timedelta(1), paused=True)
+    await sched.save_schedule(t, replace(made, every=timedelta(days=1_000_000)))
+    with pytest.raises(InvalidInputError, match="refused"):
+        await sched.resume_schedule(t, "huge")
+    assert (await sched.get_schedule(t, "huge")).paused
+    assert not await t.schedule_armed("huge")
 
 
 async def test_a_revision_checked_save_refuses_a_stale_record(transport: Transport) -> None:
@@ -666,6 +702,10 @@ async def test_cli_exit_codes(
     assert "invalid cron expression '* * * 13 *': month field" in capsys.readouterr().err
     assert await cli("create", "x", "--workflow", "wf", "--every", "soon") == 2
     assert "invalid duration" in capsys.readouterr().err
+    assert await cli("create", "x", "--workflow", "wf", "--every", "99999999999d") == 2
+    assert "out of range" in capsys.readouterr().err
+    assert await cli("create", "x", "--workflow", "wf", "--every", "3651d", "--queue") == 2
+    assert "at most 3650 days" in capsys.readouterr().err
     assert await cli("create", "x", "--workflow", "wf", "--every", "1s", "--args", "{") == 2
     for action in ("pause", "resume", "delete"):
         assert await cli(action, "ghost") == 4

@@ -77,6 +77,10 @@ Overlap = Literal["skip", "allow"]
 Repair = Literal["armed", "disarmed"]
 
 MIN_EVERY = timedelta(seconds=1)
+# Longer intervals are a cron's job (or a mistake): the server refuses @every past 106,751
+# days, and a record it refuses could never fire. Checked when a schedule is made, not when a
+# stored one is read.
+MAX_EVERY = timedelta(days=3650)
 MAX_CATCH_UP = 1000
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
@@ -98,15 +102,18 @@ def check_schedule_name(name: str) -> str:
 def parse_duration(text: str) -> timedelta:
     """Parse ``90``, ``90s``, ``5m``, ``1h30m`` or ``2d`` (whole seconds) into a timedelta."""
     value = text.strip().lower() if isinstance(text, str) else ""
-    if value.isdigit():
-        return timedelta(seconds=int(value))
-    m = _DURATION.fullmatch(value)
-    if not value or m is None:
+    m = None if value.isdigit() else _DURATION.fullmatch(value)
+    if not value or (m is None and not value.isdigit()):
         raise InvalidInputError(
             f"invalid duration {text!r}: use seconds (90) or units d, h, m, s (30s, 5m, 1h30m)"
         )
-    days, hours, minutes, seconds = (int(g) if g else 0 for g in m.groups())
-    return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+    try:
+        if m is None:
+            return timedelta(seconds=int(value))
+        days, hours, minutes, seconds = (int(g) if g else 0 for g in m.groups())
+        return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+    except (OverflowError, ValueError) as e:
+        raise InvalidInputError(f"duration {text!r} is out of range") from e
 
 
 def schedule_invocation_id(name: str, fired_at: datetime) -> str:
@@ -438,6 +445,11 @@ async def create_schedule(
         paused=paused,
         created_at=datetime.now(UTC).replace(microsecond=0),
     )
+    if every is not None and every > MAX_EVERY:
+        raise InvalidInputError(
+            f"schedule {name}: every must be at most {MAX_EVERY.days} days (10 years; a longer "
+            f"interval is a cron's job), got {every.total_seconds():g} s"
+        )
     schedule = replace(schedule, last_tick_at=_armed_from(schedule))
     size = len(_codec.encode(schedule.args).data)
     if size > transport.engine.max_payload:
@@ -539,13 +551,22 @@ async def resume_schedule(transport: Transport, name: str) -> Schedule:
 
     Raises:
         NotFoundError: no such schedule.
+        InvalidInputError: the server refused the schedule (it stays paused).
     """
     schedule = await _update(
         transport,
         name,
         lambda s: replace(s, paused=False, catch_up_runs=0, last_tick_at=_armed_from(s)),
     )
-    await _arm(transport, schedule)
+    try:
+        await _arm(transport, schedule)
+    except InvalidInputError:
+        # The server refused it (an interval past what it takes, recorded before that was
+        # checked): it stays paused, not recorded active with nothing to fire it.
+        await _update(transport, name, lambda s: replace(s, paused=True))
+        with contextlib.suppress(DurableError):
+            await _settle(transport, name)
+        raise
     # A pause that wrote its record before ours and disarmed after our arm: arm it again (or
     # one that wrote after ours: make sure it is disarmed).
     await _settle(transport, name, did=_arming(schedule))

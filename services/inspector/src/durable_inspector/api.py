@@ -19,7 +19,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
-from durable_core import DurableError, NotFoundError, Status
+from durable_core import DurableError, NotFoundError, Status, schedules
 from durable_inspector import schema
 from durable_inspector.errors import ApiError, not_implemented
 from durable_inspector.feed import Event, Subscription
@@ -43,7 +43,7 @@ LIFECYCLE_ACTIONS = {
     "rerun": "rerun",
     "fork": "fork",
 }
-MAX_EVERY = 10 * 365 * 86400  # seconds: longer intervals are a cron's job (or a mistake)
+MAX_EVERY = int(schedules.MAX_EVERY.total_seconds())  # seconds: as the client's
 STEP_POLL_INTERVAL = 1.0  # seconds between journal reads for a running execution's stream
 PING_INTERVAL = 15.0  # seconds of silence before a keep-alive comment on an event stream
 
