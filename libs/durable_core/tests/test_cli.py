@@ -10,6 +10,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -125,6 +126,19 @@ def test_bad_input_exits_2_before_connecting(capsys: pytest.CaptureFixture[str])
     create = ["schedule", "create", "s", "--workflow", "hello_workflow", "--every", "1m"]
     code, _, err = run(capsys, [*create, "--args", '"Ada"', *url])
     assert code == 2 and "does not match its declared type" in err, err
+
+
+@pytest.mark.parametrize(
+    "command", [["list"], ["admin", "consumers"], ["admin", "migrate-routing"]], ids=" ".join
+)
+def test_a_refused_connection_exits_3_within_a_second(
+    capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    """The admin commands waited out the whole connect timeout (5 s; outside-in)."""
+    started = time.monotonic()
+    code, _, err = run(capsys, [*command, "--nats-url", "nats://127.0.0.1:1"])
+    assert code == 3 and "cannot reach NATS" in err, err
+    assert time.monotonic() - started < 2.5
 
 
 def test_a_closed_pipe_ends_quietly() -> None:

@@ -18,7 +18,7 @@ from durable_core.cli._base import (
     engine_config,
     globals_of,
     json_option,
-    nats_config,
+    reachable_config,
     run,
 )
 
@@ -38,7 +38,7 @@ async def _on_engine(ctx: click.Context, act: Callable[[Any], Awaitable[Any]]) -
     from durable_core.admin import Engine
 
     g = globals_of(ctx)
-    engine = await Engine.connect(nats_config(g), engine_config(g))
+    engine = await Engine.connect(await reachable_config(g), engine_config(g))
     try:
         return await act(engine)
     finally:

@@ -149,18 +149,23 @@ async def _all_refused(servers: tuple[str, ...]) -> bool:
 
 
 async def connect(g: Globals) -> Client:
-    """A client on the flags' NATS and engine; NatsUnavailableError within a second when every
-    server refuses the connection (instead of after the connect timeout)."""
-    import dataclasses
-
+    """A client on the flags' NATS and engine (see :func:`reachable_config`)."""
     from durable_core.client import Client
 
-    cfg, engine = nats_config(g), engine_config(g)
+    return await Client.connect(await reachable_config(g), engine=engine_config(g))
+
+
+async def reachable_config(g: Globals) -> NatsConfig:
+    """The flags' NATS settings, connecting with NatsUnavailableError within a second when
+    every server refuses the connection (instead of after the connect timeout)."""
+    import dataclasses
+
+    cfg = nats_config(g)
     if await _all_refused(cfg.servers):
         # Still connect (it checks TLS and credential files first, with their own messages),
         # but do not wait for a server that is not there.
         cfg = dataclasses.replace(cfg, connect_timeout=0.5)
-    return await Client.connect(cfg, engine=engine)
+    return cfg
 
 
 # -- JSON input --------------------------------------------------------------------------------
