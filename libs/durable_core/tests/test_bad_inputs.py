@@ -276,6 +276,9 @@ async def test_payload_get_to_an_unwritable_path_is_exit_2(
         capsys, ["payload", "get", "pl:output", "-o", str(out), *url]
     )
     assert code == 0 and out.read_bytes() == b'{"x":1}', err
+    # A reference of no known shape said "invalid invocation id ''" (outside-in).
+    code, _, err = await run_cli_async(capsys, ["payload", "get", "zzz", "-o", str(out), *url])
+    assert code == 2 and "'zzz': say <invocation>:args" in err, err
 
 
 # -- 7. the client's waits ---------------------------------------------------------------------

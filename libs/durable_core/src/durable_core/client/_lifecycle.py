@@ -850,6 +850,11 @@ async def find_payload(t: Transport, ref: str) -> pb.Payload:
     owner, sep, which = ref.partition(":") if isinstance(ref, str) else ("", "", "")
     if not sep:
         owner = payload_owner(ref) if isinstance(ref, str) and "." in ref else ""
+        if not owner:
+            raise InvalidInputError(
+                f"{ref!r:.80}: say <invocation>:args, <invocation>:output, <invocation>:<step> "
+                "or a stored object's name (<invocation>.<token>)"
+            )
     check_invocation_id(owner)
     rec = await state_of(t, owner)
     st = rec.state
