@@ -126,6 +126,9 @@ def test_two_plugins_registering_one_name_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="greet is registered twice") as info:
         load_plugins(entry_points=False, extra=[first, Second()])
     assert "first_plugin" in str(info.value)
+    # Neither failed: the one found second was named as the plugin that "failed to load",
+    # the innocent one when it happened to come second (outside-in).
+    assert "failed to load" not in str(info.value)
 
 
 def test_registering_the_same_function_twice_is_harmless() -> None:

@@ -96,6 +96,17 @@ def workflow_signature(fn: Callable[..., Any]) -> tuple[bool, Any, Any]:
     return takes_input, input_type, hints.get("return")
 
 
+class _RegisteredTwiceError(ConfigError):
+    """Two functions registered under one workflow name (``first`` and ``second``: the
+    plugins that registered them)."""
+
+    def __init__(self, workflow: str, first: str, second: str) -> None:
+        super().__init__(
+            f"workflow {workflow} is registered twice (by {first or '?'} and {second or '?'})"
+        )
+        self.workflow, self.first, self.second = workflow, first, second
+
+
 class WorkflowRegistry:
     """Workflows by name."""
 
@@ -128,10 +139,7 @@ class WorkflowRegistry:
         takes_input, input_type, output_type = workflow_signature(fn)
         existing = self._workflows.get(wf_name)
         if existing is not None and existing.fn is not fn:
-            raise ConfigError(
-                f"workflow {wf_name} is registered twice (by {existing.plugin or '?'} and "
-                f"{plugin or '?'})"
-            )
+            raise _RegisteredTwiceError(wf_name, existing.plugin, plugin)
         self._workflows[wf_name] = Workflow(
             wf_name,
             fn,
@@ -319,6 +327,15 @@ def load_plugins(
         if impl is not None:
             try:
                 impl(registry=_Tagged(registry, name))
+            except _RegisteredTwiceError as e:
+                # Neither plugin failed: name both, with their packages.
+                both = " and ".join(
+                    f"{p!r} ({dists[p]})" if p in dists else repr(p) for p in (e.first, e.second)
+                )
+                raise ConfigError(
+                    f"workflow {e.workflow} is registered twice, by plugins {both}: uninstall "
+                    "one, or have one register it under another name"
+                ) from e
             except Exception as e:
                 raise _failed(name, dists.get(name), e) from e
     try:
