@@ -8,6 +8,7 @@ import itertools
 import time
 from collections import Counter
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -130,5 +131,42 @@ async def test_a_retried_keyed_invocation_woken_while_it_waits_for_its_key_waits
         for inv in (a, b):
             assert (await client.wait(inv, timeout=20)).output == inv
     spans = sorted(s for inv in (a, b) for s in SPANS[inv])
+    for (_, end), (begin, _) in itertools.pairwise(spans):
+        assert end <= begin, f"two invocations of one key ran at once: {spans}"
+
+
+async def holds_for(ctx: Context, secs: float) -> str:
+    return await ctx.run("hold", timed, ctx.invocation_id, False, secs)
+
+
+@pytest.mark.parametrize("paused", [False, True], ids=["pending", "paused"])
+async def test_an_invocation_waiting_for_its_key_fails_at_its_execution_timeout(
+    local_engine: Callable[..., Any], paused: bool
+) -> None:
+    """Nothing armed its deadline while it waited in line, so it failed only when the key's
+    holder let go, however long after (outside-in: 18-24 s late behind a 25-30 s holder).
+    It fails where it waits, runs nothing, and the holder's hand-over skips it."""
+    holder, late, after = (f"kd-{x}-{paused}" for x in ("holder", "late", "after"))
+    async with local_engine(holds_for) as (client, _):
+        await client.invoke_async("holds_for", 6.0, id=holder, partition_key="KD")
+        await asyncio.sleep(0.5)  # the holder has the key, in its step
+        started = time.monotonic()
+        await client.invoke_async(
+            "holds_for", 0.1, id=late, partition_key="KD", execution_timeout=timedelta(seconds=2)
+        )
+        await client.invoke_async("holds_for", 0.1, id=after, partition_key="KD")
+        if paused:
+            await asyncio.sleep(0.5)
+            assert str(await client.pause(late)) == "paused"
+        result = await client.wait(late, timeout=15)
+        took = time.monotonic() - started
+        assert result.status == "failed" and result.failure is not None
+        assert result.failure.type == "ExecutionTimeoutError"
+        assert took < 4.0, took  # at its deadline (2 s), not the holder's end (5.5 s)
+        assert (await client.get_summary(holder)).status == "running"
+        for inv in (holder, after):  # the line goes on
+            assert (await client.wait(inv, timeout=20)).status == "completed"
+    assert late not in SPANS  # none of its code ran
+    spans = sorted(s for inv in (holder, after) for s in SPANS[inv])
     for (_, end), (begin, _) in itertools.pairwise(spans):
         assert end <= begin, f"two invocations of one key ran at once: {spans}"

@@ -29,7 +29,7 @@ from durable_core._journal import Submission, Wait, kind_name, pin_for, started_
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import Delivery, StateConflict, StateRecord
 from durable_core.engine import _intake
-from durable_core.engine._attempt import Block, Finish, Suspend, run_once
+from durable_core.engine._attempt import Block, Finish, Suspend, run_once, timed_out
 from durable_core.engine._branches import engine_task
 from durable_core.engine._context import RunContext
 from durable_core.engine._env import TERMINAL, RunEnv, now_ms, to_the_end
@@ -488,9 +488,28 @@ class Execution:
         data, _ = await self.t.key_record(self.cmd.partition_key)
         if KeyRecord.parse(data).active == self.id:
             return False
+        if await self._past_deadline():
+            await self._time_out_in_line(st)
+            return True
         log.info("invocation %s waits for its partition key; its wake-up is acked", self.id)
         await self.delivery.ack()
         return True
+
+    async def _time_out_in_line(self, st: pb.ExecutionState) -> None:
+        """Fail an invocation past its execution timeout where it waits for its key (its
+        deadline's wake-up, armed when it was queued): none of its code has run, and none
+        will. The key stays with its holder, whose hand-over skips a finished invocation. A
+        start that took it meanwhile (its journal moved on) fails it at its start instead."""
+        try:
+            await self.journal.load()
+            final = self.journal.machine.final
+            if final is None:
+                await self._finish(Finish(pb.STATUS_FAILED, failure=timed_out(st.deadline_ms)))
+            else:
+                await self._finish_from_journal(final)
+        except LostClaim as lost:
+            self._log_lost(lost)
+            await self.delivery.ack()
 
     async def _cancel_missed(self) -> None:
         """A wake-up found the invocation running under another command, and its journal
@@ -730,11 +749,16 @@ class Execution:
         return rec is None or rec.state.status in TERMINAL
 
     async def _queued(self, waiting_for: str) -> None:
+        """Queued behind its key's holder: say so, and have the server wake it at its
+        execution timeout (it fails then, in line: see ``_time_out_in_line``)."""
         await self.write_state(
             status=pb.STATUS_PENDING,
             waiting_for=waiting_for,
             only_if=(pb.STATUS_PENDING,),  # never over a run that a turn started meanwhile
         )
+        st = self.state.state if self.state is not None else None
+        if st is not None and st.status in (pb.STATUS_PENDING, pb.STATUS_PAUSED):
+            await self._arm_deadline(self._wake_command(route=""))
 
     async def fail_broken(self, failure: pb.Failure) -> None:
         """Fail an invocation that cannot run (a corrupt journal, a broken record), never
