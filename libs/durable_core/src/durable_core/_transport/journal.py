@@ -45,6 +45,8 @@ _MESSAGE_TOO_LARGE = 10054  # JetStream: "message size exceeds maximum allowed"
 # from the stream's leader and asks whether the state it counted from is still there (then
 # every five times this).
 _LAG_S = 0.1
+# Entries read from the leader per round while a replica stays behind (one request each).
+_LEADER_BATCH = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,11 +116,11 @@ class Journals:
         Direct gets may be answered by a follower that lags by a few milliseconds. When the
         caller knows the journal holds at least ``min_seq`` (a wake-up, a failed append) or
         ``min_entries`` (the state's journal length, counted from ``start``), a shorter read
-        is stale and is retried; one still short past a follower's usual lag reads the rest
-        from the stream's leader (one request per entry), so a replica that stays behind
-        (catching up, or slow under load) holds no reader for longer. ``current``: at least
-        up to the last entry the stream's leader has now (one request more: what an operator
-        is shown must not trail what a waiting client was told).
+        is stale and is retried; one still short past a follower's usual lag also reads the
+        missing entries from the stream's leader, a few per round (one request each), so a
+        replica that stays behind (catching up, or slow under load) holds no reader for long.
+        ``current``: at least up to the last entry the stream's leader has now (one request
+        more: what an operator is shown must not trail what a waiting client was told).
 
         ``still_there``: whether the state the caller counted ``min_entries`` from is still
         stored. A journal that stays short past a follower's lag is asked about: the
@@ -134,6 +136,7 @@ class Journals:
         if current:
             min_seq = max(min_seq, await self._last_seq(invocation_id))
         lag_until = ask_at = time.monotonic() + _LAG_S
+        from_leader: list[JournalRecord] = []  # entries past what the direct gets had
         while True:
             records = await link.retry(
                 f"read journal of {invocation_id}",
@@ -141,16 +144,23 @@ class Journals:
                 deadline,
             )
             last = records[-1].seq if records else start - 1
-            if (last < min_seq or len(records) < min_entries) and time.monotonic() >= lag_until:
-                records += await link.retry(
-                    f"read journal of {invocation_id} from its leader",
-                    functools.partial(self._read_leader, invocation_id, last + 1),
-                    deadline,
-                )
-                last = records[-1].seq if records else start - 1
-                lag_until = time.monotonic() + _LAG_S
+            records += [r for r in from_leader if r.seq > last]
+            last = records[-1].seq if records else start - 1
             if last >= min_seq and len(records) >= min_entries:
                 return records
+            if time.monotonic() >= lag_until:
+                # A few more from the leader each round, kept across rounds; the direct gets
+                # are asked again in between: a replica that has caught up answers the rest
+                # in one batch (entry by entry, a long tail took 30 s under load).
+                from_leader += await link.retry(
+                    f"read journal of {invocation_id} from its leader",
+                    functools.partial(self._read_leader, invocation_id, last + 1, _LEADER_BATCH),
+                    deadline,
+                )
+                records += [r for r in from_leader if r.seq > last]
+                last = records[-1].seq if records else start - 1
+                if last >= min_seq and len(records) >= min_entries:
+                    return records
             if time.monotonic() > deadline:
                 raise NatsUnavailableError(
                     link.nats_cfg.servers,
@@ -173,15 +183,15 @@ class Journals:
                 return records
             seq = batch[-1].seq + 1
 
-    async def _read_leader(self, invocation_id: str, start: int) -> list[JournalRecord]:
-        """The entries from stream sequence ``start`` on as the stream's leader has them, one
-        request each: the tail a lagging replica's direct gets did not have yet."""
+    async def _read_leader(self, invocation_id: str, start: int, limit: int) -> list[JournalRecord]:
+        """Up to ``limit`` entries from stream sequence ``start`` on as the stream's leader
+        has them, one request each: the tail a lagging replica's direct gets did not have."""
         names = self._link.names
         subject = names.journal_subject(invocation_id)
         stream = names.journal_stream_of(invocation_id)
         out: list[JournalRecord] = []
         seq = max(start, 1)
-        while True:
+        while len(out) < limit:
             try:
                 msg = await self._link.js.get_msg(stream, seq=seq, subject=subject, next=True)
             except nats.js.errors.NotFoundError:
@@ -189,6 +199,7 @@ class Journals:
             seq = int(msg.seq or seq)
             out.append(_record(msg.data or b"", seq, msg.headers or {}, subject))
             seq += 1
+        return out
 
     async def read_batch(
         self, invocation_id: str, start: int, batch: int
