@@ -7,6 +7,7 @@ short by hand, as such a replica would answer them, and the server itself is rea
 
 from __future__ import annotations
 
+import random
 import time
 import uuid
 from typing import Any
@@ -16,6 +17,7 @@ import pytest
 from durable_core import _codec
 from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport import Transport
+from durable_core._transport import journal as journal_module
 
 
 def _entry(step: int) -> pb.JournalEntry:
@@ -115,3 +117,27 @@ async def test_a_replica_that_catches_up_serves_the_rest(
     records = await transport.read_journal(invocation_id, min_entries=200)
     assert [r.seq for r in records] == seqs
     assert len(asked) < 120, len(asked)  # not all 200 from the leader
+
+
+async def test_replicas_behind_by_different_amounts_never_leave_a_gap(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Direct gets answered by replicas behind by different amounts, call after call: the
+    leader's entries read after a longer answer must never be joined to a shorter one (the
+    entries between would be missing, and a read by sequence would not notice)."""
+    invocation_id, seqs = await _journal(transport, 40)
+    gets = transport._journals._gets
+    batch = gets.batch
+    rng = random.Random(7)
+
+    async def replicas(stream: str, subject: str, start: int, size: int) -> Any:
+        missing = rng.randrange(0, 41)
+        msgs, _more = await batch(stream, subject, 1, 10_000)
+        kept = [m for m in msgs[: len(msgs) - missing] if int(m.headers["Nats-Sequence"]) >= start]
+        return kept[:size], False
+
+    monkeypatch.setattr(gets, "batch", replicas)
+    monkeypatch.setattr(journal_module, "_LAG_S", 0.0)  # to the leader from the first round
+    for _ in range(40):
+        records = await transport.read_journal(invocation_id, min_seq=seqs[-1])
+        assert [r.seq for r in records] == seqs

@@ -136,28 +136,31 @@ class Journals:
         if current:
             min_seq = max(min_seq, await self._last_seq(invocation_id))
         lag_until = ask_at = time.monotonic() + _LAG_S
-        from_leader: list[JournalRecord] = []  # entries past what the direct gets had
+        # The longest run of entries from ``start`` seen so far. Every answer is a prefix of
+        # the journal (a replica applies in order), and replicas lag by different amounts:
+        # a later answer may be shorter than an earlier one, never different.
+        records: list[JournalRecord] = []
         while True:
-            records = await link.retry(
+            direct = await link.retry(
                 f"read journal of {invocation_id}",
                 lambda: self._read_all(invocation_id, start),
                 deadline,
             )
-            last = records[-1].seq if records else start - 1
-            records += [r for r in from_leader if r.seq > last]
+            if len(direct) >= len(records):
+                records = direct
             last = records[-1].seq if records else start - 1
             if last >= min_seq and len(records) >= min_entries:
                 return records
             if time.monotonic() >= lag_until:
-                # A few more from the leader each round, kept across rounds; the direct gets
-                # are asked again in between: a replica that has caught up answers the rest
-                # in one batch (entry by entry, a long tail took 30 s under load).
-                from_leader += await link.retry(
+                # A few more from the leader each round, after the longest prefix; the
+                # direct gets are asked again in between: a replica that has caught up
+                # answers the rest in one batch (entry by entry, a long tail took 30 s under
+                # load).
+                records = records + await link.retry(
                     f"read journal of {invocation_id} from its leader",
                     functools.partial(self._read_leader, invocation_id, last + 1, _LEADER_BATCH),
                     deadline,
                 )
-                records += [r for r in from_leader if r.seq > last]
                 last = records[-1].seq if records else start - 1
                 if last >= min_seq and len(records) >= min_entries:
                     return records
