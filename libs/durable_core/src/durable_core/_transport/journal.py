@@ -136,6 +136,11 @@ class Journals:
         if current:
             min_seq = max(min_seq, await self._last_seq(invocation_id))
         lag_until = ask_at = time.monotonic() + _LAG_S
+
+        def enough(records: list[JournalRecord]) -> bool:
+            last = records[-1].seq if records else start - 1
+            return last >= min_seq and len(records) >= min_entries
+
         # The longest run of entries from ``start`` seen so far. Every answer is a prefix of
         # the journal (a replica applies in order), and replicas lag by different amounts:
         # a later answer may be shorter than an earlier one, never different.
@@ -148,21 +153,20 @@ class Journals:
             )
             if len(direct) >= len(records):
                 records = direct
-            last = records[-1].seq if records else start - 1
-            if last >= min_seq and len(records) >= min_entries:
+            if enough(records):
                 return records
             if time.monotonic() >= lag_until:
                 # A few more from the leader each round, after the longest prefix; the
                 # direct gets are asked again in between: a replica that has caught up
                 # answers the rest in one batch (entry by entry, a long tail took 30 s under
                 # load).
+                after = records[-1].seq + 1 if records else start
                 records = records + await link.retry(
                     f"read journal of {invocation_id} from its leader",
-                    functools.partial(self._read_leader, invocation_id, last + 1, _LEADER_BATCH),
+                    functools.partial(self._read_leader, invocation_id, after, _LEADER_BATCH),
                     deadline,
                 )
-                last = records[-1].seq if records else start - 1
-                if last >= min_seq and len(records) >= min_entries:
+                if enough(records):
                     return records
             if time.monotonic() > deadline:
                 raise NatsUnavailableError(
