@@ -127,6 +127,16 @@ async def test_stream_needs_the_token() -> None:
             assert (await next_event(events(resp.aiter_lines()), "hello"))["ready"] is True
 
 
+async def test_stream_for_a_malformed_id_is_refused() -> None:
+    fake = FakeClient([summary("a", created=1)])
+    async with serve(fake) as base, httpx.AsyncClient(base_url=base, timeout=5) as http:
+        for bad in ("a.b", "a*", "x" * 129):
+            resp = await http.get("/api/events", params={"id": bad})
+            assert resp.status_code == 400, bad
+            assert resp.json()["error"] == "invalid_input"
+            assert "invalid invocation id" in resp.json()["detail"]
+
+
 def test_a_slow_reader_gets_a_reset_instead_of_unbounded_memory() -> None:
     sub = Subscription(None, asyncio.Queue(3))
     for i in range(5):

@@ -6,6 +6,7 @@ JetStream, so the workflow survives crashes and resumes without redoing finished
 """
 
 from durable_core._grpc import MethodRef, ServiceRef, grpc_service
+from durable_core._naming import check_invocation_id
 from durable_core._payloads import Blob
 from durable_core.client import (
     Client,
@@ -110,6 +111,7 @@ __all__ = [
     "WorkflowFailedError",
     "WorkflowInput",
     "WorkflowRegistry",
+    "check_invocation_id",
     "grpc_service",
     "hookimpl",
     "hookspec",

@@ -19,7 +19,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
-from durable_core import DurableError, NotFoundError, Status, schedules
+from durable_core import DurableError, NotFoundError, Status, check_invocation_id, schedules
 from durable_inspector import schema
 from durable_inspector.errors import ApiError, not_implemented
 from durable_inspector.feed import Event, Subscription
@@ -571,9 +571,11 @@ async def events(request: Request) -> Response:
     """Server-sent events: ``execution``, ``deleted``, ``ready``, ``reset`` (reload), and with
     ``?id=`` only that execution's events plus ``steps`` (newly journaled steps)."""
     rt = runtime(request)
+    invocation_id = request.query_params.get("id") or None
+    if invocation_id is not None:
+        check_invocation_id(invocation_id)  # 400, as every other endpoint answers a bad id
     if rt.feed is None:
         raise ApiError(503, "unavailable", "the inspector is not connected to NATS yet")
-    invocation_id = request.query_params.get("id") or None
     sub = rt.feed.subscribe(invocation_id)
     return StreamingResponse(
         _stream(rt, sub),
