@@ -63,6 +63,7 @@ PUBLIC_API = [
     "WorkflowFailedError",
     "WorkflowInput",
     "WorkflowRegistry",
+    "check_invocation_id",
     "grpc_service",
     "hookimpl",
     "hookspec",
