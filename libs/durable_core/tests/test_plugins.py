@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import types
 from importlib.metadata import entry_points
 from typing import Any
@@ -108,6 +109,23 @@ def test_an_object_with_hook_methods_is_a_plugin_too() -> None:
     assert plugins.registry.names() == ["greeting"]
     assert plugins.registry.get("greeting").fn is greet
     assert plugins.interceptors == [marker]
+
+
+def test_a_plugin_that_contributes_nothing_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    class Misnamed:  # no @hookimpl and a misspelled name: pluggy sees no hook at all
+        def durable_register_workflow(self, registry: WorkflowRegistry) -> None:
+            registry.register(greet, name="greeting")
+
+    class Fine:
+        @hookimpl
+        def durable_register_workflows(self, registry: WorkflowRegistry) -> None:
+            registry.register(greet, name="greeting")
+
+    with caplog.at_level(logging.WARNING, logger="durable_core.plugins"):
+        plugins = load_plugins(entry_points=False, extra=[Misnamed(), Fine()])
+    assert plugins.registry.names() == ["greeting"]
+    idle = [r.getMessage() for r in caplog.records]
+    assert len(idle) == 1 and "registers no workflow" in idle[0], idle
 
 
 # -- registration errors -----------------------------------------------------------------------

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import inspect
+import logging
 import typing
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -43,6 +44,8 @@ __all__ = [
 
 PLUGIN_GROUP = "durable.plugins"
 """The entry-point group in which workflow packages register their plugin module."""
+
+log = logging.getLogger(__name__)
 
 hookspec = pluggy.HookspecMarker("durable")
 hookimpl = pluggy.HookimplMarker("durable")
@@ -365,7 +368,29 @@ def load_plugins(
         except Exception as e:
             raise _failed(impl.plugin_name, dists.get(impl.plugin_name), e) from e
     out.plugins.sort()
+    _warn_idle(pm, registry, dists)
     return out
+
+
+def _warn_idle(
+    pm: pluggy.PluginManager, registry: WorkflowRegistry, dists: Mapping[str, str]
+) -> None:
+    """Log each plugin that contributes nothing: most likely a hook misnamed without @hookimpl
+    (a misnamed hook *with* it is an error already), or a hook that registers nothing."""
+    busy = {wf.plugin for wf in registry}
+    for hook in (pm.hook.durable_service_addresses, pm.hook.durable_interceptors):
+        busy.update(impl.plugin_name for impl in hook.get_hookimpls())
+    for plugin in pm.get_plugins():
+        name = pm.get_name(plugin) or repr(plugin)
+        if name not in busy:
+            package = f" (package {dists[name]})" if name in dists else ""
+            log.warning(
+                "plugin %r%s registers no workflow, service address or interceptor: are its "
+                "hooks named durable_register_workflows, durable_service_addresses or "
+                "durable_interceptors?",
+                name,
+                package,
+            )
 
 
 class _Tagged(WorkflowRegistry):
