@@ -288,26 +288,44 @@ async def test_operators_cancel_or_fork_a_blocked_invocation(
     assert len(claims) == 1  # taken once, not handed round in a loop
 
 
-async def test_a_blocked_invocation_fails_at_its_execution_timeout(
-    stack: ProcessStack, client: Client, tmp_path: Path
+@pytest.mark.parametrize("same_version", [False, True], ids=["v2", "changed-under-v1"])
+async def test_a_blocked_invocation_fails_at_its_execution_timeout_blocked_once(
+    stack: ProcessStack, client: Client, transport: Transport, tmp_path: Path, same_version: bool
 ) -> None:
     """The execution timeout's wake-up was armed only when an invocation suspended, so one
     that blocked (its replay diverged, no processor of its version came) stayed blocked past
     its timeout for good. Its deadline is armed as it blocks now, on every version's route:
-    past it, any processor of the workflow fails it without a replay."""
-    v1, v2 = write_plugin(tmp_path, "1.0"), write_plugin(tmp_path, "2.0")
+    past it, any processor of the workflow fails it without a replay.
+
+    Changed code under an unchanged version (it waits for an operator): the deadline's
+    wake-up, up to a second early, was replayed, diverged and blocked again, re-arming the
+    deadline, which fired at once, again and again until the deadline (2-5 blocks, each
+    journaled). A run that would block that close to its deadline now waits it out."""
+    v1 = write_plugin(tmp_path, "1.0")
+    if same_version:
+        then = write_plugin(tmp_path / "same", "1.0")
+        init = then / "upgrade_probe" / "__init__.py"
+        init.write_text(init.read_text().replace('"charge"', '"charge_in_euros"'))
+    else:
+        then = write_plugin(tmp_path, "2.0")
     stack.start_service()
     first = start(stack, "p-v1-deadline", v1)
     inv = await client.invoke_async(
-        "upgrade_unpatched", {"sleep": 3}, execution_timeout=timedelta(seconds=30)
+        "upgrade_unpatched", {"sleep": 6}, execution_timeout=timedelta(seconds=16)
     )
     await wait_all(client, [inv], "suspended", 20, "asleep on v1")
     assert first.stop() == 0
-    start(stack, "p-v2-deadline", v2)
-    await wait_all(client, [inv], "blocked", 25, "blocked on v2")
+    start(stack, "p-then-deadline", then)
+    await wait_all(client, [inv], "blocked", 25, "blocked")
     result = await client.wait(inv, timeout=40)
     assert result.status.value == "failed"
     assert result.failure is not None and result.failure.type == "ExecutionTimeoutError"
+    blocks = [
+        r
+        for r in await transport.read_journal(inv, current=True)
+        if r.entry.kind == pb.ENTRY_KIND_SUSPENDED and r.entry.failure.type == "NonDeterminismError"
+    ]
+    assert len(blocks) == 1, f"blocked {len(blocks)} times"
 
 
 async def test_a_cancel_of_a_blocked_invocation_cut_short_is_finished_by_the_next(

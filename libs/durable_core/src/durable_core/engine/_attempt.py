@@ -32,6 +32,10 @@ if TYPE_CHECKING:
 
 __all__ = ["Block", "Finish", "Suspend", "run_once", "timed_out"]
 
+# A run that would suspend or block this close to its execution timeout waits for it and
+# fails instead: the deadline's own wake-up comes up to a second early.
+_DEADLINE_NEAR_MS = 2000
+
 
 @dataclass(frozen=True, slots=True)
 class Finish:
@@ -163,6 +167,10 @@ async def run_once(ex: Execution) -> Finish | Suspend | Block:
         if isinstance(ex.journal.stopped, Diverged):
             ex.journal.stopped = None  # the engine's own entries go on (SUSPENDED)
         ex.children = list(ctx.steps.children)
+        if deadline and deadline - now_ms() < _DEADLINE_NEAR_MS:
+            # Blocked, it would only wait: its deadline's wake-up, early, would replay it and
+            # block it again, each time journaling the block, until the deadline.
+            return await _fail_at(deadline)
         return Block(diverged)
     if expiry is not None and expiry.done() and not expiry.cancelled() and not task.done():
         # Stop where it is and fail, on time: a step's thread is not waited for.
@@ -173,10 +181,8 @@ async def run_once(ex: Execution) -> Finish | Suspend | Block:
         ex.children = list(ctx.steps.children)
         if ex.rerun:
             raise Rerun
-        if deadline and deadline - now_ms() < 2000:
-            # The execution timeout comes before any wake-up could: fail at it.
-            await asyncio.sleep(max(deadline - now_ms(), 0) / 1000)
-            return Finish(pb.STATUS_FAILED, failure=timed_out(deadline))
+        if deadline and deadline - now_ms() < _DEADLINE_NEAR_MS:
+            return await _fail_at(deadline)  # it comes before any wake-up could
         return Suspend()
     ex.children = list(ctx.steps.children)
     return await _outcome(ex, task, ctx)
@@ -299,6 +305,12 @@ def _failure(e: BaseException) -> pb.Failure:
     if isinstance(e, StepFailedError):
         failure.step, failure.code = e.step, e.code
     return failure
+
+
+async def _fail_at(deadline_ms: int) -> Finish:
+    """Wait for the execution timeout, then fail: it is near, and nothing else could come first."""
+    await asyncio.sleep(max(deadline_ms - now_ms(), 0) / 1000)
+    return Finish(pb.STATUS_FAILED, failure=timed_out(deadline_ms))
 
 
 def timed_out(deadline_ms: int) -> pb.Failure:
