@@ -323,7 +323,7 @@ def test_parse_duration(text: str, seconds: int) -> None:
     assert sched.parse_duration(text) == timedelta(seconds=seconds)
 
 
-@pytest.mark.parametrize("text", ["", "s", "1.5s", "5 minutes", "-3s", "1m1h"])
+@pytest.mark.parametrize("text", ["", "s", "1.5s", "5 minutes", "-3s", "1m1h", "1h30", "\u00b2"])
 def test_parse_duration_refuses_other_forms(text: str) -> None:
     with pytest.raises(InvalidInputError, match="invalid duration"):
         sched.parse_duration(text)

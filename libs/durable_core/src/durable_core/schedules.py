@@ -102,14 +102,14 @@ def check_schedule_name(name: str) -> str:
 def parse_duration(text: str) -> timedelta:
     """Parse ``90``, ``90s``, ``5m``, ``1h30m`` or ``2d`` (whole seconds) into a timedelta."""
     value = text.strip().lower() if isinstance(text, str) else ""
-    m = None if value.isdigit() else _DURATION.fullmatch(value)
-    if not value or (m is None and not value.isdigit()):
+    if value.isdigit():
+        value += "s"  # bare seconds
+    m = _DURATION.fullmatch(value) if value else None  # every part is optional: "" matches
+    if m is None:
         raise InvalidInputError(
             f"invalid duration {text!r}: use seconds (90) or units d, h, m, s (30s, 5m, 1h30m)"
         )
     try:
-        if m is None:
-            return timedelta(seconds=int(value))
         days, hours, minutes, seconds = (int(g) if g else 0 for g in m.groups())
         return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
     except (OverflowError, ValueError) as e:
