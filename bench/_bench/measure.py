@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import re
 import statistics
@@ -254,37 +255,23 @@ async def bare_path(setup: Setup) -> None:
         await nc.subscribe(reply, cb=heard)
         count = iter(range(10**9))
 
-        async def invoke(kind: str) -> None:
+        async def invoke(kind: str) -> bool:
             iid = f"{kind}-{next(count)}"
             waiting[iid] = done = asyncio.get_running_loop().create_future()
             headers = {"Nats-Msg-Id": iid, "Bare-Id": iid, "Bare-Kind": kind, "Bare-Reply": reply}
             await js.publish(n["command_subject"], b"{}", headers=headers)
             await asyncio.wait_for(done, 30)
+            return True
 
         for kind in ("hello", "order") * 10:  # warm up
             await invoke(kind)
         for _ in range(opts.repeat):
             for kind in ("hello", "order"):
-                latencies = []
-                deadline = time.perf_counter() + opts.floor_seconds
-                while (t0 := time.perf_counter()) < deadline:
-                    await invoke(kind)
-                    latencies.append((time.perf_counter() - t0) * 1000)
+                attempt = functools.partial(_ignore_index, invoke, kind)
+                latencies = await timed_sequential(attempt, opts.floor_seconds)
                 setup.fig(f"bare_{kind}_p50_ms").runs.append(percentile(latencies, 50))
-                completed = 0
-                deadline = time.perf_counter() + opts.floor_seconds
-                pids = {"client": os.getpid(), "p1": proc.pid, **setup.nats_pids}
-                meter = CpuMeter(pids)
-
-                async def loop(kind: str = kind, deadline: float = deadline) -> None:
-                    nonlocal completed
-                    while time.perf_counter() < deadline:
-                        await invoke(kind)
-                        completed += 1
-
-                await asyncio.wait_for(
-                    asyncio.gather(*(loop() for _ in range(opts.inflight))), opts.floor_seconds + 60
-                )
+                meter = CpuMeter({"client": os.getpid(), "p1": proc.pid, **setup.nats_pids})
+                completed = len(await timed_closed_loop(attempt, opts.floor_seconds, opts.inflight))
                 per = cpu_per_invocation(meter.used(), completed)
                 setup.fig(f"bare_{kind}_per_s").runs.append(completed / opts.floor_seconds)
                 setup.fig(f"bare_{kind}_cpu_python_ms").runs.append(per["python"])
@@ -300,6 +287,10 @@ async def bare_path(setup: Setup) -> None:
         if proc is not None:
             await asyncio.to_thread(proc.stop, 5)
         await nc.close()
+
+
+def _ignore_index(invoke: Callable[[str], Awaitable[bool]], kind: str, _i: int) -> Awaitable[bool]:
+    return invoke(kind)
 
 
 async def retry_placement(fn: Callable[[], Awaitable[Any]], timeout: float = 20.0) -> Any:
@@ -325,17 +316,45 @@ def order_args(i: int) -> dict[str, Any]:
     return {"order_id": f"o-{uuid.uuid4().hex[:8]}-{i}", "amount_cents": 1250}
 
 
-async def sequential(
-    sc: Scenario, workflow: str, make_args: Callable[[int], Any], seconds: float
+async def timed_sequential(
+    attempt: Callable[[int], Awaitable[bool]], seconds: float
 ) -> list[float]:
-    """Invoke and wait, one at a time, for ``seconds``; each success's latency in ms."""
+    """Call ``attempt(i)`` one at a time for ``seconds``; each success's latency in ms."""
     latencies: list[float] = []
     deadline = time.perf_counter() + seconds
     i = 0
     while (t0 := time.perf_counter()) < deadline:
-        if await sc.try_invoke(workflow, make_args(i)):
+        if await attempt(i):
             latencies.append((time.perf_counter() - t0) * 1000)
         i += 1
+    return latencies
+
+
+async def timed_closed_loop(
+    attempt: Callable[[int], Awaitable[bool]], seconds: float, inflight: int
+) -> list[float]:
+    """Keep ``inflight`` calls of ``attempt`` going for ``seconds``: the latencies in ms of the
+    successes that ended inside the window (those still running at its end are awaited,
+    bounded, but not counted)."""
+    latencies: list[float] = []
+    counter = iter(range(10**9))
+    deadline = time.perf_counter() + seconds
+
+    async def loop() -> None:
+        while (t0 := time.perf_counter()) < deadline:
+            ok = await attempt(next(counter))
+            if ok and (t1 := time.perf_counter()) <= deadline:
+                latencies.append((t1 - t0) * 1000)
+
+    await asyncio.wait_for(asyncio.gather(*(loop() for _ in range(inflight))), seconds + 90)
+    return latencies
+
+
+async def sequential(
+    sc: Scenario, workflow: str, make_args: Callable[[int], Any], seconds: float
+) -> list[float]:
+    """Invoke and wait, one at a time, for ``seconds``; each success's latency in ms."""
+    latencies = await timed_sequential(lambda i: sc.try_invoke(workflow, make_args(i)), seconds)
     if not latencies:
         raise RuntimeError(f"no {workflow} invocation completed: {dict(sc.setup.invoke_errors)}")
     return latencies
@@ -344,22 +363,11 @@ async def sequential(
 async def throughput(
     sc: Scenario, workflow: str, make_args: Callable[[int], Any], seconds: float, inflight: int
 ) -> tuple[float, list[float]]:
-    """Keep ``inflight`` invocations going for ``seconds``: completions/s and their latencies.
-
-    Only invocations that complete inside the window count; those still running at its end
-    are awaited (bounded) but not counted.
-    """
-    latencies: list[float] = []
-    counter = iter(range(10**9))
-    deadline = time.perf_counter() + seconds
-
-    async def loop() -> None:
-        while (t0 := time.perf_counter()) < deadline:
-            ok = await sc.try_invoke(workflow, make_args(next(counter)))
-            if ok and (t1 := time.perf_counter()) <= deadline:
-                latencies.append((t1 - t0) * 1000)
-
-    await asyncio.wait_for(asyncio.gather(*(loop() for _ in range(inflight))), seconds + 90)
+    """Keep ``inflight`` invocations going for ``seconds``: completions/s and their latencies
+    (:func:`timed_closed_loop`)."""
+    latencies = await timed_closed_loop(
+        lambda i: sc.try_invoke(workflow, make_args(i)), seconds, inflight
+    )
     if not latencies:
         raise RuntimeError(f"no {workflow} invocation completed: {dict(sc.setup.invoke_errors)}")
     return len(latencies) / seconds, latencies
