@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -112,3 +113,45 @@ async def test_a_call_in_flight_when_the_service_died_runs_at_once_on_its_restar
     other = ServiceProcess(stack.log_dir, env, port=served.port, name="service-twin")
     stack.procs.append(other)
     assert other.proc.wait(20) != 0
+
+
+async def test_a_service_shutting_down_keeps_its_port_until_its_keyed_calls_are_answered(
+    stack: ProcessStack, client: Client, tmp_path: Path
+) -> None:
+    """SIGTERM in the middle of a Charge: the port closed at once while the handler ran on
+    in its grace, so a successor bound it as the same instance (``<hostname>:<address>:
+    <port>``), took the live process's hold for a dead one's and ran the same key again. The
+    service now drains its keyed calls first: the successor cannot bind until the Charge is
+    answered, and the key runs once."""
+    record = tmp_path / "calls.jsonl"
+    env = {
+        "ORDER_SERVICE_RECORD_FILE": str(record),
+        "IDEMPOTENCY_STORE_URL": stack.nats_url,
+        "DURABLE_PREFIX": stack.prefix,
+    }
+    served = stack.start_service(**env)
+    stack.start_processor("p1")
+    OrderServiceControl(served.channel).set_delay("Charge", 3_000)
+    inv = await client.invoke_async("order_processing", {"order_id": "s-3", "amount_cents": 5})
+    key = f"{inv}:2"
+    await assert_eventually_async(
+        lambda: key in OrderServiceControl(served.channel).method_counts("Charge"),
+        30,
+        "Charge in flight",
+    )
+    served.proc.send_signal(signal.SIGTERM)
+    early = ServiceProcess(stack.log_dir, env, port=served.port, name="service-early")
+    stack.procs.append(early)
+    assert early.proc.wait(20) != 0  # the port is still its predecessor's
+    assert served.proc.wait(20) == 0
+    again = ServiceProcess(stack.log_dir, env, port=served.port, name="service-again")
+    stack.procs.append(again)
+    again.wait_ready()
+    result = await client.wait(inv, timeout=40)
+    assert result.status == "completed", result
+    charges = [
+        json.loads(line)
+        for line in record.read_text().splitlines()
+        if json.loads(line).get("method") == "Charge"
+    ]
+    assert [c["idempotency_key"] for c in charges] == [key]

@@ -286,6 +286,55 @@ async def test_a_key_held_by_a_dead_process_of_the_same_instance_is_taken_over_a
         await server.stop(None)
 
 
+async def test_a_handler_whose_caller_gave_up_runs_on_and_its_answer_stands(rig: Rig) -> None:
+    """grpc.aio cancels a handler when its caller goes away (a processor killed mid-call) or
+    its deadline passes. A handler cancelled after its effect released the key: the retry
+    (the next run's) ran the effect again, with no process dead. It runs on now, and the
+    retry waits for its answer."""
+    rig.effects.gate.clear()
+    assert await _code(rig.call(timeout=0.5)) == grpc.StatusCode.DEADLINE_EXCEEDED
+    retry = asyncio.ensure_future(rig.call(fence=4, timeout=10))
+    await asyncio.sleep(0.5)
+    rig.effects.gate.set()
+    assert await retry == b"done:order-1:1"
+    assert rig.effects.runs == [b"order-1"]
+
+
+async def test_a_lapsed_hold_renewed_meanwhile_is_not_taken_over(rig: Rig) -> None:
+    """A hold lapses when its holder cannot reach NATS to renew it, too. Once NATS answers
+    again, a retry that read the record lapsed took the key over at once, while the live
+    holder's renewal or answer was landing: the effect ran twice. A lapse now stands only if
+    the record stays unchanged for a moment."""
+    cut_off = IdempotencyStore(rig.transport, running_timeout=timedelta(seconds=0.4))
+    held = await cut_off.begin(METHOD, "inv-1:1", 3, "", None)
+    assert isinstance(held, _Admitted)
+    await asyncio.sleep(0.6)  # lapsed: it could not renew
+    retry = asyncio.ensure_future(rig.call(fence=3, timeout=10))
+    await asyncio.sleep(0.3)
+    renewed = await cut_off.renew(held)  # NATS is back: its renewal lands
+    assert renewed is not None
+    await asyncio.sleep(0.3)
+    assert await cut_off.finish(renewed, b"the holder's answer") == b"the holder's answer"
+    assert await retry == b"the holder's answer"
+    assert rig.effects.runs == []
+
+
+async def test_a_draining_store_refuses_new_keyed_calls_and_waits_for_running_ones(
+    rig: Rig,
+) -> None:
+    rig.effects.gate.clear()
+    first = asyncio.ensure_future(rig.call(timeout=10))
+    await _running(rig)
+    drained = asyncio.ensure_future(rig.store.drain(10))
+    await asyncio.sleep(0.2)
+    assert await _code(rig.call(key="inv-2:1", timeout=5)) == grpc.StatusCode.UNAVAILABLE
+    assert not drained.done()
+    rig.effects.gate.set()
+    assert await drained is True
+    assert await first == b"done:order-1:1"
+    assert rig.effects.runs == [b"order-1"]
+
+
 async def test_a_key_reused_with_another_request_is_refused(rig: Rig) -> None:
     await rig.call(b"order-1")
     assert await _code(rig.call(b"order-2")) == grpc.StatusCode.INVALID_ARGUMENT

@@ -25,11 +25,14 @@ through untouched.
 What it cannot do: the handler's effect and the record of its answer are two writes. A service
 process that dies after the effect and before the record leaves the key held; once the hold
 lapses (the call's deadline plus 5 s, or ``running_timeout`` for a call without one), the next
-attempt runs the handler again. While a handler runs, its hold is renewed (every third of the
-hold), so a handler still running when its hold lapses is one that blocks the event loop, or
-a frozen process. If both attempts answer, each caller gets the answer recorded first, so the
-engine sees one answer. Make the effect itself idempotent by key where that matters (e.g. pass
-the key on to the payment provider), as every exactly-once system that calls out must.
+attempt runs the handler again. While a handler runs (and its answer is written), its hold is
+renewed (every third of the hold), so a handler still running when its hold lapses is one that
+blocks the event loop, a frozen process, or one cut off from NATS for longer than the hold. A
+handler whose call is cancelled (its caller gone, its deadline passed) runs on, and its answer
+is recorded for the retry, which waits for it. If both attempts answer, each caller gets the
+answer recorded first, so the engine sees one answer. Make the effect itself idempotent by key
+where that matters (e.g. pass the key on to the payment provider), as every exactly-once
+system that calls out must.
 
 Example:
     >>> store = await IdempotencyStore.connect("nats://127.0.0.1:4222")
@@ -88,6 +91,14 @@ DONE = "done"
 
 _RECORD_ROOM = 4 * 1024
 """Room a record's other fields and the message headers take beside the answer."""
+
+_LAPSE_CONFIRM_S = 1.5
+"""How long a call that finds another attempt's hold lapsed waits for the record to change
+before it takes the key over. A hold also lapses when its live holder could not reach NATS to
+renew it; once NATS answers again, the holder's renewal (tried every _RENEW_RETRY_S, each try
+cut at _RENEW_TRY_S) or its answer lands within this."""
+_RENEW_TRY_S = 1.0
+_RENEW_RETRY_S = 0.25
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -206,7 +217,8 @@ class IdempotencyStore:
 
     ``instance`` names this service process in a way that no two live processes (nor two
     stores in one process) share, and that a restarted process takes over: e.g.
-    ``<host>:<port>`` with the port bound exclusively (grpc's ``grpc.so_reuseport`` off), or a
+    ``<host>:<address>:<port>`` with the port bound exclusively (grpc's ``grpc.so_reuseport``
+    off) and kept until the handlers are done (:meth:`drain` before the server stops), or a
     StatefulSet pod's name. A call that
     finds its key held by an earlier process of the same instance (one that died with the
     call in flight) then runs at once instead of waiting for the hold to lapse. Without it
@@ -232,6 +244,10 @@ class IdempotencyStore:
         self._margin_ms = int(margin.total_seconds() * 1000)
         self._own = own_transport
         self._answer_limit = max(0, (transport.nc.max_payload or 0) * 3 // 4 - _RECORD_ROOM)
+        self._holdings: set[_Holding] = set()  # admitted calls whose answer is not recorded
+        self._detached: set[asyncio.Task[None]] = set()
+        self._emptied = asyncio.Event()
+        self._draining = False
 
     @classmethod
     async def connect(
@@ -256,7 +272,8 @@ class IdempotencyStore:
                 about ``calls/s * keep`` records of ~0.5 KB plus the answer, per replica.
             running_timeout: how long an attempt holds its key when its call has no deadline;
                 with one, the deadline plus a 5 s margin. The hold is renewed every third of
-                that while the handler runs, so it lapses only for a dead or frozen process.
+                that while the handler runs, so it lapses only for a dead or frozen process
+                (or one cut off from NATS for longer than the hold).
             wait_for_engine: how long the first keyed call waits for a processor to have
                 made the engine.
             instance: this process's name among the service's processes (see the class).
@@ -275,10 +292,41 @@ class IdempotencyStore:
             own_transport=True,
         )
 
+    async def drain(self, timeout: float) -> bool:
+        """Stop admitting keyed calls (they end UNAVAILABLE, which the engine retries
+        elsewhere) and wait up to ``timeout`` seconds for the running ones to record their
+        answers. Call it before the server stops listening: a process that still runs a
+        handler must keep its port (the proof, for an ``instance`` named after it, that it
+        lives). True if none is left running."""
+        self._draining = True
+        with contextlib.suppress(TimeoutError):
+            while self._holdings:
+                self._emptied.clear()
+                await asyncio.wait_for(self._emptied.wait(), timeout)
+        return not self._holdings
+
     async def close(self) -> None:
-        """Close the connection (if :meth:`connect` made it)."""
+        """Close the connection (if :meth:`connect` made it), after the answers of calls
+        cancelled while their handlers ran are recorded (a few seconds at most)."""
+        if self._detached:
+            _, pending = await asyncio.wait(set(self._detached), timeout=5)
+            for task in pending:
+                task.cancel()
         if self._own:
             await self._t.close()
+
+    def _detach(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._detached.add(task)
+        task.add_done_callback(self._detached.discard)
+
+    def _held(self, holding: _Holding, held: bool) -> None:
+        if held:
+            self._holdings.add(holding)
+        else:
+            self._holdings.discard(holding)
+            if not self._holdings:
+                self._emptied.set()
 
     async def __aenter__(self) -> IdempotencyStore:
         return self
@@ -311,6 +359,7 @@ class IdempotencyStore:
         hold = int(deadline_s * 1000) + self._margin_ms if deadline_s else self._running_ms
         owner = f"{self._instance}#{self._process}#{os.urandom(6).hex()}"
         data, revision = None, 0
+        lapsed_at = -1  # the revision last seen lapsed, left alone for _LAPSE_CONFIRM_S
         for _ in range(10):
             now = _now_ms()
             mine = CallRecord(method, key, fence, digest, RUNNING, owner, now + hold)
@@ -342,11 +391,20 @@ class IdempotencyStore:
                         "answered again",
                     )
                 return _Answer(rec.answer)
-            if rec.expires_ms > now and not self._from_a_dead_process(rec.owner):
+            dead = self._from_a_dead_process(rec.owner)
+            if rec.expires_ms > now and not dead:
                 if higher is None:
                     return _Busy(rec.expires_ms)
                 # Raise the fence, so the superseded run's later calls are refused.
                 bumped = dataclasses.replace(rec, fence=higher)
+            elif rec.expires_ms and not dead and revision != lapsed_at:
+                # Lapsed: its holder died, froze, or could not reach NATS to renew it (then
+                # its renewal or its answer lands as soon as NATS answers it again). Take it
+                # over only if nothing changes it meanwhile.
+                lapsed_at = revision
+                await asyncio.sleep(_LAPSE_CONFIRM_S)
+                data, revision = await self._t.call_record(name)
+                continue
             else:  # its holder died or gave up (or lapsed): this attempt takes the key over
                 bumped = dataclasses.replace(
                     mine, fence=higher if higher is not None else rec.fence
@@ -483,29 +541,42 @@ async def _release(store: IdempotencyStore, held: _Admitted) -> None:
 
 
 class _Holding:
-    """Renews an admitted call's hold while its handler runs: a call may legitimately run
-    longer than its hold (one without a deadline, past ``running_timeout``), and a lapsed hold
-    lets another attempt run the effect at the same time. So a hold lapses only when its
-    holder died or froze (its event loop blocked)."""
+    """Renews an admitted call's hold until its answer is recorded: a call may legitimately
+    run longer than its hold (one without a deadline, past ``running_timeout``), and the
+    answer's write may wait for NATS; a lapsed hold lets another attempt run the effect
+    again. So a hold lapses only when its holder died or froze (its event loop blocked), or
+    could not reach NATS for longer than the hold."""
 
     def __init__(self, store: IdempotencyStore, held: _Admitted) -> None:
         self.held = held
+        self._settling = False
+        self._store = store
         self._task = asyncio.ensure_future(self._renew(store))
+        store._held(self, True)
 
     async def _renew(self, store: IdempotencyStore) -> None:
+        failing = False
         while True:
-            await asyncio.sleep(self.held.hold_ms / 3000)
+            # A third into the hold as written: a write that landed late (NATS was slow to
+            # answer it) is renewed at once.
+            due = self.held.record.expires_ms - 2 * self.held.hold_ms // 3
+            await asyncio.sleep(max(0, due - _now_ms()) / 1000)
             try:
-                renewed = await store.renew(self.held)
-            except Exception as e:  # noqa: BLE001 - NATS unreachable: try at the next third
-                log.warning("could not renew the hold of %s: %s", self.held.record.key, e)
+                renewed = await asyncio.wait_for(store.renew(self.held), _RENEW_TRY_S)
+            except Exception as e:  # noqa: BLE001 - NATS unreachable: try again shortly
+                if not failing:
+                    log.warning("could not renew the hold of %s: %r", self.held.record.key, e)
+                failing = True
+                await asyncio.sleep(_RENEW_RETRY_S)
                 continue
+            failing = False
             if renewed is None:
-                log.warning(
-                    "%s %s: the key was taken over while its handler still runs",
-                    self.held.record.method,
-                    self.held.record.key,
-                )
+                if not self._settling:
+                    log.warning(
+                        "%s %s: the key was taken over while its handler still runs",
+                        self.held.record.method,
+                        self.held.record.key,
+                    )
                 return
             self.held = renewed
 
@@ -513,7 +584,69 @@ class _Holding:
         """Stop renewing; the key as last held (``finish`` copes with a renewal in flight:
         its compare-and-set fails and it reads the record again)."""
         self._task.cancel()
+        self._store._held(self, False)
         return self.held
+
+    async def settle(self, store: IdempotencyStore, answer: bytes) -> bytes | None:
+        """Record the answer, renewing the hold until it is written (see ``finish``)."""
+        self._settling = True
+        try:
+            return await store.finish(self.held, answer)
+        finally:
+            self.stop()
+
+
+async def _handle(behavior: Callable[[Any, Any], Any], request: Any, context: Any) -> Any:
+    response = behavior(request, context)
+    if inspect.isawaitable(response):
+        response = await response
+    return response
+
+
+async def _conclude(
+    store: IdempotencyStore,
+    holding: _Holding,
+    response: Any,
+    context: grpc.aio.ServicerContext[Any, Any],
+    serialize: Callable[[Any], bytes],
+) -> bytes:
+    """The answer of a handler that returned: recorded (a status other than OK set on the
+    call releases the key instead). The answer that stands, which every caller gets: this
+    one, or the one another attempt recorded first (one that took over after this one's
+    hold lapsed)."""
+    code = context.code()
+    if code is not None and code != grpc.StatusCode.OK:
+        await _release(store, holding.stop())
+        return serialize(response)
+    answer = serialize(response)
+    try:
+        # Shielded: the answer is recorded even if the call is cancelled meanwhile.
+        kept = await asyncio.shield(holding.settle(store, answer))
+    except Exception:
+        key = holding.held.record.key
+        log.warning("could not record the answer of %s", key, exc_info=True)
+        kept = None
+    return kept if kept is not None else answer
+
+
+async def _conclude_later(
+    store: IdempotencyStore,
+    holding: _Holding,
+    run: asyncio.Future[Any],
+    context: grpc.aio.ServicerContext[Any, Any],
+    serialize: Callable[[Any], bytes],
+) -> None:
+    """Record the answer of a handler whose call was cancelled (its caller gone, or its
+    deadline passed) once it returns, or release the key if it fails."""
+    try:
+        response = await run
+    except asyncio.CancelledError:
+        await _release(store, holding.stop())
+        raise
+    except BaseException:  # noqa: BLE001 - a failure: the next attempt runs it again
+        await _release(store, holding.stop())
+        return
+    await _conclude(store, holding, response, context, serialize)
 
 
 def _keyed(
@@ -541,6 +674,8 @@ def _keyed(
     behavior: Callable[[Any, Any], Any] = handler.unary_unary
 
     async def decide(context: grpc.aio.ServicerContext[Any, Any]) -> _Outcome:
+        if store._draining:
+            return _Refused(grpc.StatusCode.UNAVAILABLE, "the service is shutting down")
         try:
             return await store.begin(method, key, fence, digest, context.time_remaining())
         except DurableError as e:  # NATS unreachable, no engine yet: the caller retries
@@ -569,28 +704,23 @@ def _keyed(
             return outcome
         assert isinstance(outcome, _Admitted)
         holding = _Holding(store, outcome)
+        run = asyncio.ensure_future(_handle(behavior, request, context))
         try:
-            response = behavior(request, context)
-            if inspect.isawaitable(response):
-                response = await response
+            # Shielded: grpc.aio cancels a call whose caller went away (its processor died)
+            # or whose deadline passed. Cancelled there, a handler may have made its effect
+            # already; released, the next attempt would make it again. It runs on, and its
+            # answer is recorded for that attempt, which waits for it (its hold is renewed).
+            response = await asyncio.shield(run)
+        except asyncio.CancelledError:
+            if run.done():  # the handler's own CancelledError: a failure
+                await _release(store, holding.stop())
+                raise
+            store._detach(_conclude_later(store, holding, run, context, response_serializer))
+            raise
         except BaseException:
             await _release(store, holding.stop())
             raise
-        held = holding.stop()
-        code = context.code()
-        if code is not None and code != grpc.StatusCode.OK:
-            await _release(store, held)
-            return response
-        answer = response_serializer(response)
-        try:
-            # Shielded: the answer is recorded even if the call is cancelled meanwhile.
-            kept = await asyncio.shield(store.finish(held, answer))
-        except Exception:
-            log.warning("could not record the answer of %s for %s", method, key, exc_info=True)
-            kept = None
-        # Another attempt (one that took over after this one's hold lapsed) answered first:
-        # every caller gets the answer that was kept.
-        return _Answer(kept if kept is not None else answer)
+        return _Answer(await _conclude(store, holding, response, context, response_serializer))
 
     return grpc.unary_unary_rpc_method_handler(
         behaviour,

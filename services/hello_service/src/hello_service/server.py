@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -62,21 +63,31 @@ class HelloServer:
         port: The port actually bound (useful when 0 was requested).
         health: Health servicer; SERVING for every name in ``HEALTH_SERVICES``.
         orders: The OrderService servicer, for in-process inspection.
+        idempotency: The idempotency store its OrderService calls go through, if any.
     """
 
     server: grpc.aio.Server
     port: int
     health: health.aio.HealthServicer
     orders: OrderServicer
+    idempotency: IdempotencyStore | None = None
 
     async def start(self) -> None:
         """Starts serving."""
         await self.server.start()
 
     async def stop(self, grace: float | None = SHUTDOWN_GRACE_S) -> None:
-        """Reports NOT_SERVING, then stops, letting in-flight calls finish for ``grace`` s."""
+        """Reports NOT_SERVING, then stops, letting in-flight calls finish for ``grace`` s.
+
+        With an idempotency store, its keyed calls are drained first, while the port is still
+        bound: the port is what tells a successor on it (same instance name) that this
+        process still lives, so it must not run the keys this one still runs."""
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
+        started = time.monotonic()
+        if self.idempotency is not None:
+            await self.idempotency.drain(grace if grace is not None else SHUTDOWN_GRACE_S)
+        left = None if grace is None else max(0.5, grace - (time.monotonic() - started))
+        await self.server.stop(left)
 
 
 async def create_server(
@@ -114,7 +125,8 @@ async def create_server(
     if idempotency is not None:
         interceptors.append(idempotency.interceptor(methods=ORDER_METHODS))
     # With the store, the port is bound exclusively (no SO_REUSEPORT): no two live processes
-    # share it, so `<host>:<port>` names this process's instance (see IdempotencyStore).
+    # share it, so `<hostname>:<address>:<port>` names this process's instance (see
+    # IdempotencyStore; HelloServer.stop drains its calls before the port closes).
     options = [("grpc.so_reuseport", 0)] if idempotency is not None else []
     # The engine's channels ping a long call every 5 minutes (keepalive), gRPC's default floor
     # exactly: accepted down to one a minute, so clock drift never earns a "too_many_pings".
@@ -133,7 +145,13 @@ async def create_server(
         raise PortTakenError(f"could not bind {host}:{port}") from e
     if bound_port == 0:
         raise PortTakenError(f"could not bind {host}:{port}")
-    return HelloServer(server=server, port=bound_port, health=health_servicer, orders=orders)
+    return HelloServer(
+        server=server,
+        port=bound_port,
+        health=health_servicer,
+        orders=orders,
+        idempotency=idempotency,
+    )
 
 
 async def build_server(
@@ -161,11 +179,14 @@ def _host_for_address(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
-async def open_idempotency_store(url: str, prefix: str, port: int = 0) -> IdempotencyStore:
+async def open_idempotency_store(
+    url: str, prefix: str, port: int = 0, host: str = DEFAULT_HOST
+) -> IdempotencyStore:
     """Connect the OrderService's idempotency store (needs durable-core installed: the
     ``idempotency`` extra); its bucket is bound at the first keyed call. With a fixed
-    ``port`` the process is instance ``<hostname>:<port>``: a restart on the same port takes
-    over at once the keys its predecessor held when it died. The login and TLS come from the
+    ``port`` the process is instance ``<hostname>:<host>:<port>`` (``host`` the address it
+    binds: two processes may bind one port on two addresses): a restart on the same address
+    takes over at once the keys its predecessor held when it died. The login and TLS come from the
     engine services' variables (``DURABLE_NATS_USER``, ``_PASSWORD``, ``_TOKEN``,
     ``_CREDS_FILE``, ``_NKEY_SEED_FILE``, ``_TLS_CA``, ``_TLS_CERT``, ``_TLS_KEY``), taken as
     set."""
@@ -180,7 +201,7 @@ async def open_idempotency_store(url: str, prefix: str, port: int = 0) -> Idempo
     }
     cfg = NatsConfig.from_settings({**settings, "nats_url": url}, name="hello-service")
     cfg.check_files()
-    instance = f"{socket.gethostname()}:{port}" if port else None
+    instance = f"{socket.gethostname()}:{_host_for_address(host)}:{port}" if port else None
     return await IdempotencyStore.connect(
         cfg, engine=EngineConfig(prefix=prefix), instance=instance
     )
@@ -203,7 +224,11 @@ async def serve(
     """
     state = "starting"
     probes = await start_probes(lambda: None if state == "serving" else state, host, health_port)
-    store = await open_idempotency_store(idempotency_url, prefix, port) if idempotency_url else None
+    store = (
+        await open_idempotency_store(idempotency_url, prefix, port, host)
+        if idempotency_url
+        else None
+    )
     built = await create_server(host, port, idempotency=store)
     await built.start()
     state = "serving"
