@@ -30,6 +30,24 @@ def _charge(service: ServiceProcess, key: str, fence: int) -> Any:
     )
 
 
+async def _charge_in_flight(
+    stack: ProcessStack, client: Client, env: dict[str, str], order_id: str, delay_ms: int
+) -> tuple[ServiceProcess, str, str]:
+    """The service (with ``env``) and a processor; an order whose Charge takes ``delay_ms``,
+    once its Charge is in flight: the service, the invocation and the Charge's key."""
+    served = stack.start_service(**env)
+    stack.start_processor("p1")
+    OrderServiceControl(served.channel).set_delay("Charge", delay_ms)
+    inv = await client.invoke_async("order_processing", {"order_id": order_id, "amount_cents": 5})
+    key = f"{inv}:2"
+    await assert_eventually_async(
+        lambda: key in OrderServiceControl(served.channel).method_counts("Charge"),
+        30,
+        "Charge in flight",
+    )
+    return served, inv, key
+
+
 async def test_a_services_records_answer_a_step_once_and_refuse_a_stale_call_after_a_restart(
     stack: ProcessStack, client: Client, tmp_path: Path
 ) -> None:
@@ -88,19 +106,10 @@ async def test_a_call_in_flight_when_the_service_died_runs_at_once_on_its_restar
 ) -> None:
     """The key of a call the service was running when it was killed stays held (a hold lasts
     the call's deadline, 30 s, plus 5 s), but the process that comes back on the same port is
-    the same instance (``<host>:<port>``): it knows its predecessor is gone and runs the
-    engine's retry at once, instead of making it wait out the hold."""
+    the same instance (``<hostname>:<address>:<port>``): it knows its predecessor is gone and
+    runs the engine's retry at once, instead of making it wait out the hold."""
     env = {"IDEMPOTENCY_STORE_URL": stack.nats_url, "DURABLE_PREFIX": stack.prefix}
-    served = stack.start_service(**env)
-    stack.start_processor("p1")
-    OrderServiceControl(served.channel).set_delay("Charge", 60_000)
-    inv = await client.invoke_async("order_processing", {"order_id": "s-2", "amount_cents": 5})
-    key = f"{inv}:2"
-    await assert_eventually_async(
-        lambda: key in OrderServiceControl(served.channel).method_counts("Charge"),
-        30,
-        "Charge in flight",
-    )
+    served, inv, key = await _charge_in_flight(stack, client, env, "s-2", 60_000)
     served.kill()
     again = ServiceProcess(stack.log_dir, env, port=served.port, name="service-again")
     stack.procs.append(again)
@@ -129,16 +138,7 @@ async def test_a_service_shutting_down_keeps_its_port_until_its_keyed_calls_are_
         "IDEMPOTENCY_STORE_URL": stack.nats_url,
         "DURABLE_PREFIX": stack.prefix,
     }
-    served = stack.start_service(**env)
-    stack.start_processor("p1")
-    OrderServiceControl(served.channel).set_delay("Charge", 3_000)
-    inv = await client.invoke_async("order_processing", {"order_id": "s-3", "amount_cents": 5})
-    key = f"{inv}:2"
-    await assert_eventually_async(
-        lambda: key in OrderServiceControl(served.channel).method_counts("Charge"),
-        30,
-        "Charge in flight",
-    )
+    served, inv, key = await _charge_in_flight(stack, client, env, "s-3", 3_000)
     served.proc.send_signal(signal.SIGTERM)
     early = ServiceProcess(stack.log_dir, env, port=served.port, name="service-early")
     stack.procs.append(early)
