@@ -296,6 +296,37 @@ def test_a_wait_cancelled_in_an_earlier_run_is_cancelled_again() -> None:
     assert isinstance(requested.park(Wait("signal 'go'", 1), START), DeliverCancel)
 
 
+def test_a_wake_up_journaled_after_the_cancellation_does_not_end_the_wait_it_came_for() -> None:
+    """A suspended invocation parked on a signal: a cancel and the signal came at once. The
+    replay took the signal whatever the order, so a workflow that returned right after it
+    completed, its cancel (journaled first, answered "suspended") lost. The journal's order
+    decides now."""
+    signal = pb.JournalEntry(kind=pb.ENTRY_KIND_SIGNAL, name="go", output=_codec.encode(2))
+    cancel = pb.JournalEntry(kind=pb.ENTRY_KIND_CANCEL_REQUEST, timestamp_ms=START + 10)
+    cancelled_first = machine(cancel, signal)
+    found = cancelled_first.signal(1, "go", cancelled_first.signal_index("go"))
+    assert isinstance(found, Wait)
+    assert isinstance(cancelled_first.park(found, START + 20), DeliverCancel)
+    signalled_first = machine(signal, cancel)
+    assert signalled_first.signal(1, "go", signalled_first.signal_index("go")) == signal.output
+    for kind, name in (
+        (pb.ENTRY_KIND_AWAKEABLE_RESULT, "awk.inv-1.1"),
+        (pb.ENTRY_KIND_CHILD_RESULT, "inv-1-1"),
+    ):
+        late = pb.JournalEntry(kind=kind, name=name, output=_codec.encode(1))
+        m = machine(cancel, late)
+        got = m.awakeable(1, name) if kind == pb.ENTRY_KIND_AWAKEABLE_RESULT else m.child(1, name)
+        assert isinstance(got, Wait)
+
+
+def test_a_timer_due_after_the_cancellation_was_requested_is_cancelled_when_replayed_late() -> None:
+    cancel = pb.JournalEntry(kind=pb.ENTRY_KIND_CANCEL_REQUEST, timestamp_ms=START + 10)
+    late = machine(cancel)
+    assert isinstance(late.timer(Wait("timer", 1, START + 50), START + 9_000), DeliverCancel)
+    before = machine(cancel)
+    assert before.timer(Wait("timer", 1, START + 5), START + 9_000) == Due()
+
+
 # -- deterministic values ------------------------------------------------------------------------
 
 

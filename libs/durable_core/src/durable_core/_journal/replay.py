@@ -60,6 +60,8 @@ class ReplayMachine:
         "_paused",
         "_cancel_requested",
         "_before_cancel",
+        "_cancel_requested_ms",
+        "_after_cancel",
         "_cancel_delivered",
         "_failed_attempts",
         "_patches",
@@ -86,6 +88,8 @@ class ReplayMachine:
         self._paused = False
         self._cancel_requested = False
         self._before_cancel: frozenset[int] = frozenset()  # steps asked for before it came
+        self._cancel_requested_ms = 0  # when the first request was journaled
+        self._after_cancel: set[int] = set()  # id() of the wake-up entries journaled after it
         self._cancel_delivered: set[int] = set()
         self._failed_attempts: dict[int, list[pb.JournalEntry]] = {}
         self._patches: set[tuple[int, str]] = set()  # (the step it comes before, change id)
@@ -156,6 +160,19 @@ class ReplayMachine:
         requested: in flight when it came, whichever branch they are in."""
         return self._before_cancel
 
+    def _note_order(self, entry: pb.JournalEntry) -> None:
+        if self._cancel_requested:
+            self._after_cancel.add(id(entry))
+
+    def came_after_cancel(self, entry: pb.JournalEntry) -> bool:
+        """Whether a wake-up entry (a signal, a resolution, a child's result) was journaled
+        after the cancellation was requested: the wait it would end was cancelled first."""
+        return id(entry) in self._after_cancel
+
+    def cancelled_before(self, at_ms: int) -> bool:
+        """Whether the cancellation was requested before ``at_ms`` (a timer's due time)."""
+        return self._cancel_requested and self._cancel_requested_ms < at_ms
+
     def cancel_delivered_at(self, step: int) -> bool:
         """Whether an earlier run raised the cancellation at this (waiting) step."""
         return step in self._cancel_delivered
@@ -182,10 +199,13 @@ class ReplayMachine:
             self._final = entry
         elif kind == pb.ENTRY_KIND_AWAKEABLE_RESULT:
             self._awakeables.setdefault(entry.name, entry)  # the first resolution wins
+            self._note_order(entry)
         elif kind == pb.ENTRY_KIND_SIGNAL:
             self._signals.setdefault(entry.name, []).append(entry)
+            self._note_order(entry)
         elif kind == pb.ENTRY_KIND_CHILD_RESULT:
             self._children.setdefault(entry.name, entry)
+            self._note_order(entry)
         elif kind == pb.ENTRY_KIND_PAUSE_REQUEST:
             self._paused = True
         elif kind == pb.ENTRY_KIND_RESUME_REQUEST:
@@ -193,6 +213,7 @@ class ReplayMachine:
         elif kind == pb.ENTRY_KIND_CANCEL_REQUEST:
             if not self._cancel_requested:
                 self._before_cancel = frozenset(self._used)
+                self._cancel_requested_ms = entry.timestamp_ms
             self._cancel_requested = True
         elif kind == pb.ENTRY_KIND_CANCEL_DELIVERED:
             self._cancel_delivered.add(entry.step)

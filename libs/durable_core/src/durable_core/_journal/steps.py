@@ -539,6 +539,10 @@ class StepMachine:
         out and completed."""
         left = wait.wake_at_ms - now_ms
         if left <= 0:
+            if self.journal.cancelled_before(wait.wake_at_ms) and self._reaches(wait.step):
+                # Cancelled while it waited, replayed only after its time: the cancellation
+                # came first (as a run waiting for it then would have seen).
+                return self._cancel_at(wait.step, now_ms)
             return Due()
         if left <= LOCAL_TIMER.total_seconds() * 1000:
             if self.journal.cancel_requested and self._reaches(wait.step):
@@ -631,6 +635,10 @@ class StepMachine:
         """
         self.check_cancelled_at(step)
         if entry is None:
+            return Wait(what, step)
+        if self.journal.came_after_cancel(entry) and self._reaches(step):
+            # The cancellation was journaled first: it ended the wait (parking delivers it),
+            # as it would have for a run parked on it then.
             return Wait(what, step)
         self.saw(entry)
         return entry
