@@ -210,6 +210,28 @@ def test_earlier_failed_attempts_count_and_an_executed_failure_raises() -> None:
     assert m.now_ms == START + 7
 
 
+@pytest.mark.parametrize("ident", [("", 1), ("", 0)], ids=["by-branch", "by-number"])
+def test_a_step_whose_failed_attempts_were_of_another_step_diverges(
+    ident: tuple[str, int],
+) -> None:
+    """Version 2 named step 1 `r_new`; its attempts failed and it waited for the next one.
+    Version 1 took the wake-up and ran its own `r_old` at step 1, unchecked: both versions'
+    effects under one idempotency key, and neither's attempts counted right."""
+    attempt = pb.JournalEntry(
+        kind=pb.ENTRY_KIND_ATTEMPT_FAILED,
+        step=1,
+        name="r_new",
+        input_hash=b"h",
+        branch=ident[0],
+        branch_step=ident[1],
+    )
+    with pytest.raises(NonDeterminismError, match="failed attempts of 'r_new'"):
+        ReplayMachine("inv-1", [attempt]).next_step(RUN, "r_old", b"h", ident)
+    with pytest.raises(NonDeterminismError, match="input hash"):
+        ReplayMachine("inv-1", [attempt]).next_step(RUN, "r_new", b"other", ident)
+    assert ReplayMachine("inv-1", [attempt]).next_step(RUN, "r_new", b"h", ident) == Execute(1)
+
+
 def test_an_interrupt_is_a_cancellation_only_while_one_is_being_delivered() -> None:
     m = machine()
     assert m.interrupted(1, cancelling=False) is None  # the run ends: stop

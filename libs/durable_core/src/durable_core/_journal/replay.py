@@ -321,6 +321,7 @@ class ReplayMachine:
             step = (self._reserved.get(ident) or self._free()) if entry is None else entry.step
             self._used.add(step)
         if entry is None:
+            self._check_attempts(step, kind, name, input_hash)
             return Execute(step)
         copied = bool(copied_step_of(entry))  # a fork's copy of its source's step
         if entry.kind != kind or awakeable_asked(self._invocation_id, entry) != name:
@@ -338,6 +339,22 @@ class ReplayMachine:
                 f"the same step with input hash {input_hash.hex()}",
             )
         return Replay(step, entry)
+
+    def _check_attempts(self, step: int, kind: pb.EntryKind, name: str, input_hash: bytes) -> None:
+        """A step not finished yet whose earlier attempts failed must be the step they were
+        attempts of: another version's step retried under this one's name would make both
+        versions' effects (the same idempotency key), and count neither's attempts right.
+
+        Raises:
+            NonDeterminismError: they were attempts of another step (or of other input).
+        """
+        for attempt in self._failed_attempts.get(step, ()):
+            other_input = attempt.input_hash and input_hash and attempt.input_hash != input_hash
+            if attempt.name != name or other_input:
+                recorded = f"failed attempts of {attempt.name!r}"
+                if attempt.name == name:
+                    recorded += f" with input hash {attempt.input_hash.hex()}"
+                raise NonDeterminismError(self._invocation_id, step, recorded, describe(kind, name))
 
     def _free(self) -> int:
         """The lowest step number that no entry and no step of this run has: a new step's."""
