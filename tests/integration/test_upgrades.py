@@ -360,8 +360,9 @@ async def test_a_cancel_of_a_blocked_invocation_cut_short_is_finished_by_the_nex
     assert result.status.value == "completed"
 
 
-async def test_a_pinned_invocation_asleep_fails_at_its_execution_timeout_without_its_version(
-    stack: ProcessStack, client: Client, transport: Transport, tmp_path: Path
+@pytest.mark.parametrize("end", ["timeout", "cancel"])
+async def test_a_pinned_invocation_asleep_ends_without_its_version(
+    stack: ProcessStack, client: Client, transport: Transport, tmp_path: Path, end: str
 ) -> None:
     """An invocation pinned to v1 (blocked on v2, then taken up by v1) that suspends again
     re-armed its execution timeout's wake-up on v1's route only: once every v1 processor had
@@ -387,6 +388,15 @@ async def test_a_pinned_invocation_asleep_fails_at_its_execution_timeout_without
     assert again.stop() == 0
     if time.monotonic() - began > 30:
         pytest.fail("setting up took longer than the timeout: the case was not made")
+    if end == "cancel":
+        # Its cancel's wake-up went to v1's route only, and waited there for a v1 processor
+        # (for good if none came), the invocation "suspended" meanwhile. It ends at once.
+        assert (await client.cancel(inv)).value == "cancelled"
+        result = await client.get_result(inv)
+        assert result.status.value == "cancelled"
+        assert result.failure is not None
+        assert "no processor ran its version" in result.failure.message
+        return
     result = await client.wait(inv, timeout=60)
     assert result.status.value == "failed"
     assert result.failure is not None and result.failure.type == "ExecutionTimeoutError"

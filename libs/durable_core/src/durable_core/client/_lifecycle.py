@@ -54,6 +54,7 @@ from durable_core.errors import (
     InvocationFinishedError,
     NotFoundError,
 )
+from durable_core.fleet import read_fleet
 
 __all__ = [
     "cancel_blocked",
@@ -194,6 +195,18 @@ async def change(t: Transport, invocation_id: str, kind: pb.EntryKind) -> Status
         if ended is not None:
             return ended
         # A processor of its pinned version took it meanwhile: cancel the run as any other.
+    if (
+        kind == pb.ENTRY_KIND_CANCEL_REQUEST
+        and status in (Status.SUSPENDED, Status.PAUSED)
+        and rec.state.pinned_version
+        and not await _version_served(t, rec.state)
+    ):
+        # Pinned to a version no live processor runs: its cancel's wake-up would wait for
+        # one, for good if none comes. Ended as a blocked one is (a processor of that version
+        # that claims it first wins: then cancel its run as any other).
+        ended = await cancel_blocked(t, rec, "cancelled while no processor ran its version")
+        if ended is not None:
+            return ended
     wake = kind != pb.ENTRY_KIND_PAUSE_REQUEST  # a pause acts at the next step boundary
     try:
         await deliver_external(
@@ -229,6 +242,16 @@ async def change(t: Transport, invocation_id: str, kind: pb.EntryKind) -> Status
 
 # What a run in flight is told of a request, at once (see ``Worker._on_control``).
 _TOLD = {pb.ENTRY_KIND_PAUSE_REQUEST: "pause", pb.ENTRY_KIND_CANCEL_REQUEST: "cancel"}
+
+
+async def _version_served(t: Transport, st: pb.ExecutionState) -> bool:
+    """Whether a live processor runs the workflow at the version ``st`` is pinned to."""
+    fleet = await read_fleet(t)
+    return any(
+        w.name == st.workflow and w.token == st.pinned_version
+        for p in fleet.processors
+        for w in p.workflows
+    )
 
 
 async def cancel_blocked(t: Transport, rec: StateRecord, message: str) -> Status | None:
