@@ -300,6 +300,32 @@ async def test_a_handler_whose_caller_gave_up_runs_on_and_its_answer_stands(rig:
     assert rig.effects.runs == [b"order-1"]
 
 
+async def test_a_handler_that_hangs_after_its_call_ended_is_cancelled_at_running_timeout(
+    rig: Rig,
+) -> None:
+    """Run on after its call ended, a handler that never returns would hold its key (renewed)
+    for good: it is cancelled after ``running_timeout`` (1 s here), its key released."""
+    store = IdempotencyStore(rig.transport, running_timeout=timedelta(seconds=1))
+    effects = Effects()
+    effects.gate.clear()
+    server, address = await _serve(store, effects)
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            md = [("idempotency-key", "inv-8:1"), ("durable-fence", "3")]
+            call = channel.unary_unary(METHOD)(b"o", metadata=md, timeout=0.3)
+            assert await _code(call) == grpc.StatusCode.DEADLINE_EXCEEDED
+
+            async def released() -> bool:
+                rec = await store.record(METHOD, "inv-8:1")
+                return rec is not None and rec.status == "running" and rec.expires_ms == 0
+
+            await assert_eventually_async(released, 5, "the hung handler's key released")
+            effects.gate.set()
+            assert await channel.unary_unary(METHOD)(b"o", metadata=md, timeout=5) == b"done:o:2"
+    finally:
+        await server.stop(None)
+
+
 async def test_a_lapsed_hold_renewed_meanwhile_is_not_taken_over(rig: Rig) -> None:
     """A hold lapses when its holder cannot reach NATS to renew it, too. Once NATS answers
     again, a retry that read the record lapsed took the key over at once, while the live

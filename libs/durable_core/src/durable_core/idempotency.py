@@ -637,9 +637,20 @@ async def _conclude_later(
     serialize: Callable[[Any], bytes],
 ) -> None:
     """Record the answer of a handler whose call was cancelled (its caller gone, or its
-    deadline passed) once it returns, or release the key if it fails."""
+    deadline passed) once it returns, or release the key if it fails. It may run on for
+    ``running_timeout`` at most: one that hangs is cancelled then (its key released), as
+    grpc.aio would have done at once, so a retry is not kept waiting for good."""
     try:
-        response = await run
+        response = await asyncio.wait_for(run, store._running_ms / 1000)
+    except TimeoutError:
+        log.warning(
+            "%s %s: its call ended and its handler ran on for %.0f s more; cancelled",
+            holding.held.record.method,
+            holding.held.record.key,
+            store._running_ms / 1000,
+        )
+        await _release(store, holding.stop())
+        return
     except asyncio.CancelledError:
         await _release(store, holding.stop())
         raise
