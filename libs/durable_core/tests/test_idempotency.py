@@ -4,6 +4,7 @@ server and a real grpc.aio server."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -67,6 +68,22 @@ async def _serve(
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     return server, f"127.0.0.1:{port}"
+
+
+@contextlib.asynccontextmanager
+async def _held_service(
+    transport: Transport, running_timeout: float
+) -> AsyncIterator[tuple[IdempotencyStore, Effects, grpc.aio.Channel]]:
+    """A service of its own whose runs wait at the gate, with a short ``running_timeout``."""
+    store = IdempotencyStore(transport, running_timeout=timedelta(seconds=running_timeout))
+    effects = Effects()
+    effects.gate.clear()
+    server, address = await _serve(store, effects)
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            yield store, effects, channel
+    finally:
+        await server.stop(None)
 
 
 @dataclass
@@ -227,24 +244,17 @@ async def test_a_hold_is_renewed_while_its_handler_runs_past_it(rig: Rig) -> Non
     1.5 s. The hold used to lapse at 0.4 s, never renewed: a second attempt (another run's,
     after a failover) took the key over and ran the effect beside the first. Renewed every
     third of the hold, the second attempt waits and gets the first one's answer."""
-    store = IdempotencyStore(rig.transport, running_timeout=timedelta(seconds=0.4))
-    effects = Effects()
-    effects.gate.clear()
-    server, address = await _serve(store, effects)
-    try:
-        async with grpc.aio.insecure_channel(address) as channel:
-            md = [("idempotency-key", "inv-9:1"), ("durable-fence", "3")]
-            first = asyncio.ensure_future(channel.unary_unary(METHOD)(b"o", metadata=md))
-            await assert_eventually_async(lambda: len(effects.runs) == 1, 10, "run 1 in")
-            await asyncio.sleep(0.6)  # past the first hold
-            second = asyncio.ensure_future(channel.unary_unary(METHOD)(b"o", metadata=md))
-            await asyncio.sleep(0.9)
-            assert effects.runs == [b"o"], "the key was taken over from a running handler"
-            effects.gate.set()
-            assert await first == await second == b"done:o:1"
-        assert effects.runs == [b"o"]
-    finally:
-        await server.stop(None)
+    async with _held_service(rig.transport, 0.4) as (_, effects, channel):
+        md = [("idempotency-key", "inv-9:1"), ("durable-fence", "3")]
+        first = asyncio.ensure_future(channel.unary_unary(METHOD)(b"o", metadata=md))
+        await assert_eventually_async(lambda: len(effects.runs) == 1, 10, "run 1 in")
+        await asyncio.sleep(0.6)  # past the first hold
+        second = asyncio.ensure_future(channel.unary_unary(METHOD)(b"o", metadata=md))
+        await asyncio.sleep(0.9)
+        assert effects.runs == [b"o"], "the key was taken over from a running handler"
+        effects.gate.set()
+        assert await first == await second == b"done:o:1"
+    assert effects.runs == [b"o"]
 
 
 async def test_when_a_lapsed_attempt_and_its_successor_both_answer_every_caller_gets_one(
@@ -305,25 +315,18 @@ async def test_a_handler_that_hangs_after_its_call_ended_is_cancelled_at_running
 ) -> None:
     """Run on after its call ended, a handler that never returns would hold its key (renewed)
     for good: it is cancelled after ``running_timeout`` (1 s here), its key released."""
-    store = IdempotencyStore(rig.transport, running_timeout=timedelta(seconds=1))
-    effects = Effects()
-    effects.gate.clear()
-    server, address = await _serve(store, effects)
-    try:
-        async with grpc.aio.insecure_channel(address) as channel:
-            md = [("idempotency-key", "inv-8:1"), ("durable-fence", "3")]
-            call = channel.unary_unary(METHOD)(b"o", metadata=md, timeout=0.3)
-            assert await _code(call) == grpc.StatusCode.DEADLINE_EXCEEDED
+    async with _held_service(rig.transport, 1.0) as (store, effects, channel):
+        md = [("idempotency-key", "inv-8:1"), ("durable-fence", "3")]
+        call = channel.unary_unary(METHOD)(b"o", metadata=md, timeout=0.3)
+        assert await _code(call) == grpc.StatusCode.DEADLINE_EXCEEDED
 
-            async def released() -> bool:
-                rec = await store.record(METHOD, "inv-8:1")
-                return rec is not None and rec.status == "running" and rec.expires_ms == 0
+        async def released() -> bool:
+            rec = await store.record(METHOD, "inv-8:1")
+            return rec is not None and rec.status == "running" and rec.expires_ms == 0
 
-            await assert_eventually_async(released, 5, "the hung handler's key released")
-            effects.gate.set()
-            assert await channel.unary_unary(METHOD)(b"o", metadata=md, timeout=5) == b"done:o:2"
-    finally:
-        await server.stop(None)
+        await assert_eventually_async(released, 5, "the hung handler's key released")
+        effects.gate.set()
+        assert await channel.unary_unary(METHOD)(b"o", metadata=md, timeout=5) == b"done:o:2"
 
 
 async def test_a_lapsed_hold_renewed_meanwhile_is_not_taken_over(rig: Rig) -> None:
