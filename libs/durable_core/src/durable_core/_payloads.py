@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any, Protocol
 
 from google.protobuf.message import Message
@@ -30,7 +30,12 @@ from durable_core import _codec
 from durable_core._codec import describe_ref
 from durable_core._naming import payload_owner
 from durable_core._pb.durable.v1 import durable_pb2 as pb
-from durable_core.errors import ExpiredError, InvalidInputError, PayloadUnavailableError
+from durable_core.errors import (
+    ExpiredError,
+    InvalidInputError,
+    NotFoundError,
+    PayloadUnavailableError,
+)
 
 __all__ = [
     "Blob",
@@ -86,6 +91,12 @@ class Invocations(Protocol):
 
     async def expiry_note(self, invocation_id: str) -> dict[str, Any] | None:
         """How it ended, if it expired."""
+
+    async def read_journal(
+        self, invocation_id: str, *, min_entries: int = 0, current: bool = False, of: Any = None
+    ) -> Sequence[Any]:
+        """Its journal's records (``entry``), at least ``min_entries`` of state ``of``, as far
+        as the leader has it now if ``current`` (NotFoundError if ``of`` went meanwhile)."""
 
 
 class Blob:
@@ -216,10 +227,13 @@ async def share(
     invocations: Invocations | None,
 ) -> None:
     """Hold, for invocation ``holder``, the objects of other invocations that ``payloads``
-    reference, then confirm (``invocations``) that each owner is still there: its state, or
-    its start in the queue. An owner's retention removes its state before it looks for holds,
-    so an owner found after the hold keeps its objects while the hold lasts; one not found
-    may have lost them already (ExpiredError)."""
+    reference, then confirm (``invocations``) that each owner is still there and that the
+    objects are its own: its state, journal or queued start references them. An owner's
+    retention removes its state before it looks for holds, so an owner found after the hold
+    keeps its objects while the hold lasts; one not found may have lost them already
+    (ExpiredError), and so may an expired one whose id a new invocation took (found, but
+    the objects are not the new one's)."""
+    payloads = list(payloads)
     shared = owners(payloads, but=holder)
     if store is None or not shared:
         return
@@ -228,14 +242,38 @@ async def share(
     if invocations is None:
         return
     for owner in sorted(shared):
-        if await state_or_start(invocations, owner) is not None:
+        names = {p.ref.object for p in payloads if owners([p]) == {owner}}
+        if await _owns(invocations, owner, names):
             continue
         error = ExpiredError.from_note(owner, await invocations.expiry_note(owner) or {})
         error.add_note(
             f"a Blob of {owner} was passed to {holder}: its stored bytes are gone, or go, "
-            "with the invocation that stored them; pass the bytes themselves instead"
+            "with the invocation that stored them (a new invocation that took the id since "
+            "does not own them); pass the bytes themselves instead"
         )
         raise error
+
+
+async def _owns(invocations: Invocations, owner: str, names: set[str]) -> bool:
+    """Whether invocation ``owner`` is there (its state, or its start queued) and references
+    every object of ``names``: found the same way its own readers find them (the state, then
+    the journal as far as its leader has it: an output the state does not hold yet)."""
+    found = await state_or_start(invocations, owner)
+    if found is None:
+        return False
+    if isinstance(found, pb.Command):  # a queued start: its arguments are all it has
+        return names <= referenced(None, [], found.args)
+    state = found.state
+    missing = names - referenced(state, [])
+    if not missing:
+        return True
+    try:
+        records = await invocations.read_journal(
+            owner, min_entries=state.journal_length, current=True, of=state
+        )
+    except NotFoundError:
+        return False  # it went meanwhile (expired, or its id taken again)
+    return missing <= referenced(None, [r.entry for r in records])
 
 
 async def state_or_start(invocations: Invocations, invocation_id: str) -> Any:
@@ -353,9 +391,12 @@ def owners(payloads: Iterable[pb.Payload], but: str = "") -> set[str]:
     return out
 
 
-def referenced(state: pb.ExecutionState | None, entries: Iterable[pb.JournalEntry]) -> set[str]:
-    """The object names a state and journal reference."""
+def referenced(
+    state: pb.ExecutionState | None, entries: Iterable[pb.JournalEntry], *more: pb.Payload
+) -> set[str]:
+    """The object names a state and journal (and ``more`` payloads) reference."""
     found = [e.output for e in entries if e.HasField("output")]
     if state is not None:
         found += [state.args, state.output]
+    found += more
     return {p.ref.object for p in found if p.HasField("ref") and p.ref.object}

@@ -45,7 +45,11 @@ from durable_core._pb.durable.v1 import durable_pb2 as pb
 from durable_core._transport.connection import Link
 from durable_core._transport.errors import check_created_elsewhere
 from durable_core._transport.inbox import DirectGets
-from durable_core.errors import PayloadTooLargeError, PayloadUnavailableError
+from durable_core.errors import (
+    NatsUnavailableError,
+    PayloadTooLargeError,
+    PayloadUnavailableError,
+)
 
 __all__ = ["CHUNK_SIZE", "Payloads"]
 
@@ -200,6 +204,16 @@ class Payloads:
                 index += 1
                 if not chunk:
                     break
+            # An upload that stalled past the sweep's grace may have lost its first chunks to
+            # it (nothing referenced the object yet): never hand out a reference to the rest.
+            stored = await self._count(subject)
+            if stored != index:
+                raise PayloadUnavailableError(
+                    name,
+                    f"{stored} of its {index} chunks are stored (the upload stalled longer "
+                    "than the sweep's grace, DURABLE_PAYLOAD_GRACE, and lost its first "
+                    "chunks?); store it again",
+                )
         except BaseException:
             await self._purge_quietly(subject)
             raise
@@ -222,10 +236,7 @@ class Payloads:
         digest = hashlib.sha256()
         seq, index, size, lagging = 1, 0, 0, 0
         while True:
-            msgs, _ = await self._link.retry(
-                f"read payload {ref.object}",
-                lambda seq=seq: self._gets.batch(self.stream, subject, seq, _READ_BATCH),  # type: ignore[misc]
-            )
+            msgs = await self._read_batch(ref.object, subject, seq)
             if not msgs:
                 if size >= ref.size and index:
                     break
@@ -258,6 +269,23 @@ class Payloads:
             if size == ref.size and digest.digest() == ref.sha256:
                 return
 
+    async def _read_batch(self, name: str, subject: str, seq: int) -> list[Any]:
+        """The next chunks of object ``name`` from stream sequence ``seq`` on. NATS failing
+        the read is never the reader's own error: NatsUnavailableError once transient errors
+        outlast the deadline, PayloadUnavailableError for any other refusal."""
+        try:
+            msgs, _ = await self._link.retry(
+                f"read payload {name}",
+                lambda: self._gets.batch(self.stream, subject, seq, _READ_BATCH),
+            )
+        except (NatsUnavailableError, PayloadUnavailableError):
+            raise
+        except Exception as e:
+            raise PayloadUnavailableError(
+                name, f"NATS failed its read: {type(e).__name__} {e}"
+            ) from e
+        return msgs
+
     # -- lifecycle -------------------------------------------------------------------------
 
     async def hold(self, source: str, holder: str) -> None:
@@ -267,6 +295,22 @@ class Payloads:
         await self._link.retry(
             f"hold payloads of {source}", lambda: self._link.js.publish(subject, b"")
         )
+
+    async def _count(self, subject: str) -> int:
+        """How many messages ``subject`` has (from the stream leader, so a write acknowledged
+        before is always counted)."""
+        link = self._link
+        api = f"$JS.API.STREAM.INFO.{self.stream}"
+
+        async def info() -> dict[str, Any]:
+            req = json.dumps({"subjects_filter": subject}).encode()
+            resp: dict[str, Any] = json.loads((await link.requests.request(api, req)).data)
+            if (error := resp.get("error")) is not None:
+                raise nats.js.errors.APIError.from_error(error)
+            return resp
+
+        resp = await link.retry("count a payload's chunks", info)
+        return int(((resp.get("state") or {}).get("subjects") or {}).get(subject, 0))
 
     async def _subjects(self, pattern: str) -> list[str]:
         """The subjects of the bucket's stream matching ``pattern`` (from the stream leader,

@@ -33,7 +33,7 @@ from durable_core._transport import (
     StateRecord,
     Transport,
 )
-from durable_core.client._results import IDLE_PB, TERMINAL_PB, Status
+from durable_core.client._results import IDLE_PB, TERMINAL_PB, Status, as_journaled
 from durable_core.client._submit import store_unstored, submit_payload
 from durable_core.engine._intake import (
     Addressee,
@@ -880,8 +880,13 @@ async def find_payload(t: Transport, ref: str) -> pb.Payload:
             )
     check_invocation_id(owner)
     rec = await state_of(t, owner)
-    st = rec.state
-    records = await t.read_journal(owner, min_entries=st.journal_length, of=st)
+    # As far as the journal's leader has it now, and the output as the journal has it: the
+    # state is written after the final entry and the result notice, so it may not hold the
+    # output yet right after ``invoke``/``wait`` returned (as ``Client.result`` reads it).
+    records = await t.read_journal(
+        owner, min_entries=rec.state.journal_length, current=True, of=rec.state
+    )
+    st = as_journaled(rec.state, [r.entry for r in records])
     found: pb.Payload | None = None
     if which == "args":
         found = st.args if st.HasField("args") else None

@@ -515,6 +515,10 @@ class RunContext(Context):
                     raise EngineFailure(e) from e
                 except Exception as e:  # noqa: BLE001 - every step failure is journaled
                     failed, retryable = attempt_failure(e, step, policy)
+                if self.payload_error is not None:
+                    # A Blob read failed under the step (NATS failing it, whatever the step
+                    # raised of it): the engine's trouble, not a failed attempt to journal.
+                    raise EngineFailure(self.payload_error)
                 decision = steps.attempt_failed(
                     step,
                     name,
@@ -957,8 +961,9 @@ class RunContext(Context):
 
 
 class _Watched:
-    """A run's payload store: a Blob read that finds its object missing or corrupt marks the
-    run (``payload_error``), whoever catches the error (the step's own code may)."""
+    """A run's payload store: a Blob read that finds its object missing or corrupt, or that
+    NATS fails, marks the run (``payload_error``), whoever catches the error (the step's own
+    code may)."""
 
     def __init__(self, store: _payloads.PayloadStore, ctx: RunContext) -> None:
         self._store = store
@@ -978,7 +983,7 @@ class _Watched:
         try:
             async for chunk in self._store.chunks(ref):
                 yield chunk
-        except PayloadUnavailableError as e:
+        except (PayloadUnavailableError, NatsUnavailableError) as e:
             self._ctx.payload_error = e
             raise
 
