@@ -23,6 +23,7 @@ def test_defaults() -> None:
     assert s.token is None
     assert s.jaeger_url == "http://127.0.0.1:16686"
     assert s.load_plugins is True and s.log_level == "INFO"
+    assert s.reconcile_interval == 300
 
 
 def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -77,6 +78,8 @@ def test_settings_file_and_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: 
         ("DURABLE_JAEGER_URL", "jaeger:16686", "jaeger_url"),
         ("DURABLE_LOG_LEVEL", "LOUD", "log_level"),
         ("DURABLE_PREFIX", "Bad-Prefix", "prefix"),
+        ("DURABLE_INSPECTOR_RECONCILE_INTERVAL", "1", "inspector_reconcile_interval"),
+        ("DURABLE_INSPECTOR_RECONCILE_INTERVAL", "often", "inspector_reconcile_interval"),
     ],
 )
 def test_bad_values_name_the_setting(

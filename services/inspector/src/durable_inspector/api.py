@@ -61,6 +61,15 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
     return JSONResponse(data, status_code=status, headers=headers)
 
 
+async def _typed_body(request: Request, tp: Any) -> dict[str, Any]:
+    """The request's JSON object, which may have only the fields of the TypedDict ``tp``."""
+    body = await json_body(request)
+    unknown = unknown_fields(body, tp)
+    if unknown:
+        raise ApiError(400, "invalid_input", f"unknown field(s): {', '.join(unknown)}")
+    return body
+
+
 # -- reading ---------------------------------------------------------------------------------
 
 
@@ -231,10 +240,7 @@ def _flag(body: dict[str, Any], key: str) -> bool:
 )
 async def invoke(request: Request) -> Response:
     rt = runtime(request)
-    body = await json_body(request)
-    unknown = unknown_fields(body, schema.InvokeBody)
-    if unknown:
-        raise ApiError(400, "invalid_input", f"unknown field(s): {', '.join(unknown)}")
+    body = await _typed_body(request, schema.InvokeBody)
     workflow = required_str(body, "workflow")
     invocation_id = await _client(rt).invoke_async(
         workflow,
@@ -249,6 +255,20 @@ async def invoke(request: Request) -> Response:
         202,
         {"Location": location},
     )
+
+
+@router.post(
+    "/api/executions/{invocation_id}/signals",
+    tag="waits",
+    summary="Send a signal named in the body (any name: '/', '.', '..' included)",
+    body=schema.SignalBody,
+    responses={202: schema.SignalAccepted},
+    errors=(400, 404, 409, 501),
+)
+async def signal_named_in_body(request: Request) -> Response:
+    # Declared before /{action}, which would take "signals" for an action.
+    body = await _typed_body(request, schema.SignalBody)
+    return await _signal(request, required_str(body, "name"), body)
 
 
 @router.post(
@@ -324,19 +344,24 @@ async def awakeable(request: Request) -> Response:
 
 
 @router.post(
-    "/api/executions/{invocation_id}/signals/{name}",
+    "/api/executions/{invocation_id}/signals/{name:path}",
     tag="waits",
-    summary="Send a signal to an execution (kept until it waits for it)",
+    summary="Send a signal to an execution (kept until it waits for it)\n\n"
+    "The name is the rest of the path, '/' included; a name that is '.' or '..' (which "
+    "clients collapse) is sent with POST /api/executions/{invocation_id}/signals.",
     body=schema.PayloadBody,
     body_required=False,
     responses={202: schema.SignalAccepted},
     errors=(400, 404, 409, 501),
 )
 async def signal(request: Request) -> Response:
+    body = await json_body(request, required=False)
+    return await _signal(request, request.path_params["name"], body)
+
+
+async def _signal(request: Request, name: str, body: dict[str, Any]) -> Response:
     rt = runtime(request)
     invocation_id = request.path_params["invocation_id"]
-    name = request.path_params["name"]
-    body = await json_body(request, required=False)
     method = client_method(rt, "signal", "signalling an execution")
     await method(invocation_id, name, body.get("payload"))
     return _json({"invocation_id": invocation_id, "signal": name}, 202)
@@ -365,10 +390,7 @@ async def list_schedules(request: Request) -> Response:
 )
 async def create_schedule(request: Request) -> Response:
     rt = runtime(request)
-    body = await json_body(request)
-    unknown = unknown_fields(body, schema.ScheduleBody)
-    if unknown:
-        raise ApiError(400, "invalid_input", f"unknown field(s): {', '.join(unknown)}")
+    body = await _typed_body(request, schema.ScheduleBody)
     name = required_str(body, "name")
     workflow = required_str(body, "workflow")
     options: dict[str, Any] = {}

@@ -152,7 +152,7 @@ async def _watch(rt: Runtime, *, retry_after: float = BIND_RETRY) -> None:
             await asyncio.sleep(retry_after)
         rt.bind_error = None
         rt.client = rt.engine.client()
-    rt.feed = Feed(rt.client, rt.index)
+    rt.feed = Feed(rt.client, rt.index, reconcile_every=rt.settings.reconcile_interval)
     await rt.feed.run()
 
 

@@ -163,6 +163,13 @@ class PayloadBody(TypedDict):
     payload: NotRequired[Annotated[Any, "any JSON value (default null)"]]
 
 
+class SignalBody(TypedDict):
+    """A signal to send: its name (1-256 characters, any) and payload."""
+
+    name: Annotated[str, "the signal's name, as the workflow waits for it"]
+    payload: NotRequired[Annotated[Any, "any JSON value (default null)"]]
+
+
 class SignalAccepted(TypedDict):
     """The answer to a delivered signal."""
 

@@ -36,6 +36,9 @@ class InspectorSettings:
         load_plugins: import the installed workflow plugins, so that protobuf payloads of their
             services decode to JSON instead of hex.
         log_level: DEBUG, INFO, WARNING or ERROR.
+        reconcile_interval: seconds between re-reads of the state bucket that reconcile the
+            index with it (a watch that fell behind can miss a short-lived delete marker);
+            stretched for a big bucket, and done at once after the process stood still.
     """
 
     nats: NatsConfig
@@ -48,6 +51,7 @@ class InspectorSettings:
     jaeger_service: str = "durable-processor"
     load_plugins: bool = True
     log_level: str = "INFO"
+    reconcile_interval: float = 300.0
 
 
 def load_settings(overrides: Mapping[str, Any] | None = None) -> InspectorSettings:
@@ -86,6 +90,11 @@ def build(s: Mapping[str, Any]) -> InspectorSettings:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"jaeger_url must be an http(s) URL, not {s.get('jaeger_url')!r}")
     level = check_log_level(s)
+    reconcile = num("inspector_reconcile_interval")
+    if not 10 <= reconcile <= 86400:
+        raise ConfigError(
+            f"inspector_reconcile_interval must be 10..86400 seconds, not {reconcile}"
+        )
     allowed = s.get("inspector_allowed_hosts") or ()
     if isinstance(allowed, str):
         allowed = allowed.replace(",", " ").split()
@@ -107,4 +116,5 @@ def build(s: Mapping[str, Any]) -> InspectorSettings:
         jaeger_service=text("jaeger_service") or "durable-processor",
         load_plugins=truthy(s.get("inspector_load_plugins", True)),
         log_level=level,
+        reconcile_interval=float(reconcile),
     )

@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-__all__ = ["Endpoint", "Router", "openapi", "schema_of"]
+__all__ = ["Endpoint", "Router", "openapi", "schema_of", "template"]
 
 Handler = Callable[[Request], Awaitable[Response]]
 _PRIMITIVES: dict[Any, dict[str, Any]] = {
@@ -145,7 +145,7 @@ def _parameters(e: Endpoint, components: dict[str, Any]) -> list[dict[str, Any]]
             "schema": {"type": "string"},
             **({"description": e.path_help[name]} if name in e.path_help else {}),
         }
-        for name in re.findall(r"{(\w+)}", e.path)
+        for name in re.findall(r"{(\w+)(?::\w+)?}", e.path)
     ]
     if e.query is not None:
         for name, tp in typing.get_type_hints(e.query, include_extras=True).items():
@@ -208,7 +208,7 @@ def openapi(
                 "required": e.body_required,
                 "content": {"application/json": {"schema": schema_of(e.body, components)}},
             }
-        paths.setdefault(e.path, {})[e.method.lower()] = operation
+        paths.setdefault(template(e.path), {})[e.method.lower()] = operation
     return {
         "openapi": "3.1.0",
         "info": info,
@@ -216,6 +216,11 @@ def openapi(
         "components": {"schemas": dict(sorted(components.items())), **extra},
         "security": [{}, {"bearer": []}],
     }
+
+
+def template(path: str) -> str:
+    """A route's path as OpenAPI writes it: ``{name:path}`` is ``{name}``."""
+    return re.sub(r"{(\w+):\w+}", r"{\1}", path)
 
 
 def unknown_fields(body: dict[str, Any], tp: Any) -> list[str]:

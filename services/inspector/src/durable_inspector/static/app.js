@@ -157,11 +157,13 @@
           payload.value === undefined ? {} : { payload: payload.value }];
       }
     } else if (form.classList.contains("signal-form")) {
-      var name = form.dataset.signal || form.elements.name.value.trim();
+      // The name goes in the body: in a path, "/" would split it and "." or ".." would vanish.
+      // Taken as typed (a name may start or end with a space).
+      var signal = { name: form.dataset.signal || form.elements.name.value };
       var signalPayload = jsonField(form, "payload", message);
       if (!signalPayload.ok) { event.preventDefault(); return; }
-      request = ["POST", "/api/executions/" + encodeURIComponent(body.dataset.id) + "/signals/" +
-        encodeURIComponent(name), signalPayload.value === undefined ? {} : { payload: signalPayload.value }];
+      if (signalPayload.value !== undefined) signal.payload = signalPayload.value;
+      request = ["POST", "/api/executions/" + encodeURIComponent(body.dataset.id) + "/signals", signal];
     } else if (form.id === "schedule-form") {
       var schedule = { name: form.elements.name.value.trim(), workflow: form.elements.workflow.value.trim() };
       var cron = form.elements.cron.value.trim(), every = form.elements.every.value.trim();
