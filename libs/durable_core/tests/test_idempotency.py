@@ -310,6 +310,35 @@ async def test_a_handler_whose_caller_gave_up_runs_on_and_its_answer_stands(rig:
     assert rig.effects.runs == [b"order-1"]
 
 
+async def test_a_handler_that_returns_as_its_call_is_cancelled_keeps_its_answer(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """grpc.aio may cancel a call (its deadline) just as its handler returns: the handler's
+    task is done, with its result, when the cancellation reaches the interceptor. That was
+    taken for the handler's own CancelledError, and the key released after the effect: the
+    retry ran it again (2 of 60 keys with a handler ending at its deadline). Made certain
+    here: the interceptor's wait for the handler is cancelled right after it returns."""
+    real_shield = asyncio.shield
+
+    def returned_then_cancelled(inner: Any) -> Any:
+        coro = inner.get_coro() if isinstance(inner, asyncio.Task) else None
+        if getattr(coro, "__qualname__", "") != "_handle":
+            return real_shield(inner)
+
+        async def wait() -> Any:
+            await inner
+            raise asyncio.CancelledError
+
+        return wait()
+
+    monkeypatch.setattr(asyncio, "shield", returned_then_cancelled)
+    ended = await _code(rig.call(timeout=1))
+    assert ended in (grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED)
+    monkeypatch.setattr(asyncio, "shield", real_shield)
+    assert await rig.call(fence=4) == b"done:order-1:1"
+    assert rig.effects.runs == [b"order-1"]
+
+
 async def test_a_handler_that_hangs_after_its_call_ended_is_cancelled_at_running_timeout(
     rig: Rig,
 ) -> None:
@@ -362,6 +391,23 @@ async def test_a_draining_store_refuses_new_keyed_calls_and_waits_for_running_on
     assert await drained is True
     assert await first == b"done:order-1:1"
     assert rig.effects.runs == [b"order-1"]
+
+
+async def test_close_waits_for_the_handlers_still_running(rig: Rig) -> None:
+    """A service stopping closed its store at once: a handler that grpc had not yet cancelled
+    (or was cancelling) could not record its answer, and the service's successor ran its key
+    again. The store now waits for its running handlers' answers."""
+    rig.effects.gate.clear()
+    call = asyncio.ensure_future(rig.call(timeout=10))
+    await _running(rig)
+    closing = asyncio.ensure_future(rig.store.close())
+    await asyncio.sleep(0.3)
+    assert not closing.done()
+    rig.effects.gate.set()
+    await asyncio.wait_for(closing, 5)
+    rec = await rig.store.record(METHOD, "inv-1:1")
+    assert rec is not None and rec.status == "done"
+    assert await call == b"done:order-1:1"
 
 
 async def test_a_key_reused_with_another_request_is_refused(rig: Rig) -> None:

@@ -97,6 +97,8 @@ _LAPSE_CONFIRM_S = 1.5
 before it takes the key over. A hold also lapses when its live holder could not reach NATS to
 renew it; once NATS answers again, the holder's renewal (tried every _RENEW_RETRY_S, each try
 cut at _RENEW_TRY_S) or its answer lands within this."""
+_CLOSE_WAIT_S = 5.0
+"""How long :meth:`IdempotencyStore.close` waits for handlers still running to answer."""
 _RENEW_TRY_S = 1.0
 _RENEW_RETRY_S = 0.25
 
@@ -306,12 +308,17 @@ class IdempotencyStore:
         return not self._holdings
 
     async def close(self) -> None:
-        """Close the connection (if :meth:`connect` made it), after the answers of calls
-        cancelled while their handlers ran are recorded (a few seconds at most)."""
+        """Close the connection (if :meth:`connect` made it), once the handlers still running
+        have recorded their answers (those of calls cancelled meanwhile too, e.g. by the
+        server's stop): up to ``_CLOSE_WAIT_S``; then those left are cancelled, their keys
+        released. New keyed calls are refused meanwhile, as by :meth:`drain`."""
+        await self.drain(_CLOSE_WAIT_S)
         if self._detached:
-            _, pending = await asyncio.wait(set(self._detached), timeout=5)
+            _, pending = await asyncio.wait(set(self._detached), timeout=1)
             for task in pending:
                 task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1)
         if self._own:
             await self._t.close()
 
@@ -723,9 +730,9 @@ def _keyed(
             # answer is recorded for that attempt, which waits for it (its hold is renewed).
             response = await asyncio.shield(run)
         except asyncio.CancelledError:
-            if run.done():  # the handler's own CancelledError: a failure
-                await _release(store, holding.stop())
-                raise
+            # The call was cancelled (the handler runs on, or had just returned: its result
+            # is recorded all the same), or the handler raised its own CancelledError (a
+            # failure: released). Either way the handler's outcome decides, not this task's.
             store._detach(_conclude_later(store, holding, run, context, response_serializer))
             raise
         except BaseException:
