@@ -181,9 +181,7 @@ async def test_a_lower_fence_is_refused_before_and_after_the_answer(rig: Rig) ->
 
 
 async def test_a_call_while_another_runs_its_key_waits_for_that_answer(rig: Rig) -> None:
-    rig.effects.gate.clear()
-    first = asyncio.ensure_future(rig.call())
-    await _running(rig)
+    first = await _held_call(rig)
     second = asyncio.ensure_future(rig.call(fence=3))
     await asyncio.sleep(0.3)
     assert not second.done()
@@ -195,9 +193,7 @@ async def test_a_call_while_another_runs_its_key_waits_for_that_answer(rig: Rig)
 async def test_a_higher_fence_while_a_run_holds_the_key_refuses_the_superseded_runs_calls(
     rig: Rig,
 ) -> None:
-    rig.effects.gate.clear()
-    first = asyncio.ensure_future(rig.call(fence=3))
-    await _running(rig)
+    first = await _held_call(rig, fence=3)
     # The run that took over calls while the first is still in the service: it waits, and
     # raises the fence, so another call of the superseded run is refused at once.
     taker = asyncio.ensure_future(rig.call(fence=7))
@@ -209,9 +205,7 @@ async def test_a_higher_fence_while_a_run_holds_the_key_refuses_the_superseded_r
 
 
 async def test_a_waiting_call_ends_aborted_at_its_own_deadline(rig: Rig) -> None:
-    rig.effects.gate.clear()
-    first = asyncio.ensure_future(rig.call(timeout=20))
-    await _running(rig)
+    first = await _held_call(rig, timeout=20)
     assert await _code(rig.call(timeout=0.6)) == grpc.StatusCode.ABORTED
     rig.effects.gate.set()
     await first
@@ -380,9 +374,7 @@ async def test_a_lapsed_hold_renewed_meanwhile_is_not_taken_over(rig: Rig) -> No
 async def test_a_draining_store_refuses_new_keyed_calls_and_waits_for_running_ones(
     rig: Rig,
 ) -> None:
-    rig.effects.gate.clear()
-    first = asyncio.ensure_future(rig.call(timeout=10))
-    await _running(rig)
+    first = await _held_call(rig, timeout=10)
     drained = asyncio.ensure_future(rig.store.drain(10))
     await asyncio.sleep(0.2)
     assert await _code(rig.call(key="inv-2:1", timeout=5)) == grpc.StatusCode.UNAVAILABLE
@@ -397,9 +389,7 @@ async def test_close_waits_for_the_handlers_still_running(rig: Rig) -> None:
     """A service stopping closed its store at once: a handler that grpc had not yet cancelled
     (or was cancelling) could not record its answer, and the service's successor ran its key
     again. The store now waits for its running handlers' answers."""
-    rig.effects.gate.clear()
-    call = asyncio.ensure_future(rig.call(timeout=10))
-    await _running(rig)
+    call = await _held_call(rig, timeout=10)
     closing = asyncio.ensure_future(rig.store.close())
     await asyncio.sleep(0.3)
     assert not closing.done()
@@ -487,6 +477,14 @@ async def test_a_call_with_a_malformed_fence_never_runs(rig: Rig) -> None:
     assert await rig.store.record(METHOD, "k") is None
     assert record_name(METHOD, "a:1") != record_name(OTHER, "a:1")
     assert len(record_name(METHOD, "x" * 10_000)) == 48
+
+
+async def _held_call(rig: Rig, **kw: Any) -> asyncio.Future[Any]:
+    """A call whose handler has started and waits at the gate (closed here)."""
+    rig.effects.gate.clear()
+    call = asyncio.ensure_future(rig.call(**kw))
+    await _running(rig)
+    return call
 
 
 async def _running(rig: Rig) -> None:

@@ -151,9 +151,14 @@ class FleetView:
         """The workflow names at least one live processor serves, sorted."""
         return sorted({w.name for p in self.processors for w in p.workflows})
 
-    def serves(self, workflow: str) -> bool:
-        """Whether a live processor serves ``workflow``."""
-        return any(w.name == workflow for p in self.processors for w in p.workflows)
+    def serves(self, workflow: str, token: str = "") -> bool:
+        """Whether a live processor serves ``workflow`` (at the version ``token`` names, if
+        given)."""
+        return any(
+            w.name == workflow and (not token or w.token == token)
+            for p in self.processors
+            for w in p.workflows
+        )
 
     def by_workflow(self) -> dict[str, list[tuple[ProcessorInfo, ServedWorkflow]]]:
         """Workflow name -> the processors serving it, each with what it serves it with."""

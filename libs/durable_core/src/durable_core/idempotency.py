@@ -558,10 +558,10 @@ class _Holding:
         self.held = held
         self._settling = False
         self._store = store
-        self._task = asyncio.ensure_future(self._renew(store))
+        self._task = asyncio.ensure_future(self._renew())
         store._held(self, True)
 
-    async def _renew(self, store: IdempotencyStore) -> None:
+    async def _renew(self) -> None:
         failing = False
         while True:
             # A third into the hold as written: a write that landed late (NATS was slow to
@@ -569,7 +569,7 @@ class _Holding:
             due = self.held.record.expires_ms - 2 * self.held.hold_ms // 3
             await asyncio.sleep(max(0, due - _now_ms()) / 1000)
             try:
-                renewed = await asyncio.wait_for(store.renew(self.held), _RENEW_TRY_S)
+                renewed = await asyncio.wait_for(self._store.renew(self.held), _RENEW_TRY_S)
             except Exception as e:  # noqa: BLE001 - NATS unreachable: try again shortly
                 if not failing:
                     log.warning("could not renew the hold of %s: %r", self.held.record.key, e)
@@ -594,11 +594,11 @@ class _Holding:
         self._store._held(self, False)
         return self.held
 
-    async def settle(self, store: IdempotencyStore, answer: bytes) -> bytes | None:
+    async def settle(self, answer: bytes) -> bytes | None:
         """Record the answer, renewing the hold until it is written (see ``finish``)."""
         self._settling = True
         try:
-            return await store.finish(self.held, answer)
+            return await self._store.finish(self.held, answer)
         finally:
             self.stop()
 
@@ -628,7 +628,7 @@ async def _conclude(
     answer = serialize(response)
     try:
         # Shielded: the answer is recorded even if the call is cancelled meanwhile.
-        kept = await asyncio.shield(holding.settle(store, answer))
+        kept = await asyncio.shield(holding.settle(answer))
     except Exception:
         key = holding.held.record.key
         log.warning("could not record the answer of %s", key, exc_info=True)

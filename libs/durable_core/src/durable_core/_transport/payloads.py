@@ -296,38 +296,33 @@ class Payloads:
             f"hold payloads of {source}", lambda: self._link.js.publish(subject, b"")
         )
 
-    async def _count(self, subject: str) -> int:
-        """How many messages ``subject`` has (from the stream leader, so a write acknowledged
-        before is always counted)."""
-        link = self._link
+    async def _stream_info(self, what: str, subjects: str, offset: int = 0) -> dict[str, Any]:
+        """The stream's info with its subjects matching ``subjects`` and their message counts
+        (from an ``offset`` into their sorted list), from the stream leader: a write
+        acknowledged before is always seen."""
         api = f"$JS.API.STREAM.INFO.{self.stream}"
+        req = json.dumps({"subjects_filter": subjects, "offset": offset}).encode()
 
         async def info() -> dict[str, Any]:
-            req = json.dumps({"subjects_filter": subject}).encode()
-            resp: dict[str, Any] = json.loads((await link.requests.request(api, req)).data)
+            resp: dict[str, Any] = json.loads((await self._link.requests.request(api, req)).data)
             if (error := resp.get("error")) is not None:
                 raise nats.js.errors.APIError.from_error(error)
             return resp
 
-        resp = await link.retry("count a payload's chunks", info)
+        return await self._link.retry(what, info)
+
+    async def _count(self, subject: str) -> int:
+        """How many messages ``subject`` has (from the stream leader)."""
+        resp = await self._stream_info("count a payload's chunks", subject)
         return int(((resp.get("state") or {}).get("subjects") or {}).get(subject, 0))
 
     async def _subjects(self, pattern: str) -> list[str]:
         """The subjects of the bucket's stream matching ``pattern`` (from the stream leader,
         so a write acknowledged before is always seen). The server answers at most 100,000
         subjects at a time, sorted, from an offset: every page is read."""
-        link, found = self._link, set[str]()
-        subject = f"$JS.API.STREAM.INFO.{self.stream}"
-
-        async def page() -> dict[str, Any]:
-            req = json.dumps({"subjects_filter": pattern, "offset": len(found)}).encode()
-            resp: dict[str, Any] = json.loads((await link.requests.request(subject, req)).data)
-            if (error := resp.get("error")) is not None:
-                raise nats.js.errors.APIError.from_error(error)
-            return resp
-
+        found = set[str]()
         while True:
-            resp = await link.retry("list payload subjects", page)
+            resp = await self._stream_info("list payload subjects", pattern, len(found))
             subjects = (resp.get("state") or {}).get("subjects") or {}
             before = len(found)
             found.update(subjects)

@@ -199,7 +199,7 @@ async def change(t: Transport, invocation_id: str, kind: pb.EntryKind) -> Status
         kind == pb.ENTRY_KIND_CANCEL_REQUEST
         and status in (Status.SUSPENDED, Status.PAUSED)
         and rec.state.pinned_version
-        and not await _version_served(t, rec.state)
+        and not (await read_fleet(t)).serves(rec.state.workflow, rec.state.pinned_version)
     ):
         # Pinned to a version no live processor runs: its cancel's wake-up would wait for
         # one, for good if none comes. Ended as a blocked one is (a processor of that version
@@ -242,16 +242,6 @@ async def change(t: Transport, invocation_id: str, kind: pb.EntryKind) -> Status
 
 # What a run in flight is told of a request, at once (see ``Worker._on_control``).
 _TOLD = {pb.ENTRY_KIND_PAUSE_REQUEST: "pause", pb.ENTRY_KIND_CANCEL_REQUEST: "cancel"}
-
-
-async def _version_served(t: Transport, st: pb.ExecutionState) -> bool:
-    """Whether a live processor runs the workflow at the version ``st`` is pinned to."""
-    fleet = await read_fleet(t)
-    return any(
-        w.name == st.workflow and w.token == st.pinned_version
-        for p in fleet.processors
-        for w in p.workflows
-    )
 
 
 async def cancel_blocked(t: Transport, rec: StateRecord, message: str) -> Status | None:
